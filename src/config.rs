@@ -1,0 +1,62 @@
+//! Every limit and default of ringdown, with units in the names.
+//!
+//! Memory of a download = cores × buffers_per_core × buffer_size_bytes plus a
+//! small fixed overhead per connection (TLS record buffers, response head).
+
+/// Largest response head we accept. Real origins send < 2 KiB; 16 KiB leaves
+/// room for long `x-bz-info-*` headers and bounds a hostile server.
+pub const HTTP_HEAD_MAX_BYTES: usize = 16 * 1024;
+/// Most response headers we parse (B2 sends ~15; 64 covers info headers).
+pub const HTTP_HEADERS_MAX: usize = 64;
+/// Largest JSON body of a B2 API call we read (a 10,000-name page is ~6 MiB).
+pub const API_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default range size of one request. 8 MiB keeps per-request overhead below
+/// 1% on loopback and the reorder window (connections × part) small.
+pub const PART_SIZE_BYTES_DEFAULT: u64 = 8 << 20;
+/// Default size of one registered buffer (multiple of 4 KiB for O_DIRECT).
+pub const BUFFER_SIZE_BYTES_DEFAULT: usize = 1 << 20;
+/// Default registered buffers per core. 16 × 1 MiB per core keeps a 2-core
+/// download far under the 64 MiB RSS target and under 8 MiB × cores of memlock
+/// only when shrunk; see `uring::buffers` for the RLIMIT_MEMLOCK clamp.
+pub const BUFFERS_PER_CORE_DEFAULT: usize = 16;
+/// Default keep-alive connections per core.
+pub const CONNECTIONS_PER_CORE_DEFAULT: usize = 4;
+/// Upper bounds on the tuning flags, so a typo cannot exhaust memory.
+pub const CONNECTIONS_PER_CORE_MAX: usize = 256;
+pub const BUFFERS_PER_CORE_MAX: usize = 4096;
+pub const BUFFER_SIZE_BYTES_MAX: usize = 64 << 20;
+pub const CORES_MAX: usize = 1024;
+
+/// Alignment of every buffer and of every O_DIRECT write offset and length.
+pub const DIRECT_IO_ALIGN_BYTES: usize = 4096;
+
+/// Attempts per chunk, counting the first (b2sdk uses 15 per part).
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 15;
+pub const RETRY_BASE_MS_DEFAULT: u64 = 250;
+pub const RETRY_MAX_MS_DEFAULT: u64 = 30_000;
+/// `Retry-After` is honoured up to this many seconds.
+pub const RETRY_AFTER_MAX_S: u64 = 300;
+/// Stall timeout: connect, handshake, response head, or an idle body.
+pub const TIMEOUT_S_DEFAULT: u64 = 30;
+/// A SHA1 mismatch of a whole object is retried this many more times.
+pub const OBJECT_REDOWNLOADS_ON_MISMATCH: u32 = 1;
+
+/// Memory left for everything else when sizing registered buffers against
+/// RLIMIT_MEMLOCK (other processes of the user share the limit).
+pub const MEMLOCK_MARGIN_BYTES: u64 = 1 << 20;
+
+/// Ciphertext read from the socket per receive on TLS connections.
+pub const TLS_RECV_BYTES: usize = 64 * 1024;
+/// Plain-text request head size bound (our own requests).
+pub const HTTP_REQUEST_MAX_BYTES: usize = 8 * 1024;
+
+/// Progress line cadence when stderr is not a TTY.
+pub const PROGRESS_PLAIN_INTERVAL_S: u64 = 10;
+/// Progress redraw cadence on a TTY.
+pub const PROGRESS_TTY_INTERVAL_MS: u64 = 200;
+
+/// Highest value a stage histogram tracks exactly (1 hour in µs); larger
+/// values saturate rather than error (a two-hour stall must not fail a run).
+pub const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+pub const HISTOGRAM_SIGFIGS: u8 = 3;

@@ -1,0 +1,98 @@
+//! The one error type of the crate. Each variant says what failed and, where the
+//! user can act on it, what to do. Exit codes follow CONVENTIONS.md.
+//!
+//! Secrets never reach this type: callers put names, URLs without query strings
+//! and B2 error codes in the context, never keys or tokens.
+
+use std::fmt;
+use std::io;
+
+/// Process exit codes (documented in `--help` and README).
+pub mod exit_code {
+    pub const OK: i32 = 0;
+    /// Some object failed, was refused, or was unverified under `--require-verified`.
+    pub const FAILED: i32 = 1;
+    /// Bad flag or configuration, caught before any network I/O.
+    pub const USAGE: i32 = 2;
+    /// Authentication or TLS trust failed.
+    pub const AUTH: i32 = 3;
+    /// io_uring is not available (seccomp, `kernel.io_uring_disabled`, old kernel).
+    pub const URING_UNAVAILABLE: i32 = 4;
+    pub const SIGINT: i32 = 130;
+    pub const SIGTERM: i32 = 143;
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// A flag, argument or environment variable is wrong; nothing was done yet.
+    Usage(String),
+    /// The server refused our credentials (after one re-authorization).
+    Auth(String),
+    /// The server's certificate is not trusted, or the CA file is unusable.
+    Trust(String),
+    /// io_uring could not be set up at all.
+    UringUnavailable(String),
+    /// A local I/O operation failed.
+    Io { context: String, source: io::Error },
+    /// The origin answered something we cannot use, after all retries.
+    Http { context: String, detail: String },
+    /// The bytes we received do not hash to the published SHA1.
+    Sha1Mismatch { name: String, expected: String, actual: String },
+    /// The run was stopped by a signal.
+    Interrupted { signal: i32 },
+    /// The run cannot continue (disk full, cap exceeded, read-only target).
+    Fatal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+
+    pub fn http(context: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Http { context: context.into(), detail: detail.into() }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit_code::USAGE,
+            Error::Auth(_) | Error::Trust(_) => exit_code::AUTH,
+            Error::UringUnavailable(_) => exit_code::URING_UNAVAILABLE,
+            Error::Interrupted { signal } if *signal == libc::SIGTERM => exit_code::SIGTERM,
+            Error::Interrupted { .. } => exit_code::SIGINT,
+            Error::Io { .. } | Error::Http { .. } | Error::Sha1Mismatch { .. } | Error::Fatal(_) => {
+                exit_code::FAILED
+            }
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(msg) => write!(f, "{msg}"),
+            Error::Auth(msg) => write!(f, "authentication failed: {msg}"),
+            Error::Trust(msg) => write!(f, "TLS trust failed: {msg}"),
+            Error::UringUnavailable(msg) => write!(f, "io_uring is unavailable: {msg}"),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Http { context, detail } => write!(f, "{context}: {detail}"),
+            Error::Sha1Mismatch { name, expected, actual } => write!(
+                f,
+                "{name}: SHA1 mismatch: expected {expected}, received bytes hash to {actual}"
+            ),
+            Error::Interrupted { signal } => write!(f, "interrupted by signal {signal}"),
+            Error::Fatal(msg) => write!(f, "{msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! ringdown: restore data from object storage onto Linux servers with io_uring,
+//! verified. See DESIGN.md in the README for the architecture.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod units;
+
+pub use error::{Error, Result};
