@@ -1,0 +1,632 @@
+#!/usr/bin/env python3
+"""The benchmark orchestrator behind scripts/bench.sh (run it through that
+script: it installs the peers, the venv and builds ringdown first).
+
+For each scenario: start `ringdown serve` over TLS on loopback with the
+scenario's flags, authorize once (untimed, also warms the origin), then run
+every tool N times interleaved (A B C A B C ...). Each run: delete the output,
+drop the page cache, run the tool under scripts/bench_runner.py (fork/exec +
+wait4: wall, user+sys CPU of the process tree, peak RSS), then check every
+output file's size and SHA1 against the dataset manifest. A run with a wrong or
+missing byte is `correct: false` and is left out of the timing statistics.
+
+Writes OUT/results.json, OUT/report.md, OUT/*.png, OUT/logs/, OUT/stats/, and
+rewrites the README block between <!-- bench:begin --> and <!-- bench:end -->
+when those markers exist.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import bench_data  # noqa: E402
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+# --------------------------------------------------------------- scenarios
+# kind: single (one object, `get`) or tree (a bucket, `restore`).
+# threshold: "above" = every object carries a real contentSha1;
+#            "below" = the object is a B2 large file (contentSha1 "none",
+#            fileInfo.large_file_sha1).
+WAN = ["--latency-ms", "20", "--rate-per-conn", "25MB/s"]
+FAULTS = ["--reset-rate", "0.01", "--fail-rate", "0.01", "--seed", "1"]
+SCENARIOS = {
+    "big": dict(kind="single", bucket="bench-big", name="big.bin", threshold="above", serve=[],
+                about="one object with a real contentSha1 (the `get` headline)"),
+    "big-large": dict(kind="single", bucket="bench-big", name="big.bin", threshold="below", serve=[],
+                      about="the same object served as a B2 large file (contentSha1 `none`, large_file_sha1)"),
+    "small": dict(kind="tree", bucket="bench-small", threshold="above", serve=[],
+                  about="many 64 KiB objects"),
+    "mixed": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=[],
+                  about="2 large + 1 MiB + 16 KiB objects"),
+    "wan-big": dict(kind="single", bucket="bench-big", name="big.bin", threshold="above", serve=WAN,
+                    about="`big` through serve " + " ".join(WAN)),
+    "wan-mixed": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=WAN,
+                      about="`mixed` through serve " + " ".join(WAN)),
+    "faults": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=FAULTS,
+                   about="`mixed` through serve " + " ".join(FAULTS) + "; did each tool finish correctly?"),
+    "memlock": dict(kind="single", bucket="bench-big", name="big.bin", threshold="above", serve=[],
+                    tools=["ringdown", "ringdown-memlock"],
+                    about="ringdown with and without CAP_IPC_LOCK (ulimit -l 8192): the registered-buffer fallback cost"),
+}
+GROUPS = {"wan": ["wan-big", "wan-mixed"], "all": list(SCENARIOS)}
+DEFAULT_TOOLS = ["ringdown", "b2sdk", "curl", "aria2c", "rclone"]
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Redactor:
+    def __init__(self):
+        self.secrets = []
+
+    def add(self, s):
+        if s and len(s) >= 6 and s not in self.secrets:
+            self.secrets.append(s)
+
+    def __call__(self, text):
+        if text is None:
+            return None
+        for s in self.secrets:
+            text = text.replace(s, "<redacted>")
+            text = text.replace(urllib.parse.quote(s, safe=""), "<redacted>")
+        return text
+
+    def file(self, path):
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return
+        red = self(text)
+        if red != text:
+            with open(path, "w") as f:
+                f.write(red)
+
+
+REDACT = Redactor()
+
+
+# --------------------------------------------------------------- helpers
+
+def machine_info():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "cpu_model": model, "kernel": platform.release(),
+            "loadavg_start": open("/proc/loadavg").read().split()[:3]}
+
+
+def tool_version(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def drop_caches():
+    """Same for every tool, before every run. Returns None or why it failed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return None
+    except OSError as e:
+        return f"page cache not dropped ({e})"
+
+
+def proc_cpu_s(pid):
+    """utime+stime of a live process (the origin), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tck = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tck
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def ringdown_has(ringdown, sub):
+    if not ringdown or not os.path.exists(ringdown):
+        return False
+    r = subprocess.run([ringdown, sub, "--help"], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def tail(path, n=600):
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return REDACT(text[-n:].strip())
+
+
+# --------------------------------------------------------------- the origin
+
+class Origin:
+    def __init__(self, ringdown, buckets_dir, work, logs, name, threshold, extra, key_id, key):
+        self.proc = None
+        self.error = None
+        self.info = {}
+        cert_dir = os.path.join(work, "certs")
+        os.makedirs(cert_dir, exist_ok=True)
+        self.argv_display = ["ringdown", "serve", "BUCKETS", "--listen", "127.0.0.1:0", "--cert-dir", "CERTS",
+                             "--key-id", "<id>", "--key", "<key>", "--large-file-threshold", str(threshold)] + extra
+        argv = [ringdown, "serve", buckets_dir, "--listen", "127.0.0.1:0", "--cert-dir", cert_dir,
+                "--key-id", key_id, "--key", key, "--large-file-threshold", str(threshold)] + extra
+        self.log_path = os.path.join(logs, f"serve-{name}.log")
+        self.log_f = open(self.log_path, "w")
+        try:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log_f,
+                                         stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        except OSError as e:
+            self.error = f"cannot start ringdown serve: {e}"
+            return
+        line = self._readline(120)
+        if not line:
+            self.stop()
+            self.error = "ringdown serve did not print its realm line: " + (tail(self.log_path, 300) or "no output")
+            return
+        for part in line.split():
+            if "=" in part:
+                k, v = part.split("=", 1)
+                self.info[k] = v
+        if "realm" not in self.info or "ca_file" not in self.info:
+            self.stop()
+            self.error = f"unexpected serve line: {REDACT(line)!r}"
+
+    def _readline(self, timeout):
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sel.select(timeout=0.5):
+                return self.proc.stdout.readline().strip()
+            if self.proc.poll() is not None:
+                return None
+        return None
+
+    def cpu_s(self):
+        return proc_cpu_s(self.proc.pid) if self.proc and self.proc.poll() is None else None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_f.close()
+        REDACT.file(self.log_path)
+
+
+# --------------------------------------------------------------- tools
+
+class Ctx:
+    """Everything a tool needs to build its command for one scenario."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def object_url(ctx, name):
+    return f"{ctx.download_url}/file/{ctx.bucket}/{urllib.parse.quote(name, safe='/')}"
+
+
+def plan_ringdown(ctx, memlock=False):
+    sub = "get" if ctx.kind == "single" else "restore"
+    if not ctx.ringdown_subs.get(sub):
+        return {"skip": f"`ringdown {sub}` does not exist yet in this build"}
+    src = f"b2://{ctx.bucket}/{ctx.name}" if ctx.kind == "single" else f"b2://{ctx.bucket}"
+    stats = os.path.join(ctx.stats_dir, "STATS")
+    argv = [ctx.ringdown, sub, src, ctx.dest_target, "--realm", ctx.realm, "--ca-file", ctx.ca_file,
+            "--stats-json", stats]
+    if ctx.kind == "single":
+        argv.append("--force")
+    display = ["ringdown", sub, src, "DEST", "--realm", "REALM", "--ca-file", "ca.pem", "--stats-json", "FILE"]
+    display += ["--force"] if ctx.kind == "single" else []
+    if memlock:
+        if not shutil.which("setpriv"):
+            return {"skip": "setpriv (util-linux) not installed"}
+        argv = ["bash", "-c", 'ulimit -l 8192 && exec "$@"', "bench-memlock",
+                "setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--"] + argv
+        display = ["bash -c 'ulimit -l 8192 && exec \"$@\"' _", "setpriv", "--inh-caps=-ipc_lock",
+                   "--bounding-set=-ipc_lock", "--"] + display
+    return {"argv": argv, "display": display, "env": ctx.cred_env, "stats": stats, "verify": "stats"}
+
+
+def plan_b2sdk(ctx):
+    if not ctx.venv_python:
+        return {"skip": "no venv with b2sdk==2.8.0"}
+    py = [ctx.venv_python, os.path.join(HERE, "bench_b2sdk.py")]
+    env = dict(ctx.cred_env, B2_REALM=ctx.realm, REQUESTS_CA_BUNDLE=ctx.ca_file)
+    if ctx.kind == "single":
+        argv = py + ["get", "--bucket", ctx.bucket, "--name", ctx.name, "--dest", ctx.dest_target]
+        display = ["bench_b2sdk.py get", "# bucket.download_file_by_name(name).save_to(DEST)"]
+    else:
+        argv = py + ["sync", "--bucket", ctx.bucket, "--dest", ctx.dest_target, "--threads", "10"]
+        display = ["bench_b2sdk.py sync --threads 10",
+                   "# Synchronizer(max_workers=10), B2Api(max_download_workers=10), b2://BUCKET -> DEST"]
+    # b2sdk checks a real contentSha1; a large file's `none` it does not check.
+    verified = ctx.threshold == "above"
+    return {"argv": argv, "display": display, "env": env, "verify": verified,
+            "label": None if verified else "unverified"}
+
+
+def plan_curl(ctx):
+    if not shutil.which("curl"):
+        return {"skip": "curl not installed"}
+    cfg = os.path.join(ctx.secret_dir, "curl.cfg")
+    lines = [f'header = "Authorization: {ctx.token}"']
+    if ctx.kind == "single":
+        lines += [f'url = "{object_url(ctx, ctx.name)}"', f'output = "{ctx.dest_target}"']
+    else:
+        for e in ctx.manifest["files"]:
+            lines += [f'url = "{object_url(ctx, e["name"])}"',
+                      f'output = "{os.path.join(ctx.dest_target, e["name"])}"']
+    fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    argv = ["curl", "-sS", "--fail", "--cacert", ctx.ca_file, "-K", cfg]
+    display = ["curl", "-sS", "--fail", "--cacert", "ca.pem", "-K", "CFG"]
+    if ctx.kind == "tree":
+        extra = ["--parallel", "--parallel-max", "16", "--create-dirs"]
+        argv += extra
+        display += extra + ["# CFG: header Authorization, then url/output per object"]
+    else:
+        display += ["# CFG: header Authorization, url, output"]
+    return {"argv": argv, "display": display, "env": {}, "verify": False}
+
+
+def plan_aria2c(ctx):
+    if not shutil.which("aria2c"):
+        return {"skip": "aria2c not installed (apt-get install aria2 failed or not run)"}
+    inp = os.path.join(ctx.secret_dir, "aria2.txt")
+    entries = [(ctx.name, ctx.name)] if ctx.kind == "single" else [(e["name"], e["name"]) for e in ctx.manifest["files"]]
+    lines = []
+    for name, out in entries:
+        lines += [object_url(ctx, name), f"  out={out}", f"  header=Authorization: {ctx.token}"]
+    fd = os.open(inp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    dest_dir = ctx.dest_dir
+    common = ["--ca-certificate=" + ctx.ca_file, "-d", dest_dir, "-i", inp,
+              "--allow-overwrite=true", "--auto-file-renaming=false",
+              "--console-log-level=warn", "--summary-interval=0", "--download-result=hide"]
+    par = ["-x8", "-s8"] if ctx.kind == "single" else ["-j16"]
+    argv = ["aria2c"] + par + common
+    display = ["aria2c"] + par + ["--ca-certificate=ca.pem", "-d", "DEST", "-i", "LIST",
+                                  "--allow-overwrite=true", "--auto-file-renaming=false",
+                                  "--console-log-level=warn", "--summary-interval=0", "--download-result=hide",
+                                  "# LIST: URL, out=NAME, header=Authorization per object"]
+    return {"argv": argv, "display": display, "env": {}, "verify": False}
+
+
+def plan_rclone(ctx):
+    if not shutil.which("rclone"):
+        return {"skip": "rclone not installed"}
+    conf = os.path.join(ctx.secret_dir, "rclone.conf")
+    open(conf, "a").close()
+    env = {"RCLONE_B2_ACCOUNT": ctx.key_id, "RCLONE_B2_KEY": ctx.key}
+    src = f":b2:{ctx.bucket}/{ctx.name}" if ctx.kind == "single" else f":b2:{ctx.bucket}"
+    flags = ["--b2-endpoint", ctx.realm, "--ca-cert", ctx.ca_file, "--config", conf]
+    par = [] if ctx.kind == "single" else ["--transfers", "16", "--checkers", "16"]
+    argv = ["rclone", "copy", src, ctx.dest_dir] + flags + par
+    display = ["rclone", "copy", src, "DEST", "--b2-endpoint", "REALM", "--ca-cert", "ca.pem",
+               "--config", "EMPTY"] + par + ["# env RCLONE_B2_ACCOUNT, RCLONE_B2_KEY"]
+    # rclone compares the SHA1 it computes with the listing's (large_file_sha1
+    # for large files) after each transfer.
+    return {"argv": argv, "display": display, "env": env, "verify": True}
+
+
+PLANS = {
+    "ringdown": plan_ringdown,
+    "ringdown-memlock": lambda ctx: plan_ringdown(ctx, memlock=True),
+    "b2sdk": plan_b2sdk,
+    "curl": plan_curl,
+    "aria2c": plan_aria2c,
+    "rclone": plan_rclone,
+}
+
+
+# --------------------------------------------------------------- running
+
+def run_one(ctx, tool, plan, run_no, args):
+    """One measured run. Returns the results.json row."""
+    row = {"scenario": ctx.scenario, "tool": tool, "run": run_no, "wall_s": None, "cpu_user_s": None,
+           "cpu_sys_s": None, "peak_rss_bytes": None, "bytes": 0, "files": 0, "correct": False,
+           "verified_by_tool": None, "error": None}
+    shutil.rmtree(ctx.dest_dir, ignore_errors=True)
+    os.makedirs(ctx.dest_dir)
+    argv = list(plan["argv"])
+    stats_path = None
+    if plan.get("stats"):
+        stats_path = os.path.join(ctx.stats_dir, f"{ctx.scenario}-{tool}-{run_no}.json")
+        if os.path.exists(stats_path):
+            os.unlink(stats_path)
+        argv = [stats_path if a == plan["stats"] else a for a in argv]
+    drop_note = None if args.no_drop_caches else drop_caches()
+    if args.no_drop_caches:
+        drop_note = "page cache not dropped (--no-drop-caches)"
+    row["page_cache_dropped"] = drop_note is None
+    env = dict(os.environ)
+    for k in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", "RCLONE_B2_ACCOUNT", "RCLONE_B2_KEY"):
+        env.pop(k, None)
+    env.update(plan.get("env") or {})
+    result_path = os.path.join(ctx.work, "run.json")
+    log_path = os.path.join(ctx.logs, f"{ctx.scenario}-{tool}-{run_no}.log")
+    origin_before = ctx.origin.cpu_s()
+    runner = [sys.executable, "-S", "-I", os.path.join(HERE, "bench_runner.py"), result_path,
+              str(args.timeout), log_path, "--"] + argv
+    if os.path.exists(result_path):
+        os.unlink(result_path)
+    subprocess.run(runner, env=env, stdin=subprocess.DEVNULL)
+    origin_after = ctx.origin.cpu_s()
+    REDACT.file(log_path)
+    try:
+        with open(result_path) as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        row["error"] = f"runner failed: {e}"
+        return row
+    for k in ("wall_s", "cpu_user_s", "cpu_sys_s", "peak_rss_bytes"):
+        row[k] = m[k]
+    row["exit_code"] = m["exit_code"]
+    if origin_before is not None and origin_after is not None:
+        row["origin_cpu_s"] = round(origin_after - origin_before, 3)
+    check = (bench_data.check_file(ctx.entry, ctx.dest_target) if ctx.kind == "single"
+             else bench_data.check_tree(ctx.manifest, ctx.dest_target))
+    row["bytes"], row["files"] = check["bytes"], check["files"]
+    problems = []
+    if m["timed_out"]:
+        problems.append(f"timed out after {args.timeout} s")
+    elif m["exit_code"] != 0:
+        problems.append(f"exit {m['exit_code'] if m['exit_code'] is not None else 'signal %s' % m['signal']}: "
+                        + (tail(log_path, 300) or "no output"))
+    if not check["correct"]:
+        problems.append(check["error"])
+    row["correct"] = not problems
+    row["error"] = REDACT("; ".join(problems)) if problems else None
+    # Did the tool itself verify what it wrote?
+    if plan["verify"] == "stats":
+        row["stats_json"] = os.path.relpath(stats_path, args.out) if stats_path and os.path.exists(stats_path) else None
+        try:
+            with open(stats_path) as f:
+                st = json.load(f)
+            v = st.get("verified", {})
+            row["verified_by_tool"] = (v.get("ok", 0) >= len(ctx.files) and not v.get("failed")
+                                       and not v.get("unverified"))
+            row["registered_buffers"] = st.get("registered_buffers")
+            row["direct_io"] = st.get("direct_io")
+        except (OSError, ValueError, TypeError):
+            row["verified_by_tool"] = None
+    else:
+        row["verified_by_tool"] = plan["verify"]
+    shutil.rmtree(ctx.dest_dir, ignore_errors=True)
+    return row
+
+
+def skipped_row(scenario, tool, reason):
+    return {"scenario": scenario, "tool": tool, "run": None, "wall_s": None, "cpu_user_s": None,
+            "cpu_sys_s": None, "peak_rss_bytes": None, "bytes": 0, "files": 0, "correct": None,
+            "verified_by_tool": None, "error": "skipped: " + reason, "skipped": True}
+
+
+def run_scenario(name, args, env_info, manifests, results, meta):
+    sc = SCENARIOS[name]
+    manifest = manifests[sc["bucket"]]
+    if "tools" in sc:  # memlock: ringdown against itself
+        tools = sc["tools"] if "ringdown" in args.tools else []
+    else:
+        tools = [t for t in args.tools if t != "ringdown-memlock"]
+    work = os.path.join(args.scratch, "work")
+    shutil.rmtree(work, ignore_errors=True)
+    secret_dir = os.path.join(work, "secret")
+    os.makedirs(secret_dir, mode=0o700)
+    largest = max(e["size"] for e in manifest["files"])
+    threshold = largest * 2 if sc["threshold"] == "above" else max(largest // 4, 5_000_000)
+    smeta = {"about": sc["about"], "kind": sc["kind"], "bucket": sc["bucket"], "objects": manifest["count"],
+             "bytes": manifest["bytes"], "large_file_threshold": threshold, "commands": {}, "skipped": {}}
+    meta["scenarios"][name] = smeta
+
+    def skip_all(reason):
+        for t in tools:
+            smeta["skipped"][t] = reason
+            results.append(skipped_row(name, t, reason))
+        log(f"{name}: skipped ({reason})")
+
+    if not env_info["ringdown"]:
+        return skip_all("no ringdown binary (cargo build --release failed)")
+    if not env_info["serve"]:
+        return skip_all("`ringdown serve` is not available in this build")
+    origin = Origin(env_info["ringdown"], env_info["buckets_dir"], work, args.logs, name, threshold,
+                    sc["serve"], env_info["key_id"], env_info["key"])
+    if origin.error:
+        return skip_all(REDACT(origin.error))
+    smeta["serve"] = " ".join(origin.argv_display)
+    try:
+        realm, ca_file = origin.info["realm"], origin.info["ca_file"]
+        cred_env = {"B2_APPLICATION_KEY_ID": env_info["key_id"], "B2_APPLICATION_KEY": env_info["key"]}
+        auth = None
+        if env_info["venv_python"]:
+            auth_path = os.path.join(secret_dir, "auth.json")
+            r = subprocess.run([env_info["venv_python"], os.path.join(HERE, "bench_b2sdk.py"), "auth",
+                                "--bucket", sc["bucket"], "--out", auth_path],
+                               env=dict(os.environ, B2_REALM=realm, REQUESTS_CA_BUNDLE=ca_file, **cred_env),
+                               capture_output=True, text=True, timeout=600)
+            if r.returncode == 0:
+                with open(auth_path) as f:
+                    auth = json.load(f)
+                REDACT.add(auth["authorizationToken"])
+            else:
+                log(f"{name}: authorize/list failed: {REDACT(r.stderr[-400:])}")
+        single = sc["kind"] == "single"
+        entry = next(e for e in manifest["files"] if e["name"] == sc["name"]) if single else None
+        dest_dir = os.path.join(args.scratch, "dest")
+        ctx = Ctx(scenario=name, kind=sc["kind"], bucket=sc["bucket"], name=sc.get("name"), manifest=manifest,
+                  entry=entry, files=[entry] if single else manifest["files"], threshold=sc["threshold"],
+                  realm=realm, ca_file=ca_file, cred_env=cred_env, key_id=env_info["key_id"],
+                  key=env_info["key"], ringdown=env_info["ringdown"], ringdown_subs=env_info["subs"],
+                  venv_python=env_info["venv_python"], secret_dir=secret_dir, work=work, logs=args.logs,
+                  stats_dir=args.stats, dest_dir=dest_dir,
+                  dest_target=os.path.join(dest_dir, sc["name"]) if single else dest_dir,
+                  download_url=auth["downloadUrl"] if auth else None, token=auth["authorizationToken"] if auth else None,
+                  origin=origin)
+        plans = {}
+        for t in tools:
+            if t in ("curl", "aria2c") and not auth:
+                plan = {"skip": "no download URL/token (authorize via b2sdk failed)"}
+            else:
+                plan = PLANS[t](ctx)
+            if "skip" in plan:
+                smeta["skipped"][t] = plan["skip"]
+                results.append(skipped_row(name, t, plan["skip"]))
+                log(f"{name}: {t} skipped: {plan['skip']}")
+            else:
+                plans[t] = plan
+                smeta["commands"][t] = " ".join(plan["display"])
+                if plan.get("label"):
+                    smeta.setdefault("labels", {})[t] = plan["label"]
+        for run_no in range(1, args.runs + 1):
+            for t, plan in plans.items():
+                row = run_one(ctx, t, plan, run_no, args)
+                results.append(row)
+                status = "ok" if row["correct"] else f"FAILED ({row['error'][:160] if row['error'] else ''})"
+                wall = f"{row['wall_s']:.3f}s" if row["wall_s"] is not None else "-"
+                log(f"{name} run {run_no}/{args.runs} {t}: {wall} {status}")
+                write_json(os.path.join(args.out, "results.json"), results)
+    finally:
+        origin.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.rename(path + ".tmp", path)
+
+
+# --------------------------------------------------------------- main
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small datasets, 2 runs")
+    p.add_argument("--scenario", action="append", default=[], help="scenario or group (repeatable, comma-separated)")
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                   help="comma-separated subset of " + ",".join(DEFAULT_TOOLS) + " (memlock runs ringdown twice)")
+    p.add_argument("--runs", type=int)
+    p.add_argument("--out", default=os.path.join(REPO, "bench-out"))
+    p.add_argument("--ringdown", default=None, help="path to the ringdown binary")
+    p.add_argument("--venv-python", default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
+    p.add_argument("--no-drop-caches", action="store_true")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README block")
+    args = p.parse_args()
+
+    names = []
+    for s in args.scenario or ["all"]:
+        for part in s.split(","):
+            part = part.strip()
+            if part in GROUPS:
+                names += GROUPS[part]
+            elif part in SCENARIOS:
+                names.append(part)
+            else:
+                p.error(f"unknown scenario {part!r}; known: {', '.join(list(SCENARIOS) + list(GROUPS))}")
+    names = list(dict.fromkeys(names))
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    for t in args.tools:
+        if t not in PLANS:
+            p.error(f"unknown tool {t!r}; known: {', '.join(PLANS)}")
+    args.runs = args.runs or (2 if args.quick else 5)
+    args.timeout = args.timeout or (120 if args.quick else 900)
+    profile = "quick" if args.quick else "full"
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    args.data_root = args.data_root or os.path.join(target, "bench-data")
+    args.scratch = os.path.join(target, "bench-scratch")
+    args.out = os.path.abspath(args.out)
+    args.logs = os.path.join(args.out, "logs")
+    args.stats = os.path.join(args.out, "stats")
+    for d in (args.logs, args.stats):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+    for f in os.listdir(args.out):
+        if f.endswith(".png") or f in ("results.json", "report.md", "meta.json"):
+            os.unlink(os.path.join(args.out, f))
+    os.makedirs(args.scratch, exist_ok=True)
+
+    ringdown = args.ringdown or os.path.join(target, "release", "ringdown")
+    ringdown = ringdown if os.path.exists(ringdown) else None
+    key_id = "bench" + os.urandom(4).hex()
+    key = os.urandom(16).hex()
+    REDACT.add(key)
+    env_info = {
+        "ringdown": ringdown, "serve": ringdown_has(ringdown, "serve"),
+        "subs": {s: ringdown_has(ringdown, s) for s in ("get", "restore")},
+        "venv_python": args.venv_python, "key_id": key_id, "key": key,
+    }
+    log(f"profile={profile} runs={args.runs} scenarios={','.join(names)} tools={','.join(args.tools)}")
+    log(f"ringdown={ringdown} serve={env_info['serve']} get={env_info['subs']['get']} "
+        f"restore={env_info['subs']['restore']}")
+
+    needed = {SCENARIOS[n]["bucket"] for n in names}
+    profile_dir, manifests = bench_data.ensure_profile(args.data_root, profile, needed)
+    env_info["buckets_dir"] = os.path.join(profile_dir, "buckets")
+
+    machine = machine_info()
+    versions = {
+        "ringdown": tool_version([ringdown, "--version"]) if ringdown else None,
+        "b2sdk": tool_version([args.venv_python, "-c", "import b2sdk.version as v; print('b2sdk', v.VERSION)"])
+        if args.venv_python else None,
+        "curl": tool_version(["curl", "--version"]) if shutil.which("curl") else None,
+        "aria2c": tool_version(["aria2c", "--version"]) if shutil.which("aria2c") else None,
+        "rclone": tool_version(["rclone", "version"]) if shutil.which("rclone") else None,
+    }
+    probe = drop_caches()
+    meta = {"profile": profile, "runs": args.runs, "machine": machine, "versions": versions,
+            "page_cache": "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)"
+            if not probe and not args.no_drop_caches else (probe or "not dropped (--no-drop-caches)"),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "scenarios": {}}
+    results = []
+    t0 = time.monotonic()
+    for name in names:
+        run_scenario(name, args, env_info, manifests, results, meta)
+    machine["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    write_json(os.path.join(args.out, "results.json"), results)
+    write_json(os.path.join(args.out, "meta.json"), meta)
+    import bench_report
+    bench_report.write_all(args.out, results, meta, readme=None if args.no_readme else os.path.join(REPO, "README.md"))
+    log(f"done in {meta['elapsed_s']} s: {args.out}/report.md")
+    bad = [r for r in results if r.get("correct") is False and r["scenario"] != "faults"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

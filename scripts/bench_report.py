@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""report.md, PNG charts and the README block from results.json + meta.json.
+
+Usable on its own to re-render: bench_report.py OUT_DIR [--readme README.md]
+
+Statistics use correct runs only (a wrong or missing byte is a failed run and
+is never timed). MB/s is 10^6 bytes/s. "x b2sdk" = b2sdk's median wall time /
+the tool's median wall time (higher is faster).
+"""
+
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+
+GiB = 1 << 30
+MiB = 1 << 20
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+STAGES = ["connect", "tls_handshake", "ttfb", "recv", "buffer_wait", "write", "hash", "chunk", "file", "retry_wait"]
+
+
+def fmt(x, nd=2):
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def summarize(results, meta):
+    """{scenario: [row dicts per tool, in first-seen order]}"""
+    out = {}
+    for name, sm in meta["scenarios"].items():
+        tools = []
+        for r in results:
+            if r["scenario"] == name and r["tool"] not in tools:
+                tools.append(r["tool"])
+        rows = []
+        for t in tools:
+            runs = [r for r in results if r["scenario"] == name and r["tool"] == t and not r.get("skipped")]
+            ok = [r for r in runs if r["correct"]]
+            row = {"tool": t, "runs": len(runs), "ok": len(ok), "skipped": sm["skipped"].get(t)}
+            if ok:
+                walls = [r["wall_s"] for r in ok]
+                cpus = [r["cpu_user_s"] + r["cpu_sys_s"] for r in ok]
+                row.update(
+                    median_s=statistics.median(walls), min_s=min(walls),
+                    cpu_s=statistics.median(cpus),
+                    rss=max(r["peak_rss_bytes"] for r in ok),
+                    origin_cpu_s=statistics.median([r["origin_cpu_s"] for r in ok if r.get("origin_cpu_s") is not None] or [0]),
+                )
+                row["mb_s"] = sm["bytes"] / row["median_s"] / 1e6
+                row["best_mb_s"] = sm["bytes"] / row["min_s"] / 1e6
+                row["files_s"] = sm_files(sm) / row["median_s"]
+                row["cpu_per_gib"] = row["cpu_s"] / (sm_bytes(sm) / GiB)
+            vals = {r["verified_by_tool"] for r in runs}
+            label = sm.get("labels", {}).get(t)
+            if label:
+                row["verified"] = label
+            elif vals == {True}:
+                row["verified"] = "yes"
+            elif vals == {False}:
+                row["verified"] = "no"
+            elif not runs:
+                row["verified"] = "–"
+            else:
+                row["verified"] = "partly"
+            row["errors"] = [r["error"] for r in runs if r["error"]]
+            if t.startswith("ringdown"):
+                rb = {r.get("registered_buffers") for r in runs} - {None}
+                dio = {str(r.get("direct_io")) for r in runs if r.get("direct_io") is not None}
+                row["note"] = ", ".join(filter(None, [
+                    f"registered_buffers={'/'.join(map(str, rb))}" if rb else "",
+                    f"direct_io={'/'.join(dio)}" if dio else ""]))
+            rows.append(row)
+        base = next((r for r in rows if r["tool"] == "b2sdk" and r.get("median_s")), None)
+        for r in rows:
+            if base and r.get("median_s"):
+                r["x_b2sdk"] = base["median_s"] / r["median_s"]
+        out[name] = rows
+    return out
+
+
+def sm_files(sm):
+    return 1 if sm["kind"] == "single" else sm["objects"]
+
+
+def sm_bytes(sm):
+    return sm["bytes"] if sm["kind"] == "tree" else sm["bytes"]
+
+
+def machine_line(meta):
+    m = meta["machine"]
+    la = "/".join(m.get("loadavg_start", [])), "/".join(m.get("loadavg_end", []))
+    return (f"nproc {m['nproc']} (affinity {m['affinity']}), {m['cpu_model']}, kernel {m['kernel']}; "
+            f"load average at start {la[0]}, at end {la[1]}")
+
+
+def table(name, rows, meta):
+    sm = meta["scenarios"][name]
+    lines = ["| tool | ok/runs | median s | min s | MB/s | files/s | CPU s/GiB | peak RSS MiB | origin CPU s | × b2sdk | verified by tool |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["skipped"] and not r["runs"]:
+            lines.append(f"| {r['tool']} | skipped: {r['skipped']} | | | | | | | | | |")
+            continue
+        if not r.get("median_s"):
+            lines.append(f"| {r['tool']} | {r['ok']}/{r['runs']} (no correct run) | | | | | | | | | {r['verified']} |")
+            continue
+        lines.append(
+            f"| {r['tool']} | {r['ok']}/{r['runs']} | {fmt(r['median_s'], 3)} | {fmt(r['min_s'], 3)} | "
+            f"{fmt(r['mb_s'], 1)} | {fmt(r['files_s'], 1)} | {fmt(r['cpu_per_gib'])} | {fmt(r['rss'] / MiB, 1)} | "
+            f"{fmt(r['origin_cpu_s'])} | {fmt(r.get('x_b2sdk'))} | {r['verified']} |")
+    return "\n".join(lines)
+
+
+def render_report(results, meta, summary, charts):
+    out = [f"# ringdown benchmark ({meta['profile']}, {meta['runs']} interleaved runs per tool)", ""]
+    out.append(f"Machine: {machine_line(meta)}.  ")
+    out.append(f"Started {meta['started']}, took {meta.get('elapsed_s')} s. Page cache: {meta['page_cache']}.")
+    out.append("")
+    out.append("Versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items() if v) + ".")
+    out.append("")
+    out.append("How to read: statistics use correct runs only (every output file's size and SHA1 checked "
+               "against the dataset manifest after the run; a wrong byte fails the run). MB/s = 10^6 bytes/s "
+               "at the median time. CPU s/GiB = median user+sys of the client process tree per GiB. "
+               "Peak RSS = largest process in the client's tree (max over runs; never below the ~8 MB of the "
+               "measuring runner). Origin CPU = `ringdown serve` user+sys during the run (it shares the cores). "
+               "× b2sdk = b2sdk median / tool median (higher is faster). \"verified by tool\": the tool itself "
+               "checked the SHA1 (the harness checks every tool regardless). curl and aria2c get the object "
+               "list and token before the clock starts (one untimed b2_authorize_account), which favours them.")
+    out.append("")
+    for c in charts:
+        out.append(f"![{c}]({c})")
+    out.append("")
+    for name, rows in summary.items():
+        sm = meta["scenarios"][name]
+        out.append(f"## {name}")
+        out.append("")
+        out.append(f"{sm['about']}. {sm['objects']} object(s), {sm['bytes'] / MiB:.1f} MiB; "
+                   f"serve `--large-file-threshold {sm['large_file_threshold']}`.")
+        out.append("")
+        out.append(table(name, rows, meta))
+        out.append("")
+        notes = [f"- {r['tool']}: {r['note']}" for r in rows if r.get("note")]
+        if notes:
+            out += notes + [""]
+        if sm.get("serve"):
+            out.append(f"Origin: `{sm['serve']}`")
+            out.append("")
+        if sm["commands"]:
+            out.append("Commands:")
+            out.append("")
+            for t, c in sm["commands"].items():
+                out.append(f"- {t}: `{c}`")
+            out.append("")
+        errs = [(r["tool"], e) for r in rows for e in r["errors"] if not e.startswith("skipped")]
+        if errs:
+            out.append("Failed runs:")
+            out.append("")
+            for t, e in errs[:20]:
+                out.append(f"- {t}: {e.replace('|', '/').replace(chr(10), ' ')[:400]}")
+            out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------- charts
+
+def charts(out_dir, results, meta, summary):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    # Throughput per tool per scenario.
+    scen = [s for s, rows in summary.items() if any(r.get("mb_s") for r in rows)]
+    tools = []
+    for s in scen:
+        for r in summary[s]:
+            if r.get("mb_s") and r["tool"] not in tools:
+                tools.append(r["tool"])
+    if scen:
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(scen) + 2), 4.5))
+        width = 0.8 / max(1, len(tools))
+        for i, t in enumerate(tools):
+            xs, ys, errs = [], [], []
+            for j, s in enumerate(scen):
+                r = next((r for r in summary[s] if r["tool"] == t and r.get("mb_s")), None)
+                if r:
+                    xs.append(j + i * width)
+                    ys.append(r["mb_s"])
+                    errs.append(r["best_mb_s"] - r["mb_s"])
+            ax.bar(xs, ys, width, label=t, yerr=[[0] * len(errs), errs], capsize=2)
+        ax.set_xticks([j + width * (len(tools) - 1) / 2 for j in range(len(scen))])
+        ax.set_xticklabels(scen)
+        ax.set_ylabel("MB/s (10^6), median; whisker = best run")
+        ax.set_title(f"Throughput per tool ({meta['profile']}, {meta['runs']} runs, {meta['machine']['nproc']} cores)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "throughput.png"), dpi=110)
+        plt.close(fig)
+        made.append("throughput.png")
+    # ringdown stage latency percentiles, from the median run's stats JSON per scenario.
+    per = {}
+    for s in summary:
+        rows = [r for r in results if r["scenario"] == s and r["tool"] == "ringdown" and r["correct"]
+                and r.get("stats_json")]
+        if not rows:
+            continue
+        rows.sort(key=lambda r: r["wall_s"])
+        med = rows[len(rows) // 2]
+        try:
+            with open(os.path.join(out_dir, med["stats_json"])) as f:
+                per[s] = json.load(f).get("stages", {})
+        except (OSError, ValueError):
+            pass
+    per = {s: st for s, st in per.items() if st}
+    if per:
+        n = len(per)
+        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False)
+        for ax, (s, st) in zip(axes[0], per.items()):
+            names = [k for k in STAGES if k in st and st[k].get("count")] + \
+                    [k for k in st if k not in STAGES and st[k].get("count")]
+            y = range(len(names))
+            for off, (q, lab) in enumerate([("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99")]):
+                ax.barh([v + off * 0.27 for v in y], [max(st[k].get(q) or 0, 1) for k in names], 0.27, label=lab)
+            ax.set_yticks([v + 0.27 for v in y])
+            ax.set_yticklabels(names)
+            ax.set_xscale("log")
+            ax.set_xlabel("µs")
+            ax.set_title(f"ringdown stages: {s}")
+            ax.invert_yaxis()
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "ringdown-stages.png"), dpi=110)
+        plt.close(fig)
+        made.append("ringdown-stages.png")
+    return made
+
+
+# --------------------------------------------------------------- README
+
+def update_readme(readme, out_dir, meta, summary, made):
+    """Rewrite the block between the markers (only if both exist)."""
+    try:
+        with open(readme) as f:
+            text = f.read()
+    except OSError:
+        return False
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        return False
+    repo = os.path.dirname(os.path.abspath(readme))
+    img_dir = os.path.join(repo, "docs", "bench")
+    links = []
+    if made:
+        os.makedirs(img_dir, exist_ok=True)
+        for c in made:
+            shutil.copyfile(os.path.join(out_dir, c), os.path.join(img_dir, c))
+            links.append(f"![{c}](docs/bench/{c})")
+    body = [BEGIN, "",
+            f"Generated by `scripts/bench.sh` ({meta['profile']}, {meta['runs']} interleaved runs per tool, "
+            f"{meta['started']}); do not edit by hand.  ",
+            f"Machine: {machine_line(meta)}.", ""]
+    for name, rows in summary.items():
+        if not any(r.get("median_s") for r in rows):
+            continue
+        body += [f"**{name}**: {meta['scenarios'][name]['about']}", "", table(name, rows, meta), ""]
+    body += links + ([""] if links else []) + [END]
+    new = text[:text.index(BEGIN)] + "\n".join(body) + text[text.index(END) + len(END):]
+    with open(readme, "w") as f:
+        f.write(new)
+    return True
+
+
+def write_all(out_dir, results, meta, readme=None):
+    summary = summarize(results, meta)
+    made = charts(out_dir, results, meta, summary)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(render_report(results, meta, summary, made) + "\n")
+    if readme and update_readme(readme, out_dir, meta, summary, made):
+        print(f"bench: rewrote the bench block in {readme}", file=sys.stderr)
+    return summary
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: bench_report.py OUT_DIR [--readme README.md]")
+    d = sys.argv[1]
+    with open(os.path.join(d, "results.json")) as f:
+        res = json.load(f)
+    with open(os.path.join(d, "meta.json")) as f:
+        mt = json.load(f)
+    rd = sys.argv[sys.argv.index("--readme") + 1] if "--readme" in sys.argv else None
+    write_all(d, res, mt, rd)
