@@ -344,6 +344,23 @@ def plan_rclone(ctx):
     return {"argv": argv, "display": display, "env": env, "verify": True}
 
 
+def plan_corrupt(ctx):
+    """Harness self-check, only when asked for (--tools ...,corrupt): curl, then
+    flip one byte of the (first) output file. Every run must come out
+    correct=false."""
+    plan = plan_curl(ctx)
+    if "skip" in plan:
+        return plan
+    victim = ctx.dest_target if ctx.kind == "single" else os.path.join(ctx.dest_target, ctx.manifest["files"][0]["name"])
+    flip = ("import sys; f = open(sys.argv[1], 'r+b'); f.seek(int(sys.argv[2])); b = f.read(1); "
+            "f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 1]))")
+    offset = str(ctx.files[0]["size"] // 2)
+    plan["argv"] = ["sh", "-c", '"$@" && exec "$0" -S -I -c "$FLIP" "$VICTIM" "$OFFSET"', sys.executable] + plan["argv"]
+    plan["env"] = {"FLIP": flip, "VICTIM": victim, "OFFSET": offset}
+    plan["display"] = plan["display"] + [f"# then flip the byte at offset {offset} of one output file"]
+    return plan
+
+
 PLANS = {
     "ringdown": plan_ringdown,
     "ringdown-memlock": lambda ctx: plan_ringdown(ctx, memlock=True),
@@ -351,6 +368,7 @@ PLANS = {
     "curl": plan_curl,
     "aria2c": plan_aria2c,
     "rclone": plan_rclone,
+    "corrupt": plan_corrupt,
 }
 
 
@@ -624,7 +642,11 @@ def main():
     import bench_report
     bench_report.write_all(args.out, results, meta, readme=None if args.no_readme else os.path.join(REPO, "README.md"))
     log(f"done in {meta['elapsed_s']} s: {args.out}/report.md")
-    bad = [r for r in results if r.get("correct") is False and r["scenario"] != "faults"]
+    # Exit 1 when ringdown wrote a wrong file, or the corrupting self-check was not caught.
+    bad = [r for r in results if r.get("correct") is False and r["tool"].startswith("ringdown")]
+    bad += [r for r in results if r["tool"] == "corrupt" and r.get("correct") is True]
+    for r in bad:
+        log(f"ERROR: {r['scenario']} {r['tool']} run {r['run']}: correct={r['correct']} {r['error'] or ''}")
     return 1 if bad else 0
 
 
