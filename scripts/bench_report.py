@@ -50,7 +50,7 @@ def summarize(results, meta):
                 row["mb_s"] = sm["bytes"] / row["median_s"] / 1e6
                 row["best_mb_s"] = sm["bytes"] / row["min_s"] / 1e6
                 row["files_s"] = sm_files(sm) / row["median_s"]
-                row["cpu_per_gib"] = row["cpu_s"] / (sm_bytes(sm) / GiB)
+                row["cpu_per_gib"] = row["cpu_s"] / (sm["bytes"] / GiB)
             vals = {r["verified_by_tool"] for r in runs}
             label = sm.get("labels", {}).get(t)
             if label:
@@ -81,10 +81,6 @@ def summarize(results, meta):
 
 def sm_files(sm):
     return 1 if sm["kind"] == "single" else sm["objects"]
-
-
-def sm_bytes(sm):
-    return sm["bytes"] if sm["kind"] == "tree" else sm["bytes"]
 
 
 def machine_line(meta):
@@ -180,22 +176,25 @@ def charts(out_dir, results, meta, summary):
             if r.get("mb_s") and r["tool"] not in tools:
                 tools.append(r["tool"])
     if scen:
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(scen) + 2), 4.5))
-        width = 0.8 / max(1, len(tools))
-        for i, t in enumerate(tools):
-            xs, ys, errs = [], [], []
-            for j, s in enumerate(scen):
-                r = next((r for r in summary[s] if r["tool"] == t and r.get("mb_s")), None)
-                if r:
-                    xs.append(j + i * width)
-                    ys.append(r["mb_s"])
-                    errs.append(r["best_mb_s"] - r["mb_s"])
-            ax.bar(xs, ys, width, label=t, yerr=[[0] * len(errs), errs], capsize=2)
-        ax.set_xticks([j + width * (len(tools) - 1) / 2 for j in range(len(scen))])
-        ax.set_xticklabels(scen)
-        ax.set_ylabel("MB/s (10^6), median; whisker = best run")
-        ax.set_title(f"Throughput per tool ({meta['profile']}, {meta['runs']} runs, {meta['machine']['nproc']} cores)")
-        ax.legend(fontsize=8)
+        # One panel per scenario (their scales differ by 100x), one bar per tool,
+        # the same colour for a tool everywhere.
+        colours = {t: f"C{i}" for i, t in enumerate(tools)}
+        ncols = min(4, len(scen))
+        nrows = (len(scen) + ncols - 1) // ncols
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.2 * nrows), squeeze=False)
+        for ax in axes.flat[len(scen):]:
+            ax.axis("off")
+        for ax, s in zip(axes.flat, scen):
+            rows = [r for r in summary[s] if r.get("mb_s")]
+            xs = range(len(rows))
+            ax.bar(xs, [r["mb_s"] for r in rows], color=[colours[r["tool"]] for r in rows],
+                   yerr=[[0] * len(rows), [r["best_mb_s"] - r["mb_s"] for r in rows]], capsize=3)
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels([r["tool"] for r in rows], rotation=30, ha="right", fontsize=8)
+            ax.set_title(s, fontsize=10)
+            ax.set_ylabel("MB/s", fontsize=8)
+        fig.suptitle(f"Median throughput, MB/s (10^6); whisker = best run. {meta['profile']}, "
+                     f"{meta['runs']} runs, {meta['machine']['nproc']} cores", fontsize=10)
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "throughput.png"), dpi=110)
         plt.close(fig)
