@@ -622,7 +622,7 @@ def main():
         "ringdown": tool_version([ringdown, "--version"]) if ringdown else None,
         "b2sdk": tool_version([args.venv_python, "-c", "import b2sdk.version as v; print('b2sdk', v.VERSION)"])
         if args.venv_python else None,
-        "curl": tool_version(["curl", "--version"]) if shutil.which("curl") else None,
+        "curl": " ".join(tool_version(["curl", "--version"]).split()[:2]) if shutil.which("curl") else None,
         "aria2c": tool_version(["aria2c", "--version"]) if shutil.which("aria2c") else None,
         "rclone": tool_version(["rclone", "version"]) if shutil.which("rclone") else None,
     }

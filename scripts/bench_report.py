@@ -21,6 +21,12 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 STAGES = ["connect", "tls_handshake", "ttfb", "recv", "buffer_wait", "write", "hash", "chunk", "file", "retry_wait"]
 
 
+def cell(text, n=200):
+    """One table cell: a single line, no pipes, bounded."""
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
 def fmt(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
 
@@ -96,7 +102,7 @@ def table(name, rows, meta):
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["skipped"] and not r["runs"]:
-            lines.append(f"| {r['tool']} | skipped: {r['skipped']} | | | | | | | | | |")
+            lines.append(f"| {r['tool']} | skipped: {cell(r['skipped'])} | | | | | | | | | |")
             continue
         if not r.get("median_s"):
             lines.append(f"| {r['tool']} | {r['ok']}/{r['runs']} (no correct run) | | | | | | | | | {r['verified']} |")
@@ -153,7 +159,7 @@ def render_report(results, meta, summary, charts):
             out.append("Failed runs:")
             out.append("")
             for t, e in errs[:20]:
-                out.append(f"- {t}: {e.replace('|', '/').replace(chr(10), ' ')[:400]}")
+                out.append(f"- {t}: {cell(e, 400)}")
             out.append("")
     return "\n".join(out)
 
