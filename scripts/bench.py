@@ -57,7 +57,9 @@ SCENARIOS = {
     "wan-mixed": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=WAN,
                       about="`mixed` through serve " + " ".join(WAN)),
     "faults": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=FAULTS,
-                   about="`mixed` through serve " + " ".join(FAULTS) + "; did each tool finish correctly?"),
+                   about="`mixed` through serve " + " ".join(FAULTS) + "; did each tool finish correctly? "
+                   "Every tool runs with the same flags as in `mixed` (its defaults): curl retries nothing "
+                   "without --retry, aria2c does not retry a 503 unless --retry-wait > 0"),
     "memlock": dict(kind="single", bucket="bench-big", name="big.bin", threshold="above", serve=[],
                     tools=["ringdown", "ringdown-memlock"],
                     about="ringdown with and without CAP_IPC_LOCK (ulimit -l 8192): the registered-buffer fallback cost"),
@@ -156,12 +158,19 @@ def ringdown_has(ringdown, sub):
 
 
 def tail(path, n=600):
+    """The last few meaningful lines of a tool's log, for the error field."""
     try:
         with open(path, errors="replace") as f:
-            text = f.read()
+            text = f.read()[-20000:]
     except OSError:
         return ""
-    return REDACT(text[-n:].strip())
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
+    out = []
+    for ln in reversed(lines):
+        if sum(len(x) for x in out) + len(ln) > n and out:
+            break
+        out.insert(0, ln[-n:])
+    return REDACT(" / ".join(out))
 
 
 # --------------------------------------------------------------- the origin
@@ -298,8 +307,8 @@ def plan_curl(ctx):
     fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
-    argv = ["curl", "-sS", "--fail", "--cacert", ctx.ca_file, "-K", cfg]
-    display = ["curl", "-sS", "--fail", "--cacert", "ca.pem", "-K", "CFG"]
+    argv = ["curl", "-sS", "--no-progress-meter", "--fail", "--cacert", ctx.ca_file, "-K", cfg]
+    display = ["curl", "-sS", "--no-progress-meter", "--fail", "--cacert", "ca.pem", "-K", "CFG"]
     if ctx.kind == "tree":
         extra = ["--parallel", "--parallel-max", "16", "--create-dirs"]
         argv += extra
@@ -323,13 +332,14 @@ def plan_aria2c(ctx):
     dest_dir = ctx.dest_dir
     common = ["--ca-certificate=" + ctx.ca_file, "-d", dest_dir, "-i", inp,
               "--allow-overwrite=true", "--auto-file-renaming=false",
-              "--console-log-level=warn", "--summary-interval=0", "--download-result=hide"]
+              "--console-log-level=warn", "--summary-interval=0", "--download-result=hide",
+              "--show-console-readout=false"]
     par = ["-x8", "-s8"] if ctx.kind == "single" else ["-j16"]
     argv = ["aria2c"] + par + common
     display = ["aria2c"] + par + ["--ca-certificate=ca.pem", "-d", "DEST", "-i", "LIST",
                                   "--allow-overwrite=true", "--auto-file-renaming=false",
                                   "--console-log-level=warn", "--summary-interval=0", "--download-result=hide",
-                                  "# LIST: URL, out=NAME, header=Authorization per object"]
+                                  "--show-console-readout=false", "# LIST: URL, out=NAME, header=Authorization per object"]
     return {"argv": argv, "display": display, "env": {}, "verify": False}
 
 
@@ -645,6 +655,11 @@ def main():
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     write_json(os.path.join(args.out, "results.json"), results)
     write_json(os.path.join(args.out, "meta.json"), meta)
+    # Last line of defence: no key or token in anything we leave behind.
+    for dirpath, _, fnames in os.walk(args.out):
+        for fn in fnames:
+            if not fn.endswith(".png"):
+                REDACT.file(os.path.join(dirpath, fn))
     import bench_report
     bench_report.write_all(args.out, results, meta, readme=None if args.no_readme else os.path.join(REPO, "README.md"))
     log(f"done in {meta['elapsed_s']} s: {args.out}/report.md")
