@@ -37,7 +37,11 @@ pub enum Error {
     /// The origin answered something we cannot use, after all retries.
     Http { context: String, detail: String },
     /// The bytes we received do not hash to the published SHA1.
-    Sha1Mismatch { name: String, expected: String, actual: String },
+    Sha1Mismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
     /// The run was stopped by a signal.
     Interrupted { signal: i32 },
     /// The run cannot continue (disk full, cap exceeded, read-only target).
@@ -48,11 +52,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn http(context: impl Into<String>, detail: impl Into<String>) -> Error {
-        Error::Http { context: context.into(), detail: detail.into() }
+        Error::Http {
+            context: context.into(),
+            detail: detail.into(),
+        }
     }
 
     pub fn exit_code(&self) -> i32 {
@@ -62,9 +72,10 @@ impl Error {
             Error::UringUnavailable(_) => exit_code::URING_UNAVAILABLE,
             Error::Interrupted { signal } if *signal == libc::SIGTERM => exit_code::SIGTERM,
             Error::Interrupted { .. } => exit_code::SIGINT,
-            Error::Io { .. } | Error::Http { .. } | Error::Sha1Mismatch { .. } | Error::Fatal(_) => {
-                exit_code::FAILED
-            }
+            Error::Io { .. }
+            | Error::Http { .. }
+            | Error::Sha1Mismatch { .. }
+            | Error::Fatal(_) => exit_code::FAILED,
         }
     }
 }
@@ -78,7 +89,11 @@ impl fmt::Display for Error {
             Error::UringUnavailable(msg) => write!(f, "io_uring is unavailable: {msg}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Http { context, detail } => write!(f, "{context}: {detail}"),
-            Error::Sha1Mismatch { name, expected, actual } => write!(
+            Error::Sha1Mismatch {
+                name,
+                expected,
+                actual,
+            } => write!(
                 f,
                 "{name}: SHA1 mismatch: expected {expected}, received bytes hash to {actual}"
             ),

@@ -11,7 +11,9 @@ pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
         .unwrap_or(trimmed.len());
     let (number, suffix) = trimmed.split_at(split);
     if number.is_empty() {
-        return Err(format!("{text:?} is not a size: expected a number with an optional unit (e.g. 8M, 64MiB, 1GB)"));
+        return Err(format!(
+            "{text:?} is not a size: expected a number with an optional unit (e.g. 8M, 64MiB, 1GB)"
+        ));
     }
     let multiplier: u64 = match suffix.trim() {
         "" | "B" => 1,
@@ -30,15 +32,21 @@ pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
         }
     };
     let bytes = if number.contains('.') {
-        let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size"))?;
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size"))?;
         let bytes = value * multiplier as f64;
         if !bytes.is_finite() || bytes >= u64::MAX as f64 {
             return Err(format!("{text:?} is too large"));
         }
         bytes.round() as u64
     } else {
-        let value: u64 = number.parse().map_err(|_| format!("{text:?} is too large"))?;
-        value.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))?
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is too large"))?;
+        value
+            .checked_mul(multiplier)
+            .ok_or_else(|| format!("{text:?} is too large"))?
     };
     Ok(bytes)
 }
@@ -72,7 +80,15 @@ mod tests {
         assert!(parse_size_bytes("").unwrap_err().contains("not a size"));
         assert!(parse_size_bytes("M").unwrap_err().contains("not a size"));
         assert!(parse_size_bytes("3X").unwrap_err().contains("unknown unit"));
-        assert!(parse_size_bytes("99999999999999999999").unwrap_err().contains("too large"));
-        assert!(parse_size_bytes("99999999T").unwrap_err().contains("too large"));
+        assert!(
+            parse_size_bytes("99999999999999999999")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            parse_size_bytes("99999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }
