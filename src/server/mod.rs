@@ -1,14 +1,434 @@
-//! `ringdown serve`: a B2-compatible origin for tests, demos and benchmarks.
-//! (Being written: see issue 3.)
+//! `ringdown serve DIR`: a B2-compatible origin for tests, demos and benchmarks.
+//!
+//! Every subdirectory of DIR is a bucket; every regular file below it is an
+//! object. The B2 native API (v1–v4) is spoken closely enough for b2sdk, the
+//! b2 CLI and rclone. Faults can be injected deterministically.
+//!
+//! Modules: `store` (buckets, names, safe opens, IDs), `sha1_cache` (digests
+//! remembered outside DIR), `api` (JSON calls), `http` (routing, errors,
+//! downloads), `body` (streamed file bodies), `faults`, `auth`, `tls`,
+//! `access_log`, `encoding` (I/O-free text helpers).
 
-use crate::error::Result;
+mod access_log;
+mod api;
+mod auth;
+mod body;
+pub mod config;
+mod encoding;
+mod faults;
+mod http;
+mod sha1_cache;
+mod store;
+mod tls;
 
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Directory whose subdirectories are served as buckets.
-    pub dir: std::path::PathBuf,
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::error::{Error, Result};
+use crate::units::{parse_rate_bytes_per_s, parse_size_bytes};
+use access_log::AccessLog;
+use auth::{Credentials, Tokens};
+use config::*;
+use faults::{FaultConfig, Faults, TokenBucket};
+use sha1_cache::Sha1Cache;
+use store::Store;
+
+fn parse_probability(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a probability"))?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("{text:?}: a probability is between 0 and 1"));
+    }
+    Ok(value)
 }
 
-pub fn run(_args: ServeArgs) -> Result<()> {
-    Err(crate::error::Error::Usage("serve is not built yet".into()))
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Prints one line on stdout once listening:
+  realm=https://127.0.0.1:PORT ca_file=/abs/ca.pem key_id=ID [key=SECRET]
+(key= only with the built-in demo credentials; --plain prints realm=http://… ca_file=none).
+Fault decisions hash (seed, request, attempt number), so runs repeat exactly.")]
+pub struct ServeArgs {
+    /// Directory whose subdirectories are served as buckets.
+    pub dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = LISTEN_DEFAULT)]
+    pub listen: SocketAddr,
+    /// Serve plain HTTP instead of HTTPS.
+    #[arg(long)]
+    pub plain: bool,
+    /// Directory for ca.pem (default: a temporary directory removed on exit).
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Also write server.pem and server-key.pem into the cert dir (benchmarks: same cert for nginx).
+    #[arg(long, hide = true)]
+    pub write_server_key: bool,
+    /// Application key ID clients must use [env: B2_APPLICATION_KEY_ID; default: demo credentials].
+    #[arg(long, env = "B2_APPLICATION_KEY_ID", hide_env_values = true)]
+    pub key_id: Option<String>,
+    /// Application key clients must use [env: B2_APPLICATION_KEY].
+    #[arg(long, env = "B2_APPLICATION_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Objects of this size or more are reported as large files (contentSha1 "none",
+    /// fileInfo.large_file_sha1).
+    #[arg(long, default_value = LARGE_FILE_THRESHOLD_DEFAULT, value_parser = parse_size_bytes, value_name = "SIZE")]
+    pub large_file_threshold: u64,
+    /// Where the SHA1 index lives (default: $XDG_CACHE_HOME or ~/.cache /ringdown/serve/<hash of DIR>).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not hash the whole tree in the background at start (hash lazily only).
+    #[arg(long)]
+    pub no_index: bool,
+    /// Seed of the fault decisions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Delay before every response head.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+    /// Bandwidth limit of each connection (e.g. 10MB/s, 512KiB).
+    #[arg(long, value_parser = parse_rate_bytes_per_s, value_name = "RATE")]
+    pub rate_per_conn: Option<u64>,
+    /// Probability of 503 service_unavailable (with Retry-After: 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub fail_rate: f64,
+    /// Probability of 429 too_many_requests.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub throttle_rate: f64,
+    /// Send Retry-After with 429s (b2sdk 2.8.0 crashes on it, so off by default).
+    #[arg(long, value_name = "S")]
+    pub retry_after_s: Option<u64>,
+    /// Probability of closing the connection mid-body.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub reset_rate: f64,
+    /// Probability of going silent mid-body with the socket left open.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub stall_rate: f64,
+    /// Probability of flipping one byte of a body.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub corrupt_rate: f64,
+    /// Probability of ending a body early (Content-Length promised more), then closing.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub short_body_rate: f64,
+    /// Authorization tokens expire after this many seconds (401 expired_auth_token).
+    #[arg(long, value_name = "S")]
+    pub token_ttl_s: Option<u64>,
+    /// Append one JSON line per response (method, path, name, range, status, bytes_sent, fault).
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
+}
+
+/// Shared state of the running server.
+pub struct Server {
+    store: Store,
+    credentials: Credentials,
+    tokens: Tokens,
+    realm: String,
+    large_file_threshold_bytes: u64,
+    faults: Faults,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+fn credentials_from(args: &ServeArgs) -> Result<Credentials> {
+    let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    match (non_empty(&args.key_id), non_empty(&args.key)) {
+        (Some(key_id), Some(key)) => Ok(Credentials::new(key_id, key, false)),
+        (None, None) => Ok(Credentials::new(DEMO_KEY_ID.to_string(), DEMO_KEY.to_string(), true)),
+        _ => Err(Error::Usage(
+            "give both --key-id and --key (or B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY), or neither for the demo credentials"
+                .into(),
+        )),
+    }
+}
+
+/// The host clients should use: loopback for wildcard listens.
+fn realm_host(address: &SocketAddr) -> String {
+    match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.to_string(),
+        IpAddr::V6(ip) if ip.is_unspecified() => format!("[{}]", Ipv6Addr::LOCALHOST),
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    }
+}
+
+fn make_temp_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = base.join(format!(
+            "ringdown-serve-{}-{nanos:08x}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => {
+                return Err(Error::io(
+                    format!("creating a directory in {}", base.display()),
+                    error,
+                ));
+            }
+        }
+    }
+    Err(Error::Fatal(format!(
+        "cannot create a temporary directory in {}",
+        base.display()
+    )))
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let dir = std::fs::canonicalize(&args.dir)
+        .map_err(|error| Error::Usage(format!("{}: {error}", args.dir.display())))?;
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let credentials = credentials_from(&args)?;
+
+    // TLS identity and ca.pem before binding, so the ready line is final.
+    let mut temporary_cert_dir = None;
+    let (acceptor, ca_file) = if args.plain {
+        (None, None)
+    } else {
+        let cert_dir = match &args.cert_dir {
+            Some(cert_dir) => {
+                std::fs::create_dir_all(cert_dir).map_err(|error| {
+                    Error::io(format!("creating {}", cert_dir.display()), error)
+                })?;
+                std::fs::canonicalize(cert_dir).map_err(|error| {
+                    Error::io(format!("resolving {}", cert_dir.display()), error)
+                })?
+            }
+            None => {
+                let cert_dir = make_temp_dir()?;
+                temporary_cert_dir = Some(cert_dir.clone());
+                cert_dir
+            }
+        };
+        let identity = tls::generate()?;
+        tls::write_pem(&cert_dir, "ca.pem", &identity.ca_pem)?;
+        if args.write_server_key {
+            tls::write_pem(&cert_dir, "server.pem", &identity.server_cert_pem)?;
+            tls::write_pem(&cert_dir, "server-key.pem", &identity.server_key_pem)?;
+        }
+        (
+            Some(tls::acceptor(&identity)?),
+            Some(cert_dir.join("ca.pem")),
+        )
+    };
+
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| sha1_cache::default_cache_dir(&dir));
+    let sha1_cache = Sha1Cache::open(Some(&cache_dir));
+    let store = Store::open(&dir, sha1_cache)
+        .map_err(|error| Error::io(format!("opening {}", dir.display()), error))?;
+    let access_log = match &args.access_log {
+        Some(path) => Some(Arc::new(AccessLog::create(path).map_err(|error| {
+            Error::io(format!("opening {}", path.display()), error)
+        })?)),
+        None => None,
+    };
+    let faults = Faults::new(FaultConfig {
+        seed: args.seed,
+        latency_ms: args.latency_ms,
+        rate_per_conn_bytes_per_s: args.rate_per_conn.filter(|rate| *rate > 0),
+        fail_rate: args.fail_rate,
+        throttle_rate: args.throttle_rate,
+        retry_after_s: args.retry_after_s,
+        reset_rate: args.reset_rate,
+        stall_rate: args.stall_rate,
+        corrupt_rate: args.corrupt_rate,
+        short_body_rate: args.short_body_rate,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ringdown-serve")
+        .build()
+        .map_err(|error| Error::io("starting the server runtime", error))?;
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|error| Error::io(format!("listening on {}", args.listen), error))?;
+        let local = listener
+            .local_addr()
+            .map_err(|error| Error::io("reading the bound address", error))?;
+        let scheme = if args.plain { "http" } else { "https" };
+        let realm = format!("{scheme}://{}:{}", realm_host(&local), local.port());
+        let server = Arc::new(Server {
+            store,
+            credentials,
+            tokens: Tokens::new(args.token_ttl_s),
+            realm,
+            large_file_threshold_bytes: args.large_file_threshold,
+            faults,
+            access_log,
+        });
+        print_ready_line(&server, ca_file.as_deref())?;
+        eprintln!(
+            "ringdown serve: serving {} on {} (SHA1 cache: {})",
+            dir.display(),
+            server.realm,
+            server
+                .store
+                .sha1_cache
+                .index_path
+                .as_ref()
+                .map_or("memory only".to_string(), |p| p.display().to_string())
+        );
+        if !args.no_index {
+            let indexer_server = server.clone();
+            std::thread::Builder::new()
+                .name("ringdown-serve-index".into())
+                .spawn(move || index_everything(&indexer_server))
+                .map_err(|error| Error::io("starting the SHA1 indexer", error))?;
+        }
+        accept_loop(server, listener, acceptor).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(cert_dir) = temporary_cert_dir {
+        let _ = std::fs::remove_dir_all(cert_dir);
+    }
+    result
+}
+
+fn print_ready_line(server: &Server, ca_file: Option<&Path>) -> Result<()> {
+    let mut line = format!(
+        "realm={} ca_file={} key_id={}",
+        server.realm,
+        ca_file.map_or("none".to_string(), |path| path.display().to_string()),
+        server.credentials.key_id
+    );
+    if server.credentials.is_demo {
+        line.push_str(&format!(" key={}", server.credentials.key()));
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|error| Error::io("writing the ready line to stdout", error))
+}
+
+/// Hashes every object not yet in the SHA1 cache, one file at a time (so a
+/// benchmark started meanwhile keeps the other cores), and reports the speed.
+fn index_everything(server: &Server) {
+    let started = Instant::now();
+    let (mut files, mut hashed_files, mut hashed_bytes) = (0u64, 0u64, 0u64);
+    let Ok(buckets) = server.store.buckets() else {
+        return;
+    };
+    for bucket in buckets {
+        let Ok(names) = server.store.names(&bucket) else {
+            continue;
+        };
+        for name in names.iter() {
+            let Ok(meta) = server.store.stat(&bucket, name) else {
+                continue;
+            };
+            files += 1;
+            let key = format!("{}/{}", bucket.name, name);
+            if server
+                .store
+                .sha1_cache
+                .lookup(&key, meta.size_bytes, meta.mtime_ns)
+                .is_some()
+            {
+                continue;
+            }
+            let size_bytes = meta.size_bytes;
+            if api::view_of(server, meta).is_ok() {
+                hashed_files += 1;
+                hashed_bytes += size_bytes;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ringdown serve: SHA1 index ready: {files} files, hashed {hashed_files} ({hashed_bytes} bytes) in {seconds:.3} s ({:.0} MB/s)",
+        hashed_bytes as f64 / seconds.max(1e-9) / 1e6
+    );
+}
+
+async fn accept_loop(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|error| Error::io("installing SIGTERM handler", error))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|error| Error::io("installing SIGINT handler", error))?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    tokio::spawn(serve_connection(server.clone(), stream, acceptor.clone()));
+                }
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    eprintln!("ringdown serve: accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = sigterm.recv() => { eprintln!("ringdown serve: SIGTERM, exiting"); return Ok(()); }
+            _ = sigint.recv() => { eprintln!("ringdown serve: SIGINT, exiting"); return Ok(()); }
+        }
+    }
+}
+
+async fn serve_connection(
+    server: Arc<Server>,
+    stream: tokio::net::TcpStream,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let _ = stream.set_nodelay(true);
+    let connection = Arc::new(http::Connection {
+        limiter: server
+            .faults
+            .config
+            .rate_per_conn_bytes_per_s
+            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate)))),
+    });
+    let service_server = server.clone();
+    let service = hyper::service::service_fn(move |request| {
+        http::handle(service_server.clone(), connection.clone(), request)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(REQUEST_HEAD_TIMEOUT_S))
+        .max_buf_size(REQUEST_HEAD_MAX_BYTES)
+        .max_headers(REQUEST_HEADERS_MAX)
+        .keep_alive(true);
+    // Connection errors (client gone, injected resets) are normal here: not logged.
+    match acceptor {
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(
+                Duration::from_secs(TLS_HANDSHAKE_TIMEOUT_S),
+                acceptor.accept(stream),
+            )
+            .await;
+            if let Ok(Ok(tls)) = handshake {
+                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+            }
+        }
+        None => {
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    }
 }

@@ -1,0 +1,533 @@
+//! The B2 JSON calls: authorize (shaped per API version), list buckets, list
+//! file names/versions with pagination and delimiter folding, file info and
+//! download authorization. Handlers here are blocking (they stat and may hash
+//! files); the router runs them on blocking threads.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::Server;
+use super::config::{
+    ABSOLUTE_MINIMUM_PART_SIZE_BYTES, LIST_PAGE_DEFAULT, LIST_PAGE_MAX,
+    LISTING_HASH_CONCURRENCY_MAX, RECOMMENDED_PART_SIZE_BYTES,
+};
+use super::encoding::hex;
+use super::http::ApiError;
+use super::store::{Bucket, ObjectMeta, OpenError, parse_file_id};
+
+/// Request parameters from a query string or a JSON object; `null` = absent.
+pub struct Params(Map<String, Value>);
+
+impl Params {
+    pub fn from_query(pairs: Vec<(String, String)>) -> Params {
+        Params(
+            pairs
+                .into_iter()
+                .map(|(key, value)| (key, Value::String(value)))
+                .collect(),
+        )
+    }
+
+    pub fn from_json(body: &[u8]) -> Result<Params, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Params(Map::new()));
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => Ok(Params(
+                map.into_iter()
+                    .filter(|(_, value)| !value.is_null())
+                    .collect(),
+            )),
+            Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
+            Err(error) => Err(ApiError::bad_request(format!(
+                "request body is not JSON: {error}"
+            ))),
+        }
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<String>, ApiError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{key} must be a string, not {other}"
+            ))),
+        }
+    }
+
+    pub fn required_string(&self, key: &str) -> Result<String, ApiError> {
+        self.string(key)?
+            .ok_or_else(|| ApiError::bad_request(format!("required field {key} is missing")))
+    }
+
+    pub fn count(&self, key: &str) -> Result<Option<u64>, ApiError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Number(number)) => number.as_u64().map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!("{key} must be a non-negative integer"))
+            }),
+            Some(Value::String(text)) => text.trim().parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("{key} must be a non-negative integer"))
+            }),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{key} must be a non-negative integer"
+            ))),
+        }
+    }
+
+    /// A list of strings, given as a JSON array or (GET) a comma-separated or JSON-array string.
+    pub fn string_list(&self, key: &str) -> Result<Option<Vec<String>>, ApiError> {
+        let bad = || ApiError::bad_request(format!("{key} must be a list of strings"));
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(Value::String(text)) => {
+                if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) {
+                    return Ok(Some(
+                        items
+                            .iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect(),
+                    ));
+                }
+                Ok(Some(
+                    text.split(',')
+                        .map(|item| item.trim().to_string())
+                        .collect(),
+                ))
+            }
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+const CAPABILITIES: [&str; 4] = ["listBuckets", "listFiles", "readFiles", "shareFiles"];
+
+pub fn authorize_account(server: &Server, version: u8) -> Value {
+    let token = server.tokens.issue();
+    let realm = &server.realm;
+    let account_id = &server.credentials.account_id;
+    match version {
+        1 | 2 => json!({
+            "accountId": account_id,
+            "authorizationToken": token,
+            "apiUrl": realm,
+            "downloadUrl": realm,
+            "s3ApiUrl": realm,
+            "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
+            "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
+            "minimumPartSize": RECOMMENDED_PART_SIZE_BYTES,
+            "allowed": {"bucketId": null, "bucketName": null, "capabilities": CAPABILITIES, "namePrefix": null},
+        }),
+        3 => json!({
+            "accountId": account_id,
+            "authorizationToken": token,
+            "apiInfo": {"storageApi": {
+                "infoType": "storageApi",
+                "apiUrl": realm,
+                "downloadUrl": realm,
+                "s3ApiUrl": realm,
+                "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
+                "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
+                "bucketId": null,
+                "bucketName": null,
+                "capabilities": CAPABILITIES,
+                "namePrefix": null,
+            }},
+        }),
+        _ => json!({
+            "accountId": account_id,
+            "authorizationToken": token,
+            "apiInfo": {"storageApi": {
+                "infoType": "storageApi",
+                "apiUrl": realm,
+                "downloadUrl": realm,
+                "s3ApiUrl": realm,
+                "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
+                "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
+                "allowed": {"buckets": null, "capabilities": CAPABILITIES, "namePrefix": null},
+            }},
+        }),
+    }
+}
+
+fn io_error(context: &str, error: std::io::Error) -> ApiError {
+    ApiError::internal(format!("{context}: {error}"))
+}
+
+fn bucket_json(server: &Server, bucket: &Bucket) -> Value {
+    json!({
+        "accountId": server.credentials.account_id,
+        "bucketId": bucket.id,
+        "bucketName": bucket.name,
+        "bucketType": "allPrivate",
+        "bucketInfo": {},
+        "corsRules": [],
+        "lifecycleRules": [],
+        "revision": 1,
+        "options": [],
+        "defaultServerSideEncryption": {"isClientAuthorizedToRead": true, "value": {"mode": "none"}},
+        "fileLockConfiguration": {"isClientAuthorizedToRead": true, "value": {
+            "defaultRetention": {"mode": null, "period": null}, "isFileLockEnabled": false}},
+        "replicationConfiguration": {"isClientAuthorizedToRead": true, "value": null},
+    })
+}
+
+fn check_account(server: &Server, params: &Params) -> Result<(), ApiError> {
+    match params.string("accountId")? {
+        Some(account_id) if account_id != server.credentials.account_id => {
+            Err(ApiError::unauthorized(
+                "accountId does not match the account of the authorization token",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn list_buckets(server: &Server, params: &Params) -> Result<Value, ApiError> {
+    check_account(server, params)?;
+    let bucket_name = params.string("bucketName")?;
+    let bucket_id = params.string("bucketId")?;
+    let types = params.string_list("bucketTypes")?;
+    let type_matches = types
+        .as_ref()
+        .is_none_or(|types| types.iter().any(|t| t == "all" || t == "allPrivate"));
+    let buckets = server
+        .store
+        .buckets()
+        .map_err(|error| io_error("listing buckets", error))?;
+    let selected: Vec<Value> = buckets
+        .iter()
+        .filter(|_| type_matches)
+        .filter(|bucket| bucket_name.as_ref().is_none_or(|name| *name == bucket.name))
+        .filter(|bucket| bucket_id.as_ref().is_none_or(|id| *id == bucket.id))
+        .map(|bucket| bucket_json(server, bucket))
+        .collect();
+    Ok(json!({ "buckets": selected }))
+}
+
+fn content_type_of(name: &str) -> &'static str {
+    let extension = name
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+        .unwrap_or_default();
+    match extension.as_str() {
+        "txt" | "log" | "md" => "text/plain",
+        "html" | "htm" => "text/html",
+        "css" => "text/css",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "js" => "text/javascript",
+        "xml" => "application/xml",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Everything the API and download headers say about one object.
+pub struct ObjectView {
+    pub meta: ObjectMeta,
+    pub sha1: [u8; 20],
+    pub is_large: bool,
+}
+
+impl ObjectView {
+    pub fn content_sha1(&self) -> String {
+        if self.is_large {
+            "none".to_string()
+        } else {
+            hex(&self.sha1)
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        content_type_of(&self.meta.name)
+    }
+
+    /// fileInfo: `src_last_modified_millis` always; `large_file_sha1` for large objects.
+    pub fn file_info(&self) -> Vec<(&'static str, String)> {
+        let mut info = vec![("src_last_modified_millis", self.meta.mtime_ms.to_string())];
+        if self.is_large {
+            info.push(("large_file_sha1", hex(&self.sha1)));
+        }
+        info
+    }
+
+    pub fn to_json(&self, server: &Server) -> Value {
+        let file_info: Map<String, Value> = self
+            .file_info()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v)))
+            .collect();
+        json!({
+            "accountId": server.credentials.account_id,
+            "bucketId": self.meta.bucket.id,
+            "fileId": self.meta.file_id,
+            "fileName": self.meta.name,
+            "action": "upload",
+            "contentLength": self.meta.size_bytes,
+            "size": self.meta.size_bytes,
+            "contentSha1": self.content_sha1(),
+            "contentMd5": null,
+            "contentType": self.content_type(),
+            "fileInfo": file_info,
+            "uploadTimestamp": self.meta.mtime_ms,
+            "serverSideEncryption": {"mode": "none"},
+            "fileRetention": {"isClientAuthorizedToRead": true, "value": {"mode": null, "retainUntilTimestamp": null}},
+            "legalHold": {"isClientAuthorizedToRead": true, "value": null},
+            "replicationStatus": null,
+        })
+    }
+}
+
+/// Adds the SHA1 to metadata, hashing the file if the cache does not know it. Blocking.
+pub fn view_of(server: &Server, meta: ObjectMeta) -> std::io::Result<ObjectView> {
+    let key = format!("{}/{}", meta.bucket.name, meta.name);
+    let (sha1, _) =
+        server
+            .store
+            .sha1_cache
+            .digest_of(&key, meta.size_bytes, meta.mtime_ns, || {
+                server
+                    .store
+                    .open_object(&meta.bucket, &meta.name)
+                    .map(|(file, _)| file)
+                    .map_err(|error| match error {
+                        OpenError::Io(error) => error,
+                        _ => std::io::Error::new(std::io::ErrorKind::NotFound, "file vanished"),
+                    })
+            })?;
+    let is_large = meta.size_bytes >= server.large_file_threshold_bytes;
+    Ok(ObjectView {
+        meta,
+        sha1,
+        is_large,
+    })
+}
+
+/// Hashes the objects of one page that the cache lacks, a few at a time, and
+/// returns their views in order. An object that vanished meanwhile is dropped.
+fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<ObjectView> {
+    let missing = metas
+        .iter()
+        .filter(|meta| {
+            let key = format!("{}/{}", meta.bucket.name, meta.name);
+            server
+                .store
+                .sha1_cache
+                .lookup(&key, meta.size_bytes, meta.mtime_ns)
+                .is_none()
+        })
+        .count();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(LISTING_HASH_CONCURRENCY_MAX)
+        .min(missing.max(1));
+    if missing > 1 && threads > 1 {
+        // Warm the cache in parallel; the sequential pass below then only looks up.
+        std::thread::scope(|scope| {
+            for thread_index in 0..threads {
+                let metas = &metas;
+                scope.spawn(move || {
+                    for meta in metas.iter().skip(thread_index).step_by(threads) {
+                        let _ = view_of(server, meta.clone());
+                    }
+                });
+            }
+        });
+    }
+    metas
+        .into_iter()
+        .filter_map(|meta| view_of(server, meta).ok())
+        .collect()
+}
+
+enum ListEntry {
+    File(ObjectMeta),
+    Folder(String),
+}
+
+/// One page of names: (entries, next entry's name and, for files, its ID).
+fn list_page(
+    server: &Server,
+    bucket: &Arc<Bucket>,
+    start: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+    max_count: usize,
+) -> Result<(Vec<ListEntry>, Option<(String, Option<String>)>), ApiError> {
+    let names = server
+        .store
+        .names(bucket)
+        .map_err(|error| io_error("listing the bucket", error))?;
+    let first = if start > prefix { start } else { prefix };
+    let mut index = names.partition_point(|name| name.as_str() < first);
+    let mut entries = Vec::new();
+    let mut next = None;
+    while index < names.len() {
+        let name = &names[index];
+        if !name.starts_with(prefix) {
+            break;
+        }
+        let rest = &name[prefix.len()..];
+        let folder = delimiter
+            .filter(|delimiter| !delimiter.is_empty())
+            .and_then(|delimiter| {
+                rest.find(delimiter)
+                    .map(|at| format!("{prefix}{}", &rest[..at + delimiter.len()]))
+            });
+        if let Some(folder) = folder {
+            if entries.len() == max_count {
+                next = Some((folder, None));
+                break;
+            }
+            index = names.partition_point(|name| {
+                name.as_str() < folder.as_str() || name.starts_with(folder.as_str())
+            });
+            entries.push(ListEntry::Folder(folder));
+            continue;
+        }
+        index += 1;
+        let meta = match server.store.stat(bucket, name) {
+            Ok(meta) => meta,
+            // Deleted or replaced by a non-file since the walk: not listed.
+            Err(OpenError::NotFound | OpenError::InvalidName) => continue,
+            Err(OpenError::Io(error)) => return Err(io_error(&format!("stat {name}"), error)),
+        };
+        if entries.len() == max_count {
+            next = Some((name.clone(), Some(meta.file_id.clone())));
+            break;
+        }
+        entries.push(ListEntry::File(meta));
+    }
+    Ok((entries, next))
+}
+
+fn bucket_for_listing(server: &Server, params: &Params) -> Result<Arc<Bucket>, ApiError> {
+    let bucket_id = params.required_string("bucketId")?;
+    server
+        .store
+        .bucket_by_id(&bucket_id)
+        .map_err(|error| io_error("listing buckets", error))?
+        .ok_or_else(|| {
+            ApiError::bad_request_code(
+                "invalid_bucket_id",
+                format!("invalid bucketId: {bucket_id}"),
+            )
+        })
+}
+
+pub fn list_files(
+    server: &Server,
+    params: &Params,
+    versions: bool,
+    version: u8,
+) -> Result<Value, ApiError> {
+    let bucket = bucket_for_listing(server, params)?;
+    let start = params.string("startFileName")?.unwrap_or_default();
+    let prefix = params.string("prefix")?.unwrap_or_default();
+    let delimiter = params.string("delimiter")?;
+    let max_count = match params.count("maxFileCount")? {
+        None | Some(0) => LIST_PAGE_DEFAULT,
+        Some(count) => (count as usize).min(LIST_PAGE_MAX),
+    };
+    let (entries, next) = list_page(
+        server,
+        &bucket,
+        &start,
+        &prefix,
+        delimiter.as_deref(),
+        max_count,
+    )?;
+
+    let mut metas = Vec::new();
+    for entry in &entries {
+        if let ListEntry::File(meta) = entry {
+            metas.push(meta.clone());
+        }
+    }
+    let mut views = views_of(server, metas).into_iter().peekable();
+    let mut files = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match entry {
+            ListEntry::Folder(name) => files.push(folder_json(server, &bucket, &name, version)),
+            ListEntry::File(meta) => {
+                if let Some(view) = views.next_if(|view| view.meta.name == meta.name) {
+                    files.push(view.to_json(server));
+                }
+            }
+        }
+    }
+    let mut response =
+        json!({ "files": files, "nextFileName": next.as_ref().map(|(name, _)| name) });
+    if versions {
+        response["nextFileId"] = json!(next.and_then(|(_, id)| id));
+    }
+    Ok(response)
+}
+
+fn folder_json(server: &Server, bucket: &Bucket, name: &str, _version: u8) -> Value {
+    json!({
+        "accountId": server.credentials.account_id,
+        "bucketId": bucket.id,
+        "fileId": null,
+        "fileName": name,
+        "action": "folder",
+        "contentLength": 0,
+        "size": 0,
+        "contentSha1": null,
+        "contentMd5": null,
+        "contentType": null,
+        "fileInfo": {},
+        "uploadTimestamp": 0,
+    })
+}
+
+/// Resolves a file ID to its object, refusing IDs of versions that no longer exist.
+pub fn object_by_id(server: &Server, file_id: &str) -> Result<(Arc<Bucket>, String), ApiError> {
+    let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
+    let (bucket_id, name) = parse_file_id(file_id)
+        .ok_or_else(|| ApiError::bad_request(format!("bad fileId: {file_id}")))?;
+    let bucket = server
+        .store
+        .bucket_by_id(&bucket_id)
+        .map_err(|error| io_error("listing buckets", error))?
+        .ok_or_else(not_found)?;
+    Ok((bucket, name))
+}
+
+pub fn get_file_info(server: &Server, params: &Params) -> Result<Value, ApiError> {
+    let file_id = params.required_string("fileId")?;
+    let (bucket, name) = object_by_id(server, &file_id)?;
+    let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
+    let meta = match server.store.stat(&bucket, &name) {
+        Ok(meta) if meta.file_id == file_id => meta,
+        Ok(_) | Err(OpenError::NotFound | OpenError::InvalidName) => return Err(not_found()),
+        Err(OpenError::Io(error)) => return Err(io_error(&format!("stat {name}"), error)),
+    };
+    let view =
+        view_of(server, meta).map_err(|error| io_error(&format!("hashing {name}"), error))?;
+    Ok(view.to_json(server))
+}
+
+pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Value, ApiError> {
+    let bucket_id = params.required_string("bucketId")?;
+    let prefix = params.required_string("fileNamePrefix")?;
+    Ok(json!({
+        "bucketId": bucket_id,
+        "fileNamePrefix": prefix,
+        "authorizationToken": server.tokens.issue(),
+    }))
+}

@@ -1,0 +1,175 @@
+//! Credentials and authorization tokens. Tokens are stateless: `4_<issued ms
+//! in hex>_<SHA1(secret, issued ms) in hex>`, with a per-process random secret,
+//! so memory does not grow with the number of authorizations and
+//! `--token-ttl-s` is checked from the token alone. Neither keys nor tokens
+//! are ever logged; `Debug` redacts the key.
+
+use std::fmt;
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+use super::encoding::hex;
+
+pub struct Credentials {
+    pub key_id: String,
+    key: String,
+    pub account_id: String,
+    /// The demo credentials were used (no flags, no environment): the ready
+    /// line then prints the key too.
+    pub is_demo: bool,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("key_id", &self.key_id)
+            .field("key", &"<redacted>")
+            .field("account_id", &self.account_id)
+            .finish()
+    }
+}
+
+fn sha1_of(parts: &[&[u8]]) -> [u8; 20] {
+    let mut hasher = Sha1::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0u8]);
+    }
+    hasher.finalize().into()
+}
+
+impl Credentials {
+    pub fn new(key_id: String, key: String, is_demo: bool) -> Credentials {
+        let account_id = hex(&sha1_of(&[b"ringdown-account", key_id.as_bytes()])[..6]);
+        Credentials {
+            key_id,
+            key,
+            account_id,
+            is_demo,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Checks an `Authorization: Basic base64(keyId:key)` header value.
+    pub fn check_basic(&self, header: Option<&str>) -> bool {
+        let Some(encoded) = header.and_then(|value| value.trim().strip_prefix("Basic ")) else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+            return false;
+        };
+        let expected = format!("{}:{}", self.key_id, self.key);
+        // Compare digests, not the strings: no early exit on the first differing byte.
+        sha1_of(&[&decoded]) == sha1_of(&[expected.as_bytes()])
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenError {
+    /// Missing, malformed or not ours: 401 `bad_auth_token`.
+    Bad,
+    /// Ours but older than `--token-ttl-s`: 401 `expired_auth_token`.
+    Expired,
+}
+
+pub struct Tokens {
+    secret: [u8; 32],
+    ttl_ms: Option<u64>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Tokens {
+    pub fn new(ttl_s: Option<u64>) -> Tokens {
+        let mut secret = [0u8; 32];
+        let from_urandom =
+            std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut secret));
+        if from_urandom.is_err() {
+            let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+            secret[..20].copy_from_slice(&sha1_of(&[seed.as_bytes()]));
+        }
+        Tokens {
+            secret,
+            ttl_ms: ttl_s.map(|s| s.saturating_mul(1000)),
+        }
+    }
+
+    fn mac(&self, issued_hex: &str) -> String {
+        hex(&sha1_of(&[&self.secret, issued_hex.as_bytes()]))
+    }
+
+    pub fn issue(&self) -> String {
+        let issued_hex = format!("{:016x}", now_ms());
+        format!("4_{issued_hex}_{}", self.mac(&issued_hex))
+    }
+
+    pub fn check(&self, token: Option<&str>) -> Result<(), TokenError> {
+        let token = token.map(str::trim).ok_or(TokenError::Bad)?;
+        let rest = token.strip_prefix("4_").ok_or(TokenError::Bad)?;
+        let (issued_hex, mac) = rest.split_once('_').ok_or(TokenError::Bad)?;
+        if issued_hex.len() != 16
+            || sha1_of(&[mac.as_bytes()]) != sha1_of(&[self.mac(issued_hex).as_bytes()])
+        {
+            return Err(TokenError::Bad);
+        }
+        let issued_ms = u64::from_str_radix(issued_hex, 16).map_err(|_| TokenError::Bad)?;
+        if let Some(ttl_ms) = self.ttl_ms {
+            if now_ms().saturating_sub(issued_ms) >= ttl_ms {
+                return Err(TokenError::Expired);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_and_expire() {
+        let tokens = Tokens::new(None);
+        let token = tokens.issue();
+        assert_eq!(tokens.check(Some(&token)), Ok(()));
+        assert_eq!(tokens.check(None), Err(TokenError::Bad));
+        assert_eq!(
+            tokens.check(Some("4_0000000000000000_00")),
+            Err(TokenError::Bad)
+        );
+        let other = Tokens::new(None);
+        assert_eq!(other.check(Some(&token)), Err(TokenError::Bad));
+        let expiring = Tokens::new(Some(0));
+        assert_eq!(
+            expiring.check(Some(&expiring.issue())),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn basic_auth() {
+        let credentials = Credentials::new("id".into(), "secret".into(), false);
+        let good = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("id:secret")
+        );
+        assert!(credentials.check_basic(Some(&good)));
+        let bad = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("id:nope")
+        );
+        assert!(!credentials.check_basic(Some(&bad)));
+        assert!(!credentials.check_basic(None));
+        assert!(!format!("{credentials:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,48 @@
+//! Limits and defaults of `ringdown serve`, with units in the names.
+
+/// Bytes read from disk per step of a download body. 1 MiB keeps the hop to a
+/// blocking thread (~10 µs) under 0.1% of the block's send time and the memory
+/// per connection at two blocks (one being sent, one read ahead).
+pub const BODY_BLOCK_BYTES: usize = 1 << 20;
+/// Read size of the SHA1 indexer.
+pub const HASH_READ_BLOCK_BYTES: usize = 1 << 20;
+/// Files hashed concurrently by one listing page that finds digests missing.
+pub const LISTING_HASH_CONCURRENCY_MAX: usize = 8;
+/// Striped locks that stop two threads hashing the same file.
+pub const SHA1_LOCK_STRIPES: usize = 64;
+/// A cached name list is trusted this long before its directory mtimes are
+/// checked again (a page request stats every directory of the bucket then).
+pub const LISTING_REVALIDATE_MS: u64 = 1000;
+
+/// `maxFileCount` default and maximum (B2's).
+pub const LIST_PAGE_DEFAULT: usize = 100;
+pub const LIST_PAGE_MAX: usize = 10_000;
+
+/// Largest JSON request body of an API call (B2 requests are < 4 KiB).
+pub const API_REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
+/// hyper's read buffer bound, which caps a request head (the default is ~400 KiB).
+pub const REQUEST_HEAD_MAX_BYTES: usize = 64 * 1024;
+/// Most request headers accepted.
+pub const REQUEST_HEADERS_MAX: usize = 100;
+/// A client that sends no complete head within this time is dropped.
+pub const REQUEST_HEAD_TIMEOUT_S: u64 = 30;
+/// TLS handshakes that take longer are dropped.
+pub const TLS_HANDSHAKE_TIMEOUT_S: u64 = 10;
+/// A `--stall-rate` body stays silent this long, then the connection is closed
+/// (so stalled connections do not pile up forever).
+pub const STALL_HOLD_S: u64 = 600;
+/// Keys whose attempt counters are remembered for fault decisions; the table
+/// is cleared when it grows past this (decisions stay deterministic per run).
+pub const FAULT_ATTEMPT_KEYS_MAX: usize = 1_000_000;
+
+/// Defaults of the flags.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8443";
+pub const LARGE_FILE_THRESHOLD_DEFAULT: &str = "100MiB";
+/// Credentials used when neither flags nor environment provide any; printed
+/// on the ready line so demos can use them.
+pub const DEMO_KEY_ID: &str = "ringdown-demo-key-id";
+pub const DEMO_KEY: &str = "ringdown-demo-application-key";
+
+/// Reported to clients in `b2_authorize_account`.
+pub const RECOMMENDED_PART_SIZE_BYTES: u64 = 100_000_000;
+pub const ABSOLUTE_MINIMUM_PART_SIZE_BYTES: u64 = 5_000_000;

@@ -1,0 +1,520 @@
+//! Request routing, B2 error responses and downloads. Every response goes
+//! through here, so latency, fail/throttle faults and the access log are
+//! applied in one place.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::Server;
+use super::access_log::AccessRecord;
+use super::api::{self, Params};
+use super::auth::{TokenError, now_ms};
+use super::body::{FileBody, ServeBody};
+use super::config::API_REQUEST_BODY_MAX_BYTES;
+use super::encoding::{RangeRequest, b2_url_encode, parse_query, parse_range, percent_decode};
+use super::faults::{BodyFault, HeadFault, TokenBucket};
+use super::store::OpenError;
+
+/// A B2 error: HTTP status, `code`, `message` (body `{status, code, message}`).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    retry_after_s: Option<u64>,
+    fault: Option<&'static str>,
+    content_range: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_s: None,
+            fault: None,
+            content_range: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn bad_request_code(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+    fn token(error: TokenError) -> ApiError {
+        match error {
+            TokenError::Bad => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_auth_token",
+                "invalid authorization token",
+            ),
+            TokenError::Expired => {
+                let mut error = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "expired_auth_token",
+                    "authorization token has expired",
+                );
+                error.fault = Some("expired_token");
+                error
+            }
+        }
+    }
+}
+
+/// Per-connection state: the `--rate-per-conn` token bucket.
+pub struct Connection {
+    pub limiter: Option<Arc<Mutex<TokenBucket>>>,
+}
+
+struct RequestContext {
+    method: Method,
+    path: String,
+    query: Vec<(String, String)>,
+    range: Option<String>,
+    authorization: Option<String>,
+    record: AccessRecord,
+}
+
+impl RequestContext {
+    fn token(&self) -> Option<&str> {
+        self.authorization.as_deref().or_else(|| {
+            self.query
+                .iter()
+                .find(|(key, _)| key == "Authorization")
+                .map(|(_, value)| value.as_str())
+        })
+    }
+
+    /// The key of the fault dice: method, path, query (tokens left out), range, body.
+    fn fault_key(&self, body: &[u8]) -> String {
+        let query: Vec<String> = self
+            .query
+            .iter()
+            .filter(|(key, _)| key != "Authorization")
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        format!(
+            "{} {}?{} {} {}",
+            self.method,
+            self.path,
+            query.join("&"),
+            self.range.as_deref().unwrap_or(""),
+            String::from_utf8_lossy(body)
+        )
+    }
+}
+
+fn header_text(request: &Request<Incoming>, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+}
+
+pub async fn handle(
+    server: Arc<Server>,
+    connection: Arc<Connection>,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, std::convert::Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let range = header_text(&request, "range");
+    let record = AccessRecord {
+        time_ms: now_ms(),
+        method: method.to_string(),
+        path: path.clone(),
+        bucket: None,
+        name: None,
+        range: range.clone(),
+        status: 0,
+        bytes_sent: 0,
+        fault: None,
+    };
+    let mut context = RequestContext {
+        method,
+        path,
+        query: Vec::new(),
+        range,
+        authorization: header_text(&request, "authorization"),
+        record,
+    };
+    let response = match request
+        .uri()
+        .query()
+        .map(parse_query)
+        .unwrap_or(Ok(Vec::new()))
+    {
+        Ok(query) => {
+            context.query = query;
+            route(&server, &connection, &mut context, request).await
+        }
+        Err(message) => Err(ApiError::bad_request(message)),
+    };
+    if server.faults.config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(server.faults.config.latency_ms)).await;
+    }
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => error_response(&server, &mut context, error),
+    };
+    Ok(response)
+}
+
+fn error_response(
+    server: &Server,
+    context: &mut RequestContext,
+    error: ApiError,
+) -> Response<ServeBody> {
+    let body =
+        json!({"status": error.status.as_u16(), "code": error.code, "message": error.message});
+    let text = serde_json::to_vec(&body).expect("error body serialises");
+    let is_head = context.method == Method::HEAD;
+    let mut builder = Response::builder()
+        .status(error.status)
+        .header("content-type", "application/json")
+        .header("cache-control", "max-age=0, no-cache, no-store");
+    if let Some(seconds) = error.retry_after_s {
+        builder = builder.header("retry-after", seconds.to_string());
+    }
+    if let Some(content_range) = &error.content_range {
+        builder = builder.header("content-range", content_range.as_str());
+    }
+    context.record.status = error.status.as_u16();
+    context.record.fault = error.fault.map(str::to_string);
+    context.record.bytes_sent = if is_head { 0 } else { text.len() as u64 };
+    if let Some(log) = &server.access_log {
+        log.write(&context.record);
+    }
+    if error.status.is_server_error() {
+        eprintln!(
+            "ringdown serve: {} {}: {} {}",
+            context.method, context.path, error.code, error.message
+        );
+    }
+    let body = if is_head {
+        ServeBody::empty()
+    } else {
+        ServeBody::bytes(text)
+    };
+    builder.body(body).expect("valid error response")
+}
+
+fn json_response(
+    server: &Server,
+    context: &mut RequestContext,
+    value: serde_json::Value,
+) -> Response<ServeBody> {
+    let text = serde_json::to_vec(&value).expect("response serialises");
+    context.record.status = 200;
+    context.record.bytes_sent = text.len() as u64;
+    if let Some(log) = &server.access_log {
+        log.write(&context.record);
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("cache-control", "max-age=0, no-cache, no-store")
+        .body(ServeBody::bytes(text))
+        .expect("valid json response")
+}
+
+fn head_fault_error(server: &Server, fault: HeadFault) -> Option<ApiError> {
+    match fault {
+        HeadFault::None => None,
+        HeadFault::Fail => {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "injected fault: service unavailable",
+            );
+            error.retry_after_s = Some(1);
+            error.fault = Some("fail");
+            Some(error)
+        }
+        HeadFault::Throttle => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "injected fault: too many requests",
+            );
+            error.retry_after_s = server.faults.config.retry_after_s;
+            error.fault = Some("throttle");
+            Some(error)
+        }
+    }
+}
+
+/// Runs blocking store work (stat, hash, walk) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| Err(ApiError::internal(format!("worker failed: {error}"))))
+}
+
+async fn route(
+    server: &Arc<Server>,
+    connection: &Arc<Connection>,
+    context: &mut RequestContext,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ApiError> {
+    if let Some(rest) = context.path.strip_prefix("/file/") {
+        if context.method != Method::GET && context.method != Method::HEAD {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "downloads take GET or HEAD",
+            ));
+        }
+        let (bucket, encoded_name) = rest
+            .split_once('/')
+            .ok_or_else(|| ApiError::bad_request("download path must be /file/BUCKET/NAME"))?;
+        let bucket = percent_decode(bucket, false)
+            .ok_or_else(|| ApiError::bad_request("bad bucket name encoding"))?;
+        let name = percent_decode(encoded_name, false)
+            .ok_or_else(|| ApiError::bad_request("bad file name encoding"))?;
+        return download(server, connection, context, Target::Name { bucket, name }).await;
+    }
+    let Some(rest) = context.path.strip_prefix("/b2api/v") else {
+        return Err(ApiError::not_found(format!(
+            "no such path: {}",
+            context.path
+        )));
+    };
+    let (version, operation) = rest
+        .split_once('/')
+        .and_then(|(version, operation)| Some((version.parse::<u8>().ok()?, operation.to_string())))
+        .filter(|(version, _)| (1..=4).contains(version))
+        .ok_or_else(|| ApiError::not_found(format!("no such path: {}", context.path)))?;
+
+    if operation == "b2_download_file_by_id" && context.method != Method::POST {
+        let file_id = context
+            .query
+            .iter()
+            .find(|(key, _)| key == "fileId")
+            .map(|(_, value)| value.clone())
+            .ok_or_else(|| ApiError::bad_request("required parameter fileId is missing"))?;
+        return download(server, connection, context, Target::Id(file_id)).await;
+    }
+
+    let body_bytes: Bytes = match context.method {
+        Method::GET => Bytes::new(),
+        Method::POST => Limited::new(request.into_body(), API_REQUEST_BODY_MAX_BYTES)
+            .collect()
+            .await
+            .map_err(|error| {
+                ApiError::bad_request(format!(
+                    "request body unreadable or over {API_REQUEST_BODY_MAX_BYTES} bytes: {error}"
+                ))
+            })?
+            .to_bytes(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "API calls take GET or POST",
+            ));
+        }
+    };
+    let params = if context.method == Method::POST {
+        Params::from_json(&body_bytes)?
+    } else {
+        Params::from_query(context.query.clone())
+    };
+
+    if operation == "b2_authorize_account" {
+        if !server
+            .credentials
+            .check_basic(context.authorization.as_deref())
+        {
+            return Err(ApiError::unauthorized(
+                "invalid application key id or application key",
+            ));
+        }
+        let value = api::authorize_account(server, version);
+        return Ok(json_response(server, context, value));
+    }
+
+    server
+        .tokens
+        .check(context.authorization.as_deref())
+        .map_err(ApiError::token)?;
+    let dice = server
+        .faults
+        .roll(&context.fault_key(&body_bytes))
+        .map(|dice| server.faults.head_fault(Some(&dice)));
+    if let Some(error) = dice.and_then(|fault| head_fault_error(server, fault)) {
+        return Err(error);
+    }
+
+    let worker_server = server.clone();
+    let value = blocking(move || {
+        let server = &*worker_server;
+        match operation.as_str() {
+            "b2_list_buckets" => api::list_buckets(server, &params),
+            "b2_list_file_names" => api::list_files(server, &params, false, version),
+            "b2_list_file_versions" => api::list_files(server, &params, true, version),
+            "b2_get_file_info" => api::get_file_info(server, &params),
+            "b2_get_download_authorization" => api::get_download_authorization(server, &params),
+            other => Err(ApiError::not_found(format!(
+                "unsupported API call: {other}"
+            ))),
+        }
+    })
+    .await?;
+    Ok(json_response(server, context, value))
+}
+
+enum Target {
+    Name { bucket: String, name: String },
+    Id(String),
+}
+
+async fn download(
+    server: &Arc<Server>,
+    connection: &Arc<Connection>,
+    context: &mut RequestContext,
+    target: Target,
+) -> Result<Response<ServeBody>, ApiError> {
+    server
+        .tokens
+        .check(context.token())
+        .map_err(ApiError::token)?;
+
+    let worker_server = server.clone();
+    let (file, view) = blocking(move || {
+        let server = &*worker_server;
+        let (bucket, name, expected_id) = match target {
+            Target::Name { bucket, name } => {
+                let bucket = server
+                    .store
+                    .bucket_by_name(&bucket)
+                    .map_err(|error| ApiError::internal(format!("listing buckets: {error}")))?
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("bucket {bucket} does not exist"))
+                    })?;
+                (bucket, name, None)
+            }
+            Target::Id(file_id) => {
+                let (bucket, name) = api::object_by_id(server, &file_id)?;
+                (bucket, name, Some(file_id))
+            }
+        };
+        let (file, meta) =
+            server
+                .store
+                .open_object(&bucket, &name)
+                .map_err(|error| match error {
+                    OpenError::InvalidName => {
+                        ApiError::bad_request(format!("file name not allowed: {name:?}"))
+                    }
+                    OpenError::NotFound => ApiError::not_found(format!("file not present: {name}")),
+                    OpenError::Io(error) => ApiError::internal(format!("opening {name}: {error}")),
+                })?;
+        if expected_id.as_ref().is_some_and(|id| *id != meta.file_id) {
+            return Err(ApiError::not_found(format!("file not present: {name}")));
+        }
+        let view = api::view_of(server, meta)
+            .map_err(|error| ApiError::internal(format!("hashing {name}: {error}")))?;
+        Ok((file, view))
+    })
+    .await?;
+    context.record.bucket = Some(view.meta.bucket.name.clone());
+    context.record.name = Some(view.meta.name.clone());
+
+    let size_bytes = view.meta.size_bytes;
+    let (status, start, body_bytes) = match parse_range(context.range.as_deref(), size_bytes) {
+        RangeRequest::Whole => (StatusCode::OK, 0, size_bytes),
+        RangeRequest::Slice { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeRequest::Unsatisfiable => {
+            let mut error = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!(
+                    "range {} is outside the {size_bytes}-byte file",
+                    context.range.as_deref().unwrap_or("")
+                ),
+            );
+            error.content_range = Some(format!("bytes */{size_bytes}"));
+            return Err(error);
+        }
+    };
+
+    let fault_key = context.fault_key(b"");
+    let dice = server.faults.roll(&fault_key);
+    if let Some(error) = head_fault_error(server, server.faults.head_fault(dice.as_ref())) {
+        return Err(error);
+    }
+    let is_head = context.method == Method::HEAD;
+    let body_fault = if is_head {
+        BodyFault::None
+    } else {
+        server.faults.body_fault(dice.as_ref(), body_bytes)
+    };
+
+    let mut response = Response::builder()
+        .status(status)
+        .header("content-type", view.content_type())
+        .header("content-length", body_bytes.to_string())
+        .header("accept-ranges", "bytes")
+        .header("cache-control", "max-age=0")
+        .header("x-bz-file-name", b2_url_encode(&view.meta.name))
+        .header("x-bz-file-id", view.meta.file_id.as_str())
+        .header("x-bz-content-sha1", view.content_sha1())
+        .header("x-bz-upload-timestamp", view.meta.mtime_ms.to_string());
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(
+            "content-range",
+            format!("bytes {start}-{}/{size_bytes}", start + body_bytes - 1),
+        );
+    }
+    for (key, value) in view.file_info() {
+        let name = HeaderName::from_bytes(format!("x-bz-info-{key}").as_bytes())
+            .expect("valid header name");
+        let value = HeaderValue::from_str(&b2_url_encode(&value)).expect("encoded value is ASCII");
+        response = response.header(name, value);
+    }
+
+    context.record.status = status.as_u16();
+    context.record.fault = body_fault.label().map(str::to_string);
+    let body = if is_head || body_bytes == 0 {
+        if let Some(log) = &server.access_log {
+            log.write(&context.record);
+        }
+        ServeBody::empty()
+    } else {
+        let log = server
+            .access_log
+            .clone()
+            .map(|log| (log, context.record.clone()));
+        ServeBody::File(Box::new(FileBody::new(
+            file,
+            start,
+            body_bytes,
+            body_fault,
+            connection.limiter.clone(),
+            log,
+        )))
+    };
+    Ok(response.body(body).expect("valid download response"))
+}

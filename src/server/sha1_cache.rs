@@ -1,0 +1,212 @@
+//! SHA1 of every served object, computed once and remembered in an index
+//! file outside the bucket directories (JSON Lines, append-only, later lines
+//! win), keyed by `bucket/name`, size and mtime in nanoseconds. A changed file
+//! (size or mtime) is hashed again.
+//!
+//! Hashing is lazy (first listing page or download that needs the digest) and
+//! also done by a background indexer started with the server, so first calls
+//! on a big tree rarely wait. Two hashers of the same file are serialised by a
+//! striped lock, so each file is read once.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
+
+use super::config::{HASH_READ_BLOCK_BYTES, SHA1_LOCK_STRIPES};
+use super::encoding::{hex, unhex};
+
+#[derive(Serialize, Deserialize)]
+struct IndexLine {
+    path: String,
+    size: u64,
+    mtime_ns: u128,
+    sha1: String,
+}
+
+#[derive(Clone, Copy)]
+struct CachedDigest {
+    size_bytes: u64,
+    mtime_ns: u128,
+    sha1: [u8; 20],
+}
+
+pub struct Sha1Cache {
+    digests: Mutex<HashMap<String, CachedDigest>>,
+    index_file: Mutex<Option<File>>,
+    pub index_path: Option<PathBuf>,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Sha1Cache {
+    /// Loads `dir/sha1-index.jsonl` and opens it for appending. When the
+    /// directory cannot be written, the cache lives in memory only (warned).
+    pub fn open(dir: Option<&Path>) -> Sha1Cache {
+        let mut digests = HashMap::new();
+        let mut index_file = None;
+        let mut index_path = None;
+        if let Some(dir) = dir {
+            let path = dir.join("sha1-index.jsonl");
+            match load_and_open(dir, &path, &mut digests) {
+                Ok(file) => {
+                    index_file = Some(file);
+                    index_path = Some(path);
+                }
+                Err(error) => eprintln!(
+                    "ringdown serve: warning: SHA1 cache {} is not usable ({error}); keeping digests in memory only",
+                    path.display()
+                ),
+            }
+        }
+        Sha1Cache {
+            digests: Mutex::new(digests),
+            index_file: Mutex::new(index_file),
+            index_path,
+            stripes: (0..SHA1_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn lookup(&self, key: &str, size_bytes: u64, mtime_ns: u128) -> Option<[u8; 20]> {
+        let digests = self.digests.lock().expect("sha1 cache lock");
+        digests
+            .get(key)
+            .filter(|cached| cached.size_bytes == size_bytes && cached.mtime_ns == mtime_ns)
+            .map(|cached| cached.sha1)
+    }
+
+    /// Returns the digest of `file` (already opened, with the given size and
+    /// mtime), hashing it unless cached. Blocking: call from a blocking thread.
+    /// The second value says whether the file was read.
+    pub fn digest_of(
+        &self,
+        key: &str,
+        size_bytes: u64,
+        mtime_ns: u128,
+        open: impl FnOnce() -> std::io::Result<File>,
+    ) -> std::io::Result<([u8; 20], bool)> {
+        if let Some(sha1) = self.lookup(key, size_bytes, mtime_ns) {
+            return Ok((sha1, false));
+        }
+        let stripe = &self.stripes[stripe_of(key)];
+        let _guard = stripe.lock().expect("sha1 stripe lock");
+        if let Some(sha1) = self.lookup(key, size_bytes, mtime_ns) {
+            return Ok((sha1, false));
+        }
+        let sha1 = hash_file(open()?, size_bytes)?;
+        self.remember(key, size_bytes, mtime_ns, sha1);
+        Ok((sha1, true))
+    }
+
+    fn remember(&self, key: &str, size_bytes: u64, mtime_ns: u128, sha1: [u8; 20]) {
+        self.digests.lock().expect("sha1 cache lock").insert(
+            key.to_string(),
+            CachedDigest {
+                size_bytes,
+                mtime_ns,
+                sha1,
+            },
+        );
+        let mut index_file = self.index_file.lock().expect("sha1 index lock");
+        if let Some(file) = index_file.as_mut() {
+            let line = IndexLine {
+                path: key.to_string(),
+                size: size_bytes,
+                mtime_ns,
+                sha1: hex(&sha1),
+            };
+            let mut text = serde_json::to_string(&line).expect("index line serialises");
+            text.push('\n');
+            if let Err(error) = file.write_all(text.as_bytes()) {
+                eprintln!(
+                    "ringdown serve: warning: cannot append to the SHA1 cache: {error}; keeping digests in memory only"
+                );
+                *index_file = None;
+            }
+        }
+    }
+}
+
+fn stripe_of(key: &str) -> usize {
+    let mut hasher = Sha1::new();
+    hasher.update(key.as_bytes());
+    hasher.finalize()[0] as usize % SHA1_LOCK_STRIPES
+}
+
+fn load_and_open(
+    dir: &Path,
+    path: &Path,
+    digests: &mut HashMap<String, CachedDigest>,
+) -> std::io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    if let Ok(existing) = File::open(path) {
+        for line in std::io::BufReader::new(existing).lines() {
+            let Ok(line) = line else { break };
+            let Ok(parsed) = serde_json::from_str::<IndexLine>(&line) else {
+                continue;
+            };
+            let Some(sha1) = unhex(&parsed.sha1).and_then(|bytes| <[u8; 20]>::try_from(bytes).ok())
+            else {
+                continue;
+            };
+            digests.insert(
+                parsed.path,
+                CachedDigest {
+                    size_bytes: parsed.size,
+                    mtime_ns: parsed.mtime_ns,
+                    sha1,
+                },
+            );
+        }
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Hashes exactly `size_bytes` of `file`; a file that changed size while being
+/// read is an error (the caller's metadata would be stale).
+fn hash_file(file: File, size_bytes: u64) -> std::io::Result<[u8; 20]> {
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; HASH_READ_BLOCK_BYTES];
+    let mut reader = file.take(size_bytes);
+    let mut total_bytes = 0u64;
+    loop {
+        let count = reader.read(&mut buffer)?;
+        if count == 0 {
+            break;
+        }
+        hasher.update(&buffer[..count]);
+        total_bytes += count as u64;
+    }
+    if total_bytes != size_bytes {
+        return Err(std::io::Error::other("file shrank while being hashed"));
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Default cache directory for DIR: `$XDG_CACHE_HOME/ringdown/serve/<hash>`,
+/// else `$HOME/.cache/ringdown/serve/<hash>`, else `$TMPDIR/ringdown-serve-cache-<uid>/<hash>`,
+/// where `<hash>` names the canonical DIR.
+pub fn default_cache_dir(dir: &Path) -> PathBuf {
+    let mut hasher = Sha1::new();
+    hasher.update(dir.as_os_str().as_encoded_bytes());
+    let key = hex(&hasher.finalize()[..8]);
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|value| !value.is_empty()) {
+        return PathBuf::from(xdg).join("ringdown").join("serve").join(key);
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|value| !value.is_empty()) {
+        let base = PathBuf::from(home).join(".cache");
+        if std::fs::create_dir_all(&base).is_ok() {
+            return base.join("ringdown").join("serve").join(key);
+        }
+    }
+    let uid = rustix::process::getuid().as_raw();
+    std::env::temp_dir()
+        .join(format!("ringdown-serve-cache-{uid}"))
+        .join(key)
+}

@@ -1,0 +1,387 @@
+//! The served tree: buckets (subdirectories of DIR), their sorted name lists,
+//! safe opening of object files, stable IDs and per-object metadata.
+//!
+//! Every open goes through `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! relative to a directory fd, so neither `..` nor a symlink can lead outside
+//! DIR. Listings skip symlinks and anything that is not a regular file.
+//!
+//! Listing cache: one sorted `Vec<String>` of names per bucket, built by a walk
+//! of the bucket directory and reused while the mtimes of all its directories
+//! are unchanged (checked at most once per `LISTING_REVALIDATE_MS`). Sizes and
+//! mtimes are not cached: each page stats its own (≤ 10,000) entries.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use sha1::{Digest, Sha1};
+
+use super::config::LISTING_REVALIDATE_MS;
+use super::encoding::hex;
+use super::sha1_cache::Sha1Cache;
+
+/// Metadata of one object (one regular file), as listings and downloads report it.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    pub bucket: Arc<Bucket>,
+    pub name: String,
+    pub size_bytes: u64,
+    pub mtime_ms: u64,
+    pub mtime_ns: u128,
+    pub file_id: String,
+}
+
+#[derive(Debug)]
+pub struct Bucket {
+    pub name: String,
+    pub id: String,
+}
+
+/// Why an object could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The name can never be a served object (`..`, empty segment, NUL, leading `/`).
+    InvalidName,
+    /// Missing, not a regular file, or reached through a symlink.
+    NotFound,
+    Io(std::io::Error),
+}
+
+struct NameIndex {
+    names: Arc<Vec<String>>,
+    directory_mtimes: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    validated_at: Instant,
+}
+
+pub struct Store {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    name_indexes: Mutex<HashMap<String, NameIndex>>,
+    pub sha1_cache: Sha1Cache,
+}
+
+fn resolve_beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// First 24 hex digits of SHA1 over the parts, separated by NUL.
+fn short_hash(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha1::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0u8]);
+    }
+    hex(&hasher.finalize()[..12])
+}
+
+pub fn bucket_id_for(name: &str) -> String {
+    short_hash(&[b"ringdown-bucket", name.as_bytes()])
+}
+
+/// `4_z<bucketId>_f<version hash>_n<base64url(name)>`: the name travels in the
+/// ID, so `b2_download_file_by_id` works across restarts without a table;
+/// the version hash (bucket, name, size, mtime) makes an ID of a changed file
+/// stop resolving, as a replaced B2 version would.
+pub fn file_id_for(bucket: &Bucket, name: &str, size_bytes: u64, mtime_ns: u128) -> String {
+    let version = short_hash(&[
+        bucket.name.as_bytes(),
+        name.as_bytes(),
+        &size_bytes.to_be_bytes(),
+        &mtime_ns.to_be_bytes(),
+    ]);
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_bytes());
+    format!("4_z{}_f{}_n{}", bucket.id, version, encoded)
+}
+
+/// Splits a file ID into (bucket id, name). The version part is checked by the caller.
+pub fn parse_file_id(file_id: &str) -> Option<(String, String)> {
+    let rest = file_id.strip_prefix("4_z")?;
+    let bucket_id = rest.get(..24)?;
+    let rest = rest.get(24..)?.strip_prefix("_f")?;
+    let _version = rest.get(..24)?;
+    let encoded = rest.get(24..)?.strip_prefix("_n")?;
+    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    Some((bucket_id.to_string(), String::from_utf8(name).ok()?))
+}
+
+/// Object names we serve: relative, no empty/`.`/`..` segments, no NUL.
+pub fn is_servable_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('\0')
+        && name
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+}
+
+fn is_servable_bucket_name(name: &str) -> bool {
+    is_servable_name(name) && !name.contains('/') && !name.starts_with('.')
+}
+
+fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
+    let seconds = stat.st_mtime.max(0) as u128;
+    seconds * 1_000_000_000 + stat.st_mtime_nsec.max(0) as u128
+}
+
+impl Store {
+    pub fn open(root: &Path, sha1_cache: Sha1Cache) -> std::io::Result<Store> {
+        let root_fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd,
+            name_indexes: Mutex::new(HashMap::new()),
+            sha1_cache,
+        })
+    }
+
+    /// Buckets sorted by name: the real (non-symlink) subdirectories of DIR
+    /// whose names are UTF-8 and do not start with `.`.
+    pub fn buckets(&self) -> std::io::Result<Vec<Arc<Bucket>>> {
+        let mut buckets = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !is_servable_bucket_name(&name) {
+                continue;
+            }
+            let id = bucket_id_for(&name);
+            buckets.push(Arc::new(Bucket { name, id }));
+        }
+        buckets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(buckets)
+    }
+
+    pub fn bucket_by_name(&self, name: &str) -> std::io::Result<Option<Arc<Bucket>>> {
+        if !is_servable_bucket_name(name) {
+            return Ok(None);
+        }
+        Ok(self
+            .buckets()?
+            .into_iter()
+            .find(|bucket| bucket.name == name))
+    }
+
+    pub fn bucket_by_id(&self, id: &str) -> std::io::Result<Option<Arc<Bucket>>> {
+        Ok(self.buckets()?.into_iter().find(|bucket| bucket.id == id))
+    }
+
+    fn bucket_dir(&self, bucket: &Bucket) -> Result<OwnedFd, OpenError> {
+        rustix::fs::openat2(
+            &self.root_fd,
+            bucket.name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_beneath(),
+        )
+        .map_err(|error| match error {
+            rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => {
+                OpenError::NotFound
+            }
+            other => OpenError::Io(other.into()),
+        })
+    }
+
+    fn open_beneath(
+        &self,
+        bucket: &Bucket,
+        name: &str,
+        flags: OFlags,
+    ) -> Result<OwnedFd, OpenError> {
+        if !is_servable_name(name) {
+            return Err(OpenError::InvalidName);
+        }
+        let bucket_fd = self.bucket_dir(bucket)?;
+        rustix::fs::openat2(
+            &bucket_fd,
+            name,
+            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            resolve_beneath(),
+        )
+        .map_err(|error| match error {
+            rustix::io::Errno::NOENT
+            | rustix::io::Errno::NOTDIR
+            | rustix::io::Errno::LOOP
+            | rustix::io::Errno::XDEV
+            | rustix::io::Errno::ISDIR
+            | rustix::io::Errno::NAMETOOLONG => OpenError::NotFound,
+            other => OpenError::Io(other.into()),
+        })
+    }
+
+    fn meta_from_stat(
+        &self,
+        bucket: &Arc<Bucket>,
+        name: &str,
+        stat: &rustix::fs::Stat,
+    ) -> Result<ObjectMeta, OpenError> {
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(OpenError::NotFound);
+        }
+        let size_bytes = stat.st_size.max(0) as u64;
+        let mtime_ns = mtime_ns_of(stat);
+        Ok(ObjectMeta {
+            bucket: bucket.clone(),
+            name: name.to_string(),
+            size_bytes,
+            mtime_ms: (mtime_ns / 1_000_000) as u64,
+            mtime_ns,
+            file_id: file_id_for(bucket, name, size_bytes, mtime_ns),
+        })
+    }
+
+    /// Stats an object without opening its data (O_PATH), beneath its bucket.
+    pub fn stat(&self, bucket: &Arc<Bucket>, name: &str) -> Result<ObjectMeta, OpenError> {
+        let fd = self.open_beneath(bucket, name, OFlags::PATH)?;
+        let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
+        self.meta_from_stat(bucket, name, &stat)
+    }
+
+    /// Opens an object for reading and returns it with the metadata of the
+    /// opened file (fstat of the same fd, so they cannot disagree).
+    pub fn open_object(
+        &self,
+        bucket: &Arc<Bucket>,
+        name: &str,
+    ) -> Result<(File, ObjectMeta), OpenError> {
+        let fd = self.open_beneath(bucket, name, OFlags::RDONLY)?;
+        let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
+        let meta = self.meta_from_stat(bucket, name, &stat)?;
+        Ok((File::from(fd), meta))
+    }
+
+    /// The sorted names of a bucket, from the cache when still valid.
+    pub fn names(&self, bucket: &Bucket) -> std::io::Result<Arc<Vec<String>>> {
+        let revalidate_after = Duration::from_millis(LISTING_REVALIDATE_MS);
+        {
+            let mut indexes = self.name_indexes.lock().expect("name index lock");
+            if let Some(index) = indexes.get_mut(&bucket.name) {
+                if index.validated_at.elapsed() < revalidate_after {
+                    return Ok(index.names.clone());
+                }
+                let unchanged = index
+                    .directory_mtimes
+                    .iter()
+                    .all(|(path, mtime)| directory_mtime(path) == *mtime);
+                if unchanged {
+                    index.validated_at = Instant::now();
+                    return Ok(index.names.clone());
+                }
+            }
+        }
+        // Walk outside the lock: a big tree must not block other buckets.
+        let bucket_path = self.root.join(&bucket.name);
+        let mut names = Vec::new();
+        let mut directory_mtimes = Vec::new();
+        walk(&bucket_path, "", &mut names, &mut directory_mtimes)?;
+        names.sort_unstable();
+        let names = Arc::new(names);
+        let mut indexes = self.name_indexes.lock().expect("name index lock");
+        indexes.insert(
+            bucket.name.clone(),
+            NameIndex {
+                names: names.clone(),
+                directory_mtimes,
+                validated_at: Instant::now(),
+            },
+        );
+        Ok(names)
+    }
+}
+
+fn directory_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::symlink_metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
+}
+
+/// Collects regular files below `directory` (names relative to the bucket,
+/// `/`-separated). Symlinks, sockets, fifos and non-UTF-8 names are skipped.
+fn walk(
+    directory: &Path,
+    prefix: &str,
+    names: &mut Vec<String>,
+    directory_mtimes: &mut Vec<(PathBuf, Option<std::time::SystemTime>)>,
+) -> std::io::Result<()> {
+    directory_mtimes.push((directory.to_path_buf(), directory_mtime(directory)));
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        // A directory that vanished or is unreadable lists as empty.
+        Err(error) if !prefix.is_empty() => {
+            eprintln!("ringdown serve: skipping {}: {error}", directory.display());
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        let Ok(file_name) = entry.file_name().into_string() else {
+            eprintln!(
+                "ringdown serve: skipping non-UTF-8 name in {}",
+                directory.display()
+            );
+            continue;
+        };
+        let name = format!("{prefix}{file_name}");
+        if file_type.is_dir() {
+            walk(&entry.path(), &format!("{name}/"), names, directory_mtimes)?;
+        } else if file_type.is_file() && is_servable_name(&name) {
+            names.push(name);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_ids_round_trip() {
+        let bucket = Bucket {
+            name: "bkt".into(),
+            id: bucket_id_for("bkt"),
+        };
+        let id = file_id_for(&bucket, "dir/a b+c.txt", 11, 5);
+        let (bucket_id, name) = parse_file_id(&id).unwrap();
+        assert_eq!(bucket_id, bucket.id);
+        assert_eq!(name, "dir/a b+c.txt");
+        assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", 11, 6));
+        assert!(parse_file_id("4_zshort").is_none());
+    }
+
+    #[test]
+    fn servable_names() {
+        assert!(is_servable_name("a/b.txt"));
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "a/",
+            "a\0b",
+        ] {
+            assert!(!is_servable_name(bad), "{bad:?}");
+        }
+    }
+}
