@@ -60,3 +60,17 @@ pub const PROGRESS_TTY_INTERVAL_MS: u64 = 200;
 /// values saturate rather than error (a two-hour stall must not fail a run).
 pub const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 pub const HISTOGRAM_SIGFIGS: u8 = 3;
+
+/// Objects at least this large use O_DIRECT under `--direct-io auto`: below
+/// it, the page cache is cheaper than the padding and alignment dance.
+pub const DIRECT_IO_MIN_OBJECT_BYTES: u64 = 1 << 20;
+/// Attempts of one control-plane call (authorize, HEAD, list page).
+pub const API_ATTEMPTS: u32 = 5;
+/// Error bodies (B2 JSON) we read to learn the error code.
+pub const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
+
+/// Longest chunk-size line of a chunked body (hex size plus ignored
+/// extensions). Sixteen hex digits fill a u64; the rest bounds a hostile server.
+pub const HTTP_CHUNK_SIZE_LINE_MAX_BYTES: usize = 4 * 1024;
+/// Largest trailer section of a chunked body (skipped, never stored).
+pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;

@@ -1,6 +1,8 @@
 //! Flags and environment → configuration. No I/O beyond reading the
 //! environment; the commands themselves live in the library.
 
+pub mod get;
+
 use clap::{Parser, Subcommand};
 
 use crate::error::Result;
@@ -25,11 +27,14 @@ pub struct Cli {
 pub enum Command {
     /// Serve a directory as a B2-compatible origin (for tests, demos and benchmarks).
     Serve(crate::server::ServeArgs),
+    /// Download one object (b2://BUCKET/NAME or an http(s) URL) to a file, verified.
+    Get(get::GetArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Serve(args) => crate::server::run(args).map(|()| 0),
+        Command::Get(args) => get::run(args),
     }
 }

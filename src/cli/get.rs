@@ -1,0 +1,317 @@
+//! `ringdown get` flags → `DownloadOptions`, then the human and JSON output.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config;
+use crate::engine::{EngineConfig, Progress};
+use crate::error::{Error, Result};
+use crate::get::{DirectIo, Download, DownloadOptions, Source, Verification};
+use crate::runtime::{self, PinMode};
+use crate::units::parse_size_bytes;
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// b2://BUCKET/NAME, or an http(s):// URL of an origin that supports Range.
+    pub source: String,
+    /// A file path, or an existing directory (the object's base name is appended).
+    pub dest: PathBuf,
+    /// `production`, `staging`, `dev` or a URL. Also B2_REALM, then B2_ENVIRONMENT.
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// Trust this CA (PEM) in addition to the system roots (SSL_CERT_FILE replaces those).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Replace DEST if it exists.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    /// Expected SHA1 (40 hex) for plain URLs.
+    #[arg(long)]
+    pub sha1: Option<String>,
+    /// Exit 1 when the object carries no digest to verify against.
+    #[arg(long)]
+    pub require_verified: bool,
+    /// fsync the file and its directory before reporting success.
+    #[arg(long)]
+    pub fsync: bool,
+    /// Write the summary and stage histograms as JSON to this file.
+    #[arg(long)]
+    pub stats_json: Option<PathBuf>,
+    /// One result line plus errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Engine tuning shared by `get` and `restore`. Defaults were chosen by
+/// measurement (README, "Tuning").
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuningArgs {
+    /// Cores (threads with their own io_uring). Default: CPUs in the affinity mask.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Keep-alive connections per core.
+    #[arg(long, default_value_t = config::CONNECTIONS_PER_CORE_DEFAULT)]
+    pub connections: usize,
+    /// Bytes per range request (e.g. 8M, 64MiB). Rounded up to a multiple of --buffer-size.
+    #[arg(long, value_parser = parse_size_bytes, default_value = "8MiB")]
+    pub part_size: u64,
+    /// Bytes per registered buffer (multiple of 4 KiB).
+    #[arg(long, value_parser = parse_size_bytes, default_value = "1MiB")]
+    pub buffer_size: u64,
+    /// Registered buffers per core.
+    #[arg(long, default_value_t = config::BUFFERS_PER_CORE_DEFAULT)]
+    pub buffers: usize,
+    /// Attempts per chunk, counting the first.
+    #[arg(long, default_value_t = config::MAX_ATTEMPTS_DEFAULT)]
+    pub max_attempts: u32,
+    /// First retry backoff, doubled per attempt.
+    #[arg(long, default_value_t = config::RETRY_BASE_MS_DEFAULT)]
+    pub retry_base_ms: u64,
+    /// Longest retry backoff.
+    #[arg(long, default_value_t = config::RETRY_MAX_MS_DEFAULT)]
+    pub retry_max_ms: u64,
+    /// Stall timeout: connect, TLS handshake, response head or an idle body.
+    #[arg(long, default_value_t = config::TIMEOUT_S_DEFAULT)]
+    pub timeout_s: u64,
+    /// O_DIRECT writes from the aligned buffers (auto: objects ≥ 1 MiB where the filesystem supports it).
+    #[arg(long, value_enum, default_value_t = DirectIo::Auto)]
+    pub direct_io: DirectIo,
+    /// Pin each core's thread to a CPU (auto: when the affinity mask has exactly --cores CPUs).
+    #[arg(long, value_enum, default_value_t = PinMode::Auto)]
+    pub pin: PinMode,
+}
+
+impl TuningArgs {
+    /// Validates the flags and sizes the buffer pool against RLIMIT_MEMLOCK.
+    pub fn engine_config(&self) -> Result<(EngineConfig, Option<String>)> {
+        let usage = |msg: String| Err(Error::Usage(msg));
+        let cores = self.cores.unwrap_or_else(runtime::available_cores);
+        if cores == 0 || cores > config::CORES_MAX {
+            return usage(format!(
+                "--cores {cores}: expected 1..={}",
+                config::CORES_MAX
+            ));
+        }
+        if self.connections == 0 || self.connections > config::CONNECTIONS_PER_CORE_MAX {
+            return usage(format!(
+                "--connections {}: expected 1..={}",
+                self.connections,
+                config::CONNECTIONS_PER_CORE_MAX
+            ));
+        }
+        let align = config::DIRECT_IO_ALIGN_BYTES as u64;
+        if self.buffer_size == 0
+            || self.buffer_size % align != 0
+            || self.buffer_size > config::BUFFER_SIZE_BYTES_MAX as u64
+        {
+            return usage(format!(
+                "--buffer-size {}: expected a multiple of 4 KiB up to {} MiB",
+                self.buffer_size,
+                config::BUFFER_SIZE_BYTES_MAX >> 20
+            ));
+        }
+        // Two buffers at least: one is the reserve for the hash frontier.
+        if self.buffers < 2 || self.buffers > config::BUFFERS_PER_CORE_MAX {
+            return usage(format!(
+                "--buffers {}: expected 2..={}",
+                self.buffers,
+                config::BUFFERS_PER_CORE_MAX
+            ));
+        }
+        if self.part_size == 0 {
+            return usage("--part-size must be positive".into());
+        }
+        if self.max_attempts == 0 {
+            return usage("--max-attempts counts the first try: at least 1".into());
+        }
+        if self.timeout_s == 0 {
+            return usage("--timeout-s must be at least 1".into());
+        }
+        // Whole buffers per part keep every O_DIRECT write aligned.
+        let part_size_bytes = self.part_size.next_multiple_of(self.buffer_size);
+        let pool_bytes = cores as u64 * self.buffers as u64 * self.buffer_size;
+        let (register_buffers, notice) = match runtime::memlock_budget_bytes() {
+            Some(budget) if pool_bytes > budget => (
+                false,
+                Some(format!(
+                    "RLIMIT_MEMLOCK leaves {} KiB for registered buffers, the pool needs {} KiB: \
+                     using unregistered buffers (plain positional writes). To register them, raise the \
+                     limit (systemd LimitMEMLOCK=, ulimit -l) or run `setcap cap_ipc_lock+ep $(which ringdown)`",
+                    budget >> 10,
+                    pool_bytes >> 10
+                )),
+            ),
+            _ => (true, None),
+        };
+        let engine = EngineConfig {
+            cores,
+            pin_cores: runtime::should_pin(self.pin, cores),
+            connections_per_core: self.connections,
+            buffers_per_core: self.buffers,
+            buffer_size_bytes: self.buffer_size as usize,
+            part_size_bytes,
+            max_attempts: self.max_attempts,
+            retry_base_ms: self.retry_base_ms,
+            retry_max_ms: self.retry_max_ms.max(self.retry_base_ms),
+            timeout: Duration::from_secs(self.timeout_s),
+            register_buffers,
+        };
+        Ok((engine, notice))
+    }
+}
+
+/// `--realm`, else `B2_REALM`, else `B2_ENVIRONMENT` (the b2 CLI's), else production.
+pub fn resolve_realm(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| std::env::var("B2_REALM").ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            std::env::var("B2_ENVIRONMENT")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| "production".into())
+}
+
+fn parse_sha1_hex(text: &str) -> Result<[u8; 20]> {
+    let bad = || Error::Usage(format!("--sha1 {text:?}: expected 40 hex digits"));
+    if text.len() != 40 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 20];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+pub fn run(args: GetArgs) -> Result<i32> {
+    let source = Source::parse(&args.source)?;
+    let (engine, memlock_notice) = args.tuning.engine_config()?;
+    let sha1 = args.sha1.as_deref().map(parse_sha1_hex).transpose()?;
+    let options = DownloadOptions {
+        engine,
+        realm: resolve_realm(args.realm.as_deref()),
+        key_id: std::env::var("B2_APPLICATION_KEY_ID")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        key: std::env::var("B2_APPLICATION_KEY")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        ca_file: args.ca_file.clone(),
+        force: args.force,
+        fsync: args.fsync,
+        direct_io: args.tuning.direct_io,
+        sha1,
+        require_verified: args.require_verified,
+    };
+    let download = Download::new(source, args.dest.clone(), options);
+    download.resolve_dest()?;
+    if let Some(notice) = &memlock_notice {
+        if !args.quiet {
+            eprintln!("ringdown: note: {notice}");
+        }
+    }
+    let progress = (!args.quiet && std::io::stderr().is_terminal())
+        .then(|| ProgressLine::start(Arc::clone(&download.progress)));
+    let result = download.run();
+    if let Some(progress) = progress {
+        progress.stop();
+    }
+    let report = result?;
+    for notice in &report.notices {
+        if memlock_notice.is_none() || !notice.contains("RLIMIT_MEMLOCK") {
+            eprintln!("ringdown: note: {notice}");
+        }
+    }
+    let mb_per_s = report.bytes as f64 / report.seconds.max(1e-9) / 1e6;
+    let verified_line = match &report.verification {
+        Verification::Verified => format!("SHA1 {} verified", report.sha1_hex),
+        Verification::VerifiedUnverifiedPrefix => format!(
+            "SHA1 {} matches the published digest, but that digest is marked unverified: (client-supplied)",
+            report.sha1_hex
+        ),
+        Verification::NotVerified { why } => format!(
+            "NOT VERIFIED: {why} (SHA1 of the bytes: {})",
+            report.sha1_hex
+        ),
+    };
+    if let Some(path) = &args.stats_json {
+        let json =
+            serde_json::to_string_pretty(&report.summary.to_json()).expect("stats serialize");
+        std::fs::write(path, json + "\n")
+            .map_err(|error| Error::io(format!("writing {}", path.display()), error))?;
+    }
+    if args.quiet {
+        eprintln!(
+            "{}: {} bytes in {:.2} s ({mb_per_s:.1} MB/s), {verified_line}",
+            report.dest.display(),
+            report.bytes,
+            report.seconds
+        );
+    } else {
+        eprintln!(
+            "{}\n  {} bytes in {:.2} s, {mb_per_s:.1} MB/s\n  {verified_line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}\n\n{}",
+            report.dest.display(),
+            report.bytes,
+            report.seconds,
+            report.summary.retries,
+            if report.summary.direct_io {
+                "yes"
+            } else {
+                "no"
+            },
+            if report.summary.registered_buffers {
+                "yes"
+            } else {
+                "no"
+            },
+            report.summary.stages.table()
+        );
+    }
+    if let Verification::NotVerified { .. } = report.verification {
+        if args.require_verified {
+            eprintln!("ringdown: error: --require-verified: the object could not be verified");
+            return Ok(crate::error::exit_code::FAILED);
+        }
+        eprintln!("ringdown: warning: the download was not verified against a published SHA1");
+    }
+    Ok(crate::error::exit_code::OK)
+}
+
+/// A progress line on a TTY: bytes, rate, ETA. Redrawn a few times a second.
+struct ProgressLine {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ProgressLine {
+    fn start(progress: Arc<Progress>) -> ProgressLine {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop_flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS));
+                let bytes = progress.bytes_done.load(Ordering::Relaxed);
+                let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
+                eprint!(
+                    "\r\x1b[2K  {:.1} MB  {rate:.1} MB/s  retries {}",
+                    bytes as f64 / 1e6,
+                    progress.retries.load(Ordering::Relaxed)
+                );
+            }
+            eprint!("\r\x1b[2K");
+        });
+        ProgressLine { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}

@@ -1,0 +1,190 @@
+//! B2 control-plane calls: authorize (v3, as b2sdk) and object metadata by
+//! name. Keys and tokens never reach a message or a `Debug` output.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+
+use super::conn::Origin;
+use super::url::Url;
+use super::{Exchange, exchange, resolve};
+use crate::b2;
+use crate::config::API_BODY_MAX_BYTES;
+use crate::error::Error;
+use crate::http;
+
+/// `production|staging|dev` or a URL (b2sdk's REALM_URLS).
+pub fn realm_url(realm: &str) -> String {
+    match realm {
+        "production" => "https://api.backblazeb2.com".into(),
+        "staging" => "https://api.backblaze.net".into(),
+        "dev" => "http://api.backblazeb2.xyz:8180".into(),
+        url => url.trim_end_matches('/').into(),
+    }
+}
+
+pub struct Credentials {
+    pub key_id: String,
+    pub key: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("key_id", &self.key_id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What one authorization gave us.
+struct Session {
+    token: String,
+    api_url: String,
+    download_url: String,
+    recommended_part_size_bytes: Option<u64>,
+}
+
+/// Holds the account token and refreshes it on `expired_auth_token`. Shared
+/// by every core; the lock is held only to copy or swap the token.
+pub struct Authorizer {
+    realm: Url,
+    realm_origin: Origin,
+    credentials: Credentials,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    session: Mutex<Option<Session>>,
+}
+
+impl fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("realm", &self.realm.display_without_query())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    pub fn new(
+        realm: &str,
+        credentials: Credentials,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<Authorizer, Error> {
+        let realm =
+            Url::parse(&realm_url(realm)).map_err(|why| Error::Usage(format!("--realm: {why}")))?;
+        let realm_origin = resolve(&realm)?;
+        Ok(Authorizer {
+            realm,
+            realm_origin,
+            credentials,
+            tls,
+            timeout,
+            session: Mutex::new(None),
+        })
+    }
+
+    pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// `b2_authorize_account` (v3). 401 means the key is wrong: exit code 3.
+    pub async fn authorize(&self) -> Result<(), Error> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            self.credentials.key_id, self.credentials.key
+        ));
+        let authorization = format!("Basic {basic}");
+        let path = format!("{}b2api/v3/b2_authorize_account", base_path(&self.realm));
+        let mut request = Vec::new();
+        http::write_post_json(
+            &mut request,
+            &self.realm_origin.host_header(),
+            &path,
+            &[("Authorization", &authorization)],
+            b"{}",
+        )
+        .map_err(|error| Error::Usage(format!("authorize request: {error}")))?;
+        let reply = exchange(
+            &self.realm_origin,
+            self.tls.as_ref(),
+            self.timeout,
+            &request,
+            false,
+            API_BODY_MAX_BYTES,
+        )
+        .await?;
+        let context = format!(
+            "b2_authorize_account at {}",
+            self.realm.display_without_query()
+        );
+        if reply.head.status == 401 || reply.head.status == 403 {
+            return Err(Error::Auth(format!(
+                "{context}: {}; check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY",
+                describe_error(&reply)
+            )));
+        }
+        if reply.head.status != 200 {
+            return Err(Error::http(context, describe_error(&reply)));
+        }
+        let parsed = b2::parse_authorize(&reply.body).map_err(|why| Error::http(&context, why))?;
+        *self.session.lock().expect("session lock") = Some(Session {
+            token: parsed.authorization_token,
+            api_url: parsed.api_url,
+            download_url: parsed.download_url,
+            recommended_part_size_bytes: parsed.recommended_part_size,
+        });
+        Ok(())
+    }
+
+    /// Called by a chunk that met `expired_auth_token`/`bad_auth_token`.
+    pub async fn reauthorize(&self) -> Result<(), Error> {
+        self.authorize().await
+    }
+
+    pub fn token(&self) -> String {
+        self.with_session(|session| session.token.clone())
+    }
+
+    pub fn download_url(&self) -> String {
+        self.with_session(|session| session.download_url.clone())
+    }
+
+    pub fn api_url(&self) -> String {
+        self.with_session(|session| session.api_url.clone())
+    }
+
+    pub fn recommended_part_size_bytes(&self) -> Option<u64> {
+        self.with_session(|session| session.recommended_part_size_bytes)
+    }
+
+    fn with_session<T>(&self, f: impl FnOnce(&Session) -> T) -> T {
+        let session = self.session.lock().expect("session lock");
+        f(session
+            .as_ref()
+            .expect("authorize() runs before any other call"))
+    }
+}
+
+/// `/` or the realm URL's own path prefix, ending in `/`.
+fn base_path(url: &Url) -> String {
+    let path = url.path_and_query.split('?').next().unwrap_or("/");
+    if path.ends_with('/') {
+        path.to_string()
+    } else {
+        format!("{path}/")
+    }
+}
+
+/// "HTTP 404 not_found: ..." from a B2 error reply (or just the status).
+pub fn describe_error(reply: &Exchange) -> String {
+    match b2::parse_error_body(&reply.body) {
+        Some(error) => format!(
+            "HTTP {} {}: {}",
+            reply.head.status, error.code, error.message
+        ),
+        None => format!("HTTP {}", reply.head.status),
+    }
+}

@@ -1,0 +1,320 @@
+//! One keep-alive HTTP/1.1 connection (plain or TLS) on a core's ring: send a
+//! request head, read a response head, read the body into pool buffers.
+//!
+//! Parsing lives in `http/` (no I/O); this file moves bytes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::HTTP_HEAD_MAX_BYTES;
+use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
+use crate::stats::Stage;
+use crate::tls::{self, TlsStream};
+use crate::uring::{PoolBuf, TcpStream};
+
+/// Where requests go: resolved once, off the hot path.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub addr: SocketAddr,
+}
+
+impl Origin {
+    /// The `Host` header value.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.host_header()
+        )
+    }
+}
+
+/// What went wrong on a connection. `Transport` and `Protocol` failures retire
+/// the connection; the caller decides about retries.
+#[derive(Debug)]
+pub enum ConnError {
+    /// Connect, TLS or socket failure, or the peer closed early.
+    Transport(io::Error),
+    /// The server's certificate was rejected: not worth retrying.
+    Trust(String),
+    /// The peer sent something that is not valid HTTP for our request.
+    Protocol(String),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Transport(error) => write!(f, "{error}"),
+            ConnError::Trust(detail) => write!(f, "{detail}"),
+            ConnError::Protocol(detail) => write!(f, "bad response: {detail}"),
+        }
+    }
+}
+
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+pub struct Connection {
+    transport: Transport,
+    /// Plaintext received past the bytes consumed so far (head or body).
+    leftover: Vec<u8>,
+    leftover_start: usize,
+    timeout: Duration,
+    /// Requests completed on this connection (for keep-alive accounting).
+    pub requests_done: u64,
+}
+
+impl Connection {
+    pub async fn open(
+        origin: &Origin,
+        tls_config: Option<&Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+        record: &impl Fn(Stage, Duration),
+    ) -> Result<Connection, ConnError> {
+        let started = Instant::now();
+        let tcp = TcpStream::connect(origin.addr, timeout)
+            .await
+            .map_err(ConnError::Transport)?;
+        record(Stage::Connect, started.elapsed());
+        let transport = if origin.tls {
+            let config = tls_config.expect("TLS origin needs a client config");
+            let started = Instant::now();
+            let stream = TlsStream::connect(tcp, Arc::clone(config), &origin.host, timeout)
+                .await
+                .map_err(|error| {
+                    if tls::is_trust_error(&error) {
+                        ConnError::Trust(format!(
+                            "TLS handshake with {}: {error}; pass the origin's CA with --ca-file (or SSL_CERT_FILE)",
+                            origin.host
+                        ))
+                    } else {
+                        ConnError::Transport(error)
+                    }
+                })?;
+            record(Stage::TlsHandshake, started.elapsed());
+            Transport::Tls(Box::new(stream))
+        } else {
+            Transport::Plain(tcp)
+        };
+        Ok(Connection {
+            transport,
+            leftover: Vec::new(),
+            leftover_start: 0,
+            timeout,
+            requests_done: 0,
+        })
+    }
+
+    pub async fn send(&mut self, request: Vec<u8>) -> Result<(), ConnError> {
+        let result = match &mut self.transport {
+            Transport::Plain(tcp) => tcp.send_all(request, self.timeout).await.0,
+            Transport::Tls(tls) => tls.send_all(&request).await,
+        };
+        result.map_err(ConnError::Transport)
+    }
+
+    /// Reads and parses one response head. Bytes after it stay buffered for
+    /// the body.
+    pub async fn read_head(&mut self) -> Result<ResponseHead, ConnError> {
+        self.compact_leftover();
+        loop {
+            match http::parse_response_head(&self.leftover) {
+                Ok(Some(head)) => {
+                    self.leftover_start = head.head_len;
+                    return Ok(head);
+                }
+                Ok(None) => {}
+                Err(error) => return Err(ConnError::Protocol(error.to_string())),
+            }
+            if self.leftover.len() >= HTTP_HEAD_MAX_BYTES {
+                return Err(ConnError::Protocol(format!(
+                    "response head exceeds {HTTP_HEAD_MAX_BYTES} bytes"
+                )));
+            }
+            let n = self
+                .receive_more(HTTP_HEAD_MAX_BYTES - self.leftover.len())
+                .await?;
+            if n == 0 {
+                return Err(ConnError::Transport(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a complete response head",
+                )));
+            }
+        }
+    }
+
+    /// Receives up to `max_bytes` body bytes into `buf`: leftover bytes first,
+    /// then straight from the transport (into the buffer itself on plain HTTP).
+    /// Returns the count; 0 means the peer closed.
+    pub async fn read_body_into(
+        &mut self,
+        mut buf: PoolBuf,
+        max_bytes: usize,
+    ) -> (Result<usize, ConnError>, PoolBuf) {
+        let max_bytes = max_bytes.min(buf.spare_bytes());
+        debug_assert!(max_bytes > 0);
+        if self.leftover_start < self.leftover.len() {
+            let available = &self.leftover[self.leftover_start..];
+            let n = buf.fill_from(&available[..available.len().min(max_bytes)]);
+            self.leftover_start += n;
+            return (Ok(n), buf);
+        }
+        match &mut self.transport {
+            Transport::Plain(tcp) => {
+                let (result, buf) = tcp.recv_into(buf, max_bytes, self.timeout).await;
+                (result.map_err(ConnError::Transport), buf)
+            }
+            Transport::Tls(tls) => {
+                let result = tls.recv(&mut buf.spare_mut()[..max_bytes]).await;
+                if let Ok(n) = result {
+                    buf.advance(n);
+                }
+                (result.map_err(ConnError::Transport), buf)
+            }
+        }
+    }
+
+    /// Reads a whole body of at most `limit_bytes` into memory (API JSON,
+    /// error bodies). Framed by Content-Length, chunked, or close.
+    pub async fn read_body_to_vec(
+        &mut self,
+        head: &ResponseHead,
+        limit_bytes: usize,
+    ) -> Result<Vec<u8>, ConnError> {
+        let too_big = || ConnError::Protocol(format!("response body exceeds {limit_bytes} bytes"));
+        if head.chunked {
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::new();
+            loop {
+                if self.leftover_start == self.leftover.len() {
+                    self.compact_leftover();
+                    if self.receive_more(64 * 1024).await? == 0 {
+                        return Err(self.early_eof());
+                    }
+                }
+                let input = &self.leftover[self.leftover_start..];
+                match decoder
+                    .decode(input)
+                    .map_err(|error| ConnError::Protocol(error.to_string()))?
+                {
+                    ChunkedStep::NeedMore { consumed } => {
+                        self.leftover_start += consumed;
+                        // The decoder may need more than what is buffered.
+                        self.compact_leftover();
+                        if self.receive_more(64 * 1024).await? == 0 {
+                            return Err(self.early_eof());
+                        }
+                    }
+                    ChunkedStep::Data { start, len } => {
+                        if body.len() + len > limit_bytes {
+                            return Err(too_big());
+                        }
+                        body.extend_from_slice(&input[start..start + len]);
+                        self.leftover_start += start + len;
+                    }
+                    ChunkedStep::Done { consumed } => {
+                        self.leftover_start += consumed;
+                        return Ok(body);
+                    }
+                }
+            }
+        }
+        let length = match head.content_length {
+            Some(length) => length,
+            // Delimited by close (HTTP/1.0 style): read until EOF, bounded.
+            None => u64::MAX,
+        };
+        let mut body = Vec::new();
+        while (body.len() as u64) < length {
+            if self.leftover_start == self.leftover.len() {
+                self.compact_leftover();
+                let n = self.receive_more(64 * 1024).await?;
+                if n == 0 {
+                    if length == u64::MAX {
+                        return Ok(body);
+                    }
+                    return Err(self.early_eof());
+                }
+            }
+            let available = &self.leftover[self.leftover_start..];
+            let wanted = (length - body.len() as u64).min(available.len() as u64) as usize;
+            if body.len() + wanted > limit_bytes {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&available[..wanted]);
+            self.leftover_start += wanted;
+        }
+        Ok(body)
+    }
+
+    /// Discards a body of known length if it is small; returns false if the
+    /// connection should rather be closed.
+    pub async fn skip_body(&mut self, head: &ResponseHead, limit_bytes: usize) -> bool {
+        match head.content_length {
+            Some(length) if length as usize <= limit_bytes && !head.chunked => {
+                self.read_body_to_vec(head, limit_bytes).await.is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    pub fn shutdown(&self) {
+        match &self.transport {
+            Transport::Plain(tcp) => tcp.shutdown(),
+            Transport::Tls(tls) => tls.shutdown(),
+        }
+    }
+
+    fn early_eof(&self) -> ConnError {
+        ConnError::Transport(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed mid-body",
+        ))
+    }
+
+    fn compact_leftover(&mut self) {
+        if self.leftover_start > 0 {
+            self.leftover.drain(..self.leftover_start);
+            self.leftover_start = 0;
+        }
+    }
+
+    /// Appends up to `max_bytes` received plaintext to `leftover`.
+    async fn receive_more(&mut self, max_bytes: usize) -> Result<usize, ConnError> {
+        let max_bytes = max_bytes.max(1);
+        match &mut self.transport {
+            Transport::Plain(tcp) => {
+                let mut buffer = std::mem::take(&mut self.leftover);
+                buffer.reserve(max_bytes.min(64 * 1024));
+                let (result, buffer) = tcp.recv_append(buffer, self.timeout).await;
+                self.leftover = buffer;
+                result.map_err(ConnError::Transport)
+            }
+            Transport::Tls(tls) => {
+                let start = self.leftover.len();
+                let want = max_bytes.min(64 * 1024);
+                self.leftover.resize(start + want, 0);
+                let result = tls.recv(&mut self.leftover[start..]).await;
+                let n = *result.as_ref().unwrap_or(&0);
+                self.leftover.truncate(start + n);
+                result.map_err(ConnError::Transport)
+            }
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! One connection task: takes chunks in ascending order and downloads each
+//! with range requests, retrying from the first missing byte.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::b2::{ErrorClass, classify};
+use crate::client::conn::{ConnError, Connection};
+use crate::config::{DIRECT_IO_ALIGN_BYTES, ERROR_BODY_MAX_BYTES};
+use crate::error::Error;
+use crate::http::{self, ResponseHead};
+use crate::plan::Chunk;
+use crate::stats::Stage;
+use crate::uring::{self, PoolBuf};
+
+use super::Core;
+
+/// Why one attempt at a chunk failed, and what to do about it.
+struct Failure {
+    detail: String,
+    kind: FailureKind,
+    retry_after_s: Option<u64>,
+}
+
+enum FailureKind {
+    /// Try again after a backoff (a new connection if the old one is gone).
+    Retry,
+    /// Re-authorize, then try again (once per chunk).
+    Reauthorize,
+    /// Retrying will not help this object.
+    Object,
+    /// Retrying will not help anything: stop the whole run.
+    Run,
+    /// Trust failure (exit code 3).
+    Trust,
+    /// Credentials refused (exit code 3).
+    Auth,
+}
+
+pub(super) async fn connection_loop(core: Rc<Core>) {
+    let mut connection: Option<Connection> = None;
+    while let Some(chunk) = core.job.next_chunk() {
+        if let Err(error) = download_chunk(&core, &mut connection, chunk).await {
+            core.job.abort(error);
+            break;
+        }
+    }
+    if let Some(connection) = connection {
+        connection.shutdown();
+    }
+}
+
+async fn download_chunk(
+    core: &Rc<Core>,
+    connection: &mut Option<Connection>,
+    chunk: Chunk,
+) -> Result<(), Error> {
+    let job = &core.job;
+    let config = &job.config;
+    let chunk_started = Instant::now();
+    // Bytes of this chunk received so far: written, in flight, or in `current`.
+    let mut received_bytes: u64 = 0;
+    let mut current: Option<PoolBuf> = None;
+    let mut buffer_started = Instant::now();
+    let mut attempt: u32 = 0;
+    let mut reauthorized = false;
+    loop {
+        attempt += 1;
+        let failure = match attempt_chunk(
+            core,
+            connection,
+            &chunk,
+            &mut received_bytes,
+            &mut current,
+            &mut buffer_started,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(failure) => failure,
+        };
+        if let Some(connection) = connection.take() {
+            connection.shutdown();
+        }
+        if job.is_aborted() {
+            return Ok(());
+        }
+        let context = format!(
+            "GET {} bytes={}-{}",
+            job.source.display_name,
+            chunk.offset_bytes + received_bytes,
+            chunk.last_byte()
+        );
+        match failure.kind {
+            FailureKind::Retry => {}
+            FailureKind::Reauthorize if !reauthorized => {
+                reauthorized = true;
+                if let Some(auth) = &job.source.auth {
+                    auth.reauthorize().await?;
+                }
+            }
+            FailureKind::Reauthorize | FailureKind::Auth => {
+                return Err(Error::Auth(format!("{context}: {}", failure.detail)));
+            }
+            FailureKind::Trust => return Err(Error::Trust(failure.detail)),
+            FailureKind::Object => return Err(Error::http(context, failure.detail)),
+            FailureKind::Run => return Err(Error::Fatal(format!("{context}: {}", failure.detail))),
+        }
+        if attempt >= config.max_attempts {
+            return Err(Error::http(
+                context,
+                format!("{} after {attempt} attempts", failure.detail),
+            ));
+        }
+        core.retries.set(core.retries.get() + 1);
+        job.progress
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let delay = backoff(
+            config.retry_base_ms,
+            config.retry_max_ms,
+            attempt,
+            failure.retry_after_s,
+            chunk.index,
+        );
+        let waited = Instant::now();
+        tokio::time::sleep(delay).await;
+        core.record(Stage::RetryWait, waited.elapsed());
+    }
+    core.record(Stage::Chunk, chunk_started.elapsed());
+    Ok(())
+}
+
+/// Exponential backoff with jitter; `Retry-After` (capped) wins when longer.
+fn backoff(
+    base_ms: u64,
+    max_ms: u64,
+    attempt: u32,
+    retry_after_s: Option<u64>,
+    salt: u64,
+) -> Duration {
+    let exponential_ms = base_ms
+        .saturating_mul(1u64 << (attempt - 1).min(20))
+        .min(max_ms);
+    // Cheap, deterministic-enough jitter: decorrelates chunks that failed together.
+    let mut x = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (attempt as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    x ^= x >> 29;
+    let jitter_ms = if exponential_ms > 1 {
+        x % (exponential_ms / 2 + 1)
+    } else {
+        0
+    };
+    let delay_ms = exponential_ms / 2 + jitter_ms;
+    let retry_after_ms = retry_after_s
+        .map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000)
+        .unwrap_or(0);
+    Duration::from_millis(delay_ms.max(retry_after_ms))
+}
+
+async fn attempt_chunk(
+    core: &Rc<Core>,
+    connection: &mut Option<Connection>,
+    chunk: &Chunk,
+    received_bytes: &mut u64,
+    current: &mut Option<PoolBuf>,
+    buffer_started: &mut Instant,
+) -> Result<(), Failure> {
+    let job = &core.job;
+    let source = &job.source;
+    if connection.is_none() {
+        let record = |stage, elapsed| core.record(stage, elapsed);
+        let opened = Connection::open(
+            &source.origin,
+            source.tls.as_ref(),
+            job.config.timeout,
+            &record,
+        )
+        .await;
+        *connection = Some(opened.map_err(conn_failure)?);
+    }
+    let conn = connection.as_mut().expect("connected");
+    let first_byte = chunk.offset_bytes + *received_bytes;
+    let last_byte = chunk.last_byte();
+    let mut request = Vec::with_capacity(512);
+    let token = source.auth.as_ref().map(|auth| auth.token());
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if let Some(token) = token.as_deref() {
+        headers.push(("Authorization", token));
+    }
+    if let Some(etag) = source.if_match.as_deref() {
+        headers.push(("If-Match", etag));
+    }
+    http::write_get_request(
+        &mut request,
+        "GET",
+        &source.origin.host_header(),
+        &source.path_and_query,
+        Some((first_byte, last_byte)),
+        &headers,
+    )
+    .map_err(|error| Failure {
+        detail: error.to_string(),
+        kind: FailureKind::Object,
+        retry_after_s: None,
+    })?;
+    let sent = Instant::now();
+    conn.send(request).await.map_err(conn_failure)?;
+    let head = conn.read_head().await.map_err(conn_failure)?;
+    core.record(Stage::Ttfb, sent.elapsed());
+    let body_len = check_head(core, conn, &head, first_byte, last_byte).await?;
+    let mut body_left = body_len;
+    while body_left > 0 {
+        if job.is_aborted() {
+            return Err(Failure {
+                detail: "aborted".into(),
+                kind: FailureKind::Retry,
+                retry_after_s: None,
+            });
+        }
+        let mut buf = match current.take() {
+            Some(buf) => buf,
+            None => {
+                let waited = Instant::now();
+                let head_offset = chunk.offset_bytes + *received_bytes;
+                let digest = &job.digest;
+                let buf = core
+                    .pool
+                    .take(|| digest.frontier() == head_offset || job.is_aborted())
+                    .await;
+                core.record(Stage::BufferWait, waited.elapsed());
+                *buffer_started = Instant::now();
+                buf
+            }
+        };
+        let want = (buf.spare_bytes() as u64).min(body_left) as usize;
+        let (result, returned) = conn.read_body_into(buf, want).await;
+        buf = returned;
+        let n = match result {
+            Ok(0) => Err(ConnError::Transport(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed with {body_left} body bytes missing"),
+            ))),
+            Ok(n) => Ok(n),
+            Err(error) => Err(error),
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(error) => {
+                if buf.filled_bytes() > 0 {
+                    *current = Some(buf);
+                }
+                return Err(conn_failure(error));
+            }
+        };
+        *received_bytes += n as u64;
+        body_left -= n as u64;
+        if buf.is_full() || *received_bytes == chunk.len_bytes {
+            core.record(Stage::Recv, buffer_started.elapsed());
+            let offset = chunk.offset_bytes + *received_bytes - buf.filled_bytes() as u64;
+            submit_write(core, buf, offset);
+        } else {
+            *current = Some(buf);
+        }
+    }
+    if let Some(conn) = connection.as_mut() {
+        conn.requests_done += 1;
+        if !head.keep_alive {
+            conn.shutdown();
+            *connection = None;
+        }
+    }
+    Ok(())
+}
+
+/// Validates a response head against the request. Returns the body length.
+async fn check_head(
+    core: &Core,
+    conn: &mut Connection,
+    head: &ResponseHead,
+    first_byte: u64,
+    last_byte: u64,
+) -> Result<u64, Failure> {
+    let job = &core.job;
+    let size = job.digest.size_bytes();
+    let requested = last_byte - first_byte + 1;
+    let protocol = |detail: String| Failure {
+        detail,
+        kind: FailureKind::Retry,
+        retry_after_s: None,
+    };
+    match head.status {
+        206 => {
+            let Some(range) = head.content_range else {
+                return Err(protocol("206 without Content-Range".into()));
+            };
+            if range.first != first_byte || range.last != last_byte {
+                return Err(protocol(format!(
+                    "Content-Range bytes {}-{} does not match the requested {first_byte}-{last_byte}",
+                    range.first, range.last
+                )));
+            }
+            if let Some(total) = range.complete_length {
+                if total != size {
+                    return Err(Failure {
+                        detail: format!(
+                            "object size changed from {size} to {total} bytes during the download"
+                        ),
+                        kind: FailureKind::Object,
+                        retry_after_s: None,
+                    });
+                }
+            }
+        }
+        // A whole-object answer is fine when we asked for the whole object.
+        200 if first_byte == 0 && last_byte + 1 == size => {}
+        200 => {
+            return Err(protocol(
+                "200 (whole object) where a 206 range was requested".into(),
+            ));
+        }
+        _ => return Err(status_failure(conn, head).await),
+    }
+    if head.chunked {
+        return Err(protocol("chunked body on a range response".into()));
+    }
+    match head.content_length {
+        Some(length) if length == requested => {}
+        Some(length) => {
+            return Err(protocol(format!(
+                "Content-Length {length} does not match the requested {requested} bytes"
+            )));
+        }
+        None => return Err(protocol("range response without Content-Length".into())),
+    }
+    if let Some(expected) = &job.source.expect_file_id {
+        match head.header("x-bz-file-id") {
+            Some(id) if id == expected => {}
+            other => {
+                return Err(Failure {
+                    detail: format!(
+                        "x-bz-file-id {:?} is not the version being downloaded ({expected}); the object was replaced",
+                        other.unwrap_or("")
+                    ),
+                    kind: FailureKind::Object,
+                    retry_after_s: None,
+                });
+            }
+        }
+    }
+    Ok(requested)
+}
+
+/// Reads a (small) error body and classifies the status per b2-api.md §6.
+async fn status_failure(conn: &mut Connection, head: &ResponseHead) -> Failure {
+    let body = match head.content_length {
+        Some(length) if (length as usize) <= ERROR_BODY_MAX_BYTES => conn
+            .read_body_to_vec(head, ERROR_BODY_MAX_BYTES)
+            .await
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let parsed = crate::b2::parse_error_body(&body);
+    let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or("");
+    let message = parsed.as_ref().map(|e| e.message.as_str()).unwrap_or("");
+    let detail = if code.is_empty() {
+        format!("HTTP {}", head.status)
+    } else {
+        format!("HTTP {} {code}: {message}", head.status)
+    };
+    let kind = match head.status {
+        412 => FailureKind::Object,
+        _ => match classify(head.status, code) {
+            ErrorClass::Retry => FailureKind::Retry,
+            ErrorClass::ReauthorizeOnce => FailureKind::Reauthorize,
+            ErrorClass::RunFatal => FailureKind::Run,
+            ErrorClass::Fatal if head.status == 401 || head.status == 403 => FailureKind::Auth,
+            ErrorClass::Fatal => FailureKind::Object,
+        },
+    };
+    Failure {
+        detail,
+        kind,
+        retry_after_s: head.retry_after_s,
+    }
+}
+
+fn conn_failure(error: ConnError) -> Failure {
+    match error {
+        ConnError::Trust(detail) => Failure {
+            detail,
+            kind: FailureKind::Trust,
+            retry_after_s: None,
+        },
+        other => Failure {
+            detail: other.to_string(),
+            kind: FailureKind::Retry,
+            retry_after_s: None,
+        },
+    }
+}
+
+/// Writes a full buffer at its offset on a task of its own, so the connection
+/// keeps receiving; the written buffer then waits in the reorder window.
+fn submit_write(core: &Rc<Core>, mut buf: PoolBuf, offset: u64) {
+    let size = core.job.digest.size_bytes();
+    let data_len = buf.filled_bytes();
+    debug_assert!(offset + data_len as u64 <= size);
+    if core.job.direct_io
+        && offset + data_len as u64 == size
+        && data_len % DIRECT_IO_ALIGN_BYTES != 0
+    {
+        // O_DIRECT writes whole blocks: pad the tail; the file is cut back after.
+        let aligned = data_len.next_multiple_of(DIRECT_IO_ALIGN_BYTES);
+        buf.pad_to(aligned);
+    }
+    core.writes_in_flight.set(core.writes_in_flight.get() + 1);
+    let core = Rc::clone(core);
+    uring::spawn(async move {
+        let started = Instant::now();
+        let (result, buf) = core.file.write_all_at(buf, offset).await;
+        core.record(Stage::Write, started.elapsed());
+        match result {
+            Ok(()) => {
+                core.window.borrow_mut().insert(offset, buf, data_len);
+                core.drain_hashable();
+            }
+            Err(error) => {
+                drop(buf);
+                let run_fatal = matches!(
+                    error.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EROFS) | Some(libc::EDQUOT)
+                );
+                let context = format!("writing {} at byte {offset}", core.job.source.display_name);
+                core.job.abort(if run_fatal {
+                    Error::Fatal(format!("{context}: {error}"))
+                } else {
+                    Error::io(context, error)
+                });
+            }
+        }
+        let left = core.writes_in_flight.get() - 1;
+        core.writes_in_flight.set(left);
+        if left == 0 {
+            core.writes_drained.notify_one();
+        }
+    });
+}

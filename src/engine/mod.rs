@@ -1,0 +1,313 @@
+//! Thread-per-core download of one object: N OS threads, each with its own
+//! io_uring runtime, buffer pool, connections and histograms. Cross-core
+//! traffic is limited to taking the next chunk index (one atomic), the SHA1
+//! baton (see `verify`), progress counters, and merging stats at the end.
+
+mod chunk;
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::client::conn::Origin;
+use crate::error::{Error, Result};
+use crate::plan::{Chunk, ChunkPlan};
+use crate::stats::{Stage, StageHistograms};
+use crate::uring::{self, BufferPool, File, PoolBuf, Registration};
+use crate::verify::{ReorderWindow, SharedDigest};
+
+/// How the engine is tuned; resolved from flags by `cli/`.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub cores: usize,
+    pub pin_cores: bool,
+    pub connections_per_core: usize,
+    pub buffers_per_core: usize,
+    pub buffer_size_bytes: usize,
+    pub part_size_bytes: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub timeout: Duration,
+    /// Register buffers with the ring (false when RLIMIT_MEMLOCK is too small).
+    pub register_buffers: bool,
+}
+
+/// Where the bytes of one object come from.
+#[derive(Clone)]
+pub struct ObjectSource {
+    pub origin: Origin,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Path and query of the GET, already URL-encoded.
+    pub path_and_query: String,
+    /// Credentials for the request; refreshed on `expired_auth_token`.
+    pub auth: Option<Arc<crate::client::b2_api::Authorizer>>,
+    /// B2: every response must carry this `x-bz-file-id` (no splicing of a
+    /// newer upload under the same name).
+    pub expect_file_id: Option<String>,
+    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
+    pub if_match: Option<String>,
+    /// What shows in messages: `b2://bucket/name` or the URL without query.
+    pub display_name: String,
+}
+
+/// The result of one object's download.
+pub struct ObjectOutcome {
+    pub sha1: [u8; 20],
+    pub stages: StageHistograms,
+    pub retries: u64,
+    pub registered_buffers: bool,
+    pub notices: Vec<String>,
+}
+
+/// Shared progress counters a caller may watch from another thread.
+#[derive(Default)]
+pub struct Progress {
+    pub bytes_done: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// Everything the cores share about one object download.
+pub(crate) struct Job {
+    pub config: EngineConfig,
+    pub source: ObjectSource,
+    pub plan: ChunkPlan,
+    pub digest: SharedDigest,
+    pub direct_io: bool,
+    next_chunk: AtomicU64,
+    aborted: AtomicBool,
+    first_error: Mutex<Option<Error>>,
+    pub progress: Arc<Progress>,
+}
+
+impl Job {
+    fn next_chunk(&self) -> Option<Chunk> {
+        if self.is_aborted() {
+            return None;
+        }
+        let index = self.next_chunk.fetch_add(1, Ordering::Relaxed);
+        self.plan.chunk(index)
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Stops the download: the first error wins and is reported.
+    pub fn abort(&self, error: Error) {
+        let mut first = self.first_error.lock().expect("error lock");
+        if first.is_none() {
+            *first = Some(error);
+        }
+        drop(first);
+        self.aborted.store(true, Ordering::Release);
+        self.digest.wake_all();
+    }
+}
+
+/// The state of one core during a download. Lives on that core only.
+pub(crate) struct Core {
+    pub index: usize,
+    pub job: Arc<Job>,
+    pub pool: BufferPool,
+    pub file: File,
+    pub stats: RefCell<StageHistograms>,
+    pub window: RefCell<ReorderWindow<PoolBuf>>,
+    pub writes_in_flight: Cell<usize>,
+    pub writes_drained: Notify,
+    pub retries: Cell<u64>,
+}
+
+impl Core {
+    pub fn record(&self, stage: Stage, elapsed: Duration) {
+        self.stats.borrow_mut().record(stage, elapsed);
+    }
+
+    /// Hashes every parked buffer that sits at the frontier, in order.
+    pub fn drain_hashable(&self) {
+        let mut advanced = false;
+        loop {
+            let frontier = self.job.digest.frontier();
+            let Some((offset, buf, data_len)) = self.window.borrow_mut().take_at(frontier) else {
+                break;
+            };
+            let started = std::time::Instant::now();
+            let hashed = self
+                .job
+                .digest
+                .hash_if_next(offset, &buf.filled()[..data_len]);
+            debug_assert!(hashed, "frontier moved under its owner");
+            self.record(Stage::Hash, started.elapsed());
+            self.job
+                .progress
+                .bytes_done
+                .fetch_add(data_len as u64, Ordering::Relaxed);
+            drop(buf);
+            advanced = true;
+        }
+        if advanced {
+            self.job.digest.wake_others(self.index);
+            // A connection of ours may now be the head and allowed the reserve.
+            self.pool.wake_waiters();
+        }
+    }
+}
+
+/// Downloads the object described by `plan` into `file`, on `config.cores`
+/// threads, and returns its SHA1 computed in order from memory.
+pub fn download(
+    config: &EngineConfig,
+    source: &ObjectSource,
+    object_size_bytes: u64,
+    file: &OwnedFd,
+    direct_io: bool,
+    progress: Arc<Progress>,
+) -> Result<ObjectOutcome> {
+    let plan = ChunkPlan::new(object_size_bytes, config.part_size_bytes);
+    let cores = config.cores.max(1).min(plan.chunk_count().max(1) as usize);
+    let job = Arc::new(Job {
+        config: config.clone(),
+        source: source.clone(),
+        plan,
+        digest: SharedDigest::new(object_size_bytes, cores),
+        direct_io,
+        next_chunk: AtomicU64::new(0),
+        aborted: AtomicBool::new(false),
+        first_error: Mutex::new(None),
+        progress,
+    });
+    let mut handles = Vec::with_capacity(cores);
+    for core_index in 0..cores {
+        let job = Arc::clone(&job);
+        let fd = file
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|error| Error::io("duplicating the destination file descriptor", error))?;
+        let pin = config.pin_cores;
+        let handle = std::thread::Builder::new()
+            .name(format!("ringdown-core-{core_index}"))
+            .spawn(move || run_core(core_index, job, fd, pin))
+            .map_err(|error| Error::io("spawning a core thread", error))?;
+        handles.push(handle);
+    }
+    let mut stages = StageHistograms::new();
+    let mut retries = 0;
+    let mut registered_all = true;
+    let mut notices = Vec::new();
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(report)) => {
+                stages.merge(&report.stages);
+                retries += report.retries;
+                if let Registration::Unregistered { reason } = report.registration {
+                    registered_all = false;
+                    if !notices.contains(&reason) {
+                        notices.push(reason);
+                    }
+                }
+            }
+            Ok(Err(error)) => job.abort(error),
+            Err(_) => job.abort(Error::Fatal("a core thread panicked".into())),
+        }
+    }
+    if let Some(error) = job.first_error.lock().expect("error lock").take() {
+        return Err(error);
+    }
+    if !job.digest.is_complete() {
+        return Err(Error::Fatal(format!(
+            "{}: download ended at byte {} of {}",
+            source.display_name,
+            job.digest.frontier(),
+            object_size_bytes
+        )));
+    }
+    Ok(ObjectOutcome {
+        sha1: job.digest.finish(),
+        stages,
+        retries,
+        registered_buffers: registered_all,
+        notices,
+    })
+}
+
+struct CoreReport {
+    stages: StageHistograms,
+    retries: u64,
+    registration: Registration,
+}
+
+fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<CoreReport> {
+    if pin {
+        crate::runtime::pin_current_thread(core_index);
+    }
+    let runtime = uring::Runtime::new()?;
+    runtime.block_on(async move {
+        let config = &job.config;
+        let (pool, registration) = BufferPool::new(
+            config.buffers_per_core,
+            config.buffer_size_bytes,
+            config.register_buffers,
+        );
+        let core = Rc::new(Core {
+            index: core_index,
+            job: Arc::clone(&job),
+            pool,
+            file: File::from_std(std::fs::File::from(fd)),
+            stats: RefCell::new(StageHistograms::new()),
+            window: RefCell::new(ReorderWindow::default()),
+            writes_in_flight: Cell::new(0),
+            writes_drained: Notify::new(),
+            retries: Cell::new(0),
+        });
+        let hasher = uring::spawn(hash_loop(Rc::clone(&core)));
+        let mut connections = Vec::with_capacity(config.connections_per_core);
+        for _ in 0..config.connections_per_core {
+            connections.push(uring::spawn(chunk::connection_loop(Rc::clone(&core))));
+        }
+        for connection in connections {
+            if connection.await.is_err() {
+                job.abort(Error::Fatal("a connection task panicked".into()));
+            }
+        }
+        // Never leave a write behind: the file is truncated and renamed next.
+        while core.writes_in_flight.get() > 0 {
+            core.writes_drained.notified().await;
+        }
+        core.drain_hashable();
+        if !job.digest.is_complete() && !job.is_aborted() {
+            // Our connections are done; other cores still hash. Wait for them.
+        }
+        let _ = hasher.await;
+        core.window.borrow_mut().clear();
+        let stages = core.stats.borrow().clone();
+        Ok(CoreReport {
+            stages,
+            retries: core.retries.get(),
+            registration,
+        })
+    })
+}
+
+/// Hashes this core's parked buffers whenever the frontier may have reached
+/// them; ends when the object is fully hashed or the job aborted.
+async fn hash_loop(core: Rc<Core>) {
+    let waker = core.job.digest.core_waker(core.index);
+    loop {
+        let notified = waker.notified();
+        core.drain_hashable();
+        if core.job.digest.is_complete() || core.job.is_aborted() {
+            break;
+        }
+        notified.await;
+    }
+    if core.job.is_aborted() {
+        // Free parked buffers so connections waiting for one can see the abort.
+        core.window.borrow_mut().clear();
+        core.pool.wake_waiters();
+    }
+}

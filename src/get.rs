@@ -1,0 +1,647 @@
+//! `ringdown get`: one object to one file, verified. Also the library API
+//! (`Download`) a Rust program uses to do the same.
+//!
+//! Order of operations per object: probe metadata → temporary file beside
+//! DEST (`.ringdown-<16 hex>.part`, pre-allocated) → engine → cut the O_DIRECT
+//! padding → compare SHA1 → mtime → rename to DEST. A wrong or partial file
+//! never appears under DEST.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
+
+use crate::b2::ExpectedSha1;
+use crate::client::b2_api::{Authorizer, describe_error};
+use crate::client::url::Url;
+use crate::client::{conn::Origin, exchange, resolve};
+use crate::config::{
+    DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH,
+};
+use crate::engine::{self, EngineConfig, ObjectSource, Progress};
+use crate::error::{Error, Result};
+use crate::http;
+use crate::stats::{RunSummary, StageHistograms};
+use crate::uring;
+use crate::verify::to_hex;
+
+/// Where an object comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `b2://BUCKET/NAME`.
+    B2 { bucket: String, name: String },
+    /// `http(s)://…` with Range support.
+    Url(String),
+}
+
+impl Source {
+    pub fn parse(text: &str) -> Result<Source> {
+        if let Some(rest) = text.strip_prefix("b2://") {
+            let (bucket, name) = rest
+                .split_once('/')
+                .filter(|(bucket, name)| !bucket.is_empty() && !name.is_empty())
+                .ok_or_else(|| Error::Usage(format!("{text:?}: expected b2://BUCKET/NAME")))?;
+            return Ok(Source::B2 {
+                bucket: bucket.into(),
+                name: name.into(),
+            });
+        }
+        Url::parse(text).map_err(Error::Usage)?;
+        Ok(Source::Url(text.into()))
+    }
+
+    /// The object's base name, for a DEST that is a directory.
+    pub fn base_name(&self) -> Option<String> {
+        match self {
+            Source::B2 { name, .. } => name
+                .rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            Source::Url(url) => Url::parse(url).ok()?.base_name(),
+        }
+    }
+}
+
+/// `--direct-io auto|on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectIo {
+    Auto,
+    On,
+    Off,
+}
+
+/// Everything a download needs, resolved from flags and environment.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    pub engine: EngineConfig,
+    pub realm: String,
+    pub key_id: Option<String>,
+    pub key: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub force: bool,
+    pub fsync: bool,
+    pub direct_io: DirectIo,
+    /// Expected SHA1 for plain URLs (`--sha1`).
+    pub sha1: Option<[u8; 20]>,
+    pub require_verified: bool,
+}
+
+/// How the object was verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// The digest matched the published SHA1.
+    Verified,
+    /// Matched, but the published digest is client-supplied (`unverified:`).
+    VerifiedUnverifiedPrefix,
+    /// No digest was published; the bytes are as received.
+    NotVerified { why: String },
+}
+
+/// What a finished download reports.
+pub struct DownloadReport {
+    pub dest: PathBuf,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub sha1_hex: String,
+    pub verification: Verification,
+    pub summary: RunSummary,
+    pub notices: Vec<String>,
+}
+
+/// Metadata of the object, from one probe request.
+struct ObjectMeta {
+    size_bytes: u64,
+    expected: ExpectedSha1,
+    mtime_ms: Option<u64>,
+    source: ObjectSource,
+}
+
+/// The library entry point: `Download::new(source, dest, options).run()`.
+pub struct Download {
+    pub source: Source,
+    pub dest: PathBuf,
+    pub options: DownloadOptions,
+    pub progress: Arc<Progress>,
+}
+
+impl Download {
+    pub fn new(source: Source, dest: PathBuf, options: DownloadOptions) -> Download {
+        Download {
+            source,
+            dest,
+            options,
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    /// Checks everything that needs no network (exit code 2 on failure) and
+    /// returns the final path.
+    pub fn resolve_dest(&self) -> Result<PathBuf> {
+        let dest = if self.dest.is_dir() {
+            let base = self.source.base_name().ok_or_else(|| {
+                Error::Usage(format!(
+                    "{} is a directory and the source has no file name to append",
+                    self.dest.display()
+                ))
+            })?;
+            self.dest.join(base)
+        } else {
+            self.dest.clone()
+        };
+        let parent = parent_dir(&dest);
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "the directory of DEST, {}, does not exist; create it first",
+                parent.display()
+            )));
+        }
+        match std::fs::symlink_metadata(&dest) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(Error::Usage(format!("{} is a directory", dest.display())));
+            }
+            Ok(_) if !self.options.force => {
+                return Err(Error::Usage(format!(
+                    "{} exists; pass --force to replace it",
+                    dest.display()
+                )));
+            }
+            _ => {}
+        }
+        if let Some(ca) = &self.options.ca_file {
+            crate::tls::check_ca_file(ca)?;
+        }
+        if matches!(self.source, Source::B2 { .. })
+            && (self.options.key_id.is_none() || self.options.key.is_none())
+        {
+            return Err(Error::Usage(
+                "no B2 credentials: set B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY".into(),
+            ));
+        }
+        Ok(dest)
+    }
+
+    pub fn run(&self) -> Result<DownloadReport> {
+        let dest = self.resolve_dest()?;
+        let started = Instant::now();
+        let options = &self.options;
+        let tls = crate::tls::client_config(options.ca_file.as_deref())?;
+        let control = uring::Runtime::new()?;
+        let meta = control.block_on(self.probe(tls))?;
+        drop(control);
+        let parent = parent_dir(&dest);
+        let dir = rustix::fs::open(
+            &parent,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|error| Error::io(format!("opening {}", parent.display()), error.into()))?;
+        let file_name = dest.file_name().expect("dest has a file name").to_owned();
+        let mut attempts_left = 1 + OBJECT_REDOWNLOADS_ON_MISMATCH;
+        let mut stages = StageHistograms::new();
+        let mut retries = 0;
+        let mut notices = Vec::new();
+        loop {
+            attempts_left -= 1;
+            let temp_name = temp_name_for(&file_name);
+            let (file, direct) = create_temp(&dir, &temp_name, meta.size_bytes, options.direct_io)?;
+            let outcome = engine::download(
+                &options.engine,
+                &meta.source,
+                meta.size_bytes,
+                &file,
+                direct,
+                Arc::clone(&self.progress),
+            );
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                    return Err(error);
+                }
+            };
+            stages.merge(&outcome.stages);
+            retries += outcome.retries;
+            for notice in outcome.notices {
+                if !notices.contains(&notice) {
+                    notices.push(notice);
+                }
+            }
+            let finish = || -> Result<()> {
+                if direct {
+                    // O_DIRECT wrote the tail padded to a block; cut it back.
+                    rustix::fs::ftruncate(&file, meta.size_bytes).map_err(|error| {
+                        Error::io("truncating the O_DIRECT padding", error.into())
+                    })?;
+                }
+                Ok(())
+            };
+            if let Err(error) = finish() {
+                let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                return Err(error);
+            }
+            let actual = outcome.sha1;
+            let verification = match &meta.expected {
+                ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)
+                    if *expected != actual =>
+                {
+                    let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                    if attempts_left > 0 {
+                        notices.push(format!(
+                            "SHA1 mismatch (expected {}, got {}); downloading again",
+                            to_hex(expected),
+                            to_hex(&actual)
+                        ));
+                        continue;
+                    }
+                    return Err(Error::Sha1Mismatch {
+                        name: display_source(&self.source),
+                        expected: to_hex(expected),
+                        actual: to_hex(&actual),
+                    });
+                }
+                ExpectedSha1::Verified(_) => Verification::Verified,
+                ExpectedSha1::Unverified(_) => Verification::VerifiedUnverifiedPrefix,
+                ExpectedSha1::None => Verification::NotVerified {
+                    why: match &self.source {
+                        Source::B2 { .. } => {
+                            "the object has no contentSha1 and no large_file_sha1".into()
+                        }
+                        Source::Url(_) => {
+                            "the origin published no SHA1 (pass --sha1 HEX to verify)".into()
+                        }
+                    },
+                },
+            };
+            if let Some(mtime_ms) = meta.mtime_ms {
+                let when = rustix::fs::Timespec {
+                    tv_sec: (mtime_ms / 1000) as i64,
+                    tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
+                };
+                let _ = rustix::fs::futimens(
+                    &file,
+                    &Timestamps {
+                        last_access: when,
+                        last_modification: when,
+                    },
+                );
+            }
+            if options.fsync {
+                rustix::fs::fsync(&file)
+                    .map_err(|error| Error::io("fsync of the downloaded file", error.into()))?;
+            }
+            drop(file);
+            rustix::fs::renameat(&dir, &temp_name, &dir, &file_name).map_err(|error| {
+                let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                Error::io(format!("renaming into {}", dest.display()), error.into())
+            })?;
+            if options.fsync {
+                rustix::fs::fsync(&dir).map_err(|error| {
+                    Error::io("fsync of the destination directory", error.into())
+                })?;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let (ok, unverified) = match verification {
+                Verification::NotVerified { .. } => (0, 1),
+                _ => (1, 0),
+            };
+            let summary = RunSummary {
+                command: "get".into(),
+                bytes: meta.size_bytes,
+                files: 1,
+                seconds,
+                verified_ok: ok,
+                unverified,
+                failed: 0,
+                retries,
+                direct_io: direct,
+                registered_buffers: outcome.registered_buffers,
+                stages: stages.clone(),
+            };
+            return Ok(DownloadReport {
+                dest,
+                bytes: meta.size_bytes,
+                seconds,
+                sha1_hex: to_hex(&actual),
+                verification,
+                summary,
+                notices,
+            });
+        }
+    }
+
+    /// Authorizes (B2) and learns the object's size, digest and identity.
+    async fn probe(&self, tls: Arc<rustls::ClientConfig>) -> Result<ObjectMeta> {
+        let options = &self.options;
+        let timeout = options.engine.timeout;
+        match &self.source {
+            Source::B2 { bucket, name } => {
+                let credentials = crate::client::b2_api::Credentials {
+                    key_id: options.key_id.clone().unwrap_or_default(),
+                    key: options.key.clone().unwrap_or_default(),
+                };
+                let auth = Arc::new(Authorizer::new(
+                    &options.realm,
+                    credentials,
+                    Some(Arc::clone(&tls)),
+                    timeout,
+                )?);
+                auth.authorize().await?;
+                let download = Url::parse(&auth.download_url())
+                    .map_err(|why| Error::http("b2_authorize_account downloadUrl", why))?;
+                let origin = resolve(&download)?;
+                let base = download.path_and_query.trim_end_matches('/').to_string();
+                let by_name = format!(
+                    "{base}/file/{}/{}",
+                    crate::b2::b2_url_encode(bucket),
+                    crate::b2::b2_url_encode(name)
+                );
+                let display_name = format!("b2://{bucket}/{name}");
+                let token = auth.token();
+                let mut request = Vec::new();
+                http::write_get_request(
+                    &mut request,
+                    "HEAD",
+                    &origin.host_header(),
+                    &by_name,
+                    None,
+                    &[("Authorization", &token)],
+                )
+                .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
+                let tls_opt = origin.tls.then_some(&tls);
+                let reply = exchange(&origin, tls_opt, timeout, &request, true, 0).await?;
+                match reply.head.status {
+                    200 => {}
+                    401 | 403 => {
+                        return Err(Error::Auth(format!(
+                            "HEAD {display_name}: {}",
+                            describe_error(&reply)
+                        )));
+                    }
+                    404 => {
+                        return Err(Error::http(
+                            format!("HEAD {display_name}"),
+                            "not found: no such bucket or object (names are case-sensitive)",
+                        ));
+                    }
+                    _ => {
+                        return Err(Error::http(
+                            format!("HEAD {display_name}"),
+                            describe_error(&reply),
+                        ));
+                    }
+                }
+                let head = &reply.head;
+                let size_bytes = head.content_length.ok_or_else(|| {
+                    Error::http(format!("HEAD {display_name}"), "no Content-Length")
+                })?;
+                let file_id = head.header("x-bz-file-id").map(str::to_string);
+                let expected = crate::b2::expected_sha1(
+                    head.header("x-bz-content-sha1"),
+                    head.header("x-bz-info-large_file_sha1"),
+                );
+                let mtime_ms = head
+                    .header("x-bz-info-src_last_modified_millis")
+                    .and_then(|v| v.parse().ok())
+                    .or_else(|| {
+                        head.header("x-bz-upload-timestamp")
+                            .and_then(|v| v.parse().ok())
+                    });
+                // Fetch by fileId so a newer upload under the same name cannot be spliced in.
+                let path_and_query = match &file_id {
+                    Some(id) => format!(
+                        "{base}/b2api/v3/b2_download_file_by_id?fileId={}",
+                        crate::b2::b2_url_encode(id)
+                    ),
+                    None => by_name,
+                };
+                let source = ObjectSource {
+                    origin: origin.clone(),
+                    tls: origin.tls.then(|| Arc::clone(&tls)),
+                    path_and_query,
+                    auth: Some(auth),
+                    expect_file_id: file_id,
+                    if_match: None,
+                    display_name,
+                };
+                Ok(ObjectMeta {
+                    size_bytes,
+                    expected,
+                    mtime_ms,
+                    source,
+                })
+            }
+            Source::Url(text) => {
+                let url = Url::parse(text).map_err(Error::Usage)?;
+                let origin = resolve(&url)?;
+                let display_name = url.display_without_query();
+                let mut request = Vec::new();
+                http::write_get_request(
+                    &mut request,
+                    "GET",
+                    &origin.host_header(),
+                    &url.path_and_query,
+                    Some((0, 0)),
+                    &[],
+                )
+                .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
+                let tls_opt = origin.tls.then_some(&tls);
+                // A 1-byte range tells size, ETag and range support in one round trip.
+                let reply = probe_url(&origin, tls_opt, timeout, &request, &display_name).await?;
+                let head = &reply.head;
+                let size_bytes = match head.status {
+                    206 => head
+                        .content_range
+                        .and_then(|range| range.complete_length)
+                        .ok_or_else(|| {
+                            Error::http(
+                                format!("GET {display_name}"),
+                                "206 without a complete length in Content-Range",
+                            )
+                        })?,
+                    416 => head
+                        .unsatisfied_range_complete_length
+                        .filter(|&n| n == 0)
+                        .ok_or_else(|| {
+                            Error::http(
+                                format!("GET {display_name}"),
+                                "416 for bytes=0-0 on a non-empty object",
+                            )
+                        })?,
+                    200 => head.content_length.ok_or_else(|| {
+                        Error::http(
+                            format!("GET {display_name}"),
+                            "the origin ignores Range and sends no Content-Length",
+                        )
+                    })?,
+                    401 | 403 => {
+                        return Err(Error::Auth(format!(
+                            "GET {display_name}: HTTP {}",
+                            head.status
+                        )));
+                    }
+                    status => {
+                        return Err(Error::http(
+                            format!("GET {display_name}"),
+                            format!("HTTP {status}"),
+                        ));
+                    }
+                };
+                let expected = match options.sha1 {
+                    Some(sha1) => ExpectedSha1::Verified(sha1),
+                    None => crate::b2::expected_sha1(
+                        head.header("x-bz-content-sha1"),
+                        head.header("x-bz-info-large_file_sha1"),
+                    ),
+                };
+                let if_match = head
+                    .header("etag")
+                    .filter(|etag| !etag.starts_with("W/"))
+                    .map(str::to_string);
+                let source = ObjectSource {
+                    origin: origin.clone(),
+                    tls: origin.tls.then(|| Arc::clone(&tls)),
+                    path_and_query: url.path_and_query.clone(),
+                    auth: None,
+                    expect_file_id: None,
+                    if_match,
+                    display_name,
+                };
+                Ok(ObjectMeta {
+                    size_bytes,
+                    expected,
+                    mtime_ms: None,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// The probe reads at most the 1-byte body; a 200 (no Range support) body is
+/// not read at all: the connection is dropped.
+async fn probe_url(
+    origin: &Origin,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    request: &[u8],
+    display_name: &str,
+) -> Result<crate::client::Exchange> {
+    let reply = exchange(origin, tls, timeout, request, true, 0).await;
+    reply.map_err(|error| match error {
+        Error::Http { detail, .. } => Error::http(format!("GET {display_name}"), detail),
+        other => other,
+    })
+}
+
+fn display_source(source: &Source) -> String {
+    match source {
+        Source::B2 { bucket, name } => format!("b2://{bucket}/{name}"),
+        Source::Url(url) => Url::parse(url)
+            .map(|u| u.display_without_query())
+            .unwrap_or_default(),
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `.ringdown-<16 hex>.part`: short (a 255-byte name plus a suffix would
+/// overflow NAME_MAX) and unique per attempt.
+fn temp_name_for(file_name: &std::ffi::OsStr) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(file_name.as_encoded_bytes());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!(".ringdown-{:016x}.part", hasher.finish())
+}
+
+/// Creates the temporary file (never following a symlink), pre-allocated.
+/// Returns whether O_DIRECT is on.
+fn create_temp(
+    dir: &OwnedFd,
+    name: &str,
+    size_bytes: u64,
+    mode: DirectIo,
+) -> Result<(OwnedFd, bool)> {
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let want_direct = match mode {
+        DirectIo::Off => false,
+        DirectIo::On => true,
+        DirectIo::Auto => size_bytes >= DIRECT_IO_MIN_OBJECT_BYTES,
+    };
+    let open = |flags: OFlags| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644));
+    let (file, direct) = if want_direct {
+        match open(flags | OFlags::DIRECT) {
+            Ok(file) if mode == DirectIo::On || direct_io_alignment_ok(&file) => (file, true),
+            Ok(file) => {
+                // The filesystem's O_DIRECT alignment does not suit our buffers.
+                rustix::fs::fcntl_setfl(&file, OFlags::empty())
+                    .map_err(|error| Error::io("clearing O_DIRECT", error.into()))?;
+                (file, false)
+            }
+            Err(rustix::io::Errno::INVAL) if mode == DirectIo::Auto => (
+                open(flags).map_err(|error| Error::io(format!("creating {name}"), error.into()))?,
+                false,
+            ),
+            Err(error) => {
+                return Err(Error::io(
+                    format!("creating {name} with O_DIRECT"),
+                    error.into(),
+                ));
+            }
+        }
+    } else {
+        (
+            open(flags).map_err(|error| Error::io(format!("creating {name}"), error.into()))?,
+            false,
+        )
+    };
+    if size_bytes > 0 {
+        if let Err(error) = rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, size_bytes) {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            if error == rustix::io::Errno::NOSPC {
+                return Err(Error::Fatal(format!(
+                    "no space for {size_bytes} bytes in the destination filesystem (ENOSPC)"
+                )));
+            }
+            // Filesystems without fallocate still work; ENOSPC then arrives mid-file.
+            if error != rustix::io::Errno::OPNOTSUPP {
+                return Err(Error::io("pre-allocating the destination", error.into()));
+            }
+        }
+    }
+    Ok((file, direct))
+}
+
+/// `statx(STATX_DIOALIGN)`: O_DIRECT is used when the filesystem's alignment
+/// divides the buffer alignment (unknown alignment: trust the open).
+fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
+    match rustix::fs::statx(
+        file,
+        "",
+        AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::DIOALIGN,
+    ) {
+        Ok(stat) if stat.stx_mask & rustix::fs::StatxFlags::DIOALIGN.bits() != 0 => {
+            let mem = stat.stx_dio_mem_align as usize;
+            let offset = stat.stx_dio_offset_align as usize;
+            mem != 0
+                && offset != 0
+                && DIRECT_IO_ALIGN_BYTES % mem == 0
+                && DIRECT_IO_ALIGN_BYTES % offset == 0
+        }
+        _ => true,
+    }
+}

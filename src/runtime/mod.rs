@@ -1,0 +1,79 @@
+//! Thread-per-core plumbing that is not io_uring itself: how many cores to
+//! use, pinning, and the memory-lock budget for registered buffers.
+
+use rustix::process::{Resource, getrlimit};
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+
+use crate::config::MEMLOCK_MARGIN_BYTES;
+
+/// `--pin auto|on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PinMode {
+    Auto,
+    On,
+    Off,
+}
+
+/// CPUs this process may run on (honours cgroup quotas and taskset).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Pinning only makes sense when the affinity mask has exactly as many CPUs
+/// as we run cores (otherwise a quota, not a mask, is limiting us).
+pub fn should_pin(mode: PinMode, cores: usize) -> bool {
+    match mode {
+        PinMode::On => true,
+        PinMode::Off => false,
+        PinMode::Auto => affinity_cpus().is_some_and(|cpus| cpus.len() == cores),
+    }
+}
+
+fn affinity_cpus() -> Option<Vec<usize>> {
+    let set = sched_getaffinity(None).ok()?;
+    Some(
+        (0..CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .collect(),
+    )
+}
+
+/// Pins the calling thread to the `core_index`-th CPU of the affinity mask.
+/// Failure is harmless (the scheduler still runs us), so it is ignored.
+pub fn pin_current_thread(core_index: usize) {
+    let Some(cpus) = affinity_cpus() else { return };
+    if cpus.is_empty() {
+        return;
+    }
+    let mut set = CpuSet::new();
+    set.set(cpus[core_index % cpus.len()]);
+    let _ = sched_setaffinity(None, &set);
+}
+
+/// Bytes of registered buffers this process may lock, or `None` when
+/// unlimited (RLIM_INFINITY) or when we hold CAP_IPC_LOCK, which is never
+/// charged. The limit is per user, so a margin is left for the rest.
+pub fn memlock_budget_bytes() -> Option<u64> {
+    if has_cap_ipc_lock() {
+        return None;
+    }
+    let limit = getrlimit(Resource::Memlock);
+    limit
+        .current
+        .map(|bytes| bytes.saturating_sub(MEMLOCK_MARGIN_BYTES))
+}
+
+/// Reads CapEff from /proc (CAP_IPC_LOCK is bit 14).
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}

@@ -1,0 +1,382 @@
+//! Page-aligned I/O buffers and the per-core pool that hands them out.
+//!
+//! The pool is registered with the core's ring when RLIMIT_MEMLOCK allows
+//! (`write_fixed_at` / `read_fixed` then skip the per-I/O page pinning), and
+//! otherwise falls back to the same aligned buffers used with plain positional
+//! writes. Either way the fixed number of buffers *is* the backpressure: no free
+//! buffer means no receive.
+//!
+//! One buffer is held back for the connection that receives the lowest
+//! unhashed offset of an object: in-order hashing releases buffers only after
+//! the bytes before them are hashed, so without the reserve, later chunks could
+//! hold every buffer while the first one starves (DESIGN.md field notes).
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::cell::RefCell;
+use std::io;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use tokio::sync::Notify;
+use tokio_uring::buf::fixed::{FixedBuf, FixedBufRegistry};
+use tokio_uring::buf::{IoBuf, IoBufMut};
+
+use crate::config::DIRECT_IO_ALIGN_BYTES;
+
+/// A zero-initialised, page-aligned heap buffer. Its whole capacity is always
+/// initialised memory, so exposing it as `&mut [u8]` is sound.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    capacity_bytes: usize,
+    /// Bytes tokio-uring considers initialised; never above `capacity_bytes`.
+    init_bytes: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(capacity_bytes: usize) -> AlignedBuf {
+        assert!(capacity_bytes > 0 && capacity_bytes % DIRECT_IO_ALIGN_BYTES == 0);
+        let layout = Self::layout(capacity_bytes);
+        // SAFETY: the layout has a non-zero size (asserted above).
+        let raw = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf {
+            ptr,
+            capacity_bytes,
+            init_bytes: capacity_bytes,
+        }
+    }
+
+    fn layout(capacity_bytes: usize) -> Layout {
+        Layout::from_size_align(capacity_bytes, DIRECT_IO_ALIGN_BYTES).expect("buffer layout")
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` points to `capacity_bytes` zero-initialised bytes owned by
+        // self, and the `&mut self` borrow makes this the only live reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity_bytes) }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: as in `as_mut_slice`, with a shared borrow.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity_bytes) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout, freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.capacity_bytes)) }
+    }
+}
+
+// SAFETY: the heap allocation never moves while the buffer lives, so the
+// pointer stays valid for as long as the kernel may use it; the lengths
+// reported never exceed the allocation.
+unsafe impl IoBuf for AlignedBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.init_bytes
+    }
+    fn bytes_total(&self) -> usize {
+        self.capacity_bytes
+    }
+}
+
+// SAFETY: as for `IoBuf`; `set_init` only ever raises the initialised length
+// and is bounded by the capacity, all of which is initialised anyway.
+unsafe impl IoBufMut for AlignedBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    unsafe fn set_init(&mut self, pos: usize) {
+        self.init_bytes = self.init_bytes.max(pos.min(self.capacity_bytes));
+    }
+}
+
+/// Where the pool's memory lives.
+enum Storage {
+    /// Registered with this core's ring: buffers are checked out by index.
+    Registered(FixedBufRegistry<AlignedBuf>),
+    /// Not registered: the buffers themselves wait in their slots.
+    Owned(RefCell<Vec<Option<AlignedBuf>>>),
+}
+
+struct PoolInner {
+    storage: Storage,
+    free_indices: RefCell<Vec<u16>>,
+    buffer_size_bytes: usize,
+    buffer_count: usize,
+    returned: Notify,
+}
+
+/// The per-core buffer pool. Cheap to clone (an `Rc`); never leaves its core.
+#[derive(Clone)]
+pub struct BufferPool {
+    inner: Rc<PoolInner>,
+}
+
+/// Why the pool is not registered, for the one-time message.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    Registered,
+    Unregistered { reason: String },
+}
+
+impl BufferPool {
+    /// Allocates `buffer_count` buffers and, if `try_register`, registers them
+    /// with the current core's ring. Must run inside that core's runtime.
+    pub fn new(
+        buffer_count: usize,
+        buffer_size_bytes: usize,
+        try_register: bool,
+    ) -> (BufferPool, Registration) {
+        assert!(buffer_count >= 2 && buffer_count <= u16::MAX as usize);
+        let buffers = (0..buffer_count).map(|_| AlignedBuf::new(buffer_size_bytes));
+        let (storage, registration) = if try_register {
+            let registry = FixedBufRegistry::new(buffers);
+            match registry.register() {
+                Ok(()) => (Storage::Registered(registry), Registration::Registered),
+                Err(error) => {
+                    let reason = describe_register_error(&error, buffer_count * buffer_size_bytes);
+                    let buffers =
+                        (0..buffer_count).map(|_| Some(AlignedBuf::new(buffer_size_bytes)));
+                    (
+                        Storage::Owned(RefCell::new(buffers.collect())),
+                        Registration::Unregistered { reason },
+                    )
+                }
+            }
+        } else {
+            let reason = "registration skipped (RLIMIT_MEMLOCK too small for the pool)".to_string();
+            (
+                Storage::Owned(RefCell::new(buffers.map(Some).collect())),
+                Registration::Unregistered { reason },
+            )
+        };
+        let pool = PoolInner {
+            storage,
+            free_indices: RefCell::new((0..buffer_count as u16).rev().collect()),
+            buffer_size_bytes,
+            buffer_count,
+            returned: Notify::new(),
+        };
+        (
+            BufferPool {
+                inner: Rc::new(pool),
+            },
+            registration,
+        )
+    }
+
+    pub fn buffer_size_bytes(&self) -> usize {
+        self.inner.buffer_size_bytes
+    }
+
+    pub fn buffer_count(&self) -> usize {
+        self.inner.buffer_count
+    }
+
+    pub fn free_count(&self) -> usize {
+        self.inner.free_indices.borrow().len()
+    }
+
+    /// Takes a buffer now if one is free. The last free buffer is the reserve:
+    /// only a caller that may use it gets it.
+    pub fn try_take(&self, may_use_reserve: bool) -> Option<PoolBuf> {
+        let mut free = self.inner.free_indices.borrow_mut();
+        if free.len() > 1 || (may_use_reserve && !free.is_empty()) {
+            let index = free.pop().expect("non-empty");
+            drop(free);
+            Some(self.check_out(index))
+        } else {
+            None
+        }
+    }
+
+    /// Waits until `try_take(may_use_reserve())` succeeds. `may_use_reserve` is
+    /// asked again after every wake-up, because a connection becomes the head
+    /// of its object while it waits.
+    pub async fn take(&self, may_use_reserve: impl Fn() -> bool) -> PoolBuf {
+        loop {
+            let notified = self.inner.returned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(buf) = self.try_take(may_use_reserve()) {
+                return buf;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes every waiter so they re-check their reserve eligibility.
+    pub fn wake_waiters(&self) {
+        self.inner.returned.notify_waiters();
+    }
+
+    fn check_out(&self, index: u16) -> PoolBuf {
+        let memory = match &self.inner.storage {
+            Storage::Registered(registry) => {
+                let fixed = registry
+                    .check_out(index as usize)
+                    .expect("a free index is checked in");
+                Memory::Fixed(fixed)
+            }
+            Storage::Owned(slots) => {
+                let buf = slots.borrow_mut()[index as usize]
+                    .take()
+                    .expect("a free index holds its buffer");
+                Memory::Owned(buf)
+            }
+        };
+        PoolBuf {
+            pool: Rc::clone(&self.inner),
+            index,
+            memory: Some(memory),
+            filled_bytes: 0,
+        }
+    }
+}
+
+fn describe_register_error(error: &io::Error, pool_bytes: usize) -> String {
+    match error.raw_os_error() {
+        Some(libc::ENOMEM) | Some(libc::EPERM) => format!(
+            "registering {} MiB of buffers failed ({error}): RLIMIT_MEMLOCK is too small; \
+             raise it (systemd LimitMEMLOCK=, `ulimit -l`, or `setcap cap_ipc_lock+ep ringdown`)",
+            pool_bytes >> 20
+        ),
+        _ => format!("registering buffers failed: {error}"),
+    }
+}
+
+pub(super) enum Memory {
+    Fixed(FixedBuf),
+    Owned(AlignedBuf),
+}
+
+/// A buffer checked out of a pool. It goes back to its pool when dropped.
+/// Bytes `[0, filled_bytes)` hold data; the rest is spare capacity.
+pub struct PoolBuf {
+    pool: Rc<PoolInner>,
+    index: u16,
+    /// Always `Some` outside of an in-flight operation and `drop`.
+    memory: Option<Memory>,
+    filled_bytes: usize,
+}
+
+impl PoolBuf {
+    pub fn capacity_bytes(&self) -> usize {
+        self.pool.buffer_size_bytes
+    }
+
+    pub fn filled_bytes(&self) -> usize {
+        self.filled_bytes
+    }
+
+    pub fn spare_bytes(&self) -> usize {
+        self.capacity_bytes() - self.filled_bytes
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.filled_bytes == self.capacity_bytes()
+    }
+
+    pub fn is_registered(&self) -> bool {
+        matches!(self.memory, Some(Memory::Fixed(_)))
+    }
+
+    /// The filled bytes.
+    pub fn filled(&self) -> &[u8] {
+        &self.whole()[..self.filled_bytes]
+    }
+
+    /// Copies as much of `src` as fits after the filled bytes; returns how much.
+    pub fn fill_from(&mut self, src: &[u8]) -> usize {
+        let start = self.filled_bytes;
+        let n = src.len().min(self.spare_bytes());
+        self.whole_mut()[start..start + n].copy_from_slice(&src[..n]);
+        self.filled_bytes += n;
+        n
+    }
+
+    /// The unfilled capacity, for a copy (TLS plaintext) to land in; call
+    /// `advance` with what was written.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let start = self.filled_bytes;
+        &mut self.whole_mut()[start..]
+    }
+
+    pub fn advance(&mut self, n: usize) {
+        assert!(
+            n <= self.spare_bytes(),
+            "advance past the buffer's capacity"
+        );
+        self.filled_bytes += n;
+    }
+
+    /// Zeroes the spare capacity up to `aligned_len` and marks it filled, so an
+    /// O_DIRECT write of a short tail covers whole blocks. Returns the padding.
+    pub fn pad_to(&mut self, aligned_len: usize) -> usize {
+        assert!(aligned_len >= self.filled_bytes && aligned_len <= self.capacity_bytes());
+        let start = self.filled_bytes;
+        self.whole_mut()[start..aligned_len].fill(0);
+        let padding = aligned_len - start;
+        self.filled_bytes = aligned_len;
+        padding
+    }
+
+    fn whole(&self) -> &[u8] {
+        match self.memory.as_ref().expect("buffer memory present") {
+            // The registered buffer's memory is an `AlignedBuf`, all initialised;
+            // FixedBuf's Deref stops at its own init mark, which we keep at capacity.
+            Memory::Fixed(fixed) => &fixed[..],
+            Memory::Owned(buf) => buf.as_slice(),
+        }
+    }
+
+    fn whole_mut(&mut self) -> &mut [u8] {
+        match self.memory.as_mut().expect("buffer memory present") {
+            Memory::Fixed(fixed) => &mut fixed[..],
+            Memory::Owned(buf) => buf.as_mut_slice(),
+        }
+    }
+
+    pub(super) fn take_memory(&mut self) -> Memory {
+        self.memory.take().expect("buffer memory present")
+    }
+
+    pub(super) fn put_memory(&mut self, memory: Memory) {
+        debug_assert!(self.memory.is_none());
+        self.memory = Some(memory);
+    }
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        // Check the FixedBuf back into the registry (or the buffer into its
+        // slot) before the index becomes free again.
+        match self.memory.take() {
+            Some(Memory::Fixed(fixed)) => drop(fixed),
+            Some(Memory::Owned(buf)) => {
+                if let Storage::Owned(slots) = &self.pool.storage {
+                    slots.borrow_mut()[self.index as usize] = Some(buf);
+                }
+            }
+            // Dropped mid-operation: the op owns the memory and will free it;
+            // the index is lost to the pool, which only shrinks the window.
+            None => return,
+        }
+        let mut free = self.pool.free_indices.borrow_mut();
+        debug_assert!(!free.contains(&self.index), "buffer returned twice");
+        free.push(self.index);
+        drop(free);
+        self.pool.returned.notify_waiters();
+    }
+}
+
+impl AsRef<[u8]> for PoolBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.filled()
+    }
+}

@@ -1,0 +1,71 @@
+//! The only module that touches `tokio_uring`. It exposes a small, safe
+//! surface: the per-core runtime, TCP streams, positional file writes and the
+//! aligned buffer pool. Replacing tokio-uring (compio, raw io-uring) touches
+//! this module alone.
+
+mod buffers;
+mod file;
+mod net;
+
+pub use buffers::{AlignedBuf, BufferPool, PoolBuf, Registration};
+pub use file::File;
+pub use net::TcpStream;
+
+use crate::error::Error;
+
+/// Submission queue depth of each core's ring: connections × 2 in-flight ops
+/// plus writes; 256 leaves ample headroom at the flag limits we use.
+const RING_ENTRIES: u32 = 256;
+
+/// A core's io_uring runtime (a current-thread tokio runtime driven by a ring).
+pub struct Runtime {
+    inner: tokio_uring::Runtime,
+}
+
+impl Runtime {
+    /// Creates this thread's ring. Fails with a message naming the likely cause
+    /// instead of panicking as `tokio_uring::start` would.
+    pub fn new() -> Result<Runtime, Error> {
+        let mut builder = tokio_uring::builder();
+        builder.entries(RING_ENTRIES);
+        tokio_uring::Runtime::new(&builder)
+            .map(|inner| Runtime { inner })
+            .map_err(|error| Error::UringUnavailable(describe_uring_error(&error)))
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.inner.block_on(future)
+    }
+}
+
+/// Spawns a task on the current core's runtime.
+pub fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + 'static,
+{
+    tokio_uring::spawn(task)
+}
+
+fn describe_uring_error(error: &std::io::Error) -> String {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    match error.raw_os_error() {
+        Some(libc::ENOSYS) => {
+            format!(
+                "io_uring_setup: {error}: the kernel lacks io_uring (needs Linux 5.11+) or a seccomp filter hides it"
+            )
+        }
+        Some(libc::EPERM) if disabled > 0 => format!(
+            "io_uring_setup: {error}: sysctl kernel.io_uring_disabled={disabled} forbids it; set it to 0 (or add this user to kernel.io_uring_group)"
+        ),
+        Some(libc::EPERM) => format!(
+            "io_uring_setup: {error}: blocked, most likely by a seccomp profile (Docker/containerd defaults block io_uring; see deploy/ for a profile that allows it)"
+        ),
+        Some(libc::ENOMEM) => format!(
+            "io_uring_setup: {error}: not enough locked memory for the ring (raise RLIMIT_MEMLOCK)"
+        ),
+        _ => format!("io_uring_setup: {error}"),
+    }
+}

@@ -1,0 +1,123 @@
+//! TCP streams on the core's ring. Sockets are created with socket2
+//! (TCP_NODELAY before connect) and connected through tokio's driver so the
+//! connect is really awaited and bounded by a timeout (DESIGN.md field notes).
+//!
+//! Every receive is bounded by a stall timeout. On timeout the socket is shut
+//! down and the receive is still awaited, so its buffer comes back: dropping a
+//! tokio-uring future would not cancel the operation.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_uring::buf::BoundedBuf;
+
+use super::buffers::{Memory, PoolBuf};
+
+pub struct TcpStream {
+    inner: tokio_uring::net::TcpStream,
+}
+
+impl TcpStream {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        let std_stream: std::net::TcpStream = socket.into();
+        let tokio_socket = tokio::net::TcpSocket::from_std_stream(std_stream);
+        let connected = match tokio::time::timeout(timeout, tokio_socket.connect(addr)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {addr} timed out after {} s", timeout.as_secs()),
+                ));
+            }
+        };
+        let std_stream = connected.into_std()?;
+        Ok(TcpStream {
+            inner: tokio_uring::net::TcpStream::from_std(std_stream),
+        })
+    }
+
+    /// Receives into `buf[len..capacity]`, appending; returns the byte count
+    /// (0 = the peer closed).
+    pub async fn recv_append(
+        &self,
+        mut buf: Vec<u8>,
+        timeout: Duration,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        let start = buf.len();
+        if start == buf.capacity() {
+            buf.reserve(4096);
+        }
+        let capacity = buf.capacity();
+        let receive = self.inner.read(buf.slice(start..capacity));
+        let (result, slice) = self.bounded(receive, timeout).await;
+        (result, slice.into_inner())
+    }
+
+    /// Receives at most `max_bytes` into the buffer's spare capacity.
+    pub async fn recv_into(
+        &self,
+        mut buf: PoolBuf,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> (io::Result<usize>, PoolBuf) {
+        let start = buf.filled_bytes();
+        let end = start + max_bytes.min(buf.spare_bytes());
+        debug_assert!(end > start, "receive into a full buffer");
+        let result = match buf.take_memory() {
+            Memory::Fixed(fixed) => {
+                let (result, slice) = self
+                    .bounded(self.inner.read_fixed(fixed.slice(start..end)), timeout)
+                    .await;
+                buf.put_memory(Memory::Fixed(slice.into_inner()));
+                result
+            }
+            Memory::Owned(owned) => {
+                let (result, slice) = self
+                    .bounded(self.inner.read(owned.slice(start..end)), timeout)
+                    .await;
+                buf.put_memory(Memory::Owned(slice.into_inner()));
+                result
+            }
+        };
+        if let Ok(n) = result {
+            buf.advance(n);
+        }
+        (result, buf)
+    }
+
+    pub async fn send_all(&self, bytes: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+        self.bounded(self.inner.write_all(bytes), timeout).await
+    }
+
+    /// Shuts the socket down both ways: pending operations complete promptly.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown(std::net::Shutdown::Both);
+    }
+
+    async fn bounded<T, B>(
+        &self,
+        operation: impl Future<Output = (io::Result<T>, B)>,
+        timeout: Duration,
+    ) -> (io::Result<T>, B) {
+        tokio::pin!(operation);
+        match tokio::time::timeout(timeout, &mut operation).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.shutdown();
+                let (_, buf) = operation.await;
+                let stalled = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no progress for {} s (stall timeout)", timeout.as_secs()),
+                );
+                (Err(stalled), buf)
+            }
+        }
+    }
+}
