@@ -75,5 +75,6 @@ if ! cargo build --release --bin ringdown >&2; then
 fi
 
 # 4. The self-check of the correctness checker (a flipped byte must fail), then the runs.
-"$VENV/bin/python" scripts/bench_data.py selftest >&2
+PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/python" scripts/bench_data.py selftest >&2
+export PYTHONDONTWRITEBYTECODE=1
 exec "$VENV/bin/python" scripts/bench.py --venv-python "$VENV/bin/python" "${RINGDOWN[@]}" "${ARGS[@]}"
