@@ -415,8 +415,9 @@ def run_one(ctx, tool, plan, run_no, args):
     result_path = os.path.join(ctx.work, "run.json")
     log_path = os.path.join(ctx.logs, f"{ctx.scenario}-{tool}-{run_no}.log")
     origin_before = ctx.origin.cpu_s()
+    timeout = args.timeout or 30 + ctx.manifest_bytes / 5e6  # 30 s + 5 MB/s: a hang, not a slow tool
     runner = [sys.executable, "-S", "-I", os.path.join(HERE, "bench_runner.py"), result_path,
-              str(args.timeout), log_path, "--"] + argv
+              str(round(timeout)), log_path, "--"] + argv
     if os.path.exists(result_path):
         os.unlink(result_path)
     subprocess.run(runner, env=env, stdin=subprocess.DEVNULL)
@@ -438,7 +439,7 @@ def run_one(ctx, tool, plan, run_no, args):
     row["bytes"], row["files"] = check["bytes"], check["files"]
     problems = []
     if m["timed_out"]:
-        problems.append(f"timed out after {args.timeout} s")
+        problems.append(f"timed out after {round(timeout)} s (killed)")
     elif m["exit_code"] != 0:
         problems.append(f"exit {m['exit_code'] if m['exit_code'] is not None else 'signal %s' % m['signal']}: "
                         + (tail(log_path, 300) or "no output"))
@@ -522,7 +523,7 @@ def run_scenario(name, args, env_info, manifests, results, meta):
         single = sc["kind"] == "single"
         entry = next(e for e in manifest["files"] if e["name"] == sc["name"]) if single else None
         dest_dir = os.path.join(args.scratch, "dest")
-        ctx = Ctx(scenario=name, kind=sc["kind"], bucket=sc["bucket"], name=sc.get("name"), manifest=manifest,
+        ctx = Ctx(scenario=name, kind=sc["kind"], manifest_bytes=entry["size"] if single else manifest["bytes"], bucket=sc["bucket"], name=sc.get("name"), manifest=manifest,
                   entry=entry, files=[entry] if single else manifest["files"], threshold=sc["threshold"],
                   realm=realm, ca_file=ca_file, cred_env=cred_env, key_id=env_info["key_id"],
                   key=env_info["key"], ringdown=env_info["ringdown"], ringdown_subs=env_info["subs"],
@@ -578,7 +579,8 @@ def main():
     p.add_argument("--ringdown", default=None, help="path to the ringdown binary")
     p.add_argument("--venv-python", default=None)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="per-run timeout in seconds (default: 30 s + the scenario's bytes at 5 MB/s)")
     p.add_argument("--no-drop-caches", action="store_true")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README block")
     args = p.parse_args()
@@ -599,7 +601,6 @@ def main():
         if t not in PLANS:
             p.error(f"unknown tool {t!r}; known: {', '.join(PLANS)}")
     args.runs = args.runs or (2 if args.quick else 5)
-    args.timeout = args.timeout or (120 if args.quick else 900)
     profile = "quick" if args.quick else "full"
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     args.data_root = args.data_root or os.path.join(target, "bench-data")
