@@ -57,7 +57,7 @@ def summarize(results, meta):
                 row["best_mb_s"] = sm["bytes"] / row["min_s"] / 1e6
                 row["files_s"] = sm_files(sm) / row["median_s"]
                 row["cpu_per_gib"] = row["cpu_s"] / (sm["bytes"] / GiB)
-            vals = {r["verified_by_tool"] for r in runs}
+            vals = {r["verified_by_tool"] for r in runs} - {None}  # None: unknown (e.g. no stats from a killed run)
             label = sm.get("labels", {}).get(t)
             if label:
                 row["verified"] = label
@@ -65,7 +65,7 @@ def summarize(results, meta):
                 row["verified"] = "yes"
             elif vals == {False}:
                 row["verified"] = "no"
-            elif not runs:
+            elif not vals:
                 row["verified"] = "–"
             else:
                 row["verified"] = "partly"
