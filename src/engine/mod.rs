@@ -151,7 +151,8 @@ impl Core {
             advanced = true;
         }
         if advanced {
-            self.job.digest.wake_others(self.index);
+            // Our own hasher task must see completion too, hence all cores.
+            self.job.digest.wake_all();
             // A connection of ours may now be the head and allowed the reserve.
             self.pool.wake_waiters();
         }
