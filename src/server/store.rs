@@ -126,7 +126,7 @@ fn is_servable_bucket_name(name: &str) -> bool {
 
 fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
     let seconds = stat.st_mtime.max(0) as u128;
-    seconds * 1_000_000_000 + stat.st_mtime_nsec.max(0) as u128
+    seconds * 1_000_000_000 + stat.st_mtime_nsec as u128
 }
 
 impl Store {
