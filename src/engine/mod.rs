@@ -301,6 +301,9 @@ async fn hash_loop(core: Rc<Core>) {
     loop {
         let notified = waker.notified();
         core.drain_hashable();
+        // The frontier moved somewhere: whichever of our connections now sits
+        // at it may take the reserve buffer, so let waiters re-check.
+        core.pool.wake_waiters();
         if core.job.digest.is_complete() || core.job.is_aborted() {
             break;
         }
