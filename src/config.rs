@@ -60,3 +60,12 @@ pub const PROGRESS_TTY_INTERVAL_MS: u64 = 200;
 /// values saturate rather than error (a two-hour stall must not fail a run).
 pub const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 pub const HISTOGRAM_SIGFIGS: u8 = 3;
+
+/// Longest chunk-size line of a chunked body (hex size plus ignored
+/// extensions). Sixteen hex digits fill a u64; the rest bounds a hostile server.
+pub const HTTP_CHUNK_SIZE_LINE_MAX_BYTES: usize = 4 * 1024;
+/// Largest trailer section of a chunked body (skipped, never stored).
+pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;
+
+/// Longest path component a Linux filesystem accepts (NAME_MAX).
+pub const NAME_SEGMENT_MAX_BYTES: usize = 255;

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod server;
 pub mod units;
 
