@@ -1,0 +1,69 @@
+//! Backblaze B2 native API, the I/O-free part: JSON types of what a client
+//! reads (b2-api.md), the expected digest of an object, name encoding for
+//! download URLs, and which errors to retry.
+
+mod types;
+mod url;
+
+pub use types::{
+    AllowedBucket, ApiInfo, AuthorizeResponse, B2ErrorBody, Bucket, ExpectedSha1, FileAction,
+    FileObject, ListBucketsRequest, ListBucketsResponse, ListFileNamesRequest,
+    ListFileNamesResponse, StorageAllowed, StorageApi, expected_sha1, parse_sha1_hex,
+};
+pub use url::{PercentDecodeError, b2_url_encode, percent_decode, percent_decode_plus};
+
+/// What to do about a failed B2 call or download (b2-api.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Back off and try again (408, 429, 5xx), honouring `Retry-After`.
+    Retry,
+    /// The token expired or is bad: authorize again, then repeat once.
+    ReauthorizeOnce,
+    /// This object (or call) fails; the run goes on.
+    Fatal,
+    /// The whole run must stop: every further request would fail too.
+    RunFatal,
+}
+
+/// Classifies an error response by HTTP status and B2 `code` (empty when the
+/// response had no body, as for `HEAD`).
+pub fn classify(status: u16, code: &str) -> ErrorClass {
+    match (status, code) {
+        (408 | 429, _) | (500..=599, _) => ErrorClass::Retry,
+        // A HEAD 401 has no body: b2sdk re-authorizes once, so do we.
+        (401, "bad_auth_token" | "expired_auth_token" | "") => ErrorClass::ReauthorizeOnce,
+        (403, "download_cap_exceeded" | "transaction_cap_exceeded") => ErrorClass::RunFatal,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_table() {
+        assert_eq!(classify(408, "request_timeout"), ErrorClass::Retry);
+        assert_eq!(classify(429, "too_many_requests"), ErrorClass::Retry);
+        assert_eq!(classify(500, "internal_error"), ErrorClass::Retry);
+        assert_eq!(classify(503, "service_unavailable"), ErrorClass::Retry);
+        assert_eq!(classify(504, ""), ErrorClass::Retry);
+        assert_eq!(
+            classify(401, "expired_auth_token"),
+            ErrorClass::ReauthorizeOnce
+        );
+        assert_eq!(classify(401, "bad_auth_token"), ErrorClass::ReauthorizeOnce);
+        assert_eq!(classify(401, ""), ErrorClass::ReauthorizeOnce);
+        assert_eq!(classify(401, "unauthorized"), ErrorClass::Fatal);
+        assert_eq!(classify(401, "missing_auth_token"), ErrorClass::Fatal);
+        assert_eq!(classify(403, "download_cap_exceeded"), ErrorClass::RunFatal);
+        assert_eq!(
+            classify(403, "transaction_cap_exceeded"),
+            ErrorClass::RunFatal
+        );
+        assert_eq!(classify(403, "access_denied"), ErrorClass::Fatal);
+        assert_eq!(classify(400, "bad_request"), ErrorClass::Fatal);
+        assert_eq!(classify(404, "not_found"), ErrorClass::Fatal);
+        assert_eq!(classify(416, "range_not_satisfiable"), ErrorClass::Fatal);
+    }
+}
