@@ -5,6 +5,8 @@ pub mod b2;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod http;
 pub mod names;
 pub mod plan;
