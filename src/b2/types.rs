@@ -8,6 +8,16 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+/// What kind of JSON problem, without quoting the input (it may hold a token).
+fn json_error_kind(error: &serde_json::Error) -> &'static str {
+    match error.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "missing or mistyped field",
+        serde_json::error::Category::Eof => "truncated",
+    }
+}
+
 /// `null` → `T::default()` (serde's `default` only covers a missing field).
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -35,6 +45,32 @@ impl fmt::Debug for AuthorizeResponse {
             .field("api_info", &self.api_info)
             .finish()
     }
+}
+
+/// Parses a `b2_authorize_account` body; the error says what is missing
+/// (never echoing the body, which holds the token).
+pub fn parse_authorize(body: &[u8]) -> Result<AuthorizeResponse, String> {
+    let parsed: AuthorizeResponse = serde_json::from_slice(body).map_err(|error| {
+        format!(
+            "b2_authorize_account answer is not the expected JSON (line {}, column {}): {}",
+            error.line(),
+            error.column(),
+            json_error_kind(&error)
+        )
+    })?;
+    let storage = &parsed.api_info.storage_api;
+    if storage.api_url.is_empty() || storage.download_url.is_empty() {
+        return Err(
+            "b2_authorize_account answer has no apiInfo.storageApi.apiUrl/downloadUrl".to_string(),
+        );
+    }
+    Ok(parsed)
+}
+
+/// Parses a B2 error body; `None` when it is not JSON (a proxy's HTML page, or
+/// the empty body of a `HEAD`).
+pub fn parse_error_body(body: &[u8]) -> Option<B2ErrorBody> {
+    serde_json::from_slice(body).ok()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -392,6 +428,37 @@ mod tests {
             serde_json::to_string(&request).unwrap(),
             r#"{"bucketId":"b1","startFileName":"","maxFileCount":10000,"prefix":"photos/"}"#
         );
+    }
+
+    #[test]
+    fn parse_helpers() {
+        let good = br#"{"accountId":"a1","authorizationToken":"4_tSECRET","apiInfo":{"storageApi":{"apiUrl":"u","downloadUrl":"d"}}}"#;
+        assert_eq!(
+            parse_authorize(good)
+                .unwrap()
+                .api_info
+                .storage_api
+                .download_url,
+            "d"
+        );
+        let no_urls = br#"{"accountId":"a1","authorizationToken":"4_tSECRET","apiInfo":{"storageApi":{"apiUrl":null}}}"#;
+        assert!(parse_authorize(no_urls).unwrap_err().contains("apiUrl"));
+        let wrong = br#"{"accountId":"a1","authorizationToken":4}"#;
+        let message = parse_authorize(wrong).unwrap_err();
+        assert!(message.contains("missing or mistyped"), "{message}");
+        assert!(
+            !parse_authorize(b"{\"authorizationToken\":\"4_tSECRET\"")
+                .unwrap_err()
+                .contains("SECRET")
+        );
+        assert_eq!(
+            parse_error_body(br#"{"status":503,"code":"service_unavailable","message":"busy"}"#)
+                .unwrap()
+                .code,
+            "service_unavailable"
+        );
+        assert!(parse_error_body(b"<html>bad gateway</html>").is_none());
+        assert!(parse_error_body(b"").is_none());
     }
 
     #[test]
