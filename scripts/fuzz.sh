@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 targets=(http_head content_range b2_json names)
 
+if ! command -v rustup >/dev/null 2>&1; then
+    echo "fuzz.sh: NIGHTLY IS UNAVAILABLE: rustup is not installed, so no nightly toolchain can be added." >&2
+    echo "fuzz.sh: not fuzzing. The corpus is still replayed on stable by: cargo test --test fuzz_corpus" >&2
+    exit 2
+fi
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     echo "fuzz.sh: no nightly toolchain; trying 'rustup toolchain install nightly --profile minimal'" >&2
     if ! rustup toolchain install nightly --profile minimal >&2; then
