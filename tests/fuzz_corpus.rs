@@ -52,19 +52,26 @@ fn names_corpus() {
 /// mutations (byte flips, truncation, splices) of the corpus files.
 mod mutations {
     use proptest::prelude::*;
+    use std::collections::HashMap;
     use std::fs;
     use std::path::Path;
+    use std::sync::{Mutex, OnceLock};
 
-    fn corpus(target: &str) -> Vec<Vec<u8>> {
-        let directory = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/corpus")
-            .join(target);
-        let mut files: Vec<Vec<u8>> = fs::read_dir(directory)
-            .unwrap()
-            .map(|entry| fs::read(entry.unwrap().path()).unwrap())
-            .collect();
-        files.sort();
-        files
+    /// The corpus of `target`, read once per test binary (cases run thousands of times).
+    fn corpus(target: &str) -> &'static [Vec<u8>] {
+        static CACHE: OnceLock<Mutex<HashMap<String, &'static [Vec<u8>]>>> = OnceLock::new();
+        let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
+        cache.entry(target.to_string()).or_insert_with(|| {
+            let directory = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/corpus")
+                .join(target);
+            let mut files: Vec<Vec<u8>> = fs::read_dir(directory)
+                .unwrap()
+                .map(|entry| fs::read(entry.unwrap().path()).unwrap())
+                .collect();
+            files.sort();
+            Vec::leak(files)
+        })
     }
 
     fn mutate(seed: &[u8], edits: &[(usize, u8, u8)], cut: usize) -> Vec<u8> {
