@@ -59,7 +59,8 @@ mod mutations {
 
     /// The corpus of `target`, read once per test binary (cases run thousands of times).
     fn corpus(target: &str) -> &'static [Vec<u8>] {
-        static CACHE: OnceLock<Mutex<HashMap<String, &'static [Vec<u8>]>>> = OnceLock::new();
+        type Cache = Mutex<HashMap<String, &'static [Vec<u8>]>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
         let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
         cache.entry(target.to_string()).or_insert_with(|| {
             let directory = Path::new(env!("CARGO_MANIFEST_DIR"))
