@@ -191,6 +191,9 @@ impl Download {
         let control = uring::Runtime::new()?;
         let meta = control.block_on(self.probe(tls))?;
         drop(control);
+        if let Some(signal) = crate::runtime::interrupted() {
+            return Err(Error::Interrupted { signal });
+        }
         let parent = parent_dir(&dest);
         let dir = rustix::fs::open(
             &parent,

@@ -656,3 +656,61 @@ fn one_gib_object_in_release() {
     };
     assert_eq!(on_disk, expected);
 }
+
+/// SIGINT and SIGTERM stop the download: in-flight writes are drained, the
+/// temporary file is removed, nothing appears at DEST, exit 130 / 143.
+#[test]
+fn signals_stop_cleanly() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("s.bin", size)]);
+    // Slow enough that the signal arrives mid-download.
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "200KB/s"]);
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let dest = fixture.dest_str("s.bin");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["get", "b2://bkt/s.bin", &dest, "--realm", &served.realm])
+            .args(SMALL_TUNING)
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the temporary file exists: the engine is running.
+        let started = std::time::Instant::now();
+        while !std::fs::read_dir(fixture.out.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".ringdown-")
+        }) {
+            assert!(started.elapsed().as_secs() < 30, "download never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ringdown did not stop after {signal}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(exit.code(), Some(code), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("interrupted"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(!Path::new(&dest).exists());
+        assert_no_temp(fixture.out.path());
+    }
+}

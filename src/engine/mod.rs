@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// How often a core looks for SIGINT/SIGTERM (a poll keeps signal handling
+/// out of the rings).
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
 use crate::client::conn::Origin;
 use crate::error::{Error, Result};
 use crate::plan::{Chunk, ChunkPlan};
@@ -266,6 +270,7 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
             retries: Cell::new(0),
         });
         let hasher = uring::spawn(hash_loop(Rc::clone(&core)));
+        let watcher = uring::spawn(interrupt_watch(Rc::clone(&core)));
         let mut connections = Vec::with_capacity(config.connections_per_core);
         for _ in 0..config.connections_per_core {
             connections.push(uring::spawn(chunk::connection_loop(Rc::clone(&core))));
@@ -284,6 +289,7 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
             // Our connections are done; other cores still hash. Wait for them.
         }
         let _ = hasher.await;
+        let _ = watcher.await;
         core.window.borrow_mut().clear();
         let stages = core.stats.borrow().clone();
         Ok(CoreReport {
@@ -292,6 +298,20 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
             registration,
         })
     })
+}
+
+/// Turns SIGINT/SIGTERM into an abort of the job, so every core drains its
+/// writes and the caller removes the temporary file.
+async fn interrupt_watch(core: Rc<Core>) {
+    let job = &core.job;
+    while !job.digest.is_complete() && !job.is_aborted() {
+        if let Some(signal) = crate::runtime::interrupted() {
+            job.abort(Error::Interrupted { signal });
+            core.pool.wake_waiters();
+            break;
+        }
+        tokio::time::sleep(INTERRUPT_POLL).await;
+    }
 }
 
 /// Hashes this core's parked buffers whenever the frontier may have reached
