@@ -74,3 +74,6 @@ pub const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
 pub const HTTP_CHUNK_SIZE_LINE_MAX_BYTES: usize = 4 * 1024;
 /// Largest trailer section of a chunked body (skipped, never stored).
 pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;
+
+/// Longest path component a Linux filesystem accepts (NAME_MAX).
+pub const NAME_SEGMENT_MAX_BYTES: usize = 255;

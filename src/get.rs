@@ -23,7 +23,7 @@ use crate::config::{
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::stats::{RunSummary, StageHistograms};
+use crate::stats::{RunSummary, Stage, StageHistograms};
 use crate::uring;
 use crate::verify::to_hex;
 
@@ -191,6 +191,9 @@ impl Download {
         let control = uring::Runtime::new()?;
         let meta = control.block_on(self.probe(tls))?;
         drop(control);
+        if let Some(signal) = crate::runtime::interrupted() {
+            return Err(Error::Interrupted { signal });
+        }
         let parent = parent_dir(&dest);
         let dir = rustix::fs::open(
             &parent,
@@ -205,6 +208,7 @@ impl Download {
         let mut notices = Vec::new();
         loop {
             attempts_left -= 1;
+            let file_started = Instant::now();
             let temp_name = temp_name_for(&file_name);
             let (file, direct) = create_temp(&dir, &temp_name, meta.size_bytes, options.direct_io)?;
             let outcome = engine::download(
@@ -302,6 +306,7 @@ impl Download {
                     Error::io("fsync of the destination directory", error.into())
                 })?;
             }
+            stages.record(Stage::File, file_started.elapsed());
             let seconds = started.elapsed().as_secs_f64();
             let (ok, unverified) = match verification {
                 Verification::NotVerified { .. } => (0, 1),

@@ -7,8 +7,11 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod get;
 pub mod http;
+pub mod names;
 pub mod plan;
 pub mod runtime;
 pub mod server;

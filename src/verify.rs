@@ -80,15 +80,7 @@ impl SharedDigest {
         true
     }
 
-    /// Wakes every core but `core` (the frontier moved into their range, maybe).
-    pub fn wake_others(&self, core: usize) {
-        for (index, waker) in self.core_wakers.iter().enumerate() {
-            if index != core {
-                waker.notify_one();
-            }
-        }
-    }
-
+    /// Wakes every core's hasher: the frontier moved, or the job ended.
     pub fn wake_all(&self) {
         self.core_wakers.iter().for_each(|waker| waker.notify_one());
     }

@@ -1,90 +1,70 @@
-//! TEMPORARY glue until the b2 module lands from branch `core`.
-use serde_json::Value;
+//! Backblaze B2 native API, the I/O-free part: JSON types of what a client
+//! reads (b2-api.md), the expected digest of an object, name encoding for
+//! download URLs, and which errors to retry.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedSha1 {
-    Verified([u8; 20]),
-    Unverified([u8; 20]),
-    None,
-}
+mod types;
+mod url;
+
+pub use types::{
+    AllowedBucket, ApiInfo, AuthorizeResponse, B2ErrorBody, Bucket, ExpectedSha1, FileAction,
+    FileObject, ListBucketsRequest, ListBucketsResponse, ListFileNamesRequest,
+    ListFileNamesResponse, StorageAllowed, StorageApi, expected_sha1, parse_authorize,
+    parse_error_body, parse_sha1_hex,
+};
+pub use url::{PercentDecodeError, b2_url_encode, percent_decode, percent_decode_plus};
+
+/// What to do about a failed B2 call or download (b2-api.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
+    /// Back off and try again (408, 429, 5xx), honouring `Retry-After`.
     Retry,
+    /// The token expired or is bad: authorize again, then repeat once.
     ReauthorizeOnce,
+    /// This object (or call) fails; the run goes on.
     Fatal,
+    /// The whole run must stop: every further request would fail too.
     RunFatal,
 }
+
+/// Classifies an error response by HTTP status and B2 `code` (empty when the
+/// response had no body, as for `HEAD`).
 pub fn classify(status: u16, code: &str) -> ErrorClass {
     match (status, code) {
         (408 | 429, _) | (500..=599, _) => ErrorClass::Retry,
-        (401, "expired_auth_token" | "bad_auth_token") => ErrorClass::ReauthorizeOnce,
+        // A HEAD 401 has no body: b2sdk re-authorizes once, so do we.
+        (401, "bad_auth_token" | "expired_auth_token" | "") => ErrorClass::ReauthorizeOnce,
         (403, "download_cap_exceeded" | "transaction_cap_exceeded") => ErrorClass::RunFatal,
         _ => ErrorClass::Fatal,
     }
 }
-fn hex20(s: &str) -> Option<[u8; 20]> {
-    if s.len() != 40 {
-        return None;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_table() {
+        assert_eq!(classify(408, "request_timeout"), ErrorClass::Retry);
+        assert_eq!(classify(429, "too_many_requests"), ErrorClass::Retry);
+        assert_eq!(classify(500, "internal_error"), ErrorClass::Retry);
+        assert_eq!(classify(503, "service_unavailable"), ErrorClass::Retry);
+        assert_eq!(classify(504, ""), ErrorClass::Retry);
+        assert_eq!(
+            classify(401, "expired_auth_token"),
+            ErrorClass::ReauthorizeOnce
+        );
+        assert_eq!(classify(401, "bad_auth_token"), ErrorClass::ReauthorizeOnce);
+        assert_eq!(classify(401, ""), ErrorClass::ReauthorizeOnce);
+        assert_eq!(classify(401, "unauthorized"), ErrorClass::Fatal);
+        assert_eq!(classify(401, "missing_auth_token"), ErrorClass::Fatal);
+        assert_eq!(classify(403, "download_cap_exceeded"), ErrorClass::RunFatal);
+        assert_eq!(
+            classify(403, "transaction_cap_exceeded"),
+            ErrorClass::RunFatal
+        );
+        assert_eq!(classify(403, "access_denied"), ErrorClass::Fatal);
+        assert_eq!(classify(400, "bad_request"), ErrorClass::Fatal);
+        assert_eq!(classify(404, "not_found"), ErrorClass::Fatal);
+        assert_eq!(classify(416, "range_not_satisfiable"), ErrorClass::Fatal);
     }
-    let mut out = [0u8; 20];
-    for i in 0..20 {
-        out[i] = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-pub fn expected_sha1(content_sha1: Option<&str>, large: Option<&str>) -> ExpectedSha1 {
-    let pick = |s: &str| {
-        if let Some(rest) = s.strip_prefix("unverified:") {
-            hex20(rest).map(ExpectedSha1::Unverified)
-        } else {
-            hex20(s).map(ExpectedSha1::Verified)
-        }
-    };
-    content_sha1
-        .and_then(pick)
-        .or_else(|| large.and_then(pick))
-        .unwrap_or(ExpectedSha1::None)
-}
-pub fn b2_url_encode(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"_.-~/".contains(&b) {
-            out.push(b as char)
-        } else {
-            out.push_str(&format!("%{b:02X}"))
-        }
-    }
-    out
-}
-pub struct ErrorBody {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
-pub fn parse_error_body(body: &[u8]) -> Option<ErrorBody> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    Some(ErrorBody {
-        status: v["status"].as_u64()? as u16,
-        code: v["code"].as_str()?.into(),
-        message: v["message"].as_str().unwrap_or("").into(),
-    })
-}
-pub struct Authorized {
-    pub authorization_token: String,
-    pub api_url: String,
-    pub download_url: String,
-    pub recommended_part_size: Option<u64>,
-}
-pub fn parse_authorize(body: &[u8]) -> Result<Authorized, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    let s = &v["apiInfo"]["storageApi"];
-    Ok(Authorized {
-        authorization_token: v["authorizationToken"]
-            .as_str()
-            .ok_or("no authorizationToken")?
-            .into(),
-        api_url: s["apiUrl"].as_str().ok_or("no apiUrl")?.into(),
-        download_url: s["downloadUrl"].as_str().ok_or("no downloadUrl")?.into(),
-        recommended_part_size: s["recommendedPartSize"].as_u64(),
-    })
 }

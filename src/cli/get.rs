@@ -216,6 +216,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
             eprintln!("ringdown: note: {notice}");
         }
     }
+    crate::runtime::watch_signals();
     let progress = (!args.quiet && std::io::stderr().is_terminal())
         .then(|| ProgressLine::start(Arc::clone(&download.progress)));
     let result = download.run();

@@ -132,9 +132,9 @@ impl Authorizer {
         let parsed = b2::parse_authorize(&reply.body).map_err(|why| Error::http(&context, why))?;
         *self.session.lock().expect("session lock") = Some(Session {
             token: parsed.authorization_token,
-            api_url: parsed.api_url,
-            download_url: parsed.download_url,
-            recommended_part_size_bytes: parsed.recommended_part_size,
+            api_url: parsed.api_info.storage_api.api_url,
+            download_url: parsed.api_info.storage_api.download_url,
+            recommended_part_size_bytes: parsed.api_info.storage_api.recommended_part_size,
         });
         Ok(())
     }

@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// How often a core looks for SIGINT/SIGTERM (a poll keeps signal handling
+/// out of the rings).
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
 use crate::client::conn::Origin;
 use crate::error::{Error, Result};
 use crate::plan::{Chunk, ChunkPlan};
@@ -151,7 +155,8 @@ impl Core {
             advanced = true;
         }
         if advanced {
-            self.job.digest.wake_others(self.index);
+            // Our own hasher task must see completion too, hence all cores.
+            self.job.digest.wake_all();
             // A connection of ours may now be the head and allowed the reserve.
             self.pool.wake_waiters();
         }
@@ -265,6 +270,7 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
             retries: Cell::new(0),
         });
         let hasher = uring::spawn(hash_loop(Rc::clone(&core)));
+        let watcher = uring::spawn(interrupt_watch(Rc::clone(&core)));
         let mut connections = Vec::with_capacity(config.connections_per_core);
         for _ in 0..config.connections_per_core {
             connections.push(uring::spawn(chunk::connection_loop(Rc::clone(&core))));
@@ -283,6 +289,7 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
             // Our connections are done; other cores still hash. Wait for them.
         }
         let _ = hasher.await;
+        let _ = watcher.await;
         core.window.borrow_mut().clear();
         let stages = core.stats.borrow().clone();
         Ok(CoreReport {
@@ -293,6 +300,20 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
     })
 }
 
+/// Turns SIGINT/SIGTERM into an abort of the job, so every core drains its
+/// writes and the caller removes the temporary file.
+async fn interrupt_watch(core: Rc<Core>) {
+    let job = &core.job;
+    while !job.digest.is_complete() && !job.is_aborted() {
+        if let Some(signal) = crate::runtime::interrupted() {
+            job.abort(Error::Interrupted { signal });
+            core.pool.wake_waiters();
+            break;
+        }
+        tokio::time::sleep(INTERRUPT_POLL).await;
+    }
+}
+
 /// Hashes this core's parked buffers whenever the frontier may have reached
 /// them; ends when the object is fully hashed or the job aborted.
 async fn hash_loop(core: Rc<Core>) {
@@ -300,6 +321,9 @@ async fn hash_loop(core: Rc<Core>) {
     loop {
         let notified = waker.notified();
         core.drain_hashable();
+        // The frontier moved somewhere: whichever of our connections now sits
+        // at it may take the reserve buffer, so let waiters re-check.
+        core.pool.wake_waiters();
         if core.job.digest.is_complete() || core.job.is_aborted() {
             break;
         }

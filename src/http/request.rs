@@ -233,7 +233,14 @@ mod tests {
 
     #[test]
     fn injection_and_bad_input_are_refused_and_leave_out_untouched() {
-        let cases: Vec<(&str, &str, &str, Option<(u64, u64)>, Vec<(&str, &str)>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<(u64, u64)>,
+            Vec<(&'a str, &'a str)>,
+        );
+        let cases: Vec<Case> = vec![
             ("GET", "h", "/a\r\nX-Evil: 1", None, vec![]),
             ("GET", "h", "/a b", None, vec![]),
             ("GET", "h", "/a\nb", None, vec![]),

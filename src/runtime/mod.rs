@@ -1,6 +1,8 @@
 //! Thread-per-core plumbing that is not io_uring itself: how many cores to
 //! use, pinning, and the memory-lock budget for registered buffers.
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use rustix::process::{Resource, getrlimit};
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
@@ -76,4 +78,54 @@ fn has_cap_ipc_lock() -> bool {
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+static INTERRUPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Watches SIGINT and SIGTERM on a small thread of its own. The first signal
+/// asks the run to stop (in-flight writes are drained, temporary files
+/// removed, exit 130/143); a second one exits at once.
+pub fn watch_signals() {
+    let spawned = std::thread::Builder::new()
+        .name("ringdown-signals".into())
+        .spawn(|| {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut interrupt), Ok(mut terminate)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                loop {
+                    let received = tokio::select! {
+                        _ = interrupt.recv() => libc::SIGINT,
+                        _ = terminate.recv() => libc::SIGTERM,
+                    };
+                    if INTERRUPT_SIGNAL.swap(received, Ordering::SeqCst) != 0 {
+                        std::process::exit(128 + received);
+                    }
+                    eprintln!(
+                        "ringdown: signal {received} received: stopping (again to exit at once)"
+                    );
+                }
+            });
+        });
+    if let Err(error) = spawned {
+        eprintln!("ringdown: warning: cannot watch signals: {error}");
+    }
+}
+
+/// The signal that asked the run to stop, if any.
+pub fn interrupted() -> Option<i32> {
+    match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
 }

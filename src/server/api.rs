@@ -34,6 +34,7 @@ impl Params {
             return Ok(Params(Map::new()));
         }
         match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Null) => Ok(Params(Map::new())),
             Ok(Value::Object(map)) => Ok(Params(
                 map.into_iter()
                     .filter(|(_, value)| !value.is_null())
@@ -354,6 +355,9 @@ fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<ObjectView> {
         .collect()
 }
 
+/// The entry after a page: its name and, for a file, its ID.
+type NextEntry = Option<(String, Option<String>)>;
+
 enum ListEntry {
     File(ObjectMeta),
     Folder(String),
@@ -367,7 +371,7 @@ fn list_page(
     prefix: &str,
     delimiter: Option<&str>,
     max_count: usize,
-) -> Result<(Vec<ListEntry>, Option<(String, Option<String>)>), ApiError> {
+) -> Result<(Vec<ListEntry>, NextEntry), ApiError> {
     let names = server
         .store
         .names(bucket)

@@ -55,8 +55,13 @@ pub struct FileBody {
     body_bytes: u64,
     fault: BodyFault,
     limiter: Option<Arc<Mutex<TokenBucket>>>,
+    /// Rate limit: `held` goes out when `pause` ends.
     pause: Option<Pin<Box<Sleep>>>,
+    held: Option<Bytes>,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// One `Pending` was returned at the fault offset so hyper flushed the
+    /// head and the bytes before it (else a reset could lose the head too).
+    flushed_before_fault: bool,
     log: Option<(Arc<AccessLog>, AccessRecord)>,
 }
 
@@ -81,7 +86,9 @@ impl FileBody {
             fault,
             limiter,
             pause: None,
+            held: None,
             stalled: None,
+            flushed_before_fault: false,
             log,
         }
     }
@@ -117,9 +124,19 @@ impl FileBody {
             if let Some(pause) = self.pause.as_mut() {
                 ready!(pause.as_mut().poll(cx));
                 self.pause = None;
+                if let Some(piece) = self.held.take() {
+                    return Poll::Ready(Some(Ok(piece)));
+                }
             }
             if self.sent_bytes == self.body_bytes {
                 return Poll::Ready(None);
+            }
+            if let BodyFault::Reset { at_bytes } | BodyFault::Short { at_bytes } = self.fault {
+                if at_bytes == self.sent_bytes && !self.flushed_before_fault {
+                    self.flushed_before_fault = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
             }
             match self.fault {
                 BodyFault::Reset { at_bytes } if at_bytes == self.sent_bytes => {
@@ -185,7 +202,10 @@ impl FileBody {
                     .expect("limiter lock")
                     .debit(piece_bytes as usize);
                 if !wait.is_zero() {
+                    // Wait before sending, so the client sees the rate.
                     self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+                    self.held = Some(piece);
+                    continue;
                 }
             }
             return Poll::Ready(Some(Ok(piece)));

@@ -122,10 +122,8 @@ pub fn parse_range(header: Option<&str>, size_bytes: u64) -> RangeRequest {
     let end = if last.is_empty() {
         u64::MAX
     } else {
-        match last.parse::<u64>() {
-            Ok(end) => end,
-            Err(_) => u64::MAX,
-        }
+        // Past u64: clamped to the end of the object like any long range.
+        last.parse::<u64>().unwrap_or(u64::MAX)
     };
     if end < start {
         return RangeRequest::Whole;

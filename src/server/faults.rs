@@ -105,6 +105,16 @@ impl Dice<'_> {
     fn offset(&self, kind: &str, len: u64) -> u64 {
         self.value(&format!("{kind}-offset")) % len
     }
+
+    /// Offset in `1..len` for faults that cut the body: at least one body
+    /// byte goes out, so the client sees a response that broke mid-body.
+    fn cut_offset(&self, kind: &str, len: u64) -> u64 {
+        if len < 2 {
+            0
+        } else {
+            1 + self.value(&format!("{kind}-offset")) % (len - 1)
+        }
+    }
 }
 
 impl Faults {
@@ -169,11 +179,11 @@ impl Faults {
         let c = &self.config;
         if dice.hits("reset", c.reset_rate) {
             BodyFault::Reset {
-                at_bytes: dice.offset("reset", body_bytes),
+                at_bytes: dice.cut_offset("reset", body_bytes),
             }
         } else if dice.hits("stall", c.stall_rate) {
             BodyFault::Stall {
-                at_bytes: dice.offset("stall", body_bytes),
+                at_bytes: dice.cut_offset("stall", body_bytes),
             }
         } else if dice.hits("corrupt", c.corrupt_rate) {
             BodyFault::Corrupt {
@@ -181,7 +191,7 @@ impl Faults {
             }
         } else if dice.hits("short", c.short_body_rate) {
             BodyFault::Short {
-                at_bytes: dice.offset("short", body_bytes),
+                at_bytes: dice.cut_offset("short", body_bytes),
             }
         } else {
             BodyFault::None

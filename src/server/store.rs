@@ -126,7 +126,7 @@ fn is_servable_bucket_name(name: &str) -> bool {
 
 fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
     let seconds = stat.st_mtime.max(0) as u128;
-    seconds * 1_000_000_000 + stat.st_mtime_nsec.max(0) as u128
+    seconds * 1_000_000_000 + stat.st_mtime_nsec as u128
 }
 
 impl Store {
@@ -166,14 +166,20 @@ impl Store {
         Ok(buckets)
     }
 
+    /// One `openat2` instead of reading DIR: downloads by name call this per request.
     pub fn bucket_by_name(&self, name: &str) -> std::io::Result<Option<Arc<Bucket>>> {
         if !is_servable_bucket_name(name) {
             return Ok(None);
         }
-        Ok(self
-            .buckets()?
-            .into_iter()
-            .find(|bucket| bucket.name == name))
+        let bucket = Bucket {
+            name: name.to_string(),
+            id: bucket_id_for(name),
+        };
+        match self.bucket_dir(&bucket) {
+            Ok(_) => Ok(Some(Arc::new(bucket))),
+            Err(OpenError::NotFound | OpenError::InvalidName) => Ok(None),
+            Err(OpenError::Io(error)) => Err(error),
+        }
     }
 
     pub fn bucket_by_id(&self, id: &str) -> std::io::Result<Option<Arc<Bucket>>> {

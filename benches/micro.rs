@@ -1,0 +1,146 @@
+//! Micro-benchmarks of the I/O-free cores: the per-request and per-byte costs
+//! that sit on the download path. `cargo bench --bench micro`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ringdown::http::{ChunkedDecoder, ChunkedStep, parse_response_head_at, write_get_request};
+use ringdown::names::map_name;
+use ringdown::plan::ChunkPlan;
+use ringdown::stats::{Stage, StageHistograms};
+use sha1::{Digest, Sha1};
+
+const B2_RANGE_RESPONSE: &[u8] = b"HTTP/1.1 206 Partial Content\r\n\
+Server: nginx\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\nContent-Type: application/octet-stream\r\n\
+Content-Length: 8388608\r\nContent-Range: bytes 0-8388607/1073741824\r\n\
+x-bz-file-id: 4_z27c88f1d182b150646ff0b16_f1004ba650fe24e6b_d20231114_m221320_c005_v0501000_t0012\r\n\
+x-bz-file-name: photos/2023/IMG_0001.jpg\r\nx-bz-content-sha1: 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed\r\n\
+x-bz-upload-timestamp: 1700000000123\r\nx-bz-info-src_last_modified_millis: 1700000000000\r\n\
+Accept-Ranges: bytes\r\nCache-Control: max-age=0\r\n\r\n";
+
+fn http(c: &mut Criterion) {
+    let mut group = c.benchmark_group("http");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_response_head_b2_206", |b| {
+        b.iter(|| {
+            parse_response_head_at(black_box(B2_RANGE_RESPONSE), 1_700_000_000)
+                .unwrap()
+                .unwrap()
+        })
+    });
+    let mut request = Vec::with_capacity(1024);
+    group.bench_function("write_get_request_ranged", |b| {
+        b.iter(|| {
+            request.clear();
+            write_get_request(
+                &mut request,
+                "GET",
+                black_box("f005.backblazeb2.com"),
+                black_box("/file/bkt/photos/2023/IMG_0001.jpg"),
+                Some((8_388_608, 16_777_215)),
+                &[(
+                    "Authorization",
+                    "4_002d0e5e8b0e7b80000000003_01b2c3d4_acct_abcdefghijklmnopqrstuvwxyz",
+                )],
+            )
+            .unwrap();
+        })
+    });
+    group.finish();
+
+    // 1 MiB of payload in 16 KiB chunks: the framing cost per byte.
+    let mut body = Vec::new();
+    for _ in 0..64 {
+        body.extend_from_slice(b"4000\r\n");
+        body.extend_from_slice(&[b'x'; 16 * 1024]);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let mut group = c.benchmark_group("chunked");
+    group.throughput(Throughput::Bytes(1 << 20));
+    group.bench_function("decode_1MiB_16KiB_chunks", |b| {
+        b.iter(|| {
+            let mut decoder = ChunkedDecoder::new();
+            let mut position = 0;
+            loop {
+                match decoder.decode(&body[position..]).unwrap() {
+                    ChunkedStep::Data { start, len } => position += start + len,
+                    ChunkedStep::NeedMore { .. } => unreachable!(),
+                    ChunkedStep::Done { .. } => break,
+                }
+            }
+            decoder.payload_bytes()
+        })
+    });
+    group.finish();
+}
+
+fn sha1(c: &mut Criterion) {
+    let buffer = vec![0x5au8; 1 << 20];
+    let mut group = c.benchmark_group("sha1");
+    group.throughput(Throughput::Bytes(buffer.len() as u64));
+    group.bench_function("1MiB", |b| b.iter(|| Sha1::digest(black_box(&buffer))));
+    group.finish();
+}
+
+fn plan(c: &mut Criterion) {
+    let mut group = c.benchmark_group("plan");
+    group.bench_function("1TiB_8MiB_parts_iterate_all", |b| {
+        b.iter(|| {
+            let plan = ChunkPlan::new(black_box(1 << 40), black_box(8 << 20));
+            plan.iter().map(|chunk| chunk.len_bytes).sum::<u64>()
+        })
+    });
+    group.bench_function("1TiB_chunk_lookup", |b| {
+        let plan = ChunkPlan::new(1 << 40, 8 << 20);
+        b.iter(|| plan.chunk(black_box(77_777)))
+    });
+    group.finish();
+}
+
+fn stats(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stats");
+    let mut histograms = StageHistograms::new();
+    group.bench_function("record", |b| {
+        b.iter(|| {
+            histograms.record(
+                black_box(Stage::Recv),
+                black_box(Duration::from_micros(1234)),
+            )
+        })
+    });
+    let mut other = StageHistograms::new();
+    for micros in 1..10_000 {
+        other.record(Stage::Recv, Duration::from_micros(micros * 37));
+        other.record(Stage::Write, Duration::from_micros(micros));
+    }
+    group.bench_function("merge_10_stages", |b| {
+        let mut target = StageHistograms::new();
+        b.iter(|| target.merge(black_box(&other)))
+    });
+    group.bench_function("to_json_10_stages", |b| b.iter(|| other.to_json()));
+    group.finish();
+}
+
+fn names(c: &mut Criterion) {
+    let mut group = c.benchmark_group("names");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("map_name_4_components", |b| {
+        b.iter(|| {
+            map_name(
+                black_box("photos/2023/summer/IMG_0001.jpg"),
+                black_box("photos"),
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = micro;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    targets = http, sha1, plan, stats, names
+}
+criterion_main!(micro);

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Interop check of `ringdown serve` with the real clients: b2sdk 2.8.0, the b2
+# CLI 4.x and rclone's b2 backend, over TLS with the CA the server prints.
+# Exits non-zero on any mismatch. The venv is cached in target/interop-venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=target/interop-venv
+log() { echo "interop: $*" >&2; }
+
+if [ ! -x "$VENV/bin/b2" ] || ! "$VENV/bin/python" -c 'import b2sdk' 2>/dev/null; then
+    log "creating $VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        rm -rf "$VENV"
+        log "python3 -m venv failed; installing python3-venv"
+        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check b2sdk==2.8.0 'b2>=4,<5' 'docutils<0.22'
+fi
+
+cargo build --release --quiet
+BIN=$PWD/target/release/ringdown
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ringdown-interop.XXXXXX")
+SERVER_PID=
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# ~200 files in nested folders with awkward names, plus a bucket with one file
+# below and one above the large-file threshold.
+"$VENV/bin/python" - "$WORK/data" <<'EOF'
+import os, random, sys
+root = sys.argv[1]
+rng = random.Random(1234)
+names = []
+for index in range(200):
+    depth = index % 4
+    parts = [f"d{rng.randrange(5)}" for _ in range(depth)]
+    special = ["plain", "with space", "plus+sign", "ünïcödé", "semi;colon", "percent%41"][index % 6]
+    parts.append(f"{special}-{index:03d}.bin")
+    names.append("/".join(parts))
+for name in names:
+    path = os.path.join(root, "tree", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(rng.randbytes(rng.randrange(0, 64 * 1024)))
+os.makedirs(os.path.join(root, "big"))
+with open(os.path.join(root, "big", "small.bin"), "wb") as f:
+    f.write(rng.randbytes(300 * 1024))
+with open(os.path.join(root, "big", "large.bin"), "wb") as f:
+    f.write(rng.randbytes(5 * 1024 * 1024 + 7))
+open(os.path.join(root, "tree", "empty.bin"), "wb").close()
+EOF
+
+"$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
+    --large-file-threshold 2MiB --access-log "$WORK/access.jsonl" >"$WORK/ready" 2>"$WORK/serve.log" &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+    [ -s "$WORK/ready" ] && break
+    sleep 0.1
+done
+READY=$(head -n1 "$WORK/ready")
+[ -n "$READY" ] || { cat "$WORK/serve.log" >&2; log "FAIL: no ready line"; exit 1; }
+log "$READY"
+field() { tr ' ' '\n' <<<"$READY" | sed -n "s/^$1=//p"; }
+REALM=$(field realm)
+CA=$(field ca_file)
+export B2_APPLICATION_KEY_ID=$(field key_id)
+export B2_APPLICATION_KEY=$(field key)
+export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
+export B2_ACCOUNT_INFO=$WORK/b2_account_info
+
+log "b2sdk 2.8.0: small (contentSha1) and large (large_file_sha1) downloads"
+"$VENV/bin/python" - "$REALM" "$WORK" <<'EOF'
+import hashlib, os, sys
+from b2sdk.v2 import B2Api, InMemoryAccountInfo
+realm, work = sys.argv[1], sys.argv[2]
+api = B2Api(InMemoryAccountInfo())
+api.authorize_account(realm, os.environ["B2_APPLICATION_KEY_ID"], os.environ["B2_APPLICATION_KEY"])
+bucket = api.get_bucket_by_name("big")
+for name, expect_sha1 in (("small.bin", "real"), ("large.bin", "none")):
+    target = os.path.join(work, "sdk-" + name)
+    downloaded = bucket.download_file_by_name(name)
+    downloaded.save_to(target)
+    with open(os.path.join(work, "data", "big", name), "rb") as f:
+        source = f.read()
+    with open(target, "rb") as f:
+        got = f.read()
+    assert got == source, f"{name}: bytes differ"
+    sha1 = downloaded.download_version.content_sha1
+    info_sha1 = downloaded.download_version.file_info.get("large_file_sha1")
+    if expect_sha1 == "real":
+        assert sha1 == hashlib.sha1(source).hexdigest(), (name, sha1)
+    else:
+        assert info_sha1 == hashlib.sha1(source).hexdigest(), (name, sha1, info_sha1)
+    print(f"interop: b2sdk {name}: {len(got)} bytes ok (content_sha1={sha1}, large_file_sha1={info_sha1})", file=sys.stderr)
+names = [fv.file_name for fv, _ in bucket.ls(recursive=True)]
+assert names == ["large.bin", "small.bin"], names
+EOF
+
+log "b2 CLI: sync b2://tree"
+B2_ENVIRONMENT=$REALM "$VENV/bin/b2" sync --no-progress "b2://tree" "$WORK/out-b2" >"$WORK/b2-sync.log" 2>&1 \
+    || { cat "$WORK/b2-sync.log" >&2; log "FAIL: b2 sync"; exit 1; }
+diff -r "$WORK/data/tree" "$WORK/out-b2" || { log "FAIL: b2 sync output differs"; exit 1; }
+log "b2 sync: $(find "$WORK/out-b2" -type f | wc -l) files identical"
+
+if ! command -v rclone >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get install -y -qq rclone >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq rclone >/dev/null 2>&1; }) || true
+    fi
+fi
+if command -v rclone >/dev/null 2>&1; then
+    log "rclone $(rclone version 2>/dev/null | head -n1): lsf and copy"
+    export RCLONE_CONFIG_RD_TYPE=b2
+    export RCLONE_CONFIG_RD_ACCOUNT=$B2_APPLICATION_KEY_ID
+    export RCLONE_CONFIG_RD_KEY=$B2_APPLICATION_KEY
+    RCLONE=(rclone --config /dev/null --b2-endpoint "$REALM" --ca-cert "$CA" --retries 1)
+    LISTED=$("${RCLONE[@]}" lsf -R --files-only rd:tree | sort)
+    EXPECTED=$(cd "$WORK/data/tree" && find . -type f | sed 's|^\./||' | sort)
+    [ "$LISTED" = "$EXPECTED" ] || { diff <(echo "$EXPECTED") <(echo "$LISTED") >&2; log "FAIL: rclone lsf"; exit 1; }
+    "${RCLONE[@]}" copy rd:tree "$WORK/out-rclone" 2>"$WORK/rclone.log" || { cat "$WORK/rclone.log" >&2; log "FAIL: rclone copy"; exit 1; }
+    mkdir -p "$WORK/out-rclone"
+    diff -r "$WORK/data/tree" "$WORK/out-rclone" || { log "FAIL: rclone copy output differs"; exit 1; }
+    "${RCLONE[@]}" copy rd:big "$WORK/out-rclone-big" 2>>"$WORK/rclone.log" || { cat "$WORK/rclone.log" >&2; log "FAIL: rclone copy big"; exit 1; }
+    diff -r "$WORK/data/big" "$WORK/out-rclone-big" || { log "FAIL: rclone big differs"; exit 1; }
+    log "rclone: $(echo "$LISTED" | wc -l) files listed, copies identical"
+else
+    echo "interop: SKIP rclone: not installed and could not be installed" >&2
+fi
+
+log "OK"

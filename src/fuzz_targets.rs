@@ -1,0 +1,137 @@
+//! The fuzz targets' bodies, shared by `fuzz/` (cargo-fuzz, nightly) and
+//! `tests/fuzz_corpus.rs` (stable, replays `fuzz/corpus/*`). Each takes
+//! arbitrary bytes and panics only when an invariant of the parsers breaks.
+
+use crate::b2::{
+    AuthorizeResponse, B2ErrorBody, FileObject, ListBucketsResponse, ListFileNamesResponse,
+    b2_url_encode, percent_decode, percent_decode_plus,
+};
+use crate::config::{HTTP_HEAD_MAX_BYTES, NAME_SEGMENT_MAX_BYTES, RETRY_AFTER_MAX_S};
+use crate::http::{
+    ChunkedDecoder, ChunkedStep, ContentRangeValue, parse_content_range_value, parse_http_date,
+    parse_response_head_at, retry_after_s,
+};
+use crate::names::{Mapped, RESERVED_TOP_LEVEL, folder_prefix, map_name};
+
+const NOW_UNIX_S: u64 = 1_700_000_000;
+
+/// Response head, then the bytes after it as a chunked body fed in pieces.
+pub fn http_head(data: &[u8]) {
+    if let Ok(Some(head)) = parse_response_head_at(data, NOW_UNIX_S) {
+        assert!(head.head_len <= data.len() && head.head_len <= HTTP_HEAD_MAX_BYTES);
+        // The head alone parses to the same thing: extra bytes never change it.
+        let again = parse_response_head_at(&data[..head.head_len], NOW_UNIX_S);
+        assert_eq!(again.as_ref().ok().and_then(Option::as_ref), Some(&head));
+        assert!(head.retry_after_s.is_none_or(|s| s <= RETRY_AFTER_MAX_S));
+        if let Some(range) = head.content_range {
+            assert!(range.first <= range.last);
+        }
+    }
+    // Chunked decoding of the whole input, cut into pieces whose sizes come
+    // from the first byte, must agree with decoding it in one piece.
+    let piece_len = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let whole = decode_chunked(&[data]);
+    let pieces: Vec<&[u8]> = data.chunks(piece_len).collect();
+    assert_eq!(decode_chunked(&pieces), whole);
+}
+
+/// (payload, Ok(consumed-at-done) | Err) of a chunked body fed in pieces.
+fn decode_chunked(pieces: &[&[u8]]) -> (Vec<u8>, Result<Option<usize>, crate::http::HttpError>) {
+    let mut decoder = ChunkedDecoder::new();
+    let mut payload = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut consumed_total = 0;
+    for piece in pieces {
+        pending.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&pending) {
+                Err(error) => return (payload, Err(error)),
+                Ok(ChunkedStep::NeedMore { consumed }) => {
+                    assert_eq!(consumed, pending.len());
+                    consumed_total += consumed;
+                    pending.clear();
+                    break;
+                }
+                Ok(ChunkedStep::Data { start, len }) => {
+                    assert!(len > 0 && start + len <= pending.len());
+                    payload.extend_from_slice(&pending[start..start + len]);
+                    consumed_total += start + len;
+                    pending.drain(..start + len);
+                }
+                Ok(ChunkedStep::Done { consumed }) => {
+                    assert!(consumed <= pending.len());
+                    assert_eq!(decoder.payload_bytes(), payload.len() as u64);
+                    return (payload, Ok(Some(consumed_total + consumed)));
+                }
+            }
+        }
+    }
+    (payload, Ok(None))
+}
+
+/// `Content-Range`, `Retry-After` and HTTP dates.
+pub fn content_range(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_content_range_value(text) {
+        Ok(ContentRangeValue::Satisfied(range)) => {
+            assert!(range.first <= range.last);
+            assert!(
+                range
+                    .complete_length
+                    .is_none_or(|complete| range.last < complete)
+            );
+        }
+        Ok(ContentRangeValue::Unsatisfied { .. }) | Err(_) => {}
+    }
+    assert!(retry_after_s(text, NOW_UNIX_S).is_none_or(|s| s <= RETRY_AFTER_MAX_S));
+    let _ = parse_http_date(text);
+}
+
+/// Every B2 JSON type, and name encoding round trips.
+pub fn b2_json(data: &[u8]) {
+    if let Ok(auth) = serde_json::from_slice::<AuthorizeResponse>(data) {
+        assert!(format!("{auth:?}").contains("authorization_token: \"<redacted>\""));
+    }
+    let _ = serde_json::from_slice::<ListBucketsResponse>(data);
+    if let Ok(page) = serde_json::from_slice::<ListFileNamesResponse>(data) {
+        for file in &page.files {
+            let _ = (
+                file.expected_sha1(),
+                file.length_bytes(),
+                file.modified_millis(),
+            );
+        }
+    }
+    if let Ok(file) = serde_json::from_slice::<FileObject>(data) {
+        let _ = file.expected_sha1();
+    }
+    let _ = serde_json::from_slice::<B2ErrorBody>(data);
+    let text = String::from_utf8_lossy(data);
+    let encoded = b2_url_encode(&text);
+    assert_eq!(percent_decode(&encoded).unwrap(), text.as_bytes());
+    let _ = percent_decode(&text);
+    let _ = percent_decode_plus(&text);
+}
+
+/// Name mapping: the first line is the prefix, the rest the name.
+pub fn names(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (prefix, name) = text.split_once('\n').unwrap_or(("", &text));
+    let Ok(Some(mapped)) = map_name(name, prefix) else {
+        return;
+    };
+    let components = mapped.components();
+    if let Mapped::File(_) = mapped {
+        assert!(!components.is_empty());
+    }
+    for component in components {
+        assert!(!component.is_empty() && component != "." && component != "..");
+        assert!(!component.contains('/'));
+        assert!(!component.bytes().any(|b| b < 0x20 || b == 0x7f));
+        assert!(component.len() <= NAME_SEGMENT_MAX_BYTES);
+    }
+    assert!(components.first().map(String::as_str) != Some(RESERVED_TOP_LEVEL));
+    assert!(name.starts_with(&folder_prefix(prefix)));
+}

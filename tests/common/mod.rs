@@ -1,0 +1,370 @@
+//! Test harness for `ringdown serve`: spawns the built binary on port 0,
+//! reads its ready line, and talks to it with a tiny blocking HTTP/1.1 client
+//! (plain TCP or rustls trusting the printed CA).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+
+pub struct Served {
+    pub child: Child,
+    pub realm: String,
+    pub address: String,
+    pub ca_file: Option<PathBuf>,
+    pub key_id: String,
+    pub key: String,
+    pub line: String,
+    pub work: tempfile::TempDir,
+}
+
+pub const DEMO_KEY_ID: &str = "ringdown-demo-key-id";
+pub const DEMO_KEY: &str = "ringdown-demo-application-key";
+
+/// Starts `ringdown serve DIR --listen 127.0.0.1:0 [--plain] EXTRA…` with its
+/// cache and certificates in a fresh temporary directory.
+pub fn serve(dir: &Path, plain: bool, extra: &[&str]) -> Served {
+    serve_with_env(dir, plain, extra, &[])
+}
+
+pub fn serve_with_env(dir: &Path, plain: bool, extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let work = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .arg("serve")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--cache-dir")
+        .arg(work.path().join("cache"))
+        .arg("--cert-dir")
+        .arg(work.path().join("certs"))
+        .args(extra)
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(work.path().join("stderr.log")).unwrap());
+    if plain {
+        command.arg("--plain");
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawn ringdown serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.ends_with('\n'),
+        "no ready line; stderr: {}",
+        std::fs::read_to_string(work.path().join("stderr.log")).unwrap_or_default()
+    );
+    let line = line.trim_end().to_string();
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|part| part.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    let realm = field("realm").expect("realm=");
+    let address = realm.split("://").nth(1).unwrap().to_string();
+    let ca_file = field("ca_file")
+        .filter(|value| value != "none")
+        .map(PathBuf::from);
+    let key_id = field("key_id").expect("key_id=");
+    let key = field("key").unwrap_or_else(|| {
+        env.iter()
+            .find(|(k, _)| *k == "B2_APPLICATION_KEY")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default()
+    });
+    Served {
+        child,
+        realm,
+        address,
+        ca_file,
+        key_id,
+        key,
+        line,
+        work,
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The read timed out before the connection closed (stalled body).
+    pub timed_out: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "not JSON ({error}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn content_length(&self) -> Option<usize> {
+        self.header("content-length")
+            .map(|value| value.parse().unwrap())
+    }
+}
+
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub headers: Vec<(&'a str, String)>,
+    pub body: Option<Vec<u8>>,
+    pub read_timeout: Duration,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(method: &'a str, target: &'a str) -> Request<'a> {
+        Request {
+            method,
+            target,
+            headers: Vec::new(),
+            body: None,
+            read_timeout: Duration::from_secs(20),
+        }
+    }
+    pub fn header(mut self, name: &'a str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+    pub fn json(mut self, value: serde_json::Value) -> Self {
+        self.body = Some(serde_json::to_vec(&value).unwrap());
+        self
+    }
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    fn bytes(&self, host: &str) -> Vec<u8> {
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
+            self.method, self.target
+        );
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = &self.body {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        if let Some(body) = &self.body {
+            bytes.extend_from_slice(body);
+        }
+        bytes
+    }
+}
+
+/// Reads until EOF (or the read timeout) and splits head from body. The body
+/// is whatever arrived, so truncated bodies show as shorter than Content-Length.
+fn read_response(mut stream: impl Read, is_head: bool) -> Response {
+    let mut raw = Vec::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut timed_out = false;
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(count) => raw.extend_from_slice(&buffer[..count]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                timed_out = true;
+                break;
+            }
+            // A reset or an unclean TLS close ends the body; what arrived counts.
+            Err(_) => break,
+        }
+    }
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let head = String::from_utf8(raw[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.trim().to_string(), value.trim().to_string())
+        })
+        .collect();
+    let body = if is_head {
+        Vec::new()
+    } else {
+        raw[head_end..].to_vec()
+    };
+    Response {
+        status,
+        headers,
+        body,
+        timed_out,
+    }
+}
+
+impl Served {
+    pub fn send(&self, request: Request<'_>) -> Response {
+        let stream = TcpStream::connect(&self.address).unwrap();
+        stream.set_read_timeout(Some(request.read_timeout)).unwrap();
+        let bytes = request.bytes(&self.address);
+        let is_head = request.method == "HEAD";
+        match &self.ca_file {
+            None => {
+                let mut stream = stream;
+                stream.write_all(&bytes).unwrap();
+                read_response(stream, is_head)
+            }
+            Some(ca_file) => {
+                let mut tls = rustls::StreamOwned::new(tls_client(ca_file, "127.0.0.1"), stream);
+                tls.write_all(&bytes).unwrap();
+                tls.flush().unwrap();
+                read_response(tls, is_head)
+            }
+        }
+    }
+
+    pub fn get(&self, target: &str, token: &str) -> Response {
+        self.send(Request::new("GET", target).header("Authorization", token))
+    }
+
+    pub fn post(&self, operation: &str, token: &str, body: serde_json::Value) -> Response {
+        let target = format!("/b2api/v3/{operation}");
+        self.send(
+            Request::new("POST", &target)
+                .header("Authorization", token)
+                .json(body),
+        )
+    }
+
+    pub fn basic_auth(&self) -> String {
+        let pair = format!("{}:{}", self.key_id, self.key);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+
+    /// `b2_authorize_account` v3: (token, account id).
+    pub fn authorize(&self) -> (String, String) {
+        let response = self.send(
+            Request::new("GET", "/b2api/v3/b2_authorize_account")
+                .header("Authorization", self.basic_auth()),
+        );
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let json = response.json();
+        (
+            json["authorizationToken"].as_str().unwrap().to_string(),
+            json["accountId"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub fn bucket_id(&self, token: &str, name: &str) -> String {
+        let response = self.post(
+            "b2_list_buckets",
+            token,
+            serde_json::json!({"bucketName": name}),
+        );
+        assert_eq!(response.status, 200);
+        response.json()["buckets"][0]["bucketId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn access_log(&self) -> PathBuf {
+        self.work.path().join("access.jsonl")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+pub fn tls_client(ca_file: &Path, server_name: &str) -> rustls::ClientConnection {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    rustls::ClientConnection::new(
+        Arc::new(config),
+        server_name.to_string().try_into().unwrap(),
+    )
+    .unwrap()
+}
+
+/// Deterministic content of `size` bytes for a name.
+pub fn content(name: &str, size: usize) -> Vec<u8> {
+    let seed = name
+        .bytes()
+        .fold(7u32, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u32));
+    (0..size)
+        .map(|i| (seed.wrapping_add(i as u32).wrapping_mul(2654435761) >> 24) as u8)
+        .collect()
+}
+
+pub fn write_file(root: &Path, relative: &str, bytes: &[u8]) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+pub fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,716 @@
+//! `ringdown get` end to end: the built binary against `ringdown serve`
+//! (TLS and plain), a plain-URL origin, every fault flag, and bad input.
+//! Correctness only: speed lives in benches/ and scripts/bench*.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{Served, content, serve, sha1_hex, write_file};
+
+/// Small parts and buffers so a few hundred KiB exercise many chunks, both
+/// cores, several connections and the reserve buffer.
+const SMALL_TUNING: &[&str] = &[
+    "--part-size",
+    "64KiB",
+    "--buffer-size",
+    "16KiB",
+    "--buffers",
+    "4",
+    "--connections",
+    "3",
+    "--cores",
+    "2",
+    "--retry-base-ms",
+    "5",
+    "--retry-max-ms",
+    "50",
+];
+
+fn ringdown(served: &Served, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .arg("get")
+        .args(args)
+        .args(["--realm", &served.realm])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("B2_REALM");
+    if let Some(ca) = &served.ca_file {
+        command.arg("--ca-file").arg(ca);
+    }
+    run_bounded(command)
+}
+
+trait RunBounded {
+    fn run_bounded(&mut self) -> Output;
+}
+
+impl RunBounded for Command {
+    fn run_bounded(&mut self) -> Output {
+        let command = std::mem::replace(self, Command::new("true"));
+        run_bounded(command)
+    }
+}
+
+/// Runs a command with a deadline, so an engine hang fails the test instead
+/// of hanging CI.
+fn run_bounded(mut command: Command) -> Output {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringdown");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect output");
+            panic!(
+                "ringdown did not finish within 180 s; stderr:\n{}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_ok(output: &Output) {
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{}",
+        output.status.code(),
+        stderr(output)
+    );
+}
+
+/// No `.ringdown-*.part` left in `dir`.
+fn assert_no_temp(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".ringdown-"),
+            "temporary file left behind: {name}"
+        );
+    }
+}
+
+struct Fixture {
+    data: tempfile::TempDir,
+    out: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(files: &[(&str, usize)]) -> Fixture {
+        let data = tempfile::tempdir().unwrap();
+        for (name, size) in files {
+            write_file(data.path(), &format!("bkt/{name}"), &content(name, *size));
+        }
+        Fixture {
+            data,
+            out: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn dest(&self, name: &str) -> PathBuf {
+        self.out.path().join(name)
+    }
+
+    fn dest_str(&self, name: &str) -> String {
+        self.dest(name).to_string_lossy().into_owned()
+    }
+}
+
+fn assert_same(path: &Path, name: &str, size: usize) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(bytes.len(), size, "size of {name}");
+    assert_eq!(
+        sha1_hex(&bytes),
+        sha1_hex(&content(name, size)),
+        "content of {name}"
+    );
+}
+
+const PART: usize = 64 * 1024;
+
+#[test]
+fn sizes_around_part_boundaries_over_tls_and_plain() {
+    let sizes = [0, 1, PART - 1, PART, PART + 1, 17 * PART + 4097];
+    let files: Vec<(String, usize)> = sizes
+        .iter()
+        .map(|&size| (format!("size-{size}.bin"), size))
+        .collect();
+    let refs: Vec<(&str, usize)> = files.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    let fixture = Fixture::new(&refs);
+    for plain in [false, true] {
+        let served = serve(fixture.data.path(), plain, &[]);
+        for (name, size) in &files {
+            let dest = fixture.dest_str(name);
+            let mut args = vec![format!("b2://bkt/{name}"), dest.clone(), "--force".into()];
+            args.extend(SMALL_TUNING.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let output = ringdown(&served, &args);
+            assert_ok(&output);
+            assert_same(Path::new(&dest), name, *size);
+            assert!(stderr(&output).contains("verified"), "{}", stderr(&output));
+        }
+        assert_no_temp(fixture.out.path());
+    }
+}
+
+#[test]
+fn names_with_spaces_unicode_percent_and_plus() {
+    let names = [
+        "a b.txt",
+        "ünï cødé.bin",
+        "100% real.txt",
+        "1+1=2.txt",
+        "dir/sub dir/x y.bin",
+    ];
+    let files: Vec<(&str, usize)> = names.iter().map(|n| (*n, 70_000)).collect();
+    let fixture = Fixture::new(&files);
+    let served = serve(fixture.data.path(), false, &[]);
+    for name in names {
+        // DEST is the directory: the object's base name is appended.
+        let output = ringdown(
+            &served,
+            &[
+                &format!("b2://bkt/{name}"),
+                &fixture.dest_str(""),
+                "--force",
+            ],
+        );
+        assert_ok(&output);
+        let base = name.rsplit('/').next().unwrap();
+        assert_same(&fixture.dest(base), name, 70_000);
+    }
+}
+
+#[test]
+fn large_file_is_verified_with_large_file_sha1_and_stats_json_is_written() {
+    let fixture = Fixture::new(&[("large.bin", 300_000)]);
+    let served = serve(
+        fixture.data.path(),
+        false,
+        &["--large-file-threshold", "100KiB"],
+    );
+    let stats = fixture.out.path().join("stats.json");
+    let dest = fixture.dest_str("large.bin");
+    let mut args = vec![
+        "b2://bkt/large.bin",
+        &dest,
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ];
+    args.extend_from_slice(SMALL_TUNING);
+    let output = ringdown(&served, &args);
+    assert_ok(&output);
+    assert_same(&fixture.dest("large.bin"), "large.bin", 300_000);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["command"], "get");
+    assert_eq!(json["bytes"], 300_000);
+    assert_eq!(json["verified"]["ok"], 1);
+    for stage in [
+        "connect",
+        "ttfb",
+        "recv",
+        "buffer_wait",
+        "write",
+        "hash",
+        "chunk",
+    ] {
+        assert!(
+            json["stages"][stage]["count"].as_u64().unwrap() > 0,
+            "stage {stage} recorded"
+        );
+        assert!(json["stages"][stage]["hdr_v2_deflate_b64"].is_string());
+    }
+    // 300,000 bytes in 64 KiB parts: 5 chunks, each one ranged request.
+    assert_eq!(json["stages"]["chunk"]["count"], 5);
+}
+
+#[test]
+fn plain_url_origin_with_and_without_sha1() {
+    let fixture = Fixture::new(&[("u.bin", 200_000)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let url = format!("{}/file/bkt/u.bin?Authorization={token}", served.realm);
+    let dest = fixture.dest_str("u.bin");
+    let mut args = vec![url.as_str(), &dest];
+    args.extend_from_slice(SMALL_TUNING);
+    // The origin sends x-bz-content-sha1: verified.
+    let output = ringdown(&served, &args);
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "u.bin", 200_000);
+    // A wrong --sha1 is a mismatch: retried once, then exit 1, nothing at DEST.
+    std::fs::remove_file(&dest).unwrap();
+    let wrong = "0".repeat(40);
+    let mut wrong_args = args.clone();
+    wrong_args.extend(["--sha1", &wrong]);
+    let output = ringdown(&served, &wrong_args);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("SHA1 mismatch"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+    // The token is in the URL's query: it must never be printed.
+    assert!(
+        !stderr(&output).contains(&token),
+        "token leaked: {}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn every_fault_flag_is_survived() {
+    let size = 40 * PART + 123;
+    let fixture = Fixture::new(&[("f.bin", size)]);
+    let faults: &[&[&str]] = &[
+        &["--reset-rate", "0.2"],
+        &["--fail-rate", "0.3"],
+        &["--throttle-rate", "0.3"],
+        &["--short-body-rate", "0.2"],
+        &["--corrupt-rate", "0.02"],
+        &["--stall-rate", "0.05"],
+    ];
+    for (index, fault) in faults.iter().enumerate() {
+        let mut extra = vec!["--seed", "7"];
+        extra.extend_from_slice(fault);
+        let served = serve(fixture.data.path(), index % 2 == 0, &extra);
+        let dest = fixture.dest_str(&format!("f{index}.bin"));
+        let mut args = vec![
+            "b2://bkt/f.bin",
+            &dest,
+            "--timeout-s",
+            "1",
+            "--max-attempts",
+            "20",
+        ];
+        args.extend_from_slice(SMALL_TUNING);
+        let output = ringdown(&served, &args);
+        assert_ok(&output);
+        assert_same(Path::new(&dest), "f.bin", size);
+        let text = stderr(&output);
+        if fault[0] != "--corrupt-rate" {
+            assert!(
+                !text.contains("retries: 0,"),
+                "{fault:?} caused no retry:\n{text}"
+            );
+        }
+    }
+    assert_no_temp(fixture.out.path());
+}
+
+#[test]
+fn expired_token_is_refreshed() {
+    let fixture = Fixture::new(&[("t.bin", 30 * PART)]);
+    // Tokens live 1 s; 100 KB/s per connection makes the download outlive them.
+    let served = serve(
+        fixture.data.path(),
+        true,
+        &["--token-ttl-s", "1", "--rate-per-conn", "200KB/s"],
+    );
+    let dest = fixture.dest_str("t.bin");
+    let mut args = vec!["b2://bkt/t.bin", &dest];
+    args.extend_from_slice(SMALL_TUNING);
+    let output = ringdown(&served, &args);
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "t.bin", 30 * PART);
+    let log = std::fs::read_to_string(served.work.path().join("stderr.log")).unwrap_or_default();
+    assert!(!log.contains(&served.key), "serve logged the key");
+}
+
+#[test]
+fn exhausted_attempts_leave_nothing_behind() {
+    let fixture = Fixture::new(&[("x.bin", 10 * PART)]);
+    let served = serve(fixture.data.path(), true, &["--fail-rate", "1"]);
+    let dest = fixture.dest_str("x.bin");
+    let mut args = vec!["b2://bkt/x.bin", &dest, "--max-attempts", "3"];
+    args.extend_from_slice(SMALL_TUNING);
+    let output = ringdown(&served, &args);
+    // The probe itself meets the 503s: a clear error either way, exit 1.
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("503"), "{}", stderr(&output));
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+
+    // Faults only on bodies: the probe passes, every chunk is cut, attempts run out.
+    let served = serve(fixture.data.path(), true, &["--reset-rate", "1"]);
+    let output = ringdown(&served, &args);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("after 3 attempts"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+
+    // Every body corrupted: the mismatch is retried once, then refused loudly.
+    let served = serve(fixture.data.path(), true, &["--corrupt-rate", "1"]);
+    let output = ringdown(&served, &args);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("SHA1 mismatch"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_exit_codes() {
+    let fixture = Fixture::new(&[("a.bin", 1000)]);
+    let served = serve(fixture.data.path(), false, &[]);
+    let dest = fixture.dest_str("a.bin");
+
+    // Unknown object and bucket: exit 1, "not found".
+    for source in ["b2://bkt/missing.bin", "b2://nobucket/a.bin"] {
+        let output = ringdown(&served, &[source, &dest]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{source}: {}",
+            stderr(&output)
+        );
+        assert!(stderr(&output).contains("not found"), "{}", stderr(&output));
+    }
+
+    // Wrong credentials: exit 3, names the variables, never prints the key.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .args([
+            "get",
+            "b2://bkt/a.bin",
+            &dest,
+            "--realm",
+            &served.realm,
+            "--ca-file",
+        ])
+        .arg(served.ca_file.as_ref().unwrap())
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", "wrong-secret-value");
+    let output = run_bounded(command);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("B2_APPLICATION_KEY"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("wrong-secret-value"));
+
+    // Untrusted CA: exit 3 and the message names --ca-file.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", "b2://bkt/a.bin", &dest, "--realm", &served.realm])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .env_remove("SSL_CERT_FILE")
+        .run_bounded();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--ca-file"), "{}", stderr(&output));
+
+    // SSL_CERT_FILE is honoured as the trust store.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", "b2://bkt/a.bin", &dest, "--realm", &served.realm])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .env("SSL_CERT_FILE", served.ca_file.as_ref().unwrap())
+        .run_bounded();
+    assert_ok(&output);
+
+    // DEST exists: exit 2 without --force, file untouched.
+    std::fs::write(&dest, b"keep me").unwrap();
+    let output = ringdown(&served, &["b2://bkt/a.bin", &dest]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--force"), "{}", stderr(&output));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"keep me");
+
+    // DEST's directory missing: exit 2.
+    let missing = fixture.out.path().join("no/such/dir/a.bin");
+    let output = ringdown(&served, &["b2://bkt/a.bin", missing.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("does not exist"),
+        "{}",
+        stderr(&output)
+    );
+
+    // No credentials: exit 2 before any network I/O.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            "b2://bkt/a.bin",
+            &fixture.dest_str("new.bin"),
+            "--realm",
+            &served.realm,
+        ])
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .run_bounded();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+
+    // Bad sizes and sources: exit 2 with the reason.
+    let output = ringdown(
+        &served,
+        &[
+            "b2://bkt/a.bin",
+            &fixture.dest_str("n.bin"),
+            "--part-size",
+            "3X",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("unknown unit"),
+        "{}",
+        stderr(&output)
+    );
+    let output = ringdown(&served, &["b2://bkt", &fixture.dest_str("n.bin")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("b2://BUCKET/NAME"),
+        "{}",
+        stderr(&output)
+    );
+    // Unreadable CA file: exit 2.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            "b2://bkt/a.bin",
+            &fixture.dest_str("n.bin"),
+            "--realm",
+            &served.realm,
+            "--ca-file",
+            "/nonexistent.pem",
+        ])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .run_bounded();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_no_temp(fixture.out.path());
+}
+
+/// Registered buffers need locked memory. Without CAP_IPC_LOCK and with a
+/// 64 KiB limit, registration is impossible: the download must fall back to
+/// plain positional writes, say so once, and still be correct.
+#[test]
+fn memlock_fallback_without_cap_ipc_lock() {
+    let has = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("setpriv") || !has("prlimit") {
+        eprintln!("SKIP: setpriv/prlimit not installed");
+        return;
+    }
+    let size = 3 << 20;
+    let fixture = Fixture::new(&[("m.bin", size)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let dest = fixture.dest_str("m.bin");
+    let output = Command::new("prlimit")
+        .args([
+            "--memlock=65536:65536",
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+        ])
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            "b2://bkt/m.bin",
+            &dest,
+            "--realm",
+            &served.realm,
+            "--buffers",
+            "8",
+        ])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .run_bounded();
+    assert_ok(&output);
+    let text = stderr(&output);
+    assert_eq!(
+        text.matches("RLIMIT_MEMLOCK").count(),
+        1,
+        "said once:\n{text}"
+    );
+    assert!(text.contains("registered buffers: no"), "{text}");
+    assert_same(Path::new(&dest), "m.bin", size);
+
+    // With the capability, the same download registers its buffers.
+    std::fs::remove_file(&dest).unwrap();
+    let output = Command::new("prlimit")
+        .args(["--memlock=65536:65536"])
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            "b2://bkt/m.bin",
+            &dest,
+            "--realm",
+            &served.realm,
+            "--buffers",
+            "8",
+        ])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .run_bounded();
+    assert_ok(&output);
+    if is_root() {
+        assert!(
+            stderr(&output).contains("registered buffers: yes"),
+            "{}",
+            stderr(&output)
+        );
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
+}
+
+/// The issue asks for 1 GiB in the release test run; debug builds skip it.
+#[test]
+fn one_gib_object_in_release() {
+    if cfg!(debug_assertions) {
+        eprintln!("SKIP: 1 GiB download runs in the release test run only");
+        return;
+    }
+    let size = 1usize << 30;
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("bkt/gib.bin");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Cheap deterministic content: a 1 MiB block, each copy stamped with its index.
+    let mut block = content("gib", 1 << 20);
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for index in 0..1024u32 {
+            block[..4].copy_from_slice(&index.to_le_bytes());
+            file.write_all(&block).unwrap();
+        }
+    }
+    let expected = {
+        use sha1::{Digest, Sha1};
+        let mut hasher = Sha1::new();
+        for index in 0..1024u32 {
+            block[..4].copy_from_slice(&index.to_le_bytes());
+            hasher.update(&block);
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let served = serve(data.path(), false, &["--no-index"]);
+    let dest = out.path().join("gib.bin");
+    let output = ringdown(&served, &["b2://bkt/gib.bin", dest.to_str().unwrap()]);
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains(&format!("SHA1 {expected} verified")),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), size as u64);
+    // Verified by ringdown in memory; check the bytes on disk independently.
+    let on_disk = {
+        use sha1::{Digest, Sha1};
+        use std::io::Read;
+        let mut hasher = Sha1::new();
+        let mut file = std::fs::File::open(&dest).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(on_disk, expected);
+}
+
+/// SIGINT and SIGTERM stop the download: in-flight writes are drained, the
+/// temporary file is removed, nothing appears at DEST, exit 130 / 143.
+#[test]
+fn signals_stop_cleanly() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("s.bin", size)]);
+    // Slow enough that the signal arrives mid-download.
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "200KB/s"]);
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let dest = fixture.dest_str("s.bin");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["get", "b2://bkt/s.bin", &dest, "--realm", &served.realm])
+            .args(SMALL_TUNING)
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the temporary file exists: the engine is running.
+        let started = std::time::Instant::now();
+        while !std::fs::read_dir(fixture.out.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".ringdown-")
+        }) {
+            assert!(started.elapsed().as_secs() < 30, "download never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ringdown did not stop after {signal}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(exit.code(), Some(code), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("interrupted"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(!Path::new(&dest).exists());
+        assert_no_temp(fixture.out.path());
+    }
+}

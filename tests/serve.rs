@@ -1,0 +1,866 @@
+//! Integration tests of `ringdown serve`: the real binary on port 0, spoken to
+//! over plain HTTP (and TLS in one test) with a tiny blocking client.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// A small tree: bucket `bkt` with a few files, bucket `other`, a 0-byte file.
+fn small_tree() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "bkt/a.txt", b"hello world");
+    write_file(root.path(), "bkt/dir/b c+d.bin", &content("b", 3000));
+    write_file(root.path(), "bkt/dir/sub/e.bin", &content("e", 10));
+    write_file(root.path(), "bkt/empty", b"");
+    write_file(root.path(), "other/x", b"x");
+    root
+}
+
+#[test]
+fn ready_line_has_demo_credentials_and_plain_realm() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let port = served.address.rsplit(':').next().unwrap();
+    assert_eq!(
+        served.line,
+        format!("realm=http://127.0.0.1:{port} ca_file=none key_id={DEMO_KEY_ID} key={DEMO_KEY}")
+    );
+    let response = served.send(
+        Request::new("GET", "/b2api/v3/b2_authorize_account")
+            .header("Authorization", served.basic_auth()),
+    );
+    assert_eq!(response.status, 200);
+    assert!(response.header("date").is_some(), "Date on every response");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn credentials_from_environment_are_not_printed_and_wrong_ones_are_refused() {
+    let tree = small_tree();
+    let served = serve_with_env(
+        tree.path(),
+        true,
+        &[],
+        &[
+            ("B2_APPLICATION_KEY_ID", "envkeyid"),
+            ("B2_APPLICATION_KEY", "envsecret"),
+        ],
+    );
+    assert!(served.line.ends_with("key_id=envkeyid"), "{}", served.line);
+    assert!(!served.line.contains("envsecret"));
+    served.authorize();
+    let wrong = format!("Basic {}", base64_encode("envkeyid:nope"));
+    for version in 1..=4 {
+        let target = format!("/b2api/v{version}/b2_authorize_account");
+        let response =
+            served.send(Request::new("GET", &target).header("Authorization", wrong.clone()));
+        assert_eq!(response.status, 401);
+        assert_eq!(response.json()["code"], "unauthorized");
+        assert_eq!(response.json()["status"], 401);
+    }
+    let missing =
+        served.send(Request::new("POST", "/b2api/v3/b2_authorize_account").json(json!({})));
+    assert_eq!(missing.status, 401);
+    assert!(!served.stderr().contains("envsecret"));
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn authorize_is_shaped_per_version() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let call = |version: u32, method: &str| {
+        let target = format!("/b2api/v{version}/b2_authorize_account");
+        let mut request =
+            Request::new(method, &target).header("Authorization", served.basic_auth());
+        if method == "POST" {
+            request = request.json(json!({}));
+        }
+        let response = served.send(request);
+        assert_eq!(response.status, 200);
+        response.json()
+    };
+    for version in [1, 2] {
+        let json = call(version, "GET");
+        assert_eq!(json["apiUrl"], served.realm.as_str());
+        assert_eq!(json["downloadUrl"], served.realm.as_str());
+        assert!(
+            json["allowed"]["capabilities"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("listBuckets"))
+        );
+        assert!(json["authorizationToken"].is_string());
+    }
+    let v3 = call(3, "POST");
+    let storage = &v3["apiInfo"]["storageApi"];
+    assert_eq!(storage["apiUrl"], served.realm.as_str());
+    for field in [
+        "downloadUrl",
+        "s3ApiUrl",
+        "recommendedPartSize",
+        "absoluteMinimumPartSize",
+        "bucketId",
+        "bucketName",
+        "capabilities",
+        "namePrefix",
+    ] {
+        assert!(storage.get(field).is_some(), "v3 storageApi.{field}");
+    }
+    let v4 = call(4, "GET");
+    assert!(v4["apiInfo"]["storageApi"]["allowed"]["capabilities"].is_array());
+    assert!(v4["apiInfo"]["storageApi"].get("bucketId").is_none());
+}
+
+#[test]
+fn list_buckets_filters() {
+    let tree = small_tree();
+    std::os::unix::fs::symlink(tree.path().join("bkt"), tree.path().join("linked")).unwrap();
+    let served = serve(tree.path(), true, &[]);
+    let (token, account) = served.authorize();
+    let all = served.post(
+        "b2_list_buckets",
+        &token,
+        json!({"accountId": account, "bucketTypes": ["all"], "bucketName": null}),
+    );
+    let names: Vec<_> = all.json()["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bucketName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["bkt", "other"],
+        "symlinked directories are not buckets"
+    );
+    let bucket = &all.json()["buckets"][0];
+    assert_eq!(bucket["bucketType"], "allPrivate");
+    assert!(bucket["fileLockConfiguration"]["value"]["isFileLockEnabled"] == json!(false));
+    let by_name = served.post(
+        "b2_list_buckets",
+        &token,
+        json!({"accountId": account, "bucketName": "other"}),
+    );
+    assert_eq!(by_name.json()["buckets"].as_array().unwrap().len(), 1);
+    let id = by_name.json()["buckets"][0]["bucketId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by_id = served.get(
+        &format!("/b2api/v2/b2_list_buckets?accountId={account}&bucketId={id}"),
+        &token,
+    );
+    assert_eq!(by_id.json()["buckets"][0]["bucketName"], "other");
+    let unknown = served.post("b2_list_buckets", &token, json!({"bucketName": "nope"}));
+    assert_eq!(unknown.json()["buckets"], json!([]));
+    let snapshot_only = served.post(
+        "b2_list_buckets",
+        &token,
+        json!({"bucketTypes": ["snapshot"]}),
+    );
+    assert_eq!(snapshot_only.json()["buckets"], json!([]));
+}
+
+#[test]
+fn listing_paginates_sorted_by_utf8_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for index in 0..250 {
+        let name = format!("f/{index:04}");
+        write_file(
+            root.path(),
+            &format!("bkt/{name}"),
+            format!("{index}").as_bytes(),
+        );
+        expected.push(name);
+    }
+    for name in ["B", "a", "a-b", "a.b", "aa/b", "é", "z+ y"] {
+        write_file(root.path(), &format!("bkt/{name}"), name.as_bytes());
+        expected.push(name.to_string());
+    }
+    expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let served = serve(root.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+
+    let mut seen = Vec::new();
+    let mut start = json!(null);
+    let mut pages = 0;
+    loop {
+        let response = served.post("b2_list_file_names", &token, json!({"bucketId": bucket_id, "startFileName": start, "maxFileCount": 100, "prefix": null}));
+        assert_eq!(response.status, 200);
+        let json = response.json();
+        let files = json["files"].as_array().unwrap();
+        assert!(files.len() <= 100);
+        for file in files {
+            assert_eq!(file["action"], "upload");
+            seen.push(file["fileName"].as_str().unwrap().to_string());
+        }
+        pages += 1;
+        if json["nextFileName"].is_null() {
+            break;
+        }
+        start = json["nextFileName"].clone();
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected);
+
+    // startFileName is inclusive and need not exist; default page is 100; 0 means default.
+    let from = served.post(
+        "b2_list_file_names",
+        &token,
+        json!({"bucketId": bucket_id, "startFileName": "f/0100"}),
+    );
+    assert_eq!(from.json()["files"][0]["fileName"], "f/0100");
+    assert_eq!(from.json()["files"].as_array().unwrap().len(), 100);
+    let between = served.post(
+        "b2_list_file_names",
+        &token,
+        json!({"bucketId": bucket_id, "startFileName": "f/0099x", "maxFileCount": 0}),
+    );
+    assert_eq!(between.json()["files"][0]["fileName"], "f/0100");
+
+    // Prefix and delimiter fold into folder entries; GET with query parameters works too.
+    let folded = served.get(
+        &format!(
+            "/b2api/v1/b2_list_file_names?bucketId={bucket_id}&delimiter=%2F&maxFileCount=1000"
+        ),
+        &token,
+    );
+    let entries: Vec<(String, String)> = folded.json()["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["fileName"].as_str().unwrap().to_string(),
+                f["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["B", "a", "a-b", "a.b", "aa/", "f/", "z+ y", "é"]);
+    assert_eq!(entries[4].1, "folder");
+    let v1 = &folded.json()["files"][0];
+    assert_eq!(v1["size"], 1, "v1 listings carry size");
+    let prefixed = served.post(
+        "b2_list_file_names",
+        &token,
+        json!({"bucketId": bucket_id, "prefix": "f/01", "maxFileCount": 5}),
+    );
+    let json = prefixed.json();
+    let names: Vec<_> = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fileName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["f/0100", "f/0101", "f/0102", "f/0103", "f/0104"]);
+    assert_eq!(json["nextFileName"], "f/0105");
+
+    // Versions: same entries, with nextFileId.
+    let versions = served.post(
+        "b2_list_file_versions",
+        &token,
+        json!({"bucketId": bucket_id, "maxFileCount": 2}),
+    );
+    let json = versions.json();
+    assert_eq!(json["files"].as_array().unwrap().len(), 2);
+    assert_eq!(json["nextFileName"], expected[2].as_str());
+    assert!(json["nextFileId"].as_str().unwrap().starts_with("4_z"));
+
+    let bad = served.post("b2_list_file_names", &token, json!({"bucketId": "nope"}));
+    assert_eq!(bad.status, 400);
+    let missing = served.post("b2_list_file_names", &token, json!({}));
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["code"], "bad_request");
+}
+
+#[test]
+fn file_objects_info_and_ids_are_stable_across_restarts() {
+    let tree = small_tree();
+    let mtime_ms = std::fs::metadata(tree.path().join("bkt/a.txt"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let listing = |served: &Served| {
+        let (token, _) = served.authorize();
+        let bucket_id = served.bucket_id(&token, "bkt");
+        let response = served.post("b2_list_file_names", &token, json!({"bucketId": bucket_id}));
+        (token, response.json()["files"].as_array().unwrap().clone())
+    };
+    let served = serve(tree.path(), true, &[]);
+    let (token, files) = listing(&served);
+    let a = files
+        .iter()
+        .find(|f| f["fileName"] == "a.txt")
+        .unwrap()
+        .clone();
+    assert_eq!(a["contentLength"], 11);
+    assert_eq!(a["contentSha1"], sha1_hex(b"hello world"));
+    assert_eq!(a["contentType"], "text/plain");
+    assert_eq!(
+        a["fileInfo"]["src_last_modified_millis"],
+        mtime_ms.to_string()
+    );
+    assert_eq!(a["uploadTimestamp"], mtime_ms);
+    assert!(a["fileRetention"].is_object() && a["legalHold"].is_object());
+    let info = served.post("b2_get_file_info", &token, json!({"fileId": a["fileId"]}));
+    assert_eq!(info.status, 200);
+    assert_eq!(info.json()["fileName"], "a.txt");
+    assert_eq!(info.json()["contentSha1"], a["contentSha1"]);
+    let unknown = served.post("b2_get_file_info", &token, json!({"fileId": "4_zgarbage"}));
+    assert_eq!(unknown.status, 400);
+    // Same name, another version hash: that version is gone.
+    let id = a["fileId"].as_str().unwrap();
+    let at = id.find("_f").unwrap() + 2;
+    let flipped = if &id[at..at + 1] == "0" { "1" } else { "0" };
+    let gone = format!("{}{flipped}{}", &id[..at], &id[at + 1..]);
+    assert_eq!(
+        served
+            .post("b2_get_file_info", &token, json!({"fileId": gone}))
+            .status,
+        404
+    );
+    let cache = std::fs::read_to_string(served.work.path().join("cache/sha1-index.jsonl")).unwrap();
+    assert!(
+        cache.contains(&sha1_hex(b"hello world")),
+        "digest cached outside DIR"
+    );
+    drop(served);
+
+    let again = serve(tree.path(), true, &[]);
+    let (_, files_again) = listing(&again);
+    assert_eq!(
+        files, files_again,
+        "IDs and metadata stable across restarts"
+    );
+}
+
+fn download(served: &Served, token: &str, name: &str, range: Option<&str>) -> Response {
+    let target = format!("/file/bkt/{name}");
+    let mut request = Request::new("GET", &target).header("Authorization", token);
+    if let Some(range) = range {
+        request = request.header("Range", range);
+    }
+    served.send(request)
+}
+
+#[test]
+fn downloads_ranges_and_headers() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let data = content("b", 3000);
+    let name = "dir/b%20c%2Bd.bin";
+
+    let whole = download(&served, &token, name, None);
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body, data);
+    assert_eq!(whole.content_length(), Some(3000));
+    assert_eq!(whole.header("x-bz-file-name"), Some("dir/b%20c%2Bd.bin"));
+    assert_eq!(
+        whole.header("x-bz-content-sha1"),
+        Some(sha1_hex(&data).as_str())
+    );
+    assert_eq!(
+        whole.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert!(whole.header("x-bz-file-id").unwrap().starts_with("4_z"));
+    assert!(
+        whole
+            .header("x-bz-upload-timestamp")
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    assert!(whole.header("x-bz-info-src_last_modified_millis").is_some());
+    assert!(whole.header("date").is_some());
+    assert!(whole.header("content-range").is_none());
+
+    for (range, start, end) in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=2999-2999", 2999, 2999),
+        ("bytes=0-2999", 0, 2999),
+        ("bytes=-10", 2990, 2999),
+        ("bytes=1000-", 1000, 2999),
+        ("bytes=2990-5000", 2990, 2999),
+    ] {
+        let response = download(&served, &token, name, Some(range));
+        assert_eq!(response.status, 206, "{range}");
+        assert_eq!(response.body, &data[start..=end], "{range}");
+        assert_eq!(
+            response.header("content-range"),
+            Some(format!("bytes {start}-{end}/3000").as_str()),
+            "{range}"
+        );
+        assert_eq!(response.content_length(), Some(end - start + 1));
+        assert_eq!(
+            response.header("x-bz-content-sha1"),
+            Some(sha1_hex(&data).as_str()),
+            "whole-file SHA1 on ranges"
+        );
+    }
+    let outside = download(&served, &token, name, Some("bytes=3000-"));
+    assert_eq!(outside.status, 416);
+    assert_eq!(outside.json()["code"], "range_not_satisfiable");
+    assert_eq!(outside.header("content-range"), Some("bytes */3000"));
+
+    let empty = download(&served, &token, "empty", None);
+    assert_eq!(
+        (empty.status, empty.body.len(), empty.content_length()),
+        (200, 0, Some(0))
+    );
+    assert_eq!(
+        empty.header("x-bz-content-sha1"),
+        Some(sha1_hex(b"").as_str())
+    );
+    for range in ["bytes=0-", "bytes=0-0", "bytes=-1"] {
+        let response = download(&served, &token, "empty", Some(range));
+        assert_eq!(response.status, 416, "{range}");
+        assert_eq!(response.header("content-range"), Some("bytes */0"));
+    }
+
+    // HEAD: same headers, no body.
+    let head =
+        served.send(Request::new("HEAD", "/file/bkt/a.txt").header("Authorization", token.clone()));
+    assert_eq!(head.status, 200);
+    assert_eq!(head.content_length(), Some(11));
+    assert_eq!(
+        head.header("x-bz-content-sha1"),
+        Some(sha1_hex(b"hello world").as_str())
+    );
+
+    // By ID, with the token in the query string.
+    let file_id = whole.header("x-bz-file-id").unwrap();
+    let by_id = served.send(
+        Request::new(
+            "GET",
+            &format!("/b2api/v3/b2_download_file_by_id?fileId={file_id}&Authorization={token}"),
+        )
+        .header("Range", "bytes=5-9"),
+    );
+    assert_eq!(by_id.status, 206);
+    assert_eq!(by_id.body, &data[5..10]);
+    let query_token = served.send(Request::new(
+        "GET",
+        &format!("/file/bkt/a.txt?Authorization={token}"),
+    ));
+    assert_eq!(query_token.body, b"hello world");
+
+    // Keep-alive: two requests on one connection.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&served.address).unwrap();
+    let one = format!("GET /file/bkt/a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n");
+    let two = format!(
+        "GET /file/bkt/a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(format!("{one}{two}").as_bytes()).unwrap();
+    let mut all = String::new();
+    stream.read_to_string(&mut all).unwrap();
+    assert_eq!(all.matches("hello world").count(), 2);
+}
+
+#[test]
+fn errors_are_b2_json() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let check = |response: Response, status: u16, code: &str| {
+        assert_eq!(
+            response.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let json = response.json();
+        assert_eq!(json["status"], status);
+        assert_eq!(json["code"], code);
+        assert!(json["message"].is_string());
+    };
+    check(
+        served.post("b2_list_buckets", "4_bogus", json!({})),
+        401,
+        "bad_auth_token",
+    );
+    check(
+        served.send(Request::new("POST", "/b2api/v3/b2_list_buckets").json(json!({}))),
+        401,
+        "bad_auth_token",
+    );
+    check(served.get("/file/bkt/a.txt", "nope"), 401, "bad_auth_token");
+    check(
+        served.send(Request::new("GET", "/file/bkt/a.txt")),
+        401,
+        "bad_auth_token",
+    );
+    check(served.get("/file/nope/a.txt", &token), 404, "not_found");
+    check(
+        served.get("/file/bkt/missing.txt", &token),
+        404,
+        "not_found",
+    );
+    check(served.get("/file/bkt/dir", &token), 404, "not_found");
+    check(
+        served.post("b2_no_such_call", &token, json!({})),
+        404,
+        "not_found",
+    );
+    check(
+        served.get("/b2api/v9/b2_list_buckets", &token),
+        404,
+        "not_found",
+    );
+    check(
+        served.get("/b2api/v3/b2_download_file_by_id?fileId=junk", &token),
+        400,
+        "bad_request",
+    );
+    let not_json = served.send(
+        Request::new("POST", "/b2api/v3/b2_list_buckets")
+            .header("Authorization", token.clone())
+            .json(json!(null)),
+    );
+    assert_eq!(not_json.status, 200, "null body = no parameters");
+    let mut garbage =
+        Request::new("POST", "/b2api/v3/b2_list_buckets").header("Authorization", token.clone());
+    garbage.body = Some(b"{not json".to_vec());
+    check(served.send(garbage), 400, "bad_request");
+    let mut huge =
+        Request::new("POST", "/b2api/v3/b2_list_buckets").header("Authorization", token.clone());
+    huge.body = Some(vec![b' '; 2 << 20]);
+    check(served.send(huge), 400, "bad_request");
+    // An oversized head is refused (431) or the connection dropped; never served.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&served.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let head = format!(
+            "GET /file/bkt/a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nX-Long: {}\r\n\r\n",
+            "x".repeat(1 << 20)
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+    }
+    // The server is still alive after all that.
+    assert_eq!(served.get("/file/bkt/a.txt", &token).status, 200);
+}
+
+#[test]
+fn nothing_outside_dir_is_served() {
+    let outside = tempfile::tempdir().unwrap();
+    write_file(outside.path(), "secret.txt", b"TOP SECRET");
+    let tree = small_tree();
+    let bucket = tree.path().join("bkt");
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), bucket.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), bucket.join("linkdir")).unwrap();
+    std::fs::write(tree.path().join("root-secret.txt"), b"TOP SECRET").unwrap();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    for target in [
+        "/file/bkt/../root-secret.txt",
+        "/file/bkt/%2e%2e/root-secret.txt",
+        "/file/bkt/%2E%2E%2Froot-secret.txt",
+        "/file/bkt/dir/..%2f..%2froot-secret.txt",
+        "/file/bkt//etc/passwd",
+        "/file/bkt/%2Fetc%2Fpasswd",
+        "/file/bkt/link.txt",
+        "/file/bkt/linkdir/secret.txt",
+        "/file/bkt/.",
+        "/file/../root-secret.txt",
+        "/file/%2e%2e/root-secret.txt",
+    ] {
+        let response = served.get(target, &token);
+        assert!(
+            response.status == 400 || response.status == 404,
+            "{target}: {}",
+            response.status
+        );
+        assert!(
+            !String::from_utf8_lossy(&response.body).contains("TOP SECRET"),
+            "{target}"
+        );
+    }
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let listing = served.post(
+        "b2_list_file_names",
+        &token,
+        json!({"bucketId": bucket_id, "maxFileCount": 1000}),
+    );
+    let text = String::from_utf8_lossy(&listing.body).to_string();
+    assert!(
+        !text.contains("link.txt") && !text.contains("secret"),
+        "symlinks are not listed: {text}"
+    );
+}
+
+#[test]
+fn large_file_threshold_switches_to_large_file_sha1() {
+    let root = tempfile::tempdir().unwrap();
+    let big = content("big", 4096);
+    write_file(root.path(), "bkt/big.bin", &big);
+    write_file(root.path(), "bkt/small.bin", &content("small", 4095));
+    let served = serve(root.path(), true, &["--large-file-threshold", "4KiB"]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let files = served
+        .post("b2_list_file_names", &token, json!({"bucketId": bucket_id}))
+        .json()["files"]
+        .clone();
+    assert_eq!(files[0]["fileName"], "big.bin");
+    assert_eq!(files[0]["contentSha1"], "none");
+    assert_eq!(files[0]["fileInfo"]["large_file_sha1"], sha1_hex(&big));
+    assert_eq!(files[1]["contentSha1"], sha1_hex(&content("small", 4095)));
+    assert!(files[1]["fileInfo"].get("large_file_sha1").is_none());
+    let response = served.get("/file/bkt/big.bin", &token);
+    assert_eq!(response.header("x-bz-content-sha1"), Some("none"));
+    assert_eq!(
+        response.header("x-bz-info-large_file_sha1"),
+        Some(sha1_hex(&big).as_str())
+    );
+    assert_eq!(response.body, big);
+}
+
+#[test]
+fn tls_with_the_printed_ca() {
+    let tree = small_tree();
+    let served = serve(tree.path(), false, &[]);
+    let ca_file = served.ca_file.clone().expect("ca_file");
+    assert!(ca_file.is_absolute());
+    assert!(served.realm.starts_with("https://127.0.0.1:"));
+    assert!(
+        std::fs::read_to_string(&ca_file)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        !ca_file.parent().unwrap().join("server-key.pem").exists(),
+        "no key written by default"
+    );
+    let (token, _) = served.authorize();
+    let response = served.get("/file/bkt/a.txt", &token);
+    assert_eq!(response.body, b"hello world");
+    // The certificate also names localhost.
+    let stream = std::net::TcpStream::connect(&served.address).unwrap();
+    let mut tls = rustls::StreamOwned::new(tls_client(&ca_file, "localhost"), stream);
+    use std::io::Write;
+    tls.write_all(b"GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls, &mut text);
+    assert!(String::from_utf8_lossy(&text).starts_with("HTTP/1.1 404"));
+}
+
+fn statuses(served: &Served, token: &str, count: usize) -> Vec<u16> {
+    (0..count)
+        .map(|_| download(served, token, "a.txt", None).status)
+        .collect()
+}
+
+#[test]
+fn fail_and_throttle_faults_are_deterministic_and_retryable() {
+    let tree = small_tree();
+    let first = serve(tree.path(), true, &["--fail-rate", "0.5", "--seed", "42"]);
+    let (token, _) = first.authorize();
+    let run_one = statuses(&first, &token, 20);
+    let second = serve(tree.path(), true, &["--fail-rate", "0.5", "--seed", "42"]);
+    let (token2, _) = second.authorize();
+    assert_eq!(
+        run_one,
+        statuses(&second, &token2, 20),
+        "same seed, same decisions"
+    );
+    assert!(
+        run_one.contains(&503) && run_one.contains(&200),
+        "{run_one:?}"
+    );
+    let other_seed = serve(tree.path(), true, &["--fail-rate", "0.5", "--seed", "43"]);
+    let (token3, _) = other_seed.authorize();
+    assert_ne!(run_one, statuses(&other_seed, &token3, 20));
+
+    let failing = serve(tree.path(), true, &["--fail-rate", "1"]);
+    let (token, _) = failing.authorize();
+    let response = download(&failing, &token, "a.txt", None);
+    assert_eq!(response.status, 503);
+    assert_eq!(response.json()["code"], "service_unavailable");
+    assert_eq!(response.header("retry-after"), Some("1"));
+
+    let throttled = serve(tree.path(), true, &["--throttle-rate", "1"]);
+    let (token, _) = throttled.authorize();
+    let response = throttled.post("b2_list_buckets", &token, json!({}));
+    assert_eq!(response.status, 429);
+    assert_eq!(response.json()["code"], "too_many_requests");
+    assert!(response.header("retry-after").is_none());
+    let with_header = serve(
+        tree.path(),
+        true,
+        &["--throttle-rate", "1", "--retry-after-s", "3"],
+    );
+    let (token, _) = with_header.authorize();
+    assert_eq!(
+        download(&with_header, &token, "a.txt", None).header("retry-after"),
+        Some("3")
+    );
+}
+
+#[test]
+fn body_faults_cut_stall_and_corrupt() {
+    let tree = small_tree();
+    let data = content("b", 3000);
+    let name = "dir/b%20c%2Bd.bin";
+
+    for flag in ["--reset-rate", "--short-body-rate"] {
+        let served = serve(tree.path(), true, &[flag, "1", "--seed", "1"]);
+        let (token, _) = served.authorize();
+        let response = download(&served, &token, name, None);
+        assert_eq!(response.content_length(), Some(3000), "{flag}");
+        assert!(response.body.len() < 3000, "{flag}: body cut short");
+        assert_eq!(
+            response.body,
+            &data[..response.body.len()],
+            "{flag}: a prefix of the data"
+        );
+        assert!(!response.timed_out, "{flag}: connection closed");
+    }
+
+    let stalled = serve(tree.path(), true, &["--stall-rate", "1"]);
+    let (token, _) = stalled.authorize();
+    let target = format!("/file/bkt/{name}");
+    let started = Instant::now();
+    let response = stalled.send(
+        Request::new("GET", &target)
+            .header("Authorization", token)
+            .timeout(Duration::from_millis(700)),
+    );
+    assert!(response.timed_out, "stalled body keeps the socket open");
+    assert!(response.body.len() < 3000);
+    assert!(started.elapsed() >= Duration::from_millis(600));
+
+    let corrupt = serve(tree.path(), true, &["--corrupt-rate", "1"]);
+    let (token, _) = corrupt.authorize();
+    let response = download(&corrupt, &token, name, None);
+    assert_eq!(response.body.len(), 3000);
+    let differing = response
+        .body
+        .iter()
+        .zip(&data)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 1, "exactly one byte flipped");
+    assert_eq!(
+        response.header("x-bz-content-sha1"),
+        Some(sha1_hex(&data).as_str())
+    );
+}
+
+#[test]
+fn latency_rate_limit_and_token_expiry() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "bkt/half.bin", &content("half", 500_000));
+    let slow = serve(root.path(), true, &["--latency-ms", "300"]);
+    let (token, _) = slow.authorize();
+    let started = Instant::now();
+    assert_eq!(slow.get("/file/bkt/half.bin", &token).status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let limited = serve(root.path(), true, &["--rate-per-conn", "1MB/s"]);
+    let (token, _) = limited.authorize();
+    let started = Instant::now();
+    let response = limited.get("/file/bkt/half.bin", &token);
+    let elapsed = started.elapsed();
+    assert_eq!(response.body, content("half", 500_000));
+    assert!(
+        elapsed >= Duration::from_millis(350),
+        "500 KB at 1 MB/s took {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+
+    let expiring = serve(root.path(), true, &["--token-ttl-s", "1"]);
+    let (token, _) = expiring.authorize();
+    assert_eq!(expiring.get("/file/bkt/half.bin", &token).status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    let response = expiring.get("/file/bkt/half.bin", &token);
+    assert_eq!(response.status, 401);
+    assert_eq!(response.json()["code"], "expired_auth_token");
+    let (fresh, _) = expiring.authorize();
+    assert_eq!(expiring.get("/file/bkt/half.bin", &fresh).status, 200);
+}
+
+#[test]
+fn access_log_records_downloads() {
+    let tree = small_tree();
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("access.jsonl");
+    let served = serve(tree.path(), true, &["--access-log", log.to_str().unwrap()]);
+    let (token, _) = served.authorize();
+    download(&served, &token, "dir/b%20c%2Bd.bin", Some("bytes=10-19"));
+    download(&served, &token, "a.txt", None);
+    download(&served, &token, "missing", None);
+    std::thread::sleep(Duration::from_millis(100));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ranged = lines
+        .iter()
+        .find(|l| l["name"] == "dir/b c+d.bin")
+        .expect("ranged download logged");
+    assert_eq!(ranged["range"], "bytes=10-19");
+    assert_eq!(ranged["status"], 206);
+    assert_eq!(ranged["bytes_sent"], 10);
+    assert_eq!(ranged["method"], "GET");
+    let whole = lines.iter().find(|l| l["name"] == "a.txt").unwrap();
+    assert_eq!(whole["bytes_sent"], 11);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == 404 && l["path"] == "/file/bkt/missing")
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&token), "tokens never logged");
+}
+
+#[test]
+fn sigterm_exits_cleanly() {
+    let tree = small_tree();
+    let mut served = serve(tree.path(), true, &[]);
+    let pid = served.child.id() as i32;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
