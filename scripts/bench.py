@@ -582,7 +582,9 @@ def main():
     p.add_argument("--timeout", type=float, default=None,
                    help="per-run timeout in seconds (default: 30 s + the scenario's bytes at 5 MB/s)")
     p.add_argument("--no-drop-caches", action="store_true")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README block")
+    p.add_argument("--readme", dest="readme", action="store_true", default=None,
+                   help="rewrite the README bench block (default: yes for full runs, no for --quick)")
+    p.add_argument("--no-readme", dest="readme", action="store_false")
     args = p.parse_args()
 
     names = []
@@ -601,6 +603,8 @@ def main():
         if t not in PLANS:
             p.error(f"unknown tool {t!r}; known: {', '.join(PLANS)}")
     args.runs = args.runs or (2 if args.quick else 5)
+    if args.readme is None:
+        args.readme = not args.quick
     profile = "quick" if args.quick else "full"
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     args.data_root = args.data_root or os.path.join(target, "bench-data")
@@ -662,7 +666,7 @@ def main():
             if not fn.endswith(".png"):
                 REDACT.file(os.path.join(dirpath, fn))
     import bench_report
-    bench_report.write_all(args.out, results, meta, readme=None if args.no_readme else os.path.join(REPO, "README.md"))
+    bench_report.write_all(args.out, results, meta, readme=os.path.join(REPO, "README.md") if args.readme else None)
     log(f"done in {meta['elapsed_s']} s: {args.out}/report.md")
     # Exit 1 when ringdown wrote a wrong file, or the corrupting self-check was not caught.
     bad = [r for r in results if r.get("correct") is False and r["tool"].startswith("ringdown")]

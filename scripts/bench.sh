@@ -3,12 +3,13 @@
 # local TLS origin (`ringdown serve`), interleaved runs, every output verified.
 #
 #   scripts/bench.sh [--quick] [--scenario NAME...] [--runs N] [--out DIR]
-#                    [--tools ringdown,b2sdk,curl,aria2c,rclone] [--no-drop-caches] [--no-readme]
+#                    [--tools ringdown,b2sdk,curl,aria2c,rclone] [--no-drop-caches] [--readme|--no-readme]
 #
 # Scenarios: big big-large small mixed wan (= wan-big wan-mixed) faults memlock (default: all).
 # --quick: small datasets and 2 runs (a few minutes). Output: bench-out/ (results.json,
 # report.md, *.png, logs/, stats/). Rewrites the README block between
-# <!-- bench:begin --> and <!-- bench:end --> when both markers exist.
+# <!-- bench:begin --> and <!-- bench:end --> when both markers exist (full runs;
+# --quick only with --readme).
 #
 # Installs what it needs: a venv in target/bench-venv (b2sdk==2.8.0, matplotlib),
 # aria2/curl/rclone from apt when possible (a peer that cannot be installed is
