@@ -178,15 +178,8 @@ pub fn resolve_realm(flag: Option<&str>) -> String {
 }
 
 fn parse_sha1_hex(text: &str) -> Result<[u8; 20]> {
-    let bad = || Error::Usage(format!("--sha1 {text:?}: expected 40 hex digits"));
-    if text.len() != 40 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 20];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    crate::b2::parse_sha1_hex(text)
+        .ok_or_else(|| Error::Usage(format!("--sha1 {text:?}: expected 40 hex digits")))
 }
 
 pub fn run(args: GetArgs) -> Result<i32> {

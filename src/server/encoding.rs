@@ -1,56 +1,18 @@
 //! I/O-free text helpers of the server: URL percent-encoding as b2sdk does it,
 //! percent-decoding of paths and query strings, and the `Range` header parser.
 
-/// Percent-encodes like Python's `quote(s, safe='/')` (b2sdk `b2_url_encode`):
-/// keeps `A-Za-z0-9_.-~/`, writes every other byte as `%XX`, so `+` becomes
-/// `%2B` (clients decode with `unquote_plus`).
-pub fn b2_url_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &byte in text.as_bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b'~' | b'/') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
-}
+pub use crate::b2::b2_url_encode;
 
 /// Percent-decodes once. `plus_is_space` is for query strings (form encoding);
 /// paths keep `+` literally. Returns `None` for a malformed escape or bytes
 /// that are not UTF-8 (B2 names are UTF-8).
 pub fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' => {
-                let high = hex_value(*bytes.get(index + 1)?)?;
-                let low = hex_value(*bytes.get(index + 2)?)?;
-                out.push(high << 4 | low);
-                index += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                index += 1;
-            }
-            other => {
-                out.push(other);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    let decoded = if plus_is_space {
+        crate::b2::percent_decode_plus(text)
+    } else {
+        crate::b2::percent_decode(text)
+    };
+    String::from_utf8(decoded.ok()?).ok()
 }
 
 /// Splits a query string into decoded `(key, value)` pairs; malformed pairs
@@ -144,6 +106,10 @@ pub fn hex(bytes: &[u8]) -> String {
         out.push_str(&format!("{byte:02x}"));
     }
     out
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|digit| digit as u8)
 }
 
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
