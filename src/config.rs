@@ -20,6 +20,10 @@ pub const BUFFER_SIZE_BYTES_DEFAULT: usize = 1 << 20;
 /// download far under the 64 MiB RSS target and under 8 MiB × cores of memlock
 /// only when shrunk; see `uring::buffers` for the RLIMIT_MEMLOCK clamp.
 pub const BUFFERS_PER_CORE_DEFAULT: usize = 16;
+/// A quarter of each pool is reserved for the connection at the hash
+/// frontier: with one buffer it could only receive, write and hash in turn,
+/// and the whole download would crawl at that speed once the window fills.
+pub const HEAD_RESERVE_DIVISOR: usize = 4;
 /// Default keep-alive connections per core.
 pub const CONNECTIONS_PER_CORE_DEFAULT: usize = 4;
 /// Upper bounds on the tuning flags, so a typo cannot exhaust memory.

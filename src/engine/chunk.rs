@@ -414,6 +414,9 @@ fn submit_write(core: &Rc<Core>, mut buf: PoolBuf, offset: u64) {
         let aligned = data_len.next_multiple_of(DIRECT_IO_ALIGN_BYTES);
         buf.pad_to(aligned);
     }
+    // At the frontier, hash now: the frontier then moves on without waiting
+    // for the write, and other cores' parked buffers follow sooner.
+    let hashed = core.hash_if_at_frontier(offset, &buf.filled()[..data_len]);
     core.writes_in_flight.set(core.writes_in_flight.get() + 1);
     let core = Rc::clone(core);
     uring::spawn(async move {
@@ -421,6 +424,7 @@ fn submit_write(core: &Rc<Core>, mut buf: PoolBuf, offset: u64) {
         let (result, buf) = core.file.write_all_at(buf, offset).await;
         core.record(Stage::Write, started.elapsed());
         match result {
+            Ok(()) if hashed => drop(buf),
             Ok(()) => {
                 core.window.borrow_mut().insert(offset, buf, data_len);
                 core.drain_hashable();

@@ -132,6 +132,17 @@ impl Core {
         self.stats.borrow_mut().record(stage, elapsed);
     }
 
+    /// Hashes `data` if it starts at the frontier (a buffer just received,
+    /// before its write completes), then everything parked behind it.
+    pub fn hash_if_at_frontier(&self, offset: u64, data: &[u8]) -> bool {
+        if self.job.digest.frontier() != offset || !self.hash(offset, data) {
+            return false;
+        }
+        self.drain_hashable();
+        self.frontier_moved();
+        true
+    }
+
     /// Hashes every parked buffer that sits at the frontier, in order.
     pub fn drain_hashable(&self) {
         let mut advanced = false;
@@ -140,26 +151,34 @@ impl Core {
             let Some((offset, buf, data_len)) = self.window.borrow_mut().take_at(frontier) else {
                 break;
             };
-            let started = std::time::Instant::now();
-            let hashed = self
-                .job
-                .digest
-                .hash_if_next(offset, &buf.filled()[..data_len]);
+            let hashed = self.hash(offset, &buf.filled()[..data_len]);
             debug_assert!(hashed, "frontier moved under its owner");
-            self.record(Stage::Hash, started.elapsed());
-            self.job
-                .progress
-                .bytes_done
-                .fetch_add(data_len as u64, Ordering::Relaxed);
             drop(buf);
             advanced = true;
         }
         if advanced {
-            // Our own hasher task must see completion too, hence all cores.
-            self.job.digest.wake_all();
-            // A connection of ours may now be the head and allowed the reserve.
-            self.pool.wake_waiters();
+            self.frontier_moved();
         }
+    }
+
+    fn hash(&self, offset: u64, data: &[u8]) -> bool {
+        let started = std::time::Instant::now();
+        let hashed = self.job.digest.hash_if_next(offset, data);
+        if hashed {
+            self.record(Stage::Hash, started.elapsed());
+            self.job
+                .progress
+                .bytes_done
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        hashed
+    }
+
+    fn frontier_moved(&self) {
+        // Our own hasher task must see completion too, hence all cores.
+        self.job.digest.wake_all();
+        // A connection of ours may now be the head and allowed the reserve.
+        self.pool.wake_waiters();
     }
 }
 

@@ -6,7 +6,7 @@
 //! writes. Either way the fixed number of buffers *is* the backpressure: no free
 //! buffer means no receive.
 //!
-//! One buffer is held back for the connection that receives the lowest
+//! A few buffers are held back for the connection that receives the lowest
 //! unhashed offset of an object: in-order hashing releases buffers only after
 //! the bytes before them are hashed, so without the reserve, later chunks could
 //! hold every buffer while the first one starves (DESIGN.md field notes).
@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_uring::buf::fixed::{FixedBuf, FixedBufRegistry};
 use tokio_uring::buf::{IoBuf, IoBufMut};
 
-use crate::config::DIRECT_IO_ALIGN_BYTES;
+use crate::config::{DIRECT_IO_ALIGN_BYTES, HEAD_RESERVE_DIVISOR};
 
 /// A zero-initialised, page-aligned heap buffer. Its whole capacity is always
 /// initialised memory, so exposing it as `&mut [u8]` is sound.
@@ -108,6 +108,8 @@ struct PoolInner {
     free_indices: RefCell<Vec<u16>>,
     buffer_size_bytes: usize,
     buffer_count: usize,
+    /// Buffers only the connection at the hash frontier may take.
+    reserve_count: usize,
     returned: Notify,
 }
 
@@ -160,6 +162,7 @@ impl BufferPool {
             free_indices: RefCell::new((0..buffer_count as u16).rev().collect()),
             buffer_size_bytes,
             buffer_count,
+            reserve_count: (buffer_count / HEAD_RESERVE_DIVISOR).max(1),
             returned: Notify::new(),
         };
         (
@@ -182,11 +185,11 @@ impl BufferPool {
         self.inner.free_indices.borrow().len()
     }
 
-    /// Takes a buffer now if one is free. The last free buffer is the reserve:
-    /// only a caller that may use it gets it.
+    /// Takes a buffer now if one is free. The last `reserve_count` free
+    /// buffers are the reserve: only a caller that may use it gets them.
     pub fn try_take(&self, may_use_reserve: bool) -> Option<PoolBuf> {
         let mut free = self.inner.free_indices.borrow_mut();
-        if free.len() > 1 || (may_use_reserve && !free.is_empty()) {
+        if free.len() > self.inner.reserve_count || (may_use_reserve && !free.is_empty()) {
             let index = free.pop().expect("non-empty");
             drop(free);
             Some(self.check_out(index))
