@@ -722,7 +722,7 @@ fn corrupt_bodies_are_caught_by_sha1() {
     let fixture = Fixture::new(&[("c.bin", size)]);
     let mut recovered = 0;
     let mut refused = 0;
-    for seed in 1..=8 {
+    for seed in 1..=24 {
         let seed = seed.to_string();
         let served = serve(
             fixture.data.path(),
