@@ -57,9 +57,11 @@ pub struct TuningArgs {
     /// Keep-alive connections per core.
     #[arg(long, default_value_t = config::CONNECTIONS_PER_CORE_DEFAULT)]
     pub connections: usize,
-    /// Bytes per range request (e.g. 8M, 64MiB). Rounded up to a multiple of --buffer-size.
-    #[arg(long, value_parser = parse_size_bytes, default_value = "8MiB")]
-    pub part_size: u64,
+    /// Bytes per range request (e.g. 8M, 64MiB), rounded up to whole buffers.
+    /// Default: 8 MiB, or less so that every connection's part fits in the
+    /// buffer pool at once (the in-order hash window never starves).
+    #[arg(long, value_parser = parse_size_bytes)]
+    pub part_size: Option<u64>,
     /// Bytes per registered buffer (multiple of 4 KiB).
     #[arg(long, value_parser = parse_size_bytes, default_value = "1MiB")]
     pub buffer_size: u64,
@@ -123,7 +125,7 @@ impl TuningArgs {
                 config::BUFFERS_PER_CORE_MAX
             ));
         }
-        if self.part_size == 0 {
+        if self.part_size == Some(0) {
             return usage("--part-size must be positive".into());
         }
         if self.max_attempts == 0 {
@@ -133,7 +135,13 @@ impl TuningArgs {
             return usage("--timeout-s must be at least 1".into());
         }
         // Whole buffers per part keep every O_DIRECT write aligned.
-        let part_size_bytes = self.part_size.next_multiple_of(self.buffer_size);
+        let pool_per_connection_bytes =
+            (self.buffers as u64 * self.buffer_size) / self.connections as u64;
+        let part_size_bytes = self
+            .part_size
+            .unwrap_or_else(|| config::PART_SIZE_BYTES_DEFAULT.min(pool_per_connection_bytes))
+            .max(1)
+            .next_multiple_of(self.buffer_size);
         let pool_bytes = cores as u64 * self.buffers as u64 * self.buffer_size;
         let (register_buffers, notice) = match runtime::memlock_budget_bytes() {
             Some(budget) if pool_bytes > budget => (
