@@ -504,7 +504,7 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
 }
 
 /// Registered buffers need locked memory. Without CAP_IPC_LOCK and with a
-/// 64 KiB limit, registration is impossible: the download must fall back to
+/// 1 MiB limit (room for the rings, not for the pool), registration is impossible: the download must fall back to
 /// plain positional writes, say so once, and still be correct.
 #[test]
 fn memlock_fallback_without_cap_ipc_lock() {
@@ -524,7 +524,7 @@ fn memlock_fallback_without_cap_ipc_lock() {
     let dest = fixture.dest_str("m.bin");
     let output = Command::new("prlimit")
         .args([
-            "--memlock=65536:65536",
+            "--memlock=1048576:1048576",
             "setpriv",
             "--inh-caps=-ipc_lock",
             "--bounding-set=-ipc_lock",
@@ -555,7 +555,7 @@ fn memlock_fallback_without_cap_ipc_lock() {
     // With the capability, the same download registers its buffers.
     std::fs::remove_file(&dest).unwrap();
     let output = Command::new("prlimit")
-        .args(["--memlock=65536:65536"])
+        .args(["--memlock=1048576:1048576"])
         .arg(env!("CARGO_BIN_EXE_ringdown"))
         .args([
             "get",
