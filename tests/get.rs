@@ -95,6 +95,13 @@ fn assert_ok(output: &Output) {
     );
 }
 
+/// Exit code `code`, and stderr says `needle`.
+fn assert_exit(output: &Output, code: i32, needle: &str) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "{text}");
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
 /// No `.ringdown-*.part` left in `dir`.
 fn assert_no_temp(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -260,12 +267,7 @@ fn plain_url_origin_with_and_without_sha1() {
     let mut wrong_args = args.clone();
     wrong_args.extend(["--sha1", &wrong]);
     let output = ringdown(&served, &wrong_args);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("SHA1 mismatch"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 1, "SHA1 mismatch");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
     // The token is in the URL's query: it must never be printed.
@@ -341,32 +343,21 @@ fn exhausted_attempts_leave_nothing_behind() {
     args.extend_from_slice(SMALL_TUNING);
     let output = ringdown(&served, &args);
     // The probe itself meets the 503s: a clear error either way, exit 1.
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(stderr(&output).contains("503"), "{}", stderr(&output));
+    assert_exit(&output, 1, "503");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
 
     // Faults only on bodies: the probe passes, every chunk is cut, attempts run out.
     let served = serve(fixture.data.path(), true, &["--reset-rate", "1"]);
     let output = ringdown(&served, &args);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("after 3 attempts"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 1, "after 3 attempts");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
 
     // Every body corrupted: the mismatch is retried once, then refused loudly.
     let served = serve(fixture.data.path(), true, &["--corrupt-rate", "1"]);
     let output = ringdown(&served, &args);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("SHA1 mismatch"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 1, "SHA1 mismatch");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
 }
@@ -404,12 +395,7 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         .env("B2_APPLICATION_KEY_ID", &served.key_id)
         .env("B2_APPLICATION_KEY", "wrong-secret-value");
     let output = run_bounded(command);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("B2_APPLICATION_KEY"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 3, "B2_APPLICATION_KEY");
     assert!(!stderr(&output).contains("wrong-secret-value"));
 
     // Untrusted CA: exit 3 and the message names --ca-file.
@@ -419,8 +405,7 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         .env("B2_APPLICATION_KEY", &served.key)
         .env_remove("SSL_CERT_FILE")
         .run_bounded();
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(stderr(&output).contains("--ca-file"), "{}", stderr(&output));
+    assert_exit(&output, 3, "--ca-file");
 
     // SSL_CERT_FILE is honoured as the trust store.
     let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
@@ -434,19 +419,13 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     // DEST exists: exit 2 without --force, file untouched.
     std::fs::write(&dest, b"keep me").unwrap();
     let output = ringdown(&served, &["b2://bkt/a.bin", &dest]);
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("--force"), "{}", stderr(&output));
+    assert_exit(&output, 2, "--force");
     assert_eq!(std::fs::read(&dest).unwrap(), b"keep me");
 
     // DEST's directory missing: exit 2.
     let missing = fixture.out.path().join("no/such/dir/a.bin");
     let output = ringdown(&served, &["b2://bkt/a.bin", missing.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("does not exist"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 2, "does not exist");
 
     // No credentials: exit 2 before any network I/O.
     let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
@@ -472,19 +451,9 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
             "3X",
         ],
     );
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("unknown unit"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 2, "unknown unit");
     let output = ringdown(&served, &["b2://bkt", &fixture.dest_str("n.bin")]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("b2://BUCKET/NAME"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 2, "b2://BUCKET/NAME");
     // Unreadable CA file: exit 2.
     let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
         .args([
