@@ -304,18 +304,22 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
             core.writes_drained.notified().await;
         }
         core.drain_hashable();
-        if !job.digest.is_complete() && !job.is_aborted() {
-            // Our connections are done; other cores still hash. Wait for them.
-        }
+        // Our connections are done; the hasher ends once every core's parked
+        // buffers are hashed (or the job aborted).
         let _ = hasher.await;
         let _ = watcher.await;
         core.window.borrow_mut().clear();
-        let stages = core.stats.borrow().clone();
-        Ok(CoreReport {
-            stages,
+        let report = CoreReport {
+            stages: core.stats.borrow().clone(),
             retries: core.retries.get(),
             registration,
-        })
+        };
+        // Close our descriptor on the ring before the runtime goes away; every
+        // task holding the core has ended, so we are its only owner.
+        if let Ok(core) = Rc::try_unwrap(core) {
+            let _ = core.file.close().await;
+        }
+        Ok(report)
     })
 }
 
