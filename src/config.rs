@@ -74,3 +74,18 @@ pub const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
 pub const HTTP_CHUNK_SIZE_LINE_MAX_BYTES: usize = 4 * 1024;
 /// Largest trailer section of a chunked body (skipped, never stored).
 pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;
+
+/// Names per `b2_list_file_names` page (B2's maximum; billed per 1000).
+pub const LIST_PAGE_FILES_MAX: u32 = 10_000;
+/// Listed entries waiting between the listing thread and the scheduler. The
+/// listing blocks when it is full, so memory does not grow with the bucket
+/// (one page in flight plus this many entries).
+pub const LIST_QUEUE_ENTRIES: usize = 4_096;
+/// Small-object jobs waiting for a connection, per core.
+pub const OBJECT_QUEUE_JOBS_PER_CORE: usize = 64;
+/// Large objects waiting for the whole-engine download thread.
+pub const LARGE_OBJECT_QUEUE_JOBS: usize = 2;
+/// Failed names printed in the summary (the rest are in `--report`).
+pub const SUMMARY_FAILED_NAMES_SHOWN: usize = 20;
+/// Bytes read per step when hashing an existing local file (`--skip-existing`).
+pub const LOCAL_HASH_READ_BYTES: usize = 1 << 20;

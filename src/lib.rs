@@ -10,6 +10,7 @@ pub mod error;
 pub mod get;
 pub mod http;
 pub mod plan;
+pub mod restore;
 pub mod runtime;
 pub mod server;
 pub mod stats;

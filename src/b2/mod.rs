@@ -27,8 +27,8 @@ fn hex20(s: &str) -> Option<[u8; 20]> {
         return None;
     }
     let mut out = [0u8; 20];
-    for i in 0..20 {
-        out[i] = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
 }
@@ -70,6 +70,7 @@ pub fn parse_error_body(body: &[u8]) -> Option<ErrorBody> {
     })
 }
 pub struct Authorized {
+    pub account_id: Option<String>,
     pub authorization_token: String,
     pub api_url: String,
     pub download_url: String,
@@ -79,6 +80,7 @@ pub fn parse_authorize(body: &[u8]) -> Result<Authorized, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let s = &v["apiInfo"]["storageApi"];
     Ok(Authorized {
+        account_id: v["accountId"].as_str().map(str::to_string),
         authorization_token: v["authorizationToken"]
             .as_str()
             .ok_or("no authorizationToken")?

@@ -235,11 +235,8 @@ impl Connection {
                 }
             }
         }
-        let length = match head.content_length {
-            Some(length) => length,
-            // Delimited by close (HTTP/1.0 style): read until EOF, bounded.
-            None => u64::MAX,
-        };
+        // No length: delimited by close (HTTP/1.0 style), read until EOF, bounded.
+        let length = head.content_length.unwrap_or(u64::MAX);
         let mut body = Vec::new();
         while (body.len() as u64) < length {
             if self.leftover_start == self.leftover.len() {

@@ -4,6 +4,7 @@
 //! baton (see `verify`), progress counters, and merging stats at the end.
 
 mod chunk;
+pub mod objects;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, OwnedFd};

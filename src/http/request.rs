@@ -233,6 +233,7 @@ mod tests {
 
     #[test]
     fn injection_and_bad_input_are_refused_and_leave_out_untouched() {
+        #[allow(clippy::type_complexity)]
         let cases: Vec<(&str, &str, &str, Option<(u64, u64)>, Vec<(&str, &str)>)> = vec![
             ("GET", "h", "/a\r\nX-Evil: 1", None, vec![]),
             ("GET", "h", "/a b", None, vec![]),

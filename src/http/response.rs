@@ -216,10 +216,8 @@ fn build_head(
                     unsatisfied_range_complete_length = Some(complete_length)
                 }
             },
-            "retry-after" => {
-                if retry_after_s.is_none() {
-                    retry_after_s = self::retry_after_s(&value, now_unix_s);
-                }
+            "retry-after" if retry_after_s.is_none() => {
+                retry_after_s = self::retry_after_s(&value, now_unix_s);
             }
             _ => {}
         }
