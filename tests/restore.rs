@@ -566,3 +566,130 @@ fn usage_errors_exit_2_before_any_network() {
     assert_eq!(run_bounded(no_key).status.code(), Some(2));
     assert!(!out.path().join("d").exists());
 }
+
+#[test]
+fn corrupted_bodies_are_downloaded_again_and_never_land_under_their_name() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..60 {
+        let name = format!("c/{i:02}");
+        let bytes = content(&name, 3000 + i * 101);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let served = serve(data.path(), true, &["--corrupt-rate", "0.2", "--seed", "3"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let report = out.path().join("report.jsonl");
+    let stats = out.path().join("stats.json");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--report",
+            report.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let lines = report_lines(&report);
+    assert_eq!(lines.len(), objects.len());
+    let mut failed = 0;
+    for line in &lines {
+        let name = line["name"].as_str().unwrap();
+        match line["status"].as_str().unwrap() {
+            "ok" => assert_eq!(std::fs::read(dir.join(name)).unwrap(), objects[name]),
+            "failed" => {
+                failed += 1;
+                assert!(
+                    line["reason"].as_str().unwrap().contains("SHA1 mismatch"),
+                    "{line}"
+                );
+                assert!(
+                    !dir.join(name).exists(),
+                    "{name}: a wrong file under its name"
+                );
+            }
+            other => panic!("{name}: {other}"),
+        }
+    }
+    let expected_code = if failed == 0 { 0 } else { 1 };
+    assert_eq!(
+        output.status.code(),
+        Some(expected_code),
+        "{}",
+        stderr(&output)
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(
+        stats["retries"].as_u64().unwrap() > 0,
+        "the corrupt objects were fetched again"
+    );
+}
+
+#[test]
+fn slurm_array_script_runs_every_task_and_covers_the_bucket() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..40 {
+        let name = format!("set/{i}");
+        let bytes = content(&name, 500 + i);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("dest");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm-array.sh");
+    // The array 3-6 (four tasks): K = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN.
+    let tasks: Vec<_> = (3..7)
+        .map(|task| {
+            let mut command = Command::new("bash");
+            command
+                .arg(&script)
+                .env("SOURCE", "b2://bkt/set")
+                .env("DEST", &dest)
+                .env("RINGDOWN", env!("CARGO_BIN_EXE_ringdown"))
+                .env("B2_REALM", &served.realm)
+                .env("B2_APPLICATION_KEY_ID", &served.key_id)
+                .env("B2_APPLICATION_KEY", &served.key)
+                .env("SLURM_ARRAY_TASK_ID", task.to_string())
+                .env("SLURM_ARRAY_TASK_MIN", "3")
+                .env("SLURM_ARRAY_TASK_COUNT", "4")
+                .env("SLURM_CPUS_PER_TASK", "1")
+                .env_remove("JOB_COMPLETION_INDEX");
+            std::thread::spawn(move || run_bounded(command))
+        })
+        .collect();
+    for task in tasks {
+        let output = task.join().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    let restored: BTreeSet<String> = files_under(&dest)
+        .into_iter()
+        .filter(|name| !name.starts_with(".ringdown-"))
+        .collect();
+    let expected: BTreeSet<String> = objects
+        .keys()
+        .map(|name| name.strip_prefix("set/").unwrap().to_string())
+        .collect();
+    assert_eq!(restored, expected);
+    for (name, bytes) in &objects {
+        assert_eq!(
+            &std::fs::read(dest.join(name.strip_prefix("set/").unwrap())).unwrap(),
+            bytes
+        );
+    }
+    // One report per task; together they name every object once.
+    let mut reported = BTreeSet::new();
+    for task in 3..7 {
+        for line in report_lines(&dest.join(format!(".ringdown-report-{task}.jsonl"))) {
+            assert!(reported.insert(line["name"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(reported, objects.keys().cloned().collect());
+}

@@ -1,6 +1,7 @@
 //! Flags and environment → configuration. No I/O beyond reading the
 //! environment; the commands themselves live in the library.
 
+pub mod demo;
 pub mod get;
 pub mod restore;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Get(get::GetArgs),
     /// Restore a bucket or folder (b2://BUCKET[/PREFIX]) into a directory, verified and resumable.
     Restore(restore::RestoreArgs),
+    /// Generate a bucket, serve it locally over TLS, restore it and verify it (no network needed).
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -40,5 +43,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Serve(args) => crate::server::run(args).map(|()| 0),
         Command::Get(args) => get::run(args),
         Command::Restore(args) => restore::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

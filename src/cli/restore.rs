@@ -71,7 +71,12 @@ pub fn parse_source(text: &str) -> Result<(String, String)> {
     Ok((bucket.to_string(), prefix.to_string()))
 }
 
-pub fn options_from(args: &RestoreArgs) -> Result<(RestoreOptions, Option<String>)> {
+/// Resolves flags and environment. `credentials` overrides the
+/// `B2_APPLICATION_KEY_ID`/`B2_APPLICATION_KEY` variables (used by `demo`).
+pub fn options_from(
+    args: &RestoreArgs,
+    credentials: Option<(String, String)>,
+) -> Result<(RestoreOptions, Option<String>)> {
     let (bucket, prefix) = parse_source(&args.source)?;
     let (engine, memlock_notice) = args.tuning.engine_config()?;
     let filter = NameFilter::new(&args.include, &args.exclude).map_err(Error::Usage)?;
@@ -79,10 +84,15 @@ pub fn options_from(args: &RestoreArgs) -> Result<(RestoreOptions, Option<String
     let shard =
         Shard::resolve(args.shard.as_deref(), args.shard_count, &env).map_err(Error::Usage)?;
     let credential = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let (Some(key_id), Some(key)) = (
-        credential("B2_APPLICATION_KEY_ID"),
-        credential("B2_APPLICATION_KEY"),
-    ) else {
+    let (Some(key_id), Some(key)) = credentials
+        .map(|(id, key)| (Some(id), Some(key)))
+        .unwrap_or_else(|| {
+            (
+                credential("B2_APPLICATION_KEY_ID"),
+                credential("B2_APPLICATION_KEY"),
+            )
+        })
+    else {
         return Err(Error::Usage(
             "no B2 credentials: set B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY".into(),
         ));
@@ -116,7 +126,12 @@ pub fn options_from(args: &RestoreArgs) -> Result<(RestoreOptions, Option<String
 }
 
 pub fn run(args: RestoreArgs) -> Result<i32> {
-    let (options, memlock_notice) = options_from(&args)?;
+    run_with(args, None)
+}
+
+/// `run` with explicit credentials (the demo's own server).
+pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Result<i32> {
+    let (options, memlock_notice) = options_from(&args, credentials)?;
     if let Some(notice) = &memlock_notice {
         if !args.quiet {
             eprintln!("ringdown: note: {notice}");

@@ -21,7 +21,9 @@ use super::{EngineConfig, Progress};
 use crate::b2::{ErrorClass, classify};
 use crate::client::b2_api::Authorizer;
 use crate::client::conn::{ConnError, Connection, Origin};
-use crate::config::{ERROR_BODY_MAX_BYTES, OBJECT_QUEUE_JOBS_PER_CORE};
+use crate::config::{
+    ERROR_BODY_MAX_BYTES, OBJECT_QUEUE_JOBS_PER_CORE, OBJECT_REDOWNLOADS_ON_MISMATCH,
+};
 use crate::error::{Error, Result};
 use crate::http::{self, ResponseHead};
 use crate::stats::{Stage, StageHistograms};
@@ -44,6 +46,9 @@ pub struct ObjectJob {
     /// Every response must carry this `x-bz-file-id`.
     pub expect_file_id: Option<String>,
     pub size_bytes: u64,
+    /// The published digest, if any: a mismatch downloads the object again
+    /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before it is reported.
+    pub expected_sha1: Option<[u8; 20]>,
     /// The destination, opened for writing; closed by the pool.
     pub file: OwnedFd,
     /// Runs on the core thread once the object is written (or failed).
@@ -130,11 +135,13 @@ impl ObjectPool {
         })
     }
 
-    /// Queues a job, waiting while the queue is full. Returns the job back if
-    /// the pool has stopped.
-    pub fn submit(&self, job: ObjectJob) -> std::result::Result<(), ObjectJob> {
+    /// Queues a job, waiting while the queue is full. Fails (dropping the
+    /// job, whose partial file the caller removes) if every core has exited.
+    pub fn submit(&self, job: ObjectJob) -> Result<()> {
         let sender = self.sender.as_ref().expect("pool is running");
-        sender.blocking_send(job).map_err(|error| error.0)
+        sender
+            .blocking_send(job)
+            .map_err(|_| Error::Fatal("every core of the object pool has stopped".into()))
     }
 
     /// Jobs still queued are failed with "stopped"; running ones finish.
@@ -321,6 +328,7 @@ async fn download_object(
     };
     let mut attempt = 0u32;
     let mut reauthorized = false;
+    let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
     let result = loop {
         if job.size_bytes == 0 {
             // An empty object has nothing to fetch: its digest is SHA1("").
@@ -328,7 +336,23 @@ async fn download_object(
         }
         attempt += 1;
         let failure = match attempt_object(core, connection, job, &file, &mut received).await {
-            Ok(()) => break Ok(()),
+            Ok(()) => {
+                let mismatch = job.expected_sha1.is_some_and(|expected| {
+                    expected != <[u8; 20]>::from(received.hasher.clone().finalize())
+                });
+                if mismatch && redownloads_left > 0 {
+                    // The same offsets are written again; the size is unchanged.
+                    redownloads_left -= 1;
+                    received = Received {
+                        bytes: 0,
+                        hasher: Sha1::new(),
+                    };
+                    core.retries.set(core.retries.get() + 1);
+                    core.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                break Ok(());
+            }
             Err(failure) => failure,
         };
         if let Some(connection) = connection.take() {

@@ -717,6 +717,10 @@ fn schedule(
         display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
         expect_file_id: task.entry.file_id.clone(),
         size_bytes: task.entry.size_bytes,
+        expected_sha1: match task.entry.expected {
+            ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
+            ExpectedSha1::None => None,
+        },
         file: engine_file,
         done: {
             let run = Arc::clone(run);
@@ -728,9 +732,8 @@ fn schedule(
             })
         },
     };
-    if let Err(job) = pool.submit(job) {
-        drop(job);
-        run.fail_run(Error::Fatal("the object pool stopped".into()));
+    if let Err(error) = pool.submit(job) {
+        run.fail_run(error);
     }
 }
 
