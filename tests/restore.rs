@@ -693,3 +693,67 @@ fn slurm_array_script_runs_every_task_and_covers_the_bucket() {
     }
     assert_eq!(reported, objects.keys().cloned().collect());
 }
+
+/// Range requests the server answered for `name`, from the access log.
+fn range_requests(data: &Path, name: &str) -> usize {
+    let text = std::fs::read_to_string(data.join("access.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["name"] == name && record["status"] == 206)
+        .count()
+}
+
+#[test]
+fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let size = 64 * 65536 + 1000; // 65 chunks of 64 KiB
+    let bytes = content("large", size);
+    write_file(&bkt, "large.bin", &bytes);
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let journal = dir.join(".ringdown/journal-0-of-1");
+    let mut child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journaled = |text: &str| {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("chunk\t"))
+            .filter_map(|rest| rest.rsplit('\t').next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journaled(&std::fs::read_to_string(&journal).unwrap_or_default()) < 16 * 65536 {
+        assert!(Instant::now() < deadline, "no chunk was journaled");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = journaled(&std::fs::read_to_string(&journal).unwrap());
+    assert!(done < size as u64, "killed too late");
+    // Responses in flight at the kill are logged when the server gives up on them.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = range_requests(data.path(), "large.bin");
+    let output = restore(&served, &["b2://bkt"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("resuming at byte"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(std::fs::read(dir.join("large.bin")).unwrap() == bytes);
+    let again = range_requests(data.path(), "large.bin") - before;
+    let chunks_left = (size as u64 - done).div_ceil(65536) as usize;
+    assert!(
+        again <= chunks_left,
+        "{again} range requests after the kill; only {chunks_left} chunks were missing"
+    );
+}

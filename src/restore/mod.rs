@@ -220,6 +220,10 @@ impl Run {
 /// One file being restored: where it goes and what it must hash to.
 struct FileTask {
     entry: ListEntry,
+    /// Journal key: `fileId\tsize`.
+    key: String,
+    /// Large objects: bytes an earlier run left in the partial file.
+    resume_bytes: Option<u64>,
     parent: OwnedFd,
     leaf: String,
     display_path: String,
@@ -417,7 +421,7 @@ impl Restore {
             if fatal.is_none() && tally.failed == 0 && tally.refused == 0 {
                 target.remove_state();
             } else {
-                target.remove_partials();
+                target.remove_all_partials();
             }
         }
         Ok(RestoreReport {
@@ -664,36 +668,50 @@ fn schedule(
         Err(PathError::Refused(reason)) => return refuse(reason),
         Err(PathError::Failed(error)) => return run.fail_run(error),
     };
-    let temp_name = target.temp_name();
     let is_large = entry.size_bytes >= options.engine.part_size_bytes;
     let direct = if is_large {
         options.direct_io
     } else {
         DirectIo::Off
     };
-    let (file, direct_io) =
-        match crate::get::create_temp(&target.partial, &temp_name, entry.size_bytes, direct) {
-            Ok(created) => created,
-            Err(error @ Error::Fatal(_)) => return run.fail_run(error),
-            Err(error) => {
-                run.reporter.record(FileRecord {
-                    name: &entry.name,
-                    path: Some(display_path),
-                    bytes: entry.size_bytes,
-                    sha1: None,
-                    expected: &entry.expected,
-                    verified: false,
-                    attempts: 0,
-                    status: Status::Failed,
-                    reason: Some(error.to_string()),
-                });
-                return;
-            }
-        };
+    let resume_bytes = if is_large {
+        target.resumable_bytes(&key)
+    } else {
+        None
+    };
+    let temp_name = if is_large {
+        target.large_temp_name(&key)
+    } else {
+        target.temp_name()
+    };
+    let created = match resume_bytes {
+        Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
+        None => crate::get::create_temp(&target.partial, &temp_name, entry.size_bytes, direct),
+    };
+    let (file, direct_io) = match created {
+        Ok(created) => created,
+        Err(error @ Error::Fatal(_)) => return run.fail_run(error),
+        Err(error) => {
+            run.reporter.record(FileRecord {
+                name: &entry.name,
+                path: Some(display_path),
+                bytes: entry.size_bytes,
+                sha1: None,
+                expected: &entry.expected,
+                verified: false,
+                attempts: 0,
+                status: Status::Failed,
+                reason: Some(error.to_string()),
+            });
+            return;
+        }
+    };
     if direct_io {
         run.direct_io_used.store(true, Ordering::Relaxed);
     }
     let task = FileTask {
+        key,
+        resume_bytes,
         leaf: leaf[0].to_string(),
         entry,
         parent,
@@ -798,14 +816,46 @@ fn large_loop(
         let direct = rustix::fs::fcntl_getfl(&task.file)
             .map(|flags| flags.contains(rustix::fs::OFlags::DIRECT))
             .unwrap_or(false);
-        let outcome = engine::download(
-            &run.options.engine,
-            &source,
-            task.entry.size_bytes,
-            &task.file,
-            direct,
-            Arc::clone(&progress),
-        );
+        let part_size_bytes = run.options.engine.part_size_bytes;
+        let resume = task
+            .resume_bytes
+            .map(|bytes| bytes / part_size_bytes * part_size_bytes)
+            .filter(|&bytes| bytes > 0 && bytes <= task.entry.size_bytes)
+            .and_then(|bytes| hash_prefix(run.target(), &task.temp_name, bytes));
+        let resumed_from = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
+        if resumed_from > 0 && !run.reporter.quiet {
+            eprintln!(
+                "ringdown: {}: resuming at byte {resumed_from} of {} (journal)",
+                task.entry.name, task.entry.size_bytes
+            );
+        }
+        // The object's own counter: its hash frontier is what is on disk.
+        let object_progress = Arc::new(Progress::default());
+        let finished = AtomicBool::new(false);
+        let outcome = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                journal_chunks(
+                    run,
+                    &task.key,
+                    resumed_from,
+                    part_size_bytes,
+                    &object_progress,
+                    &progress,
+                    &finished,
+                )
+            });
+            let outcome = engine::download_resumed(
+                &run.options.engine,
+                &source,
+                task.entry.size_bytes,
+                &task.file,
+                direct,
+                Arc::clone(&object_progress),
+                resume,
+            );
+            finished.store(true, Ordering::Release);
+            outcome
+        });
         let sha1 = match outcome {
             Ok(outcome) => {
                 stages.merge(&outcome.stages);
@@ -838,6 +888,74 @@ fn large_loop(
         finish_file(run, task, sha1, 1);
     }
     (stages, notices, registered)
+}
+
+/// Re-hashes `[0, bytes)` of a partial file left by an earlier run.
+fn hash_prefix(target: &Target, temp_name: &str, bytes: u64) -> Option<engine::Resume> {
+    use sha1::{Digest, Sha1};
+    use std::io::Read;
+    let fd = rustix::fs::openat(
+        &target.partial,
+        temp_name,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut file = std::fs::File::from(fd).take(bytes);
+    let mut sha1 = Sha1::new();
+    let mut buffer = vec![0u8; LOCAL_HASH_READ_BYTES];
+    let mut hashed = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                sha1.update(&buffer[..n]);
+                hashed += n as u64;
+            }
+            Err(_) => return None,
+        }
+    }
+    (hashed == bytes).then_some(engine::Resume {
+        offset_bytes: bytes,
+        sha1,
+    })
+}
+
+/// While a large object downloads: a journal line each time its hashed (so
+/// written) prefix crosses a chunk boundary, and the run's progress counters.
+fn journal_chunks(
+    run: &Run,
+    key: &str,
+    resumed_from: u64,
+    part_size_bytes: u64,
+    object: &Progress,
+    total: &Progress,
+    finished: &AtomicBool,
+) {
+    let mut journaled = resumed_from;
+    let mut counted = 0u64;
+    loop {
+        let done = finished.load(Ordering::Acquire);
+        let bytes = object.bytes_done.load(Ordering::Relaxed);
+        total
+            .bytes_done
+            .fetch_add(bytes - counted, Ordering::Relaxed);
+        counted = bytes;
+        let boundary = (resumed_from + bytes) / part_size_bytes * part_size_bytes;
+        if boundary > journaled {
+            if run.target().journal_chunks(key, boundary).is_err() {
+                return;
+            }
+            journaled = boundary;
+        }
+        if done {
+            total
+                .retries
+                .fetch_add(object.retries.load(Ordering::Relaxed), Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Verify → mtime → rename → journal → report. Runs on the thread that
@@ -932,11 +1050,7 @@ fn finish_file(
             return;
         }
     }
-    let key = target::journal_key(
-        entry.file_id.as_deref().unwrap_or(&entry.name),
-        entry.size_bytes,
-    );
-    if let Err(error) = target.journal_completed(&key) {
+    if let Err(error) = target.journal_completed(&task.key) {
         run.fail_run(error);
     }
     let reason = (!verified).then(|| "no published SHA1 (unverified)".to_string());

@@ -5,7 +5,7 @@
 //! Nothing here follows a symlink inside DIR: a symlinked parent gets the
 //! name refused; a symlink at a final path is replaced by `renameat`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -37,6 +37,9 @@ pub struct Target {
     journal: Mutex<std::fs::File>,
     /// `fileId\tsize` of files completed by an earlier run.
     completed: HashSet<String>,
+    /// Large objects an earlier run left half done: key → bytes on disk
+    /// (a chunk boundary), whose partial file still exists.
+    resumable: HashMap<String, u64>,
     shard_tag: String,
     temp_counter: AtomicU64,
     temp_salt: u64,
@@ -62,6 +65,14 @@ fn mkdir_and_open(dir: impl AsFd + Copy, name: &str) -> std::result::Result<Owne
         Err(error) => return Err(error),
     }
     open_dir_beneath(dir, name)
+}
+
+/// `<shard 4 hex><12 hex of SHA-1(key)>.part`.
+fn large_temp_name(shard_tag: &str, key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(key.as_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{shard_tag}{hex}.part")
 }
 
 /// The journal key of a completed file.
@@ -120,13 +131,26 @@ impl Target {
             .map_err(|error| Error::io(format!("reading {state_context}/{journal_name}"), error))?;
         // Only whole lines count: a line cut by a kill is ignored.
         let mut completed = HashSet::new();
+        let mut chunks: HashMap<String, u64> = HashMap::new();
         for line in text
             .split_inclusive('\n')
             .filter(|line| line.ends_with('\n'))
         {
-            if let Some(rest) = line.trim_end_matches('\n').strip_prefix("ok\t") {
+            let line = line.trim_end_matches('\n');
+            if let Some(rest) = line.strip_prefix("ok\t") {
                 completed.insert(rest.to_string());
+            } else if let Some((key, bytes)) = line
+                .strip_prefix("chunk\t")
+                .and_then(|rest| rest.rsplit_once('\t'))
+            {
+                if let Ok(bytes) = bytes.parse::<u64>() {
+                    let entry = chunks.entry(key.to_string()).or_insert(0);
+                    *entry = (*entry).max(bytes);
+                }
             }
+        }
+        for key in &completed {
+            chunks.remove(key);
         }
         let temp_salt = {
             use std::hash::{BuildHasher, Hasher};
@@ -134,6 +158,22 @@ impl Target {
             hasher.write_u32(std::process::id());
             hasher.finish()
         };
+        let shard_tag = format!("{:04x}", shard.index & 0xffff);
+        // A half-done large object resumes only if its partial file survived.
+        let resumable = chunks
+            .into_iter()
+            .filter(|(key, _)| {
+                rustix::fs::statat(
+                    &partial,
+                    large_temp_name(&shard_tag, key),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .is_ok_and(|stat| {
+                    rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                        == rustix::fs::FileType::RegularFile
+                })
+            })
+            .collect();
         let target = Target {
             root_path: root_path.to_path_buf(),
             root,
@@ -142,7 +182,8 @@ impl Target {
             journal_name,
             journal: Mutex::new(journal),
             completed,
-            shard_tag: format!("{:04x}", shard.index & 0xffff),
+            resumable,
+            shard_tag,
             temp_counter: AtomicU64::new(0),
             temp_salt,
         };
@@ -158,11 +199,29 @@ impl Target {
     /// Appends one completed file to the journal (one `write`, so a kill
     /// leaves at most a cut last line, which the next run ignores).
     pub fn journal_completed(&self, key: &str) -> Result<()> {
-        let line = format!("ok\t{key}\n");
+        self.journal_line(&format!("ok\t{key}\n"))
+    }
+
+    /// Records that `[0, bytes)` of a large object is written to its partial file.
+    pub fn journal_chunks(&self, key: &str, bytes: u64) -> Result<()> {
+        self.journal_line(&format!("chunk\t{key}\t{bytes}\n"))
+    }
+
+    fn journal_line(&self, line: &str) -> Result<()> {
         let mut journal = self.journal.lock().expect("journal lock");
         journal
             .write_all(line.as_bytes())
             .map_err(|error| Error::io("appending to the journal", error))
+    }
+
+    /// Bytes of a large object an earlier run left in its partial file.
+    pub fn resumable_bytes(&self, key: &str) -> Option<u64> {
+        self.resumable.get(key).copied()
+    }
+
+    /// The stable partial name of a large object (so a rerun finds it).
+    pub fn large_temp_name(&self, key: &str) -> String {
+        large_temp_name(&self.shard_tag, key)
     }
 
     /// `<shard 4 hex><12 hex>.part`: short, unique, and tagged with the shard
@@ -256,12 +315,53 @@ impl Target {
         })
     }
 
+    /// Reopens a partial file an earlier run left (no O_EXCL, no truncation).
+    pub fn open_partial(&self, temp_name: &str, want_direct: bool) -> Result<(OwnedFd, bool)> {
+        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let open = |flags| rustix::fs::openat(&self.partial, temp_name, flags, Mode::empty());
+        if want_direct {
+            if let Ok(fd) = open(flags | OFlags::DIRECT) {
+                return Ok((fd, true));
+            }
+        }
+        open(flags)
+            .map(|fd| (fd, false))
+            .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
+    }
+
     pub fn unlink_partial(&self, temp_name: &str) {
         let _ = rustix::fs::unlinkat(&self.partial, temp_name, AtFlags::empty());
     }
 
     /// Removes this shard's partial files.
     pub fn remove_partials(&self) {
+        let Ok(dir_fd) = self.partial.try_clone() else {
+            return;
+        };
+        let Ok(mut dir) = rustix::fs::Dir::new(dir_fd) else {
+            return;
+        };
+        let keep: HashSet<String> = self
+            .resumable
+            .keys()
+            .map(|key| self.large_temp_name(key))
+            .collect();
+        let mut names = Vec::new();
+        while let Some(Ok(entry)) = dir.next() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.shard_tag) && name.ends_with(".part") && !keep.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+        for name in names {
+            self.unlink_partial(&name);
+        }
+    }
+
+    /// Exit 1: partial files go, resumable ones too (CONVENTIONS.md); the
+    /// journal stays so completed files are skipped next time.
+    pub fn remove_all_partials(&self) {
         let Ok(dir_fd) = self.partial.try_clone() else {
             return;
         };
@@ -282,7 +382,7 @@ impl Target {
 
     /// Exit 0: the journal and (when no other shard uses it) `.ringdown/` go.
     pub fn remove_state(&self) {
-        self.remove_partials();
+        self.remove_all_partials();
         let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
         let _ = rustix::fs::unlinkat(&self.state, PARTIAL_DIR_NAME, AtFlags::REMOVEDIR);
         let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
