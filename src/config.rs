@@ -81,8 +81,12 @@ pub const LIST_PAGE_FILES_MAX: u32 = 10_000;
 /// listing blocks when it is full, so memory does not grow with the bucket
 /// (one page in flight plus this many entries).
 pub const LIST_QUEUE_ENTRIES: usize = 4_096;
-/// Small-object jobs waiting for a connection, per core.
-pub const OBJECT_QUEUE_JOBS_PER_CORE: usize = 64;
+/// Small-object jobs waiting for a connection, per core. Each queued job
+/// holds two descriptors (its partial file and its parent directory).
+pub const OBJECT_QUEUE_JOBS_PER_CORE: usize = 16;
+/// Cap on queued small-object jobs whatever the core count, so descriptors
+/// stay far below a 1024 RLIMIT_NOFILE (raised to the hard limit at start).
+pub const OBJECT_QUEUE_JOBS_MAX: usize = 256;
 /// Large objects waiting for the whole-engine download thread.
 pub const LARGE_OBJECT_QUEUE_JOBS: usize = 2;
 /// Failed names printed in the summary (the rest are in `--report`).

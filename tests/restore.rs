@@ -316,6 +316,8 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     write_file(&bkt, "empty-dir/.bzEmpty", b"");
     write_file(&bkt, "link/escape.txt", b"must not land outside");
     write_file(&bkt, "replace-me", b"a regular file replaces the symlink");
+    write_file(&bkt, "clash-file", b"a directory is in the way");
+    write_file(&bkt, "clash-dir/inner", b"a file is in the way");
     let served = serve(data.path(), false, &[]);
     let out = tempfile::tempdir().unwrap();
     let outside = out.path().join("outside");
@@ -325,6 +327,8 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
     std::os::unix::fs::symlink(outside.join("victim"), dir.join("replace-me")).unwrap();
+    std::fs::create_dir(dir.join("clash-file")).unwrap();
+    std::fs::write(dir.join("clash-dir"), b"local file").unwrap();
     let report = out.path().join("report.jsonl");
     let output = restore(
         &served,
@@ -360,6 +364,10 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     assert_eq!(status("link/escape.txt").as_deref(), Some("refused"));
     assert_eq!(status("good.txt").as_deref(), Some("ok"));
     assert_eq!(status("replace-me").as_deref(), Some("ok"));
+    assert_eq!(status("clash-file").as_deref(), Some("refused"));
+    assert_eq!(status("clash-dir/inner").as_deref(), Some("refused"));
+    assert!(dir.join("clash-file").is_dir());
+    assert_eq!(std::fs::read(dir.join("clash-dir")).unwrap(), b"local file");
     // Exit 1 keeps the journal (for a rerun) and removes partial files.
     let journal = std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1")).unwrap();
     assert_eq!(journal.lines().count(), 2, "{journal}");

@@ -22,7 +22,8 @@ use crate::b2::{ErrorClass, classify};
 use crate::client::b2_api::Authorizer;
 use crate::client::conn::{ConnError, Connection, Origin};
 use crate::config::{
-    ERROR_BODY_MAX_BYTES, OBJECT_QUEUE_JOBS_PER_CORE, OBJECT_REDOWNLOADS_ON_MISMATCH,
+    ERROR_BODY_MAX_BYTES, OBJECT_QUEUE_JOBS_MAX, OBJECT_QUEUE_JOBS_PER_CORE,
+    OBJECT_REDOWNLOADS_ON_MISMATCH,
 };
 use crate::error::{Error, Result};
 use crate::http::{self, ResponseHead};
@@ -110,7 +111,9 @@ impl ObjectPool {
         progress: Arc<Progress>,
     ) -> Result<ObjectPool> {
         let cores = config.cores.max(1);
-        let (sender, receiver) = tokio::sync::mpsc::channel(cores * OBJECT_QUEUE_JOBS_PER_CORE);
+        let (sender, receiver) = tokio::sync::mpsc::channel(
+            (cores * OBJECT_QUEUE_JOBS_PER_CORE).min(OBJECT_QUEUE_JOBS_MAX),
+        );
         let stopped = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             config: config.clone(),

@@ -250,6 +250,7 @@ impl Restore {
     pub fn run(&self) -> Result<RestoreReport> {
         let started = Instant::now();
         let options = &self.options;
+        raise_open_files_limit();
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
         let control = uring::Runtime::new()?;
         let auth = Arc::new(Authorizer::new(
@@ -430,6 +431,21 @@ impl Restore {
             notices,
             fatal,
         })
+    }
+}
+
+/// Many files in flight need descriptors: lift the soft limit to the hard one.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
     }
 }
 
