@@ -51,26 +51,43 @@ fn command(served: &Served, args: &[&str], dir: &Path) -> Command {
     command
 }
 
+/// Runs a command with a deadline, reading its output on threads so a
+/// chatty child never blocks on a full pipe.
 fn run_bounded(mut command: Command) -> Output {
+    use std::io::Read;
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ringdown");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("collect output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let output = child.wait_with_output().expect("collect output");
+            let _ = child.wait();
             panic!(
                 "ringdown restore did not finish within 60 s; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
+                String::from_utf8_lossy(&stderr.join().unwrap())
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
 }
 
@@ -764,4 +781,34 @@ fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
         again <= chunks_left,
         "{again} range requests after the kill; only {chunks_left} chunks were missing"
     );
+}
+
+#[test]
+fn listing_streams_across_pages() {
+    // More names than one 10,000-name page; a dry run lists them all in order.
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let count = 10_050;
+    for directory in 0..10 {
+        std::fs::create_dir_all(bkt.join(format!("p{directory}"))).unwrap();
+    }
+    for i in 0..count {
+        std::fs::write(bkt.join(format!("p{}/{i:05}", i % 10)), b"").unwrap();
+    }
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("never");
+    let output = restore(&served, &["b2://bkt", "--dry-run"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let names: Vec<&str> = stdout
+        .lines()
+        .map(|line| line.split_once('\t').unwrap().1)
+        .collect();
+    assert_eq!(names.len(), count);
+    assert!(
+        names.windows(2).all(|pair| pair[0] < pair[1]),
+        "sorted, no repeats"
+    );
+    assert!(!dir.exists());
 }
