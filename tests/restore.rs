@@ -812,3 +812,85 @@ fn listing_streams_across_pages() {
     );
     assert!(!dir.exists());
 }
+
+#[test]
+fn sigterm_drains_keeps_the_journal_and_exits_143() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..100 {
+        let name = format!("t/{i:03}");
+        let bytes = content(&name, 2000 + i * 13);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let large = content("t-large", 32 * 65536 + 5);
+    write_file(&bkt, "a-large.bin", &large);
+    objects.insert("a-large.bin".into(), large);
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let journal = dir.join(".ringdown/journal-0-of-1");
+    let log = out.path().join("first.log");
+    let mut child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        if text.lines().filter(|line| line.starts_with("ok\t")).count() >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the signal"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(143), "{text}");
+    assert!(text.contains("files restored"), "summary printed: {text}");
+    let completed = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .filter(|line| line.starts_with("ok\t"))
+        .count();
+    assert!(completed >= 10 && completed < objects.len(), "{completed}");
+    // Every file reported so far is complete; nothing half-written under a name.
+    for name in files_under(&dir) {
+        assert_eq!(
+            std::fs::read(dir.join(&name)).unwrap(),
+            objects[&name],
+            "{name}"
+        );
+    }
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+    let skipped = report_lines(&report)
+        .iter()
+        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
+        .count();
+    assert_eq!(skipped, completed);
+}

@@ -37,6 +37,17 @@ pub struct EngineConfig {
     pub timeout: Duration,
     /// Register buffers with the ring (false when RLIMIT_MEMLOCK is too small).
     pub register_buffers: bool,
+    /// Set by a signal handler: hand out no more chunks or objects; requests
+    /// in flight finish and their writes complete.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl EngineConfig {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|cancel| cancel.load(Ordering::Acquire))
+    }
 }
 
 /// Where the bytes of one object come from.
@@ -88,6 +99,9 @@ pub(crate) struct Job {
 
 impl Job {
     fn next_chunk(&self) -> Option<Chunk> {
+        if self.config.is_cancelled() {
+            self.abort(Error::Interrupted { signal: 0 });
+        }
         if self.is_aborted() {
             return None;
         }

@@ -245,7 +245,9 @@ async fn connection_loop(core: Rc<Core>) {
         };
         let Some(job) = job else { break };
         let started = Instant::now();
-        let (outcome, attempts) = if core.shared.stopped.load(Ordering::Acquire) {
+        let stopped =
+            core.shared.stopped.load(Ordering::Acquire) || core.shared.config.is_cancelled();
+        let (outcome, attempts) = if stopped {
             let error = Error::Fatal(format!(
                 "{}: not started: the run stopped",
                 job.display_name
@@ -398,7 +400,10 @@ async fn download_object(
                 });
             }
         }
-        if attempt >= config.max_attempts || core.shared.stopped.load(Ordering::Acquire) {
+        if attempt >= config.max_attempts
+            || core.shared.stopped.load(Ordering::Acquire)
+            || config.is_cancelled()
+        {
             break Err(ObjectError {
                 error: Error::http(
                     context,

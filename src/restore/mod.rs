@@ -14,7 +14,7 @@ pub mod target;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -224,6 +224,8 @@ struct FileTask {
     key: String,
     /// Large objects: bytes an earlier run left in the partial file.
     resume_bytes: Option<u64>,
+    /// Fetched by the whole engine (partial name is stable, resumable).
+    large: bool,
     parent: OwnedFd,
     leaf: String,
     display_path: String,
@@ -249,8 +251,16 @@ impl Restore {
 
     pub fn run(&self) -> Result<RestoreReport> {
         let started = Instant::now();
-        let options = &self.options;
+        let mut options = self.options.clone();
         raise_open_files_limit();
+        // SIGINT/SIGTERM: stop handing out work, let requests in flight
+        // finish, keep the journal and resumable partials, print the summary.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(AtomicI32::new(0));
+        let (signal_guard, signal_thread) =
+            watch_signals(Arc::clone(&cancel), Arc::clone(&signal))?;
+        options.engine.cancel = Some(Arc::clone(&cancel));
+        let options = &options;
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
         let control = uring::Runtime::new()?;
         let auth = Arc::new(Authorizer::new(
@@ -355,7 +365,7 @@ impl Restore {
                     break;
                 }
             };
-            if run.stop.load(Ordering::Acquire) {
+            if run.stop.load(Ordering::Acquire) || cancel.load(Ordering::Acquire) {
                 break;
             }
             schedule(
@@ -403,7 +413,16 @@ impl Restore {
             run.fail_run(error);
         }
         let tally = std::mem::take(&mut *run.reporter.tally.lock().expect("tally lock"));
-        let fatal = run.fatal.lock().expect("fatal lock").take();
+        let interrupted = signal.load(Ordering::Acquire);
+        let fatal = if interrupted != 0 {
+            Some(Error::Interrupted {
+                signal: interrupted,
+            })
+        } else {
+            run.fatal.lock().expect("fatal lock").take()
+        };
+        drop(signal_guard);
+        let _ = signal_thread.join();
         let seconds = started.elapsed().as_secs_f64();
         let summary = RunSummary {
             command: "restore".into(),
@@ -418,7 +437,7 @@ impl Restore {
             registered_buffers,
             stages,
         };
-        if let Some(target) = &run.target {
+        if let Some(target) = run.target.as_ref().filter(|_| interrupted == 0) {
             if fatal.is_none() && tally.failed == 0 && tally.refused == 0 {
                 target.remove_state();
             } else {
@@ -432,6 +451,59 @@ impl Restore {
             fatal,
         })
     }
+}
+
+/// A thread that turns SIGINT/SIGTERM into `cancel` (and remembers which).
+/// Dropping the returned sender ends the thread.
+#[allow(clippy::type_complexity)]
+fn watch_signals(
+    cancel: Arc<AtomicBool>,
+    signal: Arc<AtomicI32>,
+) -> Result<(
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+)> {
+    use tokio::signal::unix::{SignalKind, signal as unix_signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::io("starting the signal watcher", error))?;
+    // Register now, on this thread, so a signal from here on is caught.
+    let handlers = runtime.block_on(async {
+        (
+            unix_signal(SignalKind::interrupt()),
+            unix_signal(SignalKind::terminate()),
+        )
+    });
+    let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
+        return Err(Error::Fatal(
+            "cannot install SIGINT/SIGTERM handlers".into(),
+        ));
+    };
+    let (sender, mut receiver) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("ringdown-signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let number = tokio::select! {
+                    _ = interrupt.recv() => libc::SIGINT,
+                    _ = terminate.recv() => libc::SIGTERM,
+                    _ = &mut receiver => return,
+                };
+                signal.store(number, Ordering::Release);
+                cancel.store(true, Ordering::Release);
+                eprintln!(
+                    "ringdown: {}: finishing requests in flight, keeping the journal",
+                    if number == libc::SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    }
+                );
+            });
+        })
+        .map_err(|error| Error::io("spawning the signal watcher", error))?;
+    Ok((sender, thread))
 }
 
 /// Many files in flight need descriptors: lift the soft limit to the hard one.
@@ -728,6 +800,7 @@ fn schedule(
     let task = FileTask {
         key,
         resume_bytes,
+        large: is_large,
         leaf: leaf[0].to_string(),
         entry,
         parent,
@@ -820,8 +893,10 @@ fn large_loop(
     let mut notices = Vec::new();
     let mut registered = true;
     for task in receiver.iter() {
-        if run.stop.load(Ordering::Acquire) {
-            run.target().unlink_partial(&task.temp_name);
+        if run.stop.load(Ordering::Acquire) || run.options.engine.is_cancelled() {
+            if task.resume_bytes.is_none() {
+                run.target().unlink_partial(&task.temp_name);
+            }
             continue;
         }
         let mut source = source.clone();
@@ -1000,6 +1075,14 @@ fn finish_file(
         };
     let actual = match sha1 {
         Ok(actual) => actual,
+        Err(_) if run.options.engine.is_cancelled() => {
+            // Interrupted: not a failure. A large object keeps its partial
+            // file and journaled chunks for the next run.
+            if !task.large {
+                target.unlink_partial(&task.temp_name);
+            }
+            return;
+        }
         Err((error, run_fatal)) => {
             target.unlink_partial(&task.temp_name);
             record(Status::Failed, None, false, Some(error.to_string()));
