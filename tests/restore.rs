@@ -603,6 +603,12 @@ fn corrupted_bodies_are_downloaded_again_and_never_land_under_their_name() {
         write_file(&bkt, &name, &bytes);
         objects.insert(name, bytes);
     }
+    // Two large objects (all cores, whole-object re-download on mismatch).
+    for name in ["c/large-1", "c/large-2"] {
+        let bytes = content(name, 6 * 65536 + 7);
+        write_file(&bkt, name, &bytes);
+        objects.insert(name.to_string(), bytes);
+    }
     let served = serve(data.path(), true, &["--corrupt-rate", "0.2", "--seed", "3"]);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
@@ -893,4 +899,21 @@ fn sigterm_drains_keeps_the_journal_and_exits_143() {
         .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
         .count();
     assert_eq!(skipped, completed);
+}
+
+#[test]
+fn demo_restores_its_generated_bucket() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .args(["demo", "--files", "40", "--large-size", "2MiB"])
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .env_remove("SSL_CERT_FILE");
+    let output = run_bounded(command);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("byte-for-byte equal"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -27,7 +27,7 @@ use crate::client::url::Url;
 use crate::client::{exchange, resolve};
 use crate::config::{
     API_BODY_MAX_BYTES, LARGE_OBJECT_QUEUE_JOBS, LIST_QUEUE_ENTRIES, LOCAL_HASH_READ_BYTES,
-    SUMMARY_FAILED_NAMES_SHOWN,
+    OBJECT_REDOWNLOADS_ON_MISMATCH, SUMMARY_FAILED_NAMES_SHOWN,
 };
 use crate::engine::objects::{ObjectJob, ObjectPool, ObjectResult, PoolSource};
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
@@ -908,75 +908,101 @@ fn large_loop(
             .map(|flags| flags.contains(rustix::fs::OFlags::DIRECT))
             .unwrap_or(false);
         let part_size_bytes = run.options.engine.part_size_bytes;
-        let resume = task
-            .resume_bytes
-            .map(|bytes| bytes / part_size_bytes * part_size_bytes)
-            .filter(|&bytes| bytes > 0 && bytes <= task.entry.size_bytes)
-            .and_then(|bytes| hash_prefix(run.target(), &task.temp_name, bytes));
-        let resumed_from = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
-        if resumed_from > 0 && !run.reporter.quiet {
-            eprintln!(
-                "ringdown: {}: resuming at byte {resumed_from} of {} (journal)",
-                task.entry.name, task.entry.size_bytes
-            );
-        }
-        // The object's own counter: its hash frontier is what is on disk.
-        let object_progress = Arc::new(Progress::default());
-        let finished = AtomicBool::new(false);
-        let outcome = std::thread::scope(|scope| {
-            scope.spawn(|| {
-                journal_chunks(
-                    run,
-                    &task.key,
-                    resumed_from,
-                    part_size_bytes,
-                    &object_progress,
-                    &progress,
-                    &finished,
-                )
-            });
-            let outcome = engine::download_resumed(
-                &run.options.engine,
-                &source,
-                task.entry.size_bytes,
-                &task.file,
-                direct,
-                Arc::clone(&object_progress),
-                resume,
-            );
-            finished.store(true, Ordering::Release);
-            outcome
-        });
-        let sha1 = match outcome {
-            Ok(outcome) => {
-                stages.merge(&outcome.stages);
-                stages.record(crate::stats::Stage::File, started.elapsed());
-                run.retries.fetch_add(outcome.retries, Ordering::Relaxed);
-                registered &= outcome.registered_buffers;
-                for notice in outcome.notices {
-                    if !notices.contains(&notice) {
-                        notices.push(notice);
-                    }
-                }
-                let truncated = if direct {
-                    rustix::fs::ftruncate(&task.file, task.entry.size_bytes)
-                        .map_err(|error| Error::io("truncating the O_DIRECT padding", error.into()))
-                } else {
-                    Ok(())
-                };
-                truncated
-                    .map(|()| outcome.sha1)
-                    .map_err(|error| (error, false))
-            }
-            Err(error) => {
-                let run_fatal = matches!(
-                    error,
-                    Error::Auth(_) | Error::Trust(_) | Error::Fatal(_) | Error::UringUnavailable(_)
+        let mut resume_bytes = task.resume_bytes;
+        let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
+        let mut attempts = 0;
+        let sha1 = loop {
+            attempts += 1;
+            let resume = resume_bytes
+                .map(|bytes| bytes / part_size_bytes * part_size_bytes)
+                .filter(|&bytes| bytes > 0 && bytes <= task.entry.size_bytes)
+                .and_then(|bytes| hash_prefix(run.target(), &task.temp_name, bytes));
+            let resumed_from = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
+            if resumed_from > 0 && !run.reporter.quiet {
+                eprintln!(
+                    "ringdown: {}: resuming at byte {resumed_from} of {} (journal)",
+                    task.entry.name, task.entry.size_bytes
                 );
-                Err((error, run_fatal))
             }
+            // The object's own counter: its hash frontier is what is on disk.
+            let object_progress = Arc::new(Progress::default());
+            let finished = AtomicBool::new(false);
+            let outcome = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    journal_chunks(
+                        run,
+                        &task.key,
+                        resumed_from,
+                        part_size_bytes,
+                        &object_progress,
+                        &progress,
+                        &finished,
+                    )
+                });
+                let outcome = engine::download_resumed(
+                    &run.options.engine,
+                    &source,
+                    task.entry.size_bytes,
+                    &task.file,
+                    direct,
+                    Arc::clone(&object_progress),
+                    resume,
+                );
+                finished.store(true, Ordering::Release);
+                outcome
+            });
+            let sha1 = match outcome {
+                Ok(outcome) => {
+                    stages.merge(&outcome.stages);
+                    stages.record(crate::stats::Stage::File, started.elapsed());
+                    run.retries.fetch_add(outcome.retries, Ordering::Relaxed);
+                    registered &= outcome.registered_buffers;
+                    for notice in outcome.notices {
+                        if !notices.contains(&notice) {
+                            notices.push(notice);
+                        }
+                    }
+                    let truncated = if direct {
+                        rustix::fs::ftruncate(&task.file, task.entry.size_bytes).map_err(|error| {
+                            Error::io("truncating the O_DIRECT padding", error.into())
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    truncated
+                        .map(|()| outcome.sha1)
+                        .map_err(|error| (error, false))
+                }
+                Err(error) => {
+                    let run_fatal = matches!(
+                        error,
+                        Error::Auth(_)
+                            | Error::Trust(_)
+                            | Error::Fatal(_)
+                            | Error::UringUnavailable(_)
+                    );
+                    Err((error, run_fatal))
+                }
+            };
+            let mismatch = match (&sha1, &task.entry.expected) {
+                (
+                    Ok(actual),
+                    ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected),
+                ) => actual != expected,
+                _ => false,
+            };
+            if mismatch && redownloads_left > 0 && !run.options.engine.is_cancelled() {
+                redownloads_left -= 1;
+                resume_bytes = None;
+                eprintln!(
+                    "ringdown: {}: SHA1 mismatch; downloading it again",
+                    task.entry.name
+                );
+                continue;
+            }
+            break sha1;
         };
-        finish_file(run, task, sha1, 1);
+        finish_file(run, task, sha1, attempts);
     }
     (stages, notices, registered)
 }
