@@ -81,3 +81,22 @@ pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;
 
 /// Longest path component a Linux filesystem accepts (NAME_MAX).
 pub const NAME_SEGMENT_MAX_BYTES: usize = 255;
+
+/// Names per `b2_list_file_names` page (B2's maximum; billed per 1000).
+pub const LIST_PAGE_FILES_MAX: u32 = 10_000;
+/// Listed entries waiting between the listing thread and the scheduler. The
+/// listing blocks when it is full, so memory does not grow with the bucket
+/// (one page in flight plus this many entries).
+pub const LIST_QUEUE_ENTRIES: usize = 4_096;
+/// Small-object jobs waiting for a connection, per core. Each queued job
+/// holds two descriptors (its partial file and its parent directory).
+pub const OBJECT_QUEUE_JOBS_PER_CORE: usize = 16;
+/// Cap on queued small-object jobs whatever the core count, so descriptors
+/// stay far below a 1024 RLIMIT_NOFILE (raised to the hard limit at start).
+pub const OBJECT_QUEUE_JOBS_MAX: usize = 256;
+/// Large objects waiting for the whole-engine download thread.
+pub const LARGE_OBJECT_QUEUE_JOBS: usize = 2;
+/// Failed names printed in the summary (the rest are in `--report`).
+pub const SUMMARY_FAILED_NAMES_SHOWN: usize = 20;
+/// Bytes read per step when hashing an existing local file (`--skip-existing`).
+pub const LOCAL_HASH_READ_BYTES: usize = 1 << 20;

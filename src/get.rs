@@ -574,7 +574,7 @@ fn temp_name_for(file_name: &std::ffi::OsStr) -> String {
 
 /// Creates the temporary file (never following a symlink), pre-allocated.
 /// Returns whether O_DIRECT is on.
-fn create_temp(
+pub(crate) fn create_temp(
     dir: &OwnedFd,
     name: &str,
     size_bytes: u64,

@@ -13,6 +13,7 @@ pub mod get;
 pub mod http;
 pub mod names;
 pub mod plan;
+pub mod restore;
 pub mod runtime;
 pub mod server;
 pub mod stats;

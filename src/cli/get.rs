@@ -168,6 +168,7 @@ impl TuningArgs {
             retry_max_ms: self.retry_max_ms.max(self.retry_base_ms),
             timeout: Duration::from_secs(self.timeout_s),
             register_buffers,
+            cancel: None,
         };
         Ok((engine, notice))
     }

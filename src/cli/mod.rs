@@ -1,7 +1,9 @@
 //! Flags and environment → configuration. No I/O beyond reading the
 //! environment; the commands themselves live in the library.
 
+pub mod demo;
 pub mod get;
+pub mod restore;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,10 @@ pub enum Command {
     Serve(crate::server::ServeArgs),
     /// Download one object (b2://BUCKET/NAME or an http(s) URL) to a file, verified.
     Get(get::GetArgs),
+    /// Restore a bucket or folder (b2://BUCKET[/PREFIX]) into a directory, verified and resumable.
+    Restore(restore::RestoreArgs),
+    /// Generate a bucket, serve it locally over TLS, restore it and verify it (no network needed).
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -36,5 +42,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Serve(args) => crate::server::run(args).map(|()| 0),
         Command::Get(args) => get::run(args),
+        Command::Restore(args) => restore::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

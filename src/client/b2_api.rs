@@ -41,6 +41,7 @@ impl fmt::Debug for Credentials {
 
 /// What one authorization gave us.
 struct Session {
+    account_id: Option<String>,
     token: String,
     api_url: String,
     download_url: String,
@@ -131,6 +132,7 @@ impl Authorizer {
         }
         let parsed = b2::parse_authorize(&reply.body).map_err(|why| Error::http(&context, why))?;
         *self.session.lock().expect("session lock") = Some(Session {
+            account_id: Some(parsed.account_id),
             token: parsed.authorization_token,
             api_url: parsed.api_info.storage_api.api_url,
             download_url: parsed.api_info.storage_api.download_url,
@@ -146,6 +148,11 @@ impl Authorizer {
 
     pub fn token(&self) -> String {
         self.with_session(|session| session.token.clone())
+    }
+
+    /// The account of the key (`b2_list_buckets` needs it).
+    pub fn account_id(&self) -> Option<String> {
+        self.with_session(|session| session.account_id.clone())
     }
 
     pub fn download_url(&self) -> String {

@@ -4,6 +4,7 @@
 //! baton (see `verify`), progress counters, and merging stats at the end.
 
 mod chunk;
+pub mod objects;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, OwnedFd};
@@ -40,6 +41,17 @@ pub struct EngineConfig {
     pub timeout: Duration,
     /// Register buffers with the ring (false when RLIMIT_MEMLOCK is too small).
     pub register_buffers: bool,
+    /// Set by a signal handler: hand out no more chunks or objects; requests
+    /// in flight finish and their writes complete.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl EngineConfig {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|cancel| cancel.load(Ordering::Acquire))
+    }
 }
 
 /// Where the bytes of one object come from.
@@ -91,6 +103,9 @@ pub(crate) struct Job {
 
 impl Job {
     fn next_chunk(&self) -> Option<Chunk> {
+        if self.config.is_cancelled() {
+            self.abort(Error::Interrupted { signal: 0 });
+        }
         if self.is_aborted() {
             return None;
         }
@@ -192,15 +207,53 @@ pub fn download(
     direct_io: bool,
     progress: Arc<Progress>,
 ) -> Result<ObjectOutcome> {
+    download_resumed(
+        config,
+        source,
+        object_size_bytes,
+        file,
+        direct_io,
+        progress,
+        None,
+    )
+}
+
+/// Where an interrupted download continues: `[0, offset_bytes)` is already
+/// in the file and `sha1` covers it. The offset is a chunk boundary.
+pub struct Resume {
+    pub offset_bytes: u64,
+    pub sha1: sha1::Sha1,
+}
+
+/// [`download`], skipping the chunks a `Resume` says are done.
+pub fn download_resumed(
+    config: &EngineConfig,
+    source: &ObjectSource,
+    object_size_bytes: u64,
+    file: &OwnedFd,
+    direct_io: bool,
+    progress: Arc<Progress>,
+    resume: Option<Resume>,
+) -> Result<ObjectOutcome> {
     let plan = ChunkPlan::new(object_size_bytes, config.part_size_bytes);
-    let cores = config.cores.max(1).min(plan.chunk_count().max(1) as usize);
+    let (offset_bytes, sha1) = match resume {
+        Some(resume) => (resume.offset_bytes, resume.sha1),
+        None => (0, <sha1::Sha1 as sha1::Digest>::new()),
+    };
+    assert!(
+        offset_bytes % config.part_size_bytes == 0 && offset_bytes <= object_size_bytes,
+        "resume offset {offset_bytes} is not a chunk boundary"
+    );
+    let first_chunk = offset_bytes / config.part_size_bytes;
+    let chunks_left = plan.chunk_count().saturating_sub(first_chunk);
+    let cores = config.cores.max(1).min(chunks_left.max(1) as usize);
     let job = Arc::new(Job {
         config: config.clone(),
         source: source.clone(),
         plan,
-        digest: SharedDigest::new(object_size_bytes, cores),
+        digest: SharedDigest::resume(object_size_bytes, cores, offset_bytes, sha1),
         direct_io,
-        next_chunk: AtomicU64::new(0),
+        next_chunk: AtomicU64::new(first_chunk),
         aborted: AtomicBool::new(false),
         first_error: Mutex::new(None),
         progress,

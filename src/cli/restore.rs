@@ -1,0 +1,284 @@
+//! `ringdown restore` flags → `RestoreOptions`, then the summary on stderr.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::get::{TuningArgs, resolve_realm};
+use crate::config;
+use crate::engine::Progress;
+use crate::error::{Error, Result, exit_code};
+use crate::restore::paths::{NameFilter, Shard, folder_prefix};
+use crate::restore::{Restore, RestoreOptions, RestoreReport};
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// b2://BUCKET or b2://BUCKET/PREFIX (a folder: PREFIX/a/b lands in DIR/a/b).
+    pub source: String,
+    /// The directory to restore into (created if missing).
+    pub dir: PathBuf,
+    /// `production`, `staging`, `dev` or a URL. Also B2_REALM, then B2_ENVIRONMENT.
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// Trust this CA (PEM) in addition to the system roots (SSL_CERT_FILE replaces those).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    /// Restore only names (relative to PREFIX) matching this glob; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out names (relative to PREFIX) matching this glob; repeatable; beats --include.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Skip files that exist locally with the same size and SHA1.
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Restore shard K of N (0-based; by SHA-1 of the name). Else JOB_COMPLETION_INDEX or Slurm array variables.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// N for JOB_COMPLETION_INDEX (also RINGDOWN_SHARD_COUNT).
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<u64>,
+    /// Write one JSON line per file to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write the summary and stage histograms as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// List what would be restored (BYTES<TAB>NAME on stdout); create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Exit 1 when some file carries no digest to verify against.
+    #[arg(long)]
+    pub require_verified: bool,
+    /// One result line plus errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `b2://BUCKET[/PREFIX]` → (bucket, prefix).
+pub fn parse_source(text: &str) -> Result<(String, String)> {
+    let rest = text
+        .strip_prefix("b2://")
+        .ok_or_else(|| Error::Usage(format!("{text:?}: expected b2://BUCKET[/PREFIX]")))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::Usage(format!("{text:?}: no bucket name")));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
+/// Resolves flags and environment. `credentials` overrides the
+/// `B2_APPLICATION_KEY_ID`/`B2_APPLICATION_KEY` variables (used by `demo`).
+pub fn options_from(
+    args: &RestoreArgs,
+    credentials: Option<(String, String)>,
+) -> Result<(RestoreOptions, Option<String>)> {
+    let (bucket, prefix) = parse_source(&args.source)?;
+    let (engine, memlock_notice) = args.tuning.engine_config()?;
+    let filter = NameFilter::new(&args.include, &args.exclude).map_err(Error::Usage)?;
+    let env = |name: &str| std::env::var(name).ok();
+    let shard =
+        Shard::resolve(args.shard.as_deref(), args.shard_count, &env).map_err(Error::Usage)?;
+    let credential = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (Some(key_id), Some(key)) = credentials
+        .map(|(id, key)| (Some(id), Some(key)))
+        .unwrap_or_else(|| {
+            (
+                credential("B2_APPLICATION_KEY_ID"),
+                credential("B2_APPLICATION_KEY"),
+            )
+        })
+    else {
+        return Err(Error::Usage(
+            "no B2 credentials: set B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY".into(),
+        ));
+    };
+    if let Some(ca) = &args.ca_file {
+        crate::tls::check_ca_file(ca)?;
+    }
+    if args.dir.exists() && !args.dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} exists and is not a directory",
+            args.dir.display()
+        )));
+    }
+    let options = RestoreOptions {
+        engine,
+        realm: resolve_realm(args.realm.as_deref()),
+        key_id,
+        key,
+        ca_file: args.ca_file.clone(),
+        direct_io: args.tuning.direct_io,
+        bucket,
+        folder_prefix: folder_prefix(&prefix),
+        dir: args.dir.clone(),
+        filter,
+        shard,
+        skip_existing: args.skip_existing,
+        dry_run: args.dry_run,
+        report: args.report.clone(),
+    };
+    Ok((options, memlock_notice))
+}
+
+pub fn run(args: RestoreArgs) -> Result<i32> {
+    run_with(args, None)
+}
+
+/// `run` with explicit credentials (the demo's own server).
+pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Result<i32> {
+    let (options, memlock_notice) = options_from(&args, credentials)?;
+    if let Some(notice) = &memlock_notice {
+        if !args.quiet {
+            eprintln!("ringdown: note: {notice}");
+        }
+    }
+    let restore = Restore::new(options, args.quiet);
+    let progress =
+        (!args.quiet && !args.dry_run).then(|| ProgressLine::start(Arc::clone(&restore.progress)));
+    let result = restore.run();
+    if let Some(progress) = progress {
+        progress.stop();
+    }
+    let report = result?;
+    finish(&args, report, memlock_notice.as_deref())
+}
+
+/// Prints the summary, writes `--stats-json`, and picks the exit code.
+pub fn finish(
+    args: &RestoreArgs,
+    report: RestoreReport,
+    memlock_notice: Option<&str>,
+) -> Result<i32> {
+    if args.dry_run {
+        if let Some(error) = report.fatal {
+            return Err(error);
+        }
+        return Ok(exit_code::OK);
+    }
+    for notice in &report.notices {
+        if memlock_notice.is_none() || !notice.contains("RLIMIT_MEMLOCK") {
+            eprintln!("ringdown: note: {notice}");
+        }
+    }
+    if let Some(path) = &args.stats_json {
+        let json =
+            serde_json::to_string_pretty(&report.summary.to_json()).expect("stats serialize");
+        std::fs::write(path, json + "\n")
+            .map_err(|error| Error::io(format!("writing {}", path.display()), error))?;
+    }
+    let tally = &report.tally;
+    let summary = &report.summary;
+    let line = format!(
+        "{}: {} files restored ({} verified, {} unverified), {} skipped, {} failed, {} refused; {} bytes in {:.2} s, {:.1} MB/s",
+        args.dir.display(),
+        tally.files,
+        tally.ok,
+        tally.unverified,
+        tally.skipped,
+        tally.failed,
+        tally.refused,
+        tally.bytes,
+        summary.seconds,
+        summary.mb_per_s()
+    );
+    if args.quiet {
+        eprintln!("{line}");
+    } else {
+        eprintln!(
+            "{line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}",
+            summary.retries,
+            if summary.direct_io { "yes" } else { "no" },
+            if summary.registered_buffers {
+                "yes"
+            } else {
+                "no"
+            },
+        );
+        if !tally.failed_names.is_empty() {
+            eprintln!("  failed (first {}):", config::SUMMARY_FAILED_NAMES_SHOWN);
+            for name in &tally.failed_names {
+                eprintln!("    {name}");
+            }
+        }
+        eprintln!("\n{}", summary.stages.table());
+    }
+    if let Some(error) = report.fatal {
+        return Err(error);
+    }
+    if tally.failed > 0 || tally.refused > 0 {
+        return Ok(exit_code::FAILED);
+    }
+    if tally.unverified > 0 {
+        if args.require_verified {
+            eprintln!(
+                "ringdown: error: --require-verified: {} files could not be verified",
+                tally.unverified
+            );
+            return Ok(exit_code::FAILED);
+        }
+        eprintln!(
+            "ringdown: warning: {} files were not verified against a published SHA1",
+            tally.unverified
+        );
+    }
+    Ok(exit_code::OK)
+}
+
+/// Progress: redrawn on a TTY, a plain line every 10 s otherwise.
+struct ProgressLine {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ProgressLine {
+    fn start(progress: Arc<Progress>) -> ProgressLine {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let tty = std::io::stderr().is_terminal();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let interval = if tty {
+                Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS)
+            } else {
+                Duration::from_secs(config::PROGRESS_PLAIN_INTERVAL_S)
+            };
+            let mut last = Instant::now();
+            while !stop_flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() < interval {
+                    continue;
+                }
+                last = Instant::now();
+                let bytes = progress.bytes_done.load(Ordering::Relaxed);
+                let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
+                let retries = progress.retries.load(Ordering::Relaxed);
+                if tty {
+                    eprint!(
+                        "\r\x1b[2K  {:.1} MB  {rate:.1} MB/s  retries {retries}",
+                        bytes as f64 / 1e6
+                    );
+                } else {
+                    eprintln!(
+                        "ringdown: progress: {:.1} MB, {rate:.1} MB/s, retries {retries}, {:.0} s",
+                        bytes as f64 / 1e6,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+        });
+        ProgressLine { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}

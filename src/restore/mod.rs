@@ -1,0 +1,1183 @@
+//! `ringdown restore`: a whole bucket or folder to a directory, verified.
+//!
+//! Listing thread (pages of `b2_list_file_names`) → bounded queue →
+//! scheduler (this thread: filters, shard, name mapping, journal, parents) →
+//! small objects to the per-core object pool (one GET each), large objects
+//! one at a time to the thread-per-core engine (all cores on one object).
+//! Per file: temp in `.ringdown/partial/` → verify → `futimens` → `renameat`
+//! → journal line → report line.
+
+pub mod listing;
+pub mod paths;
+pub mod target;
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rustix::fs::Timestamps;
+use serde_json::json;
+
+use crate::b2::ExpectedSha1;
+use crate::client::b2_api::{Authorizer, Credentials, describe_error};
+use crate::client::url::Url;
+use crate::client::{exchange, resolve};
+use crate::config::{
+    API_BODY_MAX_BYTES, LARGE_OBJECT_QUEUE_JOBS, LIST_QUEUE_ENTRIES, LOCAL_HASH_READ_BYTES,
+    OBJECT_REDOWNLOADS_ON_MISMATCH, SUMMARY_FAILED_NAMES_SHOWN,
+};
+use crate::engine::objects::{ObjectJob, ObjectPool, ObjectResult, PoolSource};
+use crate::engine::{self, EngineConfig, ObjectSource, Progress};
+use crate::error::{Error, Result};
+use crate::get::DirectIo;
+use crate::http;
+use crate::stats::{RunSummary, StageHistograms};
+use crate::uring;
+use crate::verify::to_hex;
+use listing::{Action, ListEntry};
+use paths::{Mapped, NameFilter, Shard};
+use target::{PathError, Target};
+
+/// Everything a restore needs, resolved from flags and environment.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub engine: EngineConfig,
+    pub realm: String,
+    pub key_id: String,
+    pub key: String,
+    pub ca_file: Option<PathBuf>,
+    pub direct_io: DirectIo,
+    pub bucket: String,
+    /// `PREFIX/` of `b2://BUCKET/PREFIX`, or empty.
+    pub folder_prefix: String,
+    pub dir: PathBuf,
+    pub filter: NameFilter,
+    pub shard: Shard,
+    pub skip_existing: bool,
+    pub dry_run: bool,
+    pub report: Option<PathBuf>,
+}
+
+/// Final status of one file (the `--report` `status` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Skipped,
+    Failed,
+    Refused,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+            Status::Refused => "refused",
+        }
+    }
+}
+
+/// Counters and the report file; shared by every thread that finishes files.
+#[derive(Default)]
+pub struct Tally {
+    pub ok: u64,
+    pub unverified: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub refused: u64,
+    pub bytes: u64,
+    pub files: u64,
+    pub failed_names: Vec<String>,
+}
+
+struct Reporter {
+    tally: Mutex<Tally>,
+    report: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    quiet: bool,
+}
+
+/// One line of `--report`.
+struct FileRecord<'a> {
+    name: &'a str,
+    path: Option<String>,
+    bytes: u64,
+    sha1: Option<String>,
+    expected: &'a ExpectedSha1,
+    verified: bool,
+    attempts: u32,
+    status: Status,
+    reason: Option<String>,
+}
+
+fn expected_hex(expected: &ExpectedSha1) -> Option<String> {
+    match expected {
+        ExpectedSha1::Verified(sha1) => Some(to_hex(sha1)),
+        ExpectedSha1::Unverified(sha1) => Some(format!("unverified:{}", to_hex(sha1))),
+        ExpectedSha1::None => None,
+    }
+}
+
+impl Reporter {
+    fn record(&self, record: FileRecord<'_>) {
+        {
+            let mut tally = self.tally.lock().expect("tally lock");
+            match record.status {
+                Status::Ok => {
+                    tally.files += 1;
+                    tally.bytes += record.bytes;
+                    if record.verified {
+                        tally.ok += 1;
+                    } else {
+                        tally.unverified += 1;
+                    }
+                }
+                Status::Skipped => tally.skipped += 1,
+                Status::Failed => {
+                    tally.failed += 1;
+                    if tally.failed_names.len() < SUMMARY_FAILED_NAMES_SHOWN {
+                        tally.failed_names.push(record.name.to_string());
+                    }
+                }
+                Status::Refused => tally.refused += 1,
+            }
+        }
+        match record.status {
+            Status::Failed => eprintln!(
+                "ringdown: failed: {}: {}",
+                record.name,
+                record.reason.as_deref().unwrap_or("")
+            ),
+            Status::Refused => eprintln!(
+                "ringdown: refused: {:?}: {}",
+                record.name,
+                record.reason.as_deref().unwrap_or("")
+            ),
+            Status::Ok if !record.verified && !self.quiet => eprintln!(
+                "ringdown: warning: {}: no published SHA1; restored unverified",
+                record.name
+            ),
+            _ => {}
+        }
+        if let Some(report) = &self.report {
+            let line = json!({
+                "name": record.name,
+                "path": record.path,
+                "bytes": record.bytes,
+                "sha1": record.sha1,
+                "expected_sha1": expected_hex(record.expected),
+                "verified": record.verified,
+                "attempts": record.attempts,
+                "status": record.status.as_str(),
+                "reason": record.reason,
+            });
+            let mut report = report.lock().expect("report lock");
+            let _ = writeln!(report, "{line}");
+            let _ = report.flush();
+        }
+    }
+}
+
+/// What a finished restore reports.
+pub struct RestoreReport {
+    pub tally: Tally,
+    pub summary: RunSummary,
+    pub notices: Vec<String>,
+    /// A run-fatal error (auth, trust, disk full, listing failure).
+    pub fatal: Option<Error>,
+}
+
+/// Shared state of one run.
+struct Run {
+    options: RestoreOptions,
+    target: Option<Target>,
+    reporter: Reporter,
+    /// Set by a run-fatal error: stop scheduling.
+    stop: AtomicBool,
+    fatal: Mutex<Option<Error>>,
+    retries: AtomicU64,
+    direct_io_used: AtomicBool,
+}
+
+impl Run {
+    fn fail_run(&self, error: Error) {
+        let mut fatal = self.fatal.lock().expect("fatal lock");
+        if fatal.is_none() {
+            eprintln!("ringdown: error: {error}; stopping");
+            *fatal = Some(error);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn target(&self) -> &Target {
+        self.target.as_ref().expect("not a dry run")
+    }
+}
+
+/// One file being restored: where it goes and what it must hash to.
+struct FileTask {
+    entry: ListEntry,
+    /// Journal key: `fileId\tsize`.
+    key: String,
+    /// Large objects: bytes an earlier run left in the partial file.
+    resume_bytes: Option<u64>,
+    /// Fetched by the whole engine (partial name is stable, resumable).
+    large: bool,
+    parent: OwnedFd,
+    leaf: String,
+    display_path: String,
+    temp_name: String,
+    file: OwnedFd,
+}
+
+/// The library entry point: `Restore::new(options).run()`.
+pub struct Restore {
+    pub options: RestoreOptions,
+    pub progress: Arc<Progress>,
+    pub quiet: bool,
+}
+
+impl Restore {
+    pub fn new(options: RestoreOptions, quiet: bool) -> Restore {
+        Restore {
+            options,
+            progress: Arc::new(Progress::default()),
+            quiet,
+        }
+    }
+
+    pub fn run(&self) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let mut options = self.options.clone();
+        raise_open_files_limit();
+        // SIGINT/SIGTERM: stop handing out work, let requests in flight
+        // finish, keep the journal and resumable partials, print the summary.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(AtomicI32::new(0));
+        let (signal_guard, signal_thread) =
+            watch_signals(Arc::clone(&cancel), Arc::clone(&signal))?;
+        options.engine.cancel = Some(Arc::clone(&cancel));
+        let options = &options;
+        let tls = crate::tls::client_config(options.ca_file.as_deref())?;
+        let control = uring::Runtime::new()?;
+        let auth = Arc::new(Authorizer::new(
+            &options.realm,
+            Credentials {
+                key_id: options.key_id.clone(),
+                key: options.key.clone(),
+            },
+            Some(Arc::clone(&tls)),
+            options.engine.timeout,
+        )?);
+        let bucket_id = control.block_on(async {
+            auth.authorize().await?;
+            bucket_id(&auth, &options.bucket, options.engine.timeout).await
+        })?;
+        drop(control);
+        let target = if options.dry_run {
+            None
+        } else {
+            Some(Target::open(&options.dir, options.shard)?)
+        };
+        let report = match &options.report {
+            Some(path) => Some(Mutex::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .map_err(|error| Error::io(format!("creating {}", path.display()), error))?,
+            ))),
+            None => None,
+        };
+        let run = Arc::new(Run {
+            options: options.clone(),
+            target,
+            reporter: Reporter {
+                tally: Mutex::new(Tally::default()),
+                report,
+                quiet: self.quiet,
+            },
+            stop: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            retries: AtomicU64::new(0),
+            direct_io_used: AtomicBool::new(false),
+        });
+
+        let (list_sender, list_receiver) = std::sync::mpsc::sync_channel(LIST_QUEUE_ENTRIES);
+        let lister = {
+            let auth = Arc::clone(&auth);
+            let prefix = options.folder_prefix.clone();
+            let timeout = options.engine.timeout;
+            std::thread::Builder::new()
+                .name("ringdown-list".into())
+                .spawn(move || list_all(&auth, &bucket_id, &prefix, timeout, list_sender))
+                .map_err(|error| Error::io("spawning the listing thread", error))?
+        };
+
+        let download = Url::parse(&auth.download_url())
+            .map_err(|why| Error::http("b2_authorize_account downloadUrl", why))?;
+        let origin = resolve(&download)?;
+        let base = download.path_and_query.trim_end_matches('/').to_string();
+        let mut stages = StageHistograms::new();
+        let mut notices = Vec::new();
+        let mut registered_buffers = true;
+        let (pool, large) = if options.dry_run {
+            (None, None)
+        } else {
+            let pool = ObjectPool::start(
+                &options.engine,
+                PoolSource {
+                    origin: origin.clone(),
+                    tls: origin.tls.then(|| Arc::clone(&tls)),
+                    auth: Some(Arc::clone(&auth)),
+                },
+                Arc::clone(&self.progress),
+            )?;
+            let (large_sender, large_receiver) =
+                std::sync::mpsc::sync_channel::<FileTask>(LARGE_OBJECT_QUEUE_JOBS);
+            let large_thread = {
+                let run = Arc::clone(&run);
+                let source = ObjectSource {
+                    origin: origin.clone(),
+                    tls: origin.tls.then(|| Arc::clone(&tls)),
+                    path_and_query: String::new(),
+                    auth: Some(Arc::clone(&auth)),
+                    expect_file_id: None,
+                    if_match: None,
+                    display_name: String::new(),
+                };
+                let progress = Arc::clone(&self.progress);
+                let base = base.clone();
+                std::thread::Builder::new()
+                    .name("ringdown-large".into())
+                    .spawn(move || large_loop(&run, &source, &base, large_receiver, progress))
+                    .map_err(|error| Error::io("spawning the large-object thread", error))?
+            };
+            (Some(pool), Some((large_sender, large_thread)))
+        };
+
+        let mut listing_error = None;
+        for message in list_receiver.iter() {
+            let entry = match message {
+                Ok(entry) => entry,
+                Err(error) => {
+                    listing_error = Some(error);
+                    break;
+                }
+            };
+            if run.stop.load(Ordering::Acquire) || cancel.load(Ordering::Acquire) {
+                break;
+            }
+            schedule(
+                &run,
+                entry,
+                &base,
+                pool.as_ref(),
+                large.as_ref().map(|(s, _)| s),
+            );
+        }
+        // Dropping the receiver unblocks a listing thread that is still sending.
+        drop(list_receiver);
+        let _ = lister.join();
+        if let Some((sender, thread)) = large {
+            drop(sender);
+            if let Ok((large_stages, large_notices, registered)) = thread.join() {
+                stages.merge(&large_stages);
+                registered_buffers &= registered;
+                for notice in large_notices {
+                    if !notices.contains(&notice) {
+                        notices.push(notice);
+                    }
+                }
+            }
+        }
+        if let Some(pool) = pool {
+            if run.stop.load(Ordering::Acquire) {
+                pool.stop();
+            }
+            match pool.finish() {
+                Ok(report) => {
+                    stages.merge(&report.stages);
+                    run.retries.fetch_add(report.retries, Ordering::Relaxed);
+                    registered_buffers &= report.registered_buffers;
+                    for notice in report.notices {
+                        if !notices.contains(&notice) {
+                            notices.push(notice);
+                        }
+                    }
+                }
+                Err(error) => run.fail_run(error),
+            }
+        }
+        if let Some(error) = listing_error {
+            run.fail_run(error);
+        }
+        let tally = std::mem::take(&mut *run.reporter.tally.lock().expect("tally lock"));
+        let interrupted = signal.load(Ordering::Acquire);
+        let fatal = if interrupted != 0 {
+            Some(Error::Interrupted {
+                signal: interrupted,
+            })
+        } else {
+            run.fatal.lock().expect("fatal lock").take()
+        };
+        drop(signal_guard);
+        let _ = signal_thread.join();
+        let seconds = started.elapsed().as_secs_f64();
+        let summary = RunSummary {
+            command: "restore".into(),
+            bytes: tally.bytes,
+            files: tally.files,
+            seconds,
+            verified_ok: tally.ok,
+            unverified: tally.unverified,
+            failed: tally.failed,
+            retries: run.retries.load(Ordering::Relaxed),
+            direct_io: run.direct_io_used.load(Ordering::Relaxed),
+            registered_buffers,
+            stages,
+        };
+        if let Some(target) = run.target.as_ref().filter(|_| interrupted == 0) {
+            if fatal.is_none() && tally.failed == 0 && tally.refused == 0 {
+                target.remove_state();
+            } else {
+                target.remove_all_partials();
+            }
+        }
+        Ok(RestoreReport {
+            tally,
+            summary,
+            notices,
+            fatal,
+        })
+    }
+}
+
+/// A thread that turns SIGINT/SIGTERM into `cancel` (and remembers which).
+/// Dropping the returned sender ends the thread.
+#[allow(clippy::type_complexity)]
+fn watch_signals(
+    cancel: Arc<AtomicBool>,
+    signal: Arc<AtomicI32>,
+) -> Result<(
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+)> {
+    use tokio::signal::unix::{SignalKind, signal as unix_signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::io("starting the signal watcher", error))?;
+    // Register now, on this thread, so a signal from here on is caught.
+    let handlers = runtime.block_on(async {
+        (
+            unix_signal(SignalKind::interrupt()),
+            unix_signal(SignalKind::terminate()),
+        )
+    });
+    let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
+        return Err(Error::Fatal(
+            "cannot install SIGINT/SIGTERM handlers".into(),
+        ));
+    };
+    let (sender, mut receiver) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("ringdown-signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let number = tokio::select! {
+                    _ = interrupt.recv() => libc::SIGINT,
+                    _ = terminate.recv() => libc::SIGTERM,
+                    _ = &mut receiver => return,
+                };
+                signal.store(number, Ordering::Release);
+                cancel.store(true, Ordering::Release);
+                eprintln!(
+                    "ringdown: {}: finishing requests in flight, keeping the journal",
+                    if number == libc::SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    }
+                );
+            });
+        })
+        .map_err(|error| Error::io("spawning the signal watcher", error))?;
+    Ok((sender, thread))
+}
+
+/// Many files in flight need descriptors: lift the soft limit to the hard one.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+}
+
+/// `b2_list_buckets` by name → `bucketId`.
+async fn bucket_id(
+    auth: &Authorizer,
+    bucket: &str,
+    timeout: std::time::Duration,
+) -> Result<String> {
+    let body = json!({
+        "accountId": auth.account_id().unwrap_or_default(),
+        "bucketName": bucket,
+        "bucketTypes": ["all"],
+    });
+    let reply = api_call(
+        auth,
+        "b2_list_buckets",
+        &serde_json::to_vec(&body).expect("json"),
+        timeout,
+    )
+    .await?;
+    listing::parse_bucket_id(&reply, bucket)
+        .map_err(|why| Error::http("b2_list_buckets", why))?
+        .ok_or_else(|| {
+            Error::http(
+                "b2_list_buckets",
+                format!("no bucket named {bucket:?} is visible to this key"),
+            )
+        })
+}
+
+/// One POST to `{apiUrl}/b2api/v3/{operation}`, re-authorizing once on an
+/// expired token.
+async fn api_call(
+    auth: &Authorizer,
+    operation: &str,
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>> {
+    let mut reauthorized = false;
+    loop {
+        let api = Url::parse(&auth.api_url())
+            .map_err(|why| Error::http("b2_authorize_account apiUrl", why))?;
+        let origin = resolve(&api)?;
+        let path = format!(
+            "{}/b2api/v3/{operation}",
+            api.path_and_query.trim_end_matches('/')
+        );
+        let token = auth.token();
+        let mut request = Vec::new();
+        http::write_post_json(
+            &mut request,
+            &origin.host_header(),
+            &path,
+            &[("Authorization", &token)],
+            body,
+        )
+        .map_err(|error| Error::Usage(format!("{operation}: {error}")))?;
+        let reply = exchange(
+            &origin,
+            auth.tls().filter(|_| origin.tls),
+            timeout,
+            &request,
+            false,
+            API_BODY_MAX_BYTES,
+        )
+        .await?;
+        match reply.head.status {
+            200 => return Ok(reply.body),
+            401 if !reauthorized => {
+                let code = crate::b2::parse_error_body(&reply.body).map(|e| e.code);
+                if matches!(
+                    code.as_deref(),
+                    Some("expired_auth_token" | "bad_auth_token")
+                ) {
+                    reauthorized = true;
+                    auth.reauthorize().await?;
+                    continue;
+                }
+                return Err(Error::Auth(format!(
+                    "{operation}: {}",
+                    describe_error(&reply)
+                )));
+            }
+            401 | 403 => {
+                return Err(Error::Auth(format!(
+                    "{operation}: {}",
+                    describe_error(&reply)
+                )));
+            }
+            _ => return Err(Error::http(operation, describe_error(&reply))),
+        }
+    }
+}
+
+/// The listing thread: pages of names into the bounded queue. Blocks when
+/// the scheduler is behind; stops when the scheduler hangs up.
+fn list_all(
+    auth: &Authorizer,
+    bucket_id: &str,
+    prefix: &str,
+    timeout: std::time::Duration,
+    sender: std::sync::mpsc::SyncSender<Result<ListEntry>>,
+) {
+    let runtime = match uring::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = sender.send(Err(error));
+            return;
+        }
+    };
+    runtime.block_on(async {
+        let mut start: Option<String> = None;
+        loop {
+            let body = listing::request_body(bucket_id, prefix, start.as_deref());
+            let page = match api_call(auth, "b2_list_file_names", &body, timeout).await {
+                Ok(reply) => listing::parse_page(&reply)
+                    .map_err(|why| Error::http("b2_list_file_names", why)),
+                Err(error) => Err(error),
+            };
+            let page = match page.and_then(|page| {
+                listing::check_progress(start.as_deref(), &page)
+                    .map(|()| page)
+                    .map_err(|why| Error::http("b2_list_file_names", why))
+            }) {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = sender.send(Err(error));
+                    return;
+                }
+            };
+            for entry in page.entries {
+                if sender.send(Ok(entry)).is_err() {
+                    return;
+                }
+            }
+            match page.next_file_name {
+                Some(next) => start = Some(next),
+                None => return,
+            }
+        }
+    });
+}
+
+/// Decides what to do with one listed entry and hands it to a worker.
+fn schedule(
+    run: &Arc<Run>,
+    entry: ListEntry,
+    base: &str,
+    pool: Option<&ObjectPool>,
+    large: Option<&std::sync::mpsc::SyncSender<FileTask>>,
+) {
+    let options = &run.options;
+    if entry.action == Action::Other {
+        return;
+    }
+    let Some(relative) = paths::relative_name(&entry.name, &options.folder_prefix) else {
+        return;
+    };
+    if !options.shard.contains(&entry.name) || !options.filter.accepts(relative) {
+        return;
+    }
+    let refuse = |reason: String| {
+        if options.dry_run {
+            eprintln!("refused\t{:?}\t{reason}", entry.name);
+        } else {
+            run.reporter.record(FileRecord {
+                name: &entry.name,
+                path: None,
+                bytes: entry.size_bytes,
+                sha1: None,
+                expected: &entry.expected,
+                verified: false,
+                attempts: 0,
+                status: Status::Refused,
+                reason: Some(reason),
+            });
+        }
+    };
+    let segments = match paths::map_name(relative, entry.action == Action::Folder) {
+        Mapped::Refused(reason) => return refuse(reason),
+        Mapped::Directory(segments) => {
+            if !options.dry_run {
+                match run.target().ensure_dir(&segments) {
+                    Ok(_) => {}
+                    Err(PathError::Refused(reason)) => refuse(reason),
+                    Err(PathError::Failed(error)) => run.fail_run(error),
+                }
+            }
+            return;
+        }
+        Mapped::File(segments) => segments,
+    };
+    let display_path = format!("{}/{}", options.dir.display(), segments.join("/"));
+    let skip = |reason: &str| {
+        run.reporter.record(FileRecord {
+            name: &entry.name,
+            path: Some(display_path.clone()),
+            bytes: entry.size_bytes,
+            sha1: None,
+            expected: &entry.expected,
+            verified: false,
+            attempts: 0,
+            status: Status::Skipped,
+            reason: Some(reason.to_string()),
+        });
+    };
+    let key = target::journal_key(
+        entry.file_id.as_deref().unwrap_or(&entry.name),
+        entry.size_bytes,
+    );
+    if let Some(target) = &run.target {
+        if target.is_completed(&key) {
+            return skip("journal");
+        }
+    }
+    if options.skip_existing {
+        if options.dry_run {
+            if local_size(&options.dir, &segments) == Some(entry.size_bytes) {
+                return;
+            }
+        } else if let Some((fd, size)) = run.target().open_existing(&segments) {
+            if size == entry.size_bytes && same_sha1(fd, &entry.expected) {
+                return skip("exists");
+            }
+        }
+    }
+    if options.dry_run {
+        println!("{}\t{}", entry.size_bytes, entry.name);
+        return;
+    }
+    let target = run.target();
+    let (parent_segments, leaf) = segments.split_at(segments.len() - 1);
+    let parent = match target.ensure_dir(parent_segments) {
+        Ok(parent) => parent,
+        Err(PathError::Refused(reason)) => return refuse(reason),
+        Err(PathError::Failed(error)) => return run.fail_run(error),
+    };
+    let is_large = entry.size_bytes >= options.engine.part_size_bytes;
+    let direct = if is_large {
+        options.direct_io
+    } else {
+        DirectIo::Off
+    };
+    let resume_bytes = if is_large {
+        target.resumable_bytes(&key)
+    } else {
+        None
+    };
+    let temp_name = if is_large {
+        target.large_temp_name(&key)
+    } else {
+        target.temp_name()
+    };
+    let created = match resume_bytes {
+        Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
+        None => crate::get::create_temp(&target.partial, &temp_name, entry.size_bytes, direct),
+    };
+    let (file, direct_io) = match created {
+        Ok(created) => created,
+        Err(error @ Error::Fatal(_)) => return run.fail_run(error),
+        Err(error) => {
+            run.reporter.record(FileRecord {
+                name: &entry.name,
+                path: Some(display_path),
+                bytes: entry.size_bytes,
+                sha1: None,
+                expected: &entry.expected,
+                verified: false,
+                attempts: 0,
+                status: Status::Failed,
+                reason: Some(error.to_string()),
+            });
+            return;
+        }
+    };
+    if direct_io {
+        run.direct_io_used.store(true, Ordering::Relaxed);
+    }
+    let task = FileTask {
+        key,
+        resume_bytes,
+        large: is_large,
+        leaf: leaf[0].to_string(),
+        entry,
+        parent,
+        display_path,
+        temp_name,
+        file,
+    };
+    if is_large {
+        if let Some(large) = large {
+            let _ = large.send(task);
+        }
+        return;
+    }
+    let Some(pool) = pool else { return };
+    let engine_file = match task.file.try_clone() {
+        Ok(fd) => fd,
+        Err(error) => return run.fail_run(Error::io("duplicating a file descriptor", error)),
+    };
+    let job = ObjectJob {
+        path_and_query: download_path(base, &task.entry),
+        display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
+        expect_file_id: task.entry.file_id.clone(),
+        size_bytes: task.entry.size_bytes,
+        expected_sha1: match task.entry.expected {
+            ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
+            ExpectedSha1::None => None,
+        },
+        file: engine_file,
+        done: {
+            let run = Arc::clone(run);
+            Box::new(move |result: ObjectResult| {
+                let sha1 = result
+                    .outcome
+                    .map_err(|failure| (failure.error, failure.run_fatal));
+                finish_file(&run, task, sha1, result.attempts);
+            })
+        },
+    };
+    if let Err(error) = pool.submit(job) {
+        run.fail_run(error);
+    }
+}
+
+/// By fileId, so a newer upload under the same name cannot be spliced in.
+fn download_path(base: &str, entry: &ListEntry) -> String {
+    match &entry.file_id {
+        Some(id) => format!(
+            "{base}/b2api/v3/b2_download_file_by_id?fileId={}",
+            crate::b2::b2_url_encode(id)
+        ),
+        None => format!("{base}/file/{}", crate::b2::b2_url_encode(&entry.name)),
+    }
+}
+
+fn local_size(dir: &std::path::Path, segments: &[&str]) -> Option<u64> {
+    let meta = std::fs::symlink_metadata(dir.join(segments.join("/"))).ok()?;
+    meta.is_file().then_some(meta.len())
+}
+
+/// Hashes an existing local file and compares it with the published digest.
+fn same_sha1(fd: OwnedFd, expected: &ExpectedSha1) -> bool {
+    use sha1::{Digest, Sha1};
+    use std::io::Read;
+    let (ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)) = expected else {
+        return false;
+    };
+    let mut file = std::fs::File::from(fd);
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; LOCAL_HASH_READ_BYTES];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(_) => return false,
+        }
+    }
+    let actual: [u8; 20] = hasher.finalize().into();
+    actual == *expected
+}
+
+/// The large-object thread: one object at a time, all cores on it.
+fn large_loop(
+    run: &Arc<Run>,
+    source: &ObjectSource,
+    base: &str,
+    receiver: std::sync::mpsc::Receiver<FileTask>,
+    progress: Arc<Progress>,
+) -> (StageHistograms, Vec<String>, bool) {
+    let mut stages = StageHistograms::new();
+    let mut notices = Vec::new();
+    let mut registered = true;
+    for task in receiver.iter() {
+        if run.stop.load(Ordering::Acquire) || run.options.engine.is_cancelled() {
+            if task.resume_bytes.is_none() {
+                run.target().unlink_partial(&task.temp_name);
+            }
+            continue;
+        }
+        let mut source = source.clone();
+        source.path_and_query = download_path(base, &task.entry);
+        source.expect_file_id = task.entry.file_id.clone();
+        source.display_name = format!("b2://{}/{}", run.options.bucket, task.entry.name);
+        let started = Instant::now();
+        let direct = rustix::fs::fcntl_getfl(&task.file)
+            .map(|flags| flags.contains(rustix::fs::OFlags::DIRECT))
+            .unwrap_or(false);
+        let part_size_bytes = run.options.engine.part_size_bytes;
+        let mut resume_bytes = task.resume_bytes;
+        let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
+        let mut attempts = 0;
+        let sha1 = loop {
+            attempts += 1;
+            let resume = resume_bytes
+                .map(|bytes| bytes / part_size_bytes * part_size_bytes)
+                .filter(|&bytes| bytes > 0 && bytes <= task.entry.size_bytes)
+                .and_then(|bytes| hash_prefix(run.target(), &task.temp_name, bytes));
+            let resumed_from = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
+            if resumed_from > 0 && !run.reporter.quiet {
+                eprintln!(
+                    "ringdown: {}: resuming at byte {resumed_from} of {} (journal)",
+                    task.entry.name, task.entry.size_bytes
+                );
+            }
+            // The object's own counter: its hash frontier is what is on disk.
+            let object_progress = Arc::new(Progress::default());
+            let finished = AtomicBool::new(false);
+            let outcome = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    journal_chunks(
+                        run,
+                        &task.key,
+                        resumed_from,
+                        part_size_bytes,
+                        &object_progress,
+                        &progress,
+                        &finished,
+                    )
+                });
+                let outcome = engine::download_resumed(
+                    &run.options.engine,
+                    &source,
+                    task.entry.size_bytes,
+                    &task.file,
+                    direct,
+                    Arc::clone(&object_progress),
+                    resume,
+                );
+                finished.store(true, Ordering::Release);
+                outcome
+            });
+            let sha1 = match outcome {
+                Ok(outcome) => {
+                    stages.merge(&outcome.stages);
+                    stages.record(crate::stats::Stage::File, started.elapsed());
+                    run.retries.fetch_add(outcome.retries, Ordering::Relaxed);
+                    registered &= outcome.registered_buffers;
+                    for notice in outcome.notices {
+                        if !notices.contains(&notice) {
+                            notices.push(notice);
+                        }
+                    }
+                    let truncated = if direct {
+                        rustix::fs::ftruncate(&task.file, task.entry.size_bytes).map_err(|error| {
+                            Error::io("truncating the O_DIRECT padding", error.into())
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    truncated
+                        .map(|()| outcome.sha1)
+                        .map_err(|error| (error, false))
+                }
+                Err(error) => {
+                    let run_fatal = matches!(
+                        error,
+                        Error::Auth(_)
+                            | Error::Trust(_)
+                            | Error::Fatal(_)
+                            | Error::UringUnavailable(_)
+                    );
+                    Err((error, run_fatal))
+                }
+            };
+            let mismatch = match (&sha1, &task.entry.expected) {
+                (
+                    Ok(actual),
+                    ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected),
+                ) => actual != expected,
+                _ => false,
+            };
+            if mismatch && redownloads_left > 0 && !run.options.engine.is_cancelled() {
+                redownloads_left -= 1;
+                resume_bytes = None;
+                eprintln!(
+                    "ringdown: {}: SHA1 mismatch; downloading it again",
+                    task.entry.name
+                );
+                continue;
+            }
+            break sha1;
+        };
+        finish_file(run, task, sha1, attempts);
+    }
+    (stages, notices, registered)
+}
+
+/// Re-hashes `[0, bytes)` of a partial file left by an earlier run.
+fn hash_prefix(target: &Target, temp_name: &str, bytes: u64) -> Option<engine::Resume> {
+    use sha1::{Digest, Sha1};
+    use std::io::Read;
+    let fd = rustix::fs::openat(
+        &target.partial,
+        temp_name,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut file = std::fs::File::from(fd).take(bytes);
+    let mut sha1 = Sha1::new();
+    let mut buffer = vec![0u8; LOCAL_HASH_READ_BYTES];
+    let mut hashed = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                sha1.update(&buffer[..n]);
+                hashed += n as u64;
+            }
+            Err(_) => return None,
+        }
+    }
+    (hashed == bytes).then_some(engine::Resume {
+        offset_bytes: bytes,
+        sha1,
+    })
+}
+
+/// While a large object downloads: a journal line each time its hashed (so
+/// written) prefix crosses a chunk boundary, and the run's progress counters.
+fn journal_chunks(
+    run: &Run,
+    key: &str,
+    resumed_from: u64,
+    part_size_bytes: u64,
+    object: &Progress,
+    total: &Progress,
+    finished: &AtomicBool,
+) {
+    let mut journaled = resumed_from;
+    let mut counted = 0u64;
+    loop {
+        let done = finished.load(Ordering::Acquire);
+        let bytes = object.bytes_done.load(Ordering::Relaxed);
+        total
+            .bytes_done
+            .fetch_add(bytes - counted, Ordering::Relaxed);
+        counted = bytes;
+        let boundary = (resumed_from + bytes) / part_size_bytes * part_size_bytes;
+        if boundary > journaled {
+            if run.target().journal_chunks(key, boundary).is_err() {
+                return;
+            }
+            journaled = boundary;
+        }
+        if done {
+            total
+                .retries
+                .fetch_add(object.retries.load(Ordering::Relaxed), Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Verify → mtime → rename → journal → report. Runs on the thread that
+/// downloaded the file, after its last write completed.
+fn finish_file(
+    run: &Run,
+    task: FileTask,
+    sha1: std::result::Result<[u8; 20], (Error, bool)>,
+    attempts: u32,
+) {
+    let target = run.target();
+    let entry = &task.entry;
+    let record =
+        |status: Status, sha1: Option<&[u8; 20]>, verified: bool, reason: Option<String>| {
+            run.reporter.record(FileRecord {
+                name: &entry.name,
+                path: Some(task.display_path.clone()),
+                bytes: entry.size_bytes,
+                sha1: sha1.map(to_hex),
+                expected: &entry.expected,
+                verified,
+                attempts,
+                status,
+                reason,
+            });
+        };
+    let actual = match sha1 {
+        Ok(actual) => actual,
+        Err(_) if run.options.engine.is_cancelled() => {
+            // Interrupted: not a failure. A large object keeps its partial
+            // file and journaled chunks for the next run.
+            if !task.large {
+                target.unlink_partial(&task.temp_name);
+            }
+            return;
+        }
+        Err((error, run_fatal)) => {
+            target.unlink_partial(&task.temp_name);
+            record(Status::Failed, None, false, Some(error.to_string()));
+            if run_fatal {
+                run.fail_run(error);
+            }
+            return;
+        }
+    };
+    let verified = match &entry.expected {
+        ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)
+            if *expected != actual =>
+        {
+            target.unlink_partial(&task.temp_name);
+            record(
+                Status::Failed,
+                Some(&actual),
+                false,
+                Some(format!(
+                    "SHA1 mismatch: expected {}, got {}",
+                    to_hex(expected),
+                    to_hex(&actual)
+                )),
+            );
+            return;
+        }
+        ExpectedSha1::Verified(_) | ExpectedSha1::Unverified(_) => true,
+        ExpectedSha1::None => false,
+    };
+    if let Some(mtime_ms) = entry.mtime_ms {
+        let when = rustix::fs::Timespec {
+            tv_sec: (mtime_ms / 1000) as i64,
+            tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
+        };
+        let _ = rustix::fs::futimens(
+            &task.file,
+            &Timestamps {
+                last_access: when,
+                last_modification: when,
+            },
+        );
+    }
+    drop(task.file);
+    match target.rename_into_place(
+        &task.temp_name,
+        &task.parent,
+        &task.leaf,
+        &task.display_path,
+    ) {
+        Ok(()) => {}
+        Err(PathError::Refused(reason)) => {
+            target.unlink_partial(&task.temp_name);
+            record(Status::Refused, Some(&actual), verified, Some(reason));
+            return;
+        }
+        Err(PathError::Failed(error)) => {
+            target.unlink_partial(&task.temp_name);
+            record(
+                Status::Failed,
+                Some(&actual),
+                verified,
+                Some(error.to_string()),
+            );
+            return;
+        }
+    }
+    if let Err(error) = target.journal_completed(&task.key) {
+        run.fail_run(error);
+    }
+    let reason = (!verified).then(|| "no published SHA1 (unverified)".to_string());
+    record(Status::Ok, Some(&actual), verified, reason);
+}

@@ -1,0 +1,397 @@
+//! Object name → local path, shard choice and include/exclude filters.
+//! I/O-free: the decisions here are unit-tested without a filesystem.
+//!
+//! A name is never joined onto the target as a string: it is split on `/`
+//! and each segment is checked, then created one component at a time by the
+//! caller (`restore::target`), relative to the DIR fd, never following a symlink.
+
+use globset::{GlobSet, GlobSetBuilder};
+use sha1::{Digest, Sha1};
+
+/// The directory the restore keeps its journal and partial files in.
+pub const STATE_DIR_NAME: &str = ".ringdown";
+/// Longest path segment a Linux filesystem accepts (NAME_MAX).
+const SEGMENT_MAX_BYTES: usize = 255;
+
+/// What a (prefix-relative) object name means on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped<'a> {
+    /// A regular file at these segments (at least one).
+    File(Vec<&'a str>),
+    /// A directory marker (`folder` entry, `x/`, `x/.bzEmpty`): create the
+    /// directory only. Empty = DIR itself.
+    Directory(Vec<&'a str>),
+    /// Not restorable, with the reason shown to the user.
+    Refused(String),
+}
+
+/// The name relative to the restore's folder prefix (`photos/` of
+/// `b2://bkt/photos`). `None` when the name is not under the prefix.
+pub fn relative_name<'a>(name: &'a str, folder_prefix: &str) -> Option<&'a str> {
+    name.strip_prefix(folder_prefix)
+}
+
+/// The folder prefix for `b2://BUCKET/PREFIX`: `PREFIX/` (folder semantics,
+/// as `b2 sync`), or empty for the whole bucket.
+pub fn folder_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("{trimmed}/")
+    }
+}
+
+/// Maps a prefix-relative name to local path segments, refusing anything that
+/// could escape DIR or that the filesystem cannot represent.
+pub fn map_name(relative: &str, is_folder_entry: bool) -> Mapped<'_> {
+    if relative.is_empty() {
+        return Mapped::Directory(Vec::new());
+    }
+    if let Some(byte) = relative.bytes().find(|&b| b < 0x20 || b == 0x7f) {
+        return Mapped::Refused(format!("the name contains control character 0x{byte:02x}"));
+    }
+    if relative.starts_with('/') {
+        return Mapped::Refused("the name starts with '/' (absolute path)".into());
+    }
+    let (body, directory_only) = if is_folder_entry || relative.ends_with('/') {
+        (relative.trim_end_matches('/'), true)
+    } else if relative == ".bzEmpty" {
+        ("", true)
+    } else if let Some(parent) = relative.strip_suffix("/.bzEmpty") {
+        (parent, true)
+    } else {
+        (relative, false)
+    };
+    let segments: Vec<&str> = if body.is_empty() {
+        Vec::new()
+    } else {
+        body.split('/').collect()
+    };
+    for segment in &segments {
+        match *segment {
+            "" => return Mapped::Refused("the name has an empty path segment ('//')".into()),
+            "." | ".." => {
+                return Mapped::Refused(format!("the name has a '{segment}' path segment"));
+            }
+            s if s.len() > SEGMENT_MAX_BYTES => {
+                return Mapped::Refused(format!(
+                    "a path segment is {} bytes (the filesystem limit is {SEGMENT_MAX_BYTES})",
+                    s.len()
+                ));
+            }
+            _ => {}
+        }
+    }
+    if segments.first() == Some(&STATE_DIR_NAME) {
+        return Mapped::Refused(format!(
+            "names under {STATE_DIR_NAME}/ are reserved for ringdown's journal"
+        ));
+    }
+    if directory_only {
+        Mapped::Directory(segments)
+    } else {
+        Mapped::File(segments)
+    }
+}
+
+/// The shard of an object name: the first 8 bytes of SHA-1 of the full name,
+/// big-endian, mod `count`. This function never changes (CONVENTIONS.md).
+pub fn shard_of(name: &str, count: u64) -> u64 {
+    debug_assert!(count > 0);
+    let digest = Sha1::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) % count
+}
+
+/// `--shard K/N` (0 ≤ K < N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    pub fn parse(text: &str) -> Result<Shard, String> {
+        let (k, n) = text
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {text:?}: expected K/N, e.g. 0/4"))?;
+        let index: u64 = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {text:?}: K is not a number"))?;
+        let count: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {text:?}: N is not a number"))?;
+        Shard::new(index, count).map_err(|why| format!("--shard {text:?}: {why}"))
+    }
+
+    pub fn new(index: u64, count: u64) -> Result<Shard, String> {
+        if count == 0 {
+            return Err("N must be at least 1".into());
+        }
+        if index >= count {
+            return Err(format!(
+                "K is 0-based and must be below N ({index} ≥ {count})"
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Resolves the shard from flags, then the environment of a Kubernetes
+    /// Indexed Job or a Slurm job array. Flags beat environment.
+    pub fn resolve(
+        flag: Option<&str>,
+        count_flag: Option<u64>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Shard, String> {
+        if let Some(text) = flag {
+            return Shard::parse(text);
+        }
+        let number = |name: &str| -> Result<Option<u64>, String> {
+            match env(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(None),
+                Some(value) => value
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("{name}={value:?} is not a number")),
+            }
+        };
+        if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+            let count = match count_flag {
+                Some(count) => count,
+                None => number("RINGDOWN_SHARD_COUNT")?.ok_or(
+                    "JOB_COMPLETION_INDEX is set: pass --shard-count N or set RINGDOWN_SHARD_COUNT (the Job's completions)",
+                )?,
+            };
+            return Shard::new(index, count).map_err(|why| format!("JOB_COMPLETION_INDEX: {why}"));
+        }
+        if let Some(task) = number("SLURM_ARRAY_TASK_ID")? {
+            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let count = match count_flag {
+                Some(count) => count,
+                None => number("SLURM_ARRAY_TASK_COUNT")?
+                    .ok_or("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")?,
+            };
+            let index = task
+                .checked_sub(min)
+                .ok_or("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?;
+            return Shard::new(index, count).map_err(|why| format!("Slurm array: {why}"));
+        }
+        if let Some(count) = count_flag {
+            return Err(format!(
+                "--shard-count {count} needs an index: --shard K/N or JOB_COMPLETION_INDEX"
+            ));
+        }
+        Ok(Shard::ALL)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.count == 1 || shard_of(name, self.count) == self.index
+    }
+}
+
+/// `--include` / `--exclude` globs on the prefix-relative name: `*` stays
+/// within a segment, `**` crosses; with any include a name must match one;
+/// an exclude wins.
+#[derive(Debug, Clone)]
+pub struct NameFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl NameFilter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<NameFilter, String> {
+        let build = |patterns: &[String], flag: &str| -> Result<Option<GlobSet>, String> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let mut builder = GlobSetBuilder::new();
+            for pattern in patterns {
+                let glob = globset::GlobBuilder::new(pattern)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|error| format!("{flag} {pattern:?}: {error}"))?;
+                builder.add(glob);
+            }
+            builder
+                .build()
+                .map(Some)
+                .map_err(|error| format!("{flag}: {error}"))
+        };
+        Ok(NameFilter {
+            include: build(include, "--include")?,
+            exclude: build(exclude, "--exclude")?,
+        })
+    }
+
+    pub fn accepts(&self, relative: &str) -> bool {
+        if let Some(exclude) = &self.exclude {
+            if exclude.is_match(relative) {
+                return false;
+            }
+        }
+        match &self.include {
+            Some(include) => include.is_match(relative),
+            None => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(name: &str) -> bool {
+        matches!(map_name(name, false), Mapped::Refused(_))
+    }
+
+    #[test]
+    fn plain_names_map_to_segments() {
+        assert_eq!(
+            map_name("a/b/c.txt", false),
+            Mapped::File(vec!["a", "b", "c.txt"])
+        );
+        assert_eq!(map_name("x", false), Mapped::File(vec!["x"]));
+        // Backslashes, colons and device names are ordinary bytes on Linux.
+        assert_eq!(map_name("a\\b", false), Mapped::File(vec!["a\\b"]));
+        assert_eq!(map_name("C:x", false), Mapped::File(vec!["C:x"]));
+        assert_eq!(map_name("CON", false), Mapped::File(vec!["CON"]));
+        assert_eq!(map_name("..a/b..", false), Mapped::File(vec!["..a", "b.."]));
+        assert_eq!(
+            map_name("a/.ringdown/x", false),
+            Mapped::File(vec!["a", ".ringdown", "x"])
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for name in [
+            "../x",
+            "a/../../b",
+            "..",
+            ".",
+            "./a",
+            "a/./b",
+            "/etc/passwd",
+            "a//b",
+            "a/b/..",
+            "nul\0byte",
+            "line\nbreak",
+            "del\x7f",
+            "esc\x1b[2J",
+            ".ringdown/journal-0-of-1",
+            ".ringdown",
+        ] {
+            assert!(refused(name), "{name:?} must be refused");
+        }
+        let long = "x".repeat(256);
+        assert!(refused(&long));
+        assert!(!refused(&"x".repeat(255)));
+    }
+
+    #[test]
+    fn directory_markers_create_directories_only() {
+        assert_eq!(map_name("a/b/", false), Mapped::Directory(vec!["a", "b"]));
+        assert_eq!(map_name("a/b", true), Mapped::Directory(vec!["a", "b"]));
+        assert_eq!(map_name("a/.bzEmpty", false), Mapped::Directory(vec!["a"]));
+        assert_eq!(map_name(".bzEmpty", false), Mapped::Directory(vec![]));
+        assert_eq!(map_name("", false), Mapped::Directory(vec![]));
+        assert!(matches!(map_name("../", false), Mapped::Refused(_)));
+        assert!(matches!(map_name("../.bzEmpty", false), Mapped::Refused(_)));
+    }
+
+    #[test]
+    fn prefix_is_a_folder() {
+        assert_eq!(folder_prefix("photos"), "photos/");
+        assert_eq!(folder_prefix("photos/"), "photos/");
+        assert_eq!(folder_prefix(""), "");
+        assert_eq!(relative_name("photos/a/b", "photos/"), Some("a/b"));
+        assert_eq!(relative_name("photos2/a", "photos/"), None);
+    }
+
+    #[test]
+    fn shard_function_is_stable() {
+        // SHA-1("a") = 86f7e437faa5a7fc…: 0x86f7e437faa5a7fc mod 7.
+        assert_eq!(shard_of("a", 7), 0x86f7_e437_faa5_a7fc_u64 % 7);
+        assert_eq!(shard_of("anything", 1), 0);
+        let counts = (0..1000).fold([0u32; 4], |mut acc, i| {
+            acc[shard_of(&format!("file-{i}"), 4) as usize] += 1;
+            acc
+        });
+        assert!(counts.iter().all(|&c| c > 150), "{counts:?}");
+    }
+
+    #[test]
+    fn shard_resolution_flags_beat_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let none = env(&[]);
+        assert_eq!(Shard::resolve(None, None, &none), Ok(Shard::ALL));
+        assert_eq!(
+            Shard::resolve(Some("1/3"), None, &env(&[("JOB_COMPLETION_INDEX", "2")])),
+            Ok(Shard { index: 1, count: 3 })
+        );
+        assert_eq!(
+            Shard::resolve(
+                None,
+                None,
+                &env(&[("JOB_COMPLETION_INDEX", "2"), ("RINGDOWN_SHARD_COUNT", "4")])
+            ),
+            Ok(Shard { index: 2, count: 4 })
+        );
+        assert_eq!(
+            Shard::resolve(
+                None,
+                Some(5),
+                &env(&[("JOB_COMPLETION_INDEX", "2"), ("RINGDOWN_SHARD_COUNT", "4")])
+            ),
+            Ok(Shard { index: 2, count: 5 })
+        );
+        assert_eq!(
+            Shard::resolve(
+                None,
+                None,
+                &env(&[
+                    ("SLURM_ARRAY_TASK_ID", "12"),
+                    ("SLURM_ARRAY_TASK_MIN", "10"),
+                    ("SLURM_ARRAY_TASK_COUNT", "3")
+                ])
+            ),
+            Ok(Shard { index: 2, count: 3 })
+        );
+        assert!(Shard::resolve(None, None, &env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
+        assert!(Shard::parse("3/3").is_err());
+        assert!(Shard::parse("0/0").is_err());
+        assert!(Shard::parse("x").is_err());
+    }
+
+    #[test]
+    fn globs_match_relative_names() {
+        let filter = NameFilter::new(
+            &["*.txt".into(), "docs/**".into()],
+            &["docs/secret/**".into()],
+        )
+        .unwrap();
+        assert!(filter.accepts("a.txt"));
+        assert!(!filter.accepts("dir/a.txt"), "* stays within a segment");
+        assert!(filter.accepts("docs/x/y.bin"));
+        assert!(!filter.accepts("docs/secret/k.txt"));
+        assert!(!filter.accepts("b.bin"));
+        let exclude_only = NameFilter::new(&[], &["**/*.tmp".into()]).unwrap();
+        assert!(exclude_only.accepts("a/b.bin"));
+        assert!(!exclude_only.accepts("a/b.tmp"));
+        assert!(!exclude_only.accepts("b.tmp"));
+    }
+}

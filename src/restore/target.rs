@@ -1,0 +1,390 @@
+//! The destination directory: the DIR fd, parents created one component at
+//! a time (`mkdirat` + `openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)`), the
+//! `.ringdown/` state directory with partial files, and the journal.
+//!
+//! Nothing here follows a symlink inside DIR: a symlinked parent gets the
+//! name refused; a symlink at a final path is replaced by `renameat`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use super::paths::{STATE_DIR_NAME, Shard};
+use crate::error::{Error, Result};
+
+const PARTIAL_DIR_NAME: &str = "partial";
+
+/// Why a path could not be created: the name is refused, or the run failed.
+#[derive(Debug)]
+pub enum PathError {
+    /// The filesystem says no for this name (clash, symlinked parent).
+    Refused(String),
+    Failed(Error),
+}
+
+pub struct Target {
+    pub root_path: PathBuf,
+    root: OwnedFd,
+    state: OwnedFd,
+    pub partial: OwnedFd,
+    journal_name: String,
+    journal: Mutex<std::fs::File>,
+    /// `fileId\tsize` of files completed by an earlier run.
+    completed: HashSet<String>,
+    /// Large objects an earlier run left half done: key → bytes on disk
+    /// (a chunk boundary), whose partial file still exists.
+    resumable: HashMap<String, u64>,
+    shard_tag: String,
+    temp_counter: AtomicU64,
+    temp_salt: u64,
+}
+
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+fn open_dir_beneath(dir: impl AsFd, path: &str) -> std::result::Result<OwnedFd, Errno> {
+    rustix::fs::openat2(
+        dir,
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        beneath(),
+    )
+}
+
+fn mkdir_and_open(dir: impl AsFd + Copy, name: &str) -> std::result::Result<OwnedFd, Errno> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(error) => return Err(error),
+    }
+    open_dir_beneath(dir, name)
+}
+
+/// `<shard 4 hex><12 hex of SHA-1(key)>.part`.
+fn large_temp_name(shard_tag: &str, key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(key.as_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{shard_tag}{hex}.part")
+}
+
+/// The journal key of a completed file.
+pub fn journal_key(file_id: &str, size_bytes: u64) -> String {
+    format!("{file_id}\t{size_bytes}")
+}
+
+impl Target {
+    /// Creates DIR (like `mkdir -p`), `.ringdown/partial/`, and takes the
+    /// journal lock of this shard.
+    pub fn open(root_path: &Path, shard: Shard) -> Result<Target> {
+        std::fs::create_dir_all(root_path)
+            .map_err(|error| Error::io(format!("creating {}", root_path.display()), error))?;
+        let root = rustix::fs::open(
+            root_path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|error| Error::io(format!("opening {}", root_path.display()), error.into()))?;
+        let state_context = format!("{}/{STATE_DIR_NAME}", root_path.display());
+        let state = mkdir_and_open(&root, STATE_DIR_NAME).map_err(|error| match error {
+            Errno::ROFS => Error::Fatal(format!("{} is read-only", root_path.display())),
+            _ => Error::io(&state_context, error.into()),
+        })?;
+        let partial = mkdir_and_open(&state, PARTIAL_DIR_NAME).map_err(|error| {
+            Error::io(format!("{state_context}/{PARTIAL_DIR_NAME}"), error.into())
+        })?;
+        let journal_name = format!("journal-{}-of-{}", shard.index, shard.count);
+        let journal_fd = rustix::fs::openat(
+            &state,
+            &journal_name,
+            OFlags::CREATE | OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|error| Error::io(format!("{state_context}/{journal_name}"), error.into()))?;
+        if let Err(error) = rustix::fs::flock(&journal_fd, FlockOperation::NonBlockingLockExclusive)
+        {
+            return Err(if error == Errno::WOULDBLOCK {
+                Error::Usage(format!(
+                    "another ringdown restore of shard {}/{} is running into {} (its journal is locked)",
+                    shard.index,
+                    shard.count,
+                    root_path.display()
+                ))
+            } else {
+                Error::io(
+                    format!("locking {state_context}/{journal_name}"),
+                    error.into(),
+                )
+            });
+        }
+        let mut journal = std::fs::File::from(journal_fd);
+        let mut text = String::new();
+        journal
+            .read_to_string(&mut text)
+            .map_err(|error| Error::io(format!("reading {state_context}/{journal_name}"), error))?;
+        // Only whole lines count: a line cut by a kill is ignored.
+        let mut completed = HashSet::new();
+        let mut chunks: HashMap<String, u64> = HashMap::new();
+        for line in text
+            .split_inclusive('\n')
+            .filter(|line| line.ends_with('\n'))
+        {
+            let line = line.trim_end_matches('\n');
+            if let Some(rest) = line.strip_prefix("ok\t") {
+                completed.insert(rest.to_string());
+            } else if let Some((key, bytes)) = line
+                .strip_prefix("chunk\t")
+                .and_then(|rest| rest.rsplit_once('\t'))
+            {
+                if let Ok(bytes) = bytes.parse::<u64>() {
+                    let entry = chunks.entry(key.to_string()).or_insert(0);
+                    *entry = (*entry).max(bytes);
+                }
+            }
+        }
+        for key in &completed {
+            chunks.remove(key);
+        }
+        let temp_salt = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            hasher.finish()
+        };
+        let shard_tag = format!("{:04x}", shard.index & 0xffff);
+        // A half-done large object resumes only if its partial file survived.
+        let resumable = chunks
+            .into_iter()
+            .filter(|(key, _)| {
+                rustix::fs::statat(
+                    &partial,
+                    large_temp_name(&shard_tag, key),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .is_ok_and(|stat| {
+                    rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                        == rustix::fs::FileType::RegularFile
+                })
+            })
+            .collect();
+        let target = Target {
+            root_path: root_path.to_path_buf(),
+            root,
+            state,
+            partial,
+            journal_name,
+            journal: Mutex::new(journal),
+            completed,
+            resumable,
+            shard_tag,
+            temp_counter: AtomicU64::new(0),
+            temp_salt,
+        };
+        // Partial files of an earlier run of this shard cannot be resumed.
+        target.remove_partials();
+        Ok(target)
+    }
+
+    pub fn is_completed(&self, key: &str) -> bool {
+        self.completed.contains(key)
+    }
+
+    /// Appends one completed file to the journal (one `write`, so a kill
+    /// leaves at most a cut last line, which the next run ignores).
+    pub fn journal_completed(&self, key: &str) -> Result<()> {
+        self.journal_line(&format!("ok\t{key}\n"))
+    }
+
+    /// Records that `[0, bytes)` of a large object is written to its partial file.
+    pub fn journal_chunks(&self, key: &str, bytes: u64) -> Result<()> {
+        self.journal_line(&format!("chunk\t{key}\t{bytes}\n"))
+    }
+
+    fn journal_line(&self, line: &str) -> Result<()> {
+        let mut journal = self.journal.lock().expect("journal lock");
+        journal
+            .write_all(line.as_bytes())
+            .map_err(|error| Error::io("appending to the journal", error))
+    }
+
+    /// Bytes of a large object an earlier run left in its partial file.
+    pub fn resumable_bytes(&self, key: &str) -> Option<u64> {
+        self.resumable.get(key).copied()
+    }
+
+    /// The stable partial name of a large object (so a rerun finds it).
+    pub fn large_temp_name(&self, key: &str) -> String {
+        large_temp_name(&self.shard_tag, key)
+    }
+
+    /// `<shard 4 hex><12 hex>.part`: short, unique, and tagged with the shard
+    /// so a run cleans up only its own leftovers.
+    pub fn temp_name(&self) -> String {
+        let counter = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let unique =
+            (self.temp_salt ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & 0xffff_ffff_ffff;
+        format!("{}{unique:012x}.part", self.shard_tag)
+    }
+
+    /// Creates the parent directories of a file (or a directory itself), one
+    /// component at a time, and returns the innermost directory's fd.
+    pub fn ensure_dir(&self, segments: &[&str]) -> std::result::Result<OwnedFd, PathError> {
+        let joined = segments.join("/");
+        if segments.is_empty() {
+            return self
+                .root
+                .try_clone()
+                .map_err(|error| PathError::Failed(Error::io("duplicating the DIR fd", error)));
+        }
+        // Fast path: the directory usually exists already.
+        match open_dir_beneath(&self.root, &joined) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) => {}
+            Err(error) => return Err(self.path_error(&joined, error)),
+        }
+        let mut current = self
+            .root
+            .try_clone()
+            .map_err(|error| PathError::Failed(Error::io("duplicating the DIR fd", error)))?;
+        for (depth, segment) in segments.iter().enumerate() {
+            current = mkdir_and_open(&current, segment)
+                .map_err(|error| self.path_error(&segments[..=depth].join("/"), error))?;
+        }
+        Ok(current)
+    }
+
+    fn path_error(&self, path: &str, error: Errno) -> PathError {
+        match error {
+            Errno::LOOP | Errno::XDEV => PathError::Refused(format!(
+                "{path} is (or passes through) a symlink inside the destination; not followed"
+            )),
+            Errno::NOTDIR | Errno::EXIST => {
+                PathError::Refused(format!("{path}: a file is in the way of a directory"))
+            }
+            Errno::ROFS | Errno::NOSPC | Errno::DQUOT => PathError::Failed(Error::Fatal(format!(
+                "creating {path} in {}: {error}",
+                self.root_path.display()
+            ))),
+            _ => PathError::Failed(Error::io(
+                format!("creating {path} in {}", self.root_path.display()),
+                error.into(),
+            )),
+        }
+    }
+
+    /// Size of a regular file at `segments`, opened without following symlinks.
+    pub fn open_existing(&self, segments: &[&str]) -> Option<(OwnedFd, u64)> {
+        let fd = rustix::fs::openat2(
+            &self.root,
+            segments.join("/"),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            beneath(),
+        )
+        .ok()?;
+        let stat = rustix::fs::fstat(&fd).ok()?;
+        let is_file =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+        is_file.then_some((fd, stat.st_size as u64))
+    }
+
+    /// Renames a verified partial file to its final name. A symlink there is
+    /// replaced, not followed; a directory there refuses the name.
+    pub fn rename_into_place(
+        &self,
+        temp_name: &str,
+        parent: &OwnedFd,
+        leaf: &str,
+        display_path: &str,
+    ) -> std::result::Result<(), PathError> {
+        rustix::fs::renameat(&self.partial, temp_name, parent, leaf).map_err(|error| match error {
+            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR => PathError::Refused(
+                format!("{display_path}: a directory is in the way of the file"),
+            ),
+            _ => PathError::Failed(Error::io(
+                format!("renaming into {display_path}"),
+                error.into(),
+            )),
+        })
+    }
+
+    /// Reopens a partial file an earlier run left (no O_EXCL, no truncation).
+    pub fn open_partial(&self, temp_name: &str, want_direct: bool) -> Result<(OwnedFd, bool)> {
+        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let open = |flags| rustix::fs::openat(&self.partial, temp_name, flags, Mode::empty());
+        if want_direct {
+            if let Ok(fd) = open(flags | OFlags::DIRECT) {
+                return Ok((fd, true));
+            }
+        }
+        open(flags)
+            .map(|fd| (fd, false))
+            .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
+    }
+
+    pub fn unlink_partial(&self, temp_name: &str) {
+        let _ = rustix::fs::unlinkat(&self.partial, temp_name, AtFlags::empty());
+    }
+
+    /// Removes this shard's partial files.
+    pub fn remove_partials(&self) {
+        let Ok(dir_fd) = self.partial.try_clone() else {
+            return;
+        };
+        let Ok(mut dir) = rustix::fs::Dir::new(dir_fd) else {
+            return;
+        };
+        let keep: HashSet<String> = self
+            .resumable
+            .keys()
+            .map(|key| self.large_temp_name(key))
+            .collect();
+        let mut names = Vec::new();
+        while let Some(Ok(entry)) = dir.next() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.shard_tag) && name.ends_with(".part") && !keep.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+        for name in names {
+            self.unlink_partial(&name);
+        }
+    }
+
+    /// Exit 1: partial files go, resumable ones too (CONVENTIONS.md); the
+    /// journal stays so completed files are skipped next time.
+    pub fn remove_all_partials(&self) {
+        let Ok(dir_fd) = self.partial.try_clone() else {
+            return;
+        };
+        let Ok(mut dir) = rustix::fs::Dir::new(dir_fd) else {
+            return;
+        };
+        let mut names = Vec::new();
+        while let Some(Ok(entry)) = dir.next() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.shard_tag) && name.ends_with(".part") {
+                names.push(name);
+            }
+        }
+        for name in names {
+            self.unlink_partial(&name);
+        }
+    }
+
+    /// Exit 0: the journal and (when no other shard uses it) `.ringdown/` go.
+    pub fn remove_state(&self) {
+        self.remove_all_partials();
+        let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&self.state, PARTIAL_DIR_NAME, AtFlags::REMOVEDIR);
+        let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
+    }
+}

@@ -1,0 +1,919 @@
+//! `ringdown restore` end to end against `ringdown serve`: bytes on disk,
+//! folder prefixes, filters, hostile names and symlinks, a real `kill -9`
+//! resume proven with the server's access log, shards, dry run and report.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Served, content, serve, sha1_hex, write_file};
+
+const SMALL_TUNING: &[&str] = &[
+    "--part-size",
+    "64KiB",
+    "--buffer-size",
+    "16KiB",
+    "--buffers",
+    "4",
+    "--connections",
+    "3",
+    "--cores",
+    "2",
+    "--retry-base-ms",
+    "5",
+    "--retry-max-ms",
+    "50",
+];
+
+fn command(served: &Served, args: &[&str], dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .arg("restore")
+        .args(args)
+        .arg(dir)
+        .args(["--realm", &served.realm])
+        .args(SMALL_TUNING)
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("B2_REALM")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("RINGDOWN_SHARD_COUNT")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("SLURM_ARRAY_TASK_MIN")
+        .env_remove("SLURM_ARRAY_TASK_COUNT");
+    if let Some(ca) = &served.ca_file {
+        command.arg("--ca-file").arg(ca);
+    }
+    command
+}
+
+/// Runs a command with a deadline, reading its output on threads so a
+/// chatty child never blocks on a full pipe.
+fn run_bounded(mut command: Command) -> Output {
+    use std::io::Read;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringdown");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ringdown restore did not finish within 60 s; stderr:\n{}",
+                String::from_utf8_lossy(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn restore(served: &Served, args: &[&str], dir: &Path) -> Output {
+    run_bounded(command(served, args, dir))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Builds `root/bkt` with `count` small files of mixed sizes (some empty),
+/// plus two multi-chunk objects; returns name → bytes.
+fn make_tree(root: &Path, count: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut objects = BTreeMap::new();
+    for i in 0..count {
+        let name = format!("d{}/s{}/file-{i:03}.bin", i % 7, i % 3);
+        let size = match i % 10 {
+            0 => 0,
+            1 => 1,
+            2 => 16 * 1024,
+            3 => 16 * 1024 + 1,
+            _ => (i * 997) % 40_000,
+        };
+        objects.insert(name, content(&format!("n{i}"), size));
+    }
+    // 3 and 5 parts of 64 KiB, the second above the server's large-file threshold.
+    objects.insert(
+        "big/three-parts.bin".into(),
+        content("big3", 3 * 65536 - 123),
+    );
+    objects.insert("big/large-file.bin".into(), content("big5", 5 * 65536 + 7));
+    for (name, bytes) in &objects {
+        write_file(&root.join("bkt"), name, bytes);
+    }
+    objects
+}
+
+fn assert_tree(dir: &Path, objects: &BTreeMap<String, Vec<u8>>) {
+    for (name, bytes) in objects {
+        let path = dir.join(name);
+        let actual = std::fs::read(&path).unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert!(actual == *bytes, "{name}: content differs");
+    }
+}
+
+/// Regular files under `dir` (relative names), excluding `.ringdown/`.
+fn files_under(dir: &Path) -> BTreeSet<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            let path = entry.path();
+            let relative = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if relative == ".ringdown" {
+                continue;
+            }
+            if kind.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.insert(relative);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn report_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Names the server sent a download body for, with counts (from --access-log).
+fn downloads(data: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    let text = std::fs::read_to_string(data.join("access.jsonl")).unwrap_or_default();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        if record["method"] == "GET" && record["status"].as_u64().unwrap_or(0) / 100 == 2 {
+            if let Some(name) = record["name"].as_str() {
+                *counts.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Serves `data` with `--access-log data/access.jsonl` (a file at the top of
+/// DIR is not a bucket).
+fn serve_logged(data: &Path, extra: &[&str]) -> Served {
+    let log = data.join("access.jsonl");
+    let mut args: Vec<&str> = extra.to_vec();
+    let log_text = log.to_str().unwrap().to_string();
+    args.extend(["--access-log", &log_text]);
+    serve(data, false, &args)
+}
+
+#[test]
+fn restores_a_tree_byte_for_byte_with_report_and_stats() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = make_tree(data.path(), 300);
+    let served = serve(data.path(), false, &["--large-file-threshold", "300KiB"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("restored");
+    let report = out.path().join("report.jsonl");
+    let stats = out.path().join("stats.json");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--report",
+            report.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+    let on_disk = files_under(&dir);
+    let expected: BTreeSet<String> = objects.keys().cloned().collect();
+    assert_eq!(on_disk, expected);
+    assert!(!dir.join(".ringdown").exists(), "state removed on exit 0");
+    // mtime comes from src_last_modified_millis (the served file's mtime).
+    let source_mtime = std::fs::metadata(data.path().join("bkt/big/large-file.bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let restored_mtime = std::fs::metadata(dir.join("big/large-file.bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let skew = source_mtime
+        .duration_since(restored_mtime)
+        .unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_millis(2), "mtime {skew:?} apart");
+    let lines = report_lines(&report);
+    assert_eq!(lines.len(), objects.len());
+    for line in &lines {
+        assert_eq!(line["status"], "ok", "{line}");
+        assert_eq!(line["verified"], true, "{line}");
+        let name = line["name"].as_str().unwrap();
+        assert_eq!(line["sha1"].as_str().unwrap(), sha1_hex(&objects[name]));
+        assert_eq!(line["bytes"].as_u64().unwrap(), objects[name].len() as u64);
+        assert!(line["attempts"].as_u64().unwrap() >= 1);
+        for key in ["path", "expected_sha1", "reason"] {
+            assert!(line.get(key).is_some(), "{key} missing in {line}");
+        }
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["schema"], 1);
+    assert_eq!(stats["command"], "restore");
+    assert_eq!(stats["files"].as_u64().unwrap(), objects.len() as u64);
+    assert_eq!(
+        stats["verified"]["ok"].as_u64().unwrap(),
+        objects.len() as u64
+    );
+    let total: u64 = objects.values().map(|b| b.len() as u64).sum();
+    assert_eq!(stats["bytes"].as_u64().unwrap(), total);
+
+    // A second run with --skip-existing downloads nothing and exits 0.
+    let again = restore(&served, &["b2://bkt", "--skip-existing"], &dir);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(&format!("{} skipped", objects.len())),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn prefix_is_a_folder_and_globs_filter_relative_names() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    for name in [
+        "photos/a/b.jpg",
+        "photos/a/c.txt",
+        "photos/top.jpg",
+        "photos/tmp/x.jpg",
+        "photos2/other.jpg",
+        "root.jpg",
+    ] {
+        write_file(&bkt, name, &content(name, 1000));
+    }
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("p");
+    let output = restore(&served, &["b2://bkt/photos"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        files_under(&dir),
+        ["a/b.jpg", "a/c.txt", "top.jpg", "tmp/x.jpg"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        std::fs::read(dir.join("a/b.jpg")).unwrap(),
+        content("photos/a/b.jpg", 1000)
+    );
+    let filtered = out.path().join("f");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt/photos/",
+            "--include",
+            "*.jpg",
+            "--include",
+            "a/**",
+            "--exclude",
+            "tmp/**",
+            "--exclude",
+            "**/*.txt",
+        ],
+        &filtered,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        files_under(&filtered),
+        ["a/b.jpg", "top.jpg"].map(String::from).into()
+    );
+}
+
+#[test]
+fn hostile_names_are_refused_and_symlinks_never_followed() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "good.txt", b"good");
+    write_file(&bkt, "bad\u{1}name", b"control character");
+    write_file(&bkt, ".ringdown/journal-0-of-1", b"ok\tforged\t1\n");
+    write_file(&bkt, "empty-dir/.bzEmpty", b"");
+    write_file(&bkt, "link/escape.txt", b"must not land outside");
+    write_file(&bkt, "replace-me", b"a regular file replaces the symlink");
+    write_file(&bkt, "clash-file", b"a directory is in the way");
+    write_file(&bkt, "clash-dir/inner", b"a file is in the way");
+    let served = serve(data.path(), false, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let outside = out.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"untouched").unwrap();
+    let dir = out.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), dir.join("replace-me")).unwrap();
+    std::fs::create_dir(dir.join("clash-file")).unwrap();
+    std::fs::write(dir.join("clash-dir"), b"local file").unwrap();
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(std::fs::read(dir.join("good.txt")).unwrap(), b"good");
+    assert!(dir.join("empty-dir").is_dir());
+    assert!(!dir.join("empty-dir/.bzEmpty").exists());
+    // Nothing was written through the planted symlinks.
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"untouched");
+    // The symlink at a final path was replaced by the file itself.
+    let meta = std::fs::symlink_metadata(dir.join("replace-me")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(
+        std::fs::read(dir.join("replace-me")).unwrap(),
+        b"a regular file replaces the symlink"
+    );
+    let lines = report_lines(&report);
+    let status = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line["name"] == name)
+            .map(|line| line["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status("bad\u{1}name").as_deref(), Some("refused"));
+    assert_eq!(
+        status(".ringdown/journal-0-of-1").as_deref(),
+        Some("refused")
+    );
+    assert_eq!(status("link/escape.txt").as_deref(), Some("refused"));
+    assert_eq!(status("good.txt").as_deref(), Some("ok"));
+    assert_eq!(status("replace-me").as_deref(), Some("ok"));
+    assert_eq!(status("clash-file").as_deref(), Some("refused"));
+    assert_eq!(status("clash-dir/inner").as_deref(), Some("refused"));
+    assert!(dir.join("clash-file").is_dir());
+    assert_eq!(std::fs::read(dir.join("clash-dir")).unwrap(), b"local file");
+    // Exit 1 keeps the journal (for a rerun) and removes partial files.
+    let journal = std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1")).unwrap();
+    assert_eq!(journal.lines().count(), 2, "{journal}");
+    assert_eq!(
+        std::fs::read_dir(dir.join(".ringdown/partial"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn dry_run_lists_and_creates_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "a/one", &content("one", 10));
+    write_file(&bkt, "a/two", &content("two", 2000));
+    write_file(&bkt, "bad\u{2}", b"x");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("never");
+    let output = restore(&served, &["b2://bkt", "--dry-run"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "10\ta/one\n2000\ta/two\n"
+    );
+    assert!(stderr(&output).contains("refused"), "{}", stderr(&output));
+    assert!(!dir.exists());
+}
+
+#[test]
+fn killed_restore_resumes_without_downloading_completed_files_again() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..150 {
+        let name = format!("k/{i:03}");
+        let bytes = content(&name, 1000 + i * 37);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let journal = dir.join(".ringdown/journal-0-of-1");
+    let first_log = out.path().join("first.log");
+    let mut first = command(&served, &["b2://bkt"], &dir);
+    let mut child = first
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&first_log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = std::fs::read_to_string(&journal)
+            .map(|text| text.lines().count())
+            .unwrap_or(0);
+        if done >= 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first run made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill: {}",
+            std::fs::read_to_string(&first_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let completed = std::fs::read_to_string(&journal).unwrap().lines().count();
+    assert!(
+        completed < objects.len(),
+        "killed too late to prove anything"
+    );
+    let before = downloads(data.path());
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+    assert!(!dir.join(".ringdown").exists());
+    let lines = report_lines(&report);
+    let skipped: Vec<&str> = lines
+        .iter()
+        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
+        .map(|line| line["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        skipped.len() >= completed,
+        "{} skipped < {completed} journaled",
+        skipped.len()
+    );
+    // Files completed before the kill were not downloaded again.
+    let after = downloads(data.path());
+    for name in &skipped {
+        assert_eq!(
+            before.get(*name),
+            after.get(*name),
+            "{name} downloaded again"
+        );
+        assert_eq!(after.get(*name), Some(&1), "{name}");
+    }
+    let total_after: usize = after.values().sum();
+    assert!(
+        total_after < objects.len() + 10,
+        "{total_after} downloads for {} files",
+        objects.len()
+    );
+}
+
+#[test]
+fn shards_from_flags_and_scheduler_environments_cover_the_bucket_once() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..90 {
+        let name = format!("s/{}/{i}", i % 4);
+        let bytes = content(&name, 100 + i);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let served = serve_logged(data.path(), &["--plain"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("shared");
+    // Shard 0 by flag, 1 as a Kubernetes Indexed Job, 2 as a Slurm array task.
+    let mut children = Vec::new();
+    for k in 0..3 {
+        let mut command = command(&served, &["b2://bkt"], &dir);
+        match k {
+            0 => {
+                command.args(["--shard", "0/3"]);
+            }
+            1 => {
+                command
+                    .env("JOB_COMPLETION_INDEX", "1")
+                    .env("RINGDOWN_SHARD_COUNT", "3");
+            }
+            _ => {
+                command
+                    .env("SLURM_ARRAY_TASK_ID", "7")
+                    .env("SLURM_ARRAY_TASK_MIN", "5")
+                    .env("SLURM_ARRAY_TASK_COUNT", "3");
+            }
+        }
+        children.push(std::thread::spawn(move || run_bounded(command)));
+    }
+    for child in children {
+        let output = child.join().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_tree(&dir, &objects);
+    assert_eq!(files_under(&dir), objects.keys().cloned().collect());
+    let counts = downloads(data.path());
+    for name in objects.keys() {
+        assert_eq!(
+            counts.get(name),
+            Some(&1),
+            "{name} downloaded by exactly one shard"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_before_any_network() {
+    let out = tempfile::tempdir().unwrap();
+    let base = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+        command
+            .arg("restore")
+            .args(args)
+            .arg(out.path().join("d"))
+            .env("B2_APPLICATION_KEY_ID", "id")
+            .env("B2_APPLICATION_KEY", "key")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .env_remove("SLURM_ARRAY_TASK_ID");
+        command
+    };
+    for args in [
+        &["s3://bkt"][..],
+        &["b2://bkt", "--shard", "3/3"],
+        &[
+            "b2://bkt",
+            "--include",
+            "a[",
+            "--realm",
+            "http://127.0.0.1:9",
+        ],
+    ] {
+        let output = run_bounded(base(args));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let mut no_key = base(&["b2://bkt"]);
+    no_key.env_remove("B2_APPLICATION_KEY");
+    assert_eq!(run_bounded(no_key).status.code(), Some(2));
+    assert!(!out.path().join("d").exists());
+}
+
+#[test]
+fn corrupted_bodies_are_downloaded_again_and_never_land_under_their_name() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..60 {
+        let name = format!("c/{i:02}");
+        let bytes = content(&name, 3000 + i * 101);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    // Two large objects (all cores, whole-object re-download on mismatch).
+    for name in ["c/large-1", "c/large-2"] {
+        let bytes = content(name, 6 * 65536 + 7);
+        write_file(&bkt, name, &bytes);
+        objects.insert(name.to_string(), bytes);
+    }
+    let served = serve(data.path(), true, &["--corrupt-rate", "0.2", "--seed", "3"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let report = out.path().join("report.jsonl");
+    let stats = out.path().join("stats.json");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--report",
+            report.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let lines = report_lines(&report);
+    assert_eq!(lines.len(), objects.len());
+    let mut failed = 0;
+    for line in &lines {
+        let name = line["name"].as_str().unwrap();
+        match line["status"].as_str().unwrap() {
+            "ok" => assert_eq!(std::fs::read(dir.join(name)).unwrap(), objects[name]),
+            "failed" => {
+                failed += 1;
+                assert!(
+                    line["reason"].as_str().unwrap().contains("SHA1 mismatch"),
+                    "{line}"
+                );
+                assert!(
+                    !dir.join(name).exists(),
+                    "{name}: a wrong file under its name"
+                );
+            }
+            other => panic!("{name}: {other}"),
+        }
+    }
+    let expected_code = if failed == 0 { 0 } else { 1 };
+    assert_eq!(
+        output.status.code(),
+        Some(expected_code),
+        "{}",
+        stderr(&output)
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(
+        stats["retries"].as_u64().unwrap() > 0,
+        "the corrupt objects were fetched again"
+    );
+}
+
+#[test]
+fn slurm_array_script_runs_every_task_and_covers_the_bucket() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..40 {
+        let name = format!("set/{i}");
+        let bytes = content(&name, 500 + i);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("dest");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm-array.sh");
+    // The array 3-6 (four tasks): K = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN.
+    let tasks: Vec<_> = (3..7)
+        .map(|task| {
+            let mut command = Command::new("bash");
+            command
+                .arg(&script)
+                .env("SOURCE", "b2://bkt/set")
+                .env("DEST", &dest)
+                .env("RINGDOWN", env!("CARGO_BIN_EXE_ringdown"))
+                .env("B2_REALM", &served.realm)
+                .env("B2_APPLICATION_KEY_ID", &served.key_id)
+                .env("B2_APPLICATION_KEY", &served.key)
+                .env("SLURM_ARRAY_TASK_ID", task.to_string())
+                .env("SLURM_ARRAY_TASK_MIN", "3")
+                .env("SLURM_ARRAY_TASK_COUNT", "4")
+                .env("SLURM_CPUS_PER_TASK", "1")
+                .env_remove("JOB_COMPLETION_INDEX");
+            std::thread::spawn(move || run_bounded(command))
+        })
+        .collect();
+    for task in tasks {
+        let output = task.join().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    let restored: BTreeSet<String> = files_under(&dest)
+        .into_iter()
+        .filter(|name| !name.starts_with(".ringdown-"))
+        .collect();
+    let expected: BTreeSet<String> = objects
+        .keys()
+        .map(|name| name.strip_prefix("set/").unwrap().to_string())
+        .collect();
+    assert_eq!(restored, expected);
+    for (name, bytes) in &objects {
+        assert_eq!(
+            &std::fs::read(dest.join(name.strip_prefix("set/").unwrap())).unwrap(),
+            bytes
+        );
+    }
+    // One report per task; together they name every object once.
+    let mut reported = BTreeSet::new();
+    for task in 3..7 {
+        for line in report_lines(&dest.join(format!(".ringdown-report-{task}.jsonl"))) {
+            assert!(reported.insert(line["name"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(reported, objects.keys().cloned().collect());
+}
+
+/// Range requests the server answered for `name`, from the access log.
+fn range_requests(data: &Path, name: &str) -> usize {
+    let text = std::fs::read_to_string(data.join("access.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["name"] == name && record["status"] == 206)
+        .count()
+}
+
+#[test]
+fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let size = 64 * 65536 + 1000; // 65 chunks of 64 KiB
+    let bytes = content("large", size);
+    write_file(&bkt, "large.bin", &bytes);
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let journal = dir.join(".ringdown/journal-0-of-1");
+    let mut child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journaled = |text: &str| {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("chunk\t"))
+            .filter_map(|rest| rest.rsplit('\t').next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journaled(&std::fs::read_to_string(&journal).unwrap_or_default()) < 16 * 65536 {
+        assert!(Instant::now() < deadline, "no chunk was journaled");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = journaled(&std::fs::read_to_string(&journal).unwrap());
+    assert!(done < size as u64, "killed too late");
+    // Responses in flight at the kill are logged when the server gives up on them.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = range_requests(data.path(), "large.bin");
+    let output = restore(&served, &["b2://bkt"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("resuming at byte"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(std::fs::read(dir.join("large.bin")).unwrap() == bytes);
+    let again = range_requests(data.path(), "large.bin") - before;
+    let chunks_left = (size as u64 - done).div_ceil(65536) as usize;
+    assert!(
+        again <= chunks_left,
+        "{again} range requests after the kill; only {chunks_left} chunks were missing"
+    );
+}
+
+#[test]
+fn listing_streams_across_pages() {
+    // More names than one 10,000-name page; a dry run lists them all in order.
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let count = 10_050;
+    for directory in 0..10 {
+        std::fs::create_dir_all(bkt.join(format!("p{directory}"))).unwrap();
+    }
+    for i in 0..count {
+        std::fs::write(bkt.join(format!("p{}/{i:05}", i % 10)), b"").unwrap();
+    }
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("never");
+    let output = restore(&served, &["b2://bkt", "--dry-run"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let names: Vec<&str> = stdout
+        .lines()
+        .map(|line| line.split_once('\t').unwrap().1)
+        .collect();
+    assert_eq!(names.len(), count);
+    assert!(
+        names.windows(2).all(|pair| pair[0] < pair[1]),
+        "sorted, no repeats"
+    );
+    assert!(!dir.exists());
+}
+
+#[test]
+fn sigterm_drains_keeps_the_journal_and_exits_143() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..100 {
+        let name = format!("t/{i:03}");
+        let bytes = content(&name, 2000 + i * 13);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let large = content("t-large", 32 * 65536 + 5);
+    write_file(&bkt, "a-large.bin", &large);
+    objects.insert("a-large.bin".into(), large);
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let journal = dir.join(".ringdown/journal-0-of-1");
+    let log = out.path().join("first.log");
+    let mut child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        if text.lines().filter(|line| line.starts_with("ok\t")).count() >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the signal"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(143), "{text}");
+    assert!(text.contains("files restored"), "summary printed: {text}");
+    let completed = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .filter(|line| line.starts_with("ok\t"))
+        .count();
+    assert!(completed >= 10 && completed < objects.len(), "{completed}");
+    // Every file reported so far is complete; nothing half-written under a name.
+    for name in files_under(&dir) {
+        assert_eq!(
+            std::fs::read(dir.join(&name)).unwrap(),
+            objects[&name],
+            "{name}"
+        );
+    }
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+    let skipped = report_lines(&report)
+        .iter()
+        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
+        .count();
+    assert_eq!(skipped, completed);
+}
+
+#[test]
+fn demo_restores_its_generated_bucket() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .args(["demo", "--files", "40", "--large-size", "2MiB"])
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .env_remove("SSL_CERT_FILE");
+    let output = run_bounded(command);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("byte-for-byte equal"),
+        "{}",
+        stderr(&output)
+    );
+}
