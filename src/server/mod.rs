@@ -277,6 +277,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             faults,
             access_log,
         });
+        // Handlers go in before the ready line: a script may signal us as
+        // soon as it has read it.
+        let signals = Signals::install()?;
         print_ready_line(&server, ca_file.as_deref())?;
         eprintln!(
             "ringdown serve: serving {} on {} (SHA1 cache: {})",
@@ -296,7 +299,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .spawn(move || index_everything(&indexer_server))
                 .map_err(|error| Error::io("starting the SHA1 indexer", error))?;
         }
-        accept_loop(server, listener, acceptor).await
+        accept_loop(server, listener, acceptor, signals).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Some(cert_dir) = temporary_cert_dir {
@@ -361,16 +364,32 @@ fn index_everything(server: &Server) {
     );
 }
 
+struct Signals {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let sigterm = signal(SignalKind::terminate())
+            .map_err(|error| Error::io("installing SIGTERM handler", error))?;
+        let sigint = signal(SignalKind::interrupt())
+            .map_err(|error| Error::io("installing SIGINT handler", error))?;
+        Ok(Signals { sigterm, sigint })
+    }
+}
+
 async fn accept_loop(
     server: Arc<Server>,
     listener: tokio::net::TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    signals: Signals,
 ) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate())
-        .map_err(|error| Error::io("installing SIGTERM handler", error))?;
-    let mut sigint = signal(SignalKind::interrupt())
-        .map_err(|error| Error::io("installing SIGINT handler", error))?;
+    let Signals {
+        mut sigterm,
+        mut sigint,
+    } = signals;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
