@@ -276,10 +276,21 @@ fn plain_url_origin_with_and_without_sha1() {
     );
 }
 
+const CORRUPT_SEED: &str = "1";
+
 #[test]
 fn every_fault_flag_is_survived() {
     let size = 40 * PART + 123;
     let fixture = Fixture::new(&[("f.bin", size)]);
+    // The fileId (derived from the mtime) is part of the fault key: pin the
+    // mtime so the dice are the same on every run instead of a coin toss
+    // between "corrupted once" and "corrupted in both downloads".
+    std::fs::File::options()
+        .write(true)
+        .open(fixture.data.path().join("bkt/f.bin"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        .unwrap();
     let faults: &[&[&str]] = &[
         &["--reset-rate", "0.2"],
         &["--fail-rate", "0.3"],
@@ -289,7 +300,14 @@ fn every_fault_flag_is_survived() {
         &["--stall-rate", "0.05"],
     ];
     for (index, fault) in faults.iter().enumerate() {
-        let mut extra = vec!["--seed", "7"];
+        // A seed whose dice corrupt the first download and spare the second,
+        // so the whole-object re-download is exercised (with the pinned mtime).
+        let seed = if fault[0] == "--corrupt-rate" {
+            CORRUPT_SEED
+        } else {
+            "7"
+        };
+        let mut extra = vec!["--seed", seed];
         extra.extend_from_slice(fault);
         let served = serve(fixture.data.path(), index % 2 == 0, &extra);
         let dest = fixture.dest_str(&format!("f{index}.bin"));
@@ -306,6 +324,12 @@ fn every_fault_flag_is_survived() {
         assert_ok(&output);
         assert_same(Path::new(&dest), "f.bin", size);
         let text = stderr(&output);
+        if fault[0] == "--corrupt-rate" {
+            assert!(
+                text.contains("downloading again"),
+                "seed {CORRUPT_SEED} no longer corrupts the first download:\n{text}"
+            );
+        }
         if fault[0] != "--corrupt-rate" {
             assert!(
                 !text.contains("retries: 0,"),
