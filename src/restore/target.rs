@@ -101,6 +101,11 @@ impl Target {
         let open_state = || -> std::result::Result<(OwnedFd, OwnedFd, OwnedFd), (Errno, String)> {
             let state = mkdir_and_open(&root, STATE_DIR_NAME)
                 .map_err(|error| (error, state_context.clone()))?;
+            // Every running shard holds a shared lock on `.ringdown/`; the
+            // last one to finish is the one that gets it exclusively and may
+            // remove the directory (see `remove_state`).
+            rustix::fs::flock(&state, FlockOperation::LockShared)
+                .map_err(|error| (error, state_context.clone()))?;
             let journal_fd = rustix::fs::openat(
                 &state,
                 &journal_name,
@@ -402,7 +407,14 @@ impl Target {
     pub fn remove_state(&self) {
         self.remove_all_partials();
         let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
-        let _ = rustix::fs::unlinkat(&self.state, PARTIAL_DIR_NAME, AtFlags::REMOVEDIR);
-        let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
+        // Another shard still running into this DIR holds its shared lock:
+        // then `partial/` and `.ringdown/` stay (it writes there).
+        // Drop our shared lock first, so two shards finishing together
+        // cannot both fail to upgrade and leave the directory behind.
+        let _ = rustix::fs::flock(&self.state, FlockOperation::Unlock);
+        if rustix::fs::flock(&self.state, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = rustix::fs::unlinkat(&self.state, PARTIAL_DIR_NAME, AtFlags::REMOVEDIR);
+            let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
+        }
     }
 }
