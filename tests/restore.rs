@@ -542,6 +542,10 @@ fn shards_from_flags_and_scheduler_environments_cover_the_bucket_once() {
     }
     assert_tree(&dir, &objects);
     assert_eq!(files_under(&dir), objects.keys().cloned().collect());
+    assert!(
+        !dir.join(".ringdown").exists(),
+        "the last shard to finish removes it"
+    );
     let counts = downloads(data.path());
     for name in objects.keys() {
         assert_eq!(

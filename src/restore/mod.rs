@@ -282,7 +282,8 @@ impl Restore {
         } else {
             Some(Target::open(&options.dir, options.shard)?)
         };
-        let report = match &options.report {
+        // A dry run creates nothing, not even the report.
+        let report = match options.report.as_ref().filter(|_| !options.dry_run) {
             Some(path) => Some(Mutex::new(std::io::BufWriter::new(
                 std::fs::File::create(path)
                     .map_err(|error| Error::io(format!("creating {}", path.display()), error))?,

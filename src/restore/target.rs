@@ -93,21 +93,44 @@ impl Target {
         )
         .map_err(|error| Error::io(format!("opening {}", root_path.display()), error.into()))?;
         let state_context = format!("{}/{STATE_DIR_NAME}", root_path.display());
-        let state = mkdir_and_open(&root, STATE_DIR_NAME).map_err(|error| match error {
-            Errno::ROFS => Error::Fatal(format!("{} is read-only", root_path.display())),
-            _ => Error::io(&state_context, error.into()),
-        })?;
-        let partial = mkdir_and_open(&state, PARTIAL_DIR_NAME).map_err(|error| {
-            Error::io(format!("{state_context}/{PARTIAL_DIR_NAME}"), error.into())
-        })?;
         let journal_name = format!("journal-{}-of-{}", shard.index, shard.count);
-        let journal_fd = rustix::fs::openat(
-            &state,
-            &journal_name,
-            OFlags::CREATE | OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o644),
-        )
-        .map_err(|error| Error::io(format!("{state_context}/{journal_name}"), error.into()))?;
+        // The journal is created before `partial/`: another shard finishing
+        // into the same DIR removes `.ringdown/` only when it is empty. If it
+        // removed it under us anyway (between our mkdir and our create), the
+        // next step meets ENOENT: start over.
+        let open_state = || -> std::result::Result<(OwnedFd, OwnedFd, OwnedFd), (Errno, String)> {
+            let state = mkdir_and_open(&root, STATE_DIR_NAME)
+                .map_err(|error| (error, state_context.clone()))?;
+            // Every running shard holds a shared lock on `.ringdown/`; the
+            // last one to finish is the one that gets it exclusively and may
+            // remove the directory (see `remove_state`).
+            rustix::fs::flock(&state, FlockOperation::LockShared)
+                .map_err(|error| (error, state_context.clone()))?;
+            let journal_fd = rustix::fs::openat(
+                &state,
+                &journal_name,
+                OFlags::CREATE | OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o644),
+            )
+            .map_err(|error| (error, format!("{state_context}/{journal_name}")))?;
+            let partial = mkdir_and_open(&state, PARTIAL_DIR_NAME)
+                .map_err(|error| (error, format!("{state_context}/{PARTIAL_DIR_NAME}")))?;
+            Ok((state, journal_fd, partial))
+        };
+        let mut tries_left = 3;
+        let (state, journal_fd, partial) = loop {
+            match open_state() {
+                Ok(opened) => break opened,
+                Err((Errno::NOENT, _)) if tries_left > 1 => tries_left -= 1,
+                Err((Errno::ROFS, _)) => {
+                    return Err(Error::Fatal(format!(
+                        "{} is read-only",
+                        root_path.display()
+                    )));
+                }
+                Err((error, context)) => return Err(Error::io(context, error.into())),
+            }
+        };
         if let Err(error) = rustix::fs::flock(&journal_fd, FlockOperation::NonBlockingLockExclusive)
         {
             return Err(if error == Errno::WOULDBLOCK {
@@ -384,7 +407,14 @@ impl Target {
     pub fn remove_state(&self) {
         self.remove_all_partials();
         let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
-        let _ = rustix::fs::unlinkat(&self.state, PARTIAL_DIR_NAME, AtFlags::REMOVEDIR);
-        let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
+        // Another shard still running into this DIR holds its shared lock:
+        // then `partial/` and `.ringdown/` stay (it writes there).
+        // Drop our shared lock first, so two shards finishing together
+        // cannot both fail to upgrade and leave the directory behind.
+        let _ = rustix::fs::flock(&self.state, FlockOperation::Unlock);
+        if rustix::fs::flock(&self.state, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = rustix::fs::unlinkat(&self.state, PARTIAL_DIR_NAME, AtFlags::REMOVEDIR);
+            let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
+        }
     }
 }
