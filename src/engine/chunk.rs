@@ -4,9 +4,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::b2::{ErrorClass, classify};
 use crate::client::conn::{ConnError, Connection};
-use crate::config::{DIRECT_IO_ALIGN_BYTES, ERROR_BODY_MAX_BYTES};
+use crate::config::DIRECT_IO_ALIGN_BYTES;
 use crate::error::Error;
 use crate::http::{self, ResponseHead};
 use crate::plan::Chunk;
@@ -14,28 +13,7 @@ use crate::stats::Stage;
 use crate::uring::{self, PoolBuf};
 
 use super::Core;
-
-/// Why one attempt at a chunk failed, and what to do about it.
-struct Failure {
-    detail: String,
-    kind: FailureKind,
-    retry_after_s: Option<u64>,
-}
-
-enum FailureKind {
-    /// Try again after a backoff (a new connection if the old one is gone).
-    Retry,
-    /// Re-authorize, then try again (once per chunk).
-    Reauthorize,
-    /// Retrying will not help this object.
-    Object,
-    /// Retrying will not help anything: stop the whole run.
-    Run,
-    /// Trust failure (exit code 3).
-    Trust,
-    /// Credentials refused (exit code 3).
-    Auth,
-}
+use super::failure::{Failure, FailureKind, conn_failure, status_failure};
 
 pub(super) async fn connection_loop(core: Rc<Core>) {
     let mut connection: Option<Connection> = None;
@@ -349,55 +327,6 @@ async fn check_head(
         }
     }
     Ok(requested)
-}
-
-/// Reads a (small) error body and classifies the status per b2-api.md §6.
-async fn status_failure(conn: &mut Connection, head: &ResponseHead) -> Failure {
-    let body = match head.content_length {
-        Some(length) if (length as usize) <= ERROR_BODY_MAX_BYTES => conn
-            .read_body_to_vec(head, ERROR_BODY_MAX_BYTES)
-            .await
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let parsed = crate::b2::parse_error_body(&body);
-    let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or("");
-    let message = parsed.as_ref().map(|e| e.message.as_str()).unwrap_or("");
-    let detail = if code.is_empty() {
-        format!("HTTP {}", head.status)
-    } else {
-        format!("HTTP {} {code}: {message}", head.status)
-    };
-    let kind = match head.status {
-        412 => FailureKind::Object,
-        _ => match classify(head.status, code) {
-            ErrorClass::Retry => FailureKind::Retry,
-            ErrorClass::ReauthorizeOnce => FailureKind::Reauthorize,
-            ErrorClass::RunFatal => FailureKind::Run,
-            ErrorClass::Fatal if head.status == 401 || head.status == 403 => FailureKind::Auth,
-            ErrorClass::Fatal => FailureKind::Object,
-        },
-    };
-    Failure {
-        detail,
-        kind,
-        retry_after_s: head.retry_after_s,
-    }
-}
-
-fn conn_failure(error: ConnError) -> Failure {
-    match error {
-        ConnError::Trust(detail) => Failure {
-            detail,
-            kind: FailureKind::Trust,
-            retry_after_s: None,
-        },
-        other => Failure {
-            detail: other.to_string(),
-            kind: FailureKind::Retry,
-            retry_after_s: None,
-        },
-    }
 }
 
 /// Writes a full buffer at its offset on a task of its own, so the connection

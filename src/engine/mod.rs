@@ -4,6 +4,7 @@
 //! baton (see `verify`), progress counters, and merging stats at the end.
 
 mod chunk;
+mod failure;
 pub mod objects;
 
 use std::cell::{Cell, RefCell};

@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
+use super::failure::{Failure, FailureKind, conn_failure, status_failure};
 use super::{EngineConfig, Progress};
-use crate::b2::{ErrorClass, classify};
 use crate::client::b2_api::Authorizer;
-use crate::client::conn::{ConnError, Connection, Origin};
+use crate::client::conn::{Connection, Origin};
 use crate::config::{
-    ERROR_BODY_MAX_BYTES, OBJECT_QUEUE_JOBS_MAX, OBJECT_QUEUE_JOBS_PER_CORE,
-    OBJECT_REDOWNLOADS_ON_MISMATCH,
+    OBJECT_QUEUE_JOBS_MAX, OBJECT_QUEUE_JOBS_PER_CORE, OBJECT_REDOWNLOADS_ON_MISMATCH,
 };
 use crate::error::{Error, Result};
 use crate::http::{self, ResponseHead};
@@ -272,32 +271,6 @@ async fn connection_loop(core: Rc<Core>) {
     }
     if let Some(connection) = connection {
         connection.shutdown();
-    }
-}
-
-/// Why one attempt failed and what to do about it.
-struct Failure {
-    detail: String,
-    kind: FailureKind,
-    retry_after_s: Option<u64>,
-}
-
-enum FailureKind {
-    Retry,
-    Reauthorize,
-    Object,
-    Run,
-    Trust,
-    Auth,
-}
-
-impl Failure {
-    fn retry(detail: impl Into<String>) -> Failure {
-        Failure {
-            detail: detail.into(),
-            kind: FailureKind::Retry,
-            retry_after_s: None,
-        }
     }
 }
 
@@ -647,45 +620,4 @@ async fn check_head(
         }
     }
     Ok(())
-}
-
-async fn status_failure(conn: &mut Connection, head: &ResponseHead) -> Failure {
-    let body = match head.content_length {
-        Some(length) if (length as usize) <= ERROR_BODY_MAX_BYTES => conn
-            .read_body_to_vec(head, ERROR_BODY_MAX_BYTES)
-            .await
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let parsed = crate::b2::parse_error_body(&body);
-    let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or("");
-    let message = parsed.as_ref().map(|e| e.message.as_str()).unwrap_or("");
-    let detail = if code.is_empty() {
-        format!("HTTP {}", head.status)
-    } else {
-        format!("HTTP {} {code}: {message}", head.status)
-    };
-    let kind = match classify(head.status, code) {
-        ErrorClass::Retry => FailureKind::Retry,
-        ErrorClass::ReauthorizeOnce => FailureKind::Reauthorize,
-        ErrorClass::RunFatal => FailureKind::Run,
-        ErrorClass::Fatal if head.status == 401 || head.status == 403 => FailureKind::Auth,
-        ErrorClass::Fatal => FailureKind::Object,
-    };
-    Failure {
-        detail,
-        kind,
-        retry_after_s: head.retry_after_s,
-    }
-}
-
-fn conn_failure(error: ConnError) -> Failure {
-    match error {
-        ConnError::Trust(detail) => Failure {
-            detail,
-            kind: FailureKind::Trust,
-            retry_after_s: None,
-        },
-        other => Failure::retry(other.to_string()),
-    }
 }
