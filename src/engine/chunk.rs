@@ -2,7 +2,7 @@
 //! with range requests, retrying from the first missing byte.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::client::conn::{ConnError, Connection};
 use crate::config::DIRECT_IO_ALIGN_BYTES;
@@ -13,7 +13,7 @@ use crate::stats::Stage;
 use crate::uring::{self, PoolBuf};
 
 use super::Core;
-use super::failure::{Failure, FailureKind, conn_failure, status_failure};
+use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
 
 pub(super) async fn connection_loop(core: Rc<Core>) {
     let mut connection: Option<Connection> = None;
@@ -107,33 +107,6 @@ async fn download_chunk(
     }
     core.record(Stage::Chunk, chunk_started.elapsed());
     Ok(())
-}
-
-/// Exponential backoff with jitter; `Retry-After` (capped) wins when longer.
-fn backoff(
-    base_ms: u64,
-    max_ms: u64,
-    attempt: u32,
-    retry_after_s: Option<u64>,
-    salt: u64,
-) -> Duration {
-    let exponential_ms = base_ms
-        .saturating_mul(1u64 << (attempt - 1).min(20))
-        .min(max_ms);
-    // Cheap, deterministic-enough jitter: decorrelates chunks that failed together.
-    let mut x = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (attempt as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    x ^= x >> 29;
-    let jitter_ms = if exponential_ms > 1 {
-        x % (exponential_ms / 2 + 1)
-    } else {
-        0
-    };
-    let delay_ms = exponential_ms / 2 + jitter_ms;
-    let retry_after_ms = retry_after_s
-        .map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000)
-        .unwrap_or(0);
-    Duration::from_millis(delay_ms.max(retry_after_ms))
 }
 
 async fn attempt_chunk(

@@ -2,6 +2,8 @@
 //! the small-object pool: retry, re-authorize, give up on the object, or stop
 //! the run.
 
+use std::time::Duration;
+
 use crate::b2::{ErrorClass, classify};
 use crate::client::conn::{ConnError, Connection};
 use crate::config::ERROR_BODY_MAX_BYTES;
@@ -80,4 +82,31 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
         },
         other => Failure::retry(other.to_string()),
     }
+}
+
+/// Exponential backoff with jitter; `Retry-After` (capped) wins when longer.
+pub(super) fn backoff(
+    base_ms: u64,
+    max_ms: u64,
+    attempt: u32,
+    retry_after_s: Option<u64>,
+    salt: u64,
+) -> Duration {
+    let exponential_ms = base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+        .min(max_ms);
+    // Cheap, deterministic-enough jitter: decorrelates chunks that failed together.
+    let mut x = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (attempt as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    x ^= x >> 29;
+    let jitter_ms = if exponential_ms > 1 {
+        x % (exponential_ms / 2 + 1)
+    } else {
+        0
+    };
+    let delay_ms = exponential_ms / 2 + jitter_ms;
+    let retry_after_ms = retry_after_s
+        .map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000)
+        .unwrap_or(0);
+    Duration::from_millis(delay_ms.max(retry_after_ms))
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
-use super::failure::{Failure, FailureKind, conn_failure, status_failure};
+use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
 use super::{EngineConfig, Progress};
 use crate::client::b2_api::Authorizer;
 use crate::client::conn::{Connection, Origin};
@@ -392,6 +392,8 @@ async fn download_object(
             config.retry_max_ms,
             attempt,
             failure.retry_after_s,
+            // Any per-object value decorrelates objects that failed together.
+            job.path_and_query.len() as u64 ^ job.size_bytes,
         );
         let waited = Instant::now();
         tokio::time::sleep(delay).await;
@@ -407,17 +409,6 @@ async fn download_object(
         received.hasher.finalize().into()
     });
     (outcome, attempt.max(1))
-}
-
-fn backoff(base_ms: u64, max_ms: u64, attempt: u32, retry_after_s: Option<u64>) -> Duration {
-    let exponential_ms = base_ms
-        .saturating_mul(1u64 << (attempt.saturating_sub(1)).min(20))
-        .min(max_ms);
-    let jitter_ms = (Instant::now().elapsed().subsec_nanos() as u64) % (exponential_ms / 2 + 1);
-    let retry_after_ms = retry_after_s
-        .map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000)
-        .unwrap_or(0);
-    Duration::from_millis((exponential_ms / 2 + jitter_ms).max(retry_after_ms))
 }
 
 async fn attempt_object(
