@@ -643,7 +643,15 @@ fn signals_stop_cleanly() {
     for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
         let dest = fixture.dest_str("s.bin");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
-            .args(["get", "b2://bkt/s.bin", &dest, "--realm", &served.realm])
+            .args([
+                "get",
+                "b2://bkt/s.bin",
+                &dest,
+                "--realm",
+                &served.realm,
+                "--timeout-s",
+                "5",
+            ])
             .args(SMALL_TUNING)
             .env("B2_APPLICATION_KEY_ID", &served.key_id)
             .env("B2_APPLICATION_KEY", &served.key)
