@@ -94,8 +94,21 @@ pub const OBJECT_QUEUE_JOBS_PER_CORE: usize = 16;
 /// Cap on queued small-object jobs whatever the core count, so descriptors
 /// stay far below a 1024 RLIMIT_NOFILE (raised to the hard limit at start).
 pub const OBJECT_QUEUE_JOBS_MAX: usize = 256;
+/// Buffers per connection of the small-object pool. A connection holds one
+/// at a time (it awaits each write); the second is headroom so that a
+/// connection never waits for the core's free list.
+pub const OBJECT_BUFFERS_PER_CONNECTION: usize = 2;
+/// Buffer size of the small-object pool. Small objects are hashed and
+/// written a buffer at a time; 256 KiB keeps the per-write cost negligible
+/// while the pool stays ~2 MiB per core beside the large-object engine's
+/// (restore's peak RSS target is 64 MiB for both).
+pub const OBJECT_BUFFER_SIZE_BYTES: usize = 256 << 10;
 /// Large objects waiting for the whole-engine download thread.
 pub const LARGE_OBJECT_QUEUE_JOBS: usize = 2;
+/// Journal records sorted in memory at once when a resumed restore merges
+/// its journal (an external sort): resume memory stays flat whatever the
+/// number of files completed before.
+pub const JOURNAL_SORT_RUN_BYTES: usize = 4 << 20;
 /// Failed names printed in the summary (the rest are in `--report`).
 pub const SUMMARY_FAILED_NAMES_SHOWN: usize = 20;
 /// Bytes read per step when hashing an existing local file (`--skip-existing`).

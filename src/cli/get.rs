@@ -90,7 +90,10 @@ pub struct TuningArgs {
 
 impl TuningArgs {
     /// Validates the flags and sizes the buffer pool against RLIMIT_MEMLOCK.
-    pub fn engine_config(&self) -> Result<(EngineConfig, Option<String>)> {
+    /// The engine's configuration and, when RLIMIT_MEMLOCK is too small to
+    /// register the buffers, the notice saying so. `with_object_pool`: the
+    /// run also starts restore's small-object pool (its buffers count too).
+    pub fn engine_config(&self, with_object_pool: bool) -> Result<(EngineConfig, Option<String>)> {
         let usage = |msg: String| Err(Error::Usage(msg));
         let cores = self.cores.unwrap_or_else(runtime::available_cores);
         if cores == 0 || cores > config::CORES_MAX {
@@ -142,7 +145,24 @@ impl TuningArgs {
             .unwrap_or_else(|| config::PART_SIZE_BYTES_DEFAULT.min(pool_per_connection_bytes))
             .max(1)
             .next_multiple_of(self.buffer_size);
-        let pool_bytes = cores as u64 * self.buffers as u64 * self.buffer_size;
+        let mut engine = EngineConfig {
+            cores,
+            pin_cores: runtime::should_pin(self.pin, cores),
+            connections_per_core: self.connections,
+            buffers_per_core: self.buffers,
+            buffer_size_bytes: self.buffer_size as usize,
+            part_size_bytes,
+            max_attempts: self.max_attempts,
+            retry_base_ms: self.retry_base_ms,
+            retry_max_ms: self.retry_max_ms.max(self.retry_base_ms),
+            timeout: Duration::from_secs(self.timeout_s),
+            register_buffers: true,
+            cancel: None,
+        };
+        let mut pool_bytes = cores as u64 * self.buffers as u64 * self.buffer_size;
+        if with_object_pool {
+            pool_bytes += crate::engine::objects::pool_bytes(&engine);
+        }
         let (register_buffers, notice) = match runtime::memlock_budget_bytes() {
             Some(budget) if pool_bytes > budget => (
                 false,
@@ -156,20 +176,7 @@ impl TuningArgs {
             ),
             _ => (true, None),
         };
-        let engine = EngineConfig {
-            cores,
-            pin_cores: runtime::should_pin(self.pin, cores),
-            connections_per_core: self.connections,
-            buffers_per_core: self.buffers,
-            buffer_size_bytes: self.buffer_size as usize,
-            part_size_bytes,
-            max_attempts: self.max_attempts,
-            retry_base_ms: self.retry_base_ms,
-            retry_max_ms: self.retry_max_ms.max(self.retry_base_ms),
-            timeout: Duration::from_secs(self.timeout_s),
-            register_buffers,
-            cancel: None,
-        };
+        engine.register_buffers = register_buffers;
         Ok((engine, notice))
     }
 }
@@ -193,7 +200,7 @@ fn parse_sha1_hex(text: &str) -> Result<[u8; 20]> {
 
 pub fn run(args: GetArgs) -> Result<i32> {
     let source = Source::parse(&args.source)?;
-    let (engine, memlock_notice) = args.tuning.engine_config()?;
+    let (engine, memlock_notice) = args.tuning.engine_config(false)?;
     let sha1 = args.sha1.as_deref().map(parse_sha1_hex).transpose()?;
     let options = DownloadOptions {
         engine,

@@ -78,7 +78,7 @@ pub fn options_from(
     credentials: Option<(String, String)>,
 ) -> Result<(RestoreOptions, Option<String>)> {
     let (bucket, prefix) = parse_source(&args.source)?;
-    let (engine, memlock_notice) = args.tuning.engine_config()?;
+    let (engine, memlock_notice) = args.tuning.engine_config(true)?;
     let filter = NameFilter::new(&args.include, &args.exclude).map_err(Error::Usage)?;
     let env = |name: &str| std::env::var(name).ok();
     let shard =

@@ -22,7 +22,8 @@ use super::{EngineConfig, Progress};
 use crate::client::b2_api::Authorizer;
 use crate::client::conn::{Connection, Origin};
 use crate::config::{
-    OBJECT_QUEUE_JOBS_MAX, OBJECT_QUEUE_JOBS_PER_CORE, OBJECT_REDOWNLOADS_ON_MISMATCH,
+    OBJECT_BUFFER_SIZE_BYTES, OBJECT_BUFFERS_PER_CONNECTION, OBJECT_QUEUE_JOBS_MAX,
+    OBJECT_QUEUE_JOBS_PER_CORE, OBJECT_REDOWNLOADS_ON_MISMATCH,
 };
 use crate::error::{Error, Result};
 use crate::http::{self, ResponseHead};
@@ -208,11 +209,9 @@ fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
     let runtime = uring::Runtime::new()?;
     runtime.block_on(async move {
         let config = &shared.config;
-        let (pool, registration) = BufferPool::new(
-            config.buffers_per_core,
-            config.buffer_size_bytes,
-            config.register_buffers,
-        );
+        let (buffers, buffer_size_bytes) = pool_shape(config);
+        let (pool, registration) =
+            BufferPool::new(buffers, buffer_size_bytes, config.register_buffers);
         let core = Rc::new(Core {
             shared: Arc::clone(&shared),
             pool,
@@ -233,6 +232,21 @@ fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
             registration,
         })
     })
+}
+
+/// Buffers per core and their size. A connection receives into one buffer
+/// at a time and awaits its write, so two per connection keep it busy; small
+/// buffers keep the pool a few MiB beside the large-object engine's.
+pub fn pool_shape(config: &EngineConfig) -> (usize, usize) {
+    let buffers = config.connections_per_core.max(1) * OBJECT_BUFFERS_PER_CONNECTION;
+    let buffer_size_bytes = config.buffer_size_bytes.min(OBJECT_BUFFER_SIZE_BYTES);
+    (buffers, buffer_size_bytes)
+}
+
+/// Bytes of registered memory the pool takes on all cores.
+pub fn pool_bytes(config: &EngineConfig) -> u64 {
+    let (buffers, buffer_size_bytes) = pool_shape(config);
+    (config.cores.max(1) * buffers * buffer_size_bytes) as u64
 }
 
 async fn connection_loop(core: Rc<Core>) {

@@ -7,6 +7,7 @@
 //! Per file: temp in `.ringdown/partial/` → verify → `futimens` → `renameat`
 //! → journal line → report line.
 
+pub mod completed;
 pub mod listing;
 pub mod paths;
 pub mod target;
@@ -321,6 +322,13 @@ impl Restore {
         let base = download.path_and_query.trim_end_matches('/').to_string();
         let mut stages = StageHistograms::new();
         let mut notices = Vec::new();
+        if let Some(target) = run.target.as_ref().filter(|t| t.completed_before > 0) {
+            notices.push(format!(
+                "resuming: {} files completed by an earlier run are skipped (journal in {}/.ringdown)",
+                target.completed_before,
+                options.dir.display()
+            ));
+        }
         let mut registered_buffers = true;
         let (pool, large) = if options.dry_run {
             (None, None)
@@ -731,7 +739,7 @@ fn schedule(
         entry.size_bytes,
     );
     if let Some(target) = &run.target {
-        if target.is_completed(&key) {
+        if target.is_completed(&entry.name, &key) {
             return skip("journal");
         }
     }
@@ -1176,7 +1184,7 @@ fn finish_file(
             return;
         }
     }
-    if let Err(error) = target.journal_completed(&task.key) {
+    if let Err(error) = target.journal_completed(&task.entry.name, &task.key) {
         run.fail_run(error);
     }
     let reason = (!verified).then(|| "no published SHA1 (unverified)".to_string());

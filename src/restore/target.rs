@@ -6,7 +6,7 @@
 //! name refused; a symlink at a final path is replaced by `renameat`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use super::completed::{self, Cursor};
 use super::paths::{STATE_DIR_NAME, Shard};
+use crate::config::JOURNAL_SORT_RUN_BYTES;
 use crate::error::{Error, Result};
 
 const PARTIAL_DIR_NAME: &str = "partial";
@@ -35,8 +37,11 @@ pub struct Target {
     pub partial: OwnedFd,
     journal_name: String,
     journal: Mutex<std::fs::File>,
-    /// `fileId\tsize` of files completed by an earlier run.
-    completed: HashSet<String>,
+    /// Files completed by earlier runs, asked in listing order.
+    completed: Mutex<Cursor>,
+    completed_name: String,
+    /// How many files earlier runs completed (skipped when listed again).
+    pub completed_before: u64,
     /// Large objects an earlier run left half done: key → bytes on disk
     /// (a chunk boundary), whose partial file still exists.
     resumable: HashMap<String, u64>,
@@ -148,33 +153,14 @@ impl Target {
             });
         }
         let mut journal = std::fs::File::from(journal_fd);
-        let mut text = String::new();
-        journal
-            .read_to_string(&mut text)
-            .map_err(|error| Error::io(format!("reading {state_context}/{journal_name}"), error))?;
-        // Only whole lines count: a line cut by a kill is ignored.
-        let mut completed = HashSet::new();
-        let mut chunks: HashMap<String, u64> = HashMap::new();
-        for line in text
-            .split_inclusive('\n')
-            .filter(|line| line.ends_with('\n'))
-        {
-            let line = line.trim_end_matches('\n');
-            if let Some(rest) = line.strip_prefix("ok\t") {
-                completed.insert(rest.to_string());
-            } else if let Some((key, bytes)) = line
-                .strip_prefix("chunk\t")
-                .and_then(|rest| rest.rsplit_once('\t'))
-            {
-                if let Ok(bytes) = bytes.parse::<u64>() {
-                    let entry = chunks.entry(key.to_string()).or_insert(0);
-                    *entry = (*entry).max(bytes);
-                }
-            }
-        }
-        for key in &completed {
-            chunks.remove(key);
-        }
+        let completed_name = format!("completed-{}-of-{}", shard.index, shard.count);
+        let loaded = completed::load(
+            &state,
+            &completed_name,
+            &mut journal,
+            JOURNAL_SORT_RUN_BYTES,
+        )?;
+        let chunks = loaded.chunks;
         let temp_salt = {
             use std::hash::{BuildHasher, Hasher};
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -204,7 +190,9 @@ impl Target {
             partial,
             journal_name,
             journal: Mutex::new(journal),
-            completed,
+            completed: Mutex::new(loaded.completed),
+            completed_name,
+            completed_before: loaded.completed_count,
             resumable,
             shard_tag,
             temp_counter: AtomicU64::new(0),
@@ -215,14 +203,19 @@ impl Target {
         Ok(target)
     }
 
-    pub fn is_completed(&self, key: &str) -> bool {
-        self.completed.contains(key)
+    /// Whether an earlier run completed this file. Ask in listing order
+    /// (see `completed::Cursor::contains`).
+    pub fn is_completed(&self, name: &str, key: &str) -> bool {
+        self.completed
+            .lock()
+            .expect("completed lock")
+            .contains(&completed::record(name, key))
     }
 
     /// Appends one completed file to the journal (one `write`, so a kill
     /// leaves at most a cut last line, which the next run ignores).
-    pub fn journal_completed(&self, key: &str) -> Result<()> {
-        self.journal_line(&format!("ok\t{key}\n"))
+    pub fn journal_completed(&self, name: &str, key: &str) -> Result<()> {
+        self.journal_line(&format!("ok\t{}\n", completed::record(name, key)))
     }
 
     /// Records that `[0, bytes)` of a large object is written to its partial file.
@@ -407,6 +400,7 @@ impl Target {
     pub fn remove_state(&self) {
         self.remove_all_partials();
         let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
+        completed::remove(&self.state, &self.completed_name);
         // Another shard still running into this DIR holds its shared lock:
         // then `partial/` and `.ringdown/` stay (it writes there).
         // Drop our shared lock first, so two shards finishing together

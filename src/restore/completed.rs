@@ -1,0 +1,421 @@
+//! Files completed by earlier runs, looked up in constant memory.
+//!
+//! The journal is appended in completion order, which is only roughly the
+//! listing order. At start the journal's `ok` records and the sorted file of
+//! the previous start are merged into one new sorted file (an external sort:
+//! runs of at most `SORT_RUN_BYTES` sorted in memory, then a k-way merge), and
+//! the journal is cut back to the chunk records of half-done large objects.
+//! The scheduler sees names in listing order (UTF-8 byte order, as B2 lists
+//! them), so membership is a forward-only merge join against that file: one
+//! record in memory, whatever the bucket holds.
+//!
+//! A record is `name\tfileId\tsize`. Names reaching the journal have no
+//! control characters (`paths::map_name` refuses them), so a tab sorts below
+//! every name byte and record order is name order.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::error::{Error, Result};
+
+/// A journal record: the file's name and its key (`fileId\tsize`).
+pub fn record(name: &str, key: &str) -> String {
+    format!("{name}\t{key}")
+}
+
+/// What the start of a run learns from the journal.
+pub struct Loaded {
+    pub completed: Cursor,
+    /// Large objects left half done: key → bytes written (a chunk boundary).
+    pub chunks: HashMap<String, u64>,
+    /// Records in the sorted file.
+    pub completed_count: u64,
+}
+
+/// Forward-only membership test over the sorted file.
+pub struct Cursor {
+    lines: Option<std::io::Lines<BufReader<File>>>,
+    current: Option<String>,
+    last_query: String,
+}
+
+impl Cursor {
+    fn open(file: Option<File>) -> Cursor {
+        let mut cursor = Cursor {
+            lines: file.map(|file| BufReader::new(file).lines()),
+            current: None,
+            last_query: String::new(),
+        };
+        cursor.advance();
+        cursor
+    }
+
+    fn advance(&mut self) {
+        self.current = match self.lines.as_mut().and_then(Iterator::next) {
+            Some(Ok(line)) => Some(line),
+            // A read error ends the set early: files are downloaded again,
+            // never skipped wrongly.
+            Some(Err(_)) | None => {
+                self.lines = None;
+                None
+            }
+        };
+    }
+
+    /// Whether `record` was completed. Queries must come in ascending
+    /// order; one that goes backwards (a listing out of order) is answered
+    /// "no", which costs a download, never a wrong skip.
+    pub fn contains(&mut self, record: &str) -> bool {
+        if record < self.last_query.as_str() {
+            return false;
+        }
+        self.last_query.clear();
+        self.last_query.push_str(record);
+        loop {
+            match self.current.as_deref() {
+                Some(current) if current < record => self.advance(),
+                Some(current) => return current == record,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// Merges the journal into `sorted_name` (in the state directory), cuts the
+/// journal back to its chunk records, and opens the cursor.
+pub fn load(
+    state: &OwnedFd,
+    sorted_name: &str,
+    journal: &mut File,
+    run_bytes: usize,
+) -> Result<Loaded> {
+    let context = |what: &str| format!("{what} (.ringdown/{sorted_name})");
+    remove_leftovers(state, sorted_name);
+    journal
+        .rewind()
+        .map_err(|error| Error::io(context("reading the journal"), error))?;
+    let mut chunks: HashMap<String, u64> = HashMap::new();
+    let mut run: Vec<String> = Vec::new();
+    let mut run_size = 0usize;
+    let mut run_files: Vec<File> = Vec::new();
+    let mut journal_records = 0u64;
+    let mut reader = BufReader::new(&*journal);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .map_err(|error| Error::io(context("reading the journal"), error))?;
+        // Only whole lines count: a line cut by a kill is ignored.
+        if read == 0 || !line.ends_with('\n') {
+            break;
+        }
+        let text = line.trim_end_matches('\n');
+        if let Some(rest) = text.strip_prefix("ok\t") {
+            let Some((_, key)) = rest.split_once('\t') else {
+                continue;
+            };
+            chunks.remove(key);
+            journal_records += 1;
+            run_size += rest.len() + std::mem::size_of::<String>();
+            run.push(rest.to_string());
+            if run_size >= run_bytes {
+                run_files.push(spill(state, sorted_name, run_files.len(), &mut run)?);
+                run_size = 0;
+            }
+        } else if let Some((key, bytes)) = text
+            .strip_prefix("chunk\t")
+            .and_then(|rest| rest.rsplit_once('\t'))
+        {
+            if let Ok(bytes) = bytes.parse::<u64>() {
+                let entry = chunks.entry(key.to_string()).or_insert(0);
+                *entry = (*entry).max(bytes);
+            }
+        }
+    }
+    drop(reader);
+    let previous = open_read(state, sorted_name);
+    let (sorted, completed_count) = if journal_records == 0 {
+        let count = match &previous {
+            Some(file) => count_lines(file),
+            None => 0,
+        };
+        (previous, count)
+    } else {
+        run.sort_unstable();
+        run.dedup();
+        let mut sources: Vec<Box<dyn Iterator<Item = String>>> = Vec::new();
+        if let Some(file) = previous {
+            sources.push(Box::new(lines_of(file)));
+        }
+        for file in run_files {
+            sources.push(Box::new(lines_of(file)));
+        }
+        sources.push(Box::new(run.into_iter()));
+        let temp_name = format!("{sorted_name}.tmp");
+        let temp = create(state, &temp_name)
+            .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
+        let mut writer = BufWriter::new(temp);
+        let count = merge(sources, &mut writer)
+            .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
+        let temp = writer.into_inner().map_err(|error| {
+            Error::io(context("writing the sorted journal"), error.into_error())
+        })?;
+        // Durable before it replaces the old file: the journal is cut next.
+        temp.sync_all()
+            .map_err(|error| Error::io(context("syncing the sorted journal"), error))?;
+        rustix::fs::renameat(state, &temp_name, state, sorted_name)
+            .map_err(|error| Error::io(context("replacing the sorted journal"), error.into()))?;
+        // A kill between the rename and the cut only merges the same
+        // records again next time.
+        journal
+            .set_len(0)
+            .map_err(|error| Error::io(context("cutting the journal"), error))?;
+        let mut kept = String::new();
+        for (key, bytes) in &chunks {
+            kept.push_str(&format!("chunk\t{key}\t{bytes}\n"));
+        }
+        journal
+            .write_all(kept.as_bytes())
+            .map_err(|error| Error::io(context("cutting the journal"), error))?;
+        (open_read(state, sorted_name), count)
+    };
+    Ok(Loaded {
+        completed: Cursor::open(sorted),
+        chunks,
+        completed_count,
+    })
+}
+
+/// Removes the sorted file (the run finished; nothing to resume).
+pub fn remove(state: &OwnedFd, sorted_name: &str) {
+    let _ = rustix::fs::unlinkat(state, sorted_name, AtFlags::empty());
+    remove_leftovers(state, sorted_name);
+}
+
+/// Sorted runs and a half-written merge of a run that was killed.
+fn remove_leftovers(state: &OwnedFd, sorted_name: &str) {
+    let Ok(dir_fd) = state.try_clone() else {
+        return;
+    };
+    let Ok(mut dir) = rustix::fs::Dir::new(dir_fd) else {
+        return;
+    };
+    let prefix = format!("{sorted_name}.");
+    let mut names = Vec::new();
+    while let Some(Ok(entry)) = dir.next() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let _ = rustix::fs::unlinkat(state, name, AtFlags::empty());
+    }
+}
+
+/// Sorts one in-memory run and writes it to `<sorted>.run-<index>`, unlinked
+/// at once: the open file is all the merge needs, and a kill leaves nothing.
+fn spill(state: &OwnedFd, sorted_name: &str, index: usize, run: &mut Vec<String>) -> Result<File> {
+    run.sort_unstable();
+    run.dedup();
+    let name = format!("{sorted_name}.run-{index}");
+    let spill_error = |error| Error::io(format!("sorting the journal (.ringdown/{name})"), error);
+    let file = create(state, &name).map_err(spill_error)?;
+    let _ = rustix::fs::unlinkat(state, &name, AtFlags::empty());
+    let mut writer = BufWriter::new(file);
+    for line in run.drain(..) {
+        writer
+            .write_all(line.as_bytes())
+            .and_then(|()| writer.write_all(b"\n"))
+            .map_err(spill_error)?;
+    }
+    let mut file = writer
+        .into_inner()
+        .map_err(|error| spill_error(error.into_error()))?;
+    file.rewind().map_err(spill_error)?;
+    Ok(file)
+}
+
+/// k-way merge of ascending sources into `out`, dropping duplicates.
+fn merge(
+    mut sources: Vec<Box<dyn Iterator<Item = String>>>,
+    out: &mut impl Write,
+) -> std::io::Result<u64> {
+    let mut heap = BinaryHeap::with_capacity(sources.len());
+    for (index, source) in sources.iter_mut().enumerate() {
+        if let Some(line) = source.next() {
+            heap.push(Reverse((line, index)));
+        }
+    }
+    let mut last: Option<String> = None;
+    let mut count = 0u64;
+    while let Some(Reverse((line, index))) = heap.pop() {
+        if let Some(next) = sources[index].next() {
+            heap.push(Reverse((next, index)));
+        }
+        if last.as_deref() == Some(line.as_str()) {
+            continue;
+        }
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+        count += 1;
+        last = Some(line);
+    }
+    Ok(count)
+}
+
+fn lines_of(file: File) -> impl Iterator<Item = String> {
+    BufReader::new(file)
+        .lines()
+        .map_while(std::result::Result::ok)
+}
+
+fn count_lines(file: &File) -> u64 {
+    let Ok(file) = file.try_clone() else {
+        return 0;
+    };
+    let mut reader = BufReader::new(file);
+    let count = (&mut reader).lines().count() as u64;
+    let _ = reader.into_inner().rewind();
+    count
+}
+
+fn open_read(state: &OwnedFd, name: &str) -> Option<File> {
+    rustix::fs::openat(
+        state,
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .ok()
+    .map(File::from)
+}
+
+fn create(state: impl AsFd, name: &str) -> std::io::Result<File> {
+    rustix::fs::openat(
+        state,
+        name,
+        OFlags::CREATE | OFlags::TRUNC | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o644),
+    )
+    .map(File::from)
+    .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_dir() -> (tempfile::TempDir, OwnedFd) {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        (dir, fd)
+    }
+
+    fn journal_with(dir: &std::path::Path, text: &str) -> File {
+        let path = dir.join("journal");
+        std::fs::write(&path, text).unwrap();
+        std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    }
+
+    /// A permutation of 0..n that is far from sorted.
+    fn shuffled(n: u64) -> Vec<u64> {
+        (0..n).map(|i| (i * 7919) % n).collect()
+    }
+
+    #[test]
+    fn spills_merges_dedups_and_answers_in_listing_order() {
+        let (dir, state) = state_dir();
+        let mut text = String::new();
+        for i in shuffled(5000) {
+            text.push_str(&format!("ok\tname-{i:05}\tid{i}\t{i}\n"));
+        }
+        // Duplicates and a chunk record for a file that completed later.
+        text.push_str("chunk\tid7\t7\t4096\nok\tname-00007\tid7\t7\n");
+        text.push_str("chunk\tid-big\t99\t8388608\n");
+        text.push_str("ok\tname-cut-by-a-kill"); // no newline: ignored
+        let mut journal = journal_with(dir.path(), &text);
+        // Tiny runs: many spills, a real k-way merge.
+        let mut loaded = load(&state, "completed", &mut journal, 4096).unwrap();
+        assert_eq!(loaded.completed_count, 5000);
+        assert_eq!(loaded.chunks.len(), 1);
+        assert_eq!(loaded.chunks["id-big\t99"], 8_388_608);
+        for i in (0..5000).step_by(3) {
+            assert!(
+                loaded
+                    .completed
+                    .contains(&record(&format!("name-{i:05}"), &format!("id{i}\t{i}")))
+            );
+            // Same name, another upload: not completed.
+            assert!(
+                !loaded
+                    .completed
+                    .contains(&record(&format!("name-{i:05}"), "other\t1"))
+            );
+        }
+        assert!(!loaded.completed.contains("name-cut-by-a-kill"));
+        // Backwards query: a safe "no".
+        assert!(!loaded.completed.contains(&record("name-00001", "id1\t1")));
+        // The journal is cut back to the chunk record of the unfinished object.
+        let journal_text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
+        assert_eq!(journal_text, "chunk\tid-big\t99\t8388608\n");
+        let sorted = std::fs::read_to_string(dir.path().join("completed")).unwrap();
+        let lines: Vec<&str> = sorted.lines().collect();
+        assert_eq!(lines.len(), 5000);
+        assert!(lines.windows(2).all(|pair| pair[0] < pair[1]));
+        // No spill files or temporaries left.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_second_start_merges_new_records_into_the_sorted_file() {
+        let (dir, state) = state_dir();
+        let mut journal = journal_with(dir.path(), "ok\tb\tid-b\t1\nok\td\tid-d\t1\n");
+        drop(load(&state, "completed", &mut journal, 1 << 20).unwrap());
+        journal
+            .write_all(b"ok\ta\tid-a\t1\nok\tc\tid-c\t1\n")
+            .unwrap();
+        let mut loaded = load(&state, "completed", &mut journal, 1 << 20).unwrap();
+        assert_eq!(loaded.completed_count, 4);
+        for name in ["a", "b", "c", "d"] {
+            assert!(
+                loaded
+                    .completed
+                    .contains(&record(name, &format!("id-{name}\t1")))
+            );
+        }
+        // Nothing new: the sorted file is reused as it is.
+        let mut loaded = load(&state, "completed", &mut journal, 1 << 20).unwrap();
+        assert_eq!(loaded.completed_count, 4);
+        assert!(loaded.completed.contains(&record("c", "id-c\t1")));
+        remove(&state, "completed");
+        assert!(!dir.path().join("completed").exists());
+    }
+
+    #[test]
+    fn record_order_is_name_order() {
+        // "a" < "a b" as names; the tab must not reorder them.
+        let mut records = [record("a b", "x\t1"), record("a", "y\t1")];
+        records.sort();
+        assert_eq!(records[0], record("a", "y\t1"));
+    }
+}
