@@ -29,13 +29,17 @@ const SMALL_TUNING: &[&str] = &[
 ];
 
 fn command(served: &Served, args: &[&str], dir: &Path) -> Command {
+    command_tuned(served, args, dir, SMALL_TUNING)
+}
+
+fn command_tuned(served: &Served, args: &[&str], dir: &Path, tuning: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
     command
         .arg("restore")
         .args(args)
         .arg(dir)
         .args(["--realm", &served.realm])
-        .args(SMALL_TUNING)
+        .args(tuning)
         .env("B2_APPLICATION_KEY_ID", &served.key_id)
         .env("B2_APPLICATION_KEY", &served.key)
         .env_remove("SSL_CERT_FILE")
@@ -269,6 +273,144 @@ fn restores_a_tree_byte_for_byte_with_report_and_stats() {
         "{}",
         stderr(&again)
     );
+
+    // --fsync: the same tree, each file synced before its rename.
+    let synced = out.path().join("synced");
+    let output = restore(&served, &["b2://bkt", "--fsync"], &synced);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&synced, &objects);
+    assert_eq!(files_under(&synced), expected);
+}
+
+#[test]
+fn objects_without_a_usable_digest_are_restored_unverified_and_said_so() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = make_tree(data.path(), 40);
+    let out = tempfile::tempdir().unwrap();
+    // `none` everywhere (no large_file_sha1 either): restored, unverified,
+    // warned about, exit 0 — and exit 1 under --require-verified.
+    let served = serve(
+        data.path(),
+        false,
+        &["--large-file-threshold", "300KiB", "--publish-sha1", "none"],
+    );
+    let dir = out.path().join("none");
+    let report = out.path().join("none.jsonl");
+    let stats = out.path().join("none.json");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--report",
+            report.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_tree(&dir, &objects);
+    assert!(
+        text.contains(&format!("{} files were not verified", objects.len())),
+        "{text}"
+    );
+    assert!(text.contains("(0 verified,"), "{text}");
+    for line in report_lines(&report) {
+        assert_eq!(line["status"], "ok", "{line}");
+        assert_eq!(line["verified"], false, "{line}");
+        assert!(line["expected_sha1"].is_null(), "{line}");
+        // The digest of what was written is still reported.
+        let name = line["name"].as_str().unwrap();
+        assert_eq!(line["sha1"].as_str().unwrap(), sha1_hex(&objects[name]));
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["verified"]["ok"], 0);
+    assert_eq!(
+        stats["verified"]["unverified"].as_u64().unwrap(),
+        objects.len() as u64
+    );
+    let strict = restore(
+        &served,
+        &["b2://bkt", "--require-verified"],
+        &out.path().join("strict"),
+    );
+    assert_eq!(strict.status.code(), Some(1), "{}", stderr(&strict));
+    assert!(stderr(&strict).contains("--require-verified"));
+    drop(served);
+
+    // `unverified:<hex>`: the digest is checked all the same.
+    let served = serve(
+        data.path(),
+        false,
+        &[
+            "--large-file-threshold",
+            "300KiB",
+            "--publish-sha1",
+            "unverified",
+        ],
+    );
+    let dir = out.path().join("unverified");
+    let report = out.path().join("unverified.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+    let lines = report_lines(&report);
+    assert_eq!(lines.len(), objects.len());
+    for line in &lines {
+        assert_eq!(line["verified"], true, "{line}");
+    }
+    assert!(lines.iter().any(|line| {
+        line["expected_sha1"]
+            .as_str()
+            .is_some_and(|hex| hex.starts_with("unverified:"))
+    }));
+}
+
+#[test]
+fn a_plain_progress_line_every_ten_seconds_when_not_a_tty() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..20 {
+        let name = format!("p/{i:02}");
+        let bytes = content(&name, 60_000);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    // 1.2 MB at 100 kB/s on one connection: ~12 s, one progress line.
+    let served = serve(data.path(), false, &["--rate-per-conn", "100kB/s"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let command = command_tuned(
+        &served,
+        &["b2://bkt"],
+        &dir,
+        &["--cores", "1", "--connections", "1"],
+    );
+    let output = run_bounded(command);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_tree(&dir, &objects);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("ringdown: progress: "))
+        .collect();
+    assert!(!lines.is_empty(), "no progress line in:\n{text}");
+    assert!(lines.len() <= 2, "more than one line per 10 s:\n{text}");
+    // `files D/N, X/Y MB, R MB/s, ETA …, retries K, S s`
+    let line = lines[0];
+    assert!(line.contains("files ") && line.contains("/20"), "{line}");
+    assert!(
+        line.contains(" MB/s, ETA ") && line.contains("retries 0"),
+        "{line}"
+    );
+    assert!(!text.contains('\r'), "no carriage returns when not a TTY");
 }
 
 #[test]

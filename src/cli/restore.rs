@@ -11,7 +11,7 @@ use crate::config;
 use crate::engine::Progress;
 use crate::error::{Error, Result, exit_code};
 use crate::restore::paths::{NameFilter, Shard, folder_prefix};
-use crate::restore::{Restore, RestoreOptions, RestoreReport};
+use crate::restore::{FileCounts, Restore, RestoreOptions, RestoreReport};
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
@@ -36,6 +36,9 @@ pub struct RestoreArgs {
     /// Skip files that exist locally with the same size and SHA1.
     #[arg(long)]
     pub skip_existing: bool,
+    /// fsync each file before its rename and its directory after (slower; for restores that must survive a power cut the moment they report success).
+    #[arg(long)]
+    pub fsync: bool,
     /// Restore shard K of N (0-based; by SHA-1 of the name). Else JOB_COMPLETION_INDEX or Slurm array variables.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<String>,
@@ -119,6 +122,7 @@ pub fn options_from(
         filter,
         shard,
         skip_existing: args.skip_existing,
+        fsync: args.fsync,
         dry_run: args.dry_run,
         report: args.report.clone(),
     };
@@ -138,8 +142,8 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
         }
     }
     let restore = Restore::new(options, args.quiet);
-    let progress =
-        (!args.quiet && !args.dry_run).then(|| ProgressLine::start(Arc::clone(&restore.progress)));
+    let progress = (!args.quiet && !args.dry_run)
+        .then(|| ProgressLine::start(Arc::clone(&restore.progress), Arc::clone(&restore.files)));
     let result = restore.run();
     if let Some(progress) = progress {
         progress.stop();
@@ -229,6 +233,34 @@ pub fn finish(
     Ok(exit_code::OK)
 }
 
+/// `files 1234/5000 (listing…), 1200.0/3400.0 MB, 180.0 MB/s, ETA 12 s, retries 0, 7 s`:
+/// totals are "as listed so far" until the listing ends; the ETA waits for it.
+fn progress_text(progress: &Progress, files: &FileCounts, elapsed: Duration) -> String {
+    let bytes = progress.bytes_done.load(Ordering::Relaxed);
+    let to_fetch = files.bytes_to_fetch.load(Ordering::Relaxed).max(bytes);
+    let listing_done = files.listing_done.load(Ordering::Relaxed);
+    let seconds = elapsed.as_secs_f64().max(1e-3);
+    let rate_bytes_per_s = bytes as f64 / seconds;
+    let eta = if !listing_done {
+        "ETA after listing".to_string()
+    } else if rate_bytes_per_s < 1.0 {
+        "ETA ?".to_string()
+    } else {
+        format!("ETA {:.0} s", (to_fetch - bytes) as f64 / rate_bytes_per_s)
+    };
+    format!(
+        "files {}/{}{}, {:.1}/{:.1} MB, {:.1} MB/s, {eta}, retries {}, {:.0} s",
+        files.done.load(Ordering::Relaxed),
+        files.listed.load(Ordering::Relaxed),
+        if listing_done { "" } else { " (listing…)" },
+        bytes as f64 / 1e6,
+        to_fetch as f64 / 1e6,
+        rate_bytes_per_s / 1e6,
+        progress.retries.load(Ordering::Relaxed),
+        elapsed.as_secs_f64()
+    )
+}
+
 /// Progress: redrawn on a TTY, a plain line every 10 s otherwise.
 struct ProgressLine {
     stop: Arc<AtomicBool>,
@@ -236,7 +268,7 @@ struct ProgressLine {
 }
 
 impl ProgressLine {
-    fn start(progress: Arc<Progress>) -> ProgressLine {
+    fn start(progress: Arc<Progress>, files: Arc<FileCounts>) -> ProgressLine {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let tty = std::io::stderr().is_terminal();
@@ -254,20 +286,11 @@ impl ProgressLine {
                     continue;
                 }
                 last = Instant::now();
-                let bytes = progress.bytes_done.load(Ordering::Relaxed);
-                let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
-                let retries = progress.retries.load(Ordering::Relaxed);
+                let line = progress_text(&progress, &files, started.elapsed());
                 if tty {
-                    eprint!(
-                        "\r\x1b[2K  {:.1} MB  {rate:.1} MB/s  retries {retries}",
-                        bytes as f64 / 1e6
-                    );
+                    eprint!("\r\x1b[2K  {line}");
                 } else {
-                    eprintln!(
-                        "ringdown: progress: {:.1} MB, {rate:.1} MB/s, retries {retries}, {:.0} s",
-                        bytes as f64 / 1e6,
-                        started.elapsed().as_secs_f64()
-                    );
+                    eprintln!("ringdown: progress: {line}");
                 }
             }
             if tty {

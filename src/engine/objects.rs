@@ -50,6 +50,8 @@ pub struct ObjectJob {
     /// The published digest, if any: a mismatch downloads the object again
     /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before it is reported.
     pub expected_sha1: Option<[u8; 20]>,
+    /// `fsync` the file once written, before `done` runs.
+    pub fsync: bool,
     /// The destination, opened for writing; closed by the pool.
     pub file: OwnedFd,
     /// Runs on the core thread once the object is written (or failed).
@@ -413,7 +415,20 @@ async fn download_object(
         tokio::time::sleep(delay).await;
         core.record(Stage::RetryWait, waited.elapsed());
     };
-    // Every write was awaited inside the attempts; closing is the last step.
+    // Every write was awaited inside the attempts. `--fsync`: the data is
+    // durable before the caller renames the file and journals it.
+    let result = match result {
+        Ok(()) if job.fsync => {
+            let synced = Instant::now();
+            let outcome = file.sync_all().await.map_err(|error| ObjectError {
+                error: Error::io(format!("fsync of {}", job.display_name), error),
+                run_fatal: false,
+            });
+            core.record(Stage::Write, synced.elapsed());
+            outcome
+        }
+        other => other,
+    };
     let _ = file.close().await;
     let outcome = result.map(|()| {
         debug_assert_eq!(

@@ -58,6 +58,9 @@ pub struct RestoreOptions {
     pub filter: NameFilter,
     pub shard: Shard,
     pub skip_existing: bool,
+    /// Data durable before each rename, the rename durable before the
+    /// journal line (`fdatasync` file, `fsync` parent).
+    pub fsync: bool,
     pub dry_run: bool,
     pub report: Option<PathBuf>,
 }
@@ -97,6 +100,7 @@ pub struct Tally {
 
 struct Reporter {
     tally: Mutex<Tally>,
+    files: Arc<FileCounts>,
     report: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     quiet: bool,
 }
@@ -124,6 +128,7 @@ fn expected_hex(expected: &ExpectedSha1) -> Option<String> {
 
 impl Reporter {
     fn record(&self, record: FileRecord<'_>) {
+        self.files.done.fetch_add(1, Ordering::Relaxed);
         {
             let mut tally = self.tally.lock().expect("tally lock");
             match record.status {
@@ -234,10 +239,24 @@ struct FileTask {
     file: OwnedFd,
 }
 
+/// What a progress display needs beyond bytes: files as listed so far.
+#[derive(Default)]
+pub struct FileCounts {
+    /// Files selected so far (after filters and shard), skipped ones included.
+    pub listed: AtomicU64,
+    /// Files finished in any way (restored, skipped, failed, refused).
+    pub done: AtomicU64,
+    /// Bytes of the files handed to a download so far.
+    pub bytes_to_fetch: AtomicU64,
+    /// The listing has reached its end: totals are final.
+    pub listing_done: AtomicBool,
+}
+
 /// The library entry point: `Restore::new(options).run()`.
 pub struct Restore {
     pub options: RestoreOptions,
     pub progress: Arc<Progress>,
+    pub files: Arc<FileCounts>,
     pub quiet: bool,
 }
 
@@ -246,6 +265,7 @@ impl Restore {
         Restore {
             options,
             progress: Arc::new(Progress::default()),
+            files: Arc::new(FileCounts::default()),
             quiet,
         }
     }
@@ -296,6 +316,7 @@ impl Restore {
             target,
             reporter: Reporter {
                 tally: Mutex::new(Tally::default()),
+                files: Arc::clone(&self.files),
                 report,
                 quiet: self.quiet,
             },
@@ -385,6 +406,7 @@ impl Restore {
                 large.as_ref().map(|(s, _)| s),
             );
         }
+        self.files.listing_done.store(true, Ordering::Relaxed);
         // Dropping the receiver unblocks a listing thread that is still sending.
         drop(list_receiver);
         let _ = lister.join();
@@ -689,6 +711,7 @@ fn schedule(
     if !options.shard.contains(&entry.name) || !options.filter.accepts(relative) {
         return;
     }
+    run.reporter.files.listed.fetch_add(1, Ordering::Relaxed);
     let refuse = |reason: String| {
         if options.dry_run {
             eprintln!("refused\t{:?}\t{reason}", entry.name);
@@ -711,7 +734,9 @@ fn schedule(
         Mapped::Directory(segments) => {
             if !options.dry_run {
                 match run.target().ensure_dir(&segments) {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        run.reporter.files.done.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(PathError::Refused(reason)) => refuse(reason),
                     Err(PathError::Failed(error)) => run.fail_run(error),
                 }
@@ -806,6 +831,10 @@ fn schedule(
     if direct_io {
         run.direct_io_used.store(true, Ordering::Relaxed);
     }
+    run.reporter
+        .files
+        .bytes_to_fetch
+        .fetch_add(entry.size_bytes, Ordering::Relaxed);
     let task = FileTask {
         key,
         resume_bytes,
@@ -837,6 +866,7 @@ fn schedule(
             ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
             ExpectedSha1::None => None,
         },
+        fsync: options.fsync,
         file: engine_file,
         done: {
             let run = Arc::clone(run);
@@ -978,6 +1008,14 @@ fn large_loop(
                     } else {
                         Ok(())
                     };
+                    let truncated = truncated.and_then(|()| {
+                        if !run.options.fsync {
+                            return Ok(());
+                        }
+                        rustix::fs::fsync(&task.file).map_err(|error| {
+                            Error::io(format!("fsync of {}", task.display_path), error.into())
+                        })
+                    });
                     truncated
                         .map(|()| outcome.sha1)
                         .map_err(|error| (error, false))
@@ -1180,6 +1218,21 @@ fn finish_file(
                 Some(&actual),
                 verified,
                 Some(error.to_string()),
+            );
+            return;
+        }
+    }
+    if run.options.fsync {
+        // The rename itself must be durable before the journal says done.
+        if let Err(error) = rustix::fs::fsync(&task.parent) {
+            record(
+                Status::Failed,
+                Some(&actual),
+                verified,
+                Some(format!(
+                    "fsync of the directory of {}: {error}",
+                    task.display_path
+                )),
             );
             return;
         }

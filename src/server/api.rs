@@ -241,14 +241,28 @@ pub struct ObjectView {
     pub meta: ObjectMeta,
     pub sha1: [u8; 20],
     pub is_large: bool,
+    pub publish: PublishSha1,
+}
+
+/// What the server tells clients about each object's SHA1 (`--publish-sha1`):
+/// B2 has objects uploaded with `unverified:` digests and with none at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishSha1 {
+    /// contentSha1 (or large_file_sha1 for large files), as B2 does.
+    Real,
+    /// `unverified:<hex>` (large files: large_file_sha1 as usual).
+    Unverified,
+    /// contentSha1 "none" and no large_file_sha1: nothing to verify against.
+    None,
 }
 
 impl ObjectView {
     pub fn content_sha1(&self) -> String {
-        if self.is_large {
-            "none".to_string()
-        } else {
-            hex(&self.sha1)
+        match self.publish {
+            _ if self.is_large => "none".to_string(),
+            PublishSha1::Real => hex(&self.sha1),
+            PublishSha1::Unverified => format!("unverified:{}", hex(&self.sha1)),
+            PublishSha1::None => "none".to_string(),
         }
     }
 
@@ -259,7 +273,7 @@ impl ObjectView {
     /// fileInfo: `src_last_modified_millis` always; `large_file_sha1` for large objects.
     pub fn file_info(&self) -> Vec<(&'static str, String)> {
         let mut info = vec![("src_last_modified_millis", self.meta.mtime_ms.to_string())];
-        if self.is_large {
+        if self.is_large && self.publish != PublishSha1::None {
             info.push(("large_file_sha1", hex(&self.sha1)));
         }
         info
@@ -314,6 +328,7 @@ pub fn view_of(server: &Server, meta: ObjectMeta) -> std::io::Result<ObjectView>
         meta,
         sha1,
         is_large,
+        publish: server.publish_sha1,
     })
 }
 

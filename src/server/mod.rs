@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// fileInfo.large_file_sha1).
     #[arg(long, default_value = LARGE_FILE_THRESHOLD_DEFAULT, value_parser = parse_size_bytes, value_name = "SIZE")]
     pub large_file_threshold: u64,
+    /// What to publish as each object's SHA1 (real digests; `unverified:` ones; none at all).
+    #[arg(long, value_enum, default_value = "real", value_name = "MODE")]
+    pub publish_sha1: api::PublishSha1,
     /// Where the SHA1 index lives (default: $XDG_CACHE_HOME or ~/.cache /ringdown/serve/<hash of DIR>).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -131,6 +134,7 @@ pub struct Server {
     tokens: Tokens,
     realm: String,
     large_file_threshold_bytes: u64,
+    publish_sha1: api::PublishSha1,
     faults: Faults,
     access_log: Option<Arc<AccessLog>>,
 }
@@ -274,6 +278,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             tokens: Tokens::new(args.token_ttl_s),
             realm,
             large_file_threshold_bytes: args.large_file_threshold,
+            publish_sha1: args.publish_sha1,
             faults,
             access_log,
         });
