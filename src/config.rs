@@ -109,6 +109,10 @@ pub const LARGE_OBJECT_QUEUE_JOBS: usize = 2;
 /// its journal (an external sort): resume memory stays flat whatever the
 /// number of files completed before.
 pub const JOURNAL_SORT_RUN_BYTES: usize = 4 << 20;
+/// `restore --fsync`: renamed files whose directories are synced together
+/// (one fsync per distinct directory, then one of the journal). Bounds the
+/// descriptors held and the work a power cut can cost.
+pub const FSYNC_BATCH_FILES: usize = 256;
 /// Failed names printed in the summary (the rest are in `--report`).
 pub const SUMMARY_FAILED_NAMES_SHOWN: usize = 20;
 /// Bytes read per step when hashing an existing local file (`--skip-existing`).

@@ -36,7 +36,7 @@ pub struct RestoreArgs {
     /// Skip files that exist locally with the same size and SHA1.
     #[arg(long)]
     pub skip_existing: bool,
-    /// fsync each file before its rename and its directory after (slower; for restores that must survive a power cut the moment they report success).
+    /// fsync each file before its rename; directories and the journal in batches (slower; for restores that must survive a power cut once reported done).
     #[arg(long)]
     pub fsync: bool,
     /// Restore shard K of N (0-based; by SHA-1 of the name). Else JOB_COMPLETION_INDEX or Slurm array variables.

@@ -443,6 +443,11 @@ impl Restore {
         if let Some(error) = listing_error {
             run.fail_run(error);
         }
+        if let Some(target) = &run.target {
+            if let Err(error) = target.flush_synced() {
+                run.fail_run(error);
+            }
+        }
         let tally = std::mem::take(&mut *run.reporter.tally.lock().expect("tally lock"));
         let interrupted = signal.load(Ordering::Acquire);
         let fatal = if interrupted != 0 {
@@ -1222,22 +1227,12 @@ fn finish_file(
             return;
         }
     }
-    if run.options.fsync {
-        // The rename itself must be durable before the journal says done.
-        if let Err(error) = rustix::fs::fsync(&task.parent) {
-            record(
-                Status::Failed,
-                Some(&actual),
-                verified,
-                Some(format!(
-                    "fsync of the directory of {}: {error}",
-                    task.display_path
-                )),
-            );
-            return;
-        }
-    }
-    if let Err(error) = target.journal_completed(&task.entry.name, &task.key) {
+    let journaled = if run.options.fsync {
+        target.journal_completed_synced(task.parent, &entry.name, &task.key)
+    } else {
+        target.journal_completed(&entry.name, &task.key)
+    };
+    if let Err(error) = journaled {
         run.fail_run(error);
     }
     let reason = (!verified).then(|| "no published SHA1 (unverified)".to_string());

@@ -17,7 +17,7 @@ use rustix::io::Errno;
 
 use super::completed::{self, Cursor};
 use super::paths::{STATE_DIR_NAME, Shard};
-use crate::config::JOURNAL_SORT_RUN_BYTES;
+use crate::config::{FSYNC_BATCH_FILES, JOURNAL_SORT_RUN_BYTES};
 use crate::error::{Error, Result};
 
 const PARTIAL_DIR_NAME: &str = "partial";
@@ -37,6 +37,9 @@ pub struct Target {
     pub partial: OwnedFd,
     journal_name: String,
     journal: Mutex<std::fs::File>,
+    /// `--fsync`: renamed files whose directory is not synced yet, with
+    /// their journal records (see `journal_completed_synced`).
+    unsynced: Mutex<Vec<(OwnedFd, String)>>,
     /// Files completed by earlier runs, asked in listing order.
     completed: Mutex<Cursor>,
     completed_name: String,
@@ -190,6 +193,7 @@ impl Target {
             partial,
             journal_name,
             journal: Mutex::new(journal),
+            unsynced: Mutex::new(Vec::new()),
             completed: Mutex::new(loaded.completed),
             completed_name,
             completed_before: loaded.completed_count,
@@ -221,6 +225,51 @@ impl Target {
     /// Records that `[0, bytes)` of a large object is written to its partial file.
     pub fn journal_chunks(&self, key: &str, bytes: u64) -> Result<()> {
         self.journal_line(&format!("chunk\t{key}\t{bytes}\n"))
+    }
+
+    /// `--fsync`: the file's data is synced and it is renamed; its
+    /// directory entry and journal record become durable with the next batch
+    /// (`FSYNC_BATCH_FILES`): one fsync per distinct directory, then the
+    /// journal's records and one fsync of the journal, so a record never
+    /// names a file a power cut could lose.
+    pub fn journal_completed_synced(&self, parent: OwnedFd, name: &str, key: &str) -> Result<()> {
+        let batch = {
+            let mut unsynced = self.unsynced.lock().expect("unsynced lock");
+            unsynced.push((parent, format!("ok\t{}\n", completed::record(name, key))));
+            if unsynced.len() < FSYNC_BATCH_FILES {
+                return Ok(());
+            }
+            std::mem::take(&mut *unsynced)
+        };
+        self.sync_batch(batch)
+    }
+
+    /// Makes every pending `--fsync` record durable (end of run).
+    pub fn flush_synced(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.unsynced.lock().expect("unsynced lock"));
+        self.sync_batch(batch)
+    }
+
+    fn sync_batch(&self, batch: Vec<(OwnedFd, String)>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut synced_dirs = HashSet::new();
+        let mut lines = String::new();
+        for (parent, line) in &batch {
+            let stat = rustix::fs::fstat(parent)
+                .map_err(|error| Error::io("fsync of a restored directory", error.into()))?;
+            if synced_dirs.insert((stat.st_dev, stat.st_ino)) {
+                rustix::fs::fsync(parent)
+                    .map_err(|error| Error::io("fsync of a restored directory", error.into()))?;
+            }
+            lines.push_str(line);
+        }
+        let mut journal = self.journal.lock().expect("journal lock");
+        journal
+            .write_all(lines.as_bytes())
+            .and_then(|()| journal.sync_data())
+            .map_err(|error| Error::io("appending to the journal", error))
     }
 
     fn journal_line(&self, line: &str) -> Result<()> {
