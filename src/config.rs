@@ -113,6 +113,11 @@ pub const JOURNAL_SORT_RUN_BYTES: usize = 4 << 20;
 /// (one fsync per distinct directory, then one of the journal). Bounds the
 /// descriptors held and the work a power cut can cost.
 pub const FSYNC_BATCH_FILES: usize = 256;
+/// Largest `get` journal read back (a line per chunk: 8 MiB chunks of a
+/// 1 TiB object are ~10 MiB of lines; anything bigger is not ours).
+pub const GET_JOURNAL_MAX_BYTES: u64 = 64 << 20;
+/// How often a download's journal writer looks at the written prefix.
+pub const JOURNAL_POLL_MS: u64 = 20;
 /// Failed names printed in the summary (the rest are in `--report`).
 pub const SUMMARY_FAILED_NAMES_SHOWN: usize = 20;
 /// Bytes read per step when hashing an existing local file (`--skip-existing`).

@@ -9,6 +9,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
@@ -18,7 +19,8 @@ use crate::client::b2_api::{Authorizer, describe_error};
 use crate::client::url::Url;
 use crate::client::{conn::Origin, exchange, resolve};
 use crate::config::{
-    DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH,
+    DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, JOURNAL_POLL_MS,
+    OBJECT_REDOWNLOADS_ON_MISMATCH,
 };
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
 use crate::error::{Error, Result};
@@ -206,23 +208,90 @@ impl Download {
         let mut stages = StageHistograms::new();
         let mut retries = 0;
         let mut notices = Vec::new();
+        // A partial file and a journal beside DEST, named from DEST and the
+        // object's identity: the same command after a crash finds them.
+        let resumable = ResumeFiles::new(&file_name, &meta.source, meta.size_bytes);
+        let mut may_resume = true;
         loop {
             attempts_left -= 1;
             let file_started = Instant::now();
-            let temp_name = temp_name_for(&file_name);
-            let (file, direct) = create_temp(&dir, &temp_name, meta.size_bytes, options.direct_io)?;
-            let outcome = engine::download(
-                &options.engine,
-                &meta.source,
-                meta.size_bytes,
-                &file,
-                direct,
-                Arc::clone(&self.progress),
-            );
+            let resume = match &resumable {
+                Some(files) if may_resume => files.find(
+                    &dir,
+                    options.engine.part_size_bytes,
+                    meta.size_bytes,
+                    options.direct_io,
+                ),
+                _ => None,
+            };
+            may_resume = false;
+            let (temp_name, file, direct, resume) = match resume {
+                Some((file, direct, resume)) => {
+                    let files = resumable.as_ref().expect("resume implies files");
+                    eprintln!(
+                        "ringdown: resumed at byte {} of {} from {} (its journal says so; the prefix was re-hashed from disk)",
+                        resume.offset_bytes, meta.size_bytes, files.part
+                    );
+                    (files.part.clone(), file, direct, Some(resume))
+                }
+                None => {
+                    let temp_name = match &resumable {
+                        Some(files) => {
+                            files.remove(&dir);
+                            files.part.clone()
+                        }
+                        None => temp_name_for(&file_name),
+                    };
+                    let (file, direct) =
+                        create_temp(&dir, &temp_name, meta.size_bytes, options.direct_io)?;
+                    (temp_name, file, direct, None)
+                }
+            };
+            self.progress
+                .written_prefix_bytes
+                .store(0, Ordering::Relaxed);
+            let journal = match &resumable {
+                Some(files) => Some(files.open_journal(&dir)?),
+                None => None,
+            };
+            let finished = AtomicBool::new(false);
+            let outcome = std::thread::scope(|scope| {
+                if let (Some(files), Some(journal)) = (&resumable, journal) {
+                    let progress = &self.progress;
+                    let finished = &finished;
+                    let part_size_bytes = options.engine.part_size_bytes;
+                    scope.spawn(move || {
+                        files.journal_while(journal, progress, part_size_bytes, finished)
+                    });
+                }
+                let outcome = engine::download_resumed(
+                    &options.engine,
+                    &meta.source,
+                    meta.size_bytes,
+                    &file,
+                    direct,
+                    Arc::clone(&self.progress),
+                    resume,
+                );
+                finished.store(true, Ordering::Release);
+                outcome
+            });
             let outcome = match outcome {
                 Ok(outcome) => outcome,
+                Err(error @ Error::Interrupted { .. }) if resumable.is_some() => {
+                    // CONVENTIONS: an interrupted run keeps what it can resume.
+                    eprintln!(
+                        "ringdown: kept {} and its journal in {}: run the same command again to resume",
+                        temp_name,
+                        parent.display()
+                    );
+                    return Err(error);
+                }
                 Err(error) => {
                     let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                    if let Some(files) = &resumable {
+                        files.remove(&dir);
+                    }
                     return Err(error);
                 }
             };
@@ -244,6 +313,9 @@ impl Download {
             };
             if let Err(error) = finish() {
                 let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                if let Some(files) = &resumable {
+                    files.remove(&dir);
+                }
                 return Err(error);
             }
             let actual = outcome.sha1;
@@ -252,6 +324,9 @@ impl Download {
                     if *expected != actual =>
                 {
                     let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                    if let Some(files) = &resumable {
+                        files.remove(&dir);
+                    }
                     if attempts_left > 0 {
                         notices.push(format!(
                             "SHA1 mismatch (expected {}, got {}); downloading again",
@@ -301,6 +376,9 @@ impl Download {
                 let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
                 Error::io(format!("renaming into {}", dest.display()), error.into())
             })?;
+            if let Some(files) = &resumable {
+                files.remove(&dir);
+            }
             if options.fsync {
                 rustix::fs::fsync(&dir).map_err(|error| {
                     Error::io("fsync of the destination directory", error.into())
@@ -559,6 +637,164 @@ fn parent_dir(path: &Path) -> PathBuf {
 
 /// `.ringdown-<16 hex>.part`: short (a 255-byte name plus a suffix would
 /// overflow NAME_MAX) and unique per attempt.
+/// `get`'s crash-resume state beside DEST: `.ringdown-<16 hex>.part` and
+/// `.ringdown-<16 hex>.journal` (restore's journal format: `chunk\tKEY\tBYTES`
+/// lines, KEY = `fileId\tsize`, or the plain URL's ETag and size).
+struct ResumeFiles {
+    part: String,
+    journal: String,
+    key: String,
+}
+
+impl ResumeFiles {
+    /// None without a stable identity (no fileId, no strong ETag): a
+    /// partial file could then belong to another version of the object.
+    fn new(file_name: &std::ffi::OsStr, source: &ObjectSource, size_bytes: u64) -> Option<Self> {
+        use sha1::{Digest, Sha1};
+        let identity = match (&source.expect_file_id, &source.if_match) {
+            (Some(id), _) => id.clone(),
+            (None, Some(etag)) if !etag.starts_with("W/") => format!("etag:{etag}"),
+            _ => return None,
+        };
+        if identity.chars().any(char::is_control) {
+            return None;
+        }
+        let key = format!("{identity}\t{size_bytes}");
+        let mut hasher = Sha1::new();
+        hasher.update(file_name.as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(key.as_bytes());
+        let digest = hasher.finalize();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Some(ResumeFiles {
+            part: format!(".ringdown-{hex}.part"),
+            journal: format!(".ringdown-{hex}.journal"),
+            key,
+        })
+    }
+
+    /// The partial file of an earlier run, reopened, with its journaled
+    /// prefix re-hashed; None when there is nothing usable.
+    fn find(
+        &self,
+        dir: &OwnedFd,
+        part_size_bytes: u64,
+        size_bytes: u64,
+        mode: DirectIo,
+    ) -> Option<(OwnedFd, bool, engine::Resume)> {
+        let bytes = self.journaled_bytes(dir) / part_size_bytes * part_size_bytes;
+        if bytes == 0 || bytes > size_bytes {
+            return None;
+        }
+        let stat = rustix::fs::statat(dir, &self.part, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let regular =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+        if !regular || (stat.st_size as u64) < bytes {
+            return None;
+        }
+        let want_direct = match mode {
+            DirectIo::Off => false,
+            DirectIo::On => true,
+            DirectIo::Auto => size_bytes >= DIRECT_IO_MIN_OBJECT_BYTES,
+        };
+        let (file, direct) = reopen_partial(dir, &self.part, want_direct).ok()?;
+        let resume = engine::hash_prefix(dir, &self.part, bytes)?;
+        Some((file, direct, resume))
+    }
+
+    fn journaled_bytes(&self, dir: &OwnedFd) -> u64 {
+        use std::io::Read;
+        let Ok(fd) = rustix::fs::openat(
+            dir,
+            &self.journal,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) else {
+            return 0;
+        };
+        let mut text = String::new();
+        // A journal is a few lines per GiB; a huge one is not ours.
+        let _ = std::fs::File::from(fd)
+            .take(crate::config::GET_JOURNAL_MAX_BYTES)
+            .read_to_string(&mut text);
+        text.split_inclusive('\n')
+            .filter(|line| line.ends_with('\n'))
+            .filter_map(|line| {
+                let (key, bytes) = line.trim_end().strip_prefix("chunk\t")?.rsplit_once('\t')?;
+                (key == self.key).then(|| bytes.parse::<u64>().ok())?
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn open_journal(&self, dir: &OwnedFd) -> Result<std::fs::File> {
+        rustix::fs::openat(
+            dir,
+            &self.journal,
+            OFlags::CREATE | OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )
+        .map(std::fs::File::from)
+        .map_err(|error| Error::io(format!("creating {}", self.journal), error.into()))
+    }
+
+    /// While the engine runs: a journal line each time the written prefix
+    /// crosses a chunk boundary (one `write` per line: a kill cuts at most
+    /// the last line, which the next run ignores).
+    fn journal_while(
+        &self,
+        mut journal: std::fs::File,
+        progress: &Progress,
+        part_size_bytes: u64,
+        finished: &AtomicBool,
+    ) {
+        use std::io::Write;
+        let mut journaled = 0u64;
+        loop {
+            let done = finished.load(Ordering::Acquire);
+            let written = progress.written_prefix_bytes.load(Ordering::Relaxed);
+            let boundary = written / part_size_bytes * part_size_bytes;
+            if boundary > journaled {
+                let line = format!("chunk\t{}\t{boundary}\n", self.key);
+                if journal.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+                journaled = boundary;
+            }
+            if done {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(JOURNAL_POLL_MS));
+        }
+    }
+
+    fn remove(&self, dir: &OwnedFd) {
+        let _ = rustix::fs::unlinkat(dir, &self.part, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dir, &self.journal, AtFlags::empty());
+    }
+}
+
+/// Reopens a partial file an earlier run left (no O_EXCL, no truncation),
+/// with O_DIRECT when wanted and possible.
+pub(crate) fn reopen_partial(
+    dir: &OwnedFd,
+    temp_name: &str,
+    want_direct: bool,
+) -> Result<(OwnedFd, bool)> {
+    let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let open = |flags| rustix::fs::openat(dir, temp_name, flags, Mode::empty());
+    if want_direct {
+        if let Ok(fd) = open(flags | OFlags::DIRECT) {
+            if direct_io_alignment_ok(&fd) {
+                return Ok((fd, true));
+            }
+        }
+    }
+    open(flags)
+        .map(|fd| (fd, false))
+        .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
+}
+
 fn temp_name_for(file_name: &std::ffi::OsStr) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

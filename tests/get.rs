@@ -632,70 +632,180 @@ fn one_gib_object_in_release() {
     assert_eq!(on_disk, expected);
 }
 
-/// SIGINT and SIGTERM stop the download: in-flight writes are drained, the
-/// temporary file is removed, nothing appears at DEST, exit 130 / 143.
+/// Starts `ringdown get` of `name` into `dest` without waiting for it.
+fn spawn_get(served: &Served, name: &str, dest: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            &format!("b2://bkt/{name}"),
+            dest,
+            "--realm",
+            &served.realm,
+            "--timeout-s",
+            "5",
+        ])
+        .args(SMALL_TUNING)
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Bytes `[0, N)` the journal beside DEST says are on disk (0 if none).
+fn journaled_bytes(dir: &Path) -> u64 {
+    let mut most = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "journal") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                if let Some(bytes) = line.rsplit('\t').next().and_then(|b| b.parse().ok()) {
+                    most = most.max(bytes);
+                }
+            }
+        }
+    }
+    most
+}
+
+fn wait_for_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringdown did not stop after {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// SIGINT and SIGTERM stop the download: in-flight writes are drained,
+/// nothing appears at DEST, exit 130 / 143, and the partial file and its
+/// journal stay so that the same command resumes.
 #[test]
-fn signals_stop_cleanly() {
+fn signals_stop_cleanly_and_keep_what_resumes() {
     let size = 4 << 20;
     let fixture = Fixture::new(&[("s.bin", size)]);
     // Slow enough that the signal arrives mid-download.
     let served = serve(fixture.data.path(), true, &["--rate-per-conn", "200KB/s"]);
+    let dest = fixture.dest_str("s.bin");
     for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
-        let dest = fixture.dest_str("s.bin");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
-            .args([
-                "get",
-                "b2://bkt/s.bin",
-                &dest,
-                "--realm",
-                &served.realm,
-                "--timeout-s",
-                "5",
-            ])
-            .args(SMALL_TUNING)
-            .env("B2_APPLICATION_KEY_ID", &served.key_id)
-            .env("B2_APPLICATION_KEY", &served.key)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Wait until the temporary file exists: the engine is running.
+        let before = journaled_bytes(fixture.out.path());
+        let mut child = spawn_get(&served, "s.bin", &dest);
+        // Wait until a chunk more is journaled: the engine is writing.
         let started = std::time::Instant::now();
-        while !std::fs::read_dir(fixture.out.path()).unwrap().any(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".ringdown-")
-        }) {
-            assert!(started.elapsed().as_secs() < 30, "download never started");
+        while journaled_bytes(fixture.out.path()) <= before {
+            assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(300));
         let status = Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let exit = loop {
-            if let Some(exit) = child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ringdown did not stop after {signal}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let exit = wait_for_exit(&mut child, signal);
         let output = child.wait_with_output().unwrap();
-        assert_eq!(exit.code(), Some(code), "{}", stderr(&output));
+        let text = stderr(&output);
+        assert_eq!(exit.code(), Some(code), "{text}");
+        assert!(text.contains("interrupted"), "{text}");
         assert!(
-            stderr(&output).contains("interrupted"),
-            "{}",
-            stderr(&output)
+            text.contains("run the same command again to resume"),
+            "{text}"
         );
         assert!(!Path::new(&dest).exists());
-        assert_no_temp(fixture.out.path());
+        if before > 0 {
+            assert!(text.contains("resumed at byte"), "{text}");
+        }
     }
+    // The third run finishes from where the second stopped.
+    let journaled = journaled_bytes(fixture.out.path());
+    assert!(journaled > 0);
+    let mut child = spawn_get(&served, "s.bin", &dest);
+    let exit = wait_for_exit(&mut child, "completion");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("resumed at byte {journaled}")),
+        "{}",
+        stderr(&output)
+    );
+    assert_same(&fixture.dest("s.bin"), "s.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
+/// `kill -9` mid-download, then the same command: it continues from the
+/// journaled chunks (the prefix is re-hashed from disk, not fetched again).
+#[test]
+fn killed_get_resumes_from_its_journal() {
+    let size = 3 << 20;
+    let fixture = Fixture::new(&[("k.bin", size)]);
+    let log = fixture.out.path().join("access.jsonl");
+    let served = serve(
+        fixture.data.path(),
+        true,
+        &[
+            "--rate-per-conn",
+            "300KB/s",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let dest = fixture.dest_str("k.bin");
+    let mut child = spawn_get(&served, "k.bin", &dest);
+    let started = std::time::Instant::now();
+    while journaled_bytes(fixture.out.path()) < (1 << 20) {
+        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup at all
+    child.wait().unwrap();
+    assert!(!Path::new(&dest).exists());
+    let journaled = journaled_bytes(fixture.out.path());
+    // The server logs the killed run's cut responses when it notices the
+    // close: wait until the log is quiet.
+    let mut first_sent = bytes_sent_in(&log, "k.bin");
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = bytes_sent_in(&log, "k.bin");
+        if now == first_sent {
+            break;
+        }
+        first_sent = now;
+    }
+    let output = spawn_get(&served, "k.bin", &dest)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("resumed at byte {journaled}")),
+        "{}",
+        stderr(&output)
+    );
+    assert_same(&fixture.dest("k.bin"), "k.bin", size);
+    assert_no_temp(fixture.out.path());
+    // The second run fetched the rest, not the journaled prefix.
+    let second_sent = bytes_sent_in(&log, "k.bin") - first_sent;
+    assert!(
+        second_sent <= size as u64 - journaled,
+        "{second_sent} bytes fetched again, {journaled} were journaled"
+    );
+}
+
+fn bytes_sent_in(log: &Path, name: &str) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|record| record["method"] == "GET" && record["name"] == name)
+        .map(|record| record["bytes_sent"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// A flipped byte is only visible to the whole-object SHA1: the object is

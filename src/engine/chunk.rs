@@ -325,6 +325,9 @@ fn submit_write(core: &Rc<Core>, mut buf: PoolBuf, offset: u64) {
         let started = Instant::now();
         let (result, buf) = core.file.write_all_at(buf, offset).await;
         core.record(Stage::Write, started.elapsed());
+        if result.is_ok() {
+            core.job.wrote(offset, data_len as u64);
+        }
         match result {
             Ok(()) if hashed => drop(buf),
             Ok(()) => {

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Chunk, ChunkPlan};
 use crate::stats::{Stage, StageHistograms};
 use crate::uring::{self, BufferPool, File, PoolBuf, Registration};
-use crate::verify::{ReorderWindow, SharedDigest};
+use crate::verify::{ReorderWindow, SharedDigest, WrittenPrefix};
 
 /// How the engine is tuned; resolved from flags by `cli/`.
 #[derive(Debug, Clone)]
@@ -85,8 +85,12 @@ pub struct ObjectOutcome {
 /// Shared progress counters a caller may watch from another thread.
 #[derive(Default)]
 pub struct Progress {
+    /// Bytes received and hashed (a write may still be in flight).
     pub bytes_done: AtomicU64,
     pub retries: AtomicU64,
+    /// File offset below which every write has completed (`download`
+    /// only): what a crash-resume journal may record.
+    pub written_prefix_bytes: AtomicU64,
 }
 
 /// Everything the cores share about one object download.
@@ -100,9 +104,23 @@ pub(crate) struct Job {
     aborted: AtomicBool,
     first_error: Mutex<Option<Error>>,
     pub progress: Arc<Progress>,
+    written: Mutex<WrittenPrefix>,
 }
 
 impl Job {
+    /// A write completed: move the written prefix on (one short lock per
+    /// buffer, off the receive path).
+    pub fn wrote(&self, offset: u64, len: u64) {
+        let prefix = self
+            .written
+            .lock()
+            .expect("written lock")
+            .complete(offset, len);
+        self.progress
+            .written_prefix_bytes
+            .fetch_max(prefix, Ordering::Relaxed);
+    }
+
     fn next_chunk(&self) -> Option<Chunk> {
         if self.config.is_cancelled() {
             self.abort(Error::Interrupted { signal: 0 });
@@ -226,6 +244,38 @@ pub struct Resume {
     pub sha1: sha1::Sha1,
 }
 
+/// Re-hashes `[0, bytes)` of a partial file an earlier run left in `dir`
+/// (crash resume: reading the prefix back is the price of not fetching it).
+pub fn hash_prefix(dir: &OwnedFd, temp_name: &str, bytes: u64) -> Option<Resume> {
+    use sha1::Digest;
+    use std::io::Read;
+    let fd = rustix::fs::openat(
+        dir,
+        temp_name,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut file = std::fs::File::from(fd).take(bytes);
+    let mut sha1 = sha1::Sha1::new();
+    let mut buffer = vec![0u8; crate::config::LOCAL_HASH_READ_BYTES];
+    let mut hashed = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                sha1.update(&buffer[..n]);
+                hashed += n as u64;
+            }
+            Err(_) => return None,
+        }
+    }
+    (hashed == bytes).then_some(Resume {
+        offset_bytes: bytes,
+        sha1,
+    })
+}
+
 /// [`download`], skipping the chunks a `Resume` says are done.
 pub fn download_resumed(
     config: &EngineConfig,
@@ -248,6 +298,9 @@ pub fn download_resumed(
     let first_chunk = offset_bytes / config.part_size_bytes;
     let chunks_left = plan.chunk_count().saturating_sub(first_chunk);
     let cores = config.cores.max(1).min(chunks_left.max(1) as usize);
+    progress
+        .written_prefix_bytes
+        .fetch_max(offset_bytes, Ordering::Relaxed);
     let job = Arc::new(Job {
         config: config.clone(),
         source: source.clone(),
@@ -257,6 +310,7 @@ pub fn download_resumed(
         next_chunk: AtomicU64::new(first_chunk),
         aborted: AtomicBool::new(false),
         first_error: Mutex::new(None),
+        written: Mutex::new(WrittenPrefix::starting_at(offset_bytes)),
         progress,
     });
     let mut handles = Vec::with_capacity(cores);

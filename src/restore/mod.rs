@@ -960,7 +960,9 @@ fn large_loop(
             let resume = resume_bytes
                 .map(|bytes| bytes / part_size_bytes * part_size_bytes)
                 .filter(|&bytes| bytes > 0 && bytes <= task.entry.size_bytes)
-                .and_then(|bytes| hash_prefix(run.target(), &task.temp_name, bytes));
+                .and_then(|bytes| {
+                    engine::hash_prefix(&run.target().partial, &task.temp_name, bytes)
+                });
             let resumed_from = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
             if resumed_from > 0 && !run.reporter.quiet {
                 eprintln!(
@@ -1059,37 +1061,6 @@ fn large_loop(
     (stages, notices, registered)
 }
 
-/// Re-hashes `[0, bytes)` of a partial file left by an earlier run.
-fn hash_prefix(target: &Target, temp_name: &str, bytes: u64) -> Option<engine::Resume> {
-    use sha1::{Digest, Sha1};
-    use std::io::Read;
-    let fd = rustix::fs::openat(
-        &target.partial,
-        temp_name,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
-        rustix::fs::Mode::empty(),
-    )
-    .ok()?;
-    let mut file = std::fs::File::from(fd).take(bytes);
-    let mut sha1 = Sha1::new();
-    let mut buffer = vec![0u8; LOCAL_HASH_READ_BYTES];
-    let mut hashed = 0u64;
-    loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => {
-                sha1.update(&buffer[..n]);
-                hashed += n as u64;
-            }
-            Err(_) => return None,
-        }
-    }
-    (hashed == bytes).then_some(engine::Resume {
-        offset_bytes: bytes,
-        sha1,
-    })
-}
-
 /// While a large object downloads: a journal line each time its hashed (so
 /// written) prefix crosses a chunk boundary, and the run's progress counters.
 fn journal_chunks(
@@ -1110,7 +1081,9 @@ fn journal_chunks(
             .bytes_done
             .fetch_add(bytes - counted, Ordering::Relaxed);
         counted = bytes;
-        let boundary = (resumed_from + bytes) / part_size_bytes * part_size_bytes;
+        // Only what is on disk: hashing runs ahead of the writes.
+        let written = object.written_prefix_bytes.load(Ordering::Relaxed);
+        let boundary = written / part_size_bytes * part_size_bytes;
         if boundary > journaled {
             if run.target().journal_chunks(key, boundary).is_err() {
                 return;
@@ -1123,7 +1096,9 @@ fn journal_chunks(
                 .fetch_add(object.retries.load(Ordering::Relaxed), Ordering::Relaxed);
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(
+            crate::config::JOURNAL_POLL_MS,
+        ));
     }
 }
 

@@ -382,16 +382,7 @@ impl Target {
 
     /// Reopens a partial file an earlier run left (no O_EXCL, no truncation).
     pub fn open_partial(&self, temp_name: &str, want_direct: bool) -> Result<(OwnedFd, bool)> {
-        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let open = |flags| rustix::fs::openat(&self.partial, temp_name, flags, Mode::empty());
-        if want_direct {
-            if let Ok(fd) = open(flags | OFlags::DIRECT) {
-                return Ok((fd, true));
-            }
-        }
-        open(flags)
-            .map(|fd| (fd, false))
-            .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
+        crate::get::reopen_partial(&self.partial, temp_name, want_direct)
     }
 
     pub fn unlink_partial(&self, temp_name: &str) {
