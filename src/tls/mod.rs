@@ -47,8 +47,15 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Error>
     }
     // The aws-lc-rs provider named explicitly: rcgen links ring too, and
     // `ClientConfig::builder()` must not depend on which providers are compiled in.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // Offer AES-128-GCM before AES-256-GCM (servers that honour the client's
+    // order, as rustls and nginx do by default, then pick it): 10 AES rounds
+    // instead of 14 for every byte received, with the same 128-bit security
+    // level TLS 1.3 makes mandatory. The set of suites is unchanged.
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| cipher_suite_rank(suite.suite()));
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|error| Error::Fatal(format!("TLS protocol versions: {error}")))?
         .with_root_certificates(roots)
@@ -56,6 +63,24 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Error>
     // HTTP/1.1 only: no ALPN h2 so a server never switches protocol on us.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Client preference among the provider's suites; unlisted ones keep their
+/// place after these (the sort is stable).
+fn cipher_suite_rank(suite: rustls::CipherSuite) -> u8 {
+    use rustls::CipherSuite as Suite;
+    match suite {
+        Suite::TLS13_AES_128_GCM_SHA256 => 0,
+        Suite::TLS13_AES_256_GCM_SHA384 => 1,
+        Suite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => 10,
+        Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => 11,
+        Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => 12,
+        Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 20,
+        Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 21,
+        Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => 22,
+        _ => u8::MAX,
+    }
 }
 
 fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -197,5 +222,32 @@ impl TlsStream {
         let (result, outgoing) = self.tcp.send_all(outgoing, self.timeout).await;
         self.session.put_outgoing(outgoing);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::CipherSuite;
+
+    #[test]
+    fn aes_128_gcm_is_offered_first_and_no_suite_is_dropped() {
+        let config = super::client_config(None).expect("client config");
+        let offered: Vec<CipherSuite> = config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|suite| suite.suite())
+            .collect();
+        assert_eq!(offered[0], CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(offered[1], CipherSuite::TLS13_AES_256_GCM_SHA384);
+        let mut all: Vec<CipherSuite> = rustls::crypto::aws_lc_rs::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|suite| suite.suite())
+            .collect();
+        let mut sorted = offered.clone();
+        all.sort_by_key(|suite| u16::from(*suite));
+        sorted.sort_by_key(|suite| u16::from(*suite));
+        assert_eq!(sorted, all);
     }
 }

@@ -65,6 +65,7 @@ impl Session {
         self.handshake_done
     }
 
+    #[cfg(test)]
     pub fn is_peer_closed(&self) -> bool {
         self.peer_closed
     }
