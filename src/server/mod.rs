@@ -19,7 +19,7 @@ mod faults;
 mod http;
 mod sha1_cache;
 mod store;
-mod tls;
+pub(crate) mod tls;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

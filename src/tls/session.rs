@@ -1,0 +1,567 @@
+//! The I/O-free half of a TLS client connection: rustls's unbuffered API
+//! driven over our own ciphertext buffer. The async half (`super::TlsStream`)
+//! only moves bytes between these buffers and the socket, so this file is
+//! tested with an in-memory peer (see the tests below).
+//!
+//! Copies per received byte (rustls 0.23): the kernel's copy into `incoming`,
+//! the in-place decryption there, rustls's copy of each record's plaintext into
+//! a `Vec` it owns (`ReadTraffic` in 0.23 is not yet in place), and our copy
+//! into the caller's destination. The buffered API copied once more (socket
+//! bytes into its own deframer buffer).
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::ServerName;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use std::sync::Arc;
+
+use crate::config::{TLS_INCOMING_MAX_BYTES, TLS_RECORD_MAX_BYTES};
+
+/// What the session needs after `process`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Every complete record is processed: receive more ciphertext.
+    Receive,
+    /// The destination is full; more plaintext may be buffered.
+    DestinationFull,
+    /// The peer sent close_notify and every byte before it was delivered.
+    PeerClosed,
+}
+
+pub(super) struct Session {
+    conn: UnbufferedClientConnection,
+    /// Received ciphertext; `incoming[incoming_start..]` is not yet consumed
+    /// by rustls. Its length is where the next receive appends.
+    incoming: Vec<u8>,
+    incoming_start: usize,
+    /// TLS bytes to send, in order (handshake, alerts, key updates, requests).
+    outgoing: Vec<u8>,
+    /// Decrypted plaintext that did not fit the caller's destination:
+    /// `pending[pending_start..]`.
+    pending: Vec<u8>,
+    pending_start: usize,
+    peer_closed: bool,
+    handshake_done: bool,
+}
+
+impl Session {
+    pub fn new(
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+        incoming_capacity_bytes: usize,
+    ) -> Result<Session, rustls::Error> {
+        Ok(Session {
+            conn: UnbufferedClientConnection::new(config, name)?,
+            incoming: Vec::with_capacity(incoming_capacity_bytes),
+            incoming_start: 0,
+            outgoing: Vec::new(),
+            pending: Vec::new(),
+            pending_start: 0,
+            peer_closed: false,
+            handshake_done: false,
+        })
+    }
+
+    pub fn is_handshake_done(&self) -> bool {
+        self.handshake_done
+    }
+
+    #[cfg(test)]
+    pub fn is_peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// True when ciphertext of an unfinished record is buffered (a close
+    /// without close_notify then cut a record, not just the stream).
+    pub fn has_unprocessed_ciphertext(&self) -> bool {
+        self.incoming_start < self.incoming.len()
+    }
+
+    /// Runs rustls over the buffered ciphertext and copies application data
+    /// into `destination`; what does not fit waits for the next call. With an
+    /// empty destination every record is kept for later (handshake, send).
+    /// Returns the bytes copied and what the session needs next.
+    pub fn process(&mut self, destination: &mut [u8]) -> Result<(usize, Next), rustls::Error> {
+        self.process_inner(destination, &mut None)
+    }
+
+    /// Encrypts `plaintext` after whatever is queued to send. Fails unless the
+    /// handshake is done and we have not closed.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<(), rustls::Error> {
+        let mut request = Some(plaintext);
+        self.process_inner(&mut [], &mut request)?;
+        if request.is_some() {
+            return Err(rustls::Error::General(
+                "cannot send: the TLS session is not open for application data".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn process_inner(
+        &mut self,
+        destination: &mut [u8],
+        to_encrypt: &mut Option<&[u8]>,
+    ) -> Result<(usize, Next), rustls::Error> {
+        let mut delivered = self.take_pending(destination);
+        loop {
+            if !destination.is_empty() && delivered == destination.len() {
+                return Ok((delivered, Next::DestinationFull));
+            }
+            let UnbufferedStatus { mut discard, state } = self
+                .conn
+                .process_tls_records(&mut self.incoming[self.incoming_start..]);
+            let state = match state {
+                Ok(state) => state,
+                Err(error) => {
+                    self.incoming_start += discard;
+                    return Err(error);
+                }
+            };
+            let mut outcome: Result<Option<Next>, rustls::Error> = Ok(None);
+            match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(error) => {
+                                outcome = Err(error);
+                                break;
+                            }
+                        };
+                        discard += record.discard;
+                        let payload = record.payload;
+                        let room = destination.len() - delivered;
+                        let n = if destination.is_empty() {
+                            0
+                        } else {
+                            payload.len().min(room)
+                        };
+                        destination[delivered..delivered + n].copy_from_slice(&payload[..n]);
+                        delivered += n;
+                        if n < payload.len() {
+                            self.pending.extend_from_slice(&payload[n..]);
+                        }
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let start = self.outgoing.len();
+                    let mut reserve = TLS_RECORD_MAX_BYTES;
+                    loop {
+                        self.outgoing.resize(start + reserve, 0);
+                        match encode.encode(&mut self.outgoing[start..]) {
+                            Ok(n) => {
+                                self.outgoing.truncate(start + n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(size)) => {
+                                reserve = size.required_size;
+                            }
+                            Err(error @ EncodeError::AlreadyEncoded) => {
+                                self.outgoing.truncate(start);
+                                outcome = Err(rustls::Error::General(error.to_string()));
+                                break;
+                            }
+                        }
+                    }
+                }
+                // `outgoing` is sent by the caller before it receives again,
+                // which is all "transmitted" has to mean here: order is kept.
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                ConnectionState::BlockedHandshake => outcome = Ok(Some(Next::Receive)),
+                ConnectionState::PeerClosed => self.peer_closed = true,
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    outcome = Ok(Some(Next::PeerClosed));
+                }
+                ConnectionState::WriteTraffic(mut write) => {
+                    self.handshake_done = true;
+                    if let Some(plaintext) = to_encrypt.take() {
+                        if let Err(error) = encrypt_into(&mut write, plaintext, &mut self.outgoing)
+                        {
+                            outcome = Err(error);
+                        }
+                    }
+                    if outcome.is_ok() {
+                        outcome = Ok(Some(if self.peer_closed {
+                            Next::PeerClosed
+                        } else {
+                            Next::Receive
+                        }));
+                    }
+                }
+                _ => {
+                    outcome = Err(rustls::Error::General(
+                        "unexpected TLS connection state for a client".into(),
+                    ));
+                }
+            }
+            self.incoming_start += discard;
+            debug_assert!(self.incoming_start <= self.incoming.len());
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(next)) => return Ok((delivered, next)),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Copies buffered plaintext into `destination`; returns the count.
+    fn take_pending(&mut self, destination: &mut [u8]) -> usize {
+        let available = &self.pending[self.pending_start..];
+        let n = available.len().min(destination.len());
+        destination[..n].copy_from_slice(&available[..n]);
+        self.pending_start += n;
+        if self.pending_start == self.pending.len() {
+            self.pending.clear();
+            self.pending_start = 0;
+        }
+        n
+    }
+
+    /// The ciphertext buffer, to receive into its spare capacity (append) and
+    /// hand back with `put_incoming`. Consumed bytes are dropped first; a
+    /// partial record moves to the front only when the spare room could not
+    /// hold a whole record, so most receives move nothing.
+    pub fn take_incoming(&mut self) -> Result<Vec<u8>, rustls::Error> {
+        if self.incoming_start == self.incoming.len() {
+            self.incoming.clear();
+            self.incoming_start = 0;
+        } else if self.incoming.capacity() - self.incoming.len() < TLS_RECORD_MAX_BYTES {
+            self.incoming.drain(..self.incoming_start);
+            self.incoming_start = 0;
+        }
+        if self.incoming.len() == self.incoming.capacity() {
+            // A handshake message larger than the buffer (a long certificate chain).
+            if self.incoming.len() >= TLS_INCOMING_MAX_BYTES {
+                return Err(rustls::Error::General(format!(
+                    "TLS handshake message exceeds {TLS_INCOMING_MAX_BYTES} bytes"
+                )));
+            }
+            self.incoming.reserve(self.incoming.len());
+        }
+        Ok(std::mem::take(&mut self.incoming))
+    }
+
+    pub fn put_incoming(&mut self, incoming: Vec<u8>) {
+        debug_assert!(self.incoming.is_empty() && incoming.len() >= self.incoming_start);
+        self.incoming = incoming;
+    }
+
+    pub fn has_outgoing(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// The bytes to send; give the (emptied) buffer back with `put_outgoing`.
+    pub fn take_outgoing(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    pub fn put_outgoing(&mut self, mut outgoing: Vec<u8>) {
+        outgoing.clear();
+        if self.outgoing.is_empty() {
+            self.outgoing = outgoing;
+        }
+    }
+}
+
+fn encrypt_into(
+    write: &mut rustls::unbuffered::WriteTraffic<'_, rustls::client::ClientConnectionData>,
+    plaintext: &[u8],
+    outgoing: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    let start = outgoing.len();
+    // Record overhead: a header, a tag and the content type per 16 KiB record.
+    let mut reserve = plaintext.len() + (plaintext.len() / 16384 + 1) * 64;
+    loop {
+        outgoing.resize(start + reserve, 0);
+        match write.encrypt(plaintext, &mut outgoing[start..]) {
+            Ok(n) => {
+                outgoing.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(size)) => reserve = size.required_size,
+            Err(error) => {
+                outgoing.truncate(start);
+                return Err(rustls::Error::General(error.to_string()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::{RootCertStore, ServerConfig, ServerConnection};
+    use std::io::{Read, Write};
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    struct Configs {
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<ServerConfig>,
+    }
+
+    fn configs(versions: &[&'static rustls::SupportedProtocolVersion]) -> Configs {
+        let identity = crate::server::tls::generate().expect("test identity");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(identity.ca_pem.as_bytes()).expect("CA PEM"))
+            .expect("CA accepted");
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let chain = vec![
+            CertificateDer::from_pem_slice(identity.server_cert_pem.as_bytes()).expect("cert PEM"),
+        ];
+        let key = PrivateKeyDer::from_pem_slice(identity.server_key_pem.as_bytes()).expect("key");
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        Configs {
+            client: Arc::new(client),
+            server: Arc::new(server),
+        }
+    }
+
+    /// A client session and an in-memory rustls server; bytes move only when
+    /// a test says so, in the pieces it chooses.
+    struct Pair {
+        client: Session,
+        server: ServerConnection,
+        /// Server → client bytes not yet delivered.
+        to_client: Vec<u8>,
+        /// Plaintext the client received so far.
+        received: Vec<u8>,
+    }
+
+    impl Pair {
+        fn new(configs: &Configs) -> Pair {
+            let name = ServerName::try_from("localhost").expect("name");
+            Pair {
+                client: Session::new(Arc::clone(&configs.client), name, 4096).expect("session"),
+                server: ServerConnection::new(Arc::clone(&configs.server)).expect("server"),
+                to_client: Vec::new(),
+                received: Vec::new(),
+            }
+        }
+
+        /// Client's queued bytes → server; server's output → `to_client`.
+        fn client_to_server(&mut self) {
+            let outgoing = self.client.take_outgoing();
+            let mut input = &outgoing[..];
+            while !input.is_empty() {
+                self.server.read_tls(&mut input).expect("server read_tls");
+                self.server.process_new_packets().expect("server accepts");
+            }
+            self.client.put_outgoing(outgoing);
+            self.server_output();
+        }
+
+        /// The server sends `data` (its send buffer is bounded, so in turns).
+        fn server_write(&mut self, data: &[u8]) {
+            let mut rest = data;
+            while !rest.is_empty() {
+                let n = self.server.writer().write(rest).expect("server write");
+                rest = &rest[n..];
+                self.server_output();
+            }
+        }
+
+        fn server_output(&mut self) {
+            while self.server.wants_write() {
+                self.server
+                    .write_tls(&mut self.to_client)
+                    .expect("write_tls");
+            }
+        }
+
+        /// Delivers up to `n` bytes of `to_client` the way a receive would:
+        /// into the session buffer's spare capacity.
+        fn deliver(&mut self, n: usize) -> usize {
+            let mut incoming = self.client.take_incoming().expect("incoming");
+            let room = incoming.capacity() - incoming.len();
+            let n = n.min(room).min(self.to_client.len());
+            incoming.extend_from_slice(&self.to_client[..n]);
+            self.to_client.drain(..n);
+            self.client.put_incoming(incoming);
+            n
+        }
+
+        /// Processes into destinations of `destination_bytes` until the client
+        /// wants more ciphertext or the peer closed.
+        fn drain(&mut self, destination_bytes: usize) -> Next {
+            loop {
+                let mut destination = vec![0; destination_bytes];
+                let (n, next) = self.client.process(&mut destination).expect("client");
+                self.received.extend_from_slice(&destination[..n]);
+                if self.client.has_outgoing() {
+                    self.client_to_server();
+                }
+                if next != Next::DestinationFull {
+                    return next;
+                }
+            }
+        }
+
+        fn handshake(&mut self, piece_bytes: usize) {
+            loop {
+                let (_, next) = self.client.process(&mut []).expect("handshake");
+                if self.client.has_outgoing() {
+                    self.client_to_server();
+                }
+                if self.client.is_handshake_done() {
+                    return;
+                }
+                assert_eq!(next, Next::Receive);
+                assert!(self.deliver(piece_bytes) > 0, "handshake stalled");
+            }
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// What the server sends after the handshake: session tickets (TLS 1.3),
+    /// two records, a key update that asks for ours, a third record, close.
+    fn server_sends_tail(pair: &mut Pair) -> Vec<u8> {
+        let mut expected = pattern(700, 1);
+        pair.server.writer().write_all(&expected).expect("write");
+        pair.server
+            .writer()
+            .write_all(&pattern(300, 2))
+            .expect("write");
+        expected.extend(pattern(300, 2));
+        if pair.server.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            pair.server.refresh_traffic_keys().expect("key update");
+        }
+        pair.server
+            .writer()
+            .write_all(&pattern(200, 3))
+            .expect("write");
+        expected.extend(pattern(200, 3));
+        pair.server.send_close_notify();
+        pair.server_output();
+        expected
+    }
+
+    fn check_request_after(pair: &mut Pair) {
+        // The client still encrypts under its (possibly updated) keys.
+        pair.client
+            .encrypt(b"GET / HTTP/1.1\r\n\r\n")
+            .expect("encrypt");
+        pair.client_to_server();
+        let mut request = Vec::new();
+        let _ = pair.server.reader().read_to_end(&mut request);
+        assert_eq!(request, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn records_split_at_every_byte_boundary() {
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            let configs = configs(versions);
+            let tail_len = {
+                let mut pair = Pair::new(&configs);
+                pair.handshake(usize::MAX);
+                server_sends_tail(&mut pair);
+                pair.to_client.len()
+            };
+            for split in 0..=tail_len {
+                let mut pair = Pair::new(&configs);
+                pair.handshake(usize::MAX);
+                let expected = server_sends_tail(&mut pair);
+                assert_eq!(pair.to_client.len(), tail_len);
+                pair.deliver(split);
+                let first = pair.drain(512);
+                if first == Next::PeerClosed {
+                    assert_eq!(split, tail_len);
+                }
+                while pair.deliver(usize::MAX) > 0 {
+                    pair.drain(512);
+                }
+                assert_eq!(pair.drain(512), Next::PeerClosed, "split at {split}");
+                assert_eq!(pair.received, expected, "split at {split}");
+                assert!(!pair.client.has_unprocessed_ciphertext());
+                check_request_after(&mut pair);
+            }
+        }
+    }
+
+    #[test]
+    fn handshake_and_body_one_byte_at_a_time() {
+        let configs = configs(&[&rustls::version::TLS13]);
+        let mut pair = Pair::new(&configs);
+        pair.handshake(1);
+        let body = pattern(100_000, 7);
+        pair.server_write(&body);
+        pair.server.send_close_notify();
+        pair.server_output();
+        // Destinations of 1000 bytes: records (16 KiB) straddle them.
+        while pair.deliver(1) > 0 {
+            pair.drain(1000);
+        }
+        assert_eq!(pair.drain(1000), Next::PeerClosed);
+        assert_eq!(pair.received.len(), body.len());
+        assert!(pair.received == body);
+    }
+
+    #[test]
+    fn large_reads_fill_whole_destinations() {
+        let configs = configs(&[&rustls::version::TLS13]);
+        let mut pair = Pair::new(&configs);
+        pair.handshake(usize::MAX);
+        let body = pattern(300_000, 9);
+        pair.server_write(&body);
+        pair.server_output();
+        while pair.deliver(usize::MAX) > 0 {
+            assert_eq!(pair.drain(1 << 20), Next::Receive);
+        }
+        assert!(pair.received == body);
+        // End of stream without close_notify: not a clean close.
+        assert!(!pair.client.is_peer_closed());
+    }
+
+    #[test]
+    fn unknown_issuer_is_a_certificate_error() {
+        let configs = configs(&[&rustls::version::TLS13]);
+        let untrusting = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let configs = Configs {
+            client: Arc::new(untrusting),
+            server: configs.server,
+        };
+        let mut pair = Pair::new(&configs);
+        let error = loop {
+            match pair.client.process(&mut []) {
+                Ok(_) => {
+                    if pair.client.has_outgoing() {
+                        pair.client_to_server();
+                    }
+                    assert!(pair.deliver(usize::MAX) > 0, "handshake stalled");
+                }
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            matches!(error, rustls::Error::InvalidCertificate(_)),
+            "{error:?}"
+        );
+    }
+}
