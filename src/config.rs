@@ -114,6 +114,10 @@ pub const OBJECT_BUFFERS_PER_CONNECTION: usize = 2;
 /// while the pool stays ~2 MiB per core beside the large-object engine's
 /// (restore's peak RSS target is 64 MiB for both).
 pub const OBJECT_BUFFER_SIZE_BYTES: usize = 256 << 10;
+/// Fewest buffers per core left to the large-object engine when restore's
+/// small-object pool takes its share of `--buffers` (one receiving, one
+/// writing, one reserved for the hash frontier, one spare).
+pub const ENGINE_BUFFERS_PER_CORE_MIN: usize = 4;
 /// Large objects waiting for the whole-engine download thread.
 pub const LARGE_OBJECT_QUEUE_JOBS: usize = 2;
 /// Journal records sorted in memory at once when a resumed restore merges

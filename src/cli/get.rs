@@ -138,8 +138,22 @@ impl TuningArgs {
             return usage("--timeout-s must be at least 1".into());
         }
         // Whole buffers per part keep every O_DIRECT write aligned.
+        // `--buffers` × `--buffer-size` is the whole per-core budget: restore's
+        // small-object pool (a few 256 KiB buffers per core) comes out of it.
+        let buffers = if with_object_pool {
+            let objects_bytes = (self.connections
+                * config::OBJECT_BUFFERS_PER_CONNECTION
+                * config::OBJECT_BUFFER_SIZE_BYTES.min(self.buffer_size as usize))
+                as u64;
+            let share = objects_bytes.div_ceil(self.buffer_size) as usize;
+            self.buffers
+                .saturating_sub(share)
+                .max(config::ENGINE_BUFFERS_PER_CORE_MIN)
+        } else {
+            self.buffers
+        };
         let pool_per_connection_bytes =
-            (self.buffers as u64 * self.buffer_size) / self.connections as u64;
+            (buffers as u64 * self.buffer_size) / self.connections as u64;
         let part_size_bytes = self
             .part_size
             .unwrap_or_else(|| config::PART_SIZE_BYTES_DEFAULT.min(pool_per_connection_bytes))
@@ -149,7 +163,7 @@ impl TuningArgs {
             cores,
             pin_cores: runtime::should_pin(self.pin, cores),
             connections_per_core: self.connections,
-            buffers_per_core: self.buffers,
+            buffers_per_core: buffers,
             buffer_size_bytes: self.buffer_size as usize,
             part_size_bytes,
             max_attempts: self.max_attempts,
@@ -159,7 +173,7 @@ impl TuningArgs {
             register_buffers: true,
             cancel: None,
         };
-        let mut pool_bytes = cores as u64 * self.buffers as u64 * self.buffer_size;
+        let mut pool_bytes = cores as u64 * buffers as u64 * self.buffer_size;
         if with_object_pool {
             pool_bytes += crate::engine::objects::pool_bytes(&engine);
         }
