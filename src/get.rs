@@ -28,12 +28,31 @@ use crate::uring;
 use crate::verify::to_hex;
 
 /// Where an object comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Source {
     /// `b2://BUCKET/NAME`.
     B2 { bucket: String, name: String },
     /// `http(s)://…` with Range support.
     Url(String),
+}
+
+/// A plain URL may carry a token in its query (`?Authorization=…`): never printed.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::B2 { bucket, name } => f
+                .debug_struct("B2")
+                .field("bucket", bucket)
+                .field("name", name)
+                .finish(),
+            Source::Url(url) => {
+                let shown = Url::parse(url)
+                    .map(|url| url.display_without_query())
+                    .unwrap_or_else(|_| "<unparsable URL>".to_string());
+                f.debug_tuple("Url").field(&shown).finish()
+            }
+        }
+    }
 }
 
 impl Source {
@@ -74,7 +93,8 @@ pub enum DirectIo {
 }
 
 /// Everything a download needs, resolved from flags and environment.
-#[derive(Debug, Clone)]
+/// `Debug` is written by hand: the application key is redacted.
+#[derive(Clone)]
 pub struct DownloadOptions {
     pub engine: EngineConfig,
     pub realm: String,
@@ -87,6 +107,23 @@ pub struct DownloadOptions {
     /// Expected SHA1 for plain URLs (`--sha1`).
     pub sha1: Option<[u8; 20]>,
     pub require_verified: bool,
+}
+
+impl std::fmt::Debug for DownloadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadOptions")
+            .field("engine", &self.engine)
+            .field("realm", &self.realm)
+            .field("key_id", &self.key_id)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("force", &self.force)
+            .field("fsync", &self.fsync)
+            .field("direct_io", &self.direct_io)
+            .field("sha1", &self.sha1.as_ref().map(|digest| to_hex(digest)))
+            .field("require_verified", &self.require_verified)
+            .finish()
+    }
 }
 
 /// How the object was verified.
@@ -648,5 +685,51 @@ fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
                 && DIRECT_IO_ALIGN_BYTES % offset == 0
         }
         _ => true,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn engine_config() -> EngineConfig {
+        EngineConfig {
+            cores: 1,
+            pin_cores: false,
+            connections_per_core: 1,
+            buffers_per_core: 1,
+            buffer_size_bytes: 4096,
+            part_size_bytes: 4096,
+            max_attempts: 1,
+            retry_base_ms: 1,
+            retry_max_ms: 1,
+            timeout: Duration::from_secs(1),
+            register_buffers: false,
+            cancel: None,
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_the_key_and_url_tokens() {
+        let options = DownloadOptions {
+            engine: engine_config(),
+            realm: "production".into(),
+            key_id: Some("visible-key-id".into()),
+            key: Some("K005-very-secret-application-key".into()),
+            ca_file: None,
+            force: false,
+            fsync: false,
+            direct_io: DirectIo::Auto,
+            sha1: None,
+            require_verified: false,
+        };
+        let text = format!("{options:?} {options:#?}");
+        assert!(!text.contains("very-secret"), "{text}");
+        assert!(text.contains("visible-key-id") && text.contains("<redacted>"));
+        let source =
+            Source::parse("https://example.com/file/b/x?Authorization=4_0123_token-value").unwrap();
+        let text = format!("{source:?}");
+        assert!(!text.contains("token-value"), "{text}");
+        assert!(text.contains("example.com/file/b/x"), "{text}");
     }
 }
