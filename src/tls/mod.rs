@@ -84,6 +84,13 @@ pub fn is_trust_error(error: &io::Error) -> bool {
         .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)))
 }
 
+/// What one `receive_records` step got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Received {
+    Records,
+    EndOfStream,
+}
+
 impl TlsStream {
     /// Runs the handshake. Certificate errors come back as `io::Error`
     /// wrapping `rustls::Error` (see `is_trust_error`).
@@ -109,8 +116,17 @@ impl TlsStream {
         };
         while stream.session.is_handshaking() {
             stream.flush().await?;
-            if stream.session.is_handshaking() && stream.session.wants_read() {
-                stream.receive_records().await?;
+            if stream.session.is_handshaking()
+                && stream.session.wants_read()
+                && stream.receive_records().await? == Received::EndOfStream
+                && stream.session.is_handshaking()
+            {
+                // Without this, a server that closes mid-handshake made
+                // this loop spin forever on a socket at end of stream.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection during the TLS handshake",
+                ));
             }
         }
         stream.flush().await?;
@@ -129,8 +145,10 @@ impl TlsStream {
         loop {
             match self.session.reader().read(dst) {
                 Ok(n) => return Ok(n),
+                // After end of stream, rustls answers the next read with
+                // Ok(0) (close_notify) or UnexpectedEof.
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.receive_records().await?
+                    self.receive_records().await?;
                 }
                 Err(error) => return Err(error),
             }
@@ -142,7 +160,7 @@ impl TlsStream {
     }
 
     /// Hands rustls more ciphertext: what is already buffered, else a receive.
-    async fn receive_records(&mut self) -> io::Result<()> {
+    async fn receive_records(&mut self) -> io::Result<Received> {
         if self.fed_bytes == self.ciphertext.len() {
             self.ciphertext.clear();
             self.fed_bytes = 0;
@@ -153,7 +171,7 @@ impl TlsStream {
                 // End of stream: let rustls decide between clean close and truncation.
                 self.session.read_tls(&mut io::empty())?;
                 self.process()?;
-                return Ok(());
+                return Ok(Received::EndOfStream);
             }
         }
         let mut pending = &self.ciphertext[self.fed_bytes..];
@@ -165,7 +183,7 @@ impl TlsStream {
         if self.session.wants_write() {
             self.flush().await?;
         }
-        Ok(())
+        Ok(Received::Records)
     }
 
     fn process(&mut self) -> io::Result<()> {
