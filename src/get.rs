@@ -247,7 +247,13 @@ impl Download {
             attempts_left -= 1;
             let file_started = Instant::now();
             let temp_name = temp_name_for(&file_name);
-            let (file, direct) = create_temp(&dir, &temp_name, meta.size_bytes, options.direct_io)?;
+            let (file, direct) = create_temp(
+                &dir,
+                &temp_name,
+                &dest.display().to_string(),
+                meta.size_bytes,
+                options.direct_io,
+            )?;
             let outcome = engine::download(
                 &options.engine,
                 &meta.source,
@@ -609,11 +615,24 @@ fn temp_name_for(file_name: &std::ffi::OsStr) -> String {
     format!(".ringdown-{:016x}.part", hasher.finish())
 }
 
+/// A file that cannot be created because the filesystem is full or
+/// read-only stops the run (CONVENTIONS.md); other errors fail one file.
+fn creation_error(context: String, error: rustix::io::Errno) -> Error {
+    use rustix::io::Errno;
+    if matches!(error, Errno::NOSPC | Errno::ROFS | Errno::DQUOT) {
+        Error::Fatal(format!("{context}: {}", std::io::Error::from(error)))
+    } else {
+        Error::io(context, error.into())
+    }
+}
+
 /// Creates the temporary file (never following a symlink), pre-allocated.
-/// Returns whether O_DIRECT is on.
+/// Returns whether O_DIRECT is on. `display_path` is the final path, named
+/// in errors (the temporary name means nothing to the user).
 pub(crate) fn create_temp(
     dir: &OwnedFd,
     name: &str,
+    display_path: &str,
     size_bytes: u64,
     mode: DirectIo,
 ) -> Result<(OwnedFd, bool)> {
@@ -634,19 +653,23 @@ pub(crate) fn create_temp(
                 (file, false)
             }
             Err(rustix::io::Errno::INVAL) if mode == DirectIo::Auto => (
-                open(flags).map_err(|error| Error::io(format!("creating {name}"), error.into()))?,
+                open(flags).map_err(|error| {
+                    creation_error(format!("creating {name} for {display_path}"), error)
+                })?,
                 false,
             ),
             Err(error) => {
-                return Err(Error::io(
-                    format!("creating {name} with O_DIRECT"),
-                    error.into(),
+                return Err(creation_error(
+                    format!("creating {name} with O_DIRECT for {display_path}"),
+                    error,
                 ));
             }
         }
     } else {
         (
-            open(flags).map_err(|error| Error::io(format!("creating {name}"), error.into()))?,
+            open(flags).map_err(|error| {
+                creation_error(format!("creating {name} for {display_path}"), error)
+            })?,
             false,
         )
     };
@@ -655,12 +678,15 @@ pub(crate) fn create_temp(
             let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
             if error == rustix::io::Errno::NOSPC {
                 return Err(Error::Fatal(format!(
-                    "no space for {size_bytes} bytes in the destination filesystem (ENOSPC)"
+                    "{display_path}: no space for {size_bytes} bytes in the destination filesystem (ENOSPC: No space left on device)"
                 )));
             }
             // Filesystems without fallocate still work; ENOSPC then arrives mid-file.
             if error != rustix::io::Errno::OPNOTSUPP {
-                return Err(Error::io("pre-allocating the destination", error.into()));
+                return Err(Error::io(
+                    format!("pre-allocating {display_path}"),
+                    error.into(),
+                ));
             }
         }
     }

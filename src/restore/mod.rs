@@ -797,7 +797,13 @@ fn schedule(
     };
     let created = match resume_bytes {
         Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
-        None => crate::get::create_temp(&target.partial, &temp_name, entry.size_bytes, direct),
+        None => crate::get::create_temp(
+            &target.partial,
+            &temp_name,
+            &display_path,
+            entry.size_bytes,
+            direct,
+        ),
     };
     let (file, direct_io) = match created {
         Ok(created) => created,
