@@ -75,8 +75,8 @@ unset SSL_CERT_FILE B2_REALM JOB_COMPLETION_INDEX SLURM_ARRAY_TASK_ID
 
 DEST=$WORK/dest
 RUNS=0
-restore() { # $1 = stats file
-    "$BIN" restore b2://bkt "$DEST" --realm "$REALM" --ca-file "$CA_FILE" \
+restore() { # $1 = stats file; exec, so that `restore &` gives ringdown's own PID
+    exec "$BIN" restore b2://bkt "$DEST" --realm "$REALM" --ca-file "$CA_FILE" \
         --quiet --stats-json "$1" >/dev/null 2>>"$WORK/restore.log"
 }
 
@@ -126,7 +126,7 @@ done
 
 echo "soak: final run" >&2
 final_code=0
-restore "$WORK/stats-final.json" || final_code=$?
+(restore "$WORK/stats-final.json") || final_code=$?
 add_retries "$WORK/stats-final.json"
 
 # Byte comparison of every source file with its restored copy.

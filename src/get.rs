@@ -120,7 +120,7 @@ impl std::fmt::Debug for DownloadOptions {
             .field("force", &self.force)
             .field("fsync", &self.fsync)
             .field("direct_io", &self.direct_io)
-            .field("sha1", &self.sha1.as_ref().map(|digest| to_hex(digest)))
+            .field("sha1", &self.sha1.as_ref().map(to_hex))
             .field("require_verified", &self.require_verified)
             .finish()
     }
