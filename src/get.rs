@@ -30,12 +30,31 @@ use crate::uring;
 use crate::verify::to_hex;
 
 /// Where an object comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Source {
     /// `b2://BUCKET/NAME`.
     B2 { bucket: String, name: String },
     /// `http(s)://…` with Range support.
     Url(String),
+}
+
+/// A plain URL may carry a token in its query (`?Authorization=…`): never printed.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::B2 { bucket, name } => f
+                .debug_struct("B2")
+                .field("bucket", bucket)
+                .field("name", name)
+                .finish(),
+            Source::Url(url) => {
+                let shown = Url::parse(url)
+                    .map(|url| url.display_without_query())
+                    .unwrap_or_else(|_| "<unparsable URL>".to_string());
+                f.debug_tuple("Url").field(&shown).finish()
+            }
+        }
+    }
 }
 
 impl Source {
@@ -76,7 +95,8 @@ pub enum DirectIo {
 }
 
 /// Everything a download needs, resolved from flags and environment.
-#[derive(Debug, Clone)]
+/// `Debug` is written by hand: the application key is redacted.
+#[derive(Clone)]
 pub struct DownloadOptions {
     pub engine: EngineConfig,
     pub realm: String,
@@ -89,6 +109,23 @@ pub struct DownloadOptions {
     /// Expected SHA1 for plain URLs (`--sha1`).
     pub sha1: Option<[u8; 20]>,
     pub require_verified: bool,
+}
+
+impl std::fmt::Debug for DownloadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadOptions")
+            .field("engine", &self.engine)
+            .field("realm", &self.realm)
+            .field("key_id", &self.key_id)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("force", &self.force)
+            .field("fsync", &self.fsync)
+            .field("direct_io", &self.direct_io)
+            .field("sha1", &self.sha1.as_ref().map(to_hex))
+            .field("require_verified", &self.require_verified)
+            .finish()
+    }
 }
 
 /// How the object was verified.
@@ -242,8 +279,13 @@ impl Download {
                         }
                         None => temp_name_for(&file_name),
                     };
-                    let (file, direct) =
-                        create_temp(&dir, &temp_name, meta.size_bytes, options.direct_io)?;
+                    let (file, direct) = create_temp(
+                        &dir,
+                        &temp_name,
+                        &dest.display().to_string(),
+                        meta.size_bytes,
+                        options.direct_io,
+                    )?;
                     (temp_name, file, direct, None)
                 }
             };
@@ -808,11 +850,24 @@ fn temp_name_for(file_name: &std::ffi::OsStr) -> String {
     format!(".ringdown-{:016x}.part", hasher.finish())
 }
 
+/// A file that cannot be created because the filesystem is full or
+/// read-only stops the run (CONVENTIONS.md); other errors fail one file.
+fn creation_error(context: String, error: rustix::io::Errno) -> Error {
+    use rustix::io::Errno;
+    if matches!(error, Errno::NOSPC | Errno::ROFS | Errno::DQUOT) {
+        Error::Fatal(format!("{context}: {}", std::io::Error::from(error)))
+    } else {
+        Error::io(context, error.into())
+    }
+}
+
 /// Creates the temporary file (never following a symlink), pre-allocated.
-/// Returns whether O_DIRECT is on.
+/// Returns whether O_DIRECT is on. `display_path` is the final path, named
+/// in errors (the temporary name means nothing to the user).
 pub(crate) fn create_temp(
     dir: &OwnedFd,
     name: &str,
+    display_path: &str,
     size_bytes: u64,
     mode: DirectIo,
 ) -> Result<(OwnedFd, bool)> {
@@ -833,19 +888,23 @@ pub(crate) fn create_temp(
                 (file, false)
             }
             Err(rustix::io::Errno::INVAL) if mode == DirectIo::Auto => (
-                open(flags).map_err(|error| Error::io(format!("creating {name}"), error.into()))?,
+                open(flags).map_err(|error| {
+                    creation_error(format!("creating {name} for {display_path}"), error)
+                })?,
                 false,
             ),
             Err(error) => {
-                return Err(Error::io(
-                    format!("creating {name} with O_DIRECT"),
-                    error.into(),
+                return Err(creation_error(
+                    format!("creating {name} with O_DIRECT for {display_path}"),
+                    error,
                 ));
             }
         }
     } else {
         (
-            open(flags).map_err(|error| Error::io(format!("creating {name}"), error.into()))?,
+            open(flags).map_err(|error| {
+                creation_error(format!("creating {name} for {display_path}"), error)
+            })?,
             false,
         )
     };
@@ -854,12 +913,15 @@ pub(crate) fn create_temp(
             let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
             if error == rustix::io::Errno::NOSPC {
                 return Err(Error::Fatal(format!(
-                    "no space for {size_bytes} bytes in the destination filesystem (ENOSPC)"
+                    "{display_path}: no space for {size_bytes} bytes in the destination filesystem (ENOSPC: No space left on device)"
                 )));
             }
             // Filesystems without fallocate still work; ENOSPC then arrives mid-file.
             if error != rustix::io::Errno::OPNOTSUPP {
-                return Err(Error::io("pre-allocating the destination", error.into()));
+                return Err(Error::io(
+                    format!("pre-allocating {display_path}"),
+                    error.into(),
+                ));
             }
         }
     }
@@ -884,5 +946,51 @@ fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
                 && DIRECT_IO_ALIGN_BYTES % offset == 0
         }
         _ => true,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn engine_config() -> EngineConfig {
+        EngineConfig {
+            cores: 1,
+            pin_cores: false,
+            connections_per_core: 1,
+            buffers_per_core: 1,
+            buffer_size_bytes: 4096,
+            part_size_bytes: 4096,
+            max_attempts: 1,
+            retry_base_ms: 1,
+            retry_max_ms: 1,
+            timeout: Duration::from_secs(1),
+            register_buffers: false,
+            cancel: None,
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_the_key_and_url_tokens() {
+        let options = DownloadOptions {
+            engine: engine_config(),
+            realm: "production".into(),
+            key_id: Some("visible-key-id".into()),
+            key: Some("K005-very-secret-application-key".into()),
+            ca_file: None,
+            force: false,
+            fsync: false,
+            direct_io: DirectIo::Auto,
+            sha1: None,
+            require_verified: false,
+        };
+        let text = format!("{options:?} {options:#?}");
+        assert!(!text.contains("very-secret"), "{text}");
+        assert!(text.contains("visible-key-id") && text.contains("<redacted>"));
+        let source =
+            Source::parse("https://example.com/file/b/x?Authorization=4_0123_token-value").unwrap();
+        let text = format!("{source:?}");
+        assert!(!text.contains("token-value"), "{text}");
+        assert!(text.contains("example.com/file/b/x"), "{text}");
     }
 }

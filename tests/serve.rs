@@ -864,3 +864,126 @@ fn sigterm_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends raw request bytes on one plain connection and returns everything
+/// received until the server closes it (or 5 s pass).
+fn raw_exchange(served: &Served, requests: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&served.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(requests).unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    received
+}
+
+#[test]
+fn status_range_digest_and_connection_fault_flags() {
+    let tree = small_tree();
+    let data = content("b", 3000);
+    let name = "dir/b%20c%2Bd.bin";
+
+    for (flag, status, code, retry_after) in [
+        ("500:1", 500, "internal_error", None),
+        ("503:1:2", 503, "service_unavailable", Some("2")),
+        ("408:1", 408, "request_timeout", None),
+    ] {
+        let served = serve(tree.path(), true, &["--status-rate", flag]);
+        let (token, _) = served.authorize();
+        let response = download(&served, &token, name, None);
+        assert_eq!(response.status, status, "{flag}");
+        assert_eq!(response.json()["code"], code, "{flag}");
+        assert_eq!(response.header("retry-after"), retry_after, "{flag}");
+    }
+
+    let served = serve(tree.path(), true, &["--wrong-range-rate", "1"]);
+    let (token, _) = served.authorize();
+    let response = download(&served, &token, name, Some("bytes=0-99"));
+    assert_eq!(response.status, 206);
+    assert_eq!(response.header("content-range"), Some("bytes 1-100/3000"));
+    assert_eq!(response.body.len(), 100);
+
+    let served = serve(tree.path(), true, &["--ignore-range-rate", "1"]);
+    let (token, _) = served.authorize();
+    let response = download(&served, &token, name, Some("bytes=10-19"));
+    assert_eq!(response.status, 200);
+    assert!(response.header("content-range").is_none());
+    assert_eq!(response.body, data);
+
+    let served = serve(tree.path(), true, &["--long-body-rate", "1"]);
+    let (token, _) = served.authorize();
+    let response = download(&served, &token, name, Some("bytes=0-99"));
+    assert_eq!(response.status, 206);
+    assert_eq!(response.header("content-range"), Some("bytes 0-99/3000"));
+    let length = response.content_length().unwrap();
+    assert!(length < 100, "{length}");
+    assert_eq!(response.body, &data[..length]);
+
+    let served = serve(tree.path(), true, &["--wrong-sha1", "dir/b c+d.bin"]);
+    let (token, _) = served.authorize();
+    let response = download(&served, &token, name, None);
+    assert_eq!(response.body, data, "the bytes are right");
+    let published = response.header("x-bz-content-sha1").unwrap().to_string();
+    assert_ne!(published, sha1_hex(&data));
+    let listed = served.post(
+        "b2_list_file_names",
+        &token,
+        json!({"bucketId": served.bucket_id(&token, "bkt"), "prefix": "dir/b"}),
+    );
+    assert_eq!(listed.json()["files"][0]["contentSha1"], published.as_str());
+
+    // Reset mid-head: some bytes of the status line, never a whole head.
+    let served = serve(tree.path(), true, &["--reset-head-rate", "1"]);
+    let (token, _) = served.authorize();
+    let request =
+        format!("GET /file/bkt/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n");
+    let received = raw_exchange(&served, request.as_bytes());
+    assert!(!received.is_empty() && received.len() < 100, "{received:?}");
+    assert!(b"HTTP/1.1 200 OK\r\n".starts_with(&received[..received.len().min(17)]));
+    assert!(!received.windows(4).any(|w| w == b"\r\n\r\n"));
+
+    // Keep-alive closed: the first request is answered, the second on the
+    // same connection gets nothing at all.
+    let served = serve(tree.path(), true, &["--close-keepalive-rate", "1"]);
+    let (token, _) = served.authorize();
+    let request =
+        format!("GET /file/bkt/a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n");
+    let received = raw_exchange(&served, request.repeat(2).as_bytes());
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello world"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+}
+
+#[test]
+fn tls_handshake_reset_and_certificate_name_flags() {
+    use std::io::Write;
+    let tree = small_tree();
+    let handshake = |served: &Served, server_name: &str| {
+        let stream = std::net::TcpStream::connect(&served.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(
+            tls_client(served.ca_file.as_ref().unwrap(), server_name),
+            stream,
+        );
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .and_then(|()| tls.flush())
+            .and_then(|()| {
+                let mut byte = [0u8; 1];
+                std::io::Read::read_exact(&mut tls, &mut byte)
+            })
+            .map_err(|error| error.to_string())
+    };
+    let served = serve(tree.path(), false, &["--reset-handshake-rate", "1"]);
+    let error = handshake(&served, "127.0.0.1").unwrap_err();
+    assert!(!error.contains("certificate"), "{error}");
+
+    let served = serve(tree.path(), false, &["--cert-name", "other.example"]);
+    let error = handshake(&served, "127.0.0.1").unwrap_err();
+    assert!(error.contains("certificate"), "{error}");
+    handshake(&served, "other.example").expect("valid for its own name");
+}

@@ -43,7 +43,8 @@ use paths::{Mapped, NameFilter, Shard};
 use target::{PathError, Target};
 
 /// Everything a restore needs, resolved from flags and environment.
-#[derive(Debug, Clone)]
+/// `Debug` is written by hand: the application key is redacted.
+#[derive(Clone)]
 pub struct RestoreOptions {
     pub engine: EngineConfig,
     pub realm: String,
@@ -63,6 +64,28 @@ pub struct RestoreOptions {
     pub fsync: bool,
     pub dry_run: bool,
     pub report: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("engine", &self.engine)
+            .field("realm", &self.realm)
+            .field("key_id", &self.key_id)
+            .field("key", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("direct_io", &self.direct_io)
+            .field("bucket", &self.bucket)
+            .field("folder_prefix", &self.folder_prefix)
+            .field("dir", &self.dir)
+            .field("filter", &self.filter)
+            .field("shard", &self.shard)
+            .field("skip_existing", &self.skip_existing)
+            .field("fsync", &self.fsync)
+            .field("dry_run", &self.dry_run)
+            .field("report", &self.report)
+            .finish()
+    }
 }
 
 /// Final status of one file (the `--report` `status` field).
@@ -813,7 +836,13 @@ fn schedule(
     };
     let created = match resume_bytes {
         Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
-        None => crate::get::create_temp(&target.partial, &temp_name, entry.size_bytes, direct),
+        None => crate::get::create_temp(
+            &target.partial,
+            &temp_name,
+            &display_path,
+            entry.size_bytes,
+            direct,
+        ),
     };
     let (file, direct_io) = match created {
         Ok(created) => created,
@@ -1212,4 +1241,33 @@ fn finish_file(
     }
     let reason = (!verified).then(|| "no published SHA1 (unverified)".to_string());
     record(Status::Ok, Some(&actual), verified, reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_redacts_the_key() {
+        let options = RestoreOptions {
+            engine: crate::get::tests::engine_config(),
+            realm: "production".into(),
+            key_id: "visible-key-id".into(),
+            key: "K005-very-secret-application-key".into(),
+            ca_file: None,
+            direct_io: DirectIo::Auto,
+            bucket: "bkt".into(),
+            folder_prefix: String::new(),
+            dir: PathBuf::from("/tmp/x"),
+            filter: NameFilter::new(&[], &[]).unwrap(),
+            shard: Shard { index: 0, count: 1 },
+            skip_existing: false,
+            fsync: false,
+            dry_run: false,
+            report: None,
+        };
+        let text = format!("{options:?} {options:#?}");
+        assert!(!text.contains("very-secret"), "{text}");
+        assert!(text.contains("visible-key-id") && text.contains("<redacted>"));
+    }
 }

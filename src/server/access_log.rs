@@ -24,7 +24,9 @@ pub struct AccessRecord {
     pub status: u16,
     /// Body bytes handed to the connection (after any injected fault).
     pub bytes_sent: u64,
-    /// The injected fault, if any: fail, throttle, expired_token, reset, stall, corrupt, short_body.
+    /// The injected fault, if any: fail, throttle, status, expired_token, reset, stall,
+    /// corrupt, short_body, long_body, wrong_range, ignore_range, reset_head,
+    /// close_keepalive, reset_handshake (method `TLS`: no request was read).
     pub fault: Option<String>,
 }
 

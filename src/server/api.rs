@@ -324,6 +324,11 @@ pub fn view_of(server: &Server, meta: ObjectMeta) -> std::io::Result<ObjectView>
                     })
             })?;
     let is_large = meta.size_bytes >= server.large_file_threshold_bytes;
+    let mut sha1 = sha1;
+    if server.faults.wrong_sha1(&meta.name) {
+        // `--wrong-sha1 NAME`: every place that publishes the digest agrees on a wrong one.
+        sha1[0] ^= 0xff;
+    }
     Ok(ObjectView {
         meta,
         sha1,

@@ -22,16 +22,119 @@ pub struct FaultConfig {
     pub stall_rate: f64,
     pub corrupt_rate: f64,
     pub short_body_rate: f64,
+    /// Close the connection part-way through a response head.
+    pub reset_head_rate: f64,
+    /// Close a new TLS connection part-way through the server's handshake.
+    pub reset_handshake_rate: f64,
+    /// On a connection that already served a request, close it instead of
+    /// answering (as a server that closed an idle keep-alive connection).
+    pub close_keepalive_rate: f64,
+    /// Extra error statuses, each with its own probability and Retry-After.
+    pub status_faults: Vec<StatusFault>,
+    /// 206 whose Content-Range is not the requested range.
+    pub wrong_range_rate: f64,
+    /// 200 with the whole object where a range was requested.
+    pub ignore_range_rate: f64,
+    /// A Content-Length (and body) shorter than the range the response claims.
+    pub long_body_rate: f64,
+    /// Objects whose published SHA1 (listing, info, headers) is wrong.
+    pub wrong_sha1_names: Vec<String>,
+}
+
+/// `--status-rate CODE:P[:RETRY_AFTER_S]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StatusFault {
+    pub status: u16,
+    pub rate: f64,
+    pub retry_after_s: Option<u64>,
+}
+
+impl StatusFault {
+    /// Parses `CODE:P` or `CODE:P:RETRY_AFTER_S` (CODE 400–599, 0 ≤ P ≤ 1).
+    pub fn parse(text: &str) -> Result<StatusFault, String> {
+        let mut parts = text.split(':');
+        let (Some(code), Some(rate)) = (parts.next(), parts.next()) else {
+            return Err(format!("{text:?}: expected CODE:P or CODE:P:RETRY_AFTER_S"));
+        };
+        let status: u16 = code
+            .trim()
+            .parse()
+            .ok()
+            .filter(|code| (400..=599).contains(code))
+            .ok_or_else(|| format!("{text:?}: the status is a number from 400 to 599"))?;
+        let rate: f64 = rate
+            .trim()
+            .parse()
+            .ok()
+            .filter(|rate| (0.0..=1.0).contains(rate))
+            .ok_or_else(|| format!("{text:?}: the probability is between 0 and 1"))?;
+        let retry_after_s = match parts.next() {
+            None => None,
+            Some(seconds) => Some(
+                seconds
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{text:?}: Retry-After is whole seconds"))?,
+            ),
+        };
+        if parts.next().is_some() {
+            return Err(format!("{text:?}: too many fields"));
+        }
+        Ok(StatusFault {
+            status,
+            rate,
+            retry_after_s,
+        })
+    }
 }
 
 /// What happens to a request before its head is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HeadFault {
     None,
     /// 503 `service_unavailable` with `Retry-After: 1`.
     Fail,
     /// 429 `too_many_requests`.
     Throttle,
+    /// One of the `--status-rate` statuses.
+    Status(StatusFault),
+}
+
+/// What happens to the framing of a download response (its head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeFault {
+    None,
+    /// Content-Range names another range than the one requested.
+    WrongRange,
+    /// 200 and the whole object, as if Range were not supported.
+    IgnoreRange,
+    /// Content-Length (and the body sent) this many bytes short of the range.
+    LongBody {
+        missing_bytes: u64,
+    },
+}
+
+impl RangeFault {
+    pub fn label(&self) -> Option<&'static str> {
+        match self {
+            RangeFault::None => None,
+            RangeFault::WrongRange => Some("wrong_range"),
+            RangeFault::IgnoreRange => Some("ignore_range"),
+            RangeFault::LongBody { .. } => Some("long_body"),
+        }
+    }
+}
+
+/// What happens to the connection around one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnFault {
+    None,
+    /// Cut the connection after this many bytes of the response head.
+    ResetHead {
+        at_bytes: usize,
+    },
+    /// Close the (reused) connection without answering.
+    CloseKeepAlive,
 }
 
 /// What happens to a body, at a byte offset within the body.
@@ -133,6 +236,72 @@ impl Faults {
             || c.stall_rate > 0.0
             || c.corrupt_rate > 0.0
             || c.short_body_rate > 0.0
+            || c.reset_head_rate > 0.0
+            || c.close_keepalive_rate > 0.0
+            || c.status_faults.iter().any(|fault| fault.rate > 0.0)
+            || c.wrong_range_rate > 0.0
+            || c.ignore_range_rate > 0.0
+            || c.long_body_rate > 0.0
+    }
+
+    pub fn wrong_sha1(&self, name: &str) -> bool {
+        self.config.wrong_sha1_names.iter().any(|n| n == name)
+    }
+
+    /// Cut point of the server's handshake bytes on a new TLS connection, or
+    /// `None`. Connections have no request key: the dice key is fixed and the
+    /// attempt counter numbers the connections.
+    pub fn handshake_cut(&self) -> Option<usize> {
+        if self.config.reset_handshake_rate <= 0.0 {
+            return None;
+        }
+        let dice = self.roll_key("tls-handshake");
+        dice.hits("reset_handshake", self.config.reset_handshake_rate)
+            // The ServerHello alone is ~90 bytes; the whole flight is > 1 KiB.
+            .then(|| 1 + dice.offset("reset_handshake", 600) as usize)
+    }
+
+    /// Connection fault of one response; `reused` says whether the connection
+    /// served a request before this one.
+    pub fn conn_fault(&self, dice: Option<&Dice<'_>>, reused: bool) -> ConnFault {
+        let Some(dice) = dice else {
+            return ConnFault::None;
+        };
+        if reused && dice.hits("close_keepalive", self.config.close_keepalive_rate) {
+            ConnFault::CloseKeepAlive
+        } else if dice.hits("reset_head", self.config.reset_head_rate) {
+            // Every head we send is longer than 100 bytes.
+            ConnFault::ResetHead {
+                at_bytes: 1 + dice.offset("reset_head", 99) as usize,
+            }
+        } else {
+            ConnFault::None
+        }
+    }
+
+    /// Framing fault of a range response of `body_bytes` out of `size_bytes`.
+    pub fn range_fault(
+        &self,
+        dice: Option<&Dice<'_>>,
+        is_range: bool,
+        body_bytes: u64,
+        size_bytes: u64,
+    ) -> RangeFault {
+        let Some(dice) = dice else {
+            return RangeFault::None;
+        };
+        let c = &self.config;
+        if is_range && size_bytes >= 2 && dice.hits("wrong_range", c.wrong_range_rate) {
+            RangeFault::WrongRange
+        } else if is_range && dice.hits("ignore_range", c.ignore_range_rate) {
+            RangeFault::IgnoreRange
+        } else if body_bytes >= 2 && dice.hits("long_body", c.long_body_rate) {
+            RangeFault::LongBody {
+                missing_bytes: 1 + dice.offset("long_body", body_bytes - 1),
+            }
+        } else {
+            RangeFault::None
+        }
     }
 
     /// Rolls the dice for one request, identified by `key` (method, path,
@@ -141,6 +310,10 @@ impl Faults {
         if !self.any_dice_fault() {
             return None;
         }
+        Some(self.roll_key(key))
+    }
+
+    fn roll_key<'a>(&self, key: &'a str) -> Dice<'a> {
         let mut attempts = self.attempts.lock().expect("fault attempts lock");
         if attempts.len() >= FAULT_ATTEMPT_KEYS_MAX {
             attempts.clear();
@@ -148,11 +321,11 @@ impl Faults {
         let counter = attempts.entry(key.to_string()).or_insert(0);
         let attempt = *counter;
         *counter += 1;
-        Some(Dice {
+        Dice {
             seed: self.config.seed,
             key,
             attempt,
-        })
+        }
     }
 
     pub fn head_fault(&self, dice: Option<&Dice<'_>>) -> HeadFault {
@@ -163,6 +336,13 @@ impl Faults {
             HeadFault::Fail
         } else if dice.hits("throttle", self.config.throttle_rate) {
             HeadFault::Throttle
+        } else if let Some(fault) = self
+            .config
+            .status_faults
+            .iter()
+            .find(|fault| dice.hits(&format!("status-{}", fault.status), fault.rate))
+        {
+            HeadFault::Status(*fault)
         } else {
             HeadFault::None
         }
@@ -262,6 +442,56 @@ mod tests {
         assert_eq!(first, run());
         assert!(first.contains(&HeadFault::Fail));
         assert!(first.contains(&HeadFault::None));
+    }
+
+    #[test]
+    fn status_fault_flags_parse() {
+        assert_eq!(
+            StatusFault::parse("500:0.25").unwrap(),
+            StatusFault {
+                status: 500,
+                rate: 0.25,
+                retry_after_s: None
+            }
+        );
+        assert_eq!(
+            StatusFault::parse("503:1:2").unwrap().retry_after_s,
+            Some(2)
+        );
+        for bad in [
+            "500",
+            "200:0.1",
+            "500:1.5",
+            "500:0.1:x",
+            "500:0.1:1:2",
+            "abc:0.1",
+        ] {
+            assert!(StatusFault::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_faults_and_conn_faults_follow_their_rates() {
+        let faults = Faults::new(FaultConfig {
+            seed: 1,
+            status_faults: vec![StatusFault {
+                status: 408,
+                rate: 1.0,
+                retry_after_s: None,
+            }],
+            close_keepalive_rate: 1.0,
+            ..FaultConfig::default()
+        });
+        let dice = faults.roll("k");
+        assert!(matches!(
+            faults.head_fault(dice.as_ref()),
+            HeadFault::Status(StatusFault { status: 408, .. })
+        ));
+        assert_eq!(faults.conn_fault(dice.as_ref(), false), ConnFault::None);
+        assert_eq!(
+            faults.conn_fault(dice.as_ref(), true),
+            ConnFault::CloseKeepAlive
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! through here, so latency, fail/throttle faults and the access log are
 //! applied in one place.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ use super::auth::{TokenError, now_ms};
 use super::body::{FileBody, ServeBody};
 use super::config::API_REQUEST_BODY_MAX_BYTES;
 use super::encoding::{RangeRequest, b2_url_encode, parse_query, parse_range, percent_decode};
-use super::faults::{BodyFault, HeadFault, TokenBucket};
+use super::fault_io::WriteCut;
+use super::faults::{BodyFault, ConnFault, HeadFault, RangeFault, TokenBucket};
 use super::store::OpenError;
 
 /// A B2 error: HTTP status, `code`, `message` (body `{status, code, message}`).
@@ -79,9 +81,30 @@ impl ApiError {
     }
 }
 
-/// Per-connection state: the `--rate-per-conn` token bucket.
+/// Per-connection state: the `--rate-per-conn` token bucket, the number of
+/// requests answered before (keep-alive faults need a reused connection) and
+/// the cut of the connection faults.
 pub struct Connection {
     pub limiter: Option<Arc<Mutex<TokenBucket>>>,
+    pub requests_served: AtomicU64,
+    pub write_cut: Arc<WriteCut>,
+}
+
+impl Connection {
+    /// Applies a connection fault to the response about to be sent.
+    fn apply(&self, fault: ConnFault, context: &mut RequestContext) {
+        match fault {
+            ConnFault::None => {}
+            ConnFault::ResetHead { at_bytes } => {
+                self.write_cut.arm(at_bytes);
+                context.conn_fault = Some("reset_head");
+            }
+            ConnFault::CloseKeepAlive => {
+                self.write_cut.arm(0);
+                context.conn_fault = Some("close_keepalive");
+            }
+        }
+    }
 }
 
 struct RequestContext {
@@ -91,6 +114,8 @@ struct RequestContext {
     range: Option<String>,
     authorization: Option<String>,
     record: AccessRecord,
+    /// Set when a connection fault cuts this response (for the access log).
+    conn_fault: Option<&'static str>,
 }
 
 impl RequestContext {
@@ -156,7 +181,9 @@ pub async fn handle(
         range,
         authorization: header_text(&request, "authorization"),
         record,
+        conn_fault: None,
     };
+    let reused = connection.requests_served.fetch_add(1, Ordering::Relaxed) > 0;
     let response = match request
         .uri()
         .query()
@@ -165,7 +192,7 @@ pub async fn handle(
     {
         Ok(query) => {
             context.query = query;
-            route(&server, &connection, &mut context, request).await
+            route(&server, &connection, reused, &mut context, request).await
         }
         Err(message) => Err(ApiError::bad_request(message)),
     };
@@ -199,7 +226,7 @@ fn error_response(
         builder = builder.header("content-range", content_range.as_str());
     }
     context.record.status = error.status.as_u16();
-    context.record.fault = error.fault.map(str::to_string);
+    context.record.fault = context.conn_fault.or(error.fault).map(str::to_string);
     context.record.bytes_sent = if is_head { 0 } else { text.len() as u64 };
     if let Some(log) = &server.access_log {
         log.write(&context.record);
@@ -225,6 +252,7 @@ fn json_response(
 ) -> Response<ServeBody> {
     let text = serde_json::to_vec(&value).expect("response serialises");
     context.record.status = 200;
+    context.record.fault = context.conn_fault.map(str::to_string);
     context.record.bytes_sent = text.len() as u64;
     if let Some(log) = &server.access_log {
         log.write(&context.record);
@@ -260,6 +288,21 @@ fn head_fault_error(server: &Server, fault: HeadFault) -> Option<ApiError> {
             error.fault = Some("throttle");
             Some(error)
         }
+        HeadFault::Status(fault) => {
+            let status =
+                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let code = match fault.status {
+                408 => "request_timeout",
+                429 => "too_many_requests",
+                500 => "internal_error",
+                503 => "service_unavailable",
+                _ => "injected_status",
+            };
+            let mut error = ApiError::new(status, code, format!("injected fault: {status}"));
+            error.retry_after_s = fault.retry_after_s;
+            error.fault = Some("status");
+            Some(error)
+        }
     }
 }
 
@@ -275,6 +318,7 @@ async fn blocking<T: Send + 'static>(
 async fn route(
     server: &Arc<Server>,
     connection: &Arc<Connection>,
+    reused: bool,
     context: &mut RequestContext,
     request: Request<Incoming>,
 ) -> Result<Response<ServeBody>, ApiError> {
@@ -293,7 +337,14 @@ async fn route(
             .ok_or_else(|| ApiError::bad_request("bad bucket name encoding"))?;
         let name = percent_decode(encoded_name, false)
             .ok_or_else(|| ApiError::bad_request("bad file name encoding"))?;
-        return download(server, connection, context, Target::Name { bucket, name }).await;
+        return download(
+            server,
+            connection,
+            reused,
+            context,
+            Target::Name { bucket, name },
+        )
+        .await;
     }
     let Some(rest) = context.path.strip_prefix("/b2api/v") else {
         return Err(ApiError::not_found(format!(
@@ -314,7 +365,7 @@ async fn route(
             .find(|(key, _)| key == "fileId")
             .map(|(_, value)| value.clone())
             .ok_or_else(|| ApiError::bad_request("required parameter fileId is missing"))?;
-        return download(server, connection, context, Target::Id(file_id)).await;
+        return download(server, connection, reused, context, Target::Id(file_id)).await;
     }
 
     let body_bytes: Bytes = match context.method {
@@ -359,11 +410,10 @@ async fn route(
         .tokens
         .check(context.authorization.as_deref())
         .map_err(ApiError::token)?;
-    let dice = server
-        .faults
-        .roll(&context.fault_key(&body_bytes))
-        .map(|dice| server.faults.head_fault(Some(&dice)));
-    if let Some(error) = dice.and_then(|fault| head_fault_error(server, fault)) {
+    let fault_key = context.fault_key(&body_bytes);
+    let dice = server.faults.roll(&fault_key);
+    connection.apply(server.faults.conn_fault(dice.as_ref(), reused), context);
+    if let Some(error) = head_fault_error(server, server.faults.head_fault(dice.as_ref())) {
         return Err(error);
     }
 
@@ -393,6 +443,7 @@ enum Target {
 async fn download(
     server: &Arc<Server>,
     connection: &Arc<Connection>,
+    reused: bool,
     context: &mut RequestContext,
     target: Target,
 ) -> Result<Response<ServeBody>, ApiError> {
@@ -462,9 +513,47 @@ async fn download(
 
     let fault_key = context.fault_key(b"");
     let dice = server.faults.roll(&fault_key);
+    connection.apply(server.faults.conn_fault(dice.as_ref(), reused), context);
     if let Some(error) = head_fault_error(server, server.faults.head_fault(dice.as_ref())) {
         return Err(error);
     }
+    let range_fault = server.faults.range_fault(
+        dice.as_ref(),
+        status == StatusCode::PARTIAL_CONTENT,
+        body_bytes,
+        size_bytes,
+    );
+    // What the head says (`claimed_*`) and what is sent differ only for the
+    // framing faults.
+    let (status, start, body_bytes, claimed_first, claimed_last) = match range_fault {
+        RangeFault::None => (
+            status,
+            start,
+            body_bytes,
+            start,
+            start + body_bytes.max(1) - 1,
+        ),
+        RangeFault::IgnoreRange => (StatusCode::OK, 0, size_bytes, 0, size_bytes.max(1) - 1),
+        RangeFault::WrongRange => {
+            let last = start + body_bytes - 1;
+            // Shifted by one byte, or cut by one where it cannot shift.
+            let (first, last) = if last + 1 < size_bytes {
+                (start + 1, last + 1)
+            } else if start > 0 {
+                (start - 1, last - 1)
+            } else {
+                (start, last - 1)
+            };
+            (status, start, body_bytes, first, last)
+        }
+        RangeFault::LongBody { missing_bytes } => (
+            status,
+            start,
+            body_bytes - missing_bytes,
+            start,
+            start + body_bytes - 1,
+        ),
+    };
     let is_head = context.method == Method::HEAD;
     let body_fault = if is_head {
         BodyFault::None
@@ -485,7 +574,7 @@ async fn download(
     if status == StatusCode::PARTIAL_CONTENT {
         response = response.header(
             "content-range",
-            format!("bytes {start}-{}/{size_bytes}", start + body_bytes - 1),
+            format!("bytes {claimed_first}-{claimed_last}/{size_bytes}"),
         );
     }
     for (key, value) in view.file_info() {
@@ -496,7 +585,11 @@ async fn download(
     }
 
     context.record.status = status.as_u16();
-    context.record.fault = body_fault.label().map(str::to_string);
+    context.record.fault = context
+        .conn_fault
+        .or(range_fault.label())
+        .or(body_fault.label())
+        .map(str::to_string);
     let body = if is_head || body_bytes == 0 {
         if let Some(log) = &server.access_log {
             log.write(&context.record);

@@ -15,6 +15,7 @@ mod auth;
 mod body;
 pub mod config;
 mod encoding;
+mod fault_io;
 mod faults;
 mod http;
 mod sha1_cache;
@@ -34,7 +35,8 @@ use crate::units::{parse_rate_bytes_per_s, parse_size_bytes};
 use access_log::AccessLog;
 use auth::{Credentials, Tokens};
 use config::*;
-use faults::{FaultConfig, Faults, TokenBucket};
+use fault_io::{FaultIo, WriteCut};
+use faults::{FaultConfig, Faults, StatusFault, TokenBucket};
 use sha1_cache::Sha1Cache;
 use store::Store;
 
@@ -75,7 +77,7 @@ pub struct ServeArgs {
     pub key_id: Option<String>,
     /// Application key clients must use [env: B2_APPLICATION_KEY].
     #[arg(long, env = "B2_APPLICATION_KEY", hide_env_values = true)]
-    pub key: Option<String>,
+    pub key: Option<SecretText>,
     /// Objects of this size or more are reported as large files (contentSha1 "none",
     /// fileInfo.large_file_sha1).
     #[arg(long, default_value = LARGE_FILE_THRESHOLD_DEFAULT, value_parser = parse_size_bytes, value_name = "SIZE")]
@@ -119,12 +121,60 @@ pub struct ServeArgs {
     /// Probability of ending a body early (Content-Length promised more), then closing.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
     pub short_body_rate: f64,
+    /// Probability of cutting the connection part-way through a response head.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub reset_head_rate: f64,
+    /// Probability of cutting a new TLS connection part-way through the handshake.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub reset_handshake_rate: f64,
+    /// Probability of closing a reused keep-alive connection instead of answering it.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub close_keepalive_rate: f64,
+    /// Answer with HTTP status CODE (400-599, B2 error body) with probability P, with
+    /// `Retry-After: S` when given. Repeatable, e.g. --status-rate 500:0.1 --status-rate 503:0.1:1.
+    #[arg(long, value_parser = StatusFault::parse, value_name = "CODE:P[:S]")]
+    pub status_rate: Vec<StatusFault>,
+    /// Probability of a 206 whose Content-Range is not the range requested.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub wrong_range_rate: f64,
+    /// Probability of answering a range request with 200 and the whole object.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub ignore_range_rate: f64,
+    /// Probability of a Content-Length shorter than the range the response claims
+    /// (Content-Range unchanged; only that many bytes are sent).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub long_body_rate: f64,
+    /// Publish a wrong SHA1 for this object name (listing, file info and download
+    /// headers agree on it; the bytes are right). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub wrong_sha1: Vec<String>,
+    /// Issue the server certificate for this DNS name only (instead of localhost,
+    /// 127.0.0.1 and ::1), to test clients against a certificate for another name.
+    #[arg(long, value_name = "NAME")]
+    pub cert_name: Option<String>,
     /// Authorization tokens expire after this many seconds (401 expired_auth_token).
     #[arg(long, value_name = "S")]
     pub token_ttl_s: Option<u64>,
     /// Append one JSON line per response (method, path, name, range, status, bytes_sent, fault).
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
+}
+
+/// A secret flag value: `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretText(String);
+
+impl std::str::FromStr for SecretText {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> std::result::Result<SecretText, Self::Err> {
+        Ok(SecretText(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Shared state of the running server.
@@ -141,7 +191,8 @@ pub struct Server {
 
 fn credentials_from(args: &ServeArgs) -> Result<Credentials> {
     let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
-    match (non_empty(&args.key_id), non_empty(&args.key)) {
+    let key = args.key.as_ref().map(|key| key.0.clone());
+    match (non_empty(&args.key_id), non_empty(&key)) {
         (Some(key_id), Some(key)) => Ok(Credentials::new(key_id, key, false)),
         (None, None) => Ok(Credentials::new(DEMO_KEY_ID.to_string(), DEMO_KEY.to_string(), true)),
         _ => Err(Error::Usage(
@@ -220,7 +271,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 cert_dir
             }
         };
-        let identity = tls::generate()?;
+        let identity = tls::generate(args.cert_name.as_deref())?;
         tls::write_pem(&cert_dir, "ca.pem", &identity.ca_pem)?;
         if args.write_server_key {
             tls::write_pem(&cert_dir, "server.pem", &identity.server_cert_pem)?;
@@ -256,6 +307,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         stall_rate: args.stall_rate,
         corrupt_rate: args.corrupt_rate,
         short_body_rate: args.short_body_rate,
+        reset_head_rate: args.reset_head_rate,
+        reset_handshake_rate: args.reset_handshake_rate,
+        close_keepalive_rate: args.close_keepalive_rate,
+        status_faults: args.status_rate.clone(),
+        wrong_range_rate: args.wrong_range_rate,
+        ignore_range_rate: args.ignore_range_rate,
+        long_body_rate: args.long_body_rate,
+        wrong_sha1_names: args.wrong_sha1.clone(),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -419,7 +478,10 @@ async fn serve_connection(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
+    let write_cut = Arc::new(WriteCut::new());
     let connection = Arc::new(http::Connection {
+        requests_served: std::sync::atomic::AtomicU64::new(0),
+        write_cut: write_cut.clone(),
         limiter: server
             .faults
             .config
@@ -440,19 +502,49 @@ async fn serve_connection(
     // Connection errors (client gone, injected resets) are normal here: not logged.
     match acceptor {
         Some(acceptor) => {
+            // A handshake cut acts below TLS, on the ciphertext.
+            let handshake_cut = Arc::new(WriteCut::new());
+            if let Some(at_bytes) = server.faults.handshake_cut() {
+                handshake_cut.arm(at_bytes);
+                if let Some(log) = &server.access_log {
+                    log.write(&access_log::AccessRecord {
+                        time_ms: auth::now_ms(),
+                        method: "TLS".into(),
+                        path: String::new(),
+                        bucket: None,
+                        name: None,
+                        range: None,
+                        status: 0,
+                        bytes_sent: at_bytes as u64,
+                        fault: Some("reset_handshake".into()),
+                    });
+                }
+            }
             let handshake = tokio::time::timeout(
                 Duration::from_secs(TLS_HANDSHAKE_TIMEOUT_S),
-                acceptor.accept(stream),
+                acceptor.accept(FaultIo::new(stream, handshake_cut)),
             )
             .await;
             if let Ok(Ok(tls)) = handshake {
-                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                let io = FaultIo::new(tls, write_cut);
+                let _ = builder.serve_connection(TokioIo::new(io), service).await;
             }
         }
         None => {
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let io = FaultIo::new(stream, write_cut);
+            let _ = builder.serve_connection(TokioIo::new(io), service).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_flag_values_are_redacted_in_debug() {
+        let key: SecretText = "K005-server-side-secret".parse().unwrap();
+        let text = format!("{:?}", Some(key));
+        assert!(!text.contains("server-side-secret"), "{text}");
     }
 }

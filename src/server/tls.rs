@@ -27,7 +27,10 @@ fn rcgen_error(error: rcgen::Error) -> Error {
     Error::Fatal(format!("cannot generate the TLS certificates: {error}"))
 }
 
-pub fn generate() -> Result<Identity> {
+/// `cert_name`: issue the server certificate for this name only (a
+/// certificate for another host, to test clients); default localhost,
+/// 127.0.0.1 and ::1.
+pub fn generate(cert_name: Option<&str>) -> Result<Identity> {
     let ca_key = KeyPair::generate().map_err(rcgen_error)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -43,15 +46,19 @@ pub fn generate() -> Result<Identity> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().map_err(rcgen_error)?;
-    let mut params = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])
-    .map_err(rcgen_error)?;
+    let names = match cert_name {
+        Some(name) => vec![name.to_string()],
+        None => vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ],
+    };
+    let common_name = names[0].clone();
+    let mut params = CertificateParams::new(names).map_err(rcgen_error)?;
     params
         .distinguished_name
-        .push(DnType::CommonName, "localhost");
+        .push(DnType::CommonName, common_name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     // OpenSSL's strict mode (Python 3.13+) wants an authority key identifier.

@@ -306,7 +306,7 @@ mod tests {
     }
 
     fn configs(versions: &[&'static rustls::SupportedProtocolVersion]) -> Configs {
-        let identity = crate::server::tls::generate().expect("test identity");
+        let identity = crate::server::tls::generate(None).expect("test identity");
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(identity.ca_pem.as_bytes()).expect("CA PEM"))
