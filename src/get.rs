@@ -376,7 +376,11 @@ impl Download {
                 )
                 .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
                 let tls_opt = origin.tls.then_some(&tls);
-                let reply = exchange(&origin, tls_opt, timeout, &request, true, 0).await?;
+                let reply = exchange(&origin, tls_opt, timeout, &request, true, 0)
+                    .await
+                    .map_err(|error| {
+                        crate::client::in_context(error, &format!("HEAD {display_name}"))
+                    })?;
                 match reply.head.status {
                     200 => {}
                     401 | 403 => {

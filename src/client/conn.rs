@@ -235,9 +235,16 @@ impl Connection {
                 }
             }
         }
+        // A declared length over the bound is refused before any byte is read.
+        if head
+            .content_length
+            .is_some_and(|length| length > limit_bytes as u64)
+        {
+            return Err(too_big());
+        }
         // No length: delimited by close (HTTP/1.0 style), read until EOF, bounded.
         let length = head.content_length.unwrap_or(u64::MAX);
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(head.content_length.unwrap_or(0) as usize);
         while (body.len() as u64) < length {
             if self.leftover_start == self.leftover.len() {
                 self.compact_leftover();
