@@ -1095,7 +1095,7 @@ fn listing_entry(name: &str, size: usize, id: &str, sha1: &str) -> serde_json::V
 
 #[test]
 fn listing_pages_that_repeat_or_go_backwards() {
-    let objects = vec![("a", data(3, 1)), ("b", data(4, 2)), ("c", data(5, 3))];
+    let objects = [("a", data(3, 1)), ("b", data(4, 2)), ("c", data(5, 3))];
     let entry = |i: usize| {
         let (name, bytes) = &objects[i];
         listing_entry(
