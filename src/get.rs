@@ -627,7 +627,12 @@ pub(crate) fn create_temp(
             }
             // Filesystems without fallocate still work; ENOSPC then arrives mid-file.
             if error != rustix::io::Errno::OPNOTSUPP {
-                return Err(Error::io("pre-allocating the destination", error.into()));
+                // EINVAL/EFBIG: larger than a file can be (a hostile or broken
+                // origin announcing an exabyte): say what size was asked for.
+                return Err(Error::io(
+                    format!("pre-allocating {size_bytes} bytes (the announced object size)"),
+                    error.into(),
+                ));
             }
         }
     }
