@@ -532,7 +532,15 @@ fn restore(fake: &Fake, dir: &Path, report: &Path, extra: &[&str]) -> Run {
     ];
     args.extend(TUNING);
     args.extend(extra);
-    ringdown(&args)
+    let run = ringdown(&args);
+    // Whatever the outcome, no partial file is left (every object here is
+    // small: only an interrupted large object keeps its partial).
+    let partials: Vec<String> = tree(dir)
+        .into_iter()
+        .filter(|path| path.ends_with(".part"))
+        .collect();
+    assert!(partials.is_empty(), "temporary files left: {partials:?}");
+    run
 }
 
 /// Every path under `root` (relative, sorted), symlinks not followed.
