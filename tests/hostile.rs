@@ -656,6 +656,38 @@ fn header_line_of_one_mebibyte() {
     );
 }
 
+/// A head trickled one byte every 300 ms never trips a per-receive stall
+/// timeout; `--timeout-s` bounds the whole head.
+#[test]
+fn response_head_trickled_byte_by_byte() {
+    let head = head_with("200 OK", &format!("x-pad: {}\r\n", "p".repeat(200)));
+    let fake = Fake::start(vec![("obj", data(1000, 1))], move |req, stream| {
+        if is_download(req) {
+            for byte in &head {
+                if stream.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            return true;
+        }
+        false
+    });
+    for use_b2 in [true, false] {
+        let work = tempfile::tempdir().unwrap();
+        let dest_dir = work.path().join("out");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let dest = dest_dir.join("obj");
+        let run = if use_b2 {
+            get_b2(&fake, "obj", &dest, &[])
+        } else {
+            get_url(&fake.url("obj"), &dest, &[])
+        };
+        run.assert_failed_with(&["response head not complete within 3 s"]);
+        assert_nothing_written(&dest_dir);
+    }
+}
+
 #[test]
 fn negative_and_overflowing_content_length() {
     for value in [

@@ -131,8 +131,13 @@ impl Connection {
 
     /// Reads and parses one response head. Bytes after it stay buffered for
     /// the body.
+    ///
+    /// `--timeout-s` bounds the whole head, not only each receive: a server
+    /// trickling one byte per second would otherwise hold a 16 KiB head open
+    /// for hours. (A receive in flight may add up to one more timeout.)
     pub async fn read_head(&mut self) -> Result<ResponseHead, ConnError> {
         self.compact_leftover();
+        let started = Instant::now();
         loop {
             match http::parse_response_head(&self.leftover) {
                 Ok(Some(head)) => {
@@ -145,6 +150,15 @@ impl Connection {
             if self.leftover.len() >= HTTP_HEAD_MAX_BYTES {
                 return Err(ConnError::Protocol(format!(
                     "response head exceeds {HTTP_HEAD_MAX_BYTES} bytes"
+                )));
+            }
+            if started.elapsed() > self.timeout {
+                return Err(ConnError::Transport(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "response head not complete within {} s (the server trickles it)",
+                        self.timeout.as_secs()
+                    ),
                 )));
             }
             let n = self
