@@ -32,6 +32,6 @@ fi
 
 for target in "${targets[@]}"; do
     echo "fuzz.sh: $target for ${seconds}s" >&2
-    cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -max_len=65536
+    cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -max_len=65536 -print_final_stats=1
 done
 echo "fuzz.sh: all targets ran ${seconds}s without a crash" >&2
