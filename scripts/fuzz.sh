@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
-targets=(http_head content_range b2_json names)
+targets=(http_head chunked content_range b2_json names)
 
 if ! command -v rustup >/dev/null 2>&1; then
     echo "fuzz.sh: NIGHTLY IS UNAVAILABLE: rustup is not installed, so no nightly toolchain can be added." >&2
@@ -32,6 +32,6 @@ fi
 
 for target in "${targets[@]}"; do
     echo "fuzz.sh: $target for ${seconds}s" >&2
-    cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -max_len=65536
+    cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -max_len=65536 -print_final_stats=1
 done
 echo "fuzz.sh: all targets ran ${seconds}s without a crash" >&2

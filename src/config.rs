@@ -95,6 +95,9 @@ pub const NAME_SEGMENT_MAX_BYTES: usize = 255;
 
 /// Names per `b2_list_file_names` page (B2's maximum; billed per 1000).
 pub const LIST_PAGE_FILES_MAX: u32 = 10_000;
+/// Most buckets a `b2_list_buckets` reply may hold (B2 allows 100 per
+/// account by default): a longer reply is refused while it is parsed.
+pub const LIST_BUCKETS_MAX: usize = 10_000;
 /// Listed entries waiting between the listing thread and the scheduler. The
 /// listing blocks when it is full, so memory does not grow with the bucket
 /// (one page in flight plus this many entries).

@@ -35,6 +35,23 @@ pub fn http_head(data: &[u8]) {
     assert_eq!(decode_chunked(&pieces), whole);
 }
 
+/// Chunked body framing alone: the first byte sets the piece size, the rest is
+/// the body. Whole, in pieces and byte by byte must agree, payload never
+/// exceeds the input, and the end of the body lies within the input.
+pub fn chunked(data: &[u8]) {
+    let (first, body) = data.split_first().unwrap_or((&1, &[]));
+    let piece_len = usize::from(*first).max(1);
+    let whole = decode_chunked(&[body]);
+    assert!(whole.0.len() <= body.len());
+    if let Ok(Some(consumed)) = whole.1 {
+        assert!(consumed <= body.len());
+    }
+    let pieces: Vec<&[u8]> = body.chunks(piece_len).collect();
+    assert_eq!(decode_chunked(&pieces), whole);
+    let bytes: Vec<&[u8]> = body.chunks(1).collect();
+    assert_eq!(decode_chunked(&bytes), whole);
+}
+
 /// (payload, Ok(consumed-at-done) | Err) of a chunked body fed in pieces.
 fn decode_chunked(pieces: &[&[u8]]) -> (Vec<u8>, Result<Option<usize>, crate::http::HttpError>) {
     let mut decoder = ChunkedDecoder::new();
@@ -118,7 +135,9 @@ pub fn b2_json(data: &[u8]) {
 /// Name mapping: the first line is the prefix, the rest the name.
 pub fn names(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    restore_paths(&text);
     let (prefix, name) = text.split_once('\n').unwrap_or(("", &text));
+    restore_paths(name);
     let Ok(Some(mapped)) = map_name(name, prefix) else {
         return;
     };
@@ -134,4 +153,28 @@ pub fn names(data: &[u8]) {
     }
     assert!(components.first().map(String::as_str) != Some(RESERVED_TOP_LEVEL));
     assert!(name.starts_with(&folder_prefix(prefix)));
+}
+
+/// The mapping `restore` uses (`restore::paths`), with the same invariants:
+/// refused, or segments that stay strictly beneath DIR.
+fn restore_paths(name: &str) {
+    use crate::restore::paths::{Mapped as PathMapped, STATE_DIR_NAME, map_name as map_path};
+    for is_folder_entry in [false, true] {
+        let (segments, is_file) = match map_path(name, is_folder_entry) {
+            PathMapped::Refused(reason) => {
+                assert!(!reason.is_empty());
+                continue;
+            }
+            PathMapped::File(segments) => (segments, true),
+            PathMapped::Directory(segments) => (segments, false),
+        };
+        assert!(!is_file || (!segments.is_empty() && !is_folder_entry));
+        for segment in &segments {
+            assert!(!segment.is_empty() && *segment != "." && *segment != "..");
+            assert!(!segment.contains('/'));
+            assert!(!segment.bytes().any(|b| b < 0x20 || b == 0x7f));
+            assert!(segment.len() <= NAME_SEGMENT_MAX_BYTES);
+        }
+        assert!(segments.first() != Some(&STATE_DIR_NAME));
+    }
 }

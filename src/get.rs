@@ -496,7 +496,11 @@ impl Download {
                 )
                 .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
                 let tls_opt = origin.tls.then_some(&tls);
-                let reply = exchange(&origin, tls_opt, timeout, &request, true, 0).await?;
+                let reply = exchange(&origin, tls_opt, timeout, &request, true, 0)
+                    .await
+                    .map_err(|error| {
+                        crate::client::in_context(error, &format!("HEAD {display_name}"))
+                    })?;
                 match reply.head.status {
                     200 => {}
                     401 | 403 => {
@@ -918,8 +922,12 @@ pub(crate) fn create_temp(
             }
             // Filesystems without fallocate still work; ENOSPC then arrives mid-file.
             if error != rustix::io::Errno::OPNOTSUPP {
+                // EINVAL/EFBIG: larger than a file can be (a hostile or broken
+                // origin announcing an exabyte): say what size was asked for.
                 return Err(Error::io(
-                    format!("pre-allocating {display_path}"),
+                    format!(
+                        "pre-allocating {display_path}: {size_bytes} bytes (the announced object size)"
+                    ),
                     error.into(),
                 ));
             }

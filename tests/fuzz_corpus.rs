@@ -44,6 +44,11 @@ fn b2_json_corpus() {
 }
 
 #[test]
+fn chunked_corpus() {
+    replay("chunked", ringdown::fuzz_targets::chunked);
+}
+
+#[test]
 fn names_corpus() {
     replay("names", ringdown::fuzz_targets::names);
 }
@@ -128,6 +133,11 @@ mod mutations {
         }
 
         #[test]
+        fn chunked(pick in any::<usize>(), edits in prop::collection::vec(any::<(usize, u8, u8)>(), 0..8), cut in any::<usize>()) {
+            check("chunked", ringdown::fuzz_targets::chunked, pick, &edits, cut);
+        }
+
+        #[test]
         fn names(pick in any::<usize>(), edits in prop::collection::vec(any::<(usize, u8, u8)>(), 0..8), cut in any::<usize>()) {
             check("names", ringdown::fuzz_targets::names, pick, &edits, cut);
         }
@@ -138,6 +148,7 @@ mod mutations {
             ringdown::fuzz_targets::content_range(&data);
             ringdown::fuzz_targets::b2_json(&data);
             ringdown::fuzz_targets::names(&data);
+            ringdown::fuzz_targets::chunked(&data);
         }
     }
 }

@@ -108,6 +108,10 @@ impl Authorizer {
             b"{}",
         )
         .map_err(|error| Error::Usage(format!("authorize request: {error}")))?;
+        let context = format!(
+            "b2_authorize_account at {}",
+            self.realm.display_without_query()
+        );
         let reply = exchange(
             &self.realm_origin,
             self.tls.as_ref(),
@@ -116,11 +120,8 @@ impl Authorizer {
             false,
             API_BODY_MAX_BYTES,
         )
-        .await?;
-        let context = format!(
-            "b2_authorize_account at {}",
-            self.realm.display_without_query()
-        );
+        .await
+        .map_err(|error| super::in_context(error, "b2_authorize_account"))?;
         if reply.head.status == 401 || reply.head.status == 403 {
             return Err(Error::Auth(format!(
                 "{context}: {}; check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY",

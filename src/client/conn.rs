@@ -131,8 +131,13 @@ impl Connection {
 
     /// Reads and parses one response head. Bytes after it stay buffered for
     /// the body.
+    ///
+    /// `--timeout-s` bounds the whole head, not only each receive: a server
+    /// trickling one byte per second would otherwise hold a 16 KiB head open
+    /// for hours. (A receive in flight may add up to one more timeout.)
     pub async fn read_head(&mut self) -> Result<ResponseHead, ConnError> {
         self.compact_leftover();
+        let started = Instant::now();
         loop {
             match http::parse_response_head(&self.leftover) {
                 Ok(Some(head)) => {
@@ -145,6 +150,15 @@ impl Connection {
             if self.leftover.len() >= HTTP_HEAD_MAX_BYTES {
                 return Err(ConnError::Protocol(format!(
                     "response head exceeds {HTTP_HEAD_MAX_BYTES} bytes"
+                )));
+            }
+            if started.elapsed() > self.timeout {
+                return Err(ConnError::Transport(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "response head not complete within {} s (the server trickles it)",
+                        self.timeout.as_secs()
+                    ),
                 )));
             }
             let n = self
@@ -235,9 +249,16 @@ impl Connection {
                 }
             }
         }
+        // A declared length over the bound is refused before any byte is read.
+        if head
+            .content_length
+            .is_some_and(|length| length > limit_bytes as u64)
+        {
+            return Err(too_big());
+        }
         // No length: delimited by close (HTTP/1.0 style), read until EOF, bounded.
         let length = head.content_length.unwrap_or(u64::MAX);
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(head.content_length.unwrap_or(0) as usize);
         while (body.len() as u64) < length {
             if self.leftover_start == self.leftover.len() {
                 self.compact_leftover();

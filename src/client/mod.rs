@@ -76,6 +76,18 @@ pub async fn exchange(
     }
 }
 
+/// Prefixes the context of an HTTP error with the call it belongs to
+/// (`b2_list_file_names: request to http://…: response body exceeds …`).
+pub fn in_context(error: Error, call: &str) -> Error {
+    match error {
+        Error::Http { context, detail } => Error::Http {
+            context: format!("{call}: {context}"),
+            detail,
+        },
+        other => other,
+    }
+}
+
 async fn exchange_once(
     origin: &Origin,
     tls: Option<&Arc<rustls::ClientConfig>>,

@@ -12,6 +12,7 @@ pub mod listing;
 pub mod paths;
 pub mod target;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -229,6 +230,48 @@ struct Run {
     fatal: Mutex<Option<Error>>,
     retries: AtomicU64,
     direct_io_used: AtomicBool,
+    /// Paths (`a/b`) of files scheduled but not yet renamed into place.
+    in_flight: InFlight,
+}
+
+/// Files between scheduling and rename. Names arrive sorted, so a file `d`
+/// is listed before `d/f`; while `d` is still downloading the file system
+/// cannot see it, and `d/f` would create the directory `d` first and make
+/// the earlier name lose. Checking this set keeps "the first name in listing
+/// order wins". Its size is bounded by the download queues, not the listing.
+#[derive(Default, Clone)]
+struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+impl InFlight {
+    /// The first of `segments`' ancestor-or-self paths that is a file in flight.
+    fn blocking(&self, segments: &[&str]) -> Option<String> {
+        let set = self.0.lock().expect("in-flight lock");
+        (1..=segments.len())
+            .map(|depth| segments[..depth].join("/"))
+            .find(|path| set.contains(path))
+    }
+
+    fn enter(&self, path: String) -> InFlightGuard {
+        self.0.lock().expect("in-flight lock").insert(path.clone());
+        InFlightGuard {
+            set: self.clone(),
+            path,
+        }
+    }
+}
+
+/// Removes its path from the set when the file's task ends, however it ends.
+struct InFlightGuard {
+    set: InFlight,
+    path: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.0.lock() {
+            set.remove(&self.path);
+        }
+    }
 }
 
 impl Run {
@@ -260,6 +303,7 @@ struct FileTask {
     display_path: String,
     temp_name: String,
     file: OwnedFd,
+    _in_flight: InFlightGuard,
 }
 
 /// What a progress display needs beyond bytes: files as listed so far.
@@ -347,6 +391,7 @@ impl Restore {
             fatal: Mutex::new(None),
             retries: AtomicU64::new(0),
             direct_io_used: AtomicBool::new(false),
+            in_flight: InFlight::default(),
         });
 
         let (list_sender, list_receiver) = std::sync::mpsc::sync_channel(LIST_QUEUE_ENTRIES);
@@ -643,7 +688,8 @@ async fn api_call(
             false,
             API_BODY_MAX_BYTES,
         )
-        .await?;
+        .await
+        .map_err(|error| crate::client::in_context(error, operation))?;
         match reply.head.status {
             200 => return Ok(reply.body),
             401 if !reauthorized => {
@@ -760,6 +806,9 @@ fn schedule(
     let segments = match paths::map_name(relative, entry.action == Action::Folder) {
         Mapped::Refused(reason) => return refuse(reason),
         Mapped::Directory(segments) => {
+            if let Some(file) = run.in_flight.blocking(&segments) {
+                return refuse(in_the_way(&file));
+            }
             if !options.dry_run {
                 match run.target().ensure_dir(&segments) {
                     Ok(_) => {
@@ -813,6 +862,9 @@ fn schedule(
     }
     let target = run.target();
     let (parent_segments, leaf) = segments.split_at(segments.len() - 1);
+    if let Some(file) = run.in_flight.blocking(parent_segments) {
+        return refuse(in_the_way(&file));
+    }
     let parent = match target.ensure_dir(parent_segments) {
         Ok(parent) => parent,
         Err(PathError::Refused(reason)) => return refuse(reason),
@@ -870,6 +922,7 @@ fn schedule(
         .bytes_to_fetch
         .fetch_add(entry.size_bytes, Ordering::Relaxed);
     let task = FileTask {
+        _in_flight: run.in_flight.enter(segments.join("/")),
         key,
         resume_bytes,
         large: is_large,
@@ -915,6 +968,11 @@ fn schedule(
     if let Err(error) = pool.submit(job) {
         run.fail_run(error);
     }
+}
+
+/// Why a name beneath a file listed (and still downloading) earlier is refused.
+fn in_the_way(file: &str) -> String {
+    format!("{file}: a file is in the way of a directory (listed earlier, first name wins)")
 }
 
 /// By fileId, so a newer upload under the same name cannot be spliced in.
@@ -1269,5 +1327,27 @@ mod tests {
         let text = format!("{options:?} {options:#?}");
         assert!(!text.contains("very-secret"), "{text}");
         assert!(text.contains("visible-key-id") && text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_file_in_flight_blocks_directories_beneath_it() {
+        let in_flight = InFlight::default();
+        assert_eq!(in_flight.blocking(&["d", "e"]), None);
+        let guard = in_flight.enter("d".to_string());
+        assert_eq!(in_flight.blocking(&["d"]), Some("d".to_string()));
+        assert_eq!(in_flight.blocking(&["d", "e"]), Some("d".to_string()));
+        assert_eq!(in_flight.blocking(&["dd", "e"]), None);
+        assert_eq!(in_flight.blocking(&[]), None);
+        let nested = in_flight.enter("x/y".to_string());
+        assert_eq!(in_flight.blocking(&["x"]), None);
+        assert_eq!(
+            in_flight.blocking(&["x", "y", "z"]),
+            Some("x/y".to_string())
+        );
+        drop(guard);
+        drop(nested);
+        assert_eq!(in_flight.blocking(&["d", "e"]), None);
+        assert!(in_flight.0.lock().unwrap().is_empty());
+        assert!(in_the_way("d").contains("in the way"));
     }
 }

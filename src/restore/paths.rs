@@ -246,6 +246,8 @@ impl NameFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::test_runner::TestCaseError;
+    use proptest::{prop_assert, prop_assert_eq};
 
     fn refused(name: &str) -> bool {
         matches!(map_name(name, false), Mapped::Refused(_))
@@ -304,6 +306,66 @@ mod tests {
         assert_eq!(map_name("", false), Mapped::Directory(vec![]));
         assert!(matches!(map_name("../", false), Mapped::Refused(_)));
         assert!(matches!(map_name("../.bzEmpty", false), Mapped::Refused(_)));
+    }
+
+    /// Checks the invariant the restore relies on: refused, or segments that,
+    /// joined under DIR, name a path strictly beneath it.
+    fn assert_beneath(relative: &str, is_folder_entry: bool) -> Result<(), TestCaseError> {
+        use std::path::{Component, Path};
+        let (segments, is_file) = match map_name(relative, is_folder_entry) {
+            Mapped::Refused(reason) => {
+                prop_assert!(!reason.is_empty());
+                return Ok(());
+            }
+            Mapped::File(segments) => (segments, true),
+            Mapped::Directory(segments) => (segments, false),
+        };
+        prop_assert!(!is_file || !segments.is_empty(), "a file needs a leaf");
+        prop_assert!(!(is_file && is_folder_entry));
+        for segment in &segments {
+            prop_assert!(!segment.is_empty() && *segment != "." && *segment != "..");
+            prop_assert!(!segment.contains('/') && !segment.contains('\0'));
+            prop_assert!(!segment.bytes().any(|b| b < 0x20 || b == 0x7f));
+            prop_assert!(segment.len() <= SEGMENT_MAX_BYTES);
+        }
+        prop_assert!(segments.first() != Some(&STATE_DIR_NAME));
+        let dir = Path::new("/restore/dir");
+        let mut path = dir.to_path_buf();
+        for segment in &segments {
+            path.push(segment);
+        }
+        prop_assert!(path.starts_with(dir));
+        let below: Vec<Component<'_>> = path.strip_prefix(dir).unwrap().components().collect();
+        prop_assert_eq!(below.len(), segments.len());
+        prop_assert!(below.iter().all(|c| matches!(c, Component::Normal(_))));
+        prop_assert!(!is_file || path != dir);
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
+
+        /// Any byte string (names arrive as UTF-8 JSON strings: invalid bytes
+        /// become U+FFFD, as a lossy decoder would hand them over).
+        #[test]
+        fn any_bytes_map_beneath_dir_or_are_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let name = String::from_utf8_lossy(&bytes);
+            assert_beneath(&name, false)?;
+            assert_beneath(&name, true)?;
+        }
+
+        /// Any string, biased towards separators, dots and long segments.
+        #[test]
+        fn any_string_maps_beneath_dir_or_is_refused(
+            name in proptest::prop_oneof![
+                proptest::arbitrary::any::<String>(),
+                "(\\.{1,3}|/|[ab]{1,3}|\\.bzEmpty|\\.ringdown|\\\\|\u{0}|\u{7f}|\u{e9}){0,12}",
+                "([a-z]{200,300}/){0,4}[a-z]{0,300}/?",
+            ],
+            is_folder_entry in proptest::bool::ANY,
+        ) {
+            assert_beneath(&name, is_folder_entry)?;
+        }
     }
 
     #[test]

@@ -308,11 +308,11 @@ impl Target {
                 .try_clone()
                 .map_err(|error| PathError::Failed(Error::io("duplicating the DIR fd", error)));
         }
-        // Fast path: the directory usually exists already.
-        match open_dir_beneath(&self.root, &joined) {
-            Ok(fd) => return Ok(fd),
-            Err(Errno::NOENT) => {}
-            Err(error) => return Err(self.path_error(&joined, error)),
+        // Fast path: the directory usually exists already. On any failure,
+        // walk one component at a time: that creates what is missing and
+        // names the component in the way.
+        if let Ok(fd) = open_dir_beneath(&self.root, &joined) {
+            return Ok(fd);
         }
         let mut current = self
             .root
@@ -326,9 +326,19 @@ impl Target {
     }
 
     fn path_error(&self, path: &str, error: Errno) -> PathError {
+        // `O_DIRECTORY | O_NOFOLLOW` on a symlink fails with ENOTDIR, not
+        // ELOOP: look at what is there so the reason names the symlink.
+        let is_symlink = || {
+            rustix::fs::statat(&self.root, path, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|stat| {
+                rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
+            })
+        };
         match error {
             Errno::LOOP | Errno::XDEV => PathError::Refused(format!(
                 "{path} is (or passes through) a symlink inside the destination; not followed"
+            )),
+            Errno::NOTDIR | Errno::EXIST if is_symlink() => PathError::Refused(format!(
+                "{path} is a symlink inside the destination; not followed"
             )),
             Errno::NOTDIR | Errno::EXIST => {
                 PathError::Refused(format!("{path}: a file is in the way of a directory"))

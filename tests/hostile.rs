@@ -1,0 +1,1379 @@
+//! Hostile servers and hostile names (issue 7), end to end: a small scriptable
+//! fake origin (plain HTTP on 127.0.0.1, one thread per connection) answers
+//! `b2_authorize_account` (v3), `b2_list_buckets`, `b2_list_file_names` and
+//! downloads, and each test overrides the routes it makes hostile. The real
+//! `ringdown get` / `ringdown restore` binaries run against it.
+//!
+//! Every case asserts: a clear error (the message says what was wrong) or a
+//! safe skip, the exit code, no file under the final name, no temporary file
+//! left, a bounded run time (`--timeout-s 3`, and a wall-clock bound here),
+//! and a bounded peak RSS (VmHWM of the child, polled from /proc).
+//!
+//! Decisions written down here:
+//! - Names that differ only by case (`A.txt`/`a.txt`) or by Unicode
+//!   normalisation (NFC `é` vs NFD `e` + U+0301) are different byte strings,
+//!   and Linux file systems store bytes: both are restored as distinct files
+//!   (as rsync, rclone and `b2 sync` do on Linux). On a case-insensitive file
+//!   system the second would meet the first by rename and replace it; this
+//!   test runs on a case-sensitive one.
+//! - A listing whose `nextFileName` does not move past both the page's start
+//!   and its last name is a loop: the restore stops with an error naming it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sha1::{Digest, Sha1};
+
+const KEY_ID: &str = "hostile-key-id";
+const KEY: &str = "hostile-application-key";
+const TOKEN: &str = "hostile-token";
+const BUCKET: &str = "bkt";
+/// Peak RSS allowed to any ringdown run here.
+const RSS_MAX_KIB: u64 = 200 * 1024;
+/// Wall-clock bound of one run (the client's own stall timeout is 3 s; API
+/// calls retry 5 times with backoff of up to ~4 s in total).
+const RUN_MAX: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- fake origin
+
+/// One parsed request.
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    /// Path without the query string.
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `bytes=a-b` → (a, b).
+    fn range(&self) -> Option<(u64, u64)> {
+        let spec = self.header("range")?.strip_prefix("bytes=")?;
+        let (first, last) = spec.split_once('-')?;
+        Some((first.parse().ok()?, last.parse().ok()?))
+    }
+}
+
+#[derive(Clone)]
+struct Object {
+    name: String,
+    id: String,
+    data: Vec<u8>,
+}
+
+impl Object {
+    fn sha1(&self) -> String {
+        hex(&Sha1::digest(&self.data))
+    }
+}
+
+/// Returns true when it answered the request itself.
+type Hook = dyn Fn(&Req, &mut TcpStream) -> bool + Send + Sync;
+
+struct Fake {
+    port: u16,
+}
+
+impl Fake {
+    /// Starts a fake origin with these objects (names in listing order are
+    /// sorted by the caller when it matters) and a hook run before the
+    /// default routes.
+    fn start(
+        objects: Vec<(&str, Vec<u8>)>,
+        hook: impl Fn(&Req, &mut TcpStream) -> bool + Send + Sync + 'static,
+    ) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let objects: Arc<Vec<Object>> = Arc::new(
+            objects
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, data))| Object {
+                    name: name.to_string(),
+                    id: format!("4_zid{i}"),
+                    data,
+                })
+                .collect(),
+        );
+        let hook: Arc<Hook> = Arc::new(hook);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let objects = Arc::clone(&objects);
+                let hook = Arc::clone(&hook);
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    while let Some(req) = read_request(&mut stream) {
+                        if !hook(&req, &mut stream) {
+                            default_route(&req, &mut stream, port, &objects);
+                        }
+                    }
+                });
+            }
+        });
+        Fake { port }
+    }
+
+    fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/plain/{name}", self.port)
+    }
+}
+
+fn read_request(stream: &mut TcpStream) -> Option<Req> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            _ => return None,
+        }
+        if raw.len() > 64 * 1024 {
+            return None;
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let target = first.next()?.to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path.to_string(), query.to_string()),
+        None => (target, String::new()),
+    };
+    let headers: Vec<(String, String)> = lines
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some(Req {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    })
+}
+
+/// Writes a complete response (`Connection: close` is left to the caller's
+/// headers; the connection stays open for keep-alive otherwise).
+fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
+    let mut head = format!("HTTP/1.1 {status} X\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+}
+
+fn respond_json(stream: &mut TcpStream, status: u16, value: serde_json::Value) {
+    respond(
+        stream,
+        status,
+        &[("Content-Type", "application/json".into())],
+        &serde_json::to_vec(&value).unwrap(),
+    );
+}
+
+/// Writes raw bytes and closes the write side.
+fn respond_raw(stream: &mut TcpStream, bytes: &[u8]) {
+    let _ = stream.write_all(bytes);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Writes `head` then repeats `block` until the peer goes away (or a cap far
+/// beyond anything ringdown may read, so a bug shows as a test failure and
+/// not as a full disk).
+fn respond_endless(stream: &mut TcpStream, head: &[u8], block: &[u8]) {
+    if stream.write_all(head).is_err() {
+        return;
+    }
+    let mut written = 0usize;
+    while written < 4 << 30 {
+        if stream.write_all(block).is_err() {
+            return;
+        }
+        written += block.len();
+    }
+}
+
+fn authorize_json(port: u16) -> serde_json::Value {
+    let base = format!("http://127.0.0.1:{port}");
+    serde_json::json!({
+        "accountId": "acc1",
+        "authorizationToken": TOKEN,
+        "apiInfo": {"storageApi": {
+            "infoType": "storageApi", "apiUrl": base, "downloadUrl": base, "s3ApiUrl": base,
+            "recommendedPartSize": 100_000_000, "absoluteMinimumPartSize": 5_000_000,
+            "bucketId": null, "bucketName": null,
+            "capabilities": ["listBuckets", "listFiles", "readFiles"], "namePrefix": null
+        }}
+    })
+}
+
+fn file_json(object: &Object) -> serde_json::Value {
+    serde_json::json!({
+        "accountId": "acc1", "bucketId": "b1", "fileId": object.id, "fileName": object.name,
+        "action": "upload", "contentLength": object.data.len(), "contentSha1": object.sha1(),
+        "contentType": "application/octet-stream", "fileInfo": {"src_last_modified_millis": "1700000000000"},
+        "uploadTimestamp": 1_700_000_000_000u64
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Serves an object body honouring `Range`.
+fn serve_object(req: &Req, stream: &mut TcpStream, object: &Object) {
+    let size = object.data.len() as u64;
+    let common = vec![
+        ("x-bz-file-id", object.id.clone()),
+        ("x-bz-file-name", object.name.clone()),
+        ("x-bz-content-sha1", object.sha1()),
+        ("x-bz-upload-timestamp", "1700000000000".to_string()),
+        ("Content-Type", "application/octet-stream".to_string()),
+    ];
+    if req.method == "HEAD" {
+        let mut head = String::from("HTTP/1.1 200 OK\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n");
+        for (name, value) in &common {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {size}\r\n\r\n"));
+        let _ = stream.write_all(head.as_bytes());
+        return;
+    }
+    match req.range() {
+        Some((first, _)) if size == 0 || first >= size => {
+            let mut headers = common.clone();
+            headers.push(("Content-Range", format!("bytes */{size}")));
+            respond(stream, 416, &headers, b"");
+        }
+        Some((first, last)) => {
+            let last = last.min(size - 1);
+            let mut headers = common.clone();
+            headers.push(("Content-Range", format!("bytes {first}-{last}/{size}")));
+            respond(
+                stream,
+                206,
+                &headers,
+                &object.data[first as usize..=last as usize],
+            );
+        }
+        None => respond(stream, 200, &common, &object.data),
+    }
+}
+
+fn default_route(req: &Req, stream: &mut TcpStream, port: u16, objects: &[Object]) {
+    let path = req.path.as_str();
+    if path.ends_with("/b2_authorize_account") {
+        let expected = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{KEY_ID}:{KEY}")
+            )
+        );
+        if req.header("authorization") != Some(expected.as_str()) {
+            return respond_json(
+                stream,
+                401,
+                serde_json::json!({"status":401,"code":"unauthorized","message":"bad key"}),
+            );
+        }
+        return respond_json(stream, 200, authorize_json(port));
+    }
+    if path.ends_with("/b2_list_buckets") {
+        return respond_json(
+            stream,
+            200,
+            serde_json::json!({"buckets":[{"accountId":"acc1","bucketId":"b1","bucketName":BUCKET,"bucketType":"allPrivate"}]}),
+        );
+    }
+    if path.ends_with("/b2_list_file_names") {
+        let files: Vec<serde_json::Value> = objects.iter().map(file_json).collect();
+        return respond_json(
+            stream,
+            200,
+            serde_json::json!({"files": files, "nextFileName": null}),
+        );
+    }
+    let found = if path.ends_with("/b2_download_file_by_id") {
+        let id = req
+            .query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("fileId="))
+            .map(percent_decode)
+            .unwrap_or_default();
+        objects.iter().find(|object| object.id == id)
+    } else if let Some(name) = path
+        .strip_prefix(&format!("/file/{BUCKET}/"))
+        .or_else(|| path.strip_prefix("/plain/"))
+    {
+        let name = percent_decode(name);
+        objects.iter().find(|object| object.name == name)
+    } else {
+        None
+    };
+    match found {
+        Some(object) => serve_object(req, stream, object),
+        None => respond_json(
+            stream,
+            404,
+            serde_json::json!({"status":404,"code":"not_found","message":"no such file"}),
+        ),
+    }
+}
+
+fn no_hook(_: &Req, _: &mut TcpStream) -> bool {
+    false
+}
+
+fn is_download(req: &Req) -> bool {
+    req.path.ends_with("/b2_download_file_by_id")
+        || req.path.starts_with("/file/")
+        || req.path.starts_with("/plain/")
+}
+
+// ---------------------------------------------------------------- running ringdown
+
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stderr: String,
+    peak_rss_kib: u64,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn assert_bounded(&self) {
+        assert!(
+            self.peak_rss_kib <= RSS_MAX_KIB,
+            "peak RSS {} KiB > {} KiB; stderr:\n{}",
+            self.peak_rss_kib,
+            RSS_MAX_KIB,
+            self.stderr
+        );
+        assert!(self.elapsed < RUN_MAX, "took {:?}", self.elapsed);
+    }
+
+    /// Exit 1 and stderr naming every one of `needles` (case-insensitive).
+    fn assert_failed_with(&self, needles: &[&str]) {
+        self.assert_bounded();
+        assert_eq!(self.code, Some(1), "exit code; stderr:\n{}", self.stderr);
+        let lower = self.stderr.to_lowercase();
+        for needle in needles {
+            assert!(
+                lower.contains(&needle.to_lowercase()),
+                "stderr lacks {needle:?}:\n{}",
+                self.stderr
+            );
+        }
+        assert!(!self.stderr.contains(TOKEN) && !self.stderr.contains(KEY));
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs `ringdown ARGS` with the fake's credentials, polling its peak RSS.
+fn ringdown(args: &[&str]) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(args)
+        .env("B2_APPLICATION_KEY_ID", KEY_ID)
+        .env("B2_APPLICATION_KEY", KEY)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("B2_REALM")
+        .env_remove("B2_ENVIRONMENT")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringdown");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let _stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let pid = child.id();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(rss) = peak_rss_kib(pid) {
+            peak = peak.max(rss);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RUN_MAX {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ringdown {args:?} did not finish within {RUN_MAX:?} (peak RSS {peak} KiB); stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        code: status.code(),
+        stderr: stderr.join().unwrap(),
+        peak_rss_kib: peak,
+        elapsed: started.elapsed(),
+    }
+}
+
+const TUNING: [&str; 14] = [
+    "--timeout-s",
+    "3",
+    "--max-attempts",
+    "2",
+    "--retry-base-ms",
+    "5",
+    "--retry-max-ms",
+    "20",
+    "--cores",
+    "1",
+    "--connections",
+    "2",
+    "--buffers",
+    "4",
+];
+
+fn get_b2(fake: &Fake, name: &str, dest: &Path, extra: &[&str]) -> Run {
+    let source = format!("b2://{BUCKET}/{name}");
+    let realm = fake.realm();
+    let mut args = vec![
+        "get",
+        source.as_str(),
+        dest.to_str().unwrap(),
+        "--realm",
+        &realm,
+    ];
+    args.extend(TUNING);
+    args.extend(extra);
+    ringdown(&args)
+}
+
+fn get_url(url: &str, dest: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["get", url, dest.to_str().unwrap()];
+    args.extend(TUNING);
+    args.extend(extra);
+    ringdown(&args)
+}
+
+fn restore(fake: &Fake, dir: &Path, report: &Path, extra: &[&str]) -> Run {
+    let source = format!("b2://{BUCKET}");
+    let realm = fake.realm();
+    let mut args = vec![
+        "restore",
+        source.as_str(),
+        dir.to_str().unwrap(),
+        "--realm",
+        &realm,
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    args.extend(TUNING);
+    args.extend(extra);
+    let run = ringdown(&args);
+    // Whatever the outcome, no partial file is left (every object here is
+    // small: only an interrupted large object keeps its partial).
+    let partials: Vec<String> = tree(dir)
+        .into_iter()
+        .filter(|path| path.ends_with(".part"))
+        .collect();
+    assert!(partials.is_empty(), "temporary files left: {partials:?}");
+    run
+}
+
+/// Every path under `root` (relative, sorted), symlinks not followed.
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if path.symlink_metadata().unwrap().is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// A `get` failed cleanly: nothing at DEST, nothing else in its directory.
+fn assert_nothing_written(dest_dir: &Path) {
+    let left = tree(dest_dir);
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn data(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn report_lines(report: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(report)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------- response heads
+
+/// A head of `extra_headers` after a 200/206 status line.
+fn head_with(status: &str, extra: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n{extra}\r\n").into_bytes()
+}
+
+/// Each hostile head is answered to every download request (HEAD for b2://,
+/// the probe for URLs); both `get` flavours fail with `needle` in the message.
+fn assert_hostile_head(head: Vec<u8>, needles: &[&str]) {
+    let head = Arc::new(head);
+    let fake = Fake::start(vec![("obj", data(1000, 1))], {
+        let head = Arc::clone(&head);
+        move |req, stream| {
+            if is_download(req) {
+                respond_raw(stream, &head);
+                return true;
+            }
+            false
+        }
+    });
+    for use_b2 in [true, false] {
+        let work = tempfile::tempdir().unwrap();
+        let dest_dir = work.path().join("out");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let dest = dest_dir.join("obj");
+        let run = if use_b2 {
+            get_b2(&fake, "obj", &dest, &[])
+        } else {
+            get_url(&fake.url("obj"), &dest, &[])
+        };
+        run.assert_failed_with(needles);
+        assert_nothing_written(&dest_dir);
+    }
+}
+
+#[test]
+fn response_head_over_the_limit() {
+    let mut extra = String::new();
+    for i in 0..40 {
+        extra.push_str(&format!("x-filler-{i}: {}\r\n", "v".repeat(500)));
+    }
+    assert_hostile_head(
+        head_with("200 OK", &extra),
+        &["response head", "16384 bytes"],
+    );
+}
+
+#[test]
+fn ten_thousand_headers() {
+    let extra: String = (0..10_000).map(|i| format!("h{i}: v\r\n")).collect();
+    // The head is also far over 16 KiB: whichever limit trips first, the
+    // message names a limit of the response head.
+    assert_hostile_head(head_with("200 OK", &extra), &["response head"]);
+    // Under the byte limit but over the header count.
+    let extra: String = (0..1_000).map(|i| format!("h{i}:v\r\n")).collect();
+    assert!(extra.len() < 16 * 1024);
+    assert_hostile_head(head_with("200 OK", &extra), &["more than 64 headers"]);
+}
+
+#[test]
+fn header_line_of_one_mebibyte() {
+    let extra = format!("x-long: {}\r\n", "a".repeat(1 << 20));
+    assert_hostile_head(
+        head_with("200 OK", &extra),
+        &["response head", "16384 bytes"],
+    );
+}
+
+/// A head trickled one byte every 300 ms never trips a per-receive stall
+/// timeout; `--timeout-s` bounds the whole head.
+#[test]
+fn response_head_trickled_byte_by_byte() {
+    let head = head_with("200 OK", &format!("x-pad: {}\r\n", "p".repeat(200)));
+    let fake = Fake::start(vec![("obj", data(1000, 1))], move |req, stream| {
+        if is_download(req) {
+            for byte in &head {
+                if stream.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            return true;
+        }
+        false
+    });
+    for use_b2 in [true, false] {
+        let work = tempfile::tempdir().unwrap();
+        let dest_dir = work.path().join("out");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let dest = dest_dir.join("obj");
+        let run = if use_b2 {
+            get_b2(&fake, "obj", &dest, &[])
+        } else {
+            get_url(&fake.url("obj"), &dest, &[])
+        };
+        run.assert_failed_with(&["response head not complete within 3 s"]);
+        assert_nothing_written(&dest_dir);
+    }
+}
+
+#[test]
+fn negative_and_overflowing_content_length() {
+    for value in [
+        "-1",
+        "-0",
+        "18446744073709551616",
+        "99999999999999999999999999",
+        "1e3",
+        "0x10",
+    ] {
+        let extra = format!(
+            "Content-Length: {value}\r\nContent-Range: bytes 0-0/1000\r\nx-bz-content-sha1: none\r\n"
+        );
+        assert_hostile_head(
+            head_with("206 Partial Content", &extra),
+            &["invalid content-length"],
+        );
+    }
+}
+
+#[test]
+fn content_range_overflowing_or_beyond_the_object() {
+    for (value, needle) in [
+        ("bytes 0-0/18446744073709551616", "invalid content-range"),
+        ("bytes 0-18446744073709551616/5", "invalid content-range"),
+        ("bytes 5-0/1000", "invalid content-range"),
+        ("bytes 0-1000/1000", "invalid content-range"),
+        ("bytes 2000-2000/1000", "invalid content-range"),
+    ] {
+        let extra = format!("Content-Length: 1\r\nContent-Range: {value}\r\n");
+        assert_hostile_head(head_with("206 Partial Content", &extra), &[needle]);
+    }
+}
+
+/// The probe claims the largest object a u64 can describe: ringdown must not
+/// try to fill the disk, and must not leave a (sparse) file behind.
+#[test]
+fn content_range_claims_an_exabyte_object() {
+    let fake = Fake::start(vec![("obj", data(1000, 2))], |req, stream| {
+        if req.path.starts_with("/plain/") {
+            let mut head = head_with(
+                "206 Partial Content",
+                "Content-Length: 1\r\nContent-Range: bytes 0-0/18446744073709551615\r\n",
+            );
+            head.push(b'x');
+            respond_raw(stream, &head);
+            return true;
+        }
+        false
+    });
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);
+    run.assert_failed_with(&[
+        "pre-allocating",
+        "18446744073709551615 bytes (the announced object size)",
+    ]);
+    assert_nothing_written(&dest_dir);
+}
+
+// ---------------------------------------------------------------- bodies on plain URLs
+
+/// The probe is answered properly; every ranged GET after it gets `answer`.
+fn plain_with_hostile_body(
+    size: usize,
+    answer: impl Fn(&Req, &mut TcpStream) + Send + Sync + 'static,
+) -> Fake {
+    let probes = AtomicUsize::new(0);
+    Fake::start(vec![("obj", data(size, 3))], move |req, stream| {
+        if !req.path.starts_with("/plain/") {
+            return false;
+        }
+        if req.range() == Some((0, 0)) && probes.fetch_add(1, Ordering::Relaxed) == 0 {
+            return false;
+        }
+        answer(req, stream);
+        true
+    })
+}
+
+#[test]
+fn endless_chunked_body_instead_of_a_range() {
+    // The origin ignores Range: 200, chunked, no length, never ends.
+    let fake = Fake::start(vec![("obj", data(1000, 4))], |req, stream| {
+        if req.path.starts_with("/plain/") {
+            let block: Vec<u8> = [b"10000\r\n".as_slice(), &[b'z'; 0x10000], b"\r\n"].concat();
+            respond_endless(
+                stream,
+                &head_with("200 OK", "Transfer-Encoding: chunked\r\n"),
+                &block,
+            );
+            return true;
+        }
+        false
+    });
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);
+    run.assert_failed_with(&["ignores range", "no content-length"]);
+    assert_nothing_written(&dest_dir);
+}
+
+#[test]
+fn endless_chunked_body_on_a_range_response() {
+    // Probe fine (1000 bytes), then a 206 with the right Content-Range but a
+    // chunked body that never ends.
+    let fake = plain_with_hostile_body(1000, |req, stream| {
+        let (first, last) = req.range().unwrap_or((0, 999));
+        let block: Vec<u8> = [b"10000\r\n".as_slice(), &[b'z'; 0x10000], b"\r\n"].concat();
+        respond_endless(
+            stream,
+            &head_with(
+                "206 Partial Content",
+                &format!(
+                    "Content-Range: bytes {first}-{last}/1000\r\nTransfer-Encoding: chunked\r\n"
+                ),
+            ),
+            &block,
+        );
+    });
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);
+    run.assert_failed_with(&["chunked body"]);
+    assert_nothing_written(&dest_dir);
+}
+
+#[test]
+fn endless_body_past_a_declared_length() {
+    // Content-Length says 1000 (matching the probe) but the body never ends:
+    // ringdown reads exactly the requested bytes and the SHA1 decides.
+    let size = 1000;
+    let good = data(size, 5);
+    let fake = plain_with_hostile_body(size, |req, stream| {
+        let (first, last) = req.range().unwrap_or((0, 999));
+        respond_endless(
+            stream,
+            &head_with(
+                "206 Partial Content",
+                &format!(
+                    "Content-Range: bytes {first}-{last}/1000\r\nContent-Length: {}\r\n",
+                    last - first + 1
+                ),
+            ),
+            &[b'q'; 65536],
+        );
+    });
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let sha1 = hex(&Sha1::digest(&good));
+    let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &["--sha1", &sha1]);
+    run.assert_failed_with(&["sha1 mismatch"]);
+    assert_nothing_written(&dest_dir);
+}
+
+#[test]
+fn endless_body_with_a_size_mismatch() {
+    // Content-Length larger than the range asked for, or none at all
+    // (close-delimited) with an endless body: refused before any byte lands.
+    for length_header in ["Content-Length: 1099511627776\r\n", ""] {
+        let length_header = length_header.to_string();
+        let fake = plain_with_hostile_body(1000, move |req, stream| {
+            let (first, last) = req.range().unwrap_or((0, 999));
+            respond_endless(
+                stream,
+                &head_with(
+                    "206 Partial Content",
+                    &format!("Content-Range: bytes {first}-{last}/1000\r\n{length_header}"),
+                ),
+                &[b'q'; 65536],
+            );
+        });
+        let work = tempfile::tempdir().unwrap();
+        let dest_dir = work.path().join("out");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);
+        run.assert_failed_with(&["content-length"]);
+        assert_nothing_written(&dest_dir);
+    }
+}
+
+#[test]
+fn content_range_beyond_the_object_on_a_chunk() {
+    // Probe says 1000 bytes; the download says the object is 5000.
+    let fake = plain_with_hostile_body(1000, |req, stream| {
+        let (first, last) = req.range().unwrap_or((0, 999));
+        respond(
+            stream,
+            206,
+            &[("Content-Range", format!("bytes {first}-{last}/5000"))],
+            &vec![b'q'; (last - first + 1) as usize],
+        );
+    });
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);
+    run.assert_failed_with(&["size changed"]);
+    assert_nothing_written(&dest_dir);
+}
+
+// ---------------------------------------------------------------- B2 JSON
+
+fn api_hook(
+    operation: &'static str,
+    answer: impl Fn(&mut TcpStream) + Send + Sync + 'static,
+) -> impl Fn(&Req, &mut TcpStream) -> bool + Send + Sync + 'static {
+    move |req, stream| {
+        if req.path.ends_with(operation) {
+            answer(stream);
+            return true;
+        }
+        false
+    }
+}
+
+fn raw_json(stream: &mut TcpStream, body: &[u8]) {
+    respond(
+        stream,
+        200,
+        &[("Content-Type", "application/json".into())],
+        body,
+    );
+}
+
+#[test]
+fn authorize_answers_invalid_utf8_and_invalid_json() {
+    let bodies: Vec<&'static [u8]> = vec![
+        b"{\"accountId\":\"a\xff\xfe\",\"authorizationToken\":\"t\"}",
+        b"{\"accountId\": ",
+        b"<html>proxy error</html>",
+        b"{\"accountId\":\"a\",\"authorizationToken\":\"t\",\"apiInfo\":{\"storageApi\":{}}}",
+        b"[]",
+    ];
+    for body in bodies {
+        let fake = Fake::start(
+            vec![("obj", data(10, 6))],
+            api_hook("b2_authorize_account", move |stream| raw_json(stream, body)),
+        );
+        let work = tempfile::tempdir().unwrap();
+        let dest_dir = work.path().join("out");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let run = get_b2(&fake, "obj", &dest_dir.join("obj"), &[]);
+        run.assert_failed_with(&["b2_authorize_account"]);
+        assert!(
+            run.stderr.contains("not the expected JSON") || run.stderr.contains("no apiInfo"),
+            "{}",
+            run.stderr
+        );
+        assert_nothing_written(&dest_dir);
+    }
+}
+
+#[test]
+fn list_answers_invalid_utf8_and_invalid_json() {
+    let bodies: Vec<&'static [u8]> = vec![
+        b"{\"files\":[{\"fileName\":\"a\xff\",\"contentLength\":1}],\"nextFileName\":null}",
+        b"{\"files\":[",
+        b"not json",
+        b"{\"files\":{}}",
+        b"{\"files\":[{\"fileName\":\"a\",\"contentLength\":-5}],\"nextFileName\":null}",
+        b"{\"files\":[],\"nextFileName\":7}",
+    ];
+    for body in bodies {
+        let fake = Fake::start(
+            vec![("a", data(1, 7))],
+            api_hook("b2_list_file_names", move |stream| raw_json(stream, body)),
+        );
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("dir");
+        let report = work.path().join("report.jsonl");
+        let run = restore(&fake, &dir, &report, &[]);
+        run.assert_failed_with(&["b2_list_file_names"]);
+        assert!(
+            tree(&dir).iter().all(|p| p.starts_with(".ringdown")),
+            "{:?}",
+            tree(&dir)
+        );
+    }
+    for body in [
+        &b"{\"buckets\":[{\"bucketName\":\"bk\xfft\"}]}"[..],
+        b"{\"buckets\"",
+    ] {
+        let fake = Fake::start(
+            vec![("a", data(1, 7))],
+            api_hook("b2_list_buckets", move |stream| raw_json(stream, body)),
+        );
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("dir");
+        let report = work.path().join("report.jsonl");
+        let run = restore(&fake, &dir, &report, &[]);
+        run.assert_failed_with(&["b2_list_buckets"]);
+    }
+}
+
+/// 64 MiB and more: refused at the API body bound, memory stays bounded.
+#[test]
+fn api_bodies_over_the_bound() {
+    const OVER: usize = 64 * 1024 * 1024 + 1;
+    // Declared length over the bound, then the bytes (or not).
+    let fake = Fake::start(
+        vec![("obj", data(10, 8))],
+        api_hook("b2_authorize_account", |stream| {
+            let head = head_with("200 OK", &format!("Content-Length: {OVER}\r\n"));
+            let mut block = vec![b' '; 1 << 20];
+            block[0] = b'[';
+            respond_endless(stream, &head, &block);
+        }),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_b2(&fake, "obj", &dest_dir.join("obj"), &[]);
+    run.assert_failed_with(&["exceeds 67108864 bytes"]);
+    assert_nothing_written(&dest_dir);
+    // Chunked, endless.
+    let fake = Fake::start(
+        vec![("obj", data(10, 8))],
+        api_hook("b2_list_file_names", |stream| {
+            let block: Vec<u8> =
+                [b"100000\r\n".as_slice(), &vec![b' '; 0x100000], b"\r\n"].concat();
+            respond_endless(
+                stream,
+                &head_with("200 OK", "Transfer-Encoding: chunked\r\n"),
+                &block,
+            );
+        }),
+    );
+    let dir = work.path().join("dir");
+    let report = work.path().join("report.jsonl");
+    let run = restore(&fake, &dir, &report, &[]);
+    run.assert_failed_with(&["b2_list_file_names", "exceeds 67108864 bytes"]);
+}
+
+/// Dense JSON just under the body bound: parsing must not multiply it into
+/// gigabytes of in-memory values (a `serde_json::Value` of `[0,0,…]` costs
+/// ~16× its JSON).
+#[test]
+fn dense_json_under_the_bound() {
+    fn dense(prefix: &str, item: &str, suffix: &str) -> Arc<Vec<u8>> {
+        let mut body = prefix.as_bytes().to_vec();
+        let target = 60 * 1024 * 1024;
+        while body.len() < target {
+            body.extend_from_slice(item.as_bytes());
+        }
+        body.pop();
+        body.extend_from_slice(suffix.as_bytes());
+        Arc::new(body)
+    }
+    let refused: Vec<(&'static str, Arc<Vec<u8>>, &'static str)> = vec![
+        (
+            "b2_list_file_names",
+            dense("{\"files\":[", "{},", "],\"nextFileName\":null}"),
+            "missing field `fileName`",
+        ),
+        (
+            "b2_list_file_names",
+            dense("{\"files\":[", "0,", "],\"nextFileName\":null}"),
+            "invalid type",
+        ),
+        (
+            "b2_list_file_names",
+            dense(
+                "{\"files\":[",
+                "{\"fileName\":\"\",\"contentLength\":0},",
+                "],\"nextFileName\":null}",
+            ),
+            "more than 10000 files",
+        ),
+        (
+            "b2_list_buckets",
+            dense("{\"buckets\":[", "{},", "]}"),
+            "more than 10000 buckets",
+        ),
+    ];
+    for (operation, body, needle) in refused {
+        let fake = Fake::start(
+            vec![("a", data(1, 9))],
+            api_hook(operation, move |stream| raw_json(stream, &body)),
+        );
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("dir");
+        let report = work.path().join("report.jsonl");
+        let run = restore(&fake, &dir, &report, &[]);
+        run.assert_failed_with(&[operation, needle]);
+        eprintln!(
+            "{operation} {needle}: peak RSS {} KiB, {:?}",
+            run.peak_rss_kib, run.elapsed
+        );
+    }
+    // A valid page whose ignored fields hold ~60 MiB of nested arrays: skipped
+    // while parsing, never stored; the file itself is restored.
+    let object = data(1, 9);
+    let body = dense(
+        &format!(
+            "{{\"files\":[{{\"fileId\":\"4_zid0\",\"fileName\":\"a\",\"contentLength\":1,\"contentSha1\":\"{}\",\"fileInfo\":{{\"src_last_modified_millis\":[",
+            hex(&Sha1::digest(&object))
+        ),
+        "[],",
+        "]}}],\"nextFileName\":null}",
+    );
+    let fake = Fake::start(
+        vec![("a", object.clone())],
+        api_hook("b2_list_file_names", move |stream| raw_json(stream, &body)),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let report = work.path().join("report.jsonl");
+    let run = restore(&fake, &dir, &report, &[]);
+    run.assert_bounded();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), object);
+    eprintln!(
+        "nested fileInfo: peak RSS {} KiB, {:?}",
+        run.peak_rss_kib, run.elapsed
+    );
+}
+
+// ---------------------------------------------------------------- listings
+
+/// Pages scripted by `startFileName`.
+fn paged(
+    pages: impl Fn(Option<&str>) -> serde_json::Value + Send + Sync + 'static,
+    pages_served: Arc<AtomicUsize>,
+) -> impl Fn(&Req, &mut TcpStream) -> bool + Send + Sync + 'static {
+    move |req, stream| {
+        if req.path.ends_with("/b2_list_file_names") {
+            pages_served.fetch_add(1, Ordering::Relaxed);
+            let body = req.json();
+            let start = body["startFileName"].as_str().map(str::to_string);
+            respond_json(stream, 200, pages(start.as_deref()));
+            return true;
+        }
+        false
+    }
+}
+
+fn listing_entry(name: &str, size: usize, id: &str, sha1: &str) -> serde_json::Value {
+    serde_json::json!({"fileId": id, "fileName": name, "action": "upload",
+        "contentLength": size, "contentSha1": sha1, "fileInfo": {}, "uploadTimestamp": 1})
+}
+
+#[test]
+fn listing_pages_that_repeat_or_go_backwards() {
+    let objects = [("a", data(3, 1)), ("b", data(4, 2)), ("c", data(5, 3))];
+    let entry = |i: usize| {
+        let (name, bytes) = &objects[i];
+        listing_entry(
+            name,
+            bytes.len(),
+            &format!("4_zid{i}"),
+            &hex(&Sha1::digest(bytes)),
+        )
+    };
+    let entries: Vec<serde_json::Value> = (0..3).map(entry).collect();
+    type Script =
+        Box<dyn Fn(Option<&str>, &[serde_json::Value]) -> serde_json::Value + Send + Sync>;
+    let scripts: Vec<(&str, Script)> = vec![
+        // The same page forever, whatever the start.
+        (
+            "same page",
+            Box::new(|_, e| serde_json::json!({"files": [e[0], e[1]], "nextFileName": "c"})),
+        ),
+        // nextFileName equal to the last name.
+        (
+            "next = last",
+            Box::new(|_, e| serde_json::json!({"files": [e[0], e[1]], "nextFileName": "b"})),
+        ),
+        // nextFileName before the last name.
+        (
+            "next < last",
+            Box::new(|start, e| match start {
+                None => serde_json::json!({"files": [e[0], e[1]], "nextFileName": "b"}),
+                Some(_) => serde_json::json!({"files": [e[2]], "nextFileName": "a"}),
+            }),
+        ),
+        // Empty pages that never move.
+        (
+            "empty page, same start",
+            Box::new(
+                |start, _| serde_json::json!({"files": [], "nextFileName": start.unwrap_or("a")}),
+            ),
+        ),
+        // The second page answers names before its start.
+        (
+            "names before the start",
+            Box::new(|start, e| match start {
+                None => serde_json::json!({"files": [e[0]], "nextFileName": "b"}),
+                Some(_) => serde_json::json!({"files": [e[0], e[1]], "nextFileName": "b\u{0}"}),
+            }),
+        ),
+    ];
+    for (label, script) in scripts {
+        let served = Arc::new(AtomicUsize::new(0));
+        let entries = entries.clone();
+        let fake = Fake::start(
+            objects.iter().map(|(n, d)| (*n, d.clone())).collect(),
+            paged(move |start| script(start, &entries), Arc::clone(&served)),
+        );
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("dir");
+        let report = work.path().join("report.jsonl");
+        let run = restore(&fake, &dir, &report, &[]);
+        run.assert_failed_with(&["b2_list_file_names", "listing"]);
+        assert!(
+            served.load(Ordering::Relaxed) <= 3,
+            "{label}: {} pages requested",
+            served.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[test]
+fn names_differing_by_case_or_normalisation_are_distinct_files() {
+    let nfc = "caf\u{e9}.txt";
+    let nfd = "cafe\u{301}.txt";
+    let mut objects = vec![
+        ("A.txt", data(10, 1)),
+        ("a.txt", data(11, 2)),
+        (nfc, data(12, 3)),
+        (nfd, data(13, 4)),
+    ];
+    objects.sort_by(|a, b| a.0.cmp(b.0));
+    let fake = Fake::start(objects.clone(), no_hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let report = work.path().join("report.jsonl");
+    let run = restore(&fake, &dir, &report, &[]);
+    run.assert_bounded();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for (name, bytes) in &objects {
+        assert_eq!(&std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
+    }
+    assert_eq!(tree(&dir).len(), 4, "{:?}", tree(&dir));
+    let lines = report_lines(&report);
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|line| line["status"] == "ok"), "{lines:?}");
+}
+
+#[test]
+fn hostile_names_never_escape_dir() {
+    let long_segment = "l".repeat(1024);
+    let long_path = format!("{}/{}", "s".repeat(200), "t".repeat(200)); // 401 bytes, fine
+    let long_name_1024 = [
+        "p".repeat(255),
+        "q".repeat(255),
+        "r".repeat(255),
+        "u".repeat(256),
+    ]
+    .join("/");
+    assert_eq!(long_name_1024.len(), 1024);
+    let refused: Vec<(String, &str)> = vec![
+        ("../x".into(), "'..'"),
+        ("a/../../x".into(), "'..'"),
+        ("/abs".into(), "absolute"),
+        ("a//b".into(), "empty path segment"),
+        (".".into(), "'.'"),
+        ("..".into(), "'..'"),
+        ("../".into(), "'..'"),
+        (long_segment.clone(), "1024 bytes"),
+        (long_name_1024.clone(), "256 bytes"),
+        ("nul\0byte".into(), "0x00"),
+        ("ctl\x1b[2Jx".into(), "0x1b"),
+        ("tab\tx".into(), "0x09"),
+        (".ringdown/journal-0-of-1".into(), "reserved"),
+        // `d` is a file (listed first), so `d/f` cannot be a path beneath it.
+        ("d/f".into(), "in the way"),
+    ];
+    let fine: Vec<String> = vec![
+        "d".into(),
+        "ok/x.txt".into(),
+        "a\\b".into(),
+        "...".into(),
+        long_path.clone(),
+        "dir/".into(),
+        "e/.bzEmpty".into(),
+    ];
+    let mut objects: Vec<(String, Vec<u8>)> = refused
+        .iter()
+        .map(|(name, _)| name.clone())
+        .chain(fine.iter().cloned())
+        .enumerate()
+        .map(|(i, name)| {
+            let size = if name.ends_with('/') || name.ends_with(".bzEmpty") {
+                0
+            } else {
+                5 + i
+            };
+            (name, data(size, i as u8))
+        })
+        .collect();
+    objects.sort();
+    let fake = Fake::start(
+        objects
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.clone()))
+            .collect(),
+        no_hook,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let sentinel = work.path().join("sentinel");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir(&sentinel).unwrap();
+    let report = work.path().join("report.jsonl");
+    let run = restore(&fake, &dir, &report, &[]);
+    run.assert_bounded();
+    assert_eq!(run.code, Some(1), "refusals make exit 1; {}", run.stderr);
+    // Nothing outside DIR.
+    assert!(tree(&sentinel).is_empty());
+    let outside: Vec<String> = tree(work.path())
+        .into_iter()
+        .filter(|p| !p.starts_with("dir") && p != "report.jsonl")
+        .filter(|p| p != "sentinel")
+        .collect();
+    assert!(outside.is_empty(), "written outside DIR: {outside:?}");
+    // The fine ones are restored.
+    for name in ["d", "ok/x.txt", "a\\b", "...", long_path.as_str()] {
+        let expected = &objects.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(&std::fs::read(dir.join(name)).unwrap(), expected, "{name}");
+    }
+    assert!(dir.join("dir").is_dir() && dir.join("e").is_dir());
+    assert!(!dir.join("e/.bzEmpty").exists());
+    // Each refused name is in the report with a reason.
+    let lines = report_lines(&report);
+    for (name, reason) in &refused {
+        let line = lines
+            .iter()
+            .find(|line| line["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name:?} not in the report: {lines:?}"));
+        assert_eq!(line["status"], "refused", "{name:?}: {line}");
+        let text = line["reason"].as_str().unwrap_or("");
+        assert!(
+            text.contains(reason),
+            "{name:?}: reason {text:?} lacks {reason:?}"
+        );
+    }
+    // No partial or temp files left anywhere.
+    assert!(
+        tree(&dir)
+            .iter()
+            .all(|p| !p.ends_with(".part") && !p.contains("partial/")),
+        "{:?}",
+        tree(&dir)
+    );
+}
+
+#[test]
+fn symlink_planted_inside_dir_pointing_outside() {
+    let objects = vec![
+        ("link", data(7, 1)),
+        ("linkdir/x", data(8, 2)),
+        ("linkdir/sub/y", data(9, 3)),
+        ("z", data(10, 4)),
+    ];
+    let fake = Fake::start(objects.clone(), no_hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let sentinel = work.path().join("sentinel");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir(&sentinel).unwrap();
+    std::os::unix::fs::symlink(&sentinel, dir.join("linkdir")).unwrap();
+    std::os::unix::fs::symlink(sentinel.join("target-file"), dir.join("link")).unwrap();
+    let report = work.path().join("report.jsonl");
+    let run = restore(&fake, &dir, &report, &[]);
+    run.assert_bounded();
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(tree(&sentinel).is_empty(), "{:?}", tree(&sentinel));
+    // A symlink at a final path is replaced by the file, never followed.
+    let link_meta = dir.join("link").symlink_metadata().unwrap();
+    assert!(link_meta.is_file());
+    assert_eq!(std::fs::read(dir.join("link")).unwrap(), objects[0].1);
+    assert_eq!(std::fs::read(dir.join("z")).unwrap(), objects[3].1);
+    // A symlinked parent gets the names beneath it refused.
+    assert!(dir.join("linkdir").symlink_metadata().unwrap().is_symlink());
+    let lines = report_lines(&report);
+    for name in ["linkdir/x", "linkdir/sub/y"] {
+        let line = lines.iter().find(|line| line["name"] == name).unwrap();
+        assert_eq!(line["status"], "refused", "{line}");
+        assert!(
+            line["reason"].as_str().unwrap().contains("symlink"),
+            "{line}"
+        );
+    }
+}
