@@ -19,8 +19,7 @@ use crate::client::b2_api::{Authorizer, describe_error};
 use crate::client::url::Url;
 use crate::client::{conn::Origin, exchange, resolve};
 use crate::config::{
-    DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, JOURNAL_POLL_MS,
-    OBJECT_REDOWNLOADS_ON_MISMATCH,
+    DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH,
 };
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
 use crate::error::{Error, Result};
@@ -795,23 +794,17 @@ impl ResumeFiles {
         finished: &AtomicBool,
     ) {
         use std::io::Write;
-        let mut journaled = 0u64;
-        loop {
-            let done = finished.load(Ordering::Acquire);
-            let written = progress.written_prefix_bytes.load(Ordering::Relaxed);
-            let boundary = written / part_size_bytes * part_size_bytes;
-            if boundary > journaled {
+        engine::journal_written_chunks(
+            progress,
+            part_size_bytes,
+            0,
+            finished,
+            |boundary| {
                 let line = format!("chunk\t{}\t{boundary}\n", self.key);
-                if journal.write_all(line.as_bytes()).is_err() {
-                    return;
-                }
-                journaled = boundary;
-            }
-            if done {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(JOURNAL_POLL_MS));
-        }
+                journal.write_all(line.as_bytes()).is_ok()
+            },
+            || {},
+        );
     }
 
     fn remove(&self, dir: &OwnedFd) {

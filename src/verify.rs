@@ -207,6 +207,24 @@ mod tests {
     }
 }
 
+/// SHA1 of everything `reader` yields (a local file: `--skip-existing`, the
+/// prefix of a partial file on resume), with the byte count.
+pub fn sha1_of(mut reader: impl std::io::Read) -> std::io::Result<(sha1::Sha1, u64)> {
+    use sha1::Digest;
+    let mut sha1 = sha1::Sha1::new();
+    let mut buffer = vec![0u8; crate::config::LOCAL_HASH_READ_BYTES];
+    let mut bytes = 0u64;
+    loop {
+        match reader.read(&mut buffer)? {
+            0 => return Ok((sha1, bytes)),
+            n => {
+                sha1.update(&buffer[..n]);
+                bytes += n as u64;
+            }
+        }
+    }
+}
+
 /// The contiguous prefix of a file whose writes have completed. Writes finish
 /// out of order (several cores, several buffers each); ranges past a gap wait
 /// here until the gap fills. At most the writes in flight are held.

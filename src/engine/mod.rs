@@ -244,10 +244,43 @@ pub struct Resume {
     pub sha1: sha1::Sha1,
 }
 
+/// Runs beside a download (on another thread) until `finished` is set:
+/// `record(boundary)` each time the written prefix crosses a chunk boundary
+/// past `from_bytes` (hashing runs ahead of the writes, so only the written
+/// prefix may be journaled), `tick()` every `JOURNAL_POLL_MS` before that.
+/// Stops early when `record` fails.
+pub fn journal_written_chunks(
+    progress: &Progress,
+    part_size_bytes: u64,
+    from_bytes: u64,
+    finished: &AtomicBool,
+    mut record: impl FnMut(u64) -> bool,
+    mut tick: impl FnMut(),
+) {
+    let mut journaled = from_bytes;
+    loop {
+        let done = finished.load(Ordering::Acquire);
+        tick();
+        let written = progress.written_prefix_bytes.load(Ordering::Relaxed);
+        let boundary = written / part_size_bytes * part_size_bytes;
+        if boundary > journaled {
+            if !record(boundary) {
+                return;
+            }
+            journaled = boundary;
+        }
+        if done {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(
+            crate::config::JOURNAL_POLL_MS,
+        ));
+    }
+}
+
 /// Re-hashes `[0, bytes)` of a partial file an earlier run left in `dir`
 /// (crash resume: reading the prefix back is the price of not fetching it).
 pub fn hash_prefix(dir: &OwnedFd, temp_name: &str, bytes: u64) -> Option<Resume> {
-    use sha1::Digest;
     use std::io::Read;
     let fd = rustix::fs::openat(
         dir,
@@ -256,20 +289,7 @@ pub fn hash_prefix(dir: &OwnedFd, temp_name: &str, bytes: u64) -> Option<Resume>
         rustix::fs::Mode::empty(),
     )
     .ok()?;
-    let mut file = std::fs::File::from(fd).take(bytes);
-    let mut sha1 = sha1::Sha1::new();
-    let mut buffer = vec![0u8; crate::config::LOCAL_HASH_READ_BYTES];
-    let mut hashed = 0u64;
-    loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => {
-                sha1.update(&buffer[..n]);
-                hashed += n as u64;
-            }
-            Err(_) => return None,
-        }
-    }
+    let (sha1, hashed) = crate::verify::sha1_of(std::fs::File::from(fd).take(bytes)).ok()?;
     (hashed == bytes).then_some(Resume {
         offset_bytes: bytes,
         sha1,

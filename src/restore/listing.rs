@@ -361,9 +361,9 @@ mod tests {
         assert!(parse_page(br#"{"files":[],"nextFileName":5}"#).is_err());
     }
 
-    #[test]
-    fn detects_listing_loops() {
-        let page = |names: &[&str], next: Option<&str>| ListPage {
+    /// A page of empty uploads named `names`.
+    fn page(names: &[&str], next: Option<&str>) -> ListPage {
+        ListPage {
             entries: names
                 .iter()
                 .map(|name| ListEntry {
@@ -376,7 +376,11 @@ mod tests {
                 })
                 .collect(),
             next_file_name: next.map(str::to_string),
-        };
+        }
+    }
+
+    #[test]
+    fn detects_listing_loops() {
         assert!(check_progress(None, &page(&["a", "b"], Some("c"))).is_ok());
         assert!(check_progress(None, &page(&["a", "b"], Some("b\0"))).is_ok());
         assert!(check_progress(None, &page(&["a", "b"], None)).is_ok());
@@ -442,20 +446,6 @@ mod tests {
 
     #[test]
     fn detects_pages_that_repeat_or_go_backwards() {
-        let page = |names: &[&str], next: Option<&str>| ListPage {
-            entries: names
-                .iter()
-                .map(|name| ListEntry {
-                    name: name.to_string(),
-                    file_id: None,
-                    action: Action::Upload,
-                    size_bytes: 0,
-                    expected: ExpectedSha1::None,
-                    mtime_ms: None,
-                })
-                .collect(),
-            next_file_name: next.map(str::to_string),
-        };
         // A server that ignores startFileName and repeats its first page.
         let repeated = page(&["a", "b"], Some("c"));
         assert!(check_progress(None, &repeated).is_ok());

@@ -28,7 +28,7 @@ use crate::client::b2_api::{Authorizer, Credentials, describe_error};
 use crate::client::url::Url;
 use crate::client::{exchange, resolve};
 use crate::config::{
-    API_BODY_MAX_BYTES, LARGE_OBJECT_QUEUE_JOBS, LIST_QUEUE_ENTRIES, LOCAL_HASH_READ_BYTES,
+    API_BODY_MAX_BYTES, LARGE_OBJECT_QUEUE_JOBS, LIST_QUEUE_ENTRIES,
     OBJECT_REDOWNLOADS_ON_MISMATCH, SUMMARY_FAILED_NAMES_SHOWN,
 };
 use crate::engine::objects::{ObjectJob, ObjectPool, ObjectResult, PoolSource};
@@ -993,23 +993,12 @@ fn local_size(dir: &std::path::Path, segments: &[&str]) -> Option<u64> {
 
 /// Hashes an existing local file and compares it with the published digest.
 fn same_sha1(fd: OwnedFd, expected: &ExpectedSha1) -> bool {
-    use sha1::{Digest, Sha1};
-    use std::io::Read;
+    use sha1::Digest;
     let (ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)) = expected else {
         return false;
     };
-    let mut file = std::fs::File::from(fd);
-    let mut hasher = Sha1::new();
-    let mut buffer = vec![0u8; LOCAL_HASH_READ_BYTES];
-    loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buffer[..n]),
-            Err(_) => return false,
-        }
-    }
-    let actual: [u8; 20] = hasher.finalize().into();
-    actual == *expected
+    crate::verify::sha1_of(std::fs::File::from(fd))
+        .is_ok_and(|(sha1, _)| <[u8; 20]>::from(sha1.finalize()) == *expected)
 }
 
 /// The large-object thread: one object at a time, all cores on it.
@@ -1057,7 +1046,7 @@ fn large_loop(
                     task.entry.name, task.entry.size_bytes
                 );
             }
-            // The object's own counter: its hash frontier is what is on disk.
+            // The object's own counters: its written prefix goes to the journal.
             let object_progress = Arc::new(Progress::default());
             let finished = AtomicBool::new(false);
             let outcome = std::thread::scope(|scope| {
@@ -1148,8 +1137,8 @@ fn large_loop(
     (stages, notices, registered)
 }
 
-/// While a large object downloads: a journal line each time its hashed (so
-/// written) prefix crosses a chunk boundary, and the run's progress counters.
+/// While a large object downloads: a journal line each time its written
+/// prefix crosses a chunk boundary, and the run's progress counters.
 fn journal_chunks(
     run: &Run,
     key: &str,
@@ -1159,34 +1148,24 @@ fn journal_chunks(
     total: &Progress,
     finished: &AtomicBool,
 ) {
-    let mut journaled = resumed_from;
     let mut counted = 0u64;
-    loop {
-        let done = finished.load(Ordering::Acquire);
-        let bytes = object.bytes_done.load(Ordering::Relaxed);
-        total
-            .bytes_done
-            .fetch_add(bytes - counted, Ordering::Relaxed);
-        counted = bytes;
-        // Only what is on disk: hashing runs ahead of the writes.
-        let written = object.written_prefix_bytes.load(Ordering::Relaxed);
-        let boundary = written / part_size_bytes * part_size_bytes;
-        if boundary > journaled {
-            if run.target().journal_chunks(key, boundary).is_err() {
-                return;
-            }
-            journaled = boundary;
-        }
-        if done {
+    engine::journal_written_chunks(
+        object,
+        part_size_bytes,
+        resumed_from,
+        finished,
+        |boundary| run.target().journal_chunks(key, boundary).is_ok(),
+        || {
+            let bytes = object.bytes_done.load(Ordering::Relaxed);
             total
-                .retries
-                .fetch_add(object.retries.load(Ordering::Relaxed), Ordering::Relaxed);
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(
-            crate::config::JOURNAL_POLL_MS,
-        ));
-    }
+                .bytes_done
+                .fetch_add(bytes - counted, Ordering::Relaxed);
+            counted = bytes;
+        },
+    );
+    total
+        .retries
+        .fetch_add(object.retries.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// Verify → mtime → rename → journal → report. Runs on the thread that
