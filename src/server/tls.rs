@@ -87,9 +87,10 @@ pub fn write_pem(dir: &Path, name: &str, pem: &str) -> Result<()> {
 
 pub fn acceptor(identity: &Identity) -> Result<tokio_rustls::TlsAcceptor> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.server_key_der.clone()));
-    // The aws-lc-rs provider named explicitly: rcgen pulls in ring, and two
-    // compiled-in providers would make `ServerConfig::builder()` ambiguous.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // The client's provider (explicit: rcgen pulls in ring, and two compiled-in
+    // providers would make `ServerConfig::builder()` ambiguous), so the origin
+    // of every benchmark encrypts with the faster AES-GCM code too.
+    let provider = Arc::new(crate::tls::crypto_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| Error::Fatal(format!("TLS protocol versions: {error}")))?

@@ -296,8 +296,10 @@ mod tests {
     use rustls::{RootCertStore, ServerConfig, ServerConnection};
     use std::io::{Read, Write};
 
+    use crate::tls::AesGcmCode;
+
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+        Arc::new(crate::tls::crypto_provider())
     }
 
     struct Configs {
@@ -306,12 +308,22 @@ mod tests {
     }
 
     fn configs(versions: &[&'static rustls::SupportedProtocolVersion]) -> Configs {
+        let code = AesGcmCode::for_this_cpu();
+        configs_with(versions, code, code)
+    }
+
+    fn configs_with(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        client_code: AesGcmCode,
+        server_code: AesGcmCode,
+    ) -> Configs {
         let identity = crate::server::tls::generate(None).expect("test identity");
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(identity.ca_pem.as_bytes()).expect("CA PEM"))
             .expect("CA accepted");
-        let client = rustls::ClientConfig::builder_with_provider(provider())
+        let client_provider = Arc::new(crate::tls::crypto_provider_with(client_code));
+        let client = rustls::ClientConfig::builder_with_provider(client_provider)
             .with_protocol_versions(versions)
             .expect("versions")
             .with_root_certificates(roots)
@@ -320,7 +332,8 @@ mod tests {
             CertificateDer::from_pem_slice(identity.server_cert_pem.as_bytes()).expect("cert PEM"),
         ];
         let key = PrivateKeyDer::from_pem_slice(identity.server_key_pem.as_bytes()).expect("key");
-        let server = ServerConfig::builder_with_provider(provider())
+        let server_provider = Arc::new(crate::tls::crypto_provider_with(server_code));
+        let server = ServerConfig::builder_with_provider(server_provider)
             .with_protocol_versions(versions)
             .expect("versions")
             .with_no_client_auth()
@@ -533,6 +546,31 @@ mod tests {
         assert!(pair.received == body);
         // End of stream without close_notify: not a clean close.
         assert!(!pair.client.is_peer_closed());
+    }
+
+    #[test]
+    fn ring_and_aws_lc_record_ciphers_interoperate() {
+        let codes = [AesGcmCode::AwsLc, AesGcmCode::Ring];
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            for client_code in codes {
+                for server_code in codes {
+                    let configs = configs_with(versions, client_code, server_code);
+                    let mut pair = Pair::new(&configs);
+                    pair.handshake(usize::MAX);
+                    let body = pattern(100_000, 5);
+                    pair.server_write(&body);
+                    pair.server_output();
+                    while pair.deliver(usize::MAX) > 0 {
+                        pair.drain(1 << 20);
+                    }
+                    assert!(pair.received == body, "{client_code:?} ↔ {server_code:?}");
+                    check_request_after(&mut pair);
+                }
+            }
+        }
     }
 
     #[test]
