@@ -435,6 +435,10 @@ fn run_core(core_index: usize, job: Arc<Job>, fd: OwnedFd, pin: bool) -> Result<
         // Our connections are done; the hasher ends once every core's parked
         // buffers are hashed (or the job aborted).
         let _ = hasher.await;
+        // The watcher only sleeps between polls (no io_uring op in flight), so
+        // it can be cancelled; awaiting it cost up to `INTERRUPT_POLL` (100 ms)
+        // at the end of every object.
+        watcher.abort();
         let _ = watcher.await;
         core.window.borrow_mut().clear();
         let report = CoreReport {
