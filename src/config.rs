@@ -79,6 +79,12 @@ pub const HISTOGRAM_SIGFIGS: u8 = 3;
 /// Objects at least this large use O_DIRECT under `--direct-io auto`: below
 /// it, the page cache is cheaper than the padding and alignment dance.
 pub const DIRECT_IO_MIN_OBJECT_BYTES: u64 = 1 << 20;
+/// Objects from this size up are pre-allocated with `fallocate` (ENOSPC up
+/// front, one extent). Below it the call only costs: such a file is one
+/// write, delayed allocation gives it one extent anyway, and a full disk
+/// still stops the run with the file named when that write fails. Skipping
+/// it took ~4% of the CPU out of a 2,000 × 64 KiB restore (perf).
+pub const PREALLOCATE_MIN_BYTES: u64 = 1 << 20;
 /// Attempts of one control-plane call (authorize, HEAD, list page).
 pub const API_ATTEMPTS: u32 = 5;
 /// Error bodies (B2 JSON) we read to learn the error code.

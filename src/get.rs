@@ -121,7 +121,7 @@ impl std::fmt::Debug for DownloadOptions {
             .field("force", &self.force)
             .field("fsync", &self.fsync)
             .field("direct_io", &self.direct_io)
-            .field("sha1", &self.sha1.as_ref().map(to_hex))
+            .field("sha1", &self.sha1.as_ref().map(|sha1| to_hex(sha1)))
             .field("require_verified", &self.require_verified)
             .finish()
     }
@@ -905,7 +905,7 @@ pub(crate) fn create_temp(
             false,
         )
     };
-    if size_bytes > 0 {
+    if size_bytes >= crate::config::PREALLOCATE_MIN_BYTES {
         if let Err(error) = rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, size_bytes) {
             let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
             if error == rustix::io::Errno::NOSPC {

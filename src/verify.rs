@@ -140,8 +140,14 @@ impl<B: AsRef<[u8]>> ReorderWindow<B> {
 }
 
 /// Lowercase hex of a digest.
-pub fn to_hex(digest: &[u8; 20]) -> String {
-    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
 }
 
 #[cfg(test)]

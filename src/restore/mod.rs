@@ -1184,7 +1184,7 @@ fn finish_file(
                 name: &entry.name,
                 path: Some(task.display_path.clone()),
                 bytes: entry.size_bytes,
-                sha1: sha1.map(to_hex),
+                sha1: sha1.map(|sha1| to_hex(sha1)),
                 expected: &entry.expected,
                 verified,
                 attempts,

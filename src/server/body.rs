@@ -66,21 +66,24 @@ pub struct FileBody {
 }
 
 impl FileBody {
-    /// Streams `file[start_offset..start_offset + body_bytes]`.
+    /// Streams `file[start_offset..start_offset + body_bytes]`, beginning
+    /// with `first_block` (those bytes, already read) when given.
     pub fn new(
         file: File,
         start_offset: u64,
         body_bytes: u64,
+        first_block: Option<Bytes>,
         fault: BodyFault,
         limiter: Option<Arc<Mutex<TokenBucket>>>,
         log: Option<(Arc<AccessLog>, AccessRecord)>,
     ) -> FileBody {
+        let ready = first_block.unwrap_or_default();
         FileBody {
             file: Some(file),
             read: None,
-            next_read_offset: start_offset,
+            next_read_offset: start_offset + ready.len() as u64,
             end_offset: start_offset + body_bytes,
-            ready: Bytes::new(),
+            ready,
             sent_bytes: 0,
             body_bytes,
             fault,

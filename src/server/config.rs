@@ -4,6 +4,9 @@
 /// blocking thread (~10 µs) under 0.1% of the block's send time and the memory
 /// per connection at two blocks (one being sent, one read ahead).
 pub const BODY_BLOCK_BYTES: usize = 1 << 20;
+/// Objects up to this size are read whole on the blocking thread that opens
+/// them, so a small download costs one hop to a blocking thread, not two.
+pub const SMALL_OBJECT_INLINE_BYTES: usize = 256 << 10;
 /// Read size of the SHA1 indexer.
 pub const HASH_READ_BLOCK_BYTES: usize = 1 << 20;
 /// Files hashed concurrently by one listing page that finds digests missing.

@@ -101,11 +101,7 @@ pub fn parse_range(header: Option<&str>, size_bytes: u64) -> RangeRequest {
 
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    crate::verify::to_hex(bytes)
 }
 
 fn hex_value(byte: u8) -> Option<u8> {

@@ -62,6 +62,9 @@ pub struct Store {
     root: PathBuf,
     root_fd: OwnedFd,
     name_indexes: Mutex<HashMap<String, NameIndex>>,
+    /// Bucket id → name, so a download by id does not read DIR each time;
+    /// refilled from DIR on a miss, and every hit is checked with `openat2`.
+    bucket_names_by_id: Mutex<HashMap<String, String>>,
     pub sha1_cache: Sha1Cache,
 }
 
@@ -140,6 +143,7 @@ impl Store {
             root: root.to_path_buf(),
             root_fd,
             name_indexes: Mutex::new(HashMap::new()),
+            bucket_names_by_id: Mutex::new(HashMap::new()),
             sha1_cache,
         })
     }
@@ -183,7 +187,26 @@ impl Store {
     }
 
     pub fn bucket_by_id(&self, id: &str) -> std::io::Result<Option<Arc<Bucket>>> {
-        Ok(self.buckets()?.into_iter().find(|bucket| bucket.id == id))
+        let known = self
+            .bucket_names_by_id
+            .lock()
+            .expect("bucket ids")
+            .get(id)
+            .cloned();
+        if let Some(name) = known {
+            if let Some(bucket) = self.bucket_by_name(&name)? {
+                return Ok(Some(bucket));
+            }
+        }
+        let buckets = self.buckets()?;
+        let mut names = self.bucket_names_by_id.lock().expect("bucket ids");
+        names.clear();
+        names.extend(
+            buckets
+                .iter()
+                .map(|bucket| (bucket.id.clone(), bucket.name.clone())),
+        );
+        Ok(buckets.into_iter().find(|bucket| bucket.id == id))
     }
 
     fn bucket_dir(&self, bucket: &Bucket) -> Result<OwnedFd, OpenError> {
