@@ -93,6 +93,68 @@ pub enum DirectIo {
     Off,
 }
 
+impl DirectIo {
+    /// The mode for one object of `size_bytes` after `earlier_bytes` this run
+    /// already wrote. `auto` writes through the page cache while the kernel
+    /// absorbs the writes at memory speed (until dirty pages reach the
+    /// background writeback threshold), and uses O_DIRECT beyond that, where
+    /// the disk sets the pace anyway and O_DIRECT costs ~0.1 s of CPU per GiB
+    /// instead of 0.25-3 s. Measured on this project's VMs, whose disk takes
+    /// ~420 MB/s with O_DIRECT: a 1 GiB get took 2.8-3.0 s with O_DIRECT and
+    /// 1.9-2.4 s buffered (the page cache then writes it back in the
+    /// background); a 100 GiB restore is disk-bound either way.
+    pub fn for_object(self, size_bytes: u64, earlier_bytes: u64) -> DirectIo {
+        match self {
+            DirectIo::Auto
+                if size_bytes < DIRECT_IO_MIN_OBJECT_BYTES
+                    || earlier_bytes.saturating_add(size_bytes) <= page_cache_budget_bytes() =>
+            {
+                DirectIo::Off
+            }
+            mode => mode,
+        }
+    }
+}
+
+/// Bytes this process may write through the page cache before the kernel
+/// starts writing dirty pages back: the background threshold
+/// (`vm.dirty_background_bytes`, or `vm.dirty_background_ratio` percent of
+/// available memory) less what is dirty already. Read once per process.
+pub fn page_cache_budget_bytes() -> u64 {
+    static BUDGET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let read_u64 = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+        };
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let meminfo_bytes = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .map(|kib| kib * 1024)
+        };
+        let threshold = match read_u64("/proc/sys/vm/dirty_background_bytes") {
+            Some(bytes) if bytes > 0 => Some(bytes),
+            _ => read_u64("/proc/sys/vm/dirty_background_ratio").and_then(|ratio| {
+                meminfo_bytes("MemAvailable").map(|available| available / 100 * ratio)
+            }),
+        };
+        match threshold {
+            Some(threshold) => threshold.saturating_sub(meminfo_bytes("Dirty").unwrap_or(0)),
+            None => 0, // unknown: O_DIRECT as before
+        }
+    })
+}
+
 /// Everything a download needs, resolved from flags and environment.
 /// `Debug` is written by hand: the application key is redacted.
 #[derive(Clone)]
@@ -256,7 +318,7 @@ impl Download {
                     &dir,
                     options.engine.part_size_bytes,
                     meta.size_bytes,
-                    options.direct_io,
+                    options.direct_io.for_object(meta.size_bytes, 0),
                 ),
                 _ => None,
             };
@@ -283,7 +345,7 @@ impl Download {
                         &temp_name,
                         &dest.display().to_string(),
                         meta.size_bytes,
-                        options.direct_io,
+                        options.direct_io.for_object(meta.size_bytes, 0),
                     )?;
                     (temp_name, file, direct, None)
                 }
@@ -953,6 +1015,21 @@ fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn direct_io_auto_uses_the_page_cache_only_while_it_absorbs_the_writes() {
+        let budget = page_cache_budget_bytes();
+        assert_eq!(DirectIo::Auto.for_object(4096, u64::MAX), DirectIo::Off);
+        assert_eq!(DirectIo::Auto.for_object(u64::MAX, 0), DirectIo::Auto);
+        assert_eq!(DirectIo::Auto.for_object(1 << 20, budget), DirectIo::Auto);
+        if budget >= 1 << 20 {
+            assert_eq!(DirectIo::Auto.for_object(1 << 20, 0), DirectIo::Off);
+        }
+        for mode in [DirectIo::On, DirectIo::Off] {
+            assert_eq!(mode.for_object(1, 0), mode);
+            assert_eq!(mode.for_object(u64::MAX, u64::MAX), mode);
+        }
+    }
 
     pub(crate) fn engine_config() -> EngineConfig {
         EngineConfig {

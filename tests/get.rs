@@ -185,6 +185,38 @@ fn sizes_around_part_boundaries_over_tls_and_plain() {
     }
 }
 
+/// Both write paths, forced: `auto` picks the page cache for anything the
+/// kernel absorbs, so tests this size would never reach O_DIRECT by default.
+#[test]
+fn direct_io_on_and_off_write_the_same_bytes() {
+    let sizes = [1, PART - 1, 3 * PART, 17 * PART + 4097];
+    let files: Vec<(String, usize)> = sizes
+        .iter()
+        .map(|&size| (format!("dio-{size}.bin"), size))
+        .collect();
+    let refs: Vec<(&str, usize)> = files.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    let fixture = Fixture::new(&refs);
+    let served = serve(fixture.data.path(), false, &[]);
+    for (mode, said) in [("on", "O_DIRECT: yes"), ("off", "O_DIRECT: no")] {
+        for (name, size) in &files {
+            let dest = fixture.dest_str(name);
+            let mut args = vec![format!("b2://bkt/{name}"), dest.clone(), "--force".into()];
+            args.extend(SMALL_TUNING.iter().map(|s| s.to_string()));
+            args.extend(["--direct-io".to_string(), mode.to_string()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let output = ringdown(&served, &args);
+            assert_ok(&output);
+            assert_same(Path::new(&dest), name, *size);
+            assert!(
+                stderr(&output).contains(said),
+                "{mode}: {}",
+                stderr(&output)
+            );
+        }
+    }
+    assert_no_temp(fixture.out.path());
+}
+
 #[test]
 fn names_with_spaces_unicode_percent_and_plus() {
     let names = [
@@ -601,8 +633,22 @@ fn one_gib_object_in_release() {
     let out = tempfile::tempdir().unwrap();
     let served = serve(data.path(), false, &["--no-index"]);
     let dest = out.path().join("gib.bin");
-    let output = ringdown(&served, &["b2://bkt/gib.bin", dest.to_str().unwrap()]);
+    // O_DIRECT forced: `auto` would write a 1 GiB object through the page cache.
+    let output = ringdown(
+        &served,
+        &[
+            "b2://bkt/gib.bin",
+            dest.to_str().unwrap(),
+            "--direct-io",
+            "on",
+        ],
+    );
     assert_ok(&output);
+    assert!(
+        stderr(&output).contains("O_DIRECT: yes"),
+        "{}",
+        stderr(&output)
+    );
     assert!(
         stderr(&output).contains(&format!("SHA1 {expected} verified")),
         "{}",
