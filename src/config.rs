@@ -10,6 +10,12 @@ pub const HTTP_HEAD_MAX_BYTES: usize = 16 * 1024;
 pub const HTTP_HEADERS_MAX: usize = 64;
 /// Largest JSON body of a B2 API call we read (a 10,000-name page is ~6 MiB).
 pub const API_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Slowest average rate at which an API body (JSON, error bodies) may arrive
+/// once `--timeout-s` has passed: every receive is stall-bounded, but a
+/// server trickling a byte just inside each stall window would otherwise hold
+/// a run forever. 1 KiB/s is far below any working link (a full 10,000-name
+/// listing page is ~5 MB) and far above a trickle.
+pub const API_BODY_MIN_BYTES_PER_S: u64 = 1024;
 
 /// Default range size of one request. 8 MiB keeps per-request overhead below
 /// 1% on loopback and the reorder window (connections × part) small.

@@ -917,6 +917,37 @@ fn raw_json(stream: &mut TcpStream, body: &[u8]) {
     );
 }
 
+/// A listing body trickled one byte every 300 ms: each receive is inside the
+/// stall timeout, so only the rate floor on API bodies ends it.
+#[test]
+fn api_body_trickled_byte_by_byte() {
+    let fake = Fake::start(
+        vec![("a", data(1, 7))],
+        api_hook("b2_list_file_names", |stream| {
+            let body = br#"{"files":[],"nextFileName":null}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            for byte in body {
+                if stream.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let report = work.path().join("report.jsonl");
+    let run = restore(&fake, &dir, &report, &[]);
+    run.assert_failed_with(&[
+        "b2_list_file_names",
+        "bytes/s floor (the server trickles it)",
+    ]);
+}
+
 #[test]
 fn authorize_answers_invalid_utf8_and_invalid_json() {
     let bodies: Vec<&'static [u8]> = vec![

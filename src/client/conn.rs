@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::HTTP_HEAD_MAX_BYTES;
+use crate::config::{API_BODY_MIN_BYTES_PER_S, HTTP_HEAD_MAX_BYTES};
 use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
 use crate::stats::Stage;
 use crate::tls::{self, TlsStream};
@@ -212,6 +212,7 @@ impl Connection {
         limit_bytes: usize,
     ) -> Result<Vec<u8>, ConnError> {
         let too_big = || ConnError::Protocol(format!("response body exceeds {limit_bytes} bytes"));
+        let pace = BodyPace::new(self.timeout);
         if head.chunked {
             let mut decoder = ChunkedDecoder::new();
             let mut body = Vec::new();
@@ -221,6 +222,7 @@ impl Connection {
                     if self.receive_more(64 * 1024).await? == 0 {
                         return Err(self.early_eof());
                     }
+                    pace.check(body.len())?;
                 }
                 let input = &self.leftover[self.leftover_start..];
                 match decoder
@@ -234,6 +236,7 @@ impl Connection {
                         if self.receive_more(64 * 1024).await? == 0 {
                             return Err(self.early_eof());
                         }
+                        pace.check(body.len())?;
                     }
                     ChunkedStep::Data { start, len } => {
                         if body.len() + len > limit_bytes {
@@ -269,6 +272,7 @@ impl Connection {
                     }
                     return Err(self.early_eof());
                 }
+                pace.check(body.len())?;
             }
             let available = &self.leftover[self.leftover_start..];
             let wanted = (length - body.len() as u64).min(available.len() as u64) as usize;
@@ -334,5 +338,41 @@ impl Connection {
                 result.map_err(ConnError::Transport)
             }
         }
+    }
+}
+
+/// The rate floor of an in-memory body (`API_BODY_MIN_BYTES_PER_S` once the
+/// stall timeout has passed): stops a server that trickles just fast enough
+/// to never trip the per-receive stall timeout.
+struct BodyPace {
+    started: Instant,
+    grace: Duration,
+}
+
+impl BodyPace {
+    fn new(grace: Duration) -> BodyPace {
+        BodyPace {
+            started: Instant::now(),
+            grace,
+        }
+    }
+
+    fn check(&self, body_bytes: usize) -> Result<(), ConnError> {
+        let elapsed = self.started.elapsed();
+        if elapsed <= self.grace {
+            return Ok(());
+        }
+        let floor_bytes = elapsed.as_secs_f64() * API_BODY_MIN_BYTES_PER_S as f64;
+        if (body_bytes as f64) >= floor_bytes {
+            return Ok(());
+        }
+        Err(ConnError::Transport(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "response body arrives at {:.0} bytes/s after {:.1} s, below the {API_BODY_MIN_BYTES_PER_S} bytes/s floor (the server trickles it)",
+                body_bytes as f64 / elapsed.as_secs_f64(),
+                elapsed.as_secs_f64()
+            ),
+        )))
     }
 }
