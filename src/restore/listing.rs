@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
 use crate::b2::ExpectedSha1;
-use crate::config::{LIST_BUCKETS_MAX, LIST_PAGE_FILES_MAX};
+use crate::config::{LIST_BUCKETS_MAX, LIST_FIRST_PAGE_FILES, LIST_PAGE_FILES_MAX};
 
 /// What an entry of a page is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +38,25 @@ pub struct ListPage {
     pub next_file_name: Option<String>,
 }
 
+/// `maxFileCount` of the listing page after one of `previous` names (the
+/// first page: `None`): small first, so downloads start early, then growing.
+pub fn next_page_files(previous: Option<u32>) -> u32 {
+    match previous {
+        None => LIST_FIRST_PAGE_FILES.min(LIST_PAGE_FILES_MAX),
+        Some(files) => files.saturating_mul(10).min(LIST_PAGE_FILES_MAX),
+    }
+}
+
 /// The JSON body of one `b2_list_file_names` request.
-pub fn request_body(bucket_id: &str, prefix: &str, start_file_name: Option<&str>) -> Vec<u8> {
+pub fn request_body(
+    bucket_id: &str,
+    prefix: &str,
+    start_file_name: Option<&str>,
+    max_files: u32,
+) -> Vec<u8> {
     let mut body = json!({
         "bucketId": bucket_id,
-        "maxFileCount": LIST_PAGE_FILES_MAX,
+        "maxFileCount": max_files.min(LIST_PAGE_FILES_MAX),
         "prefix": prefix,
     });
     if let Some(start) = start_file_name {
@@ -460,8 +474,21 @@ mod tests {
     }
 
     #[test]
+    fn pages_start_small_and_grow_to_the_maximum() {
+        let mut sizes = Vec::new();
+        let mut previous = None;
+        for _ in 0..5 {
+            let files = next_page_files(previous);
+            sizes.push(files);
+            previous = Some(files);
+        }
+        assert_eq!(sizes, [100, 1_000, 10_000, 10_000, 10_000]);
+    }
+
+    #[test]
     fn request_and_bucket_bodies() {
-        let body: Value = serde_json::from_slice(&request_body("b1", "p/", Some("p/x"))).unwrap();
+        let body: Value =
+            serde_json::from_slice(&request_body("b1", "p/", Some("p/x"), 1_000_000)).unwrap();
         assert_eq!(body["maxFileCount"], 10_000);
         assert_eq!(body["startFileName"], "p/x");
         assert_eq!(body["prefix"], "p/");

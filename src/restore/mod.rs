@@ -736,8 +736,11 @@ fn list_all(
     };
     runtime.block_on(async {
         let mut start: Option<String> = None;
+        let mut page_files = None;
         loop {
-            let body = listing::request_body(bucket_id, prefix, start.as_deref());
+            let files = listing::next_page_files(page_files);
+            page_files = Some(files);
+            let body = listing::request_body(bucket_id, prefix, start.as_deref(), files);
             let page = match api_call(auth, "b2_list_file_names", &body, timeout).await {
                 Ok(reply) => listing::parse_page(&reply)
                     .map_err(|why| Error::http("b2_list_file_names", why)),

@@ -29,7 +29,7 @@ use session::{Next, Session};
 /// OpenSSL does), webpki roots if the OS has none, plus `--ca-file`.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Error> {
     let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
+    let native = load_os_roots();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     if added == 0 && std::env::var_os("SSL_CERT_FILE").is_none() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -106,6 +106,39 @@ pub fn crypto_provider_with(code: AesGcmCode) -> rustls::crypto::CryptoProvider 
         provider.cipher_suites = rustls::crypto::ring::default_provider().cipher_suites;
     }
     provider
+}
+
+/// Where distributions keep one bundle of every trusted root (openssl-probe's
+/// list). Reading the bundle alone is what OpenSSL does for a handshake;
+/// rustls-native-certs also reads every file of `/etc/ssl/certs` (~150
+/// files, the same certificates again), which cost 10-60 ms per process.
+const OS_ROOT_BUNDLES: [&str; 6] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The OS roots: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (they replace the
+/// OS store, as in OpenSSL), else the first OS bundle that holds
+/// certificates, else whatever rustls-native-certs finds.
+fn load_os_roots() -> rustls_native_certs::CertificateResult {
+    let from_env =
+        std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some();
+    if !from_env {
+        for bundle in OS_ROOT_BUNDLES {
+            let path = Path::new(bundle);
+            if path.is_file() {
+                let loaded = rustls_native_certs::load_certs_from_paths(Some(path), None);
+                if !loaded.certs.is_empty() {
+                    return loaded;
+                }
+            }
+        }
+    }
+    rustls_native_certs::load_native_certs()
 }
 
 /// Client preference among the provider's suites; unlisted ones keep their
