@@ -26,6 +26,12 @@ pub const BUFFER_SIZE_BYTES_DEFAULT: usize = 1 << 20;
 /// download far under the 64 MiB RSS target and under 8 MiB × cores of memlock
 /// only when shrunk; see `uring::buffers` for the RLIMIT_MEMLOCK clamp.
 pub const BUFFERS_PER_CORE_DEFAULT: usize = 16;
+/// `--buffers` default of `restore`, whose small-object pool and one large
+/// object at a time share the budget, beside more connections and a listing.
+/// On the mixed benchmark (2 × 256 MiB, 200 × 1 MiB, 1,000 × 16 KiB, 2 cores)
+/// 16 peaked at 63-67 MiB RSS and 12 at 54-59 MiB, in the same time
+/// (1.57-1.74 s against 1.65-1.77 s, 3 interleaved runs, caches dropped).
+pub const RESTORE_BUFFERS_PER_CORE_DEFAULT: usize = 12;
 /// A quarter of each pool is reserved for the connection at the hash
 /// frontier: with one buffer it could only receive, write and hash in turn,
 /// and the whole download would crawl at that speed once the window fills.

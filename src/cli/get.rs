@@ -65,9 +65,9 @@ pub struct TuningArgs {
     /// Bytes per registered buffer (multiple of 4 KiB).
     #[arg(long, value_parser = parse_size_bytes, default_value = "1MiB")]
     pub buffer_size: u64,
-    /// Registered buffers per core.
-    #[arg(long, default_value_t = config::BUFFERS_PER_CORE_DEFAULT)]
-    pub buffers: usize,
+    /// Registered buffers per core [default: 16 for get, 12 for restore].
+    #[arg(long)]
+    pub buffers: Option<usize>,
     /// Attempts per chunk, counting the first.
     #[arg(long, default_value_t = config::MAX_ATTEMPTS_DEFAULT)]
     pub max_attempts: u32,
@@ -120,11 +120,15 @@ impl TuningArgs {
                 config::BUFFER_SIZE_BYTES_MAX >> 20
             ));
         }
+        let buffers_per_core = self.buffers.unwrap_or(if with_object_pool {
+            config::RESTORE_BUFFERS_PER_CORE_DEFAULT
+        } else {
+            config::BUFFERS_PER_CORE_DEFAULT
+        });
         // Two buffers at least: one is the reserve for the hash frontier.
-        if self.buffers < 2 || self.buffers > config::BUFFERS_PER_CORE_MAX {
+        if !(2..=config::BUFFERS_PER_CORE_MAX).contains(&buffers_per_core) {
             return usage(format!(
-                "--buffers {}: expected 2..={}",
-                self.buffers,
+                "--buffers {buffers_per_core}: expected 2..={}",
                 config::BUFFERS_PER_CORE_MAX
             ));
         }
@@ -146,11 +150,11 @@ impl TuningArgs {
                 * config::OBJECT_BUFFER_SIZE_BYTES.min(self.buffer_size as usize))
                 as u64;
             let share = objects_bytes.div_ceil(self.buffer_size) as usize;
-            self.buffers
+            buffers_per_core
                 .saturating_sub(share)
                 .max(config::ENGINE_BUFFERS_PER_CORE_MIN)
         } else {
-            self.buffers
+            buffers_per_core
         };
         let pool_per_connection_bytes =
             (buffers as u64 * self.buffer_size) / self.connections as u64;

@@ -11,7 +11,6 @@
 //! the bytes before them are hashed, so without the reserve, later chunks could
 //! hold every buffer while the first one starves (DESIGN.md field notes).
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::RefCell;
 use std::io;
 use std::ptr::NonNull;
@@ -23,8 +22,12 @@ use tokio_uring::buf::{IoBuf, IoBufMut};
 
 use crate::config::{DIRECT_IO_ALIGN_BYTES, HEAD_RESERVE_DIVISOR};
 
-/// A zero-initialised, page-aligned heap buffer. Its whole capacity is always
-/// initialised memory, so exposing it as `&mut [u8]` is sound.
+/// A zero-initialised, page-aligned buffer of its own anonymous mapping. Its
+/// whole capacity is always initialised memory, so exposing it as `&mut [u8]`
+/// is sound. Mapped rather than taken from malloc: every engine's threads got
+/// their own malloc arena, and a freed pool stayed in the arena of threads
+/// that had exited, so each large object of a restore could add a pool's
+/// worth of RSS; `munmap` gives the pages back when the pool is dropped.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     capacity_bytes: usize,
@@ -35,19 +38,30 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     pub fn new(capacity_bytes: usize) -> AlignedBuf {
         assert!(capacity_bytes > 0 && capacity_bytes % DIRECT_IO_ALIGN_BYTES == 0);
-        let layout = Self::layout(capacity_bytes);
-        // SAFETY: the layout has a non-zero size (asserted above).
-        let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // SAFETY: a fresh private anonymous mapping of non-zero length
+        // (asserted above) aliases nothing; it is unmapped once, in `drop`.
+        let mapped = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                capacity_bytes,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        };
+        let ptr = mapped
+            .ok()
+            .and_then(|raw| NonNull::new(raw.cast::<u8>()))
+            .unwrap_or_else(|| {
+                std::alloc::handle_alloc_error(
+                    std::alloc::Layout::from_size_align(capacity_bytes, DIRECT_IO_ALIGN_BYTES)
+                        .expect("buffer layout"),
+                )
+            });
         AlignedBuf {
             ptr,
             capacity_bytes,
             init_bytes: capacity_bytes,
         }
-    }
-
-    fn layout(capacity_bytes: usize) -> Layout {
-        Layout::from_size_align(capacity_bytes, DIRECT_IO_ALIGN_BYTES).expect("buffer layout")
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -64,12 +78,13 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with exactly this layout, freed once.
-        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.capacity_bytes)) }
+        // SAFETY: mapped in `new` with exactly this length, unmapped once; no
+        // reference into it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.capacity_bytes) };
     }
 }
 
-// SAFETY: the heap allocation never moves while the buffer lives, so the
+// SAFETY: the mapping never moves while the buffer lives, so the
 // pointer stays valid for as long as the kernel may use it; the lengths
 // reported never exceed the allocation.
 unsafe impl IoBuf for AlignedBuf {
