@@ -24,10 +24,11 @@ use crate::config::{DIRECT_IO_ALIGN_BYTES, HEAD_RESERVE_DIVISOR};
 
 /// A zero-initialised, page-aligned buffer of its own anonymous mapping. Its
 /// whole capacity is always initialised memory, so exposing it as `&mut [u8]`
-/// is sound. Mapped rather than taken from malloc: every engine's threads got
-/// their own malloc arena, and a freed pool stayed in the arena of threads
-/// that had exited, so each large object of a restore could add a pool's
-/// worth of RSS; `munmap` gives the pages back when the pool is dropped.
+/// is sound. Mapped rather than taken from malloc, so a dropped pool's pages
+/// go back to the kernel at once (each large object of a restore runs an
+/// engine with its own threads, and glibc may keep a freed block in the arena
+/// of a thread that has exited), and zeroed pages cost nothing until touched
+/// (`alloc_zeroed` with 4 KiB alignment memsets the whole pool up front).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     capacity_bytes: usize,
