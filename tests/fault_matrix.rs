@@ -161,45 +161,12 @@ impl Run {
     }
 }
 
-/// Runs a command with a deadline, draining its pipes on threads.
-fn run(mut command: Command) -> Run {
-    use std::io::Read;
+/// Runs a command with a deadline (see `common::run_with_deadline`).
+fn run(command: Command) -> Run {
     let started = Instant::now();
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringdown");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = started + Duration::from_secs(RUN_DEADLINE_S);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "ringdown did not finish within {RUN_DEADLINE_S} s; stderr:\n{}",
-                String::from_utf8_lossy(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let output = common::run_with_deadline(command, Duration::from_secs(RUN_DEADLINE_S), |_| {});
     Run {
-        output: Output {
-            status,
-            stdout: stdout.join().unwrap(),
-            stderr: stderr.join().unwrap(),
-        },
+        output,
         seconds: started.elapsed().as_secs_f64(),
     }
 }

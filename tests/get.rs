@@ -57,29 +57,8 @@ impl RunBounded for Command {
 
 /// Runs a command with a deadline, so an engine hang fails the test instead
 /// of hanging CI.
-fn run_bounded(mut command: Command) -> Output {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringdown");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("collect output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("collect output");
-            panic!(
-                "ringdown did not finish within 180 s; stderr:\n{}",
-                stderr(&output)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn run_bounded(command: Command) -> Output {
+    common::run_with_deadline(command, std::time::Duration::from_secs(180), |_| {})
 }
 
 fn stderr(output: &Output) -> String {

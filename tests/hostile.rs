@@ -19,6 +19,8 @@
 //! - A listing whose `nextFileName` does not move past both the page's start
 //!   and its last name is a loop: the restore stops with an error naming it.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -429,7 +431,8 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// Runs `ringdown ARGS` with the fake's credentials, polling its peak RSS.
 fn ringdown(args: &[&str]) -> Run {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
         .args(args)
         .env("B2_APPLICATION_KEY_ID", KEY_ID)
         .env("B2_APPLICATION_KEY", KEY)
@@ -438,42 +441,16 @@ fn ringdown(args: &[&str]) -> Run {
         .env_remove("B2_ENVIRONMENT")
         .env_remove("JOB_COMPLETION_INDEX")
         .env_remove("SLURM_ARRAY_TASK_ID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringdown");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let _stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let pid = child.id();
+        .stdin(Stdio::null());
     let mut peak = 0;
-    let status = loop {
+    let output = common::run_with_deadline(command, RUN_MAX, |pid| {
         if let Some(rss) = peak_rss_kib(pid) {
             peak = peak.max(rss);
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_MAX {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "ringdown {args:?} did not finish within {RUN_MAX:?} (peak RSS {peak} KiB); stderr:\n{}",
-                stderr.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    });
     Run {
-        code: status.code(),
-        stderr: stderr.join().unwrap(),
+        code: output.status.code(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         peak_rss_kib: peak,
         elapsed: started.elapsed(),
     }

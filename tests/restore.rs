@@ -55,44 +55,9 @@ fn command_tuned(served: &Served, args: &[&str], dir: &Path, tuning: &[&str]) ->
     command
 }
 
-/// Runs a command with a deadline, reading its output on threads so a
-/// chatty child never blocks on a full pipe.
-fn run_bounded(mut command: Command) -> Output {
-    use std::io::Read;
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringdown");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "ringdown restore did not finish within 60 s; stderr:\n{}",
-                String::from_utf8_lossy(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+/// Runs a command with a 60 s deadline (see `common::run_with_deadline`).
+fn run_bounded(command: Command) -> Output {
+    common::run_with_deadline(command, Duration::from_secs(60), |_| {})
 }
 
 fn restore(served: &Served, args: &[&str], dir: &Path) -> Output {

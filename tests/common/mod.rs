@@ -368,3 +368,51 @@ pub fn sha1_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Runs a command to completion within `deadline`, draining both pipes on
+/// threads so a chatty child never blocks on a full pipe. `on_poll(pid)` is
+/// called every few ms while it runs (peak-RSS sampling); a child still
+/// running at the deadline is killed and the test panics with its stderr.
+pub fn run_with_deadline(
+    mut command: Command,
+    deadline: Duration,
+    mut on_poll: impl FnMut(u32),
+) -> std::process::Output {
+    let started = std::time::Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringdown");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr piped")));
+    let pid = child.id();
+    let status = loop {
+        on_poll(pid);
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{:?} did not finish within {deadline:?}; stderr:\n{}",
+                command.get_args().collect::<Vec<_>>(),
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
