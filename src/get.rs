@@ -799,11 +799,8 @@ impl ResumeFiles {
         if !regular || (stat.st_size as u64) < bytes {
             return None;
         }
-        let want_direct = match mode {
-            DirectIo::Off => false,
-            DirectIo::On => true,
-            DirectIo::Auto => size_bytes >= DIRECT_IO_MIN_OBJECT_BYTES,
-        };
+        // `mode` comes from `DirectIo::for_object`, which decided `auto` by size.
+        let want_direct = mode != DirectIo::Off;
         let (file, direct) = reopen_partial(dir, &self.part, want_direct).ok()?;
         let resume = engine::hash_prefix(dir, &self.part, bytes)?;
         Some((file, direct, resume))
@@ -921,7 +918,8 @@ fn creation_error(context: String, error: rustix::io::Errno) -> Error {
 }
 
 /// Creates the temporary file (never following a symlink), pre-allocated.
-/// Returns whether O_DIRECT is on. `display_path` is the final path, named
+/// `mode` is the object's, from `DirectIo::for_object`. Returns whether
+/// O_DIRECT is on. `display_path` is the final path, named
 /// in errors (the temporary name means nothing to the user).
 pub(crate) fn create_temp(
     dir: &OwnedFd,
@@ -931,11 +929,9 @@ pub(crate) fn create_temp(
     mode: DirectIo,
 ) -> Result<(OwnedFd, bool)> {
     let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let want_direct = match mode {
-        DirectIo::Off => false,
-        DirectIo::On => true,
-        DirectIo::Auto => size_bytes >= DIRECT_IO_MIN_OBJECT_BYTES,
-    };
+    // `mode` comes from `DirectIo::for_object`, which decided `auto` by size;
+    // `auto` still falls back when the file system's alignment does not suit.
+    let want_direct = mode != DirectIo::Off;
     let open = |flags: OFlags| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644));
     let (file, direct) = if want_direct {
         match open(flags | OFlags::DIRECT) {
