@@ -26,8 +26,8 @@ pub const BUFFER_SIZE_BYTES_DEFAULT: usize = 1 << 20;
 /// download far under the 64 MiB RSS target and under 8 MiB × cores of memlock
 /// only when shrunk; see `uring::buffers` for the RLIMIT_MEMLOCK clamp.
 pub const BUFFERS_PER_CORE_DEFAULT: usize = 16;
-/// `--buffers` default of `restore`, whose small-object pool and one large
-/// object at a time share the budget, beside more connections and a listing.
+/// `--buffers` default of `restore`, whose small and large objects share the
+/// pool, beside more connections and a listing.
 /// On the mixed benchmark (2 × 256 MiB, 200 × 1 MiB, 1,000 × 16 KiB, 2 cores)
 /// 16 peaked at 63-67 MiB RSS and 12 at 54-59 MiB, in the same time
 /// (1.57-1.74 s against 1.65-1.77 s, 3 interleaved runs, caches dropped).
@@ -126,27 +126,18 @@ pub const LIST_BUCKETS_MAX: usize = 10_000;
 /// listing blocks when it is full, so memory does not grow with the bucket
 /// (one page in flight plus this many entries).
 pub const LIST_QUEUE_ENTRIES: usize = 4_096;
-/// Small-object jobs waiting for a connection, per core. Each queued job
-/// holds two descriptors (its partial file and its parent directory).
-pub const OBJECT_QUEUE_JOBS_PER_CORE: usize = 16;
-/// Cap on queued small-object jobs whatever the core count, so descriptors
-/// stay far below a 1024 RLIMIT_NOFILE (raised to the hard limit at start).
-pub const OBJECT_QUEUE_JOBS_MAX: usize = 256;
-/// Buffers per connection of the small-object pool. A connection holds one
-/// at a time (it awaits each write); the second is headroom so that a
-/// connection never waits for the core's free list.
-pub const OBJECT_BUFFERS_PER_CONNECTION: usize = 2;
-/// Buffer size of the small-object pool. Small objects are hashed and
-/// written a buffer at a time; 256 KiB keeps the per-write cost negligible
-/// while the pool stays ~2 MiB per core beside the large-object engine's
-/// (restore's peak RSS target is 64 MiB for both).
-pub const OBJECT_BUFFER_SIZE_BYTES: usize = 256 << 10;
-/// Fewest buffers per core left to the large-object engine when restore's
-/// small-object pool takes its share of `--buffers` (one receiving, one
-/// writing, one reserved for the hash frontier, one spare).
-pub const ENGINE_BUFFERS_PER_CORE_MIN: usize = 4;
-/// Large objects waiting for the whole-engine download thread.
-pub const LARGE_OBJECT_QUEUE_JOBS: usize = 2;
+/// Queued objects (small or large) waiting for a connection, per core.
+/// Each queued job holds two descriptors (its partial file and its parent
+/// directory).
+pub const SCHEDULER_QUEUE_JOBS_PER_CORE: usize = 16;
+/// Cap on queued objects whatever the core count, so descriptors stay far
+/// below a 1024 RLIMIT_NOFILE (raised to the hard limit at start).
+pub const SCHEDULER_QUEUE_JOBS_MAX: usize = 256;
+/// Until the last object is queued, large objects take chunks on at most
+/// 1/this of all connections (together); the others keep taking small objects, so
+/// files keep completing (and being journaled) beside a large download.
+/// Once nothing else is left, every connection takes its chunks.
+pub const LARGE_OBJECT_CONNECTIONS_DIVISOR: usize = 2;
 /// Journal records sorted in memory at once when a resumed restore merges
 /// its journal (an external sort): resume memory stays flat whatever the
 /// number of files completed before.

@@ -9,7 +9,6 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
@@ -350,35 +349,20 @@ impl Download {
                     (temp_name, file, direct, None)
                 }
             };
-            self.progress
-                .written_prefix_bytes
-                .store(0, Ordering::Relaxed);
-            let journal = match &resumable {
-                Some(files) => Some(files.open_journal(&dir)?),
+            let on_written = match &resumable {
+                Some(files) => Some(files.journal_writer(files.open_journal(&dir)?)),
                 None => None,
             };
-            let finished = AtomicBool::new(false);
-            let outcome = std::thread::scope(|scope| {
-                if let (Some(files), Some(journal)) = (&resumable, journal) {
-                    let progress = &self.progress;
-                    let finished = &finished;
-                    let part_size_bytes = options.engine.part_size_bytes;
-                    scope.spawn(move || {
-                        files.journal_while(journal, progress, part_size_bytes, finished)
-                    });
-                }
-                let outcome = engine::download_resumed(
-                    &options.engine,
-                    &meta.source,
-                    meta.size_bytes,
-                    &file,
-                    direct,
-                    Arc::clone(&self.progress),
-                    resume,
-                );
-                finished.store(true, Ordering::Release);
-                outcome
-            });
+            let outcome = engine::download_resumed(
+                &options.engine,
+                &meta.source,
+                meta.size_bytes,
+                &file,
+                direct,
+                Arc::clone(&self.progress),
+                resume,
+                on_written,
+            );
             let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(error @ Error::Interrupted { .. }) if resumable.is_some() => {
@@ -842,28 +826,24 @@ impl ResumeFiles {
         .map_err(|error| Error::io(format!("creating {}", self.journal), error.into()))
     }
 
-    /// While the engine runs: a journal line each time the written prefix
-    /// crosses a chunk boundary (one `write` per line: a kill cuts at most
-    /// the last line, which the next run ignores).
-    fn journal_while(
-        &self,
-        mut journal: std::fs::File,
-        progress: &Progress,
-        part_size_bytes: u64,
-        finished: &AtomicBool,
-    ) {
+    /// What the engine calls each time the written prefix crosses a chunk
+    /// boundary: one journal line, one `write` (a kill cuts at most the last
+    /// line, which the next run ignores). A failed write stops journaling:
+    /// the download goes on, and a resume starts from the last good line.
+    fn journal_writer(&self, journal: std::fs::File) -> engine::large::OnWritten {
         use std::io::Write;
-        engine::journal_written_chunks(
-            progress,
-            part_size_bytes,
-            0,
-            finished,
-            |boundary| {
-                let line = format!("chunk\t{}\t{boundary}\n", self.key);
-                journal.write_all(line.as_bytes()).is_ok()
-            },
-            || {},
-        );
+        let key = self.key.clone();
+        let journal = std::sync::Mutex::new(Some(journal));
+        Box::new(move |boundary| {
+            let mut journal = journal.lock().expect("journal lock");
+            let line = format!("chunk\t{key}\t{boundary}\n");
+            if journal
+                .as_mut()
+                .is_some_and(|file| file.write_all(line.as_bytes()).is_err())
+            {
+                *journal = None;
+            }
+        })
     }
 
     fn remove(&self, dir: &OwnedFd) {

@@ -91,9 +91,9 @@ pub struct TuningArgs {
 impl TuningArgs {
     /// Validates the flags and sizes the buffer pool against RLIMIT_MEMLOCK.
     /// The engine's configuration and, when RLIMIT_MEMLOCK is too small to
-    /// register the buffers, the notice saying so. `with_object_pool`: the
-    /// run also starts restore's small-object pool (its buffers count too).
-    pub fn engine_config(&self, with_object_pool: bool) -> Result<(EngineConfig, Option<String>)> {
+    /// register the buffers, the notice saying so. `restore`: the defaults
+    /// of `ringdown restore` (fewer buffers per core; see `config`).
+    pub fn engine_config(&self, restore: bool) -> Result<(EngineConfig, Option<String>)> {
         let usage = |msg: String| Err(Error::Usage(msg));
         let cores = self.cores.unwrap_or_else(runtime::available_cores);
         if cores == 0 || cores > config::CORES_MAX {
@@ -120,7 +120,7 @@ impl TuningArgs {
                 config::BUFFER_SIZE_BYTES_MAX >> 20
             ));
         }
-        let buffers_per_core = self.buffers.unwrap_or(if with_object_pool {
+        let buffers_per_core = self.buffers.unwrap_or(if restore {
             config::RESTORE_BUFFERS_PER_CORE_DEFAULT
         } else {
             config::BUFFERS_PER_CORE_DEFAULT
@@ -142,20 +142,7 @@ impl TuningArgs {
             return usage("--timeout-s must be at least 1".into());
         }
         // Whole buffers per part keep every O_DIRECT write aligned.
-        // `--buffers` × `--buffer-size` is the whole per-core budget: restore's
-        // small-object pool (a few 256 KiB buffers per core) comes out of it.
-        let buffers = if with_object_pool {
-            let objects_bytes = (self.connections
-                * config::OBJECT_BUFFERS_PER_CONNECTION
-                * config::OBJECT_BUFFER_SIZE_BYTES.min(self.buffer_size as usize))
-                as u64;
-            let share = objects_bytes.div_ceil(self.buffer_size) as usize;
-            buffers_per_core
-                .saturating_sub(share)
-                .max(config::ENGINE_BUFFERS_PER_CORE_MIN)
-        } else {
-            buffers_per_core
-        };
+        let buffers = buffers_per_core;
         let pool_per_connection_bytes =
             (buffers as u64 * self.buffer_size) / self.connections as u64;
         let part_size_bytes = self
@@ -177,10 +164,7 @@ impl TuningArgs {
             register_buffers: true,
             cancel: None,
         };
-        let mut pool_bytes = cores as u64 * buffers as u64 * self.buffer_size;
-        if with_object_pool {
-            pool_bytes += crate::engine::objects::pool_bytes(&engine);
-        }
+        let pool_bytes = cores as u64 * buffers as u64 * self.buffer_size;
         let (register_buffers, notice) = match runtime::memlock_budget_bytes() {
             Some(budget) if pool_bytes > budget => (
                 false,

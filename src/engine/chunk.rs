@@ -1,5 +1,6 @@
-//! One connection task: takes chunks in ascending order and downloads each
-//! with range requests, retrying from the first missing byte.
+//! One chunk of a large object on one connection: a range request, retried
+//! from the first missing byte; each full buffer is written at its offset on
+//! a task of its own and hashed when the frontier reaches it.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -12,29 +13,16 @@ use crate::plan::Chunk;
 use crate::stats::Stage;
 use crate::uring::{self, PoolBuf};
 
-use super::Core;
 use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
+use super::large::CoreJob;
 
-pub(super) async fn connection_loop(core: Rc<Core>) {
-    let mut connection: Option<Connection> = None;
-    while let Some(chunk) = core.job.next_chunk() {
-        if let Err(error) = download_chunk(&core, &mut connection, chunk).await {
-            core.job.abort(error);
-            break;
-        }
-    }
-    if let Some(connection) = connection {
-        connection.shutdown();
-    }
-}
-
-async fn download_chunk(
-    core: &Rc<Core>,
+pub(super) async fn download_chunk(
+    core: &Rc<CoreJob>,
     connection: &mut Option<Connection>,
     chunk: Chunk,
 ) -> Result<(), Error> {
     let job = &core.job;
-    let config = &job.config;
+    let config = &core.core.shared.config;
     let chunk_started = Instant::now();
     // Bytes of this chunk received so far: written, in flight, or in `current`.
     let mut received_bytes: u64 = 0;
@@ -65,7 +53,7 @@ async fn download_chunk(
         }
         let context = format!(
             "GET {} bytes={}-{}",
-            job.source.display_name,
+            job.spec.display_name,
             chunk.offset_bytes + received_bytes,
             chunk.last_byte()
         );
@@ -73,7 +61,7 @@ async fn download_chunk(
             FailureKind::Retry => {}
             FailureKind::Reauthorize if !reauthorized => {
                 reauthorized = true;
-                if let Some(auth) = &job.source.auth {
+                if let Some(auth) = &core.core.shared.source.auth {
                     auth.reauthorize().await?;
                 }
             }
@@ -90,10 +78,7 @@ async fn download_chunk(
                 format!("{} after {attempt} attempts", failure.detail),
             ));
         }
-        core.retries.set(core.retries.get() + 1);
-        job.progress
-            .retries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        core.core.count_retry();
         let delay = backoff(
             config.retry_base_ms,
             config.retry_max_ms,
@@ -110,7 +95,7 @@ async fn download_chunk(
 }
 
 async fn attempt_chunk(
-    core: &Rc<Core>,
+    core: &Rc<CoreJob>,
     connection: &mut Option<Connection>,
     chunk: &Chunk,
     received_bytes: &mut u64,
@@ -118,13 +103,14 @@ async fn attempt_chunk(
     buffer_started: &mut Instant,
 ) -> Result<(), Failure> {
     let job = &core.job;
-    let source = &job.source;
+    let spec = &job.spec;
+    let source = &core.core.shared.source;
     if connection.is_none() {
         let record = |stage, elapsed| core.record(stage, elapsed);
         let opened = Connection::open(
             &source.origin,
             source.tls.as_ref(),
-            job.config.timeout,
+            core.core.shared.config.timeout,
             &record,
         )
         .await;
@@ -139,14 +125,14 @@ async fn attempt_chunk(
     if let Some(token) = token.as_deref() {
         headers.push(("Authorization", token));
     }
-    if let Some(etag) = source.if_match.as_deref() {
+    if let Some(etag) = spec.if_match.as_deref() {
         headers.push(("If-Match", etag));
     }
     http::write_get_request(
         &mut request,
         "GET",
         &source.origin.host_header(),
-        &source.path_and_query,
+        &spec.path_and_query,
         Some((first_byte, last_byte)),
         &headers,
     )
@@ -162,7 +148,7 @@ async fn attempt_chunk(
     let body_len = check_head(core, conn, &head, first_byte, last_byte).await?;
     let mut body_left = body_len;
     while body_left > 0 {
-        if job.is_aborted() {
+        if job.is_stopped(core.core.shared.config.is_cancelled()) {
             return Err(Failure {
                 detail: "aborted".into(),
                 kind: FailureKind::Retry,
@@ -176,6 +162,7 @@ async fn attempt_chunk(
                 let head_offset = chunk.offset_bytes + *received_bytes;
                 let digest = &job.digest;
                 let buf = core
+                    .core
                     .pool
                     .take(|| digest.frontier() == head_offset || job.is_aborted())
                     .await;
@@ -226,7 +213,7 @@ async fn attempt_chunk(
 
 /// Validates a response head against the request. Returns the body length.
 async fn check_head(
-    core: &Core,
+    core: &CoreJob,
     conn: &mut Connection,
     head: &ResponseHead,
     first_byte: u64,
@@ -284,7 +271,7 @@ async fn check_head(
         }
         None => return Err(protocol("range response without Content-Length".into())),
     }
-    if let Some(expected) = &job.source.expect_file_id {
+    if let Some(expected) = &job.spec.expect_file_id {
         match head.header("x-bz-file-id") {
             Some(id) if id == expected => {}
             other => {
@@ -304,11 +291,11 @@ async fn check_head(
 
 /// Writes a full buffer at its offset on a task of its own, so the connection
 /// keeps receiving; the written buffer then waits in the reorder window.
-fn submit_write(core: &Rc<Core>, mut buf: PoolBuf, offset: u64) {
+fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
     let size = core.job.digest.size_bytes();
     let data_len = buf.filled_bytes();
     debug_assert!(offset + data_len as u64 <= size);
-    if core.job.direct_io
+    if core.job.spec.direct_io
         && offset + data_len as u64 == size
         && data_len % DIRECT_IO_ALIGN_BYTES != 0
     {
@@ -319,28 +306,25 @@ fn submit_write(core: &Rc<Core>, mut buf: PoolBuf, offset: u64) {
     // At the frontier, hash now: the frontier then moves on without waiting
     // for the write, and other cores' parked buffers follow sooner.
     let hashed = core.hash_if_at_frontier(offset, &buf.filled()[..data_len]);
-    core.writes_in_flight.set(core.writes_in_flight.get() + 1);
+    core.write_started();
     let core = Rc::clone(core);
     uring::spawn(async move {
         let started = Instant::now();
-        let (result, buf) = core.file.write_all_at(buf, offset).await;
+        let (result, buf) = core.file().write_all_at(buf, offset).await;
         core.record(Stage::Write, started.elapsed());
         if result.is_ok() {
             core.job.wrote(offset, data_len as u64);
         }
         match result {
             Ok(()) if hashed => drop(buf),
-            Ok(()) => {
-                core.window.borrow_mut().insert(offset, buf, data_len);
-                core.drain_hashable();
-            }
+            Ok(()) => core.park(offset, buf, data_len),
             Err(error) => {
                 drop(buf);
                 let run_fatal = matches!(
                     error.raw_os_error(),
                     Some(libc::ENOSPC) | Some(libc::EROFS) | Some(libc::EDQUOT)
                 );
-                let context = format!("writing {} at byte {offset}", core.job.source.display_name);
+                let context = format!("writing {} at byte {offset}", core.job.spec.display_name);
                 core.job.abort(if run_fatal {
                     Error::Fatal(format!("{context}: {error}"))
                 } else {
@@ -348,10 +332,6 @@ fn submit_write(core: &Rc<Core>, mut buf: PoolBuf, offset: u64) {
                 });
             }
         }
-        let left = core.writes_in_flight.get() - 1;
-        core.writes_in_flight.set(left);
-        if left == 0 {
-            core.writes_drained.notify_one();
-        }
+        core.write_ended();
     });
 }

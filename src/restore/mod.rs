@@ -1,9 +1,10 @@
 //! `ringdown restore`: a whole bucket or folder to a directory, verified.
 //!
 //! Listing thread (pages of `b2_list_file_names`) → bounded queue →
-//! scheduler (this thread: filters, shard, name mapping, journal, parents) →
-//! small objects to the per-core object pool (one GET each), large objects
-//! one at a time to the thread-per-core engine (all cores on one object).
+//! planner (this thread: filters, shard, name mapping, journal, parents) →
+//! the engine's scheduler: small objects are one GET each, large ones are
+//! split into chunks over every core and connection, on the same keep-alive
+//! connections.
 //! Per file: temp in `.ringdown/partial/` → verify → `futimens` → `renameat`
 //! → journal line → report line.
 
@@ -27,12 +28,10 @@ use crate::b2::ExpectedSha1;
 use crate::client::b2_api::{Authorizer, Credentials, describe_error};
 use crate::client::url::Url;
 use crate::client::{exchange, resolve};
-use crate::config::{
-    API_BODY_MAX_BYTES, LARGE_OBJECT_QUEUE_JOBS, LIST_QUEUE_ENTRIES,
-    OBJECT_REDOWNLOADS_ON_MISMATCH, SUMMARY_FAILED_NAMES_SHOWN,
-};
-use crate::engine::objects::{ObjectJob, ObjectPool, ObjectResult, PoolSource};
-use crate::engine::{self, EngineConfig, ObjectSource, Progress};
+use crate::config::{API_BODY_MAX_BYTES, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN};
+use crate::engine::large::LargeJob;
+use crate::engine::scheduler::{Done, ObjectJob, ObjectResult, PoolSource, Scheduler, Work};
+use crate::engine::{self, EngineConfig, Progress};
 use crate::error::{Error, Result};
 use crate::get::DirectIo;
 use crate::http;
@@ -294,8 +293,6 @@ struct FileTask {
     entry: ListEntry,
     /// Journal key: `fileId\tsize`.
     key: String,
-    /// Large objects: bytes an earlier run left in the partial file.
-    resume_bytes: Option<u64>,
     /// Fetched by the whole engine (partial name is stable, resumable).
     large: bool,
     parent: OwnedFd,
@@ -419,10 +416,10 @@ impl Restore {
             ));
         }
         let mut registered_buffers = true;
-        let (pool, large) = if options.dry_run {
-            (None, None)
+        let scheduler = if options.dry_run {
+            None
         } else {
-            let pool = ObjectPool::start(
+            Some(Scheduler::start(
                 &options.engine,
                 PoolSource {
                     origin: origin.clone(),
@@ -430,28 +427,7 @@ impl Restore {
                     auth: Some(Arc::clone(&auth)),
                 },
                 Arc::clone(&self.progress),
-            )?;
-            let (large_sender, large_receiver) =
-                std::sync::mpsc::sync_channel::<FileTask>(LARGE_OBJECT_QUEUE_JOBS);
-            let large_thread = {
-                let run = Arc::clone(&run);
-                let source = ObjectSource {
-                    origin: origin.clone(),
-                    tls: origin.tls.then(|| Arc::clone(&tls)),
-                    path_and_query: String::new(),
-                    auth: Some(Arc::clone(&auth)),
-                    expect_file_id: None,
-                    if_match: None,
-                    display_name: String::new(),
-                };
-                let progress = Arc::clone(&self.progress);
-                let base = base.clone();
-                std::thread::Builder::new()
-                    .name("ringdown-large".into())
-                    .spawn(move || large_loop(&run, &source, &base, large_receiver, progress))
-                    .map_err(|error| Error::io("spawning the large-object thread", error))?
-            };
-            (Some(pool), Some((large_sender, large_thread)))
+            )?)
         };
 
         let mut listing_error = None;
@@ -466,35 +442,17 @@ impl Restore {
             if run.stop.load(Ordering::Acquire) || cancel.load(Ordering::Acquire) {
                 break;
             }
-            schedule(
-                &run,
-                entry,
-                &base,
-                pool.as_ref(),
-                large.as_ref().map(|(s, _)| s),
-            );
+            schedule(&run, entry, &base, scheduler.as_ref());
         }
         self.files.listing_done.store(true, Ordering::Relaxed);
         // Dropping the receiver unblocks a listing thread that is still sending.
         drop(list_receiver);
         let _ = lister.join();
-        if let Some((sender, thread)) = large {
-            drop(sender);
-            if let Ok((large_stages, large_notices, registered)) = thread.join() {
-                stages.merge(&large_stages);
-                registered_buffers &= registered;
-                for notice in large_notices {
-                    if !notices.contains(&notice) {
-                        notices.push(notice);
-                    }
-                }
-            }
-        }
-        if let Some(pool) = pool {
+        if let Some(scheduler) = scheduler {
             if run.stop.load(Ordering::Acquire) {
-                pool.stop();
+                scheduler.stop();
             }
-            match pool.finish() {
+            match scheduler.finish() {
                 Ok(report) => {
                     stages.merge(&report.stages);
                     run.retries.fetch_add(report.retries, Ordering::Relaxed);
@@ -771,13 +729,7 @@ fn list_all(
 }
 
 /// Decides what to do with one listed entry and hands it to a worker.
-fn schedule(
-    run: &Arc<Run>,
-    entry: ListEntry,
-    base: &str,
-    pool: Option<&ObjectPool>,
-    large: Option<&std::sync::mpsc::SyncSender<FileTask>>,
-) {
+fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Scheduler>) {
     let options = &run.options;
     if entry.action == Action::Other {
         return;
@@ -931,7 +883,6 @@ fn schedule(
     let task = FileTask {
         _in_flight: run.in_flight.enter(segments.join("/")),
         key,
-        resume_bytes,
         large: is_large,
         leaf: leaf[0].to_string(),
         entry,
@@ -940,41 +891,80 @@ fn schedule(
         temp_name,
         file,
     };
-    if is_large {
-        if let Some(large) = large {
-            let _ = large.send(task);
-        }
-        return;
-    }
-    let Some(pool) = pool else { return };
+    let Some(scheduler) = scheduler else { return };
     let engine_file = match task.file.try_clone() {
         Ok(fd) => fd,
         Err(error) => return run.fail_run(Error::io("duplicating a file descriptor", error)),
     };
-    let job = ObjectJob {
-        path_and_query: download_path(base, &task.entry),
-        display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
-        expect_file_id: task.entry.file_id.clone(),
-        size_bytes: task.entry.size_bytes,
-        expected_sha1: match task.entry.expected {
-            ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
-            ExpectedSha1::None => None,
-        },
-        fsync: options.fsync,
-        file: engine_file,
-        done: {
-            let run = Arc::clone(run);
-            Box::new(move |result: ObjectResult| {
-                let sha1 = result
-                    .outcome
-                    .map_err(|failure| (failure.error, failure.run_fatal));
-                finish_file(&run, task, sha1, result.attempts);
-            })
-        },
+    let path_and_query = download_path(base, &task.entry);
+    let display_name = format!("b2://{}/{}", options.bucket, task.entry.name);
+    let expect_file_id = task.entry.file_id.clone();
+    let size_bytes = task.entry.size_bytes;
+    let expected_sha1 = match task.entry.expected {
+        ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
+        ExpectedSha1::None => None,
     };
-    if let Err(error) = pool.submit(job) {
+    let work = if task.large {
+        let resume = resume_bytes
+            .map(|bytes| bytes / options.engine.part_size_bytes * options.engine.part_size_bytes)
+            .filter(|&bytes| bytes > 0 && bytes <= size_bytes)
+            .and_then(|bytes| engine::hash_prefix(&target.partial, &task.temp_name, bytes));
+        if let Some(resume) = &resume {
+            if !run.reporter.quiet {
+                eprintln!(
+                    "ringdown: {}: resuming at byte {} of {size_bytes} (journal)",
+                    task.entry.name, resume.offset_bytes
+                );
+            }
+        }
+        let on_written = {
+            let run = Arc::clone(run);
+            let key = task.key.clone();
+            Box::new(move |boundary| {
+                // A failed journal line costs a re-download after a crash, no more.
+                let _ = run.target().journal_chunks(&key, boundary);
+            })
+        };
+        Work::Large(LargeJob {
+            path_and_query,
+            display_name,
+            expect_file_id,
+            if_match: None,
+            size_bytes,
+            expected_sha1,
+            direct_io,
+            fsync: options.fsync,
+            file: engine_file,
+            resume,
+            on_written: Some(on_written),
+            done: finish_later(run, task),
+        })
+    } else {
+        Work::Object(ObjectJob {
+            path_and_query,
+            display_name,
+            expect_file_id,
+            size_bytes,
+            expected_sha1,
+            fsync: options.fsync,
+            file: engine_file,
+            done: finish_later(run, task),
+        })
+    };
+    if let Err(error) = scheduler.submit(work) {
         run.fail_run(error);
     }
+}
+
+/// What the engine runs on a core thread once the file's last write completed.
+fn finish_later(run: &Arc<Run>, task: FileTask) -> Done {
+    let run = Arc::clone(run);
+    Box::new(move |result: ObjectResult| {
+        let sha1 = result
+            .outcome
+            .map_err(|failure| (failure.error, failure.run_fatal));
+        finish_file(&run, task, sha1, result.attempts);
+    })
 }
 
 /// Why a name beneath a file listed (and still downloading) earlier is refused.
@@ -1006,173 +996,6 @@ fn same_sha1(fd: OwnedFd, expected: &ExpectedSha1) -> bool {
     };
     crate::verify::sha1_of(std::fs::File::from(fd))
         .is_ok_and(|(sha1, _)| <[u8; 20]>::from(sha1.finalize()) == *expected)
-}
-
-/// The large-object thread: one object at a time, all cores on it.
-fn large_loop(
-    run: &Arc<Run>,
-    source: &ObjectSource,
-    base: &str,
-    receiver: std::sync::mpsc::Receiver<FileTask>,
-    progress: Arc<Progress>,
-) -> (StageHistograms, Vec<String>, bool) {
-    let mut stages = StageHistograms::new();
-    let mut notices = Vec::new();
-    let mut registered = true;
-    for task in receiver.iter() {
-        if run.stop.load(Ordering::Acquire) || run.options.engine.is_cancelled() {
-            if task.resume_bytes.is_none() {
-                run.target().unlink_partial(&task.temp_name);
-            }
-            continue;
-        }
-        let mut source = source.clone();
-        source.path_and_query = download_path(base, &task.entry);
-        source.expect_file_id = task.entry.file_id.clone();
-        source.display_name = format!("b2://{}/{}", run.options.bucket, task.entry.name);
-        let started = Instant::now();
-        let direct = rustix::fs::fcntl_getfl(&task.file)
-            .map(|flags| flags.contains(rustix::fs::OFlags::DIRECT))
-            .unwrap_or(false);
-        let part_size_bytes = run.options.engine.part_size_bytes;
-        let mut resume_bytes = task.resume_bytes;
-        let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
-        let mut attempts = 0;
-        let sha1 = loop {
-            attempts += 1;
-            let resume = resume_bytes
-                .map(|bytes| bytes / part_size_bytes * part_size_bytes)
-                .filter(|&bytes| bytes > 0 && bytes <= task.entry.size_bytes)
-                .and_then(|bytes| {
-                    engine::hash_prefix(&run.target().partial, &task.temp_name, bytes)
-                });
-            let resumed_from = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
-            if resumed_from > 0 && !run.reporter.quiet {
-                eprintln!(
-                    "ringdown: {}: resuming at byte {resumed_from} of {} (journal)",
-                    task.entry.name, task.entry.size_bytes
-                );
-            }
-            // The object's own counters: its written prefix goes to the journal.
-            let object_progress = Arc::new(Progress::default());
-            let finished = AtomicBool::new(false);
-            let outcome = std::thread::scope(|scope| {
-                scope.spawn(|| {
-                    journal_chunks(
-                        run,
-                        &task.key,
-                        resumed_from,
-                        part_size_bytes,
-                        &object_progress,
-                        &progress,
-                        &finished,
-                    )
-                });
-                let outcome = engine::download_resumed(
-                    &run.options.engine,
-                    &source,
-                    task.entry.size_bytes,
-                    &task.file,
-                    direct,
-                    Arc::clone(&object_progress),
-                    resume,
-                );
-                finished.store(true, Ordering::Release);
-                outcome
-            });
-            let sha1 = match outcome {
-                Ok(outcome) => {
-                    stages.merge(&outcome.stages);
-                    stages.record(crate::stats::Stage::File, started.elapsed());
-                    run.retries.fetch_add(outcome.retries, Ordering::Relaxed);
-                    registered &= outcome.registered_buffers;
-                    for notice in outcome.notices {
-                        if !notices.contains(&notice) {
-                            notices.push(notice);
-                        }
-                    }
-                    let truncated = if direct {
-                        rustix::fs::ftruncate(&task.file, task.entry.size_bytes).map_err(|error| {
-                            Error::io("truncating the O_DIRECT padding", error.into())
-                        })
-                    } else {
-                        Ok(())
-                    };
-                    let truncated = truncated.and_then(|()| {
-                        if !run.options.fsync {
-                            return Ok(());
-                        }
-                        rustix::fs::fsync(&task.file).map_err(|error| {
-                            Error::io(format!("fsync of {}", task.display_path), error.into())
-                        })
-                    });
-                    truncated
-                        .map(|()| outcome.sha1)
-                        .map_err(|error| (error, false))
-                }
-                Err(error) => {
-                    let run_fatal = matches!(
-                        error,
-                        Error::Auth(_)
-                            | Error::Trust(_)
-                            | Error::Fatal(_)
-                            | Error::UringUnavailable(_)
-                    );
-                    Err((error, run_fatal))
-                }
-            };
-            let mismatch = match (&sha1, &task.entry.expected) {
-                (
-                    Ok(actual),
-                    ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected),
-                ) => actual != expected,
-                _ => false,
-            };
-            if mismatch && redownloads_left > 0 && !run.options.engine.is_cancelled() {
-                redownloads_left -= 1;
-                resume_bytes = None;
-                eprintln!(
-                    "ringdown: {}: SHA1 mismatch; downloading it again",
-                    task.entry.name
-                );
-                continue;
-            }
-            break sha1;
-        };
-        finish_file(run, task, sha1, attempts);
-    }
-    (stages, notices, registered)
-}
-
-/// While a large object downloads: a journal line each time its written
-/// prefix crosses a chunk boundary, and the run's progress counters.
-fn journal_chunks(
-    run: &Run,
-    key: &str,
-    resumed_from: u64,
-    part_size_bytes: u64,
-    object: &Progress,
-    total: &Progress,
-    finished: &AtomicBool,
-) {
-    let mut counted = 0u64;
-    engine::journal_written_chunks(
-        object,
-        part_size_bytes,
-        resumed_from,
-        finished,
-        |boundary| run.target().journal_chunks(key, boundary).is_ok(),
-        || {
-            let bytes = object.bytes_done.load(Ordering::Relaxed);
-            total
-                .bytes_done
-                .fetch_add(bytes - counted, Ordering::Relaxed);
-            counted = bytes;
-        },
-    );
-    total
-        .retries
-        .fetch_add(object.retries.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// Verify → mtime → rename → journal → report. Runs on the thread that

@@ -1,294 +1,22 @@
-//! A persistent thread-per-core pool for many small objects: N core threads,
-//! each with its own io_uring runtime, buffer pool and C keep-alive
-//! connection tasks that pull whole-object jobs from one shared bounded queue.
-//!
-//! One object = one GET on one connection, so its bytes arrive in order and
-//! SHA1 runs on the fly from the pool buffer before the positional write.
-//! A cut-off body resumes with `Range` from the first missing byte, keeping
-//! the running digest. The job's `done` callback runs on the core thread
-//! after every write of the object has completed.
+//! One small object on one connection: a single GET (no Range), so its bytes
+//! arrive in order and SHA1 runs on the fly from the pool buffer before each
+//! positional write. A cut-off body resumes with `Range` from the first
+//! missing byte, keeping the running digest; a mismatch downloads it again.
 
-use std::cell::{Cell, RefCell};
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
-use super::{EngineConfig, Progress};
-use crate::client::b2_api::Authorizer;
-use crate::client::conn::{Connection, Origin};
-use crate::config::{
-    OBJECT_BUFFER_SIZE_BYTES, OBJECT_BUFFERS_PER_CONNECTION, OBJECT_QUEUE_JOBS_MAX,
-    OBJECT_QUEUE_JOBS_PER_CORE, OBJECT_REDOWNLOADS_ON_MISMATCH,
-};
-use crate::error::{Error, Result};
+use super::scheduler::{Core, ObjectError, ObjectJob};
+use crate::client::conn::Connection;
+use crate::config::OBJECT_REDOWNLOADS_ON_MISMATCH;
+use crate::error::Error;
 use crate::http::{self, ResponseHead};
-use crate::stats::{Stage, StageHistograms};
-use crate::uring::{self, BufferPool, File, Registration};
-
-/// Where every object of the pool comes from (one origin, one account).
-#[derive(Clone)]
-pub struct PoolSource {
-    pub origin: Origin,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub auth: Option<Arc<Authorizer>>,
-}
-
-/// One object to download into an already created (empty) file.
-pub struct ObjectJob {
-    /// Path and query of the GET, URL-encoded.
-    pub path_and_query: String,
-    /// Shown in messages.
-    pub display_name: String,
-    /// Every response must carry this `x-bz-file-id`.
-    pub expect_file_id: Option<String>,
-    pub size_bytes: u64,
-    /// The published digest, if any: a mismatch downloads the object again
-    /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before it is reported.
-    pub expected_sha1: Option<[u8; 20]>,
-    /// `fsync` the file once written, before `done` runs.
-    pub fsync: bool,
-    /// The destination, opened for writing; closed by the pool.
-    pub file: OwnedFd,
-    /// Runs on the core thread once the object is written (or failed).
-    pub done: Box<dyn FnOnce(ObjectResult) + Send>,
-}
-
-/// What became of one object.
-pub struct ObjectResult {
-    pub outcome: std::result::Result<[u8; 20], ObjectError>,
-    /// Requests made, counting the first.
-    pub attempts: u32,
-    pub elapsed: Duration,
-}
-
-#[derive(Debug)]
-pub struct ObjectError {
-    pub error: Error,
-    /// Retrying other objects will not help either (auth, trust, disk full):
-    /// the scheduler stops the run.
-    pub run_fatal: bool,
-}
-
-/// Totals of the pool once it has shut down.
-pub struct PoolReport {
-    pub stages: StageHistograms,
-    pub retries: u64,
-    pub registered_buffers: bool,
-    pub notices: Vec<String>,
-}
-
-type Queue = tokio::sync::Mutex<tokio::sync::mpsc::Receiver<ObjectJob>>;
-
-/// The running pool. `submit` blocks while the queue is full (backpressure
-/// all the way to the listing); `finish` drains it and joins the cores.
-pub struct ObjectPool {
-    sender: Option<tokio::sync::mpsc::Sender<ObjectJob>>,
-    threads: Vec<std::thread::JoinHandle<Result<CoreReport>>>,
-    stopped: Arc<AtomicBool>,
-}
-
-struct Shared {
-    config: EngineConfig,
-    source: PoolSource,
-    queue: Queue,
-    progress: Arc<Progress>,
-    stopped: Arc<AtomicBool>,
-}
-
-struct CoreReport {
-    stages: StageHistograms,
-    retries: u64,
-    registration: Registration,
-}
-
-impl ObjectPool {
-    pub fn start(
-        config: &EngineConfig,
-        source: PoolSource,
-        progress: Arc<Progress>,
-    ) -> Result<ObjectPool> {
-        let cores = config.cores.max(1);
-        let (sender, receiver) = tokio::sync::mpsc::channel(
-            (cores * OBJECT_QUEUE_JOBS_PER_CORE).min(OBJECT_QUEUE_JOBS_MAX),
-        );
-        let stopped = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared {
-            config: config.clone(),
-            source,
-            queue: tokio::sync::Mutex::new(receiver),
-            progress,
-            stopped: Arc::clone(&stopped),
-        });
-        let mut threads = Vec::with_capacity(cores);
-        for core_index in 0..cores {
-            let shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name(format!("ringdown-objects-{core_index}"))
-                .spawn(move || run_core(core_index, shared))
-                .map_err(|error| Error::io("spawning a core thread", error))?;
-            threads.push(thread);
-        }
-        Ok(ObjectPool {
-            sender: Some(sender),
-            threads,
-            stopped,
-        })
-    }
-
-    /// Queues a job, waiting while the queue is full. Fails (dropping the
-    /// job, whose partial file the caller removes) if every core has exited.
-    pub fn submit(&self, job: ObjectJob) -> Result<()> {
-        let sender = self.sender.as_ref().expect("pool is running");
-        sender
-            .blocking_send(job)
-            .map_err(|_| Error::Fatal("every core of the object pool has stopped".into()))
-    }
-
-    /// Jobs still queued are failed with "stopped"; running ones finish.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
-    }
-
-    /// Closes the queue, waits for every queued job and joins the cores.
-    pub fn finish(mut self) -> Result<PoolReport> {
-        drop(self.sender.take());
-        let mut report = PoolReport {
-            stages: StageHistograms::new(),
-            retries: 0,
-            registered_buffers: true,
-            notices: Vec::new(),
-        };
-        let mut first_error = None;
-        for thread in self.threads.drain(..) {
-            match thread.join() {
-                Ok(Ok(core)) => {
-                    report.stages.merge(&core.stages);
-                    report.retries += core.retries;
-                    if let Registration::Unregistered { reason } = core.registration {
-                        report.registered_buffers = false;
-                        if !report.notices.contains(&reason) {
-                            report.notices.push(reason);
-                        }
-                    }
-                }
-                Ok(Err(error)) => {
-                    first_error.get_or_insert(error);
-                }
-                Err(_) => {
-                    first_error.get_or_insert(Error::Fatal("a core thread panicked".into()));
-                }
-            }
-        }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(report),
-        }
-    }
-}
-
-struct Core {
-    shared: Arc<Shared>,
-    pool: BufferPool,
-    stats: RefCell<StageHistograms>,
-    retries: Cell<u64>,
-}
-
-impl Core {
-    fn record(&self, stage: Stage, elapsed: Duration) {
-        self.stats.borrow_mut().record(stage, elapsed);
-    }
-}
-
-fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
-    if shared.config.pin_cores {
-        crate::runtime::pin_current_thread(core_index);
-    }
-    let runtime = uring::Runtime::new()?;
-    runtime.block_on(async move {
-        let config = &shared.config;
-        let (buffers, buffer_size_bytes) = pool_shape(config);
-        let (pool, registration) =
-            BufferPool::new(buffers, buffer_size_bytes, config.register_buffers);
-        let core = Rc::new(Core {
-            shared: Arc::clone(&shared),
-            pool,
-            stats: RefCell::new(StageHistograms::new()),
-            retries: Cell::new(0),
-        });
-        let mut tasks = Vec::with_capacity(config.connections_per_core);
-        for _ in 0..config.connections_per_core {
-            tasks.push(uring::spawn(connection_loop(Rc::clone(&core))));
-        }
-        for task in tasks {
-            let _ = task.await;
-        }
-        let stages = core.stats.borrow().clone();
-        Ok(CoreReport {
-            stages,
-            retries: core.retries.get(),
-            registration,
-        })
-    })
-}
-
-/// Buffers per core and their size. A connection receives into one buffer
-/// at a time and awaits its write, so two per connection keep it busy; small
-/// buffers keep the pool a few MiB beside the large-object engine's.
-pub fn pool_shape(config: &EngineConfig) -> (usize, usize) {
-    let buffers = config.connections_per_core.max(1) * OBJECT_BUFFERS_PER_CONNECTION;
-    let buffer_size_bytes = config.buffer_size_bytes.min(OBJECT_BUFFER_SIZE_BYTES);
-    (buffers, buffer_size_bytes)
-}
-
-/// Bytes of registered memory the pool takes on all cores.
-pub fn pool_bytes(config: &EngineConfig) -> u64 {
-    let (buffers, buffer_size_bytes) = pool_shape(config);
-    (config.cores.max(1) * buffers * buffer_size_bytes) as u64
-}
-
-async fn connection_loop(core: Rc<Core>) {
-    let mut connection: Option<Connection> = None;
-    loop {
-        let job = {
-            let mut queue = core.shared.queue.lock().await;
-            queue.recv().await
-        };
-        let Some(job) = job else { break };
-        let started = Instant::now();
-        let stopped =
-            core.shared.stopped.load(Ordering::Acquire) || core.shared.config.is_cancelled();
-        let (outcome, attempts) = if stopped {
-            let error = Error::Fatal(format!(
-                "{}: not started: the run stopped",
-                job.display_name
-            ));
-            (
-                Err(ObjectError {
-                    error,
-                    run_fatal: false,
-                }),
-                0,
-            )
-        } else {
-            download_object(&core, &mut connection, &job).await
-        };
-        let elapsed = started.elapsed();
-        core.record(Stage::File, elapsed);
-        (job.done)(ObjectResult {
-            outcome,
-            attempts,
-            elapsed,
-        });
-    }
-    if let Some(connection) = connection {
-        connection.shutdown();
-    }
-}
+use crate::stats::Stage;
+use crate::uring::File;
 
 /// Per-object download state that survives a retry.
 struct Received {
@@ -296,7 +24,7 @@ struct Received {
     hasher: Sha1,
 }
 
-async fn download_object(
+pub(super) async fn download_object(
     core: &Rc<Core>,
     connection: &mut Option<Connection>,
     job: &ObjectJob,
@@ -341,8 +69,7 @@ async fn download_object(
                         bytes: 0,
                         hasher: Sha1::new(),
                     };
-                    core.retries.set(core.retries.get() + 1);
-                    core.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
+                    core.count_retry();
                     continue;
                 }
                 break Ok(());
@@ -389,10 +116,7 @@ async fn download_object(
                 });
             }
         }
-        if attempt >= config.max_attempts
-            || core.shared.stopped.load(Ordering::Acquire)
-            || config.is_cancelled()
-        {
+        if attempt >= config.max_attempts || core.shared.is_stopped() || config.is_cancelled() {
             break Err(ObjectError {
                 error: Error::http(
                     context,
@@ -401,8 +125,7 @@ async fn download_object(
                 run_fatal: false,
             });
         }
-        core.retries.set(core.retries.get() + 1);
-        core.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
+        core.count_retry();
         let delay = backoff(
             config.retry_base_ms,
             config.retry_max_ms,
@@ -487,7 +210,8 @@ async fn attempt_object(
     let mut body_left = job.size_bytes - first_byte;
     while body_left > 0 {
         let waited = Instant::now();
-        let mut buf = core.pool.take(|| true).await;
+        // The reserve belongs to large objects' hash frontiers, when any run here.
+        let mut buf = core.pool.take(|| core.large.borrow().is_empty()).await;
         core.record(Stage::BufferWait, waited.elapsed());
         let buffer_started = Instant::now();
         // Fill the whole buffer (or the rest of the body) before writing.

@@ -1,0 +1,546 @@
+//! A large object, split into chunks that every core's connections take in
+//! ascending order, hashed in file order across cores (see `verify`).
+//!
+//! `Job` is what all cores share about one object; `CoreJob` is one core's
+//! part in it (a descriptor on its ring, its reorder window, its writes in
+//! flight). A core joins a job when one of its connections first takes a
+//! chunk; its finisher task leaves once that core's connections have moved
+//! on, its writes have completed and the object is hashed. The last core to
+//! leave completes the job: O_DIRECT tail, `fsync`, digest check, `done`.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::scheduler::{Core, Done, ObjectError, ObjectResult};
+use super::{Progress, Resume};
+use crate::config::OBJECT_REDOWNLOADS_ON_MISMATCH;
+use crate::error::{Error, Result};
+use crate::plan::{Chunk, ChunkPlan};
+use crate::stats::Stage;
+use crate::uring::{self, File, PoolBuf};
+use crate::verify::{ReorderWindow, SharedDigest, WrittenPrefix};
+
+/// Called with the new written prefix each time it crosses a chunk
+/// boundary: everything below it is on disk (what a crash-resume journal may
+/// record). Runs on a core thread, under the job's written-prefix lock, so
+/// calls arrive in increasing order.
+pub type OnWritten = Box<dyn Fn(u64) + Send + Sync>;
+
+/// One large object to download in chunks into an already created file.
+pub struct LargeJob {
+    /// Path and query of the GET, URL-encoded.
+    pub path_and_query: String,
+    /// Shown in messages.
+    pub display_name: String,
+    /// B2: every response must carry this `x-bz-file-id`.
+    pub expect_file_id: Option<String>,
+    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
+    pub if_match: Option<String>,
+    pub size_bytes: u64,
+    /// The published digest: a mismatch downloads the object again
+    /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before `done` hears of it.
+    /// `None`: the caller checks the digest itself.
+    pub expected_sha1: Option<[u8; 20]>,
+    /// The file was opened with O_DIRECT: the tail is written padded to a
+    /// block and cut back before `done`.
+    pub direct_io: bool,
+    /// `fsync` the file before `done`.
+    pub fsync: bool,
+    /// The destination, opened for writing.
+    pub file: OwnedFd,
+    /// Where an earlier run stopped (first round only).
+    pub resume: Option<Resume>,
+    pub on_written: Option<OnWritten>,
+    /// Runs on a core thread once the object is written and checked (or failed).
+    pub done: Done,
+}
+
+/// What stays the same across download rounds of one object.
+pub(crate) struct Spec {
+    pub path_and_query: String,
+    pub display_name: String,
+    pub expect_file_id: Option<String>,
+    pub if_match: Option<String>,
+    pub size_bytes: u64,
+    pub expected_sha1: Option<[u8; 20]>,
+    pub direct_io: bool,
+    pub fsync: bool,
+    pub file: OwnedFd,
+    pub on_written: Option<OnWritten>,
+    pub started: Instant,
+}
+
+/// Set in `Job::members` once the last core has left: nobody may join.
+const CLOSED: u64 = 1 << 63;
+
+/// Everything the cores share about one round of one object's download.
+pub(crate) struct Job {
+    pub spec: Arc<Spec>,
+    pub plan: ChunkPlan,
+    pub digest: SharedDigest,
+    pub progress: Arc<Progress>,
+    next_chunk: AtomicU64,
+    aborted: AtomicBool,
+    first_error: Mutex<Option<Error>>,
+    written: Mutex<Written>,
+    /// Cores taking part (a count), or `CLOSED`.
+    members: AtomicU64,
+    /// Connections (on any core) taking chunks now.
+    connections: std::sync::atomic::AtomicUsize,
+    done: Mutex<Option<Done>>,
+    /// Rounds so far, counting this one (a SHA1 mismatch starts another).
+    round: u32,
+}
+
+struct Written {
+    prefix: WrittenPrefix,
+    /// The last chunk boundary `on_written` was told of.
+    reported_bytes: u64,
+}
+
+impl Job {
+    pub fn new(
+        large: LargeJob,
+        part_size_bytes: u64,
+        cores: usize,
+        progress: Arc<Progress>,
+    ) -> Job {
+        let spec = Spec {
+            path_and_query: large.path_and_query,
+            display_name: large.display_name,
+            expect_file_id: large.expect_file_id,
+            if_match: large.if_match,
+            size_bytes: large.size_bytes,
+            expected_sha1: large.expected_sha1,
+            direct_io: large.direct_io,
+            fsync: large.fsync,
+            file: large.file,
+            on_written: large.on_written,
+            started: Instant::now(),
+        };
+        Job::round(
+            Arc::new(spec),
+            part_size_bytes,
+            cores,
+            progress,
+            large.resume,
+            large.done,
+            1,
+        )
+    }
+
+    fn round(
+        spec: Arc<Spec>,
+        part_size_bytes: u64,
+        cores: usize,
+        progress: Arc<Progress>,
+        resume: Option<Resume>,
+        done: Done,
+        round: u32,
+    ) -> Job {
+        let size_bytes = spec.size_bytes;
+        let plan = ChunkPlan::new(size_bytes, part_size_bytes);
+        let (offset_bytes, sha1) = match resume {
+            Some(resume) => (resume.offset_bytes, resume.sha1),
+            None => (0, <sha1::Sha1 as sha1::Digest>::new()),
+        };
+        assert!(
+            offset_bytes % part_size_bytes == 0 && offset_bytes <= size_bytes,
+            "resume offset {offset_bytes} is not a chunk boundary"
+        );
+        Job {
+            spec,
+            plan,
+            digest: SharedDigest::resume(size_bytes, cores, offset_bytes, sha1),
+            progress,
+            next_chunk: AtomicU64::new(offset_bytes / part_size_bytes),
+            aborted: AtomicBool::new(false),
+            first_error: Mutex::new(None),
+            written: Mutex::new(Written {
+                prefix: WrittenPrefix::starting_at(offset_bytes),
+                reported_bytes: offset_bytes,
+            }),
+            members: AtomicU64::new(0),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            done: Mutex::new(Some(done)),
+            round,
+        }
+    }
+
+    /// Connections (on any core) taking chunks now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection should come: there are chunks to take, or no
+    /// core has joined yet (an object with no chunks left, or one aborted
+    /// before it began, is completed by the first core that joins).
+    pub fn wants_connections(&self) -> bool {
+        let has_chunks =
+            !self.is_aborted() && self.next_chunk.load(Ordering::Relaxed) < self.plan.chunk_count();
+        has_chunks || self.members.load(Ordering::Acquire) == 0
+    }
+
+    pub fn next_chunk(&self, cancelled: bool) -> Option<Chunk> {
+        if self.is_stopped(cancelled) {
+            return None;
+        }
+        let index = self.next_chunk.fetch_add(1, Ordering::Relaxed);
+        self.plan.chunk(index)
+    }
+
+    /// Whether the job is over; a cancelled run (a signal) aborts it, so
+    /// every connection stops at its next buffer and the caller keeps what
+    /// it can resume.
+    pub fn is_stopped(&self, cancelled: bool) -> bool {
+        if cancelled && !self.is_aborted() {
+            self.abort(Error::Interrupted {
+                signal: crate::runtime::interrupted().unwrap_or(0),
+            });
+        }
+        self.is_aborted()
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Stops the download: the first error wins and is reported.
+    pub fn abort(&self, error: Error) {
+        let mut first = self.first_error.lock().expect("error lock");
+        if first.is_none() {
+            *first = Some(error);
+        }
+        drop(first);
+        self.aborted.store(true, Ordering::Release);
+        self.digest.wake_all();
+    }
+
+    /// A write completed: move the written prefix on, and tell `on_written`
+    /// when it crosses a chunk boundary (one short lock per buffer).
+    pub fn wrote(&self, offset: u64, len: u64) {
+        let mut written = self.written.lock().expect("written lock");
+        let prefix = written.prefix.complete(offset, len);
+        let Some(on_written) = &self.spec.on_written else {
+            return;
+        };
+        let part = self.plan.part_size_bytes();
+        let boundary = prefix / part * part;
+        if boundary > written.reported_bytes {
+            written.reported_bytes = boundary;
+            on_written(boundary);
+        }
+    }
+
+    /// A core takes part; false once the job is over.
+    fn join(&self) -> bool {
+        self.members
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |members| {
+                (members & CLOSED == 0).then_some(members + 1)
+            })
+            .is_ok()
+    }
+
+    /// A core is done with the job; true for the last one (the job closes).
+    fn leave(&self) -> bool {
+        let before = self
+            .members
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |members| {
+                Some(if members == 1 { CLOSED } else { members - 1 })
+            })
+            .expect("always updates");
+        before == 1
+    }
+
+    /// The object's digest, or why the download failed.
+    fn outcome(&self) -> Result<[u8; 20]> {
+        if let Some(error) = self.first_error.lock().expect("error lock").take() {
+            return Err(error);
+        }
+        if !self.digest.is_complete() {
+            return Err(Error::Fatal(format!(
+                "{}: download ended at byte {} of {}",
+                self.spec.display_name,
+                self.digest.frontier(),
+                self.spec.size_bytes
+            )));
+        }
+        Ok(self.digest.finish())
+    }
+}
+
+/// One core's part in a `Job`. Lives on that core only.
+pub(crate) struct CoreJob {
+    pub core: Rc<Core>,
+    pub job: Arc<Job>,
+    /// `None` only if duplicating the descriptor failed (the job is aborted).
+    file: Option<File>,
+    window: RefCell<ReorderWindow<PoolBuf>>,
+    writes_in_flight: Cell<usize>,
+    /// This core's connections working on the job now.
+    connections: Cell<usize>,
+    /// Wakes the finisher: a write completed or a connection moved on.
+    changed: Notify,
+}
+
+impl CoreJob {
+    pub fn file(&self) -> &File {
+        self.file.as_ref().expect("a core with chunks has the file")
+    }
+
+    pub fn record(&self, stage: Stage, elapsed: std::time::Duration) {
+        self.core.record(stage, elapsed);
+    }
+
+    /// Hashes `data` if it starts at the frontier (a buffer just received,
+    /// before its write completes), then everything parked behind it.
+    pub fn hash_if_at_frontier(&self, offset: u64, data: &[u8]) -> bool {
+        if self.job.digest.frontier() != offset || !self.hash(offset, data) {
+            return false;
+        }
+        self.drain_hashable();
+        self.frontier_moved();
+        true
+    }
+
+    /// Hashes every parked buffer that sits at the frontier, in order.
+    pub fn drain_hashable(&self) {
+        let mut advanced = false;
+        loop {
+            let frontier = self.job.digest.frontier();
+            let Some((offset, buf, data_len)) = self.window.borrow_mut().take_at(frontier) else {
+                break;
+            };
+            let hashed = self.hash(offset, &buf.filled()[..data_len]);
+            debug_assert!(hashed, "frontier moved under its owner");
+            drop(buf);
+            advanced = true;
+        }
+        if advanced {
+            self.frontier_moved();
+        }
+    }
+
+    /// A written buffer whose bytes are not hashed yet waits for the frontier.
+    pub fn park(&self, offset: u64, buf: PoolBuf, data_len: usize) {
+        self.window.borrow_mut().insert(offset, buf, data_len);
+        self.drain_hashable();
+    }
+
+    pub fn write_started(&self) {
+        self.writes_in_flight.set(self.writes_in_flight.get() + 1);
+    }
+
+    pub fn write_ended(&self) {
+        self.writes_in_flight.set(self.writes_in_flight.get() - 1);
+        self.changed.notify_one();
+    }
+
+    fn hash(&self, offset: u64, data: &[u8]) -> bool {
+        let started = Instant::now();
+        let hashed = self.job.digest.hash_if_next(offset, data);
+        if hashed {
+            self.record(Stage::Hash, started.elapsed());
+            self.job
+                .progress
+                .bytes_done
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        hashed
+    }
+
+    fn frontier_moved(&self) {
+        // Our own hasher task must see completion too, hence all cores.
+        self.job.digest.wake_all();
+        // A connection of ours may now be the head and allowed the reserve.
+        self.core.pool.wake_waiters();
+    }
+}
+
+/// Takes chunks of `job` on this connection until none are left; then the
+/// connection goes back to the scheduler for other work.
+pub(super) async fn take_chunks(
+    core: &Rc<Core>,
+    connection: &mut Option<crate::client::conn::Connection>,
+    job: Arc<Job>,
+) {
+    let Some(core_job) = core_job_for(core, job) else {
+        return;
+    };
+    core_job.connections.set(core_job.connections.get() + 1);
+    let job = &core_job.job;
+    job.connections.fetch_add(1, Ordering::Relaxed);
+    let cancelled = || core.shared.config.is_cancelled();
+    while let Some(chunk) = job.next_chunk(cancelled()) {
+        if let Err(error) = super::chunk::download_chunk(&core_job, connection, chunk).await {
+            job.abort(error);
+            break;
+        }
+    }
+    job.connections.fetch_sub(1, Ordering::Relaxed);
+    core_job.connections.set(core_job.connections.get() - 1);
+    core_job.changed.notify_one();
+}
+
+/// This core's part in `job`, joining it (and starting its hasher and
+/// finisher) on first use. `None` once the job is over.
+fn core_job_for(core: &Rc<Core>, job: Arc<Job>) -> Option<Rc<CoreJob>> {
+    let existing = core
+        .large
+        .borrow()
+        .iter()
+        .find(|core_job| Arc::ptr_eq(&core_job.job, &job))
+        .cloned();
+    if existing.is_some() {
+        return existing;
+    }
+    if !job.join() {
+        return None;
+    }
+    let file = match job.spec.file.try_clone() {
+        Ok(fd) => Some(File::from_std(std::fs::File::from(fd))),
+        Err(error) => {
+            job.abort(Error::io(
+                "duplicating the destination file descriptor",
+                error,
+            ));
+            None
+        }
+    };
+    let core_job = Rc::new(CoreJob {
+        core: Rc::clone(core),
+        job,
+        file,
+        window: RefCell::new(ReorderWindow::default()),
+        writes_in_flight: Cell::new(0),
+        connections: Cell::new(0),
+        changed: Notify::new(),
+    });
+    core.large.borrow_mut().push(Rc::clone(&core_job));
+    let hasher = uring::spawn(hash_loop(Rc::clone(&core_job)));
+    let finisher = uring::spawn(finish_on_core(Rc::clone(&core_job), hasher));
+    core.finishers.borrow_mut().push(finisher);
+    Some(core_job)
+}
+
+/// Hashes this core's parked buffers whenever the frontier may have reached
+/// them; ends when the object is fully hashed or the job aborted.
+async fn hash_loop(core_job: Rc<CoreJob>) {
+    let job = &core_job.job;
+    let waker = job.digest.core_waker(core_job.core.index);
+    loop {
+        let notified = waker.notified();
+        core_job.drain_hashable();
+        // The frontier moved somewhere: whichever of our connections now sits
+        // at it may take the reserve buffer, so let waiters re-check.
+        core_job.core.pool.wake_waiters();
+        if job.digest.is_complete() || job.is_aborted() {
+            break;
+        }
+        notified.await;
+    }
+    if job.is_aborted() {
+        // Free parked buffers so connections waiting for one can see the abort.
+        core_job.window.borrow_mut().clear();
+        core_job.core.pool.wake_waiters();
+    }
+}
+
+/// Leaves the job once this core has nothing more to do for it; the last
+/// core to leave completes it.
+async fn finish_on_core(core_job: Rc<CoreJob>, hasher: tokio::task::JoinHandle<()>) {
+    loop {
+        let changed = core_job.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if core_job.connections.get() == 0 && core_job.writes_in_flight.get() == 0 {
+            break;
+        }
+        changed.await;
+    }
+    core_job.drain_hashable();
+    // Ends once every core's parked buffers are hashed (or the job aborted).
+    let _ = hasher.await;
+    core_job.window.borrow_mut().clear();
+    let core = &core_job.core;
+    core.large
+        .borrow_mut()
+        .retain(|other| !Rc::ptr_eq(other, &core_job));
+    let job = Arc::clone(&core_job.job);
+    if job.leave() {
+        complete(core, &job, core_job.file.as_ref()).await;
+    }
+    if let Some(file) = Rc::into_inner(core_job).and_then(|core_job| core_job.file) {
+        let _ = file.close().await;
+    }
+}
+
+/// The last core has left: check the object and hand it to `done`, or start
+/// it over after a SHA1 mismatch.
+async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
+    let spec = &job.spec;
+    let mut outcome = job.outcome();
+    if outcome.is_ok() && spec.direct_io {
+        // O_DIRECT wrote the tail padded to a block; cut it back.
+        outcome = rustix::fs::ftruncate(&spec.file, spec.size_bytes)
+            .map_err(|error| Error::io("truncating the O_DIRECT padding", error.into()))
+            .and(outcome);
+    }
+    if let (Ok(_), true, Some(file)) = (&outcome, spec.fsync, file) {
+        let synced = Instant::now();
+        if let Err(error) = file.sync_all().await {
+            outcome = Err(Error::io(format!("fsync of {}", spec.display_name), error));
+        }
+        core.record(Stage::Write, synced.elapsed());
+    }
+    let mismatch = matches!(
+        (&outcome, &spec.expected_sha1),
+        (Ok(actual), Some(expected)) if actual != expected
+    );
+    let shared = &core.shared;
+    let done = job
+        .done
+        .lock()
+        .expect("done lock")
+        .take()
+        .expect("done once");
+    if mismatch && job.round <= OBJECT_REDOWNLOADS_ON_MISMATCH && !shared.config.is_cancelled() {
+        eprintln!(
+            "ringdown: {}: SHA1 mismatch; downloading it again",
+            spec.display_name
+        );
+        core.count_retry();
+        let again = Job::round(
+            Arc::clone(spec),
+            job.plan.part_size_bytes(),
+            shared.config.cores.max(1),
+            Arc::clone(&job.progress),
+            None,
+            done,
+            job.round + 1,
+        );
+        shared.restart(Arc::new(again));
+        return;
+    }
+    let elapsed = spec.started.elapsed();
+    core.record(Stage::File, elapsed);
+    let outcome = outcome.map_err(|error| {
+        let run_fatal = matches!(
+            error,
+            Error::Auth(_) | Error::Trust(_) | Error::Fatal(_) | Error::UringUnavailable(_)
+        );
+        ObjectError { error, run_fatal }
+    });
+    done(ObjectResult {
+        outcome,
+        attempts: job.round,
+        elapsed,
+    });
+    shared.large_finished();
+}

@@ -1,0 +1,458 @@
+//! The one scheduler of every download: N core threads, each with its own
+//! io_uring runtime, buffer pool and C keep-alive connection tasks. Every
+//! connection takes work from one bounded queue shared by the cores:
+//!
+//! - a small object is one GET on one connection (`object`);
+//! - a large object becomes an active `Job` whose chunks every connection
+//!   of every core takes in ascending order (`large`, `chunk`).
+//!
+//! A free connection takes a chunk of an active large object while large
+//! objects hold fewer than their share of the connections (all of them once
+//! nothing else is left to queue), else the next queued item; so a mixed listing
+//! keeps every connection busy, small files keep completing beside a large
+//! one, and the connections (and their TLS sessions) outlive each object. Cross-core
+//! traffic is the queue lock (once per object or chunk), the SHA1 baton of
+//! a large object (see `verify`), progress counters, and stats at the end.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::large::{self, Job, LargeJob};
+use super::{EngineConfig, Progress};
+use crate::client::b2_api::Authorizer;
+use crate::client::conn::{Connection, Origin};
+use crate::config::{
+    LARGE_OBJECT_CONNECTIONS_DIVISOR, SCHEDULER_QUEUE_JOBS_MAX, SCHEDULER_QUEUE_JOBS_PER_CORE,
+};
+use crate::error::{Error, Result};
+use crate::stats::{Stage, StageHistograms};
+use crate::uring::{self, BufferPool, Registration};
+
+/// Where every object of a run comes from (one origin, one account).
+#[derive(Clone)]
+pub struct PoolSource {
+    pub origin: Origin,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub auth: Option<Arc<Authorizer>>,
+}
+
+/// What a connection can be given.
+pub enum Work {
+    /// One GET, whole object, on one connection.
+    Object(ObjectJob),
+    /// Chunks spread over every core and connection.
+    Large(LargeJob),
+}
+
+/// One small object to download into an already created (empty) file.
+pub struct ObjectJob {
+    /// Path and query of the GET, URL-encoded.
+    pub path_and_query: String,
+    /// Shown in messages.
+    pub display_name: String,
+    /// Every response must carry this `x-bz-file-id`.
+    pub expect_file_id: Option<String>,
+    pub size_bytes: u64,
+    /// The published digest, if any: a mismatch downloads the object again
+    /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before it is reported.
+    pub expected_sha1: Option<[u8; 20]>,
+    /// `fsync` the file once written, before `done` runs.
+    pub fsync: bool,
+    /// The destination, opened for writing; closed by the scheduler.
+    pub file: OwnedFd,
+    /// Runs on the core thread once the object is written (or failed).
+    pub done: Done,
+}
+
+/// Runs on a core thread once an object is written and checked (or failed).
+pub type Done = Box<dyn FnOnce(ObjectResult) + Send>;
+
+/// What became of one object, small or large.
+pub struct ObjectResult {
+    pub outcome: std::result::Result<[u8; 20], ObjectError>,
+    /// Requests made for a small object (counting the first); download
+    /// rounds of a large one (a SHA1 mismatch starts another).
+    pub attempts: u32,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug)]
+pub struct ObjectError {
+    pub error: Error,
+    /// Retrying other objects will not help either (auth, trust, disk full):
+    /// the caller stops the run.
+    pub run_fatal: bool,
+}
+
+/// Totals of the scheduler once it has shut down.
+pub struct PoolReport {
+    pub stages: StageHistograms,
+    pub retries: u64,
+    pub registered_buffers: bool,
+    pub notices: Vec<String>,
+}
+
+/// The running scheduler. `submit` blocks while the queue is full
+/// (backpressure all the way to the listing); `finish` drains it and joins
+/// the cores.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<Result<CoreReport>>>,
+}
+
+/// What every core shares.
+pub(crate) struct Shared {
+    pub config: EngineConfig,
+    pub source: PoolSource,
+    pub progress: Arc<Progress>,
+    stopped: AtomicBool,
+    state: Mutex<State>,
+    capacity_jobs: usize,
+    /// Connections of all cores.
+    connections_total: usize,
+    /// Producers wait here while the queue is full.
+    space: Condvar,
+    /// Connections wait here for work (an item, a new large object, the end).
+    work: Notify,
+}
+
+struct State {
+    queue: VecDeque<Work>,
+    closed: bool,
+    /// Large objects that may still want connections, oldest first.
+    active: Vec<Arc<Job>>,
+    /// Large objects taken from the queue and not yet handed to `done`
+    /// (chunks, writes or hashing left). Connections stay while any is open:
+    /// a SHA1 mismatch puts its object back in `active`.
+    open_large: usize,
+}
+
+/// What a free connection does next.
+enum Next {
+    Chunks(Arc<Job>),
+    Object(ObjectJob),
+    /// Taken from the queue after `stop`: failed without a request.
+    Refuse(Work),
+    Wait,
+    Exit,
+}
+
+impl Shared {
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) || self.config.is_cancelled()
+    }
+
+    fn next(&self) -> Next {
+        let mut state = self.state.lock().expect("scheduler lock");
+        state.active.retain(|job| job.wants_connections());
+        // Large objects take up to their share of the connections (all of
+        // them together) until the last work is queued and taken; then all
+        // connections. (An empty queue alone says little: the listing may be
+        // a page behind.)
+        let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
+        let nothing_else = state.closed && state.queue.is_empty();
+        if on_large < self.large_share() || nothing_else {
+            if let Some(job) = state.active.first() {
+                return Next::Chunks(Arc::clone(job));
+            }
+        }
+        let Some(work) = state.queue.pop_front() else {
+            return if state.closed && state.open_large == 0 {
+                Next::Exit
+            } else {
+                Next::Wait
+            };
+        };
+        self.space.notify_one();
+        if self.is_stopped() {
+            return Next::Refuse(work);
+        }
+        match work {
+            Work::Object(job) => Next::Object(job),
+            Work::Large(large) => {
+                let job = Arc::new(Job::new(
+                    large,
+                    self.config.part_size_bytes,
+                    self.config.cores.max(1),
+                    Arc::clone(&self.progress),
+                ));
+                state.active.push(Arc::clone(&job));
+                state.open_large += 1;
+                drop(state);
+                // Idle connections on every core join it.
+                self.work.notify_waiters();
+                Next::Chunks(job)
+            }
+        }
+    }
+
+    /// Connections large objects may keep while other work is queued.
+    fn large_share(&self) -> usize {
+        self.connections_total
+            .div_ceil(LARGE_OBJECT_CONNECTIONS_DIVISOR)
+    }
+
+    /// A SHA1 mismatch: the object's next round takes its old one's place.
+    pub fn restart(&self, job: Arc<Job>) {
+        self.state.lock().expect("scheduler lock").active.push(job);
+        self.work.notify_waiters();
+    }
+
+    /// A large object went to `done`.
+    pub fn large_finished(&self) {
+        self.state.lock().expect("scheduler lock").open_large -= 1;
+        self.work.notify_waiters();
+    }
+}
+
+struct CoreReport {
+    stages: StageHistograms,
+    retries: u64,
+    registration: Registration,
+}
+
+impl Scheduler {
+    pub fn start(
+        config: &EngineConfig,
+        source: PoolSource,
+        progress: Arc<Progress>,
+    ) -> Result<Scheduler> {
+        let cores = config.cores.max(1);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            source,
+            progress,
+            stopped: AtomicBool::new(false),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                active: Vec::new(),
+                open_large: 0,
+            }),
+            capacity_jobs: (cores * SCHEDULER_QUEUE_JOBS_PER_CORE).min(SCHEDULER_QUEUE_JOBS_MAX),
+            connections_total: cores * config.connections_per_core.max(1),
+            space: Condvar::new(),
+            work: Notify::new(),
+        });
+        let mut threads = Vec::with_capacity(cores);
+        for core_index in 0..cores {
+            let core_shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("ringdown-core-{core_index}"))
+                .spawn(move || run_core(core_index, core_shared))
+                .map_err(|error| Error::io("spawning a core thread", error));
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    // The cores already started exit once the queue is closed.
+                    shared.state.lock().expect("scheduler lock").closed = true;
+                    shared.work.notify_waiters();
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(Scheduler { shared, threads })
+    }
+
+    /// Queues work, waiting while the queue is full. Fails (dropping the
+    /// job, whose partial file the caller removes) if every core has exited.
+    pub fn submit(&self, work: Work) -> Result<()> {
+        let shared = &self.shared;
+        let mut state = shared.state.lock().expect("scheduler lock");
+        while state.queue.len() >= shared.capacity_jobs {
+            if self.threads.iter().all(|thread| thread.is_finished()) {
+                return Err(Error::Fatal(
+                    "every core of the scheduler has stopped".into(),
+                ));
+            }
+            // A core that died would never make room: look again now and then.
+            state = shared
+                .space
+                .wait_timeout(state, Duration::from_millis(100))
+                .expect("scheduler lock")
+                .0;
+        }
+        state.queue.push_back(work);
+        drop(state);
+        shared.work.notify_one();
+        Ok(())
+    }
+
+    /// Work still queued fails with "not started"; running work finishes.
+    pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+    }
+
+    /// Closes the queue, waits for every queued job and joins the cores.
+    pub fn finish(mut self) -> Result<PoolReport> {
+        self.shared.state.lock().expect("scheduler lock").closed = true;
+        self.shared.work.notify_waiters();
+        let mut report = PoolReport {
+            stages: StageHistograms::new(),
+            retries: 0,
+            registered_buffers: true,
+            notices: Vec::new(),
+        };
+        let mut first_error = None;
+        for thread in self.threads.drain(..) {
+            match thread.join() {
+                Ok(Ok(core)) => {
+                    report.stages.merge(&core.stages);
+                    report.retries += core.retries;
+                    if let Registration::Unregistered { reason } = core.registration {
+                        report.registered_buffers = false;
+                        if !report.notices.contains(&reason) {
+                            report.notices.push(reason);
+                        }
+                    }
+                }
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(Error::Fatal("a core thread panicked".into()));
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+/// The state of one core. Lives on that core only.
+pub(crate) struct Core {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub pool: BufferPool,
+    stats: RefCell<StageHistograms>,
+    retries: Cell<u64>,
+    /// This core's part in each large object it works on.
+    pub large: RefCell<Vec<Rc<large::CoreJob>>>,
+    /// One per large object this core joined; awaited before the core exits.
+    pub finishers: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Core {
+    pub fn record(&self, stage: Stage, elapsed: Duration) {
+        self.stats.borrow_mut().record(stage, elapsed);
+    }
+
+    pub fn count_retry(&self) {
+        self.retries.set(self.retries.get() + 1);
+        self.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
+    if shared.config.pin_cores {
+        crate::runtime::pin_current_thread(core_index);
+    }
+    let runtime = match uring::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            // No core can run: fail what is queued, so `finish` returns.
+            shared.stopped.store(true, Ordering::Release);
+            return Err(error);
+        }
+    };
+    runtime.block_on(async move {
+        let config = &shared.config;
+        let (pool, registration) = BufferPool::new(
+            config.buffers_per_core,
+            config.buffer_size_bytes,
+            config.register_buffers,
+        );
+        let core = Rc::new(Core {
+            index: core_index,
+            shared: Arc::clone(&shared),
+            pool,
+            stats: RefCell::new(StageHistograms::new()),
+            retries: Cell::new(0),
+            large: RefCell::new(Vec::new()),
+            finishers: RefCell::new(Vec::new()),
+        });
+        let mut tasks = Vec::with_capacity(config.connections_per_core);
+        for _ in 0..config.connections_per_core {
+            tasks.push(uring::spawn(connection_loop(Rc::clone(&core))));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        // Never leave a write or a descriptor behind on this ring.
+        loop {
+            let finishers = std::mem::take(&mut *core.finishers.borrow_mut());
+            if finishers.is_empty() {
+                break;
+            }
+            for finisher in finishers {
+                let _ = finisher.await;
+            }
+        }
+        let stages = core.stats.borrow().clone();
+        Ok(CoreReport {
+            stages,
+            retries: core.retries.get(),
+            registration,
+        })
+    })
+}
+
+async fn connection_loop(core: Rc<Core>) {
+    let mut connection: Option<Connection> = None;
+    loop {
+        let notified = core.shared.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match core.shared.next() {
+            Next::Chunks(job) => large::take_chunks(&core, &mut connection, job).await,
+            Next::Object(job) => run_object(&core, &mut connection, job).await,
+            Next::Refuse(work) => refuse(work),
+            Next::Wait => notified.await,
+            Next::Exit => break,
+        }
+    }
+    if let Some(connection) = connection {
+        connection.shutdown();
+    }
+}
+
+async fn run_object(core: &Rc<Core>, connection: &mut Option<Connection>, job: ObjectJob) {
+    let started = Instant::now();
+    let (outcome, attempts) = super::object::download_object(core, connection, &job).await;
+    let elapsed = started.elapsed();
+    core.record(Stage::File, elapsed);
+    (job.done)(ObjectResult {
+        outcome,
+        attempts,
+        elapsed,
+    });
+}
+
+/// Fails work the run stopped before it began (its caller removes the file).
+fn refuse(work: Work) {
+    let (display_name, done) = match work {
+        Work::Object(job) => (job.display_name, job.done),
+        Work::Large(job) => (job.display_name, job.done),
+    };
+    let error = Error::Fatal(format!("{display_name}: not started: the run stopped"));
+    done(ObjectResult {
+        outcome: Err(ObjectError {
+            error,
+            run_fatal: false,
+        }),
+        attempts: 0,
+        elapsed: Duration::ZERO,
+    });
+}
