@@ -987,6 +987,71 @@ fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
 }
 
 #[test]
+fn large_and_small_objects_share_the_same_keep_alive_connections() {
+    // One scheduler for all sizes: chunks of the large objects and whole
+    // small objects travel on the cores' connections, which outlive each
+    // object (no new connection set per large object).
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..3 {
+        objects.insert(
+            format!("large-{i}.bin"),
+            content(&format!("large{i}"), 12 * 65536 + 321 * (i + 1)),
+        );
+    }
+    for i in 0..60 {
+        objects.insert(
+            format!("small/{i:02}.txt"),
+            content(&format!("small{i}"), 100 + 997 * i),
+        );
+    }
+    for (name, bytes) in &objects {
+        write_file(&bkt, name, bytes);
+    }
+    let served = serve_logged(data.path(), &["--latency-ms", "5"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let output = restore(&served, &["b2://bkt"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+
+    let log = std::fs::read_to_string(data.path().join("access.jsonl")).unwrap();
+    // connection → (range requests of large objects, whole small objects)
+    let mut carried: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    for line in log.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some(name) = record["name"].as_str() else {
+            continue;
+        };
+        let entry = carried
+            .entry(record["connection"].as_u64().unwrap())
+            .or_default();
+        match record["status"].as_u64() {
+            Some(206) if name.starts_with("large-") => entry.0 += 1,
+            Some(200) if name.starts_with("small/") => entry.1 += 1,
+            other => panic!("unexpected {other:?} for {name}: {line}"),
+        }
+    }
+    // `--cores 2 --connections 3`: six download connections in all.
+    assert!(
+        carried.len() <= 6,
+        "{} connections: {carried:?}",
+        carried.len()
+    );
+    let chunks: usize = carried.values().map(|(chunks, _)| chunks).sum();
+    assert_eq!(chunks, 3 * 13, "one range request per 64 KiB part");
+    let on_large = carried.values().filter(|(chunks, _)| *chunks > 0).count();
+    assert!(on_large > 1, "chunks spread over connections: {carried:?}");
+    assert!(
+        carried
+            .values()
+            .any(|(chunks, small)| *chunks > 0 && *small > 0),
+        "a connection carried both chunks and small objects: {carried:?}"
+    );
+}
+
+#[test]
 fn listing_streams_across_pages() {
     // More names than one 10,000-name page; a dry run lists them all in order.
     let data = tempfile::tempdir().unwrap();

@@ -28,6 +28,8 @@ pub struct AccessRecord {
     /// corrupt, short_body, long_body, wrong_range, ignore_range, reset_head,
     /// close_keepalive, reset_handshake (method `TLS`: no request was read).
     pub fault: Option<String>,
+    /// Which TCP connection carried the request (accept order, from 0).
+    pub connection: u64,
 }
 
 pub struct AccessLog {

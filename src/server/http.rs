@@ -85,6 +85,8 @@ impl ApiError {
 /// requests answered before (keep-alive faults need a reused connection) and
 /// the cut of the connection faults.
 pub struct Connection {
+    /// Accept order, from 0 (the access log's `connection`).
+    pub id: u64,
     pub limiter: Option<Arc<Mutex<TokenBucket>>>,
     pub requests_served: AtomicU64,
     pub write_cut: Arc<WriteCut>,
@@ -173,6 +175,7 @@ pub async fn handle(
         status: 0,
         bytes_sent: 0,
         fault: None,
+        connection: connection.id,
     };
     let mut context = RequestContext {
         method,

@@ -187,6 +187,8 @@ pub struct Server {
     publish_sha1: api::PublishSha1,
     faults: Faults,
     access_log: Option<Arc<AccessLog>>,
+    /// Numbers accepted connections for the access log.
+    connections_accepted: std::sync::atomic::AtomicU64,
 }
 
 fn credentials_from(args: &ServeArgs) -> Result<Credentials> {
@@ -340,6 +342,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             publish_sha1: args.publish_sha1,
             faults,
             access_log,
+            connections_accepted: std::sync::atomic::AtomicU64::new(0),
         });
         // Handlers go in before the ready line: a script may signal us as
         // soon as it has read it.
@@ -480,6 +483,9 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let write_cut = Arc::new(WriteCut::new());
     let connection = Arc::new(http::Connection {
+        id: server
+            .connections_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         requests_served: std::sync::atomic::AtomicU64::new(0),
         write_cut: write_cut.clone(),
         limiter: server
@@ -488,6 +494,7 @@ async fn serve_connection(
             .rate_per_conn_bytes_per_s
             .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate)))),
     });
+    let connection_id = connection.id;
     let service_server = server.clone();
     let service = hyper::service::service_fn(move |request| {
         http::handle(service_server.clone(), connection.clone(), request)
@@ -517,6 +524,7 @@ async fn serve_connection(
                         status: 0,
                         bytes_sent: at_bytes as u64,
                         fault: Some("reset_handshake".into()),
+                        connection: connection_id,
                     });
                 }
             }
