@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ringdown::http::{ChunkedDecoder, ChunkedStep, parse_response_head_at, write_get_request};
-use ringdown::names::map_name;
 use ringdown::plan::ChunkPlan;
+use ringdown::restore::paths::map_name;
 use ringdown::stats::{Stage, StageHistograms};
 use sha1::{Digest, Sha1};
 
@@ -127,13 +127,7 @@ fn names(c: &mut Criterion) {
     let mut group = c.benchmark_group("names");
     group.throughput(Throughput::Elements(1));
     group.bench_function("map_name_4_components", |b| {
-        b.iter(|| {
-            map_name(
-                black_box("photos/2023/summer/IMG_0001.jpg"),
-                black_box("photos"),
-            )
-            .unwrap()
-        })
+        b.iter(|| map_name(black_box("2023/summer/IMG_0001.jpg"), black_box(false)))
     });
     group.finish();
 }

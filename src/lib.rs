@@ -11,7 +11,6 @@ pub mod error;
 pub mod fuzz_targets;
 pub mod get;
 pub mod http;
-pub mod names;
 pub mod plan;
 pub mod restore;
 pub mod runtime;
