@@ -141,6 +141,7 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
             eprintln!("ringdown: note: {notice}");
         }
     }
+    crate::runtime::watch_signals();
     let restore = Restore::new(options, args.quiet);
     let progress = (!args.quiet && !args.dry_run)
         .then(|| ProgressLine::start(Arc::clone(&restore.progress), Arc::clone(&restore.files)));

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -336,15 +336,11 @@ impl Restore {
 
     pub fn run(&self) -> Result<RestoreReport> {
         let started = Instant::now();
-        let mut options = self.options.clone();
+        let options = self.options.clone();
         raise_open_files_limit();
-        // SIGINT/SIGTERM: stop handing out work, let requests in flight
-        // finish, keep the journal and resumable partials, print the summary.
-        let cancel = Arc::new(AtomicBool::new(false));
-        let signal = Arc::new(AtomicI32::new(0));
-        let (signal_guard, signal_thread) =
-            watch_signals(Arc::clone(&cancel), Arc::clone(&signal))?;
-        options.engine.cancel = Some(Arc::clone(&cancel));
+        // SIGINT/SIGTERM (`runtime::watch_signals`, or `engine.cancel`): stop
+        // handing out work, let requests in flight finish, keep the journal
+        // and resumable partials, print the summary.
         let options = &options;
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
         let control = uring::Runtime::new()?;
@@ -439,7 +435,7 @@ impl Restore {
                     break;
                 }
             };
-            if run.stop.load(Ordering::Acquire) || cancel.load(Ordering::Acquire) {
+            if run.stop.load(Ordering::Acquire) || options.engine.is_cancelled() {
                 break;
             }
             schedule(&run, entry, &base, scheduler.as_ref());
@@ -475,16 +471,15 @@ impl Restore {
             }
         }
         let tally = std::mem::take(&mut *run.reporter.tally.lock().expect("tally lock"));
-        let interrupted = signal.load(Ordering::Acquire);
-        let fatal = if interrupted != 0 {
-            Some(Error::Interrupted {
-                signal: interrupted,
-            })
-        } else {
-            run.fatal.lock().expect("fatal lock").take()
+        // A signal, or a library caller's `engine.cancel` (reported as SIGINT).
+        let interrupted = options
+            .engine
+            .is_cancelled()
+            .then(|| crate::runtime::interrupted().unwrap_or(libc::SIGINT));
+        let fatal = match interrupted {
+            Some(signal) => Some(Error::Interrupted { signal }),
+            None => run.fatal.lock().expect("fatal lock").take(),
         };
-        drop(signal_guard);
-        let _ = signal_thread.join();
         let seconds = started.elapsed().as_secs_f64();
         let summary = RunSummary {
             command: "restore".into(),
@@ -499,7 +494,7 @@ impl Restore {
             registered_buffers,
             stages,
         };
-        if let Some(target) = run.target.as_ref().filter(|_| interrupted == 0) {
+        if let Some(target) = run.target.as_ref().filter(|_| interrupted.is_none()) {
             if fatal.is_none() && tally.failed == 0 && tally.refused == 0 {
                 target.remove_state();
             } else {
@@ -513,59 +508,6 @@ impl Restore {
             fatal,
         })
     }
-}
-
-/// A thread that turns SIGINT/SIGTERM into `cancel` (and remembers which).
-/// Dropping the returned sender ends the thread.
-#[allow(clippy::type_complexity)]
-fn watch_signals(
-    cancel: Arc<AtomicBool>,
-    signal: Arc<AtomicI32>,
-) -> Result<(
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-)> {
-    use tokio::signal::unix::{SignalKind, signal as unix_signal};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| Error::io("starting the signal watcher", error))?;
-    // Register now, on this thread, so a signal from here on is caught.
-    let handlers = runtime.block_on(async {
-        (
-            unix_signal(SignalKind::interrupt()),
-            unix_signal(SignalKind::terminate()),
-        )
-    });
-    let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
-        return Err(Error::Fatal(
-            "cannot install SIGINT/SIGTERM handlers".into(),
-        ));
-    };
-    let (sender, mut receiver) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("ringdown-signals".into())
-        .spawn(move || {
-            runtime.block_on(async {
-                let number = tokio::select! {
-                    _ = interrupt.recv() => libc::SIGINT,
-                    _ = terminate.recv() => libc::SIGTERM,
-                    _ = &mut receiver => return,
-                };
-                signal.store(number, Ordering::Release);
-                cancel.store(true, Ordering::Release);
-                eprintln!(
-                    "ringdown: {}: finishing requests in flight, keeping the journal",
-                    if number == libc::SIGINT {
-                        "SIGINT"
-                    } else {
-                        "SIGTERM"
-                    }
-                );
-            });
-        })
-        .map_err(|error| Error::io("spawning the signal watcher", error))?;
-    Ok((sender, thread))
 }
 
 /// Many files in flight need descriptors: lift the soft limit to the hard one.

@@ -83,43 +83,51 @@ fn has_cap_ipc_lock() -> bool {
 static INTERRUPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// Watches SIGINT and SIGTERM on a small thread of its own. The first signal
-/// asks the run to stop (in-flight writes are drained, temporary files
-/// removed, exit 130/143); a second one exits at once.
+/// asks the run to stop (`interrupted()`; every `EngineConfig::is_cancelled`
+/// sees it: no new work, requests in flight finish, writes drain, what can
+/// be resumed is kept, exit 130/143); a second one exits at once. The
+/// handlers are installed before this returns, so no signal from then on
+/// takes the default action (dying without cleanup). Idempotent.
 pub fn watch_signals() {
-    let spawned = std::thread::Builder::new()
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(|| {
+        if let Err(error) = spawn_signal_watcher() {
+            eprintln!("ringdown: warning: cannot watch signals: {error}");
+        }
+    });
+}
+
+fn spawn_signal_watcher() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Registered here, on the caller's thread, before we return.
+    let (mut interrupt, mut terminate) = runtime.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::Builder::new()
         .name("ringdown-signals".into())
-        .spawn(|| {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
+        .spawn(move || {
             runtime.block_on(async {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut interrupt), Ok(mut terminate)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    return;
-                };
                 loop {
-                    let received = tokio::select! {
-                        _ = interrupt.recv() => libc::SIGINT,
-                        _ = terminate.recv() => libc::SIGTERM,
+                    let (received, name) = tokio::select! {
+                        _ = interrupt.recv() => (libc::SIGINT, "SIGINT"),
+                        _ = terminate.recv() => (libc::SIGTERM, "SIGTERM"),
                     };
                     if INTERRUPT_SIGNAL.swap(received, Ordering::SeqCst) != 0 {
                         std::process::exit(128 + received);
                     }
                     eprintln!(
-                        "ringdown: signal {received} received: stopping (again to exit at once)"
+                        "ringdown: {name}: finishing requests in flight, keeping what can be resumed (again to exit at once)"
                     );
                 }
             });
-        });
-    if let Err(error) = spawned {
-        eprintln!("ringdown: warning: cannot watch signals: {error}");
-    }
+        })?;
+    Ok(())
 }
 
 /// The signal that asked the run to stop, if any.
