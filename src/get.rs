@@ -1012,6 +1012,7 @@ pub(crate) mod tests {
             cores: 1,
             pin_cores: false,
             connections_per_core: 1,
+            large_connections_per_core: 1,
             buffers_per_core: 1,
             buffer_size_bytes: 4096,
             part_size_bytes: 4096,

@@ -54,9 +54,11 @@ pub struct TuningArgs {
     /// Cores (threads with their own io_uring). Default: CPUs in the affinity mask.
     #[arg(long)]
     pub cores: Option<usize>,
-    /// Keep-alive connections per core.
-    #[arg(long, default_value_t = config::CONNECTIONS_PER_CORE_DEFAULT)]
-    pub connections: usize,
+    /// Keep-alive connections per core. Default: 4 (`get`), 16 (`restore`:
+    /// small objects are one request each, so more requests in flight pay
+    /// off; a large object's chunks still go to at most 4 per core).
+    #[arg(long)]
+    pub connections: Option<usize>,
     /// Bytes per range request (e.g. 8M, 64MiB), rounded up to whole buffers.
     /// Default: 8 MiB, or less so that every connection's part fits in the
     /// buffer pool at once (the in-order hash window never starves).
@@ -102,13 +104,24 @@ impl TuningArgs {
                 config::CORES_MAX
             ));
         }
-        if self.connections == 0 || self.connections > config::CONNECTIONS_PER_CORE_MAX {
+        let connections = self.connections.unwrap_or(if restore {
+            config::RESTORE_CONNECTIONS_PER_CORE_DEFAULT
+        } else {
+            config::CONNECTIONS_PER_CORE_DEFAULT
+        });
+        if connections == 0 || connections > config::CONNECTIONS_PER_CORE_MAX {
             return usage(format!(
-                "--connections {}: expected 1..={}",
-                self.connections,
+                "--connections {connections}: expected 1..={}",
                 config::CONNECTIONS_PER_CORE_MAX
             ));
         }
+        // restore: a large object's chunks take at most get's default number
+        // of connections per core; the rest keep fetching small objects.
+        let large_connections = if restore {
+            connections.min(config::CONNECTIONS_PER_CORE_DEFAULT)
+        } else {
+            connections
+        };
         let align = config::DIRECT_IO_ALIGN_BYTES as u64;
         if self.buffer_size == 0
             || self.buffer_size % align != 0
@@ -144,7 +157,7 @@ impl TuningArgs {
         // Whole buffers per part keep every O_DIRECT write aligned.
         let buffers = buffers_per_core;
         let pool_per_connection_bytes =
-            (buffers as u64 * self.buffer_size) / self.connections as u64;
+            (buffers as u64 * self.buffer_size) / large_connections as u64;
         let part_size_bytes = self
             .part_size
             .unwrap_or_else(|| config::PART_SIZE_BYTES_DEFAULT.min(pool_per_connection_bytes))
@@ -153,7 +166,8 @@ impl TuningArgs {
         let mut engine = EngineConfig {
             cores,
             pin_cores: runtime::should_pin(self.pin, cores),
-            connections_per_core: self.connections,
+            connections_per_core: connections,
+            large_connections_per_core: large_connections,
             buffers_per_core: buffers,
             buffer_size_bytes: self.buffer_size as usize,
             part_size_bytes,

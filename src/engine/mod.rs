@@ -27,6 +27,9 @@ pub struct EngineConfig {
     pub cores: usize,
     pub pin_cores: bool,
     pub connections_per_core: usize,
+    /// Connections per core that may take chunks of large objects at once
+    /// (≤ `connections_per_core`); the part size is sized for these.
+    pub large_connections_per_core: usize,
     pub buffers_per_core: usize,
     pub buffer_size_bytes: usize,
     pub part_size_bytes: u64,

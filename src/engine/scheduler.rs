@@ -7,8 +7,9 @@
 //!   of every core takes in ascending order (`large`, `chunk`).
 //!
 //! A free connection takes a chunk of an active large object while large
-//! objects hold fewer than their share of the connections (all of them once
-//! nothing else is left to queue), else the next queued item; so a mixed listing
+//! objects hold fewer than `large_connections_per_core` per core (and, until
+//! nothing else is left to queue, fewer than their share of all
+//! connections), else the next queued item; so a mixed listing
 //! keeps every connection busy, small files keep completing beside a large
 //! one, and the connections (and their TLS sessions) outlive each object. Cross-core
 //! traffic is the queue lock (once per object or chunk), the SHA1 baton of
@@ -117,6 +118,8 @@ pub(crate) struct Shared {
     capacity_jobs: usize,
     /// Connections of all cores.
     connections_total: usize,
+    /// Connections of all cores that may take chunks of large objects.
+    large_connections: usize,
     /// Producers wait here while the queue is full.
     space: Condvar,
     /// Connections wait here for work (an item, a new large object, the end).
@@ -152,13 +155,13 @@ impl Shared {
     fn next(&self) -> Next {
         let mut state = self.state.lock().expect("scheduler lock");
         state.active.retain(|job| job.wants_connections());
-        // Large objects take up to their share of the connections (all of
-        // them together) until the last work is queued and taken; then all
-        // connections. (An empty queue alone says little: the listing may be
-        // a page behind.)
+        // Large objects (all of them together) take chunks on at most
+        // `large_connections`, and only up to their share of all connections
+        // until the last work is queued and taken. (An empty queue alone says
+        // little: the listing may be a page behind.)
         let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
         let nothing_else = state.closed && state.queue.is_empty();
-        if on_large < self.large_share() || nothing_else {
+        if on_large < large_limit(self.large_connections, self.connections_total, nothing_else) {
             if let Some(job) = state.active.first() {
                 return Next::Chunks(Arc::clone(job));
             }
@@ -193,12 +196,6 @@ impl Shared {
         }
     }
 
-    /// Connections large objects may keep while other work is queued.
-    fn large_share(&self) -> usize {
-        self.connections_total
-            .div_ceil(LARGE_OBJECT_CONNECTIONS_DIVISOR)
-    }
-
     /// A SHA1 mismatch: the object's next round takes its old one's place.
     pub fn restart(&self, job: Arc<Job>) {
         self.state.lock().expect("scheduler lock").active.push(job);
@@ -209,6 +206,17 @@ impl Shared {
     pub fn large_finished(&self) {
         self.state.lock().expect("scheduler lock").open_large -= 1;
         self.work.notify_waiters();
+    }
+}
+
+/// How many connections (of all cores) may take chunks of large objects:
+/// `large_connections`, and while other work may still come, no more than
+/// their share of all connections, so small files keep completing.
+fn large_limit(large_connections: usize, connections_total: usize, nothing_else: bool) -> usize {
+    if nothing_else {
+        large_connections
+    } else {
+        large_connections.min(connections_total.div_ceil(LARGE_OBJECT_CONNECTIONS_DIVISOR))
     }
 }
 
@@ -238,6 +246,10 @@ impl Scheduler {
             }),
             capacity_jobs: (cores * SCHEDULER_QUEUE_JOBS_PER_CORE).min(SCHEDULER_QUEUE_JOBS_MAX),
             connections_total: cores * config.connections_per_core.max(1),
+            large_connections: cores
+                * config
+                    .large_connections_per_core
+                    .clamp(1, config.connections_per_core.max(1)),
             space: Condvar::new(),
             work: Notify::new(),
         });
@@ -455,4 +467,23 @@ fn refuse(work: Work) {
         attempts: 0,
         elapsed: Duration::ZERO,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::large_limit;
+
+    #[test]
+    fn large_objects_leave_connections_to_small_ones_until_the_end() {
+        // get: one core's 4 connections, the queue closed at once.
+        assert_eq!(large_limit(4, 4, true), 4);
+        // restore defaults on 2 cores: 16 connections each, 4 for chunks.
+        assert_eq!(large_limit(8, 32, false), 8);
+        assert_eq!(large_limit(8, 32, true), 8);
+        // restore --connections 3 on 2 cores: half while work may come.
+        assert_eq!(large_limit(6, 6, false), 3);
+        assert_eq!(large_limit(6, 6, true), 6);
+        // One connection in all still gets to take chunks.
+        assert_eq!(large_limit(1, 1, false), 1);
+    }
 }
