@@ -139,6 +139,19 @@ def drop_caches():
         return f"page cache not dropped ({e})"
 
 
+def cold_read_s(path):
+    """Seconds to read `path` once with the page cache dropped: what the
+    origin's disk alone needs for a `single` scenario, a floor for every tool
+    (the runs drop the cache too). None if the cache cannot be dropped."""
+    if drop_caches():
+        return None
+    started = time.monotonic()
+    with open(path, "rb", buffering=0) as f:
+        while f.read(4 << 20):
+            pass
+    return time.monotonic() - started
+
+
 def proc_cpu_s(pid):
     """utime+stime of a live process (the origin), in seconds."""
     try:
@@ -579,6 +592,10 @@ def run_scenario(name, args, env_info, manifests, results, meta):
                 smeta["commands"][t] = " ".join(plan["display"])
                 if plan.get("label"):
                     smeta.setdefault("labels", {})[t] = plan["label"]
+        if single and plans and not args.no_drop_caches:
+            smeta["cold_read_s"] = cold_read_s(os.path.join(env_info["buckets_dir"], sc["bucket"], sc["name"]))
+            if smeta["cold_read_s"] is not None:
+                log(f"{name}: the origin reads {sc['name']} cold in {smeta['cold_read_s']:.3f}s")
         for run_no in range(1, args.runs + 1):
             for t, plan in plans.items():
                 row = run_one(ctx, t, plan, run_no, args)
