@@ -8,13 +8,14 @@ use std::time::Instant;
 use crate::client::conn::{ConnError, Connection};
 use crate::config::DIRECT_IO_ALIGN_BYTES;
 use crate::error::Error;
-use crate::http::{self, ResponseHead};
+use crate::http::ResponseHead;
 use crate::plan::Chunk;
 use crate::stats::Stage;
 use crate::uring::{self, PoolBuf};
 
 use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
 use super::large::CoreJob;
+use super::request::get_head;
 
 pub(super) async fn download_chunk(
     core: &Rc<CoreJob>,
@@ -53,7 +54,7 @@ pub(super) async fn download_chunk(
         }
         let context = format!(
             "GET {} bytes={}-{}",
-            job.spec.display_name,
+            job.spec.object.display_name,
             chunk.offset_bytes + received_bytes,
             chunk.last_byte()
         );
@@ -104,47 +105,17 @@ async fn attempt_chunk(
 ) -> Result<(), Failure> {
     let job = &core.job;
     let spec = &job.spec;
-    let source = &core.core.shared.source;
-    if connection.is_none() {
-        let record = |stage, elapsed| core.record(stage, elapsed);
-        let opened = Connection::open(
-            &source.origin,
-            source.tls.as_ref(),
-            core.core.shared.config.timeout,
-            &record,
-        )
-        .await;
-        *connection = Some(opened.map_err(conn_failure)?);
-    }
-    let conn = connection.as_mut().expect("connected");
     let first_byte = chunk.offset_bytes + *received_bytes;
     let last_byte = chunk.last_byte();
-    let mut request = Vec::with_capacity(512);
-    let token = source.auth.as_ref().map(|auth| auth.token());
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    if let Some(token) = token.as_deref() {
-        headers.push(("Authorization", token));
-    }
-    if let Some(etag) = spec.if_match.as_deref() {
-        headers.push(("If-Match", etag));
-    }
-    http::write_get_request(
-        &mut request,
-        "GET",
-        &source.origin.host_header(),
-        &spec.path_and_query,
+    let head = get_head(
+        &core.core,
+        connection,
+        &spec.object.path_and_query,
         Some((first_byte, last_byte)),
-        &headers,
+        spec.if_match.as_deref(),
     )
-    .map_err(|error| Failure {
-        detail: error.to_string(),
-        kind: FailureKind::Object,
-        retry_after_s: None,
-    })?;
-    let sent = Instant::now();
-    conn.send(request).await.map_err(conn_failure)?;
-    let head = conn.read_head().await.map_err(conn_failure)?;
-    core.record(Stage::Ttfb, sent.elapsed());
+    .await?;
+    let conn = connection.as_mut().expect("connected");
     let body_len = check_head(core, conn, &head, first_byte, last_byte).await?;
     let mut body_left = body_len;
     while body_left > 0 {
@@ -271,7 +242,7 @@ async fn check_head(
         }
         None => return Err(protocol("range response without Content-Length".into())),
     }
-    if let Some(expected) = &job.spec.expect_file_id {
+    if let Some(expected) = &job.spec.object.expect_file_id {
         match head.header("x-bz-file-id") {
             Some(id) if id == expected => {}
             other => {
@@ -324,7 +295,10 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
                     error.raw_os_error(),
                     Some(libc::ENOSPC) | Some(libc::EROFS) | Some(libc::EDQUOT)
                 );
-                let context = format!("writing {} at byte {offset}", core.job.spec.display_name);
+                let context = format!(
+                    "writing {} at byte {offset}",
+                    core.job.spec.object.display_name
+                );
                 core.job.abort(if run_fatal {
                     Error::Fatal(format!("{context}: {error}"))
                 } else {

@@ -9,7 +9,6 @@
 //! leave completes the job: O_DIRECT tail, `fsync`, digest check, `done`.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::scheduler::{Core, Done, ObjectError, ObjectResult};
+use super::scheduler::{Core, Done, ObjectError, ObjectResult, ObjectSpec};
 use super::{Progress, Resume};
 use crate::config::OBJECT_REDOWNLOADS_ON_MISMATCH;
 use crate::error::{Error, Result};
@@ -32,48 +31,23 @@ use crate::verify::{ReorderWindow, SharedDigest, WrittenPrefix};
 /// calls arrive in increasing order.
 pub type OnWritten = Box<dyn Fn(u64) + Send + Sync>;
 
-/// One large object to download in chunks into an already created file.
+/// One large object to download in chunks.
 pub struct LargeJob {
-    /// Path and query of the GET, URL-encoded.
-    pub path_and_query: String,
-    /// Shown in messages.
-    pub display_name: String,
-    /// B2: every response must carry this `x-bz-file-id`.
-    pub expect_file_id: Option<String>,
-    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
-    pub if_match: Option<String>,
-    pub size_bytes: u64,
-    /// The published digest: a mismatch downloads the object again
-    /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before `done` hears of it.
-    /// `None`: the caller checks the digest itself.
-    pub expected_sha1: Option<[u8; 20]>,
-    /// The file was opened with O_DIRECT: the tail is written padded to a
-    /// block and cut back before `done`.
-    pub direct_io: bool,
-    /// `fsync` the file before `done`.
-    pub fsync: bool,
-    /// The destination, opened for writing.
-    pub file: OwnedFd,
+    pub spec: LargeSpec,
     /// Where an earlier run stopped (first round only).
     pub resume: Option<Resume>,
-    pub on_written: Option<OnWritten>,
-    /// Runs on a core thread once the object is written and checked (or failed).
     pub done: Done,
 }
 
-/// What stays the same across download rounds of one object.
-pub(crate) struct Spec {
-    pub path_and_query: String,
-    pub display_name: String,
-    pub expect_file_id: Option<String>,
+/// What stays the same across download rounds of one large object.
+pub struct LargeSpec {
+    pub object: ObjectSpec,
+    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
     pub if_match: Option<String>,
-    pub size_bytes: u64,
-    pub expected_sha1: Option<[u8; 20]>,
+    /// The file was opened with O_DIRECT: the tail is written padded to a
+    /// block and cut back before `done`.
     pub direct_io: bool,
-    pub fsync: bool,
-    pub file: OwnedFd,
     pub on_written: Option<OnWritten>,
-    pub started: Instant,
 }
 
 /// Set in `Job::members` once the last core has left: nobody may join.
@@ -81,7 +55,9 @@ const CLOSED: u64 = 1 << 63;
 
 /// Everything the cores share about one round of one object's download.
 pub(crate) struct Job {
-    pub spec: Arc<Spec>,
+    pub spec: Arc<LargeSpec>,
+    /// When the first round began.
+    started: Instant,
     pub plan: ChunkPlan,
     pub digest: SharedDigest,
     pub progress: Arc<Progress>,
@@ -111,21 +87,9 @@ impl Job {
         cores: usize,
         progress: Arc<Progress>,
     ) -> Job {
-        let spec = Spec {
-            path_and_query: large.path_and_query,
-            display_name: large.display_name,
-            expect_file_id: large.expect_file_id,
-            if_match: large.if_match,
-            size_bytes: large.size_bytes,
-            expected_sha1: large.expected_sha1,
-            direct_io: large.direct_io,
-            fsync: large.fsync,
-            file: large.file,
-            on_written: large.on_written,
-            started: Instant::now(),
-        };
         Job::round(
-            Arc::new(spec),
+            Arc::new(large.spec),
+            Instant::now(),
             part_size_bytes,
             cores,
             progress,
@@ -135,8 +99,10 @@ impl Job {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn round(
-        spec: Arc<Spec>,
+        spec: Arc<LargeSpec>,
+        started: Instant,
         part_size_bytes: u64,
         cores: usize,
         progress: Arc<Progress>,
@@ -144,7 +110,7 @@ impl Job {
         done: Done,
         round: u32,
     ) -> Job {
-        let size_bytes = spec.size_bytes;
+        let size_bytes = spec.object.size_bytes;
         let plan = ChunkPlan::new(size_bytes, part_size_bytes);
         let (offset_bytes, sha1) = match resume {
             Some(resume) => (resume.offset_bytes, resume.sha1),
@@ -156,6 +122,7 @@ impl Job {
         );
         Job {
             spec,
+            started,
             plan,
             digest: SharedDigest::resume(size_bytes, cores, offset_bytes, sha1),
             progress,
@@ -266,9 +233,9 @@ impl Job {
         if !self.digest.is_complete() {
             return Err(Error::Fatal(format!(
                 "{}: download ended at byte {} of {}",
-                self.spec.display_name,
+                self.spec.object.display_name,
                 self.digest.frontier(),
-                self.spec.size_bytes
+                self.spec.object.size_bytes
             )));
         }
         Ok(self.digest.finish())
@@ -403,7 +370,7 @@ fn core_job_for(core: &Rc<Core>, job: Arc<Job>) -> Option<Rc<CoreJob>> {
     if !job.join() {
         return None;
     }
-    let file = match job.spec.file.try_clone() {
+    let file = match job.spec.object.file.try_clone() {
         Ok(fd) => Some(File::from_std(std::fs::File::from(fd))),
         Err(error) => {
             job.abort(Error::io(
@@ -485,22 +452,26 @@ async fn finish_on_core(core_job: Rc<CoreJob>, hasher: tokio::task::JoinHandle<(
 /// it over after a SHA1 mismatch.
 async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     let spec = &job.spec;
+    let object = &spec.object;
     let mut outcome = job.outcome();
     if outcome.is_ok() && spec.direct_io {
         // O_DIRECT wrote the tail padded to a block; cut it back.
-        outcome = rustix::fs::ftruncate(&spec.file, spec.size_bytes)
+        outcome = rustix::fs::ftruncate(&object.file, object.size_bytes)
             .map_err(|error| Error::io("truncating the O_DIRECT padding", error.into()))
             .and(outcome);
     }
-    if let (Ok(_), true, Some(file)) = (&outcome, spec.fsync, file) {
+    if let (Ok(_), true, Some(file)) = (&outcome, object.fsync, file) {
         let synced = Instant::now();
         if let Err(error) = file.sync_all().await {
-            outcome = Err(Error::io(format!("fsync of {}", spec.display_name), error));
+            outcome = Err(Error::io(
+                format!("fsync of {}", object.display_name),
+                error,
+            ));
         }
         core.record(Stage::Write, synced.elapsed());
     }
     let mismatch = matches!(
-        (&outcome, &spec.expected_sha1),
+        (&outcome, &object.expected_sha1),
         (Ok(actual), Some(expected)) if actual != expected
     );
     let shared = &core.shared;
@@ -513,11 +484,12 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     if mismatch && job.round <= OBJECT_REDOWNLOADS_ON_MISMATCH && !shared.config.is_cancelled() {
         eprintln!(
             "ringdown: {}: SHA1 mismatch; downloading it again",
-            spec.display_name
+            object.display_name
         );
         core.count_retry();
         let again = Job::round(
             Arc::clone(spec),
+            job.started,
             job.plan.part_size_bytes(),
             shared.config.cores.max(1),
             Arc::clone(&job.progress),
@@ -528,7 +500,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
         shared.restart(Arc::new(again));
         return;
     }
-    let elapsed = spec.started.elapsed();
+    let elapsed = job.started.elapsed();
     core.record(Stage::File, elapsed);
     let outcome = outcome.map_err(|error| {
         let run_fatal = matches!(

@@ -8,6 +8,7 @@ mod chunk;
 mod failure;
 pub mod large;
 mod object;
+mod request;
 pub mod scheduler;
 
 use std::os::fd::OwnedFd;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use crate::client::conn::Origin;
 use crate::error::{Error, Result};
 use crate::stats::StageHistograms;
-use large::{LargeJob, OnWritten};
-use scheduler::{PoolSource, Scheduler, Work};
+use large::{LargeJob, LargeSpec, OnWritten};
+use scheduler::{ObjectSpec, PoolSource, Scheduler, Work};
 
 /// How the engine is tuned; resolved from flags by `cli/`.
 #[derive(Debug, Clone)]
@@ -170,17 +171,21 @@ pub fn download_resumed(
         .map_err(|error| Error::io("duplicating the destination file descriptor", error))?;
     let (sender, receiver) = std::sync::mpsc::channel();
     let submitted = scheduler.submit(Work::Large(LargeJob {
-        path_and_query: source.path_and_query.clone(),
-        display_name: source.display_name.clone(),
-        expect_file_id: source.expect_file_id.clone(),
-        if_match: source.if_match.clone(),
-        size_bytes: object_size_bytes,
-        expected_sha1: None,
-        direct_io,
-        fsync: false,
-        file,
+        spec: LargeSpec {
+            object: ObjectSpec {
+                path_and_query: source.path_and_query.clone(),
+                display_name: source.display_name.clone(),
+                expect_file_id: source.expect_file_id.clone(),
+                size_bytes: object_size_bytes,
+                expected_sha1: None,
+                fsync: false,
+                file,
+            },
+            if_match: source.if_match.clone(),
+            direct_io,
+            on_written,
+        },
         resume,
-        on_written,
         done: Box::new(move |result| {
             let _ = sender.send(result);
         }),

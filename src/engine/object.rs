@@ -10,11 +10,12 @@ use std::time::Instant;
 use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
-use super::scheduler::{Core, ObjectError, ObjectJob};
+use super::request::get_head;
+use super::scheduler::{Core, ObjectError, ObjectSpec};
 use crate::client::conn::Connection;
 use crate::config::OBJECT_REDOWNLOADS_ON_MISMATCH;
 use crate::error::Error;
-use crate::http::{self, ResponseHead};
+use crate::http::ResponseHead;
 use crate::stats::Stage;
 use crate::uring::File;
 
@@ -27,7 +28,7 @@ struct Received {
 pub(super) async fn download_object(
     core: &Rc<Core>,
     connection: &mut Option<Connection>,
-    job: &ObjectJob,
+    job: &ObjectSpec,
 ) -> (std::result::Result<[u8; 20], ObjectError>, u32) {
     let fd = match job.file.try_clone() {
         Ok(fd) => fd,
@@ -166,46 +167,16 @@ pub(super) async fn download_object(
 async fn attempt_object(
     core: &Rc<Core>,
     connection: &mut Option<Connection>,
-    job: &ObjectJob,
+    job: &ObjectSpec,
     file: &File,
     received: &mut Received,
 ) -> std::result::Result<(), Failure> {
-    let source = &core.shared.source;
-    let config = &core.shared.config;
-    if connection.is_none() {
-        let record = |stage, elapsed| core.record(stage, elapsed);
-        let opened =
-            Connection::open(&source.origin, source.tls.as_ref(), config.timeout, &record).await;
-        *connection = Some(opened.map_err(conn_failure)?);
-    }
-    let conn = connection.as_mut().expect("connected");
     let first_byte = received.bytes;
     let last_byte = job.size_bytes - 1;
     // The first request needs no Range: the whole object on one connection.
     let range = (first_byte > 0).then_some((first_byte, last_byte));
-    let token = source.auth.as_ref().map(|auth| auth.token());
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    if let Some(token) = token.as_deref() {
-        headers.push(("Authorization", token));
-    }
-    let mut request = Vec::with_capacity(512);
-    http::write_get_request(
-        &mut request,
-        "GET",
-        &source.origin.host_header(),
-        &job.path_and_query,
-        range,
-        &headers,
-    )
-    .map_err(|error| Failure {
-        detail: error.to_string(),
-        kind: FailureKind::Object,
-        retry_after_s: None,
-    })?;
-    let sent = Instant::now();
-    conn.send(request).await.map_err(conn_failure)?;
-    let head = conn.read_head().await.map_err(conn_failure)?;
-    core.record(Stage::Ttfb, sent.elapsed());
+    let head = get_head(core, connection, &job.path_and_query, range, None).await?;
+    let conn = connection.as_mut().expect("connected");
     check_head(conn, &head, job, first_byte, last_byte).await?;
     let mut body_left = job.size_bytes - first_byte;
     while body_left > 0 {
@@ -297,7 +268,7 @@ async fn flush(
 async fn check_head(
     conn: &mut Connection,
     head: &ResponseHead,
-    job: &ObjectJob,
+    job: &ObjectSpec,
     first_byte: u64,
     last_byte: u64,
 ) -> std::result::Result<(), Failure> {

@@ -52,23 +52,29 @@ pub enum Work {
     Large(LargeJob),
 }
 
-/// One small object to download into an already created (empty) file.
-pub struct ObjectJob {
+/// One object to download into an already created file, small or large.
+pub struct ObjectSpec {
     /// Path and query of the GET, URL-encoded.
     pub path_and_query: String,
     /// Shown in messages.
     pub display_name: String,
-    /// Every response must carry this `x-bz-file-id`.
+    /// B2: every response must carry this `x-bz-file-id` (no splicing of a
+    /// newer upload under the same name).
     pub expect_file_id: Option<String>,
     pub size_bytes: u64,
-    /// The published digest, if any: a mismatch downloads the object again
-    /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before it is reported.
+    /// The published digest: a mismatch downloads the object again
+    /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before `done` hears of it.
+    /// `None`: the caller checks the digest itself, if there is one.
     pub expected_sha1: Option<[u8; 20]>,
     /// `fsync` the file once written, before `done` runs.
     pub fsync: bool,
-    /// The destination, opened for writing; closed by the scheduler.
+    /// The destination, opened for writing; the scheduler closes its copies.
     pub file: OwnedFd,
-    /// Runs on the core thread once the object is written (or failed).
+}
+
+/// One small object: one GET on one connection.
+pub struct ObjectJob {
+    pub object: ObjectSpec,
     pub done: Done,
 }
 
@@ -442,7 +448,7 @@ async fn connection_loop(core: Rc<Core>) {
 
 async fn run_object(core: &Rc<Core>, connection: &mut Option<Connection>, job: ObjectJob) {
     let started = Instant::now();
-    let (outcome, attempts) = super::object::download_object(core, connection, &job).await;
+    let (outcome, attempts) = super::object::download_object(core, connection, &job.object).await;
     let elapsed = started.elapsed();
     core.record(Stage::File, elapsed);
     (job.done)(ObjectResult {
@@ -455,8 +461,8 @@ async fn run_object(core: &Rc<Core>, connection: &mut Option<Connection>, job: O
 /// Fails work the run stopped before it began (its caller removes the file).
 fn refuse(work: Work) {
     let (display_name, done) = match work {
-        Work::Object(job) => (job.display_name, job.done),
-        Work::Large(job) => (job.display_name, job.done),
+        Work::Object(job) => (job.object.display_name, job.done),
+        Work::Large(job) => (job.spec.object.display_name, job.done),
     };
     let error = Error::Fatal(format!("{display_name}: not started: the run stopped"));
     done(ObjectResult {

@@ -29,8 +29,10 @@ use crate::client::b2_api::{Authorizer, Credentials, describe_error};
 use crate::client::url::Url;
 use crate::client::{exchange, resolve};
 use crate::config::{API_BODY_MAX_BYTES, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN};
-use crate::engine::large::LargeJob;
-use crate::engine::scheduler::{Done, ObjectJob, ObjectResult, PoolSource, Scheduler, Work};
+use crate::engine::large::{LargeJob, LargeSpec};
+use crate::engine::scheduler::{
+    Done, ObjectJob, ObjectResult, ObjectSpec, PoolSource, Scheduler, Work,
+};
 use crate::engine::{self, EngineConfig, Progress};
 use crate::error::{Error, Result};
 use crate::get::DirectIo;
@@ -838,13 +840,18 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         Ok(fd) => fd,
         Err(error) => return run.fail_run(Error::io("duplicating a file descriptor", error)),
     };
-    let path_and_query = download_path(base, &task.entry);
-    let display_name = format!("b2://{}/{}", options.bucket, task.entry.name);
-    let expect_file_id = task.entry.file_id.clone();
     let size_bytes = task.entry.size_bytes;
-    let expected_sha1 = match task.entry.expected {
-        ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
-        ExpectedSha1::None => None,
+    let object = ObjectSpec {
+        path_and_query: download_path(base, &task.entry),
+        display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
+        expect_file_id: task.entry.file_id.clone(),
+        size_bytes,
+        expected_sha1: match task.entry.expected {
+            ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
+            ExpectedSha1::None => None,
+        },
+        fsync: options.fsync,
+        file: engine_file,
     };
     let work = if task.large {
         let resume = resume_bytes
@@ -868,28 +875,18 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             })
         };
         Work::Large(LargeJob {
-            path_and_query,
-            display_name,
-            expect_file_id,
-            if_match: None,
-            size_bytes,
-            expected_sha1,
-            direct_io,
-            fsync: options.fsync,
-            file: engine_file,
+            spec: LargeSpec {
+                object,
+                if_match: None,
+                direct_io,
+                on_written: Some(on_written),
+            },
             resume,
-            on_written: Some(on_written),
             done: finish_later(run, task),
         })
     } else {
         Work::Object(ObjectJob {
-            path_and_query,
-            display_name,
-            expect_file_id,
-            size_bytes,
-            expected_sha1,
-            fsync: options.fsync,
-            file: engine_file,
+            object,
             done: finish_later(run, task),
         })
     };
