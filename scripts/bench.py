@@ -141,8 +141,9 @@ def drop_caches():
 
 def cold_read_s(path):
     """Seconds to read `path` once with the page cache dropped: what the
-    origin's disk alone needs for a `single` scenario, a floor for every tool
-    (the runs drop the cache too). None if the cache cannot be dropped."""
+    origin's disk alone needs for a `single` scenario, which every run (its
+    cache dropped too) waits for as well. None if the cache cannot be
+    dropped. On a VM the host's cache makes it vary from run to run."""
     if drop_caches():
         return None
     started = time.monotonic()

@@ -270,8 +270,9 @@ def update_readme(readme, out_dir, meta, summary, made):
         if not any(r.get("median_s") for r in rows):
             continue
         sm = meta['scenarios'][name]
-        floor = (f" The origin's disk alone reads it cold in {sm['cold_read_s']:.2f} s (caches dropped, "
-                 f"as before every run): no tool can finish sooner." if sm.get("cold_read_s") else "")
+        floor = (f" Reading it once with the page cache dropped, before the runs, took {sm['cold_read_s']:.2f} s: "
+                 f"the origin's disk alone, which every run waits for too (on a VM the host's cache makes this "
+                 f"vary from run to run)." if sm.get("cold_read_s") else "")
         body += [f"**{name}**: {sm['about']}.{floor}", "", table(name, rows, meta), ""]
     body += links + ([""] if links else []) + [END]
     new = text[:text.index(BEGIN)] + "\n".join(body) + text[text.index(END) + len(END):]
