@@ -1,6 +1,6 @@
-//! How a failed request attempt is classified, shared by the chunk engine and
-//! the small-object pool: retry, re-authorize, give up on the object, or stop
-//! the run.
+//! How a failed request attempt is classified, shared by chunks of large
+//! objects and whole small objects: retry, re-authorize, give up on the
+//! object, or stop the run.
 
 use std::time::Duration;
 

@@ -392,7 +392,12 @@ fn core_job_for(core: &Rc<Core>, job: Arc<Job>) -> Option<Rc<CoreJob>> {
     core.large.borrow_mut().push(Rc::clone(&core_job));
     let hasher = uring::spawn(hash_loop(Rc::clone(&core_job)));
     let finisher = uring::spawn(finish_on_core(Rc::clone(&core_job), hasher));
-    core.finishers.borrow_mut().push(finisher);
+    let mut finishers = core.finishers.borrow_mut();
+    // A finished task stays allocated while its handle lives: a restore of
+    // many large objects must not keep one per object.
+    finishers.retain(|finisher| !finisher.is_finished());
+    finishers.push(finisher);
+    drop(finishers);
     Some(core_job)
 }
 
