@@ -308,6 +308,7 @@ impl Download {
         // A partial file and a journal beside DEST, named from DEST and the
         // object's identity: the same command after a crash finds them.
         let resumable = ResumeFiles::new(&file_name, &meta.source, meta.size_bytes);
+        let direct_io = options.direct_io.for_object(meta.size_bytes, 0);
         let mut may_resume = true;
         loop {
             attempts_left -= 1;
@@ -317,7 +318,7 @@ impl Download {
                     &dir,
                     options.engine.part_size_bytes,
                     meta.size_bytes,
-                    options.direct_io.for_object(meta.size_bytes, 0),
+                    direct_io,
                 ),
                 _ => None,
             };
@@ -344,7 +345,7 @@ impl Download {
                         &temp_name,
                         &dest.display().to_string(),
                         meta.size_bytes,
-                        options.direct_io.for_object(meta.size_bytes, 0),
+                        direct_io,
                     )?;
                     (temp_name, file, direct, None)
                 }
@@ -353,7 +354,7 @@ impl Download {
                 Some(files) => Some(files.journal_writer(files.open_journal(&dir)?)),
                 None => None,
             };
-            let outcome = engine::download_resumed(
+            let outcome = engine::download(
                 &options.engine,
                 &meta.source,
                 meta.size_bytes,
@@ -388,22 +389,6 @@ impl Download {
                 if !notices.contains(&notice) {
                     notices.push(notice);
                 }
-            }
-            let finish = || -> Result<()> {
-                if direct {
-                    // O_DIRECT wrote the tail padded to a block; cut it back.
-                    rustix::fs::ftruncate(&file, meta.size_bytes).map_err(|error| {
-                        Error::io("truncating the O_DIRECT padding", error.into())
-                    })?;
-                }
-                Ok(())
-            };
-            if let Err(error) = finish() {
-                let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
-                if let Some(files) = &resumable {
-                    files.remove(&dir);
-                }
-                return Err(error);
             }
             let actual = outcome.sha1;
             let verification = match &meta.expected {

@@ -62,6 +62,11 @@ impl SharedDigest {
         self.frontier() == self.size_bytes
     }
 
+    /// Cores that may hold bytes of the object (one waker each).
+    pub fn cores(&self) -> usize {
+        self.core_wakers.len()
+    }
+
     pub fn core_waker(&self, core: usize) -> Arc<Notify> {
         Arc::clone(&self.core_wakers[core])
     }

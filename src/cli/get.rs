@@ -133,15 +133,15 @@ impl TuningArgs {
                 config::BUFFER_SIZE_BYTES_MAX >> 20
             ));
         }
-        let buffers_per_core = self.buffers.unwrap_or(if restore {
+        let buffers = self.buffers.unwrap_or(if restore {
             config::RESTORE_BUFFERS_PER_CORE_DEFAULT
         } else {
             config::BUFFERS_PER_CORE_DEFAULT
         });
         // Two buffers at least: one is the reserve for the hash frontier.
-        if !(2..=config::BUFFERS_PER_CORE_MAX).contains(&buffers_per_core) {
+        if !(2..=config::BUFFERS_PER_CORE_MAX).contains(&buffers) {
             return usage(format!(
-                "--buffers {buffers_per_core}: expected 2..={}",
+                "--buffers {buffers}: expected 2..={}",
                 config::BUFFERS_PER_CORE_MAX
             ));
         }
@@ -155,7 +155,6 @@ impl TuningArgs {
             return usage("--timeout-s must be at least 1".into());
         }
         // Whole buffers per part keep every O_DIRECT write aligned.
-        let buffers = buffers_per_core;
         let pool_per_connection_bytes =
             (buffers as u64 * self.buffer_size) / large_connections as u64;
         let part_size_bytes = self

@@ -15,7 +15,7 @@ use crate::uring::{self, PoolBuf};
 
 use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
 use super::large::CoreJob;
-use super::request::get_head;
+use super::request::{check_file_id, get_head};
 
 pub(super) async fn download_chunk(
     core: &Rc<CoreJob>,
@@ -242,21 +242,7 @@ async fn check_head(
         }
         None => return Err(protocol("range response without Content-Length".into())),
     }
-    if let Some(expected) = &job.spec.object.expect_file_id {
-        match head.header("x-bz-file-id") {
-            Some(id) if id == expected => {}
-            other => {
-                return Err(Failure {
-                    detail: format!(
-                        "x-bz-file-id {:?} is not the version being downloaded ({expected}); the object was replaced",
-                        other.unwrap_or("")
-                    ),
-                    kind: FailureKind::Object,
-                    retry_after_s: None,
-                });
-            }
-        }
-    }
+    check_file_id(head, job.spec.object.expect_file_id.as_deref())?;
     Ok(requested)
 }
 

@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -68,7 +68,7 @@ pub(crate) struct Job {
     /// Cores taking part (a count), or `CLOSED`.
     members: AtomicU64,
     /// Connections (on any core) taking chunks now.
-    connections: std::sync::atomic::AtomicUsize,
+    connections: AtomicUsize,
     done: Mutex<Option<Done>>,
     /// Rounds so far, counting this one (a SHA1 mismatch starts another).
     round: u32,
@@ -134,10 +134,25 @@ impl Job {
                 reported_bytes: offset_bytes,
             }),
             members: AtomicU64::new(0),
-            connections: std::sync::atomic::AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             done: Mutex::new(Some(done)),
             round,
         }
+    }
+
+    /// The object's next round after a SHA1 mismatch: from byte 0, same
+    /// object, cores and counters.
+    fn next_round(&self, done: Done) -> Job {
+        Job::round(
+            Arc::clone(&self.spec),
+            self.started,
+            self.plan.part_size_bytes(),
+            self.digest.cores(),
+            Arc::clone(&self.progress),
+            None,
+            done,
+            self.round + 1,
+        )
     }
 
     /// Connections (on any core) taking chunks now.
@@ -492,17 +507,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
             object.display_name
         );
         core.count_retry();
-        let again = Job::round(
-            Arc::clone(spec),
-            job.started,
-            job.plan.part_size_bytes(),
-            shared.config.cores.max(1),
-            Arc::clone(&job.progress),
-            None,
-            done,
-            job.round + 1,
-        );
-        shared.restart(Arc::new(again));
+        shared.restart(Arc::new(job.next_round(done)));
         return;
     }
     let elapsed = job.started.elapsed();

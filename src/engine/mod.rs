@@ -91,28 +91,6 @@ pub struct Progress {
     pub retries: AtomicU64,
 }
 
-/// Downloads one object of `object_size_bytes` into `file` on
-/// `config.cores` threads, and returns its SHA1 computed in order from memory.
-pub fn download(
-    config: &EngineConfig,
-    source: &ObjectSource,
-    object_size_bytes: u64,
-    file: &OwnedFd,
-    direct_io: bool,
-    progress: Arc<Progress>,
-) -> Result<ObjectOutcome> {
-    download_resumed(
-        config,
-        source,
-        object_size_bytes,
-        file,
-        direct_io,
-        progress,
-        None,
-        None,
-    )
-}
-
 /// Where an interrupted download continues: `[0, offset_bytes)` is already
 /// in the file and `sha1` covers it. The offset is a chunk boundary.
 pub struct Resume {
@@ -138,10 +116,13 @@ pub fn hash_prefix(dir: &OwnedFd, temp_name: &str, bytes: u64) -> Option<Resume>
     })
 }
 
-/// [`download`], skipping the chunks a `Resume` says are done, and telling
-/// `on_written` of each chunk boundary the written prefix crosses.
+/// Downloads one object of `object_size_bytes` into `file` on
+/// `config.cores` threads (a scheduler with this one large object), skipping
+/// the chunks a `Resume` says are done and telling `on_written` of each chunk
+/// boundary the written prefix crosses. Returns its SHA1, computed in order
+/// from memory; O_DIRECT padding is already cut back.
 #[allow(clippy::too_many_arguments)]
-pub fn download_resumed(
+pub fn download(
     config: &EngineConfig,
     source: &ObjectSource,
     object_size_bytes: u64,

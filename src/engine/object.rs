@@ -10,7 +10,7 @@ use std::time::Instant;
 use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
-use super::request::get_head;
+use super::request::{check_file_id, get_head};
 use super::scheduler::{Core, ObjectError, ObjectSpec};
 use crate::client::conn::Connection;
 use crate::config::OBJECT_REDOWNLOADS_ON_MISMATCH;
@@ -319,20 +319,6 @@ async fn check_head(
         }
         None => return Err(Failure::retry("response without Content-Length")),
     }
-    if let Some(expected) = &job.expect_file_id {
-        match head.header("x-bz-file-id") {
-            Some(id) if id == expected => {}
-            other => {
-                return Err(Failure {
-                    detail: format!(
-                        "x-bz-file-id {:?} is not the listed version {expected}; the object was replaced",
-                        other.unwrap_or("")
-                    ),
-                    kind: FailureKind::Object,
-                    retry_after_s: None,
-                });
-            }
-        }
-    }
+    check_file_id(head, job.expect_file_id.as_deref())?;
     Ok(())
 }

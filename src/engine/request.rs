@@ -61,3 +61,22 @@ pub(super) async fn get_head(
     core.record(Stage::Ttfb, sent.elapsed());
     Ok(head)
 }
+
+/// B2: a download must come from the listed version of the object (no
+/// newer upload under the same name spliced into the file).
+pub(super) fn check_file_id(head: &ResponseHead, expected: Option<&str>) -> Result<(), Failure> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    match head.header("x-bz-file-id") {
+        Some(id) if id == expected => Ok(()),
+        other => Err(Failure {
+            detail: format!(
+                "x-bz-file-id {:?} is not the listed version {expected}; the object was replaced",
+                other.unwrap_or("")
+            ),
+            kind: FailureKind::Object,
+            retry_after_s: None,
+        }),
+    }
+}

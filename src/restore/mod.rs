@@ -338,12 +338,11 @@ impl Restore {
 
     pub fn run(&self) -> Result<RestoreReport> {
         let started = Instant::now();
-        let options = self.options.clone();
+        let options = &self.options;
         raise_open_files_limit();
         // SIGINT/SIGTERM (`runtime::watch_signals`, or `engine.cancel`): stop
         // handing out work, let requests in flight finish, keep the journal
         // and resumable partials, print the summary.
-        let options = &options;
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
         let control = uring::Runtime::new()?;
         let auth = Arc::new(Authorizer::new(
