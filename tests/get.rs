@@ -877,3 +877,55 @@ fn corrupt_bodies_are_caught_by_sha1() {
         "no seed recovered through a second download ({refused} refused)"
     );
 }
+
+/// B2 publishes download hosts apart from API hosts: `get` must download
+/// from `downloadUrl`, never from the realm. The API server here publishes a
+/// second server as its download host; that one does not know the first
+/// one's tokens, so the download is refused there (401), which proves where
+/// it went, and nothing is downloaded from the API server.
+#[test]
+fn downloads_go_to_the_published_download_url() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "bkt/a.bin", &content("a", 70_000));
+    let logs = tempfile::tempdir().unwrap();
+    let download_log = logs.path().join("download-access.jsonl");
+    let download_host = serve(
+        root.path(),
+        true,
+        &["--access-log", download_log.to_str().unwrap()],
+    );
+    let api_log = logs.path().join("api-access.jsonl");
+    let api_host = serve(
+        root.path(),
+        true,
+        &[
+            "--access-log",
+            api_log.to_str().unwrap(),
+            "--download-url",
+            &download_host.realm,
+        ],
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let output = ringdown(
+        &api_host,
+        &[
+            "b2://bkt/a.bin",
+            dest.path().to_str().unwrap(),
+            "--max-attempts",
+            "2",
+        ],
+    );
+    // 3: authentication failed (the download host refused the token).
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let downloads = std::fs::read_to_string(&download_log).unwrap();
+    assert!(
+        downloads.contains("/file/bkt/a.bin") && downloads.contains("401"),
+        "the download host saw the download: {downloads}"
+    );
+    let api = std::fs::read_to_string(&api_log).unwrap_or_default();
+    assert!(
+        !api.contains("/file/"),
+        "nothing downloaded from the API host: {api}"
+    );
+    assert!(!dest.path().join("a.bin").exists());
+}

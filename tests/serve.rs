@@ -987,3 +987,46 @@ fn tls_handshake_reset_and_certificate_name_flags() {
     assert!(error.contains("certificate"), "{error}");
     handshake(&served, "other.example").expect("valid for its own name");
 }
+
+#[test]
+fn download_url_is_published_in_every_authorize_version() {
+    let tree = small_tree();
+    let served = serve(
+        tree.path(),
+        true,
+        &["--download-url", "https://f005.example:8443/"],
+    );
+    for version in 1..=4 {
+        let target = format!("/b2api/v{version}/b2_authorize_account");
+        let json = served
+            .send(Request::new("GET", &target).header("Authorization", served.basic_auth()))
+            .json();
+        let (api_url, download_url) = if version <= 2 {
+            (&json["apiUrl"], &json["downloadUrl"])
+        } else {
+            let storage = &json["apiInfo"]["storageApi"];
+            (&storage["apiUrl"], &storage["downloadUrl"])
+        };
+        assert_eq!(
+            api_url,
+            served.realm.as_str(),
+            "v{version}: the API stays here"
+        );
+        assert_eq!(download_url, "https://f005.example:8443", "v{version}");
+    }
+}
+
+#[test]
+fn download_url_with_a_path_is_refused() {
+    let tree = small_tree();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .arg("serve")
+        .arg(tree.path())
+        .args(["--listen", "127.0.0.1:0", "--plain"])
+        .args(["--download-url", "http://127.0.0.1:9/file/bkt"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("scheme://host[:port] only"), "{stderr}");
+}

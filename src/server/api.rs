@@ -112,13 +112,14 @@ const CAPABILITIES: [&str; 4] = ["listBuckets", "listFiles", "readFiles", "share
 pub fn authorize_account(server: &Server, version: u8) -> Value {
     let token = server.tokens.issue();
     let realm = &server.realm;
+    let download_url = &server.download_url;
     let account_id = &server.credentials.account_id;
     match version {
         1 | 2 => json!({
             "accountId": account_id,
             "authorizationToken": token,
             "apiUrl": realm,
-            "downloadUrl": realm,
+            "downloadUrl": download_url,
             "s3ApiUrl": realm,
             "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
             "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
@@ -131,7 +132,7 @@ pub fn authorize_account(server: &Server, version: u8) -> Value {
             "apiInfo": {"storageApi": {
                 "infoType": "storageApi",
                 "apiUrl": realm,
-                "downloadUrl": realm,
+                "downloadUrl": download_url,
                 "s3ApiUrl": realm,
                 "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
                 "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
@@ -147,7 +148,7 @@ pub fn authorize_account(server: &Server, version: u8) -> Value {
             "apiInfo": {"storageApi": {
                 "infoType": "storageApi",
                 "apiUrl": realm,
-                "downloadUrl": realm,
+                "downloadUrl": download_url,
                 "s3ApiUrl": realm,
                 "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
                 "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,

@@ -158,6 +158,21 @@ pub struct ServeArgs {
     /// Append one JSON line per response (method, path, name, range, status, bytes_sent, fault).
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
+    /// Publish URL as `downloadUrl` in b2_authorize_account instead of this server's
+    /// own address, as B2 publishes download hosts apart from API hosts: another
+    /// origin (nginx, a cache) that serves the same files under /file/BUCKET/NAME.
+    #[arg(long, value_parser = parse_download_url, value_name = "URL")]
+    pub download_url: Option<String>,
+}
+
+fn parse_download_url(text: &str) -> std::result::Result<String, String> {
+    let url = crate::client::url::Url::parse(text)?;
+    if url.path_and_query != "/" {
+        return Err(format!(
+            "{text:?}: a download URL is scheme://host[:port] only; clients append /file/BUCKET/NAME"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_string())
 }
 
 /// A secret flag value: `Debug` never shows it.
@@ -183,6 +198,8 @@ pub struct Server {
     credentials: Credentials,
     tokens: Tokens,
     realm: String,
+    /// `downloadUrl` of b2_authorize_account: the realm unless `--download-url`.
+    download_url: String,
     large_file_threshold_bytes: u64,
     publish_sha1: api::PublishSha1,
     faults: Faults,
@@ -337,6 +354,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             store,
             credentials,
             tokens: Tokens::new(args.token_ttl_s),
+            download_url: args.download_url.clone().unwrap_or_else(|| realm.clone()),
             realm,
             large_file_threshold_bytes: args.large_file_threshold,
             publish_sha1: args.publish_sha1,
