@@ -60,11 +60,26 @@ SCENARIOS = {
                    about="`mixed` through serve " + " ".join(FAULTS) + "; did each tool finish correctly? "
                    "Every tool runs with the same flags as in `mixed` (its defaults): curl retries nothing "
                    "without --retry, aria2c does not retry a 503 unless --retry-wait > 0"),
+    # The issue's targets were measured with nginx as the origin: the same
+    # files, downloads served by nginx (nginx.conf generated from the listing,
+    # B2's headers included), the B2 API still by `ringdown serve`, which
+    # publishes nginx as its downloadUrl. No fault or WAN flags there.
+    # The origin's files are read into its page cache before each run (after
+    # the drop, so the client still writes into a cold cache): the targets'
+    # curl time, 1.03 s for 1 GiB, is below what this VM's disk reads cold.
+    "nginx-big": dict(kind="single", bucket="bench-big", name="big.bin", threshold="above", serve=[],
+                      origin="nginx", origin_cache="warm",
+                      about="`big`, downloads served by nginx from its page cache"),
+    "nginx-small": dict(kind="tree", bucket="bench-small", threshold="above", serve=[], origin="nginx",
+                        origin_cache="warm", about="`small`, downloads served by nginx from its page cache"),
+    "nginx-mixed": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=[], origin="nginx",
+                        origin_cache="warm", about="`mixed`, downloads served by nginx from its page cache"),
     "memlock": dict(kind="single", bucket="bench-big", name="big.bin", threshold="above", serve=[],
                     tools=["ringdown", "ringdown-memlock"],
                     about="ringdown with and without CAP_IPC_LOCK (ulimit -l 8192): the registered-buffer fallback cost"),
 }
-GROUPS = {"wan": ["wan-big", "wan-mixed"], "all": list(SCENARIOS)}
+GROUPS = {"wan": ["wan-big", "wan-mixed"], "nginx": ["nginx-big", "nginx-small", "nginx-mixed"],
+          "all": list(SCENARIOS)}
 DEFAULT_TOOLS = ["ringdown", "b2sdk", "curl", "aria2c", "rclone"]
 
 
@@ -151,6 +166,18 @@ def cold_read_s(path):
         while f.read(4 << 20):
             pass
     return time.monotonic() - started
+
+
+def warm_origin(ctx):
+    """Reads the scenario's source files into the page cache (untimed):
+    the origin then serves from memory, as a real object store's front end
+    does. Returns the seconds it took."""
+    started = time.monotonic()
+    for e in ctx.files:
+        with open(os.path.join(ctx.buckets_dir, ctx.bucket, e["name"]), "rb", buffering=0) as f:
+            while f.read(4 << 20):
+                pass
+    return round(time.monotonic() - started, 3)
 
 
 def proc_cpu_s(pid):
@@ -252,6 +279,203 @@ class Origin:
                 self.proc.wait()
         self.log_f.close()
         REDACT.file(self.log_path)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b2_list_names(realm, ca_file, key_id, key, bucket):
+    """Every upload in `bucket`, as b2_list_file_names returns it (raw JSON:
+    fileId, fileName, contentSha1, uploadTimestamp, fileInfo)."""
+    import base64
+    import ssl
+    import urllib.request
+    tls = ssl.create_default_context(cafile=ca_file)
+
+    def call(url, token, body=None):
+        req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": token})
+        with urllib.request.urlopen(req, context=tls, timeout=600) as r:
+            return json.load(r)
+
+    basic = "Basic " + base64.b64encode(f"{key_id}:{key}".encode()).decode()
+    auth = call(realm + "/b2api/v3/b2_authorize_account", basic)
+    REDACT.add(auth["authorizationToken"])
+    api, token = auth["apiInfo"]["storageApi"]["apiUrl"], auth["authorizationToken"]
+    buckets = call(api + "/b2api/v3/b2_list_buckets", token, {"accountId": auth["accountId"], "bucketName": bucket})
+    bucket_id = buckets["buckets"][0]["bucketId"]
+    files, start = [], None
+    while True:
+        page = call(api + "/b2api/v3/b2_list_file_names", token,
+                    {"bucketId": bucket_id, "startFileName": start, "maxFileCount": 10000})
+        files += [f for f in page["files"] if f.get("action", "upload") == "upload"]
+        start = page.get("nextFileName")
+        if not start:
+            return files
+
+
+def nginx_conf(prefix, port, cert_dir, buckets_dir, bucket, files):
+    """nginx serving `bucket` the way B2's download hosts do: /file/BUCKET/NAME
+    and b2_download_file_by_id, ranges, and the x-bz-* headers clients check
+    (from maps keyed by the decoded URI). It checks no token."""
+    def q(text):
+        return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    maps = {"bz_id": [], "bz_name": [], "bz_sha1": [], "bz_ts": [], "bz_mtime": [], "bz_large_sha1": []}
+    by_id = []
+    for f in files:
+        uri = f"/file/{bucket}/{f['fileName']}"
+        info = f.get("fileInfo") or {}
+        maps["bz_id"].append((uri, f["fileId"]))
+        maps["bz_name"].append((uri, urllib.parse.quote(f["fileName"], safe="/")))
+        maps["bz_sha1"].append((uri, f["contentSha1"]))
+        maps["bz_ts"].append((uri, f["uploadTimestamp"]))
+        if "src_last_modified_millis" in info:
+            maps["bz_mtime"].append((uri, info["src_last_modified_millis"]))
+        if "large_file_sha1" in info:
+            maps["bz_large_sha1"].append((uri, info["large_file_sha1"]))
+        by_id.append((f["fileId"], f"/file/{bucket}/{urllib.parse.quote(f['fileName'], safe='/')}"))
+    lines = [
+        "worker_processes auto;",
+        f"pid {prefix}/nginx.pid;",
+        f"error_log {prefix}/error.log;",
+        "events { worker_connections 4096; }",
+        "http {",
+        "    access_log off;",
+        "    default_type application/octet-stream;",
+        "    keepalive_requests 1000000;",
+        "    keepalive_timeout 300s;",
+        "    map_hash_max_size 1048576;",
+        "    map_hash_bucket_size 256;",
+    ]
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        lines.append(f"    {d if d != 'body' else 'client_body'}_temp_path {prefix}/{d};")
+    for var, pairs in maps.items():
+        lines.append(f"    map $uri ${var} {{")
+        lines.append('        default "";')
+        lines += [f"        {q(k)} {q(v)};" for k, v in pairs]
+        lines.append("    }")
+    lines.append("    map $arg_fileId $bz_by_id {")
+    lines.append('        default "";')
+    lines += [f"        {q(k)} {q(v)};" for k, v in by_id]
+    lines.append("    }")
+    lines += [
+        "    server {",
+        f"        listen 127.0.0.1:{port} ssl;",
+        "        ssl_protocols TLSv1.2 TLSv1.3;",
+        f"        ssl_certificate {cert_dir}/server.pem;",
+        f"        ssl_certificate_key {cert_dir}/server-key.pem;",
+        f"        location ^~ /file/{bucket}/ {{",
+        f"            alias {buckets_dir}/{bucket}/;",
+        "            add_header x-bz-file-id $bz_id;",
+        "            add_header x-bz-file-name $bz_name;",
+        "            add_header x-bz-content-sha1 $bz_sha1;",
+        "            add_header x-bz-upload-timestamp $bz_ts;",
+        "            add_header x-bz-info-src_last_modified_millis $bz_mtime;",
+        "            add_header x-bz-info-large_file_sha1 $bz_large_sha1;",
+        "        }",
+        "        location ~ ^/b2api/v[0-9]+/b2_download_file_by_id$ {",
+        '            if ($bz_by_id = "") { return 404; }',
+        "            rewrite ^ $bz_by_id? last;",
+        "        }",
+        "    }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class NginxOrigin:
+    """`ringdown serve` for the B2 API, publishing nginx (same files, same
+    certificate) as the downloadUrl: the origin the issue's targets were
+    measured against. Same interface as Origin."""
+
+    def __init__(self, ringdown, buckets_dir, work, logs, name, threshold, extra, key_id, key, bucket):
+        self.nginx = None
+        self.error = None
+        if not shutil.which("nginx"):
+            self.serve = None
+            self.error = "nginx not installed (apt-get install nginx-light)"
+            return
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        self.serve = Origin(ringdown, buckets_dir, work, logs, name, threshold,
+                            extra + ["--write-server-key", "--download-url", url], key_id, key)
+        self.info = self.serve.info
+        if self.serve.error:
+            self.error = self.serve.error
+            return
+        self.argv_display = (["nginx (downloads; config in logs/nginx-" + name + ".conf)", "+"]
+                             + ["NGINX" if a == url else a for a in self.serve.argv_display])
+        try:
+            files = b2_list_names(self.info["realm"], self.info["ca_file"], key_id, key, bucket)
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            self.stop()
+            self.error = f"listing {bucket} for nginx's config failed: {REDACT(str(e))}"
+            return
+        prefix = os.path.join(work, "nginx")
+        os.makedirs(prefix, exist_ok=True)
+        conf = os.path.join(prefix, "nginx.conf")
+        cert_dir = os.path.dirname(self.info["ca_file"])
+        with open(conf, "w") as f:
+            f.write(nginx_conf(prefix, port, cert_dir, buckets_dir, bucket, files))
+        shutil.copy(conf, os.path.join(logs, f"nginx-{name}.conf"))
+        self.nginx_log = open(os.path.join(logs, f"nginx-{name}.log"), "w")
+        try:
+            self.nginx = subprocess.Popen(["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"],
+                                          stdout=self.nginx_log, stderr=self.nginx_log,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            self.stop()
+            self.error = f"cannot start nginx: {e}"
+            return
+        import socket
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.nginx.poll() is not None:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        self.error = "nginx did not start listening: " + (tail(os.path.join(logs, f"nginx-{name}.log"), 300)
+                                                          or "no output")
+
+    def cpu_s(self):
+        """serve + nginx's master and workers."""
+        parts = [self.serve.cpu_s() if self.serve else None]
+        if self.nginx and self.nginx.poll() is None:
+            pids = [self.nginx.pid]
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        with open(f"/proc/{entry}/stat") as f:
+                            if int(f.read().rsplit(")", 1)[1].split()[1]) == self.nginx.pid:
+                                pids.append(int(entry))
+                    except (OSError, IndexError, ValueError):
+                        pass
+            parts += [proc_cpu_s(pid) for pid in pids]
+        else:
+            parts.append(None)
+        return None if any(p is None for p in parts) else sum(parts)
+
+    def stop(self):
+        if self.nginx and self.nginx.poll() is None:
+            self.nginx.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
+            try:
+                self.nginx.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.nginx.pid, signal.SIGKILL)
+                self.nginx.wait()
+        if self.nginx:
+            self.nginx_log.close()
+        if self.serve:
+            self.serve.stop()
 
 
 # --------------------------------------------------------------- tools
@@ -422,6 +646,8 @@ def run_one(ctx, tool, plan, run_no, args):
     if args.no_drop_caches:
         drop_note = "page cache not dropped (--no-drop-caches)"
     row["page_cache_dropped"] = drop_note is None
+    if ctx.origin_cache == "warm":
+        row["origin_cache_warmed_s"] = warm_origin(ctx)
     env = dict(os.environ)
     for k in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", "RCLONE_B2_ACCOUNT", "RCLONE_B2_KEY"):
         env.pop(k, None)
@@ -545,8 +771,12 @@ def run_scenario(name, args, env_info, manifests, results, meta):
         return skip_all("no ringdown binary (cargo build --release failed)")
     if not env_info["serve"]:
         return skip_all("`ringdown serve` is not available in this build")
-    origin = Origin(env_info["ringdown"], env_info["buckets_dir"], work, args.logs, name, threshold,
-                    sc["serve"], env_info["key_id"], env_info["key"])
+    if sc.get("origin") == "nginx":
+        origin = NginxOrigin(env_info["ringdown"], env_info["buckets_dir"], work, args.logs, name, threshold,
+                             sc["serve"], env_info["key_id"], env_info["key"], sc["bucket"])
+    else:
+        origin = Origin(env_info["ringdown"], env_info["buckets_dir"], work, args.logs, name, threshold,
+                        sc["serve"], env_info["key_id"], env_info["key"])
     if origin.error:
         return skip_all(REDACT(origin.error))
     smeta["serve"] = " ".join(origin.argv_display)
@@ -577,7 +807,8 @@ def run_scenario(name, args, env_info, manifests, results, meta):
                   stats_dir=args.stats, dest_dir=dest_dir, trash_dir=os.path.join(args.scratch, "set-aside"),
                   dest_target=os.path.join(dest_dir, sc["name"]) if single else dest_dir,
                   download_url=auth["downloadUrl"] if auth else None, token=auth["authorizationToken"] if auth else None,
-                  origin=origin)
+                  origin=origin, origin_cache=sc.get("origin_cache", "cold"),
+                  buckets_dir=env_info["buckets_dir"])
         plans = {}
         for t in tools:
             if t in ("curl", "aria2c") and not auth:
@@ -593,7 +824,8 @@ def run_scenario(name, args, env_info, manifests, results, meta):
                 smeta["commands"][t] = " ".join(plan["display"])
                 if plan.get("label"):
                     smeta.setdefault("labels", {})[t] = plan["label"]
-        if single and plans and not args.no_drop_caches:
+        smeta["origin_cache"] = ctx.origin_cache
+        if single and plans and not args.no_drop_caches and ctx.origin_cache == "cold":
             smeta["cold_read_s"] = cold_read_s(os.path.join(env_info["buckets_dir"], sc["bucket"], sc["name"]))
             if smeta["cold_read_s"] is not None:
                 log(f"{name}: the origin reads {sc['name']} cold in {smeta['cold_read_s']:.3f}s")

@@ -5,14 +5,15 @@
 #   scripts/bench.sh [--quick] [--scenario NAME...] [--runs N] [--out DIR]
 #                    [--tools ringdown,b2sdk,curl,aria2c,rclone] [--no-drop-caches] [--readme|--no-readme]
 #
-# Scenarios: big big-large small mixed wan (= wan-big wan-mixed) faults memlock (default: all).
+# Scenarios: big big-large small mixed wan (= wan-big wan-mixed) faults nginx (= nginx-big nginx-small
+# nginx-mixed: downloads served by nginx, the issue's reference origin) memlock (default: all).
 # --quick: small datasets and 2 runs (a few minutes). Output: bench-out/ (results.json,
 # report.md, *.png, logs/, stats/). Rewrites the README block between
 # <!-- bench:begin --> and <!-- bench:end --> when both markers exist (full runs;
 # --quick only with --readme).
 #
 # Installs what it needs: a venv in target/bench-venv (b2sdk==2.8.0, matplotlib),
-# aria2/curl/rclone from apt when possible (a peer that cannot be installed is
+# aria2/curl/rclone/nginx from apt when possible (a peer that cannot be installed is
 # reported as skipped). Datasets are cached in target/bench-data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v aria2c >/dev/null || missing+=(aria2)
 command -v rclone >/dev/null || missing+=(rclone)
 command -v setpriv >/dev/null || missing+=(util-linux)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 PY=$(command -v python3 || true)
 if [ -n "$PY" ] && [ ! -x "$VENV/bin/python" ] && ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
     missing+=(python3-venv)

@@ -125,7 +125,8 @@ def render_report(results, meta, summary, charts):
                "against the dataset manifest after the run; a wrong byte fails the run). MB/s = 10^6 bytes/s "
                "at the median time. CPU s/GiB = median user+sys of the client process tree per GiB. "
                "Peak RSS = largest process in the client's tree (max over runs; never below the ~8 MB of the "
-               "measuring runner). Origin CPU = `ringdown serve` user+sys during the run (it shares the cores). "
+               "measuring runner). Origin CPU = the origin's user+sys during the run (it shares the cores): `ringdown serve`, "
+               "plus nginx's processes in the nginx-* scenarios. "
                "× b2sdk = b2sdk median / tool median (higher is faster). \"verified by tool\": the tool itself "
                "checked the SHA1 (the harness checks every tool regardless). curl and aria2c get the object "
                "list and token before the clock starts (one untimed b2_authorize_account), which favours them.")
