@@ -195,10 +195,7 @@ impl Connection {
                 (result.map_err(ConnError::Transport), buf)
             }
             Transport::Tls(tls) => {
-                let result = tls.recv(&mut buf.spare_mut()[..max_bytes]).await;
-                if let Ok(n) = result {
-                    buf.advance(n);
-                }
+                let (result, buf) = tls.recv_into_pool(buf, max_bytes).await;
                 (result.map_err(ConnError::Transport), buf)
             }
         }

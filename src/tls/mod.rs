@@ -7,6 +7,7 @@
 //! plaintext is copied into the caller's destination (a registered buffer for
 //! bodies). This file only moves bytes between that buffer and the socket.
 
+mod record;
 mod session;
 
 use std::io;
@@ -18,9 +19,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::config::TLS_RECV_BYTES;
+use crate::config::{TLS_RECORD_MAX_BYTES, TLS_RECV_BYTES};
 use crate::error::Error;
-use crate::uring::TcpStream;
+use crate::uring::{PoolBuf, TcpStream};
 
 use session::{Next, Session};
 
@@ -60,6 +61,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Error>
         .with_no_client_auth();
     // HTTP/1.1 only: no ALPN h2 so a server never switches protocol on us.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // TLS 1.3 records are ours after the handshake (`record.rs`), which
+    // takes the traffic secrets from rustls.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -211,7 +215,8 @@ impl TlsStream {
                 format!("{host:?} is not a valid TLS server name"),
             )
         })?;
-        let session = Session::new(config, name, TLS_RECV_BYTES).map_err(io::Error::other)?;
+        let session = Session::new(config, name, TLS_RECV_BYTES, AesGcmCode::for_this_cpu())
+            .map_err(io::Error::other)?;
         let mut stream = TlsStream {
             tcp,
             session,
@@ -276,6 +281,64 @@ impl TlsStream {
                 }
             }
         }
+    }
+
+    /// Receives up to `max_bytes` of plaintext into `buf`'s spare capacity.
+    /// On TLS 1.3 the ciphertext is received into `buf` itself and decrypted
+    /// there, so the plaintext is never copied; otherwise, as `recv`.
+    pub async fn recv_into_pool(
+        &mut self,
+        mut buf: PoolBuf,
+        max_bytes: usize,
+    ) -> (io::Result<usize>, PoolBuf) {
+        let max_bytes = max_bytes.min(buf.spare_bytes());
+        debug_assert!(max_bytes > 0);
+        let partial_len = self.session.partial_record().len();
+        if self.session.can_open_in_place()
+            && buf.spare_bytes() >= partial_len + TLS_RECORD_MAX_BYTES
+        {
+            let start = buf.filled_bytes();
+            buf.fill_from(self.session.partial_record());
+            let spare = buf.spare_bytes();
+            let (received, returned) = self.tcp.recv_into(buf, spare, self.timeout).await;
+            buf = returned;
+            let opened = match received {
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    if partial_len > 0 {
+                        "peer closed the connection in the middle of a TLS record"
+                    } else {
+                        "peer closed the connection without sending TLS close_notify"
+                    },
+                )),
+                Ok(_) => self
+                    .session
+                    .open_in_place(&mut buf.filled_mut()[start..], max_bytes)
+                    .map_err(tls_error),
+                Err(error) => Err(error),
+            };
+            let (n, next) = match opened {
+                Ok(opened) => opened,
+                Err(error) => {
+                    buf.truncate(start);
+                    return (Err(error), buf);
+                }
+            };
+            buf.truncate(start + n);
+            // Alerts, key updates: answer before anything else.
+            if let Err(error) = self.flush().await {
+                return (Err(error), buf);
+            }
+            if n > 0 || next == Next::PeerClosed {
+                return (Ok(n), buf);
+            }
+            // Less than one record arrived: it waits in the session.
+        }
+        let result = self.recv(&mut buf.spare_mut()[..max_bytes]).await;
+        if let Ok(n) = result {
+            buf.advance(n);
+        }
+        (result, buf)
     }
 
     pub fn shutdown(&self) {

@@ -1,19 +1,23 @@
 //! The I/O-free half of a TLS client connection: rustls's unbuffered API
-//! driven over our own ciphertext buffer. The async half (`super::TlsStream`)
-//! only moves bytes between these buffers and the socket, so this file is
-//! tested with an in-memory peer (see the tests below).
+//! for the handshake, then (TLS 1.3) our own record layer (`super::record`)
+//! over the same ciphertext buffer. The async half (`super::TlsStream`) only
+//! moves bytes between these buffers and the socket, so this file is tested
+//! with an in-memory peer (see the tests below).
 //!
-//! Copies per received byte (rustls 0.23): the kernel's copy into `incoming`,
-//! the in-place decryption there, rustls's copy of each record's plaintext into
-//! a `Vec` it owns (`ReadTraffic` in 0.23 is not yet in place), and our copy
-//! into the caller's destination. The buffered API copied once more (socket
-//! bytes into its own deframer buffer).
+//! Copies per received byte on TLS 1.3: the kernel's copy into the caller's
+//! buffer and the decryption there (`open_in_place`); only the start of a
+//! record cut by a receive is copied (into `incoming` and back). Response
+//! heads, and TLS 1.2 through rustls, take `process`: plaintext is copied
+//! into the caller's destination (rustls 0.23 copies it once more into a
+//! `Vec` of its own first).
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use std::sync::Arc;
 
+use super::AesGcmCode;
+use super::record::Records;
 use crate::config::{TLS_INCOMING_MAX_BYTES, TLS_RECORD_MAX_BYTES};
 
 /// What the session needs after `process`.
@@ -28,7 +32,11 @@ pub(super) enum Next {
 }
 
 pub(super) struct Session {
-    conn: UnbufferedClientConnection,
+    /// rustls, until `records` takes over after a TLS 1.3 handshake.
+    conn: Option<UnbufferedClientConnection>,
+    records: Option<Records>,
+    /// Whose AEAD code `records` uses.
+    aead_code: AesGcmCode,
     /// Received ciphertext; `incoming[incoming_start..]` is not yet consumed
     /// by rustls. Its length is where the next receive appends.
     incoming: Vec<u8>,
@@ -48,9 +56,12 @@ impl Session {
         config: Arc<rustls::ClientConfig>,
         name: ServerName<'static>,
         incoming_capacity_bytes: usize,
+        aead_code: AesGcmCode,
     ) -> Result<Session, rustls::Error> {
         Ok(Session {
-            conn: UnbufferedClientConnection::new(config, name)?,
+            conn: Some(UnbufferedClientConnection::new(config, name)?),
+            records: None,
+            aead_code,
             incoming: Vec::with_capacity(incoming_capacity_bytes),
             incoming_start: 0,
             outgoing: Vec::new(),
@@ -81,12 +92,108 @@ impl Session {
     /// empty destination every record is kept for later (handshake, send).
     /// Returns the bytes copied and what the session needs next.
     pub fn process(&mut self, destination: &mut [u8]) -> Result<(usize, Next), rustls::Error> {
-        self.process_inner(destination, &mut None)
+        if self.records.is_some() {
+            return self.process_records(destination);
+        }
+        let processed = self.process_inner(destination, &mut None)?;
+        if self.handshake_done {
+            self.take_over_records()?;
+        }
+        Ok(processed)
+    }
+
+    /// After a TLS 1.3 handshake, our record layer replaces rustls's.
+    fn take_over_records(&mut self) -> Result<(), rustls::Error> {
+        let is_tls13 = self.conn.as_ref().is_some_and(|conn| {
+            conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+        });
+        if is_tls13 && self.pending.is_empty() {
+            let conn = self.conn.take().expect("checked above");
+            self.records = Some(Records::new(conn, self.aead_code)?);
+        }
+        Ok(())
+    }
+
+    /// `process` on our record layer: decrypts the complete records buffered
+    /// in place, until `destination` is full, and copies the plaintext out.
+    fn process_records(&mut self, destination: &mut [u8]) -> Result<(usize, Next), rustls::Error> {
+        let mut delivered = self.take_pending(destination);
+        let records = self.records.as_mut().expect("records");
+        if !destination.is_empty() && delivered < destination.len() {
+            let opened = records.open(
+                &mut self.incoming,
+                self.incoming_start,
+                self.incoming_start,
+                destination.len() - delivered,
+                &mut self.outgoing,
+            )?;
+            let plaintext = &self.incoming[self.incoming_start..opened.out_end];
+            let n = plaintext.len().min(destination.len() - delivered);
+            destination[delivered..delivered + n].copy_from_slice(&plaintext[..n]);
+            self.pending.extend_from_slice(&plaintext[n..]);
+            delivered += n;
+            self.incoming_start = opened.in_next;
+        }
+        let next = if !destination.is_empty() && delivered == destination.len() {
+            Next::DestinationFull
+        } else if records.is_peer_closed() && self.pending.is_empty() {
+            Next::PeerClosed
+        } else {
+            Next::Receive
+        };
+        Ok((delivered, next))
+    }
+
+    /// True when the next receive may land in the caller's buffer and be
+    /// decrypted there (`open_in_place`): our record layer is on, no
+    /// plaintext waits, and what is buffered is at most the start of one
+    /// record (`partial_record`).
+    pub fn can_open_in_place(&self) -> bool {
+        let Some(records) = &self.records else {
+            return false;
+        };
+        let buffered = &self.incoming[self.incoming_start..];
+        self.pending.is_empty()
+            && !records.is_peer_closed()
+            && Records::record_len(buffered).is_none_or(|len| len > buffered.len())
+    }
+
+    /// The start of a record cut by the last receive: the caller puts it in
+    /// front of the next receive's bytes.
+    pub fn partial_record(&self) -> &[u8] {
+        &self.incoming[self.incoming_start..]
+    }
+
+    /// Decrypts `region` (the partial record, then received ciphertext) in
+    /// place: up to `max_bytes` of plaintext end up at `region[..n]`, the rest
+    /// waits in the session, as does a record cut at the end. Returns `n`.
+    pub fn open_in_place(
+        &mut self,
+        region: &mut [u8],
+        max_bytes: usize,
+    ) -> Result<(usize, Next), rustls::Error> {
+        debug_assert!(self.can_open_in_place());
+        let records = self.records.as_mut().expect("records");
+        let opened = records.open(region, 0, 0, usize::MAX, &mut self.outgoing)?;
+        self.incoming.clear();
+        self.incoming_start = 0;
+        self.incoming.extend_from_slice(&region[opened.in_next..]);
+        let n = opened.out_end.min(max_bytes);
+        self.pending.extend_from_slice(&region[n..opened.out_end]);
+        let next = if records.is_peer_closed() && self.pending.is_empty() {
+            Next::PeerClosed
+        } else {
+            Next::Receive
+        };
+        Ok((n, next))
     }
 
     /// Encrypts `plaintext` after whatever is queued to send. Fails unless the
     /// handshake is done and we have not closed.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<(), rustls::Error> {
+        if let Some(records) = &mut self.records {
+            return records.seal(plaintext, &mut self.outgoing);
+        }
         let mut request = Some(plaintext);
         self.process_inner(&mut [], &mut request)?;
         if request.is_some() {
@@ -109,6 +216,8 @@ impl Session {
             }
             let UnbufferedStatus { mut discard, state } = self
                 .conn
+                .as_mut()
+                .expect("rustls until the records take over")
                 .process_tls_records(&mut self.incoming[self.incoming_start..]);
             let state = match state {
                 Ok(state) => state,
@@ -305,6 +414,8 @@ mod tests {
     struct Configs {
         client: Arc<rustls::ClientConfig>,
         server: Arc<ServerConfig>,
+        /// The AEAD code of the client's own TLS 1.3 record layer.
+        client_code: AesGcmCode,
     }
 
     fn configs(versions: &[&'static rustls::SupportedProtocolVersion]) -> Configs {
@@ -328,6 +439,8 @@ mod tests {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut client = client;
+        client.enable_secret_extraction = true;
         let chain = vec![
             CertificateDer::from_pem_slice(identity.server_cert_pem.as_bytes()).expect("cert PEM"),
         ];
@@ -342,6 +455,7 @@ mod tests {
         Configs {
             client: Arc::new(client),
             server: Arc::new(server),
+            client_code,
         }
     }
 
@@ -360,7 +474,13 @@ mod tests {
         fn new(configs: &Configs) -> Pair {
             let name = ServerName::try_from("localhost").expect("name");
             Pair {
-                client: Session::new(Arc::clone(&configs.client), name, 4096).expect("session"),
+                client: Session::new(
+                    Arc::clone(&configs.client),
+                    name,
+                    4096,
+                    configs.client_code,
+                )
+                .expect("session"),
                 server: ServerConnection::new(Arc::clone(&configs.server)).expect("server"),
                 to_client: Vec::new(),
                 received: Vec::new(),
@@ -514,6 +634,111 @@ mod tests {
         }
     }
 
+    /// What `TlsStream::recv_into_pool` does with a receive of `piece`
+    /// bytes into a buffer of `region_bytes`: in place when it can, else
+    /// through `process`.
+    fn receive_in_place(pair: &mut Pair, piece: usize, region_bytes: usize) -> Next {
+        let n = piece.min(pair.to_client.len());
+        if pair.client.can_open_in_place() {
+            let mut region = pair.client.partial_record().to_vec();
+            region.extend_from_slice(&pair.to_client[..n]);
+            pair.to_client.drain(..n);
+            let (got, next) = pair
+                .client
+                .open_in_place(&mut region, region_bytes)
+                .expect("open in place");
+            pair.received.extend_from_slice(&region[..got]);
+            if pair.client.has_outgoing() {
+                pair.client_to_server();
+            }
+            return next;
+        }
+        pair.deliver(n);
+        pair.drain(region_bytes)
+    }
+
+    #[test]
+    fn tls13_records_are_decrypted_in_place_wherever_receives_cut_them() {
+        let configs = configs(&[&rustls::version::TLS13]);
+        for piece in [1, 7, 100, 4096, 16_384, 16_406, 16_407, 50_000, 1 << 20] {
+            let mut pair = Pair::new(&configs);
+            pair.handshake(usize::MAX);
+            assert!(pair.client.records.is_some(), "TLS 1.3: our record layer");
+            // A body, then the tail: a key update that asks for ours, close_notify.
+            let body = pattern(200_000, 11);
+            pair.server_write(&body);
+            let mut expected = body;
+            expected.extend(server_sends_tail(&mut pair));
+            let mut next = Next::Receive;
+            while !pair.to_client.is_empty() {
+                next = receive_in_place(&mut pair, piece, 64 * 1024);
+            }
+            while next != Next::PeerClosed {
+                next = pair.drain(64 * 1024);
+            }
+            assert!(pair.received == expected, "pieces of {piece} bytes");
+            assert_eq!(
+                pair.client.records.as_ref().unwrap().tickets_received,
+                2,
+                "rustls's two session tickets reached rustls"
+            );
+            check_request_after(&mut pair);
+        }
+    }
+
+    #[test]
+    fn every_tls13_suite_and_aead_code_decrypts_in_place() {
+        use rustls::crypto::CryptoProvider;
+        use rustls::CipherSuite::{
+            TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+        };
+        for suite in [
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            for code in [AesGcmCode::AwsLc, AesGcmCode::Ring] {
+                let mut configs = configs_with(&[&rustls::version::TLS13], code, code);
+                let server = Arc::get_mut(&mut configs.server).expect("unshared");
+                let mut provider = CryptoProvider::clone(server.crypto_provider());
+                provider.cipher_suites.retain(|s| s.suite() == suite);
+                let mut only = ServerConfig::builder_with_provider(Arc::new(provider))
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .expect("versions")
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::clone(&server.cert_resolver));
+                only.send_tls13_tickets = 0;
+                configs.server = Arc::new(only);
+                let mut pair = Pair::new(&configs);
+                pair.handshake(usize::MAX);
+                assert_eq!(pair.server.negotiated_cipher_suite().map(|s| s.suite()), Some(suite));
+                let body = pattern(70_000, 13);
+                pair.server_write(&body);
+                while !pair.to_client.is_empty() {
+                    receive_in_place(&mut pair, 30_000, 1 << 20);
+                }
+                assert!(pair.received == body, "{suite:?} with {code:?}");
+                check_request_after(&mut pair);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_ciphertext_byte_is_a_decrypt_error() {
+        let configs = configs(&[&rustls::version::TLS13]);
+        let mut pair = Pair::new(&configs);
+        pair.handshake(usize::MAX);
+        pair.server_write(&pattern(1000, 3));
+        let last = pair.to_client.len() - 20;
+        pair.to_client[last] ^= 1;
+        let mut region = pair.to_client.clone();
+        let error = pair
+            .client
+            .open_in_place(&mut region, 1 << 20)
+            .expect_err("tampered record");
+        assert_eq!(error, rustls::Error::DecryptError);
+    }
+
     #[test]
     fn handshake_and_body_one_byte_at_a_time() {
         let configs = configs(&[&rustls::version::TLS13]);
@@ -584,6 +809,7 @@ mod tests {
         let configs = Configs {
             client: Arc::new(untrusting),
             server: configs.server,
+            client_code: configs.client_code,
         };
         let mut pair = Pair::new(&configs);
         let error = loop {

@@ -319,6 +319,19 @@ impl PoolBuf {
         n
     }
 
+    /// The filled bytes, to transform in place (TLS records decrypted where
+    /// they were received).
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        let filled = self.filled_bytes;
+        &mut self.whole_mut()[..filled]
+    }
+
+    /// Forgets the filled bytes from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        assert!(len <= self.filled_bytes, "truncate past the filled bytes");
+        self.filled_bytes = len;
+    }
+
     /// The unfilled capacity, for a copy (TLS plaintext) to land in; call
     /// `advance` with what was written.
     pub fn spare_mut(&mut self) -> &mut [u8] {
