@@ -2,10 +2,12 @@
 //! rustls on the client side: its low-level API is changing, so following it
 //! touches this module alone.
 //!
-//! Shape: rustls's unbuffered API (`session.rs`, no I/O). Ciphertext is
-//! received into the session's own buffer and decrypted there in place;
-//! plaintext is copied into the caller's destination (a registered buffer for
-//! bodies). This file only moves bytes between that buffer and the socket.
+//! Shape: rustls's unbuffered API for the handshake, then, on TLS 1.3, our
+//! own record layer (`record.rs`) with rustls's traffic secrets (`session.rs`
+//! drives both, no I/O). A body's ciphertext is received into the registered
+//! buffer it is written from and decrypted there (`recv_into_pool`); response
+//! heads and TLS 1.2 are received into the session's buffer and copied out.
+//! This file only moves bytes between those buffers and the socket.
 
 mod record;
 mod session;

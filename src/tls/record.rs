@@ -44,12 +44,16 @@ struct Protection {
 }
 
 enum Aead {
-    Ring(ring::aead::LessSafeKey),
+    /// Boxed: ring's key schedule is inline (~0.5 KiB), aws-lc's behind a pointer.
+    Ring(Box<ring::aead::LessSafeKey>),
     AwsLc(aws_lc_rs::aead::LessSafeKey),
 }
 
 impl Protection {
-    fn new(code: AesGcmCode, (seq, secrets): (u64, ConnectionTrafficSecrets)) -> Result<Self, Error> {
+    fn new(
+        code: AesGcmCode,
+        (seq, secrets): (u64, ConnectionTrafficSecrets),
+    ) -> Result<Self, Error> {
         let (key, iv, ring_algorithm, aws_lc_algorithm) = match &secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (
                 key.as_ref(),
@@ -73,9 +77,9 @@ impl Protection {
         };
         let bad_key = |_| Error::General("TLS traffic key rejected by the AEAD".into());
         let key = match code {
-            AesGcmCode::Ring => Aead::Ring(ring::aead::LessSafeKey::new(
+            AesGcmCode::Ring => Aead::Ring(Box::new(ring::aead::LessSafeKey::new(
                 ring::aead::UnboundKey::new(ring_algorithm, key).map_err(bad_key)?,
-            )),
+            ))),
             AesGcmCode::AwsLc => Aead::AwsLc(aws_lc_rs::aead::LessSafeKey::new(
                 aws_lc_rs::aead::UnboundKey::new(aws_lc_algorithm, key)
                     .map_err(|_| Error::General("TLS traffic key rejected by the AEAD".into()))?,
@@ -93,10 +97,7 @@ impl Protection {
         for (byte, seq_byte) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *byte ^= seq_byte;
         }
-        self.seq = self
-            .seq
-            .checked_add(1)
-            .ok_or(Error::EncryptError)?;
+        self.seq = self.seq.checked_add(1).ok_or(Error::EncryptError)?;
         Ok(nonce)
     }
 
@@ -313,8 +314,8 @@ impl Records {
         outgoing: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let start = outgoing.len();
-        let fragment_len = u16::try_from(plaintext.len() + 1 + TAG_BYTES)
-            .map_err(|_| Error::EncryptError)?;
+        let fragment_len =
+            u16::try_from(plaintext.len() + 1 + TAG_BYTES).map_err(|_| Error::EncryptError)?;
         outgoing.push(CONTENT_APPLICATION_DATA);
         outgoing.extend_from_slice(&[3, 3]);
         outgoing.extend_from_slice(&fragment_len.to_be_bytes());

@@ -104,9 +104,10 @@ impl Session {
 
     /// After a TLS 1.3 handshake, our record layer replaces rustls's.
     fn take_over_records(&mut self) -> Result<(), rustls::Error> {
-        let is_tls13 = self.conn.as_ref().is_some_and(|conn| {
-            conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
-        });
+        let is_tls13 = self
+            .conn
+            .as_ref()
+            .is_some_and(|conn| conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3));
         if is_tls13 && self.pending.is_empty() {
             let conn = self.conn.take().expect("checked above");
             self.records = Some(Records::new(conn, self.aead_code)?);
@@ -474,13 +475,8 @@ mod tests {
         fn new(configs: &Configs) -> Pair {
             let name = ServerName::try_from("localhost").expect("name");
             Pair {
-                client: Session::new(
-                    Arc::clone(&configs.client),
-                    name,
-                    4096,
-                    configs.client_code,
-                )
-                .expect("session"),
+                client: Session::new(Arc::clone(&configs.client), name, 4096, configs.client_code)
+                    .expect("session"),
                 server: ServerConnection::new(Arc::clone(&configs.server)).expect("server"),
                 to_client: Vec::new(),
                 received: Vec::new(),
@@ -688,10 +684,10 @@ mod tests {
 
     #[test]
     fn every_tls13_suite_and_aead_code_decrypts_in_place() {
-        use rustls::crypto::CryptoProvider;
         use rustls::CipherSuite::{
             TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
         };
+        use rustls::crypto::CryptoProvider;
         for suite in [
             TLS13_AES_128_GCM_SHA256,
             TLS13_AES_256_GCM_SHA384,
@@ -711,7 +707,10 @@ mod tests {
                 configs.server = Arc::new(only);
                 let mut pair = Pair::new(&configs);
                 pair.handshake(usize::MAX);
-                assert_eq!(pair.server.negotiated_cipher_suite().map(|s| s.suite()), Some(suite));
+                assert_eq!(
+                    pair.server.negotiated_cipher_suite().map(|s| s.suite()),
+                    Some(suite)
+                );
                 let body = pattern(70_000, 13);
                 pair.server_write(&body);
                 while !pair.to_client.is_empty() {
