@@ -722,6 +722,54 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever a peer does to the bytes after the handshake (any byte
+        /// changed, any cut), the record layer errors or delivers a prefix of
+        /// what was sent: never a panic, never a byte that was not sent.
+        #[test]
+        fn tampered_records_error_or_deliver_a_prefix(
+            flips in proptest::collection::vec((0usize..100_000, 1u8..=255), 0..4),
+            cut in 0usize..100_000,
+            piece in 1usize..40_000,
+        ) {
+            let configs = configs(&[&rustls::version::TLS13]);
+            let mut pair = Pair::new(&configs);
+            pair.handshake(usize::MAX);
+            let body = pattern(40_000, 17);
+            pair.server_write(&body);
+            let len = pair.to_client.len();
+            for (at, mask) in &flips {
+                pair.to_client[at % len] ^= mask;
+            }
+            pair.to_client.truncate(cut % (len + 1));
+            let mut failed = false;
+            while !pair.to_client.is_empty() && !failed {
+                let n = piece.min(pair.to_client.len());
+                if pair.client.can_open_in_place() {
+                    let mut region = pair.client.partial_record().to_vec();
+                    region.extend_from_slice(&pair.to_client[..n]);
+                    pair.to_client.drain(..n);
+                    match pair.client.open_in_place(&mut region, usize::MAX) {
+                        Ok((got, _)) => pair.received.extend_from_slice(&region[..got]),
+                        Err(_) => failed = true,
+                    }
+                } else {
+                    pair.deliver(n);
+                    let mut destination = vec![0; 8192];
+                    match pair.client.process(&mut destination) {
+                        Ok((got, _)) => pair.received.extend_from_slice(&destination[..got]),
+                        Err(_) => failed = true,
+                    }
+                }
+            }
+            proptest::prop_assert!(body.starts_with(&pair.received));
+            if flips.is_empty() && cut % (len + 1) == len {
+                proptest::prop_assert!(!failed);
+            }
+        }
+    }
+
     #[test]
     fn a_flipped_ciphertext_byte_is_a_decrypt_error() {
         let configs = configs(&[&rustls::version::TLS13]);
