@@ -163,3 +163,8 @@ pub const JOURNAL_POLL_MS: u64 = 20;
 pub const SUMMARY_FAILED_NAMES_SHOWN: usize = 20;
 /// Bytes read per step when hashing an existing local file (`--skip-existing`).
 pub const LOCAL_HASH_READ_BYTES: usize = 1 << 20;
+
+/// Buffered writes of one large object in flight at once, across all cores
+/// (`large::Job::write_gate`): ext4 serializes them on the inode lock, and
+/// waiting for it there spins.
+pub const BUFFERED_WRITES_PER_FILE_MAX: usize = 1;

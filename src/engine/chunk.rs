@@ -266,6 +266,12 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
     core.write_started();
     let core = Rc::clone(core);
     uring::spawn(async move {
+        // Buffered writes of one file take turns across cores (see `write_gate`).
+        let _turn = if core.job.spec.direct_io {
+            None
+        } else {
+            Some(core.job.write_gate.acquire().await.expect("never closed"))
+        };
         let started = Instant::now();
         let (result, buf) = core.file().write_all_at(buf, offset).await;
         core.record(Stage::Write, started.elapsed());
