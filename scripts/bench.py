@@ -869,6 +869,9 @@ def main():
                    help="rewrite the README bench block (default: yes for full runs, no for --quick)")
     p.add_argument("--no-readme", dest="readme", action="store_false")
     args = p.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so each scenario's `finally` stops its
+    # origin (serve, nginx: own sessions, so no signal reaches them otherwise).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     names = []
     for s in args.scenario or ["all"]:
