@@ -76,7 +76,7 @@ pub(crate) struct Job {
     /// serializes them anyway (ext4 takes the inode lock exclusively for a
     /// buffered write), but a core that finds it held *spins* on it: with
     /// each core's io_uring worker writing 1 MiB copies into the page cache,
-    /// that spinning was 10% of a 1 GiB get's CPU, and one core alone got
+    /// that spinning was 8% of a 1 GiB get's CPU, and one core alone got
     /// it done 0.4-0.6 s sooner. Waiting here costs nothing. O_DIRECT
     /// writes do not take this gate.
     pub write_gate: tokio::sync::Semaphore,
