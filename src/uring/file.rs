@@ -10,19 +10,25 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio_uring::buf::BoundedBuf;
 
 use super::buffers::{Memory, PoolBuf};
+use crate::config::BUFFERED_WRITE_PIECE_BYTES;
 
 pub struct File {
     inner: tokio_uring::fs::File,
     raw_fd: RawFd,
+    /// Opened with O_DIRECT: one write per buffer, whole blocks.
+    direct: bool,
 }
 
 impl File {
     /// Wraps an opened file for this core's ring (each core owns its own fd).
     pub fn from_std(file: std::fs::File) -> File {
         let raw_fd = file.as_raw_fd();
+        let direct = rustix::fs::fcntl_getfl(&file)
+            .is_ok_and(|flags| flags.contains(rustix::fs::OFlags::DIRECT));
         File {
             inner: tokio_uring::fs::File::from_std(file),
             raw_fd,
+            direct,
         }
     }
 
@@ -31,34 +37,43 @@ impl File {
     }
 
     /// Writes the buffer's filled bytes at `offset_bytes`, all of them, and
-    /// hands the buffer back whatever happened.
+    /// hands the buffer back whatever happened. Through the page cache, in
+    /// pieces of `BUFFERED_WRITE_PIECE_BYTES` (see there why).
     pub async fn write_all_at(
         &self,
         mut buf: PoolBuf,
         offset_bytes: u64,
     ) -> (io::Result<()>, PoolBuf) {
         let len = buf.filled_bytes();
-        if len == 0 {
-            return (Ok(()), buf);
+        let piece_bytes = if self.direct {
+            len.max(1)
+        } else {
+            BUFFERED_WRITE_PIECE_BYTES
+        };
+        let mut memory = buf.take_memory();
+        let mut result = Ok(());
+        let mut start = 0;
+        while start < len && result.is_ok() {
+            let end = len.min(start + piece_bytes);
+            let at = offset_bytes + start as u64;
+            (result, memory) = match memory {
+                Memory::Fixed(fixed) => {
+                    let (result, slice) = self
+                        .inner
+                        .write_fixed_all_at(fixed.slice(start..end), at)
+                        .await;
+                    (result, Memory::Fixed(slice.into_inner()))
+                }
+                Memory::Owned(owned) => {
+                    let (result, slice) =
+                        self.inner.write_all_at(owned.slice(start..end), at).await;
+                    (result, Memory::Owned(slice.into_inner()))
+                }
+            };
+            start = end;
         }
-        match buf.take_memory() {
-            Memory::Fixed(fixed) => {
-                let (result, slice) = self
-                    .inner
-                    .write_fixed_all_at(fixed.slice(..len), offset_bytes)
-                    .await;
-                buf.put_memory(Memory::Fixed(slice.into_inner()));
-                (result, buf)
-            }
-            Memory::Owned(owned) => {
-                let (result, slice) = self
-                    .inner
-                    .write_all_at(owned.slice(..len), offset_bytes)
-                    .await;
-                buf.put_memory(Memory::Owned(slice.into_inner()));
-                (result, buf)
-            }
-        }
+        buf.put_memory(memory);
+        (result, buf)
     }
 
     /// Reserves `len_bytes` so ENOSPC arrives here rather than mid-file.
