@@ -59,7 +59,9 @@ pub(super) async fn download_chunk(
             chunk.last_byte()
         );
         match failure.kind {
-            FailureKind::Retry => {}
+            // A token can expire again later (long objects, short TTLs): only
+            // a refusal right after re-authorizing is final.
+            FailureKind::Retry => reauthorized = false,
             FailureKind::Reauthorize if !reauthorized => {
                 reauthorized = true;
                 if let Some(auth) = &core.core.shared.source.auth {
@@ -80,6 +82,11 @@ pub(super) async fn download_chunk(
             ));
         }
         core.core.count_retry();
+        if matches!(failure.kind, FailureKind::Reauthorize) {
+            // The fresh token goes out at once: a backoff could outlast a
+            // short token lifetime and be refused again.
+            continue;
+        }
         let delay = backoff(
             config.retry_base_ms,
             config.retry_max_ms,
