@@ -75,14 +75,14 @@ impl Protection {
             ),
             _ => return Err(Error::General("unsupported TLS 1.3 cipher suite".into())),
         };
-        let bad_key = |_| Error::General("TLS traffic key rejected by the AEAD".into());
+        // ring and aws-lc each have their own error type: one message for both.
+        let bad_key = || Error::General("TLS traffic key rejected by the AEAD".into());
         let key = match code {
             AesGcmCode::Ring => Aead::Ring(Box::new(ring::aead::LessSafeKey::new(
-                ring::aead::UnboundKey::new(ring_algorithm, key).map_err(bad_key)?,
+                ring::aead::UnboundKey::new(ring_algorithm, key).map_err(|_| bad_key())?,
             ))),
             AesGcmCode::AwsLc => Aead::AwsLc(aws_lc_rs::aead::LessSafeKey::new(
-                aws_lc_rs::aead::UnboundKey::new(aws_lc_algorithm, key)
-                    .map_err(|_| Error::General("TLS traffic key rejected by the AEAD".into()))?,
+                aws_lc_rs::aead::UnboundKey::new(aws_lc_algorithm, key).map_err(|_| bad_key())?,
             )),
         };
         let iv = iv
