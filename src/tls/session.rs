@@ -76,9 +76,11 @@ impl Session {
         self.handshake_done
     }
 
+    /// close_notify seen, by rustls or (TLS 1.3, after the handshake) by our
+    /// record layer, which keeps that state itself.
     #[cfg(test)]
     pub fn is_peer_closed(&self) -> bool {
-        self.peer_closed
+        self.peer_closed || self.records.as_ref().is_some_and(Records::is_peer_closed)
     }
 
     /// True when ciphertext of an unfinished record is buffered (a close
