@@ -13,7 +13,7 @@ use crate::plan::Chunk;
 use crate::stats::Stage;
 use crate::uring::{self, PoolBuf};
 
-use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
+use super::failure::{Failure, FailureKind, Retries, conn_failure, status_failure};
 use super::large::CoreJob;
 use super::request::{check_file_id, get_head};
 
@@ -29,10 +29,9 @@ pub(super) async fn download_chunk(
     let mut received_bytes: u64 = 0;
     let mut current: Option<PoolBuf> = None;
     let mut buffer_started = Instant::now();
-    let mut attempt: u32 = 0;
-    let mut reauthorized = false;
+    let mut retries = Retries::new();
     loop {
-        attempt += 1;
+        retries.start();
         let failure = match attempt_chunk(
             core,
             connection,
@@ -58,45 +57,13 @@ pub(super) async fn download_chunk(
             chunk.offset_bytes + received_bytes,
             chunk.last_byte()
         );
-        match failure.kind {
-            // A token can expire again later (long objects, short TTLs): only
-            // a refusal right after re-authorizing is final.
-            FailureKind::Retry => reauthorized = false,
-            FailureKind::Reauthorize if !reauthorized => {
-                reauthorized = true;
-                if let Some(auth) = &core.core.shared.source.auth {
-                    auth.reauthorize().await?;
-                }
-            }
-            FailureKind::Reauthorize | FailureKind::Auth => {
-                return Err(Error::Auth(format!("{context}: {}", failure.detail)));
-            }
-            FailureKind::Trust => return Err(Error::Trust(failure.detail)),
-            FailureKind::Object => return Err(Error::http(context, failure.detail)),
-            FailureKind::Run => return Err(Error::Fatal(format!("{context}: {}", failure.detail))),
-        }
-        if attempt >= config.max_attempts {
-            return Err(Error::http(
-                context,
-                format!("{} after {attempt} attempts", failure.detail),
-            ));
-        }
-        core.core.count_retry();
-        if matches!(failure.kind, FailureKind::Reauthorize) {
-            // The fresh token goes out at once: a backoff could outlast a
-            // short token lifetime and be refused again.
-            continue;
-        }
-        let delay = backoff(
-            config.retry_base_ms,
-            config.retry_max_ms,
-            attempt,
-            failure.retry_after_s,
-            chunk.index,
-        );
-        let waited = Instant::now();
-        tokio::time::sleep(delay).await;
-        core.record(Stage::RetryWait, waited.elapsed());
+        let auth = core.core.shared.source.auth.as_deref();
+        // The object's loop stops the others when a chunk gives up.
+        let delay = retries
+            .after_failure(failure, context, auth, config, false, chunk.index)
+            .await
+            .map_err(|give_up| give_up.error)?;
+        core.core.wait_to_retry(delay).await;
     }
     core.record(Stage::Chunk, chunk_started.elapsed());
     Ok(())

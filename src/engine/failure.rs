@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use super::EngineConfig;
 use crate::b2::{ErrorClass, classify};
+use crate::client::b2_api::Authorizer;
 use crate::client::conn::{ConnError, Connection};
 use crate::config::ERROR_BODY_MAX_BYTES;
+use crate::error::Error;
 use crate::http::ResponseHead;
 
 /// Why one attempt at a request failed, and what to do about it.
@@ -38,6 +41,106 @@ impl Failure {
             kind: FailureKind::Retry,
             retry_after_s: None,
         }
+    }
+}
+
+/// The retry policy of one request that both download loops share (a chunk
+/// of a large object, a whole small object): attempts counted against
+/// `--max-attempts`, one re-authorization per run of refusals, backoff.
+pub(super) struct Retries {
+    made: u32,
+    reauthorized: bool,
+}
+
+/// Why a download loop stopped retrying.
+pub(super) struct GiveUp {
+    pub error: Error,
+    /// Nothing else in the run can succeed either (credentials, trust, a
+    /// fatal server answer); otherwise only this object failed.
+    pub run_fatal: bool,
+}
+
+impl Retries {
+    pub(super) fn new() -> Retries {
+        Retries {
+            made: 0,
+            reauthorized: false,
+        }
+    }
+
+    /// Counts an attempt about to be made; returns how many were made.
+    pub(super) fn start(&mut self) -> u32 {
+        self.made += 1;
+        self.made
+    }
+
+    pub(super) fn made(&self) -> u32 {
+        self.made
+    }
+
+    /// What follows a failed attempt: the wait before the next one (zero
+    /// right after re-authorizing), or why to stop. `context` names the
+    /// request in errors; `stop` says the run or object is being stopped;
+    /// `salt` decorrelates the jitter of requests that failed together.
+    pub(super) async fn after_failure(
+        &mut self,
+        failure: Failure,
+        context: String,
+        auth: Option<&Authorizer>,
+        config: &EngineConfig,
+        stop: bool,
+        salt: u64,
+    ) -> Result<Duration, GiveUp> {
+        let fatal = |error| GiveUp {
+            error,
+            run_fatal: true,
+        };
+        match failure.kind {
+            // A token can expire again later (long objects, short TTLs): only
+            // a refusal right after re-authorizing is final.
+            FailureKind::Retry => self.reauthorized = false,
+            FailureKind::Reauthorize if !self.reauthorized => {
+                self.reauthorized = true;
+                if let Some(auth) = auth {
+                    auth.reauthorize().await.map_err(fatal)?;
+                }
+            }
+            FailureKind::Reauthorize | FailureKind::Auth => {
+                return Err(fatal(Error::Auth(format!("{context}: {}", failure.detail))));
+            }
+            FailureKind::Trust => return Err(fatal(Error::Trust(failure.detail))),
+            FailureKind::Run => {
+                return Err(fatal(Error::Fatal(format!(
+                    "{context}: {}",
+                    failure.detail
+                ))));
+            }
+            FailureKind::Object => {
+                return Err(GiveUp {
+                    error: Error::http(context, failure.detail),
+                    run_fatal: false,
+                });
+            }
+        }
+        if self.made >= config.max_attempts || stop {
+            let detail = format!("{} after {} attempts", failure.detail, self.made);
+            return Err(GiveUp {
+                error: Error::http(context, detail),
+                run_fatal: false,
+            });
+        }
+        if matches!(failure.kind, FailureKind::Reauthorize) {
+            // The fresh token goes out at once: a backoff could outlast a
+            // short token lifetime and be refused again.
+            return Ok(Duration::ZERO);
+        }
+        Ok(backoff(
+            config.retry_base_ms,
+            config.retry_max_ms,
+            self.made,
+            failure.retry_after_s,
+            salt,
+        ))
     }
 }
 
@@ -85,7 +188,7 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
 }
 
 /// Exponential backoff with jitter; `Retry-After` (capped) wins when longer.
-pub(super) fn backoff(
+fn backoff(
     base_ms: u64,
     max_ms: u64,
     attempt: u32,

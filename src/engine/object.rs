@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
-use super::failure::{Failure, FailureKind, backoff, conn_failure, status_failure};
+use super::failure::{Failure, FailureKind, GiveUp, Retries, conn_failure, status_failure};
 use super::request::{check_file_id, get_head};
 use super::scheduler::{Core, ObjectError, ObjectSpec};
 use crate::client::conn::Connection;
@@ -49,15 +49,14 @@ pub(super) async fn download_object(
         bytes: 0,
         hasher: Sha1::new(),
     };
-    let mut attempt = 0u32;
-    let mut reauthorized = false;
+    let mut retries = Retries::new();
     let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
     let result = loop {
         if job.size_bytes == 0 {
             // An empty object has nothing to fetch: its digest is SHA1("").
             break Ok(());
         }
-        attempt += 1;
+        retries.start();
         let failure = match attempt_object(core, connection, job, &file, &mut received).await {
             Ok(()) => {
                 let mismatch = job.expected_sha1.is_some_and(|expected| {
@@ -86,65 +85,17 @@ pub(super) async fn download_object(
             received.bytes,
             job.size_bytes - 1
         );
-        let fatal = |error: Error| ObjectError {
-            error,
-            run_fatal: true,
-        };
-        match failure.kind {
-            // A token can expire again later (long objects, short TTLs): only
-            // a refusal right after re-authorizing is final.
-            FailureKind::Retry => reauthorized = false,
-            FailureKind::Reauthorize if !reauthorized => {
-                reauthorized = true;
-                if let Some(auth) = &core.shared.source.auth {
-                    if let Err(error) = auth.reauthorize().await {
-                        break Err(fatal(error));
-                    }
-                }
-            }
-            FailureKind::Reauthorize | FailureKind::Auth => {
-                break Err(fatal(Error::Auth(format!("{context}: {}", failure.detail))));
-            }
-            FailureKind::Trust => break Err(fatal(Error::Trust(failure.detail))),
-            FailureKind::Run => {
-                break Err(fatal(Error::Fatal(format!(
-                    "{context}: {}",
-                    failure.detail
-                ))));
-            }
-            FailureKind::Object => {
-                break Err(ObjectError {
-                    error: Error::http(context, failure.detail),
-                    run_fatal: false,
-                });
-            }
+        let stop = core.shared.is_stopped() || config.is_cancelled();
+        // Any per-object value decorrelates objects that failed together.
+        let salt = job.path_and_query.len() as u64 ^ job.size_bytes;
+        let auth = core.shared.source.auth.as_deref();
+        match retries
+            .after_failure(failure, context, auth, config, stop, salt)
+            .await
+        {
+            Ok(delay) => core.wait_to_retry(delay).await,
+            Err(GiveUp { error, run_fatal }) => break Err(ObjectError { error, run_fatal }),
         }
-        if attempt >= config.max_attempts || core.shared.is_stopped() || config.is_cancelled() {
-            break Err(ObjectError {
-                error: Error::http(
-                    context,
-                    format!("{} after {attempt} attempts", failure.detail),
-                ),
-                run_fatal: false,
-            });
-        }
-        core.count_retry();
-        if matches!(failure.kind, FailureKind::Reauthorize) {
-            // The fresh token goes out at once: a backoff could outlast a
-            // short token lifetime and be refused again.
-            continue;
-        }
-        let delay = backoff(
-            config.retry_base_ms,
-            config.retry_max_ms,
-            attempt,
-            failure.retry_after_s,
-            // Any per-object value decorrelates objects that failed together.
-            job.path_and_query.len() as u64 ^ job.size_bytes,
-        );
-        let waited = Instant::now();
-        tokio::time::sleep(delay).await;
-        core.record(Stage::RetryWait, waited.elapsed());
     };
     // Every write was awaited inside the attempts. `--fsync`: the data is
     // durable before the caller renames the file and journals it.
@@ -168,7 +119,7 @@ pub(super) async fn download_object(
         );
         received.hasher.finalize().into()
     });
-    (outcome, attempt.max(1))
+    (outcome, retries.made().max(1))
 }
 
 async fn attempt_object(

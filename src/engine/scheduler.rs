@@ -371,6 +371,16 @@ impl Core {
         self.retries.set(self.retries.get() + 1);
         self.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts a retry and sleeps `delay` first (the `retry_wait` stage).
+    pub async fn wait_to_retry(&self, delay: Duration) {
+        self.count_retry();
+        if !delay.is_zero() {
+            let waited = Instant::now();
+            tokio::time::sleep(delay).await;
+            self.record(Stage::RetryWait, waited.elapsed());
+        }
+    }
 }
 
 fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
