@@ -164,6 +164,30 @@ impl Protection {
     }
 }
 
+/// Seals records of any inner plaintext under a peer's keys, so tests can
+/// send what a well-behaved rustls server never would.
+#[cfg(test)]
+pub(super) struct Forger(Protection);
+
+#[cfg(test)]
+impl Forger {
+    pub(super) fn new(code: AesGcmCode, tx: (u64, ConnectionTrafficSecrets)) -> Forger {
+        Forger(Protection::new(code, tx).expect("forger keys"))
+    }
+
+    /// Appends one record whose TLSInnerPlaintext (content, content type,
+    /// padding) is `inner`, byte for byte.
+    pub(super) fn seal(&mut self, inner: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        let fragment_len = u16::try_from(inner.len() + TAG_BYTES).expect("record size");
+        out.push(CONTENT_APPLICATION_DATA);
+        out.extend_from_slice(&[3, 3]);
+        out.extend_from_slice(&fragment_len.to_be_bytes());
+        out.extend_from_slice(inner);
+        self.0.seal_in_place(out, start).expect("seal");
+    }
+}
+
 /// Where `Records::open` stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Opened {

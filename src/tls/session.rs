@@ -455,6 +455,8 @@ mod tests {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .expect("server config");
+        let mut server = server;
+        server.enable_secret_extraction = true;
         Configs {
             client: Arc::new(client),
             server: Arc::new(server),
@@ -768,6 +770,170 @@ mod tests {
             proptest::prop_assert!(body.starts_with(&pair.received));
             if flips.is_empty() && cut % (len + 1) == len {
                 proptest::prop_assert!(!failed);
+            }
+        }
+    }
+
+    /// A TLS 1.3 client past its handshake (the server's tickets delivered),
+    /// and a forger holding the server's write keys.
+    fn client_and_forger() -> (Session, crate::tls::record::Forger) {
+        let configs = configs(&[&rustls::version::TLS13]);
+        let mut pair = Pair::new(&configs);
+        pair.handshake(usize::MAX);
+        pair.server_output();
+        pair.deliver(usize::MAX);
+        assert_eq!(pair.drain(512), Next::Receive);
+        assert!(pair.to_client.is_empty());
+        let secrets = pair
+            .server
+            .dangerous_extract_secrets()
+            .expect("server secrets");
+        let forger = crate::tls::record::Forger::new(configs.client_code, secrets.tx);
+        (pair.client, forger)
+    }
+
+    /// Delivers forged records of these inner plaintexts, each cut in two at
+    /// `cut`, and processes them: the application data, or the first error.
+    fn open_forged(inners: &[&[u8]], cut: usize) -> Result<Vec<u8>, rustls::Error> {
+        let (mut client, mut forger) = client_and_forger();
+        let mut wire = Vec::new();
+        for inner in inners {
+            forger.seal(inner, &mut wire);
+        }
+        let cut = cut.min(wire.len());
+        let mut received = Vec::new();
+        for piece in [&wire[..cut], &wire[cut..]] {
+            let mut incoming = client.take_incoming()?;
+            incoming.extend_from_slice(piece);
+            client.put_incoming(incoming);
+            loop {
+                let mut destination = vec![0; 700];
+                let (n, next) = client.process(&mut destination)?;
+                received.extend_from_slice(&destination[..n]);
+                if next != Next::DestinationFull {
+                    break;
+                }
+            }
+        }
+        Ok(received)
+    }
+
+    #[test]
+    fn forged_records_are_read_as_rfc_8446_says() {
+        let data = |content: &[u8], padding: usize| {
+            let mut inner = content.to_vec();
+            inner.push(23);
+            inner.resize(inner.len() + padding, 0);
+            inner
+        };
+        // Padding is stripped; a record of padding only carries nothing.
+        let padded = [data(b"hello ", 300), data(b"", 50), data(b"world", 0)];
+        let padded: Vec<&[u8]> = padded.iter().map(Vec::as_slice).collect();
+        for cut in [0, 3, 5, 6, 100, 400, usize::MAX] {
+            assert_eq!(open_forged(&padded, cut).expect("padded"), b"hello world");
+        }
+        // A KeyUpdate split over two records is one message (not requested).
+        let key_update = open_forged(&[&[24, 0, 22], &[0, 1, 0, 22]], usize::MAX);
+        assert_eq!(key_update.expect("split key update"), b"");
+        let cases: [(&[&[u8]], rustls::Error); 8] = [
+            (
+                &[&[0, 0, 0]],
+                rustls::PeerMisbehaved::IllegalTlsInnerPlaintext.into(),
+            ),
+            (
+                &[b"x\x63"],
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            ),
+            (
+                &[&[1, 0, 0, 21]],
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            ),
+            (
+                &[&[2, 40, 21]],
+                rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+            ),
+            (
+                &[&[24, 0, 0, 1, 2, 22]],
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidKeyUpdate),
+            ),
+            (
+                &[&[24, 0, 0, 1, 0, 4, 22]],
+                rustls::PeerMisbehaved::KeyEpochWithPendingFragment.into(),
+            ),
+            (
+                &[&[4, 1, 0, 0, 22]],
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge),
+            ),
+            (
+                &[&[1, 0, 0, 0, 22]],
+                rustls::Error::InappropriateHandshakeMessage {
+                    expect_types: vec![
+                        rustls::HandshakeType::NewSessionTicket,
+                        rustls::HandshakeType::KeyUpdate,
+                    ],
+                    got_type: rustls::HandshakeType::ClientHello,
+                },
+            ),
+        ];
+        for (inners, expected) in cases {
+            for cut in [0, 7, usize::MAX] {
+                assert_eq!(
+                    open_forged(inners, cut),
+                    Err(expected.clone()),
+                    "{inners:?}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Authentic records with any inner plaintext (mostly application
+        /// data, some alerts, handshake messages and other types, each with
+        /// zero padding), cut anywhere: an error, or exactly the application
+        /// data they carry; never a panic.
+        #[test]
+        fn forged_inner_plaintexts_never_panic(
+            records in proptest::collection::vec(
+                (
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+                    proptest::prop_oneof![
+                        4 => proptest::strategy::Just(23u8),
+                        1 => proptest::strategy::Just(21u8),
+                        1 => proptest::strategy::Just(22u8),
+                        1 => proptest::prelude::any::<u8>(),
+                    ],
+                    0usize..24,
+                ),
+                1..6,
+            ),
+            cut in 0usize..600,
+        ) {
+            let inners: Vec<Vec<u8>> = records
+                .iter()
+                .map(|(content, content_type, padding)| {
+                    let mut inner = content.clone();
+                    inner.push(*content_type);
+                    inner.resize(inner.len() + padding, 0);
+                    inner
+                })
+                .collect();
+            let slices: Vec<&[u8]> = inners.iter().map(Vec::as_slice).collect();
+            if let Ok(received) = open_forged(&slices, cut) {
+                let mut expected = Vec::new();
+                for inner in &inners {
+                    let Some(type_at) = inner.iter().rposition(|&byte| byte != 0) else {
+                        break;
+                    };
+                    match (inner[type_at], type_at) {
+                        (23, _) => expected.extend_from_slice(&inner[..type_at]),
+                        // close_notify: nothing after it is read.
+                        (21, 2) if inner[1] == 0 => break,
+                        _ => {}
+                    }
+                }
+                proptest::prop_assert_eq!(received, expected);
             }
         }
     }
