@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): restore's memory does not grow with the number of
+# names. For buckets of zero-byte objects (default 10,000 and 200,000, in
+# directories of 1,000), from `ringdown serve` over TLS: `restore --dry-run`
+# (the listing alone) and a full restore into an empty directory, each run's
+# wall time and peak RSS. The restore is checked: exit 0 and every name on
+# disk. Target (bulk restore issue): peak RSS <= 64 MiB, the same for both.
+#
+#   scripts/bench-listing.sh [NAMES...]      (default: 10000 200000)
+#   RUNS=3 scripts/bench-listing.sh          (runs per size, default 1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-1}
+SIZES=("$@")
+[ ${#SIZES[@]} -gt 0 ] || SIZES=(10000 200000)
+
+cargo build --release --quiet
+BIN=$PWD/target/release/ringdown
+DATA=$PWD/target/bench-listing
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ringdown-bench-listing.XXXXXX")
+SERVE_PID=
+cleanup() {
+    [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Buckets are made once and kept (200,000 creates take a while).
+for n in "${SIZES[@]}"; do
+    bucket="$DATA/buckets/names-$n"
+    [ -f "$DATA/buckets/.made-$n" ] && continue
+    echo "bench-listing: creating $n empty objects in $bucket" >&2
+    rm -rf "$bucket"
+    python3 - "$bucket" "$n" <<'EOF'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:04d}")
+    if i % 1000 == 0:
+        os.makedirs(d)
+    open(os.path.join(d, f"f{i:07d}"), "wb").close()
+EOF
+    touch "$DATA/buckets/.made-$n"
+done
+
+"$BIN" serve "$DATA/buckets" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
+    --cache-dir "$DATA/sha1-cache" >"$WORK/ready" 2>"$WORK/serve.log" &
+SERVE_PID=$!
+for _ in $(seq 1 600); do
+    [ -s "$WORK/ready" ] && break
+    kill -0 "$SERVE_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; exit 1; }
+    sleep 0.1
+done
+READY=$(head -n1 "$WORK/ready")
+field() { tr ' ' '\n' <<<"$READY" | sed -n "s/^$1=//p"; }
+export B2_APPLICATION_KEY_ID B2_APPLICATION_KEY
+B2_APPLICATION_KEY_ID=$(field key_id)
+B2_APPLICATION_KEY=$(field key)
+REALM=$(field realm)
+CA=$(field ca_file)
+
+# Runs a command, its output discarded (stderr kept in $WORK/last.err);
+# prints "WALL_S PEAK_RSS_MIB EXIT".
+measure() {
+    python3 - "$WORK/last.err" "$@" <<'EOF'
+import resource, subprocess, sys, time
+started = time.monotonic()
+with open(sys.argv[1], "wb") as err:
+    code = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=err).returncode
+wall = time.monotonic() - started
+print(f"{wall:.2f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.1f} {code}")
+EOF
+}
+
+echo "| names | run | dry-run s | dry-run peak RSS MiB | restore s | files/s | restore peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|"
+status=0
+for n in "${SIZES[@]}"; do
+    for run in $(seq 1 "$RUNS"); do
+        dest="$WORK/dest"
+        read -r dry_s dry_mib dry_code < <(measure "$BIN" restore "b2://names-$n" "$dest" \
+            --realm "$REALM" --ca-file "$CA" --quiet --dry-run)
+        read -r restore_s restore_mib restore_code < <(measure "$BIN" restore "b2://names-$n" "$dest" \
+            --realm "$REALM" --ca-file "$CA" --quiet)
+        on_disk=$(find "$dest" -type f | wc -l)
+        if [ "$dry_code" != 0 ] || [ "$restore_code" != 0 ] || [ "$on_disk" != "$n" ]; then
+            echo "bench-listing: names-$n run $run: dry-run exit $dry_code, restore exit $restore_code, $on_disk of $n files on disk" >&2
+            tail -n 20 "$WORK/last.err" >&2
+            status=1
+        fi
+        files_per_s=$(python3 -c "print(f'{$n / max($restore_s, 0.01):,.0f}')")
+        echo "| $n | $run | $dry_s | $dry_mib | $restore_s | $files_per_s | $restore_mib |"
+        rm -rf "$dest"
+    done
+done
+exit $status
