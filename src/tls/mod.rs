@@ -329,6 +329,9 @@ impl TlsStream {
             buf.truncate(start + n);
             // Alerts, key updates: answer before anything else.
             if let Err(error) = self.flush().await {
+                // An error leaves `buf` as it came: a caller counts the bytes
+                // of successful receives only, and asks for these again.
+                buf.truncate(start);
                 return (Err(error), buf);
             }
             if n > 0 || next == Next::PeerClosed {
