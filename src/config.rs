@@ -61,6 +61,10 @@ pub const RETRY_BASE_MS_DEFAULT: u64 = 250;
 pub const RETRY_MAX_MS_DEFAULT: u64 = 30_000;
 /// `Retry-After` is honoured up to this many seconds.
 pub const RETRY_AFTER_MAX_S: u64 = 300;
+/// A retry's wait looks this often whether the run is being stopped
+/// (SIGTERM, a fatal error elsewhere): a 300 s Retry-After must not hold a
+/// restore past a scheduler's grace period.
+pub const RETRY_WAIT_STOP_CHECK_MS: u64 = 100;
 /// Stall timeout: connect, handshake, response head, or an idle body.
 pub const TIMEOUT_S_DEFAULT: u64 = 30;
 /// A SHA1 mismatch of a whole object is retried this many more times.

@@ -610,6 +610,53 @@ fn integrity_faults() {
     assert_eq!(restored, bucket.objects.len() - 2, "{}", outcome.stderr());
 }
 
+/// A token expiry refuses every request in flight at once: one
+/// re-authorization answers them all, not one per refused request, and a
+/// request that saw an older token than the current one just retries.
+#[test]
+fn one_reauthorization_answers_a_token_expiry() {
+    use ringdown::client::b2_api::{Authorizer, Credentials};
+    let bucket = bucket();
+    let out = tempfile::tempdir().unwrap();
+    let log = out.path().join("access.jsonl");
+    let served = start(&bucket, false, &[], &log);
+    let tls = ringdown::tls::client_config(served.ca_file.as_deref()).unwrap();
+    let credentials = Credentials {
+        key_id: served.key_id.clone(),
+        key: served.key.clone(),
+    };
+    let auth = Authorizer::new(
+        &served.realm,
+        credentials,
+        Some(tls),
+        Duration::from_secs(10),
+    );
+    let auth = std::sync::Arc::new(auth.unwrap());
+    let runtime = ringdown::uring::Runtime::new().unwrap();
+    let refreshed: Vec<bool> = runtime.block_on(async {
+        auth.authorize().await.unwrap();
+        let refused = auth.generation();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let auth = std::sync::Arc::clone(&auth);
+                ringdown::uring::spawn(async move { auth.reauthorize(refused).await.unwrap() })
+            })
+            .collect();
+        let mut refreshed = Vec::new();
+        for task in tasks {
+            refreshed.push(task.await.unwrap());
+        }
+        refreshed
+    });
+    assert_eq!(refreshed.iter().filter(|&&r| r).count(), 1, "{refreshed:?}");
+    let authorizations = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("b2_authorize_account"))
+        .count();
+    assert_eq!(authorizations, 2, "the first authorization and one refresh");
+}
+
 #[test]
 fn auth_and_trust_faults() {
     let bucket = bucket();

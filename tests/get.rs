@@ -762,6 +762,34 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
     assert_no_temp(fixture.out.path());
 }
 
+/// A signal cuts a retry's wait short: a server that answers every
+/// download with 503 and `Retry-After: 300` does not hold the process for
+/// minutes after SIGTERM.
+#[test]
+fn a_signal_cuts_retry_waits_short() {
+    let fixture = Fixture::new(&[("w.bin", 4 << 20)]);
+    let served = serve(fixture.data.path(), true, &["--status-rate", "503:1:300"]);
+    let dest = fixture.dest_str("w.bin");
+    let mut child = spawn_get(&served, "w.bin", &dest);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it should still be waiting to retry"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = std::time::Instant::now();
+    let exit = wait_for_exit(&mut child, "SIGTERM");
+    let waited = signalled.elapsed();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(exit.code(), Some(143), "{}", stderr(&output));
+    assert!(waited.as_secs() < 5, "stopped {waited:?} after SIGTERM");
+    assert!(!Path::new(&dest).exists());
+}
+
 /// `kill -9` mid-download, then the same command: it continues from the
 /// journaled chunks (the prefix is re-hashed from disk, not fetched again).
 #[test]

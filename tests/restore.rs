@@ -1081,6 +1081,87 @@ fn listing_streams_across_pages() {
     assert!(!dir.exists());
 }
 
+/// A download host that answers every request with 503 and
+/// `Retry-After: 300`, on keep-alive connections. Returns its origin.
+fn always_busy_origin() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" => {
+                            let reply = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 300\r\n\
+                                         Content-Length: 0\r\n\r\n";
+                            if writer.write_all(reply.as_bytes()).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    origin
+}
+
+/// SIGTERM cuts the engine's retry waits short: listing works, every
+/// download (a small object, and the chunks of a large one) meets 503 with
+/// `Retry-After: 300`, and the restore still stops within seconds.
+#[test]
+fn sigterm_cuts_retry_waits_short() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "small", &content("small", 3000));
+    write_file(&bkt, "large", &content("large", 4 * 65536 + 5));
+    let busy = always_busy_origin();
+    let served = serve(data.path(), true, &["--download-url", &busy]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let log = out.path().join("stderr.log");
+    let mut child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it should be waiting to retry"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "still running {:?} after SIGTERM",
+            signalled.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(143), "{text}");
+    assert!(
+        !dir.join("small").exists() && !dir.join("large").exists(),
+        "{text}"
+    );
+}
+
 #[test]
 fn sigterm_drains_keeps_the_journal_and_exits_143() {
     let data = tempfile::tempdir().unwrap();

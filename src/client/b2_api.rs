@@ -41,6 +41,9 @@ impl fmt::Debug for Credentials {
 
 /// What one authorization gave us.
 struct Session {
+    /// Counts authorizations: tells a request whose token was refused
+    /// whether someone refreshed it since.
+    generation: u64,
     account_id: Option<String>,
     token: String,
     api_url: String,
@@ -57,6 +60,9 @@ pub struct Authorizer {
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     session: Mutex<Option<Session>>,
+    /// One re-authorization at a time across every core: when a token
+    /// expires, all requests in flight are refused together.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Authorizer {
@@ -84,6 +90,7 @@ impl Authorizer {
             tls,
             timeout,
             session: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -132,7 +139,10 @@ impl Authorizer {
             return Err(Error::http(context, describe_error(&reply)));
         }
         let parsed = b2::parse_authorize(&reply.body).map_err(|why| Error::http(&context, why))?;
-        *self.session.lock().expect("session lock") = Some(Session {
+        let mut session = self.session.lock().expect("session lock");
+        let generation = session.as_ref().map_or(0, |session| session.generation + 1);
+        *session = Some(Session {
+            generation,
             account_id: Some(parsed.account_id),
             token: parsed.authorization_token,
             api_url: parsed.api_info.storage_api.api_url,
@@ -142,13 +152,26 @@ impl Authorizer {
         Ok(())
     }
 
-    /// Called by a chunk that met `expired_auth_token`/`bad_auth_token`.
-    pub async fn reauthorize(&self) -> Result<(), Error> {
-        self.authorize().await
+    /// For a request that met `expired_auth_token`/`bad_auth_token` and had
+    /// seen the token of `seen_generation` before it was sent: authorizes
+    /// again, unless another request already did since (then `false`: try
+    /// the new token). One at a time, so the requests a token expiry refuses
+    /// together make one `b2_authorize_account`.
+    pub async fn reauthorize(&self, seen_generation: u64) -> Result<bool, Error> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        if self.generation() != seen_generation {
+            return Ok(false);
+        }
+        self.authorize().await.map(|()| true)
     }
 
     pub fn token(&self) -> String {
         self.with_session(|session| session.token.clone())
+    }
+
+    /// Changes with every authorization (see `reauthorize`).
+    pub fn generation(&self) -> u64 {
+        self.with_session(|session| session.generation)
     }
 
     /// The account of the key (`b2_list_buckets` needs it).

@@ -69,10 +69,12 @@ pub async fn exchange(
             };
         let backoff_ms = (crate::config::RETRY_BASE_MS_DEFAULT << (attempt - 1)).min(5_000);
         let retry_after_ms = retry_after_s.map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000);
-        tokio::time::sleep(Duration::from_millis(
-            retry_after_ms.unwrap_or(0).max(backoff_ms),
-        ))
-        .await;
+        let delay = Duration::from_millis(retry_after_ms.unwrap_or(0).max(backoff_ms));
+        let interrupted = crate::runtime::interrupted;
+        if !crate::runtime::sleep_unless(delay, || interrupted().is_some()).await {
+            let signal = interrupted().unwrap_or(0);
+            return Err(Error::Interrupted { signal });
+        }
     }
 }
 

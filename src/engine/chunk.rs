@@ -31,7 +31,7 @@ pub(super) async fn download_chunk(
     let mut buffer_started = Instant::now();
     let mut retries = Retries::new();
     loop {
-        retries.start();
+        retries.start(&core.core);
         let failure = match attempt_chunk(
             core,
             connection,
@@ -57,13 +57,14 @@ pub(super) async fn download_chunk(
             chunk.offset_bytes + received_bytes,
             chunk.last_byte()
         );
-        let auth = core.core.shared.source.auth.as_deref();
-        // The object's loop stops the others when a chunk gives up.
-        let delay = retries
-            .after_failure(failure, context, auth, config, false, chunk.index)
-            .await
-            .map_err(|give_up| give_up.error)?;
-        core.core.wait_to_retry(delay).await;
+        let stop = || job.is_stopped(config.is_cancelled());
+        let next = retries.after_failure(&core.core, failure, context, stop, chunk.index);
+        match next.await {
+            Ok(()) => {}
+            // Stopped by another chunk's error or a signal: that one is reported.
+            Err(_) if job.is_aborted() => return Ok(()),
+            Err(give_up) => return Err(give_up.error),
+        }
     }
     core.record(Stage::Chunk, chunk_started.elapsed());
     Ok(())

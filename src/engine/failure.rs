@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use super::EngineConfig;
+use super::scheduler::Core;
 use crate::b2::{ErrorClass, classify};
-use crate::client::b2_api::Authorizer;
 use crate::client::conn::{ConnError, Connection};
 use crate::config::ERROR_BODY_MAX_BYTES;
 use crate::error::Error;
@@ -46,10 +45,15 @@ impl Failure {
 
 /// The retry policy of one request that both download loops share (a chunk
 /// of a large object, a whole small object): attempts counted against
-/// `--max-attempts`, one re-authorization per run of refusals, backoff.
+/// `--max-attempts`, re-authorization, backoff, and a stop that cuts a wait
+/// short.
 pub(super) struct Retries {
     made: u32,
+    /// This request refreshed the token and has not succeeded since: a
+    /// refusal now is final.
     reauthorized: bool,
+    /// The token generation seen when the last attempt started.
+    seen_generation: u64,
 }
 
 /// Why a download loop stopped retrying.
@@ -65,32 +69,36 @@ impl Retries {
         Retries {
             made: 0,
             reauthorized: false,
+            seen_generation: 0,
         }
     }
 
-    /// Counts an attempt about to be made; returns how many were made.
-    pub(super) fn start(&mut self) -> u32 {
+    /// Counts an attempt about to be made.
+    pub(super) fn start(&mut self, core: &Core) {
         self.made += 1;
-        self.made
+        if let Some(auth) = &core.shared.source.auth {
+            self.seen_generation = auth.generation();
+        }
     }
 
     pub(super) fn made(&self) -> u32 {
         self.made
     }
 
-    /// What follows a failed attempt: the wait before the next one (zero
-    /// right after re-authorizing), or why to stop. `context` names the
-    /// request in errors; `stop` says the run or object is being stopped;
+    /// What follows a failed attempt: `Ok` once it is time for the next
+    /// (after a backoff, or at once after a re-authorization), or why to
+    /// stop. `context` names the request in errors; `stop` says the run or
+    /// object is being stopped (checked before and during the wait);
     /// `salt` decorrelates the jitter of requests that failed together.
     pub(super) async fn after_failure(
         &mut self,
-        failure: Failure,
+        core: &Core,
+        mut failure: Failure,
         context: String,
-        auth: Option<&Authorizer>,
-        config: &EngineConfig,
-        stop: bool,
+        stop: impl Fn() -> bool,
         salt: u64,
-    ) -> Result<Duration, GiveUp> {
+    ) -> Result<(), GiveUp> {
+        let config = &core.shared.config;
         let fatal = |error| GiveUp {
             error,
             run_fatal: true,
@@ -100,9 +108,21 @@ impl Retries {
             // a refusal right after re-authorizing is final.
             FailureKind::Retry => self.reauthorized = false,
             FailureKind::Reauthorize if !self.reauthorized => {
-                self.reauthorized = true;
-                if let Some(auth) = auth {
-                    auth.reauthorize().await.map_err(fatal)?;
+                if let Some(auth) = &core.shared.source.auth {
+                    match auth.reauthorize(self.seen_generation).await {
+                        Ok(refreshed) => self.reauthorized = refreshed,
+                        Err(error @ (Error::Auth(_) | Error::Trust(_))) => {
+                            return Err(fatal(error));
+                        }
+                        // The API being unreachable for a while is not a
+                        // reason to stop the run: this request backs off.
+                        Err(error) => {
+                            failure = Failure::retry(format!(
+                                "{}; re-authorizing: {error}",
+                                failure.detail
+                            ));
+                        }
+                    }
                 }
             }
             FailureKind::Reauthorize | FailureKind::Auth => {
@@ -122,25 +142,34 @@ impl Retries {
                 });
             }
         }
-        if self.made >= config.max_attempts || stop {
-            let detail = format!("{} after {} attempts", failure.detail, self.made);
-            return Err(GiveUp {
-                error: Error::http(context, detail),
-                run_fatal: false,
-            });
+        let give_up = |made: u32| GiveUp {
+            error: Error::http(
+                &context,
+                format!("{} after {made} attempts", failure.detail),
+            ),
+            run_fatal: false,
+        };
+        if self.made >= config.max_attempts || stop() {
+            return Err(give_up(self.made));
         }
+        core.count_retry();
         if matches!(failure.kind, FailureKind::Reauthorize) {
             // The fresh token goes out at once: a backoff could outlast a
             // short token lifetime and be refused again.
-            return Ok(Duration::ZERO);
+            return Ok(());
         }
-        Ok(backoff(
+        let delay = backoff(
             config.retry_base_ms,
             config.retry_max_ms,
             self.made,
             failure.retry_after_s,
             salt,
-        ))
+        );
+        if core.sleep_unless_stopped(delay, stop).await {
+            Ok(())
+        } else {
+            Err(give_up(self.made))
+        }
     }
 }
 

@@ -44,7 +44,6 @@ pub(super) async fn download_object(
         }
     };
     let file = File::from_std(std::fs::File::from(fd));
-    let config = &core.shared.config;
     let mut received = Received {
         bytes: 0,
         hasher: Sha1::new(),
@@ -56,7 +55,7 @@ pub(super) async fn download_object(
             // An empty object has nothing to fetch: its digest is SHA1("").
             break Ok(());
         }
-        retries.start();
+        retries.start(core);
         let failure = match attempt_object(core, connection, job, &file, &mut received).await {
             Ok(()) => {
                 let mismatch = job.expected_sha1.is_some_and(|expected| {
@@ -85,16 +84,12 @@ pub(super) async fn download_object(
             received.bytes,
             job.size_bytes - 1
         );
-        let stop = core.shared.is_stopped() || config.is_cancelled();
+        let stop = || core.shared.is_stopped();
         // Any per-object value decorrelates objects that failed together.
         let salt = job.path_and_query.len() as u64 ^ job.size_bytes;
-        let auth = core.shared.source.auth.as_deref();
-        match retries
-            .after_failure(failure, context, auth, config, stop, salt)
-            .await
-        {
-            Ok(delay) => core.wait_to_retry(delay).await,
-            Err(GiveUp { error, run_fatal }) => break Err(ObjectError { error, run_fatal }),
+        let next = retries.after_failure(core, failure, context, stop, salt);
+        if let Err(GiveUp { error, run_fatal }) = next.await {
+            break Err(ObjectError { error, run_fatal });
         }
     };
     // Every write was awaited inside the attempts. `--fsync`: the data is
@@ -266,7 +261,7 @@ async fn check_head(
     }
     match head.content_length {
         Some(length) if length == requested => {}
-        Some(length) => {
+        Some(length) if head.status == 200 => {
             return Err(Failure {
                 detail: format!(
                     "Content-Length {length} is not the listed {requested} bytes; the object changed since it was listed"
@@ -274,6 +269,12 @@ async fn check_head(
                 kind: FailureKind::Object,
                 retry_after_s: None,
             });
+        }
+        // Content-Range and the object's size matched: a broken reply.
+        Some(length) => {
+            return Err(Failure::retry(format!(
+                "Content-Length {length} is not the {requested} bytes of range {first_byte}-{last_byte}"
+            )));
         }
         None => return Err(Failure::retry("response without Content-Length")),
     }

@@ -372,14 +372,12 @@ impl Core {
         self.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a retry and sleeps `delay` first (the `retry_wait` stage).
-    pub async fn wait_to_retry(&self, delay: Duration) {
-        self.count_retry();
-        if !delay.is_zero() {
-            let waited = Instant::now();
-            tokio::time::sleep(delay).await;
-            self.record(Stage::RetryWait, waited.elapsed());
-        }
+    /// `runtime::sleep_unless`, timed as the `retry_wait` stage.
+    pub async fn sleep_unless_stopped(&self, delay: Duration, stop: impl Fn() -> bool) -> bool {
+        let waited = Instant::now();
+        let slept = crate::runtime::sleep_unless(delay, stop).await;
+        self.record(Stage::RetryWait, waited.elapsed());
+        slept
     }
 }
 

@@ -571,6 +571,7 @@ async fn api_call(
             "{}/b2api/v3/{operation}",
             api.path_and_query.trim_end_matches('/')
         );
+        let seen_generation = auth.generation();
         let token = auth.token();
         let mut request = Vec::new();
         http::write_post_json(
@@ -599,8 +600,7 @@ async fn api_call(
                     code.as_deref(),
                     Some("expired_auth_token" | "bad_auth_token")
                 ) {
-                    reauthorized = true;
-                    auth.reauthorize().await?;
+                    reauthorized = auth.reauthorize(seen_generation).await?;
                     continue;
                 }
                 return Err(Error::Auth(format!(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use rustix::process::{Resource, getrlimit};
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
-use crate::config::MEMLOCK_MARGIN_BYTES;
+use crate::config::{MEMLOCK_MARGIN_BYTES, RETRY_WAIT_STOP_CHECK_MS};
 
 /// `--pin auto|on|off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -135,5 +135,21 @@ pub fn interrupted() -> Option<i32> {
     match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {
         0 => None,
         signal => Some(signal),
+    }
+}
+
+/// Sleeps `delay` (a retry's wait), unless `stop` turns true first: then
+/// returns `false` within `RETRY_WAIT_STOP_CHECK_MS`. On any tokio runtime.
+pub async fn sleep_unless(delay: std::time::Duration, stop: impl Fn() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    let step = std::time::Duration::from_millis(RETRY_WAIT_STOP_CHECK_MS);
+    loop {
+        if stop() {
+            return false;
+        }
+        match delay.checked_sub(started.elapsed()) {
+            Some(left) if !left.is_zero() => tokio::time::sleep(left.min(step)).await,
+            _ => return true,
+        }
     }
 }
