@@ -320,6 +320,15 @@ impl CoreJob {
 
     /// A written buffer whose bytes are not hashed yet waits for the frontier.
     pub fn park(&self, offset: u64, buf: PoolBuf, data_len: usize) {
+        let frontier = self.job.digest.frontier();
+        if offset < frontier {
+            // The frontier would never reach it and the hasher would wait
+            // forever: fail loudly instead.
+            self.job.abort(Error::Fatal(format!(
+                "internal error: {data_len} bytes at offset {offset} arrived behind the hash \
+                 frontier at {frontier}; please report it"
+            )));
+        }
         self.window.borrow_mut().insert(offset, buf, data_len);
         self.drain_hashable();
     }
