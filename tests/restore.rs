@@ -1081,6 +1081,34 @@ fn listing_streams_across_pages() {
     assert!(!dir.exists());
 }
 
+/// A keep-alive connection the server closed while it idled is found out
+/// only by the next request on it: that request goes again on a new
+/// connection without using up an attempt (`--max-attempts 1` still
+/// restores everything).
+#[test]
+fn a_closed_keep_alive_connection_costs_no_attempt() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = make_tree(data.path(), 40);
+    let served = serve_logged(data.path(), &["--close-keepalive-rate", "1"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let output = command(&served, &["b2://bkt", "--max-attempts", "1"], &dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_tree(&dir, &objects);
+    let log = std::fs::read_to_string(data.path().join("access.jsonl")).unwrap();
+    let closed = log
+        .lines()
+        .filter(|line| line.contains("close_keepalive"))
+        .count();
+    assert!(
+        closed >= 10,
+        "only {closed} keep-alive connections were closed"
+    );
+}
+
 /// A download host that answers every request with 503 and
 /// `Retry-After: 300`, on keep-alive connections. Returns its origin.
 fn always_busy_origin() -> String {

@@ -293,6 +293,12 @@ impl Connection {
         }
     }
 
+    /// Nothing of a response has arrived since the last one was read: a
+    /// failure now means the peer closed without answering.
+    pub fn has_nothing_buffered(&self) -> bool {
+        self.leftover_start == self.leftover.len()
+    }
+
     pub fn shutdown(&self) {
         match &self.transport {
             Transport::Plain(tcp) => tcp.shutdown(),

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::failure::{Failure, FailureKind, conn_failure};
 use super::scheduler::Core;
-use crate::client::conn::Connection;
+use crate::client::conn::{ConnError, Connection};
 use crate::http::{self, ResponseHead};
 use crate::stats::Stage;
 
@@ -21,18 +21,12 @@ pub(super) async fn get_head(
     if_match: Option<&str>,
 ) -> Result<ResponseHead, Failure> {
     let source = &core.shared.source;
+    let reused = connection
+        .as_ref()
+        .is_some_and(|conn| conn.requests_done > 0);
     if connection.is_none() {
-        let record = |stage, elapsed| core.record(stage, elapsed);
-        let opened = Connection::open(
-            &source.origin,
-            source.tls.as_ref(),
-            core.shared.config.timeout,
-            &record,
-        )
-        .await;
-        *connection = Some(opened.map_err(conn_failure)?);
+        *connection = Some(connect(core).await?);
     }
-    let conn = connection.as_mut().expect("connected");
     let token = source.auth.as_ref().map(|auth| auth.token());
     let mut headers: Vec<(&str, &str)> = Vec::new();
     if let Some(token) = token.as_deref() {
@@ -56,10 +50,58 @@ pub(super) async fn get_head(
         retry_after_s: None,
     })?;
     let sent = Instant::now();
-    conn.send(request).await.map_err(conn_failure)?;
-    let head = conn.read_head().await.map_err(conn_failure)?;
+    let conn = connection.as_mut().expect("connected");
+    let head = match send_and_read_head(conn, &request).await {
+        Ok(head) => head,
+        // Servers close keep-alive connections that idle (B2 and nginx after
+        // some seconds), and we learn it only by using one. Closed without
+        // a byte of answer: a new connection and the same GET, once, not an
+        // attempt of its own.
+        Err(ConnError::Transport(error))
+            if reused && conn.has_nothing_buffered() && is_closed(&error) =>
+        {
+            conn.shutdown();
+            let conn = connection.insert(connect(core).await?);
+            send_and_read_head(conn, &request)
+                .await
+                .map_err(conn_failure)?
+        }
+        Err(error) => return Err(conn_failure(error)),
+    };
     core.record(Stage::Ttfb, sent.elapsed());
     Ok(head)
+}
+
+fn is_closed(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
+}
+
+async fn connect(core: &Core) -> Result<Connection, Failure> {
+    let source = &core.shared.source;
+    let record = |stage, elapsed| core.record(stage, elapsed);
+    Connection::open(
+        &source.origin,
+        source.tls.as_ref(),
+        core.shared.config.timeout,
+        &record,
+    )
+    .await
+    .map_err(conn_failure)
+}
+
+async fn send_and_read_head(
+    conn: &mut Connection,
+    request: &[u8],
+) -> Result<ResponseHead, ConnError> {
+    conn.send(request.to_vec()).await?;
+    conn.read_head().await
 }
 
 /// B2: a download must come from the listed version of the object (no
