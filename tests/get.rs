@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Served, content, serve, sha1_hex, write_file};
+use common::{Served, content, exit_within, send_signal, serve, sha1_hex, write_file};
 
 /// Small parts and buffers so a few hundred KiB exercise many chunks, both
 /// cores, several connections and the reserve buffer.
@@ -695,17 +695,7 @@ fn journaled_bytes(dir: &Path) -> u64 {
 }
 
 fn wait_for_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            return exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ringdown did not stop after {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    exit_within(child, std::time::Duration::from_secs(30), what)
 }
 
 /// SIGINT and SIGTERM stop the download: in-flight writes are drained,
@@ -727,11 +717,7 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
             assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(child.id(), signal);
         let exit = wait_for_exit(&mut child, signal);
         let output = child.wait_with_output().unwrap();
         let text = stderr(&output);
@@ -776,11 +762,7 @@ fn a_signal_cuts_retry_waits_short() {
         child.try_wait().unwrap().is_none(),
         "it should still be waiting to retry"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(child.id(), "-TERM");
     let signalled = std::time::Instant::now();
     let exit = wait_for_exit(&mut child, "SIGTERM");
     let waited = signalled.elapsed();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Served, content, serve, sha1_hex, write_file};
+use common::{Served, content, exit_within, send_signal, serve, sha1_hex, write_file};
 
 const SMALL_TUNING: &[&str] = &[
     "--part-size",
@@ -1165,23 +1165,8 @@ fn sigterm_cuts_retry_waits_short() {
         child.try_wait().unwrap().is_none(),
         "it should be waiting to retry"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let signalled = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "still running {:?} after SIGTERM",
-            signalled.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    send_signal(child.id(), "-TERM");
+    let code = exit_within(&mut child, Duration::from_secs(5), "SIGTERM").code();
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, Some(143), "{text}");
     assert!(
@@ -1227,19 +1212,8 @@ fn sigterm_drains_keeps_the_journal_and_exits_143() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    send_signal(child.id(), "-TERM");
+    let code = exit_within(&mut child, Duration::from_secs(20), "SIGTERM").code();
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, Some(143), "{text}");
     assert!(text.contains("files restored"), "summary printed: {text}");

@@ -845,24 +845,9 @@ fn access_log_records_downloads() {
 fn sigterm_exits_cleanly() {
     let tree = small_tree();
     let mut served = serve(tree.path(), true, &[]);
-    let pid = served.child.id() as i32;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    send_signal(served.child.id(), "-TERM");
+    let status = exit_within(&mut served.child, Duration::from_secs(5), "SIGTERM");
+    assert!(status.success(), "{status:?}");
 }
 
 /// Sends raw request bytes on one plain connection and returns everything

@@ -369,6 +369,31 @@ pub fn sha1_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Sends `signal` (as kill(1) spells it: "-TERM", "-INT") to `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Waits for `child` to exit; panics if it still runs after `limit`.
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "still running {:?} after {what}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs a command to completion within `deadline`, draining both pipes on
 /// threads so a chatty child never blocks on a full pipe. `on_poll(pid)` is
 /// called every few ms while it runs (peak-RSS sampling); a child still
