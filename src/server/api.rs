@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::Server;
@@ -280,31 +281,112 @@ impl ObjectView {
         info
     }
 
-    pub fn to_json(&self, server: &Server) -> Value {
-        let file_info: Map<String, Value> = self
-            .file_info()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), Value::String(v)))
-            .collect();
-        json!({
-            "accountId": server.credentials.account_id,
-            "bucketId": self.meta.bucket.id,
-            "fileId": self.meta.file_id,
-            "fileName": self.meta.name,
-            "action": "upload",
-            "contentLength": self.meta.size_bytes,
-            "size": self.meta.size_bytes,
-            "contentSha1": self.content_sha1(),
-            "contentMd5": null,
-            "contentType": self.content_type(),
-            "fileInfo": file_info,
-            "uploadTimestamp": self.meta.mtime_ms,
-            "serverSideEncryption": {"mode": "none"},
-            "fileRetention": {"isClientAuthorizedToRead": true, "value": {"mode": null, "retainUntilTimestamp": null}},
-            "legalHold": {"isClientAuthorizedToRead": true, "value": null},
-            "replicationStatus": null,
-        })
+    /// The object as B2 describes it in listings and `b2_get_file_info`.
+    pub fn to_json<'a>(&'a self, server: &'a Server) -> FileJson<'a> {
+        FileJson {
+            account_id: &server.credentials.account_id,
+            bucket_id: &self.meta.bucket.id,
+            file_id: &self.meta.file_id,
+            file_name: &self.meta.name,
+            action: "upload",
+            content_length: self.meta.size_bytes,
+            size: self.meta.size_bytes,
+            content_sha1: self.content_sha1(),
+            content_md5: None,
+            content_type: self.content_type(),
+            file_info: FileInfo(self.file_info()),
+            upload_timestamp: self.meta.mtime_ms,
+            server_side_encryption: Encryption { mode: "none" },
+            file_retention: Readable {
+                is_client_authorized_to_read: true,
+                value: Retention {
+                    mode: None,
+                    retain_until_timestamp: None,
+                },
+            },
+            legal_hold: Readable {
+                is_client_authorized_to_read: true,
+                value: None,
+            },
+            replication_status: None,
+        }
     }
+}
+
+/// One uploaded file in B2's JSON. Typed, not a `Value`: a listing page holds
+/// up to 10,000 of them, and building maps of maps for each cost more than
+/// the rest of the listing.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileJson<'a> {
+    account_id: &'a str,
+    bucket_id: &'a str,
+    file_id: &'a str,
+    file_name: &'a str,
+    action: &'static str,
+    content_length: u64,
+    size: u64,
+    content_sha1: String,
+    content_md5: Option<&'static str>,
+    content_type: &'static str,
+    file_info: FileInfo,
+    upload_timestamp: u64,
+    server_side_encryption: Encryption,
+    file_retention: Readable<Retention>,
+    legal_hold: Readable<Option<&'static str>>,
+    replication_status: Option<&'static str>,
+}
+
+/// `fileInfo`: a JSON object of string values.
+struct FileInfo(Vec<(&'static str, String)>);
+
+impl Serialize for FileInfo {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
+    }
+}
+
+#[derive(Serialize)]
+struct Encryption {
+    mode: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Readable<T> {
+    is_client_authorized_to_read: bool,
+    value: T,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Retention {
+    mode: Option<&'static str>,
+    retain_until_timestamp: Option<u64>,
+}
+
+/// An entry of a listing's `files`.
+#[derive(Serialize)]
+#[allow(clippy::large_enum_variant)] // nearly all are files: boxing them costs an allocation each
+#[serde(untagged)]
+enum ListedJson<'a> {
+    File(FileJson<'a>),
+    Folder(Value),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListJson<'a> {
+    files: Vec<ListedJson<'a>>,
+    next_file_name: Option<&'a str>,
+    /// `b2_list_file_versions` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_file_id: Option<Option<&'a str>>,
+}
+
+/// A response body: `value` serialized.
+pub fn to_body(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("response serialises")
 }
 
 /// Adds the SHA1 to metadata, hashing the file if the cache does not know it. Blocking.
@@ -397,6 +479,12 @@ fn list_page(
         .store
         .names(bucket)
         .map_err(|error| io_error("listing the bucket", error))?;
+    let bucket_fd = match server.store.open_bucket(bucket) {
+        Ok(fd) => fd,
+        // The bucket's directory went away since the walk: nothing to list.
+        Err(OpenError::NotFound | OpenError::InvalidName) => return Ok((Vec::new(), None)),
+        Err(OpenError::Io(error)) => return Err(io_error("opening the bucket", error)),
+    };
     let first = if start > prefix { start } else { prefix };
     let mut index = names.partition_point(|name| name.as_str() < first);
     let mut entries = Vec::new();
@@ -425,7 +513,7 @@ fn list_page(
             continue;
         }
         index += 1;
-        let meta = match server.store.stat(bucket, name) {
+        let meta = match server.store.stat_in(&bucket_fd, bucket, name) {
             Ok(meta) => meta,
             // Deleted or replaced by a non-file since the walk: not listed.
             Err(OpenError::NotFound | OpenError::InvalidName) => continue,
@@ -459,7 +547,7 @@ pub fn list_files(
     params: &Params,
     versions: bool,
     version: u8,
-) -> Result<Value, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let bucket = bucket_for_listing(server, params)?;
     let start = params.string("startFileName")?.unwrap_or_default();
     let prefix = params.string("prefix")?.unwrap_or_default();
@@ -483,24 +571,26 @@ pub fn list_files(
             metas.push(meta.clone());
         }
     }
-    let mut views = views_of(server, metas).into_iter().peekable();
+    let views = views_of(server, metas);
+    let mut next_view = views.iter().peekable();
     let mut files = Vec::with_capacity(entries.len());
-    for entry in entries {
+    for entry in &entries {
         match entry {
-            ListEntry::Folder(name) => files.push(folder_json(server, &bucket, &name, version)),
+            ListEntry::Folder(name) => files.push(ListedJson::Folder(folder_json(
+                server, &bucket, name, version,
+            ))),
             ListEntry::File(meta) => {
-                if let Some(view) = views.next_if(|view| view.meta.name == meta.name) {
-                    files.push(view.to_json(server));
+                if let Some(view) = next_view.next_if(|view| view.meta.name == meta.name) {
+                    files.push(ListedJson::File(view.to_json(server)));
                 }
             }
         }
     }
-    let mut response =
-        json!({ "files": files, "nextFileName": next.as_ref().map(|(name, _)| name) });
-    if versions {
-        response["nextFileId"] = json!(next.and_then(|(_, id)| id));
-    }
-    Ok(response)
+    Ok(to_body(&ListJson {
+        files,
+        next_file_name: next.as_ref().map(|(name, _)| name.as_str()),
+        next_file_id: versions.then(|| next.as_ref().and_then(|(_, id)| id.as_deref())),
+    }))
 }
 
 fn folder_json(server: &Server, bucket: &Bucket, name: &str, _version: u8) -> Value {
@@ -533,7 +623,7 @@ pub fn object_by_id(server: &Server, file_id: &str) -> Result<(Arc<Bucket>, Stri
     Ok((bucket, name))
 }
 
-pub fn get_file_info(server: &Server, params: &Params) -> Result<Value, ApiError> {
+pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiError> {
     let file_id = params.required_string("fileId")?;
     let (bucket, name) = object_by_id(server, &file_id)?;
     let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
@@ -544,7 +634,7 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Value, ApiError
     };
     let view =
         view_of(server, meta).map_err(|error| io_error(&format!("hashing {name}"), error))?;
-    Ok(view.to_json(server))
+    Ok(to_body(&view.to_json(server)))
 }
 
 pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Value, ApiError> {

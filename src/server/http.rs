@@ -251,9 +251,8 @@ fn error_response(
 fn json_response(
     server: &Server,
     context: &mut RequestContext,
-    value: serde_json::Value,
+    text: Vec<u8>,
 ) -> Response<ServeBody> {
-    let text = serde_json::to_vec(&value).expect("response serialises");
     context.record.status = 200;
     context.record.fault = context.conn_fault.map(str::to_string);
     context.record.bytes_sent = text.len() as u64;
@@ -423,7 +422,7 @@ async fn route(
             ));
         }
         let value = api::authorize_account(server, version);
-        return Ok(json_response(server, context, value));
+        return Ok(json_response(server, context, api::to_body(&value)));
     }
 
     server
@@ -441,11 +440,15 @@ async fn route(
     let value = blocking(move || {
         let server = &*worker_server;
         match operation.as_str() {
-            "b2_list_buckets" => api::list_buckets(server, &params),
+            "b2_list_buckets" => {
+                api::list_buckets(server, &params).map(|value| api::to_body(&value))
+            }
             "b2_list_file_names" => api::list_files(server, &params, false, version),
             "b2_list_file_versions" => api::list_files(server, &params, true, version),
             "b2_get_file_info" => api::get_file_info(server, &params),
-            "b2_get_download_authorization" => api::get_download_authorization(server, &params),
+            "b2_get_download_authorization" => {
+                api::get_download_authorization(server, &params).map(|value| api::to_body(&value))
+            }
             other => Err(ApiError::not_found(format!(
                 "unsupported API call: {other}"
             ))),

@@ -127,6 +127,29 @@ fn is_servable_bucket_name(name: &str) -> bool {
     is_servable_name(name) && !name.contains('/') && !name.starts_with('.')
 }
 
+/// Opens `name` beneath a bucket directory: no `..`, no symlink on the way.
+fn open_in_bucket(bucket_fd: &OwnedFd, name: &str, flags: OFlags) -> Result<OwnedFd, OpenError> {
+    if !is_servable_name(name) {
+        return Err(OpenError::InvalidName);
+    }
+    rustix::fs::openat2(
+        bucket_fd,
+        name,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        resolve_beneath(),
+    )
+    .map_err(|error| match error {
+        rustix::io::Errno::NOENT
+        | rustix::io::Errno::NOTDIR
+        | rustix::io::Errno::LOOP
+        | rustix::io::Errno::XDEV
+        | rustix::io::Errno::ISDIR
+        | rustix::io::Errno::NAMETOOLONG => OpenError::NotFound,
+        other => OpenError::Io(other.into()),
+    })
+}
+
 fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
     let seconds = stat.st_mtime.max(0) as u128;
     seconds * 1_000_000_000 + stat.st_mtime_nsec as u128
@@ -231,26 +254,7 @@ impl Store {
         name: &str,
         flags: OFlags,
     ) -> Result<OwnedFd, OpenError> {
-        if !is_servable_name(name) {
-            return Err(OpenError::InvalidName);
-        }
-        let bucket_fd = self.bucket_dir(bucket)?;
-        rustix::fs::openat2(
-            &bucket_fd,
-            name,
-            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            resolve_beneath(),
-        )
-        .map_err(|error| match error {
-            rustix::io::Errno::NOENT
-            | rustix::io::Errno::NOTDIR
-            | rustix::io::Errno::LOOP
-            | rustix::io::Errno::XDEV
-            | rustix::io::Errno::ISDIR
-            | rustix::io::Errno::NAMETOOLONG => OpenError::NotFound,
-            other => OpenError::Io(other.into()),
-        })
+        open_in_bucket(&self.bucket_dir(bucket)?, name, flags)
     }
 
     fn meta_from_stat(
@@ -276,7 +280,23 @@ impl Store {
 
     /// Stats an object without opening its data (O_PATH), beneath its bucket.
     pub fn stat(&self, bucket: &Arc<Bucket>, name: &str) -> Result<ObjectMeta, OpenError> {
-        let fd = self.open_beneath(bucket, name, OFlags::PATH)?;
+        self.stat_in(&self.bucket_dir(bucket)?, bucket, name)
+    }
+
+    /// The bucket's directory, for a run of `stat_in` (a listing page opens it
+    /// once, not once per name).
+    pub fn open_bucket(&self, bucket: &Bucket) -> Result<OwnedFd, OpenError> {
+        self.bucket_dir(bucket)
+    }
+
+    /// `stat` of a name in a bucket directory from `open_bucket`.
+    pub fn stat_in(
+        &self,
+        bucket_fd: &OwnedFd,
+        bucket: &Arc<Bucket>,
+        name: &str,
+    ) -> Result<ObjectMeta, OpenError> {
+        let fd = open_in_bucket(bucket_fd, name, OFlags::PATH)?;
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         self.meta_from_stat(bucket, name, &stat)
     }
