@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -192,19 +192,20 @@ fn restores_a_tree_byte_for_byte_with_report_and_stats() {
     let expected: BTreeSet<String> = objects.keys().cloned().collect();
     assert_eq!(on_disk, expected);
     assert!(!dir.join(".ringdown").exists(), "state removed on exit 0");
-    // mtime comes from src_last_modified_millis (the served file's mtime).
-    let source_mtime = std::fs::metadata(data.path().join("bkt/big/large-file.bin"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let restored_mtime = std::fs::metadata(dir.join("big/large-file.bin"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let skew = source_mtime
-        .duration_since(restored_mtime)
-        .unwrap_or_else(|e| e.duration());
-    assert!(skew < Duration::from_millis(2), "mtime {skew:?} apart");
+    // mtime comes from src_last_modified_millis (the served file's mtime),
+    // small objects (set by name after the engine closed the file) and large.
+    for name in objects.keys() {
+        let mtime = |path: PathBuf| std::fs::metadata(path).unwrap().modified().unwrap();
+        let source_mtime = mtime(data.path().join("bkt").join(name));
+        let restored_mtime = mtime(dir.join(name));
+        let skew = source_mtime
+            .duration_since(restored_mtime)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            skew < Duration::from_millis(2),
+            "{name}: mtime {skew:?} apart"
+        );
+    }
     let lines = report_lines(&report);
     assert_eq!(lines.len(), objects.len());
     for line in &lines {

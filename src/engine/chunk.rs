@@ -227,7 +227,7 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
     let size = core.job.digest.size_bytes();
     let data_len = buf.filled_bytes();
     debug_assert!(offset + data_len as u64 <= size);
-    if core.job.spec.direct_io
+    if core.job.spec.destination.direct_io
         && offset + data_len as u64 == size
         && data_len % DIRECT_IO_ALIGN_BYTES != 0
     {
@@ -242,7 +242,7 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
     let core = Rc::clone(core);
     uring::spawn(async move {
         // Buffered writes of one file take turns across cores (see `write_gate`).
-        let _turn = if core.job.spec.direct_io {
+        let _turn = if core.job.spec.destination.direct_io {
             None
         } else {
             Some(core.job.write_gate.acquire().await.expect("never closed"))

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::scheduler::{Core, Done, ObjectError, ObjectResult, ObjectSpec};
+use super::scheduler::{Core, Destination, Done, ObjectError, ObjectResult, ObjectSpec};
 use super::{Progress, Resume};
 use crate::config::{BUFFERED_WRITES_PER_FILE_MAX, OBJECT_REDOWNLOADS_ON_MISMATCH};
 use crate::error::{Error, Result};
@@ -42,11 +42,10 @@ pub struct LargeJob {
 /// What stays the same across download rounds of one large object.
 pub struct LargeSpec {
     pub object: ObjectSpec,
+    /// Every core that joins writes through its own copy of the fd.
+    pub destination: Destination,
     /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
     pub if_match: Option<String>,
-    /// The file was opened with O_DIRECT: the tail is written padded to a
-    /// block and cut back before `done`.
-    pub direct_io: bool,
     pub on_written: Option<OnWritten>,
 }
 
@@ -403,8 +402,9 @@ fn core_job_for(core: &Rc<Core>, job: Arc<Job>) -> Option<Rc<CoreJob>> {
     if !job.join() {
         return None;
     }
-    let file = match job.spec.object.file.try_clone() {
-        Ok(fd) => Some(File::from_std(std::fs::File::from(fd))),
+    let destination = &job.spec.destination;
+    let file = match destination.fd.try_clone() {
+        Ok(fd) => Some(File::new(fd, destination.direct_io)),
         Err(error) => {
             job.abort(Error::io(
                 "duplicating the destination file descriptor",
@@ -492,9 +492,9 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     let spec = &job.spec;
     let object = &spec.object;
     let mut outcome = job.outcome();
-    if outcome.is_ok() && spec.direct_io {
+    if outcome.is_ok() && spec.destination.direct_io {
         // O_DIRECT wrote the tail padded to a block; cut it back.
-        outcome = rustix::fs::ftruncate(&object.file, object.size_bytes)
+        outcome = rustix::fs::ftruncate(&spec.destination.fd, object.size_bytes)
             .map_err(|error| Error::io("truncating the O_DIRECT padding", error.into()))
             .and(outcome);
     }

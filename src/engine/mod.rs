@@ -20,7 +20,7 @@ use crate::client::conn::Origin;
 use crate::error::{Error, Result};
 use crate::stats::StageHistograms;
 use large::{LargeJob, LargeSpec, OnWritten};
-use scheduler::{ObjectSpec, PoolSource, Scheduler, Work};
+use scheduler::{Destination, ObjectSpec, PoolSource, Scheduler, Work};
 
 /// How the engine is tuned; resolved from flags by `cli/`.
 #[derive(Debug, Clone)]
@@ -147,7 +147,7 @@ pub fn download(
         },
         progress,
     )?;
-    let file = file
+    let fd = file
         .try_clone()
         .map_err(|error| Error::io("duplicating the destination file descriptor", error))?;
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -160,10 +160,9 @@ pub fn download(
                 size_bytes: object_size_bytes,
                 expected_sha1: None,
                 fsync: false,
-                file,
             },
+            destination: Destination { fd, direct_io },
             if_match: source.if_match.clone(),
-            direct_io,
             on_written,
         },
         resume,

@@ -11,7 +11,7 @@ use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, GiveUp, Retries, conn_failure, status_failure};
 use super::request::{check_file_id, get_head};
-use super::scheduler::{Core, ObjectError, ObjectSpec};
+use super::scheduler::{Core, Destination, ObjectError, ObjectSpec};
 use crate::client::conn::Connection;
 use crate::config::OBJECT_REDOWNLOADS_ON_MISMATCH;
 use crate::error::Error;
@@ -29,21 +29,9 @@ pub(super) async fn download_object(
     core: &Rc<Core>,
     connection: &mut Option<Connection>,
     job: &ObjectSpec,
+    destination: Destination,
 ) -> (std::result::Result<[u8; 20], ObjectError>, u32) {
-    let fd = match job.file.try_clone() {
-        Ok(fd) => fd,
-        Err(error) => {
-            let error = Error::io("duplicating the destination file descriptor", error);
-            return (
-                Err(ObjectError {
-                    error,
-                    run_fatal: true,
-                }),
-                0,
-            );
-        }
-    };
-    let file = File::from_std(std::fs::File::from(fd));
+    let file = File::new(destination.fd, destination.direct_io);
     let mut received = Received {
         bytes: 0,
         hasher: Sha1::new(),

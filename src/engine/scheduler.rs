@@ -68,13 +68,21 @@ pub struct ObjectSpec {
     pub expected_sha1: Option<[u8; 20]>,
     /// `fsync` the file once written, before `done` runs.
     pub fsync: bool,
-    /// The destination, opened for writing; the scheduler closes its copies.
-    pub file: OwnedFd,
+}
+
+/// Where an object's bytes go: the file, opened for writing. The engine owns
+/// it from `submit` on and closes it before `done` runs.
+pub struct Destination {
+    pub fd: OwnedFd,
+    /// Opened with O_DIRECT: whole blocks from aligned buffers; a large
+    /// object's tail is written padded to a block and cut back before `done`.
+    pub direct_io: bool,
 }
 
 /// One small object: one GET on one connection.
 pub struct ObjectJob {
     pub object: ObjectSpec,
+    pub destination: Destination,
     pub done: Done,
 }
 
@@ -158,6 +166,11 @@ impl Shared {
         self.stopped.load(Ordering::Acquire) || self.config.is_cancelled()
     }
 
+    /// A producer that found the queue full waits until it is this short.
+    fn refill_below_jobs(&self) -> usize {
+        self.capacity_jobs / 2
+    }
+
     fn next(&self) -> Next {
         let mut state = self.state.lock().expect("scheduler lock");
         state.active.retain(|job| job.wants_connections());
@@ -179,7 +192,11 @@ impl Shared {
                 Next::Wait
             };
         };
-        self.space.notify_one();
+        if state.queue.len() == self.refill_below_jobs() {
+            // A waiting producer refills from here: one wake-up per half a
+            // queue, not a futex round trip per object.
+            self.space.notify_all();
+        }
         if self.is_stopped() {
             return Next::Refuse(work);
         }
@@ -287,18 +304,22 @@ impl Scheduler {
     pub fn submit(&self, work: Work) -> Result<()> {
         let shared = &self.shared;
         let mut state = shared.state.lock().expect("scheduler lock");
-        while state.queue.len() >= shared.capacity_jobs {
-            if self.threads.iter().all(|thread| thread.is_finished()) {
-                return Err(Error::Fatal(
-                    "every core of the scheduler has stopped".into(),
-                ));
+        if state.queue.len() >= shared.capacity_jobs {
+            // Full: wait until it is down to `refill_below_jobs`, so the
+            // cores wake this thread once per half a queue.
+            while state.queue.len() > shared.refill_below_jobs() {
+                if self.threads.iter().all(|thread| thread.is_finished()) {
+                    return Err(Error::Fatal(
+                        "every core of the scheduler has stopped".into(),
+                    ));
+                }
+                // A core that died would never make room: look again now and then.
+                state = shared
+                    .space
+                    .wait_timeout(state, Duration::from_millis(100))
+                    .expect("scheduler lock")
+                    .0;
             }
-            // A core that died would never make room: look again now and then.
-            state = shared
-                .space
-                .wait_timeout(state, Duration::from_millis(100))
-                .expect("scheduler lock")
-                .0;
         }
         state.queue.push_back(work);
         drop(state);
@@ -456,7 +477,8 @@ async fn connection_loop(core: Rc<Core>) {
 
 async fn run_object(core: &Rc<Core>, connection: &mut Option<Connection>, job: ObjectJob) {
     let started = Instant::now();
-    let (outcome, attempts) = super::object::download_object(core, connection, &job.object).await;
+    let (outcome, attempts) =
+        super::object::download_object(core, connection, &job.object, job.destination).await;
     let elapsed = started.elapsed();
     core.record(Stage::File, elapsed);
     (job.done)(ObjectResult {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rustix::fs::Timestamps;
+use rustix::fs::{AtFlags, Timestamps};
 use serde_json::json;
 
 use crate::b2::ExpectedSha1;
@@ -31,7 +31,7 @@ use crate::client::{exchange, resolve};
 use crate::config::{API_BODY_MAX_BYTES, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN};
 use crate::engine::large::{LargeJob, LargeSpec};
 use crate::engine::scheduler::{
-    Done, ObjectJob, ObjectResult, ObjectSpec, PoolSource, Scheduler, Work,
+    Destination, Done, ObjectJob, ObjectResult, ObjectSpec, PoolSource, Scheduler, Work,
 };
 use crate::engine::{self, EngineConfig, Progress};
 use crate::error::{Error, Result};
@@ -297,11 +297,10 @@ struct FileTask {
     key: String,
     /// Fetched by the whole engine (partial name is stable, resumable).
     large: bool,
-    parent: OwnedFd,
+    parent: Arc<OwnedFd>,
     leaf: String,
     display_path: String,
     temp_name: String,
-    file: OwnedFd,
     _in_flight: InFlightGuard,
 }
 
@@ -763,7 +762,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     if let Some(file) = run.in_flight.blocking(parent_segments) {
         return refuse(in_the_way(&file));
     }
-    let parent = match target.ensure_dir(parent_segments) {
+    let parent = match target.parent_dir(parent_segments) {
         Ok(parent) => parent,
         Err(PathError::Refused(reason)) => return refuse(reason),
         Err(PathError::Failed(error)) => return run.fail_run(error),
@@ -832,12 +831,12 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         parent,
         display_path,
         temp_name,
-        file,
     };
     let Some(scheduler) = scheduler else { return };
-    let engine_file = match task.file.try_clone() {
-        Ok(fd) => fd,
-        Err(error) => return run.fail_run(Error::io("duplicating a file descriptor", error)),
+    // The engine owns the file from here and closes it before `done`.
+    let destination = Destination {
+        fd: file,
+        direct_io,
     };
     let size_bytes = task.entry.size_bytes;
     let object = ObjectSpec {
@@ -850,7 +849,6 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             ExpectedSha1::None => None,
         },
         fsync: options.fsync,
-        file: engine_file,
     };
     let work = if task.large {
         let resume = resume_bytes
@@ -876,8 +874,8 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         Work::Large(LargeJob {
             spec: LargeSpec {
                 object,
+                destination,
                 if_match: None,
-                direct_io,
                 on_written: Some(on_written),
             },
             resume,
@@ -886,6 +884,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     } else {
         Work::Object(ObjectJob {
             object,
+            destination,
             done: finish_later(run, task),
         })
     };
@@ -1004,15 +1003,18 @@ fn finish_file(
             tv_sec: (mtime_ms / 1000) as i64,
             tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
         };
-        let _ = rustix::fs::futimens(
-            &task.file,
+        // By name: the engine has closed the file. The partial directory is
+        // ringdown's own, and no symlink is followed.
+        let _ = rustix::fs::utimensat(
+            &target.partial,
+            task.temp_name.as_str(),
             &Timestamps {
                 last_access: when,
                 last_modification: when,
             },
+            AtFlags::SYMLINK_NOFOLLOW,
         );
     }
-    drop(task.file);
     match target.rename_into_place(
         &task.temp_name,
         &task.parent,

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -39,7 +39,10 @@ pub struct Target {
     journal: Mutex<std::fs::File>,
     /// `--fsync`: renamed files whose directory is not synced yet, with
     /// their journal records (see `journal_completed_synced`).
-    unsynced: Mutex<Vec<(OwnedFd, String)>>,
+    unsynced: Mutex<Vec<(Arc<OwnedFd>, String)>>,
+    /// The parent directory of the last file planned, by path under DIR:
+    /// names come sorted, so most files share their predecessor's.
+    last_parent: Mutex<Option<(String, Arc<OwnedFd>)>>,
     /// Files completed by earlier runs, asked in listing order.
     completed: Mutex<Cursor>,
     completed_name: String,
@@ -194,6 +197,7 @@ impl Target {
             journal_name,
             journal: Mutex::new(journal),
             unsynced: Mutex::new(Vec::new()),
+            last_parent: Mutex::new(None),
             completed: Mutex::new(loaded.completed),
             completed_name,
             completed_before: loaded.completed_count,
@@ -232,7 +236,12 @@ impl Target {
     /// (`FSYNC_BATCH_FILES`): one fsync per distinct directory, then the
     /// journal's records and one fsync of the journal, so a record never
     /// names a file a power cut could lose.
-    pub fn journal_completed_synced(&self, parent: OwnedFd, name: &str, key: &str) -> Result<()> {
+    pub fn journal_completed_synced(
+        &self,
+        parent: Arc<OwnedFd>,
+        name: &str,
+        key: &str,
+    ) -> Result<()> {
         let batch = {
             let mut unsynced = self.unsynced.lock().expect("unsynced lock");
             unsynced.push((parent, format!("ok\t{}\n", completed::record(name, key))));
@@ -250,7 +259,7 @@ impl Target {
         self.sync_batch(batch)
     }
 
-    fn sync_batch(&self, batch: Vec<(OwnedFd, String)>) -> Result<()> {
+    fn sync_batch(&self, batch: Vec<(Arc<OwnedFd>, String)>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -296,6 +305,21 @@ impl Target {
         let unique =
             (self.temp_salt ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & 0xffff_ffff_ffff;
         format!("{}{unique:012x}.part", self.shard_tag)
+    }
+
+    /// The directory a file goes in (created if missing), shared with the
+    /// files before it that went in the same one.
+    pub fn parent_dir(&self, segments: &[&str]) -> std::result::Result<Arc<OwnedFd>, PathError> {
+        let path = segments.join("/");
+        let mut last = self.last_parent.lock().expect("parent lock");
+        if let Some((last_path, fd)) = &*last {
+            if *last_path == path {
+                return Ok(Arc::clone(fd));
+            }
+        }
+        let fd = Arc::new(self.ensure_dir(segments)?);
+        *last = Some((path, Arc::clone(&fd)));
+        Ok(fd)
     }
 
     /// Creates the parent directories of a file (or a directory itself), one

@@ -5,7 +5,7 @@
 //! late write could land after them.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use tokio_uring::buf::BoundedBuf;
 
@@ -20,13 +20,12 @@ pub struct File {
 }
 
 impl File {
-    /// Wraps an opened file for this core's ring (each core owns its own fd).
-    pub fn from_std(file: std::fs::File) -> File {
-        let raw_fd = file.as_raw_fd();
-        let direct = rustix::fs::fcntl_getfl(&file)
-            .is_ok_and(|flags| flags.contains(rustix::fs::OFlags::DIRECT));
+    /// Wraps an opened file for this core's ring (each core owns its own
+    /// fd). `direct`: it was opened with O_DIRECT, as its opener knows.
+    pub fn new(fd: OwnedFd, direct: bool) -> File {
+        let raw_fd = fd.as_raw_fd();
         File {
-            inner: tokio_uring::fs::File::from_std(file),
+            inner: tokio_uring::fs::File::from_std(std::fs::File::from(fd)),
             raw_fd,
             direct,
         }
