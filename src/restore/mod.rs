@@ -5,8 +5,8 @@
 //! the engine's scheduler: small objects are one GET each, large ones are
 //! split into chunks over every core and connection, on the same keep-alive
 //! connections.
-//! Per file: temp in `.ringdown/partial/` → verify → `futimens` → `renameat`
-//! → journal line → report line.
+//! Per file: temp in `.ringdown/partial/` → verify → `utimensat` (by name: the engine
+//! has closed it) → `renameat` → journal line → report line.
 
 pub mod completed;
 pub mod listing;
