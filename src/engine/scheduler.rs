@@ -71,7 +71,9 @@ pub struct ObjectSpec {
 }
 
 /// Where an object's bytes go: the file, opened for writing. The engine owns
-/// it from `submit` on and closes it before `done` runs.
+/// it from `submit` on. When `done` runs, every write (and the O_DIRECT cut,
+/// and `fsync`) has completed; a small object's file is closed by then, a
+/// large one's may still be open on a core, with nothing left to write.
 pub struct Destination {
     pub fd: OwnedFd,
     /// Opened with O_DIRECT: whole blocks from aligned buffers; a large

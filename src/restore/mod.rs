@@ -5,8 +5,8 @@
 //! the engine's scheduler: small objects are one GET each, large ones are
 //! split into chunks over every core and connection, on the same keep-alive
 //! connections.
-//! Per file: temp in `.ringdown/partial/` → verify → `utimensat` (by name: the engine
-//! has closed it) → `renameat` → journal line → report line.
+//! Per file: temp in `.ringdown/partial/` → verify → `utimensat` (by name, once
+//! the last write completed) → `renameat` → journal line → report line.
 
 pub mod completed;
 pub mod listing;
@@ -833,7 +833,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         temp_name,
     };
     let Some(scheduler) = scheduler else { return };
-    // The engine owns the file from here and closes it before `done`.
+    // The engine owns the file from here (see `Destination`).
     let destination = Destination {
         fd: file,
         direct_io,
@@ -1003,8 +1003,8 @@ fn finish_file(
             tv_sec: (mtime_ms / 1000) as i64,
             tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
         };
-        // By name: the engine has closed the file. The partial directory is
-        // ringdown's own, and no symlink is followed.
+        // By name: the engine owns the fd, and every write has completed. The
+        // partial directory is ringdown's own, and no symlink is followed.
         let _ = rustix::fs::utimensat(
             &target.partial,
             task.temp_name.as_str(),

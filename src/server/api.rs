@@ -479,12 +479,8 @@ fn list_page(
         .store
         .names(bucket)
         .map_err(|error| io_error("listing the bucket", error))?;
-    let bucket_fd = match server.store.open_bucket(bucket) {
-        Ok(fd) => fd,
-        // The bucket's directory went away since the walk: nothing to list.
-        Err(OpenError::NotFound | OpenError::InvalidName) => return Ok((Vec::new(), None)),
-        Err(OpenError::Io(error)) => return Err(io_error("opening the bucket", error)),
-    };
+    // Opened for the first name that needs a stat, then once per page.
+    let mut bucket_fd = None;
     let first = if start > prefix { start } else { prefix };
     let mut index = names.partition_point(|name| name.as_str() < first);
     let mut entries = Vec::new();
@@ -513,7 +509,16 @@ fn list_page(
             continue;
         }
         index += 1;
-        let meta = match server.store.stat_in(&bucket_fd, bucket, name) {
+        if bucket_fd.is_none() {
+            match server.store.open_bucket(bucket) {
+                Ok(fd) => bucket_fd = Some(fd),
+                // The bucket's directory went away since the walk: its files are not listed.
+                Err(OpenError::NotFound | OpenError::InvalidName) => continue,
+                Err(OpenError::Io(error)) => return Err(io_error("opening the bucket", error)),
+            }
+        }
+        let bucket_fd = bucket_fd.as_ref().expect("opened above");
+        let meta = match server.store.stat_in(bucket_fd, bucket, name) {
             Ok(meta) => meta,
             // Deleted or replaced by a non-file since the walk: not listed.
             Err(OpenError::NotFound | OpenError::InvalidName) => continue,
