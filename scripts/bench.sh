@@ -6,7 +6,8 @@
 #                    [--tools ringdown,b2sdk,curl,aria2c,rclone] [--no-drop-caches] [--readme|--no-readme]
 #
 # Scenarios: big big-large small mixed wan (= wan-big wan-mixed) faults nginx (= nginx-big nginx-small
-# nginx-mixed: downloads served by nginx, the reference origin) memlock (default: all).
+# nginx-mixed: downloads served by nginx, the issue's reference origin) memlock direct (`--direct-io on`,
+# where the CPU target applies) (default: all).
 # --quick: small datasets and 2 runs (a few minutes). Output: bench-out/ (results.json,
 # report.md, *.png, logs/, stats/). Rewrites the README block between
 # <!-- bench:begin --> and <!-- bench:end --> when both markers exist (full runs;
