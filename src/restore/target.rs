@@ -486,3 +486,34 @@ impl Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{PathError, Target};
+    use crate::restore::paths::Shard;
+
+    #[test]
+    fn files_of_one_directory_share_its_fd_and_refusals_are_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path(), Shard::ALL).unwrap();
+        let a1 = target.parent_dir(&["a", "b"]).unwrap();
+        let a2 = target.parent_dir(&["a", "b"]).unwrap();
+        assert!(Arc::ptr_eq(&a1, &a2), "same directory, same fd");
+        assert!(dir.path().join("a/b").is_dir(), "created on first use");
+        let c = target.parent_dir(&["c"]).unwrap();
+        assert!(!Arc::ptr_eq(&a1, &c));
+        // A symlink planted where a directory is wanted: refused, every time.
+        std::os::unix::fs::symlink("/tmp", dir.path().join("s")).unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                target.parent_dir(&["s"]),
+                Err(PathError::Refused(_))
+            ));
+        }
+        // The cache still holds the last good directory, not the refusal.
+        let c_again = target.parent_dir(&["c"]).unwrap();
+        assert!(Arc::ptr_eq(&c, &c_again));
+    }
+}
