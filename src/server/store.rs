@@ -202,7 +202,7 @@ impl Store {
             name: name.to_string(),
             id: bucket_id_for(name),
         };
-        match self.bucket_dir(&bucket) {
+        match self.open_bucket(&bucket) {
             Ok(_) => Ok(Some(Arc::new(bucket))),
             Err(OpenError::NotFound | OpenError::InvalidName) => Ok(None),
             Err(OpenError::Io(error)) => Err(error),
@@ -232,7 +232,9 @@ impl Store {
         Ok(buckets.into_iter().find(|bucket| bucket.id == id))
     }
 
-    fn bucket_dir(&self, bucket: &Bucket) -> Result<OwnedFd, OpenError> {
+    /// The bucket's directory, beneath DIR; a listing page opens it once for
+    /// a run of `stat_in`.
+    pub fn open_bucket(&self, bucket: &Bucket) -> Result<OwnedFd, OpenError> {
         rustix::fs::openat2(
             &self.root_fd,
             bucket.name.as_str(),
@@ -254,7 +256,7 @@ impl Store {
         name: &str,
         flags: OFlags,
     ) -> Result<OwnedFd, OpenError> {
-        open_in_bucket(&self.bucket_dir(bucket)?, name, flags)
+        open_in_bucket(&self.open_bucket(bucket)?, name, flags)
     }
 
     fn meta_from_stat(
@@ -280,13 +282,7 @@ impl Store {
 
     /// Stats an object without opening its data (O_PATH), beneath its bucket.
     pub fn stat(&self, bucket: &Arc<Bucket>, name: &str) -> Result<ObjectMeta, OpenError> {
-        self.stat_in(&self.bucket_dir(bucket)?, bucket, name)
-    }
-
-    /// The bucket's directory, for a run of `stat_in` (a listing page opens it
-    /// once, not once per name).
-    pub fn open_bucket(&self, bucket: &Bucket) -> Result<OwnedFd, OpenError> {
-        self.bucket_dir(bucket)
+        self.stat_in(&self.open_bucket(bucket)?, bucket, name)
     }
 
     /// `stat` of a name in a bucket directory from `open_bucket`.
