@@ -427,17 +427,7 @@ impl Download {
                 },
             };
             if let Some(mtime_ms) = meta.mtime_ms {
-                let when = rustix::fs::Timespec {
-                    tv_sec: (mtime_ms / 1000) as i64,
-                    tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
-                };
-                let _ = rustix::fs::futimens(
-                    &file,
-                    &Timestamps {
-                        last_access: when,
-                        last_modification: when,
-                    },
-                );
+                let _ = rustix::fs::futimens(&file, &timestamps_at(mtime_ms));
             }
             if options.fsync {
                 rustix::fs::fsync(&file)
@@ -886,6 +876,19 @@ fn creation_error(context: String, error: rustix::io::Errno) -> Error {
 /// `mode` is the object's, from `DirectIo::for_object`. Returns whether
 /// O_DIRECT is on. `display_path` is the final path, named
 /// in errors (the temporary name means nothing to the user).
+/// Access and modification time both at `mtime_ms` (B2's
+/// `src_last_modified_millis`), for `futimens`/`utimensat`.
+pub(crate) fn timestamps_at(mtime_ms: u64) -> Timestamps {
+    let when = rustix::fs::Timespec {
+        tv_sec: (mtime_ms / 1000) as i64,
+        tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
+    };
+    Timestamps {
+        last_access: when,
+        last_modification: when,
+    }
+}
+
 pub(crate) fn create_temp(
     dir: &OwnedFd,
     name: &str,

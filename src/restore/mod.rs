@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rustix::fs::{AtFlags, Timestamps};
+use rustix::fs::AtFlags;
 use serde_json::json;
 
 use crate::b2::ExpectedSha1;
@@ -999,19 +999,12 @@ fn finish_file(
         ExpectedSha1::None => false,
     };
     if let Some(mtime_ms) = entry.mtime_ms {
-        let when = rustix::fs::Timespec {
-            tv_sec: (mtime_ms / 1000) as i64,
-            tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
-        };
         // By name: the engine owns the fd, and every write has completed. The
         // partial directory is ringdown's own, and no symlink is followed.
         let _ = rustix::fs::utimensat(
             &target.partial,
             task.temp_name.as_str(),
-            &Timestamps {
-                last_access: when,
-                last_modification: when,
-            },
+            &crate::get::timestamps_at(mtime_ms),
             AtFlags::SYMLINK_NOFOLLOW,
         );
     }
