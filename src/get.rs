@@ -32,7 +32,7 @@ use crate::verify::to_hex;
 pub enum Source {
     /// `b2://BUCKET/NAME`.
     B2 { bucket: String, name: String },
-    /// `http(s)://…` with Range support.
+    /// `http(s)://…`: ranged GETs, or one whole GET if the origin ignores Range.
     Url(String),
 }
 
@@ -216,6 +216,8 @@ struct ObjectMeta {
     expected: ExpectedSha1,
     mtime_ms: Option<u64>,
     source: ObjectSource,
+    /// The origin answers `Range` (B2 does; a plain URL told us in its probe).
+    ranges: bool,
 }
 
 /// The library entry point: `Download::new(source, dest, options).run()`.
@@ -307,8 +309,21 @@ impl Download {
         let mut notices = Vec::new();
         // A partial file and a journal beside DEST, named from DEST and the
         // object's identity: the same command after a crash finds them.
-        let resumable = ResumeFiles::new(&file_name, &meta.source, meta.size_bytes);
-        let direct_io = options.direct_io.for_object(meta.size_bytes, 0);
+        // An origin that ignores Range cannot continue a transfer: the whole
+        // object comes in one GET, through the page cache (its tail is not
+        // padded to a block, as chunks' are for O_DIRECT).
+        let (resumable, direct_io) = if meta.ranges {
+            (
+                ResumeFiles::new(&file_name, &meta.source, meta.size_bytes),
+                options.direct_io.for_object(meta.size_bytes, 0),
+            )
+        } else {
+            notices.push(
+                "the origin ignores Range requests: the whole object came in one GET on one connection"
+                    .to_string(),
+            );
+            (None, DirectIo::Off)
+        };
         let mut may_resume = true;
         loop {
             attempts_left -= 1;
@@ -350,9 +365,14 @@ impl Download {
                     (temp_name, file, direct, None)
                 }
             };
-            let on_written = match &resumable {
-                Some(files) => Some(files.journal_writer(files.open_journal(&dir)?)),
-                None => None,
+            let fetch = if meta.ranges {
+                let on_written = match &resumable {
+                    Some(files) => Some(files.journal_writer(files.open_journal(&dir)?)),
+                    None => None,
+                };
+                engine::Fetch::Ranged { resume, on_written }
+            } else {
+                engine::Fetch::Whole
             };
             let outcome = engine::download(
                 &options.engine,
@@ -361,8 +381,7 @@ impl Download {
                 &file,
                 direct,
                 Arc::clone(&self.progress),
-                resume,
-                on_written,
+                fetch,
             );
             let outcome = match outcome {
                 Ok(outcome) => outcome,
@@ -580,6 +599,7 @@ impl Download {
                     expected,
                     mtime_ms,
                     source,
+                    ranges: true,
                 })
             }
             Source::Url(text) => {
@@ -663,6 +683,7 @@ impl Download {
                     expected,
                     mtime_ms: None,
                     source,
+                    ranges: head.status != 200,
                 })
             }
         }

@@ -298,6 +298,74 @@ fn plain_url_origin_with_and_without_sha1() {
     );
 }
 
+/// An origin that answers every `Range` with the whole object (Python's
+/// http.server, some CDNs): the probe sees the 200, the object comes in one
+/// GET, and a reset mid-body starts over from byte 0 when the retry's range
+/// is ignored too. Without this, every ranged chunk failed until
+/// --max-attempts ran out.
+#[test]
+fn an_origin_that_ignores_range_gets_one_whole_get_and_restarts_after_a_reset() {
+    let size = 5 * PART + 777;
+    let fixture = Fixture::new(&[("w.bin", size)]);
+    let mut restarted = 0;
+    for seed in 0..6 {
+        let reset_rate = if seed == 0 { "0" } else { "0.5" };
+        let seed = seed.to_string();
+        let log = fixture.out.path().join(format!("access-{seed}.jsonl"));
+        let served = serve(
+            fixture.data.path(),
+            seed == "0",
+            &[
+                "--ignore-range-rate",
+                "1",
+                "--reset-rate",
+                reset_rate,
+                "--seed",
+                &seed,
+                "--access-log",
+                log.to_str().unwrap(),
+            ],
+        );
+        let (token, _) = served.authorize();
+        let url = format!("{}/file/bkt/w.bin?Authorization={token}", served.realm);
+        let dest = fixture.dest_str(&format!("w-{seed}.bin"));
+        let mut args = vec![url.as_str(), &dest, "--max-attempts", "40"];
+        args.extend_from_slice(SMALL_TUNING);
+        let output = ringdown(&served, &args);
+        assert_ok(&output);
+        assert_same(Path::new(&dest), "w.bin", size);
+        let text = stderr(&output);
+        assert!(text.contains("ignores Range"), "{text}");
+        // Beside the probe (bytes=0-0, its body never read), whole-object
+        // GETs only: no part of the object was asked for from its start.
+        let log = std::fs::read_to_string(&log).unwrap();
+        let downloads: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|record| record["method"] == "GET" && record["name"] == "w.bin")
+            .filter(|record| record["range"] != "bytes=0-0")
+            .collect();
+        assert!(
+            downloads.iter().all(|record| record["status"] == 200),
+            "{downloads:?}"
+        );
+        if seed == "0" {
+            assert_eq!(downloads.len(), 1, "{downloads:?}");
+            assert!(downloads[0]["range"].is_null(), "{downloads:?}");
+        }
+        // Reset, then resumed with a Range the origin ignored: the whole
+        // object again, written from byte 0.
+        let resets = downloads.iter().filter(|r| r["fault"] == "reset").count();
+        let resumed = downloads.iter().filter(|r| r["range"].is_string()).count();
+        if resets >= 1 && resumed >= 1 {
+            assert!(!text.contains("retries: 0,"), "{text}");
+            restarted += 1;
+        }
+    }
+    assert!(restarted >= 1, "no seed reset a transfer and resumed it");
+    assert_no_temp(fixture.out.path());
+}
+
 #[test]
 fn every_fault_flag_is_survived() {
     let size = 40 * PART + 123;

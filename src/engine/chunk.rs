@@ -87,7 +87,7 @@ async fn attempt_chunk(
         connection,
         &spec.object.path_and_query,
         Some((first_byte, last_byte)),
-        spec.if_match.as_deref(),
+        spec.object.if_match.as_deref(),
     )
     .await?;
     let conn = connection.as_mut().expect("connected");

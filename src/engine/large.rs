@@ -44,8 +44,6 @@ pub struct LargeSpec {
     pub object: ObjectSpec,
     /// Every core that joins writes through its own copy of the fd.
     pub destination: Destination,
-    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
-    pub if_match: Option<String>,
     pub on_written: Option<OnWritten>,
 }
 

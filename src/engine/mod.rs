@@ -2,7 +2,7 @@
 //! download: N OS threads, each with its own io_uring runtime, buffer pool,
 //! connections and histograms; small objects are one GET each (`object`),
 //! large ones are split into chunks spread over every core and connection
-//! (`large`, `chunk`). `get` is a scheduler with one large object.
+//! (`large`, `chunk`). `get` is a scheduler with one object (`Fetch`).
 
 mod chunk;
 mod failure;
@@ -20,7 +20,7 @@ use crate::client::conn::Origin;
 use crate::error::{Error, Result};
 use crate::stats::StageHistograms;
 use large::{LargeJob, LargeSpec, OnWritten};
-use scheduler::{Destination, ObjectSpec, PoolSource, Scheduler, Work};
+use scheduler::{Destination, ObjectJob, ObjectSpec, PoolSource, Scheduler, Work};
 
 /// How the engine is tuned; resolved from flags by `cli/`.
 #[derive(Debug, Clone)]
@@ -116,12 +116,24 @@ pub fn hash_prefix(dir: &OwnedFd, temp_name: &str, bytes: u64) -> Option<Resume>
     })
 }
 
-/// Downloads one object of `object_size_bytes` into `file` on
-/// `config.cores` threads (a scheduler with this one large object), skipping
-/// the chunks a `Resume` says are done and telling `on_written` of each chunk
-/// boundary the written prefix crosses. Returns its SHA1, computed in order
-/// from memory; O_DIRECT padding is already cut back.
-#[allow(clippy::too_many_arguments)]
+/// How one object's bytes are requested.
+pub enum Fetch {
+    /// Ranged GETs in parts spread over every core and connection, skipping
+    /// the chunks a `Resume` says are done and telling `on_written` of each
+    /// chunk boundary the written prefix crosses.
+    Ranged {
+        resume: Option<Resume>,
+        on_written: Option<OnWritten>,
+    },
+    /// One GET of the whole object on one connection, for an origin that
+    /// ignores `Range`: a cut-off transfer that gets the whole object again
+    /// starts over from byte 0.
+    Whole,
+}
+
+/// Downloads one object of `object_size_bytes` into `file` (a scheduler
+/// with this one object) and returns its SHA1, computed in order from
+/// memory; O_DIRECT padding is already cut back.
 pub fn download(
     config: &EngineConfig,
     source: &ObjectSource,
@@ -129,15 +141,20 @@ pub fn download(
     file: &OwnedFd,
     direct_io: bool,
     progress: Arc<Progress>,
-    resume: Option<Resume>,
-    on_written: Option<OnWritten>,
+    fetch: Fetch,
 ) -> Result<ObjectOutcome> {
-    let chunks_left = object_size_bytes
-        .saturating_sub(resume.as_ref().map_or(0, |resume| resume.offset_bytes))
-        .div_ceil(config.part_size_bytes);
-    // No thread, ring or pool for a core that would get no chunk.
+    // No thread, ring, pool or connection that would get no work.
     let mut config = config.clone();
-    config.cores = config.cores.max(1).min(chunks_left.max(1) as usize);
+    let parts_left = match &fetch {
+        Fetch::Ranged { resume, .. } => object_size_bytes
+            .saturating_sub(resume.as_ref().map_or(0, |resume| resume.offset_bytes))
+            .div_ceil(config.part_size_bytes),
+        Fetch::Whole => {
+            config.connections_per_core = 1;
+            1
+        }
+    };
+    config.cores = config.cores.max(1).min(parts_left.max(1) as usize);
     let scheduler = Scheduler::start(
         &config,
         PoolSource {
@@ -151,25 +168,36 @@ pub fn download(
         .try_clone()
         .map_err(|error| Error::io("duplicating the destination file descriptor", error))?;
     let (sender, receiver) = std::sync::mpsc::channel();
-    let submitted = scheduler.submit(Work::Large(LargeJob {
-        spec: LargeSpec {
-            object: ObjectSpec {
-                path_and_query: source.path_and_query.clone(),
-                display_name: source.display_name.clone(),
-                expect_file_id: source.expect_file_id.clone(),
-                size_bytes: object_size_bytes,
-                expected_sha1: None,
-                fsync: false,
+    let object = ObjectSpec {
+        path_and_query: source.path_and_query.clone(),
+        display_name: source.display_name.clone(),
+        expect_file_id: source.expect_file_id.clone(),
+        if_match: source.if_match.clone(),
+        size_bytes: object_size_bytes,
+        expected_sha1: None,
+        fsync: false,
+    };
+    let destination = Destination { fd, direct_io };
+    let done: scheduler::Done = Box::new(move |result| {
+        let _ = sender.send(result);
+    });
+    let work = match fetch {
+        Fetch::Ranged { resume, on_written } => Work::Large(LargeJob {
+            spec: LargeSpec {
+                object,
+                destination,
+                on_written,
             },
-            destination: Destination { fd, direct_io },
-            if_match: source.if_match.clone(),
-            on_written,
-        },
-        resume,
-        done: Box::new(move |result| {
-            let _ = sender.send(result);
+            resume,
+            done,
         }),
-    }));
+        Fetch::Whole => Work::Object(ObjectJob {
+            object,
+            destination,
+            done,
+        }),
+    };
+    let submitted = scheduler.submit(work);
     let report = scheduler.finish();
     submitted?;
     let report = report?;

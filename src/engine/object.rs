@@ -1,7 +1,9 @@
-//! One small object on one connection: a single GET (no Range), so its bytes
+//! One object on one connection (a restore's small objects; `get` from an
+//! origin that ignores Range): a single GET (no Range), so its bytes
 //! arrive in order and SHA1 runs on the fly from the pool buffer before each
 //! positional write. A cut-off body resumes with `Range` from the first
-//! missing byte, keeping the running digest; a mismatch downloads it again.
+//! missing byte, keeping the running digest (or starts over from byte 0 if
+//! the origin answers with the whole object); a mismatch downloads it again.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -25,6 +27,31 @@ struct Received {
     hasher: Sha1,
 }
 
+impl Received {
+    fn new() -> Received {
+        Received {
+            bytes: 0,
+            hasher: Sha1::new(),
+        }
+    }
+
+    /// Forgets every byte so far (they will come again), in the progress
+    /// counters too.
+    fn start_over(&mut self, core: &Core) {
+        core.shared
+            .progress
+            .bytes_done
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+        *self = Received::new();
+    }
+}
+
+/// A 200 with the object's full length: the whole object, whatever Range
+/// asked for.
+fn is_whole_object(head: &ResponseHead, size_bytes: u64) -> bool {
+    head.status == 200 && !head.chunked && head.content_length == Some(size_bytes)
+}
+
 pub(super) async fn download_object(
     core: &Rc<Core>,
     connection: &mut Option<Connection>,
@@ -32,10 +59,7 @@ pub(super) async fn download_object(
     destination: Destination,
 ) -> (std::result::Result<[u8; 20], ObjectError>, u32) {
     let file = File::new(destination.fd, destination.direct_io);
-    let mut received = Received {
-        bytes: 0,
-        hasher: Sha1::new(),
-    };
+    let mut received = Received::new();
     let mut retries = Retries::new();
     let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
     let result = loop {
@@ -52,10 +76,7 @@ pub(super) async fn download_object(
                 if mismatch && redownloads_left > 0 {
                     // The same offsets are written again; the size is unchanged.
                     redownloads_left -= 1;
-                    received = Received {
-                        bytes: 0,
-                        hasher: Sha1::new(),
-                    };
+                    received.start_over(core);
                     core.count_retry();
                     continue;
                 }
@@ -112,12 +133,26 @@ async fn attempt_object(
     file: &File,
     received: &mut Received,
 ) -> std::result::Result<(), Failure> {
-    let first_byte = received.bytes;
+    let mut first_byte = received.bytes;
     let last_byte = job.size_bytes - 1;
     // The first request needs no Range: the whole object on one connection.
     let range = (first_byte > 0).then_some((first_byte, last_byte));
-    let head = get_head(core, connection, &job.path_and_query, range, None).await?;
+    let head = get_head(
+        core,
+        connection,
+        &job.path_and_query,
+        range,
+        job.if_match.as_deref(),
+    )
+    .await?;
     let conn = connection.as_mut().expect("connected");
+    if first_byte > 0 && is_whole_object(&head, job.size_bytes) {
+        // The origin ignored Range and sends the whole object (some do for
+        // every request, others now and then): rather than fail the attempt,
+        // start over from byte 0, writing the same offsets again.
+        received.start_over(core);
+        first_byte = 0;
+    }
     check_head(conn, &head, job, first_byte, last_byte).await?;
     let mut body_left = job.size_bytes - first_byte;
     while body_left > 0 {

@@ -61,6 +61,8 @@ pub struct ObjectSpec {
     /// B2: every response must carry this `x-bz-file-id` (no splicing of a
     /// newer upload under the same name).
     pub expect_file_id: Option<String>,
+    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
+    pub if_match: Option<String>,
     pub size_bytes: u64,
     /// The published digest: a mismatch downloads the object again
     /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before `done` hears of it.

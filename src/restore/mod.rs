@@ -843,6 +843,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         path_and_query: download_path(base, &task.entry),
         display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
         expect_file_id: task.entry.file_id.clone(),
+        if_match: None,
         size_bytes,
         expected_sha1: match task.entry.expected {
             ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
@@ -875,7 +876,6 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             spec: LargeSpec {
                 object,
                 destination,
-                if_match: None,
                 on_written: Some(on_written),
             },
             resume,
