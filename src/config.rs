@@ -111,6 +111,9 @@ pub const DIRECT_IO_MIN_OBJECT_BYTES: u64 = 1 << 20;
 pub const PREALLOCATE_MIN_BYTES: u64 = 1 << 20;
 /// Attempts of one control-plane call (authorize, HEAD, list page).
 pub const API_ATTEMPTS: u32 = 5;
+/// Redirects a plain URL's probe follows before giving up (curl's `-L`
+/// default is 50; browsers stop at 20; a loop is caught long before either).
+pub const URL_REDIRECTS_MAX: u32 = 10;
 /// Error bodies (B2 JSON) we read to learn the error code.
 pub const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
 

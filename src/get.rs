@@ -19,6 +19,7 @@ use crate::client::url::Url;
 use crate::client::{conn::Origin, exchange, resolve};
 use crate::config::{
     DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH,
+    URL_REDIRECTS_MAX,
 };
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
 use crate::error::{Error, Result};
@@ -218,6 +219,8 @@ struct ObjectMeta {
     source: ObjectSource,
     /// The origin answers `Range` (B2 does; a plain URL told us in its probe).
     ranges: bool,
+    /// What the summary should mention (redirects followed).
+    notices: Vec<String>,
 }
 
 /// The library entry point: `Download::new(source, dest, options).run()`.
@@ -306,7 +309,7 @@ impl Download {
         let mut attempts_left = 1 + OBJECT_REDOWNLOADS_ON_MISMATCH;
         let mut stages = StageHistograms::new();
         let mut retries = 0;
-        let mut notices = Vec::new();
+        let mut notices = meta.notices.clone();
         // A partial file and a journal beside DEST, named from DEST and the
         // object's identity: the same command after a crash finds them.
         // An origin that ignores Range cannot continue a transfer: the whole
@@ -600,25 +603,55 @@ impl Download {
                     mtime_ms,
                     source,
                     ranges: true,
+                    notices: Vec::new(),
                 })
             }
             Source::Url(text) => {
-                let url = Url::parse(text).map_err(Error::Usage)?;
-                let origin = resolve(&url)?;
+                let mut url = Url::parse(text).map_err(Error::Usage)?;
                 let display_name = url.display_without_query();
-                let mut request = Vec::new();
-                http::write_get_request(
-                    &mut request,
-                    "GET",
-                    &origin.host_header(),
-                    &url.path_and_query,
-                    Some((0, 0)),
-                    &[],
-                )
-                .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
-                let tls_opt = origin.tls.then_some(&tls);
-                // A 1-byte range tells size, ETag and range support in one round trip.
-                let reply = probe_url(&origin, tls_opt, timeout, &request, &display_name).await?;
+                let mut notices = Vec::new();
+                let mut redirects = 0;
+                let (origin, reply) = loop {
+                    let origin = resolve(&url)?;
+                    let mut request = Vec::new();
+                    http::write_get_request(
+                        &mut request,
+                        "GET",
+                        &origin.host_header(),
+                        &url.path_and_query,
+                        Some((0, 0)),
+                        &[],
+                    )
+                    .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
+                    let tls_opt = origin.tls.then_some(&tls);
+                    // A 1-byte range tells size, ETag and range support in one round trip.
+                    let reply =
+                        probe_url(&origin, tls_opt, timeout, &request, &display_name).await?;
+                    if !matches!(reply.head.status, 301 | 302 | 303 | 307 | 308) {
+                        break (origin, reply);
+                    }
+                    let context = format!("GET {display_name}");
+                    if redirects == URL_REDIRECTS_MAX {
+                        return Err(Error::http(
+                            context,
+                            format!("more than {URL_REDIRECTS_MAX} redirects (a loop?)"),
+                        ));
+                    }
+                    let location = reply.head.header("location").unwrap_or("");
+                    url = url.redirect_to(location).map_err(|why| {
+                        Error::http(
+                            &context,
+                            format!("HTTP {}: cannot follow it: {why}", reply.head.status),
+                        )
+                    })?;
+                    redirects += 1;
+                };
+                if redirects > 0 {
+                    notices.push(format!(
+                        "followed {redirects} redirect(s) to {}",
+                        url.display_without_query()
+                    ));
+                }
                 let head = &reply.head;
                 let size_bytes = match head.status {
                     206 => head
@@ -684,6 +717,7 @@ impl Download {
                     mtime_ms: None,
                     source,
                     ranges: head.status != 200,
+                    notices,
                 })
             }
         }

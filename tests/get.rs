@@ -366,6 +366,76 @@ fn an_origin_that_ignores_range_gets_one_whole_get_and_restarts_after_a_reset() 
     assert_no_temp(fixture.out.path());
 }
 
+/// A plain-HTTP server on 127.0.0.1 that answers every request with a 302
+/// to `route(path)` (or a 404 when it gives `None`). Runs until the test
+/// process exits.
+fn redirector(route: impl Fn(&str) -> Option<String> + Send + 'static) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
+            let reply = match route(&path) {
+                Some(location) => format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string(),
+            };
+            let _ = reader.get_mut().write_all(reply.as_bytes());
+        }
+    });
+    format!("http://{address}")
+}
+
+/// `get URL` follows redirects (relative and absolute, here from plain http
+/// up to https) to the object, names DEST from the URL given, and stops a
+/// loop with a clear error and nothing left behind.
+#[test]
+fn redirects_are_followed_and_loops_stopped() {
+    let size = 3 * PART + 5;
+    let fixture = Fixture::new(&[("r.bin", size)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let target = format!("{}/file/bkt/r.bin?Authorization={token}", served.realm);
+    let base = redirector(move |path| match path {
+        "/start/here.bin" => Some("../hop/two?x=1".to_string()),
+        "/hop/two?x=1" => Some(target.clone()),
+        "/loop" => Some("/loop".to_string()),
+        _ => None,
+    });
+    let url = format!("{base}/start/here.bin");
+    let out = fixture.out.path().to_str().unwrap().to_string();
+    let mut args = vec![url.as_str(), &out];
+    args.extend_from_slice(SMALL_TUNING);
+    let output = ringdown(&served, &args);
+    assert_ok(&output);
+    assert_same(&fixture.out.path().join("here.bin"), "r.bin", size);
+    let text = stderr(&output);
+    assert!(text.contains("followed 2 redirect(s)"), "{text}");
+    assert!(!text.contains(&token), "token leaked: {text}");
+
+    let url = format!("{base}/loop");
+    let dest = fixture.dest_str("loop.bin");
+    let output = ringdown(&served, &[url.as_str(), &dest]);
+    assert_exit(&output, 1, "more than 10 redirects");
+    let url = format!("{base}/nowhere");
+    let output = ringdown(&served, &[url.as_str(), &dest]);
+    assert_exit(&output, 1, "HTTP 404");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 #[test]
 fn every_fault_flag_is_survived() {
     let size = 40 * PART + 123;

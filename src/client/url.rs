@@ -74,6 +74,77 @@ impl Url {
         })
     }
 
+    /// Where a redirect's `Location` points, seen from this URL (RFC 3986
+    /// §5.2: absolute, scheme-relative, absolute-path or relative reference;
+    /// dot segments removed, any fragment dropped). Refuses a redirect from
+    /// https to plain http: the bytes would travel unauthenticated.
+    pub fn redirect_to(&self, location: &str) -> Result<Url, String> {
+        let location = location.trim();
+        let location = location.split('#').next().unwrap_or("");
+        if location.is_empty() {
+            return Err("a redirect without a Location".into());
+        }
+        if let Some((maybe_scheme, _)) = location.split_once(':') {
+            let is_scheme = maybe_scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && maybe_scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            let lowered = maybe_scheme.to_ascii_lowercase();
+            if is_scheme && lowered != "http" && lowered != "https" {
+                return Err(format!("a redirect to a {maybe_scheme}: URL"));
+            }
+        }
+        let scheme = if self.tls { "https" } else { "http" };
+        let lowered = location.get(..8).unwrap_or(location).to_ascii_lowercase();
+        let target = if lowered.starts_with("http://") || lowered.starts_with("https://") {
+            let (given, rest) = location.split_once("://").expect("checked above");
+            Url::parse(&format!("{}://{rest}", given.to_ascii_lowercase()))?
+        } else if let Some(rest) = location.strip_prefix("//") {
+            Url::parse(&format!("{scheme}://{rest}"))?
+        } else {
+            let (path, query) = match location.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (location, None),
+            };
+            let base_path = self.path_and_query.split('?').next().unwrap_or("/");
+            let merged = if path.starts_with('/') {
+                path.to_string()
+            } else if path.is_empty() {
+                base_path.to_string()
+            } else {
+                let directory = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
+                format!("{directory}{path}")
+            };
+            let mut path_and_query = remove_dot_segments(&merged);
+            if let Some(query) = query {
+                path_and_query.push('?');
+                path_and_query.push_str(query);
+            }
+            Url::parse(&format!("{}{path_and_query}", self.origin_text()))?
+        };
+        if self.tls && !target.tls {
+            return Err(format!(
+                "refusing a redirect from https to plain http ({})",
+                target.display_without_query()
+            ));
+        }
+        Ok(target)
+    }
+
+    /// `scheme://host[:port]`, as `parse` reads it back.
+    fn origin_text(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "{}://{host}:{}",
+            if self.tls { "https" } else { "http" },
+            self.port
+        )
+    }
+
     /// The URL as shown in messages: without the query (it may hold a token).
     pub fn display_without_query(&self) -> String {
         let path = self.path_and_query.split('?').next().unwrap_or("/");
@@ -100,6 +171,31 @@ impl Url {
         let last = path.rsplit('/').next().filter(|s| !s.is_empty())?;
         Some(percent_decode_lossy(last))
     }
+}
+
+/// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments resolved, never
+/// above the root.
+fn remove_dot_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (index, segment) in segments.iter().enumerate() {
+        let last = index + 1 == segments.len();
+        match *segment {
+            "." => {
+                if last {
+                    kept.push("");
+                }
+            }
+            ".." => {
+                kept.pop();
+                if last {
+                    kept.push("");
+                }
+            }
+            other => kept.push(other),
+        }
+    }
+    format!("/{}", kept.join("/"))
 }
 
 fn percent_decode_lossy(text: &str) -> String {
@@ -134,6 +230,44 @@ mod tests {
         assert_eq!((url.port, url.path_and_query.as_str()), (80, "/"));
         let url = Url::parse("https://[::1]:9000/x").unwrap();
         assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
+    }
+
+    #[test]
+    fn redirects_resolve_as_rfc_3986_says() {
+        let base = Url::parse("http://a.example/b/c/d;p?q=secret").unwrap();
+        let to = |location: &str| {
+            base.redirect_to(location)
+                .map(|url| format!("{}{}", url.origin_text(), url.path_and_query))
+        };
+        // RFC 3986 §5.4.1, the cases a Location can carry.
+        assert_eq!(to("g").unwrap(), "http://a.example:80/b/c/g");
+        assert_eq!(to("./g").unwrap(), "http://a.example:80/b/c/g");
+        assert_eq!(to("g/").unwrap(), "http://a.example:80/b/c/g/");
+        assert_eq!(to("/g").unwrap(), "http://a.example:80/g");
+        assert_eq!(to("//g").unwrap(), "http://g:80/");
+        assert_eq!(to("?y").unwrap(), "http://a.example:80/b/c/d;p?y");
+        assert_eq!(to("g?y").unwrap(), "http://a.example:80/b/c/g?y");
+        assert_eq!(to("g#s").unwrap(), "http://a.example:80/b/c/g");
+        assert_eq!(to(".").unwrap(), "http://a.example:80/b/c/");
+        assert_eq!(to("..").unwrap(), "http://a.example:80/b/");
+        assert_eq!(to("../g").unwrap(), "http://a.example:80/b/g");
+        assert_eq!(to("../../g").unwrap(), "http://a.example:80/g");
+        assert_eq!(to("../../../../g").unwrap(), "http://a.example:80/g");
+        assert_eq!(to("/./g/../h").unwrap(), "http://a.example:80/h");
+        assert_eq!(
+            to("HTTPS://cdn.example:8443/x?sig=1").unwrap(),
+            "https://cdn.example:8443/x?sig=1"
+        );
+        // Upgrades are fine, downgrades and junk are not.
+        let secure = Url::parse("https://[::1]:9000/a/b").unwrap();
+        assert_eq!(secure.redirect_to("c").unwrap().path_and_query, "/a/c");
+        assert_eq!(secure.redirect_to("c").unwrap().host, "::1");
+        let downgrade = secure.redirect_to("http://x/y").unwrap_err();
+        assert!(downgrade.contains("https to plain http"), "{downgrade}");
+        assert!(base.redirect_to("").is_err());
+        assert!(base.redirect_to("ftp://x/y").is_err());
+        assert!(base.redirect_to("/a b").is_err());
+        assert!(base.redirect_to("https://user:pw@x/").is_err());
     }
 
     #[test]
