@@ -111,6 +111,12 @@ pub const DIRECT_IO_MIN_OBJECT_BYTES: u64 = 1 << 20;
 pub const PREALLOCATE_MIN_BYTES: u64 = 1 << 20;
 /// Attempts of one control-plane call (authorize, HEAD, list page).
 pub const API_ATTEMPTS: u32 = 5;
+/// Addresses of one host name kept from DNS, tried in order when a connect
+/// fails (a host whose IPv6 route is broken still reaches the IPv4 ones).
+pub const ORIGIN_ADDRESSES_MAX: usize = 8;
+/// How long a connect may take before the next address of the host is
+/// tried; the last address gets the whole `--timeout-s`.
+pub const CONNECT_NEXT_ADDRESS_AFTER_MS: u64 = 3_000;
 /// Redirects a plain URL's probe follows before giving up (curl's `-L`
 /// default is 50; browsers stop at 20; a loop is caught long before either).
 pub const URL_REDIRECTS_MAX: u32 = 10;

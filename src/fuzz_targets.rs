@@ -169,3 +169,38 @@ fn restore_paths(name: &str) {
         assert!(segments.first() != Some(&STATE_DIR_NAME));
     }
 }
+
+/// URL parsing and redirect resolution as `get` does it: the first line is
+/// the URL given, the second a `Location`. Whatever parses re-parses to
+/// itself; a redirect target is a clean absolute path (no dot segments) on
+/// an http(s) origin and never a downgrade from https.
+pub fn urls(data: &[u8]) {
+    use crate::client::url::Url;
+    let text = String::from_utf8_lossy(data);
+    let (given, location) = text.split_once('\n').unwrap_or((&text, ""));
+    let Ok(base) = Url::parse(given) else {
+        return;
+    };
+    let reparsed = Url::parse(&format!("{}{}", base.origin_text(), base.path_and_query));
+    assert_eq!(reparsed.as_ref(), Ok(&base));
+    let _ = base.base_name();
+    let _ = base.display_without_query();
+    if let Ok(target) = base.redirect_to(location) {
+        assert!(target.path_and_query.starts_with('/'));
+        assert!(!target.host.is_empty());
+        assert!(target.tls || !base.tls, "a downgrade from https");
+        let path = target.path_and_query.split('?').next().unwrap_or("");
+        assert!(
+            !path
+                .split('/')
+                .any(|segment| segment == "." || segment == ".."),
+            "dot segments left in {path:?}"
+        );
+        let again = Url::parse(&format!(
+            "{}{}",
+            target.origin_text(),
+            target.path_and_query
+        ));
+        assert_eq!(again.as_ref(), Ok(&target));
+    }
+}

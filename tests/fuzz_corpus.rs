@@ -53,6 +53,11 @@ fn names_corpus() {
     replay("names", ringdown::fuzz_targets::names);
 }
 
+#[test]
+fn urls_corpus() {
+    replay("urls", ringdown::fuzz_targets::urls);
+}
+
 /// Stable stand-in for the fuzzer when nightly is unavailable: random
 /// mutations (byte flips, truncation, splices) of the corpus files.
 mod mutations {
@@ -143,12 +148,18 @@ mod mutations {
         }
 
         #[test]
+        fn urls(pick in any::<usize>(), edits in prop::collection::vec(any::<(usize, u8, u8)>(), 0..8), cut in any::<usize>()) {
+            check("urls", ringdown::fuzz_targets::urls, pick, &edits, cut);
+        }
+
+        #[test]
         fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {
             ringdown::fuzz_targets::http_head(&data);
             ringdown::fuzz_targets::content_range(&data);
             ringdown::fuzz_targets::b2_json(&data);
             ringdown::fuzz_targets::names(&data);
             ringdown::fuzz_targets::chunked(&data);
+            ringdown::fuzz_targets::urls(&data);
         }
     }
 }

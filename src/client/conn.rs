@@ -6,9 +6,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{API_BODY_MIN_BYTES_PER_S, HTTP_HEAD_MAX_BYTES};
+use crate::config::{API_BODY_MIN_BYTES_PER_S, CONNECT_NEXT_ADDRESS_AFTER_MS, HTTP_HEAD_MAX_BYTES};
 use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
 use crate::stats::Stage;
 use crate::tls::{self, TlsStream};
@@ -20,10 +21,65 @@ pub struct Origin {
     pub tls: bool,
     pub host: String,
     pub port: u16,
-    pub addr: SocketAddr,
+    /// Every address the name resolved to (at most `ORIGIN_ADDRESSES_MAX`),
+    /// in resolver order; never empty.
+    pub addrs: Arc<[SocketAddr]>,
+    /// Index into `addrs` of the address the last connect reached: later
+    /// connections (clones share it) try that one first.
+    preferred: Arc<AtomicUsize>,
 }
 
 impl Origin {
+    pub fn new(tls: bool, host: String, port: u16, addrs: Vec<SocketAddr>) -> Origin {
+        assert!(!addrs.is_empty(), "an origin needs an address");
+        Origin {
+            tls,
+            host,
+            port,
+            addrs: addrs.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Connects to the first address that answers, starting with the one
+    /// that answered last. All but the last address tried get at most
+    /// `CONNECT_NEXT_ADDRESS_AFTER_MS`.
+    async fn connect(&self, timeout: Duration) -> io::Result<TcpStream> {
+        let count = self.addrs.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count;
+        let mut first_error = None;
+        for step in 0..count {
+            let index = (first + step) % count;
+            let last = step + 1 == count;
+            let limit = if last {
+                timeout
+            } else {
+                timeout.min(Duration::from_millis(CONNECT_NEXT_ADDRESS_AFTER_MS))
+            };
+            match TcpStream::connect(self.addrs[index], limit).await {
+                Ok(stream) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(stream);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        let error = first_error.expect("at least one address");
+        if count == 1 {
+            return Err(error);
+        }
+        Err(io::Error::new(
+            error.kind(),
+            format!(
+                "{error} (and on the other {} addresses of {})",
+                count - 1,
+                self.host
+            ),
+        ))
+    }
+
     /// The `Host` header value.
     pub fn host_header(&self) -> String {
         let default_port = if self.tls { 443 } else { 80 };
@@ -88,7 +144,8 @@ impl Connection {
         record: &impl Fn(Stage, Duration),
     ) -> Result<Connection, ConnError> {
         let started = Instant::now();
-        let tcp = TcpStream::connect(origin.addr, timeout)
+        let tcp = origin
+            .connect(timeout)
             .await
             .map_err(ConnError::Transport)?;
         record(Stage::Connect, started.elapsed());
@@ -377,5 +434,57 @@ impl BodyPace {
                 elapsed.as_secs_f64()
             ),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Origin;
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    /// A loopback port nothing listens on (bound, then released).
+    fn refusing_address() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_refused_address_falls_through_to_the_next_which_is_then_preferred() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = listener.local_addr().unwrap();
+        let dead = refusing_address();
+        let origin = Origin::new(false, "example.test".into(), live.port(), vec![dead, live]);
+        let runtime = crate::uring::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let first = origin.connect(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(origin.preferred.load(Ordering::Relaxed), 1);
+            // A clone (another core's copy) starts at the address that answered.
+            let clone = origin.clone();
+            let second = clone.connect(Duration::from_secs(5)).await.unwrap();
+            drop((first, second));
+            let nowhere = Origin::new(
+                false,
+                "nowhere.test".into(),
+                1,
+                vec![refusing_address(), refusing_address()],
+            );
+            let Err(error) = nowhere.connect(Duration::from_secs(5)).await else {
+                panic!("connected to a refusing address");
+            };
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+            assert!(
+                error
+                    .to_string()
+                    .contains("other 1 addresses of nowhere.test"),
+                "{error}"
+            );
+        });
+        listener.set_nonblocking(true).unwrap();
+        let accepted = std::iter::from_fn(|| listener.accept().ok()).count();
+        assert_eq!(accepted, 2, "both connects reached the live address");
     }
 }

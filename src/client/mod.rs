@@ -13,19 +13,22 @@ use crate::error::Error;
 use crate::http::ResponseHead;
 use conn::{ConnError, Connection, Origin};
 
-/// Resolves a URL's host once (DNS stays off the hot path).
+/// Resolves a URL's host once (DNS stays off the hot path), keeping up to
+/// `ORIGIN_ADDRESSES_MAX` addresses to fall back on.
 pub fn resolve(url: &url::Url) -> Result<Origin, Error> {
-    let addr = (url.host.as_str(), url.port)
+    let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
+    let resolved = (url.host.as_str(), url.port)
         .to_socket_addrs()
-        .map_err(|error| Error::Usage(format!("cannot resolve {}: {error}", url.host)))?
-        .next()
-        .ok_or_else(|| Error::Usage(format!("{} resolves to no address", url.host)))?;
-    Ok(Origin {
-        tls: url.tls,
-        host: url.host.clone(),
-        port: url.port,
-        addr,
-    })
+        .map_err(|error| Error::Usage(format!("cannot resolve {}: {error}", url.host)))?;
+    for addr in resolved {
+        if !addrs.contains(&addr) && addrs.len() < crate::config::ORIGIN_ADDRESSES_MAX {
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(Error::Usage(format!("{} resolves to no address", url.host)));
+    }
+    Ok(Origin::new(url.tls, url.host.clone(), url.port, addrs))
 }
 
 /// One control-plane exchange on a fresh connection: API calls and probes are

@@ -56,6 +56,21 @@ impl Url {
         if host.is_empty() {
             return Err(bad("no host"));
         }
+        let bracketed = authority.starts_with('[');
+        let host_ok = if bracketed {
+            host.contains(':')
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        } else {
+            host.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        };
+        if !host_ok {
+            return Err(bad(
+                "the host is neither a name, an IPv4 address nor a bracketed IPv6 address",
+            ));
+        }
         if tail.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(bad("spaces or control characters; percent-encode them"));
         }
@@ -131,8 +146,8 @@ impl Url {
         Ok(target)
     }
 
-    /// `scheme://host[:port]`, as `parse` reads it back.
-    fn origin_text(&self) -> String {
+    /// `scheme://host:port`, as `parse` reads it back.
+    pub(crate) fn origin_text(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -278,5 +293,10 @@ mod tests {
         assert!(Url::parse("https://:80/").is_err());
         assert!(Url::parse("https://x/a b").is_err());
         assert!(Url::parse("https://x:99999/").is_err());
+        assert!(Url::parse("https://c[::1]:9000/").is_err());
+        assert!(Url::parse("https://a:b:80/").is_err());
+        assert!(Url::parse("https://[host]/").is_err());
+        assert!(Url::parse("https://ex%41mple.com/").is_err());
+        assert!(Url::parse("https://my_host.internal-1:8080/").is_ok());
     }
 }
