@@ -109,8 +109,12 @@ pub const DIRECT_IO_MIN_OBJECT_BYTES: u64 = 1 << 20;
 /// still stops the run with the file named when that write fails. Skipping
 /// it took ~4% of the CPU out of a 2,000 × 64 KiB restore (perf).
 pub const PREALLOCATE_MIN_BYTES: u64 = 1 << 20;
-/// Attempts of one control-plane call (authorize, HEAD, list page).
+/// Attempts of a control-plane call that starts a run (authorize, bucket
+/// lookup, probe, first listing page): a wrong realm fails in seconds. Later
+/// listing pages retry as downloads do (`--max-attempts`, `--retry-*-ms`).
 pub const API_ATTEMPTS: u32 = 5;
+/// Longest wait between two of those attempts.
+pub const API_RETRY_MAX_MS: u64 = 5_000;
 /// Addresses of one host name kept from DNS, tried in order when a connect
 /// fails (a host whose IPv6 route is broken still reaches the IPv4 ones).
 pub const ORIGIN_ADDRESSES_MAX: usize = 8;

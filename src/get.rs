@@ -16,7 +16,7 @@ use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
 use crate::b2::ExpectedSha1;
 use crate::client::b2_api::{Authorizer, describe_error};
 use crate::client::url::Url;
-use crate::client::{conn::Origin, exchange, resolve};
+use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
 use crate::config::{
     DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH,
     URL_REDIRECTS_MAX,
@@ -538,11 +538,19 @@ impl Download {
                 )
                 .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
                 let tls_opt = origin.tls.then_some(&tls);
-                let reply = exchange(&origin, tls_opt, timeout, &request, true, 0)
-                    .await
-                    .map_err(|error| {
-                        crate::client::in_context(error, &format!("HEAD {display_name}"))
-                    })?;
+                let reply = exchange(
+                    &origin,
+                    tls_opt,
+                    timeout,
+                    &request,
+                    true,
+                    0,
+                    ApiRetry::STARTUP,
+                )
+                .await
+                .map_err(|error| {
+                    crate::client::in_context(error, &format!("HEAD {display_name}"))
+                })?;
                 match reply.head.status {
                     200 => {}
                     401 | 403 => {
@@ -733,7 +741,7 @@ async fn probe_url(
     request: &[u8],
     display_name: &str,
 ) -> Result<crate::client::Exchange> {
-    let reply = exchange(origin, tls, timeout, request, true, 0).await;
+    let reply = exchange(origin, tls, timeout, request, true, 0, ApiRetry::STARTUP).await;
     reply.map_err(|error| match error {
         Error::Http { detail, .. } => Error::http(format!("GET {display_name}"), detail),
         other => other,

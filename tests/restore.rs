@@ -141,6 +141,11 @@ fn report_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every request `serve_logged` recorded, in order.
+fn access_records(data: &Path) -> Vec<serde_json::Value> {
+    report_lines(&data.join("access.jsonl"))
+}
+
 /// Names the server sent a download body for, with counts (from --access-log).
 fn downloads(data: &Path) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -1078,6 +1083,62 @@ fn listing_streams_across_pages() {
     assert!(
         names.windows(2).all(|pair| pair[0] < pair[1]),
         "sorted, no repeats"
+    );
+    assert!(!dir.exists());
+}
+
+/// Listing pages after the first are fetched all through a run, so they
+/// retry as downloads do (`--max-attempts`), not with the five attempts of
+/// the calls that start a run. With seed 14 one page is refused (HTTP 500)
+/// eight times in a row and listed on the ninth attempt; `--max-attempts 5`
+/// ends the run there with an error naming the call.
+#[test]
+fn listing_pages_mid_run_retry_as_patiently_as_downloads() {
+    let data = tempfile::tempdir().unwrap();
+    let count = 1_200; // pages of 100, 1,000 and 100 names
+    for i in 0..count {
+        let directory = data.path().join(format!("bkt/p{}", i % 4));
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join(format!("{i:05}")), b"").unwrap();
+    }
+    let served = serve_logged(data.path(), &["--status-rate", "500:0.6", "--seed", "14"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("never");
+    let output = restore(&served, &["b2://bkt", "--dry-run"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).lines().count(),
+        count
+    );
+    // Pages are fetched one after another: a run of refused listing calls
+    // is one page's attempts.
+    let mut longest = 0;
+    let mut run = 0;
+    for record in access_records(data.path()) {
+        if record["path"]
+            .as_str()
+            .is_some_and(|path| path.ends_with("b2_list_file_names"))
+        {
+            run = if record["status"] == 200 { 0 } else { run + 1 };
+            longest = longest.max(run);
+        }
+    }
+    assert!(
+        longest >= 5,
+        "seed 14 no longer refuses one page five times in a row ({longest}); pick another seed"
+    );
+    std::fs::remove_file(data.path().join("access.jsonl")).unwrap();
+    let served = serve_logged(data.path(), &["--status-rate", "500:0.6", "--seed", "14"]);
+    let output = restore(
+        &served,
+        &["b2://bkt", "--dry-run", "--max-attempts", "5"],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("b2_list_file_names"),
+        "{}",
+        stderr(&output)
     );
     assert!(!dir.exists());
 }

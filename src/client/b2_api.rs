@@ -126,6 +126,7 @@ impl Authorizer {
             &request,
             false,
             API_BODY_MAX_BYTES,
+            super::ApiRetry::STARTUP,
         )
         .await
         .map_err(|error| super::in_context(error, "b2_authorize_account"))?;

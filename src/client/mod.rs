@@ -38,8 +38,36 @@ pub struct Exchange {
     pub body: Vec<u8>,
 }
 
+/// How a control-plane call retries transport failures and 408/429/5xx:
+/// exponential backoff from `base_ms` up to `max_ms`, `Retry-After` honoured
+/// (capped at `RETRY_AFTER_MAX_S`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiRetry {
+    pub attempts: u32,
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl ApiRetry {
+    /// Calls that start a run (see `API_ATTEMPTS`).
+    pub const STARTUP: ApiRetry = ApiRetry {
+        attempts: crate::config::API_ATTEMPTS,
+        base_ms: crate::config::RETRY_BASE_MS_DEFAULT,
+        max_ms: crate::config::API_RETRY_MAX_MS,
+    };
+
+    /// The wait after failed attempt `attempt` (1-based), before any
+    /// `Retry-After`.
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u64::MAX);
+        self.base_ms.saturating_mul(factor).min(self.max_ms)
+    }
+}
+
 /// Sends `request` and reads the response (no body for HEAD), retrying
-/// transport failures and 408/429/5xx a few times with backoff.
+/// transport failures and 408/429/5xx as `retry` says.
 pub async fn exchange(
     origin: &Origin,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -47,11 +75,12 @@ pub async fn exchange(
     request: &[u8],
     is_head: bool,
     body_limit_bytes: usize,
+    retry: ApiRetry,
 ) -> Result<Exchange, Error> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let last_attempt = attempt >= crate::config::API_ATTEMPTS;
+        let last_attempt = attempt >= retry.attempts.max(1);
         let retry_after_s =
             match exchange_once(origin, tls, timeout, request, is_head, body_limit_bytes).await {
                 Ok(exchange)
@@ -70,9 +99,9 @@ pub async fn exchange(
                 }
                 Err(_) => None,
             };
-        let backoff_ms = (crate::config::RETRY_BASE_MS_DEFAULT << (attempt - 1)).min(5_000);
         let retry_after_ms = retry_after_s.map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000);
-        let delay = Duration::from_millis(retry_after_ms.unwrap_or(0).max(backoff_ms));
+        let delay =
+            Duration::from_millis(retry_after_ms.unwrap_or(0).max(retry.backoff_ms(attempt)));
         let interrupted = crate::runtime::interrupted;
         if !crate::runtime::sleep_unless(delay, || interrupted().is_some()).await {
             let signal = interrupted().unwrap_or(0);
@@ -111,4 +140,27 @@ async fn exchange_once(
     };
     connection.shutdown();
     Ok(Exchange { head, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiRetry;
+
+    #[test]
+    fn api_backoff_doubles_up_to_its_cap_and_never_overflows() {
+        let retry = ApiRetry {
+            attempts: 200,
+            base_ms: 250,
+            max_ms: 30_000,
+        };
+        let waits: Vec<u64> = (1..=9).map(|attempt| retry.backoff_ms(attempt)).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]
+        );
+        assert_eq!(retry.backoff_ms(64), 30_000);
+        assert_eq!(retry.backoff_ms(200), 30_000);
+        assert_eq!(ApiRetry::STARTUP.backoff_ms(4), 2_000);
+        assert_eq!(ApiRetry::STARTUP.backoff_ms(5), 4_000);
+    }
 }

@@ -27,7 +27,7 @@ use serde_json::json;
 use crate::b2::ExpectedSha1;
 use crate::client::b2_api::{Authorizer, Credentials, describe_error};
 use crate::client::url::Url;
-use crate::client::{exchange, resolve};
+use crate::client::{ApiRetry, exchange, resolve};
 use crate::config::{API_BODY_MAX_BYTES, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN};
 use crate::engine::large::{LargeJob, LargeSpec};
 use crate::engine::scheduler::{
@@ -392,9 +392,14 @@ impl Restore {
             let auth = Arc::clone(&auth);
             let prefix = options.folder_prefix.clone();
             let timeout = options.engine.timeout;
+            let mid_run = ApiRetry {
+                attempts: options.engine.max_attempts,
+                base_ms: options.engine.retry_base_ms,
+                max_ms: options.engine.retry_max_ms,
+            };
             std::thread::Builder::new()
                 .name("ringdown-list".into())
-                .spawn(move || list_all(&auth, &bucket_id, &prefix, timeout, list_sender))
+                .spawn(move || list_all(&auth, &bucket_id, &prefix, timeout, mid_run, list_sender))
                 .map_err(|error| Error::io("spawning the listing thread", error))?
         };
 
@@ -541,6 +546,7 @@ async fn bucket_id(
         "b2_list_buckets",
         &serde_json::to_vec(&body).expect("json"),
         timeout,
+        ApiRetry::STARTUP,
     )
     .await?;
     listing::parse_bucket_id(&reply, bucket)
@@ -560,6 +566,7 @@ async fn api_call(
     operation: &str,
     body: &[u8],
     timeout: std::time::Duration,
+    retry: ApiRetry,
 ) -> Result<Vec<u8>> {
     let mut reauthorized = false;
     loop {
@@ -588,6 +595,7 @@ async fn api_call(
             &request,
             false,
             API_BODY_MAX_BYTES,
+            retry,
         )
         .await
         .map_err(|error| crate::client::in_context(error, operation))?;
@@ -619,12 +627,17 @@ async fn api_call(
 }
 
 /// The listing thread: pages of names into the bounded queue. Blocks when
-/// the scheduler is behind; stops when the scheduler hangs up.
+/// the scheduler is behind; stops when the scheduler hangs up. The first
+/// page fails fast, as every call that starts a run does; later pages are
+/// fetched over the whole run (hours, for millions of names) and retry as
+/// patiently as downloads (`mid_run`), so a minute of API trouble does not
+/// end it.
 fn list_all(
     auth: &Authorizer,
     bucket_id: &str,
     prefix: &str,
     timeout: std::time::Duration,
+    mid_run: ApiRetry,
     sender: std::sync::mpsc::SyncSender<Result<ListEntry>>,
 ) {
     let runtime = match uring::Runtime::new() {
@@ -641,7 +654,12 @@ fn list_all(
             let files = listing::next_page_files(page_files);
             page_files = Some(files);
             let body = listing::request_body(bucket_id, prefix, start.as_deref(), files);
-            let page = match api_call(auth, "b2_list_file_names", &body, timeout).await {
+            let retry = if start.is_none() {
+                ApiRetry::STARTUP
+            } else {
+                mid_run
+            };
+            let page = match api_call(auth, "b2_list_file_names", &body, timeout, retry).await {
                 Ok(reply) => listing::parse_page(&reply)
                     .map_err(|why| Error::http("b2_list_file_names", why)),
                 Err(error) => Err(error),
