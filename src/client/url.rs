@@ -137,6 +137,18 @@ impl Url {
             }
             Url::parse(&format!("{}{path_and_query}", self.origin_text()))?
         };
+        // Dot segments go from every path (RFC 3986 §5.2.2), absolute and
+        // network-path references included.
+        let mut target = target;
+        let (path, query) = match target.path_and_query.split_once('?') {
+            Some((path, query)) => (path.to_string(), Some(query.to_string())),
+            None => (target.path_and_query.clone(), None),
+        };
+        target.path_and_query = remove_dot_segments(&path);
+        if let Some(query) = query {
+            target.path_and_query.push('?');
+            target.path_and_query.push_str(&query);
+        }
         if self.tls && !target.tls {
             return Err(format!(
                 "refusing a redirect from https to plain http ({})",
@@ -269,6 +281,11 @@ mod tests {
         assert_eq!(to("../../g").unwrap(), "http://a.example:80/g");
         assert_eq!(to("../../../../g").unwrap(), "http://a.example:80/g");
         assert_eq!(to("/./g/../h").unwrap(), "http://a.example:80/h");
+        assert_eq!(to("//g/../h").unwrap(), "http://g:80/h");
+        assert_eq!(
+            to("http://x/a/./b/../c?d/../e").unwrap(),
+            "http://x:80/a/c?d/../e"
+        );
         assert_eq!(
             to("HTTPS://cdn.example:8443/x?sig=1").unwrap(),
             "https://cdn.example:8443/x?sig=1"
