@@ -436,6 +436,73 @@ fn redirects_are_followed_and_loops_stopped() {
     assert_no_temp(fixture.out.path());
 }
 
+/// `http_proxy`/`https_proxy` from the environment: the origin is reached
+/// through a CONNECT tunnel, its name resolved by the proxy (the client
+/// never looks up `origin.test`); loopback origins and `no_proxy` hosts go
+/// direct; a proxy that refuses the tunnel (407) ends the run at once with
+/// exit 3 and says what to do.
+#[test]
+fn proxies_from_the_environment_tunnel_with_connect() {
+    let size = 4 * PART + 9;
+    let fixture = Fixture::new(&[("x.bin", size)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let port = served.realm.rsplit(':').next().unwrap().to_string();
+    let proxy = common::ConnectProxy::start(None);
+    let get = |url: &str, dest: &str, env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+        command.arg("get").arg(url).arg(dest).args(SMALL_TUNING);
+        for name in ["http_proxy", "https_proxy", "all_proxy", "no_proxy"] {
+            command.env_remove(name).env_remove(name.to_uppercase());
+        }
+        command.envs(env.iter().copied());
+        run_bounded(command)
+    };
+    let through = format!("http://origin.test:{port}/file/bkt/x.bin?Authorization={token}");
+    let dest = fixture.dest_str("x.bin");
+    let output = get(&through, &dest, &[("http_proxy", &proxy.url)]);
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "x.bin", size);
+    let targets = proxy.targets();
+    assert!(
+        targets.len() >= 2,
+        "the probe and the download: {targets:?}"
+    );
+    assert!(
+        targets.iter().all(|t| *t == format!("origin.test:{port}")),
+        "{targets:?}"
+    );
+    assert!(!stderr(&output).contains(&token));
+
+    // Loopback goes direct, proxy or not.
+    let direct = format!("http://127.0.0.1:{port}/file/bkt/x.bin?Authorization={token}");
+    let dest = fixture.dest_str("direct.bin");
+    let output = get(&direct, &dest, &[("http_proxy", &proxy.url)]);
+    assert_ok(&output);
+    assert_eq!(proxy.targets().len(), targets.len(), "loopback was proxied");
+
+    // no_proxy: origin.test is looked up locally, where it does not exist.
+    let dest = fixture.dest_str("bypass.bin");
+    let output = get(
+        &through,
+        &dest,
+        &[("http_proxy", &proxy.url), ("no_proxy", ".test")],
+    );
+    assert_exit(&output, 2, "cannot resolve origin.test");
+    assert_eq!(proxy.targets().len(), targets.len());
+
+    // A refusal is final: one CONNECT, exit 3, and the fix in the message.
+    let refusing = common::ConnectProxy::start(Some(407));
+    let output = get(&through, &dest, &[("http_proxy", &refusing.url)]);
+    assert_exit(&output, 3, "put the credentials in the proxy URL");
+    assert_eq!(refusing.targets().len(), 1, "{:?}", refusing.targets());
+    // An unusable setting is an error, not a silent direct connection.
+    let output = get(&through, &dest, &[("http_proxy", "socks5://127.0.0.1:1")]);
+    assert_exit(&output, 2, "http_proxy");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 #[test]
 fn every_fault_flag_is_survived() {
     let size = 40 * PART + 123;

@@ -14,9 +14,12 @@ Exit codes:
   0    success
   1    some object failed, was refused, or was unverified under --require-verified
   2    usage or configuration error (caught before any network I/O)
-  3    authentication or TLS trust failure
+  3    authentication or TLS trust failure, or a proxy refusing the tunnel (4xx)
   4    io_uring unavailable (seccomp profile, kernel.io_uring_disabled, old kernel)
-  130  interrupted by SIGINT, 143 by SIGTERM";
+  130  interrupted by SIGINT, 143 by SIGTERM
+
+Proxies: https_proxy / http_proxy / all_proxy (http://[user:pass@]host[:port]) and
+no_proxy are honoured through CONNECT tunnels; loopback is never proxied.";
 
 #[derive(Debug, Parser)]
 #[command(name = "ringdown", version, about = "Restore data from Backblaze B2 and HTTP origins onto Linux servers, fast and verified", after_help = EXIT_CODES_HELP)]

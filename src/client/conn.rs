@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::proxy::{Proxy, check_connect_reply};
 use crate::config::{API_BODY_MIN_BYTES_PER_S, CONNECT_NEXT_ADDRESS_AFTER_MS, HTTP_HEAD_MAX_BYTES};
 use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
 use crate::stats::Stage;
@@ -27,6 +28,9 @@ pub struct Origin {
     /// Index into `addrs` of the address the last connect reached: later
     /// connections (clones share it) try that one first.
     preferred: Arc<AtomicUsize>,
+    /// Reached through this proxy's CONNECT tunnel; `addrs` are then the
+    /// proxy's (the origin's name is resolved by the proxy, not here).
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 impl Origin {
@@ -38,6 +42,61 @@ impl Origin {
             port,
             addrs: addrs.into(),
             preferred: Arc::new(AtomicUsize::new(0)),
+            proxy: None,
+        }
+    }
+
+    /// The same origin reached through `proxy`, whose addresses `addrs`
+    /// must then be.
+    pub fn through(mut self, proxy: Proxy) -> Origin {
+        self.proxy = Some(Arc::new(proxy));
+        self
+    }
+
+    /// A TCP stream to the origin: connected directly, or a tunnel opened
+    /// by the proxy.
+    async fn open_stream(&self, timeout: Duration) -> Result<TcpStream, ConnError> {
+        let tcp = self.connect(timeout).await.map_err(ConnError::Transport)?;
+        let Some(proxy) = &self.proxy else {
+            return Ok(tcp);
+        };
+        let request = proxy.connect_request(&self.host, self.port);
+        let (sent, _) = tcp.send_all(request, timeout).await;
+        sent.map_err(ConnError::Transport)?;
+        let mut received = Vec::with_capacity(1024);
+        loop {
+            let (result, buffer) = tcp.recv_append(received, timeout).await;
+            received = buffer;
+            match result {
+                Ok(0) => {
+                    return Err(ConnError::Transport(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "proxy {} closed the connection before answering CONNECT",
+                            proxy.display()
+                        ),
+                    )));
+                }
+                Ok(_) => {}
+                Err(error) => return Err(ConnError::Transport(error)),
+            }
+            match check_connect_reply(&received, proxy) {
+                Ok(Some(())) => return Ok(tcp),
+                Ok(None) if received.len() < HTTP_HEAD_MAX_BYTES => {}
+                Ok(None) => {
+                    return Err(ConnError::Protocol(format!(
+                        "proxy {}: CONNECT answer longer than {HTTP_HEAD_MAX_BYTES} bytes",
+                        proxy.display()
+                    )));
+                }
+                // Policy or credentials: retrying will not help.
+                Err(refused) if refused.is_final() => {
+                    return Err(ConnError::Trust(refused.message));
+                }
+                Err(refused) => {
+                    return Err(ConnError::Transport(io::Error::other(refused.message)));
+                }
+            }
         }
     }
 
@@ -70,12 +129,12 @@ impl Origin {
         if count == 1 {
             return Err(error);
         }
+        let host = self.proxy.as_ref().map_or(&self.host, |proxy| &proxy.host);
         Err(io::Error::new(
             error.kind(),
             format!(
-                "{error} (and on the other {} addresses of {})",
-                count - 1,
-                self.host
+                "{error} (and on the other {} addresses of {host})",
+                count - 1
             ),
         ))
     }
@@ -144,10 +203,7 @@ impl Connection {
         record: &impl Fn(Stage, Duration),
     ) -> Result<Connection, ConnError> {
         let started = Instant::now();
-        let tcp = origin
-            .connect(timeout)
-            .await
-            .map_err(ConnError::Transport)?;
+        let tcp = origin.open_stream(timeout).await?;
         record(Stage::Connect, started.elapsed());
         let transport = if origin.tls {
             let config = tls_config.expect("TLS origin needs a client config");

@@ -3,6 +3,7 @@
 
 pub mod b2_api;
 pub mod conn;
+pub mod proxy;
 pub mod url;
 
 use std::net::ToSocketAddrs;
@@ -14,8 +15,34 @@ use crate::http::ResponseHead;
 use conn::{ConnError, Connection, Origin};
 
 /// Resolves a URL's host once (DNS stays off the hot path), keeping up to
-/// `ORIGIN_ADDRESSES_MAX` addresses to fall back on.
+/// `ORIGIN_ADDRESSES_MAX` addresses to fall back on. With a proxy from the
+/// environment (`proxy::select`), the proxy's name is resolved instead and
+/// the origin's is left to the proxy.
 pub fn resolve(url: &url::Url) -> Result<Origin, Error> {
+    let proxy = proxy::select(
+        |name| std::env::var(name).ok(),
+        url.tls,
+        &url.host,
+        url.port,
+    )
+    .map_err(Error::Usage)?;
+    let Some(proxy) = proxy else {
+        return Ok(Origin::new(
+            url.tls,
+            url.host.clone(),
+            url.port,
+            addresses(url)?,
+        ));
+    };
+    let proxy_addrs = addresses(&proxy.url()).map_err(|error| match error {
+        Error::Usage(detail) => Error::Usage(format!("proxy from {}: {detail}", proxy.variable)),
+        other => other,
+    })?;
+    Ok(Origin::new(url.tls, url.host.clone(), url.port, proxy_addrs).through(proxy))
+}
+
+/// Up to `ORIGIN_ADDRESSES_MAX` distinct addresses of a URL's host.
+fn addresses(url: &url::Url) -> Result<Vec<std::net::SocketAddr>, Error> {
     let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
     let resolved = (url.host.as_str(), url.port)
         .to_socket_addrs()
@@ -28,7 +55,7 @@ pub fn resolve(url: &url::Url) -> Result<Origin, Error> {
     if addrs.is_empty() {
         return Err(Error::Usage(format!("{} resolves to no address", url.host)));
     }
-    Ok(Origin::new(url.tls, url.host.clone(), url.port, addrs))
+    Ok(addrs)
 }
 
 /// One control-plane exchange on a fresh connection: API calls and probes are

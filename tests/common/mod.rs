@@ -441,3 +441,81 @@ pub fn run_with_deadline(
         stderr: stderr.join().unwrap_or_default(),
     }
 }
+
+/// A CONNECT proxy on 127.0.0.1 for tests: each tunnel's target, as the
+/// client named it, is recorded and mapped to 127.0.0.1 at the same port
+/// (so a made-up host name the client never resolves still arrives). With
+/// `refuse_with`, every CONNECT is answered with that status instead.
+pub struct ConnectProxy {
+    pub url: String,
+    pub targets: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    pub fn start(refuse_with: Option<u16>) -> ConnectProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&targets);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let recorded = Arc::clone(&recorded);
+                std::thread::spawn(move || tunnel(client, refuse_with, &recorded));
+            }
+        });
+        ConnectProxy { url, targets }
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+fn tunnel(client: TcpStream, refuse_with: Option<u16>, recorded: &std::sync::Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(client);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
+        let _ = reader
+            .get_mut()
+            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    recorded.lock().unwrap().push(target.to_string());
+    if let Some(status) = refuse_with {
+        let reply = format!("HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\n\r\n");
+        let _ = reader.get_mut().write_all(reply.as_bytes());
+        return;
+    }
+    let port = target.rsplit(':').next().unwrap_or("0");
+    let Ok(upstream) = TcpStream::connect(format!("127.0.0.1:{port}")) else {
+        let _ = reader
+            .get_mut()
+            .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    let mut client = reader.into_inner();
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    let (mut client_read, mut upstream_write) =
+        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    let upload = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_read, &mut upstream_write);
+        let _ = upstream_write.shutdown(std::net::Shutdown::Write);
+    });
+    let mut upstream_read = upstream;
+    let _ = std::io::copy(&mut upstream_read, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let _ = upload.join();
+}
