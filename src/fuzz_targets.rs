@@ -204,3 +204,40 @@ pub fn urls(data: &[u8]) {
         assert_eq!(again.as_ref(), Ok(&target));
     }
 }
+
+/// Proxy settings as `resolve` reads them: lines are a proxy URL, a
+/// `no_proxy` list, a host and a port; then the bytes as a proxy's answer to
+/// CONNECT. Never a panic; a chosen proxy has a host, and its `Debug` and
+/// messages never show the credentials.
+pub fn proxy(data: &[u8]) {
+    use crate::client::proxy::{bypasses, check_connect_reply, select};
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let (proxy_url, no_proxy, host) = (
+        lines.next().unwrap_or(""),
+        lines.next().unwrap_or(""),
+        lines.next().unwrap_or(""),
+    );
+    let port: u16 = lines
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(443);
+    let env = |name: &str| match name {
+        "https_proxy" => Some(proxy_url.to_string()),
+        "no_proxy" => Some(no_proxy.to_string()),
+        _ => None,
+    };
+    let _ = bypasses(no_proxy, host, port);
+    if let Ok(Some(chosen)) = select(env, true, host, port) {
+        assert!(!chosen.host.is_empty());
+        if let Some((userinfo, _)) = proxy_url.rsplit_once('@') {
+            let secret = userinfo.rsplit("://").next().unwrap_or("");
+            if secret.len() >= 4 {
+                assert!(!format!("{chosen:?}").contains(secret));
+                assert!(!chosen.display().contains(secret));
+            }
+        }
+        let _ = chosen.connect_request(host, port);
+        let _ = check_connect_reply(data, &chosen);
+    }
+}

@@ -58,6 +58,11 @@ fn urls_corpus() {
     replay("urls", ringdown::fuzz_targets::urls);
 }
 
+#[test]
+fn proxy_corpus() {
+    replay("proxy", ringdown::fuzz_targets::proxy);
+}
+
 /// Stable stand-in for the fuzzer when nightly is unavailable: random
 /// mutations (byte flips, truncation, splices) of the corpus files.
 mod mutations {
@@ -153,6 +158,11 @@ mod mutations {
         }
 
         #[test]
+        fn proxy(pick in any::<usize>(), edits in prop::collection::vec(any::<(usize, u8, u8)>(), 0..8), cut in any::<usize>()) {
+            check("proxy", ringdown::fuzz_targets::proxy, pick, &edits, cut);
+        }
+
+        #[test]
         fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {
             ringdown::fuzz_targets::http_head(&data);
             ringdown::fuzz_targets::content_range(&data);
@@ -160,6 +170,7 @@ mod mutations {
             ringdown::fuzz_targets::names(&data);
             ringdown::fuzz_targets::chunked(&data);
             ringdown::fuzz_targets::urls(&data);
+            ringdown::fuzz_targets::proxy(&data);
         }
     }
 }
