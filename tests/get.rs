@@ -491,7 +491,59 @@ fn proxies_from_the_environment_tunnel_with_connect() {
     assert_exit(&output, 2, "cannot resolve origin.test");
     assert_eq!(proxy.targets().len(), targets.len());
 
+    // B2 over TLS inside the tunnels: authorize, probe and the parallel
+    // ranged download all go to `origin.test` (the certificate's only name),
+    // which only the proxy can reach.
+    let tls_served = serve(
+        fixture.data.path(),
+        false,
+        &[
+            "--cert-name",
+            "origin.test",
+            "--download-url",
+            "https://origin.test",
+        ],
+    );
+    let tls_port: u16 = tls_served
+        .realm
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tls_proxy = common::ConnectProxy::start_to(None, Some(tls_port));
+    let dest = fixture.dest_str("tls.bin");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .args([
+            "get",
+            "b2://bkt/x.bin",
+            &dest,
+            "--realm",
+            "https://origin.test",
+        ])
+        .arg("--ca-file")
+        .arg(tls_served.ca_file.as_ref().unwrap())
+        .args(SMALL_TUNING)
+        .env("B2_APPLICATION_KEY_ID", &tls_served.key_id)
+        .env("B2_APPLICATION_KEY", &tls_served.key)
+        .env("https_proxy", &tls_proxy.url)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY");
+    let output = run_bounded(command);
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "x.bin", size);
+    let tunnels = tls_proxy.targets();
+    // Authorize, probe, and a connection per core and slot for the chunks.
+    assert!(tunnels.len() >= 3, "{tunnels:?}");
+    assert!(
+        tunnels.iter().all(|t| t == "origin.test:443"),
+        "{tunnels:?}"
+    );
+
     // A refusal is final: one CONNECT, exit 3, and the fix in the message.
+    let dest = fixture.dest_str("refused.bin");
     let refusing = common::ConnectProxy::start(Some(407));
     let output = get(&through, &dest, &[("http_proxy", &refusing.url)]);
     assert_exit(&output, 3, "put the credentials in the proxy URL");

@@ -443,9 +443,10 @@ pub fn run_with_deadline(
 }
 
 /// A CONNECT proxy on 127.0.0.1 for tests: each tunnel's target, as the
-/// client named it, is recorded and mapped to 127.0.0.1 at the same port
-/// (so a made-up host name the client never resolves still arrives). With
-/// `refuse_with`, every CONNECT is answered with that status instead.
+/// client named it, is recorded and mapped to 127.0.0.1 at the same port, or
+/// at `to_port` when given (so a made-up host name the client never resolves
+/// still arrives). With `refuse_with`, every CONNECT is answered with that
+/// status instead.
 pub struct ConnectProxy {
     pub url: String,
     pub targets: Arc<std::sync::Mutex<Vec<String>>>,
@@ -453,6 +454,10 @@ pub struct ConnectProxy {
 
 impl ConnectProxy {
     pub fn start(refuse_with: Option<u16>) -> ConnectProxy {
+        ConnectProxy::start_to(refuse_with, None)
+    }
+
+    pub fn start_to(refuse_with: Option<u16>, to_port: Option<u16>) -> ConnectProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -460,7 +465,7 @@ impl ConnectProxy {
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let recorded = Arc::clone(&recorded);
-                std::thread::spawn(move || tunnel(client, refuse_with, &recorded));
+                std::thread::spawn(move || tunnel(client, refuse_with, to_port, &recorded));
             }
         });
         ConnectProxy { url, targets }
@@ -471,7 +476,12 @@ impl ConnectProxy {
     }
 }
 
-fn tunnel(client: TcpStream, refuse_with: Option<u16>, recorded: &std::sync::Mutex<Vec<String>>) {
+fn tunnel(
+    client: TcpStream,
+    refuse_with: Option<u16>,
+    to_port: Option<u16>,
+    recorded: &std::sync::Mutex<Vec<String>>,
+) {
     let mut reader = BufReader::new(client);
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).is_err() {
@@ -494,7 +504,10 @@ fn tunnel(client: TcpStream, refuse_with: Option<u16>, recorded: &std::sync::Mut
         let _ = reader.get_mut().write_all(reply.as_bytes());
         return;
     }
-    let port = target.rsplit(':').next().unwrap_or("0");
+    let port = match to_port {
+        Some(port) => port.to_string(),
+        None => target.rsplit(':').next().unwrap_or("0").to_string(),
+    };
     let Ok(upstream) = TcpStream::connect(format!("127.0.0.1:{port}")) else {
         let _ = reader
             .get_mut()
