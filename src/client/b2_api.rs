@@ -60,9 +60,21 @@ pub struct Authorizer {
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     session: Mutex<Option<Session>>,
+    /// The API host, resolved once per authorization (`api_origin`), as the
+    /// download host is once per run: no DNS lookup per listing page, so a
+    /// resolver hiccup hours into a restore cannot end it.
+    api: Mutex<Option<(u64, ApiHost)>>,
     /// One re-authorization at a time across every core: when a token
     /// expires, all requests in flight are refused together.
     refreshing: tokio::sync::Mutex<()>,
+}
+
+/// Where control-plane calls go.
+#[derive(Clone)]
+pub struct ApiHost {
+    pub origin: Origin,
+    /// The apiUrl's own path prefix, without a trailing `/`.
+    pub base_path: String,
 }
 
 impl fmt::Debug for Authorizer {
@@ -90,6 +102,7 @@ impl Authorizer {
             tls,
             timeout,
             session: Mutex::new(None),
+            api: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
         })
     }
@@ -184,8 +197,25 @@ impl Authorizer {
         self.with_session(|session| session.download_url.clone())
     }
 
-    pub fn api_url(&self) -> String {
-        self.with_session(|session| session.api_url.clone())
+    /// The apiUrl of the current authorization, parsed and resolved the
+    /// first time it is asked for.
+    pub fn api_host(&self) -> Result<ApiHost, Error> {
+        let generation = self.generation();
+        let mut cached = self.api.lock().expect("api host lock");
+        if let Some((seen, host)) = cached.as_ref() {
+            if *seen == generation {
+                return Ok(host.clone());
+            }
+        }
+        let api_url = self.with_session(|session| session.api_url.clone());
+        let api =
+            Url::parse(&api_url).map_err(|why| Error::http("b2_authorize_account apiUrl", why))?;
+        let host = ApiHost {
+            origin: resolve(&api)?,
+            base_path: api.path_and_query.trim_end_matches('/').to_string(),
+        };
+        *cached = Some((generation, host.clone()));
+        Ok(host)
     }
 
     pub fn recommended_part_size_bytes(&self) -> Option<u64> {
@@ -218,5 +248,53 @@ pub fn describe_error(reply: &Exchange) -> String {
             reply.head.status, error.code, error.message
         ),
         None => format!("HTTP {}", reply.head.status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Authorizer, Credentials, Session};
+    use std::time::Duration;
+
+    fn authorized(api_url: &str, generation: u64) -> Session {
+        Session {
+            generation,
+            account_id: None,
+            token: "token".into(),
+            api_url: api_url.into(),
+            download_url: api_url.into(),
+            recommended_part_size_bytes: None,
+        }
+    }
+
+    /// The API host is looked up once per authorization, not once per call.
+    #[test]
+    fn the_api_host_is_resolved_once_per_authorization() {
+        let credentials = Credentials {
+            key_id: "id".into(),
+            key: "key".into(),
+        };
+        let auth = Authorizer::new(
+            "http://127.0.0.1:1",
+            credentials,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        *auth.session.lock().unwrap() = Some(authorized("http://127.0.0.1:9/prefix/", 0));
+        let first = auth.api_host().unwrap();
+        assert_eq!(first.base_path, "/prefix");
+        assert_eq!(first.origin.addrs[0].to_string(), "127.0.0.1:9");
+        // Same authorization, another apiUrl: the cached host is used.
+        *auth.session.lock().unwrap() = Some(authorized("http://127.0.0.2:10/", 0));
+        assert_eq!(
+            auth.api_host().unwrap().origin.addrs[0].to_string(),
+            "127.0.0.1:9"
+        );
+        // A new authorization resolves again.
+        *auth.session.lock().unwrap() = Some(authorized("http://127.0.0.2:10/", 1));
+        let again = auth.api_host().unwrap();
+        assert_eq!(again.origin.addrs[0].to_string(), "127.0.0.2:10");
+        assert_eq!(again.base_path, "");
     }
 }

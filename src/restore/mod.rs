@@ -570,13 +570,9 @@ async fn api_call(
 ) -> Result<Vec<u8>> {
     let mut reauthorized = false;
     loop {
-        let api = Url::parse(&auth.api_url())
-            .map_err(|why| Error::http("b2_authorize_account apiUrl", why))?;
-        let origin = resolve(&api)?;
-        let path = format!(
-            "{}/b2api/v3/{operation}",
-            api.path_and_query.trim_end_matches('/')
-        );
+        let api = auth.api_host()?;
+        let origin = api.origin;
+        let path = format!("{}/b2api/v3/{operation}", api.base_path);
         let seen_generation = auth.generation();
         let token = auth.token();
         let mut request = Vec::new();
