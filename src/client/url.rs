@@ -130,12 +130,8 @@ impl Url {
                 let directory = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
                 format!("{directory}{path}")
             };
-            let mut path_and_query = remove_dot_segments(&merged);
-            if let Some(query) = query {
-                path_and_query.push('?');
-                path_and_query.push_str(query);
-            }
-            Url::parse(&format!("{}{path_and_query}", self.origin_text()))?
+            let query = query.map(|query| format!("?{query}")).unwrap_or_default();
+            Url::parse(&format!("{}{merged}{query}", self.origin_text()))?
         };
         // Dot segments go from every path (RFC 3986 §5.2.2), absolute and
         // network-path references included.
