@@ -370,20 +370,14 @@ fn an_origin_that_ignores_range_gets_one_whole_get_and_restarts_after_a_reset() 
 /// to `route(path)` (or a 404 when it gives `None`). Runs until the test
 /// process exits.
 fn redirector(route: impl Fn(&str) -> Option<String> + Send + 'static) -> String {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
+            let Some((request_line, mut reader)) = common::read_request_head(stream) else {
                 continue;
-            }
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
+            };
             let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
             let reply = match route(&path) {
                 Some(location) => format!(

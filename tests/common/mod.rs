@@ -476,21 +476,28 @@ impl ConnectProxy {
     }
 }
 
+/// Reads one request head from a test server's client: the request line
+/// (headers are skipped), and the reader, for replying or relaying.
+pub fn read_request_head(stream: TcpStream) -> Option<(String, BufReader<TcpStream>)> {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    Some((request_line, reader))
+}
+
 fn tunnel(
     client: TcpStream,
     refuse_with: Option<u16>,
     to_port: Option<u16>,
     recorded: &std::sync::Mutex<Vec<String>>,
 ) {
-    let mut reader = BufReader::new(client);
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
+    let Some((request_line, mut reader)) = read_request_head(client) else {
         return;
-    }
-    let mut line = String::new();
-    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-        line.clear();
-    }
+    };
     let mut parts = request_line.split_whitespace();
     let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
         let _ = reader
