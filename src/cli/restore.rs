@@ -54,6 +54,11 @@ pub struct RestoreArgs {
     /// List what would be restored (BYTES<TAB>NAME on stdout); create nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Restore the bucket as it was at this instant: each name's newest version uploaded at or
+    /// before it, leaving out names deleted (hidden) by then or created later. RFC 3339 with a
+    /// zone (2026-11-20T09:30:00Z, ...+01:00) or a date (00:00 UTC). Lists all versions.
+    #[arg(long, value_name = "TIME", value_parser = crate::units::parse_instant_ms)]
+    pub as_of: Option<u64>,
     /// Exit 1 when some file carries no digest to verify against.
     #[arg(long)]
     pub require_verified: bool,
@@ -125,6 +130,7 @@ pub fn options_from(
         fsync: args.fsync,
         dry_run: args.dry_run,
         report: args.report.clone(),
+        as_of_ms: args.as_of,
     };
     Ok((options, memlock_notice))
 }

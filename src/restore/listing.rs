@@ -1,5 +1,7 @@
-//! `b2_list_file_names` pages: request bodies, parsing, and the listing-loop
-//! check. I/O-free; `restore` drives the requests from its listing thread.
+//! `b2_list_file_names` and `b2_list_file_versions` pages: request bodies,
+//! parsing, the listing-loop checks, and the choice of each name's version at
+//! an instant (`--as-of`). I/O-free; `restore` drives the requests from its
+//! listing thread.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -16,7 +18,9 @@ use crate::config::{LIST_BUCKETS_MAX, LIST_FIRST_PAGE_FILES, LIST_PAGE_FILES_MAX
 pub enum Action {
     Upload,
     Folder,
-    /// `hide`, `start` or unknown: not restored.
+    /// A deletion marker: the name is gone from this version on.
+    Hide,
+    /// `start` (an unfinished large file) or unknown: not restored.
     Other,
 }
 
@@ -30,12 +34,34 @@ pub struct ListEntry {
     pub expected: ExpectedSha1,
     /// `src_last_modified_millis`, else `uploadTimestamp`.
     pub mtime_ms: Option<u64>,
+    /// `uploadTimestamp`: when B2 took this version (or hid the name).
+    pub upload_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListPage {
     pub entries: Vec<ListEntry>,
     pub next_file_name: Option<String>,
+    /// `b2_list_file_versions` only: where the next page starts within
+    /// `next_file_name`'s versions.
+    pub next_file_id: Option<String>,
+}
+
+/// Where a page starts: `startFileName`, and for versions `startFileId`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageStart {
+    pub file_name: Option<String>,
+    pub file_id: Option<String>,
+}
+
+impl PageStart {
+    /// The start of the page after `page`, or `None` at the end.
+    pub fn after(page: &ListPage) -> Option<PageStart> {
+        page.next_file_name.as_ref().map(|name| PageStart {
+            file_name: Some(name.clone()),
+            file_id: page.next_file_id.clone(),
+        })
+    }
 }
 
 /// `maxFileCount` of the listing page after one of `previous` names (the
@@ -47,20 +73,19 @@ pub fn next_page_files(previous: Option<u32>) -> u32 {
     }
 }
 
-/// The JSON body of one `b2_list_file_names` request.
-pub fn request_body(
-    bucket_id: &str,
-    prefix: &str,
-    start_file_name: Option<&str>,
-    max_files: u32,
-) -> Vec<u8> {
+/// The JSON body of one `b2_list_file_names` or `b2_list_file_versions`
+/// request (`startFileId` is only ever set for versions).
+pub fn request_body(bucket_id: &str, prefix: &str, start: &PageStart, max_files: u32) -> Vec<u8> {
     let mut body = json!({
         "bucketId": bucket_id,
         "maxFileCount": max_files.min(LIST_PAGE_FILES_MAX),
         "prefix": prefix,
     });
-    if let Some(start) = start_file_name {
-        body["startFileName"] = Value::String(start.to_string());
+    if let Some(name) = &start.file_name {
+        body["startFileName"] = Value::String(name.clone());
+        if let Some(id) = &start.file_id {
+            body["startFileId"] = Value::String(id.clone());
+        }
     }
     serde_json::to_vec(&body).expect("list request serialises")
 }
@@ -98,6 +123,7 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
         let action = match file.action.as_ref().and_then(Scalar::text) {
             Some("upload") | None => Action::Upload,
             Some("folder") => Action::Folder,
+            Some("hide") => Action::Hide,
             Some(_) => Action::Other,
         };
         let size_bytes = match (file.content_length, file.size) {
@@ -112,15 +138,16 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             file.content_sha1.as_ref().and_then(Scalar::text),
             info.large_file_sha1.as_ref().and_then(Scalar::text),
         );
+        let upload_ms = match file.upload_timestamp {
+            Some(Scalar::Number(millis)) if millis > 0 => Some(millis),
+            _ => None,
+        };
         let mtime_ms = match &info.src_last_modified_millis {
             Some(Scalar::Text(text)) => text.parse().ok(),
             Some(Scalar::Number(millis)) => Some(*millis),
             _ => None,
         }
-        .or(match file.upload_timestamp {
-            Some(Scalar::Number(millis)) if millis > 0 => Some(millis),
-            _ => None,
-        });
+        .or(upload_ms);
         entries.push(ListEntry {
             file_id: text(&file.file_id),
             name: file.file_name,
@@ -128,27 +155,108 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             size_bytes,
             expected,
             mtime_ms,
+            upload_ms,
         });
     }
     Ok(ListPage {
         entries,
         next_file_name: page.next_file_name,
+        next_file_id: page.next_file_id,
     })
 }
 
+/// Chooses, for each name of a `b2_list_file_versions` listing, the version
+/// that was current at an instant: the newest one uploaded at or before it,
+/// unless that one is a hide marker (the name was deleted then). Later
+/// versions, unfinished large files and names that did not exist yet are
+/// left out. Streaming: one name's versions may span pages, and the state is
+/// that name alone, so memory does not grow with the bucket.
+#[derive(Debug)]
+pub struct VersionAt {
+    at_ms: u64,
+    name: Option<String>,
+    /// The name's version at `at_ms` was found (or the name was hidden then).
+    decided: bool,
+    /// Upload time of the name's previous entry: versions come newest first.
+    previous_ms: u64,
+}
+
+impl VersionAt {
+    pub fn new(at_ms: u64) -> VersionAt {
+        VersionAt {
+            at_ms,
+            name: None,
+            decided: false,
+            previous_ms: u64::MAX,
+        }
+    }
+
+    /// Takes the next entry of the listing; returns it if it is the version
+    /// to restore. An entry out of B2's order (names ascending, each name's
+    /// versions newest first) is an error: the choice would be wrong.
+    pub fn pick(&mut self, entry: ListEntry) -> Result<Option<ListEntry>, String> {
+        if self.name.as_deref() != Some(entry.name.as_str()) {
+            if self.name.as_deref() > Some(entry.name.as_str()) {
+                return Err(format!(
+                    "versions out of order: {:?} listed after {:?}",
+                    entry.name,
+                    self.name.as_deref().unwrap_or_default()
+                ));
+            }
+            self.name = Some(entry.name.clone());
+            self.decided = false;
+            self.previous_ms = u64::MAX;
+        }
+        if entry.action == Action::Folder {
+            return Ok(None);
+        }
+        let Some(upload_ms) = entry.upload_ms else {
+            return Err(format!(
+                "{:?}: a version without uploadTimestamp; cannot tell when it was current",
+                entry.name
+            ));
+        };
+        if upload_ms > self.previous_ms {
+            return Err(format!(
+                "versions of {:?} out of order: uploadTimestamp {upload_ms} listed after {}; expected newest first",
+                entry.name, self.previous_ms
+            ));
+        }
+        self.previous_ms = upload_ms;
+        if self.decided || upload_ms > self.at_ms {
+            return Ok(None);
+        }
+        match entry.action {
+            Action::Upload => {
+                self.decided = true;
+                Ok(Some(entry))
+            }
+            Action::Hide => {
+                self.decided = true;
+                Ok(None)
+            }
+            // An unfinished large file is no version: look further back.
+            Action::Other | Action::Folder => Ok(None),
+        }
+    }
+}
+
 /// A server that sends a `nextFileName` not past this page would make us
-/// list forever: refuse it. `start` is the page's own `startFileName`.
+/// list forever: refuse it. `start` is the page's own start.
 /// `startFileName` is inclusive, so entries before it mean the server went
-/// backwards (or ignored the start and repeats its first page).
-pub fn check_progress(start: Option<&str>, page: &ListPage) -> Result<(), String> {
-    if let Some(start) = start {
+/// backwards (or ignored the start and repeats its first page). A versions
+/// page may end inside a name (`nextFileId`): the next page may start at
+/// the same name, never at the same version it started from.
+pub fn check_progress(start: &PageStart, page: &ListPage) -> Result<(), String> {
+    let start_name = start.file_name.as_deref();
+    if let Some(start_name) = start_name {
         if let Some(entry) = page
             .entries
             .iter()
-            .find(|entry| entry.name.as_str() < start)
+            .find(|entry| entry.name.as_str() < start_name)
         {
             return Err(format!(
-                "listing went backwards: {:?} comes before this page's startFileName {start:?}; the server would repeat names forever",
+                "listing went backwards: {:?} comes before this page's startFileName {start_name:?}; the server would repeat names forever",
                 entry.name
             ));
         }
@@ -156,13 +264,19 @@ pub fn check_progress(start: Option<&str>, page: &ListPage) -> Result<(), String
     let Some(next) = page.next_file_name.as_deref() else {
         return Ok(());
     };
+    let within_name = page.next_file_id.is_some();
     let last = page.entries.last().map(|entry| entry.name.as_str());
-    for floor in [start, last].into_iter().flatten() {
-        if next <= floor {
+    for floor in [start_name, last].into_iter().flatten() {
+        if next < floor || (next == floor && !within_name) {
             return Err(format!(
                 "listing loop: nextFileName {next:?} is not past {floor:?}; the server would repeat names forever"
             ));
         }
+    }
+    if within_name && start_name == Some(next) && start.file_id == page.next_file_id {
+        return Err(format!(
+            "listing loop: the page after {next:?} starts where this one did; the server would repeat versions forever"
+        ));
     }
     Ok(())
 }
@@ -175,6 +289,8 @@ struct RawPage {
     files: Vec<RawFile>,
     #[serde(default)]
     next_file_name: Option<String>,
+    #[serde(default)]
+    next_file_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -360,7 +476,7 @@ mod tests {
         assert_eq!(big.mtime_ms, Some(17));
         assert_eq!(page.entries[2].action, Action::Folder);
         assert_eq!(page.entries[2].file_id, None);
-        assert_eq!(page.entries[3].action, Action::Other);
+        assert_eq!(page.entries[3].action, Action::Hide);
         assert_eq!(page.entries[4].size_bytes, 3);
         assert_eq!(page.entries[4].expected, ExpectedSha1::None);
         assert_eq!(page.next_file_name.as_deref(), Some("dir/zz"));
@@ -387,21 +503,30 @@ mod tests {
                     size_bytes: 0,
                     expected: ExpectedSha1::None,
                     mtime_ms: None,
+                    upload_ms: None,
                 })
                 .collect(),
             next_file_name: next.map(str::to_string),
+            next_file_id: None,
+        }
+    }
+
+    fn at(name: &str) -> PageStart {
+        PageStart {
+            file_name: Some(name.to_string()),
+            file_id: None,
         }
     }
 
     #[test]
     fn detects_listing_loops() {
-        assert!(check_progress(None, &page(&["a", "b"], Some("c"))).is_ok());
-        assert!(check_progress(None, &page(&["a", "b"], Some("b\0"))).is_ok());
-        assert!(check_progress(None, &page(&["a", "b"], None)).is_ok());
-        assert!(check_progress(None, &page(&["a", "b"], Some("b"))).is_err());
-        assert!(check_progress(None, &page(&["a", "b"], Some("a"))).is_err());
-        assert!(check_progress(Some("m"), &page(&[], Some("m"))).is_err());
-        assert!(check_progress(Some("m"), &page(&[], Some("n"))).is_ok());
+        assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("c"))).is_ok());
+        assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("b\0"))).is_ok());
+        assert!(check_progress(&PageStart::default(), &page(&["a", "b"], None)).is_ok());
+        assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("b"))).is_err());
+        assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("a"))).is_err());
+        assert!(check_progress(&at("m"), &page(&[], Some("m"))).is_err());
+        assert!(check_progress(&at("m"), &page(&[], Some("n"))).is_ok());
     }
 
     #[test]
@@ -462,15 +587,15 @@ mod tests {
     fn detects_pages_that_repeat_or_go_backwards() {
         // A server that ignores startFileName and repeats its first page.
         let repeated = page(&["a", "b"], Some("c"));
-        assert!(check_progress(None, &repeated).is_ok());
-        let error = check_progress(Some("c"), &repeated).unwrap_err();
+        assert!(check_progress(&PageStart::default(), &repeated).is_ok());
+        let error = check_progress(&at("c"), &repeated).unwrap_err();
         assert!(error.contains("went backwards"), "{error}");
         // nextFileName equal to the start of an empty page.
-        assert!(check_progress(Some("c"), &page(&[], Some("c"))).is_err());
+        assert!(check_progress(&at("c"), &page(&[], Some("c"))).is_err());
         // nextFileName behind the start even though past the last name.
-        assert!(check_progress(Some("m"), &page(&["m"], Some("l"))).is_err());
+        assert!(check_progress(&at("m"), &page(&["m"], Some("l"))).is_err());
         // The start itself may be listed (startFileName is inclusive).
-        assert!(check_progress(Some("c"), &page(&["c", "d"], Some("e"))).is_ok());
+        assert!(check_progress(&at("c"), &page(&["c", "d"], Some("e"))).is_ok());
     }
 
     #[test]
@@ -488,15 +613,159 @@ mod tests {
     #[test]
     fn request_and_bucket_bodies() {
         let body: Value =
-            serde_json::from_slice(&request_body("b1", "p/", Some("p/x"), 1_000_000)).unwrap();
+            serde_json::from_slice(&request_body("b1", "p/", &at("p/x"), 1_000_000)).unwrap();
         assert_eq!(body["maxFileCount"], 10_000);
         assert_eq!(body["startFileName"], "p/x");
         assert_eq!(body["prefix"], "p/");
+        assert!(body.get("startFileId").is_none());
+        let start = PageStart {
+            file_name: Some("p/x".into()),
+            file_id: Some("4_z9".into()),
+        };
+        let body: Value = serde_json::from_slice(&request_body("b1", "p/", &start, 100)).unwrap();
+        assert_eq!(body["startFileId"], "4_z9");
         let reply = br#"{"buckets":[{"bucketId":"id1","bucketName":"bkt"}]}"#;
         assert_eq!(
             parse_bucket_id(reply, "bkt").unwrap().as_deref(),
             Some("id1")
         );
         assert_eq!(parse_bucket_id(reply, "other").unwrap(), None);
+    }
+
+    /// A versions listing entry: `name`, action, uploadTimestamp.
+    fn version(name: &str, action: Action, upload_ms: u64) -> ListEntry {
+        ListEntry {
+            name: name.to_string(),
+            file_id: Some(format!("{name}@{upload_ms}")),
+            action,
+            size_bytes: 1,
+            expected: ExpectedSha1::None,
+            mtime_ms: Some(upload_ms),
+            upload_ms: Some(upload_ms),
+        }
+    }
+
+    /// The names and upload times `VersionAt::new(at_ms)` picks from `listing`.
+    fn picked(at_ms: u64, listing: &[ListEntry]) -> Result<Vec<(String, u64)>, String> {
+        let mut choice = VersionAt::new(at_ms);
+        let mut picked = Vec::new();
+        for entry in listing {
+            if let Some(entry) = choice.pick(entry.clone())? {
+                picked.push((entry.name, entry.upload_ms.unwrap()));
+            }
+        }
+        Ok(picked)
+    }
+
+    #[test]
+    fn the_version_current_at_an_instant_is_picked_per_name() {
+        use Action::{Hide, Other, Upload};
+        let listing = [
+            // Replaced at 30: as of 20 the version of 10 is current.
+            version("a", Upload, 30),
+            version("a", Upload, 10),
+            // Deleted at 25: there before, gone after.
+            version("b", Hide, 25),
+            version("b", Upload, 5),
+            // Created at 40.
+            version("c", Upload, 40),
+            // Deleted at 15, uploaded again at 35.
+            version("d", Upload, 35),
+            version("d", Hide, 15),
+            version("d", Upload, 1),
+            // An unfinished large file at 12 is no version.
+            version("e", Other, 12),
+            version("e", Upload, 11),
+            version("f", Other, 3),
+        ];
+        assert_eq!(
+            picked(20, &listing).unwrap(),
+            [("a".into(), 10), ("b".into(), 5), ("e".into(), 11)]
+        );
+        assert_eq!(
+            picked(12, &listing).unwrap(),
+            [
+                ("a".into(), 10),
+                ("b".into(), 5),
+                ("d".into(), 1),
+                ("e".into(), 11)
+            ]
+        );
+        assert_eq!(
+            picked(u64::MAX, &listing).unwrap(),
+            [
+                ("a".into(), 30),
+                ("c".into(), 40),
+                ("d".into(), 35),
+                ("e".into(), 11)
+            ]
+        );
+        // The instant is inclusive, to the millisecond.
+        assert_eq!(
+            picked(25, &listing).unwrap(),
+            [("a".into(), 10), ("e".into(), 11)]
+        );
+        assert_eq!(picked(24, &listing).unwrap()[1], ("b".into(), 5));
+        assert_eq!(picked(0, &listing).unwrap(), []);
+    }
+
+    #[test]
+    fn versions_out_of_order_are_refused() {
+        use Action::Upload;
+        let oldest_first = [version("a", Upload, 10), version("a", Upload, 30)];
+        let error = picked(20, &oldest_first).unwrap_err();
+        assert!(error.contains("newest first"), "{error}");
+        let names_backwards = [version("b", Upload, 10), version("a", Upload, 10)];
+        assert!(picked(20, &names_backwards).is_err());
+        let mut no_time = version("a", Upload, 1);
+        no_time.upload_ms = None;
+        assert!(picked(20, &[no_time]).is_err());
+    }
+
+    #[test]
+    fn a_versions_page_may_end_inside_a_name_but_not_repeat_itself() {
+        let mut inside = page(&["a", "b"], Some("b"));
+        inside.next_file_id = Some("b@2".into());
+        assert!(check_progress(&PageStart::default(), &inside).is_ok());
+        // The next page starts at b@2 and ends inside b again, further on.
+        let start = PageStart {
+            file_name: Some("b".into()),
+            file_id: Some("b@2".into()),
+        };
+        let mut further = page(&["b"], Some("b"));
+        further.next_file_id = Some("b@1".into());
+        assert!(check_progress(&start, &further).is_ok());
+        // A page that would start where it did: a loop.
+        let mut same = page(&[], Some("b"));
+        same.next_file_id = Some("b@2".into());
+        assert!(check_progress(&start, &same).is_err());
+        // Behind the last name, even with an id.
+        let mut behind = page(&["a", "b"], Some("a"));
+        behind.next_file_id = Some("a@1".into());
+        assert!(check_progress(&PageStart::default(), &behind).is_err());
+    }
+
+    #[test]
+    fn versions_pages_parse_hide_markers_and_next_ids() {
+        let page = parse_page(
+            br#"{"files":[
+                {"fileId":"4_z2","fileName":"a","action":"hide","contentLength":0,"uploadTimestamp":20},
+                {"fileId":"4_z1","fileName":"a","action":"upload","contentLength":3,"contentSha1":"none",
+                 "fileInfo":{"src_last_modified_millis":"7"},"uploadTimestamp":10}
+            ],"nextFileName":"b","nextFileId":"4_z0"}"#,
+        )
+        .unwrap();
+        assert_eq!(page.entries[0].action, Action::Hide);
+        assert_eq!(page.entries[0].upload_ms, Some(20));
+        assert_eq!(page.entries[1].mtime_ms, Some(7));
+        assert_eq!(page.entries[1].upload_ms, Some(10));
+        assert_eq!(page.next_file_id.as_deref(), Some("4_z0"));
+        assert_eq!(
+            PageStart::after(&page),
+            Some(PageStart {
+                file_name: Some("b".into()),
+                file_id: Some("4_z0".into()),
+            })
+        );
     }
 }

@@ -66,6 +66,9 @@ pub struct RestoreOptions {
     pub fsync: bool,
     pub dry_run: bool,
     pub report: Option<PathBuf>,
+    /// `--as-of`: restore each name's version current at this instant (ms
+    /// since the epoch, as B2's uploadTimestamp), from `b2_list_file_versions`.
+    pub as_of_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -86,6 +89,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("fsync", &self.fsync)
             .field("dry_run", &self.dry_run)
             .field("report", &self.report)
+            .field("as_of_ms", &self.as_of_ms)
             .finish()
     }
 }
@@ -391,6 +395,7 @@ impl Restore {
         let lister = {
             let auth = Arc::clone(&auth);
             let prefix = options.folder_prefix.clone();
+            let as_of_ms = options.as_of_ms;
             let timeout = options.engine.timeout;
             let mid_run = ApiRetry {
                 attempts: options.engine.max_attempts,
@@ -399,7 +404,17 @@ impl Restore {
             };
             std::thread::Builder::new()
                 .name("ringdown-list".into())
-                .spawn(move || list_all(&auth, &bucket_id, &prefix, timeout, mid_run, list_sender))
+                .spawn(move || {
+                    list_all(
+                        &auth,
+                        &bucket_id,
+                        &prefix,
+                        as_of_ms,
+                        timeout,
+                        mid_run,
+                        list_sender,
+                    )
+                })
                 .map_err(|error| Error::io("spawning the listing thread", error))?
         };
 
@@ -414,6 +429,12 @@ impl Restore {
                 "resuming: {} files completed by an earlier run are skipped (journal in {}/.ringdown)",
                 target.completed_before,
                 options.dir.display()
+            ));
+        }
+        if let Some(at_ms) = options.as_of_ms {
+            notices.push(format!(
+                "as of {}: each name's version current then was restored; names created later or deleted by then were left out",
+                crate::units::format_instant_ms(at_ms)
             ));
         }
         let mut registered_buffers = true;
@@ -632,6 +653,7 @@ fn list_all(
     auth: &Authorizer,
     bucket_id: &str,
     prefix: &str,
+    as_of_ms: Option<u64>,
     timeout: std::time::Duration,
     mid_run: ApiRetry,
     sender: std::sync::mpsc::SyncSender<Result<ListEntry>>,
@@ -643,27 +665,34 @@ fn list_all(
             return;
         }
     };
+    // `--as-of`: every version, each name's then-current one picked here.
+    let (call, mut version_at) = match as_of_ms {
+        Some(at_ms) => (
+            "b2_list_file_versions",
+            Some(listing::VersionAt::new(at_ms)),
+        ),
+        None => ("b2_list_file_names", None),
+    };
     runtime.block_on(async {
-        let mut start: Option<String> = None;
+        let mut start = listing::PageStart::default();
         let mut page_files = None;
         loop {
             let files = listing::next_page_files(page_files);
             page_files = Some(files);
-            let body = listing::request_body(bucket_id, prefix, start.as_deref(), files);
-            let retry = if start.is_none() {
+            let body = listing::request_body(bucket_id, prefix, &start, files);
+            let retry = if start.file_name.is_none() {
                 ApiRetry::STARTUP
             } else {
                 mid_run
             };
-            let page = match api_call(auth, "b2_list_file_names", &body, timeout, retry).await {
-                Ok(reply) => listing::parse_page(&reply)
-                    .map_err(|why| Error::http("b2_list_file_names", why)),
+            let page = match api_call(auth, call, &body, timeout, retry).await {
+                Ok(reply) => listing::parse_page(&reply).map_err(|why| Error::http(call, why)),
                 Err(error) => Err(error),
             };
             let page = match page.and_then(|page| {
-                listing::check_progress(start.as_deref(), &page)
+                listing::check_progress(&start, &page)
                     .map(|()| page)
-                    .map_err(|why| Error::http("b2_list_file_names", why))
+                    .map_err(|why| Error::http(call, why))
             }) {
                 Ok(page) => page,
                 Err(error) => {
@@ -671,13 +700,26 @@ fn list_all(
                     return;
                 }
             };
+            let next = listing::PageStart::after(&page);
             for entry in page.entries {
-                if sender.send(Ok(entry)).is_err() {
-                    return;
+                let entry = match version_at.as_mut() {
+                    None => Some(entry),
+                    Some(choice) => match choice.pick(entry) {
+                        Ok(picked) => picked,
+                        Err(why) => {
+                            let _ = sender.send(Err(Error::http(call, why)));
+                            return;
+                        }
+                    },
+                };
+                if let Some(entry) = entry {
+                    if sender.send(Ok(entry)).is_err() {
+                        return;
+                    }
                 }
             }
-            match page.next_file_name {
-                Some(next) => start = Some(next),
+            match next {
+                Some(next) => start = next,
                 None => return,
             }
         }
@@ -687,7 +729,7 @@ fn list_all(
 /// Decides what to do with one listed entry and hands it to a worker.
 fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Scheduler>) {
     let options = &run.options;
-    if entry.action == Action::Other {
+    if matches!(entry.action, Action::Hide | Action::Other) {
         return;
     }
     let Some(relative) = paths::relative_name(&entry.name, &options.folder_prefix) else {
@@ -1079,6 +1121,7 @@ mod tests {
             fsync: false,
             dry_run: false,
             report: None,
+            as_of_ms: None,
         };
         let text = format!("{options:?} {options:#?}");
         assert!(!text.contains("very-secret"), "{text}");
