@@ -1324,3 +1324,180 @@ fn demo_restores_its_generated_bucket() {
         stderr(&output)
     );
 }
+
+/// `restore --as-of`: the bucket as it was at an instant, from a `serve`
+/// tree with history (`DIR/.versions/BUCKET/NAME/@MS[.hide]`): replaced
+/// names come back in their old version (a large one too, in ranged parts
+/// by fileId), deleted ones come back, later ones stay out, and each file
+/// gets its version's time. A name with 150 versions spans listing pages,
+/// so the choice also continues across a page that ends inside a name.
+#[test]
+fn restores_the_bucket_as_it_was_at_an_instant() {
+    const T1: u64 = 1_700_000_100_000;
+    const T2: u64 = 1_700_000_200_000;
+    const T3: u64 = 1_700_000_300_000;
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let history = data.path().join(".versions/bkt");
+    let current = |name: &str, bytes: &[u8], ms: u64| {
+        write_file(&bkt, name, bytes);
+        let file = std::fs::File::options()
+            .write(true)
+            .open(bkt.join(name))
+            .unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .unwrap();
+    };
+    let older = |name: &str, bytes: &[u8], ms: u64| {
+        write_file(&history, &format!("{name}/@{ms}"), bytes);
+    };
+    let hidden = |name: &str, ms: u64| write_file(&history, &format!("{name}/@{ms}.hide"), b"");
+    let big_v1 = content("big-v1", 3 * 65536 - 5);
+    let big_v3 = content("big-v3", 5 * 65536 + 7);
+    current("a.txt", b"a-v3", T3);
+    older("a.txt", b"a-v2", T2);
+    older("a.txt", b"a-version-1", T1);
+    current("big.bin", &big_v3, T3);
+    older("big.bin", &big_v1, T1);
+    // Deleted at T2.
+    older("dir/gone.txt", b"gone-v1", T1);
+    hidden("dir/gone.txt", T2);
+    // Deleted at T2, uploaded again at T3.
+    current("back.txt", b"back-v3", T3);
+    hidden("back.txt", T2);
+    older("back.txt", b"back-v1", T1);
+    // Deleted at T3 (its newest version is the hide marker).
+    current("hidden-now.txt", b"here until T3", T1);
+    hidden("hidden-now.txt", T3);
+    current("new.txt", b"created at T3", T3);
+    current("many.txt", b"many-current", T3);
+    for i in 0..150u64 {
+        older(
+            "many.txt",
+            &content("many", 1000 + i as usize),
+            T1 - 150 + i,
+        );
+    }
+    let served = serve_logged(data.path(), &["--large-file-threshold", "128KiB"]);
+    let at = |ms: u64| ringdown::units::format_instant_ms(ms);
+
+    // Between T1 and T2.
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("t1");
+    let output = restore(&served, &["b2://bkt", "--as-of", &at(T1 + 50_000)], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("as of 2023-11-14T22:15:50Z"),
+        "{}",
+        stderr(&output)
+    );
+    let expected: BTreeMap<String, Vec<u8>> = [
+        ("a.txt", b"a-version-1".to_vec()),
+        ("big.bin", big_v1.clone()),
+        ("dir/gone.txt", b"gone-v1".to_vec()),
+        ("back.txt", b"back-v1".to_vec()),
+        ("hidden-now.txt", b"here until T3".to_vec()),
+        ("many.txt", content("many", 1149)),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| (name.to_string(), bytes))
+    .collect();
+    assert_tree(&dir, &expected);
+    assert_eq!(
+        files_under(&dir),
+        expected.keys().cloned().collect::<BTreeSet<_>>()
+    );
+    let mtime = |path: PathBuf| {
+        std::fs::metadata(path)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    assert_eq!(mtime(dir.join("a.txt")), T1);
+    assert_eq!(mtime(dir.join("big.bin")), T1);
+    // The old large version came in ranged parts, by its own fileId.
+    let big_ranges = access_records(data.path())
+        .iter()
+        .filter(|record| record["name"] == "big.bin" && record["method"] == "GET")
+        .count();
+    assert!(big_ranges >= 3, "{big_ranges} GETs of big.bin");
+
+    // Between T2 and T3: a.txt's second version; gone and back are deleted.
+    let dir = out.path().join("t2");
+    let output = restore(&served, &["b2://bkt", "--as-of", &at(T2 + 1)], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"a-v2");
+    assert_eq!(
+        files_under(&dir),
+        ["a.txt", "big.bin", "hidden-now.txt", "many.txt"]
+            .map(String::from)
+            .into()
+    );
+
+    // Exactly T3 (inclusive) and without --as-of: the bucket as it is now.
+    let now: BTreeMap<String, Vec<u8>> = [
+        ("a.txt", b"a-v3".to_vec()),
+        ("big.bin", big_v3.clone()),
+        ("back.txt", b"back-v3".to_vec()),
+        ("new.txt", b"created at T3".to_vec()),
+        ("many.txt", b"many-current".to_vec()),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| (name.to_string(), bytes))
+    .collect();
+    for (label, args) in [
+        (
+            "t3",
+            vec!["b2://bkt", "--as-of", "2023-11-14T23:18:20+01:00"],
+        ),
+        ("now", vec!["b2://bkt"]),
+    ] {
+        let dir = out.path().join(label);
+        let output = restore(&served, &args, &dir);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{label}: {}",
+            stderr(&output)
+        );
+        assert_tree(&dir, &now);
+        assert_eq!(
+            files_under(&dir),
+            now.keys().cloned().collect::<BTreeSet<_>>(),
+            "{label}"
+        );
+    }
+
+    // Before T1, only many.txt existed; its version then is on the second
+    // listing page (the first holds 100 versions and ends inside its name).
+    let dry = restore(
+        &served,
+        &["b2://bkt", "--dry-run", "--as-of", &at(T1 - 100)],
+        &out.path().join("never"),
+    );
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    assert_eq!(String::from_utf8(dry.stdout).unwrap(), "1050\tmany.txt\n");
+    let version_pages = access_records(data.path())
+        .iter()
+        .filter(|record| {
+            record["path"]
+                .as_str()
+                .is_some_and(|path| path.ends_with("b2_list_file_versions"))
+        })
+        .count();
+    assert!(version_pages >= 2 * 4, "{version_pages} pages of versions");
+
+    // Bad instants are usage errors, before any network.
+    for bad in ["yesterday", "2023-11-14T22:15:00", "2023-02-30"] {
+        let output = restore(
+            &served,
+            &["b2://bkt", "--as-of", bad],
+            &out.path().join("x"),
+        );
+        assert_eq!(output.status.code(), Some(2), "{bad}: {}", stderr(&output));
+        assert!(stderr(&output).contains("--as-of"), "{}", stderr(&output));
+    }
+}

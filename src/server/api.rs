@@ -14,6 +14,7 @@ use super::config::{
     LISTING_HASH_CONCURRENCY_MAX, RECOMMENDED_PART_SIZE_BYTES,
 };
 use super::encoding::hex;
+use super::history::{Version, VersionKind};
 use super::http::ApiError;
 use super::store::{Bucket, ObjectMeta, OpenError, parse_file_id};
 
@@ -284,32 +285,30 @@ impl ObjectView {
     /// The object as B2 describes it in listings and `b2_get_file_info`.
     pub fn to_json<'a>(&'a self, server: &'a Server) -> FileJson<'a> {
         FileJson {
-            account_id: &server.credentials.account_id,
-            bucket_id: &self.meta.bucket.id,
-            file_id: &self.meta.file_id,
-            file_name: &self.meta.name,
             action: "upload",
             content_length: self.meta.size_bytes,
             size: self.meta.size_bytes,
             content_sha1: self.content_sha1(),
-            content_md5: None,
             content_type: self.content_type(),
             file_info: FileInfo(self.file_info()),
             upload_timestamp: self.meta.mtime_ms,
-            server_side_encryption: Encryption { mode: "none" },
-            file_retention: Readable {
-                is_client_authorized_to_read: true,
-                value: Retention {
-                    mode: None,
-                    retain_until_timestamp: None,
-                },
-            },
-            legal_hold: Readable {
-                is_client_authorized_to_read: true,
-                value: None,
-            },
-            replication_status: None,
+            ..FileJson::new(
+                server,
+                &self.meta.bucket,
+                &self.meta.file_id,
+                &self.meta.name,
+            )
         }
+    }
+}
+
+/// A hide marker as B2 lists it among a name's versions.
+fn hide_json<'a>(server: &'a Server, bucket: &'a Bucket, version: &'a Version) -> FileJson<'a> {
+    FileJson {
+        action: "hide",
+        content_type: "application/x-bz-hide-marker",
+        upload_timestamp: version.upload_ms,
+        ..FileJson::new(server, bucket, &version.file_id, &version.name)
     }
 }
 
@@ -335,6 +334,44 @@ pub struct FileJson<'a> {
     file_retention: Readable<Retention>,
     legal_hold: Readable<Option<&'static str>>,
     replication_status: Option<&'static str>,
+}
+
+impl<'a> FileJson<'a> {
+    /// The fields every entry shares; the rest as for an empty upload.
+    fn new(
+        server: &'a Server,
+        bucket: &'a Bucket,
+        file_id: &'a str,
+        file_name: &'a str,
+    ) -> FileJson<'a> {
+        FileJson {
+            account_id: &server.credentials.account_id,
+            bucket_id: &bucket.id,
+            file_id,
+            file_name,
+            action: "upload",
+            content_length: 0,
+            size: 0,
+            content_sha1: "none".to_string(),
+            content_md5: None,
+            content_type: "application/octet-stream",
+            file_info: FileInfo(Vec::new()),
+            upload_timestamp: 0,
+            server_side_encryption: Encryption { mode: "none" },
+            file_retention: Readable {
+                is_client_authorized_to_read: true,
+                value: Retention {
+                    mode: None,
+                    retain_until_timestamp: None,
+                },
+            },
+            legal_hold: Readable {
+                is_client_authorized_to_read: true,
+                value: None,
+            },
+            replication_status: None,
+        }
+    }
 }
 
 /// `fileInfo`: a JSON object of string values.
@@ -391,21 +428,24 @@ pub fn to_body(value: &impl Serialize) -> Vec<u8> {
 
 /// Adds the SHA1 to metadata, hashing the file if the cache does not know it. Blocking.
 pub fn view_of(server: &Server, meta: ObjectMeta) -> std::io::Result<ObjectView> {
-    let key = format!("{}/{}", meta.bucket.name, meta.name);
-    let (sha1, _) =
-        server
-            .store
-            .sha1_cache
-            .digest_of(&key, meta.size_bytes, meta.mtime_ns, || {
-                server
+    let (sha1, _) = server.store.sha1_cache.digest_of(
+        &sha1_cache_key(&meta),
+        meta.size_bytes,
+        meta.mtime_ns,
+        || {
+            let opened = match &meta.history_path {
+                Some(path) => server.store.open_under_root(path).map(|(file, _)| file),
+                None => server
                     .store
                     .open_object(&meta.bucket, &meta.name)
-                    .map(|(file, _)| file)
-                    .map_err(|error| match error {
-                        OpenError::Io(error) => error,
-                        _ => std::io::Error::new(std::io::ErrorKind::NotFound, "file vanished"),
-                    })
-            })?;
+                    .map(|(file, _)| file),
+            };
+            opened.map_err(|error| match error {
+                OpenError::Io(error) => error,
+                _ => std::io::Error::new(std::io::ErrorKind::NotFound, "file vanished"),
+            })
+        },
+    )?;
     let is_large = meta.size_bytes >= server.large_file_threshold_bytes;
     let mut sha1 = sha1;
     if server.faults.wrong_sha1(&meta.name) {
@@ -420,17 +460,24 @@ pub fn view_of(server: &Server, meta: ObjectMeta) -> std::io::Result<ObjectView>
     })
 }
 
+/// Where the SHA1 cache keeps an object's digest: its path beneath DIR.
+fn sha1_cache_key(meta: &ObjectMeta) -> String {
+    match &meta.history_path {
+        Some(path) => path.clone(),
+        None => format!("{}/{}", meta.bucket.name, meta.name),
+    }
+}
+
 /// Hashes the objects of one page that the cache lacks, a few at a time, and
 /// returns their views in order. An object that vanished meanwhile is dropped.
 fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<ObjectView> {
     let missing = metas
         .iter()
         .filter(|meta| {
-            let key = format!("{}/{}", meta.bucket.name, meta.name);
             server
                 .store
                 .sha1_cache
-                .lookup(&key, meta.size_bytes, meta.mtime_ns)
+                .lookup(&sha1_cache_key(meta), meta.size_bytes, meta.mtime_ns)
                 .is_none()
         })
         .count();
@@ -561,6 +608,29 @@ pub fn list_files(
         None | Some(0) => LIST_PAGE_DEFAULT,
         Some(count) => (count as usize).min(LIST_PAGE_MAX),
     };
+    let history = server
+        .store
+        .history(&bucket)
+        .map_err(|error| io_error("reading the version history", error))?;
+    if let (Some(history), true) = (&history, versions) {
+        if delimiter
+            .as_deref()
+            .is_some_and(|delimiter| !delimiter.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "ringdown serve: delimiter is not supported in b2_list_file_versions of a bucket with version history (DIR/.versions)",
+            ));
+        }
+        let start_id = params.string("startFileId")?;
+        return list_versions_page(
+            server,
+            &bucket,
+            history,
+            (&start, start_id.as_deref()),
+            &prefix,
+            max_count,
+        );
+    }
     let (entries, next) = list_page(
         server,
         &bucket,
@@ -573,7 +643,14 @@ pub fn list_files(
     let mut metas = Vec::new();
     for entry in &entries {
         if let ListEntry::File(meta) = entry {
-            metas.push(meta.clone());
+            // A name whose newest version is a hide marker is not listed.
+            let hidden = history
+                .as_ref()
+                .and_then(|history| newest_hide_ms(history, &meta.name))
+                .is_some_and(|hidden_ms| hidden_ms >= meta.mtime_ms);
+            if !hidden {
+                metas.push(meta.clone());
+            }
         }
     }
     let views = views_of(server, metas);
@@ -595,6 +672,144 @@ pub fn list_files(
         files,
         next_file_name: next.as_ref().map(|(name, _)| name.as_str()),
         next_file_id: versions.then(|| next.as_ref().and_then(|(_, id)| id.as_deref())),
+    }))
+}
+
+/// The newest hide marker of `name` in a bucket's history (ms).
+fn newest_hide_ms(history: &[Version], name: &str) -> Option<u64> {
+    let first = history.partition_point(|version| version.name.as_str() < name);
+    history[first..]
+        .iter()
+        .take_while(|version| version.name == name)
+        .find(|version| version.kind == VersionKind::Hide)
+        .map(|version| version.upload_ms)
+}
+
+/// One version of a name in a versions listing.
+enum Listed<'h> {
+    Upload(ObjectMeta),
+    Hide(&'h Version),
+}
+
+impl Listed<'_> {
+    fn upload_ms(&self) -> u64 {
+        match self {
+            Listed::Upload(meta) => meta.mtime_ms,
+            Listed::Hide(version) => version.upload_ms,
+        }
+    }
+
+    fn file_id(&self) -> &str {
+        match self {
+            Listed::Upload(meta) => &meta.file_id,
+            Listed::Hide(version) => &version.file_id,
+        }
+    }
+}
+
+/// A `b2_list_file_versions` page of a bucket with history: every name of
+/// the bucket directory or the history, each with its versions newest
+/// first, from (`startFileName`, `startFileId`).
+fn list_versions_page(
+    server: &Server,
+    bucket: &Arc<Bucket>,
+    history: &[Version],
+    (start, start_id): (&str, Option<&str>),
+    prefix: &str,
+    max_count: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let names = server
+        .store
+        .names(bucket)
+        .map_err(|error| io_error("listing the bucket", error))?;
+    let first = if start > prefix { start } else { prefix };
+    let mut current = names.partition_point(|name| name.as_str() < first);
+    let mut older = history.partition_point(|version| version.name.as_str() < first);
+    let mut entries: Vec<Listed> = Vec::new();
+    let mut next: NextEntry = None;
+    'names: loop {
+        let candidates = [
+            names.get(current).map(String::as_str),
+            history.get(older).map(|version| version.name.as_str()),
+        ];
+        let Some(name) = candidates
+            .into_iter()
+            .flatten()
+            .filter(|name| name.starts_with(prefix))
+            .min()
+            .map(str::to_string)
+        else {
+            break;
+        };
+        let mut versions = Vec::new();
+        if names.get(current) == Some(&name) {
+            current += 1;
+            match server.store.stat(bucket, &name) {
+                Ok(meta) => versions.push(Listed::Upload(meta)),
+                Err(OpenError::NotFound | OpenError::InvalidName) => {}
+                Err(OpenError::Io(error)) => return Err(io_error(&format!("stat {name}"), error)),
+            }
+        }
+        while let Some(version) = history.get(older).filter(|version| version.name == name) {
+            older += 1;
+            match version.kind {
+                VersionKind::Hide => versions.push(Listed::Hide(version)),
+                VersionKind::Upload { .. } => match server.store.version_meta(bucket, version) {
+                    Ok(meta) => versions.push(Listed::Upload(meta)),
+                    Err(OpenError::NotFound | OpenError::InvalidName) => {}
+                    Err(OpenError::Io(error)) => {
+                        return Err(io_error(&format!("stat a version of {name}"), error));
+                    }
+                },
+            }
+        }
+        // Newest first; a hide marker before an upload of the same millisecond.
+        versions.sort_by(|a, b| {
+            b.upload_ms()
+                .cmp(&a.upload_ms())
+                .then(matches!(b, Listed::Hide(_)).cmp(&matches!(a, Listed::Hide(_))))
+        });
+        let skip = match start_id {
+            Some(id) if name == start => versions
+                .iter()
+                .position(|version| version.file_id() == id)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        for version in versions.into_iter().skip(skip) {
+            if entries.len() == max_count {
+                next = Some((name, Some(version.file_id().to_string())));
+                break 'names;
+            }
+            entries.push(version);
+        }
+    }
+    let metas = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Listed::Upload(meta) => Some(meta.clone()),
+            Listed::Hide(_) => None,
+        })
+        .collect();
+    let views = views_of(server, metas);
+    let mut next_view = views.iter().peekable();
+    let mut files = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        match entry {
+            Listed::Hide(version) => {
+                files.push(ListedJson::File(hide_json(server, bucket, version)))
+            }
+            Listed::Upload(meta) => {
+                if let Some(view) = next_view.next_if(|view| view.meta.file_id == meta.file_id) {
+                    files.push(ListedJson::File(view.to_json(server)));
+                }
+            }
+        }
+    }
+    Ok(to_body(&ListJson {
+        files,
+        next_file_name: next.as_ref().map(|(name, _)| name.as_str()),
+        next_file_id: Some(next.as_ref().and_then(|(_, id)| id.as_deref())),
     }))
 }
 
@@ -634,7 +849,15 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
     let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
     let meta = match server.store.stat(&bucket, &name) {
         Ok(meta) if meta.file_id == file_id => meta,
-        Ok(_) | Err(OpenError::NotFound | OpenError::InvalidName) => return Err(not_found()),
+        Ok(_) | Err(OpenError::NotFound | OpenError::InvalidName) => {
+            match server.store.open_version(&bucket, &name, &file_id) {
+                Ok((_, meta)) => meta,
+                Err(OpenError::NotFound | OpenError::InvalidName) => return Err(not_found()),
+                Err(OpenError::Io(error)) => {
+                    return Err(io_error(&format!("stat {name}"), error));
+                }
+            }
+        }
         Err(OpenError::Io(error)) => return Err(io_error(&format!("stat {name}"), error)),
     };
     let view =

@@ -494,20 +494,34 @@ async fn download(
                 (bucket, name, Some(file_id))
             }
         };
-        let (file, meta) =
-            server
-                .store
-                .open_object(&bucket, &name)
-                .map_err(|error| match error {
-                    OpenError::InvalidName => {
-                        ApiError::bad_request(format!("file name not allowed: {name:?}"))
-                    }
-                    OpenError::NotFound => ApiError::not_found(format!("file not present: {name}")),
-                    OpenError::Io(error) => ApiError::internal(format!("opening {name}: {error}")),
-                })?;
-        if expected_id.as_ref().is_some_and(|id| *id != meta.file_id) {
-            return Err(ApiError::not_found(format!("file not present: {name}")));
-        }
+        let opened = match server.store.open_object(&bucket, &name) {
+            Ok((file, meta)) => match &expected_id {
+                // By name: unless the name's newest version is a hide marker.
+                None if server
+                    .store
+                    .hidden_since(&bucket, &name)
+                    .is_some_and(|hidden_ms| hidden_ms >= meta.mtime_ms) =>
+                {
+                    Err(OpenError::NotFound)
+                }
+                None => Ok((file, meta)),
+                Some(id) if *id == meta.file_id => Ok((file, meta)),
+                // By the ID of an older version (`DIR/.versions`).
+                Some(id) => server.store.open_version(&bucket, &name, id),
+            },
+            Err(OpenError::NotFound) if expected_id.is_some() => {
+                let id = expected_id.as_deref().expect("checked");
+                server.store.open_version(&bucket, &name, id)
+            }
+            Err(error) => Err(error),
+        };
+        let (file, meta) = opened.map_err(|error| match error {
+            OpenError::InvalidName => {
+                ApiError::bad_request(format!("file name not allowed: {name:?}"))
+            }
+            OpenError::NotFound => ApiError::not_found(format!("file not present: {name}")),
+            OpenError::Io(error) => ApiError::internal(format!("opening {name}: {error}")),
+        })?;
         let view = api::view_of(server, meta)
             .map_err(|error| ApiError::internal(format!("hashing {name}: {error}")))?;
         // A small object is read here too, on the same blocking thread: one

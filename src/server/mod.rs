@@ -17,6 +17,7 @@ pub mod config;
 mod encoding;
 mod fault_io;
 mod faults;
+mod history;
 mod http;
 mod sha1_cache;
 mod store;

@@ -34,6 +34,9 @@ pub struct ObjectMeta {
     pub mtime_ms: u64,
     pub mtime_ns: u128,
     pub file_id: String,
+    /// An older version (`history`): its file beneath DIR. Its uploadTimestamp
+    /// (`mtime_ms`) comes from that path, not from the file's mtime.
+    pub history_path: Option<String>,
 }
 
 #[derive(Debug)]
@@ -101,6 +104,30 @@ pub fn file_id_for(bucket: &Bucket, name: &str, size_bytes: u64, mtime_ns: u128)
     format!("4_z{}_f{}_n{}", bucket.id, version, encoded)
 }
 
+/// The ID of an older version or hide marker (`history`): the same shape, so
+/// `parse_file_id` finds its bucket and name.
+pub fn file_id_for_version(
+    bucket: &Bucket,
+    name: &str,
+    upload_ms: u64,
+    kind: &super::history::VersionKind,
+) -> String {
+    let (tag, size_bytes): (&[u8], u64) = match kind {
+        super::history::VersionKind::Upload { size_bytes } => (b"upload", *size_bytes),
+        super::history::VersionKind::Hide => (b"hide", 0),
+    };
+    let version = short_hash(&[
+        b"ringdown-version",
+        bucket.name.as_bytes(),
+        name.as_bytes(),
+        tag,
+        &upload_ms.to_be_bytes(),
+        &size_bytes.to_be_bytes(),
+    ]);
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_bytes());
+    format!("4_z{}_f{}_n{}", bucket.id, version, encoded)
+}
+
 /// Splits a file ID into (bucket id, name). The version part is checked by the caller.
 pub fn parse_file_id(file_id: &str) -> Option<(String, String)> {
     let rest = file_id.strip_prefix("4_z")?;
@@ -150,7 +177,7 @@ fn open_in_bucket(bucket_fd: &OwnedFd, name: &str, flags: OFlags) -> Result<Owne
     })
 }
 
-fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
+pub(super) fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
     let seconds = stat.st_mtime.max(0) as u128;
     seconds * 1_000_000_000 + stat.st_mtime_nsec as u128
 }
@@ -169,6 +196,36 @@ impl Store {
             bucket_names_by_id: Mutex::new(HashMap::new()),
             sha1_cache,
         })
+    }
+
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Opens a regular file at `path` beneath DIR (no `..`, no symlink) and
+    /// stats it.
+    pub(super) fn open_under_root(
+        &self,
+        path: &str,
+    ) -> Result<(File, rustix::fs::Stat), OpenError> {
+        let fd = rustix::fs::openat2(
+            &self.root_fd,
+            path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_beneath(),
+        )
+        .map_err(|error| match error {
+            rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => {
+                OpenError::NotFound
+            }
+            other => OpenError::Io(other.into()),
+        })?;
+        let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(OpenError::NotFound);
+        }
+        Ok((File::from(fd), stat))
     }
 
     /// Buckets sorted by name: the real (non-symlink) subdirectories of DIR
@@ -277,6 +334,7 @@ impl Store {
             mtime_ms: (mtime_ns / 1_000_000) as u64,
             mtime_ns,
             file_id: file_id_for(bucket, name, size_bytes, mtime_ns),
+            history_path: None,
         })
     }
 
@@ -357,7 +415,7 @@ fn directory_mtime(path: &Path) -> Option<std::time::SystemTime> {
 
 /// Collects regular files below `directory` (names relative to the bucket,
 /// `/`-separated). Symlinks, sockets, fifos and non-UTF-8 names are skipped.
-fn walk(
+pub(super) fn walk(
     directory: &Path,
     prefix: &str,
     names: &mut Vec<String>,
