@@ -170,6 +170,9 @@ pub struct DownloadOptions {
     /// Expected SHA1 for plain URLs (`--sha1`).
     pub sha1: Option<[u8; 20]>,
     pub require_verified: bool,
+    /// `--as-of` (b2:// only): the version current at this instant (ms since
+    /// the epoch), found with `b2_list_file_versions`.
+    pub as_of_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for DownloadOptions {
@@ -185,6 +188,7 @@ impl std::fmt::Debug for DownloadOptions {
             .field("direct_io", &self.direct_io)
             .field("sha1", &self.sha1.as_ref().map(|sha1| to_hex(sha1)))
             .field("require_verified", &self.require_verified)
+            .field("as_of_ms", &self.as_of_ms)
             .finish()
     }
 }
@@ -526,68 +530,103 @@ impl Download {
                     crate::b2::b2_url_encode(name)
                 );
                 let display_name = format!("b2://{bucket}/{name}");
-                let token = auth.token();
-                let mut request = Vec::new();
-                http::write_get_request(
-                    &mut request,
-                    "HEAD",
-                    &origin.host_header(),
-                    &by_name,
-                    None,
-                    &[("Authorization", &token)],
-                )
-                .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
-                let tls_opt = origin.tls.then_some(&tls);
-                let reply = exchange(
-                    &origin,
-                    tls_opt,
-                    timeout,
-                    &request,
-                    true,
-                    0,
-                    ApiRetry::STARTUP,
-                )
-                .await
-                .map_err(|error| {
-                    crate::client::in_context(error, &format!("HEAD {display_name}"))
-                })?;
-                match reply.head.status {
-                    200 => {}
-                    401 | 403 => {
-                        return Err(Error::Auth(format!(
-                            "HEAD {display_name}: {}",
-                            describe_error(&reply)
-                        )));
-                    }
-                    404 => {
-                        return Err(Error::http(
-                            format!("HEAD {display_name}"),
-                            "not found: no such bucket or object (names are case-sensitive)",
+                let mut notices = Vec::new();
+                let (size_bytes, file_id, expected, mtime_ms) = match options.as_of_ms {
+                    Some(at_ms) => {
+                        let at = crate::units::format_instant_ms(at_ms);
+                        let entry =
+                            crate::restore::version_at(&auth, bucket, name, at_ms, timeout)
+                                .await?
+                                .ok_or_else(|| {
+                                    Error::http(
+                                        format!("{display_name} as of {at}"),
+                                        "no version existed then: first uploaded later, or deleted (hidden) by then",
+                                    )
+                                })?;
+                        // By fileId only: the name now serves another version.
+                        let Some(file_id) = entry.file_id else {
+                            return Err(Error::http(
+                                "b2_list_file_versions",
+                                format!("{display_name}: a version without fileId"),
+                            ));
+                        };
+                        notices.push(format!(
+                            "as of {at}: the version uploaded at {}",
+                            crate::units::format_instant_ms(entry.upload_ms.unwrap_or_default())
                         ));
+                        (
+                            entry.size_bytes,
+                            Some(file_id),
+                            entry.expected,
+                            entry.mtime_ms,
+                        )
                     }
-                    _ => {
-                        return Err(Error::http(
-                            format!("HEAD {display_name}"),
-                            describe_error(&reply),
-                        ));
-                    }
-                }
-                let head = &reply.head;
-                let size_bytes = head.content_length.ok_or_else(|| {
-                    Error::http(format!("HEAD {display_name}"), "no Content-Length")
-                })?;
-                let file_id = head.header("x-bz-file-id").map(str::to_string);
-                let expected = crate::b2::expected_sha1(
-                    head.header("x-bz-content-sha1"),
-                    head.header("x-bz-info-large_file_sha1"),
-                );
-                let mtime_ms = head
-                    .header("x-bz-info-src_last_modified_millis")
-                    .and_then(|v| v.parse().ok())
-                    .or_else(|| {
-                        head.header("x-bz-upload-timestamp")
+                    None => {
+                        let token = auth.token();
+                        let mut request = Vec::new();
+                        http::write_get_request(
+                            &mut request,
+                            "HEAD",
+                            &origin.host_header(),
+                            &by_name,
+                            None,
+                            &[("Authorization", &token)],
+                        )
+                        .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
+                        let tls_opt = origin.tls.then_some(&tls);
+                        let reply = exchange(
+                            &origin,
+                            tls_opt,
+                            timeout,
+                            &request,
+                            true,
+                            0,
+                            ApiRetry::STARTUP,
+                        )
+                        .await
+                        .map_err(|error| {
+                            crate::client::in_context(error, &format!("HEAD {display_name}"))
+                        })?;
+                        match reply.head.status {
+                            200 => {}
+                            401 | 403 => {
+                                return Err(Error::Auth(format!(
+                                    "HEAD {display_name}: {}",
+                                    describe_error(&reply)
+                                )));
+                            }
+                            404 => {
+                                return Err(Error::http(
+                                    format!("HEAD {display_name}"),
+                                    "not found: no such bucket or object (names are case-sensitive)",
+                                ));
+                            }
+                            _ => {
+                                return Err(Error::http(
+                                    format!("HEAD {display_name}"),
+                                    describe_error(&reply),
+                                ));
+                            }
+                        }
+                        let head = &reply.head;
+                        let size_bytes = head.content_length.ok_or_else(|| {
+                            Error::http(format!("HEAD {display_name}"), "no Content-Length")
+                        })?;
+                        let file_id = head.header("x-bz-file-id").map(str::to_string);
+                        let expected = crate::b2::expected_sha1(
+                            head.header("x-bz-content-sha1"),
+                            head.header("x-bz-info-large_file_sha1"),
+                        );
+                        let mtime_ms = head
+                            .header("x-bz-info-src_last_modified_millis")
                             .and_then(|v| v.parse().ok())
-                    });
+                            .or_else(|| {
+                                head.header("x-bz-upload-timestamp")
+                                    .and_then(|v| v.parse().ok())
+                            });
+                        (size_bytes, file_id, expected, mtime_ms)
+                    }
+                };
                 // Fetch by fileId so a newer upload under the same name cannot be spliced in.
                 let path_and_query = match &file_id {
                     Some(id) => format!(
@@ -611,7 +650,7 @@ impl Download {
                     mtime_ms,
                     source,
                     ranges: true,
-                    notices: Vec::new(),
+                    notices,
                 })
             }
             Source::Url(text) => {
@@ -1089,6 +1128,7 @@ pub(crate) mod tests {
             direct_io: DirectIo::Auto,
             sha1: None,
             require_verified: false,
+            as_of_ms: None,
         };
         let text = format!("{options:?} {options:#?}");
         assert!(!text.contains("very-secret"), "{text}");

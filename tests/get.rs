@@ -1190,3 +1190,96 @@ fn downloads_go_to_the_published_download_url() {
     );
     assert!(!dest.path().join("a.bin").exists());
 }
+
+/// `get --as-of`: the version of one name current at an instant, by its
+/// fileId (a large old version in ranged parts, verified against its own
+/// `large_file_sha1`), with that version's time; a name that did not exist
+/// then, or was deleted by then, is an error that says so; a plain URL is
+/// refused before any network.
+#[test]
+fn as_of_gets_the_version_current_at_an_instant() {
+    // Before the bucket files' mtime (`Fixture`: 1_700_000_000 s), which
+    // makes those the newest versions.
+    const T1: u64 = 1_699_999_000_000;
+    const T2: u64 = 1_699_999_500_000;
+    const NOW: u64 = 1_700_000_000_000;
+    let fixture = Fixture::new(&[("doc.bin", 5 * PART + 7)]);
+    let history = fixture.data.path().join(".versions/bkt");
+    let old_doc = content("doc-v1", 3 * PART - 5);
+    write_file(&history, &format!("doc.bin/@{T1}"), &old_doc);
+    write_file(&history, &format!("deleted.txt/@{T1}"), b"deleted at T2");
+    write_file(&history, &format!("deleted.txt/@{T2}.hide"), b"");
+    let served = serve(
+        fixture.data.path(),
+        false,
+        &["--large-file-threshold", "128KiB"],
+    );
+    let at = |ms: u64| ringdown::units::format_instant_ms(ms);
+    let mut args = SMALL_TUNING.to_vec();
+
+    let dest = fixture.dest_str("doc-then.bin");
+    let between = at(T1 + 1);
+    args.extend([
+        "b2://bkt/doc.bin",
+        dest.as_str(),
+        "--as-of",
+        between.as_str(),
+    ]);
+    let output = ringdown(&served, &args);
+    assert_ok(&output);
+    assert!(stderr(&output).contains("the version uploaded at 2023-11-14T21:56:40Z"));
+    assert_eq!(std::fs::read(&dest).unwrap(), old_doc);
+    let mtime = std::fs::metadata(&dest).unwrap().modified().unwrap();
+    assert_eq!(
+        mtime,
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(T1)
+    );
+    // From NOW on (inclusive), and without --as-of: the bucket's file.
+    let now = at(NOW);
+    for (label, as_of) in [("at-now", Some(now.as_str())), ("now", None)] {
+        let dest = fixture.dest_str(label);
+        let mut args = SMALL_TUNING.to_vec();
+        args.extend(["b2://bkt/doc.bin", dest.as_str()]);
+        args.extend(as_of.map(|time| ["--as-of", time]).into_iter().flatten());
+        assert_ok(&ringdown(&served, &args));
+        assert_same(Path::new(&dest), "doc.bin", 5 * PART + 7);
+    }
+
+    for (name, instant, needle) in [
+        ("deleted.txt", at(T2), "no version existed then"),
+        ("deleted.txt", at(T1 - 1), "no version existed then"),
+        ("never.txt", at(T2), "no version existed then"),
+    ] {
+        let dest = fixture.dest_str("x");
+        let source = format!("b2://bkt/{name}");
+        let mut args = SMALL_TUNING.to_vec();
+        args.extend([source.as_str(), dest.as_str(), "--as-of", instant.as_str()]);
+        assert_exit(&ringdown(&served, &args), 1, needle);
+        assert!(!Path::new(&dest).exists());
+    }
+    let dest = fixture.dest_str("deleted.txt");
+    let mut args = SMALL_TUNING.to_vec();
+    let before_deletion = at(T2 - 1);
+    args.extend([
+        "b2://bkt/deleted.txt",
+        dest.as_str(),
+        "--as-of",
+        before_deletion.as_str(),
+    ]);
+    assert_ok(&ringdown(&served, &args));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"deleted at T2");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            "https://127.0.0.1:9/x?sig=secret",
+            "/tmp/never",
+            "--as-of",
+            "2023-11-14",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&output, 2, "--as-of needs a b2://BUCKET/NAME source");
+    assert!(!stderr(&output).contains("secret"));
+    assert_no_temp(fixture.out.path());
+}

@@ -36,6 +36,11 @@ pub struct GetArgs {
     /// Exit 1 when the object carries no digest to verify against.
     #[arg(long)]
     pub require_verified: bool,
+    /// b2:// only: the version that was current at this instant (the newest uploaded at or
+    /// before it; an error if the name was deleted by then or created later). RFC 3339 with a
+    /// zone, or a date (00:00 UTC).
+    #[arg(long, value_name = "TIME", value_parser = crate::units::parse_instant_ms)]
+    pub as_of: Option<u64>,
     /// fsync the file and its directory before reporting success.
     #[arg(long)]
     pub fsync: bool,
@@ -215,6 +220,13 @@ fn parse_sha1_hex(text: &str) -> Result<[u8; 20]> {
 
 pub fn run(args: GetArgs) -> Result<i32> {
     let source = Source::parse(&args.source)?;
+    if args.as_of.is_some() && !matches!(source, Source::B2 { .. }) {
+        // Not the URL itself: a presigned one carries its signature.
+        return Err(Error::Usage(
+            "--as-of needs a b2://BUCKET/NAME source: versions are B2's, and this is a plain URL"
+                .into(),
+        ));
+    }
     let (engine, memlock_notice) = args.tuning.engine_config(false)?;
     let sha1 = args.sha1.as_deref().map(parse_sha1_hex).transpose()?;
     let options = DownloadOptions {
@@ -232,6 +244,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
         direct_io: args.tuning.direct_io,
         sha1,
         require_verified: args.require_verified,
+        as_of_ms: args.as_of,
     };
     let download = Download::new(source, args.dest.clone(), options);
     download.resolve_dest()?;

@@ -551,6 +551,48 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The version of `bucket`/`name` that was current at `at_ms` (`get
+/// --as-of`): that name's versions from `b2_list_file_versions`, chosen as
+/// `restore --as-of` chooses. `None` when it did not exist then.
+pub(crate) async fn version_at(
+    auth: &Authorizer,
+    bucket: &str,
+    name: &str,
+    at_ms: u64,
+    timeout: std::time::Duration,
+) -> Result<Option<ListEntry>> {
+    const CALL: &str = "b2_list_file_versions";
+    let bucket_id = bucket_id(auth, bucket, timeout).await?;
+    let mut choice = listing::VersionAt::new(at_ms);
+    let mut start = listing::PageStart {
+        file_name: Some(name.to_string()),
+        file_id: None,
+    };
+    let mut page_files = None;
+    loop {
+        let files = listing::next_page_files(page_files);
+        page_files = Some(files);
+        // The prefix also lists `name/…` and `name…` after `name` itself.
+        let body = listing::request_body(&bucket_id, name, &start, files);
+        let reply = api_call(auth, CALL, &body, timeout, ApiRetry::STARTUP).await?;
+        let page = listing::parse_page(&reply).map_err(|why| Error::http(CALL, why))?;
+        listing::check_progress(&start, &page).map_err(|why| Error::http(CALL, why))?;
+        let next = listing::PageStart::after(&page);
+        for entry in page.entries {
+            if entry.name != name {
+                return Ok(None);
+            }
+            if let Some(picked) = choice.pick(entry).map_err(|why| Error::http(CALL, why))? {
+                return Ok(Some(picked));
+            }
+        }
+        match next {
+            Some(next) => start = next,
+            None => return Ok(None),
+        }
+    }
+}
+
 /// `b2_list_buckets` by name → `bucketId`.
 async fn bucket_id(
     auth: &Authorizer,
