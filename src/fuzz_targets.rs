@@ -253,3 +253,56 @@ pub fn proxy(data: &[u8]) {
         let _ = check_connect_reply(data, &chosen);
     }
 }
+
+/// `--as-of`: the first line is an instant, the rest a
+/// `b2_list_file_versions` page whose entries go through the version choice
+/// at that instant (or at the first line's length, in ms, if it is none).
+/// An instant reads back from its own formatting; the choice picks at most
+/// one upload per name, never one uploaded after the instant, and refuses
+/// rather than guesses when the order is not B2's.
+pub fn versions(data: &[u8]) {
+    use crate::restore::listing::{Action, PageStart, VersionAt, check_progress, parse_page};
+    use crate::units::{format_instant_ms, parse_instant_ms};
+    let (first, page) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let text = String::from_utf8_lossy(first);
+    let at_ms = match parse_instant_ms(&text) {
+        Ok(ms) => {
+            let formatted = format_instant_ms(ms);
+            assert_eq!(
+                parse_instant_ms(&formatted),
+                Ok(ms),
+                "{text:?} → {formatted}"
+            );
+            ms
+        }
+        Err(why) => {
+            assert!(!why.is_empty());
+            first.len() as u64
+        }
+    };
+    let Ok(page) = parse_page(page) else {
+        return;
+    };
+    let _ = check_progress(&PageStart::default(), &page);
+    let mut choice = VersionAt::new(at_ms);
+    let mut picked: Vec<String> = Vec::new();
+    for entry in page.entries {
+        match choice.pick(entry) {
+            Ok(Some(entry)) => {
+                assert_eq!(entry.action, Action::Upload);
+                assert!(entry.upload_ms.is_some_and(|ms| ms <= at_ms));
+                assert!(
+                    picked.last() < Some(&entry.name),
+                    "one version per name, names ascending"
+                );
+                picked.push(entry.name);
+            }
+            Ok(None) => {}
+            // Out of order: the rest of the listing is not trusted.
+            Err(_) => return,
+        }
+    }
+}

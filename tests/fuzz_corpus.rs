@@ -63,6 +63,11 @@ fn proxy_corpus() {
     replay("proxy", ringdown::fuzz_targets::proxy);
 }
 
+#[test]
+fn versions_corpus() {
+    replay("versions", ringdown::fuzz_targets::versions);
+}
+
 /// Stable stand-in for the fuzzer when nightly is unavailable: random
 /// mutations (byte flips, truncation, splices) of the corpus files.
 mod mutations {
@@ -163,6 +168,11 @@ mod mutations {
         }
 
         #[test]
+        fn versions(pick in any::<usize>(), edits in prop::collection::vec(any::<(usize, u8, u8)>(), 0..8), cut in any::<usize>()) {
+            check("versions", ringdown::fuzz_targets::versions, pick, &edits, cut);
+        }
+
+        #[test]
         fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {
             ringdown::fuzz_targets::http_head(&data);
             ringdown::fuzz_targets::content_range(&data);
@@ -171,6 +181,7 @@ mod mutations {
             ringdown::fuzz_targets::chunked(&data);
             ringdown::fuzz_targets::urls(&data);
             ringdown::fuzz_targets::proxy(&data);
+            ringdown::fuzz_targets::versions(&data);
         }
     }
 }
