@@ -67,6 +67,11 @@ pub const RETRY_AFTER_MAX_S: u64 = 300;
 pub const RETRY_WAIT_STOP_CHECK_MS: u64 = 100;
 /// Stall timeout: connect, handshake, response head, or an idle body.
 pub const TIMEOUT_S_DEFAULT: u64 = 30;
+/// `--limit-rate`: how far (in time at the limit) a core's connections may
+/// run ahead of the rate before they wait; also the size of one read.
+pub const LIMIT_RATE_BURST_MS: u64 = 100;
+/// `--limit-rate`: the smallest read, whatever the limit (a TLS record).
+pub const LIMIT_RATE_READ_MIN_BYTES: usize = 16 * 1024;
 /// A SHA1 mismatch of a whole object is retried this many more times.
 pub const OBJECT_REDOWNLOADS_ON_MISMATCH: u32 = 1;
 

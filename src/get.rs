@@ -1111,6 +1111,7 @@ pub(crate) mod tests {
             retry_max_ms: 1,
             timeout: Duration::from_secs(1),
             register_buffers: false,
+            limit_rate_bytes_per_s: None,
             cancel: None,
         }
     }

@@ -28,10 +28,12 @@ pub enum Stage {
     Chunk,
     File,
     RetryWait,
+    /// `--limit-rate`: a connection holding back to stay under the limit.
+    RateWait,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 11] = [
         Stage::Connect,
         Stage::TlsHandshake,
         Stage::Ttfb,
@@ -42,6 +44,7 @@ impl Stage {
         Stage::Chunk,
         Stage::File,
         Stage::RetryWait,
+        Stage::RateWait,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Stage {
             Stage::Chunk => "chunk",
             Stage::File => "file",
             Stage::RetryWait => "retry_wait",
+            Stage::RateWait => "rate_wait",
         }
     }
 
@@ -72,7 +76,7 @@ impl Stage {
 /// (larger values saturate), `HISTOGRAM_SIGFIGS` significant figures.
 #[derive(Debug, Clone)]
 pub struct StageHistograms {
-    by_stage: [Histogram<u64>; 10],
+    by_stage: [Histogram<u64>; Stage::ALL.len()],
 }
 
 impl Default for StageHistograms {

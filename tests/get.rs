@@ -1283,3 +1283,38 @@ fn as_of_gets_the_version_current_at_an_instant() {
     assert!(!stderr(&output).contains("secret"));
     assert_no_temp(fixture.out.path());
 }
+
+/// `--limit-rate` is a total over every core and connection: 3 MB at 2 MB/s
+/// take at least 1.4 s (the first 100 ms burst is free), in ranged parts
+/// over 2 cores × 3 connections; the waits show as the `rate_wait` stage.
+/// Only the lower bound is checked: a busy machine can only be slower.
+#[test]
+fn limit_rate_caps_the_total_over_every_connection() {
+    let size = 3_000_000;
+    let fixture = Fixture::new(&[("paced.bin", size)]);
+    let served = serve(fixture.data.path(), false, &[]);
+    let dest = fixture.dest_str("paced.bin");
+    let stats = fixture.dest_str("stats.json");
+    let mut args = SMALL_TUNING.to_vec();
+    args.extend(["b2://bkt/paced.bin", dest.as_str(), "--limit-rate", "2MB/s"]);
+    args.extend(["--stats-json", stats.as_str()]);
+    let started = std::time::Instant::now();
+    let output = ringdown(&served, &args);
+    let elapsed = started.elapsed();
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "paced.bin", size);
+    assert!(
+        elapsed >= std::time::Duration::from_millis(1400),
+        "3 MB at 2 MB/s in {elapsed:?}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(stats["stages"]["rate_wait"]["count"].as_u64().unwrap() > 0);
+    let mut args = SMALL_TUNING.to_vec();
+    args.extend(["b2://bkt/paced.bin", "/tmp/never", "--limit-rate", "0"]);
+    assert_exit(
+        &ringdown(&served, &args),
+        2,
+        "--limit-rate must be positive",
+    );
+}

@@ -90,6 +90,10 @@ pub struct TuningArgs {
     /// O_DIRECT writes from the aligned buffers (auto: objects ≥ 1 MiB where the filesystem supports it).
     #[arg(long, value_enum, default_value_t = DirectIo::Auto)]
     pub direct_io: DirectIo,
+    /// Receive at most RATE in total (e.g. 100MB/s, 50MiB, 1G/s; K M G are powers of 1024,
+    /// KB MB GB of 1000), over every core and connection. Default: no limit.
+    #[arg(long, value_parser = crate::units::parse_rate_bytes_per_s, value_name = "RATE")]
+    pub limit_rate: Option<u64>,
     /// Pin each core's thread to a CPU (auto: when the affinity mask has exactly --cores CPUs).
     #[arg(long, value_enum, default_value_t = PinMode::Auto)]
     pub pin: PinMode,
@@ -159,6 +163,9 @@ impl TuningArgs {
         if self.timeout_s == 0 {
             return usage("--timeout-s must be at least 1".into());
         }
+        if self.limit_rate == Some(0) {
+            return usage("--limit-rate must be positive (leave it out for no limit)".into());
+        }
         // Whole buffers per part keep every O_DIRECT write aligned.
         let pool_per_connection_bytes =
             (buffers as u64 * self.buffer_size) / large_connections as u64;
@@ -180,6 +187,7 @@ impl TuningArgs {
             retry_max_ms: self.retry_max_ms.max(self.retry_base_ms),
             timeout: Duration::from_secs(self.timeout_s),
             register_buffers: true,
+            limit_rate_bytes_per_s: self.limit_rate,
             cancel: None,
         };
         let pool_bytes = cores as u64 * buffers as u64 * self.buffer_size;

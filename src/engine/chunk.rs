@@ -117,7 +117,9 @@ async fn attempt_chunk(
                 buf
             }
         };
-        let want = (buf.spare_bytes() as u64).min(body_left) as usize;
+        let want = core
+            .core
+            .read_bytes_max((buf.spare_bytes() as u64).min(body_left) as usize);
         let (result, returned) = conn.read_body_into(buf, want).await;
         buf = returned;
         let n = match result {
@@ -146,6 +148,7 @@ async fn attempt_chunk(
         } else {
             *current = Some(buf);
         }
+        core.core.pace(n).await;
     }
     if let Some(conn) = connection.as_mut() {
         conn.requests_done += 1;

@@ -8,6 +8,7 @@ mod chunk;
 mod failure;
 pub mod large;
 mod object;
+mod pace;
 mod request;
 pub mod scheduler;
 
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub timeout: Duration,
     /// Register buffers with the ring (false when RLIMIT_MEMLOCK is too small).
     pub register_buffers: bool,
+    /// `--limit-rate`: bytes received per second, over every core and
+    /// connection (each core paces its connections with an equal share).
+    pub limit_rate_bytes_per_s: Option<u64>,
     /// Set by a signal handler: hand out no more chunks or objects; requests
     /// in flight finish and their writes complete.
     pub cancel: Option<Arc<AtomicBool>>,

@@ -164,7 +164,8 @@ async fn attempt_object(
         // Fill the whole buffer (or the rest of the body) before writing.
         while buf.spare_bytes() > 0 && (buf.filled_bytes() as u64) < body_left {
             let want = (buf.spare_bytes() as u64).min(body_left - buf.filled_bytes() as u64);
-            let (result, returned) = conn.read_body_into(buf, want as usize).await;
+            let want = core.read_bytes_max(want as usize);
+            let (result, returned) = conn.read_body_into(buf, want).await;
             buf = returned;
             match result {
                 Ok(0) => {
@@ -174,7 +175,7 @@ async fn attempt_object(
                         job.size_bytes - received.bytes
                     )));
                 }
-                Ok(_) => {}
+                Ok(n) => core.pace(n).await,
                 Err(error) => {
                     flush(core, file, buf, received).await?;
                     return Err(conn_failure(error));

@@ -142,6 +142,8 @@ pub(crate) struct Shared {
     space: Condvar,
     /// Connections wait here for work (an item, a new large object, the end).
     work: Notify,
+    /// `--limit-rate`, over every core.
+    pace: Option<super::pace::Pace>,
 }
 
 struct State {
@@ -271,6 +273,9 @@ impl Scheduler {
                 active: Vec::new(),
                 open_large: 0,
             }),
+            pace: config
+                .limit_rate_bytes_per_s
+                .map(|bytes_per_s| super::pace::Pace::new(bytes_per_s, cores)),
             capacity_jobs: (cores * SCHEDULER_QUEUE_JOBS_PER_CORE).min(SCHEDULER_QUEUE_JOBS_MAX),
             connections_total: cores * config.connections_per_core.max(1),
             large_connections: cores
@@ -395,6 +400,31 @@ impl Core {
     pub fn count_retry(&self) {
         self.retries.set(self.retries.get() + 1);
         self.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The most one body read should ask for (`--limit-rate` keeps reads
+    /// within a burst).
+    pub fn read_bytes_max(&self, want: usize) -> usize {
+        self.shared
+            .pace
+            .as_ref()
+            .map_or(want, |pace| want.min(pace.read_bytes_max()))
+    }
+
+    /// `--limit-rate`: charges `bytes` just received, and waits (the
+    /// `rate_wait` stage) while the run is ahead of the limit. A stopping
+    /// run does not wait: its requests in flight drain at full speed.
+    pub async fn pace(&self, bytes: usize) {
+        let Some(pace) = &self.shared.pace else {
+            return;
+        };
+        let wait = pace.charge(bytes);
+        if wait.is_zero() {
+            return;
+        }
+        let waited = Instant::now();
+        crate::runtime::sleep_unless(wait, || self.shared.is_stopped()).await;
+        self.record(Stage::RateWait, waited.elapsed());
     }
 
     /// `runtime::sleep_unless`, timed as the `retry_wait` stage.
