@@ -302,7 +302,8 @@ mod tests {
                 "hash",
                 "chunk",
                 "file",
-                "retry_wait"
+                "retry_wait",
+                "rate_wait"
             ]
         );
         for stage in Stage::ALL {
@@ -375,7 +376,7 @@ mod tests {
         stages.record(Stage::File, Duration::from_millis(4_560));
         let table = stages.table();
         assert!(table.starts_with("stage"), "{table}");
-        assert_eq!(table.lines().count(), 11);
+        assert_eq!(table.lines().count(), 12);
         assert!(
             table
                 .lines()
@@ -436,7 +437,7 @@ mod tests {
             json["verified"],
             json!({"ok": 1, "unverified": 0, "failed": 0})
         );
-        assert_eq!(json["stages"].as_object().unwrap().len(), 10);
+        assert_eq!(json["stages"].as_object().unwrap().len(), 11);
         let zero = RunSummary {
             seconds: 0.0,
             ..RunSummary::default()

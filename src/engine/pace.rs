@@ -80,26 +80,27 @@ impl Pace {
 mod tests {
     use super::*;
 
+    const US: u64 = 1_000;
     const MS: u64 = 1_000_000;
 
     #[test]
     fn a_steady_reader_is_held_to_the_rate_after_one_burst() {
-        // 1 MB/s: 1 ns per byte; a burst is 100 ms = 100,000 bytes.
+        // 1 MB/s: 1 µs per byte; a burst is 100 ms = 100,000 bytes.
         let pace = Pace::new(1_000_000, 1);
         assert_eq!(pace.read_bytes_max(), 100_000);
         // Reading as fast as possible at t=0: free up to the burst...
         assert_eq!(pace.charge_at(0, 50_000), 0);
         assert_eq!(pace.charge_at(0, 50_000), 0);
         // ...then every byte waits its turn.
-        assert_eq!(pace.charge_at(0, 16_384), 16_384);
-        assert_eq!(pace.charge_at(16_384, 100_000), 100_000);
+        assert_eq!(pace.charge_at(0, 16_384), 16_384 * US);
+        assert_eq!(pace.charge_at(16_384 * US, 100_000), 100 * MS);
         // 10 MB read back to back, each read as soon as allowed: 10 s less a burst.
         let pace = Pace::new(1_000_000, 1);
         let mut now = 0;
         for _ in 0..1000 {
             now += pace.charge_at(now, 10_000);
         }
-        assert_eq!(now, 10_000 * MS - 100 * MS + 10_000);
+        assert_eq!(now, 10_000 * MS - 100 * MS);
     }
 
     #[test]
@@ -109,7 +110,7 @@ mod tests {
         // An hour idle, then a flood: still only one burst free.
         let hour = 3_600_000 * MS;
         assert_eq!(pace.charge_at(hour, 100_000), 0);
-        assert_eq!(pace.charge_at(hour, 1_000), 1_000);
+        assert_eq!(pace.charge_at(hour, 1_000), 1_000 * US);
     }
 
     #[test]
@@ -137,8 +138,10 @@ mod tests {
         assert_eq!(Pace::new(0, 1).bytes_per_s, 1);
         let fast = Pace::new(u64::MAX, 1);
         assert!(fast.read_bytes_max() > 1 << 40);
-        assert_eq!(fast.charge_at(0, u64::MAX), 0);
+        assert_eq!(fast.charge_at(0, 1 << 40), 0);
         let slow = Pace::new(1, 1);
-        assert!(slow.charge_at(u64::MAX - 5, u64::MAX) > 0);
+        assert_eq!(slow.charge_at(0, 10), 10_000 * MS - 100 * MS);
+        // Saturates at the end of time instead of overflowing.
+        assert_eq!(slow.charge_at(u64::MAX - 5, u64::MAX), 0);
     }
 }
