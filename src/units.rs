@@ -168,7 +168,7 @@ fn is_leap_year(year: u64) -> bool {
     year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
 }
 
-fn days_in_month(year: u64, month: u64) -> u64 {
+pub(crate) fn days_in_month(year: u64, month: u64) -> u64 {
     match month {
         2 if is_leap_year(year) => 29,
         2 => 28,
@@ -179,7 +179,7 @@ fn days_in_month(year: u64, month: u64) -> u64 {
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
 /// `days_from_civil`).
-fn days_from_civil(year: u64, month: u64, day: u64) -> i64 {
+pub(crate) fn days_from_civil(year: u64, month: u64, day: u64) -> i64 {
     let year = year as i64 - i64::from(month <= 2);
     let era = year.div_euclid(400);
     let year_of_era = year - era * 400;

@@ -4,6 +4,7 @@
 use super::HttpError;
 use super::range::{ContentRange, ContentRangeValue, parse_content_range_value, parse_decimal};
 use crate::config::{HTTP_HEAD_MAX_BYTES, HTTP_HEADERS_MAX, RETRY_AFTER_MAX_S};
+use crate::units::{days_from_civil, days_in_month};
 
 /// A parsed response head. Header names are lowercased; values are decoded as
 /// lossy UTF-8 (B2 percent-encodes anything else).
@@ -308,7 +309,7 @@ pub fn parse_http_date(value: &str) -> Option<u64> {
     {
         return None;
     }
-    let days = days_since_epoch(year, month, day);
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
     Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
@@ -316,27 +317,6 @@ fn digits(bytes: &[u8]) -> Option<u64> {
     bytes.iter().try_fold(0u64, |acc, &b| {
         b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
     })
-}
-
-fn is_leap_year(year: u64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: u64, month: u64) -> u64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to the given date (year ≥ 1970; both within 4 digits).
-fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
-    let leap_days_before = |y: u64| (y - 1) / 4 - (y - 1) / 100 + (y - 1) / 400;
-    let days_before_year = (year - 1970) * 365 + leap_days_before(year) - leap_days_before(1970);
-    let days_before_month: u64 = (1..month).map(|m| days_in_month(year, m)).sum();
-    days_before_year + days_before_month + day - 1
 }
 
 fn truncate(value: &str) -> String {

@@ -154,13 +154,14 @@ fn is_servable_bucket_name(name: &str) -> bool {
     is_servable_name(name) && !name.contains('/') && !name.starts_with('.')
 }
 
-/// Opens `name` beneath a bucket directory: no `..`, no symlink on the way.
-fn open_in_bucket(bucket_fd: &OwnedFd, name: &str, flags: OFlags) -> Result<OwnedFd, OpenError> {
+/// Opens `name` beneath a directory (a bucket's, or DIR itself): no `..`,
+/// no symlink on the way.
+fn open_under(dir_fd: &OwnedFd, name: &str, flags: OFlags) -> Result<OwnedFd, OpenError> {
     if !is_servable_name(name) {
         return Err(OpenError::InvalidName);
     }
     rustix::fs::openat2(
-        bucket_fd,
+        dir_fd,
         name,
         flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
@@ -208,19 +209,7 @@ impl Store {
         &self,
         path: &str,
     ) -> Result<(File, rustix::fs::Stat), OpenError> {
-        let fd = rustix::fs::openat2(
-            &self.root_fd,
-            path,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve_beneath(),
-        )
-        .map_err(|error| match error {
-            rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => {
-                OpenError::NotFound
-            }
-            other => OpenError::Io(other.into()),
-        })?;
+        let fd = open_under(&self.root_fd, path, OFlags::RDONLY)?;
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
@@ -313,7 +302,7 @@ impl Store {
         name: &str,
         flags: OFlags,
     ) -> Result<OwnedFd, OpenError> {
-        open_in_bucket(&self.open_bucket(bucket)?, name, flags)
+        open_under(&self.open_bucket(bucket)?, name, flags)
     }
 
     fn meta_from_stat(
@@ -350,7 +339,7 @@ impl Store {
         bucket: &Arc<Bucket>,
         name: &str,
     ) -> Result<ObjectMeta, OpenError> {
-        let fd = open_in_bucket(bucket_fd, name, OFlags::PATH)?;
+        let fd = open_under(bucket_fd, name, OFlags::PATH)?;
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         self.meta_from_stat(bucket, name, &stat)
     }
