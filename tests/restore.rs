@@ -1384,8 +1384,37 @@ fn restores_the_bucket_as_it_was_at_an_instant() {
     // Between T1 and T2.
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("t1");
-    let output = restore(&served, &["b2://bkt", "--as-of", &at(T1 + 50_000)], &dir);
+    let report = out.path().join("t1.jsonl");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--as-of",
+            &at(T1 + 50_000),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &dir,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // The report says which version each file came from.
+    let lines = report_lines(&report);
+    let line = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(line("a.txt")["upload_timestamp"], T1);
+    assert_eq!(line("hidden-now.txt")["upload_timestamp"], T1);
+    assert_eq!(line("many.txt")["upload_timestamp"], T1 - 1);
+    assert!(
+        line("a.txt")["file_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("4_z")
+    );
     assert!(
         stderr(&output).contains("as of 2023-11-14T22:15:50Z"),
         "{}",

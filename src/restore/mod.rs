@@ -136,11 +136,10 @@ struct Reporter {
 
 /// One line of `--report`.
 struct FileRecord<'a> {
-    name: &'a str,
+    /// The listed version: name, size, fileId, published digest, upload time.
+    entry: &'a ListEntry,
     path: Option<String>,
-    bytes: u64,
     sha1: Option<String>,
-    expected: &'a ExpectedSha1,
     verified: bool,
     attempts: u32,
     status: Status,
@@ -163,7 +162,7 @@ impl Reporter {
             match record.status {
                 Status::Ok => {
                     tally.files += 1;
-                    tally.bytes += record.bytes;
+                    tally.bytes += record.entry.size_bytes;
                     if record.verified {
                         tally.ok += 1;
                     } else {
@@ -174,7 +173,7 @@ impl Reporter {
                 Status::Failed => {
                     tally.failed += 1;
                     if tally.failed_names.len() < SUMMARY_FAILED_NAMES_SHOWN {
-                        tally.failed_names.push(record.name.to_string());
+                        tally.failed_names.push(record.entry.name.to_string());
                     }
                 }
                 Status::Refused => tally.refused += 1,
@@ -183,27 +182,29 @@ impl Reporter {
         match record.status {
             Status::Failed => eprintln!(
                 "ringdown: failed: {}: {}",
-                record.name,
+                record.entry.name,
                 record.reason.as_deref().unwrap_or("")
             ),
             Status::Refused => eprintln!(
                 "ringdown: refused: {:?}: {}",
-                record.name,
+                record.entry.name,
                 record.reason.as_deref().unwrap_or("")
             ),
             Status::Ok if !record.verified && !self.quiet => eprintln!(
                 "ringdown: warning: {}: no published SHA1; restored unverified",
-                record.name
+                record.entry.name
             ),
             _ => {}
         }
         if let Some(report) = &self.report {
             let line = json!({
-                "name": record.name,
+                "name": record.entry.name,
                 "path": record.path,
-                "bytes": record.bytes,
+                "bytes": record.entry.size_bytes,
                 "sha1": record.sha1,
-                "expected_sha1": expected_hex(record.expected),
+                "expected_sha1": expected_hex(&record.entry.expected),
+                "file_id": record.entry.file_id,
+                "upload_timestamp": record.entry.upload_ms,
                 "verified": record.verified,
                 "attempts": record.attempts,
                 "status": record.status.as_str(),
@@ -786,11 +787,9 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             eprintln!("refused\t{:?}\t{reason}", entry.name);
         } else {
             run.reporter.record(FileRecord {
-                name: &entry.name,
+                entry: &entry,
                 path: None,
-                bytes: entry.size_bytes,
                 sha1: None,
-                expected: &entry.expected,
                 verified: false,
                 attempts: 0,
                 status: Status::Refused,
@@ -820,11 +819,9 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     let display_path = format!("{}/{}", options.dir.display(), segments.join("/"));
     let skip = |reason: &str| {
         run.reporter.record(FileRecord {
-            name: &entry.name,
+            entry: &entry,
             path: Some(display_path.clone()),
-            bytes: entry.size_bytes,
             sha1: None,
-            expected: &entry.expected,
             verified: false,
             attempts: 0,
             status: Status::Skipped,
@@ -900,11 +897,9 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         Err(error @ Error::Fatal(_)) => return run.fail_run(error),
         Err(error) => {
             run.reporter.record(FileRecord {
-                name: &entry.name,
+                entry: &entry,
                 path: Some(display_path),
-                bytes: entry.size_bytes,
                 sha1: None,
-                expected: &entry.expected,
                 verified: false,
                 attempts: 0,
                 status: Status::Failed,
@@ -1046,11 +1041,9 @@ fn finish_file(
     let record =
         |status: Status, sha1: Option<&[u8; 20]>, verified: bool, reason: Option<String>| {
             run.reporter.record(FileRecord {
-                name: &entry.name,
+                entry,
                 path: Some(task.display_path.clone()),
-                bytes: entry.size_bytes,
                 sha1: sha1.map(|sha1| to_hex(sha1)),
-                expected: &entry.expected,
                 verified,
                 attempts,
                 status,
