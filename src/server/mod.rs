@@ -59,7 +59,9 @@ Prints one line on stdout once listening:
 (key= only with the built-in demo credentials; --plain prints realm=http://… ca_file=none).
 Fault decisions hash (seed, request, attempt number), so runs repeat exactly.")]
 pub struct ServeArgs {
-    /// Directory whose subdirectories are served as buckets.
+    /// Directory whose subdirectories are served as buckets. Older versions and deletions:
+    /// DIR/.versions/BUCKET/NAME/@MS (content uploaded at MS, ms since the epoch) and
+    /// @MS.hide (NAME hidden at MS).
     pub dir: PathBuf,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = LISTEN_DEFAULT)]
