@@ -531,102 +531,23 @@ impl Download {
                 );
                 let display_name = format!("b2://{bucket}/{name}");
                 let mut notices = Vec::new();
-                let (size_bytes, file_id, expected, mtime_ms) = match options.as_of_ms {
+                let object = match options.as_of_ms {
                     Some(at_ms) => {
-                        let at = crate::units::format_instant_ms(at_ms);
-                        let entry =
-                            crate::restore::version_at(&auth, bucket, name, at_ms, timeout)
-                                .await?
-                                .ok_or_else(|| {
-                                    Error::http(
-                                        format!("{display_name} as of {at}"),
-                                        "no version existed then: first uploaded later, or deleted (hidden) by then",
-                                    )
-                                })?;
-                        // By fileId only: the name now serves another version.
-                        let Some(file_id) = entry.file_id else {
-                            return Err(Error::http(
-                                "b2_list_file_versions",
-                                format!("{display_name}: a version without fileId"),
-                            ));
-                        };
-                        notices.push(format!(
-                            "as of {at}: the version uploaded at {}",
-                            crate::units::format_instant_ms(entry.upload_ms.unwrap_or_default())
-                        ));
-                        (
-                            entry.size_bytes,
-                            Some(file_id),
-                            entry.expected,
-                            entry.mtime_ms,
-                        )
+                        let (object, notice) =
+                            version_as_of(&auth, bucket, name, at_ms, timeout).await?;
+                        notices.push(notice);
+                        object
                     }
                     None => {
-                        let token = auth.token();
-                        let mut request = Vec::new();
-                        http::write_get_request(
-                            &mut request,
-                            "HEAD",
-                            &origin.host_header(),
-                            &by_name,
-                            None,
-                            &[("Authorization", &token)],
-                        )
-                        .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
-                        let tls_opt = origin.tls.then_some(&tls);
-                        let reply = exchange(
-                            &origin,
-                            tls_opt,
-                            timeout,
-                            &request,
-                            true,
-                            0,
-                            ApiRetry::STARTUP,
-                        )
-                        .await
-                        .map_err(|error| {
-                            crate::client::in_context(error, &format!("HEAD {display_name}"))
-                        })?;
-                        match reply.head.status {
-                            200 => {}
-                            401 | 403 => {
-                                return Err(Error::Auth(format!(
-                                    "HEAD {display_name}: {}",
-                                    describe_error(&reply)
-                                )));
-                            }
-                            404 => {
-                                return Err(Error::http(
-                                    format!("HEAD {display_name}"),
-                                    "not found: no such bucket or object (names are case-sensitive)",
-                                ));
-                            }
-                            _ => {
-                                return Err(Error::http(
-                                    format!("HEAD {display_name}"),
-                                    describe_error(&reply),
-                                ));
-                            }
-                        }
-                        let head = &reply.head;
-                        let size_bytes = head.content_length.ok_or_else(|| {
-                            Error::http(format!("HEAD {display_name}"), "no Content-Length")
-                        })?;
-                        let file_id = head.header("x-bz-file-id").map(str::to_string);
-                        let expected = crate::b2::expected_sha1(
-                            head.header("x-bz-content-sha1"),
-                            head.header("x-bz-info-large_file_sha1"),
-                        );
-                        let mtime_ms = head
-                            .header("x-bz-info-src_last_modified_millis")
-                            .and_then(|v| v.parse().ok())
-                            .or_else(|| {
-                                head.header("x-bz-upload-timestamp")
-                                    .and_then(|v| v.parse().ok())
-                            });
-                        (size_bytes, file_id, expected, mtime_ms)
+                        head_by_name(&auth, &origin, &tls, &by_name, &display_name, timeout).await?
                     }
                 };
+                let B2Object {
+                    size_bytes,
+                    file_id,
+                    expected,
+                    mtime_ms,
+                } = object;
                 // Fetch by fileId so a newer upload under the same name cannot be spliced in.
                 let path_and_query = match &file_id {
                     Some(id) => format!(
@@ -769,6 +690,129 @@ impl Download {
             }
         }
     }
+}
+
+/// What `get` needs to know of a B2 object before downloading it.
+struct B2Object {
+    size_bytes: u64,
+    file_id: Option<String>,
+    expected: crate::b2::ExpectedSha1,
+    mtime_ms: Option<u64>,
+}
+
+/// The object as it is now: a HEAD by name.
+async fn head_by_name(
+    auth: &Authorizer,
+    origin: &Origin,
+    tls: &Arc<rustls::ClientConfig>,
+    by_name: &str,
+    display_name: &str,
+    timeout: std::time::Duration,
+) -> Result<B2Object> {
+    let token = auth.token();
+    let mut request = Vec::new();
+    http::write_get_request(
+        &mut request,
+        "HEAD",
+        &origin.host_header(),
+        by_name,
+        None,
+        &[("Authorization", &token)],
+    )
+    .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
+    let reply = exchange(
+        origin,
+        origin.tls.then_some(tls),
+        timeout,
+        &request,
+        true,
+        0,
+        ApiRetry::STARTUP,
+    )
+    .await
+    .map_err(|error| crate::client::in_context(error, &format!("HEAD {display_name}")))?;
+    match reply.head.status {
+        200 => {}
+        401 | 403 => {
+            return Err(Error::Auth(format!(
+                "HEAD {display_name}: {}",
+                describe_error(&reply)
+            )));
+        }
+        404 => {
+            return Err(Error::http(
+                format!("HEAD {display_name}"),
+                "not found: no such bucket or object (names are case-sensitive)",
+            ));
+        }
+        _ => {
+            return Err(Error::http(
+                format!("HEAD {display_name}"),
+                describe_error(&reply),
+            ));
+        }
+    }
+    let head = &reply.head;
+    let size_bytes = head
+        .content_length
+        .ok_or_else(|| Error::http(format!("HEAD {display_name}"), "no Content-Length"))?;
+    let file_id = head.header("x-bz-file-id").map(str::to_string);
+    let expected = crate::b2::expected_sha1(
+        head.header("x-bz-content-sha1"),
+        head.header("x-bz-info-large_file_sha1"),
+    );
+    let mtime_ms = head
+        .header("x-bz-info-src_last_modified_millis")
+        .and_then(|v| v.parse().ok())
+        .or_else(|| {
+            head.header("x-bz-upload-timestamp")
+                .and_then(|v| v.parse().ok())
+        });
+    Ok(B2Object {
+        size_bytes,
+        file_id,
+        expected,
+        mtime_ms,
+    })
+}
+
+/// `--as-of`: the version of `bucket`/`name` current at `at_ms`, from its
+/// listed versions, and the notice that says which upload it is.
+async fn version_as_of(
+    auth: &Authorizer,
+    bucket: &str,
+    name: &str,
+    at_ms: u64,
+    timeout: std::time::Duration,
+) -> Result<(B2Object, String)> {
+    let display_name = format!("b2://{bucket}/{name}");
+    let at = crate::units::format_instant_ms(at_ms);
+    let entry = crate::restore::version_at(auth, bucket, name, at_ms, timeout)
+        .await?
+        .ok_or_else(|| {
+            Error::http(
+                format!("{display_name} as of {at}"),
+                "no version existed then: first uploaded later, or deleted (hidden) by then",
+            )
+        })?;
+    // By fileId only: the name now serves another version.
+    let Some(file_id) = entry.file_id else {
+        return Err(Error::http(
+            "b2_list_file_versions",
+            format!("{display_name}: a version without fileId"),
+        ));
+    };
+    let notice = format!(
+        "as of {at}: the version uploaded at {}",
+        crate::units::format_instant_ms(entry.upload_ms.unwrap_or_default())
+    );
+    let object = B2Object {
+        size_bytes: entry.size_bytes,
+        file_id: Some(file_id),
+        expected: entry.expected,
+        mtime_ms: entry.mtime_ms,
+    };
+    Ok((object, notice))
 }
 
 /// The probe reads at most the 1-byte body; a 200 (no Range support) body is
