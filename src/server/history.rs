@@ -17,10 +17,12 @@
 //! fine for the test trees this exists for; a bucket without a `.versions`
 //! directory costs one failed `stat`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::store::{Bucket, ObjectMeta, OpenError, Store, file_id_for_version, walk};
+use super::store::{
+    Bucket, ObjectMeta, OpenError, Store, file_id_for_version, is_servable_name, walk,
+};
 
 /// The directory beneath DIR that holds the history of every bucket.
 pub const HISTORY_DIR: &str = ".versions";
@@ -53,6 +55,29 @@ fn parse_leaf(leaf: &str) -> Option<(u64, bool)> {
     Some((digits.parse().ok()?, hide))
 }
 
+/// The version a history file at `path` (`…/NAME/LEAF`) stands for; `None`
+/// for other files (and symlinks, and uploads that are not regular files).
+fn version_from(bucket: &Bucket, path: &Path, name: &str, leaf: &str) -> Option<Version> {
+    let (upload_ms, hide) = parse_leaf(leaf)?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let kind = if hide {
+        VersionKind::Hide
+    } else {
+        VersionKind::Upload {
+            size_bytes: meta.len(),
+        }
+    };
+    Some(Version {
+        file_id: file_id_for_version(bucket, name, upload_ms, &kind),
+        name: name.to_string(),
+        upload_ms,
+        kind,
+    })
+}
+
 impl Store {
     fn history_path(&self, bucket: &Bucket) -> PathBuf {
         self.root().join(HISTORY_DIR).join(&bucket.name)
@@ -70,31 +95,13 @@ impl Store {
         }
         let mut paths = Vec::new();
         walk(&dir, "", &mut paths, &mut Vec::new())?;
-        let mut versions = Vec::with_capacity(paths.len());
-        for path in paths {
-            let Some((name, leaf)) = path.rsplit_once('/') else {
-                continue;
-            };
-            let Some((upload_ms, hide)) = parse_leaf(leaf) else {
-                continue;
-            };
-            let kind = if hide {
-                VersionKind::Hide
-            } else {
-                match std::fs::symlink_metadata(dir.join(&path)) {
-                    Ok(meta) if meta.is_file() => VersionKind::Upload {
-                        size_bytes: meta.len(),
-                    },
-                    _ => continue,
-                }
-            };
-            versions.push(Version {
-                file_id: file_id_for_version(bucket, name, upload_ms, &kind),
-                name: name.to_string(),
-                upload_ms,
-                kind,
-            });
-        }
+        let mut versions: Vec<Version> = paths
+            .iter()
+            .filter_map(|path| {
+                let (name, leaf) = path.rsplit_once('/')?;
+                version_from(bucket, &dir.join(path), name, leaf)
+            })
+            .collect();
         versions.sort_by(|a, b| {
             a.name
                 .cmp(&b.name)
@@ -106,16 +113,30 @@ impl Store {
         Ok(Some(Arc::new(versions)))
     }
 
-    /// The newest hide marker of `name`, if any (ms).
-    pub fn hidden_since(&self, bucket: &Bucket, name: &str) -> Option<u64> {
-        let entries = std::fs::read_dir(self.history_path(bucket).join(name)).ok()?;
+    /// The older versions and hide markers of one name (one directory read,
+    /// not a walk of the bucket's whole history), in no particular order.
+    fn versions_of(&self, bucket: &Bucket, name: &str) -> Vec<Version> {
+        if !is_servable_name(name) {
+            return Vec::new();
+        }
+        let dir = self.history_path(bucket).join(name);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
         entries
             .filter_map(|entry| {
                 let leaf = entry.ok()?.file_name().into_string().ok()?;
-                parse_leaf(&leaf)
-                    .filter(|(_, hide)| *hide)
-                    .map(|(ms, _)| ms)
+                version_from(bucket, &dir.join(&leaf), name, &leaf)
             })
+            .collect()
+    }
+
+    /// The newest hide marker of `name`, if any (ms).
+    pub fn hidden_since(&self, bucket: &Bucket, name: &str) -> Option<u64> {
+        self.versions_of(bucket, name)
+            .into_iter()
+            .filter(|version| version.kind == VersionKind::Hide)
+            .map(|version| version.upload_ms)
             .max()
     }
 
@@ -126,13 +147,12 @@ impl Store {
         name: &str,
         file_id: &str,
     ) -> Result<(std::fs::File, ObjectMeta), OpenError> {
-        let history = self.history(bucket).map_err(OpenError::Io)?;
-        let version = history
-            .iter()
-            .flat_map(|versions| versions.iter())
-            .find(|version| version.name == name && version.file_id == file_id)
+        let version = self
+            .versions_of(bucket, name)
+            .into_iter()
+            .find(|version| version.file_id == file_id)
             .ok_or(OpenError::NotFound)?;
-        self.open_version_file(bucket, version)
+        self.open_version_file(bucket, &version)
     }
 
     /// The metadata of an older upload, as listings report it.
