@@ -508,9 +508,11 @@ fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<ObjectView> {
 /// The entry after a page: its name and, for a file, its ID.
 type NextEntry = Option<(String, Option<String>)>;
 
-enum ListEntry {
+enum ListEntry<'h> {
     File(ObjectMeta),
     Folder(String),
+    /// `b2_list_file_versions` of a bucket with history.
+    Hide(&'h Version),
 }
 
 /// One page of names: (entries, next entry's name and, for files, its ID).
@@ -521,7 +523,7 @@ fn list_page(
     prefix: &str,
     delimiter: Option<&str>,
     max_count: usize,
-) -> Result<(Vec<ListEntry>, NextEntry), ApiError> {
+) -> Result<(Vec<ListEntry<'static>>, NextEntry), ApiError> {
     let names = server
         .store
         .names(bucket)
@@ -594,12 +596,7 @@ fn bucket_for_listing(server: &Server, params: &Params) -> Result<Arc<Bucket>, A
         })
 }
 
-pub fn list_files(
-    server: &Server,
-    params: &Params,
-    versions: bool,
-    version: u8,
-) -> Result<Vec<u8>, ApiError> {
+pub fn list_files(server: &Server, params: &Params, versions: bool) -> Result<Vec<u8>, ApiError> {
     let bucket = bucket_for_listing(server, params)?;
     let start = params.string("startFileName")?.unwrap_or_default();
     let prefix = params.string("prefix")?.unwrap_or_default();
@@ -631,7 +628,7 @@ pub fn list_files(
             max_count,
         );
     }
-    let (entries, next) = list_page(
+    let (mut entries, next) = list_page(
         server,
         &bucket,
         &start,
@@ -639,40 +636,57 @@ pub fn list_files(
         delimiter.as_deref(),
         max_count,
     )?;
-
-    let mut metas = Vec::new();
-    for entry in &entries {
-        if let ListEntry::File(meta) = entry {
-            // A name whose newest version is a hide marker is not listed.
-            let hidden = history
-                .as_ref()
-                .and_then(|history| newest_hide_ms(history, &meta.name))
-                .is_some_and(|hidden_ms| hidden_ms >= meta.mtime_ms);
-            if !hidden {
-                metas.push(meta.clone());
-            }
-        }
+    if let Some(history) = &history {
+        // A name whose newest version is a hide marker is not listed.
+        entries.retain(|entry| match entry {
+            ListEntry::File(meta) => newest_hide_ms(history, &meta.name)
+                .is_none_or(|hidden_ms| hidden_ms < meta.mtime_ms),
+            _ => true,
+        });
     }
+    Ok(page_body(server, &bucket, &entries, &next, versions))
+}
+
+/// The JSON of one listing page: uploads (hashed a few at a time; one that
+/// vanished meanwhile is dropped), folders and hide markers in order, and
+/// where the next page starts (`nextFileId` for versions listings).
+fn page_body(
+    server: &Server,
+    bucket: &Bucket,
+    entries: &[ListEntry],
+    next: &NextEntry,
+    versions: bool,
+) -> Vec<u8> {
+    let metas = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            ListEntry::File(meta) => Some(meta.clone()),
+            ListEntry::Folder(_) | ListEntry::Hide(_) => None,
+        })
+        .collect();
     let views = views_of(server, metas);
     let mut next_view = views.iter().peekable();
     let mut files = Vec::with_capacity(entries.len());
-    for entry in &entries {
+    for entry in entries {
         match entry {
-            ListEntry::Folder(name) => files.push(ListedJson::Folder(folder_json(
-                server, &bucket, name, version,
-            ))),
+            ListEntry::Folder(name) => {
+                files.push(ListedJson::Folder(folder_json(server, bucket, name)))
+            }
+            ListEntry::Hide(hidden) => {
+                files.push(ListedJson::File(hide_json(server, bucket, hidden)))
+            }
             ListEntry::File(meta) => {
-                if let Some(view) = next_view.next_if(|view| view.meta.name == meta.name) {
+                if let Some(view) = next_view.next_if(|view| view.meta.file_id == meta.file_id) {
                     files.push(ListedJson::File(view.to_json(server)));
                 }
             }
         }
     }
-    Ok(to_body(&ListJson {
+    to_body(&ListJson {
         files,
         next_file_name: next.as_ref().map(|(name, _)| name.as_str()),
         next_file_id: versions.then(|| next.as_ref().and_then(|(_, id)| id.as_deref())),
-    }))
+    })
 }
 
 /// The newest hide marker of `name` in a bucket's history (ms).
@@ -725,7 +739,7 @@ fn list_versions_page(
     let first = if start > prefix { start } else { prefix };
     let mut current = names.partition_point(|name| name.as_str() < first);
     let mut older = history.partition_point(|version| version.name.as_str() < first);
-    let mut entries: Vec<Listed> = Vec::new();
+    let mut entries: Vec<ListEntry> = Vec::new();
     let mut next: NextEntry = None;
     'names: loop {
         let candidates = [
@@ -776,44 +790,21 @@ fn list_versions_page(
                 .unwrap_or(0),
             _ => 0,
         };
-        for version in versions.into_iter().skip(skip) {
+        for listed in versions.into_iter().skip(skip) {
             if entries.len() == max_count {
-                next = Some((name, Some(version.file_id().to_string())));
+                next = Some((name, Some(listed.file_id().to_string())));
                 break 'names;
             }
-            entries.push(version);
+            entries.push(match listed {
+                Listed::Upload(meta) => ListEntry::File(meta),
+                Listed::Hide(hidden) => ListEntry::Hide(hidden),
+            });
         }
     }
-    let metas = entries
-        .iter()
-        .filter_map(|entry| match entry {
-            Listed::Upload(meta) => Some(meta.clone()),
-            Listed::Hide(_) => None,
-        })
-        .collect();
-    let views = views_of(server, metas);
-    let mut next_view = views.iter().peekable();
-    let mut files = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        match entry {
-            Listed::Hide(version) => {
-                files.push(ListedJson::File(hide_json(server, bucket, version)))
-            }
-            Listed::Upload(meta) => {
-                if let Some(view) = next_view.next_if(|view| view.meta.file_id == meta.file_id) {
-                    files.push(ListedJson::File(view.to_json(server)));
-                }
-            }
-        }
-    }
-    Ok(to_body(&ListJson {
-        files,
-        next_file_name: next.as_ref().map(|(name, _)| name.as_str()),
-        next_file_id: Some(next.as_ref().and_then(|(_, id)| id.as_deref())),
-    }))
+    Ok(page_body(server, bucket, &entries, &next, true))
 }
 
-fn folder_json(server: &Server, bucket: &Bucket, name: &str, _version: u8) -> Value {
+fn folder_json(server: &Server, bucket: &Bucket, name: &str) -> Value {
     json!({
         "accountId": server.credentials.account_id,
         "bucketId": bucket.id,

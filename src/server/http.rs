@@ -443,8 +443,8 @@ async fn route(
             "b2_list_buckets" => {
                 api::list_buckets(server, &params).map(|value| api::to_body(&value))
             }
-            "b2_list_file_names" => api::list_files(server, &params, false, version),
-            "b2_list_file_versions" => api::list_files(server, &params, true, version),
+            "b2_list_file_names" => api::list_files(server, &params, false),
+            "b2_list_file_versions" => api::list_files(server, &params, true),
             "b2_get_file_info" => api::get_file_info(server, &params),
             "b2_get_download_authorization" => {
                 api::get_download_authorization(server, &params).map(|value| api::to_body(&value))
