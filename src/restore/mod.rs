@@ -575,9 +575,7 @@ pub(crate) async fn version_at(
         page_files = Some(files);
         // The prefix also lists `name/…` and `name…` after `name` itself.
         let body = listing::request_body(&bucket_id, name, &start, files);
-        let reply = api_call(auth, CALL, &body, timeout, ApiRetry::STARTUP).await?;
-        let page = listing::parse_page(&reply).map_err(|why| Error::http(CALL, why))?;
-        listing::check_progress(&start, &page).map_err(|why| Error::http(CALL, why))?;
+        let page = fetch_page(auth, CALL, &body, &start, timeout, ApiRetry::STARTUP).await?;
         let next = listing::PageStart::after(&page);
         for entry in page.entries {
             if entry.name != name {
@@ -592,6 +590,22 @@ pub(crate) async fn version_at(
             None => return Ok(None),
         }
     }
+}
+
+/// One page of `call` (`b2_list_file_names` or `_versions`) from `start`:
+/// requested with `body`, parsed, and checked not to loop or go backwards.
+async fn fetch_page(
+    auth: &Authorizer,
+    call: &str,
+    body: &[u8],
+    start: &listing::PageStart,
+    timeout: std::time::Duration,
+    retry: ApiRetry,
+) -> Result<listing::ListPage> {
+    let reply = api_call(auth, call, body, timeout, retry).await?;
+    let page = listing::parse_page(&reply).map_err(|why| Error::http(call, why))?;
+    listing::check_progress(start, &page).map_err(|why| Error::http(call, why))?;
+    Ok(page)
 }
 
 /// `b2_list_buckets` by name → `bucketId`.
@@ -728,15 +742,7 @@ fn list_all(
             } else {
                 mid_run
             };
-            let page = match api_call(auth, call, &body, timeout, retry).await {
-                Ok(reply) => listing::parse_page(&reply).map_err(|why| Error::http(call, why)),
-                Err(error) => Err(error),
-            };
-            let page = match page.and_then(|page| {
-                listing::check_progress(&start, &page)
-                    .map(|()| page)
-                    .map_err(|why| Error::http(call, why))
-            }) {
+            let page = match fetch_page(auth, call, &body, &start, timeout, retry).await {
                 Ok(page) => page,
                 Err(error) => {
                     let _ = sender.send(Err(error));
