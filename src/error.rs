@@ -14,7 +14,7 @@ pub mod exit_code {
     pub const FAILED: i32 = 1;
     /// Bad flag or configuration, caught before any network I/O.
     pub const USAGE: i32 = 2;
-    /// Authentication or TLS trust failed.
+    /// Authentication or TLS trust failed, or the key may not do what was asked.
     pub const AUTH: i32 = 3;
     /// io_uring is not available (seccomp, `kernel.io_uring_disabled`, old kernel).
     pub const URING_UNAVAILABLE: i32 = 4;
@@ -28,6 +28,9 @@ pub enum Error {
     Usage(String),
     /// The server refused our credentials (after one re-authorization).
     Auth(String),
+    /// The key is valid but may not do this: another bucket, a name outside
+    /// its prefix, or a capability it lacks.
+    Denied(String),
     /// The server's certificate is not trusted, or the CA file is unusable.
     Trust(String),
     /// io_uring could not be set up at all.
@@ -68,7 +71,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit_code::USAGE,
-            Error::Auth(_) | Error::Trust(_) => exit_code::AUTH,
+            Error::Auth(_) | Error::Denied(_) | Error::Trust(_) => exit_code::AUTH,
             Error::UringUnavailable(_) => exit_code::URING_UNAVAILABLE,
             Error::Interrupted { signal } if *signal == libc::SIGTERM => exit_code::SIGTERM,
             Error::Interrupted { .. } => exit_code::SIGINT,
@@ -85,6 +88,7 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::Auth(msg) => write!(f, "authentication failed: {msg}"),
+            Error::Denied(msg) => write!(f, "not allowed: {msg}"),
             Error::Trust(msg) => write!(f, "TLS trust failed: {msg}"),
             Error::UringUnavailable(msg) => write!(f, "io_uring is unavailable: {msg}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),

@@ -520,6 +520,11 @@ impl Download {
                     timeout,
                 )?);
                 auth.authorize().await?;
+                let reach = crate::b2::Reach::Name {
+                    name,
+                    list: options.as_of_ms.is_some(),
+                };
+                auth.scope().check(bucket, reach).map_err(Error::Denied)?;
                 let download = Url::parse(&auth.download_url())
                     .map_err(|why| Error::http("b2_authorize_account downloadUrl", why))?;
                 let origin = resolve(&download)?;
@@ -733,10 +738,12 @@ async fn head_by_name(
     .map_err(|error| crate::client::in_context(error, &format!("HEAD {display_name}")))?;
     match reply.head.status {
         200 => {}
+        // The token was just issued: a refusal is of the key's reach.
         401 | 403 => {
-            return Err(Error::Auth(format!(
-                "HEAD {display_name}: {}",
-                describe_error(&reply)
+            return Err(Error::Denied(format!(
+                "HEAD {display_name}: {}; {}",
+                describe_error(&reply),
+                crate::b2::DENIED_HINT
             )));
         }
         404 => {

@@ -2,9 +2,11 @@
 //! reads (b2-api.md), the expected digest of an object, name encoding for
 //! download URLs, and which errors to retry.
 
+mod scope;
 mod types;
 mod url;
 
+pub use scope::{KeyScope, Reach, ScopeBucket};
 pub use types::{
     AllowedBucket, ApiInfo, AuthorizeResponse, B2ErrorBody, Bucket, ExpectedSha1, FileAction,
     FileObject, ListBucketsRequest, ListBucketsResponse, ListFileNamesRequest,
@@ -25,6 +27,19 @@ pub enum ErrorClass {
     /// The whole run must stop: every further request would fail too.
     RunFatal,
 }
+
+/// A refusal of a valid token: the key may not make this call (another
+/// bucket, a name outside its prefix, a capability it lacks). Retrying or
+/// re-authorizing cannot help.
+pub fn is_denial(status: u16, code: &str) -> bool {
+    matches!(
+        (status, code),
+        (401, "unauthorized") | (403, "access_denied")
+    )
+}
+
+/// What to check when B2 refuses a valid key.
+pub const DENIED_HINT: &str = "the application key is valid but B2 does not let it do this: check the bucket, name prefix and capabilities it was made with (`b2 key list --long`)";
 
 /// Classifies an error response by HTTP status and B2 `code` (empty when the
 /// response had no body, as for `HEAD`).

@@ -49,6 +49,8 @@ struct Session {
     api_url: String,
     download_url: String,
     recommended_part_size_bytes: Option<u64>,
+    /// What the key may do (bucket, name prefix, capabilities).
+    scope: b2::KeyScope,
 }
 
 /// Holds the account token and refreshes it on `expired_auth_token`. Shared
@@ -153,6 +155,7 @@ impl Authorizer {
             return Err(Error::http(context, describe_error(&reply)));
         }
         let parsed = b2::parse_authorize(&reply.body).map_err(|why| Error::http(&context, why))?;
+        let scope = b2::KeyScope::from_storage_api(&parsed.api_info.storage_api);
         let mut session = self.session.lock().expect("session lock");
         let generation = session.as_ref().map_or(0, |session| session.generation + 1);
         *session = Some(Session {
@@ -162,6 +165,7 @@ impl Authorizer {
             api_url: parsed.api_info.storage_api.api_url,
             download_url: parsed.api_info.storage_api.download_url,
             recommended_part_size_bytes: parsed.api_info.storage_api.recommended_part_size,
+            scope,
         });
         Ok(())
     }
@@ -218,6 +222,11 @@ impl Authorizer {
         Ok(host)
     }
 
+    /// The reach of the key, as the last authorization described it.
+    pub fn scope(&self) -> b2::KeyScope {
+        self.with_session(|session| session.scope.clone())
+    }
+
     pub fn recommended_part_size_bytes(&self) -> Option<u64> {
         self.with_session(|session| session.recommended_part_size_bytes)
     }
@@ -264,6 +273,7 @@ mod tests {
             api_url: api_url.into(),
             download_url: api_url.into(),
             recommended_part_size_bytes: None,
+            scope: Default::default(),
         }
     }
 

@@ -31,6 +31,8 @@ pub(super) enum FailureKind {
     Trust,
     /// Credentials refused (exit code 3).
     Auth,
+    /// The key is valid but may not read this (exit code 3).
+    Denied,
 }
 
 impl Failure {
@@ -128,6 +130,13 @@ impl Retries {
             FailureKind::Reauthorize | FailureKind::Auth => {
                 return Err(fatal(Error::Auth(format!("{context}: {}", failure.detail))));
             }
+            FailureKind::Denied => {
+                return Err(fatal(Error::Denied(format!(
+                    "{context}: {}; {}",
+                    failure.detail,
+                    crate::b2::DENIED_HINT
+                ))));
+            }
             FailureKind::Trust => return Err(fatal(Error::Trust(failure.detail))),
             FailureKind::Run => {
                 return Err(fatal(Error::Fatal(format!(
@@ -195,6 +204,7 @@ pub(super) async fn status_failure(conn: &mut Connection, head: &ResponseHead) -
         ErrorClass::Retry => FailureKind::Retry,
         ErrorClass::ReauthorizeOnce => FailureKind::Reauthorize,
         ErrorClass::RunFatal => FailureKind::Run,
+        ErrorClass::Fatal if crate::b2::is_denial(head.status, code) => FailureKind::Denied,
         ErrorClass::Fatal if head.status == 401 || head.status == 403 => FailureKind::Auth,
         ErrorClass::Fatal => FailureKind::Object,
     };

@@ -531,7 +531,11 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     let outcome = outcome.map_err(|error| {
         let run_fatal = matches!(
             error,
-            Error::Auth(_) | Error::Trust(_) | Error::Fatal(_) | Error::UringUnavailable(_)
+            Error::Auth(_)
+                | Error::Denied(_)
+                | Error::Trust(_)
+                | Error::Fatal(_)
+                | Error::UringUnavailable(_)
         );
         ObjectError { error, run_fatal }
     });

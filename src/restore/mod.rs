@@ -24,7 +24,7 @@ use std::time::Instant;
 use rustix::fs::AtFlags;
 use serde_json::json;
 
-use crate::b2::ExpectedSha1;
+use crate::b2::{ExpectedSha1, Reach};
 use crate::client::b2_api::{Authorizer, Credentials, describe_error};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, exchange, resolve};
@@ -360,6 +360,13 @@ impl Restore {
         )?);
         let bucket_id = control.block_on(async {
             auth.authorize().await?;
+            let reach = Reach::Listing {
+                prefix: &options.folder_prefix,
+                read: !options.dry_run,
+            };
+            auth.scope()
+                .check(&options.bucket, reach)
+                .map_err(Error::Denied)?;
             bucket_id(&auth, &options.bucket, options.engine.timeout).await
         })?;
         drop(control);
@@ -608,12 +615,16 @@ async fn fetch_page(
     Ok(page)
 }
 
-/// `b2_list_buckets` by name → `bucketId`.
+/// `bucketId` of `bucket`: from the key when it names the bucket (a key
+/// for one bucket may not list buckets), else by `b2_list_buckets`.
 async fn bucket_id(
     auth: &Authorizer,
     bucket: &str,
     timeout: std::time::Duration,
 ) -> Result<String> {
+    if let Some(id) = auth.scope().bucket_id(bucket) {
+        return Ok(id.to_string());
+    }
     let body = json!({
         "accountId": auth.account_id().unwrap_or_default(),
         "bucketName": bucket,
@@ -684,19 +695,22 @@ async fn api_call(
                     reauthorized = auth.reauthorize(seen_generation).await?;
                     continue;
                 }
-                return Err(Error::Auth(format!(
-                    "{operation}: {}",
-                    describe_error(&reply)
-                )));
+                return Err(refused(operation, &reply));
             }
-            401 | 403 => {
-                return Err(Error::Auth(format!(
-                    "{operation}: {}",
-                    describe_error(&reply)
-                )));
-            }
+            401 | 403 => return Err(refused(operation, &reply)),
             _ => return Err(Error::http(operation, describe_error(&reply))),
         }
+    }
+}
+
+/// A 401 or 403 that re-authorizing did not (or cannot) cure.
+fn refused(operation: &str, reply: &crate::client::Exchange) -> Error {
+    let code = crate::b2::parse_error_body(&reply.body).map(|e| e.code);
+    let detail = format!("{operation}: {}", describe_error(reply));
+    if crate::b2::is_denial(reply.head.status, code.as_deref().unwrap_or("")) {
+        Error::Denied(format!("{detail}; {}", crate::b2::DENIED_HINT))
+    } else {
+        Error::Auth(detail)
     }
 }
 

@@ -16,7 +16,7 @@ use super::config::{
 use super::encoding::hex;
 use super::history::{Version, VersionKind};
 use super::http::ApiError;
-use super::store::{Bucket, ObjectMeta, OpenError, parse_file_id};
+use super::store::{self, Bucket, ObjectMeta, OpenError, parse_file_id};
 
 /// Request parameters from a query string or a JSON object; `null` = absent.
 pub struct Params(Map<String, Value>);
@@ -109,10 +109,34 @@ impl Params {
     }
 }
 
-const CAPABILITIES: [&str; 4] = ["listBuckets", "listFiles", "readFiles", "shareFiles"];
+/// A call the key may not make: 401 `unauthorized`, as B2 answers.
+fn refused(refusal: super::auth::Refusal) -> ApiError {
+    ApiError::unauthorized(refusal)
+}
+
+/// The key may read `name` in `bucket` (downloads, file info): checked
+/// before the object is looked up, so a refusal says nothing of what exists.
+pub fn check_read(server: &Server, bucket: &str, name: &str) -> Result<(), ApiError> {
+    let key = &server.key;
+    key.require("readFiles")
+        .and_then(|()| key.bucket(Some(bucket)))
+        .and_then(|()| key.names(name))
+        .map_err(refused)
+}
 
 pub fn authorize_account(server: &Server, version: u8) -> Value {
     let token = server.tokens.issue();
+    let key = &server.key;
+    let capabilities = &key.capabilities;
+    let name_prefix = &key.name_prefix;
+    // A key for a bucket that is gone has its ID and no name, as on B2.
+    let bucket_id = key.bucket.as_deref().map(store::bucket_id_for);
+    let bucket_name = key.bucket.as_deref().filter(|name| {
+        server
+            .store
+            .bucket_by_name(name)
+            .is_ok_and(|bucket| bucket.is_some())
+    });
     let realm = &server.realm;
     let download_url = &server.download_url;
     let account_id = &server.credentials.account_id;
@@ -126,7 +150,7 @@ pub fn authorize_account(server: &Server, version: u8) -> Value {
             "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
             "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
             "minimumPartSize": RECOMMENDED_PART_SIZE_BYTES,
-            "allowed": {"bucketId": null, "bucketName": null, "capabilities": CAPABILITIES, "namePrefix": null},
+            "allowed": {"bucketId": bucket_id, "bucketName": bucket_name, "capabilities": capabilities, "namePrefix": name_prefix},
         }),
         3 => json!({
             "accountId": account_id,
@@ -138,10 +162,10 @@ pub fn authorize_account(server: &Server, version: u8) -> Value {
                 "s3ApiUrl": realm,
                 "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
                 "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
-                "bucketId": null,
-                "bucketName": null,
-                "capabilities": CAPABILITIES,
-                "namePrefix": null,
+                "bucketId": bucket_id,
+                "bucketName": bucket_name,
+                "capabilities": capabilities,
+                "namePrefix": name_prefix,
             }},
         }),
         _ => json!({
@@ -154,7 +178,11 @@ pub fn authorize_account(server: &Server, version: u8) -> Value {
                 "s3ApiUrl": realm,
                 "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
                 "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
-                "allowed": {"buckets": null, "capabilities": CAPABILITIES, "namePrefix": null},
+                "allowed": {
+                    "buckets": bucket_id.as_ref().map(|id| vec![json!({"id": id, "name": bucket_name})]),
+                    "capabilities": capabilities,
+                    "namePrefix": name_prefix,
+                },
             }},
         }),
     }
@@ -197,6 +225,20 @@ pub fn list_buckets(server: &Server, params: &Params) -> Result<Value, ApiError>
     check_account(server, params)?;
     let bucket_name = params.string("bucketName")?;
     let bucket_id = params.string("bucketId")?;
+    let named = match (&bucket_name, &bucket_id) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(id)) => server
+            .store
+            .bucket_by_id(id)
+            .map_err(|error| io_error("listing buckets", error))?
+            .map(|bucket| bucket.name.clone()),
+        (None, None) => None,
+    };
+    server
+        .key
+        .require("listBuckets")
+        .and_then(|()| server.key.bucket(named.as_deref()))
+        .map_err(refused)?;
     let types = params.string_list("bucketTypes")?;
     let type_matches = types
         .as_ref()
@@ -600,6 +642,12 @@ pub fn list_files(server: &Server, params: &Params, versions: bool) -> Result<Ve
     let bucket = bucket_for_listing(server, params)?;
     let start = params.string("startFileName")?.unwrap_or_default();
     let prefix = params.string("prefix")?.unwrap_or_default();
+    server
+        .key
+        .require("listFiles")
+        .and_then(|()| server.key.bucket(Some(&bucket.name)))
+        .and_then(|()| server.key.names(&prefix))
+        .map_err(refused)?;
     let delimiter = params.string("delimiter")?;
     let max_count = match params.count("maxFileCount")? {
         None | Some(0) => LIST_PAGE_DEFAULT,
@@ -837,6 +885,7 @@ pub fn object_by_id(server: &Server, file_id: &str) -> Result<(Arc<Bucket>, Stri
 pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiError> {
     let file_id = params.required_string("fileId")?;
     let (bucket, name) = object_by_id(server, &file_id)?;
+    check_read(server, &bucket.name, &name)?;
     let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
     let meta = match server.store.stat(&bucket, &name) {
         Ok(meta) if meta.file_id == file_id => meta,
@@ -859,6 +908,13 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
 pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Value, ApiError> {
     let bucket_id = params.required_string("bucketId")?;
     let prefix = params.required_string("fileNamePrefix")?;
+    let bucket = bucket_for_listing(server, params)?;
+    server
+        .key
+        .require("shareFiles")
+        .and_then(|()| server.key.bucket(Some(&bucket.name)))
+        .and_then(|()| server.key.names(&prefix))
+        .map_err(refused)?;
     Ok(json!({
         "bucketId": bucket_id,
         "fileNamePrefix": prefix,

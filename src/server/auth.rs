@@ -70,6 +70,70 @@ impl Credentials {
     }
 }
 
+/// Capabilities of an unrestricted key here (read-only: serve stores nothing).
+pub const CAPABILITIES_DEFAULT: [&str; 4] = ["listBuckets", "listFiles", "readFiles", "shareFiles"];
+
+/// What this server's one key may do, as B2 restricts application keys
+/// (`--key-bucket`, `--key-name-prefix`, `--key-capabilities`): a call
+/// outside it is refused with 401 `unauthorized`, as B2 does.
+#[derive(Debug, Clone)]
+pub struct KeyRestriction {
+    /// The only bucket the key may use, by name.
+    pub bucket: Option<String>,
+    /// Only names starting with this.
+    pub name_prefix: Option<String>,
+    pub capabilities: Vec<String>,
+}
+
+impl Default for KeyRestriction {
+    fn default() -> KeyRestriction {
+        KeyRestriction {
+            bucket: None,
+            name_prefix: None,
+            capabilities: CAPABILITIES_DEFAULT.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+/// Why a restricted key may not make a call (the 401 `unauthorized` message).
+pub type Refusal = String;
+
+impl KeyRestriction {
+    pub fn require(&self, capability: &str) -> Result<(), Refusal> {
+        if self.capabilities.iter().any(|has| has == capability) {
+            Ok(())
+        } else {
+            Err(format!("application key lacks the {capability} capability"))
+        }
+    }
+
+    /// `bucket` (a name) may be used; `None` (no bucket named in the call)
+    /// only by a key for every bucket.
+    pub fn bucket(&self, bucket: Option<&str>) -> Result<(), Refusal> {
+        match (&self.bucket, bucket) {
+            (None, _) => Ok(()),
+            (Some(allowed), Some(bucket)) if allowed == bucket => Ok(()),
+            (Some(_), Some(bucket)) => Err(format!(
+                "application key is restricted to another bucket than {bucket}"
+            )),
+            (Some(_), None) => {
+                Err("application key is restricted to a bucket: name it in the call".into())
+            }
+        }
+    }
+
+    /// Every name a listing with `prefix` (or the one name) may return
+    /// lies within the key's prefix.
+    pub fn names(&self, prefix: &str) -> Result<(), Refusal> {
+        match self.name_prefix.as_deref() {
+            Some(allowed) if !prefix.starts_with(allowed) => Err(format!(
+                "application key is restricted to names starting with {allowed:?}"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenError {
     /// Missing, malformed or not ours: 401 `bad_auth_token`.
@@ -154,6 +218,24 @@ mod tests {
             expiring.check(Some(&expiring.issue())),
             Err(TokenError::Expired)
         );
+    }
+
+    #[test]
+    fn a_restricted_key_reaches_its_bucket_prefix_and_capabilities_only() {
+        let open = KeyRestriction::default();
+        assert!(open.bucket(None).is_ok() && open.names("").is_ok());
+        assert!(open.require("readFiles").is_ok() && open.require("writeFiles").is_err());
+        let key = KeyRestriction {
+            bucket: Some("bkt".into()),
+            name_prefix: Some("p/".into()),
+            capabilities: vec!["listFiles".into()],
+        };
+        assert!(key.bucket(Some("bkt")).is_ok());
+        assert!(key.bucket(Some("other")).is_err());
+        assert!(key.bucket(None).is_err());
+        assert!(key.names("p/").is_ok() && key.names("p/x").is_ok());
+        assert!(key.names("").is_err() && key.names("p").is_err() && key.names("q/").is_err());
+        assert!(key.require("listFiles").is_ok() && key.require("readFiles").is_err());
     }
 
     #[test]

@@ -480,6 +480,7 @@ async fn download(
         let server = &*worker_server;
         let (bucket, name, expected_id) = match target {
             Target::Name { bucket, name } => {
+                api::check_read(server, &bucket, &name)?;
                 let bucket = server
                     .store
                     .bucket_by_name(&bucket)
@@ -491,6 +492,7 @@ async fn download(
             }
             Target::Id(file_id) => {
                 let (bucket, name) = api::object_by_id(server, &file_id)?;
+                api::check_read(server, &bucket.name, &name)?;
                 (bucket, name, Some(file_id))
             }
         };

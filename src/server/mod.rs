@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use crate::error::{Error, Result};
 use crate::units::{parse_rate_bytes_per_s, parse_size_bytes};
 use access_log::AccessLog;
-use auth::{Credentials, Tokens};
+use auth::{Credentials, KeyRestriction, Tokens};
 use config::*;
 use fault_io::{FaultIo, WriteCut};
 use faults::{FaultConfig, Faults, StatusFault, TokenBucket};
@@ -81,6 +81,16 @@ pub struct ServeArgs {
     /// Application key clients must use [env: B2_APPLICATION_KEY].
     #[arg(long, env = "B2_APPLICATION_KEY", hide_env_values = true)]
     pub key: Option<SecretText>,
+    /// Restrict the key to this bucket (`b2 key create --bucket`): calls on
+    /// other buckets, and b2_list_buckets without a bucket, get 401 unauthorized.
+    #[arg(long, value_name = "BUCKET")]
+    pub key_bucket: Option<String>,
+    /// Restrict the key to names starting with PREFIX (`b2 key create --name-prefix`).
+    #[arg(long, value_name = "PREFIX")]
+    pub key_name_prefix: Option<String>,
+    /// The key's capabilities, comma-separated [default: listBuckets,listFiles,readFiles,shareFiles].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub key_capabilities: Option<Vec<String>>,
     /// Objects of this size or more are reported as large files (contentSha1 "none",
     /// fileInfo.large_file_sha1).
     #[arg(long, default_value = LARGE_FILE_THRESHOLD_DEFAULT, value_parser = parse_size_bytes, value_name = "SIZE")]
@@ -199,6 +209,8 @@ impl std::fmt::Debug for SecretText {
 pub struct Server {
     store: Store,
     credentials: Credentials,
+    /// What that key may do.
+    key: KeyRestriction,
     tokens: Tokens,
     realm: String,
     /// `downloadUrl` of b2_authorize_account: the realm unless `--download-url`.
@@ -356,6 +368,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let server = Arc::new(Server {
             store,
             credentials,
+            key: KeyRestriction {
+                bucket: args.key_bucket.clone(),
+                name_prefix: args.key_name_prefix.clone().filter(|p| !p.is_empty()),
+                // `--key-capabilities ''`: a key that may do nothing.
+                capabilities: match &args.key_capabilities {
+                    Some(list) => list.iter().filter(|c| !c.is_empty()).cloned().collect(),
+                    None => KeyRestriction::default().capabilities,
+                },
+            },
             tokens: Tokens::new(args.token_ttl_s),
             download_url: args.download_url.clone().unwrap_or_else(|| realm.clone()),
             realm,
