@@ -161,4 +161,73 @@ else
     echo "interop: SKIP rclone: not installed and could not be installed" >&2
 fi
 
+# A restricted key (one bucket, a name prefix, read-only), as production
+# restores use: b2sdk reads the key's reach from the authorize answer and
+# works within it; ringdown refuses what is outside it and restores the rest.
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+"$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
+    --key-bucket tree --key-name-prefix d1/ --key-capabilities listBuckets,listFiles,readFiles \
+    >"$WORK/ready-key" 2>"$WORK/serve-key.log" &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+    [ -s "$WORK/ready-key" ] && break
+    sleep 0.1
+done
+READY=$(head -n1 "$WORK/ready-key")
+[ -n "$READY" ] || { cat "$WORK/serve-key.log" >&2; log "FAIL: no ready line (restricted key)"; exit 1; }
+REALM=$(field realm)
+CA=$(field ca_file)
+export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
+log "b2sdk 2.8.0 with a key restricted to tree/d1/"
+"$VENV/bin/python" - "$REALM" "$WORK" <<'EOF'
+import os, sys
+from b2sdk.v2 import B2Api, InMemoryAccountInfo
+from b2sdk.v2.exception import RestrictedBucket, Unauthorized
+realm, work = sys.argv[1], sys.argv[2]
+api = B2Api(InMemoryAccountInfo())
+api.authorize_account(realm, os.environ["B2_APPLICATION_KEY_ID"], os.environ["B2_APPLICATION_KEY"])
+allowed = api.account_info.get_allowed()
+assert allowed["bucketName"] == "tree" and allowed["namePrefix"] == "d1/", allowed
+try:
+    api.get_bucket_by_name("big")
+    raise AssertionError("b2sdk used a bucket outside the key")
+except RestrictedBucket:
+    pass
+tree = api.get_bucket_by_name("tree")
+root = os.path.join(work, "data", "tree")
+names = sorted(fv.file_name for fv, _ in tree.ls("d1", recursive=True))
+expected = sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, fs in os.walk(os.path.join(root, "d1")) for f in fs)
+assert names == expected and names, (names[:3], expected[:3])
+target = os.path.join(work, "sdk-key")
+tree.download_file_by_name(names[0]).save_to(target)
+assert open(target, "rb").read() == open(os.path.join(root, names[0]), "rb").read()
+outside = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f)))[0]
+try:
+    tree.download_file_by_name(outside).save_to(target + "-outside")
+    raise AssertionError("a name outside the key's prefix downloaded")
+except Unauthorized:
+    pass
+print(f"interop: b2sdk restricted key: {len(names)} names under d1/ listed, one downloaded; another bucket and {outside!r} refused", file=sys.stderr)
+EOF
+log "ringdown restore with the restricted key"
+if "$BIN" restore b2://tree "$WORK/out-key-all" --realm "$REALM" --ca-file "$CA" --quiet 2>"$WORK/key-refused.log"; then
+    log "FAIL: restore of the whole bucket with a prefix key succeeded"; exit 1
+fi
+grep -q 'restore b2://tree/d1/' "$WORK/key-refused.log" || { cat "$WORK/key-refused.log" >&2; log "FAIL: refusal message"; exit 1; }
+"$BIN" restore b2://tree/d1 "$WORK/out-key" --realm "$REALM" --ca-file "$CA" --quiet
+diff -r "$WORK/data/tree/d1" "$WORK/out-key" || { log "FAIL: restore with the restricted key differs"; exit 1; }
+log "restore b2://tree/d1 with the restricted key: $(find "$WORK/out-key" -type f | wc -l) files identical"
+if command -v rclone >/dev/null 2>&1; then
+    RCLONE=(rclone --config /dev/null --b2-endpoint "$REALM" --ca-cert "$CA" --retries 1)
+    LISTED=$("${RCLONE[@]}" lsf -R --files-only rd:tree/d1 | sort)
+    EXPECTED=$(cd "$WORK/data/tree/d1" && find . -type f | sed 's|^\./||' | sort)
+    [ "$LISTED" = "$EXPECTED" ] || { diff <(echo "$EXPECTED") <(echo "$LISTED") >&2; log "FAIL: rclone lsf with the restricted key"; exit 1; }
+    if "${RCLONE[@]}" lsf rd:big >/dev/null 2>"$WORK/rclone-key.log"; then
+        log "FAIL: rclone listed a bucket outside the key"; exit 1
+    fi
+    grep -q 'must use bucket' "$WORK/rclone-key.log" || { cat "$WORK/rclone-key.log" >&2; log "FAIL: rclone did not read the key's bucket"; exit 1; }
+    log "rclone with the restricted key: $(echo "$LISTED" | wc -l) files under d1/ listed; bucket big refused"
+fi
+
 log "OK"

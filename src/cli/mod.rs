@@ -14,7 +14,8 @@ Exit codes:
   0    success
   1    some object failed, was refused, or was unverified under --require-verified
   2    usage or configuration error (caught before any network I/O)
-  3    authentication or TLS trust failure, or a proxy refusing the tunnel (4xx)
+  3    authentication or TLS trust failure, a proxy refusing the tunnel (4xx), or an
+       application key not allowed to do this (bucket, name prefix, capability)
   4    io_uring unavailable (seccomp profile, kernel.io_uring_disabled, old kernel)
   130  interrupted by SIGINT, 143 by SIGTERM
 
