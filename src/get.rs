@@ -18,8 +18,8 @@ use crate::client::b2_api::{Authorizer, describe_error};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
 use crate::config::{
-    DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH,
-    URL_REDIRECTS_MAX,
+    API_BODY_MAX_BYTES, DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES,
+    OBJECT_REDOWNLOADS_ON_MISMATCH, URL_REDIRECTS_MAX,
 };
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
 use crate::error::{Error, Result};
@@ -714,37 +714,47 @@ async fn head_by_name(
     display_name: &str,
     timeout: std::time::Duration,
 ) -> Result<B2Object> {
-    let token = auth.token();
-    let mut request = Vec::new();
-    http::write_get_request(
-        &mut request,
-        "HEAD",
-        &origin.host_header(),
-        by_name,
-        None,
-        &[("Authorization", &token)],
-    )
-    .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
-    let reply = exchange(
-        origin,
-        origin.tls.then_some(tls),
-        timeout,
-        &request,
-        true,
-        0,
-        ApiRetry::STARTUP,
-    )
-    .await
-    .map_err(|error| crate::client::in_context(error, &format!("HEAD {display_name}")))?;
+    // HEAD for the metadata; a GET of one byte only to learn why a HEAD was
+    // refused (its answer has no body to carry B2's error code).
+    let send = |method: &'static str| async move {
+        let token = auth.token();
+        let mut request = Vec::new();
+        let range = (method == "GET").then_some((0, 0));
+        http::write_get_request(
+            &mut request,
+            method,
+            &origin.host_header(),
+            by_name,
+            range,
+            &[("Authorization", &token)],
+        )
+        .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
+        exchange(
+            origin,
+            origin.tls.then_some(tls),
+            timeout,
+            &request,
+            method == "HEAD",
+            API_BODY_MAX_BYTES,
+            ApiRetry::STARTUP,
+        )
+        .await
+        .map_err(|error| crate::client::in_context(error, &format!("{method} {display_name}")))
+    };
+    let reply = send("HEAD").await?;
     match reply.head.status {
         200 => {}
-        // The token was just issued: a refusal is of the key's reach.
         401 | 403 => {
-            return Err(Error::Denied(format!(
-                "HEAD {display_name}: {}; {}",
-                describe_error(&reply),
-                crate::b2::DENIED_HINT
-            )));
+            let why = send("GET").await?;
+            let code = crate::b2::parse_error_body(&why.body).map(|e| e.code);
+            let detail = format!("GET {display_name}: {}", describe_error(&why));
+            return Err(
+                if crate::b2::is_denial(why.head.status, code.as_deref().unwrap_or("")) {
+                    Error::Denied(format!("{detail}; {}", crate::b2::DENIED_HINT))
+                } else {
+                    Error::Auth(detail)
+                },
+            );
         }
         404 => {
             return Err(Error::http(

@@ -1176,8 +1176,15 @@ fn downloads_go_to_the_published_download_url() {
             "2",
         ],
     );
-    // 3: authentication failed (the download host refused the token).
+    // 3: authentication failed (the download host refused the token), told
+    // apart from a valid key that may not read the name.
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("authentication failed: GET b2://bkt/a.bin: HTTP 401 bad_auth_token"),
+        "{}",
+        stderr(&output)
+    );
     let downloads = std::fs::read_to_string(&download_log).unwrap();
     assert!(
         downloads.contains("/file/bkt/a.bin") && downloads.contains("401"),
