@@ -1519,6 +1519,53 @@ fn restores_the_bucket_as_it_was_at_an_instant() {
         .count();
     assert!(version_pages >= 2 * 4, "{version_pages} pages of versions");
 
+    // `--files-from` with `--as-of`: the listed names' versions then, from
+    // listing pages that jump between names and continue within many.txt's
+    // 150 versions; a name created later is missing, and said so.
+    let list = out.path().join("list.txt");
+    std::fs::write(&list, "many.txt\na.txt\nnew.txt\ndir/gone.txt\n").unwrap();
+    let dir = out.path().join("listed");
+    let report = out.path().join("listed.jsonl");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--as-of",
+            &at(T1 + 50_000),
+            "--files-from",
+            list.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let listed: BTreeMap<String, Vec<u8>> = [
+        ("a.txt", b"a-version-1".to_vec()),
+        ("dir/gone.txt", b"gone-v1".to_vec()),
+        ("many.txt", content("many", 1149)),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| (name.to_string(), bytes))
+    .collect();
+    assert_tree(&dir, &listed);
+    assert_eq!(
+        files_under(&dir),
+        listed.keys().cloned().collect::<BTreeSet<_>>()
+    );
+    let missing: Vec<_> = report_lines(&report)
+        .into_iter()
+        .filter(|line| line["status"] == "failed")
+        .collect();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0]["name"], "new.txt");
+    assert!(
+        missing[0]["reason"]
+            .as_str()
+            .is_some_and(|error| error.contains("not in the bucket at 2023-11-14T22:15:50Z")),
+        "{missing:?}"
+    );
+
     // Bad instants are usage errors, before any network.
     for bad in ["yesterday", "2023-11-14T22:15:00", "2023-02-30"] {
         let output = restore(
@@ -1554,5 +1601,128 @@ fn limit_rate_paces_small_files_too() {
     assert!(
         elapsed >= Duration::from_millis(1900),
         "2 MB at 1 MB/s in {elapsed:?}"
+    );
+}
+
+/// `--files-from`: exactly the listed names (stdin too), found by listing
+/// pages that jump from one listed name to the next instead of walking the
+/// bucket; a listed name the bucket lacks is a failure in the summary and
+/// the report; filters apply to the list.
+#[test]
+fn files_from_restores_exactly_the_listed_names_without_walking_the_bucket() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    for i in 0..2000 {
+        write_file(
+            &bkt,
+            &format!("n/{i:04}.txt"),
+            format!("name {i}").as_bytes(),
+        );
+    }
+    let big = content("big", 3 * 65536 + 5);
+    write_file(&bkt, "big.bin", &big);
+    let served = serve_logged(data.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let list = out.path().join("list.txt");
+    let mut text = String::from(
+        "# incident 42\r\nn/0005.txt\r\nbig.bin\nabsent.txt\n\nn/1500.txt\nn/0005.txt\n",
+    );
+    for i in 100..120 {
+        text.push_str(&format!("n/{i:04}.txt\n"));
+    }
+    std::fs::write(&list, text).unwrap();
+    let dir = out.path().join("restored");
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--files-from",
+            list.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("absent.txt"),
+        "{}",
+        stderr(&output)
+    );
+    let mut expected: BTreeMap<String, Vec<u8>> = [5, 1500]
+        .into_iter()
+        .chain(100..120)
+        .map(|i| (format!("n/{i:04}.txt"), format!("name {i}").into_bytes()))
+        .collect();
+    expected.insert("big.bin".into(), big.clone());
+    assert_tree(&dir, &expected);
+    assert_eq!(
+        files_under(&dir),
+        expected.keys().cloned().collect::<BTreeSet<_>>()
+    );
+    let failed: Vec<_> = report_lines(&report)
+        .into_iter()
+        .filter(|line| line["status"] != "ok")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["name"], "absent.txt");
+    assert_eq!(failed[0]["status"], "failed");
+    // The listing fetched about what was asked for, not the bucket's 2,001
+    // names (~300 bytes of JSON each).
+    let listing_bytes: u64 = access_records(data.path())
+        .iter()
+        .filter(|record| {
+            record["path"]
+                .as_str()
+                .is_some_and(|path| path.ends_with("b2_list_file_names"))
+        })
+        .map(|record| record["bytes_sent"].as_u64().unwrap())
+        .sum();
+    assert!(listing_bytes < 40_000, "{listing_bytes} bytes of listing");
+
+    // From stdin, relative to a prefix, with a filter; nothing missing.
+    let dir = out.path().join("prefixed");
+    let mut command = command(
+        &served,
+        &["b2://bkt/n", "--files-from", "-", "--exclude", "01*"],
+        &dir,
+    );
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"0007.txt\n0110.txt\n1999.txt\n").unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        files_under(&dir),
+        ["0007.txt", "1999.txt"].map(String::from).into()
+    );
+
+    // A list with no names, or not UTF-8, is a usage error.
+    std::fs::write(&list, "# nothing\n\n").unwrap();
+    let output = restore(
+        &served,
+        &["b2://bkt", "--files-from", list.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    std::fs::write(&list, b"ok.txt\nbad\xff.txt\n").unwrap();
+    let output = restore(
+        &served,
+        &["b2://bkt", "--files-from", list.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("line 2 is not UTF-8"),
+        "{}",
+        stderr(&output)
     );
 }

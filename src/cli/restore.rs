@@ -59,6 +59,11 @@ pub struct RestoreArgs {
     /// zone (2026-11-20T09:30:00Z, ...+01:00) or a date (00:00 UTC). Lists all versions.
     #[arg(long, value_name = "TIME", value_parser = crate::units::parse_instant_ms)]
     pub as_of: Option<u64>,
+    /// Restore exactly the names listed in FILE (`-`: stdin), one per line, relative to PREFIX
+    /// (empty lines and lines starting with # are skipped). The listing jumps from one listed
+    /// name to the next; a listed name the bucket lacks is a failure. Filters and shards apply.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
     /// Exit 1 when some file carries no digest to verify against.
     #[arg(long)]
     pub require_verified: bool,
@@ -114,6 +119,10 @@ pub fn options_from(
             args.dir.display()
         )));
     }
+    let files_from = match &args.files_from {
+        Some(path) => Some(read_files_from(path)?),
+        None => None,
+    };
     let options = RestoreOptions {
         engine,
         realm: resolve_realm(args.realm.as_deref()),
@@ -131,8 +140,39 @@ pub fn options_from(
         dry_run: args.dry_run,
         report: args.report.clone(),
         as_of_ms: args.as_of,
+        files_from,
     };
     Ok((options, memlock_notice))
+}
+
+/// The names of a `--files-from` list (`-`: stdin).
+fn read_files_from(path: &std::path::Path) -> Result<Arc<[String]>> {
+    use std::io::Read;
+    let shown = path.display();
+    let mut bytes = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().lock().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes))
+    };
+    read.map_err(|error| Error::Usage(format!("--files-from {shown}: {error}")))?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&byte| byte == b'\n').count() + 1;
+        Error::Usage(format!(
+            "--files-from {shown}: line {line} is not UTF-8 (B2 names are UTF-8)"
+        ))
+    })?;
+    let names: Arc<[String]> = crate::restore::wanted::parse_list(&text)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err(Error::Usage(format!(
+            "--files-from {shown}: no names in it (one per line; # starts a comment)"
+        )));
+    }
+    Ok(names)
 }
 
 pub fn run(args: RestoreArgs) -> Result<i32> {

@@ -12,6 +12,7 @@ pub mod completed;
 pub mod listing;
 pub mod paths;
 pub mod target;
+pub mod wanted;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -28,7 +29,9 @@ use crate::b2::{ExpectedSha1, Reach};
 use crate::client::b2_api::{Authorizer, Credentials, describe_error};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, exchange, resolve};
-use crate::config::{API_BODY_MAX_BYTES, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN};
+use crate::config::{
+    API_BODY_MAX_BYTES, LIST_PAGE_FILES_MAX, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN,
+};
 use crate::engine::large::{LargeJob, LargeSpec};
 use crate::engine::scheduler::{
     Destination, Done, ObjectJob, ObjectResult, ObjectSpec, PoolSource, Scheduler, Work,
@@ -69,6 +72,9 @@ pub struct RestoreOptions {
     /// `--as-of`: restore each name's version current at this instant (ms
     /// since the epoch, as B2's uploadTimestamp), from `b2_list_file_versions`.
     pub as_of_ms: Option<u64>,
+    /// `--files-from`: restore exactly these names (relative to the prefix);
+    /// each one the bucket lacks is a failure.
+    pub files_from: Option<Arc<[String]>>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -90,6 +96,10 @@ impl std::fmt::Debug for RestoreOptions {
             .field("dry_run", &self.dry_run)
             .field("report", &self.report)
             .field("as_of_ms", &self.as_of_ms)
+            .field(
+                "files_from",
+                &self.files_from.as_ref().map(|names| names.len()),
+            )
             .finish()
     }
 }
@@ -402,27 +412,29 @@ impl Restore {
         let (list_sender, list_receiver) = std::sync::mpsc::sync_channel(LIST_QUEUE_ENTRIES);
         let lister = {
             let auth = Arc::clone(&auth);
-            let prefix = options.folder_prefix.clone();
-            let as_of_ms = options.as_of_ms;
-            let timeout = options.engine.timeout;
-            let mid_run = ApiRetry {
-                attempts: options.engine.max_attempts,
-                base_ms: options.engine.retry_base_ms,
-                max_ms: options.engine.retry_max_ms,
+            let plan = ListingPlan {
+                bucket_id,
+                prefix: options.folder_prefix.clone(),
+                as_of_ms: options.as_of_ms,
+                wanted: options.files_from.as_ref().map(|names| {
+                    wanted::Wanted::new(
+                        names.iter().map(String::as_str),
+                        &options.folder_prefix,
+                        |full, relative| {
+                            options.shard.contains(full) && options.filter.accepts(relative)
+                        },
+                    )
+                }),
+                timeout: options.engine.timeout,
+                mid_run: ApiRetry {
+                    attempts: options.engine.max_attempts,
+                    base_ms: options.engine.retry_base_ms,
+                    max_ms: options.engine.retry_max_ms,
+                },
             };
             std::thread::Builder::new()
                 .name("ringdown-list".into())
-                .spawn(move || {
-                    list_all(
-                        &auth,
-                        &bucket_id,
-                        &prefix,
-                        as_of_ms,
-                        timeout,
-                        mid_run,
-                        list_sender,
-                    )
-                })
+                .spawn(move || list_all(&auth, plan, list_sender))
                 .map_err(|error| Error::io("spawning the listing thread", error))?
         };
 
@@ -462,8 +474,8 @@ impl Restore {
 
         let mut listing_error = None;
         for message in list_receiver.iter() {
-            let entry = match message {
-                Ok(entry) => entry,
+            let listed = match message {
+                Ok(listed) => listed,
                 Err(error) => {
                     listing_error = Some(error);
                     break;
@@ -472,7 +484,10 @@ impl Restore {
             if run.stop.load(Ordering::Acquire) || options.engine.is_cancelled() {
                 break;
             }
-            schedule(&run, entry, &base, scheduler.as_ref());
+            match listed {
+                Listed::Entry(entry) => schedule(&run, entry, &base, scheduler.as_ref()),
+                Listed::Missing(name) => not_in_the_bucket(&run, name),
+            }
         }
         self.files.listing_done.store(true, Ordering::Relaxed);
         // Dropping the receiver unblocks a listing thread that is still sending.
@@ -722,13 +737,17 @@ fn refused(operation: &str, reply: &crate::client::Exchange) -> Error {
 /// end it.
 fn list_all(
     auth: &Authorizer,
-    bucket_id: &str,
-    prefix: &str,
-    as_of_ms: Option<u64>,
-    timeout: std::time::Duration,
-    mid_run: ApiRetry,
-    sender: std::sync::mpsc::SyncSender<Result<ListEntry>>,
+    plan: ListingPlan,
+    sender: std::sync::mpsc::SyncSender<Result<Listed>>,
 ) {
+    let ListingPlan {
+        bucket_id,
+        prefix,
+        as_of_ms,
+        mut wanted,
+        timeout,
+        mid_run,
+    } = plan;
     let runtime = match uring::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -744,18 +763,38 @@ fn list_all(
         ),
         None => ("b2_list_file_names", None),
     };
+    // Hands missing names over; false once the receiver hung up.
+    let send_missing = |wanted: &mut wanted::Wanted| {
+        wanted
+            .take_missing()
+            .into_iter()
+            .all(|name| sender.send(Ok(Listed::Missing(name))).is_ok())
+    };
     runtime.block_on(async {
-        let mut start = listing::PageStart::default();
+        // `--files-from`: from the first wanted name, not the bucket's first.
+        let mut start = match &wanted {
+            Some(wanted) => match wanted.first_start() {
+                Some(start) => start,
+                None => return,
+            },
+            None => listing::PageStart::default(),
+        };
+        let mut first_page = true;
         let mut page_files = None;
         loop {
-            let files = listing::next_page_files(page_files);
+            let files = match &wanted {
+                // No page longer than what is left to find.
+                Some(wanted) => (wanted.remaining() as u32).clamp(1, LIST_PAGE_FILES_MAX),
+                None => listing::next_page_files(page_files),
+            };
             page_files = Some(files);
-            let body = listing::request_body(bucket_id, prefix, &start, files);
-            let retry = if start.file_name.is_none() {
+            let body = listing::request_body(&bucket_id, &prefix, &start, files);
+            let retry = if first_page {
                 ApiRetry::STARTUP
             } else {
                 mid_run
             };
+            first_page = false;
             let page = match fetch_page(auth, call, &body, &start, timeout, retry).await {
                 Ok(page) => page,
                 Err(error) => {
@@ -763,8 +802,14 @@ fn list_all(
                     return;
                 }
             };
-            let next = listing::PageStart::after(&page);
+            let mut next = listing::PageStart::after(&page);
             for entry in page.entries {
+                if let Some(wanted) = wanted.as_mut() {
+                    wanted.observe(&entry.name);
+                    if !send_missing(wanted) {
+                        return;
+                    }
+                }
                 let entry = match version_at.as_mut() {
                     None => Some(entry),
                     Some(choice) => match choice.pick(entry) {
@@ -775,10 +820,20 @@ fn list_all(
                         }
                     },
                 };
+                let entry = match (entry, wanted.as_mut()) {
+                    (Some(entry), Some(wanted)) => wanted.accept(entry),
+                    (entry, _) => entry,
+                };
                 if let Some(entry) = entry {
-                    if sender.send(Ok(entry)).is_err() {
+                    if sender.send(Ok(Listed::Entry(entry))).is_err() {
                         return;
                     }
+                }
+            }
+            if let Some(wanted) = wanted.as_mut() {
+                next = wanted.continue_from(next);
+                if !send_missing(wanted) {
+                    return;
                 }
             }
             match next {
@@ -786,6 +841,62 @@ fn list_all(
                 None => return,
             }
         }
+    });
+}
+
+/// What the listing thread lists, and how patiently.
+struct ListingPlan {
+    bucket_id: String,
+    /// The folder prefix (`PREFIX/`), or empty.
+    prefix: String,
+    /// `--as-of`: list every version and pick each name's then-current one.
+    as_of_ms: Option<u64>,
+    /// `--files-from`: only these names, jumping from one to the next.
+    wanted: Option<wanted::Wanted>,
+    timeout: std::time::Duration,
+    /// Retries of pages after the first (see `list_all`).
+    mid_run: ApiRetry,
+}
+
+/// What the listing thread hands the planner.
+enum Listed {
+    Entry(ListEntry),
+    /// A `--files-from` name the bucket does not have (or did not, `--as-of`).
+    Missing(String),
+}
+
+/// A `--files-from` name the listing passed without finding: a failure
+/// (the list asked for it), reported like any other.
+fn not_in_the_bucket(run: &Run, name: String) {
+    let reason = match run.options.as_of_ms {
+        Some(at_ms) => format!(
+            "not in the bucket at {} (--files-from)",
+            crate::units::format_instant_ms(at_ms)
+        ),
+        None => "not in the bucket (--files-from)".to_string(),
+    };
+    run.reporter.files.listed.fetch_add(1, Ordering::Relaxed);
+    if run.options.dry_run {
+        eprintln!("missing\t{name:?}\t{reason}");
+        return;
+    }
+    let entry = ListEntry {
+        name,
+        file_id: None,
+        action: Action::Upload,
+        size_bytes: 0,
+        expected: ExpectedSha1::None,
+        mtime_ms: None,
+        upload_ms: None,
+    };
+    run.reporter.record(FileRecord {
+        entry: &entry,
+        path: None,
+        sha1: None,
+        verified: false,
+        attempts: 0,
+        status: Status::Failed,
+        reason: Some(reason),
     });
 }
 
@@ -1177,6 +1288,7 @@ mod tests {
             dry_run: false,
             report: None,
             as_of_ms: None,
+            files_from: None,
         };
         let text = format!("{options:?} {options:#?}");
         assert!(!text.contains("very-secret"), "{text}");

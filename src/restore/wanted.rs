@@ -1,0 +1,301 @@
+//! `--files-from`: restore exactly the names of a list (an incident's
+//! damaged files, a manifest). I/O-free: parses the list, then walks beside
+//! the listing, so that
+//!
+//! - the listing jumps from one wanted name to the next (`startFileName`):
+//!   twenty names from a bucket of fifty million cost a few calls, not a walk
+//!   of the whole bucket;
+//! - every wanted name the bucket does not have (or, with `--as-of`, did not
+//!   have then) is reported as failed instead of silently left out.
+//!
+//! The list is held in memory, sorted as B2 lists (UTF-8 bytes).
+
+use super::listing::{Action, ListEntry, PageStart};
+
+/// The names of a list file, relative to the restore's PREFIX: one per line;
+/// a trailing CR is dropped (lists edited on Windows); empty lines and lines
+/// starting with `#` are skipped.
+pub fn parse_list(text: &str) -> Vec<&str> {
+    text.split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+}
+
+/// The wanted names and how far the listing has come through them.
+#[derive(Debug)]
+pub struct Wanted {
+    /// Full names (PREFIX + the list's name), sorted, unique.
+    names: Vec<String>,
+    /// The first name not yet passed by the listing.
+    cursor: usize,
+    /// `names[cursor]` was listed as something to restore.
+    current_found: bool,
+    /// Names passed without being found, not yet taken.
+    missing: Vec<String>,
+}
+
+impl Wanted {
+    /// `keep(full, relative)` leaves out names this process does not restore
+    /// (another shard's, or excluded by the filters): those are not wanted,
+    /// so not missing either.
+    pub fn new<'a>(
+        relative_names: impl IntoIterator<Item = &'a str>,
+        prefix: &str,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Wanted {
+        let mut names: Vec<String> = relative_names
+            .into_iter()
+            .filter_map(|relative| {
+                let full = format!("{prefix}{relative}");
+                keep(&full, relative).then_some(full)
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Wanted {
+            names,
+            cursor: 0,
+            current_found: false,
+            missing: Vec::new(),
+        }
+    }
+
+    /// Names not yet passed by the listing.
+    pub fn remaining(&self) -> usize {
+        self.names.len() - self.cursor
+    }
+
+    /// Where the listing starts.
+    pub fn first_start(&self) -> Option<PageStart> {
+        self.names.first().map(|name| PageStart {
+            file_name: Some(name.clone()),
+            file_id: None,
+        })
+    }
+
+    /// A listed name (any entry, before `--as-of` picks among versions):
+    /// every wanted name before it has been passed.
+    pub fn observe(&mut self, listed: &str) {
+        while let Some(name) = self.names.get(self.cursor) {
+            if name.as_str() >= listed {
+                break;
+            }
+            self.pass_current();
+        }
+    }
+
+    /// An entry chosen for restoring: kept if wanted.
+    pub fn accept(&mut self, entry: ListEntry) -> Option<ListEntry> {
+        self.observe(&entry.name);
+        if self.names.get(self.cursor) != Some(&entry.name) {
+            return None;
+        }
+        if matches!(entry.action, Action::Upload | Action::Folder) {
+            self.current_found = true;
+        }
+        Some(entry)
+    }
+
+    /// Where the listing goes on after a page whose own next start is
+    /// `listing_next`: there, when it has not passed the next name still
+    /// wanted; else a jump to that name. `None`: nothing more to list (every
+    /// name found or passed; at the listing's end, the rest are missing).
+    pub fn continue_from(&mut self, listing_next: Option<PageStart>) -> Option<PageStart> {
+        let Some(next) = listing_next else {
+            while self.cursor < self.names.len() {
+                self.pass_current();
+            }
+            return None;
+        };
+        // A name found needs none of its other versions: go past it.
+        if self.current_found {
+            self.pass_current();
+        }
+        let wanted = self.names.get(self.cursor)?;
+        match next.file_name.as_deref() {
+            Some(listed) if listed >= wanted.as_str() => Some(next),
+            _ => Some(PageStart {
+                file_name: Some(wanted.clone()),
+                file_id: None,
+            }),
+        }
+    }
+
+    /// Wanted names the listing passed without finding, since the last call.
+    pub fn take_missing(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.missing)
+    }
+
+    fn pass_current(&mut self) {
+        if !self.current_found {
+            self.missing.push(self.names[self.cursor].clone());
+        }
+        self.cursor += 1;
+        self.current_found = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::b2::ExpectedSha1;
+
+    fn entry(name: &str, action: Action) -> ListEntry {
+        ListEntry {
+            name: name.to_string(),
+            file_id: Some(format!("id-{name}")),
+            action,
+            size_bytes: 1,
+            expected: ExpectedSha1::None,
+            mtime_ms: None,
+            upload_ms: None,
+        }
+    }
+
+    fn start(name: &str) -> Option<PageStart> {
+        Some(PageStart {
+            file_name: Some(name.to_string()),
+            file_id: None,
+        })
+    }
+
+    #[test]
+    fn the_list_is_one_name_per_line() {
+        let text = "a.txt\r\n# a comment\n\ndir/b c.txt\n  spaced \nlast";
+        assert_eq!(
+            parse_list(text),
+            ["a.txt", "dir/b c.txt", "  spaced ", "last"]
+        );
+        assert!(parse_list("").is_empty());
+    }
+
+    #[test]
+    fn names_are_prefixed_sorted_unique_and_filtered() {
+        let wanted = Wanted::new(["b", "a", "b", "skip/x"], "p/", |full, relative| {
+            assert!(full.starts_with("p/"));
+            !relative.starts_with("skip/")
+        });
+        assert_eq!(wanted.names, ["p/a", "p/b"]);
+        assert_eq!(wanted.first_start(), start("p/a"));
+        assert!(Wanted::new([], "", |_, _| true).first_start().is_none());
+    }
+
+    /// Sparse names jump; dense ones follow the listing; names the listing
+    /// passes or never reaches are missing.
+    #[test]
+    fn the_walk_jumps_between_wanted_names_and_reports_the_missing() {
+        let mut wanted = Wanted::new(["b", "c", "m", "n", "q", "z"], "", |_, _| true);
+        // Page from "b": b, c, d; the listing would go on at "e".
+        for name in ["b", "c", "d"] {
+            let kept = wanted.accept(entry(name, Action::Upload));
+            assert_eq!(kept.is_some(), name != "d");
+        }
+        assert_eq!(
+            wanted.continue_from(start("e")),
+            start("m"),
+            "jump over e..l"
+        );
+        // Page from "m": m, o (n is not in the bucket).
+        assert!(wanted.accept(entry("m", Action::Upload)).is_some());
+        assert!(wanted.accept(entry("o", Action::Upload)).is_none());
+        assert_eq!(wanted.take_missing(), ["n"]);
+        // The listing's own next ("p") is before "q": jump.
+        assert_eq!(wanted.continue_from(start("p")), start("q"));
+        // Page from "q": q is only an unfinished large file; the listing ends.
+        assert!(wanted.accept(entry("q", Action::Other)).is_some());
+        assert_eq!(wanted.continue_from(None), None);
+        assert_eq!(wanted.take_missing(), ["q", "z"]);
+        assert_eq!(wanted.remaining(), 0);
+    }
+
+    /// Versions: a page that ends inside a wanted name not yet found goes
+    /// on within it; once found, its older versions are skipped.
+    #[test]
+    fn versions_continue_within_a_name_until_it_is_found() {
+        let mut wanted = Wanted::new(["a", "k"], "", |_, _| true);
+        wanted.observe("a");
+        let inside_a = Some(PageStart {
+            file_name: Some("a".into()),
+            file_id: Some("id-a-2".into()),
+        });
+        assert_eq!(wanted.continue_from(inside_a.clone()), inside_a);
+        assert!(wanted.accept(entry("a", Action::Upload)).is_some());
+        let still_inside_a = Some(PageStart {
+            file_name: Some("a".into()),
+            file_id: Some("id-a-9".into()),
+        });
+        assert_eq!(wanted.continue_from(still_inside_a), start("k"));
+        // `k`'s versions were all newer than the instant: listed, never
+        // picked, then passed.
+        wanted.observe("k");
+        wanted.observe("l");
+        assert_eq!(wanted.take_missing(), ["k"]);
+        assert_eq!(
+            wanted.continue_from(start("m")),
+            None,
+            "nothing left to want"
+        );
+    }
+
+    /// Against a simulated bucket (pages of at most `maxFileCount` names from
+    /// `startFileName`), driven as the listing thread drives it: every
+    /// wanted name is found or reported missing exactly once, whatever the
+    /// bucket and the list.
+    #[test]
+    fn every_wanted_name_is_found_or_missing_exactly_once() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = move |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        for _ in 0..500 {
+            let universe: Vec<String> = (0..60).map(|i| format!("{i:02}")).collect();
+            let bucket: Vec<&String> = universe.iter().filter(|_| random(3) == 0).collect();
+            let list: Vec<&str> = universe
+                .iter()
+                .filter(|_| random(4) == 0)
+                .map(String::as_str)
+                .collect();
+            let mut wanted = Wanted::new(list.iter().copied(), "", |_, _| true);
+            let (mut found, mut missing, mut calls) = (Vec::new(), Vec::new(), 0);
+            let mut start = wanted.first_start();
+            while let Some(from) = start {
+                calls += 1;
+                let from = from.file_name.unwrap();
+                let max = (wanted.remaining()).clamp(1, 10);
+                let mut rest = bucket.iter().filter(|name| name.as_str() >= from.as_str());
+                let page: Vec<&String> = rest.by_ref().take(max).copied().collect();
+                let next = rest.next().map(|name| PageStart {
+                    file_name: Some(name.to_string()),
+                    file_id: None,
+                });
+                for name in page {
+                    wanted.observe(name);
+                    missing.extend(wanted.take_missing());
+                    if let Some(kept) = wanted.accept(entry(name, Action::Upload)) {
+                        found.push(kept.name);
+                    }
+                }
+                start = wanted.continue_from(next);
+                missing.extend(wanted.take_missing());
+            }
+            let in_bucket = |name: &&str| bucket.iter().any(|b| b.as_str() == *name);
+            let expect_found: Vec<&str> = list.iter().copied().filter(in_bucket).collect();
+            let expect_missing: Vec<&str> = list
+                .iter()
+                .copied()
+                .filter(|name| !in_bucket(name))
+                .collect();
+            assert_eq!(found, expect_found, "bucket {bucket:?} list {list:?}");
+            assert_eq!(missing, expect_missing, "bucket {bucket:?} list {list:?}");
+            assert!(
+                calls <= list.len().max(1),
+                "{calls} calls for {} names",
+                list.len()
+            );
+        }
+    }
+}
