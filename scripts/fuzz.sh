@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
-targets=(http_head chunked content_range b2_json names urls proxy versions)
+targets=(http_head chunked content_range b2_json names urls proxy versions files_from)
 
 if ! command -v rustup >/dev/null 2>&1; then
     echo "fuzz.sh: NIGHTLY IS UNAVAILABLE: rustup is not installed, so no nightly toolchain can be added." >&2

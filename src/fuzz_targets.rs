@@ -306,3 +306,71 @@ pub fn versions(data: &[u8]) {
         }
     }
 }
+
+/// `--files-from`: the first byte is the page size, then bucket names (one
+/// per line) up to a NUL, then the list. Walking a simulated listing as the
+/// listing thread does (pages from `startFileName`, jumps to the next wanted
+/// name), every listed name is found if the bucket has it and reported
+/// missing if not, exactly once, in order, at no more than one call a name.
+pub fn files_from(data: &[u8]) {
+    use crate::b2::ExpectedSha1;
+    use crate::restore::listing::{Action, ListEntry, PageStart};
+    use crate::restore::wanted::{Wanted, parse_list};
+    let (first, rest) = data.split_first().unwrap_or((&1, &[]));
+    let page_max = usize::from(*first).max(1);
+    let (bucket_text, list_text) = match rest.iter().position(|&b| b == 0) {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    let bucket_text = String::from_utf8_lossy(bucket_text);
+    let mut bucket: Vec<&str> = bucket_text.split('\n').collect();
+    bucket.sort_unstable();
+    bucket.dedup();
+    let list_text = String::from_utf8_lossy(list_text);
+    let list = parse_list(&list_text);
+    let mut wanted = Wanted::new(list.iter().copied(), "", |_, _| true);
+    let (mut found, mut missing, mut calls) = (Vec::new(), Vec::new(), 0usize);
+    let mut start = wanted.first_start();
+    while let Some(from) = start {
+        calls += 1;
+        let from = from.file_name.expect("starts name a file");
+        let max = wanted.remaining().clamp(1, page_max);
+        let mut after = bucket.iter().filter(|name| **name >= from.as_str());
+        let page: Vec<&str> = after.by_ref().take(max).copied().collect();
+        let next = after.next().map(|name| PageStart {
+            file_name: Some(name.to_string()),
+            file_id: None,
+        });
+        for name in page {
+            wanted.observe(name);
+            missing.extend(wanted.take_missing());
+            let entry = ListEntry {
+                name: name.to_string(),
+                file_id: None,
+                action: Action::Upload,
+                size_bytes: 0,
+                expected: ExpectedSha1::None,
+                mtime_ms: None,
+                upload_ms: None,
+            };
+            if let Some(kept) = wanted.accept(entry) {
+                found.push(kept.name);
+            }
+        }
+        start = wanted.continue_from(next);
+        missing.extend(wanted.take_missing());
+    }
+    let mut asked: Vec<&str> = list;
+    asked.sort_unstable();
+    asked.dedup();
+    let (expect_found, expect_missing): (Vec<&str>, Vec<&str>) = asked
+        .iter()
+        .partition(|name| bucket.binary_search(name).is_ok());
+    assert_eq!(found, expect_found);
+    assert_eq!(missing, expect_missing);
+    assert!(
+        calls <= asked.len(),
+        "{calls} calls for {} names",
+        asked.len()
+    );
+}

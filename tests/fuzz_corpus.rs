@@ -68,6 +68,11 @@ fn versions_corpus() {
     replay("versions", ringdown::fuzz_targets::versions);
 }
 
+#[test]
+fn files_from_corpus() {
+    replay("files_from", ringdown::fuzz_targets::files_from);
+}
+
 /// Stable stand-in for the fuzzer when nightly is unavailable: random
 /// mutations (byte flips, truncation, splices) of the corpus files.
 mod mutations {
@@ -173,6 +178,11 @@ mod mutations {
         }
 
         #[test]
+        fn files_from(pick in any::<usize>(), edits in prop::collection::vec(any::<(usize, u8, u8)>(), 0..8), cut in any::<usize>()) {
+            check("files_from", ringdown::fuzz_targets::files_from, pick, &edits, cut);
+        }
+
+        #[test]
         fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {
             ringdown::fuzz_targets::http_head(&data);
             ringdown::fuzz_targets::content_range(&data);
@@ -182,6 +192,7 @@ mod mutations {
             ringdown::fuzz_targets::urls(&data);
             ringdown::fuzz_targets::proxy(&data);
             ringdown::fuzz_targets::versions(&data);
+            ringdown::fuzz_targets::files_from(&data);
         }
     }
 }

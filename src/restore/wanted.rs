@@ -238,10 +238,9 @@ mod tests {
         );
     }
 
-    /// Against a simulated bucket (pages of at most `maxFileCount` names from
-    /// `startFileName`), driven as the listing thread drives it: every
+    /// Against simulated buckets (`fuzz_targets::files_from`): every
     /// wanted name is found or reported missing exactly once, whatever the
-    /// bucket and the list.
+    /// bucket, the list and the page size.
     #[test]
     fn every_wanted_name_is_found_or_missing_exactly_once() {
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -252,50 +251,19 @@ mod tests {
             seed % below
         };
         for _ in 0..500 {
-            let universe: Vec<String> = (0..60).map(|i| format!("{i:02}")).collect();
-            let bucket: Vec<&String> = universe.iter().filter(|_| random(3) == 0).collect();
-            let list: Vec<&str> = universe
-                .iter()
-                .filter(|_| random(4) == 0)
-                .map(String::as_str)
-                .collect();
-            let mut wanted = Wanted::new(list.iter().copied(), "", |_, _| true);
-            let (mut found, mut missing, mut calls) = (Vec::new(), Vec::new(), 0);
-            let mut start = wanted.first_start();
-            while let Some(from) = start {
-                calls += 1;
-                let from = from.file_name.unwrap();
-                let max = (wanted.remaining()).clamp(1, 10);
-                let mut rest = bucket.iter().filter(|name| name.as_str() >= from.as_str());
-                let page: Vec<&String> = rest.by_ref().take(max).copied().collect();
-                let next = rest.next().map(|name| PageStart {
-                    file_name: Some(name.to_string()),
-                    file_id: None,
-                });
-                for name in page {
-                    wanted.observe(name);
-                    missing.extend(wanted.take_missing());
-                    if let Some(kept) = wanted.accept(entry(name, Action::Upload)) {
-                        found.push(kept.name);
-                    }
+            let mut input = vec![1 + random(12) as u8];
+            for i in 0..60 {
+                if random(3) == 0 {
+                    input.extend(format!("{i:02}\n").bytes());
                 }
-                start = wanted.continue_from(next);
-                missing.extend(wanted.take_missing());
             }
-            let in_bucket = |name: &&str| bucket.iter().any(|b| b.as_str() == *name);
-            let expect_found: Vec<&str> = list.iter().copied().filter(in_bucket).collect();
-            let expect_missing: Vec<&str> = list
-                .iter()
-                .copied()
-                .filter(|name| !in_bucket(name))
-                .collect();
-            assert_eq!(found, expect_found, "bucket {bucket:?} list {list:?}");
-            assert_eq!(missing, expect_missing, "bucket {bucket:?} list {list:?}");
-            assert!(
-                calls <= list.len().max(1),
-                "{calls} calls for {} names",
-                list.len()
-            );
+            input.push(0);
+            for i in 0..60 {
+                if random(4) == 0 {
+                    input.extend(format!("{i:02}\n").bytes());
+                }
+            }
+            crate::fuzz_targets::files_from(&input);
         }
     }
 }
