@@ -313,7 +313,6 @@ pub fn versions(data: &[u8]) {
 /// name), every listed name is found if the bucket has it and reported
 /// missing if not, exactly once, in order, at no more than one call a name.
 pub fn files_from(data: &[u8]) {
-    use crate::b2::ExpectedSha1;
     use crate::restore::listing::{Action, ListEntry, PageStart};
     use crate::restore::wanted::{Wanted, parse_list};
     let (first, rest) = data.split_first().unwrap_or((&1, &[]));
@@ -344,16 +343,7 @@ pub fn files_from(data: &[u8]) {
         for name in page {
             wanted.observe(name);
             missing.extend(wanted.take_missing());
-            let entry = ListEntry {
-                name: name.to_string(),
-                file_id: None,
-                action: Action::Upload,
-                size_bytes: 0,
-                expected: ExpectedSha1::None,
-                mtime_ms: None,
-                upload_ms: None,
-            };
-            if let Some(kept) = wanted.accept(entry) {
+            if let Some(kept) = wanted.accept(ListEntry::named(name, Action::Upload)) {
                 found.push(kept.name);
             }
         }

@@ -38,6 +38,21 @@ pub struct ListEntry {
     pub upload_ms: Option<u64>,
 }
 
+impl ListEntry {
+    /// A name with nothing else known: no fileId, size 0, no digest.
+    pub fn named(name: impl Into<String>, action: Action) -> ListEntry {
+        ListEntry {
+            name: name.into(),
+            file_id: None,
+            action,
+            size_bytes: 0,
+            expected: ExpectedSha1::None,
+            mtime_ms: None,
+            upload_ms: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListPage {
     pub entries: Vec<ListEntry>,
@@ -496,15 +511,7 @@ mod tests {
         ListPage {
             entries: names
                 .iter()
-                .map(|name| ListEntry {
-                    name: name.to_string(),
-                    file_id: None,
-                    action: Action::Upload,
-                    size_bytes: 0,
-                    expected: ExpectedSha1::None,
-                    mtime_ms: None,
-                    upload_ms: None,
-                })
+                .map(|name| ListEntry::named(*name, Action::Upload))
                 .collect(),
             next_file_name: next.map(str::to_string),
             next_file_id: None,

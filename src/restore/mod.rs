@@ -165,6 +165,19 @@ fn expected_hex(expected: &ExpectedSha1) -> Option<String> {
 }
 
 impl Reporter {
+    /// A name that never got a file: refused, or listed and not there.
+    fn record_unwritten(&self, entry: &ListEntry, status: Status, reason: String) {
+        self.record(FileRecord {
+            entry,
+            path: None,
+            sha1: None,
+            verified: false,
+            attempts: 0,
+            status,
+            reason: Some(reason),
+        });
+    }
+
     fn record(&self, record: FileRecord<'_>) {
         self.files.done.fetch_add(1, Ordering::Relaxed);
         {
@@ -880,24 +893,9 @@ fn not_in_the_bucket(run: &Run, name: String) {
         eprintln!("missing\t{name:?}\t{reason}");
         return;
     }
-    let entry = ListEntry {
-        name,
-        file_id: None,
-        action: Action::Upload,
-        size_bytes: 0,
-        expected: ExpectedSha1::None,
-        mtime_ms: None,
-        upload_ms: None,
-    };
-    run.reporter.record(FileRecord {
-        entry: &entry,
-        path: None,
-        sha1: None,
-        verified: false,
-        attempts: 0,
-        status: Status::Failed,
-        reason: Some(reason),
-    });
+    let entry = ListEntry::named(name, Action::Upload);
+    run.reporter
+        .record_unwritten(&entry, Status::Failed, reason);
 }
 
 /// Decides what to do with one listed entry and hands it to a worker.
@@ -917,15 +915,8 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         if options.dry_run {
             eprintln!("refused\t{:?}\t{reason}", entry.name);
         } else {
-            run.reporter.record(FileRecord {
-                entry: &entry,
-                path: None,
-                sha1: None,
-                verified: false,
-                attempts: 0,
-                status: Status::Refused,
-                reason: Some(reason),
-            });
+            run.reporter
+                .record_unwritten(&entry, Status::Refused, reason);
         }
     };
     let segments = match paths::map_name(relative, entry.action == Action::Folder) {

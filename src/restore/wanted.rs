@@ -139,18 +139,9 @@ impl Wanted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::b2::ExpectedSha1;
 
     fn entry(name: &str, action: Action) -> ListEntry {
-        ListEntry {
-            name: name.to_string(),
-            file_id: Some(format!("id-{name}")),
-            action,
-            size_bytes: 1,
-            expected: ExpectedSha1::None,
-            mtime_ms: None,
-            upload_ms: None,
-        }
+        ListEntry::named(name, action)
     }
 
     fn start(name: &str) -> Option<PageStart> {
