@@ -66,19 +66,27 @@ for name, stamp, body in (("doc.txt", "@1700000100000", b"doc v1"), ("doc.txt", 
         f.write(body)
 EOF
 
-"$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
-    --large-file-threshold 2MiB --access-log "$WORK/access.jsonl" >"$WORK/ready" 2>"$WORK/serve.log" &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-    [ -s "$WORK/ready" ] && break
-    sleep 0.1
-done
-READY=$(head -n1 "$WORK/ready")
-[ -n "$READY" ] || { cat "$WORK/serve.log" >&2; log "FAIL: no ready line"; exit 1; }
-log "$READY"
+# start_serve NAME ARGS...: `ringdown serve` of the data with ARGS; sets
+# SERVER_PID, READY (its ready line), REALM and CA.
 field() { tr ' ' '\n' <<<"$READY" | sed -n "s/^$1=//p"; }
-REALM=$(field realm)
-CA=$(field ca_file)
+start_serve() {
+    local name=$1
+    shift
+    "$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
+        "$@" >"$WORK/ready-$name" 2>"$WORK/serve-$name.log" &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        [ -s "$WORK/ready-$name" ] && break
+        sleep 0.1
+    done
+    READY=$(head -n1 "$WORK/ready-$name")
+    [ -n "$READY" ] || { cat "$WORK/serve-$name.log" >&2; log "FAIL: no ready line ($name)"; exit 1; }
+    log "$READY"
+    REALM=$(field realm)
+    CA=$(field ca_file)
+}
+
+start_serve main --large-file-threshold 2MiB --access-log "$WORK/access.jsonl"
 export B2_APPLICATION_KEY_ID=$(field key_id)
 export B2_APPLICATION_KEY=$(field key)
 export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
@@ -165,18 +173,7 @@ fi
 # restores use: b2sdk reads the key's reach from the authorize answer and
 # works within it; ringdown refuses what is outside it and restores the rest.
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
-"$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
-    --key-bucket tree --key-name-prefix d1/ --key-capabilities listBuckets,listFiles,readFiles \
-    >"$WORK/ready-key" 2>"$WORK/serve-key.log" &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-    [ -s "$WORK/ready-key" ] && break
-    sleep 0.1
-done
-READY=$(head -n1 "$WORK/ready-key")
-[ -n "$READY" ] || { cat "$WORK/serve-key.log" >&2; log "FAIL: no ready line (restricted key)"; exit 1; }
-REALM=$(field realm)
-CA=$(field ca_file)
+start_serve key --key-bucket tree --key-name-prefix d1/ --key-capabilities listBuckets,listFiles,readFiles
 export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
 log "b2sdk 2.8.0 with a key restricted to tree/d1/"
 "$VENV/bin/python" - "$REALM" "$WORK" <<'EOF'

@@ -117,10 +117,9 @@ fn refused(refusal: super::auth::Refusal) -> ApiError {
 /// The key may read `name` in `bucket` (downloads, file info): checked
 /// before the object is looked up, so a refusal says nothing of what exists.
 pub fn check_read(server: &Server, bucket: &str, name: &str) -> Result<(), ApiError> {
-    let key = &server.key;
-    key.require("readFiles")
-        .and_then(|()| key.bucket(Some(bucket)))
-        .and_then(|()| key.names(name))
+    server
+        .key
+        .allows("readFiles", Some(bucket), Some(name))
         .map_err(refused)
 }
 
@@ -236,8 +235,7 @@ pub fn list_buckets(server: &Server, params: &Params) -> Result<Value, ApiError>
     };
     server
         .key
-        .require("listBuckets")
-        .and_then(|()| server.key.bucket(named.as_deref()))
+        .allows("listBuckets", named.as_deref(), None)
         .map_err(refused)?;
     let types = params.string_list("bucketTypes")?;
     let type_matches = types
@@ -644,9 +642,7 @@ pub fn list_files(server: &Server, params: &Params, versions: bool) -> Result<Ve
     let prefix = params.string("prefix")?.unwrap_or_default();
     server
         .key
-        .require("listFiles")
-        .and_then(|()| server.key.bucket(Some(&bucket.name)))
-        .and_then(|()| server.key.names(&prefix))
+        .allows("listFiles", Some(&bucket.name), Some(&prefix))
         .map_err(refused)?;
     let delimiter = params.string("delimiter")?;
     let max_count = match params.count("maxFileCount")? {
@@ -911,9 +907,7 @@ pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Va
     let bucket = bucket_for_listing(server, params)?;
     server
         .key
-        .require("shareFiles")
-        .and_then(|()| server.key.bucket(Some(&bucket.name)))
-        .and_then(|()| server.key.names(&prefix))
+        .allows("shareFiles", Some(&bucket.name), Some(&prefix))
         .map_err(refused)?;
     Ok(json!({
         "bucketId": bucket_id,

@@ -99,7 +99,20 @@ impl Default for KeyRestriction {
 pub type Refusal = String;
 
 impl KeyRestriction {
-    pub fn require(&self, capability: &str) -> Result<(), Refusal> {
+    /// A call that needs `capability`, on `bucket`, reaching `names` (a
+    /// listing's prefix or one name; `None`: a call about buckets only).
+    pub fn allows(
+        &self,
+        capability: &str,
+        bucket: Option<&str>,
+        names: Option<&str>,
+    ) -> Result<(), Refusal> {
+        self.require(capability)?;
+        self.bucket(bucket)?;
+        names.map_or(Ok(()), |names| self.names(names))
+    }
+
+    fn require(&self, capability: &str) -> Result<(), Refusal> {
         if self.capabilities.iter().any(|has| has == capability) {
             Ok(())
         } else {
@@ -109,7 +122,7 @@ impl KeyRestriction {
 
     /// `bucket` (a name) may be used; `None` (no bucket named in the call)
     /// only by a key for every bucket.
-    pub fn bucket(&self, bucket: Option<&str>) -> Result<(), Refusal> {
+    fn bucket(&self, bucket: Option<&str>) -> Result<(), Refusal> {
         match (&self.bucket, bucket) {
             (None, _) => Ok(()),
             (Some(allowed), Some(bucket)) if allowed == bucket => Ok(()),
@@ -124,7 +137,7 @@ impl KeyRestriction {
 
     /// Every name a listing with `prefix` (or the one name) may return
     /// lies within the key's prefix.
-    pub fn names(&self, prefix: &str) -> Result<(), Refusal> {
+    fn names(&self, prefix: &str) -> Result<(), Refusal> {
         match self.name_prefix.as_deref() {
             Some(allowed) if !prefix.starts_with(allowed) => Err(format!(
                 "application key is restricted to names starting with {allowed:?}"
