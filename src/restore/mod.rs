@@ -796,9 +796,14 @@ fn list_all(
         let mut page_files = None;
         loop {
             let files = match &wanted {
-                // No page longer than what is left to find.
-                Some(wanted) => (wanted.remaining() as u32).clamp(1, LIST_PAGE_FILES_MAX),
-                None => listing::next_page_files(page_files),
+                // No page longer than what is left to find; but within one
+                // name's versions (`--as-of`, a page ended inside it) the
+                // pages grow, so a name with thousands of versions newer
+                // than the instant costs a few calls, not one per version.
+                Some(wanted) if start.file_id.is_none() => {
+                    (wanted.remaining() as u32).clamp(1, LIST_PAGE_FILES_MAX)
+                }
+                _ => listing::next_page_files(page_files),
             };
             page_files = Some(files);
             let body = listing::request_body(&bucket_id, &prefix, &start, files);
