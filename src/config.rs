@@ -138,6 +138,9 @@ pub const HTTP_CHUNK_SIZE_LINE_MAX_BYTES: usize = 4 * 1024;
 /// Largest trailer section of a chunked body (skipped, never stored).
 pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;
 
+/// Longest B2 file name, in UTF-8 bytes.
+pub const B2_FILE_NAME_MAX_BYTES: usize = 1024;
+
 /// Longest path component a Linux filesystem accepts (NAME_MAX).
 pub const NAME_SEGMENT_MAX_BYTES: usize = 255;
 

@@ -326,7 +326,10 @@ pub fn files_from(data: &[u8]) {
     bucket.sort_unstable();
     bucket.dedup();
     let list_text = String::from_utf8_lossy(list_text);
-    let list = parse_list(&list_text);
+    let list: Vec<&str> = parse_list(&list_text)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
     let mut wanted = Wanted::new(list.iter().copied(), "", |_, _| true);
     let (mut found, mut missing, mut calls) = (Vec::new(), Vec::new(), 0usize);
     let mut start = wanted.first_start();

@@ -747,14 +747,26 @@ async fn head_by_name(
         401 | 403 => {
             let why = send("GET").await?;
             let code = crate::b2::parse_error_body(&why.body).map(|e| e.code);
+            let code = code.as_deref().unwrap_or("");
+            let status = why.head.status;
             let detail = format!("GET {display_name}: {}", describe_error(&why));
-            return Err(
-                if crate::b2::is_denial(why.head.status, code.as_deref().unwrap_or("")) {
-                    Error::Denied(format!("{detail}; {}", crate::b2::DENIED_HINT))
-                } else {
-                    Error::Auth(detail)
-                },
-            );
+            return Err(if (200..300).contains(&status) {
+                Error::http(
+                    format!("HEAD {display_name}"),
+                    format!(
+                        "HTTP {} to HEAD while a GET is answered: an origin (or proxy) \
+                         that refuses HEAD is not supported",
+                        reply.head.status
+                    ),
+                )
+            } else if crate::b2::is_denial(status, code) {
+                Error::Denied(format!("{detail}; {}", crate::b2::DENIED_HINT))
+            } else if crate::b2::classify(status, code) == crate::b2::ErrorClass::RunFatal {
+                // A download or transaction cap: no credential will help.
+                Error::Fatal(detail)
+            } else {
+                Error::Auth(detail)
+            });
         }
         404 => {
             return Err(Error::http(

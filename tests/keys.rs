@@ -291,7 +291,7 @@ fn restore_and_get_say_what_a_restricted_key_lacks_or_work_within_it() {
         &output,
         &[
             "lacks the listFiles capability",
-            "use a key with listFiles,readFiles",
+            "use a key with listBuckets,listFiles,readFiles",
         ],
         &refused,
     );

@@ -1654,8 +1654,9 @@ fn files_from_restores_exactly_the_listed_names_without_walking_the_bucket() {
     let served = serve_logged(data.path(), &[]);
     let out = tempfile::tempdir().unwrap();
     let list = out.path().join("list.txt");
+    // Saved on Windows: a byte-order mark and CRLF line ends.
     let mut text = String::from(
-        "# incident 42\r\nn/0005.txt\r\nbig.bin\nabsent.txt\n\nn/1500.txt\nn/0005.txt\n",
+        "\u{feff}# incident 42\r\nn/0005.txt\r\nbig.bin\nabsent.txt\n\nn/1500.txt\nn/0005.txt\n",
     );
     for i in 100..120 {
         text.push_str(&format!("n/{i:04}.txt\n"));
@@ -1752,6 +1753,18 @@ fn files_from_restores_exactly_the_listed_names_without_walking_the_bucket() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("line 2 is not UTF-8"),
+        "{}",
+        stderr(&output)
+    );
+    std::fs::write(&list, "ok.txt\n# comment\nbell\u{7}.txt\n").unwrap();
+    let output = restore(
+        &served,
+        &["b2://bkt", "--files-from", list.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("line 3 is not a B2 file name: a control character"),
         "{}",
         stderr(&output)
     );

@@ -38,6 +38,7 @@ pub enum Reach<'a> {
     Name { name: &'a str, list: bool },
 }
 
+pub const LIST_BUCKETS: &str = "listBuckets";
 pub const LIST_FILES: &str = "listFiles";
 pub const READ_FILES: &str = "readFiles";
 
@@ -110,13 +111,21 @@ impl KeyScope {
                 });
             }
         }
-        let needs: &[&str] = match reach {
+        let mut needs: Vec<&str> = match reach {
             Reach::Listing { read: true, .. } | Reach::Name { list: true, .. } => {
-                &[LIST_FILES, READ_FILES]
+                vec![LIST_FILES, READ_FILES]
             }
-            Reach::Listing { read: false, .. } => &[LIST_FILES],
-            Reach::Name { list: false, .. } => &[READ_FILES],
+            Reach::Listing { read: false, .. } => vec![LIST_FILES],
+            Reach::Name { list: false, .. } => vec![READ_FILES],
         };
+        // A listing needs the bucket's ID: from the key, else b2_list_buckets.
+        let lists = matches!(
+            reach,
+            Reach::Listing { .. } | Reach::Name { list: true, .. }
+        );
+        if lists && self.bucket_id(bucket).is_none() {
+            needs.insert(0, LIST_BUCKETS);
+        }
         if !self.capabilities.is_empty() {
             let missing: Vec<&str> = needs
                 .iter()
@@ -139,11 +148,23 @@ impl KeyScope {
         };
         match reach {
             Reach::Listing { prefix, .. } if prefix.starts_with(key_prefix) => Ok(()),
+            // A restore's prefix is a folder (it ends in `/`): only a key
+            // prefix that is a folder too can be restored whole.
+            Reach::Listing { prefix, .. }
+                if key_prefix.starts_with(prefix) && key_prefix.ends_with('/') =>
+            {
+                Err(format!(
+                    "this application key may only read names starting with {key_prefix:?}, \
+                     and b2://{bucket}/{prefix} covers more than that: restore \
+                     b2://{bucket}/{key_prefix} (names under it land relative to it), \
+                     or use a key without a name prefix"
+                ))
+            }
             Reach::Listing { prefix, .. } if key_prefix.starts_with(prefix) => Err(format!(
                 "this application key may only read names starting with {key_prefix:?}, \
-                 and b2://{bucket}/{prefix} covers more than that: restore \
-                 b2://{bucket}/{key_prefix} (names under it land relative to it), \
-                 or use a key without a name prefix"
+                 which is not a folder, and b2://{bucket}/{prefix} covers more than that: \
+                 restore a folder whose name starts with it (b2://{bucket}/{key_prefix}…/), \
+                 or use a key whose name prefix ends in /"
             )),
             Reach::Listing { prefix, .. } => Err(format!(
                 "this application key may only read names starting with {key_prefix:?}, \
@@ -184,6 +205,7 @@ mod tests {
     }
 
     const ALL: &[&str] = &["listBuckets", "listFiles", "readFiles"];
+    const NO_LIST_BUCKETS: &[&str] = &["listFiles", "readFiles"];
 
     fn restore(prefix: &str) -> Reach<'_> {
         Reach::Listing { prefix, read: true }
@@ -227,7 +249,30 @@ mod tests {
 
     #[test]
     fn capabilities_are_those_the_run_needs() {
-        let read_only = scope(None, None, &["readFiles"]);
+        // Listing a bucket the key does not name needs b2_list_buckets.
+        let no_buckets = scope(None, None, NO_LIST_BUCKETS);
+        let refused = no_buckets.check("b", restore("")).unwrap_err();
+        assert!(
+            refused.contains("lacks the listBuckets capability"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("use a key with listBuckets,listFiles,readFiles"),
+            "{refused}"
+        );
+        assert_eq!(
+            no_buckets.check(
+                "b",
+                Reach::Name {
+                    name: "x",
+                    list: false
+                }
+            ),
+            Ok(())
+        );
+        let bucket_key = scope(Some(&[("b1", Some("b"))]), None, NO_LIST_BUCKETS);
+        assert_eq!(bucket_key.check("b", restore("")), Ok(()));
+        let read_only = scope(None, None, &["listBuckets", "readFiles"]);
         assert_eq!(
             read_only.check(
                 "b",
@@ -244,10 +289,10 @@ mod tests {
             "{refused}"
         );
         assert!(
-            refused.contains("use a key with listFiles,readFiles"),
+            refused.contains("use a key with listBuckets,listFiles,readFiles"),
             "{refused}"
         );
-        let list_only = scope(None, None, &["listFiles"]);
+        let list_only = scope(None, None, &["listBuckets", "listFiles"]);
         assert_eq!(
             list_only.check(
                 "b",
@@ -259,7 +304,7 @@ mod tests {
             Ok(())
         );
         assert!(list_only.check("b", restore("")).is_err());
-        let neither = scope(None, None, &["writeFiles"])
+        let neither = scope(None, None, &["listBuckets", "writeFiles"])
             .check("b", restore(""))
             .unwrap_err();
         assert!(
@@ -306,6 +351,11 @@ mod tests {
             )
             .is_err()
         );
+        // A prefix that is not a folder: no folder restore covers less.
+        let partial = scope(None, Some("backups/db-"), ALL);
+        let refused = partial.check("b", restore("backups/")).unwrap_err();
+        assert!(refused.contains("which is not a folder"), "{refused}");
+        assert_eq!(partial.check("b", restore("backups/db-2026/")), Ok(()));
         // An empty prefix restricts nothing.
         assert_eq!(scope(None, Some(""), ALL).check("b", restore("")), Ok(()));
     }

@@ -119,8 +119,9 @@ pub fn options_from(
             args.dir.display()
         )));
     }
+    let folder_prefix = folder_prefix(&prefix);
     let files_from = match &args.files_from {
-        Some(path) => Some(read_files_from(path)?),
+        Some(path) => Some(read_files_from(path, &folder_prefix)?),
         None => None,
     };
     let options = RestoreOptions {
@@ -131,7 +132,7 @@ pub fn options_from(
         ca_file: args.ca_file.clone(),
         direct_io: args.tuning.direct_io,
         bucket,
-        folder_prefix: folder_prefix(&prefix),
+        folder_prefix,
         dir: args.dir.clone(),
         filter,
         shard,
@@ -145,8 +146,9 @@ pub fn options_from(
     Ok((options, memlock_notice))
 }
 
-/// The names of a `--files-from` list (`-`: stdin).
-fn read_files_from(path: &std::path::Path) -> Result<Arc<[String]>> {
+/// The names of a `--files-from` list (`-`: stdin), each a possible B2 name
+/// under `prefix`.
+fn read_files_from(path: &std::path::Path, prefix: &str) -> Result<Arc<[String]>> {
     use std::io::Read;
     let shown = path.display();
     let mut bytes = Vec::new();
@@ -163,9 +165,17 @@ fn read_files_from(path: &std::path::Path) -> Result<Arc<[String]>> {
             "--files-from {shown}: line {line} is not UTF-8 (B2 names are UTF-8)"
         ))
     })?;
-    let names: Arc<[String]> = crate::restore::wanted::parse_list(&text)
+    let lines = crate::restore::wanted::parse_list(&text);
+    for (line, name) in &lines {
+        crate::restore::wanted::check_list_name(prefix, name).map_err(|why| {
+            Error::Usage(format!(
+                "--files-from {shown}: line {line} is not a B2 file name: {why}"
+            ))
+        })?;
+    }
+    let names: Arc<[String]> = lines
         .into_iter()
-        .map(str::to_string)
+        .map(|(_, name)| name.to_string())
         .collect();
     if names.is_empty() {
         return Err(Error::Usage(format!(

@@ -11,15 +11,36 @@
 //! The list is held in memory, sorted as B2 lists (UTF-8 bytes).
 
 use super::listing::{Action, ListEntry, PageStart};
+use crate::config::B2_FILE_NAME_MAX_BYTES;
 
 /// The names of a list file, relative to the restore's PREFIX: one per line;
-/// a trailing CR is dropped (lists edited on Windows); empty lines and lines
-/// starting with `#` are skipped.
-pub fn parse_list(text: &str) -> Vec<&str> {
+/// a leading byte-order mark and a trailing CR on each line are dropped
+/// (lists saved on Windows); empty lines and lines starting with `#` are
+/// skipped.
+/// Each name comes with its line number (from 1), for messages.
+pub fn parse_list(text: &str) -> Vec<(usize, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.split('\n')
         .map(|line| line.strip_suffix('\r').unwrap_or(line))
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(index, line)| (index + 1, line))
         .collect()
+}
+
+/// Why `prefix` + `name` cannot be a B2 file name (a listing started at it
+/// would be refused as a bad request, ending the run).
+pub fn check_list_name(prefix: &str, name: &str) -> Result<(), String> {
+    let bytes = prefix.len() + name.len();
+    if bytes > B2_FILE_NAME_MAX_BYTES {
+        return Err(format!(
+            "{bytes} bytes with the prefix; B2 names are at most {B2_FILE_NAME_MAX_BYTES}"
+        ));
+    }
+    if name.chars().any(|c| c.is_ascii_control()) {
+        return Err("a control character; B2 names have none".into());
+    }
+    Ok(())
 }
 
 /// The wanted names and how far the listing has come through them.
@@ -156,9 +177,22 @@ mod tests {
         let text = "a.txt\r\n# a comment\n\ndir/b c.txt\n  spaced \nlast";
         assert_eq!(
             parse_list(text),
-            ["a.txt", "dir/b c.txt", "  spaced ", "last"]
+            [
+                (1, "a.txt"),
+                (4, "dir/b c.txt"),
+                (5, "  spaced "),
+                (6, "last")
+            ]
         );
+        assert_eq!(check_list_name("p/", "a b.txt"), Ok(()));
+        assert!(check_list_name("p/", "tab\there").is_err());
+        assert!(check_list_name("p/", &"x".repeat(1023)).is_err());
+        assert_eq!(check_list_name("", &"x".repeat(1024)), Ok(()));
         assert!(parse_list("").is_empty());
+        assert_eq!(
+            parse_list("\u{feff}a.txt\r\nb.txt"),
+            [(1, "a.txt"), (2, "b.txt")]
+        );
     }
 
     #[test]
