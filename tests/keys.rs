@@ -233,6 +233,37 @@ fn restore_and_get_say_what_a_restricted_key_lacks_or_work_within_it() {
         &refused,
     );
 
+    // A key for two buckets (B2 describes those only in b2api/v4, and
+    // refuses them on v1–v3): both restore, a third is refused by name.
+    let two_key = serve_key(
+        data.path(),
+        &["--key-bucket", "bkt", "--key-bucket", "other"],
+    );
+    let v3 = two_key.send(
+        Request::new("GET", "/b2api/v3/b2_authorize_account")
+            .header("Authorization", two_key.basic_auth()),
+    );
+    assert_eq!(v3.status, 401);
+    for bucket in ["bkt", "other"] {
+        let restored = dest(&format!("two-{bucket}"));
+        let source = format!("b2://{bucket}");
+        let output = ringdown(&two_key, &["restore", &source, restored.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_eq!(
+        std::fs::read(dest("two-other").join("o.txt")).unwrap(),
+        b"other"
+    );
+    let output = ringdown(
+        &two_key,
+        &["restore", "b2://third", refused.to_str().unwrap()],
+    );
+    assert_refused(
+        &output,
+        &["restricted to buckets \"bkt\", \"other\", not \"third\""],
+        &refused,
+    );
+
     // A key for a bucket deleted since: said so, not "no such bucket".
     let gone_key = serve_key(data.path(), &["--key-bucket", "gone"]);
     let output = ringdown(

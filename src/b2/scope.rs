@@ -104,8 +104,9 @@ impl KeyScope {
                     )
                 } else {
                     format!(
-                        "this application key is restricted to bucket {}, not {bucket:?}: \
+                        "this application key is restricted to bucket{} {}, not {bucket:?}: \
                          use a key for {bucket:?} (or one for all buckets)",
+                        if named.len() == 1 { "" } else { "s" },
                         named.join(", ")
                     )
                 });

@@ -1,4 +1,4 @@
-//! B2 control-plane calls: authorize (v3, as b2sdk) and object metadata by
+//! B2 control-plane calls: authorize (v4, which multi-bucket keys need) and object metadata by
 //! name. Keys and tokens never reach a message or a `Debug` output.
 
 use std::fmt;
@@ -113,14 +113,16 @@ impl Authorizer {
         self.tls.as_ref()
     }
 
-    /// `b2_authorize_account` (v3). 401 means the key is wrong: exit code 3.
+    /// `b2_authorize_account` (v4). 401 means the key is wrong: exit code 3.
     pub async fn authorize(&self) -> Result<(), Error> {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             self.credentials.key_id, self.credentials.key
         ));
         let authorization = format!("Basic {basic}");
-        let path = format!("{}b2api/v3/b2_authorize_account", base_path(&self.realm));
+        // v4: the version that describes (and accepts) multi-bucket keys;
+        // its answer is v3's without the single-bucket fields.
+        let path = format!("{}b2api/v4/b2_authorize_account", base_path(&self.realm));
         let mut request = Vec::new();
         http::write_post_json(
             &mut request,

@@ -123,23 +123,36 @@ pub fn check_read(server: &Server, bucket: &str, name: &str) -> Result<(), ApiEr
         .map_err(refused)
 }
 
-pub fn authorize_account(server: &Server, version: u8) -> Value {
+/// The answer for a key with the server's restriction, in the shape of API
+/// `version`. A multi-bucket key fails on v1–v3, as on B2.
+pub fn authorize_account(server: &Server, version: u8) -> Result<Value, ApiError> {
     let token = server.tokens.issue();
     let key = &server.key;
     let capabilities = &key.capabilities;
     let name_prefix = &key.name_prefix;
+    if key.buckets.len() > 1 && version < 4 {
+        return Err(ApiError::unauthorized(
+            "this application key is restricted to several buckets, which only b2api/v4 describes",
+        ));
+    }
     // A key for a bucket that is gone has its ID and no name, as on B2.
-    let bucket_id = key.bucket.as_deref().map(store::bucket_id_for);
-    let bucket_name = key.bucket.as_deref().filter(|name| {
-        server
-            .store
-            .bucket_by_name(name)
-            .is_ok_and(|bucket| bucket.is_some())
-    });
+    let allowed: Vec<(String, Option<&str>)> = key
+        .buckets
+        .iter()
+        .map(|name| {
+            let exists = server
+                .store
+                .bucket_by_name(name)
+                .is_ok_and(|bucket| bucket.is_some());
+            (store::bucket_id_for(name), exists.then_some(name.as_str()))
+        })
+        .collect();
+    let bucket_id = allowed.first().map(|(id, _)| id);
+    let bucket_name = allowed.first().and_then(|(_, name)| *name);
     let realm = &server.realm;
     let download_url = &server.download_url;
     let account_id = &server.credentials.account_id;
-    match version {
+    Ok(match version {
         1 | 2 => json!({
             "accountId": account_id,
             "authorizationToken": token,
@@ -178,13 +191,18 @@ pub fn authorize_account(server: &Server, version: u8) -> Value {
                 "recommendedPartSize": RECOMMENDED_PART_SIZE_BYTES,
                 "absoluteMinimumPartSize": ABSOLUTE_MINIMUM_PART_SIZE_BYTES,
                 "allowed": {
-                    "buckets": bucket_id.as_ref().map(|id| vec![json!({"id": id, "name": bucket_name})]),
+                    "buckets": (!allowed.is_empty()).then(|| {
+                        allowed
+                            .iter()
+                            .map(|(id, name)| json!({"id": id, "name": name}))
+                            .collect::<Vec<_>>()
+                    }),
                     "capabilities": capabilities,
                     "namePrefix": name_prefix,
                 },
             }},
         }),
-    }
+    })
 }
 
 fn io_error(context: &str, error: std::io::Error) -> ApiError {

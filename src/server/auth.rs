@@ -78,8 +78,9 @@ pub const CAPABILITIES_DEFAULT: [&str; 4] = ["listBuckets", "listFiles", "readFi
 /// outside it is refused with 401 `unauthorized`, as B2 does.
 #[derive(Debug, Clone)]
 pub struct KeyRestriction {
-    /// The only bucket the key may use, by name.
-    pub bucket: Option<String>,
+    /// The only buckets the key may use, by name (empty: every bucket).
+    /// More than one makes a multi-bucket key, which only API v4 describes.
+    pub buckets: Vec<String>,
     /// Only names starting with this.
     pub name_prefix: Option<String>,
     pub capabilities: Vec<String>,
@@ -88,7 +89,7 @@ pub struct KeyRestriction {
 impl Default for KeyRestriction {
     fn default() -> KeyRestriction {
         KeyRestriction {
-            bucket: None,
+            buckets: Vec::new(),
             name_prefix: None,
             capabilities: CAPABILITIES_DEFAULT.iter().map(|c| c.to_string()).collect(),
         }
@@ -123,15 +124,13 @@ impl KeyRestriction {
     /// `bucket` (a name) may be used; `None` (no bucket named in the call)
     /// only by a key for every bucket.
     fn bucket(&self, bucket: Option<&str>) -> Result<(), Refusal> {
-        match (&self.bucket, bucket) {
-            (None, _) => Ok(()),
-            (Some(allowed), Some(bucket)) if allowed == bucket => Ok(()),
-            (Some(_), Some(bucket)) => Err(format!(
-                "application key is restricted to another bucket than {bucket}"
+        match bucket {
+            _ if self.buckets.is_empty() => Ok(()),
+            Some(bucket) if self.buckets.iter().any(|allowed| allowed == bucket) => Ok(()),
+            Some(bucket) => Err(format!(
+                "application key is restricted to other buckets than {bucket}"
             )),
-            (Some(_), None) => {
-                Err("application key is restricted to a bucket: name it in the call".into())
-            }
+            None => Err("application key is restricted to buckets: name one in the call".into()),
         }
     }
 
@@ -239,7 +238,7 @@ mod tests {
         assert!(open.bucket(None).is_ok() && open.names("").is_ok());
         assert!(open.require("readFiles").is_ok() && open.require("writeFiles").is_err());
         let key = KeyRestriction {
-            bucket: Some("bkt".into()),
+            buckets: vec!["bkt".into()],
             name_prefix: Some("p/".into()),
             capabilities: vec!["listFiles".into()],
         };

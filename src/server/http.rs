@@ -421,7 +421,7 @@ async fn route(
                 "invalid application key id or application key",
             ));
         }
-        let value = api::authorize_account(server, version);
+        let value = api::authorize_account(server, version)?;
         return Ok(json_response(server, context, api::to_body(&value)));
     }
 

@@ -83,8 +83,9 @@ pub struct ServeArgs {
     pub key: Option<SecretText>,
     /// Restrict the key to this bucket (`b2 key create --bucket`): calls on
     /// other buckets, and b2_list_buckets without a bucket, get 401 unauthorized.
+    /// Repeatable: a multi-bucket key, which b2_authorize_account v1–v3 refuses.
     #[arg(long, value_name = "BUCKET")]
-    pub key_bucket: Option<String>,
+    pub key_bucket: Vec<String>,
     /// Restrict the key to names starting with PREFIX (`b2 key create --name-prefix`).
     #[arg(long, value_name = "PREFIX")]
     pub key_name_prefix: Option<String>,
@@ -369,7 +370,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             store,
             credentials,
             key: KeyRestriction {
-                bucket: args.key_bucket.clone(),
+                buckets: args.key_bucket.clone(),
                 name_prefix: args.key_name_prefix.clone().filter(|p| !p.is_empty()),
                 // `--key-capabilities ''`: a key that may do nothing.
                 capabilities: match &args.key_capabilities {
