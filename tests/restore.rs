@@ -146,6 +146,18 @@ fn access_records(data: &Path) -> Vec<serde_json::Value> {
     report_lines(&data.join("access.jsonl"))
 }
 
+/// The access log's records of one API call (`b2_list_file_names`, …), in order.
+fn api_calls(data: &Path, operation: &str) -> Vec<serde_json::Value> {
+    access_records(data)
+        .into_iter()
+        .filter(|record| {
+            record["path"]
+                .as_str()
+                .is_some_and(|path| path.ends_with(operation))
+        })
+        .collect()
+}
+
 /// Names the server sent a download body for, with counts (from --access-log).
 fn downloads(data: &Path) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -1114,14 +1126,9 @@ fn listing_pages_mid_run_retry_as_patiently_as_downloads() {
     // is one page's attempts.
     let mut longest = 0;
     let mut run = 0;
-    for record in access_records(data.path()) {
-        if record["path"]
-            .as_str()
-            .is_some_and(|path| path.ends_with("b2_list_file_names"))
-        {
-            run = if record["status"] == 200 { 0 } else { run + 1 };
-            longest = longest.max(run);
-        }
+    for record in api_calls(data.path(), "b2_list_file_names") {
+        run = if record["status"] == 200 { 0 } else { run + 1 };
+        longest = longest.max(run);
     }
     assert!(
         longest >= 5,
@@ -1509,14 +1516,7 @@ fn restores_the_bucket_as_it_was_at_an_instant() {
     );
     assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
     assert_eq!(String::from_utf8(dry.stdout).unwrap(), "1050\tmany.txt\n");
-    let version_pages = access_records(data.path())
-        .iter()
-        .filter(|record| {
-            record["path"]
-                .as_str()
-                .is_some_and(|path| path.ends_with("b2_list_file_versions"))
-        })
-        .count();
+    let version_pages = api_calls(data.path(), "b2_list_file_versions").len();
     assert!(version_pages >= 2 * 4, "{version_pages} pages of versions");
 
     // `--files-from` with `--as-of`: the listed names' versions then, from
@@ -1567,16 +1567,7 @@ fn restores_the_bucket_as_it_was_at_an_instant() {
     );
     // One listed name whose version then lies ~100 versions deep: the pages
     // within its versions grow, so that is a few calls, not one a version.
-    let version_calls = || {
-        access_records(data.path())
-            .iter()
-            .filter(|record| {
-                record["path"]
-                    .as_str()
-                    .is_some_and(|path| path.ends_with("b2_list_file_versions"))
-            })
-            .count()
-    };
+    let version_calls = || api_calls(data.path(), "b2_list_file_versions").len();
     std::fs::write(&list, "many.txt\n").unwrap();
     let before = version_calls();
     let dir = out.path().join("deep");
@@ -1701,13 +1692,8 @@ fn files_from_restores_exactly_the_listed_names_without_walking_the_bucket() {
     assert_eq!(failed[0]["status"], "failed");
     // The listing fetched about what was asked for, not the bucket's 2,001
     // names (~300 bytes of JSON each).
-    let listing_bytes: u64 = access_records(data.path())
+    let listing_bytes: u64 = api_calls(data.path(), "b2_list_file_names")
         .iter()
-        .filter(|record| {
-            record["path"]
-                .as_str()
-                .is_some_and(|path| path.ends_with("b2_list_file_names"))
-        })
         .map(|record| record["bytes_sent"].as_u64().unwrap())
         .sum();
     assert!(listing_bytes < 40_000, "{listing_bytes} bytes of listing");
