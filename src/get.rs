@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
 
 use crate::b2::ExpectedSha1;
-use crate::client::b2_api::{Authorizer, describe_error};
+use crate::client::b2_api::{Authorizer, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
 use crate::config::{
@@ -747,9 +747,10 @@ async fn head_by_name(
         401 | 403 => {
             let why = send("GET").await?;
             let code = crate::b2::parse_error_body(&why.body).map(|e| e.code);
-            let code = code.as_deref().unwrap_or("");
             let status = why.head.status;
             let detail = format!("GET {display_name}: {}", describe_error(&why));
+            let run_fatal = crate::b2::classify(status, code.as_deref().unwrap_or(""))
+                == crate::b2::ErrorClass::RunFatal;
             return Err(if (200..300).contains(&status) {
                 Error::http(
                     format!("HEAD {display_name}"),
@@ -759,13 +760,11 @@ async fn head_by_name(
                         reply.head.status
                     ),
                 )
-            } else if crate::b2::is_denial(status, code) {
-                Error::Denied(format!("{detail}; {}", crate::b2::DENIED_HINT))
-            } else if crate::b2::classify(status, code) == crate::b2::ErrorClass::RunFatal {
+            } else if run_fatal {
                 // A download or transaction cap: no credential will help.
                 Error::Fatal(detail)
             } else {
-                Error::Auth(detail)
+                refusal(detail, &why)
             });
         }
         404 => {

@@ -251,6 +251,23 @@ fn base_path(url: &Url) -> String {
     }
 }
 
+/// A 401/403 that re-authorizing did not (or cannot) cure, `detail` naming
+/// the call: a valid key refused (`not allowed`, with what to check), else
+/// bad credentials.
+pub fn refusal(detail: String, reply: &Exchange) -> Error {
+    let code = b2::parse_error_body(&reply.body).map(|e| e.code);
+    if b2::is_denial(reply.head.status, code.as_deref().unwrap_or("")) {
+        denied(detail)
+    } else {
+        Error::Auth(detail)
+    }
+}
+
+/// `not allowed: DETAIL; <what to check>`.
+pub fn denied(detail: impl fmt::Display) -> Error {
+    Error::Denied(format!("{detail}; {}", b2::DENIED_HINT))
+}
+
 /// "HTTP 404 not_found: ..." from a B2 error reply (or just the status).
 pub fn describe_error(reply: &Exchange) -> String {
     match b2::parse_error_body(&reply.body) {

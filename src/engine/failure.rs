@@ -131,10 +131,9 @@ impl Retries {
                 return Err(fatal(Error::Auth(format!("{context}: {}", failure.detail))));
             }
             FailureKind::Denied => {
-                return Err(fatal(Error::Denied(format!(
-                    "{context}: {}; {}",
-                    failure.detail,
-                    crate::b2::DENIED_HINT
+                return Err(fatal(crate::client::b2_api::denied(format!(
+                    "{context}: {}",
+                    failure.detail
                 ))));
             }
             FailureKind::Trust => return Err(fatal(Error::Trust(failure.detail))),

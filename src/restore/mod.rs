@@ -26,7 +26,7 @@ use rustix::fs::AtFlags;
 use serde_json::json;
 
 use crate::b2::{ExpectedSha1, Reach};
-use crate::client::b2_api::{Authorizer, Credentials, describe_error};
+use crate::client::b2_api::{Authorizer, Credentials, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, exchange, resolve};
 use crate::config::{
@@ -714,31 +714,25 @@ async fn api_call(
         .map_err(|error| crate::client::in_context(error, operation))?;
         match reply.head.status {
             200 => return Ok(reply.body),
-            401 if !reauthorized => {
-                let code = crate::b2::parse_error_body(&reply.body).map(|e| e.code);
-                if matches!(
-                    code.as_deref(),
+            401 if !reauthorized
+                && matches!(
+                    crate::b2::parse_error_body(&reply.body)
+                        .map(|e| e.code)
+                        .as_deref(),
                     Some("expired_auth_token" | "bad_auth_token")
-                ) {
-                    reauthorized = auth.reauthorize(seen_generation).await?;
-                    continue;
-                }
-                return Err(refused(operation, &reply));
+                ) =>
+            {
+                reauthorized = auth.reauthorize(seen_generation).await?;
+                continue;
             }
-            401 | 403 => return Err(refused(operation, &reply)),
+            401 | 403 => {
+                return Err(refusal(
+                    format!("{operation}: {}", describe_error(&reply)),
+                    &reply,
+                ));
+            }
             _ => return Err(Error::http(operation, describe_error(&reply))),
         }
-    }
-}
-
-/// A 401 or 403 that re-authorizing did not (or cannot) cure.
-fn refused(operation: &str, reply: &crate::client::Exchange) -> Error {
-    let code = crate::b2::parse_error_body(&reply.body).map(|e| e.code);
-    let detail = format!("{operation}: {}", describe_error(reply));
-    if crate::b2::is_denial(reply.head.status, code.as_deref().unwrap_or("")) {
-        Error::Denied(format!("{detail}; {}", crate::b2::DENIED_HINT))
-    } else {
-        Error::Auth(detail)
     }
 }
 

@@ -109,18 +109,14 @@ impl Params {
     }
 }
 
-/// A call the key may not make: 401 `unauthorized`, as B2 answers.
-fn refused(refusal: super::auth::Refusal) -> ApiError {
-    ApiError::unauthorized(refusal)
-}
-
 /// The key may read `name` in `bucket` (downloads, file info): checked
 /// before the object is looked up, so a refusal says nothing of what exists.
+/// A call outside the key gets 401 `unauthorized`, as on B2.
 pub fn check_read(server: &Server, bucket: &str, name: &str) -> Result<(), ApiError> {
     server
         .key
         .allows("readFiles", Some(bucket), Some(name))
-        .map_err(refused)
+        .map_err(ApiError::unauthorized)
 }
 
 /// The answer for a key with the server's restriction, in the shape of API
@@ -254,7 +250,7 @@ pub fn list_buckets(server: &Server, params: &Params) -> Result<Value, ApiError>
     server
         .key
         .allows("listBuckets", named.as_deref(), None)
-        .map_err(refused)?;
+        .map_err(ApiError::unauthorized)?;
     let types = params.string_list("bucketTypes")?;
     let type_matches = types
         .as_ref()
@@ -661,7 +657,7 @@ pub fn list_files(server: &Server, params: &Params, versions: bool) -> Result<Ve
     server
         .key
         .allows("listFiles", Some(&bucket.name), Some(&prefix))
-        .map_err(refused)?;
+        .map_err(ApiError::unauthorized)?;
     let delimiter = params.string("delimiter")?;
     let max_count = match params.count("maxFileCount")? {
         None | Some(0) => LIST_PAGE_DEFAULT,
@@ -926,7 +922,7 @@ pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Va
     server
         .key
         .allows("shareFiles", Some(&bucket.name), Some(&prefix))
-        .map_err(refused)?;
+        .map_err(ApiError::unauthorized)?;
     Ok(json!({
         "bucketId": bucket_id,
         "fileNamePrefix": prefix,
