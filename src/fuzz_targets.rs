@@ -339,10 +339,7 @@ pub fn files_from(data: &[u8]) {
         let max = wanted.remaining().clamp(1, page_max);
         let mut after = bucket.iter().filter(|name| **name >= from.as_str());
         let page: Vec<&str> = after.by_ref().take(max).copied().collect();
-        let next = after.next().map(|name| PageStart {
-            file_name: Some(name.to_string()),
-            file_id: None,
-        });
+        let next = after.next().map(|name| PageStart::at(*name));
         for name in page {
             wanted.observe(name);
             missing.extend(wanted.take_missing());

@@ -70,6 +70,14 @@ pub struct PageStart {
 }
 
 impl PageStart {
+    /// The first page from `name` (inclusive), from its newest version.
+    pub fn at(name: impl Into<String>) -> PageStart {
+        PageStart {
+            file_name: Some(name.into()),
+            file_id: None,
+        }
+    }
+
     /// The start of the page after `page`, or `None` at the end.
     pub fn after(page: &ListPage) -> Option<PageStart> {
         page.next_file_name.as_ref().map(|name| PageStart {
@@ -518,13 +526,6 @@ mod tests {
         }
     }
 
-    fn at(name: &str) -> PageStart {
-        PageStart {
-            file_name: Some(name.to_string()),
-            file_id: None,
-        }
-    }
-
     #[test]
     fn detects_listing_loops() {
         assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("c"))).is_ok());
@@ -532,8 +533,8 @@ mod tests {
         assert!(check_progress(&PageStart::default(), &page(&["a", "b"], None)).is_ok());
         assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("b"))).is_err());
         assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("a"))).is_err());
-        assert!(check_progress(&at("m"), &page(&[], Some("m"))).is_err());
-        assert!(check_progress(&at("m"), &page(&[], Some("n"))).is_ok());
+        assert!(check_progress(&PageStart::at("m"), &page(&[], Some("m"))).is_err());
+        assert!(check_progress(&PageStart::at("m"), &page(&[], Some("n"))).is_ok());
     }
 
     #[test]
@@ -595,14 +596,14 @@ mod tests {
         // A server that ignores startFileName and repeats its first page.
         let repeated = page(&["a", "b"], Some("c"));
         assert!(check_progress(&PageStart::default(), &repeated).is_ok());
-        let error = check_progress(&at("c"), &repeated).unwrap_err();
+        let error = check_progress(&PageStart::at("c"), &repeated).unwrap_err();
         assert!(error.contains("went backwards"), "{error}");
         // nextFileName equal to the start of an empty page.
-        assert!(check_progress(&at("c"), &page(&[], Some("c"))).is_err());
+        assert!(check_progress(&PageStart::at("c"), &page(&[], Some("c"))).is_err());
         // nextFileName behind the start even though past the last name.
-        assert!(check_progress(&at("m"), &page(&["m"], Some("l"))).is_err());
+        assert!(check_progress(&PageStart::at("m"), &page(&["m"], Some("l"))).is_err());
         // The start itself may be listed (startFileName is inclusive).
-        assert!(check_progress(&at("c"), &page(&["c", "d"], Some("e"))).is_ok());
+        assert!(check_progress(&PageStart::at("c"), &page(&["c", "d"], Some("e"))).is_ok());
     }
 
     #[test]
@@ -620,7 +621,8 @@ mod tests {
     #[test]
     fn request_and_bucket_bodies() {
         let body: Value =
-            serde_json::from_slice(&request_body("b1", "p/", &at("p/x"), 1_000_000)).unwrap();
+            serde_json::from_slice(&request_body("b1", "p/", &PageStart::at("p/x"), 1_000_000))
+                .unwrap();
         assert_eq!(body["maxFileCount"], 10_000);
         assert_eq!(body["startFileName"], "p/x");
         assert_eq!(body["prefix"], "p/");

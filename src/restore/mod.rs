@@ -600,10 +600,7 @@ pub(crate) async fn version_at(
     const CALL: &str = "b2_list_file_versions";
     let bucket_id = bucket_id(auth, bucket, timeout).await?;
     let mut choice = listing::VersionAt::new(at_ms);
-    let mut start = listing::PageStart {
-        file_name: Some(name.to_string()),
-        file_id: None,
-    };
+    let mut start = listing::PageStart::at(name);
     let mut page_files = None;
     loop {
         let files = listing::next_page_files(page_files);

@@ -89,10 +89,7 @@ impl Wanted {
 
     /// Where the listing starts.
     pub fn first_start(&self) -> Option<PageStart> {
-        self.names.first().map(|name| PageStart {
-            file_name: Some(name.clone()),
-            file_id: None,
-        })
+        self.names.first().map(PageStart::at)
     }
 
     /// A listed name (any entry, before `--as-of` picks among versions):
@@ -136,10 +133,7 @@ impl Wanted {
         let wanted = self.names.get(self.cursor)?;
         match next.file_name.as_deref() {
             Some(listed) if listed >= wanted.as_str() => Some(next),
-            _ => Some(PageStart {
-                file_name: Some(wanted.clone()),
-                file_id: None,
-            }),
+            _ => Some(PageStart::at(wanted.as_str())),
         }
     }
 
@@ -166,10 +160,7 @@ mod tests {
     }
 
     fn start(name: &str) -> Option<PageStart> {
-        Some(PageStart {
-            file_name: Some(name.to_string()),
-            file_id: None,
-        })
+        Some(PageStart::at(name))
     }
 
     #[test]
