@@ -141,6 +141,10 @@ pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;
 /// Longest B2 file name, in UTF-8 bytes.
 pub const B2_FILE_NAME_MAX_BYTES: usize = 1024;
 
+/// Most bytes read from `--sse-c-key-file`: a key is 32 bytes, 44 in base64;
+/// more means a wrong file, refused without reading it whole.
+pub const SSE_C_KEY_FILE_MAX_BYTES: u64 = 4096;
+
 /// Longest path component a Linux filesystem accepts (NAME_MAX).
 pub const NAME_SEGMENT_MAX_BYTES: usize = 255;
 

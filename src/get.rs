@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
 
-use crate::b2::ExpectedSha1;
-use crate::client::b2_api::{Authorizer, describe_error, refusal};
+use crate::b2::{CustomerKey, ExpectedSha1};
+use crate::client::b2_api::{Authorizer, denied, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
 use crate::config::{
@@ -173,6 +173,8 @@ pub struct DownloadOptions {
     /// `--as-of` (b2:// only): the version current at this instant (ms since
     /// the epoch), found with `b2_list_file_versions`.
     pub as_of_ms: Option<u64>,
+    /// b2:// only: the SSE-C key, sent with every request for the object.
+    pub sse_c_key: Option<Arc<CustomerKey>>,
 }
 
 impl std::fmt::Debug for DownloadOptions {
@@ -189,6 +191,7 @@ impl std::fmt::Debug for DownloadOptions {
             .field("sha1", &self.sha1.as_ref().map(|sha1| to_hex(sha1)))
             .field("require_verified", &self.require_verified)
             .field("as_of_ms", &self.as_of_ms)
+            .field("sse_c_key", &self.sse_c_key)
             .finish()
     }
 }
@@ -280,6 +283,12 @@ impl Download {
         }
         if let Some(ca) = &self.options.ca_file {
             crate::tls::check_ca_file(ca)?;
+        }
+        if matches!(self.source, Source::Url(_)) && self.options.sse_c_key.is_some() {
+            return Err(Error::Usage(
+                "--sse-c-key-file needs a b2://BUCKET/NAME source: SSE-C headers are B2's, and this is a plain URL"
+                    .into(),
+            ));
         }
         if matches!(self.source, Source::B2 { .. })
             && (self.options.key_id.is_none() || self.options.key.is_none())
@@ -525,6 +534,11 @@ impl Download {
                     list: options.as_of_ms.is_some(),
                 };
                 auth.scope().check(bucket, reach).map_err(Error::Denied)?;
+                let sse_c = options.sse_c_key.as_deref();
+                if sse_c.is_some() {
+                    crate::b2::sse::check_key_transport(&auth.download_url())
+                        .map_err(Error::Usage)?;
+                }
                 let download = Url::parse(&auth.download_url())
                     .map_err(|why| Error::http("b2_authorize_account downloadUrl", why))?;
                 let origin = resolve(&download)?;
@@ -539,12 +553,18 @@ impl Download {
                 let object = match options.as_of_ms {
                     Some(at_ms) => {
                         let (object, notice) =
-                            version_as_of(&auth, bucket, name, at_ms, timeout).await?;
+                            version_as_of(&auth, bucket, name, at_ms, sse_c, timeout).await?;
                         notices.push(notice);
                         object
                     }
                     None => {
-                        head_by_name(&auth, &origin, &tls, &by_name, &display_name, timeout).await?
+                        let request = HeadRequest {
+                            by_name: &by_name,
+                            display_name: &display_name,
+                            sse_c,
+                            timeout,
+                        };
+                        head_by_name(&auth, &origin, &tls, request).await?
                     }
                 };
                 let B2Object {
@@ -568,6 +588,7 @@ impl Download {
                     auth: Some(auth),
                     expect_file_id: file_id,
                     if_match: None,
+                    sse_c: options.sse_c_key.clone(),
                     display_name,
                 };
                 Ok(ObjectMeta {
@@ -682,6 +703,7 @@ impl Download {
                     auth: None,
                     expect_file_id: None,
                     if_match,
+                    sse_c: None,
                     display_name,
                 };
                 Ok(ObjectMeta {
@@ -705,19 +727,36 @@ struct B2Object {
     mtime_ms: Option<u64>,
 }
 
+/// What `head_by_name` asks about.
+struct HeadRequest<'a> {
+    /// Path of the download by name, URL-encoded.
+    by_name: &'a str,
+    display_name: &'a str,
+    sse_c: Option<&'a CustomerKey>,
+    timeout: Duration,
+}
+
 /// The object as it is now: a HEAD by name.
 async fn head_by_name(
     auth: &Authorizer,
     origin: &Origin,
     tls: &Arc<rustls::ClientConfig>,
-    by_name: &str,
-    display_name: &str,
-    timeout: std::time::Duration,
+    request: HeadRequest<'_>,
 ) -> Result<B2Object> {
+    let HeadRequest {
+        by_name,
+        display_name,
+        sse_c,
+        timeout,
+    } = request;
     // HEAD for the metadata; a GET of one byte only to learn why a HEAD was
     // refused (its answer has no body to carry B2's error code).
     let send = |method: &'static str| async move {
         let token = auth.token();
+        let mut headers = vec![("Authorization", token.as_str())];
+        if let Some(key) = sse_c {
+            headers.extend(key.headers());
+        }
         let mut request = Vec::new();
         let range = (method == "GET").then_some((0, 0));
         http::write_get_request(
@@ -726,7 +765,7 @@ async fn head_by_name(
             &origin.host_header(),
             by_name,
             range,
-            &[("Authorization", &token)],
+            &headers,
         )
         .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
         exchange(
@@ -763,6 +802,21 @@ async fn head_by_name(
             } else if run_fatal {
                 // A download or transaction cap: no credential will help.
                 Error::Fatal(detail)
+            } else if code.as_deref() == Some("access_denied") {
+                // B2's answer to a missing or wrong SSE-C key too.
+                match sse_c {
+                    Some(key) => Error::Denied(format!(
+                        "{detail}: B2 refuses the SSE-C key given (key MD5 {}): the object was \
+                         encrypted with another key, or {}",
+                        key.md5_base64(),
+                        crate::b2::DENIED_HINT
+                    )),
+                    None => denied(format!(
+                        "{detail}; an object encrypted with SSE-C is refused this way until its \
+                         key is given (--sse-c-key-file FILE or {})",
+                        crate::b2::sse::KEY_ENV
+                    )),
+                }
             } else {
                 refusal(detail, &why)
             });
@@ -781,6 +835,25 @@ async fn head_by_name(
         }
     }
     let head = &reply.head;
+    // A HEAD answered without the key (B2 may describe an SSE-C object so)
+    // must not turn into downloads refused one by one.
+    let encrypted_with = head.header("x-bz-server-side-encryption-customer-key-md5");
+    match (encrypted_with, sse_c) {
+        (Some(_), None) => {
+            return Err(Error::Usage(format!(
+                "{display_name}: {}",
+                crate::b2::sse::NO_KEY
+            )));
+        }
+        (Some(md5), Some(key)) if md5 != key.md5_base64() => {
+            return Err(Error::Usage(format!(
+                "{display_name}: encrypted with SSE-C under the key whose MD5 is {md5}; the key \
+                 given has MD5 {}",
+                key.md5_base64()
+            )));
+        }
+        _ => {}
+    }
     let size_bytes = head
         .content_length
         .ok_or_else(|| Error::http(format!("HEAD {display_name}"), "no Content-Length"))?;
@@ -811,6 +884,7 @@ async fn version_as_of(
     bucket: &str,
     name: &str,
     at_ms: u64,
+    sse_c: Option<&CustomerKey>,
     timeout: std::time::Duration,
 ) -> Result<(B2Object, String)> {
     let display_name = format!("b2://{bucket}/{name}");
@@ -823,6 +897,12 @@ async fn version_as_of(
                 "no version existed then: first uploaded later, or deleted (hidden) by then",
             )
         })?;
+    if entry.sse_c && sse_c.is_none() {
+        return Err(Error::Usage(format!(
+            "{display_name}: the version current at {at} is {}",
+            crate::b2::sse::NO_KEY
+        )));
+    }
     // By fileId only: the name now serves another version.
     let Some(file_id) = entry.file_id else {
         return Err(Error::http(
@@ -1202,9 +1282,17 @@ pub(crate) mod tests {
             sha1: None,
             require_verified: false,
             as_of_ms: None,
+            sse_c_key: Some(Arc::new(CustomerKey::from_bytes(
+                b"sse-c-secret-sse-c-secret-012345",
+            ))),
         };
         let text = format!("{options:?} {options:#?}");
         assert!(!text.contains("very-secret"), "{text}");
+        // The SSE-C key shows as its MD5 only (base64 of the key starts "c3NlLWMt").
+        assert!(
+            !text.contains("c3NlLWMt") && text.contains("CustomerKey(md5 "),
+            "{text}"
+        );
         assert!(text.contains("visible-key-id") && text.contains("<redacted>"));
         let source =
             Source::parse("https://example.com/file/b/x?Authorization=4_0123_token-value").unwrap();

@@ -3,10 +3,12 @@
 //! download URLs, and which errors to retry.
 
 mod scope;
+pub mod sse;
 mod types;
 mod url;
 
 pub use scope::{KeyScope, Reach, ScopeBucket};
+pub use sse::{CustomerKey, KeyRefusal, SSE_C_ALGORITHM, is_sse_c};
 pub use types::{
     AllowedBucket, ApiInfo, AuthorizeResponse, B2ErrorBody, Bucket, ExpectedSha1, FileAction,
     FileObject, ListBucketsRequest, ListBucketsResponse, ListFileNamesRequest,

@@ -212,6 +212,17 @@ pub struct FileObject {
     pub file_info: BTreeMap<String, Value>,
     /// Milliseconds since the epoch.
     pub upload_timestamp: Option<u64>,
+    /// Absent when the object is not encrypted at rest.
+    pub server_side_encryption: Option<ServerSideEncryption>,
+}
+
+/// `serverSideEncryption` of a listed object: `{"mode": "SSE-B2" | "SSE-C",
+/// "algorithm": "AES256"}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ServerSideEncryption {
+    pub mode: Option<String>,
+    pub algorithm: Option<String>,
 }
 
 impl FileObject {

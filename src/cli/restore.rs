@@ -64,6 +64,11 @@ pub struct RestoreArgs {
     /// name to the next; a listed name the bucket lacks is a failure. Filters and shards apply.
     #[arg(long, value_name = "FILE")]
     pub files_from: Option<PathBuf>,
+    /// The SSE-C key of objects B2 stores encrypted with a customer key: a file holding the 32
+    /// raw bytes or their base64 (also B2_SOURCE_SSE_C_KEY_B64, as for the b2 CLI). Sent only
+    /// over https, and only for objects encrypted with SSE-C.
+    #[arg(long, value_name = "FILE")]
+    pub sse_c_key_file: Option<PathBuf>,
     /// Exit 1 when some file carries no digest to verify against.
     #[arg(long)]
     pub require_verified: bool,
@@ -142,6 +147,7 @@ pub fn options_from(
         report: args.report.clone(),
         as_of_ms: args.as_of,
         files_from,
+        sse_c_key: super::get::read_sse_c_key(args.sse_c_key_file.as_deref())?,
     };
     Ok((options, memlock_notice))
 }

@@ -85,9 +85,8 @@ async fn attempt_chunk(
     let head = get_head(
         &core.core,
         connection,
-        &spec.object.path_and_query,
+        &spec.object,
         Some((first_byte, last_byte)),
-        spec.object.if_match.as_deref(),
     )
     .await?;
     let conn = connection.as_mut().expect("connected");
@@ -206,7 +205,7 @@ async fn check_head(
                 "200 (whole object) where a 206 range was requested".into(),
             ));
         }
-        _ => return Err(status_failure(conn, head).await),
+        _ => return Err(status_failure(conn, head, &job.spec.object).await),
     }
     if head.chunked {
         return Err(protocol("chunked body on a range response".into()));

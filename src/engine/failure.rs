@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::scheduler::Core;
+use super::scheduler::{Core, ObjectSpec};
 use crate::b2::{ErrorClass, classify};
 use crate::client::conn::{ConnError, Connection};
 use crate::config::ERROR_BODY_MAX_BYTES;
@@ -182,7 +182,11 @@ impl Retries {
 }
 
 /// Reads a (small) error body and classifies the status per b2-api.md §6.
-pub(super) async fn status_failure(conn: &mut Connection, head: &ResponseHead) -> Failure {
+pub(super) async fn status_failure(
+    conn: &mut Connection,
+    head: &ResponseHead,
+    object: &ObjectSpec,
+) -> Failure {
     let body = match head.content_length {
         Some(length) if (length as usize) <= ERROR_BODY_MAX_BYTES => conn
             .read_body_to_vec(head, ERROR_BODY_MAX_BYTES)
@@ -198,6 +202,21 @@ pub(super) async fn status_failure(conn: &mut Connection, head: &ResponseHead) -
     } else {
         format!("HTTP {} {code}: {message}", head.status)
     };
+    if let Some(key) = &object.sse_c {
+        if (head.status, code) == (403, "access_denied") {
+            // B2's answer to a wrong SSE-C key. This object fails; others
+            // (unencrypted, or under this key) go on.
+            return Failure {
+                detail: format!(
+                    "{detail}: B2 refuses the SSE-C key given (key MD5 {}): \
+                     the object was encrypted with another key",
+                    key.md5_base64()
+                ),
+                kind: FailureKind::Object,
+                retry_after_s: None,
+            };
+        }
+    }
     // 412 (If-Match failed: the object changed) is Fatal, hence Object.
     let kind = match classify(head.status, code) {
         ErrorClass::Retry => FailureKind::Retry,

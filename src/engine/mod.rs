@@ -74,6 +74,8 @@ pub struct ObjectSource {
     pub expect_file_id: Option<String>,
     /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
     pub if_match: Option<String>,
+    /// B2 SSE-C: the customer key every request for the object carries.
+    pub sse_c: Option<Arc<crate::b2::CustomerKey>>,
     /// What shows in messages: `b2://bucket/name` or the URL without query.
     pub display_name: String,
 }
@@ -177,6 +179,7 @@ pub fn download(
         display_name: source.display_name.clone(),
         expect_file_id: source.expect_file_id.clone(),
         if_match: source.if_match.clone(),
+        sse_c: source.sse_c.clone(),
         size_bytes: object_size_bytes,
         expected_sha1: None,
         fsync: false,

@@ -137,14 +137,7 @@ async fn attempt_object(
     let last_byte = job.size_bytes - 1;
     // The first request needs no Range: the whole object on one connection.
     let range = (first_byte > 0).then_some((first_byte, last_byte));
-    let head = get_head(
-        core,
-        connection,
-        &job.path_and_query,
-        range,
-        job.if_match.as_deref(),
-    )
-    .await?;
+    let head = get_head(core, connection, job, range).await?;
     let conn = connection.as_mut().expect("connected");
     if first_byte > 0 && is_whole_object(&head, job.size_bytes) {
         // The origin ignored Range and sends the whole object (some do for
@@ -278,7 +271,7 @@ async fn check_head(
                 "200 (whole object) where a range was requested",
             ));
         }
-        _ => return Err(status_failure(conn, head).await),
+        _ => return Err(status_failure(conn, head, job).await),
     }
     if head.chunked {
         return Err(Failure::retry("chunked body where a length was expected"));

@@ -4,21 +4,20 @@
 use std::time::Instant;
 
 use super::failure::{Failure, FailureKind, conn_failure};
-use super::scheduler::Core;
+use super::scheduler::{Core, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
 use crate::http::{self, ResponseHead};
 use crate::stats::Stage;
 
-/// Sends `GET path_and_query` (with `Range` when given, the account's
-/// token, and `If-Match` when given) on `connection`, opening it first if
-/// needed, and returns the response head. Records connect, TLS handshake and
-/// time to first byte.
+/// Sends `GET` of `object` (with `Range` when given, the account's token,
+/// and the object's `If-Match` and SSE-C key when it has them) on
+/// `connection`, opening it first if needed, and returns the response head.
+/// Records connect, TLS handshake and time to first byte.
 pub(super) async fn get_head(
     core: &Core,
     connection: &mut Option<Connection>,
-    path_and_query: &str,
+    object: &ObjectSpec,
     range: Option<(u64, u64)>,
-    if_match: Option<&str>,
 ) -> Result<ResponseHead, Failure> {
     let source = &core.shared.source;
     let reused = connection
@@ -32,15 +31,18 @@ pub(super) async fn get_head(
     if let Some(token) = token.as_deref() {
         headers.push(("Authorization", token));
     }
-    if let Some(etag) = if_match {
+    if let Some(etag) = &object.if_match {
         headers.push(("If-Match", etag));
+    }
+    if let Some(key) = &object.sse_c {
+        headers.extend(key.headers());
     }
     let mut request = Vec::with_capacity(512);
     http::write_get_request(
         &mut request,
         "GET",
         &source.origin.host_header(),
-        path_and_query,
+        &object.path_and_query,
         range,
         &headers,
     )

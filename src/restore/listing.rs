@@ -36,6 +36,8 @@ pub struct ListEntry {
     pub mtime_ms: Option<u64>,
     /// `uploadTimestamp`: when B2 took this version (or hid the name).
     pub upload_ms: Option<u64>,
+    /// Encrypted with a customer key (SSE-C): its downloads must carry it.
+    pub sse_c: bool,
 }
 
 impl ListEntry {
@@ -49,6 +51,7 @@ impl ListEntry {
             expected: ExpectedSha1::None,
             mtime_ms: None,
             upload_ms: None,
+            sse_c: false,
         }
     }
 }
@@ -171,6 +174,12 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             _ => None,
         }
         .or(upload_ms);
+        let sse_c = crate::b2::is_sse_c(
+            file.server_side_encryption
+                .as_ref()
+                .and_then(|sse| sse.mode.as_ref())
+                .and_then(Scalar::text),
+        );
         entries.push(ListEntry {
             file_id: text(&file.file_id),
             name: file.file_name,
@@ -179,6 +188,7 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             expected,
             mtime_ms,
             upload_ms,
+            sse_c,
         });
     }
     Ok(ListPage {
@@ -335,6 +345,15 @@ struct RawFile {
     file_info: Option<RawInfo>,
     #[serde(default)]
     upload_timestamp: Option<Scalar>,
+    #[serde(default)]
+    server_side_encryption: Option<RawEncryption>,
+}
+
+/// `{"mode": "SSE-C", "algorithm": "AES256"}`; only the mode matters here.
+#[derive(Deserialize)]
+struct RawEncryption {
+    #[serde(default)]
+    mode: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize)]
@@ -651,6 +670,7 @@ mod tests {
             expected: ExpectedSha1::None,
             mtime_ms: Some(upload_ms),
             upload_ms: Some(upload_ms),
+            sse_c: false,
         }
     }
 

@@ -25,6 +25,7 @@ use std::time::Instant;
 use rustix::fs::AtFlags;
 use serde_json::json;
 
+use crate::b2::CustomerKey;
 use crate::b2::{ExpectedSha1, Reach};
 use crate::client::b2_api::{Authorizer, Credentials, describe_error, refusal};
 use crate::client::url::Url;
@@ -75,6 +76,9 @@ pub struct RestoreOptions {
     /// `--files-from`: restore exactly these names (relative to the prefix);
     /// each one the bucket lacks is a failure.
     pub files_from: Option<Arc<[String]>>,
+    /// `--sse-c-key-file`: the key of the objects the listing marks SSE-C
+    /// (only those requests carry it).
+    pub sse_c_key: Option<Arc<CustomerKey>>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -100,6 +104,7 @@ impl std::fmt::Debug for RestoreOptions {
                 "files_from",
                 &self.files_from.as_ref().map(|names| names.len()),
             )
+            .field("sse_c_key", &self.sse_c_key)
             .finish()
     }
 }
@@ -390,6 +395,9 @@ impl Restore {
             auth.scope()
                 .check(&options.bucket, reach)
                 .map_err(Error::Denied)?;
+            if options.sse_c_key.is_some() {
+                crate::b2::sse::check_key_transport(&auth.download_url()).map_err(Error::Usage)?;
+            }
             bucket_id(&auth, &options.bucket, options.engine.timeout).await
         })?;
         drop(control);
@@ -966,6 +974,16 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             }
         }
     }
+    if entry.sse_c && options.sse_c_key.is_none() {
+        let reason = crate::b2::sse::NO_KEY.to_string();
+        if options.dry_run {
+            eprintln!("failed\t{:?}\t{reason}", entry.name);
+        } else {
+            run.reporter
+                .record_unwritten(&entry, Status::Failed, reason);
+        }
+        return;
+    }
     if options.dry_run {
         println!("{}\t{}", entry.size_bytes, entry.name);
         return;
@@ -1055,6 +1073,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
         expect_file_id: task.entry.file_id.clone(),
         if_match: None,
+        sse_c: options.sse_c_key.clone().filter(|_| task.entry.sse_c),
         size_bytes,
         expected_sha1: match task.entry.expected {
             ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
@@ -1276,8 +1295,16 @@ mod tests {
             report: None,
             as_of_ms: None,
             files_from: None,
+            sse_c_key: Some(Arc::new(CustomerKey::from_bytes(
+                b"sse-c-secret-sse-c-secret-012345",
+            ))),
         };
         let text = format!("{options:?} {options:#?}");
+        // The SSE-C key shows as its MD5 only (base64 of the key starts "c3NlLWMt").
+        assert!(
+            !text.contains("c3NlLWMt") && text.contains("CustomerKey(md5 "),
+            "{text}"
+        );
         assert!(!text.contains("very-secret"), "{text}");
         assert!(text.contains("visible-key-id") && text.contains("<redacted>"));
     }

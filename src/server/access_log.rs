@@ -30,6 +30,9 @@ pub struct AccessRecord {
     pub fault: Option<String>,
     /// Which TCP connection carried the request (accept order, from 0).
     pub connection: u64,
+    /// The request carried an SSE-C key (never the key itself).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sse_c_key: bool,
 }
 
 pub struct AccessLog {

@@ -346,6 +346,13 @@ impl ObjectView {
             content_type: self.content_type(),
             file_info: FileInfo(self.file_info()),
             upload_timestamp: self.meta.mtime_ms,
+            server_side_encryption: match server.sse_c_key(&self.meta.name) {
+                Some(_) => Encryption {
+                    mode: "SSE-C",
+                    algorithm: Some(crate::b2::SSE_C_ALGORITHM),
+                },
+                None => Encryption::NONE,
+            },
             ..FileJson::new(
                 server,
                 &self.meta.bucket,
@@ -411,7 +418,7 @@ impl<'a> FileJson<'a> {
             content_type: "application/octet-stream",
             file_info: FileInfo(Vec::new()),
             upload_timestamp: 0,
-            server_side_encryption: Encryption { mode: "none" },
+            server_side_encryption: Encryption::NONE,
             file_retention: Readable {
                 is_client_authorized_to_read: true,
                 value: Retention {
@@ -440,6 +447,15 @@ impl Serialize for FileInfo {
 #[derive(Serialize)]
 struct Encryption {
     mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    algorithm: Option<&'static str>,
+}
+
+impl Encryption {
+    const NONE: Encryption = Encryption {
+        mode: "none",
+        algorithm: None,
+    };
 }
 
 #[derive(Serialize)]

@@ -23,6 +23,8 @@ use super::encoding::{RangeRequest, b2_url_encode, parse_query, parse_range, per
 use super::fault_io::WriteCut;
 use super::faults::{BodyFault, ConnFault, HeadFault, RangeFault, TokenBucket};
 use super::store::OpenError;
+use crate::b2::KeyRefusal;
+use crate::b2::sse::{HEADER_ALGORITHM, HEADER_KEY_MD5, SSE_C_ALGORITHM};
 
 /// A B2 error: HTTP status, `code`, `message` (body `{status, code, message}`).
 #[derive(Debug)]
@@ -115,6 +117,8 @@ struct RequestContext {
     query: Vec<(String, String)>,
     range: Option<String>,
     authorization: Option<String>,
+    /// The SSE-C headers: algorithm, key, key MD5.
+    sse_c: [Option<String>; 3],
     record: AccessRecord,
     /// Set when a connection fault cuts this response (for the access log).
     conn_fault: Option<&'static str>,
@@ -176,6 +180,7 @@ pub async fn handle(
         bytes_sent: 0,
         fault: None,
         connection: connection.id,
+        sse_c_key: false,
     };
     let mut context = RequestContext {
         method,
@@ -183,6 +188,7 @@ pub async fn handle(
         query: Vec::new(),
         range,
         authorization: header_text(&request, "authorization"),
+        sse_c: crate::b2::sse::REQUEST_HEADERS.map(|name| header_text(&request, name)),
         record,
         conn_fault: None,
     };
@@ -535,6 +541,20 @@ async fn download(
     .await?;
     context.record.bucket = Some(view.meta.bucket.name.clone());
     context.record.name = Some(view.meta.name.clone());
+    context.record.sse_c_key = context.sse_c[1].is_some();
+    let sse_c_key = server.sse_c_key(&view.meta.name);
+    if let Some(key) = sse_c_key {
+        let [algorithm, sent, md5] = context.sse_c.each_ref().map(Option::as_deref);
+        key.check_request(algorithm, sent, md5)
+            .map_err(|refusal| match refusal {
+                KeyRefusal::Missing | KeyRefusal::Wrong => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "access_denied",
+                    "the SSE-C key is missing or is not this file's",
+                ),
+                KeyRefusal::Malformed(why) => ApiError::bad_request(why),
+            })?;
+    }
 
     let size_bytes = view.meta.size_bytes;
     let (status, start, body_bytes) = match parse_range(context.range.as_deref(), size_bytes) {
@@ -614,6 +634,11 @@ async fn download(
         .header("x-bz-file-id", view.meta.file_id.as_str())
         .header("x-bz-content-sha1", view.content_sha1())
         .header("x-bz-upload-timestamp", view.meta.mtime_ms.to_string());
+    if let Some(key) = sse_c_key {
+        response = response
+            .header(HEADER_ALGORITHM, SSE_C_ALGORITHM)
+            .header(HEADER_KEY_MD5, key.md5_base64());
+    }
     if status == StatusCode::PARTIAL_CONTENT {
         response = response.header(
             "content-range",

@@ -177,6 +177,45 @@ pub struct ServeArgs {
     /// origin (nginx, a cache) that serves the same files under /file/BUCKET/NAME.
     #[arg(long, value_parser = parse_download_url, value_name = "URL")]
     pub download_url: Option<String>,
+    /// Serve objects as encrypted with this SSE-C key (a file of the 32 raw bytes or their
+    /// base64): listed with serverSideEncryption SSE-C, and downloaded (or HEAD) only with
+    /// the key's headers; a missing or wrong key gets 403 access_denied, as on B2.
+    #[arg(long, value_name = "FILE")]
+    pub sse_c_key_file: Option<PathBuf>,
+    /// With --sse-c-key-file: only names starting with PREFIX are encrypted (every bucket).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "",
+        requires = "sse_c_key_file"
+    )]
+    pub sse_c_prefix: String,
+}
+
+/// `--sse-c-key-file`: which objects are stored encrypted, under which key.
+pub struct SseCObjects {
+    pub key: crate::b2::CustomerKey,
+    pub prefix: String,
+}
+
+impl SseCObjects {
+    fn from_args(args: &ServeArgs) -> Result<Option<SseCObjects>> {
+        let Some(path) = &args.sse_c_key_file else {
+            return Ok(None);
+        };
+        let contents = std::fs::read(path).map_err(|error| {
+            Error::io(
+                format!("reading --sse-c-key-file {}", path.display()),
+                error,
+            )
+        })?;
+        let key = crate::b2::CustomerKey::parse(&contents)
+            .map_err(|why| Error::Usage(format!("--sse-c-key-file {}: {why}", path.display())))?;
+        Ok(Some(SseCObjects {
+            key,
+            prefix: args.sse_c_prefix.clone(),
+        }))
+    }
 }
 
 fn parse_download_url(text: &str) -> std::result::Result<String, String> {
@@ -222,6 +261,17 @@ pub struct Server {
     access_log: Option<Arc<AccessLog>>,
     /// Numbers accepted connections for the access log.
     connections_accepted: std::sync::atomic::AtomicU64,
+    sse_c: Option<SseCObjects>,
+}
+
+impl Server {
+    /// The SSE-C key `name` is stored under, if it is.
+    pub fn sse_c_key(&self, name: &str) -> Option<&crate::b2::CustomerKey> {
+        self.sse_c
+            .as_ref()
+            .filter(|sse_c| name.starts_with(&sse_c.prefix))
+            .map(|sse_c| &sse_c.key)
+    }
 }
 
 fn credentials_from(args: &ServeArgs) -> Result<Credentials> {
@@ -323,6 +373,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| sha1_cache::default_cache_dir(&dir));
     let sha1_cache = Sha1Cache::open(Some(&cache_dir));
+    let sse_c = SseCObjects::from_args(&args)?;
     let store = Store::open(&dir, sha1_cache)
         .map_err(|error| Error::io(format!("opening {}", dir.display()), error))?;
     let access_log = match &args.access_log {
@@ -386,6 +437,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             faults,
             access_log,
             connections_accepted: std::sync::atomic::AtomicU64::new(0),
+            sse_c,
         });
         // Handlers go in before the ready line: a script may signal us as
         // soon as it has read it.
@@ -568,6 +620,7 @@ async fn serve_connection(
                         bytes_sent: at_bytes as u64,
                         fault: Some("reset_handshake".into()),
                         connection: connection_id,
+                        sse_c_key: false,
                     });
                 }
             }
