@@ -1,10 +1,11 @@
 use clap::Parser;
 
 fn main() {
-    // A panic is a bug. On a core thread it would leave the other cores
-    // waiting for chunks that never come, and the process would hang: end it
-    // instead. The journal is written line by line and partial files stay,
-    // so rerunning the same command resumes.
+    // A panic is a bug. The library ends such a run with an error (the
+    // engine aborts what the dead task held, `scheduler::Core::spawn`), and
+    // removes partial files as after any fatal error; the CLI stops at once
+    // instead, keeping them: the journal is written line by line, so
+    // rerunning the same command resumes.
     let report_panic = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report_panic(info);

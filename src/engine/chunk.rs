@@ -11,10 +11,10 @@ use crate::error::Error;
 use crate::http::ResponseHead;
 use crate::plan::Chunk;
 use crate::stats::Stage;
-use crate::uring::{self, PoolBuf};
+use crate::uring::PoolBuf;
 
 use super::failure::{Failure, FailureKind, Retries, conn_failure, status_failure};
-use super::large::CoreJob;
+use super::large::{CoreJob, WriteInFlight};
 use super::request::{check_file_id, get_head};
 
 pub(super) async fn download_chunk(
@@ -240,9 +240,11 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
     // At the frontier, hash now: the frontier then moves on without waiting
     // for the write, and other cores' parked buffers follow sooner.
     let hashed = core.hash_if_at_frontier(offset, &buf.filled()[..data_len]);
-    core.write_started();
+    let in_flight = WriteInFlight::start(core);
+    let on_core = Rc::clone(&core.core);
     let core = Rc::clone(core);
-    uring::spawn(async move {
+    on_core.spawn("write", async move {
+        let _in_flight = in_flight;
         // Buffered writes of one file take turns across cores (see `write_gate`).
         let _turn = if core.job.spec.destination.direct_io {
             None
@@ -275,6 +277,5 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
                 });
             }
         }
-        core.write_ended();
     });
 }

@@ -22,7 +22,7 @@ use crate::config::{BUFFERED_WRITES_PER_FILE_MAX, OBJECT_REDOWNLOADS_ON_MISMATCH
 use crate::error::{Error, Result};
 use crate::plan::{Chunk, ChunkPlan};
 use crate::stats::Stage;
-use crate::uring::{self, File, PoolBuf};
+use crate::uring::{File, PoolBuf};
 use crate::verify::{ReorderWindow, SharedDigest, WrittenPrefix};
 
 /// Called with the new written prefix each time it crosses a chunk
@@ -201,7 +201,11 @@ impl Job {
 
     /// Stops the download: the first error wins and is reported.
     pub fn abort(&self, error: Error) {
-        let mut first = self.first_error.lock().expect("error lock");
+        // Also runs while a panic unwinds (`Shared::poison`).
+        let mut first = self
+            .first_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if first.is_none() {
             *first = Some(error);
         }
@@ -330,15 +334,6 @@ impl CoreJob {
         self.drain_hashable();
     }
 
-    pub fn write_started(&self) {
-        self.writes_in_flight.set(self.writes_in_flight.get() + 1);
-    }
-
-    pub fn write_ended(&self) {
-        self.writes_in_flight.set(self.writes_in_flight.get() - 1);
-        self.changed.notify_one();
-    }
-
     fn hash(&self, offset: u64, data: &[u8]) -> bool {
         let started = Instant::now();
         let hashed = self.job.digest.hash_if_next(offset, data);
@@ -360,6 +355,51 @@ impl CoreJob {
     }
 }
 
+/// One of this core's writes of the job, counted from `start` until dropped
+/// (unwinding too): the finisher waits for the count to reach zero.
+pub(super) struct WriteInFlight(Rc<CoreJob>);
+
+impl WriteInFlight {
+    pub fn start(core_job: &Rc<CoreJob>) -> WriteInFlight {
+        core_job
+            .writes_in_flight
+            .set(core_job.writes_in_flight.get() + 1);
+        WriteInFlight(Rc::clone(core_job))
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        let core_job = &self.0;
+        core_job
+            .writes_in_flight
+            .set(core_job.writes_in_flight.get() - 1);
+        core_job.changed.notify_one();
+    }
+}
+
+/// A connection taking chunks of the job, counted (per core and over all
+/// cores) until dropped, unwinding too: the finisher waits for this core's
+/// count to reach zero, and the scheduler reads the total.
+struct TakingChunks<'a>(&'a CoreJob);
+
+impl<'a> TakingChunks<'a> {
+    fn start(core_job: &'a CoreJob) -> TakingChunks<'a> {
+        core_job.connections.set(core_job.connections.get() + 1);
+        core_job.job.connections.fetch_add(1, Ordering::Relaxed);
+        TakingChunks(core_job)
+    }
+}
+
+impl Drop for TakingChunks<'_> {
+    fn drop(&mut self) {
+        let core_job = self.0;
+        core_job.job.connections.fetch_sub(1, Ordering::Relaxed);
+        core_job.connections.set(core_job.connections.get() - 1);
+        core_job.changed.notify_one();
+    }
+}
+
 /// Takes chunks of `job` on this connection until none are left; then the
 /// connection goes back to the scheduler for other work.
 pub(super) async fn take_chunks(
@@ -370,9 +410,8 @@ pub(super) async fn take_chunks(
     let Some(core_job) = core_job_for(core, job) else {
         return;
     };
-    core_job.connections.set(core_job.connections.get() + 1);
+    let _taking = TakingChunks::start(&core_job);
     let job = &core_job.job;
-    job.connections.fetch_add(1, Ordering::Relaxed);
     let cancelled = || core.shared.config.is_cancelled();
     while let Some(chunk) = job.next_chunk(cancelled()) {
         if let Err(error) = super::chunk::download_chunk(&core_job, connection, chunk).await {
@@ -380,9 +419,6 @@ pub(super) async fn take_chunks(
             break;
         }
     }
-    job.connections.fetch_sub(1, Ordering::Relaxed);
-    core_job.connections.set(core_job.connections.get() - 1);
-    core_job.changed.notify_one();
 }
 
 /// This core's part in `job`, joining it (and starting its hasher and
@@ -421,8 +457,8 @@ fn core_job_for(core: &Rc<Core>, job: Arc<Job>) -> Option<Rc<CoreJob>> {
         changed: Notify::new(),
     });
     core.large.borrow_mut().push(Rc::clone(&core_job));
-    let hasher = uring::spawn(hash_loop(Rc::clone(&core_job)));
-    let finisher = uring::spawn(finish_on_core(Rc::clone(&core_job), hasher));
+    let hasher = core.spawn("hasher", hash_loop(Rc::clone(&core_job)));
+    let finisher = core.spawn("finisher", finish_on_core(Rc::clone(&core_job), hasher));
     let mut finishers = core.finishers.borrow_mut();
     // A finished task stays allocated while its handle lives: a restore of
     // many large objects must not keep one per object.
@@ -523,7 +559,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
             object.display_name
         );
         core.count_retry();
-        shared.restart(Arc::new(job.next_round(done)));
+        shared.restart(job, Arc::new(job.next_round(done)));
         return;
     }
     let elapsed = job.started.elapsed();
@@ -544,5 +580,5 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
         attempts: job.round,
         elapsed,
     });
-    shared.large_finished();
+    shared.large_finished(job);
 }

@@ -5,6 +5,8 @@
 //! (`large`, `chunk`). `get` is a scheduler with one object (`Fetch`).
 
 mod chunk;
+#[doc(hidden)]
+pub mod failpoint;
 mod failure;
 pub mod large;
 mod object;

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     pub source: PoolSource,
     pub progress: Arc<Progress>,
     stopped: AtomicBool,
+    /// What panicked (a bug), once a task did: the run ends with that error.
+    panicked: Mutex<Option<String>>,
     state: Mutex<State>,
     capacity_jobs: usize,
     /// Connections of all cores.
@@ -155,8 +157,9 @@ struct State {
     active: Vec<Arc<Job>>,
     /// Large objects taken from the queue and not yet handed to `done`
     /// (chunks, writes or hashing left). Connections stay while any is open:
-    /// a SHA1 mismatch puts its object back in `active`.
-    open_large: usize,
+    /// a SHA1 mismatch puts its object's next round back in `active`. A
+    /// panic aborts them all.
+    open_large: Vec<Arc<Job>>,
 }
 
 /// What a free connection does next.
@@ -179,6 +182,38 @@ impl Shared {
         self.capacity_jobs / 2
     }
 
+    /// A task panicked (a bug): stop handing out work, abort every open
+    /// large object (so nothing waits for the chunks, writes or hashing the
+    /// dead task held) and wake every waiter. The run ends with an error.
+    /// Runs while unwinding: it never panics on a poisoned lock.
+    fn poison(&self, what: &str, core_index: usize) {
+        let note = format!(
+            "internal error: a {what} task on core {core_index} panicked (its message is on \
+             stderr); this is a bug, please report it"
+        );
+        self.panicked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(note.clone());
+        self.stopped.store(true, Ordering::Release);
+        let open = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open_large
+            .clone();
+        for job in open {
+            job.abort(Error::Fatal(note.clone()));
+        }
+        self.work.notify_waiters();
+        self.space.notify_all();
+    }
+
+    fn panic_error(&self) -> Option<Error> {
+        let panicked = self.panicked.lock().unwrap_or_else(PoisonError::into_inner);
+        panicked.clone().map(Error::Fatal)
+    }
+
     fn next(&self) -> Next {
         let mut state = self.state.lock().expect("scheduler lock");
         state.active.retain(|job| job.wants_connections());
@@ -194,7 +229,10 @@ impl Shared {
             }
         }
         let Some(work) = state.queue.pop_front() else {
-            return if state.closed && state.open_large == 0 {
+            // After a panic, open objects end without this connection (they
+            // are aborted) and the producer learns at `finish`.
+            let panicked = self.panicked.lock().expect("panic note lock").is_some();
+            return if (state.closed && state.open_large.is_empty()) || panicked {
                 Next::Exit
             } else {
                 Next::Wait
@@ -218,7 +256,7 @@ impl Shared {
                     Arc::clone(&self.progress),
                 ));
                 state.active.push(Arc::clone(&job));
-                state.open_large += 1;
+                state.open_large.push(Arc::clone(&job));
                 drop(state);
                 // Idle connections on every core join it.
                 self.work.notify_waiters();
@@ -228,14 +266,20 @@ impl Shared {
     }
 
     /// A SHA1 mismatch: the object's next round takes its old one's place.
-    pub fn restart(&self, job: Arc<Job>) {
-        self.state.lock().expect("scheduler lock").active.push(job);
+    pub fn restart(&self, old: &Arc<Job>, job: Arc<Job>) {
+        let mut state = self.state.lock().expect("scheduler lock");
+        state.open_large.retain(|open| !Arc::ptr_eq(open, old));
+        state.open_large.push(Arc::clone(&job));
+        state.active.push(job);
+        drop(state);
         self.work.notify_waiters();
     }
 
     /// A large object went to `done`.
-    pub fn large_finished(&self) {
-        self.state.lock().expect("scheduler lock").open_large -= 1;
+    pub fn large_finished(&self, job: &Arc<Job>) {
+        let mut state = self.state.lock().expect("scheduler lock");
+        state.open_large.retain(|open| !Arc::ptr_eq(open, job));
+        drop(state);
         self.work.notify_waiters();
     }
 }
@@ -269,11 +313,12 @@ impl Scheduler {
             source,
             progress,
             stopped: AtomicBool::new(false),
+            panicked: Mutex::new(None),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
                 active: Vec::new(),
-                open_large: 0,
+                open_large: Vec::new(),
             }),
             pace: config
                 .limit_rate_bytes_per_s
@@ -429,12 +474,46 @@ impl Core {
         self.record(Stage::RateWait, waited.elapsed());
     }
 
+    /// Spawns a task of this core that poisons the scheduler if it panics
+    /// (`Shared::poison`): a bug then ends the run with an error instead of
+    /// leaving the other tasks waiting for what the dead one held.
+    pub fn spawn<F>(&self, what: &'static str, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + 'static,
+    {
+        let guard = PanicGuard {
+            shared: Arc::clone(&self.shared),
+            core_index: self.index,
+            what,
+        };
+        uring::spawn(async move {
+            let output = task.await;
+            drop(guard);
+            output
+        })
+    }
+
     /// `runtime::sleep_unless`, timed as the `retry_wait` stage.
     pub async fn sleep_unless_stopped(&self, delay: Duration, stop: impl Fn() -> bool) -> bool {
         let waited = Instant::now();
         let slept = crate::runtime::sleep_unless(delay, stop).await;
         self.record(Stage::RetryWait, waited.elapsed());
         slept
+    }
+}
+
+/// Poisons the scheduler when dropped by an unwinding task (see `Core::spawn`).
+struct PanicGuard {
+    shared: Arc<Shared>,
+    core_index: usize,
+    what: &'static str,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.poison(self.what, self.core_index);
+        }
     }
 }
 
@@ -468,7 +547,7 @@ fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
         });
         let mut tasks = Vec::with_capacity(config.connections_per_core);
         for _ in 0..config.connections_per_core {
-            tasks.push(uring::spawn(connection_loop(Rc::clone(&core))));
+            tasks.push(core.spawn("connection", connection_loop(Rc::clone(&core))));
         }
         for task in tasks {
             let _ = task.await;
@@ -482,6 +561,9 @@ fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
             for finisher in finishers {
                 let _ = finisher.await;
             }
+        }
+        if let Some(error) = shared.panic_error() {
+            return Err(error);
         }
         let stages = core.stats.borrow().clone();
         Ok(CoreReport {
@@ -501,7 +583,7 @@ async fn connection_loop(core: Rc<Core>) {
         match core.shared.next() {
             Next::Chunks(job) => large::take_chunks(&core, &mut connection, job).await,
             Next::Object(job) => run_object(&core, &mut connection, job).await,
-            Next::Refuse(work) => refuse(work),
+            Next::Refuse(work) => refuse(&core.shared, work),
             Next::Wait => notified.await,
             Next::Exit => break,
         }
@@ -524,18 +606,23 @@ async fn run_object(core: &Rc<Core>, connection: &mut Option<Connection>, job: O
     });
 }
 
-/// Fails work the run stopped before it began (its caller removes the file).
-fn refuse(work: Work) {
+/// Fails work the run stopped before it began (its caller removes the
+/// file). After a panic, with the panic's error, fatal to the run: the
+/// producer stops instead of feeding the rest of a listing to be refused.
+fn refuse(shared: &Shared, work: Work) {
     let (display_name, done) = match work {
         Work::Object(job) => (job.object.display_name, job.done),
         Work::Large(job) => (job.spec.object.display_name, job.done),
     };
-    let error = Error::Fatal(format!("{display_name}: not started: the run stopped"));
+    let (error, run_fatal) = match shared.panic_error() {
+        Some(error) => (error, true),
+        None => (
+            Error::Fatal(format!("{display_name}: not started: the run stopped")),
+            false,
+        ),
+    };
     done(ObjectResult {
-        outcome: Err(ObjectError {
-            error,
-            run_fatal: false,
-        }),
+        outcome: Err(ObjectError { error, run_fatal }),
         attempts: 0,
         elapsed: Duration::ZERO,
     });

@@ -513,7 +513,15 @@ impl Restore {
         self.files.listing_done.store(true, Ordering::Relaxed);
         // Dropping the receiver unblocks a listing thread that is still sending.
         drop(list_receiver);
-        let _ = lister.join();
+        if lister.join().is_err() {
+            // Its channel closed as at the end of the listing: without this,
+            // a partial restore would look complete.
+            listing_error.get_or_insert(Error::Fatal(
+                "internal error: the listing thread panicked (its message is on stderr); \
+                 this is a bug, please report it"
+                    .into(),
+            ));
+        }
         if let Some(scheduler) = scheduler {
             if run.stop.load(Ordering::Acquire) {
                 scheduler.stop();

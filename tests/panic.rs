@@ -1,0 +1,191 @@
+//! A bug that panics on a core thread must end a library caller's run with
+//! an error, never hang it: the other cores would otherwise wait forever for
+//! the chunks, writes and hashing the dead task held. (The CLI aborts on a
+//! panic instead, see `main.rs`.) The engine's failpoint makes the Nth
+//! download request panic; the hook is process-wide, so this file holds one
+//! test that runs its cases in turn.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Served, content, serve, write_file};
+use ringdown::engine::EngineConfig;
+use ringdown::engine::failpoint::panic_at_request;
+use ringdown::get::DirectIo;
+use ringdown::restore::paths::{NameFilter, Shard};
+use ringdown::restore::{Restore, RestoreOptions};
+use ringdown::{Download, DownloadOptions, Source};
+
+const BIG_BYTES: usize = 24 * 1024 * 1024 + 777;
+const SMALL_FILES: usize = 300;
+
+/// A run that has not returned by then is hung.
+const RUN_DEADLINE: Duration = Duration::from_secs(90);
+
+fn engine() -> EngineConfig {
+    EngineConfig {
+        cores: 2,
+        pin_cores: false,
+        connections_per_core: 3,
+        large_connections_per_core: 3,
+        buffers_per_core: 8,
+        buffer_size_bytes: 256 * 1024,
+        part_size_bytes: 1024 * 1024,
+        max_attempts: 3,
+        retry_base_ms: 10,
+        retry_max_ms: 100,
+        timeout: Duration::from_secs(20),
+        register_buffers: false,
+        limit_rate_bytes_per_s: None,
+        cancel: None,
+    }
+}
+
+/// Runs `work` on a thread of its own and waits at most `RUN_DEADLINE`.
+fn within_deadline<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(work());
+    });
+    receiver
+        .recv_timeout(RUN_DEADLINE)
+        .unwrap_or_else(|_| panic!("{what}: still running after {RUN_DEADLINE:?}: hung"))
+}
+
+fn get(served: &Served, name: &str, dest: PathBuf) -> ringdown::Result<ringdown::DownloadReport> {
+    let options = DownloadOptions {
+        engine: engine(),
+        realm: served.realm.clone(),
+        key_id: Some(served.key_id.clone()),
+        key: Some(served.key.clone()),
+        ca_file: served.ca_file.clone(),
+        force: false,
+        fsync: false,
+        direct_io: DirectIo::Off,
+        sha1: None,
+        require_verified: false,
+        as_of_ms: None,
+        sse_c_key: None,
+    };
+    let source = Source::parse(&format!("b2://bkt/{name}")).unwrap();
+    within_deadline("get", move || Download::new(source, dest, options).run())
+}
+
+fn restore(served: &Served, dir: PathBuf) -> ringdown::restore::RestoreReport {
+    let options = RestoreOptions {
+        engine: engine(),
+        realm: served.realm.clone(),
+        key_id: served.key_id.clone(),
+        key: served.key.clone(),
+        ca_file: served.ca_file.clone(),
+        direct_io: DirectIo::Off,
+        bucket: "bkt".into(),
+        folder_prefix: String::new(),
+        dir,
+        filter: NameFilter::new(&[], &[]).unwrap(),
+        shard: Shard { index: 0, count: 1 },
+        skip_existing: false,
+        fsync: false,
+        dry_run: false,
+        report: None,
+        as_of_ms: None,
+        files_from: None,
+        sse_c_key: None,
+    };
+    within_deadline("restore", move || {
+        Restore::new(options, true)
+            .run()
+            .expect("the run itself starts")
+    })
+}
+
+/// Files under `dir` (outside `.ringdown/`), each of which must be identical
+/// to its source: a panic may leave files unrestored, never wrong.
+fn assert_only_whole_files(dir: &Path, source: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(dir).unwrap();
+            if relative.starts_with(".ringdown") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(source.join(relative)).unwrap(),
+                "{} is not its source",
+                relative.display()
+            );
+            count += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn a_panic_on_a_core_ends_the_run_with_an_error_instead_of_hanging() {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = data.path().join("bkt");
+    write_file(&bucket, "big.bin", &content("big", BIG_BYTES));
+    for index in 0..SMALL_FILES {
+        write_file(
+            &bucket,
+            &format!("small/{index:03}.bin"),
+            &content(&index.to_string(), 20_000 + index * 7),
+        );
+    }
+    let served = serve(data.path(), false, &[]);
+    let out = tempfile::tempdir().unwrap();
+
+    // A large object's chunk panics while other chunks, on both cores, are
+    // in flight, hashed and written.
+    for at_request in [1, 6, 20] {
+        panic_at_request(at_request);
+        let dest = out.path().join(format!("big-{at_request}.bin"));
+        let error = get(&served, "big.bin", dest.clone())
+            .err()
+            .unwrap_or_else(|| panic!("request {at_request} panicked, yet the get succeeded"));
+        let text = error.to_string();
+        assert!(text.contains("panicked"), "{text}");
+        assert!(!dest.exists(), "{}", dest.display());
+    }
+
+    // A restore of small files and a large one: the run ends with the
+    // panic as its fatal error, and every file it did restore is whole.
+    for at_request in [5, 60] {
+        panic_at_request(at_request);
+        let dir = out.path().join(format!("restore-{at_request}"));
+        let report = restore(&served, dir.clone());
+        let fatal = report.fatal.as_ref().map(ToString::to_string);
+        assert!(
+            fatal
+                .as_deref()
+                .is_some_and(|text| text.contains("panicked")),
+            "{fatal:?}"
+        );
+        let restored = assert_only_whole_files(&dir, &bucket);
+        assert!(
+            restored < SMALL_FILES + 1,
+            "{restored} files: nothing failed?"
+        );
+    }
+
+    // The hook off, the same process downloads and restores everything:
+    // a panic leaves no state behind that breaks the next run.
+    panic_at_request(0);
+    let dest = out.path().join("big-after.bin");
+    get(&served, "big.bin", dest.clone()).expect("a get after the panics");
+    assert_eq!(std::fs::read(&dest).unwrap(), content("big", BIG_BYTES));
+    let dir = out.path().join("restore-after");
+    let report = restore(&served, dir.clone());
+    assert!(report.fatal.is_none(), "{:?}", report.fatal);
+    assert_eq!(assert_only_whole_files(&dir, &bucket), SMALL_FILES + 1);
+}
