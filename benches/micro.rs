@@ -123,6 +123,30 @@ fn stats(c: &mut Criterion) {
     group.finish();
 }
 
+/// One full `b2_list_file_names` page as B2 v3 sends it (every entry with
+/// `serverSideEncryption`, `fileInfo`, retention and legal hold).
+fn listing_page(entries: usize) -> Vec<u8> {
+    let files: Vec<String> = (0..entries)
+        .map(|index| {
+            format!(
+                r#"{{"accountId":"a1","action":"upload","bucketId":"b1","contentLength":{len},"contentMd5":null,"contentSha1":"2aae6c35c94fcfb415dbe95f408b9ce91ee846ed","contentType":"application/octet-stream","fileId":"4_z27c88f1d182b150646ff0b16_f1004ba650fe24e6b_d20231114_m221320_c005_v0501000_t{index:04}","fileInfo":{{"src_last_modified_millis":"1700000000000"}},"fileName":"photos/2023/IMG_{index:05}.jpg","fileRetention":{{"isClientAuthorizedToRead":true,"value":{{"mode":null,"retainUntilTimestamp":null}}}},"legalHold":{{"isClientAuthorizedToRead":true,"value":null}},"replicationStatus":null,"serverSideEncryption":{{"algorithm":"AES256","mode":"SSE-B2"}},"uploadTimestamp":1700000000123}}"#,
+                len = 1000 + index
+            )
+        })
+        .collect();
+    format!(r#"{{"files":[{}],"nextFileName":null}}"#, files.join(",")).into_bytes()
+}
+
+fn listing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("listing");
+    let page = listing_page(10_000);
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("parse_page_10000_entries", |b| {
+        b.iter(|| ringdown::restore::listing::parse_page(black_box(&page)).unwrap())
+    });
+    group.finish();
+}
+
 fn names(c: &mut Criterion) {
     let mut group = c.benchmark_group("names");
     group.throughput(Throughput::Elements(1));
@@ -135,6 +159,6 @@ fn names(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = http, sha1, plan, stats, names
+    targets = http, sha1, plan, stats, listing, names
 }
 criterion_main!(micro);

@@ -177,8 +177,7 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
         let sse_c = crate::b2::is_sse_c(
             file.server_side_encryption
                 .as_ref()
-                .and_then(|sse| sse.mode.as_ref())
-                .and_then(Scalar::text),
+                .and_then(RawEncryption::mode),
         );
         entries.push(ListEntry {
             file_id: text(&file.file_id),
@@ -350,10 +349,25 @@ struct RawFile {
 }
 
 /// `{"mode": "SSE-C", "algorithm": "AES256"}`; only the mode matters here.
+/// Anything else (not an object) is no encryption we know of, not a reason
+/// to refuse the page.
 #[derive(Deserialize)]
-struct RawEncryption {
-    #[serde(default)]
-    mode: Option<Scalar>,
+#[serde(untagged)]
+enum RawEncryption {
+    Known {
+        #[serde(default)]
+        mode: Option<Scalar>,
+    },
+    Other(IgnoredAny),
+}
+
+impl RawEncryption {
+    fn mode(&self) -> Option<&str> {
+        match self {
+            RawEncryption::Known { mode } => mode.as_ref().and_then(Scalar::text),
+            RawEncryption::Other(_) => None,
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -522,6 +536,37 @@ mod tests {
         assert_eq!(page.entries[4].size_bytes, 3);
         assert_eq!(page.entries[4].expected, ExpectedSha1::None);
         assert_eq!(page.next_file_name.as_deref(), Some("dir/zz"));
+    }
+
+    #[test]
+    fn only_the_sse_c_mode_marks_an_entry_as_needing_a_key() {
+        let page = br#"{"files":[
+            {"fileName":"c","contentLength":1,"serverSideEncryption":{"mode":"SSE-C","algorithm":"AES256"}},
+            {"fileName":"b2","contentLength":1,"serverSideEncryption":{"mode":"SSE-B2","algorithm":"AES256"}},
+            {"fileName":"none","contentLength":1,"serverSideEncryption":{"mode":"none"}},
+            {"fileName":"null","contentLength":1,"serverSideEncryption":{"mode":null}},
+            {"fileName":"odd","contentLength":1,"serverSideEncryption":{"mode":7}},
+            {"fileName":"text","contentLength":1,"serverSideEncryption":"SSE-C"},
+            {"fileName":"absent","contentLength":1}
+        ],"nextFileName":null}"#;
+        let page = parse_page(page).unwrap();
+        let sse_c: Vec<(&str, bool)> = page
+            .entries
+            .iter()
+            .map(|entry| (entry.name.as_str(), entry.sse_c))
+            .collect();
+        assert_eq!(
+            sse_c,
+            [
+                ("c", true),
+                ("b2", false),
+                ("none", false),
+                ("null", false),
+                ("odd", false),
+                ("text", false),
+                ("absent", false)
+            ]
+        );
     }
 
     #[test]
