@@ -1,9 +1,10 @@
 //! A bug that panics on a core thread must end a library caller's run with
 //! an error, never hang it: the other cores would otherwise wait forever for
 //! the chunks, writes and hashing the dead task held. (The CLI aborts on a
-//! panic instead, see `main.rs`.) The engine's failpoint makes the Nth
-//! download request panic; the hook is process-wide, so this file holds one
-//! test that runs its cases in turn.
+//! panic instead, see `main.rs`.) The engine's failpoint makes the Nth pass
+//! through a site (a request, the hasher, a write, a finisher) panic; the
+//! hook is process-wide, so this file holds one test that runs its cases in
+//! turn.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use common::{Served, content, serve, write_file};
 use ringdown::engine::EngineConfig;
-use ringdown::engine::failpoint::panic_at_request;
+use ringdown::engine::failpoint::{self, Site, panic_at};
 use ringdown::get::DirectIo;
 use ringdown::restore::paths::{NameFilter, Shard};
 use ringdown::restore::{Restore, RestoreOptions};
@@ -145,24 +146,36 @@ fn a_panic_on_a_core_ends_the_run_with_an_error_instead_of_hanging() {
     let served = serve(data.path(), false, &[]);
     let out = tempfile::tempdir().unwrap();
 
-    // A large object's chunk panics while other chunks, on both cores, are
-    // in flight, hashed and written.
-    for at_request in [1, 6, 20] {
-        panic_at_request(at_request);
-        let dest = out.path().join(format!("big-{at_request}.bin"));
+    // Each kind of core task of a large object panics while other chunks,
+    // on both cores, are in flight, hashed and written.
+    for (site, pass) in [
+        (Site::Request, 1),
+        (Site::Request, 6),
+        (Site::Request, 20),
+        (Site::Hasher, 3),
+        (Site::Write, 5),
+        (Site::Finisher, 1),
+    ] {
+        panic_at(site, pass);
+        let dest = out.path().join(format!("big-{site:?}-{pass}.bin"));
         let error = get(&served, "big.bin", dest.clone())
             .err()
-            .unwrap_or_else(|| panic!("request {at_request} panicked, yet the get succeeded"));
+            .unwrap_or_else(|| panic!("{site:?} {pass} panicked, yet the get succeeded"));
         let text = error.to_string();
-        assert!(text.contains("panicked"), "{text}");
+        assert!(text.contains("panicked"), "{site:?} {pass}: {text}");
         assert!(!dest.exists(), "{}", dest.display());
     }
 
     // A restore of small files and a large one: the run ends with the
     // panic as its fatal error, and every file it did restore is whole.
-    for at_request in [5, 60] {
-        panic_at_request(at_request);
-        let dir = out.path().join(format!("restore-{at_request}"));
+    for (site, pass) in [
+        (Site::Request, 5),
+        (Site::Request, 60),
+        (Site::Write, 2),
+        (Site::Hasher, 2),
+    ] {
+        panic_at(site, pass);
+        let dir = out.path().join(format!("restore-{site:?}-{pass}"));
         let report = restore(&served, dir.clone());
         let fatal = report.fatal.as_ref().map(ToString::to_string);
         assert!(
@@ -180,7 +193,7 @@ fn a_panic_on_a_core_ends_the_run_with_an_error_instead_of_hanging() {
 
     // The hook off, the same process downloads and restores everything:
     // a panic leaves no state behind that breaks the next run.
-    panic_at_request(0);
+    failpoint::off();
     let dest = out.path().join("big-after.bin");
     get(&served, "big.bin", dest.clone()).expect("a get after the panics");
     assert_eq!(std::fs::read(&dest).unwrap(), content("big", BIG_BYTES));

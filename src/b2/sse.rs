@@ -65,6 +65,12 @@ impl CustomerKey {
             // 32 bytes can only be the raw key: base64 of 32 bytes is 44.
             return Ok(CustomerKey::from_bytes(raw));
         }
+        CustomerKey::parse_base64(contents)
+    }
+
+    /// The key's base64 only (`B2_SOURCE_SSE_C_KEY_B64`, a request header):
+    /// 32 characters there are text to decode, as the b2 CLI reads them.
+    pub fn parse_base64(contents: &[u8]) -> Result<CustomerKey, String> {
         let text = contents.trim_ascii();
         let decoded = std::str::from_utf8(text)
             .ok()
@@ -117,9 +123,8 @@ impl CustomerKey {
                 "{HEADER_ALGORITHM} must be {SSE_C_ALGORITHM}"
             )));
         }
-        let sent = CustomerKey::parse(key_base64.as_bytes())
+        let sent = CustomerKey::parse_base64(key_base64.as_bytes())
             .ok()
-            .filter(|_| key_base64.len() != SSE_C_KEY_BYTES)
             .ok_or_else(|| {
                 KeyRefusal::Malformed(format!(
                     "{HEADER_KEY} must be the base64 of a {SSE_C_KEY_BYTES}-byte key"
@@ -200,6 +205,12 @@ mod tests {
         assert!(!junk.contains("not a key"), "{junk}");
         let long = CustomerKey::parse(&[7u8; 33]).unwrap_err();
         assert!(long.contains("33 bytes"), "{long}");
+        // The variable holds base64 only: 32 characters are not a raw key.
+        assert!(CustomerKey::parse_base64(&KEY).is_err());
+        assert_eq!(
+            CustomerKey::parse_base64(b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+            Ok(raw.clone())
+        );
         assert_eq!(
             format!("{raw:?}"),
             "CustomerKey(md5 hRasmdxgYDKV3nvbahU1MA==)"

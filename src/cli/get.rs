@@ -258,12 +258,14 @@ pub fn read_sse_c_key(flag: Option<&std::path::Path>) -> Result<Option<Arc<Custo
             })?
         }
         None => match std::env::var(crate::b2::sse::KEY_ENV) {
-            Ok(text) if !text.is_empty() => CustomerKey::parse(text.as_bytes()).map_err(|why| {
-                Error::Usage(format!(
-                    "{}: {why}: it must hold the base64 of the 32-byte key",
-                    crate::b2::sse::KEY_ENV
-                ))
-            })?,
+            Ok(text) if !text.is_empty() => {
+                CustomerKey::parse_base64(text.as_bytes()).map_err(|why| {
+                    Error::Usage(format!(
+                        "{}: {why}: it must hold the base64 of the 32-byte key",
+                        crate::b2::sse::KEY_ENV
+                    ))
+                })?
+            }
             _ => return Ok(None),
         },
     };

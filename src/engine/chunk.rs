@@ -245,6 +245,7 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
     let core = Rc::clone(core);
     on_core.spawn("write", async move {
         let _in_flight = in_flight;
+        super::failpoint::pass(super::failpoint::Site::Write);
         // Buffered writes of one file take turns across cores (see `write_gate`).
         let _turn = if core.job.spec.destination.direct_io {
             None

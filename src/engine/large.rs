@@ -472,9 +472,11 @@ fn core_job_for(core: &Rc<Core>, job: Arc<Job>) -> Option<Rc<CoreJob>> {
 /// them; ends when the object is fully hashed or the job aborted.
 async fn hash_loop(core_job: Rc<CoreJob>) {
     let job = &core_job.job;
+    let _release = ReleaseParkedIfAborted(&core_job);
     let waker = job.digest.core_waker(core_job.core.index);
     loop {
         let notified = waker.notified();
+        super::failpoint::pass(super::failpoint::Site::Hasher);
         core_job.drain_hashable();
         // The frontier moved somewhere: whichever of our connections now sits
         // at it may take the reserve buffer, so let waiters re-check.
@@ -484,9 +486,24 @@ async fn hash_loop(core_job: Rc<CoreJob>) {
         }
         notified.await;
     }
-    if job.is_aborted() {
-        // Free parked buffers so connections waiting for one can see the abort.
-        core_job.window.borrow_mut().clear();
+}
+
+/// When the hasher ends on an aborted job, or dies in a panic (which aborts
+/// every job): frees this core's parked buffers, so its connections waiting
+/// for one see the abort instead of waiting for a hasher that is gone.
+struct ReleaseParkedIfAborted<'a>(&'a CoreJob);
+
+impl Drop for ReleaseParkedIfAborted<'_> {
+    fn drop(&mut self) {
+        let core_job = self.0;
+        if !(core_job.job.is_aborted() || std::thread::panicking()) {
+            return;
+        }
+        // A panic inside a borrow of the window leaves it borrowed until
+        // the unwinding passes that frame; nothing else may hold it now.
+        if let Ok(mut window) = core_job.window.try_borrow_mut() {
+            window.clear();
+        }
         core_job.core.pool.wake_waiters();
     }
 }
@@ -512,6 +529,7 @@ async fn finish_on_core(core_job: Rc<CoreJob>, hasher: tokio::task::JoinHandle<(
         .borrow_mut()
         .retain(|other| !Rc::ptr_eq(other, &core_job));
     let job = Arc::clone(&core_job.job);
+    super::failpoint::pass(super::failpoint::Site::Finisher);
     if job.leave() {
         complete(core, &job, core_job.file.as_ref()).await;
     }
@@ -553,7 +571,11 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
         .expect("done lock")
         .take()
         .expect("done once");
-    if mismatch && job.round <= OBJECT_REDOWNLOADS_ON_MISMATCH && !shared.config.is_cancelled() {
+    if mismatch
+        && job.round <= OBJECT_REDOWNLOADS_ON_MISMATCH
+        && !shared.config.is_cancelled()
+        && !shared.has_panicked()
+    {
         eprintln!(
             "ringdown: {}: SHA1 mismatch; downloading it again",
             object.display_name

@@ -19,7 +19,7 @@ pub(super) async fn get_head(
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
 ) -> Result<ResponseHead, Failure> {
-    super::failpoint::request();
+    super::failpoint::pass(super::failpoint::Site::Request);
     let source = &core.shared.source;
     let reused = connection
         .as_ref()

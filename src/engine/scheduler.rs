@@ -196,17 +196,25 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert(note.clone());
         self.stopped.store(true, Ordering::Release);
-        let open = self
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .open_large
-            .clone();
+        let open = self.state().open_large.clone();
         for job in open {
             job.abort(Error::Fatal(note.clone()));
         }
         self.work.notify_waiters();
         self.space.notify_all();
+    }
+
+    /// The state, also after a panic while it was held: a poisoned run
+    /// must still wind down and report, not panic in its caller.
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn has_panicked(&self) -> bool {
+        self.panicked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     fn panic_error(&self) -> Option<Error> {
@@ -215,7 +223,7 @@ impl Shared {
     }
 
     fn next(&self) -> Next {
-        let mut state = self.state.lock().expect("scheduler lock");
+        let mut state = self.state();
         state.active.retain(|job| job.wants_connections());
         // Large objects (all of them together) take chunks on at most
         // `large_connections`, and only up to their share of all connections
@@ -231,8 +239,7 @@ impl Shared {
         let Some(work) = state.queue.pop_front() else {
             // After a panic, open objects end without this connection (they
             // are aborted) and the producer learns at `finish`.
-            let panicked = self.panicked.lock().expect("panic note lock").is_some();
-            return if (state.closed && state.open_large.is_empty()) || panicked {
+            return if (state.closed && state.open_large.is_empty()) || self.has_panicked() {
                 Next::Exit
             } else {
                 Next::Wait
@@ -267,7 +274,7 @@ impl Shared {
 
     /// A SHA1 mismatch: the object's next round takes its old one's place.
     pub fn restart(&self, old: &Arc<Job>, job: Arc<Job>) {
-        let mut state = self.state.lock().expect("scheduler lock");
+        let mut state = self.state();
         state.open_large.retain(|open| !Arc::ptr_eq(open, old));
         state.open_large.push(Arc::clone(&job));
         state.active.push(job);
@@ -277,7 +284,7 @@ impl Shared {
 
     /// A large object went to `done`.
     pub fn large_finished(&self, job: &Arc<Job>) {
-        let mut state = self.state.lock().expect("scheduler lock");
+        let mut state = self.state();
         state.open_large.retain(|open| !Arc::ptr_eq(open, job));
         drop(state);
         self.work.notify_waiters();
@@ -343,7 +350,7 @@ impl Scheduler {
                 Ok(thread) => threads.push(thread),
                 Err(error) => {
                     // The cores already started exit once the queue is closed.
-                    shared.state.lock().expect("scheduler lock").closed = true;
+                    shared.state().closed = true;
                     shared.work.notify_waiters();
                     for thread in threads {
                         let _ = thread.join();
@@ -359,7 +366,12 @@ impl Scheduler {
     /// job, whose partial file the caller removes) if every core has exited.
     pub fn submit(&self, work: Work) -> Result<()> {
         let shared = &self.shared;
-        let mut state = shared.state.lock().expect("scheduler lock");
+        let mut state = shared.state();
+        // After a panic no core takes work any more (`next`): say so now,
+        // not once the queue has filled.
+        if let Some(error) = shared.panic_error() {
+            return Err(error);
+        }
         if state.queue.len() >= shared.capacity_jobs {
             // Full: wait until it is down to `refill_below_jobs`, so the
             // cores wake this thread once per half a queue.
@@ -390,7 +402,7 @@ impl Scheduler {
 
     /// Closes the queue, waits for every queued job and joins the cores.
     pub fn finish(mut self) -> Result<PoolReport> {
-        self.shared.state.lock().expect("scheduler lock").closed = true;
+        self.shared.state().closed = true;
         self.shared.work.notify_waiters();
         let mut report = PoolReport {
             stages: StageHistograms::new(),

@@ -180,7 +180,9 @@ pub async fn handle(
         bytes_sent: 0,
         fault: None,
         connection: connection.id,
-        sse_c_key: false,
+        sse_c_key: request
+            .headers()
+            .contains_key(crate::b2::sse::REQUEST_HEADERS[1]),
     };
     let mut context = RequestContext {
         method,
@@ -541,7 +543,6 @@ async fn download(
     .await?;
     context.record.bucket = Some(view.meta.bucket.name.clone());
     context.record.name = Some(view.meta.name.clone());
-    context.record.sse_c_key = context.sse_c[1].is_some();
     let sse_c_key = server.sse_c_key(&view.meta.name);
     if let Some(key) = sse_c_key {
         let [algorithm, sent, md5] = context.sse_c.each_ref().map(Option::as_deref);
