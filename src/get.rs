@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
 
-use crate::b2::{CustomerKey, ExpectedSha1};
+use crate::b2::{CustomerKey, ExpectedSha1, FileAction};
 use crate::client::b2_api::{Authorizer, denied, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
@@ -33,6 +33,9 @@ use crate::verify::to_hex;
 pub enum Source {
     /// `b2://BUCKET/NAME`.
     B2 { bucket: String, name: String },
+    /// `b2id://FILEID`: one version of a file, by the ID B2 gave it (as the
+    /// b2 CLI names it; `b2 ls --versions --long` shows them).
+    B2Id { file_id: String },
     /// `http(s)://…`: ranged GETs, or one whole GET if the origin ignores Range.
     Url(String),
 }
@@ -46,6 +49,7 @@ impl std::fmt::Debug for Source {
                 .field("bucket", bucket)
                 .field("name", name)
                 .finish(),
+            Source::B2Id { file_id } => f.debug_struct("B2Id").field("file_id", file_id).finish(),
             Source::Url(url) => {
                 let shown = Url::parse(url)
                     .map(|url| url.display_without_query())
@@ -68,6 +72,22 @@ impl Source {
                 name: name.into(),
             });
         }
+        if let Some(file_id) = text.strip_prefix("b2id://") {
+            // IDs are ASCII letters, digits, `_` and `-`; anything else is a
+            // typo (or a path) that B2 would only refuse later.
+            let plausible = !file_id.is_empty()
+                && file_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !plausible {
+                return Err(Error::Usage(format!(
+                    "{text:?}: expected b2id://FILEID (letters, digits, _ and -, as `b2 ls --versions --long` prints them)"
+                )));
+            }
+            return Ok(Source::B2Id {
+                file_id: file_id.into(),
+            });
+        }
         Url::parse(text).map_err(Error::Usage)?;
         Ok(Source::Url(text.into()))
     }
@@ -81,7 +101,14 @@ impl Source {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string),
             Source::Url(url) => Url::parse(url).ok()?.base_name(),
+            // Known only once B2 is asked: DEST must name the file.
+            Source::B2Id { .. } => None,
         }
+    }
+
+    /// A B2 source (credentials needed), by name or by ID.
+    pub fn is_b2(&self) -> bool {
+        matches!(self, Source::B2 { .. } | Source::B2Id { .. })
     }
 }
 
@@ -253,10 +280,16 @@ impl Download {
     pub fn resolve_dest(&self) -> Result<PathBuf> {
         let dest = if self.dest.is_dir() {
             let base = self.source.base_name().ok_or_else(|| {
-                Error::Usage(format!(
-                    "{} is a directory and the source has no file name to append",
-                    self.dest.display()
-                ))
+                Error::Usage(match self.source {
+                    Source::B2Id { .. } => format!(
+                        "{} is a directory: with a b2id:// source, give DEST as the file's path",
+                        self.dest.display()
+                    ),
+                    _ => format!(
+                        "{} is a directory and the source has no file name to append",
+                        self.dest.display()
+                    ),
+                })
             })?;
             self.dest.join(base)
         } else {
@@ -290,9 +323,7 @@ impl Download {
                     .into(),
             ));
         }
-        if matches!(self.source, Source::B2 { .. })
-            && (self.options.key_id.is_none() || self.options.key.is_none())
-        {
+        if self.source.is_b2() && (self.options.key_id.is_none() || self.options.key.is_none()) {
             return Err(Error::Usage(
                 "no B2 credentials: set B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY".into(),
             ));
@@ -452,7 +483,7 @@ impl Download {
                 ExpectedSha1::Unverified(_) => Verification::VerifiedUnverifiedPrefix,
                 ExpectedSha1::None => Verification::NotVerified {
                     why: match &self.source {
-                        Source::B2 { .. } => {
+                        Source::B2 { .. } | Source::B2Id { .. } => {
                             "the object has no contentSha1 and no large_file_sha1".into()
                         }
                         Source::Url(_) => {
@@ -517,7 +548,7 @@ impl Download {
         let options = &self.options;
         let timeout = options.engine.timeout;
         match &self.source {
-            Source::B2 { bucket, name } => {
+            Source::B2 { .. } | Source::B2Id { .. } => {
                 let credentials = crate::client::b2_api::Credentials {
                     key_id: options.key_id.clone().unwrap_or_default(),
                     key: options.key.clone().unwrap_or_default(),
@@ -529,11 +560,13 @@ impl Download {
                     timeout,
                 )?);
                 auth.authorize().await?;
-                let reach = crate::b2::Reach::Name {
-                    name,
-                    list: options.as_of_ms.is_some(),
-                };
-                auth.scope().check(bucket, reach).map_err(Error::Denied)?;
+                if let Source::B2 { bucket, name } = &self.source {
+                    let reach = crate::b2::Reach::Name {
+                        name,
+                        list: options.as_of_ms.is_some(),
+                    };
+                    auth.scope().check(bucket, reach).map_err(Error::Denied)?;
+                }
                 let sse_c = options.sse_c_key.as_deref();
                 if sse_c.is_some() {
                     crate::b2::sse::check_key_transport(&auth.download_url())
@@ -543,29 +576,37 @@ impl Download {
                     .map_err(|why| Error::http("b2_authorize_account downloadUrl", why))?;
                 let origin = resolve(&download)?;
                 let base = download.path_and_query.trim_end_matches('/').to_string();
-                let by_name = format!(
-                    "{base}/file/{}/{}",
-                    crate::b2::b2_url_encode(bucket),
-                    crate::b2::b2_url_encode(name)
-                );
-                let display_name = format!("b2://{bucket}/{name}");
+                let display_name = display_source(&self.source);
                 let mut notices = Vec::new();
-                let object = match options.as_of_ms {
-                    Some(at_ms) => {
+                let mut by_name = None;
+                let object = match (&self.source, options.as_of_ms) {
+                    (Source::B2Id { file_id }, _) => {
+                        let (object, notice) =
+                            file_info_by_id(&auth, file_id, sse_c, timeout).await?;
+                        notices.push(notice);
+                        object
+                    }
+                    (Source::B2 { bucket, name }, Some(at_ms)) => {
                         let (object, notice) =
                             version_as_of(&auth, bucket, name, at_ms, sse_c, timeout).await?;
                         notices.push(notice);
                         object
                     }
-                    None => {
+                    (Source::B2 { bucket, name }, None) => {
+                        let path = by_name.insert(format!(
+                            "{base}/file/{}/{}",
+                            crate::b2::b2_url_encode(bucket),
+                            crate::b2::b2_url_encode(name)
+                        ));
                         let request = HeadRequest {
-                            by_name: &by_name,
+                            by_name: path,
                             display_name: &display_name,
                             sse_c,
                             timeout,
                         };
                         head_by_name(&auth, &origin, &tls, request).await?
                     }
+                    (Source::Url(_), _) => unreachable!("a B2 source"),
                 };
                 let B2Object {
                     size_bytes,
@@ -573,13 +614,17 @@ impl Download {
                     expected,
                     mtime_ms,
                 } = object;
-                // Fetch by fileId so a newer upload under the same name cannot be spliced in.
-                let path_and_query = match &file_id {
-                    Some(id) => format!(
+                // Fetch by fileId so a newer upload under the same name
+                // cannot be spliced in. Only a HEAD by name can lack one.
+                let path_and_query = match (&file_id, by_name) {
+                    (Some(id), _) => format!(
                         "{base}/b2api/v3/b2_download_file_by_id?fileId={}",
                         crate::b2::b2_url_encode(id)
                     ),
-                    None => by_name,
+                    (None, Some(by_name)) => by_name,
+                    (None, None) => {
+                        return Err(Error::http(&display_name, "B2 named no fileId"));
+                    }
                 };
                 let source = ObjectSource {
                     origin: origin.clone(),
@@ -877,6 +922,84 @@ async fn head_by_name(
     })
 }
 
+/// `b2id://FILEID`: that version's metadata from `b2_get_file_info`, and
+/// the notice that says which file and upload it is.
+async fn file_info_by_id(
+    auth: &Authorizer,
+    file_id: &str,
+    sse_c: Option<&CustomerKey>,
+    timeout: Duration,
+) -> Result<(B2Object, String)> {
+    let display_name = format!("b2id://{file_id}");
+    let body = serde_json::to_vec(&serde_json::json!({ "fileId": file_id }))
+        .expect("a JSON object serialises");
+    let reply =
+        crate::restore::api_call(auth, "b2_get_file_info", &body, timeout, ApiRetry::STARTUP)
+            .await
+            .map_err(|error| match error {
+                Error::Http { context, detail } if detail.contains("not_found") => Error::http(
+                    context,
+                    format!("{detail}: no file version has this ID (deleted, or a typo?)"),
+                ),
+                other => other,
+            })?;
+    let file: crate::b2::FileObject = serde_json::from_slice(&reply)
+        .map_err(|error| Error::http("b2_get_file_info", format!("unexpected reply: {error}")))?;
+    if file.file_id.as_deref() != Some(file_id) {
+        return Err(Error::http(
+            "b2_get_file_info",
+            format!("asked for {file_id}, answered for {:?}", file.file_id),
+        ));
+    }
+    match file.action {
+        Some(FileAction::Upload) | None => {}
+        Some(FileAction::Hide) => {
+            return Err(Error::http(
+                &display_name,
+                format!(
+                    "{:?} was hidden (deleted) by this version: it has no bytes",
+                    file.file_name
+                ),
+            ));
+        }
+        Some(action) => {
+            return Err(Error::http(
+                &display_name,
+                format!(
+                    "not a finished upload of {:?} (action {action:?})",
+                    file.file_name
+                ),
+            ));
+        }
+    }
+    let sse_mode = file
+        .server_side_encryption
+        .as_ref()
+        .and_then(|sse| sse.mode.as_deref());
+    if crate::b2::is_sse_c(sse_mode) && sse_c.is_none() {
+        return Err(Error::Usage(format!(
+            "{display_name} ({:?}) is {}",
+            file.file_name,
+            crate::b2::sse::NO_KEY
+        )));
+    }
+    let size_bytes = file
+        .length_bytes()
+        .ok_or_else(|| Error::http("b2_get_file_info", "no contentLength"))?;
+    let notice = format!(
+        "{display_name} is {:?}, the version uploaded at {}",
+        file.file_name,
+        crate::units::format_instant_ms(file.upload_timestamp.unwrap_or_default())
+    );
+    let object = B2Object {
+        size_bytes,
+        file_id: file.file_id.clone(),
+        expected: file.expected_sha1(),
+        mtime_ms: file.modified_millis(),
+    };
+    Ok((object, notice))
+}
+
 /// `--as-of`: the version of `bucket`/`name` current at `at_ms`, from its
 /// listed versions, and the notice that says which upload it is.
 async fn version_as_of(
@@ -942,6 +1065,7 @@ async fn probe_url(
 fn display_source(source: &Source) -> String {
     match source {
         Source::B2 { bucket, name } => format!("b2://{bucket}/{name}"),
+        Source::B2Id { file_id } => format!("b2id://{file_id}"),
         Source::Url(url) => Url::parse(url)
             .map(|u| u.display_without_query())
             .unwrap_or_default(),
@@ -1233,6 +1357,36 @@ fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn sources_by_name_by_id_and_by_url() {
+        assert!(matches!(
+            Source::parse("b2://bkt/a/b.txt"),
+            Ok(Source::B2 { bucket, name }) if bucket == "bkt" && name == "a/b.txt"
+        ));
+        let by_id =
+            Source::parse("b2id://4_z27c8_f1004ba650fe24e6b_d20231114_m221320_c005_v0501000_t0012");
+        assert!(
+            matches!(&by_id, Ok(Source::B2Id { file_id }) if file_id.starts_with("4_z27c8_f1004"))
+        );
+        let by_id = by_id.unwrap();
+        assert!(by_id.is_b2());
+        assert_eq!(by_id.base_name(), None);
+        for bad in [
+            "b2id://",
+            "b2id://4_z/../x",
+            "b2id://4 z",
+            "b2://bkt",
+            "b2://bkt/",
+            "b2:///x",
+        ] {
+            assert!(
+                matches!(Source::parse(bad), Err(Error::Usage(_))),
+                "{bad} was accepted"
+            );
+        }
+        assert!(!Source::parse("https://example.com/x").unwrap().is_b2());
+    }
 
     #[test]
     fn direct_io_auto_uses_the_page_cache_only_while_it_absorbs_the_writes() {

@@ -1291,6 +1291,102 @@ fn as_of_gets_the_version_current_at_an_instant() {
     assert_no_temp(fixture.out.path());
 }
 
+/// `b2id://FILEID` gets that one version (an old one in ranged parts, by
+/// fileId), says which file and upload it is, and refuses a hide marker, an
+/// unknown ID, a malformed one, a directory DEST and `--as-of`.
+#[test]
+fn b2id_gets_one_version_by_its_file_id() {
+    const T1: u64 = 1_699_999_000_000;
+    const T2: u64 = 1_699_999_500_000;
+    let fixture = Fixture::new(&[("doc.bin", 2 * PART + 3)]);
+    let history = fixture.data.path().join(".versions/bkt");
+    let old_doc = content("doc-v1", 3 * PART - 5);
+    write_file(&history, &format!("doc.bin/@{T1}"), &old_doc);
+    write_file(&history, &format!("gone.txt/@{T1}"), b"gone at T2");
+    write_file(&history, &format!("gone.txt/@{T2}.hide"), b"");
+    let served = serve(fixture.data.path(), false, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let listing = served.post(
+        "b2_list_file_versions",
+        &token,
+        serde_json::json!({"bucketId": bucket_id}),
+    );
+    let id_of = |name: &str, action: &str, upload_ms: u64| {
+        listing.json()["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|file| {
+                file["fileName"] == name
+                    && file["action"] == action
+                    && file["uploadTimestamp"] == upload_ms
+            })
+            .and_then(|file| file["fileId"].as_str())
+            .unwrap_or_else(|| panic!("{name} {action} {upload_ms} not listed"))
+            .to_string()
+    };
+
+    let old = format!("b2id://{}", id_of("doc.bin", "upload", T1));
+    let dest = fixture.dest_str("doc-v1.bin");
+    let mut args = SMALL_TUNING.to_vec();
+    args.extend([old.as_str(), dest.as_str()]);
+    let output = ringdown(&served, &args);
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains("is \"doc.bin\", the version uploaded at 2023-11-14T21:56:40Z"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), old_doc);
+    let mtime = std::fs::metadata(&dest).unwrap().modified().unwrap();
+    assert_eq!(
+        mtime,
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(T1)
+    );
+
+    let hidden = format!("b2id://{}", id_of("gone.txt", "hide", T2));
+    let dest = fixture.dest_str("gone.txt");
+    assert_exit(
+        &ringdown(&served, &[hidden.as_str(), dest.as_str()]),
+        1,
+        "hidden",
+    );
+    assert!(!Path::new(&dest).exists());
+    // A well-formed ID of no version: the old one's with its version hash
+    // (`_f<hex>`) changed.
+    let at = old.find("_f").expect("serve's fileId format") + 2;
+    let flipped = if &old[at..=at] == "0" { "1" } else { "0" };
+    let unknown = format!("{}{flipped}{}", &old[..at], &old[at + 1..]);
+    assert_exit(
+        &ringdown(&served, &[unknown.as_str(), dest.as_str()]),
+        1,
+        "b2_get_file_info",
+    );
+    assert!(!Path::new(&dest).exists());
+
+    let out_dir = fixture.out.path().to_str().unwrap().to_string();
+    assert_exit(
+        &ringdown(&served, &[old.as_str(), out_dir.as_str()]),
+        2,
+        "give DEST as the file's path",
+    );
+    assert_exit(
+        &ringdown(&served, &["b2id://4_z/../x", dest.as_str()]),
+        2,
+        "expected b2id://FILEID",
+    );
+    assert_exit(
+        &ringdown(
+            &served,
+            &[old.as_str(), dest.as_str(), "--as-of", "2023-11-14"],
+        ),
+        2,
+        "one version already",
+    );
+    assert_no_temp(fixture.out.path());
+}
+
 /// `--limit-rate` is a total over every core and connection: 3 MB at 2 MB/s
 /// take at least 1.4 s (the first 100 ms burst is free), in ranged parts
 /// over 2 cores × 3 connections; the waits show as the `rate_wait` stage.

@@ -16,7 +16,8 @@ use crate::units::parse_size_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// b2://BUCKET/NAME, or an http(s):// URL of an origin that supports Range.
+    /// b2://BUCKET/NAME, b2id://FILEID (one version, as `b2 ls --versions --long` shows it),
+    /// or an http(s):// URL of an origin that supports Range.
     pub source: String,
     /// A file path, or an existing directory (the object's base name is appended).
     pub dest: PathBuf,
@@ -274,6 +275,11 @@ pub fn read_sse_c_key(flag: Option<&std::path::Path>) -> Result<Option<Arc<Custo
 
 pub fn run(args: GetArgs) -> Result<i32> {
     let source = Source::parse(&args.source)?;
+    if args.as_of.is_some() && matches!(source, Source::B2Id { .. }) {
+        return Err(Error::Usage(
+            "--as-of picks a version by time, and a b2id:// source is one version already".into(),
+        ));
+    }
     if args.as_of.is_some() && !matches!(source, Source::B2 { .. }) {
         // Not the URL itself: a presigned one carries its signature.
         return Err(Error::Usage(

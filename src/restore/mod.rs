@@ -691,7 +691,7 @@ async fn bucket_id(
 
 /// One POST to `{apiUrl}/b2api/v3/{operation}`, re-authorizing once on an
 /// expired token.
-async fn api_call(
+pub(crate) async fn api_call(
     auth: &Authorizer,
     operation: &str,
     body: &[u8],

@@ -918,7 +918,14 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
         Ok(_) | Err(OpenError::NotFound | OpenError::InvalidName) => {
             match server.store.open_version(&bucket, &name, &file_id) {
                 Ok((_, meta)) => meta,
-                Err(OpenError::NotFound | OpenError::InvalidName) => return Err(not_found()),
+                // A hide marker has an ID too, and B2 describes it (b2sdk's
+                // simulator does, with action "hide").
+                Err(OpenError::NotFound | OpenError::InvalidName) => {
+                    return match server.store.hide_marker(&bucket, &name, &file_id) {
+                        Some(marker) => Ok(to_body(&hide_json(server, &bucket, &marker))),
+                        None => Err(not_found()),
+                    };
+                }
                 Err(OpenError::Io(error)) => {
                     return Err(io_error(&format!("stat {name}"), error));
                 }

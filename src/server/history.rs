@@ -131,6 +131,13 @@ impl Store {
             .collect()
     }
 
+    /// The hide marker of `name` whose ID is `file_id`, if there is one.
+    pub fn hide_marker(&self, bucket: &Bucket, name: &str, file_id: &str) -> Option<Version> {
+        self.versions_of(bucket, name)
+            .into_iter()
+            .find(|version| version.kind == VersionKind::Hide && version.file_id == file_id)
+    }
+
     /// The newest hide marker of `name`, if any (ms).
     pub fn hidden_since(&self, bucket: &Bucket, name: &str) -> Option<u64> {
         self.versions_of(bucket, name)
