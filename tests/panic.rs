@@ -106,29 +106,15 @@ fn restore(served: &Served, dir: PathBuf) -> ringdown::restore::RestoreReport {
 /// Files under `dir` (outside `.ringdown/`), each of which must be identical
 /// to its source: a panic may leave files unrestored, never wrong.
 fn assert_only_whole_files(dir: &Path, source: &Path) -> usize {
-    let mut count = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        for entry in std::fs::read_dir(&next).unwrap() {
-            let path = entry.unwrap().path();
-            let relative = path.strip_prefix(dir).unwrap();
-            if relative.starts_with(".ringdown") {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            assert_eq!(
-                std::fs::read(&path).unwrap(),
-                std::fs::read(source.join(relative)).unwrap(),
-                "{} is not its source",
-                relative.display()
-            );
-            count += 1;
-        }
+    let files = common::files_under(dir);
+    for name in &files {
+        assert_eq!(
+            std::fs::read(dir.join(name)).unwrap(),
+            std::fs::read(source.join(name)).unwrap(),
+            "{name} is not its source"
+        );
     }
-    count
+    files.len()
 }
 
 #[test]

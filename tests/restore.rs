@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Served, content, exit_within, send_signal, serve, sha1_hex, write_file};
+use common::{Served, content, exit_within, files_under, send_signal, serve, sha1_hex, write_file};
 
 const SMALL_TUNING: &[&str] = &[
     "--part-size",
@@ -101,36 +101,6 @@ fn assert_tree(dir: &Path, objects: &BTreeMap<String, Vec<u8>>) {
         let actual = std::fs::read(&path).unwrap_or_else(|error| panic!("{name}: {error}"));
         assert!(actual == *bytes, "{name}: content differs");
     }
-}
-
-/// Regular files under `dir` (relative names), excluding `.ringdown/`.
-fn files_under(dir: &Path) -> BTreeSet<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries {
-            let entry = entry.unwrap();
-            let kind = entry.file_type().unwrap();
-            let path = entry.path();
-            let relative = path
-                .strip_prefix(base)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if relative == ".ringdown" {
-                continue;
-            }
-            if kind.is_dir() {
-                walk(base, &path, out);
-            } else {
-                out.insert(relative);
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 fn report_lines(path: &Path) -> Vec<serde_json::Value> {

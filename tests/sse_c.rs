@@ -116,30 +116,9 @@ fn report(path: &Path) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
-/// Every regular file under `dir`, relative, excluding `.ringdown/`.
+/// Every regular file under `dir`, relative and sorted, excluding `.ringdown/`.
 fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let relative = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if relative == ".ringdown" {
-                continue;
-            }
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.push(relative);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    common::files_under(dir).into_iter().collect()
 }
 
 #[test]

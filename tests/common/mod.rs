@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -538,4 +539,34 @@ fn tunnel(
     let _ = std::io::copy(&mut upstream_read, &mut client);
     let _ = client.shutdown(std::net::Shutdown::Write);
     let _ = upload.join();
+}
+
+/// Regular files under `dir` (relative names), excluding `.ringdown/`.
+pub fn files_under(dir: &Path) -> BTreeSet<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            let path = entry.path();
+            let relative = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if relative == ".ringdown" {
+                continue;
+            }
+            if kind.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.insert(relative);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
 }
