@@ -204,6 +204,32 @@ pub struct DownloadOptions {
     pub sse_c_key: Option<Arc<CustomerKey>>,
 }
 
+impl DownloadOptions {
+    /// `ringdown get`'s defaults with these credentials: `realm` is
+    /// `production`, `staging`, `dev` or a URL; every other field can be
+    /// changed before the run.
+    pub fn new(
+        realm: impl Into<String>,
+        key_id: impl Into<String>,
+        key: impl Into<String>,
+    ) -> DownloadOptions {
+        DownloadOptions {
+            engine: EngineConfig::defaults(false),
+            realm: realm.into(),
+            key_id: Some(key_id.into()),
+            key: Some(key.into()),
+            ca_file: None,
+            force: false,
+            fsync: false,
+            direct_io: DirectIo::Auto,
+            sha1: None,
+            require_verified: false,
+            as_of_ms: None,
+            sse_c_key: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for DownloadOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DownloadOptions")

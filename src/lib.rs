@@ -1,5 +1,34 @@
 //! ringdown: restore data from object storage onto Linux servers with io_uring,
 //! verified. See the README for the architecture.
+//!
+//! The library does what the CLI does, with the CLI's defaults:
+//!
+//! ```no_run
+//! use ringdown::restore::{Restore, RestoreOptions};
+//! use ringdown::{Download, DownloadOptions, Source};
+//!
+//! # fn main() -> ringdown::Result<()> {
+//! let key_id = std::env::var("B2_APPLICATION_KEY_ID").unwrap_or_default();
+//! let key = std::env::var("B2_APPLICATION_KEY").unwrap_or_default();
+//!
+//! // One object, verified, renamed into place only when whole.
+//! let options = DownloadOptions::new("production", &key_id, &key);
+//! let source = Source::parse("b2://bucket/db/dump.sql")?;
+//! let report = Download::new(source, "/srv/dump.sql".into(), options).run()?;
+//! println!("{} bytes in {:.1} s, SHA1 {}", report.bytes, report.seconds, report.sha1_hex);
+//!
+//! // A folder of a bucket, resumable; every field can be changed first.
+//! let mut options =
+//!     RestoreOptions::new("b2://bucket/photos", "/srv/photos", "production", &key_id, &key)?;
+//! options.skip_existing = true;
+//! let report = Restore::new(options, true).run()?;
+//! if let Some(error) = report.fatal {
+//!     return Err(error);
+//! }
+//! println!("{} files restored, {} failed", report.tally.files, report.tally.failed);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod b2;
 pub mod cli;

@@ -16,7 +16,6 @@ use common::{Served, content, serve, write_file};
 use ringdown::engine::EngineConfig;
 use ringdown::engine::failpoint::{self, Site, panic_at};
 use ringdown::get::DirectIo;
-use ringdown::restore::paths::{NameFilter, Shard};
 use ringdown::restore::{Restore, RestoreOptions};
 use ringdown::{Download, DownloadOptions, Source};
 
@@ -26,23 +25,20 @@ const SMALL_FILES: usize = 300;
 /// A run that has not returned by then is hung.
 const RUN_DEADLINE: Duration = Duration::from_secs(90);
 
-fn engine() -> EngineConfig {
-    EngineConfig {
-        cores: 2,
-        pin_cores: false,
-        connections_per_core: 3,
-        large_connections_per_core: 3,
-        buffers_per_core: 8,
-        buffer_size_bytes: 256 * 1024,
-        part_size_bytes: 1024 * 1024,
-        max_attempts: 3,
-        retry_base_ms: 10,
-        retry_max_ms: 100,
-        timeout: Duration::from_secs(20),
-        register_buffers: false,
-        limit_rate_bytes_per_s: None,
-        cancel: None,
-    }
+/// Small parts and buffers: many chunks over both cores for a 24 MiB object.
+fn engine(restore: bool) -> EngineConfig {
+    let mut engine = EngineConfig::defaults(restore);
+    engine.cores = 2;
+    engine.pin_cores = false;
+    engine.connections_per_core = 3;
+    engine.large_connections_per_core = 3;
+    engine.buffers_per_core = 8;
+    engine.buffer_size_bytes = 256 * 1024;
+    engine.part_size_bytes = 1024 * 1024;
+    engine.max_attempts = 3;
+    engine.retry_base_ms = 10;
+    engine.retry_max_ms = 100;
+    engine
 }
 
 /// Runs `work` on a thread of its own and waits at most `RUN_DEADLINE`.
@@ -57,45 +53,20 @@ fn within_deadline<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Sen
 }
 
 fn get(served: &Served, name: &str, dest: PathBuf) -> ringdown::Result<ringdown::DownloadReport> {
-    let options = DownloadOptions {
-        engine: engine(),
-        realm: served.realm.clone(),
-        key_id: Some(served.key_id.clone()),
-        key: Some(served.key.clone()),
-        ca_file: served.ca_file.clone(),
-        force: false,
-        fsync: false,
-        direct_io: DirectIo::Off,
-        sha1: None,
-        require_verified: false,
-        as_of_ms: None,
-        sse_c_key: None,
-    };
+    let mut options = DownloadOptions::new(&served.realm, &served.key_id, &served.key);
+    options.engine = engine(false);
+    options.ca_file = served.ca_file.clone();
+    options.direct_io = DirectIo::Off;
     let source = Source::parse(&format!("b2://bkt/{name}")).unwrap();
     within_deadline("get", move || Download::new(source, dest, options).run())
 }
 
 fn restore(served: &Served, dir: PathBuf) -> ringdown::restore::RestoreReport {
-    let options = RestoreOptions {
-        engine: engine(),
-        realm: served.realm.clone(),
-        key_id: served.key_id.clone(),
-        key: served.key.clone(),
-        ca_file: served.ca_file.clone(),
-        direct_io: DirectIo::Off,
-        bucket: "bkt".into(),
-        folder_prefix: String::new(),
-        dir,
-        filter: NameFilter::new(&[], &[]).unwrap(),
-        shard: Shard { index: 0, count: 1 },
-        skip_existing: false,
-        fsync: false,
-        dry_run: false,
-        report: None,
-        as_of_ms: None,
-        files_from: None,
-        sse_c_key: None,
-    };
+    let mut options =
+        RestoreOptions::new("b2://bkt", dir, &served.realm, &served.key_id, &served.key).unwrap();
+    options.engine = engine(true);
+    options.ca_file = served.ca_file.clone();
+    options.direct_io = DirectIo::Off;
     within_deadline("restore", move || {
         Restore::new(options, true)
             .run()

@@ -106,6 +106,31 @@ pub struct TuningArgs {
     pub pin: PinMode,
 }
 
+/// The flags' defaults: the clap attributes above are their one source.
+impl Default for TuningArgs {
+    fn default() -> TuningArgs {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            tuning: TuningArgs,
+        }
+        <Defaults as clap::Parser>::parse_from(["ringdown"]).tuning
+    }
+}
+
+impl EngineConfig {
+    /// The engine as `ringdown get` (`restore`: `ringdown restore`) runs it
+    /// without tuning flags, its buffer pool sized against this process's
+    /// RLIMIT_MEMLOCK (unregistered buffers when it does not fit; the run's
+    /// notices say so). For library callers.
+    pub fn defaults(restore: bool) -> EngineConfig {
+        let (engine, _memlock_notice) = TuningArgs::default()
+            .engine_config(restore)
+            .expect("the default flags are valid");
+        engine
+    }
+}
+
 impl TuningArgs {
     /// Validates the flags and sizes the buffer pool against RLIMIT_MEMLOCK.
     /// The engine's configuration and, when RLIMIT_MEMLOCK is too small to
@@ -417,5 +442,42 @@ impl ProgressLine {
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_defaults_are_the_cli_defaults() {
+        let get = EngineConfig::defaults(false);
+        assert_eq!(
+            get.connections_per_core,
+            config::CONNECTIONS_PER_CORE_DEFAULT
+        );
+        assert_eq!(get.buffers_per_core, config::BUFFERS_PER_CORE_DEFAULT);
+        assert_eq!(get.max_attempts, config::MAX_ATTEMPTS_DEFAULT);
+        assert_eq!(get.timeout, Duration::from_secs(config::TIMEOUT_S_DEFAULT));
+        assert_eq!(get.buffer_size_bytes, 1 << 20);
+        assert_eq!(get.cores, runtime::available_cores());
+        let restore = EngineConfig::defaults(true);
+        assert_eq!(
+            restore.connections_per_core,
+            config::RESTORE_CONNECTIONS_PER_CORE_DEFAULT
+        );
+        assert_eq!(
+            restore.large_connections_per_core,
+            config::CONNECTIONS_PER_CORE_DEFAULT
+        );
+        assert_eq!(
+            restore.buffers_per_core,
+            config::RESTORE_BUFFERS_PER_CORE_DEFAULT
+        );
+        // Parts fit the pool: every connection's part in flight at once.
+        assert!(
+            get.part_size_bytes * get.large_connections_per_core as u64
+                <= (get.buffers_per_core * get.buffer_size_bytes) as u64
+        );
     }
 }

@@ -81,6 +81,42 @@ pub struct RestoreOptions {
     pub sse_c_key: Option<Arc<CustomerKey>>,
 }
 
+impl RestoreOptions {
+    /// `ringdown restore SOURCE DIR`'s defaults with these credentials:
+    /// `source` is `b2://BUCKET[/PREFIX]`, `realm` is `production`,
+    /// `staging`, `dev` or a URL; every other field can be changed before
+    /// the run.
+    pub fn new(
+        source: &str,
+        dir: impl Into<PathBuf>,
+        realm: impl Into<String>,
+        key_id: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Result<RestoreOptions> {
+        let (bucket, prefix) = crate::cli::restore::parse_source(source)?;
+        Ok(RestoreOptions {
+            engine: EngineConfig::defaults(true),
+            realm: realm.into(),
+            key_id: key_id.into(),
+            key: key.into(),
+            ca_file: None,
+            direct_io: DirectIo::Auto,
+            bucket,
+            folder_prefix: paths::folder_prefix(&prefix),
+            dir: dir.into(),
+            filter: NameFilter::new(&[], &[]).map_err(Error::Usage)?,
+            shard: Shard { index: 0, count: 1 },
+            skip_existing: false,
+            fsync: false,
+            dry_run: false,
+            report: None,
+            as_of_ms: None,
+            files_from: None,
+            sse_c_key: None,
+        })
+    }
+}
+
 impl std::fmt::Debug for RestoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestoreOptions")
