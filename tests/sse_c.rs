@@ -358,6 +358,22 @@ fn a_key_never_goes_over_plain_http_and_a_bad_key_file_is_a_usage_error() {
     assert!(text.contains("clear text"), "{text}");
     assert!(!dir.exists());
     assert!(key_use(data.path()).is_empty());
+    // A dry run downloads nothing, so it sends no key and may run there.
+    let output = ringdown(
+        &plain,
+        &[
+            "restore",
+            "b2://bkt",
+            dir.to_str().unwrap(),
+            "--dry-run",
+            "--sse-c-key-file",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("enc/small.bin"));
+    assert!(!dir.exists());
     let dest = data.path().join("small.bin");
     let output = ringdown(
         &plain,

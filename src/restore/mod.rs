@@ -431,7 +431,8 @@ impl Restore {
             auth.scope()
                 .check(&options.bucket, reach)
                 .map_err(Error::Denied)?;
-            if options.sse_c_key.is_some() {
+            // A dry run downloads nothing, so sends no key.
+            if options.sse_c_key.is_some() && !options.dry_run {
                 crate::b2::sse::check_key_transport(&auth.download_url()).map_err(Error::Usage)?;
             }
             bucket_id(&auth, &options.bucket, options.engine.timeout).await
