@@ -1429,43 +1429,16 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn engine_config() -> EngineConfig {
-        EngineConfig {
-            cores: 1,
-            pin_cores: false,
-            connections_per_core: 1,
-            large_connections_per_core: 1,
-            buffers_per_core: 1,
-            buffer_size_bytes: 4096,
-            part_size_bytes: 4096,
-            max_attempts: 1,
-            retry_base_ms: 1,
-            retry_max_ms: 1,
-            timeout: Duration::from_secs(1),
-            register_buffers: false,
-            limit_rate_bytes_per_s: None,
-            cancel: None,
-        }
-    }
-
     #[test]
     fn debug_output_redacts_the_key_and_url_tokens() {
-        let options = DownloadOptions {
-            engine: engine_config(),
-            realm: "production".into(),
-            key_id: Some("visible-key-id".into()),
-            key: Some("K005-very-secret-application-key".into()),
-            ca_file: None,
-            force: false,
-            fsync: false,
-            direct_io: DirectIo::Auto,
-            sha1: None,
-            require_verified: false,
-            as_of_ms: None,
-            sse_c_key: Some(Arc::new(CustomerKey::from_bytes(
-                b"sse-c-secret-sse-c-secret-012345",
-            ))),
-        };
+        let mut options = DownloadOptions::new(
+            "production",
+            "visible-key-id",
+            "K005-very-secret-application-key",
+        );
+        options.sse_c_key = Some(Arc::new(CustomerKey::from_bytes(
+            b"sse-c-secret-sse-c-secret-012345",
+        )));
         let text = format!("{options:?} {options:#?}");
         assert!(!text.contains("very-secret"), "{text}");
         // The SSE-C key shows as its MD5 only (base64 of the key starts "c3NlLWMt").

@@ -1322,28 +1322,17 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_the_key() {
-        let options = RestoreOptions {
-            engine: crate::get::tests::engine_config(),
-            realm: "production".into(),
-            key_id: "visible-key-id".into(),
-            key: "K005-very-secret-application-key".into(),
-            ca_file: None,
-            direct_io: DirectIo::Auto,
-            bucket: "bkt".into(),
-            folder_prefix: String::new(),
-            dir: PathBuf::from("/tmp/x"),
-            filter: NameFilter::new(&[], &[]).unwrap(),
-            shard: Shard { index: 0, count: 1 },
-            skip_existing: false,
-            fsync: false,
-            dry_run: false,
-            report: None,
-            as_of_ms: None,
-            files_from: None,
-            sse_c_key: Some(Arc::new(CustomerKey::from_bytes(
-                b"sse-c-secret-sse-c-secret-012345",
-            ))),
-        };
+        let mut options = RestoreOptions::new(
+            "b2://bkt",
+            "/tmp/x",
+            "production",
+            "visible-key-id",
+            "K005-very-secret-application-key",
+        )
+        .unwrap();
+        options.sse_c_key = Some(Arc::new(CustomerKey::from_bytes(
+            b"sse-c-secret-sse-c-secret-012345",
+        )));
         let text = format!("{options:?} {options:#?}");
         // The SSE-C key shows as its MD5 only (base64 of the key starts "c3NlLWMt").
         assert!(
