@@ -66,12 +66,14 @@ for name, stamp, body in (("doc.txt", "@1700000100000", b"doc v1"), ("doc.txt", 
         f.write(body)
 EOF
 
-# start_serve NAME ARGS...: `ringdown serve` of the data with ARGS; sets
-# SERVER_PID, READY (its ready line), REALM and CA.
+# start_serve NAME ARGS...: `ringdown serve` of the data with ARGS, in place of
+# the one running; sets SERVER_PID, READY (its ready line), REALM and CA, and
+# points Python's and rclone's trust at CA.
 field() { tr ' ' '\n' <<<"$READY" | sed -n "s/^$1=//p"; }
 start_serve() {
     local name=$1
     shift
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; fi
     "$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
         "$@" >"$WORK/ready-$name" 2>"$WORK/serve-$name.log" &
     SERVER_PID=$!
@@ -84,12 +86,12 @@ start_serve() {
     log "$READY"
     REALM=$(field realm)
     CA=$(field ca_file)
+    export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
 }
 
 start_serve main --large-file-threshold 2MiB --access-log "$WORK/access.jsonl"
 export B2_APPLICATION_KEY_ID=$(field key_id)
 export B2_APPLICATION_KEY=$(field key)
-export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
 export B2_ACCOUNT_INFO=$WORK/b2_account_info
 
 log "b2sdk 2.8.0: small (contentSha1) and large (large_file_sha1) downloads"
@@ -172,9 +174,7 @@ fi
 # A restricted key (one bucket, a name prefix, read-only), as production
 # restores use: b2sdk reads the key's reach from the authorize answer and
 # works within it; ringdown refuses what is outside it and restores the rest.
-kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 start_serve key --key-bucket tree --key-name-prefix d1/ --key-capabilities listBuckets,listFiles,readFiles
-export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
 log "b2sdk 2.8.0 with a key restricted to tree/d1/"
 "$VENV/bin/python" - "$REALM" "$WORK" <<'EOF'
 import os, sys
@@ -230,11 +230,9 @@ fi
 # SSE-C: tree/d1/ stored under a customer key. b2sdk reads the listing's
 # serverSideEncryption and needs the key to download; the b2 CLI's sync sends
 # it for every file; ringdown sends it only for the SSE-C ones.
-kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 head -c 32 /dev/urandom >"$WORK/sse-c.key"
 export B2_SOURCE_SSE_C_KEY_B64=$(base64 -w0 <"$WORK/sse-c.key")
 start_serve sse-c --sse-c-key-file "$WORK/sse-c.key" --sse-c-prefix d1/
-export REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA
 log "b2sdk 2.8.0 with SSE-C objects under tree/d1/"
 "$VENV/bin/python" - "$REALM" "$WORK" <<'EOF'
 import base64, os, sys
