@@ -877,9 +877,8 @@ async fn head_by_name(
                 // B2's answer to a missing or wrong SSE-C key too.
                 match sse_c {
                     Some(key) => Error::Denied(format!(
-                        "{detail}: B2 refuses the SSE-C key given (key MD5 {}): the object was \
-                         encrypted with another key, or {}",
-                        key.md5_base64(),
+                        "{detail}: {}, or {}",
+                        key.refused(),
                         crate::b2::DENIED_HINT
                     )),
                     None => denied(format!(
@@ -998,11 +997,7 @@ async fn file_info_by_id(
             ));
         }
     }
-    let sse_mode = file
-        .server_side_encryption
-        .as_ref()
-        .and_then(|sse| sse.mode.as_deref());
-    if crate::b2::is_sse_c(sse_mode) && sse_c.is_none() {
+    if file.is_sse_c() && sse_c.is_none() {
         return Err(Error::Usage(format!(
             "{display_name} ({:?}) is {}",
             file.file_name,

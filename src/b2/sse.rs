@@ -96,6 +96,15 @@ impl CustomerKey {
         &self.key_md5_base64
     }
 
+    /// What B2's `403 access_denied` to a request carrying this key means,
+    /// naming the key by its MD5 only.
+    pub fn refused(&self) -> String {
+        format!(
+            "B2 refuses the SSE-C key given (key MD5 {}): the object was encrypted with another key",
+            self.key_md5_base64
+        )
+    }
+
     /// The three request headers, in order.
     pub fn headers(&self) -> [(&'static str, &str); 3] {
         [

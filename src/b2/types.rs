@@ -252,6 +252,15 @@ impl FileObject {
         self.src_last_modified_millis().or(self.upload_timestamp)
     }
 
+    /// Encrypted with a customer key (SSE-C): downloads must carry it.
+    pub fn is_sse_c(&self) -> bool {
+        super::is_sse_c(
+            self.server_side_encryption
+                .as_ref()
+                .and_then(|sse| sse.mode.as_deref()),
+        )
+    }
+
     pub fn expected_sha1(&self) -> ExpectedSha1 {
         expected_sha1(self.content_sha1.as_deref(), self.large_file_sha1())
     }

@@ -207,11 +207,7 @@ pub(super) async fn status_failure(
             // B2's answer to a wrong SSE-C key. This object fails; others
             // (unencrypted, or under this key) go on.
             return Failure {
-                detail: format!(
-                    "{detail}: B2 refuses the SSE-C key given (key MD5 {}): \
-                     the object was encrypted with another key",
-                    key.md5_base64()
-                ),
+                detail: format!("{detail}: {}", key.refused()),
                 kind: FailureKind::Object,
                 retry_after_s: None,
             };
