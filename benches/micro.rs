@@ -81,6 +81,20 @@ fn sha1(c: &mut Criterion) {
     let mut group = c.benchmark_group("sha1");
     group.throughput(Throughput::Bytes(buffer.len() as u64));
     group.bench_function("1MiB", |b| b.iter(|| Sha1::digest(black_box(&buffer))));
+    // Larger than the caches: the case of a buffer received a while ago.
+    let cold = vec![0x5au8; 256 << 20];
+    group.throughput(Throughput::Bytes(cold.len() as u64));
+    group.sample_size(10);
+    group.bench_function("256MiB_plain", |b| {
+        b.iter(|| Sha1::digest(black_box(&cold)))
+    });
+    group.bench_function("256MiB_sha1_update", |b| {
+        b.iter(|| {
+            let mut sha1 = Sha1::new();
+            ringdown::verify::sha1_update(&mut sha1, black_box(&cold));
+            sha1.finalize()
+        })
+    });
     group.finish();
 }
 
