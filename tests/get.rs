@@ -164,8 +164,8 @@ fn sizes_around_part_boundaries_over_tls_and_plain() {
     }
 }
 
-/// Both write paths, forced: `auto` picks the page cache for anything the
-/// kernel absorbs, so tests this size would never reach O_DIRECT by default.
+/// Both write paths, forced: `auto` picks by size (and falls back where the
+/// file system's alignment does not suit), so each path is named here.
 #[test]
 fn direct_io_on_and_off_write_the_same_bytes() {
     let sizes = [1, PART - 1, 3 * PART, 17 * PART + 4097];
@@ -863,7 +863,8 @@ fn one_gib_object_in_release() {
     let out = tempfile::tempdir().unwrap();
     let served = serve(data.path(), false, &["--no-index"]);
     let dest = out.path().join("gib.bin");
-    // O_DIRECT forced: `auto` would write a 1 GiB object through the page cache.
+    // O_DIRECT forced: `auto` would fall back to the page cache on a file
+    // system whose alignment does not suit, and this must prove O_DIRECT.
     let output = ringdown(
         &served,
         &[

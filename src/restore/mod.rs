@@ -1045,11 +1045,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     };
     let is_large = entry.size_bytes >= options.engine.part_size_bytes;
     let direct = if is_large {
-        // What the run has scheduled so far goes through the page cache too.
-        let earlier_bytes = run.reporter.files.bytes_to_fetch.load(Ordering::Relaxed);
-        options
-            .direct_io
-            .for_object(entry.size_bytes, earlier_bytes)
+        options.direct_io.for_object(entry.size_bytes)
     } else {
         DirectIo::Off
     };
