@@ -3,9 +3,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::ticker::Ticker;
 use crate::b2::CustomerKey;
 use crate::config;
 use crate::engine::{EngineConfig, Progress};
@@ -346,7 +347,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
     }
     crate::runtime::watch_signals();
     let progress = (!args.quiet && std::io::stderr().is_terminal())
-        .then(|| ProgressLine::start(Arc::clone(&download.progress)));
+        .then(|| start_progress_line(Arc::clone(&download.progress)));
     let result = download.run();
     if let Some(progress) = progress {
         progress.stop();
@@ -412,37 +413,22 @@ pub fn run(args: GetArgs) -> Result<i32> {
     Ok(crate::error::exit_code::OK)
 }
 
-/// A progress line on a TTY: bytes, rate, ETA. Redrawn a few times a second.
-struct ProgressLine {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl ProgressLine {
-    fn start(progress: Arc<Progress>) -> ProgressLine {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            while !stop_flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS));
-                let bytes = progress.bytes_done.load(Ordering::Relaxed);
-                let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
-                eprint!(
-                    "\r\x1b[2K  {:.1} MB  {rate:.1} MB/s  retries {}",
-                    bytes as f64 / 1e6,
-                    progress.retries.load(Ordering::Relaxed)
-                );
-            }
-            eprint!("\r\x1b[2K");
-        });
-        ProgressLine { stop, thread }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
+/// A progress line on a TTY: bytes, rate, retries. Redrawn a few times a second.
+fn start_progress_line(progress: Arc<Progress>) -> Ticker {
+    let started = Instant::now();
+    Ticker::start(
+        Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS),
+        move || {
+            let bytes = progress.bytes_done.load(Ordering::Relaxed);
+            let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
+            eprint!(
+                "\r\x1b[2K  {:.1} MB  {rate:.1} MB/s  retries {}",
+                bytes as f64 / 1e6,
+                progress.retries.load(Ordering::Relaxed)
+            );
+        },
+        || eprint!("\r\x1b[2K"),
+    )
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod get;
 pub mod restore;
+mod ticker;
 
 use clap::{Parser, Subcommand};
 

@@ -3,10 +3,11 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::get::{TuningArgs, resolve_realm};
+use super::ticker::Ticker;
 use crate::config;
 use crate::engine::Progress;
 use crate::error::{Error, Result, exit_code};
@@ -206,7 +207,7 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
     crate::runtime::watch_signals();
     let restore = Restore::new(options, args.quiet);
     let progress = (!args.quiet && !args.dry_run)
-        .then(|| ProgressLine::start(Arc::clone(&restore.progress), Arc::clone(&restore.files)));
+        .then(|| start_progress_line(Arc::clone(&restore.progress), Arc::clone(&restore.files)));
     let result = restore.run();
     if let Some(progress) = progress {
         progress.stop();
@@ -325,46 +326,28 @@ fn progress_text(progress: &Progress, files: &FileCounts, elapsed: Duration) -> 
 }
 
 /// Progress: redrawn on a TTY, a plain line every 10 s otherwise.
-struct ProgressLine {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl ProgressLine {
-    fn start(progress: Arc<Progress>, files: Arc<FileCounts>) -> ProgressLine {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = Arc::clone(&stop);
-        let tty = std::io::stderr().is_terminal();
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let interval = if tty {
-                Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS)
+fn start_progress_line(progress: Arc<Progress>, files: Arc<FileCounts>) -> Ticker {
+    let tty = std::io::stderr().is_terminal();
+    let interval = if tty {
+        Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS)
+    } else {
+        Duration::from_secs(config::PROGRESS_PLAIN_INTERVAL_S)
+    };
+    let started = Instant::now();
+    Ticker::start(
+        interval,
+        move || {
+            let line = progress_text(&progress, &files, started.elapsed());
+            if tty {
+                eprint!("\r\x1b[2K  {line}");
             } else {
-                Duration::from_secs(config::PROGRESS_PLAIN_INTERVAL_S)
-            };
-            let mut last = Instant::now();
-            while !stop_flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() < interval {
-                    continue;
-                }
-                last = Instant::now();
-                let line = progress_text(&progress, &files, started.elapsed());
-                if tty {
-                    eprint!("\r\x1b[2K  {line}");
-                } else {
-                    eprintln!("ringdown: progress: {line}");
-                }
+                eprintln!("ringdown: progress: {line}");
             }
+        },
+        move || {
             if tty {
                 eprint!("\r\x1b[2K");
             }
-        });
-        ProgressLine { stop, thread }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
+        },
+    )
 }
