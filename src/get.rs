@@ -397,6 +397,11 @@ impl Download {
                     (temp_name, file, direct, None)
                 }
             };
+            let resumed_bytes = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
+            self.progress.bytes_to_fetch.store(
+                meta.size_bytes.saturating_sub(resumed_bytes),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let fetch = if meta.ranges {
                 let on_written = match &resumable {
                     Some(files) => Some(files.journal_writer(files.open_journal(&dir)?)),

@@ -413,27 +413,76 @@ pub fn run(args: GetArgs) -> Result<i32> {
     Ok(crate::error::exit_code::OK)
 }
 
-/// A progress line on a TTY: bytes, rate, retries. Redrawn a few times a second.
+/// A progress line on a TTY: bytes, rate, ETA, retries. Redrawn a few times a second.
 fn start_progress_line(progress: Arc<Progress>) -> Ticker {
     let started = Instant::now();
     Ticker::start(
         Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS),
         move || {
-            let bytes = progress.bytes_done.load(Ordering::Relaxed);
-            let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
-            eprint!(
-                "\r\x1b[2K  {:.1} MB  {rate:.1} MB/s  retries {}",
-                bytes as f64 / 1e6,
-                progress.retries.load(Ordering::Relaxed)
+            let line = progress_text(
+                progress.bytes_done.load(Ordering::Relaxed),
+                progress.bytes_to_fetch.load(Ordering::Relaxed),
+                progress.retries.load(Ordering::Relaxed),
+                started.elapsed(),
             );
+            eprint!("\r\x1b[2K  {line}");
         },
         || eprint!("\r\x1b[2K"),
+    )
+}
+
+/// `512.0/1073.7 MB, 700.0 MB/s, ETA 1 s, retries 0`; before the size is
+/// known (`bytes_to_fetch` 0), without total and ETA. A round started over
+/// after a SHA1 mismatch counts again, so done may pass the total.
+fn progress_text(bytes_done: u64, bytes_to_fetch: u64, retries: u64, elapsed: Duration) -> String {
+    let rate_bytes_per_s = bytes_done as f64 / elapsed.as_secs_f64().max(1e-3);
+    let megabytes = |bytes: u64| bytes as f64 / 1e6;
+    if bytes_to_fetch == 0 {
+        return format!(
+            "{:.1} MB, {:.1} MB/s, retries {retries}",
+            megabytes(bytes_done),
+            rate_bytes_per_s / 1e6
+        );
+    }
+    let eta = if rate_bytes_per_s < 1.0 {
+        "ETA ?".to_string()
+    } else {
+        let left_bytes = bytes_to_fetch.saturating_sub(bytes_done);
+        format!("ETA {:.0} s", left_bytes as f64 / rate_bytes_per_s)
+    };
+    format!(
+        "{:.1}/{:.1} MB, {:.1} MB/s, {eta}, retries {retries}",
+        megabytes(bytes_done),
+        megabytes(bytes_to_fetch.max(bytes_done)),
+        rate_bytes_per_s / 1e6
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_shows_total_and_eta_once_the_size_is_known() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            progress_text(300_000_000, 0, 0, second),
+            "300.0 MB, 300.0 MB/s, retries 0"
+        );
+        assert_eq!(
+            progress_text(300_000_000, 1_200_000_000, 2, second),
+            "300.0/1200.0 MB, 300.0 MB/s, ETA 3 s, retries 2"
+        );
+        assert_eq!(
+            progress_text(0, 1_000_000, 0, second),
+            "0.0/1.0 MB, 0.0 MB/s, ETA ?, retries 0"
+        );
+        // A round started over after a SHA1 mismatch: never a negative ETA.
+        assert_eq!(
+            progress_text(1_500_000, 1_000_000, 1, second),
+            "1.5/1.5 MB, 1.5 MB/s, ETA 0 s, retries 1"
+        );
+    }
 
     #[test]
     fn library_defaults_are_the_cli_defaults() {
