@@ -1273,12 +1273,20 @@ pub(crate) fn create_temp(
                     .map_err(|error| Error::io("clearing O_DIRECT", error.into()))?;
                 (file, false)
             }
-            Err(rustix::io::Errno::INVAL) if mode == DirectIo::Auto => (
-                open(flags).map_err(|error| {
+            Err(rustix::io::Errno::INVAL) if mode == DirectIo::Auto => {
+                // No O_DIRECT here (tmpfs before Linux 6.6, some FUSE file
+                // systems). The kernel refuses the flag only after creating
+                // the file, so the name may be ours already: O_EXCL said
+                // nobody else's file was there (that would be EEXIST, not EINVAL).
+                let reopened = match open(flags) {
+                    Err(rustix::io::Errno::EXIST) => open(flags - OFlags::CREATE - OFlags::EXCL),
+                    other => other,
+                };
+                let file = reopened.map_err(|error| {
                     creation_error(format!("creating {name} for {display_path}"), error)
-                })?,
-                false,
-            ),
+                })?;
+                (file, false)
+            }
             Err(error) => {
                 return Err(creation_error(
                     format!("creating {name} with O_DIRECT for {display_path}"),
@@ -1296,23 +1304,25 @@ pub(crate) fn create_temp(
     };
     if size_bytes >= crate::config::PREALLOCATE_MIN_BYTES {
         if let Err(error) = rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, size_bytes) {
+            // Filesystems without fallocate still work (ENOSPC then arrives
+            // mid-file), with the file kept: it is the one we write.
+            if error == rustix::io::Errno::OPNOTSUPP {
+                return Ok((file, direct));
+            }
             let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
             if error == rustix::io::Errno::NOSPC {
                 return Err(Error::Fatal(format!(
                     "{display_path}: no space for {size_bytes} bytes in the destination filesystem (ENOSPC: No space left on device)"
                 )));
             }
-            // Filesystems without fallocate still work; ENOSPC then arrives mid-file.
-            if error != rustix::io::Errno::OPNOTSUPP {
-                // EINVAL/EFBIG: larger than a file can be (a hostile or broken
-                // origin announcing an exabyte): say what size was asked for.
-                return Err(Error::io(
-                    format!(
-                        "pre-allocating {display_path}: {size_bytes} bytes (the announced object size)"
-                    ),
-                    error.into(),
-                ));
-            }
+            // EINVAL/EFBIG: larger than a file can be (a hostile or broken
+            // origin announcing an exabyte): say what size was asked for.
+            return Err(Error::io(
+                format!(
+                    "pre-allocating {display_path}: {size_bytes} bytes (the announced object size)"
+                ),
+                error.into(),
+            ));
         }
     }
     Ok((file, direct))
