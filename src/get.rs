@@ -9,6 +9,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
@@ -397,10 +398,13 @@ impl Download {
                     (temp_name, file, direct, None)
                 }
             };
+            // This round's bytes on top of what earlier rounds counted: a
+            // round after a SHA1 mismatch fetches the object again.
             let resumed_bytes = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
+            let counted_bytes = self.progress.bytes_done.load(Ordering::Relaxed);
             self.progress.bytes_to_fetch.store(
-                meta.size_bytes.saturating_sub(resumed_bytes),
-                std::sync::atomic::Ordering::Relaxed,
+                counted_bytes + meta.size_bytes.saturating_sub(resumed_bytes),
+                Ordering::Relaxed,
             );
             let fetch = if meta.ranges {
                 let on_written = match &resumable {

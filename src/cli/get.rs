@@ -432,8 +432,8 @@ fn start_progress_line(progress: Arc<Progress>) -> Ticker {
 }
 
 /// `512.0/1073.7 MB, 700.0 MB/s, ETA 1 s, retries 0`; before the size is
-/// known (`bytes_to_fetch` 0), without total and ETA. A round started over
-/// after a SHA1 mismatch counts again, so done may pass the total.
+/// known (`bytes_to_fetch` 0), without total and ETA. Done never shows
+/// past the total, should the counters race.
 fn progress_text(bytes_done: u64, bytes_to_fetch: u64, retries: u64, elapsed: Duration) -> String {
     let rate_bytes_per_s = bytes_done as f64 / elapsed.as_secs_f64().max(1e-3);
     let megabytes = |bytes: u64| bytes as f64 / 1e6;
@@ -477,7 +477,7 @@ mod tests {
             progress_text(0, 1_000_000, 0, second),
             "0.0/1.0 MB, 0.0 MB/s, ETA ?, retries 0"
         );
-        // A round started over after a SHA1 mismatch: never a negative ETA.
+        // Counters read a moment apart: never a negative ETA.
         assert_eq!(
             progress_text(1_500_000, 1_000_000, 1, second),
             "1.5/1.5 MB, 1.5 MB/s, ETA 0 s, retries 1"

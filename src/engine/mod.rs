@@ -96,8 +96,9 @@ pub struct ObjectOutcome {
 pub struct Progress {
     /// Bytes received and hashed (a write may still be in flight).
     pub bytes_done: AtomicU64,
-    /// `get`: the bytes this run fetches (the object less a resumed
-    /// prefix), once known; 0 before. `restore` counts its totals per file.
+    /// `get`: the bytes this run fetches (the object less a resumed prefix,
+    /// and the object again for a round after a SHA1 mismatch), once known;
+    /// 0 before. `restore` counts its totals per file.
     pub bytes_to_fetch: AtomicU64,
     pub retries: AtomicU64,
 }
