@@ -318,6 +318,7 @@ impl Download {
     }
 
     pub fn run(&self) -> Result<DownloadReport> {
+        self.options.engine.check()?;
         let dest = self.resolve_dest()?;
         let started = Instant::now();
         let options = &self.options;

@@ -463,6 +463,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn engine_check_refuses_sizes_o_direct_cannot_write() {
+        for restore in [false, true] {
+            assert!(EngineConfig::defaults(restore).check().is_ok());
+        }
+        let mut config = EngineConfig::defaults(false);
+        config.part_size_bytes = 5_000_000;
+        let Err(Error::Usage(message)) = config.check() else {
+            panic!("a part of 5,000,000 bytes was accepted");
+        };
+        assert!(message.contains("use 5242880"), "{message}");
+        let mut config = EngineConfig::defaults(false);
+        config.buffer_size_bytes = 1_000_000;
+        assert!(matches!(config.check(), Err(Error::Usage(_))));
+        let mut config = EngineConfig::defaults(false);
+        config.cores = 0;
+        assert!(matches!(config.check(), Err(Error::Usage(_))));
+    }
+
+    #[test]
     fn progress_shows_total_and_eta_once_the_size_is_known() {
         let second = Duration::from_secs(1);
         assert_eq!(

@@ -52,6 +52,36 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// Refuses sizes the engine cannot write with O_DIRECT: buffers of whole
+    /// 4 KiB blocks, parts of whole buffers. The CLI rounds its flags so;
+    /// a library caller setting the fields by hand learns it here, before
+    /// any request, rather than from EINVAL on the first write.
+    pub fn check(&self) -> Result<()> {
+        use crate::config::{BUFFER_SIZE_BYTES_MAX, DIRECT_IO_ALIGN_BYTES};
+        let buffer = self.buffer_size_bytes;
+        if buffer == 0 || buffer % DIRECT_IO_ALIGN_BYTES != 0 || buffer > BUFFER_SIZE_BYTES_MAX {
+            return Err(Error::Usage(format!(
+                "EngineConfig: buffer_size_bytes {buffer} must be a multiple of \
+                 {DIRECT_IO_ALIGN_BYTES} up to {BUFFER_SIZE_BYTES_MAX}"
+            )));
+        }
+        let part = self.part_size_bytes;
+        if part == 0 || part % buffer as u64 != 0 {
+            return Err(Error::Usage(format!(
+                "EngineConfig: part_size_bytes {part} must be a whole number of buffers \
+                 ({buffer} bytes each): use {}, as `--part-size` rounds",
+                part.max(1).next_multiple_of(buffer as u64)
+            )));
+        }
+        if self.cores == 0 || self.connections_per_core == 0 || self.buffers_per_core == 0 {
+            return Err(Error::Usage(
+                "EngineConfig: cores, connections_per_core and buffers_per_core must be at least 1"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A signal asked the run to stop: `cancel`, or the process-wide watcher
     /// of `runtime::watch_signals`.
     pub fn is_cancelled(&self) -> bool {

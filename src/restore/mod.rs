@@ -405,6 +405,7 @@ impl Restore {
     }
 
     pub fn run(&self) -> Result<RestoreReport> {
+        self.options.engine.check()?;
         let started = Instant::now();
         let options = &self.options;
         raise_open_files_limit();
