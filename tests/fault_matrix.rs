@@ -812,6 +812,15 @@ fn mentions_enospc(text: &str) -> bool {
     text.contains("No space left") || text.contains("ENOSPC")
 }
 
+/// `get` of the 5 MiB object as `dir/five.bin`, and what `dir` should hold.
+fn get_five_into(served: &Served, bucket: &Bucket, dir: &Path) -> (Run, BTreeMap<String, Vec<u8>>) {
+    let mut get = client(served, "get");
+    get.arg(format!("b2://bkt/{FIVE}"))
+        .arg(dir.join("five.bin"));
+    let expected = [("five.bin".to_string(), bucket.objects[FIVE].clone())].into();
+    (run(get), expected)
+}
+
 /// ramfs has neither O_DIRECT nor fallocate (as tmpfs before Linux 6.6 and
 /// some FUSE file systems lack one or the other): `--direct-io auto` falls
 /// back to the page cache and the file is written without pre-allocation.
@@ -827,11 +836,7 @@ fn a_file_system_without_o_direct_or_fallocate_still_gets_every_file() {
     let out = tempfile::tempdir().unwrap();
     let served = start(&bucket, false, &[], &out.path().join("access.jsonl"));
 
-    let dest = disk.path.join("five.bin");
-    let mut get = client(&served, "get");
-    get.arg(format!("b2://bkt/{FIVE}")).arg(&dest);
-    let outcome = run(get);
-    let expected = [("five.bin".to_string(), bucket.objects[FIVE].clone())].into();
+    let (outcome, expected) = get_five_into(&served, &bucket, &disk.path);
     check(
         "get into ramfs",
         &disk.path,
@@ -868,11 +873,7 @@ fn disk_full_mid_restore_and_get_then_rerun_completes() {
     let served = start(&bucket, false, &[], &out.path().join("access.jsonl"));
 
     // get: the 5 MiB object cannot fit in 2 MiB.
-    let dest = disk.path.join("five.bin");
-    let mut get = client(&served, "get");
-    get.arg(format!("b2://bkt/{FIVE}")).arg(&dest);
-    let outcome = run(get);
-    let expected = [("five.bin".to_string(), bucket.objects[FIVE].clone())].into();
+    let (outcome, expected) = get_five_into(&served, &bucket, &disk.path);
     check(
         "get into a full disk",
         &disk.path,

@@ -483,24 +483,29 @@ mod tests {
 
     #[test]
     fn progress_shows_total_and_eta_once_the_size_is_known() {
-        let second = Duration::from_secs(1);
-        assert_eq!(
-            progress_text(300_000_000, 0, 0, second),
-            "300.0 MB, 300.0 MB/s, retries 0"
-        );
-        assert_eq!(
-            progress_text(300_000_000, 1_200_000_000, 2, second),
-            "300.0/1200.0 MB, 300.0 MB/s, ETA 3 s, retries 2"
-        );
-        assert_eq!(
-            progress_text(0, 1_000_000, 0, second),
-            "0.0/1.0 MB, 0.0 MB/s, ETA ?, retries 0"
-        );
-        // Counters read a moment apart: never a negative ETA.
-        assert_eq!(
-            progress_text(1_500_000, 1_000_000, 1, second),
-            "1.5/1.5 MB, 1.5 MB/s, ETA 0 s, retries 1"
-        );
+        let cases = [
+            // (done, to fetch, retries, line): the size not known yet,
+            // known, nothing received, and counters read a moment apart
+            // (never a negative ETA).
+            (300_000_000, 0, 0, "300.0 MB, 300.0 MB/s, retries 0"),
+            (
+                300_000_000,
+                1_200_000_000,
+                2,
+                "300.0/1200.0 MB, 300.0 MB/s, ETA 3 s, retries 2",
+            ),
+            (0, 1_000_000, 0, "0.0/1.0 MB, 0.0 MB/s, ETA ?, retries 0"),
+            (
+                1_500_000,
+                1_000_000,
+                1,
+                "1.5/1.5 MB, 1.5 MB/s, ETA 0 s, retries 1",
+            ),
+        ];
+        for (done, to_fetch, retries, line) in cases {
+            let text = progress_text(done, to_fetch, retries, Duration::from_secs(1));
+            assert_eq!(text, line);
+        }
     }
 
     #[test]
