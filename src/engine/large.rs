@@ -282,6 +282,11 @@ pub(crate) struct CoreJob {
 }
 
 impl CoreJob {
+    /// This core's connections taking chunks of the job now.
+    pub fn connections_here(&self) -> usize {
+        self.connections.get()
+    }
+
     pub fn file(&self) -> &File {
         self.file.as_ref().expect("a core with chunks has the file")
     }

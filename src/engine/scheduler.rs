@@ -222,7 +222,9 @@ impl Shared {
         panicked.clone().map(Error::Fatal)
     }
 
-    fn next(&self) -> Next {
+    /// The next thing for a connection of a core on which `on_large_here`
+    /// connections already take chunks of large objects.
+    fn next(&self, on_large_here: usize) -> Next {
         let mut state = self.state();
         state.active.retain(|job| job.wants_connections());
         // Large objects (all of them together) take chunks on at most
@@ -231,7 +233,8 @@ impl Shared {
         // little: the listing may be a page behind.)
         let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
         let nothing_else = state.closed && state.queue.is_empty();
-        if on_large < large_limit(self.large_connections, self.connections_total, nothing_else) {
+        let limit = large_limit(self.large_connections, self.connections_total, nothing_else);
+        if may_take_chunks(on_large, on_large_here, limit, self.config.cores) {
             if let Some(job) = state.active.first() {
                 return Next::Chunks(Arc::clone(job));
             }
@@ -300,6 +303,16 @@ fn large_limit(large_connections: usize, connections_total: usize, nothing_else:
     } else {
         large_connections.min(connections_total.div_ceil(LARGE_OBJECT_CONNECTIONS_DIVISOR))
     }
+}
+
+/// Whether one more connection may take chunks: fewer than `limit` do over
+/// all cores, and fewer than its share of them on this core. Without the
+/// share, where there are more connections than chunk takers (restore: 16
+/// per core, 4 for chunks), the first core to ask took every chunk of a
+/// large object, and the other cores' CPUs sat out its decrypting and
+/// hashing (one restore of 1 GiB: 98% of the client's CPU on one core).
+fn may_take_chunks(on_large: usize, on_large_here: usize, limit: usize, cores: usize) -> bool {
+    on_large < limit && on_large_here < limit.div_ceil(cores.max(1))
 }
 
 struct CoreReport {
@@ -592,7 +605,13 @@ async fn connection_loop(core: Rc<Core>) {
         let notified = core.shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match core.shared.next() {
+        let on_large_here = core
+            .large
+            .borrow()
+            .iter()
+            .map(|core_job| core_job.connections_here())
+            .sum();
+        match core.shared.next(on_large_here) {
             Next::Chunks(job) => large::take_chunks(&core, &mut connection, job).await,
             Next::Object(job) => run_object(&core, &mut connection, job).await,
             Next::Refuse(work) => refuse(&core.shared, work),
@@ -642,7 +661,21 @@ fn refuse(shared: &Shared, work: Work) {
 
 #[cfg(test)]
 mod tests {
-    use super::large_limit;
+    use super::{large_limit, may_take_chunks};
+
+    #[test]
+    fn each_core_takes_its_share_of_the_chunk_takers() {
+        // restore defaults on 2 cores: 8 takers, 4 per core.
+        assert!(may_take_chunks(4, 0, 8, 2));
+        assert!(may_take_chunks(7, 3, 8, 2));
+        assert!(!may_take_chunks(4, 4, 8, 2), "one core took all it may");
+        assert!(!may_take_chunks(8, 3, 8, 2), "all takers are busy");
+        // An odd limit rounds the share up, so every taker finds a core.
+        assert!(may_take_chunks(2, 1, 3, 2));
+        assert!(!may_take_chunks(2, 2, 3, 2));
+        // One core: the share is the whole limit.
+        assert!(may_take_chunks(3, 3, 4, 1));
+    }
 
     #[test]
     fn large_objects_leave_connections_to_small_ones_until_the_end() {
