@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::ticker::Ticker;
+use super::ticker::{Ticker, eta_text};
 use crate::b2::CustomerKey;
 use crate::config;
 use crate::engine::{EngineConfig, Progress};
@@ -444,12 +444,7 @@ fn progress_text(bytes_done: u64, bytes_to_fetch: u64, retries: u64, elapsed: Du
             rate_bytes_per_s / 1e6
         );
     }
-    let eta = if rate_bytes_per_s < 1.0 {
-        "ETA ?".to_string()
-    } else {
-        let left_bytes = bytes_to_fetch.saturating_sub(bytes_done);
-        format!("ETA {:.0} s", left_bytes as f64 / rate_bytes_per_s)
-    };
+    let eta = eta_text(bytes_to_fetch.saturating_sub(bytes_done), rate_bytes_per_s);
     format!(
         "{:.1}/{:.1} MB, {:.1} MB/s, {eta}, retries {retries}",
         megabytes(bytes_done),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::get::{TuningArgs, resolve_realm};
-use super::ticker::Ticker;
+use super::ticker::{Ticker, eta_text};
 use crate::config;
 use crate::engine::Progress;
 use crate::error::{Error, Result, exit_code};
@@ -305,12 +305,10 @@ fn progress_text(progress: &Progress, files: &FileCounts, elapsed: Duration) -> 
     let listing_done = files.listing_done.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64().max(1e-3);
     let rate_bytes_per_s = bytes as f64 / seconds;
-    let eta = if !listing_done {
-        "ETA after listing".to_string()
-    } else if rate_bytes_per_s < 1.0 {
-        "ETA ?".to_string()
+    let eta = if listing_done {
+        eta_text(to_fetch - bytes, rate_bytes_per_s)
     } else {
-        format!("ETA {:.0} s", (to_fetch - bytes) as f64 / rate_bytes_per_s)
+        "ETA after listing".to_string()
     };
     format!(
         "files {}/{}{}, {:.1}/{:.1} MB, {:.1} MB/s, {eta}, retries {}, {:.0} s",

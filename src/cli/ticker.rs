@@ -1,4 +1,5 @@
-//! The progress line's thread: calls `tick` every interval until stopped.
+//! What `get` and `restore` share for their progress lines: the thread that
+//! redraws them (`Ticker`) and the ETA they show (`eta_text`).
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
@@ -33,6 +34,15 @@ impl Ticker {
     pub fn stop(self) {
         drop(self.stop);
         let _ = self.thread.join();
+    }
+}
+
+/// `ETA 12 s` for `left_bytes` at the rate so far; `ETA ?` before any byte.
+pub fn eta_text(left_bytes: u64, rate_bytes_per_s: f64) -> String {
+    if rate_bytes_per_s < 1.0 {
+        "ETA ?".to_string()
+    } else {
+        format!("ETA {:.0} s", left_bytes as f64 / rate_bytes_per_s)
     }
 }
 
