@@ -63,6 +63,12 @@ pub const CACHE_LINE_BYTES: usize = 64;
 /// Alignment of every buffer and of every O_DIRECT write offset and length.
 pub const DIRECT_IO_ALIGN_BYTES: usize = 4096;
 
+/// A buffer size the engine can use: whole O_DIRECT blocks, at most
+/// `BUFFER_SIZE_BYTES_MAX` (`--buffer-size`, `EngineConfig::check`).
+pub fn buffer_size_ok(bytes: u64) -> bool {
+    bytes != 0 && bytes % DIRECT_IO_ALIGN_BYTES as u64 == 0 && bytes <= BUFFER_SIZE_BYTES_MAX as u64
+}
+
 /// Attempts per chunk, counting the first (b2sdk uses 15 per part).
 pub const MAX_ATTEMPTS_DEFAULT: u32 = 15;
 pub const RETRY_BASE_MS_DEFAULT: u64 = 250;

@@ -164,11 +164,7 @@ impl TuningArgs {
         } else {
             connections
         };
-        let align = config::DIRECT_IO_ALIGN_BYTES as u64;
-        if self.buffer_size == 0
-            || self.buffer_size % align != 0
-            || self.buffer_size > config::BUFFER_SIZE_BYTES_MAX as u64
-        {
+        if !config::buffer_size_ok(self.buffer_size) {
             return usage(format!(
                 "--buffer-size {}: expected a multiple of 4 KiB up to {} MiB",
                 self.buffer_size,

@@ -57,9 +57,9 @@ impl EngineConfig {
     /// a library caller setting the fields by hand learns it here, before
     /// any request, rather than from EINVAL on the first write.
     pub fn check(&self) -> Result<()> {
-        use crate::config::{BUFFER_SIZE_BYTES_MAX, DIRECT_IO_ALIGN_BYTES};
+        use crate::config::{BUFFER_SIZE_BYTES_MAX, DIRECT_IO_ALIGN_BYTES, buffer_size_ok};
         let buffer = self.buffer_size_bytes;
-        if buffer == 0 || buffer % DIRECT_IO_ALIGN_BYTES != 0 || buffer > BUFFER_SIZE_BYTES_MAX {
+        if !buffer_size_ok(buffer as u64) {
             return Err(Error::Usage(format!(
                 "EngineConfig: buffer_size_bytes {buffer} must be a multiple of \
                  {DIRECT_IO_ALIGN_BYTES} up to {BUFFER_SIZE_BYTES_MAX}"
