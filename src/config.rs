@@ -20,6 +20,14 @@ pub const API_BODY_MIN_BYTES_PER_S: u64 = 1024;
 /// Default range size of one request. 8 MiB keeps per-request overhead below
 /// 1% on loopback and the reorder window (connections × part) small.
 pub const PART_SIZE_BYTES_DEFAULT: u64 = 8 << 20;
+/// ...and small enough that the pool holds this many parts per connection
+/// taking chunks: the part at the hash frontier arrives no faster than the
+/// others, which meanwhile finish theirs and start the next, so the window
+/// between the frontier and the furthest byte received spans about two
+/// parts per connection. With one (4 MiB parts at the defaults), buffers ran
+/// out behind a lagging frontier part: 1 GiB over loopback was 10-12%
+/// slower than with two (2 MiB parts), against `ringdown serve` and nginx.
+pub const POOL_PARTS_PER_CONNECTION: u64 = 2;
 /// Default size of one registered buffer (multiple of 4 KiB for O_DIRECT).
 pub const BUFFER_SIZE_BYTES_DEFAULT: usize = 1 << 20;
 /// Default registered buffers per core. 16 × 1 MiB per core keeps a 2-core
@@ -56,6 +64,20 @@ pub const CORES_MAX: usize = 1024;
 /// line of the next (`verify::sha1_update`). 4-64 KiB measured alike
 /// (1.8-1.9 GB/s on data out of cache); 256 KiB was slower (1.65-1.75).
 pub const SHA1_PIECE_BYTES: usize = 16 << 10;
+
+/// A chunk's connection sends the next chunk's GET (HTTP/1.1 pipelining)
+/// once what is left of the body will arrive within this many round trips.
+/// One would do on a steady link; two leave a margin for a rate that varies.
+pub const PIPELINE_LOOKAHEAD_ROUND_TRIPS: u32 = 2;
+/// ...and only where a round trip (the run's shortest request-to-head
+/// wait) is at least this long. Shorter ones (loopback, a LAN) leave little
+/// to hide, the other connections cover it, and a body read from a full
+/// socket buffer looks fast enough to send ahead at once: 1 GiB from
+/// `ringdown serve` on loopback, which sent ahead for every chunk, was 5%
+/// slower than sending none. Through a 20 ms round trip (25 MiB/s per
+/// connection) sending ahead took 2 MiB parts from 6.6 s to 4.9-5.3 s.
+pub const PIPELINE_ROUND_TRIP_MIN_US: u64 = 1_000;
+
 /// Cache line of every x86-64 and most aarch64 cores; a larger line only
 /// touches some lines twice.
 pub const CACHE_LINE_BYTES: usize = 64;

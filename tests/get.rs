@@ -1422,3 +1422,164 @@ fn limit_rate_caps_the_total_over_every_connection() {
         "--limit-rate must be positive",
     );
 }
+
+/// A plain-HTTP origin on 127.0.0.1 for one object, slow enough for sending
+/// ahead to pay: each answer starts 20 ms after its request is read (a round
+/// trip) and its body comes at ~16 MB/s. It counts the requests that were
+/// already waiting when the answer before them ended (pipelined). With
+/// `answers_pipelined` false it is a server that does not pipeline: it
+/// closes the connection instead of answering such a request.
+fn pipelining_origin(
+    data: std::sync::Arc<Vec<u8>>,
+    answers_pipelined: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let pipelined = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&pipelined);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let data = std::sync::Arc::clone(&data);
+            let seen = std::sync::Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = std::io::BufReader::new(stream);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut range = (0, data.len() - 1);
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+                            break;
+                        }
+                        let lower = line.trim().to_ascii_lowercase();
+                        if let Some((first, last)) = lower
+                            .strip_prefix("range: bytes=")
+                            .and_then(|spec| spec.split_once('-'))
+                        {
+                            range = (first.parse().unwrap(), last.parse().unwrap());
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let (first, last) = range;
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                         Content-Range: bytes {first}-{last}/{}\r\n\r\n",
+                        last - first + 1,
+                        data.len()
+                    );
+                    if writer.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    for piece in data[first..=last].chunks(32 * 1024) {
+                        if writer.write_all(piece).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    // Was the next request here before this answer ended?
+                    let mut byte = [0u8; 1];
+                    writer.set_nonblocking(true).unwrap();
+                    let waiting = !reader.buffer().is_empty()
+                        || matches!(writer.peek(&mut byte), Ok(n) if n > 0);
+                    writer.set_nonblocking(false).unwrap();
+                    if waiting {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        if !answers_pipelined {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{address}/p.bin"), pipelined)
+}
+
+/// On a link with a round trip to hide, a chunk's connection sends the next
+/// chunk's GET before the body ends (HTTP/1.1 pipelining) and reads both
+/// answers in order: the file is whole and verified.
+#[test]
+fn chunks_are_requested_ahead_when_a_round_trip_is_to_be_hidden() {
+    let size = 6 << 20;
+    let data = std::sync::Arc::new(content("p.bin", size));
+    let (url, pipelined) = pipelining_origin(std::sync::Arc::clone(&data), true);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("p.bin");
+    let sha1 = sha1_hex(&data);
+    let args = [
+        url.as_str(),
+        &dest,
+        "--sha1",
+        &sha1,
+        "--part-size",
+        "1MiB",
+        "--connections",
+        "2",
+        "--cores",
+        "1",
+    ];
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .arg("get")
+        .args(args)
+        .run_bounded();
+    assert_ok(&output);
+    assert_eq!(std::fs::read(&dest).unwrap(), *data);
+    assert!(
+        pipelined.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no GET was sent ahead:\n{}",
+        stderr(&output)
+    );
+    assert!(
+        !stderr(&output).contains("pipelined"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// A server that closes the connection instead of answering a pipelined
+/// GET: that GET goes out again on a new connection, not counted as an
+/// attempt (`--max-attempts 1` still succeeds), the run says once that it
+/// stops sending ahead, and the file is whole.
+#[test]
+fn a_server_that_does_not_pipeline_gets_one_request_at_a_time() {
+    let size = 6 << 20;
+    let data = std::sync::Arc::new(content("p.bin", size));
+    let (url, pipelined) = pipelining_origin(std::sync::Arc::clone(&data), false);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("p.bin");
+    let sha1 = sha1_hex(&data);
+    let args = [
+        url.as_str(),
+        &dest,
+        "--sha1",
+        &sha1,
+        "--part-size",
+        "1MiB",
+        "--connections",
+        "2",
+        "--cores",
+        "1",
+        "--max-attempts",
+        "1",
+    ];
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .arg("get")
+        .args(args)
+        .run_bounded();
+    assert_ok(&output);
+    assert_eq!(std::fs::read(&dest).unwrap(), *data);
+    let text = stderr(&output);
+    assert!(pipelined.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(
+        text.matches("did not answer a pipelined request").count(),
+        1,
+        "{text}"
+    );
+    assert_no_temp(fixture.out.path());
+}

@@ -196,11 +196,11 @@ impl TuningArgs {
             return usage("--limit-rate must be positive (leave it out for no limit)".into());
         }
         // Whole buffers per part keep every O_DIRECT write aligned.
-        let pool_per_connection_bytes =
-            (buffers as u64 * self.buffer_size) / large_connections as u64;
+        let part_share_bytes = (buffers as u64 * self.buffer_size)
+            / (large_connections as u64 * config::POOL_PARTS_PER_CONNECTION);
         let part_size_bytes = self
             .part_size
-            .unwrap_or_else(|| config::PART_SIZE_BYTES_DEFAULT.min(pool_per_connection_bytes))
+            .unwrap_or_else(|| config::PART_SIZE_BYTES_DEFAULT.min(part_share_bytes))
             .max(1)
             .next_multiple_of(self.buffer_size);
         let mut engine = EngineConfig {

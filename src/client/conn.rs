@@ -193,6 +193,17 @@ pub struct Connection {
     timeout: Duration,
     /// Requests completed on this connection (for keep-alive accounting).
     pub requests_done: u64,
+    /// A GET sent ahead, behind the response being read now (HTTP/1.1
+    /// pipelining): its answer is the next thing to read.
+    pub pipelined: Option<Pipelined>,
+}
+
+/// A request sent before the previous response was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pipelined {
+    /// First and last byte of the range asked for.
+    pub range: (u64, u64),
+    pub sent: Instant,
 }
 
 impl Connection {
@@ -231,6 +242,7 @@ impl Connection {
             leftover_start: 0,
             timeout,
             requests_done: 0,
+            pipelined: None,
         })
     }
 

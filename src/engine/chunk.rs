@@ -3,10 +3,12 @@
 //! a task of its own and hashed when the frontier reaches it.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::client::conn::{ConnError, Connection};
-use crate::config::DIRECT_IO_ALIGN_BYTES;
+use crate::client::conn::{ConnError, Connection, Pipelined};
+use crate::config::{
+    DIRECT_IO_ALIGN_BYTES, PIPELINE_LOOKAHEAD_ROUND_TRIPS, PIPELINE_ROUND_TRIP_MIN_US,
+};
 use crate::error::Error;
 use crate::http::ResponseHead;
 use crate::plan::Chunk;
@@ -15,12 +17,13 @@ use crate::uring::PoolBuf;
 
 use super::failure::{Failure, FailureKind, Retries, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
-use super::request::{check_file_id, get_head};
+use super::request::{build_get, check_file_id, get_head, is_closed};
 
 pub(super) async fn download_chunk(
     core: &Rc<CoreJob>,
     connection: &mut Option<Connection>,
     chunk: Chunk,
+    ahead: &mut Option<Chunk>,
 ) -> Result<(), Error> {
     let job = &core.job;
     let config = &core.core.shared.config;
@@ -39,6 +42,7 @@ pub(super) async fn download_chunk(
             &mut received_bytes,
             &mut current,
             &mut buffer_started,
+            ahead,
         )
         .await
         {
@@ -77,20 +81,29 @@ async fn attempt_chunk(
     received_bytes: &mut u64,
     current: &mut Option<PoolBuf>,
     buffer_started: &mut Instant,
+    ahead: &mut Option<Chunk>,
 ) -> Result<(), Failure> {
     let job = &core.job;
     let spec = &job.spec;
     let first_byte = chunk.offset_bytes + *received_bytes;
     let last_byte = chunk.last_byte();
-    let head = get_head(
-        &core.core,
-        connection,
-        &spec.object,
-        Some((first_byte, last_byte)),
-    )
-    .await?;
+    let range = (first_byte, last_byte);
+    let head = match connection.as_mut() {
+        Some(conn) if conn.pipelined.is_some_and(|sent| sent.range == range) => {
+            read_pipelined_head(core, connection, range).await?
+        }
+        _ => {
+            // A GET sent ahead for some other range would answer first.
+            if let Some(conn) = connection.take_if(|conn| conn.pipelined.is_some()) {
+                conn.shutdown();
+            }
+            get_head(&core.core, connection, &spec.object, Some(range)).await?
+        }
+    };
     let conn = connection.as_mut().expect("connected");
     let body_len = check_head(core, conn, &head, first_byte, last_byte).await?;
+    let pipelining = head.keep_alive && core.core.shared.pipelining();
+    let body_started = Instant::now();
     let mut body_left = body_len;
     while body_left > 0 {
         if job.is_stopped(core.core.shared.config.is_cancelled()) {
@@ -140,6 +153,15 @@ async fn attempt_chunk(
         };
         *received_bytes += n as u64;
         body_left -= n as u64;
+        if pipelining && ahead.is_none() && body_left > 0 {
+            if let Some(round_trip) = core.core.shared.round_trip() {
+                let receiving = body_started.elapsed();
+                let received_here = body_len - body_left;
+                if send_ahead_now(body_left, received_here, receiving, round_trip) {
+                    send_ahead(core, conn, ahead).await?;
+                }
+            }
+        }
         if buf.is_full() || *received_bytes == chunk.len_bytes {
             core.record(Stage::Recv, buffer_started.elapsed());
             let offset = chunk.offset_bytes + *received_bytes - buf.filled_bytes() as u64;
@@ -157,6 +179,81 @@ async fn attempt_chunk(
         }
     }
     Ok(())
+}
+
+/// Whether to send the next chunk's GET now, behind this body (HTTP/1.1
+/// pipelining): once what is left of the body will arrive within
+/// `PIPELINE_LOOKAHEAD_ROUND_TRIPS` round trips at the rate seen so far, so
+/// the next answer follows this one without the connection idling for a
+/// round trip. No sooner: a chunk claimed early widens the reorder window.
+/// Needs a rate measured over at least one round trip, and a round trip of
+/// `PIPELINE_ROUND_TRIP_MIN_US` or more.
+pub(crate) fn send_ahead_now(
+    body_left_bytes: u64,
+    received_bytes: u64,
+    receiving: Duration,
+    round_trip: Duration,
+) -> bool {
+    let too_short = round_trip < Duration::from_micros(PIPELINE_ROUND_TRIP_MIN_US);
+    if too_short || received_bytes == 0 || receiving < round_trip {
+        return false;
+    }
+    // body_left / (received / receiving) <= lookahead, without dividing.
+    let lookahead_ns = u128::from(PIPELINE_LOOKAHEAD_ROUND_TRIPS) * round_trip.as_nanos();
+    u128::from(body_left_bytes) * receiving.as_nanos() <= lookahead_ns * u128::from(received_bytes)
+}
+
+/// Sends the GET of the job's next chunk (claiming it) behind the response
+/// being read.
+async fn send_ahead(
+    core: &Rc<CoreJob>,
+    conn: &mut Connection,
+    ahead: &mut Option<Chunk>,
+) -> Result<(), Failure> {
+    let job = &core.job;
+    let Some(next) = job.next_chunk(core.core.shared.config.is_cancelled()) else {
+        return Ok(());
+    };
+    let range = (next.offset_bytes, next.last_byte());
+    *ahead = Some(next);
+    let request = build_get(&core.core, &job.spec.object, Some(range))?;
+    let sent = Instant::now();
+    conn.send(request).await.map_err(conn_failure)?;
+    conn.pipelined = Some(Pipelined { range, sent });
+    Ok(())
+}
+
+/// Reads the answer to the GET sent ahead for `range`. A connection closed
+/// (or stalled) instead of answering it says the server does not take
+/// pipelined requests (or hit its keep-alive limit): the run stops sending
+/// ahead, and this GET goes out again on a new connection, not counted as
+/// an attempt.
+async fn read_pipelined_head(
+    core: &Rc<CoreJob>,
+    connection: &mut Option<Connection>,
+    range: (u64, u64),
+) -> Result<ResponseHead, Failure> {
+    let conn = connection.as_mut().expect("checked by the caller");
+    let sent = conn.pipelined.take().expect("checked by the caller").sent;
+    let waited = Instant::now();
+    match conn.read_head().await {
+        Ok(head) => {
+            core.record(Stage::Ttfb, waited.elapsed());
+            core.core.shared.note_round_trip(sent.elapsed());
+            Ok(head)
+        }
+        Err(ConnError::Transport(error))
+            if conn.has_nothing_buffered()
+                && (is_closed(&error) || error.kind() == std::io::ErrorKind::TimedOut) =>
+        {
+            core.core.shared.stop_pipelining(&error);
+            if let Some(conn) = connection.take() {
+                conn.shutdown();
+            }
+            get_head(&core.core, connection, &core.job.spec.object, Some(range)).await
+        }
+        Err(error) => Err(conn_failure(error)),
+    }
 }
 
 /// Validates a response head against the request. Returns the body length.
@@ -279,4 +376,49 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::send_ahead_now;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_next_get_goes_out_when_the_rest_of_the_body_is_two_round_trips_away() {
+        // 1 MB received in 40 ms (25 MB/s); a 20 ms round trip: 2 round
+        // trips carry 1 MB.
+        let rtt = 20 * MS;
+        assert!(send_ahead_now(1_000_000, 1_000_000, 40 * MS, rtt));
+        assert!(send_ahead_now(999_999, 1_000_000, 40 * MS, rtt));
+        assert!(!send_ahead_now(1_000_001, 1_000_000, 40 * MS, rtt));
+        // Faster link, same round trip: further ahead.
+        assert!(send_ahead_now(4_000_000, 2_000_000, 20 * MS, rtt));
+    }
+
+    #[test]
+    fn no_rate_no_send() {
+        let rtt = 20 * MS;
+        assert!(!send_ahead_now(1, 0, 40 * MS, rtt), "nothing received");
+        // Received faster than a round trip: the rate is a burst from the
+        // socket buffer, not the link's.
+        assert!(!send_ahead_now(1, 1_000_000, 19 * MS, rtt));
+    }
+
+    #[test]
+    fn a_round_trip_under_the_minimum_never_sends_ahead() {
+        let min = Duration::from_micros(crate::config::PIPELINE_ROUND_TRIP_MIN_US);
+        let under = min - Duration::from_micros(1);
+        assert!(!send_ahead_now(0, 1_000_000, 100 * MS, under));
+        assert!(!send_ahead_now(0, 1_000_000, 100 * MS, Duration::ZERO));
+        assert!(send_ahead_now(0, 1_000_000, 100 * MS, min));
+    }
+
+    #[test]
+    fn huge_values_do_not_overflow() {
+        let day = Duration::from_secs(86_400);
+        assert!(!send_ahead_now(u64::MAX, 1, day, day));
+        assert!(send_ahead_now(u64::MAX, u64::MAX, day, day));
+    }
 }

@@ -418,10 +418,29 @@ pub(super) async fn take_chunks(
     let _taking = TakingChunks::start(&core_job);
     let job = &core_job.job;
     let cancelled = || core.shared.config.is_cancelled();
-    while let Some(chunk) = job.next_chunk(cancelled()) {
-        if let Err(error) = super::chunk::download_chunk(&core_job, connection, chunk).await {
+    let mut next = job.next_chunk(cancelled());
+    while let Some(chunk) = next {
+        // The chunk whose GET went out behind this one's, if any.
+        let mut ahead = None;
+        let downloaded =
+            super::chunk::download_chunk(&core_job, connection, chunk, &mut ahead).await;
+        if let Err(error) = downloaded {
             job.abort(error);
             break;
+        }
+        next = match ahead {
+            Some(chunk) => (!job.is_stopped(cancelled())).then_some(chunk),
+            None => job.next_chunk(cancelled()),
+        };
+    }
+    // A GET sent ahead whose answer nobody will read: the connection is
+    // out of step and cannot serve another request.
+    if connection
+        .as_ref()
+        .is_some_and(|conn| conn.pipelined.is_some())
+    {
+        if let Some(conn) = connection.take() {
+            conn.shutdown();
         }
     }
 }

@@ -19,14 +19,46 @@ pub(super) async fn get_head(
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
 ) -> Result<ResponseHead, Failure> {
-    super::failpoint::pass(super::failpoint::Site::Request);
-    let source = &core.shared.source;
     let reused = connection
         .as_ref()
         .is_some_and(|conn| conn.requests_done > 0);
     if connection.is_none() {
         *connection = Some(connect(core).await?);
     }
+    let request = build_get(core, object, range)?;
+    let sent = Instant::now();
+    let conn = connection.as_mut().expect("connected");
+    let head = match send_and_read_head(conn, &request).await {
+        Ok(head) => head,
+        // Servers close keep-alive connections that idle (B2 and nginx after
+        // some seconds), and we learn it only by using one. Closed without
+        // a byte of answer: a new connection and the same GET, once, not an
+        // attempt of its own.
+        Err(ConnError::Transport(error))
+            if reused && conn.has_nothing_buffered() && is_closed(&error) =>
+        {
+            conn.shutdown();
+            let conn = connection.insert(connect(core).await?);
+            send_and_read_head(conn, &request)
+                .await
+                .map_err(conn_failure)?
+        }
+        Err(error) => return Err(conn_failure(error)),
+    };
+    let waited = sent.elapsed();
+    core.record(Stage::Ttfb, waited);
+    core.shared.note_round_trip(waited);
+    Ok(head)
+}
+
+/// The bytes of `GET` of `object` (see `get_head`).
+pub(super) fn build_get(
+    core: &Core,
+    object: &ObjectSpec,
+    range: Option<(u64, u64)>,
+) -> Result<Vec<u8>, Failure> {
+    super::failpoint::pass(super::failpoint::Site::Request);
+    let source = &core.shared.source;
     let token = source.auth.as_ref().map(|auth| auth.token());
     let mut headers: Vec<(&str, &str)> = Vec::new();
     if let Some(token) = token.as_deref() {
@@ -52,30 +84,10 @@ pub(super) async fn get_head(
         kind: FailureKind::Object,
         retry_after_s: None,
     })?;
-    let sent = Instant::now();
-    let conn = connection.as_mut().expect("connected");
-    let head = match send_and_read_head(conn, &request).await {
-        Ok(head) => head,
-        // Servers close keep-alive connections that idle (B2 and nginx after
-        // some seconds), and we learn it only by using one. Closed without
-        // a byte of answer: a new connection and the same GET, once, not an
-        // attempt of its own.
-        Err(ConnError::Transport(error))
-            if reused && conn.has_nothing_buffered() && is_closed(&error) =>
-        {
-            conn.shutdown();
-            let conn = connection.insert(connect(core).await?);
-            send_and_read_head(conn, &request)
-                .await
-                .map_err(conn_failure)?
-        }
-        Err(error) => return Err(conn_failure(error)),
-    };
-    core.record(Stage::Ttfb, sent.elapsed());
-    Ok(head)
+    Ok(request)
 }
 
-fn is_closed(error: &std::io::Error) -> bool {
+pub(super) fn is_closed(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(
         error.kind(),

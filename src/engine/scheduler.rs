@@ -19,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,15 @@ pub(crate) struct Shared {
     work: Notify,
     /// `--limit-rate`, over every core.
     pace: Option<super::pace::Pace>,
+    /// Chunks' GETs may be sent ahead (HTTP/1.1 pipelining) until the
+    /// origin once fails to answer one (`chunk::read_pipelined_head`).
+    pipelining: AtomicBool,
+    /// The shortest time from a request sent to its response head in this
+    /// run, in ns (`u64::MAX`: none yet): about one network round trip.
+    /// The shortest, as most waits also hold the server's queueing, which
+    /// sending ahead does not hide (on loopback a connection's own shortest
+    /// wait was several times the run's).
+    round_trip_ns: AtomicU64,
 }
 
 struct State {
@@ -208,6 +217,33 @@ impl Shared {
     /// must still wind down and report, not panic in its caller.
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn pipelining(&self) -> bool {
+        self.pipelining.load(Ordering::Relaxed)
+    }
+
+    /// A response head arrived `waited` after its request was sent.
+    pub fn note_round_trip(&self, waited: Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.round_trip_ns.fetch_min(ns, Ordering::Relaxed);
+    }
+
+    /// About one network round trip to the origin; `None` before any answer.
+    pub fn round_trip(&self) -> Option<Duration> {
+        let ns = self.round_trip_ns.load(Ordering::Relaxed);
+        (ns != u64::MAX).then(|| Duration::from_nanos(ns))
+    }
+
+    /// The origin closed or stalled a connection instead of answering a
+    /// GET sent ahead: from now on, one request at a time (said once).
+    pub fn stop_pipelining(&self, error: &std::io::Error) {
+        if self.pipelining.swap(false, Ordering::Relaxed) {
+            eprintln!(
+                "ringdown: the origin did not answer a pipelined request ({error}); \
+                 sending one request at a time per connection from now on"
+            );
+        }
     }
 
     pub fn has_panicked(&self) -> bool {
@@ -351,6 +387,8 @@ impl Scheduler {
                     .clamp(1, config.connections_per_core.max(1)),
             space: Condvar::new(),
             work: Notify::new(),
+            pipelining: AtomicBool::new(true),
+            round_trip_ns: AtomicU64::new(u64::MAX),
         });
         let mut threads = Vec::with_capacity(cores);
         for core_index in 0..cores {
