@@ -1501,45 +1501,36 @@ fn pipelining_origin(
     (format!("http://{address}/p.bin"), pipelined)
 }
 
+/// `get` of a 6 MiB object in 1 MiB parts on two connections of one core
+/// from `pipelining_origin`: the run's output and how many GETs the origin
+/// saw sent ahead. The file is checked whole (and verified by `--sha1`).
+fn get_from_pipelining_origin(answers_pipelined: bool, extra: &[&str]) -> (Output, usize) {
+    let data = std::sync::Arc::new(content("p.bin", 6 << 20));
+    let (url, pipelined) = pipelining_origin(std::sync::Arc::clone(&data), answers_pipelined);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("p.bin");
+    let sha1 = sha1_hex(&data);
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .arg("get")
+        .args([url.as_str(), &dest, "--sha1", &sha1, "--part-size", "1MiB"])
+        .args(["--connections", "2", "--cores", "1"])
+        .args(extra)
+        .run_bounded();
+    assert_ok(&output);
+    assert_eq!(std::fs::read(&dest).unwrap(), *data);
+    assert_no_temp(fixture.out.path());
+    (output, pipelined.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// On a link with a round trip to hide, a chunk's connection sends the next
 /// chunk's GET before the body ends (HTTP/1.1 pipelining) and reads both
 /// answers in order: the file is whole and verified.
 #[test]
 fn chunks_are_requested_ahead_when_a_round_trip_is_to_be_hidden() {
-    let size = 6 << 20;
-    let data = std::sync::Arc::new(content("p.bin", size));
-    let (url, pipelined) = pipelining_origin(std::sync::Arc::clone(&data), true);
-    let fixture = Fixture::new(&[]);
-    let dest = fixture.dest_str("p.bin");
-    let sha1 = sha1_hex(&data);
-    let args = [
-        url.as_str(),
-        &dest,
-        "--sha1",
-        &sha1,
-        "--part-size",
-        "1MiB",
-        "--connections",
-        "2",
-        "--cores",
-        "1",
-    ];
-    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
-        .arg("get")
-        .args(args)
-        .run_bounded();
-    assert_ok(&output);
-    assert_eq!(std::fs::read(&dest).unwrap(), *data);
-    assert!(
-        pipelined.load(std::sync::atomic::Ordering::Relaxed) > 0,
-        "no GET was sent ahead:\n{}",
-        stderr(&output)
-    );
-    assert!(
-        !stderr(&output).contains("pipelined"),
-        "{}",
-        stderr(&output)
-    );
+    let (output, pipelined) = get_from_pipelining_origin(true, &[]);
+    let text = stderr(&output);
+    assert!(pipelined > 0, "no GET was sent ahead:\n{text}");
+    assert!(!text.contains("pipelined"), "{text}");
 }
 
 /// A server that closes the connection instead of answering a pipelined
@@ -1548,38 +1539,12 @@ fn chunks_are_requested_ahead_when_a_round_trip_is_to_be_hidden() {
 /// stops sending ahead, and the file is whole.
 #[test]
 fn a_server_that_does_not_pipeline_gets_one_request_at_a_time() {
-    let size = 6 << 20;
-    let data = std::sync::Arc::new(content("p.bin", size));
-    let (url, pipelined) = pipelining_origin(std::sync::Arc::clone(&data), false);
-    let fixture = Fixture::new(&[]);
-    let dest = fixture.dest_str("p.bin");
-    let sha1 = sha1_hex(&data);
-    let args = [
-        url.as_str(),
-        &dest,
-        "--sha1",
-        &sha1,
-        "--part-size",
-        "1MiB",
-        "--connections",
-        "2",
-        "--cores",
-        "1",
-        "--max-attempts",
-        "1",
-    ];
-    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
-        .arg("get")
-        .args(args)
-        .run_bounded();
-    assert_ok(&output);
-    assert_eq!(std::fs::read(&dest).unwrap(), *data);
+    let (output, pipelined) = get_from_pipelining_origin(false, &["--max-attempts", "1"]);
     let text = stderr(&output);
-    assert!(pipelined.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(pipelined > 0, "no GET was sent ahead:\n{text}");
     assert_eq!(
         text.matches("did not answer a pipelined request").count(),
         1,
         "{text}"
     );
-    assert_no_temp(fixture.out.path());
 }
