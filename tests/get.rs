@@ -1476,21 +1476,34 @@ fn pipelining_origin(
                     if writer.write_all(head.as_bytes()).is_err() {
                         return;
                     }
-                    for piece in data[first..=last].chunks(32 * 1024) {
+                    let body = &data[first..=last];
+                    let last_piece = body.len().saturating_sub(32 * 1024);
+                    for piece in body[..last_piece].chunks(32 * 1024) {
                         if writer.write_all(piece).is_err() {
                             return;
                         }
                         std::thread::sleep(std::time::Duration::from_millis(2));
                     }
-                    // Was the next request here before this answer ended?
+                    // Is the next request here before this answer ends?
                     let mut byte = [0u8; 1];
                     writer.set_nonblocking(true).unwrap();
                     let waiting = !reader.buffer().is_empty()
                         || matches!(writer.peek(&mut byte), Ok(n) if n > 0);
                     writer.set_nonblocking(false).unwrap();
+                    if writer.write_all(&body[last_piece..]).is_err() {
+                        return;
+                    }
                     if waiting {
                         seen.fetch_add(1, Ordering::Relaxed);
                         if !answers_pipelined {
+                            // Read the request it will not answer, so the
+                            // close is a FIN after this whole answer, not a
+                            // reset that could cut it short.
+                            let mut line = String::new();
+                            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                                line.clear();
+                            }
+                            let _ = writer.shutdown(std::net::Shutdown::Write);
                             return;
                         }
                     }

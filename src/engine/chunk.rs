@@ -148,12 +148,28 @@ async fn attempt_chunk(
                 if buf.filled_bytes() > 0 {
                     *current = Some(buf);
                 }
+                // A server that will not take a GET sent ahead may close at
+                // once, and the reset loses the tail of this body too.
+                if let (Some(_), ConnError::Transport(io_error)) = (&conn.pipelined, &error) {
+                    if is_closed(io_error) {
+                        core.core.shared.stop_pipelining(io_error);
+                    }
+                }
                 return Err(conn_failure(error));
             }
         };
         *received_bytes += n as u64;
         body_left -= n as u64;
-        if pipelining && ahead.is_none() && body_left > 0 {
+        // The bytes counted in `received_bytes` are handed on before
+        // anything else can fail: a retry resumes after them.
+        if buf.is_full() || *received_bytes == chunk.len_bytes {
+            core.record(Stage::Recv, buffer_started.elapsed());
+            let offset = chunk.offset_bytes + *received_bytes - buf.filled_bytes() as u64;
+            submit_write(core, buf, offset);
+        } else {
+            *current = Some(buf);
+        }
+        if pipelining && ahead.is_none() && body_left > 0 && job.has_chunks_left() {
             if let Some(round_trip) = core.core.shared.round_trip() {
                 let receiving = body_started.elapsed();
                 let received_here = body_len - body_left;
@@ -161,13 +177,6 @@ async fn attempt_chunk(
                     send_ahead(core, conn, ahead).await?;
                 }
             }
-        }
-        if buf.is_full() || *received_bytes == chunk.len_bytes {
-            core.record(Stage::Recv, buffer_started.elapsed());
-            let offset = chunk.offset_bytes + *received_bytes - buf.filled_bytes() as u64;
-            submit_write(core, buf, offset);
-        } else {
-            *current = Some(buf);
         }
         core.core.pace(n).await;
     }

@@ -170,9 +170,14 @@ impl Job {
     /// core has joined yet (an object with no chunks left, or one aborted
     /// before it began, is completed by the first core that joins).
     pub fn wants_connections(&self) -> bool {
-        let has_chunks =
-            !self.is_aborted() && self.next_chunk.load(Ordering::Relaxed) < self.plan.chunk_count();
+        let has_chunks = !self.is_aborted() && self.has_chunks_left();
         has_chunks || self.members.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether chunks are left to take (a plain load: once none are, a
+    /// connection checking each read must not touch the shared counter).
+    pub fn has_chunks_left(&self) -> bool {
+        self.next_chunk.load(Ordering::Relaxed) < self.plan.chunk_count()
     }
 
     pub fn next_chunk(&self, cancelled: bool) -> Option<Chunk> {
