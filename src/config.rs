@@ -22,10 +22,11 @@ pub const API_BODY_MIN_BYTES_PER_S: u64 = 1024;
 pub const PART_SIZE_BYTES_DEFAULT: u64 = 8 << 20;
 /// ...and small enough that the pool holds this many parts per connection
 /// taking chunks (before rounding up to whole buffers: restore's 12 MiB
-/// pool and 4 chunk connections get 2 MiB parts, 1.5 per connection): the part at the hash frontier arrives no faster than the
-/// others, which meanwhile finish theirs and start the next, so the window
-/// between the frontier and the furthest byte received spans about two
-/// parts per connection. With one (4 MiB parts at the defaults), buffers ran
+/// pool and 4 chunk connections get 2 MiB parts, 1.5 per connection). The
+/// part at the hash frontier arrives no faster than the others, which
+/// meanwhile finish theirs and start the next, so the window between the
+/// frontier and the furthest byte received spans about two parts per
+/// connection. With one (4 MiB parts at the defaults), buffers ran
 /// out behind a lagging frontier part: 1 GiB over loopback was 10-12%
 /// slower than with two (2 MiB parts), against `ringdown serve` and nginx.
 pub const POOL_PARTS_PER_CONNECTION: u64 = 2;

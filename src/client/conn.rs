@@ -199,7 +199,7 @@ pub struct Connection {
 }
 
 /// A request sent before the previous response was read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Pipelined {
     /// First and last byte of the range asked for.
     pub range: (u64, u64),

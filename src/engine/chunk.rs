@@ -94,9 +94,7 @@ async fn attempt_chunk(
         }
         _ => {
             // A GET sent ahead for some other range would answer first.
-            if let Some(conn) = connection.take_if(|conn| conn.pipelined.is_some()) {
-                conn.shutdown();
-            }
+            retire_if_answer_owed(connection);
             get_head(&core.core, connection, &spec.object, Some(range)).await?
         }
     };
@@ -210,6 +208,14 @@ pub(crate) fn send_ahead_now(
     // body_left / (received / receiving) <= lookahead, without dividing.
     let lookahead_ns = u128::from(PIPELINE_LOOKAHEAD_ROUND_TRIPS) * round_trip.as_nanos();
     u128::from(body_left_bytes) * receiving.as_nanos() <= lookahead_ns * u128::from(received_bytes)
+}
+
+/// Shuts down and drops a connection that still owes the answer to a GET
+/// sent ahead: it is out of step and cannot carry another request.
+pub(super) fn retire_if_answer_owed(connection: &mut Option<Connection>) {
+    if let Some(conn) = connection.take_if(|conn| conn.pipelined.is_some()) {
+        conn.shutdown();
+    }
 }
 
 /// Sends the GET of the job's next chunk (claiming it) behind the response

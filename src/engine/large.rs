@@ -438,16 +438,8 @@ pub(super) async fn take_chunks(
             None => job.next_chunk(cancelled()),
         };
     }
-    // A GET sent ahead whose answer nobody will read: the connection is
-    // out of step and cannot serve another request.
-    if connection
-        .as_ref()
-        .is_some_and(|conn| conn.pipelined.is_some())
-    {
-        if let Some(conn) = connection.take() {
-            conn.shutdown();
-        }
-    }
+    // A GET sent ahead whose answer nobody will read.
+    super::chunk::retire_if_answer_owed(connection);
 }
 
 /// This core's part in `job`, joining it (and starting its hasher and
