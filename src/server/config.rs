@@ -34,6 +34,14 @@ pub const TLS_HANDSHAKE_TIMEOUT_S: u64 = 10;
 /// A `--stall-rate` body stays silent this long, then the connection is closed
 /// (so stalled connections do not pile up forever).
 pub const STALL_HOLD_S: u64 = 600;
+/// `--latency-ms` delay line (`delay_line`): bytes one connection has in
+/// flight each way. A window per one-way delay is the most a connection
+/// moves, as over TCP: 4 MiB at a 20 ms round trip is ~420 MB/s.
+pub const DELAY_LINE_WINDOW_BYTES: usize = 4 << 20;
+/// Largest read the delay line stamps as one segment.
+pub const DELAY_LINE_SEGMENT_BYTES: usize = 64 << 10;
+/// The in-memory pipe between the delay line and the server's TLS.
+pub const DELAY_LINE_PIPE_BYTES: usize = 256 << 10;
 /// Keys whose attempt counters are remembered for fault decisions; the table
 /// is cleared when it grows past this (decisions stay deterministic per run).
 pub const FAULT_ATTEMPT_KEYS_MAX: usize = 1_000_000;

@@ -1,10 +1,9 @@
 //! Request routing, B2 error responses and downloads. Every response goes
-//! through here, so latency, fail/throttle faults and the access log are
+//! through here, so fail/throttle faults and the access log are
 //! applied in one place.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -207,9 +206,6 @@ pub async fn handle(
         }
         Err(message) => Err(ApiError::bad_request(message)),
     };
-    if server.faults.config.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(server.faults.config.latency_ms)).await;
-    }
     let response = match response {
         Ok(response) => response,
         Err(error) => error_response(&server, &mut context, error),

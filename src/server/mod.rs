@@ -14,6 +14,7 @@ mod api;
 mod auth;
 mod body;
 pub mod config;
+mod delay_line;
 mod encoding;
 mod fault_io;
 mod faults;
@@ -108,7 +109,8 @@ pub struct ServeArgs {
     /// Seed of the fault decisions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Delay before every response head.
+    /// Round trip added to every connection: each byte, either way, arrives
+    /// half of it late (a delay line below TLS; a long link's window too).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency_ms: u64,
     /// Bandwidth limit of each connection (e.g. 10MB/s, 512KiB).
@@ -572,10 +574,26 @@ async fn accept_loop(
 
 async fn serve_connection(
     server: Arc<Server>,
-    stream: tokio::net::TcpStream,
+    socket: tokio::net::TcpStream,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = socket.set_nodelay(true);
+    match server.faults.config.latency_ms {
+        0 => serve_stream(server, socket, acceptor).await,
+        round_trip_ms => {
+            let line = delay_line::insert(socket, Duration::from_millis(round_trip_ms));
+            serve_stream(server, line, acceptor).await;
+        }
+    }
+}
+
+async fn serve_stream<S>(
+    server: Arc<Server>,
+    stream: S,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let write_cut = Arc::new(WriteCut::new());
     let connection = Arc::new(http::Connection {
         id: server
