@@ -54,6 +54,8 @@ SCENARIOS = {
                   about="2 large + 1 MiB + 16 KiB objects"),
     "wan-big": dict(kind="single", bucket="bench-big", name="big.bin", threshold="above", serve=WAN,
                     about="`big` through serve " + " ".join(WAN)),
+    "wan-small": dict(kind="tree", bucket="bench-small", threshold="above", serve=WAN,
+                      about="`small` through serve " + " ".join(WAN)),
     "wan-mixed": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=WAN,
                       about="`mixed` through serve " + " ".join(WAN)),
     "faults": dict(kind="tree", bucket="bench-mixed", threshold="above", serve=FAULTS,
@@ -85,7 +87,7 @@ SCENARIOS = {
                    about="`nginx-big` with ringdown's default (`--direct-io auto`: O_DIRECT for this object) "
                    "and with `--direct-io off` (the page cache); curl (page cache, no hash) for reference"),
 }
-GROUPS = {"wan": ["wan-big", "wan-mixed"], "nginx": ["nginx-big", "nginx-small", "nginx-mixed"],
+GROUPS = {"wan": ["wan-big", "wan-small", "wan-mixed"], "nginx": ["nginx-big", "nginx-small", "nginx-mixed"],
           "all": list(SCENARIOS)}
 DEFAULT_TOOLS = ["ringdown", "b2sdk", "curl", "aria2c", "rclone"]
 

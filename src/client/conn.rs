@@ -3,6 +3,7 @@
 //!
 //! Parsing lives in `http/` (no I/O); this file moves bytes.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,17 +194,26 @@ pub struct Connection {
     timeout: Duration,
     /// Requests completed on this connection (for keep-alive accounting).
     pub requests_done: u64,
-    /// A GET sent ahead, behind the response being read now (HTTP/1.1
-    /// pipelining): its answer is the next thing to read.
-    pub pipelined: Option<Pipelined>,
+    /// GETs sent ahead, behind the response being read now (HTTP/1.1
+    /// pipelining), oldest first: their answers are the next to read.
+    pub pipelined: VecDeque<Pipelined>,
 }
 
 /// A request sent before the previous response was read.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Pipelined {
-    /// First and last byte of the range asked for.
-    pub range: (u64, u64),
+    /// The path and query asked for.
+    pub path_and_query: String,
+    /// First and last byte asked for; `None`: the whole object.
+    pub range: Option<(u64, u64)>,
     pub sent: Instant,
+}
+
+impl Pipelined {
+    /// Whether this is the GET of `path_and_query` and `range`.
+    pub fn asked_for(&self, path_and_query: &str, range: Option<(u64, u64)>) -> bool {
+        self.range == range && self.path_and_query == path_and_query
+    }
 }
 
 impl Connection {
@@ -242,7 +252,7 @@ impl Connection {
             leftover_start: 0,
             timeout,
             requests_done: 0,
-            pipelined: None,
+            pipelined: VecDeque::new(),
         })
     }
 

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::client::conn::{ConnError, Connection, Pipelined};
+use crate::client::conn::{ConnError, Connection};
 use crate::config::{
     DIRECT_IO_ALIGN_BYTES, PIPELINE_LOOKAHEAD_ROUND_TRIPS, PIPELINE_ROUND_TRIP_MIN_US,
 };
@@ -17,7 +17,7 @@ use crate::uring::PoolBuf;
 
 use super::failure::{Failure, FailureKind, Retries, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
-use super::request::{build_get, check_file_id, get_head, is_closed};
+use super::request::{build_get, check_file_id, is_closed, next_head, send_get_ahead};
 
 pub(super) async fn download_chunk(
     core: &Rc<CoreJob>,
@@ -88,16 +88,7 @@ async fn attempt_chunk(
     let first_byte = chunk.offset_bytes + *received_bytes;
     let last_byte = chunk.last_byte();
     let range = (first_byte, last_byte);
-    let head = match connection.as_mut() {
-        Some(conn) if conn.pipelined.is_some_and(|sent| sent.range == range) => {
-            read_pipelined_head(core, connection, range).await?
-        }
-        _ => {
-            // A GET sent ahead for some other range would answer first.
-            retire_if_answer_owed(connection);
-            get_head(&core.core, connection, &spec.object, Some(range)).await?
-        }
-    };
+    let head = next_head(&core.core, connection, &spec.object, Some(range)).await?;
     let conn = connection.as_mut().expect("connected");
     let body_len = check_head(core, conn, &head, first_byte, last_byte).await?;
     let pipelining = head.keep_alive && core.core.shared.pipelining();
@@ -148,8 +139,8 @@ async fn attempt_chunk(
                 }
                 // A server that will not take a GET sent ahead may close at
                 // once, and the reset loses the tail of this body too.
-                if let (Some(_), ConnError::Transport(io_error)) = (&conn.pipelined, &error) {
-                    if is_closed(io_error) {
+                if let ConnError::Transport(io_error) = &error {
+                    if !conn.pipelined.is_empty() && is_closed(io_error) {
                         core.core.shared.stop_pipelining(io_error);
                     }
                 }
@@ -210,14 +201,6 @@ pub(crate) fn send_ahead_now(
     u128::from(body_left_bytes) * receiving.as_nanos() <= lookahead_ns * u128::from(received_bytes)
 }
 
-/// Shuts down and drops a connection that still owes the answer to a GET
-/// sent ahead: it is out of step and cannot carry another request.
-pub(super) fn retire_if_answer_owed(connection: &mut Option<Connection>) {
-    if let Some(conn) = connection.take_if(|conn| conn.pipelined.is_some()) {
-        conn.shutdown();
-    }
-}
-
 /// Sends the GET of the job's next chunk (claiming it) behind the response
 /// being read.
 async fn send_ahead(
@@ -229,46 +212,10 @@ async fn send_ahead(
     let Some(next) = job.next_chunk(core.core.shared.config.is_cancelled()) else {
         return Ok(());
     };
-    let range = (next.offset_bytes, next.last_byte());
+    let range = Some((next.offset_bytes, next.last_byte()));
     *ahead = Some(next);
-    let request = build_get(&core.core, &job.spec.object, Some(range))?;
-    let sent = Instant::now();
-    conn.send(request).await.map_err(conn_failure)?;
-    conn.pipelined = Some(Pipelined { range, sent });
-    Ok(())
-}
-
-/// Reads the answer to the GET sent ahead for `range`. A connection closed
-/// (or stalled) instead of answering it says the server does not take
-/// pipelined requests (or hit its keep-alive limit): the run stops sending
-/// ahead, and this GET goes out again on a new connection, not counted as
-/// an attempt.
-async fn read_pipelined_head(
-    core: &Rc<CoreJob>,
-    connection: &mut Option<Connection>,
-    range: (u64, u64),
-) -> Result<ResponseHead, Failure> {
-    let conn = connection.as_mut().expect("checked by the caller");
-    let sent = conn.pipelined.take().expect("checked by the caller").sent;
-    let waited = Instant::now();
-    match conn.read_head().await {
-        Ok(head) => {
-            core.record(Stage::Ttfb, waited.elapsed());
-            core.core.shared.note_round_trip(sent.elapsed());
-            Ok(head)
-        }
-        Err(ConnError::Transport(error))
-            if conn.has_nothing_buffered()
-                && (is_closed(&error) || error.kind() == std::io::ErrorKind::TimedOut) =>
-        {
-            core.core.shared.stop_pipelining(&error);
-            if let Some(conn) = connection.take() {
-                conn.shutdown();
-            }
-            get_head(&core.core, connection, &core.job.spec.object, Some(range)).await
-        }
-        Err(error) => Err(conn_failure(error)),
-    }
+    let request = build_get(&core.core, &job.spec.object, range)?;
+    send_get_ahead(conn, &job.spec.object, range, request).await
 }
 
 /// Validates a response head against the request. Returns the body length.

@@ -439,7 +439,7 @@ pub(super) async fn take_chunks(
         };
     }
     // A GET sent ahead whose answer nobody will read.
-    super::chunk::retire_if_answer_owed(connection);
+    super::request::retire_if_answer_owed(connection);
 }
 
 /// This core's part in `job`, joining it (and starting its hasher and

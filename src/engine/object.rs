@@ -5,17 +5,20 @@
 //! missing byte, keeping the running digest (or starts over from byte 0 if
 //! the origin answers with the whole object); a mismatch downloads it again.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, GiveUp, Retries, conn_failure, status_failure};
-use super::request::{check_file_id, get_head};
-use super::scheduler::{Core, Destination, ObjectError, ObjectSpec};
-use crate::client::conn::Connection;
-use crate::config::OBJECT_REDOWNLOADS_ON_MISMATCH;
+use super::request::{build_get, check_file_id, is_closed, next_head, send_get_ahead};
+use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
+use crate::client::conn::{ConnError, Connection};
+use crate::config::{
+    OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD, PIPELINE_ROUND_TRIP_MIN_US,
+};
 use crate::error::Error;
 use crate::http::ResponseHead;
 use crate::stats::Stage;
@@ -57,6 +60,7 @@ pub(super) async fn download_object(
     connection: &mut Option<Connection>,
     job: &ObjectSpec,
     destination: Destination,
+    ahead: &mut VecDeque<ObjectJob>,
 ) -> (std::result::Result<[u8; 20], ObjectError>, u32) {
     let file = File::new(destination.fd, destination.direct_io);
     let mut received = Received::new();
@@ -68,7 +72,8 @@ pub(super) async fn download_object(
             break Ok(());
         }
         retries.start(core);
-        let failure = match attempt_object(core, connection, job, &file, &mut received).await {
+        let attempt = attempt_object(core, connection, job, &file, &mut received, ahead);
+        let failure = match attempt.await {
             Ok(()) => {
                 let mismatch = job.expected_sha1.is_some_and(|expected| {
                     expected != <[u8; 20]>::from(received.hasher.clone().finalize())
@@ -87,6 +92,9 @@ pub(super) async fn download_object(
         if let Some(connection) = connection.take() {
             connection.shutdown();
         }
+        // Their GETs died with the connection; any connection may take them
+        // while this one waits to retry.
+        core.shared.give_back(ahead.drain(..));
         let context = format!(
             "GET {} bytes={}-{}",
             job.display_name,
@@ -132,12 +140,13 @@ async fn attempt_object(
     job: &ObjectSpec,
     file: &File,
     received: &mut Received,
+    ahead: &mut VecDeque<ObjectJob>,
 ) -> std::result::Result<(), Failure> {
     let mut first_byte = received.bytes;
     let last_byte = job.size_bytes - 1;
     // The first request needs no Range: the whole object on one connection.
     let range = (first_byte > 0).then_some((first_byte, last_byte));
-    let head = get_head(core, connection, job, range).await?;
+    let head = next_head(core, connection, job, range).await?;
     let conn = connection.as_mut().expect("connected");
     if first_byte > 0 && is_whole_object(&head, job.size_bytes) {
         // The origin ignored Range and sends the whole object (some do for
@@ -147,6 +156,9 @@ async fn attempt_object(
         first_byte = 0;
     }
     check_head(conn, &head, job, first_byte, last_byte).await?;
+    if head.keep_alive {
+        send_objects_ahead(core, conn, ahead).await?;
+    }
     let mut body_left = job.size_bytes - first_byte;
     while body_left > 0 {
         let waited = Instant::now();
@@ -163,6 +175,7 @@ async fn attempt_object(
             match result {
                 Ok(0) => {
                     flush(core, file, buf, received).await?;
+                    stop_pipelining_if_refused(core, conn, None);
                     return Err(Failure::retry(format!(
                         "connection closed with {} body bytes missing",
                         job.size_bytes - received.bytes
@@ -171,6 +184,9 @@ async fn attempt_object(
                 Ok(n) => core.pace(n).await,
                 Err(error) => {
                     flush(core, file, buf, received).await?;
+                    if let ConnError::Transport(io_error) = &error {
+                        stop_pipelining_if_refused(core, conn, Some(io_error));
+                    }
                     return Err(conn_failure(error));
                 }
             }
@@ -184,6 +200,62 @@ async fn attempt_object(
     if !head.keep_alive {
         conn.shutdown();
         *connection = None;
+        // Their GETs went unanswered with it: any connection may take them.
+        core.shared.give_back(ahead.drain(..));
+    }
+    Ok(())
+}
+
+/// A server that will not take GETs sent ahead may close (or reset) the
+/// connection as they arrive, cutting the body being read: from then on,
+/// one request at a time (as `chunk` does).
+fn stop_pipelining_if_refused(core: &Core, conn: &Connection, error: Option<&std::io::Error>) {
+    if conn.pipelined.is_empty() || error.is_some_and(|error| !is_closed(error)) {
+        return;
+    }
+    let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+    core.shared.stop_pipelining(error.unwrap_or(&closed));
+}
+
+/// Keeps `PIPELINE_OBJECTS_AHEAD` GETs of the next small objects going out
+/// behind the answer being read (HTTP/1.1 pipelining), where a round trip
+/// is long enough to hide: a small object's body takes less than a round
+/// trip, so one request at a time leaves a connection idle most of the
+/// time. The claimed objects are run next on this connection.
+async fn send_objects_ahead(
+    core: &Core,
+    conn: &mut Connection,
+    ahead: &mut VecDeque<ObjectJob>,
+) -> std::result::Result<(), Failure> {
+    let worth_it = core
+        .shared
+        .round_trip()
+        .is_some_and(|round_trip| round_trip >= Duration::from_micros(PIPELINE_ROUND_TRIP_MIN_US));
+    // In step: every object ahead that needs a GET has one out on this
+    // connection. (A connection retired or closed under them took their
+    // GETs along: those objects send their own, then topping up resumes.)
+    let needing_gets = ahead.iter().filter(|job| job.object.size_bytes > 0).count();
+    if !worth_it || !core.shared.pipelining() || needing_gets != conn.pipelined.len() {
+        return Ok(());
+    }
+    while ahead.len() < PIPELINE_OBJECTS_AHEAD {
+        let Some(next) = core.shared.claim_object() else {
+            return Ok(());
+        };
+        if next.object.size_bytes == 0 {
+            // Nothing to fetch (`download_object` sends no GET for it).
+            ahead.push_back(next);
+            continue;
+        }
+        let Ok(request) = build_get(core, &next.object, None) else {
+            // Its own turn will fail it, saying why; not this object's.
+            core.shared.give_back(std::iter::once(next));
+            return Ok(());
+        };
+        // Claimed before sending: if sending fails, the failure gives it back.
+        ahead.push_back(next);
+        let next = &ahead.back().expect("just pushed").object;
+        send_get_ahead(conn, next, None, request).await?;
     }
     Ok(())
 }

@@ -5,9 +5,96 @@ use std::time::Instant;
 
 use super::failure::{Failure, FailureKind, conn_failure};
 use super::scheduler::{Core, ObjectSpec};
-use crate::client::conn::{ConnError, Connection};
+use crate::client::conn::{ConnError, Connection, Pipelined};
 use crate::http::{self, ResponseHead};
 use crate::stats::Stage;
+
+/// The response head to the GET of `object` and `range`: read it if that
+/// GET went out ahead on this connection (HTTP/1.1 pipelining), else send
+/// it (`get_head`), on a new connection if this one owes other answers.
+pub(super) async fn next_head(
+    core: &Core,
+    connection: &mut Option<Connection>,
+    object: &ObjectSpec,
+    range: Option<(u64, u64)>,
+) -> Result<ResponseHead, Failure> {
+    let sent_ahead = connection.as_ref().is_some_and(|conn| {
+        conn.pipelined
+            .front()
+            .is_some_and(|sent| sent.asked_for(&object.path_and_query, range))
+    });
+    if sent_ahead {
+        return read_pipelined_head(core, connection, object, range).await;
+    }
+    // A GET sent ahead for something else would answer first.
+    retire_if_answer_owed(connection);
+    get_head(core, connection, object, range).await
+}
+
+/// Shuts down and drops a connection that still owes the answer to a GET
+/// sent ahead: it is out of step and cannot carry another request.
+pub(super) fn retire_if_answer_owed(connection: &mut Option<Connection>) {
+    if let Some(conn) = connection.take_if(|conn| !conn.pipelined.is_empty()) {
+        conn.shutdown();
+    }
+}
+
+/// Sends `request`, the GET of `object` and `range` (`build_get`), behind
+/// the answers this connection still owes (HTTP/1.1 pipelining);
+/// `next_head` reads its answer.
+pub(super) async fn send_get_ahead(
+    conn: &mut Connection,
+    object: &ObjectSpec,
+    range: Option<(u64, u64)>,
+    request: Vec<u8>,
+) -> Result<(), Failure> {
+    let sent = Instant::now();
+    conn.send(request).await.map_err(conn_failure)?;
+    conn.pipelined.push_back(Pipelined {
+        path_and_query: object.path_and_query.clone(),
+        range,
+        sent,
+    });
+    Ok(())
+}
+
+/// Reads the answer to the oldest GET sent ahead. A connection closed (or
+/// stalled) instead of answering it says the server does not take
+/// pipelined requests (or hit its keep-alive limit): the run stops sending
+/// ahead, and this GET goes out again on a new connection, not counted as
+/// an attempt.
+async fn read_pipelined_head(
+    core: &Core,
+    connection: &mut Option<Connection>,
+    object: &ObjectSpec,
+    range: Option<(u64, u64)>,
+) -> Result<ResponseHead, Failure> {
+    let conn = connection.as_mut().expect("checked by the caller");
+    let sent = conn
+        .pipelined
+        .pop_front()
+        .expect("checked by the caller")
+        .sent;
+    let waited = Instant::now();
+    match conn.read_head().await {
+        Ok(head) => {
+            core.record(Stage::Ttfb, waited.elapsed());
+            core.shared.note_round_trip(sent.elapsed());
+            Ok(head)
+        }
+        Err(ConnError::Transport(error))
+            if conn.has_nothing_buffered()
+                && (is_closed(&error) || error.kind() == std::io::ErrorKind::TimedOut) =>
+        {
+            core.shared.stop_pipelining(&error);
+            if let Some(conn) = connection.take() {
+                conn.shutdown();
+            }
+            get_head(core, connection, object, range).await
+        }
+        Err(error) => Err(conn_failure(error)),
+    }
+}
 
 /// Sends `GET` of `object` (with `Range` when given, the account's token,
 /// and the object's `If-Match` and SSE-C key when it has them) on

@@ -30,7 +30,8 @@ use super::{EngineConfig, Progress};
 use crate::client::b2_api::Authorizer;
 use crate::client::conn::{Connection, Origin};
 use crate::config::{
-    LARGE_OBJECT_CONNECTIONS_DIVISOR, SCHEDULER_QUEUE_JOBS_MAX, SCHEDULER_QUEUE_JOBS_PER_CORE,
+    LARGE_OBJECT_CONNECTIONS_DIVISOR, PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX,
+    SCHEDULER_QUEUE_JOBS_PER_CORE,
 };
 use crate::error::{Error, Result};
 use crate::stats::{Stage, StageHistograms};
@@ -140,6 +141,9 @@ pub(crate) struct Shared {
     capacity_jobs: usize,
     /// Connections of all cores.
     connections_total: usize,
+    /// Bound on `State::claimed_ahead`: `PIPELINE_OBJECTS_AHEAD` per
+    /// connection, capped like the queue, so descriptors stay bounded.
+    claimed_ahead_max: usize,
     /// Connections of all cores that may take chunks of large objects.
     large_connections: usize,
     /// Producers wait here while the queue is full.
@@ -148,8 +152,9 @@ pub(crate) struct Shared {
     work: Notify,
     /// `--limit-rate`, over every core.
     pace: Option<super::pace::Pace>,
-    /// Chunks' GETs may be sent ahead (HTTP/1.1 pipelining) until the
-    /// origin once fails to answer one (`chunk::read_pipelined_head`).
+    /// GETs may be sent ahead (HTTP/1.1 pipelining: chunks, small objects)
+    /// until the origin once fails to answer one
+    /// (`request::read_pipelined_head`).
     pipelining: AtomicBool,
     /// The shortest time from a request sent to its response head in this
     /// run, in ns (`u64::MAX`: none yet): about one network round trip.
@@ -169,6 +174,9 @@ struct State {
     /// a SHA1 mismatch puts its object's next round back in `active`. A
     /// panic aborts them all.
     open_large: Vec<Arc<Job>>,
+    /// Small objects claimed by connections to send their GETs ahead, not
+    /// yet begun (`claim_object`); each holds descriptors like a queued one.
+    claimed_ahead: usize,
 }
 
 /// What a free connection does next.
@@ -311,6 +319,60 @@ impl Shared {
         }
     }
 
+    /// The next queued small object, for a connection to send its GET ahead
+    /// (HTTP/1.1 pipelining); `None` if the next work is a large object (or
+    /// none, or the run stopped), which `next` hands out as it would.
+    pub fn claim_object(&self) -> Option<ObjectJob> {
+        if self.is_stopped() {
+            return None;
+        }
+        let mut state = self.state();
+        let full = state.claimed_ahead >= self.claimed_ahead_max;
+        if full || !matches!(state.queue.front(), Some(Work::Object(_))) {
+            return None;
+        }
+        // A large object short of its connections: this one goes back to
+        // `next` (once its objects ahead are done) to be offered its chunks.
+        state.active.retain(|job| job.wants_connections());
+        if !state.active.is_empty() {
+            let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
+            let nothing_else = state.closed && state.queue.is_empty();
+            let limit = large_limit(self.large_connections, self.connections_total, nothing_else);
+            if on_large < limit {
+                return None;
+            }
+        }
+        let Some(Work::Object(job)) = state.queue.pop_front() else {
+            unreachable!("checked above");
+        };
+        state.claimed_ahead += 1;
+        if state.queue.len() == self.refill_below_jobs() {
+            self.space.notify_all();
+        }
+        Some(job)
+    }
+
+    /// A claimed object's turn came (it runs or is refused).
+    fn begin_claimed(&self) {
+        self.state().claimed_ahead -= 1;
+    }
+
+    /// Objects claimed by a connection that failed before their turn go
+    /// back to the front of the queue, in order, for any connection.
+    pub fn give_back(&self, jobs: impl DoubleEndedIterator<Item = ObjectJob>) {
+        let mut state = self.state();
+        let before = state.queue.len();
+        for job in jobs.rev() {
+            state.queue.push_front(Work::Object(job));
+        }
+        let returned = state.queue.len() - before;
+        state.claimed_ahead -= returned;
+        drop(state);
+        if returned > 0 {
+            self.work.notify_waiters();
+        }
+    }
+
     /// A SHA1 mismatch: the object's next round takes its old one's place.
     pub fn restart(&self, old: &Arc<Job>, job: Arc<Job>) {
         let mut state = self.state();
@@ -375,12 +437,17 @@ impl Scheduler {
                 closed: false,
                 active: Vec::new(),
                 open_large: Vec::new(),
+                claimed_ahead: 0,
             }),
             pace: config
                 .limit_rate_bytes_per_s
                 .map(|bytes_per_s| super::pace::Pace::new(bytes_per_s, cores)),
             capacity_jobs: (cores * SCHEDULER_QUEUE_JOBS_PER_CORE).min(SCHEDULER_QUEUE_JOBS_MAX),
             connections_total: cores * config.connections_per_core.max(1),
+            claimed_ahead_max: (cores
+                * config.connections_per_core.max(1)
+                * PIPELINE_OBJECTS_AHEAD)
+                .min(SCHEDULER_QUEUE_JOBS_MAX),
             large_connections: cores
                 * config
                     .large_connections_per_core
@@ -639,7 +706,18 @@ fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
 
 async fn connection_loop(core: Rc<Core>) {
     let mut connection: Option<Connection> = None;
+    // Small objects whose GETs went out ahead on `connection`, in order.
+    let mut ahead: VecDeque<ObjectJob> = VecDeque::new();
     loop {
+        if let Some(job) = ahead.pop_front() {
+            core.shared.begin_claimed();
+            if core.shared.is_stopped() {
+                refuse(&core.shared, Work::Object(job));
+            } else {
+                run_object(&core, &mut connection, job, &mut ahead).await;
+            }
+            continue;
+        }
         let notified = core.shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -651,7 +729,7 @@ async fn connection_loop(core: Rc<Core>) {
             .sum();
         match core.shared.next(on_large_here) {
             Next::Chunks(job) => large::take_chunks(&core, &mut connection, job).await,
-            Next::Object(job) => run_object(&core, &mut connection, job).await,
+            Next::Object(job) => run_object(&core, &mut connection, job, &mut ahead).await,
             Next::Refuse(work) => refuse(&core.shared, work),
             Next::Wait => notified.await,
             Next::Exit => break,
@@ -662,10 +740,15 @@ async fn connection_loop(core: Rc<Core>) {
     }
 }
 
-async fn run_object(core: &Rc<Core>, connection: &mut Option<Connection>, job: ObjectJob) {
+async fn run_object(
+    core: &Rc<Core>,
+    connection: &mut Option<Connection>,
+    job: ObjectJob,
+    ahead: &mut VecDeque<ObjectJob>,
+) {
     let started = Instant::now();
     let (outcome, attempts) =
-        super::object::download_object(core, connection, &job.object, job.destination).await;
+        super::object::download_object(core, connection, &job.object, job.destination, ahead).await;
     let elapsed = started.elapsed();
     core.record(Stage::File, elapsed);
     (job.done)(ObjectResult {

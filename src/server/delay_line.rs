@@ -11,8 +11,9 @@
 //! for the one before it, and let `--rate-per-conn`'s token bucket refill
 //! during the wait.) The kernel's TCP handshake is not delayed: no netem.
 //!
-//! Each direction is one task: it reads bytes as they arrive, stamps them,
-//! and writes each when it is due; the queue between is the window.
+//! Each direction reads bytes as they arrive, stamps them, and writes each
+//! when it is due; the queue between is the window. One task carries both
+//! directions of a connection and ends when the server's side has closed.
 
 use std::time::Duration;
 
@@ -30,8 +31,19 @@ pub fn insert(socket: TcpStream, round_trip: Duration) -> DuplexStream {
     let (server_side, line_side) = tokio::io::duplex(DELAY_LINE_PIPE_BYTES);
     let (socket_read, socket_write) = socket.into_split();
     let (line_read, line_write) = tokio::io::split(line_side);
-    tokio::spawn(carry(socket_read, line_write, one_way));
-    tokio::spawn(carry(line_read, socket_write, one_way));
+    tokio::spawn(async move {
+        let upstream = carry(socket_read, line_write, one_way);
+        let downstream = carry(line_read, socket_write, one_way);
+        tokio::pin!(upstream, downstream);
+        tokio::select! {
+            // The client closed first: its answers still go out until the
+            // server closes too.
+            () = &mut upstream => (&mut downstream).await,
+            // The server closed (and all it sent went out): the connection
+            // is over, whether or not the client ever closes its side.
+            () = &mut downstream => {}
+        }
+    });
     server_side
 }
 

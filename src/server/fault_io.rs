@@ -4,8 +4,8 @@
 //! closes instead of answering). Reads pass through untouched.
 //!
 //! The handler arms the cut for the *next* response through [`WriteCut`]:
-//! the client sends a request only after it read the whole previous
-//! response, so every byte written after the handler returns belongs to
+//! hyper answers one request at a time (pipelined requests wait unread in
+//! its buffer), so every byte written after the handler returns belongs to
 //! the response being cut.
 
 use std::io::IoSlice;
