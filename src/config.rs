@@ -223,8 +223,12 @@ pub const SCHEDULER_QUEUE_JOBS_MAX: usize = 256;
 /// Until the last object is queued, large objects take chunks on at most
 /// 1/this of all connections (together); the others keep taking small objects, so
 /// files keep completing (and being journaled) beside a large download.
-/// Once nothing else is left, every connection takes its chunks.
+/// Once nothing else is left, `large_connections_per_core` of each core do.
 pub const LARGE_OBJECT_CONNECTIONS_DIVISOR: usize = 2;
+/// ...and once nothing else is left, where a round trip (the run's
+/// shortest request-to-head wait) is at least this long, every connection
+/// takes chunks, not just `large_connections_per_core` of each core's.
+pub const LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US: u64 = 1_000;
 /// Journal records sorted in memory at once when a resumed restore merges
 /// its journal (an external sort): resume memory stays flat whatever the
 /// number of files completed before.

@@ -571,6 +571,48 @@ fn small_objects_are_requested_ahead_when_a_round_trip_is_to_be_hidden() {
 }
 
 #[test]
+fn over_a_long_round_trip_a_lone_large_object_takes_every_connection() {
+    let data = tempfile::tempdir().unwrap();
+    let bytes = content("wide", 48 * 65536 + 5);
+    write_file(&data.path().join("bkt"), "big.bin", &bytes);
+    let served = serve_logged(
+        data.path(),
+        &["--latency-ms", "40", "--large-file-threshold", "1MiB"],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    // 8 connections, of which restore gives large objects 4 while other
+    // work may come; here nothing else comes.
+    let tuning = [
+        "--part-size",
+        "64KiB",
+        "--buffer-size",
+        "16KiB",
+        "--buffers",
+        "64",
+        "--connections",
+        "8",
+        "--cores",
+        "1",
+    ];
+    let output = run_bounded(command_tuned(&served, &["b2://bkt"], &dir, &tuning));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(std::fs::read(dir.join("big.bin")).unwrap() == bytes);
+    let log = std::fs::read_to_string(data.path().join("access.jsonl")).unwrap();
+    let chunk_connections: BTreeSet<u64> = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["name"] == "big.bin" && record["range"].is_string())
+        .map(|record| record["connection"].as_u64().unwrap())
+        .collect();
+    assert!(
+        chunk_connections.len() > 4,
+        "chunks came over {} connections",
+        chunk_connections.len()
+    );
+}
+
+#[test]
 fn killed_restore_resumes_without_downloading_completed_files_again() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");

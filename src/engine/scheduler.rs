@@ -30,8 +30,8 @@ use super::{EngineConfig, Progress};
 use crate::client::b2_api::Authorizer;
 use crate::client::conn::{Connection, Origin};
 use crate::config::{
-    LARGE_OBJECT_CONNECTIONS_DIVISOR, PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX,
-    SCHEDULER_QUEUE_JOBS_PER_CORE,
+    LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US, LARGE_OBJECT_CONNECTIONS_DIVISOR,
+    PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX, SCHEDULER_QUEUE_JOBS_PER_CORE,
 };
 use crate::error::{Error, Result};
 use crate::stats::{Stage, StageHistograms};
@@ -234,7 +234,11 @@ impl Shared {
     /// A response head arrived `waited` after its request was sent.
     pub fn note_round_trip(&self, waited: Duration) {
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
-        self.round_trip_ns.fetch_min(ns, Ordering::Relaxed);
+        if self.round_trip_ns.fetch_min(ns, Ordering::Relaxed) == u64::MAX {
+            // The first: `large_limit` may now let waiting connections take
+            // chunks.
+            self.work.notify_waiters();
+        }
     }
 
     /// About one network round trip to the origin; `None` before any answer.
@@ -266,6 +270,20 @@ impl Shared {
         panicked.clone().map(Error::Fatal)
     }
 
+    /// `large_limit` for the run as it stands.
+    fn large_limit(&self, state: &State) -> usize {
+        let nothing_else = state.closed && state.queue.is_empty();
+        let long_round_trip = self.round_trip().is_some_and(|round_trip| {
+            round_trip >= Duration::from_micros(LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US)
+        });
+        large_limit(
+            self.large_connections,
+            self.connections_total,
+            nothing_else,
+            long_round_trip,
+        )
+    }
+
     /// The next thing for a connection of a core on which `on_large_here`
     /// connections already take chunks of large objects.
     fn next(&self, on_large_here: usize) -> Next {
@@ -276,8 +294,7 @@ impl Shared {
         // until the last work is queued and taken. (An empty queue alone says
         // little: the listing may be a page behind.)
         let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
-        let nothing_else = state.closed && state.queue.is_empty();
-        let limit = large_limit(self.large_connections, self.connections_total, nothing_else);
+        let limit = self.large_limit(&state);
         if may_take_chunks(on_large, on_large_here, limit, self.config.cores) {
             if let Some(job) = state.active.first() {
                 return Next::Chunks(Arc::clone(job));
@@ -336,9 +353,7 @@ impl Shared {
         state.active.retain(|job| job.wants_connections());
         if !state.active.is_empty() {
             let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
-            let nothing_else = state.closed && state.queue.is_empty();
-            let limit = large_limit(self.large_connections, self.connections_total, nothing_else);
-            if on_large < limit {
+            if on_large < self.large_limit(&state) {
                 return None;
             }
         }
@@ -394,12 +409,23 @@ impl Shared {
 
 /// How many connections (of all cores) may take chunks of large objects:
 /// `large_connections`, and while other work may still come, no more than
-/// their share of all connections, so small files keep completing.
-fn large_limit(large_connections: usize, connections_total: usize, nothing_else: bool) -> usize {
-    if nothing_else {
-        large_connections
-    } else {
-        large_connections.min(connections_total.div_ceil(LARGE_OBJECT_CONNECTIONS_DIVISOR))
+/// their share of all connections, so small files keep completing. Once
+/// nothing else is left, over a long round trip, every connection: there a
+/// connection moves at most its window per round trip, so more connections
+/// move more, where on loopback more chunk takers than `large_connections`
+/// only spread the pool thinner.
+fn large_limit(
+    large_connections: usize,
+    connections_total: usize,
+    nothing_else: bool,
+    long_round_trip: bool,
+) -> usize {
+    match (nothing_else, long_round_trip) {
+        (true, true) => connections_total.max(large_connections),
+        (true, false) => large_connections,
+        (false, _) => {
+            large_connections.min(connections_total.div_ceil(LARGE_OBJECT_CONNECTIONS_DIVISOR))
+        }
     }
 }
 
@@ -800,15 +826,20 @@ mod tests {
 
     #[test]
     fn large_objects_leave_connections_to_small_ones_until_the_end() {
-        // get: one core's 4 connections, the queue closed at once.
-        assert_eq!(large_limit(4, 4, true), 4);
-        // restore defaults on 2 cores: 16 connections each, 4 for chunks.
-        assert_eq!(large_limit(8, 32, false), 8);
-        assert_eq!(large_limit(8, 32, true), 8);
-        // restore --connections 3 on 2 cores: half while work may come.
-        assert_eq!(large_limit(6, 6, false), 3);
-        assert_eq!(large_limit(6, 6, true), 6);
-        // One connection in all still gets to take chunks.
-        assert_eq!(large_limit(1, 1, false), 1);
+        for long_round_trip in [false, true] {
+            // get: one core's 4 connections, the queue closed at once.
+            assert_eq!(large_limit(4, 4, true, long_round_trip), 4);
+            // restore defaults on 2 cores: 16 connections each, 4 for chunks.
+            assert_eq!(large_limit(8, 32, false, long_round_trip), 8);
+            // restore --connections 3 on 2 cores: half while work may come.
+            assert_eq!(large_limit(6, 6, false, long_round_trip), 3);
+            assert_eq!(large_limit(6, 6, true, long_round_trip), 6);
+            // One connection in all still gets to take chunks.
+            assert_eq!(large_limit(1, 1, false, long_round_trip), 1);
+        }
+        // Nothing else left: over a LAN the chunk takers stay few, over a
+        // long round trip every connection takes chunks.
+        assert_eq!(large_limit(8, 32, true, false), 8);
+        assert_eq!(large_limit(8, 32, true, true), 32);
     }
 }
