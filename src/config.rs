@@ -229,6 +229,10 @@ pub const LARGE_OBJECT_CONNECTIONS_DIVISOR: usize = 2;
 /// shortest request-to-head wait) is at least this long, every connection
 /// takes chunks, not just `large_connections_per_core` of each core's.
 pub const LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US: u64 = 1_000;
+/// ...as the shortest of at least this many answers: on loopback the first
+/// ones wait on the origin's cold start (a 1 GiB `get` from a fresh `ringdown
+/// serve`: every one of the first 71 took over 1 ms, later ones 0.2 ms).
+pub const LONG_ROUND_TRIP_SAMPLES_MIN: u64 = 128;
 /// Journal records sorted in memory at once when a resumed restore merges
 /// its journal (an external sort): resume memory stays flat whatever the
 /// number of files completed before.

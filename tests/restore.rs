@@ -573,7 +573,8 @@ fn small_objects_are_requested_ahead_when_a_round_trip_is_to_be_hidden() {
 #[test]
 fn over_a_long_round_trip_a_lone_large_object_takes_every_connection() {
     let data = tempfile::tempdir().unwrap();
-    let bytes = content("wide", 48 * 65536 + 5);
+    // 200 chunks: the round trip counts as long after 128 answers.
+    let bytes = content("wide", 200 * 16384 + 5);
     write_file(&data.path().join("bkt"), "big.bin", &bytes);
     let served = serve_logged(
         data.path(),
@@ -585,7 +586,7 @@ fn over_a_long_round_trip_a_lone_large_object_takes_every_connection() {
     // work may come; here nothing else comes.
     let tuning = [
         "--part-size",
-        "64KiB",
+        "16KiB",
         "--buffer-size",
         "16KiB",
         "--buffers",

@@ -31,7 +31,8 @@ use crate::client::b2_api::Authorizer;
 use crate::client::conn::{Connection, Origin};
 use crate::config::{
     LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US, LARGE_OBJECT_CONNECTIONS_DIVISOR,
-    PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX, SCHEDULER_QUEUE_JOBS_PER_CORE,
+    LONG_ROUND_TRIP_SAMPLES_MIN, PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX,
+    SCHEDULER_QUEUE_JOBS_PER_CORE,
 };
 use crate::error::{Error, Result};
 use crate::stats::{Stage, StageHistograms};
@@ -162,6 +163,8 @@ pub(crate) struct Shared {
     /// sending ahead does not hide (on loopback a connection's own shortest
     /// wait was several times the run's).
     round_trip_ns: AtomicU64,
+    /// Response heads that `round_trip_ns` has seen.
+    round_trip_samples: AtomicU64,
 }
 
 struct State {
@@ -234,11 +237,22 @@ impl Shared {
     /// A response head arrived `waited` after its request was sent.
     pub fn note_round_trip(&self, waited: Duration) {
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
-        if self.round_trip_ns.fetch_min(ns, Ordering::Relaxed) == u64::MAX {
-            // The first: `large_limit` may now let waiting connections take
-            // chunks.
+        self.round_trip_ns.fetch_min(ns, Ordering::Relaxed);
+        let samples = self.round_trip_samples.fetch_add(1, Ordering::Relaxed) + 1;
+        if samples == LONG_ROUND_TRIP_SAMPLES_MIN {
+            // `large_limit` may now let waiting connections take chunks.
             self.work.notify_waiters();
         }
+    }
+
+    /// Whether the link's round trip is long (a WAN): its shortest seen is
+    /// `LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US` or more over at least
+    /// `LONG_ROUND_TRIP_SAMPLES_MIN` answers.
+    fn long_round_trip(&self) -> bool {
+        self.round_trip_samples.load(Ordering::Relaxed) >= LONG_ROUND_TRIP_SAMPLES_MIN
+            && self.round_trip().is_some_and(|round_trip| {
+                round_trip >= Duration::from_micros(LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US)
+            })
     }
 
     /// About one network round trip to the origin; `None` before any answer.
@@ -273,14 +287,11 @@ impl Shared {
     /// `large_limit` for the run as it stands.
     fn large_limit(&self, state: &State) -> usize {
         let nothing_else = state.closed && state.queue.is_empty();
-        let long_round_trip = self.round_trip().is_some_and(|round_trip| {
-            round_trip >= Duration::from_micros(LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US)
-        });
         large_limit(
             self.large_connections,
             self.connections_total,
             nothing_else,
-            long_round_trip,
+            self.long_round_trip(),
         )
     }
 
@@ -482,6 +493,7 @@ impl Scheduler {
             work: Notify::new(),
             pipelining: AtomicBool::new(true),
             round_trip_ns: AtomicU64::new(u64::MAX),
+            round_trip_samples: AtomicU64::new(0),
         });
         let mut threads = Vec::with_capacity(cores);
         for core_index in 0..cores {
