@@ -46,15 +46,28 @@ pub const RESTORE_BUFFERS_PER_CORE_DEFAULT: usize = 12;
 /// frontier: with one buffer it could only receive, write and hash in turn,
 /// and the whole download would crawl at that speed once the window fills.
 pub const HEAD_RESERVE_DIVISOR: usize = 4;
-/// Default keep-alive connections per core.
-pub const CONNECTIONS_PER_CORE_DEFAULT: usize = 4;
+/// Connections per core that take chunks of large objects by default (all
+/// of `get`'s before a round trip is known; see `GET_CONNECTIONS_PER_CORE_DEFAULT`).
+/// More only widen the reorder window on loopback and a LAN.
+pub const LARGE_CONNECTIONS_PER_CORE_DEFAULT: usize = 4;
+/// `--connections` default of `get`: `LARGE_CONNECTIONS_PER_CORE_DEFAULT`
+/// of them take chunks; the others join once the round trip is found to be
+/// `LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US` or more (a WAN, where one
+/// connection moves at most a window per round trip) and open no socket
+/// otherwise. 1 GiB through a 20 ms round trip at 25 MB/s per connection
+/// (`serve --latency-ms 20 --rate-per-conn 25MB/s`): 4 per core took
+/// 5.6-5.9 s, 16 took 2.67-2.69 s (4 until `LONG_ROUND_TRIP_SAMPLES_MIN`
+/// answers, then 16); from nginx and `ringdown serve` on loopback, 1 GiB
+/// took 1.02× and 0.98× as long (10 and 8 pairs), opening 4 per core.
+pub const GET_CONNECTIONS_PER_CORE_DEFAULT: usize = 16;
 /// `--connections` default of `restore`. Each small object is one request,
 /// so on a link with latency the requests in flight set the pace. Mixed
 /// benchmark (2 cores, 20 ms added per response, 25 MB/s per connection):
 /// 4 per core took 6.7-6.9 s, 8 took 3.4-3.5 s, 16 took 2.2-2.3 s; on
 /// loopback 16 was as fast as 4 (mixed) or 5-10% faster (2,000 × 64 KiB), for
 /// ~6 MiB more RSS (TLS buffers). Large objects still take chunks on at most
-/// `CONNECTIONS_PER_CORE_DEFAULT` of them per core.
+/// `LARGE_CONNECTIONS_PER_CORE_DEFAULT` of them per core (all of them over a
+/// long round trip once nothing else is left).
 pub const RESTORE_CONNECTIONS_PER_CORE_DEFAULT: usize = 16;
 /// Upper bounds on the tuning flags, so a typo cannot exhaust memory.
 pub const CONNECTIONS_PER_CORE_MAX: usize = 256;

@@ -304,6 +304,51 @@ fn plain_url_origin_with_and_without_sha1() {
 /// is ignored too. Without this, every ranged chunk failed until
 /// --max-attempts ran out.
 #[test]
+fn over_a_long_round_trip_get_widens_to_every_connection() {
+    let size = 200 * 16384 + 5;
+    let fixture = Fixture::new(&[("wide.bin", size)]);
+    let log = fixture.out.path().join("access.jsonl");
+    let served = serve(
+        fixture.data.path(),
+        false,
+        &["--latency-ms", "40", "--access-log", log.to_str().unwrap()],
+    );
+    let dest = fixture.dest_str("wide.bin");
+    // Default connections (16 per core, 4 taking chunks until the round
+    // trip is known to be long: after 128 answers of the 200).
+    let output = ringdown(
+        &served,
+        &[
+            "b2://bkt/wide.bin",
+            &dest,
+            "--cores",
+            "1",
+            "--part-size",
+            "16KiB",
+            "--buffer-size",
+            "16KiB",
+            "--buffers",
+            "64",
+        ],
+    );
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "wide.bin", size);
+    let connections: std::collections::BTreeSet<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["name"] == "wide.bin" && record["range"].is_string())
+        .map(|record| record["connection"].as_u64().unwrap())
+        .collect();
+    // The probe's connection, the 4 chunk takers, then the others.
+    assert!(
+        connections.len() > 5,
+        "ranges came over {} connections",
+        connections.len()
+    );
+}
+
+#[test]
 fn an_origin_that_ignores_range_gets_one_whole_get_and_restarts_after_a_reset() {
     let size = 5 * PART + 777;
     let fixture = Fixture::new(&[("w.bin", size)]);

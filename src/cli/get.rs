@@ -67,14 +67,17 @@ pub struct TuningArgs {
     /// Cores (threads with their own io_uring). Default: CPUs in the affinity mask.
     #[arg(long)]
     pub cores: Option<usize>,
-    /// Keep-alive connections per core. Default: 4 (`get`), 16 (`restore`:
-    /// small objects are one request each, so more requests in flight pay
-    /// off; a large object's chunks still go to at most 4 per core).
+    /// Keep-alive connections per core. Default: 16. A large object's chunks
+    /// go to at most 4 per core, and to all of them once nothing else is left
+    /// where the round trip is 1 ms or more (a WAN, where each connection
+    /// moves at most a window per round trip); `restore`'s others fetch
+    /// small objects. `get --connections N`: N per core take chunks.
     #[arg(long)]
     pub connections: Option<usize>,
     /// Bytes per range request (e.g. 8M, 64MiB), rounded up to whole buffers.
-    /// Default: 8 MiB, or less so that every connection's part fits in the
-    /// buffer pool at once (the in-order hash window never starves).
+    /// Default: 8 MiB, or less so that two parts of every connection taking
+    /// chunks (4 per core) fit in the buffer pool at once (the in-order
+    /// hash window never starves).
     #[arg(long, value_parser = parse_size_bytes)]
     pub part_size: Option<u64>,
     /// Bytes per registered buffer (multiple of 4 KiB).
@@ -149,7 +152,7 @@ impl TuningArgs {
         let connections = self.connections.unwrap_or(if restore {
             config::RESTORE_CONNECTIONS_PER_CORE_DEFAULT
         } else {
-            config::CONNECTIONS_PER_CORE_DEFAULT
+            config::GET_CONNECTIONS_PER_CORE_DEFAULT
         });
         if connections == 0 || connections > config::CONNECTIONS_PER_CORE_MAX {
             return usage(format!(
@@ -157,10 +160,12 @@ impl TuningArgs {
                 config::CONNECTIONS_PER_CORE_MAX
             ));
         }
-        // restore: a large object's chunks take at most get's default number
-        // of connections per core; the rest keep fetching small objects.
-        let large_connections = if restore {
-            connections.min(config::CONNECTIONS_PER_CORE_DEFAULT)
+        // A large object's chunks take at most a few connections per core
+        // (all of them over a long round trip, once nothing else is left):
+        // restore's others keep fetching small objects, get's wait for a WAN.
+        // `get --connections N` means N taking chunks.
+        let large_connections = if restore || self.connections.is_none() {
+            connections.min(config::LARGE_CONNECTIONS_PER_CORE_DEFAULT)
         } else {
             connections
         };
@@ -504,7 +509,11 @@ mod tests {
         let get = EngineConfig::defaults(false);
         assert_eq!(
             get.connections_per_core,
-            config::CONNECTIONS_PER_CORE_DEFAULT
+            config::GET_CONNECTIONS_PER_CORE_DEFAULT
+        );
+        assert_eq!(
+            get.large_connections_per_core,
+            config::LARGE_CONNECTIONS_PER_CORE_DEFAULT
         );
         assert_eq!(get.buffers_per_core, config::BUFFERS_PER_CORE_DEFAULT);
         assert_eq!(get.max_attempts, config::MAX_ATTEMPTS_DEFAULT);
@@ -518,7 +527,7 @@ mod tests {
         );
         assert_eq!(
             restore.large_connections_per_core,
-            config::CONNECTIONS_PER_CORE_DEFAULT
+            config::LARGE_CONNECTIONS_PER_CORE_DEFAULT
         );
         assert_eq!(
             restore.buffers_per_core,
