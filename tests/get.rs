@@ -333,13 +333,7 @@ fn over_a_long_round_trip_get_widens_to_every_connection() {
     );
     assert_ok(&output);
     assert_same(Path::new(&dest), "wide.bin", size);
-    let connections: std::collections::BTreeSet<u64> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-        .filter(|record| record["name"] == "wide.bin" && record["range"].is_string())
-        .map(|record| record["connection"].as_u64().unwrap())
-        .collect();
+    let connections = common::connections_serving_ranges(&log, "wide.bin");
     // The probe's connection, the 4 chunk takers, then the others.
     assert!(
         connections.len() > 5,

@@ -599,13 +599,8 @@ fn over_a_long_round_trip_a_lone_large_object_takes_every_connection() {
     let output = run_bounded(command_tuned(&served, &["b2://bkt"], &dir, &tuning));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(std::fs::read(dir.join("big.bin")).unwrap() == bytes);
-    let log = std::fs::read_to_string(data.path().join("access.jsonl")).unwrap();
-    let chunk_connections: BTreeSet<u64> = log
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-        .filter(|record| record["name"] == "big.bin" && record["range"].is_string())
-        .map(|record| record["connection"].as_u64().unwrap())
-        .collect();
+    let log = data.path().join("access.jsonl");
+    let chunk_connections = common::connections_serving_ranges(&log, "big.bin");
     assert!(
         chunk_connections.len() > 4,
         "chunks came over {} connections",

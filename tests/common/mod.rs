@@ -570,3 +570,15 @@ pub fn files_under(dir: &Path) -> BTreeSet<String> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// The connections (access log ids) that served ranges of `name`, from a
+/// `serve --access-log` file.
+pub fn connections_serving_ranges(log: &Path, name: &str) -> BTreeSet<u64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["name"] == name && record["range"].is_string())
+        .map(|record| record["connection"].as_u64().unwrap())
+        .collect()
+}
