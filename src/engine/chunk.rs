@@ -17,7 +17,9 @@ use crate::uring::PoolBuf;
 
 use super::failure::{Failure, FailureKind, Retries, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
-use super::request::{build_get, check_file_id, is_closed, next_head, send_get_ahead};
+use super::request::{
+    build_get, check_file_id, next_head, send_get_ahead, stop_pipelining_if_refused,
+};
 
 pub(super) async fn download_chunk(
     core: &Rc<CoreJob>,
@@ -137,12 +139,8 @@ async fn attempt_chunk(
                 if buf.filled_bytes() > 0 {
                     *current = Some(buf);
                 }
-                // A server that will not take a GET sent ahead may close at
-                // once, and the reset loses the tail of this body too.
                 if let ConnError::Transport(io_error) = &error {
-                    if !conn.pipelined.is_empty() && is_closed(io_error) {
-                        core.core.shared.stop_pipelining(io_error);
-                    }
+                    stop_pipelining_if_refused(&core.core, conn, io_error);
                 }
                 return Err(conn_failure(error));
             }

@@ -8,12 +8,14 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, GiveUp, Retries, conn_failure, status_failure};
-use super::request::{build_get, check_file_id, is_closed, next_head, send_get_ahead};
+use super::request::{
+    build_get, check_file_id, next_head, send_get_ahead, stop_pipelining_if_refused,
+};
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
 use crate::config::{
@@ -175,7 +177,8 @@ async fn attempt_object(
             match result {
                 Ok(0) => {
                     flush(core, file, buf, received).await?;
-                    stop_pipelining_if_refused(core, conn, None);
+                    let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    stop_pipelining_if_refused(core, conn, &closed);
                     return Err(Failure::retry(format!(
                         "connection closed with {} body bytes missing",
                         job.size_bytes - received.bytes
@@ -185,7 +188,7 @@ async fn attempt_object(
                 Err(error) => {
                     flush(core, file, buf, received).await?;
                     if let ConnError::Transport(io_error) = &error {
-                        stop_pipelining_if_refused(core, conn, Some(io_error));
+                        stop_pipelining_if_refused(core, conn, io_error);
                     }
                     return Err(conn_failure(error));
                 }
@@ -206,17 +209,6 @@ async fn attempt_object(
     Ok(())
 }
 
-/// A server that will not take GETs sent ahead may close (or reset) the
-/// connection as they arrive, cutting the body being read: from then on,
-/// one request at a time (as `chunk` does).
-fn stop_pipelining_if_refused(core: &Core, conn: &Connection, error: Option<&std::io::Error>) {
-    if conn.pipelined.is_empty() || error.is_some_and(|error| !is_closed(error)) {
-        return;
-    }
-    let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-    core.shared.stop_pipelining(error.unwrap_or(&closed));
-}
-
 /// Keeps `PIPELINE_OBJECTS_AHEAD` GETs of the next small objects going out
 /// behind the answer being read (HTTP/1.1 pipelining), where a round trip
 /// is long enough to hide: a small object's body takes less than a round
@@ -227,10 +219,7 @@ async fn send_objects_ahead(
     conn: &mut Connection,
     ahead: &mut VecDeque<ObjectJob>,
 ) -> std::result::Result<(), Failure> {
-    let worth_it = core
-        .shared
-        .round_trip()
-        .is_some_and(|round_trip| round_trip >= Duration::from_micros(PIPELINE_ROUND_TRIP_MIN_US));
+    let worth_it = core.shared.round_trip_at_least(PIPELINE_ROUND_TRIP_MIN_US);
     // In step: every object ahead that needs a GET has one out on this
     // connection. (A connection retired or closed under them took their
     // GETs along: those objects send their own, then topping up resumes.)

@@ -58,6 +58,16 @@ pub(super) async fn send_get_ahead(
     Ok(())
 }
 
+/// A server that will not take GETs sent ahead may close (or reset) the
+/// connection as they arrive, cutting the body being read too: when a body
+/// read ends with `error` while GETs are out ahead, the run sends one
+/// request at a time from then on.
+pub(super) fn stop_pipelining_if_refused(core: &Core, conn: &Connection, error: &std::io::Error) {
+    if !conn.pipelined.is_empty() && is_closed(error) {
+        core.shared.stop_pipelining(error);
+    }
+}
+
 /// Reads the answer to the oldest GET sent ahead. A connection closed (or
 /// stalled) instead of answering it says the server does not take
 /// pipelined requests (or hit its keep-alive limit): the run stops sending

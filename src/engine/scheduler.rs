@@ -250,9 +250,14 @@ impl Shared {
     /// `LONG_ROUND_TRIP_SAMPLES_MIN` answers.
     fn long_round_trip(&self) -> bool {
         self.round_trip_samples.load(Ordering::Relaxed) >= LONG_ROUND_TRIP_SAMPLES_MIN
-            && self.round_trip().is_some_and(|round_trip| {
-                round_trip >= Duration::from_micros(LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US)
-            })
+            && self.round_trip_at_least(LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US)
+    }
+
+    /// Whether the round trip seen so far is at least `min_us` (false
+    /// before any answer).
+    pub fn round_trip_at_least(&self, min_us: u64) -> bool {
+        self.round_trip()
+            .is_some_and(|round_trip| round_trip >= Duration::from_micros(min_us))
     }
 
     /// About one network round trip to the origin; `None` before any answer.
@@ -284,28 +289,31 @@ impl Shared {
         panicked.clone().map(Error::Fatal)
     }
 
-    /// `large_limit` for the run as it stands.
-    fn large_limit(&self, state: &State) -> usize {
+    /// Connections (of all cores) taking chunks of the large objects that
+    /// still want some, and how many may (`large_limit`); drops the active
+    /// objects that want none.
+    fn chunk_takers(&self, state: &mut State) -> (usize, usize) {
+        state.active.retain(|job| job.wants_connections());
+        let on_large = state.active.iter().map(|job| job.connections()).sum();
         let nothing_else = state.closed && state.queue.is_empty();
-        large_limit(
+        let limit = large_limit(
             self.large_connections,
             self.connections_total,
             nothing_else,
             self.long_round_trip(),
-        )
+        );
+        (on_large, limit)
     }
 
     /// The next thing for a connection of a core on which `on_large_here`
     /// connections already take chunks of large objects.
     fn next(&self, on_large_here: usize) -> Next {
         let mut state = self.state();
-        state.active.retain(|job| job.wants_connections());
         // Large objects (all of them together) take chunks on at most
         // `large_connections`, and only up to their share of all connections
         // until the last work is queued and taken. (An empty queue alone says
         // little: the listing may be a page behind.)
-        let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
-        let limit = self.large_limit(&state);
+        let (on_large, limit) = self.chunk_takers(&mut state);
         if may_take_chunks(on_large, on_large_here, limit, self.config.cores) {
             if let Some(job) = state.active.first() {
                 return Next::Chunks(Arc::clone(job));
@@ -361,12 +369,9 @@ impl Shared {
         }
         // A large object short of its connections: this one goes back to
         // `next` (once its objects ahead are done) to be offered its chunks.
-        state.active.retain(|job| job.wants_connections());
-        if !state.active.is_empty() {
-            let on_large: usize = state.active.iter().map(|job| job.connections()).sum();
-            if on_large < self.large_limit(&state) {
-                return None;
-            }
+        let (on_large, limit) = self.chunk_takers(&mut state);
+        if !state.active.is_empty() && on_large < limit {
+            return None;
         }
         let Some(Work::Object(job)) = state.queue.pop_front() else {
             unreachable!("checked above");
