@@ -250,6 +250,14 @@ pub const LONG_ROUND_TRIP_SAMPLES_MIN: u64 = 128;
 /// its journal (an external sort): resume memory stays flat whatever the
 /// number of files completed before.
 pub const JOURNAL_SORT_RUN_BYTES: usize = 4 << 20;
+/// `--files-from` names sorted in memory at once (the rest are spilled to
+/// `TMPDIR`): a list of ten million names restores in the memory of one of
+/// ten thousand.
+pub const FILES_FROM_SORT_RUN_BYTES: usize = 4 << 20;
+/// Sorted runs read at once by an external sort's merge (more are merged
+/// into fewer first): with `SORT_READ_BUFFER_BYTES` each, 4 MiB of buffers.
+pub const SORT_MERGE_FAN_IN: usize = 64;
+pub const SORT_READ_BUFFER_BYTES: usize = 64 << 10;
 /// `restore --fsync`: renamed files whose directories are synced together
 /// (one fsync per distinct directory, then one of the journal). Bounds the
 /// descriptors held and the work a power cut can cost.

@@ -314,7 +314,7 @@ pub fn versions(data: &[u8]) {
 /// missing if not, exactly once, in order, at no more than one call a name.
 pub fn files_from(data: &[u8]) {
     use crate::restore::listing::{Action, ListEntry, PageStart};
-    use crate::restore::wanted::{Wanted, parse_list};
+    use crate::restore::wanted::{Wanted, parse_list, sorted_names};
     let (first, rest) = data.split_first().unwrap_or((&1, &[]));
     let page_max = usize::from(*first).max(1);
     let (bucket_text, list_text) = match rest.iter().position(|&b| b == 0) {
@@ -330,25 +330,29 @@ pub fn files_from(data: &[u8]) {
         .into_iter()
         .map(|(_, name)| name)
         .collect();
-    let mut wanted = Wanted::new(list.iter().copied(), "", |_, _| true);
+    let (names, count) = sorted_names(list.iter().copied());
+    let mut wanted = Wanted::new(names, count, "", Box::new(|_, _| true));
     let (mut found, mut missing, mut calls) = (Vec::new(), Vec::new(), 0usize);
     let mut start = wanted.first_start();
     while let Some(from) = start {
         calls += 1;
         let from = from.file_name.expect("starts name a file");
-        let max = wanted.remaining().clamp(1, page_max);
+        let max =
+            usize::try_from(wanted.remaining()).map_or(page_max, |left| left.clamp(1, page_max));
         let mut after = bucket.iter().filter(|name| **name >= from.as_str());
         let page: Vec<&str> = after.by_ref().take(max).copied().collect();
         let next = after.next().map(|name| PageStart::at(*name));
+        let mut gather = |name| {
+            missing.push(name);
+            true
+        };
         for name in page {
-            wanted.observe(name);
-            missing.extend(wanted.take_missing());
-            if let Some(kept) = wanted.accept(ListEntry::named(name, Action::Upload)) {
+            wanted.observe(name, &mut gather);
+            if let Some(kept) = wanted.accept(ListEntry::named(name, Action::Upload), &mut gather) {
                 found.push(kept.name);
             }
         }
-        start = wanted.continue_from(next);
-        missing.extend(wanted.take_missing());
+        start = wanted.continue_from(next, &mut gather);
     }
     let mut asked: Vec<&str> = list;
     asked.sort_unstable();

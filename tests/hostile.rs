@@ -422,28 +422,6 @@ impl Run {
     }
 }
 
-/// `VmHWM` of `pid` once it runs ringdown, else `None`.
-///
-/// Right after `spawn` returns, the child may still be on the test's own
-/// memory: exec wakes the vfork parent (posix_spawn) before it switches the
-/// child to the new program's memory, so a read in that window reports the
-/// test process's peak (hundreds of MiB while the dense-JSON test holds its
-/// bodies). The name is set after the switch, so a status that already
-/// names ringdown describes ringdown's memory.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(str::trim)
-    };
-    if field("Name:")? != "ringdown" {
-        return None;
-    }
-    field("VmHWM:")?.trim_end_matches("kB").trim().parse().ok()
-}
-
 /// Runs `ringdown ARGS` with the fake's credentials, polling its peak RSS.
 fn ringdown(args: &[&str]) -> Run {
     let started = Instant::now();
@@ -460,7 +438,7 @@ fn ringdown(args: &[&str]) -> Run {
         .stdin(Stdio::null());
     let mut peak = 0;
     let output = common::run_with_deadline(command, RUN_MAX, |pid| {
-        if let Some(rss) = peak_rss_kib(pid) {
+        if let Some(rss) = common::peak_rss_kib(pid) {
             peak = peak.max(rss);
         }
     });

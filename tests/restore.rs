@@ -1139,6 +1139,79 @@ fn large_and_small_objects_share_the_same_keep_alive_connections() {
     );
 }
 
+/// `--files-from` sorts its list on disk: 400,000 names (27 MB, which as
+/// strings in memory came to ~130 MB) are walked in the memory of a short
+/// list. The names the bucket has are found among them, every other one is
+/// reported missing, and nothing is left in `TMPDIR`.
+#[test]
+fn a_long_files_from_list_is_walked_in_bounded_memory() {
+    const NAMES: usize = 400_000;
+    const RSS_MAX_KIB: u64 = 48 * 1024;
+    let data = tempfile::tempdir().unwrap();
+    write_file(&data.path().join("bkt"), "keep/a.txt", b"a");
+    write_file(&data.path().join("bkt"), "keep/b.txt", b"b");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let list = out.path().join("list.txt");
+    let mut text = String::from("keep/b.txt\n");
+    for i in 0..NAMES {
+        // Out of order, as a manifest may be.
+        let scrambled = (i * 7919) % NAMES;
+        text.push_str(&format!("zz/{scrambled:08}/a-directory/file-{i:012}.dat\n"));
+    }
+    text.push_str("keep/a.txt\n");
+    std::fs::write(&list, &text).unwrap();
+    let spill = out.path().join("tmp");
+    std::fs::create_dir(&spill).unwrap();
+    let dir = out.path().join("never");
+    let mut command = command(
+        &served,
+        &[
+            "b2://bkt",
+            "--files-from",
+            list.to_str().unwrap(),
+            "--dry-run",
+        ],
+        &dir,
+    );
+    command.env("TMPDIR", &spill);
+    let mut peak_kib = 0;
+    let output = common::run_with_deadline(command, Duration::from_secs(120), |pid| {
+        if let Some(rss) = common::peak_rss_kib(pid) {
+            peak_kib = peak_kib.max(rss);
+        }
+    });
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let found: Vec<&str> = stdout
+        .lines()
+        .map(|line| line.split_once('\t').unwrap().1)
+        .collect();
+    assert_eq!(found, ["keep/a.txt", "keep/b.txt"]);
+    let missing: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("missing\t"))
+        .map(|rest| rest.split('\t').next().unwrap().trim_matches('"'))
+        .collect();
+    assert_eq!(missing.len(), NAMES);
+    assert!(
+        missing.windows(2).all(|pair| pair[0] < pair[1]),
+        "in B2's order, each once"
+    );
+    assert!(peak_kib > 0, "RSS never sampled");
+    assert!(
+        peak_kib <= RSS_MAX_KIB,
+        "peak RSS {peak_kib} KiB for a list of {NAMES} names"
+    );
+    assert_eq!(
+        std::fs::read_dir(&spill).unwrap().count(),
+        0,
+        "left in TMPDIR"
+    );
+    assert!(!dir.exists());
+}
+
 #[test]
 fn listing_streams_across_pages() {
     // More names than one 10,000-name page; a dry run lists them all in order.

@@ -154,42 +154,21 @@ pub fn options_from(
 }
 
 /// The names of a `--files-from` list (`-`: stdin), each a possible B2 name
-/// under `prefix`.
-fn read_files_from(path: &std::path::Path, prefix: &str) -> Result<Arc<[String]>> {
-    use std::io::Read;
-    let shown = path.display();
-    let mut bytes = Vec::new();
-    let read = if path.as_os_str() == "-" {
-        std::io::stdin().lock().read_to_end(&mut bytes)
+/// under `prefix`, sorted in bounded memory.
+fn read_files_from(
+    path: &std::path::Path,
+    prefix: &str,
+) -> Result<Arc<crate::restore::name_list::NameList>> {
+    use crate::restore::name_list::NameList;
+    let shown = path.display().to_string();
+    let list = if path.as_os_str() == "-" {
+        NameList::read(std::io::stdin().lock(), prefix, &shown)?
     } else {
-        std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes))
+        let file = std::fs::File::open(path)
+            .map_err(|error| Error::Usage(format!("--files-from {shown}: {error}")))?;
+        NameList::read(std::io::BufReader::new(file), prefix, &shown)?
     };
-    read.map_err(|error| Error::Usage(format!("--files-from {shown}: {error}")))?;
-    let text = String::from_utf8(bytes).map_err(|error| {
-        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
-        let line = valid.iter().filter(|&&byte| byte == b'\n').count() + 1;
-        Error::Usage(format!(
-            "--files-from {shown}: line {line} is not UTF-8 (B2 names are UTF-8)"
-        ))
-    })?;
-    let lines = crate::restore::wanted::parse_list(&text);
-    for (line, name) in &lines {
-        crate::restore::wanted::check_list_name(prefix, name).map_err(|why| {
-            Error::Usage(format!(
-                "--files-from {shown}: line {line} is not a B2 file name: {why}"
-            ))
-        })?;
-    }
-    let names: Arc<[String]> = lines
-        .into_iter()
-        .map(|(_, name)| name.to_string())
-        .collect();
-    if names.is_empty() {
-        return Err(Error::Usage(format!(
-            "--files-from {shown}: no names in it (one per line; # starts a comment)"
-        )));
-    }
-    Ok(names)
+    Ok(Arc::new(list))
 }
 
 pub fn run(args: RestoreArgs) -> Result<i32> {

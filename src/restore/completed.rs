@@ -3,7 +3,7 @@
 //! The journal is appended in completion order, which is only roughly the
 //! listing order. At start the journal's `ok` records and the sorted file of
 //! the previous start are merged into one new sorted file (an external sort:
-//! runs of at most `SORT_RUN_BYTES` sorted in memory, then a k-way merge), and
+//! `external_sort`, with runs of `JOURNAL_SORT_RUN_BYTES`), and
 //! the journal is cut back to the chunk records of half-done large objects.
 //! The scheduler sees names in listing order (UTF-8 byte order, as B2 lists
 //! them), so membership is a forward-only merge join against that file: one
@@ -13,14 +13,14 @@
 //! control characters (`paths::map_name` refuses them), so a tab sorts below
 //! every name byte and record order is name order.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use super::external_sort::Sorter;
 use crate::error::{Error, Result};
 
 /// A journal record: the file's name and its key (`fileId\tsize`).
@@ -100,10 +100,17 @@ pub fn load(
         .rewind()
         .map_err(|error| Error::io(context("reading the journal"), error))?;
     let mut chunks: HashMap<String, u64> = HashMap::new();
-    let mut run: Vec<String> = Vec::new();
-    let mut run_size = 0usize;
-    let mut run_files: Vec<File> = Vec::new();
-    let mut journal_records = 0u64;
+    let mut spilled = 0usize;
+    // Each run gets its own name and is unlinked at once: the open file is
+    // all the merge needs, and a kill leaves nothing.
+    let mut sorter = Sorter::new(run_bytes, || {
+        let name = format!("{sorted_name}.run-{spilled}");
+        spilled += 1;
+        let file = create(state, &name)?;
+        let _ = rustix::fs::unlinkat(state, &name, AtFlags::empty());
+        Ok(file)
+    });
+    let sort_error = |error| Error::io(context("sorting the journal"), error);
     let mut reader = BufReader::new(&*journal);
     let mut line = String::new();
     loop {
@@ -121,13 +128,7 @@ pub fn load(
                 continue;
             };
             chunks.remove(key);
-            journal_records += 1;
-            run_size += rest.len() + std::mem::size_of::<String>();
-            run.push(rest.to_string());
-            if run_size >= run_bytes {
-                run_files.push(spill(state, sorted_name, run_files.len(), &mut run)?);
-                run_size = 0;
-            }
+            sorter.push(rest.to_string()).map_err(sort_error)?;
         } else if let Some((key, bytes)) = text
             .strip_prefix("chunk\t")
             .and_then(|rest| rest.rsplit_once('\t'))
@@ -140,29 +141,30 @@ pub fn load(
     }
     drop(reader);
     let previous = open_read(state, sorted_name);
-    let (sorted, completed_count) = if journal_records == 0 {
+    let (sorted, completed_count) = if sorter.pushed() == 0 {
         let count = match &previous {
             Some(file) => count_lines(file),
             None => 0,
         };
         (previous, count)
     } else {
-        run.sort_unstable();
-        run.dedup();
-        let mut sources: Vec<Box<dyn Iterator<Item = String>>> = Vec::new();
         if let Some(file) = previous {
-            sources.push(Box::new(lines_of(file)));
+            sorter.add_sorted_file(file);
         }
-        for file in run_files {
-            sources.push(Box::new(lines_of(file)));
-        }
-        sources.push(Box::new(run.into_iter()));
+        let merged = sorter.finish().map_err(sort_error)?;
         let temp_name = format!("{sorted_name}.tmp");
         let temp = create(state, &temp_name)
             .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
         let mut writer = BufWriter::new(temp);
-        let count = merge(sources, &mut writer)
-            .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
+        let mut count = 0u64;
+        for line in merged.lines() {
+            let line = line.map_err(sort_error)?;
+            writer
+                .write_all(line.as_bytes())
+                .and_then(|()| writer.write_all(b"\n"))
+                .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
+            count += 1;
+        }
         let temp = writer.into_inner().map_err(|error| {
             Error::io(context("writing the sorted journal"), error.into_error())
         })?;
@@ -217,63 +219,6 @@ fn remove_leftovers(state: &OwnedFd, sorted_name: &str) {
     for name in names {
         let _ = rustix::fs::unlinkat(state, name, AtFlags::empty());
     }
-}
-
-/// Sorts one in-memory run and writes it to `<sorted>.run-<index>`, unlinked
-/// at once: the open file is all the merge needs, and a kill leaves nothing.
-fn spill(state: &OwnedFd, sorted_name: &str, index: usize, run: &mut Vec<String>) -> Result<File> {
-    run.sort_unstable();
-    run.dedup();
-    let name = format!("{sorted_name}.run-{index}");
-    let spill_error = |error| Error::io(format!("sorting the journal (.ringdown/{name})"), error);
-    let file = create(state, &name).map_err(spill_error)?;
-    let _ = rustix::fs::unlinkat(state, &name, AtFlags::empty());
-    let mut writer = BufWriter::new(file);
-    for line in run.drain(..) {
-        writer
-            .write_all(line.as_bytes())
-            .and_then(|()| writer.write_all(b"\n"))
-            .map_err(spill_error)?;
-    }
-    let mut file = writer
-        .into_inner()
-        .map_err(|error| spill_error(error.into_error()))?;
-    file.rewind().map_err(spill_error)?;
-    Ok(file)
-}
-
-/// k-way merge of ascending sources into `out`, dropping duplicates.
-fn merge(
-    mut sources: Vec<Box<dyn Iterator<Item = String>>>,
-    out: &mut impl Write,
-) -> std::io::Result<u64> {
-    let mut heap = BinaryHeap::with_capacity(sources.len());
-    for (index, source) in sources.iter_mut().enumerate() {
-        if let Some(line) = source.next() {
-            heap.push(Reverse((line, index)));
-        }
-    }
-    let mut last: Option<String> = None;
-    let mut count = 0u64;
-    while let Some(Reverse((line, index))) = heap.pop() {
-        if let Some(next) = sources[index].next() {
-            heap.push(Reverse((next, index)));
-        }
-        if last.as_deref() == Some(line.as_str()) {
-            continue;
-        }
-        out.write_all(line.as_bytes())?;
-        out.write_all(b"\n")?;
-        count += 1;
-        last = Some(line);
-    }
-    Ok(count)
-}
-
-fn lines_of(file: File) -> impl Iterator<Item = String> {
-    BufReader::new(file)
-        .lines()
-        .map_while(std::result::Result::ok)
 }
 
 fn count_lines(file: &File) -> u64 {

@@ -9,7 +9,9 @@
 //! the last write completed) → `renameat` → journal line → report line.
 
 pub mod completed;
+pub mod external_sort;
 pub mod listing;
+pub mod name_list;
 pub mod paths;
 pub mod target;
 pub mod wanted;
@@ -75,7 +77,7 @@ pub struct RestoreOptions {
     pub as_of_ms: Option<u64>,
     /// `--files-from`: restore exactly these names (relative to the prefix);
     /// each one the bucket lacks is a failure.
-    pub files_from: Option<Arc<[String]>>,
+    pub files_from: Option<Arc<name_list::NameList>>,
     /// `--sse-c-key-file`: the key of the objects the listing marks SSE-C
     /// (only those requests carry it).
     pub sse_c_key: Option<Arc<CustomerKey>>,
@@ -138,7 +140,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("as_of_ms", &self.as_of_ms)
             .field(
                 "files_from",
-                &self.files_from.as_ref().map(|names| names.len()),
+                &self.files_from.as_ref().map(|list| list.len()),
             )
             .field("sse_c_key", &self.sse_c_key)
             .finish()
@@ -475,13 +477,13 @@ impl Restore {
                 bucket_id,
                 prefix: options.folder_prefix.clone(),
                 as_of_ms: options.as_of_ms,
-                wanted: options.files_from.as_ref().map(|names| {
-                    wanted::Wanted::new(
-                        names.iter().map(String::as_str),
+                wanted: options.files_from.as_ref().map(|list| {
+                    let (shard, filter) = (options.shard, options.filter.clone());
+                    list.wanted(
                         &options.folder_prefix,
-                        |full, relative| {
-                            options.shard.contains(full) && options.filter.accepts(relative)
-                        },
+                        Box::new(move |full, relative| {
+                            shard.contains(full) && filter.accepts(relative)
+                        }),
                     )
                 }),
                 timeout: options.engine.timeout,
@@ -821,19 +823,36 @@ fn list_all(
         ),
         None => ("b2_list_file_names", None),
     };
-    // Hands missing names over; false once the receiver hung up.
-    let send_missing = |wanted: &mut wanted::Wanted| {
-        wanted
-            .take_missing()
-            .into_iter()
-            .all(|name| sender.send(Ok(Listed::Missing(name))).is_ok())
+    // Missing names go to the planner as the walk passes them (the bounded
+    // queue holds the walk back); a hang-up ends the walk.
+    let hung_up = std::cell::Cell::new(false);
+    let mut to_planner = |name: String| {
+        let sent = sender.send(Ok(Listed::Missing(name))).is_ok();
+        hung_up.set(!sent);
+        sent
+    };
+    // Whether the walk goes on: not once the planner hung up, nor once the
+    // list could not be read on (then the run fails: the names after the
+    // failure were neither restored nor reported).
+    let walk_goes_on = |wanted: &mut wanted::Wanted| {
+        if let Some(error) = wanted.take_error() {
+            let _ = sender.send(Err(Error::io(
+                "reading the sorted --files-from list",
+                error,
+            )));
+            return false;
+        }
+        !hung_up.get()
     };
     runtime.block_on(async {
         // `--files-from`: from the first wanted name, not the bucket's first.
-        let mut start = match &wanted {
+        let mut start = match wanted.as_mut() {
             Some(wanted) => match wanted.first_start() {
                 Some(start) => start,
-                None => return,
+                None => {
+                    walk_goes_on(wanted);
+                    return;
+                }
             },
             None => listing::PageStart::default(),
         };
@@ -846,7 +865,7 @@ fn list_all(
                 // pages grow, so a name with thousands of versions newer
                 // than the instant costs a few calls, not one per version.
                 Some(wanted) if start.file_id.is_none() => {
-                    (wanted.remaining() as u32).clamp(1, LIST_PAGE_FILES_MAX)
+                    wanted.remaining().clamp(1, u64::from(LIST_PAGE_FILES_MAX)) as u32
                 }
                 _ => listing::next_page_files(page_files),
             };
@@ -868,8 +887,8 @@ fn list_all(
             let mut next = listing::PageStart::after(&page);
             for entry in page.entries {
                 if let Some(wanted) = wanted.as_mut() {
-                    wanted.observe(&entry.name);
-                    if !send_missing(wanted) {
+                    wanted.observe(&entry.name, &mut to_planner);
+                    if !walk_goes_on(wanted) {
                         return;
                     }
                 }
@@ -884,7 +903,7 @@ fn list_all(
                     },
                 };
                 let entry = match (entry, wanted.as_mut()) {
-                    (Some(entry), Some(wanted)) => wanted.accept(entry),
+                    (Some(entry), Some(wanted)) => wanted.accept(entry, &mut to_planner),
                     (entry, _) => entry,
                 };
                 if let Some(entry) = entry {
@@ -894,8 +913,8 @@ fn list_all(
                 }
             }
             if let Some(wanted) = wanted.as_mut() {
-                next = wanted.continue_from(next);
-                if !send_missing(wanted) {
+                next = wanted.continue_from(next, &mut to_planner);
+                if !walk_goes_on(wanted) {
                     return;
                 }
             }

@@ -1,6 +1,6 @@
 //! `--files-from`: restore exactly the names of a list (an incident's
-//! damaged files, a manifest). I/O-free: parses the list, then walks beside
-//! the listing, so that
+//! damaged files, a manifest). I/O-free: parses the list's lines, then walks
+//! beside the listing, so that
 //!
 //! - the listing jumps from one wanted name to the next (`startFileName`):
 //!   twenty names from a bucket of fifty million cost a few calls, not a walk
@@ -8,23 +8,34 @@
 //! - every wanted name the bucket does not have (or, with `--as-of`, did not
 //!   have then) is reported as failed instead of silently left out.
 //!
-//! The list is held in memory, sorted as B2 lists (UTF-8 bytes).
+//! The names come sorted as B2 lists them (UTF-8 bytes) and drawn one at a
+//! time (`name_list` sorts them on disk), so a list of any length walks in
+//! the same memory.
+
+use std::io;
 
 use super::listing::{Action, ListEntry, PageStart};
 use crate::config::B2_FILE_NAME_MAX_BYTES;
 
-/// The names of a list file, relative to the restore's PREFIX: one per line;
-/// a leading byte-order mark and a trailing CR on each line are dropped
-/// (lists saved on Windows); empty lines and lines starting with `#` are
-/// skipped.
-/// Each name comes with its line number (from 1), for messages.
+/// The name on line `number` (from 1) of a list, if the line holds one:
+/// a leading byte-order mark (line 1) and a trailing CR are dropped (lists
+/// saved on Windows); empty lines and lines starting with `#` hold none.
+pub fn list_entry(number: usize, line: &str) -> Option<&str> {
+    let line = if number == 1 {
+        line.strip_prefix('\u{feff}').unwrap_or(line)
+    } else {
+        line
+    };
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    (!line.is_empty() && !line.starts_with('#')).then_some(line)
+}
+
+/// The names of a whole list text (`list_entry` for each line), each with
+/// its line number.
 pub fn parse_list(text: &str) -> Vec<(usize, &str)> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.split('\n')
-        .map(|line| line.strip_suffix('\r').unwrap_or(line))
         .enumerate()
-        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
-        .map(|(index, line)| (index + 1, line))
+        .filter_map(|(index, line)| list_entry(index + 1, line).map(|name| (index + 1, name)))
         .collect()
 }
 
@@ -43,70 +54,85 @@ pub fn check_list_name(prefix: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a wanted name is restored by this process: `(full, relative)`
+/// (another shard's, or one the filters exclude, is not wanted, so not
+/// missing either).
+pub type Keep = Box<dyn Fn(&str, &str) -> bool + Send>;
+
+/// The list's names, ascending and each once, relative to the prefix.
+pub type Names = Box<dyn Iterator<Item = io::Result<String>> + Send>;
+
 /// The wanted names and how far the listing has come through them.
-#[derive(Debug)]
 pub struct Wanted {
-    /// Full names (PREFIX + the list's name), sorted, unique.
-    names: Vec<String>,
-    /// The first name not yet passed by the listing.
-    cursor: usize,
-    /// `names[cursor]` was listed as something to restore.
+    names: Names,
+    prefix: String,
+    keep: Keep,
+    /// Names of the list not yet drawn from `names`.
+    undrawn: u64,
+    /// The first wanted full name (PREFIX + name) the listing has not passed.
+    current: Option<String>,
+    /// `current` was listed as something to restore.
     current_found: bool,
-    /// Names passed without being found, not yet taken.
-    missing: Vec<String>,
+    /// `missing` said to stop: the walk is over.
+    stopped: bool,
+    /// Reading `names` failed: the walk ended early, and the run must fail.
+    failed: Option<io::Error>,
+}
+
+/// Where the names the listing passed without finding go, one at a time, as
+/// they are passed (a list can hold millions the bucket lacks). It returns
+/// false to end the walk (the run is over).
+pub type Missing<'a> = &'a mut dyn FnMut(String) -> bool;
+
+impl std::fmt::Debug for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wanted")
+            .field("current", &self.current)
+            .field("undrawn", &self.undrawn)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Wanted {
-    /// `keep(full, relative)` leaves out names this process does not restore
-    /// (another shard's, or excluded by the filters): those are not wanted,
-    /// so not missing either.
-    pub fn new<'a>(
-        relative_names: impl IntoIterator<Item = &'a str>,
-        prefix: &str,
-        keep: impl Fn(&str, &str) -> bool,
-    ) -> Wanted {
-        let mut names: Vec<String> = relative_names
-            .into_iter()
-            .filter_map(|relative| {
-                let full = format!("{prefix}{relative}");
-                keep(&full, relative).then_some(full)
-            })
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        Wanted {
+    /// `names` holds `list_names` names, ascending, each once.
+    pub fn new(names: Names, list_names: u64, prefix: &str, keep: Keep) -> Wanted {
+        let mut wanted = Wanted {
             names,
-            cursor: 0,
+            prefix: prefix.to_string(),
+            keep,
+            undrawn: list_names,
+            current: None,
             current_found: false,
-            missing: Vec::new(),
-        }
+            stopped: false,
+            failed: None,
+        };
+        wanted.draw();
+        wanted
     }
 
-    /// Names not yet passed by the listing.
-    pub fn remaining(&self) -> usize {
-        self.names.len() - self.cursor
+    /// At most this many names are not yet passed (those of the list not
+    /// yet drawn count whether kept or not): a bound for a page's length.
+    pub fn remaining(&self) -> u64 {
+        self.undrawn + u64::from(self.current.is_some())
     }
 
     /// Where the listing starts.
     pub fn first_start(&self) -> Option<PageStart> {
-        self.names.first().map(PageStart::at)
+        self.current.as_deref().map(PageStart::at)
     }
 
     /// A listed name (any entry, before `--as-of` picks among versions):
     /// every wanted name before it has been passed.
-    pub fn observe(&mut self, listed: &str) {
-        while let Some(name) = self.names.get(self.cursor) {
-            if name.as_str() >= listed {
-                break;
-            }
-            self.pass_current();
+    pub fn observe(&mut self, listed: &str, missing: Missing) {
+        while self.current.as_deref().is_some_and(|name| name < listed) {
+            self.pass_current(missing);
         }
     }
 
     /// An entry chosen for restoring: kept if wanted.
-    pub fn accept(&mut self, entry: ListEntry) -> Option<ListEntry> {
-        self.observe(&entry.name);
-        if self.names.get(self.cursor) != Some(&entry.name) {
+    pub fn accept(&mut self, entry: ListEntry, missing: Missing) -> Option<ListEntry> {
+        self.observe(&entry.name, missing);
+        if self.current.as_deref() != Some(entry.name.as_str()) {
             return None;
         }
         if matches!(entry.action, Action::Upload | Action::Folder) {
@@ -119,36 +145,78 @@ impl Wanted {
     /// `listing_next`: there, when it has not passed the next name still
     /// wanted; else a jump to that name. `None`: nothing more to list (every
     /// name found or passed; at the listing's end, the rest are missing).
-    pub fn continue_from(&mut self, listing_next: Option<PageStart>) -> Option<PageStart> {
+    pub fn continue_from(
+        &mut self,
+        listing_next: Option<PageStart>,
+        missing: Missing,
+    ) -> Option<PageStart> {
         let Some(next) = listing_next else {
-            while self.cursor < self.names.len() {
-                self.pass_current();
+            while self.current.is_some() {
+                self.pass_current(missing);
             }
             return None;
         };
         // A name found needs none of its other versions: go past it.
         if self.current_found {
-            self.pass_current();
+            self.pass_current(missing);
         }
-        let wanted = self.names.get(self.cursor)?;
+        let wanted = self.current.as_deref()?;
         match next.file_name.as_deref() {
-            Some(listed) if listed >= wanted.as_str() => Some(next),
-            _ => Some(PageStart::at(wanted.as_str())),
+            Some(listed) if listed >= wanted => Some(next),
+            _ => Some(PageStart::at(wanted)),
         }
     }
 
-    /// Wanted names the listing passed without finding, since the last call.
-    pub fn take_missing(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.missing)
+    /// Why the names stopped coming before their end, once.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.failed.take()
     }
 
-    fn pass_current(&mut self) {
-        if !self.current_found {
-            self.missing.push(self.names[self.cursor].clone());
+    fn pass_current(&mut self, missing: Missing) {
+        if let Some(name) = self.current.take() {
+            if !self.current_found && !missing(name) {
+                self.stopped = true;
+            }
         }
-        self.cursor += 1;
         self.current_found = false;
+        self.draw();
     }
+
+    /// The next kept name into `current` (`None` at the end, or on error).
+    fn draw(&mut self) {
+        if self.stopped {
+            self.current = None;
+            return;
+        }
+        for next in self.names.by_ref() {
+            self.undrawn = self.undrawn.saturating_sub(1);
+            match next {
+                Ok(relative) => {
+                    let full = format!("{}{relative}", self.prefix);
+                    if (self.keep)(&full, &relative) {
+                        self.current = Some(full);
+                        return;
+                    }
+                }
+                Err(error) => {
+                    self.failed = Some(error);
+                    break;
+                }
+            }
+        }
+        self.current = None;
+        self.undrawn = 0;
+    }
+}
+
+/// Sorted, without repeats, ready for `Wanted::new` (lists held in memory:
+/// tests, the fuzz target).
+pub fn sorted_names<'a>(names: impl IntoIterator<Item = &'a str>) -> (Names, u64) {
+    let mut names: Vec<String> = names.into_iter().map(str::to_string).collect();
+    names.sort_unstable();
+    names.dedup();
+    let count = names.len() as u64;
+    (Box::new(names.into_iter().map(Ok)), count)
 }
 
 #[cfg(test)]
@@ -186,22 +254,126 @@ mod tests {
         );
     }
 
+    /// A walk with the missing names gathered, as the tests read them.
+    struct Walk {
+        wanted: Wanted,
+        missing: Vec<String>,
+    }
+
+    impl Walk {
+        fn new(wanted: Wanted) -> Walk {
+            Walk {
+                wanted,
+                missing: Vec::new(),
+            }
+        }
+
+        fn observe(&mut self, listed: &str) {
+            let missing = &mut self.missing;
+            self.wanted.observe(listed, &mut |name| {
+                missing.push(name);
+                true
+            });
+        }
+
+        fn accept(&mut self, entry: ListEntry) -> Option<ListEntry> {
+            let missing = &mut self.missing;
+            self.wanted.accept(entry, &mut |name| {
+                missing.push(name);
+                true
+            })
+        }
+
+        fn continue_from(&mut self, next: Option<PageStart>) -> Option<PageStart> {
+            let missing = &mut self.missing;
+            self.wanted.continue_from(next, &mut |name| {
+                missing.push(name);
+                true
+            })
+        }
+
+        fn take_missing(&mut self) -> Vec<String> {
+            std::mem::take(&mut self.missing)
+        }
+    }
+
+    impl std::ops::Deref for Walk {
+        type Target = Wanted;
+        fn deref(&self) -> &Wanted {
+            &self.wanted
+        }
+    }
+
+    impl std::ops::DerefMut for Walk {
+        fn deref_mut(&mut self) -> &mut Wanted {
+            &mut self.wanted
+        }
+    }
+
+    fn wanted_of(names: &[&str]) -> Walk {
+        let (names, count) = sorted_names(names.iter().copied());
+        Walk::new(Wanted::new(names, count, "", Box::new(|_, _| true)))
+    }
+
     #[test]
-    fn names_are_prefixed_sorted_unique_and_filtered() {
-        let wanted = Wanted::new(["b", "a", "b", "skip/x"], "p/", |full, relative| {
+    fn names_are_prefixed_and_filtered() {
+        let (names, count) = sorted_names(["b", "a", "b", "skip/x"]);
+        assert_eq!(count, 3);
+        let keep: Keep = Box::new(|full, relative| {
             assert!(full.starts_with("p/"));
             !relative.starts_with("skip/")
         });
-        assert_eq!(wanted.names, ["p/a", "p/b"]);
+        let mut wanted = Walk::new(Wanted::new(names, count, "p/", keep));
         assert_eq!(wanted.first_start(), start("p/a"));
-        assert!(Wanted::new([], "", |_, _| true).first_start().is_none());
+        assert_eq!(wanted.remaining(), 3, "a bound: skip/x is not drawn yet");
+        assert_eq!(wanted.continue_from(None), None);
+        assert_eq!(wanted.take_missing(), ["p/a", "p/b"]);
+        assert_eq!(wanted.remaining(), 0);
+        assert!(wanted.take_error().is_none());
+        assert!(wanted_of(&[]).first_start().is_none());
+    }
+
+    /// A list that cannot be read to its end ends the walk and says why:
+    /// the names after the failure are neither restored nor reported
+    /// missing, so the run must fail.
+    #[test]
+    fn a_list_that_fails_mid_way_ends_the_walk_with_its_error() {
+        let names: Names = Box::new(
+            [
+                Ok("a".to_string()),
+                Err(io::Error::other("disk gone")),
+                Ok("z".to_string()),
+            ]
+            .into_iter(),
+        );
+        let mut wanted = Walk::new(Wanted::new(names, 3, "", Box::new(|_, _| true)));
+        assert_eq!(wanted.first_start(), start("a"));
+        assert!(wanted.accept(entry("a", Action::Upload)).is_some());
+        assert_eq!(wanted.continue_from(start("b")), None);
+        assert!(wanted.take_missing().is_empty());
+        assert_eq!(wanted.take_error().unwrap().to_string(), "disk gone");
+    }
+
+    /// A sink that says stop ends the walk at once: no more names are drawn.
+    #[test]
+    fn the_walk_stops_when_the_missing_names_have_nowhere_to_go() {
+        let (names, count) = sorted_names(["a", "b", "c"]);
+        let mut wanted = Wanted::new(names, count, "", Box::new(|_, _| true));
+        let mut passed = Vec::new();
+        let next = wanted.continue_from(None, &mut |name| {
+            passed.push(name);
+            false
+        });
+        assert_eq!(next, None);
+        assert_eq!(passed, ["a"]);
+        assert!(wanted.first_start().is_none());
     }
 
     /// Sparse names jump; dense ones follow the listing; names the listing
     /// passes or never reaches are missing.
     #[test]
     fn the_walk_jumps_between_wanted_names_and_reports_the_missing() {
-        let mut wanted = Wanted::new(["b", "c", "m", "n", "q", "z"], "", |_, _| true);
+        let mut wanted = wanted_of(&["b", "c", "m", "n", "q", "z"]);
         // Page from "b": b, c, d; the listing would go on at "e".
         for name in ["b", "c", "d"] {
             let kept = wanted.accept(entry(name, Action::Upload));
@@ -229,7 +401,7 @@ mod tests {
     /// on within it; once found, its older versions are skipped.
     #[test]
     fn versions_continue_within_a_name_until_it_is_found() {
-        let mut wanted = Wanted::new(["a", "k"], "", |_, _| true);
+        let mut wanted = wanted_of(&["a", "k"]);
         wanted.observe("a");
         let inside_a = Some(PageStart {
             file_name: Some("a".into()),

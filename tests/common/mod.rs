@@ -395,6 +395,28 @@ pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::proce
     }
 }
 
+/// `VmHWM` of `pid` once it runs ringdown, else `None`.
+///
+/// Right after `spawn` returns, the child may still be on the test's own
+/// memory: exec wakes the vfork parent (posix_spawn) before it switches the
+/// child to the new program's memory, so a read in that window reports the
+/// test process's peak (hundreds of MiB while the dense-JSON test holds its
+/// bodies). The name is set after the switch, so a status that already
+/// names ringdown describes ringdown's memory.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+    };
+    if field("Name:")? != "ringdown" {
+        return None;
+    }
+    field("VmHWM:")?.trim_end_matches("kB").trim().parse().ok()
+}
+
 /// Runs a command to completion within `deadline`, draining both pipes on
 /// threads so a chatty child never blocks on a full pipe. `on_poll(pid)` is
 /// called every few ms while it runs (peak-RSS sampling); a child still
