@@ -816,6 +816,7 @@ async fn head_by_name(
             method == "HEAD",
             API_BODY_MAX_BYTES,
             ApiRetry::STARTUP,
+            None,
         )
         .await
         .map_err(|error| crate::client::in_context(error, &format!("{method} {display_name}")))
@@ -927,16 +928,22 @@ async fn file_info_by_id(
     let display_name = format!("b2id://{file_id}");
     let body = serde_json::to_vec(&serde_json::json!({ "fileId": file_id }))
         .expect("a JSON object serialises");
-    let reply =
-        crate::restore::api_call(auth, "b2_get_file_info", &body, timeout, ApiRetry::STARTUP)
-            .await
-            .map_err(|error| match error {
-                Error::Http { context, detail } if detail.contains("not_found") => Error::http(
-                    context,
-                    format!("{detail}: no file version has this ID (deleted, or a typo?)"),
-                ),
-                other => other,
-            })?;
+    let reply = crate::restore::api_call(
+        auth,
+        "b2_get_file_info",
+        &body,
+        timeout,
+        ApiRetry::STARTUP,
+        None,
+    )
+    .await
+    .map_err(|error| match error {
+        Error::Http { context, detail } if detail.contains("not_found") => Error::http(
+            context,
+            format!("{detail}: no file version has this ID (deleted, or a typo?)"),
+        ),
+        other => other,
+    })?;
     let file: crate::b2::FileObject = serde_json::from_slice(&reply)
         .map_err(|error| Error::http("b2_get_file_info", format!("unexpected reply: {error}")))?;
     if file.file_id.as_deref() != Some(file_id) {
@@ -1045,7 +1052,17 @@ async fn probe_url(
     request: &[u8],
     display_name: &str,
 ) -> Result<crate::client::Exchange> {
-    let reply = exchange(origin, tls, timeout, request, true, 0, ApiRetry::STARTUP).await;
+    let reply = exchange(
+        origin,
+        tls,
+        timeout,
+        request,
+        true,
+        0,
+        ApiRetry::STARTUP,
+        None,
+    )
+    .await;
     reply.map_err(|error| match error {
         Error::Http { detail, .. } => Error::http(format!("GET {display_name}"), detail),
         other => other,

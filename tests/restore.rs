@@ -1139,6 +1139,65 @@ fn large_and_small_objects_share_the_same_keep_alive_connections() {
     );
 }
 
+/// The listing thread keeps its API connection: a `--files-from` walk of 20
+/// scattered names (a call per name) runs on one connection, each call after
+/// the first without a TCP or TLS handshake. A server that closes the
+/// connections it kept costs no attempt: with every reused connection closed
+/// unanswered, a run allowed one attempt per call still lists every name,
+/// each call on a new connection.
+#[test]
+fn listing_calls_share_one_keep_alive_connection() {
+    let out = tempfile::tempdir().unwrap();
+    let list = out.path().join("list.txt");
+    let wanted: Vec<String> = (0..400).step_by(20).map(|i| format!("n/{i:04}")).collect();
+    std::fs::write(&list, wanted.join("\n")).unwrap();
+    let mut tuning = SMALL_TUNING.to_vec();
+    tuning.extend(["--max-attempts", "1"]);
+    for closing in [false, true] {
+        let data = tempfile::tempdir().unwrap();
+        for i in 0..400 {
+            write_file(&data.path().join("bkt"), &format!("n/{i:04}"), b"");
+        }
+        let faults: &[&str] = if closing {
+            &["--close-keepalive-rate", "1"]
+        } else {
+            &[]
+        };
+        let served = serve_logged(data.path(), faults);
+        let dir = out.path().join("never");
+        let args = [
+            "b2://bkt",
+            "--files-from",
+            list.to_str().unwrap(),
+            "--dry-run",
+        ];
+        let output = run_bounded(command_tuned(&served, &args, &dir, &tuning));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let listed: Vec<String> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| line.split_once('\t').unwrap().1.to_string())
+            .collect();
+        assert_eq!(listed, wanted, "closing: {closing}");
+        let calls = api_calls(data.path(), "b2_list_file_names");
+        let answered: Vec<&serde_json::Value> = calls
+            .iter()
+            .filter(|record| record["status"] == 200 && record["fault"].is_null())
+            .collect();
+        assert!(answered.len() >= 10, "{} answered calls", answered.len());
+        let connections: BTreeSet<u64> = answered
+            .iter()
+            .map(|record| record["connection"].as_u64().unwrap())
+            .collect();
+        if closing {
+            assert_eq!(connections.len(), answered.len(), "{calls:?}");
+            assert_eq!(calls.len(), 2 * answered.len() - 1, "{calls:?}");
+        } else {
+            assert_eq!(connections.len(), 1, "{calls:?}");
+        }
+    }
+}
+
 /// `--files-from` sorts its list on disk: 400,000 names (27 MB, which as
 /// strings in memory came to ~130 MB) are walked in the memory of a short
 /// list. The names the bucket has are found among them, every other one is

@@ -144,6 +144,7 @@ impl Authorizer {
             false,
             API_BODY_MAX_BYTES,
             super::ApiRetry::STARTUP,
+            None,
         )
         .await
         .map_err(|error| super::in_context(error, "b2_authorize_account"))?;

@@ -93,8 +93,46 @@ impl ApiRetry {
     }
 }
 
+/// One idle keep-alive connection, for a caller whose control-plane calls
+/// come one after another (the listing thread, page after page): each call
+/// after the first skips the TCP and TLS handshakes, two round trips of
+/// three. Owned by that caller, on its thread and runtime (a connection
+/// never crosses threads); dropped with it.
+#[derive(Default)]
+pub struct KeepAlive {
+    /// The origin's base URL and the connection to it.
+    idle: Option<(String, Connection)>,
+}
+
+impl KeepAlive {
+    fn take_for(&mut self, origin: &Origin) -> Option<Connection> {
+        match self.idle.take() {
+            Some((base_url, connection)) if base_url == origin.base_url() => Some(connection),
+            Some((_, connection)) => {
+                connection.shutdown();
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `connection` if its answer leaves it ready for another
+    /// request: not closing, and the body delimited (not by the close).
+    fn offer(&mut self, origin: &Origin, head: &ResponseHead, connection: Connection) {
+        let delimited = head.content_length.is_some() || head.chunked || !has_body(head);
+        if head.keep_alive && delimited {
+            self.idle = Some((origin.base_url(), connection));
+        } else {
+            connection.shutdown();
+        }
+    }
+}
+
 /// Sends `request` and reads the response (no body for HEAD), retrying
-/// transport failures and 408/429/5xx as `retry` says.
+/// transport failures and 408/429/5xx as `retry` says. With `keep`, the
+/// call goes out on its idle connection when there is one, and leaves its
+/// own there.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     origin: &Origin,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -103,29 +141,38 @@ pub async fn exchange(
     is_head: bool,
     body_limit_bytes: usize,
     retry: ApiRetry,
+    mut keep: Option<&mut KeepAlive>,
 ) -> Result<Exchange, Error> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let last_attempt = attempt >= retry.attempts.max(1);
-        let retry_after_s =
-            match exchange_once(origin, tls, timeout, request, is_head, body_limit_bytes).await {
-                Ok(exchange)
-                    if last_attempt || !matches!(exchange.head.status, 408 | 429 | 500..=599) =>
-                {
-                    return Ok(exchange);
-                }
-                Ok(exchange) => exchange.head.retry_after_s,
-                Err(ConnError::Trust(detail)) => return Err(Error::Trust(detail)),
-                Err(error) if last_attempt => {
-                    let context = format!("request to {}", origin.base_url());
-                    return Err(Error::http(
-                        context,
-                        format!("{error} after {attempt} attempts"),
-                    ));
-                }
-                Err(_) => None,
-            };
+        let once = exchange_once(
+            origin,
+            tls,
+            timeout,
+            request,
+            is_head,
+            body_limit_bytes,
+            keep.as_deref_mut(),
+        );
+        let retry_after_s = match once.await {
+            Ok(exchange)
+                if last_attempt || !matches!(exchange.head.status, 408 | 429 | 500..=599) =>
+            {
+                return Ok(exchange);
+            }
+            Ok(exchange) => exchange.head.retry_after_s,
+            Err(ConnError::Trust(detail)) => return Err(Error::Trust(detail)),
+            Err(error) if last_attempt => {
+                let context = format!("request to {}", origin.base_url());
+                return Err(Error::http(
+                    context,
+                    format!("{error} after {attempt} attempts"),
+                ));
+            }
+            Err(_) => None,
+        };
         let retry_after_ms = retry_after_s.map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000);
         let delay =
             Duration::from_millis(retry_after_ms.unwrap_or(0).max(retry.backoff_ms(attempt)));
@@ -156,17 +203,73 @@ async fn exchange_once(
     request: &[u8],
     is_head: bool,
     body_limit_bytes: usize,
+    mut keep: Option<&mut KeepAlive>,
 ) -> Result<Exchange, ConnError> {
-    let mut connection = Connection::open(origin, tls, timeout, &|_, _| {}).await?;
-    connection.send(request.to_vec()).await?;
-    let head = connection.read_head().await?;
-    let body = if is_head || head.status == 204 || head.status == 304 {
+    let idle = keep.as_deref_mut().and_then(|keep| keep.take_for(origin));
+    if let Some(connection) = idle {
+        match exchange_on(connection, request, is_head, body_limit_bytes).await {
+            Ok((exchange, connection)) => {
+                if let Some(keep) = keep {
+                    keep.offer(origin, &exchange.head, connection);
+                }
+                return Ok(exchange);
+            }
+            // Closed while idle (the server's keep-alive timeout) before a
+            // byte of the answer: not a failed attempt; a new connection
+            // asks again. A stall is one: it is not waited for twice.
+            Err((ConnError::Transport(error), true))
+                if error.kind() != std::io::ErrorKind::TimedOut => {}
+            Err((error, _)) => return Err(error),
+        }
+    }
+    let connection = Connection::open(origin, tls, timeout, &|_, _| {}).await?;
+    let (exchange, connection) = exchange_on(connection, request, is_head, body_limit_bytes)
+        .await
+        .map_err(|(error, _)| error)?;
+    match keep {
+        Some(keep) => keep.offer(origin, &exchange.head, connection),
+        None => connection.shutdown(),
+    }
+    Ok(exchange)
+}
+
+/// Whether a response to anything but HEAD carries a body.
+fn has_body(head: &ResponseHead) -> bool {
+    !matches!(head.status, 204 | 304)
+}
+
+/// `request` on `connection`, the connection back when the answer was read
+/// whole. A failure says whether no byte of an answer had come.
+async fn exchange_on(
+    mut connection: Connection,
+    request: &[u8],
+    is_head: bool,
+    body_limit_bytes: usize,
+) -> Result<(Exchange, Connection), (ConnError, bool)> {
+    if let Err(error) = connection.send(request.to_vec()).await {
+        connection.shutdown();
+        return Err((error, true));
+    }
+    let head = match connection.read_head().await {
+        Ok(head) => head,
+        Err(error) => {
+            let silent = connection.has_nothing_buffered();
+            connection.shutdown();
+            return Err((error, silent));
+        }
+    };
+    let body = if is_head || !has_body(&head) {
         Vec::new()
     } else {
-        connection.read_body_to_vec(&head, body_limit_bytes).await?
+        match connection.read_body_to_vec(&head, body_limit_bytes).await {
+            Ok(body) => body,
+            Err(error) => {
+                connection.shutdown();
+                return Err((error, false));
+            }
+        }
     };
-    connection.shutdown();
-    Ok(Exchange { head, body })
+    Ok((Exchange { head, body }, connection))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::b2::CustomerKey;
 use crate::b2::{ExpectedSha1, Reach};
 use crate::client::b2_api::{Authorizer, Credentials, describe_error, refusal};
 use crate::client::url::Url;
-use crate::client::{ApiRetry, exchange, resolve};
+use crate::client::{ApiRetry, KeepAlive, exchange, resolve};
 use crate::config::{
     API_BODY_MAX_BYTES, LIST_PAGE_FILES_MAX, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN,
 };
@@ -663,7 +663,7 @@ pub(crate) async fn version_at(
         page_files = Some(files);
         // The prefix also lists `name/…` and `name…` after `name` itself.
         let body = listing::request_body(&bucket_id, name, &start, files);
-        let page = fetch_page(auth, CALL, &body, &start, timeout, ApiRetry::STARTUP).await?;
+        let page = fetch_page(auth, CALL, &body, &start, timeout, ApiRetry::STARTUP, None).await?;
         let next = listing::PageStart::after(&page);
         for entry in page.entries {
             if entry.name != name {
@@ -689,8 +689,9 @@ async fn fetch_page(
     start: &listing::PageStart,
     timeout: std::time::Duration,
     retry: ApiRetry,
+    keep: Option<&mut KeepAlive>,
 ) -> Result<listing::ListPage> {
-    let reply = api_call(auth, call, body, timeout, retry).await?;
+    let reply = api_call(auth, call, body, timeout, retry, keep).await?;
     let page = listing::parse_page(&reply).map_err(|why| Error::http(call, why))?;
     listing::check_progress(start, &page).map_err(|why| Error::http(call, why))?;
     Ok(page)
@@ -717,6 +718,7 @@ async fn bucket_id(
         &serde_json::to_vec(&body).expect("json"),
         timeout,
         ApiRetry::STARTUP,
+        None,
     )
     .await?;
     listing::parse_bucket_id(&reply, bucket)
@@ -730,13 +732,14 @@ async fn bucket_id(
 }
 
 /// One POST to `{apiUrl}/b2api/v3/{operation}`, re-authorizing once on an
-/// expired token.
+/// expired token; on `keep`'s connection when it holds one.
 pub(crate) async fn api_call(
     auth: &Authorizer,
     operation: &str,
     body: &[u8],
     timeout: std::time::Duration,
     retry: ApiRetry,
+    mut keep: Option<&mut KeepAlive>,
 ) -> Result<Vec<u8>> {
     let mut reauthorized = false;
     loop {
@@ -762,6 +765,7 @@ pub(crate) async fn api_call(
             false,
             API_BODY_MAX_BYTES,
             retry,
+            keep.as_deref_mut(),
         )
         .await
         .map_err(|error| crate::client::in_context(error, operation))?;
@@ -856,6 +860,8 @@ fn list_all(
             },
             None => listing::PageStart::default(),
         };
+        // Page after page on one connection while the server keeps it.
+        let mut keep = KeepAlive::default();
         let mut first_page = true;
         let mut page_files = None;
         loop {
@@ -877,7 +883,9 @@ fn list_all(
                 mid_run
             };
             first_page = false;
-            let page = match fetch_page(auth, call, &body, &start, timeout, retry).await {
+            let page = match fetch_page(auth, call, &body, &start, timeout, retry, Some(&mut keep))
+                .await
+            {
                 Ok(page) => page,
                 Err(error) => {
                     let _ = sender.send(Err(error));
