@@ -1209,7 +1209,12 @@ fn a_long_files_from_list_is_walked_in_bounded_memory() {
     let data = tempfile::tempdir().unwrap();
     write_file(&data.path().join("bkt"), "keep/a.txt", b"a");
     write_file(&data.path().join("bkt"), "keep/b.txt", b"b");
-    let served = serve(data.path(), true, &[]);
+    // Names after them the list does not want: a page longer than the
+    // names sought would list them.
+    for i in 0..3_000 {
+        write_file(&data.path().join("bkt"), &format!("keep/c/{i:04}"), b"");
+    }
+    let served = serve_logged(data.path(), &[]);
     let out = tempfile::tempdir().unwrap();
     let list = out.path().join("list.txt");
     let mut text = String::from("keep/b.txt\n");
@@ -1223,7 +1228,7 @@ fn a_long_files_from_list_is_walked_in_bounded_memory() {
     let spill = out.path().join("tmp");
     std::fs::create_dir(&spill).unwrap();
     let dir = out.path().join("never");
-    let mut command = command(
+    let mut walk = command(
         &served,
         &[
             "b2://bkt",
@@ -1233,9 +1238,9 @@ fn a_long_files_from_list_is_walked_in_bounded_memory() {
         ],
         &dir,
     );
-    command.env("TMPDIR", &spill);
+    walk.env("TMPDIR", &spill);
     let mut peak_kib = 0;
-    let output = common::run_with_deadline(command, Duration::from_secs(120), |pid| {
+    let output = common::run_with_deadline(walk, Duration::from_secs(120), |pid| {
         if let Some(rss) = common::peak_rss_kib(pid) {
             peak_kib = peak_kib.max(rss);
         }
@@ -1269,6 +1274,28 @@ fn a_long_files_from_list_is_walked_in_bounded_memory() {
         "left in TMPDIR"
     );
     assert!(!dir.exists());
+
+    // Excluded, the 400,000 are neither sought nor missing, and the pages
+    // are as short as the two names still sought (B2 bills per 1,000).
+    let calls_before = api_calls(data.path(), "b2_list_file_names").len();
+    let args = [
+        "b2://bkt",
+        "--files-from",
+        list.to_str().unwrap(),
+        "--dry-run",
+        "--exclude",
+        "zz/**",
+    ];
+    let output = run_bounded(command(&served, &args, &dir));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("missing"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 2);
+    let listing_bytes: u64 = api_calls(data.path(), "b2_list_file_names")[calls_before..]
+        .iter()
+        .map(|record| record["bytes_sent"].as_u64().unwrap())
+        .sum();
+    assert!(listing_bytes < 4_000, "{listing_bytes} bytes of listing");
 }
 
 #[test]

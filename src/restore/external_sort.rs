@@ -4,9 +4,10 @@
 //! Lines are gathered into a run of at most `run_bytes`; a full run is
 //! sorted and spilled to a file the caller provides (unlinked, so a kill
 //! leaves nothing behind). Files already sorted can join as runs. Reading
-//! back is a k-way merge: ascending, without repeats. More than
-//! `SORT_MERGE_FAN_IN` runs are first merged into fewer, so the readers'
-//! buffers stay bounded too.
+//! back is a k-way merge: ascending, without repeats. Open runs stay few:
+//! `SORT_MERGE_FAN_IN` runs of one size merge into one as soon as they are
+//! there (each line is rewritten once per 64× of input), and at the end the
+//! oldest merge until the readers' buffers are bounded too.
 //!
 //! Lines are UTF-8 without `\n` (the callers' names and records have no
 //! control characters). Read errors are returned, never taken for the end:
@@ -26,9 +27,15 @@ pub struct Sorter<F> {
     run: Vec<String>,
     run_bytes: usize,
     run_bytes_max: usize,
-    runs: Vec<Arc<File>>,
+    runs: Vec<Run>,
     make_file: F,
     pushed: u64,
+}
+
+/// A sorted run on disk; `level` counts the merges behind it.
+struct Run {
+    level: u32,
+    file: Arc<File>,
 }
 
 impl<F: FnMut() -> io::Result<File>> Sorter<F> {
@@ -58,7 +65,11 @@ impl<F: FnMut() -> io::Result<File>> Sorter<F> {
 
     /// A file of ascending lines, each ending in `\n` (a previous merge).
     pub fn add_sorted_file(&mut self, file: File) {
-        self.runs.push(Arc::new(file));
+        // Never merged early: it may be large, and is read once anyway.
+        self.runs.push(Run {
+            level: u32::MAX,
+            file: Arc::new(file),
+        });
     }
 
     /// Lines pushed (repeats included; added files not counted).
@@ -73,18 +84,26 @@ impl<F: FnMut() -> io::Result<File>> Sorter<F> {
         // Merge the oldest runs into one until the readers are bounded
         // (the run kept in memory is a reader too).
         while self.runs.len() + 1 > SORT_MERGE_FAN_IN {
-            let group: Vec<Arc<File>> = self.runs.drain(..SORT_MERGE_FAN_IN).collect();
-            let merged = Sorted {
-                runs: group,
-                memory: Arc::from([]),
-            };
-            let file = write_run((self.make_file)()?, merged.lines())?;
-            self.runs.push(Arc::new(file));
+            self.merge_runs(0..SORT_MERGE_FAN_IN, u32::MAX)?;
         }
         Ok(Sorted {
-            runs: self.runs,
+            runs: self.runs.into_iter().map(|run| run.file).collect(),
             memory: Arc::from(std::mem::take(&mut self.run)),
         })
+    }
+
+    /// Replaces `runs[range]` with their merge, at `level`.
+    fn merge_runs(&mut self, range: std::ops::Range<usize>, level: u32) -> io::Result<()> {
+        let group = Sorted {
+            runs: self.runs.drain(range).map(|run| run.file).collect(),
+            memory: Arc::from([]),
+        };
+        let file = write_run((self.make_file)()?, group.lines())?;
+        self.runs.push(Run {
+            level,
+            file: Arc::new(file),
+        });
+        Ok(())
     }
 
     fn spill(&mut self) -> io::Result<()> {
@@ -93,8 +112,24 @@ impl<F: FnMut() -> io::Result<File>> Sorter<F> {
         let run = std::mem::take(&mut self.run);
         self.run_bytes = 0;
         let file = write_run((self.make_file)()?, run.into_iter().map(Ok))?;
-        self.runs.push(Arc::new(file));
-        Ok(())
+        self.runs.push(Run {
+            level: 0,
+            file: Arc::new(file),
+        });
+        // The newest runs merge as soon as `SORT_MERGE_FAN_IN` of one level
+        // are there (a counter in base `SORT_MERGE_FAN_IN`): open files
+        // stay under a few hundred for any input.
+        loop {
+            let count = self.runs.len();
+            let Some(first) = count.checked_sub(SORT_MERGE_FAN_IN) else {
+                return Ok(());
+            };
+            let level = self.runs[count - 1].level;
+            if level == u32::MAX || self.runs[first..].iter().any(|run| run.level != level) {
+                return Ok(());
+            }
+            self.merge_runs(first..count, level + 1)?;
+        }
     }
 }
 
@@ -302,6 +337,11 @@ mod tests {
             sorter.push(line).unwrap();
         }
         assert_eq!(sorter.pushed(), 2 * n);
+        assert!(
+            sorter.runs.len() < SORT_MERGE_FAN_IN,
+            "{} runs open while pushing",
+            sorter.runs.len()
+        );
         let sorted = sorter.finish().unwrap();
         assert!(sorted.runs.len() < SORT_MERGE_FAN_IN);
         let expected: Vec<String> = (0..n).map(|i| format!("name-{i:06}")).collect();

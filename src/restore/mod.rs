@@ -629,7 +629,7 @@ impl Restore {
 }
 
 /// Many files in flight need descriptors: lift the soft limit to the hard one.
-fn raise_open_files_limit() {
+pub(crate) fn raise_open_files_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {

@@ -3,11 +3,11 @@
 //! unnamed files in `TMPDIR` (`external_sort`). A list of ten million names
 //! costs disk there, not memory.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use super::external_sort::{Sorted, Sorter, anonymous_file};
 use super::wanted::{self, Keep, Wanted};
-use crate::config::FILES_FROM_SORT_RUN_BYTES;
+use crate::config::{B2_FILE_NAME_MAX_BYTES, FILES_FROM_SORT_RUN_BYTES};
 use crate::error::{Error, Result};
 
 /// The names of a `--files-from` list, relative to the restore's prefix,
@@ -32,19 +32,34 @@ impl NameList {
     /// A bad line is a usage error naming its number.
     pub fn read(mut reader: impl BufRead, prefix: &str, shown: &str) -> Result<NameList> {
         let mut builder = Builder::new(prefix, shown);
+        let read_error = |error| Error::Usage(format!("--files-from {shown}: {error}"));
         let mut line = Vec::new();
         let mut number = 0usize;
         loop {
             line.clear();
-            let read = reader
+            // A line is read up to one byte past the longest a name can be,
+            // so that no line (a JSON manifest passed by mistake, /dev/zero)
+            // is held whole.
+            let read = (&mut reader)
+                .take(LIST_LINE_MAX_BYTES as u64 + 1)
                 .read_until(b'\n', &mut line)
-                .map_err(|error| Error::Usage(format!("--files-from {shown}: {error}")))?;
+                .map_err(read_error)?;
             if read == 0 {
                 break;
             }
             number += 1;
             if line.last() == Some(&b'\n') {
                 line.pop();
+            } else if line.len() > LIST_LINE_MAX_BYTES {
+                let comment = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&line);
+                if !comment.starts_with(b"#") {
+                    return Err(Error::Usage(format!(
+                        "--files-from {shown}: line {number} is longer than any B2 file name \
+                         ({B2_FILE_NAME_MAX_BYTES} bytes)"
+                    )));
+                }
+                skip_line(&mut reader).map_err(read_error)?;
+                continue;
             }
             let text = std::str::from_utf8(&line).map_err(|_| {
                 Error::Usage(format!(
@@ -79,9 +94,45 @@ impl NameList {
         self.names == 0
     }
 
-    /// A walk of the list beside a listing under `prefix`.
+    /// A walk of the list beside a listing under `prefix`, of the names
+    /// `keep` keeps. A first pass counts those, so that no listing page is
+    /// longer than the names still sought (B2 bills a page per 1,000 names).
     pub(crate) fn wanted(&self, prefix: &str, keep: Keep) -> Wanted {
-        Wanted::new(Box::new(self.sorted.lines()), self.names, prefix, keep)
+        let mut kept = 0u64;
+        for name in self.sorted.lines() {
+            match name {
+                Ok(relative) => kept += u64::from(keep(&format!("{prefix}{relative}"), &relative)),
+                // The walk fails at once, saying why.
+                Err(error) => {
+                    return Wanted::new(Box::new(std::iter::once(Err(error))), 0, prefix, keep);
+                }
+            }
+        }
+        Wanted::new(Box::new(self.sorted.lines()), kept, prefix, keep)
+    }
+}
+
+/// The longest line that can hold a name: a name's bytes, a byte-order
+/// mark and a CR.
+const LIST_LINE_MAX_BYTES: usize = B2_FILE_NAME_MAX_BYTES + 3 + 1;
+
+/// Consumes the rest of a line (a long comment) without keeping it.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        match buffer.iter().position(|&byte| byte == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let all = buffer.len();
+                reader.consume(all);
+            }
+        }
     }
 }
 
@@ -93,6 +144,9 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(prefix: &'a str, shown: &'a str) -> Builder<'a> {
+        // Sorting holds up to a few hundred runs open (as a restore holds
+        // its files): the soft limit can be 256.
+        super::raise_open_files_limit();
         let spill_dir = std::env::temp_dir();
         let make_file: Box<dyn FnMut() -> std::io::Result<std::fs::File>> =
             Box::new(move || anonymous_file(&spill_dir));
@@ -137,9 +191,14 @@ impl<'a> Builder<'a> {
 }
 
 fn spill_error(shown: &str, error: std::io::Error) -> Error {
+    let hint = match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => " (set TMPDIR to a directory with room)",
+        Some(libc::EMFILE | libc::ENFILE) => " (raise the open files limit: ulimit -n)",
+        _ => "",
+    };
     Error::io(
         format!(
-            "sorting --files-from {shown} in {} (set TMPDIR to a directory with room)",
+            "sorting --files-from {shown} in {}{hint}",
             std::env::temp_dir().display()
         ),
         error,
@@ -182,7 +241,14 @@ mod tests {
         assert!(message(b"ok\n\nbad\tname\n").contains("line 3 is not a B2 file name"));
         assert!(message(b"# nothing\n\n").contains("no names in it"));
         let long = format!("a\n{}\n", "x".repeat(1025));
-        assert!(message(long.as_bytes()).contains("line 2"));
+        assert!(message(long.as_bytes()).contains("line 2 is not a B2 file name"));
+        // Longer than any line that can hold a name: refused before it is
+        // read whole, wherever it ends; a comment that long is skipped.
+        let huge = format!("a\n{}", "x".repeat(10 << 20));
+        assert!(message(huge.as_bytes()).contains("line 2 is longer than any B2 file name"));
+        let comment = format!("\u{feff}# {}\r\nb\n", "c".repeat(10 << 20));
+        let list = NameList::read(comment.as_bytes(), "", "list.txt").unwrap();
+        assert_eq!(walk(&list, ""), ["b"]);
     }
 
     /// More names than one run holds: spilled, merged, walked in order.

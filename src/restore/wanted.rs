@@ -67,7 +67,7 @@ pub struct Wanted {
     names: Names,
     prefix: String,
     keep: Keep,
-    /// Names of the list not yet drawn from `names`.
+    /// Names `keep` keeps not yet drawn from `names`.
     undrawn: u64,
     /// The first wanted full name (PREFIX + name) the listing has not passed.
     current: Option<String>,
@@ -94,13 +94,13 @@ impl std::fmt::Debug for Wanted {
 }
 
 impl Wanted {
-    /// `names` holds `list_names` names, ascending, each once.
-    pub fn new(names: Names, list_names: u64, prefix: &str, keep: Keep) -> Wanted {
+    /// `names` is ascending, each name once, and `kept` of them pass `keep`.
+    pub fn new(names: Names, kept: u64, prefix: &str, keep: Keep) -> Wanted {
         let mut wanted = Wanted {
             names,
             prefix: prefix.to_string(),
             keep,
-            undrawn: list_names,
+            undrawn: kept,
             current: None,
             current_found: false,
             stopped: false,
@@ -110,8 +110,7 @@ impl Wanted {
         wanted
     }
 
-    /// At most this many names are not yet passed (those of the list not
-    /// yet drawn count whether kept or not): a bound for a page's length.
+    /// Wanted names not yet passed: a bound for a page's length.
     pub fn remaining(&self) -> u64 {
         self.undrawn + u64::from(self.current.is_some())
     }
@@ -189,11 +188,11 @@ impl Wanted {
             return;
         }
         for next in self.names.by_ref() {
-            self.undrawn = self.undrawn.saturating_sub(1);
             match next {
                 Ok(relative) => {
                     let full = format!("{}{relative}", self.prefix);
                     if (self.keep)(&full, &relative) {
+                        self.undrawn = self.undrawn.saturating_sub(1);
                         self.current = Some(full);
                         return;
                     }
@@ -323,9 +322,9 @@ mod tests {
             assert!(full.starts_with("p/"));
             !relative.starts_with("skip/")
         });
-        let mut wanted = Walk::new(Wanted::new(names, count, "p/", keep));
+        let mut wanted = Walk::new(Wanted::new(names, 2, "p/", keep));
         assert_eq!(wanted.first_start(), start("p/a"));
-        assert_eq!(wanted.remaining(), 3, "a bound: skip/x is not drawn yet");
+        assert_eq!(wanted.remaining(), 2);
         assert_eq!(wanted.continue_from(None), None);
         assert_eq!(wanted.take_missing(), ["p/a", "p/b"]);
         assert_eq!(wanted.remaining(), 0);
