@@ -58,8 +58,8 @@ fn addresses(url: &url::Url) -> Result<Vec<std::net::SocketAddr>, Error> {
     Ok(addrs)
 }
 
-/// One control-plane exchange on a fresh connection: API calls and probes are
-/// rare, so they do not share the engine's connections.
+/// One control-plane exchange, on a fresh connection or a caller's
+/// `KeepAlive`: API calls and probes do not share the engine's connections.
 pub struct Exchange {
     pub head: ResponseHead,
     pub body: Vec<u8>,
@@ -98,30 +98,47 @@ impl ApiRetry {
 /// after the first skips the TCP and TLS handshakes, two round trips of
 /// three. Owned by that caller, on its thread and runtime (a connection
 /// never crosses threads); dropped with it.
+///
+/// Only for idempotent calls (listings): a call whose reused connection
+/// turns out closed goes out again, and "closed before any answer" cannot
+/// tell a request the server never read from one it read.
 #[derive(Default)]
 pub struct KeepAlive {
-    /// The origin's base URL and the connection to it.
-    idle: Option<(String, Connection)>,
+    idle: Option<Idle>,
+}
+
+struct Idle {
+    /// The origin's base URL.
+    base_url: String,
+    connection: Connection,
+    since: std::time::Instant,
 }
 
 impl KeepAlive {
+    /// The idle connection to `origin`, unless it idled so long that a
+    /// middlebox may have dropped it without a word (a request on such a
+    /// connection would wait a whole `--timeout-s`, and count as a failure).
     fn take_for(&mut self, origin: &Origin) -> Option<Connection> {
-        match self.idle.take() {
-            Some((base_url, connection)) if base_url == origin.base_url() => Some(connection),
-            Some((_, connection)) => {
-                connection.shutdown();
-                None
-            }
-            None => None,
+        let idle = self.idle.take()?;
+        let max_idle = Duration::from_millis(crate::config::API_KEEPALIVE_IDLE_MAX_MS);
+        if idle.base_url == origin.base_url() && idle.since.elapsed() < max_idle {
+            return Some(idle.connection);
         }
+        idle.connection.shutdown();
+        None
     }
 
     /// Keeps `connection` if its answer leaves it ready for another
-    /// request: not closing, and the body delimited (not by the close).
+    /// request: not closing, the body delimited (not by the close), and no
+    /// byte past it.
     fn offer(&mut self, origin: &Origin, head: &ResponseHead, connection: Connection) {
         let delimited = head.content_length.is_some() || head.chunked || !has_body(head);
-        if head.keep_alive && delimited {
-            self.idle = Some((origin.base_url(), connection));
+        if head.keep_alive && delimited && connection.has_nothing_buffered() {
+            self.idle = Some(Idle {
+                base_url: origin.base_url(),
+                connection,
+                since: std::time::Instant::now(),
+            });
         } else {
             connection.shutdown();
         }
@@ -208,6 +225,13 @@ async fn exchange_once(
     let idle = keep.as_deref_mut().and_then(|keep| keep.take_for(origin));
     if let Some(connection) = idle {
         match exchange_on(connection, request, is_head, body_limit_bytes).await {
+            // Some servers and proxies write a 408 and close to a connection
+            // that idled too long: that answers no request of ours.
+            Ok((exchange, connection))
+                if exchange.head.status == 408 && !exchange.head.keep_alive =>
+            {
+                connection.shutdown();
+            }
             Ok((exchange, connection)) => {
                 if let Some(keep) = keep {
                     keep.offer(origin, &exchange.head, connection);
