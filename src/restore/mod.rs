@@ -658,12 +658,23 @@ pub(crate) async fn version_at(
     let mut choice = listing::VersionAt::new(at_ms);
     let mut start = listing::PageStart::at(name);
     let mut page_files = None;
+    // A name with many versions is several pages: one connection.
+    let mut keep = KeepAlive::default();
     loop {
         let files = listing::next_page_files(page_files);
         page_files = Some(files);
         // The prefix also lists `name/…` and `name…` after `name` itself.
         let body = listing::request_body(&bucket_id, name, &start, files);
-        let page = fetch_page(auth, CALL, &body, &start, timeout, ApiRetry::STARTUP, None).await?;
+        let page = fetch_page(
+            auth,
+            CALL,
+            &body,
+            &start,
+            timeout,
+            ApiRetry::STARTUP,
+            Some(&mut keep),
+        )
+        .await?;
         let next = listing::PageStart::after(&page);
         for entry in page.entries {
             if entry.name != name {
