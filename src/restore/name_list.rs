@@ -191,6 +191,16 @@ impl<'a> Builder<'a> {
 }
 
 fn spill_error(shown: &str, error: std::io::Error) -> Error {
+    let dir = std::env::temp_dir();
+    // No such directory, or not ours to write: the setting is wrong, not
+    // the run (exit 2, before any request).
+    if let Some(libc::ENOENT | libc::ENOTDIR | libc::EACCES | libc::EROFS) = error.raw_os_error() {
+        return Error::Usage(format!(
+            "--files-from {shown}: cannot sort it in TMPDIR {}: {error}; point TMPDIR at a \
+             writable directory",
+            dir.display()
+        ));
+    }
     let hint = match error.raw_os_error() {
         Some(libc::ENOSPC | libc::EDQUOT) => " (set TMPDIR to a directory with room)",
         Some(libc::EMFILE | libc::ENFILE) => " (raise the open files limit: ulimit -n)",
@@ -228,6 +238,13 @@ mod tests {
         assert_eq!(list.len(), 4, "repeats included");
         assert_eq!(walk(&list, "p/"), ["p/b.txt", "p/dir/a c.txt", "p/last"]);
         assert_eq!(walk(&list, "p/").len(), 3, "walks again from the start");
+    }
+
+    /// A TMPDIR that is not there is a usage error (exit 2), said so.
+    #[test]
+    fn a_missing_spill_directory_is_a_usage_error() {
+        let error = spill_error("list.txt", std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(matches!(&error, Error::Usage(text) if text.contains("point TMPDIR")));
     }
 
     #[test]
