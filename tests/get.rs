@@ -316,21 +316,9 @@ fn over_a_long_round_trip_get_widens_to_every_connection() {
     let dest = fixture.dest_str("wide.bin");
     // Default connections (16 per core, 4 taking chunks until the round
     // trip is known to be long: after 128 answers of the 200).
-    let output = ringdown(
-        &served,
-        &[
-            "b2://bkt/wide.bin",
-            &dest,
-            "--cores",
-            "1",
-            "--part-size",
-            "16KiB",
-            "--buffer-size",
-            "16KiB",
-            "--buffers",
-            "64",
-        ],
-    );
+    let mut args = vec!["b2://bkt/wide.bin", &dest, "--cores", "1"];
+    args.extend(common::SMALL_CHUNKS);
+    let output = ringdown(&served, &args);
     assert_ok(&output);
     assert_same(Path::new(&dest), "wide.bin", size);
     let connections = common::connections_serving_ranges(&log, "wide.bin");

@@ -584,18 +584,8 @@ fn over_a_long_round_trip_a_lone_large_object_takes_every_connection() {
     let dir = out.path().join("dir");
     // 8 connections, of which restore gives large objects 4 while other
     // work may come; here nothing else comes.
-    let tuning = [
-        "--part-size",
-        "16KiB",
-        "--buffer-size",
-        "16KiB",
-        "--buffers",
-        "64",
-        "--connections",
-        "8",
-        "--cores",
-        "1",
-    ];
+    let mut tuning = common::SMALL_CHUNKS.to_vec();
+    tuning.extend(["--connections", "8", "--cores", "1"]);
     let output = run_bounded(command_tuned(&served, &["b2://bkt"], &dir, &tuning));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(std::fs::read(dir.join("big.bin")).unwrap() == bytes);

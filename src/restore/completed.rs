@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+use std::io::{BufRead, BufReader, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -153,21 +153,9 @@ pub fn load(
         }
         let merged = sorter.finish().map_err(sort_error)?;
         let temp_name = format!("{sorted_name}.tmp");
-        let temp = create(state, &temp_name)
+        let (temp, count) = create(state, &temp_name)
+            .and_then(|temp| merged.write_to(temp))
             .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
-        let mut writer = BufWriter::new(temp);
-        let mut count = 0u64;
-        for line in merged.lines() {
-            let line = line.map_err(sort_error)?;
-            writer
-                .write_all(line.as_bytes())
-                .and_then(|()| writer.write_all(b"\n"))
-                .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
-            count += 1;
-        }
-        let temp = writer.into_inner().map_err(|error| {
-            Error::io(context("writing the sorted journal"), error.into_error())
-        })?;
         // Durable before it replaces the old file: the journal is cut next.
         temp.sync_all()
             .map_err(|error| Error::io(context("syncing the sorted journal"), error))?;

@@ -98,7 +98,7 @@ impl<F: FnMut() -> io::Result<File>> Sorter<F> {
             runs: self.runs.drain(range).map(|run| run.file).collect(),
             memory: Arc::from([]),
         };
-        let file = write_run((self.make_file)()?, group.lines())?;
+        let (file, _) = write_run((self.make_file)()?, group.lines())?;
         self.runs.push(Run {
             level,
             file: Arc::new(file),
@@ -111,7 +111,7 @@ impl<F: FnMut() -> io::Result<File>> Sorter<F> {
         self.run.dedup();
         let run = std::mem::take(&mut self.run);
         self.run_bytes = 0;
-        let file = write_run((self.make_file)()?, run.into_iter().map(Ok))?;
+        let (file, _) = write_run((self.make_file)()?, run.into_iter().map(Ok))?;
         self.runs.push(Run {
             level: 0,
             file: Arc::new(file),
@@ -140,6 +140,12 @@ pub struct Sorted {
 }
 
 impl Sorted {
+    /// Writes every line once, ascending, into `file`; returns it with the
+    /// number of lines.
+    pub fn write_to(&self, file: File) -> io::Result<(File, u64)> {
+        write_run(file, self.lines())
+    }
+
     /// Every line once, ascending. Each call reads from the start.
     pub fn lines(&self) -> Merge {
         let mut sources: Vec<Source> = self
@@ -268,14 +274,22 @@ impl Read for RunReader {
     }
 }
 
-/// Writes `lines` (ascending), one per line, into `file`.
-fn write_run(file: File, lines: impl Iterator<Item = io::Result<String>>) -> io::Result<File> {
+/// Writes `lines` (ascending), one per line, into `file`; with their count.
+fn write_run(
+    file: File,
+    lines: impl Iterator<Item = io::Result<String>>,
+) -> io::Result<(File, u64)> {
     let mut writer = BufWriter::new(file);
+    let mut count = 0u64;
     for line in lines {
         writer.write_all(line?.as_bytes())?;
         writer.write_all(b"\n")?;
+        count += 1;
     }
-    writer.into_inner().map_err(io::IntoInnerError::into_error)
+    let file = writer
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?;
+    Ok((file, count))
 }
 
 /// An unnamed file in `dir` (`O_TMPFILE`: gone with its descriptor, even

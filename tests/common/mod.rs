@@ -395,6 +395,18 @@ pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::proce
     }
 }
 
+/// 16 KiB parts and buffers, 64 buffers: an object of a few MiB is hundreds
+/// of chunks, enough answers to learn the round trip and to spread over
+/// every connection (the wide-connection tests of `get` and `restore`).
+pub const SMALL_CHUNKS: [&str; 6] = [
+    "--part-size",
+    "16KiB",
+    "--buffer-size",
+    "16KiB",
+    "--buffers",
+    "64",
+];
+
 /// `VmHWM` of `pid` once it runs ringdown, else `None`.
 ///
 /// Right after `spawn` returns, the child may still be on the test's own
