@@ -205,6 +205,15 @@ pub const B2_FILE_NAME_MAX_BYTES: usize = 1024;
 /// more means a wrong file, refused without reading it whole.
 pub const SSE_C_KEY_FILE_MAX_BYTES: u64 = 4096;
 
+/// Most SSE-C keys one run takes (`--sse-c-key-file`, repeated): which of
+/// them B2 refused for an object is a bit of a `u64`.
+pub const SSE_C_KEYS_MAX: usize = 64;
+/// Key IDs (b2sdk's `sse_c_key_id` in fileInfo) a run remembers the key of.
+/// Past it, objects with a new ID start from the key that last opened one.
+pub const SSE_C_KEY_IDS_REMEMBERED_MAX: usize = 4096;
+/// Longest `sse_c_key_id` taken as a hint; a longer one is ignored.
+pub const SSE_C_KEY_ID_MAX_BYTES: usize = 256;
+
 /// Longest path component a Linux filesystem accepts (NAME_MAX).
 pub const NAME_SEGMENT_MAX_BYTES: usize = 255;
 

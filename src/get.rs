@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
 
-use crate::b2::{CustomerKey, ExpectedSha1, FileAction};
+#[cfg(test)]
+use crate::b2::CustomerKey;
+use crate::b2::{ExpectedSha1, FileAction, KeyChoice, Keyring};
 use crate::client::b2_api::{Authorizer, denied, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
@@ -160,8 +162,9 @@ pub struct DownloadOptions {
     /// `--as-of` (b2:// only): the version current at this instant (ms since
     /// the epoch), found with `b2_list_file_versions`.
     pub as_of_ms: Option<u64>,
-    /// b2:// only: the SSE-C key, sent with every request for the object.
-    pub sse_c_key: Option<Arc<CustomerKey>>,
+    /// b2:// only: the SSE-C keys given; the object's requests carry the
+    /// one B2 opens it with (see `Keyring`).
+    pub sse_c_keys: Option<Arc<Keyring>>,
 }
 
 impl DownloadOptions {
@@ -185,7 +188,7 @@ impl DownloadOptions {
             sha1: None,
             require_verified: false,
             as_of_ms: None,
-            sse_c_key: None,
+            sse_c_keys: None,
         }
     }
 }
@@ -204,7 +207,7 @@ impl std::fmt::Debug for DownloadOptions {
             .field("sha1", &self.sha1.as_ref().map(|sha1| to_hex(sha1)))
             .field("require_verified", &self.require_verified)
             .field("as_of_ms", &self.as_of_ms)
-            .field("sse_c_key", &self.sse_c_key)
+            .field("sse_c_keys", &self.sse_c_keys)
             .finish()
     }
 }
@@ -303,7 +306,7 @@ impl Download {
         if let Some(ca) = &self.options.ca_file {
             crate::tls::check_ca_file(ca)?;
         }
-        if matches!(self.source, Source::Url(_)) && self.options.sse_c_key.is_some() {
+        if matches!(self.source, Source::Url(_)) && self.options.sse_c_keys.is_some() {
             return Err(Error::Usage(
                 "--sse-c-key-file needs a b2://BUCKET/NAME source: SSE-C headers are B2's, and this is a plain URL"
                     .into(),
@@ -562,7 +565,7 @@ impl Download {
                     };
                     auth.scope().check(bucket, reach).map_err(Error::Denied)?;
                 }
-                let sse_c = options.sse_c_key.as_deref();
+                let sse_c = options.sse_c_keys.as_ref();
                 if sse_c.is_some() {
                     crate::b2::sse::check_key_transport(&auth.download_url())
                         .map_err(Error::Usage)?;
@@ -608,6 +611,7 @@ impl Download {
                     file_id,
                     expected,
                     mtime_ms,
+                    sse_c,
                 } = object;
                 // Fetch by fileId so a newer upload under the same name
                 // cannot be spliced in. Only a HEAD by name can lack one.
@@ -628,7 +632,7 @@ impl Download {
                     auth: Some(auth),
                     expect_file_id: file_id,
                     if_match: None,
-                    sse_c: options.sse_c_key.clone(),
+                    sse_c,
                     display_name,
                 };
                 Ok(ObjectMeta {
@@ -765,6 +769,8 @@ struct B2Object {
     file_id: Option<String>,
     expected: crate::b2::ExpectedSha1,
     mtime_ms: Option<u64>,
+    /// SSE-C: which key given its requests carry.
+    sse_c: Option<Arc<KeyChoice>>,
 }
 
 /// What `head_by_name` asks about.
@@ -772,7 +778,7 @@ struct HeadRequest<'a> {
     /// Path of the download by name, URL-encoded.
     by_name: &'a str,
     display_name: &'a str,
-    sse_c: Option<&'a CustomerKey>,
+    sse_c: Option<&'a Arc<Keyring>>,
     timeout: Duration,
 }
 
@@ -791,11 +797,11 @@ async fn head_by_name(
     } = request;
     // HEAD for the metadata; a GET of one byte only to learn why a HEAD was
     // refused (its answer has no body to carry B2's error code).
-    let send = |method: &'static str| async move {
+    let send = |method: &'static str, key: Option<usize>| async move {
         let token = auth.token();
         let mut headers = vec![("Authorization", token.as_str())];
-        if let Some(key) = sse_c {
-            headers.extend(key.headers());
+        if let (Some(ring), Some(key)) = (sse_c, key) {
+            headers.extend(ring.keys()[key].headers());
         }
         let mut request = Vec::new();
         let range = (method == "GET").then_some((0, 0));
@@ -821,79 +827,97 @@ async fn head_by_name(
         .await
         .map_err(|error| crate::client::in_context(error, &format!("{method} {display_name}")))
     };
-    let reply = send("HEAD").await?;
-    match reply.head.status {
-        200 => {}
-        401 | 403 => {
-            let why = send("GET").await?;
-            let code = crate::b2::parse_error_body(&why.body).map(|e| e.code);
-            let status = why.head.status;
-            let detail = format!("GET {display_name}: {}", describe_error(&why));
-            let run_fatal = crate::b2::classify(status, code.as_deref().unwrap_or(""))
-                == crate::b2::ErrorClass::RunFatal;
-            return Err(if (200..300).contains(&status) {
-                Error::http(
+    // With several keys, each in turn until B2 opens the object with one
+    // (B2 does not say which key an object is under: a wrong one is refused).
+    let key_count = sse_c.map_or(0, |ring| ring.keys().len());
+    let mut key = sse_c.map(|_| 0);
+    let reply = loop {
+        let reply = send("HEAD", key).await?;
+        match reply.head.status {
+            200 => break reply,
+            401 | 403 => {}
+            404 => {
+                return Err(Error::http(
                     format!("HEAD {display_name}"),
-                    format!(
-                        "HTTP {} to HEAD while a GET is answered: an origin (or proxy) \
-                         that refuses HEAD is not supported",
-                        reply.head.status
-                    ),
-                )
-            } else if run_fatal {
-                // A download or transaction cap: no credential will help.
-                Error::Fatal(detail)
-            } else if code.as_deref() == Some("access_denied") {
-                // B2's answer to a missing or wrong SSE-C key too.
-                match sse_c {
-                    Some(key) => Error::Denied(format!(
-                        "{detail}: {}, or {}",
-                        key.refused(),
-                        crate::b2::DENIED_HINT
-                    )),
-                    None => denied(format!(
-                        "{detail}; an object encrypted with SSE-C is refused this way until its \
-                         key is given (--sse-c-key-file FILE or {})",
-                        crate::b2::sse::KEY_ENV
-                    )),
+                    "not found: no such bucket or object (names are case-sensitive)",
+                ));
+            }
+            _ => {
+                return Err(Error::http(
+                    format!("HEAD {display_name}"),
+                    describe_error(&reply),
+                ));
+            }
+        }
+        let why = send("GET", key).await?;
+        let code = crate::b2::parse_error_body(&why.body).map(|e| e.code);
+        let status = why.head.status;
+        let detail = format!("GET {display_name}: {}", describe_error(&why));
+        let run_fatal = crate::b2::classify(status, code.as_deref().unwrap_or(""))
+            == crate::b2::ErrorClass::RunFatal;
+        return Err(if (200..300).contains(&status) {
+            Error::http(
+                format!("HEAD {display_name}"),
+                format!(
+                    "HTTP {} to HEAD while a GET is answered: an origin (or proxy) \
+                     that refuses HEAD is not supported",
+                    reply.head.status
+                ),
+            )
+        } else if run_fatal {
+            // A download or transaction cap: no credential will help.
+            Error::Fatal(detail)
+        } else if code.as_deref() == Some("access_denied") {
+            // B2's answer to a missing or wrong SSE-C key too.
+            match (sse_c, key) {
+                (Some(_), Some(tried)) if tried + 1 < key_count => {
+                    key = Some(tried + 1);
+                    continue;
                 }
-            } else {
-                refusal(detail, &why)
-            });
-        }
-        404 => {
-            return Err(Error::http(
-                format!("HEAD {display_name}"),
-                "not found: no such bucket or object (names are case-sensitive)",
-            ));
-        }
-        _ => {
-            return Err(Error::http(
-                format!("HEAD {display_name}"),
-                describe_error(&reply),
-            ));
-        }
-    }
+                (Some(ring), _) => Error::Denied(format!(
+                    "{detail}: {}, or {}",
+                    ring.all_refused(),
+                    crate::b2::DENIED_HINT
+                )),
+                (None, _) => denied(format!(
+                    "{detail}; an object encrypted with SSE-C is refused this way until its \
+                     key is given (--sse-c-key-file FILE or {})",
+                    crate::b2::sse::KEY_ENV
+                )),
+            }
+        } else {
+            refusal(detail, &why)
+        });
+    };
     let head = &reply.head;
     // A HEAD answered without the key (B2 may describe an SSE-C object so)
     // must not turn into downloads refused one by one.
     let encrypted_with = head.header("x-bz-server-side-encryption-customer-key-md5");
-    match (encrypted_with, sse_c) {
-        (Some(_), None) => {
+    let sse_c = match (encrypted_with, sse_c, key) {
+        (Some(_), None, _) => {
             return Err(Error::Usage(format!(
                 "{display_name}: {}",
                 crate::b2::sse::NO_KEY
             )));
         }
-        (Some(md5), Some(key)) if md5 != key.md5_base64() => {
-            return Err(Error::Usage(format!(
-                "{display_name}: encrypted with SSE-C under the key whose MD5 is {md5}; the key \
-                 given has MD5 {}",
-                key.md5_base64()
-            )));
+        (Some(md5), Some(ring), _) => match ring.by_md5(md5) {
+            Some(index) => Some(Arc::new(KeyChoice::starting_at(Arc::clone(ring), index))),
+            None => {
+                return Err(Error::Usage(format!(
+                    "{display_name}: encrypted with SSE-C under the key whose MD5 is {md5}; \
+                     the {} given {}",
+                    if key_count == 1 { "key" } else { "keys" },
+                    describe_md5s(ring)
+                )));
+            }
+        },
+        // No word of the key: the requests carry the one the HEAD did, as
+        // b2sdk's do.
+        (None, Some(ring), Some(index)) => {
+            Some(Arc::new(KeyChoice::starting_at(Arc::clone(ring), index)))
         }
-        _ => {}
-    }
+        (None, _, _) => None,
+    };
     let size_bytes = head
         .content_length
         .ok_or_else(|| Error::http(format!("HEAD {display_name}"), "no Content-Length"))?;
@@ -914,7 +938,17 @@ async fn head_by_name(
         file_id,
         expected,
         mtime_ms,
+        sse_c,
     })
+}
+
+/// "has MD5 X" or "have MD5s X, Y": the keys given, by their MD5 only.
+fn describe_md5s(ring: &Keyring) -> String {
+    let md5s: Vec<&str> = ring.keys().iter().map(|key| key.md5_base64()).collect();
+    match md5s.as_slice() {
+        [one] => format!("has MD5 {one}"),
+        all => format!("have MD5s {}", all.join(", ")),
+    }
 }
 
 /// `b2id://FILEID`: that version's metadata from `b2_get_file_info`, and
@@ -922,7 +956,7 @@ async fn head_by_name(
 async fn file_info_by_id(
     auth: &Authorizer,
     file_id: &str,
-    sse_c: Option<&CustomerKey>,
+    sse_c: Option<&Arc<Keyring>>,
     timeout: Duration,
 ) -> Result<(B2Object, String)> {
     let display_name = format!("b2id://{file_id}");
@@ -973,13 +1007,20 @@ async fn file_info_by_id(
             ));
         }
     }
-    if file.is_sse_c() && sse_c.is_none() {
-        return Err(Error::Usage(format!(
-            "{display_name} ({:?}) is {}",
-            file.file_name,
-            crate::b2::sse::NO_KEY
-        )));
-    }
+    let sse_c = match (file.is_sse_c(), sse_c) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Error::Usage(format!(
+                "{display_name} ({:?}) is {}",
+                file.file_name,
+                crate::b2::sse::NO_KEY
+            )));
+        }
+        (true, Some(ring)) => Some(Arc::new(KeyChoice::new(
+            Arc::clone(ring),
+            file.info_str("sse_c_key_id"),
+        ))),
+    };
     let size_bytes = file
         .length_bytes()
         .ok_or_else(|| Error::http("b2_get_file_info", "no contentLength"))?;
@@ -993,6 +1034,7 @@ async fn file_info_by_id(
         file_id: file.file_id.clone(),
         expected: file.expected_sha1(),
         mtime_ms: file.modified_millis(),
+        sse_c,
     };
     Ok((object, notice))
 }
@@ -1004,7 +1046,7 @@ async fn version_as_of(
     bucket: &str,
     name: &str,
     at_ms: u64,
-    sse_c: Option<&CustomerKey>,
+    sse_c: Option<&Arc<Keyring>>,
     timeout: std::time::Duration,
 ) -> Result<(B2Object, String)> {
     let display_name = format!("b2://{bucket}/{name}");
@@ -1017,12 +1059,19 @@ async fn version_as_of(
                 "no version existed then: first uploaded later, or deleted (hidden) by then",
             )
         })?;
-    if entry.sse_c && sse_c.is_none() {
-        return Err(Error::Usage(format!(
-            "{display_name}: the version current at {at} is {}",
-            crate::b2::sse::NO_KEY
-        )));
-    }
+    let sse_c = match (&entry.sse_c, sse_c) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::Usage(format!(
+                "{display_name}: the version current at {at} is {}",
+                crate::b2::sse::NO_KEY
+            )));
+        }
+        (Some(encryption), Some(ring)) => Some(Arc::new(KeyChoice::new(
+            Arc::clone(ring),
+            encryption.key_id.as_deref(),
+        ))),
+    };
     // By fileId only: the name now serves another version.
     let Some(file_id) = entry.file_id else {
         return Err(Error::http(
@@ -1039,6 +1088,7 @@ async fn version_as_of(
         file_id: Some(file_id),
         expected: entry.expected,
         mtime_ms: entry.mtime_ms,
+        sse_c,
     };
     Ok((object, notice))
 }
@@ -1425,9 +1475,12 @@ pub(crate) mod tests {
             "visible-key-id",
             "K005-very-secret-application-key",
         );
-        options.sse_c_key = Some(Arc::new(CustomerKey::from_bytes(
-            b"sse-c-secret-sse-c-secret-012345",
-        )));
+        options.sse_c_keys = Some(Arc::new(
+            Keyring::new(vec![CustomerKey::from_bytes(
+                b"sse-c-secret-sse-c-secret-012345",
+            )])
+            .unwrap(),
+        ));
         let text = format!("{options:?} {options:#?}");
         assert!(!text.contains("very-secret"), "{text}");
         // The SSE-C key shows as its MD5 only (base64 of the key starts "c3NlLWMt").

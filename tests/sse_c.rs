@@ -63,7 +63,7 @@ fn ringdown(served: &Served, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
     command
         .args(args)
-        .args(["--realm", &served.realm, "--quiet", "--cores", "2"])
+        .args(["--realm", &served.realm, "--quiet"])
         .env("B2_APPLICATION_KEY_ID", &served.key_id)
         .env("B2_APPLICATION_KEY", &served.key)
         .env_remove("B2_SOURCE_SSE_C_KEY_B64")
@@ -74,6 +74,9 @@ fn ringdown(served: &Served, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("SLURM_ARRAY_TASK_ID");
     if let Some(ca_file) = &served.ca_file {
         command.arg("--ca-file").arg(ca_file);
+    }
+    if !args.contains(&"--cores") {
+        command.args(["--cores", "2"]);
     }
     for (name, value) in env {
         command.env(name, value);
@@ -520,4 +523,275 @@ fn get_sends_the_key_with_every_request_for_the_object() {
         log.contains("/file/bkt/plain/p.txt") && !log.contains("\"sse_c_key\""),
         "{log}"
     );
+}
+
+/// `served/bkt` of a bucket whose key was rotated: `a-new/` under
+/// `OTHER_KEY` (listed first), `b-old/` under `KEY`, each with
+/// `ROTATED_SMALL` small objects and one of several parts, and `plain/`.
+/// Key files beside `served`: `key.raw`, `other.b64`, and `third.raw`, a key
+/// of no object.
+const ROTATED_SMALL: usize = 10;
+
+fn rotated_data() -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    let bucket = data.path().join("served/bkt");
+    for prefix in ["a-new", "b-old"] {
+        for n in 0..ROTATED_SMALL {
+            let name = format!("{prefix}/s{n:02}.bin");
+            write_file(&bucket, &name, &content(&name, 20_000 + n * 1_000));
+        }
+        let name = format!("{prefix}/big.bin");
+        write_file(&bucket, &name, &content(&name, BIG_BYTES));
+    }
+    write_file(&bucket, "plain/p.txt", b"plain text");
+    std::fs::write(data.path().join("key.raw"), KEY).unwrap();
+    std::fs::write(data.path().join("other.b64"), OTHER_KEY_BASE64).unwrap();
+    std::fs::write(data.path().join("third.raw"), [5u8; 32]).unwrap();
+    data
+}
+
+/// Serves `data/served` with `a-new/` under `OTHER_KEY` and `b-old/` under
+/// `KEY`; with `key_ids`, their objects' fileInfo names each key.
+fn served_rotated(data: &Path, key_ids: bool) -> Served {
+    let key = data.join("key.raw");
+    let other = data.join("other.b64");
+    let log = data.join("access.jsonl");
+    let mut args = vec![
+        "--sse-c-key-file",
+        other.to_str().unwrap(),
+        "--sse-c-prefix",
+        "a-new/",
+        "--sse-c-key-file",
+        key.to_str().unwrap(),
+        "--sse-c-prefix",
+        "b-old/",
+        "--access-log",
+        log.to_str().unwrap(),
+    ];
+    if key_ids {
+        args.extend(["--sse-c-key-id", "key-2026", "--sse-c-key-id", "key-2024"]);
+    }
+    serve(&data.join("served"), false, &args)
+}
+
+/// Download requests B2 refused (403) in the access log, per name; the log
+/// is emptied for the next run.
+fn refusals(data: &Path) -> BTreeMap<String, usize> {
+    let log = data.join("access.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    std::fs::write(&log, "").unwrap();
+    let mut refused = BTreeMap::new();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let (Some(name), Some(403)) = (record["name"].as_str(), record["status"].as_u64()) {
+            *refused.entry(name.to_string()).or_insert(0) += 1;
+        }
+    }
+    refused
+}
+
+fn assert_restored(data: &Path, dir: &Path, names: &[String]) {
+    let source = data.join("served/bkt");
+    assert_eq!(files_under(dir), names, "{}", dir.display());
+    for name in names {
+        assert_eq!(
+            std::fs::read(dir.join(name)).unwrap(),
+            std::fs::read(source.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+fn all_names() -> Vec<String> {
+    let mut names: Vec<String> = common::files_under(&rotated_data().path().join("served/bkt"))
+        .into_iter()
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_bucket_under_rotated_keys_is_restored_in_one_run() {
+    let data = rotated_data();
+    let served = served_rotated(data.path(), false);
+    let key = data.path().join("key.raw");
+    let other = data.path().join("other.b64");
+    let third = data.path().join("third.raw");
+    let restore = |dir: &str, extra: &[&str]| {
+        let dir = data.path().join(dir);
+        let mut args = vec![
+            "restore",
+            "b2://bkt",
+            dir.to_str().unwrap(),
+            "--part-size",
+            "1MiB",
+        ];
+        args.extend(extra);
+        (ringdown(&served, &args, &[]), dir)
+    };
+    let names = all_names();
+    refusals(data.path());
+
+    // One request at a time: an object starts with the key that opened the
+    // one before it, so B2 refuses a key only where the key changes (once
+    // into a-new/, once into b-old/, and where a large object's chunks and
+    // the small objects take turns), not once per object of a-new/.
+    let keys = ["--sse-c-key-file", key.to_str().unwrap()];
+    let keys = [&keys[..], &["--sse-c-key-file", other.to_str().unwrap()]].concat();
+    let one_at_a_time = [&keys[..], &["--cores", "1", "--connections", "1"]].concat();
+    let (output, dir) = restore("serial", &one_at_a_time);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_restored(data.path(), &dir, &names);
+    let refused = refusals(data.path());
+    let total: usize = refused.values().sum();
+    assert!(
+        (1..=4).contains(&total),
+        "{total} refusals for {} encrypted objects: {refused:?}",
+        2 * (ROTATED_SMALL + 1)
+    );
+
+    // Many at a time (the defaults): every object under its key, byte for byte.
+    let (output, dir) = restore("parallel", &keys);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_restored(data.path(), &dir, &names);
+    refusals(data.path());
+
+    // No key of b-old/ among those given: its objects fail, naming each key
+    // tried by its MD5, never by its bytes; the rest is restored.
+    let wrong = [
+        "--sse-c-key-file",
+        third.to_str().unwrap(),
+        "--sse-c-key-file",
+        other.to_str().unwrap(),
+    ];
+    let (output, dir) = restore("wrong", &wrong);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("each of the 2 SSE-C keys given"), "{text}");
+    assert!(text.contains(OTHER_KEY_MD5), "{text}");
+    assert!(!text.contains(OTHER_KEY_BASE64), "{text}");
+    let restored: Vec<String> = names
+        .iter()
+        .filter(|name| !name.starts_with("b-old/"))
+        .cloned()
+        .collect();
+    assert_restored(data.path(), &dir, &restored);
+    // Each b-old/ object: at most one refusal per key (per chunk in flight
+    // for the large one), not --max-attempts of them.
+    let refused = refusals(data.path());
+    for n in 0..ROTATED_SMALL {
+        let name = format!("b-old/s{n:02}.bin");
+        assert!(refused.get(&name).copied().unwrap_or(0) <= 2, "{refused:?}");
+    }
+}
+
+/// Objects whose keys alternate name by name (`alt/f0.bin` under `KEY`,
+/// `alt/f1.bin` under `OTHER_KEY`, ...), as after a rotation that re-wrote
+/// some files; with `key_ids`, their fileInfo names each key.
+const ALTERNATING: usize = 8;
+
+fn served_alternating(data: &Path, key_ids: bool) -> Served {
+    let bucket = data.join("served/bkt");
+    let mut args: Vec<String> = Vec::new();
+    for n in 0..ALTERNATING {
+        let name = format!("alt/f{n}.bin");
+        write_file(&bucket, &name, &content(&name, 30_000 + n));
+        let (key_file, key_id) = match n % 2 {
+            0 => ("key.raw", "key-2024"),
+            _ => ("other.b64", "key-2026"),
+        };
+        args.extend([
+            "--sse-c-key-file".into(),
+            data.join(key_file).to_str().unwrap().into(),
+            "--sse-c-prefix".into(),
+            name,
+        ]);
+        if key_ids {
+            args.extend(["--sse-c-key-id".into(), key_id.into()]);
+        }
+    }
+    args.extend([
+        "--access-log".into(),
+        data.join("access.jsonl").to_str().unwrap().into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serve(&data.join("served"), false, &args)
+}
+
+#[test]
+fn key_ids_in_file_info_send_each_object_its_key() {
+    for key_ids in [false, true] {
+        let data = rotated_data();
+        let served = served_alternating(data.path(), key_ids);
+        let keys = key_args(data.path());
+        refusals(data.path());
+        let dir = data.path().join("out");
+        let mut args = vec![
+            "restore",
+            "b2://bkt/alt",
+            dir.to_str().unwrap(),
+            "--cores",
+            "1",
+            "--connections",
+            "1",
+        ];
+        args.extend(keys.iter().map(String::as_str));
+        let output = ringdown(&served, &args, &[]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        for n in 0..ALTERNATING {
+            let name = format!("f{n}.bin");
+            assert_eq!(
+                std::fs::read(dir.join(&name)).unwrap(),
+                content(&format!("alt/{name}"), 30_000 + n),
+                "{name}"
+            );
+        }
+        // Without IDs every change of key costs a refusal; with them, once
+        // an object of each ID has been opened (here: the first guess for a
+        // new ID is a key no other ID has), none.
+        let refused: usize = refusals(data.path()).values().sum();
+        if key_ids {
+            assert_eq!(refused, 0, "with key IDs");
+        } else {
+            assert!(
+                refused >= ALTERNATING / 2,
+                "{refused} refusals without key IDs"
+            );
+        }
+    }
+
+    // `get` of an object under the second key given: by name (HEAD), and
+    // by listing (--as-of).
+    let data = rotated_data();
+    let served = served_alternating(data.path(), true);
+    let keys = key_args(data.path());
+    refusals(data.path());
+    for (dest, as_of) in [("by-name.bin", None), ("as-of.bin", Some("2100-01-01"))] {
+        let dest = data.path().join(dest);
+        let mut args = vec!["get", "b2://bkt/alt/f1.bin", dest.to_str().unwrap()];
+        args.extend(keys.iter().map(String::as_str));
+        if let Some(at) = as_of {
+            args.extend(["--as-of", at]);
+        }
+        let output = ringdown(&served, &args, &[]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert_eq!(std::fs::read(&dest).unwrap(), content("alt/f1.bin", 30_001));
+        // By name, the HEAD finds the key (a refused HEAD, and the GET of a
+        // byte that says why); by listing, one refused GET.
+        let refused = refusals(data.path());
+        assert!(refused["alt/f1.bin"] <= 2, "{refused:?}");
+    }
+}
+
+/// `--sse-c-key-file key.raw --sse-c-key-file other.b64` under `data`.
+fn key_args(data: &Path) -> Vec<String> {
+    ["key.raw", "other.b64"]
+        .iter()
+        .flat_map(|file| {
+            [
+                "--sse-c-key-file".to_string(),
+                data.join(file).to_str().unwrap().to_string(),
+            ]
+        })
+        .collect()
 }

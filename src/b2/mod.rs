@@ -2,11 +2,13 @@
 //! reads (b2-api.md), the expected digest of an object, name encoding for
 //! download URLs, and which errors to retry.
 
+mod keyring;
 mod scope;
 pub mod sse;
 mod types;
 mod url;
 
+pub use keyring::{AfterRefusal, KeyChoice, Keyring};
 pub use scope::{KeyScope, Reach, ScopeBucket};
 pub use sse::{CustomerKey, KeyRefusal, SSE_C_ALGORITHM, is_sse_c};
 pub use types::{

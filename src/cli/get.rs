@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::ticker::{Ticker, eta_text};
-use crate::b2::CustomerKey;
+use crate::b2::{CustomerKey, Keyring};
 use crate::config;
 use crate::engine::{EngineConfig, Progress};
 use crate::error::{Error, Result};
@@ -45,10 +45,11 @@ pub struct GetArgs {
     #[arg(long, value_name = "TIME", value_parser = crate::units::parse_instant_ms)]
     pub as_of: Option<u64>,
     /// The SSE-C key of objects B2 stores encrypted with a customer key: a file holding the 32
-    /// raw bytes or their base64 (also B2_SOURCE_SSE_C_KEY_B64, as for the b2 CLI). Sent only
-    /// over https, with every request for the object.
+    /// raw bytes or their base64 (else B2_SOURCE_SSE_C_KEY_B64, as for the b2 CLI). Sent only
+    /// over https, with every request for the object. Repeat it for an object whose key is one
+    /// of several (a rotated key): each is tried until B2 opens the object.
     #[arg(long, value_name = "FILE")]
-    pub sse_c_key_file: Option<PathBuf>,
+    pub sse_c_key_file: Vec<PathBuf>,
     /// fsync the file and its directory before reporting success.
     #[arg(long)]
     pub fsync: bool,
@@ -260,44 +261,47 @@ fn parse_sha1_hex(text: &str) -> Result<[u8; 20]> {
         .ok_or_else(|| Error::Usage(format!("--sha1 {text:?}: expected 40 hex digits")))
 }
 
-/// The SSE-C key: `--sse-c-key-file`, else `B2_SOURCE_SSE_C_KEY_B64`. Errors
-/// name where the key came from, never what it holds.
-pub fn read_sse_c_key(flag: Option<&std::path::Path>) -> Result<Option<Arc<CustomerKey>>> {
-    let key = match flag {
-        Some(path) => {
-            let mut contents = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|file| {
-                    // A key file is 32 to ~50 bytes: a bound keeps a wrong
-                    // path (a log, a disk image) from being read whole.
-                    std::io::Read::read_to_end(
-                        &mut std::io::Read::take(file, config::SSE_C_KEY_FILE_MAX_BYTES),
-                        &mut contents,
-                    )
-                })
-                .map_err(|error| {
-                    Error::Usage(format!("--sse-c-key-file {}: {error}", path.display()))
-                })?;
-            CustomerKey::parse(&contents).map_err(|why| {
-                Error::Usage(format!(
-                    "--sse-c-key-file {}: {why}: it must hold the 32-byte key or its base64",
-                    path.display()
-                ))
-            })?
-        }
-        None => match std::env::var(crate::b2::sse::KEY_ENV) {
+/// The SSE-C keys: each `--sse-c-key-file`, else `B2_SOURCE_SSE_C_KEY_B64`.
+/// Errors name where a key came from, never what it holds.
+pub fn read_sse_c_keys(flags: &[std::path::PathBuf]) -> Result<Option<Arc<Keyring>>> {
+    let mut keys = Vec::with_capacity(flags.len());
+    for path in flags {
+        let mut contents = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| {
+                // A key file is 32 to ~50 bytes: a bound keeps a wrong
+                // path (a log, a disk image) from being read whole.
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(file, config::SSE_C_KEY_FILE_MAX_BYTES),
+                    &mut contents,
+                )
+            })
+            .map_err(|error| {
+                Error::Usage(format!("--sse-c-key-file {}: {error}", path.display()))
+            })?;
+        keys.push(CustomerKey::parse(&contents).map_err(|why| {
+            Error::Usage(format!(
+                "--sse-c-key-file {}: {why}: it must hold the 32-byte key or its base64",
+                path.display()
+            ))
+        })?);
+    }
+    if keys.is_empty() {
+        match std::env::var(crate::b2::sse::KEY_ENV) {
             Ok(text) if !text.is_empty() => {
-                CustomerKey::parse_base64(text.as_bytes()).map_err(|why| {
+                keys.push(CustomerKey::parse_base64(text.as_bytes()).map_err(|why| {
                     Error::Usage(format!(
                         "{}: {why}: it must hold the base64 of the 32-byte key",
                         crate::b2::sse::KEY_ENV
                     ))
-                })?
+                })?);
             }
             _ => return Ok(None),
-        },
-    };
-    Ok(Some(Arc::new(key)))
+        }
+    }
+    let ring =
+        Keyring::new(keys).map_err(|why| Error::Usage(format!("--sse-c-key-file: {why}")))?;
+    Ok(Some(Arc::new(ring)))
 }
 
 pub fn run(args: GetArgs) -> Result<i32> {
@@ -334,9 +338,9 @@ pub fn run(args: GetArgs) -> Result<i32> {
         as_of_ms: args.as_of,
         // B2_SOURCE_SSE_C_KEY_B64 left in the environment is no reason to
         // refuse a plain URL; the flag is (`resolve_dest`).
-        sse_c_key: match (&source, &args.sse_c_key_file) {
-            (Source::Url(_), None) => None,
-            (_, flag) => read_sse_c_key(flag.as_deref())?,
+        sse_c_keys: match source {
+            Source::Url(_) if args.sse_c_key_file.is_empty() => None,
+            _ => read_sse_c_keys(&args.sse_c_key_file)?,
         },
     };
     let download = Download::new(source, args.dest.clone(), options);

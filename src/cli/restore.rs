@@ -66,10 +66,12 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "FILE")]
     pub files_from: Option<PathBuf>,
     /// The SSE-C key of objects B2 stores encrypted with a customer key: a file holding the 32
-    /// raw bytes or their base64 (also B2_SOURCE_SSE_C_KEY_B64, as for the b2 CLI). Sent only
-    /// over https, and only for objects encrypted with SSE-C.
+    /// raw bytes or their base64 (else B2_SOURCE_SSE_C_KEY_B64, as for the b2 CLI). Sent only
+    /// over https, and only for objects encrypted with SSE-C. Repeat it for a bucket under
+    /// several keys (a rotated key): an object B2 refuses one key for gets the next, starting
+    /// from the key that opened objects with the same fileInfo sse_c_key_id, else the last.
     #[arg(long, value_name = "FILE")]
-    pub sse_c_key_file: Option<PathBuf>,
+    pub sse_c_key_file: Vec<PathBuf>,
     /// Exit 1 when some file carries no digest to verify against.
     #[arg(long)]
     pub require_verified: bool,
@@ -148,7 +150,7 @@ pub fn options_from(
         report: args.report.clone(),
         as_of_ms: args.as_of,
         files_from,
-        sse_c_key: super::get::read_sse_c_key(args.sse_c_key_file.as_deref())?,
+        sse_c_keys: super::get::read_sse_c_keys(&args.sse_c_key_file)?,
     };
     Ok((options, memlock_notice))
 }

@@ -197,6 +197,9 @@ pub struct Connection {
     /// GETs sent ahead, behind the response being read now (HTTP/1.1
     /// pipelining), oldest first: their answers are the next to read.
     pub pipelined: VecDeque<Pipelined>,
+    /// The SSE-C key (its index among the keys given) that the request
+    /// whose answer is being read carried: a refusal names it.
+    pub answering_sse_c_key: Option<usize>,
 }
 
 /// A request sent before the previous response was read.
@@ -207,6 +210,8 @@ pub struct Pipelined {
     /// First and last byte asked for; `None`: the whole object.
     pub range: Option<(u64, u64)>,
     pub sent: Instant,
+    /// The SSE-C key it carried (see `Connection::answering_sse_c_key`).
+    pub sse_c_key: Option<usize>,
 }
 
 impl Pipelined {
@@ -253,6 +258,7 @@ impl Connection {
             timeout,
             requests_done: 0,
             pipelined: VecDeque::new(),
+            answering_sse_c_key: None,
         })
     }
 

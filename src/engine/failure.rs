@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::scheduler::{Core, ObjectSpec};
-use crate::b2::{ErrorClass, classify};
+use crate::b2::{AfterRefusal, ErrorClass, classify};
 use crate::client::conn::{ConnError, Connection};
 use crate::config::ERROR_BODY_MAX_BYTES;
 use crate::error::Error;
@@ -23,6 +23,10 @@ pub(super) enum FailureKind {
     Retry,
     /// Re-authorize, then try again (once per chunk or object).
     Reauthorize,
+    /// B2 refused the SSE-C key the request carried, and another key given
+    /// is left to try: at once, not counted as an attempt (there are at
+    /// most `SSE_C_KEYS_MAX` keys, and each is refused once per object).
+    NextKey,
     /// Retrying will not help this object.
     Object,
     /// Retrying will not help anything: stop the whole run.
@@ -109,6 +113,10 @@ impl Retries {
             // A token can expire again later (long objects, short TTLs): only
             // a refusal right after re-authorizing is final.
             FailureKind::Retry => self.reauthorized = false,
+            FailureKind::NextKey => {
+                self.made = self.made.saturating_sub(1);
+                return Ok(());
+            }
             FailureKind::Reauthorize if !self.reauthorized => {
                 if let Some(auth) = &core.shared.source.auth {
                     match auth.reauthorize(self.seen_generation).await {
@@ -202,14 +210,25 @@ pub(super) async fn status_failure(
     } else {
         format!("HTTP {} {code}: {message}", head.status)
     };
-    if let Some(key) = &object.sse_c {
+    if let Some(choice) = &object.sse_c {
         if (head.status, code) == (403, "access_denied") {
-            // B2's answer to a wrong SSE-C key. This object fails; others
-            // (unencrypted, or under this key) go on.
-            return Failure {
-                detail: format!("{detail}: {}", key.refused()),
-                kind: FailureKind::Object,
-                retry_after_s: None,
+            // B2's answer to a wrong SSE-C key: the next key given, if any;
+            // else this object fails, and others (unencrypted, or under a
+            // key given) go on.
+            let index = conn
+                .answering_sse_c_key
+                .unwrap_or_else(|| choice.current().0);
+            return match choice.refused(index) {
+                AfterRefusal::TryNext => Failure {
+                    detail: format!("{detail}: not its SSE-C key; trying the next one given"),
+                    kind: FailureKind::NextKey,
+                    retry_after_s: None,
+                },
+                AfterRefusal::Fail(why) => Failure {
+                    detail: format!("{detail}: {why}"),
+                    kind: FailureKind::Object,
+                    retry_after_s: None,
+                },
             };
         }
     }

@@ -106,8 +106,8 @@ pub struct ObjectSource {
     pub expect_file_id: Option<String>,
     /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
     pub if_match: Option<String>,
-    /// B2 SSE-C: the customer key every request for the object carries.
-    pub sse_c: Option<Arc<crate::b2::CustomerKey>>,
+    /// B2 SSE-C: which of the customer keys given the requests carry.
+    pub sse_c: Option<Arc<crate::b2::KeyChoice>>,
     /// What shows in messages: `b2://bucket/name` or the URL without query.
     pub display_name: String,
 }

@@ -23,12 +23,28 @@ pub(super) async fn next_head(
             .front()
             .is_some_and(|sent| sent.asked_for(&object.path_and_query, range))
     });
-    if sent_ahead {
-        return read_pipelined_head(core, connection, object, range).await;
+    let head = if sent_ahead {
+        read_pipelined_head(core, connection, object, range).await?
+    } else {
+        // A GET sent ahead for something else would answer first.
+        retire_if_answer_owed(connection);
+        get_head(core, connection, object, range).await?
+    };
+    if let (Some(choice), Some(conn)) = (&object.sse_c, connection.as_ref()) {
+        if (200..300).contains(&head.status) {
+            if let Some(index) = conn.answering_sse_c_key {
+                choice.opened(index);
+            }
+        }
     }
-    // A GET sent ahead for something else would answer first.
-    retire_if_answer_owed(connection);
-    get_head(core, connection, object, range).await
+    Ok(head)
+}
+
+/// The bytes of one GET, and the SSE-C key they carry (its index among the
+/// keys given), if any.
+pub(super) struct GetRequest {
+    pub bytes: Vec<u8>,
+    pub sse_c_key: Option<usize>,
 }
 
 /// Shuts down and drops a connection that still owes the answer to a GET
@@ -46,14 +62,15 @@ pub(super) async fn send_get_ahead(
     conn: &mut Connection,
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
-    request: Vec<u8>,
+    request: GetRequest,
 ) -> Result<(), Failure> {
     let sent = Instant::now();
-    conn.send(request).await.map_err(conn_failure)?;
+    conn.send(request.bytes).await.map_err(conn_failure)?;
     conn.pipelined.push_back(Pipelined {
         path_and_query: object.path_and_query.clone(),
         range,
         sent,
+        sse_c_key: request.sse_c_key,
     });
     Ok(())
 }
@@ -80,11 +97,9 @@ async fn read_pipelined_head(
     range: Option<(u64, u64)>,
 ) -> Result<ResponseHead, Failure> {
     let conn = connection.as_mut().expect("checked by the caller");
-    let sent = conn
-        .pipelined
-        .pop_front()
-        .expect("checked by the caller")
-        .sent;
+    let sent_ahead = conn.pipelined.pop_front().expect("checked by the caller");
+    let sent = sent_ahead.sent;
+    conn.answering_sse_c_key = sent_ahead.sse_c_key;
     let waited = Instant::now();
     match conn.read_head().await {
         Ok(head) => {
@@ -122,9 +137,13 @@ pub(super) async fn get_head(
     if connection.is_none() {
         *connection = Some(connect(core).await?);
     }
-    let request = build_get(core, object, range)?;
+    let GetRequest {
+        bytes: request,
+        sse_c_key,
+    } = build_get(core, object, range)?;
     let sent = Instant::now();
     let conn = connection.as_mut().expect("connected");
+    conn.answering_sse_c_key = sse_c_key;
     let head = match send_and_read_head(conn, &request).await {
         Ok(head) => head,
         // Servers close keep-alive connections that idle (B2 and nginx after
@@ -136,6 +155,7 @@ pub(super) async fn get_head(
         {
             conn.shutdown();
             let conn = connection.insert(connect(core).await?);
+            conn.answering_sse_c_key = sse_c_key;
             send_and_read_head(conn, &request)
                 .await
                 .map_err(conn_failure)?
@@ -148,12 +168,12 @@ pub(super) async fn get_head(
     Ok(head)
 }
 
-/// The bytes of `GET` of `object` (see `get_head`).
+/// The `GET` of `object` (see `get_head`).
 pub(super) fn build_get(
     core: &Core,
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<GetRequest, Failure> {
     super::failpoint::pass(super::failpoint::Site::Request);
     let source = &core.shared.source;
     let token = source.auth.as_ref().map(|auth| auth.token());
@@ -164,7 +184,8 @@ pub(super) fn build_get(
     if let Some(etag) = &object.if_match {
         headers.push(("If-Match", etag));
     }
-    if let Some(key) = &object.sse_c {
+    let sse_c_key = object.sse_c.as_ref().map(|choice| choice.current());
+    if let Some((_, key)) = sse_c_key {
         headers.extend(key.headers());
     }
     let mut request = Vec::with_capacity(512);
@@ -181,7 +202,10 @@ pub(super) fn build_get(
         kind: FailureKind::Object,
         retry_after_s: None,
     })?;
-    Ok(request)
+    Ok(GetRequest {
+        bytes: request,
+        sse_c_key: sse_c_key.map(|(index, _)| index),
+    })
 }
 
 pub(super) fn is_closed(error: &std::io::Error) -> bool {

@@ -65,8 +65,8 @@ pub struct ObjectSpec {
     pub expect_file_id: Option<String>,
     /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
     pub if_match: Option<String>,
-    /// B2 SSE-C: the customer key every request for the object carries.
-    pub sse_c: Option<Arc<crate::b2::CustomerKey>>,
+    /// B2 SSE-C: which of the customer keys given the requests carry.
+    pub sse_c: Option<Arc<crate::b2::KeyChoice>>,
     pub size_bytes: u64,
     /// The published digest: a mismatch downloads the object again
     /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before `done` hears of it.

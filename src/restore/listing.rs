@@ -37,7 +37,15 @@ pub struct ListEntry {
     /// `uploadTimestamp`: when B2 took this version (or hid the name).
     pub upload_ms: Option<u64>,
     /// Encrypted with a customer key (SSE-C): its downloads must carry it.
-    pub sse_c: bool,
+    pub sse_c: Option<SseC>,
+}
+
+/// What a listing says of an object encrypted with a customer key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseC {
+    /// `sse_c_key_id` of its fileInfo: the name b2sdk and the b2 CLI store
+    /// for the key when given one (`KeyChoice` takes it as a hint).
+    pub key_id: Option<String>,
 }
 
 impl ListEntry {
@@ -51,7 +59,7 @@ impl ListEntry {
             expected: ExpectedSha1::None,
             mtime_ms: None,
             upload_ms: None,
-            sse_c: false,
+            sse_c: None,
         }
     }
 }
@@ -178,7 +186,15 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             file.server_side_encryption
                 .as_ref()
                 .and_then(RawEncryption::mode),
-        );
+        )
+        .then(|| SseC {
+            key_id: info
+                .sse_c_key_id
+                .as_ref()
+                .and_then(Scalar::text)
+                .filter(|id| id.len() <= crate::config::SSE_C_KEY_ID_MAX_BYTES)
+                .map(str::to_string),
+        });
         entries.push(ListEntry {
             file_id: text(&file.file_id),
             name: file.file_name,
@@ -376,6 +392,8 @@ struct RawInfo {
     large_file_sha1: Option<Scalar>,
     #[serde(default)]
     src_last_modified_millis: Option<Scalar>,
+    #[serde(default)]
+    sse_c_key_id: Option<Scalar>,
 }
 
 #[derive(Deserialize)]
@@ -553,7 +571,7 @@ mod tests {
         let sse_c: Vec<(&str, bool)> = page
             .entries
             .iter()
-            .map(|entry| (entry.name.as_str(), entry.sse_c))
+            .map(|entry| (entry.name.as_str(), entry.sse_c.is_some()))
             .collect();
         assert_eq!(
             sse_c,
@@ -565,6 +583,36 @@ mod tests {
                 ("odd", false),
                 ("text", false),
                 ("absent", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_sse_c_entry_carries_its_key_id_when_it_has_a_usable_one() {
+        let long = "k".repeat(crate::config::SSE_C_KEY_ID_MAX_BYTES + 1);
+        let page = format!(
+            r#"{{"files":[
+            {{"fileName":"a","contentLength":1,"serverSideEncryption":{{"mode":"SSE-C"}},"fileInfo":{{"sse_c_key_id":"rotation-2"}}}},
+            {{"fileName":"b","contentLength":1,"serverSideEncryption":{{"mode":"SSE-C"}},"fileInfo":{{"sse_c_key_id":7}}}},
+            {{"fileName":"c","contentLength":1,"serverSideEncryption":{{"mode":"SSE-C"}},"fileInfo":{{"sse_c_key_id":"{long}"}}}},
+            {{"fileName":"d","contentLength":1,"serverSideEncryption":{{"mode":"SSE-C"}}}},
+            {{"fileName":"e","contentLength":1,"fileInfo":{{"sse_c_key_id":"plain"}}}}
+        ],"nextFileName":null}}"#
+        );
+        let page = parse_page(page.as_bytes()).unwrap();
+        let key_ids: Vec<Option<Option<&str>>> = page
+            .entries
+            .iter()
+            .map(|entry| entry.sse_c.as_ref().map(|sse_c| sse_c.key_id.as_deref()))
+            .collect();
+        assert_eq!(
+            key_ids,
+            [
+                Some(Some("rotation-2")),
+                Some(None),
+                Some(None),
+                Some(None),
+                None
             ]
         );
     }
@@ -715,7 +763,7 @@ mod tests {
             expected: ExpectedSha1::None,
             mtime_ms: Some(upload_ms),
             upload_ms: Some(upload_ms),
-            sse_c: false,
+            sse_c: None,
         }
     }
 

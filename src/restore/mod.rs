@@ -27,8 +27,10 @@ use std::time::Instant;
 use rustix::fs::AtFlags;
 use serde_json::json;
 
+#[cfg(test)]
 use crate::b2::CustomerKey;
 use crate::b2::{ExpectedSha1, Reach};
+use crate::b2::{KeyChoice, Keyring};
 use crate::client::b2_api::{Authorizer, Credentials, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, KeepAlive, exchange, resolve};
@@ -78,9 +80,9 @@ pub struct RestoreOptions {
     /// `--files-from`: restore exactly these names (relative to the prefix);
     /// each one the bucket lacks is a failure.
     pub files_from: Option<Arc<name_list::NameList>>,
-    /// `--sse-c-key-file`: the key of the objects the listing marks SSE-C
-    /// (only those requests carry it).
-    pub sse_c_key: Option<Arc<CustomerKey>>,
+    /// `--sse-c-key-file` (repeated): the keys of the objects the listing
+    /// marks SSE-C (only those requests carry one; see `Keyring` for which).
+    pub sse_c_keys: Option<Arc<Keyring>>,
 }
 
 impl RestoreOptions {
@@ -114,7 +116,7 @@ impl RestoreOptions {
             report: None,
             as_of_ms: None,
             files_from: None,
-            sse_c_key: None,
+            sse_c_keys: None,
         })
     }
 }
@@ -142,7 +144,7 @@ impl std::fmt::Debug for RestoreOptions {
                 "files_from",
                 &self.files_from.as_ref().map(|list| list.len()),
             )
-            .field("sse_c_key", &self.sse_c_key)
+            .field("sse_c_keys", &self.sse_c_keys)
             .finish()
     }
 }
@@ -435,7 +437,7 @@ impl Restore {
                 .check(&options.bucket, reach)
                 .map_err(Error::Denied)?;
             // A dry run downloads nothing, so sends no key.
-            if options.sse_c_key.is_some() && !options.dry_run {
+            if options.sse_c_keys.is_some() && !options.dry_run {
                 crate::b2::sse::check_key_transport(&auth.download_url()).map_err(Error::Usage)?;
             }
             bucket_id(&auth, &options.bucket, options.engine.timeout).await
@@ -1058,7 +1060,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             }
         }
     }
-    if entry.sse_c && options.sse_c_key.is_none() {
+    if entry.sse_c.is_some() && options.sse_c_keys.is_none() {
         let reason = crate::b2::sse::NO_KEY.to_string();
         if options.dry_run {
             eprintln!("failed\t{:?}\t{reason}", entry.name);
@@ -1153,7 +1155,13 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
         expect_file_id: task.entry.file_id.clone(),
         if_match: None,
-        sse_c: options.sse_c_key.clone().filter(|_| task.entry.sse_c),
+        sse_c: match (&options.sse_c_keys, &task.entry.sse_c) {
+            (Some(ring), Some(encryption)) => Some(Arc::new(KeyChoice::new(
+                Arc::clone(ring),
+                encryption.key_id.as_deref(),
+            ))),
+            _ => None,
+        },
         size_bytes,
         expected_sha1: match task.entry.expected {
             ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
@@ -1365,9 +1373,12 @@ mod tests {
             "K005-very-secret-application-key",
         )
         .unwrap();
-        options.sse_c_key = Some(Arc::new(CustomerKey::from_bytes(
-            b"sse-c-secret-sse-c-secret-012345",
-        )));
+        options.sse_c_keys = Some(Arc::new(
+            Keyring::new(vec![CustomerKey::from_bytes(
+                b"sse-c-secret-sse-c-secret-012345",
+            )])
+            .unwrap(),
+        ));
         let text = format!("{options:?} {options:#?}");
         // The SSE-C key shows as its MD5 only (base64 of the key starts "c3NlLWMt").
         assert!(

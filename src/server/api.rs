@@ -327,11 +327,18 @@ impl ObjectView {
         content_type_of(&self.meta.name)
     }
 
-    /// fileInfo: `src_last_modified_millis` always; `large_file_sha1` for large objects.
-    pub fn file_info(&self) -> Vec<(&'static str, String)> {
+    /// fileInfo: `src_last_modified_millis` always; `large_file_sha1` for
+    /// large objects; `sse_c_key_id` for SSE-C objects whose key has an ID.
+    pub fn file_info(&self, server: &Server) -> Vec<(&'static str, String)> {
         let mut info = vec![("src_last_modified_millis", self.meta.mtime_ms.to_string())];
         if self.is_large && self.publish != PublishSha1::None {
             info.push(("large_file_sha1", hex(&self.sha1)));
+        }
+        if let Some(key_id) = server
+            .sse_c(&self.meta.name)
+            .and_then(|sse_c| sse_c.key_id.as_ref())
+        {
+            info.push(("sse_c_key_id", key_id.clone()));
         }
         info
     }
@@ -344,7 +351,7 @@ impl ObjectView {
             size: self.meta.size_bytes,
             content_sha1: self.content_sha1(),
             content_type: self.content_type(),
-            file_info: FileInfo(self.file_info()),
+            file_info: FileInfo(self.file_info(server)),
             upload_timestamp: self.meta.mtime_ms,
             server_side_encryption: match server.sse_c_key(&self.meta.name) {
                 Some(_) => Encryption {

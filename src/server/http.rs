@@ -642,7 +642,7 @@ async fn download(
             format!("bytes {claimed_first}-{claimed_last}/{size_bytes}"),
         );
     }
-    for (key, value) in view.file_info() {
+    for (key, value) in view.file_info(server) {
         let name = HeaderName::from_bytes(format!("x-bz-info-{key}").as_bytes())
             .expect("valid header name");
         let value = HeaderValue::from_str(&b2_url_encode(&value)).expect("encoded value is ASCII");

@@ -181,42 +181,65 @@ pub struct ServeArgs {
     pub download_url: Option<String>,
     /// Serve objects as encrypted with this SSE-C key (a file of the 32 raw bytes or their
     /// base64): listed with serverSideEncryption SSE-C, and downloaded (or HEAD) only with
-    /// the key's headers; a missing or wrong key gets 403 access_denied, as on B2.
+    /// the key's headers; a missing or wrong key gets 403 access_denied, as on B2. Repeat it
+    /// with one --sse-c-prefix each for a bucket under several keys.
     #[arg(long, value_name = "FILE")]
-    pub sse_c_key_file: Option<PathBuf>,
-    /// With --sse-c-key-file: only names starting with PREFIX are encrypted (every bucket).
-    #[arg(
-        long,
-        value_name = "PREFIX",
-        default_value = "",
-        requires = "sse_c_key_file"
-    )]
-    pub sse_c_prefix: String,
+    pub sse_c_key_file: Vec<PathBuf>,
+    /// Only names starting with PREFIX are encrypted (every bucket), under the
+    /// --sse-c-key-file given in the same place; the longest matching prefix wins.
+    #[arg(long, value_name = "PREFIX", requires = "sse_c_key_file")]
+    pub sse_c_prefix: Vec<String>,
+    /// List the objects of each --sse-c-key-file (in order) with this fileInfo sse_c_key_id,
+    /// as b2sdk and the b2 CLI store a key's ID when given one.
+    #[arg(long, value_name = "ID", requires = "sse_c_key_file")]
+    pub sse_c_key_id: Vec<String>,
 }
 
 /// `--sse-c-key-file`: which objects are stored encrypted, under which key.
 pub struct SseCObjects {
     pub key: crate::b2::CustomerKey,
     pub prefix: String,
+    /// fileInfo `sse_c_key_id` of these objects.
+    pub key_id: Option<String>,
 }
 
 impl SseCObjects {
-    fn from_args(args: &ServeArgs) -> Result<Option<SseCObjects>> {
-        let Some(path) = &args.sse_c_key_file else {
-            return Ok(None);
+    fn from_args(args: &ServeArgs) -> Result<Vec<SseCObjects>> {
+        let keys = args.sse_c_key_file.len();
+        let prefixes = match args.sse_c_prefix.len() {
+            0 if keys <= 1 => vec![String::new(); keys],
+            n if n == keys => args.sse_c_prefix.clone(),
+            n => {
+                return Err(Error::Usage(format!(
+                    "{keys} --sse-c-key-file and {n} --sse-c-prefix: give one prefix per key \
+                     (none for a single key over every name)"
+                )));
+            }
         };
-        let contents = std::fs::read(path).map_err(|error| {
-            Error::io(
-                format!("reading --sse-c-key-file {}", path.display()),
-                error,
-            )
-        })?;
-        let key = crate::b2::CustomerKey::parse(&contents)
-            .map_err(|why| Error::Usage(format!("--sse-c-key-file {}: {why}", path.display())))?;
-        Ok(Some(SseCObjects {
-            key,
-            prefix: args.sse_c_prefix.clone(),
-        }))
+        if !args.sse_c_key_id.is_empty() && args.sse_c_key_id.len() != keys {
+            return Err(Error::Usage(format!(
+                "{keys} --sse-c-key-file and {} --sse-c-key-id: give one ID per key, or none",
+                args.sse_c_key_id.len()
+            )));
+        }
+        let mut objects = Vec::with_capacity(keys);
+        for (index, (path, prefix)) in args.sse_c_key_file.iter().zip(prefixes).enumerate() {
+            let contents = std::fs::read(path).map_err(|error| {
+                Error::io(
+                    format!("reading --sse-c-key-file {}", path.display()),
+                    error,
+                )
+            })?;
+            let key = crate::b2::CustomerKey::parse(&contents).map_err(|why| {
+                Error::Usage(format!("--sse-c-key-file {}: {why}", path.display()))
+            })?;
+            objects.push(SseCObjects {
+                key,
+                prefix,
+                key_id: args.sse_c_key_id.get(index).cloned(),
+            });
+        }
+        Ok(objects)
     }
 }
 
@@ -263,16 +286,22 @@ pub struct Server {
     access_log: Option<Arc<AccessLog>>,
     /// Numbers accepted connections for the access log.
     connections_accepted: std::sync::atomic::AtomicU64,
-    sse_c: Option<SseCObjects>,
+    sse_c: Vec<SseCObjects>,
 }
 
 impl Server {
+    /// How `name` is stored if encrypted with SSE-C: under the key of the
+    /// longest `--sse-c-prefix` it starts with.
+    pub fn sse_c(&self, name: &str) -> Option<&SseCObjects> {
+        self.sse_c
+            .iter()
+            .filter(|sse_c| name.starts_with(&sse_c.prefix))
+            .max_by_key(|sse_c| sse_c.prefix.len())
+    }
+
     /// The SSE-C key `name` is stored under, if it is.
     pub fn sse_c_key(&self, name: &str) -> Option<&crate::b2::CustomerKey> {
-        self.sse_c
-            .as_ref()
-            .filter(|sse_c| name.starts_with(&sse_c.prefix))
-            .map(|sse_c| &sse_c.key)
+        self.sse_c(name).map(|sse_c| &sse_c.key)
     }
 }
 
