@@ -207,8 +207,11 @@ impl KeyChoice {
         (index, &self.ring.keys[index])
     }
 
-    /// B2 answered the object's bytes to a request that carried key `index`.
+    /// B2 answered the object's bytes to a request that carried key `index`:
+    /// every request from now on carries it (a refusal of another request
+    /// that carried it may have moved the choice on meanwhile).
     pub fn opened(&self, index: usize) {
+        self.current.store(index, Ordering::Release);
         if self.opened_by.swap(index, Ordering::AcqRel) != index {
             self.ring.note_opened(index, self.key_id.as_deref());
         }
@@ -223,11 +226,19 @@ impl KeyChoice {
         match self.opened_by.load(Ordering::Acquire) {
             usize::MAX => {}
             // A request sent with a key since left behind: again, with the
-            // key that opened the object (`current`).
-            opener if opener != index => return AfterRefusal::TryNext,
+            // key that opened the object.
+            opener if opener != index => {
+                self.current.store(opener, Ordering::Release);
+                return AfterRefusal::TryNext;
+            }
             // The key that opened the object is refused later: not a
             // question of which key (a denial); nothing to try.
-            _ => return AfterRefusal::Fail(self.ring.keys[index].refused()),
+            _ => {
+                return AfterRefusal::Fail(format!(
+                    "B2 now refuses the SSE-C key (key MD5 {}) it sent this object's bytes for",
+                    self.ring.keys[index].md5_base64()
+                ));
+            }
         }
         let bit = 1u64 << index;
         let refused = self.refused.fetch_or(bit, Ordering::AcqRel) | bit;
@@ -399,10 +410,29 @@ mod tests {
         let ring = ring(2);
         let choice = KeyChoice::new(Arc::clone(&ring), None);
         choice.opened(0);
-        assert_eq!(
-            choice.refused(0),
-            AfterRefusal::Fail(ring.keys()[0].refused())
-        );
+        let AfterRefusal::Fail(why) = choice.refused(0) else {
+            panic!("the key that opened it is refused")
+        };
+        assert!(why.contains(ring.keys()[0].md5_base64()), "{why}");
+        assert!(why.contains("now refuses"), "{why}");
+    }
+
+    #[test]
+    fn a_key_that_opened_the_object_after_a_refusal_moved_on_is_carried_again() {
+        // Chunks A and B carried key 0. A's refusal moved the choice on to
+        // key 1 before B's answer (B2 refusing the right key once) opened
+        // the object: from then on requests carry key 0 again, and a refusal
+        // of key 1 does not loop.
+        let ring = ring(2);
+        let choice = KeyChoice::new(ring, None);
+        assert_eq!(choice.current().0, 0);
+        assert_eq!(choice.refused(0), AfterRefusal::TryNext);
+        assert_eq!(choice.current().0, 1);
+        choice.opened(0);
+        assert_eq!(choice.current().0, 0);
+        assert_eq!(choice.refused(1), AfterRefusal::TryNext);
+        assert_eq!(choice.current().0, 0);
+        assert!(matches!(choice.refused(0), AfterRefusal::Fail(_)));
     }
 
     #[test]

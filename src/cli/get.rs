@@ -264,6 +264,13 @@ fn parse_sha1_hex(text: &str) -> Result<[u8; 20]> {
 /// The SSE-C keys: each `--sse-c-key-file`, else `B2_SOURCE_SSE_C_KEY_B64`.
 /// Errors name where a key came from, never what it holds.
 pub fn read_sse_c_keys(flags: &[std::path::PathBuf]) -> Result<Option<Arc<Keyring>>> {
+    if flags.len() > config::SSE_C_KEYS_MAX {
+        return Err(Error::Usage(format!(
+            "{} --sse-c-key-file; one run takes at most {}",
+            flags.len(),
+            config::SSE_C_KEYS_MAX
+        )));
+    }
     let mut keys = Vec::with_capacity(flags.len());
     for path in flags {
         let mut contents = Vec::new();

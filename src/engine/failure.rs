@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::scheduler::{Core, ObjectSpec};
 use crate::b2::{AfterRefusal, ErrorClass, classify};
 use crate::client::conn::{ConnError, Connection};
-use crate::config::ERROR_BODY_MAX_BYTES;
+use crate::config::{ERROR_BODY_MAX_BYTES, SSE_C_KEYS_MAX};
 use crate::error::Error;
 use crate::http::ResponseHead;
 
@@ -24,8 +24,9 @@ pub(super) enum FailureKind {
     /// Re-authorize, then try again (once per chunk or object).
     Reauthorize,
     /// B2 refused the SSE-C key the request carried, and another key given
-    /// is left to try: at once, not counted as an attempt (there are at
-    /// most `SSE_C_KEYS_MAX` keys, and each is refused once per object).
+    /// is left to try: at once, not counted as an attempt, up to
+    /// `SSE_C_KEYS_MAX` times per request (each key is refused once per
+    /// object); past that, an attempt like `Retry`.
     NextKey,
     /// Retrying will not help this object.
     Object,
@@ -60,6 +61,8 @@ pub(super) struct Retries {
     reauthorized: bool,
     /// The token generation seen when the last attempt started.
     seen_generation: u64,
+    /// SSE-C keys this request moved on from, not counted as attempts.
+    key_changes: usize,
 }
 
 /// Why a download loop stopped retrying.
@@ -76,6 +79,7 @@ impl Retries {
             made: 0,
             reauthorized: false,
             seen_generation: 0,
+            key_changes: 0,
         }
     }
 
@@ -113,10 +117,14 @@ impl Retries {
             // A token can expire again later (long objects, short TTLs): only
             // a refusal right after re-authorizing is final.
             FailureKind::Retry => self.reauthorized = false,
-            FailureKind::NextKey => {
+            // Free, but bounded: past one change per key possible, a
+            // refusal is an attempt like any other.
+            FailureKind::NextKey if self.key_changes < SSE_C_KEYS_MAX && !stop() => {
+                self.key_changes += 1;
                 self.made = self.made.saturating_sub(1);
                 return Ok(());
             }
+            FailureKind::NextKey => self.reauthorized = false,
             FailureKind::Reauthorize if !self.reauthorized => {
                 if let Some(auth) = &core.shared.source.auth {
                     match auth.reauthorize(self.seen_generation).await {

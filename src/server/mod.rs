@@ -216,6 +216,16 @@ impl SseCObjects {
                 )));
             }
         };
+        if let Some(twice) = prefixes
+            .iter()
+            .enumerate()
+            .find(|(index, prefix)| prefixes[..*index].contains(prefix))
+            .map(|(_, prefix)| prefix)
+        {
+            return Err(Error::Usage(format!(
+                "--sse-c-prefix {twice:?} given twice: one key per prefix"
+            )));
+        }
         if !args.sse_c_key_id.is_empty() && args.sse_c_key_id.len() != keys {
             return Err(Error::Usage(format!(
                 "{keys} --sse-c-key-file and {} --sse-c-key-id: give one ID per key, or none",
