@@ -828,13 +828,19 @@ async fn head_by_name(
         .map_err(|error| crate::client::in_context(error, &format!("{method} {display_name}")))
     };
     // With several keys, each in turn until B2 opens the object with one
-    // (B2 does not say which key an object is under: a wrong one is refused).
+    // (B2 does not say which key an object is under: a wrong one is
+    // refused). The GET that says why is sent once no key is left.
     let key_count = sse_c.map_or(0, |ring| ring.keys().len());
     let mut key = sse_c.map(|_| 0);
     let reply = loop {
         let reply = send("HEAD", key).await?;
         match reply.head.status {
             200 => break reply,
+            // Most likely the key: the next one, before asking why.
+            403 if key.is_some_and(|tried| tried + 1 < key_count) => {
+                key = key.map(|tried| tried + 1);
+                continue;
+            }
             401 | 403 => {}
             404 => {
                 return Err(Error::http(

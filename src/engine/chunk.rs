@@ -51,8 +51,8 @@ pub(super) async fn download_chunk(
             Ok(()) => break,
             Err(failure) => failure,
         };
-        if let Some(connection) = connection.take() {
-            connection.shutdown();
+        if let Some(conn) = connection.take_if(|conn| !failure.leaves_usable(conn)) {
+            conn.shutdown();
         }
         if job.is_aborted() {
             return Ok(());

@@ -26,8 +26,9 @@ pub(super) enum FailureKind {
     /// B2 refused the SSE-C key the request carried, and another key given
     /// is left to try: at once, not counted as an attempt, up to
     /// `SSE_C_KEYS_MAX` times per request (each key is refused once per
-    /// object); past that, an attempt like `Retry`.
-    NextKey,
+    /// object); past that, an attempt like `Retry`. A refusal read to its
+    /// end on a kept-alive connection leaves the connection usable.
+    NextKey { connection_reusable: bool },
     /// Retrying will not help this object.
     Object,
     /// Retrying will not help anything: stop the whole run.
@@ -47,6 +48,19 @@ impl Failure {
             kind: FailureKind::Retry,
             retry_after_s: None,
         }
+    }
+
+    /// Whether the connection this failure came on can carry the next
+    /// request: only after an SSE-C key's refusal read to its end, with no
+    /// answer owed to a GET sent ahead. Any other failure may have left it
+    /// mid-answer, out of step, or closed.
+    pub(super) fn leaves_usable(&self, conn: &Connection) -> bool {
+        matches!(
+            self.kind,
+            FailureKind::NextKey {
+                connection_reusable: true
+            }
+        ) && conn.pipelined.is_empty()
     }
 }
 
@@ -119,12 +133,12 @@ impl Retries {
             FailureKind::Retry => self.reauthorized = false,
             // Free, but bounded: past one change per key possible, a
             // refusal is an attempt like any other.
-            FailureKind::NextKey if self.key_changes < SSE_C_KEYS_MAX && !stop() => {
+            FailureKind::NextKey { .. } if self.key_changes < SSE_C_KEYS_MAX && !stop() => {
                 self.key_changes += 1;
                 self.made = self.made.saturating_sub(1);
                 return Ok(());
             }
-            FailureKind::NextKey => self.reauthorized = false,
+            FailureKind::NextKey { .. } => self.reauthorized = false,
             FailureKind::Reauthorize if !self.reauthorized => {
                 if let Some(auth) = &core.shared.source.auth {
                     match auth.reauthorize(self.seen_generation).await {
@@ -204,12 +218,15 @@ pub(super) async fn status_failure(
     object: &ObjectSpec,
 ) -> Failure {
     let body = match head.content_length {
-        Some(length) if (length as usize) <= ERROR_BODY_MAX_BYTES => conn
-            .read_body_to_vec(head, ERROR_BODY_MAX_BYTES)
-            .await
-            .unwrap_or_default(),
-        _ => Vec::new(),
+        Some(length) if (length as usize) <= ERROR_BODY_MAX_BYTES => {
+            conn.read_body_to_vec(head, ERROR_BODY_MAX_BYTES).await.ok()
+        }
+        _ => None,
     };
+    // The answer was read to its end on a connection kept open: the next
+    // request may go on it.
+    let connection_reusable = body.is_some() && head.keep_alive;
+    let body = body.unwrap_or_default();
     let parsed = crate::b2::parse_error_body(&body);
     let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or("");
     let message = parsed.as_ref().map(|e| e.message.as_str()).unwrap_or("");
@@ -229,7 +246,9 @@ pub(super) async fn status_failure(
             return match choice.refused(index) {
                 AfterRefusal::TryNext => Failure {
                     detail: format!("{detail}: not its SSE-C key; trying the next one given"),
-                    kind: FailureKind::NextKey,
+                    kind: FailureKind::NextKey {
+                        connection_reusable,
+                    },
                     retry_after_s: None,
                 },
                 AfterRefusal::Fail(why) => Failure {

@@ -91,11 +91,12 @@ pub(super) async fn download_object(
             }
             Err(failure) => failure,
         };
-        if let Some(connection) = connection.take() {
-            connection.shutdown();
+        if let Some(conn) = connection.take_if(|conn| !failure.leaves_usable(conn)) {
+            conn.shutdown();
         }
-        // Their GETs died with the connection; any connection may take them
-        // while this one waits to retry.
+        // Their GETs died with the connection (or none went out: a usable
+        // one owes no answer); any connection may take them while this one
+        // waits to retry.
         core.shared.give_back(ahead.drain(..));
         let context = format!(
             "GET {} bytes={}-{}",
