@@ -813,3 +813,89 @@ fn key_args(data: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+#[test]
+fn a_refused_key_does_not_cost_the_answers_pipelined_behind_it() {
+    // Two keys in runs of names, 40 ms round trips: GETs of small objects
+    // go out ahead of answers (HTTP/1.1 pipelining), each with a guessed
+    // key. A refusal then waits its turn again instead of dropping the
+    // connection and the answers owed on it.
+    let data = tempfile::tempdir().unwrap();
+    let bucket = data.path().join("served/bkt");
+    for prefix in ["a", "b"] {
+        for n in 0..60 {
+            let name = format!("{prefix}/f{n:02}.bin");
+            write_file(&bucket, &name, &content(&name, 2_000 + n));
+        }
+    }
+    std::fs::write(data.path().join("key.raw"), KEY).unwrap();
+    std::fs::write(data.path().join("other.b64"), OTHER_KEY_BASE64).unwrap();
+    let key = data.path().join("key.raw");
+    let other = data.path().join("other.b64");
+    let log = data.path().join("access.jsonl");
+    let served = serve(
+        &data.path().join("served"),
+        false,
+        &[
+            "--sse-c-key-file",
+            key.to_str().unwrap(),
+            "--sse-c-prefix",
+            "a/",
+            "--sse-c-key-file",
+            other.to_str().unwrap(),
+            "--sse-c-prefix",
+            "b/",
+            "--latency-ms",
+            "40",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let dir = data.path().join("out");
+    let mut args = vec![
+        "restore",
+        "b2://bkt",
+        dir.to_str().unwrap(),
+        "--cores",
+        "1",
+        "--connections",
+        "4",
+    ];
+    let keys = key_args(data.path());
+    args.extend(keys.iter().map(String::as_str));
+    let output = ringdown(&served, &args, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let names = common::files_under(&bucket);
+    assert_restored(
+        data.path(),
+        &dir,
+        &names.iter().cloned().collect::<Vec<_>>(),
+    );
+
+    let requests = downloads(data.path());
+    let mut answers: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for record in &requests {
+        let entry = answers.entry(record["name"].as_str().unwrap()).or_default();
+        match record["status"].as_u64() {
+            Some(200) => entry.0 += 1,
+            Some(403) => entry.1 += 1,
+            other => panic!("{other:?} in {record}"),
+        }
+    }
+    assert!(
+        requests.len() > answers.len(),
+        "no key was refused: nothing tested"
+    );
+    for (name, (bodies, refused)) in &answers {
+        assert_eq!(*bodies, 1, "{name}: body sent {bodies} times: {answers:?}");
+        assert!(
+            *refused <= 1,
+            "{name}: refused {refused} times: {answers:?}"
+        );
+    }
+    let connections: std::collections::BTreeSet<u64> = requests
+        .iter()
+        .map(|record| record["connection"].as_u64().unwrap())
+        .collect();
+    assert!(connections.len() <= 4, "{connections:?}");
+}

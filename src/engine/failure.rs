@@ -50,6 +50,18 @@ impl Failure {
         }
     }
 
+    /// An SSE-C key's refusal read to its end, with answers to GETs sent
+    /// ahead still owed on the connection: they can be read (the
+    /// connection is in step) if the refused object waits its turn again.
+    pub(super) fn defers(&self, conn: &Connection) -> bool {
+        matches!(
+            self.kind,
+            FailureKind::NextKey {
+                connection_reusable: true
+            }
+        ) && !conn.pipelined.is_empty()
+    }
+
     /// Whether the connection this failure came on can carry the next
     /// request: only after an SSE-C key's refusal read to its end, with no
     /// answer owed to a GET sent ahead. Any other failure may have left it

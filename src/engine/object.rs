@@ -57,14 +57,33 @@ fn is_whole_object(head: &ResponseHead, size_bytes: u64) -> bool {
     head.status == 200 && !head.chunked && head.content_length == Some(size_bytes)
 }
 
+/// How `download_object` ended.
+pub(super) enum Ran {
+    /// The object's digest or why it failed, and the requests made.
+    Finished(std::result::Result<[u8; 20], ObjectError>, u32),
+    /// B2 refused the SSE-C key guessed for it while answers to GETs sent
+    /// ahead were still owed on the connection: the object goes back to
+    /// the queue (its next request carries the next key), and the
+    /// connection goes on with those answers instead of dropping them.
+    Deferred(Destination),
+}
+
 pub(super) async fn download_object(
     core: &Rc<Core>,
     connection: &mut Option<Connection>,
     job: &ObjectSpec,
     destination: Destination,
     ahead: &mut VecDeque<ObjectJob>,
-) -> (std::result::Result<[u8; 20], ObjectError>, u32) {
-    let file = File::new(destination.fd, destination.direct_io);
+) -> Ran {
+    // A guessed key may be refused: a second descriptor of the file lets
+    // the object go back to the queue then (`Ran::Deferred`).
+    let spare_fd = job
+        .sse_c
+        .as_ref()
+        .filter(|choice| !choice.settled())
+        .and_then(|_| destination.fd.try_clone().ok());
+    let direct_io = destination.direct_io;
+    let file = File::new(destination.fd, direct_io);
     let mut received = Received::new();
     let mut retries = Retries::new();
     let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
@@ -91,6 +110,12 @@ pub(super) async fn download_object(
             }
             Err(failure) => failure,
         };
+        if received.bytes == 0 && connection.as_ref().is_some_and(|conn| failure.defers(conn)) {
+            if let Some(fd) = spare_fd {
+                let _ = file.close().await;
+                return Ran::Deferred(Destination { fd, direct_io });
+            }
+        }
         if let Some(conn) = connection.take_if(|conn| !failure.leaves_usable(conn)) {
             conn.shutdown();
         }
@@ -134,7 +159,7 @@ pub(super) async fn download_object(
         );
         received.hasher.finalize().into()
     });
-    (outcome, retries.made().max(1))
+    Ran::Finished(outcome, retries.made().max(1))
 }
 
 async fn attempt_object(

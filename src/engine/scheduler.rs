@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::large::{self, Job, LargeJob};
+use super::object::Ran;
 use super::{EngineConfig, Progress};
 use crate::client::b2_api::Authorizer;
 use crate::client::conn::{Connection, Origin};
@@ -402,6 +403,14 @@ impl Shared {
         if returned > 0 {
             self.work.notify_waiters();
         }
+    }
+
+    /// An object whose turn was running goes back to the front of the
+    /// queue (`object::Ran::Deferred`); unlike `give_back`, it was not
+    /// counted as claimed ahead.
+    pub fn requeue(&self, job: ObjectJob) {
+        self.state().queue.push_front(Work::Object(job));
+        self.work.notify_waiters();
     }
 
     /// A SHA1 mismatch: the object's next round takes its old one's place.
@@ -790,15 +799,27 @@ async fn run_object(
     ahead: &mut VecDeque<ObjectJob>,
 ) {
     let started = Instant::now();
-    let (outcome, attempts) =
-        super::object::download_object(core, connection, &job.object, job.destination, ahead).await;
-    let elapsed = started.elapsed();
-    core.record(Stage::File, elapsed);
-    (job.done)(ObjectResult {
-        outcome,
-        attempts,
-        elapsed,
-    });
+    let ObjectJob {
+        object,
+        destination,
+        done,
+    } = job;
+    match super::object::download_object(core, connection, &object, destination, ahead).await {
+        Ran::Finished(outcome, attempts) => {
+            let elapsed = started.elapsed();
+            core.record(Stage::File, elapsed);
+            done(ObjectResult {
+                outcome,
+                attempts,
+                elapsed,
+            });
+        }
+        Ran::Deferred(destination) => core.shared.requeue(ObjectJob {
+            object,
+            destination,
+            done,
+        }),
+    }
 }
 
 /// Fails work the run stopped before it began (its caller removes the
