@@ -54,12 +54,7 @@ impl Failure {
     /// ahead still owed on the connection: they can be read (the
     /// connection is in step) if the refused object waits its turn again.
     pub(super) fn defers(&self, conn: &Connection) -> bool {
-        matches!(
-            self.kind,
-            FailureKind::NextKey {
-                connection_reusable: true
-            }
-        ) && !conn.pipelined.is_empty()
+        self.is_clean_refusal() && !conn.pipelined.is_empty()
     }
 
     /// Whether the connection this failure came on can carry the next
@@ -67,12 +62,16 @@ impl Failure {
     /// answer owed to a GET sent ahead. Any other failure may have left it
     /// mid-answer, out of step, or closed.
     pub(super) fn leaves_usable(&self, conn: &Connection) -> bool {
+        self.is_clean_refusal() && conn.pipelined.is_empty()
+    }
+
+    fn is_clean_refusal(&self) -> bool {
         matches!(
             self.kind,
             FailureKind::NextKey {
                 connection_reusable: true
             }
-        ) && conn.pipelined.is_empty()
+        )
     }
 }
 
