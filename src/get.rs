@@ -880,11 +880,17 @@ async fn head_by_name(
                     key = Some(tried + 1);
                     continue;
                 }
-                (Some(ring), _) => Error::Denied(format!(
-                    "{detail}: {}, or {}",
-                    ring.all_refused(),
-                    crate::b2::DENIED_HINT
-                )),
+                // The object failed, as `restore`, `--as-of` and `b2id://`
+                // report it (exit 1): the key's scope was checked before,
+                // so the SSE-C keys are the likely cause.
+                (Some(ring), _) => Error::http(
+                    format!("HEAD {display_name}"),
+                    format!(
+                        "{detail}: {}; if one of them is its key, {}",
+                        ring.all_refused(),
+                        crate::b2::DENIED_HINT
+                    ),
+                ),
                 (None, _) => denied(format!(
                     "{detail}; an object encrypted with SSE-C is refused this way until its \
                      key is given (--sse-c-key-file FILE or {})",

@@ -471,7 +471,7 @@ fn get_sends_the_key_with_every_request_for_the_object() {
     assert!(text.contains("--sse-c-key-file"), "{text}");
     assert!(!dest.exists());
 
-    // Another key.
+    // Another key: the object failed (exit 1, as in `restore`).
     let other = data.path().join("other.b64");
     let (output, dest) = get(
         "enc/small.bin",
@@ -480,7 +480,7 @@ fn get_sends_the_key_with_every_request_for_the_object() {
         &[],
     );
     let text = stderr(&output);
-    assert_eq!(output.status.code(), Some(3), "{text}");
+    assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("refuses the SSE-C key given"), "{text}");
     assert!(text.contains(OTHER_KEY_MD5), "{text}");
     assert!(!dest.exists());
