@@ -125,6 +125,12 @@ pub const RETRY_AFTER_MAX_S: u64 = 300;
 /// (SIGTERM, a fatal error elsewhere): a 300 s Retry-After must not hold a
 /// restore past a scheduler's grace period.
 pub const RETRY_WAIT_STOP_CHECK_MS: u64 = 100;
+/// How often a receive or send still waiting looks for a stop signal.
+pub const STOP_CHECK_MS: u64 = 250;
+/// Once a stop signal came, a receive or send without progress for this
+/// long is cut (instead of `--timeout-s`): requests that move finish, a
+/// stalled one does not hold the exit for half a minute.
+pub const STOPPING_STALL_TIMEOUT_MS: u64 = 2_000;
 /// Stall timeout: connect, handshake, response head, or an idle body.
 pub const TIMEOUT_S_DEFAULT: u64 = 30;
 /// `--limit-rate`: how far (in time at the limit) a core's connections may

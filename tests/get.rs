@@ -938,6 +938,16 @@ fn one_gib_object_in_release() {
 
 /// Starts `ringdown get` of `name` into `dest` without waiting for it.
 fn spawn_get(served: &Served, name: &str, dest: &str) -> std::process::Child {
+    spawn_get_with_timeout(served, name, dest, "5")
+}
+
+/// `spawn_get` with this `--timeout-s`.
+fn spawn_get_with_timeout(
+    served: &Served,
+    name: &str,
+    dest: &str,
+    timeout_s: &str,
+) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_ringdown"))
         .args([
             "get",
@@ -946,7 +956,7 @@ fn spawn_get(served: &Served, name: &str, dest: &str) -> std::process::Child {
             "--realm",
             &served.realm,
             "--timeout-s",
-            "5",
+            timeout_s,
         ])
         .args(SMALL_TUNING)
         .env("B2_APPLICATION_KEY_ID", &served.key_id)
@@ -1048,6 +1058,31 @@ fn a_signal_cuts_retry_waits_short() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(exit.code(), Some(143), "{}", stderr(&output));
     assert!(waited.as_secs() < 5, "stopped {waited:?} after SIGTERM");
+    assert!(!Path::new(&dest).exists());
+}
+
+/// A signal cuts a stalled receive short: a server that goes silent in
+/// the middle of every body does not hold the process for the whole stall
+/// timeout (30 s by default) after SIGINT.
+#[test]
+fn a_signal_cuts_a_stalled_receive_short() {
+    let fixture = Fixture::new(&[("st.bin", 4 << 20)]);
+    let served = serve(fixture.data.path(), true, &["--stall-rate", "1"]);
+    let dest = fixture.dest_str("st.bin");
+    // The default stall timeout: without the cut, 30 s after the signal.
+    let mut child = spawn_get_with_timeout(&served, "st.bin", &dest, "30");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it should still be waiting on the stalled bodies"
+    );
+    send_signal(child.id(), "-INT");
+    let signalled = std::time::Instant::now();
+    let exit = wait_for_exit(&mut child, "SIGINT");
+    let waited = signalled.elapsed();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(exit.code(), Some(130), "{}", stderr(&output));
+    assert!(waited.as_secs() < 6, "stopped {waited:?} after SIGINT");
     assert!(!Path::new(&dest).exists());
 }
 

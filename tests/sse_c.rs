@@ -898,4 +898,45 @@ fn a_refused_key_does_not_cost_the_answers_pipelined_behind_it() {
         .map(|record| record["connection"].as_u64().unwrap())
         .collect();
     assert!(connections.len() <= 4, "{connections:?}");
+
+    // Only the key of a/: each b/ object fails on its one refusal, and the
+    // connection goes on to the answers it owes the objects behind it.
+    let dir = data.path().join("only-a");
+    let args = [
+        "restore",
+        "b2://bkt",
+        dir.to_str().unwrap(),
+        "--cores",
+        "1",
+        "--connections",
+        "4",
+        "--sse-c-key-file",
+        key.to_str().unwrap(),
+    ];
+    let output = ringdown(&served, &args, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let restored: Vec<String> = names
+        .iter()
+        .filter(|name| name.starts_with("a/"))
+        .cloned()
+        .collect();
+    assert_restored(data.path(), &dir, &restored);
+    let requests = downloads(data.path());
+    let mut answers: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for record in &requests {
+        let name = record["name"].as_str().unwrap();
+        answers
+            .entry(name)
+            .or_default()
+            .push(record["status"].as_u64().unwrap());
+    }
+    for (name, statuses) in &answers {
+        let expected = if name.starts_with("a/") { 200 } else { 403 };
+        assert_eq!(statuses, &[expected], "{name}: {answers:?}");
+    }
+    let connections: std::collections::BTreeSet<u64> = requests
+        .iter()
+        .map(|record| record["connection"].as_u64().unwrap())
+        .collect();
+    assert!(connections.len() <= 4, "{connections:?}");
 }

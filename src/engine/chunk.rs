@@ -102,6 +102,7 @@ async fn attempt_chunk(
                 detail: "aborted".into(),
                 kind: FailureKind::Retry,
                 retry_after_s: None,
+                answer_read: false,
             });
         }
         let mut buf = match current.take() {
@@ -231,6 +232,7 @@ async fn check_head(
         detail,
         kind: FailureKind::Retry,
         retry_after_s: None,
+        answer_read: false,
     };
     match head.status {
         206 => {
@@ -251,6 +253,7 @@ async fn check_head(
                         ),
                         kind: FailureKind::Object,
                         retry_after_s: None,
+                        answer_read: false,
                     });
                 }
             }

@@ -16,6 +16,10 @@ pub(super) struct Failure {
     pub detail: String,
     pub kind: FailureKind,
     pub retry_after_s: Option<u64>,
+    /// An error answer read to its end on a connection kept alive: the
+    /// connection is in step, ready for the next answer it owes (or the
+    /// next request).
+    pub answer_read: bool,
 }
 
 pub(super) enum FailureKind {
@@ -26,9 +30,8 @@ pub(super) enum FailureKind {
     /// B2 refused the SSE-C key the request carried, and another key given
     /// is left to try: at once, not counted as an attempt, up to
     /// `SSE_C_KEYS_MAX` times per request (each key is refused once per
-    /// object); past that, an attempt like `Retry`. A refusal read to its
-    /// end on a kept-alive connection leaves the connection usable.
-    NextKey { connection_reusable: bool },
+    /// object); past that, an attempt like `Retry`.
+    NextKey,
     /// Retrying will not help this object.
     Object,
     /// Retrying will not help anything: stop the whole run.
@@ -47,6 +50,7 @@ impl Failure {
             detail: detail.into(),
             kind: FailureKind::Retry,
             retry_after_s: None,
+            answer_read: false,
         }
     }
 
@@ -54,24 +58,22 @@ impl Failure {
     /// ahead still owed on the connection: they can be read (the
     /// connection is in step) if the refused object waits its turn again.
     pub(super) fn defers(&self, conn: &Connection) -> bool {
-        self.is_clean_refusal() && !conn.pipelined.is_empty()
+        matches!(self.kind, FailureKind::NextKey) && self.answer_read && !conn.pipelined.is_empty()
     }
 
     /// Whether the connection this failure came on can carry the next
-    /// request: only after an SSE-C key's refusal read to its end, with no
-    /// answer owed to a GET sent ahead. Any other failure may have left it
-    /// mid-answer, out of step, or closed.
+    /// request: an error answer read to its end, with no answer owed to a
+    /// GET sent ahead. Any other failure may have left it mid-answer, out
+    /// of step, or closed.
     pub(super) fn leaves_usable(&self, conn: &Connection) -> bool {
-        self.is_clean_refusal() && conn.pipelined.is_empty()
+        self.answer_read && conn.pipelined.is_empty()
     }
 
-    fn is_clean_refusal(&self) -> bool {
-        matches!(
-            self.kind,
-            FailureKind::NextKey {
-                connection_reusable: true
-            }
-        )
+    /// Whether the connection can go on reading the answers it owes to GETs
+    /// sent ahead: this object is done with (it failed on an error answer
+    /// read to its end), so nothing is sent on it out of turn.
+    pub(super) fn leaves_in_step(&self, conn: &Connection) -> bool {
+        self.leaves_usable(conn) || (self.answer_read && matches!(self.kind, FailureKind::Object))
     }
 }
 
@@ -144,12 +146,12 @@ impl Retries {
             FailureKind::Retry => self.reauthorized = false,
             // Free, but bounded: past one change per key possible, a
             // refusal is an attempt like any other.
-            FailureKind::NextKey { .. } if self.key_changes < SSE_C_KEYS_MAX && !stop() => {
+            FailureKind::NextKey if self.key_changes < SSE_C_KEYS_MAX && !stop() => {
                 self.key_changes += 1;
                 self.made = self.made.saturating_sub(1);
                 return Ok(());
             }
-            FailureKind::NextKey { .. } => self.reauthorized = false,
+            FailureKind::NextKey => self.reauthorized = false,
             FailureKind::Reauthorize if !self.reauthorized => {
                 if let Some(auth) = &core.shared.source.auth {
                     match auth.reauthorize(self.seen_generation).await {
@@ -236,7 +238,13 @@ pub(super) async fn status_failure(
     };
     // The answer was read to its end on a connection kept open: the next
     // request may go on it.
-    let connection_reusable = body.is_some() && head.keep_alive;
+    let answer_read = body.is_some() && head.keep_alive;
+    if answer_read {
+        // A request done: if the server closes the connection while it
+        // idles (a backoff), the next request's send finds out and goes
+        // out again on a new one (`request::get_head`), not as an attempt.
+        conn.requests_done += 1;
+    }
     let body = body.unwrap_or_default();
     let parsed = crate::b2::parse_error_body(&body);
     let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or("");
@@ -257,15 +265,15 @@ pub(super) async fn status_failure(
             return match choice.refused(index) {
                 AfterRefusal::TryNext => Failure {
                     detail: format!("{detail}: not its SSE-C key; trying the next one given"),
-                    kind: FailureKind::NextKey {
-                        connection_reusable,
-                    },
+                    kind: FailureKind::NextKey,
                     retry_after_s: None,
+                    answer_read,
                 },
                 AfterRefusal::Fail(why) => Failure {
                     detail: format!("{detail}: {why}"),
                     kind: FailureKind::Object,
                     retry_after_s: None,
+                    answer_read,
                 },
             };
         }
@@ -283,6 +291,7 @@ pub(super) async fn status_failure(
         detail,
         kind,
         retry_after_s: head.retry_after_s,
+        answer_read,
     }
 }
 
@@ -292,6 +301,7 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
             detail,
             kind: FailureKind::Trust,
             retry_after_s: None,
+            answer_read: false,
         },
         other => Failure::retry(other.to_string()),
     }

@@ -116,13 +116,20 @@ pub(super) async fn download_object(
                 return Ran::Deferred(Destination { fd, direct_io });
             }
         }
-        if let Some(conn) = connection.take_if(|conn| !failure.leaves_usable(conn)) {
-            conn.shutdown();
+        // An error answer read to its end leaves the connection in step:
+        // it carries this object's next request, or (the object failed for
+        // good) goes on to the answers it owes the objects ahead.
+        if !connection
+            .as_ref()
+            .is_some_and(|conn| failure.leaves_in_step(conn))
+        {
+            if let Some(conn) = connection.take() {
+                conn.shutdown();
+            }
+            // Their GETs died with the connection; any connection may take
+            // them while this one waits to retry.
+            core.shared.give_back(ahead.drain(..));
         }
-        // Their GETs died with the connection (or none went out: a usable
-        // one owes no answer); any connection may take them while this one
-        // waits to retry.
-        core.shared.give_back(ahead.drain(..));
         let context = format!(
             "GET {} bytes={}-{}",
             job.display_name,
@@ -317,6 +324,7 @@ async fn flush(
                     FailureKind::Object
                 },
                 retry_after_s: None,
+                answer_read: false,
             })
         }
     }
@@ -350,6 +358,7 @@ async fn check_head(
                     detail: "the object changed size since it was listed".into(),
                     kind: FailureKind::Object,
                     retry_after_s: None,
+                    answer_read: false,
                 });
             }
         }
@@ -372,6 +381,7 @@ async fn check_head(
                 ),
                 kind: FailureKind::Object,
                 retry_after_s: None,
+                answer_read: false,
             });
         }
         // Content-Range and the object's size matched: a broken reply.

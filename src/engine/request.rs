@@ -201,6 +201,7 @@ pub(super) fn build_get(
         detail: error.to_string(),
         kind: FailureKind::Object,
         retry_after_s: None,
+        answer_read: false,
     })?;
     Ok(GetRequest {
         bytes: request,
@@ -255,6 +256,7 @@ pub(super) fn check_file_id(head: &ResponseHead, expected: Option<&str>) -> Resu
             ),
             kind: FailureKind::Object,
             retry_after_s: None,
+            answer_read: false,
         }),
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Every receive is bounded by a stall timeout. On timeout the socket is shut
 //! down and the receive is still awaited, so its buffer comes back: dropping a
-//! tokio-uring future would not cancel the operation.
+//! tokio-uring future would not cancel the operation. Once a stop signal
+//! came (SIGINT, SIGTERM), the timeout shortens to `STOPPING_STALL_TIMEOUT_MS`:
+//! requests that make progress finish, a stalled one does not hold the exit.
 
 use std::future::Future;
 use std::io;
@@ -15,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::buf::BoundedBuf;
 
 use super::buffers::{Memory, PoolBuf};
+use crate::config::{STOP_CHECK_MS, STOPPING_STALL_TIMEOUT_MS};
 
 pub struct TcpStream {
     inner: tokio_uring::net::TcpStream,
@@ -107,17 +110,30 @@ impl TcpStream {
         timeout: Duration,
     ) -> (io::Result<T>, B) {
         tokio::pin!(operation);
-        match tokio::time::timeout(timeout, &mut operation).await {
-            Ok(done) => done,
-            Err(_) => {
-                self.shutdown();
-                let (_, buf) = operation.await;
-                let stalled = io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no progress for {} s (stall timeout)", timeout.as_secs()),
-                );
-                (Err(stalled), buf)
+        let started = std::time::Instant::now();
+        // Woken every `STOP_CHECK_MS` to look for a stop signal: an operation
+        // that completes first costs nothing more than one timer.
+        let check = Duration::from_millis(STOP_CHECK_MS);
+        let stall = loop {
+            let (limit, why) = match crate::runtime::interrupted() {
+                None => (timeout, "stall timeout"),
+                Some(_) => (
+                    timeout.min(Duration::from_millis(STOPPING_STALL_TIMEOUT_MS)),
+                    "the run is stopping",
+                ),
+            };
+            let Some(left) = limit
+                .checked_sub(started.elapsed())
+                .filter(|left| !left.is_zero())
+            else {
+                break format!("no progress for {} s ({why})", limit.as_secs_f64());
+            };
+            if let Ok(done) = tokio::time::timeout(left.min(check), &mut operation).await {
+                return done;
             }
-        }
+        };
+        self.shutdown();
+        let (_, buf) = operation.await;
+        (Err(io::Error::new(io::ErrorKind::TimedOut, stall)), buf)
     }
 }
