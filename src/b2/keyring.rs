@@ -207,22 +207,6 @@ impl KeyChoice {
         (index, &self.ring.keys[index])
     }
 
-    /// Whether the key requests carry is known to be the object's: the
-    /// only key, the one that opened it, or the one that opened objects
-    /// with its key ID. Else a request may be refused: pipelining sends
-    /// nothing behind it (see `engine::object::send_objects_ahead`).
-    pub fn settled(&self) -> bool {
-        self.ring.keys.len() == 1
-            || self.opened_by.load(Ordering::Acquire) != usize::MAX
-            || self.key_id.as_deref().is_some_and(|id| {
-                self.ring
-                    .by_key_id
-                    .lock()
-                    .expect("the key-ID map is never left half-updated")
-                    .contains_key(id)
-            })
-    }
-
     /// B2 answered the object's bytes to a request that carried key `index`:
     /// every request from now on carries it (a refusal of another request
     /// that carried it may have moved the choice on meanwhile).
@@ -461,19 +445,6 @@ mod tests {
         choice.opened(1);
         assert_eq!(choice.refused(0), AfterRefusal::TryNext);
         assert_eq!(choice.current().0, 1);
-    }
-
-    #[test]
-    fn a_choice_is_settled_by_one_key_an_opening_or_a_known_key_id() {
-        assert!(KeyChoice::new(ring(1), None).settled());
-        let ring = ring(2);
-        let guess = KeyChoice::new(Arc::clone(&ring), Some("id-a"));
-        assert!(!guess.settled());
-        guess.opened(guess.current().0);
-        assert!(guess.settled());
-        assert!(KeyChoice::new(Arc::clone(&ring), Some("id-a")).settled());
-        assert!(!KeyChoice::new(Arc::clone(&ring), Some("id-b")).settled());
-        assert!(!KeyChoice::new(ring, None).settled());
     }
 
     #[test]

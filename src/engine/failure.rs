@@ -63,10 +63,13 @@ impl Failure {
 
     /// Whether the connection this failure came on can carry the next
     /// request: an error answer read to its end, with no answer owed to a
-    /// GET sent ahead. Any other failure may have left it mid-answer, out
-    /// of step, or closed.
+    /// GET sent ahead, and no backoff to idle through first (a server, NAT
+    /// or balancer may drop an idle flow silently: the retry would wait out
+    /// `--timeout-s`, as the control plane's `API_KEEPALIVE_IDLE_MAX_MS`
+    /// also guards). Any other failure may have left it mid-answer, out of
+    /// step, or closed.
     pub(super) fn leaves_usable(&self, conn: &Connection) -> bool {
-        self.answer_read && conn.pipelined.is_empty()
+        self.answer_read && conn.pipelined.is_empty() && !matches!(self.kind, FailureKind::Retry)
     }
 
     /// Whether the connection can go on reading the answers it owes to GETs

@@ -75,13 +75,6 @@ pub(super) async fn download_object(
     destination: Destination,
     ahead: &mut VecDeque<ObjectJob>,
 ) -> Ran {
-    // A guessed key may be refused: a second descriptor of the file lets
-    // the object go back to the queue then (`Ran::Deferred`).
-    let spare_fd = job
-        .sse_c
-        .as_ref()
-        .filter(|choice| !choice.settled())
-        .and_then(|_| destination.fd.try_clone().ok());
     let direct_io = destination.direct_io;
     let file = File::new(destination.fd, direct_io);
     let mut received = Received::new();
@@ -111,7 +104,9 @@ pub(super) async fn download_object(
             Err(failure) => failure,
         };
         if received.bytes == 0 && connection.as_ref().is_some_and(|conn| failure.defers(conn)) {
-            if let Some(fd) = spare_fd {
+            // Nothing written yet; another descriptor of the file goes with
+            // the object (a failed dup: the object retries here instead).
+            if let Ok(fd) = file.try_clone_fd() {
                 let _ = file.close().await;
                 return Ran::Deferred(Destination { fd, direct_io });
             }

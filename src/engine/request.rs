@@ -107,8 +107,11 @@ async fn read_pipelined_head(
             core.shared.note_round_trip(sent.elapsed());
             Ok(head)
         }
+        // (After a stop signal, a receive is cut short as timed out: that
+        // says nothing of the origin.)
         Err(ConnError::Transport(error))
             if conn.has_nothing_buffered()
+                && !core.shared.is_stopped()
                 && (is_closed(&error) || error.kind() == std::io::ErrorKind::TimedOut) =>
         {
             core.shared.stop_pipelining(&error);

@@ -35,6 +35,17 @@ impl File {
         self.raw_fd
     }
 
+    /// A second descriptor of the same open file (its offset-free writes,
+    /// O_DIRECT flag and allocation are the open file's, so they carry
+    /// over): for handing the file to another core or task.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: `raw_fd` is `inner`'s descriptor, open for as long as
+        // `self` (it is closed only by `close`, which consumes `self`); the
+        // borrow ends before this returns.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd) };
+        borrowed.try_clone_to_owned()
+    }
+
     /// Writes the buffer's filled bytes at `offset_bytes`, all of them, and
     /// hands the buffer back whatever happened. Through the page cache, in
     /// pieces of `BUFFERED_WRITE_PIECE_BYTES` (see there why).
