@@ -550,25 +550,33 @@ fn rotated_data() -> tempfile::TempDir {
     data
 }
 
-/// Serves `data/served` with `a-new/` under `OTHER_KEY` and `b-old/` under
-/// `KEY`.
-fn served_rotated(data: &Path) -> Served {
+/// Serves `data/served` with names under `key_prefix` encrypted with `KEY`
+/// and under `other_prefix` with `OTHER_KEY` (key files beside `served`),
+/// an access log, and `extra` flags.
+fn serve_two_keys(data: &Path, key_prefix: &str, other_prefix: &str, extra: &[&str]) -> Served {
     let key = data.join("key.raw");
     let other = data.join("other.b64");
     let log = data.join("access.jsonl");
-    let args = [
-        "--sse-c-key-file",
-        other.to_str().unwrap(),
-        "--sse-c-prefix",
-        "a-new/",
+    let mut args = vec![
         "--sse-c-key-file",
         key.to_str().unwrap(),
         "--sse-c-prefix",
-        "b-old/",
+        key_prefix,
+        "--sse-c-key-file",
+        other.to_str().unwrap(),
+        "--sse-c-prefix",
+        other_prefix,
         "--access-log",
         log.to_str().unwrap(),
     ];
+    args.extend(extra);
     serve(&data.join("served"), false, &args)
+}
+
+/// Serves `data/served` with `a-new/` under `OTHER_KEY` and `b-old/` under
+/// `KEY`.
+fn served_rotated(data: &Path) -> Served {
+    serve_two_keys(data, "b-old/", "a-new/", &[])
 }
 
 /// The download requests of the access log (those naming an object); the
@@ -831,26 +839,7 @@ fn a_refused_key_does_not_cost_the_answers_pipelined_behind_it() {
     std::fs::write(data.path().join("key.raw"), KEY).unwrap();
     std::fs::write(data.path().join("other.b64"), OTHER_KEY_BASE64).unwrap();
     let key = data.path().join("key.raw");
-    let other = data.path().join("other.b64");
-    let log = data.path().join("access.jsonl");
-    let served = serve(
-        &data.path().join("served"),
-        false,
-        &[
-            "--sse-c-key-file",
-            key.to_str().unwrap(),
-            "--sse-c-prefix",
-            "a/",
-            "--sse-c-key-file",
-            other.to_str().unwrap(),
-            "--sse-c-prefix",
-            "b/",
-            "--latency-ms",
-            "40",
-            "--access-log",
-            log.to_str().unwrap(),
-        ],
-    );
+    let served = serve_two_keys(data.path(), "a/", "b/", &["--latency-ms", "40"]);
     let dir = data.path().join("out");
     let mut args = vec![
         "restore",
