@@ -956,10 +956,9 @@ async fn head_by_name(
 
 /// "has MD5 X" or "have MD5s X, Y": the keys given, by their MD5 only.
 fn describe_md5s(ring: &Keyring) -> String {
-    let md5s: Vec<&str> = ring.keys().iter().map(|key| key.md5_base64()).collect();
-    match md5s.as_slice() {
-        [one] => format!("has MD5 {one}"),
-        all => format!("have MD5s {}", all.join(", ")),
+    match ring.keys() {
+        [_] => format!("has MD5 {}", ring.md5s()),
+        _ => format!("have MD5s {}", ring.md5s()),
     }
 }
 

@@ -1045,20 +1045,39 @@ fn a_signal_cuts_retry_waits_short() {
     let fixture = Fixture::new(&[("w.bin", 4 << 20)]);
     let served = serve(fixture.data.path(), true, &["--status-rate", "503:1:300"]);
     let dest = fixture.dest_str("w.bin");
-    let mut child = spawn_get(&served, "w.bin", &dest);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "it should still be waiting to retry"
+    let child = spawn_get(&served, "w.bin", &dest);
+    signal_while_waiting(
+        child,
+        "it should still be waiting to retry",
+        "-TERM",
+        143,
+        5,
     );
-    send_signal(child.id(), "-TERM");
+    assert!(!Path::new(&dest).exists());
+}
+
+/// Sends `signal` to `child` 1.5 s after its start, while it is still at
+/// work (`waiting` says on what), and checks that it exits with `code`
+/// within `within_s` seconds of the signal.
+fn signal_while_waiting(
+    mut child: std::process::Child,
+    waiting: &str,
+    signal: &str,
+    code: i32,
+    within_s: u64,
+) {
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "{waiting}");
+    send_signal(child.id(), signal);
     let signalled = std::time::Instant::now();
-    let exit = wait_for_exit(&mut child, "SIGTERM");
+    let exit = wait_for_exit(&mut child, signal);
     let waited = signalled.elapsed();
     let output = child.wait_with_output().unwrap();
-    assert_eq!(exit.code(), Some(143), "{}", stderr(&output));
-    assert!(waited.as_secs() < 5, "stopped {waited:?} after SIGTERM");
-    assert!(!Path::new(&dest).exists());
+    assert_eq!(exit.code(), Some(code), "{}", stderr(&output));
+    assert!(
+        waited.as_secs() < within_s,
+        "stopped {waited:?} after {signal}"
+    );
 }
 
 /// A signal cuts a stalled receive short: a server that goes silent in
@@ -1070,19 +1089,14 @@ fn a_signal_cuts_a_stalled_receive_short() {
     let served = serve(fixture.data.path(), true, &["--stall-rate", "1"]);
     let dest = fixture.dest_str("st.bin");
     // The default stall timeout: without the cut, 30 s after the signal.
-    let mut child = spawn_get_with_timeout(&served, "st.bin", &dest, "30");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "it should still be waiting on the stalled bodies"
+    let child = spawn_get_with_timeout(&served, "st.bin", &dest, "30");
+    signal_while_waiting(
+        child,
+        "it should still be waiting on the stalled bodies",
+        "-INT",
+        130,
+        6,
     );
-    send_signal(child.id(), "-INT");
-    let signalled = std::time::Instant::now();
-    let exit = wait_for_exit(&mut child, "SIGINT");
-    let waited = signalled.elapsed();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(exit.code(), Some(130), "{}", stderr(&output));
-    assert!(waited.as_secs() < 6, "stopped {waited:?} after SIGINT");
     assert!(!Path::new(&dest).exists());
 }
 

@@ -752,17 +752,7 @@ fn key_ids_in_file_info_send_each_object_its_key() {
         let keys = key_args(data.path());
         refusals(data.path());
         let dir = data.path().join("out");
-        let mut args = vec![
-            "restore",
-            "b2://bkt/alt",
-            dir.to_str().unwrap(),
-            "--cores",
-            "1",
-            "--connections",
-            "1",
-        ];
-        args.extend(keys.iter().map(String::as_str));
-        let output = ringdown(&served, &args, &[]);
+        let output = restore_on_one_core(&served, "b2://bkt/alt", &dir, "1", &keys);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
         for n in 0..ALTERNATING {
             let name = format!("f{n}.bin");
@@ -809,6 +799,28 @@ fn key_ids_in_file_info_send_each_object_its_key() {
     }
 }
 
+/// `ringdown restore SOURCE DIR --cores 1 --connections CONNECTIONS`
+/// with the key flags `keys`.
+fn restore_on_one_core(
+    served: &Served,
+    source: &str,
+    dir: &Path,
+    connections: &str,
+    keys: &[String],
+) -> Output {
+    let mut args = vec![
+        "restore",
+        source,
+        dir.to_str().unwrap(),
+        "--cores",
+        "1",
+        "--connections",
+        connections,
+    ];
+    args.extend(keys.iter().map(String::as_str));
+    ringdown(served, &args, &[])
+}
+
 /// `--sse-c-key-file key.raw --sse-c-key-file other.b64` under `data`.
 fn key_args(data: &Path) -> Vec<String> {
     ["key.raw", "other.b64"]
@@ -841,18 +853,7 @@ fn a_refused_key_does_not_cost_the_answers_pipelined_behind_it() {
     let key = data.path().join("key.raw");
     let served = serve_two_keys(data.path(), "a/", "b/", &["--latency-ms", "40"]);
     let dir = data.path().join("out");
-    let mut args = vec![
-        "restore",
-        "b2://bkt",
-        dir.to_str().unwrap(),
-        "--cores",
-        "1",
-        "--connections",
-        "4",
-    ];
-    let keys = key_args(data.path());
-    args.extend(keys.iter().map(String::as_str));
-    let output = ringdown(&served, &args, &[]);
+    let output = restore_on_one_core(&served, "b2://bkt", &dir, "4", &key_args(data.path()));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let names = common::files_under(&bucket);
     assert_restored(
@@ -891,18 +892,11 @@ fn a_refused_key_does_not_cost_the_answers_pipelined_behind_it() {
     // Only the key of a/: each b/ object fails on its one refusal, and the
     // connection goes on to the answers it owes the objects behind it.
     let dir = data.path().join("only-a");
-    let args = [
-        "restore",
-        "b2://bkt",
-        dir.to_str().unwrap(),
-        "--cores",
-        "1",
-        "--connections",
-        "4",
-        "--sse-c-key-file",
-        key.to_str().unwrap(),
+    let only_a = [
+        "--sse-c-key-file".to_string(),
+        key.to_str().unwrap().to_string(),
     ];
-    let output = ringdown(&served, &args, &[]);
+    let output = restore_on_one_core(&served, "b2://bkt", &dir, "4", &only_a);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let restored: Vec<String> = names
         .iter()

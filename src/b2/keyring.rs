@@ -124,12 +124,19 @@ impl Keyring {
                 "B2 refuses each of the {} SSE-C keys given (key MD5s {}): the object was \
                  encrypted with another key",
                 keys.len(),
-                keys.iter()
-                    .map(CustomerKey::md5_base64)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.md5s()
             ),
         }
+    }
+
+    /// Each key's MD5 (base64), in the order given, joined by ", ": how
+    /// messages name the keys, never by their bytes.
+    pub fn md5s(&self) -> String {
+        self.keys
+            .iter()
+            .map(CustomerKey::md5_base64)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
