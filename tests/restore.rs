@@ -685,6 +685,102 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
     );
 }
 
+/// A retryable answer (503 here) on a connection with GETs sent ahead (a
+/// 40 ms round trip: pipelining) does not cost the answers owed behind it:
+/// the object backs off away from the connection, which goes on reading
+/// them. Every body is sent once, and an object's attempts are counted
+/// across its turns.
+#[test]
+fn a_retryable_answer_does_not_cost_the_answers_pipelined_behind_it() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..150 {
+        let name = format!("r/{i:03}");
+        let bytes = content(&name, 1000 + i * 13);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    let served = serve_logged(
+        data.path(),
+        &[
+            "--plain",
+            "--latency-ms",
+            "40",
+            "--status-rate",
+            "503:0.1",
+            "--seed",
+            "11",
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let output = restore(&served, &["b2://bkt"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+    let refused = access_records(data.path())
+        .iter()
+        .filter(|record| record["status"] == 503)
+        .count();
+    assert!(refused > 0, "no 503 was answered: nothing tested");
+    let sent = downloads(data.path());
+    assert_eq!(sent.len(), objects.len());
+    for (name, count) in &sent {
+        assert_eq!(
+            *count, 1,
+            "{name}: body sent {count} times ({refused} 503s)"
+        );
+    }
+
+    // Half the answers 503, `--max-attempts 3`: an object that backs off
+    // keeps its count of attempts (else it would be tried 3 more times at
+    // each turn), so none is asked for more than 3 times; those refused
+    // 3 times fail, and only they are missing.
+    std::fs::remove_file(data.path().join("access.jsonl")).unwrap();
+    let dir = out.path().join("attempts");
+    let mut tuning = common::SMALL_CHUNKS.to_vec();
+    tuning.extend(["--connections", "2", "--cores", "1", "--max-attempts", "3"]);
+    tuning.extend(["--retry-base-ms", "5", "--retry-max-ms", "50"]);
+    let served_often = serve_logged(
+        data.path(),
+        &[
+            "--plain",
+            "--latency-ms",
+            "40",
+            "--status-rate",
+            "503:0.5",
+            "--seed",
+            "12",
+        ],
+    );
+    let output = run_bounded(command_tuned(&served_often, &["b2://bkt"], &dir, &tuning));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let mut asked: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for record in access_records(data.path()) {
+        if let Some(name) = record["name"].as_str() {
+            let entry = asked.entry(name.to_string()).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(record["status"] == 200);
+        }
+    }
+    assert!(
+        asked.values().any(|(requests, _)| *requests > 1),
+        "no retry"
+    );
+    for (name, bytes) in &objects {
+        let (requests, bodies) = asked.get(name).copied().unwrap_or_default();
+        assert!(requests <= 3, "{name}: asked {requests} times");
+        let path = dir.join(name);
+        if bodies == 1 {
+            assert_eq!(&std::fs::read(&path).unwrap(), bytes, "{name}");
+        } else {
+            assert_eq!((requests, bodies), (3, 0), "{name}");
+            assert!(!path.exists(), "{name}: failed, yet on disk");
+        }
+    }
+    drop(served);
+}
+
 #[test]
 fn shards_from_flags_and_scheduler_environments_cover_the_bucket_once() {
     let data = tempfile::tempdir().unwrap();

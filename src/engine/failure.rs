@@ -54,11 +54,14 @@ impl Failure {
         }
     }
 
-    /// An SSE-C key's refusal read to its end, with answers to GETs sent
-    /// ahead still owed on the connection: they can be read (the
-    /// connection is in step) if the refused object waits its turn again.
+    /// An SSE-C key's refusal or a retryable answer (429, 503, ...) read to
+    /// its end, with answers to GETs sent ahead still owed on the
+    /// connection: they can be read (the connection is in step) if the
+    /// object waits its turn again, off the connection.
     pub(super) fn defers(&self, conn: &Connection) -> bool {
-        matches!(self.kind, FailureKind::NextKey) && self.answer_read && !conn.pipelined.is_empty()
+        matches!(self.kind, FailureKind::NextKey | FailureKind::Retry)
+            && self.answer_read
+            && !conn.pipelined.is_empty()
     }
 
     /// Whether the connection this failure came on can carry the next
@@ -95,6 +98,16 @@ pub(super) struct Retries {
     key_changes: usize,
 }
 
+/// When the next attempt may go out.
+pub(super) enum Then {
+    Now,
+    /// After this backoff; `detail` says why, should a stop cut it short.
+    After {
+        delay: Duration,
+        detail: String,
+    },
+}
+
 /// Why a download loop stopped retrying.
 pub(super) struct GiveUp {
     pub error: Error,
@@ -105,8 +118,14 @@ pub(super) struct GiveUp {
 
 impl Retries {
     pub(super) fn new() -> Retries {
+        Retries::resumed(0)
+    }
+
+    /// Carries on the count of a request that had `made` attempts before
+    /// it was deferred (`object::Ran::Deferred`).
+    pub(super) fn resumed(made: u32) -> Retries {
         Retries {
-            made: 0,
+            made,
             reauthorized: false,
             seen_generation: 0,
             key_changes: 0,
@@ -125,19 +144,18 @@ impl Retries {
         self.made
     }
 
-    /// What follows a failed attempt: `Ok` once it is time for the next
-    /// (after a backoff, or at once after a re-authorization), or why to
-    /// stop. `context` names the request in errors; `stop` says the run or
-    /// object is being stopped (checked before and during the wait);
-    /// `salt` decorrelates the jitter of requests that failed together.
-    pub(super) async fn after_failure(
+    /// What follows a failed attempt: `Ok` with when the next may go out,
+    /// or why to stop. `context` names the request in errors; `stop` says
+    /// the run or object is being stopped; `salt` decorrelates the jitter
+    /// of requests that failed together.
+    pub(super) async fn next_attempt(
         &mut self,
         core: &Core,
         mut failure: Failure,
-        context: String,
+        context: &str,
         stop: impl Fn() -> bool,
         salt: u64,
-    ) -> Result<(), GiveUp> {
+    ) -> Result<Then, GiveUp> {
         let config = &core.shared.config;
         let fatal = |error| GiveUp {
             error,
@@ -152,7 +170,7 @@ impl Retries {
             FailureKind::NextKey if self.key_changes < SSE_C_KEYS_MAX && !stop() => {
                 self.key_changes += 1;
                 self.made = self.made.saturating_sub(1);
-                return Ok(());
+                return Ok(Then::Now);
             }
             FailureKind::NextKey => self.reauthorized = false,
             FailureKind::Reauthorize if !self.reauthorized => {
@@ -196,21 +214,14 @@ impl Retries {
                 });
             }
         }
-        let give_up = |made: u32| GiveUp {
-            error: Error::http(
-                &context,
-                format!("{} after {made} attempts", failure.detail),
-            ),
-            run_fatal: false,
-        };
         if self.made >= config.max_attempts || stop() {
-            return Err(give_up(self.made));
+            return Err(self.give_up(context, &failure.detail));
         }
         core.count_retry();
         if matches!(failure.kind, FailureKind::Reauthorize) {
             // The fresh token goes out at once: a backoff could outlast a
             // short token lifetime and be refused again.
-            return Ok(());
+            return Ok(Then::Now);
         }
         let delay = backoff(
             config.retry_base_ms,
@@ -219,10 +230,51 @@ impl Retries {
             failure.retry_after_s,
             salt,
         );
+        Ok(Then::After {
+            delay,
+            detail: failure.detail,
+        })
+    }
+
+    /// `next_attempt`, waiting out its backoff here: `Ok` once it is time
+    /// for the next attempt.
+    pub(super) async fn after_failure(
+        &mut self,
+        core: &Core,
+        failure: Failure,
+        context: String,
+        stop: impl Fn() -> bool,
+        salt: u64,
+    ) -> Result<(), GiveUp> {
+        match self
+            .next_attempt(core, failure, &context, &stop, salt)
+            .await?
+        {
+            Then::Now => Ok(()),
+            Then::After { delay, detail } => self.wait(core, delay, &detail, &context, &stop).await,
+        }
+    }
+
+    /// Waits out a backoff unless `stop` cuts it short (then gives up).
+    pub(super) async fn wait(
+        &self,
+        core: &Core,
+        delay: Duration,
+        detail: &str,
+        context: &str,
+        stop: impl Fn() -> bool,
+    ) -> Result<(), GiveUp> {
         if core.sleep_unless_stopped(delay, stop).await {
             Ok(())
         } else {
-            Err(give_up(self.made))
+            Err(self.give_up(context, detail))
+        }
+    }
+
+    fn give_up(&self, context: &str, detail: &str) -> GiveUp {
+        GiveUp {
+            error: Error::http(context, format!("{detail} after {} attempts", self.made)),
+            run_fatal: false,
         }
     }
 }

@@ -234,11 +234,7 @@ pub fn download(
             resume,
             done,
         }),
-        Fetch::Whole => Work::Object(ObjectJob {
-            object,
-            destination,
-            done,
-        }),
+        Fetch::Whole => Work::Object(ObjectJob::new(object, destination, done)),
     };
     let submitted = scheduler.submit(work);
     let report = scheduler.finish();

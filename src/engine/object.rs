@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
-use super::failure::{Failure, FailureKind, GiveUp, Retries, conn_failure, status_failure};
+use super::failure::{Failure, FailureKind, GiveUp, Retries, Then, conn_failure, status_failure};
 use super::request::{
     build_get, check_file_id, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
@@ -61,11 +61,21 @@ fn is_whole_object(head: &ResponseHead, size_bytes: u64) -> bool {
 pub(super) enum Ran {
     /// The object's digest or why it failed, and the requests made.
     Finished(std::result::Result<[u8; 20], ObjectError>, u32),
-    /// B2 refused the SSE-C key guessed for it while answers to GETs sent
-    /// ahead were still owed on the connection: the object goes back to
-    /// the queue (its next request carries the next key), and the
-    /// connection goes on with those answers instead of dropping them.
-    Deferred(Destination),
+    /// An error answer that calls for another attempt (B2 refused the SSE-C
+    /// key guessed; 429, 503, ...) came while answers to GETs sent ahead
+    /// were still owed on the connection: the object goes back to the queue
+    /// (after its backoff, if any), and the connection goes on with those
+    /// answers instead of dropping them, to fetch them again elsewhere.
+    Deferred(Deferred),
+}
+
+pub(super) struct Deferred {
+    /// Another descriptor of the file: nothing was written to it yet.
+    pub destination: Destination,
+    pub attempts_made: u32,
+    /// Held off the queue this long (its place reserved with
+    /// `Shared::reserve_backoff`); `None`: its turn may come at once.
+    pub backoff: Option<std::time::Duration>,
 }
 
 pub(super) async fn download_object(
@@ -73,12 +83,13 @@ pub(super) async fn download_object(
     connection: &mut Option<Connection>,
     job: &ObjectSpec,
     destination: Destination,
+    attempts_made: u32,
     ahead: &mut VecDeque<ObjectJob>,
 ) -> Ran {
     let direct_io = destination.direct_io;
     let file = File::new(destination.fd, direct_io);
     let mut received = Received::new();
-    let mut retries = Retries::new();
+    let mut retries = Retries::resumed(attempts_made);
     let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
     let result = loop {
         if job.size_bytes == 0 {
@@ -103,28 +114,6 @@ pub(super) async fn download_object(
             }
             Err(failure) => failure,
         };
-        if received.bytes == 0 && connection.as_ref().is_some_and(|conn| failure.defers(conn)) {
-            // Nothing written yet; another descriptor of the file goes with
-            // the object (a failed dup: the object retries here instead).
-            if let Ok(fd) = file.try_clone_fd() {
-                let _ = file.close().await;
-                return Ran::Deferred(Destination { fd, direct_io });
-            }
-        }
-        // An error answer read to its end leaves the connection in step:
-        // it carries this object's next request, or (the object failed for
-        // good) goes on to the answers it owes the objects ahead.
-        if !connection
-            .as_ref()
-            .is_some_and(|conn| failure.leaves_in_step(conn))
-        {
-            if let Some(conn) = connection.take() {
-                conn.shutdown();
-            }
-            // Their GETs died with the connection; any connection may take
-            // them while this one waits to retry.
-            core.shared.give_back(ahead.drain(..));
-        }
         let context = format!(
             "GET {} bytes={}-{}",
             job.display_name,
@@ -134,6 +123,42 @@ pub(super) async fn download_object(
         let stop = || core.shared.is_stopped();
         // Any per-object value decorrelates objects that failed together.
         let salt = job.path_and_query.len() as u64 ^ job.size_bytes;
+        if received.bytes == 0 && connection.as_ref().is_some_and(|conn| failure.defers(conn)) {
+            // Given up, the object fails here, and the connection (in step)
+            // goes on to the answers it owes.
+            let then = match retries
+                .next_attempt(core, failure, &context, stop, salt)
+                .await
+            {
+                Ok(then) => then,
+                Err(GiveUp { error, run_fatal }) => break Err(ObjectError { error, run_fatal }),
+            };
+            let then = match defer(core, &file, direct_io, then, retries.made()) {
+                Ok(deferred) => {
+                    let _ = file.close().await;
+                    return Ran::Deferred(deferred);
+                }
+                Err(then) => then,
+            };
+            // It could not be deferred: it waits here, as below.
+            drop_connection(core, connection, ahead);
+            if let Then::After { delay, detail } = then {
+                let waited = retries.wait(core, delay, &detail, &context, stop);
+                if let Err(GiveUp { error, run_fatal }) = waited.await {
+                    break Err(ObjectError { error, run_fatal });
+                }
+            }
+            continue;
+        }
+        // An error answer read to its end leaves the connection in step:
+        // it carries this object's next request, or (the object failed for
+        // good) goes on to the answers it owes the objects ahead.
+        if !connection
+            .as_ref()
+            .is_some_and(|conn| failure.leaves_in_step(conn))
+        {
+            drop_connection(core, connection, ahead);
+        }
         let next = retries.after_failure(core, failure, context, stop, salt);
         if let Err(GiveUp { error, run_fatal }) = next.await {
             break Err(ObjectError { error, run_fatal });
@@ -162,6 +187,47 @@ pub(super) async fn download_object(
         received.hasher.finalize().into()
     });
     Ran::Finished(outcome, retries.made().max(1))
+}
+
+/// Readies the object for a later turn: another descriptor of its file
+/// (nothing was written to it yet; the caller closes this one) and, for a
+/// backoff, a reserved place off the queue. `Err`: it cannot be (a failed
+/// dup, or as many objects back off as may), and retries on this
+/// connection's task.
+fn defer(
+    core: &Core,
+    file: &File,
+    direct_io: bool,
+    then: Then,
+    attempts_made: u32,
+) -> std::result::Result<Deferred, Then> {
+    let Ok(fd) = file.try_clone_fd() else {
+        return Err(then);
+    };
+    let backoff = match &then {
+        Then::Now => None,
+        Then::After { delay, .. } if core.shared.reserve_backoff() => Some(*delay),
+        // The duplicate descriptor closes here.
+        Then::After { .. } => return Err(then),
+    };
+    Ok(Deferred {
+        destination: Destination { fd, direct_io },
+        attempts_made,
+        backoff,
+    })
+}
+
+/// Shuts the connection down; the objects whose GETs it carried ahead go
+/// back to the queue, for any connection, while this one waits to retry.
+fn drop_connection(
+    core: &Core,
+    connection: &mut Option<Connection>,
+    ahead: &mut VecDeque<ObjectJob>,
+) {
+    if let Some(conn) = connection.take() {
+        conn.shutdown();
+    }
+    core.shared.give_back(ahead.drain(..));
 }
 
 async fn attempt_object(

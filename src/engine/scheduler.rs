@@ -93,6 +93,21 @@ pub struct ObjectJob {
     pub object: ObjectSpec,
     pub destination: Destination,
     pub done: Done,
+    /// Attempts already made at it, counted against `--max-attempts`: an
+    /// object deferred after a retryable answer (`object::Ran::Deferred`)
+    /// resumes its count when its turn comes again.
+    pub(super) attempts_made: u32,
+}
+
+impl ObjectJob {
+    pub fn new(object: ObjectSpec, destination: Destination, done: Done) -> ObjectJob {
+        ObjectJob {
+            object,
+            destination,
+            done,
+            attempts_made: 0,
+        }
+    }
 }
 
 /// Runs on a core thread once an object is written and checked (or failed).
@@ -144,7 +159,8 @@ pub(crate) struct Shared {
     /// Connections of all cores.
     connections_total: usize,
     /// Bound on `State::claimed_ahead`: `PIPELINE_OBJECTS_AHEAD` per
-    /// connection, capped like the queue, so descriptors stay bounded.
+    /// connection, capped like the queue, so descriptors stay bounded. It
+    /// bounds `State::backing_off` too.
     claimed_ahead_max: usize,
     /// Connections of all cores that may take chunks of large objects.
     large_connections: usize,
@@ -181,6 +197,9 @@ struct State {
     /// Small objects claimed by connections to send their GETs ahead, not
     /// yet begun (`claim_object`); each holds descriptors like a queued one.
     claimed_ahead: usize,
+    /// Small objects waiting out a backoff off the queue (`back_off`), each
+    /// holding a descriptor; the run is not over while any is.
+    backing_off: usize,
 }
 
 /// What a free connection does next.
@@ -323,7 +342,8 @@ impl Shared {
         let Some(work) = state.queue.pop_front() else {
             // After a panic, open objects end without this connection (they
             // are aborted) and the producer learns at `finish`.
-            return if (state.closed && state.open_large.is_empty()) || self.has_panicked() {
+            let over = state.closed && state.open_large.is_empty() && state.backing_off == 0;
+            return if over || self.has_panicked() {
                 Next::Exit
             } else {
                 Next::Wait
@@ -413,6 +433,27 @@ impl Shared {
         self.work.notify_waiters();
     }
 
+    /// Reserves a place for one more object to wait out a backoff off the
+    /// queue (`back_off`); `false` when `claimed_ahead_max` already do.
+    pub fn reserve_backoff(&self) -> bool {
+        let mut state = self.state();
+        if state.backing_off >= self.claimed_ahead_max {
+            return false;
+        }
+        state.backing_off += 1;
+        true
+    }
+
+    /// An object that waited out its backoff (or was cut short by a stop)
+    /// goes back to the front of the queue, ending its `reserve_backoff`.
+    fn end_backoff(&self, job: ObjectJob) {
+        let mut state = self.state();
+        state.backing_off -= 1;
+        state.queue.push_front(Work::Object(job));
+        drop(state);
+        self.work.notify_waiters();
+    }
+
     /// A SHA1 mismatch: the object's next round takes its old one's place.
     pub fn restart(&self, old: &Arc<Job>, job: Arc<Job>) {
         let mut state = self.state();
@@ -489,6 +530,7 @@ impl Scheduler {
                 active: Vec::new(),
                 open_large: Vec::new(),
                 claimed_ahead: 0,
+                backing_off: 0,
             }),
             pace: config
                 .limit_rate_bytes_per_s
@@ -803,8 +845,17 @@ async fn run_object(
         object,
         destination,
         done,
+        attempts_made,
     } = job;
-    match super::object::download_object(core, connection, &object, destination, ahead).await {
+    let ran = super::object::download_object(
+        core,
+        connection,
+        &object,
+        destination,
+        attempts_made,
+        ahead,
+    );
+    match ran.await {
         Ran::Finished(outcome, attempts) => {
             let elapsed = started.elapsed();
             core.record(Stage::File, elapsed);
@@ -814,12 +865,37 @@ async fn run_object(
                 elapsed,
             });
         }
-        Ran::Deferred(destination) => core.shared.requeue(ObjectJob {
-            object,
-            destination,
-            done,
-        }),
+        Ran::Deferred(deferred) => {
+            let job = ObjectJob {
+                object,
+                destination: deferred.destination,
+                done,
+                attempts_made: deferred.attempts_made,
+            };
+            match deferred.backoff {
+                None => core.shared.requeue(job),
+                Some(delay) => back_off(core, job, delay),
+            }
+        }
     }
+}
+
+/// Holds `job` off the queue for `delay` (less if the run stops), on a task
+/// of this core, then puts it back at the front. Its place was reserved
+/// (`Shared::reserve_backoff`), so connections wait for it before they exit.
+fn back_off(core: &Rc<Core>, job: ObjectJob, delay: Duration) {
+    let waiting = Rc::clone(core);
+    let task = core.spawn("backoff", async move {
+        let shared = Arc::clone(&waiting.shared);
+        waiting
+            .sleep_unless_stopped(delay, || shared.is_stopped())
+            .await;
+        shared.end_backoff(job);
+    });
+    let mut finishers = core.finishers.borrow_mut();
+    // A long run with many backoffs keeps only the ones still waiting.
+    finishers.retain(|finisher| !finisher.is_finished());
+    finishers.push(task);
 }
 
 /// Fails work the run stopped before it began (its caller removes the

@@ -1200,11 +1200,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             done: finish_later(run, task),
         })
     } else {
-        Work::Object(ObjectJob {
-            object,
-            destination,
-            done: finish_later(run, task),
-        })
+        Work::Object(ObjectJob::new(object, destination, finish_later(run, task)))
     };
     if let Err(error) = scheduler.submit(work) {
         run.fail_run(error);
