@@ -54,14 +54,21 @@ impl Failure {
         }
     }
 
-    /// An SSE-C key's refusal or a retryable answer (429, 503, ...) read to
-    /// its end, with answers to GETs sent ahead still owed on the
-    /// connection: they can be read (the connection is in step) if the
-    /// object waits its turn again, off the connection.
+    /// Whether the object should wait its next turn away from the
+    /// connection, which is in step (the error answer was read to its end):
+    /// - a retryable answer (429, 503, ...): the connection carries other
+    ///   objects (and reads the answers it owes them) while this one backs
+    ///   off, instead of idling through the backoff or being replaced;
+    /// - an SSE-C key's refusal with answers to GETs sent ahead owed: they
+    ///   are read first (with nothing owed, the next key goes out at once
+    ///   on this connection).
     pub(super) fn defers(&self, conn: &Connection) -> bool {
-        matches!(self.kind, FailureKind::NextKey | FailureKind::Retry)
-            && self.answer_read
-            && !conn.pipelined.is_empty()
+        self.answer_read
+            && match self.kind {
+                FailureKind::Retry => true,
+                FailureKind::NextKey => !conn.pipelined.is_empty(),
+                _ => false,
+            }
     }
 
     /// Whether the connection this failure came on can carry the next
