@@ -74,6 +74,32 @@ fn restore(served: &Served, dir: PathBuf) -> ringdown::restore::RestoreReport {
     })
 }
 
+fn restore_reported(
+    served: &Served,
+    dir: PathBuf,
+    report: &Path,
+) -> ringdown::restore::RestoreReport {
+    let mut options =
+        RestoreOptions::new("b2://bkt", dir, &served.realm, &served.key_id, &served.key).unwrap();
+    options.engine = engine(true);
+    options.ca_file = served.ca_file.clone();
+    options.direct_io = DirectIo::Off;
+    options.report = Some(report.to_path_buf());
+    within_deadline("restore", move || {
+        Restore::new(options, true)
+            .run()
+            .expect("the run itself starts")
+    })
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// Files under `dir` (outside `.ringdown/`), each of which must be identical
 /// to its source: a panic may leave files unrestored, never wrong.
 fn assert_only_whole_files(dir: &Path, source: &Path) -> usize {
@@ -146,6 +172,44 @@ fn a_panic_on_a_core_ends_the_run_with_an_error_instead_of_hanging() {
             restored < SMALL_FILES + 1,
             "{restored} files: nothing failed?"
         );
+    }
+
+    // Half the answers 503 (`Retry-After: 2`): when the panic ends the run,
+    // objects are backing off away from their connections. Each one ends
+    // anyway: every name the server was asked for has its report line.
+    let log = out.path().join("busy-access.jsonl");
+    let busy = serve(
+        data.path(),
+        false,
+        &[
+            "--status-rate",
+            "503:0.5:2",
+            "--seed",
+            "3",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    for pass in [150, 200, 250] {
+        panic_at(Site::Request, pass);
+        let dir = out.path().join(format!("restore-busy-{pass}"));
+        let report_path = out.path().join(format!("busy-{pass}.jsonl"));
+        let report = restore_reported(&busy, dir.clone(), &report_path);
+        let fatal = report.fatal.as_ref().map(ToString::to_string);
+        assert!(fatal.is_some_and(|text| text.contains("panicked")));
+        let reported: std::collections::BTreeSet<String> = json_lines(&report_path)
+            .iter()
+            .map(|line| line["name"].as_str().unwrap().to_string())
+            .collect();
+        let asked: std::collections::BTreeSet<String> = json_lines(&log)
+            .iter()
+            .filter_map(|line| line["name"].as_str().map(str::to_string))
+            .collect();
+        let missing: Vec<&String> = asked.difference(&reported).collect();
+        // The object whose request panicked may be left without one.
+        assert!(missing.len() <= 1, "asked for, never reported: {missing:?}");
+        // Emptied, not removed: the server appends to the file it opened.
+        std::fs::write(&log, "").unwrap();
     }
 
     // The hook off, the same process downloads and restores everything:

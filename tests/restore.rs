@@ -828,6 +828,64 @@ fn a_retryable_answer_keeps_its_connection_for_other_objects() {
     }
 }
 
+/// When an error elsewhere stops the run (a 403: exit 3), objects backing
+/// off away from their connections end as they would have waiting where
+/// they failed: the report gives the answer that refused them and the
+/// attempts made (as many as the server saw), never "not started".
+#[test]
+fn objects_backing_off_when_the_run_stops_report_their_attempts() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    for i in 0..300 {
+        let name = format!("b/{i:03}");
+        write_file(&bkt, &name, &content(&name, 700 + i * 7));
+    }
+    let served = serve_logged(
+        data.path(),
+        &[
+            "--plain",
+            "--status-rate",
+            "503:0.5:2",
+            "--status-rate",
+            "403:0.01",
+            "--seed",
+            "1",
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let mut asked: BTreeMap<String, u64> = BTreeMap::new();
+    for record in access_records(data.path()) {
+        if let Some(name) = record["name"].as_str() {
+            *asked.entry(name.to_string()).or_default() += 1;
+        }
+    }
+    let mut refused_while_backing_off = 0;
+    for line in report_lines(&report) {
+        if line["status"] != "failed" {
+            continue;
+        }
+        let name = line["name"].as_str().unwrap();
+        let reason = line["reason"].as_str().unwrap();
+        let requests = asked.get(name).copied().unwrap_or(0);
+        assert_eq!(line["attempts"], requests, "{line}");
+        if requests > 0 {
+            assert!(!reason.contains("not started"), "{line}");
+        }
+        if reason.contains("503") {
+            refused_while_backing_off += 1;
+        }
+    }
+    assert!(refused_while_backing_off > 0, "no object was backing off");
+}
+
 #[test]
 fn shards_from_flags_and_scheduler_environments_cover_the_bucket_once() {
     let data = tempfile::tempdir().unwrap();

@@ -278,7 +278,8 @@ impl Retries {
         }
     }
 
-    fn give_up(&self, context: &str, detail: &str) -> GiveUp {
+    /// The error of a request that stops retrying after the attempts made.
+    pub(super) fn give_up(&self, context: &str, detail: &str) -> GiveUp {
         GiveUp {
             error: Error::http(context, format!("{detail} after {} attempts", self.made)),
             run_fatal: false,

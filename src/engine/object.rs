@@ -73,9 +73,16 @@ pub(super) struct Deferred {
     /// Another descriptor of the file: nothing was written to it yet.
     pub destination: Destination,
     pub attempts_made: u32,
-    /// Held off the queue this long (its place reserved with
+    /// Held off the queue first (its place reserved with
     /// `Shared::reserve_backoff`); `None`: its turn may come at once.
-    pub backoff: Option<std::time::Duration>,
+    pub backoff: Option<Backoff>,
+}
+
+pub(super) struct Backoff {
+    pub delay: std::time::Duration,
+    /// How the object fails if the run stops before its next turn: as it
+    /// would have, waiting where it failed.
+    pub if_stopped: Error,
 }
 
 pub(super) async fn download_object(
@@ -133,7 +140,7 @@ pub(super) async fn download_object(
                 Ok(then) => then,
                 Err(GiveUp { error, run_fatal }) => break Err(ObjectError { error, run_fatal }),
             };
-            let then = match defer(core, &file, direct_io, then, retries.made()) {
+            let then = match defer(core, &file, direct_io, then, &retries, &context) {
                 Ok(deferred) => {
                     let _ = file.close().await;
                     return Ran::Deferred(deferred);
@@ -199,20 +206,24 @@ fn defer(
     file: &File,
     direct_io: bool,
     then: Then,
-    attempts_made: u32,
+    retries: &Retries,
+    context: &str,
 ) -> std::result::Result<Deferred, Then> {
     let Ok(fd) = file.try_clone_fd() else {
         return Err(then);
     };
     let backoff = match &then {
         Then::Now => None,
-        Then::After { delay, .. } if core.shared.reserve_backoff() => Some(*delay),
+        Then::After { delay, detail } if core.shared.reserve_backoff() => Some(Backoff {
+            delay: *delay,
+            if_stopped: retries.give_up(context, detail).error,
+        }),
         // The duplicate descriptor closes here.
         Then::After { .. } => return Err(then),
     };
     Ok(Deferred {
         destination: Destination { fd, direct_io },
-        attempts_made,
+        attempts_made: retries.made(),
         backoff,
     })
 }

@@ -444,12 +444,14 @@ impl Shared {
         true
     }
 
-    /// An object that waited out its backoff (or was cut short by a stop)
-    /// goes back to the front of the queue, ending its `reserve_backoff`.
-    fn end_backoff(&self, job: ObjectJob) {
+    /// Ends a `reserve_backoff`: the object that waited out its backoff
+    /// goes back to the front of the queue (`None`: it failed instead).
+    fn end_backoff(&self, job: Option<ObjectJob>) {
         let mut state = self.state();
         state.backing_off -= 1;
-        state.queue.push_front(Work::Object(job));
+        if let Some(job) = job {
+            state.queue.push_front(Work::Object(job));
+        }
         drop(state);
         self.work.notify_waiters();
     }
@@ -874,23 +876,31 @@ async fn run_object(
             };
             match deferred.backoff {
                 None => core.shared.requeue(job),
-                Some(delay) => back_off(core, job, delay),
+                Some(backoff) => back_off(core, job, backoff),
             }
         }
     }
 }
 
-/// Holds `job` off the queue for `delay` (less if the run stops), on a task
-/// of this core, then puts it back at the front. Its place was reserved
+/// Holds `job` off the queue for its backoff, on a task of this core, then
+/// puts it back at the front. Its place was reserved
 /// (`Shared::reserve_backoff`), so connections wait for it before they exit.
-fn back_off(core: &Rc<Core>, job: ObjectJob, delay: Duration) {
+/// If the run stops meanwhile (an error elsewhere, a signal, a panic), the
+/// object fails here, as it would have waiting where it failed.
+fn back_off(core: &Rc<Core>, job: ObjectJob, backoff: super::object::Backoff) {
     let waiting = Rc::clone(core);
     let task = core.spawn("backoff", async move {
         let shared = Arc::clone(&waiting.shared);
         waiting
-            .sleep_unless_stopped(delay, || shared.is_stopped())
+            .sleep_unless_stopped(backoff.delay, || shared.is_stopped())
             .await;
-        shared.end_backoff(job);
+        if shared.is_stopped() {
+            let attempts = job.attempts_made;
+            fail(&shared, job.done, backoff.if_stopped, attempts);
+            shared.end_backoff(None);
+        } else {
+            shared.end_backoff(Some(job));
+        }
     });
     let mut finishers = core.finishers.borrow_mut();
     // A long run with many backoffs keeps only the ones still waiting.
@@ -898,24 +908,32 @@ fn back_off(core: &Rc<Core>, job: ObjectJob, delay: Duration) {
     finishers.push(task);
 }
 
-/// Fails work the run stopped before it began (its caller removes the
-/// file). After a panic, with the panic's error, fatal to the run: the
+/// Fails work the run stopped before its turn (its caller removes the
+/// file); an object that went back to the queue after failed attempts says
+/// how many. After a panic, with the panic's error, fatal to the run: the
 /// producer stops instead of feeding the rest of a listing to be refused.
 fn refuse(shared: &Shared, work: Work) {
-    let (display_name, done) = match work {
-        Work::Object(job) => (job.object.display_name, job.done),
-        Work::Large(job) => (job.spec.object.display_name, job.done),
+    let (display_name, done, attempts) = match work {
+        Work::Object(job) => (job.object.display_name, job.done, job.attempts_made),
+        Work::Large(job) => (job.spec.object.display_name, job.done, 0),
     };
+    let why = match attempts {
+        0 => format!("{display_name}: not started: the run stopped"),
+        _ => format!("{display_name}: the run stopped after {attempts} failed attempts"),
+    };
+    fail(shared, done, Error::Fatal(why), attempts);
+}
+
+/// Ends an object the run stopped with `error`; after a panic, with the
+/// panic's error, fatal to the run.
+fn fail(shared: &Shared, done: Done, error: Error, attempts: u32) {
     let (error, run_fatal) = match shared.panic_error() {
-        Some(error) => (error, true),
-        None => (
-            Error::Fatal(format!("{display_name}: not started: the run stopped")),
-            false,
-        ),
+        Some(panic) => (panic, true),
+        None => (error, false),
     };
     done(ObjectResult {
         outcome: Err(ObjectError { error, run_fatal }),
-        attempts: 0,
+        attempts,
         elapsed: Duration::ZERO,
     });
 }
