@@ -556,14 +556,6 @@ fn data(size: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn report_lines(report: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(report)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 // ---------------------------------------------------------------- response heads
 
 /// A head of `extra_headers` after a 200/206 status line.
@@ -1234,7 +1226,7 @@ fn names_differing_by_case_or_normalisation_are_distinct_files() {
         assert_eq!(&std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
     }
     assert_eq!(tree(&dir).len(), 4, "{:?}", tree(&dir));
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     assert_eq!(lines.len(), 4);
     assert!(lines.iter().all(|line| line["status"] == "ok"), "{lines:?}");
 }
@@ -1324,7 +1316,7 @@ fn hostile_names_never_escape_dir() {
     assert!(dir.join("dir").is_dir() && dir.join("e").is_dir());
     assert!(!dir.join("e/.bzEmpty").exists());
     // Each refused name is in the report with a reason.
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     for (name, reason) in &refused {
         let line = lines
             .iter()
@@ -1375,7 +1367,7 @@ fn symlink_planted_inside_dir_pointing_outside() {
     assert_eq!(std::fs::read(dir.join("z")).unwrap(), objects[3].1);
     // A symlinked parent gets the names beneath it refused.
     assert!(dir.join("linkdir").symlink_metadata().unwrap().is_symlink());
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     for name in ["linkdir/x", "linkdir/sub/y"] {
         let line = lines.iter().find(|line| line["name"] == name).unwrap();
         assert_eq!(line["status"], "refused", "{line}");

@@ -92,14 +92,6 @@ fn restore_reported(
     })
 }
 
-fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 /// Files under `dir` (outside `.ringdown/`), each of which must be identical
 /// to its source: a panic may leave files unrestored, never wrong.
 fn assert_only_whole_files(dir: &Path, source: &Path) -> usize {
@@ -197,11 +189,11 @@ fn a_panic_on_a_core_ends_the_run_with_an_error_instead_of_hanging() {
         let report = restore_reported(&busy, dir.clone(), &report_path);
         let fatal = report.fatal.as_ref().map(ToString::to_string);
         assert!(fatal.is_some_and(|text| text.contains("panicked")));
-        let reported: std::collections::BTreeSet<String> = json_lines(&report_path)
+        let reported: std::collections::BTreeSet<String> = common::json_lines(&report_path)
             .iter()
             .map(|line| line["name"].as_str().unwrap().to_string())
             .collect();
-        let asked: std::collections::BTreeSet<String> = json_lines(&log)
+        let asked: std::collections::BTreeSet<String> = common::json_lines(&log)
             .iter()
             .filter_map(|line| line["name"].as_str().map(str::to_string))
             .collect();

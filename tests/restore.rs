@@ -103,17 +103,9 @@ fn assert_tree(dir: &Path, objects: &BTreeMap<String, Vec<u8>>) {
     }
 }
 
-fn report_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 /// Every request `serve_logged` recorded, in order.
 fn access_records(data: &Path) -> Vec<serde_json::Value> {
-    report_lines(&data.join("access.jsonl"))
+    common::json_lines(&data.join("access.jsonl"))
 }
 
 /// The access log's records of one API call (`b2_list_file_names`, …), in order.
@@ -193,7 +185,7 @@ fn restores_a_tree_byte_for_byte_with_report_and_stats() {
             "{name}: mtime {skew:?} apart"
         );
     }
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     assert_eq!(lines.len(), objects.len());
     for line in &lines {
         assert_eq!(line["status"], "ok", "{line}");
@@ -269,7 +261,7 @@ fn objects_without_a_usable_digest_are_restored_unverified_and_said_so() {
         "{text}"
     );
     assert!(text.contains("(0 verified,"), "{text}");
-    for line in report_lines(&report) {
+    for line in common::json_lines(&report) {
         assert_eq!(line["status"], "ok", "{line}");
         assert_eq!(line["verified"], false, "{line}");
         assert!(line["expected_sha1"].is_null(), "{line}");
@@ -313,7 +305,7 @@ fn objects_without_a_usable_digest_are_restored_unverified_and_said_so() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     assert_eq!(lines.len(), objects.len());
     for line in &lines {
         assert_eq!(line["verified"], true, "{line}");
@@ -461,7 +453,7 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
         std::fs::read(dir.join("replace-me")).unwrap(),
         b"a regular file replaces the symlink"
     );
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     let status = |name: &str| {
         lines
             .iter()
@@ -653,7 +645,7 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
     assert!(!dir.join(".ringdown").exists());
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     let skipped: Vec<&str> = lines
         .iter()
         .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
@@ -868,7 +860,7 @@ fn objects_backing_off_when_the_run_stops_report_their_attempts() {
         }
     }
     let mut refused_while_backing_off = 0;
-    for line in report_lines(&report) {
+    for line in common::json_lines(&report) {
         if line["status"] != "failed" {
             continue;
         }
@@ -1029,7 +1021,7 @@ fn two_thousand_files_through_every_fault_and_zero_wrong_files() {
         &dir,
     );
     let text = stderr(&output);
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     assert_eq!(lines.len(), objects.len(), "one report line per file");
     let mut restored = 0;
     for line in &lines {
@@ -1101,7 +1093,7 @@ fn corrupted_bodies_are_downloaded_again_and_never_land_under_their_name() {
         ],
         &dir,
     );
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     assert_eq!(lines.len(), objects.len());
     let mut failed = 0;
     for line in &lines {
@@ -1194,7 +1186,7 @@ fn slurm_array_script_runs_every_task_and_covers_the_bucket() {
     // One report per task; together they name every object once.
     let mut reported = BTreeSet::new();
     for task in 3..7 {
-        for line in report_lines(&dest.join(format!(".ringdown-report-{task}.jsonl"))) {
+        for line in common::json_lines(&dest.join(format!(".ringdown-report-{task}.jsonl"))) {
             assert!(reported.insert(line["name"].as_str().unwrap().to_string()));
         }
     }
@@ -1728,7 +1720,7 @@ fn sigterm_drains_keeps_the_journal_and_exits_143() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
-    let skipped = report_lines(&report)
+    let skipped = common::json_lines(&report)
         .iter()
         .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
         .count();
@@ -1825,7 +1817,7 @@ fn restores_the_bucket_as_it_was_at_an_instant() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     // The report says which version each file came from.
-    let lines = report_lines(&report);
+    let lines = common::json_lines(&report);
     let line = |name: &str| {
         lines
             .iter()
@@ -1973,7 +1965,7 @@ fn restores_the_bucket_as_it_was_at_an_instant() {
         files_under(&dir),
         listed.keys().cloned().collect::<BTreeSet<_>>()
     );
-    let missing: Vec<_> = report_lines(&report)
+    let missing: Vec<_> = common::json_lines(&report)
         .into_iter()
         .filter(|line| line["status"] == "failed")
         .collect();
@@ -2103,7 +2095,7 @@ fn files_from_restores_exactly_the_listed_names_without_walking_the_bucket() {
         files_under(&dir),
         expected.keys().cloned().collect::<BTreeSet<_>>()
     );
-    let failed: Vec<_> = report_lines(&report)
+    let failed: Vec<_> = common::json_lines(&report)
         .into_iter()
         .filter(|line| line["status"] != "ok")
         .collect();

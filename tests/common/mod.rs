@@ -576,6 +576,16 @@ fn tunnel(
 }
 
 /// Regular files under `dir` (relative names), excluding `.ringdown/`.
+/// The records of a JSON Lines file (a `--report`, an access log); none if
+/// it does not exist.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 pub fn files_under(dir: &Path) -> BTreeSet<String> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
