@@ -878,6 +878,86 @@ fn objects_backing_off_when_the_run_stops_report_their_attempts() {
     assert!(refused_while_backing_off > 0, "no object was backing off");
 }
 
+/// A download origin whose first connection answers 200 and stalls after
+/// 10 bytes of the body; every later one answers 403 after 500 ms.
+fn stall_first_then_refuse_origin(size_bytes: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let first = accepted.fetch_add(1, Ordering::SeqCst) == 0;
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let (mut line, mut file_id) = (String::new(), String::new());
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line.starts_with("GET ") => {
+                            file_id = line
+                                .split("fileId=")
+                                .nth(1)
+                                .and_then(|rest| rest.split([' ', '&']).next())
+                                .unwrap_or_default()
+                                .to_string();
+                        }
+                        Ok(_) if line == "\r\n" && first => {
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {size_bytes}\r\n\
+                                 x-bz-file-id: {file_id}\r\n\r\n0123456789"
+                            );
+                            let _ = writer.write_all(head.as_bytes());
+                            std::thread::sleep(Duration::from_secs(120));
+                            return;
+                        }
+                        Ok(_) if line == "\r\n" => {
+                            std::thread::sleep(Duration::from_millis(500));
+                            let body =
+                                r#"{"status":403,"code":"unauthorized","message":"revoked"}"#;
+                            let reply = format!(
+                                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n\
+                                 Content-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if writer.write_all(reply.as_bytes()).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    origin
+}
+
+/// An error that stops the run (a 403: exit 3) cuts a stalled receive
+/// short, as a signal does: the run ends seconds after it, not when
+/// `--timeout-s` runs out on the connection stalled mid-body.
+#[test]
+fn a_fatal_error_cuts_stalled_receives_short() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "a", &content("a", 1000));
+    write_file(&bkt, "b", &content("b", 1000));
+    let origin = stall_first_then_refuse_origin(1000);
+    let served = serve(data.path(), true, &["--download-url", &origin]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let started = Instant::now();
+    let output = restore(&served, &["b2://bkt", "--timeout-s", "60"], &dir);
+    let took = started.elapsed();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{text}");
+    assert!(took < Duration::from_secs(20), "took {took:?}: {text}");
+    assert!(!dir.join("a").exists() && !dir.join("b").exists(), "{text}");
+}
+
 #[test]
 fn shards_from_flags_and_scheduler_environments_cover_the_bucket_once() {
     let data = tempfile::tempdir().unwrap();

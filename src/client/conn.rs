@@ -447,6 +447,16 @@ impl Connection {
         }
     }
 
+    /// A receive or send without progress is cut short (after
+    /// `STOPPING_STALL_TIMEOUT_MS`) once `stopping` says the run is
+    /// stopping, not only after a stop signal.
+    pub fn stop_when(&mut self, stopping: std::rc::Rc<dyn Fn() -> bool>) {
+        match &mut self.transport {
+            Transport::Plain(tcp) => tcp.stop_when(stopping),
+            Transport::Tls(tls) => tls.stop_when(stopping),
+        }
+    }
+
     fn early_eof(&self) -> ConnError {
         ConnError::Transport(io::Error::new(
             io::ErrorKind::UnexpectedEof,

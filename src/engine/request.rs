@@ -226,14 +226,19 @@ pub(super) fn is_closed(error: &std::io::Error) -> bool {
 async fn connect(core: &Core) -> Result<Connection, Failure> {
     let source = &core.shared.source;
     let record = |stage, elapsed| core.record(stage, elapsed);
-    Connection::open(
+    let mut conn = Connection::open(
         &source.origin,
         source.tls.as_ref(),
         core.shared.config.timeout,
         &record,
     )
     .await
-    .map_err(conn_failure)
+    .map_err(conn_failure)?;
+    // An error elsewhere that stops the run (disk full, credentials
+    // refused, a panic) cuts a stalled receive short, as a signal does.
+    let shared = std::sync::Arc::clone(&core.shared);
+    conn.stop_when(std::rc::Rc::new(move || shared.is_stopped()));
+    Ok(conn)
 }
 
 async fn send_and_read_head(

@@ -151,7 +151,8 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     pub source: PoolSource,
     pub progress: Arc<Progress>,
-    stopped: AtomicBool,
+    /// Shared with `Stopper`s.
+    stopped: Arc<AtomicBool>,
     /// What panicked (a bug), once a task did: the run ends with that error.
     panicked: Mutex<Option<String>>,
     state: Mutex<State>,
@@ -524,7 +525,7 @@ impl Scheduler {
             config: config.clone(),
             source,
             progress,
-            stopped: AtomicBool::new(false),
+            stopped: Arc::new(AtomicBool::new(false)),
             panicked: Mutex::new(None),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -611,7 +612,13 @@ impl Scheduler {
 
     /// Work still queued fails with "not started"; running work finishes.
     pub fn stop(&self) {
-        self.shared.stopped.store(true, Ordering::Release);
+        self.stopper().stop();
+    }
+
+    /// Stops this scheduler from where it is not at hand: the thread that
+    /// finds a run-fatal error in an object's `done`.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.shared.stopped))
     }
 
     /// Closes the queue, waits for every queued job and joins the cores.
@@ -649,6 +656,17 @@ impl Scheduler {
             Some(error) => Err(error),
             None => Ok(report),
         }
+    }
+}
+
+/// `Scheduler::stop`, from anywhere (`Scheduler::stopper`). It also cuts
+/// retry waits, backoffs and stalled receives short.
+#[derive(Clone)]
+pub struct Stopper(Arc<AtomicBool>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 

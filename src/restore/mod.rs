@@ -21,7 +21,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use rustix::fs::AtFlags;
@@ -39,7 +39,7 @@ use crate::config::{
 };
 use crate::engine::large::{LargeJob, LargeSpec};
 use crate::engine::scheduler::{
-    Destination, Done, ObjectJob, ObjectResult, ObjectSpec, PoolSource, Scheduler, Work,
+    Destination, Done, ObjectJob, ObjectResult, ObjectSpec, PoolSource, Scheduler, Stopper, Work,
 };
 use crate::engine::{self, EngineConfig, Progress};
 use crate::error::{Error, Result};
@@ -301,6 +301,8 @@ struct Run {
     reporter: Reporter,
     /// Set by a run-fatal error: stop scheduling.
     stop: AtomicBool,
+    /// Stops the scheduler on a run-fatal error (set once it runs).
+    scheduler: OnceLock<Stopper>,
     fatal: Mutex<Option<Error>>,
     retries: AtomicU64,
     direct_io_used: AtomicBool,
@@ -356,6 +358,11 @@ impl Run {
             *fatal = Some(error);
         }
         self.stop.store(true, Ordering::Release);
+        // Also once the listing is over: queued objects are not started,
+        // and waits and stalled receives are cut short.
+        if let Some(stopper) = self.scheduler.get() {
+            stopper.stop();
+        }
     }
 
     fn target(&self) -> &Target {
@@ -466,6 +473,7 @@ impl Restore {
                 quiet: self.quiet,
             },
             stop: AtomicBool::new(false),
+            scheduler: OnceLock::new(),
             fatal: Mutex::new(None),
             retries: AtomicU64::new(0),
             direct_io_used: AtomicBool::new(false),
@@ -534,6 +542,9 @@ impl Restore {
                 Arc::clone(&self.progress),
             )?)
         };
+        if let Some(scheduler) = &scheduler {
+            let _ = run.scheduler.set(scheduler.stopper());
+        }
 
         let mut listing_error = None;
         for message in list_receiver.iter() {

@@ -4,13 +4,16 @@
 //!
 //! Every receive is bounded by a stall timeout. On timeout the socket is shut
 //! down and the receive is still awaited, so its buffer comes back: dropping a
-//! tokio-uring future would not cancel the operation. Once a stop signal
-//! came (SIGINT, SIGTERM), the timeout shortens to `STOPPING_STALL_TIMEOUT_MS`:
-//! requests that make progress finish, a stalled one does not hold the exit.
+//! tokio-uring future would not cancel the operation. Once the run is
+//! stopping (a stop signal, SIGINT or SIGTERM; or what `stop_when` says: an
+//! error elsewhere in the run), the timeout shortens to
+//! `STOPPING_STALL_TIMEOUT_MS`: requests that make progress finish, a stalled
+//! one does not hold the exit.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -21,6 +24,8 @@ use crate::config::{STOP_CHECK_MS, STOPPING_STALL_TIMEOUT_MS};
 
 pub struct TcpStream {
     inner: tokio_uring::net::TcpStream,
+    /// Says the run is stopping (`stop_when`), besides a stop signal.
+    stopping: Option<Rc<dyn Fn() -> bool>>,
 }
 
 impl TcpStream {
@@ -43,6 +48,7 @@ impl TcpStream {
         let std_stream = connected.into_std()?;
         Ok(TcpStream {
             inner: tokio_uring::net::TcpStream::from_std(std_stream),
+            stopping: None,
         })
     }
 
@@ -99,6 +105,17 @@ impl TcpStream {
         self.bounded(self.inner.write_all(bytes), timeout).await
     }
 
+    /// From now on, an operation without progress is cut short once
+    /// `stopping` says the run is stopping, as after a stop signal.
+    pub fn stop_when(&mut self, stopping: Rc<dyn Fn() -> bool>) {
+        self.stopping = Some(stopping);
+    }
+
+    fn is_stopping(&self) -> bool {
+        crate::runtime::interrupted().is_some()
+            || self.stopping.as_ref().is_some_and(|stopping| stopping())
+    }
+
     /// Shuts the socket down both ways: pending operations complete promptly.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown(std::net::Shutdown::Both);
@@ -111,16 +128,17 @@ impl TcpStream {
     ) -> (io::Result<T>, B) {
         tokio::pin!(operation);
         let started = std::time::Instant::now();
-        // Woken every `STOP_CHECK_MS` to look for a stop signal: an operation
-        // that completes first costs nothing more than one timer.
+        // Woken every `STOP_CHECK_MS` to look for a stop: an operation that
+        // completes first costs nothing more than one timer.
         let check = Duration::from_millis(STOP_CHECK_MS);
         let stall = loop {
-            let (limit, why) = match crate::runtime::interrupted() {
-                None => (timeout, "stall timeout"),
-                Some(_) => (
+            let (limit, why) = if self.is_stopping() {
+                (
                     timeout.min(Duration::from_millis(STOPPING_STALL_TIMEOUT_MS)),
                     "the run is stopping",
-                ),
+                )
+            } else {
+                (timeout, "stall timeout")
             };
             let Some(left) = limit
                 .checked_sub(started.elapsed())
