@@ -929,12 +929,16 @@ fn scripted_origin(
     origin
 }
 
-/// A download host whose first connection answers 200 and stalls after 10
-/// bytes of the body; every later one answers 403 after 500 ms.
+/// A download host whose first connection answers 200 after 200 ms and
+/// stalls after 10 bytes of the body; every later one answers 403 after
+/// 500 ms.
 fn stall_first_then_refuse_origin(size_bytes: usize) -> String {
     use std::io::Write;
     scripted_origin(move |index, request, writer| {
         if index == 0 {
+            // Late enough that the other object went out on a connection of
+            // its own, not sent ahead behind this one.
+            std::thread::sleep(Duration::from_millis(200));
             let file_id = request
                 .split("fileId=")
                 .nth(1)
