@@ -610,13 +610,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Work still queued fails with "not started"; running work finishes.
-    pub fn stop(&self) {
-        self.stopper().stop();
-    }
-
-    /// Stops this scheduler from where it is not at hand: the thread that
-    /// finds a run-fatal error in an object's `done`.
+    /// Stops this scheduler, also from where it is not at hand: the thread
+    /// that finds a run-fatal error in an object's `done`. Work still queued
+    /// fails with "not started"; running work finishes.
     pub fn stopper(&self) -> Stopper {
         Stopper(Arc::clone(&self.shared.stopped))
     }
@@ -659,7 +655,7 @@ impl Scheduler {
     }
 }
 
-/// `Scheduler::stop`, from anywhere (`Scheduler::stopper`). It also cuts
+/// Stops a scheduler, from anywhere (`Scheduler::stopper`). It also cuts
 /// retry waits, backoffs and stalled receives short.
 #[derive(Clone)]
 pub struct Stopper(Arc<AtomicBool>);

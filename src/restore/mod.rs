@@ -576,9 +576,7 @@ impl Restore {
             ));
         }
         if let Some(scheduler) = scheduler {
-            if run.stop.load(Ordering::Acquire) {
-                scheduler.stop();
-            }
+            // A run-fatal error stopped it already (`Run::fail_run`).
             match scheduler.finish() {
                 Ok(report) => {
                     stages.merge(&report.stages);
