@@ -15,7 +15,7 @@ use crate::plan::Chunk;
 use crate::stats::Stage;
 use crate::uring::PoolBuf;
 
-use super::failure::{Failure, FailureKind, Retries, conn_failure, status_failure};
+use super::failure::{Failure, Retries, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
 use super::request::{
     build_get, check_file_id, next_head, send_get_ahead, stop_pipelining_if_refused,
@@ -98,12 +98,7 @@ async fn attempt_chunk(
     let mut body_left = body_len;
     while body_left > 0 {
         if job.is_stopped(core.core.shared.config.is_cancelled()) {
-            return Err(Failure {
-                detail: "aborted".into(),
-                kind: FailureKind::Retry,
-                retry_after_s: None,
-                answer_read: false,
-            });
+            return Err(Failure::retry("aborted"));
         }
         let mut buf = match current.take() {
             Some(buf) => buf,
@@ -228,12 +223,7 @@ async fn check_head(
     let job = &core.job;
     let size = job.digest.size_bytes();
     let requested = last_byte - first_byte + 1;
-    let protocol = |detail: String| Failure {
-        detail,
-        kind: FailureKind::Retry,
-        retry_after_s: None,
-        answer_read: false,
-    };
+    let protocol = Failure::retry;
     match head.status {
         206 => {
             let Some(range) = head.content_range else {
@@ -247,14 +237,9 @@ async fn check_head(
             }
             if let Some(total) = range.complete_length {
                 if total != size {
-                    return Err(Failure {
-                        detail: format!(
-                            "object size changed from {size} to {total} bytes during the download"
-                        ),
-                        kind: FailureKind::Object,
-                        retry_after_s: None,
-                        answer_read: false,
-                    });
+                    return Err(Failure::object(format!(
+                        "object size changed from {size} to {total} bytes during the download"
+                    )));
                 }
             }
         }

@@ -54,6 +54,17 @@ impl Failure {
         }
     }
 
+    /// Retrying will not help this object (it changed, or cannot be asked
+    /// for); no answer was left in step.
+    pub(super) fn object(detail: impl Into<String>) -> Failure {
+        Failure {
+            detail: detail.into(),
+            kind: FailureKind::Object,
+            retry_after_s: None,
+            answer_read: false,
+        }
+    }
+
     /// Whether the object should wait its next turn away from the
     /// connection, which is in step (the error answer was read to its end):
     /// - a retryable answer (429, 503, ...): the connection carries other

@@ -426,12 +426,9 @@ async fn check_head(
                 .complete_length
                 .is_some_and(|total| total != job.size_bytes)
             {
-                return Err(Failure {
-                    detail: "the object changed size since it was listed".into(),
-                    kind: FailureKind::Object,
-                    retry_after_s: None,
-                    answer_read: false,
-                });
+                return Err(Failure::object(
+                    "the object changed size since it was listed",
+                ));
             }
         }
         200 => {
@@ -447,14 +444,9 @@ async fn check_head(
     match head.content_length {
         Some(length) if length == requested => {}
         Some(length) if head.status == 200 => {
-            return Err(Failure {
-                detail: format!(
-                    "Content-Length {length} is not the listed {requested} bytes; the object changed since it was listed"
-                ),
-                kind: FailureKind::Object,
-                retry_after_s: None,
-                answer_read: false,
-            });
+            return Err(Failure::object(format!(
+                "Content-Length {length} is not the listed {requested} bytes; the object changed since it was listed"
+            )));
         }
         // Content-Range and the object's size matched: a broken reply.
         Some(length) => {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::failure::{Failure, FailureKind, conn_failure};
+use super::failure::{Failure, conn_failure};
 use super::scheduler::{Core, ObjectSpec};
 use crate::client::conn::{ConnError, Connection, Pipelined};
 use crate::http::{self, ResponseHead};
@@ -200,12 +200,7 @@ pub(super) fn build_get(
         range,
         &headers,
     )
-    .map_err(|error| Failure {
-        detail: error.to_string(),
-        kind: FailureKind::Object,
-        retry_after_s: None,
-        answer_read: false,
-    })?;
+    .map_err(|error| Failure::object(error.to_string()))?;
     Ok(GetRequest {
         bytes: request,
         sse_c_key: sse_c_key.map(|(index, _)| index),
@@ -257,14 +252,9 @@ pub(super) fn check_file_id(head: &ResponseHead, expected: Option<&str>) -> Resu
     };
     match head.header("x-bz-file-id") {
         Some(id) if id == expected => Ok(()),
-        other => Err(Failure {
-            detail: format!(
-                "x-bz-file-id {:?} is not the listed version {expected}; the object was replaced",
-                other.unwrap_or("")
-            ),
-            kind: FailureKind::Object,
-            retry_after_s: None,
-            answer_read: false,
-        }),
+        other => Err(Failure::object(format!(
+            "x-bz-file-id {:?} is not the listed version {expected}; the object was replaced",
+            other.unwrap_or("")
+        ))),
     }
 }
