@@ -793,9 +793,24 @@ fn a_retryable_answer_keeps_its_connection_for_other_objects() {
     );
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
-    let output = restore(&served, &["b2://bkt"], &dir);
+    let stats = out.path().join("stats.json");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--stats-json", stats.to_str().unwrap()],
+        &dir,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
+    // An object's `file` time covers all its turns, backoffs included.
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let longest_us = |stage: &str| stats["stages"][stage]["max_us"].as_u64().unwrap();
+    assert!(
+        longest_us("file") >= longest_us("retry_wait"),
+        "the longest file took {} us, the longest backoff {} us",
+        longest_us("file"),
+        longest_us("retry_wait")
+    );
     let records = access_records(data.path());
     let gets: Vec<&serde_json::Value> = records
         .iter()

@@ -605,8 +605,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
         shared.restart(job, Arc::new(job.next_round(done)));
         return;
     }
-    let elapsed = job.started.elapsed();
-    core.record(Stage::File, elapsed);
+    core.record(Stage::File, job.started.elapsed());
     let outcome = outcome.map_err(|error| {
         let run_fatal = matches!(
             error,
@@ -621,7 +620,6 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     done(ObjectResult {
         outcome,
         attempts: job.round,
-        elapsed,
     });
     shared.large_finished(job);
 }

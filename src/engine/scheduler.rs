@@ -97,6 +97,9 @@ pub struct ObjectJob {
     /// object deferred after a retryable answer (`object::Ran::Deferred`)
     /// resumes its count when its turn comes again.
     pub(super) attempts_made: u32,
+    /// When its first attempt started: the `file` stage of an object that
+    /// backed off counts its whole time, waits included, as a chunk's does.
+    pub(super) first_started: Option<Instant>,
 }
 
 impl ObjectJob {
@@ -106,6 +109,7 @@ impl ObjectJob {
             destination,
             done,
             attempts_made: 0,
+            first_started: None,
         }
     }
 }
@@ -119,7 +123,6 @@ pub struct ObjectResult {
     /// Requests made for a small object (counting the first); download
     /// rounds of a large one (a SHA1 mismatch starts another).
     pub attempts: u32,
-    pub elapsed: Duration,
 }
 
 #[derive(Debug)]
@@ -856,13 +859,14 @@ async fn run_object(
     job: ObjectJob,
     ahead: &mut VecDeque<ObjectJob>,
 ) {
-    let started = Instant::now();
     let ObjectJob {
         object,
         destination,
         done,
         attempts_made,
+        first_started,
     } = job;
+    let started = first_started.unwrap_or_else(Instant::now);
     let ran = super::object::download_object(
         core,
         connection,
@@ -873,13 +877,8 @@ async fn run_object(
     );
     match ran.await {
         Ran::Finished(outcome, attempts) => {
-            let elapsed = started.elapsed();
-            core.record(Stage::File, elapsed);
-            done(ObjectResult {
-                outcome,
-                attempts,
-                elapsed,
-            });
+            core.record(Stage::File, started.elapsed());
+            done(ObjectResult { outcome, attempts });
         }
         Ran::Deferred(deferred) => {
             let job = ObjectJob {
@@ -887,6 +886,7 @@ async fn run_object(
                 destination: deferred.destination,
                 done,
                 attempts_made: deferred.attempts_made,
+                first_started: Some(started),
             };
             match deferred.backoff {
                 None => core.shared.requeue(job),
@@ -948,7 +948,6 @@ fn fail(shared: &Shared, done: Done, error: Error, attempts: u32) {
     done(ObjectResult {
         outcome: Err(ObjectError { error, run_fatal }),
         attempts,
-        elapsed: Duration::ZERO,
     });
 }
 
