@@ -265,11 +265,13 @@ pub const LONG_ROUND_TRIP_SAMPLES_MIN: u64 = 128;
 /// its journal (an external sort): resume memory stays flat whatever the
 /// number of files completed before.
 pub const JOURNAL_SORT_RUN_BYTES: usize = 4 << 20;
-/// An idle control-plane connection older than this is closed rather than
-/// reused: below the idle timeouts of common servers and load balancers
-/// (nginx 75 s, AWS ALB 60 s), so a NAT or firewall that drops idle flows
-/// silently does not turn the next listing call into a stall.
-pub const API_KEEPALIVE_IDLE_MAX_MS: u64 = 15_000;
+/// A connection idle longer than this is closed rather than reused: below
+/// the idle timeouts of common servers and load balancers (nginx 75 s, AWS
+/// ALB 60 s), so a NAT or firewall that drops idle flows silently does not
+/// turn the next request into a stall. The control plane's connection
+/// (between listing calls) and a chunk's through a backoff after a
+/// retryable answer.
+pub const KEEPALIVE_IDLE_MAX_MS: u64 = 15_000;
 /// `--files-from` names sorted in memory at once (the rest are spilled to
 /// `TMPDIR`): a list of ten million names restores in the memory of one of
 /// ten thousand.

@@ -120,7 +120,7 @@ impl KeepAlive {
     /// connection would wait a whole `--timeout-s`, and count as a failure).
     fn take_for(&mut self, origin: &Origin) -> Option<Connection> {
         let idle = self.idle.take()?;
-        let max_idle = Duration::from_millis(crate::config::API_KEEPALIVE_IDLE_MAX_MS);
+        let max_idle = Duration::from_millis(crate::config::KEEPALIVE_IDLE_MAX_MS);
         if idle.base_url == origin.base_url() && idle.since.elapsed() < max_idle {
             return Some(idle.connection);
         }

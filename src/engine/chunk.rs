@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::conn::{ConnError, Connection};
 use crate::config::{
-    DIRECT_IO_ALIGN_BYTES, PIPELINE_LOOKAHEAD_ROUND_TRIPS, PIPELINE_ROUND_TRIP_MIN_US,
+    DIRECT_IO_ALIGN_BYTES, KEEPALIVE_IDLE_MAX_MS, PIPELINE_LOOKAHEAD_ROUND_TRIPS,
+    PIPELINE_ROUND_TRIP_MIN_US,
 };
 use crate::error::Error;
 use crate::http::ResponseHead;
@@ -15,7 +16,7 @@ use crate::plan::Chunk;
 use crate::stats::Stage;
 use crate::uring::PoolBuf;
 
-use super::failure::{Failure, Retries, conn_failure, status_failure};
+use super::failure::{Failure, Retries, Then, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
 use super::request::{
     build_get, check_file_id, next_head, send_get_ahead, stop_pipelining_if_refused,
@@ -51,7 +52,7 @@ pub(super) async fn download_chunk(
             Ok(()) => break,
             Err(failure) => failure,
         };
-        if let Some(conn) = connection.take_if(|conn| !failure.leaves_usable(conn)) {
+        if let Some(conn) = connection.take_if(|conn| !failure.leaves_idle(conn)) {
             conn.shutdown();
         }
         if job.is_aborted() {
@@ -64,12 +65,33 @@ pub(super) async fn download_chunk(
             chunk.last_byte()
         );
         let stop = || job.is_stopped(config.is_cancelled());
-        let next = retries.after_failure(&core.core, failure, context, stop, chunk.index);
-        match next.await {
-            Ok(()) => {}
+        let next = match retries
+            .next_attempt(&core.core, failure, &context, &stop, chunk.index)
+            .await
+        {
+            Ok(next) => next,
             // Stopped by another chunk's error or a signal: that one is reported.
             Err(_) if job.is_aborted() => return Ok(()),
             Err(give_up) => return Err(give_up.error),
+        };
+        if let Then::After { delay, detail } = next {
+            // The chunk waits here, at the hash frontier or near it, so its
+            // connection idles through the backoff: kept when that is short
+            // (a retryable answer costs no handshake), else replaced (see
+            // `KEEPALIVE_IDLE_MAX_MS`).
+            if delay > Duration::from_millis(KEEPALIVE_IDLE_MAX_MS) {
+                if let Some(conn) = connection.take() {
+                    conn.shutdown();
+                }
+            }
+            match retries
+                .wait(&core.core, delay, &detail, &context, &stop)
+                .await
+            {
+                Ok(()) => {}
+                Err(_) if job.is_aborted() => return Ok(()),
+                Err(give_up) => return Err(give_up.error),
+            }
         }
     }
     core.record(Stage::Chunk, chunk_started.elapsed());

@@ -83,14 +83,21 @@ impl Failure {
     }
 
     /// Whether the connection this failure came on can carry the next
-    /// request: an error answer read to its end, with no answer owed to a
-    /// GET sent ahead, and no backoff to idle through first (a server, NAT
-    /// or balancer may drop an idle flow silently: the retry would wait out
-    /// `--timeout-s`, as the control plane's `API_KEEPALIVE_IDLE_MAX_MS`
-    /// also guards). Any other failure may have left it mid-answer, out of
-    /// step, or closed.
+    /// request of this object at once: an error answer read to its end, with
+    /// no answer owed to a GET sent ahead, and no backoff to idle through
+    /// first (a server, NAT or balancer may drop an idle flow silently: the
+    /// retry would wait out `--timeout-s`; see `KEEPALIVE_IDLE_MAX_MS`). Any
+    /// other failure may have left it mid-answer, out of step, or closed.
     pub(super) fn leaves_usable(&self, conn: &Connection) -> bool {
-        self.answer_read && conn.pipelined.is_empty() && !matches!(self.kind, FailureKind::Retry)
+        self.leaves_idle(conn) && !matches!(self.kind, FailureKind::Retry)
+    }
+
+    /// Whether the connection is in step with nothing owed on it: an error
+    /// answer read to its end, and no GET sent ahead. It can carry the next
+    /// request, after the backoff if any: a chunk keeps it through a short
+    /// one (`chunk::download_chunk`).
+    pub(super) fn leaves_idle(&self, conn: &Connection) -> bool {
+        self.answer_read && conn.pipelined.is_empty()
     }
 
     /// Whether the connection can go on reading the answers it owes to GETs
