@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
@@ -19,7 +19,8 @@ use super::request::{
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
 use crate::config::{
-    OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD, PIPELINE_ROUND_TRIP_MIN_US,
+    KEEPALIVE_IDLE_MAX_MS, OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD,
+    PIPELINE_ROUND_TRIP_MIN_US,
 };
 use crate::error::Error;
 use crate::http::ResponseHead;
@@ -131,6 +132,9 @@ pub(super) async fn download_object(
         // Any per-object value decorrelates objects that failed together.
         let salt = job.path_and_query.len() as u64 ^ job.size_bytes;
         if received.bytes == 0 && connection.as_ref().is_some_and(|conn| failure.defers(conn)) {
+            let idle = connection
+                .as_ref()
+                .is_some_and(|conn| failure.leaves_idle(conn));
             // Given up, the object fails here, and the connection (in step)
             // goes on to the answers it owes.
             let then = match retries
@@ -147,8 +151,19 @@ pub(super) async fn download_object(
                 }
                 Err(then) => then,
             };
-            // It could not be deferred: it waits here, as below.
-            drop_connection(core, connection, ahead);
+            // It could not be deferred: it waits here. With nothing owed on
+            // it, its connection idles through a short backoff, as a chunk's
+            // does, and the objects claimed ahead (no GET out) go back to the
+            // queue rather than wait too; else it is dropped, as below.
+            let short = match &then {
+                Then::Now => true,
+                Then::After { delay, .. } => *delay <= Duration::from_millis(KEEPALIVE_IDLE_MAX_MS),
+            };
+            if idle && short {
+                core.shared.give_back(ahead.drain(..));
+            } else {
+                drop_connection(core, connection, ahead);
+            }
             if let Then::After { delay, detail } = then {
                 let waited = retries.wait(core, delay, &detail, &context, stop);
                 if let Err(GiveUp { error, run_fatal }) = waited.await {
