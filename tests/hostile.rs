@@ -1183,6 +1183,17 @@ fn listing_pages_that_repeat_or_go_backwards() {
                 Some(_) => serde_json::json!({"files": [e[0], e[1]], "nextFileName": "b\u{0}"}),
             }),
         ),
+        // One name twice in a page: both would be restored into one path,
+        // the last write winning, both reported done.
+        (
+            "a name twice",
+            Box::new(|_, e| serde_json::json!({"files": [e[0], e[1], e[1]], "nextFileName": null})),
+        ),
+        // Names out of order within a page.
+        (
+            "names out of order",
+            Box::new(|_, e| serde_json::json!({"files": [e[0], e[2], e[1]], "nextFileName": null})),
+        ),
     ];
     for (label, script) in scripts {
         let served = Arc::new(AtomicUsize::new(0));
@@ -1202,6 +1213,58 @@ fn listing_pages_that_repeat_or_go_backwards() {
             served.load(Ordering::Relaxed)
         );
     }
+}
+
+/// A listing whose pages bring nothing to restore (here: empty pages, each
+/// a step further, forever) still ends at SIGTERM: the listing looks for a
+/// stop before every page, since the planner, which looks as entries
+/// arrive, gets none.
+#[test]
+fn sigterm_ends_a_listing_that_brings_nothing() {
+    let served = Arc::new(AtomicUsize::new(0));
+    let fake = Fake::start(
+        Vec::new(),
+        paged(
+            |start| {
+                let next = format!("{}a", start.unwrap_or(""));
+                serde_json::json!({"files": [], "nextFileName": next})
+            },
+            Arc::clone(&served),
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let source = format!("b2://{BUCKET}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .args([
+            "restore",
+            &source,
+            dir.to_str().unwrap(),
+            "--realm",
+            &fake.realm(),
+        ])
+        .args(TUNING)
+        .env("B2_APPLICATION_KEY_ID", KEY_ID)
+        .env("B2_APPLICATION_KEY", KEY)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("B2_REALM")
+        .stdin(Stdio::null());
+    let mut signalled: Option<Instant> = None;
+    let output = common::run_with_deadline(command, RUN_MAX, |pid| {
+        if signalled.is_none() && served.load(Ordering::Relaxed) >= 20 {
+            common::send_signal(pid, "-TERM");
+            signalled = Some(Instant::now());
+        }
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let signalled = signalled.unwrap_or_else(|| panic!("ended before 20 pages:\n{stderr}"));
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exited {:?} after SIGTERM",
+        signalled.elapsed()
+    );
 }
 
 #[test]

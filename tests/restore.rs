@@ -483,6 +483,41 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     );
 }
 
+/// `--skip-existing` looks at what is at a name before reading it: a FIFO
+/// there is never opened (that would wait for a writer forever), it is
+/// replaced like any other file that is not the object.
+#[test]
+fn skip_existing_never_opens_a_fifo_in_the_way() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "fifo", b"a regular file replaces the FIFO");
+    write_file(&bkt, "plain", b"restored too");
+    let served = serve(data.path(), false, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let output = restore(&served, &["b2://bkt", "--skip-existing"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        std::fs::symlink_metadata(dir.join("fifo"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read(dir.join("fifo")).unwrap(),
+        b"a regular file replaces the FIFO"
+    );
+    assert_eq!(std::fs::read(dir.join("plain")).unwrap(), b"restored too");
+}
+
 #[test]
 fn dry_run_lists_and_creates_nothing() {
     let data = tempfile::tempdir().unwrap();

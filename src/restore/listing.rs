@@ -289,6 +289,29 @@ impl VersionAt {
     }
 }
 
+/// B2 lists names in ascending order, each once (`b2_list_file_names`), or
+/// each name's versions together (`_versions`: `repeats_allowed`). A page
+/// out of that order is refused: a name listed twice would be restored
+/// twice into one path (the last write wins, both reported done), and the
+/// resume journal's merge and "first name wins" rely on the order. Pages
+/// follow each other in order by `check_progress`.
+pub fn check_order(page: &ListPage, repeats_allowed: bool) -> Result<(), String> {
+    for pair in page.entries.windows(2) {
+        let (before, after) = (&pair[0].name, &pair[1].name);
+        if after < before || (after == before && !repeats_allowed) {
+            let what = if after == before {
+                format!("{after:?} listed twice")
+            } else {
+                format!("{after:?} out of order, after {before:?}")
+            };
+            return Err(format!(
+                "listing broken: {what}; B2 lists each name once, in ascending order"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A server that sends a `nextFileName` not past this page would make us
 /// list forever: refuse it. `start` is the page's own start.
 /// `startFileName` is inclusive, so entries before it mean the server went
@@ -701,6 +724,20 @@ mod tests {
             .as_deref(),
             Some("i")
         );
+    }
+
+    #[test]
+    fn refuses_pages_out_of_order() {
+        assert!(check_order(&page(&["a", "b", "c"], None), false).is_ok());
+        assert!(check_order(&page(&[], None), false).is_ok());
+        let twice = check_order(&page(&["a", "b", "b"], None), false).unwrap_err();
+        assert!(twice.contains("listed twice"), "{twice}");
+        assert!(check_order(&page(&["a", "b", "b"], None), true).is_ok());
+        let backwards = check_order(&page(&["a", "c", "b"], None), false).unwrap_err();
+        assert!(backwards.contains("out of order"), "{backwards}");
+        assert!(check_order(&page(&["a", "c", "b"], None), true).is_err());
+        // Bytewise, as B2 sorts UTF-8: "Z" < "a" < "é".
+        assert!(check_order(&page(&["Z", "a", "\u{e9}"], None), false).is_ok());
     }
 
     #[test]

@@ -497,6 +497,10 @@ impl Restore {
                     )
                 }),
                 timeout: options.engine.timeout,
+                stopped: {
+                    let (run, engine) = (Arc::clone(&run), options.engine.clone());
+                    Box::new(move || run.stop.load(Ordering::Acquire) || engine.is_cancelled())
+                },
                 mid_run: ApiRetry {
                     attempts: options.engine.max_attempts,
                     base_ms: options.engine.retry_base_ms,
@@ -716,6 +720,8 @@ async fn fetch_page(
     let reply = api_call(auth, call, body, timeout, retry, keep).await?;
     let page = listing::parse_page(&reply).map_err(|why| Error::http(call, why))?;
     listing::check_progress(start, &page).map_err(|why| Error::http(call, why))?;
+    let versions = call == "b2_list_file_versions";
+    listing::check_order(&page, versions).map_err(|why| Error::http(call, why))?;
     Ok(page)
 }
 
@@ -832,6 +838,7 @@ fn list_all(
         as_of_ms,
         mut wanted,
         timeout,
+        stopped,
         mid_run,
     } = plan;
     let runtime = match uring::Runtime::new() {
@@ -887,6 +894,12 @@ fn list_all(
         let mut first_page = true;
         let mut page_files = None;
         loop {
+            // The planner looks for a stop as entries arrive; pages that
+            // bring none (all older than --as-of, names not in
+            // --files-from) would keep it waiting past a signal.
+            if stopped() {
+                return;
+            }
             let files = match &wanted {
                 // No page longer than what is left to find; but within one
                 // name's versions (`--as-of`, a page ended inside it) the
@@ -966,6 +979,8 @@ struct ListingPlan {
     /// `--files-from`: only these names, jumping from one to the next.
     wanted: Option<wanted::Wanted>,
     timeout: std::time::Duration,
+    /// The run is stopping (a signal, a fatal error): list no further.
+    stopped: Box<dyn Fn() -> bool + Send>,
     /// Retries of pages after the first (see `list_all`).
     mid_run: ApiRetry,
 }

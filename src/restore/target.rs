@@ -378,20 +378,34 @@ impl Target {
         }
     }
 
-    /// Size of a regular file at `segments`, opened without following symlinks.
+    /// Size of a regular file at `segments`, opened without following
+    /// symlinks. Anything else there is looked at (`O_PATH`) but never
+    /// opened: opening a FIFO waits for a writer, and a device's open may
+    /// act (a tape rewinds). The file is then opened for reading, and must
+    /// be the one looked at.
     pub fn open_existing(&self, segments: &[&str]) -> Option<(OwnedFd, u64)> {
-        let fd = rustix::fs::openat2(
-            &self.root,
-            segments.join("/"),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            beneath(),
-        )
-        .ok()?;
+        let path = segments.join("/");
+        let open = |flags: OFlags| {
+            rustix::fs::openat2(
+                &self.root,
+                path.as_str(),
+                flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                beneath(),
+            )
+            .ok()
+        };
+        let is_file = |stat: &rustix::fs::Stat| {
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
+        };
+        let looked_at = rustix::fs::fstat(open(OFlags::PATH)?).ok()?;
+        if !is_file(&looked_at) {
+            return None;
+        }
+        let fd = open(OFlags::RDONLY | OFlags::NONBLOCK)?;
         let stat = rustix::fs::fstat(&fd).ok()?;
-        let is_file =
-            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
-        is_file.then_some((fd, stat.st_size as u64))
+        let same = (stat.st_dev, stat.st_ino) == (looked_at.st_dev, looked_at.st_ino);
+        (same && is_file(&stat)).then_some((fd, stat.st_size as u64))
     }
 
     /// Renames a verified partial file to its final name. A symlink there is
