@@ -1454,7 +1454,21 @@ fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
     // Responses in flight at the kill are logged when the server gives up on them.
     std::thread::sleep(Duration::from_millis(500));
     let before = range_requests(data.path(), "large.bin");
-    let output = restore(&served, &["b2://bkt"], &dir);
+    // The partial may run past the object's end: an O_DIRECT run writes the
+    // tail padded to a block, and a kill can come before it is cut back. A
+    // resume that does not use O_DIRECT itself still cuts it to size.
+    let partials: Vec<PathBuf> = std::fs::read_dir(dir.join(".ringdown/partial"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    let mut partial = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&partials[0])
+        .unwrap();
+    std::io::Write::write_all(&mut partial, &[0xAB; 5000]).unwrap();
+    drop(partial);
+    let output = restore(&served, &["b2://bkt", "--direct-io", "off"], &dir);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("resuming at byte"),

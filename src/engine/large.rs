@@ -565,10 +565,14 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     let spec = &job.spec;
     let object = &spec.object;
     let mut outcome = job.outcome();
-    if outcome.is_ok() && spec.destination.direct_io {
-        // O_DIRECT wrote the tail padded to a block; cut it back.
+    if outcome.is_ok() {
+        // O_DIRECT wrote the tail padded to a block; and a partial file
+        // resumed from an earlier run can be longer still (that run's padded
+        // tail, cut back only at its end), whatever this run writes with.
+        // The digest is of the bytes received, so the file is cut to the
+        // object's size here, always.
         outcome = rustix::fs::ftruncate(&spec.destination.fd, object.size_bytes)
-            .map_err(|error| Error::io("truncating the O_DIRECT padding", error.into()))
+            .map_err(|error| Error::io("cutting the file to the object's size", error.into()))
             .and(outcome);
     }
     if let (Ok(_), true, Some(file)) = (&outcome, object.fsync, file) {
