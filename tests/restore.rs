@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Served, content, exit_within, files_under, send_signal, serve, sha1_hex, write_file};
@@ -1415,6 +1415,63 @@ fn range_requests(data: &Path, name: &str) -> usize {
         .count()
 }
 
+/// Bytes of large objects' chunks the journal in `dir` records done.
+fn journaled_chunk_bytes(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("chunk\t"))
+        .filter_map(|rest| rest.rsplit('\t').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// SIGKILLs a restore into `dir` once its journal records `min_bytes` of
+/// chunks done; returns what it records then.
+fn kill_once_chunks_are_journaled(mut child: Child, dir: &Path, min_bytes: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journaled_chunk_bytes(dir) < min_bytes {
+        assert!(Instant::now() < deadline, "no chunk was journaled");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    journaled_chunk_bytes(dir)
+}
+
+/// A partial file a killed run left goes once a later run ends without
+/// needing it (here the object is excluded): exit 0 leaves no `.ringdown/`.
+#[test]
+fn partials_of_a_killed_run_go_when_a_later_run_finishes() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "large.bin", &content("large", 64 * 65536));
+    write_file(&bkt, "small.txt", b"small");
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_once_chunks_are_journaled(child, &dir, 4 * 65536);
+    let partial = dir.join(".ringdown/partial");
+    assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 1);
+    let output = restore(&served, &["b2://bkt", "--exclude", "large.bin"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(std::fs::read(dir.join("small.txt")).unwrap(), b"small");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["small.txt"], "left in DIR: {left:?}");
+}
+
 #[test]
 fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
     let data = tempfile::tempdir().unwrap();
@@ -1425,31 +1482,12 @@ fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
     let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
-    let journal = dir.join(".ringdown/journal-0-of-1");
-    let mut child = command(&served, &["b2://bkt"], &dir)
+    let child = command(&served, &["b2://bkt"], &dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let journaled = |text: &str| {
-        text.lines()
-            .filter_map(|line| line.strip_prefix("chunk\t"))
-            .filter_map(|rest| rest.rsplit('\t').next()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while journaled(&std::fs::read_to_string(&journal).unwrap_or_default()) < 16 * 65536 {
-        assert!(Instant::now() < deadline, "no chunk was journaled");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let done = journaled(&std::fs::read_to_string(&journal).unwrap());
+    let done = kill_once_chunks_are_journaled(child, &dir, 16 * 65536);
     assert!(done < size as u64, "killed too late");
     // Responses in flight at the kill are logged when the server gives up on them.
     std::thread::sleep(Duration::from_millis(500));

@@ -190,21 +190,9 @@ pub fn remove(state: &OwnedFd, sorted_name: &str) {
 
 /// Sorted runs and a half-written merge of a run that was killed.
 fn remove_leftovers(state: &OwnedFd, sorted_name: &str) {
-    let Ok(dir_fd) = state.try_clone() else {
-        return;
-    };
-    let Ok(mut dir) = rustix::fs::Dir::new(dir_fd) else {
-        return;
-    };
     let prefix = format!("{sorted_name}.");
-    let mut names = Vec::new();
-    while let Some(Ok(entry)) = dir.next() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) {
-            names.push(name);
-        }
-    }
-    for name in names {
+    let names = super::target::entry_names(state);
+    for name in names.iter().filter(|name| name.starts_with(&prefix)) {
         let _ = rustix::fs::unlinkat(state, name, AtFlags::empty());
     }
 }

@@ -437,50 +437,28 @@ impl Target {
         let _ = rustix::fs::unlinkat(&self.partial, temp_name, AtFlags::empty());
     }
 
-    /// Removes this shard's partial files.
+    /// Removes this shard's partial files but the resumable ones.
     pub fn remove_partials(&self) {
-        let Ok(dir_fd) = self.partial.try_clone() else {
-            return;
-        };
-        let Ok(mut dir) = rustix::fs::Dir::new(dir_fd) else {
-            return;
-        };
         let keep: HashSet<String> = self
             .resumable
             .keys()
             .map(|key| self.large_temp_name(key))
             .collect();
-        let mut names = Vec::new();
-        while let Some(Ok(entry)) = dir.next() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&self.shard_tag) && name.ends_with(".part") && !keep.contains(&name)
-            {
-                names.push(name);
-            }
-        }
-        for name in names {
-            self.unlink_partial(&name);
-        }
+        self.remove_partials_but(&keep);
     }
 
     /// Exit 1: partial files go, resumable ones too (CONVENTIONS.md); the
     /// journal stays so completed files are skipped next time.
     pub fn remove_all_partials(&self) {
-        let Ok(dir_fd) = self.partial.try_clone() else {
-            return;
+        self.remove_partials_but(&HashSet::new());
+    }
+
+    fn remove_partials_but(&self, keep: &HashSet<String>) {
+        let ours = |name: &String| {
+            name.starts_with(&self.shard_tag) && name.ends_with(".part") && !keep.contains(name)
         };
-        let Ok(mut dir) = rustix::fs::Dir::new(dir_fd) else {
-            return;
-        };
-        let mut names = Vec::new();
-        while let Some(Ok(entry)) = dir.next() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&self.shard_tag) && name.ends_with(".part") {
-                names.push(name);
-            }
-        }
-        for name in names {
-            self.unlink_partial(&name);
+        for name in entry_names(&self.partial).iter().filter(|name| ours(name)) {
+            self.unlink_partial(name);
         }
     }
 
@@ -499,6 +477,24 @@ impl Target {
             let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
         }
     }
+}
+
+/// The names in a directory, read through an open file description of
+/// their own (`Dir::read_from` opens "." afresh): a `Dir` over a duplicated
+/// descriptor shares the read position of the original, which an earlier
+/// listing left at the end, and would see nothing.
+pub(super) fn entry_names(dir: &OwnedFd) -> Vec<String> {
+    let Ok(mut entries) = rustix::fs::Dir::read_from(dir) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    while let Some(Ok(entry)) = entries.next() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names
 }
 
 #[cfg(test)]
