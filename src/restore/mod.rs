@@ -1069,7 +1069,15 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         entry.size_bytes,
     );
     if let Some(target) = &run.target {
-        if target.is_completed(&entry.name, &key) {
+        // Done by an earlier run, and still there: a file deleted since (to
+        // make room after a disk-full stop, say) or cut short is restored
+        // again, not skipped on the journal's word.
+        let still_there = || {
+            target
+                .existing_file(&segments)
+                .is_some_and(|stat| stat.st_size as u64 == entry.size_bytes)
+        };
+        if target.is_completed(&entry.name, &key) && still_there() {
             return skip("journal");
         }
     }

@@ -384,28 +384,29 @@ impl Target {
     /// act (a tape rewinds). The file is then opened for reading, and must
     /// be the one looked at.
     pub fn open_existing(&self, segments: &[&str]) -> Option<(OwnedFd, u64)> {
-        let path = segments.join("/");
-        let open = |flags: OFlags| {
-            rustix::fs::openat2(
-                &self.root,
-                path.as_str(),
-                flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                Mode::empty(),
-                beneath(),
-            )
-            .ok()
-        };
-        let is_file = |stat: &rustix::fs::Stat| {
-            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
-        };
-        let looked_at = rustix::fs::fstat(open(OFlags::PATH)?).ok()?;
-        if !is_file(&looked_at) {
-            return None;
-        }
-        let fd = open(OFlags::RDONLY | OFlags::NONBLOCK)?;
+        let looked_at = self.existing_file(segments)?;
+        let fd = self.open_beneath(segments, OFlags::RDONLY | OFlags::NONBLOCK)?;
         let stat = rustix::fs::fstat(&fd).ok()?;
         let same = (stat.st_dev, stat.st_ino) == (looked_at.st_dev, looked_at.st_ino);
-        (same && is_file(&stat)).then_some((fd, stat.st_size as u64))
+        (same && is_regular_file(&stat)).then_some((fd, stat.st_size as u64))
+    }
+
+    /// The status of a regular file at `segments`, looked at without
+    /// opening it or following a symlink; `None` for anything else.
+    pub fn existing_file(&self, segments: &[&str]) -> Option<rustix::fs::Stat> {
+        let stat = rustix::fs::fstat(self.open_beneath(segments, OFlags::PATH)?).ok()?;
+        is_regular_file(&stat).then_some(stat)
+    }
+
+    fn open_beneath(&self, segments: &[&str], flags: OFlags) -> Option<OwnedFd> {
+        rustix::fs::openat2(
+            &self.root,
+            segments.join("/"),
+            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            beneath(),
+        )
+        .ok()
     }
 
     /// Renames a verified partial file to its final name. A symlink there is
@@ -477,6 +478,10 @@ impl Target {
             let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
         }
     }
+}
+
+fn is_regular_file(stat: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
 }
 
 /// The names in a directory, read through an open file description of
