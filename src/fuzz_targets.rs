@@ -149,9 +149,9 @@ pub fn names(data: &[u8]) {
 /// The mapping `restore` uses (`restore::paths`), with the same invariants:
 /// refused, or segments that stay strictly beneath DIR.
 fn restore_paths(name: &str) {
-    use crate::restore::paths::{Mapped as PathMapped, STATE_DIR_NAME, map_name as map_path};
-    for is_folder_entry in [false, true] {
-        let (segments, is_file) = match map_path(name, is_folder_entry) {
+    use crate::restore::paths::{Mapped as PathMapped, STATE_DIR_NAME, map_entry};
+    for (is_folder_entry, size_bytes) in [(false, 0), (true, 0), (false, 1)] {
+        let (segments, is_file) = match map_entry(name, is_folder_entry, size_bytes) {
             PathMapped::Refused(reason) => {
                 assert!(!reason.is_empty());
                 continue;

@@ -418,6 +418,11 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     write_file(&bkt, "bad\u{1}name", b"control character");
     write_file(&bkt, ".ringdown/journal-0-of-1", b"ok\tforged\t1\n");
     write_file(&bkt, "empty-dir/.bzEmpty", b"");
+    // A marker's name with content is a file, not dropped.
+    write_file(&bkt, "full-dir/.bzEmpty", b"not a marker");
+    // Past B2's 1,024 bytes (six segments of 200): refused, not created.
+    let too_long = vec!["l".repeat(200); 6].join("/");
+    write_file(&bkt, &too_long, b"too long");
     write_file(&bkt, "link/escape.txt", b"must not land outside");
     write_file(&bkt, "replace-me", b"a regular file replaces the symlink");
     write_file(&bkt, "clash-file", b"a directory is in the way");
@@ -443,6 +448,11 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     assert_eq!(std::fs::read(dir.join("good.txt")).unwrap(), b"good");
     assert!(dir.join("empty-dir").is_dir());
     assert!(!dir.join("empty-dir/.bzEmpty").exists());
+    assert_eq!(
+        std::fs::read(dir.join("full-dir/.bzEmpty")).unwrap(),
+        b"not a marker"
+    );
+    assert!(!dir.join("l".repeat(200)).exists());
     // Nothing was written through the planted symlinks.
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
     assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"untouched");
@@ -466,6 +476,8 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
         Some("refused")
     );
     assert_eq!(status("link/escape.txt").as_deref(), Some("refused"));
+    assert_eq!(status("full-dir/.bzEmpty").as_deref(), Some("ok"));
+    assert_eq!(status(&too_long).as_deref(), Some("refused"));
     assert_eq!(status("good.txt").as_deref(), Some("ok"));
     assert_eq!(status("replace-me").as_deref(), Some("ok"));
     assert_eq!(status("clash-file").as_deref(), Some("refused"));
@@ -474,7 +486,7 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     assert_eq!(std::fs::read(dir.join("clash-dir")).unwrap(), b"local file");
     // Exit 1 keeps the journal (for a rerun) and removes partial files.
     let journal = std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1")).unwrap();
-    assert_eq!(journal.lines().count(), 2, "{journal}");
+    assert_eq!(journal.lines().count(), 3, "{journal}");
     assert_eq!(
         std::fs::read_dir(dir.join(".ringdown/partial"))
             .unwrap()

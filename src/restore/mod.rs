@@ -322,9 +322,17 @@ impl InFlight {
     /// The first of `segments`' ancestor-or-self paths that is a file in flight.
     fn blocking(&self, segments: &[&str]) -> Option<String> {
         let set = self.0.lock().expect("in-flight lock");
-        (1..=segments.len())
-            .map(|depth| segments[..depth].join("/"))
-            .find(|path| set.contains(path))
+        let mut path = String::new();
+        for segment in segments {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(segment);
+            if set.contains(&path) {
+                return Some(path);
+            }
+        }
+        None
     }
 
     fn enter(&self, path: String) -> InFlightGuard {
@@ -1033,7 +1041,8 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
                 .record_unwritten(&entry, Status::Refused, reason);
         }
     };
-    let segments = match paths::map_name(relative, entry.action == Action::Folder) {
+    let is_folder_entry = entry.action == Action::Folder;
+    let segments = match paths::map_entry(relative, is_folder_entry, entry.size_bytes) {
         Mapped::Refused(reason) => return refuse(reason),
         Mapped::Directory(segments) => {
             if let Some(file) = run.in_flight.blocking(&segments) {

@@ -8,6 +8,8 @@
 use globset::{GlobSet, GlobSetBuilder};
 use sha1::{Digest, Sha1};
 
+use crate::config::B2_FILE_NAME_MAX_BYTES;
+
 /// The directory the restore keeps its journal and partial files in.
 pub const STATE_DIR_NAME: &str = ".ringdown";
 /// Longest path segment a Linux filesystem accepts (NAME_MAX).
@@ -42,18 +44,30 @@ pub fn folder_prefix(prefix: &str) -> String {
     }
 }
 
+/// As `map_name`, for a listed object of `size_bytes`: a marker's name
+/// (`x/`, `x/.bzEmpty`) means a directory only when the object is empty, as
+/// B2 and `b2 sync` make them. With content, `x/.bzEmpty` is a file of that
+/// name, and `x/` is refused (a file cannot be named as a directory):
+/// either way reported, never dropped without a word.
+pub fn map_entry(relative: &str, is_folder_entry: bool, size_bytes: u64) -> Mapped<'_> {
+    if size_bytes == 0 || is_folder_entry {
+        return map_name(relative, is_folder_entry);
+    }
+    // Empty: the name is the restored folder's own (`PREFIX/`).
+    if relative.is_empty() || relative.ends_with('/') {
+        return Mapped::Refused(format!(
+            "the name ends in '/' (a directory's) but the object holds {size_bytes} bytes"
+        ));
+    }
+    match map_name(relative, false) {
+        Mapped::Directory(_) => map_as(relative, relative, false),
+        mapped => mapped,
+    }
+}
+
 /// Maps a prefix-relative name to local path segments, refusing anything that
 /// could escape DIR or that the filesystem cannot represent.
 pub fn map_name(relative: &str, is_folder_entry: bool) -> Mapped<'_> {
-    if relative.is_empty() {
-        return Mapped::Directory(Vec::new());
-    }
-    if let Some(byte) = relative.bytes().find(|&b| b < 0x20 || b == 0x7f) {
-        return Mapped::Refused(format!("the name contains control character 0x{byte:02x}"));
-    }
-    if relative.starts_with('/') {
-        return Mapped::Refused("the name starts with '/' (absolute path)".into());
-    }
     let (body, directory_only) = if is_folder_entry || relative.ends_with('/') {
         (relative.trim_end_matches('/'), true)
     } else if relative == ".bzEmpty" {
@@ -63,6 +77,29 @@ pub fn map_name(relative: &str, is_folder_entry: bool) -> Mapped<'_> {
     } else {
         (relative, false)
     };
+    map_as(relative, body, directory_only)
+}
+
+/// `relative`'s `body` (the name less a marker's suffix) as a directory or
+/// a file.
+fn map_as<'a>(relative: &'a str, body: &'a str, directory_only: bool) -> Mapped<'a> {
+    if relative.is_empty() {
+        return Mapped::Directory(Vec::new());
+    }
+    // B2's own limit: it bounds the work per name (a name is checked and
+    // created one segment at a time) and the local path's length.
+    if relative.len() > B2_FILE_NAME_MAX_BYTES {
+        return Mapped::Refused(format!(
+            "the name is {} bytes; B2 names are at most {B2_FILE_NAME_MAX_BYTES}",
+            relative.len()
+        ));
+    }
+    if let Some(byte) = relative.bytes().find(|&b| b < 0x20 || b == 0x7f) {
+        return Mapped::Refused(format!("the name contains control character 0x{byte:02x}"));
+    }
+    if relative.starts_with('/') {
+        return Mapped::Refused("the name starts with '/' (absolute path)".into());
+    }
     let segments: Vec<&str> = if body.is_empty() {
         Vec::new()
     } else {
@@ -295,6 +332,40 @@ mod tests {
         let long = "x".repeat(256);
         assert!(refused(&long));
         assert!(!refused(&"x".repeat(255)));
+        // B2's limit on a whole name: 1,024 bytes.
+        let deep = |segments: usize| vec!["d"; segments].join("/");
+        assert!(!refused(&deep(512)));
+        assert!(refused(&deep(513)));
+    }
+
+    #[test]
+    fn marker_names_with_content_are_files_or_refused() {
+        assert_eq!(
+            map_entry("a/.bzEmpty", false, 0),
+            Mapped::Directory(vec!["a"])
+        );
+        assert_eq!(
+            map_entry("a/.bzEmpty", false, 5),
+            Mapped::File(vec!["a", ".bzEmpty"])
+        );
+        assert_eq!(
+            map_entry(".bzEmpty", false, 5),
+            Mapped::File(vec![".bzEmpty"])
+        );
+        assert_eq!(map_entry("a/", false, 0), Mapped::Directory(vec!["a"]));
+        assert!(matches!(map_entry("a/", false, 5), Mapped::Refused(_)));
+        assert!(matches!(map_entry("", false, 5), Mapped::Refused(_)));
+        assert_eq!(map_entry("a", true, 0), Mapped::Directory(vec!["a"]));
+        assert_eq!(map_entry("a/b", false, 5), Mapped::File(vec!["a", "b"]));
+        // The checks of every name still apply.
+        assert!(matches!(
+            map_entry("../.bzEmpty", false, 5),
+            Mapped::Refused(_)
+        ));
+        assert!(matches!(
+            map_entry(".ringdown/.bzEmpty", false, 5),
+            Mapped::Refused(_)
+        ));
     }
 
     #[test]
@@ -310,9 +381,13 @@ mod tests {
 
     /// Checks the invariant the restore relies on: refused, or segments that,
     /// joined under DIR, name a path strictly beneath it.
-    fn assert_beneath(relative: &str, is_folder_entry: bool) -> Result<(), TestCaseError> {
+    fn assert_beneath(
+        relative: &str,
+        is_folder_entry: bool,
+        size_bytes: u64,
+    ) -> Result<(), TestCaseError> {
         use std::path::{Component, Path};
-        let (segments, is_file) = match map_name(relative, is_folder_entry) {
+        let (segments, is_file) = match map_entry(relative, is_folder_entry, size_bytes) {
             Mapped::Refused(reason) => {
                 prop_assert!(!reason.is_empty());
                 return Ok(());
@@ -350,8 +425,9 @@ mod tests {
         #[test]
         fn any_bytes_map_beneath_dir_or_are_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let name = String::from_utf8_lossy(&bytes);
-            assert_beneath(&name, false)?;
-            assert_beneath(&name, true)?;
+            assert_beneath(&name, false, 0)?;
+            assert_beneath(&name, true, 0)?;
+            assert_beneath(&name, false, 1)?;
         }
 
         /// Any string, biased towards separators, dots and long segments.
@@ -363,8 +439,9 @@ mod tests {
                 "([a-z]{200,300}/){0,4}[a-z]{0,300}/?",
             ],
             is_folder_entry in proptest::bool::ANY,
+            size_bytes in 0u64..2,
         ) {
-            assert_beneath(&name, is_folder_entry)?;
+            assert_beneath(&name, is_folder_entry, size_bytes)?;
         }
     }
 
