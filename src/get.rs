@@ -378,9 +378,11 @@ impl Download {
             let (temp_name, file, direct, resume) = match resume {
                 Some((file, direct, resume)) => {
                     let files = resumable.as_ref().expect("resume implies files");
-                    eprintln!(
+                    say!(
                         "ringdown: resumed at byte {} of {} from {} (its journal says so; the prefix was re-hashed from disk)",
-                        resume.offset_bytes, meta.size_bytes, files.part
+                        resume.offset_bytes,
+                        meta.size_bytes,
+                        files.part
                     );
                     (files.part.clone(), file, direct, Some(resume))
                 }
@@ -432,7 +434,7 @@ impl Download {
                 Ok(outcome) => outcome,
                 Err(error @ Error::Interrupted { .. }) if resumable.is_some() => {
                     // CONVENTIONS: an interrupted run keeps what it can resume.
-                    eprintln!(
+                    say!(
                         "ringdown: kept {} and its journal in {}: run the same command again to resume",
                         temp_name,
                         parent.display()

@@ -30,6 +30,17 @@
 //! # }
 //! ```
 
+/// `eprintln!` that never panics. A run's messages must not end it: with
+/// stderr closed or a broken pipe (`2>&1 | head`), `eprintln!` panics, and a
+/// restore would stop mid-way over a message nobody can read.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod b2;
 pub mod cli;
 pub mod client;

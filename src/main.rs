@@ -9,7 +9,7 @@ fn main() {
     let report_panic = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report_panic(info);
-        eprintln!(
+        ringdown::say!(
             "ringdown: internal error (a bug; please report the lines above): aborting. \
              Rerunning the same command resumes from the journal."
         );
@@ -19,7 +19,7 @@ fn main() {
     let code = match ringdown::cli::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("ringdown: error: {error}");
+            ringdown::say!("ringdown: error: {error}");
             error.exit_code()
         }
     };

@@ -530,6 +530,50 @@ fn skip_existing_never_opens_a_fifo_in_the_way() {
     assert_eq!(std::fs::read(dir.join("plain")).unwrap(), b"restored too");
 }
 
+/// A reader that goes away is no reason to fail: `--dry-run | head` stops
+/// listing and exits 0, and a restore whose stderr is a broken pipe (`2>&1
+/// | head`) restores everything (before, each panicked on its next line).
+#[test]
+fn a_closed_stdout_or_stderr_does_not_stop_a_run() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let mut objects = BTreeMap::new();
+    for i in 0..300 {
+        let name = format!("p/{i:03}");
+        let bytes = content(&name, 100 + i);
+        write_file(&bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    // Pages of 100, then the rest a round trip later: after the reader left.
+    let served = serve(data.path(), true, &["--latency-ms", "100"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+
+    let mut child = command(&served, &["b2://bkt", "--dry-run"], &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take()); // `head` exits
+    let mut errors = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut errors).unwrap();
+    let status = exit_within(&mut child, Duration::from_secs(20), "a dry run");
+    assert_eq!(status.code(), Some(0), "{errors}");
+    assert!(!errors.contains("panicked"), "{errors}");
+
+    let mut child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = exit_within(&mut child, Duration::from_secs(30), "a restore");
+    assert_eq!(status.code(), Some(0));
+    assert_tree(&dir, &objects);
+}
+
 #[test]
 fn dry_run_lists_and_creates_nothing() {
     let data = tempfile::tempdir().unwrap();

@@ -170,7 +170,7 @@ pub fn run(args: DemoArgs) -> Result<i32> {
         .map_err(|error| Error::io(format!("creating {}", work.display()), error))?;
     let result = run_in(&args, &work);
     if args.keep {
-        eprintln!("demo: kept {}", work.display());
+        say!("demo: kept {}", work.display());
     } else {
         let _ = std::fs::remove_dir_all(&work);
     }
@@ -180,7 +180,7 @@ pub fn run(args: DemoArgs) -> Result<i32> {
 fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
     let data = work.join("data");
     let bucket = data.join("demo-bucket");
-    eprintln!(
+    say!(
         "demo: generating {} objects (one a {} MiB large file) in {}",
         args.files + 2,
         args.large_size >> 20,
@@ -188,7 +188,7 @@ fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
     );
     let (names, total) = generate(&bucket, args.files, args.large_size)?;
     let (server, ready) = start_server(work, &data)?;
-    eprintln!(
+    say!(
         "demo: ringdown serve at {} (TLS, CA {})",
         ready.realm,
         ready.ca_file.display()
@@ -204,7 +204,7 @@ fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
         "--ca-file",
         ready.ca_file.to_str().unwrap_or(""),
     ];
-    eprintln!("demo: {}", command_line[..4].join(" "));
+    say!("demo: {}", command_line[..4].join(" "));
     let restore_args = match super::Cli::try_parse_from(command_line) {
         Ok(super::Cli {
             command: super::Command::Restore(restore_args),
@@ -229,7 +229,7 @@ fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
     }
     let _ = std::io::stderr().flush();
     if code != exit_code::OK || !differing.is_empty() {
-        eprintln!(
+        say!(
             "demo: FAILED: restore exited {code}; {} files differ from the source{}",
             differing.len(),
             differing
@@ -239,7 +239,7 @@ fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
         );
         return Ok(exit_code::FAILED);
     }
-    eprintln!(
+    say!(
         "demo: {} objects, {:.1} MB restored, verified against their SHA1, and byte-for-byte equal to the source",
         names.len(),
         total as f64 / 1e6

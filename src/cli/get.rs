@@ -354,7 +354,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
     download.resolve_dest()?;
     if let Some(notice) = &memlock_notice {
         if !args.quiet {
-            eprintln!("ringdown: note: {notice}");
+            say!("ringdown: note: {notice}");
         }
     }
     crate::runtime::watch_signals();
@@ -367,7 +367,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
     let report = result?;
     for notice in &report.notices {
         if memlock_notice.is_none() || !notice.contains("RLIMIT_MEMLOCK") {
-            eprintln!("ringdown: note: {notice}");
+            say!("ringdown: note: {notice}");
         }
     }
     let mb_per_s = report.bytes as f64 / report.seconds.max(1e-9) / 1e6;
@@ -389,14 +389,14 @@ pub fn run(args: GetArgs) -> Result<i32> {
             .map_err(|error| Error::io(format!("writing {}", path.display()), error))?;
     }
     if args.quiet {
-        eprintln!(
+        say!(
             "{}: {} bytes in {:.2} s ({mb_per_s:.1} MB/s), {verified_line}",
             report.dest.display(),
             report.bytes,
             report.seconds
         );
     } else {
-        eprintln!(
+        say!(
             "{}\n  {} bytes in {:.2} s, {mb_per_s:.1} MB/s\n  {verified_line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}\n\n{}",
             report.dest.display(),
             report.bytes,
@@ -417,10 +417,10 @@ pub fn run(args: GetArgs) -> Result<i32> {
     }
     if let Verification::NotVerified { .. } = report.verification {
         if args.require_verified {
-            eprintln!("ringdown: error: --require-verified: the object could not be verified");
+            say!("ringdown: error: --require-verified: the object could not be verified");
             return Ok(crate::error::exit_code::FAILED);
         }
-        eprintln!("ringdown: warning: the download was not verified against a published SHA1");
+        say!("ringdown: warning: the download was not verified against a published SHA1");
     }
     Ok(crate::error::exit_code::OK)
 }

@@ -182,7 +182,7 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
     let (options, memlock_notice) = options_from(&args, credentials)?;
     if let Some(notice) = &memlock_notice {
         if !args.quiet {
-            eprintln!("ringdown: note: {notice}");
+            say!("ringdown: note: {notice}");
         }
     }
     crate::runtime::watch_signals();
@@ -211,7 +211,7 @@ pub fn finish(
     }
     for notice in &report.notices {
         if memlock_notice.is_none() || !notice.contains("RLIMIT_MEMLOCK") {
-            eprintln!("ringdown: note: {notice}");
+            say!("ringdown: note: {notice}");
         }
     }
     if let Some(path) = &args.stats_json {
@@ -236,9 +236,9 @@ pub fn finish(
         summary.mb_per_s()
     );
     if args.quiet {
-        eprintln!("{line}");
+        say!("{line}");
     } else {
-        eprintln!(
+        say!(
             "{line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}",
             summary.retries,
             if summary.direct_io { "yes" } else { "no" },
@@ -249,12 +249,12 @@ pub fn finish(
             },
         );
         if !tally.failed_names.is_empty() {
-            eprintln!("  failed (first {}):", config::SUMMARY_FAILED_NAMES_SHOWN);
+            say!("  failed (first {}):", config::SUMMARY_FAILED_NAMES_SHOWN);
             for name in &tally.failed_names {
-                eprintln!("    {name}");
+                say!("    {name}");
             }
         }
-        eprintln!("\n{}", summary.stages.table());
+        say!("\n{}", summary.stages.table());
     }
     if let Some(error) = report.fatal {
         return Err(error);
@@ -264,13 +264,13 @@ pub fn finish(
     }
     if tally.unverified > 0 {
         if args.require_verified {
-            eprintln!(
+            say!(
                 "ringdown: error: --require-verified: {} files could not be verified",
                 tally.unverified
             );
             return Ok(exit_code::FAILED);
         }
-        eprintln!(
+        say!(
             "ringdown: warning: {} files were not verified against a published SHA1",
             tally.unverified
         );
@@ -320,7 +320,7 @@ fn start_progress_line(progress: Arc<Progress>, files: Arc<FileCounts>) -> Ticke
             if tty {
                 eprint!("\r\x1b[2K  {line}");
             } else {
-                eprintln!("ringdown: progress: {line}");
+                say!("ringdown: progress: {line}");
             }
         },
         move || {

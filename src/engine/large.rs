@@ -601,7 +601,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
         && !shared.config.is_cancelled()
         && !shared.has_panicked()
     {
-        eprintln!(
+        say!(
             "ringdown: {}: SHA1 mismatch; downloading it again",
             object.display_name
         );

@@ -294,7 +294,7 @@ impl Shared {
     /// GET sent ahead: from now on, one request at a time (said once).
     pub fn stop_pipelining(&self, error: &std::io::Error) {
         if self.pipelining.swap(false, Ordering::Relaxed) {
-            eprintln!(
+            say!(
                 "ringdown: the origin did not answer a pipelined request ({error}); \
                  sending one request at a time per connection from now on"
             );

@@ -248,17 +248,17 @@ impl Reporter {
             }
         }
         match record.status {
-            Status::Failed => eprintln!(
+            Status::Failed => say!(
                 "ringdown: failed: {}: {}",
                 record.entry.name,
                 record.reason.as_deref().unwrap_or("")
             ),
-            Status::Refused => eprintln!(
+            Status::Refused => say!(
                 "ringdown: refused: {:?}: {}",
                 record.entry.name,
                 record.reason.as_deref().unwrap_or("")
             ),
-            Status::Ok if !record.verified && !self.quiet => eprintln!(
+            Status::Ok if !record.verified && !self.quiet => say!(
                 "ringdown: warning: {}: no published SHA1; restored unverified",
                 record.entry.name
             ),
@@ -362,7 +362,7 @@ impl Run {
     fn fail_run(&self, error: Error) {
         let mut fatal = self.fatal.lock().expect("fatal lock");
         if fatal.is_none() {
-            eprintln!("ringdown: error: {error}; stopping");
+            say!("ringdown: error: {error}; stopping");
             *fatal = Some(error);
         }
         self.stop.store(true, Ordering::Release);
@@ -1012,7 +1012,7 @@ fn not_in_the_bucket(run: &Run, name: String) {
     };
     run.reporter.files.listed.fetch_add(1, Ordering::Relaxed);
     if run.options.dry_run {
-        eprintln!("missing\t{name:?}\t{reason}");
+        say!("missing\t{name:?}\t{reason}");
         return;
     }
     let entry = ListEntry::named(name, Action::Upload);
@@ -1035,7 +1035,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     run.reporter.files.listed.fetch_add(1, Ordering::Relaxed);
     let refuse = |reason: String| {
         if options.dry_run {
-            eprintln!("refused\t{:?}\t{reason}", entry.name);
+            say!("refused\t{:?}\t{reason}", entry.name);
         } else {
             run.reporter
                 .record_unwritten(&entry, Status::Refused, reason);
@@ -1104,7 +1104,7 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     if entry.sse_c.is_some() && options.sse_c_keys.is_none() {
         let reason = crate::b2::sse::NO_KEY.to_string();
         if options.dry_run {
-            eprintln!("failed\t{:?}\t{reason}", entry.name);
+            say!("failed\t{:?}\t{reason}", entry.name);
         } else {
             run.reporter
                 .record_unwritten(&entry, Status::Failed, reason);
@@ -1112,7 +1112,12 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         return;
     }
     if options.dry_run {
-        println!("{}\t{}", entry.size_bytes, entry.name);
+        use std::io::Write as _;
+        let line = format!("{}\t{}\n", entry.size_bytes, entry.name);
+        if std::io::stdout().lock().write_all(line.as_bytes()).is_err() {
+            // Nobody reads on (`--dry-run | head`): list no further.
+            run.stop.store(true, Ordering::Release);
+        }
         return;
     }
     let target = run.target();
@@ -1217,9 +1222,10 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
             .and_then(|bytes| engine::hash_prefix(&target.partial, &task.temp_name, bytes));
         if let Some(resume) = &resume {
             if !run.reporter.quiet {
-                eprintln!(
+                say!(
                     "ringdown: {}: resuming at byte {} of {size_bytes} (journal)",
-                    task.entry.name, resume.offset_bytes
+                    task.entry.name,
+                    resume.offset_bytes
                 );
             }
         }

@@ -92,7 +92,7 @@ pub fn watch_signals() {
     static WATCHING: std::sync::Once = std::sync::Once::new();
     WATCHING.call_once(|| {
         if let Err(error) = spawn_signal_watcher() {
-            eprintln!("ringdown: warning: cannot watch signals: {error}");
+            say!("ringdown: warning: cannot watch signals: {error}");
         }
     });
 }
@@ -121,7 +121,7 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
                     if INTERRUPT_SIGNAL.swap(received, Ordering::SeqCst) != 0 {
                         std::process::exit(128 + received);
                     }
-                    eprintln!(
+                    say!(
                         "ringdown: {name}: finishing requests in flight, keeping what can be resumed (again to exit at once)"
                     );
                 }

@@ -55,7 +55,7 @@ impl AccessLog {
         line.push('\n');
         let mut file = self.file.lock().expect("access log lock");
         if let Err(error) = file.write_all(line.as_bytes()) {
-            eprintln!("ringdown serve: warning: access log write failed: {error}");
+            say!("ringdown serve: warning: access log write failed: {error}");
         }
     }
 }

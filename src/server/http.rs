@@ -239,9 +239,12 @@ fn error_response(
         log.write(&context.record);
     }
     if error.status.is_server_error() {
-        eprintln!(
+        say!(
             "ringdown serve: {} {}: {} {}",
-            context.method, context.path, error.code, error.message
+            context.method,
+            context.path,
+            error.code,
+            error.message
         );
     }
     let body = if is_head {

@@ -484,7 +484,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // soon as it has read it.
         let signals = Signals::install()?;
         print_ready_line(&server, ca_file.as_deref())?;
-        eprintln!(
+        say!(
             "ringdown serve: serving {} on {} (SHA1 cache: {})",
             dir.display(),
             server.realm,
@@ -561,7 +561,7 @@ fn index_everything(server: &Server) {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
+    say!(
         "ringdown serve: SHA1 index ready: {files} files, hashed {hashed_files} ({hashed_bytes} bytes) in {seconds:.3} s ({:.0} MB/s)",
         hashed_bytes as f64 / seconds.max(1e-9) / 1e6
     );
@@ -601,12 +601,12 @@ async fn accept_loop(
                 }
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
-                    eprintln!("ringdown serve: accept failed: {error}");
+                    say!("ringdown serve: accept failed: {error}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = sigterm.recv() => { eprintln!("ringdown serve: SIGTERM, exiting"); return Ok(()); }
-            _ = sigint.recv() => { eprintln!("ringdown serve: SIGINT, exiting"); return Ok(()); }
+            _ = sigterm.recv() => { say!("ringdown serve: SIGTERM, exiting"); return Ok(()); }
+            _ = sigint.recv() => { say!("ringdown serve: SIGINT, exiting"); return Ok(()); }
         }
     }
 }

@@ -56,7 +56,7 @@ impl Sha1Cache {
                     index_file = Some(file);
                     index_path = Some(path);
                 }
-                Err(error) => eprintln!(
+                Err(error) => say!(
                     "ringdown serve: warning: SHA1 cache {} is not usable ({error}); keeping digests in memory only",
                     path.display()
                 ),
@@ -121,7 +121,7 @@ impl Sha1Cache {
             let mut text = serde_json::to_string(&line).expect("index line serialises");
             text.push('\n');
             if let Err(error) = file.write_all(text.as_bytes()) {
-                eprintln!(
+                say!(
                     "ringdown serve: warning: cannot append to the SHA1 cache: {error}; keeping digests in memory only"
                 );
                 *index_file = None;

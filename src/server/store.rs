@@ -415,7 +415,7 @@ pub(super) fn walk(
         Ok(entries) => entries,
         // A directory that vanished or is unreadable lists as empty.
         Err(error) if !prefix.is_empty() => {
-            eprintln!("ringdown serve: skipping {}: {error}", directory.display());
+            say!("ringdown serve: skipping {}: {error}", directory.display());
             return Ok(());
         }
         Err(error) => return Err(error),
@@ -426,7 +426,7 @@ pub(super) fn walk(
             continue;
         };
         let Ok(file_name) = entry.file_name().into_string() else {
-            eprintln!(
+            say!(
                 "ringdown serve: skipping non-UTF-8 name in {}",
                 directory.display()
             );
