@@ -92,13 +92,18 @@ pub fn load(
     state: &OwnedFd,
     sorted_name: &str,
     journal: &mut File,
+    journal_name: &str,
     run_bytes: usize,
 ) -> Result<Loaded> {
     let context = |what: &str| format!("{what} (.ringdown/{sorted_name})");
+    let reading = |error| {
+        Error::io(
+            format!("reading the journal (.ringdown/{journal_name})"),
+            error,
+        )
+    };
     remove_leftovers(state, sorted_name);
-    journal
-        .rewind()
-        .map_err(|error| Error::io(context("reading the journal"), error))?;
+    journal.rewind().map_err(reading)?;
     let mut chunks: HashMap<String, u64> = HashMap::new();
     let mut spilled = 0usize;
     // Each run gets its own name and is unlinked at once: the open file is
@@ -112,17 +117,20 @@ pub fn load(
     });
     let sort_error = |error| Error::io(context("sorting the journal"), error);
     let mut reader = BufReader::new(&*journal);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .map_err(|error| Error::io(context("reading the journal"), error))?;
+        let read = reader.read_until(b'\n', &mut line).map_err(reading)?;
         // Only whole lines count: a line cut by a kill is ignored.
-        if read == 0 || !line.ends_with('\n') {
+        if read == 0 || !line.ends_with(b"\n") {
             break;
         }
-        let text = line.trim_end_matches('\n');
+        // Nor does one that is not text (cut inside a character by a short
+        // write on a full disk, then appended to): at worst a file is
+        // downloaded again, and the journal never blocks a resume.
+        let Ok(text) = std::str::from_utf8(&line[..line.len() - 1]) else {
+            continue;
+        };
         if let Some(rest) = text.strip_prefix("ok\t") {
             let Some((_, key)) = rest.split_once('\t') else {
                 continue;
@@ -271,8 +279,10 @@ mod tests {
         text.push_str("chunk\tid-big\t99\t8388608\n");
         text.push_str("ok\tname-cut-by-a-kill"); // no newline: ignored
         let mut journal = journal_with(dir.path(), &text);
+        // A line that is not UTF-8 (cut inside a character) is skipped too.
+        journal.write_all(b"ok\tcaf\xc3\tidx\t1\n").unwrap();
         // Tiny runs: many spills, a real k-way merge.
-        let mut loaded = load(&state, "completed", &mut journal, 4096).unwrap();
+        let mut loaded = load(&state, "completed", &mut journal, "journal", 4096).unwrap();
         assert_eq!(loaded.completed_count, 5000);
         assert_eq!(loaded.chunks.len(), 1);
         assert_eq!(loaded.chunks["id-big\t99"], 8_388_608);
@@ -311,11 +321,11 @@ mod tests {
     fn a_second_start_merges_new_records_into_the_sorted_file() {
         let (dir, state) = state_dir();
         let mut journal = journal_with(dir.path(), "ok\tb\tid-b\t1\nok\td\tid-d\t1\n");
-        drop(load(&state, "completed", &mut journal, 1 << 20).unwrap());
+        drop(load(&state, "completed", &mut journal, "journal", 1 << 20).unwrap());
         journal
             .write_all(b"ok\ta\tid-a\t1\nok\tc\tid-c\t1\n")
             .unwrap();
-        let mut loaded = load(&state, "completed", &mut journal, 1 << 20).unwrap();
+        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20).unwrap();
         assert_eq!(loaded.completed_count, 4);
         for name in ["a", "b", "c", "d"] {
             assert!(
@@ -325,7 +335,7 @@ mod tests {
             );
         }
         // Nothing new: the sorted file is reused as it is.
-        let mut loaded = load(&state, "completed", &mut journal, 1 << 20).unwrap();
+        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20).unwrap();
         assert_eq!(loaded.completed_count, 4);
         assert!(loaded.completed.contains(&record("c", "id-c\t1")));
         remove(&state, "completed");

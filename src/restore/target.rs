@@ -164,6 +164,7 @@ impl Target {
             &state,
             &completed_name,
             &mut journal,
+            &journal_name,
             JOURNAL_SORT_RUN_BYTES,
         )?;
         let chunks = loaded.chunks;
