@@ -78,7 +78,15 @@ fn mkdir_and_open(dir: impl AsFd + Copy, name: &str) -> std::result::Result<Owne
     open_dir_beneath(dir, name)
 }
 
-/// `<shard 4 hex><12 hex of SHA-1(key)>.part`.
+/// What a shard's partial file names start with: `K-of-N-`. Runs of
+/// different shard counts may share one DIR (a whole-bucket run beside a
+/// `--shard 0/2` one): each cleans up only names with its own tag, and no
+/// tag is a prefix of another.
+fn shard_tag(shard: Shard) -> String {
+    format!("{}-of-{}-", shard.index, shard.count)
+}
+
+/// `<shard tag><12 hex of SHA-1(key)>.part`.
 fn large_temp_name(shard_tag: &str, key: &str) -> String {
     use sha1::{Digest, Sha1};
     let digest = Sha1::digest(key.as_bytes());
@@ -174,7 +182,7 @@ impl Target {
             hasher.write_u32(std::process::id());
             hasher.finish()
         };
-        let shard_tag = format!("{:04x}", shard.index & 0xffff);
+        let shard_tag = shard_tag(shard);
         // A half-done large object resumes only if its partial file survived.
         let resumable = chunks
             .into_iter()
@@ -299,7 +307,7 @@ impl Target {
         large_temp_name(&self.shard_tag, key)
     }
 
-    /// `<shard 4 hex><12 hex>.part`: short, unique, and tagged with the shard
+    /// `<shard tag><12 hex>.part`: short, unique, and tagged with the shard
     /// so a run cleans up only its own leftovers.
     pub fn temp_name(&self) -> String {
         let counter = self.temp_counter.fetch_add(1, Ordering::Relaxed);
@@ -507,8 +515,23 @@ pub(super) fn entry_names(dir: &OwnedFd) -> Vec<String> {
 mod tests {
     use std::sync::Arc;
 
-    use super::{PathError, Target};
+    use super::{PathError, Target, shard_tag};
     use crate::restore::paths::Shard;
+
+    #[test]
+    fn no_shard_tag_is_a_prefix_of_another() {
+        let mut tags = Vec::new();
+        for count in [1, 2, 3, 10, 20, 65537] {
+            for index in [0, 1, 2, 9, 19, 65536].into_iter().filter(|i| *i < count) {
+                tags.push(shard_tag(Shard { index, count }));
+            }
+        }
+        for (i, a) in tags.iter().enumerate() {
+            for (j, b) in tags.iter().enumerate() {
+                assert!(i == j || !b.starts_with(a.as_str()), "{a:?} prefixes {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn files_of_one_directory_share_its_fd_and_refusals_are_not_cached() {
