@@ -1281,9 +1281,15 @@ fn download_path(base: &str, entry: &ListEntry) -> String {
     }
 }
 
+/// `--dry-run --skip-existing`: the size of a regular file at `segments`
+/// beneath `dir`, looked up as the restore would (no symlink followed, a
+/// symlinked parent included), so the dry run leaves out what the restore
+/// would skip, no more.
 fn local_size(dir: &std::path::Path, segments: &[&str]) -> Option<u64> {
-    let meta = std::fs::symlink_metadata(dir.join(segments.join("/"))).ok()?;
-    meta.is_file().then_some(meta.len())
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::PATH | OFlags::CLOEXEC;
+    let root = rustix::fs::open(dir, flags | OFlags::DIRECTORY, Mode::empty()).ok()?;
+    target::existing_file_beneath(&root, segments).map(|stat| stat.st_size as u64)
 }
 
 /// Hashes an existing local file and compares it with the published digest.

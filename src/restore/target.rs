@@ -403,19 +403,11 @@ impl Target {
     /// The status of a regular file at `segments`, looked at without
     /// opening it or following a symlink; `None` for anything else.
     pub fn existing_file(&self, segments: &[&str]) -> Option<rustix::fs::Stat> {
-        let stat = rustix::fs::fstat(self.open_beneath(segments, OFlags::PATH)?).ok()?;
-        is_regular_file(&stat).then_some(stat)
+        existing_file_beneath(&self.root, segments)
     }
 
     fn open_beneath(&self, segments: &[&str], flags: OFlags) -> Option<OwnedFd> {
-        rustix::fs::openat2(
-            &self.root,
-            segments.join("/"),
-            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            beneath(),
-        )
-        .ok()
+        open_beneath(&self.root, segments, flags)
     }
 
     /// Renames a verified partial file to its final name. A symlink there is
@@ -487,6 +479,23 @@ impl Target {
             let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
         }
     }
+}
+
+/// See `Target::existing_file`; `root` is DIR.
+pub fn existing_file_beneath(root: &OwnedFd, segments: &[&str]) -> Option<rustix::fs::Stat> {
+    let stat = rustix::fs::fstat(open_beneath(root, segments, OFlags::PATH)?).ok()?;
+    is_regular_file(&stat).then_some(stat)
+}
+
+fn open_beneath(root: &OwnedFd, segments: &[&str], flags: OFlags) -> Option<OwnedFd> {
+    rustix::fs::openat2(
+        root,
+        segments.join("/"),
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        beneath(),
+    )
+    .ok()
 }
 
 fn is_regular_file(stat: &rustix::fs::Stat) -> bool {
