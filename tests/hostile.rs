@@ -1267,6 +1267,63 @@ fn sigterm_ends_a_listing_that_brings_nothing() {
     );
 }
 
+/// The first name in listing order wins a file/directory clash whatever
+/// becomes of it: the file `a` fails (404) before `a/b` is listed, and `a/b`
+/// is still refused. Before, it was restored when `a` had failed first, and
+/// refused when `a` was still downloading: timing chose.
+#[test]
+fn the_first_name_wins_even_when_it_fails() {
+    let objects = vec![("a", data(7, 1)), ("a/b", data(8, 2))];
+    let entry = |i: usize| {
+        let (name, bytes) = &objects[i];
+        listing_entry(
+            name,
+            bytes.len(),
+            &format!("4_zid{i}"),
+            &hex(&Sha1::digest(bytes)),
+        )
+    };
+    let (first, second) = (entry(0), entry(1));
+    let pages = paged(
+        move |start| match start {
+            None => serde_json::json!({"files": [first], "nextFileName": "a/b"}),
+            Some(_) => {
+                // `a` has failed by now.
+                std::thread::sleep(Duration::from_millis(500));
+                serde_json::json!({"files": [second], "nextFileName": null})
+            }
+        },
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let fake = Fake::start(
+        objects.iter().map(|(n, d)| (*n, d.clone())).collect(),
+        move |req, stream| {
+            if is_download(req) && req.query.contains("fileId=4_zid0") {
+                respond_json(
+                    stream,
+                    404,
+                    serde_json::json!({"status": 404, "code": "not_found", "message": "gone"}),
+                );
+                return true;
+            }
+            pages(req, stream)
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let report = work.path().join("report.jsonl");
+    let run = restore(&fake, &dir, &report, &[]);
+    run.assert_failed_with(&["a/b", "first name wins"]);
+    let lines = common::json_lines(&report);
+    let status = |name: &str| {
+        let line = lines.iter().find(|line| line["name"] == name).unwrap();
+        line["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(status("a"), "failed");
+    assert_eq!(status("a/b"), "refused");
+    assert!(!dir.join("a").exists(), "{:?}", tree(&dir));
+}
+
 #[test]
 fn names_differing_by_case_or_normalisation_are_distinct_files() {
     let nfc = "caf\u{e9}.txt";

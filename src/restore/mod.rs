@@ -16,7 +16,6 @@ pub mod paths;
 pub mod target;
 pub mod wanted;
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -49,7 +48,7 @@ use crate::stats::{RunSummary, StageHistograms};
 use crate::uring;
 use crate::verify::to_hex;
 use listing::{Action, ListEntry};
-use paths::{Mapped, NameFilter, Shard};
+use paths::{ListedFiles, Mapped, NameFilter, Shard};
 use target::{PathError, Target};
 
 /// Everything a restore needs, resolved from flags and environment.
@@ -306,56 +305,6 @@ struct Run {
     fatal: Mutex<Option<Error>>,
     retries: AtomicU64,
     direct_io_used: AtomicBool,
-    /// Paths (`a/b`) of files scheduled but not yet renamed into place.
-    in_flight: InFlight,
-}
-
-/// Files between scheduling and rename. Names arrive sorted, so a file `d`
-/// is listed before `d/f`; while `d` is still downloading the file system
-/// cannot see it, and `d/f` would create the directory `d` first and make
-/// the earlier name lose. Checking this set keeps "the first name in listing
-/// order wins". Its size is bounded by the download queues, not the listing.
-#[derive(Default, Clone)]
-struct InFlight(Arc<Mutex<HashSet<String>>>);
-
-impl InFlight {
-    /// The first of `segments`' ancestor-or-self paths that is a file in flight.
-    fn blocking(&self, segments: &[&str]) -> Option<String> {
-        let set = self.0.lock().expect("in-flight lock");
-        let mut path = String::new();
-        for segment in segments {
-            if !path.is_empty() {
-                path.push('/');
-            }
-            path.push_str(segment);
-            if set.contains(&path) {
-                return Some(path);
-            }
-        }
-        None
-    }
-
-    fn enter(&self, path: String) -> InFlightGuard {
-        self.0.lock().expect("in-flight lock").insert(path.clone());
-        InFlightGuard {
-            set: self.clone(),
-            path,
-        }
-    }
-}
-
-/// Removes its path from the set when the file's task ends, however it ends.
-struct InFlightGuard {
-    set: InFlight,
-    path: String,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.set.0.lock() {
-            set.remove(&self.path);
-        }
-    }
 }
 
 impl Run {
@@ -389,7 +338,6 @@ struct FileTask {
     leaf: String,
     display_path: String,
     temp_name: String,
-    _in_flight: InFlightGuard,
 }
 
 /// What a progress display needs beyond bytes: files as listed so far.
@@ -485,7 +433,6 @@ impl Restore {
             fatal: Mutex::new(None),
             retries: AtomicU64::new(0),
             direct_io_used: AtomicBool::new(false),
-            in_flight: InFlight::default(),
         });
 
         let (list_sender, list_receiver) = std::sync::mpsc::sync_channel(LIST_QUEUE_ENTRIES);
@@ -559,6 +506,7 @@ impl Restore {
         }
 
         let mut listing_error = None;
+        let mut listed_files = ListedFiles::default();
         for message in list_receiver.iter() {
             let listed = match message {
                 Ok(listed) => listed,
@@ -571,7 +519,9 @@ impl Restore {
                 break;
             }
             match listed {
-                Listed::Entry(entry) => schedule(&run, entry, &base, scheduler.as_ref()),
+                Listed::Entry(entry) => {
+                    schedule(&run, entry, &base, scheduler.as_ref(), &mut listed_files)
+                }
                 Listed::Missing(name) => not_in_the_bucket(&run, name),
             }
         }
@@ -1021,7 +971,13 @@ fn not_in_the_bucket(run: &Run, name: String) {
 }
 
 /// Decides what to do with one listed entry and hands it to a worker.
-fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Scheduler>) {
+fn schedule(
+    run: &Arc<Run>,
+    entry: ListEntry,
+    base: &str,
+    scheduler: Option<&Scheduler>,
+    listed: &mut ListedFiles,
+) {
     let options = &run.options;
     if matches!(entry.action, Action::Hide | Action::Other) {
         return;
@@ -1045,8 +1001,8 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     let segments = match paths::map_entry(relative, is_folder_entry, entry.size_bytes) {
         Mapped::Refused(reason) => return refuse(reason),
         Mapped::Directory(segments) => {
-            if let Some(file) = run.in_flight.blocking(&segments) {
-                return refuse(in_the_way(&file));
+            if let Some(file) = listed.in_the_way(relative, &segments.join("/")) {
+                return refuse(in_the_way(file));
             }
             if !options.dry_run {
                 match run.target().ensure_dir(&segments) {
@@ -1061,6 +1017,11 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         }
         Mapped::File(segments) => segments,
     };
+    let path = segments.join("/");
+    if let Some(file) = listed.in_the_way(relative, &path) {
+        return refuse(in_the_way(file));
+    }
+    listed.add(&path);
     let display_path = format!("{}/{}", options.dir.display(), segments.join("/"));
     let skip = |reason: &str| {
         run.reporter.record(FileRecord {
@@ -1122,9 +1083,6 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
     }
     let target = run.target();
     let (parent_segments, leaf) = segments.split_at(segments.len() - 1);
-    if let Some(file) = run.in_flight.blocking(parent_segments) {
-        return refuse(in_the_way(&file));
-    }
     let parent = match target.parent_dir(parent_segments) {
         Ok(parent) => parent,
         Err(PathError::Refused(reason)) => return refuse(reason),
@@ -1180,7 +1138,6 @@ fn schedule(run: &Arc<Run>, entry: ListEntry, base: &str, scheduler: Option<&Sch
         .bytes_to_fetch
         .fetch_add(entry.size_bytes, Ordering::Relaxed);
     let task = FileTask {
-        _in_flight: run.in_flight.enter(segments.join("/")),
         key,
         large: is_large,
         leaf: leaf[0].to_string(),
@@ -1446,27 +1403,5 @@ mod tests {
         );
         assert!(!text.contains("very-secret"), "{text}");
         assert!(text.contains("visible-key-id") && text.contains("<redacted>"));
-    }
-
-    #[test]
-    fn a_file_in_flight_blocks_directories_beneath_it() {
-        let in_flight = InFlight::default();
-        assert_eq!(in_flight.blocking(&["d", "e"]), None);
-        let guard = in_flight.enter("d".to_string());
-        assert_eq!(in_flight.blocking(&["d"]), Some("d".to_string()));
-        assert_eq!(in_flight.blocking(&["d", "e"]), Some("d".to_string()));
-        assert_eq!(in_flight.blocking(&["dd", "e"]), None);
-        assert_eq!(in_flight.blocking(&[]), None);
-        let nested = in_flight.enter("x/y".to_string());
-        assert_eq!(in_flight.blocking(&["x"]), None);
-        assert_eq!(
-            in_flight.blocking(&["x", "y", "z"]),
-            Some("x/y".to_string())
-        );
-        drop(guard);
-        drop(nested);
-        assert_eq!(in_flight.blocking(&["d", "e"]), None);
-        assert!(in_flight.0.lock().unwrap().is_empty());
-        assert!(in_the_way("d").contains("in the way"));
     }
 }

@@ -132,6 +132,47 @@ fn map_as<'a>(relative: &'a str, body: &'a str, directory_only: bool) -> Mapped<
     }
 }
 
+/// Files listed so far that a later name could lie beneath, so that the
+/// first name in listing order wins a file/directory clash whatever became
+/// of it: `d/f` listed after the file `d` is refused whether `d` is still
+/// downloading, renamed into place, or failed (then neither is restored,
+/// every run alike, instead of `d/f` winning only when `d` failed early).
+/// Names come sorted (`listing::check_order`), and the names that start with
+/// a string are contiguous from it: a file `e` not a prefix of the name now
+/// is a prefix of no later one and is forgotten. What is kept is a chain of
+/// prefixes of one name: at most as many as its bytes.
+#[derive(Default)]
+pub struct ListedFiles {
+    /// Local paths (`a/b`), each a string prefix of the next.
+    prefixes: Vec<String>,
+}
+
+impl ListedFiles {
+    /// The file listed earlier that is `path` itself or one of its
+    /// ancestors (then no directory `path` can be made). `relative` is the
+    /// name `path` comes from (`x/.bzEmpty` for the directory `x`): names,
+    /// not paths, come in order.
+    pub fn in_the_way(&mut self, relative: &str, path: &str) -> Option<&str> {
+        debug_assert!(relative.starts_with(path));
+        while self
+            .prefixes
+            .last()
+            .is_some_and(|file| !relative.starts_with(file.as_str()))
+        {
+            self.prefixes.pop();
+        }
+        self.prefixes.iter().map(String::as_str).find(|file| {
+            path.starts_with(file)
+                && (path.len() == file.len() || path.as_bytes()[file.len()] == b'/')
+        })
+    }
+
+    /// A file at `path` (its name) is planned: nothing may go beneath it.
+    pub fn add(&mut self, path: &str) {
+        self.prefixes.push(path.to_string());
+    }
+}
+
 /// The shard of an object name: the first 8 bytes of SHA-1 of the full name,
 /// big-endian, mod `count`. This function never changes (CONVENTIONS.md).
 pub fn shard_of(name: &str, count: u64) -> u64 {
@@ -336,6 +377,29 @@ mod tests {
         let deep = |segments: usize| vec!["d"; segments].join("/");
         assert!(!refused(&deep(512)));
         assert!(refused(&deep(513)));
+    }
+
+    #[test]
+    fn a_listed_file_is_in_the_way_of_names_beneath_it_only() {
+        let mut listed = ListedFiles::default();
+        assert_eq!(listed.in_the_way("d", "d"), None);
+        listed.add("d");
+        // A marker for the directory `d` itself, and names beneath `d`.
+        assert_eq!(listed.in_the_way("d-", "d-"), None);
+        assert_eq!(listed.in_the_way("d/", "d"), Some("d"));
+        assert_eq!(listed.in_the_way("d/.bzEmpty", "d"), Some("d"));
+        assert_eq!(listed.in_the_way("d/e", "d/e"), Some("d"));
+        assert_eq!(listed.in_the_way("d/e/f", "d/e/f"), Some("d"));
+        // Past every name starting with "d": forgotten.
+        assert_eq!(listed.in_the_way("dd/e", "dd/e"), None);
+        assert_eq!(listed.in_the_way("e", "e"), None);
+        assert!(listed.prefixes.is_empty());
+        listed.add("x/y");
+        assert_eq!(listed.in_the_way("x/y-", "x/y-"), None);
+        listed.add("x/y-");
+        assert_eq!(listed.in_the_way("x/y/z", "x/y/z"), Some("x/y"));
+        assert_eq!(listed.in_the_way("x/yz", "x/yz"), None);
+        assert_eq!(listed.in_the_way("x/z", "x/z"), None);
     }
 
     #[test]
