@@ -1273,7 +1273,7 @@ fn sigterm_ends_a_listing_that_brings_nothing() {
 /// refused when `a` was still downloading: timing chose.
 #[test]
 fn the_first_name_wins_even_when_it_fails() {
-    let objects = vec![("a", data(7, 1)), ("a/b", data(8, 2))];
+    let objects = [("a", data(7, 1)), ("a/b", data(8, 2))];
     let entry = |i: usize| {
         let (name, bytes) = &objects[i];
         listing_entry(
