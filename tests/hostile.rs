@@ -1134,19 +1134,26 @@ fn listing_entry(name: &str, size: usize, id: &str, sha1: &str) -> serde_json::V
         "contentLength": size, "contentSha1": sha1, "fileInfo": {}, "uploadTimestamp": 1})
 }
 
+/// The listing entries of `objects`, with the IDs `Fake::start` gives them.
+fn listing_entries(objects: &[(&str, Vec<u8>)]) -> Vec<serde_json::Value> {
+    objects
+        .iter()
+        .enumerate()
+        .map(|(i, (name, bytes))| {
+            listing_entry(
+                name,
+                bytes.len(),
+                &format!("4_zid{i}"),
+                &hex(&Sha1::digest(bytes)),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn listing_pages_that_repeat_or_go_backwards() {
     let objects = [("a", data(3, 1)), ("b", data(4, 2)), ("c", data(5, 3))];
-    let entry = |i: usize| {
-        let (name, bytes) = &objects[i];
-        listing_entry(
-            name,
-            bytes.len(),
-            &format!("4_zid{i}"),
-            &hex(&Sha1::digest(bytes)),
-        )
-    };
-    let entries: Vec<serde_json::Value> = (0..3).map(entry).collect();
+    let entries = listing_entries(&objects);
     type Script =
         Box<dyn Fn(Option<&str>, &[serde_json::Value]) -> serde_json::Value + Send + Sync>;
     let scripts: Vec<(&str, Script)> = vec![
@@ -1274,16 +1281,7 @@ fn sigterm_ends_a_listing_that_brings_nothing() {
 #[test]
 fn the_first_name_wins_even_when_it_fails() {
     let objects = [("a", data(7, 1)), ("a/b", data(8, 2))];
-    let entry = |i: usize| {
-        let (name, bytes) = &objects[i];
-        listing_entry(
-            name,
-            bytes.len(),
-            &format!("4_zid{i}"),
-            &hex(&Sha1::digest(bytes)),
-        )
-    };
-    let (first, second) = (entry(0), entry(1));
+    let [first, second] = <[_; 2]>::try_from(listing_entries(&objects)).unwrap();
     let pages = paged(
         move |start| match start {
             None => serde_json::json!({"files": [first], "nextFileName": "a/b"}),

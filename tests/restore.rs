@@ -135,6 +135,21 @@ fn downloads(data: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
+/// From the access log: how many object GETs were answered 503, and the
+/// connections every object GET came on.
+fn refusals_and_connections(data: &Path) -> (usize, BTreeSet<u64>) {
+    let gets: Vec<serde_json::Value> = access_records(data)
+        .into_iter()
+        .filter(|record| record["name"].is_string())
+        .collect();
+    let refused = gets.iter().filter(|record| record["status"] == 503).count();
+    let connections = gets
+        .iter()
+        .map(|record| record["connection"].as_u64().unwrap())
+        .collect();
+    (refused, connections)
+}
+
 /// Serves `data` with `--access-log data/access.jsonl` (a file at the top of
 /// DIR is not a bucket).
 fn serve_logged(data: &Path, extra: &[&str]) -> Served {
@@ -934,17 +949,8 @@ fn a_retryable_answer_keeps_its_connection_for_other_objects() {
         longest_us("file"),
         longest_us("retry_wait")
     );
-    let records = access_records(data.path());
-    let gets: Vec<&serde_json::Value> = records
-        .iter()
-        .filter(|record| record["name"].is_string())
-        .collect();
-    let refused = gets.iter().filter(|record| record["status"] == 503).count();
+    let (refused, connections) = refusals_and_connections(data.path());
     assert!(refused >= 10, "{refused} 503s: too few to test anything");
-    let connections: std::collections::BTreeSet<u64> = gets
-        .iter()
-        .map(|record| record["connection"].as_u64().unwrap())
-        .collect();
     // `--cores 2 --connections 3`: six, and another only where more
     // objects backed off at once than may (on a busy machine), when one
     // waits where it failed, as every one did before.
@@ -994,16 +1000,8 @@ fn objects_waiting_where_they_failed_keep_an_idle_connection() {
     let output = run_bounded(command_tuned(&served, &["b2://bkt"], &dir, &tuning));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
-    let gets: Vec<serde_json::Value> = access_records(data.path())
-        .into_iter()
-        .filter(|record| record["name"].is_string())
-        .collect();
-    let refused = gets.iter().filter(|record| record["status"] == 503).count();
+    let (refused, connections) = refusals_and_connections(data.path());
     assert!(refused >= 15, "{refused} 503s: too few to test anything");
-    let connections: std::collections::BTreeSet<u64> = gets
-        .iter()
-        .map(|record| record["connection"].as_u64().unwrap())
-        .collect();
     // One, and another only where a GET was out ahead on it (a round trip
     // of 1 ms or more on a loaded machine), which drops it, as every wait
     // in place did before (10-12 connections for 30 503s).
