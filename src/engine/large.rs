@@ -331,6 +331,15 @@ impl CoreJob {
 
     /// A written buffer whose bytes are not hashed yet waits for the frontier.
     pub fn park(&self, offset: u64, buf: PoolBuf, data_len: usize) {
+        if self.job.is_aborted() {
+            // Nothing will be hashed any more, and the hasher that frees the
+            // parked buffers of an aborted job may be gone already: parked
+            // now, the buffer would be lost to the pool, and a connection
+            // waiting for one (with the finisher behind it) would wait
+            // forever. Dropping it returns it and wakes them.
+            drop(buf);
+            return;
+        }
         let frontier = self.job.digest.frontier();
         if offset < frontier {
             // The frontier would never reach it and the hasher would wait
