@@ -71,7 +71,9 @@ pub const GET_CONNECTIONS_PER_CORE_DEFAULT: usize = 16;
 pub const RESTORE_CONNECTIONS_PER_CORE_DEFAULT: usize = 16;
 /// Upper bounds on the tuning flags, so a typo cannot exhaust memory.
 pub const CONNECTIONS_PER_CORE_MAX: usize = 256;
-pub const BUFFERS_PER_CORE_MAX: usize = 4096;
+/// Also the kernel's bound: a ring registers at most `UIO_MAXIOV` (1,024)
+/// buffers, and tokio-uring keeps only that many of a longer list.
+pub const BUFFERS_PER_CORE_MAX: usize = 1024;
 pub const BUFFER_SIZE_BYTES_MAX: usize = 64 << 20;
 pub const CORES_MAX: usize = 1024;
 

@@ -1258,6 +1258,8 @@ fn usage_errors_exit_2_before_any_network() {
             "--realm",
             "http://127.0.0.1:9",
         ],
+        // More buffers than a ring registers (1,024): it used to panic.
+        &["b2://bkt", "--buffers", "1025"],
     ] {
         let output = run_bounded(base(args));
         assert_eq!(

@@ -79,6 +79,13 @@ impl EngineConfig {
                     .into(),
             ));
         }
+        let buffers = self.buffers_per_core;
+        if buffers > crate::config::BUFFERS_PER_CORE_MAX {
+            return Err(Error::Usage(format!(
+                "EngineConfig: buffers_per_core {buffers} is more than a ring can register ({})",
+                crate::config::BUFFERS_PER_CORE_MAX
+            )));
+        }
         Ok(())
     }
 
