@@ -267,6 +267,13 @@ impl Download {
     /// Checks everything that needs no network (exit code 2 on failure) and
     /// returns the final path.
     pub fn resolve_dest(&self) -> Result<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        if self.dest.as_os_str().as_bytes().ends_with(b"/") && !self.dest.is_dir() {
+            return Err(Error::Usage(format!(
+                "DEST {} names a directory (it ends in '/'), and there is none; create it first",
+                self.dest.display()
+            )));
+        }
         let dest = if self.dest.is_dir() {
             let base = self.source.base_name().ok_or_else(|| {
                 Error::Usage(match self.source {
@@ -615,6 +622,7 @@ impl Download {
                     mtime_ms,
                     sse_c,
                 } = object;
+                let expected = with_given_sha1(expected, options.sha1, &display_name)?;
                 // Fetch by fileId so a newer upload under the same name
                 // cannot be spliced in. Only a HEAD by name can lack one.
                 let path_and_query = match (&file_id, by_name) {
@@ -1294,6 +1302,28 @@ pub(crate) fn reopen_partial(
     open(flags)
         .map(|fd| (fd, false))
         .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
+}
+
+/// `--sha1` on a B2 object: the digest to verify against when B2 publishes
+/// none (`none`, a large file without `large_file_sha1`), a check of the
+/// published one otherwise. Given and published differ: which one is wrong
+/// is for the user to find out, before any byte is fetched.
+fn with_given_sha1(
+    published: ExpectedSha1,
+    given: Option<[u8; 20]>,
+    display_name: &str,
+) -> Result<ExpectedSha1> {
+    let Some(given) = given else {
+        return Ok(published);
+    };
+    match published.digest() {
+        Some(digest) if *digest != given => Err(Error::Fatal(format!(
+            "{display_name}: --sha1 {} is not the SHA1 B2 publishes for it ({});              check which one is right",
+            to_hex(&given),
+            to_hex(digest)
+        ))),
+        _ => Ok(ExpectedSha1::Verified(given)),
+    }
 }
 
 fn temp_name_for(file_name: &std::ffi::OsStr) -> String {

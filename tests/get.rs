@@ -822,6 +822,25 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let missing = fixture.out.path().join("no/such/dir/a.bin");
     let output = ringdown(&served, &["b2://bkt/a.bin", missing.to_str().unwrap()]);
     assert_exit(&output, 2, "does not exist");
+    // DEST names a directory that is not there: exit 2, no file `newdir`.
+    let new_dir = format!("{}/newdir/", fixture.out.path().display());
+    let output = ringdown(&served, &["b2://bkt/a.bin", &new_dir]);
+    assert_exit(&output, 2, "ends in '/'");
+    assert!(!fixture.out.path().join("newdir").exists());
+
+    // --sha1 on a B2 object is checked against the published one: another
+    // digest fails before any byte lands; the same one verifies.
+    let checked = fixture.dest_str("checked.bin");
+    let output = ringdown(
+        &served,
+        &["b2://bkt/a.bin", &checked, "--sha1", &"0".repeat(40)],
+    );
+    assert_exit(&output, 1, "--sha1");
+    assert!(!Path::new(&checked).exists());
+    let right = sha1_hex(&content("a.bin", 1000));
+    let output = ringdown(&served, &["b2://bkt/a.bin", &checked, "--sha1", &right]);
+    assert_ok(&output);
+    assert!(stderr(&output).contains("verified"), "{}", stderr(&output));
 
     // No credentials: exit 2 before any network I/O.
     let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))

@@ -33,7 +33,9 @@ pub struct GetArgs {
     pub force: bool,
     #[command(flatten)]
     pub tuning: TuningArgs,
-    /// Expected SHA1 (40 hex) for plain URLs.
+    /// Expected SHA1 (40 hex): what a plain URL's object is verified against;
+    /// for a B2 object, checked against the SHA1 B2 publishes (or used where
+    /// it publishes none).
     #[arg(long)]
     pub sha1: Option<String>,
     /// Exit 1 when the object carries no digest to verify against.
