@@ -368,6 +368,17 @@ impl Download {
             );
             (None, DirectIo::Off)
         };
+        // Held until the run ends: another get of the same object into the
+        // same directory would otherwise remove or overwrite our partial file.
+        let mut journal = match &resumable {
+            Some(files) => Some(HeldJournal {
+                file: files.lock(&dir, &dest)?,
+                name: &files.journal,
+                dir: &dir,
+                keep: false,
+            }),
+            None => None,
+        };
         let mut may_resume = true;
         loop {
             attempts_left -= 1;
@@ -394,12 +405,12 @@ impl Download {
                     (files.part.clone(), file, direct, Some(resume))
                 }
                 None => {
-                    let temp_name = match &resumable {
-                        Some(files) => {
-                            files.remove(&dir);
+                    let temp_name = match (&resumable, &journal) {
+                        (Some(files), Some(journal)) => {
+                            files.start_over(&dir, &journal.file);
                             files.part.clone()
                         }
-                        None => temp_name_for(&file_name),
+                        _ => temp_name_for(&file_name),
                     };
                     let (file, direct) = create_temp(
                         &dir,
@@ -420,9 +431,14 @@ impl Download {
                 Ordering::Relaxed,
             );
             let fetch = if meta.ranges {
-                let on_written = match &resumable {
-                    Some(files) => Some(files.journal_writer(files.open_journal(&dir)?)),
-                    None => None,
+                let on_written = match (&resumable, &journal) {
+                    (Some(files), Some(journal)) => {
+                        let appending = journal.file.try_clone().map_err(|error| {
+                            Error::io(format!("duplicating {}", files.journal), error)
+                        })?;
+                        Some(files.journal_writer(appending))
+                    }
+                    _ => None,
                 };
                 engine::Fetch::Ranged { resume, on_written }
             } else {
@@ -441,6 +457,9 @@ impl Download {
                 Ok(outcome) => outcome,
                 Err(error @ Error::Interrupted { .. }) if resumable.is_some() => {
                     // CONVENTIONS: an interrupted run keeps what it can resume.
+                    if let Some(journal) = journal.as_mut() {
+                        journal.keep = true;
+                    }
                     say!(
                         "ringdown: kept {} and its journal in {}: run the same command again to resume",
                         temp_name,
@@ -469,8 +488,8 @@ impl Download {
                     if *expected != actual =>
                 {
                     let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
-                    if let Some(files) = &resumable {
-                        files.remove(&dir);
+                    if let (Some(files), Some(journal)) = (&resumable, &journal) {
+                        files.start_over(&dir, &journal.file);
                     }
                     if attempts_left > 0 {
                         notices.push(format!(
@@ -1246,15 +1265,41 @@ impl ResumeFiles {
             .unwrap_or(0)
     }
 
-    fn open_journal(&self, dir: &OwnedFd) -> Result<std::fs::File> {
-        rustix::fs::openat(
-            dir,
-            &self.journal,
-            OFlags::CREATE | OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o644),
-        )
-        .map(std::fs::File::from)
-        .map_err(|error| Error::io(format!("creating {}", self.journal), error.into()))
+    /// Opens (creates) the journal and locks it for this run: one run at a
+    /// time downloads an object into a directory. The lock is on the file
+    /// the name leads to once it is held (a run that just ended may have
+    /// removed the one opened); the journal is cut, never removed, while
+    /// the run lasts.
+    fn lock(&self, dir: &OwnedFd, dest: &Path) -> Result<std::fs::File> {
+        use rustix::fs::FlockOperation;
+        let creating = |error: rustix::io::Errno| {
+            Error::io(format!("creating {}", self.journal), error.into())
+        };
+        loop {
+            let fd = rustix::fs::openat(
+                dir,
+                &self.journal,
+                OFlags::CREATE | OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o644),
+            )
+            .map_err(creating)?;
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(Error::Fatal(format!(
+                        "another ringdown is downloading this object into {} (it holds {});                          wait for it to finish, or stop it and run this again to resume",
+                        dest.display(),
+                        self.journal
+                    )));
+                }
+                Err(error) => return Err(creating(error)),
+            }
+            let held = rustix::fs::fstat(&fd).map_err(creating)?;
+            let named = rustix::fs::statat(dir, &self.journal, AtFlags::SYMLINK_NOFOLLOW);
+            if named.is_ok_and(|now| (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)) {
+                return Ok(std::fs::File::from(fd));
+            }
+        }
     }
 
     /// What the engine calls each time the written prefix crosses a chunk
@@ -1277,9 +1322,43 @@ impl ResumeFiles {
         })
     }
 
+    /// The run is over: its partial file and journal go.
     fn remove(&self, dir: &OwnedFd) {
         let _ = rustix::fs::unlinkat(dir, &self.part, AtFlags::empty());
         let _ = rustix::fs::unlinkat(dir, &self.journal, AtFlags::empty());
+    }
+
+    /// A new round from byte 0: the partial file goes, the journal (held
+    /// locked) is cut.
+    fn start_over(&self, dir: &OwnedFd, journal: &std::fs::File) {
+        let _ = rustix::fs::unlinkat(dir, &self.part, AtFlags::empty());
+        let _ = journal.set_len(0);
+    }
+}
+
+/// The journal this run holds locked (`ResumeFiles::lock`). Removed when
+/// the run ends, whichever way, unless it is kept to resume from (a
+/// signal); and only while the name still leads to it, so that a run
+/// started after this one removed its own keeps its journal.
+struct HeldJournal<'a> {
+    file: std::fs::File,
+    name: &'a str,
+    dir: &'a OwnedFd,
+    keep: bool,
+}
+
+impl Drop for HeldJournal<'_> {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let held = rustix::fs::fstat(&self.file);
+        let named = rustix::fs::statat(self.dir, self.name, AtFlags::SYMLINK_NOFOLLOW);
+        if let (Ok(held), Ok(named)) = (held, named) {
+            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino) {
+                let _ = rustix::fs::unlinkat(self.dir, self.name, AtFlags::empty());
+            }
+        }
     }
 }
 

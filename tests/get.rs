@@ -1154,6 +1154,31 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
     assert_no_temp(fixture.out.path());
 }
 
+/// Two gets of one object into one DEST at once: the second refuses to
+/// start (it would remove or overwrite the first one's partial file, and the
+/// first would then rename a file that is not its own into place, reported
+/// verified), and the first finishes, byte for byte.
+#[test]
+fn a_second_get_of_the_same_object_refuses_while_the_first_runs() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("c.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let dest = fixture.dest_str("c.bin");
+    let mut first = spawn_get(&served, "c.bin", &dest);
+    let started = std::time::Instant::now();
+    while journaled_bytes(fixture.out.path()) == 0 {
+        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = ringdown(&served, &["b2://bkt/c.bin", &dest, "--force"]);
+    assert_exit(&second, 1, "another ringdown is downloading");
+    let exit = wait_for_exit(&mut first, "completion");
+    let output = first.wait_with_output().unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", stderr(&output));
+    assert_same(&fixture.dest("c.bin"), "c.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
 /// A signal cuts a retry's wait short: a server that answers every
 /// download with 503 and `Retry-After: 300` does not hold the process for
 /// minutes after SIGTERM.
