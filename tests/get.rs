@@ -822,6 +822,19 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let missing = fixture.out.path().join("no/such/dir/a.bin");
     let output = ringdown(&served, &["b2://bkt/a.bin", missing.to_str().unwrap()]);
     assert_exit(&output, 2, "does not exist");
+    // --stats-json that cannot be written: exit 2 before the download.
+    let unwritten = fixture.dest_str("never.bin");
+    let output = ringdown(
+        &served,
+        &[
+            "b2://bkt/a.bin",
+            &unwritten,
+            "--stats-json",
+            "/no/such/dir/s.json",
+        ],
+    );
+    assert_exit(&output, 2, "--stats-json");
+    assert!(!Path::new(&unwritten).exists());
     // DEST names a directory that is not there: exit 2, no file `newdir`.
     let new_dir = format!("{}/newdir/", fixture.out.path().display());
     let output = ringdown(&served, &["b2://bkt/a.bin", &new_dir]);

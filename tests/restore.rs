@@ -1260,6 +1260,8 @@ fn usage_errors_exit_2_before_any_network() {
         ],
         // More buffers than a ring registers (1,024): it used to panic.
         &["b2://bkt", "--buffers", "1025"],
+        // An output that cannot be written is found before the run.
+        &["b2://bkt", "--stats-json", "/no/such/dir/stats.json"],
     ] {
         let output = run_bounded(base(args));
         assert_eq!(

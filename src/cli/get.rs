@@ -354,6 +354,9 @@ pub fn run(args: GetArgs) -> Result<i32> {
     };
     let download = Download::new(source, args.dest.clone(), options);
     download.resolve_dest()?;
+    if let Some(path) = &args.stats_json {
+        super::check_output_file("--stats-json", path)?;
+    }
     if let Some(notice) = &memlock_notice {
         if !args.quiet {
             say!("ringdown: note: {notice}");

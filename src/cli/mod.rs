@@ -1,5 +1,6 @@
 //! Flags and environment → configuration. No I/O beyond reading the
-//! environment; the commands themselves live in the library.
+//! environment and checking that output files can be written; the commands
+//! themselves live in the library.
 
 pub mod demo;
 pub mod get;
@@ -40,6 +41,38 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Generate a bucket, serve it locally over TLS, restore it and verify it (no network needed).
     Demo(demo::DemoArgs),
+}
+
+/// An output file given with `flag` (`--stats-json`) must be writable
+/// before the run starts (exit 2), not found unwritable at its end, after
+/// the work is done. Nothing is created here.
+fn check_output_file(flag: &str, path: &std::path::Path) -> Result<()> {
+    use crate::error::Error;
+    let unusable = |why: String| Err(Error::Usage(format!("{flag} {}: {why}", path.display())));
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return unusable("is a directory".into()),
+        Ok(_) => {
+            return match std::fs::OpenOptions::new().write(true).open(path) {
+                Ok(_) => Ok(()),
+                Err(error) => unusable(format!("cannot be written ({error})")),
+            };
+        }
+        Err(_) => {}
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        return unusable(format!("its directory {} does not exist", parent.display()));
+    }
+    if rustix::fs::access(parent, rustix::fs::Access::WRITE_OK).is_err() {
+        return unusable(format!(
+            "its directory {} is not writable",
+            parent.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the parsed command and returns the process exit code.

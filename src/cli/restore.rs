@@ -180,6 +180,9 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
 /// `run` with explicit credentials (the demo's own server).
 pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Result<i32> {
     let (options, memlock_notice) = options_from(&args, credentials)?;
+    if let Some(path) = &args.stats_json {
+        super::check_output_file("--stats-json", path)?;
+    }
     if let Some(notice) = &memlock_notice {
         if !args.quiet {
             say!("ringdown: note: {notice}");
