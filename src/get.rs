@@ -472,7 +472,15 @@ impl Download {
                     if let Some(files) = &resumable {
                         files.remove(&dir);
                     }
-                    return Err(error);
+                    // A signal that cut a transfer nothing can resume (an
+                    // origin that ignores Range) ends the run as a signal does.
+                    // (A library caller's `cancel` is reported as SIGINT.)
+                    return Err(if options.engine.is_cancelled() {
+                        let signal = crate::runtime::interrupted().unwrap_or(libc::SIGINT);
+                        Error::Interrupted { signal }
+                    } else {
+                        error
+                    });
                 }
             };
             stages.merge(&outcome.stages);

@@ -397,6 +397,32 @@ fn an_origin_that_ignores_range_gets_one_whole_get_and_restarts_after_a_reset() 
     assert_no_temp(fixture.out.path());
 }
 
+/// SIGTERM cuts a whole-object GET (an origin that ignores Range) short
+/// instead of waiting for all of it: exit 143, nothing at DEST, no
+/// temporary file (nothing can resume it). Before, it finished the object
+/// (at 200 KB/s here: 20 s) and exited 0.
+#[test]
+fn a_signal_cuts_a_whole_object_get_short() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("w.bin", size)]);
+    let served = serve(
+        fixture.data.path(),
+        true,
+        &["--ignore-range-rate", "1", "--rate-per-conn", "200KB/s"],
+    );
+    let (token, _) = served.authorize();
+    let url = format!("{}/file/bkt/w.bin?Authorization={token}", served.realm);
+    let dest = fixture.dest_str("w.bin");
+    let child = get_command(&served, &[&url, &dest])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    signal_while_waiting(child, "it should still be downloading", "-TERM", 143, 5);
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 /// A plain-HTTP server on 127.0.0.1 that answers every request with a 302
 /// to `route(path)` (or a 404 when it gives `None`). Runs until the test
 /// process exits.

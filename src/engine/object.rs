@@ -282,6 +282,11 @@ async fn attempt_object(
         send_objects_ahead(core, conn, ahead).await?;
     }
     let mut body_left = job.size_bytes - first_byte;
+    // A stop lets a small object's answer finish; not a whole object larger
+    // than a part (from an origin that ignores Range), which could take
+    // minutes: its attempt ends here, and its caller says why.
+    let cut_at_stop = job.size_bytes > core.shared.config.part_size_bytes;
+    let stopping = || cut_at_stop && core.shared.is_stopped();
     while body_left > 0 {
         let waited = Instant::now();
         // The reserve belongs to large objects' hash frontiers, when any run here.
@@ -290,6 +295,9 @@ async fn attempt_object(
         let buffer_started = Instant::now();
         // Fill the whole buffer (or the rest of the body) before writing.
         while buf.spare_bytes() > 0 && (buf.filled_bytes() as u64) < body_left {
+            if stopping() {
+                return Err(Failure::retry("the run is stopping"));
+            }
             let want = (buf.spare_bytes() as u64).min(body_left - buf.filled_bytes() as u64);
             let want = core.read_bytes_max(want as usize);
             let (result, returned) = conn.read_body_into(buf, want).await;
