@@ -14,8 +14,12 @@ pub use net::TcpStream;
 use crate::error::Error;
 
 /// Submission queue depth of each core's ring: connections × 2 in-flight ops
-/// plus writes; 256 leaves ample headroom at the flag limits we use.
-const RING_ENTRIES: u32 = 256;
+/// plus writes; 256 leaves ample headroom at the flag limits we use. Where
+/// the kernel charges rings to a small RLIMIT_MEMLOCK (64 KiB on older
+/// distributions: two rings of 256 entries do not fit), smaller rings are
+/// tried before giving up: a full submission queue is submitted and refilled,
+/// which costs system calls, not correctness.
+const RING_ENTRIES: [u32; 3] = [256, 64, 16];
 
 /// A core's io_uring runtime (a current-thread tokio runtime driven by a ring).
 pub struct Runtime {
@@ -26,11 +30,20 @@ impl Runtime {
     /// Creates this thread's ring. Fails with a message naming the likely cause
     /// instead of panicking as `tokio_uring::start` would.
     pub fn new() -> Result<Runtime, Error> {
-        let mut builder = tokio_uring::builder();
-        builder.entries(RING_ENTRIES);
-        tokio_uring::Runtime::new(&builder)
-            .map(|inner| Runtime { inner })
-            .map_err(|error| Error::UringUnavailable(describe_uring_error(&error)))
+        let mut last_error = None;
+        for entries in RING_ENTRIES {
+            let mut builder = tokio_uring::builder();
+            builder.entries(entries);
+            match tokio_uring::Runtime::new(&builder) {
+                Ok(inner) => return Ok(Runtime { inner }),
+                Err(error) if error.raw_os_error() == Some(libc::ENOMEM) => {
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(Error::UringUnavailable(describe_uring_error(&error))),
+            }
+        }
+        let error = last_error.expect("every size was tried");
+        Err(Error::UringUnavailable(describe_uring_error(&error)))
     }
 
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
