@@ -885,8 +885,13 @@ fn disk_full_mid_restore_and_get_then_rerun_completes() {
 
     // restore: ~12 MB into 2 MiB.
     let dir = disk.path.join("dir");
+    let report = out.path().join("report.jsonl");
     let mut restore = client(&served, "restore");
-    restore.arg("b2://bkt").arg(&dir);
+    restore
+        .arg("b2://bkt")
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report);
     let outcome = run(restore);
     let stderr = outcome.stderr();
     check(
@@ -906,6 +911,12 @@ fn disk_full_mid_restore_and_get_then_rerun_completes() {
                 .any(|name| line.contains(name.as_str()))
     });
     assert!(named, "no ENOSPC line names a file:\n{}", tail(&stderr));
+    // And the report has that file failed, with the cause (also when the
+    // disk was found full at its preallocation, which stops the run).
+    let failed_for_space = common::json_lines(&report).iter().any(|line| {
+        line["status"] == "failed" && mentions_enospc(line["reason"].as_str().unwrap_or(""))
+    });
+    assert!(failed_for_space, "no report line fails a file for space");
     let journal_before = std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1"))
         .unwrap_or_default()
         .lines()

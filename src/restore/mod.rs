@@ -1116,8 +1116,9 @@ fn schedule(
     };
     let (file, direct_io) = match created {
         Ok(created) => created,
-        Err(error @ Error::Fatal(_)) => return run.fail_run(error),
         Err(error) => {
+            // Disk full or read-only (`Error::Fatal`) stops the run too; the
+            // file that found out is reported failed either way.
             run.reporter.record(FileRecord {
                 entry: &entry,
                 path: Some(display_path),
@@ -1127,6 +1128,9 @@ fn schedule(
                 status: Status::Failed,
                 reason: Some(error.to_string()),
             });
+            if matches!(error, Error::Fatal(_)) {
+                run.fail_run(error);
+            }
             return;
         }
     };
