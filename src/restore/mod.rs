@@ -476,7 +476,8 @@ impl Restore {
         let mut notices = Vec::new();
         if let Some(target) = run.target.as_ref().filter(|t| t.completed_before > 0) {
             notices.push(format!(
-                "resuming: {} files completed by an earlier run are skipped (journal in {}/.ringdown)",
+                "resuming: the journal in {1}/.ringdown has {0} files completed by earlier runs; \
+                 those listed again and still in place are skipped",
                 target.completed_before,
                 options.dir.display()
             ));
