@@ -500,6 +500,8 @@ impl Download {
                         files.start_over(&dir, &journal.file);
                     }
                     if attempts_left > 0 {
+                        // The whole object again: a retry, as `restore` counts it.
+                        retries += 1;
                         notices.push(format!(
                             "SHA1 mismatch (expected {}, got {}); downloading again",
                             to_hex(expected),

@@ -1397,6 +1397,8 @@ fn corrupt_bodies_are_caught_by_sha1() {
         if output.status.success() {
             assert_same(Path::new(&dest), "c.bin", size);
             if text.contains("downloading again") {
+                // The second download counts as a retry.
+                assert!(!text.contains("retries: 0,"), "{text}");
                 recovered += 1;
             }
         } else {
