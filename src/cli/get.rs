@@ -355,7 +355,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
     let download = Download::new(source, args.dest.clone(), options);
     download.resolve_dest()?;
     if let Some(path) = &args.stats_json {
-        super::check_output_file("--stats-json", path)?;
+        super::check_output_file("--stats-json", path, None)?;
     }
     if let Some(notice) = &memlock_notice {
         if !args.quiet {

@@ -45,8 +45,13 @@ pub enum Command {
 
 /// An output file given with `flag` (`--stats-json`) must be writable
 /// before the run starts (exit 2), not found unwritable at its end, after
-/// the work is done. Nothing is created here.
-fn check_output_file(flag: &str, path: &std::path::Path) -> Result<()> {
+/// the work is done. Nothing is created here; a file in `created_dir`, the
+/// directory the run itself creates (restore's DIR), is taken on trust.
+fn check_output_file(
+    flag: &str,
+    path: &std::path::Path,
+    created_dir: Option<&std::path::Path>,
+) -> Result<()> {
     use crate::error::Error;
     let unusable = |why: String| Err(Error::Usage(format!("{flag} {}: {why}", path.display())));
     match std::fs::metadata(path) {
@@ -64,6 +69,9 @@ fn check_output_file(flag: &str, path: &std::path::Path) -> Result<()> {
         _ => std::path::Path::new("."),
     };
     if !parent.is_dir() {
+        if created_dir == Some(parent) {
+            return Ok(());
+        }
         return unusable(format!("its directory {} does not exist", parent.display()));
     }
     if rustix::fs::access(parent, rustix::fs::Access::WRITE_OK).is_err() {

@@ -181,7 +181,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
 pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Result<i32> {
     let (options, memlock_notice) = options_from(&args, credentials)?;
     if let Some(path) = &args.stats_json {
-        super::check_output_file("--stats-json", path)?;
+        super::check_output_file("--stats-json", path, Some(&args.dir))?;
     }
     if let Some(notice) = &memlock_notice {
         if !args.quiet {
