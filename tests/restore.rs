@@ -68,6 +68,24 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Writes `count` objects `PREFIX/NNN` into `bkt`, object `i` of
+/// `size_of(i)` bytes; returns name → bytes.
+fn numbered_objects(
+    bkt: &Path,
+    prefix: &str,
+    count: usize,
+    size_of: impl Fn(usize) -> usize,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut objects = BTreeMap::new();
+    for i in 0..count {
+        let name = format!("{prefix}/{i:03}");
+        let bytes = content(&name, size_of(i));
+        write_file(bkt, &name, &bytes);
+        objects.insert(name, bytes);
+    }
+    objects
+}
+
 /// Builds `root/bkt` with `count` small files of mixed sizes (some empty),
 /// plus two multi-chunk objects; returns name → bytes.
 fn make_tree(root: &Path, count: usize) -> BTreeMap<String, Vec<u8>> {
@@ -336,13 +354,7 @@ fn objects_without_a_usable_digest_are_restored_unverified_and_said_so() {
 fn a_plain_progress_line_every_ten_seconds_when_not_a_tty() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..20 {
-        let name = format!("p/{i:02}");
-        let bytes = content(&name, 60_000);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let objects = numbered_objects(&bkt, "p", 20, |_| 60_000);
     // 1.2 MB at 100 kB/s on one connection: ~12 s, one progress line.
     let served = serve(data.path(), false, &["--rate-per-conn", "100kB/s"]);
     let out = tempfile::tempdir().unwrap();
@@ -552,13 +564,7 @@ fn skip_existing_never_opens_a_fifo_in_the_way() {
 fn a_closed_stdout_or_stderr_does_not_stop_a_run() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..300 {
-        let name = format!("p/{i:03}");
-        let bytes = content(&name, 100 + i);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let objects = numbered_objects(&bkt, "p", 300, |i| 100 + i);
     // Pages of 100, then the rest a round trip later: after the reader left.
     let served = serve(data.path(), true, &["--latency-ms", "100"]);
     let out = tempfile::tempdir().unwrap();
@@ -716,13 +722,7 @@ fn over_a_long_round_trip_a_lone_large_object_takes_every_connection() {
 fn killed_restore_resumes_without_downloading_completed_files_again() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..150 {
-        let name = format!("k/{i:03}");
-        let bytes = content(&name, 1000 + i * 37);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let objects = numbered_objects(&bkt, "k", 150, |i| 1000 + i * 37);
     let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
@@ -824,13 +824,7 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
 fn a_retryable_answer_does_not_cost_the_answers_pipelined_behind_it() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..150 {
-        let name = format!("r/{i:03}");
-        let bytes = content(&name, 1000 + i * 13);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let objects = numbered_objects(&bkt, "r", 150, |i| 1000 + i * 13);
     let served = serve_logged(
         data.path(),
         &[
@@ -918,13 +912,7 @@ fn a_retryable_answer_does_not_cost_the_answers_pipelined_behind_it() {
 fn a_retryable_answer_keeps_its_connection_for_other_objects() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..150 {
-        let name = format!("k/{i:03}");
-        let bytes = content(&name, 500 + i * 29);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let objects = numbered_objects(&bkt, "k", 150, |i| 500 + i * 29);
     let served = serve_logged(
         data.path(),
         &["--plain", "--status-rate", "503:0.2", "--seed", "13"],
@@ -972,13 +960,7 @@ fn a_retryable_answer_keeps_its_connection_for_other_objects() {
 fn objects_waiting_where_they_failed_keep_an_idle_connection() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..40 {
-        let name = format!("w/{i:02}");
-        let bytes = content(&name, 1000 + i * 37);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let objects = numbered_objects(&bkt, "w", 40, |i| 1000 + i * 37);
     let served = serve_logged(
         data.path(),
         &["--plain", "--status-rate", "503:0.5", "--seed", "4"],
@@ -1367,13 +1349,7 @@ fn two_thousand_files_through_every_fault_and_zero_wrong_files() {
 fn corrupted_bodies_are_downloaded_again_and_never_land_under_their_name() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..60 {
-        let name = format!("c/{i:02}");
-        let bytes = content(&name, 3000 + i * 101);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let mut objects = numbered_objects(&bkt, "c", 60, |i| 3000 + i * 101);
     // Two large objects (all cores, whole-object re-download on mismatch).
     for name in ["c/large-1", "c/large-2"] {
         let bytes = content(name, 6 * 65536 + 7);
@@ -1994,13 +1970,7 @@ fn sigterm_cuts_retry_waits_short() {
 fn sigterm_drains_keeps_the_journal_and_exits_143() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    let mut objects = BTreeMap::new();
-    for i in 0..100 {
-        let name = format!("t/{i:03}");
-        let bytes = content(&name, 2000 + i * 13);
-        write_file(&bkt, &name, &bytes);
-        objects.insert(name, bytes);
-    }
+    let mut objects = numbered_objects(&bkt, "t", 100, |i| 2000 + i * 13);
     let large = content("t-large", 32 * 65536 + 5);
     write_file(&bkt, "a-large.bin", &large);
     objects.insert("a-large.bin".into(), large);
