@@ -186,6 +186,8 @@ impl Retries {
             error,
             run_fatal: true,
         };
+        // A new token is there (ours, or one another request fetched).
+        let mut token_refreshed = false;
         match failure.kind {
             // A token can expire again later (long objects, short TTLs): only
             // a refusal right after re-authorizing is final.
@@ -201,7 +203,10 @@ impl Retries {
             FailureKind::Reauthorize if !self.reauthorized => {
                 if let Some(auth) = &core.shared.source.auth {
                     match auth.reauthorize(self.seen_generation).await {
-                        Ok(refreshed) => self.reauthorized = refreshed,
+                        Ok(refreshed) => {
+                            self.reauthorized = refreshed;
+                            token_refreshed = true;
+                        }
                         Err(error @ (Error::Auth(_) | Error::Trust(_))) => {
                             return Err(fatal(error));
                         }
@@ -239,13 +244,21 @@ impl Retries {
                 });
             }
         }
+        if token_refreshed && !stop() {
+            // Not a failure of the request: its token expired. The fresh
+            // token goes out at once (a backoff could outlast a short token
+            // lifetime), and is no attempt: a request refused again right
+            // after it refreshed the token fails for good (above), so this
+            // happens at most twice in a row.
+            self.made = self.made.saturating_sub(1);
+            return Ok(Then::Now);
+        }
         if self.made >= config.max_attempts || stop() {
             return Err(self.give_up(context, &failure.detail));
         }
         core.count_retry();
         if matches!(failure.kind, FailureKind::Reauthorize) {
-            // The fresh token goes out at once: a backoff could outlast a
-            // short token lifetime and be refused again.
+            // No token source to refresh (or it could not be reached).
             return Ok(Then::Now);
         }
         let delay = backoff(
