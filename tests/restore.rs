@@ -595,6 +595,50 @@ fn a_closed_stdout_or_stderr_does_not_stop_a_run() {
     assert_tree(&dir, &objects);
 }
 
+/// A directory that cannot be written (immutable: EPERM even for root)
+/// fails the names beneath it, and the rest of the bucket is restored, as
+/// a failed rename fails only its file. Before, it stopped the whole run.
+#[test]
+fn an_unwritable_directory_fails_only_the_names_beneath_it() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "locked/inner/a", b"cannot land");
+    write_file(&bkt, "open/b", b"lands");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    std::fs::create_dir_all(dir.join("locked")).unwrap();
+    let chattr = |flag: &str| {
+        Command::new("chattr")
+            .arg(flag)
+            .arg(dir.join("locked"))
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !chattr("+i") {
+        eprintln!("SKIP: chattr +i is not available here");
+        return;
+    }
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert!(chattr("-i"));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(std::fs::read(dir.join("open/b")).unwrap(), b"lands");
+    let lines = common::json_lines(&report);
+    let status = |name: &str| {
+        let line = lines.iter().find(|line| line["name"] == name).unwrap();
+        (line["status"].clone(), line["reason"].clone())
+    };
+    let (locked, why) = status("locked/inner/a");
+    assert_eq!(locked, "failed", "{why}");
+    assert!(why.as_str().unwrap().contains("locked/inner"), "{why}");
+    assert_eq!(status("open/b").0, "ok");
+}
+
 #[test]
 fn dry_run_lists_and_creates_nothing() {
     let data = tempfile::tempdir().unwrap();

@@ -998,6 +998,16 @@ fn schedule(
                 .record_unwritten(&entry, Status::Refused, reason);
         }
     };
+    // A directory that cannot be made: the disk full or read-only stops the
+    // run; anything else (EACCES, EPERM of an immutable directory) fails the
+    // names beneath it only, as a failed rename fails its file.
+    let cannot_make_dir = |error: Error| {
+        run.reporter
+            .record_unwritten(&entry, Status::Failed, error.to_string());
+        if matches!(error, Error::Fatal(_)) {
+            run.fail_run(error);
+        }
+    };
     let is_folder_entry = entry.action == Action::Folder;
     let segments = match paths::map_entry(relative, is_folder_entry, entry.size_bytes) {
         Mapped::Refused(reason) => return refuse(reason),
@@ -1011,7 +1021,7 @@ fn schedule(
                         run.reporter.files.done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(PathError::Refused(reason)) => refuse(reason),
-                    Err(PathError::Failed(error)) => run.fail_run(error),
+                    Err(PathError::Failed(error)) => cannot_make_dir(error),
                 }
             }
             return;
@@ -1087,7 +1097,7 @@ fn schedule(
     let parent = match target.parent_dir(parent_segments) {
         Ok(parent) => parent,
         Err(PathError::Refused(reason)) => return refuse(reason),
-        Err(PathError::Failed(error)) => return run.fail_run(error),
+        Err(PathError::Failed(error)) => return cannot_make_dir(error),
     };
     let is_large = entry.size_bytes >= options.engine.part_size_bytes;
     let direct = if is_large {
