@@ -371,12 +371,7 @@ impl Download {
         // Held until the run ends: another get of the same object into the
         // same directory would otherwise remove or overwrite our partial file.
         let mut journal = match &resumable {
-            Some(files) => Some(HeldJournal {
-                file: files.lock(&dir, &dest)?,
-                name: &files.journal,
-                dir: &dir,
-                keep: false,
-            }),
+            Some(files) => Some(files.lock(&dir, &dest)?),
             None => None,
         };
         let mut may_resume = true;
@@ -405,12 +400,12 @@ impl Download {
                     (files.part.clone(), file, direct, Some(resume))
                 }
                 None => {
-                    let temp_name = match (&resumable, &journal) {
-                        (Some(files), Some(journal)) => {
-                            files.start_over(&dir, &journal.file);
-                            files.part.clone()
+                    let temp_name = match &journal {
+                        Some(journal) => {
+                            journal.start_over();
+                            journal.files.part.clone()
                         }
-                        _ => temp_name_for(&file_name),
+                        None => temp_name_for(&file_name),
                     };
                     let (file, direct) = create_temp(
                         &dir,
@@ -431,14 +426,9 @@ impl Download {
                 Ordering::Relaxed,
             );
             let fetch = if meta.ranges {
-                let on_written = match (&resumable, &journal) {
-                    (Some(files), Some(journal)) => {
-                        let appending = journal.file.try_clone().map_err(|error| {
-                            Error::io(format!("duplicating {}", files.journal), error)
-                        })?;
-                        Some(files.journal_writer(appending))
-                    }
-                    _ => None,
+                let on_written = match &journal {
+                    Some(journal) => Some(journal.writer()?),
+                    None => None,
                 };
                 engine::Fetch::Ranged { resume, on_written }
             } else {
@@ -469,8 +459,8 @@ impl Download {
                 }
                 Err(error) => {
                     let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
-                    if let Some(files) = &resumable {
-                        files.remove(&dir);
+                    if let Some(journal) = &journal {
+                        journal.remove();
                     }
                     // A signal that cut a transfer nothing can resume (an
                     // origin that ignores Range) ends the run as a signal does.
@@ -496,8 +486,8 @@ impl Download {
                     if *expected != actual =>
                 {
                     let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
-                    if let (Some(files), Some(journal)) = (&resumable, &journal) {
-                        files.start_over(&dir, &journal.file);
+                    if let Some(journal) = &journal {
+                        journal.start_over();
                     }
                     if attempts_left > 0 {
                         // The whole object again: a retry, as `restore` counts it.
@@ -540,8 +530,8 @@ impl Download {
                 let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
                 Error::io(format!("renaming into {}", dest.display()), error.into())
             })?;
-            if let Some(files) = &resumable {
-                files.remove(&dir);
+            if let Some(journal) = &journal {
+                journal.remove();
             }
             if options.fsync {
                 rustix::fs::fsync(&dir).map_err(|error| {
@@ -1280,7 +1270,7 @@ impl ResumeFiles {
     /// the name leads to once it is held (a run that just ended may have
     /// removed the one opened); the journal is cut, never removed, while
     /// the run lasts.
-    fn lock(&self, dir: &OwnedFd, dest: &Path) -> Result<std::fs::File> {
+    fn lock<'a>(&'a self, dir: &'a OwnedFd, dest: &Path) -> Result<HeldJournal<'a>> {
         use rustix::fs::FlockOperation;
         let creating = |error: rustix::io::Errno| {
             Error::io(format!("creating {}", self.journal), error.into())
@@ -1304,10 +1294,14 @@ impl ResumeFiles {
                 }
                 Err(error) => return Err(creating(error)),
             }
-            let held = rustix::fs::fstat(&fd).map_err(creating)?;
-            let named = rustix::fs::statat(dir, &self.journal, AtFlags::SYMLINK_NOFOLLOW);
-            if named.is_ok_and(|now| (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)) {
-                return Ok(std::fs::File::from(fd));
+            let held = HeldJournal {
+                files: self,
+                dir,
+                file: std::fs::File::from(fd),
+                keep: false,
+            };
+            if held.is_named() {
+                return Ok(held);
             }
         }
     }
@@ -1331,43 +1325,56 @@ impl ResumeFiles {
             }
         })
     }
-
-    /// The run is over: its partial file and journal go.
-    fn remove(&self, dir: &OwnedFd) {
-        let _ = rustix::fs::unlinkat(dir, &self.part, AtFlags::empty());
-        let _ = rustix::fs::unlinkat(dir, &self.journal, AtFlags::empty());
-    }
-
-    /// A new round from byte 0: the partial file goes, the journal (held
-    /// locked) is cut.
-    fn start_over(&self, dir: &OwnedFd, journal: &std::fs::File) {
-        let _ = rustix::fs::unlinkat(dir, &self.part, AtFlags::empty());
-        let _ = journal.set_len(0);
-    }
 }
 
-/// The journal this run holds locked (`ResumeFiles::lock`). Removed when
-/// the run ends, whichever way, unless it is kept to resume from (a
-/// signal); and only while the name still leads to it, so that a run
-/// started after this one removed its own keeps its journal.
+/// The journal this run holds locked (`ResumeFiles::lock`), and with it the
+/// partial file. Removed when the run ends, whichever way, unless it is
+/// kept to resume from (a signal); and only while the name still leads to
+/// it, so that a run started after this one removed its own keeps its
+/// journal.
 struct HeldJournal<'a> {
-    file: std::fs::File,
-    name: &'a str,
+    files: &'a ResumeFiles,
     dir: &'a OwnedFd,
+    file: std::fs::File,
     keep: bool,
+}
+
+impl HeldJournal<'_> {
+    /// Whether the journal's name still leads to the file held.
+    fn is_named(&self) -> bool {
+        let held = rustix::fs::fstat(&self.file);
+        let named = rustix::fs::statat(self.dir, &self.files.journal, AtFlags::SYMLINK_NOFOLLOW);
+        matches!((held, named), (Ok(held), Ok(named))
+            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino))
+    }
+
+    /// The engine's journal writer, appending to the file held.
+    fn writer(&self) -> Result<engine::large::OnWritten> {
+        let appending = self
+            .file
+            .try_clone()
+            .map_err(|error| Error::io(format!("duplicating {}", self.files.journal), error))?;
+        Ok(self.files.journal_writer(appending))
+    }
+
+    /// A new round from byte 0: the partial file goes, the journal is cut
+    /// (not removed: it stays the file locked).
+    fn start_over(&self) {
+        let _ = rustix::fs::unlinkat(self.dir, &self.files.part, AtFlags::empty());
+        let _ = self.file.set_len(0);
+    }
+
+    /// The run is over: its partial file and journal go.
+    fn remove(&self) {
+        let _ = rustix::fs::unlinkat(self.dir, &self.files.part, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(self.dir, &self.files.journal, AtFlags::empty());
+    }
 }
 
 impl Drop for HeldJournal<'_> {
     fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        let held = rustix::fs::fstat(&self.file);
-        let named = rustix::fs::statat(self.dir, self.name, AtFlags::SYMLINK_NOFOLLOW);
-        if let (Ok(held), Ok(named)) = (held, named) {
-            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino) {
-                let _ = rustix::fs::unlinkat(self.dir, self.name, AtFlags::empty());
-            }
+        if !self.keep && self.is_named() {
+            let _ = rustix::fs::unlinkat(self.dir, &self.files.journal, AtFlags::empty());
         }
     }
 }
