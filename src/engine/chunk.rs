@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::conn::{ConnError, Connection};
 use crate::config::{
-    DIRECT_IO_ALIGN_BYTES, KEEPALIVE_IDLE_MAX_MS, PIPELINE_LOOKAHEAD_ROUND_TRIPS,
-    PIPELINE_ROUND_TRIP_MIN_US,
+    DIRECT_IO_ALIGN_BYTES, PIPELINE_LOOKAHEAD_ROUND_TRIPS, PIPELINE_ROUND_TRIP_MIN_US,
 };
 use crate::error::Error;
 use crate::http::ResponseHead;
@@ -65,33 +64,34 @@ pub(super) async fn download_chunk(
             chunk.last_byte()
         );
         let stop = || job.is_stopped(config.is_cancelled());
-        let next = match retries
+        let next = retries
             .next_attempt(&core.core, failure, &context, &stop, chunk.index)
-            .await
-        {
-            Ok(next) => next,
+            .await;
+        let waited = match next {
+            Ok(then) => {
+                // The chunk waits here, at the hash frontier or near it, so
+                // its connection idles through the backoff: kept when that is
+                // short (a retryable answer costs no handshake), else replaced.
+                if !then.may_idle_through() {
+                    if let Some(conn) = connection.take() {
+                        conn.shutdown();
+                    }
+                }
+                match then {
+                    Then::Now => Ok(()),
+                    Then::After { delay, detail } => {
+                        let wait = retries.wait(&core.core, delay, &detail, &context, &stop);
+                        wait.await
+                    }
+                }
+            }
+            Err(give_up) => Err(give_up),
+        };
+        match waited {
+            Ok(()) => {}
             // Stopped by another chunk's error or a signal: that one is reported.
             Err(_) if job.is_aborted() => return Ok(()),
             Err(give_up) => return Err(give_up.error),
-        };
-        if let Then::After { delay, detail } = next {
-            // The chunk waits here, at the hash frontier or near it, so its
-            // connection idles through the backoff: kept when that is short
-            // (a retryable answer costs no handshake), else replaced (see
-            // `KEEPALIVE_IDLE_MAX_MS`).
-            if delay > Duration::from_millis(KEEPALIVE_IDLE_MAX_MS) {
-                if let Some(conn) = connection.take() {
-                    conn.shutdown();
-                }
-            }
-            match retries
-                .wait(&core.core, delay, &detail, &context, &stop)
-                .await
-            {
-                Ok(()) => {}
-                Err(_) if job.is_aborted() => return Ok(()),
-                Err(give_up) => return Err(give_up.error),
-            }
         }
     }
     core.record(Stage::Chunk, chunk_started.elapsed());

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::scheduler::{Core, ObjectSpec};
 use crate::b2::{AfterRefusal, ErrorClass, classify};
 use crate::client::conn::{ConnError, Connection};
-use crate::config::{ERROR_BODY_MAX_BYTES, SSE_C_KEYS_MAX};
+use crate::config::{ERROR_BODY_MAX_BYTES, KEEPALIVE_IDLE_MAX_MS, SSE_C_KEYS_MAX};
 use crate::error::Error;
 use crate::http::ResponseHead;
 
@@ -131,6 +131,18 @@ pub(super) enum Then {
         delay: Duration,
         detail: String,
     },
+}
+
+impl Then {
+    /// Whether a connection may idle through this wait and carry the next
+    /// attempt after it: up to `KEEPALIVE_IDLE_MAX_MS`, a server, NAT or
+    /// balancer keeps an idle flow; longer, one may drop it without a word.
+    pub(super) fn may_idle_through(&self) -> bool {
+        match self {
+            Then::Now => true,
+            Then::After { delay, .. } => *delay <= Duration::from_millis(KEEPALIVE_IDLE_MAX_MS),
+        }
+    }
 }
 
 /// Why a download loop stopped retrying.

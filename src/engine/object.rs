@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
@@ -19,8 +19,7 @@ use super::request::{
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
 use crate::config::{
-    KEEPALIVE_IDLE_MAX_MS, OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD,
-    PIPELINE_ROUND_TRIP_MIN_US,
+    OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD, PIPELINE_ROUND_TRIP_MIN_US,
 };
 use crate::error::Error;
 use crate::http::ResponseHead;
@@ -155,11 +154,7 @@ pub(super) async fn download_object(
             // it, its connection idles through a short backoff, as a chunk's
             // does, and the objects claimed ahead (no GET out) go back to the
             // queue rather than wait too; else it is dropped, as below.
-            let short = match &then {
-                Then::Now => true,
-                Then::After { delay, .. } => *delay <= Duration::from_millis(KEEPALIVE_IDLE_MAX_MS),
-            };
-            if idle && short {
+            if idle && then.may_idle_through() {
                 core.shared.give_back(ahead.drain(..));
             } else {
                 drop_connection(core, connection, ahead);
