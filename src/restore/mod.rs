@@ -998,12 +998,20 @@ fn schedule(
                 .record_unwritten(&entry, Status::Refused, reason);
         }
     };
-    // A directory that cannot be made: the disk full or read-only stops the
-    // run; anything else (EACCES, EPERM of an immutable directory) fails the
-    // names beneath it only, as a failed rename fails its file.
-    let cannot_make_dir = |error: Error| {
-        run.reporter
-            .record_unwritten(&entry, Status::Failed, error.to_string());
+    // A directory or file that cannot be made fails this name; the disk
+    // full or read-only (`Error::Fatal`) stops the run too. Anything else
+    // (EACCES, EPERM of an immutable directory) fails only the names it
+    // touches, as a failed rename fails its file.
+    let fail = |error: Error, path: Option<String>| {
+        run.reporter.record(FileRecord {
+            entry: &entry,
+            path,
+            sha1: None,
+            verified: false,
+            attempts: 0,
+            status: Status::Failed,
+            reason: Some(error.to_string()),
+        });
         if matches!(error, Error::Fatal(_)) {
             run.fail_run(error);
         }
@@ -1021,7 +1029,7 @@ fn schedule(
                         run.reporter.files.done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(PathError::Refused(reason)) => refuse(reason),
-                    Err(PathError::Failed(error)) => cannot_make_dir(error),
+                    Err(PathError::Failed(error)) => fail(error, None),
                 }
             }
             return;
@@ -1033,7 +1041,7 @@ fn schedule(
         return refuse(in_the_way(file));
     }
     listed.add(&path);
-    let display_path = format!("{}/{}", options.dir.display(), segments.join("/"));
+    let display_path = format!("{}/{path}", options.dir.display());
     let skip = |reason: &str| {
         run.reporter.record(FileRecord {
             entry: &entry,
@@ -1097,7 +1105,7 @@ fn schedule(
     let parent = match target.parent_dir(parent_segments) {
         Ok(parent) => parent,
         Err(PathError::Refused(reason)) => return refuse(reason),
-        Err(PathError::Failed(error)) => return cannot_make_dir(error),
+        Err(PathError::Failed(error)) => return fail(error, None),
     };
     let is_large = entry.size_bytes >= options.engine.part_size_bytes;
     let direct = if is_large {
@@ -1127,23 +1135,7 @@ fn schedule(
     };
     let (file, direct_io) = match created {
         Ok(created) => created,
-        Err(error) => {
-            // Disk full or read-only (`Error::Fatal`) stops the run too; the
-            // file that found out is reported failed either way.
-            run.reporter.record(FileRecord {
-                entry: &entry,
-                path: Some(display_path),
-                sha1: None,
-                verified: false,
-                attempts: 0,
-                status: Status::Failed,
-                reason: Some(error.to_string()),
-            });
-            if matches!(error, Error::Fatal(_)) {
-                run.fail_run(error);
-            }
-            return;
-        }
+        Err(error) => return fail(error, Some(display_path)),
     };
     if direct_io {
         run.direct_io_used.store(true, Ordering::Relaxed);
