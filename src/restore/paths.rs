@@ -59,10 +59,8 @@ pub fn map_entry(relative: &str, is_folder_entry: bool, size_bytes: u64) -> Mapp
             "the name ends in '/' (a directory's) but the object holds {size_bytes} bytes"
         ));
     }
-    match map_name(relative, false) {
-        Mapped::Directory(_) => map_as(relative, relative, false),
-        mapped => mapped,
-    }
+    // No marker then: the whole name is a file's, `.bzEmpty` included.
+    map_as(relative, relative, false)
 }
 
 /// Maps a prefix-relative name to local path segments, refusing anything that
