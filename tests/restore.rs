@@ -1046,10 +1046,7 @@ fn objects_waiting_where_they_failed_keep_an_idle_connection() {
 fn objects_backing_off_when_the_run_stops_report_their_attempts() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
-    for i in 0..300 {
-        let name = format!("b/{i:03}");
-        write_file(&bkt, &name, &content(&name, 700 + i * 7));
-    }
+    numbered_objects(&bkt, "b", 300, |i| 700 + i * 7);
     let served = serve_logged(
         data.path(),
         &[
