@@ -547,6 +547,7 @@ impl Download {
             let summary = RunSummary {
                 command: "get".into(),
                 bytes: meta.size_bytes,
+                resumed_bytes,
                 files: 1,
                 seconds,
                 verified_ok: ok,

@@ -238,7 +238,11 @@ pub fn format_micros(micros: u64) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     pub command: String,
+    /// Sizes of the files restored by this run, resumed ones whole.
     pub bytes: u64,
+    /// Of `bytes`, the prefixes of resumed objects: found on disk (and
+    /// hashed from there), not fetched. Not part of the rate.
+    pub resumed_bytes: u64,
     pub files: u64,
     pub seconds: f64,
     pub verified_ok: u64,
@@ -251,10 +255,16 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// 10⁶ bytes per second ("MB/s" everywhere in output); 0 for a zero-length run.
+    /// Bytes this run fetched: what the rate is made of.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.bytes.saturating_sub(self.resumed_bytes)
+    }
+
+    /// Fetched 10⁶ bytes per second ("MB/s" everywhere in output); 0 for a
+    /// zero-length run. A resumed prefix came from disk and is left out.
     pub fn mb_per_s(&self) -> f64 {
         if self.seconds > 0.0 && self.seconds.is_finite() {
-            self.bytes as f64 / self.seconds / 1e6
+            self.fetched_bytes() as f64 / self.seconds / 1e6
         } else {
             0.0
         }
@@ -271,6 +281,7 @@ impl RunSummary {
             "schema": 1,
             "command": self.command,
             "bytes": self.bytes,
+            "resumed_bytes": self.resumed_bytes,
             "files": self.files,
             "seconds": seconds,
             "mb_per_s": self.mb_per_s(),
@@ -403,7 +414,8 @@ mod tests {
     fn summary_json_shape() {
         let summary = RunSummary {
             command: "get".to_string(),
-            bytes: 2_000_000_000,
+            bytes: 2_500_000_000,
+            resumed_bytes: 500_000_000,
             files: 1,
             seconds: 2.0,
             verified_ok: 1,
@@ -420,6 +432,7 @@ mod tests {
             "schema",
             "command",
             "bytes",
+            "resumed_bytes",
             "files",
             "seconds",
             "mb_per_s",

@@ -1353,6 +1353,15 @@ fn killed_get_resumes_from_its_journal() {
         "{}",
         stderr(&output)
     );
+    // The summary's rate is of what this run fetched, and says so.
+    let fetched = size as u64 - journaled;
+    assert!(
+        stderr(&output).contains(&format!(
+            "{size} bytes ({fetched} fetched; {journaled} were on disk from an earlier run)"
+        )),
+        "{}",
+        stderr(&output)
+    );
     assert_same(&fixture.dest("k.bin"), "k.bin", size);
     assert_no_temp(fixture.out.path());
     // The second run fetched the rest, not the journaled prefix.

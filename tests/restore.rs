@@ -1613,10 +1613,37 @@ fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
         .unwrap();
     std::io::Write::write_all(&mut partial, &[0xAB; 5000]).unwrap();
     drop(partial);
-    let output = restore(&served, &["b2://bkt", "--direct-io", "off"], &dir);
+    let stats = out.path().join("stats.json");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--direct-io",
+            "off",
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("resuming at byte"),
+        "{}",
+        stderr(&output)
+    );
+    // The prefix came from disk: counted apart, and left out of the rate.
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let resumed = stats["resumed_bytes"].as_u64().unwrap();
+    assert!(resumed >= 16 * 65536 && resumed <= done, "{stats}");
+    assert_eq!(stats["bytes"], size as u64);
+    let rate = (size as u64 - resumed) as f64 / stats["seconds"].as_f64().unwrap() / 1e6;
+    assert!((stats["mb_per_s"].as_f64().unwrap() - rate).abs() < 1e-6 * rate.max(1.0));
+    assert!(
+        stderr(&output).contains(&format!(
+            "({} fetched; {resumed} were on disk from an earlier run)",
+            size as u64 - resumed
+        )),
         "{}",
         stderr(&output)
     );

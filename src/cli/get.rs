@@ -375,7 +375,15 @@ pub fn run(args: GetArgs) -> Result<i32> {
             say!("ringdown: note: {notice}");
         }
     }
-    let mb_per_s = report.bytes as f64 / report.seconds.max(1e-9) / 1e6;
+    let mb_per_s = report.summary.mb_per_s();
+    // A resumed run fetched only the rest: say so beside the rate.
+    let resumed = match report.summary.resumed_bytes {
+        0 => String::new(),
+        resumed_bytes => format!(
+            " ({} fetched; {resumed_bytes} were on disk from an earlier run)",
+            report.summary.fetched_bytes()
+        ),
+    };
     let verified_line = match &report.verification {
         Verification::Verified => format!("SHA1 {} verified", report.sha1_hex),
         Verification::VerifiedUnverifiedPrefix => format!(
@@ -395,14 +403,14 @@ pub fn run(args: GetArgs) -> Result<i32> {
     }
     if args.quiet {
         say!(
-            "{}: {} bytes in {:.2} s ({mb_per_s:.1} MB/s), {verified_line}",
+            "{}: {} bytes{resumed} in {:.2} s ({mb_per_s:.1} MB/s), {verified_line}",
             report.dest.display(),
             report.bytes,
             report.seconds
         );
     } else {
         say!(
-            "{}\n  {} bytes in {:.2} s, {mb_per_s:.1} MB/s\n  {verified_line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}\n\n{}",
+            "{}\n  {} bytes{resumed} in {:.2} s, {mb_per_s:.1} MB/s\n  {verified_line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}\n\n{}",
             report.dest.display(),
             report.bytes,
             report.seconds,

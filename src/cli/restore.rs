@@ -225,8 +225,16 @@ pub fn finish(
     }
     let tally = &report.tally;
     let summary = &report.summary;
+    // Resumed objects' prefixes were on disk: the rate leaves them out.
+    let resumed = match summary.resumed_bytes {
+        0 => String::new(),
+        resumed_bytes => format!(
+            " ({} fetched; {resumed_bytes} were on disk from an earlier run)",
+            summary.fetched_bytes()
+        ),
+    };
     let line = format!(
-        "{}: {} files restored ({} verified, {} unverified), {} skipped, {} failed, {} refused; {} bytes in {:.2} s, {:.1} MB/s",
+        "{}: {} files restored ({} verified, {} unverified), {} skipped, {} failed, {} refused; {} bytes{resumed} in {:.2} s, {:.1} MB/s",
         args.dir.display(),
         tally.files,
         tally.ok,

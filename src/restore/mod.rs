@@ -177,6 +177,8 @@ pub struct Tally {
     pub failed: u64,
     pub refused: u64,
     pub bytes: u64,
+    /// Of `bytes`: resumed prefixes, found on disk rather than fetched.
+    pub resumed_bytes: u64,
     pub files: u64,
     pub failed_names: Vec<String>,
 }
@@ -192,6 +194,8 @@ struct Reporter {
 struct FileRecord<'a> {
     /// The listed version: name, size, fileId, published digest, upload time.
     entry: &'a ListEntry,
+    /// Of the entry's size, a resumed prefix that was already on disk.
+    resumed_bytes: u64,
     path: Option<String>,
     sha1: Option<String>,
     verified: bool,
@@ -213,6 +217,7 @@ impl Reporter {
     fn record_unwritten(&self, entry: &ListEntry, status: Status, reason: String) {
         self.record(FileRecord {
             entry,
+            resumed_bytes: 0,
             path: None,
             sha1: None,
             verified: false,
@@ -230,6 +235,7 @@ impl Reporter {
                 Status::Ok => {
                     tally.files += 1;
                     tally.bytes += record.entry.size_bytes;
+                    tally.resumed_bytes += record.resumed_bytes;
                     if record.verified {
                         tally.ok += 1;
                     } else {
@@ -338,6 +344,8 @@ struct FileTask {
     leaf: String,
     display_path: String,
     temp_name: String,
+    /// A large object's prefix found on disk (journaled chunks), not fetched.
+    resumed_bytes: u64,
 }
 
 /// What a progress display needs beyond bytes: files as listed so far.
@@ -576,6 +584,7 @@ impl Restore {
         let summary = RunSummary {
             command: "restore".into(),
             bytes: tally.bytes,
+            resumed_bytes: tally.resumed_bytes,
             files: tally.files,
             seconds,
             verified_ok: tally.ok,
@@ -1005,6 +1014,7 @@ fn schedule(
     let fail = |error: Error, path: Option<String>| {
         run.reporter.record(FileRecord {
             entry: &entry,
+            resumed_bytes: 0,
             path,
             sha1: None,
             verified: false,
@@ -1045,6 +1055,7 @@ fn schedule(
     let skip = |reason: &str| {
         run.reporter.record(FileRecord {
             entry: &entry,
+            resumed_bytes: 0,
             path: Some(display_path.clone()),
             sha1: None,
             verified: false,
@@ -1144,7 +1155,7 @@ fn schedule(
         .files
         .bytes_to_fetch
         .fetch_add(entry.size_bytes, Ordering::Relaxed);
-    let task = FileTask {
+    let mut task = FileTask {
         key,
         large: is_large,
         leaf: leaf[0].to_string(),
@@ -1152,6 +1163,7 @@ fn schedule(
         parent,
         display_path,
         temp_name,
+        resumed_bytes: 0,
     };
     let Some(scheduler) = scheduler else { return };
     // The engine owns the file from here (see `Destination`).
@@ -1185,6 +1197,11 @@ fn schedule(
             .filter(|&bytes| bytes > 0 && bytes <= size_bytes)
             .and_then(|bytes| engine::hash_prefix(&target.partial, &task.temp_name, bytes));
         if let Some(resume) = &resume {
+            task.resumed_bytes = resume.offset_bytes;
+            run.reporter
+                .files
+                .bytes_to_fetch
+                .fetch_sub(resume.offset_bytes, Ordering::Relaxed);
             if !run.reporter.quiet {
                 say!(
                     "ringdown: {}: resuming at byte {} of {size_bytes} (journal)",
@@ -1280,6 +1297,7 @@ fn finish_file(
         |status: Status, sha1: Option<&[u8; 20]>, verified: bool, reason: Option<String>| {
             run.reporter.record(FileRecord {
                 entry,
+                resumed_bytes: task.resumed_bytes,
                 path: Some(task.display_path.clone()),
                 sha1: sha1.map(|sha1| to_hex(sha1)),
                 verified,
