@@ -27,7 +27,7 @@ use crate::config::{
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::stats::{RunSummary, Stage, StageHistograms};
+use crate::stats::{RunSummary, Stage};
 use crate::uring;
 use crate::verify::to_hex;
 
@@ -328,6 +328,31 @@ impl Download {
     }
 
     pub fn run(&self) -> Result<DownloadReport> {
+        self.run_with_summary().0
+    }
+
+    /// `run`, and the summary of what the run did whether or not it
+    /// succeeded: a failed or interrupted run's retries and stage
+    /// histograms tell where its time went (`--stats-json` writes them).
+    pub fn run_with_summary(&self) -> (Result<DownloadReport>, RunSummary) {
+        let started = Instant::now();
+        let mut summary = RunSummary {
+            command: "get".into(),
+            ..RunSummary::default()
+        };
+        let result = self.run_counted(&mut summary);
+        match &result {
+            Ok(report) => summary = report.summary.clone(),
+            Err(_) => {
+                summary.seconds = started.elapsed().as_secs_f64();
+                summary.failed = 1;
+            }
+        }
+        (result, summary)
+    }
+
+    /// The download; `summary` gathers retries and histograms round by round.
+    fn run_counted(&self, summary: &mut RunSummary) -> Result<DownloadReport> {
         self.options.engine.check()?;
         let dest = self.resolve_dest()?;
         let started = Instant::now();
@@ -348,8 +373,6 @@ impl Download {
         .map_err(|error| Error::io(format!("opening {}", parent.display()), error.into()))?;
         let file_name = dest.file_name().expect("dest has a file name").to_owned();
         let mut attempts_left = 1 + OBJECT_REDOWNLOADS_ON_MISMATCH;
-        let mut stages = StageHistograms::new();
-        let mut retries = 0;
         let mut notices = meta.notices.clone();
         // A partial file and a journal beside DEST, named from DEST and the
         // object's identity: the same command after a crash finds them.
@@ -443,7 +466,15 @@ impl Download {
                 Arc::clone(&self.progress),
                 fetch,
             );
-            let outcome = match outcome {
+            // A failed round's retries and histograms count too.
+            let outcome = outcome.and_then(|outcome| {
+                summary.stages.merge(&outcome.stages);
+                summary.retries += outcome.retries;
+                summary.registered_buffers = outcome.registered_buffers;
+                summary.direct_io = direct;
+                outcome.sha1.map(|sha1| (sha1, outcome.notices))
+            });
+            let (actual, round_notices) = match outcome {
                 Ok(outcome) => outcome,
                 Err(error @ Error::Interrupted { .. }) if resumable.is_some() => {
                     // CONVENTIONS: an interrupted run keeps what it can resume.
@@ -473,14 +504,11 @@ impl Download {
                     });
                 }
             };
-            stages.merge(&outcome.stages);
-            retries += outcome.retries;
-            for notice in outcome.notices {
+            for notice in round_notices {
                 if !notices.contains(&notice) {
                     notices.push(notice);
                 }
             }
-            let actual = outcome.sha1;
             let verification = match &meta.expected {
                 ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)
                     if *expected != actual =>
@@ -491,7 +519,7 @@ impl Download {
                     }
                     if attempts_left > 0 {
                         // The whole object again: a retry, as `restore` counts it.
-                        retries += 1;
+                        summary.retries += 1;
                         notices.push(format!(
                             "SHA1 mismatch (expected {}, got {}); downloading again",
                             to_hex(expected),
@@ -538,7 +566,7 @@ impl Download {
                     Error::io("fsync of the destination directory", error.into())
                 })?;
             }
-            stages.record(Stage::File, file_started.elapsed());
+            summary.stages.record(Stage::File, file_started.elapsed());
             let seconds = started.elapsed().as_secs_f64();
             let (ok, unverified) = match verification {
                 Verification::NotVerified { .. } => (0, 1),
@@ -553,10 +581,10 @@ impl Download {
                 verified_ok: ok,
                 unverified,
                 failed: 0,
-                retries,
+                retries: summary.retries,
                 direct_io: direct,
-                registered_buffers: outcome.registered_buffers,
-                stages: stages.clone(),
+                registered_buffers: summary.registered_buffers,
+                stages: summary.stages.clone(),
             };
             return Ok(DownloadReport {
                 dest,

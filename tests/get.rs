@@ -771,11 +771,25 @@ fn exhausted_attempts_leave_nothing_behind() {
     assert_no_temp(fixture.out.path());
 
     // Faults only on bodies: the probe passes, every chunk is cut, attempts run out.
+    // --stats-json still tells where the failed run's time went.
     let served = serve(fixture.data.path(), true, &["--reset-rate", "1"]);
-    let output = ringdown(&served, &args);
+    let stats = fixture.out.path().join("failed-stats.json");
+    let mut with_stats = args.clone();
+    with_stats.extend(["--stats-json", stats.to_str().unwrap()]);
+    let output = ringdown(&served, &with_stats);
     assert_exit(&output, 1, "after 3 attempts");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(json["command"], "get");
+    assert_eq!(json["verified"]["failed"], 1, "{json}");
+    assert_eq!(json["bytes"], 0, "{json}");
+    assert!(json["retries"].as_u64().unwrap() >= 2, "{json}");
+    assert!(
+        json["stages"]["ttfb"]["count"].as_u64().unwrap() >= 3,
+        "{json}"
+    );
+    std::fs::remove_file(&stats).unwrap();
 
     // Every body corrupted: the mismatch is retried once, then refused loudly.
     let served = serve(fixture.data.path(), true, &["--corrupt-rate", "1"]);

@@ -365,9 +365,22 @@ pub fn run(args: GetArgs) -> Result<i32> {
     crate::runtime::watch_signals();
     let progress = (!args.quiet && std::io::stderr().is_terminal())
         .then(|| start_progress_line(Arc::clone(&download.progress)));
-    let result = download.run();
+    let (result, summary) = download.run_with_summary();
     if let Some(progress) = progress {
         progress.stop();
+    }
+    // A harness wants the numbers of a failed or interrupted run too; a
+    // usage error ran nothing worth counting.
+    if let Some(path) = &args.stats_json {
+        let json = serde_json::to_string_pretty(&summary.to_json()).expect("stats serialize");
+        let written = std::fs::write(path, json + "\n")
+            .map_err(|error| Error::io(format!("writing {}", path.display()), error));
+        match (&result, written) {
+            (Err(Error::Usage(_)), _) | (_, Ok(())) => {}
+            (Ok(_), Err(error)) => return Err(error),
+            // The download's error is the one to report.
+            (Err(_), Err(error)) => say!("ringdown: warning: {error}"),
+        }
     }
     let report = result?;
     for notice in &report.notices {
@@ -395,12 +408,6 @@ pub fn run(args: GetArgs) -> Result<i32> {
             report.sha1_hex
         ),
     };
-    if let Some(path) = &args.stats_json {
-        let json =
-            serde_json::to_string_pretty(&report.summary.to_json()).expect("stats serialize");
-        std::fs::write(path, json + "\n")
-            .map_err(|error| Error::io(format!("writing {}", path.display()), error))?;
-    }
     if args.quiet {
         say!(
             "{}: {} bytes{resumed} in {:.2} s ({mb_per_s:.1} MB/s), {verified_line}",

@@ -121,7 +121,9 @@ pub struct ObjectSource {
 
 /// The result of one object's download.
 pub struct ObjectOutcome {
-    pub sha1: [u8; 20],
+    /// The object's SHA1, or why it could not be fetched. The rest is there
+    /// either way: a failed run's histograms tell where its time went.
+    pub sha1: Result<[u8; 20]>,
     pub stages: StageHistograms,
     pub retries: u64,
     pub registered_buffers: bool,
@@ -247,10 +249,13 @@ pub fn download(
     let report = scheduler.finish();
     submitted?;
     let report = report?;
-    let result = receiver
-        .recv()
-        .map_err(|_| Error::Fatal(format!("{}: the download never ended", source.display_name)))?;
-    let sha1 = result.outcome.map_err(|failure| failure.error)?;
+    let sha1 = match receiver.recv() {
+        Ok(result) => result.outcome.map_err(|failure| failure.error),
+        Err(_) => Err(Error::Fatal(format!(
+            "{}: the download never ended",
+            source.display_name
+        ))),
+    };
     Ok(ObjectOutcome {
         sha1,
         stages: report.stages,
