@@ -2539,3 +2539,46 @@ fn files_from_restores_exactly_the_listed_names_without_walking_the_bucket() {
         stderr(&output)
     );
 }
+
+/// A large object's `attempts` in `--report` is what `--max-attempts`
+/// bounds: the most attempts one of its chunks took. It used to be the
+/// object's download rounds, 1 however often its chunks were retried.
+#[test]
+fn a_large_objects_report_counts_its_chunks_attempts() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let size = 32 * 65536;
+    write_file(&bkt, "large.bin", &content("large", size));
+    write_file(&bkt, "small.txt", &content("small", 1000));
+    let served = serve_logged(data.path(), &["--fail-rate", "0.3", "--seed", "7"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let lines = common::json_lines(&report);
+    let large = lines
+        .iter()
+        .find(|line| line["name"] == "large.bin")
+        .unwrap();
+    let attempts = large["attempts"].as_u64().unwrap();
+    let gets = access_records(data.path())
+        .iter()
+        .filter(|record| record["name"] == "large.bin" && record["method"] == "GET")
+        .count() as u64;
+    let refused = access_records(data.path())
+        .iter()
+        .filter(|record| record["name"] == "large.bin" && record["status"] == 503)
+        .count() as u64;
+    // 32 chunks, 30% of answers refused: some chunk needed a second try.
+    assert!(refused > 0, "no GET of large.bin was refused");
+    assert!((2..=15).contains(&attempts), "{large}");
+    assert!(
+        attempts <= refused + 1 && attempts < gets,
+        "{gets} GETs: {large}"
+    );
+}

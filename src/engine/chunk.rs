@@ -27,6 +27,19 @@ pub(super) async fn download_chunk(
     chunk: Chunk,
     ahead: &mut Option<Chunk>,
 ) -> Result<(), Error> {
+    let mut retries = Retries::new();
+    let result = retry_chunk(core, connection, chunk, ahead, &mut retries).await;
+    core.job.note_chunk_attempts(retries.made());
+    result
+}
+
+async fn retry_chunk(
+    core: &Rc<CoreJob>,
+    connection: &mut Option<Connection>,
+    chunk: Chunk,
+    ahead: &mut Option<Chunk>,
+    retries: &mut Retries,
+) -> Result<(), Error> {
     let job = &core.job;
     let config = &core.core.shared.config;
     let chunk_started = Instant::now();
@@ -34,7 +47,6 @@ pub(super) async fn download_chunk(
     let mut received_bytes: u64 = 0;
     let mut current: Option<PoolBuf> = None;
     let mut buffer_started = Instant::now();
-    let mut retries = Retries::new();
     loop {
         retries.start(&core.core);
         let failure = match attempt_chunk(

@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -69,6 +69,8 @@ pub(crate) struct Job {
     done: Mutex<Option<Done>>,
     /// Rounds so far, counting this one (a SHA1 mismatch starts another).
     round: u32,
+    /// The most attempts one chunk took, in this round or an earlier one.
+    chunk_attempts_max: AtomicU32,
     /// One buffered write of this file at a time, across cores. The kernel
     /// serializes them anyway (ext4 takes the inode lock exclusively for a
     /// buffered write), but a core that finds it held *spins* on it: with
@@ -101,6 +103,7 @@ impl Job {
             large.resume,
             large.done,
             1,
+            0,
         )
     }
 
@@ -114,6 +117,7 @@ impl Job {
         resume: Option<Resume>,
         done: Done,
         round: u32,
+        chunk_attempts_max: u32,
     ) -> Job {
         let size_bytes = spec.object.size_bytes;
         let plan = ChunkPlan::new(size_bytes, part_size_bytes);
@@ -142,6 +146,7 @@ impl Job {
             connections: AtomicUsize::new(0),
             done: Mutex::new(Some(done)),
             round,
+            chunk_attempts_max: AtomicU32::new(chunk_attempts_max),
             write_gate: tokio::sync::Semaphore::new(BUFFERED_WRITES_PER_FILE_MAX),
         }
     }
@@ -158,7 +163,20 @@ impl Job {
             None,
             done,
             self.round + 1,
+            self.chunk_attempts_max.load(Ordering::Relaxed),
         )
+    }
+
+    /// A chunk is done with (fetched, or given up on) after `made` attempts.
+    pub fn note_chunk_attempts(&self, made: u32) {
+        self.chunk_attempts_max.fetch_max(made, Ordering::Relaxed);
+    }
+
+    /// The object's attempts, as `--report` counts them: the most one chunk
+    /// took (`--max-attempts` bounds each chunk), plus one for every
+    /// download again after a SHA1 mismatch.
+    fn attempts(&self) -> u32 {
+        self.chunk_attempts_max.load(Ordering::Relaxed).max(1) + (self.round - 1)
     }
 
     /// Connections (on any core) taking chunks now.
@@ -632,7 +650,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     });
     done(ObjectResult {
         outcome,
-        attempts: job.round,
+        attempts: job.attempts(),
     });
     shared.large_finished(job);
 }
