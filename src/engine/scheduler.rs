@@ -147,7 +147,13 @@ pub struct PoolReport {
 pub struct Scheduler {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<Result<CoreReport>>>,
+    /// Said once in the report: fewer cores than asked for got a ring.
+    start_notice: Option<String>,
 }
+
+/// What a core thread learns once every thread has tried to make its ring:
+/// its index and the scheduler, or `None` (the scheduler did not start).
+type Assignment = Option<(usize, Arc<Shared>)>;
 
 /// What every core shares.
 pub(crate) struct Shared {
@@ -523,7 +529,76 @@ impl Scheduler {
         source: PoolSource,
         progress: Arc<Progress>,
     ) -> Result<Scheduler> {
-        let cores = config.cores.max(1);
+        // Every core thread makes its ring first. Where RLIMIT_MEMLOCK fits
+        // fewer rings than cores, the run goes on with those that got one
+        // (said once); with none, it fails here with one error, before any
+        // work is queued.
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        let mut spawned = Vec::with_capacity(config.cores.max(1));
+        for slot in 0..config.cores.max(1) {
+            let ready_sender = ready_sender.clone();
+            let (assign, assignment) = std::sync::mpsc::channel::<Assignment>();
+            let thread = std::thread::Builder::new()
+                .name(format!("ringdown-core-{slot}"))
+                .spawn(move || {
+                    // What a thread returns without a core is never read.
+                    let unused = || Err(Error::Fatal("core not started".into()));
+                    let runtime = match uring::Runtime::new() {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            let _ = ready_sender.send((slot, Err(error)));
+                            return unused();
+                        }
+                    };
+                    let _ = ready_sender.send((slot, Ok(())));
+                    // The scheduler reads until every sender is gone.
+                    drop(ready_sender);
+                    match assignment.recv() {
+                        Ok(Some((core_index, shared))) => run_core(core_index, shared, runtime),
+                        _ => unused(),
+                    }
+                })
+                .map_err(|error| Error::io("spawning a core thread", error));
+            match thread {
+                Ok(thread) => spawned.push((thread, assign)),
+                Err(error) => {
+                    for (thread, assign) in spawned {
+                        let _ = assign.send(None);
+                        let _ = thread.join();
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        drop(ready_sender);
+        let mut made = vec![false; spawned.len()];
+        let mut first_error = None;
+        for (slot, result) in ready.iter() {
+            match result {
+                Ok(()) => made[slot] = true,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        let cores = made.iter().filter(|&&made| made).count();
+        if cores == 0 {
+            for (thread, assign) in spawned {
+                let _ = assign.send(None);
+                let _ = thread.join();
+            }
+            return Err(first_error
+                .unwrap_or_else(|| Error::Fatal("no core thread reported its ring".into())));
+        }
+        let start_notice = first_error.map(|error| {
+            format!(
+                "running on {cores} of {} cores: the others got no io_uring ({error})",
+                spawned.len()
+            )
+        });
+        let mut config = config.clone();
+        config.cores = cores;
+        let config = &config;
         let shared = Arc::new(Shared {
             config: config.clone(),
             source,
@@ -558,26 +633,19 @@ impl Scheduler {
             round_trip_samples: AtomicU64::new(0),
         });
         let mut threads = Vec::with_capacity(cores);
-        for core_index in 0..cores {
-            let core_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name(format!("ringdown-core-{core_index}"))
-                .spawn(move || run_core(core_index, core_shared))
-                .map_err(|error| Error::io("spawning a core thread", error));
-            match thread {
-                Ok(thread) => threads.push(thread),
-                Err(error) => {
-                    // The cores already started exit once the queue is closed.
-                    shared.state().closed = true;
-                    shared.work.notify_waiters();
-                    for thread in threads {
-                        let _ = thread.join();
-                    }
-                    return Err(error);
-                }
+        for ((thread, assign), made) in spawned.into_iter().zip(made) {
+            if made {
+                let _ = assign.send(Some((threads.len(), Arc::clone(&shared))));
+                threads.push(thread);
+            } else {
+                let _ = thread.join();
             }
         }
-        Ok(Scheduler { shared, threads })
+        Ok(Scheduler {
+            shared,
+            threads,
+            start_notice,
+        })
     }
 
     /// Queues work, waiting while the queue is full. Fails (dropping the
@@ -628,7 +696,7 @@ impl Scheduler {
             stages: StageHistograms::new(),
             retries: 0,
             registered_buffers: true,
-            notices: Vec::new(),
+            notices: self.start_notice.take().into_iter().collect(),
         };
         let mut first_error = None;
         for thread in self.threads.drain(..) {
@@ -760,18 +828,10 @@ impl Drop for PanicGuard {
     }
 }
 
-fn run_core(core_index: usize, shared: Arc<Shared>) -> Result<CoreReport> {
+fn run_core(core_index: usize, shared: Arc<Shared>, runtime: uring::Runtime) -> Result<CoreReport> {
     if shared.config.pin_cores {
         crate::runtime::pin_current_thread(core_index);
     }
-    let runtime = match uring::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            // No core can run: fail what is queued, so `finish` returns.
-            shared.stopped.store(true, Ordering::Release);
-            return Err(error);
-        }
-    };
     runtime.block_on(async move {
         let config = &shared.config;
         let (pool, registration) = BufferPool::new(

@@ -167,7 +167,7 @@ impl BufferPool {
                 }
             }
         } else {
-            let reason = "registration skipped (RLIMIT_MEMLOCK too small for the pool)".to_string();
+            let reason = format!("{REGISTRATION_SKIPPED} (RLIMIT_MEMLOCK too small for the pool)");
             (
                 Storage::Owned(RefCell::new(buffers.map(Some).collect())),
                 Registration::Unregistered { reason },
@@ -257,6 +257,10 @@ impl BufferPool {
         }
     }
 }
+
+/// How the notice of a pool not registered by choice begins: the CLI said
+/// why already, before the run.
+pub const REGISTRATION_SKIPPED: &str = "registration skipped";
 
 fn describe_register_error(error: &io::Error, pool_bytes: usize) -> String {
     match error.raw_os_error() {

@@ -7,7 +7,7 @@ mod buffers;
 mod file;
 mod net;
 
-pub use buffers::{AlignedBuf, BufferPool, PoolBuf, Registration};
+pub use buffers::{AlignedBuf, BufferPool, PoolBuf, REGISTRATION_SKIPPED, Registration};
 pub use file::File;
 pub use net::TcpStream;
 
