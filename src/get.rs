@@ -223,6 +223,21 @@ pub enum Verification {
     NotVerified { why: String },
 }
 
+/// Whether `name` is one plain file name, fit to join beneath a directory;
+/// if not, why.
+fn plain_file_name(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("is not a file name");
+    }
+    if name.contains('/') {
+        return Err("holds a '/' (percent-encoded in the URL)");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("holds a NUL or control character");
+    }
+    Ok(())
+}
+
 /// What a finished download reports.
 pub struct DownloadReport {
     pub dest: PathBuf,
@@ -287,6 +302,16 @@ impl Download {
                     ),
                 })
             })?;
+            // One plain name beneath DEST: a URL's `%2F` decodes to a
+            // slash, and `..%2F..%2Fx` or `%2Fetc%2Fx` would join to a path
+            // outside it (an absolute one replaces DEST altogether).
+            if let Err(why) = plain_file_name(&base) {
+                return Err(Error::Usage(format!(
+                    "the source's file name {base:?} {why}, so it cannot be appended to {}: \
+                     give DEST as the file's path",
+                    self.dest.display()
+                )));
+            }
             self.dest.join(base)
         } else {
             self.dest.clone()
@@ -1592,6 +1617,26 @@ fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_names_join_beneath_dest() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\0b",
+            "a\nb",
+            "\u{7f}",
+        ] {
+            assert!(plain_file_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a.bin", "..a", "a..", "日本.txt", "a b%c+d", "-x"] {
+            assert!(plain_file_name(good).is_ok(), "{good:?}");
+        }
+    }
 
     #[test]
     fn sources_by_name_by_id_and_by_url() {

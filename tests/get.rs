@@ -882,6 +882,38 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert_exit(&output, 2, "ends in '/'");
     assert!(!fixture.out.path().join("newdir").exists());
 
+    // A URL whose last segment decodes to a path ('%2F') is refused into a
+    // DEST directory: it joined to a path outside it, an absolute one
+    // replacing DEST altogether. Nothing is fetched (port 9 is not served).
+    let inner = fixture.out.path().join("a/b/dest");
+    std::fs::create_dir_all(&inner).unwrap();
+    let outside = fixture.out.path().join("ABSOLUTE.bin");
+    for url in [
+        "http://127.0.0.1:9/x/..%2F..%2Fescaped.bin".to_string(),
+        format!(
+            "http://127.0.0.1:9/x/{}",
+            outside.to_str().unwrap().replace('/', "%2F")
+        ),
+        "http://127.0.0.1:9/x/..".to_string(),
+        "http://127.0.0.1:9/x/a%00b".to_string(),
+    ] {
+        let output = ringdown(&served, &[&url, inner.to_str().unwrap()]);
+        assert_exit(&output, 2, "give DEST as the file's path");
+    }
+    assert!(!fixture.out.path().join("a/escaped.bin").exists());
+    assert!(!outside.exists());
+
+    // A URL that cannot be used is shown without its userinfo or query.
+    for url in [
+        "http://user:PASSWORD@127.0.0.1:9/x.bin",
+        "http://127.0.0.1:99999/x.bin?Signature=PASSWORD",
+        "http://127.0.0.1:9/x.bin?sig=PASSWORD#frag",
+    ] {
+        let output = ringdown(&served, &[url, &fixture.dest_str("never.bin")]);
+        assert_exit(&output, 2, "not a usable URL");
+        assert!(!stderr(&output).contains("PASSWORD"), "{}", stderr(&output));
+    }
+
     // --sha1 on a B2 object is checked against the published one: another
     // digest fails before any byte lands; the same one verifies.
     let checked = fixture.dest_str("checked.bin");

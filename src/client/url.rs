@@ -14,7 +14,7 @@ pub struct Url {
 
 impl Url {
     pub fn parse(text: &str) -> Result<Url, String> {
-        let bad = |why: &str| format!("{text:?} is not a usable URL: {why}");
+        let bad = |why: &str| format!("{:?} is not a usable URL: {why}", redacted(text));
         let (tls, rest) = if let Some(rest) = text.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = text.strip_prefix("http://") {
@@ -29,7 +29,8 @@ impl Url {
         }
         if authority.contains('@') {
             return Err(bad(
-                "credentials in the URL are not supported; use B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY",
+                "credentials in the URL (user:password@) are not supported: a plain URL is \
+                 fetched as it is, so presign it or serve it without authentication",
             ));
         }
         let default_port = if tls { 443 } else { 80 };
@@ -196,6 +197,27 @@ impl Url {
     }
 }
 
+/// `text` as a message may show it: a URL's userinfo and query (and a
+/// fragment) may hold a password, a token or a signature, so they become
+/// `…`. Used for URLs that did not parse, where nothing else is known.
+pub fn redacted(text: &str) -> String {
+    let (before, hidden_tail) = match text.find(['?', '#']) {
+        Some(at) => (&text[..at], true),
+        None => (text, false),
+    };
+    let shown = match before.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+                None => before.to_string(),
+            }
+        }
+        None => before.to_string(),
+    };
+    if hidden_tail { shown + "?…" } else { shown }
+}
+
 /// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments resolved, never
 /// above the root.
 fn remove_dot_segments(path: &str) -> String {
@@ -253,6 +275,28 @@ mod tests {
         assert_eq!((url.port, url.path_and_query.as_str()), (80, "/"));
         let url = Url::parse("https://[::1]:9000/x").unwrap();
         assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
+    }
+
+    #[test]
+    fn unusable_urls_are_shown_without_secrets() {
+        for (text, secret) in [
+            ("http://user:SECRET@127.0.0.1/x", "SECRET"),
+            ("http://127.0.0.1:99999/x?Authorization=SECRET", "SECRET"),
+            ("http://127.0.0.1/x?sig=SECRET#frag", "SECRET"),
+            ("https://127.0.0.1/x#SECRET", "SECRET"),
+            ("http://u:SECRET@[::1/x", "SECRET"),
+            ("ftp://user:SECRET@host/x?y", "SECRET"),
+            ("http://127.0.0.1/a b?token=SECRET", "SECRET"),
+        ] {
+            let error = Url::parse(text).unwrap_err();
+            assert!(!error.contains(secret), "{error}");
+            assert!(
+                error.contains("127.0.0.1") || error.contains("host") || error.contains("::1"),
+                "{error}"
+            );
+        }
+        assert_eq!(redacted("http://a@b/c@d?e"), "http://…@b/c@d?…");
+        assert_eq!(redacted("not a url"), "not a url");
     }
 
     #[test]
