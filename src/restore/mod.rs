@@ -1173,7 +1173,7 @@ fn schedule(
     };
     let size_bytes = task.entry.size_bytes;
     let object = ObjectSpec {
-        path_and_query: download_path(base, &task.entry),
+        path_and_query: download_path(base, &options.bucket, &task.entry),
         display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
         expect_file_id: task.entry.file_id.clone(),
         if_match: None,
@@ -1252,13 +1252,19 @@ fn in_the_way(file: &str) -> String {
 }
 
 /// By fileId, so a newer upload under the same name cannot be spliced in.
-fn download_path(base: &str, entry: &ListEntry) -> String {
+/// Without a fileId (a server that lists none), by bucket and name.
+fn download_path(base: &str, bucket: &str, entry: &ListEntry) -> String {
+    use crate::b2::b2_url_encode;
     match &entry.file_id {
         Some(id) => format!(
             "{base}/b2api/v3/b2_download_file_by_id?fileId={}",
-            crate::b2::b2_url_encode(id)
+            b2_url_encode(id)
         ),
-        None => format!("{base}/file/{}", crate::b2::b2_url_encode(&entry.name)),
+        None => format!(
+            "{base}/file/{}/{}",
+            b2_url_encode(bucket),
+            b2_url_encode(&entry.name)
+        ),
     }
 }
 
@@ -1403,6 +1409,21 @@ fn finish_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downloads_by_id_or_by_bucket_and_name() {
+        let mut entry = ListEntry::named("otherbkt/secret.txt", Action::Upload);
+        // Without the bucket, `/file/otherbkt/secret.txt` is another bucket's object.
+        assert_eq!(
+            download_path("https://f.example", "bkt", &entry),
+            "https://f.example/file/bkt/otherbkt/secret.txt"
+        );
+        entry.file_id = Some("4_z1+2".into());
+        assert_eq!(
+            download_path("", "bkt", &entry),
+            "/b2api/v3/b2_download_file_by_id?fileId=4_z1%2B2"
+        );
+    }
 
     #[test]
     fn debug_output_redacts_the_key() {
