@@ -715,6 +715,7 @@ impl Download {
                     auth: Some(auth),
                     expect_file_id: file_id,
                     if_match: None,
+                    validator: None,
                     sse_c,
                     display_name,
                 };
@@ -830,6 +831,7 @@ impl Download {
                     auth: None,
                     expect_file_id: None,
                     if_match,
+                    validator: crate::engine::Validator::of(&head),
                     sse_c: None,
                     display_name,
                 };

@@ -1916,3 +1916,114 @@ fn a_server_that_does_not_pipeline_gets_one_request_at_a_time() {
         "{text}"
     );
 }
+
+/// A plain-URL origin whose object changes after `switch_after` answers:
+/// version 1 before, version 2 after, each answer carrying `header(v)`. It
+/// ignores `If-Match`, as some origins do.
+fn changing_origin(size: usize, switch_after: usize, header: fn(u32) -> String) -> String {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let versions = std::sync::Arc::new([content("v1", size), content("v2", size)]);
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let versions = std::sync::Arc::clone(&versions);
+            let answered = std::sync::Arc::clone(&answered);
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = std::io::BufReader::new(stream);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut range = (0, size - 1);
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+                            break;
+                        }
+                        let lower = line.trim().to_ascii_lowercase();
+                        if let Some((first, last)) = lower
+                            .strip_prefix("range: bytes=")
+                            .and_then(|spec| spec.split_once('-'))
+                        {
+                            range = (first.parse().unwrap(), last.parse().unwrap());
+                        }
+                    }
+                    let version = if answered.fetch_add(1, Ordering::Relaxed) < switch_after {
+                        1
+                    } else {
+                        2
+                    };
+                    let (first, last) = range;
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                         Content-Range: bytes {first}-{last}/{size}\r\n{}\r\n\r\n",
+                        last - first + 1,
+                        header(version)
+                    );
+                    let body = &versions[version as usize - 1][first..=last];
+                    if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}/c.bin")
+}
+
+/// An object that changes on an origin that ignores `If-Match` fails
+/// loudly, whatever names its version (strong or weak ETag, Last-Modified):
+/// it used to be spliced from both versions and reported done.
+#[test]
+fn an_object_that_changes_mid_download_is_never_spliced() {
+    let headers: [fn(u32) -> String; 3] = [
+        |v| format!("ETag: \"v{v}\""),
+        |v| format!("ETag: W/\"v{v}\""),
+        |v| format!("Last-Modified: Tue, 0{v} Nov 2026 10:00:00 GMT"),
+    ];
+    for header in headers {
+        let url = changing_origin(1 << 20, 3, header);
+        let fixture = Fixture::new(&[]);
+        let dest = fixture.dest_str("c.bin");
+        let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .arg("get")
+            .args([
+                url.as_str(),
+                &dest,
+                "--part-size",
+                "64KiB",
+                "--buffer-size",
+                "64KiB",
+            ])
+            .args(["--retry-base-ms", "5", "--retry-max-ms", "20"])
+            .run_bounded();
+        assert_exit(&output, 1, "changed on the origin during the download");
+        assert!(!Path::new(&dest).exists(), "{}", header(1));
+        assert_no_temp(fixture.out.path());
+    }
+    // Unchanged, each validator lets the download through.
+    for header in headers {
+        let url = changing_origin(1 << 20, usize::MAX, header);
+        let fixture = Fixture::new(&[]);
+        let dest = fixture.dest_str("c.bin");
+        let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .arg("get")
+            .args([
+                url.as_str(),
+                &dest,
+                "--part-size",
+                "64KiB",
+                "--buffer-size",
+                "64KiB",
+            ])
+            .run_bounded();
+        assert_ok(&output);
+        assert_eq!(std::fs::read(&dest).unwrap(), content("v1", 1 << 20));
+    }
+}

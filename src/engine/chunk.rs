@@ -18,7 +18,7 @@ use crate::uring::PoolBuf;
 use super::failure::{Failure, Retries, Then, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
 use super::request::{
-    build_get, check_file_id, next_head, send_get_ahead, stop_pipelining_if_refused,
+    build_get, check_version, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
 
 pub(super) async fn download_chunk(
@@ -298,7 +298,7 @@ async fn check_head(
         }
         None => return Err(protocol("range response without Content-Length".into())),
     }
-    check_file_id(head, job.spec.object.expect_file_id.as_deref())?;
+    check_version(head, &job.spec.object)?;
     Ok(requested)
 }
 

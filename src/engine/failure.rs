@@ -360,6 +360,14 @@ pub(super) async fn status_failure(
     } else {
         format!("HTTP {} {code}: {message}", head.status)
     };
+    let detail = if head.status == 412 && object.if_match.is_some() {
+        format!(
+            "{detail}: the object changed on the origin during the download (If-Match failed); \
+             run the command again to fetch the new version"
+        )
+    } else {
+        detail
+    };
     if let Some(choice) = &object.sse_c {
         if (head.status, code) == (403, "access_denied") {
             // B2's answer to a wrong SSE-C key: the next key given, if any;

@@ -113,10 +113,46 @@ pub struct ObjectSource {
     pub expect_file_id: Option<String>,
     /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
     pub if_match: Option<String>,
+    /// Plain URLs: every answer must be of the version the probe saw.
+    pub validator: Option<Validator>,
     /// B2 SSE-C: which of the customer keys given the requests carry.
     pub sse_c: Option<Arc<crate::b2::KeyChoice>>,
     /// What shows in messages: `b2://bucket/name` or the URL without query.
     pub display_name: String,
+}
+
+/// What names the version of a plain URL's object that its probe saw: the
+/// ETag (weak or strong), else Last-Modified. An answer that carries the
+/// same header with another value is of another version: an origin that
+/// ignores `If-Match` (or a weak ETag, which `If-Match` cannot carry) would
+/// otherwise splice two versions into one file and report it done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validator {
+    /// `etag` or `last-modified`.
+    pub header: &'static str,
+    pub value: String,
+}
+
+impl Validator {
+    pub fn of(head: &crate::http::ResponseHead) -> Option<Validator> {
+        let found = |header: &'static str| {
+            head.header(header).map(|value| Validator {
+                header,
+                value: value.to_string(),
+            })
+        };
+        found("etag").or_else(|| found("last-modified"))
+    }
+
+    /// RFC 9110 §8.8.3.2's weak comparison for ETags: the opaque tags
+    /// match, `W/` or not. Last-Modified: the same date.
+    pub fn matches(&self, seen: &str) -> bool {
+        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+        match self.header {
+            "etag" => opaque(&self.value) == opaque(seen),
+            _ => self.value.trim() == seen.trim(),
+        }
+    }
 }
 
 /// The result of one object's download.
@@ -224,6 +260,7 @@ pub fn download(
         display_name: source.display_name.clone(),
         expect_file_id: source.expect_file_id.clone(),
         if_match: source.if_match.clone(),
+        validator: source.validator.clone(),
         sse_c: source.sse_c.clone(),
         size_bytes: object_size_bytes,
         expected_sha1: None,

@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, GiveUp, Retries, Then, conn_failure, status_failure};
 use super::request::{
-    build_get, check_file_id, next_head, send_get_ahead, stop_pipelining_if_refused,
+    build_get, check_version, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
@@ -474,6 +474,6 @@ async fn check_head(
         }
         None => return Err(Failure::retry("response without Content-Length")),
     }
-    check_file_id(head, job.expect_file_id.as_deref())?;
+    check_version(head, job)?;
     Ok(())
 }

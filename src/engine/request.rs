@@ -246,15 +246,30 @@ async fn send_and_read_head(
 
 /// B2: a download must come from the listed version of the object (no
 /// newer upload under the same name spliced into the file).
-pub(super) fn check_file_id(head: &ResponseHead, expected: Option<&str>) -> Result<(), Failure> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
-    match head.header("x-bz-file-id") {
-        Some(id) if id == expected => Ok(()),
-        other => Err(Failure::object(format!(
-            "x-bz-file-id {:?} is not the listed version {expected}; the object was replaced",
-            other.unwrap_or("")
-        ))),
+/// That an answer is of the version the download began with: B2's
+/// `x-bz-file-id`, or a plain URL's ETag / Last-Modified (`Validator`).
+pub(super) fn check_version(head: &ResponseHead, object: &ObjectSpec) -> Result<(), Failure> {
+    if let Some(expected) = object.expect_file_id.as_deref() {
+        match head.header("x-bz-file-id") {
+            Some(id) if id == expected => {}
+            other => {
+                return Err(Failure::object(format!(
+                    "x-bz-file-id {:?} is not the listed version {expected}; the object was replaced",
+                    other.unwrap_or("")
+                )));
+            }
+        }
     }
+    if let Some(validator) = &object.validator {
+        if let Some(seen) = head.header(validator.header) {
+            if !validator.matches(seen) {
+                return Err(Failure::object(format!(
+                    "the object changed on the origin during the download ({} {:?} at the start, {seen:?} now); \
+                     run the command again to fetch the new version",
+                    validator.header, validator.value
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -66,6 +66,8 @@ pub struct ObjectSpec {
     pub expect_file_id: Option<String>,
     /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
     pub if_match: Option<String>,
+    /// Plain URLs: every answer must be of the version the probe saw.
+    pub validator: Option<super::Validator>,
     /// B2 SSE-C: which of the customer keys given the requests carry.
     pub sse_c: Option<Arc<crate::b2::KeyChoice>>,
     pub size_bytes: u64,
