@@ -831,7 +831,7 @@ impl Download {
                     auth: None,
                     expect_file_id: None,
                     if_match,
-                    validator: crate::engine::Validator::of(&head),
+                    validator: crate::engine::Validator::of(head),
                     sse_c: None,
                     display_name,
                 };
