@@ -154,10 +154,12 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
     for file in page.files {
         let text =
             |value: &Option<Scalar>| value.as_ref().and_then(Scalar::text).map(str::to_string);
-        let action = match file.action.as_ref().and_then(Scalar::text) {
-            Some("upload") | None => Action::Upload,
-            Some("folder") => Action::Folder,
-            Some("hide") => Action::Hide,
+        // No action at all is an upload (older answers); one that is not
+        // text (`"action": 7`) is no action we know.
+        let action = match file.action.as_ref().map(Scalar::text) {
+            Some(Some("upload")) | None => Action::Upload,
+            Some(Some("folder")) => Action::Folder,
+            Some(Some("hide")) => Action::Hide,
             Some(_) => Action::Other,
         };
         let size_bytes = match (file.content_length, file.size) {
@@ -167,7 +169,10 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             }
             (None, None) => 0,
         };
-        let info = file.file_info.unwrap_or_default();
+        let info = match file.file_info {
+            Some(LenientInfo::Info(info)) => info,
+            Some(LenientInfo::Other(_)) | None => RawInfo::default(),
+        };
         let expected = crate::b2::expected_sha1(
             file.content_sha1.as_ref().and_then(Scalar::text),
             info.large_file_sha1.as_ref().and_then(Scalar::text),
@@ -335,6 +340,15 @@ pub fn check_progress(start: &PageStart, page: &ListPage) -> Result<(), String> 
     let Some(next) = page.next_file_name.as_deref() else {
         return Ok(());
     };
+    // Empty pages whose nextFileName only grows ("a", "aa", …) move past
+    // every floor below, and would be asked for forever.
+    if next.len() > crate::config::B2_FILE_NAME_MAX_BYTES + 1 {
+        return Err(format!(
+            "listing loop: nextFileName of {} bytes cannot name a B2 file (at most {}); the server would list forever",
+            next.len(),
+            crate::config::B2_FILE_NAME_MAX_BYTES
+        ));
+    }
     let within_name = page.next_file_id.is_some();
     let last = page.entries.last().map(|entry| entry.name.as_str());
     for floor in [start_name, last].into_iter().flatten() {
@@ -380,7 +394,7 @@ struct RawFile {
     #[serde(default)]
     content_sha1: Option<Scalar>,
     #[serde(default)]
-    file_info: Option<RawInfo>,
+    file_info: Option<LenientInfo>,
     #[serde(default)]
     upload_timestamp: Option<Scalar>,
     #[serde(default)]
@@ -407,6 +421,15 @@ impl RawEncryption {
             RawEncryption::Other(_) => None,
         }
     }
+}
+
+/// `fileInfo` that is not an object is none: one odd value does not fail
+/// the page.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LenientInfo {
+    Info(RawInfo),
+    Other(IgnoredAny),
 }
 
 #[derive(Default, Deserialize)]
@@ -580,6 +603,30 @@ mod tests {
     }
 
     #[test]
+    fn odd_actions_and_file_infos_are_read_leniently_per_entry() {
+        let page = br#"{"files":[
+            {"fileName":"seven","action":7,"contentLength":1},
+            {"fileName":"null","action":null,"contentLength":1},
+            {"fileName":"info-text","action":"upload","contentLength":1,"fileInfo":"x"},
+            {"fileName":"info-list","action":"upload","contentLength":1,"fileInfo":[1,2]},
+            {"fileName":"plain","contentLength":1}
+        ],"nextFileName":null}"#;
+        let page = parse_page(page).unwrap();
+        let actions: Vec<Action> = page.entries.iter().map(|entry| entry.action).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Other,
+                Action::Other,
+                Action::Upload,
+                Action::Upload,
+                Action::Upload
+            ]
+        );
+        assert_eq!(page.entries[2].mtime_ms, None);
+    }
+
+    #[test]
     fn only_the_sse_c_mode_marks_an_entry_as_needing_a_key() {
         let page = br#"{"files":[
             {"fileName":"c","contentLength":1,"serverSideEncryption":{"mode":"SSE-C","algorithm":"AES256"}},
@@ -670,6 +717,11 @@ mod tests {
         assert!(check_progress(&PageStart::default(), &page(&["a", "b"], Some("a"))).is_err());
         assert!(check_progress(&PageStart::at("m"), &page(&[], Some("m"))).is_err());
         assert!(check_progress(&PageStart::at("m"), &page(&[], Some("n"))).is_ok());
+        // An ever longer nextFileName on empty pages ends at B2's name limit.
+        let long = "a".repeat(1026);
+        let error =
+            check_progress(&PageStart::at(&long[..1025]), &page(&[], Some(&long))).unwrap_err();
+        assert!(error.contains("cannot name a B2 file"), "{error}");
     }
 
     #[test]
