@@ -617,7 +617,7 @@ mod tests {
             actions,
             [
                 Action::Other,
-                Action::Other,
+                Action::Upload, // null is no action, as an absent one
                 Action::Upload,
                 Action::Upload,
                 Action::Upload
