@@ -389,6 +389,18 @@ impl Download {
         if let Some(signal) = crate::runtime::interrupted() {
             return Err(Error::Interrupted { signal });
         }
+        // Bytes that could not be verified, where that is not acceptable,
+        // are not fetched at all.
+        let source_name = display_source(&self.source);
+        if let Some(why) = meta.expected.malformed() {
+            return Err(Error::http(format!("GET {source_name}"), why));
+        }
+        if options.require_verified && meta.expected == ExpectedSha1::None {
+            return Err(Error::http(
+                format!("GET {source_name}"),
+                "no published SHA1 to verify against (--require-verified): nothing was downloaded",
+            ));
+        }
         let parent = parent_dir(&dest);
         let dir = rustix::fs::open(
             &parent,
@@ -560,7 +572,7 @@ impl Download {
                 }
                 ExpectedSha1::Verified(_) => Verification::Verified,
                 ExpectedSha1::Unverified(_) => Verification::VerifiedUnverifiedPrefix,
-                ExpectedSha1::None => Verification::NotVerified {
+                ExpectedSha1::None | ExpectedSha1::Malformed(_) => Verification::NotVerified {
                     why: match &self.source {
                         Source::B2 { .. } | Source::B2Id { .. } => {
                             "the object has no contentSha1 and no large_file_sha1".into()

@@ -2027,3 +2027,33 @@ fn an_object_that_changes_mid_download_is_never_spliced() {
         assert_eq!(std::fs::read(&dest).unwrap(), content("v1", 1 << 20));
     }
 }
+
+/// Bytes that cannot be verified where that is not acceptable are not
+/// fetched: a published digest that is broken, or none under
+/// `--require-verified` (which used to download the object, leave it under
+/// DEST and exit 1).
+#[test]
+fn unverifiable_objects_are_refused_before_any_byte_lands() {
+    let fixture = Fixture::new(&[("n.bin", 100_000), ("big.bin", 300_000)]);
+    for (mode, name, extra, needle) in [
+        ("none", "n.bin", "--require-verified", "--require-verified"),
+        ("malformed", "n.bin", "", "neither 40 hex digits"),
+        ("malformed", "big.bin", "", "neither 40 hex digits"),
+    ] {
+        let served = serve(
+            fixture.data.path(),
+            true,
+            &["--publish-sha1", mode, "--large-file-threshold", "200KiB"],
+        );
+        let dest = fixture.dest_str(name);
+        let source = format!("b2://bkt/{name}");
+        let mut args = vec![source.as_str(), &dest];
+        if !extra.is_empty() {
+            args.push(extra);
+        }
+        let output = ringdown(&served, &args);
+        assert_exit(&output, 1, needle);
+        assert!(!Path::new(&dest).exists(), "{mode} {name}");
+        assert_no_temp(fixture.out.path());
+    }
+}

@@ -316,6 +316,43 @@ fn objects_without_a_usable_digest_are_restored_unverified_and_said_so() {
     );
     assert_eq!(strict.status.code(), Some(1), "{}", stderr(&strict));
     assert!(stderr(&strict).contains("--require-verified"));
+    // Nothing that could not be verified was fetched or put in place.
+    assert!(files_under(&out.path().join("strict")).is_empty());
+    drop(served);
+
+    // A broken digest (one hex digit short) is not "no digest": every file
+    // fails, unfetched, and says why.
+    let served = serve(
+        data.path(),
+        false,
+        &[
+            "--large-file-threshold",
+            "300KiB",
+            "--publish-sha1",
+            "malformed",
+        ],
+    );
+    let report = out.path().join("malformed.jsonl");
+    let broken = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &out.path().join("malformed"),
+    );
+    assert_eq!(broken.status.code(), Some(1), "{}", stderr(&broken));
+    assert!(files_under(&out.path().join("malformed")).is_empty());
+    let lines = common::json_lines(&report);
+    assert_eq!(lines.len(), objects.len());
+    for line in lines {
+        assert_eq!(line["status"], "failed", "{line}");
+        assert!(
+            line["reason"]
+                .as_str()
+                .unwrap()
+                .contains("neither 40 hex digits"),
+            "{line}"
+        );
+        assert_eq!(line["expected_sha1"].as_str().unwrap().len(), 39, "{line}");
+    }
     drop(served);
 
     // `unverified:<hex>`: the digest is checked all the same.

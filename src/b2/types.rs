@@ -278,36 +278,61 @@ pub struct B2ErrorBody {
 }
 
 /// The digest to check a downloaded object against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExpectedSha1 {
     /// Computed by B2 (`contentSha1`), or `large_file_sha1` set by the uploader.
     Verified([u8; 20]),
     /// `unverified:<hex>`: sent by the uploading client, never checked by B2.
     /// We still compare against it (as b2sdk and rclone do).
     Unverified([u8; 20]),
-    /// `none` without a usable `large_file_sha1`: nothing to compare.
+    /// `none` (or no field) without a `large_file_sha1`: nothing to compare.
     None,
+    /// A digest is published but is neither 40 hex digits (after an
+    /// optional `unverified:`) nor `none`: the metadata is broken, and
+    /// bytes checked against nothing must not pass as merely unverified.
+    Malformed(String),
 }
 
 impl ExpectedSha1 {
     pub fn digest(&self) -> Option<&[u8; 20]> {
         match self {
             ExpectedSha1::Verified(digest) | ExpectedSha1::Unverified(digest) => Some(digest),
-            ExpectedSha1::None => None,
+            ExpectedSha1::None | ExpectedSha1::Malformed(_) => None,
+        }
+    }
+
+    /// Why bytes cannot be checked against this, when it is malformed.
+    pub fn malformed(&self) -> Option<String> {
+        match self {
+            ExpectedSha1::Malformed(text) => Some(format!(
+                "the published SHA1 {text:?} is neither 40 hex digits nor \"none\": \
+                 the object's metadata is broken, so its bytes cannot be verified"
+            )),
+            _ => None,
         }
     }
 }
 
 /// What to verify a download against, from `contentSha1` (or the
-/// `x-bz-content-sha1` header) and `fileInfo.large_file_sha1`. Anything that is
-/// not 40 hex digits counts as absent.
+/// `x-bz-content-sha1` header) and `fileInfo.large_file_sha1`: `none`, an
+/// empty or absent field is no digest; any other text that is not 40 hex
+/// digits is `Malformed`.
 pub fn expected_sha1(
     content_sha1: Option<&str>,
     file_info_large_file_sha1: Option<&str>,
 ) -> ExpectedSha1 {
-    let from = |text: &str| match text.trim().strip_prefix("unverified:") {
-        Some(hex) => parse_sha1_hex(hex).map(ExpectedSha1::Unverified),
-        None => parse_sha1_hex(text.trim()).map(ExpectedSha1::Verified),
+    let from = |text: &str| {
+        let text = text.trim();
+        if text.is_empty() || text == "none" {
+            return None;
+        }
+        Some(
+            match text.strip_prefix("unverified:") {
+                Some(hex) => parse_sha1_hex(hex).map(ExpectedSha1::Unverified),
+                None => parse_sha1_hex(text).map(ExpectedSha1::Verified),
+            }
+            .unwrap_or_else(|| ExpectedSha1::Malformed(text.chars().take(80).collect())),
+        )
     };
     content_sha1
         .and_then(from)
@@ -512,17 +537,32 @@ mod tests {
         );
         assert_eq!(expected_sha1(Some("none"), None), ExpectedSha1::None);
         assert_eq!(expected_sha1(None, None), ExpectedSha1::None);
-        assert_eq!(
-            expected_sha1(Some("none"), Some("not-hex")),
-            ExpectedSha1::None
-        );
-        assert_eq!(
-            expected_sha1(Some(&HELLO_SHA1[..39]), None),
-            ExpectedSha1::None
-        );
-        assert_eq!(
-            expected_sha1(Some(&format!("{}g", &HELLO_SHA1[..39])), None),
-            ExpectedSha1::None
+        assert_eq!(expected_sha1(Some(""), Some(" none ")), ExpectedSha1::None);
+        // A digest that is there but unreadable is not "no digest".
+        for bad in [
+            "not-hex".to_string(),
+            HELLO_SHA1[..39].to_string(),
+            format!("{}g", &HELLO_SHA1[..39]),
+            format!("{HELLO_SHA1}0"),
+            "unverified:zz".to_string(),
+        ] {
+            assert!(
+                matches!(expected_sha1(Some(&bad), None), ExpectedSha1::Malformed(_)),
+                "{bad}"
+            );
+            assert!(
+                matches!(
+                    expected_sha1(Some("none"), Some(&bad)),
+                    ExpectedSha1::Malformed(_)
+                ),
+                "{bad}"
+            );
+        }
+        assert!(
+            ExpectedSha1::Malformed("x".into())
+                .malformed()
+                .unwrap()
+                .contains("\"x\"")
         );
         assert_eq!(ExpectedSha1::Unverified(digest).digest(), Some(&digest));
         assert_eq!(parse_sha1_hex("+a".repeat(20).as_str()), None);

@@ -151,6 +151,7 @@ pub fn options_from(
         as_of_ms: args.as_of,
         files_from,
         sse_c_keys: super::get::read_sse_c_keys(&args.sse_c_key_file)?,
+        require_verified: args.require_verified,
     };
     Ok((options, memlock_notice))
 }

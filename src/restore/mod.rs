@@ -82,6 +82,9 @@ pub struct RestoreOptions {
     /// `--sse-c-key-file` (repeated): the keys of the objects the listing
     /// marks SSE-C (only those requests carry one; see `Keyring` for which).
     pub sse_c_keys: Option<Arc<Keyring>>,
+    /// A file with no published digest fails without being downloaded
+    /// (`--require-verified`), instead of being restored unverified.
+    pub require_verified: bool,
 }
 
 impl RestoreOptions {
@@ -116,6 +119,7 @@ impl RestoreOptions {
             as_of_ms: None,
             files_from: None,
             sse_c_keys: None,
+            require_verified: false,
         })
     }
 }
@@ -135,6 +139,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("filter", &self.filter)
             .field("shard", &self.shard)
             .field("skip_existing", &self.skip_existing)
+            .field("require_verified", &self.require_verified)
             .field("fsync", &self.fsync)
             .field("dry_run", &self.dry_run)
             .field("report", &self.report)
@@ -209,6 +214,8 @@ fn expected_hex(expected: &ExpectedSha1) -> Option<String> {
         ExpectedSha1::Verified(sha1) => Some(to_hex(sha1)),
         ExpectedSha1::Unverified(sha1) => Some(format!("unverified:{}", to_hex(sha1))),
         ExpectedSha1::None => None,
+        // As published: the report shows what could not be read.
+        ExpectedSha1::Malformed(text) => Some(text.clone()),
     }
 }
 
@@ -1092,8 +1099,19 @@ fn schedule(
             }
         }
     }
-    if entry.sse_c.is_some() && options.sse_c_keys.is_none() {
-        let reason = crate::b2::sse::NO_KEY.to_string();
+    // Bytes that cannot be verified, where that is not acceptable, are not
+    // fetched at all: a broken published digest, or none under
+    // --require-verified.
+    let unfetchable = if entry.sse_c.is_some() && options.sse_c_keys.is_none() {
+        Some(crate::b2::sse::NO_KEY.to_string())
+    } else if let Some(why) = entry.expected.malformed() {
+        Some(why)
+    } else if options.require_verified && entry.expected == ExpectedSha1::None {
+        Some("no published SHA1 to verify against (--require-verified): not downloaded".into())
+    } else {
+        None
+    };
+    if let Some(reason) = unfetchable {
         if options.dry_run {
             say!("failed\t{:?}\t{reason}", entry.name);
         } else {
@@ -1186,10 +1204,7 @@ fn schedule(
             _ => None,
         },
         size_bytes,
-        expected_sha1: match task.entry.expected {
-            ExpectedSha1::Verified(sha1) | ExpectedSha1::Unverified(sha1) => Some(sha1),
-            ExpectedSha1::None => None,
-        },
+        expected_sha1: task.entry.expected.digest().copied(),
         fsync: options.fsync,
     };
     let work = if task.large {
@@ -1350,7 +1365,8 @@ fn finish_file(
             return;
         }
         ExpectedSha1::Verified(_) | ExpectedSha1::Unverified(_) => true,
-        ExpectedSha1::None => false,
+        // (Malformed never reaches a download: `schedule` fails it.)
+        ExpectedSha1::None | ExpectedSha1::Malformed(_) => false,
     };
     if let Some(mtime_ms) = entry.mtime_ms {
         // By name: the engine owns the fd, and every write has completed. The

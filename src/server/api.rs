@@ -311,6 +311,9 @@ pub enum PublishSha1 {
     Unverified,
     /// contentSha1 "none" and no large_file_sha1: nothing to verify against.
     None,
+    /// Broken metadata: a digest one hex digit short (contentSha1, or
+    /// large_file_sha1 for large files).
+    Malformed,
 }
 
 impl ObjectView {
@@ -320,6 +323,7 @@ impl ObjectView {
             PublishSha1::Real => hex(&self.sha1),
             PublishSha1::Unverified => format!("unverified:{}", hex(&self.sha1)),
             PublishSha1::None => "none".to_string(),
+            PublishSha1::Malformed => hex(&self.sha1)[1..].to_string(),
         }
     }
 
@@ -331,8 +335,15 @@ impl ObjectView {
     /// large objects; `sse_c_key_id` for SSE-C objects whose key has an ID.
     pub fn file_info(&self, server: &Server) -> Vec<(&'static str, String)> {
         let mut info = vec![("src_last_modified_millis", self.meta.mtime_ms.to_string())];
-        if self.is_large && self.publish != PublishSha1::None {
-            info.push(("large_file_sha1", hex(&self.sha1)));
+        match self.publish {
+            _ if !self.is_large => {}
+            PublishSha1::None => {}
+            PublishSha1::Malformed => {
+                info.push(("large_file_sha1", hex(&self.sha1)[1..].to_string()))
+            }
+            PublishSha1::Real | PublishSha1::Unverified => {
+                info.push(("large_file_sha1", hex(&self.sha1)));
+            }
         }
         if let Some(key_id) = server
             .sse_c(&self.meta.name)
