@@ -27,7 +27,7 @@ use crate::config::{
 use crate::engine::{self, EngineConfig, ObjectSource, Progress};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::stats::{RunSummary, Stage};
+use crate::stats::RunSummary;
 use crate::uring;
 use crate::verify::to_hex;
 
@@ -437,7 +437,6 @@ impl Download {
         let mut may_resume = true;
         loop {
             attempts_left -= 1;
-            let file_started = Instant::now();
             let resume = match &resumable {
                 Some(files) if may_resume => files.find(
                     &dir,
@@ -603,7 +602,6 @@ impl Download {
                     Error::io("fsync of the destination directory", error.into())
                 })?;
             }
-            summary.stages.record(Stage::File, file_started.elapsed());
             let seconds = started.elapsed().as_secs_f64();
             let (ok, unverified) = match verification {
                 Verification::NotVerified { .. } => (0, 1),
@@ -1355,7 +1353,7 @@ impl ResumeFiles {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) => {
                     return Err(Error::Fatal(format!(
-                        "another ringdown is downloading this object into {} (it holds {});                          wait for it to finish, or stop it and run this again to resume",
+                        "another ringdown is downloading this object into {} (it holds {}); wait for it to finish, or stop it and run this again to resume",
                         dest.display(),
                         self.journal
                     )));

@@ -253,6 +253,8 @@ fn large_file_is_verified_with_large_file_sha1_and_stats_json_is_written() {
     assert_eq!(json["command"], "get");
     assert_eq!(json["bytes"], 300_000);
     assert_eq!(json["verified"]["ok"], 1);
+    // One file, one `file` sample (the engine's; get recorded a second).
+    assert_eq!(json["stages"]["file"]["count"], 1, "{json}");
     for stage in [
         "connect",
         "ttfb",
@@ -1297,7 +1299,7 @@ fn a_second_get_of_the_same_object_refuses_while_the_first_runs() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let second = ringdown(&served, &["b2://bkt/c.bin", &dest, "--force"]);
-    assert_exit(&second, 1, "another ringdown is downloading");
+    assert_exit(&second, 1, "); wait for it to finish");
     let exit = wait_for_exit(&mut first, "completion");
     let output = first.wait_with_output().unwrap();
     assert_eq!(exit.code(), Some(0), "{}", stderr(&output));
