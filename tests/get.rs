@@ -2059,3 +2059,40 @@ fn unverifiable_objects_are_refused_before_any_byte_lands() {
         assert_no_temp(fixture.out.path());
     }
 }
+
+/// Not on a TTY (a log, cron, a pod), `get` writes a plain progress line
+/// every 10 s, as `restore` does; it used to say nothing until the end.
+#[test]
+fn get_writes_a_plain_progress_line_every_ten_seconds_when_not_a_tty() {
+    let size = 1_400_000;
+    let fixture = Fixture::new(&[("slow.bin", size)]);
+    // 1.4 MB at 100 kB/s on one connection: ~14 s, one progress line.
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "100kB/s"]);
+    let dest = fixture.dest_str("slow.bin");
+    let output = ringdown(
+        &served,
+        &[
+            "b2://bkt/slow.bin",
+            &dest,
+            "--cores",
+            "1",
+            "--connections",
+            "1",
+        ],
+    );
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "slow.bin", size);
+    let text = stderr(&output);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("ringdown: progress: "))
+        .collect();
+    assert!(!lines.is_empty(), "no progress line in:\n{text}");
+    assert!(lines.len() <= 2, "more than one line per 10 s:\n{text}");
+    assert!(
+        lines[0].contains("/1.4 MB, ") && lines[0].contains(" MB/s, ETA "),
+        "{}",
+        lines[0]
+    );
+    assert!(!text.contains('\r'), "no carriage returns when not a TTY");
+}

@@ -363,8 +363,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
         }
     }
     crate::runtime::watch_signals();
-    let progress = (!args.quiet && std::io::stderr().is_terminal())
-        .then(|| start_progress_line(Arc::clone(&download.progress)));
+    let progress = (!args.quiet).then(|| start_progress_line(Arc::clone(&download.progress)));
     let (result, summary) = download.run_with_summary();
     if let Some(progress) = progress {
         progress.stop();
@@ -442,11 +441,19 @@ pub fn run(args: GetArgs) -> Result<i32> {
     Ok(crate::error::exit_code::OK)
 }
 
-/// A progress line on a TTY: bytes, rate, ETA, retries. Redrawn a few times a second.
+/// The progress line: bytes, rate, ETA, retries. On a TTY redrawn a few
+/// times a second; otherwise (a log) a plain line every
+/// `PROGRESS_PLAIN_INTERVAL_S`, as `restore` writes.
 fn start_progress_line(progress: Arc<Progress>) -> Ticker {
+    let tty = std::io::stderr().is_terminal();
+    let interval = if tty {
+        Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS)
+    } else {
+        Duration::from_secs(config::PROGRESS_PLAIN_INTERVAL_S)
+    };
     let started = Instant::now();
     Ticker::start(
-        Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS),
+        interval,
         move || {
             let line = progress_text(
                 progress.bytes_done.load(Ordering::Relaxed),
@@ -454,9 +461,17 @@ fn start_progress_line(progress: Arc<Progress>) -> Ticker {
                 progress.retries.load(Ordering::Relaxed),
                 started.elapsed(),
             );
-            eprint!("\r\x1b[2K  {line}");
+            if tty {
+                eprint!("\r\x1b[2K  {line}");
+            } else {
+                say!("ringdown: progress: {line}");
+            }
         },
-        || eprint!("\r\x1b[2K"),
+        move || {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+        },
     )
 }
 
