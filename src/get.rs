@@ -369,6 +369,8 @@ impl Download {
         match &result {
             Ok(report) => summary = report.summary.clone(),
             Err(_) => {
+                // What it fetched before it ended (no file was restored).
+                summary.bytes = self.progress.bytes_done.load(Ordering::Relaxed);
                 summary.seconds = started.elapsed().as_secs_f64();
                 summary.failed = 1;
             }

@@ -1261,6 +1261,9 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
             text.contains("run the same command again to resume"),
             "{text}"
         );
+        // The summary, with what was fetched and the stage table.
+        assert!(text.contains(": interrupted after "), "{text}");
+        assert!(text.contains("\nstage "), "{text}");
         assert!(!Path::new(&dest).exists());
         if before > 0 {
             assert!(text.contains("resumed at byte"), "{text}");

@@ -353,7 +353,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
         },
     };
     let download = Download::new(source, args.dest.clone(), options);
-    download.resolve_dest()?;
+    let dest = download.resolve_dest()?;
     if let Some(path) = &args.stats_json {
         super::check_output_file("--stats-json", path, None)?;
     }
@@ -379,6 +379,20 @@ pub fn run(args: GetArgs) -> Result<i32> {
             (Ok(_), Err(error)) => return Err(error),
             // The download's error is the one to report.
             (Err(_), Err(error)) => say!("ringdown: warning: {error}"),
+        }
+    }
+    // CONVENTIONS: an interrupted run prints its summary too.
+    if let Err(Error::Interrupted { .. }) = &result {
+        say!(
+            "{}: interrupted after {} bytes in {:.2} s ({:.1} MB/s), retries: {}",
+            dest.display(),
+            summary.fetched_bytes(),
+            summary.seconds,
+            summary.mb_per_s(),
+            summary.retries
+        );
+        if !args.quiet {
+            say!("\n{}", summary.stages.table());
         }
     }
     let report = result?;
