@@ -854,6 +854,22 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         .env("SSL_CERT_FILE", served.ca_file.as_ref().unwrap())
         .run_bounded();
     assert_ok(&output);
+    // An SSL_CERT_FILE that cannot be read is a configuration error (exit
+    // 2), not an untrusted server (it left no root at all: exit 3).
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            "b2://bkt/a.bin",
+            &dest,
+            "--force",
+            "--realm",
+            &served.realm,
+        ])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .env("SSL_CERT_FILE", "/no/such/ca.pem")
+        .run_bounded();
+    assert_exit(&output, 2, "SSL_CERT_FILE /no/such/ca.pem");
 
     // DEST exists: exit 2 without --force, file untouched.
     std::fs::write(&dest, b"keep me").unwrap();

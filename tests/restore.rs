@@ -1322,6 +1322,7 @@ fn usage_errors_exit_2_before_any_network() {
         &["b2://bkt", "--buffers", "1025"],
         // An output that cannot be written is found before the run.
         &["b2://bkt", "--stats-json", "/no/such/dir/stats.json"],
+        &["b2://bkt", "--report", "/no/such/dir/report.jsonl"],
     ] {
         let output = run_bounded(base(args));
         assert_eq!(
@@ -1335,6 +1336,22 @@ fn usage_errors_exit_2_before_any_network() {
     no_key.env_remove("B2_APPLICATION_KEY");
     assert_eq!(run_bounded(no_key).status.code(), Some(2));
     assert!(!out.path().join("d").exists());
+    // A DIR beneath a file, or that is a file: exit 2 before any request
+    // (port 9 is not served: a request would fail otherwise).
+    std::fs::write(out.path().join("file"), b"x").unwrap();
+    for dir in [out.path().join("file/sub"), out.path().join("file")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+        command
+            .args(["restore", "b2://bkt"])
+            .arg(&dir)
+            .args(["--realm", "http://127.0.0.1:9"])
+            .env("B2_APPLICATION_KEY_ID", "id")
+            .env("B2_APPLICATION_KEY", "key");
+        let output = run_bounded(command);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{dir:?}: {text}");
+        assert!(text.contains("is not a directory"), "{text}");
+    }
 }
 
 /// Issue 5's fault test: 2,000 files and two multi-chunk objects through

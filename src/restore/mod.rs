@@ -429,8 +429,12 @@ impl Restore {
         // A dry run creates nothing, not even the report.
         let report = match options.report.as_ref().filter(|_| !options.dry_run) {
             Some(path) => Some(Mutex::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .map_err(|error| Error::io(format!("creating {}", path.display()), error))?,
+                std::fs::File::create(path).map_err(|error| {
+                    Error::io(
+                        format!("creating the --report file {}", path.display()),
+                        error,
+                    )
+                })?,
             ))),
             None => None,
         };

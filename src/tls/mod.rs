@@ -37,8 +37,13 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Error>
     if added == 0 && std::env::var_os("SSL_CERT_FILE").is_none() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
+    // SSL_CERT_FILE replaces the OS store: one that cannot be read would
+    // leave no root at all, and every handshake would fail as untrusted.
+    if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|path| !path.is_empty()) {
+        read_pem_certificates("SSL_CERT_FILE", Path::new(&path))?;
+    }
     if let Some(path) = ca_file {
-        let certs = read_pem_certificates(path)?;
+        let certs = read_pem_certificates("--ca-file", path)?;
         for cert in certs {
             roots.add(cert).map_err(|error| {
                 Error::Usage(format!(
@@ -165,8 +170,8 @@ fn cipher_suite_rank(suite: rustls::CipherSuite) -> u8 {
     }
 }
 
-fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let unusable = |detail: String| Error::Usage(format!("--ca-file {}: {detail}", path.display()));
+fn read_pem_certificates(source: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let unusable = |detail: String| Error::Usage(format!("{source} {}: {detail}", path.display()));
     let iter = CertificateDer::pem_file_iter(path)
         .map_err(|error| unusable(format!("cannot read: {error}")))?;
     let certs: Vec<_> = iter
@@ -180,7 +185,7 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Er
 
 /// Checks `--ca-file` before any network I/O (exit code 2 on failure).
 pub fn check_ca_file(path: &Path) -> Result<(), Error> {
-    read_pem_certificates(path).map(|_| ())
+    read_pem_certificates("--ca-file", path).map(|_| ())
 }
 
 /// A TLS client session over an io_uring TCP stream.
