@@ -274,6 +274,12 @@ pub const JOURNAL_SORT_RUN_BYTES: usize = 4 << 20;
 /// (between listing calls) and a chunk's through a backoff after a
 /// retryable answer.
 pub const KEEPALIVE_IDLE_MAX_MS: u64 = 15_000;
+
+/// After a re-authorization fails on a transient error (its own retries
+/// spent), requests refused for the same token share that failure for this
+/// long instead of each trying again: one at a time, 5 tries each, they
+/// queued for objects × attempts × ~4 s and a restore looked hung.
+pub const REAUTHORIZE_FAILURE_SHARED_MS: u64 = 10_000;
 /// `--files-from` names sorted in memory at once (the rest are spilled to
 /// `TMPDIR`): a list of ten million names restores in the memory of one of
 /// ten thousand.

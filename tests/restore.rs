@@ -2636,3 +2636,56 @@ fn a_large_objects_report_counts_its_chunks_attempts() {
         "{gets} GETs: {large}"
     );
 }
+
+/// Tokens expire mid-run and the API refuses to authorize again (an
+/// outage): requests refused for the same token share the failed refresh
+/// instead of each making one, one behind another, 5 tries each (20
+/// objects took minutes, looking hung). The run ends soon, every object
+/// failed and reported.
+#[test]
+fn a_failed_refresh_is_shared_not_repeated_per_request() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    numbered_objects(&bkt, "t", 20, |_| 100_000);
+    let served = serve_logged(
+        data.path(),
+        &[
+            "--token-ttl-s",
+            "1",
+            "--authorize-max",
+            "1",
+            "--rate-per-conn",
+            "200kB/s",
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let started = Instant::now();
+    let output = run_bounded(command_tuned(
+        &served,
+        &["b2://bkt", "--max-attempts", "3"],
+        &dir,
+        &[
+            "--cores",
+            "1",
+            "--connections",
+            "2",
+            "--retry-base-ms",
+            "5",
+            "--retry-max-ms",
+            "50",
+        ],
+    ));
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("re-authorizing"), "{text}");
+    let refreshes = api_calls(data.path(), "b2_authorize_account").len();
+    // The first, then one refresh (of 5 tries) per
+    // REAUTHORIZE_FAILURE_SHARED_MS (10 s) at most.
+    assert!(refreshes <= 11, "{refreshes} authorizations:\n{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}

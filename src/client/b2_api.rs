@@ -69,6 +69,9 @@ pub struct Authorizer {
     /// One re-authorization at a time across every core: when a token
     /// expires, all requests in flight are refused together.
     refreshing: tokio::sync::Mutex<()>,
+    /// The last re-authorization that failed on a transient error: the
+    /// token generation it tried to replace, when, and why.
+    failed_refresh: Mutex<Option<(u64, std::time::Instant, String)>>,
 }
 
 /// Where control-plane calls go.
@@ -106,6 +109,7 @@ impl Authorizer {
             session: Mutex::new(None),
             api: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            failed_refresh: Mutex::new(None),
         })
     }
 
@@ -178,12 +182,42 @@ impl Authorizer {
     /// again, unless another request already did since (then `false`: try
     /// the new token). One at a time, so the requests a token expiry refuses
     /// together make one `b2_authorize_account`.
+    ///
+    /// A refresh that failed on a transient error (the API unreachable,
+    /// 503s) answers the requests that wait for the same token for
+    /// `REAUTHORIZE_FAILURE_SHARED_MS` with the same error, so each backs
+    /// off on its own schedule instead of trying again one behind another.
     pub async fn reauthorize(&self, seen_generation: u64) -> Result<bool, Error> {
         let _one_at_a_time = self.refreshing.lock().await;
         if self.generation() != seen_generation {
             return Ok(false);
         }
-        self.authorize().await.map(|()| true)
+        let shared_for = Duration::from_millis(crate::config::REAUTHORIZE_FAILURE_SHARED_MS);
+        if let Some((generation, at, why)) = &*self.failed_refresh.lock().expect("refresh lock") {
+            if *generation == seen_generation && at.elapsed() < shared_for {
+                return Err(Error::http(
+                    "b2_authorize_account",
+                    format!(
+                        "{why} ({:.1} s ago; tried again later)",
+                        at.elapsed().as_secs_f64()
+                    ),
+                ));
+            }
+        }
+        match self.authorize().await {
+            Ok(()) => Ok(true),
+            Err(
+                error @ (Error::Auth(_) | Error::Denied(_) | Error::Trust(_) | Error::Usage(_)),
+            ) => Err(error),
+            Err(error) => {
+                *self.failed_refresh.lock().expect("refresh lock") = Some((
+                    seen_generation,
+                    std::time::Instant::now(),
+                    error.to_string(),
+                ));
+                Err(error)
+            }
+        }
     }
 
     pub fn token(&self) -> String {

@@ -428,6 +428,13 @@ async fn route(
                 "invalid application key id or application key",
             ));
         }
+        if !server.may_authorize() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "--authorize-max: no more authorizations",
+            ));
+        }
         let value = api::authorize_account(server, version)?;
         return Ok(json_response(server, context, api::to_body(&value)));
     }

@@ -171,6 +171,10 @@ pub struct ServeArgs {
     /// Authorization tokens expire after this many seconds (401 expired_auth_token).
     #[arg(long, value_name = "S")]
     pub token_ttl_s: Option<u64>,
+    /// Answer b2_authorize_account with 503 service_unavailable after the first N
+    /// (an API outage after the run began: tokens that expire cannot be refreshed).
+    #[arg(long, value_name = "N")]
+    pub authorize_max: Option<u64>,
     /// Append one JSON line per response (method, path, name, range, status, bytes_sent, fault).
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
@@ -297,9 +301,20 @@ pub struct Server {
     /// Numbers accepted connections for the access log.
     connections_accepted: std::sync::atomic::AtomicU64,
     sse_c: Vec<SseCObjects>,
+    /// `--authorize-max`, and the authorizations answered so far.
+    authorize_max: Option<u64>,
+    authorized: std::sync::atomic::AtomicU64,
 }
 
 impl Server {
+    /// Counts an authorization; false past `--authorize-max`.
+    pub fn may_authorize(&self) -> bool {
+        let before = self
+            .authorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.authorize_max.is_none_or(|max| before < max)
+    }
+
     /// How `name` is stored if encrypted with SSE-C: under the key of the
     /// longest `--sse-c-prefix` it starts with.
     pub fn sse_c(&self, name: &str) -> Option<&SseCObjects> {
@@ -471,6 +486,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 },
             },
             tokens: Tokens::new(args.token_ttl_s),
+            authorize_max: args.authorize_max,
+            authorized: std::sync::atomic::AtomicU64::new(0),
             download_url: args.download_url.clone().unwrap_or_else(|| realm.clone()),
             realm,
             large_file_threshold_bytes: args.large_file_threshold,
