@@ -42,6 +42,15 @@ pub fn is_denial(status: u16, code: &str) -> bool {
     )
 }
 
+/// The account's daily download or transaction cap is spent: nothing in
+/// this run can succeed until it is raised or resets, whatever call met it.
+pub fn is_cap_exceeded(status: u16, code: &str) -> bool {
+    classify(status, code) == ErrorClass::RunFatal
+}
+
+/// What to do when a cap is spent.
+pub const CAP_HINT: &str = "the B2 account's daily cap is spent: raise it (B2 web console, Caps & Alerts) or wait for its reset, then run the same command again to resume";
+
 /// What to check when B2 refuses a valid key.
 pub const DENIED_HINT: &str = "the application key is valid but B2 does not let it do this: check the bucket, name prefix and capabilities it was made with (`b2 key list --long`)";
 
@@ -77,6 +86,8 @@ mod tests {
         assert_eq!(classify(401, "unauthorized"), ErrorClass::Fatal);
         assert_eq!(classify(401, "missing_auth_token"), ErrorClass::Fatal);
         assert_eq!(classify(403, "download_cap_exceeded"), ErrorClass::RunFatal);
+        assert!(is_cap_exceeded(403, "transaction_cap_exceeded"));
+        assert!(!is_cap_exceeded(403, "access_denied") && !is_cap_exceeded(401, ""));
         assert_eq!(
             classify(403, "transaction_cap_exceeded"),
             ErrorClass::RunFatal

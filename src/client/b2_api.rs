@@ -152,6 +152,14 @@ impl Authorizer {
         )
         .await
         .map_err(|error| super::in_context(error, "b2_authorize_account"))?;
+        let code = b2::parse_error_body(&reply.body).map(|e| e.code);
+        if b2::is_cap_exceeded(reply.head.status, code.as_deref().unwrap_or("")) {
+            return Err(Error::Fatal(format!(
+                "{context}: {}; {}",
+                describe_error(&reply),
+                b2::CAP_HINT
+            )));
+        }
         if reply.head.status == 401 || reply.head.status == 403 {
             return Err(Error::Auth(format!(
                 "{context}: {}; check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY",
@@ -291,6 +299,9 @@ fn base_path(url: &Url) -> String {
 /// bad credentials.
 pub fn refusal(detail: String, reply: &Exchange) -> Error {
     let code = b2::parse_error_body(&reply.body).map(|e| e.code);
+    if b2::is_cap_exceeded(reply.head.status, code.as_deref().unwrap_or("")) {
+        return Error::Fatal(format!("{detail}; {}", b2::CAP_HINT));
+    }
     if b2::is_denial(reply.head.status, code.as_deref().unwrap_or("")) {
         denied(detail)
     } else {

@@ -245,8 +245,9 @@ impl Retries {
             FailureKind::Trust => return Err(fatal(Error::Trust(failure.detail))),
             FailureKind::Run => {
                 return Err(fatal(Error::Fatal(format!(
-                    "{context}: {}",
-                    failure.detail
+                    "{context}: {}; {}",
+                    failure.detail,
+                    crate::b2::CAP_HINT
                 ))));
             }
             FailureKind::Object => {
