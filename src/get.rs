@@ -434,7 +434,10 @@ impl Download {
         // same directory would otherwise remove or overwrite our partial file.
         let mut journal = match &resumable {
             Some(files) => Some(files.lock(&dir, &dest)?),
-            None => None,
+            None => {
+                ResumeFiles::remove_unresumable(&dir, &file_name);
+                None
+            }
         };
         let mut may_resume = true;
         loop {
@@ -514,8 +517,14 @@ impl Download {
             });
             let (actual, round_notices) = match outcome {
                 Ok(outcome) => outcome,
-                Err(error @ Error::Interrupted { .. }) if resumable.is_some() => {
-                    // CONVENTIONS: an interrupted run keeps what it can resume.
+                Err(error @ Error::Interrupted { .. })
+                    if resumable
+                        .as_ref()
+                        .is_some_and(|files| files.journaled_bytes(&dir) > 0) =>
+                {
+                    // CONVENTIONS: an interrupted run keeps what it can
+                    // resume (with no chunk journaled, that is nothing: the
+                    // arm below removes the preallocated file).
                     if let Some(journal) = journal.as_mut() {
                         journal.keep = true;
                     }
@@ -1258,8 +1267,13 @@ struct ResumeFiles {
 impl ResumeFiles {
     /// None without a stable identity (no fileId, no strong ETag): a
     /// partial file could then belong to another version of the object.
+    ///
+    /// The files are named from DEST alone; the journal's lines carry the
+    /// version (`key`). A run for another version of the object (changed on
+    /// the origin since) finds no line of its own, starts over and so
+    /// replaces the old partial file: named from the version too, that one
+    /// was left behind for good, at the object's size.
     fn new(file_name: &std::ffi::OsStr, source: &ObjectSource, size_bytes: u64) -> Option<Self> {
-        use sha1::{Digest, Sha1};
         let identity = match (&source.expect_file_id, &source.if_match) {
             (Some(id), _) => id.clone(),
             (None, Some(etag)) if !etag.starts_with("W/") => format!("etag:{etag}"),
@@ -1268,18 +1282,40 @@ impl ResumeFiles {
         if identity.chars().any(char::is_control) {
             return None;
         }
-        let key = format!("{identity}\t{size_bytes}");
-        let mut hasher = Sha1::new();
-        hasher.update(file_name.as_encoded_bytes());
-        hasher.update([0]);
-        hasher.update(key.as_bytes());
-        let digest = hasher.finalize();
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let (part, journal) = ResumeFiles::names_for(file_name);
         Some(ResumeFiles {
-            part: format!(".ringdown-{hex}.part"),
-            journal: format!(".ringdown-{hex}.journal"),
-            key,
+            part,
+            journal,
+            key: format!("{identity}\t{size_bytes}"),
         })
+    }
+
+    /// The partial file's and the journal's names for DEST's file name.
+    fn names_for(file_name: &std::ffi::OsStr) -> (String, String) {
+        use sha1::{Digest, Sha1};
+        let digest = Sha1::digest(file_name.as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        (
+            format!(".ringdown-{hex}.part"),
+            format!(".ringdown-{hex}.journal"),
+        )
+    }
+
+    /// A download of DEST that cannot resume (the origin ignores Range, or
+    /// the object has no stable identity) removes what an earlier,
+    /// resumable one left there: nothing will ever resume it. Not while
+    /// another run holds it.
+    fn remove_unresumable(dir: &OwnedFd, file_name: &std::ffi::OsStr) {
+        use rustix::fs::FlockOperation;
+        let (part, journal) = ResumeFiles::names_for(file_name);
+        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let Ok(fd) = rustix::fs::openat(dir, &journal, flags, Mode::empty()) else {
+            return;
+        };
+        if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = rustix::fs::unlinkat(dir, &part, AtFlags::empty());
+            let _ = rustix::fs::unlinkat(dir, &journal, AtFlags::empty());
+        }
     }
 
     /// The partial file of an earlier run, reopened, with its journaled
@@ -1355,7 +1391,7 @@ impl ResumeFiles {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) => {
                     return Err(Error::Fatal(format!(
-                        "another ringdown is downloading this object into {} (it holds {}); wait for it to finish, or stop it and run this again to resume",
+                        "another ringdown is downloading into {} (it holds {}); wait for it to finish, or stop it and run this again to resume",
                         dest.display(),
                         self.journal
                     )));

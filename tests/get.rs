@@ -2115,3 +2115,64 @@ fn get_writes_a_plain_progress_line_every_ten_seconds_when_not_a_tty() {
     );
     assert!(!text.contains('\r'), "no carriage returns when not a TTY");
 }
+
+/// Interrupted, then the object changed on the origin (a new fileId): the
+/// next run downloads the new version from byte 0 and leaves nothing of the
+/// old one behind. The partial file was named from the version, so the old
+/// one stayed beside DEST for good, at the object's full size.
+#[test]
+fn a_partial_of_an_older_version_does_not_outlive_the_next_run() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("v.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "200KB/s"]);
+    let dest = fixture.dest_str("v.bin");
+    let mut child = spawn_get(&served, "v.bin", &dest);
+    let started = std::time::Instant::now();
+    while journaled_bytes(fixture.out.path()) == 0 {
+        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send_signal(child.id(), "-TERM");
+    assert_eq!(wait_for_exit(&mut child, "SIGTERM").code(), Some(143));
+    // A new upload under the same name: other bytes, another fileId.
+    let newer = content("newer", size);
+    write_file(fixture.data.path(), "bkt/v.bin", &newer);
+    let mut child = spawn_get(&served, "v.bin", &dest);
+    let exit = wait_for_exit(&mut child, "completion");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        !stderr(&output).contains("resumed at byte"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(std::fs::read(&dest).unwrap() == newer);
+    assert_no_temp(fixture.out.path());
+}
+
+/// A signal before any chunk was journaled keeps nothing: there is nothing
+/// to resume from, and the preallocated file was the object's full size.
+#[test]
+fn a_signal_before_the_first_chunk_keeps_nothing() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("e.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--latency-ms", "3000"]);
+    let dest = fixture.dest_str("e.bin");
+    let mut child = spawn_get_with_timeout(&served, "e.bin", &dest, "30");
+    // The probe is answered after 3 s; the chunks 3 s after they are sent.
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(fixture.out.path()).unwrap().any(|entry| {
+        entry
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".part")
+    }) {
+        assert!(started.elapsed().as_secs() < 30, "no partial file was made");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send_signal(child.id(), "-TERM");
+    assert_eq!(wait_for_exit(&mut child, "SIGTERM").code(), Some(143));
+    assert_eq!(journaled_bytes(fixture.out.path()), 0);
+    assert_no_temp(fixture.out.path());
+}
