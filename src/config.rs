@@ -280,6 +280,11 @@ pub const KEEPALIVE_IDLE_MAX_MS: u64 = 15_000;
 /// long instead of each trying again: one at a time, 5 tries each, they
 /// queued for objects × attempts × ~4 s and a restore looked hung.
 pub const REAUTHORIZE_FAILURE_SHARED_MS: u64 = 10_000;
+
+/// The longest ETag sent back as `If-Match`: the request head is bounded,
+/// and a longer one would fail every chunk instead of being left out (a
+/// change is still caught by comparing each answer's ETag).
+pub const IF_MATCH_ETAG_MAX_BYTES: usize = 1024;
 /// `--files-from` names sorted in memory at once (the rest are spilled to
 /// `TMPDIR`): a list of ten million names restores in the memory of one of
 /// ten thousand.

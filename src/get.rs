@@ -841,10 +841,26 @@ impl Download {
                         head.header("x-bz-info-large_file_sha1"),
                     ),
                 };
+                // If-Match carries the ETag as the origin sent it: one that
+                // is not visible ASCII (or huge) would come back altered or
+                // overflow the request head, and the origin would refuse
+                // every chunk (412). The validator still sees a change.
                 let if_match = head
                     .header("etag")
                     .filter(|etag| !etag.starts_with("W/"))
+                    .filter(|etag| etag.len() <= crate::config::IF_MATCH_ETAG_MAX_BYTES)
+                    .filter(|etag| etag.bytes().all(|b| b.is_ascii_graphic()))
                     .map(str::to_string);
+                // Saved as sent, as curl does without --compressed (a .tar.gz
+                // marked `Content-Encoding: gzip` is the file wanted), but said.
+                if let Some(encoding) = head
+                    .header("content-encoding")
+                    .filter(|encoding| !encoding.trim().eq_ignore_ascii_case("identity"))
+                {
+                    notices.push(format!(
+                        "the origin marked the body `Content-Encoding: {encoding}`: it was saved as sent, not decoded"
+                    ));
+                }
                 let source = ObjectSource {
                     origin: origin.clone(),
                     tls: origin.tls.then(|| Arc::clone(&tls)),

@@ -2047,6 +2047,23 @@ fn an_object_that_changes_mid_download_is_never_spliced() {
         assert_ok(&output);
         assert_eq!(std::fs::read(&dest).unwrap(), content("v1", 1 << 20));
     }
+    // A body marked `Content-Encoding: gzip` is saved as sent (as curl
+    // does), and the summary says so.
+    let url = changing_origin(1 << 20, usize::MAX, |_| {
+        "ETag: \"g\"\r\nContent-Encoding: gzip".to_string()
+    });
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("c.bin");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest, "--part-size", "256KiB"])
+        .run_bounded();
+    assert_ok(&output);
+    assert_eq!(std::fs::read(&dest).unwrap(), content("v1", 1 << 20));
+    assert!(
+        stderr(&output).contains("`Content-Encoding: gzip`: it was saved as sent"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// Bytes that cannot be verified where that is not acceptable are not
