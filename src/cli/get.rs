@@ -246,6 +246,26 @@ impl TuningArgs {
     }
 }
 
+impl TuningArgs {
+    /// `--cores` beyond the CPUs this process may run on: thread-per-core
+    /// gains nothing from it, and each core adds its buffer pool and
+    /// connections (a typo of 1000 took gigabytes). Said, not refused.
+    pub fn cores_notice(&self, restore: bool) -> Option<String> {
+        let buffers_default = if restore {
+            config::RESTORE_BUFFERS_PER_CORE_DEFAULT
+        } else {
+            config::BUFFERS_PER_CORE_DEFAULT
+        };
+        let cpus = runtime::available_cores();
+        let cores = self.cores.filter(|&cores| cores > cpus)?;
+        Some(format!(
+            "--cores {cores} is more than the {cpus} CPUs this process may run on: \
+             threads will share CPUs, and each core adds {} MiB of buffers and its own connections",
+            (self.buffers.unwrap_or(buffers_default) as u64 * self.buffer_size) >> 20
+        ))
+    }
+}
+
 /// `--realm`, else `B2_REALM`, else `B2_ENVIRONMENT` (the b2 CLI's), else production.
 pub fn resolve_realm(flag: Option<&str>) -> String {
     flag.map(str::to_string)
@@ -357,8 +377,13 @@ pub fn run(args: GetArgs) -> Result<i32> {
     if let Some(path) = &args.stats_json {
         super::check_output_file("--stats-json", path, None)?;
     }
-    if let Some(notice) = &memlock_notice {
-        if !args.quiet {
+    if !args.quiet {
+        for notice in args
+            .tuning
+            .cores_notice(false)
+            .iter()
+            .chain(&memlock_notice)
+        {
             say!("ringdown: note: {notice}");
         }
     }
@@ -559,6 +584,21 @@ mod tests {
             let text = progress_text(done, to_fetch, retries, Duration::from_secs(1));
             assert_eq!(text, line);
         }
+    }
+
+    #[test]
+    fn more_cores_than_cpus_are_said() {
+        let cpus = runtime::available_cores();
+        let mut tuning = TuningArgs::default();
+        assert_eq!(tuning.cores_notice(false), None);
+        tuning.cores = Some(cpus);
+        assert_eq!(tuning.cores_notice(true), None);
+        tuning.cores = Some(cpus + 1);
+        let notice = tuning.cores_notice(false).unwrap();
+        assert!(notice.contains(&format!(
+            "--cores {} is more than the {cpus} CPUs",
+            cpus + 1
+        )));
     }
 
     #[test]

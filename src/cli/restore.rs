@@ -221,8 +221,8 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
     if let Some(path) = &args.stats_json {
         super::check_output_file("--stats-json", path, Some(&args.dir))?;
     }
-    if let Some(notice) = &memlock_notice {
-        if !args.quiet {
+    if !args.quiet {
+        for notice in args.tuning.cores_notice(true).iter().chain(&memlock_notice) {
             say!("ringdown: note: {notice}");
         }
     }
