@@ -2689,3 +2689,38 @@ fn a_failed_refresh_is_shared_not_repeated_per_request() {
         started.elapsed()
     );
 }
+
+/// A selection that restores nothing exits 0 but says so, and why: a PREFIX
+/// with no file (a typo, or an object's name given as a folder), or filters
+/// that let nothing through. It used to end at "0 files restored".
+#[test]
+fn nothing_selected_is_said() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "photos/a.jpg", b"a");
+    write_file(&bkt, "photos/b.jpg", b"b");
+    let served = serve(data.path(), false, &[]);
+    let out = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (&["b2://bkt/nosuch"][..], "lists no file"),
+        (
+            &["b2://bkt/photos/a.jpg"],
+            "for one object, use `ringdown get",
+        ),
+        (
+            &["b2://bkt/photos", "--include", "photos/*"],
+            "none of the 2 names under b2://bkt/photos/ passed",
+        ),
+    ] {
+        let output = restore(&served, args, &out.path().join("dir"));
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{text}");
+        assert!(text.contains(needle), "{args:?}: {text}");
+    }
+    let output = restore(&served, &["b2://bkt/photos"], &out.path().join("dir"));
+    assert!(
+        !stderr(&output).contains("nothing to restore"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -358,6 +358,8 @@ struct FileTask {
 /// What a progress display needs beyond bytes: files as listed so far.
 #[derive(Default)]
 pub struct FileCounts {
+    /// Names under PREFIX the listing brought, before filters and shard.
+    pub seen: AtomicU64,
     /// Files selected so far (after filters and shard), skipped ones included.
     pub listed: AtomicU64,
     /// Files finished in any way (restored, skipped, failed, refused).
@@ -591,6 +593,24 @@ impl Restore {
             Some(signal) => Some(Error::Interrupted { signal }),
             None => run.fatal.lock().expect("fatal lock").take(),
         };
+        if fatal.is_none() && self.files.listed.load(Ordering::Relaxed) == 0 {
+            // A typo in PREFIX, or an object's name given as a folder, ran
+            // to a clean "0 files" with nothing said.
+            let source = format!("b2://{}/{}", options.bucket, options.folder_prefix);
+            notices.push(match self.files.seen.load(Ordering::Relaxed) {
+                0 if options.as_of_ms.is_some() => {
+                    format!("nothing to restore: {source} listed no file as of --as-of")
+                }
+                0 => format!(
+                    "nothing to restore: {source} lists no file (PREFIX is a folder; \
+                     for one object, use `ringdown get b2://BUCKET/NAME FILE`)"
+                ),
+                seen => format!(
+                    "nothing to restore: none of the {seen} names under {source} passed \
+                     --include/--exclude, --files-from or --shard (globs match names relative to PREFIX)"
+                ),
+            });
+        }
         let seconds = started.elapsed().as_secs_f64();
         let summary = RunSummary {
             command: "restore".into(),
@@ -1006,6 +1026,7 @@ fn schedule(
     let Some(relative) = paths::relative_name(&entry.name, &options.folder_prefix) else {
         return;
     };
+    run.reporter.files.seen.fetch_add(1, Ordering::Relaxed);
     if !options.shard.contains(&entry.name) || !options.filter.accepts(relative) {
         return;
     }
