@@ -69,7 +69,11 @@ impl Source {
             let (bucket, name) = rest
                 .split_once('/')
                 .filter(|(bucket, name)| !bucket.is_empty() && !name.is_empty())
-                .ok_or_else(|| Error::Usage(format!("{text:?}: expected b2://BUCKET/NAME")))?;
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{text:?}: expected b2://BUCKET/NAME (to restore a whole bucket or folder, use `ringdown restore`)"
+                    ))
+                })?;
             return Ok(Source::B2 {
                 bucket: bucket.into(),
                 name: name.into(),
@@ -91,7 +95,15 @@ impl Source {
                 file_id: file_id.into(),
             });
         }
-        Url::parse(text).map_err(Error::Usage)?;
+        Url::parse(text).map_err(|why| {
+            // `get DEST SOURCE`: the source given second.
+            let hint = if text.contains("://") {
+                ""
+            } else {
+                " (a source is b2://BUCKET/NAME, b2id://FILEID or an http(s) URL, given before DEST)"
+            };
+            Error::Usage(format!("{why}{hint}"))
+        })?;
         Ok(Source::Url(text.into()))
     }
 

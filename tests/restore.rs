@@ -1323,6 +1323,14 @@ fn usage_errors_exit_2_before_any_network() {
         // An output that cannot be written is found before the run.
         &["b2://bkt", "--stats-json", "/no/such/dir/stats.json"],
         &["b2://bkt", "--report", "/no/such/dir/report.jsonl"],
+        &["b2://bkt", "--shard", "0/2", "--shard-count", "4"],
+        &[
+            "b2://bkt",
+            "--retry-base-ms",
+            "5000",
+            "--retry-max-ms",
+            "10",
+        ],
     ] {
         let output = run_bounded(base(args));
         assert_eq!(

@@ -197,6 +197,12 @@ impl TuningArgs {
         if self.max_attempts == 0 {
             return usage("--max-attempts counts the first try: at least 1".into());
         }
+        if self.retry_base_ms > self.retry_max_ms {
+            return usage(format!(
+                "--retry-base-ms {} is more than --retry-max-ms {}: the first backoff would pass the longest",
+                self.retry_base_ms, self.retry_max_ms
+            ));
+        }
         if self.timeout_s == 0 {
             return usage("--timeout-s must be at least 1".into());
         }
@@ -221,7 +227,7 @@ impl TuningArgs {
             part_size_bytes,
             max_attempts: self.max_attempts,
             retry_base_ms: self.retry_base_ms,
-            retry_max_ms: self.retry_max_ms.max(self.retry_base_ms),
+            retry_max_ms: self.retry_max_ms,
             timeout: Duration::from_secs(self.timeout_s),
             register_buffers: true,
             limit_rate_bytes_per_s: self.limit_rate,

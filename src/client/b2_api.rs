@@ -98,7 +98,11 @@ impl Authorizer {
         timeout: Duration,
     ) -> Result<Authorizer, Error> {
         let realm =
-            Url::parse(&realm_url(realm)).map_err(|why| Error::Usage(format!("--realm: {why}")))?;
+            Url::parse(&realm_url(realm)).map_err(|why| {
+                Error::Usage(format!(
+                    "--realm (or B2_REALM): {why}; a realm is production, staging, dev or an http(s) URL"
+                ))
+            })?;
         let realm_origin = resolve(&realm)?;
         Ok(Authorizer {
             realm,

@@ -226,7 +226,15 @@ impl Shard {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Shard, String> {
         if let Some(text) = flag {
-            return Shard::parse(text);
+            let shard = Shard::parse(text)?;
+            // Two counts that disagree: one of them is a mistake.
+            if count_flag.is_some_and(|count| count != shard.count) {
+                return Err(format!(
+                    "--shard {text} and --shard-count {} disagree on the number of shards",
+                    count_flag.unwrap_or_default()
+                ));
+            }
+            return Ok(shard);
         }
         let number = |name: &str| -> Result<Option<u64>, String> {
             match env(name).filter(|v| !v.trim().is_empty()) {
@@ -540,6 +548,15 @@ mod tests {
         };
         let none = env(&[]);
         assert_eq!(Shard::resolve(None, None, &none), Ok(Shard::ALL));
+        assert!(
+            Shard::resolve(Some("0/2"), Some(4), &none)
+                .unwrap_err()
+                .contains("disagree")
+        );
+        assert_eq!(
+            Shard::resolve(Some("1/2"), Some(2), &none),
+            Shard::parse("1/2")
+        );
         assert_eq!(
             Shard::resolve(Some("1/3"), None, &env(&[("JOB_COMPLETION_INDEX", "2")])),
             Ok(Shard { index: 1, count: 3 })
