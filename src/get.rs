@@ -177,6 +177,9 @@ pub struct DownloadOptions {
     /// b2:// only: the SSE-C keys given; the object's requests carry the
     /// one B2 opens it with (see `Keyring`).
     pub sse_c_keys: Option<Arc<Keyring>>,
+    /// No notes on stderr while the download runs (`--quiet`); errors, and
+    /// the note that an interrupted run kept what resumes, still are.
+    pub quiet: bool,
 }
 
 impl DownloadOptions {
@@ -198,6 +201,7 @@ impl DownloadOptions {
             fsync: false,
             direct_io: DirectIo::Auto,
             sha1: None,
+            quiet: false,
             require_verified: false,
             as_of_ms: None,
             sse_c_keys: None,
@@ -218,6 +222,7 @@ impl std::fmt::Debug for DownloadOptions {
             .field("direct_io", &self.direct_io)
             .field("sha1", &self.sha1.as_ref().map(|sha1| to_hex(sha1)))
             .field("require_verified", &self.require_verified)
+            .field("quiet", &self.quiet)
             .field("as_of_ms", &self.as_of_ms)
             .field("sse_c_keys", &self.sse_c_keys)
             .finish()
@@ -467,12 +472,14 @@ impl Download {
             let (temp_name, file, direct, resume) = match resume {
                 Some((file, direct, resume)) => {
                     let files = resumable.as_ref().expect("resume implies files");
-                    say!(
-                        "ringdown: resumed at byte {} of {} from {} (its journal says so; the prefix was re-hashed from disk)",
-                        resume.offset_bytes,
-                        meta.size_bytes,
-                        files.part
-                    );
+                    if !options.quiet {
+                        say!(
+                            "ringdown: resumed at byte {} of {} from {} (its journal says so; the prefix was re-hashed from disk)",
+                            resume.offset_bytes,
+                            meta.size_bytes,
+                            files.part
+                        );
+                    }
                     (files.part.clone(), file, direct, Some(resume))
                 }
                 None => {

@@ -370,6 +370,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
         direct_io: args.tuning.direct_io,
         sha1,
         require_verified: args.require_verified,
+        quiet: args.quiet,
         as_of_ms: args.as_of,
         // B2_SOURCE_SSE_C_KEY_B64 left in the environment is no reason to
         // refuse a plain URL; the flag is (`resolve_dest`).
@@ -427,7 +428,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
         }
     }
     let report = result?;
-    for notice in &report.notices {
+    for notice in report.notices.iter().filter(|_| !args.quiet) {
         if memlock_notice.is_none() || !notice.starts_with(crate::uring::REGISTRATION_SKIPPED) {
             say!("ringdown: note: {notice}");
         }

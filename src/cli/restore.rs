@@ -250,7 +250,7 @@ pub fn finish(
         }
         return Ok(exit_code::OK);
     }
-    for notice in &report.notices {
+    for notice in report.notices.iter().filter(|_| !args.quiet) {
         if memlock_notice.is_none() || !notice.starts_with(crate::uring::REGISTRATION_SKIPPED) {
             say!("ringdown: note: {notice}");
         }
