@@ -1721,6 +1721,13 @@ fn b2id_gets_one_version_by_its_file_id() {
         mtime,
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(T1)
     );
+    // --quiet: the result line alone; the note is left out too.
+    let quiet_dest = fixture.dest_str("doc-quiet.bin");
+    let mut quiet = SMALL_TUNING.to_vec();
+    quiet.extend([old.as_str(), quiet_dest.as_str(), "--quiet"]);
+    let output = ringdown(&served, &quiet);
+    assert_ok(&output);
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
 
     let hidden = format!("b2id://{}", id_of("gone.txt", "hide", T2));
     let dest = fixture.dest_str("gone.txt");
