@@ -33,13 +33,25 @@
 /// `eprintln!` that never panics. A run's messages must not end it: with
 /// stderr closed or a broken pipe (`2>&1 | head`), `eprintln!` panics, and a
 /// restore would stop mid-way over a message nobody can read.
+///
+/// While a progress line is drawn on a TTY (`PROGRESS_LINE_DRAWN`), the
+/// message first clears it, so it does not land after the line's text;
+/// the next redraw puts the line back below the message.
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let mut stderr = std::io::stderr().lock();
+        if $crate::PROGRESS_LINE_DRAWN.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = write!(stderr, "\r\x1b[2K");
+        }
+        let _ = writeln!(stderr, $($arg)*);
     }};
 }
+
+/// Set while a progress line is being redrawn in place on a TTY.
+pub static PROGRESS_LINE_DRAWN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 pub mod b2;
 pub mod cli;

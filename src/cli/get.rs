@@ -508,14 +508,14 @@ fn start_progress_line(progress: Arc<Progress>) -> Ticker {
                 started.elapsed(),
             );
             if tty {
-                eprint!("\r\x1b[2K  {line}");
+                super::ticker::draw_in_place(&line);
             } else {
                 say!("ringdown: progress: {line}");
             }
         },
         move || {
             if tty {
-                eprint!("\r\x1b[2K");
+                super::ticker::clear_in_place();
             }
         },
     )

@@ -37,6 +37,23 @@ impl Ticker {
     }
 }
 
+/// Redraws the progress line in place (a TTY); messages clear it first
+/// (`say!`) while it is there.
+pub fn draw_in_place(line: &str) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = write!(stderr, "\r\x1b[2K  {line}");
+    crate::PROGRESS_LINE_DRAWN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Takes the progress line away for good.
+pub fn clear_in_place() {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    crate::PROGRESS_LINE_DRAWN.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = write!(stderr, "\r\x1b[2K");
+}
+
 /// `ETA 12 s` for `left_bytes` at the rate so far; `ETA ?` before any byte.
 pub fn eta_text(left_bytes: u64, rate_bytes_per_s: f64) -> String {
     if rate_bytes_per_s < 1.0 {
