@@ -973,10 +973,19 @@ async fn head_by_name(
     // refused). The GET that says why is sent once no key is left.
     let key_count = sse_c.map_or(0, |ring| ring.keys().len());
     let mut key = sse_c.map(|_| 0);
+    let mut reauthorized = false;
     let reply = loop {
+        let seen_generation = auth.generation();
         let reply = send("HEAD", key).await?;
         match reply.head.status {
             200 => break reply,
+            // A HEAD's 401 has no body to say why: the token may have
+            // expired since it was issued (b2-api.md §6). Once.
+            401 if !reauthorized => {
+                reauthorized = true;
+                auth.reauthorize(seen_generation).await?;
+                continue;
+            }
             // Most likely the key: the next one, before asking why.
             403 if key.is_some_and(|tried| tried + 1 < key_count) => {
                 key = key.map(|tried| tried + 1);
