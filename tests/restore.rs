@@ -2171,11 +2171,17 @@ fn demo_restores_its_generated_bucket() {
         .env_remove("SSL_CERT_FILE");
     let output = run_bounded(command);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // --size small's 100 objects of about 1 MiB and one large, the README,
+    // and --files small ones: the count said is the count made.
+    let text = stderr(&output);
     assert!(
-        stderr(&output).contains("byte-for-byte equal"),
-        "{}",
-        stderr(&output)
+        text.contains(
+            "generating 142 objects (40 of up to 32 KiB, 100 of about 1 MiB, 1 of 2 MiB)"
+        ),
+        "{text}"
     );
+    assert!(text.contains("demo: 142 objects, "), "{text}");
+    assert!(text.contains("byte-for-byte equal"), "{text}");
 }
 
 /// `restore --as-of`: the bucket as it was at an instant, from a `serve`

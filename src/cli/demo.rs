@@ -13,66 +13,122 @@ use crate::error::{Error, Result, exit_code};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Small objects in the generated bucket.
-    #[arg(long, default_value_t = 400)]
-    pub files: usize,
-    /// Size of the one large object (restored with all cores on it).
-    #[arg(long, default_value = "64MiB", value_parser = crate::units::parse_size_bytes)]
-    pub large_size: u64,
+    /// The generated bucket: small ≈ 190 MB (1,000 objects of up to 32 KiB, 100 of about
+    /// 1 MiB, one of 64 MiB), medium ≈ 730 MB (1,000, 200 of 1 MiB, two of 256 MiB),
+    /// large ≈ 2.6 GB (1,000, 400 of 1 MiB, four of 512 MiB).
+    #[arg(long, value_enum, default_value_t = DemoSize::Small)]
+    pub size: DemoSize,
+    /// Override the number of small objects (up to 32 KiB) of --size.
+    #[arg(long)]
+    pub files: Option<usize>,
+    /// Override the size of each large object of --size (restored with all cores on it).
+    #[arg(long, value_parser = crate::units::parse_size_bytes)]
+    pub large_size: Option<u64>,
     /// Keep the temporary directory (data, restore, server log) and print its path.
     #[arg(long)]
     pub keep: bool,
 }
 
-/// Deterministic bytes (xorshift) so the demo needs no randomness source.
-fn generated(seed: u64, size: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(size);
-    out
+/// `demo --size`: how much the generated bucket holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoSize {
+    Small,
+    Medium,
+    Large,
 }
 
-fn write(root: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// What the generated bucket holds.
+struct Mix {
+    /// Objects of up to 32 KiB (one in twenty empty).
+    small: usize,
+    /// Objects of about 1 MiB.
+    medium: usize,
+    /// Large objects, each of `large_bytes`.
+    large: usize,
+    large_bytes: u64,
+}
+
+impl Mix {
+    fn of(args: &DemoArgs) -> Mix {
+        let (medium, large, large_bytes) = match args.size {
+            DemoSize::Small => (100, 1, 64 << 20),
+            DemoSize::Medium => (200, 2, 256 << 20),
+            DemoSize::Large => (400, 4, 512 << 20),
+        };
+        Mix {
+            small: args.files.unwrap_or(1000),
+            medium,
+            large,
+            large_bytes: args.large_size.unwrap_or(large_bytes),
+        }
+    }
+
+    /// Every object, the README included.
+    fn objects(&self) -> usize {
+        self.small + self.medium + self.large + 1
+    }
+}
+
+/// Writes `size` deterministic bytes (xorshift, from `seed`) to
+/// `root/name`, a MiB at a time: the demo needs no randomness source, and
+/// a 512 MiB object is never whole in memory.
+fn write_generated(root: &Path, name: &str, seed: u64, size: u64) -> Result<()> {
+    use std::io::Write;
     let path = root.join(name);
     let parent = path.parent().expect("a parent");
     std::fs::create_dir_all(parent)
         .map_err(|error| Error::io(format!("creating {}", parent.display()), error))?;
-    std::fs::write(&path, bytes)
-        .map_err(|error| Error::io(format!("writing {}", path.display()), error))
+    let writing = |error| Error::io(format!("writing {}", path.display()), error);
+    let mut file = std::fs::File::create(&path).map_err(writing)?;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut piece = Vec::with_capacity(1 << 20);
+    let mut left = size;
+    while left > 0 {
+        piece.clear();
+        let want = left.min(1 << 20) as usize;
+        while piece.len() < want {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            piece.extend_from_slice(&state.to_le_bytes());
+        }
+        piece.truncate(want);
+        file.write_all(&piece).map_err(writing)?;
+        left -= want as u64;
+    }
+    Ok(())
 }
 
 /// Creates the bucket; returns the object names and the total bytes.
-fn generate(bucket: &Path, files: usize, large_size: u64) -> Result<(Vec<String>, u64)> {
+fn generate(bucket: &Path, mix: &Mix) -> Result<(Vec<String>, u64)> {
     let mut names = Vec::new();
     let mut total = 0u64;
-    for i in 0..files {
-        let name = format!("photos/{:02}/img-{i:04}.jpg", i % 17);
-        // Mostly small, a few around a megabyte, one in twenty empty.
-        let size = match i % 20 {
-            0 => 0,
-            1 => (1 << 20) + i * 31,
-            _ => (i * 7919) % 96_000 + 1,
-        };
-        write(bucket, &name, &generated(i as u64 + 1, size))?;
+    let mut add = |name: String, seed: u64, size: u64| -> Result<()> {
+        write_generated(bucket, &name, seed, size)?;
         names.push(name);
-        total += size as u64;
+        total += size;
+        Ok(())
+    };
+    for i in 0..mix.small as u64 {
+        // Up to 32 KiB, one in twenty empty.
+        let size = if i % 20 == 0 {
+            0
+        } else {
+            (i * 7919) % 32_768 + 1
+        };
+        add(format!("photos/{:02}/img-{i:04}.jpg", i % 17), i + 1, size)?;
     }
-    write(bucket, "docs/README.txt", b"restored by ringdown demo\n")?;
-    names.push("docs/README.txt".into());
-    total += 26;
-    write(
-        bucket,
-        "archive/backup.tar",
-        &generated(99, large_size as usize),
-    )?;
-    names.push("archive/backup.tar".into());
-    total += large_size;
+    for i in 0..mix.medium as u64 {
+        add(
+            format!("scans/scan-{i:04}.tif"),
+            10_000 + i,
+            (1 << 20) + i * 31,
+        )?;
+    }
+    add("docs/README.txt".into(), 7, 26)?;
+    for i in 0..mix.large as u64 {
+        add(format!("archive/backup-{i}.tar"), 99 + i, mix.large_bytes)?;
+    }
     Ok((names, total))
 }
 
@@ -180,13 +236,17 @@ pub fn run(args: DemoArgs) -> Result<i32> {
 fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
     let data = work.join("data");
     let bucket = data.join("demo-bucket");
+    let mix = Mix::of(args);
     say!(
-        "demo: generating {} objects (one a {} MiB large file) in {}",
-        args.files + 2,
-        args.large_size >> 20,
+        "demo: generating {} objects ({} of up to 32 KiB, {} of about 1 MiB, {} of {} MiB) in {}",
+        mix.objects(),
+        mix.small,
+        mix.medium,
+        mix.large,
+        mix.large_bytes >> 20,
         bucket.display()
     );
-    let (names, total) = generate(&bucket, args.files, args.large_size)?;
+    let (names, total) = generate(&bucket, &mix)?;
     let (server, ready) = start_server(work, &data)?;
     say!(
         "demo: ringdown serve at {} (TLS, CA {})",
