@@ -76,10 +76,10 @@ pub struct ServeArgs {
     /// Also write server.pem and server-key.pem into the cert dir (benchmarks: same cert for nginx).
     #[arg(long, hide = true)]
     pub write_server_key: bool,
-    /// Application key ID clients must use [env: B2_APPLICATION_KEY_ID; default: demo credentials].
+    /// Application key ID clients must use (default: demo credentials, printed on stdout).
     #[arg(long, env = "B2_APPLICATION_KEY_ID", hide_env_values = true)]
     pub key_id: Option<String>,
-    /// Application key clients must use [env: B2_APPLICATION_KEY].
+    /// Application key clients must use (with --key-id).
     #[arg(long, env = "B2_APPLICATION_KEY", hide_env_values = true)]
     pub key: Option<SecretText>,
     /// Restrict the key to this bucket (`b2 key create --bucket`): calls on
