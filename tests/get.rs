@@ -785,7 +785,9 @@ fn exhausted_attempts_leave_nothing_behind() {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
     assert_eq!(json["command"], "get");
     assert_eq!(json["verified"]["failed"], 1, "{json}");
-    assert_eq!(json["bytes"], 0, "{json}");
+    // What it fetched before it gave up: less than the object.
+    assert!(json["bytes"].as_u64().unwrap() < 10 * PART as u64, "{json}");
+    assert_eq!(json["files"], 0, "{json}");
     assert!(json["retries"].as_u64().unwrap() >= 2, "{json}");
     assert!(
         json["stages"]["ttfb"]["count"].as_u64().unwrap() >= 3,

@@ -171,7 +171,7 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
         };
         let info = match file.file_info {
             Some(LenientInfo::Info(info)) => info,
-            Some(LenientInfo::Other(_)) | None => RawInfo::default(),
+            Some(LenientInfo::Other) | None => RawInfo::default(),
         };
         let expected = crate::b2::expected_sha1(
             file.content_sha1.as_ref().and_then(Scalar::text),
@@ -424,12 +424,50 @@ impl RawEncryption {
 }
 
 /// `fileInfo` that is not an object is none: one odd value does not fail
-/// the page.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// the page. Read in one pass: `#[serde(untagged)]` would first buffer the
+/// whole value, and a hostile page's 60 MiB of nested arrays with it.
 enum LenientInfo {
     Info(RawInfo),
-    Other(IgnoredAny),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for LenientInfo {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<LenientInfo, D::Error> {
+        struct InfoVisitor;
+        impl<'de> Visitor<'de> for InfoVisitor {
+            type Value = LenientInfo;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LenientInfo, A::Error> {
+                RawInfo::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(LenientInfo::Info)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LenientInfo, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientInfo::Other)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<LenientInfo, E> {
+                Ok(LenientInfo::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LenientInfo, E> {
+                Ok(LenientInfo::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LenientInfo, E> {
+                Ok(LenientInfo::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LenientInfo, E> {
+                Ok(LenientInfo::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LenientInfo, E> {
+                Ok(LenientInfo::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LenientInfo, E> {
+                Ok(LenientInfo::Other)
+            }
+        }
+        deserializer.deserialize_any(InfoVisitor)
+    }
 }
 
 #[derive(Default, Deserialize)]
