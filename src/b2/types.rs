@@ -8,14 +8,66 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-/// What kind of JSON problem, without quoting the input (it may hold a token).
-fn json_error_kind(error: &serde_json::Error) -> &'static str {
+/// What kind of JSON problem, without quoting the input (it may hold a
+/// token): a missing field is named (serde's message quotes no value), a
+/// mistyped one is not (its message would quote the value).
+fn json_error_kind(error: &serde_json::Error) -> String {
     match error.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "syntax error",
-        serde_json::error::Category::Data => "missing or mistyped field",
-        serde_json::error::Category::Eof => "truncated",
+        serde_json::error::Category::Io => "I/O error".into(),
+        serde_json::error::Category::Syntax => "syntax error".into(),
+        serde_json::error::Category::Data => {
+            let message = error.to_string();
+            match message.strip_prefix("missing field ") {
+                Some(rest) => format!(
+                    "missing field {}",
+                    rest.split(" at line").next().unwrap_or(rest)
+                ),
+                None => "a field of the wrong type".into(),
+            }
+        }
+        serde_json::error::Category::Eof => "truncated".into(),
     }
+}
+
+/// A number where one is expected; anything else (a string, a fraction, a
+/// negative or nested value) is no value: a field nothing depends on must
+/// not fail the answer.
+fn lenient_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct LenientVisitor;
+    impl<'de> Visitor<'de> for LenientVisitor {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<Option<u64>, E> {
+            Ok(Some(value))
+        }
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<Option<u64>, E> {
+            Ok(u64::try_from(value).ok())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    deserializer.deserialize_any(LenientVisitor)
 }
 
 /// `null` → `T::default()` (serde's `default` only covers a missing field).
@@ -86,8 +138,11 @@ pub struct StorageApi {
     pub api_url: String,
     #[serde(deserialize_with = "null_as_default")]
     pub download_url: String,
-    pub s3_api_url: Option<String>,
+    /// Read leniently: only a hint.
+    #[serde(deserialize_with = "lenient_u64")]
     pub recommended_part_size: Option<u64>,
+    /// Read leniently: nothing here depends on it.
+    #[serde(deserialize_with = "lenient_u64")]
     pub absolute_minimum_part_size: Option<u64>,
     /// Set when the key is restricted to one bucket (v3).
     pub bucket_id: Option<String>,
@@ -393,6 +448,34 @@ mod tests {
         assert_eq!(allowed.buckets.unwrap()[0].name.as_deref(), Some("bkt"));
         assert!(auth.api_info.storage_api.capabilities.is_empty());
         assert!(serde_json::from_str::<AuthorizeResponse>(r#"{"accountId":"a1"}"#).is_err());
+    }
+
+    #[test]
+    fn authorize_hints_are_read_leniently_and_missing_fields_named() {
+        for odd in ["-1", "\"100\"", "1.5e20", "[1,[2]]", "{\"a\":1}", "true"] {
+            let text = format!(
+                r#"{{"accountId":"a1","authorizationToken":"t","apiInfo":{{"storageApi":{{"apiUrl":"u","downloadUrl":"d","recommendedPartSize":{odd},"absoluteMinimumPartSize":{odd}}}}}}}"#
+            );
+            let auth = parse_authorize(text.as_bytes()).unwrap_or_else(|e| panic!("{odd}: {e}"));
+            assert_eq!(
+                auth.api_info.storage_api.recommended_part_size, None,
+                "{odd}"
+            );
+        }
+        let missing = parse_authorize(br#"{"accountId":"a1","apiInfo":{"storageApi":{}}}"#);
+        assert!(
+            missing
+                .unwrap_err()
+                .contains("missing field `authorizationToken`")
+        );
+        // A mistyped field is not quoted: its value could be the token.
+        let mistyped =
+            parse_authorize(br#"{"accountId":"a1","authorizationToken":["SECRET"],"apiInfo":{}}"#)
+                .unwrap_err();
+        assert!(
+            !mistyped.contains("SECRET") && mistyped.contains("wrong type"),
+            "{mistyped}"
+        );
     }
 
     #[test]
