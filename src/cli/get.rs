@@ -1,10 +1,9 @@
 //! `ringdown get` flags → `DownloadOptions`, then the human and JSON output.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::ticker::{Ticker, eta_text};
 use crate::b2::{CustomerKey, Keyring};
@@ -487,38 +486,16 @@ pub fn run(args: GetArgs) -> Result<i32> {
     Ok(crate::error::exit_code::OK)
 }
 
-/// The progress line: bytes, rate, ETA, retries. On a TTY redrawn a few
-/// times a second; otherwise (a log) a plain line every
-/// `PROGRESS_PLAIN_INTERVAL_S`, as `restore` writes.
+/// The progress line: bytes, rate, ETA, retries (`ticker::start_progress_line`).
 fn start_progress_line(progress: Arc<Progress>) -> Ticker {
-    let tty = std::io::stderr().is_terminal();
-    let interval = if tty {
-        Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS)
-    } else {
-        Duration::from_secs(config::PROGRESS_PLAIN_INTERVAL_S)
-    };
-    let started = Instant::now();
-    Ticker::start(
-        interval,
-        move || {
-            let line = progress_text(
-                progress.bytes_done.load(Ordering::Relaxed),
-                progress.bytes_to_fetch.load(Ordering::Relaxed),
-                progress.retries.load(Ordering::Relaxed),
-                started.elapsed(),
-            );
-            if tty {
-                super::ticker::draw_in_place(&line);
-            } else {
-                say!("ringdown: progress: {line}");
-            }
-        },
-        move || {
-            if tty {
-                super::ticker::clear_in_place();
-            }
-        },
-    )
+    super::ticker::start_progress_line(move |elapsed| {
+        progress_text(
+            progress.bytes_done.load(Ordering::Relaxed),
+            progress.bytes_to_fetch.load(Ordering::Relaxed),
+            progress.retries.load(Ordering::Relaxed),
+            elapsed,
+        )
+    })
 }
 
 /// `512.0/1073.7 MB, 700.0 MB/s, ETA 1 s, retries 0`; before the size is

@@ -1,10 +1,9 @@
 //! `ringdown restore` flags → `RestoreOptions`, then the summary on stderr.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::get::{TuningArgs, resolve_realm};
 use super::ticker::{Ticker, eta_text};
@@ -353,29 +352,7 @@ fn progress_text(progress: &Progress, files: &FileCounts, elapsed: Duration) -> 
     )
 }
 
-/// Progress: redrawn on a TTY, a plain line every 10 s otherwise.
+/// Progress: files, bytes, rate, ETA (`ticker::start_progress_line`).
 fn start_progress_line(progress: Arc<Progress>, files: Arc<FileCounts>) -> Ticker {
-    let tty = std::io::stderr().is_terminal();
-    let interval = if tty {
-        Duration::from_millis(config::PROGRESS_TTY_INTERVAL_MS)
-    } else {
-        Duration::from_secs(config::PROGRESS_PLAIN_INTERVAL_S)
-    };
-    let started = Instant::now();
-    Ticker::start(
-        interval,
-        move || {
-            let line = progress_text(&progress, &files, started.elapsed());
-            if tty {
-                super::ticker::draw_in_place(&line);
-            } else {
-                say!("ringdown: progress: {line}");
-            }
-        },
-        move || {
-            if tty {
-                super::ticker::clear_in_place();
-            }
-        },
-    )
+    super::ticker::start_progress_line(move |elapsed| progress_text(&progress, &files, elapsed))
 }

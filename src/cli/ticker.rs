@@ -37,9 +37,39 @@ impl Ticker {
     }
 }
 
+/// The progress line of `get` and `restore`: `line(elapsed)` redrawn in
+/// place on a TTY every `PROGRESS_TTY_INTERVAL_MS`, else (a log) written as
+/// a plain `ringdown: progress: …` line every `PROGRESS_PLAIN_INTERVAL_S`.
+pub fn start_progress_line(mut line: impl FnMut(Duration) -> String + Send + 'static) -> Ticker {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let interval = if tty {
+        Duration::from_millis(crate::config::PROGRESS_TTY_INTERVAL_MS)
+    } else {
+        Duration::from_secs(crate::config::PROGRESS_PLAIN_INTERVAL_S)
+    };
+    let started = std::time::Instant::now();
+    Ticker::start(
+        interval,
+        move || {
+            let text = line(started.elapsed());
+            if tty {
+                draw_in_place(&text);
+            } else {
+                crate::say!("ringdown: progress: {text}");
+            }
+        },
+        move || {
+            if tty {
+                clear_in_place();
+            }
+        },
+    )
+}
+
 /// Redraws the progress line in place (a TTY); messages clear it first
 /// (`say!`) while it is there.
-pub fn draw_in_place(line: &str) {
+fn draw_in_place(line: &str) {
     use std::io::Write;
     let mut stderr = std::io::stderr().lock();
     let _ = write!(stderr, "\r\x1b[2K  {line}");
@@ -47,7 +77,7 @@ pub fn draw_in_place(line: &str) {
 }
 
 /// Takes the progress line away for good.
-pub fn clear_in_place() {
+fn clear_in_place() {
     use std::io::Write;
     let mut stderr = std::io::stderr().lock();
     crate::PROGRESS_LINE_DRAWN.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -1084,6 +1084,13 @@ fn schedule(
     }
     listed.add(&path);
     let display_path = format!("{}/{path}", options.dir.display());
+    if let Some(Err(reason)) = run
+        .target
+        .as_ref()
+        .map(|t| t.claim_file_path(&display_path))
+    {
+        return refuse(reason);
+    }
     let skip = |reason: &str| {
         run.reporter.record(FileRecord {
             entry: &entry,

@@ -118,7 +118,12 @@ fn map_as<'a>(relative: &'a str, body: &'a str, directory_only: bool) -> Mapped<
             _ => {}
         }
     }
-    if segments.first() == Some(&STATE_DIR_NAME) {
+    // Any case: on a case-insensitive file system `.RINGDOWN/…` is the
+    // journal's directory.
+    if segments
+        .first()
+        .is_some_and(|first| first.eq_ignore_ascii_case(STATE_DIR_NAME))
+    {
         return Mapped::Refused(format!(
             "names under {STATE_DIR_NAME}/ are reserved for ringdown's journal"
         ));
@@ -373,6 +378,9 @@ mod tests {
             "esc\x1b[2J",
             ".ringdown/journal-0-of-1",
             ".ringdown",
+            // The journal's directory too on a case-insensitive file system.
+            ".RINGDOWN/journal-0-of-1",
+            ".RingDown/partial/x",
         ] {
             assert!(refused(name), "{name:?} must be refused");
         }

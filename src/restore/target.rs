@@ -54,6 +54,24 @@ pub struct Target {
     shard_tag: String,
     temp_counter: AtomicU64,
     temp_salt: u64,
+    /// DIR is on a case-insensitive file system: the file paths listed so
+    /// far, lowercased (`claim_file_path`). This grows with the listing, on
+    /// such file systems only.
+    claimed_folded: Option<Mutex<HashSet<String>>>,
+}
+
+/// Whether `dir` takes names that differ in case only for one: a probe
+/// file made under one case is looked up under the other.
+fn is_case_insensitive(dir: &OwnedFd, salt: u64) -> bool {
+    let made = format!("Case-Probe-{salt:016x}");
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    if rustix::fs::openat(dir, made.as_str(), flags, Mode::from_raw_mode(0o600)).is_err() {
+        return false;
+    }
+    let other = made.to_lowercase();
+    let insensitive = rustix::fs::statat(dir, other.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    let _ = rustix::fs::unlinkat(dir, made.as_str(), AtFlags::empty());
+    insensitive
 }
 
 fn beneath() -> ResolveFlags {
@@ -198,6 +216,7 @@ impl Target {
                 })
             })
             .collect();
+        let claimed_folded = is_case_insensitive(&partial, temp_salt).then(Default::default);
         let target = Target {
             root_path: root_path.to_path_buf(),
             root,
@@ -214,6 +233,7 @@ impl Target {
             shard_tag,
             temp_counter: AtomicU64::new(0),
             temp_salt,
+            claimed_folded,
         };
         // Partial files of an earlier run of this shard cannot be resumed.
         target.remove_partials();
@@ -410,8 +430,32 @@ impl Target {
         open_beneath(&self.root, segments, flags)
     }
 
-    /// Renames a verified partial file to its final name. A symlink there is
-    /// replaced, not followed; a directory there refuses the name.
+    /// On a case-insensitive file system (exFAT, SMB, ext4 casefold), the
+    /// file path of a listed name, unless another listed earlier in this run
+    /// differs from it in case only: then why it is refused (the first name
+    /// in listing order wins). Both were renamed into one file, and reported
+    /// restored. Elsewhere always `Ok`.
+    pub fn claim_file_path(&self, display_path: &str) -> std::result::Result<(), String> {
+        let Some(claimed) = &self.claimed_folded else {
+            return Ok(());
+        };
+        if claimed
+            .lock()
+            .expect("claimed lock")
+            .insert(display_path.to_lowercase())
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{display_path}: a name listed earlier differs from it in case only, and this \
+                 file system does not tell them apart; the first name wins"
+            ))
+        }
+    }
+
+    /// Renames a verified partial file to its final name. A file or symlink
+    /// there is replaced (a symlink not followed); a directory there refuses
+    /// the name.
     pub fn rename_into_place(
         &self,
         temp_name: &str,
@@ -526,6 +570,20 @@ mod tests {
 
     use super::{PathError, Target, shard_tag};
     use crate::restore::paths::Shard;
+
+    #[test]
+    fn a_case_sensitive_directory_is_seen_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = rustix::fs::open(
+            dir.path(),
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        assert!(!super::is_case_insensitive(&fd, 7));
+        // The probe is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn no_shard_tag_is_a_prefix_of_another() {
