@@ -911,6 +911,8 @@ fn disk_full_mid_restore_and_get_then_rerun_completes() {
                 .any(|name| line.contains(name.as_str()))
     });
     assert!(named, "no ENOSPC line names a file:\n{}", tail(&stderr));
+    // A full disk is not a B2 cap (its hint was once added to any run-fatal error).
+    assert!(!stderr.contains("daily cap"), "{}", tail(&stderr));
     // And the report has that file failed, with the cause (also when the
     // disk was found full at its preallocation, which stops the run).
     let failed_for_space = common::json_lines(&report).iter().any(|line| {

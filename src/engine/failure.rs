@@ -245,9 +245,8 @@ impl Retries {
             FailureKind::Trust => return Err(fatal(Error::Trust(failure.detail))),
             FailureKind::Run => {
                 return Err(fatal(Error::Fatal(format!(
-                    "{context}: {}; {}",
-                    failure.detail,
-                    crate::b2::CAP_HINT
+                    "{context}: {}",
+                    failure.detail
                 ))));
             }
             FailureKind::Object => {
@@ -393,6 +392,12 @@ pub(super) async fn status_failure(
             };
         }
     }
+    // A spent cap stops the run: say what to do about it.
+    let detail = if classify(head.status, code) == ErrorClass::RunFatal {
+        format!("{detail}; {}", crate::b2::CAP_HINT)
+    } else {
+        detail
+    };
     // 412 (If-Match failed: the object changed) is Fatal, hence Object.
     let kind = match classify(head.status, code) {
         ErrorClass::Retry => FailureKind::Retry,

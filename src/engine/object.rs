@@ -406,8 +406,13 @@ async fn flush(
                 error.raw_os_error(),
                 Some(libc::ENOSPC) | Some(libc::EROFS) | Some(libc::EDQUOT)
             );
+            let hint = if run_fatal {
+                "; free space (or make the file system writable), then run the same command again to resume"
+            } else {
+                ""
+            };
             Err(Failure {
-                detail: format!("writing at byte {offset}: {error}"),
+                detail: format!("writing at byte {offset}: {error}{hint}"),
                 kind: if run_fatal {
                     FailureKind::Run
                 } else {
