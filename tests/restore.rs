@@ -2738,3 +2738,36 @@ fn nothing_selected_is_said() {
         stderr(&output)
     );
 }
+
+/// A file past RLIMIT_FSIZE fails that file (EFBIG), not the process:
+/// SIGXFSZ's default action killed it (exit 153), with no word said.
+#[test]
+fn a_file_size_limit_fails_the_file_not_the_process() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIP: prlimit not installed");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "big.bin", &content("big", 3 << 20));
+    write_file(&bkt, "small.txt", b"small");
+    let served = serve(data.path(), false, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let mut command = Command::new("prlimit");
+    command.args(["--fsize=1048576", "--"]);
+    let inner = command_tuned(&served, &["b2://bkt"], &dir, &["--direct-io", "off"]);
+    command.arg(inner.get_program()).args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let output = run_bounded(command);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("File too large"), "{text}");
+    assert_eq!(std::fs::read(dir.join("small.txt")).unwrap(), b"small");
+    assert!(!dir.join("big.bin").exists());
+}

@@ -103,15 +103,20 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
         .enable_all()
         .build()?;
     // Registered here, on the caller's thread, before we return.
-    let (mut interrupt, mut terminate) = runtime.block_on(async {
+    // SIGXFSZ (a write past RLIMIT_FSIZE) is caught and never looked at:
+    // its default action kills the process, where the write should fail
+    // with EFBIG and fail that file alone.
+    let (mut interrupt, mut terminate, file_size) = runtime.block_on(async {
         Ok::<_, std::io::Error>((
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
+            signal(SignalKind::from_raw(libc::SIGXFSZ))?,
         ))
     })?;
     std::thread::Builder::new()
         .name("ringdown-signals".into())
         .spawn(move || {
+            let _caught = file_size;
             runtime.block_on(async {
                 loop {
                     let (received, name) = tokio::select! {
