@@ -36,7 +36,8 @@ pub struct Target {
     state: OwnedFd,
     pub partial: OwnedFd,
     journal_name: String,
-    journal: Mutex<std::fs::File>,
+    /// Taken (closed) once the run's state is removed (`remove_state`).
+    journal: Mutex<Option<std::fs::File>>,
     /// `--fsync`: renamed files whose directory is not synced yet, with
     /// their journal records (see `journal_completed_synced`).
     unsynced: Mutex<Vec<(Arc<OwnedFd>, String)>>,
@@ -223,7 +224,7 @@ impl Target {
             state,
             partial,
             journal_name,
-            journal: Mutex::new(journal),
+            journal: Mutex::new(Some(journal)),
             unsynced: Mutex::new(Vec::new()),
             last_parent: Mutex::new(None),
             completed: Mutex::new(loaded.completed),
@@ -303,18 +304,26 @@ impl Target {
             }
             lines.push_str(line);
         }
-        let mut journal = self.journal.lock().expect("journal lock");
-        journal
-            .write_all(lines.as_bytes())
-            .and_then(|()| journal.sync_data())
-            .map_err(|error| Error::io("appending to the journal", error))
+        self.with_journal(|journal| {
+            journal
+                .write_all(lines.as_bytes())
+                .and_then(|()| journal.sync_data())
+        })
     }
 
     fn journal_line(&self, line: &str) -> Result<()> {
+        self.with_journal(|journal| journal.write_all(line.as_bytes()))
+    }
+
+    fn with_journal(
+        &self,
+        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<()> {
         let mut journal = self.journal.lock().expect("journal lock");
-        journal
-            .write_all(line.as_bytes())
-            .map_err(|error| Error::io("appending to the journal", error))
+        let journal = journal
+            .as_mut()
+            .ok_or_else(|| Error::Fatal("the journal was closed with the run's state".into()))?;
+        write(journal).map_err(|error| Error::io("appending to the journal", error))
     }
 
     /// Bytes of a large object an earlier run left in its partial file.
@@ -512,6 +521,9 @@ impl Target {
     pub fn remove_state(&self) {
         self.remove_all_partials();
         let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
+        // Closed too: a FUSE file system keeps an unlinked file that is still
+        // open as a hidden one, and `.ringdown/` would not be empty.
+        drop(self.journal.lock().expect("journal lock").take());
         completed::remove(&self.state, &self.completed_name);
         // Another shard still running into this DIR holds its shared lock:
         // then `partial/` and `.ringdown/` stay (it writes there).
