@@ -2771,3 +2771,38 @@ fn a_file_size_limit_fails_the_file_not_the_process() {
     assert_eq!(std::fs::read(dir.join("small.txt")).unwrap(), b"small");
     assert!(!dir.join("big.bin").exists());
 }
+
+/// A file system mounted inside DIR cannot take a rename from
+/// DIR/.ringdown/partial (EXDEV): its files fail before they are
+/// downloaded, saying why, instead of after, every run again.
+#[test]
+fn a_mount_inside_dir_fails_its_files_before_downloading_them() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "a.txt", b"a");
+    write_file(&bkt, "sub/b.txt", b"b");
+    let served = serve_logged(data.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(&sub)
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !mounted {
+        eprintln!("SKIP: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let output = restore(&served, &["b2://bkt"], &dir);
+    let _ = Command::new("umount").arg(&sub).output();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("another file system than DIR"), "{text}");
+    assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"a");
+    let fetched_b = access_records(data.path())
+        .iter()
+        .any(|record| record["name"] == "sub/b.txt" && record["method"] == "GET");
+    assert!(!fetched_b, "sub/b.txt was downloaded");
+}

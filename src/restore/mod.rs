@@ -1168,6 +1168,17 @@ fn schedule(
         Err(PathError::Refused(reason)) => return refuse(reason),
         Err(PathError::Failed(error)) => return fail(error, None),
     };
+    // Renamed from DIR/.ringdown/partial, a file cannot cross into another
+    // file system mounted inside DIR (EXDEV): said before it is downloaded,
+    // not after, every run again.
+    if !target.same_file_system(&parent) {
+        let why = format!(
+            "{display_path}: its directory is on another file system than DIR (a mount point \
+             inside DIR); restore that part with DIR set to the mount point"
+        );
+        let cross_device = std::io::Error::from_raw_os_error(libc::EXDEV);
+        return fail(Error::io(why, cross_device), Some(display_path));
+    }
     let is_large = entry.size_bytes >= options.engine.part_size_bytes;
     let direct = if is_large {
         options.direct_io.for_object(entry.size_bytes)

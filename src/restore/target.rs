@@ -462,6 +462,16 @@ impl Target {
         }
     }
 
+    /// Whether `dir` is on the file system of `.ringdown/partial`, so a
+    /// partial file can be renamed into it.
+    pub fn same_file_system(&self, dir: &OwnedFd) -> bool {
+        match (rustix::fs::fstat(dir), rustix::fs::fstat(&self.partial)) {
+            (Ok(dir), Ok(partial)) => dir.st_dev == partial.st_dev,
+            // Not known: the rename will tell.
+            _ => true,
+        }
+    }
+
     /// Renames a verified partial file to its final name. A file or symlink
     /// there is replaced (a symlink not followed); a directory there refuses
     /// the name.
