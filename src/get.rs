@@ -340,6 +340,13 @@ impl Download {
                 parent.display()
             )));
         }
+        if let Err(error) = rustix::fs::access(&parent, rustix::fs::Access::WRITE_OK) {
+            return Err(Error::Usage(format!(
+                "the directory of DEST, {}, is not writable ({})",
+                parent.display(),
+                std::io::Error::from(error)
+            )));
+        }
         match std::fs::symlink_metadata(&dest) {
             Ok(meta) if meta.is_dir() => {
                 return Err(Error::Usage(format!("{} is a directory", dest.display())));

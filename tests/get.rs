@@ -883,6 +883,20 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let missing = fixture.out.path().join("no/such/dir/a.bin");
     let output = ringdown(&served, &["b2://bkt/a.bin", missing.to_str().unwrap()]);
     assert_exit(&output, 2, "does not exist");
+    // DEST's directory read-only (a read-only mount; root ignores modes):
+    // exit 2 before the download.
+    let read_only = fixture.out.path().join("ro");
+    std::fs::create_dir(&read_only).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+        .arg(&read_only)
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if mounted {
+        let output = ringdown(&served, &["b2://bkt/a.bin", read_only.to_str().unwrap()]);
+        let _ = Command::new("umount").arg(&read_only).output();
+        assert_exit(&output, 2, "is not writable");
+    }
     // --stats-json that cannot be written: exit 2 before the download.
     let unwritten = fixture.dest_str("never.bin");
     let output = ringdown(
