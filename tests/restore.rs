@@ -81,6 +81,14 @@ fn numbered_objects(
         let name = format!("{prefix}/{i:03}");
         let bytes = content(&name, size_of(i));
         write_file(bkt, &name, &bytes);
+        // The fileId (from the mtime) is part of the server's fault key: a
+        // fixed mtime makes every run roll the same dice for a --seed.
+        std::fs::File::options()
+            .write(true)
+            .open(bkt.join(&name))
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+            .unwrap();
         objects.insert(name, bytes);
     }
     objects

@@ -573,7 +573,7 @@ mod tests {
         assert!(parse_authorize(no_urls).unwrap_err().contains("apiUrl"));
         let wrong = br#"{"accountId":"a1","authorizationToken":4}"#;
         let message = parse_authorize(wrong).unwrap_err();
-        assert!(message.contains("missing or mistyped"), "{message}");
+        assert!(message.contains("a field of the wrong type"), "{message}");
         assert!(
             !parse_authorize(b"{\"authorizationToken\":\"4_tSECRET\"")
                 .unwrap_err()
