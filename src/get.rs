@@ -1016,8 +1016,6 @@ async fn head_by_name(
         let code = crate::b2::parse_error_body(&why.body).map(|e| e.code);
         let status = why.head.status;
         let detail = format!("GET {display_name}: {}", describe_error(&why));
-        let run_fatal = crate::b2::classify(status, code.as_deref().unwrap_or(""))
-            == crate::b2::ErrorClass::RunFatal;
         return Err(if (200..300).contains(&status) {
             Error::http(
                 format!("HEAD {display_name}"),
@@ -1027,9 +1025,6 @@ async fn head_by_name(
                     reply.head.status
                 ),
             )
-        } else if run_fatal {
-            // A download or transaction cap: no credential will help.
-            Error::Fatal(detail)
         } else if code.as_deref() == Some("access_denied") {
             // B2's answer to a missing or wrong SSE-C key too.
             match (sse_c, key) {
@@ -1055,6 +1050,7 @@ async fn head_by_name(
                 )),
             }
         } else {
+            // A spent cap included (run-fatal, with what to do about it).
             refusal(detail, &why)
         });
     };

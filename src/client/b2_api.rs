@@ -156,13 +156,8 @@ impl Authorizer {
         )
         .await
         .map_err(|error| super::in_context(error, "b2_authorize_account"))?;
-        let code = b2::parse_error_body(&reply.body).map(|e| e.code);
-        if b2::is_cap_exceeded(reply.head.status, code.as_deref().unwrap_or("")) {
-            return Err(Error::Fatal(format!(
-                "{context}: {}; {}",
-                describe_error(&reply),
-                b2::CAP_HINT
-            )));
+        if let Some(spent) = cap_spent(&format!("{context}: {}", describe_error(&reply)), &reply) {
+            return Err(spent);
         }
         if reply.head.status == 401 || reply.head.status == 403 {
             return Err(Error::Auth(format!(
@@ -302,15 +297,23 @@ fn base_path(url: &Url) -> String {
 /// the call: a valid key refused (`not allowed`, with what to check), else
 /// bad credentials.
 pub fn refusal(detail: String, reply: &Exchange) -> Error {
-    let code = b2::parse_error_body(&reply.body).map(|e| e.code);
-    if b2::is_cap_exceeded(reply.head.status, code.as_deref().unwrap_or("")) {
-        return Error::Fatal(format!("{detail}; {}", b2::CAP_HINT));
+    if let Some(spent) = cap_spent(&detail, reply) {
+        return spent;
     }
+    let code = b2::parse_error_body(&reply.body).map(|e| e.code);
     if b2::is_denial(reply.head.status, code.as_deref().unwrap_or("")) {
         denied(detail)
     } else {
         Error::Auth(detail)
     }
+}
+
+/// A spent download or transaction cap, wherever it is met: run-fatal, and
+/// saying what to do (`detail` names the call).
+fn cap_spent(detail: &str, reply: &Exchange) -> Option<Error> {
+    let code = b2::parse_error_body(&reply.body).map(|e| e.code);
+    b2::is_cap_exceeded(reply.head.status, code.as_deref().unwrap_or(""))
+        .then(|| Error::Fatal(format!("{detail}; {}", b2::CAP_HINT)))
 }
 
 /// `not allowed: DETAIL; <what to check>`.

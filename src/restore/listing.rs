@@ -169,10 +169,7 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             }
             (None, None) => 0,
         };
-        let info = match file.file_info {
-            Some(LenientInfo::Info(info)) => info,
-            Some(LenientInfo::Other) | None => RawInfo::default(),
-        };
+        let info = file.file_info.and_then(|info| info.0).unwrap_or_default();
         let expected = crate::b2::expected_sha1(
             file.content_sha1.as_ref().and_then(Scalar::text),
             info.large_file_sha1.as_ref().and_then(Scalar::text),
@@ -190,7 +187,7 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
         let sse_c = crate::b2::is_sse_c(
             file.server_side_encryption
                 .as_ref()
-                .and_then(RawEncryption::mode),
+                .and_then(|encryption| encryption.0.as_ref()?.mode.as_ref()?.text()),
         )
         .then(|| SseC {
             key_id: info
@@ -394,79 +391,63 @@ struct RawFile {
     #[serde(default)]
     content_sha1: Option<Scalar>,
     #[serde(default)]
-    file_info: Option<LenientInfo>,
+    file_info: Option<ObjectOr<RawInfo>>,
     #[serde(default)]
     upload_timestamp: Option<Scalar>,
     #[serde(default)]
-    server_side_encryption: Option<RawEncryption>,
+    server_side_encryption: Option<ObjectOr<RawEncryption>>,
 }
 
 /// `{"mode": "SSE-C", "algorithm": "AES256"}`; only the mode matters here.
-/// Anything else (not an object) is no encryption we know of, not a reason
-/// to refuse the page.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum RawEncryption {
-    Known {
-        #[serde(default)]
-        mode: Option<Scalar>,
-    },
-    Other(IgnoredAny),
+struct RawEncryption {
+    #[serde(default)]
+    mode: Option<Scalar>,
 }
 
-impl RawEncryption {
-    fn mode(&self) -> Option<&str> {
-        match self {
-            RawEncryption::Known { mode } => mode.as_ref().and_then(Scalar::text),
-            RawEncryption::Other(_) => None,
-        }
-    }
-}
+/// A field that should hold a JSON object, read as `T`; anything else is
+/// none, not a reason to refuse the page (a `fileInfo` of `"x"`, a
+/// `serverSideEncryption` of `"SSE-C"`). Read in one pass:
+/// `#[serde(untagged)]` would first buffer the whole value, and a hostile
+/// page's 60 MiB of nested arrays with it.
+struct ObjectOr<T>(Option<T>);
 
-/// `fileInfo` that is not an object is none: one odd value does not fail
-/// the page. Read in one pass: `#[serde(untagged)]` would first buffer the
-/// whole value, and a hostile page's 60 MiB of nested arrays with it.
-enum LenientInfo {
-    Info(RawInfo),
-    Other,
-}
-
-impl<'de> Deserialize<'de> for LenientInfo {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<LenientInfo, D::Error> {
-        struct InfoVisitor;
-        impl<'de> Visitor<'de> for InfoVisitor {
-            type Value = LenientInfo;
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ObjectOr<T>, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = ObjectOr<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LenientInfo, A::Error> {
-                RawInfo::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(LenientInfo::Info)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ObjectOr<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|t| ObjectOr(Some(t)))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LenientInfo, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ObjectOr<T>, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(LenientInfo::Other)
+                Ok(ObjectOr(None))
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<LenientInfo, E> {
-                Ok(LenientInfo::Other)
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<ObjectOr<T>, E> {
+                Ok(ObjectOr(None))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LenientInfo, E> {
-                Ok(LenientInfo::Other)
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<ObjectOr<T>, E> {
+                Ok(ObjectOr(None))
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LenientInfo, E> {
-                Ok(LenientInfo::Other)
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<ObjectOr<T>, E> {
+                Ok(ObjectOr(None))
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LenientInfo, E> {
-                Ok(LenientInfo::Other)
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<ObjectOr<T>, E> {
+                Ok(ObjectOr(None))
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LenientInfo, E> {
-                Ok(LenientInfo::Other)
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<ObjectOr<T>, E> {
+                Ok(ObjectOr(None))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<LenientInfo, E> {
-                Ok(LenientInfo::Other)
+            fn visit_unit<E: de::Error>(self) -> Result<ObjectOr<T>, E> {
+                Ok(ObjectOr(None))
             }
         }
-        deserializer.deserialize_any(InfoVisitor)
+        deserializer.deserialize_any(ObjectVisitor(std::marker::PhantomData))
     }
 }
 
