@@ -425,6 +425,30 @@ fn a_signal_cuts_a_whole_object_get_short() {
     assert_no_temp(fixture.out.path());
 }
 
+/// An origin that answers every range with the whole object breaks HTTP
+/// the same way each time: the chunk fails after
+/// `PROTOCOL_ERRORS_IN_A_ROW_MAX` (3) answers, not after `--max-attempts`
+/// (15) backoffs, which at the defaults held such a run 3 minutes.
+#[test]
+fn ranges_answered_with_the_whole_object_fail_after_three_answers() {
+    let size = 3 * PART + 5;
+    let fixture = Fixture::new(&[("whole.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--ignore-range-rate", "1"]);
+    let dest = fixture.dest_str("whole.bin");
+    let mut args = vec!["b2://bkt/whole.bin", &dest];
+    args.extend_from_slice(SMALL_TUNING);
+    args.extend_from_slice(&["--max-attempts", "15"]);
+    let output = ringdown(&served, &args);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("200 (whole object) where a 206 range was requested (3 answers in a row"),
+        "{err}"
+    );
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 /// A plain-HTTP server on 127.0.0.1 that answers every request with a 302
 /// to `route(path)` (or a 404 when it gives `None`). Runs until the test
 /// process exits.

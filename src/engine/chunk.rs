@@ -257,7 +257,7 @@ async fn check_head(
     let job = &core.job;
     let size = job.digest.size_bytes();
     let requested = last_byte - first_byte + 1;
-    let protocol = Failure::retry;
+    let protocol = Failure::protocol;
     match head.status {
         206 => {
             let Some(range) = head.content_range else {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::scheduler::{Core, ObjectSpec};
 use crate::b2::{AfterRefusal, ErrorClass, classify};
 use crate::client::conn::{ConnError, Connection};
-use crate::config::{ERROR_BODY_MAX_BYTES, KEEPALIVE_IDLE_MAX_MS, SSE_C_KEYS_MAX};
+use crate::config::{
+    ERROR_BODY_MAX_BYTES, KEEPALIVE_IDLE_MAX_MS, PROTOCOL_ERRORS_IN_A_ROW_MAX, SSE_C_KEYS_MAX,
+};
 use crate::error::Error;
 use crate::http::ResponseHead;
 
@@ -25,6 +27,9 @@ pub(super) struct Failure {
 pub(super) enum FailureKind {
     /// Try again after a backoff (a new connection if the old one is gone).
     Retry,
+    /// An answer that breaks HTTP for the request made: like `Retry` (on a
+    /// new connection), but only `PROTOCOL_ERRORS_IN_A_ROW_MAX` in a row.
+    Protocol,
     /// Re-authorize, then try again (once per chunk or object).
     Reauthorize,
     /// B2 refused the SSE-C key the request carried, and another key given
@@ -49,6 +54,17 @@ impl Failure {
         Failure {
             detail: detail.into(),
             kind: FailureKind::Retry,
+            retry_after_s: None,
+            answer_read: false,
+        }
+    }
+
+    /// An answer that does not fit the request made (see
+    /// `FailureKind::Protocol`); the connection is out of step.
+    pub(super) fn protocol(detail: impl Into<String>) -> Failure {
+        Failure {
+            detail: detail.into(),
+            kind: FailureKind::Protocol,
             retry_after_s: None,
             answer_read: false,
         }
@@ -89,7 +105,7 @@ impl Failure {
     /// retry would wait out `--timeout-s`; see `KEEPALIVE_IDLE_MAX_MS`). Any
     /// other failure may have left it mid-answer, out of step, or closed.
     pub(super) fn leaves_usable(&self, conn: &Connection) -> bool {
-        self.leaves_idle(conn) && !matches!(self.kind, FailureKind::Retry)
+        self.leaves_idle(conn) && !matches!(self.kind, FailureKind::Retry | FailureKind::Protocol)
     }
 
     /// Whether the connection is in step with nothing owed on it: an error
@@ -121,6 +137,8 @@ pub(super) struct Retries {
     seen_generation: u64,
     /// SSE-C keys this request moved on from, not counted as attempts.
     key_changes: usize,
+    /// Protocol failures since the last failure of another kind.
+    protocol_in_a_row: u32,
 }
 
 /// When the next attempt may go out.
@@ -166,6 +184,7 @@ impl Retries {
             reauthorized: false,
             seen_generation: 0,
             key_changes: 0,
+            protocol_in_a_row: 0,
         }
     }
 
@@ -200,10 +219,29 @@ impl Retries {
         };
         // A new token is there (ours, or one another request fetched).
         let mut token_refreshed = false;
+        if matches!(failure.kind, FailureKind::Protocol) {
+            self.protocol_in_a_row += 1;
+        } else {
+            self.protocol_in_a_row = 0;
+        }
         match failure.kind {
             // A token can expire again later (long objects, short TTLs): only
             // a refusal right after re-authorizing is final.
             FailureKind::Retry => self.reauthorized = false,
+            FailureKind::Protocol if self.protocol_in_a_row >= PROTOCOL_ERRORS_IN_A_ROW_MAX => {
+                return Err(GiveUp {
+                    error: Error::http(
+                        context,
+                        format!(
+                            "{} ({} answers in a row; the origin does not answer this request \
+                             as HTTP asks, and trying again will not change that)",
+                            failure.detail, self.protocol_in_a_row
+                        ),
+                    ),
+                    run_fatal: false,
+                });
+            }
+            FailureKind::Protocol => self.reauthorized = false,
             // Free, but bounded: past one change per key possible, a
             // refusal is an attempt like any other.
             FailureKind::NextKey if self.key_changes < SSE_C_KEYS_MAX && !stop() => {

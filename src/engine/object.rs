@@ -437,10 +437,10 @@ async fn check_head(
         200 if first_byte == 0 => {}
         206 => {
             let Some(range) = head.content_range else {
-                return Err(Failure::retry("206 without Content-Range"));
+                return Err(Failure::protocol("206 without Content-Range"));
             };
             if range.first != first_byte || range.last != last_byte {
-                return Err(Failure::retry(format!(
+                return Err(Failure::protocol(format!(
                     "Content-Range bytes {}-{} does not match the requested {first_byte}-{last_byte}",
                     range.first, range.last
                 )));
@@ -455,14 +455,16 @@ async fn check_head(
             }
         }
         200 => {
-            return Err(Failure::retry(
+            return Err(Failure::protocol(
                 "200 (whole object) where a range was requested",
             ));
         }
         _ => return Err(status_failure(conn, head, job).await),
     }
     if head.chunked {
-        return Err(Failure::retry("chunked body where a length was expected"));
+        return Err(Failure::protocol(
+            "chunked body where a length was expected",
+        ));
     }
     match head.content_length {
         Some(length) if length == requested => {}
@@ -473,11 +475,11 @@ async fn check_head(
         }
         // Content-Range and the object's size matched: a broken reply.
         Some(length) => {
-            return Err(Failure::retry(format!(
+            return Err(Failure::protocol(format!(
                 "Content-Length {length} is not the {requested} bytes of range {first_byte}-{last_byte}"
             )));
         }
-        None => return Err(Failure::retry("response without Content-Length")),
+        None => return Err(Failure::protocol("response without Content-Length")),
     }
     check_version(head, job)?;
     Ok(())
