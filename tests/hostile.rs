@@ -1496,3 +1496,106 @@ fn symlink_planted_inside_dir_pointing_outside() {
         );
     }
 }
+
+// ---------------------------------------------------------------- credentials quoted back
+
+/// A server whose error answers quote the request back: its `Authorization`
+/// header and its query. Every message ringdown prints is built from such
+/// text, and none may show a credential.
+fn quoting_hook(
+    fails: impl Fn(&Req) -> bool + Send + Sync + 'static,
+) -> impl Fn(&Req, &mut TcpStream) -> bool + Send + Sync + 'static {
+    move |req, stream| {
+        if !fails(req) {
+            return false;
+        }
+        let sent = req.header("authorization").unwrap_or("").to_string();
+        let decoded = sent
+            .strip_prefix("Basic ")
+            .and_then(|basic| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, basic).ok()
+            })
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
+        let message = format!(
+            "refused Authorization {sent:?} ({decoded}) for {}?{}",
+            req.path,
+            percent_decode(&req.query)
+        );
+        respond_json(
+            stream,
+            400,
+            serde_json::json!({"status": 400, "code": "bad_request", "message": message}),
+        );
+        true
+    }
+}
+
+#[test]
+fn credentials_quoted_back_by_a_server_are_never_shown() {
+    // b2_authorize_account: the Basic pair, encoded and decoded.
+    let fake = Fake::start(
+        vec![("obj", data(10, 1))],
+        quoting_hook(|req| req.path.ends_with("/b2_authorize_account")),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_b2(&fake, "obj", &dest_dir.join("obj"), &[]);
+    assert!(
+        run.stderr.contains("refused Authorization"),
+        "{}",
+        run.stderr
+    );
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{KEY_ID}:{KEY}"),
+    );
+    assert!(!run.stderr.contains(&basic), "{}", run.stderr);
+    run.assert_failed_with(&["b2_authorize_account", "[redacted]"]);
+
+    // A control-plane call and a download (the data plane): the token.
+    for (what, needle) in [
+        ("b2_list_file_names", "b2_list_file_names"),
+        ("b2_download_file_by_id", "obj"),
+    ] {
+        let fake = Fake::start(
+            vec![("obj", data(10, 2))],
+            quoting_hook(move |req| req.path.contains(what)),
+        );
+        let dir = work.path().join(format!("restore-{what}"));
+        let report = work.path().join("report.jsonl");
+        let run = restore(&fake, &dir, &report, &[]);
+        assert!(
+            run.stderr.contains("refused Authorization"),
+            "{}",
+            run.stderr
+        );
+        run.assert_failed_with(&[needle, "[redacted]"]);
+        let report = std::fs::read_to_string(&report).unwrap_or_default();
+        assert!(!report.contains(TOKEN), "{report}");
+    }
+
+    // A plain URL carrying its credential in the query.
+    // The probe (the first range) passes; the next ranges are refused.
+    let fake = Fake::start(
+        vec![("obj", data(300_000, 3))],
+        quoting_hook(|req| {
+            req.path.starts_with("/plain/") && req.range().is_some_and(|(first, _)| first > 0)
+        }),
+    );
+    let signature = "Sig%2Fnature0123456789abcdef";
+    let url = format!("{}?X-Signature={signature}", fake.url("obj"));
+    let run = get_url(
+        &url,
+        &dest_dir.join("obj"),
+        &["--part-size", "64KiB", "--buffer-size", "16KiB"],
+    );
+    assert!(
+        run.stderr.contains("refused Authorization"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("0123456789abcdef"), "{}", run.stderr);
+    run.assert_failed_with(&["[redacted]"]);
+}

@@ -46,6 +46,9 @@ struct Session {
     generation: u64,
     account_id: Option<String>,
     token: String,
+    /// The token this one replaced: an answer to a request sent with it can
+    /// still arrive (and quote it).
+    previous_token: Option<String>,
     api_url: String,
     download_url: String,
     recommended_part_size_bytes: Option<u64>,
@@ -172,10 +175,12 @@ impl Authorizer {
         let scope = b2::KeyScope::from_storage_api(&parsed.api_info.storage_api);
         let mut session = self.session.lock().expect("session lock");
         let generation = session.as_ref().map_or(0, |session| session.generation + 1);
+        let previous_token = session.take().map(|session| session.token);
         *session = Some(Session {
             generation,
             account_id: Some(parsed.account_id),
             token: parsed.authorization_token,
+            previous_token,
             api_url: parsed.api_info.storage_api.api_url,
             download_url: parsed.api_info.storage_api.download_url,
             recommended_part_size_bytes: parsed.api_info.storage_api.recommended_part_size,
@@ -229,6 +234,17 @@ impl Authorizer {
 
     pub fn token(&self) -> String {
         self.with_session(|session| session.token.clone())
+    }
+
+    /// What must never be shown of this account: the application key and
+    /// the tokens a request in flight may carry (see `http::redact`).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = vec![self.credentials.key.clone()];
+        if let Some(session) = self.session.lock().expect("session lock").as_ref() {
+            secrets.push(session.token.clone());
+            secrets.extend(session.previous_token.clone());
+        }
+        secrets
     }
 
     /// Changes with every authorization (see `reauthorize`).
@@ -342,6 +358,7 @@ mod tests {
             generation,
             account_id: None,
             token: "token".into(),
+            previous_token: None,
             api_url: api_url.into(),
             download_url: api_url.into(),
             recommended_part_size_bytes: None,

@@ -174,9 +174,17 @@ pub async fn exchange(
             keep.as_deref_mut(),
         );
         let retry_after_s = match once.await {
-            Ok(exchange)
+            Ok(mut exchange)
                 if last_attempt || !matches!(exchange.head.status, 408 | 429 | 500..=599) =>
             {
+                // An error answer's text ends up in messages: it must not
+                // quote our credentials back (see `http::redact`).
+                if !(200..300).contains(&exchange.head.status) {
+                    crate::http::redact_bytes(
+                        &mut exchange.body,
+                        &crate::http::request_secrets(request),
+                    );
+                }
                 return Ok(exchange);
             }
             Ok(exchange) => exchange.head.retry_after_s,

@@ -217,6 +217,12 @@ impl Retries {
             error,
             run_fatal: true,
         };
+        // The detail may quote the server, and the server may quote the
+        // request: its credentials go before the detail goes anywhere.
+        // (The URL's own, a presigned signature, went in `status_failure`.)
+        if let Some(auth) = &core.shared.source.auth {
+            failure.detail = crate::http::redact(&failure.detail, &auth.secrets());
+        }
         // A new token is there (ours, or one another request fetched).
         let mut token_refreshed = false;
         if matches!(failure.kind, FailureKind::Protocol) {
@@ -389,7 +395,13 @@ pub(super) async fn status_failure(
         // out again on a new one (`request::get_head`), not as an attempt.
         conn.requests_done += 1;
     }
-    let body = body.unwrap_or_default();
+    let mut body = body.unwrap_or_default();
+    // The server's text may quote the URL's credentials (a presigned
+    // signature, `?Authorization=`); the account's go in `next_attempt`.
+    crate::http::redact_bytes(
+        &mut body,
+        &crate::http::query_secrets(&object.path_and_query),
+    );
     let parsed = crate::b2::parse_error_body(&body);
     let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or("");
     let message = parsed.as_ref().map(|e| e.message.as_str()).unwrap_or("");

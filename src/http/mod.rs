@@ -10,11 +10,13 @@
 
 mod chunked;
 mod range;
+mod redact;
 mod request;
 mod response;
 
 pub use chunked::{ChunkedDecoder, ChunkedStep};
 pub use range::{ContentRange, ContentRangeValue, parse_content_range, parse_content_range_value};
+pub use redact::{REDACTED, query_secrets, redact, redact_bytes, request_secrets};
 pub use request::{USER_AGENT, write_get_request, write_post_json};
 pub use response::{
     BodyFraming, ResponseHead, parse_http_date, parse_response_head, parse_response_head_at,
