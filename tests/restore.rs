@@ -807,6 +807,52 @@ fn over_a_long_round_trip_a_lone_large_object_takes_every_connection() {
     );
 }
 
+/// A file an unfinished run completed, then changed in place (same size):
+/// a rerun with `--skip-existing` compares its SHA1, as it promises, and
+/// restores it again instead of keeping it on the journal's word.
+#[test]
+fn skip_existing_hashes_files_the_journal_has_as_done() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let objects = numbered_objects(&bkt, "j", 6, |i| 3000 + i);
+    // One object fails every run, so the journal stays.
+    let served = serve_logged(data.path(), &["--wrong-sha1", "j/005"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let first = restore(&served, &["b2://bkt"], &dir);
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    assert!(dir.join(".ringdown").exists());
+    let changed = dir.join("j/002");
+    let mut bytes = std::fs::read(&changed).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&changed, &bytes).unwrap();
+    let report = out.path().join("report.jsonl");
+    let again = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--skip-existing",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(
+        std::fs::read(&changed).unwrap() == objects["j/002"],
+        "j/002 kept as changed"
+    );
+    let lines = common::json_lines(&report);
+    let status_of = |name: &str| {
+        let line = lines.iter().find(|line| line["name"] == name).unwrap();
+        (line["status"].clone(), line["reason"].clone())
+    };
+    assert_eq!(status_of("j/002").0, "ok");
+    assert_eq!(status_of("j/001"), ("skipped".into(), "exists".into()));
+    assert_eq!(downloads(data.path())["j/001"], 1);
+    assert_eq!(downloads(data.path())["j/002"], 2);
+}
+
 #[test]
 fn killed_restore_resumes_without_downloading_completed_files_again() {
     let data = tempfile::tempdir().unwrap();

@@ -1116,7 +1116,15 @@ fn schedule(
                 .existing_file(&segments)
                 .is_some_and(|stat| stat.st_size as u64 == entry.size_bytes)
         };
-        if target.is_completed(&entry.name, &key) && still_there() {
+        // `--skip-existing` promises the same SHA1, not only the size: a
+        // file with a digest to compare is hashed below like any other (it
+        // may have been changed in place since).
+        let hashed_below = options.skip_existing
+            && matches!(
+                entry.expected,
+                ExpectedSha1::Verified(_) | ExpectedSha1::Unverified(_)
+            );
+        if !hashed_below && target.is_completed(&entry.name, &key) && still_there() {
             return skip("journal");
         }
     }
