@@ -627,10 +627,35 @@ impl Download {
                     .map_err(|error| Error::io("fsync of the downloaded file", error.into()))?;
             }
             drop(file);
-            rustix::fs::renameat(&dir, &temp_name, &dir, &file_name).map_err(|error| {
-                let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
-                Error::io(format!("renaming into {}", dest.display()), error.into())
-            })?;
+            match place(&dir, &temp_name, &file_name, options.force) {
+                Ok(()) => {}
+                // Made by someone else since the start: not replaced
+                // without --force, and the download is not lost either.
+                Err(rustix::io::Errno::EXIST) => {
+                    let resumable = journal.as_mut().map(|journal| journal.keep = true);
+                    if resumable.is_some() {
+                        say!(
+                            "ringdown: kept {} and its journal in {}: run again with --force to replace {} from it (it resumes)",
+                            temp_name,
+                            parent.display(),
+                            dest.display()
+                        );
+                    } else {
+                        let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                    }
+                    return Err(Error::Usage(format!(
+                        "{} was made by another program during the download; it is left as it is: pass --force to replace it",
+                        dest.display()
+                    )));
+                }
+                Err(error) => {
+                    let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                    return Err(Error::io(
+                        format!("renaming into {}", dest.display()),
+                        error.into(),
+                    ));
+                }
+            }
             if let Some(journal) = &journal {
                 journal.remove();
             }
@@ -1475,6 +1500,32 @@ impl ResumeFiles {
                 *journal = None;
             }
         })
+    }
+}
+
+/// Renames the verified download to its final name in `dir`. Without
+/// `force`, never over a file that appeared there since the run checked
+/// (`EEXIST`): `RENAME_NOREPLACE`, or where the file system lacks it (some
+/// FUSE and network file systems), a look first.
+fn place(
+    dir: &OwnedFd,
+    temp_name: &str,
+    file_name: &std::ffi::OsStr,
+    force: bool,
+) -> rustix::io::Result<()> {
+    use rustix::fs::{RenameFlags, renameat, renameat_with, statat};
+    use rustix::io::Errno;
+    if force {
+        return renameat(dir, temp_name, dir, file_name);
+    }
+    match renameat_with(dir, temp_name, dir, file_name, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            if statat(dir, file_name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                return Err(Errno::EXIST);
+            }
+            renameat(dir, temp_name, dir, file_name)
+        }
+        other => other,
     }
 }
 

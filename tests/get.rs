@@ -669,6 +669,68 @@ fn every_fault_flag_is_survived() {
     assert_no_temp(fixture.out.path());
 }
 
+/// A DEST that another program makes while the download runs is not
+/// replaced without `--force` (exit 2, left as it is), and the verified
+/// download is kept with its journal: the rerun with `--force` resumes it
+/// (fetching at most its last chunk again).
+#[test]
+fn a_dest_made_during_the_download_is_not_replaced_without_force() {
+    let size = 40 * PART + 77;
+    let fixture = Fixture::new(&[("ap.bin", size)]);
+    let log = fixture.out.path().join("access.jsonl");
+    let served = serve(
+        fixture.data.path(),
+        true,
+        &[
+            "--rate-per-conn",
+            "400KB/s",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let dest = fixture.dest_str("ap.bin");
+    let mut args = vec!["b2://bkt/ap.bin", &dest];
+    args.extend_from_slice(SMALL_TUNING);
+    let mut child = get_command(&served, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(&dest, b"precious").unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before DEST was made: nothing tested"
+    );
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("was made by another program during the download"),
+        "{err}"
+    );
+    assert!(err.contains("run again with --force"), "{err}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"precious");
+    let ranges = || {
+        common::json_lines(&log)
+            .iter()
+            .filter(|record| record["name"] == "ap.bin" && record["range"].is_string())
+            .count()
+    };
+    let fetched = ranges();
+    let again = ringdown(&served, &[&args[..], &["--force"]].concat());
+    assert_ok(&again);
+    assert_same(Path::new(&dest), "ap.bin", size);
+    // The last chunk is journaled by the run's end, which did not come:
+    // that one (77 bytes) is fetched again, nothing before it.
+    assert!(
+        ranges() <= fetched + 1,
+        "the rerun fetched {} ranges again",
+        ranges() - fetched
+    );
+    assert_no_temp(fixture.out.path());
+}
+
 /// A chunk's 503, read to its end, costs no connection: the chunk backs off
 /// (briefly) and asks again on the same one, with no new handshake.
 #[test]
