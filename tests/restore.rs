@@ -1772,6 +1772,53 @@ fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
     );
 }
 
+/// A resumed prefix damaged on disk (a torn write, a bad block): the
+/// object fails its SHA1, is downloaded again from byte 0, and the
+/// summary counts every byte as fetched, none as resumed.
+#[test]
+fn a_damaged_resumed_prefix_is_fetched_again_and_not_counted_as_resumed() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let size = 64 * 65536 + 1000;
+    let bytes = content("damaged", size);
+    write_file(&bkt, "large.bin", &bytes);
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let child = command(&served, &["b2://bkt"], &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let done = kill_once_chunks_are_journaled(child, &dir, 16 * 65536);
+    assert!(done < size as u64, "killed too late");
+    let partials: Vec<PathBuf> = std::fs::read_dir(dir.join(".ringdown/partial"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    let partial = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partials[0])
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&partial, &[0u8; 4096], 4096).unwrap();
+    drop(partial);
+    let stats = out.path().join("stats.json");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--stats-json", stats.to_str().unwrap()],
+        &dir,
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(err.contains("SHA1 mismatch; downloading it again"), "{err}");
+    assert!(std::fs::read(dir.join("large.bin")).unwrap() == bytes);
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["resumed_bytes"], 0, "{stats}");
+    assert!(!err.contains("were on disk from an earlier run"), "{err}");
+}
+
 #[test]
 fn large_and_small_objects_share_the_same_keep_alive_connections() {
     // One scheduler for all sizes: chunks of the large objects and whole

@@ -651,6 +651,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     done(ObjectResult {
         outcome,
         attempts: job.attempts(),
+        started_over: job.round > 1,
     });
     shared.large_finished(job);
 }

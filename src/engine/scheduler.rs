@@ -125,6 +125,9 @@ pub struct ObjectResult {
     /// Requests made for a small object (counting the first); download
     /// rounds of a large one (a SHA1 mismatch starts another).
     pub attempts: u32,
+    /// A SHA1 mismatch started a large object over from byte 0: nothing
+    /// found on disk at the start (a resumed prefix) was kept.
+    pub started_over: bool,
 }
 
 #[derive(Debug)]
@@ -940,7 +943,11 @@ async fn run_object(
     match ran.await {
         Ran::Finished(outcome, attempts) => {
             core.record(Stage::File, started.elapsed());
-            done(ObjectResult { outcome, attempts });
+            done(ObjectResult {
+                outcome,
+                attempts,
+                started_over: false,
+            });
         }
         Ran::Deferred(deferred) => {
             let job = ObjectJob {
@@ -1010,6 +1017,7 @@ fn fail(shared: &Shared, done: Done, error: Error, attempts: u32) {
     done(ObjectResult {
         outcome: Err(ObjectError { error, run_fatal }),
         attempts,
+        started_over: false,
     });
 }
 

@@ -1306,6 +1306,12 @@ fn schedule(
 fn finish_later(run: &Arc<Run>, task: FileTask) -> Done {
     let run = Arc::clone(run);
     Box::new(move |result: ObjectResult| {
+        let mut task = task;
+        if result.started_over {
+            // Downloaded again from byte 0: the prefix found on disk was
+            // thrown away, and every byte was fetched.
+            task.resumed_bytes = 0;
+        }
         let sha1 = result
             .outcome
             .map_err(|failure| (failure.error, failure.run_fatal));
