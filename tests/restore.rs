@@ -482,6 +482,44 @@ fn prefix_is_a_folder_and_globs_filter_relative_names() {
     );
 }
 
+/// A symlink planted at one of ringdown's own state paths is not followed
+/// and not removed: exit 2, saying which path and what to do, and nothing
+/// written where it points.
+#[test]
+fn a_symlink_at_a_state_path_is_a_clear_usage_error() {
+    let data = tempfile::tempdir().unwrap();
+    write_file(&data.path().join("bkt"), "a.txt", b"a");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let elsewhere = out.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let victim = out.path().join("victim");
+    std::fs::write(&victim, b"victim").unwrap();
+    for (planted, target) in [
+        (".ringdown", &elsewhere),
+        (".ringdown/partial", &elsewhere),
+        (".ringdown/journal-0-of-1", &victim),
+    ] {
+        let dir = out.path().join(planted.replace(['.', '/'], "_"));
+        let link = dir.join(planted);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let output = restore(&served, &["b2://bkt"], &dir);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{planted}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{} is a symlink or not a directory",
+                link.display()
+            )),
+            "{planted}: {err}"
+        );
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
+    }
+}
+
 #[test]
 fn hostile_names_are_refused_and_symlinks_never_followed() {
     let data = tempfile::tempdir().unwrap();

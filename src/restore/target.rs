@@ -166,6 +166,14 @@ impl Target {
                         root_path.display()
                     )));
                 }
+                // `open_dir_beneath` follows no symlink: one planted at a
+                // state path (or a file there) is the operator's to move.
+                Err((Errno::NOTDIR | Errno::LOOP, context)) => {
+                    return Err(Error::Usage(format!(
+                        "{context} is a symlink or not a directory: ringdown keeps its state \
+                         there and follows no symlink inside DIR; move it away and run again"
+                    )));
+                }
                 Err((error, context)) => return Err(Error::io(context, error.into())),
             }
         };
