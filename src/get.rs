@@ -1461,8 +1461,10 @@ impl ResumeFiles {
             .map_err(creating)?;
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
+                // Exit 2, as restore's lock: nothing was tried, and the
+                // operator's next step is to wait, not to look into a failure.
                 Err(rustix::io::Errno::WOULDBLOCK) => {
-                    return Err(Error::Fatal(format!(
+                    return Err(Error::Usage(format!(
                         "another ringdown is downloading into {} (it holds {}); wait for it to finish, or stop it and run this again to resume",
                         dest.display(),
                         self.journal

@@ -1420,7 +1420,8 @@ fn a_second_get_of_the_same_object_refuses_while_the_first_runs() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let second = ringdown(&served, &["b2://bkt/c.bin", &dest, "--force"]);
-    assert_exit(&second, 1, "); wait for it to finish");
+    // Exit 2, as restore's lock: nothing was tried.
+    assert_exit(&second, 2, "); wait for it to finish");
     let exit = wait_for_exit(&mut first, "completion");
     let output = first.wait_with_output().unwrap();
     assert_eq!(exit.code(), Some(0), "{}", stderr(&output));
