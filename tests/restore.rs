@@ -2271,6 +2271,13 @@ fn sigterm_drains_keeps_the_journal_and_exits_143() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, Some(143), "{text}");
     assert!(text.contains("files restored"), "summary printed: {text}");
+    // The summary counts what finished; a note says what did not.
+    assert!(
+        text.contains(
+            "(the listing had not ended) were not finished; run the same command again to resume"
+        ),
+        "{text}"
+    );
     let completed = std::fs::read_to_string(&journal)
         .unwrap()
         .lines()

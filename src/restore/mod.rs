@@ -529,15 +529,19 @@ impl Restore {
 
         let mut listing_error = None;
         let mut listed_files = ListedFiles::default();
+        // Every name the listing brought was taken (not cut short by a stop).
+        let mut listed_whole = true;
         for message in list_receiver.iter() {
             let listed = match message {
                 Ok(listed) => listed,
                 Err(error) => {
                     listing_error = Some(error);
+                    listed_whole = false;
                     break;
                 }
             };
             if run.stop.load(Ordering::Acquire) || options.engine.is_cancelled() {
+                listed_whole = false;
                 break;
             }
             match listed {
@@ -593,6 +597,22 @@ impl Restore {
             Some(signal) => Some(Error::Interrupted { signal }),
             None => run.fatal.lock().expect("fatal lock").take(),
         };
+        if interrupted.is_some() {
+            // The summary counts what finished; say what did not, and that
+            // none of it is lost.
+            let listed = self.files.listed.load(Ordering::Relaxed);
+            let unfinished = listed.saturating_sub(self.files.done.load(Ordering::Relaxed));
+            let of = if listed_whole {
+                format!("of the {listed} selected")
+            } else {
+                format!("of the {listed} selected so far (the listing had not ended)")
+            };
+            notices.push(format!(
+                "interrupted: {unfinished} files {of} were not finished; run the same command \
+                 again to resume (finished files are skipped, large objects go on from their \
+                 journaled chunks)"
+            ));
+        }
         if fatal.is_none() && self.files.listed.load(Ordering::Relaxed) == 0 {
             // A typo in PREFIX, or an object's name given as a folder, ran
             // to a clean "0 files" with nothing said.
