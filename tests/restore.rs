@@ -678,6 +678,40 @@ fn a_closed_stdout_or_stderr_does_not_stop_a_run() {
     assert_tree(&dir, &objects);
 }
 
+/// Output that cannot be written is never a silent exit 0: a `--report`
+/// on a full disk (here `/dev/full`) ends the run with exit 1 naming it, the
+/// restore itself done; a `--dry-run` list cut short by one, the same.
+#[test]
+fn a_report_or_dry_run_list_that_cannot_be_written_is_an_error() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let objects = numbered_objects(&bkt, "f", 30, |i| 100 + i);
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let output = restore(&served, &["b2://bkt", "--report", "/dev/full"], &dir);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing the --report file /dev/full"), "{err}");
+    assert!(err.contains("the report is incomplete"), "{err}");
+    assert_tree(&dir, &objects);
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = command(&served, &["b2://bkt", "--dry-run"], &out.path().join("dry"))
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writing the --dry-run list to stdout"),
+        "{err}"
+    );
+}
+
 /// A directory that cannot be written (immutable: EPERM even for root)
 /// fails the names beneath it, and the rest of the bucket is restored, as
 /// a failed rename fails only its file. Before, it stopped the whole run.

@@ -191,8 +191,17 @@ pub struct Tally {
 struct Reporter {
     tally: Mutex<Tally>,
     files: Arc<FileCounts>,
-    report: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    report: Option<Mutex<ReportFile>>,
     quiet: bool,
+}
+
+/// The `--report` file, and its first write error: from then on the report
+/// is incomplete, no line is added after a cut one, and the run ends with
+/// the error (exit 1), never a silent 0.
+struct ReportFile {
+    path: PathBuf,
+    writer: std::io::BufWriter<std::fs::File>,
+    failed: Option<std::io::Error>,
 }
 
 /// One line of `--report`.
@@ -291,8 +300,19 @@ impl Reporter {
                 "reason": record.reason,
             });
             let mut report = report.lock().expect("report lock");
-            let _ = writeln!(report, "{line}");
-            let _ = report.flush();
+            if report.failed.is_none() {
+                let written =
+                    writeln!(report.writer, "{line}").and_then(|()| report.writer.flush());
+                if let Err(error) = written {
+                    say!(
+                        "ringdown: error: writing the --report file {}: {error}; the report is \
+                         incomplete from {:?} on (the restore goes on)",
+                        report.path.display(),
+                        record.entry.name
+                    );
+                    report.failed = Some(error);
+                }
+            }
         }
     }
 }
@@ -430,14 +450,16 @@ impl Restore {
         };
         // A dry run creates nothing, not even the report.
         let report = match options.report.as_ref().filter(|_| !options.dry_run) {
-            Some(path) => Some(Mutex::new(std::io::BufWriter::new(
-                std::fs::File::create(path).map_err(|error| {
+            Some(path) => Some(Mutex::new(ReportFile {
+                path: path.clone(),
+                writer: std::io::BufWriter::new(std::fs::File::create(path).map_err(|error| {
                     Error::io(
                         format!("creating the --report file {}", path.display()),
                         error,
                     )
-                })?,
-            ))),
+                })?),
+                failed: None,
+            })),
             None => None,
         };
         let run = Arc::new(Run {
@@ -593,9 +615,25 @@ impl Restore {
             .engine
             .is_cancelled()
             .then(|| crate::runtime::interrupted().unwrap_or(libc::SIGINT));
+        let report_failed = run.reporter.report.as_ref().and_then(|report| {
+            let mut report = report.lock().expect("report lock");
+            let error = report.failed.take()?;
+            Some(Error::io(
+                format!(
+                    "writing the --report file {} (it is incomplete)",
+                    report.path.display()
+                ),
+                error,
+            ))
+        });
         let fatal = match interrupted {
             Some(signal) => Some(Error::Interrupted { signal }),
-            None => run.fatal.lock().expect("fatal lock").take(),
+            None => run
+                .fatal
+                .lock()
+                .expect("fatal lock")
+                .take()
+                .or(report_failed),
         };
         if interrupted.is_some() {
             // The summary counts what finished; say what did not, and that
@@ -1183,9 +1221,14 @@ fn schedule(
     if options.dry_run {
         use std::io::Write as _;
         let line = format!("{}\t{}\n", entry.size_bytes, entry.name);
-        if std::io::stdout().lock().write_all(line.as_bytes()).is_err() {
+        match std::io::stdout().lock().write_all(line.as_bytes()) {
+            Ok(()) => {}
             // Nobody reads on (`--dry-run | head`): list no further.
-            run.stop.store(true, Ordering::Release);
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                run.stop.store(true, Ordering::Release);
+            }
+            // A full disk, /dev/full: the list is cut short, and says so.
+            Err(error) => run.fail_run(Error::io("writing the --dry-run list to stdout", error)),
         }
         return;
     }
