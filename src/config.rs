@@ -256,6 +256,10 @@ pub const SCHEDULER_QUEUE_JOBS_PER_CORE: usize = 16;
 /// raised to the hard limit at start; connections and objects in progress
 /// add theirs).
 pub const SCHEDULER_QUEUE_JOBS_MAX: usize = 256;
+/// Descriptors a run holds beside its connections and objects: stdio, the
+/// rings and their eventfds, the listing's and API connections, the
+/// journal, the report, DIR and `.ringdown/`.
+pub const OPEN_FILES_RESERVED: u64 = 64;
 /// Until the last object is queued, large objects take chunks on at most
 /// 1/this of all connections (together); the others keep taking small objects, so
 /// files keep completing (and being journaled) beside a large download.

@@ -405,6 +405,7 @@ impl Download {
     /// The download; `summary` gathers retries and histograms round by round.
     fn run_counted(&self, summary: &mut RunSummary) -> Result<DownloadReport> {
         self.options.engine.check()?;
+        crate::restore::raise_open_files_limit();
         let dest = self.resolve_dest()?;
         let started = Instant::now();
         let options = &self.options;

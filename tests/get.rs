@@ -731,6 +731,52 @@ fn a_dest_made_during_the_download_is_not_replaced_without_force() {
     assert_no_temp(fixture.out.path());
 }
 
+/// Connections beyond what the open files limit (hard and soft) allows are
+/// not opened only to fail with EMFILE for minutes: the run fits them to
+/// the limit and says so; a limit below one connection per core is exit 2.
+#[test]
+fn connections_are_fitted_to_the_open_files_limit() {
+    let size = 20 * PART + 3;
+    let fixture = Fixture::new(&[("nf.bin", size)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let dest = fixture.dest_str("nf.bin");
+    let run = |nofile: &str, connections: &str| {
+        let _ = std::fs::remove_file(&dest);
+        Command::new("prlimit")
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["get", "b2://bkt/nf.bin", &dest, "--realm", &served.realm])
+            .args([
+                "--part-size",
+                "64KiB",
+                "--buffer-size",
+                "16KiB",
+                "--cores",
+                "2",
+            ])
+            .args(["--connections", connections])
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key)
+            .run_bounded()
+    };
+    let output = run("128", "64");
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "nf.bin", size);
+    let err = stderr(&output);
+    assert!(
+        err.contains("(RLIMIT_NOFILE 128) fits 31 connections per core, not the 64 asked"),
+        "{err}"
+    );
+    let output = run("32", "4");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the open files limit (RLIMIT_NOFILE) is 32"),
+        "{err}"
+    );
+    assert!(!Path::new(&dest).exists());
+}
+
 /// A chunk's 503, read to its end, costs no connection: the chunk backs off
 /// (briefly) and asks again on the same one, with no new handshake.
 #[test]

@@ -51,7 +51,64 @@ pub struct EngineConfig {
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
+/// How many connections per core fit in `open_files_limit` descriptors
+/// (`RLIMIT_NOFILE`): `connections_per_core` when all do, fewer when not
+/// (`Ok(fewer)`), or why not even one does. `small_objects`: a restore,
+/// where each connection also holds the objects it reads and claimed
+/// ahead (a file and its directory each) and queued objects hold theirs;
+/// `get` holds one file.
+pub fn connections_within_open_files(
+    open_files_limit: u64,
+    cores: usize,
+    connections_per_core: usize,
+    small_objects: bool,
+) -> std::result::Result<usize, String> {
+    use crate::config::{
+        OPEN_FILES_RESERVED, PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX,
+        SCHEDULER_QUEUE_JOBS_PER_CORE,
+    };
+    let cores = cores.max(1) as u64;
+    let (per_connection, queued) = if small_objects {
+        let queued_jobs =
+            (SCHEDULER_QUEUE_JOBS_PER_CORE as u64 * cores).min(SCHEDULER_QUEUE_JOBS_MAX as u64);
+        (1 + 2 * (1 + PIPELINE_OBJECTS_AHEAD as u64), 2 * queued_jobs)
+    } else {
+        (1, 1)
+    };
+    let fixed = OPEN_FILES_RESERVED + queued;
+    let fit = open_files_limit.saturating_sub(fixed) / (cores * per_connection);
+    if fit == 0 {
+        return Err(format!(
+            "the open files limit (RLIMIT_NOFILE) is {open_files_limit}, below the ~{} \
+             descriptors a run on {cores} cores needs with one connection each: raise it \
+             (ulimit -n, systemd LimitNOFILE=) or give fewer --cores",
+            fixed + cores * per_connection
+        ));
+    }
+    Ok((fit as usize).min(connections_per_core))
+}
+
 impl EngineConfig {
+    /// This configuration with as many connections per core as the open
+    /// files limit allows, and a notice when that is fewer than asked.
+    pub fn within_open_files(&self, small_objects: bool) -> Result<(EngineConfig, Option<String>)> {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let asked = self.connections_per_core;
+        let fit = connections_within_open_files(limit, self.cores, asked, small_objects)
+            .map_err(Error::Usage)?;
+        let mut config = self.clone();
+        config.connections_per_core = fit;
+        let notice = (fit < asked).then(|| {
+            format!(
+                "the open files limit (RLIMIT_NOFILE {limit}) fits {fit} connections per core, \
+                 not the {asked} asked: running with {fit} (raise it with ulimit -n for more)"
+            )
+        });
+        Ok((config, notice))
+    }
+
     /// Refuses sizes the engine cannot write with O_DIRECT: buffers of whole
     /// 4 KiB blocks, parts of whole buffers. The CLI rounds its flags so;
     /// a library caller setting the fields by hand learns it here, before
@@ -230,8 +287,9 @@ pub fn download(
     progress: Arc<Progress>,
     fetch: Fetch,
 ) -> Result<ObjectOutcome> {
-    // No thread, ring, pool or connection that would get no work.
-    let mut config = config.clone();
+    // No thread, ring, pool or connection that would get no work, and no
+    // more connections than descriptors allow.
+    let (mut config, open_files_notice) = config.within_open_files(false)?;
     let parts_left = match &fetch {
         Fetch::Ranged { resume, .. } => object_size_bytes
             .saturating_sub(resume.as_ref().map_or(0, |resume| resume.offset_bytes))
@@ -285,7 +343,8 @@ pub fn download(
     let submitted = scheduler.submit(work);
     let report = scheduler.finish();
     submitted?;
-    let report = report?;
+    let mut report = report?;
+    report.notices.extend(open_files_notice);
     let sha1 = match receiver.recv() {
         Ok(result) => result.outcome.map_err(|failure| failure.error),
         Err(_) => Err(Error::Fatal(format!(
@@ -300,4 +359,30 @@ pub fn download(
         registered_buffers: report.registered_buffers,
         notices: report.notices,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connections_within_open_files as fit;
+
+    #[test]
+    fn connections_fit_the_open_files_limit() {
+        // The default soft limit leaves `get` and restore as asked.
+        assert_eq!(fit(1024, 2, 8, false), Ok(8));
+        assert_eq!(fit(1024, 2, 8, true), Ok(8));
+        // get at 32: (32 - 64 reserved - 1) does not fit even one.
+        assert!(
+            fit(32, 2, 64, false)
+                .unwrap_err()
+                .contains("RLIMIT_NOFILE) is 32")
+        );
+        // get at 128: (128 - 65) / 2 cores = 31 per core.
+        assert_eq!(fit(128, 2, 64, false), Ok(31));
+        // restore at 256, 2 cores: 64 + 2 × 32 queued = 128 fixed; each
+        // connection 1 + 2 × 4 = 9: (256 - 128) / 18 = 7.
+        assert_eq!(fit(256, 2, 128, true), Ok(7));
+        assert!(fit(128, 2, 8, true).is_err());
+        // Unlimited.
+        assert_eq!(fit(u64::MAX, 64, 256, true), Ok(256));
+    }
 }

@@ -535,8 +535,10 @@ impl Restore {
         let scheduler = if options.dry_run {
             None
         } else {
+            let (engine, open_files_notice) = options.engine.within_open_files(true)?;
+            notices.extend(open_files_notice);
             Some(Scheduler::start(
-                &options.engine,
+                &engine,
                 PoolSource {
                     origin: origin.clone(),
                     tls: origin.tls.then(|| Arc::clone(&tls)),
