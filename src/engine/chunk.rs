@@ -342,19 +342,15 @@ fn submit_write(core: &Rc<CoreJob>, mut buf: PoolBuf, offset: u64) {
             Ok(()) => core.park(offset, buf, data_len),
             Err(error) => {
                 drop(buf);
-                let run_fatal = matches!(
-                    error.raw_os_error(),
-                    Some(libc::ENOSPC) | Some(libc::EROFS) | Some(libc::EDQUOT)
-                );
                 let context = format!(
                     "writing {} at byte {offset}",
                     core.job.spec.object.display_name
                 );
-                core.job.abort(if run_fatal {
-                    Error::Fatal(format!("{context}: {error}"))
-                } else {
-                    Error::io(context, error)
-                });
+                core.job
+                    .abort(match super::failure::write_failure(&context, &error) {
+                        (detail, true) => Error::Fatal(detail),
+                        (_, false) => Error::io(context, error),
+                    });
             }
         }
     });

@@ -477,6 +477,27 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
     }
 }
 
+/// What a failed write of a downloaded body means: the detail (with what to
+/// do), and whether it stops the whole run. A full or read-only file
+/// system, or a quota, fails every file after this one too; so does
+/// `ECANCELED`, the kernel's answer when io_uring cannot start a worker
+/// thread for the write (a cgroup's pids.max, RLIMIT_NPROC): without the
+/// hint it read "Operation canceled" on hundreds of files.
+pub(super) fn write_failure(context: &str, error: &std::io::Error) -> (String, bool) {
+    let hint = match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT) => {
+            "; free space (or make the file system writable), then run the same command again to resume"
+        }
+        Some(libc::ECANCELED) => {
+            "; io_uring could not start a worker thread for the write: raise the process's \
+             thread limit (the cgroup's pids.max, ulimit -u), then run the same command again \
+             to resume"
+        }
+        _ => return (format!("{context}: {error}"), false),
+    };
+    (format!("{context}: {error}{hint}"), true)
+}
+
 /// Exponential backoff with jitter; `Retry-After` (capped) wins when longer.
 fn backoff(
     base_ms: u64,
@@ -502,4 +523,23 @@ fn backoff(
         .map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000)
         .unwrap_or(0);
     Duration::from_millis(delay_ms.max(retry_after_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_failure;
+    use std::io::Error;
+
+    #[test]
+    fn write_failures_that_stop_the_run_say_what_to_do() {
+        let (detail, run_fatal) =
+            write_failure("writing x", &Error::from_raw_os_error(libc::ENOSPC));
+        assert!(run_fatal && detail.contains("free space"), "{detail}");
+        let (detail, run_fatal) =
+            write_failure("writing x", &Error::from_raw_os_error(libc::ECANCELED));
+        assert!(run_fatal && detail.contains("pids.max"), "{detail}");
+        let (detail, run_fatal) = write_failure("writing x", &Error::from_raw_os_error(libc::EIO));
+        assert!(!run_fatal, "{detail}");
+        assert!(detail.starts_with("writing x: "), "{detail}");
+    }
 }

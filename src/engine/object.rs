@@ -402,17 +402,10 @@ async fn flush(
             Ok(())
         }
         Err(error) => {
-            let run_fatal = matches!(
-                error.raw_os_error(),
-                Some(libc::ENOSPC) | Some(libc::EROFS) | Some(libc::EDQUOT)
-            );
-            let hint = if run_fatal {
-                "; free space (or make the file system writable), then run the same command again to resume"
-            } else {
-                ""
-            };
+            let (detail, run_fatal) =
+                super::failure::write_failure(&format!("writing at byte {offset}"), &error);
             Err(Failure {
-                detail: format!("writing at byte {offset}: {error}{hint}"),
+                detail,
                 kind: if run_fatal {
                     FailureKind::Run
                 } else {
