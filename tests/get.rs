@@ -777,6 +777,32 @@ fn connections_are_fitted_to_the_open_files_limit() {
     assert!(!Path::new(&dest).exists());
 }
 
+/// Buffers the address-space limit cannot hold are an error of the run's
+/// start that says what to lower, not an allocator abort (exit 134).
+#[test]
+fn buffers_beyond_the_address_space_limit_are_a_clear_error() {
+    let fixture = Fixture::new(&[("as.bin", 3 * PART)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let dest = fixture.dest_str("as.bin");
+    let output = Command::new("prlimit")
+        .arg(format!("--as={}", 512u64 << 20))
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", "b2://bkt/as.bin", &dest, "--realm", &served.realm])
+        .args(["--buffers", "64", "--buffer-size", "16MiB", "--cores", "1"])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .run_bounded();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("mapping its 64 buffers of 16777216 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("lower --buffers or --buffer-size"), "{err}");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 /// A chunk's 503, read to its end, costs no connection: the chunk backs off
 /// (briefly) and asks again on the same one, with no new handshake.
 #[test]
@@ -1226,7 +1252,7 @@ fn memlock_fallback_without_cap_ipc_lock() {
     assert_ok(&output);
     assert_same(Path::new(&dest), "m.bin", size);
     let text = stderr(&output);
-    assert!(text.contains("cores: the others got no io_uring"), "{text}");
+    assert!(text.contains("cores: the others could not start"), "{text}");
 
     // With the capability, the same download registers its buffers.
     std::fs::remove_file(&dest).unwrap();

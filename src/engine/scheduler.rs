@@ -540,6 +540,8 @@ impl Scheduler {
         // work is queued.
         let (ready_sender, ready) = std::sync::mpsc::channel();
         let mut spawned = Vec::with_capacity(config.cores.max(1));
+        let (buffers_per_core, buffer_size_bytes) =
+            (config.buffers_per_core, config.buffer_size_bytes);
         for slot in 0..config.cores.max(1) {
             let ready_sender = ready_sender.clone();
             let (assign, assignment) = std::sync::mpsc::channel::<Assignment>();
@@ -555,11 +557,27 @@ impl Scheduler {
                             return unused();
                         }
                     };
+                    let buffers = match BufferPool::map(buffers_per_core, buffer_size_bytes) {
+                        Ok(buffers) => buffers,
+                        Err(error) => {
+                            let _ = ready_sender.send((
+                                slot,
+                                Err(Error::Fatal(format!(
+                                    "mapping its {buffers_per_core} buffers of {buffer_size_bytes} \
+                                     bytes: {error}; lower --buffers or --buffer-size, or raise \
+                                     the address-space limit (ulimit -v)"
+                                ))),
+                            ));
+                            return unused();
+                        }
+                    };
                     let _ = ready_sender.send((slot, Ok(())));
                     // The scheduler reads until every sender is gone.
                     drop(ready_sender);
                     match assignment.recv() {
-                        Ok(Some((core_index, shared))) => run_core(core_index, shared, runtime),
+                        Ok(Some((core_index, shared))) => {
+                            run_core(core_index, shared, runtime, buffers)
+                        }
                         _ => unused(),
                     }
                 })
@@ -597,7 +615,7 @@ impl Scheduler {
         }
         let start_notice = first_error.map(|error| {
             format!(
-                "running on {cores} of {} cores: the others got no io_uring ({error})",
+                "running on {cores} of {} cores: the others could not start ({error})",
                 spawned.len()
             )
         });
@@ -833,17 +851,18 @@ impl Drop for PanicGuard {
     }
 }
 
-fn run_core(core_index: usize, shared: Arc<Shared>, runtime: uring::Runtime) -> Result<CoreReport> {
+fn run_core(
+    core_index: usize,
+    shared: Arc<Shared>,
+    runtime: uring::Runtime,
+    buffers: Vec<uring::AlignedBuf>,
+) -> Result<CoreReport> {
     if shared.config.pin_cores {
         crate::runtime::pin_current_thread(core_index);
     }
     runtime.block_on(async move {
         let config = &shared.config;
-        let (pool, registration) = BufferPool::new(
-            config.buffers_per_core,
-            config.buffer_size_bytes,
-            config.register_buffers,
-        );
+        let (pool, registration) = BufferPool::new(buffers, config.register_buffers);
         let core = Rc::new(Core {
             index: core_index,
             shared: Arc::clone(&shared),

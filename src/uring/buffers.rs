@@ -37,7 +37,9 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    pub fn new(capacity_bytes: usize) -> AlignedBuf {
+    /// A buffer, or why the kernel would not map it (`ENOMEM`: RLIMIT_AS,
+    /// overcommit), as an error the run can report instead of aborting.
+    pub fn try_new(capacity_bytes: usize) -> std::io::Result<AlignedBuf> {
         assert!(capacity_bytes > 0 && capacity_bytes % DIRECT_IO_ALIGN_BYTES == 0);
         // SAFETY: a fresh private anonymous mapping of non-zero length
         // (asserted above) aliases nothing; it is unmapped once, in `drop`.
@@ -49,20 +51,24 @@ impl AlignedBuf {
                 rustix::mm::MapFlags::PRIVATE,
             )
         };
-        let ptr = mapped
-            .ok()
-            .and_then(|raw| NonNull::new(raw.cast::<u8>()))
-            .unwrap_or_else(|| {
-                std::alloc::handle_alloc_error(
-                    std::alloc::Layout::from_size_align(capacity_bytes, DIRECT_IO_ALIGN_BYTES)
-                        .expect("buffer layout"),
-                )
-            });
-        AlignedBuf {
+        let raw = mapped.map_err(std::io::Error::from)?;
+        let ptr = NonNull::new(raw.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned a null mapping"))?;
+        Ok(AlignedBuf {
             ptr,
             capacity_bytes,
             init_bytes: capacity_bytes,
-        }
+        })
+    }
+
+    /// `try_new`, aborting as the allocator does when memory is exhausted.
+    pub fn new(capacity_bytes: usize) -> AlignedBuf {
+        AlignedBuf::try_new(capacity_bytes).unwrap_or_else(|_| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(capacity_bytes, DIRECT_IO_ALIGN_BYTES)
+                    .expect("buffer layout"),
+            )
+        })
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -143,20 +149,30 @@ pub enum Registration {
 }
 
 impl BufferPool {
-    /// Allocates `buffer_count` buffers and, if `try_register`, registers them
-    /// with the current core's ring. Must run inside that core's runtime.
-    pub fn new(
-        buffer_count: usize,
-        buffer_size_bytes: usize,
-        try_register: bool,
-    ) -> (BufferPool, Registration) {
+    /// Maps the `buffer_count` buffers of a pool: before its core takes
+    /// work, so that memory the process may not have (RLIMIT_AS) is an error
+    /// of the run's start, not an abort.
+    pub fn map(buffer_count: usize, buffer_size_bytes: usize) -> std::io::Result<Vec<AlignedBuf>> {
+        (0..buffer_count)
+            .map(|_| AlignedBuf::try_new(buffer_size_bytes))
+            .collect()
+    }
+
+    /// A pool of `buffers` (from `map`, all of one size) that, if
+    /// `try_register`, registers them with the current core's ring. Must run
+    /// inside that core's runtime.
+    pub fn new(buffers: Vec<AlignedBuf>, try_register: bool) -> (BufferPool, Registration) {
+        let buffer_count = buffers.len();
         assert!(buffer_count >= 2 && buffer_count <= u16::MAX as usize);
-        let buffers = (0..buffer_count).map(|_| AlignedBuf::new(buffer_size_bytes));
+        let buffer_size_bytes = buffers[0].capacity_bytes;
+        let buffers = buffers.into_iter();
         let (storage, registration) = if try_register {
             let registry = FixedBufRegistry::new(buffers);
             match registry.register() {
                 Ok(()) => (Storage::Registered(registry), Registration::Registered),
                 Err(error) => {
+                    // Its buffers go before others are mapped in their place.
+                    drop(registry);
                     let reason = describe_register_error(&error, buffer_count * buffer_size_bytes);
                     let buffers =
                         (0..buffer_count).map(|_| Some(AlignedBuf::new(buffer_size_bytes)));
