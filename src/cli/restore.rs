@@ -178,7 +178,15 @@ fn read_files_from(
 fn check_target_dir(dir: &std::path::Path) -> Result<()> {
     let unusable = |why: String| Err(Error::Usage(format!("DIR {}: {why}", dir.display())));
     let mut existing = dir;
-    while std::fs::symlink_metadata(existing).is_err() {
+    loop {
+        match std::fs::symlink_metadata(existing) {
+            Ok(_) => break,
+            // A name no file system takes: found out here, not after listing.
+            Err(error) if error.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                return unusable(format!("{error}"));
+            }
+            Err(_) => {}
+        }
         match existing.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
             _ => {
