@@ -410,7 +410,7 @@ impl Download {
         let started = Instant::now();
         let options = &self.options;
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
-        let control = uring::Runtime::new()?;
+        let control = uring::Runtime::control()?;
         let meta = control.block_on(self.probe(tls))?;
         drop(control);
         if let Some(signal) = crate::runtime::interrupted() {

@@ -712,6 +712,54 @@ fn a_report_or_dry_run_list_that_cannot_be_written_is_an_error() {
     );
 }
 
+/// Under a small RLIMIT_MEMLOCK (the capability dropped, so the rings are
+/// charged) the listing's ring is small and made before the cores' rings:
+/// at 56 KiB a restore used to exit 4 every time, the listing left without
+/// a ring after the cores took it all.
+#[test]
+fn a_small_memlock_limit_never_leaves_the_listing_without_a_ring() {
+    let has = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("setpriv") || !has("prlimit") {
+        eprintln!("SKIP: setpriv/prlimit not installed");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let objects = numbered_objects(&bkt, "m", 20, |i| 1000 + i);
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    for memlock in ["57344", "61440"] {
+        let dir = out.path().join(memlock);
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--memlock={memlock}:{memlock}"))
+            .args([
+                "setpriv",
+                "--inh-caps=-ipc_lock",
+                "--bounding-set=-ipc_lock",
+            ])
+            .arg(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["restore", "b2://bkt"])
+            .arg(&dir)
+            .args(["--realm", &served.realm, "--cores", "2"])
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key);
+        let output = run_bounded(command);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{memlock}: {}",
+            stderr(&output)
+        );
+        assert_tree(&dir, &objects);
+    }
+}
+
 /// A directory that cannot be written (immutable: EPERM even for root)
 /// fails the names beneath it, and the rest of the bucket is restored, as
 /// a failed rename fails only its file. Before, it stopped the whole run.

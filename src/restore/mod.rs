@@ -417,7 +417,7 @@ impl Restore {
         // handing out work, let requests in flight finish, keep the journal
         // and resumable partials, print the summary.
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
-        let control = uring::Runtime::new()?;
+        let control = uring::Runtime::control()?;
         let auth = Arc::new(Authorizer::new(
             &options.realm,
             Credentials {
@@ -505,10 +505,29 @@ impl Restore {
                     max_ms: options.engine.retry_max_ms,
                 },
             };
-            std::thread::Builder::new()
+            // The listing's ring is made before the cores make theirs: where
+            // RLIMIT_MEMLOCK fits only some rings, the cores that get none
+            // are left out at the start (said once), and the listing, which
+            // nothing can replace, is never the one left without.
+            let (ring_made, ring) = std::sync::mpsc::channel();
+            let lister = std::thread::Builder::new()
                 .name("ringdown-list".into())
-                .spawn(move || list_all(&auth, plan, list_sender))
-                .map_err(|error| Error::io("spawning the listing thread", error))?
+                .spawn(move || match uring::Runtime::control() {
+                    Ok(runtime) => {
+                        let _ = ring_made.send(Ok(()));
+                        list_all(&runtime, &auth, plan, list_sender);
+                    }
+                    Err(error) => {
+                        let _ = ring_made.send(Err(error));
+                    }
+                })
+                .map_err(|error| Error::io("spawning the listing thread", error))?;
+            ring.recv().unwrap_or_else(|_| {
+                Err(Error::Fatal(
+                    "the listing thread ended before it started".into(),
+                ))
+            })?;
+            lister
         };
 
         let download = Url::parse(&auth.download_url())
@@ -887,6 +906,7 @@ pub(crate) async fn api_call(
 /// patiently as downloads (`mid_run`), so a minute of API trouble does not
 /// end it.
 fn list_all(
+    runtime: &uring::Runtime,
     auth: &Authorizer,
     plan: ListingPlan,
     sender: std::sync::mpsc::SyncSender<Result<Listed>>,
@@ -900,13 +920,6 @@ fn list_all(
         stopped,
         mid_run,
     } = plan;
-    let runtime = match uring::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let _ = sender.send(Err(error));
-            return;
-        }
-    };
     // `--as-of`: every version, each name's then-current one picked here.
     let (call, mut version_at) = match as_of_ms {
         Some(at_ms) => (

@@ -21,6 +21,11 @@ use crate::error::Error;
 /// which costs system calls, not correctness.
 const RING_ENTRIES: [u32; 3] = [256, 64, 16];
 
+/// The ring of a thread that makes one control-plane call at a time (the
+/// listing, authorization): a few operations in flight. Small, so that
+/// under a small RLIMIT_MEMLOCK it never takes what a core's ring needs.
+const CONTROL_RING_ENTRIES: [u32; 1] = [16];
+
 /// A core's io_uring runtime (a current-thread tokio runtime driven by a ring).
 pub struct Runtime {
     inner: tokio_uring::Runtime,
@@ -30,8 +35,18 @@ impl Runtime {
     /// Creates this thread's ring. Fails with a message naming the likely cause
     /// instead of panicking as `tokio_uring::start` would.
     pub fn new() -> Result<Runtime, Error> {
+        Runtime::sized(&RING_ENTRIES)
+    }
+
+    /// `new` for a control-plane thread (`CONTROL_RING_ENTRIES`).
+    pub fn control() -> Result<Runtime, Error> {
+        Runtime::sized(&CONTROL_RING_ENTRIES)
+    }
+
+    /// The first ring of `sizes` (entries, largest first) that fits.
+    fn sized(sizes: &[u32]) -> Result<Runtime, Error> {
         let mut last_error = None;
-        for entries in RING_ENTRIES {
+        for &entries in sizes {
             let mut builder = tokio_uring::builder();
             builder.entries(entries);
             match tokio_uring::Runtime::new(&builder) {
