@@ -121,12 +121,6 @@ pub fn buffer_size_ok(bytes: u64) -> bool {
 pub const MAX_ATTEMPTS_DEFAULT: u32 = 15;
 pub const RETRY_BASE_MS_DEFAULT: u64 = 250;
 pub const RETRY_MAX_MS_DEFAULT: u64 = 30_000;
-/// Answers in a row that break HTTP for the request made (200 to a range,
-/// a Content-Range or Content-Length not the one asked for, a chunked body
-/// where a length was due) before the request fails: a proxy's glitch
-/// clears on a new connection, an origin that does this by design does
-/// not, and the full `--max-attempts` backoff held such a run 3 minutes.
-pub const PROTOCOL_ERRORS_IN_A_ROW_MAX: u32 = 3;
 /// `Retry-After` is honoured up to this many seconds.
 pub const RETRY_AFTER_MAX_S: u64 = 300;
 /// A retry's wait looks this often whether the run is being stopped

@@ -404,6 +404,7 @@ impl Download {
 
     /// The download; `summary` gathers retries and histograms round by round.
     fn run_counted(&self, summary: &mut RunSummary) -> Result<DownloadReport> {
+        crate::runtime::check_blocking_context("Download::run")?;
         self.options.engine.check()?;
         crate::restore::raise_open_files_limit();
         let dest = self.resolve_dest()?;

@@ -130,11 +130,42 @@ impl EngineConfig {
                 part.max(1).next_multiple_of(buffer as u64)
             )));
         }
-        if self.cores == 0 || self.connections_per_core == 0 || self.buffers_per_core == 0 {
+        // What the CLI refuses, a library caller is refused too: each of
+        // these hung or panicked a run instead (rate 0 fetched nothing,
+        // forever; one buffer tripped the pool's assertion).
+        if self.cores == 0 || self.connections_per_core == 0 || self.large_connections_per_core == 0
+        {
             return Err(Error::Usage(
-                "EngineConfig: cores, connections_per_core and buffers_per_core must be at least 1"
+                "EngineConfig: cores, connections_per_core and large_connections_per_core \
+                 must be at least 1"
                     .into(),
             ));
+        }
+        if self.buffers_per_core < 2 {
+            return Err(Error::Usage(
+                "EngineConfig: buffers_per_core must be at least 2 (one is kept for the \
+                 lowest unhashed offset)"
+                    .into(),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::Usage(
+                "EngineConfig: max_attempts must be at least 1 (it counts the first)".into(),
+            ));
+        }
+        if self.retry_base_ms > self.retry_max_ms {
+            return Err(Error::Usage(format!(
+                "EngineConfig: retry_base_ms {} is above retry_max_ms {}",
+                self.retry_base_ms, self.retry_max_ms
+            )));
+        }
+        if self.limit_rate_bytes_per_s == Some(0) {
+            return Err(Error::Usage(
+                "EngineConfig: limit_rate_bytes_per_s must be above 0 (None: no limit)".into(),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::Usage("EngineConfig: timeout must be above 0".into()));
         }
         let buffers = self.buffers_per_core;
         if buffers > crate::config::BUFFERS_PER_CORE_MAX {
@@ -384,5 +415,38 @@ mod tests {
         assert!(fit(128, 2, 8, true).is_err());
         // Unlimited.
         assert_eq!(fit(u64::MAX, 64, 256, true), Ok(256));
+    }
+
+    #[test]
+    fn a_library_config_the_cli_would_refuse_is_refused() {
+        use super::EngineConfig;
+        assert!(EngineConfig::defaults(false).check().is_ok());
+        let refused: [(&str, fn(&mut EngineConfig)); 7] = [
+            ("rate 0", |c| c.limit_rate_bytes_per_s = Some(0)),
+            ("one buffer", |c| c.buffers_per_core = 1),
+            ("no attempt", |c| c.max_attempts = 0),
+            ("base above max", |c| c.retry_base_ms = c.retry_max_ms + 1),
+            ("no large connection", |c| c.large_connections_per_core = 0),
+            ("no timeout", |c| c.timeout = std::time::Duration::ZERO),
+            ("no core", |c| c.cores = 0),
+        ];
+        for (what, change) in refused {
+            let mut config = EngineConfig::defaults(false);
+            change(&mut config);
+            let error = config.check().expect_err(what);
+            assert_eq!(error.exit_code(), crate::error::exit_code::USAGE, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_run_inside_a_tokio_runtime_is_an_error_not_a_panic() {
+        assert!(crate::runtime::check_blocking_context("x").is_ok());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let inside =
+            runtime.block_on(async { crate::runtime::check_blocking_context("Download::run") });
+        let message = inside.unwrap_err().to_string();
+        assert!(message.contains("spawn_blocking"), "{message}");
     }
 }

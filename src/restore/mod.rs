@@ -409,6 +409,7 @@ impl Restore {
     }
 
     pub fn run(&self) -> Result<RestoreReport> {
+        crate::runtime::check_blocking_context("Restore::run")?;
         self.options.engine.check()?;
         let started = Instant::now();
         let options = &self.options;

@@ -88,6 +88,12 @@ static INTERRUPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// be resumed is kept, exit 130/143); a second one exits at once. The
 /// handlers are installed before this returns, so no signal from then on
 /// takes the default action (dying without cleanup). Idempotent.
+///
+/// For a process that runs one command (the CLI): the first signal's mark
+/// is never cleared, so every later run in the process stops at once, and
+/// a second signal exits the process. A program that embeds ringdown and
+/// runs it more than once handles its own signals and stops a run with
+/// `EngineConfig::cancel` instead.
 pub fn watch_signals() {
     static WATCHING: std::sync::Once = std::sync::Once::new();
     WATCHING.call_once(|| {
@@ -132,6 +138,20 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
                 }
             });
         })?;
+    Ok(())
+}
+
+/// `Download::run` and `Restore::run` block their thread on runtimes of
+/// their own (one per core): inside a tokio runtime that would panic
+/// ("Cannot start a runtime from within a runtime"). Said as an error
+/// instead, with the way out.
+pub fn check_blocking_context(what: &str) -> Result<(), crate::Error> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(crate::Error::Usage(format!(
+            "{what} blocks its thread and runs its own io_uring runtimes: call it from \
+             tokio::task::spawn_blocking or a plain thread, not from inside a tokio runtime"
+        )));
+    }
     Ok(())
 }
 
