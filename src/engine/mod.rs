@@ -421,7 +421,8 @@ mod tests {
     fn a_library_config_the_cli_would_refuse_is_refused() {
         use super::EngineConfig;
         assert!(EngineConfig::defaults(false).check().is_ok());
-        let refused: [(&str, fn(&mut EngineConfig)); 7] = [
+        type Change = fn(&mut EngineConfig);
+        let refused: [(&str, Change); 7] = [
             ("rate 0", |c| c.limit_rate_bytes_per_s = Some(0)),
             ("one buffer", |c| c.buffers_per_core = 1),
             ("no attempt", |c| c.max_attempts = 0),
