@@ -474,6 +474,9 @@ impl Download {
                     options.engine.part_size_bytes,
                     meta.size_bytes,
                     direct_io,
+                    (!options.quiet)
+                        .then_some(dest.display().to_string())
+                        .as_deref(),
                 ),
                 _ => None,
             };
@@ -1400,6 +1403,7 @@ impl ResumeFiles {
         part_size_bytes: u64,
         size_bytes: u64,
         mode: DirectIo,
+        note_as: Option<&str>,
     ) -> Option<(OwnedFd, bool, engine::Resume)> {
         let bytes = self.journaled_bytes(dir) / part_size_bytes * part_size_bytes;
         if bytes == 0 || bytes > size_bytes {
@@ -1414,7 +1418,7 @@ impl ResumeFiles {
         // `mode` comes from `DirectIo::for_object`, which decided `auto` by size.
         let want_direct = mode != DirectIo::Off;
         let (file, direct) = reopen_partial(dir, &self.part, want_direct).ok()?;
-        let resume = engine::hash_prefix(dir, &self.part, bytes)?;
+        let resume = engine::hash_prefix(dir, &self.part, bytes, note_as)?;
         Some((file, direct, resume))
     }
 

@@ -275,8 +275,21 @@ pub struct Resume {
 
 /// Re-hashes `[0, bytes)` of a partial file an earlier run left in `dir`
 /// (crash resume: reading the prefix back is the price of not fetching it).
-pub fn hash_prefix(dir: &OwnedFd, temp_name: &str, bytes: u64) -> Option<Resume> {
+/// `note_as`: the name to say it under first, for a long prefix.
+pub fn hash_prefix(
+    dir: &OwnedFd,
+    temp_name: &str,
+    bytes: u64,
+    note_as: Option<&str>,
+) -> Option<Resume> {
     use std::io::Read;
+    if let Some(name) = note_as.filter(|_| bytes >= crate::config::REHASH_NOTE_MIN_BYTES) {
+        say!(
+            "ringdown: {name}: reading back the {bytes} bytes already on disk to hash them \
+             before resuming (about {} s)",
+            bytes / crate::config::REHASH_BYTES_PER_S_ESTIMATE + 1
+        );
+    }
     let fd = rustix::fs::openat(
         dir,
         temp_name,

@@ -1341,7 +1341,10 @@ fn schedule(
         let resume = resume_bytes
             .map(|bytes| bytes / options.engine.part_size_bytes * options.engine.part_size_bytes)
             .filter(|&bytes| bytes > 0 && bytes <= size_bytes)
-            .and_then(|bytes| engine::hash_prefix(&target.partial, &task.temp_name, bytes));
+            .and_then(|bytes| {
+                let note_as = (!run.reporter.quiet).then_some(task.entry.name.as_str());
+                engine::hash_prefix(&target.partial, &task.temp_name, bytes, note_as)
+            });
         if let Some(resume) = &resume {
             task.resumed_bytes = resume.offset_bytes;
             run.reporter
