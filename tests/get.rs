@@ -1182,13 +1182,7 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
 /// plain positional writes, say so once, and still be correct.
 #[test]
 fn memlock_fallback_without_cap_ipc_lock() {
-    let has = |tool: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has("setpriv") || !has("prlimit") {
+    if !common::has_tool("setpriv") || !common::has_tool("prlimit") {
         eprintln!("SKIP: setpriv/prlimit not installed");
         return;
     }

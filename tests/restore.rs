@@ -718,13 +718,7 @@ fn a_report_or_dry_run_list_that_cannot_be_written_is_an_error() {
 /// a ring after the cores took it all.
 #[test]
 fn a_small_memlock_limit_never_leaves_the_listing_without_a_ring() {
-    let has = |tool: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has("setpriv") || !has("prlimit") {
+    if !common::has_tool("setpriv") || !common::has_tool("prlimit") {
         eprintln!("SKIP: setpriv/prlimit not installed");
         return;
     }

@@ -626,3 +626,12 @@ pub fn connections_serving_ranges(log: &Path, name: &str) -> BTreeSet<u64> {
         .map(|record| record["connection"].as_u64().unwrap())
         .collect()
 }
+
+/// Whether `tool` is on PATH (tests that need setpriv or prlimit skip, with
+/// a message, where it is not).
+pub fn has_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
