@@ -256,6 +256,7 @@ fn plain_file_name(name: &str) -> std::result::Result<(), &'static str> {
 }
 
 /// What a finished download reports.
+#[derive(Debug)]
 pub struct DownloadReport {
     pub dest: PathBuf,
     pub bytes: u64,
@@ -405,6 +406,7 @@ impl Download {
     /// The download; `summary` gathers retries and histograms round by round.
     fn run_counted(&self, summary: &mut RunSummary) -> Result<DownloadReport> {
         crate::runtime::check_blocking_context("Download::run")?;
+        let _cancel = crate::runtime::cancel_on_this_thread(self.options.engine.cancel.clone());
         self.options.engine.check()?;
         crate::restore::raise_open_files_limit();
         let dest = self.resolve_dest()?;

@@ -212,7 +212,8 @@ impl Job {
     pub fn is_stopped(&self, cancelled: bool) -> bool {
         if cancelled && !self.is_aborted() {
             self.abort(Error::Interrupted {
-                signal: crate::runtime::interrupted().unwrap_or(0),
+                // A library caller's `cancel` is reported as SIGINT.
+                signal: crate::runtime::interrupted().unwrap_or(libc::SIGINT),
             });
         }
         self.is_aborted()

@@ -174,7 +174,7 @@ impl Status {
 }
 
 /// Counters and the report file; shared by every thread that finishes files.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Tally {
     pub ok: u64,
     pub unverified: u64,
@@ -318,6 +318,7 @@ impl Reporter {
 }
 
 /// What a finished restore reports.
+#[derive(Debug)]
 pub struct RestoreReport {
     pub tally: Tally,
     pub summary: RunSummary,
@@ -410,6 +411,7 @@ impl Restore {
 
     pub fn run(&self) -> Result<RestoreReport> {
         crate::runtime::check_blocking_context("Restore::run")?;
+        let _cancel = crate::runtime::cancel_on_this_thread(self.options.engine.cancel.clone());
         self.options.engine.check()?;
         let started = Instant::now();
         let options = &self.options;
@@ -511,10 +513,12 @@ impl Restore {
             // are left out at the start (said once), and the listing, which
             // nothing can replace, is never the one left without.
             let (ring_made, ring) = std::sync::mpsc::channel();
+            let cancel = options.engine.cancel.clone();
             let lister = std::thread::Builder::new()
                 .name("ringdown-list".into())
                 .spawn(move || match uring::Runtime::control() {
                     Ok(runtime) => {
+                        let _cancel = crate::runtime::cancel_on_this_thread(cancel);
                         let _ = ring_made.send(Ok(()));
                         list_all(&runtime, &auth, plan, list_sender);
                     }

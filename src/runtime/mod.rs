@@ -155,6 +155,42 @@ pub fn check_blocking_context(what: &str) -> Result<(), crate::Error> {
     Ok(())
 }
 
+thread_local! {
+    /// The `EngineConfig::cancel` flag of the run this thread works for
+    /// (its calling thread, its listing thread): control-plane calls, which
+    /// know no run, look at it as they look at a signal.
+    static RUN_CANCEL: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `cancel` this thread's run flag until the guard drops.
+pub fn cancel_on_this_thread(
+    cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> impl Drop {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            RUN_CANCEL.with(|slot| slot.borrow_mut().take());
+        }
+    }
+    RUN_CANCEL.with(|slot| *slot.borrow_mut() = cancel);
+    Reset
+}
+
+/// Whether this thread's run is asked to stop: a signal (`interrupted`),
+/// or its library caller's `cancel` (reported as SIGINT, as everywhere).
+pub fn stop_requested() -> Option<i32> {
+    interrupted().or_else(|| {
+        RUN_CANCEL
+            .with(|slot| {
+                slot.borrow()
+                    .as_ref()
+                    .is_some_and(|cancel| cancel.load(Ordering::Acquire))
+            })
+            .then_some(libc::SIGINT)
+    })
+}
+
 /// The signal that asked the run to stop, if any.
 pub fn interrupted() -> Option<i32> {
     match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {

@@ -112,7 +112,7 @@ impl TcpStream {
     }
 
     fn is_stopping(&self) -> bool {
-        crate::runtime::interrupted().is_some()
+        crate::runtime::stop_requested().is_some()
             || self.stopping.as_ref().is_some_and(|stopping| stopping())
     }
 

@@ -1,0 +1,105 @@
+//! The library API as a program that embeds ringdown uses it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ringdown::restore::{Restore, RestoreOptions};
+use ringdown::{Download, DownloadOptions, Error, Source};
+
+/// An origin that accepts connections and never answers: every request
+/// waits out the stall timeout, attempt after attempt.
+fn silent_origin() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    format!("http://{address}")
+}
+
+/// Sets `cancel` after `after`.
+fn cancel_after(after: Duration) -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let setter = Arc::clone(&cancel);
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        setter.store(true, Ordering::Release);
+    });
+    cancel
+}
+
+/// `EngineConfig::cancel` stops a run that is still in its control-plane
+/// calls (a plain URL's probe, authorization, listing), not only one whose
+/// data flows: against a server that answers nothing, a cancelled Download
+/// returned after 154 s and a Restore after 29 s, waiting out every stall
+/// and retry. Both now return `Interrupted` (as SIGINT) within seconds.
+#[test]
+fn cancel_stops_a_run_waiting_on_the_control_plane() {
+    let origin = silent_origin();
+    let out = tempfile::tempdir().unwrap();
+
+    let mut options = DownloadOptions::new("production", "", "");
+    options.engine.timeout = Duration::from_secs(20);
+    options.engine.cancel = Some(cancel_after(Duration::from_millis(500)));
+    let source = Source::parse(&format!("{origin}/object.bin")).unwrap();
+    let started = Instant::now();
+    let result = Download::new(source, out.path().join("object.bin"), options).run();
+    let waited = started.elapsed();
+    assert!(
+        matches!(result, Err(Error::Interrupted { signal: 2 })),
+        "{result:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "returned after {waited:?}"
+    );
+    assert!(!out.path().join("object.bin").exists());
+
+    let mut options = RestoreOptions::new(
+        "b2://bucket",
+        out.path().join("dir"),
+        &origin,
+        "key-id",
+        "key",
+    )
+    .unwrap();
+    options.engine.timeout = Duration::from_secs(20);
+    options.engine.cancel = Some(cancel_after(Duration::from_millis(500)));
+    let started = Instant::now();
+    let outcome = Restore::new(options, true).run();
+    let waited = started.elapsed();
+    let fatal = match outcome {
+        Ok(report) => report.fatal,
+        Err(error) => Some(error),
+    };
+    assert!(
+        matches!(fatal, Some(Error::Interrupted { signal: 2 })),
+        "{fatal:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "returned after {waited:?}"
+    );
+}
+
+/// Inside a tokio runtime the blocking runs are an error that says what to
+/// do, not a panic ("Cannot start a runtime from within a runtime").
+#[test]
+fn a_run_from_async_code_is_an_error_not_a_panic() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("x");
+    let result = runtime.block_on(async move {
+        let source = Source::parse("http://127.0.0.1:9/x").unwrap();
+        Download::new(source, dest, DownloadOptions::new("production", "", "")).run()
+    });
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("spawn_blocking"), "{message}");
+}
