@@ -11,6 +11,7 @@ mod url;
 pub use keyring::{AfterRefusal, KeyChoice, Keyring};
 pub use scope::{KeyScope, Reach, ScopeBucket};
 pub use sse::{CustomerKey, KeyRefusal, SSE_C_ALGORITHM, is_sse_c};
+pub(crate) use types::Scalar;
 pub use types::{
     AllowedBucket, ApiInfo, AuthorizeResponse, B2ErrorBody, Bucket, ExpectedSha1, FileAction,
     FileObject, ListBucketsRequest, ListBucketsResponse, ListFileNamesRequest,

@@ -33,41 +33,70 @@ fn json_error_kind(error: &serde_json::Error) -> String {
 /// negative or nested value) is no value: a field nothing depends on must
 /// not fail the answer.
 fn lenient_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
-    use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
-    struct LenientVisitor;
-    impl<'de> Visitor<'de> for LenientVisitor {
-        type Value = Option<u64>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_u64<E: de::Error>(self, value: u64) -> Result<Option<u64>, E> {
-            Ok(Some(value))
-        }
-        fn visit_i64<E: de::Error>(self, value: i64) -> Result<Option<u64>, E> {
-            Ok(u64::try_from(value).ok())
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<u64>, E> {
-            Ok(None)
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Option<u64>, E> {
-            Ok(None)
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<u64>, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Option<u64>, E> {
-            Ok(None)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(None)
+    Ok(match Option::<Scalar>::deserialize(deserializer)? {
+        Some(Scalar::Number(number)) => Some(number),
+        _ => None,
+    })
+}
+
+/// A JSON value of a field read leniently (as the old `Value::as_str` /
+/// `as_u64` did): arrays and objects are skipped without being stored.
+pub(crate) enum Scalar {
+    Text(String),
+    Number(u64),
+    Other,
+}
+
+impl Scalar {
+    pub(crate) fn text(&self) -> Option<&str> {
+        match self {
+            Scalar::Text(text) => Some(text),
+            _ => None,
         }
     }
-    deserializer.deserialize_any(LenientVisitor)
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Scalar, D::Error> {
+        use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, value: String) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Number(value))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Scalar, E> {
+                Ok(u64::try_from(value).map_or(Scalar::Other, Scalar::Number))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
 }
 
 /// `null` → `T::default()` (serde's `default` only covers a missing field).

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
-use crate::b2::ExpectedSha1;
+use crate::b2::{ExpectedSha1, Scalar};
 use crate::config::{LIST_BUCKETS_MAX, LIST_FIRST_PAGE_FILES, LIST_PAGE_FILES_MAX};
 
 /// What an entry of a page is.
@@ -474,65 +474,6 @@ struct RawBucket {
     bucket_name: Option<Scalar>,
     #[serde(default)]
     bucket_id: Option<Scalar>,
-}
-
-/// A JSON value of a field read leniently (as the old `Value::as_str` /
-/// `as_u64` did): arrays and objects are skipped without being stored.
-enum Scalar {
-    Text(String),
-    Number(u64),
-    Other,
-}
-
-impl Scalar {
-    fn text(&self) -> Option<&str> {
-        match self {
-            Scalar::Text(text) => Some(text),
-            _ => None,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Scalar, D::Error> {
-        struct ScalarVisitor;
-        impl<'de> Visitor<'de> for ScalarVisitor {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Text(value.to_string()))
-            }
-            fn visit_string<E: de::Error>(self, value: String) -> Result<Scalar, E> {
-                Ok(Scalar::Text(value))
-            }
-            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Scalar, E> {
-                Ok(Scalar::Number(value))
-            }
-            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Scalar, E> {
-                Ok(u64::try_from(value).map_or(Scalar::Other, Scalar::Number))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
-                Ok(Scalar::Other)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Other)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-                Ok(Scalar::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
-            }
-        }
-        deserializer.deserialize_any(ScalarVisitor)
-    }
 }
 
 /// A JSON array of at most `max` elements, refused as soon as it has more
