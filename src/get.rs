@@ -405,10 +405,7 @@ impl Download {
 
     /// The download; `summary` gathers retries and histograms round by round.
     fn run_counted(&self, summary: &mut RunSummary) -> Result<DownloadReport> {
-        crate::runtime::check_blocking_context("Download::run")?;
-        let _cancel = crate::runtime::cancel_on_this_thread(self.options.engine.cancel.clone());
-        self.options.engine.check()?;
-        crate::restore::raise_open_files_limit();
+        let _run = self.options.engine.begin_run("Download::run")?;
         let dest = self.resolve_dest()?;
         let started = Instant::now();
         let options = &self.options;

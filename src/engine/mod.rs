@@ -89,6 +89,18 @@ pub fn connections_within_open_files(
 }
 
 impl EngineConfig {
+    /// What `Download::run` and `Restore::run` (`what`) do first, on the
+    /// caller's thread: refuse a tokio runtime's thread and this
+    /// configuration if it is unusable, lift the soft open-files limit, and
+    /// make `cancel` this thread's run flag (`runtime::stop_requested`)
+    /// until the returned guard drops.
+    pub fn begin_run(&self, what: &str) -> Result<impl Drop + use<>> {
+        crate::runtime::check_blocking_context(what)?;
+        self.check()?;
+        crate::runtime::raise_open_files_limit();
+        Ok(crate::runtime::cancel_on_this_thread(self.cancel.clone()))
+    }
+
     /// This configuration with as many connections per core as the open
     /// files limit allows, and a notice when that is fewer than asked.
     pub fn within_open_files(&self, small_objects: bool) -> Result<(EngineConfig, Option<String>)> {

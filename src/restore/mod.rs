@@ -410,12 +410,9 @@ impl Restore {
     }
 
     pub fn run(&self) -> Result<RestoreReport> {
-        crate::runtime::check_blocking_context("Restore::run")?;
-        let _cancel = crate::runtime::cancel_on_this_thread(self.options.engine.cancel.clone());
-        self.options.engine.check()?;
+        let _run = self.options.engine.begin_run("Restore::run")?;
         let started = Instant::now();
         let options = &self.options;
-        raise_open_files_limit();
         // SIGINT/SIGTERM (`runtime::watch_signals`, or `engine.cancel`): stop
         // handing out work, let requests in flight finish, keep the journal
         // and resumable partials, print the summary.
@@ -723,21 +720,6 @@ impl Restore {
             notices,
             fatal,
         })
-    }
-}
-
-/// Many files in flight need descriptors: lift the soft limit to the hard one.
-pub(crate) fn raise_open_files_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: limit.maximum,
-                maximum: limit.maximum,
-            },
-        );
     }
 }
 

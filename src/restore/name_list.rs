@@ -146,7 +146,7 @@ impl<'a> Builder<'a> {
     fn new(prefix: &'a str, shown: &'a str) -> Builder<'a> {
         // Sorting holds up to a few hundred runs open (as a restore holds
         // its files): the soft limit can be 256.
-        super::raise_open_files_limit();
+        crate::runtime::raise_open_files_limit();
         let spill_dir = std::env::temp_dir();
         let make_file: Box<dyn FnMut() -> std::io::Result<std::fs::File>> =
             Box::new(move || anonymous_file(&spill_dir));

@@ -67,6 +67,21 @@ pub fn memlock_budget_bytes() -> Option<u64> {
         .map(|bytes| bytes.saturating_sub(MEMLOCK_MARGIN_BYTES))
 }
 
+/// Many files in flight need descriptors: lift the soft limit to the hard one.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+}
+
 /// Reads CapEff from /proc (CAP_IPC_LOCK is bit 14).
 fn has_cap_ipc_lock() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
