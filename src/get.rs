@@ -636,8 +636,8 @@ impl Download {
                 // Made by someone else since the start: not replaced
                 // without --force, and the download is not lost either.
                 Err(rustix::io::Errno::EXIST) => {
-                    let resumable = journal.as_mut().map(|journal| journal.keep = true);
-                    if resumable.is_some() {
+                    if let Some(journal) = journal.as_mut() {
+                        journal.keep = true;
                         say!(
                             "ringdown: kept {} and its journal in {}: run again with --force to replace {} from it (it resumes)",
                             temp_name,
