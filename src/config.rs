@@ -143,6 +143,17 @@ pub const LIMIT_RATE_READ_MIN_BYTES: usize = 16 * 1024;
 /// A SHA1 mismatch of a whole object is retried this many more times.
 pub const OBJECT_REDOWNLOADS_ON_MISMATCH: u32 = 1;
 
+/// What a run takes beside its buffer pool, when fitting the pool to a
+/// cgroup's memory limit: measured at ~24 MiB of peak RSS (`get` and
+/// `restore` with 2 buffers per core; the mapped binary, TLS and listing
+/// buffers, thread stacks), with room for a listing's largest pages.
+pub const MEMORY_BESIDES_POOL_BYTES: u64 = 32 << 20;
+
+/// Stack of the thread that runs the CLI's command (the main thread's is
+/// RLIMIT_STACK, which can be small enough to overflow: 64 KiB did). Like
+/// every thread stack it is mapped, not touched: pages cost when used.
+pub const COMMAND_STACK_BYTES: usize = 8 << 20;
+
 /// Memory left for everything else when sizing registered buffers against
 /// RLIMIT_MEMLOCK (other processes of the user share the limit).
 pub const MEMLOCK_MARGIN_BYTES: u64 = 1 << 20;

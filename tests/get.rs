@@ -796,14 +796,18 @@ fn buffers_beyond_the_address_space_limit_are_a_clear_error() {
     let fixture = Fixture::new(&[("as.bin", 3 * PART)]);
     let served = serve(fixture.data.path(), true, &[]);
     let dest = fixture.dest_str("as.bin");
-    let output = Command::new("prlimit")
-        .arg(format!("--as={}", 512u64 << 20))
-        .arg(env!("CARGO_BIN_EXE_ringdown"))
-        .args(["get", "b2://bkt/as.bin", &dest, "--realm", &served.realm])
-        .args(["--buffers", "64", "--buffer-size", "16MiB", "--cores", "1"])
-        .env("B2_APPLICATION_KEY_ID", &served.key_id)
-        .env("B2_APPLICATION_KEY", &served.key)
-        .run_bounded();
+    let limited = |command: &str, target: &str| {
+        Command::new("prlimit")
+            .arg(format!("--as={}", 512u64 << 20))
+            .arg(env!("CARGO_BIN_EXE_ringdown"))
+            .args([command, target, &dest, "--realm", &served.realm])
+            .args(["--buffers", "64", "--buffer-size", "16MiB", "--cores", "1"])
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key)
+            .run_bounded()
+    };
+    // A restore maps the whole 1 GiB pool asked for.
+    let output = limited("restore", "b2://bkt");
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(
@@ -811,6 +815,80 @@ fn buffers_beyond_the_address_space_limit_are_a_clear_error() {
         "{err}"
     );
     assert!(err.contains("lower --buffers or --buffer-size"), "{err}");
+    assert!(!Path::new(&dest).join("as.bin").exists());
+    // A get maps no more than its object needs (two buffers here).
+    let _ = std::fs::remove_dir_all(&dest);
+    let output = limited("get", "b2://bkt/as.bin");
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "as.bin", 3 * PART);
+    assert_no_temp(fixture.out.path());
+}
+
+/// At RLIMIT_STACK 64 KiB the main thread overflowed (a bare SIGSEGV for
+/// `get`, an abort for `restore`): the command runs on a thread of its own.
+#[test]
+fn a_small_stack_limit_is_not_a_crash() {
+    let fixture = Fixture::new(&[("st.bin", 3 * PART)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let dest = fixture.dest_str("st.bin");
+    for (command, target) in [("get", "b2://bkt/st.bin"), ("restore", "b2://bkt")] {
+        let output = Command::new("prlimit")
+            .arg("--stack=16384")
+            .arg(env!("CARGO_BIN_EXE_ringdown"))
+            .args([command, target, &dest, "--realm", &served.realm])
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key)
+            .run_bounded();
+        assert_ok(&output);
+        let file = if command == "get" {
+            PathBuf::from(&dest)
+        } else {
+            Path::new(&dest).join("st.bin")
+        };
+        assert_same(&file, "st.bin", 3 * PART);
+        if command == "get" {
+            std::fs::remove_file(&dest).unwrap();
+        }
+    }
+}
+
+/// A memory cgroup's limit is read at start: a pool above it would be
+/// touched whole when registered and OOM-killed, with nothing said. It is
+/// fitted (with a notice), or refused when not two buffers per core fit.
+/// Needs root and a writable memory controller (v1 or v2), else skipped.
+#[test]
+fn buffers_are_fitted_to_a_memory_cgroup() {
+    let Some(cgroup) = common::MemoryCgroup::create("ringdown-test-get") else {
+        eprintln!("SKIP: no writable memory cgroup here");
+        return;
+    };
+    let size = 24 << 20;
+    let fixture = Fixture::new(&[("cg.bin", size)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let dest = fixture.dest_str("cg.bin");
+    let in_cgroup = |limit_mib: u64| {
+        cgroup.limit(limit_mib << 20);
+        let mut command = cgroup.command(env!("CARGO_BIN_EXE_ringdown"));
+        command
+            .args(["get", "b2://bkt/cg.bin", &dest, "--realm", &served.realm])
+            .args(["--cores", "2", "--buffers", "16", "--part-size", "4MiB"])
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key);
+        command.run_bounded()
+    };
+    // 48 MiB: 16 MiB for buffers beside the rest's 32 is 8 per core.
+    let output = in_cgroup(48);
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains("memory limit (48 MiB) fits 8 buffers per core, not the 16"),
+        "{}",
+        stderr(&output)
+    );
+    assert_same(Path::new(&dest), "cg.bin", size);
+    std::fs::remove_file(&dest).unwrap();
+    // 34 MiB: not two per core.
+    let output = in_cgroup(34);
+    assert_exit(&output, 2, "memory limit is 34 MiB");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
 }

@@ -88,6 +88,36 @@ pub fn connections_within_open_files(
     Ok((fit as usize).min(connections_per_core))
 }
 
+/// How many buffers per core fit in a cgroup's `memory_limit_bytes` beside
+/// what the rest of a run takes (`MEMORY_BESIDES_POOL_BYTES`):
+/// `buffers_per_core` when all do, fewer (2 at least) when not, or why not
+/// even 2 do. A registered pool is touched when registered: beyond the
+/// limit it is an OOM kill, with nothing said.
+pub fn buffers_within_memory(
+    memory_limit_bytes: u64,
+    cores: usize,
+    buffer_size_bytes: usize,
+    buffers_per_core: usize,
+) -> std::result::Result<usize, String> {
+    use crate::config::MEMORY_BESIDES_POOL_BYTES;
+    let cores = cores.max(1) as u64;
+    let per_buffer_on_each_core = cores * buffer_size_bytes.max(1) as u64;
+    let fit =
+        memory_limit_bytes.saturating_sub(MEMORY_BESIDES_POOL_BYTES) / per_buffer_on_each_core;
+    if fit < 2 {
+        return Err(format!(
+            "the cgroup's memory limit is {} MiB, below the ~{} MiB a run on {cores} cores \
+             needs with two buffers of {} KiB each (~{} MiB for the rest): raise the limit, or \
+             give a smaller --buffer-size or fewer --cores",
+            memory_limit_bytes >> 20,
+            (MEMORY_BESIDES_POOL_BYTES + 2 * per_buffer_on_each_core).div_ceil(1 << 20),
+            buffer_size_bytes >> 10,
+            MEMORY_BESIDES_POOL_BYTES >> 20
+        ));
+    }
+    Ok((fit.min(buffers_per_core as u64)) as usize)
+}
+
 impl EngineConfig {
     /// What `Download::run` and `Restore::run` (`what`) do first, on the
     /// caller's thread: refuse a tokio runtime's thread and this
@@ -101,9 +131,33 @@ impl EngineConfig {
         Ok(crate::runtime::cancel_on_this_thread(self.cancel.clone()))
     }
 
+    /// This configuration fitted to the process's limits: as many
+    /// connections per core as the open files limit allows
+    /// (`within_open_files`), as many buffers per core as the cgroup's
+    /// memory limit allows (`buffers_within_memory`); a notice for each
+    /// that is fewer than asked, or an error when not even the least fits.
+    pub fn within_limits(&self, small_objects: bool) -> Result<(EngineConfig, Vec<String>)> {
+        let (mut config, open_files_notice) = self.within_open_files(small_objects)?;
+        let mut notices: Vec<String> = open_files_notice.into_iter().collect();
+        if let Some(limit) = crate::runtime::memory_limit_bytes() {
+            let asked = config.buffers_per_core;
+            let fit = buffers_within_memory(limit, config.cores, config.buffer_size_bytes, asked)
+                .map_err(Error::Usage)?;
+            if fit < asked {
+                config.buffers_per_core = fit;
+                notices.push(format!(
+                    "the cgroup's memory limit ({} MiB) fits {fit} buffers per core, not the \
+                     {asked} asked: running with {fit} (fewer bytes in flight)",
+                    limit >> 20
+                ));
+            }
+        }
+        Ok((config, notices))
+    }
+
     /// This configuration with as many connections per core as the open
     /// files limit allows, and a notice when that is fewer than asked.
-    pub fn within_open_files(&self, small_objects: bool) -> Result<(EngineConfig, Option<String>)> {
+    fn within_open_files(&self, small_objects: bool) -> Result<(EngineConfig, Option<String>)> {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(u64::MAX);
@@ -343,19 +397,27 @@ pub fn download(
     progress: Arc<Progress>,
     fetch: Fetch,
 ) -> Result<ObjectOutcome> {
-    // No thread, ring, pool or connection that would get no work, and no
-    // more connections than descriptors allow.
-    let (mut config, open_files_notice) = config.within_open_files(false)?;
-    let parts_left = match &fetch {
+    // No thread, ring, pool, buffer or connection that would get no work,
+    // then no more connections than descriptors allow, nor buffers than
+    // memory: a registered pool is touched whole, a small object's too.
+    let mut config = config.clone();
+    let bytes_left = match &fetch {
         Fetch::Ranged { resume, .. } => object_size_bytes
-            .saturating_sub(resume.as_ref().map_or(0, |resume| resume.offset_bytes))
-            .div_ceil(config.part_size_bytes),
+            .saturating_sub(resume.as_ref().map_or(0, |resume| resume.offset_bytes)),
+        Fetch::Whole => object_size_bytes,
+    };
+    let parts_left = match &fetch {
+        Fetch::Ranged { .. } => bytes_left.div_ceil(config.part_size_bytes),
         Fetch::Whole => {
             config.connections_per_core = 1;
             1
         }
     };
     config.cores = config.cores.max(1).min(parts_left.max(1) as usize);
+    // One more than the object's bytes need: an O_DIRECT tail is padded.
+    let buffers_needed = bytes_left.div_ceil(config.buffer_size_bytes as u64) + 1;
+    config.buffers_per_core = config.buffers_per_core.min(buffers_needed.max(2) as usize);
+    let (config, limit_notices) = config.within_limits(false)?;
     let scheduler = Scheduler::start(
         &config,
         PoolSource {
@@ -400,7 +462,7 @@ pub fn download(
     let report = scheduler.finish();
     submitted?;
     let mut report = report?;
-    report.notices.extend(open_files_notice);
+    report.notices.extend(limit_notices);
     let sha1 = match receiver.recv() {
         Ok(result) => result.outcome.map_err(|failure| failure.error),
         Err(_) => Err(Error::Fatal(format!(
@@ -440,6 +502,25 @@ mod tests {
         assert!(fit(128, 2, 8, true).is_err());
         // Unlimited.
         assert_eq!(fit(u64::MAX, 64, 256, true), Ok(256));
+    }
+
+    #[test]
+    fn buffers_fit_the_cgroup_memory_limit() {
+        use super::buffers_within_memory as fit;
+        const MIB: u64 = 1 << 20;
+        // No limit (v1's "unlimited"), or room for all: as asked.
+        assert_eq!(fit(9223372036854771712, 2, 1 << 20, 16), Ok(16));
+        assert_eq!(fit(64 * MIB, 2, 1 << 20, 16), Ok(16));
+        // 48 MiB: 16 MiB beside the 32 for the rest, on 2 cores of 1 MiB buffers.
+        assert_eq!(fit(48 * MIB, 2, 1 << 20, 16), Ok(8));
+        // 2 GiB with 1,024 buffers of 64 MiB asked (h9's OOM kill): 15.
+        assert_eq!(fit(2048 * MIB, 2, 64 << 20, 1024), Ok(15));
+        // Not even 2 buffers per core: why, and what to do.
+        let error = fit(32 * MIB, 2, 1 << 20, 12).unwrap_err();
+        assert!(error.contains("memory limit is 32 MiB"), "{error}");
+        assert!(error.contains("--buffer-size"), "{error}");
+        assert!(fit(35 * MIB, 2, 1 << 20, 12).is_err());
+        assert_eq!(fit(36 * MIB, 2, 1 << 20, 12), Ok(2));
     }
 
     #[test]

@@ -556,8 +556,8 @@ impl Restore {
         let scheduler = if options.dry_run {
             None
         } else {
-            let (engine, open_files_notice) = options.engine.within_open_files(true)?;
-            notices.extend(open_files_notice);
+            let (engine, limit_notices) = options.engine.within_limits(true)?;
+            notices.extend(limit_notices);
             Some(Scheduler::start(
                 &engine,
                 PoolSource {

@@ -67,6 +67,61 @@ pub fn memlock_budget_bytes() -> Option<u64> {
         .map(|bytes| bytes.saturating_sub(MEMLOCK_MARGIN_BYTES))
 }
 
+/// The tightest memory limit of the cgroups this process is in (v2
+/// `memory.max`, v1 `memory.limit_in_bytes`, each cgroup's ancestors
+/// included), or `None` when there is none to read. The buffer pool is
+/// touched up front when it is registered, so a pool above it is an OOM
+/// kill, not an error.
+pub fn memory_limit_bytes() -> Option<u64> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    memory_limit_files(&membership)
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .filter_map(|text| parse_memory_limit(&text))
+        .min()
+}
+
+/// The files that hold the memory limits of the cgroups in `membership`
+/// (the text of /proc/self/cgroup), from each cgroup up to its
+/// hierarchy's root. A v2 line is `0::/PATH`; a v1 line names its
+/// controllers, and only the `memory` one counts. Files that do not exist
+/// (the root's, a v2 line on a v1 host) are skipped by the reader.
+pub fn memory_limit_files(membership: &str) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (mount, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|name| name == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        // `..` cannot be in a cgroup's path; refuse it rather than read elsewhere.
+        let relative = std::path::Path::new(path.trim_start_matches('/'));
+        if relative
+            .components()
+            .any(|part| !matches!(part, std::path::Component::Normal(_)))
+        {
+            continue;
+        }
+        for ancestor in relative.ancestors() {
+            files.push(std::path::Path::new(mount).join(ancestor).join(file));
+        }
+    }
+    files
+}
+
+/// A limit file's value: bytes, or `None` for v2's `max`.
+pub fn parse_memory_limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
 /// Many files in flight need descriptors: lift the soft limit to the hard one.
 pub fn raise_open_files_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -227,5 +282,61 @@ pub async fn sleep_unless(delay: std::time::Duration, stop: impl Fn() -> bool) -
             Some(left) if !left.is_zero() => tokio::time::sleep(left.min(step)).await,
             _ => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn memory_limit_files_walk_each_memory_cgroup_up_to_its_root() {
+        let v2 = memory_limit_files("0::/user.slice/session-1.scope\n");
+        assert_eq!(
+            v2,
+            [
+                "/sys/fs/cgroup/user.slice/session-1.scope/memory.max",
+                "/sys/fs/cgroup/user.slice/memory.max",
+                "/sys/fs/cgroup/memory.max",
+            ]
+            .map(PathBuf::from)
+        );
+        // A v1 hybrid host: the memory controller's line, and the unified
+        // line whose file does not exist there (the reader skips it).
+        let hybrid =
+            memory_limit_files("5:devices:/\n4:memory:/process_api/1e4f\n1:cpu,cpuacct:/x\n0::/\n");
+        assert_eq!(
+            hybrid,
+            [
+                "/sys/fs/cgroup/memory/process_api/1e4f/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/process_api/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory.max",
+            ]
+            .map(PathBuf::from)
+        );
+        // Co-mounted controllers, and nothing outside the mount.
+        assert_eq!(
+            memory_limit_files("3:cpu,memory:/a\n"),
+            [
+                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]
+            .map(PathBuf::from)
+        );
+        assert!(memory_limit_files("0::/a/../../etc\n").is_empty());
+        assert!(memory_limit_files("garbage\n").is_empty());
+    }
+
+    #[test]
+    fn memory_limit_values() {
+        assert_eq!(parse_memory_limit("max\n"), None);
+        assert_eq!(parse_memory_limit("67108864\n"), Some(64 << 20));
+        assert_eq!(
+            parse_memory_limit("9223372036854771712\n"),
+            Some(9223372036854771712)
+        );
+        assert_eq!(parse_memory_limit(""), None);
     }
 }

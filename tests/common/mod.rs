@@ -635,3 +635,54 @@ pub fn has_tool(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// A memory cgroup of this test's own (v1 or v2), removed on drop; `None`
+/// where none can be made (not root, no writable memory controller).
+pub struct MemoryCgroup {
+    dir: PathBuf,
+    limit_file: &'static str,
+}
+
+impl MemoryCgroup {
+    pub fn create(name: &str) -> Option<MemoryCgroup> {
+        let name = format!("{name}-{}", std::process::id());
+        let v2_controllers =
+            std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control").unwrap_or_default();
+        let (dir, limit_file) = if v2_controllers.split_whitespace().any(|c| c == "memory") {
+            (Path::new("/sys/fs/cgroup").join(name), "memory.max")
+        } else if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            (
+                Path::new("/sys/fs/cgroup/memory").join(name),
+                "memory.limit_in_bytes",
+            )
+        } else {
+            return None;
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let cgroup = MemoryCgroup { dir, limit_file };
+        std::fs::write(cgroup.dir.join(limit_file), (64u64 << 20).to_string()).ok()?;
+        Some(cgroup)
+    }
+
+    pub fn limit(&self, bytes: u64) {
+        std::fs::write(self.dir.join(self.limit_file), bytes.to_string()).unwrap();
+    }
+
+    /// `program` started inside the cgroup (a shell joins it, then execs).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(program);
+        command
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Its processes have exited; a cgroup directory is removed empty.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
