@@ -37,16 +37,44 @@
 /// While a progress line is drawn on a TTY (`PROGRESS_LINE_DRAWN`), the
 /// message first clears it, so it does not land after the line's text;
 /// the next redraw puts the line back below the message.
+///
+/// A program that embeds ringdown can take the messages instead
+/// (`set_message_sink`).
 #[macro_export]
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stderr = std::io::stderr().lock();
-        if $crate::PROGRESS_LINE_DRAWN.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = write!(stderr, "\r\x1b[2K");
-        }
-        let _ = writeln!(stderr, $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::say_message(format_args!($($arg)*))
+    };
+}
+
+type MessageSink = Box<dyn Fn(&str) + Send + Sync>;
+
+static MESSAGE_SINK: std::sync::OnceLock<MessageSink> = std::sync::OnceLock::new();
+
+/// Sends every message a run would print on stderr (notices, warnings,
+/// per-file failures, one line each, without its newline) to `sink`
+/// instead: a program that embeds ringdown routes them to its own log.
+/// Once per process; a second call returns `Err` and changes nothing. The
+/// sink is called from any of the run's threads, and must not block long.
+pub fn set_message_sink(
+    sink: impl Fn(&str) + Send + Sync + 'static,
+) -> std::result::Result<(), &'static str> {
+    MESSAGE_SINK
+        .set(Box::new(sink))
+        .map_err(|_| "a message sink is already set")
+}
+
+#[doc(hidden)]
+pub fn say_message(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Some(sink) = MESSAGE_SINK.get() {
+        return sink(&message.to_string());
+    }
+    let mut stderr = std::io::stderr().lock();
+    if PROGRESS_LINE_DRAWN.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = write!(stderr, "\r\x1b[2K");
+    }
+    let _ = writeln!(stderr, "{message}");
 }
 
 /// Set while a progress line is being redrawn in place on a TTY.

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use ringdown::restore::{Restore, RestoreOptions};
 use ringdown::{Download, DownloadOptions, Error, Source};
 
@@ -102,4 +104,45 @@ fn a_run_from_async_code_is_an_error_not_a_panic() {
     });
     let message = result.unwrap_err().to_string();
     assert!(message.contains("spawn_blocking"), "{message}");
+}
+
+/// An embedding program takes the messages a run would print on stderr
+/// (here: a file that failed) through `set_message_sink`.
+#[test]
+fn messages_go_to_the_sink_an_embedding_program_sets() {
+    let taken = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&taken);
+    ringdown::set_message_sink(move |line| sink.lock().unwrap().push(line.to_string())).unwrap();
+    assert!(
+        ringdown::set_message_sink(|_| {}).is_err(),
+        "once per process"
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    common::write_file(
+        data.path(),
+        "bkt/fails.bin",
+        &common::content("fails.bin", 4096),
+    );
+    let served = common::serve(data.path(), true, &["--reset-rate", "1"]);
+    let out = tempfile::tempdir().unwrap();
+    let mut options = RestoreOptions::new(
+        "b2://bkt",
+        out.path().join("dir"),
+        &served.realm,
+        &served.key_id,
+        &served.key,
+    )
+    .unwrap();
+    options.engine.max_attempts = 1;
+    let report = Restore::new(options, true).run().unwrap();
+    assert_eq!(report.tally.failed, 1, "{report:?}");
+    let taken = taken.lock().unwrap();
+    assert!(
+        taken
+            .iter()
+            .any(|line| line.starts_with("ringdown: failed: fails.bin: ")),
+        "{taken:?}"
+    );
+    assert!(taken.iter().all(|line| !line.ends_with('\n')), "{taken:?}");
 }
