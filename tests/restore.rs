@@ -1687,6 +1687,57 @@ fn corrupted_bodies_are_downloaded_again_and_never_land_under_their_name() {
     );
 }
 
+/// A B2 answer of the listed file id whose length is not the listed size
+/// is a broken reply, not a changed object (a file id's content never
+/// changes): it is retried, as the same fault on a range is. It used to
+/// fail its object on the first attempt, whatever `--max-attempts` said.
+#[test]
+fn a_wrong_length_from_the_listed_version_is_retried() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    // Small objects (one whole GET each) and one of several chunks.
+    let mut objects = numbered_objects(&bkt, "w", 12, |i| 1000 + i * 37);
+    let large = content("w/large", 5 * 65536 + 3);
+    write_file(&bkt, "w/large", &large);
+    objects.insert("w/large".to_string(), large);
+    let out = tempfile::tempdir().unwrap();
+
+    // Every answer's length is wrong: each object spends its 3 attempts.
+    let served = serve(data.path(), true, &["--long-body-rate", "1"]);
+    let dir = out.path().join("all");
+    let report = out.path().join("all.jsonl");
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--max-attempts",
+            "3",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines = common::json_lines(&report);
+    assert_eq!(lines.len(), objects.len());
+    for line in &lines {
+        assert_eq!(line["status"], "failed", "{line}");
+        assert_eq!(line["attempts"], 3, "{line}");
+        assert!(!dir.join(line["name"].as_str().unwrap()).exists(), "{line}");
+    }
+
+    // One answer in three: every object gets through.
+    let served = serve(
+        data.path(),
+        true,
+        &["--long-body-rate", "0.35", "--seed", "5"],
+    );
+    let dir = out.path().join("some");
+    let output = restore(&served, &["b2://bkt", "--max-attempts", "15"], &dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+}
+
 #[test]
 fn slurm_array_script_runs_every_task_and_covers_the_bucket() {
     let data = tempfile::tempdir().unwrap();

@@ -18,7 +18,7 @@ use crate::uring::PoolBuf;
 use super::failure::{Failure, Retries, Then, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
 use super::request::{
-    build_get, check_version, next_head, send_get_ahead, stop_pipelining_if_refused,
+    build_get, check_version, next_head, send_get_ahead, size_differs, stop_pipelining_if_refused,
 };
 
 pub(super) async fn download_chunk(
@@ -258,6 +258,11 @@ async fn check_head(
     let size = job.digest.size_bytes();
     let requested = last_byte - first_byte + 1;
     let protocol = Failure::protocol;
+    if !matches!(head.status, 200 | 206) {
+        return Err(status_failure(conn, head, &job.spec.object).await);
+    }
+    // The version first: what the sizes below mean depends on it.
+    check_version(head, &job.spec.object)?;
     match head.status {
         206 => {
             let Some(range) = head.content_range else {
@@ -269,22 +274,21 @@ async fn check_head(
                     range.first, range.last
                 )));
             }
-            if let Some(total) = range.complete_length {
-                if total != size {
-                    return Err(Failure::object(format!(
-                        "object size changed from {size} to {total} bytes during the download"
-                    )));
-                }
+            if let Some(total) = range.complete_length.filter(|&total| total != size) {
+                return Err(size_differs(
+                    head,
+                    &job.spec.object,
+                    format!("Content-Range says {total} bytes, not the listed {size}"),
+                ));
             }
         }
         // A whole-object answer is fine when we asked for the whole object.
         200 if first_byte == 0 && last_byte + 1 == size => {}
-        200 => {
+        _ => {
             return Err(protocol(
                 "200 (whole object) where a 206 range was requested".into(),
             ));
         }
-        _ => return Err(status_failure(conn, head, &job.spec.object).await),
     }
     if head.chunked {
         return Err(protocol("chunked body on a range response".into()));
@@ -298,7 +302,6 @@ async fn check_head(
         }
         None => return Err(protocol("range response without Content-Length".into())),
     }
-    check_version(head, &job.spec.object)?;
     Ok(requested)
 }
 

@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, GiveUp, Retries, Then, conn_failure, status_failure};
 use super::request::{
-    build_get, check_version, next_head, send_get_ahead, stop_pipelining_if_refused,
+    build_get, check_version, next_head, send_get_ahead, size_differs, stop_pipelining_if_refused,
 };
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
@@ -426,6 +426,11 @@ async fn check_head(
     last_byte: u64,
 ) -> std::result::Result<(), Failure> {
     let requested = last_byte - first_byte + 1;
+    if !matches!(head.status, 200 | 206) {
+        return Err(status_failure(conn, head, job).await);
+    }
+    // The version first: what the sizes below mean depends on it.
+    check_version(head, job)?;
     match head.status {
         200 if first_byte == 0 => {}
         206 => {
@@ -438,21 +443,25 @@ async fn check_head(
                     range.first, range.last
                 )));
             }
-            if range
+            if let Some(total) = range
                 .complete_length
-                .is_some_and(|total| total != job.size_bytes)
+                .filter(|&total| total != job.size_bytes)
             {
-                return Err(Failure::object(
-                    "the object changed size since it was listed",
+                return Err(size_differs(
+                    head,
+                    job,
+                    format!(
+                        "Content-Range says {total} bytes, not the listed {}",
+                        job.size_bytes
+                    ),
                 ));
             }
         }
-        200 => {
+        _ => {
             return Err(Failure::protocol(
                 "200 (whole object) where a range was requested",
             ));
         }
-        _ => return Err(status_failure(conn, head, job).await),
     }
     if head.chunked {
         return Err(Failure::protocol(
@@ -462,9 +471,11 @@ async fn check_head(
     match head.content_length {
         Some(length) if length == requested => {}
         Some(length) if head.status == 200 => {
-            return Err(Failure::object(format!(
-                "Content-Length {length} is not the listed {requested} bytes; the object changed since it was listed"
-            )));
+            return Err(size_differs(
+                head,
+                job,
+                format!("Content-Length {length} is not the listed {requested} bytes"),
+            ));
         }
         // Content-Range and the object's size matched: a broken reply.
         Some(length) => {
@@ -474,6 +485,5 @@ async fn check_head(
         }
         None => return Err(Failure::protocol("response without Content-Length")),
     }
-    check_version(head, job)?;
     Ok(())
 }

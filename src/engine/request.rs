@@ -248,6 +248,26 @@ async fn send_and_read_head(
 /// newer upload under the same name spliced into the file).
 /// That an answer is of the version the download began with: B2's
 /// `x-bz-file-id`, or a plain URL's ETag / Last-Modified (`Validator`).
+/// A size that is not the listed one (`what`), in an answer `check_version`
+/// let through: the object changed, unless the answer names the very
+/// version that was listed (its file id, a B2 version's content never
+/// changes; or its validator): then it is a broken reply, retried like one.
+pub(super) fn size_differs(head: &ResponseHead, object: &ObjectSpec, what: String) -> Failure {
+    let same_version = object
+        .expect_file_id
+        .as_deref()
+        .is_some_and(|id| head.header("x-bz-file-id") == Some(id))
+        || object.validator.as_ref().is_some_and(|validator| {
+            head.header(validator.header)
+                .is_some_and(|seen| validator.matches(seen))
+        });
+    if same_version {
+        Failure::protocol(format!("{what}, in an answer of the listed version"))
+    } else {
+        Failure::object(format!("{what}; the object changed since it was listed"))
+    }
+}
+
 pub(super) fn check_version(head: &ResponseHead, object: &ObjectSpec) -> Result<(), Failure> {
     if let Some(expected) = object.expect_file_id.as_deref() {
         match head.header("x-bz-file-id") {
