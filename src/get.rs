@@ -519,9 +519,15 @@ impl Download {
                 counted_bytes + meta.size_bytes.saturating_sub(resumed_bytes),
                 Ordering::Relaxed,
             );
+            // An early return below must not leave the temporary file: its
+            // name is random where nothing can resume it.
+            let discard = |error: Error| {
+                let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                error
+            };
             let fetch = if meta.ranges {
                 let on_written = match &journal {
-                    Some(journal) => Some(journal.writer()?),
+                    Some(journal) => Some(journal.writer().map_err(discard)?),
                     None => None,
                 };
                 engine::Fetch::Ranged { resume, on_written }
@@ -627,8 +633,9 @@ impl Download {
                 let _ = rustix::fs::futimens(&file, &timestamps_at(mtime_ms));
             }
             if options.fsync {
-                rustix::fs::fsync(&file)
-                    .map_err(|error| Error::io("fsync of the downloaded file", error.into()))?;
+                rustix::fs::fsync(&file).map_err(|error| {
+                    discard(Error::io("fsync of the downloaded file", error.into()))
+                })?;
             }
             drop(file);
             match place(&dir, &temp_name, &file_name, options.force) {
