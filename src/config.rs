@@ -317,6 +317,15 @@ pub const SORT_READ_BUFFER_BYTES: usize = 64 << 10;
 /// (one fsync per distinct directory, then one of the journal). Bounds the
 /// descriptors held and the work a power cut can cost.
 pub const FSYNC_BATCH_FILES: usize = 256;
+/// How often a run makes what its journal says durable (`syncfs`, then a
+/// `durable` line; see `journal`): after a power cut, at most this much
+/// of a run's work is fetched again. Longer than a benchmark's run, so
+/// that none pays for a flush the peers never make.
+pub const JOURNAL_DURABLE_INTERVAL_MS: u64 = 5_000;
+/// Journal lines of another boot held while waiting for a `durable` mark
+/// that covers them (a few seconds of a run's lines); beyond, they are
+/// dropped, and what they name fetched again.
+pub const JOURNAL_UNCONFIRMED_LINES_MAX: usize = 1 << 16;
 /// Largest `get` journal read back (a line per chunk: 8 MiB chunks of a
 /// 1 TiB object are ~10 MiB of lines; anything bigger is not ours).
 pub const GET_JOURNAL_MAX_BYTES: u64 = 64 << 20;

@@ -525,9 +525,18 @@ impl Download {
                 let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
                 error
             };
+            if let Some(journal) = &journal {
+                journal.begin_round(resume.as_ref().map_or(0, |resume| resume.offset_bytes));
+            }
+            // Marks the journal durable until this round ends.
+            let mut _durable_marks = None;
             let fetch = if meta.ranges {
                 let on_written = match &journal {
-                    Some(journal) => Some(journal.writer().map_err(discard)?),
+                    Some(journal) => {
+                        let (writer, marks) = journal.writer().map_err(discard)?;
+                        _durable_marks = Some(marks);
+                        Some(writer)
+                    }
                     None => None,
                 };
                 engine::Fetch::Ranged { resume, on_written }
@@ -1443,10 +1452,11 @@ impl ResumeFiles {
         let _ = std::fs::File::from(fd)
             .take(crate::config::GET_JOURNAL_MAX_BYTES)
             .read_to_string(&mut text);
-        text.split_inclusive('\n')
-            .filter(|line| line.ends_with('\n'))
+        // Lines of another boot only up to a `durable` mark (`journal`).
+        crate::journal::trusted_lines(&text, crate::journal::boot_id().as_deref())
+            .iter()
             .filter_map(|line| {
-                let (key, bytes) = line.trim_end().strip_prefix("chunk\t")?.rsplit_once('\t')?;
+                let (key, bytes) = line.strip_prefix("chunk\t")?.rsplit_once('\t')?;
                 (key == self.key).then(|| bytes.parse::<u64>().ok())?
             })
             .max()
@@ -1500,18 +1510,14 @@ impl ResumeFiles {
     /// boundary: one journal line, one `write` (a kill cuts at most the last
     /// line, which the next run ignores). A failed write stops journaling:
     /// the download goes on, and a resume starts from the last good line.
-    fn journal_writer(&self, journal: std::fs::File) -> engine::large::OnWritten {
-        use std::io::Write;
+    fn journal_writer(&self, journal: Arc<crate::journal::Journal>) -> engine::large::OnWritten {
         let key = self.key.clone();
-        let journal = std::sync::Mutex::new(Some(journal));
         Box::new(move |boundary| {
-            let mut journal = journal.lock().expect("journal lock");
-            let line = format!("chunk\t{key}\t{boundary}\n");
             if journal
-                .as_mut()
-                .is_some_and(|file| file.write_all(line.as_bytes()).is_err())
+                .append(&format!("chunk\t{key}\t{boundary}\n"))
+                .is_err()
             {
-                *journal = None;
+                journal.close();
             }
         })
     }
@@ -1564,13 +1570,41 @@ impl HeldJournal<'_> {
             if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino))
     }
 
-    /// The engine's journal writer, appending to the file held.
-    fn writer(&self) -> Result<engine::large::OnWritten> {
-        let appending = self
+    /// The engine's journal writer, appending to the file held, and the
+    /// thread that marks it durable while the round lasts.
+    fn writer(&self) -> Result<(engine::large::OnWritten, crate::journal::DurableMarks)> {
+        let duplicating = |error| Error::io(format!("duplicating {}", self.files.journal), error);
+        let journal = crate::journal::Journal::new(self.file.try_clone().map_err(duplicating)?);
+        let fs = self.dir.try_clone().map_err(duplicating)?;
+        let marks = crate::journal::DurableMarks::start(
+            Arc::clone(&journal),
+            fs,
+            std::time::Duration::from_millis(crate::config::JOURNAL_DURABLE_INTERVAL_MS),
+        );
+        Ok((self.files.journal_writer(journal), marks))
+    }
+
+    /// What the journal holds as a round starts: the prefix it resumes
+    /// from (made durable first, as this boot's lines may name bytes still
+    /// in the page cache; then marked so), and this run's boot. Rewritten
+    /// whole: a mark appended to the old text would vouch for another
+    /// boot's lines that were not trusted. A journal that cannot be
+    /// written costs a resume, not the download.
+    fn begin_round(&self, resumed_bytes: u64) {
+        use std::io::Write;
+        let mut text = String::new();
+        if resumed_bytes > 0 && rustix::fs::syncfs(self.dir).is_ok() {
+            text.push_str(&format!("chunk\t{}\t{resumed_bytes}\n", self.files.key));
+            text.push_str(&format!("durable\t{}\n", text.len()));
+        }
+        text.push_str(&crate::journal::boot_line(
+            crate::journal::boot_id().as_deref(),
+        ));
+        let _ = self
             .file
-            .try_clone()
-            .map_err(|error| Error::io(format!("duplicating {}", self.files.journal), error))?;
-        Ok(self.files.journal_writer(appending))
+            .set_len(0)
+            .and_then(|()| (&self.file).write_all(text.as_bytes()))
+            .and_then(|()| self.file.sync_data());
     }
 
     /// A new round from byte 0: the partial file goes, the journal is cut

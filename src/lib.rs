@@ -91,6 +91,7 @@ pub mod error;
 pub mod fuzz_targets;
 pub mod get;
 pub mod http;
+pub mod journal;
 pub mod plan;
 pub mod restore;
 pub mod runtime;

@@ -22,6 +22,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::external_sort::Sorter;
 use crate::error::{Error, Result};
+use crate::journal;
 
 /// A journal record: the file's name and its key (`fileId\tsize`).
 pub fn record(name: &str, key: &str) -> String {
@@ -88,12 +89,19 @@ impl Cursor {
 
 /// Merges the journal into `sorted_name` (in the state directory), cuts the
 /// journal back to its chunk records, and opens the cursor.
+///
+/// Only the lines the journal may be trusted for are read
+/// (`journal::Trust`: all of this boot's, another boot's up to its last
+/// `durable` mark). What they name is made durable (`syncfs`) before they
+/// go into the sorted file, and the journal is rewritten: the chunk records
+/// kept, a `durable` mark for them, and this run's `boot` line.
 pub fn load(
     state: &OwnedFd,
     sorted_name: &str,
     journal: &mut File,
     journal_name: &str,
     run_bytes: usize,
+    boot: Option<&str>,
 ) -> Result<Loaded> {
     let context = |what: &str| format!("{what} (.ringdown/{sorted_name})");
     let reading = |error| {
@@ -118,25 +126,20 @@ pub fn load(
     let sort_error = |error| Error::io(context("sorting the journal"), error);
     let mut reader = BufReader::new(&*journal);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = reader.read_until(b'\n', &mut line).map_err(reading)?;
-        // Only whole lines count: a line cut by a kill is ignored.
-        if read == 0 || !line.ends_with(b"\n") {
-            break;
-        }
-        // Nor does one that is not text (cut inside a character by a short
-        // write on a full disk, then appended to): at worst a file is
-        // downloaded again, and the journal never blocks a resume.
-        let Ok(text) = std::str::from_utf8(&line[..line.len() - 1]) else {
-            continue;
-        };
+    let mut trust = journal::Trust::new(boot);
+    let mut end_offset = 0u64;
+    let mut trusted_lines = 0u64;
+    let mut sort_failure = None;
+    let mut take = |text: &str| {
+        trusted_lines += 1;
         if let Some(rest) = text.strip_prefix("ok\t") {
             let Some((_, key)) = rest.split_once('\t') else {
-                continue;
+                return;
             };
             chunks.remove(key);
-            sorter.push(rest.to_string()).map_err(sort_error)?;
+            if let Err(error) = sorter.push(rest.to_string()) {
+                sort_failure.get_or_insert(error);
+            }
         } else if let Some((key, bytes)) = text
             .strip_prefix("chunk\t")
             .and_then(|rest| rest.rsplit_once('\t'))
@@ -146,8 +149,34 @@ pub fn load(
                 *entry = (*entry).max(bytes);
             }
         }
+    };
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(reading)?;
+        // Only whole lines count: a line cut by a kill is ignored.
+        if read == 0 || !line.ends_with(b"\n") {
+            break;
+        }
+        end_offset += read as u64;
+        // Nor does one that is not text (cut inside a character by a short
+        // write on a full disk, then appended to): at worst a file is
+        // downloaded again, and the journal never blocks a resume.
+        let Ok(text) = std::str::from_utf8(&line[..line.len() - 1]) else {
+            continue;
+        };
+        trust.line(text, end_offset, &mut take);
+    }
+    trust.finish();
+    if let Some(error) = sort_failure {
+        return Err(sort_error(error));
     }
     drop(reader);
+    // What this boot's lines name may still be in the page cache: durable
+    // before the sorted file or the rewritten journal vouch for it.
+    if trusted_lines > 0 {
+        rustix::fs::syncfs(state)
+            .map_err(|error| Error::io(context("syncing the restored files"), error.into()))?;
+    }
     let previous = open_read(state, sorted_name);
     let (sorted, completed_count) = if sorter.pushed() == 0 {
         let count = match &previous {
@@ -169,20 +198,22 @@ pub fn load(
             .map_err(|error| Error::io(context("syncing the sorted journal"), error))?;
         rustix::fs::renameat(state, &temp_name, state, sorted_name)
             .map_err(|error| Error::io(context("replacing the sorted journal"), error.into()))?;
-        // A kill between the rename and the cut only merges the same
-        // records again next time.
-        journal
-            .set_len(0)
-            .map_err(|error| Error::io(context("cutting the journal"), error))?;
-        let mut kept = String::new();
-        for (key, bytes) in &chunks {
-            kept.push_str(&format!("chunk\t{key}\t{bytes}\n"));
-        }
-        journal
-            .write_all(kept.as_bytes())
-            .map_err(|error| Error::io(context("cutting the journal"), error))?;
         (open_read(state, sorted_name), count)
     };
+    // Always rewritten: a mark appended to the old text would vouch for
+    // another boot's lines that were not trusted. A kill before the cut
+    // only merges the same records again next time.
+    let mut kept = String::new();
+    for (key, bytes) in &chunks {
+        kept.push_str(&format!("chunk\t{key}\t{bytes}\n"));
+    }
+    kept.push_str(&format!("durable\t{}\n", kept.len()));
+    kept.push_str(&journal::boot_line(boot));
+    journal
+        .set_len(0)
+        .and_then(|()| journal.write_all(kept.as_bytes()))
+        .and_then(|()| journal.sync_data())
+        .map_err(|error| Error::io(context("cutting the journal"), error))?;
     Ok(Loaded {
         completed: Cursor::open(sorted),
         chunks,
@@ -262,6 +293,8 @@ mod tests {
             .unwrap()
     }
 
+    const B: Option<&str> = Some("B");
+
     /// A permutation of 0..n that is far from sorted.
     fn shuffled(n: u64) -> Vec<u64> {
         (0..n).map(|i| (i * 7919) % n).collect()
@@ -278,11 +311,11 @@ mod tests {
         text.push_str("chunk\tid7\t7\t4096\nok\tname-00007\tid7\t7\n");
         text.push_str("chunk\tid-big\t99\t8388608\n");
         text.push_str("ok\tname-cut-by-a-kill"); // no newline: ignored
-        let mut journal = journal_with(dir.path(), &text);
+        let mut journal = journal_with(dir.path(), &format!("boot\tB\n{text}"));
         // A line that is not UTF-8 (cut inside a character) is skipped too.
         journal.write_all(b"ok\tcaf\xc3\tidx\t1\n").unwrap();
         // Tiny runs: many spills, a real k-way merge.
-        let mut loaded = load(&state, "completed", &mut journal, "journal", 4096).unwrap();
+        let mut loaded = load(&state, "completed", &mut journal, "journal", 4096, B).unwrap();
         assert_eq!(loaded.completed_count, 5000);
         assert_eq!(loaded.chunks.len(), 1);
         assert_eq!(loaded.chunks["id-big\t99"], 8_388_608);
@@ -304,7 +337,10 @@ mod tests {
         assert!(!loaded.completed.contains(&record("name-00001", "id1\t1")));
         // The journal is cut back to the chunk record of the unfinished object.
         let journal_text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
-        assert_eq!(journal_text, "chunk\tid-big\t99\t8388608\n");
+        assert_eq!(
+            journal_text,
+            "chunk\tid-big\t99\t8388608\ndurable\t24\nboot\tB\n"
+        );
         let sorted = std::fs::read_to_string(dir.path().join("completed")).unwrap();
         let lines: Vec<&str> = sorted.lines().collect();
         assert_eq!(lines.len(), 5000);
@@ -320,12 +356,12 @@ mod tests {
     #[test]
     fn a_second_start_merges_new_records_into_the_sorted_file() {
         let (dir, state) = state_dir();
-        let mut journal = journal_with(dir.path(), "ok\tb\tid-b\t1\nok\td\tid-d\t1\n");
-        drop(load(&state, "completed", &mut journal, "journal", 1 << 20).unwrap());
+        let mut journal = journal_with(dir.path(), "boot\tB\nok\tb\tid-b\t1\nok\td\tid-d\t1\n");
+        drop(load(&state, "completed", &mut journal, "journal", 1 << 20, B).unwrap());
         journal
             .write_all(b"ok\ta\tid-a\t1\nok\tc\tid-c\t1\n")
             .unwrap();
-        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20).unwrap();
+        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20, B).unwrap();
         assert_eq!(loaded.completed_count, 4);
         for name in ["a", "b", "c", "d"] {
             assert!(
@@ -335,11 +371,56 @@ mod tests {
             );
         }
         // Nothing new: the sorted file is reused as it is.
-        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20).unwrap();
+        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20, B).unwrap();
         assert_eq!(loaded.completed_count, 4);
         assert!(loaded.completed.contains(&record("c", "id-c\t1")));
         remove(&state, "completed");
         assert!(!dir.path().join("completed").exists());
+    }
+
+    /// After a reboot (a power cut), a record is trusted only where a
+    /// `durable` mark covers it: the others' files may read back as zeros
+    /// at their full size, and are fetched again.
+    #[test]
+    fn after_a_reboot_only_records_marked_durable_are_trusted() {
+        let (dir, state) = state_dir();
+        let mut journal = journal_with(
+            dir.path(),
+            "boot\tA\nok\tsafe\tid-s\t1\nchunk\tid-big\t9\t4096\n\
+             durable\t42\nok\tlost\tid-l\t1\nchunk\tid-big\t9\t8192\n",
+        );
+        let mut loaded = load(
+            &state,
+            "completed",
+            &mut journal,
+            "journal",
+            1 << 20,
+            Some("C"),
+        )
+        .unwrap();
+        assert_eq!(loaded.completed_count, 1);
+        assert_eq!(loaded.chunks["id-big\t9"], 4096);
+        assert!(loaded.completed.contains(&record("safe", "id-s\t1")));
+        // The journal no longer holds the unconfirmed lines: a mark made
+        // later cannot vouch for them.
+        let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
+        assert_eq!(text, "chunk\tid-big\t9\t4096\ndurable\t20\nboot\tC\n");
+        // The same journal in the boot that wrote it: every record.
+        let (dir, state) = state_dir();
+        let mut journal = journal_with(
+            dir.path(),
+            "boot\tA\nok\tsafe\tid-s\t1\ndurable\t22\nok\tlost\tid-l\t1\n",
+        );
+        let loaded = load(
+            &state,
+            "completed",
+            &mut journal,
+            "journal",
+            1 << 20,
+            Some("A"),
+        )
+        .unwrap();
+        assert_eq!(loaded.completed_count, 2);
     }
 
     #[test]

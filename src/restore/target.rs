@@ -6,7 +6,6 @@
 //! name refused; a symlink at a final path is replaced by `renameat`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +16,9 @@ use rustix::io::Errno;
 
 use super::completed::{self, Cursor};
 use super::paths::{STATE_DIR_NAME, Shard};
-use crate::config::{FSYNC_BATCH_FILES, JOURNAL_SORT_RUN_BYTES};
+use crate::config::{FSYNC_BATCH_FILES, JOURNAL_DURABLE_INTERVAL_MS, JOURNAL_SORT_RUN_BYTES};
 use crate::error::{Error, Result};
+use crate::journal::{self, DurableMarks, Journal};
 
 const PARTIAL_DIR_NAME: &str = "partial";
 
@@ -36,8 +36,10 @@ pub struct Target {
     state: OwnedFd,
     pub partial: OwnedFd,
     journal_name: String,
-    /// Taken (closed) once the run's state is removed (`remove_state`).
-    journal: Mutex<Option<std::fs::File>>,
+    /// Closed once the run's state is removed (`remove_state`).
+    journal: Arc<Journal>,
+    /// Makes what the journal says durable now and then; stops on drop.
+    _durable_marks: DurableMarks,
     /// `--fsync`: renamed files whose directory is not synced yet, with
     /// their journal records (see `journal_completed_synced`).
     unsynced: Mutex<Vec<(Arc<OwnedFd>, String)>>,
@@ -201,7 +203,16 @@ impl Target {
             &mut journal,
             &journal_name,
             JOURNAL_SORT_RUN_BYTES,
+            journal::boot_id().as_deref(),
         )?;
+        let journal = Journal::new(journal);
+        let durable_marks = DurableMarks::start(
+            Arc::clone(&journal),
+            state
+                .try_clone()
+                .map_err(|error| Error::io(format!("{state_context}: duplicating"), error))?,
+            std::time::Duration::from_millis(JOURNAL_DURABLE_INTERVAL_MS),
+        );
         let chunks = loaded.chunks;
         let temp_salt = {
             use std::hash::{BuildHasher, Hasher};
@@ -232,7 +243,8 @@ impl Target {
             state,
             partial,
             journal_name,
-            journal: Mutex::new(Some(journal)),
+            journal,
+            _durable_marks: durable_marks,
             unsynced: Mutex::new(Vec::new()),
             last_parent: Mutex::new(None),
             completed: Mutex::new(loaded.completed),
@@ -312,26 +324,15 @@ impl Target {
             }
             lines.push_str(line);
         }
-        self.with_journal(|journal| {
-            journal
-                .write_all(lines.as_bytes())
-                .and_then(|()| journal.sync_data())
-        })
+        self.journal
+            .append_synced(&lines)
+            .map_err(|error| Error::io("appending to the journal", error))
     }
 
     fn journal_line(&self, line: &str) -> Result<()> {
-        self.with_journal(|journal| journal.write_all(line.as_bytes()))
-    }
-
-    fn with_journal(
-        &self,
-        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-    ) -> Result<()> {
-        let mut journal = self.journal.lock().expect("journal lock");
-        let journal = journal
-            .as_mut()
-            .ok_or_else(|| Error::Fatal("the journal was closed with the run's state".into()))?;
-        write(journal).map_err(|error| Error::io("appending to the journal", error))
+        self.journal
+            .append(line)
+            .map_err(|error| Error::io("appending to the journal", error))
     }
 
     /// Bytes of a large object an earlier run left in its partial file.
@@ -541,7 +542,7 @@ impl Target {
         let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
         // Closed too: a FUSE file system keeps an unlinked file that is still
         // open as a hidden one, and `.ringdown/` would not be empty.
-        drop(self.journal.lock().expect("journal lock").take());
+        self.journal.close();
         completed::remove(&self.state, &self.completed_name);
         // Another shard still running into this DIR holds its shared lock:
         // then `partial/` and `.ringdown/` stay (it writes there).
