@@ -43,7 +43,9 @@ EOF
     touch "$DATA/buckets/.made-$n"
 done
 
-"$BIN" serve "$DATA/buckets" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
+# serve adopts B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY from the environment and
+# then prints no key=: run it without the caller's, so it makes up the key it prints.
+env -u B2_APPLICATION_KEY_ID -u B2_APPLICATION_KEY "$BIN" serve "$DATA/buckets" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
     --cache-dir "$DATA/sha1-cache" >"$WORK/ready" 2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 1 600); do
@@ -56,6 +58,7 @@ field() { tr ' ' '\n' <<<"$READY" | sed -n "s/^$1=//p"; }
 export B2_APPLICATION_KEY_ID B2_APPLICATION_KEY
 B2_APPLICATION_KEY_ID=$(field key_id)
 B2_APPLICATION_KEY=$(field key)
+[ -n "$B2_APPLICATION_KEY_ID" ] && [ -n "$B2_APPLICATION_KEY" ] || { echo "bench-listing: no key_id=/key= in serve's line: $READY" >&2; exit 1; }
 REALM=$(field realm)
 CA=$(field ca_file)
 

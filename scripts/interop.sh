@@ -74,7 +74,15 @@ start_serve() {
     local name=$1
     shift
     if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; fi
-    "$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
+    # serve adopts B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY from the environment
+    # and then prints no key=: the first server runs without the caller's (it
+    # makes up a key and prints it); the later ones get that same key, which
+    # the clients below keep using.
+    local key_env=(-u B2_APPLICATION_KEY_ID -u B2_APPLICATION_KEY)
+    if [ -n "${SERVE_KEY_ID:-}" ]; then
+        key_env=(B2_APPLICATION_KEY_ID="$SERVE_KEY_ID" B2_APPLICATION_KEY="$SERVE_KEY")
+    fi
+    env "${key_env[@]}" "$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
         "$@" >"$WORK/ready-$name" 2>"$WORK/serve-$name.log" &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -90,8 +98,11 @@ start_serve() {
 }
 
 start_serve main --large-file-threshold 2MiB --access-log "$WORK/access.jsonl"
-export B2_APPLICATION_KEY_ID=$(field key_id)
-export B2_APPLICATION_KEY=$(field key)
+SERVE_KEY_ID=$(field key_id)
+SERVE_KEY=$(field key)
+[ -n "$SERVE_KEY_ID" ] && [ -n "$SERVE_KEY" ] || { log "FAIL: no key_id=/key= in serve's ready line"; exit 1; }
+export B2_APPLICATION_KEY_ID=$SERVE_KEY_ID
+export B2_APPLICATION_KEY=$SERVE_KEY
 export B2_ACCOUNT_INFO=$WORK/b2_account_info
 
 log "b2sdk 2.8.0: small (contentSha1) and large (large_file_sha1) downloads"

@@ -56,7 +56,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" serve "$DATA" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
+# serve adopts B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY from the environment and
+# then prints no key=: run it without the caller's, so it makes up the key it prints.
+env -u B2_APPLICATION_KEY_ID -u B2_APPLICATION_KEY "$BIN" serve "$DATA" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
     --cache-dir "$ROOT/cache" --seed "$SOAK_SEED" \
     --reset-rate 0.01 --fail-rate 0.01 \
     >"$WORK/ready" 2>"$WORK/serve.log" &
@@ -71,6 +73,7 @@ REALM=$(field realm)
 CA_FILE=$(field ca_file)
 export B2_APPLICATION_KEY_ID=$(field key_id)
 export B2_APPLICATION_KEY=$(field key)
+[ -n "$B2_APPLICATION_KEY_ID" ] && [ -n "$B2_APPLICATION_KEY" ] || { echo "soak: no key_id=/key= in serve's line: $READY" >&2; exit 1; }
 unset SSL_CERT_FILE B2_REALM JOB_COMPLETION_INDEX SLURM_ARRAY_TASK_ID
 
 DEST=$WORK/dest
