@@ -946,10 +946,10 @@ def main():
         "aria2c": tool_version(["aria2c", "--version"]) if shutil.which("aria2c") else None,
         "rclone": tool_version(["rclone", "version"]) if shutil.which("rclone") else None,
     }
-    probe = drop_caches()
+    # --no-drop-caches: not even once here (sync plus a global `echo 3`).
+    probe = "not dropped (--no-drop-caches)" if args.no_drop_caches else drop_caches()
     meta = {"profile": profile, "runs": args.runs, "machine": machine, "versions": versions,
-            "page_cache": "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)"
-            if not probe and not args.no_drop_caches else (probe or "not dropped (--no-drop-caches)"),
+            "page_cache": probe or "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)",
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "scenarios": {}}
     results = []
     t0 = time.monotonic()
