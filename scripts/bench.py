@@ -223,6 +223,28 @@ def tail(path, n=600):
     return REDACT(" / ".join(out))
 
 
+def ringdown_cause(path, n=600):
+    """Why a ringdown run failed, from its stderr: the `ringdown: error:` lines
+    and the first `ringdown: failed:` lines (the summary and stage table it
+    prints last say nothing about the cause). Falls back to tail()."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("ringdown: error:")]
+    failed = [ln for ln in lines if ln.startswith("ringdown: failed:")]
+    if not errors and not failed:
+        return tail(path, n)
+    out = errors[:3]
+    if len(failed) > 1:
+        out.append(f"{len(failed)} `ringdown: failed:` lines, the first: {failed[0]}")
+    else:
+        out += failed
+    text = " / ".join(out)
+    return REDACT(text if len(text) <= n else text[:n - 1] + "…")
+
+
 # --------------------------------------------------------------- the origin
 
 class Origin:
@@ -694,8 +716,9 @@ def run_one(ctx, tool, plan, run_no, args):
     if m["timed_out"]:
         problems.append(f"timed out after {round(timeout)} s (killed)")
     elif m["exit_code"] != 0:
+        cause = ringdown_cause(log_path, 300) if tool.startswith("ringdown") else tail(log_path, 300)
         problems.append(f"exit {m['exit_code'] if m['exit_code'] is not None else 'signal %s' % m['signal']}: "
-                        + (tail(log_path, 300) or "no output"))
+                        + (cause or "no output"))
     if not check["correct"]:
         problems.append(check["error"])
     row["correct"] = not problems
