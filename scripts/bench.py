@@ -257,7 +257,8 @@ class Origin:
         # The SHA1 index persists next to the data (hashed once per dataset);
         # --no-index: no background hashing competing with the timed runs; the
         # untimed listing before the runs hashes what the scenario serves.
-        cache_dir = os.path.join(os.path.dirname(buckets_dir), "serve-sha1-cache")
+        # bench_data deletes it whenever it regenerates a bucket.
+        cache_dir = bench_data.serve_cache_dir(os.path.dirname(buckets_dir))
         self.argv_display = ["ringdown", "serve", "BUCKETS", "--listen", "127.0.0.1:0", "--cert-dir", "CERTS",
                              "--cache-dir", "CACHE", "--no-index",
                              "--large-file-threshold", str(threshold)] + extra + ["# env B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY"]
