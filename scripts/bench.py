@@ -12,7 +12,11 @@ missing byte is `correct: false` and is left out of the timing statistics.
 
 Writes OUT/results.json, OUT/report.md, OUT/*.png, OUT/logs/, OUT/stats/, and
 rewrites the README block between <!-- bench:begin --> and <!-- bench:end -->
-when those markers exist.
+(and docs/bench/*.png) when those markers exist, only after a complete default
+run: full profile, >= 3 runs, every scenario and default tool, ringdown run
+everywhere and always correct (bench_report.readme_blockers). Exits 1 when a
+ringdown output was wrong, ringdown was skipped somewhere, or the corrupting
+self-check was not caught.
 """
 
 import argparse
@@ -903,7 +907,9 @@ def main():
                    help="per-run timeout in seconds (default: 30 s + the scenario's bytes at 5 MB/s)")
     p.add_argument("--no-drop-caches", action="store_true")
     p.add_argument("--readme", dest="readme", action="store_true", default=None,
-                   help="rewrite the README bench block (default: yes for full runs, no for --quick)")
+                   help="rewrite the README bench block and docs/bench/*.png (default: yes for full runs; "
+                   "done only when the run is complete: every scenario and default tool, >= 3 runs, "
+                   "ringdown never skipped and always correct)")
     p.add_argument("--no-readme", dest="readme", action="store_false")
     args = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so each scenario's `finally` stops its
@@ -974,7 +980,9 @@ def main():
     probe = "not dropped (--no-drop-caches)" if args.no_drop_caches else drop_caches()
     meta = {"profile": profile, "runs": args.runs, "machine": machine, "versions": versions,
             "page_cache": probe or "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)",
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "scenarios": {}}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "scenarios": {},
+            "requested": {"scenarios": names, "tools": args.tools, "all_scenarios": GROUPS["all"],
+                          "default_tools": DEFAULT_TOOLS}}
     results = []
     t0 = time.monotonic()
     for name in names:
@@ -991,12 +999,17 @@ def main():
     import bench_report
     bench_report.write_all(args.out, results, meta, readme=os.path.join(REPO, "README.md") if args.readme else None)
     log(f"done in {meta['elapsed_s']} s: {args.out}/report.md")
-    # Exit 1 when ringdown wrote a wrong file, or the corrupting self-check was not caught.
+    # Exit 1 when ringdown wrote a wrong file or was not run at all (no binary,
+    # e.g. a failed build, no get/restore, no origin), or the corrupting
+    # self-check was not caught.
     bad = [r for r in results if r.get("correct") is False and r["tool"].startswith("ringdown")]
     bad += [r for r in results if r["tool"] == "corrupt" and r.get("correct") is True]
     for r in bad:
         log(f"ERROR: {r['scenario']} {r['tool']} run {r['run']}: correct={r['correct']} {r['error'] or ''}")
-    return 1 if bad else 0
+    skipped = [r for r in results if r.get("skipped") and r["tool"].startswith("ringdown")]
+    for r in skipped:
+        log(f"ERROR: {r['scenario']} {r['tool']} not run: {r['error']}")
+    return 1 if bad or skipped else 0
 
 
 if __name__ == "__main__":

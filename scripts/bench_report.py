@@ -2,6 +2,8 @@
 """report.md, PNG charts and the README block from results.json + meta.json.
 
 Usable on its own to re-render: bench_report.py OUT_DIR [--readme README.md]
+(the README block and docs/bench/*.png only from a complete default run: see
+readme_blockers()).
 
 Statistics use correct runs only (a wrong or missing byte is a failed run and
 is never timed). MB/s is 10^6 bytes/s. "x b2sdk" = b2sdk's median wall time /
@@ -246,6 +248,45 @@ def charts(out_dir, results, meta, summary):
 
 # --------------------------------------------------------------- README
 
+def readme_blockers(results, meta):
+    """Why this run must not rewrite the README block (and docs/bench/*.png):
+    [] only for a complete default run: the full profile, at least 3 runs,
+    every scenario and every default tool asked for, ringdown run in every
+    scenario (not skipped) and every ringdown output correct. A partial run
+    would otherwise replace the whole block with the scenarios it ran."""
+    req = meta.get("requested")
+    if not req:
+        return ["meta.json does not say what was asked for (written by an older bench.py)"]
+    why = []
+    if meta.get("profile") != "full":
+        why.append(f"profile {meta.get('profile')} (README numbers come from full runs)")
+    if (meta.get("runs") or 0) < 3:
+        why.append(f"{meta.get('runs')} run(s) per tool (at least 3)")
+    missing = [s for s in req["all_scenarios"] if s not in meta["scenarios"]]
+    if missing:
+        why.append("scenarios not run: " + ", ".join(missing))
+    tools = [t for t in req["default_tools"] if t not in req["tools"]]
+    if tools:
+        why.append("tools not asked for: " + ", ".join(tools))
+    for name, sm in meta["scenarios"].items():
+        for t, reason in sm.get("skipped", {}).items():
+            if t.startswith("ringdown"):
+                why.append(f"{name}: {t} skipped ({reason})")
+    rows = [r for r in results if r["tool"].startswith("ringdown") and not r.get("skipped")]
+    bad = [r for r in rows if not r.get("correct")]
+    if bad:
+        why.append(f"{len(bad)} ringdown run(s) not correct (first: {bad[0]['scenario']} run {bad[0]['run']})")
+    for name in meta["scenarios"]:
+        if name not in req["all_scenarios"]:
+            continue
+        ran = {r["tool"] for r in rows if r["scenario"] == name}
+        if not ran and not any(t.startswith("ringdown") for t in meta["scenarios"][name].get("skipped", {})):
+            why.append(f"{name}: no ringdown run")
+    if any(r["tool"] == "corrupt" and r.get("correct") is True for r in results):
+        why.append("the corrupting self-check was not caught")
+    return why
+
+
 def update_readme(readme, out_dir, meta, summary, made):
     """Rewrite the block between the markers (only if both exist)."""
     try:
@@ -287,8 +328,13 @@ def write_all(out_dir, results, meta, readme=None):
     made = charts(out_dir, results, meta, summary)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render_report(results, meta, summary, made) + "\n")
-    if readme and update_readme(readme, out_dir, meta, summary, made):
-        print(f"bench: rewrote the bench block in {readme}", file=sys.stderr)
+    if readme:
+        why = readme_blockers(results, meta)
+        if why:
+            print(f"bench: {readme} and docs/bench/ left as they are, this is not a complete default run: "
+                  + "; ".join(why), file=sys.stderr)
+        elif update_readme(readme, out_dir, meta, summary, made):
+            print(f"bench: rewrote the bench block in {readme}", file=sys.stderr)
     return summary
 
 
