@@ -116,6 +116,39 @@ def table(name, rows, meta):
     return "\n".join(lines)
 
 
+def how_to_read():
+    """The legend, in report.md and in the README block (paragraphs)."""
+    return [
+        "How to read: statistics use correct runs only. After every run of every tool the harness checks "
+        "each output file's size and SHA1 against the dataset manifest; a wrong or missing byte fails the "
+        "run, which is listed and never timed. MB/s = 10^6 bytes/s at the median time. CPU s/GiB = median "
+        "user+sys of the client process tree per GiB. Peak RSS = largest process in the client's tree (max "
+        "over runs; never below the ~8 MB of the measuring runner). Origin CPU = the origin's user+sys during "
+        "the run (it shares the cores): `ringdown serve`, plus nginx's processes in the nginx-* scenarios. "
+        "× b2sdk = b2sdk median / tool median (higher is faster).",
+        "",
+        "\"verified by tool\" says whether the tool itself checked what it wrote (the harness checks every "
+        "tool's output regardless): **yes** = it compared each file's SHA1 with B2's (ringdown: every file "
+        "verified in its `--stats-json`; b2sdk: `contentSha1`; rclone: after each transfer, `large_file_sha1` "
+        "for a large file); **no** = it checks nothing: curl and aria2c write what they receive, and the "
+        "harness's check is the only one; **unverified** = b2sdk on a B2 large file (`contentSha1` `none`: "
+        "it has nothing to compare); **partly** / **–** = mixed or unknown across runs.",
+        "",
+        "curl and aria2c are handed every object's download URL and an authorization token obtained before "
+        "the clock starts (one untimed `b2_authorize_account` and listing through b2sdk), which favours them; "
+        "ringdown, b2sdk and rclone authorize (and list) inside the timed run.",
+        "",
+        "The peers: aria2c's `get` runs `-x8 -s8` (8 connections, the object split in 8 pieces; `-x8` "
+        "alone would split in aria2c's default 5), its restores `-j16` (16 objects at a time); curl's `get` "
+        "is one stream, its restores `--parallel --parallel-max 16`; b2sdk 2.8.0 runs "
+        "`bucket.download_file_by_name(name).save_to(path)` for `get` and `Synchronizer(max_workers=10)` "
+        "with `B2Api(max_download_workers=10)` (as `b2 sync --threads 10`) for restores; rclone `copy` with "
+        "`--transfers 16 --checkers 16` for restores; ringdown with its defaults. The exact commands are "
+        "listed with each scenario (report.md) or below (README).",
+        "",
+    ]
+
+
 def render_report(results, meta, summary, charts):
     out = [f"# ringdown benchmark ({meta['profile']}, {meta['runs']} interleaved runs per tool)", ""]
     out.append(f"Machine: {machine_line(meta)}.  ")
@@ -123,16 +156,7 @@ def render_report(results, meta, summary, charts):
     out.append("")
     out.append("Versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items() if v) + ".")
     out.append("")
-    out.append("How to read: statistics use correct runs only (every output file's size and SHA1 checked "
-               "against the dataset manifest after the run; a wrong byte fails the run). MB/s = 10^6 bytes/s "
-               "at the median time. CPU s/GiB = median user+sys of the client process tree per GiB. "
-               "Peak RSS = largest process in the client's tree (max over runs; never below the ~8 MB of the "
-               "measuring runner). Origin CPU = the origin's user+sys during the run (it shares the cores): `ringdown serve`, "
-               "plus nginx's processes in the nginx-* scenarios. "
-               "× b2sdk = b2sdk median / tool median (higher is faster). \"verified by tool\": the tool itself "
-               "checked the SHA1 (the harness checks every tool regardless). curl and aria2c get the object "
-               "list and token before the clock starts (one untimed b2_authorize_account), which favours them.")
-    out.append("")
+    out += how_to_read()
     for c in charts:
         out.append(f"![{c}]({c})")
     out.append("")
@@ -287,6 +311,21 @@ def readme_blockers(results, meta):
     return why
 
 
+def commands_list(meta):
+    """Every distinct command of the run, once, with the scenarios it ran in."""
+    seen = {}
+    for name, sm in meta["scenarios"].items():
+        for tool, cmd in sm.get("commands", {}).items():
+            seen.setdefault((tool, cmd), []).append(name)
+    if not seen:
+        return []
+    out = ["Commands (DEST, REALM, ca.pem, CFG, LIST stand for each run's paths; "
+           "`ringdown serve`'s flags are in each scenario's line):", ""]
+    for (tool, cmd), names in seen.items():
+        out.append(f"- {tool} ({', '.join(names)}): `{cmd}`")
+    return out + [""]
+
+
 def update_readme(readme, out_dir, meta, summary, made):
     """Rewrite the block between the markers (only if both exist)."""
     try:
@@ -308,6 +347,8 @@ def update_readme(readme, out_dir, meta, summary, made):
             f"Generated by `scripts/bench.sh` ({meta['profile']}, {meta['runs']} interleaved runs per tool, "
             f"{meta['started']}); do not edit by hand.  ",
             f"Machine: {machine_line(meta)}.", ""]
+    body += how_to_read()
+    body += commands_list(meta)
     for name, rows in summary.items():
         if not any(r.get("median_s") for r in rows):
             continue
@@ -316,6 +357,9 @@ def update_readme(readme, out_dir, meta, summary, made):
                  f"the origin's disk alone, which every run waits for too (on a VM the host's cache makes this "
                  f"vary from run to run)." if sm.get("cold_read_s") else "")
         body += [f"**{name}**: {sm['about']}.{floor}", "", table(name, rows, meta), ""]
+        notes = [f"{r['tool']}: {r['note']}" for r in rows if r.get("note")]
+        if notes:
+            body += ["Notes: " + "; ".join(notes) + ".", ""]
     body += links + ([""] if links else []) + [END]
     new = text[:text.index(BEGIN)] + "\n".join(body) + text[text.index(END) + len(END):]
     with open(readme, "w") as f:
