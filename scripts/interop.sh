@@ -10,10 +10,20 @@ log() { echo "interop: $*" >&2; }
 
 if [ ! -x "$VENV/bin/b2" ] || ! "$VENV/bin/python" -c 'import b2sdk' 2>/dev/null; then
     log "creating $VENV"
-    if ! python3 -m venv "$VENV" 2>/dev/null; then
+    if ! venv_err=$(python3 -m venv "$VENV" 2>&1); then
         rm -rf "$VENV"
-        log "python3 -m venv failed; installing python3-venv"
-        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        # Debian and Ubuntu ship python3 without ensurepip: the venv module is
+        # the python3-venv package (python3.X-venv on some releases).
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            log "python3 -m venv failed; installing python3-venv"
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        else
+            echo "$venv_err" >&2
+            pkg=$(python3 -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])' 2>/dev/null || echo python3-venv)
+            log "FAIL: python3 -m venv failed, and this script installs packages only as root with apt-get."
+            log "Install Python's venv module and rerun; on Debian/Ubuntu: sudo apt-get install python3-venv (or $pkg)."
+            exit 1
+        fi
         python3 -m venv "$VENV"
     fi
     "$VENV/bin/pip" install -q --disable-pip-version-check b2sdk==2.8.0 'b2>=4,<5' 'docutils<0.22'
