@@ -3,8 +3,11 @@
 # names. For buckets of zero-byte objects (default 10,000 and 200,000, in
 # directories of 1,000), from `ringdown serve` over TLS: `restore --dry-run`
 # (the listing alone) and a full restore into an empty directory, each run's
-# wall time and peak RSS. The restore is checked: exit 0 and every name on
-# disk. Target (bulk restore issue): peak RSS <= 64 MiB, the same for both.
+# wall time and peak RSS. Both are checked: exit 0, and exactly the bucket's
+# names listed (dry run) and on disk (restore). Peak RSS is ringdown's own,
+# from wait4 (scripts/bench_runner.py, as the main harness measures); it is
+# never below the runner's floor, printed first. Target (bulk restore issue):
+# peak RSS <= 64 MiB, the same for both.
 #
 #   scripts/bench-listing.sh [NAMES...]      (default: 10000 200000)
 #   RUNS=3 scripts/bench-listing.sh          (runs per size, default 1)
@@ -43,7 +46,9 @@ EOF
     touch "$DATA/buckets/.made-$n"
 done
 
-"$BIN" serve "$DATA/buckets" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
+# serve adopts B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY from the environment and
+# then prints no key=: run it without the caller's, so it makes up the key it prints.
+env -u B2_APPLICATION_KEY_ID -u B2_APPLICATION_KEY "$BIN" serve "$DATA/buckets" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
     --cache-dir "$DATA/sha1-cache" >"$WORK/ready" 2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 1 600); do
@@ -56,20 +61,40 @@ field() { tr ' ' '\n' <<<"$READY" | sed -n "s/^$1=//p"; }
 export B2_APPLICATION_KEY_ID B2_APPLICATION_KEY
 B2_APPLICATION_KEY_ID=$(field key_id)
 B2_APPLICATION_KEY=$(field key)
+[ -n "$B2_APPLICATION_KEY_ID" ] && [ -n "$B2_APPLICATION_KEY" ] || { echo "bench-listing: no key_id=/key= in serve's line: $READY" >&2; exit 1; }
 REALM=$(field realm)
 CA=$(field ca_file)
 
-# Runs a command, its output discarded (stderr kept in $WORK/last.err);
-# prints "WALL_S PEAK_RSS_MIB EXIT".
+# measure OUT CMD...: runs CMD under scripts/bench_runner.py (fork, exec,
+# wait4: the rusage of CMD itself, not of a Python wrapper), its stdout to
+# OUT, its stderr to $WORK/last.err; prints "WALL_S PEAK_RSS_MIB EXIT". `sh -c
+# exec` only redirects stdout; it is replaced by CMD, and its own RSS is far
+# below the runner's floor.
 measure() {
-    python3 - "$WORK/last.err" "$@" <<'EOF'
-import resource, subprocess, sys, time
-started = time.monotonic()
-with open(sys.argv[1], "wb") as err:
-    code = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=err).returncode
-wall = time.monotonic() - started
-print(f"{wall:.2f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.1f} {code}")
+    local out=$1
+    shift
+    rm -f "$WORK/run.json"
+    python3 -S -I scripts/bench_runner.py "$WORK/run.json" 3600 "$WORK/last.err" -- \
+        sh -c 'exec "$@" >"$0"' "$out" "$@"
+    python3 -S -I - "$WORK/run.json" <<'EOF'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    print("0 0 runner-failed")
+    sys.exit()
+code = r["exit_code"] if r["exit_code"] is not None else f"signal-{r['signal']}"
+print(f"{r['wall_s']:.2f} {r['peak_rss_bytes'] / 1048576:.1f} {code}")
 EOF
+}
+read -r _ floor_mib _ < <(measure /dev/null true)
+echo "bench-listing: peak RSS below is ringdown's own (wait4); the runner's floor here is $floor_mib MiB" >&2
+
+# expected N: the names of bucket names-N, sorted as `sort` sorts.
+expected() {
+    python3 -c 'import sys
+for i in range(int(sys.argv[1])):
+    print(f"d{i // 1000:04d}/f{i:07d}")' "$1" | LC_ALL=C sort
 }
 
 echo "| names | run | dry-run s | dry-run peak RSS MiB | restore s | files/s | restore peak RSS MiB |"
@@ -78,14 +103,28 @@ status=0
 for n in "${SIZES[@]}"; do
     for run in $(seq 1 "$RUNS"); do
         dest="$WORK/dest"
-        read -r dry_s dry_mib dry_code < <(measure "$BIN" restore "b2://names-$n" "$dest" \
+        expected "$n" >"$WORK/expected"
+        read -r dry_s dry_mib dry_code < <(measure "$WORK/dry.out" "$BIN" restore "b2://names-$n" "$dest" \
             --realm "$REALM" --ca-file "$CA" --quiet --dry-run)
-        read -r restore_s restore_mib restore_code < <(measure "$BIN" restore "b2://names-$n" "$dest" \
+        cp "$WORK/last.err" "$WORK/dry.err"
+        read -r restore_s restore_mib restore_code < <(measure /dev/null "$BIN" restore "b2://names-$n" "$dest" \
             --realm "$REALM" --ca-file "$CA" --quiet)
-        on_disk=$(find "$dest" -type f | wc -l)
-        if [ "$dry_code" != 0 ] || [ "$restore_code" != 0 ] || [ "$on_disk" != "$n" ]; then
-            echo "bench-listing: names-$n run $run: dry-run exit $dry_code, restore exit $restore_code, $on_disk of $n files on disk" >&2
-            tail -n 20 "$WORK/last.err" >&2
+        # The names, not just how many: dry run (BYTES<TAB>NAME) and tree on disk.
+        cut -f2- "$WORK/dry.out" | LC_ALL=C sort >"$WORK/listed"
+        { find "$dest" -path "$dest/.ringdown" -prune -o -type f -printf '%P\n' 2>/dev/null || true; } |
+            LC_ALL=C sort >"$WORK/on-disk"
+        on_disk=$(wc -l <"$WORK/on-disk")
+        listed_ok=yes
+        cmp -s "$WORK/expected" "$WORK/listed" || listed_ok=no
+        disk_ok=yes
+        cmp -s "$WORK/expected" "$WORK/on-disk" || disk_ok=no
+        if [ "$dry_code" != 0 ] || [ "$restore_code" != 0 ] || [ $listed_ok != yes ] || [ $disk_ok != yes ]; then
+            echo "bench-listing: names-$n run $run: dry-run exit $dry_code (names as expected: $listed_ok)," \
+                "restore exit $restore_code ($on_disk of $n files on disk, names as expected: $disk_ok)" >&2
+            [ $listed_ok = yes ] || diff "$WORK/expected" "$WORK/listed" | head -n 5 >&2 || true
+            [ $disk_ok = yes ] || diff "$WORK/expected" "$WORK/on-disk" | head -n 5 >&2 || true
+            [ "$dry_code" = 0 ] || tail -n 20 "$WORK/dry.err" >&2
+            [ "$restore_code" = 0 ] || tail -n 20 "$WORK/last.err" >&2
             status=1
         fi
         files_per_s=$(python3 -c "print(f'{$n / max($restore_s, 0.01):,.0f}')")

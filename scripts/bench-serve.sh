@@ -34,7 +34,9 @@ trap cleanup EXIT
 
 # A cold SHA1 cache, so the indexer's line reports hashing the whole file; the
 # headline object carries a real contentSha1 (threshold above its size).
-"$BIN" serve "$DATA" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --write-server-key \
+# serve adopts B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY from the environment and
+# then prints no key=: run it without the caller's, so it makes up the key it prints.
+env -u B2_APPLICATION_KEY_ID -u B2_APPLICATION_KEY "$BIN" serve "$DATA" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --write-server-key \
     --cache-dir "$WORK/cache" --large-file-threshold 2TiB >"$WORK/ready" 2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 1 600); do
@@ -46,6 +48,7 @@ READY=$(head -n1 "$WORK/ready")
 field() { tr ' ' '\n' <<<"$READY" | sed -n "s/^$1=//p"; }
 REALM=$(field realm)
 CA=$(field ca_file)
+[ -n "$(field key_id)" ] && [ -n "$(field key)" ] || { echo "bench-serve: no key_id=/key= in serve's line: $READY" >&2; exit 1; }
 TOKEN=$(curl -s --cacert "$CA" -u "$(field key_id):$(field key)" "$REALM/b2api/v3/b2_authorize_account" |
     sed 's/.*"authorizationToken":"\([^"]*\)".*/\1/')
 

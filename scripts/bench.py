@@ -12,7 +12,11 @@ missing byte is `correct: false` and is left out of the timing statistics.
 
 Writes OUT/results.json, OUT/report.md, OUT/*.png, OUT/logs/, OUT/stats/, and
 rewrites the README block between <!-- bench:begin --> and <!-- bench:end -->
-when those markers exist.
+(and docs/bench/*.png) when those markers exist, only after a complete default
+run: full profile, >= 3 runs, every scenario and default tool, ringdown run
+everywhere and always correct (bench_report.readme_blockers). Exits 1 when a
+ringdown output was wrong, ringdown was skipped somewhere, or the corrupting
+self-check was not caught.
 """
 
 import argparse
@@ -223,6 +227,28 @@ def tail(path, n=600):
     return REDACT(" / ".join(out))
 
 
+def ringdown_cause(path, n=600):
+    """Why a ringdown run failed, from its stderr: the `ringdown: error:` lines
+    and the first `ringdown: failed:` lines (the summary and stage table it
+    prints last say nothing about the cause). Falls back to tail()."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("ringdown: error:")]
+    failed = [ln for ln in lines if ln.startswith("ringdown: failed:")]
+    if not errors and not failed:
+        return tail(path, n)
+    out = errors[:3]
+    if len(failed) > 1:
+        out.append(f"{len(failed)} `ringdown: failed:` lines, the first: {failed[0]}")
+    else:
+        out += failed
+    text = " / ".join(out)
+    return REDACT(text if len(text) <= n else text[:n - 1] + "…")
+
+
 # --------------------------------------------------------------- the origin
 
 class Origin:
@@ -235,7 +261,8 @@ class Origin:
         # The SHA1 index persists next to the data (hashed once per dataset);
         # --no-index: no background hashing competing with the timed runs; the
         # untimed listing before the runs hashes what the scenario serves.
-        cache_dir = os.path.join(os.path.dirname(buckets_dir), "serve-sha1-cache")
+        # bench_data deletes it whenever it regenerates a bucket.
+        cache_dir = bench_data.serve_cache_dir(os.path.dirname(buckets_dir))
         self.argv_display = ["ringdown", "serve", "BUCKETS", "--listen", "127.0.0.1:0", "--cert-dir", "CERTS",
                              "--cache-dir", "CACHE", "--no-index",
                              "--large-file-threshold", str(threshold)] + extra + ["# env B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY"]
@@ -694,8 +721,9 @@ def run_one(ctx, tool, plan, run_no, args):
     if m["timed_out"]:
         problems.append(f"timed out after {round(timeout)} s (killed)")
     elif m["exit_code"] != 0:
+        cause = ringdown_cause(log_path, 300) if tool.startswith("ringdown") else tail(log_path, 300)
         problems.append(f"exit {m['exit_code'] if m['exit_code'] is not None else 'signal %s' % m['signal']}: "
-                        + (tail(log_path, 300) or "no output"))
+                        + (cause or "no output"))
     if not check["correct"]:
         problems.append(check["error"])
     row["correct"] = not problems
@@ -879,7 +907,9 @@ def main():
                    help="per-run timeout in seconds (default: 30 s + the scenario's bytes at 5 MB/s)")
     p.add_argument("--no-drop-caches", action="store_true")
     p.add_argument("--readme", dest="readme", action="store_true", default=None,
-                   help="rewrite the README bench block (default: yes for full runs, no for --quick)")
+                   help="rewrite the README bench block and docs/bench/*.png (default: yes for full runs; "
+                   "done only when the run is complete: every scenario and default tool, >= 3 runs, "
+                   "ringdown never skipped and always correct)")
     p.add_argument("--no-readme", dest="readme", action="store_false")
     args = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so each scenario's `finally` stops its
@@ -946,11 +976,13 @@ def main():
         "aria2c": tool_version(["aria2c", "--version"]) if shutil.which("aria2c") else None,
         "rclone": tool_version(["rclone", "version"]) if shutil.which("rclone") else None,
     }
-    probe = drop_caches()
+    # --no-drop-caches: not even once here (sync plus a global `echo 3`).
+    probe = "not dropped (--no-drop-caches)" if args.no_drop_caches else drop_caches()
     meta = {"profile": profile, "runs": args.runs, "machine": machine, "versions": versions,
-            "page_cache": "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)"
-            if not probe and not args.no_drop_caches else (probe or "not dropped (--no-drop-caches)"),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "scenarios": {}}
+            "page_cache": probe or "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "scenarios": {},
+            "requested": {"scenarios": names, "tools": args.tools, "all_scenarios": GROUPS["all"],
+                          "default_tools": DEFAULT_TOOLS}}
     results = []
     t0 = time.monotonic()
     for name in names:
@@ -967,12 +999,17 @@ def main():
     import bench_report
     bench_report.write_all(args.out, results, meta, readme=os.path.join(REPO, "README.md") if args.readme else None)
     log(f"done in {meta['elapsed_s']} s: {args.out}/report.md")
-    # Exit 1 when ringdown wrote a wrong file, or the corrupting self-check was not caught.
+    # Exit 1 when ringdown wrote a wrong file or was not run at all (no binary,
+    # e.g. a failed build, no get/restore, no origin), or the corrupting
+    # self-check was not caught.
     bad = [r for r in results if r.get("correct") is False and r["tool"].startswith("ringdown")]
     bad += [r for r in results if r["tool"] == "corrupt" and r.get("correct") is True]
     for r in bad:
         log(f"ERROR: {r['scenario']} {r['tool']} run {r['run']}: correct={r['correct']} {r['error'] or ''}")
-    return 1 if bad else 0
+    skipped = [r for r in results if r.get("skipped") and r["tool"].startswith("ringdown")]
+    for r in skipped:
+        log(f"ERROR: {r['scenario']} {r['tool']} not run: {r['error']}")
+    return 1 if bad or skipped else 0
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@
 # where the CPU target applies) (default: all).
 # --quick: small datasets and 2 runs (a few minutes). Output: bench-out/ (results.json,
 # report.md, *.png, logs/, stats/). Rewrites the README block between
-# <!-- bench:begin --> and <!-- bench:end --> when both markers exist (full runs;
-# --quick only with --readme).
+# <!-- bench:begin --> and <!-- bench:end --> (and docs/bench/*.png) when both
+# markers exist, only after a complete default run: full data, >= 3 runs, every
+# scenario and every default tool, ringdown never skipped and always correct
+# (--no-readme: never). Exits non-zero when ringdown was skipped or wrong.
 #
 # Installs what it needs: a venv in target/bench-venv (b2sdk==2.8.0, matplotlib),
 # aria2/curl/rclone/nginx from apt when possible (a peer that cannot be installed is
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
             shift
             while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do ARGS+=(--scenario "$1"); shift; done
             continue ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) ARGS+=("$1") ;;
     esac
     shift

@@ -5,11 +5,15 @@ Layout (ROOT defaults to target/bench-data):
 
     ROOT/<profile>/buckets/<bucket>/<name>      served by `ringdown serve ROOT/<profile>/buckets`
     ROOT/<profile>/manifests/<bucket>.json      {"bucket", "spec", "files": [{"name","size","sha1"}]}
+    ROOT/<profile>/serve-sha1-cache/            `ringdown serve --cache-dir` (bench.py)
 
 Every byte is a function of (SEED, bucket, name): a file's content comes from
 random.Random seeded with the SHA-256 of those, so the same spec always yields
 the same bytes, SHA1s and (fixed) mtimes. Datasets are cached: a bucket is
-regenerated only when its spec or the generator version changes.
+regenerated only when its spec or the generator version changes. serve's SHA1
+cache is keyed by (name, size, mtime), and a regenerated file has the same name,
+size and fixed mtime, so regenerating a bucket deletes that cache first (else
+serve would advertise the old contentSha1 for the new bytes).
 
 Also the correctness checker used by the harness: check_tree(), check_file().
 """
@@ -18,11 +22,13 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 
 GENERATOR_VERSION = 1
 SEED = 20240611
 MTIME = 1_700_000_000  # fixed mtime: `ringdown serve` derives file ids from it
+SERVE_CACHE = "serve-sha1-cache"  # under ROOT/<profile>; see serve_cache_dir()
 CHUNK = 8 << 20
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -80,6 +86,11 @@ def write_file(path, bucket, name, size):
     return sha1.hexdigest()
 
 
+def serve_cache_dir(profile_dir):
+    """`ringdown serve --cache-dir` for this profile's buckets."""
+    return os.path.join(profile_dir, SERVE_CACHE)
+
+
 def ensure_bucket(profile_dir, bucket, spec, log=sys.stderr):
     """Generate (or reuse) one bucket; return its manifest dict."""
     bucket_dir = os.path.join(profile_dir, "buckets", bucket)
@@ -97,6 +108,12 @@ def ensure_bucket(profile_dir, bucket, spec, log=sys.stderr):
     files = expand(spec)
     total = sum(s for _, s in files)
     print(f"bench_data: generating {bucket}: {len(files)} files, {total / MiB:.0f} MiB", file=log, flush=True)
+    # Same names, sizes and mtime as before, possibly other bytes: serve's
+    # persisted SHA1s (all buckets share one index) would be stale.
+    cache = serve_cache_dir(profile_dir)
+    if os.path.exists(cache):
+        shutil.rmtree(cache)
+        print(f"bench_data: deleted serve's SHA1 cache {cache}", file=log, flush=True)
     entries = []
     for name, size in files:
         path = os.path.join(bucket_dir, name)

@@ -2,6 +2,8 @@
 """report.md, PNG charts and the README block from results.json + meta.json.
 
 Usable on its own to re-render: bench_report.py OUT_DIR [--readme README.md]
+(the README block and docs/bench/*.png only from a complete default run: see
+readme_blockers()).
 
 Statistics use correct runs only (a wrong or missing byte is a failed run and
 is never timed). MB/s is 10^6 bytes/s. "x b2sdk" = b2sdk's median wall time /
@@ -114,6 +116,39 @@ def table(name, rows, meta):
     return "\n".join(lines)
 
 
+def how_to_read():
+    """The legend, in report.md and in the README block (paragraphs)."""
+    return [
+        "How to read: statistics use correct runs only. After every run of every tool the harness checks "
+        "each output file's size and SHA1 against the dataset manifest; a wrong or missing byte fails the "
+        "run, which is listed and never timed. MB/s = 10^6 bytes/s at the median time. CPU s/GiB = median "
+        "user+sys of the client process tree per GiB. Peak RSS = largest process in the client's tree (max "
+        "over runs; never below the ~8 MB of the measuring runner). Origin CPU = the origin's user+sys during "
+        "the run (it shares the cores): `ringdown serve`, plus nginx's processes in the nginx-* scenarios. "
+        "× b2sdk = b2sdk median / tool median (higher is faster).",
+        "",
+        "\"verified by tool\" says whether the tool itself checked what it wrote (the harness checks every "
+        "tool's output regardless): **yes** = it compared each file's SHA1 with B2's (ringdown: every file "
+        "verified in its `--stats-json`; b2sdk: `contentSha1`; rclone: after each transfer, `large_file_sha1` "
+        "for a large file); **no** = it checks nothing: curl and aria2c write what they receive, and the "
+        "harness's check is the only one; **unverified** = b2sdk on a B2 large file (`contentSha1` `none`: "
+        "it has nothing to compare); **partly** / **–** = mixed or unknown across runs.",
+        "",
+        "curl and aria2c are handed every object's download URL and an authorization token obtained before "
+        "the clock starts (one untimed `b2_authorize_account` and listing through b2sdk), which favours them; "
+        "ringdown, b2sdk and rclone authorize (and list) inside the timed run.",
+        "",
+        "The peers: aria2c's `get` runs `-x8 -s8` (8 connections, the object split in 8 pieces; `-x8` "
+        "alone would split in aria2c's default 5), its restores `-j16` (16 objects at a time); curl's `get` "
+        "is one stream, its restores `--parallel --parallel-max 16`; b2sdk 2.8.0 runs "
+        "`bucket.download_file_by_name(name).save_to(path)` for `get` and `Synchronizer(max_workers=10)` "
+        "with `B2Api(max_download_workers=10)` (as `b2 sync --threads 10`) for restores; rclone `copy` with "
+        "`--transfers 16 --checkers 16` for restores; ringdown with its defaults. The exact commands are "
+        "listed with each scenario (report.md) or below (README).",
+        "",
+    ]
+
+
 def render_report(results, meta, summary, charts):
     out = [f"# ringdown benchmark ({meta['profile']}, {meta['runs']} interleaved runs per tool)", ""]
     out.append(f"Machine: {machine_line(meta)}.  ")
@@ -121,16 +156,7 @@ def render_report(results, meta, summary, charts):
     out.append("")
     out.append("Versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items() if v) + ".")
     out.append("")
-    out.append("How to read: statistics use correct runs only (every output file's size and SHA1 checked "
-               "against the dataset manifest after the run; a wrong byte fails the run). MB/s = 10^6 bytes/s "
-               "at the median time. CPU s/GiB = median user+sys of the client process tree per GiB. "
-               "Peak RSS = largest process in the client's tree (max over runs; never below the ~8 MB of the "
-               "measuring runner). Origin CPU = the origin's user+sys during the run (it shares the cores): `ringdown serve`, "
-               "plus nginx's processes in the nginx-* scenarios. "
-               "× b2sdk = b2sdk median / tool median (higher is faster). \"verified by tool\": the tool itself "
-               "checked the SHA1 (the harness checks every tool regardless). curl and aria2c get the object "
-               "list and token before the clock starts (one untimed b2_authorize_account), which favours them.")
-    out.append("")
+    out += how_to_read()
     for c in charts:
         out.append(f"![{c}]({c})")
     out.append("")
@@ -246,6 +272,60 @@ def charts(out_dir, results, meta, summary):
 
 # --------------------------------------------------------------- README
 
+def readme_blockers(results, meta):
+    """Why this run must not rewrite the README block (and docs/bench/*.png):
+    [] only for a complete default run: the full profile, at least 3 runs,
+    every scenario and every default tool asked for, ringdown run in every
+    scenario (not skipped) and every ringdown output correct. A partial run
+    would otherwise replace the whole block with the scenarios it ran."""
+    req = meta.get("requested")
+    if not req:
+        return ["meta.json does not say what was asked for (written by an older bench.py)"]
+    why = []
+    if meta.get("profile") != "full":
+        why.append(f"profile {meta.get('profile')} (README numbers come from full runs)")
+    if (meta.get("runs") or 0) < 3:
+        why.append(f"{meta.get('runs')} run(s) per tool (at least 3)")
+    missing = [s for s in req["all_scenarios"] if s not in meta["scenarios"]]
+    if missing:
+        why.append("scenarios not run: " + ", ".join(missing))
+    tools = [t for t in req["default_tools"] if t not in req["tools"]]
+    if tools:
+        why.append("tools not asked for: " + ", ".join(tools))
+    for name, sm in meta["scenarios"].items():
+        for t, reason in sm.get("skipped", {}).items():
+            if t.startswith("ringdown"):
+                why.append(f"{name}: {t} skipped ({reason})")
+    rows = [r for r in results if r["tool"].startswith("ringdown") and not r.get("skipped")]
+    bad = [r for r in rows if not r.get("correct")]
+    if bad:
+        why.append(f"{len(bad)} ringdown run(s) not correct (first: {bad[0]['scenario']} run {bad[0]['run']})")
+    for name in meta["scenarios"]:
+        if name not in req["all_scenarios"]:
+            continue
+        ran = {r["tool"] for r in rows if r["scenario"] == name}
+        if not ran and not any(t.startswith("ringdown") for t in meta["scenarios"][name].get("skipped", {})):
+            why.append(f"{name}: no ringdown run")
+    if any(r["tool"] == "corrupt" and r.get("correct") is True for r in results):
+        why.append("the corrupting self-check was not caught")
+    return why
+
+
+def commands_list(meta):
+    """Every distinct command of the run, once, with the scenarios it ran in."""
+    seen = {}
+    for name, sm in meta["scenarios"].items():
+        for tool, cmd in sm.get("commands", {}).items():
+            seen.setdefault((tool, cmd), []).append(name)
+    if not seen:
+        return []
+    out = ["Commands (DEST, REALM, ca.pem, CFG, LIST stand for each run's paths; "
+           "`ringdown serve`'s flags are in each scenario's line):", ""]
+    for (tool, cmd), names in seen.items():
+        out.append(f"- {tool} ({', '.join(names)}): `{cmd}`")
+    return out + [""]
+
+
 def update_readme(readme, out_dir, meta, summary, made):
     """Rewrite the block between the markers (only if both exist)."""
     try:
@@ -267,6 +347,8 @@ def update_readme(readme, out_dir, meta, summary, made):
             f"Generated by `scripts/bench.sh` ({meta['profile']}, {meta['runs']} interleaved runs per tool, "
             f"{meta['started']}); do not edit by hand.  ",
             f"Machine: {machine_line(meta)}.", ""]
+    body += how_to_read()
+    body += commands_list(meta)
     for name, rows in summary.items():
         if not any(r.get("median_s") for r in rows):
             continue
@@ -275,6 +357,9 @@ def update_readme(readme, out_dir, meta, summary, made):
                  f"the origin's disk alone, which every run waits for too (on a VM the host's cache makes this "
                  f"vary from run to run)." if sm.get("cold_read_s") else "")
         body += [f"**{name}**: {sm['about']}.{floor}", "", table(name, rows, meta), ""]
+        notes = [f"{r['tool']}: {r['note']}" for r in rows if r.get("note")]
+        if notes:
+            body += ["Notes: " + "; ".join(notes) + ".", ""]
     body += links + ([""] if links else []) + [END]
     new = text[:text.index(BEGIN)] + "\n".join(body) + text[text.index(END) + len(END):]
     with open(readme, "w") as f:
@@ -287,8 +372,13 @@ def write_all(out_dir, results, meta, readme=None):
     made = charts(out_dir, results, meta, summary)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render_report(results, meta, summary, made) + "\n")
-    if readme and update_readme(readme, out_dir, meta, summary, made):
-        print(f"bench: rewrote the bench block in {readme}", file=sys.stderr)
+    if readme:
+        why = readme_blockers(results, meta)
+        if why:
+            print(f"bench: {readme} and docs/bench/ left as they are, this is not a complete default run: "
+                  + "; ".join(why), file=sys.stderr)
+        elif update_readme(readme, out_dir, meta, summary, made):
+            print(f"bench: rewrote the bench block in {readme}", file=sys.stderr)
     return summary
 
 

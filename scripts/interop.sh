@@ -10,10 +10,20 @@ log() { echo "interop: $*" >&2; }
 
 if [ ! -x "$VENV/bin/b2" ] || ! "$VENV/bin/python" -c 'import b2sdk' 2>/dev/null; then
     log "creating $VENV"
-    if ! python3 -m venv "$VENV" 2>/dev/null; then
+    if ! venv_err=$(python3 -m venv "$VENV" 2>&1); then
         rm -rf "$VENV"
-        log "python3 -m venv failed; installing python3-venv"
-        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        # Debian and Ubuntu ship python3 without ensurepip: the venv module is
+        # the python3-venv package (python3.X-venv on some releases).
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            log "python3 -m venv failed; installing python3-venv"
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        else
+            echo "$venv_err" >&2
+            pkg=$(python3 -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])' 2>/dev/null || echo python3-venv)
+            log "FAIL: python3 -m venv failed, and this script installs packages only as root with apt-get."
+            log "Install Python's venv module and rerun; on Debian/Ubuntu: sudo apt-get install python3-venv (or $pkg)."
+            exit 1
+        fi
         python3 -m venv "$VENV"
     fi
     "$VENV/bin/pip" install -q --disable-pip-version-check b2sdk==2.8.0 'b2>=4,<5' 'docutils<0.22'
@@ -74,7 +84,15 @@ start_serve() {
     local name=$1
     shift
     if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; fi
-    "$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
+    # serve adopts B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY from the environment
+    # and then prints no key=: the first server runs without the caller's (it
+    # makes up a key and prints it); the later ones get that same key, which
+    # the clients below keep using.
+    local key_env=(-u B2_APPLICATION_KEY_ID -u B2_APPLICATION_KEY)
+    if [ -n "${SERVE_KEY_ID:-}" ]; then
+        key_env=(B2_APPLICATION_KEY_ID="$SERVE_KEY_ID" B2_APPLICATION_KEY="$SERVE_KEY")
+    fi
+    env "${key_env[@]}" "$BIN" serve "$WORK/data" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" --cache-dir "$WORK/cache" \
         "$@" >"$WORK/ready-$name" 2>"$WORK/serve-$name.log" &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -90,8 +108,11 @@ start_serve() {
 }
 
 start_serve main --large-file-threshold 2MiB --access-log "$WORK/access.jsonl"
-export B2_APPLICATION_KEY_ID=$(field key_id)
-export B2_APPLICATION_KEY=$(field key)
+SERVE_KEY_ID=$(field key_id)
+SERVE_KEY=$(field key)
+[ -n "$SERVE_KEY_ID" ] && [ -n "$SERVE_KEY" ] || { log "FAIL: no key_id=/key= in serve's ready line"; exit 1; }
+export B2_APPLICATION_KEY_ID=$SERVE_KEY_ID
+export B2_APPLICATION_KEY=$SERVE_KEY
 export B2_ACCOUNT_INFO=$WORK/b2_account_info
 
 log "b2sdk 2.8.0: small (contentSha1) and large (large_file_sha1) downloads"

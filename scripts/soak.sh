@@ -4,13 +4,16 @@
 # with SIGKILL at random points and restarting it for SOAK_SECONDS (600),
 # then one final uninterrupted run. Reports files restored, retries (summed
 # from the --stats-json of every run that exited on its own), restarts, and
-# wrong files (byte comparison against the source; must be 0).
+# wrong files (byte comparison against the source; must be 0). A run that
+# finishes between kills (exit 0) is a complete pass: its tree is compared the
+# same way before it is deleted, and the first difference fails the soak.
 #
 #   SOAK_SECONDS=120 scripts/soak.sh
 #
 # Environment: SOAK_SECONDS (600), SOAK_FILES (20000), SOAK_SEED (1),
 # RINGDOWN_SOAK_DIR (the generated bucket is cached there; default
-# ${TMPDIR:-/tmp}/ringdown-soak). Exit 0 only when every file is correct.
+# ${TMPDIR:-/tmp}/ringdown-soak). Exit 0 only when every file is correct. On a
+# failure the run's directory (logs, restored tree) is kept and named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,15 +51,29 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ringdown-soak-run.XXXXXX")
 SERVER_PID=
 CLIENT_PID=
+KEEP_WORK=
 cleanup() {
     [ -n "$CLIENT_PID" ] && kill -9 "$CLIENT_PID" 2>/dev/null || true
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    if [ -n "$KEEP_WORK" ]; then
+        echo "soak: kept $WORK (restore.log, serve.log, dest/); delete it when done" >&2
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
+# fail MESSAGE: the soak failed; $WORK is kept, so the log named here still exists.
+fail() {
+    KEEP_WORK=1
+    echo "soak: FAILED: $* (see $WORK/restore.log)" >&2
+    tail -20 "$WORK/restore.log" >&2 || true
+    exit 1
+}
 
-"$BIN" serve "$DATA" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
+# serve adopts B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY from the environment and
+# then prints no key=: run it without the caller's, so it makes up the key it prints.
+env -u B2_APPLICATION_KEY_ID -u B2_APPLICATION_KEY "$BIN" serve "$DATA" --listen 127.0.0.1:0 --cert-dir "$WORK/certs" \
     --cache-dir "$ROOT/cache" --seed "$SOAK_SEED" \
     --reset-rate 0.01 --fail-rate 0.01 \
     >"$WORK/ready" 2>"$WORK/serve.log" &
@@ -71,6 +88,7 @@ REALM=$(field realm)
 CA_FILE=$(field ca_file)
 export B2_APPLICATION_KEY_ID=$(field key_id)
 export B2_APPLICATION_KEY=$(field key)
+[ -n "$B2_APPLICATION_KEY_ID" ] && [ -n "$B2_APPLICATION_KEY" ] || { echo "soak: no key_id=/key= in serve's line: $READY" >&2; exit 1; }
 unset SSL_CERT_FILE B2_REALM JOB_COMPLETION_INDEX SLURM_ARRAY_TASK_ID
 
 DEST=$WORK/dest
@@ -78,6 +96,37 @@ RUNS=0
 restore() { # $1 = stats file; exec, so that `restore &` gives ringdown's own PID
     exec "$BIN" restore b2://bkt "$DEST" --realm "$REALM" --ca-file "$CA_FILE" \
         --quiet --stats-json "$1" >/dev/null 2>>"$WORK/restore.log"
+}
+
+# compare: byte comparison of every source file with its copy in $DEST;
+# prints "RESTORED WRONG MISSING EXTRA" (.ringdown/ is not an extra file).
+compare() {
+    python3 - "$DATA/bkt" "$DEST" <<'EOF'
+import os, sys
+src, dest = sys.argv[1], sys.argv[2]
+restored = wrong = missing = 0
+names = set()
+for base, _, files in os.walk(src):
+    for f in files:
+        rel = os.path.relpath(os.path.join(base, f), src)
+        names.add(rel)
+        try:
+            same = open(os.path.join(src, rel), "rb").read() == open(os.path.join(dest, rel), "rb").read()
+        except FileNotFoundError:
+            missing += 1
+            continue
+        if same:
+            restored += 1
+        else:
+            wrong += 1
+extra = 0
+for base, dirs, files in os.walk(dest):
+    dirs[:] = [d for d in dirs if os.path.relpath(os.path.join(base, d), dest) != ".ringdown"]
+    for f in files:
+        if os.path.relpath(os.path.join(base, f), dest) not in names:
+            extra += 1
+print(restored, wrong, missing, extra)
+EOF
 }
 
 restarts=0
@@ -114,7 +163,14 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
         wait "$CLIENT_PID" || code=$?
         add_retries "$stats"
         if [ "$code" -eq 0 ]; then
-            # A whole pass finished between kills: start the next from scratch.
+            # A whole pass finished between kills: check its tree, then start
+            # the next from scratch.
+            read -r p_restored p_wrong p_missing p_extra < <(compare) || true
+            [ -n "$p_extra" ] || fail "comparing run $RUNS's tree with the source failed"
+            if [ "$p_wrong" -ne 0 ] || [ "$p_missing" -ne 0 ] || [ "$p_extra" -ne 0 ]; then
+                fail "run $RUNS exited 0 but its tree differs from the source:" \
+                    "$p_restored identical, $p_wrong wrong, $p_missing missing, $p_extra extra files"
+            fi
             passes=$((passes + 1))
             rm -rf "$DEST"
         else
@@ -130,40 +186,15 @@ final_code=0
 add_retries "$WORK/stats-final.json"
 
 # Byte comparison of every source file with its restored copy.
-read -r restored wrong missing extra < <(python3 - "$DATA/bkt" "$DEST" <<'EOF'
-import os, sys
-src, dest = sys.argv[1], sys.argv[2]
-restored = wrong = missing = 0
-names = set()
-for base, _, files in os.walk(src):
-    for f in files:
-        rel = os.path.relpath(os.path.join(base, f), src)
-        names.add(rel)
-        try:
-            same = open(os.path.join(src, rel), "rb").read() == open(os.path.join(dest, rel), "rb").read()
-        except FileNotFoundError:
-            missing += 1
-            continue
-        if same:
-            restored += 1
-        else:
-            wrong += 1
-extra = 0
-for base, dirs, files in os.walk(dest):
-    dirs[:] = [d for d in dirs if os.path.relpath(os.path.join(base, d), dest) != ".ringdown"]
-    for f in files:
-        if os.path.relpath(os.path.join(base, f), dest) not in names:
-            extra += 1
-print(restored, wrong, missing, extra)
-EOF
-)
+read -r restored wrong missing extra < <(compare) || true
+[ -n "$extra" ] || fail "comparing the final tree with the source failed"
 
 elapsed=$(($(date +%s) - started))
 cat <<EOF
 soak: files            $SOAK_FILES
 soak: seconds          $elapsed
 soak: restarts (kill -9) $restarts
-soak: runs that exited on their own: $passes complete passes, $failed_runs with exit != 0
+soak: runs that exited on their own: $passes complete passes (each compared: identical), $failed_runs with exit != 0
 soak: retries          $retries (from --stats-json of runs that exited on their own)
 soak: final run exit   $final_code
 soak: files restored   $restored
@@ -172,8 +203,6 @@ soak: missing files    $missing
 soak: extra files      $extra
 EOF
 if [ "$final_code" -ne 0 ] || [ "$wrong" -ne 0 ] || [ "$missing" -ne 0 ] || [ "$extra" -ne 0 ]; then
-    echo "soak: FAILED (see $WORK/restore.log)" >&2
-    tail -20 "$WORK/restore.log" >&2 || true
-    exit 1
+    fail "final run exit $final_code, $wrong wrong, $missing missing, $extra extra files"
 fi
 echo "soak: OK"
