@@ -229,6 +229,7 @@ impl TlsStream {
             session,
             timeout,
         };
+        let started = std::time::Instant::now();
         loop {
             let (_, next) = stream.session.process(&mut []).map_err(tls_error)?;
             stream.flush().await?;
@@ -237,6 +238,7 @@ impl TlsStream {
             }
             match next {
                 Next::Receive => {
+                    stream.within_timeout(started, "the TLS handshake")?;
                     if stream.receive().await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -259,10 +261,25 @@ impl TlsStream {
         self.flush().await
     }
 
+    /// Each receive waits at most `timeout`, and so does a loop of them: a
+    /// server trickling records that carry no data (empty ones, session
+    /// tickets, a handshake byte at a time) would otherwise restart the
+    /// stall timer forever.
+    fn within_timeout(&self, started: std::time::Instant, what: &str) -> io::Result<()> {
+        if started.elapsed() > self.timeout {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what} yielded nothing in {:?}", self.timeout),
+            ));
+        }
+        Ok(())
+    }
+
     /// Copies up to `dst.len()` plaintext bytes into `dst`. 0 means the peer
     /// closed cleanly (close_notify); a close without it is `UnexpectedEof`.
     pub async fn recv(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         debug_assert!(!dst.is_empty());
+        let started = std::time::Instant::now();
         loop {
             let (n, next) = self.session.process(dst).map_err(tls_error)?;
             // Alerts, key updates: answer before anything else.
@@ -275,6 +292,7 @@ impl TlsStream {
             match next {
                 Next::PeerClosed => return Ok(0),
                 Next::Receive | Next::DestinationFull => {
+                    self.within_timeout(started, "receiving over TLS")?;
                     if self.receive().await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
