@@ -278,7 +278,9 @@ async fn check_head(
                 return Err(size_differs(
                     head,
                     &job.spec.object,
-                    format!("Content-Range says {total} bytes, not the listed {size}"),
+                    format!(
+                        "the size changed: Content-Range says {total} bytes, not the listed {size}"
+                    ),
                 ));
             }
         }

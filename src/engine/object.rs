@@ -451,7 +451,7 @@ async fn check_head(
                     head,
                     job,
                     format!(
-                        "Content-Range says {total} bytes, not the listed {}",
+                        "the size changed: Content-Range says {total} bytes, not the listed {}",
                         job.size_bytes
                     ),
                 ));
@@ -474,7 +474,9 @@ async fn check_head(
             return Err(size_differs(
                 head,
                 job,
-                format!("Content-Length {length} is not the listed {requested} bytes"),
+                format!(
+                    "the size changed: Content-Length {length} is not the listed {requested} bytes"
+                ),
             ));
         }
         // Content-Range and the object's size matched: a broken reply.
