@@ -368,3 +368,55 @@ pub fn files_from(data: &[u8]) {
         asked.len()
     );
 }
+
+/// A journal's text (lossy UTF-8), read under the boot named by its first
+/// `boot` line and under another: the lines handed on are exactly those a
+/// plain reading of the rule gives. Records of this boot's sections, and of
+/// another's those a later `durable` line of the same section covers; never
+/// a `boot` or `durable` line, never a line cut at the end.
+pub fn journal(data: &[u8]) {
+    use crate::config::JOURNAL_UNCONFIRMED_LINES_MAX;
+    let text = String::from_utf8_lossy(data);
+    let first_boot = text
+        .split('\n')
+        .find_map(|line| line.strip_prefix("boot\t"))
+        .map(str::to_string);
+    for boot in [first_boot.as_deref(), Some("another boot"), None] {
+        let trusted = crate::journal::trusted_lines(&text, boot);
+        // The rule, read plainly: whole lines with their end offsets.
+        let mut lines = Vec::new();
+        let mut end = 0usize;
+        for line in text.split_inclusive('\n') {
+            end += line.len();
+            match line.strip_suffix('\n') {
+                Some(line) => lines.push((line, end as u64)),
+                None => break,
+            }
+        }
+        if lines.len() > JOURNAL_UNCONFIRMED_LINES_MAX {
+            return;
+        }
+        let is_marker = |line: &str| line.starts_with("boot\t") || line.starts_with("durable\t");
+        let mut expected = Vec::new();
+        let mut section_boot: Option<&str> = None;
+        for (at, &(line, line_end)) in lines.iter().enumerate() {
+            if let Some(id) = line.strip_prefix("boot\t") {
+                section_boot = Some(id);
+                continue;
+            }
+            if is_marker(line) {
+                continue;
+            }
+            let this_boot = boot.is_some() && section_boot.is_some() && section_boot == boot;
+            let covered = lines[at + 1..]
+                .iter()
+                .take_while(|(later, _)| !later.starts_with("boot\t"))
+                .filter_map(|(later, _)| later.strip_prefix("durable\t")?.parse::<u64>().ok())
+                .any(|offset| offset >= line_end);
+            if this_boot || covered {
+                expected.push(line.to_string());
+            }
+        }
+        assert_eq!(trusted, expected, "boot {boot:?}");
+    }
+}

@@ -73,6 +73,11 @@ fn files_from_corpus() {
     replay("files_from", ringdown::fuzz_targets::files_from);
 }
 
+#[test]
+fn journal_corpus() {
+    replay("journal", ringdown::fuzz_targets::journal);
+}
+
 /// Stable stand-in for the fuzzer when nightly is unavailable: random
 /// mutations (byte flips, truncation, splices) of the corpus files.
 mod mutations {
@@ -183,6 +188,11 @@ mod mutations {
         }
 
         #[test]
+        fn journal(pick in any::<usize>(), edits in prop::collection::vec(any::<(usize, u8, u8)>(), 0..8), cut in any::<usize>()) {
+            check("journal", ringdown::fuzz_targets::journal, pick, &edits, cut);
+        }
+
+        #[test]
         fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {
             ringdown::fuzz_targets::http_head(&data);
             ringdown::fuzz_targets::content_range(&data);
@@ -193,6 +203,7 @@ mod mutations {
             ringdown::fuzz_targets::proxy(&data);
             ringdown::fuzz_targets::versions(&data);
             ringdown::fuzz_targets::files_from(&data);
+            ringdown::fuzz_targets::journal(&data);
         }
     }
 }
