@@ -984,22 +984,7 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
         .stderr(std::fs::File::create(&first_log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = std::fs::read_to_string(&journal)
-            .map(|text| text.lines().filter(|line| line.starts_with("ok\t")).count())
-            .unwrap_or(0);
-        if done >= 40 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the first run made no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill: {}",
-            std::fs::read_to_string(&first_log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_journaled_files(&mut child, &dir, 40, Some(&first_log));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let journal_text = std::fs::read_to_string(&journal).unwrap();
@@ -1843,6 +1828,32 @@ fn kill_once_chunks_are_journaled(mut child: Child, dir: &Path, min_bytes: u64) 
     journaled_chunk_bytes(dir)
 }
 
+/// Files the journal in `dir` records completed (`ok` lines).
+fn journaled_files(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("ok\t")?.split('\t').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (30 s at most) until a restore into `dir` has journaled at least
+/// `count` files, while it still runs; `log` is shown if it ended first.
+fn wait_for_journaled_files(child: &mut Child, dir: &Path, count: usize, log: Option<&Path>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journaled_files(dir).len() < count {
+        assert!(Instant::now() < deadline, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished too soon: {}",
+            log.map(|log| std::fs::read_to_string(log).unwrap_or_default())
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A partial file a killed run left goes once a later run ends without
 /// needing it (here the object is excluded): exit 0 leaves no `.ringdown/`.
 #[test]
@@ -2385,26 +2396,13 @@ fn sigterm_drains_keeps_the_journal_and_exits_143() {
     let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
-    let journal = dir.join(".ringdown/journal-0-of-1");
     let log = out.path().join("first.log");
     let mut child = command(&served, &["b2://bkt"], &dir)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&journal).unwrap_or_default();
-        if text.lines().filter(|line| line.starts_with("ok\t")).count() >= 10 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the signal"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_journaled_files(&mut child, &dir, 10, Some(&log));
     send_signal(child.id(), "-TERM");
     let code = exit_within(&mut child, Duration::from_secs(20), "SIGTERM").code();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -2417,11 +2415,7 @@ fn sigterm_drains_keeps_the_journal_and_exits_143() {
         ),
         "{text}"
     );
-    let completed = std::fs::read_to_string(&journal)
-        .unwrap()
-        .lines()
-        .filter(|line| line.starts_with("ok\t"))
-        .count();
+    let completed = journaled_files(&dir).len();
     assert!(completed >= 10 && completed < objects.len(), "{completed}");
     // Every file reported so far is complete; nothing half-written under a name.
     for name in files_under(&dir) {
@@ -2466,17 +2460,7 @@ fn after_a_power_cut_unconfirmed_journal_records_are_not_trusted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&journal)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.starts_with("ok\t"))
-        .count()
-        < 10
-    {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_journaled_files(&mut child, &dir, 10, None);
     child.kill().unwrap(); // SIGKILL: as abrupt as a power cut
     child.wait().unwrap();
     // The machine "reboots": the journal was written by another boot, and
@@ -2497,10 +2481,7 @@ fn after_a_power_cut_unconfirmed_journal_records_are_not_trusted() {
         })
         .collect();
     std::fs::write(&journal, rebooted).unwrap();
-    let journaled: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("ok\t")?.split('\t').next())
-        .collect();
+    let journaled = journaled_files(&dir);
     assert!(journaled.len() >= 10);
     for name in &journaled {
         let size = std::fs::metadata(dir.join(name)).unwrap().len() as usize;
