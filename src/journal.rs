@@ -195,16 +195,21 @@ impl Journal {
 /// The thread that marks a journal durable every `interval` while the run
 /// lasts (`Journal::mark_durable`). Stops, without a last mark, when
 /// dropped: a run that ends well removes its journal, and one that does
-/// not is resumed by a run of the same boot, which trusts every line.
+/// not is resumed by a run of the same boot, which trusts every line. The
+/// run does not wait for it: a `syncfs` in flight (seconds on a slow disk
+/// full of dirty pages) finishes on its own, and its mark fails on the
+/// closed journal.
 pub struct DurableMarks {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Dropped with this: the thread's wait ends at once.
+    _stop: std::sync::mpsc::Sender<()>,
 }
 
 impl DurableMarks {
     pub fn start(journal: Arc<Journal>, fs: OwnedFd, interval: Duration) -> DurableMarks {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
+        // Without the thread (none could be made), lines stay unconfirmed:
+        // after a power cut they are fetched again, no more.
+        let _ = std::thread::Builder::new()
             .name("ringdown-journal".into())
             .spawn(move || {
                 let mut marked_bytes = 0;
@@ -217,21 +222,8 @@ impl DurableMarks {
                         marked_bytes = bytes;
                     }
                 }
-            })
-            .ok();
-        DurableMarks {
-            stop: Some(stop),
-            thread,
-        }
-    }
-}
-
-impl Drop for DurableMarks {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+            });
+        DurableMarks { _stop: stop }
     }
 }
 
