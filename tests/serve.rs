@@ -1015,3 +1015,57 @@ fn download_url_with_a_path_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("scheme://host[:port] only"), "{stderr}");
 }
+
+fn make_fifo(path: &std::path::Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Opening a FIFO for reading waits for a writer: the server must refuse it
+/// as "not an object" at once instead of hanging the request (and a blocking
+/// thread), and listings must not show it.
+#[test]
+fn fifos_in_a_bucket_are_not_found_at_once() {
+    let tree = small_tree();
+    make_fifo(&tree.path().join("bkt/pipe"));
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let started = Instant::now();
+    let response = served.send(
+        Request::new("GET", "/file/bkt/pipe")
+            .header("Authorization", token.clone())
+            .timeout(Duration::from_secs(5)),
+    );
+    assert!(!response.timed_out, "GET of a FIFO hung");
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["code"], "not_found");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let bucket_id = served.bucket_id(&token, "bkt");
+    for operation in ["b2_list_file_names", "b2_list_file_versions"] {
+        let target = format!("/b2api/v3/{operation}");
+        let listing = served.send(
+            Request::new("POST", &target)
+                .header("Authorization", token.clone())
+                .json(json!({"bucketId": bucket_id}))
+                .timeout(Duration::from_secs(5)),
+        );
+        assert!(!listing.timed_out, "{operation} hung on a FIFO");
+        assert_eq!(listing.status, 200, "{operation}");
+        let files = listing.json()["files"].as_array().unwrap().clone();
+        assert!(
+            files.iter().all(|file| file["fileName"] != "pipe"),
+            "{operation} lists the FIFO"
+        );
+        assert!(files.iter().any(|file| file["fileName"] == "a.txt"));
+    }
+    // The server still answers other requests.
+    assert_eq!(
+        download(&served, &token, "a.txt", None).body,
+        b"hello world"
+    );
+}

@@ -71,6 +71,12 @@ pub struct Store {
     pub sha1_cache: Sha1Cache,
 }
 
+/// How object files are opened for reading. O_NONBLOCK because the type
+/// check (regular file only) can only run on an open fd: without it, opening
+/// a FIFO waits for a writer forever and pins a blocking thread (enough of
+/// them starve every request). Reads of regular files ignore O_NONBLOCK.
+const OBJECT_OPEN_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::NONBLOCK);
+
 fn resolve_beneath() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
@@ -209,7 +215,7 @@ impl Store {
         &self,
         path: &str,
     ) -> Result<(File, rustix::fs::Stat), OpenError> {
-        let fd = open_under(&self.root_fd, path, OFlags::RDONLY)?;
+        let fd = open_under(&self.root_fd, path, OBJECT_OPEN_FLAGS)?;
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
@@ -351,7 +357,7 @@ impl Store {
         bucket: &Arc<Bucket>,
         name: &str,
     ) -> Result<(File, ObjectMeta), OpenError> {
-        let fd = self.open_beneath(bucket, name, OFlags::RDONLY)?;
+        let fd = self.open_beneath(bucket, name, OBJECT_OPEN_FLAGS)?;
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         let meta = self.meta_from_stat(bucket, name, &stat)?;
         Ok((File::from(fd), meta))
