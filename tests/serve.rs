@@ -1069,3 +1069,69 @@ fn fifos_in_a_bucket_are_not_found_at_once() {
         b"hello world"
     );
 }
+
+/// A name replaced (by rename) while it is downloaded: every response must
+/// describe one version, so `x-bz-content-sha1` is the SHA1 of the body sent.
+/// The digest used to come from a second open by name, which could find the
+/// newer file.
+#[test]
+fn published_sha1_is_the_sha1_of_the_bytes_sent_while_the_name_is_replaced() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tree = tempfile::tempdir().unwrap();
+    write_file(tree.path(), "bkt/obj", &content("v0", 4096));
+    // --no-index: no background hashing, so each new version is hashed by
+    // the download that first sees it, while the writer keeps renaming.
+    let served = serve(tree.path(), true, &["--no-index"]);
+    let (token, _) = served.authorize();
+    let stop = AtomicBool::new(false);
+    let root = tree.path();
+    let (downloads, mismatches) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut version = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Outside the bucket (a plain file in DIR is not a bucket), then renamed in.
+                let staged = root.join(format!("staged-{}", version % 2));
+                // Each version a different size, so that versions written within one
+                // tick of the file timestamps still differ in the SHA1 cache's key.
+                let size_bytes = 4096 + (version % 4096) as usize;
+                std::fs::write(&staged, content(&format!("v{version}"), size_bytes)).unwrap();
+                std::fs::rename(&staged, root.join("bkt/obj")).unwrap();
+                version += 1;
+            }
+        });
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut downloads, mut mismatches) = (0u32, Vec::new());
+                    let started = Instant::now();
+                    while started.elapsed() < Duration::from_secs(6) {
+                        let response = download(&served, &token, "obj", None);
+                        assert_eq!(response.status, 200);
+                        downloads += 1;
+                        let published = response.header("x-bz-content-sha1").unwrap();
+                        if published != sha1_hex(&response.body) {
+                            mismatches.push(published.to_string());
+                        }
+                    }
+                    (downloads, mismatches)
+                })
+            })
+            .collect();
+        // Stop the writer before a reader's panic is passed on, or the scope never ends.
+        let results: Vec<_> = readers.into_iter().map(|reader| reader.join()).collect();
+        stop.store(true, Ordering::Relaxed);
+        results.into_iter().map(|result| result.unwrap()).fold(
+            (0, Vec::new()),
+            |(total, mut all), (count, bad)| {
+                all.extend(bad);
+                (total + count, all)
+            },
+        )
+    });
+    assert!(downloads > 100, "only {downloads} downloads");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {downloads} downloads published another version's SHA1",
+        mismatches.len()
+    );
+}

@@ -538,7 +538,7 @@ async fn download(
             OpenError::NotFound => ApiError::not_found(format!("file not present: {name}")),
             OpenError::Io(error) => ApiError::internal(format!("opening {name}: {error}")),
         })?;
-        let view = api::view_of(server, meta)
+        let view = api::view_of(server, meta, &file)
             .map_err(|error| ApiError::internal(format!("hashing {name}: {error}")))?;
         // A small object is read here too, on the same blocking thread: one
         // hop per request instead of two (the hops cost more than the read).

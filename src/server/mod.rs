@@ -565,13 +565,13 @@ fn index_everything(server: &Server) {
             if server
                 .store
                 .sha1_cache
-                .lookup(&key, meta.size_bytes, meta.mtime_ns)
+                .lookup(&key, &meta.version)
                 .is_some()
             {
                 continue;
             }
             let size_bytes = meta.size_bytes;
-            if api::view_of(server, meta).is_ok() {
+            if api::view_of_listed(server, meta).is_ok() {
                 hashed_files += 1;
                 hashed_bytes += size_bytes;
             }

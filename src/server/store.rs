@@ -25,6 +25,24 @@ use super::config::LISTING_REVALIDATE_MS;
 use super::encoding::hex;
 use super::sha1_cache::Sha1Cache;
 
+/// What tells one content of a file from another: the SHA1 cache and the
+/// fileId key on it. Taken from `fstat` of a descriptor, so a digest is
+/// remembered under the version of the file that was actually hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    pub size_bytes: u64,
+    pub mtime_ns: u128,
+}
+
+impl FileVersion {
+    pub fn of(stat: &rustix::fs::Stat) -> FileVersion {
+        FileVersion {
+            size_bytes: stat.st_size.max(0) as u64,
+            mtime_ns: mtime_ns_of(stat),
+        }
+    }
+}
+
 /// Metadata of one object (one regular file), as listings and downloads report it.
 #[derive(Debug, Clone)]
 pub struct ObjectMeta {
@@ -32,7 +50,7 @@ pub struct ObjectMeta {
     pub name: String,
     pub size_bytes: u64,
     pub mtime_ms: u64,
-    pub mtime_ns: u128,
+    pub version: FileVersion,
     pub file_id: String,
     /// An older version (`history`): its file beneath DIR. Its uploadTimestamp
     /// (`mtime_ms`) comes from that path, not from the file's mtime.
@@ -99,12 +117,12 @@ pub fn bucket_id_for(name: &str) -> String {
 /// ID, so `b2_download_file_by_id` works across restarts without a table;
 /// the version hash (bucket, name, size, mtime) makes an ID of a changed file
 /// stop resolving, as a replaced B2 version would.
-pub fn file_id_for(bucket: &Bucket, name: &str, size_bytes: u64, mtime_ns: u128) -> String {
+pub fn file_id_for(bucket: &Bucket, name: &str, version: &FileVersion) -> String {
     let version = short_hash(&[
         bucket.name.as_bytes(),
         name.as_bytes(),
-        &size_bytes.to_be_bytes(),
-        &mtime_ns.to_be_bytes(),
+        &version.size_bytes.to_be_bytes(),
+        &version.mtime_ns.to_be_bytes(),
     ]);
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_bytes());
     format!("4_z{}_f{}_n{}", bucket.id, version, encoded)
@@ -184,7 +202,7 @@ fn open_under(dir_fd: &OwnedFd, name: &str, flags: OFlags) -> Result<OwnedFd, Op
     })
 }
 
-pub(super) fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
+fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
     let seconds = stat.st_mtime.max(0) as u128;
     seconds * 1_000_000_000 + stat.st_mtime_nsec as u128
 }
@@ -320,15 +338,14 @@ impl Store {
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
         }
-        let size_bytes = stat.st_size.max(0) as u64;
-        let mtime_ns = mtime_ns_of(stat);
+        let version = FileVersion::of(stat);
         Ok(ObjectMeta {
             bucket: bucket.clone(),
             name: name.to_string(),
-            size_bytes,
-            mtime_ms: (mtime_ns / 1_000_000) as u64,
-            mtime_ns,
-            file_id: file_id_for(bucket, name, size_bytes, mtime_ns),
+            size_bytes: version.size_bytes,
+            mtime_ms: (version.mtime_ns / 1_000_000) as u64,
+            version,
+            file_id: file_id_for(bucket, name, &version),
             history_path: None,
         })
     }
@@ -361,6 +378,23 @@ impl Store {
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         let meta = self.meta_from_stat(bucket, name, &stat)?;
         Ok((File::from(fd), meta))
+    }
+
+    /// Opens the file a listed (stat-only) `meta` describes, to hash it. The
+    /// current object may have been replaced since the stat: then the newer
+    /// file and its metadata are returned. An older version's file is
+    /// immutable history; if it changed, the listed version is gone.
+    pub fn reopen(&self, meta: &ObjectMeta) -> Result<(File, ObjectMeta), OpenError> {
+        match &meta.history_path {
+            None => self.open_object(&meta.bucket, &meta.name),
+            Some(path) => {
+                let (file, stat) = self.open_under_root(path)?;
+                if FileVersion::of(&stat) != meta.version {
+                    return Err(OpenError::NotFound);
+                }
+                Ok((file, meta.clone()))
+            }
+        }
     }
 
     /// The sorted names of a bucket, from the cache when still valid.
@@ -458,11 +492,19 @@ mod tests {
             name: "bkt".into(),
             id: bucket_id_for("bkt"),
         };
-        let id = file_id_for(&bucket, "dir/a b+c.txt", 11, 5);
+        let version = FileVersion {
+            size_bytes: 11,
+            mtime_ns: 5,
+        };
+        let id = file_id_for(&bucket, "dir/a b+c.txt", &version);
         let (bucket_id, name) = parse_file_id(&id).unwrap();
         assert_eq!(bucket_id, bucket.id);
         assert_eq!(name, "dir/a b+c.txt");
-        assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", 11, 6));
+        let touched = FileVersion {
+            mtime_ns: 6,
+            ..version
+        };
+        assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", &touched));
         assert!(parse_file_id("4_zshort").is_none());
     }
 
