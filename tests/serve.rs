@@ -1135,3 +1135,54 @@ fn published_sha1_is_the_sha1_of_the_bytes_sent_while_the_name_is_replaced() {
         mismatches.len()
     );
 }
+
+/// Content rewritten with the same size and its mtime put back (`cp -p`,
+/// `rsync -t`, `touch -d`, a fixture generator's `os.utime`) is a new
+/// version: a new fileId and the new SHA1, not the cached digest of the old
+/// content.
+#[test]
+fn a_same_size_rewrite_with_its_mtime_put_back_is_a_new_version() {
+    let tree = tempfile::tempdir().unwrap();
+    let path = tree.path().join("bkt/obj.bin");
+    let pinned = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let write_pinned = |bytes: &[u8]| {
+        write_file(tree.path(), "bkt/obj.bin", bytes);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(pinned)
+            .unwrap();
+    };
+    write_pinned(b"AAAAAAAAAAAAAAAA");
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let first = download(&served, &token, "obj.bin", None);
+    assert_eq!(
+        first.header("x-bz-content-sha1"),
+        Some(sha1_hex(b"AAAAAAAAAAAAAAAA").as_str())
+    );
+    let first_id = first.header("x-bz-file-id").unwrap().to_string();
+
+    write_pinned(b"BBBBBBBBBBBBBBBB");
+    let second = download(&served, &token, "obj.bin", None);
+    assert_eq!(second.body, b"BBBBBBBBBBBBBBBB");
+    assert_eq!(
+        second.header("x-bz-content-sha1"),
+        Some(sha1_hex(b"BBBBBBBBBBBBBBBB").as_str()),
+        "the digest of the bytes now in the file"
+    );
+    assert_ne!(
+        second.header("x-bz-file-id"),
+        Some(first_id.as_str()),
+        "new content, new fileId"
+    );
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let listing = served.post("b2_list_file_names", &token, json!({"bucketId": bucket_id}));
+    assert_eq!(
+        listing.json()["files"][0]["contentSha1"],
+        sha1_hex(b"BBBBBBBBBBBBBBBB")
+    );
+    let old = served.post("b2_get_file_info", &token, json!({"fileId": first_id}));
+    assert_eq!(old.status, 404, "the old version is gone");
+}

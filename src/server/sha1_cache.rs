@@ -24,11 +24,16 @@ use super::config::{HASH_READ_BLOCK_BYTES, SHA1_LOCK_STRIPES};
 use super::encoding::{hex, unhex};
 use super::store::FileVersion;
 
+/// One line of the index. Lines of older servers lack the inode, device and
+/// ctime: they do not parse, so those files are hashed again.
 #[derive(Serialize, Deserialize)]
 struct IndexLine {
     path: String,
     size: u64,
     mtime_ns: u128,
+    device: u64,
+    inode: u64,
+    ctime_ns: u128,
     sha1: String,
 }
 
@@ -122,6 +127,9 @@ impl Sha1Cache {
                 path: key.to_string(),
                 size: version.size_bytes,
                 mtime_ns: version.mtime_ns,
+                device: version.device,
+                inode: version.inode,
+                ctime_ns: version.ctime_ns,
                 sha1: hex(&sha1),
             };
             let mut text = serde_json::to_string(&line).expect("index line serialises");
@@ -162,8 +170,11 @@ fn load_and_open(
                 parsed.path,
                 CachedDigest {
                     version: FileVersion {
+                        device: parsed.device,
+                        inode: parsed.inode,
                         size_bytes: parsed.size,
                         mtime_ns: parsed.mtime_ns,
+                        ctime_ns: parsed.ctime_ns,
                     },
                     sha1,
                 },

@@ -28,17 +28,29 @@ use super::sha1_cache::Sha1Cache;
 /// What tells one content of a file from another: the SHA1 cache and the
 /// fileId key on it. Taken from `fstat` of a descriptor, so a digest is
 /// remembered under the version of the file that was actually hashed.
+///
+/// Size and mtime alone miss a same-size rewrite whose mtime was put back
+/// (`touch -d`, `cp -p`, `rsync -t`, `tar x`, a fixture generator's
+/// `os.utime`). The ctime cannot be set that way and changes on every write
+/// and rename; the inode and device tell a replaced file from the original.
+/// All of them stay the same for an unchanged file across server restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileVersion {
+    pub device: u64,
+    pub inode: u64,
     pub size_bytes: u64,
     pub mtime_ns: u128,
+    pub ctime_ns: u128,
 }
 
 impl FileVersion {
     pub fn of(stat: &rustix::fs::Stat) -> FileVersion {
         FileVersion {
+            device: stat.st_dev,
+            inode: stat.st_ino,
             size_bytes: stat.st_size.max(0) as u64,
             mtime_ns: mtime_ns_of(stat),
+            ctime_ns: nanoseconds(stat.st_ctime as i128, stat.st_ctime_nsec as i128),
         }
     }
 }
@@ -115,14 +127,17 @@ pub fn bucket_id_for(name: &str) -> String {
 
 /// `4_z<bucketId>_f<version hash>_n<base64url(name)>`: the name travels in the
 /// ID, so `b2_download_file_by_id` works across restarts without a table;
-/// the version hash (bucket, name, size, mtime) makes an ID of a changed file
-/// stop resolving, as a replaced B2 version would.
+/// the version hash (bucket, name, `FileVersion`) makes an ID of a changed
+/// file stop resolving, as a replaced B2 version would.
 pub fn file_id_for(bucket: &Bucket, name: &str, version: &FileVersion) -> String {
     let version = short_hash(&[
         bucket.name.as_bytes(),
         name.as_bytes(),
         &version.size_bytes.to_be_bytes(),
         &version.mtime_ns.to_be_bytes(),
+        &version.device.to_be_bytes(),
+        &version.inode.to_be_bytes(),
+        &version.ctime_ns.to_be_bytes(),
     ]);
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_bytes());
     format!("4_z{}_f{}_n{}", bucket.id, version, encoded)
@@ -203,8 +218,12 @@ fn open_under(dir_fd: &OwnedFd, name: &str, flags: OFlags) -> Result<OwnedFd, Op
 }
 
 fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
-    let seconds = stat.st_mtime.max(0) as u128;
-    seconds * 1_000_000_000 + stat.st_mtime_nsec as u128
+    nanoseconds(stat.st_mtime as i128, stat.st_mtime_nsec as i128)
+}
+
+/// A timestamp of `stat` in ns since the epoch (times before it count as 0).
+fn nanoseconds(seconds: i128, nanoseconds: i128) -> u128 {
+    (seconds.max(0) * 1_000_000_000 + nanoseconds.max(0)) as u128
 }
 
 impl Store {
@@ -493,8 +512,11 @@ mod tests {
             id: bucket_id_for("bkt"),
         };
         let version = FileVersion {
+            device: 1,
+            inode: 2,
             size_bytes: 11,
             mtime_ns: 5,
+            ctime_ns: 7,
         };
         let id = file_id_for(&bucket, "dir/a b+c.txt", &version);
         let (bucket_id, name) = parse_file_id(&id).unwrap();
@@ -505,6 +527,11 @@ mod tests {
             ..version
         };
         assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", &touched));
+        let rewritten = FileVersion {
+            ctime_ns: 8,
+            ..version
+        };
+        assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", &rewritten));
         assert!(parse_file_id("4_zshort").is_none());
     }
 
