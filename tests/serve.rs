@@ -1186,3 +1186,50 @@ fn a_same_size_rewrite_with_its_mtime_put_back_is_a_new_version() {
     let old = served.post("b2_get_file_info", &token, json!({"fileId": first_id}));
     assert_eq!(old.status, 404, "the old version is gone");
 }
+
+/// Sends `head` (an API call announcing a body it never sends) on a plain
+/// connection; returns what arrived before the server closed it (or 60 s passed).
+fn send_head_without_body(served: &Served, head: &str) -> (Vec<u8>, Duration) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&served.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    (received, started.elapsed())
+}
+
+/// A client that sends an API call's head and not its body: without
+/// credentials it is refused at once (the body is not waited for); with them,
+/// it gets 408 and the connection is closed after the head timeout, instead
+/// of holding the connection (and a descriptor) forever.
+#[test]
+fn an_api_body_that_never_arrives_times_out() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let (refused, elapsed) = send_head_without_body(
+        &served,
+        "POST /b2api/v3/b2_list_buckets HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+    );
+    let refused = String::from_utf8_lossy(&refused).to_string();
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    let (answer, elapsed) = send_head_without_body(
+        &served,
+        &format!(
+            "POST /b2api/v3/b2_list_buckets HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 100\r\n\r\n"
+        ),
+    );
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        (Duration::from_secs(25)..Duration::from_secs(45)).contains(&elapsed),
+        "closed after {elapsed:?}"
+    );
+}

@@ -27,7 +27,9 @@ pub const API_REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
 pub const REQUEST_HEAD_MAX_BYTES: usize = 64 * 1024;
 /// Most request headers accepted.
 pub const REQUEST_HEADERS_MAX: usize = 100;
-/// A client that sends no complete head within this time is dropped.
+/// A client that sends no complete head within this time is dropped; so is
+/// one that sends no complete API request body within this time after the
+/// head (answered 408 `request_timeout`).
 pub const REQUEST_HEAD_TIMEOUT_S: u64 = 30;
 /// TLS handshakes that take longer are dropped.
 pub const TLS_HANDSHAKE_TIMEOUT_S: u64 = 10;
