@@ -1233,3 +1233,56 @@ fn an_api_body_that_never_arrives_times_out() {
         "closed after {elapsed:?}"
     );
 }
+
+/// A client that asks for a large object and never reads: the server closes
+/// the connection once its writes have waited `WRITE_STALL_TIMEOUT_S` (30 s),
+/// instead of holding the connection and ~2 MiB of body buffers forever.
+#[test]
+fn a_client_that_never_reads_is_disconnected() {
+    use std::io::{Read, Write};
+    let tree = tempfile::tempdir().unwrap();
+    let object_bytes = 256u64 << 20;
+    std::fs::create_dir_all(tree.path().join("bkt")).unwrap();
+    // Sparse: far more than the kernel's socket buffers hold, at no disk cost.
+    std::fs::File::create(tree.path().join("bkt/big.bin"))
+        .unwrap()
+        .set_len(object_bytes)
+        .unwrap();
+    let served = serve(tree.path(), true, &["--no-index"]);
+    let (token, _) = served.authorize();
+    let mut stream = std::net::TcpStream::connect(&served.address).unwrap();
+    stream
+        .write_all(
+            format!("GET /file/bkt/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(40));
+    // Now drain: a closed connection ends after what the kernels had buffered.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received_bytes = 0u64;
+    let mut buffer = vec![0u8; 1 << 20];
+    let ended = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break "closed",
+            Ok(count) => received_bytes += count as u64,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(error) => {
+                break if error.kind() == std::io::ErrorKind::WouldBlock {
+                    "still open"
+                } else {
+                    "failed"
+                };
+            }
+        }
+        if received_bytes > object_bytes {
+            break "whole body";
+        }
+    };
+    assert!(
+        matches!(ended, "closed" | "reset") && received_bytes < object_bytes,
+        "{ended} after {received_bytes} of {object_bytes} body bytes"
+    );
+}

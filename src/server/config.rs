@@ -31,6 +31,10 @@ pub const REQUEST_HEADERS_MAX: usize = 100;
 /// one that sends no complete API request body within this time after the
 /// head (answered 408 `request_timeout`).
 pub const REQUEST_HEAD_TIMEOUT_S: u64 = 30;
+/// A connection whose writes have waited this long for the peer to take
+/// bytes is closed (a client that never reads a download would otherwise
+/// hold ~2 MiB of body buffers and a descriptor forever).
+pub const WRITE_STALL_TIMEOUT_S: u64 = 30;
 /// TLS handshakes that take longer are dropped.
 pub const TLS_HANDSHAKE_TIMEOUT_S: u64 = 10;
 /// A `--stall-rate` body stays silent this long, then the connection is closed
