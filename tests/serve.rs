@@ -1286,3 +1286,32 @@ fn a_client_that_never_reads_is_disconnected() {
         "{ended} after {received_bytes} of {object_bytes} body bytes"
     );
 }
+
+/// With a fault flag on, the attempt counters of distinct requests are kept
+/// (up to `FAULT_ATTEMPT_KEYS_MAX`): each must cost a fixed few bytes, not a
+/// copy of the request, whose API body can be up to 1 MiB.
+#[test]
+fn fault_attempt_counters_do_not_keep_request_bodies() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &["--fail-rate", "0.001"]);
+    let (token, account) = served.authorize();
+    let pid = served.child.id();
+    let call = |index: usize| {
+        served.post(
+            "b2_list_buckets",
+            &token,
+            json!({"accountId": account, "pad": format!("{index:06}{}", "x".repeat(900_000))}),
+        )
+    };
+    call(0);
+    let before_kib = peak_rss_kib(pid).unwrap();
+    for index in 1..=100 {
+        call(index);
+    }
+    let after_kib = peak_rss_kib(pid).unwrap();
+    // 100 distinct ~900 KB bodies: kept, they would add ~90 MiB.
+    assert!(
+        after_kib < before_kib + 40 * 1024,
+        "peak RSS grew from {before_kib} KiB to {after_kib} KiB"
+    );
+}

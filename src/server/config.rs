@@ -48,8 +48,9 @@ pub const DELAY_LINE_WINDOW_BYTES: usize = 4 << 20;
 pub const DELAY_LINE_SEGMENT_BYTES: usize = 64 << 10;
 /// The in-memory pipe between the delay line and the server's TLS.
 pub const DELAY_LINE_PIPE_BYTES: usize = 256 << 10;
-/// Keys whose attempt counters are remembered for fault decisions; the table
-/// is cleared when it grows past this (decisions stay deterministic per run).
+/// Keys whose attempt counters are remembered for fault decisions (~50 bytes
+/// each: a 16-byte digest of the request and a counter); the table is cleared
+/// when it grows past this (decisions stay deterministic per run).
 pub const FAULT_ATTEMPT_KEYS_MAX: usize = 1_000_000;
 
 /// Defaults of the flags.
