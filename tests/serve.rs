@@ -1315,3 +1315,34 @@ fn fault_attempt_counters_do_not_keep_request_bodies() {
         "peak RSS grew from {before_kib} KiB to {after_kib} KiB"
     );
 }
+
+/// `b2_download_file_by_id` is a download: GET and HEAD only, 405 for any
+/// other method (it used to answer DELETE, PUT, PATCH and OPTIONS with the
+/// file, and POST with 404).
+#[test]
+fn download_by_id_takes_only_get_and_head() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let file_id = download(&served, &token, "a.txt", None)
+        .header("x-bz-file-id")
+        .unwrap()
+        .to_string();
+    let target = format!("/b2api/v3/b2_download_file_by_id?fileId={file_id}");
+    for method in ["GET", "HEAD"] {
+        let response =
+            served.send(Request::new(method, &target).header("Authorization", token.clone()));
+        assert_eq!(response.status, 200, "{method}");
+        assert_eq!(response.content_length(), Some(11), "{method}");
+    }
+    for method in ["DELETE", "PUT", "PATCH", "OPTIONS", "POST"] {
+        let response = served.send(
+            Request::new(method, &target)
+                .header("Authorization", token.clone())
+                .json(json!({"fileId": file_id})),
+        );
+        assert_eq!(response.status, 405, "{method}");
+        assert_eq!(response.json()["code"], "method_not_allowed", "{method}");
+        assert!(!response.body.starts_with(b"hello world"), "{method}");
+    }
+}

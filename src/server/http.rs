@@ -393,7 +393,15 @@ async fn route(
         .filter(|(version, _)| (1..=4).contains(version))
         .ok_or_else(|| ApiError::not_found(format!("no such path: {}", context.path)))?;
 
-    if operation == "b2_download_file_by_id" && context.method != Method::POST {
+    if operation == "b2_download_file_by_id" {
+        // As on B2 (and /file/...): a download is a GET or a HEAD.
+        if context.method != Method::GET && context.method != Method::HEAD {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "b2_download_file_by_id takes GET or HEAD, with ?fileId=",
+            ));
+        }
         let file_id = context
             .query
             .iter()
