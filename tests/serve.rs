@@ -1346,3 +1346,63 @@ fn download_by_id_takes_only_get_and_head() {
         assert!(!response.body.starts_with(b"hello world"), "{method}");
     }
 }
+
+/// A `b2_get_download_authorization` token downloads names under its prefix
+/// in its bucket, for its duration, and nothing else (it used to be a full
+/// account token: other names, other buckets, API calls, forever).
+#[test]
+fn download_authorization_is_limited_to_its_bucket_prefix_and_duration() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let authorize =
+        |body: serde_json::Value| served.post("b2_get_download_authorization", &token, body);
+    let granted = authorize(
+        json!({"bucketId": bucket_id, "fileNamePrefix": "dir/", "validDurationInSeconds": 60}),
+    );
+    assert_eq!(granted.status, 200);
+    let limited = granted.json()["authorizationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetch = |target: &str| served.get(target, &limited);
+    let inside = fetch("/file/bkt/dir/sub/e.bin");
+    assert_eq!(inside.status, 200);
+    assert_eq!(inside.body, content("e", 10));
+    let by_id = inside.header("x-bz-file-id").unwrap().to_string();
+    assert_eq!(
+        fetch(&format!("/b2api/v3/b2_download_file_by_id?fileId={by_id}")).status,
+        200
+    );
+    for outside in ["/file/bkt/a.txt", "/file/other/x", "/file/bkt/dir"] {
+        let response = fetch(outside);
+        assert_eq!(response.status, 401, "{outside}");
+        assert_eq!(response.json()["code"], "unauthorized", "{outside}");
+    }
+    let api_call = served.post(
+        "b2_list_file_names",
+        &limited,
+        json!({"bucketId": bucket_id}),
+    );
+    assert_eq!(api_call.status, 401, "not an account token");
+
+    for duration in [json!(null), json!(0), json!(-5), json!(604_801)] {
+        let refused = authorize(
+            json!({"bucketId": bucket_id, "fileNamePrefix": "dir/", "validDurationInSeconds": duration}),
+        );
+        assert_eq!(refused.status, 400, "validDurationInSeconds {duration}");
+    }
+    let short = authorize(
+        json!({"bucketId": bucket_id, "fileNamePrefix": "", "validDurationInSeconds": 1}),
+    );
+    let short = short.json()["authorizationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(served.get("/file/bkt/a.txt", &short).status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    let expired = served.get("/file/bkt/a.txt", &short);
+    assert_eq!(expired.status, 401);
+    assert_eq!(expired.json()["code"], "expired_auth_token");
+}

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::Server;
 use super::config::{
-    ABSOLUTE_MINIMUM_PART_SIZE_BYTES, LIST_PAGE_DEFAULT, LIST_PAGE_MAX,
-    LISTING_HASH_CONCURRENCY_MAX, RECOMMENDED_PART_SIZE_BYTES,
+    ABSOLUTE_MINIMUM_PART_SIZE_BYTES, DOWNLOAD_AUTHORIZATION_VALID_MAX_S, LIST_PAGE_DEFAULT,
+    LIST_PAGE_MAX, LISTING_HASH_CONCURRENCY_MAX, RECOMMENDED_PART_SIZE_BYTES,
 };
 use super::encoding::hex;
 use super::history::{Version, VersionKind};
@@ -970,9 +970,20 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
     Ok(to_body(&view.to_json(server)))
 }
 
+/// A token for downloads of names starting with `fileNamePrefix` in one
+/// bucket, for `validDurationInSeconds` (required, 1 s to a week, as on B2);
+/// API calls and other names refuse it.
 pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Value, ApiError> {
     let bucket_id = params.required_string("bucketId")?;
     let prefix = params.required_string("fileNamePrefix")?;
+    let valid_s = params
+        .count("validDurationInSeconds")?
+        .ok_or_else(|| ApiError::bad_request("required field validDurationInSeconds is missing"))?;
+    if !(1..=DOWNLOAD_AUTHORIZATION_VALID_MAX_S).contains(&valid_s) {
+        return Err(ApiError::bad_request(format!(
+            "validDurationInSeconds must be from 1 to {DOWNLOAD_AUTHORIZATION_VALID_MAX_S}, not {valid_s}"
+        )));
+    }
     let bucket = bucket_for_listing(server, params)?;
     server
         .key
@@ -981,6 +992,6 @@ pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Va
     Ok(json!({
         "bucketId": bucket_id,
         "fileNamePrefix": prefix,
-        "authorizationToken": server.tokens.issue(),
+        "authorizationToken": server.tokens.issue_download(&bucket.id, &prefix, valid_s * 1000),
     }))
 }

@@ -61,6 +61,9 @@ pub const LARGE_FILE_THRESHOLD_DEFAULT: &str = "100MiB";
 pub const DEMO_KEY_ID: &str = "ringdown-demo-key-id";
 pub const DEMO_KEY: &str = "ringdown-demo-application-key";
 
+/// Longest `validDurationInSeconds` of `b2_get_download_authorization` (B2's: one week).
+pub const DOWNLOAD_AUTHORIZATION_VALID_MAX_S: u64 = 604_800;
+
 /// Reported to clients in `b2_authorize_account`.
 pub const RECOMMENDED_PART_SIZE_BYTES: u64 = 100_000_000;
 pub const ABSOLUTE_MINIMUM_PART_SIZE_BYTES: u64 = 5_000_000;

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::Server;
 use super::access_log::AccessRecord;
 use super::api::{self, Params};
-use super::auth::{TokenError, now_ms};
+use super::auth::{DownloadGrant, TokenError, now_ms};
 use super::body::{FileBody, ServeBody};
 use super::config::{
     API_REQUEST_BODY_MAX_BYTES, REQUEST_HEAD_TIMEOUT_S, SMALL_OBJECT_INLINE_BYTES,
@@ -24,7 +24,7 @@ use super::config::{
 use super::encoding::{RangeRequest, b2_url_encode, parse_query, parse_range, percent_decode};
 use super::fault_io::WriteCut;
 use super::faults::{BodyFault, ConnFault, HeadFault, RangeFault, TokenBucket};
-use super::store::OpenError;
+use super::store::{self, OpenError};
 use crate::b2::KeyRefusal;
 use crate::b2::sse::{HEADER_ALGORITHM, HEADER_KEY_MD5, SSE_C_ALGORITHM};
 
@@ -542,10 +542,33 @@ async fn download(
     context: &mut RequestContext,
     target: Target,
 ) -> Result<Response<ServeBody>, ApiError> {
-    server
+    let grant = server
         .tokens
-        .check(context.token())
+        .check_download(context.token())
         .map_err(ApiError::token)?;
+    // A download-authorization token reaches its bucket and prefix only;
+    // checked before the object is looked up, as the key's restriction is.
+    let granted = |bucket_id: &str, name: &str| {
+        if grant.allows(bucket_id, name) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "the download authorization does not cover this file",
+            ))
+        }
+    };
+    match &target {
+        Target::Name { bucket, name } => granted(&store::bucket_id_for(bucket), name)?,
+        Target::Id(file_id) => {
+            if let Some((bucket_id, name)) = store::parse_file_id(file_id) {
+                granted(&bucket_id, &name)?;
+            } else if grant != DownloadGrant::Account {
+                return Err(ApiError::unauthorized(
+                    "the download authorization does not cover this file",
+                ));
+            }
+        }
+    }
 
     let worker_server = server.clone();
     let (file, view, whole) = blocking(move || {
