@@ -1015,3 +1015,394 @@ fn download_url_with_a_path_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("scheme://host[:port] only"), "{stderr}");
 }
+
+fn make_fifo(path: &std::path::Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Opening a FIFO for reading waits for a writer: the server must refuse it
+/// as "not an object" at once instead of hanging the request (and a blocking
+/// thread), and listings must not show it.
+#[test]
+fn fifos_in_a_bucket_are_not_found_at_once() {
+    let tree = small_tree();
+    make_fifo(&tree.path().join("bkt/pipe"));
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let started = Instant::now();
+    let response = served.send(
+        Request::new("GET", "/file/bkt/pipe")
+            .header("Authorization", token.clone())
+            .timeout(Duration::from_secs(5)),
+    );
+    assert!(!response.timed_out, "GET of a FIFO hung");
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["code"], "not_found");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let bucket_id = served.bucket_id(&token, "bkt");
+    for operation in ["b2_list_file_names", "b2_list_file_versions"] {
+        let target = format!("/b2api/v3/{operation}");
+        let listing = served.send(
+            Request::new("POST", &target)
+                .header("Authorization", token.clone())
+                .json(json!({"bucketId": bucket_id}))
+                .timeout(Duration::from_secs(5)),
+        );
+        assert!(!listing.timed_out, "{operation} hung on a FIFO");
+        assert_eq!(listing.status, 200, "{operation}");
+        let files = listing.json()["files"].as_array().unwrap().clone();
+        assert!(
+            files.iter().all(|file| file["fileName"] != "pipe"),
+            "{operation} lists the FIFO"
+        );
+        assert!(files.iter().any(|file| file["fileName"] == "a.txt"));
+    }
+    // The server still answers other requests.
+    assert_eq!(
+        download(&served, &token, "a.txt", None).body,
+        b"hello world"
+    );
+}
+
+/// A name replaced (by rename) while it is downloaded: every response must
+/// describe one version, so `x-bz-content-sha1` is the SHA1 of the body sent.
+/// The digest used to come from a second open by name, which could find the
+/// newer file.
+#[test]
+fn published_sha1_is_the_sha1_of_the_bytes_sent_while_the_name_is_replaced() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tree = tempfile::tempdir().unwrap();
+    write_file(tree.path(), "bkt/obj", &content("v0", 4096));
+    // --no-index: no background hashing, so each new version is hashed by
+    // the download that first sees it, while the writer keeps renaming.
+    let served = serve(tree.path(), true, &["--no-index"]);
+    let (token, _) = served.authorize();
+    let stop = AtomicBool::new(false);
+    let root = tree.path();
+    let (downloads, mismatches) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut version = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Outside the bucket (a plain file in DIR is not a bucket), then renamed in.
+                let staged = root.join(format!("staged-{}", version % 2));
+                // Each version a different size, so that versions written within one
+                // tick of the file timestamps still differ in the SHA1 cache's key.
+                let size_bytes = 4096 + (version % 4096) as usize;
+                std::fs::write(&staged, content(&format!("v{version}"), size_bytes)).unwrap();
+                std::fs::rename(&staged, root.join("bkt/obj")).unwrap();
+                version += 1;
+            }
+        });
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut downloads, mut mismatches) = (0u32, Vec::new());
+                    let started = Instant::now();
+                    while started.elapsed() < Duration::from_secs(6) {
+                        let response = download(&served, &token, "obj", None);
+                        assert_eq!(response.status, 200);
+                        downloads += 1;
+                        let published = response.header("x-bz-content-sha1").unwrap();
+                        if published != sha1_hex(&response.body) {
+                            mismatches.push(published.to_string());
+                        }
+                    }
+                    (downloads, mismatches)
+                })
+            })
+            .collect();
+        // Stop the writer before a reader's panic is passed on, or the scope never ends.
+        let results: Vec<_> = readers.into_iter().map(|reader| reader.join()).collect();
+        stop.store(true, Ordering::Relaxed);
+        results.into_iter().map(|result| result.unwrap()).fold(
+            (0, Vec::new()),
+            |(total, mut all), (count, bad)| {
+                all.extend(bad);
+                (total + count, all)
+            },
+        )
+    });
+    assert!(downloads > 100, "only {downloads} downloads");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {downloads} downloads published another version's SHA1",
+        mismatches.len()
+    );
+}
+
+/// Content rewritten with the same size and its mtime put back (`cp -p`,
+/// `rsync -t`, `touch -d`, a fixture generator's `os.utime`) is a new
+/// version: a new fileId and the new SHA1, not the cached digest of the old
+/// content.
+#[test]
+fn a_same_size_rewrite_with_its_mtime_put_back_is_a_new_version() {
+    let tree = tempfile::tempdir().unwrap();
+    let path = tree.path().join("bkt/obj.bin");
+    let pinned = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let write_pinned = |bytes: &[u8]| {
+        write_file(tree.path(), "bkt/obj.bin", bytes);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(pinned)
+            .unwrap();
+    };
+    write_pinned(b"AAAAAAAAAAAAAAAA");
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let first = download(&served, &token, "obj.bin", None);
+    assert_eq!(
+        first.header("x-bz-content-sha1"),
+        Some(sha1_hex(b"AAAAAAAAAAAAAAAA").as_str())
+    );
+    let first_id = first.header("x-bz-file-id").unwrap().to_string();
+
+    write_pinned(b"BBBBBBBBBBBBBBBB");
+    let second = download(&served, &token, "obj.bin", None);
+    assert_eq!(second.body, b"BBBBBBBBBBBBBBBB");
+    assert_eq!(
+        second.header("x-bz-content-sha1"),
+        Some(sha1_hex(b"BBBBBBBBBBBBBBBB").as_str()),
+        "the digest of the bytes now in the file"
+    );
+    assert_ne!(
+        second.header("x-bz-file-id"),
+        Some(first_id.as_str()),
+        "new content, new fileId"
+    );
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let listing = served.post("b2_list_file_names", &token, json!({"bucketId": bucket_id}));
+    assert_eq!(
+        listing.json()["files"][0]["contentSha1"],
+        sha1_hex(b"BBBBBBBBBBBBBBBB")
+    );
+    let old = served.post("b2_get_file_info", &token, json!({"fileId": first_id}));
+    assert_eq!(old.status, 404, "the old version is gone");
+}
+
+/// Sends `head` (an API call announcing a body it never sends) on a plain
+/// connection; returns what arrived before the server closed it (or 60 s passed).
+fn send_head_without_body(served: &Served, head: &str) -> (Vec<u8>, Duration) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&served.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    (received, started.elapsed())
+}
+
+/// A client that sends an API call's head and not its body: without
+/// credentials it is refused at once (the body is not waited for); with them,
+/// it gets 408 and the connection is closed after the head timeout, instead
+/// of holding the connection (and a descriptor) forever.
+#[test]
+fn an_api_body_that_never_arrives_times_out() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let (refused, elapsed) = send_head_without_body(
+        &served,
+        "POST /b2api/v3/b2_list_buckets HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+    );
+    let refused = String::from_utf8_lossy(&refused).to_string();
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    let (answer, elapsed) = send_head_without_body(
+        &served,
+        &format!(
+            "POST /b2api/v3/b2_list_buckets HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 100\r\n\r\n"
+        ),
+    );
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        (Duration::from_secs(25)..Duration::from_secs(45)).contains(&elapsed),
+        "closed after {elapsed:?}"
+    );
+}
+
+/// A client that asks for a large object and never reads: the server closes
+/// the connection once its writes have waited `WRITE_STALL_TIMEOUT_S` (30 s),
+/// instead of holding the connection and ~2 MiB of body buffers forever.
+#[test]
+fn a_client_that_never_reads_is_disconnected() {
+    use std::io::{Read, Write};
+    let tree = tempfile::tempdir().unwrap();
+    let object_bytes = 256u64 << 20;
+    std::fs::create_dir_all(tree.path().join("bkt")).unwrap();
+    // Sparse: far more than the kernel's socket buffers hold, at no disk cost.
+    std::fs::File::create(tree.path().join("bkt/big.bin"))
+        .unwrap()
+        .set_len(object_bytes)
+        .unwrap();
+    let served = serve(tree.path(), true, &["--no-index"]);
+    let (token, _) = served.authorize();
+    let mut stream = std::net::TcpStream::connect(&served.address).unwrap();
+    stream
+        .write_all(
+            format!("GET /file/bkt/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(40));
+    // Now drain: a closed connection ends after what the kernels had buffered.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received_bytes = 0u64;
+    let mut buffer = vec![0u8; 1 << 20];
+    let ended = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break "closed",
+            Ok(count) => received_bytes += count as u64,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(error) => {
+                break if error.kind() == std::io::ErrorKind::WouldBlock {
+                    "still open"
+                } else {
+                    "failed"
+                };
+            }
+        }
+        if received_bytes > object_bytes {
+            break "whole body";
+        }
+    };
+    assert!(
+        matches!(ended, "closed" | "reset") && received_bytes < object_bytes,
+        "{ended} after {received_bytes} of {object_bytes} body bytes"
+    );
+}
+
+/// With a fault flag on, the attempt counters of distinct requests are kept
+/// (up to `FAULT_ATTEMPT_KEYS_MAX`): each must cost a fixed few bytes, not a
+/// copy of the request, whose API body can be up to 1 MiB.
+#[test]
+fn fault_attempt_counters_do_not_keep_request_bodies() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &["--fail-rate", "0.001"]);
+    let (token, account) = served.authorize();
+    let pid = served.child.id();
+    let call = |index: usize| {
+        served.post(
+            "b2_list_buckets",
+            &token,
+            json!({"accountId": account, "pad": format!("{index:06}{}", "x".repeat(900_000))}),
+        )
+    };
+    call(0);
+    let before_kib = peak_rss_kib(pid).unwrap();
+    for index in 1..=100 {
+        call(index);
+    }
+    let after_kib = peak_rss_kib(pid).unwrap();
+    // 100 distinct ~900 KB bodies: kept, they would add ~90 MiB.
+    assert!(
+        after_kib < before_kib + 40 * 1024,
+        "peak RSS grew from {before_kib} KiB to {after_kib} KiB"
+    );
+}
+
+/// `b2_download_file_by_id` is a download: GET and HEAD only, 405 for any
+/// other method (it used to answer DELETE, PUT, PATCH and OPTIONS with the
+/// file, and POST with 404).
+#[test]
+fn download_by_id_takes_only_get_and_head() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let file_id = download(&served, &token, "a.txt", None)
+        .header("x-bz-file-id")
+        .unwrap()
+        .to_string();
+    let target = format!("/b2api/v3/b2_download_file_by_id?fileId={file_id}");
+    for method in ["GET", "HEAD"] {
+        let response =
+            served.send(Request::new(method, &target).header("Authorization", token.clone()));
+        assert_eq!(response.status, 200, "{method}");
+        assert_eq!(response.content_length(), Some(11), "{method}");
+    }
+    for method in ["DELETE", "PUT", "PATCH", "OPTIONS", "POST"] {
+        let response = served.send(
+            Request::new(method, &target)
+                .header("Authorization", token.clone())
+                .json(json!({"fileId": file_id})),
+        );
+        assert_eq!(response.status, 405, "{method}");
+        assert_eq!(response.json()["code"], "method_not_allowed", "{method}");
+        assert!(!response.body.starts_with(b"hello world"), "{method}");
+    }
+}
+
+/// A `b2_get_download_authorization` token downloads names under its prefix
+/// in its bucket, for its duration, and nothing else (it used to be a full
+/// account token: other names, other buckets, API calls, forever).
+#[test]
+fn download_authorization_is_limited_to_its_bucket_prefix_and_duration() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let authorize =
+        |body: serde_json::Value| served.post("b2_get_download_authorization", &token, body);
+    let granted = authorize(
+        json!({"bucketId": bucket_id, "fileNamePrefix": "dir/", "validDurationInSeconds": 60}),
+    );
+    assert_eq!(granted.status, 200);
+    let limited = granted.json()["authorizationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetch = |target: &str| served.get(target, &limited);
+    let inside = fetch("/file/bkt/dir/sub/e.bin");
+    assert_eq!(inside.status, 200);
+    assert_eq!(inside.body, content("e", 10));
+    let by_id = inside.header("x-bz-file-id").unwrap().to_string();
+    assert_eq!(
+        fetch(&format!("/b2api/v3/b2_download_file_by_id?fileId={by_id}")).status,
+        200
+    );
+    for outside in ["/file/bkt/a.txt", "/file/other/x", "/file/bkt/dir"] {
+        let response = fetch(outside);
+        assert_eq!(response.status, 401, "{outside}");
+        assert_eq!(response.json()["code"], "unauthorized", "{outside}");
+    }
+    let api_call = served.post(
+        "b2_list_file_names",
+        &limited,
+        json!({"bucketId": bucket_id}),
+    );
+    assert_eq!(api_call.status, 401, "not an account token");
+
+    for duration in [json!(null), json!(0), json!(-5), json!(604_801)] {
+        let refused = authorize(
+            json!({"bucketId": bucket_id, "fileNamePrefix": "dir/", "validDurationInSeconds": duration}),
+        );
+        assert_eq!(refused.status, 400, "validDurationInSeconds {duration}");
+    }
+    let short = authorize(
+        json!({"bucketId": bucket_id, "fileNamePrefix": "", "validDurationInSeconds": 1}),
+    );
+    let short = short.json()["authorizationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(served.get("/file/bkt/a.txt", &short).status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    let expired = served.get("/file/bkt/a.txt", &short);
+    assert_eq!(expired.status, 401);
+    assert_eq!(expired.json()["code"], "expired_auth_token");
+}

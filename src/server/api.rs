@@ -3,6 +3,7 @@
 //! download authorization. Handlers here are blocking (they stat and may hash
 //! files); the router runs them on blocking threads.
 
+use std::fs::File;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -10,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::Server;
 use super::config::{
-    ABSOLUTE_MINIMUM_PART_SIZE_BYTES, LIST_PAGE_DEFAULT, LIST_PAGE_MAX,
-    LISTING_HASH_CONCURRENCY_MAX, RECOMMENDED_PART_SIZE_BYTES,
+    ABSOLUTE_MINIMUM_PART_SIZE_BYTES, DOWNLOAD_AUTHORIZATION_VALID_MAX_S, LIST_PAGE_DEFAULT,
+    LIST_PAGE_MAX, LISTING_HASH_CONCURRENCY_MAX, RECOMMENDED_PART_SIZE_BYTES,
 };
 use super::encoding::hex;
 use super::history::{Version, VersionKind};
@@ -514,38 +515,50 @@ pub fn to_body(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("response serialises")
 }
 
-/// Adds the SHA1 to metadata, hashing the file if the cache does not know it. Blocking.
-pub fn view_of(server: &Server, meta: ObjectMeta) -> std::io::Result<ObjectView> {
-    let (sha1, _) = server.store.sha1_cache.digest_of(
-        &sha1_cache_key(&meta),
-        meta.size_bytes,
-        meta.mtime_ns,
-        || {
-            let opened = match &meta.history_path {
-                Some(path) => server.store.open_under_root(path).map(|(file, _)| file),
-                None => server
-                    .store
-                    .open_object(&meta.bucket, &meta.name)
-                    .map(|(file, _)| file),
-            };
-            opened.map_err(|error| match error {
-                OpenError::Io(error) => error,
-                _ => std::io::Error::new(std::io::ErrorKind::NotFound, "file vanished"),
-            })
-        },
-    )?;
+/// Adds the SHA1 to the metadata of an open `file` (`meta` from its
+/// `fstat`), hashing that descriptor if the cache does not know the digest:
+/// the published SHA1 is always that of the bytes this file holds. Blocking.
+pub fn view_of(server: &Server, meta: ObjectMeta, file: &File) -> std::io::Result<ObjectView> {
+    let (sha1, _) =
+        server
+            .store
+            .sha1_cache
+            .digest_of(&sha1_cache_key(&meta), &meta.version, file)?;
+    Ok(view_with(server, meta, sha1))
+}
+
+/// The view of an object whose `meta` came from a stat by name (listings):
+/// from the cache for that version, else the file is opened and what was
+/// opened is described, which may be a newer version than the stat saw.
+/// Blocking.
+pub fn view_of_listed(server: &Server, meta: ObjectMeta) -> std::io::Result<ObjectView> {
+    if let Some(sha1) = server
+        .store
+        .sha1_cache
+        .lookup(&sha1_cache_key(&meta), &meta.version)
+    {
+        return Ok(view_with(server, meta, sha1));
+    }
+    let (file, opened) = server.store.reopen(&meta).map_err(|error| match error {
+        OpenError::Io(error) => error,
+        _ => std::io::Error::new(std::io::ErrorKind::NotFound, "file vanished"),
+    })?;
+    view_of(server, opened, &file)
+}
+
+fn view_with(server: &Server, meta: ObjectMeta, sha1: [u8; 20]) -> ObjectView {
     let is_large = meta.size_bytes >= server.large_file_threshold_bytes;
     let mut sha1 = sha1;
     if server.faults.wrong_sha1(&meta.name) {
         // `--wrong-sha1 NAME`: every place that publishes the digest agrees on a wrong one.
         sha1[0] ^= 0xff;
     }
-    Ok(ObjectView {
+    ObjectView {
         meta,
         sha1,
         is_large,
         publish: server.publish_sha1,
-    })
+    }
 }
 
 /// Where the SHA1 cache keeps an object's digest: its path beneath DIR.
@@ -557,15 +570,15 @@ fn sha1_cache_key(meta: &ObjectMeta) -> String {
 }
 
 /// Hashes the objects of one page that the cache lacks, a few at a time, and
-/// returns their views in order. An object that vanished meanwhile is dropped.
-fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<ObjectView> {
+/// returns their views in order, `None` for an object that vanished meanwhile.
+fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<Option<ObjectView>> {
     let missing = metas
         .iter()
         .filter(|meta| {
             server
                 .store
                 .sha1_cache
-                .lookup(&sha1_cache_key(meta), meta.size_bytes, meta.mtime_ns)
+                .lookup(&sha1_cache_key(meta), &meta.version)
                 .is_none()
         })
         .count();
@@ -581,7 +594,7 @@ fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<ObjectView> {
                 let metas = &metas;
                 scope.spawn(move || {
                     for meta in metas.iter().skip(thread_index).step_by(threads) {
-                        let _ = view_of(server, meta.clone());
+                        let _ = view_of_listed(server, meta.clone());
                     }
                 });
             }
@@ -589,7 +602,7 @@ fn views_of(server: &Server, metas: Vec<ObjectMeta>) -> Vec<ObjectView> {
     }
     metas
         .into_iter()
-        .filter_map(|meta| view_of(server, meta).ok())
+        .map(|meta| view_of_listed(server, meta).ok())
         .collect()
 }
 
@@ -756,8 +769,9 @@ fn page_body(
             ListEntry::Folder(_) | ListEntry::Hide(_) => None,
         })
         .collect();
+    // One view per file entry, in order (a replaced file's view has the new fileId).
     let views = views_of(server, metas);
-    let mut next_view = views.iter().peekable();
+    let mut views = views.iter();
     let mut files = Vec::with_capacity(entries.len());
     for entry in entries {
         match entry {
@@ -767,8 +781,8 @@ fn page_body(
             ListEntry::Hide(hidden) => {
                 files.push(ListedJson::File(hide_json(server, bucket, hidden)))
             }
-            ListEntry::File(meta) => {
-                if let Some(view) = next_view.next_if(|view| view.meta.file_id == meta.file_id) {
+            ListEntry::File(_) => {
+                if let Some(Some(view)) = views.next() {
                     files.push(ListedJson::File(view.to_json(server)));
                 }
             }
@@ -931,11 +945,11 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
     let (bucket, name) = object_by_id(server, &file_id)?;
     check_read(server, &bucket.name, &name)?;
     let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
-    let meta = match server.store.stat(&bucket, &name) {
-        Ok(meta) if meta.file_id == file_id => meta,
+    let (file, meta) = match server.store.open_object(&bucket, &name) {
+        Ok((file, meta)) if meta.file_id == file_id => (file, meta),
         Ok(_) | Err(OpenError::NotFound | OpenError::InvalidName) => {
             match server.store.open_version(&bucket, &name, &file_id) {
-                Ok((_, meta)) => meta,
+                Ok(opened) => opened,
                 // A hide marker has an ID too, and B2 describes it (b2sdk's
                 // simulator does, with action "hide").
                 Err(OpenError::NotFound | OpenError::InvalidName) => {
@@ -951,14 +965,25 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
         }
         Err(OpenError::Io(error)) => return Err(io_error(&format!("stat {name}"), error)),
     };
-    let view =
-        view_of(server, meta).map_err(|error| io_error(&format!("hashing {name}"), error))?;
+    let view = view_of(server, meta, &file)
+        .map_err(|error| io_error(&format!("hashing {name}"), error))?;
     Ok(to_body(&view.to_json(server)))
 }
 
+/// A token for downloads of names starting with `fileNamePrefix` in one
+/// bucket, for `validDurationInSeconds` (required, 1 s to a week, as on B2);
+/// API calls and other names refuse it.
 pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Value, ApiError> {
     let bucket_id = params.required_string("bucketId")?;
     let prefix = params.required_string("fileNamePrefix")?;
+    let valid_s = params
+        .count("validDurationInSeconds")?
+        .ok_or_else(|| ApiError::bad_request("required field validDurationInSeconds is missing"))?;
+    if !(1..=DOWNLOAD_AUTHORIZATION_VALID_MAX_S).contains(&valid_s) {
+        return Err(ApiError::bad_request(format!(
+            "validDurationInSeconds must be from 1 to {DOWNLOAD_AUTHORIZATION_VALID_MAX_S}, not {valid_s}"
+        )));
+    }
     let bucket = bucket_for_listing(server, params)?;
     server
         .key
@@ -967,6 +992,6 @@ pub fn get_download_authorization(server: &Server, params: &Params) -> Result<Va
     Ok(json!({
         "bucketId": bucket_id,
         "fileNamePrefix": prefix,
-        "authorizationToken": server.tokens.issue(),
+        "authorizationToken": server.tokens.issue_download(&bucket.id, &prefix, valid_s * 1000),
     }))
 }

@@ -154,6 +154,34 @@ pub enum TokenError {
     Expired,
 }
 
+/// What a token accepted for a download may read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DownloadGrant {
+    /// An account token: whatever the key may read.
+    Account,
+    /// A `b2_get_download_authorization` token: names starting with
+    /// `name_prefix` in one bucket, until it expires.
+    Prefix {
+        bucket_id: String,
+        name_prefix: String,
+    },
+}
+
+impl DownloadGrant {
+    pub fn allows(&self, bucket_id: &str, name: &str) -> bool {
+        match self {
+            DownloadGrant::Account => true,
+            DownloadGrant::Prefix {
+                bucket_id: granted,
+                name_prefix,
+            } => granted == bucket_id && name.starts_with(name_prefix.as_str()),
+        }
+    }
+}
+
+/// Prefix of download-authorization tokens, which `check` (API calls) refuses.
+const DOWNLOAD_TOKEN_PREFIX: &str = "4_d_";
+
 pub struct Tokens {
     secret: [u8; 32],
     ttl_ms: Option<u64>,
@@ -190,6 +218,66 @@ impl Tokens {
         format!("4_{issued_hex}_{}", self.mac(&issued_hex))
     }
 
+    fn download_mac(&self, expiry_hex: &str, bucket_id: &str, prefix_b64: &str) -> String {
+        hex(&sha1_of(&[
+            &self.secret,
+            b"download\0",
+            expiry_hex.as_bytes(),
+            b"\0",
+            bucket_id.as_bytes(),
+            b"\0",
+            prefix_b64.as_bytes(),
+        ]))
+    }
+
+    /// A token good only for downloads of names starting with `name_prefix`
+    /// in `bucket_id`, for `valid_ms`: the bucket, prefix and expiry travel in
+    /// the token under the MAC, so no table is needed.
+    pub fn issue_download(&self, bucket_id: &str, name_prefix: &str, valid_ms: u64) -> String {
+        let expiry_hex = format!("{:016x}", now_ms().saturating_add(valid_ms));
+        let prefix_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name_prefix);
+        let mac = self.download_mac(&expiry_hex, bucket_id, &prefix_b64);
+        format!("{DOWNLOAD_TOKEN_PREFIX}{expiry_hex}_{bucket_id}_{prefix_b64}_{mac}")
+    }
+
+    /// Checks a token presented for a download: an account token, or a
+    /// download-authorization token (its own expiry, not `--token-ttl-s`).
+    pub fn check_download(&self, token: Option<&str>) -> Result<DownloadGrant, TokenError> {
+        let Some(rest) = token
+            .map(str::trim)
+            .and_then(|t| t.strip_prefix(DOWNLOAD_TOKEN_PREFIX))
+        else {
+            return self.check(token).map(|()| DownloadGrant::Account);
+        };
+        // The base64url prefix may hold `_`: the MAC (hex) is split off the end.
+        let (fields, mac) = rest.rsplit_once('_').ok_or(TokenError::Bad)?;
+        let mut parts = fields.splitn(3, '_');
+        let (Some(expiry_hex), Some(bucket_id), Some(prefix_b64)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Bad);
+        };
+        let expected = self.download_mac(expiry_hex, bucket_id, prefix_b64);
+        if expiry_hex.len() != 16 || sha1_of(&[mac.as_bytes()]) != sha1_of(&[expected.as_bytes()]) {
+            return Err(TokenError::Bad);
+        }
+        let expiry_ms = u64::from_str_radix(expiry_hex, 16).map_err(|_| TokenError::Bad)?;
+        if now_ms() >= expiry_ms {
+            return Err(TokenError::Expired);
+        }
+        let name_prefix = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(prefix_b64)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or(TokenError::Bad)?;
+        Ok(DownloadGrant::Prefix {
+            bucket_id: bucket_id.to_string(),
+            name_prefix,
+        })
+    }
+
+    /// Checks an account token (API calls and downloads); a
+    /// download-authorization token is not one.
     pub fn check(&self, token: Option<&str>) -> Result<(), TokenError> {
         let token = token.map(str::trim).ok_or(TokenError::Bad)?;
         let rest = token.strip_prefix("4_").ok_or(TokenError::Bad)?;
@@ -229,6 +317,30 @@ mod tests {
         assert_eq!(
             expiring.check(Some(&expiring.issue())),
             Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn download_tokens_carry_their_bucket_and_prefix() {
+        let tokens = Tokens::new(None);
+        // "\u{3ff}?" encodes with `_` in base64url: the prefix may hold the separator.
+        for prefix in ["", "dir/", "\u{3ff}?", "a_b"] {
+            let token = tokens.issue_download("bucket", prefix, 60_000);
+            let grant = tokens.check_download(Some(&token)).unwrap();
+            assert!(grant.allows("bucket", &format!("{prefix}x")), "{prefix:?}");
+            assert!(!grant.allows("other", &format!("{prefix}x")), "{prefix:?}");
+            assert_eq!(
+                tokens.check(Some(&token)),
+                Err(TokenError::Bad),
+                "not for API calls"
+            );
+        }
+        let token = tokens.issue_download("bucket", "dir/", 60_000);
+        let forged = token.replace("_bucket_", "_other_");
+        assert_eq!(tokens.check_download(Some(&forged)), Err(TokenError::Bad));
+        assert_eq!(
+            tokens.check_download(Some(&tokens.issue())),
+            Ok(DownloadGrant::Account)
         );
     }
 

@@ -27,8 +27,14 @@ pub const API_REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
 pub const REQUEST_HEAD_MAX_BYTES: usize = 64 * 1024;
 /// Most request headers accepted.
 pub const REQUEST_HEADERS_MAX: usize = 100;
-/// A client that sends no complete head within this time is dropped.
+/// A client that sends no complete head within this time is dropped; so is
+/// one that sends no complete API request body within this time after the
+/// head (answered 408 `request_timeout`).
 pub const REQUEST_HEAD_TIMEOUT_S: u64 = 30;
+/// A connection whose writes have waited this long for the peer to take
+/// bytes is closed (a client that never reads a download would otherwise
+/// hold ~2 MiB of body buffers and a descriptor forever).
+pub const WRITE_STALL_TIMEOUT_S: u64 = 30;
 /// TLS handshakes that take longer are dropped.
 pub const TLS_HANDSHAKE_TIMEOUT_S: u64 = 10;
 /// A `--stall-rate` body stays silent this long, then the connection is closed
@@ -42,8 +48,9 @@ pub const DELAY_LINE_WINDOW_BYTES: usize = 4 << 20;
 pub const DELAY_LINE_SEGMENT_BYTES: usize = 64 << 10;
 /// The in-memory pipe between the delay line and the server's TLS.
 pub const DELAY_LINE_PIPE_BYTES: usize = 256 << 10;
-/// Keys whose attempt counters are remembered for fault decisions; the table
-/// is cleared when it grows past this (decisions stay deterministic per run).
+/// Keys whose attempt counters are remembered for fault decisions (~50 bytes
+/// each: a 16-byte digest of the request and a counter); the table is cleared
+/// when it grows past this (decisions stay deterministic per run).
 pub const FAULT_ATTEMPT_KEYS_MAX: usize = 1_000_000;
 
 /// Defaults of the flags.
@@ -53,6 +60,9 @@ pub const LARGE_FILE_THRESHOLD_DEFAULT: &str = "100MiB";
 /// on the ready line so demos can use them.
 pub const DEMO_KEY_ID: &str = "ringdown-demo-key-id";
 pub const DEMO_KEY: &str = "ringdown-demo-application-key";
+
+/// Longest `validDurationInSeconds` of `b2_get_download_authorization` (B2's: one week).
+pub const DOWNLOAD_AUTHORIZATION_VALID_MAX_S: u64 = 604_800;
 
 /// Reported to clients in `b2_authorize_account`.
 pub const RECOMMENDED_PART_SIZE_BYTES: u64 = 100_000_000;

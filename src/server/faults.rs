@@ -173,7 +173,19 @@ impl BodyFault {
 
 pub struct Faults {
     pub config: FaultConfig,
-    attempts: Mutex<HashMap<String, u64>>,
+    /// Attempts per request, by `attempt_key`.
+    attempts: Mutex<HashMap<AttemptKey, u64>>,
+}
+
+/// A request key as the attempt table stores it: 16 bytes of its SHA1, so an
+/// entry costs the same whatever the request (API keys hold bodies of up to
+/// 1 MiB, which the table kept, one per distinct request, until it was cleared).
+type AttemptKey = [u8; 16];
+
+fn attempt_key(key: &str) -> AttemptKey {
+    Sha1::digest(key.as_bytes())[..16]
+        .try_into()
+        .expect("a SHA1 has 20 bytes")
 }
 
 /// One request's view of the fault dice.
@@ -318,7 +330,7 @@ impl Faults {
         if attempts.len() >= FAULT_ATTEMPT_KEYS_MAX {
             attempts.clear();
         }
-        let counter = attempts.entry(key.to_string()).or_insert(0);
+        let counter = attempts.entry(attempt_key(key)).or_insert(0);
         let attempt = *counter;
         *counter += 1;
         Dice {

@@ -192,7 +192,7 @@ impl Store {
                 name: version.name.clone(),
                 size_bytes: stat.st_size.max(0) as u64,
                 mtime_ms: version.upload_ms,
-                mtime_ns: super::store::mtime_ns_of(&stat),
+                version: super::store::FileVersion::of(&stat),
                 file_id: version.file_id.clone(),
                 history_path: Some(path),
             },

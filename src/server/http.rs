@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -15,13 +16,15 @@ use serde_json::json;
 use super::Server;
 use super::access_log::AccessRecord;
 use super::api::{self, Params};
-use super::auth::{TokenError, now_ms};
+use super::auth::{DownloadGrant, TokenError, now_ms};
 use super::body::{FileBody, ServeBody};
-use super::config::{API_REQUEST_BODY_MAX_BYTES, SMALL_OBJECT_INLINE_BYTES};
+use super::config::{
+    API_REQUEST_BODY_MAX_BYTES, REQUEST_HEAD_TIMEOUT_S, SMALL_OBJECT_INLINE_BYTES,
+};
 use super::encoding::{RangeRequest, b2_url_encode, parse_query, parse_range, percent_decode};
 use super::fault_io::WriteCut;
 use super::faults::{BodyFault, ConnFault, HeadFault, RangeFault, TokenBucket};
-use super::store::OpenError;
+use super::store::{self, OpenError};
 use crate::b2::KeyRefusal;
 use crate::b2::sse::{HEADER_ALGORITHM, HEADER_KEY_MD5, SSE_C_ALGORITHM};
 
@@ -34,6 +37,8 @@ pub struct ApiError {
     retry_after_s: Option<u64>,
     fault: Option<&'static str>,
     content_range: Option<String>,
+    /// Answer with `Connection: close` (the request body was not read whole).
+    close_connection: bool,
 }
 
 impl ApiError {
@@ -45,6 +50,7 @@ impl ApiError {
             retry_after_s: None,
             fault: None,
             content_range: None,
+            close_connection: false,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -232,6 +238,9 @@ fn error_response(
     if let Some(content_range) = &error.content_range {
         builder = builder.header("content-range", content_range.as_str());
     }
+    if error.close_connection {
+        builder = builder.header("connection", "close");
+    }
     context.record.status = error.status.as_u16();
     context.record.fault = context.conn_fault.or(error.fault).map(str::to_string);
     context.record.bytes_sent = if is_head { 0 } else { text.len() as u64 };
@@ -384,7 +393,15 @@ async fn route(
         .filter(|(version, _)| (1..=4).contains(version))
         .ok_or_else(|| ApiError::not_found(format!("no such path: {}", context.path)))?;
 
-    if operation == "b2_download_file_by_id" && context.method != Method::POST {
+    if operation == "b2_download_file_by_id" {
+        // As on B2 (and /file/...): a download is a GET or a HEAD.
+        if context.method != Method::GET && context.method != Method::HEAD {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "b2_download_file_by_id takes GET or HEAD, with ?fileId=",
+            ));
+        }
         let file_id = context
             .query
             .iter()
@@ -394,32 +411,17 @@ async fn route(
         return download(server, connection, reused, context, Target::Id(file_id)).await;
     }
 
-    let body_bytes: Bytes = match context.method {
-        Method::GET => Bytes::new(),
-        Method::POST => Limited::new(request.into_body(), API_REQUEST_BODY_MAX_BYTES)
-            .collect()
-            .await
-            .map_err(|error| {
-                ApiError::bad_request(format!(
-                    "request body unreadable or over {API_REQUEST_BODY_MAX_BYTES} bytes: {error}"
-                ))
-            })?
-            .to_bytes(),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "API calls take GET or POST",
-            ));
-        }
-    };
-    let params = if context.method == Method::POST {
-        Params::from_json(&body_bytes)?
-    } else {
-        Params::from_query(context.query.clone())
-    };
-
-    if operation == "b2_authorize_account" {
+    if context.method != Method::GET && context.method != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "API calls take GET or POST",
+        ));
+    }
+    // Everything the head decides is checked before the body is read, so a
+    // client without credentials cannot hold a connection by sending none.
+    let authorizing = operation == "b2_authorize_account";
+    if authorizing {
         if !server
             .credentials
             .check_basic(context.authorization.as_deref())
@@ -428,6 +430,29 @@ async fn route(
                 "invalid application key id or application key",
             ));
         }
+    } else {
+        server
+            .tokens
+            .check(context.authorization.as_deref())
+            .map_err(ApiError::token)?;
+        if !API_CALLS.contains(&operation.as_str()) {
+            return Err(ApiError::not_found(format!(
+                "unsupported API call: {operation}"
+            )));
+        }
+    }
+    let body_bytes: Bytes = if context.method == Method::POST {
+        read_api_body(request).await?
+    } else {
+        Bytes::new()
+    };
+    let params = if context.method == Method::POST {
+        Params::from_json(&body_bytes)?
+    } else {
+        Params::from_query(context.query.clone())
+    };
+
+    if authorizing {
         if !server.may_authorize() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -439,10 +464,6 @@ async fn route(
         return Ok(json_response(server, context, api::to_body(&value)));
     }
 
-    server
-        .tokens
-        .check(context.authorization.as_deref())
-        .map_err(ApiError::token)?;
     let fault_key = context.fault_key(&body_bytes);
     let dice = server.faults.roll(&fault_key);
     connection.apply(server.faults.conn_fault(dice.as_ref(), reused), context);
@@ -472,6 +493,43 @@ async fn route(
     Ok(json_response(server, context, value))
 }
 
+/// The API calls served besides `b2_authorize_account` (and downloads).
+const API_CALLS: [&str; 5] = [
+    "b2_list_buckets",
+    "b2_list_file_names",
+    "b2_list_file_versions",
+    "b2_get_file_info",
+    "b2_get_download_authorization",
+];
+
+/// The JSON body of an API call: at most `API_REQUEST_BODY_MAX_BYTES`, whole
+/// within `REQUEST_HEAD_TIMEOUT_S` (as the head must be), else 408 and the
+/// connection is closed: a client that stops sending would hold it forever.
+async fn read_api_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let reading = Limited::new(request.into_body(), API_REQUEST_BODY_MAX_BYTES).collect();
+    match tokio::time::timeout(Duration::from_secs(REQUEST_HEAD_TIMEOUT_S), reading).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => {
+            let mut error = ApiError::bad_request(format!(
+                "request body unreadable or over {API_REQUEST_BODY_MAX_BYTES} bytes: {error}"
+            ));
+            error.close_connection = true;
+            Err(error)
+        }
+        Err(_) => {
+            let mut error = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {REQUEST_HEAD_TIMEOUT_S} s; send it with the head"
+                ),
+            );
+            error.close_connection = true;
+            Err(error)
+        }
+    }
+}
+
 enum Target {
     Name { bucket: String, name: String },
     Id(String),
@@ -484,10 +542,33 @@ async fn download(
     context: &mut RequestContext,
     target: Target,
 ) -> Result<Response<ServeBody>, ApiError> {
-    server
+    let grant = server
         .tokens
-        .check(context.token())
+        .check_download(context.token())
         .map_err(ApiError::token)?;
+    // A download-authorization token reaches its bucket and prefix only;
+    // checked before the object is looked up, as the key's restriction is.
+    let granted = |bucket_id: &str, name: &str| {
+        if grant.allows(bucket_id, name) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "the download authorization does not cover this file",
+            ))
+        }
+    };
+    match &target {
+        Target::Name { bucket, name } => granted(&store::bucket_id_for(bucket), name)?,
+        Target::Id(file_id) => {
+            if let Some((bucket_id, name)) = store::parse_file_id(file_id) {
+                granted(&bucket_id, &name)?;
+            } else if grant != DownloadGrant::Account {
+                return Err(ApiError::unauthorized(
+                    "the download authorization does not cover this file",
+                ));
+            }
+        }
+    }
 
     let worker_server = server.clone();
     let (file, view, whole) = blocking(move || {
@@ -538,7 +619,7 @@ async fn download(
             OpenError::NotFound => ApiError::not_found(format!("file not present: {name}")),
             OpenError::Io(error) => ApiError::internal(format!("opening {name}: {error}")),
         })?;
-        let view = api::view_of(server, meta)
+        let view = api::view_of(server, meta, &file)
             .map_err(|error| ApiError::internal(format!("hashing {name}: {error}")))?;
         // A small object is read here too, on the same blocking thread: one
         // hop per request instead of two (the hops cost more than the read).

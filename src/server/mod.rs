@@ -7,7 +7,8 @@
 //! Modules: `store` (buckets, names, safe opens, IDs), `sha1_cache` (digests
 //! remembered outside DIR), `api` (JSON calls), `http` (routing, errors,
 //! downloads), `body` (streamed file bodies), `faults`, `auth`, `tls`,
-//! `access_log`, `encoding` (I/O-free text helpers).
+//! `access_log`, `encoding` (I/O-free text helpers), `write_watch` (closes
+//! connections whose client stopped reading).
 
 mod access_log;
 mod api;
@@ -23,6 +24,7 @@ mod http;
 mod sha1_cache;
 mod store;
 pub(crate) mod tls;
+mod write_watch;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -41,6 +43,7 @@ use fault_io::{FaultIo, WriteCut};
 use faults::{FaultConfig, Faults, StatusFault, TokenBucket};
 use sha1_cache::Sha1Cache;
 use store::Store;
+use write_watch::{WatchedIo, WriteProgress, close_when_writes_stall};
 
 fn parse_probability(text: &str) -> std::result::Result<f64, String> {
     let value: f64 = text
@@ -565,13 +568,13 @@ fn index_everything(server: &Server) {
             if server
                 .store
                 .sha1_cache
-                .lookup(&key, meta.size_bytes, meta.mtime_ns)
+                .lookup(&key, &meta.version)
                 .is_some()
             {
                 continue;
             }
             let size_bytes = meta.size_bytes;
-            if api::view_of(server, meta).is_ok() {
+            if api::view_of_listed(server, meta).is_ok() {
                 hashed_files += 1;
                 hashed_bytes += size_bytes;
             }
@@ -675,6 +678,8 @@ async fn serve_stream<S>(
         .max_buf_size(REQUEST_HEAD_MAX_BYTES)
         .max_headers(REQUEST_HEADERS_MAX)
         .keep_alive(true);
+    let write_progress = WriteProgress::new();
+    let write_stall_limit = Duration::from_secs(WRITE_STALL_TIMEOUT_S);
     // Connection errors (client gone, injected resets) are normal here: not logged.
     match acceptor {
         Some(acceptor) => {
@@ -704,13 +709,15 @@ async fn serve_stream<S>(
             )
             .await;
             if let Ok(Ok(tls)) = handshake {
-                let io = FaultIo::new(tls, write_cut);
-                let _ = builder.serve_connection(TokioIo::new(io), service).await;
+                let io = WatchedIo::new(FaultIo::new(tls, write_cut), write_progress.clone());
+                let serving = builder.serve_connection(TokioIo::new(io), service);
+                close_when_writes_stall(serving, &write_progress, write_stall_limit).await;
             }
         }
         None => {
-            let io = FaultIo::new(stream, write_cut);
-            let _ = builder.serve_connection(TokioIo::new(io), service).await;
+            let io = WatchedIo::new(FaultIo::new(stream, write_cut), write_progress.clone());
+            let serving = builder.serve_connection(TokioIo::new(io), service);
+            close_when_writes_stall(serving, &write_progress, write_stall_limit).await;
         }
     }
 }

@@ -1,7 +1,9 @@
 //! SHA1 of every served object, computed once and remembered in an index
 //! file outside the bucket directories (JSON Lines, append-only, later lines
-//! win), keyed by `bucket/name`, size and mtime in nanoseconds. A changed file
-//! (size or mtime) is hashed again.
+//! win), keyed by `bucket/name` and the file's `FileVersion`. A changed file
+//! is hashed again. A digest is computed from, and remembered under the
+//! version of, the descriptor the caller opened: never from a second open by
+//! name, which may find another file.
 //!
 //! Hashing is lazy (first listing page or download that needs the digest) and
 //! also done by a background indexer started with the server, so first calls
@@ -10,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -19,19 +22,24 @@ use sha1::{Digest, Sha1};
 
 use super::config::{HASH_READ_BLOCK_BYTES, SHA1_LOCK_STRIPES};
 use super::encoding::{hex, unhex};
+use super::store::FileVersion;
 
+/// One line of the index. Lines of older servers lack the inode, device and
+/// ctime: they do not parse, so those files are hashed again.
 #[derive(Serialize, Deserialize)]
 struct IndexLine {
     path: String,
     size: u64,
     mtime_ns: u128,
+    device: u64,
+    inode: u64,
+    ctime_ns: u128,
     sha1: String,
 }
 
 #[derive(Clone, Copy)]
 struct CachedDigest {
-    size_bytes: u64,
-    mtime_ns: u128,
+    version: FileVersion,
     sha1: [u8; 20],
 }
 
@@ -70,43 +78,46 @@ impl Sha1Cache {
         }
     }
 
-    pub fn lookup(&self, key: &str, size_bytes: u64, mtime_ns: u128) -> Option<[u8; 20]> {
+    pub fn lookup(&self, key: &str, version: &FileVersion) -> Option<[u8; 20]> {
         let digests = self.digests.lock().expect("sha1 cache lock");
         digests
             .get(key)
-            .filter(|cached| cached.size_bytes == size_bytes && cached.mtime_ns == mtime_ns)
+            .filter(|cached| cached.version == *version)
             .map(|cached| cached.sha1)
     }
 
-    /// Returns the digest of `file` (already opened, with the given size and
-    /// mtime), hashing it unless cached. Blocking: call from a blocking thread.
-    /// The second value says whether the file was read.
+    /// Returns the digest of `file`, an open descriptor whose `fstat` gave
+    /// `version`, hashing it unless cached. Blocking: call from a blocking
+    /// thread. The second value says whether the file was read.
     pub fn digest_of(
         &self,
         key: &str,
-        size_bytes: u64,
-        mtime_ns: u128,
-        open: impl FnOnce() -> std::io::Result<File>,
+        version: &FileVersion,
+        file: &File,
     ) -> std::io::Result<([u8; 20], bool)> {
-        if let Some(sha1) = self.lookup(key, size_bytes, mtime_ns) {
+        if let Some(sha1) = self.lookup(key, version) {
             return Ok((sha1, false));
         }
         let stripe = &self.stripes[stripe_of(key)];
         let _guard = stripe.lock().expect("sha1 stripe lock");
-        if let Some(sha1) = self.lookup(key, size_bytes, mtime_ns) {
+        if let Some(sha1) = self.lookup(key, version) {
             return Ok((sha1, false));
         }
-        let sha1 = hash_file(open()?, size_bytes)?;
-        self.remember(key, size_bytes, mtime_ns, sha1);
+        let sha1 = hash_file(file, version.size_bytes)?;
+        // Written in place while being read: the digest may mix two contents,
+        // so it is not remembered (the next request hashes the file again).
+        let after = rustix::fs::fstat(file).map_err(std::io::Error::from)?;
+        if FileVersion::of(&after) == *version {
+            self.remember(key, version, sha1);
+        }
         Ok((sha1, true))
     }
 
-    fn remember(&self, key: &str, size_bytes: u64, mtime_ns: u128, sha1: [u8; 20]) {
+    fn remember(&self, key: &str, version: &FileVersion, sha1: [u8; 20]) {
         self.digests.lock().expect("sha1 cache lock").insert(
             key.to_string(),
             CachedDigest {
-                size_bytes,
-                mtime_ns,
+                version: *version,
                 sha1,
             },
         );
@@ -114,8 +125,11 @@ impl Sha1Cache {
         if let Some(file) = index_file.as_mut() {
             let line = IndexLine {
                 path: key.to_string(),
-                size: size_bytes,
-                mtime_ns,
+                size: version.size_bytes,
+                mtime_ns: version.mtime_ns,
+                device: version.device,
+                inode: version.inode,
+                ctime_ns: version.ctime_ns,
                 sha1: hex(&sha1),
             };
             let mut text = serde_json::to_string(&line).expect("index line serialises");
@@ -155,8 +169,13 @@ fn load_and_open(
             digests.insert(
                 parsed.path,
                 CachedDigest {
-                    size_bytes: parsed.size,
-                    mtime_ns: parsed.mtime_ns,
+                    version: FileVersion {
+                        device: parsed.device,
+                        inode: parsed.inode,
+                        size_bytes: parsed.size,
+                        mtime_ns: parsed.mtime_ns,
+                        ctime_ns: parsed.ctime_ns,
+                    },
                     sha1,
                 },
             );
@@ -169,17 +188,20 @@ fn load_and_open(
 }
 
 /// Hashes exactly `size_bytes` of `file`; a file that changed size while being
-/// read is an error (the caller's metadata would be stale).
-fn hash_file(file: File, size_bytes: u64) -> std::io::Result<[u8; 20]> {
+/// read is an error (the caller's metadata would be stale). Positional reads:
+/// the file's offset is the download body's, not ours.
+fn hash_file(file: &File, size_bytes: u64) -> std::io::Result<[u8; 20]> {
     let mut hasher = Sha1::new();
     let mut buffer = vec![0u8; HASH_READ_BLOCK_BYTES];
-    let mut reader = file.take(size_bytes);
     let mut total_bytes = 0u64;
-    loop {
-        let count = reader.read(&mut buffer)?;
-        if count == 0 {
-            break;
-        }
+    while total_bytes < size_bytes {
+        let wanted = buffer.len().min((size_bytes - total_bytes) as usize);
+        let count = match file.read_at(&mut buffer[..wanted], total_bytes) {
+            Ok(0) => break,
+            Ok(count) => count,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
         hasher.update(&buffer[..count]);
         total_bytes += count as u64;
     }

@@ -25,6 +25,36 @@ use super::config::LISTING_REVALIDATE_MS;
 use super::encoding::hex;
 use super::sha1_cache::Sha1Cache;
 
+/// What tells one content of a file from another: the SHA1 cache and the
+/// fileId key on it. Taken from `fstat` of a descriptor, so a digest is
+/// remembered under the version of the file that was actually hashed.
+///
+/// Size and mtime alone miss a same-size rewrite whose mtime was put back
+/// (`touch -d`, `cp -p`, `rsync -t`, `tar x`, a fixture generator's
+/// `os.utime`). The ctime cannot be set that way and changes on every write
+/// and rename; the inode and device tell a replaced file from the original.
+/// All of them stay the same for an unchanged file across server restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    pub device: u64,
+    pub inode: u64,
+    pub size_bytes: u64,
+    pub mtime_ns: u128,
+    pub ctime_ns: u128,
+}
+
+impl FileVersion {
+    pub fn of(stat: &rustix::fs::Stat) -> FileVersion {
+        FileVersion {
+            device: stat.st_dev,
+            inode: stat.st_ino,
+            size_bytes: stat.st_size.max(0) as u64,
+            mtime_ns: mtime_ns_of(stat),
+            ctime_ns: nanoseconds(stat.st_ctime as i128, stat.st_ctime_nsec as i128),
+        }
+    }
+}
+
 /// Metadata of one object (one regular file), as listings and downloads report it.
 #[derive(Debug, Clone)]
 pub struct ObjectMeta {
@@ -32,7 +62,7 @@ pub struct ObjectMeta {
     pub name: String,
     pub size_bytes: u64,
     pub mtime_ms: u64,
-    pub mtime_ns: u128,
+    pub version: FileVersion,
     pub file_id: String,
     /// An older version (`history`): its file beneath DIR. Its uploadTimestamp
     /// (`mtime_ms`) comes from that path, not from the file's mtime.
@@ -71,6 +101,12 @@ pub struct Store {
     pub sha1_cache: Sha1Cache,
 }
 
+/// How object files are opened for reading. O_NONBLOCK because the type
+/// check (regular file only) can only run on an open fd: without it, opening
+/// a FIFO waits for a writer forever and pins a blocking thread (enough of
+/// them starve every request). Reads of regular files ignore O_NONBLOCK.
+const OBJECT_OPEN_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::NONBLOCK);
+
 fn resolve_beneath() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
@@ -91,14 +127,17 @@ pub fn bucket_id_for(name: &str) -> String {
 
 /// `4_z<bucketId>_f<version hash>_n<base64url(name)>`: the name travels in the
 /// ID, so `b2_download_file_by_id` works across restarts without a table;
-/// the version hash (bucket, name, size, mtime) makes an ID of a changed file
-/// stop resolving, as a replaced B2 version would.
-pub fn file_id_for(bucket: &Bucket, name: &str, size_bytes: u64, mtime_ns: u128) -> String {
+/// the version hash (bucket, name, `FileVersion`) makes an ID of a changed
+/// file stop resolving, as a replaced B2 version would.
+pub fn file_id_for(bucket: &Bucket, name: &str, version: &FileVersion) -> String {
     let version = short_hash(&[
         bucket.name.as_bytes(),
         name.as_bytes(),
-        &size_bytes.to_be_bytes(),
-        &mtime_ns.to_be_bytes(),
+        &version.size_bytes.to_be_bytes(),
+        &version.mtime_ns.to_be_bytes(),
+        &version.device.to_be_bytes(),
+        &version.inode.to_be_bytes(),
+        &version.ctime_ns.to_be_bytes(),
     ]);
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_bytes());
     format!("4_z{}_f{}_n{}", bucket.id, version, encoded)
@@ -178,9 +217,13 @@ fn open_under(dir_fd: &OwnedFd, name: &str, flags: OFlags) -> Result<OwnedFd, Op
     })
 }
 
-pub(super) fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
-    let seconds = stat.st_mtime.max(0) as u128;
-    seconds * 1_000_000_000 + stat.st_mtime_nsec as u128
+fn mtime_ns_of(stat: &rustix::fs::Stat) -> u128 {
+    nanoseconds(stat.st_mtime as i128, stat.st_mtime_nsec as i128)
+}
+
+/// A timestamp of `stat` in ns since the epoch (times before it count as 0).
+fn nanoseconds(seconds: i128, nanoseconds: i128) -> u128 {
+    (seconds.max(0) * 1_000_000_000 + nanoseconds.max(0)) as u128
 }
 
 impl Store {
@@ -209,7 +252,7 @@ impl Store {
         &self,
         path: &str,
     ) -> Result<(File, rustix::fs::Stat), OpenError> {
-        let fd = open_under(&self.root_fd, path, OFlags::RDONLY)?;
+        let fd = open_under(&self.root_fd, path, OBJECT_OPEN_FLAGS)?;
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
@@ -314,15 +357,14 @@ impl Store {
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
         }
-        let size_bytes = stat.st_size.max(0) as u64;
-        let mtime_ns = mtime_ns_of(stat);
+        let version = FileVersion::of(stat);
         Ok(ObjectMeta {
             bucket: bucket.clone(),
             name: name.to_string(),
-            size_bytes,
-            mtime_ms: (mtime_ns / 1_000_000) as u64,
-            mtime_ns,
-            file_id: file_id_for(bucket, name, size_bytes, mtime_ns),
+            size_bytes: version.size_bytes,
+            mtime_ms: (version.mtime_ns / 1_000_000) as u64,
+            version,
+            file_id: file_id_for(bucket, name, &version),
             history_path: None,
         })
     }
@@ -351,10 +393,27 @@ impl Store {
         bucket: &Arc<Bucket>,
         name: &str,
     ) -> Result<(File, ObjectMeta), OpenError> {
-        let fd = self.open_beneath(bucket, name, OFlags::RDONLY)?;
+        let fd = self.open_beneath(bucket, name, OBJECT_OPEN_FLAGS)?;
         let stat = rustix::fs::fstat(&fd).map_err(|error| OpenError::Io(error.into()))?;
         let meta = self.meta_from_stat(bucket, name, &stat)?;
         Ok((File::from(fd), meta))
+    }
+
+    /// Opens the file a listed (stat-only) `meta` describes, to hash it. The
+    /// current object may have been replaced since the stat: then the newer
+    /// file and its metadata are returned. An older version's file is
+    /// immutable history; if it changed, the listed version is gone.
+    pub fn reopen(&self, meta: &ObjectMeta) -> Result<(File, ObjectMeta), OpenError> {
+        match &meta.history_path {
+            None => self.open_object(&meta.bucket, &meta.name),
+            Some(path) => {
+                let (file, stat) = self.open_under_root(path)?;
+                if FileVersion::of(&stat) != meta.version {
+                    return Err(OpenError::NotFound);
+                }
+                Ok((file, meta.clone()))
+            }
+        }
     }
 
     /// The sorted names of a bucket, from the cache when still valid.
@@ -452,11 +511,27 @@ mod tests {
             name: "bkt".into(),
             id: bucket_id_for("bkt"),
         };
-        let id = file_id_for(&bucket, "dir/a b+c.txt", 11, 5);
+        let version = FileVersion {
+            device: 1,
+            inode: 2,
+            size_bytes: 11,
+            mtime_ns: 5,
+            ctime_ns: 7,
+        };
+        let id = file_id_for(&bucket, "dir/a b+c.txt", &version);
         let (bucket_id, name) = parse_file_id(&id).unwrap();
         assert_eq!(bucket_id, bucket.id);
         assert_eq!(name, "dir/a b+c.txt");
-        assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", 11, 6));
+        let touched = FileVersion {
+            mtime_ns: 6,
+            ..version
+        };
+        assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", &touched));
+        let rewritten = FileVersion {
+            ctime_ns: 8,
+            ..version
+        };
+        assert_ne!(id, file_id_for(&bucket, "dir/a b+c.txt", &rewritten));
         assert!(parse_file_id("4_zshort").is_none());
     }
 
