@@ -1589,7 +1589,8 @@ impl HeldJournal<'_> {
     /// in the page cache; then marked so), and this run's boot. Rewritten
     /// whole: a mark appended to the old text would vouch for another
     /// boot's lines that were not trusted. A journal that cannot be
-    /// written costs a resume, not the download.
+    /// written costs a resume, not the download. Not synced: lines lost
+    /// with the page cache only make a later run trust less.
     fn begin_round(&self, resumed_bytes: u64) {
         use std::io::Write;
         let mut text = String::new();
@@ -1603,8 +1604,7 @@ impl HeldJournal<'_> {
         let _ = self
             .file
             .set_len(0)
-            .and_then(|()| (&self.file).write_all(text.as_bytes()))
-            .and_then(|()| self.file.sync_data());
+            .and_then(|()| (&self.file).write_all(text.as_bytes()));
     }
 
     /// A new round from byte 0: the partial file goes, the journal is cut

@@ -202,7 +202,9 @@ pub fn load(
     };
     // Always rewritten: a mark appended to the old text would vouch for
     // another boot's lines that were not trusted. A kill before the cut
-    // only merges the same records again next time.
+    // only merges the same records again next time. Not synced: lines lost
+    // with the page cache only make a later run trust less, and an
+    // `fdatasync` at every start waits on a busy disk.
     let mut kept = String::new();
     for (key, bytes) in &chunks {
         kept.push_str(&format!("chunk\t{key}\t{bytes}\n"));
@@ -212,7 +214,6 @@ pub fn load(
     journal
         .set_len(0)
         .and_then(|()| journal.write_all(kept.as_bytes()))
-        .and_then(|()| journal.sync_data())
         .map_err(|error| Error::io(context("cutting the journal"), error))?;
     Ok(Loaded {
         completed: Cursor::open(sorted),
