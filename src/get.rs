@@ -588,11 +588,9 @@ impl Download {
                     // A signal that cut a transfer nothing can resume (an
                     // origin that ignores Range) ends the run as a signal does.
                     // (A library caller's `cancel` is reported as SIGINT.)
-                    return Err(if options.engine.is_cancelled() {
-                        let signal = crate::runtime::interrupted().unwrap_or(libc::SIGINT);
-                        Error::Interrupted { signal }
-                    } else {
-                        error
+                    return Err(match options.engine.stop_signal() {
+                        Some(signal) => Error::Interrupted { signal },
+                        None => error,
                     });
                 }
             };

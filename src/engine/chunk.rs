@@ -75,7 +75,7 @@ async fn retry_chunk(
             chunk.offset_bytes + received_bytes,
             chunk.last_byte()
         );
-        let stop = || job.is_stopped(config.is_cancelled());
+        let stop = || job.is_stopped(config.stop_signal());
         let next = retries
             .next_attempt(&core.core, failure, &context, &stop, chunk.index)
             .await;
@@ -131,7 +131,7 @@ async fn attempt_chunk(
     let body_started = Instant::now();
     let mut body_left = body_len;
     while body_left > 0 {
-        if job.is_stopped(core.core.shared.config.is_cancelled()) {
+        if job.is_stopped(core.core.shared.config.stop_signal()) {
             return Err(Failure::retry("aborted"));
         }
         let mut buf = match current.take() {
@@ -237,7 +237,7 @@ async fn send_ahead(
     ahead: &mut Option<Chunk>,
 ) -> Result<(), Failure> {
     let job = &core.job;
-    let Some(next) = job.next_chunk(core.core.shared.config.is_cancelled()) else {
+    let Some(next) = job.next_chunk(core.core.shared.config.stop_signal()) else {
         return Ok(());
     };
     let range = Some((next.offset_bytes, next.last_byte()));

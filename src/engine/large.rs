@@ -198,23 +198,20 @@ impl Job {
         self.next_chunk.load(Ordering::Relaxed) < self.plan.chunk_count()
     }
 
-    pub fn next_chunk(&self, cancelled: bool) -> Option<Chunk> {
-        if self.is_stopped(cancelled) {
+    pub fn next_chunk(&self, stop_signal: Option<i32>) -> Option<Chunk> {
+        if self.is_stopped(stop_signal) {
             return None;
         }
         let index = self.next_chunk.fetch_add(1, Ordering::Relaxed);
         self.plan.chunk(index)
     }
 
-    /// Whether the job is over; a cancelled run (a signal) aborts it, so
-    /// every connection stops at its next buffer and the caller keeps what
-    /// it can resume.
-    pub fn is_stopped(&self, cancelled: bool) -> bool {
-        if cancelled && !self.is_aborted() {
-            self.abort(Error::Interrupted {
-                // A library caller's `cancel` is reported as SIGINT.
-                signal: crate::runtime::interrupted().unwrap_or(libc::SIGINT),
-            });
+    /// Whether the job is over; a run asked to stop (`stop_signal`, see
+    /// `EngineConfig::stop_signal`) aborts it, so every connection stops at
+    /// its next buffer and the caller keeps what it can resume.
+    pub fn is_stopped(&self, stop_signal: Option<i32>) -> bool {
+        if let Some(signal) = stop_signal.filter(|_| !self.is_aborted()) {
+            self.abort(Error::Interrupted { signal });
         }
         self.is_aborted()
     }
@@ -450,8 +447,8 @@ pub(super) async fn take_chunks(
     };
     let _taking = TakingChunks::start(&core_job);
     let job = &core_job.job;
-    let cancelled = || core.shared.config.is_cancelled();
-    let mut next = job.next_chunk(cancelled());
+    let stop_signal = || core.shared.config.stop_signal();
+    let mut next = job.next_chunk(stop_signal());
     while let Some(chunk) = next {
         // The chunk whose GET went out behind this one's, if any.
         let mut ahead = None;
@@ -462,8 +459,8 @@ pub(super) async fn take_chunks(
             break;
         }
         next = match ahead {
-            Some(chunk) => (!job.is_stopped(cancelled())).then_some(chunk),
-            None => job.next_chunk(cancelled()),
+            Some(chunk) => (!job.is_stopped(stop_signal())).then_some(chunk),
+            None => job.next_chunk(stop_signal()),
         };
     }
     // A GET sent ahead whose answer nobody will read.

@@ -16,7 +16,7 @@ pub mod scheduler;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use crate::client::conn::Origin;
@@ -246,10 +246,13 @@ impl EngineConfig {
     /// A signal asked the run to stop: `cancel`, or the process-wide watcher
     /// of `runtime::watch_signals`.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel
-            .as_ref()
-            .is_some_and(|cancel| cancel.load(Ordering::Acquire))
-            || crate::runtime::interrupted().is_some()
+        self.stop_signal().is_some()
+    }
+
+    /// The signal a stopped run reports (`runtime::stop_signal`: SIGINT
+    /// for `cancel`).
+    pub fn stop_signal(&self) -> Option<i32> {
+        crate::runtime::stop_signal(self.cancel.as_deref())
     }
 }
 

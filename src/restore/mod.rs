@@ -634,10 +634,7 @@ impl Restore {
         }
         let tally = std::mem::take(&mut *run.reporter.tally.lock().expect("tally lock"));
         // A signal, or a library caller's `engine.cancel` (reported as SIGINT).
-        let interrupted = options
-            .engine
-            .is_cancelled()
-            .then(|| crate::runtime::interrupted().unwrap_or(libc::SIGINT));
+        let interrupted = options.engine.stop_signal();
         let report_failed = run.reporter.report.as_ref().and_then(|report| {
             let mut report = report.lock().expect("report lock");
             let error = report.failed.take()?;

@@ -247,16 +247,18 @@ pub fn cancel_on_this_thread(
     Reset
 }
 
-/// Whether this thread's run is asked to stop: a signal (`interrupted`),
-/// or its library caller's `cancel` (reported as SIGINT, as everywhere).
+/// Whether this thread's run is asked to stop (`stop_signal` of its
+/// `cancel_on_this_thread` flag).
 pub fn stop_requested() -> Option<i32> {
+    RUN_CANCEL.with(|slot| stop_signal(slot.borrow().as_deref()))
+}
+
+/// The signal a run asked to stop reports: a signal's (`interrupted`), or
+/// SIGINT for its library caller's `cancel`, as everywhere.
+pub fn stop_signal(cancel: Option<&std::sync::atomic::AtomicBool>) -> Option<i32> {
     interrupted().or_else(|| {
-        RUN_CANCEL
-            .with(|slot| {
-                slot.borrow()
-                    .as_ref()
-                    .is_some_and(|cancel| cancel.load(Ordering::Acquire))
-            })
+        cancel
+            .is_some_and(|cancel| cancel.load(Ordering::Acquire))
             .then_some(libc::SIGINT)
     })
 }
