@@ -1582,23 +1582,20 @@ impl HeldJournal<'_> {
         Ok((self.files.journal_writer(journal), marks))
     }
 
-    /// What the journal holds as a round starts: the prefix it resumes
-    /// from (made durable first, as this boot's lines may name bytes still
-    /// in the page cache; then marked so), and this run's boot. Rewritten
-    /// whole: a mark appended to the old text would vouch for another
-    /// boot's lines that were not trusted. A journal that cannot be
-    /// written costs a resume, not the download. Not synced: lines lost
-    /// with the page cache only make a later run trust less.
+    /// What the journal holds as a round starts (`journal::restated`): the
+    /// prefix it resumes from, made durable first (this boot's lines may
+    /// name bytes still in the page cache), and this run's boot. A journal
+    /// that cannot be written costs a resume, not the download. Not
+    /// synced: lines lost with the page cache only make a later run trust
+    /// less.
     fn begin_round(&self, resumed_bytes: u64) {
         use std::io::Write;
-        let mut text = String::new();
-        if resumed_bytes > 0 && rustix::fs::syncfs(self.dir).is_ok() {
-            text.push_str(&format!("chunk\t{}\t{resumed_bytes}\n", self.files.key));
-            text.push_str(&format!("durable\t{}\n", text.len()));
-        }
-        text.push_str(&crate::journal::boot_line(
-            crate::journal::boot_id().as_deref(),
-        ));
+        let prefix = if resumed_bytes > 0 && rustix::fs::syncfs(self.dir).is_ok() {
+            format!("chunk\t{}\t{resumed_bytes}\n", self.files.key)
+        } else {
+            String::new()
+        };
+        let text = crate::journal::restated(&prefix, crate::journal::boot_id().as_deref());
         let _ = self
             .file
             .set_len(0)

@@ -37,9 +37,18 @@ pub fn boot_id() -> Option<String> {
     (!id.is_empty() && !id.contains(['\t', '\n'])).then(|| id.to_string())
 }
 
-/// The line a run writes first: its boot.
-pub fn boot_line(boot: Option<&str>) -> String {
-    format!("{BOOT}{}\n", boot.unwrap_or("unknown"))
+/// What a journal is rewritten to as a run starts: `durable_records`
+/// (whole lines whose data is on disk: the caller made it so), a `durable`
+/// mark for them when there are any, and the run's `boot` line. Rewritten
+/// whole, never appended to: a mark after the old text would vouch for
+/// another boot's lines that were not trusted.
+pub fn restated(durable_records: &str, boot: Option<&str>) -> String {
+    let mut text = durable_records.to_string();
+    if !text.is_empty() {
+        text.push_str(&format!("{DURABLE}{}\n", text.len()));
+    }
+    text.push_str(&format!("{BOOT}{}\n", boot.unwrap_or("unknown")));
+    text
 }
 
 /// Reads a journal line by line (I/O-free) and hands on the record lines

@@ -200,17 +200,15 @@ pub fn load(
             .map_err(|error| Error::io(context("replacing the sorted journal"), error.into()))?;
         (open_read(state, sorted_name), count)
     };
-    // Always rewritten: a mark appended to the old text would vouch for
-    // another boot's lines that were not trusted. A kill before the cut
-    // only merges the same records again next time. Not synced: lines lost
-    // with the page cache only make a later run trust less, and an
-    // `fdatasync` at every start waits on a busy disk.
+    // Always rewritten (`journal::restated`). A kill before the cut only
+    // merges the same records again next time. Not synced: lines lost with
+    // the page cache only make a later run trust less, and an `fdatasync`
+    // at every start waits on a busy disk.
     let mut kept = String::new();
     for (key, bytes) in &chunks {
         kept.push_str(&format!("chunk\t{key}\t{bytes}\n"));
     }
-    kept.push_str(&format!("durable\t{}\n", kept.len()));
-    kept.push_str(&journal::boot_line(boot));
+    let kept = journal::restated(&kept, boot);
     journal
         .set_len(0)
         .and_then(|()| journal.write_all(kept.as_bytes()))
