@@ -24,7 +24,7 @@ use crate::config::{
     API_BODY_MAX_BYTES, DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES,
     OBJECT_REDOWNLOADS_ON_MISMATCH, URL_REDIRECTS_MAX,
 };
-use crate::engine::{self, EngineConfig, ObjectSource, Progress};
+use crate::engine::{self, EngineConfig, ObjectSource, Progress, Validator};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::stats::RunSummary;
@@ -804,7 +804,6 @@ impl Download {
                     path_and_query,
                     auth: Some(auth),
                     expect_file_id: file_id,
-                    if_match: None,
                     validator: None,
                     sse_c,
                     display_name,
@@ -910,16 +909,6 @@ impl Download {
                         head.header("x-bz-info-large_file_sha1"),
                     ),
                 };
-                // If-Match carries the ETag as the origin sent it: one that
-                // is not visible ASCII (or huge) would come back altered or
-                // overflow the request head, and the origin would refuse
-                // every chunk (412). The validator still sees a change.
-                let if_match = head
-                    .header("etag")
-                    .filter(|etag| !etag.starts_with("W/"))
-                    .filter(|etag| etag.len() <= crate::config::IF_MATCH_ETAG_MAX_BYTES)
-                    .filter(|etag| etag.bytes().all(|b| b.is_ascii_graphic()))
-                    .map(str::to_string);
                 // Saved as sent, as curl does without --compressed (a .tar.gz
                 // marked `Content-Encoding: gzip` is the file wanted), but said.
                 if let Some(encoding) = head
@@ -936,7 +925,6 @@ impl Download {
                     path_and_query: url.path_and_query.clone(),
                     auth: None,
                     expect_file_id: None,
-                    if_match,
                     validator: crate::engine::Validator::of(head),
                     sse_c: None,
                     display_name,
@@ -1364,10 +1352,11 @@ impl ResumeFiles {
     /// replaces the old partial file: named from the version too, that one
     /// was left behind for good, at the object's size.
     fn new(file_name: &std::ffi::OsStr, source: &ObjectSource, size_bytes: u64) -> Option<Self> {
-        let identity = match (&source.expect_file_id, &source.if_match) {
+        let if_match = source.validator.as_ref().and_then(Validator::if_match);
+        let identity = match (&source.expect_file_id, if_match) {
             (Some(id), _) => id.clone(),
-            (None, Some(etag)) if !etag.starts_with("W/") => format!("etag:{etag}"),
-            _ => return None,
+            (None, Some(etag)) => format!("etag:{etag}"),
+            (None, None) => return None,
         };
         if identity.chars().any(char::is_control) {
             return None;

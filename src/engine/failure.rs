@@ -397,7 +397,12 @@ pub(super) async fn status_failure(
     } else {
         format!("HTTP {} {code}: {message}", head.status)
     };
-    let detail = if head.status == 412 && object.if_match.is_some() {
+    let detail = if head.status == 412
+        && object
+            .validator
+            .as_ref()
+            .is_some_and(|validator| validator.if_match().is_some())
+    {
         format!(
             "{detail}: the object changed on the origin during the download (If-Match failed); \
              run the command again to fetch the new version"

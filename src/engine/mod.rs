@@ -268,9 +268,8 @@ pub struct ObjectSource {
     /// B2: every response must carry this `x-bz-file-id` (no splicing of a
     /// newer upload under the same name).
     pub expect_file_id: Option<String>,
-    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
-    pub if_match: Option<String>,
-    /// Plain URLs: every answer must be of the version the probe saw.
+    /// Plain URLs: every answer must be of the version the probe saw, and
+    /// requests carry `If-Match` when it is a strong ETag that can be sent.
     pub validator: Option<Validator>,
     /// B2 SSE-C: which of the customer keys given the requests carry.
     pub sse_c: Option<Arc<crate::b2::KeyChoice>>,
@@ -299,6 +298,19 @@ impl Validator {
             })
         };
         found("etag").or_else(|| found("last-modified"))
+    }
+
+    /// The `If-Match` value requests carry, so a changed object fails
+    /// loudly (412): a strong ETag as the origin sent it. One that is not
+    /// visible ASCII (or huge) would come back altered or overflow the
+    /// request head, and the origin would refuse every chunk; a weak one
+    /// cannot be matched strongly. `matches` still sees a change then.
+    pub fn if_match(&self) -> Option<&str> {
+        Some(self.value.as_str())
+            .filter(|_| self.header == "etag")
+            .filter(|etag| !etag.starts_with("W/"))
+            .filter(|etag| etag.len() <= crate::config::IF_MATCH_ETAG_MAX_BYTES)
+            .filter(|etag| etag.bytes().all(|b| b.is_ascii_graphic()))
     }
 
     /// RFC 9110 §8.8.3.2's weak comparison for ETags: the opaque tags
@@ -438,7 +450,6 @@ pub fn download(
         path_and_query: source.path_and_query.clone(),
         display_name: source.display_name.clone(),
         expect_file_id: source.expect_file_id.clone(),
-        if_match: source.if_match.clone(),
         validator: source.validator.clone(),
         sse_c: source.sse_c.clone(),
         size_bytes: object_size_bytes,
@@ -484,7 +495,27 @@ pub fn download(
 
 #[cfg(test)]
 mod tests {
+    use super::Validator;
     use super::connections_within_open_files as fit;
+
+    #[test]
+    fn only_a_strong_sendable_etag_becomes_if_match() {
+        let validator = |header: &'static str, value: &str| Validator {
+            header,
+            value: value.to_string(),
+        };
+        assert_eq!(validator("etag", "\"abc\"").if_match(), Some("\"abc\""));
+        // Weak, not visible ASCII, too long, or a date: compared, never sent.
+        assert_eq!(validator("etag", "W/\"abc\"").if_match(), None);
+        assert_eq!(validator("etag", "\"a b\"").if_match(), None);
+        let huge = format!("\"{}\"", "x".repeat(crate::config::IF_MATCH_ETAG_MAX_BYTES));
+        assert_eq!(validator("etag", &huge).if_match(), None);
+        let date = validator("last-modified", "Tue, 15 Nov 1994 08:12:31 GMT");
+        assert_eq!(date.if_match(), None);
+        // The weak comparison still sees the same version through `W/`.
+        assert!(validator("etag", "W/\"abc\"").matches("\"abc\""));
+        assert!(!validator("etag", "\"abc\"").matches("\"abd\""));
+    }
 
     #[test]
     fn connections_fit_the_open_files_limit() {

@@ -184,7 +184,11 @@ pub(super) fn build_get(
     if let Some(token) = token.as_deref() {
         headers.push(("Authorization", token));
     }
-    if let Some(etag) = &object.if_match {
+    if let Some(etag) = object
+        .validator
+        .as_ref()
+        .and_then(super::Validator::if_match)
+    {
         headers.push(("If-Match", etag));
     }
     let sse_c_key = object.sse_c.as_ref().map(|choice| choice.current());

@@ -64,9 +64,8 @@ pub struct ObjectSpec {
     /// B2: every response must carry this `x-bz-file-id` (no splicing of a
     /// newer upload under the same name).
     pub expect_file_id: Option<String>,
-    /// Plain URLs: `If-Match` this ETag so a changed object fails loudly.
-    pub if_match: Option<String>,
-    /// Plain URLs: every answer must be of the version the probe saw.
+    /// Plain URLs: every answer must be of the version the probe saw
+    /// (and requests carry its `If-Match`, if any).
     pub validator: Option<super::Validator>,
     /// B2 SSE-C: which of the customer keys given the requests carry.
     pub sse_c: Option<Arc<crate::b2::KeyChoice>>,

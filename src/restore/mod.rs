@@ -1307,7 +1307,6 @@ fn schedule(
         path_and_query: download_path(base, &options.bucket, &task.entry),
         display_name: format!("b2://{}/{}", options.bucket, task.entry.name),
         expect_file_id: task.entry.file_id.clone(),
-        if_match: None,
         validator: None,
         sse_c: match (&options.sse_c_keys, &task.entry.sse_c) {
             (Some(ring), Some(encryption)) => Some(Arc::new(KeyChoice::new(
