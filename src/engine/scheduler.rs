@@ -527,6 +527,113 @@ struct CoreReport {
     registration: Registration,
 }
 
+/// A core thread that made (or failed to make) its ring and buffers, and
+/// waits to be assigned its place, or `None` to end.
+type Spawned = (
+    std::thread::JoinHandle<Result<CoreReport>>,
+    std::sync::mpsc::Sender<Assignment>,
+);
+
+/// Spawns core thread `slot`: it makes its ring and buffer pool, says how
+/// that went on `ready`, then runs the core it is assigned.
+fn spawn_core(
+    slot: usize,
+    ready: std::sync::mpsc::Sender<(usize, Result<()>)>,
+    buffers_per_core: usize,
+    buffer_size_bytes: usize,
+) -> Result<Spawned> {
+    let (assign, assignment) = std::sync::mpsc::channel::<Assignment>();
+    let thread = std::thread::Builder::new()
+        .name(format!("ringdown-core-{slot}"))
+        .spawn(move || {
+            // What a thread returns without a core is never read.
+            let unused = || Err(Error::Fatal("core not started".into()));
+            let runtime = match uring::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready.send((slot, Err(error)));
+                    return unused();
+                }
+            };
+            let buffers = match BufferPool::map(buffers_per_core, buffer_size_bytes) {
+                Ok(buffers) => buffers,
+                Err(error) => {
+                    let _ = ready.send((
+                        slot,
+                        Err(Error::Fatal(format!(
+                            "mapping its {buffers_per_core} buffers of {buffer_size_bytes} \
+                             bytes: {error}; lower --buffers or --buffer-size, or raise \
+                             the address-space limit (ulimit -v)"
+                        ))),
+                    ));
+                    return unused();
+                }
+            };
+            let _ = ready.send((slot, Ok(())));
+            // The scheduler reads until every sender is gone.
+            drop(ready);
+            match assignment.recv() {
+                Ok(Some((core_index, shared))) => run_core(core_index, shared, runtime, buffers),
+                _ => unused(),
+            }
+        })
+        .map_err(|error| Error::io("spawning a core thread", error))?;
+    Ok((thread, assign))
+}
+
+/// Ends core threads that were never assigned a place.
+fn end_unassigned(spawned: Vec<Spawned>) {
+    for (thread, assign) in spawned {
+        let _ = assign.send(None);
+        let _ = thread.join();
+    }
+}
+
+impl Shared {
+    /// What `cores` core threads share; every bound scales with them.
+    fn new(
+        config: &EngineConfig,
+        source: PoolSource,
+        progress: Arc<Progress>,
+        cores: usize,
+    ) -> Shared {
+        let connections_per_core = config.connections_per_core.max(1);
+        let mut config = config.clone();
+        config.cores = cores;
+        Shared {
+            source,
+            progress,
+            stopped: Arc::new(AtomicBool::new(false)),
+            panicked: Mutex::new(None),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                active: Vec::new(),
+                open_large: Vec::new(),
+                claimed_ahead: 0,
+                backing_off: 0,
+            }),
+            pace: config
+                .limit_rate_bytes_per_s
+                .map(|bytes_per_s| super::pace::Pace::new(bytes_per_s, cores)),
+            capacity_jobs: (cores * SCHEDULER_QUEUE_JOBS_PER_CORE).min(SCHEDULER_QUEUE_JOBS_MAX),
+            connections_total: cores * connections_per_core,
+            claimed_ahead_max: (cores * connections_per_core * PIPELINE_OBJECTS_AHEAD)
+                .min(SCHEDULER_QUEUE_JOBS_MAX),
+            large_connections: cores
+                * config
+                    .large_connections_per_core
+                    .clamp(1, connections_per_core),
+            space: Condvar::new(),
+            work: Notify::new(),
+            pipelining: AtomicBool::new(true),
+            round_trip_ns: AtomicU64::new(u64::MAX),
+            round_trip_samples: AtomicU64::new(0),
+            config,
+        }
+    }
+}
+
 impl Scheduler {
     pub fn start(
         config: &EngineConfig,
@@ -539,55 +646,17 @@ impl Scheduler {
         // work is queued.
         let (ready_sender, ready) = std::sync::mpsc::channel();
         let mut spawned = Vec::with_capacity(config.cores.max(1));
-        let (buffers_per_core, buffer_size_bytes) =
-            (config.buffers_per_core, config.buffer_size_bytes);
         for slot in 0..config.cores.max(1) {
-            let ready_sender = ready_sender.clone();
-            let (assign, assignment) = std::sync::mpsc::channel::<Assignment>();
-            let thread = std::thread::Builder::new()
-                .name(format!("ringdown-core-{slot}"))
-                .spawn(move || {
-                    // What a thread returns without a core is never read.
-                    let unused = || Err(Error::Fatal("core not started".into()));
-                    let runtime = match uring::Runtime::new() {
-                        Ok(runtime) => runtime,
-                        Err(error) => {
-                            let _ = ready_sender.send((slot, Err(error)));
-                            return unused();
-                        }
-                    };
-                    let buffers = match BufferPool::map(buffers_per_core, buffer_size_bytes) {
-                        Ok(buffers) => buffers,
-                        Err(error) => {
-                            let _ = ready_sender.send((
-                                slot,
-                                Err(Error::Fatal(format!(
-                                    "mapping its {buffers_per_core} buffers of {buffer_size_bytes} \
-                                     bytes: {error}; lower --buffers or --buffer-size, or raise \
-                                     the address-space limit (ulimit -v)"
-                                ))),
-                            ));
-                            return unused();
-                        }
-                    };
-                    let _ = ready_sender.send((slot, Ok(())));
-                    // The scheduler reads until every sender is gone.
-                    drop(ready_sender);
-                    match assignment.recv() {
-                        Ok(Some((core_index, shared))) => {
-                            run_core(core_index, shared, runtime, buffers)
-                        }
-                        _ => unused(),
-                    }
-                })
-                .map_err(|error| Error::io("spawning a core thread", error));
-            match thread {
-                Ok(thread) => spawned.push((thread, assign)),
+            let core = spawn_core(
+                slot,
+                ready_sender.clone(),
+                config.buffers_per_core,
+                config.buffer_size_bytes,
+            );
+            match core {
+                Ok(core) => spawned.push(core),
                 Err(error) => {
-                    for (thread, assign) in spawned {
-                        let _ = assign.send(None);
-                        let _ = thread.join();
-                    }
+                    end_unassigned(spawned);
                     return Err(error);
                 }
             }
@@ -605,10 +674,7 @@ impl Scheduler {
         }
         let cores = made.iter().filter(|&&made| made).count();
         if cores == 0 {
-            for (thread, assign) in spawned {
-                let _ = assign.send(None);
-                let _ = thread.join();
-            }
+            end_unassigned(spawned);
             return Err(first_error
                 .unwrap_or_else(|| Error::Fatal("no core thread reported its ring".into())));
         }
@@ -618,51 +684,18 @@ impl Scheduler {
                 spawned.len()
             )
         });
-        let mut config = config.clone();
-        config.cores = cores;
-        let config = &config;
-        let shared = Arc::new(Shared {
-            config: config.clone(),
-            source,
-            progress,
-            stopped: Arc::new(AtomicBool::new(false)),
-            panicked: Mutex::new(None),
-            state: Mutex::new(State {
-                queue: VecDeque::new(),
-                closed: false,
-                active: Vec::new(),
-                open_large: Vec::new(),
-                claimed_ahead: 0,
-                backing_off: 0,
-            }),
-            pace: config
-                .limit_rate_bytes_per_s
-                .map(|bytes_per_s| super::pace::Pace::new(bytes_per_s, cores)),
-            capacity_jobs: (cores * SCHEDULER_QUEUE_JOBS_PER_CORE).min(SCHEDULER_QUEUE_JOBS_MAX),
-            connections_total: cores * config.connections_per_core.max(1),
-            claimed_ahead_max: (cores
-                * config.connections_per_core.max(1)
-                * PIPELINE_OBJECTS_AHEAD)
-                .min(SCHEDULER_QUEUE_JOBS_MAX),
-            large_connections: cores
-                * config
-                    .large_connections_per_core
-                    .clamp(1, config.connections_per_core.max(1)),
-            space: Condvar::new(),
-            work: Notify::new(),
-            pipelining: AtomicBool::new(true),
-            round_trip_ns: AtomicU64::new(u64::MAX),
-            round_trip_samples: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(config, source, progress, cores));
         let mut threads = Vec::with_capacity(cores);
-        for ((thread, assign), made) in spawned.into_iter().zip(made) {
+        let mut unassigned = Vec::new();
+        for (core, made) in spawned.into_iter().zip(made) {
             if made {
-                let _ = assign.send(Some((threads.len(), Arc::clone(&shared))));
-                threads.push(thread);
+                let _ = core.1.send(Some((threads.len(), Arc::clone(&shared))));
+                threads.push(core.0);
             } else {
-                let _ = thread.join();
+                unassigned.push(core);
             }
         }
+        end_unassigned(unassigned);
         Ok(Scheduler {
             shared,
             threads,
