@@ -24,6 +24,7 @@ use crate::config::{
     API_BODY_MAX_BYTES, DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES,
     OBJECT_REDOWNLOADS_ON_MISMATCH, URL_REDIRECTS_MAX,
 };
+use crate::engine::failpoint::{self, Site};
 use crate::engine::{self, EngineConfig, ObjectSource, Progress, Validator};
 use crate::error::{Error, Result};
 use crate::http;
@@ -640,7 +641,11 @@ impl Download {
                 let _ = rustix::fs::futimens(&file, &timestamps_at(mtime_ms));
             }
             if options.fsync {
-                rustix::fs::fsync(&file).map_err(|error| {
+                let synced = match failpoint::injected_error(Site::Fsync) {
+                    Some(error) => Err(error),
+                    None => rustix::fs::fsync(&file),
+                };
+                synced.map_err(|error| {
                     discard(Error::io("fsync of the downloaded file", error.into()))
                 })?;
             }
@@ -1561,6 +1566,9 @@ impl HeldJournal<'_> {
     /// thread that marks it durable while the round lasts.
     fn writer(&self) -> Result<(engine::large::OnWritten, crate::journal::DurableMarks)> {
         let duplicating = |error| Error::io(format!("duplicating {}", self.files.journal), error);
+        if let Some(error) = failpoint::injected_error(Site::JournalWriter) {
+            return Err(duplicating(error.into()));
+        }
         let journal = crate::journal::Journal::new(self.file.try_clone().map_err(duplicating)?);
         let fs = self.dir.try_clone().map_err(duplicating)?;
         let marks = crate::journal::DurableMarks::start(

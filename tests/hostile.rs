@@ -2,7 +2,9 @@
 //! fake origin (plain HTTP on 127.0.0.1, one thread per connection) answers
 //! `b2_authorize_account` (v3), `b2_list_buckets`, `b2_list_file_names` and
 //! downloads, and each test overrides the routes it makes hostile. The real
-//! `ringdown get` / `ringdown restore` binaries run against it.
+//! `ringdown get` / `ringdown restore` binaries run against it. A second,
+//! HTTPS origin (`TlsOrigin`) lets rustls do the handshake and seals its own
+//! TLS 1.3 records after it, to send what rustls never would.
 //!
 //! Every case asserts: a clear error (the message says what was wrong) or a
 //! safe skip, the exit code, no file under the final name, no temporary file
@@ -143,7 +145,7 @@ impl Fake {
     }
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<Req> {
+fn read_request(stream: &mut impl Read) -> Option<Req> {
     let mut raw = Vec::new();
     let mut byte = [0u8; 1];
     while !raw.ends_with(b"\r\n\r\n") {
@@ -1598,4 +1600,305 @@ fn credentials_quoted_back_by_a_server_are_never_shown() {
     );
     assert!(!run.stderr.contains("0123456789abcdef"), "{}", run.stderr);
     run.assert_failed_with(&["[redacted]"]);
+}
+
+// ---------------------------------------------------------------- TLS records that carry nothing
+
+/// Gap between two things a hostile TLS origin sends: each arrives well
+/// within `--timeout-s`, so no single receive ever times out.
+const TLS_TRICKLE_GAP: Duration = Duration::from_millis(50);
+
+/// Stall timeout of the TLS runs; the whole run must end within
+/// `TLS_RUN_MAX` (one attempt: a handshake, or a head, or a body, each
+/// bounded by about two timeouts, a receive in flight included).
+const TLS_TIMEOUT_S: &str = "2";
+const TLS_RUN_MAX: Duration = Duration::from_secs(20);
+
+/// What a hostile TLS origin does to a download. The URL's probe (the
+/// first connection, `Range: bytes=0-0`) is answered as any origin would:
+/// the probe retries as API calls do, whatever `--max-attempts` says.
+#[derive(Clone, Copy, Debug)]
+enum TlsHostility {
+    /// The handshake flight of every connection after the probe's goes out
+    /// one byte at a time.
+    HandshakeTrickled,
+    /// Zero-length application-data records (RFC 8446 §5.4 allows them)
+    /// where the response head should be.
+    EmptyRecordsForHead,
+    /// A valid head and half the body, then zero-length records.
+    EmptyRecordsMidBody,
+}
+
+/// An HTTPS origin on 127.0.0.1 serving one object at any path. rustls does
+/// its handshake and reads requests; its answers to download requests are
+/// sealed here with the traffic keys taken from rustls, so it can send
+/// what rustls never would: records that carry no data, forever.
+struct TlsOrigin {
+    port: u16,
+    ca_file: std::path::PathBuf,
+    _certs: tempfile::TempDir,
+}
+
+impl TlsOrigin {
+    fn start(object: Vec<u8>, hostility: TlsHostility) -> TlsOrigin {
+        let certs = tempfile::tempdir().unwrap();
+        let ca_file = certs.path().join("ca.pem");
+        let config = tls_origin_config(&ca_file);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let object = Arc::new(object);
+        std::thread::spawn(move || {
+            for (index, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { continue };
+                let config = Arc::clone(&config);
+                let object = Arc::clone(&object);
+                let trickle = index > 0 && matches!(hostility, TlsHostility::HandshakeTrickled);
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    serve_tls_connection(stream, config, &object, hostility, trickle);
+                });
+            }
+        });
+        TlsOrigin {
+            port,
+            ca_file,
+            _certs: certs,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/x", self.port)
+    }
+}
+
+/// A CA (written to `ca_file`) and a server certificate for 127.0.0.1;
+/// TLS 1.3 with AES-128-GCM only, so one sealer serves every connection;
+/// no session tickets, so nothing but our own records follows the
+/// handshake; secrets extractable.
+fn tls_origin_config(ca_file: &Path) -> Arc<rustls::ServerConfig> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(ca_file, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .retain(|suite| suite.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert.der().clone()], key)
+        .unwrap();
+    config.send_tls13_tickets = 0;
+    config.enable_secret_extraction = true;
+    Arc::new(config)
+}
+
+fn serve_tls_connection(
+    mut tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    object: &[u8],
+    hostility: TlsHostility,
+    trickle_handshake: bool,
+) {
+    let mut conn = rustls::ServerConnection::new(config).unwrap();
+    if trickle_handshake {
+        // Its flight one byte at a time until the client goes away (or the
+        // handshake ends, which fails the test: it never should).
+        while conn.is_handshaking() {
+            if conn.wants_read() && !conn.wants_write() {
+                if conn.read_tls(&mut tcp).unwrap_or(0) == 0 {
+                    return;
+                }
+                if conn.process_new_packets().is_err() {
+                    return;
+                }
+            }
+            let mut flight = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut flight).unwrap();
+            }
+            for byte in flight {
+                if tcp.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(TLS_TRICKLE_GAP);
+            }
+        }
+    }
+    loop {
+        let Some(req) = read_request(&mut rustls::Stream::new(&mut conn, &mut tcp)) else {
+            return;
+        };
+        let size = object.len() as u64;
+        let (first, last) = req.range().unwrap_or((0, size - 1));
+        let last = last.min(size - 1);
+        let body = &object[first as usize..=last as usize];
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{last}/{size}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if (first, last) == (0, 0) {
+            // The probe: answered in full, by rustls.
+            let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+            if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
+                return;
+            }
+            continue;
+        }
+        // A download request: every record from here on is ours.
+        while conn.wants_write() {
+            if conn.write_tls(&mut tcp).is_err() {
+                return;
+            }
+        }
+        let secrets = conn.dangerous_extract_secrets().unwrap();
+        let mut sealer = RecordSealer::new(secrets.tx);
+        let mut records = Vec::new();
+        if let TlsHostility::EmptyRecordsMidBody = hostility {
+            sealer.seal(head.as_bytes(), &mut records);
+            sealer.seal(&body[..body.len() / 2], &mut records);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            sealer.seal(b"", &mut records);
+            if tcp.write_all(&records).is_err() {
+                return;
+            }
+            records.clear();
+            std::thread::sleep(TLS_TRICKLE_GAP);
+        }
+        return;
+    }
+}
+
+/// TLS 1.3 application-data records under one direction's AES-128-GCM key
+/// (RFC 8446 §5.2-5.3): what rustls would send, and also what it never
+/// would (a record of no data).
+struct RecordSealer {
+    key: aws_lc_rs::aead::LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl RecordSealer {
+    fn new((seq, secrets): (u64, rustls::ConnectionTrafficSecrets)) -> RecordSealer {
+        let rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv } = secrets else {
+            panic!("the origin offers AES-128-GCM only");
+        };
+        let key =
+            aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, key.as_ref()).unwrap();
+        RecordSealer {
+            key: aws_lc_rs::aead::LessSafeKey::new(key),
+            iv: iv.as_ref().try_into().unwrap(),
+            seq,
+        }
+    }
+
+    /// Appends `data` as one record (several past 16 KiB), or, when empty,
+    /// one record of no data.
+    fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        const APPLICATION_DATA: u8 = 23;
+        let pieces: Vec<&[u8]> = if data.is_empty() {
+            vec![data]
+        } else {
+            data.chunks(16 * 1024).collect()
+        };
+        for piece in pieces {
+            // TLSInnerPlaintext: the content, then its real type.
+            let mut inner = piece.to_vec();
+            inner.push(APPLICATION_DATA);
+            let fragment_len = u16::try_from(inner.len() + 16).unwrap();
+            let mut header = [APPLICATION_DATA, 3, 3, 0, 0];
+            header[3..].copy_from_slice(&fragment_len.to_be_bytes());
+            let mut nonce = self.iv;
+            for (byte, seq_byte) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+                *byte ^= seq_byte;
+            }
+            self.seq += 1;
+            self.key
+                .seal_in_place_append_tag(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                    aws_lc_rs::aead::Aad::from(header),
+                    &mut inner,
+                )
+                .unwrap();
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&inner);
+        }
+    }
+}
+
+/// `get` of the hostile TLS origin's object: one attempt, `TLS_TIMEOUT_S`.
+fn get_tls(origin: &TlsOrigin, dest: &Path) -> Run {
+    ringdown(&[
+        "get",
+        &origin.url(),
+        dest.to_str().unwrap(),
+        "--ca-file",
+        origin.ca_file.to_str().unwrap(),
+        "--timeout-s",
+        TLS_TIMEOUT_S,
+        "--max-attempts",
+        "1",
+        "--cores",
+        "1",
+        "--connections",
+        "1",
+    ])
+}
+
+/// A TLS peer that keeps sending, but never a byte of plaintext, holds no
+/// receive past `--timeout-s`: each byte or record restarts the stall timer
+/// of one receive, so the loop of receives is bounded as a whole
+/// (`TlsStream::within_timeout`). Before that bound, such a run went on
+/// for as long as the origin kept sending.
+fn assert_tls_run_ends_at_the_timeout(hostility: TlsHostility, needle: &str) {
+    let origin = TlsOrigin::start(data(100_000, 9), hostility);
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_tls(&origin, &dest_dir.join("obj"));
+    assert!(
+        run.elapsed < TLS_RUN_MAX,
+        "{hostility:?}: took {:?}; stderr:\n{}",
+        run.elapsed,
+        run.stderr
+    );
+    run.assert_failed_with(&[needle, "after 1 attempts"]);
+    assert_nothing_written(&dest_dir);
+}
+
+#[test]
+fn tls_handshake_trickled_byte_by_byte_ends_at_the_timeout() {
+    assert_tls_run_ends_at_the_timeout(
+        TlsHostility::HandshakeTrickled,
+        "the TLS handshake yielded nothing in 2s",
+    );
+}
+
+#[test]
+fn empty_tls_records_instead_of_a_response_head_end_at_the_timeout() {
+    assert_tls_run_ends_at_the_timeout(
+        TlsHostility::EmptyRecordsForHead,
+        "receiving over TLS yielded nothing in 2s",
+    );
+}
+
+#[test]
+fn empty_tls_records_mid_body_end_at_the_timeout() {
+    assert_tls_run_ends_at_the_timeout(
+        TlsHostility::EmptyRecordsMidBody,
+        "receiving over TLS yielded nothing in 2s",
+    );
 }

@@ -716,7 +716,7 @@ fn a_bucket_under_rotated_keys_is_restored_in_one_run() {
 /// some files; with `key_ids`, their fileInfo names each key.
 const ALTERNATING: usize = 8;
 
-fn served_alternating(data: &Path, key_ids: bool) -> Served {
+fn served_alternating(data: &Path, key_ids: bool, extra: &[&str]) -> Served {
     let bucket = data.join("served/bkt");
     let mut args: Vec<String> = Vec::new();
     for n in 0..ALTERNATING {
@@ -740,15 +740,23 @@ fn served_alternating(data: &Path, key_ids: bool) -> Served {
         "--access-log".into(),
         data.join("access.jsonl").to_str().unwrap().into(),
     ]);
+    args.extend(extra.iter().map(|arg| arg.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     serve(&data.join("served"), false, &args)
 }
 
 #[test]
 fn key_ids_in_file_info_send_each_object_its_key() {
-    for key_ids in [false, true] {
+    // Each run as it comes (on loopback, one GET at a time unless the
+    // machine is busy), and with IDs once more through a 5 ms round trip,
+    // where GETs surely go out ahead of the answers that teach the ring.
+    for (key_ids, extra) in [
+        (false, &[][..]),
+        (true, &[][..]),
+        (true, &["--latency-ms", "5"][..]),
+    ] {
         let data = rotated_data();
-        let served = served_alternating(data.path(), key_ids);
+        let served = served_alternating(data.path(), key_ids, extra);
         let keys = key_args(data.path());
         refusals(data.path());
         let dir = data.path().join("out");
@@ -762,24 +770,31 @@ fn key_ids_in_file_info_send_each_object_its_key() {
                 "{name}"
             );
         }
-        // Without IDs every change of key costs a refusal; with them, once
-        // an object of each ID has been opened (here: the first guess for a
-        // new ID is a key no other ID has), none.
+        // With IDs, no refusal: an object of a known ID gets that ID's key,
+        // and the first guess for a new ID is a key no other ID has. This
+        // holds whether the connection sends one GET at a time or sends
+        // GETs ahead of answers (the 5 ms run).
+        //
+        // Without IDs, each object's first guess is the key that last opened
+        // one, so f1, guessed once f0 has opened with `KEY`, is always
+        // refused: the same objects do cost refusals without IDs. How many
+        // depends on timing, not on the keyring: one GET at a time, every
+        // change of key costs one (7 here); but once the shortest round trip
+        // seen is `PIPELINE_ROUND_TRIP_MIN_US` (1 ms) or more, as loopback
+        // answers are on a CPU-starved machine, the connection sends the
+        // next GETs ahead with the same guess and only 2-3 are refused.
         let refused: usize = refusals(data.path()).values().sum();
         if key_ids {
-            assert_eq!(refused, 0, "with key IDs");
+            assert_eq!(refused, 0, "with key IDs {extra:?}");
         } else {
-            assert!(
-                refused >= ALTERNATING / 2,
-                "{refused} refusals without key IDs"
-            );
+            assert!(refused >= 1, "{refused} refusals without key IDs");
         }
     }
 
     // `get` of an object under the second key given: by name (HEAD), and
     // by listing (--as-of).
     let data = rotated_data();
-    let served = served_alternating(data.path(), true);
+    let served = served_alternating(data.path(), true, &[]);
     let keys = key_args(data.path());
     refusals(data.path());
     for (dest, as_of) in [("by-name.bin", None), ("as-of.bin", Some("2100-01-01"))] {
