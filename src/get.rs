@@ -646,7 +646,13 @@ impl Download {
                     None => rustix::fs::fsync(&file),
                 };
                 synced.map_err(|error| {
-                    discard(Error::io("fsync of the downloaded file", error.into()))
+                    discard(Error::io(
+                        format!(
+                            "fsync of {temp_name} before renaming it to {}",
+                            dest.display()
+                        ),
+                        error.into(),
+                    ))
                 })?;
             }
             drop(file);

@@ -89,14 +89,14 @@ fn a_failed_fsync_or_journal_writer_leaves_no_temporary_file() {
             &served,
             b2,
             Site::Fsync,
-            "fsync of the downloaded file",
+            "before renaming it to",
         ),
         (
             "fsync, download nothing can resume",
             &whole_only,
             whole_url.as_str(),
             Site::Fsync,
-            "fsync of the downloaded file",
+            "before renaming it to",
         ),
         (
             "journal writer",

@@ -1883,7 +1883,7 @@ fn assert_tls_run_ends_at_the_timeout(hostility: TlsHostility, needle: &str) {
 fn tls_handshake_trickled_byte_by_byte_ends_at_the_timeout() {
     assert_tls_run_ends_at_the_timeout(
         TlsHostility::HandshakeTrickled,
-        "the TLS handshake yielded nothing in 2s",
+        "the TLS handshake did not complete within 2s",
     );
 }
 
@@ -1891,7 +1891,7 @@ fn tls_handshake_trickled_byte_by_byte_ends_at_the_timeout() {
 fn empty_tls_records_instead_of_a_response_head_end_at_the_timeout() {
     assert_tls_run_ends_at_the_timeout(
         TlsHostility::EmptyRecordsForHead,
-        "receiving over TLS yielded nothing in 2s",
+        "receiving over TLS brought no data within 2s",
     );
 }
 
@@ -1899,6 +1899,6 @@ fn empty_tls_records_instead_of_a_response_head_end_at_the_timeout() {
 fn empty_tls_records_mid_body_end_at_the_timeout() {
     assert_tls_run_ends_at_the_timeout(
         TlsHostility::EmptyRecordsMidBody,
-        "receiving over TLS yielded nothing in 2s",
+        "receiving over TLS brought no data within 2s",
     );
 }

@@ -238,7 +238,7 @@ impl TlsStream {
             }
             match next {
                 Next::Receive => {
-                    stream.within_timeout(started, "the TLS handshake")?;
+                    stream.within_timeout(started, "the TLS handshake did not complete")?;
                     if stream.receive().await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -269,7 +269,7 @@ impl TlsStream {
         if started.elapsed() > self.timeout {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("{what} yielded nothing in {:?}", self.timeout),
+                format!("{what} within {:?}", self.timeout),
             ));
         }
         Ok(())
@@ -292,7 +292,7 @@ impl TlsStream {
             match next {
                 Next::PeerClosed => return Ok(0),
                 Next::Receive | Next::DestinationFull => {
-                    self.within_timeout(started, "receiving over TLS")?;
+                    self.within_timeout(started, "receiving over TLS brought no data")?;
                     if self.receive().await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
