@@ -919,6 +919,36 @@ fn api_body_trickled_byte_by_byte() {
     ]);
 }
 
+/// A B2-compatible server that stops at v3 (b2sdk's version) answers the
+/// v4 `b2_authorize_account` with 404: the client asks v3 then, and the
+/// download goes on (it used to fail with "HTTP 404").
+#[test]
+fn a_server_without_v4_is_authorized_on_v3() {
+    let asked_v4 = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked_v4);
+    let fake = Fake::start(
+        vec![("obj", data(10, 6))],
+        move |req: &Req, stream: &mut TcpStream| {
+            if req.path == "/b2api/v4/b2_authorize_account" {
+                counter.fetch_add(1, Ordering::SeqCst);
+                respond_json(
+                    stream,
+                    404,
+                    serde_json::json!({"status":404,"code":"not_found","message":"unsupported API version"}),
+                );
+                return true;
+            }
+            false
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("obj");
+    let run = get_b2(&fake, "obj", &dest, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(std::fs::read(&dest).unwrap(), data(10, 6));
+    assert_eq!(asked_v4.load(Ordering::SeqCst), 1, "v4 first, once");
+}
+
 #[test]
 fn authorize_answers_invalid_utf8_and_invalid_json() {
     let bodies: Vec<&'static [u8]> = vec![

@@ -124,41 +124,20 @@ impl Authorizer {
         self.tls.as_ref()
     }
 
-    /// `b2_authorize_account` (v4). 401 means the key is wrong: exit code 3.
+    /// `b2_authorize_account`. 401 means the key is wrong: exit code 3.
     pub async fn authorize(&self) -> Result<(), Error> {
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            self.credentials.key_id, self.credentials.key
-        ));
-        let authorization = format!("Basic {basic}");
         // v4: the version that describes (and accepts) multi-bucket keys;
-        // its answer is v3's without the single-bucket fields.
-        let path = format!("{}b2api/v4/b2_authorize_account", base_path(&self.realm));
-        let mut request = Vec::new();
-        http::write_post_json(
-            &mut request,
-            &self.realm_origin.host_header(),
-            &path,
-            &[("Authorization", &authorization)],
-            b"{}",
-        )
-        .map_err(|error| Error::Usage(format!("authorize request: {error}")))?;
+        // its answer is v3's without the single-bucket fields. A
+        // B2-compatible server that stops at v3 (b2sdk's version) answers
+        // v4 with 404: then v3, whose answer `parse_authorize` reads too.
+        let mut reply = self.authorize_on("v4").await?;
+        if reply.head.status == 404 {
+            reply = self.authorize_on("v3").await?;
+        }
         let context = format!(
             "b2_authorize_account at {}",
             self.realm.display_without_query()
         );
-        let reply = exchange(
-            &self.realm_origin,
-            self.tls.as_ref(),
-            self.timeout,
-            &request,
-            false,
-            API_BODY_MAX_BYTES,
-            super::ApiRetry::STARTUP,
-            None,
-        )
-        .await
-        .map_err(|error| super::in_context(error, "b2_authorize_account"))?;
         if let Some(spent) = cap_spent(&format!("{context}: {}", describe_error(&reply)), &reply) {
             return Err(spent);
         }
@@ -187,6 +166,40 @@ impl Authorizer {
             scope,
         });
         Ok(())
+    }
+
+    /// `b2_authorize_account` on API `version` (`v4`), as answered.
+    async fn authorize_on(&self, version: &str) -> Result<super::Exchange, Error> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            self.credentials.key_id, self.credentials.key
+        ));
+        let authorization = format!("Basic {basic}");
+        let path = format!(
+            "{}b2api/{version}/b2_authorize_account",
+            base_path(&self.realm)
+        );
+        let mut request = Vec::new();
+        http::write_post_json(
+            &mut request,
+            &self.realm_origin.host_header(),
+            &path,
+            &[("Authorization", &authorization)],
+            b"{}",
+        )
+        .map_err(|error| Error::Usage(format!("authorize request: {error}")))?;
+        exchange(
+            &self.realm_origin,
+            self.tls.as_ref(),
+            self.timeout,
+            &request,
+            false,
+            API_BODY_MAX_BYTES,
+            super::ApiRetry::STARTUP,
+            None,
+        )
+        .await
+        .map_err(|error| super::in_context(error, "b2_authorize_account"))
     }
 
     /// For a request that met `expired_auth_token`/`bad_auth_token` and had
