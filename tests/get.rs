@@ -1565,6 +1565,42 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
     assert_no_temp(fixture.out.path());
 }
 
+/// A SIGINT the process started with ignored stays ignored, as a shell's
+/// background job expects (`ringdown get … &` in a script, whose SIGINT the
+/// shell ignores, is not stopped by a Ctrl-C meant for the foreground): the
+/// download goes on to its end. SIGTERM still stops it.
+#[test]
+fn a_sigint_ignored_at_start_stays_ignored() {
+    let size = 2 << 20;
+    let fixture = Fixture::new(&[("i.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let dest = fixture.dest_str("i.bin");
+    // `trap '' INT` makes SIGINT ignored across the exec, as `&` does.
+    let mut child = Command::new("sh")
+        .args(["-c", "trap '' INT; exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", "b2://bkt/i.bin", &dest, "--realm", &served.realm])
+        .args(SMALL_TUNING)
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while journaled_bytes(fixture.out.path()) == 0 {
+        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send_signal(child.id(), "-INT");
+    let exit = wait_for_exit(&mut child, "completion");
+    let output = child.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert_eq!(exit.code(), Some(0), "{text}");
+    assert!(!text.contains("SIGINT"), "{text}");
+    assert_same(&fixture.dest("i.bin"), "i.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
 /// Two gets of one object into one DEST at once: the second refuses to
 /// start (it would remove or overwrite the first one's partial file, and the
 /// first would then rename a file that is not its own into place, reported

@@ -2525,6 +2525,34 @@ fn demo_restores_its_generated_bucket() {
     assert!(text.contains("byte-for-byte equal"), "{text}");
 }
 
+/// Ctrl-C while the demo generates its bucket: exit 130, said, and its
+/// temporary directory removed (it used to die of the signal and leave
+/// hundreds of MB in /tmp).
+#[test]
+fn demo_interrupted_while_generating_removes_its_files() {
+    use std::io::BufRead;
+    let temp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["demo", "--files", "40", "--large-size", "4GiB"])
+        .env("TMPDIR", temp.path())
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = stderr_lines.next().unwrap().unwrap();
+    assert!(first.starts_with("demo: generating "), "{first}");
+    common::send_signal(child.id(), "-INT");
+    let exit = common::exit_within(&mut child, Duration::from_secs(30), "SIGINT");
+    let rest: Vec<String> = stderr_lines.map_while(|line| line.ok()).collect();
+    let text = rest.join("\n");
+    assert_eq!(exit.code(), Some(130), "{text}");
+    assert!(text.contains("demo: interrupted; removed "), "{text}");
+    let left: Vec<_> = std::fs::read_dir(temp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// `restore --as-of`: the bucket as it was at an instant, from a `serve`
 /// tree with history (`DIR/.versions/BUCKET/NAME/@MS[.hide]`): replaced
 /// names come back in their old version (a large one too, in ranged parts

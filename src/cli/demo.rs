@@ -104,6 +104,10 @@ fn generate(bucket: &Path, mix: &Mix) -> Result<(Vec<String>, u64)> {
     let mut names = Vec::new();
     let mut total = 0u64;
     let mut add = |name: String, seed: u64, size: u64| -> Result<()> {
+        // Ctrl-C while generating: stop here, and the caller removes it all.
+        if let Some(signal) = crate::runtime::interrupted() {
+            return Err(Error::Interrupted { signal });
+        }
         write_generated(bucket, &name, seed, size)?;
         names.push(name);
         total += size;
@@ -217,6 +221,9 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 }
 
 pub fn run(args: DemoArgs) -> Result<i32> {
+    // From the start, not from the restore on: a signal while the bucket
+    // is generated or served ends the demo here, which removes its files.
+    crate::runtime::watch_signals();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -229,6 +236,9 @@ pub fn run(args: DemoArgs) -> Result<i32> {
         say!("demo: kept {}", work.display());
     } else {
         let _ = std::fs::remove_dir_all(&work);
+        if matches!(result, Err(Error::Interrupted { .. })) {
+            say!("demo: interrupted; removed {}", work.display());
+        }
     }
     result
 }
@@ -247,7 +257,13 @@ fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
         bucket.display()
     );
     let (names, total) = generate(&bucket, &mix)?;
-    let (server, ready) = start_server(work, &data)?;
+    // A Ctrl-C reaches the server too (one process group): then its
+    // missing ready line is the signal's doing, and said as such.
+    let started = start_server(work, &data);
+    if let Some(signal) = crate::runtime::interrupted() {
+        return Err(Error::Interrupted { signal });
+    }
+    let (server, ready) = started?;
     say!(
         "demo: ringdown serve at {} (TLS, CA {})",
         ready.realm,

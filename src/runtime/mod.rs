@@ -181,11 +181,20 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
     // Registered here, on the caller's thread, before we return.
     // SIGXFSZ (a write past RLIMIT_FSIZE) is caught and never looked at:
     // its default action kills the process, where the write should fail
-    // with EFBIG and fail that file alone.
+    // with EFBIG and fail that file alone. A signal the process started
+    // with ignored stays ignored, as a shell's background job expects
+    // (`ringdown restore … &` in a script is not stopped by Ctrl-C).
+    let ignored = std::fs::read_to_string("/proc/self/status")
+        .map(|status| ignored_signals(&status))
+        .unwrap_or(0);
+    let unless_ignored = |number: i32, kind: SignalKind| {
+        let is_ignored = ignored & (1u64 << (number - 1)) != 0;
+        (!is_ignored).then(|| signal(kind)).transpose()
+    };
     let (mut interrupt, mut terminate, file_size) = runtime.block_on(async {
         Ok::<_, std::io::Error>((
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
+            unless_ignored(libc::SIGINT, SignalKind::interrupt())?,
+            unless_ignored(libc::SIGTERM, SignalKind::terminate())?,
             signal(SignalKind::from_raw(libc::SIGXFSZ))?,
         ))
     })?;
@@ -196,8 +205,8 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
             runtime.block_on(async {
                 loop {
                     let (received, name) = tokio::select! {
-                        _ = interrupt.recv() => (libc::SIGINT, "SIGINT"),
-                        _ = terminate.recv() => (libc::SIGTERM, "SIGTERM"),
+                        _ = received(&mut interrupt) => (libc::SIGINT, "SIGINT"),
+                        _ = received(&mut terminate) => (libc::SIGTERM, "SIGTERM"),
                     };
                     if INTERRUPT_SIGNAL.swap(received, Ordering::SeqCst) != 0 {
                         std::process::exit(128 + received);
@@ -209,6 +218,26 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
             });
         })?;
     Ok(())
+}
+
+/// The next delivery of a signal listened to; never, for one not listened to.
+async fn received(listener: &mut Option<tokio::signal::unix::Signal>) {
+    match listener {
+        Some(listener) => {
+            listener.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The signals a process ignores, from its `/proc/self/status` (`SigIgn`,
+/// a hex mask with bit N-1 for signal N); 0 when not said.
+fn ignored_signals(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0)
 }
 
 /// `Download::run` and `Restore::run` block their thread on runtimes of
@@ -291,6 +320,17 @@ pub async fn sleep_unless(delay: std::time::Duration, stop: impl Fn() -> bool) -
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn ignored_signals_come_from_the_sigign_mask() {
+        // A shell's background job: SIGINT (2) and SIGQUIT (3) ignored.
+        let status = "Name:\tringdown\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000006\n";
+        let ignored = ignored_signals(status);
+        assert_ne!(ignored & (1 << (libc::SIGINT - 1)), 0);
+        assert_eq!(ignored & (1 << (libc::SIGTERM - 1)), 0);
+        assert_eq!(ignored_signals("Name:\tx\n"), 0);
+        assert_eq!(ignored_signals("SigIgn:\tnot hex\n"), 0);
+    }
 
     #[test]
     fn memory_limit_files_walk_each_memory_cgroup_up_to_its_root() {
