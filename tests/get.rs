@@ -1473,7 +1473,11 @@ fn spawn_get_with_timeout(
     dest: &str,
     timeout_s: &str,
 ) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_ringdown"))
+    // SIGINT as a terminal's foreground job has it, even where the tests
+    // run as a background job (SIGINT ignored, which ringdown keeps).
+    Command::new("env")
+        .arg("--default-signal=INT")
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
         .args([
             "get",
             &format!("b2://bkt/{name}"),

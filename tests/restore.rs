@@ -2532,7 +2532,10 @@ fn demo_restores_its_generated_bucket() {
 fn demo_interrupted_while_generating_removes_its_files() {
     use std::io::BufRead;
     let temp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+    // SIGINT as a terminal's foreground job has it (see tests/get.rs).
+    let mut child = Command::new("env")
+        .arg("--default-signal=INT")
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
         .args(["demo", "--files", "40", "--large-size", "4GiB"])
         .env("TMPDIR", temp.path())
         .env_remove("B2_APPLICATION_KEY_ID")
