@@ -177,6 +177,13 @@ async fn attempt_chunk(
         };
         *received_bytes += n as u64;
         body_left -= n as u64;
+        // Progress counts bytes as they arrive, on every connection: counted
+        // as hashed (in file order, a whole buffer at a time), the chunks
+        // behind the first showed nothing until the end, and a rate-limited
+        // get said "0.0 MB" 10 s in. A retry resumes after these bytes.
+        job.progress
+            .bytes_done
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         // The bytes counted in `received_bytes` are handed on before
         // anything else can fail: a retry resumes after them.
         if buf.is_full() || *received_bytes == chunk.len_bytes {

@@ -374,10 +374,6 @@ impl CoreJob {
         let hashed = self.job.digest.hash_if_next(offset, data);
         if hashed {
             self.record(Stage::Hash, started.elapsed());
-            self.job
-                .progress
-                .bytes_done
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         hashed
     }

@@ -338,7 +338,8 @@ pub struct ObjectOutcome {
 /// Shared progress counters a caller may watch from another thread.
 #[derive(Default)]
 pub struct Progress {
-    /// Bytes received and hashed (a write may still be in flight).
+    /// Bytes received: a large object's as they arrive on each connection
+    /// (written and hashed in file order later), a small one's once written.
     pub bytes_done: AtomicU64,
     /// `get`: the bytes this run fetches (the object less a resumed prefix,
     /// and the object again for a round after a SHA1 mismatch), once known;
