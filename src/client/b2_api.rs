@@ -103,7 +103,7 @@ impl Authorizer {
         let realm =
             Url::parse(&realm_url(realm)).map_err(|why| {
                 Error::Usage(format!(
-                    "--realm (or B2_REALM): {why}; a realm is production, staging, dev or an http(s) URL"
+                    "the realm (--realm, else B2_REALM, else B2_ENVIRONMENT): {why}; a realm is production, staging, dev or an http(s) URL"
                 ))
             })?;
         let realm_origin = resolve(&realm)?;
