@@ -1404,3 +1404,50 @@ fn download_authorization_is_limited_to_its_bucket_prefix_and_duration() {
     assert_eq!(expired.status, 401);
     assert_eq!(expired.json()["code"], "expired_auth_token");
 }
+
+/// B2 lists an upload as soon as it is acknowledged: a listing sent once a
+/// file is written (or removed) in a bucket directory shows it, also for
+/// writes that follow each other within one tick of the kernel's timestamp
+/// clock (the listing cache used to be trusted for a second unchecked).
+#[test]
+fn a_listing_sent_after_a_write_shows_it() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let listed = || -> Vec<String> {
+        let response = served.post(
+            "b2_list_file_names",
+            &token,
+            json!({"bucketId": bucket_id, "prefix": "new/", "maxFileCount": 1000}),
+        );
+        assert_eq!(response.status, 200);
+        response.json()["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|file| file["fileName"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(listed().is_empty(), "the bucket's names are now cached");
+    write_file(tree.path(), "bkt/new/first", b"1");
+    assert_eq!(listed(), ["new/first"]);
+    let mut expected = vec!["new/first".to_string()];
+    for round in 0..20 {
+        // Into a directory already listed, and into a new one.
+        let name = if round % 2 == 0 {
+            format!("new/r{round:02}")
+        } else {
+            format!("new/d{round:02}/f")
+        };
+        write_file(tree.path(), &format!("bkt/{name}"), b"x");
+        let target = format!("/file/bkt/{name}");
+        assert_eq!(served.get(&target, &token).status, 200, "{name}");
+        expected.push(name);
+        expected.sort();
+        assert_eq!(listed(), expected, "round {round}");
+    }
+    std::fs::remove_file(tree.path().join("bkt/new/first")).unwrap();
+    expected.retain(|name| name != "new/first");
+    assert_eq!(listed(), expected, "a removed file is not listed");
+}

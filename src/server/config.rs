@@ -13,9 +13,15 @@ pub const HASH_READ_BLOCK_BYTES: usize = 1 << 20;
 pub const LISTING_HASH_CONCURRENCY_MAX: usize = 8;
 /// Striped locks that stop two threads hashing the same file.
 pub const SHA1_LOCK_STRIPES: usize = 64;
-/// A cached name list is trusted this long before its directory mtimes are
-/// checked again (a page request stats every directory of the bucket then).
-pub const LISTING_REVALIDATE_MS: u64 = 1000;
+/// A bucket walked less than this after one of its directories last changed
+/// is walked again by the next listing page: a change within the same tick
+/// of the kernel's timestamp clock (≤ 10 ms) would not move the stamps the
+/// cached name list is checked against.
+pub const LISTING_SETTLE_MS: u64 = 50;
+/// The same for a directory whose ctime has no fraction of a second: a
+/// filesystem that keeps whole seconds (ext4 with 128-byte inodes) or two
+/// (FAT's mtime).
+pub const LISTING_SETTLE_COARSE_MS: u64 = 2000;
 
 /// `maxFileCount` default and maximum (B2's).
 pub const LIST_PAGE_DEFAULT: usize = 100;
