@@ -1451,3 +1451,42 @@ fn a_listing_sent_after_a_write_shows_it() {
     expected.retain(|name| name != "new/first");
     assert_eq!(listed(), expected, "a removed file is not listed");
 }
+
+/// `--long-body-rate` shortens what a 206 claims, as its help says, and
+/// leaves whole-object answers alone (it used to answer a 10-byte object
+/// `200` with `Content-Length: 7`); `--short-object-rate` does that to 200s.
+#[test]
+fn long_body_shortens_ranges_and_short_object_shortens_whole_objects() {
+    let tree = small_tree();
+    let data = content("b", 3000);
+    let name = "dir/b%20c%2Bd.bin";
+
+    let served = serve(tree.path(), true, &["--long-body-rate", "1"]);
+    let (token, _) = served.authorize();
+    for (target, size) in [("a.txt", 11), ("dir/sub/e.bin", 10), (name, 3000)] {
+        let whole = download(&served, &token, target, None);
+        assert_eq!(whole.status, 200, "{target}");
+        assert!(whole.header("content-range").is_none(), "{target}");
+        assert_eq!(whole.content_length(), Some(size), "{target}");
+        assert_eq!(whole.body.len(), size, "{target}");
+    }
+    assert!(download(&served, &token, name, None).body == data);
+    let range = download(&served, &token, name, Some("bytes=0-99"));
+    assert_eq!(range.status, 206);
+    assert!(range.content_length().unwrap() < 100);
+
+    let served = serve(tree.path(), true, &["--short-object-rate", "1"]);
+    let (token, _) = served.authorize();
+    let whole = download(&served, &token, name, None);
+    assert_eq!(whole.status, 200);
+    let length = whole.content_length().unwrap();
+    assert!(length < 3000, "{length}");
+    assert!(whole.body == data[..length]);
+    let range = download(&served, &token, name, Some("bytes=0-99"));
+    assert_eq!(
+        (range.status, range.content_length()),
+        (206, Some(100)),
+        "ranges are --long-body-rate's"
+    );
+    assert_eq!(range.body, &data[..100]);
+}

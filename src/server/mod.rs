@@ -159,10 +159,15 @@ pub struct ServeArgs {
     /// Probability of answering a range request with 200 and the whole object.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
     pub ignore_range_rate: f64,
-    /// Probability of a Content-Length shorter than the range the response claims
-    /// (Content-Range unchanged; only that many bytes are sent).
+    /// Probability that a 206 answer to a range request has a Content-Length shorter
+    /// than its Content-Range (which is unchanged; only that many bytes are sent).
+    /// A 200 (the whole object) is left alone: see --short-object-rate.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
     pub long_body_rate: f64,
+    /// Probability that a 200 answer (the whole object) has a Content-Length shorter
+    /// than the object; only that many bytes are sent (as if it shrank since listed).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub short_object_rate: f64,
     /// Publish a wrong SHA1 for this object name (listing, file info and download
     /// headers agree on it; the bytes are right). Repeatable.
     #[arg(long, value_name = "NAME")]
@@ -459,6 +464,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         wrong_range_rate: args.wrong_range_rate,
         ignore_range_rate: args.ignore_range_rate,
         long_body_rate: args.long_body_rate,
+        short_object_rate: args.short_object_rate,
         wrong_sha1_names: args.wrong_sha1.clone(),
     });
 
