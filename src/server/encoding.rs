@@ -63,9 +63,9 @@ pub fn parse_range(header: Option<&str>, size_bytes: u64) -> RangeRequest {
         if !digits(last) {
             return RangeRequest::Whole;
         }
-        let Ok(suffix_bytes) = last.parse::<u64>() else {
-            return RangeRequest::Whole;
-        };
+        // Past u64: more than any object holds, so all of it (RFC 9110: a
+        // suffix longer than the object selects the whole object), as a 206.
+        let suffix_bytes = last.parse::<u64>().unwrap_or(u64::MAX);
         if suffix_bytes == 0 || size_bytes == 0 {
             return RangeRequest::Unsatisfiable;
         }
@@ -174,6 +174,23 @@ mod tests {
         assert_eq!(
             parse_range(Some("bytes=-40"), 10),
             Slice { start: 0, end: 9 }
+        );
+        // Numbers past u64 clamp, in either position.
+        assert_eq!(
+            parse_range(Some("bytes=0-99999999999999999999999"), 10),
+            Slice { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-99999999999999999999999"), 10),
+            Slice { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-99999999999999999999999"), 0),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999999-"), 10),
+            Unsatisfiable
         );
         assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
