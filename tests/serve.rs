@@ -1490,3 +1490,42 @@ fn long_body_shortens_ranges_and_short_object_shortens_whole_objects() {
     );
     assert_eq!(range.body, &data[..100]);
 }
+
+/// A request head longer than `REQUEST_HEAD_MAX_BYTES` is answered 431 and
+/// the connection closed; one of exactly that size is served. (hyper's
+/// buffer bound alone let heads of up to ~114 KB through.)
+#[test]
+fn request_heads_over_the_limit_get_431() {
+    use ringdown::server::config::REQUEST_HEAD_MAX_BYTES;
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let head = |length: usize| {
+        let bare = format!(
+            "GET /file/bkt/a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nConnection: close\r\nX-Pad: \r\n\r\n"
+        );
+        let head = bare.replace(
+            "X-Pad: ",
+            &format!("X-Pad: {}", "p".repeat(length - bare.len())),
+        );
+        assert_eq!(head.len(), length);
+        head
+    };
+    let received = raw_exchange(&served, head(REQUEST_HEAD_MAX_BYTES).as_bytes());
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("hello world"), "{text}");
+    for length in [
+        REQUEST_HEAD_MAX_BYTES + 1,
+        REQUEST_HEAD_MAX_BYTES * 3 / 2,
+        REQUEST_HEAD_MAX_BYTES * 2,
+    ] {
+        let received = raw_exchange(&served, head(length).as_bytes());
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            text.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+            "a {length}-byte head: {}",
+            &text[..text.len().min(200)]
+        );
+    }
+}

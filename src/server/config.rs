@@ -29,7 +29,10 @@ pub const LIST_PAGE_MAX: usize = 10_000;
 
 /// Largest JSON request body of an API call (B2 requests are < 4 KiB).
 pub const API_REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
-/// hyper's read buffer bound, which caps a request head (the default is ~400 KiB).
+/// Largest request head (request line and headers, with the blank line):
+/// a longer one is answered 431 and the connection closed. B2 clients send
+/// heads of < 2 KiB. Also hyper's read-buffer bound, which alone is soft
+/// (a head of up to about twice it got through).
 pub const REQUEST_HEAD_MAX_BYTES: usize = 64 * 1024;
 /// Most request headers accepted.
 pub const REQUEST_HEADERS_MAX: usize = 100;

@@ -682,6 +682,7 @@ async fn serve_stream<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(REQUEST_HEAD_TIMEOUT_S))
         .max_buf_size(REQUEST_HEAD_MAX_BYTES)
+        .max_header_size(REQUEST_HEAD_MAX_BYTES)
         .max_headers(REQUEST_HEADERS_MAX)
         .keep_alive(true);
     let write_progress = WriteProgress::new();
