@@ -1529,3 +1529,63 @@ fn request_heads_over_the_limit_get_431() {
         );
     }
 }
+
+/// An error message quotes at most `ECHOED_INPUT_MAX_CHARS` characters of
+/// any value the client sent, cut with `…` (a 100 KB fileId used to come
+/// back whole in the 400's JSON).
+#[test]
+fn error_messages_quote_client_input_only_up_to_a_bound() {
+    use ringdown::server::config::ECHOED_INPUT_MAX_CHARS;
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let assert_bounded = |response: Response, what: &str| {
+        let message = response.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            message.chars().count() <= ECHOED_INPUT_MAX_CHARS + 80 && message.contains('…'),
+            "{what}: {} {} chars: {}",
+            response.status,
+            message.chars().count(),
+            message.chars().take(300).collect::<String>()
+        );
+    };
+    // In JSON bodies (up to 1 MiB).
+    let huge = "x".repeat(100_000);
+    let long_name_id = {
+        let real = download(&served, &token, "a.txt", None);
+        let id = real.header("x-bz-file-id").unwrap().to_string();
+        let (prefix, _) = id.split_once("_n").unwrap();
+        use base64::Engine;
+        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&huge);
+        format!("{prefix}_n{name}")
+    };
+    for (operation, body) in [
+        ("b2_get_file_info", json!({"fileId": huge})),
+        ("b2_get_file_info", json!({"fileId": long_name_id})),
+        ("b2_list_file_names", json!({"bucketId": huge})),
+        ("b2_list_file_names", json!({"bucketId": [huge]})),
+        (
+            "b2_list_file_names",
+            json!({"bucketId": bucket_id, "prefix": {"p": huge}}),
+        ),
+    ] {
+        assert_bounded(served.post(operation, &token, body), operation);
+    }
+    // In request heads (up to 64 KiB).
+    let long = "y".repeat(60_000);
+    for target in [
+        format!("/file/bkt/{long}"),
+        // A bucket name within NAME_MAX (a longer one is refused by the
+        // filesystem before the lookup can say it does not exist).
+        format!("/file/{}/a.txt", &long[..250]),
+        format!("/b2api/v3/b2_download_file_by_id?fileId={long}"),
+        format!("/b2api/v3/{long}"),
+        format!("/{long}"),
+        format!("/file/bkt/a.txt?bad=%zz{long}"),
+    ] {
+        assert_bounded(served.get(&target, &token), &target[..40]);
+    }
+    let range = format!("bytes={}99-", "0".repeat(60_000));
+    assert_bounded(download(&served, &token, "a.txt", Some(&range)), "Range");
+}

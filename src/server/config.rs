@@ -27,6 +27,11 @@ pub const LISTING_SETTLE_COARSE_MS: u64 = 2000;
 pub const LIST_PAGE_DEFAULT: usize = 100;
 pub const LIST_PAGE_MAX: usize = 10_000;
 
+/// Most characters of one client-sent value (a name, a fileId, a path)
+/// quoted in an error message; longer values are cut there and marked `…`,
+/// so an answer never grows with what the client sent.
+pub const ECHOED_INPUT_MAX_CHARS: usize = 200;
+
 /// Largest JSON request body of an API call (B2 requests are < 4 KiB).
 pub const API_REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
 /// Largest request head (request line and headers, with the blank line):
