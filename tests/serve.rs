@@ -1589,3 +1589,92 @@ fn error_messages_quote_client_input_only_up_to_a_bound() {
     let range = format!("bytes={}99-", "0".repeat(60_000));
     assert_bounded(download(&served, &token, "a.txt", Some(&range)), "Range");
 }
+
+/// `ringdown serve DIR --cert-dir CERTS` on port 0 with the demo
+/// credentials (`common::serve` gives every server a cert dir of its own).
+fn serve_on_cert_dir(dir: &std::path::Path, cert_dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .arg("serve")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--no-index", "--cert-dir"])
+        .arg(cert_dir)
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The ready line of a server started by `serve_on_cert_dir`, as `Served`.
+fn served_from(mut child: std::process::Child) -> Served {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let line = line.trim_end().to_string();
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|part| part.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+            .to_string()
+    };
+    Served {
+        address: field("realm").split("://").nth(1).unwrap().to_string(),
+        realm: field("realm"),
+        ca_file: Some(field("ca_file").into()),
+        key_id: field("key_id"),
+        key: field("key"),
+        child,
+        line,
+        work: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Two servers on one `--cert-dir` would each write `ca.pem`, and the first
+/// one's clients would then fail to verify it: the second is refused while
+/// the first runs, naming the directory. Once the first has exited, a server
+/// on the same directory starts as before.
+#[test]
+fn a_cert_dir_is_used_by_one_running_server_at_a_time() {
+    let tree = small_tree();
+    let certs = tempfile::tempdir().unwrap();
+    let cert_dir = certs.path().join("certs");
+    let first = served_from(serve_on_cert_dir(tree.path(), &cert_dir));
+    let ca_file = cert_dir.canonicalize().unwrap().join("ca.pem");
+    assert_eq!(first.ca_file.as_deref(), Some(ca_file.as_path()));
+    let first_ca = std::fs::read(&ca_file).unwrap();
+
+    let mut second = serve_on_cert_dir(tree.path(), &cert_dir);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("a second server runs on the cert dir of a running one");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "no ready line");
+    let cert_dir_text = cert_dir.canonicalize().unwrap().display().to_string();
+    assert!(stderr.contains(&cert_dir_text), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&ca_file).unwrap(), first_ca, "ca.pem kept");
+    first.authorize();
+
+    drop(first);
+    let again = served_from(serve_on_cert_dir(tree.path(), &cert_dir));
+    assert_eq!(again.ca_file.as_deref(), Some(ca_file.as_path()));
+    assert_ne!(std::fs::read(&ca_file).unwrap(), first_ca, "a new CA");
+    again.authorize();
+}

@@ -73,7 +73,8 @@ pub struct ServeArgs {
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long)]
     pub plain: bool,
-    /// Directory for ca.pem (default: a temporary directory removed on exit).
+    /// Directory for ca.pem (default: a temporary directory removed on exit). One running
+    /// server per directory: it holds ca.pem.lock there, and a second one is refused.
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
     /// Also write server.pem and server-key.pem into the cert dir (benchmarks: same cert for nginx).
@@ -402,6 +403,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     // TLS identity and ca.pem before binding, so the ready line is final.
     let mut temporary_cert_dir = None;
+    // Held until the server exits (dropped at the end of `run`).
+    let mut _cert_dir_lock = None;
     let (acceptor, ca_file) = if args.plain {
         (None, None)
     } else {
@@ -420,6 +423,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 cert_dir
             }
         };
+        _cert_dir_lock = Some(tls::lock_cert_dir(&cert_dir)?);
         let identity = tls::generate(args.cert_name.as_deref())?;
         tls::write_pem(&cert_dir, "ca.pem", &identity.ca_pem)?;
         if args.write_server_key {
