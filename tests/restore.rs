@@ -1691,8 +1691,13 @@ fn a_wrong_length_from_the_listed_version_is_retried() {
     objects.insert("w/large".to_string(), large);
     let out = tempfile::tempdir().unwrap();
 
-    // Every answer's length is wrong: each object spends its 3 attempts.
-    let served = serve(data.path(), true, &["--long-body-rate", "1"]);
+    // Every answer's length is wrong (whole objects' 200s and the large
+    // object's 206s): each object spends its 3 attempts.
+    let served = serve(
+        data.path(),
+        true,
+        &["--short-object-rate", "1", "--long-body-rate", "1"],
+    );
     let dir = out.path().join("all");
     let report = out.path().join("all.jsonl");
     let output = restore(
@@ -1719,7 +1724,14 @@ fn a_wrong_length_from_the_listed_version_is_retried() {
     let served = serve(
         data.path(),
         true,
-        &["--long-body-rate", "0.35", "--seed", "5"],
+        &[
+            "--short-object-rate",
+            "0.35",
+            "--long-body-rate",
+            "0.35",
+            "--seed",
+            "5",
+        ],
     );
     let dir = out.path().join("some");
     let output = restore(&served, &["b2://bkt", "--max-attempts", "15"], &dir);

@@ -1404,3 +1404,277 @@ fn download_authorization_is_limited_to_its_bucket_prefix_and_duration() {
     assert_eq!(expired.status, 401);
     assert_eq!(expired.json()["code"], "expired_auth_token");
 }
+
+/// B2 lists an upload as soon as it is acknowledged: a listing sent once a
+/// file is written (or removed) in a bucket directory shows it, also for
+/// writes that follow each other within one tick of the kernel's timestamp
+/// clock (the listing cache used to be trusted for a second unchecked).
+#[test]
+fn a_listing_sent_after_a_write_shows_it() {
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let listed = || -> Vec<String> {
+        let response = served.post(
+            "b2_list_file_names",
+            &token,
+            json!({"bucketId": bucket_id, "prefix": "new/", "maxFileCount": 1000}),
+        );
+        assert_eq!(response.status, 200);
+        response.json()["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|file| file["fileName"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(listed().is_empty(), "the bucket's names are now cached");
+    write_file(tree.path(), "bkt/new/first", b"1");
+    assert_eq!(listed(), ["new/first"]);
+    let mut expected = vec!["new/first".to_string()];
+    for round in 0..20 {
+        // Into a directory already listed, and into a new one.
+        let name = if round % 2 == 0 {
+            format!("new/r{round:02}")
+        } else {
+            format!("new/d{round:02}/f")
+        };
+        write_file(tree.path(), &format!("bkt/{name}"), b"x");
+        let target = format!("/file/bkt/{name}");
+        assert_eq!(served.get(&target, &token).status, 200, "{name}");
+        expected.push(name);
+        expected.sort();
+        assert_eq!(listed(), expected, "round {round}");
+    }
+    std::fs::remove_file(tree.path().join("bkt/new/first")).unwrap();
+    expected.retain(|name| name != "new/first");
+    assert_eq!(listed(), expected, "a removed file is not listed");
+}
+
+/// `--long-body-rate` shortens what a 206 claims, as its help says, and
+/// leaves whole-object answers alone (it used to answer a 10-byte object
+/// `200` with `Content-Length: 7`); `--short-object-rate` does that to 200s.
+#[test]
+fn long_body_shortens_ranges_and_short_object_shortens_whole_objects() {
+    let tree = small_tree();
+    let data = content("b", 3000);
+    let name = "dir/b%20c%2Bd.bin";
+
+    let served = serve(tree.path(), true, &["--long-body-rate", "1"]);
+    let (token, _) = served.authorize();
+    for (target, size) in [("a.txt", 11), ("dir/sub/e.bin", 10), (name, 3000)] {
+        let whole = download(&served, &token, target, None);
+        assert_eq!(whole.status, 200, "{target}");
+        assert!(whole.header("content-range").is_none(), "{target}");
+        assert_eq!(whole.content_length(), Some(size), "{target}");
+        assert_eq!(whole.body.len(), size, "{target}");
+    }
+    assert!(download(&served, &token, name, None).body == data);
+    let range = download(&served, &token, name, Some("bytes=0-99"));
+    assert_eq!(range.status, 206);
+    assert!(range.content_length().unwrap() < 100);
+
+    let served = serve(tree.path(), true, &["--short-object-rate", "1"]);
+    let (token, _) = served.authorize();
+    let whole = download(&served, &token, name, None);
+    assert_eq!(whole.status, 200);
+    let length = whole.content_length().unwrap();
+    assert!(length < 3000, "{length}");
+    assert!(whole.body == data[..length]);
+    let range = download(&served, &token, name, Some("bytes=0-99"));
+    assert_eq!(
+        (range.status, range.content_length()),
+        (206, Some(100)),
+        "ranges are --long-body-rate's"
+    );
+    assert_eq!(range.body, &data[..100]);
+}
+
+/// A request head longer than `REQUEST_HEAD_MAX_BYTES` is answered 431 and
+/// the connection closed; one of exactly that size is served. (hyper's
+/// buffer bound alone let heads of up to ~114 KB through.)
+#[test]
+fn request_heads_over_the_limit_get_431() {
+    use ringdown::server::config::REQUEST_HEAD_MAX_BYTES;
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let head = |length: usize| {
+        let bare = format!(
+            "GET /file/bkt/a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nConnection: close\r\nX-Pad: \r\n\r\n"
+        );
+        let head = bare.replace(
+            "X-Pad: ",
+            &format!("X-Pad: {}", "p".repeat(length - bare.len())),
+        );
+        assert_eq!(head.len(), length);
+        head
+    };
+    let received = raw_exchange(&served, head(REQUEST_HEAD_MAX_BYTES).as_bytes());
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("hello world"), "{text}");
+    for length in [
+        REQUEST_HEAD_MAX_BYTES + 1,
+        REQUEST_HEAD_MAX_BYTES * 3 / 2,
+        REQUEST_HEAD_MAX_BYTES * 2,
+    ] {
+        let received = raw_exchange(&served, head(length).as_bytes());
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            text.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+            "a {length}-byte head: {}",
+            &text[..text.len().min(200)]
+        );
+    }
+}
+
+/// An error message quotes at most `ECHOED_INPUT_MAX_CHARS` characters of
+/// any value the client sent, cut with `…` (a 100 KB fileId used to come
+/// back whole in the 400's JSON).
+#[test]
+fn error_messages_quote_client_input_only_up_to_a_bound() {
+    use ringdown::server::config::ECHOED_INPUT_MAX_CHARS;
+    let tree = small_tree();
+    let served = serve(tree.path(), true, &[]);
+    let (token, _) = served.authorize();
+    let bucket_id = served.bucket_id(&token, "bkt");
+    let assert_bounded = |response: Response, what: &str| {
+        let message = response.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            message.chars().count() <= ECHOED_INPUT_MAX_CHARS + 80 && message.contains('…'),
+            "{what}: {} {} chars: {}",
+            response.status,
+            message.chars().count(),
+            message.chars().take(300).collect::<String>()
+        );
+    };
+    // In JSON bodies (up to 1 MiB).
+    let huge = "x".repeat(100_000);
+    let long_name_id = {
+        let real = download(&served, &token, "a.txt", None);
+        let id = real.header("x-bz-file-id").unwrap().to_string();
+        let (prefix, _) = id.split_once("_n").unwrap();
+        use base64::Engine;
+        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&huge);
+        format!("{prefix}_n{name}")
+    };
+    for (operation, body) in [
+        ("b2_get_file_info", json!({"fileId": huge})),
+        ("b2_get_file_info", json!({"fileId": long_name_id})),
+        ("b2_list_file_names", json!({"bucketId": huge})),
+        ("b2_list_file_names", json!({"bucketId": [huge]})),
+        (
+            "b2_list_file_names",
+            json!({"bucketId": bucket_id, "prefix": {"p": huge}}),
+        ),
+    ] {
+        assert_bounded(served.post(operation, &token, body), operation);
+    }
+    // In request heads (up to 64 KiB).
+    let long = "y".repeat(60_000);
+    for target in [
+        format!("/file/bkt/{long}"),
+        // A bucket name within NAME_MAX (a longer one is refused by the
+        // filesystem before the lookup can say it does not exist).
+        format!("/file/{}/a.txt", &long[..250]),
+        format!("/b2api/v3/b2_download_file_by_id?fileId={long}"),
+        format!("/b2api/v3/{long}"),
+        format!("/{long}"),
+        format!("/file/bkt/a.txt?bad=%zz{long}"),
+    ] {
+        assert_bounded(served.get(&target, &token), &target[..40]);
+    }
+    let range = format!("bytes={}99-", "0".repeat(60_000));
+    assert_bounded(download(&served, &token, "a.txt", Some(&range)), "Range");
+}
+
+/// `ringdown serve DIR --cert-dir CERTS` on port 0 with the demo
+/// credentials (`common::serve` gives every server a cert dir of its own).
+fn serve_on_cert_dir(dir: &std::path::Path, cert_dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .arg("serve")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--no-index", "--cert-dir"])
+        .arg(cert_dir)
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The ready line of a server started by `serve_on_cert_dir`, as `Served`.
+fn served_from(mut child: std::process::Child) -> Served {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let line = line.trim_end().to_string();
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|part| part.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+            .to_string()
+    };
+    Served {
+        address: field("realm").split("://").nth(1).unwrap().to_string(),
+        realm: field("realm"),
+        ca_file: Some(field("ca_file").into()),
+        key_id: field("key_id"),
+        key: field("key"),
+        child,
+        line,
+        work: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Two servers on one `--cert-dir` would each write `ca.pem`, and the first
+/// one's clients would then fail to verify it: the second is refused while
+/// the first runs, naming the directory. Once the first has exited, a server
+/// on the same directory starts as before.
+#[test]
+fn a_cert_dir_is_used_by_one_running_server_at_a_time() {
+    let tree = small_tree();
+    let certs = tempfile::tempdir().unwrap();
+    let cert_dir = certs.path().join("certs");
+    let first = served_from(serve_on_cert_dir(tree.path(), &cert_dir));
+    let ca_file = cert_dir.canonicalize().unwrap().join("ca.pem");
+    assert_eq!(first.ca_file.as_deref(), Some(ca_file.as_path()));
+    let first_ca = std::fs::read(&ca_file).unwrap();
+
+    let mut second = serve_on_cert_dir(tree.path(), &cert_dir);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("a second server runs on the cert dir of a running one");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "no ready line");
+    let cert_dir_text = cert_dir.canonicalize().unwrap().display().to_string();
+    assert!(stderr.contains(&cert_dir_text), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&ca_file).unwrap(), first_ca, "ca.pem kept");
+    first.authorize();
+
+    drop(first);
+    let again = served_from(serve_on_cert_dir(tree.path(), &cert_dir));
+    assert_eq!(again.ca_file.as_deref(), Some(ca_file.as_path()));
+    assert_ne!(std::fs::read(&ca_file).unwrap(), first_ca, "a new CA");
+    again.authorize();
+}

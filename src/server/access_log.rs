@@ -25,7 +25,8 @@ pub struct AccessRecord {
     /// Body bytes handed to the connection (after any injected fault).
     pub bytes_sent: u64,
     /// The injected fault, if any: fail, throttle, status, expired_token, reset, stall,
-    /// corrupt, short_body, long_body, wrong_range, ignore_range, reset_head,
+    /// corrupt, short_body, long_body (a 206 by `--long-body-rate`, a 200 by
+    /// `--short-object-rate`), wrong_range, ignore_range, reset_head,
     /// close_keepalive, reset_handshake (method `TLS`: no request was read).
     pub fault: Option<String>,
     /// Which TCP connection carried the request (accept order, from 0).

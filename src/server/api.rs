@@ -14,7 +14,7 @@ use super::config::{
     ABSOLUTE_MINIMUM_PART_SIZE_BYTES, DOWNLOAD_AUTHORIZATION_VALID_MAX_S, LIST_PAGE_DEFAULT,
     LIST_PAGE_MAX, LISTING_HASH_CONCURRENCY_MAX, RECOMMENDED_PART_SIZE_BYTES,
 };
-use super::encoding::hex;
+use super::encoding::{echoed, hex};
 use super::history::{Version, VersionKind};
 use super::http::ApiError;
 use super::store::{self, Bucket, ObjectMeta, OpenError, parse_file_id};
@@ -55,7 +55,8 @@ impl Params {
             None => Ok(None),
             Some(Value::String(text)) => Ok(Some(text.clone())),
             Some(other) => Err(ApiError::bad_request(format!(
-                "{key} must be a string, not {other}"
+                "{key} must be a string, not {}",
+                echoed(&other.to_string())
             ))),
         }
     }
@@ -692,7 +693,7 @@ fn bucket_for_listing(server: &Server, params: &Params) -> Result<Arc<Bucket>, A
         .ok_or_else(|| {
             ApiError::bad_request_code(
                 "invalid_bucket_id",
-                format!("invalid bucketId: {bucket_id}"),
+                format!("invalid bucketId: {}", echoed(&bucket_id)),
             )
         })
 }
@@ -929,9 +930,10 @@ fn folder_json(server: &Server, bucket: &Bucket, name: &str) -> Value {
 
 /// Resolves a file ID to its object, refusing IDs of versions that no longer exist.
 pub fn object_by_id(server: &Server, file_id: &str) -> Result<(Arc<Bucket>, String), ApiError> {
-    let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
+    let quoted = echoed(file_id);
+    let not_found = || ApiError::not_found(format!("file not present: {quoted}"));
     let (bucket_id, name) = parse_file_id(file_id)
-        .ok_or_else(|| ApiError::bad_request(format!("bad fileId: {file_id}")))?;
+        .ok_or_else(|| ApiError::bad_request(format!("bad fileId: {quoted}")))?;
     let bucket = server
         .store
         .bucket_by_id(&bucket_id)
@@ -944,7 +946,8 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
     let file_id = params.required_string("fileId")?;
     let (bucket, name) = object_by_id(server, &file_id)?;
     check_read(server, &bucket.name, &name)?;
-    let not_found = || ApiError::not_found(format!("file not present: {file_id}"));
+    let (quoted_id, quoted_name) = (echoed(&file_id), echoed(&name));
+    let not_found = || ApiError::not_found(format!("file not present: {quoted_id}"));
     let (file, meta) = match server.store.open_object(&bucket, &name) {
         Ok((file, meta)) if meta.file_id == file_id => (file, meta),
         Ok(_) | Err(OpenError::NotFound | OpenError::InvalidName) => {
@@ -959,14 +962,14 @@ pub fn get_file_info(server: &Server, params: &Params) -> Result<Vec<u8>, ApiErr
                     };
                 }
                 Err(OpenError::Io(error)) => {
-                    return Err(io_error(&format!("stat {name}"), error));
+                    return Err(io_error(&format!("stat {quoted_name}"), error));
                 }
             }
         }
-        Err(OpenError::Io(error)) => return Err(io_error(&format!("stat {name}"), error)),
+        Err(OpenError::Io(error)) => return Err(io_error(&format!("stat {quoted_name}"), error)),
     };
     let view = view_of(server, meta, &file)
-        .map_err(|error| io_error(&format!("hashing {name}"), error))?;
+        .map_err(|error| io_error(&format!("hashing {quoted_name}"), error))?;
     Ok(to_body(&view.to_json(server)))
 }
 

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
-use super::encoding::hex;
+use super::encoding::{echoed, hex};
 
 pub struct Credentials {
     pub key_id: String,
@@ -128,7 +128,8 @@ impl KeyRestriction {
             _ if self.buckets.is_empty() => Ok(()),
             Some(bucket) if self.buckets.iter().any(|allowed| allowed == bucket) => Ok(()),
             Some(bucket) => Err(format!(
-                "application key is restricted to other buckets than {bucket}"
+                "application key is restricted to other buckets than {}",
+                echoed(bucket)
             )),
             None => Err("application key is restricted to buckets: name one in the call".into()),
         }

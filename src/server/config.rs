@@ -13,17 +13,31 @@ pub const HASH_READ_BLOCK_BYTES: usize = 1 << 20;
 pub const LISTING_HASH_CONCURRENCY_MAX: usize = 8;
 /// Striped locks that stop two threads hashing the same file.
 pub const SHA1_LOCK_STRIPES: usize = 64;
-/// A cached name list is trusted this long before its directory mtimes are
-/// checked again (a page request stats every directory of the bucket then).
-pub const LISTING_REVALIDATE_MS: u64 = 1000;
+/// A bucket walked less than this after one of its directories last changed
+/// is walked again by the next listing page: a change within the same tick
+/// of the kernel's timestamp clock (≤ 10 ms) would not move the stamps the
+/// cached name list is checked against.
+pub const LISTING_SETTLE_MS: u64 = 50;
+/// The same for a directory whose ctime has no fraction of a second: a
+/// filesystem that keeps whole seconds (ext4 with 128-byte inodes) or two
+/// (FAT's mtime).
+pub const LISTING_SETTLE_COARSE_MS: u64 = 2000;
 
 /// `maxFileCount` default and maximum (B2's).
 pub const LIST_PAGE_DEFAULT: usize = 100;
 pub const LIST_PAGE_MAX: usize = 10_000;
 
+/// Most characters of one client-sent value (a name, a fileId, a path)
+/// quoted in an error message; longer values are cut there and marked `…`,
+/// so an answer never grows with what the client sent.
+pub const ECHOED_INPUT_MAX_CHARS: usize = 200;
+
 /// Largest JSON request body of an API call (B2 requests are < 4 KiB).
 pub const API_REQUEST_BODY_MAX_BYTES: usize = 1 << 20;
-/// hyper's read buffer bound, which caps a request head (the default is ~400 KiB).
+/// Largest request head (request line and headers, with the blank line):
+/// a longer one is answered 431 and the connection closed. B2 clients send
+/// heads of < 2 KiB. Also hyper's read-buffer bound, which alone is soft
+/// (a head of up to about twice it got through).
 pub const REQUEST_HEAD_MAX_BYTES: usize = 64 * 1024;
 /// Most request headers accepted.
 pub const REQUEST_HEADERS_MAX: usize = 100;

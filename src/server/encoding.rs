@@ -1,7 +1,22 @@
 //! I/O-free text helpers of the server: URL percent-encoding as b2sdk does it,
-//! percent-decoding of paths and query strings, and the `Range` header parser.
+//! percent-decoding of paths and query strings, the `Range` header parser,
+//! and the bound on client input quoted in error messages.
+
+use std::borrow::Cow;
 
 pub use crate::b2::b2_url_encode;
+
+use super::config::ECHOED_INPUT_MAX_CHARS;
+
+/// Client input as an error message may quote it: at most
+/// `ECHOED_INPUT_MAX_CHARS` characters, a longer value cut there and ended
+/// with `…`. Every message that quotes what a client sent goes through it.
+pub fn echoed(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(ECHOED_INPUT_MAX_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((cut_at, _)) => Cow::Owned(format!("{}…", &text[..cut_at])),
+    }
+}
 
 /// Percent-decodes once. `plus_is_space` is for query strings (form encoding);
 /// paths keep `+` literally. Returns `None` for a malformed escape or bytes
@@ -21,10 +36,9 @@ pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> {
     let mut pairs = Vec::new();
     for part in query.split('&').filter(|part| !part.is_empty()) {
         let (key, value) = part.split_once('=').unwrap_or((part, ""));
-        let key =
-            percent_decode(key, true).ok_or_else(|| format!("bad query parameter {part:?}"))?;
-        let value =
-            percent_decode(value, true).ok_or_else(|| format!("bad query parameter {part:?}"))?;
+        let bad = || format!("bad query parameter {:?}", echoed(part));
+        let key = percent_decode(key, true).ok_or_else(bad)?;
+        let value = percent_decode(value, true).ok_or_else(bad)?;
         pairs.push((key, value));
     }
     Ok(pairs)
@@ -63,9 +77,9 @@ pub fn parse_range(header: Option<&str>, size_bytes: u64) -> RangeRequest {
         if !digits(last) {
             return RangeRequest::Whole;
         }
-        let Ok(suffix_bytes) = last.parse::<u64>() else {
-            return RangeRequest::Whole;
-        };
+        // Past u64: more than any object holds, so all of it (RFC 9110: a
+        // suffix longer than the object selects the whole object), as a 206.
+        let suffix_bytes = last.parse::<u64>().unwrap_or(u64::MAX);
         if suffix_bytes == 0 || size_bytes == 0 {
             return RangeRequest::Unsatisfiable;
         }
@@ -141,6 +155,18 @@ mod tests {
     }
 
     #[test]
+    fn echoed_input_is_cut_at_its_bound() {
+        assert_eq!(echoed("4_zabc"), "4_zabc");
+        let at_bound = "é".repeat(ECHOED_INPUT_MAX_CHARS);
+        assert_eq!(echoed(&at_bound), at_bound);
+        let over = format!("{at_bound}x");
+        assert_eq!(echoed(&over), format!("{at_bound}…"));
+        let long = "x".repeat(100_000);
+        assert_eq!(echoed(&long).chars().count(), ECHOED_INPUT_MAX_CHARS + 1);
+        assert!(parse_query(&format!("a=%zz{long}")).unwrap_err().len() < 300);
+    }
+
+    #[test]
     fn query_pairs() {
         let pairs = parse_query("fileId=4_z&Authorization=a%2Bb&x").unwrap();
         assert_eq!(pairs[1], ("Authorization".into(), "a+b".into()));
@@ -174,6 +200,23 @@ mod tests {
         assert_eq!(
             parse_range(Some("bytes=-40"), 10),
             Slice { start: 0, end: 9 }
+        );
+        // Numbers past u64 clamp, in either position.
+        assert_eq!(
+            parse_range(Some("bytes=0-99999999999999999999999"), 10),
+            Slice { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-99999999999999999999999"), 10),
+            Slice { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-99999999999999999999999"), 0),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999999-"), 10),
+            Unsatisfiable
         );
         assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);

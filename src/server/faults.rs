@@ -35,8 +35,10 @@ pub struct FaultConfig {
     pub wrong_range_rate: f64,
     /// 200 with the whole object where a range was requested.
     pub ignore_range_rate: f64,
-    /// A Content-Length (and body) shorter than the range the response claims.
+    /// A 206 whose Content-Length (and body) is shorter than its Content-Range.
     pub long_body_rate: f64,
+    /// The same for a 200: a Content-Length (and body) shorter than the object.
+    pub short_object_rate: f64,
     /// Objects whose published SHA1 (listing, info, headers) is wrong.
     pub wrong_sha1_names: Vec<String>,
 }
@@ -108,7 +110,9 @@ pub enum RangeFault {
     WrongRange,
     /// 200 and the whole object, as if Range were not supported.
     IgnoreRange,
-    /// Content-Length (and the body sent) this many bytes short of the range.
+    /// Content-Length (and the body sent) this many bytes short of the range
+    /// a 206 claims (`--long-body-rate`), or of the object a 200 is
+    /// (`--short-object-rate`).
     LongBody {
         missing_bytes: u64,
     },
@@ -254,6 +258,7 @@ impl Faults {
             || c.wrong_range_rate > 0.0
             || c.ignore_range_rate > 0.0
             || c.long_body_rate > 0.0
+            || c.short_object_rate > 0.0
     }
 
     pub fn wrong_sha1(&self, name: &str) -> bool {
@@ -291,7 +296,9 @@ impl Faults {
         }
     }
 
-    /// Framing fault of a range response of `body_bytes` out of `size_bytes`.
+    /// Framing fault of a response of `body_bytes` out of `size_bytes`;
+    /// `is_range`: a 206 to a range request. A 200 meets only a short
+    /// Content-Length, and only by `--short-object-rate`.
     pub fn range_fault(
         &self,
         dice: Option<&Dice<'_>>,
@@ -307,7 +314,19 @@ impl Faults {
             RangeFault::WrongRange
         } else if is_range && dice.hits("ignore_range", c.ignore_range_rate) {
             RangeFault::IgnoreRange
-        } else if body_bytes >= 2 && dice.hits("long_body", c.long_body_rate) {
+        } else if body_bytes >= 2
+            && dice.hits(
+                // One dice kind for both: `--long-body-rate P
+                // --short-object-rate P` places the faults that
+                // `--long-body-rate P` alone placed before they were split.
+                "long_body",
+                if is_range {
+                    c.long_body_rate
+                } else {
+                    c.short_object_rate
+                },
+            )
+        {
             RangeFault::LongBody {
                 missing_bytes: 1 + dice.offset("long_body", body_bytes - 1),
             }
@@ -503,6 +522,35 @@ mod tests {
         assert_eq!(
             faults.conn_fault(dice.as_ref(), true),
             ConnFault::CloseKeepAlive
+        );
+    }
+
+    #[test]
+    fn long_bodies_of_ranges_and_of_whole_objects_have_a_flag_each() {
+        let shortens = |long_body_rate, short_object_rate, is_range| {
+            let faults = Faults::new(FaultConfig {
+                long_body_rate,
+                short_object_rate,
+                ..FaultConfig::default()
+            });
+            match faults.range_fault(faults.roll("k").as_ref(), is_range, 10, 100) {
+                RangeFault::None => false,
+                RangeFault::LongBody { missing_bytes } => {
+                    assert!((1..10).contains(&missing_bytes), "{missing_bytes}");
+                    true
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(shortens(1.0, 0.0, true));
+        assert!(
+            !shortens(1.0, 0.0, false),
+            "--long-body-rate is for 206s only"
+        );
+        assert!(shortens(0.0, 1.0, false));
+        assert!(
+            !shortens(0.0, 1.0, true),
+            "--short-object-rate is for 200s only"
         );
     }
 

@@ -21,7 +21,9 @@ use super::body::{FileBody, ServeBody};
 use super::config::{
     API_REQUEST_BODY_MAX_BYTES, REQUEST_HEAD_TIMEOUT_S, SMALL_OBJECT_INLINE_BYTES,
 };
-use super::encoding::{RangeRequest, b2_url_encode, parse_query, parse_range, percent_decode};
+use super::encoding::{
+    RangeRequest, b2_url_encode, echoed, parse_query, parse_range, percent_decode,
+};
 use super::fault_io::WriteCut;
 use super::faults::{BodyFault, ConnFault, HeadFault, RangeFault, TokenBucket};
 use super::store::{self, OpenError};
@@ -251,7 +253,7 @@ fn error_response(
         say!(
             "ringdown serve: {} {}: {} {}",
             context.method,
-            context.path,
+            echoed(&context.path),
             error.code,
             error.message
         );
@@ -384,14 +386,14 @@ async fn route(
     let Some(rest) = context.path.strip_prefix("/b2api/v") else {
         return Err(ApiError::not_found(format!(
             "no such path: {}",
-            context.path
+            echoed(&context.path)
         )));
     };
     let (version, operation) = rest
         .split_once('/')
         .and_then(|(version, operation)| Some((version.parse::<u8>().ok()?, operation.to_string())))
         .filter(|(version, _)| (1..=4).contains(version))
-        .ok_or_else(|| ApiError::not_found(format!("no such path: {}", context.path)))?;
+        .ok_or_else(|| ApiError::not_found(format!("no such path: {}", echoed(&context.path))))?;
 
     if operation == "b2_download_file_by_id" {
         // As on B2 (and /file/...): a download is a GET or a HEAD.
@@ -437,7 +439,8 @@ async fn route(
             .map_err(ApiError::token)?;
         if !API_CALLS.contains(&operation.as_str()) {
             return Err(ApiError::not_found(format!(
-                "unsupported API call: {operation}"
+                "unsupported API call: {}",
+                echoed(&operation)
             )));
         }
     }
@@ -485,7 +488,8 @@ async fn route(
                 api::get_download_authorization(server, &params).map(|value| api::to_body(&value))
             }
             other => Err(ApiError::not_found(format!(
-                "unsupported API call: {other}"
+                "unsupported API call: {}",
+                echoed(other)
             ))),
         }
     })
@@ -581,7 +585,7 @@ async fn download(
                     .bucket_by_name(&bucket)
                     .map_err(|error| ApiError::internal(format!("listing buckets: {error}")))?
                     .ok_or_else(|| {
-                        ApiError::not_found(format!("bucket {bucket} does not exist"))
+                        ApiError::not_found(format!("bucket {} does not exist", echoed(&bucket)))
                     })?;
                 (bucket, name, None)
             }
@@ -612,19 +616,20 @@ async fn download(
             }
             Err(error) => Err(error),
         };
+        let quoted = echoed(&name);
         let (file, meta) = opened.map_err(|error| match error {
             OpenError::InvalidName => {
-                ApiError::bad_request(format!("file name not allowed: {name:?}"))
+                ApiError::bad_request(format!("file name not allowed: {quoted:?}"))
             }
-            OpenError::NotFound => ApiError::not_found(format!("file not present: {name}")),
-            OpenError::Io(error) => ApiError::internal(format!("opening {name}: {error}")),
+            OpenError::NotFound => ApiError::not_found(format!("file not present: {quoted}")),
+            OpenError::Io(error) => ApiError::internal(format!("opening {quoted}: {error}")),
         })?;
         let view = api::view_of(server, meta, &file)
-            .map_err(|error| ApiError::internal(format!("hashing {name}: {error}")))?;
+            .map_err(|error| ApiError::internal(format!("hashing {quoted}: {error}")))?;
         // A small object is read here too, on the same blocking thread: one
         // hop per request instead of two (the hops cost more than the read).
         let whole = read_small_object(&file, view.meta.size_bytes)
-            .map_err(|error| ApiError::internal(format!("reading {name}: {error}")))?;
+            .map_err(|error| ApiError::internal(format!("reading {quoted}: {error}")))?;
         Ok((file, view, whole))
     })
     .await?;
@@ -654,7 +659,7 @@ async fn download(
                 "range_not_satisfiable",
                 format!(
                     "range {} is outside the {size_bytes}-byte file",
-                    context.range.as_deref().unwrap_or("")
+                    echoed(context.range.as_deref().unwrap_or(""))
                 ),
             );
             error.content_range = Some(format!("bytes */{size_bytes}"));

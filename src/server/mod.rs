@@ -73,7 +73,8 @@ pub struct ServeArgs {
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long)]
     pub plain: bool,
-    /// Directory for ca.pem (default: a temporary directory removed on exit).
+    /// Directory for ca.pem (default: a temporary directory removed on exit). One running
+    /// server per directory: it holds ca.pem.lock there, and a second one is refused.
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
     /// Also write server.pem and server-key.pem into the cert dir (benchmarks: same cert for nginx).
@@ -159,10 +160,15 @@ pub struct ServeArgs {
     /// Probability of answering a range request with 200 and the whole object.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
     pub ignore_range_rate: f64,
-    /// Probability of a Content-Length shorter than the range the response claims
-    /// (Content-Range unchanged; only that many bytes are sent).
+    /// Probability that a 206 answer to a range request has a Content-Length shorter
+    /// than its Content-Range (which is unchanged; only that many bytes are sent).
+    /// A 200 (the whole object) is left alone: see --short-object-rate.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
     pub long_body_rate: f64,
+    /// Probability that a 200 answer (the whole object) has a Content-Length shorter
+    /// than the object; only that many bytes are sent (as if it shrank since listed).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
+    pub short_object_rate: f64,
     /// Publish a wrong SHA1 for this object name (listing, file info and download
     /// headers agree on it; the bytes are right). Repeatable.
     #[arg(long, value_name = "NAME")]
@@ -397,6 +403,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     // TLS identity and ca.pem before binding, so the ready line is final.
     let mut temporary_cert_dir = None;
+    // Held until the server exits (dropped at the end of `run`).
+    let mut _cert_dir_lock = None;
     let (acceptor, ca_file) = if args.plain {
         (None, None)
     } else {
@@ -415,6 +423,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 cert_dir
             }
         };
+        _cert_dir_lock = Some(tls::lock_cert_dir(&cert_dir)?);
         let identity = tls::generate(args.cert_name.as_deref())?;
         tls::write_pem(&cert_dir, "ca.pem", &identity.ca_pem)?;
         if args.write_server_key {
@@ -459,6 +468,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         wrong_range_rate: args.wrong_range_rate,
         ignore_range_rate: args.ignore_range_rate,
         long_body_rate: args.long_body_rate,
+        short_object_rate: args.short_object_rate,
         wrong_sha1_names: args.wrong_sha1.clone(),
     });
 
@@ -676,6 +686,7 @@ async fn serve_stream<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(REQUEST_HEAD_TIMEOUT_S))
         .max_buf_size(REQUEST_HEAD_MAX_BYTES)
+        .max_header_size(REQUEST_HEAD_MAX_BYTES)
         .max_headers(REQUEST_HEADERS_MAX)
         .keep_alive(true);
     let write_progress = WriteProgress::new();

@@ -6,22 +6,24 @@
 //! DIR. Listings skip symlinks and anything that is not a regular file.
 //!
 //! Listing cache: one sorted `Vec<String>` of names per bucket, built by a walk
-//! of the bucket directory and reused while the mtimes of all its directories
-//! are unchanged (checked at most once per `LISTING_REVALIDATE_MS`). Sizes and
-//! mtimes are not cached: each page stats its own (≤ 10,000) entries.
+//! of the bucket directory and reused while the stamps of all its directories
+//! are unchanged. Every listing page checks them (one `statx` per directory,
+//! no directory read), so a listing sent once a write has returned lists the
+//! written file, as B2 lists an upload as soon as it is acknowledged. Sizes
+//! and mtimes are not cached: each page stats its own (≤ 10,000) entries.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha1::{Digest, Sha1};
 
-use super::config::LISTING_REVALIDATE_MS;
+use super::config::{LISTING_SETTLE_COARSE_MS, LISTING_SETTLE_MS};
 use super::encoding::hex;
 use super::sha1_cache::Sha1Cache;
 
@@ -85,16 +87,86 @@ pub enum OpenError {
     Io(std::io::Error),
 }
 
+/// What tells one state of a directory's entries from another. Creating,
+/// removing or renaming an entry sets the directory's mtime and ctime; the
+/// inode tells a directory replaced by another; the size moves with every
+/// entry on tmpfs and btrfs, even within one timestamp tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DirectoryStamp {
+    inode: u64,
+    size_bytes: u64,
+    mtime_ns: u128,
+    ctime_ns: u128,
+}
+
+impl DirectoryStamp {
+    /// `statx` of `path` itself (a symlink is not followed); `None` when it
+    /// cannot be read (gone, or not reachable).
+    fn of(path: &Path) -> Option<DirectoryStamp> {
+        let stat = rustix::fs::statx(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            rustix::fs::StatxFlags::INO
+                | rustix::fs::StatxFlags::SIZE
+                | rustix::fs::StatxFlags::MTIME
+                | rustix::fs::StatxFlags::CTIME,
+        )
+        .ok()?;
+        let time_ns = |time: rustix::fs::StatxTimestamp| {
+            nanoseconds(time.tv_sec as i128, time.tv_nsec as i128)
+        };
+        Some(DirectoryStamp {
+            inode: stat.stx_ino,
+            size_bytes: stat.stx_size,
+            mtime_ns: time_ns(stat.stx_mtime),
+            ctime_ns: time_ns(stat.stx_ctime),
+        })
+    }
+
+    /// The last change is old enough, at `walked_at_ns`, that any later
+    /// change gets another ctime. The kernel stamps with a clock that moves
+    /// once per tick (and some filesystems keep whole or even seconds): a
+    /// second change within the tick of the first leaves mtime and ctime as
+    /// they were, so a walk that read the directory between the two would
+    /// be trusted with the second missing.
+    fn is_settled(&self, walked_at_ns: u128) -> bool {
+        let settle_ms = if self.ctime_ns % 1_000_000_000 == 0 {
+            LISTING_SETTLE_COARSE_MS
+        } else {
+            LISTING_SETTLE_MS
+        };
+        self.ctime_ns + u128::from(settle_ms) * 1_000_000 < walked_at_ns
+    }
+}
+
+/// Every directory of a bucket with its stamp, taken before it was read.
+pub(super) type DirectoryStamps = Vec<(PathBuf, Option<DirectoryStamp>)>;
+
 struct NameIndex {
     names: Arc<Vec<String>>,
-    directory_mtimes: Vec<(PathBuf, Option<std::time::SystemTime>)>,
-    validated_at: Instant,
+    directories: DirectoryStamps,
+    /// False when a directory changed too shortly before the walk for its
+    /// stamp to show a later change (`DirectoryStamp::is_settled`): the next
+    /// listing walks again instead of trusting the stamps.
+    settled: bool,
+}
+
+impl NameIndex {
+    /// Still the names the bucket holds: one `statx` per directory.
+    fn is_current(&self) -> bool {
+        self.settled
+            && self
+                .directories
+                .iter()
+                .all(|(path, stamp)| DirectoryStamp::of(path) == *stamp)
+    }
 }
 
 pub struct Store {
     root: PathBuf,
     root_fd: OwnedFd,
-    name_indexes: Mutex<HashMap<String, NameIndex>>,
+    name_indexes: Mutex<HashMap<String, Arc<NameIndex>>>,
     /// Bucket id → name, so a download by id does not read DIR each time;
     /// refilled from DIR on a miss, and every hit is checked with `openat2`.
     bucket_names_by_id: Mutex<HashMap<String, String>>,
@@ -419,49 +491,43 @@ impl Store {
         }
     }
 
-    /// The sorted names of a bucket, from the cache when still valid.
+    /// The sorted names of a bucket: the cached list while every directory
+    /// of the bucket has the stamp it had when the list was walked, else a
+    /// new walk.
     pub fn names(&self, bucket: &Bucket) -> std::io::Result<Arc<Vec<String>>> {
-        let revalidate_after = Duration::from_millis(LISTING_REVALIDATE_MS);
-        {
-            let mut indexes = self.name_indexes.lock().expect("name index lock");
-            if let Some(index) = indexes.get_mut(&bucket.name) {
-                if index.validated_at.elapsed() < revalidate_after {
-                    return Ok(index.names.clone());
-                }
-                let unchanged = index
-                    .directory_mtimes
-                    .iter()
-                    .all(|(path, mtime)| directory_mtime(path) == *mtime);
-                if unchanged {
-                    index.validated_at = Instant::now();
-                    return Ok(index.names.clone());
-                }
-            }
+        let cached = self
+            .name_indexes
+            .lock()
+            .expect("name index lock")
+            .get(&bucket.name)
+            .cloned();
+        // Checked and walked outside the lock: a big tree must not block
+        // other buckets.
+        if let Some(index) = cached.filter(|index| index.is_current()) {
+            return Ok(index.names.clone());
         }
-        // Walk outside the lock: a big tree must not block other buckets.
+        let walked_at_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
         let bucket_path = self.root.join(&bucket.name);
         let mut names = Vec::new();
-        let mut directory_mtimes = Vec::new();
-        walk(&bucket_path, "", &mut names, &mut directory_mtimes)?;
+        let mut directories = Vec::new();
+        walk(&bucket_path, "", &mut names, &mut directories)?;
         names.sort_unstable();
         let names = Arc::new(names);
-        let mut indexes = self.name_indexes.lock().expect("name index lock");
-        indexes.insert(
+        let settled = directories
+            .iter()
+            .all(|(_, stamp)| stamp.is_none_or(|stamp| stamp.is_settled(walked_at_ns)));
+        self.name_indexes.lock().expect("name index lock").insert(
             bucket.name.clone(),
-            NameIndex {
+            Arc::new(NameIndex {
                 names: names.clone(),
-                directory_mtimes,
-                validated_at: Instant::now(),
-            },
+                directories,
+                settled,
+            }),
         );
         Ok(names)
     }
-}
-
-fn directory_mtime(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::symlink_metadata(path)
-        .and_then(|meta| meta.modified())
-        .ok()
 }
 
 /// Collects regular files below `directory` (names relative to the bucket,
@@ -470,9 +536,11 @@ pub(super) fn walk(
     directory: &Path,
     prefix: &str,
     names: &mut Vec<String>,
-    directory_mtimes: &mut Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    directories: &mut DirectoryStamps,
 ) -> std::io::Result<()> {
-    directory_mtimes.push((directory.to_path_buf(), directory_mtime(directory)));
+    // Stamped before it is read, so a change during or after the read moves
+    // the stamp.
+    directories.push((directory.to_path_buf(), DirectoryStamp::of(directory)));
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
         // A directory that vanished or is unreadable lists as empty.
@@ -496,7 +564,7 @@ pub(super) fn walk(
         };
         let name = format!("{prefix}{file_name}");
         if file_type.is_dir() {
-            walk(&entry.path(), &format!("{name}/"), names, directory_mtimes)?;
+            walk(&entry.path(), &format!("{name}/"), names, directories)?;
         } else if file_type.is_file() && is_servable_name(&name) {
             names.push(name);
         }
@@ -538,6 +606,25 @@ mod tests {
         };
         assert_eq!(id, file_id_for(&bucket, "dir/a b+c.txt", &recreated));
         assert!(parse_file_id("4_zshort").is_none());
+    }
+
+    #[test]
+    fn a_stamp_is_settled_once_its_tick_is_surely_past() {
+        let stamp = |ctime_ns| DirectoryStamp {
+            inode: 1,
+            size_bytes: 4096,
+            mtime_ns: ctime_ns,
+            ctime_ns,
+        };
+        let ms = 1_000_000u128;
+        let fine = stamp(1_700_000_000_123_456_789);
+        assert!(!fine.is_settled(fine.ctime_ns));
+        assert!(!fine.is_settled(fine.ctime_ns + u128::from(LISTING_SETTLE_MS) * ms));
+        assert!(fine.is_settled(fine.ctime_ns + u128::from(LISTING_SETTLE_MS) * ms + 1));
+        // Whole seconds: a filesystem with coarse timestamps.
+        let coarse = stamp(1_700_000_000_000_000_000);
+        assert!(!coarse.is_settled(coarse.ctime_ns + u128::from(LISTING_SETTLE_MS) * ms + 1));
+        assert!(coarse.is_settled(coarse.ctime_ns + u128::from(LISTING_SETTLE_COARSE_MS) * ms + 1));
     }
 
     #[test]

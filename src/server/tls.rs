@@ -2,8 +2,12 @@
 //! `127.0.0.1` and `::1`, generated with rcgen at every start. Only the CA
 //! certificate is written (`ca.pem`); its key never leaves memory. The hidden
 //! `--write-server-key` flag also writes `server.pem` and `server-key.pem` so a
-//! benchmark can give nginx the very same certificate.
+//! benchmark can give nginx the very same certificate. A server holds its
+//! cert dir locked (`ca.pem.lock`) while it runs: a second one there would
+//! replace the `ca.pem` the first one's clients trust.
 
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -74,6 +78,61 @@ pub fn generate(cert_name: Option<&str>) -> Result<Identity> {
         server_cert_der: server_cert.der().clone(),
         server_key_der: server_key.serialize_der(),
     })
+}
+
+/// Beside `ca.pem` in the cert dir: `flock`ed by the server using the
+/// directory, and holding its process ID (for the refusal message).
+pub const CERT_DIR_LOCK_FILE: &str = "ca.pem.lock";
+
+/// The cert dir's lock, held for the server's life. The kernel lets it go
+/// when the process ends, however it ends, so a server restarted on the
+/// same directory after the first exited takes it again; the file stays.
+pub struct CertDirLock {
+    _file: File,
+}
+
+/// Locks `dir` for this server before anything is written there, or says
+/// which running server holds it.
+pub fn lock_cert_dir(dir: &Path) -> Result<CertDirLock> {
+    let path = dir.join(CERT_DIR_LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|error| Error::io(format!("opening {}", path.display()), error))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                pid if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("ringdown serve (pid {pid})")
+                }
+                _ => "ringdown serve".to_string(),
+            };
+            return Err(Error::Usage(format!(
+                "--cert-dir {}: another running {holder} uses it (it holds {}), and its \
+                 clients trust the ca.pem there, which this server would replace; give each \
+                 server its own --cert-dir, or stop the other first",
+                dir.display(),
+                path.display()
+            )));
+        }
+        Err(error) => {
+            return Err(Error::io(
+                format!("locking {}", path.display()),
+                error.into(),
+            ));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .map_err(|error| Error::io(format!("writing {}", path.display()), error))?;
+    Ok(CertDirLock { _file: file })
 }
 
 /// Writes `name` in `dir` through a temporary name, so a reader never sees half a PEM.
