@@ -94,6 +94,12 @@ fn serve_refuses_what_a_restricted_key_may_not_do() {
     let allowed = &v4["apiInfo"]["storageApi"]["allowed"];
     assert_eq!(allowed["buckets"][0]["name"], "bkt");
     assert_eq!(allowed["namePrefix"], "backups/");
+    // v4 drops v3's single-bucket fields and `infoType` (b2-api.md §1).
+    let storage = v4["apiInfo"]["storageApi"].as_object().unwrap();
+    for dropped in ["bucketId", "bucketName", "infoType"] {
+        assert!(!storage.contains_key(dropped), "v4 has {dropped}");
+    }
+    assert_eq!(v3["apiInfo"]["storageApi"]["infoType"], "storageApi");
 
     let (token, account) = served.authorize();
     let status = |operation: &str, body: serde_json::Value| {

@@ -178,11 +178,11 @@ pub fn authorize_account(server: &Server, version: u8) -> Result<Value, ApiError
                 "namePrefix": name_prefix,
             }},
         }),
+        // v4 drops v3's `bucketId`, `bucketName` and `infoType`.
         _ => json!({
             "accountId": account_id,
             "authorizationToken": token,
             "apiInfo": {"storageApi": {
-                "infoType": "storageApi",
                 "apiUrl": realm,
                 "downloadUrl": download_url,
                 "s3ApiUrl": realm,
