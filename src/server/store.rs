@@ -407,9 +407,11 @@ impl Store {
             resolve_beneath(),
         )
         .map_err(|error| match error {
-            rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => {
-                OpenError::NotFound
-            }
+            // A name longer than a directory's can be is no bucket here.
+            rustix::io::Errno::NOENT
+            | rustix::io::Errno::NOTDIR
+            | rustix::io::Errno::LOOP
+            | rustix::io::Errno::NAMETOOLONG => OpenError::NotFound,
             other => OpenError::Io(other.into()),
         })
     }
