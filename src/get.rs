@@ -847,8 +847,15 @@ impl Download {
                     .map_err(|error| Error::Usage(format!("{display_name}: {error}")))?;
                     let tls_opt = origin.tls.then_some(&tls);
                     // A 1-byte range tells size, ETag and range support in one round trip.
+                    // The object's own request: no more tries than --max-attempts
+                    // gives a chunk of it (at most a startup call's).
+                    let retry = ApiRetry {
+                        attempts: ApiRetry::STARTUP.attempts.min(options.engine.max_attempts),
+                        ..ApiRetry::STARTUP
+                    };
                     let reply =
-                        probe_url(&origin, tls_opt, timeout, &request, &display_name).await?;
+                        probe_url(&origin, tls_opt, timeout, &request, &display_name, retry)
+                            .await?;
                     if !matches!(reply.head.status, 301 | 302 | 303 | 307 | 308) {
                         break (origin, reply);
                     }
@@ -1307,18 +1314,9 @@ async fn probe_url(
     timeout: Duration,
     request: &[u8],
     display_name: &str,
+    retry: ApiRetry,
 ) -> Result<crate::client::Exchange> {
-    let reply = exchange(
-        origin,
-        tls,
-        timeout,
-        request,
-        true,
-        0,
-        ApiRetry::STARTUP,
-        None,
-    )
-    .await;
+    let reply = exchange(origin, tls, timeout, request, true, 0, retry, None).await;
     reply.map_err(|error| match error {
         Error::Http { detail, .. } => Error::http(format!("GET {display_name}"), detail),
         other => other,

@@ -919,6 +919,37 @@ fn api_body_trickled_byte_by_byte() {
     ]);
 }
 
+/// A plain URL's probe is the object's own first request: it makes no
+/// more tries than `--max-attempts` (2 here) gives each chunk, where it
+/// made a startup call's 5 whatever the flag said.
+#[test]
+fn a_url_probe_tries_no_more_than_max_attempts() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    let fake = Fake::start(
+        vec![("obj", data(10, 6))],
+        move |req: &Req, stream: &mut TcpStream| {
+            if req.path.starts_with("/plain/") {
+                counter.fetch_add(1, Ordering::SeqCst);
+                respond_json(
+                    stream,
+                    503,
+                    serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
+                );
+                return true;
+            }
+            false
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);
+    run.assert_failed_with(&["503"]);
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "{}", run.stderr);
+    assert_nothing_written(&dest_dir);
+}
+
 /// A B2-compatible server that stops at v3 (b2sdk's version) answers the
 /// v4 `b2_authorize_account` with 404: the client asks v3 then, and the
 /// download goes on (it used to fail with "HTTP 404").
