@@ -879,6 +879,29 @@ fn api_hook(
     }
 }
 
+/// Answers every request `matches` picks with `status` and `body` (a B2
+/// error JSON), and counts them.
+fn counted_json_answer(
+    matches: impl Fn(&Req) -> bool + Send + Sync + 'static,
+    status: u16,
+    body: serde_json::Value,
+) -> (
+    Arc<AtomicUsize>,
+    impl Fn(&Req, &mut TcpStream) -> bool + Send + Sync + 'static,
+) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if !matches(req) {
+            return false;
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+        respond_json(stream, status, body.clone());
+        true
+    };
+    (asked, hook)
+}
+
 fn raw_json(stream: &mut TcpStream, body: &[u8]) {
     respond(
         stream,
@@ -924,23 +947,12 @@ fn api_body_trickled_byte_by_byte() {
 /// made a startup call's 5 whatever the flag said.
 #[test]
 fn a_url_probe_tries_no_more_than_max_attempts() {
-    let asked = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&asked);
-    let fake = Fake::start(
-        vec![("obj", data(10, 6))],
-        move |req: &Req, stream: &mut TcpStream| {
-            if req.path.starts_with("/plain/") {
-                counter.fetch_add(1, Ordering::SeqCst);
-                respond_json(
-                    stream,
-                    503,
-                    serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
-                );
-                return true;
-            }
-            false
-        },
+    let (asked, hook) = counted_json_answer(
+        |req| req.path.starts_with("/plain/"),
+        503,
+        serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
     );
+    let fake = Fake::start(vec![("obj", data(10, 6))], hook);
     let work = tempfile::tempdir().unwrap();
     let dest_dir = work.path().join("out");
     std::fs::create_dir(&dest_dir).unwrap();
@@ -955,23 +967,12 @@ fn a_url_probe_tries_no_more_than_max_attempts() {
 /// download goes on (it used to fail with "HTTP 404").
 #[test]
 fn a_server_without_v4_is_authorized_on_v3() {
-    let asked_v4 = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&asked_v4);
-    let fake = Fake::start(
-        vec![("obj", data(10, 6))],
-        move |req: &Req, stream: &mut TcpStream| {
-            if req.path == "/b2api/v4/b2_authorize_account" {
-                counter.fetch_add(1, Ordering::SeqCst);
-                respond_json(
-                    stream,
-                    404,
-                    serde_json::json!({"status":404,"code":"not_found","message":"unsupported API version"}),
-                );
-                return true;
-            }
-            false
-        },
+    let (asked_v4, hook) = counted_json_answer(
+        |req| req.path == "/b2api/v4/b2_authorize_account",
+        404,
+        serde_json::json!({"status":404,"code":"not_found","message":"unsupported API version"}),
     );
+    let fake = Fake::start(vec![("obj", data(10, 6))], hook);
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("obj");
     let run = get_b2(&fake, "obj", &dest, &[]);
