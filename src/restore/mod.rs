@@ -323,7 +323,9 @@ pub struct RestoreReport {
     pub tally: Tally,
     pub summary: RunSummary,
     pub notices: Vec<String>,
-    /// A run-fatal error (auth, trust, disk full, listing failure).
+    /// What stopped the run once it was under way: auth, trust, disk
+    /// full, a listing failure, or a signal (`Error::Interrupted`). `None`
+    /// when it ran to its end, whatever the tally says (see `Restore::run`).
     pub fatal: Option<Error>,
 }
 
@@ -409,6 +411,13 @@ impl Restore {
         }
     }
 
+    /// Restores what `options` select. `Err` when the run could not start:
+    /// a bad option, authorization, trust, the bucket, DIR, or a signal (or
+    /// `engine.cancel`) before the listing began; nothing was written then.
+    /// Once the run is under way, an error that stops it (a signal or
+    /// `engine.cancel` included: `Error::Interrupted`) comes back in
+    /// `RestoreReport::fatal`, beside the tally of what finished. Either
+    /// way, `Error::exit_code` is what the CLI exits with.
     pub fn run(&self) -> Result<RestoreReport> {
         let _run = self.options.engine.begin_run("Restore::run")?;
         let started = Instant::now();
