@@ -750,40 +750,55 @@ def run_one(ctx, tool, plan, run_no, args):
             row["verified_by_tool"] = None
     else:
         row["verified_by_tool"] = plan["verify"]
-    set_aside(ctx, f"{tool}-{run_no}")
+    set_aside(ctx, f"{ctx.scenario}-{tool}-{run_no}")
     return row
 
 
-def delete_set_aside(scratch):
-    """Deletes the outputs set aside, then waits out the kernel's window of
-    "recently deleted" inodes (see `set_aside`) so the next scenario starts
-    on an even footing."""
+def empty_set_aside(scratch):
+    """Empties the outputs set aside (see `set_aside`): every file is cut to
+    length 0, which gives its blocks back, and stays, which keeps its inode
+    allocated. Then waits for the writeback of what that dirtied, so the next
+    scenario starts on an even footing. `delete_set_aside` removes them all
+    once the last scenario is done."""
     trash = os.path.join(scratch, "set-aside")
     if not os.path.isdir(trash):
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    for dirpath, _, fnames in os.walk(trash):
+        for fn in fnames:
+            try:
+                os.truncate(os.path.join(dirpath, fn), 0)
+            except OSError:
+                pass
     try:
         with open("/proc/sys/vm/dirty_expire_centisecs") as f:
             window_s = int(f.read()) / 100 + 1
     except (OSError, ValueError):
         window_s = 31
-    log(f"deleted the set-aside outputs; waiting {window_s:.0f} s before the next scenario")
+    log(f"emptied the set-aside outputs; waiting {window_s:.0f} s for their writeback")
     time.sleep(window_s)
 
 
+def delete_set_aside(scratch):
+    """Deletes the outputs set aside, after the last measured run."""
+    shutil.rmtree(os.path.join(scratch, "set-aside"), ignore_errors=True)
+
+
 def set_aside(ctx, label):
-    """Removes a run's output from the way of the next run. A tree is moved
-    aside and deleted when its scenario ends: on ext4 without a journal (these
-    VMs), creating a file skips every inode freed in the last ~30 s and reads
-    its dtime to find that out, so deleting 2,000 files right before the next
-    run made that run's creates cost O(freed inodes) each: up to 1.7 s of
-    system CPU for 2,000 files, charged to whichever tool ran next. A real
-    restore does not start beside thousands of just-deleted files."""
-    if ctx.kind == "tree" and os.path.isdir(ctx.dest_dir):
+    """Moves a run's output out of the way of the next run; it is emptied
+    when its scenario ends and deleted when the benchmark ends, never between
+    runs. On ext4 without a journal (these VMs), creating a file skips every
+    inode freed in the last 60 s, and in the last 6 minutes while that inode's
+    table block is dirty again (and creates in the same group dirty it),
+    reading each one's dtime to find that out. Deleting the 2,000 files of a
+    run made 2,000 creates cost 1.5 s of system CPU instead of 0.07 s, still
+    31 s later (measured 2026-11-28), charged to whichever tool ran next, and
+    a scenario's first runs were slower for every tool (b2sdk 15.9, 11.7,
+    8.3 s in the 01:54 run's three runs of 2,000 files). A real restore does
+    not start beside thousands of just-deleted files. A single file is set
+    aside too: freeing 1 GiB waits for its discard on a `-o discard` mount."""
+    if os.path.exists(ctx.dest_dir):
         os.makedirs(ctx.trash_dir, exist_ok=True)
         os.rename(ctx.dest_dir, os.path.join(ctx.trash_dir, label))
-    else:
-        shutil.rmtree(ctx.dest_dir, ignore_errors=True)
 
 
 def skipped_row(scenario, tool, reason):
@@ -888,7 +903,7 @@ def run_scenario(name, args, env_info, manifests, results, meta):
     finally:
         origin.stop()
         shutil.rmtree(work, ignore_errors=True)
-        delete_set_aside(args.scratch)
+        empty_set_aside(args.scratch)
 
 
 def write_json(path, obj):
@@ -955,6 +970,10 @@ def main():
         if f.endswith(".png") or f in ("results.json", "report.md", "meta.json"):
             os.unlink(os.path.join(args.out, f))
     os.makedirs(args.scratch, exist_ok=True)
+    if os.path.isdir(os.path.join(args.scratch, "set-aside")):
+        log("deleting the outputs an earlier, unfinished benchmark set aside (the first "
+            "scenario may pay for it: see `set_aside`)")
+        delete_set_aside(args.scratch)
 
     ringdown = args.ringdown or os.path.join(target, "release", "ringdown")
     ringdown = ringdown if os.path.exists(ringdown) else None
@@ -992,8 +1011,11 @@ def main():
                           "default_tools": DEFAULT_TOOLS}}
     results = []
     t0 = time.monotonic()
-    for name in names:
-        run_scenario(name, args, env_info, manifests, results, meta)
+    try:
+        for name in names:
+            run_scenario(name, args, env_info, manifests, results, meta)
+    finally:
+        delete_set_aside(args.scratch)
     machine["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     write_json(os.path.join(args.out, "results.json"), results)
