@@ -799,6 +799,8 @@ fn an_unwritable_directory_fails_only_the_names_beneath_it() {
     assert_eq!(status("open/b").0, "ok");
 }
 
+/// A dry run predicts the real run, exit code included: a name it would
+/// refuse makes it exit 1 and say so last; without one it exits 0.
 #[test]
 fn dry_run_lists_and_creates_nothing() {
     let data = tempfile::tempdir().unwrap();
@@ -811,13 +813,35 @@ fn dry_run_lists_and_creates_nothing() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("never");
     let output = restore(&served, &["b2://bkt", "--dry-run"], &dir);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "10\ta/one\n2000\ta/two\n2000\tl/two\n"
     );
-    assert!(stderr(&output).contains("refused"), "{}", stderr(&output));
+    assert!(err.contains("refused\t\"bad\\u{2}\""), "{err}");
+    assert_eq!(
+        err.lines().last(),
+        Some("ringdown: dry run: 1 name refused; a real run would exit 1"),
+        "{err}"
+    );
     assert!(!dir.exists());
+    // The real run agrees.
+    let real = out.path().join("real");
+    assert_eq!(
+        restore(&served, &["b2://bkt"], &real).status.code(),
+        Some(1)
+    );
+    // Without the refused name, nothing to predict but success.
+    let output = restore(
+        &served,
+        &["b2://bkt", "--dry-run", "--exclude", "bad*"],
+        &dir,
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(!err.contains("dry run:"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 3);
     // --skip-existing leaves out what the restore would skip: a file of the
     // same size, but not one seen through a symlinked parent (which the
     // restore never follows).
@@ -827,7 +851,17 @@ fn dry_run_lists_and_creates_nothing() {
     std::fs::create_dir(&linked).unwrap();
     std::fs::write(linked.join("two"), content("two", 2000)).unwrap();
     std::os::unix::fs::symlink(&linked, dir.join("l")).unwrap();
-    let output = restore(&served, &["b2://bkt", "--dry-run", "--skip-existing"], &dir);
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--dry-run",
+            "--skip-existing",
+            "--exclude",
+            "bad*",
+        ],
+        &dir,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
@@ -2191,7 +2225,15 @@ fn a_long_files_from_list_is_walked_in_bounded_memory() {
         }
     });
     let stderr = stderr(&output);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    // As the restore would, the dry run exits 1 for the names it lacks.
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            format!("ringdown: dry run: {NAMES} names would fail; a real run would exit 1")
+                .as_str()
+        )
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let found: Vec<&str> = stdout
         .lines()

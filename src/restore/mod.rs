@@ -174,6 +174,8 @@ impl Status {
 }
 
 /// Counters and the report file; shared by every thread that finishes files.
+/// In a dry run only `failed` and `refused` (with `failed_names`) count: the
+/// names a real run would fail or refuse, so its exit code can be predicted.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub ok: u64,
@@ -229,6 +231,22 @@ fn expected_hex(expected: &ExpectedSha1) -> Option<String> {
 }
 
 impl Reporter {
+    /// A dry run's name that a real run would fail (its own line on stderr
+    /// is already out): counted, so that the dry run's exit code is the
+    /// real run's, but not reported.
+    fn count_predicted_failure(&self, name: &str) {
+        let mut tally = self.tally.lock().expect("tally lock");
+        tally.failed += 1;
+        if tally.failed_names.len() < SUMMARY_FAILED_NAMES_SHOWN {
+            tally.failed_names.push(name.to_string());
+        }
+    }
+
+    /// A dry run's name that a real run would refuse: counted, as above.
+    fn count_predicted_refusal(&self) {
+        self.tally.lock().expect("tally lock").refused += 1;
+    }
+
     /// A name that never got a file: refused, or listed and not there.
     fn record_unwritten(&self, entry: &ListEntry, status: Status, reason: String) {
         self.record(FileRecord {
@@ -1061,6 +1079,7 @@ fn not_in_the_bucket(run: &Run, name: String) {
     run.reporter.files.listed.fetch_add(1, Ordering::Relaxed);
     if run.options.dry_run {
         say!("missing\t{name:?}\t{reason}");
+        run.reporter.count_predicted_failure(&name);
         return;
     }
     let entry = ListEntry::named(name, Action::Upload);
@@ -1091,6 +1110,7 @@ fn schedule(
     let refuse = |reason: String| {
         if options.dry_run {
             say!("refused\t{:?}\t{reason}", entry.name);
+            run.reporter.count_predicted_refusal();
         } else {
             run.reporter
                 .record_unwritten(&entry, Status::Refused, reason);
@@ -1211,6 +1231,7 @@ fn schedule(
     if let Some(reason) = unfetchable {
         if options.dry_run {
             say!("failed\t{:?}\t{reason}", entry.name);
+            run.reporter.count_predicted_failure(&entry.name);
         } else {
             run.reporter
                 .record_unwritten(&entry, Status::Failed, reason);
