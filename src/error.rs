@@ -14,7 +14,8 @@ pub mod exit_code {
     pub const FAILED: i32 = 1;
     /// Bad flag or configuration, caught before any network I/O.
     pub const USAGE: i32 = 2;
-    /// Authentication or TLS trust failed, or the key may not do what was asked.
+    /// Authentication or TLS trust failed, a proxy refused the tunnel, or the
+    /// key may not do what was asked.
     pub const AUTH: i32 = 3;
     /// io_uring is not available (seccomp, `kernel.io_uring_disabled`, old kernel).
     pub const URING_UNAVAILABLE: i32 = 4;
@@ -33,6 +34,10 @@ pub enum Error {
     Denied(String),
     /// The server's certificate is not trusted, or the CA file is unusable.
     Trust(String),
+    /// The HTTP proxy refused to open a tunnel to the origin (4xx to
+    /// `CONNECT`: its policy or credentials); the message names the proxy,
+    /// the origin and what to change.
+    ProxyRefused(String),
     /// io_uring could not be set up at all.
     UringUnavailable(String),
     /// A local I/O operation failed.
@@ -71,7 +76,9 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit_code::USAGE,
-            Error::Auth(_) | Error::Denied(_) | Error::Trust(_) => exit_code::AUTH,
+            Error::Auth(_) | Error::Denied(_) | Error::Trust(_) | Error::ProxyRefused(_) => {
+                exit_code::AUTH
+            }
             Error::UringUnavailable(_) => exit_code::URING_UNAVAILABLE,
             Error::Interrupted { signal } if *signal == libc::SIGTERM => exit_code::SIGTERM,
             Error::Interrupted { .. } => exit_code::SIGINT,
@@ -90,6 +97,7 @@ impl fmt::Display for Error {
             Error::Auth(msg) => write!(f, "authentication failed: {msg}"),
             Error::Denied(msg) => write!(f, "not allowed: {msg}"),
             Error::Trust(msg) => write!(f, "TLS trust failed: {msg}"),
+            Error::ProxyRefused(msg) => write!(f, "{msg}"),
             Error::UringUnavailable(msg) => write!(f, "io_uring is unavailable: {msg}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Http { context, detail } => write!(f, "{context}: {detail}"),

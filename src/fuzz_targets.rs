@@ -250,7 +250,8 @@ pub fn proxy(data: &[u8]) {
             }
         }
         let _ = chosen.connect_request(host, port);
-        let _ = check_connect_reply(data, &chosen);
+        let origin = crate::client::proxy::authority(host, port);
+        let _ = check_connect_reply(data, &chosen, &origin);
     }
 }
 

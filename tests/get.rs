@@ -631,12 +631,48 @@ fn proxies_from_the_environment_tunnel_with_connect() {
         "{tunnels:?}"
     );
 
-    // A refusal is final: one CONNECT, exit 3, and the fix in the message.
+    // A refusal is final: one CONNECT, exit 3, and the fix in the message,
+    // which says the proxy refused, naming it and the origin, and never
+    // blames TLS (the origin here is plain http).
     let dest = fixture.dest_str("refused.bin");
     let refusing = common::ConnectProxy::start(Some(407));
     let output = get(&through, &dest, &[("http_proxy", &refusing.url)]);
-    assert_exit(&output, 3, "put the credentials in the proxy URL");
+    let proxy_address = refusing.url.trim_start_matches("http://");
+    assert_exit(
+        &output,
+        3,
+        &format!(
+            "proxy {proxy_address} (from http_proxy) refused CONNECT to origin.test:{port} \
+             with HTTP 407 (Proxy Authentication Required); put the credentials in the proxy URL"
+        ),
+    );
+    assert!(!stderr(&output).contains("TLS"), "{}", stderr(&output));
     assert_eq!(refusing.targets().len(), 1, "{:?}", refusing.targets());
+    // 403, to a download and to a B2 API call (b2_authorize_account).
+    let forbidding = common::ConnectProxy::start(Some(403));
+    let proxy_address = forbidding.url.trim_start_matches("http://");
+    let refused_403 = format!(
+        "ringdown: error: proxy {proxy_address} (from http_proxy) refused CONNECT to \
+         origin.test:{port} with HTTP 403; check http_proxy, or add the origin to no_proxy \
+         if it should be reached directly"
+    );
+    let output = get(&through, &dest, &[("http_proxy", &forbidding.url)]);
+    assert_exit(&output, 3, &refused_403);
+    assert!(!stderr(&output).contains("TLS"), "{}", stderr(&output));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .args(["get", "b2://bkt/x.bin", &dest, "--realm"])
+        .arg(format!("http://origin.test:{port}"))
+        .args(SMALL_TUNING)
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .env("http_proxy", &forbidding.url)
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY");
+    let output = run_bounded(command);
+    assert_exit(&output, 3, &refused_403);
+    assert!(!stderr(&output).contains("TLS"), "{}", stderr(&output));
+    assert_eq!(forbidding.targets().len(), 2, "{:?}", forbidding.targets());
     // An unusable setting is an error, not a silent direct connection.
     let output = get(&through, &dest, &[("http_proxy", "socks5://127.0.0.1:1")]);
     assert_exit(&output, 2, "http_proxy");

@@ -799,6 +799,8 @@ fn an_unwritable_directory_fails_only_the_names_beneath_it() {
     assert_eq!(status("open/b").0, "ok");
 }
 
+/// A dry run predicts the real run, exit code included: a name it would
+/// refuse makes it exit 1 and say so last; without one it exits 0.
 #[test]
 fn dry_run_lists_and_creates_nothing() {
     let data = tempfile::tempdir().unwrap();
@@ -811,13 +813,35 @@ fn dry_run_lists_and_creates_nothing() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("never");
     let output = restore(&served, &["b2://bkt", "--dry-run"], &dir);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "10\ta/one\n2000\ta/two\n2000\tl/two\n"
     );
-    assert!(stderr(&output).contains("refused"), "{}", stderr(&output));
+    assert!(err.contains("refused\t\"bad\\u{2}\""), "{err}");
+    assert_eq!(
+        err.lines().last(),
+        Some("ringdown: dry run: 1 name refused; a real run would exit 1"),
+        "{err}"
+    );
     assert!(!dir.exists());
+    // The real run agrees.
+    let real = out.path().join("real");
+    assert_eq!(
+        restore(&served, &["b2://bkt"], &real).status.code(),
+        Some(1)
+    );
+    // Without the refused name, nothing to predict but success.
+    let output = restore(
+        &served,
+        &["b2://bkt", "--dry-run", "--exclude", "bad*"],
+        &dir,
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(!err.contains("dry run:"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 3);
     // --skip-existing leaves out what the restore would skip: a file of the
     // same size, but not one seen through a symlinked parent (which the
     // restore never follows).
@@ -827,7 +851,17 @@ fn dry_run_lists_and_creates_nothing() {
     std::fs::create_dir(&linked).unwrap();
     std::fs::write(linked.join("two"), content("two", 2000)).unwrap();
     std::os::unix::fs::symlink(&linked, dir.join("l")).unwrap();
-    let output = restore(&served, &["b2://bkt", "--dry-run", "--skip-existing"], &dir);
+    let output = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--dry-run",
+            "--skip-existing",
+            "--exclude",
+            "bad*",
+        ],
+        &dir,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
@@ -1739,6 +1773,73 @@ fn a_wrong_length_from_the_listed_version_is_retried() {
     assert_tree(&dir, &objects);
 }
 
+/// `--report`'s `path` is where the name's file is: set for `ok` and
+/// `skipped`, null for `failed` and `refused`, which put no file there. A
+/// failed download (wrong lengths until attempts run out) and a SHA1
+/// mismatch on every download, small and chunked alike, leave nothing
+/// under the name, or the older local file as it was.
+#[test]
+fn a_failed_or_refused_name_claims_no_path_in_the_report() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let small = content("p/small", 3000);
+    let large = content("p/large", 5 * 65536 + 3);
+    write_file(&bkt, "p/small", &small);
+    write_file(&bkt, "p/large", &large);
+    write_file(&bkt, "p/bad\u{2}", b"x");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    std::fs::create_dir_all(dir.join("p")).unwrap();
+    std::fs::write(dir.join("p/small"), b"an older copy").unwrap();
+    let path_of = |name: &str| format!("{}/{name}", dir.display());
+    let run = |faults: &[&str], extra: &[&str]| {
+        let served = serve(data.path(), true, faults);
+        let report = out.path().join("report.jsonl");
+        let mut args = vec!["b2://bkt", "--max-attempts", "2", "--report"];
+        args.push(report.to_str().unwrap());
+        args.extend(extra);
+        let output = restore(&served, &args, &dir);
+        // The unsafe name is refused every time.
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        let lines: BTreeMap<String, serde_json::Value> = common::json_lines(&report)
+            .into_iter()
+            .map(|line| (line["name"].as_str().unwrap().to_string(), line))
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let refused = &lines["p/bad\u{2}"];
+        assert_eq!(refused["status"], "refused", "{refused}");
+        assert!(refused["path"].is_null(), "{refused}");
+        lines
+    };
+    let wrong_lengths = ["--short-object-rate", "1", "--long-body-rate", "1"];
+    for faults in [&wrong_lengths[..], &["--corrupt-rate", "1"]] {
+        let lines = run(faults, &[]);
+        for name in ["p/small", "p/large"] {
+            let line = &lines[name];
+            assert_eq!(line["status"], "failed", "{faults:?}: {line}");
+            assert!(line["path"].is_null(), "{faults:?}: {line}");
+        }
+        assert!(!dir.join("p/large").exists(), "{faults:?}");
+        assert_eq!(
+            std::fs::read(dir.join("p/small")).unwrap(),
+            b"an older copy"
+        );
+    }
+    // Restored, then found in place: the path is where the file is.
+    let lines = run(&[], &[]);
+    for name in ["p/small", "p/large"] {
+        assert_eq!(lines[name]["status"], "ok", "{}", lines[name]);
+        assert_eq!(lines[name]["path"], path_of(name).as_str());
+    }
+    assert_eq!(std::fs::read(dir.join("p/small")).unwrap(), small);
+    assert_eq!(std::fs::read(dir.join("p/large")).unwrap(), large);
+    let lines = run(&[], &["--skip-existing"]);
+    for name in ["p/small", "p/large"] {
+        assert_eq!(lines[name]["status"], "skipped", "{}", lines[name]);
+        assert_eq!(lines[name]["path"], path_of(name).as_str());
+    }
+}
+
 #[test]
 fn slurm_array_script_runs_every_task_and_covers_the_bucket() {
     let data = tempfile::tempdir().unwrap();
@@ -2191,7 +2292,15 @@ fn a_long_files_from_list_is_walked_in_bounded_memory() {
         }
     });
     let stderr = stderr(&output);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    // As the restore would, the dry run exits 1 for the names it lacks.
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            format!("ringdown: dry run: {NAMES} names would fail; a real run would exit 1")
+                .as_str()
+        )
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let found: Vec<&str> = stdout
         .lines()

@@ -318,7 +318,8 @@ fn restore_sends_the_key_only_for_objects_listed_as_sse_c() {
     let used = key_use(data.path());
     assert!(used["enc/small.bin"].0 <= 2, "{used:?}");
 
-    // A dry run says which would fail, and creates nothing.
+    // A dry run says which would fail, exits 1 as the real run does, and
+    // creates nothing.
     let dry = data.path().join("dry");
     let output = ringdown(
         &served,
@@ -326,9 +327,13 @@ fn restore_sends_the_key_only_for_objects_listed_as_sse_c() {
         &[],
     );
     let text = stderr(&output);
-    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
         text.contains("failed\t\"enc/small.bin\"\tencrypted with SSE-C"),
+        "{text}"
+    );
+    assert!(
+        text.contains("names would fail; a real run would exit 1"),
         "{text}"
     );
     let listed = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -15,6 +15,7 @@ const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success
   1    some object failed, was refused, or was unverified under --require-verified
+       (restore --dry-run: a real run would fail or refuse some name)
   2    usage or configuration error (caught before any network I/O)
   3    authentication or TLS trust failure, a proxy refusing the tunnel (4xx), or an
        application key not allowed to do this (bucket, name prefix, capability)

@@ -51,7 +51,9 @@ pub struct RestoreArgs {
     /// Write the summary and stage histograms as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
-    /// List what would be restored (BYTES<TAB>NAME on stdout); create nothing.
+    /// List what would be restored (BYTES<TAB>NAME on stdout) and the names a real run would
+    /// refuse or fail (on stderr); create nothing. Exits 1 when there are such names, as the
+    /// real run would.
     #[arg(long)]
     pub dry_run: bool,
     /// Restore the bucket as it was at this instant: each name's newest version uploaded at or
@@ -255,7 +257,14 @@ pub fn finish(
         if let Some(error) = report.fatal {
             return Err(error);
         }
-        return Ok(exit_code::OK);
+        // The dry run's exit code is the one the real run would have.
+        return Ok(match dry_run_verdict(&report.tally) {
+            Some(verdict) => {
+                say!("ringdown: dry run: {verdict}; a real run would exit 1");
+                exit_code::FAILED
+            }
+            None => exit_code::OK,
+        });
     }
     for notice in report.notices.iter().filter(|_| !args.quiet) {
         if memlock_notice.is_none() || !notice.starts_with(crate::uring::REGISTRATION_SKIPPED) {
@@ -332,6 +341,21 @@ pub fn finish(
         );
     }
     Ok(exit_code::OK)
+}
+
+/// What a dry run found a real run would refuse or fail (`2 names refused,
+/// 1 would fail`), or `None` when it found nothing of the kind.
+fn dry_run_verdict(tally: &crate::restore::Tally) -> Option<String> {
+    let names = |count: u64| if count == 1 { "name" } else { "names" };
+    match (tally.refused, tally.failed) {
+        (0, 0) => None,
+        (refused, 0) => Some(format!("{refused} {} refused", names(refused))),
+        (0, failed) => Some(format!("{failed} {} would fail", names(failed))),
+        (refused, failed) => Some(format!(
+            "{refused} {} refused, {failed} would fail",
+            names(refused)
+        )),
+    }
 }
 
 /// `files 1234/5000 (listing…), 1200.0/3400.0 MB, 180.0 MB/s, ETA 12 s, retries 0, 7 s`:

@@ -232,7 +232,11 @@ impl Authorizer {
         match self.authorize().await {
             Ok(()) => Ok(true),
             Err(
-                error @ (Error::Auth(_) | Error::Denied(_) | Error::Trust(_) | Error::Usage(_)),
+                error @ (Error::Auth(_)
+                | Error::Denied(_)
+                | Error::Trust(_)
+                | Error::ProxyRefused(_)
+                | Error::Usage(_)),
             ) => Err(error),
             Err(error) => {
                 *self.failed_refresh.lock().expect("refresh lock") = Some((

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::proxy::{Proxy, check_connect_reply};
+use super::proxy::{Proxy, authority, check_connect_reply};
 use crate::config::{API_BODY_MIN_BYTES_PER_S, CONNECT_NEXT_ADDRESS_AFTER_MS, HTTP_HEAD_MAX_BYTES};
 use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
 use crate::stats::Stage;
@@ -81,7 +81,7 @@ impl Origin {
                 Ok(_) => {}
                 Err(error) => return Err(ConnError::Transport(error)),
             }
-            match check_connect_reply(&received, proxy) {
+            match check_connect_reply(&received, proxy, &authority(&self.host, self.port)) {
                 Ok(Some(())) => return Ok(tcp),
                 Ok(None) if received.len() < HTTP_HEAD_MAX_BYTES => {}
                 Ok(None) => {
@@ -92,7 +92,7 @@ impl Origin {
                 }
                 // Policy or credentials: retrying will not help.
                 Err(refused) if refused.is_final() => {
-                    return Err(ConnError::Trust(refused.message));
+                    return Err(ConnError::ProxyRefused(refused.message));
                 }
                 Err(refused) => {
                     return Err(ConnError::Transport(io::Error::other(refused.message)));
@@ -167,6 +167,8 @@ pub enum ConnError {
     Transport(io::Error),
     /// The server's certificate was rejected: not worth retrying.
     Trust(String),
+    /// The proxy refused the tunnel (4xx to `CONNECT`): not worth retrying.
+    ProxyRefused(String),
     /// The peer sent something that is not valid HTTP for our request.
     Protocol(String),
 }
@@ -175,7 +177,7 @@ impl std::fmt::Display for ConnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnError::Transport(error) => write!(f, "{error}"),
-            ConnError::Trust(detail) => write!(f, "{detail}"),
+            ConnError::Trust(detail) | ConnError::ProxyRefused(detail) => write!(f, "{detail}"),
             ConnError::Protocol(detail) => write!(f, "bad response: {detail}"),
         }
     }

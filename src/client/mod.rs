@@ -189,6 +189,7 @@ pub async fn exchange(
             }
             Ok(exchange) => exchange.head.retry_after_s,
             Err(ConnError::Trust(detail)) => return Err(Error::Trust(detail)),
+            Err(ConnError::ProxyRefused(detail)) => return Err(Error::ProxyRefused(detail)),
             Err(error) if last_attempt => {
                 let context = format!("request to {}", origin.base_url());
                 return Err(Error::http(

@@ -60,11 +60,7 @@ impl Proxy {
 
     /// `CONNECT host:port` for the origin.
     pub fn connect_request(&self, origin_host: &str, origin_port: u16) -> Vec<u8> {
-        let authority = if origin_host.contains(':') {
-            format!("[{origin_host}]:{origin_port}")
-        } else {
-            format!("{origin_host}:{origin_port}")
-        };
+        let authority = authority(origin_host, origin_port);
         let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
         request.push_str(&format!("User-Agent: {}\r\n", crate::http::USER_AGENT));
         if let Some(authorization) = &self.authorization {
@@ -72,6 +68,15 @@ impl Proxy {
         }
         request.push_str("\r\n");
         request.into_bytes()
+    }
+}
+
+/// `host:port` as `CONNECT` names the origin (an IPv6 address in brackets).
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -258,11 +263,17 @@ impl ConnectRefused {
     }
 }
 
-/// Checks the proxy's answer to `CONNECT` (the bytes received so far).
-/// `Ok(None)`: the head is not complete yet. `Ok(Some(()))`: the tunnel is
-/// open (2xx, and nothing after the head: the origin speaks only once we
-/// do). `Err`: a refusal or a broken reply, said so the operator can act.
-pub fn check_connect_reply(received: &[u8], proxy: &Proxy) -> Result<Option<()>, ConnectRefused> {
+/// Checks the proxy's answer to `CONNECT` for `origin` (`host:port`, see
+/// [`authority`]; the bytes received so far). `Ok(None)`: the head is not
+/// complete yet. `Ok(Some(()))`: the tunnel is open (2xx, and nothing after
+/// the head: the origin speaks only once we do). `Err`: a refusal or a
+/// broken reply, said so the operator can act: a refusal is the proxy's
+/// policy or credentials, whatever the origin speaks, never TLS's.
+pub fn check_connect_reply(
+    received: &[u8],
+    proxy: &Proxy,
+    origin: &str,
+) -> Result<Option<()>, ConnectRefused> {
     let refused = |status: Option<u16>, message: String| ConnectRefused { status, message };
     let head = match crate::http::parse_response_head_at(received, 0) {
         Ok(Some(head)) => head,
@@ -290,14 +301,25 @@ pub fn check_connect_reply(received: &[u8], proxy: &Proxy) -> Result<Option<()>,
         407 => Err(refused(
             status,
             format!(
-                "proxy {}: 407 Proxy Authentication Required; put the credentials in the proxy URL (http://user:password@host:port)",
+                "proxy {} refused CONNECT to {origin} with HTTP 407 (Proxy Authentication \
+                 Required); put the credentials in the proxy URL (http://user:password@host:port)",
                 proxy.display()
             ),
         )),
+        code @ 400..=499 => Err(refused(
+            status,
+            format!(
+                "proxy {} refused CONNECT to {origin} with HTTP {code}; check {}, or add the \
+                 origin to no_proxy if it should be reached directly",
+                proxy.display(),
+                proxy.variable
+            ),
+        )),
+        // 502, 503: the proxy could not reach the origin (for now).
         code => Err(refused(
             status,
             format!(
-                "proxy {}: CONNECT refused with HTTP {code}; add the origin to no_proxy if it should be reached directly",
+                "proxy {} answered CONNECT to {origin} with HTTP {code}",
                 proxy.display()
             ),
         )),
@@ -416,26 +438,32 @@ mod tests {
     #[test]
     fn connect_replies() {
         let proxy = parse_proxy_url("http://p:1", "https_proxy").unwrap();
-        assert_eq!(check_connect_reply(b"HTTP/1.1 200 Conn", &proxy), Ok(None));
+        let origin = authority("f001.backblazeb2.com", 443);
+        let check = |reply: &[u8]| check_connect_reply(reply, &proxy, &origin);
+        assert_eq!(check(b"HTTP/1.1 200 Conn"), Ok(None));
         assert_eq!(
-            check_connect_reply(b"HTTP/1.1 200 Connection established\r\n\r\n", &proxy),
+            check(b"HTTP/1.1 200 Connection established\r\n\r\n"),
             Ok(Some(()))
         );
-        let early = check_connect_reply(b"HTTP/1.0 200 OK\r\n\r\n\x16\x03", &proxy).unwrap_err();
+        let early = check(b"HTTP/1.0 200 OK\r\n\r\n\x16\x03").unwrap_err();
         assert!(
             early.message.contains("bytes after") && !early.is_final(),
             "{early:?}"
         );
-        let auth = check_connect_reply(b"HTTP/1.1 407 Auth\r\nContent-Length: 0\r\n\r\n", &proxy)
-            .unwrap_err();
+        let auth = check(b"HTTP/1.1 407 Auth\r\nContent-Length: 0\r\n\r\n").unwrap_err();
         assert!(auth.message.contains("http://user:password@host:port") && auth.is_final());
-        let refused = check_connect_reply(b"HTTP/1.1 403 No\r\nContent-Length: 0\r\n\r\n", &proxy)
-            .unwrap_err();
-        assert!(refused.message.contains("HTTP 403") && refused.message.contains("no_proxy"));
+        let refused = check(b"HTTP/1.1 403 No\r\nContent-Length: 0\r\n\r\n").unwrap_err();
+        assert_eq!(
+            refused.message,
+            "proxy p:1 (from https_proxy) refused CONNECT to f001.backblazeb2.com:443 with \
+             HTTP 403; check https_proxy, or add the origin to no_proxy if it should be reached \
+             directly"
+        );
         assert!(refused.is_final());
-        let gateway = check_connect_reply(b"HTTP/1.1 502 Bad\r\nContent-Length: 0\r\n\r\n", &proxy)
-            .unwrap_err();
+        let gateway = check(b"HTTP/1.1 502 Bad\r\nContent-Length: 0\r\n\r\n").unwrap_err();
         assert!(!gateway.is_final(), "a 502 is worth retrying");
-        assert!(check_connect_reply(b"SSH-2.0-OpenSSH\r\n\r\n", &proxy).is_err());
+        assert!(!gateway.message.contains("refused"), "{gateway:?}");
+        assert!(check(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert_eq!(authority("::1", 8080), "[::1]:8080");
     }
 }

@@ -46,6 +46,8 @@ pub(super) enum FailureKind {
     Run,
     /// Trust failure (exit code 3).
     Trust,
+    /// The proxy refused the tunnel (exit code 3).
+    ProxyRefused,
     /// Credentials refused (exit code 3).
     Auth,
     /// The key is valid but may not read this (exit code 3).
@@ -245,7 +247,9 @@ impl Retries {
                             self.reauthorized = refreshed;
                             token_refreshed = true;
                         }
-                        Err(error @ (Error::Auth(_) | Error::Trust(_))) => {
+                        Err(
+                            error @ (Error::Auth(_) | Error::Trust(_) | Error::ProxyRefused(_)),
+                        ) => {
                             return Err(fatal(error));
                         }
                         // The API being unreachable for a while is not a
@@ -269,6 +273,7 @@ impl Retries {
                 ))));
             }
             FailureKind::Trust => return Err(fatal(Error::Trust(failure.detail))),
+            FailureKind::ProxyRefused => return Err(fatal(Error::ProxyRefused(failure.detail))),
             FailureKind::Run => {
                 return Err(fatal(Error::Fatal(format!(
                     "{context}: {}",
@@ -462,6 +467,12 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
         ConnError::Trust(detail) => Failure {
             detail,
             kind: FailureKind::Trust,
+            retry_after_s: None,
+            answer_read: false,
+        },
+        ConnError::ProxyRefused(detail) => Failure {
+            detail,
+            kind: FailureKind::ProxyRefused,
             retry_after_s: None,
             answer_read: false,
         },

@@ -637,6 +637,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
             Error::Auth(_)
                 | Error::Denied(_)
                 | Error::Trust(_)
+                | Error::ProxyRefused(_)
                 | Error::Fatal(_)
                 | Error::UringUnavailable(_)
         );

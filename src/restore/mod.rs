@@ -174,6 +174,8 @@ impl Status {
 }
 
 /// Counters and the report file; shared by every thread that finishes files.
+/// In a dry run only `failed` and `refused` (with `failed_names`) count: the
+/// names a real run would fail or refuse, so its exit code can be predicted.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub ok: u64,
@@ -210,6 +212,9 @@ struct FileRecord<'a> {
     entry: &'a ListEntry,
     /// Of the entry's size, a resumed prefix that was already on disk.
     resumed_bytes: u64,
+    /// Where the name's file is: restored there (`Ok`) or found there
+    /// (`Skipped`). `None` for `Failed` and `Refused`, which put no file
+    /// there (a local file already at that path is not theirs, and stays).
     path: Option<String>,
     sha1: Option<String>,
     verified: bool,
@@ -229,6 +234,22 @@ fn expected_hex(expected: &ExpectedSha1) -> Option<String> {
 }
 
 impl Reporter {
+    /// A dry run's name that a real run would fail (its own line on stderr
+    /// is already out): counted, so that the dry run's exit code is the
+    /// real run's, but not reported.
+    fn count_predicted_failure(&self, name: &str) {
+        let mut tally = self.tally.lock().expect("tally lock");
+        tally.failed += 1;
+        if tally.failed_names.len() < SUMMARY_FAILED_NAMES_SHOWN {
+            tally.failed_names.push(name.to_string());
+        }
+    }
+
+    /// A dry run's name that a real run would refuse: counted, as above.
+    fn count_predicted_refusal(&self) {
+        self.tally.lock().expect("tally lock").refused += 1;
+    }
+
     /// A name that never got a file: refused, or listed and not there.
     fn record_unwritten(&self, entry: &ListEntry, status: Status, reason: String) {
         self.record(FileRecord {
@@ -244,6 +265,12 @@ impl Reporter {
     }
 
     fn record(&self, record: FileRecord<'_>) {
+        debug_assert!(
+            record.path.is_none() || matches!(record.status, Status::Ok | Status::Skipped),
+            "{:?} claims a path: {:?}",
+            record.status,
+            record.path
+        );
         self.files.done.fetch_add(1, Ordering::Relaxed);
         {
             let mut tally = self.tally.lock().expect("tally lock");
@@ -1070,6 +1097,7 @@ fn not_in_the_bucket(run: &Run, name: String) {
     run.reporter.files.listed.fetch_add(1, Ordering::Relaxed);
     if run.options.dry_run {
         say!("missing\t{name:?}\t{reason}");
+        run.reporter.count_predicted_failure(&name);
         return;
     }
     let entry = ListEntry::named(name, Action::Upload);
@@ -1100,6 +1128,7 @@ fn schedule(
     let refuse = |reason: String| {
         if options.dry_run {
             say!("refused\t{:?}\t{reason}", entry.name);
+            run.reporter.count_predicted_refusal();
         } else {
             run.reporter
                 .record_unwritten(&entry, Status::Refused, reason);
@@ -1109,17 +1138,9 @@ fn schedule(
     // full or read-only (`Error::Fatal`) stops the run too. Anything else
     // (EACCES, EPERM of an immutable directory) fails only the names it
     // touches, as a failed rename fails its file.
-    let fail = |error: Error, path: Option<String>| {
-        run.reporter.record(FileRecord {
-            entry: &entry,
-            resumed_bytes: 0,
-            path,
-            sha1: None,
-            verified: false,
-            attempts: 0,
-            status: Status::Failed,
-            reason: Some(error.to_string()),
-        });
+    let fail = |error: Error| {
+        run.reporter
+            .record_unwritten(&entry, Status::Failed, error.to_string());
         if matches!(error, Error::Fatal(_)) {
             run.fail_run(error);
         }
@@ -1137,7 +1158,7 @@ fn schedule(
                         run.reporter.files.done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(PathError::Refused(reason)) => refuse(reason),
-                    Err(PathError::Failed(error)) => fail(error, None),
+                    Err(PathError::Failed(error)) => fail(error),
                 }
             }
             return;
@@ -1220,6 +1241,7 @@ fn schedule(
     if let Some(reason) = unfetchable {
         if options.dry_run {
             say!("failed\t{:?}\t{reason}", entry.name);
+            run.reporter.count_predicted_failure(&entry.name);
         } else {
             run.reporter
                 .record_unwritten(&entry, Status::Failed, reason);
@@ -1245,7 +1267,7 @@ fn schedule(
     let parent = match target.parent_dir(parent_segments) {
         Ok(parent) => parent,
         Err(PathError::Refused(reason)) => return refuse(reason),
-        Err(PathError::Failed(error)) => return fail(error, None),
+        Err(PathError::Failed(error)) => return fail(error),
     };
     // Renamed from DIR/.ringdown/partial, a file cannot cross into another
     // file system mounted inside DIR (EXDEV): said before it is downloaded,
@@ -1256,7 +1278,7 @@ fn schedule(
              inside DIR); restore that part with DIR set to the mount point"
         );
         let cross_device = std::io::Error::from_raw_os_error(libc::EXDEV);
-        return fail(Error::io(why, cross_device), Some(display_path));
+        return fail(Error::io(why, cross_device));
     }
     let is_large = entry.size_bytes >= options.engine.part_size_bytes;
     let direct = if is_large {
@@ -1286,7 +1308,7 @@ fn schedule(
     };
     let (file, direct_io) = match created {
         Ok(created) => created,
-        Err(error) => return fail(error, Some(display_path)),
+        Err(error) => return fail(error),
     };
     if direct_io {
         run.direct_io_used.store(true, Ordering::Relaxed);
@@ -1450,7 +1472,8 @@ fn finish_file(
             run.reporter.record(FileRecord {
                 entry,
                 resumed_bytes: task.resumed_bytes,
-                path: Some(task.display_path.clone()),
+                // Only a file renamed into place is there.
+                path: (status == Status::Ok).then(|| task.display_path.clone()),
                 sha1: sha1.map(|sha1| to_hex(sha1)),
                 verified,
                 attempts,
