@@ -73,6 +73,13 @@ impl Error {
         }
     }
 
+    /// A refusal (exit code 3): the credentials, the key's rights, the
+    /// origin's certificate or the proxy said no. Trying again as before
+    /// will not help.
+    pub fn is_refusal(&self) -> bool {
+        self.exit_code() == exit_code::AUTH
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit_code::USAGE,

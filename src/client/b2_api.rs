@@ -231,13 +231,7 @@ impl Authorizer {
         }
         match self.authorize().await {
             Ok(()) => Ok(true),
-            Err(
-                error @ (Error::Auth(_)
-                | Error::Denied(_)
-                | Error::Trust(_)
-                | Error::ProxyRefused(_)
-                | Error::Usage(_)),
-            ) => Err(error),
+            Err(error) if error.is_refusal() || matches!(error, Error::Usage(_)) => Err(error),
             Err(error) => {
                 *self.failed_refresh.lock().expect("refresh lock") = Some((
                     seen_generation,

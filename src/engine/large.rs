@@ -632,15 +632,8 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     }
     core.record(Stage::File, job.started.elapsed());
     let outcome = outcome.map_err(|error| {
-        let run_fatal = matches!(
-            error,
-            Error::Auth(_)
-                | Error::Denied(_)
-                | Error::Trust(_)
-                | Error::ProxyRefused(_)
-                | Error::Fatal(_)
-                | Error::UringUnavailable(_)
-        );
+        let run_fatal =
+            error.is_refusal() || matches!(error, Error::Fatal(_) | Error::UringUnavailable(_));
         ObjectError { error, run_fatal }
     });
     done(ObjectResult {

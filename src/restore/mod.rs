@@ -190,6 +190,16 @@ pub struct Tally {
     pub failed_names: Vec<String>,
 }
 
+impl Tally {
+    /// One more failed name; the first few are kept for the summary.
+    fn add_failed(&mut self, name: &str) {
+        self.failed += 1;
+        if self.failed_names.len() < SUMMARY_FAILED_NAMES_SHOWN {
+            self.failed_names.push(name.to_string());
+        }
+    }
+}
+
 struct Reporter {
     tally: Mutex<Tally>,
     files: Arc<FileCounts>,
@@ -238,11 +248,7 @@ impl Reporter {
     /// is already out): counted, so that the dry run's exit code is the
     /// real run's, but not reported.
     fn count_predicted_failure(&self, name: &str) {
-        let mut tally = self.tally.lock().expect("tally lock");
-        tally.failed += 1;
-        if tally.failed_names.len() < SUMMARY_FAILED_NAMES_SHOWN {
-            tally.failed_names.push(name.to_string());
-        }
+        self.tally.lock().expect("tally lock").add_failed(name);
     }
 
     /// A dry run's name that a real run would refuse: counted, as above.
@@ -286,12 +292,7 @@ impl Reporter {
                     }
                 }
                 Status::Skipped => tally.skipped += 1,
-                Status::Failed => {
-                    tally.failed += 1;
-                    if tally.failed_names.len() < SUMMARY_FAILED_NAMES_SHOWN {
-                        tally.failed_names.push(record.entry.name.to_string());
-                    }
-                }
+                Status::Failed => tally.add_failed(&record.entry.name),
                 Status::Refused => tally.refused += 1,
             }
         }
