@@ -750,17 +750,21 @@ def run_one(ctx, tool, plan, run_no, args):
             row["verified_by_tool"] = None
     else:
         row["verified_by_tool"] = plan["verify"]
-    set_aside(ctx, f"{ctx.scenario}-{tool}-{run_no}")
+    set_aside(ctx, f"{tool}-{run_no}")
     return row
 
 
-def empty_set_aside(scratch):
-    """Empties the outputs set aside (see `set_aside`): every file is cut to
-    length 0, which gives its blocks back, and stays, which keeps its inode
-    allocated. Then waits for the writeback of what that dirtied, so the next
-    scenario starts on an even footing. `delete_set_aside` removes them all
-    once the last scenario is done."""
-    trash = os.path.join(scratch, "set-aside")
+def set_aside_root(scratch):
+    """Where runs' outputs are set aside: one directory per scenario."""
+    return os.path.join(scratch, "set-aside")
+
+
+def empty_set_aside(trash):
+    """Empties the outputs a scenario set aside in `trash` (see `set_aside`):
+    every file is cut to length 0, which gives its blocks back, and stays,
+    which keeps its inode allocated. Then waits for the writeback of what that
+    dirtied, so the next scenario starts on an even footing.
+    `delete_set_aside` removes them all once the last scenario is done."""
     if not os.path.isdir(trash):
         return
     for dirpath, _, fnames in os.walk(trash):
@@ -780,7 +784,7 @@ def empty_set_aside(scratch):
 
 def delete_set_aside(scratch):
     """Deletes the outputs set aside, after the last measured run."""
-    shutil.rmtree(os.path.join(scratch, "set-aside"), ignore_errors=True)
+    shutil.rmtree(set_aside_root(scratch), ignore_errors=True)
 
 
 def set_aside(ctx, label):
@@ -816,6 +820,7 @@ def run_scenario(name, args, env_info, manifests, results, meta):
         tools = [t for t in args.tools if t not in ("ringdown-memlock", "ringdown-cached")]
     work = os.path.join(args.scratch, "work")
     shutil.rmtree(work, ignore_errors=True)
+    trash_dir = os.path.join(set_aside_root(args.scratch), name)
     secret_dir = os.path.join(work, "secret")
     os.makedirs(secret_dir, mode=0o700)
     largest = max(e["size"] for e in manifest["files"])
@@ -867,7 +872,7 @@ def run_scenario(name, args, env_info, manifests, results, meta):
                   realm=realm, ca_file=ca_file, cred_env=cred_env, key_id=env_info["key_id"],
                   key=env_info["key"], ringdown=env_info["ringdown"], ringdown_subs=env_info["subs"],
                   venv_python=env_info["venv_python"], secret_dir=secret_dir, work=work, logs=args.logs,
-                  stats_dir=args.stats, dest_dir=dest_dir, trash_dir=os.path.join(args.scratch, "set-aside"),
+                  stats_dir=args.stats, dest_dir=dest_dir, trash_dir=trash_dir,
                   dest_target=os.path.join(dest_dir, sc["name"]) if single else dest_dir,
                   download_url=auth["downloadUrl"] if auth else None, token=auth["authorizationToken"] if auth else None,
                   origin=origin, origin_cache=sc.get("origin_cache", "cold"),
@@ -903,7 +908,7 @@ def run_scenario(name, args, env_info, manifests, results, meta):
     finally:
         origin.stop()
         shutil.rmtree(work, ignore_errors=True)
-        empty_set_aside(args.scratch)
+        empty_set_aside(trash_dir)
 
 
 def write_json(path, obj):
@@ -970,7 +975,7 @@ def main():
         if f.endswith(".png") or f in ("results.json", "report.md", "meta.json"):
             os.unlink(os.path.join(args.out, f))
     os.makedirs(args.scratch, exist_ok=True)
-    if os.path.isdir(os.path.join(args.scratch, "set-aside")):
+    if os.path.isdir(set_aside_root(args.scratch)):
         log("deleting the outputs an earlier, unfinished benchmark set aside (the first "
             "scenario may pay for it: see `set_aside`)")
         delete_set_aside(args.scratch)
