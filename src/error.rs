@@ -80,6 +80,14 @@ impl Error {
         self.exit_code() == exit_code::AUTH
     }
 
+    /// Whether the same call may succeed if made again later: not after a
+    /// refusal, a setting that cannot work, or what ends a run (a spent
+    /// cap). Re-authorizing mid-run stops the run on these, as the first
+    /// authorization would have.
+    pub fn may_pass_on_retry(&self) -> bool {
+        !(self.is_refusal() || matches!(self, Error::Usage(_) | Error::Fatal(_)))
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit_code::USAGE,

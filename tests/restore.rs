@@ -3197,6 +3197,66 @@ fn a_failed_refresh_is_shared_not_repeated_per_request() {
     );
 }
 
+/// Tokens expire mid-run and re-authorizing is refused for good: the key
+/// was deleted (401), or the account's daily transaction cap is spent (403
+/// `transaction_cap_exceeded`). Either ends the run at once, as it would
+/// have at the start, with its own exit code and advice, rather than each
+/// object backing off through its attempts.
+#[test]
+fn a_refused_refresh_ends_the_run_with_its_reason() {
+    for (answer, code, says) in [
+        ("cap", 1, "daily cap is spent"),
+        ("revoked", 3, "check B2_APPLICATION_KEY_ID"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let bkt = data.path().join("bkt");
+        numbered_objects(&bkt, "t", 20, |_| 100_000);
+        let served = serve_logged(
+            data.path(),
+            &[
+                "--token-ttl-s",
+                "1",
+                "--authorize-max",
+                "1",
+                "--authorize-max-answer",
+                answer,
+                "--rate-per-conn",
+                "200kB/s",
+            ],
+        );
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("dir");
+        let started = Instant::now();
+        // Backoffs long enough that attempts through them would show.
+        let output = run_bounded(command_tuned(
+            &served,
+            &["b2://bkt"],
+            &dir,
+            &[
+                "--cores",
+                "1",
+                "--connections",
+                "2",
+                "--retry-base-ms",
+                "2000",
+            ],
+        ));
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(code), "{answer}: {text}");
+        assert!(text.contains(says), "{answer}: {text}");
+        let refreshes = api_calls(data.path(), "b2_authorize_account").len();
+        assert!(
+            refreshes <= 3,
+            "{answer}: {refreshes} authorizations:\n{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{answer}: took {:?}:\n{text}",
+            started.elapsed()
+        );
+    }
+}
+
 /// A selection that restores nothing exits 0 but says so, and why: a PREFIX
 /// with no file (a typo, or an object's name given as a folder), or filters
 /// that let nothing through. It used to end at "0 files restored".

@@ -231,7 +231,7 @@ impl Authorizer {
         }
         match self.authorize().await {
             Ok(()) => Ok(true),
-            Err(error) if error.is_refusal() || matches!(error, Error::Usage(_)) => Err(error),
+            Err(error) if !error.may_pass_on_retry() => Err(error),
             Err(error) => {
                 *self.failed_refresh.lock().expect("refresh lock") = Some((
                     seen_generation,

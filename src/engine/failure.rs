@@ -247,11 +247,9 @@ impl Retries {
                             self.reauthorized = refreshed;
                             token_refreshed = true;
                         }
-                        Err(
-                            error @ (Error::Auth(_) | Error::Trust(_) | Error::ProxyRefused(_)),
-                        ) => {
-                            return Err(fatal(error));
-                        }
+                        // A refusal, a spent cap: the run stops, as it
+                        // would have at its first authorization.
+                        Err(error) if !error.may_pass_on_retry() => return Err(fatal(error)),
                         // The API being unreachable for a while is not a
                         // reason to stop the run: this request backs off.
                         Err(error) => {

@@ -13,7 +13,6 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::Server;
 use super::access_log::AccessRecord;
 use super::api::{self, Params};
 use super::auth::{DownloadGrant, TokenError, now_ms};
@@ -27,6 +26,7 @@ use super::encoding::{
 use super::fault_io::WriteCut;
 use super::faults::{BodyFault, ConnFault, HeadFault, RangeFault, TokenBucket};
 use super::store::{self, OpenError};
+use super::{AuthorizeRefusal, Server};
 use crate::b2::KeyRefusal;
 use crate::b2::sse::{HEADER_ALGORITHM, HEADER_KEY_MD5, SSE_C_ALGORITHM};
 
@@ -456,10 +456,17 @@ async fn route(
     };
 
     if authorizing {
-        if !server.may_authorize() {
+        if let Some(refusal) = server.authorize_refusal() {
+            let (status, code) = match refusal {
+                AuthorizeRefusal::Outage => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+                }
+                AuthorizeRefusal::Revoked => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                AuthorizeRefusal::Cap => (StatusCode::FORBIDDEN, "transaction_cap_exceeded"),
+            };
             return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
+                status,
+                code,
                 "--authorize-max: no more authorizations",
             ));
         }

@@ -184,6 +184,11 @@ pub struct ServeArgs {
     /// (an API outage after the run began: tokens that expire cannot be refreshed).
     #[arg(long, value_name = "N")]
     pub authorize_max: Option<u64>,
+    /// What b2_authorize_account answers past `--authorize-max`: `outage`
+    /// (503 service_unavailable), `revoked` (401 unauthorized: the key was
+    /// deleted) or `cap` (403 transaction_cap_exceeded: the daily cap is spent).
+    #[arg(long, value_name = "ANSWER", value_enum, default_value_t = AuthorizeRefusal::Outage)]
+    pub authorize_max_answer: AuthorizeRefusal,
     /// Append one JSON line per response (method, path, name, range, status, bytes_sent, fault).
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
@@ -312,16 +317,26 @@ pub struct Server {
     sse_c: Vec<SseCObjects>,
     /// `--authorize-max`, and the authorizations answered so far.
     authorize_max: Option<u64>,
+    authorize_max_answer: AuthorizeRefusal,
     authorized: std::sync::atomic::AtomicU64,
 }
 
+/// `--authorize-max-answer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthorizeRefusal {
+    Outage,
+    Revoked,
+    Cap,
+}
+
 impl Server {
-    /// Counts an authorization; false past `--authorize-max`.
-    pub fn may_authorize(&self) -> bool {
+    /// Counts an authorization; past `--authorize-max`, how it is refused.
+    pub fn authorize_refusal(&self) -> Option<AuthorizeRefusal> {
         let before = self
             .authorized
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.authorize_max.is_none_or(|max| before < max)
+        let refused = self.authorize_max.is_some_and(|max| before >= max);
+        refused.then_some(self.authorize_max_answer)
     }
 
     /// How `name` is stored if encrypted with SSE-C: under the key of the
@@ -500,6 +515,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             },
             tokens: Tokens::new(args.token_ttl_s),
             authorize_max: args.authorize_max,
+            authorize_max_answer: args.authorize_max_answer,
             authorized: std::sync::atomic::AtomicU64::new(0),
             download_url: args.download_url.clone().unwrap_or_else(|| realm.clone()),
             realm,
