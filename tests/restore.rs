@@ -3144,6 +3144,26 @@ fn a_large_objects_report_counts_its_chunks_attempts() {
     );
 }
 
+/// 20 objects of 100 kB served slowly enough that 1 s tokens expire
+/// mid-run, and one authorization answered: the next get `answer`
+/// (`--authorize-max-answer`).
+fn serve_expiring_tokens(data: &Path, answer: &str) -> Served {
+    numbered_objects(&data.join("bkt"), "t", 20, |_| 100_000);
+    serve_logged(
+        data,
+        &[
+            "--token-ttl-s",
+            "1",
+            "--authorize-max",
+            "1",
+            "--authorize-max-answer",
+            answer,
+            "--rate-per-conn",
+            "200kB/s",
+        ],
+    )
+}
+
 /// Tokens expire mid-run and the API refuses to authorize again (an
 /// outage): requests refused for the same token share the failed refresh
 /// instead of each making one, one behind another, 5 tries each (20
@@ -3152,19 +3172,7 @@ fn a_large_objects_report_counts_its_chunks_attempts() {
 #[test]
 fn a_failed_refresh_is_shared_not_repeated_per_request() {
     let data = tempfile::tempdir().unwrap();
-    let bkt = data.path().join("bkt");
-    numbered_objects(&bkt, "t", 20, |_| 100_000);
-    let served = serve_logged(
-        data.path(),
-        &[
-            "--token-ttl-s",
-            "1",
-            "--authorize-max",
-            "1",
-            "--rate-per-conn",
-            "200kB/s",
-        ],
-    );
+    let served = serve_expiring_tokens(data.path(), "outage");
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
     let started = Instant::now();
@@ -3209,21 +3217,7 @@ fn a_refused_refresh_ends_the_run_with_its_reason() {
         ("revoked", 3, "check B2_APPLICATION_KEY_ID"),
     ] {
         let data = tempfile::tempdir().unwrap();
-        let bkt = data.path().join("bkt");
-        numbered_objects(&bkt, "t", 20, |_| 100_000);
-        let served = serve_logged(
-            data.path(),
-            &[
-                "--token-ttl-s",
-                "1",
-                "--authorize-max",
-                "1",
-                "--authorize-max-answer",
-                answer,
-                "--rate-per-conn",
-                "200kB/s",
-            ],
-        );
+        let served = serve_expiring_tokens(data.path(), answer);
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("dir");
         let started = Instant::now();
