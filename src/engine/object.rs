@@ -19,7 +19,8 @@ use super::request::{
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
 use crate::config::{
-    OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD, PIPELINE_ROUND_TRIP_MIN_US,
+    DIRECT_IO_ALIGN_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD,
+    PIPELINE_ROUND_TRIP_MIN_US,
 };
 use crate::error::Error;
 use crate::http::ResponseHead;
@@ -93,8 +94,7 @@ pub(super) async fn download_object(
     attempts_made: u32,
     ahead: &mut VecDeque<ObjectJob>,
 ) -> Ran {
-    let direct_io = destination.direct_io;
-    let file = File::new(destination.fd, direct_io);
+    let file = File::new(destination.fd, destination.direct_io);
     let mut received = Received::new();
     let mut retries = Retries::resumed(attempts_made);
     let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
@@ -143,7 +143,7 @@ pub(super) async fn download_object(
                 Ok(then) => then,
                 Err(GiveUp { error, run_fatal }) => break Err(ObjectError { error, run_fatal }),
             };
-            let then = match defer(core, &file, direct_io, then, &retries, &context) {
+            let then = match defer(core, &file, then, &retries, &context) {
                 Ok(deferred) => {
                     let _ = file.close().await;
                     return Ran::Deferred(deferred);
@@ -214,7 +214,6 @@ pub(super) async fn download_object(
 fn defer(
     core: &Core,
     file: &File,
-    direct_io: bool,
     then: Then,
     retries: &Retries,
     context: &str,
@@ -232,7 +231,12 @@ fn defer(
         Then::After { .. } => return Err(then),
     };
     Ok(Deferred {
-        destination: Destination { fd, direct_io },
+        // The open file's O_DIRECT as it is now (a last block may have
+        // turned it off before a mismatch started the object over).
+        destination: Destination {
+            fd,
+            direct_io: file.is_direct(),
+        },
         attempts_made: retries.made(),
         backoff,
     })
@@ -299,7 +303,7 @@ async fn attempt_object(
             buf = returned;
             match result {
                 Ok(0) => {
-                    flush(core, file, buf, received).await?;
+                    flush(core, file, buf, received, false).await?;
                     let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
                     stop_pipelining_if_refused(core, conn, &closed);
                     return Err(Failure::retry(format!(
@@ -309,7 +313,7 @@ async fn attempt_object(
                 }
                 Ok(n) => core.pace(n).await,
                 Err(error) => {
-                    flush(core, file, buf, received).await?;
+                    flush(core, file, buf, received, false).await?;
                     if let ConnError::Transport(io_error) = &error {
                         stop_pipelining_if_refused(core, conn, io_error);
                     }
@@ -319,7 +323,7 @@ async fn attempt_object(
         }
         core.record(Stage::Recv, buffer_started.elapsed());
         let filled = buf.filled_bytes() as u64;
-        flush(core, file, buf, received).await?;
+        flush(core, file, buf, received, filled == body_left).await?;
         body_left -= filled;
     }
     conn.requests_done += 1;
@@ -373,25 +377,73 @@ async fn send_objects_ahead(
 }
 
 /// Hashes the buffer's bytes (in order: one connection per object) and
-/// writes them at their offset. A write error is local and not retried.
+/// writes them at their offset. `last`: they end the body. A write error
+/// is local and not retried.
+///
+/// O_DIRECT writes whole blocks at block offsets. Every buffer but the last
+/// holds whole blocks (buffer sizes are multiples of a block); the last
+/// one's whole blocks go direct and the rest through the page cache
+/// (`File::end_direct`), so nothing is padded and cut back after (cutting a
+/// block written direct reads it back from disk, once per file). A buffer
+/// cut short by a failed attempt keeps its whole blocks; the rest is
+/// fetched again.
 async fn flush(
     core: &Rc<Core>,
     file: &File,
-    buf: crate::uring::PoolBuf,
+    mut buf: crate::uring::PoolBuf,
     received: &mut Received,
+    last: bool,
 ) -> std::result::Result<(), Failure> {
-    let len = buf.filled_bytes();
-    if len == 0 {
+    let whole_blocks_bytes = buf.filled_bytes() / DIRECT_IO_ALIGN_BYTES * DIRECT_IO_ALIGN_BYTES;
+    if file.is_direct() && !last {
+        buf.truncate(whole_blocks_bytes);
+    }
+    if buf.filled_bytes() == 0 {
         return Ok(());
     }
     let hashed = Instant::now();
     crate::verify::sha1_update(&mut received.hasher, buf.filled());
     core.record(Stage::Hash, hashed.elapsed());
+    if !file.is_direct() || buf.filled_bytes() == whole_blocks_bytes {
+        return write(core, file, Bytes::Pool(buf), received).await;
+    }
+    let rest = buf.filled()[whole_blocks_bytes..].to_vec();
+    buf.truncate(whole_blocks_bytes);
+    write(core, file, Bytes::Pool(buf), received).await?;
+    if let Err(error) = file.end_direct() {
+        return Err(write_error(received.bytes, &error));
+    }
+    write(core, file, Bytes::Owned(rest), received).await
+}
+
+/// What `write` writes: a pool buffer's filled bytes, or a few bytes of
+/// its own (an O_DIRECT file's last, partial block).
+enum Bytes {
+    Pool(crate::uring::PoolBuf),
+    Owned(Vec<u8>),
+}
+
+/// Writes `bytes` (hashed already) where the written ones end.
+async fn write(
+    core: &Rc<Core>,
+    file: &File,
+    bytes: Bytes,
+    received: &mut Received,
+) -> std::result::Result<(), Failure> {
     let offset = received.bytes;
     let written = Instant::now();
-    let (result, buf) = file.write_all_at(buf, offset).await;
+    let (result, len) = match bytes {
+        Bytes::Pool(buf) if buf.filled_bytes() == 0 => return Ok(()),
+        Bytes::Pool(buf) => {
+            let len = buf.filled_bytes();
+            (file.write_all_at(buf, offset).await.0, len)
+        }
+        Bytes::Owned(bytes) => {
+            let len = bytes.len();
+            (file.write_bytes_at(bytes, offset).await, len)
+        }
+    };
     core.record(Stage::Write, written.elapsed());
-    drop(buf);
     match result {
         Ok(()) => {
             received.bytes += len as u64;
@@ -401,20 +453,22 @@ async fn flush(
                 .fetch_add(len as u64, Ordering::Relaxed);
             Ok(())
         }
-        Err(error) => {
-            let (detail, run_fatal) =
-                super::failure::write_failure(&format!("writing at byte {offset}"), &error);
-            Err(Failure {
-                detail,
-                kind: if run_fatal {
-                    FailureKind::Run
-                } else {
-                    FailureKind::Object
-                },
-                retry_after_s: None,
-                answer_read: false,
-            })
-        }
+        Err(error) => Err(write_error(offset, &error)),
+    }
+}
+
+fn write_error(offset: u64, error: &std::io::Error) -> Failure {
+    let (detail, run_fatal) =
+        super::failure::write_failure(&format!("writing at byte {offset}"), error);
+    Failure {
+        detail,
+        kind: if run_fatal {
+            FailureKind::Run
+        } else {
+            FailureKind::Object
+        },
+        retry_after_s: None,
+        answer_read: false,
     }
 }
 

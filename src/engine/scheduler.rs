@@ -85,7 +85,8 @@ pub struct ObjectSpec {
 pub struct Destination {
     pub fd: OwnedFd,
     /// Opened with O_DIRECT: whole blocks from aligned buffers; a large
-    /// object's tail is written padded to a block and cut back before `done`.
+    /// object's tail is written padded to a block and cut back before `done`,
+    /// a small one's last partial block goes through the page cache.
     pub direct_io: bool,
 }
 

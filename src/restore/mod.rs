@@ -1282,11 +1282,7 @@ fn schedule(
         return fail(Error::io(why, cross_device));
     }
     let is_large = entry.size_bytes >= options.engine.part_size_bytes;
-    let direct = if is_large {
-        options.direct_io.for_object(entry.size_bytes)
-    } else {
-        DirectIo::Off
-    };
+    let direct = options.direct_io.for_object(entry.size_bytes);
     let resume_bytes = if is_large {
         target.resumable_bytes(&key)
     } else {

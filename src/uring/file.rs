@@ -15,8 +15,8 @@ use crate::config::BUFFERED_WRITE_PIECE_BYTES;
 pub struct File {
     inner: tokio_uring::fs::File,
     raw_fd: RawFd,
-    /// Opened with O_DIRECT: one write per buffer, whole blocks.
-    direct: bool,
+    /// O_DIRECT is on: one write per buffer, whole blocks (until `end_direct`).
+    direct: std::cell::Cell<bool>,
 }
 
 impl File {
@@ -27,8 +27,30 @@ impl File {
         File {
             inner: tokio_uring::fs::File::from_std(std::fs::File::from(fd)),
             raw_fd,
-            direct,
+            direct: std::cell::Cell::new(direct),
         }
+    }
+
+    /// Whether writes go around the page cache (whole blocks only).
+    pub fn is_direct(&self) -> bool {
+        self.direct.get()
+    }
+
+    /// Turns O_DIRECT off, for a last piece shorter than a block: written
+    /// through the page cache instead, the file needs no padding cut back.
+    /// Every write so far must have completed (they have, awaited).
+    pub fn end_direct(&self) -> io::Result<()> {
+        if !self.direct.get() {
+            return Ok(());
+        }
+        // SAFETY: `raw_fd` is `inner`'s descriptor, open for as long as
+        // `self` (it is closed only by `close`, which consumes `self`); the
+        // borrow ends before this returns.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd) };
+        let flags = rustix::fs::fcntl_getfl(fd)?;
+        rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::DIRECT)?;
+        self.direct.set(false);
+        Ok(())
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -55,7 +77,7 @@ impl File {
         offset_bytes: u64,
     ) -> (io::Result<()>, PoolBuf) {
         let len = buf.filled_bytes();
-        let piece_bytes = if self.direct {
+        let piece_bytes = if self.direct.get() {
             len.max(1)
         } else {
             BUFFERED_WRITE_PIECE_BYTES
@@ -84,6 +106,14 @@ impl File {
         }
         buf.put_memory(memory);
         (result, buf)
+    }
+
+    /// Writes `bytes` (a few, through the page cache: see `end_direct`) at
+    /// `offset_bytes`, all of them.
+    pub async fn write_bytes_at(&self, bytes: Vec<u8>, offset_bytes: u64) -> io::Result<()> {
+        debug_assert!(!self.direct.get(), "O_DIRECT wants a pool buffer");
+        let (result, _) = self.inner.write_all_at(bytes, offset_bytes).await;
+        result
     }
 
     /// Reserves `len_bytes` so ENOSPC arrives here rather than mid-file.
