@@ -130,10 +130,11 @@ def how_to_read():
         "the run (it shares the cores): `ringdown serve`, plus nginx's processes in the nginx-* scenarios. "
         "× b2sdk = b2sdk median / tool median (higher is faster). On disk s = median of the run's time plus "
         "the `sync` right after it: a tool that writes through the page cache exits before its data has "
-        "reached the disk, and the writeback it leaves behind is in nobody's time. ringdown writes objects "
-        "of 1 MiB and more with O_DIRECT, so what its `sync` still waits for is the file system's metadata "
-        "and the device's own cache (on a VM, the host's), which every tool's `sync` waits for too; small "
-        "files go through the page cache, as every peer's do.",
+        "reached the disk, and the writeback it leaves behind is in nobody's time. ringdown writes with "
+        "O_DIRECT what `get` fetches from 1 MiB up and what `restore` fetches in parts (8 MiB and up), so "
+        "what its `sync` still waits for there is the file system's metadata and the device's own cache (on "
+        "a VM, the host's), which every tool's `sync` waits for too; smaller files go through the page "
+        "cache, as every peer's do.",
         "",
         "\"verified by tool\" says whether the tool itself checked what it wrote (the harness checks every "
         "tool's output regardless): **yes** = it compared each file's SHA1 with B2's (ringdown: every file "

@@ -100,7 +100,7 @@ pub struct TuningArgs {
     /// Stall timeout: connect, TLS handshake, response head or an idle body.
     #[arg(long, default_value_t = config::TIMEOUT_S_DEFAULT)]
     pub timeout_s: u64,
-    /// O_DIRECT writes from the aligned buffers (auto: objects ≥ 1 MiB where the filesystem supports it).
+    /// O_DIRECT writes from the aligned buffers (auto: objects ≥ 1 MiB, in `restore` those fetched in parts, where the filesystem supports it; on: every object).
     #[arg(long, value_enum, default_value_t = DirectIo::Auto)]
     pub direct_io: DirectIo,
     /// Receive at most RATE in total (e.g. 100MB/s, 50MiB, 1G/s; K M G are powers of 1024,
