@@ -1755,6 +1755,17 @@ pub(crate) fn create_temp(
                 })?;
                 (file, false)
             }
+            Err(rustix::io::Errno::INVAL) => {
+                // `on` insists, and this file system takes no O_DIRECT. The
+                // kernel refuses the flag after creating the file, which
+                // O_EXCL made ours: it goes. Every file would fail alike,
+                // so the run stops here, saying what to change.
+                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                return Err(Error::Fatal(format!(
+                    "{display_path}: the destination file system does not take O_DIRECT \
+                     (EINVAL on open): use --direct-io auto (O_DIRECT where it is taken) or off"
+                )));
+            }
             Err(error) => {
                 return Err(creation_error(
                     format!("creating {name} with O_DIRECT for {display_path}"),
