@@ -43,12 +43,8 @@ impl File {
         if !self.direct.get() {
             return Ok(());
         }
-        // SAFETY: `raw_fd` is `inner`'s descriptor, open for as long as
-        // `self` (it is closed only by `close`, which consumes `self`); the
-        // borrow ends before this returns.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd) };
-        let flags = rustix::fs::fcntl_getfl(fd)?;
-        rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::DIRECT)?;
+        let flags = rustix::fs::fcntl_getfl(self.fd())?;
+        rustix::fs::fcntl_setfl(self.fd(), flags - rustix::fs::OFlags::DIRECT)?;
         self.direct.set(false);
         Ok(())
     }
@@ -57,15 +53,19 @@ impl File {
         self.raw_fd
     }
 
+    /// `inner`'s descriptor, for the syscalls tokio-uring does not wrap.
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: `raw_fd` is `inner`'s descriptor, open for as long as
+        // `self` (it is closed only by `close`, which consumes `self`), and
+        // the borrow cannot outlive `self`.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd) }
+    }
+
     /// A second descriptor of the same open file (its offset-free writes,
     /// O_DIRECT flag and allocation are the open file's, so they carry
     /// over): for handing the file to another core or task.
     pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
-        // SAFETY: `raw_fd` is `inner`'s descriptor, open for as long as
-        // `self` (it is closed only by `close`, which consumes `self`); the
-        // borrow ends before this returns.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd) };
-        borrowed.try_clone_to_owned()
+        self.fd().try_clone_to_owned()
     }
 
     /// Writes the buffer's filled bytes at `offset_bytes`, all of them, and
