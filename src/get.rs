@@ -302,6 +302,11 @@ impl Download {
     /// returns the final path.
     pub fn resolve_dest(&self) -> Result<PathBuf> {
         use std::os::unix::ffi::OsStrExt;
+        if self.dest.as_os_str().is_empty() {
+            return Err(Error::Usage(
+                "DEST is empty: give the file's path or an existing directory".into(),
+            ));
+        }
         if self.dest.as_os_str().as_bytes().ends_with(b"/") && !self.dest.is_dir() {
             return Err(Error::Usage(format!(
                 "DEST {} names a directory (it ends in '/'), and there is none; create it first",
@@ -335,6 +340,13 @@ impl Download {
         } else {
             self.dest.clone()
         };
+        if dest.file_name().is_none() {
+            return Err(Error::Usage(format!(
+                "DEST {} names no file (it ends in '..') and is no existing directory: \
+                 give the file's path",
+                dest.display()
+            )));
+        }
         let parent = parent_dir(&dest);
         if !parent.is_dir() {
             return Err(Error::Usage(format!(
@@ -378,6 +390,10 @@ impl Download {
         Ok(dest)
     }
 
+    /// Downloads the object to DEST. It blocks its thread until the run
+    /// ends. From async code, call it through `tokio::task::spawn_blocking`:
+    /// called on a runtime's worker it works (on a thread of its own) but
+    /// holds that worker meanwhile.
     pub fn run(&self) -> Result<DownloadReport> {
         self.run_with_summary().0
     }
@@ -391,7 +407,8 @@ impl Download {
             command: "get".into(),
             ..RunSummary::default()
         };
-        let result = self.run_counted(&mut summary);
+        let result = crate::runtime::outside_tokio(|| self.run_counted(&mut summary))
+            .unwrap_or_else(|error| Err(Error::io("starting the run's thread", error)));
         match &result {
             Ok(report) => summary = report.summary.clone(),
             Err(_) => {
@@ -406,7 +423,8 @@ impl Download {
 
     /// The download; `summary` gathers retries and histograms round by round.
     fn run_counted(&self, summary: &mut RunSummary) -> Result<DownloadReport> {
-        let _run = self.options.engine.begin_run("Download::run")?;
+        let _run = self.options.engine.begin_run()?;
+        self.progress.reset();
         let dest = self.resolve_dest()?;
         let started = Instant::now();
         let options = &self.options;

@@ -28,7 +28,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(90);
 fn engine() -> EngineConfig {
     let mut engine = EngineConfig::defaults(false);
     engine.cores = 1;
-    engine.pin_cores = false;
+    engine.pin = ringdown::runtime::PinMode::Off;
     engine.part_size_bytes = 1024 * 1024;
     engine.buffer_size_bytes = 256 * 1024;
     engine.buffers_per_core = 8;

@@ -88,22 +88,174 @@ fn cancel_stops_a_run_waiting_on_the_control_plane() {
     );
 }
 
-/// Inside a tokio runtime the blocking runs are an error that says what to
-/// do, not a panic ("Cannot start a runtime from within a runtime").
+/// `run` from async code: through `spawn_blocking`, as the docs say, and
+/// straight from an async fn on either kind of runtime. tokio's blocking
+/// pool threads carry a runtime handle too, and a check on that handle
+/// refused them all ("call it from spawn_blocking"), the way it named.
 #[test]
-fn a_run_from_async_code_is_an_error_not_a_panic() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn a_run_from_async_code_or_spawn_blocking_completes() {
+    const SIZE: usize = 3 << 20;
+    let data = tempfile::tempdir().unwrap();
+    let bytes = common::content("async.bin", SIZE);
+    common::write_file(data.path(), "bkt/async.bin", &bytes);
+    let served = common::serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let download = |name: &str| {
+        let mut options = DownloadOptions::new(&served.realm, &served.key_id, &served.key);
+        options.engine.part_size_bytes = 1 << 20;
+        options.engine.buffer_size_bytes = 256 << 10;
+        Download::new(
+            Source::parse("b2://bkt/async.bin").unwrap(),
+            out.path().join(name),
+            options,
+        )
+    };
+    let restore = |dir: &str| {
+        let options = RestoreOptions::new(
+            "b2://bkt",
+            out.path().join(dir),
+            &served.realm,
+            &served.key_id,
+            &served.key,
+        )
+        .unwrap();
+        Restore::new(options, true)
+    };
+
+    let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .build()
         .unwrap();
+    let pooled = download("pooled");
+    let report = multi
+        .block_on(async move { tokio::task::spawn_blocking(move || pooled.run()).await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.bytes, SIZE as u64);
+    let pooled = restore("pooled-dir");
+    let report = multi
+        .block_on(async move { tokio::task::spawn_blocking(move || pooled.run()).await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (report.tally.ok, report.fatal.is_none()),
+        (1, true),
+        "{report:?}"
+    );
+    let direct = download("direct-multi");
+    multi.block_on(async move { direct.run() }).unwrap();
+
+    let single = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let direct = download("direct-single");
+    single.block_on(async move { direct.run() }).unwrap();
+    let direct = restore("direct-single-dir");
+    let report = single.block_on(async move { direct.run() }).unwrap();
+    assert_eq!(report.tally.ok, 1, "{report:?}");
+
+    for path in [
+        "pooled",
+        "direct-multi",
+        "direct-single",
+        "pooled-dir/async.bin",
+        "direct-single-dir/async.bin",
+    ] {
+        assert!(
+            std::fs::read(out.path().join(path)).unwrap() == bytes,
+            "{path}"
+        );
+    }
+}
+
+/// What a program can set but the CLI cannot give is a usage error before
+/// any request, not a panic (a shard count of 0 divided by zero; an empty
+/// DEST panicked after the first request) nor an empty success (shard 5 of
+/// 2 restored nothing and said nothing).
+#[test]
+fn options_the_cli_cannot_give_are_usage_errors() {
+    let origin = silent_origin();
     let out = tempfile::tempdir().unwrap();
-    let dest = out.path().join("x");
-    let result = runtime.block_on(async move {
-        let source = Source::parse("http://127.0.0.1:9/x").unwrap();
-        Download::new(source, dest, DownloadOptions::new("production", "", "")).run()
-    });
-    let message = result.unwrap_err().to_string();
-    assert!(message.contains("spawn_blocking"), "{message}");
+    let usage = |result: Result<(), Error>, what: &str, says: &str| {
+        let error = result.expect_err(what);
+        assert!(matches!(error, Error::Usage(_)), "{what}: {error:?}");
+        assert!(error.to_string().contains(says), "{what}: {error}");
+    };
+    for (index, count, says) in [(0, 0, "N must be at least 1"), (5, 2, "below N")] {
+        let mut options =
+            RestoreOptions::new("b2://bkt", out.path().join("d"), &origin, "id", "key").unwrap();
+        options.shard.index = index;
+        options.shard.count = count;
+        let result = Restore::new(options, true).run().map(drop);
+        usage(result, &format!("shard {index}/{count}"), says);
+    }
+    let options = RestoreOptions::new("b2://bkt", "", &origin, "id", "key").unwrap();
+    usage(
+        Restore::new(options, true).run().map(drop),
+        "empty DIR",
+        "DIR is empty",
+    );
+
+    let source = Source::parse(&format!("{origin}/x")).unwrap();
+    let download = |dest: &str| {
+        Download::new(
+            source.clone(),
+            dest.into(),
+            DownloadOptions::new("production", "", ""),
+        )
+        .run()
+        .map(drop)
+    };
+    usage(download(""), "empty DEST", "DEST is empty");
+    let missing = out.path().join("missing/..");
+    usage(
+        download(missing.to_str().unwrap()),
+        "DEST ending in ..",
+        "names no file",
+    );
+    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
+}
+
+/// A `Download` or `Restore` run again counts its progress from 0.
+#[test]
+fn progress_starts_from_zero_on_each_run() {
+    const SIZE: usize = 2 << 20;
+    let data = tempfile::tempdir().unwrap();
+    common::write_file(data.path(), "bkt/a.bin", &common::content("a.bin", SIZE));
+    common::write_file(data.path(), "bkt/b.bin", &common::content("b.bin", 1000));
+    let served = common::serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let mut options = DownloadOptions::new(&served.realm, &served.key_id, &served.key);
+    options.force = true;
+    let download = Download::new(
+        Source::parse("b2://bkt/a.bin").unwrap(),
+        out.path().join("a.bin"),
+        options,
+    );
+    let options = RestoreOptions::new(
+        "b2://bkt",
+        out.path().join("dir"),
+        &served.realm,
+        &served.key_id,
+        &served.key,
+    )
+    .unwrap();
+    let restore = Restore::new(options, true);
+    for _ in 0..2 {
+        download.run().unwrap();
+        assert_eq!(
+            download.progress.bytes_done.load(Ordering::Relaxed),
+            SIZE as u64
+        );
+        std::fs::remove_dir_all(out.path().join("dir")).ok();
+        restore.run().unwrap();
+        assert_eq!(restore.files.done.load(Ordering::Relaxed), 2);
+        assert_eq!(restore.files.listed.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            restore.progress.bytes_done.load(Ordering::Relaxed),
+            SIZE as u64 + 1000
+        );
+    }
 }
 
 /// An embedding program takes the messages a run would print on stderr

@@ -29,7 +29,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(90);
 fn engine(restore: bool) -> EngineConfig {
     let mut engine = EngineConfig::defaults(restore);
     engine.cores = 2;
-    engine.pin_cores = false;
+    engine.pin = ringdown::runtime::PinMode::Off;
     engine.connections_per_core = 3;
     engine.large_connections_per_core = 3;
     engine.buffers_per_core = 8;

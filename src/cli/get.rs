@@ -218,7 +218,7 @@ impl TuningArgs {
             .next_multiple_of(self.buffer_size);
         let mut engine = EngineConfig {
             cores,
-            pin_cores: runtime::should_pin(self.pin, cores),
+            pin: self.pin,
             connections_per_core: connections,
             large_connections_per_core: large_connections,
             buffers_per_core: buffers,

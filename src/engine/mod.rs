@@ -16,7 +16,7 @@ pub mod scheduler;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::client::conn::Origin;
@@ -29,14 +29,23 @@ use scheduler::{Destination, ObjectJob, ObjectSpec, PoolSource, Scheduler, Work}
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub cores: usize,
-    pub pin_cores: bool,
+    /// Whether each core's thread is pinned to a CPU (the i-th of the
+    /// affinity mask), decided when the run starts: `Auto` pins only when
+    /// the mask has exactly `cores` CPUs. Runs side by side in one process
+    /// should say `Off`: each would pin its core 0 to the same CPU.
+    pub pin: crate::runtime::PinMode,
     pub connections_per_core: usize,
     /// Connections per core that may take chunks of large objects at once
-    /// (≤ `connections_per_core`); the part size is sized for these.
+    /// (more than `connections_per_core` count as that many); the part size
+    /// is sized for these.
     pub large_connections_per_core: usize,
     pub buffers_per_core: usize,
     pub buffer_size_bytes: usize,
     pub part_size_bytes: u64,
+    /// Tries of each chunk or object, the first included. The calls that
+    /// start a run (authorization, bucket lookup, first listing page) make
+    /// `config::API_ATTEMPTS` whatever this says; a plain URL's probe, the
+    /// object's first request, makes the fewer of the two.
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
@@ -119,13 +128,12 @@ pub fn buffers_within_memory(
 }
 
 impl EngineConfig {
-    /// What `Download::run` and `Restore::run` (`what`) do first, on the
-    /// caller's thread: refuse a tokio runtime's thread and this
-    /// configuration if it is unusable, lift the soft open-files limit, and
-    /// make `cancel` this thread's run flag (`runtime::stop_requested`)
-    /// until the returned guard drops.
-    pub fn begin_run(&self, what: &str) -> Result<impl Drop + use<>> {
-        crate::runtime::check_blocking_context(what)?;
+    /// What `Download::run` and `Restore::run` do first, on the thread that
+    /// runs them (`runtime::outside_tokio`): refuse this configuration if it
+    /// is unusable, lift the soft open-files limit, and make `cancel` this
+    /// thread's run flag (`runtime::stop_requested`) until the returned
+    /// guard drops.
+    pub fn begin_run(&self) -> Result<impl Drop + use<>> {
         self.check()?;
         crate::runtime::raise_open_files_limit();
         Ok(crate::runtime::cancel_on_this_thread(self.cancel.clone()))
@@ -206,6 +214,17 @@ impl EngineConfig {
                  must be at least 1"
                     .into(),
             ));
+        }
+        if self.cores > crate::config::CORES_MAX
+            || self.connections_per_core > crate::config::CONNECTIONS_PER_CORE_MAX
+        {
+            return Err(Error::Usage(format!(
+                "EngineConfig: cores {} and connections_per_core {} must be at most {} and {}",
+                self.cores,
+                self.connections_per_core,
+                crate::config::CORES_MAX,
+                crate::config::CONNECTIONS_PER_CORE_MAX
+            )));
         }
         if self.buffers_per_core < 2 {
             return Err(Error::Usage(
@@ -346,6 +365,16 @@ pub struct Progress {
     /// 0 before. `restore` counts its totals per file.
     pub bytes_to_fetch: AtomicU64,
     pub retries: AtomicU64,
+}
+
+impl Progress {
+    /// Back to nothing done, as a run starts: a `Download` run again counts
+    /// from 0, not on top of its last run.
+    pub fn reset(&self) {
+        self.bytes_done.store(0, Ordering::Relaxed);
+        self.bytes_to_fetch.store(0, Ordering::Relaxed);
+        self.retries.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Where an interrupted download continues: `[0, offset_bytes)` is already
@@ -563,7 +592,7 @@ mod tests {
         use super::EngineConfig;
         assert!(EngineConfig::defaults(false).check().is_ok());
         type Change = fn(&mut EngineConfig);
-        let refused: [(&str, Change); 7] = [
+        let refused: [(&str, Change); 9] = [
             ("rate 0", |c| c.limit_rate_bytes_per_s = Some(0)),
             ("one buffer", |c| c.buffers_per_core = 1),
             ("no attempt", |c| c.max_attempts = 0),
@@ -571,6 +600,10 @@ mod tests {
             ("no large connection", |c| c.large_connections_per_core = 0),
             ("no timeout", |c| c.timeout = std::time::Duration::ZERO),
             ("no core", |c| c.cores = 0),
+            ("too many cores", |c| c.cores = crate::config::CORES_MAX + 1),
+            ("too many connections", |c| {
+                c.connections_per_core = crate::config::CONNECTIONS_PER_CORE_MAX + 1
+            }),
         ];
         for (what, change) in refused {
             let mut config = EngineConfig::defaults(false);
@@ -578,17 +611,5 @@ mod tests {
             let error = config.check().expect_err(what);
             assert_eq!(error.exit_code(), crate::error::exit_code::USAGE, "{what}");
         }
-    }
-
-    #[test]
-    fn a_run_inside_a_tokio_runtime_is_an_error_not_a_panic() {
-        assert!(crate::runtime::check_blocking_context("x").is_ok());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let inside =
-            runtime.block_on(async { crate::runtime::check_blocking_context("Download::run") });
-        let message = inside.unwrap_err().to_string();
-        assert!(message.contains("spawn_blocking"), "{message}");
     }
 }

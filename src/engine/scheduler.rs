@@ -890,7 +890,7 @@ fn run_core(
     runtime: uring::Runtime,
     buffers: Vec<uring::AlignedBuf>,
 ) -> Result<CoreReport> {
-    if shared.config.pin_cores {
+    if crate::runtime::should_pin(shared.config.pin, shared.config.cores) {
         crate::runtime::pin_current_thread(core_index);
     }
     runtime.block_on(async move {

@@ -124,6 +124,25 @@ impl RestoreOptions {
     }
 }
 
+impl RestoreOptions {
+    /// Refuses what the CLI cannot give but a program can set: an empty
+    /// DIR, a shard that selects nothing (`K ≥ N`) or divides by zero.
+    pub fn check(&self) -> Result<()> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(Error::Usage(
+                "DIR is empty: give the directory to restore into".into(),
+            ));
+        }
+        Shard::new(self.shard.index, self.shard.count).map_err(|why| {
+            Error::Usage(format!(
+                "shard {}/{}: {why}",
+                self.shard.index, self.shard.count
+            ))
+        })?;
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for RestoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestoreOptions")
@@ -421,6 +440,16 @@ pub struct FileCounts {
     pub listing_done: AtomicBool,
 }
 
+impl FileCounts {
+    /// Back to nothing listed, as a run starts.
+    fn reset(&self) {
+        for count in [&self.seen, &self.listed, &self.done, &self.bytes_to_fetch] {
+            count.store(0, Ordering::Relaxed);
+        }
+        self.listing_done.store(false, Ordering::Relaxed);
+    }
+}
+
 /// The library entry point: `Restore::new(options).run()`.
 pub struct Restore {
     pub options: RestoreOptions,
@@ -446,8 +475,21 @@ impl Restore {
     /// `engine.cancel` included: `Error::Interrupted`) comes back in
     /// `RestoreReport::fatal`, beside the tally of what finished. Either
     /// way, `Error::exit_code` is what the CLI exits with.
+    ///
+    /// It blocks its thread until the run ends. From async code, call it
+    /// through `tokio::task::spawn_blocking`: called on a runtime's worker
+    /// it works (on a thread of its own) but holds that worker meanwhile.
     pub fn run(&self) -> Result<RestoreReport> {
-        let _run = self.options.engine.begin_run("Restore::run")?;
+        crate::runtime::outside_tokio(|| self.run_here())
+            .unwrap_or_else(|error| Err(Error::io("starting the run's thread", error)))
+    }
+
+    /// `run`, on a thread where its runtimes may start.
+    fn run_here(&self) -> Result<RestoreReport> {
+        let _run = self.options.engine.begin_run()?;
+        self.options.check()?;
+        self.progress.reset();
+        self.files.reset();
         let started = Instant::now();
         let options = &self.options;
         // SIGINT/SIGTERM (`runtime::watch_signals`, or `engine.cancel`): stop

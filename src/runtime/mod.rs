@@ -240,18 +240,25 @@ fn ignored_signals(status: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `Download::run` and `Restore::run` block their thread on runtimes of
-/// their own (one per core): inside a tokio runtime that would panic
-/// ("Cannot start a runtime from within a runtime"). Said as an error
-/// instead, with the way out.
-pub fn check_blocking_context(what: &str) -> Result<(), crate::Error> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(crate::Error::Usage(format!(
-            "{what} blocks its thread and runs its own io_uring runtimes: call it from \
-             tokio::task::spawn_blocking or a plain thread, not from inside a tokio runtime"
-        )));
+/// Runs `work`, which blocks its thread on io_uring runtimes of its own
+/// (`Download::run`, `Restore::run`), where a runtime may start. Outside any
+/// tokio runtime that is this thread. Inside one's context it is a fresh
+/// thread this one waits for: a runtime cannot start inside another's
+/// ("Cannot start a runtime from within a runtime"), and tokio gives no way,
+/// short of that panic, to tell an async task (where it would panic) from
+/// `spawn_blocking`'s pool (where it would not), as both have a current handle.
+pub fn outside_tokio<T: Send>(work: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(work());
     }
-    Ok(())
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("ringdown-run".into())
+            .spawn_scoped(scope, work)?;
+        Ok(thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
 }
 
 thread_local! {
