@@ -52,7 +52,9 @@ pub enum Error {
     },
     /// The run was stopped by a signal.
     Interrupted { signal: i32 },
-    /// The run cannot continue (disk full, cap exceeded, read-only target).
+    /// The run cannot continue, and trying again will not help until
+    /// something changes (no such bucket or object, disk full, cap
+    /// exceeded, read-only target).
     Fatal(String),
 }
 

@@ -136,6 +136,14 @@ pub enum DirectIo {
     Off,
 }
 
+/// Whether a file opened with O_DIRECT (`opened_direct`) of `size_bytes`
+/// gets any byte written direct: its last partial block goes through the
+/// page cache (`uring::File::end_direct`), so one below a block gets none,
+/// and the summary's "O_DIRECT: yes" would not be true of it.
+pub fn writes_direct(opened_direct: bool, size_bytes: u64) -> bool {
+    opened_direct && size_bytes >= crate::config::DIRECT_IO_ALIGN_BYTES as u64
+}
+
 impl DirectIo {
     /// The mode for one object of `size_bytes`. `auto` uses O_DIRECT from
     /// `DIRECT_IO_MIN_OBJECT_BYTES` up (where the file system's alignment
@@ -576,7 +584,7 @@ impl Download {
                 summary.stages.merge(&outcome.stages);
                 summary.retries += outcome.retries;
                 summary.registered_buffers = outcome.registered_buffers;
-                summary.direct_io = direct;
+                summary.direct_io = writes_direct(direct, meta.size_bytes);
                 outcome.sha1.map(|sha1| (sha1, outcome.notices))
             });
             let (actual, round_notices) = match outcome {
@@ -726,7 +734,7 @@ impl Download {
                 unverified,
                 failed: 0,
                 retries: summary.retries,
-                direct_io: direct,
+                direct_io: writes_direct(direct, meta.size_bytes),
                 registered_buffers: summary.registered_buffers,
                 stages: summary.stages.clone(),
             };
@@ -1066,11 +1074,12 @@ async fn head_by_name(
                 continue;
             }
             401 | 403 => {}
+            // Fatal, not Http: asking again will not make it appear.
             404 => {
-                return Err(Error::http(
-                    format!("HEAD {display_name}"),
-                    "not found: no such bucket or object (names are case-sensitive)",
-                ));
+                return Err(Error::Fatal(format!(
+                    "HEAD {display_name}: not found: no such bucket or object (names are \
+                     case-sensitive)"
+                )));
             }
             _ => {
                 return Err(Error::http(
@@ -1203,10 +1212,9 @@ async fn file_info_by_id(
     )
     .await
     .map_err(|error| match error {
-        Error::Http { context, detail } if detail.contains("not_found") => Error::http(
-            context,
-            format!("{detail}: no file version has this ID (deleted, or a typo?)"),
-        ),
+        Error::Http { context, detail } if detail.contains("not_found") => Error::Fatal(format!(
+            "{context}: {detail}: no file version has this ID (deleted, or a typo?)"
+        )),
         other => other,
     })?;
     let file: crate::b2::FileObject = serde_json::from_slice(&reply)

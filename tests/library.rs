@@ -216,6 +216,39 @@ fn options_the_cli_cannot_give_are_usage_errors() {
     assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
 }
 
+/// A bucket or object that is not there is no error to retry: a program
+/// that retries what `may_pass_on_retry` says would have looped on it.
+#[test]
+fn what_is_not_there_is_not_worth_a_retry() {
+    let data = tempfile::tempdir().unwrap();
+    common::write_file(data.path(), "bkt/a.bin", b"a");
+    let served = common::serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    for source in ["b2://bkt/missing.bin", "b2://nobucket/a.bin"] {
+        let options = DownloadOptions::new(&served.realm, &served.key_id, &served.key);
+        let download = Download::new(
+            Source::parse(source).unwrap(),
+            out.path().join("x"),
+            options,
+        );
+        let error = download.run().unwrap_err();
+        assert!(!error.may_pass_on_retry(), "{source}: {error:?}");
+        assert_eq!(error.exit_code(), 1, "{source}: {error}");
+        assert!(error.to_string().contains("not found"), "{source}: {error}");
+    }
+    let options = RestoreOptions::new(
+        "b2://nobucket",
+        out.path().join("dir"),
+        &served.realm,
+        &served.key_id,
+        &served.key,
+    )
+    .unwrap();
+    let error = Restore::new(options, true).run().unwrap_err();
+    assert!(!error.may_pass_on_retry(), "{error:?}");
+    assert!(error.to_string().contains("no bucket named"), "{error}");
+}
+
 /// A `Download` or `Restore` run again counts its progress from 0.
 #[test]
 fn progress_starts_from_zero_on_each_run() {

@@ -484,15 +484,16 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
 /// `ECANCELED`, the kernel's answer when io_uring cannot start a worker
 /// thread for the write (a cgroup's pids.max, RLIMIT_NPROC): without the
 /// hint it read "Operation canceled" on hundreds of files.
-pub(super) fn write_failure(context: &str, error: &std::io::Error) -> (String, bool) {
+pub(crate) fn write_failure(context: &str, error: &std::io::Error) -> (String, bool) {
     let hint = match error.raw_os_error() {
         Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT) => {
-            "; free space (or make the file system writable), then run the same command again to resume"
+            // Not "to resume": exit 1 removes partial files (CONVENTIONS.md),
+            // which frees their space; only finished files are kept.
+            "; free space (or make the file system writable), then run the same command again"
         }
         Some(libc::ECANCELED) => {
             "; io_uring could not start a worker thread for the write: raise the process's \
-             thread limit (the cgroup's pids.max, ulimit -u), then run the same command again \
-             to resume"
+             thread limit (the cgroup's pids.max, ulimit -u), then run the same command again"
         }
         _ => return (format!("{context}: {error}"), false),
     };

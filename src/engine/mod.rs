@@ -7,7 +7,7 @@
 mod chunk;
 #[doc(hidden)]
 pub mod failpoint;
-mod failure;
+pub(crate) mod failure;
 pub mod large;
 mod object;
 mod pace;

@@ -105,6 +105,7 @@ async fn read_pipelined_head(
         Ok(head) => {
             core.record(Stage::Ttfb, waited.elapsed());
             core.shared.note_round_trip(sent.elapsed());
+            core.shared.note_pipelined_answer();
             Ok(head)
         }
         // (After a stop signal, a receive is cut short as timed out: that

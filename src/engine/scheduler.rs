@@ -186,9 +186,11 @@ pub(crate) struct Shared {
     /// `--limit-rate`, over every core.
     pace: Option<super::pace::Pace>,
     /// GETs may be sent ahead (HTTP/1.1 pipelining: chunks, small objects)
-    /// until the origin once fails to answer one
-    /// (`request::read_pipelined_head`).
+    /// until the origin fails to answer one before it has answered any
+    /// (`request::read_pipelined_head`, `stop_pipelining`).
     pipelining: AtomicBool,
+    /// An answer to a GET sent ahead has come: the origin takes them.
+    pipelining_answered: AtomicBool,
     /// The shortest time from a request sent to its response head in this
     /// run, in ns (`u64::MAX`: none yet): about one network round trip.
     /// The shortest, as most waits also hold the server's queueing, which
@@ -301,9 +303,20 @@ impl Shared {
         (ns != u64::MAX).then(|| Duration::from_nanos(ns))
     }
 
+    /// An answer to a GET sent ahead came.
+    pub fn note_pipelined_answer(&self) {
+        self.pipelining_answered.store(true, Ordering::Relaxed);
+    }
+
     /// The origin closed or stalled a connection instead of answering a
     /// GET sent ahead: from now on, one request at a time (said once).
+    /// Unless it has answered one before: it takes them, and this is that
+    /// connection's end (a keep-alive limit, a reset), not a refusal. One
+    /// such cut turned pipelining off for the rest of a run.
     pub fn stop_pipelining(&self, error: &std::io::Error) {
+        if self.pipelining_answered.load(Ordering::Relaxed) {
+            return;
+        }
         if self.pipelining.swap(false, Ordering::Relaxed) {
             say!(
                 "ringdown: the origin did not answer a pipelined request ({error}); \
@@ -628,6 +641,7 @@ impl Shared {
             space: Condvar::new(),
             work: Notify::new(),
             pipelining: AtomicBool::new(true),
+            pipelining_answered: AtomicBool::new(false),
             round_trip_ns: AtomicU64::new(u64::MAX),
             round_trip_samples: AtomicU64::new(0),
             config,

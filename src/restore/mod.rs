@@ -893,10 +893,10 @@ async fn bucket_id(
     listing::parse_bucket_id(&reply, bucket)
         .map_err(|why| Error::http("b2_list_buckets", why))?
         .ok_or_else(|| {
-            Error::http(
-                "b2_list_buckets",
-                format!("no bucket named {bucket:?} is visible to this key"),
-            )
+            // Fatal, not Http: asking again will not make it appear.
+            Error::Fatal(format!(
+                "b2_list_buckets: no bucket named {bucket:?} is visible to this key"
+            ))
         })
 }
 
@@ -1313,12 +1313,12 @@ fn schedule(
         Err(PathError::Failed(error)) => return fail(error),
     };
     // Renamed from DIR/.ringdown/partial, a file cannot cross into another
-    // file system mounted inside DIR (EXDEV): said before it is downloaded,
-    // not after, every run again.
-    if !target.same_file_system(&parent) {
+    // mount inside DIR (EXDEV), even a bind mount of the same file system:
+    // said before it is downloaded, not after, every run again.
+    if !target.same_mount(&parent) {
         let why = format!(
-            "{display_path}: its directory is on another file system than DIR (a mount point \
-             inside DIR); restore that part with DIR set to the mount point"
+            "{display_path}: its directory is on another mount than DIR (a mount point, \
+             bind mount or btrfs subvolume inside DIR); restore that part with DIR set to it"
         );
         let cross_device = std::io::Error::from_raw_os_error(libc::EXDEV);
         return fail(Error::io(why, cross_device));
@@ -1358,7 +1358,7 @@ fn schedule(
         Ok(created) => created,
         Err(error) => return fail(error),
     };
-    if direct_io {
+    if crate::get::writes_direct(direct_io, entry.size_bytes) {
         run.direct_io_used.store(true, Ordering::Relaxed);
     }
     run.reporter

@@ -35,6 +35,9 @@ pub struct Target {
     root: OwnedFd,
     state: OwnedFd,
     pub partial: OwnedFd,
+    /// Where `partial` is mounted (`mount_of`), to tell a directory a
+    /// partial file cannot be renamed into.
+    partial_mount: Option<Mount>,
     journal_name: String,
     /// Closed once the run's state is removed (`remove_state`).
     journal: Arc<Journal>,
@@ -61,6 +64,35 @@ pub struct Target {
     /// far, lowercased (`claim_file_path`). This grows with the listing, on
     /// such file systems only.
     claimed_folded: Option<Mutex<HashSet<String>>>,
+}
+
+/// A file's device and, where the kernel says (`STATX_MNT_ID`, Linux 5.8),
+/// its mount.
+#[derive(Debug, Clone, Copy)]
+struct Mount {
+    device: (u32, u32),
+    mount_id: Option<u64>,
+}
+
+impl Mount {
+    fn is_same(self, other: Mount) -> bool {
+        self.device == other.device
+            && match (self.mount_id, other.mount_id) {
+                (Some(mine), Some(theirs)) => mine == theirs,
+                _ => true,
+            }
+    }
+}
+
+fn mount_of(fd: &OwnedFd) -> Option<Mount> {
+    use rustix::fs::StatxFlags;
+    let stat = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
+    Some(Mount {
+        device: (stat.stx_dev_major, stat.stx_dev_minor),
+        mount_id: StatxFlags::from_bits_retain(stat.stx_mask)
+            .contains(StatxFlags::MNT_ID)
+            .then_some(stat.stx_mnt_id),
+    })
 }
 
 /// Whether `dir` takes names that differ in case only for one: a probe
@@ -241,6 +273,7 @@ impl Target {
             root_path: root_path.to_path_buf(),
             root,
             state,
+            partial_mount: mount_of(&partial),
             partial,
             journal_name,
             journal,
@@ -326,13 +359,30 @@ impl Target {
         }
         self.journal
             .append_synced(&lines)
-            .map_err(|error| Error::io("appending to the journal", error))
+            .map_err(|error| self.journal_error(error))
     }
 
     fn journal_line(&self, line: &str) -> Result<()> {
         self.journal
             .append(line)
-            .map_err(|error| Error::io("appending to the journal", error))
+            .map_err(|error| self.journal_error(error))
+    }
+
+    /// A failed journal append stops the run: the journal is named, and
+    /// what to do when the disk is full or read-only.
+    fn journal_error(&self, error: std::io::Error) -> Error {
+        let path = format!(
+            "{}/{STATE_DIR_NAME}/{}",
+            self.root_path.display(),
+            self.journal_name
+        );
+        let context = format!("appending to the journal {path}");
+        match crate::engine::failure::write_failure(&context, &error) {
+            (detail, true) => Error::Fatal(format!(
+                "{detail} (a file whose record did not make it is fetched again)"
+            )),
+            (_, false) => Error::io(context, error),
+        }
     }
 
     /// Bytes of a large object an earlier run left in its partial file.
@@ -471,11 +521,12 @@ impl Target {
         }
     }
 
-    /// Whether `dir` is on the file system of `.ringdown/partial`, so a
-    /// partial file can be renamed into it.
-    pub fn same_file_system(&self, dir: &OwnedFd) -> bool {
-        match (rustix::fs::fstat(dir), rustix::fs::fstat(&self.partial)) {
-            (Ok(dir), Ok(partial)) => dir.st_dev == partial.st_dev,
+    /// Whether `dir` is on the mount of `.ringdown/partial`, so a partial
+    /// file can be renamed into it: the same file system is not enough, as
+    /// a bind mount inside DIR refuses the rename too (EXDEV).
+    pub fn same_mount(&self, dir: &OwnedFd) -> bool {
+        match (mount_of(dir), self.partial_mount) {
+            (Some(dir), Some(partial)) => dir.is_same(partial),
             // Not known: the rename will tell.
             _ => true,
         }
@@ -629,6 +680,27 @@ mod tests {
                 assert!(i == j || !b.starts_with(a.as_str()), "{a:?} prefixes {b:?}");
             }
         }
+    }
+
+    /// A journal append that fails names the journal, and on a full disk
+    /// says what to do (it said "appending to the journal: No space left
+    /// on device", no path, no way out).
+    #[test]
+    fn a_failed_journal_append_names_the_journal_and_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path(), Shard { index: 1, count: 2 }).unwrap();
+        let journal = format!("{}/.ringdown/journal-1-of-2", dir.path().display());
+        let full = target.journal_error(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let said = full.to_string();
+        assert!(said.contains(&journal), "{said}");
+        assert!(said.contains("free space"), "{said}");
+        assert!(!full.may_pass_on_retry(), "{said}");
+        let eio = target.journal_error(std::io::Error::from_raw_os_error(libc::EIO));
+        let said = eio.to_string();
+        assert!(
+            said.contains(&journal) && !said.contains("free space"),
+            "{said}"
+        );
     }
 
     #[test]
