@@ -30,6 +30,11 @@
 //! # }
 //! ```
 
+/// The README's code blocks as doctests: its library example must compile.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// `eprintln!` that never panics. A run's messages must not end it: with
 /// stderr closed or a broken pipe (`2>&1 | head`), `eprintln!` panics, and a
 /// restore would stop mid-way over a message nobody can read.
