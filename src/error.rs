@@ -126,6 +126,13 @@ impl fmt::Display for Error {
                 f,
                 "{name}: SHA1 mismatch: expected {expected}, received bytes hash to {actual}"
             ),
+            // (A program's `EngineConfig::cancel` stops a run as SIGINT.)
+            Error::Interrupted { signal } if *signal == libc::SIGINT => {
+                write!(f, "interrupted (SIGINT)")
+            }
+            Error::Interrupted { signal } if *signal == libc::SIGTERM => {
+                write!(f, "interrupted (SIGTERM)")
+            }
             Error::Interrupted { signal } => write!(f, "interrupted by signal {signal}"),
             Error::Fatal(msg) => write!(f, "{msg}"),
         }
