@@ -796,6 +796,24 @@ impl Scheduler {
     }
 }
 
+/// A scheduler dropped without `finish` (its owner returned early, or
+/// panicked): stopped and closed, so its core threads end once their work
+/// in flight has, instead of waiting for work forever (a panic on a
+/// restore's planner thread left them, and their connections, for the life
+/// of the process). Not joined: a panicking owner may still hold what that
+/// work waits for.
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.state().closed = true;
+        self.shared.work.notify_waiters();
+        self.shared.space.notify_all();
+    }
+}
+
 /// Stops a scheduler, from anywhere (`Scheduler::stopper`). It also cuts
 /// retry waits, backoffs and stalled receives short.
 #[derive(Clone)]
@@ -1090,6 +1108,32 @@ fn fail(shared: &Shared, done: Done, error: Error, attempts: u32) {
 #[cfg(test)]
 mod tests {
     use super::{large_limit, may_take_chunks};
+
+    #[test]
+    fn a_scheduler_dropped_unfinished_lets_its_cores_end() {
+        let mut config = crate::engine::EngineConfig::defaults(true);
+        config.cores = 2;
+        config.pin = crate::runtime::PinMode::Off;
+        let address: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let source = super::PoolSource {
+            origin: crate::client::conn::Origin::new(false, "127.0.0.1".into(), 9, vec![address]),
+            tls: None,
+            auth: None,
+        };
+        let scheduler =
+            super::Scheduler::start(&config, source, std::sync::Arc::default()).unwrap();
+        // Each core thread holds the shared state until it ends.
+        let shared = std::sync::Arc::downgrade(&scheduler.shared);
+        drop(scheduler);
+        let started = std::time::Instant::now();
+        while shared.strong_count() > 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "core threads are left"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 
     #[test]
     fn each_core_takes_its_share_of_the_chunk_takers() {
