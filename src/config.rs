@@ -194,7 +194,8 @@ pub const DIRECT_IO_MIN_OBJECT_BYTES: u64 = 1 << 20;
 /// it took ~4% of the CPU out of a 2,000 × 64 KiB restore (perf).
 pub const PREALLOCATE_MIN_BYTES: u64 = 1 << 20;
 /// Attempts of a control-plane call that starts a run (authorize, bucket
-/// lookup, probe, first listing page): a wrong realm fails in seconds. Later
+/// lookup, probe, first listing page), or `--max-attempts` when fewer: a
+/// wrong realm fails in seconds. Later
 /// listing pages retry as downloads do (`--max-attempts`, `--retry-*-ms`).
 pub const API_ATTEMPTS: u32 = 5;
 /// Longest wait between two of those attempts.

@@ -760,12 +760,10 @@ impl Download {
                     key_id: options.key_id.clone().unwrap_or_default(),
                     key: options.key.clone().unwrap_or_default(),
                 };
-                let auth = Arc::new(Authorizer::new(
-                    &options.realm,
-                    credentials,
-                    Some(Arc::clone(&tls)),
-                    timeout,
-                )?);
+                let auth = Arc::new(
+                    Authorizer::new(&options.realm, credentials, Some(Arc::clone(&tls)), timeout)?
+                        .limit_attempts(options.engine.max_attempts),
+                );
                 auth.authorize().await?;
                 if let Source::B2 { bucket, name } = &self.source {
                     let reach = crate::b2::Reach::Name {
@@ -875,10 +873,7 @@ impl Download {
                     // A 1-byte range tells size, ETag and range support in one round trip.
                     // The object's own request: no more tries than --max-attempts
                     // gives a chunk of it (at most a startup call's).
-                    let retry = ApiRetry {
-                        attempts: ApiRetry::STARTUP.attempts.min(options.engine.max_attempts),
-                        ..ApiRetry::STARTUP
-                    };
+                    let retry = ApiRetry::startup(options.engine.max_attempts);
                     let reply =
                         probe_url(&origin, tls_opt, timeout, &request, &display_name, retry)
                             .await?;
@@ -1044,7 +1039,7 @@ async fn head_by_name(
             &request,
             method == "HEAD",
             API_BODY_MAX_BYTES,
-            ApiRetry::STARTUP,
+            auth.startup_retry(),
             None,
         )
         .await
@@ -1207,7 +1202,7 @@ async fn file_info_by_id(
         "b2_get_file_info",
         &body,
         timeout,
-        ApiRetry::STARTUP,
+        auth.startup_retry(),
         None,
     )
     .await

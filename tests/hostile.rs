@@ -962,6 +962,30 @@ fn a_url_probe_tries_no_more_than_max_attempts() {
     assert_nothing_written(&dest_dir);
 }
 
+/// The calls that start a run (authorization, the bucket lookup) make no
+/// more tries than `--max-attempts` (2 here) either: a startup call made 5
+/// whatever the flag said.
+#[test]
+fn startup_calls_try_no_more_than_max_attempts() {
+    for call in ["b2_authorize_account", "b2_list_buckets"] {
+        let (asked, hook) = counted_json_answer(
+            move |req| req.path.ends_with(call),
+            503,
+            serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
+        );
+        let fake = Fake::start(vec![("obj", data(10, 6))], hook);
+        let work = tempfile::tempdir().unwrap();
+        let run = if call == "b2_list_buckets" {
+            let report = work.path().join("report.jsonl");
+            restore(&fake, &work.path().join("dir"), &report, &[])
+        } else {
+            get_b2(&fake, "obj", &work.path().join("obj"), &[])
+        };
+        run.assert_failed_with(&[call, "503"]);
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "{call}: {}", run.stderr);
+    }
+}
+
 /// A B2-compatible server that stops at v3 (b2sdk's version) answers the
 /// v4 `b2_authorize_account` with 404: the client asks v3 then, and the
 /// download goes on (it used to fail with "HTTP 404").

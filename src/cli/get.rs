@@ -88,7 +88,8 @@ pub struct TuningArgs {
     /// Registered buffers per core [default: 16 for get, 12 for restore].
     #[arg(long)]
     pub buffers: Option<usize>,
-    /// Attempts per chunk, counting the first.
+    /// Attempts per chunk, counting the first (the calls that start a run
+    /// make at most 5).
     #[arg(long, default_value_t = config::MAX_ATTEMPTS_DEFAULT)]
     pub max_attempts: u32,
     /// First retry backoff, doubled per attempt.

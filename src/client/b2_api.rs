@@ -64,6 +64,8 @@ pub struct Authorizer {
     credentials: Credentials,
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
+    /// How the calls that start a run retry (`limit_attempts`).
+    startup_retry: super::ApiRetry,
     session: Mutex<Option<Session>>,
     /// The API host, resolved once per authorization (`api_origin`), as the
     /// download host is once per run: no DNS lookup per listing page, so a
@@ -113,11 +115,25 @@ impl Authorizer {
             credentials,
             tls,
             timeout,
+            startup_retry: super::ApiRetry::STARTUP,
             session: Mutex::new(None),
             api: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
             failed_refresh: Mutex::new(None),
         })
+    }
+
+    /// At most `max_attempts` (the run's `--max-attempts`) for the calls
+    /// that start a run: authorization (and re-authorization), the bucket
+    /// lookup, the first listing page, an object's metadata.
+    pub fn limit_attempts(mut self, max_attempts: u32) -> Authorizer {
+        self.startup_retry = super::ApiRetry::startup(max_attempts);
+        self
+    }
+
+    /// How a call that starts a run retries (`limit_attempts`).
+    pub fn startup_retry(&self) -> super::ApiRetry {
+        self.startup_retry
     }
 
     pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
@@ -195,7 +211,7 @@ impl Authorizer {
             &request,
             false,
             API_BODY_MAX_BYTES,
-            super::ApiRetry::STARTUP,
+            self.startup_retry,
             None,
         )
         .await

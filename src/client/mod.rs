@@ -83,6 +83,15 @@ impl ApiRetry {
         max_ms: crate::config::API_RETRY_MAX_MS,
     };
 
+    /// `STARTUP`, with no more attempts than `max_attempts` (a run's
+    /// `--max-attempts`: who asks for 1 wants a dead origin said at once).
+    pub fn startup(max_attempts: u32) -> ApiRetry {
+        ApiRetry {
+            attempts: ApiRetry::STARTUP.attempts.min(max_attempts.max(1)),
+            ..ApiRetry::STARTUP
+        }
+    }
+
     /// The wait after failed attempt `attempt` (1-based), before any
     /// `Retry-After`.
     pub fn backoff_ms(&self, attempt: u32) -> u64 {

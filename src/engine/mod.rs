@@ -43,9 +43,8 @@ pub struct EngineConfig {
     pub buffer_size_bytes: usize,
     pub part_size_bytes: u64,
     /// Tries of each chunk or object, the first included. The calls that
-    /// start a run (authorization, bucket lookup, first listing page) make
-    /// `config::API_ATTEMPTS` whatever this says; a plain URL's probe, the
-    /// object's first request, makes the fewer of the two.
+    /// start a run (authorization, bucket lookup, first listing page, a
+    /// plain URL's probe) make the fewer of this and `config::API_ATTEMPTS`.
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,

@@ -497,15 +497,18 @@ impl Restore {
         // and resumable partials, print the summary.
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
         let control = uring::Runtime::control()?;
-        let auth = Arc::new(Authorizer::new(
-            &options.realm,
-            Credentials {
-                key_id: options.key_id.clone(),
-                key: options.key.clone(),
-            },
-            Some(Arc::clone(&tls)),
-            options.engine.timeout,
-        )?);
+        let auth = Arc::new(
+            Authorizer::new(
+                &options.realm,
+                Credentials {
+                    key_id: options.key_id.clone(),
+                    key: options.key.clone(),
+                },
+                Some(Arc::clone(&tls)),
+                options.engine.timeout,
+            )?
+            .limit_attempts(options.engine.max_attempts),
+        );
         let bucket_id = control.block_on(async {
             auth.authorize().await?;
             let reach = Reach::Listing {
@@ -827,7 +830,7 @@ pub(crate) async fn version_at(
             &body,
             &start,
             timeout,
-            ApiRetry::STARTUP,
+            auth.startup_retry(),
             Some(&mut keep),
         )
         .await?;
@@ -886,7 +889,7 @@ async fn bucket_id(
         "b2_list_buckets",
         &serde_json::to_vec(&body).expect("json"),
         timeout,
-        ApiRetry::STARTUP,
+        auth.startup_retry(),
         None,
     )
     .await?;
@@ -1048,7 +1051,7 @@ fn list_all(
             page_files = Some(files);
             let body = listing::request_body(&bucket_id, &prefix, &start, files);
             let retry = if first_page {
-                ApiRetry::STARTUP
+                auth.startup_retry()
             } else {
                 mid_run
             };
