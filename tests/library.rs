@@ -23,6 +23,15 @@ fn silent_origin() -> String {
     format!("http://{address}")
 }
 
+/// `RestoreOptions` of `source` into `dir` from `served`, the CLI's defaults.
+fn served_restore(
+    source: &str,
+    dir: std::path::PathBuf,
+    served: &common::Served,
+) -> RestoreOptions {
+    RestoreOptions::new(source, dir, &served.realm, &served.key_id, &served.key).unwrap()
+}
+
 /// Sets `cancel` after `after`.
 fn cancel_after(after: Duration) -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
@@ -111,14 +120,7 @@ fn a_run_from_async_code_or_spawn_blocking_completes() {
         )
     };
     let restore = |dir: &str| {
-        let options = RestoreOptions::new(
-            "b2://bkt",
-            out.path().join(dir),
-            &served.realm,
-            &served.key_id,
-            &served.key,
-        )
-        .unwrap();
+        let options = served_restore("b2://bkt", out.path().join(dir), &served);
         Restore::new(options, true)
     };
 
@@ -236,14 +238,7 @@ fn what_is_not_there_is_not_worth_a_retry() {
         assert_eq!(error.exit_code(), 1, "{source}: {error}");
         assert!(error.to_string().contains("not found"), "{source}: {error}");
     }
-    let options = RestoreOptions::new(
-        "b2://nobucket",
-        out.path().join("dir"),
-        &served.realm,
-        &served.key_id,
-        &served.key,
-    )
-    .unwrap();
+    let options = served_restore("b2://nobucket", out.path().join("dir"), &served);
     let error = Restore::new(options, true).run().unwrap_err();
     assert!(!error.may_pass_on_retry(), "{error:?}");
     assert!(error.to_string().contains("no bucket named"), "{error}");
@@ -265,14 +260,7 @@ fn progress_starts_from_zero_on_each_run() {
         out.path().join("a.bin"),
         options,
     );
-    let options = RestoreOptions::new(
-        "b2://bkt",
-        out.path().join("dir"),
-        &served.realm,
-        &served.key_id,
-        &served.key,
-    )
-    .unwrap();
+    let options = served_restore("b2://bkt", out.path().join("dir"), &served);
     let restore = Restore::new(options, true);
     for _ in 0..2 {
         download.run().unwrap();
@@ -311,14 +299,7 @@ fn messages_go_to_the_sink_an_embedding_program_sets() {
     );
     let served = common::serve(data.path(), true, &["--reset-rate", "1"]);
     let out = tempfile::tempdir().unwrap();
-    let mut options = RestoreOptions::new(
-        "b2://bkt",
-        out.path().join("dir"),
-        &served.realm,
-        &served.key_id,
-        &served.key,
-    )
-    .unwrap();
+    let mut options = served_restore("b2://bkt", out.path().join("dir"), &served);
     options.engine.max_attempts = 1;
     let report = Restore::new(options, true).run().unwrap();
     assert_eq!(report.tally.failed, 1, "{report:?}");
