@@ -178,6 +178,10 @@ pub const HTTP_REQUEST_MAX_BYTES: usize = 8 * 1024;
 pub const PROGRESS_PLAIN_INTERVAL_S: u64 = 10;
 /// Progress redraw cadence on a TTY.
 pub const PROGRESS_TTY_INTERVAL_MS: u64 = 200;
+/// The progress line's rate (and so its ETA) is over about this many last
+/// seconds: the average since the start said "ETA 16 s" for 140 s of a
+/// slow tail (a run's last large objects on a few connections).
+pub const PROGRESS_RATE_WINDOW_S: u64 = 20;
 
 /// Highest value a stage histogram tracks exactly (1 hour in µs); larger
 /// values saturate rather than error (a two-hour stall must not fail a run).

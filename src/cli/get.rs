@@ -489,12 +489,15 @@ pub fn run(args: GetArgs) -> Result<i32> {
 
 /// The progress line: bytes, rate, ETA, retries (`ticker::start_progress_line`).
 fn start_progress_line(progress: Arc<Progress>) -> Ticker {
+    let window = Duration::from_secs(crate::config::PROGRESS_RATE_WINDOW_S);
+    let mut rate = super::ticker::RecentRate::new(window);
     super::ticker::start_progress_line(move |elapsed| {
+        let bytes_done = progress.bytes_done.load(Ordering::Relaxed);
         progress_text(
-            progress.bytes_done.load(Ordering::Relaxed),
+            bytes_done,
             progress.bytes_to_fetch.load(Ordering::Relaxed),
             progress.retries.load(Ordering::Relaxed),
-            elapsed,
+            rate.sample(elapsed, bytes_done),
         )
     })
 }
@@ -502,8 +505,12 @@ fn start_progress_line(progress: Arc<Progress>) -> Ticker {
 /// `512.0/1073.7 MB, 700.0 MB/s, ETA 1 s, retries 0`; before the size is
 /// known (`bytes_to_fetch` 0), without total and ETA. Done never shows
 /// past the total, should the counters race.
-fn progress_text(bytes_done: u64, bytes_to_fetch: u64, retries: u64, elapsed: Duration) -> String {
-    let rate_bytes_per_s = bytes_done as f64 / elapsed.as_secs_f64().max(1e-3);
+fn progress_text(
+    bytes_done: u64,
+    bytes_to_fetch: u64,
+    retries: u64,
+    rate_bytes_per_s: f64,
+) -> String {
     let megabytes = |bytes: u64| bytes as f64 / 1e6;
     if bytes_to_fetch == 0 {
         return format!(
@@ -566,7 +573,7 @@ mod tests {
             ),
         ];
         for (done, to_fetch, retries, line) in cases {
-            let text = progress_text(done, to_fetch, retries, Duration::from_secs(1));
+            let text = progress_text(done, to_fetch, retries, done as f64);
             assert_eq!(text, line);
         }
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::get::{TuningArgs, resolve_realm};
-use super::ticker::{Ticker, eta_text};
+use super::ticker::{RecentRate, Ticker, eta_text};
 use crate::config;
 use crate::engine::Progress;
 use crate::error::{Error, Result, exit_code};
@@ -360,12 +360,16 @@ fn dry_run_verdict(tally: &crate::restore::Tally) -> Option<String> {
 
 /// `files 1234/5000 (listing…), 1200.0/3400.0 MB, 180.0 MB/s, ETA 12 s, retries 0, 7 s`:
 /// totals are "as listed so far" until the listing ends; the ETA waits for it.
-fn progress_text(progress: &Progress, files: &FileCounts, elapsed: Duration) -> String {
+fn progress_text(
+    progress: &Progress,
+    files: &FileCounts,
+    elapsed: Duration,
+    rate: &mut RecentRate,
+) -> String {
     let bytes = progress.bytes_done.load(Ordering::Relaxed);
     let to_fetch = files.bytes_to_fetch.load(Ordering::Relaxed).max(bytes);
     let listing_done = files.listing_done.load(Ordering::Relaxed);
-    let seconds = elapsed.as_secs_f64().max(1e-3);
-    let rate_bytes_per_s = bytes as f64 / seconds;
+    let rate_bytes_per_s = rate.sample(elapsed, bytes);
     let eta = if listing_done {
         eta_text(to_fetch - bytes, rate_bytes_per_s)
     } else {
@@ -386,5 +390,9 @@ fn progress_text(progress: &Progress, files: &FileCounts, elapsed: Duration) -> 
 
 /// Progress: files, bytes, rate, ETA (`ticker::start_progress_line`).
 fn start_progress_line(progress: Arc<Progress>, files: Arc<FileCounts>) -> Ticker {
-    super::ticker::start_progress_line(move |elapsed| progress_text(&progress, &files, elapsed))
+    let window = Duration::from_secs(crate::config::PROGRESS_RATE_WINDOW_S);
+    let mut rate = RecentRate::new(window);
+    super::ticker::start_progress_line(move |elapsed| {
+        progress_text(&progress, &files, elapsed, &mut rate)
+    })
 }

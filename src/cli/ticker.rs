@@ -1,6 +1,8 @@
 //! What `get` and `restore` share for their progress lines: the thread that
-//! redraws them (`Ticker`) and the ETA they show (`eta_text`).
+//! redraws them (`Ticker`), the rate (`RecentRate`) and the ETA they show
+//! (`eta_text`).
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
@@ -84,7 +86,44 @@ fn clear_in_place() {
     let _ = write!(stderr, "\r\x1b[2K");
 }
 
-/// `ETA 12 s` for `left_bytes` at the rate so far; `ETA ?` before any byte.
+/// The rate of the last `PROGRESS_RATE_WINDOW_S` seconds, from the byte
+/// counts a progress line samples at each redraw; since the start until
+/// the run is that old. Bounded: the samples of one window (100 on a TTY).
+pub struct RecentRate {
+    window: Duration,
+    /// (elapsed, bytes done) of each redraw in the window, and the one
+    /// before it, oldest first; `(0, 0)` as the run starts.
+    samples: VecDeque<(Duration, u64)>,
+}
+
+impl RecentRate {
+    pub fn new(window: Duration) -> RecentRate {
+        RecentRate {
+            window,
+            samples: VecDeque::from([(Duration::ZERO, 0)]),
+        }
+    }
+
+    /// Bytes per second from the oldest sample kept to `bytes` done at
+    /// `elapsed` (counts that went back, as a round begun again, read 0).
+    pub fn sample(&mut self, elapsed: Duration, bytes: u64) -> f64 {
+        self.samples.push_back((elapsed, bytes));
+        // Keep the newest sample at least a window old as the start.
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|&(at, _)| elapsed.saturating_sub(at) >= self.window)
+        {
+            self.samples.pop_front();
+        }
+        let (since, bytes_then) = self.samples[0];
+        let seconds = elapsed.saturating_sub(since).as_secs_f64().max(1e-3);
+        bytes.saturating_sub(bytes_then) as f64 / seconds
+    }
+}
+
+/// `ETA 12 s` for `left_bytes` at `rate_bytes_per_s`; `ETA ?` when nothing
+/// moves.
 pub fn eta_text(left_bytes: u64, rate_bytes_per_s: f64) -> String {
     if rate_bytes_per_s < 1.0 {
         "ETA ?".to_string()
@@ -96,6 +135,36 @@ pub fn eta_text(left_bytes: u64, rate_bytes_per_s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_follows_the_last_window_not_the_whole_run() {
+        let mut rate = RecentRate::new(Duration::from_secs(20));
+        let at = Duration::from_secs;
+        // 100 MB/s for 60 s, then 1 MB/s: the ETA of a slow tail.
+        let mut bytes = 0;
+        for second in 1..=60 {
+            bytes += 100_000_000;
+            let now = rate.sample(at(second), bytes);
+            assert!((now - 100e6).abs() < 1.0, "{second} s: {now}");
+        }
+        let mut now = 0.0;
+        for second in 61..=90 {
+            bytes += 1_000_000;
+            now = rate.sample(at(second), bytes);
+        }
+        assert!((now - 1e6).abs() < 1.0, "after 30 s of the tail: {now}");
+        assert!(
+            rate.samples.len() <= 22,
+            "{} samples kept",
+            rate.samples.len()
+        );
+        // Sampled once every 10 s (a log's line), it still spans a window.
+        let mut sparse = RecentRate::new(Duration::from_secs(20));
+        assert_eq!(sparse.sample(at(10), 1000), 100.0);
+        assert_eq!(sparse.sample(at(20), 1000), 50.0);
+        assert_eq!(sparse.sample(at(30), 1000), 0.0);
+        assert_eq!(eta_text(5, sparse.sample(at(40), 1000)), "ETA ?");
+    }
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
