@@ -199,8 +199,8 @@ pub const DIRECT_IO_MIN_OBJECT_BYTES: u64 = 1 << 20;
 pub const PREALLOCATE_MIN_BYTES: u64 = 1 << 20;
 /// Attempts of a control-plane call that starts a run (authorize, bucket
 /// lookup, probe, first listing page), or `--max-attempts` when fewer: a
-/// wrong realm fails in seconds. Later
-/// listing pages retry as downloads do (`--max-attempts`, `--retry-*-ms`).
+/// wrong realm fails in seconds. Later listing pages retry as downloads do
+/// (`--max-attempts`, `--retry-*-ms`).
 pub const API_ATTEMPTS: u32 = 5;
 /// Longest wait between two of those attempts.
 pub const API_RETRY_MAX_MS: u64 = 5_000;

@@ -136,6 +136,10 @@ pub fn eta_text(left_bytes: u64, rate_bytes_per_s: f64) -> String {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
     #[test]
     fn the_rate_follows_the_last_window_not_the_whole_run() {
         let mut rate = RecentRate::new(Duration::from_secs(20));
@@ -165,9 +169,6 @@ mod tests {
         assert_eq!(sparse.sample(at(30), 1000), 0.0);
         assert_eq!(eta_text(5, sparse.sample(at(40), 1000)), "ETA ?");
     }
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::Instant;
 
     #[test]
     fn stop_wakes_the_thread_at_once_and_runs_end() {
