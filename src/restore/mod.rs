@@ -122,9 +122,7 @@ impl RestoreOptions {
             require_verified: false,
         })
     }
-}
 
-impl RestoreOptions {
     /// Refuses what the CLI cannot give but a program can set: an empty
     /// DIR, a shard that selects nothing (`K ≥ N`) or divides by zero.
     pub fn check(&self) -> Result<()> {
