@@ -66,6 +66,10 @@ SCENARIOS = {
                    about="`mixed` through serve " + " ".join(FAULTS) + "; did each tool finish correctly? "
                    "Every tool runs with the same flags as in `mixed` (its defaults): curl retries nothing "
                    "without --retry, aria2c does not retry a 503 unless --retry-wait > 0"),
+    # Resets on a link where GETs go out ahead: one reset used to turn
+    # ringdown's pipelining off for the rest of the run.
+    "wan-faults": dict(kind="tree", bucket="bench-small", threshold="above", serve=WAN + FAULTS,
+                       about="`small` through serve " + " ".join(WAN + FAULTS) + "; tools as in `faults`"),
     # The issue's targets were measured with nginx as the origin: the same
     # files, downloads served by nginx (nginx.conf generated from the listing,
     # B2's headers included), the B2 API still by `ringdown serve`, which
@@ -91,7 +95,7 @@ SCENARIOS = {
                    about="`nginx-big` with ringdown's default (`--direct-io auto`: O_DIRECT for this object) "
                    "and with `--direct-io off` (the page cache); curl (page cache, no hash) for reference"),
 }
-GROUPS = {"wan": ["wan-big", "wan-small", "wan-mixed"], "nginx": ["nginx-big", "nginx-small", "nginx-mixed"],
+GROUPS = {"wan": ["wan-big", "wan-small", "wan-mixed", "wan-faults"], "nginx": ["nginx-big", "nginx-small", "nginx-mixed"],
           "all": list(SCENARIOS)}
 DEFAULT_TOOLS = ["ringdown", "b2sdk", "curl", "aria2c", "rclone"]
 

@@ -5,7 +5,7 @@
 #   scripts/bench.sh [--quick] [--scenario NAME...] [--runs N] [--out DIR]
 #                    [--tools ringdown,b2sdk,curl,aria2c,rclone] [--no-drop-caches] [--readme|--no-readme]
 #
-# Scenarios: big big-large small mixed wan (= wan-big wan-small wan-mixed) faults nginx (= nginx-big nginx-small
+# Scenarios: big big-large small mixed wan (= wan-big wan-small wan-mixed wan-faults) faults nginx (= nginx-big nginx-small
 # nginx-mixed: downloads served by nginx, the issue's reference origin) memlock direct (`--direct-io on`,
 # where the CPU target applies) (default: all).
 # --quick: small datasets and 2 runs (a few minutes). Output: bench-out/ (results.json,
