@@ -197,6 +197,13 @@ fn options_the_cli_cannot_give_are_usage_errors() {
         "empty DIR",
         "DIR is empty",
     );
+    // As the CLI refuses it: it was a retryable "creating …: File exists".
+    let file = out.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let options = RestoreOptions::new("b2://bkt", &file, &origin, "id", "key").unwrap();
+    let result = Restore::new(options, true).run().map(drop);
+    usage(result, "DIR a file", "exists and is not a directory");
+    std::fs::remove_file(&file).unwrap();
 
     let source = Source::parse(&format!("{origin}/x")).unwrap();
     let download = |dest: &str| {

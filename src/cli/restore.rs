@@ -175,45 +175,6 @@ fn read_files_from(
     Ok(Arc::new(list))
 }
 
-/// DIR, or the directory it would be made in, must be a writable
-/// directory: found out here (exit 2), not after authorizing and listing.
-fn check_target_dir(dir: &std::path::Path) -> Result<()> {
-    let unusable = |why: String| Err(Error::Usage(format!("DIR {}: {why}", dir.display())));
-    let mut existing = dir;
-    loop {
-        match std::fs::symlink_metadata(existing) {
-            Ok(_) => break,
-            // A name no file system takes: found out here, not after listing.
-            Err(error) if error.raw_os_error() == Some(libc::ENAMETOOLONG) => {
-                return unusable(format!("{error}"));
-            }
-            Err(_) => {}
-        }
-        match existing.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
-            _ => {
-                existing = std::path::Path::new(".");
-                break;
-            }
-        }
-    }
-    if !existing.is_dir() {
-        return unusable(if existing == dir {
-            "exists and is not a directory".into()
-        } else {
-            format!("{} is not a directory", existing.display())
-        });
-    }
-    if let Err(error) = rustix::fs::access(existing, rustix::fs::Access::WRITE_OK) {
-        return unusable(format!(
-            "{} is not writable ({})",
-            existing.display(),
-            std::io::Error::from(error)
-        ));
-    }
-    Ok(())
-}
-
 pub fn run(args: RestoreArgs) -> Result<i32> {
     run_with(args, None)
 }
@@ -222,7 +183,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
 pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Result<i32> {
     let (options, memlock_notice) = options_from(&args, credentials)?;
     if !args.dry_run {
-        check_target_dir(&args.dir)?;
+        crate::restore::check_target_dir(&args.dir)?;
         if let Some(path) = &args.report {
             super::check_output_file("--report", path, Some(&args.dir))?;
         }

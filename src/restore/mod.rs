@@ -123,13 +123,18 @@ impl RestoreOptions {
         })
     }
 
-    /// Refuses what the CLI cannot give but a program can set: an empty
-    /// DIR, a shard that selects nothing (`K ≥ N`) or divides by zero.
+    /// Refuses what the CLI refuses before any request (DIR a file, under
+    /// one, or not writable) and what it cannot give but a program can
+    /// set: an empty DIR, a shard that selects nothing (`K ≥ N`) or
+    /// divides by zero.
     pub fn check(&self) -> Result<()> {
         if self.dir.as_os_str().is_empty() {
             return Err(Error::Usage(
                 "DIR is empty: give the directory to restore into".into(),
             ));
+        }
+        if !self.dry_run {
+            check_target_dir(&self.dir)?;
         }
         Shard::new(self.shard.index, self.shard.count).map_err(|why| {
             Error::Usage(format!(
@@ -139,6 +144,45 @@ impl RestoreOptions {
         })?;
         Ok(())
     }
+}
+
+/// DIR, or the directory it would be made in, must be a writable
+/// directory: found out here (exit 2), not after authorizing and listing.
+pub(crate) fn check_target_dir(dir: &std::path::Path) -> Result<()> {
+    let unusable = |why: String| Err(Error::Usage(format!("DIR {}: {why}", dir.display())));
+    let mut existing = dir;
+    loop {
+        match std::fs::symlink_metadata(existing) {
+            Ok(_) => break,
+            // A name no file system takes: found out here, not after listing.
+            Err(error) if error.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                return unusable(format!("{error}"));
+            }
+            Err(_) => {}
+        }
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => {
+                existing = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return unusable(if existing == dir {
+            "exists and is not a directory".into()
+        } else {
+            format!("{} is not a directory", existing.display())
+        });
+    }
+    if let Err(error) = rustix::fs::access(existing, rustix::fs::Access::WRITE_OK) {
+        return unusable(format!(
+            "{} is not writable ({})",
+            existing.display(),
+            std::io::Error::from(error)
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for RestoreOptions {
