@@ -374,6 +374,9 @@ impl Download {
                 return Err(Error::Usage(format!("{} is a directory", dest.display())));
             }
             Ok(_) if !self.options.force => {
+                if let Some(file_name) = dest.file_name() {
+                    ResumeFiles::remove_orphan_journal(&parent, file_name);
+                }
                 return Err(Error::Usage(format!(
                     "{} exists; pass --force to replace it",
                     dest.display()
@@ -497,7 +500,6 @@ impl Download {
             let resume = match &resumable {
                 Some(files) if may_resume => files.find(
                     &dir,
-                    options.engine.part_size_bytes,
                     meta.size_bytes,
                     direct_io,
                     (!options.quiet)
@@ -1427,17 +1429,40 @@ impl ResumeFiles {
         }
     }
 
+    /// A journal beside DEST whose partial file is gone resumes nothing: a
+    /// run killed between renaming its file into DEST and removing its
+    /// journal left it, and only `--force` (a whole download again) took it
+    /// away. Removed here, unless a run holds it. A journal whose partial
+    /// file is still there stays (`--force` resumes from it).
+    fn remove_orphan_journal(parent: &Path, file_name: &std::ffi::OsStr) {
+        use rustix::fs::FlockOperation;
+        let (part, journal) = ResumeFiles::names_for(file_name);
+        let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let Ok(dir) = rustix::fs::open(parent, dir_flags, Mode::empty()) else {
+            return;
+        };
+        if rustix::fs::statat(&dir, &part, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            return;
+        }
+        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let Ok(fd) = rustix::fs::openat(&dir, &journal, flags, Mode::empty()) else {
+            return;
+        };
+        if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = rustix::fs::unlinkat(&dir, &journal, AtFlags::empty());
+        }
+    }
+
     /// The partial file of an earlier run, reopened, with its journaled
     /// prefix re-hashed; None when there is nothing usable.
     fn find(
         &self,
         dir: &OwnedFd,
-        part_size_bytes: u64,
         size_bytes: u64,
         mode: DirectIo,
         note_as: Option<&str>,
     ) -> Option<(OwnedFd, bool, engine::Resume)> {
-        let bytes = self.journaled_bytes(dir) / part_size_bytes * part_size_bytes;
+        let bytes = engine::resumable_prefix(self.journaled_bytes(dir));
         if bytes == 0 || bytes > size_bytes {
             return None;
         }

@@ -25,25 +25,45 @@ impl Chunk {
     }
 }
 
-/// The chunks of an object of `object_size_bytes` cut every `part_size_bytes`:
-/// contiguous, ascending, each `part_size_bytes` long but the last, which may
-/// be shorter. A 0-byte object has no chunks.
+/// The chunks of an object of `object_size_bytes` from `start_bytes` on, cut
+/// every `part_size_bytes`: contiguous, ascending, each `part_size_bytes`
+/// long but the last, which may be shorter. A 0-byte object has no chunks.
+/// `start_bytes` is where a resumed download goes on: what an earlier run
+/// journaled, cut in its own part size, which need not be this one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkPlan {
     object_size_bytes: u64,
     part_size_bytes: u64,
+    start_bytes: u64,
     chunk_count: u64,
 }
 
 impl ChunkPlan {
     /// Panics if `part_size_bytes` is 0 (a configuration bug, caught by `cli`).
     pub fn new(object_size_bytes: u64, part_size_bytes: u64) -> ChunkPlan {
+        ChunkPlan::starting_at(object_size_bytes, part_size_bytes, 0)
+    }
+
+    /// The chunks of `[start_bytes, object_size_bytes)`. Panics if
+    /// `part_size_bytes` is 0 or `start_bytes` is past the end.
+    pub fn starting_at(
+        object_size_bytes: u64,
+        part_size_bytes: u64,
+        start_bytes: u64,
+    ) -> ChunkPlan {
         assert!(part_size_bytes > 0, "part size must be positive");
+        assert!(start_bytes <= object_size_bytes, "start past the end");
         ChunkPlan {
             object_size_bytes,
             part_size_bytes,
-            chunk_count: object_size_bytes.div_ceil(part_size_bytes),
+            start_bytes,
+            chunk_count: (object_size_bytes - start_bytes).div_ceil(part_size_bytes),
         }
+    }
+
+    /// Where the first chunk begins.
+    pub fn start_bytes(&self) -> u64 {
+        self.start_bytes
     }
 
     pub fn object_size_bytes(&self) -> u64 {
@@ -63,8 +83,9 @@ impl ChunkPlan {
         if index >= self.chunk_count {
             return None;
         }
-        // index < chunk_count, so index * part_size < object_size: no overflow.
-        let offset_bytes = index * self.part_size_bytes;
+        // index < chunk_count, so start + index * part_size < object_size:
+        // no overflow.
+        let offset_bytes = self.start_bytes + index * self.part_size_bytes;
         let len_bytes = self
             .part_size_bytes
             .min(self.object_size_bytes - offset_bytes);
@@ -78,10 +99,18 @@ impl ChunkPlan {
 
     /// The chunk holding byte `offset_bytes` (resume from a byte position).
     pub fn chunk_containing(&self, offset_bytes: u64) -> Option<Chunk> {
-        if offset_bytes >= self.object_size_bytes {
+        if offset_bytes >= self.object_size_bytes || offset_bytes < self.start_bytes {
             return None;
         }
-        self.chunk(offset_bytes / self.part_size_bytes)
+        self.chunk((offset_bytes - self.start_bytes) / self.part_size_bytes)
+    }
+
+    /// The last whole-part chunk end at or below `prefix_bytes` (a written
+    /// prefix), or `start_bytes`: how far a journal may say the object is
+    /// done.
+    pub fn boundary_at_or_below(&self, prefix_bytes: u64) -> u64 {
+        let past_start = prefix_bytes.saturating_sub(self.start_bytes);
+        self.start_bytes + past_start / self.part_size_bytes * self.part_size_bytes
     }
 
     /// All chunks in ascending order, computed one at a time.
@@ -203,7 +232,36 @@ mod tests {
         ChunkPlan::new(1, 0);
     }
 
+    #[test]
+    fn a_plan_from_a_resumed_offset_tiles_the_rest() {
+        // 10 MiB resumed at 3 MiB (an earlier run's 1 MiB parts) in 4 MiB parts.
+        let plan = ChunkPlan::starting_at(10 << 20, 4 << 20, 3 << 20);
+        let chunks: Vec<(u64, u64)> = plan.iter().map(|c| (c.offset_bytes, c.len_bytes)).collect();
+        assert_eq!(
+            chunks,
+            [(3 << 20, 4 << 20), (7 << 20, 3 << 20)],
+            "from the start, the last one short"
+        );
+        assert_eq!(plan.chunk_containing(2 << 20), None, "before the start");
+        assert_eq!(plan.chunk_containing(8 << 20).map(|c| c.index), Some(1));
+        assert_eq!(plan.boundary_at_or_below(6 << 20), 3 << 20);
+        assert_eq!(plan.boundary_at_or_below(7 << 20), 7 << 20);
+        assert_eq!(ChunkPlan::starting_at(5, 4, 5).chunk_count(), 0, "all done");
+    }
+
     proptest! {
+        #[test]
+        fn resumed_chunks_tile_the_rest(size in 0u64..10_000_000, part in 1u64..2_000_000, start in 0u64..10_000_000) {
+            let start = start.min(size);
+            let plan = ChunkPlan::starting_at(size, part, start);
+            let mut next = start;
+            for chunk in plan.iter() {
+                prop_assert_eq!(chunk.offset_bytes, next);
+                prop_assert!(chunk.len_bytes > 0 && chunk.len_bytes <= part);
+                next = chunk.end_bytes();
+            }
+            prop_assert_eq!(next, size);
+        }
         #[test]
         fn chunks_tile_the_object(size in 0u64..10_000_000, part in 1u64..2_000_000) {
             let plan = ChunkPlan::new(size, part);

@@ -1854,6 +1854,86 @@ fn killed_get_resumes_from_its_journal() {
     );
 }
 
+/// A rerun with a part size that does not divide the journaled prefix
+/// (64 KiB parts killed, 3 MiB parts again) resumes from all of it: rounded
+/// down to the new part size, it fetched the whole prefix again, and said
+/// nothing.
+#[test]
+fn a_rerun_with_another_part_size_resumes_from_the_whole_journaled_prefix() {
+    let size = 6 << 20;
+    let fixture = Fixture::new(&[("p.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "300KB/s"]);
+    let dest = fixture.dest_str("p.bin");
+    let mut child = spawn_get(&served, "p.bin", &dest);
+    let started = std::time::Instant::now();
+    while journaled_bytes(fixture.out.path()) < (1 << 20) {
+        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let journaled = journaled_bytes(fixture.out.path());
+    assert_ne!(
+        journaled % (3 << 20),
+        0,
+        "3 MiB parts would divide {journaled}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", "b2://bkt/p.bin", &dest, "--realm", &served.realm])
+        .args([
+            "--part-size",
+            "3MiB",
+            "--buffer-size",
+            "64KiB",
+            "--cores",
+            "1",
+        ])
+        .env("B2_APPLICATION_KEY_ID", &served.key_id)
+        .env("B2_APPLICATION_KEY", &served.key)
+        .run_bounded();
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains(&format!("resumed at byte {journaled}")),
+        "{}",
+        stderr(&output)
+    );
+    assert_same(&fixture.dest("p.bin"), "p.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
+/// A journal beside a finished DEST whose partial file is gone (a kill
+/// between the rename into DEST and the journal's removal) is removed by
+/// the next run, which refuses DEST as it exists; only `--force`, a whole
+/// download again, took it away. A journal whose partial file is there
+/// stays: `--force` resumes from it.
+#[test]
+fn a_journal_left_beside_a_finished_dest_is_removed() {
+    let fixture = Fixture::new(&[("j.bin", 100_000)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let dest = fixture.dest_str("j.bin");
+    assert_ok(&ringdown(&served, &["b2://bkt/j.bin", &dest]));
+    let hex = &sha1_hex(b"j.bin")[..16];
+    let journal = fixture.out.path().join(format!(".ringdown-{hex}.journal"));
+    let part = fixture.out.path().join(format!(".ringdown-{hex}.part"));
+    std::fs::write(&journal, "chunk\tid\t100000\t65536\n").unwrap();
+    let output = ringdown(&served, &["b2://bkt/j.bin", &dest]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(!journal.exists(), "the orphan journal stayed");
+    std::fs::write(&journal, "chunk\tid\t100000\t65536\n").unwrap();
+    std::fs::write(&part, b"partial").unwrap();
+    let output = ringdown(&served, &["b2://bkt/j.bin", &dest]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        journal.exists() && part.exists(),
+        "a resumable pair was removed"
+    );
+    assert_same(&fixture.dest("j.bin"), "j.bin", 100_000);
+}
+
 fn bytes_sent_in(log: &Path, name: &str) -> u64 {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()

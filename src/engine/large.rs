@@ -120,22 +120,27 @@ impl Job {
         chunk_attempts_max: u32,
     ) -> Job {
         let size_bytes = spec.object.size_bytes;
-        let plan = ChunkPlan::new(size_bytes, part_size_bytes);
         let (offset_bytes, sha1) = match resume {
             Some(resume) => (resume.offset_bytes, resume.sha1),
             None => (0, <sha1::Sha1 as sha1::Digest>::new()),
         };
+        // Chunks start where the resumed prefix ends, in this run's part
+        // size: an earlier run's parts need not divide it (rounded down to
+        // it, a rerun with larger parts fetched its whole prefix again).
+        // Buffers land at aligned offsets, as O_DIRECT wants.
         assert!(
-            offset_bytes % part_size_bytes == 0 && offset_bytes <= size_bytes,
-            "resume offset {offset_bytes} is not a chunk boundary"
+            offset_bytes % crate::config::DIRECT_IO_ALIGN_BYTES as u64 == 0
+                && offset_bytes <= size_bytes,
+            "resume offset {offset_bytes} is not a block boundary"
         );
+        let plan = ChunkPlan::starting_at(size_bytes, part_size_bytes, offset_bytes);
         Job {
             spec,
             started,
             plan,
             digest: SharedDigest::resume(size_bytes, cores, offset_bytes, sha1),
             progress,
-            next_chunk: AtomicU64::new(offset_bytes / part_size_bytes),
+            next_chunk: AtomicU64::new(0),
             aborted: AtomicBool::new(false),
             first_error: Mutex::new(None),
             written: Mutex::new(Written {
@@ -243,8 +248,7 @@ impl Job {
         let Some(on_written) = &self.spec.on_written else {
             return;
         };
-        let part = self.plan.part_size_bytes();
-        let boundary = prefix / part * part;
+        let boundary = self.plan.boundary_at_or_below(prefix);
         if boundary > written.reported_bytes {
             written.reported_bytes = boundary;
             on_written(boundary);

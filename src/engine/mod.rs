@@ -376,6 +376,15 @@ impl Progress {
     }
 }
 
+/// Of `journaled_bytes` (a journal's "done up to"), what a download may
+/// resume from: all of it, in whatever part size this run uses
+/// (`ChunkPlan::starting_at`), cut to the block its writes must start on
+/// should the journal say otherwise (it never does).
+pub fn resumable_prefix(journaled_bytes: u64) -> u64 {
+    let block = crate::config::DIRECT_IO_ALIGN_BYTES as u64;
+    journaled_bytes / block * block
+}
+
 /// Where an interrupted download continues: `[0, offset_bytes)` is already
 /// in the file and `sha1` covers it. The offset is a chunk boundary.
 pub struct Resume {

@@ -1445,7 +1445,7 @@ fn schedule(
     };
     let work = if task.large {
         let resume = resume_bytes
-            .map(|bytes| bytes / options.engine.part_size_bytes * options.engine.part_size_bytes)
+            .map(engine::resumable_prefix)
             .filter(|&bytes| bytes > 0 && bytes <= size_bytes)
             .and_then(|bytes| {
                 let note_as = (!run.reporter.quiet).then_some(task.entry.name.as_str());

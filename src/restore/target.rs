@@ -95,10 +95,14 @@ fn mount_of(fd: &OwnedFd) -> Option<Mount> {
     })
 }
 
+/// The name of `is_case_insensitive`'s probe file, before its salt: one a
+/// kill left behind is removed with `.ringdown/` (`remove_state`).
+const CASE_PROBE_PREFIX: &str = "Case-Probe-";
+
 /// Whether `dir` takes names that differ in case only for one: a probe
 /// file made under one case is looked up under the other.
 fn is_case_insensitive(dir: &OwnedFd, salt: u64) -> bool {
-    let made = format!("Case-Probe-{salt:016x}");
+    let made = format!("{CASE_PROBE_PREFIX}{salt:016x}");
     let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     if rustix::fs::openat(dir, made.as_str(), flags, Mode::from_raw_mode(0o600)).is_err() {
         return false;
@@ -601,6 +605,13 @@ impl Target {
         // cannot both fail to upgrade and leave the directory behind.
         let _ = rustix::fs::flock(&self.state, FlockOperation::Unlock);
         if rustix::fs::flock(&self.state, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            // A probe a killed run left (no shard runs now to make one):
+            // `partial/` would never be empty, and `.ringdown/` stay.
+            for name in entry_names(&self.partial) {
+                if name.starts_with(CASE_PROBE_PREFIX) {
+                    let _ = rustix::fs::unlinkat(&self.partial, name.as_str(), AtFlags::empty());
+                }
+            }
             let _ = rustix::fs::unlinkat(&self.state, PARTIAL_DIR_NAME, AtFlags::REMOVEDIR);
             let _ = rustix::fs::unlinkat(&self.root, STATE_DIR_NAME, AtFlags::REMOVEDIR);
         }
@@ -701,6 +712,19 @@ mod tests {
             said.contains(&journal) && !said.contains("free space"),
             "{said}"
         );
+    }
+
+    /// A case probe a `kill -9` left in `partial/` is removed with the
+    /// run's state: it kept `.ringdown/` after every run that ended well.
+    #[test]
+    fn a_left_case_probe_does_not_keep_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join(".ringdown/partial");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("Case-Probe-0987f936f1d61cc3"), b"").unwrap();
+        let target = Target::open(dir.path(), Shard::ALL).unwrap();
+        target.remove_state();
+        assert!(!dir.path().join(".ringdown").exists());
     }
 
     #[test]
