@@ -1555,6 +1555,33 @@ fn journaled_bytes(dir: &Path) -> u64 {
     most
 }
 
+/// Waits until the journal in `dir` says at least `at_least` bytes are
+/// done (the run must still be going), then SIGKILLs `child`: no cleanup at
+/// all. The bytes journaled then.
+fn kill_once_journaled(dir: &Path, child: &mut std::process::Child, at_least: u64) -> u64 {
+    let started = std::time::Instant::now();
+    while journaled_bytes(dir) < at_least {
+        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    journaled_bytes(dir)
+}
+
+/// The run said it resumed at byte `journaled`.
+fn assert_resumed_at(output: &Output, journaled: u64) {
+    assert!(
+        stderr(output).contains(&format!("resumed at byte {journaled}")),
+        "{}",
+        stderr(output)
+    );
+}
+
 fn wait_for_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     exit_within(child, std::time::Duration::from_secs(30), what)
 }
@@ -1603,11 +1630,7 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
     let exit = wait_for_exit(&mut child, "completion");
     let output = child.wait_with_output().unwrap();
     assert_eq!(exit.code(), Some(0), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains(&format!("resumed at byte {journaled}")),
-        "{}",
-        stderr(&output)
-    );
+    assert_resumed_at(&output, journaled);
     assert_same(&fixture.dest("s.bin"), "s.bin", size);
     assert_no_temp(fixture.out.path());
 }
@@ -1748,13 +1771,7 @@ fn after_a_power_cut_a_get_does_not_resume_from_unconfirmed_chunks() {
     let served = serve(fixture.data.path(), true, &["--rate-per-conn", "300KB/s"]);
     let dest = fixture.dest_str("pc.bin");
     let mut child = spawn_get(&served, "pc.bin", &dest);
-    let started = std::time::Instant::now();
-    while journaled_bytes(fixture.out.path()) < (1 << 20) {
-        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_journaled(fixture.out.path(), &mut child, 1 << 20);
     for entry in std::fs::read_dir(fixture.out.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|ext| ext == "journal") {
@@ -1802,19 +1819,8 @@ fn killed_get_resumes_from_its_journal() {
     );
     let dest = fixture.dest_str("k.bin");
     let mut child = spawn_get(&served, "k.bin", &dest);
-    let started = std::time::Instant::now();
-    while journaled_bytes(fixture.out.path()) < (1 << 20) {
-        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap(); // SIGKILL: no cleanup at all
-    child.wait().unwrap();
+    let journaled = kill_once_journaled(fixture.out.path(), &mut child, 1 << 20);
     assert!(!Path::new(&dest).exists());
-    let journaled = journaled_bytes(fixture.out.path());
     // The server logs the killed run's cut responses when it notices the
     // close: wait until the log is quiet.
     let mut first_sent = bytes_sent_in(&log, "k.bin");
@@ -1830,11 +1836,7 @@ fn killed_get_resumes_from_its_journal() {
         .wait_with_output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains(&format!("resumed at byte {journaled}")),
-        "{}",
-        stderr(&output)
-    );
+    assert_resumed_at(&output, journaled);
     // The summary's rate is of what this run fetched, and says so.
     let fetched = size as u64 - journaled;
     assert!(
@@ -1865,18 +1867,7 @@ fn a_rerun_with_another_part_size_resumes_from_the_whole_journaled_prefix() {
     let served = serve(fixture.data.path(), true, &["--rate-per-conn", "300KB/s"]);
     let dest = fixture.dest_str("p.bin");
     let mut child = spawn_get(&served, "p.bin", &dest);
-    let started = std::time::Instant::now();
-    while journaled_bytes(fixture.out.path()) < (1 << 20) {
-        assert!(started.elapsed().as_secs() < 30, "no chunk was journaled");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let journaled = journaled_bytes(fixture.out.path());
+    let journaled = kill_once_journaled(fixture.out.path(), &mut child, 1 << 20);
     assert_ne!(
         journaled % (3 << 20),
         0,
@@ -1896,11 +1887,7 @@ fn a_rerun_with_another_part_size_resumes_from_the_whole_journaled_prefix() {
         .env("B2_APPLICATION_KEY", &served.key)
         .run_bounded();
     assert_ok(&output);
-    assert!(
-        stderr(&output).contains(&format!("resumed at byte {journaled}")),
-        "{}",
-        stderr(&output)
-    );
+    assert_resumed_at(&output, journaled);
     assert_same(&fixture.dest("p.bin"), "p.bin", size);
     assert_no_temp(fixture.out.path());
 }
