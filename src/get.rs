@@ -1417,15 +1417,23 @@ impl ResumeFiles {
     /// resumable one left there: nothing will ever resume it. Not while
     /// another run holds it.
     fn remove_unresumable(dir: &OwnedFd, file_name: &std::ffi::OsStr) {
-        use rustix::fs::FlockOperation;
         let (part, journal) = ResumeFiles::names_for(file_name);
+        ResumeFiles::remove_unless_held(dir, &journal, Some(&part));
+    }
+
+    /// Removes `journal` in `dir`, and `part` first, unless a run holds the
+    /// journal's lock (or there is no journal).
+    fn remove_unless_held(dir: &OwnedFd, journal: &str, part: Option<&str>) {
+        use rustix::fs::FlockOperation;
         let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let Ok(fd) = rustix::fs::openat(dir, &journal, flags, Mode::empty()) else {
+        let Ok(fd) = rustix::fs::openat(dir, journal, flags, Mode::empty()) else {
             return;
         };
         if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            let _ = rustix::fs::unlinkat(dir, &part, AtFlags::empty());
-            let _ = rustix::fs::unlinkat(dir, &journal, AtFlags::empty());
+            if let Some(part) = part {
+                let _ = rustix::fs::unlinkat(dir, part, AtFlags::empty());
+            }
+            let _ = rustix::fs::unlinkat(dir, journal, AtFlags::empty());
         }
     }
 
@@ -1435,21 +1443,13 @@ impl ResumeFiles {
     /// away. Removed here, unless a run holds it. A journal whose partial
     /// file is still there stays (`--force` resumes from it).
     fn remove_orphan_journal(parent: &Path, file_name: &std::ffi::OsStr) {
-        use rustix::fs::FlockOperation;
         let (part, journal) = ResumeFiles::names_for(file_name);
         let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
         let Ok(dir) = rustix::fs::open(parent, dir_flags, Mode::empty()) else {
             return;
         };
-        if rustix::fs::statat(&dir, &part, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-            return;
-        }
-        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let Ok(fd) = rustix::fs::openat(&dir, &journal, flags, Mode::empty()) else {
-            return;
-        };
-        if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            let _ = rustix::fs::unlinkat(&dir, &journal, AtFlags::empty());
+        if rustix::fs::statat(&dir, &part, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+            ResumeFiles::remove_unless_held(&dir, &journal, None);
         }
     }
 

@@ -1873,19 +1873,17 @@ fn a_rerun_with_another_part_size_resumes_from_the_whole_journaled_prefix() {
         0,
         "3 MiB parts would divide {journaled}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
-        .args(["get", "b2://bkt/p.bin", &dest, "--realm", &served.realm])
-        .args([
-            "--part-size",
-            "3MiB",
-            "--buffer-size",
-            "64KiB",
-            "--cores",
-            "1",
-        ])
-        .env("B2_APPLICATION_KEY_ID", &served.key_id)
-        .env("B2_APPLICATION_KEY", &served.key)
-        .run_bounded();
+    let rerun = [
+        "b2://bkt/p.bin",
+        &dest,
+        "--part-size",
+        "3MiB",
+        "--buffer-size",
+        "64KiB",
+        "--cores",
+        "1",
+    ];
+    let output = ringdown(&served, &rerun);
     assert_ok(&output);
     assert_resumed_at(&output, journaled);
     assert_same(&fixture.dest("p.bin"), "p.bin", size);

@@ -303,6 +303,12 @@ impl Shared {
         (ns != u64::MAX).then(|| Duration::from_nanos(ns))
     }
 
+    /// No more work comes: cores take what is queued, then exit.
+    fn close(&self) {
+        self.state().closed = true;
+        self.work.notify_waiters();
+    }
+
     /// An answer to a GET sent ahead came.
     pub fn note_pipelined_answer(&self) {
         self.pipelining_answered.store(true, Ordering::Relaxed);
@@ -760,8 +766,7 @@ impl Scheduler {
 
     /// Closes the queue, waits for every queued job and joins the cores.
     pub fn finish(mut self) -> Result<PoolReport> {
-        self.shared.state().closed = true;
-        self.shared.work.notify_waiters();
+        self.shared.close();
         let mut report = PoolReport {
             stages: StageHistograms::new(),
             retries: 0,
@@ -808,8 +813,7 @@ impl Drop for Scheduler {
             return;
         }
         self.shared.stopped.store(true, Ordering::Release);
-        self.shared.state().closed = true;
-        self.shared.work.notify_waiters();
+        self.shared.close();
         self.shared.space.notify_all();
     }
 }
