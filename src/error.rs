@@ -50,7 +50,9 @@ pub enum Error {
         expected: String,
         actual: String,
     },
-    /// The run was stopped by a signal.
+    /// The run was stopped by a signal (SIGINT, SIGTERM), or by its
+    /// program's `EngineConfig::cancel`: then `signal` is 0
+    /// (`runtime::CANCELLED`).
     Interrupted { signal: i32 },
     /// The run cannot continue, and trying again will not help until
     /// something changes (no such bucket or object, disk full, cap
@@ -126,7 +128,9 @@ impl fmt::Display for Error {
                 f,
                 "{name}: SHA1 mismatch: expected {expected}, received bytes hash to {actual}"
             ),
-            // (A program's `EngineConfig::cancel` stops a run as SIGINT.)
+            Error::Interrupted {
+                signal: crate::runtime::CANCELLED,
+            } => write!(f, "cancelled (EngineConfig::cancel)"),
             Error::Interrupted { signal } if *signal == libc::SIGINT => {
                 write!(f, "interrupted (SIGINT)")
             }

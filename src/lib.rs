@@ -21,7 +21,7 @@
 //! let mut options =
 //!     RestoreOptions::new("b2://bucket/photos", "/srv/photos", "production", &key_id, &key)?;
 //! options.skip_existing = true;
-//! let report = Restore::new(options, true).run()?;
+//! let report = Restore::new(options).run()?;
 //! if let Some(error) = report.fatal {
 //!     return Err(error);
 //! }

@@ -47,7 +47,8 @@ fn cancel_after(after: Duration) -> Arc<AtomicBool> {
 /// calls (a plain URL's probe, authorization, listing), not only one whose
 /// data flows: against a server that answers nothing, a cancelled Download
 /// returned after 154 s and a Restore after 29 s, waiting out every stall
-/// and retry. Both now return `Interrupted` (as SIGINT) within seconds.
+/// and retry. Both now return `Interrupted` (signal 0: cancelled) within
+/// seconds.
 #[test]
 fn cancel_stops_a_run_waiting_on_the_control_plane() {
     let origin = silent_origin();
@@ -61,8 +62,13 @@ fn cancel_stops_a_run_waiting_on_the_control_plane() {
     let result = Download::new(source, out.path().join("object.bin"), options).run();
     let waited = started.elapsed();
     assert!(
-        matches!(result, Err(Error::Interrupted { signal: 2 })),
+        matches!(result, Err(Error::Interrupted { signal: 0 })),
         "{result:?}"
+    );
+    // No signal was involved, and the message does not pretend one was.
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "cancelled (EngineConfig::cancel)"
     );
     assert!(
         waited < Duration::from_secs(10),
@@ -81,14 +87,14 @@ fn cancel_stops_a_run_waiting_on_the_control_plane() {
     options.engine.timeout = Duration::from_secs(20);
     options.engine.cancel = Some(cancel_after(Duration::from_millis(500)));
     let started = Instant::now();
-    let outcome = Restore::new(options, true).run();
+    let outcome = Restore::new(options).run();
     let waited = started.elapsed();
     let fatal = match outcome {
         Ok(report) => report.fatal,
         Err(error) => Some(error),
     };
     assert!(
-        matches!(fatal, Some(Error::Interrupted { signal: 2 })),
+        matches!(fatal, Some(Error::Interrupted { signal: 0 })),
         "{fatal:?}"
     );
     assert!(
@@ -121,7 +127,7 @@ fn a_run_from_async_code_or_spawn_blocking_completes() {
     };
     let restore = |dir: &str| {
         let options = served_restore("b2://bkt", out.path().join(dir), &served);
-        Restore::new(options, true)
+        Restore::new(options)
     };
 
     let multi = tokio::runtime::Builder::new_multi_thread()
@@ -188,12 +194,12 @@ fn options_the_cli_cannot_give_are_usage_errors() {
             RestoreOptions::new("b2://bkt", out.path().join("d"), &origin, "id", "key").unwrap();
         options.shard.index = index;
         options.shard.count = count;
-        let result = Restore::new(options, true).run().map(drop);
+        let result = Restore::new(options).run().map(drop);
         usage(result, &format!("shard {index}/{count}"), says);
     }
     let options = RestoreOptions::new("b2://bkt", "", &origin, "id", "key").unwrap();
     usage(
-        Restore::new(options, true).run().map(drop),
+        Restore::new(options).run().map(drop),
         "empty DIR",
         "DIR is empty",
     );
@@ -201,7 +207,7 @@ fn options_the_cli_cannot_give_are_usage_errors() {
     let file = out.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     let options = RestoreOptions::new("b2://bkt", &file, &origin, "id", "key").unwrap();
-    let result = Restore::new(options, true).run().map(drop);
+    let result = Restore::new(options).run().map(drop);
     usage(result, "DIR a file", "exists and is not a directory");
     std::fs::remove_file(&file).unwrap();
 
@@ -246,7 +252,7 @@ fn what_is_not_there_is_not_worth_a_retry() {
         assert!(error.to_string().contains("not found"), "{source}: {error}");
     }
     let options = served_restore("b2://nobucket", out.path().join("dir"), &served);
-    let error = Restore::new(options, true).run().unwrap_err();
+    let error = Restore::new(options).run().unwrap_err();
     assert!(!error.may_pass_on_retry(), "{error:?}");
     assert!(error.to_string().contains("no bucket named"), "{error}");
 }
@@ -268,7 +274,7 @@ fn progress_starts_from_zero_on_each_run() {
         options,
     );
     let options = served_restore("b2://bkt", out.path().join("dir"), &served);
-    let restore = Restore::new(options, true);
+    let restore = Restore::new(options);
     for _ in 0..2 {
         download.run().unwrap();
         assert_eq!(
@@ -308,7 +314,7 @@ fn messages_go_to_the_sink_an_embedding_program_sets() {
     let out = tempfile::tempdir().unwrap();
     let mut options = served_restore("b2://bkt", out.path().join("dir"), &served);
     options.engine.max_attempts = 1;
-    let report = Restore::new(options, true).run().unwrap();
+    let report = Restore::new(options).run().unwrap();
     assert_eq!(report.tally.failed, 1, "{report:?}");
     let taken = taken.lock().unwrap();
     assert!(

@@ -68,9 +68,7 @@ fn restore(served: &Served, dir: PathBuf) -> ringdown::restore::RestoreReport {
     options.ca_file = served.ca_file.clone();
     options.direct_io = DirectIo::Off;
     within_deadline("restore", move || {
-        Restore::new(options, true)
-            .run()
-            .expect("the run itself starts")
+        Restore::new(options).run().expect("the run itself starts")
     })
 }
 
@@ -86,9 +84,7 @@ fn restore_reported(
     options.direct_io = DirectIo::Off;
     options.report = Some(report.to_path_buf());
     within_deadline("restore", move || {
-        Restore::new(options, true)
-            .run()
-            .expect("the run itself starts")
+        Restore::new(options).run().expect("the run itself starts")
     })
 }
 

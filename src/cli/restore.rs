@@ -153,6 +153,7 @@ pub fn options_from(
         files_from,
         sse_c_keys: super::get::read_sse_c_keys(&args.sse_c_key_file)?,
         require_verified: args.require_verified,
+        quiet: args.quiet,
     };
     Ok((options, memlock_notice))
 }
@@ -197,7 +198,7 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
         }
     }
     crate::runtime::watch_signals();
-    let restore = Restore::new(options, args.quiet);
+    let restore = Restore::new(options);
     let progress = (!args.quiet && !args.dry_run)
         .then(|| start_progress_line(Arc::clone(&restore.progress), Arc::clone(&restore.files)));
     let result = restore.run();

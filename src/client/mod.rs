@@ -213,7 +213,7 @@ pub async fn exchange(
             Duration::from_millis(retry_after_ms.unwrap_or(0).max(retry.backoff_ms(attempt)));
         let stop_requested = crate::runtime::stop_requested;
         if !crate::runtime::sleep_unless(delay, || stop_requested().is_some()).await {
-            let signal = stop_requested().unwrap_or(libc::SIGINT);
+            let signal = stop_requested().unwrap_or(crate::runtime::CANCELLED);
             return Err(Error::Interrupted { signal });
         }
     }

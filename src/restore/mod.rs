@@ -85,6 +85,9 @@ pub struct RestoreOptions {
     /// A file with no published digest fails without being downloaded
     /// (`--require-verified`), instead of being restored unverified.
     pub require_verified: bool,
+    /// No notes on stderr while the restore runs (`--quiet`); errors, and
+    /// each failed file, still are (unless `set_message_sink` takes them).
+    pub quiet: bool,
 }
 
 impl RestoreOptions {
@@ -120,6 +123,7 @@ impl RestoreOptions {
             files_from: None,
             sse_c_keys: None,
             require_verified: false,
+            quiet: false,
         })
     }
 
@@ -210,6 +214,7 @@ impl std::fmt::Debug for RestoreOptions {
                 &self.files_from.as_ref().map(|list| list.len()),
             )
             .field("sse_c_keys", &self.sse_c_keys)
+            .field("quiet", &self.quiet)
             .finish()
     }
 }
@@ -497,16 +502,14 @@ pub struct Restore {
     pub options: RestoreOptions,
     pub progress: Arc<Progress>,
     pub files: Arc<FileCounts>,
-    pub quiet: bool,
 }
 
 impl Restore {
-    pub fn new(options: RestoreOptions, quiet: bool) -> Restore {
+    pub fn new(options: RestoreOptions) -> Restore {
         Restore {
             options,
             progress: Arc::new(Progress::default()),
             files: Arc::new(FileCounts::default()),
-            quiet,
         }
     }
 
@@ -593,7 +596,7 @@ impl Restore {
                 tally: Mutex::new(Tally::default()),
                 files: Arc::clone(&self.files),
                 report,
-                quiet: self.quiet,
+                quiet: options.quiet,
             },
             stop: AtomicBool::new(false),
             scheduler: OnceLock::new(),

@@ -290,14 +290,18 @@ pub fn stop_requested() -> Option<i32> {
 }
 
 /// The signal a run asked to stop reports: a signal's (`interrupted`), or
-/// SIGINT for its library caller's `cancel`, as everywhere.
+/// `CANCELLED` for its library caller's `cancel`.
 pub fn stop_signal(cancel: Option<&std::sync::atomic::AtomicBool>) -> Option<i32> {
     interrupted().or_else(|| {
         cancel
             .is_some_and(|cancel| cancel.load(Ordering::Acquire))
-            .then_some(libc::SIGINT)
+            .then_some(CANCELLED)
     })
 }
+
+/// The "signal" of a run stopped by its program's `EngineConfig::cancel`:
+/// 0, which no real signal is (as in `kill(pid, 0)`).
+pub const CANCELLED: i32 = 0;
 
 /// The signal that asked the run to stop, if any.
 pub fn interrupted() -> Option<i32> {
