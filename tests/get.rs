@@ -1516,6 +1516,18 @@ fn spawn_get_with_timeout(
     dest: &str,
     timeout_s: &str,
 ) -> std::process::Child {
+    spawn_get_with(served, name, dest, timeout_s, SMALL_TUNING)
+}
+
+/// `spawn_get` with this `--timeout-s`, and `tuning` in place of the tests'
+/// `SMALL_TUNING`.
+fn spawn_get_with(
+    served: &Served,
+    name: &str,
+    dest: &str,
+    timeout_s: &str,
+    tuning: &[&str],
+) -> std::process::Child {
     // SIGINT as a terminal's foreground job has it, even where the tests
     // run as a background job (SIGINT ignored, which ringdown keeps).
     Command::new("env")
@@ -1530,7 +1542,7 @@ fn spawn_get_with_timeout(
             "--timeout-s",
             timeout_s,
         ])
-        .args(SMALL_TUNING)
+        .args(tuning)
         .env("B2_APPLICATION_KEY_ID", &served.key_id)
         .env("B2_APPLICATION_KEY", &served.key)
         .stderr(std::process::Stdio::piped())
@@ -1632,6 +1644,60 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
     assert_eq!(exit.code(), Some(0), "{}", stderr(&output));
     assert_resumed_at(&output, journaled);
     assert_same(&fixture.dest("s.bin"), "s.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
+/// A signal lets the chunks in flight finish, as the run says ("finishing
+/// requests in flight"), at full speed: what they received is kept for the
+/// rerun, not only the chunks complete when it came. Each connection used
+/// to stop at its next buffer, and a get whose chunks were all part-way
+/// through (here: 6 of 512 KiB at 300 KB/s between them) kept nothing.
+#[test]
+fn a_signal_lets_the_chunks_in_flight_finish() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("f.bin", size)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    let dest = fixture.dest_str("f.bin");
+    let slow = [
+        "--part-size",
+        "512KiB",
+        "--buffer-size",
+        "64KiB",
+        "--buffers",
+        "8",
+        "--connections",
+        "3",
+        "--cores",
+        "2",
+        "--limit-rate",
+        "300KB/s",
+    ];
+    let mut child = spawn_get_with(&served, "f.bin", &dest, "5", &slow);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+    assert_eq!(journaled_bytes(fixture.out.path()), 0, "a chunk finished");
+    send_signal(child.id(), "-INT");
+    let exit = wait_for_exit(&mut child, "-INT");
+    let output = child.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert_eq!(exit.code(), Some(130), "{text}");
+    let fetched: u64 = text
+        .split(": interrupted after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|bytes| bytes.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {text}"));
+    // Every chunk taken was fetched whole and journaled.
+    let journaled = journaled_bytes(fixture.out.path());
+    assert!(journaled >= 512 << 10, "{journaled} journaled; {text}");
+    assert_eq!(journaled % (512 << 10), 0, "{text}");
+    assert_eq!(fetched, journaled, "{text}");
+    let output = spawn_get(&served, "f.bin", &dest)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_resumed_at(&output, journaled);
+    assert_same(&fixture.dest("f.bin"), "f.bin", size);
     assert_no_temp(fixture.out.path());
 }
 

@@ -131,7 +131,8 @@ async fn attempt_chunk(
     let body_started = Instant::now();
     let mut body_left = body_len;
     while body_left > 0 {
-        if job.is_stopped(core.core.shared.config.stop_signal()) {
+        // A stop signal lets the body finish (`Job::next_chunk`).
+        if job.is_aborted() {
             return Err(Failure::retry("aborted"));
         }
         let mut buf = match current.take() {

@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -59,6 +59,10 @@ pub(crate) struct Job {
     pub digest: SharedDigest,
     pub progress: Arc<Progress>,
     next_chunk: AtomicU64,
+    /// The signal that stopped the handing out of chunks (`next_chunk`):
+    /// the chunks in flight still finish, and the last connection to leave
+    /// aborts the job with it (`TakingChunks::drop`).
+    stop_signal: OnceLock<i32>,
     aborted: AtomicBool,
     first_error: Mutex<Option<Error>>,
     written: Mutex<Written>,
@@ -141,6 +145,7 @@ impl Job {
             digest: SharedDigest::resume(size_bytes, cores, offset_bytes, sha1),
             progress,
             next_chunk: AtomicU64::new(0),
+            stop_signal: OnceLock::new(),
             aborted: AtomicBool::new(false),
             first_error: Mutex::new(None),
             written: Mutex::new(Written {
@@ -193,7 +198,8 @@ impl Job {
     /// core has joined yet (an object with no chunks left, or one aborted
     /// before it began, is completed by the first core that joins).
     pub fn wants_connections(&self) -> bool {
-        let has_chunks = !self.is_aborted() && self.has_chunks_left();
+        let stopping = self.stop_signal.get().is_some();
+        let has_chunks = !self.is_aborted() && !stopping && self.has_chunks_left();
         has_chunks || self.members.load(Ordering::Acquire) == 0
     }
 
@@ -203,17 +209,37 @@ impl Job {
         self.next_chunk.load(Ordering::Relaxed) < self.plan.chunk_count()
     }
 
+    /// The next chunk to fetch; none once the job is aborted, or once the
+    /// run is asked to stop (`stop_signal`, see `EngineConfig::stop_signal`):
+    /// then the chunks in flight finish, so that what they received is kept
+    /// for a resume (a chunk's bytes count only once all are written), and
+    /// the job ends when the last of them does.
     pub fn next_chunk(&self, stop_signal: Option<i32>) -> Option<Chunk> {
-        if self.is_stopped(stop_signal) {
+        if self.is_aborted() {
+            return None;
+        }
+        if let Some(signal) = stop_signal {
+            self.stop_signal.get_or_init(|| signal);
             return None;
         }
         let index = self.next_chunk.fetch_add(1, Ordering::Relaxed);
         self.plan.chunk(index)
     }
 
-    /// Whether the job is over; a run asked to stop (`stop_signal`, see
-    /// `EngineConfig::stop_signal`) aborts it, so every connection stops at
-    /// its next buffer and the caller keeps what it can resume.
+    /// A connection taking chunks leaves, after `before - 1` others did or
+    /// while they still work: the last one out of a job stopped with chunks
+    /// left aborts it (nothing else will), so its cores finish and report
+    /// the signal.
+    fn connection_left(&self, before: usize) {
+        let stopped_short = self.stop_signal.get().filter(|_| self.has_chunks_left());
+        if let (1, Some(&signal)) = (before, stopped_short) {
+            self.abort(Error::Interrupted { signal });
+        }
+    }
+
+    /// Whether the job is over, aborting it if the run is asked to stop:
+    /// for a chunk that cannot finish by itself (waiting to retry), whose
+    /// gap no chunk after it could fill.
     pub fn is_stopped(&self, stop_signal: Option<i32>) -> bool {
         if let Some(signal) = stop_signal.filter(|_| !self.is_aborted()) {
             self.abort(Error::Interrupted { signal });
@@ -421,7 +447,7 @@ struct TakingChunks<'a>(&'a CoreJob);
 impl<'a> TakingChunks<'a> {
     fn start(core_job: &'a CoreJob) -> TakingChunks<'a> {
         core_job.connections.set(core_job.connections.get() + 1);
-        core_job.job.connections.fetch_add(1, Ordering::Relaxed);
+        core_job.job.connections.fetch_add(1, Ordering::AcqRel);
         TakingChunks(core_job)
     }
 }
@@ -429,7 +455,9 @@ impl<'a> TakingChunks<'a> {
 impl Drop for TakingChunks<'_> {
     fn drop(&mut self) {
         let core_job = self.0;
-        core_job.job.connections.fetch_sub(1, Ordering::Relaxed);
+        // AcqRel: the last one out sees the stop signal any other set.
+        let before = core_job.job.connections.fetch_sub(1, Ordering::AcqRel);
+        core_job.job.connection_left(before);
         core_job.connections.set(core_job.connections.get() - 1);
         core_job.changed.notify_one();
     }
@@ -459,7 +487,8 @@ pub(super) async fn take_chunks(
             break;
         }
         next = match ahead {
-            Some(chunk) => (!job.is_stopped(stop_signal())).then_some(chunk),
+            // Its GET is out: a request in flight, which a stop lets finish.
+            Some(chunk) => (!job.is_aborted()).then_some(chunk),
             None => job.next_chunk(stop_signal()),
         };
     }
