@@ -81,15 +81,16 @@ pub(super) async fn send_get_ahead(
 /// request at a time from then on.
 pub(super) fn stop_pipelining_if_refused(core: &Core, conn: &Connection, error: &std::io::Error) {
     if !conn.pipelined.is_empty() && is_closed(error) {
-        core.shared.stop_pipelining(error);
+        core.shared.stop_pipelining_after_cut(error);
     }
 }
 
-/// Reads the answer to the oldest GET sent ahead. A connection closed (or
-/// stalled) instead of answering it says the server does not take
-/// pipelined requests (or hit its keep-alive limit): the run stops sending
-/// ahead, and this GET goes out again on a new connection, not counted as
-/// an attempt.
+/// Reads the answer to the oldest GET sent ahead. A connection stalled
+/// instead of answering it says the server does not take pipelined
+/// requests, and so does one closed before the origin ever answered one
+/// (after, it is a keep-alive limit or a reset): the run stops sending
+/// ahead. This GET goes out again on a new connection, not counted as an
+/// attempt.
 async fn read_pipelined_head(
     core: &Core,
     connection: &mut Option<Connection>,
@@ -115,7 +116,10 @@ async fn read_pipelined_head(
                 && !core.shared.is_stopped()
                 && (is_closed(&error) || error.kind() == std::io::ErrorKind::TimedOut) =>
         {
-            core.shared.stop_pipelining(&error);
+            match is_closed(&error) {
+                true => core.shared.stop_pipelining_after_cut(&error),
+                false => core.shared.stop_pipelining(&error),
+            }
             if let Some(conn) = connection.take() {
                 conn.shutdown();
             }
