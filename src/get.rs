@@ -554,7 +554,7 @@ impl Download {
                 let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
                 error
             };
-            if let Some(journal) = &journal {
+            if let Some(journal) = &mut journal {
                 journal.begin_round(resume.as_ref().map_or(0, |resume| resume.offset_bytes));
             }
             // Marks the journal durable until this round ends.
@@ -1429,11 +1429,17 @@ impl ResumeFiles {
         let Ok(fd) = rustix::fs::openat(dir, journal, flags, Mode::empty()) else {
             return;
         };
-        if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+        // The lock of a journal the run holding it has since replaced
+        // (`journal::rewrite`) says nothing: the name must still lead to it.
+        if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
+            && crate::journal::is_named(dir, journal, &fd)
+        {
             if let Some(part) = part {
                 let _ = rustix::fs::unlinkat(dir, part, AtFlags::empty());
             }
             let _ = rustix::fs::unlinkat(dir, journal, AtFlags::empty());
+            let replacement = crate::journal::replacement_name(journal);
+            let _ = rustix::fs::unlinkat(dir, &replacement, AtFlags::empty());
         }
     }
 
@@ -1606,10 +1612,7 @@ struct HeldJournal<'a> {
 impl HeldJournal<'_> {
     /// Whether the journal's name still leads to the file held.
     fn is_named(&self) -> bool {
-        let held = rustix::fs::fstat(&self.file);
-        let named = rustix::fs::statat(self.dir, &self.files.journal, AtFlags::SYMLINK_NOFOLLOW);
-        matches!((held, named), (Ok(held), Ok(named))
-            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino))
+        crate::journal::is_named(self.dir, &self.files.journal, &self.file)
     }
 
     /// The engine's journal writer, appending to the file held, and the
@@ -1629,23 +1632,32 @@ impl HeldJournal<'_> {
         Ok((self.files.journal_writer(journal), marks))
     }
 
-    /// What the journal holds as a round starts (`journal::restated`): the
-    /// prefix it resumes from, made durable first (this boot's lines may
-    /// name bytes still in the page cache), and this run's boot. A journal
-    /// that cannot be written costs a resume, not the download. Not
-    /// synced: lines lost with the page cache only make a later run trust
-    /// less.
-    fn begin_round(&self, resumed_bytes: u64) {
-        use std::io::Write;
-        let prefix = if resumed_bytes > 0 && rustix::fs::syncfs(self.dir).is_ok() {
-            format!("chunk\t{}\t{resumed_bytes}\n", self.files.key)
-        } else {
-            String::new()
+    /// What the journal holds as a round starts (`journal::restated`, put
+    /// in place by `journal::rewrite`): the prefix it resumes from, made
+    /// durable first (this boot's lines may name bytes still in the page
+    /// cache), and this run's boot. Where that sync fails, the prefix's
+    /// line comes after the boot line: trusted by a run of this boot, not
+    /// after a power cut. A journal that cannot be written costs a resume,
+    /// not the download.
+    fn begin_round(&mut self, resumed_bytes: u64) {
+        use crate::journal::{restated, rewrite};
+        let boot = crate::journal::boot_id();
+        let boot = boot.as_deref();
+        let text = match resumed_bytes {
+            0 => restated("", boot),
+            _ => {
+                let record = format!("chunk\t{}\t{resumed_bytes}\n", self.files.key);
+                match rustix::fs::syncfs(self.dir) {
+                    Ok(()) => restated(&record, boot),
+                    Err(_) => restated("", boot) + &record,
+                }
+            }
         };
-        let text = crate::journal::restated(&prefix, crate::journal::boot_id().as_deref());
-        let _ = self
-            .cut()
-            .and_then(|()| (&self.file).write_all(text.as_bytes()));
+        let held = self.file.try_clone();
+        if let Ok(file) = held.and_then(|held| rewrite(self.dir, &self.files.journal, held, &text))
+        {
+            self.file = file;
+        }
     }
 
     /// Empties the journal, unless it is empty already (a new one). ext4
@@ -1671,6 +1683,8 @@ impl HeldJournal<'_> {
     fn remove(&self) {
         let _ = rustix::fs::unlinkat(self.dir, &self.files.part, AtFlags::empty());
         let _ = rustix::fs::unlinkat(self.dir, &self.files.journal, AtFlags::empty());
+        let replacement = crate::journal::replacement_name(&self.files.journal);
+        let _ = rustix::fs::unlinkat(self.dir, &replacement, AtFlags::empty());
     }
 }
 

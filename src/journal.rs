@@ -51,6 +51,66 @@ pub fn restated(durable_records: &str, boot: Option<&str>) -> String {
     text
 }
 
+/// Puts `text` (`restated`) in place of the journal `name` in `dir`, held
+/// open as `journal` (with `O_APPEND`, flocked), and returns the file to
+/// append to from now on. An empty journal (a new one) is written to. One
+/// that holds lines is never emptied first: a kill (or a power cut) between
+/// the cut and the write would lose every record it held, and with them the
+/// partial files they vouch for. `text` goes to `NAME.new` instead, locked,
+/// synced when it carries records, and renamed over the name: the name
+/// leads to the old journal or the new one, each whole. The old file's lock
+/// goes with it, so whoever takes a journal's lock must check that the name
+/// still leads to the file locked (as `get` and `restore` do).
+pub fn rewrite(dir: &OwnedFd, name: &str, mut journal: File, text: &str) -> std::io::Result<File> {
+    use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
+    let new_name = replacement_name(name);
+    // A run killed between its create and its rename left it.
+    let _ = rustix::fs::unlinkat(dir, &new_name, AtFlags::empty());
+    if journal.metadata()?.len() == 0 {
+        journal.write_all(text.as_bytes())?;
+        return Ok(journal);
+    }
+    let flags = OFlags::CREATE
+        | OFlags::EXCL
+        | OFlags::RDWR
+        | OFlags::APPEND
+        | OFlags::CLOEXEC
+        | OFlags::NOFOLLOW;
+    let fd = rustix::fs::openat(dir, &new_name, flags, Mode::from_raw_mode(0o644))?;
+    let mut new = File::from(fd);
+    let written = rustix::fs::flock(&new, FlockOperation::NonBlockingLockExclusive)
+        .map_err(std::io::Error::from)
+        .and_then(|()| new.write_all(text.as_bytes()))
+        .and_then(|()| match text.lines().count() > 1 {
+            true => new.sync_data(),
+            false => Ok(()),
+        })
+        .and_then(|()| {
+            rustix::fs::renameat(dir, &new_name, dir, name).map_err(std::io::Error::from)
+        });
+    if let Err(error) = written {
+        let _ = rustix::fs::unlinkat(dir, &new_name, AtFlags::empty());
+        return Err(error);
+    }
+    Ok(new)
+}
+
+/// Where `rewrite` writes the journal `name`'s new text: whoever removes
+/// the journal removes this too (a kill may have left it).
+pub fn replacement_name(name: &str) -> String {
+    format!("{name}.new")
+}
+
+/// Whether `name` in `dir` leads to `file` (a journal whose lock was just
+/// taken: `rewrite` may have renamed another over the name meanwhile).
+pub fn is_named(dir: &OwnedFd, name: &str, file: &impl std::os::fd::AsFd) -> bool {
+    use rustix::fs::AtFlags;
+    let held = rustix::fs::fstat(file);
+    let named = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW);
+    matches!((held, named), (Ok(held), Ok(named))
+        if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino))
+}
+
 /// Reads a journal line by line (I/O-free) and hands on the record lines
 /// it may trust, in journal order: at once for a section of this boot;
 /// for any other section once a `durable` line covers them. Markers and
@@ -242,6 +302,69 @@ mod tests {
 
     fn trusted(text: &str, boot: Option<&str>) -> Vec<String> {
         trusted_lines(text, boot)
+    }
+
+    /// The journal `text` in a new directory, opened as runs open it.
+    fn journal_in(text: &str) -> (tempfile::TempDir, OwnedFd, File) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("journal"), text).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(dir.path().join("journal"))
+            .unwrap();
+        let fd = OwnedFd::from(File::open(dir.path()).unwrap());
+        (dir, fd, file)
+    }
+
+    fn read(dir: &tempfile::TempDir, name: &str) -> String {
+        std::fs::read_to_string(dir.path().join(name)).unwrap()
+    }
+
+    #[test]
+    fn a_new_journal_is_written_to_in_place() {
+        let (dir, fd, file) = journal_in("");
+        let rewritten = rewrite(&fd, "journal", file, "boot\tB\n").unwrap();
+        assert_eq!(read(&dir, "journal"), "boot\tB\n");
+        assert!(is_named(&fd, "journal", &rewritten));
+    }
+
+    /// A journal with lines is replaced whole by a rename, never emptied
+    /// first: the old file keeps its text to the end (a kill before the
+    /// rename leaves it under the name), the new one is locked before it
+    /// takes the name, and a stale `journal.new` is no obstacle.
+    #[test]
+    fn a_journal_with_lines_is_replaced_never_emptied() {
+        let old_text = "boot\tA\nchunk\tk\t4096\nchunk\tk\t8192\n";
+        let (dir, fd, file) = journal_in(old_text);
+        std::fs::write(dir.path().join("journal.new"), "stale").unwrap();
+        let old = file.try_clone().unwrap();
+        let new_text = restated("chunk\tk\t8192\n", Some("B"));
+        let mut rewritten = rewrite(&fd, "journal", file, &new_text).unwrap();
+        assert_eq!(read(&dir, "journal"), new_text);
+        assert!(!dir.path().join("journal.new").exists());
+        assert!(is_named(&fd, "journal", &rewritten) && !is_named(&fd, "journal", &old));
+        let mut kept = String::new();
+        std::io::Read::read_to_string(&mut &old, &mut kept).unwrap();
+        assert_eq!(kept, old_text);
+        let locked = rustix::fs::flock(
+            File::open(dir.path().join("journal")).unwrap(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        );
+        assert_eq!(locked, Err(rustix::io::Errno::WOULDBLOCK));
+        rewritten.write_all(b"chunk\tk\t12288\n").unwrap();
+        assert_eq!(read(&dir, "journal"), new_text + "chunk\tk\t12288\n");
+    }
+
+    /// A rewrite that fails leaves the journal as it was.
+    #[test]
+    fn a_failed_rewrite_keeps_the_journal() {
+        let old_text = "boot\tA\nchunk\tk\t4096\n";
+        let (dir, fd, file) = journal_in(old_text);
+        // Where the new text would go, a directory that cannot be removed.
+        std::fs::create_dir_all(dir.path().join("journal.new/busy")).unwrap();
+        assert!(rewrite(&fd, "journal", file, "boot\tB\n").is_err());
+        assert_eq!(read(&dir, "journal"), old_text);
     }
 
     #[test]

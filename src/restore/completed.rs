@@ -4,7 +4,8 @@
 //! listing order. At start the journal's `ok` records and the sorted file of
 //! the previous start are merged into one new sorted file (an external sort:
 //! `external_sort`, with runs of `JOURNAL_SORT_RUN_BYTES`), and
-//! the journal is cut back to the chunk records of half-done large objects.
+//! the journal is rewritten to the chunk records of half-done large objects
+//! (`journal::rewrite`: replaced whole, never emptied first).
 //! The scheduler sees names in listing order (UTF-8 byte order, as B2 lists
 //! them), so membership is a forward-only merge join against that file: one
 //! record in memory, whatever the bucket holds.
@@ -15,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, Write};
+use std::io::{BufRead, BufReader, Seek};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -31,6 +32,8 @@ pub fn record(name: &str, key: &str) -> String {
 
 /// What the start of a run learns from the journal.
 pub struct Loaded {
+    /// The journal to append to (`journal::rewrite` may have replaced it).
+    pub journal: File,
     pub completed: Cursor,
     /// Large objects left half done: key → bytes written (a chunk boundary).
     pub chunks: HashMap<String, u64>,
@@ -87,8 +90,8 @@ impl Cursor {
     }
 }
 
-/// Merges the journal into `sorted_name` (in the state directory), cuts the
-/// journal back to its chunk records, and opens the cursor.
+/// Merges the journal into `sorted_name` (in the state directory), rewrites
+/// the journal to its chunk records, and opens the cursor.
 ///
 /// Only the lines the journal may be trusted for are read
 /// (`journal::Trust`: all of this boot's, another boot's up to its last
@@ -98,7 +101,7 @@ impl Cursor {
 pub fn load(
     state: &OwnedFd,
     sorted_name: &str,
-    journal: &mut File,
+    mut journal: File,
     journal_name: &str,
     run_bytes: usize,
     boot: Option<&str>,
@@ -124,7 +127,7 @@ pub fn load(
         Ok(file)
     });
     let sort_error = |error| Error::io(context("sorting the journal"), error);
-    let mut reader = BufReader::new(&*journal);
+    let mut reader = BufReader::new(&journal);
     let mut line = Vec::new();
     let mut trust = journal::Trust::new(boot);
     let mut end_offset = 0u64;
@@ -193,27 +196,29 @@ pub fn load(
         let (temp, count) = create(state, &temp_name)
             .and_then(|temp| merged.write_to(temp))
             .map_err(|error| Error::io(context("writing the sorted journal"), error))?;
-        // Durable before it replaces the old file: the journal is cut next.
+        // Durable before it replaces the old file: the journal is rewritten next.
         temp.sync_all()
             .map_err(|error| Error::io(context("syncing the sorted journal"), error))?;
         rustix::fs::renameat(state, &temp_name, state, sorted_name)
             .map_err(|error| Error::io(context("replacing the sorted journal"), error.into()))?;
         (open_read(state, sorted_name), count)
     };
-    // Always rewritten (`journal::restated`). A kill before the cut only
-    // merges the same records again next time. Not synced: lines lost with
-    // the page cache only make a later run trust less, and an `fdatasync`
-    // at every start waits on a busy disk.
+    // Always rewritten (`journal::restated`), never emptied first
+    // (`journal::rewrite`). A kill before the rename only merges the same
+    // records again next time.
     let mut kept = String::new();
     for (key, bytes) in &chunks {
         kept.push_str(&format!("chunk\t{key}\t{bytes}\n"));
     }
     let kept = journal::restated(&kept, boot);
-    journal
-        .set_len(0)
-        .and_then(|()| journal.write_all(kept.as_bytes()))
-        .map_err(|error| Error::io(context("cutting the journal"), error))?;
+    let journal = journal::rewrite(state, journal_name, journal, &kept).map_err(|error| {
+        Error::io(
+            format!("rewriting the journal (.ringdown/{journal_name})"),
+            error,
+        )
+    })?;
     Ok(Loaded {
+        journal,
         completed: Cursor::open(sorted),
         chunks,
         completed_count,
@@ -270,6 +275,7 @@ fn create(state: impl AsFd, name: &str) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn state_dir() -> (tempfile::TempDir, OwnedFd) {
         let dir = tempfile::tempdir().unwrap();
@@ -314,7 +320,7 @@ mod tests {
         // A line that is not UTF-8 (cut inside a character) is skipped too.
         journal.write_all(b"ok\tcaf\xc3\tidx\t1\n").unwrap();
         // Tiny runs: many spills, a real k-way merge.
-        let mut loaded = load(&state, "completed", &mut journal, "journal", 4096, B).unwrap();
+        let mut loaded = load(&state, "completed", journal, "journal", 4096, B).unwrap();
         assert_eq!(loaded.completed_count, 5000);
         assert_eq!(loaded.chunks.len(), 1);
         assert_eq!(loaded.chunks["id-big\t99"], 8_388_608);
@@ -355,12 +361,14 @@ mod tests {
     #[test]
     fn a_second_start_merges_new_records_into_the_sorted_file() {
         let (dir, state) = state_dir();
-        let mut journal = journal_with(dir.path(), "boot\tB\nok\tb\tid-b\t1\nok\td\tid-d\t1\n");
-        drop(load(&state, "completed", &mut journal, "journal", 1 << 20, B).unwrap());
+        let journal = journal_with(dir.path(), "boot\tB\nok\tb\tid-b\t1\nok\td\tid-d\t1\n");
+        let mut journal = load(&state, "completed", journal, "journal", 1 << 20, B)
+            .unwrap()
+            .journal;
         journal
             .write_all(b"ok\ta\tid-a\t1\nok\tc\tid-c\t1\n")
             .unwrap();
-        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20, B).unwrap();
+        let mut loaded = load(&state, "completed", journal, "journal", 1 << 20, B).unwrap();
         assert_eq!(loaded.completed_count, 4);
         for name in ["a", "b", "c", "d"] {
             assert!(
@@ -370,7 +378,8 @@ mod tests {
             );
         }
         // Nothing new: the sorted file is reused as it is.
-        let mut loaded = load(&state, "completed", &mut journal, "journal", 1 << 20, B).unwrap();
+        let journal = loaded.journal;
+        let mut loaded = load(&state, "completed", journal, "journal", 1 << 20, B).unwrap();
         assert_eq!(loaded.completed_count, 4);
         assert!(loaded.completed.contains(&record("c", "id-c\t1")));
         remove(&state, "completed");
@@ -383,20 +392,12 @@ mod tests {
     #[test]
     fn after_a_reboot_only_records_marked_durable_are_trusted() {
         let (dir, state) = state_dir();
-        let mut journal = journal_with(
+        let journal = journal_with(
             dir.path(),
             "boot\tA\nok\tsafe\tid-s\t1\nchunk\tid-big\t9\t4096\n\
              durable\t42\nok\tlost\tid-l\t1\nchunk\tid-big\t9\t8192\n",
         );
-        let mut loaded = load(
-            &state,
-            "completed",
-            &mut journal,
-            "journal",
-            1 << 20,
-            Some("C"),
-        )
-        .unwrap();
+        let mut loaded = load(&state, "completed", journal, "journal", 1 << 20, Some("C")).unwrap();
         assert_eq!(loaded.completed_count, 1);
         assert_eq!(loaded.chunks["id-big\t9"], 4096);
         assert!(loaded.completed.contains(&record("safe", "id-s\t1")));
@@ -406,19 +407,11 @@ mod tests {
         assert_eq!(text, "chunk\tid-big\t9\t4096\ndurable\t20\nboot\tC\n");
         // The same journal in the boot that wrote it: every record.
         let (dir, state) = state_dir();
-        let mut journal = journal_with(
+        let journal = journal_with(
             dir.path(),
             "boot\tA\nok\tsafe\tid-s\t1\ndurable\t22\nok\tlost\tid-l\t1\n",
         );
-        let loaded = load(
-            &state,
-            "completed",
-            &mut journal,
-            "journal",
-            1 << 20,
-            Some("A"),
-        )
-        .unwrap();
+        let loaded = load(&state, "completed", journal, "journal", 1 << 20, Some("A")).unwrap();
         assert_eq!(loaded.completed_count, 2);
     }
 

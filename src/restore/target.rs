@@ -139,6 +139,33 @@ fn mkdir_and_open(dir: impl AsFd + Copy, name: &str) -> std::result::Result<Owne
 /// different shard counts may share one DIR (a whole-bucket run beside a
 /// `--shard 0/2` one): each cleans up only names with its own tag, and no
 /// tag is a prefix of another.
+/// Takes the shard's journal lock: one restore of a shard into a DIR at a
+/// time (exit 2 for the second).
+fn lock_journal(
+    journal: &OwnedFd,
+    shard: Shard,
+    root_path: &Path,
+    state_context: &str,
+    journal_name: &str,
+) -> Result<()> {
+    use rustix::fs::FlockOperation;
+    rustix::fs::flock(journal, FlockOperation::NonBlockingLockExclusive).map_err(|error| {
+        if error == Errno::WOULDBLOCK {
+            Error::Usage(format!(
+                "another ringdown restore of shard {}/{} is running into {} (its journal is locked)",
+                shard.index,
+                shard.count,
+                root_path.display()
+            ))
+        } else {
+            Error::io(
+                format!("locking {state_context}/{journal_name}"),
+                error.into(),
+            )
+        }
+    })
+}
+
 fn shard_tag(shard: Shard) -> String {
     format!("{}-of-{}-", shard.index, shard.count)
 }
@@ -196,7 +223,14 @@ impl Target {
         let mut tries_left = 3;
         let (state, journal_fd, partial) = loop {
             match open_state() {
-                Ok(opened) => break opened,
+                Ok((state, journal_fd, partial)) => {
+                    lock_journal(&journal_fd, shard, root_path, &state_context, &journal_name)?;
+                    // A run that started just before rewrote it since
+                    // (`journal::rewrite`): the lock taken is on the old one.
+                    if journal::is_named(&state, &journal_name, &journal_fd) {
+                        break (state, journal_fd, partial);
+                    }
+                }
                 Err((Errno::NOENT, _)) if tries_left > 1 => tries_left -= 1,
                 Err((Errno::ROFS, _)) => {
                     return Err(Error::Fatal(format!(
@@ -215,33 +249,16 @@ impl Target {
                 Err((error, context)) => return Err(Error::io(context, error.into())),
             }
         };
-        if let Err(error) = rustix::fs::flock(&journal_fd, FlockOperation::NonBlockingLockExclusive)
-        {
-            return Err(if error == Errno::WOULDBLOCK {
-                Error::Usage(format!(
-                    "another ringdown restore of shard {}/{} is running into {} (its journal is locked)",
-                    shard.index,
-                    shard.count,
-                    root_path.display()
-                ))
-            } else {
-                Error::io(
-                    format!("locking {state_context}/{journal_name}"),
-                    error.into(),
-                )
-            });
-        }
-        let mut journal = std::fs::File::from(journal_fd);
         let completed_name = format!("completed-{}-of-{}", shard.index, shard.count);
         let loaded = completed::load(
             &state,
             &completed_name,
-            &mut journal,
+            std::fs::File::from(journal_fd),
             &journal_name,
             JOURNAL_SORT_RUN_BYTES,
             journal::boot_id().as_deref(),
         )?;
-        let journal = Journal::new(journal);
+        let journal = Journal::new(loaded.journal);
         let durable_marks = DurableMarks::start(
             Arc::clone(&journal),
             state
@@ -595,6 +612,8 @@ impl Target {
     pub fn remove_state(&self) {
         self.remove_all_partials();
         let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
+        let replacement = journal::replacement_name(&self.journal_name);
+        let _ = rustix::fs::unlinkat(&self.state, &replacement, AtFlags::empty());
         // Closed too: a FUSE file system keeps an unlinked file that is still
         // open as a hidden one, and `.ringdown/` would not be empty.
         self.journal.close();
