@@ -2,7 +2,7 @@
 # A sharded restore as a Slurm job array: task K restores shard K of N.
 # N is SLURM_ARRAY_TASK_COUNT and K the task's position in the array,
 # (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP, passed
-# as --shard K/N (left to itself ringdown takes K = ID - MIN: step 1 only).
+# as --shard K/N (ringdown takes the same K from these variables by itself).
 # So --array may be a range, with a step or a throttle: 0-15, 1-16, 0-30:2,
 # 0-15%4. A list (1,3,5) works only if its tasks are evenly spaced and
 # SLURM_ARRAY_TASK_STEP says so; any other array (1,2,5) exits 2 before

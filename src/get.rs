@@ -315,9 +315,15 @@ impl Download {
                 "DEST is empty: give the file's path or an existing directory".into(),
             ));
         }
-        if self.dest.as_os_str().as_bytes().ends_with(b"/") && !self.dest.is_dir() {
+        // `Path` drops a last `.` (`out/new/.` is `out/new` to it), so a
+        // DEST naming a directory that does not exist would be taken as a
+        // file of that name.
+        let spelled = self.dest.as_os_str().as_bytes();
+        let names_a_directory = spelled.ends_with(b"/") || spelled.ends_with(b"/.");
+        if names_a_directory && !self.dest.is_dir() {
+            let end = if spelled.ends_with(b"/") { "/" } else { "/." };
             return Err(Error::Usage(format!(
-                "DEST {} names a directory (it ends in '/'), and there is none; create it first",
+                "DEST {} names a directory (it ends in '{end}'), and there is none; create it first",
                 self.dest.display()
             )));
         }
@@ -1731,7 +1737,7 @@ fn with_given_sha1(
     };
     match published.digest() {
         Some(digest) if *digest != given => Err(Error::Fatal(format!(
-            "{display_name}: --sha1 {} is not the SHA1 B2 publishes for it ({});              check which one is right",
+            "{display_name}: --sha1 {} is not the SHA1 B2 publishes for it ({}); check which one is right",
             to_hex(&given),
             to_hex(digest)
         ))),

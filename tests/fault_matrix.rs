@@ -137,6 +137,8 @@ fn client_with(served: &Served, subcommand: &str, overrides: &[&str]) -> Command
         "RINGDOWN_SHARD_COUNT",
         "SLURM_ARRAY_TASK_ID",
         "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_MAX",
+        "SLURM_ARRAY_TASK_STEP",
         "SLURM_ARRAY_TASK_COUNT",
     ] {
         command.env_remove(variable);

@@ -1212,6 +1212,22 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let output = ringdown(&served, &["b2://bkt/a.bin", &new_dir]);
     assert_exit(&output, 2, "ends in '/'");
     assert!(!fixture.out.path().join("newdir").exists());
+    // So does one ending in '/.', which `Path` reads as the file `newdir`:
+    // it was created, or, where a file of that name was, the whole object
+    // was fetched before "made by another program" (h24).
+    let new_dir = format!("{}/newdir/.", fixture.out.path().display());
+    let output = ringdown(&served, &["b2://bkt/a.bin", &new_dir]);
+    assert_exit(&output, 2, "ends in '/.'");
+    assert!(!fixture.out.path().join("newdir").exists());
+    let a_file = fixture.out.path().join("afile");
+    std::fs::write(&a_file, "kept").unwrap();
+    let output = ringdown(
+        &served,
+        &["b2://bkt/a.bin", &format!("{}/.", a_file.display())],
+    );
+    assert_exit(&output, 2, "ends in '/.'");
+    assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "kept");
+    assert_no_temp(fixture.out.path());
 
     // A URL whose last segment decodes to a path ('%2F') is refused into a
     // DEST directory: it joined to a path outside it, an absolute one
@@ -1252,7 +1268,8 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         &served,
         &["b2://bkt/a.bin", &checked, "--sha1", &"0".repeat(40)],
     );
-    assert_exit(&output, 1, "--sha1");
+    assert_exit(&output, 1, "is not the SHA1 B2 publishes for it (");
+    assert!(stderr(&output).contains("); check which one is right"));
     assert!(!Path::new(&checked).exists());
     let right = sha1_hex(&content("a.bin", 1000));
     let output = ringdown(&served, &["b2://bkt/a.bin", &checked, "--sha1", &right]);

@@ -48,6 +48,8 @@ fn command_tuned(served: &Served, args: &[&str], dir: &Path, tuning: &[&str]) ->
         .env_remove("RINGDOWN_SHARD_COUNT")
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("SLURM_ARRAY_TASK_MIN")
+        .env_remove("SLURM_ARRAY_TASK_MAX")
+        .env_remove("SLURM_ARRAY_TASK_STEP")
         .env_remove("SLURM_ARRAY_TASK_COUNT");
     if let Some(ca) = &served.ca_file {
         command.arg("--ca-file").arg(ca);

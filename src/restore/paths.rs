@@ -267,10 +267,30 @@ impl Shard {
                 None => number("SLURM_ARRAY_TASK_COUNT")?
                     .ok_or("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")?,
             };
-            let index = task
+            // `--array 0-30:2`: tasks min, min + step, …, one shard each.
+            let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
+            let offset = task
                 .checked_sub(min)
                 .ok_or("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?;
-            return Shard::new(index, count).map_err(|why| format!("Slurm array: {why}"));
+            let max = number("SLURM_ARRAY_TASK_MAX")?;
+            let irregular = step == 0
+                || offset % step != 0
+                || max.is_some_and(|max| {
+                    count
+                        .checked_sub(1)
+                        .and_then(|n| n.checked_mul(step))
+                        .map(|n| min + n)
+                        != Some(max)
+                });
+            if irregular {
+                return Err(format!(
+                    "Slurm array: task {task} of MIN {min}, MAX {}, COUNT {count}, STEP {step} \
+                     is no shard of an evenly stepped array, and some shards would go to no \
+                     task: use --array A-B[:S], or pass --shard K/N",
+                    max.map_or("unset".to_string(), |max| max.to_string())
+                ));
+            }
+            return Shard::new(offset / step, count).map_err(|why| format!("Slurm array: {why}"));
         }
         if let Some(count) = count_flag {
             return Err(format!(
@@ -597,6 +617,24 @@ mod tests {
             ),
             Ok(Shard { index: 2, count: 3 })
         );
+        // `--array 0-4:2`: tasks 0, 2 and 4 are shards 0, 1 and 2 (task 2
+        // took shard 2 and task 4 none: shard 1 went to nobody).
+        let stepped = |task: &'static str, max: &'static str| {
+            let pairs = vec![
+                ("SLURM_ARRAY_TASK_ID", task),
+                ("SLURM_ARRAY_TASK_MIN", "0"),
+                ("SLURM_ARRAY_TASK_MAX", max),
+                ("SLURM_ARRAY_TASK_STEP", "2"),
+                ("SLURM_ARRAY_TASK_COUNT", "3"),
+            ];
+            Shard::resolve(None, None, &env(Vec::leak(pairs)))
+        };
+        for (task, index) in [("0", 0), ("2", 1), ("4", 2)] {
+            assert_eq!(stepped(task, "4"), Ok(Shard { index, count: 3 }));
+        }
+        // A task between the steps, or an array that is not evenly stepped.
+        assert!(stepped("3", "4").unwrap_err().contains("evenly stepped"));
+        assert!(stepped("2", "5").unwrap_err().contains("evenly stepped"));
         assert!(Shard::resolve(None, None, &env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
         assert!(Shard::parse("3/3").is_err());
         assert!(Shard::parse("0/0").is_err());
