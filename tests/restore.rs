@@ -3460,3 +3460,113 @@ fn a_mount_inside_dir_fails_its_files_before_downloading_them() {
         assert!(!fetched_b, "{mount:?}: sub/b.txt was downloaded");
     }
 }
+
+/// A download host in front of `upstream` (a plain `ringdown serve`'s
+/// origin, set once it runs) that loses the second GET it finds sent ahead
+/// (HTTP/1.1 pipelining): it never answers that one, and answers the next
+/// in its place, as a proxy that drops a pipelined request does. Answers
+/// wait 5 ms, a round trip the client sends ahead for. Returns its origin
+/// and how many GETs it lost.
+fn lossy_pipelining_origin(
+    upstream: std::sync::Arc<std::sync::OnceLock<String>>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let lost = std::sync::Arc::new(AtomicUsize::new(0));
+    let sent_ahead = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&lost);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (upstream, lost, sent_ahead) = (
+                std::sync::Arc::clone(&upstream),
+                std::sync::Arc::clone(&lost),
+                std::sync::Arc::clone(&sent_ahead),
+            );
+            std::thread::spawn(move || {
+                let read_head = |reader: &mut dyn BufRead| -> Option<String> {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).ok()? == 0 {
+                            return None;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            return Some(head);
+                        }
+                    }
+                };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let address = upstream.get().unwrap().trim_start_matches("http://");
+                let up = std::net::TcpStream::connect(address).unwrap();
+                let mut up_reader = BufReader::new(up.try_clone().unwrap());
+                let mut up_writer = up;
+                let mut pipelined = false;
+                while let Some(request) = read_head(&mut reader) {
+                    if pipelined && sent_ahead.fetch_add(1, Ordering::Relaxed) == 1 {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    up_writer.write_all(request.as_bytes()).unwrap();
+                    let Some(head) = read_head(&mut up_reader) else {
+                        return;
+                    };
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| {
+                            let (name, value) = line.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    up_reader.read_exact(&mut body).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                    if writer.write_all(head.as_bytes()).is_err()
+                        || writer.write_all(&body).is_err()
+                    {
+                        return;
+                    }
+                    // Was the next GET here before this answer ended?
+                    let mut byte = [0u8; 1];
+                    writer.set_nonblocking(true).unwrap();
+                    pipelined = !reader.buffer().is_empty()
+                        || matches!(writer.peek(&mut byte), Ok(n) if n > 0);
+                    writer.set_nonblocking(false).unwrap();
+                }
+            });
+        }
+    });
+    (origin, counted)
+}
+
+/// The answer to a GET sent ahead that names another version is taken as
+/// the connection out of step (an origin or proxy lost a pipelined GET and
+/// answered the next in its place), not as the object replaced: it goes
+/// again, alone, and the run sends one request at a time from then on.
+/// Every file is restored. It used to fail the object for good, as
+/// "replaced" (exit 1; h24).
+#[test]
+fn an_answer_for_another_pipelined_get_is_out_of_step_not_a_replacement() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = numbered_objects(&data.path().join("bkt"), "o", 40, |i| 30_000 + i);
+    let upstream = std::sync::Arc::new(std::sync::OnceLock::new());
+    let (proxy, lost) = lossy_pipelining_origin(std::sync::Arc::clone(&upstream));
+    let served = serve(data.path(), true, &["--download-url", &proxy]);
+    upstream.set(served.realm.clone()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let tuning = ["--cores", "1", "--connections", "2", "--retry-base-ms", "5"];
+    let output = run_bounded(command_tuned(&served, &["b2://bkt"], &dir, &tuning));
+    let text = stderr(&output);
+    assert_eq!(lost.load(std::sync::atomic::Ordering::Relaxed), 1, "{text}");
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("did not answer a pipelined request (it may have answered another"),
+        "{text}"
+    );
+    assert_tree(&dir, &objects);
+}

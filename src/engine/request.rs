@@ -24,7 +24,21 @@ pub(super) async fn next_head(
             .is_some_and(|sent| sent.asked_for(&object.path_and_query, range))
     });
     let head = if sent_ahead {
-        read_pipelined_head(core, connection, object, range).await?
+        let head = read_pipelined_head(core, connection, object, range).await?;
+        // Another version in the answer to a GET sent ahead: the object
+        // may have changed, but an origin (or proxy) that lost one of the
+        // GETs and answered the next in its place says the same. Taken as
+        // out of step: one request at a time from now on, and this one
+        // again, alone, on a new connection, where a change fails it.
+        if let Err(failure) = check_version(&head, object) {
+            let why = format!(
+                "it may have answered another in its place: {}",
+                failure.detail
+            );
+            core.shared.stop_pipelining(&why);
+            return Err(Failure::protocol(why));
+        }
+        head
     } else {
         // A GET sent ahead for something else would answer first.
         retire_if_answer_owed(connection);

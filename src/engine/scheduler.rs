@@ -319,7 +319,7 @@ impl Shared {
     /// Unless it has answered one before: it takes them, and this is that
     /// connection's end (a keep-alive limit, a reset), not a refusal. One
     /// such cut turned pipelining off for the rest of a run.
-    pub fn stop_pipelining_after_cut(&self, error: &std::io::Error) {
+    pub fn stop_pipelining_after_cut(&self, error: &dyn std::fmt::Display) {
         if !self.pipelining_answered.load(Ordering::Relaxed) {
             self.stop_pipelining(error);
         }
@@ -329,7 +329,7 @@ impl Shared {
     /// ahead: from now on, one request at a time (said once). A stall is
     /// never forgiven: each connection sending ahead again would wait out
     /// `--timeout-s` for every GET the origin leaves unanswered.
-    pub fn stop_pipelining(&self, error: &std::io::Error) {
+    pub fn stop_pipelining(&self, error: &dyn std::fmt::Display) {
         if self.pipelining.swap(false, Ordering::Relaxed) {
             say!(
                 "ringdown: the origin did not answer a pipelined request ({error}); \
