@@ -697,6 +697,7 @@ impl Download {
                 Err(rustix::io::Errno::EXIST) => {
                     if let Some(journal) = journal.as_mut() {
                         journal.keep = true;
+                        journal.record_whole(meta.size_bytes);
                         say!(
                             "ringdown: kept {} and its journal in {}: run again with --force to replace {} from it (it resumes)",
                             temp_name,
@@ -1676,6 +1677,16 @@ impl HeldJournal<'_> {
             return Ok(());
         }
         self.file.set_len(0)
+    }
+
+    /// The partial file is whole and verified (kept: DEST appeared): the
+    /// journal says so, and a rerun resumes it all but its last part-block
+    /// (`engine::resumable_prefix`), where the last chunk boundary journaled
+    /// left the whole last chunk to fetch again.
+    fn record_whole(&self, size_bytes: u64) {
+        use std::io::Write;
+        let line = format!("chunk\t{}\t{size_bytes}\n", self.files.key);
+        let _ = (&self.file).write_all(line.as_bytes());
     }
 
     /// A new round from byte 0: the partial file goes, the journal is cut
