@@ -828,6 +828,17 @@ fn dry_run_lists_and_creates_nothing() {
         "{err}"
     );
     assert!(!dir.exists());
+    // It writes no file: a --report or --stats-json asked of it is exit 2,
+    // not silently left unwritten (h23).
+    for flag in ["--report", "--stats-json"] {
+        let file = out.path().join("asked.json");
+        let file = file.to_str().unwrap();
+        let output = restore(&served, &["b2://bkt", "--dry-run", flag, file], &dir);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains("cannot be used with"), "{err}");
+        assert!(!Path::new(file).exists());
+    }
     // The real run agrees.
     let real = out.path().join("real");
     assert_eq!(

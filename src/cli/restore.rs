@@ -53,8 +53,8 @@ pub struct RestoreArgs {
     pub stats_json: Option<PathBuf>,
     /// List what would be restored (BYTES<TAB>NAME on stdout) and the names a real run would
     /// refuse or fail (on stderr); create nothing. Exits 1 when there are such names, as the
-    /// real run would.
-    #[arg(long)]
+    /// real run would. Writes no file, so not with --report or --stats-json.
+    #[arg(long, conflicts_with_all = ["report", "stats_json"])]
     pub dry_run: bool,
     /// Restore the bucket as it was at this instant: each name's newest version uploaded at or
     /// before it, leaving out names deleted (hidden) by then or created later. RFC 3339 with a
