@@ -640,9 +640,9 @@ impl Shared {
                 claimed_ahead: 0,
                 backing_off: 0,
             }),
-            pace: config
-                .limit_rate_bytes_per_s
-                .map(|bytes_per_s| super::pace::Pace::new(bytes_per_s, cores)),
+            pace: config.limit_rate_bytes_per_s.map(|bytes_per_s| {
+                super::pace::Pace::new(bytes_per_s, cores * connections_per_core)
+            }),
             capacity_jobs: (cores * SCHEDULER_QUEUE_JOBS_PER_CORE).min(SCHEDULER_QUEUE_JOBS_MAX),
             connections_total: cores * connections_per_core,
             claimed_ahead_max: (cores * connections_per_core * PIPELINE_OBJECTS_AHEAD)
