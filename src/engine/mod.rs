@@ -438,6 +438,9 @@ pub enum Fetch {
     Whole,
 }
 
+/// The end of the reason of an object a stopped run never started.
+pub const NOT_STARTED: &str = "not started: the run stopped";
+
 /// Downloads one object of `object_size_bytes` into `file` (a scheduler
 /// with this one object) and returns its SHA1, computed in order from
 /// memory; O_DIRECT padding is already cut back.

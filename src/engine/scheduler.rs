@@ -1096,7 +1096,7 @@ fn refuse(shared: &Shared, work: Work) {
         Work::Large(job) => (job.spec.object.display_name, job.done, 0),
     };
     let why = match attempts {
-        0 => format!("{display_name}: not started: the run stopped"),
+        0 => format!("{display_name}: {}", super::NOT_STARTED),
         _ => format!("{display_name}: the run stopped after {attempts} failed attempts"),
     };
     fail(shared, done, Error::Fatal(why), attempts);

@@ -362,7 +362,15 @@ impl Reporter {
                 Status::Refused => tally.refused += 1,
             }
         }
+        // What a stop left unstarted is the stop's doing, said once (the
+        // error, or the interrupted note), counted in the summary and
+        // listed in the report: not a line per file.
+        let unstarted = record
+            .reason
+            .as_deref()
+            .is_some_and(|reason| reason.ends_with(crate::engine::NOT_STARTED));
         match record.status {
+            Status::Failed if unstarted => {}
             Status::Failed => say!(
                 "ringdown: failed: {}: {}",
                 record.entry.name,
@@ -441,7 +449,11 @@ impl Run {
     fn fail_run(&self, error: Error) {
         let mut fatal = self.fatal.lock().expect("fatal lock");
         if fatal.is_none() {
-            say!("ringdown: error: {error}; stopping");
+            // Said when it happens, for a long run's log; `--quiet` has it
+            // once, as the run's last line.
+            if !self.reporter.quiet {
+                say!("ringdown: error: {error}; stopping");
+            }
             *fatal = Some(error);
         }
         self.stop.store(true, Ordering::Release);
