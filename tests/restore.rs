@@ -3346,6 +3346,7 @@ fn a_refused_refresh_ends_the_run_with_its_reason() {
         ));
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(code), "{answer}: {text}");
+        assert!(text.contains(says), "{answer}: {text}");
         // `--quiet`: the error once (it was said when it came too), and no
         // line per object the stop left unstarted (h23).
         assert_eq!(
