@@ -250,9 +250,10 @@ pub fn finish(
         ),
     };
     let line = format!(
-        "{}: {} files restored ({} verified, {} unverified), {} skipped, {} failed, {} refused; {} bytes{resumed} in {:.2} s, {:.1} MB/s",
+        "{}: {} file{} restored ({} verified, {} unverified), {} skipped, {} failed, {} refused; {} bytes{resumed} in {:.2} s, {:.1} MB/s",
         args.dir.display(),
         tally.files,
+        if tally.files == 1 { "" } else { "s" },
         tally.ok,
         tally.unverified,
         tally.skipped,

@@ -687,7 +687,7 @@ impl Restore {
         }
         if let Some(at_ms) = options.as_of_ms {
             notices.push(format!(
-                "as of {}: each name's version current then was restored; names created later or deleted by then were left out",
+                "as of {}: restoring each name's version current then; names created later or deleted by then are left out",
                 crate::units::format_instant_ms(at_ms)
             ));
         }
