@@ -162,8 +162,13 @@ impl Job {
     }
 
     /// The object's next round after a SHA1 mismatch: from byte 0, same
-    /// object, cores and counters.
+    /// object, cores and counters. The journal hears of it first (a
+    /// boundary of 0): a run killed before this round's first boundary
+    /// would resume from the last round's, over the bytes that failed.
     fn next_round(&self, done: Done) -> Job {
+        if let Some(on_written) = &self.spec.on_written {
+            on_written(0);
+        }
         Job::round(
             Arc::clone(&self.spec),
             self.started,

@@ -147,9 +147,11 @@ pub fn load(
             .strip_prefix("chunk\t")
             .and_then(|rest| rest.rsplit_once('\t'))
         {
+            // The last line wins: a round after a SHA1 mismatch starts
+            // its object over with a line of 0 (`Job::next_round`), and
+            // the prefix of the round before is not its to resume.
             if let Ok(bytes) = bytes.parse::<u64>() {
-                let entry = chunks.entry(key.to_string()).or_insert(0);
-                *entry = (*entry).max(bytes);
+                chunks.insert(key.to_string(), bytes);
             }
         }
     };
@@ -170,6 +172,7 @@ pub fn load(
         trust.line(text, end_offset, &mut take);
     }
     trust.finish();
+    chunks.retain(|_, bytes| *bytes > 0);
     if let Some(error) = sort_failure {
         return Err(sort_error(error));
     }
@@ -356,6 +359,26 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// A large object downloaded again after a SHA1 mismatch journals a
+    /// boundary of 0 and then its new round's: the last line wins, so a
+    /// run killed in the new round never resumes from the old one's bytes
+    /// (the larger number, which the maximum used to pick).
+    #[test]
+    fn a_round_started_over_resumes_from_its_own_boundaries() {
+        let (dir, state) = state_dir();
+        let journal = journal_with(
+            dir.path(),
+            "boot\tB\nchunk\tid-big\t9\t8192\nchunk\tid-big\t9\t16384\n\
+             chunk\tid-big\t9\t0\nchunk\tid-big\t9\t4096\n\
+             chunk\tid-new\t9\t8192\nchunk\tid-new\t9\t0\n",
+        );
+        let loaded = load(&state, "completed", journal, "journal", 1 << 20, B).unwrap();
+        assert_eq!(loaded.chunks.len(), 1, "{:?}", loaded.chunks);
+        assert_eq!(loaded.chunks["id-big\t9"], 4096);
+        let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
+        assert_eq!(text, "chunk\tid-big\t9\t4096\ndurable\t20\nboot\tB\n");
     }
 
     #[test]
