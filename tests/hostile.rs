@@ -1238,6 +1238,84 @@ fn listing_entries(objects: &[(&str, Vec<u8>)]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The token expires as a later listing page is asked for, and the API
+/// cannot authorize again for a while (503s, longer than a refresh's own
+/// tries): the page backs off, as downloads do, and asks again once the
+/// failed refresh is no longer shared (`REAUTHORIZE_FAILURE_SHARED_MS`,
+/// 10 s). The restore finishes. It used to end the run at the first failed
+/// refresh (h24).
+#[test]
+fn a_listing_page_outlasts_a_refresh_the_api_cannot_answer() {
+    let objects = [("a", data(3, 1)), ("b", data(4, 2))];
+    let entries = listing_entries(&objects);
+    let lists = Arc::new(AtomicUsize::new(0));
+    let authorizations = Arc::new(AtomicUsize::new(0));
+    let (listed, authorized) = (Arc::clone(&lists), Arc::clone(&authorizations));
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if req.path.ends_with("/b2_authorize_account") {
+            // The first answers; the refresh's 3 tries meet the outage.
+            let call = authorized.fetch_add(1, Ordering::SeqCst);
+            if (1..=3).contains(&call) {
+                respond_json(
+                    stream,
+                    503,
+                    serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
+                );
+                return true;
+            }
+            return false;
+        }
+        if req.path.ends_with("/b2_list_file_names") {
+            // The token expires after the first page, until an
+            // authorization after the outage (the fifth) gives a new one.
+            let expired = authorized.load(Ordering::SeqCst) < 5;
+            let page = match listed.fetch_add(1, Ordering::SeqCst) {
+                0 => serde_json::json!({"files": [entries[0]], "nextFileName": "b"}),
+                _ if expired => {
+                    respond_json(
+                        stream,
+                        401,
+                        serde_json::json!({"status":401,"code":"expired_auth_token","message":"expired"}),
+                    );
+                    return true;
+                }
+                _ => serde_json::json!({"files": [entries[1]], "nextFileName": null}),
+            };
+            respond_json(stream, 200, page);
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let source = format!("b2://{BUCKET}");
+    let realm = fake.realm();
+    // Backoffs of 4 and 8 s: the second passes the 10 s of the shared failure.
+    let run = ringdown(&[
+        "restore",
+        &source,
+        dir.to_str().unwrap(),
+        "--realm",
+        &realm,
+        "--max-attempts",
+        "3",
+        "--retry-base-ms",
+        "4000",
+        "--retry-max-ms",
+        "8000",
+        "--cores",
+        "1",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), data(3, 1));
+    assert_eq!(std::fs::read(dir.join("b")).unwrap(), data(4, 2));
+    // The first, the refresh's 3 tries, and the one after the backoffs.
+    assert_eq!(authorizations.load(Ordering::SeqCst), 5, "{}", run.stderr);
+    // The first page, the expired one asked 3 times, the last page.
+    assert_eq!(lists.load(Ordering::SeqCst), 5, "{}", run.stderr);
+}
+
 #[test]
 fn listing_pages_that_repeat_or_go_backwards() {
     let objects = [("a", data(3, 1)), ("b", data(4, 2)), ("c", data(5, 3))];

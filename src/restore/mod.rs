@@ -971,6 +971,7 @@ pub(crate) async fn api_call(
     mut keep: Option<&mut KeepAlive>,
 ) -> Result<Vec<u8>> {
     let mut reauthorized = false;
+    let mut refresh_failures = 0;
     loop {
         let api = auth.api_host()?;
         let origin = api.origin;
@@ -1008,7 +1009,26 @@ pub(crate) async fn api_call(
                     Some("expired_auth_token" | "bad_auth_token")
                 ) =>
             {
-                reauthorized = auth.reauthorize(seen_generation).await?;
+                match auth.reauthorize(seen_generation).await {
+                    Ok(refreshed) => reauthorized = refreshed,
+                    // The API unreachable for a while (this refresh failed,
+                    // or one another call made, shared for a while): back
+                    // off as the call's own retries do and ask again, as
+                    // downloads do. A listing page used to end the run.
+                    Err(error)
+                        if error.may_pass_on_retry() && refresh_failures + 1 < retry.attempts =>
+                    {
+                        refresh_failures += 1;
+                        let delay =
+                            std::time::Duration::from_millis(retry.backoff_ms(refresh_failures));
+                        let stop = crate::runtime::stop_requested;
+                        if !crate::runtime::sleep_unless(delay, || stop().is_some()).await {
+                            let signal = stop().unwrap_or(crate::runtime::CANCELLED);
+                            return Err(Error::Interrupted { signal });
+                        }
+                    }
+                    Err(error) => return Err(error),
+                }
                 continue;
             }
             401 | 403 => {
