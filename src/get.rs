@@ -1661,9 +1661,18 @@ impl HeldJournal<'_> {
             }
         };
         let held = self.file.try_clone();
-        if let Ok(file) = held.and_then(|held| rewrite(self.dir, &self.files.journal, held, &text))
-        {
-            self.file = file;
+        match held.and_then(|held| rewrite(self.dir, &self.files.journal, held, &text)) {
+            Ok(file) => self.file = file,
+            // No new file to be had (a full disk): cut and written in
+            // place, as before `rewrite`. Appended after the old lines, this
+            // round's would be judged by the old boot's rule, and its
+            // `durable` marks would vouch for the old lines too.
+            Err(_) => {
+                use std::io::Write;
+                let _ = self
+                    .cut()
+                    .and_then(|()| (&self.file).write_all(text.as_bytes()));
+            }
         }
     }
 

@@ -1844,6 +1844,44 @@ fn a_signal_cuts_a_stalled_receive_short() {
     assert!(!Path::new(&dest).exists());
 }
 
+/// A resumed get rewrites its journal through `NAME.new`; where that file
+/// cannot be made (a full disk; here a directory in its place), the
+/// journal is still rewritten, cut and written in place: its first lines
+/// are the restated prefix and this run's boot, never the old run's lines
+/// with this run's after them (its `durable` marks would vouch for both).
+#[test]
+fn a_journal_that_cannot_be_replaced_is_rewritten_in_place() {
+    let size = 3 << 20;
+    let fixture = Fixture::new(&[("jr.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "300KB/s"]);
+    let dest = fixture.dest_str("jr.bin");
+    let mut child = spawn_get(&served, "jr.bin", &dest);
+    let first = kill_once_journaled(fixture.out.path(), &mut child, 256 << 10);
+    let journal = std::fs::read_dir(fixture.out.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "journal"))
+        .unwrap();
+    let blocked = format!("{}.new", journal.display());
+    std::fs::create_dir_all(Path::new(&blocked).join("busy")).unwrap();
+    let mut child = spawn_get(&served, "jr.bin", &dest);
+    kill_once_journaled(fixture.out.path(), &mut child, first + 1);
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("chunk\t"), "{text}");
+    assert!(lines[0].ends_with(&format!("\t{first}")), "{text}");
+    assert!(lines[1].starts_with("durable\t"), "{text}");
+    assert!(lines[2].starts_with("boot\t"), "{text}");
+    assert_eq!(text.matches("boot\t").count(), 1, "{text}");
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let output = spawn_get(&served, "jr.bin", &dest)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_same(&fixture.dest("jr.bin"), "jr.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
 /// After a reboot (the journal's `boot` line is not this boot's), chunk
 /// records no `durable` mark covers are not trusted: a power cut may have
 /// lost their bytes, which an object without a digest would never catch.
