@@ -279,7 +279,7 @@ impl Shard {
                     count
                         .checked_sub(1)
                         .and_then(|n| n.checked_mul(step))
-                        .map(|n| min + n)
+                        .and_then(|n| n.checked_add(min))
                         != Some(max)
                 });
             if irregular {
