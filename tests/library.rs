@@ -292,6 +292,31 @@ fn progress_starts_from_zero_on_each_run() {
     }
 }
 
+/// A large object fetched again after a SHA1 mismatch (here B2 publishes
+/// a wrong SHA1: both rounds fail) adds its size to what the run fetches,
+/// as `progress.bytes_to_fetch`: a progress line's total grows with it.
+#[test]
+fn a_round_after_a_mismatch_adds_to_the_bytes_to_fetch() {
+    const SIZE: usize = 2 << 20;
+    let data = tempfile::tempdir().unwrap();
+    common::write_file(data.path(), "bkt/a.bin", &common::content("a.bin", SIZE));
+    let served = common::serve(data.path(), true, &["--wrong-sha1", "a.bin"]);
+    let out = tempfile::tempdir().unwrap();
+    let mut options = served_restore("b2://bkt", out.path().join("dir"), &served);
+    options.engine.buffer_size_bytes = 64 << 10;
+    options.engine.part_size_bytes = 256 << 10;
+    options.quiet = true;
+    let restore = Restore::new(options);
+    let report = restore.run().unwrap();
+    assert_eq!(report.tally.failed, 1);
+    let again = restore.progress.bytes_to_fetch.load(Ordering::Relaxed);
+    assert_eq!(again, SIZE as u64);
+    assert_eq!(
+        restore.progress.bytes_done.load(Ordering::Relaxed),
+        2 * SIZE as u64
+    );
+}
+
 /// An embedding program takes the messages a run would print on stderr
 /// (here: a file that failed) through `set_message_sink`.
 #[test]

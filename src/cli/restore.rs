@@ -330,7 +330,9 @@ fn progress_text(
     rate: &mut RecentRate,
 ) -> String {
     let bytes = progress.bytes_done.load(Ordering::Relaxed);
-    let to_fetch = files.bytes_to_fetch.load(Ordering::Relaxed).max(bytes);
+    // The engine's count: large objects fetched again after a SHA1 mismatch.
+    let again = progress.bytes_to_fetch.load(Ordering::Relaxed);
+    let to_fetch = (files.bytes_to_fetch.load(Ordering::Relaxed) + again).max(bytes);
     let listing_done = files.listing_done.load(Ordering::Relaxed);
     let rate_bytes_per_s = rate.sample(elapsed, bytes);
     let eta = if listing_done {
@@ -358,4 +360,27 @@ fn start_progress_line(progress: Arc<Progress>, files: Arc<FileCounts>) -> Ticke
     super::ticker::start_progress_line(move |elapsed| {
         progress_text(&progress, &files, elapsed, &mut rate)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large object fetched again after a SHA1 mismatch adds to the
+    /// total: the line said done = total, ETA 0 s, through the whole round.
+    #[test]
+    fn a_round_fetched_again_adds_to_the_total() {
+        let progress = Progress::default();
+        let files = FileCounts::default();
+        files.bytes_to_fetch.store(100_000_000, Ordering::Relaxed);
+        files.listing_done.store(true, Ordering::Relaxed);
+        // The object's first round (100 MB) and half of the next.
+        progress.bytes_done.store(150_000_000, Ordering::Relaxed);
+        progress
+            .bytes_to_fetch
+            .store(100_000_000, Ordering::Relaxed);
+        let mut rate = RecentRate::new(Duration::from_secs(20));
+        let text = progress_text(&progress, &files, Duration::from_secs(1), &mut rate);
+        assert!(text.contains("150.0/200.0 MB"), "{text}");
+    }
 }

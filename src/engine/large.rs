@@ -169,6 +169,10 @@ impl Job {
         if let Some(on_written) = &self.spec.on_written {
             on_written(0);
         }
+        // Fetched again: a progress line's total grows by it.
+        self.progress
+            .bytes_to_fetch
+            .fetch_add(self.spec.object.size_bytes, Ordering::Relaxed);
         Job::round(
             Arc::clone(&self.spec),
             self.started,

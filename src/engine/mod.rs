@@ -361,7 +361,8 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     /// `get`: the bytes this run fetches (the object less a resumed prefix,
     /// and the object again for a round after a SHA1 mismatch), once known;
-    /// 0 before. `restore` counts its totals per file.
+    /// 0 before. `restore` counts its totals per file, and here only the
+    /// large objects fetched again after a SHA1 mismatch (`Job::next_round`).
     pub bytes_to_fetch: AtomicU64,
     pub retries: AtomicU64,
 }
