@@ -1444,9 +1444,7 @@ impl ResumeFiles {
             if let Some(part) = part {
                 let _ = rustix::fs::unlinkat(dir, part, AtFlags::empty());
             }
-            let _ = rustix::fs::unlinkat(dir, journal, AtFlags::empty());
-            let replacement = crate::journal::replacement_name(journal);
-            let _ = rustix::fs::unlinkat(dir, &replacement, AtFlags::empty());
+            crate::journal::remove(dir, journal);
         }
     }
 
@@ -1511,8 +1509,8 @@ impl ResumeFiles {
         crate::journal::trusted_lines(&text, crate::journal::boot_id().as_deref())
             .iter()
             .filter_map(|line| {
-                let (key, bytes) = line.strip_prefix("chunk\t")?.rsplit_once('\t')?;
-                (key == self.key).then(|| bytes.parse::<u64>().ok())?
+                let (key, bytes) = crate::journal::parse_chunk_line(line)?;
+                (key == self.key).then_some(bytes)
             })
             .max()
             .unwrap_or(0)
@@ -1569,7 +1567,7 @@ impl ResumeFiles {
         let key = self.key.clone();
         Box::new(move |boundary| {
             if journal
-                .append(&format!("chunk\t{key}\t{boundary}\n"))
+                .append(&crate::journal::chunk_line(&key, boundary))
                 .is_err()
             {
                 journal.close();
@@ -1653,7 +1651,7 @@ impl HeldJournal<'_> {
         let text = match resumed_bytes {
             0 => restated("", boot),
             _ => {
-                let record = format!("chunk\t{}\t{resumed_bytes}\n", self.files.key);
+                let record = crate::journal::chunk_line(&self.files.key, resumed_bytes);
                 match rustix::fs::syncfs(self.dir) {
                     Ok(()) => restated(&record, boot),
                     Err(_) => restated("", boot) + &record,
@@ -1694,7 +1692,7 @@ impl HeldJournal<'_> {
     /// left the whole last chunk to fetch again.
     fn record_whole(&self, size_bytes: u64) {
         use std::io::Write;
-        let line = format!("chunk\t{}\t{size_bytes}\n", self.files.key);
+        let line = crate::journal::chunk_line(&self.files.key, size_bytes);
         let _ = (&self.file).write_all(line.as_bytes());
     }
 
@@ -1708,9 +1706,7 @@ impl HeldJournal<'_> {
     /// The run is over: its partial file and journal go.
     fn remove(&self) {
         let _ = rustix::fs::unlinkat(self.dir, &self.files.part, AtFlags::empty());
-        let _ = rustix::fs::unlinkat(self.dir, &self.files.journal, AtFlags::empty());
-        let replacement = crate::journal::replacement_name(&self.files.journal);
-        let _ = rustix::fs::unlinkat(self.dir, &replacement, AtFlags::empty());
+        crate::journal::remove(self.dir, &self.files.journal);
     }
 }
 

@@ -95,10 +95,29 @@ pub fn rewrite(dir: &OwnedFd, name: &str, mut journal: File, text: &str) -> std:
     Ok(new)
 }
 
-/// Where `rewrite` writes the journal `name`'s new text: whoever removes
-/// the journal removes this too (a kill may have left it).
-pub fn replacement_name(name: &str) -> String {
+/// Where `rewrite` writes the journal `name`'s new text.
+fn replacement_name(name: &str) -> String {
     format!("{name}.new")
+}
+
+/// Removes the journal `name` in `dir`, and the new text a `rewrite` that
+/// a kill interrupted may have left beside it.
+pub fn remove(dir: &OwnedFd, name: &str) {
+    use rustix::fs::AtFlags;
+    let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    let _ = rustix::fs::unlinkat(dir, replacement_name(name), AtFlags::empty());
+}
+
+/// A chunk record: every byte of the object `key` (its fileId and size,
+/// or a URL's identity) below `bytes` is written to its partial file.
+pub fn chunk_line(key: &str, bytes: u64) -> String {
+    format!("chunk\t{key}\t{bytes}\n")
+}
+
+/// The key and bytes of a `chunk_line` (without its newline).
+pub fn parse_chunk_line(line: &str) -> Option<(&str, u64)> {
+    let (key, bytes) = line.strip_prefix("chunk\t")?.rsplit_once('\t')?;
+    Some((key, bytes.parse().ok()?))
 }
 
 /// Whether `name` in `dir` leads to `file` (a journal whose lock was just
@@ -319,6 +338,15 @@ mod tests {
 
     fn read(dir: &tempfile::TempDir, name: &str) -> String {
         std::fs::read_to_string(dir.path().join(name)).unwrap()
+    }
+
+    #[test]
+    fn chunk_lines_read_back() {
+        let line = chunk_line("4_zid\t99", 8192);
+        assert_eq!(line, "chunk\t4_zid\t99\t8192\n");
+        assert_eq!(parse_chunk_line(line.trim_end()), Some(("4_zid\t99", 8192)));
+        assert_eq!(parse_chunk_line("chunk\tk\tmany"), None);
+        assert_eq!(parse_chunk_line("ok\tname\tk\t1"), None);
     }
 
     #[test]

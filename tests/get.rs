@@ -1568,17 +1568,23 @@ fn spawn_get_with(
         .unwrap()
 }
 
+/// The resume journals of the gets into `dir`.
+fn journals_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "journal"))
+        .collect()
+}
+
 /// Bytes `[0, N)` the journal beside DEST says are on disk (0 if none).
 fn journaled_bytes(dir: &Path) -> u64 {
     let mut most = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|ext| ext == "journal") {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            for line in text.lines().filter(|line| line.starts_with("chunk\t")) {
-                if let Some(bytes) = line.rsplit('\t').next().and_then(|b| b.parse().ok()) {
-                    most = most.max(bytes);
-                }
+    for path in journals_in(dir) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines().filter(|line| line.starts_with("chunk\t")) {
+            if let Some(bytes) = line.rsplit('\t').next().and_then(|b| b.parse().ok()) {
+                most = most.max(bytes);
             }
         }
     }
@@ -1857,11 +1863,7 @@ fn a_journal_that_cannot_be_replaced_is_rewritten_in_place() {
     let dest = fixture.dest_str("jr.bin");
     let mut child = spawn_get(&served, "jr.bin", &dest);
     let first = kill_once_journaled(fixture.out.path(), &mut child, 256 << 10);
-    let journal = std::fs::read_dir(fixture.out.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "journal"))
-        .unwrap();
+    let journal = journals_in(fixture.out.path()).remove(0);
     let blocked = format!("{}.new", journal.display());
     std::fs::create_dir_all(Path::new(&blocked).join("busy")).unwrap();
     let mut child = spawn_get(&served, "jr.bin", &dest);
@@ -1894,20 +1896,17 @@ fn after_a_power_cut_a_get_does_not_resume_from_unconfirmed_chunks() {
     let dest = fixture.dest_str("pc.bin");
     let mut child = spawn_get(&served, "pc.bin", &dest);
     kill_once_journaled(fixture.out.path(), &mut child, 1 << 20);
-    for entry in std::fs::read_dir(fixture.out.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|ext| ext == "journal") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            assert!(text.contains("boot\t"), "{text}");
-            let rebooted: String = text
-                .lines()
-                .map(|line| match line.starts_with("boot\t") {
-                    true => "boot\tbefore-the-power-cut\n".to_string(),
-                    false => format!("{line}\n"),
-                })
-                .collect();
-            std::fs::write(&path, rebooted).unwrap();
-        }
+    for path in journals_in(fixture.out.path()) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("boot\t"), "{text}");
+        let rebooted: String = text
+            .lines()
+            .map(|line| match line.starts_with("boot\t") {
+                true => "boot\tbefore-the-power-cut\n".to_string(),
+                false => format!("{line}\n"),
+            })
+            .collect();
+        std::fs::write(&path, rebooted).unwrap();
     }
     let output = spawn_get(&served, "pc.bin", &dest)
         .wait_with_output()

@@ -489,8 +489,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
 
 /// The progress line: bytes, rate, ETA, retries (`ticker::start_progress_line`).
 fn start_progress_line(progress: Arc<Progress>) -> Ticker {
-    let window = Duration::from_secs(crate::config::PROGRESS_RATE_WINDOW_S);
-    let mut rate = super::ticker::RecentRate::new(window);
+    let mut rate = super::ticker::RecentRate::default();
     super::ticker::start_progress_line(move |elapsed| {
         let bytes_done = progress.bytes_done.load(Ordering::Relaxed);
         progress_text(

@@ -355,8 +355,7 @@ fn progress_text(
 
 /// Progress: files, bytes, rate, ETA (`ticker::start_progress_line`).
 fn start_progress_line(progress: Arc<Progress>, files: Arc<FileCounts>) -> Ticker {
-    let window = Duration::from_secs(crate::config::PROGRESS_RATE_WINDOW_S);
-    let mut rate = RecentRate::new(window);
+    let mut rate = RecentRate::default();
     super::ticker::start_progress_line(move |elapsed| {
         progress_text(&progress, &files, elapsed, &mut rate)
     })
@@ -379,7 +378,7 @@ mod tests {
         progress
             .bytes_to_fetch
             .store(100_000_000, Ordering::Relaxed);
-        let mut rate = RecentRate::new(Duration::from_secs(20));
+        let mut rate = RecentRate::default();
         let text = progress_text(&progress, &files, Duration::from_secs(1), &mut rate);
         assert!(text.contains("150.0/200.0 MB"), "{text}");
     }

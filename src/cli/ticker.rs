@@ -96,6 +96,13 @@ pub struct RecentRate {
     samples: VecDeque<(Duration, u64)>,
 }
 
+impl Default for RecentRate {
+    /// A progress line's: over the last `PROGRESS_RATE_WINDOW_S`.
+    fn default() -> RecentRate {
+        RecentRate::new(Duration::from_secs(crate::config::PROGRESS_RATE_WINDOW_S))
+    }
+}
+
 impl RecentRate {
     pub fn new(window: Duration) -> RecentRate {
         RecentRate {

@@ -211,11 +211,7 @@ pub async fn exchange(
         let retry_after_ms = retry_after_s.map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000);
         let delay =
             Duration::from_millis(retry_after_ms.unwrap_or(0).max(retry.backoff_ms(attempt)));
-        let stop_requested = crate::runtime::stop_requested;
-        if !crate::runtime::sleep_unless(delay, || stop_requested().is_some()).await {
-            let signal = stop_requested().unwrap_or(crate::runtime::CANCELLED);
-            return Err(Error::Interrupted { signal });
-        }
+        crate::runtime::back_off(delay).await?;
     }
 }
 

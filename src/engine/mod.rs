@@ -387,7 +387,8 @@ pub fn resumable_prefix(journaled_bytes: u64) -> u64 {
 }
 
 /// Where an interrupted download continues: `[0, offset_bytes)` is already
-/// in the file and `sha1` covers it. The offset is a chunk boundary.
+/// in the file and `sha1` covers it. The offset is a block boundary
+/// (`resumable_prefix`), not necessarily one of this run's chunks.
 pub struct Resume {
     pub offset_bytes: u64,
     pub sha1: sha1::Sha1,

@@ -143,16 +143,11 @@ pub fn load(
             if let Err(error) = sorter.push(rest.to_string()) {
                 sort_failure.get_or_insert(error);
             }
-        } else if let Some((key, bytes)) = text
-            .strip_prefix("chunk\t")
-            .and_then(|rest| rest.rsplit_once('\t'))
-        {
+        } else if let Some((key, bytes)) = journal::parse_chunk_line(text) {
             // The last line wins: a round after a SHA1 mismatch starts
             // its object over with a line of 0 (`Job::next_round`), and
             // the prefix of the round before is not its to resume.
-            if let Ok(bytes) = bytes.parse::<u64>() {
-                chunks.insert(key.to_string(), bytes);
-            }
+            chunks.insert(key.to_string(), bytes);
         }
     };
     loop {
@@ -211,7 +206,7 @@ pub fn load(
     // records again next time.
     let mut kept = String::new();
     for (key, bytes) in &chunks {
-        kept.push_str(&format!("chunk\t{key}\t{bytes}\n"));
+        kept.push_str(&journal::chunk_line(key, *bytes));
     }
     let kept = journal::restated(&kept, boot);
     let journal = journal::rewrite(state, journal_name, journal, &kept).map_err(|error| {

@@ -1019,13 +1019,8 @@ pub(crate) async fn api_call(
                         if error.may_pass_on_retry() && refresh_failures + 1 < retry.attempts =>
                     {
                         refresh_failures += 1;
-                        let delay =
-                            std::time::Duration::from_millis(retry.backoff_ms(refresh_failures));
-                        let stop = crate::runtime::stop_requested;
-                        if !crate::runtime::sleep_unless(delay, || stop().is_some()).await {
-                            let signal = stop().unwrap_or(crate::runtime::CANCELLED);
-                            return Err(Error::Interrupted { signal });
-                        }
+                        let delay = retry.backoff_ms(refresh_failures);
+                        crate::runtime::back_off(std::time::Duration::from_millis(delay)).await?;
                     }
                     Err(error) => return Err(error),
                 }

@@ -332,7 +332,7 @@ impl Target {
 
     /// Records that `[0, bytes)` of a large object is written to its partial file.
     pub fn journal_chunks(&self, key: &str, bytes: u64) -> Result<()> {
-        self.journal_line(&format!("chunk\t{key}\t{bytes}\n"))
+        self.journal_line(&journal::chunk_line(key, bytes))
     }
 
     /// `--fsync`: the file's data is synced and it is renamed; its
@@ -611,9 +611,7 @@ impl Target {
     /// Exit 0: the journal and (when no other shard uses it) `.ringdown/` go.
     pub fn remove_state(&self) {
         self.remove_all_partials();
-        let _ = rustix::fs::unlinkat(&self.state, &self.journal_name, AtFlags::empty());
-        let replacement = journal::replacement_name(&self.journal_name);
-        let _ = rustix::fs::unlinkat(&self.state, &replacement, AtFlags::empty());
+        journal::remove(&self.state, &self.journal_name);
         // Closed too: a FUSE file system keeps an unlinked file that is still
         // open as a hidden one, and `.ringdown/` would not be empty.
         self.journal.close();

@@ -311,6 +311,16 @@ pub fn interrupted() -> Option<i32> {
     }
 }
 
+/// A control-plane call's backoff of `delay`: `Interrupted` if the run is
+/// asked to stop (`stop_requested`) before it ends.
+pub async fn back_off(delay: std::time::Duration) -> Result<(), crate::error::Error> {
+    if sleep_unless(delay, || stop_requested().is_some()).await {
+        return Ok(());
+    }
+    let signal = stop_requested().unwrap_or(CANCELLED);
+    Err(crate::error::Error::Interrupted { signal })
+}
+
 /// Sleeps `delay` (a retry's wait), unless `stop` turns true first: then
 /// returns `false` within `RETRY_WAIT_STOP_CHECK_MS`. On any tokio runtime.
 pub async fn sleep_unless(delay: std::time::Duration, stop: impl Fn() -> bool) -> bool {
