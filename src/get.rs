@@ -474,12 +474,15 @@ impl Download {
         let file_name = dest.file_name().expect("dest has a file name").to_owned();
         let mut attempts_left = 1 + OBJECT_REDOWNLOADS_ON_MISMATCH;
         let mut notices = meta.notices.clone();
-        // A partial file and a journal beside DEST, named from DEST and the
-        // object's identity: the same command after a crash finds them.
+        // A partial file and a journal beside DEST, named from DEST: the
+        // same command after a crash finds them, resumes from the journal
+        // when the object has an identity (its lines carry it), and
+        // otherwise starts over in the same file, so that a killed run
+        // never leaves a partial file nothing would take away.
         // An origin that ignores Range cannot continue a transfer: the whole
         // object comes in one GET, through the page cache (its tail is not
         // padded to a block, as chunks' are for O_DIRECT).
-        let (resumable, direct_io) = if meta.ranges {
+        let (files, direct_io) = if meta.ranges {
             (
                 ResumeFiles::new(&file_name, &meta.source, meta.size_bytes),
                 options.direct_io.for_object(meta.size_bytes),
@@ -489,22 +492,16 @@ impl Download {
                 "the origin ignores Range requests: the whole object came in one GET on one connection"
                     .to_string(),
             );
-            (None, DirectIo::Off)
+            (ResumeFiles::unresumable(&file_name), DirectIo::Off)
         };
-        // Held until the run ends: another get of the same object into the
-        // same directory would otherwise remove or overwrite our partial file.
-        let mut journal = match &resumable {
-            Some(files) => Some(files.lock(&dir, &dest)?),
-            None => {
-                ResumeFiles::remove_unresumable(&dir, &file_name);
-                None
-            }
-        };
-        let mut may_resume = true;
+        // Held until the run ends: another get into the same DEST would
+        // otherwise remove or overwrite our partial file.
+        let mut journal = files.lock(&dir, &dest)?;
+        let mut may_resume = files.key.is_some();
         loop {
             attempts_left -= 1;
-            let resume = match &resumable {
-                Some(files) if may_resume => files.find(
+            let resume = match may_resume {
+                true => files.find(
                     &dir,
                     meta.size_bytes,
                     direct_io,
@@ -512,12 +509,11 @@ impl Download {
                         .then_some(dest.display().to_string())
                         .as_deref(),
                 ),
-                _ => None,
+                false => None,
             };
             may_resume = false;
             let (temp_name, file, direct, resume) = match resume {
                 Some((file, direct, resume)) => {
-                    let files = resumable.as_ref().expect("resume implies files");
                     if !options.quiet {
                         say!(
                             "ringdown: resumed at byte {} of {} from {} (its journal says so; the prefix was re-hashed from disk)",
@@ -529,13 +525,8 @@ impl Download {
                     (files.part.clone(), file, direct, Some(resume))
                 }
                 None => {
-                    let temp_name = match &journal {
-                        Some(journal) => {
-                            journal.start_over();
-                            journal.files.part.clone()
-                        }
-                        None => temp_name_for(&file_name),
-                    };
+                    journal.start_over();
+                    let temp_name = files.part.clone();
                     let (file, direct) = create_temp(
                         &dir,
                         &temp_name,
@@ -554,21 +545,19 @@ impl Download {
                 counted_bytes + meta.size_bytes.saturating_sub(resumed_bytes),
                 Ordering::Relaxed,
             );
-            // An early return below must not leave the temporary file: its
-            // name is random where nothing can resume it.
+            // An early return below must not leave the temporary file: this
+            // round has journaled nothing it could resume from.
             let discard = |error: Error| {
                 let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
                 error
             };
-            if let Some(journal) = &mut journal {
-                journal.begin_round(resume.as_ref().map_or(0, |resume| resume.offset_bytes));
-            }
+            let resumable = files.key.is_some();
+            journal.begin_round(resume.as_ref().map_or(0, |resume| resume.offset_bytes));
             // Marks the journal durable until this round ends.
             let mut _durable_marks = None;
             let fetch = if meta.ranges {
-                let on_written = match &journal {
-                    Some(journal) => {
-                        let (writer, marks) = journal.writer().map_err(discard)?;
+                let on_written = match journal.writer().map_err(discard)? {
+                    Some((writer, marks)) => {
                         _durable_marks = Some(marks);
                         Some(writer)
                     }
@@ -598,16 +587,12 @@ impl Download {
             let (actual, round_notices) = match outcome {
                 Ok(outcome) => outcome,
                 Err(error @ Error::Interrupted { .. })
-                    if resumable
-                        .as_ref()
-                        .is_some_and(|files| files.journaled_bytes(&dir) > 0) =>
+                    if resumable && files.journaled_bytes(&dir) > 0 =>
                 {
                     // CONVENTIONS: an interrupted run keeps what it can
                     // resume (with no chunk journaled, that is nothing: the
                     // arm below removes the preallocated file).
-                    if let Some(journal) = journal.as_mut() {
-                        journal.keep = true;
-                    }
+                    journal.keep = true;
                     say!(
                         "ringdown: kept {} and its journal in {}: run the same command again to resume",
                         temp_name,
@@ -616,10 +601,7 @@ impl Download {
                     return Err(error);
                 }
                 Err(error) => {
-                    let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
-                    if let Some(journal) = &journal {
-                        journal.remove();
-                    }
+                    journal.remove();
                     // A signal that cut a transfer nothing can resume (an
                     // origin that ignores Range) ends the run as a signal does.
                     // (A library caller's `cancel` is reported as SIGINT.)
@@ -638,10 +620,7 @@ impl Download {
                 ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)
                     if *expected != actual =>
                 {
-                    let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
-                    if let Some(journal) = &journal {
-                        journal.start_over();
-                    }
+                    journal.start_over();
                     if attempts_left > 0 {
                         // The whole object again: a retry, as `restore` counts it.
                         summary.retries += 1;
@@ -695,7 +674,7 @@ impl Download {
                 // Made by someone else since the start: not replaced
                 // without --force, and the download is not lost either.
                 Err(rustix::io::Errno::EXIST) => {
-                    if let Some(journal) = journal.as_mut() {
+                    if resumable {
                         journal.keep = true;
                         journal.record_whole(meta.size_bytes);
                         say!(
@@ -705,7 +684,7 @@ impl Download {
                             dest.display()
                         );
                     } else {
-                        let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                        journal.remove();
                     }
                     return Err(Error::Usage(format!(
                         "{} was made by another program during the download; it is left as it is: pass --force to replace it",
@@ -713,16 +692,14 @@ impl Download {
                     )));
                 }
                 Err(error) => {
-                    let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
+                    journal.remove();
                     return Err(Error::io(
                         format!("renaming into {}", dest.display()),
                         error.into(),
                     ));
                 }
             }
-            if let Some(journal) = &journal {
-                journal.remove();
-            }
+            journal.remove();
             if options.fsync {
                 rustix::fs::fsync(&dir).map_err(|error| {
                     Error::io("fsync of the destination directory", error.into())
@@ -1370,42 +1347,53 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// `.ringdown-<16 hex>.part`: short (a 255-byte name plus a suffix would
-/// overflow NAME_MAX) and unique per attempt.
-/// `get`'s crash-resume state beside DEST: `.ringdown-<16 hex>.part` and
-/// `.ringdown-<16 hex>.journal` (restore's journal format: `chunk\tKEY\tBYTES`
-/// lines, KEY = `fileId\tsize`, or the plain URL's ETag and size).
+/// `get`'s partial file and crash-resume state beside DEST:
+/// `.ringdown-<16 hex>.part` and `.ringdown-<16 hex>.journal` (short: a
+/// 255-byte name plus a suffix would overflow NAME_MAX), named from DEST
+/// alone, so that the next run into DEST finds what a killed one left
+/// (restore's journal format: `chunk\tKEY\tBYTES` lines, KEY = `fileId\tsize`,
+/// or the plain URL's ETag and size).
 struct ResumeFiles {
     part: String,
     journal: String,
-    key: String,
+    /// The object's version; `None` for a download nothing can resume (no
+    /// stable identity, or an origin that ignores Range), whose journal
+    /// holds no line and serves only as the lock.
+    key: Option<String>,
 }
 
 impl ResumeFiles {
-    /// None without a stable identity (no fileId, no strong ETag): a
-    /// partial file could then belong to another version of the object.
+    /// Resumable only with a stable identity (a fileId, a strong ETag):
+    /// without one, a partial file could belong to another version.
     ///
-    /// The files are named from DEST alone; the journal's lines carry the
-    /// version (`key`). A run for another version of the object (changed on
-    /// the origin since) finds no line of its own, starts over and so
-    /// replaces the old partial file: named from the version too, that one
-    /// was left behind for good, at the object's size.
-    fn new(file_name: &std::ffi::OsStr, source: &ObjectSource, size_bytes: u64) -> Option<Self> {
+    /// The journal's lines carry the version (`key`). A run for another
+    /// version of the object (changed on the origin since) finds no line of
+    /// its own, starts over and so replaces the old partial file: named
+    /// from the version too, that one was left behind for good, at the
+    /// object's size.
+    fn new(file_name: &std::ffi::OsStr, source: &ObjectSource, size_bytes: u64) -> Self {
         let if_match = source.validator.as_ref().and_then(Validator::if_match);
         let identity = match (&source.expect_file_id, if_match) {
-            (Some(id), _) => id.clone(),
-            (None, Some(etag)) => format!("etag:{etag}"),
-            (None, None) => return None,
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(etag)) => Some(format!("etag:{etag}")),
+            (None, None) => None,
         };
-        if identity.chars().any(char::is_control) {
-            return None;
+        let identity = identity.filter(|identity| !identity.chars().any(char::is_control));
+        ResumeFiles {
+            key: identity.map(|identity| format!("{identity}\t{size_bytes}")),
+            ..ResumeFiles::unresumable(file_name)
         }
+    }
+
+    /// The files of a download nothing can resume: it starts over in them,
+    /// and a run killed during it leaves them to the next run into DEST.
+    fn unresumable(file_name: &std::ffi::OsStr) -> Self {
         let (part, journal) = ResumeFiles::names_for(file_name);
-        Some(ResumeFiles {
+        ResumeFiles {
             part,
             journal,
-            key: format!("{identity}\t{size_bytes}"),
-        })
+            key: None,
+        }
     }
 
     /// The partial file's and the journal's names for DEST's file name.
@@ -1417,15 +1405,6 @@ impl ResumeFiles {
             format!(".ringdown-{hex}.part"),
             format!(".ringdown-{hex}.journal"),
         )
-    }
-
-    /// A download of DEST that cannot resume (the origin ignores Range, or
-    /// the object has no stable identity) removes what an earlier,
-    /// resumable one left there: nothing will ever resume it. Not while
-    /// another run holds it.
-    fn remove_unresumable(dir: &OwnedFd, file_name: &std::ffi::OsStr) {
-        let (part, journal) = ResumeFiles::names_for(file_name);
-        ResumeFiles::remove_unless_held(dir, &journal, Some(&part));
     }
 
     /// Removes `journal` in `dir`, and `part` first, unless a run holds the
@@ -1510,7 +1489,7 @@ impl ResumeFiles {
             .iter()
             .filter_map(|line| {
                 let (key, bytes) = crate::journal::parse_chunk_line(line)?;
-                (key == self.key).then_some(bytes)
+                (Some(key) == self.key.as_deref()).then_some(bytes)
             })
             .max()
             .unwrap_or(0)
@@ -1563,8 +1542,11 @@ impl ResumeFiles {
     /// boundary: one journal line, one `write` (a kill cuts at most the last
     /// line, which the next run ignores). A failed write stops journaling:
     /// the download goes on, and a resume starts from the last good line.
-    fn journal_writer(&self, journal: Arc<crate::journal::Journal>) -> engine::large::OnWritten {
-        let key = self.key.clone();
+    fn journal_writer(
+        &self,
+        journal: Arc<crate::journal::Journal>,
+        key: String,
+    ) -> engine::large::OnWritten {
         Box::new(move |boundary| {
             if journal
                 .append(&crate::journal::chunk_line(&key, boundary))
@@ -1621,8 +1603,12 @@ impl HeldJournal<'_> {
     }
 
     /// The engine's journal writer, appending to the file held, and the
-    /// thread that marks it durable while the round lasts.
-    fn writer(&self) -> Result<(engine::large::OnWritten, crate::journal::DurableMarks)> {
+    /// thread that marks it durable while the round lasts; none for a
+    /// download nothing can resume.
+    fn writer(&self) -> Result<Option<(engine::large::OnWritten, crate::journal::DurableMarks)>> {
+        let Some(key) = self.files.key.clone() else {
+            return Ok(None);
+        };
         let duplicating = |error| Error::io(format!("duplicating {}", self.files.journal), error);
         if let Some(error) = failpoint::injected_error(Site::JournalWriter) {
             return Err(duplicating(error.into()));
@@ -1634,7 +1620,7 @@ impl HeldJournal<'_> {
             fs,
             std::time::Duration::from_millis(crate::config::JOURNAL_DURABLE_INTERVAL_MS),
         );
-        Ok((self.files.journal_writer(journal), marks))
+        Ok(Some((self.files.journal_writer(journal, key), marks)))
     }
 
     /// What the journal holds as a round starts (`journal::restated`, put
@@ -1646,12 +1632,15 @@ impl HeldJournal<'_> {
     /// not the download.
     fn begin_round(&mut self, resumed_bytes: u64) {
         use crate::journal::{restated, rewrite};
+        let Some(key) = &self.files.key else {
+            return;
+        };
         let boot = crate::journal::boot_id();
         let boot = boot.as_deref();
         let text = match resumed_bytes {
             0 => restated("", boot),
             _ => {
-                let record = crate::journal::chunk_line(&self.files.key, resumed_bytes);
+                let record = crate::journal::chunk_line(key, resumed_bytes);
                 match rustix::fs::syncfs(self.dir) {
                     Ok(()) => restated(&record, boot),
                     Err(_) => restated("", boot) + &record,
@@ -1692,7 +1681,10 @@ impl HeldJournal<'_> {
     /// left the whole last chunk to fetch again.
     fn record_whole(&self, size_bytes: u64) {
         use std::io::Write;
-        let line = crate::journal::chunk_line(&self.files.key, size_bytes);
+        let Some(key) = &self.files.key else {
+            return;
+        };
+        let line = crate::journal::chunk_line(key, size_bytes);
         let _ = (&self.file).write_all(line.as_bytes());
     }
 
@@ -1759,19 +1751,6 @@ fn with_given_sha1(
         ))),
         _ => Ok(ExpectedSha1::Verified(given)),
     }
-}
-
-fn temp_name_for(file_name: &std::ffi::OsStr) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write(file_name.as_encoded_bytes());
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!(".ringdown-{:016x}.part", hasher.finish())
 }
 
 /// A file that cannot be created because the filesystem is full or

@@ -432,6 +432,61 @@ fn a_signal_cuts_a_whole_object_get_short() {
     assert_no_temp(fixture.out.path());
 }
 
+/// A download nothing can resume (an origin that ignores Range) goes into
+/// the partial file named from DEST too: a run killed with SIGKILL (an OOM
+/// kill, a systemd stop timeout) leaves it, and the next run into DEST
+/// starts over in it. Before, its name was random: each killed run left a
+/// hidden file of the object's size for good (h25: three kills of a
+/// 100 MB download left 401 MB beside DEST).
+#[test]
+fn a_killed_unresumable_get_leaves_nothing_after_the_next_run() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("w.bin", size)]);
+    let range_ignored = ["--ignore-range-rate", "1"];
+    let slow = serve(
+        fixture.data.path(),
+        true,
+        &[&range_ignored[..], &["--rate-per-conn", "200KB/s"]].concat(),
+    );
+    let dest = fixture.dest_str("w.bin");
+    let partial_files = || -> Vec<String> {
+        std::fs::read_dir(fixture.out.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".ringdown-") && name.ends_with(".part"))
+            .collect()
+    };
+    for _ in 0..2 {
+        let (token, _) = slow.authorize();
+        let url = format!("{}/file/bkt/w.bin?Authorization={token}", slow.realm);
+        let mut child = get_command(&slow, &[&url, &dest])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while partial_files().is_empty() {
+            assert!(started.elapsed().as_secs() < 30, "no partial file appeared");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(partial_files().len(), 1, "{:?}", partial_files());
+    let fast = serve(fixture.data.path(), true, &range_ignored);
+    let (token, _) = fast.authorize();
+    let url = format!("{}/file/bkt/w.bin?Authorization={token}", fast.realm);
+    let output = ringdown(&fast, &[&url, &dest]);
+    assert_ok(&output);
+    assert_same(Path::new(&dest), "w.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
 /// An origin that answers every range with the whole object breaks HTTP
 /// the same way each time: its attempts do not back off ever longer (at
 /// the defaults, 15 attempts up to 30 s apart held the run 3 minutes;

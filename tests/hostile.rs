@@ -2066,3 +2066,90 @@ fn empty_tls_records_mid_body_end_at_the_timeout() {
         "receiving over TLS brought no data within 2s",
     );
 }
+
+/// A run-fatal error (the download cap) while the listing thread backs off
+/// a failed token refresh ends the run at once: the backoff ends with the
+/// run (`runtime::end_with_run_on_this_thread`). Before, the run said
+/// "; stopping" and then waited for the listing's backoffs: 47 s here,
+/// minutes at the defaults (h26 S2).
+#[test]
+fn a_run_fatal_error_cuts_the_listings_refresh_backoff_short() {
+    let objects = [("a", data(3, 1)), ("b", data(4, 2))];
+    let entries = listing_entries(&objects);
+    let lists = Arc::new(AtomicUsize::new(0));
+    let authorizations = Arc::new(AtomicUsize::new(0));
+    let (listed, authorized) = (Arc::clone(&lists), Arc::clone(&authorizations));
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if req.path.ends_with("/b2_authorize_account") {
+            // The first answers; every refresh meets an outage.
+            if authorized.fetch_add(1, Ordering::SeqCst) >= 1 {
+                respond_json(
+                    stream,
+                    503,
+                    serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
+                );
+                return true;
+            }
+            return false;
+        }
+        if req.path.ends_with("/b2_list_file_names") {
+            match listed.fetch_add(1, Ordering::SeqCst) {
+                0 => respond_json(
+                    stream,
+                    200,
+                    serde_json::json!({"files": [entries[0]], "nextFileName": "b"}),
+                ),
+                _ => respond_json(
+                    stream,
+                    401,
+                    serde_json::json!({"status":401,"code":"expired_auth_token","message":"expired"}),
+                ),
+            }
+            return true;
+        }
+        if is_download(req) {
+            // The download of "a" meets the spent daily cap: run-fatal.
+            respond_json(
+                stream,
+                403,
+                serde_json::json!({"status":403,"code":"download_cap_exceeded","message":"cap"}),
+            );
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let source = format!("b2://{BUCKET}");
+    let realm = fake.realm();
+    let started = std::time::Instant::now();
+    let run = ringdown(&[
+        "restore",
+        &source,
+        dir.to_str().unwrap(),
+        "--realm",
+        &realm,
+        "--max-attempts",
+        "6",
+        "--retry-base-ms",
+        "4000",
+        "--retry-max-ms",
+        "8000",
+        "--cores",
+        "1",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("download_cap_exceeded"),
+        "{}",
+        run.stderr
+    );
+    // The backoffs are 4-8 s each: one at most was waited out.
+    assert!(
+        took.as_secs() < 10,
+        "the run-fatal error waited {took:?} for the listing: {}",
+        run.stderr
+    );
+}

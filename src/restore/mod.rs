@@ -436,8 +436,9 @@ struct Run {
     options: RestoreOptions,
     target: Option<Target>,
     reporter: Reporter,
-    /// Set by a run-fatal error: stop scheduling.
-    stop: AtomicBool,
+    /// Set by a run-fatal error: stop scheduling (and listing: the
+    /// listing thread's backoffs end with it).
+    stop: Arc<AtomicBool>,
     /// Stops the scheduler on a run-fatal error (set once it runs).
     scheduler: OnceLock<Stopper>,
     fatal: Mutex<Option<Error>>,
@@ -610,7 +611,7 @@ impl Restore {
                 report,
                 quiet: options.quiet,
             },
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             scheduler: OnceLock::new(),
             fatal: Mutex::new(None),
             retries: AtomicU64::new(0),
@@ -650,11 +651,13 @@ impl Restore {
             // nothing can replace, is never the one left without.
             let (ring_made, ring) = std::sync::mpsc::channel();
             let cancel = options.engine.cancel.clone();
+            let run_stop = Arc::clone(&run.stop);
             let lister = std::thread::Builder::new()
                 .name("ringdown-list".into())
                 .spawn(move || match uring::Runtime::control() {
                     Ok(runtime) => {
                         let _cancel = crate::runtime::cancel_on_this_thread(cancel);
+                        let _ended = crate::runtime::end_with_run_on_this_thread(run_stop);
                         let _ = ring_made.send(Ok(()));
                         list_all(&runtime, &auth, plan, list_sender);
                     }

@@ -283,6 +283,36 @@ pub fn cancel_on_this_thread(
     Reset
 }
 
+thread_local! {
+    /// Set once the run this thread works for has ended by itself (a
+    /// run-fatal error in `restore`): the control-plane backoffs of its
+    /// listing thread end at once instead of keeping the run waiting.
+    static RUN_ENDED: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `ended` this thread's "the run is over" flag until the guard drops.
+pub fn end_with_run_on_this_thread(
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl Drop {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            RUN_ENDED.with(|slot| slot.borrow_mut().take());
+        }
+    }
+    RUN_ENDED.with(|slot| *slot.borrow_mut() = Some(ended));
+    Reset
+}
+
+fn run_ended() -> bool {
+    RUN_ENDED.with(|slot| {
+        slot.borrow()
+            .as_ref()
+            .is_some_and(|ended| ended.load(Ordering::Acquire))
+    })
+}
+
 /// Whether this thread's run is asked to stop (`stop_signal` of its
 /// `cancel_on_this_thread` flag).
 pub fn stop_requested() -> Option<i32> {
@@ -312,13 +342,17 @@ pub fn interrupted() -> Option<i32> {
 }
 
 /// A control-plane call's backoff of `delay`: `Interrupted` if the run is
-/// asked to stop (`stop_requested`) before it ends.
+/// asked to stop (`stop_requested`) before it ends, an error too if the
+/// run ended by itself meanwhile (`end_with_run_on_this_thread`).
 pub async fn back_off(delay: std::time::Duration) -> Result<(), crate::error::Error> {
-    if sleep_unless(delay, || stop_requested().is_some()).await {
+    if sleep_unless(delay, || stop_requested().is_some() || run_ended()).await {
         return Ok(());
     }
-    let signal = stop_requested().unwrap_or(CANCELLED);
-    Err(crate::error::Error::Interrupted { signal })
+    match stop_requested() {
+        Some(signal) => Err(crate::error::Error::Interrupted { signal }),
+        // The run's own error is what it reports.
+        None => Err(crate::error::Error::Fatal("the run stopped".into())),
+    }
 }
 
 /// Sleeps `delay` (a retry's wait), unless `stop` turns true first: then
