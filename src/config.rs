@@ -182,6 +182,8 @@ pub const PROGRESS_TTY_INTERVAL_MS: u64 = 200;
 /// seconds: the average since the start said "ETA 16 s" for 140 s of a
 /// slow tail (a run's last large objects on a few connections).
 pub const PROGRESS_RATE_WINDOW_S: u64 = 20;
+/// The most of the last retry's reason a progress line quotes.
+pub const PROGRESS_RETRY_REASON_CHARS: usize = 60;
 
 /// Highest value a stage histogram tracks exactly (1 hour in µs); larger
 /// values saturate rather than error (a two-hour stall must not fail a run).

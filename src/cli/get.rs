@@ -492,12 +492,13 @@ fn start_progress_line(progress: Arc<Progress>) -> Ticker {
     let mut rate = super::ticker::RecentRate::default();
     super::ticker::start_progress_line(move |elapsed| {
         let bytes_done = progress.bytes_done.load(Ordering::Relaxed);
-        progress_text(
+        let text = progress_text(
             bytes_done,
             progress.bytes_to_fetch.load(Ordering::Relaxed),
             progress.retries.load(Ordering::Relaxed),
             rate.sample(elapsed, bytes_done),
-        )
+        );
+        text + &super::ticker::last_retry_text(&progress)
     })
 }
 

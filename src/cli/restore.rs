@@ -341,7 +341,7 @@ fn progress_text(
         "ETA after listing".to_string()
     };
     format!(
-        "files {}/{}{}, {:.1}/{:.1} MB, {:.1} MB/s, {eta}, retries {}, {:.0} s",
+        "files {}/{}{}, {:.1}/{:.1} MB, {:.1} MB/s, {eta}, retries {}, {:.0} s{}",
         files.done.load(Ordering::Relaxed),
         files.listed.load(Ordering::Relaxed),
         if listing_done { "" } else { " (listing…)" },
@@ -349,7 +349,8 @@ fn progress_text(
         to_fetch as f64 / 1e6,
         rate_bytes_per_s / 1e6,
         progress.retries.load(Ordering::Relaxed),
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        super::ticker::last_retry_text(progress)
     )
 }
 

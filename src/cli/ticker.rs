@@ -129,6 +129,16 @@ impl RecentRate {
     }
 }
 
+/// ` (last: Connection refused (os error 111))` after a progress line's
+/// retry count: why the last retry was made, shortened; "" before any.
+pub fn last_retry_text(progress: &crate::engine::Progress) -> String {
+    let why = progress.last_retry(crate::config::PROGRESS_RETRY_REASON_CHARS);
+    match why.is_empty() {
+        true => String::new(),
+        false => format!(" (last: {why})"),
+    }
+}
+
 /// `ETA 12 s` for `left_bytes` at `rate_bytes_per_s`; `ETA ?` when nothing
 /// moves.
 pub fn eta_text(left_bytes: u64, rate_bytes_per_s: f64) -> String {
@@ -146,6 +156,28 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
+
+    /// The line says why it retries (a dead origin showed `retries 73`
+    /// for minutes and nothing else), the last reason, shortened.
+    #[test]
+    fn the_last_retry_reason_follows_the_count() {
+        let progress = crate::engine::Progress::default();
+        assert_eq!(last_retry_text(&progress), "");
+        progress.count_retry("HTTP 503 service_unavailable");
+        progress.count_retry("Connection refused (os error 111)");
+        assert_eq!(progress.retries.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            last_retry_text(&progress),
+            " (last: Connection refused (os error 111))"
+        );
+        let long = "é".repeat(crate::config::PROGRESS_RETRY_REASON_CHARS + 5);
+        progress.count_retry(&long);
+        let text = last_retry_text(&progress);
+        let shown = "é".repeat(crate::config::PROGRESS_RETRY_REASON_CHARS);
+        assert_eq!(text, format!(" (last: {shown}…)"));
+        progress.reset();
+        assert_eq!(last_retry_text(&progress), "");
+    }
 
     #[test]
     fn the_rate_follows_the_last_window_not_the_whole_run() {

@@ -297,7 +297,7 @@ impl Retries {
         if self.made >= config.max_attempts || stop() {
             return Err(self.give_up(context, &failure.detail));
         }
-        core.count_retry();
+        core.count_retry(&failure.detail);
         if matches!(failure.kind, FailureKind::Reauthorize) {
             // No token source to refresh (or it could not be reached).
             return Ok(Then::Now);

@@ -668,7 +668,7 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
             "ringdown: {}: SHA1 mismatch; downloading it again",
             object.display_name
         );
-        core.count_retry();
+        core.count_retry("SHA1 mismatch");
         shared.restart(job, Arc::new(job.next_round(done)));
         return;
     }

@@ -365,6 +365,9 @@ pub struct Progress {
     /// large objects fetched again after a SHA1 mismatch (`Job::next_round`).
     pub bytes_to_fetch: AtomicU64,
     pub retries: AtomicU64,
+    /// Why the last retry was made (`Progress::last_retry`): a progress
+    /// line of retries alone said nothing of a dead origin for minutes.
+    last_retry: std::sync::Mutex<String>,
 }
 
 impl Progress {
@@ -374,6 +377,34 @@ impl Progress {
         self.bytes_done.store(0, Ordering::Relaxed);
         self.bytes_to_fetch.store(0, Ordering::Relaxed);
         self.retries.store(0, Ordering::Relaxed);
+        self.last_retry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Counts a retry, made because of `why`.
+    pub fn count_retry(&self, why: &str) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        let mut last = self
+            .last_retry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.clear();
+        last.push_str(why);
+    }
+
+    /// Why the last retry was made, at most `max_chars` of it ("" before
+    /// any).
+    pub fn last_retry(&self, max_chars: usize) -> String {
+        let last = self
+            .last_retry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.char_indices().nth(max_chars) {
+            Some((end, _)) => format!("{}…", &last[..end]),
+            None => last.clone(),
+        }
     }
 }
 

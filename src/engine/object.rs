@@ -114,7 +114,7 @@ pub(super) async fn download_object(
                     // The same offsets are written again; the size is unchanged.
                     redownloads_left -= 1;
                     received.start_over(core);
-                    core.count_retry();
+                    core.count_retry("SHA1 mismatch");
                     continue;
                 }
                 break Ok(());

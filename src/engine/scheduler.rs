@@ -854,9 +854,9 @@ impl Core {
         self.stats.borrow_mut().record(stage, elapsed);
     }
 
-    pub fn count_retry(&self) {
+    pub fn count_retry(&self, why: &str) {
         self.retries.set(self.retries.get() + 1);
-        self.shared.progress.retries.fetch_add(1, Ordering::Relaxed);
+        self.shared.progress.count_retry(why);
     }
 
     /// The most one body read should ask for (`--limit-rate` keeps reads
