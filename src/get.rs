@@ -944,13 +944,28 @@ impl Download {
                         "the origin marked the body `Content-Encoding: {encoding}`: it was saved as sent, not decoded"
                     ));
                 }
+                let validator = crate::engine::Validator::of(head);
+                // Ranges of two versions would make a file that never was;
+                // without a validator, nothing tells them apart, and
+                // without a digest nothing finds out afterwards.
+                let unverifiable =
+                    matches!(expected, ExpectedSha1::None | ExpectedSha1::Malformed(_));
+                let several_ranges =
+                    head.status != 200 && size_bytes > options.engine.part_size_bytes;
+                if validator.is_none() && unverifiable && several_ranges {
+                    notices.push(
+                        "the origin sends no ETag or Last-Modified: were the object replaced during the download, \
+                         its ranges could mix two versions and nothing would tell; pass --sha1 HEX to verify"
+                            .to_string(),
+                    );
+                }
                 let source = ObjectSource {
                     origin: origin.clone(),
                     tls: origin.tls.then(|| Arc::clone(&tls)),
                     path_and_query: url.path_and_query.clone(),
                     auth: None,
                     expect_file_id: None,
-                    validator: crate::engine::Validator::of(head),
+                    validator,
                     sse_c: None,
                     display_name,
                 };
