@@ -600,11 +600,27 @@ impl Download {
                     );
                     return Err(error);
                 }
+                // Refused midway (a presigned URL expired, a key revoked, a
+                // certificate replaced): what arrived is kept for the run
+                // that fixes that, which resumes from it (the journal names
+                // the object, not the URL or the key).
+                Err(error)
+                    if error.is_refusal() && resumable && files.journaled_bytes(&dir) > 0 =>
+                {
+                    journal.keep = true;
+                    say!(
+                        "ringdown: kept {} and its journal in {}: once the origin accepts the request again \
+                         (a fresh URL, a valid key), the same command resumes from them",
+                        temp_name,
+                        parent.display()
+                    );
+                    return Err(error);
+                }
                 Err(error) => {
                     journal.remove();
                     // A signal that cut a transfer nothing can resume (an
                     // origin that ignores Range) ends the run as a signal does.
-                    // (A library caller's `cancel` is reported as SIGINT.)
+                    // (A library caller's `cancel` is `Interrupted` with `runtime::CANCELLED`.)
                     return Err(match options.engine.stop_signal() {
                         Some(signal) => Error::Interrupted { signal },
                         None => error,

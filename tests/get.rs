@@ -2673,6 +2673,17 @@ fn a_stall_after_pipelined_answers_stops_pipelining() {
 /// version 1 before, version 2 after, each answer carrying `header(v)`. It
 /// ignores `If-Match`, as some origins do.
 fn changing_origin(size: usize, switch_after: usize, header: fn(u32) -> String) -> String {
+    origin_of_versions(size, switch_after, usize::MAX, header)
+}
+
+/// `changing_origin` that answers 403 from its `refuse_after`th request on
+/// (a presigned URL that expired).
+fn origin_of_versions(
+    size: usize,
+    switch_after: usize,
+    refuse_after: usize,
+    header: fn(u32) -> String,
+) -> String {
     use std::io::{BufRead, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -2705,11 +2716,15 @@ fn changing_origin(size: usize, switch_after: usize, header: fn(u32) -> String) 
                             range = (first.parse().unwrap(), last.parse().unwrap());
                         }
                     }
-                    let version = if answered.fetch_add(1, Ordering::Relaxed) < switch_after {
-                        1
-                    } else {
-                        2
-                    };
+                    let answer = answered.fetch_add(1, Ordering::Relaxed);
+                    if answer >= refuse_after {
+                        let refusal = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+                        if writer.write_all(refusal.as_bytes()).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let version = if answer < switch_after { 1 } else { 2 };
                     let (first, last) = range;
                     let head = format!(
                         "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
@@ -2824,6 +2839,52 @@ fn an_origin_without_validators_is_said_to_be_unable_to_catch_a_change() {
     let output = get(&["--sha1", &sha1]);
     assert_ok(&output);
     assert!(!stderr(&output).contains(note), "{}", stderr(&output));
+}
+
+/// A URL refused midway (a presigned URL that expired: its signature is
+/// checked on every range) keeps what arrived, and the run with a URL the
+/// origin accepts resumes from it: the journal names the object (its ETag),
+/// not the URL. Before, exit 3 removed the partial file, and the fresh URL
+/// started from byte 0 (h25 #2).
+#[test]
+fn a_url_refused_midway_keeps_what_arrived_for_a_fresh_one() {
+    let size = 1 << 20;
+    let expiring = origin_of_versions(size, usize::MAX, 6, |_| "ETag: \"e1\"".to_string());
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("c.bin");
+    // One connection: the probe, then ranges in order.
+    let tuning = [
+        "--part-size",
+        "64KiB",
+        "--buffer-size",
+        "64KiB",
+        "--cores",
+        "1",
+        "--connections",
+        "1",
+    ];
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", expiring.as_str(), &dest])
+        .args(tuning)
+        .run_bounded();
+    assert_exit(&output, 3, "a presigned URL that expired?");
+    assert!(
+        stderr(&output).contains("resumes from them"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!Path::new(&dest).exists());
+    let journaled = journaled_bytes(fixture.out.path());
+    assert!(journaled > 0, "{}", stderr(&output));
+    let fresh = changing_origin(size, usize::MAX, |_| "ETag: \"e1\"".to_string());
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", fresh.as_str(), &dest])
+        .args(tuning)
+        .run_bounded();
+    assert_ok(&output);
+    assert_resumed_at(&output, journaled);
+    assert_eq!(std::fs::read(&dest).unwrap(), content("v1", size));
+    assert_no_temp(fixture.out.path());
 }
 
 /// Bytes that cannot be verified where that is not acceptable are not

@@ -443,6 +443,17 @@ pub(super) async fn status_failure(
     } else {
         detail
     };
+    // A plain URL that served the probe and now is refused: a presigned
+    // URL's signature is checked again on every request, and expires.
+    let plain_url = object.expect_file_id.is_none();
+    let detail = if plain_url && (head.status == 401 || head.status == 403) {
+        format!(
+            "{detail}: the origin refuses the URL it served until now (a presigned URL that expired?); \
+             run the command again with a URL it accepts"
+        )
+    } else {
+        detail
+    };
     // 412 (If-Match failed: the object changed) is Fatal, hence Object.
     let kind = match classify(head.status, code) {
         ErrorClass::Retry => FailureKind::Retry,

@@ -267,8 +267,8 @@ impl EngineConfig {
         self.stop_signal().is_some()
     }
 
-    /// The signal a stopped run reports (`runtime::stop_signal`: SIGINT
-    /// for `cancel`).
+    /// The signal a stopped run reports (`runtime::stop_signal`:
+    /// `runtime::CANCELLED` for `cancel`).
     pub fn stop_signal(&self) -> Option<i32> {
         crate::runtime::stop_signal(self.cancel.as_deref())
     }

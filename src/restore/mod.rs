@@ -775,7 +775,7 @@ impl Restore {
             }
         }
         let tally = std::mem::take(&mut *run.reporter.tally.lock().expect("tally lock"));
-        // A signal, or a library caller's `engine.cancel` (reported as SIGINT).
+        // A signal, or a library caller's `engine.cancel` (`runtime::CANCELLED`).
         let interrupted = options.engine.stop_signal();
         let report_failed = run.reporter.report.as_ref().and_then(|report| {
             let mut report = report.lock().expect("report lock");
@@ -1022,7 +1022,13 @@ pub(crate) async fn api_call(
                         if error.may_pass_on_retry() && refresh_failures + 1 < retry.attempts =>
                     {
                         refresh_failures += 1;
-                        let delay = retry.backoff_ms(refresh_failures);
+                        // Within REAUTHORIZE_FAILURE_SHARED_MS of the failed
+                        // refresh, asking again is answered with its error,
+                        // untried: each retry waits that out, so that each
+                        // is a real authorization (h26 S6).
+                        let delay = retry
+                            .backoff_ms(refresh_failures)
+                            .max(crate::config::REAUTHORIZE_FAILURE_SHARED_MS);
                         crate::runtime::back_off(std::time::Duration::from_millis(delay)).await?;
                     }
                     Err(error) => return Err(error),
