@@ -311,6 +311,26 @@ fn plain_url_origin_with_and_without_sha1() {
     );
 }
 
+/// `https://` to a plain HTTP port names the likely cause: the message was
+/// rustls' "received corrupt message of type InvalidContentType" (h25).
+#[test]
+fn https_to_a_plain_http_port_says_to_use_http() {
+    let fixture = Fixture::new(&[("p.bin", 1000)]);
+    let served = serve(fixture.data.path(), true, &[]);
+    assert!(served.realm.starts_with("http://"), "{}", served.realm);
+    let (token, _) = served.authorize();
+    let https = served.realm.replacen("http://", "https://", 1);
+    let url = format!("{https}/file/bkt/p.bin?Authorization={token}");
+    let dest = fixture.dest_str("p.bin");
+    let output = ringdown(&served, &[&url, &dest, "--max-attempts", "1"]);
+    assert_exit(
+        &output,
+        1,
+        "as a plain HTTP port does (for one, use http://)",
+    );
+    assert_no_temp(fixture.out.path());
+}
+
 /// An origin that answers every `Range` with the whole object (Python's
 /// http.server, some CDNs): the probe sees the 200, the object comes in one
 /// GET, and a reset mid-body starts over from byte 0 when the retry's range
@@ -1777,6 +1797,153 @@ fn a_signal_lets_the_chunks_in_flight_finish() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_resumed_at(&output, journaled);
     assert_same(&fixture.dest("f.bin"), "f.bin", size);
+    assert_no_temp(fixture.out.path());
+}
+
+/// A plain-URL origin (strong ETag) that sends each range at
+/// `bytes_per_s` (0: at once), and the first time the range starting at
+/// `stall_at` is asked for, sends 64 KiB of it and then nothing, holding
+/// the connection open. `stalled` is set then.
+fn stalling_origin(
+    body: Vec<u8>,
+    stall_at: usize,
+    bytes_per_s: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let body = std::sync::Arc::new(body);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (body, bytes_per_s, stalled) = (
+                std::sync::Arc::clone(&body),
+                std::sync::Arc::clone(&bytes_per_s),
+                std::sync::Arc::clone(&stalled),
+            );
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = std::io::BufReader::new(stream);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut range = (0, body.len() - 1);
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+                            break;
+                        }
+                        let lower = line.trim().to_ascii_lowercase();
+                        if let Some((first, last)) = lower
+                            .strip_prefix("range: bytes=")
+                            .and_then(|spec| spec.split_once('-'))
+                        {
+                            range = (first.parse().unwrap(), last.parse().unwrap());
+                        }
+                    }
+                    let (first, last) = range;
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                         Content-Range: bytes {first}-{last}/{}\r\nETag: \"s1\"\r\n\r\n",
+                        last - first + 1,
+                        body.len()
+                    );
+                    if writer.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let stall = first == stall_at && !stalled.swap(true, Ordering::SeqCst);
+                    for piece in body[first..=last].chunks(16 << 10) {
+                        if writer.write_all(piece).is_err() {
+                            return;
+                        }
+                        if stall && piece.as_ptr() > body[first..].as_ptr().wrapping_add(48 << 10) {
+                            // Holds the connection, sending nothing more.
+                            std::thread::sleep(std::time::Duration::from_secs(120));
+                            return;
+                        }
+                        let rate = bytes_per_s.load(Ordering::Relaxed);
+                        if rate > 0 {
+                            let piece_s = piece.len() as f64 / rate as f64;
+                            std::thread::sleep(std::time::Duration::from_secs_f64(piece_s));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}/s.bin")
+}
+
+/// After a stop, a chunk that cannot finish (here: its range stalls) gives
+/// up alone: the chunks below it finish and are journaled, and the rerun
+/// resumes from them. It used to abort the whole object, cutting the
+/// chunks below it too, and the run kept nothing (h26 S1).
+#[test]
+fn a_chunk_that_cannot_finish_after_a_signal_gives_up_alone() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let part = 512 << 10;
+    let size = 4 * part;
+    let body = content("s.bin", size);
+    // 5 s a chunk: they end well after the stalled one is cut (2 s).
+    let rate = Arc::new(AtomicUsize::new(100_000));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let url = stalling_origin(
+        body.clone(),
+        3 * part,
+        Arc::clone(&rate),
+        Arc::clone(&stalled),
+    );
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("s.bin");
+    let tuning = [
+        "--part-size",
+        "512KiB",
+        "--buffer-size",
+        "64KiB",
+        "--cores",
+        "1",
+        "--connections",
+        "4",
+    ];
+    // SIGINT as a terminal's foreground job has it (see `spawn_get_with`).
+    let mut child = Command::new("env")
+        .arg("--default-signal=INT")
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest])
+        .args(tuning)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !stalled.load(Ordering::SeqCst) {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the last chunk was not asked for"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(journaled_bytes(fixture.out.path()), 0, "a chunk finished");
+    send_signal(child.id(), "-INT");
+    let exit = wait_for_exit(&mut child, "-INT");
+    let text = stderr(&child.wait_with_output().unwrap());
+    assert_eq!(exit.code(), Some(130), "{text}");
+    // The three chunks below the stalled one, whole.
+    let journaled = journaled_bytes(fixture.out.path());
+    assert_eq!(journaled, 3 * part as u64, "{text}");
+    rate.store(0, Ordering::Relaxed);
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest])
+        .args(tuning)
+        .run_bounded();
+    assert_ok(&output);
+    assert_resumed_at(&output, journaled);
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert_no_temp(fixture.out.path());
 }
 

@@ -2156,3 +2156,59 @@ fn a_run_fatal_error_cuts_the_listings_refresh_backoff_short() {
         run.stderr
     );
 }
+
+/// A download host in front of B2 that drops B2's `x-bz-*` headers (a
+/// proxy, a CDN, a mirror): each file is refused, as nothing says which
+/// version came, and the message says so. It said "the object was
+/// replaced", which nothing was (h25).
+#[test]
+fn a_download_host_that_drops_b2s_headers_is_named_as_the_cause() {
+    let objects = [("a", data(3, 1))];
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if is_download(req) {
+            let body = data(3, 1);
+            let headers = [("Content-Type", "application/octet-stream".to_string())];
+            match req.range() {
+                Some((first, last)) => {
+                    let last = last.min(body.len() as u64 - 1);
+                    let mut headers = headers.to_vec();
+                    headers.push((
+                        "Content-Range",
+                        format!("bytes {first}-{last}/{}", body.len()),
+                    ));
+                    respond(stream, 206, &headers, &body[first as usize..=last as usize]);
+                }
+                None => respond(stream, 200, &headers, &body),
+            }
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let source = format!("b2://{BUCKET}");
+    let realm = fake.realm();
+    let run = ringdown(&[
+        "restore",
+        &source,
+        dir.to_str().unwrap(),
+        "--realm",
+        &realm,
+        "--cores",
+        "1",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("carries no x-bz-file-id")
+            && run.stderr.contains("drops B2's x-bz-* headers"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("the object was replaced"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.join("a").exists());
+}

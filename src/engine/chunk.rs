@@ -75,7 +75,7 @@ async fn retry_chunk(
             chunk.offset_bytes + received_bytes,
             chunk.last_byte()
         );
-        let stop = || job.is_stopped(config.stop_signal());
+        let stop = || job.chunk_stops(config.stop_signal(), chunk.offset_bytes);
         let next = retries
             .next_attempt(&core.core, failure, &context, &stop, chunk.index)
             .await;
@@ -101,8 +101,9 @@ async fn retry_chunk(
         };
         match waited {
             Ok(()) => {}
-            // Stopped by another chunk's error or a signal: that one is reported.
-            Err(_) if job.is_aborted() => return Ok(()),
+            // Stopped by another chunk's error or a signal: that one is
+            // reported. A chunk given up after a signal leaves its gap.
+            Err(_) if job.is_aborted() || job.gave_up_below(chunk.offset_bytes) => return Ok(()),
             Err(give_up) => return Err(give_up.error),
         }
     }
@@ -131,8 +132,9 @@ async fn attempt_chunk(
     let body_started = Instant::now();
     let mut body_left = body_len;
     while body_left > 0 {
-        // A stop signal lets the body finish (`Job::next_chunk`).
-        if job.is_aborted() {
+        // A stop signal lets the body finish (`Job::next_chunk`), unless a
+        // chunk below gave up: then nothing this one brings is kept.
+        if job.is_aborted() || job.gave_up_below(chunk.offset_bytes) {
             return Err(Failure::retry("aborted"));
         }
         let mut buf = match current.take() {
@@ -144,7 +146,11 @@ async fn attempt_chunk(
                 let buf = core
                     .core
                     .pool
-                    .take(|| digest.frontier() == head_offset || job.is_aborted())
+                    .take(|| {
+                        digest.frontier() == head_offset
+                            || job.is_aborted()
+                            || job.gave_up_below(chunk.offset_bytes)
+                    })
                     .await;
                 core.record(Stage::BufferWait, waited.elapsed());
                 *buffer_started = Instant::now();

@@ -63,6 +63,11 @@ pub(crate) struct Job {
     /// the chunks in flight still finish, and the last connection to leave
     /// aborts the job with it (`TakingChunks::drop`).
     stop_signal: OnceLock<i32>,
+    /// After a stop signal, the offset of the lowest chunk that gave up (it
+    /// failed, or waited to retry: nothing will fill its gap); `u64::MAX`
+    /// while none did. What the chunks above it bring cannot extend the
+    /// journaled prefix, so they stop too; those below it finish.
+    given_up_at: AtomicU64,
     aborted: AtomicBool,
     first_error: Mutex<Option<Error>>,
     written: Mutex<Written>,
@@ -146,6 +151,7 @@ impl Job {
             progress,
             next_chunk: AtomicU64::new(0),
             stop_signal: OnceLock::new(),
+            given_up_at: AtomicU64::new(u64::MAX),
             aborted: AtomicBool::new(false),
             first_error: Mutex::new(None),
             written: Mutex::new(Written {
@@ -240,20 +246,42 @@ impl Job {
     /// left aborts it (nothing else will), so its cores finish and report
     /// the signal.
     fn connection_left(&self, before: usize) {
-        let stopped_short = self.stop_signal.get().filter(|_| self.has_chunks_left());
+        let gave_up = self.given_up_at.load(Ordering::Acquire) != u64::MAX;
+        let stopped_short = self
+            .stop_signal
+            .get()
+            .filter(|_| gave_up || self.has_chunks_left());
         if let (1, Some(&signal)) = (before, stopped_short) {
             self.abort(Error::Interrupted { signal });
         }
     }
 
-    /// Whether the job is over, aborting it if the run is asked to stop:
-    /// for a chunk that cannot finish by itself (waiting to retry), whose
-    /// gap no chunk after it could fill.
-    pub fn is_stopped(&self, stop_signal: Option<i32>) -> bool {
-        if let Some(signal) = stop_signal.filter(|_| !self.is_aborted()) {
-            self.abort(Error::Interrupted { signal });
+    /// Whether the chunk at `offset`, which cannot finish by itself (it
+    /// failed, or waits to retry), is to stop: the job is over, or the run
+    /// is asked to stop. Then it gives up alone: the chunks below it
+    /// finish and are journaled, those above it stop (`gave_up_below`),
+    /// and the last connection out ends the job (`connection_left`).
+    pub fn chunk_stops(&self, stop_signal: Option<i32>, offset: u64) -> bool {
+        if self.is_aborted() {
+            return true;
         }
-        self.is_aborted()
+        let Some(signal) = stop_signal else {
+            return false;
+        };
+        self.stop_signal.get_or_init(|| signal);
+        if self.given_up_at.fetch_min(offset, Ordering::AcqRel) > offset {
+            // Connections above it waiting for a buffer may now take the
+            // reserve, to find out and leave (each core's hasher wakes
+            // its pool's waiters).
+            self.digest.wake_all();
+        }
+        true
+    }
+
+    /// Whether a chunk below `offset` (or at it) gave up after a stop: what
+    /// a chunk at `offset` brings would never be journaled.
+    pub fn gave_up_below(&self, offset: u64) -> bool {
+        self.given_up_at.load(Ordering::Acquire) <= offset
     }
 
     pub fn is_aborted(&self) -> bool {
@@ -496,8 +524,11 @@ pub(super) async fn take_chunks(
             break;
         }
         next = match ahead {
-            // Its GET is out: a request in flight, which a stop lets finish.
-            Some(chunk) => (!job.is_aborted()).then_some(chunk),
+            // Its GET is out: a request in flight, which a stop lets finish
+            // unless a chunk below it gave up.
+            Some(chunk) => {
+                (!job.is_aborted() && !job.gave_up_below(chunk.offset_bytes)).then_some(chunk)
+            }
             None => job.next_chunk(stop_signal()),
         };
     }

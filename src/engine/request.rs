@@ -300,10 +300,17 @@ pub(super) fn check_version(head: &ResponseHead, object: &ObjectSpec) -> Result<
     if let Some(expected) = object.expect_file_id.as_deref() {
         match head.header("x-bz-file-id") {
             Some(id) if id == expected => {}
-            other => {
+            Some(id) => {
                 return Err(Failure::object(format!(
-                    "x-bz-file-id {:?} is not the listed version {expected}; the object was replaced",
-                    other.unwrap_or("")
+                    "x-bz-file-id {id:?} is not the listed version {expected}; the object was replaced"
+                )));
+            }
+            // A proxy, CDN or mirror in front of B2 that drops B2's
+            // headers: nothing says which version it serves.
+            None => {
+                return Err(Failure::object(format!(
+                    "the answer carries no x-bz-file-id, so nothing says it is the listed version {expected}: \
+                     the download host (a proxy or mirror?) drops B2's x-bz-* headers; let them through"
                 )));
             }
         }

@@ -207,6 +207,26 @@ fn tls_error(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
+/// A handshake answered by something that is not TLS (a plain HTTP port
+/// sends `HTTP/1.1 400`, whose first byte is no TLS record type) says so:
+/// "received corrupt message of type InvalidContentType" named no cause.
+fn handshake_error(error: rustls::Error) -> io::Error {
+    let not_tls = matches!(
+        error,
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+    );
+    match not_tls {
+        true => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the server did not answer the TLS handshake in TLS ({error}), \
+                 as a plain HTTP port does (for one, use http://)"
+            ),
+        ),
+        false => tls_error(error),
+    }
+}
+
 impl TlsStream {
     /// Runs the handshake. Certificate errors come back as `io::Error`
     /// wrapping `rustls::Error` (see `is_trust_error`).
@@ -231,7 +251,7 @@ impl TlsStream {
         };
         let started = std::time::Instant::now();
         loop {
-            let (_, next) = stream.session.process(&mut []).map_err(tls_error)?;
+            let (_, next) = stream.session.process(&mut []).map_err(handshake_error)?;
             stream.flush().await?;
             if stream.session.is_handshake_done() {
                 return Ok(stream);
