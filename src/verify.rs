@@ -142,6 +142,13 @@ impl<B: AsRef<[u8]>> ReorderWindow<B> {
     pub fn clear(&mut self) {
         self.pending.clear();
     }
+
+    /// Drops the parked buffers at `offset` and past it, which the frontier
+    /// will never reach (a gap before them stays); returns how many.
+    pub fn release_from(&mut self, offset: u64) -> usize {
+        let released = self.pending.split_off(&offset);
+        released.len()
+    }
 }
 
 /// Lowercase hex of a digest.
@@ -199,6 +206,19 @@ mod tests {
             sha1_update(&mut sha1, &data[split..]);
             proptest::prop_assert_eq!(<[u8; 20]>::from(sha1.finalize()), sha1_of(&data));
         }
+    }
+
+    #[test]
+    fn release_from_drops_what_lies_past_a_gap() {
+        let mut window = ReorderWindow::default();
+        for offset in [0u64, 100, 200, 300] {
+            window.insert(offset, vec![0u8; 100], 100);
+        }
+        assert_eq!(window.release_from(200), 2);
+        assert_eq!(window.len(), 2);
+        assert!(window.take_at(200).is_none());
+        assert!(window.take_at(100).is_some());
+        assert_eq!(window.release_from(u64::MAX), 0);
     }
 
     #[test]

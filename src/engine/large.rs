@@ -394,6 +394,15 @@ impl CoreJob {
         true
     }
 
+    /// Frees the parked buffers past a chunk given up after a stop (see
+    /// `park`), for the connections of this core waiting for one.
+    fn release_past_gap(&self) {
+        let gap = self.job.given_up_at.load(Ordering::Acquire);
+        if gap != u64::MAX && self.window.borrow_mut().release_from(gap) > 0 {
+            self.core.pool.wake_waiters();
+        }
+    }
+
     /// Hashes every parked buffer that sits at the frontier, in order.
     pub fn drain_hashable(&self) {
         let mut advanced = false;
@@ -414,7 +423,10 @@ impl CoreJob {
 
     /// A written buffer whose bytes are not hashed yet waits for the frontier.
     pub fn park(&self, offset: u64, buf: PoolBuf, data_len: usize) {
-        if self.job.is_aborted() {
+        // Past a chunk given up after a stop, the frontier never comes
+        // either: the bytes are written, and the buffer is of more use to
+        // the chunks still finishing below the gap.
+        if self.job.is_aborted() || self.job.gave_up_below(offset) {
             // Nothing will be hashed any more, and the hasher that frees the
             // parked buffers of an aborted job may be gone already: parked
             // now, the buffer would be lost to the pool, and a connection
@@ -593,6 +605,7 @@ async fn hash_loop(core_job: Rc<CoreJob>) {
         let notified = waker.notified();
         super::failpoint::pass(super::failpoint::Site::Hasher);
         core_job.drain_hashable();
+        core_job.release_past_gap();
         // The frontier moved somewhere: whichever of our connections now sits
         // at it may take the reserve buffer, so let waiters re-check.
         core_job.core.pool.wake_waiters();
