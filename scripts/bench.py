@@ -378,7 +378,10 @@ def nginx_conf(prefix, port, cert_dir, buckets_dir, bucket, files):
             maps["bz_mtime"].append((uri, info["src_last_modified_millis"]))
         if "large_file_sha1" in info:
             maps["bz_large_sha1"].append((uri, info["large_file_sha1"]))
-        by_id.append((f["fileId"], f"/file/{bucket}/{urllib.parse.quote(f['fileName'], safe='/')}"))
+        # `rewrite` sets the URI as given, not decoded again: the decoded
+        # name, as the maps above and `alias` expect ('?' would start a
+        # query, so it alone stays encoded).
+        by_id.append((f["fileId"], f"/file/{bucket}/{f['fileName'].replace('?', '%3F')}"))
     lines = [
         "worker_processes auto;",
         f"pid {prefix}/nginx.pid;",

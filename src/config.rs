@@ -182,6 +182,11 @@ pub const PROGRESS_TTY_INTERVAL_MS: u64 = 200;
 /// seconds: the average since the start said "ETA 16 s" for 140 s of a
 /// slow tail (a run's last large objects on a few connections).
 pub const PROGRESS_RATE_WINDOW_S: u64 = 20;
+/// A body of unknown length (no Content-Length) stops once it would leave
+/// the destination's file system with less free than 1/20 of what it had,
+/// at most 1 GiB (`engine::stream`): an endless body must not fill it.
+pub const STREAM_FREE_SPACE_MARGIN_FRACTION: u64 = 20;
+pub const STREAM_FREE_SPACE_MARGIN_MAX_BYTES: u64 = 1 << 30;
 /// The most of the last retry's reason a progress line quotes.
 pub const PROGRESS_RETRY_REASON_CHARS: usize = 60;
 

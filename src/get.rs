@@ -284,6 +284,11 @@ struct ObjectMeta {
     source: ObjectSource,
     /// The origin answers `Range` (B2 does; a plain URL told us in its probe).
     ranges: bool,
+    /// `size_bytes` is the object's size. Not so for a plain URL whose
+    /// origin ignores Range and sends no Content-Length (a chunked body,
+    /// or one delimited by the close): its size is known at its end
+    /// (`engine::stream`), and `size_bytes` is 0.
+    length_known: bool,
     /// What the summary should mention (redirects followed).
     notices: Vec<String>,
 }
@@ -488,16 +493,18 @@ impl Download {
                 options.direct_io.for_object(meta.size_bytes),
             )
         } else {
-            notices.push(
-                "the origin ignores Range requests: the whole object came in one GET on one connection"
-                    .to_string(),
-            );
+            notices.push(match meta.length_known {
+                true => "the origin ignores Range requests: the whole object came in one GET on one connection",
+                false => "the origin ignores Range requests and sends no Content-Length: the whole object came in one GET on one connection, its size known at its end",
+            }.to_string());
             (ResumeFiles::unresumable(&file_name), DirectIo::Off)
         };
         // Held until the run ends: another get into the same DEST would
         // otherwise remove or overwrite our partial file.
         let mut journal = files.lock(&dir, &dest)?;
         let mut may_resume = files.key.is_some();
+        // The object's size; for a body of unknown length, known at its end.
+        let mut size_bytes = meta.size_bytes;
         loop {
             attempts_left -= 1;
             let resume = match may_resume {
@@ -567,21 +574,39 @@ impl Download {
             } else {
                 engine::Fetch::Whole
             };
-            let outcome = engine::download(
-                &options.engine,
-                &meta.source,
-                meta.size_bytes,
-                &file,
-                direct,
-                Arc::clone(&self.progress),
-                fetch,
-            );
+            let outcome = match meta.length_known {
+                true => engine::download(
+                    &options.engine,
+                    &meta.source,
+                    meta.size_bytes,
+                    &file,
+                    direct,
+                    Arc::clone(&self.progress),
+                    fetch,
+                ),
+                false => engine::stream::download_unknown_length(
+                    &options.engine,
+                    &meta.source,
+                    &file,
+                    &self.progress,
+                )
+                .map(|streamed| {
+                    size_bytes = streamed.bytes;
+                    engine::ObjectOutcome {
+                        sha1: Ok(streamed.sha1),
+                        stages: streamed.stages,
+                        retries: streamed.retries,
+                        registered_buffers: false,
+                        notices: Vec::new(),
+                    }
+                }),
+            };
             // A failed round's retries and histograms count too.
             let outcome = outcome.and_then(|outcome| {
                 summary.stages.merge(&outcome.stages);
                 summary.retries += outcome.retries;
                 summary.registered_buffers = outcome.registered_buffers;
-                summary.direct_io = writes_direct(direct, meta.size_bytes);
+                summary.direct_io = writes_direct(direct, size_bytes);
                 outcome.sha1.map(|sha1| (sha1, outcome.notices))
             });
             let (actual, round_notices) = match outcome {
@@ -692,7 +717,7 @@ impl Download {
                 Err(rustix::io::Errno::EXIST) => {
                     if resumable {
                         journal.keep = true;
-                        journal.record_whole(meta.size_bytes);
+                        journal.record_whole(size_bytes);
                         say!(
                             "ringdown: kept {} and its journal in {}: run again with --force to replace {} from it (it resumes)",
                             temp_name,
@@ -728,7 +753,7 @@ impl Download {
             };
             let summary = RunSummary {
                 command: "get".into(),
-                bytes: meta.size_bytes,
+                bytes: size_bytes,
                 resumed_bytes,
                 files: 1,
                 seconds,
@@ -736,13 +761,13 @@ impl Download {
                 unverified,
                 failed: 0,
                 retries: summary.retries,
-                direct_io: writes_direct(direct, meta.size_bytes),
+                direct_io: writes_direct(direct, size_bytes),
                 registered_buffers: summary.registered_buffers,
                 stages: summary.stages.clone(),
             };
             return Ok(DownloadReport {
                 dest,
-                bytes: meta.size_bytes,
+                bytes: size_bytes,
                 seconds,
                 sha1_hex: to_hex(&actual),
                 verification,
@@ -851,6 +876,7 @@ impl Download {
                     mtime_ms,
                     source,
                     ranges: true,
+                    length_known: true,
                     notices,
                 })
             }
@@ -924,12 +950,9 @@ impl Download {
                                 "416 for bytes=0-0 on a non-empty object",
                             )
                         })?,
-                    200 => head.content_length.ok_or_else(|| {
-                        Error::http(
-                            format!("GET {display_name}"),
-                            "the origin ignores Range and sends no Content-Length",
-                        )
-                    })?,
+                    // No Content-Length (chunked, or up to the close): the
+                    // size is known once the body ends.
+                    200 => head.content_length.unwrap_or(0),
                     401 | 403 => {
                         return Err(Error::Auth(format!(
                             "GET {display_name}: HTTP {}",
@@ -985,12 +1008,14 @@ impl Download {
                     sse_c: None,
                     display_name,
                 };
+                let length_known = head.status != 200 || head.content_length.is_some();
                 Ok(ObjectMeta {
                     size_bytes,
                     expected,
                     mtime_ms: None,
                     source,
                     ranges: head.status != 200,
+                    length_known,
                     notices,
                 })
             }

@@ -331,6 +331,113 @@ fn https_to_a_plain_http_port_says_to_use_http() {
     assert_no_temp(fixture.out.path());
 }
 
+/// A plain-URL origin that ignores Range and sends no Content-Length:
+/// `chunked` bodies (in 10,000-byte chunks), else HTTP/1.0 bodies delimited
+/// by the close. Its answer number `cut_answer` (0: the probe) stops
+/// halfway through, closing the connection.
+fn lengthless_origin(body: Vec<u8>, chunked: bool, cut_answer: usize) -> String {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let body = std::sync::Arc::new(body);
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (body, answered) = (
+                std::sync::Arc::clone(&body),
+                std::sync::Arc::clone(&answered),
+            );
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = std::io::BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        line.clear();
+                    }
+                    let cut = answered.fetch_add(1, Ordering::SeqCst) == cut_answer;
+                    let sent = if cut { body.len() / 2 } else { body.len() };
+                    let mut out = Vec::new();
+                    if chunked {
+                        out.extend_from_slice(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        );
+                        for piece in body[..sent].chunks(10_000) {
+                            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                            out.extend_from_slice(piece);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        if !cut {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                    } else {
+                        out.extend_from_slice(b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n");
+                        out.extend_from_slice(&body[..sent]);
+                    }
+                    let _ = writer.write_all(&out);
+                    if cut || !chunked {
+                        // Half a chunked body is cut by the close too.
+                        let _ = writer.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}/l.bin")
+}
+
+/// An origin that ignores Range and sends no Content-Length (a chunked
+/// body: CGI, on-the-fly filters; or HTTP/1.0 up to the close) is fetched
+/// in one stream, its size known at its end, verified with --sha1, and
+/// fetched again from byte 0 when a transfer is cut. It used to be refused:
+/// "the origin ignores Range and sends no Content-Length" (h25 #5).
+#[test]
+fn a_body_without_content_length_is_streamed_whole() {
+    let size = 300_007;
+    let body = content("l.bin", size);
+    let sha1 = sha1_hex(&body);
+    // (chunked, the answer cut: 1 is the first download after the probe)
+    for (chunked, cut) in [
+        (true, usize::MAX),
+        (false, usize::MAX),
+        (true, 1),
+        (false, 1),
+    ] {
+        let url = lengthless_origin(body.clone(), chunked, cut);
+        let fixture = Fixture::new(&[]);
+        let dest = fixture.dest_str("l.bin");
+        let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["get", url.as_str(), &dest, "--sha1", &sha1])
+            .args(["--retry-base-ms", "5"])
+            .run_bounded();
+        assert_ok(&output);
+        let text = stderr(&output);
+        assert!(text.contains("sends no Content-Length"), "{text}");
+        assert!(text.contains(&format!("{size} bytes")), "{text}");
+        assert!(text.contains("verified"), "{text}");
+        let retried = !text.contains("retries: 0,");
+        assert_eq!(retried, cut == 1, "chunked {chunked}, cut {cut}: {text}");
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        assert_no_temp(fixture.out.path());
+    }
+    // A wrong --sha1: fetched twice, then a mismatch, nothing left.
+    let url = lengthless_origin(body.clone(), true, usize::MAX);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("l.bin");
+    let wrong = "0".repeat(40);
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest, "--sha1", &wrong])
+        .run_bounded();
+    assert_exit(&output, 1, "SHA1 mismatch");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 /// An origin that answers every `Range` with the whole object (Python's
 /// http.server, some CDNs): the probe sees the 200, the object comes in one
 /// GET, and a reset mid-body starts over from byte 0 when the retry's range
@@ -1810,7 +1917,7 @@ fn stalling_origin(
     bytes_per_s: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> String {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -1826,24 +1933,9 @@ fn stalling_origin(
                 let mut writer = stream.try_clone().unwrap();
                 let mut reader = std::io::BufReader::new(stream);
                 loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    let Some(range) = read_request(&mut reader, body.len()) else {
                         return;
-                    }
-                    let mut range = (0, body.len() - 1);
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) <= 2 {
-                            break;
-                        }
-                        let lower = line.trim().to_ascii_lowercase();
-                        if let Some((first, last)) = lower
-                            .strip_prefix("range: bytes=")
-                            .and_then(|spec| spec.split_once('-'))
-                        {
-                            range = (first.parse().unwrap(), last.parse().unwrap());
-                        }
-                    }
+                    };
                     let (first, last) = range;
                     let head = format!(
                         "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
@@ -2634,24 +2726,9 @@ fn pipelining_origin(
                 let mut reader = std::io::BufReader::new(stream);
                 let mut answered_here = 0;
                 loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    let Some(range) = read_request(&mut reader, data.len()) else {
                         return;
-                    }
-                    let mut range = (0, data.len() - 1);
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) <= 2 {
-                            break;
-                        }
-                        let lower = line.trim().to_ascii_lowercase();
-                        if let Some((first, last)) = lower
-                            .strip_prefix("range: bytes=")
-                            .and_then(|spec| spec.split_once('-'))
-                        {
-                            range = (first.parse().unwrap(), last.parse().unwrap());
-                        }
-                    }
+                    };
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     let (first, last) = range;
                     let head = format!(
@@ -2836,6 +2913,30 @@ fn a_stall_after_pipelined_answers_stops_pipelining() {
     );
 }
 
+/// Reads one request of a test origin's client: `None` once the client
+/// closed, else the byte range it asks for (`Range: bytes=A-B`; the whole
+/// `size` bytes without one).
+fn read_request(reader: &mut impl std::io::BufRead, size: usize) -> Option<(usize, usize)> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut range = (0, size - 1);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+            return Some(range);
+        }
+        let lower = line.trim().to_ascii_lowercase();
+        if let Some((first, last)) = lower
+            .strip_prefix("range: bytes=")
+            .and_then(|spec| spec.split_once('-'))
+        {
+            range = (first.parse().unwrap(), last.parse().unwrap());
+        }
+    }
+}
+
 /// A plain-URL origin whose object changes after `switch_after` answers:
 /// version 1 before, version 2 after, each answer carrying `header(v)`. It
 /// ignores `If-Match`, as some origins do.
@@ -2851,7 +2952,7 @@ fn origin_of_versions(
     refuse_after: usize,
     header: fn(u32) -> String,
 ) -> String {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -2865,24 +2966,9 @@ fn origin_of_versions(
                 let mut writer = stream.try_clone().unwrap();
                 let mut reader = std::io::BufReader::new(stream);
                 loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    let Some(range) = read_request(&mut reader, size) else {
                         return;
-                    }
-                    let mut range = (0, size - 1);
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) <= 2 {
-                            break;
-                        }
-                        let lower = line.trim().to_ascii_lowercase();
-                        if let Some((first, last)) = lower
-                            .strip_prefix("range: bytes=")
-                            .and_then(|spec| spec.split_once('-'))
-                        {
-                            range = (first.parse().unwrap(), last.parse().unwrap());
-                        }
-                    }
+                    };
                     let answer = answered.fetch_add(1, Ordering::Relaxed);
                     if answer >= refuse_after {
                         let refusal = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";

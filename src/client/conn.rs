@@ -351,18 +351,44 @@ impl Connection {
         head: &ResponseHead,
         limit_bytes: usize,
     ) -> Result<Vec<u8>, ConnError> {
-        let too_big = || ConnError::Protocol(format!("response body exceeds {limit_bytes} bytes"));
+        // A declared length over the bound is refused before any byte is read.
+        if !head.chunked
+            && head
+                .content_length
+                .is_some_and(|length| length > limit_bytes as u64)
+        {
+            return Err(body_too_big(limit_bytes as u64));
+        }
+        let mut body = Vec::with_capacity(head.content_length.unwrap_or(0) as usize);
+        self.read_body_each(head, limit_bytes as u64, |piece| {
+            body.extend_from_slice(piece);
+            Ok(())
+        })
+        .await?;
+        Ok(body)
+    }
+
+    /// Reads a body of at most `limit_bytes`, handing it to `each` piece by
+    /// piece as it arrives (at most what one receive brings), and returns
+    /// its length. Framed by Content-Length, chunked, or the close. An error
+    /// `each` returns ends the read.
+    pub async fn read_body_each(
+        &mut self,
+        head: &ResponseHead,
+        limit_bytes: u64,
+        mut each: impl FnMut(&[u8]) -> Result<(), ConnError>,
+    ) -> Result<u64, ConnError> {
         let pace = BodyPace::new(self.timeout);
+        let mut body_bytes = 0u64;
         if head.chunked {
             let mut decoder = ChunkedDecoder::new();
-            let mut body = Vec::new();
             loop {
                 if self.leftover_start == self.leftover.len() {
                     self.compact_leftover();
                     if self.receive_more(64 * 1024).await? == 0 {
                         return Err(self.early_eof());
                     }
-                    pace.check(body.len())?;
+                    pace.check(body_bytes)?;
                 }
                 let input = &self.leftover[self.leftover_start..];
                 match decoder
@@ -376,53 +402,53 @@ impl Connection {
                         if self.receive_more(64 * 1024).await? == 0 {
                             return Err(self.early_eof());
                         }
-                        pace.check(body.len())?;
+                        pace.check(body_bytes)?;
                     }
                     ChunkedStep::Data { start, len } => {
-                        if body.len() + len > limit_bytes {
-                            return Err(too_big());
+                        if body_bytes + len as u64 > limit_bytes {
+                            return Err(body_too_big(limit_bytes));
                         }
-                        body.extend_from_slice(&input[start..start + len]);
+                        each(&input[start..start + len])?;
+                        body_bytes += len as u64;
                         self.leftover_start += start + len;
                     }
                     ChunkedStep::Done { consumed } => {
                         self.leftover_start += consumed;
-                        return Ok(body);
+                        return Ok(body_bytes);
                     }
                 }
             }
         }
-        // A declared length over the bound is refused before any byte is read.
         if head
             .content_length
-            .is_some_and(|length| length > limit_bytes as u64)
+            .is_some_and(|length| length > limit_bytes)
         {
-            return Err(too_big());
+            return Err(body_too_big(limit_bytes));
         }
         // No length: delimited by close (HTTP/1.0 style), read until EOF, bounded.
         let length = head.content_length.unwrap_or(u64::MAX);
-        let mut body = Vec::with_capacity(head.content_length.unwrap_or(0) as usize);
-        while (body.len() as u64) < length {
+        while body_bytes < length {
             if self.leftover_start == self.leftover.len() {
                 self.compact_leftover();
                 let n = self.receive_more(64 * 1024).await?;
                 if n == 0 {
                     if length == u64::MAX {
-                        return Ok(body);
+                        return Ok(body_bytes);
                     }
                     return Err(self.early_eof());
                 }
-                pace.check(body.len())?;
+                pace.check(body_bytes)?;
             }
             let available = &self.leftover[self.leftover_start..];
-            let wanted = (length - body.len() as u64).min(available.len() as u64) as usize;
-            if body.len() + wanted > limit_bytes {
-                return Err(too_big());
+            let wanted = (length - body_bytes).min(available.len() as u64) as usize;
+            if body_bytes + wanted as u64 > limit_bytes {
+                return Err(body_too_big(limit_bytes));
             }
-            body.extend_from_slice(&available[..wanted]);
+            each(&available[..wanted])?;
+            body_bytes += wanted as u64;
             self.leftover_start += wanted;
         }
-        Ok(body)
+        Ok(body_bytes)
     }
 
     /// Discards a body of known length if it is small; returns false if the
@@ -497,7 +523,11 @@ impl Connection {
     }
 }
 
-/// The rate floor of an in-memory body (`API_BODY_MIN_BYTES_PER_S` once the
+fn body_too_big(limit_bytes: u64) -> ConnError {
+    ConnError::Protocol(format!("response body exceeds {limit_bytes} bytes"))
+}
+
+/// The rate floor of a body read whole (`API_BODY_MIN_BYTES_PER_S` once the
 /// stall timeout has passed): stops a server that trickles just fast enough
 /// to never trip the per-receive stall timeout.
 struct BodyPace {
@@ -513,7 +543,7 @@ impl BodyPace {
         }
     }
 
-    fn check(&self, body_bytes: usize) -> Result<(), ConnError> {
+    fn check(&self, body_bytes: u64) -> Result<(), ConnError> {
         let elapsed = self.started.elapsed();
         if elapsed <= self.grace {
             return Ok(());

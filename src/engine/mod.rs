@@ -13,6 +13,7 @@ mod object;
 mod pace;
 mod request;
 pub mod scheduler;
+pub mod stream;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
