@@ -3140,6 +3140,58 @@ fn a_url_refused_midway_keeps_what_arrived_for_a_fresh_one() {
     assert_no_temp(fixture.out.path());
 }
 
+/// An object emptied on the origin mid-download (every later range is
+/// answered 416) says that it shrank and to run again: the message was a
+/// bare "HTTP 416" (h25).
+#[test]
+fn an_object_that_shrinks_mid_download_says_so() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let size = 1 << 20;
+    let body = content("e.bin", size);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/e.bin", listener.local_addr().unwrap());
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (body, answered) = (body.clone(), std::sync::Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = std::io::BufReader::new(stream);
+                while let Some((first, last)) = read_request(&mut reader, size) {
+                    let answer = if answered.fetch_add(1, Ordering::SeqCst) < 3 {
+                        let mut answer = format!(
+                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                             Content-Range: bytes {first}-{last}/{size}\r\n\r\n",
+                            last - first + 1
+                        )
+                        .into_bytes();
+                        answer.extend_from_slice(&body[first..=last]);
+                        answer
+                    } else {
+                        b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */0\r\n\
+                          Content-Length: 0\r\n\r\n"
+                            .to_vec()
+                    };
+                    if writer.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("e.bin");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest])
+        .args(["--part-size", "64KiB", "--buffer-size", "64KiB"])
+        .args(["--retry-base-ms", "5", "--retry-max-ms", "20"])
+        .run_bounded();
+    assert_exit(&output, 1, "shrank on the origin during the download");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 /// Bytes that cannot be verified where that is not acceptable are not
 /// fetched: a published digest that is broken, or none under
 /// `--require-verified` (which used to download the object, leave it under

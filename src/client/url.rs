@@ -201,9 +201,11 @@ impl Url {
 /// fragment) may hold a password, a token or a signature, so they become
 /// `…`. Used for URLs that did not parse, where nothing else is known.
 pub fn redacted(text: &str) -> String {
+    // The query (it may hold a signature) or a fragment, shown as what it
+    // is: `?…` or `#…`.
     let (before, hidden_tail) = match text.find(['?', '#']) {
-        Some(at) => (&text[..at], true),
-        None => (text, false),
+        Some(at) => (&text[..at], Some(&text[at..at + 1])),
+        None => (text, None),
     };
     let shown = match before.split_once("://") {
         Some((scheme, rest)) => {
@@ -215,7 +217,10 @@ pub fn redacted(text: &str) -> String {
         }
         None => before.to_string(),
     };
-    if hidden_tail { shown + "?…" } else { shown }
+    match hidden_tail {
+        Some(separator) => shown + separator + "…",
+        None => shown,
+    }
 }
 
 /// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments resolved, never
@@ -297,6 +302,9 @@ mod tests {
         }
         assert_eq!(redacted("http://a@b/c@d?e"), "http://…@b/c@d?…");
         assert_eq!(redacted("not a url"), "not a url");
+        // A fragment is shown as one, not as a query that is not there.
+        assert_eq!(redacted("http://h/a.bin#frag"), "http://h/a.bin#…");
+        assert_eq!(redacted("http://h/a.bin?sig=1#frag"), "http://h/a.bin?…");
     }
 
     #[test]

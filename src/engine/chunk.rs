@@ -293,7 +293,7 @@ async fn check_head(
                     head,
                     &job.spec.object,
                     format!(
-                        "the size changed: Content-Range says {total} bytes, not the listed {size}"
+                        "the size changed: Content-Range says {total} bytes, not the {size} expected"
                     ),
                 ));
             }

@@ -410,6 +410,12 @@ pub(super) async fn status_failure(
             "{detail}: the object changed on the origin during the download (If-Match failed); \
              run the command again to fetch the new version"
         )
+    } else if head.status == 416 {
+        // Every range asked for lies within the size the run started from.
+        format!(
+            "{detail}: the range asked for lies past the object's end, so it shrank on the origin \
+             during the download; run the command again to fetch the new version"
+        )
     } else {
         detail
     };

@@ -505,7 +505,7 @@ async fn check_head(
                     head,
                     job,
                     format!(
-                        "the size changed: Content-Range says {total} bytes, not the listed {}",
+                        "the size changed: Content-Range says {total} bytes, not the {} expected",
                         job.size_bytes
                     ),
                 ));
@@ -529,7 +529,7 @@ async fn check_head(
                 head,
                 job,
                 format!(
-                    "the size changed: Content-Length {length} is not the listed {requested} bytes"
+                    "the size changed: Content-Length {length} is not the {requested} bytes expected"
                 ),
             ));
         }

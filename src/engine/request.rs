@@ -289,10 +289,14 @@ pub(super) fn size_differs(head: &ResponseHead, object: &ObjectSpec, what: Strin
             head.header(validator.header)
                 .is_some_and(|seen| validator.matches(seen))
         });
-    if same_version {
-        Failure::protocol(format!("{what}, in an answer of the listed version"))
-    } else {
-        Failure::object(format!("{what}; the object changed since it was listed"))
+    match (same_version, object.expect_file_id.is_some()) {
+        (true, _) => Failure::protocol(format!("{what}, in an answer of the listed version")),
+        (false, true) => Failure::object(format!("{what}; the object changed since it was listed")),
+        // A plain URL's size came from its probe, not a listing.
+        (false, false) => Failure::object(format!(
+            "{what}; the object changed on the origin during the download: \
+             run the command again to fetch the new version"
+        )),
     }
 }
 
