@@ -338,54 +338,39 @@ fn https_to_a_plain_http_port_says_to_use_http() {
 fn lengthless_origin(body: Vec<u8>, chunked: bool, cut_answer: usize) -> String {
     use std::io::{BufRead, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let body = std::sync::Arc::new(body);
-    let answered = std::sync::Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (body, answered) = (
-                std::sync::Arc::clone(&body),
-                std::sync::Arc::clone(&answered),
-            );
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = std::io::BufReader::new(stream);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                        line.clear();
-                    }
-                    let cut = answered.fetch_add(1, Ordering::SeqCst) == cut_answer;
-                    let sent = if cut { body.len() / 2 } else { body.len() };
-                    let mut out = Vec::new();
-                    if chunked {
-                        out.extend_from_slice(
-                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                        );
-                        for piece in body[..sent].chunks(10_000) {
-                            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                            out.extend_from_slice(piece);
-                            out.extend_from_slice(b"\r\n");
-                        }
-                        if !cut {
-                            out.extend_from_slice(b"0\r\n\r\n");
-                        }
-                    } else {
-                        out.extend_from_slice(b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n");
-                        out.extend_from_slice(&body[..sent]);
-                    }
-                    let _ = writer.write_all(&out);
-                    if cut || !chunked {
-                        // Half a chunked body is cut by the close too.
-                        let _ = writer.shutdown(std::net::Shutdown::Both);
-                        return;
-                    }
+    let answered = AtomicUsize::new(0);
+    let address = test_origin(move |reader, writer| {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let cut = answered.fetch_add(1, Ordering::SeqCst) == cut_answer;
+            let sent = if cut { body.len() / 2 } else { body.len() };
+            let mut out = Vec::new();
+            if chunked {
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                for piece in body[..sent].chunks(10_000) {
+                    out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
                 }
-            });
+                if !cut {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+            } else {
+                out.extend_from_slice(b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n");
+                out.extend_from_slice(&body[..sent]);
+            }
+            let _ = writer.write_all(&out);
+            if cut || !chunked {
+                // Half a chunked body is cut by the close too.
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+                return;
+            }
         }
     });
     format!("http://{address}/l.bin")
@@ -1919,51 +1904,37 @@ fn stalling_origin(
 ) -> String {
     use std::io::Write;
     use std::sync::atomic::Ordering;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let body = std::sync::Arc::new(body);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (body, bytes_per_s, stalled) = (
-                std::sync::Arc::clone(&body),
-                std::sync::Arc::clone(&bytes_per_s),
-                std::sync::Arc::clone(&stalled),
+    let address = test_origin(move |reader, writer| {
+        loop {
+            let Some(range) = read_request(reader, body.len()) else {
+                return;
+            };
+            let (first, last) = range;
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+             Content-Range: bytes {first}-{last}/{}\r\nETag: \"s1\"\r\n\r\n",
+                last - first + 1,
+                body.len()
             );
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = std::io::BufReader::new(stream);
-                loop {
-                    let Some(range) = read_request(&mut reader, body.len()) else {
-                        return;
-                    };
-                    let (first, last) = range;
-                    let head = format!(
-                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-                         Content-Range: bytes {first}-{last}/{}\r\nETag: \"s1\"\r\n\r\n",
-                        last - first + 1,
-                        body.len()
-                    );
-                    if writer.write_all(head.as_bytes()).is_err() {
-                        return;
-                    }
-                    let stall = first == stall_at && !stalled.swap(true, Ordering::SeqCst);
-                    for piece in body[first..=last].chunks(16 << 10) {
-                        if writer.write_all(piece).is_err() {
-                            return;
-                        }
-                        if stall && piece.as_ptr() > body[first..].as_ptr().wrapping_add(48 << 10) {
-                            // Holds the connection, sending nothing more.
-                            std::thread::sleep(std::time::Duration::from_secs(120));
-                            return;
-                        }
-                        let rate = bytes_per_s.load(Ordering::Relaxed);
-                        if rate > 0 {
-                            let piece_s = piece.len() as f64 / rate as f64;
-                            std::thread::sleep(std::time::Duration::from_secs_f64(piece_s));
-                        }
-                    }
+            if writer.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let stall = first == stall_at && !stalled.swap(true, Ordering::SeqCst);
+            for piece in body[first..=last].chunks(16 << 10) {
+                if writer.write_all(piece).is_err() {
+                    return;
                 }
-            });
+                if stall && piece.as_ptr() > body[first..].as_ptr().wrapping_add(48 << 10) {
+                    // Holds the connection, sending nothing more.
+                    std::thread::sleep(std::time::Duration::from_secs(120));
+                    return;
+                }
+                let rate = bytes_per_s.load(Ordering::Relaxed);
+                if rate > 0 {
+                    let piece_s = piece.len() as f64 / rate as f64;
+                    std::thread::sleep(std::time::Duration::from_secs_f64(piece_s));
+                }
+            }
         }
     });
     format!("http://{address}/s.bin")
@@ -2711,93 +2682,79 @@ fn pipelining_origin(
 ) -> (String, std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>) {
     use std::io::{BufRead, Write};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
     let pipelined = std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let seen = std::sync::Arc::clone(&pipelined);
-    let cut = std::sync::Arc::new(AtomicBool::new(false));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let data = std::sync::Arc::clone(&data);
-            let seen = std::sync::Arc::clone(&seen);
-            let cut = std::sync::Arc::clone(&cut);
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = std::io::BufReader::new(stream);
-                let mut answered_here = 0;
-                loop {
-                    let Some(range) = read_request(&mut reader, data.len()) else {
-                        return;
-                    };
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    let (first, last) = range;
-                    let head = format!(
-                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-                         Content-Range: bytes {first}-{last}/{}\r\n\r\n",
-                        last - first + 1,
-                        data.len()
-                    );
-                    if writer.write_all(head.as_bytes()).is_err() {
-                        return;
-                    }
-                    let body = &data[first..=last];
-                    let last_piece = body.len().saturating_sub(32 * 1024);
-                    for piece in body[..last_piece].chunks(32 * 1024) {
-                        if writer.write_all(piece).is_err() {
-                            return;
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                    // Is the next request here before this answer ends?
-                    let mut byte = [0u8; 1];
-                    writer.set_nonblocking(true).unwrap();
-                    let waiting = !reader.buffer().is_empty()
-                        || matches!(writer.peek(&mut byte), Ok(n) if n > 0);
-                    writer.set_nonblocking(false).unwrap();
-                    if writer.write_all(&body[last_piece..]).is_err() {
-                        return;
-                    }
-                    if waiting {
-                        seen[0].fetch_add(1, Ordering::Relaxed);
-                        // (`CutOnce`: after this connection answered one,
-                        // whose head the client has read by now.)
-                        let (close, stall) = match mode {
-                            Pipelining::Answers => (false, false),
-                            Pipelining::Refuses => (true, false),
-                            Pipelining::CutOnce => (
-                                answered_here > 0 && !cut.swap(true, Ordering::Relaxed),
-                                false,
-                            ),
-                            Pipelining::StallsAfterOne => {
-                                (false, cut.swap(true, Ordering::Relaxed))
-                            }
-                        };
-                        answered_here += 1;
-                        let after_cut = matches!(mode, Pipelining::CutOnce)
-                            && cut.load(Ordering::Relaxed)
-                            && !close;
-                        if after_cut || stall {
-                            seen[1].fetch_add(1, Ordering::Relaxed);
-                        }
-                        if stall {
-                            // Never answered, until the client gives up.
-                            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-                            return;
-                        }
-                        if close {
-                            // Read the request it will not answer, so the
-                            // close is a FIN after this whole answer, not a
-                            // reset that could cut it short.
-                            let mut line = String::new();
-                            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                                line.clear();
-                            }
-                            let _ = writer.shutdown(std::net::Shutdown::Write);
-                            return;
-                        }
-                    }
+    let cut = AtomicBool::new(false);
+    let address = test_origin(move |reader, writer| {
+        let mut answered_here = 0;
+        loop {
+            let Some(range) = read_request(reader, data.len()) else {
+                return;
+            };
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let (first, last) = range;
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+             Content-Range: bytes {first}-{last}/{}\r\n\r\n",
+                last - first + 1,
+                data.len()
+            );
+            if writer.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let body = &data[first..=last];
+            let last_piece = body.len().saturating_sub(32 * 1024);
+            for piece in body[..last_piece].chunks(32 * 1024) {
+                if writer.write_all(piece).is_err() {
+                    return;
                 }
-            });
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            // Is the next request here before this answer ends?
+            let mut byte = [0u8; 1];
+            writer.set_nonblocking(true).unwrap();
+            let waiting =
+                !reader.buffer().is_empty() || matches!(writer.peek(&mut byte), Ok(n) if n > 0);
+            writer.set_nonblocking(false).unwrap();
+            if writer.write_all(&body[last_piece..]).is_err() {
+                return;
+            }
+            if waiting {
+                seen[0].fetch_add(1, Ordering::Relaxed);
+                // (`CutOnce`: after this connection answered one,
+                // whose head the client has read by now.)
+                let (close, stall) = match mode {
+                    Pipelining::Answers => (false, false),
+                    Pipelining::Refuses => (true, false),
+                    Pipelining::CutOnce => (
+                        answered_here > 0 && !cut.swap(true, Ordering::Relaxed),
+                        false,
+                    ),
+                    Pipelining::StallsAfterOne => (false, cut.swap(true, Ordering::Relaxed)),
+                };
+                answered_here += 1;
+                let after_cut =
+                    matches!(mode, Pipelining::CutOnce) && cut.load(Ordering::Relaxed) && !close;
+                if after_cut || stall {
+                    seen[1].fetch_add(1, Ordering::Relaxed);
+                }
+                if stall {
+                    // Never answered, until the client gives up.
+                    let _ = std::io::copy(reader, &mut std::io::sink());
+                    return;
+                }
+                if close {
+                    // Read the request it will not answer, so the
+                    // close is a FIN after this whole answer, not a
+                    // reset that could cut it short.
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let _ = writer.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+            }
         }
     });
     (format!("http://{address}/p.bin"), pipelined)
@@ -2913,6 +2870,31 @@ fn a_stall_after_pipelined_answers_stops_pipelining() {
     );
 }
 
+/// A test origin on 127.0.0.1: `serve` runs for each connection, on a
+/// thread of its own, with its reader and writer. Its address.
+fn test_origin<F>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(&mut std::io::BufReader<std::net::TcpStream>, &mut std::net::TcpStream)
+        + Send
+        + Sync
+        + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let serve = std::sync::Arc::clone(&serve);
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = std::io::BufReader::new(stream);
+                serve(&mut reader, &mut writer);
+            });
+        }
+    });
+    address
+}
+
 /// Reads one request of a test origin's client: `None` once the client
 /// closed, else the byte range it asks for (`Range: bytes=A-B`; the whole
 /// `size` bytes without one).
@@ -2954,44 +2936,33 @@ fn origin_of_versions(
 ) -> String {
     use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let versions = std::sync::Arc::new([content("v1", size), content("v2", size)]);
-    let answered = std::sync::Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let versions = std::sync::Arc::clone(&versions);
-            let answered = std::sync::Arc::clone(&answered);
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = std::io::BufReader::new(stream);
-                loop {
-                    let Some(range) = read_request(&mut reader, size) else {
-                        return;
-                    };
-                    let answer = answered.fetch_add(1, Ordering::Relaxed);
-                    if answer >= refuse_after {
-                        let refusal = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
-                        if writer.write_all(refusal.as_bytes()).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    let version = if answer < switch_after { 1 } else { 2 };
-                    let (first, last) = range;
-                    let head = format!(
-                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-                         Content-Range: bytes {first}-{last}/{size}\r\n{}\r\n\r\n",
-                        last - first + 1,
-                        header(version)
-                    );
-                    let body = &versions[version as usize - 1][first..=last];
-                    if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body).is_err()
-                    {
-                        return;
-                    }
+    let versions = [content("v1", size), content("v2", size)];
+    let answered = AtomicUsize::new(0);
+    let address = test_origin(move |reader, writer| {
+        loop {
+            let Some(range) = read_request(reader, size) else {
+                return;
+            };
+            let answer = answered.fetch_add(1, Ordering::Relaxed);
+            if answer >= refuse_after {
+                let refusal = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+                if writer.write_all(refusal.as_bytes()).is_err() {
+                    return;
                 }
-            });
+                continue;
+            }
+            let version = if answer < switch_after { 1 } else { 2 };
+            let (first, last) = range;
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+             Content-Range: bytes {first}-{last}/{size}\r\n{}\r\n\r\n",
+                last - first + 1,
+                header(version)
+            );
+            let body = &versions[version as usize - 1][first..=last];
+            if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body).is_err() {
+                return;
+            }
         }
     });
     format!("http://{address}/c.bin")
@@ -3149,37 +3120,29 @@ fn an_object_that_shrinks_mid_download_says_so() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let size = 1 << 20;
     let body = content("e.bin", size);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/e.bin", listener.local_addr().unwrap());
-    let answered = std::sync::Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (body, answered) = (body.clone(), std::sync::Arc::clone(&answered));
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = std::io::BufReader::new(stream);
-                while let Some((first, last)) = read_request(&mut reader, size) {
-                    let answer = if answered.fetch_add(1, Ordering::SeqCst) < 3 {
-                        let mut answer = format!(
-                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-                             Content-Range: bytes {first}-{last}/{size}\r\n\r\n",
-                            last - first + 1
-                        )
-                        .into_bytes();
-                        answer.extend_from_slice(&body[first..=last]);
-                        answer
-                    } else {
-                        b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */0\r\n\
-                          Content-Length: 0\r\n\r\n"
-                            .to_vec()
-                    };
-                    if writer.write_all(&answer).is_err() {
-                        return;
-                    }
-                }
-            });
+    let answered = AtomicUsize::new(0);
+    let address = test_origin(move |reader, writer| {
+        while let Some((first, last)) = read_request(reader, size) {
+            let answer = if answered.fetch_add(1, Ordering::SeqCst) < 3 {
+                let mut answer = format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                 Content-Range: bytes {first}-{last}/{size}\r\n\r\n",
+                    last - first + 1
+                )
+                .into_bytes();
+                answer.extend_from_slice(&body[first..=last]);
+                answer
+            } else {
+                b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */0\r\n\
+              Content-Length: 0\r\n\r\n"
+                    .to_vec()
+            };
+            if writer.write_all(&answer).is_err() {
+                return;
+            }
         }
     });
+    let url = format!("http://{address}/e.bin");
     let fixture = Fixture::new(&[]);
     let dest = fixture.dest_str("e.bin");
     let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))

@@ -497,6 +497,16 @@ fn get_url(url: &str, dest: &Path, extra: &[&str]) -> Run {
     ringdown(&args)
 }
 
+/// `ringdown restore` of the fake's bucket into `dir`, with `extra` flags
+/// only (not `TUNING`).
+fn restore_into(fake: &Fake, dir: &Path, extra: &[&str]) -> Run {
+    let source = format!("b2://{BUCKET}");
+    let realm = fake.realm();
+    let mut args = vec!["restore", &source, dir.to_str().unwrap(), "--realm", &realm];
+    args.extend(extra);
+    ringdown(&args)
+}
+
 fn restore(fake: &Fake, dir: &Path, report: &Path, extra: &[&str]) -> Run {
     let source = format!("b2://{BUCKET}");
     let realm = fake.realm();
@@ -1324,25 +1334,22 @@ fn a_listing_page_outlasts_a_refresh_the_api_cannot_answer() {
     let fake = Fake::start(objects.to_vec(), hook);
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("dir");
-    let source = format!("b2://{BUCKET}");
-    let realm = fake.realm();
     // One backoff (--max-attempts 2) of 100 ms: stretched to the 10 s of
     // the shared failure.
-    let run = ringdown(&[
-        "restore",
-        &source,
-        dir.to_str().unwrap(),
-        "--realm",
-        &realm,
-        "--max-attempts",
-        "2",
-        "--retry-base-ms",
-        "100",
-        "--retry-max-ms",
-        "200",
-        "--cores",
-        "1",
-    ]);
+    let run = restore_into(
+        &fake,
+        &dir,
+        &[
+            "--max-attempts",
+            "2",
+            "--retry-base-ms",
+            "100",
+            "--retry-max-ms",
+            "200",
+            "--cores",
+            "1",
+        ],
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(std::fs::read(dir.join("a")).unwrap(), data(3, 1));
     assert_eq!(std::fs::read(dir.join("b")).unwrap(), data(4, 2));
@@ -2157,24 +2164,21 @@ fn a_run_fatal_error_cuts_the_listings_refresh_backoff_short() {
     let fake = Fake::start(objects.to_vec(), hook);
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("dir");
-    let source = format!("b2://{BUCKET}");
-    let realm = fake.realm();
     let started = std::time::Instant::now();
-    let run = ringdown(&[
-        "restore",
-        &source,
-        dir.to_str().unwrap(),
-        "--realm",
-        &realm,
-        "--max-attempts",
-        "6",
-        "--retry-base-ms",
-        "4000",
-        "--retry-max-ms",
-        "8000",
-        "--cores",
-        "1",
-    ]);
+    let run = restore_into(
+        &fake,
+        &dir,
+        &[
+            "--max-attempts",
+            "6",
+            "--retry-base-ms",
+            "4000",
+            "--retry-max-ms",
+            "8000",
+            "--cores",
+            "1",
+        ],
+    );
     let took = started.elapsed();
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
@@ -2220,17 +2224,7 @@ fn a_download_host_that_drops_b2s_headers_is_named_as_the_cause() {
     let fake = Fake::start(objects.to_vec(), hook);
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("dir");
-    let source = format!("b2://{BUCKET}");
-    let realm = fake.realm();
-    let run = ringdown(&[
-        "restore",
-        &source,
-        dir.to_str().unwrap(),
-        "--realm",
-        &realm,
-        "--cores",
-        "1",
-    ]);
+    let run = restore_into(&fake, &dir, &["--cores", "1"]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr.contains("carries no x-bz-file-id")
