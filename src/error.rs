@@ -32,6 +32,11 @@ pub enum Error {
     /// The key is valid but may not do this: another bucket, a name outside
     /// its prefix, or a capability it lacks.
     Denied(String),
+    /// A plain URL's origin answered 401 or 403. ringdown sends no
+    /// credentials there, so the URL itself was refused (an expired or
+    /// wrong signature, a protected path); the message says so, where
+    /// `Auth` would blame a key that was never sent.
+    Refused(String),
     /// The server's certificate is not trusted, or the CA file is unusable.
     Trust(String),
     /// The HTTP proxy refused to open a tunnel to the origin (4xx to
@@ -95,9 +100,11 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit_code::USAGE,
-            Error::Auth(_) | Error::Denied(_) | Error::Trust(_) | Error::ProxyRefused(_) => {
-                exit_code::AUTH
-            }
+            Error::Auth(_)
+            | Error::Denied(_)
+            | Error::Refused(_)
+            | Error::Trust(_)
+            | Error::ProxyRefused(_) => exit_code::AUTH,
             Error::UringUnavailable(_) => exit_code::URING_UNAVAILABLE,
             Error::Interrupted { signal } if *signal == libc::SIGTERM => exit_code::SIGTERM,
             Error::Interrupted { .. } => exit_code::SIGINT,
@@ -116,7 +123,7 @@ impl fmt::Display for Error {
             Error::Auth(msg) => write!(f, "authentication failed: {msg}"),
             Error::Denied(msg) => write!(f, "not allowed: {msg}"),
             Error::Trust(msg) => write!(f, "TLS trust failed: {msg}"),
-            Error::ProxyRefused(msg) => write!(f, "{msg}"),
+            Error::Refused(msg) | Error::ProxyRefused(msg) => write!(f, "{msg}"),
             Error::UringUnavailable(msg) => write!(f, "io_uring is unavailable: {msg}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Http { context, detail } => write!(f, "{context}: {detail}"),

@@ -954,8 +954,10 @@ impl Download {
                     // size is known once the body ends.
                     200 => head.content_length.unwrap_or(0),
                     401 | 403 => {
-                        return Err(Error::Auth(format!(
-                            "GET {display_name}: HTTP {}",
+                        return Err(Error::Refused(format!(
+                            "GET {display_name}: HTTP {}: the origin refuses this URL. ringdown \
+                             sends no credentials to a plain URL, so the URL must carry its own \
+                             (a presigned URL: has it expired, or lost its query string?)",
                             head.status
                         )));
                     }

@@ -2923,15 +2923,15 @@ fn read_request(reader: &mut impl std::io::BufRead, size: usize) -> Option<(usiz
 /// version 1 before, version 2 after, each answer carrying `header(v)`. It
 /// ignores `If-Match`, as some origins do.
 fn changing_origin(size: usize, switch_after: usize, header: fn(u32) -> String) -> String {
-    origin_of_versions(size, switch_after, usize::MAX, header)
+    origin_of_versions(size, switch_after, (usize::MAX, 403), header)
 }
 
-/// `changing_origin` that answers 403 from its `refuse_after`th request on
-/// (a presigned URL that expired).
+/// `changing_origin` that answers `refusal.1` (401 or 403, with no body)
+/// from its `refusal.0`th request on: a presigned URL that expired.
 fn origin_of_versions(
     size: usize,
     switch_after: usize,
-    refuse_after: usize,
+    refusal: (usize, u16),
     header: fn(u32) -> String,
 ) -> String {
     use std::io::Write;
@@ -2944,8 +2944,11 @@ fn origin_of_versions(
                 return;
             };
             let answer = answered.fetch_add(1, Ordering::Relaxed);
-            if answer >= refuse_after {
-                let refusal = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+            if answer >= refusal.0 {
+                let refusal = format!(
+                    "HTTP/1.1 {} Refused\r\nContent-Length: 0\r\n\r\n",
+                    refusal.1
+                );
                 if writer.write_all(refusal.as_bytes()).is_err() {
                     return;
                 }
@@ -3072,8 +3075,15 @@ fn an_origin_without_validators_is_said_to_be_unable_to_catch_a_change() {
 /// started from byte 0 (h25 #2).
 #[test]
 fn a_url_refused_midway_keeps_what_arrived_for_a_fresh_one() {
+    for status in [403, 401] {
+        url_refused_midway_keeps_what_arrived(status);
+    }
+}
+
+fn url_refused_midway_keeps_what_arrived(status: u16) {
     let size = 1 << 20;
-    let expiring = origin_of_versions(size, usize::MAX, 6, |_| "ETag: \"e1\"".to_string());
+    let etag = |_| "ETag: \"e1\"".to_string();
+    let expiring = origin_of_versions(size, usize::MAX, (6, status), etag);
     let fixture = Fixture::new(&[]);
     let dest = fixture.dest_str("c.bin");
     // One connection: the probe, then ranges in order.
@@ -3092,8 +3102,12 @@ fn a_url_refused_midway_keeps_what_arrived_for_a_fresh_one() {
         .args(tuning)
         .run_bounded();
     assert_exit(&output, 3, "a presigned URL that expired?");
+    // No credentials were sent: none are blamed, and none are retried
+    // (a 401 used to be an attempt per backoff until they ran out).
     assert!(
-        stderr(&output).contains("resumes from them"),
+        stderr(&output).contains("resumes from them")
+            && !stderr(&output).contains("authentication failed")
+            && !stderr(&output).contains("retries"),
         "{}",
         stderr(&output)
     );
@@ -3109,6 +3123,33 @@ fn a_url_refused_midway_keeps_what_arrived_for_a_fresh_one() {
     assert_resumed_at(&output, journaled);
     assert_eq!(std::fs::read(&dest).unwrap(), content("v1", size));
     assert_no_temp(fixture.out.path());
+}
+
+/// A plain URL refused at once (401 or 403) is the URL's own refusal:
+/// ringdown sent no credentials, and the message blamed them ("authentication
+/// failed", h25 #6a). Exit 3 as before, nothing left behind.
+#[test]
+fn a_plain_url_refused_at_once_blames_no_credentials() {
+    for status in [403, 401] {
+        let refusing = origin_of_versions(1000, usize::MAX, (0, status), |_| String::new());
+        let fixture = Fixture::new(&[]);
+        let dest = fixture.dest_str("c.bin");
+        let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["get", refusing.as_str(), &dest])
+            .run_bounded();
+        assert_exit(
+            &output,
+            3,
+            &format!("HTTP {status}: the origin refuses this URL. ringdown sends no credentials"),
+        );
+        assert!(
+            !stderr(&output).contains("authentication failed"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(!Path::new(&dest).exists());
+        assert_no_temp(fixture.out.path());
+    }
 }
 
 /// An object emptied on the origin mid-download (every later range is

@@ -17,8 +17,9 @@ Exit codes:
   1    some object failed, was refused, or was unverified under --require-verified
        (restore --dry-run: a real run would fail or refuse some name)
   2    usage or configuration error (caught before any network I/O)
-  3    authentication or TLS trust failure, a proxy refusing the tunnel (4xx), or an
-       application key not allowed to do this (bucket, name prefix, capability)
+  3    authentication or TLS trust failure, a proxy refusing the tunnel (4xx), an
+       application key not allowed to do this (bucket, name prefix, capability), or a
+       plain URL refused with 401/403 (an expired presigned URL)
   4    io_uring unavailable (seccomp profile, kernel.io_uring_disabled, old kernel)
   130  interrupted by SIGINT, 143 by SIGTERM
 

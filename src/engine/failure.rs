@@ -50,6 +50,9 @@ pub(super) enum FailureKind {
     ProxyRefused,
     /// Credentials refused (exit code 3).
     Auth,
+    /// A plain URL refused with 401 or 403: no credentials were sent, the
+    /// URL itself was refused (exit code 3).
+    Refused,
     /// The key is valid but may not read this (exit code 3).
     Denied,
 }
@@ -264,6 +267,12 @@ impl Retries {
             FailureKind::Reauthorize | FailureKind::Auth => {
                 return Err(fatal(Error::Auth(format!("{context}: {}", failure.detail))));
             }
+            FailureKind::Refused => {
+                return Err(fatal(Error::Refused(format!(
+                    "{context}: {}",
+                    failure.detail
+                ))));
+            }
             FailureKind::Denied => {
                 return Err(fatal(crate::client::b2_api::denied(format!(
                     "{context}: {}",
@@ -443,16 +452,19 @@ pub(super) async fn status_failure(
             };
         }
     }
+    let class = classify(head.status, code);
     // A spent cap stops the run: say what to do about it.
-    let detail = if classify(head.status, code) == ErrorClass::RunFatal {
+    let detail = if class == ErrorClass::RunFatal {
         format!("{detail}; {}", crate::b2::CAP_HINT)
     } else {
         detail
     };
     // A plain URL that served the probe and now is refused: a presigned
     // URL's signature is checked again on every request, and expires.
-    let plain_url = object.expect_file_id.is_none();
-    let detail = if plain_url && (head.status == 401 || head.status == 403) {
+    let plain_url_refused = object.expect_file_id.is_none()
+        && (head.status == 401 || head.status == 403)
+        && class != ErrorClass::RunFatal;
+    let detail = if plain_url_refused {
         format!(
             "{detail}: the origin refuses the URL it served until now (a presigned URL that expired?); \
              run the command again with a URL it accepts"
@@ -461,10 +473,13 @@ pub(super) async fn status_failure(
         detail
     };
     // 412 (If-Match failed: the object changed) is Fatal, hence Object.
-    let kind = match classify(head.status, code) {
+    let kind = match class {
         ErrorClass::Retry => FailureKind::Retry,
-        ErrorClass::ReauthorizeOnce => FailureKind::Reauthorize,
         ErrorClass::RunFatal => FailureKind::Run,
+        // There is nothing to re-authorize: the URL carries its own
+        // signature (a 401 was an attempt per backoff until they ran out).
+        _ if plain_url_refused => FailureKind::Refused,
+        ErrorClass::ReauthorizeOnce => FailureKind::Reauthorize,
         ErrorClass::Fatal if crate::b2::is_denial(head.status, code) => FailureKind::Denied,
         ErrorClass::Fatal if head.status == 401 || head.status == 403 => FailureKind::Auth,
         ErrorClass::Fatal => FailureKind::Object,

@@ -195,7 +195,7 @@ async fn stream_on(
             });
         }
         401 | 403 => {
-            return Err(Cut::Fatal(Error::Auth(format!(
+            return Err(Cut::Fatal(Error::Refused(format!(
                 "{context}: HTTP {}: the origin refuses the URL it answered a moment ago; \
                  run the command again with a URL it accepts",
                 head.status
