@@ -2685,6 +2685,7 @@ fn pipelining_origin(
     let pipelined = std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let seen = std::sync::Arc::clone(&pipelined);
     let cut = AtomicBool::new(false);
+    let changed = AtomicBool::new(false);
     let address = test_origin(move |reader, writer| {
         let mut answered_here = 0;
         loop {
@@ -2693,9 +2694,14 @@ fn pipelining_origin(
             };
             std::thread::sleep(std::time::Duration::from_millis(20));
             let (first, last) = range;
+            let version = if changed.load(Ordering::Relaxed) {
+                2
+            } else {
+                1
+            };
             let head = format!(
                 "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-             Content-Range: bytes {first}-{last}/{}\r\n\r\n",
+             Content-Range: bytes {first}-{last}/{}\r\nETag: \"v{version}\"\r\n\r\n",
                 last - first + 1,
                 data.len()
             );
@@ -2725,6 +2731,10 @@ fn pipelining_origin(
                 // whose head the client has read by now.)
                 let (close, stall) = match mode {
                     Pipelining::Answers => (false, false),
+                    Pipelining::ChangesWhenSentAhead => {
+                        changed.store(true, Ordering::Relaxed);
+                        (false, false)
+                    }
                     Pipelining::Refuses => (true, false),
                     Pipelining::CutOnce => (
                         answered_here > 0 && !cut.swap(true, Ordering::Relaxed),
@@ -2774,6 +2784,9 @@ enum Pipelining {
     /// Answers the first; leaves every later one unanswered, holding its
     /// connection open (an intermediary that loses pipelined requests).
     StallsAfterOne,
+    /// Answers it, and every later request, with a new version (another
+    /// ETag): the object changed just then.
+    ChangesWhenSentAhead,
 }
 
 /// `get` of a `mib` MiB object in 1 MiB parts on two connections of one
@@ -2868,6 +2881,37 @@ fn a_stall_after_pipelined_answers_stops_pipelining() {
         1,
         "{text}"
     );
+}
+
+/// An object that really changes while GETs go out ahead fails as a
+/// change, and only that is said: the answer sent ahead that names the new
+/// version could also be an origin out of step, so the GET goes again
+/// alone first, and the note that the run stops sending ahead waited for
+/// that answer. It used to come first, before the change error (h25 #6g).
+#[test]
+fn a_change_seen_in_a_pipelined_answer_is_said_once_as_a_change() {
+    let data = std::sync::Arc::new(content("p.bin", 6 << 20));
+    let (url, pipelined) = pipelining_origin(data, Pipelining::ChangesWhenSentAhead);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("p.bin");
+    // One connection: the first answer sent ahead is the first to name v2.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .arg("get")
+        .args([url.as_str(), &dest, "--part-size", "1MiB"])
+        .args(["--connections", "1", "--cores", "1"])
+        .run_bounded();
+    let text = stderr(&output);
+    assert!(
+        pipelined[0].load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "{text}"
+    );
+    assert_exit(
+        &output,
+        1,
+        "the object changed on the origin during the download",
+    );
+    assert!(!text.contains("pipelined"), "{text}");
+    assert!(!Path::new(&dest).exists());
 }
 
 /// A test origin on 127.0.0.1: `serve` runs for each connection, on a

@@ -40,14 +40,20 @@ pub(super) async fn next_head(
                 "it may have answered another in its place: {}",
                 failure.detail
             );
-            core.shared.stop_pipelining(&why);
+            core.shared.doubt_pipelining(object, range);
             return Err(Failure::protocol(why));
         }
         head
     } else {
         // A GET sent ahead for something else would answer first.
         retire_if_answer_owed(connection);
-        get_head(core, connection, object, range).await?
+        let head = get_head(core, connection, object, range).await?;
+        if !core.shared.pipelining() && matches!(head.status, 200 | 206) {
+            let same_version = check_version(&head, object).is_ok();
+            core.shared
+                .settle_pipelining_doubt(object, range, same_version);
+        }
+        head
     };
     if let (Some(choice), Some(conn)) = (&object.sse_c, connection.as_ref()) {
         if (200..300).contains(&head.status) {
@@ -322,10 +328,17 @@ pub(super) fn check_version(head: &ResponseHead, object: &ObjectSpec) -> Result<
     if let Some(validator) = &object.validator {
         if let Some(seen) = head.header(validator.header) {
             if !validator.matches(seen) {
+                // As sent, when printable: an ETag carries its own quotes.
+                let shown = |value: &str| match value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+                    true => value.to_string(),
+                    false => format!("{value:?}"),
+                };
                 return Err(Failure::object(format!(
-                    "the object changed on the origin during the download ({} {:?} at the start, {seen:?} now); \
+                    "the object changed on the origin during the download ({} {} at the start, {} now); \
                      run the command again to fetch the new version",
-                    validator.header, validator.value
+                    validator.header,
+                    shown(&validator.value),
+                    shown(seen)
                 )));
             }
         }

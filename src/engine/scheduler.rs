@@ -160,6 +160,13 @@ pub struct Scheduler {
 /// its index and the scheduler, or `None` (the scheduler did not start).
 type Assignment = Option<(usize, Arc<Shared>)>;
 
+/// `Shared::pipelining_doubt`: the GET whose answer sent ahead named
+/// another version.
+struct PipeliningDoubt {
+    path_and_query: String,
+    range: Option<(u64, u64)>,
+}
+
 /// What every core shares.
 pub(crate) struct Shared {
     pub config: EngineConfig,
@@ -191,6 +198,13 @@ pub(crate) struct Shared {
     pipelining: AtomicBool,
     /// An answer to a GET sent ahead has come: the origin takes them.
     pipelining_answered: AtomicBool,
+    /// A GET sent ahead was answered with another version of its object:
+    /// pipelining is off at once, and the note saying why waits for that
+    /// GET sent alone (`settle_pipelining_doubt`). The version asked for
+    /// there means the origin was out of step; the other again means the
+    /// object changed, which its own error says (the note before it was
+    /// noise, h25).
+    pipelining_doubt: Mutex<Option<PipeliningDoubt>>,
     /// The shortest time from a request sent to its response head in this
     /// run, in ns (`u64::MAX`: none yet): about one network round trip.
     /// The shortest, as most waits also hold the server's queueing, which
@@ -322,6 +336,49 @@ impl Shared {
     pub fn stop_pipelining_after_cut(&self, error: &dyn std::fmt::Display) {
         if !self.pipelining_answered.load(Ordering::Relaxed) {
             self.stop_pipelining(error);
+        }
+    }
+
+    /// The answer to the GET of `object` and `range` sent ahead names
+    /// another version: one request at a time from now on, said once that
+    /// GET, sent alone, shows whether the object changed
+    /// (`settle_pipelining_doubt`).
+    pub fn doubt_pipelining(&self, object: &ObjectSpec, range: Option<(u64, u64)>) {
+        if self.pipelining.swap(false, Ordering::Relaxed) {
+            *self
+                .pipelining_doubt
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(PipeliningDoubt {
+                path_and_query: object.path_and_query.clone(),
+                range,
+            });
+        }
+    }
+
+    /// The GET of `object` and `range` was answered alone (while pipelining
+    /// is off), with the version asked for (`same_version`) or not: if it
+    /// is the one whose answer sent ahead named another, the note waiting
+    /// for it is said (the origin was out of step) or dropped (the object
+    /// changed).
+    pub fn settle_pipelining_doubt(
+        &self,
+        object: &ObjectSpec,
+        range: Option<(u64, u64)>,
+        same_version: bool,
+    ) {
+        let settled = self
+            .pipelining_doubt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take_if(|held| held.range == range && held.path_and_query == object.path_and_query)
+            .is_some();
+        if settled && same_version {
+            say!(
+                "ringdown: the origin answered a pipelined request with another version of its \
+                 object, and the same request sent alone with the one asked for: it answers \
+                 pipelined requests out of step (one lost, the next in its place); sending one \
+                 request at a time per connection from now on"
+            );
         }
     }
 
@@ -655,6 +712,7 @@ impl Shared {
             work: Notify::new(),
             pipelining: AtomicBool::new(true),
             pipelining_answered: AtomicBool::new(false),
+            pipelining_doubt: Mutex::new(None),
             round_trip_ns: AtomicU64::new(u64::MAX),
             round_trip_samples: AtomicU64::new(0),
             config,
