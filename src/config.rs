@@ -189,6 +189,11 @@ pub const STREAM_FREE_SPACE_MARGIN_FRACTION: u64 = 20;
 pub const STREAM_FREE_SPACE_MARGIN_MAX_BYTES: u64 = 1 << 30;
 /// The most of the last retry's reason a progress line quotes.
 pub const PROGRESS_RETRY_REASON_CHARS: usize = 60;
+/// `get` of a presigned URL whose query says when it expires checks this
+/// often whether the rest will arrive in time (`client::presign`)...
+pub const PRESIGNED_EXPIRY_CHECK_MS: u64 = 1_000;
+/// ...from this long into the download, so the rate is a measured one.
+pub const PRESIGNED_EXPIRY_RATE_AFTER_S: u64 = 5;
 
 /// Highest value a stage histogram tracks exactly (1 hour in µs); larger
 /// values saturate rather than error (a two-hour stall must not fail a run).

@@ -178,6 +178,9 @@ pub fn urls(data: &[u8]) {
     use crate::client::url::Url;
     let text = String::from_utf8_lossy(data);
     let (given, location) = text.split_once('\n').unwrap_or((&text, ""));
+    // A presigned URL's expiry is read from any text, parsed or not.
+    let _ = crate::client::presign::refusal_cause(given, u64::MAX);
+    let _ = crate::client::presign::refusal_cause(given, 0);
     let Ok(base) = Url::parse(given) else {
         return;
     };

@@ -954,10 +954,16 @@ impl Download {
                     // size is known once the body ends.
                     200 => head.content_length.unwrap_or(0),
                     401 | 403 => {
+                        let now_ms = crate::client::presign::now_ms();
+                        let cause =
+                            crate::client::presign::refusal_cause(&url.path_and_query, now_ms)
+                                .unwrap_or_else(|| {
+                                    "a presigned URL: has it expired, or lost its query string?"
+                                        .to_string()
+                                });
                         return Err(Error::Refused(format!(
                             "GET {display_name}: HTTP {}: the origin refuses this URL. ringdown \
-                             sends no credentials to a plain URL, so the URL must carry its own \
-                             (a presigned URL: has it expired, or lost its query string?)",
+                             sends no credentials to a plain URL, so the URL must carry its own ({cause})",
                             head.status
                         )));
                     }

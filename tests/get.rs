@@ -3196,6 +3196,93 @@ fn a_plain_url_refused_at_once_blames_no_credentials() {
     }
 }
 
+/// `YYYYMMDDTHHMMSSZ` of `unix_s`, as an S3 SigV4 URL's `X-Amz-Date`.
+fn amz_date(unix_s: u64) -> String {
+    let extended = ringdown::units::format_instant_ms(unix_s * 1000);
+    extended.replace(['-', ':'], "")
+}
+
+/// A presigned URL refused whose query says it expired says when, as a
+/// fact, where the message could only guess; its signature stays out of
+/// the message.
+#[test]
+fn a_refused_presigned_url_says_when_it_expired() {
+    let refusing = origin_of_versions(1000, usize::MAX, (0, 403), |_| String::new());
+    let url = format!(
+        "{refusing}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20200101T000000Z\
+         &X-Amz-Expires=60&X-Amz-Signature=s3cr3t"
+    );
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("c.bin");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest])
+        .run_bounded();
+    assert_exit(
+        &output,
+        3,
+        "its signature expired at 2020-01-01T00:01:00Z (X-Amz-Date + X-Amz-Expires)",
+    );
+    assert!(!stderr(&output).contains("s3cr3t"), "{}", stderr(&output));
+}
+
+/// A download that will not finish before its presigned URL expires is
+/// told so while there is time to act, and what to do: once the rate is
+/// measured, not at the end when the origin refuses the rest.
+#[test]
+fn a_download_that_will_outlast_its_presigned_url_is_warned() {
+    let size = 2 << 20;
+    let origin = origin_of_versions(size, usize::MAX, (usize::MAX, 403), |_| {
+        "ETag: \"e1\"".to_string()
+    });
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // 10 s of life; at 100 kB/s the 2 MiB need 21 s.
+    let url = format!(
+        "{origin}?X-Amz-Date={}&X-Amz-Expires=10&X-Amz-Signature=s3cr3t",
+        amz_date(now_s)
+    );
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("c.bin");
+    let mut command = Command::new("env");
+    command
+        .arg("--default-signal=INT")
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
+        .args([
+            "get",
+            url.as_str(),
+            &dest,
+            "--limit-rate",
+            "100KB/s",
+            "--quiet",
+        ])
+        // What SIGINT lets finish is one 64 KiB range.
+        .args(["--part-size", "64KiB", "--buffer-size", "64KiB"])
+        .args(["--cores", "1", "--connections", "1"]);
+    let started = std::time::Instant::now();
+    let mut interrupted = false;
+    let output = common::run_with_deadline(command, std::time::Duration::from_secs(60), |pid| {
+        if !interrupted && started.elapsed() > std::time::Duration::from_secs(8) {
+            common::send_signal(pid, "-INT");
+            interrupted = true;
+        }
+    });
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{text}");
+    assert_eq!(
+        text.matches("ringdown: warning: the URL's signature expires at")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("run the same command with a fresh URL to resume"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t"), "{text}");
+}
+
 /// An object emptied on the origin mid-download (every later range is
 /// answered 416) says that it shrank and to run again: the message was a
 /// bare "HTTP 416" (h25).

@@ -379,6 +379,11 @@ pub fn run(args: GetArgs) -> Result<i32> {
             _ => read_sse_c_keys(&args.sse_c_key_file)?,
         },
     };
+    // (The URL given: one it redirects to is not watched.)
+    let source_url = match &source {
+        Source::Url(url) => Some(url.clone()),
+        _ => None,
+    };
     let download = Download::new(source, args.dest.clone(), options);
     let dest = download.resolve_dest()?;
     if let Some(path) = &args.stats_json {
@@ -396,9 +401,16 @@ pub fn run(args: GetArgs) -> Result<i32> {
     }
     crate::runtime::watch_signals();
     let progress = (!args.quiet).then(|| start_progress_line(Arc::clone(&download.progress)));
+    let expiry_watch = match &source_url {
+        Some(url) => watch_expiry(url, Arc::clone(&download.progress)),
+        None => None,
+    };
     let (result, summary) = download.run_with_summary();
     if let Some(progress) = progress {
         progress.stop();
+    }
+    if let Some(watch) = expiry_watch {
+        watch.stop();
     }
     // A harness wants the numbers of a failed or interrupted run too; a
     // usage error ran nothing worth counting.
@@ -485,6 +497,39 @@ pub fn run(args: GetArgs) -> Result<i32> {
         say!("ringdown: warning: the download was not verified against a published SHA1");
     }
     Ok(crate::error::exit_code::OK)
+}
+
+/// For a URL whose query says when its signature expires, a thread that
+/// warns once if the rest of the download will not arrive before then
+/// (`presign::expiry_warning`); a warning, so also under `--quiet`.
+fn watch_expiry(url: &str, progress: Arc<Progress>) -> Option<Ticker> {
+    use crate::client::presign;
+    let query = url.split('#').next().unwrap_or(url);
+    let expiry = presign::expiry(query)?;
+    let started = std::time::Instant::now();
+    let mut rate = super::ticker::RecentRate::default();
+    let mut warned = false;
+    Some(Ticker::start(
+        Duration::from_millis(config::PRESIGNED_EXPIRY_CHECK_MS),
+        move || {
+            let bytes_done = progress.bytes_done.load(Ordering::Relaxed);
+            let rate_bytes_per_s = rate.sample(started.elapsed(), bytes_done);
+            let bytes_to_fetch = progress.bytes_to_fetch.load(Ordering::Relaxed);
+            let measured = started.elapsed().as_secs() >= config::PRESIGNED_EXPIRY_RATE_AFTER_S;
+            if warned || !measured || bytes_to_fetch == 0 {
+                return;
+            }
+            let bytes_left = bytes_to_fetch.saturating_sub(bytes_done);
+            let now_ms = presign::now_ms();
+            if let Some(warning) =
+                presign::expiry_warning(&expiry, now_ms, bytes_left, rate_bytes_per_s)
+            {
+                say!("ringdown: warning: {warning}");
+                warned = true;
+            }
+        },
+        || {},
+    ))
 }
 
 /// The progress line: bytes, rate, ETA, retries (`ticker::start_progress_line`).

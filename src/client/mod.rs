@@ -3,6 +3,7 @@
 
 pub mod b2_api;
 pub mod conn;
+pub mod presign;
 pub mod proxy;
 pub mod url;
 

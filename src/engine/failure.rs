@@ -465,10 +465,16 @@ pub(super) async fn status_failure(
         && (head.status == 401 || head.status == 403)
         && class != ErrorClass::RunFatal;
     let detail = if plain_url_refused {
-        format!(
-            "{detail}: the origin refuses the URL it served until now (a presigned URL that expired?); \
-             run the command again with a URL it accepts"
-        )
+        let now_ms = crate::client::presign::now_ms();
+        match crate::client::presign::refusal_cause(&object.path_and_query, now_ms) {
+            Some(cause) => {
+                format!("{detail}: the origin refuses the URL it served until now: {cause}")
+            }
+            None => format!(
+                "{detail}: the origin refuses the URL it served until now (a presigned URL that expired?); \
+                 run the command again with a URL it accepts"
+            ),
+        }
     } else {
         detail
     };

@@ -153,13 +153,11 @@ async fn stream_once(
     )
     .await
     .map_err(retry)?;
-    let context = format!("GET {}", source.display_name);
-    let outcome = stream_on(&mut conn, &context, config, body, request, received_bytes).await;
+    let outcome = stream_on(&mut conn, source, config, body, request, received_bytes).await;
     conn.shutdown();
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Where a streamed body goes, and how much of it there is room for.
 struct Body<'a> {
     file: &'a std::fs::File,
@@ -169,7 +167,7 @@ struct Body<'a> {
 
 async fn stream_on(
     conn: &mut Connection,
-    context: &str,
+    source: &ObjectSource,
     config: &EngineConfig,
     body: Body<'_>,
     request: Vec<u8>,
@@ -180,6 +178,8 @@ async fn stream_on(
         progress,
         room_bytes,
     } = body;
+    let context = format!("GET {}", source.display_name);
+    let context = context.as_str();
     let retry = |error: ConnError| Cut::Retry {
         detail: error.to_string(),
         retry_after_s: None,
@@ -195,9 +195,11 @@ async fn stream_on(
             });
         }
         401 | 403 => {
+            let now_ms = crate::client::presign::now_ms();
+            let cause = crate::client::presign::refusal_cause(&source.path_and_query, now_ms)
+                .unwrap_or_else(|| "run the command again with a URL it accepts".to_string());
             return Err(Cut::Fatal(Error::Refused(format!(
-                "{context}: HTTP {}: the origin refuses the URL it answered a moment ago; \
-                 run the command again with a URL it accepts",
+                "{context}: HTTP {}: the origin refuses the URL it answered a moment ago: {cause}",
                 head.status
             ))));
         }
