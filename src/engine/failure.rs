@@ -461,7 +461,7 @@ pub(super) async fn status_failure(
     };
     // A plain URL that served the probe and now is refused: a presigned
     // URL's signature is checked again on every request, and expires.
-    let plain_url_refused = object.expect_file_id.is_none()
+    let plain_url_refused = object.plain_url
         && (head.status == 401 || head.status == 403)
         && class != ErrorClass::RunFatal;
     let detail = if plain_url_refused {

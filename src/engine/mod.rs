@@ -527,6 +527,7 @@ pub fn download(
         expect_file_id: source.expect_file_id.clone(),
         validator: source.validator.clone(),
         sse_c: source.sse_c.clone(),
+        plain_url: source.auth.is_none(),
         size_bytes: object_size_bytes,
         expected_sha1: None,
         fsync: false,

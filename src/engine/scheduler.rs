@@ -69,6 +69,10 @@ pub struct ObjectSpec {
     pub validator: Option<super::Validator>,
     /// B2 SSE-C: which of the customer keys given the requests carry.
     pub sse_c: Option<Arc<crate::b2::KeyChoice>>,
+    /// A plain URL: no credentials of ours go with its requests, so a 401
+    /// or 403 refuses the URL itself (a B2 object listed without a fileId
+    /// has no `expect_file_id` either, but its token can be refreshed).
+    pub plain_url: bool,
     pub size_bytes: u64,
     /// The published digest: a mismatch downloads the object again
     /// (`OBJECT_REDOWNLOADS_ON_MISMATCH` times) before `done` hears of it.

@@ -1478,6 +1478,7 @@ fn schedule(
             ))),
             _ => None,
         },
+        plain_url: false,
         size_bytes,
         expected_sha1: task.entry.expected.digest().copied(),
         fsync: options.fsync,
