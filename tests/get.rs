@@ -1910,12 +1910,7 @@ fn stalling_origin(
                 return;
             };
             let (first, last) = range;
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-             Content-Range: bytes {first}-{last}/{}\r\nETag: \"s1\"\r\n\r\n",
-                last - first + 1,
-                body.len()
-            );
+            let head = partial_content_head(first, last, body.len(), "ETag: \"s1\"\r\n");
             if writer.write_all(head.as_bytes()).is_err() {
                 return;
             }
@@ -2699,12 +2694,8 @@ fn pipelining_origin(
             } else {
                 1
             };
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-             Content-Range: bytes {first}-{last}/{}\r\nETag: \"v{version}\"\r\n\r\n",
-                last - first + 1,
-                data.len()
-            );
+            let etag = format!("ETag: \"v{version}\"\r\n");
+            let head = partial_content_head(first, last, data.len(), &etag);
             if writer.write_all(head.as_bytes()).is_err() {
                 return;
             }
@@ -2939,6 +2930,16 @@ where
     address
 }
 
+/// A test origin's `206` head for bytes `first..=last` of `size`, with
+/// `headers` (whole lines, each ending in CRLF) after the framing ones.
+fn partial_content_head(first: usize, last: usize, size: usize, headers: &str) -> String {
+    format!(
+        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+         Content-Range: bytes {first}-{last}/{size}\r\n{headers}\r\n",
+        last - first + 1
+    )
+}
+
 /// Reads one request of a test origin's client: `None` once the client
 /// closed, else the byte range it asks for (`Range: bytes=A-B`; the whole
 /// `size` bytes without one).
@@ -3000,12 +3001,7 @@ fn origin_of_versions(
             }
             let version = if answer < switch_after { 1 } else { 2 };
             let (first, last) = range;
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-             Content-Range: bytes {first}-{last}/{size}\r\n{}\r\n\r\n",
-                last - first + 1,
-                header(version)
-            );
+            let head = partial_content_head(first, last, size, &format!("{}\r\n", header(version)));
             let body = &versions[version as usize - 1][first..=last];
             if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body).is_err() {
                 return;
@@ -3296,12 +3292,7 @@ fn an_object_that_shrinks_mid_download_says_so() {
     let address = test_origin(move |reader, writer| {
         while let Some((first, last)) = read_request(reader, size) {
             let answer = if answered.fetch_add(1, Ordering::SeqCst) < 3 {
-                let mut answer = format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-                 Content-Range: bytes {first}-{last}/{size}\r\n\r\n",
-                    last - first + 1
-                )
-                .into_bytes();
+                let mut answer = partial_content_head(first, last, size, "").into_bytes();
                 answer.extend_from_slice(&body[first..=last]);
                 answer
             } else {
