@@ -1359,6 +1359,82 @@ fn a_listing_page_outlasts_a_refresh_the_api_cannot_answer() {
     assert_eq!(lists.load(Ordering::SeqCst), 4, "{}", run.stderr);
 }
 
+/// A server that lists no fileIds (a B2-compatible gateway, an older
+/// mirror): each file is downloaded by bucket and name, with no file id to
+/// expect. The token expires at the first download; the restore
+/// authorizes again once and finishes. A plain URL is the source without
+/// credentials, not a download without a file id: when it was the second,
+/// this 401 was final at once and both files failed (exit 3).
+#[test]
+fn a_listing_without_file_ids_refreshes_an_expired_token_for_its_downloads() {
+    let objects = [("a", data(3, 1)), ("b b", data(70_000, 2))];
+    let entries: Vec<serde_json::Value> = listing_entries(&objects)
+        .into_iter()
+        .map(|mut entry| {
+            entry["fileId"] = serde_json::Value::Null;
+            entry
+        })
+        .collect();
+    let authorizations = Arc::new(AtomicUsize::new(0));
+    let expired_answers = Arc::new(AtomicUsize::new(0));
+    let by_name = Arc::new(AtomicUsize::new(0));
+    let (authorized, expired, named) = (
+        Arc::clone(&authorizations),
+        Arc::clone(&expired_answers),
+        Arc::clone(&by_name),
+    );
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if req.path.ends_with("/b2_authorize_account") {
+            authorized.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        if req.path.ends_with("/b2_list_file_names") {
+            respond_json(
+                stream,
+                200,
+                serde_json::json!({"files": entries, "nextFileName": null}),
+            );
+            return true;
+        }
+        if is_download(req) {
+            assert!(
+                req.path.starts_with(&format!("/file/{BUCKET}/")),
+                "downloaded by {} {}",
+                req.path,
+                req.query
+            );
+            named.fetch_add(1, Ordering::SeqCst);
+            // Every download before the second authorization meets the
+            // expired token.
+            if authorized.load(Ordering::SeqCst) < 2 {
+                expired.fetch_add(1, Ordering::SeqCst);
+                respond_json(
+                    stream,
+                    401,
+                    serde_json::json!({"status":401,"code":"expired_auth_token","message":"expired"}),
+                );
+                return true;
+            }
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let run = restore_into(&fake, &dir, &["--cores", "1"]);
+    run.assert_bounded();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), data(3, 1));
+    assert_eq!(std::fs::read(dir.join("b b")).unwrap(), data(70_000, 2));
+    assert!(
+        expired_answers.load(Ordering::SeqCst) >= 1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(authorizations.load(Ordering::SeqCst), 2, "{}", run.stderr);
+    assert!(by_name.load(Ordering::SeqCst) >= 3, "{}", run.stderr);
+}
+
 #[test]
 fn listing_pages_that_repeat_or_go_backwards() {
     let objects = [("a", data(3, 1)), ("b", data(4, 2)), ("c", data(5, 3))];
