@@ -233,7 +233,11 @@ fn respond_endless(stream: &mut TcpStream, head: &[u8], block: &[u8]) {
 }
 
 fn authorize_json(port: u16) -> serde_json::Value {
-    let base = format!("http://127.0.0.1:{port}");
+    authorize_json_at(&format!("http://127.0.0.1:{port}"))
+}
+
+/// `b2_authorize_account`'s answer naming `base` as API and download host.
+fn authorize_json_at(base: &str) -> serde_json::Value {
     serde_json::json!({
         "accountId": "acc1",
         "authorizationToken": TOKEN,
@@ -1359,6 +1363,92 @@ fn a_listing_page_outlasts_a_refresh_the_api_cannot_answer() {
     assert_eq!(lists.load(Ordering::SeqCst), 4, "{}", run.stderr);
 }
 
+/// An origin that quotes an SSE-C request's key back in its error (a proxy,
+/// a WAF, a broken server): the key, the one credential B2 cannot give back,
+/// reaches neither stderr nor the report. It did, since only tokens and
+/// URL signatures were redacted (h30).
+#[test]
+fn an_sse_c_key_quoted_back_by_the_origin_is_redacted() {
+    let key = *b"quoted-back-key-0123456789abcdef";
+    let key_base64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+    let objects = [("enc", data(3, 1))];
+    let entries: Vec<serde_json::Value> = listing_entries(&objects)
+        .into_iter()
+        .map(|mut entry| {
+            entry["serverSideEncryption"] =
+                serde_json::json!({"mode": "SSE-C", "algorithm": "AES256"});
+            entry
+        })
+        .collect();
+    // The TLS front's address, known once it listens.
+    let front = Arc::new(std::sync::OnceLock::<String>::new());
+    let front_base = Arc::clone(&front);
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if req.path.ends_with("/b2_authorize_account") {
+            let base = front_base.get().expect("the front listens");
+            respond_json(stream, 200, authorize_json_at(base));
+            return true;
+        }
+        if req.path.ends_with("/b2_list_file_names") {
+            respond_json(
+                stream,
+                200,
+                serde_json::json!({"files": entries, "nextFileName": null}),
+            );
+            return true;
+        }
+        if is_download(req) {
+            let sent = req
+                .header("x-bz-server-side-encryption-customer-key")
+                .unwrap_or("none")
+                .to_string();
+            respond_json(
+                stream,
+                400,
+                serde_json::json!({"status":400,"code":"bad_request","message":format!("key {sent} is not accepted")}),
+            );
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    // SSE-C keys go to https:// hosts only: TLS in front of the fake.
+    let ca_file = work.path().join("ca.pem");
+    let realm = tls_front(fake.port, &ca_file);
+    front.set(realm.clone()).unwrap();
+    let key_file = work.path().join("key");
+    std::fs::write(&key_file, key).unwrap();
+    let dir = work.path().join("dir");
+    let report = work.path().join("report.jsonl");
+    let source = format!("b2://{BUCKET}");
+    let mut args = vec![
+        "restore",
+        &source,
+        dir.to_str().unwrap(),
+        "--realm",
+        &realm,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--sse-c-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    args.extend(TUNING);
+    let run = ringdown(&args);
+    run.assert_failed_with(&["enc", "bad_request", "is not accepted"]);
+    let report = std::fs::read_to_string(&report).unwrap();
+    assert!(report.contains("[redacted] is not accepted"), "{report}");
+    for text in [&run.stderr, &report] {
+        assert!(!text.contains(&key_base64), "the key leaked: {text}");
+        assert!(
+            !text.contains("none is not accepted"),
+            "no key was sent: {text}"
+        );
+    }
+}
+
 /// A server that lists no fileIds (a B2-compatible gateway, an older
 /// mirror): each file is downloaded by bucket and name, with no file id to
 /// expect. The token expires at the first download; the restore
@@ -1958,6 +2048,62 @@ impl TlsOrigin {
 /// TLS 1.3 with AES-128-GCM only, so one sealer serves every connection;
 /// no session tickets, so nothing but our own records follows the
 /// handshake; secrets extractable.
+/// TLS in front of a plain fake: a thread per connection terminates TLS
+/// (the CA goes to `ca_file`) and relays bytes both ways to 127.0.0.1:
+/// `backend_port`, polling each side in turn. Returns the front's
+/// `https://` base.
+fn tls_front(backend_port: u16, ca_file: &Path) -> String {
+    let config = tls_origin_config(ca_file);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let config = Arc::clone(&config);
+            std::thread::spawn(move || relay_tls(client, backend_port, config));
+        }
+    });
+    format!("https://127.0.0.1:{port}")
+}
+
+fn relay_tls(client: TcpStream, backend_port: u16, config: Arc<rustls::ServerConfig>) {
+    let Ok(mut backend) = TcpStream::connect(("127.0.0.1", backend_port)) else {
+        return;
+    };
+    let tick = Some(Duration::from_millis(2));
+    let _ = client.set_read_timeout(tick);
+    let _ = backend.set_read_timeout(tick);
+    let session = rustls::ServerConnection::new(config).unwrap();
+    let mut tls = rustls::StreamOwned::new(session, client);
+    let idle = |error: &std::io::Error| {
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) if backend.write_all(&buf[..n]).is_err() => return,
+            Ok(_) => {}
+            Err(error) if idle(&error) => {}
+            Err(_) => return,
+        }
+        match backend.read(&mut buf) {
+            Ok(0) => {
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                return;
+            }
+            Ok(n) if tls.write_all(&buf[..n]).is_err() => return,
+            Ok(_) => {}
+            Err(error) if idle(&error) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn tls_origin_config(ca_file: &Path) -> Arc<rustls::ServerConfig> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();

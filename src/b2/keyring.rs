@@ -196,6 +196,12 @@ impl KeyChoice {
         }
     }
 
+    /// Every key of the ring as requests carry it (`http::redact`): an
+    /// answer may quote any key a request for this object carried.
+    pub fn secrets(&self) -> impl Iterator<Item = String> + '_ {
+        self.ring.keys.iter().map(|key| key.secret().to_string())
+    }
+
     /// The key the next request carries, with its index in the ring.
     pub fn current(&self) -> (usize, &CustomerKey) {
         let mut index = self.current.load(Ordering::Acquire);

@@ -105,6 +105,11 @@ impl CustomerKey {
         )
     }
 
+    /// The key as requests carry it: a secret, for `http::redact`.
+    pub fn secret(&self) -> &str {
+        &self.key_base64
+    }
+
     /// The three request headers, in order.
     pub fn headers(&self) -> [(&'static str, &str); 3] {
         [

@@ -396,11 +396,13 @@ pub(super) async fn status_failure(
     }
     let mut body = body.unwrap_or_default();
     // The server's text may quote the URL's credentials (a presigned
-    // signature, `?Authorization=`); the account's go in `next_attempt`.
-    crate::http::redact_bytes(
-        &mut body,
-        &crate::http::query_secrets(&object.path_and_query),
-    );
+    // signature, `?Authorization=`) and the SSE-C key the request carried;
+    // the account's go in `next_attempt`.
+    let mut secrets = crate::http::query_secrets(&object.path_and_query);
+    if let Some(choice) = &object.sse_c {
+        secrets.extend(choice.secrets());
+    }
+    crate::http::redact_bytes(&mut body, &secrets);
     let parsed = crate::b2::parse_error_body(&body);
     let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or("");
     let message = parsed.as_ref().map(|e| e.message.as_str()).unwrap_or("");

@@ -14,9 +14,11 @@ pub const SECRET_MIN_BYTES: usize = 8;
 /// What replaces a credential.
 pub const REDACTED: &str = "[redacted]";
 
-/// The credentials a request head carries: the `Authorization` header's value
-/// (and, for `Basic`, the key id:key pair and the key decoded), and every
-/// query parameter's value (`?Authorization=`, presigned-URL signatures).
+/// The credentials a request head carries: the `Authorization` and
+/// `Proxy-Authorization` headers' values (and, for `Basic`, the key id:key
+/// pair and the key decoded), an SSE-C customer key (its MD5 is not a
+/// secret: messages name keys by it), and every query parameter's value
+/// (`?Authorization=`, presigned-URL signatures).
 pub fn request_secrets(request: &[u8]) -> Vec<String> {
     let head = match request.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(end) => &request[..end],
@@ -32,8 +34,12 @@ pub fn request_secrets(request: &[u8]) -> Vec<String> {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        if name.eq_ignore_ascii_case("authorization") {
+        if name.eq_ignore_ascii_case("authorization")
+            || name.eq_ignore_ascii_case("proxy-authorization")
+        {
             secrets.extend(authorization_secrets(value.trim()));
+        } else if name.eq_ignore_ascii_case(crate::b2::sse::HEADER_KEY) {
+            secrets.push(value.trim().to_string());
         }
     }
     secrets
@@ -127,6 +133,22 @@ mod tests {
         assert_eq!(
             shown,
             "bad_auth_token: token [redacted] is not valid; or [redacted]; v=1"
+        );
+    }
+
+    #[test]
+    fn an_sse_c_key_and_proxy_credentials_are_found_and_replaced() {
+        let request = b"GET /file/b/x HTTP/1.1\r\nHost: h\r\n\
+                        Proxy-Authorization: Basic cHJveHl1c2VyOnByb3h5cGFzc3dvcmQ=\r\n\
+                        X-Bz-Server-Side-Encryption-Customer-Algorithm: AES256\r\n\
+                        x-bz-server-side-encryption-customer-key: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\r\n\
+                        X-Bz-Server-Side-Encryption-Customer-Key-Md5: bWQ1bWQ1bWQ1bWQ1bWQ1bQ==\r\n\r\n";
+        let secrets = request_secrets(request);
+        let message = "access_denied: key MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= \
+                       (MD5 bWQ1bWQ1bWQ1bWQ1bWQ1bQ==) refused; proxy proxypassword";
+        assert_eq!(
+            redact(message, &secrets),
+            "access_denied: key [redacted] (MD5 bWQ1bWQ1bWQ1bWQ1bWQ1bQ==) refused; proxy [redacted]"
         );
     }
 
