@@ -140,13 +140,14 @@ impl Origin {
         ))
     }
 
-    /// The `Host` header value.
+    /// The `Host` header value (an IPv6 literal in brackets).
     pub fn host_header(&self) -> String {
         let default_port = if self.tls { 443 } else { 80 };
+        let host = super::url::host_text(&self.host);
         if self.port == default_port {
-            self.host.clone()
+            host.into_owned()
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{host}:{}", self.port)
         }
     }
 
@@ -576,6 +577,18 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap()
+    }
+
+    #[test]
+    fn the_host_header_brackets_an_ipv6_literal() {
+        let v6 = "[::1]:8080".parse::<SocketAddr>().unwrap();
+        let origin = Origin::new(false, "::1".into(), 8080, vec![v6]);
+        assert_eq!(origin.host_header(), "[::1]:8080");
+        assert_eq!(origin.base_url(), "http://[::1]:8080");
+        let origin = Origin::new(true, "2001:db8::5".into(), 443, vec![v6]);
+        assert_eq!(origin.host_header(), "[2001:db8::5]");
+        let origin = Origin::new(true, "example.test".into(), 8443, vec![v6]);
+        assert_eq!(origin.host_header(), "example.test:8443");
     }
 
     #[test]

@@ -41,11 +41,11 @@ impl fmt::Debug for Proxy {
 impl Proxy {
     /// `host:port` as messages show it (never the credentials).
     pub fn display(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{} (from {})", self.host, self.port, self.variable)
-        } else {
-            format!("{}:{} (from {})", self.host, self.port, self.variable)
-        }
+        format!(
+            "{} (from {})",
+            authority(&self.host, self.port),
+            self.variable
+        )
     }
 
     /// The proxy's own address as a URL, for resolving it.
@@ -73,11 +73,7 @@ impl Proxy {
 
 /// `host:port` as `CONNECT` names the origin (an IPv6 address in brackets).
 pub fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
+    format!("{}:{port}", super::url::host_text(host))
 }
 
 /// The proxy for an origin, given a way to read the environment. `Err` when

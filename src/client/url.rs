@@ -157,11 +157,7 @@ impl Url {
 
     /// `scheme://host:port`, as `parse` reads it back.
     pub(crate) fn origin_text(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = host_text(&self.host);
         format!(
             "{}://{host}:{}",
             if self.tls { "https" } else { "http" },
@@ -173,11 +169,7 @@ impl Url {
     pub fn display_without_query(&self) -> String {
         let path = self.path_and_query.split('?').next().unwrap_or("/");
         let default_port = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = host_text(&self.host);
         let port = if self.port == default_port {
             String::new()
         } else {
@@ -194,6 +186,17 @@ impl Url {
         let path = self.path_and_query.split('?').next().unwrap_or("");
         let last = path.rsplit('/').next().filter(|s| !s.is_empty())?;
         Some(percent_decode_lossy(last))
+    }
+}
+
+/// A host as URLs, `Host` headers and `CONNECT` write it: an IPv6 literal
+/// (kept without brackets once parsed) in brackets, so its colons are not
+/// read as a port's (RFC 3986 §3.2.2).
+pub fn host_text(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
     }
 }
 
