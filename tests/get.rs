@@ -1337,6 +1337,25 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         .env("SSL_CERT_FILE", "/no/such/ca.pem")
         .run_bounded();
     assert_exit(&output, 2, "SSL_CERT_FILE /no/such/ca.pem");
+    // Set but empty (`ENV SSL_CERT_FILE=`) it would leave no root either:
+    // exit 2, saying how to unset it.
+    for variable in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .args([
+                "get",
+                "b2://bkt/a.bin",
+                &dest,
+                "--force",
+                "--realm",
+                &served.realm,
+            ])
+            .env("B2_APPLICATION_KEY_ID", &served.key_id)
+            .env("B2_APPLICATION_KEY", &served.key)
+            .env_remove("SSL_CERT_FILE")
+            .env(variable, "")
+            .run_bounded();
+        assert_exit(&output, 2, &format!("{variable} is set but empty"));
+    }
 
     // DEST exists: exit 2 without --force, file untouched.
     std::fs::write(&dest, b"keep me").unwrap();

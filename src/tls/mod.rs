@@ -31,15 +31,17 @@ use session::{Next, Session};
 /// honours `SSL_CERT_FILE` / `SSL_CERT_DIR` by replacing the OS store, as
 /// OpenSSL does), webpki roots if the OS has none, plus `--ca-file`.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Error> {
+    let cert_file = cert_env("SSL_CERT_FILE")?;
+    let from_env = cert_file.is_some() || cert_env("SSL_CERT_DIR")?.is_some();
     let mut roots = RootCertStore::empty();
-    let native = load_os_roots();
+    let native = load_os_roots(from_env);
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 && std::env::var_os("SSL_CERT_FILE").is_none() {
+    if added == 0 && cert_file.is_none() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     // SSL_CERT_FILE replaces the OS store: one that cannot be read would
     // leave no root at all, and every handshake would fail as untrusted.
-    if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|path| !path.is_empty()) {
+    if let Some(path) = cert_file {
         read_pem_certificates("SSL_CERT_FILE", Path::new(&path))?;
     }
     if let Some(path) = ca_file {
@@ -132,12 +134,24 @@ const OS_ROOT_BUNDLES: [&str; 6] = [
     "/etc/ssl/cert.pem",
 ];
 
-/// The OS roots: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (they replace the
-/// OS store, as in OpenSSL), else the first OS bundle that holds
-/// certificates, else whatever rustls-native-certs finds.
-fn load_os_roots() -> rustls_native_certs::CertificateResult {
-    let from_env =
-        std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some();
+/// A trust-store variable (`SSL_CERT_FILE`, `SSL_CERT_DIR`), if set. Set
+/// but empty, it is refused: it would replace the OS store with nothing
+/// (OpenSSL reads it so too), and every handshake would then fail as an
+/// untrusted server, far from the cause. `VAR=` is not how to unset one.
+fn cert_env(name: &str) -> Result<Option<std::ffi::OsString>, Error> {
+    match std::env::var_os(name) {
+        Some(value) if value.is_empty() => Err(Error::Usage(format!(
+            "{name} is set but empty: it would replace the system's trusted CAs with none; \
+             unset it (`unset {name}`, or `env -u {name}`) or name a PEM file"
+        ))),
+        value => Ok(value),
+    }
+}
+
+/// The OS roots: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (`from_env`:
+/// they replace the OS store, as in OpenSSL), else the first OS bundle that
+/// holds certificates, else whatever rustls-native-certs finds.
+fn load_os_roots(from_env: bool) -> rustls_native_certs::CertificateResult {
     if !from_env {
         for bundle in OS_ROOT_BUNDLES {
             let path = Path::new(bundle);
