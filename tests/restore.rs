@@ -2595,7 +2595,7 @@ fn sigterm_cuts_retry_waits_short() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
     let log = out.path().join("stderr.log");
-    let mut child = command(&served, &["b2://bkt"], &dir)
+    let mut child = command(&served, &["b2://bkt", "--stats-json", "/dev/full"], &dir)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -2608,11 +2608,49 @@ fn sigterm_cuts_retry_waits_short() {
     send_signal(child.id(), "-TERM");
     let code = exit_within(&mut child, Duration::from_secs(5), "SIGTERM").code();
     let text = std::fs::read_to_string(&log).unwrap();
+    // The stats file cannot be written (/dev/full): a warning, and the
+    // run's own exit code and summary stay (they were replaced by exit 1).
     assert_eq!(code, Some(143), "{text}");
+    assert!(text.contains("warning: writing /dev/full"), "{text}");
+    assert!(text.contains("files restored"), "{text}");
     assert!(
         !dir.join("small").exists() && !dir.join("large").exists(),
         "{text}"
     );
+}
+
+/// A run that succeeded but whose `--stats-json` cannot be written exits 1
+/// naming the file, after its summary; and an output file inside a DIR the
+/// run creates is accepted however DIR is spelled.
+#[test]
+fn stats_that_cannot_be_written_fail_a_run_that_succeeded() {
+    let data = tempfile::tempdir().unwrap();
+    write_file(&data.path().join("bkt"), "a", &content("a", 3000));
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let output = command(
+        &served,
+        &["b2://bkt", "--stats-json", "/dev/full"],
+        &out.path().join("d1"),
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("1 file restored"), "{text}");
+    assert!(text.contains("error: writing /dev/full"), "{text}");
+    // `DIR/report.jsonl` with DIR spelled `./d2/` on the command line.
+    let output = command(&served, &["b2://bkt"], Path::new("./d2/"))
+        .current_dir(out.path())
+        .args([
+            "--report",
+            &format!("{}/d2/report.jsonl", out.path().display()),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(out.path().join("d2/report.jsonl").is_file(), "{text}");
 }
 
 #[test]

@@ -415,14 +415,9 @@ pub fn run(args: GetArgs) -> Result<i32> {
     // A harness wants the numbers of a failed or interrupted run too; a
     // usage error ran nothing worth counting.
     if let Some(path) = &args.stats_json {
-        let json = serde_json::to_string_pretty(&summary.to_json()).expect("stats serialize");
-        let written = std::fs::write(path, json + "\n")
-            .map_err(|error| Error::io(format!("writing {}", path.display()), error));
-        match (&result, written) {
-            (Err(Error::Usage(_)), _) | (_, Ok(())) => {}
-            (Ok(_), Err(error)) => return Err(error),
-            // The download's error is the one to report.
-            (Err(_), Err(error)) => say!("ringdown: warning: {error}"),
+        if !matches!(result, Err(Error::Usage(_))) {
+            let written = super::summary::write_stats_json(path, &summary);
+            super::summary::settle_stats_write(written, result.is_err())?;
         }
     }
     // CONVENTIONS: an interrupted run prints its summary too.
@@ -440,20 +435,9 @@ pub fn run(args: GetArgs) -> Result<i32> {
         }
     }
     let report = result?;
-    for notice in report.notices.iter().filter(|_| !args.quiet) {
-        if memlock_notice.is_none() || !notice.starts_with(crate::uring::REGISTRATION_SKIPPED) {
-            say!("ringdown: note: {notice}");
-        }
-    }
+    super::summary::print_notices(&report.notices, memlock_notice.as_deref(), args.quiet);
     let mb_per_s = report.summary.mb_per_s();
-    // A resumed run fetched only the rest: say so beside the rate.
-    let resumed = match report.summary.resumed_bytes {
-        0 => String::new(),
-        resumed_bytes => format!(
-            " ({} fetched; {resumed_bytes} were on disk from an earlier run)",
-            report.summary.fetched_bytes()
-        ),
-    };
+    let resumed = super::summary::resumed_text(&report.summary);
     let verified_line = match &report.verification {
         Verification::Verified => format!("SHA1 {} verified", report.sha1_hex),
         Verification::VerifiedUnverifiedPrefix => format!(
@@ -474,21 +458,11 @@ pub fn run(args: GetArgs) -> Result<i32> {
         );
     } else {
         say!(
-            "{}\n  {} bytes{resumed} in {:.2} s, {mb_per_s:.1} MB/s\n  {verified_line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}\n\n{}",
+            "{}\n  {} bytes{resumed} in {:.2} s, {mb_per_s:.1} MB/s\n  {verified_line}\n  {}\n\n{}",
             report.dest.display(),
             report.bytes,
             report.seconds,
-            report.summary.retries,
-            if report.summary.direct_io {
-                "yes"
-            } else {
-                "no"
-            },
-            if report.summary.registered_buffers {
-                "yes"
-            } else {
-                "no"
-            },
+            super::summary::engine_line(&report.summary),
             report.summary.stages.table()
         );
     }

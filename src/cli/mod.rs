@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod get;
 pub mod restore;
+mod summary;
 mod ticker;
 
 use clap::{Parser, Subcommand};
@@ -71,7 +72,14 @@ fn check_output_file(
         _ => std::path::Path::new("."),
     };
     if !parent.is_dir() {
-        if created_dir == Some(parent) {
+        // DIR itself, however spelled (`out`, `./out/`, `$PWD/out`): the run
+        // makes it. Only DIR: deeper directories it does not make.
+        let lexically_absolute = |path: &std::path::Path| {
+            std::path::absolute(path)
+                .ok()
+                .map(|absolute| absolute.components().collect::<std::path::PathBuf>())
+        };
+        if created_dir.is_some_and(|dir| lexically_absolute(dir) == lexically_absolute(parent)) {
             return Ok(());
         }
         return unusable(format!("its directory {} does not exist", parent.display()));

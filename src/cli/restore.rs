@@ -228,27 +228,17 @@ pub fn finish(
             None => exit_code::OK,
         });
     }
-    for notice in report.notices.iter().filter(|_| !args.quiet) {
-        if memlock_notice.is_none() || !notice.starts_with(crate::uring::REGISTRATION_SKIPPED) {
-            say!("ringdown: note: {notice}");
-        }
-    }
-    if let Some(path) = &args.stats_json {
-        let json =
-            serde_json::to_string_pretty(&report.summary.to_json()).expect("stats serialize");
-        std::fs::write(path, json + "\n")
-            .map_err(|error| Error::io(format!("writing {}", path.display()), error))?;
-    }
+    super::summary::print_notices(&report.notices, memlock_notice, args.quiet);
+    // Written now, settled after the summary: a failed write must not hide
+    // the run's own outcome.
+    let stats_written = match &args.stats_json {
+        Some(path) => super::summary::write_stats_json(path, &report.summary),
+        None => Ok(()),
+    };
     let tally = &report.tally;
     let summary = &report.summary;
     // Resumed objects' prefixes were on disk: the rate leaves them out.
-    let resumed = match summary.resumed_bytes {
-        0 => String::new(),
-        resumed_bytes => format!(
-            " ({} fetched; {resumed_bytes} were on disk from an earlier run)",
-            summary.fetched_bytes()
-        ),
-    };
+    let resumed = super::summary::resumed_text(summary);
     let line = format!(
         "{}: {} file{} restored ({} verified, {} unverified), {} skipped, {} failed, {} refused; {} bytes{resumed} in {:.2} s, {:.1} MB/s",
         args.dir.display(),
@@ -266,16 +256,7 @@ pub fn finish(
     if args.quiet {
         say!("{line}");
     } else {
-        say!(
-            "{line}\n  retries: {}, O_DIRECT: {}, registered buffers: {}",
-            summary.retries,
-            if summary.direct_io { "yes" } else { "no" },
-            if summary.registered_buffers {
-                "yes"
-            } else {
-                "no"
-            },
-        );
+        say!("{line}\n  {}", super::summary::engine_line(summary));
         if !tally.failed_names.is_empty() {
             say!("  failed (first {}):", config::SUMMARY_FAILED_NAMES_SHOWN);
             for name in &tally.failed_names {
@@ -284,6 +265,11 @@ pub fn finish(
         }
         say!("\n{}", summary.stages.table());
     }
+    let run_failed = report.fatal.is_some()
+        || tally.failed > 0
+        || tally.refused > 0
+        || (args.require_verified && tally.unverified > 0);
+    super::summary::settle_stats_write(stats_written, run_failed)?;
     if let Some(error) = report.fatal {
         return Err(error);
     }
