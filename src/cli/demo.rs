@@ -270,17 +270,26 @@ fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
         ready.ca_file.display()
     );
     let restored = work.join("restore");
-    let command_line = [
-        "ringdown",
-        "restore",
-        "b2://demo-bucket",
-        restored.to_str().unwrap_or("restore"),
-        "--realm",
-        &ready.realm,
-        "--ca-file",
-        ready.ca_file.to_str().unwrap_or(""),
+    // The whole bucket, whatever array job the demo runs in: `--shard 0/1`
+    // keeps JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_* from taking 1/N of
+    // it (then checked as a whole, and "FAILED"). Paths go as they are
+    // (a non-UTF-8 TMPDIR included).
+    let command_line: [&std::ffi::OsStr; 10] = [
+        "ringdown".as_ref(),
+        "restore".as_ref(),
+        "b2://demo-bucket".as_ref(),
+        restored.as_os_str(),
+        "--realm".as_ref(),
+        ready.realm.as_ref(),
+        "--ca-file".as_ref(),
+        ready.ca_file.as_os_str(),
+        "--shard".as_ref(),
+        "0/1".as_ref(),
     ];
-    say!("demo: {}", command_line[..4].join(" "));
+    say!(
+        "demo: ringdown restore b2://demo-bucket {}",
+        restored.display()
+    );
     let restore_args = match super::Cli::try_parse_from(command_line) {
         Ok(super::Cli {
             command: super::Command::Restore(restore_args),
