@@ -1,7 +1,9 @@
 //! Every limit and default of ringdown, with units in the names.
 //!
-//! Memory of a download = cores × buffers_per_core × buffer_size_bytes plus a
-//! small fixed overhead per connection (TLS record buffers, response head).
+//! Memory of a download = cores × (buffers_per_core × buffer_size_bytes +
+//! connections_per_core × `TLS_RECV_BYTES`) plus a small fixed overhead per
+//! connection (response head, TLS session): at the defaults, 16 MiB and
+//! 4 MiB per core.
 
 /// Largest response head we accept. Real origins send < 2 KiB; 16 KiB leaves
 /// room for long `x-bz-info-*` headers and bounds a hostile server.
@@ -31,10 +33,13 @@ pub const PART_SIZE_BYTES_DEFAULT: u64 = 8 << 20;
 /// slower than with two (2 MiB parts), against `ringdown serve` and nginx.
 pub const POOL_PARTS_PER_CONNECTION: u64 = 2;
 /// Default size of one registered buffer (multiple of 4 KiB for O_DIRECT).
+/// `--buffer-size`'s default says it as `1MiB` for `--help`; a unit test
+/// holds the two equal.
 pub const BUFFER_SIZE_BYTES_DEFAULT: usize = 1 << 20;
 /// Default registered buffers per core. 16 × 1 MiB per core keeps a 2-core
-/// download far under the 64 MiB RSS target and under 8 MiB × cores of memlock
-/// only when shrunk; see `uring::buffers` for the RLIMIT_MEMLOCK clamp.
+/// download under the 64 MiB RSS target. Above RLIMIT_MEMLOCK (8 MiB
+/// unprivileged) the pool keeps its size and goes unregistered, and the
+/// run says so once (`TuningArgs::engine_config`, `uring::buffers`).
 pub const BUFFERS_PER_CORE_DEFAULT: usize = 16;
 /// `--buffers` default of `restore`, whose small and large objects share the
 /// pool, beside more connections and a listing.

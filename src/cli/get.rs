@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(get.buffers_per_core, config::BUFFERS_PER_CORE_DEFAULT);
         assert_eq!(get.max_attempts, config::MAX_ATTEMPTS_DEFAULT);
         assert_eq!(get.timeout, Duration::from_secs(config::TIMEOUT_S_DEFAULT));
-        assert_eq!(get.buffer_size_bytes, 1 << 20);
+        assert_eq!(get.buffer_size_bytes, config::BUFFER_SIZE_BYTES_DEFAULT);
         assert_eq!(get.cores, runtime::available_cores());
         let restore = EngineConfig::defaults(true);
         assert_eq!(

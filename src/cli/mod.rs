@@ -23,6 +23,7 @@ Exit codes:
        plain URL refused with 401/403 (an expired presigned URL)
   4    io_uring unavailable (seccomp profile, kernel.io_uring_disabled, old kernel)
   130  interrupted by SIGINT, 143 by SIGTERM
+  134  internal error (a bug): aborted, partial files and journals kept
 
 Proxies: https_proxy / http_proxy / all_proxy (http://[user:pass@]host[:port]) and
 no_proxy are honoured through CONNECT tunnels; loopback is never proxied.";
@@ -94,6 +95,19 @@ fn check_output_file(
 }
 
 /// Runs the parsed command and returns the process exit code.
+impl Command {
+    /// What to do after a bug stopped this command (the panic hook's advice).
+    pub fn after_a_bug(&self) -> &'static str {
+        match self {
+            Command::Get(_) | Command::Restore(_) => {
+                "Rerunning the same command resumes what its journal kept."
+            }
+            Command::Serve(_) => "The origin stopped; start it again.",
+            Command::Demo(_) => "The demo's temporary directory may be left behind.",
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Serve(args) => crate::server::run(args).map(|()| 0),

@@ -1,5 +1,7 @@
 //! Thread-per-core plumbing that is not io_uring itself: how many cores to
-//! use, pinning, and the memory-lock budget for registered buffers.
+//! use, pinning, the memory-lock budget for registered buffers and the
+//! cgroup memory limit; signals, a run's cancel flag, and the control
+//! plane's backoffs that end with them (`back_off`, `sleep_unless`).
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -269,18 +271,29 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Makes `cancel` this thread's run flag until the guard drops.
-pub fn cancel_on_this_thread(
-    cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-) -> impl Drop {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            RUN_CANCEL.with(|slot| slot.borrow_mut().take());
-        }
+type Flag = Option<std::sync::Arc<std::sync::atomic::AtomicBool>>;
+
+/// Puts back the flag a guard replaced: guards nest (a `get` run's round
+/// of a length-less origin sets its own), and the inner one's end must
+/// leave the outer run's flag, not none.
+struct Restore {
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Flag>>,
+    previous: Flag,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        self.slot.with(|slot| *slot.borrow_mut() = previous);
     }
-    RUN_CANCEL.with(|slot| *slot.borrow_mut() = cancel);
-    Reset
+}
+
+/// Makes `cancel` this thread's run flag until the guard drops.
+pub fn cancel_on_this_thread(cancel: Flag) -> impl Drop {
+    Restore {
+        slot: &RUN_CANCEL,
+        previous: RUN_CANCEL.with(|slot| slot.replace(cancel)),
+    }
 }
 
 thread_local! {
@@ -295,14 +308,10 @@ thread_local! {
 pub fn end_with_run_on_this_thread(
     ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> impl Drop {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            RUN_ENDED.with(|slot| slot.borrow_mut().take());
-        }
+    Restore {
+        slot: &RUN_ENDED,
+        previous: RUN_ENDED.with(|slot| slot.replace(Some(ended))),
     }
-    RUN_ENDED.with(|slot| *slot.borrow_mut() = Some(ended));
-    Reset
 }
 
 fn run_ended() -> bool {
@@ -375,6 +384,22 @@ pub async fn sleep_unless(delay: std::time::Duration, stop: impl Fn() -> bool) -
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn a_nested_cancel_guard_gives_back_the_outer_runs_flag() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let outer = Arc::new(AtomicBool::new(false));
+        let _run = cancel_on_this_thread(Some(Arc::clone(&outer)));
+        {
+            let _round = cancel_on_this_thread(Some(Arc::new(AtomicBool::new(false))));
+        }
+        // The caller cancels after the inner round ended: still seen.
+        outer.store(true, Ordering::Release);
+        assert_eq!(stop_requested(), Some(CANCELLED));
+        drop(_run);
+        assert_eq!(stop_requested(), None);
+    }
 
     #[test]
     fn ignored_signals_come_from_the_sigign_mask() {
