@@ -73,9 +73,36 @@ pub fn start_progress_line(mut line: impl FnMut(Duration) -> String + Send + 'st
 /// (`say!`) while it is there.
 fn draw_in_place(line: &str) {
     use std::io::Write;
+    let line = fit(line, terminal_columns());
     let mut stderr = std::io::stderr().lock();
     let _ = write!(stderr, "\r\x1b[2K  {line}");
     crate::PROGRESS_LINE_DRAWN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Columns of the terminal on stderr, read at each redraw (a resized
+/// window counts from the next one); 80 when it cannot be told.
+fn terminal_columns() -> usize {
+    rustix::termios::tcgetwinsize(std::io::stderr())
+        .ok()
+        .map(|size| usize::from(size.ws_col))
+        .filter(|&columns| columns > 0)
+        .unwrap_or(80)
+}
+
+/// `line` cut with `…` to fit beside the two-column indent, short of the
+/// last column (where some terminals already wrap). A line that wraps is
+/// not redrawn in place: `\r\x1b[2K` clears one screen row, so every redraw
+/// left a row behind, five a second (a restore's line while it lists is
+/// wider than 80 columns; `get`'s with a retry reason too).
+fn fit(line: &str, columns: usize) -> std::borrow::Cow<'_, str> {
+    let room = columns.saturating_sub(3).max(1);
+    match line.char_indices().nth(room) {
+        None => line.into(),
+        Some(_) => {
+            let kept: String = line.chars().take(room - 1).collect();
+            format!("{kept}…").into()
+        }
+    }
 }
 
 /// Takes the progress line away for good.
@@ -156,6 +183,26 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
+
+    #[test]
+    fn a_progress_line_is_cut_to_the_terminal_never_wrapped() {
+        let line =
+            "files 20/100 (listing…), 1.3/13.1 MB, 0.0 MB/s, ETA after listing, retries 0, 0 s";
+        assert_eq!(line.chars().count(), 81);
+        // 80 columns: the indent, 77 characters (the last one `…`), one
+        // column left free.
+        let cut = fit(line, 80);
+        assert_eq!(cut.chars().count(), 77);
+        assert!(cut.ends_with('…') && line.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(fit(line, 200), line);
+        assert_eq!(fit("short", 80), "short");
+        // Exactly the room: kept whole.
+        let exact = "x".repeat(77);
+        assert_eq!(fit(&exact, 80), exact.as_str());
+        assert_eq!(fit(&"x".repeat(78), 80).chars().count(), 77);
+        // A terminal narrower than the indent still gets one character.
+        assert_eq!(fit(line, 2), "…");
+    }
 
     /// The line says why it retries (a dead origin showed `retries 73`
     /// for minutes and nothing else), the last reason, shortened.
