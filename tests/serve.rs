@@ -1686,3 +1686,49 @@ fn a_cert_dir_is_used_by_one_running_server_at_a_time() {
     assert_ne!(std::fs::read(&ca_file).unwrap(), first_ca, "a new CA");
     again.authorize();
 }
+
+/// A start that fails after the TLS identity is made leaves no temporary
+/// certificate directory behind (it was removed only on a clean exit), and
+/// `--write-server-key` writes the private key owner-only.
+#[test]
+fn a_failed_start_leaves_no_certificate_directory_and_the_key_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = small_tree();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["serve"])
+        .arg(tree.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+            "/nonexistent/dir/log.jsonl",
+        ])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("/nonexistent/dir/log.jsonl"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    let served = common::serve(tree.path(), false, &["--write-server-key"]);
+    let certs = served
+        .ca_file
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mode = |name: &str| {
+        std::fs::metadata(certs.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("server-key.pem"), 0o600);
+    assert_eq!(mode("ca.pem") & 0o600, 0o600);
+    drop(served);
+}

@@ -252,11 +252,9 @@ impl SseCObjects {
         }
         let mut objects = Vec::with_capacity(keys);
         for (index, (path, prefix)) in args.sse_c_key_file.iter().zip(prefixes).enumerate() {
+            // A flag naming a file that cannot be read: exit 2, as the client's.
             let contents = std::fs::read(path).map_err(|error| {
-                Error::io(
-                    format!("reading --sse-c-key-file {}", path.display()),
-                    error,
-                )
+                Error::Usage(format!("--sse-c-key-file {}: {error}", path.display()))
             })?;
             let key = crate::b2::CustomerKey::parse(&contents).map_err(|why| {
                 Error::Usage(format!("--sse-c-key-file {}: {why}", path.display()))
@@ -415,9 +413,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         )));
     }
     let credentials = credentials_from(&args)?;
+    // Flags checked before anything is written: a bad one leaves no
+    // certificate directory behind (nor replaces --cert-dir's ca.pem).
+    let sse_c = SseCObjects::from_args(&args)?;
 
     // TLS identity and ca.pem before binding, so the ready line is final.
-    let mut temporary_cert_dir = None;
+    // A temporary directory goes with the server, however `run` returns.
+    let mut _temporary_cert_dir = None;
     // Held until the server exits (dropped at the end of `run`).
     let mut _cert_dir_lock = None;
     let (acceptor, ca_file) = if args.plain {
@@ -434,16 +436,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
             None => {
                 let cert_dir = make_temp_dir()?;
-                temporary_cert_dir = Some(cert_dir.clone());
+                _temporary_cert_dir = Some(RemovedOnDrop(cert_dir.clone()));
                 cert_dir
             }
         };
         _cert_dir_lock = Some(tls::lock_cert_dir(&cert_dir)?);
         let identity = tls::generate(args.cert_name.as_deref())?;
-        tls::write_pem(&cert_dir, "ca.pem", &identity.ca_pem)?;
+        tls::write_pem(&cert_dir, "ca.pem", &identity.ca_pem, 0o644)?;
         if args.write_server_key {
-            tls::write_pem(&cert_dir, "server.pem", &identity.server_cert_pem)?;
-            tls::write_pem(&cert_dir, "server-key.pem", &identity.server_key_pem)?;
+            tls::write_pem(&cert_dir, "server.pem", &identity.server_cert_pem, 0o644)?;
+            tls::write_pem(&cert_dir, "server-key.pem", &identity.server_key_pem, 0o600)?;
         }
         (
             Some(tls::acceptor(&identity)?),
@@ -456,7 +458,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| sha1_cache::default_cache_dir(&dir));
     let sha1_cache = Sha1Cache::open(Some(&cache_dir));
-    let sse_c = SseCObjects::from_args(&args)?;
     let store = Store::open(&dir, sha1_cache)
         .map_err(|error| Error::io(format!("opening {}", dir.display()), error))?;
     let access_log = match &args.access_log {
@@ -551,10 +552,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         accept_loop(server, listener, acceptor, signals).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if let Some(cert_dir) = temporary_cert_dir {
-        let _ = std::fs::remove_dir_all(cert_dir);
-    }
     result
+}
+
+/// A directory of ours, removed with what it holds when dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn print_ready_line(server: &Server, ca_file: Option<&Path>) -> Result<()> {

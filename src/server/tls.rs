@@ -136,10 +136,20 @@ pub fn lock_cert_dir(dir: &Path) -> Result<CertDirLock> {
 }
 
 /// Writes `name` in `dir` through a temporary name, so a reader never sees half a PEM.
-pub fn write_pem(dir: &Path, name: &str, pem: &str) -> Result<()> {
+/// Writes `pem` as `dir/name` with permissions `mode` (0600 for a private
+/// key), replaced whole: a temporary, then a rename.
+pub fn write_pem(dir: &Path, name: &str, pem: &str, mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let temporary = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
-    std::fs::write(&temporary, pem)
+    let _ = std::fs::remove_file(&temporary);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(pem.as_bytes()))
         .and_then(|()| std::fs::rename(&temporary, &path))
         .map_err(|error| Error::io(format!("writing {}", path.display()), error))
 }
