@@ -12,6 +12,9 @@ pub const HTTP_HEAD_MAX_BYTES: usize = 16 * 1024;
 pub const HTTP_HEADERS_MAX: usize = 64;
 /// Largest JSON body of a B2 API call we read (a 10,000-name page is ~6 MiB).
 pub const API_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Most plaintext one receive of an API body (JSON, an error body, a
+/// streamed body of unknown length) asks for: a few TLS records.
+pub const API_BODY_RECV_BYTES: usize = 64 * 1024;
 /// Slowest average rate at which an API body (JSON, error bodies) may arrive
 /// once `--timeout-s` has passed: every receive is stall-bounded, but a
 /// server trickling a byte just inside each stall window would otherwise hold

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::proxy::{Proxy, authority, check_connect_reply};
-use crate::config::{API_BODY_MIN_BYTES_PER_S, CONNECT_NEXT_ADDRESS_AFTER_MS, HTTP_HEAD_MAX_BYTES};
+use crate::config::{
+    API_BODY_MIN_BYTES_PER_S, API_BODY_RECV_BYTES, CONNECT_NEXT_ADDRESS_AFTER_MS,
+    HTTP_HEAD_MAX_BYTES,
+};
 use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
 use crate::stats::Stage;
 use crate::tls::{self, TlsStream};
@@ -291,11 +294,8 @@ impl Connection {
                 Ok(None) => {}
                 Err(error) => return Err(ConnError::Protocol(error.to_string())),
             }
-            if self.leftover.len() >= HTTP_HEAD_MAX_BYTES {
-                return Err(ConnError::Protocol(format!(
-                    "response head exceeds {HTTP_HEAD_MAX_BYTES} bytes"
-                )));
-            }
+            // The parser refuses a partial head of this size itself.
+            debug_assert!(self.leftover.len() < HTTP_HEAD_MAX_BYTES);
             if started.elapsed() > self.timeout {
                 return Err(ConnError::Transport(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -386,7 +386,7 @@ impl Connection {
             loop {
                 if self.leftover_start == self.leftover.len() {
                     self.compact_leftover();
-                    if self.receive_more(64 * 1024).await? == 0 {
+                    if self.receive_more(API_BODY_RECV_BYTES).await? == 0 {
                         return Err(self.early_eof());
                     }
                     pace.check(body_bytes)?;
@@ -400,7 +400,7 @@ impl Connection {
                         self.leftover_start += consumed;
                         // The decoder may need more than what is buffered.
                         self.compact_leftover();
-                        if self.receive_more(64 * 1024).await? == 0 {
+                        if self.receive_more(API_BODY_RECV_BYTES).await? == 0 {
                             return Err(self.early_eof());
                         }
                         pace.check(body_bytes)?;
@@ -431,7 +431,7 @@ impl Connection {
         while body_bytes < length {
             if self.leftover_start == self.leftover.len() {
                 self.compact_leftover();
-                let n = self.receive_more(64 * 1024).await?;
+                let n = self.receive_more(API_BODY_RECV_BYTES).await?;
                 if n == 0 {
                     if length == u64::MAX {
                         return Ok(body_bytes);
@@ -450,17 +450,6 @@ impl Connection {
             self.leftover_start += wanted;
         }
         Ok(body_bytes)
-    }
-
-    /// Discards a body of known length if it is small; returns false if the
-    /// connection should rather be closed.
-    pub async fn skip_body(&mut self, head: &ResponseHead, limit_bytes: usize) -> bool {
-        match head.content_length {
-            Some(length) if length as usize <= limit_bytes && !head.chunked => {
-                self.read_body_to_vec(head, limit_bytes).await.is_ok()
-            }
-            _ => false,
-        }
     }
 
     /// Nothing of a response has arrived since the last one was read: a
@@ -500,20 +489,23 @@ impl Connection {
         }
     }
 
-    /// Appends up to `max_bytes` received plaintext to `leftover`.
+    /// Appends received plaintext to `leftover`: over TLS up to `max_bytes`
+    /// (and `API_BODY_RECV_BYTES`); over plain TCP as much as the vector's
+    /// spare capacity holds, with room made for that much (callers bound
+    /// what they parse, not what a receive brings).
     async fn receive_more(&mut self, max_bytes: usize) -> Result<usize, ConnError> {
         let max_bytes = max_bytes.max(1);
         match &mut self.transport {
             Transport::Plain(tcp) => {
                 let mut buffer = std::mem::take(&mut self.leftover);
-                buffer.reserve(max_bytes.min(64 * 1024));
+                buffer.reserve(max_bytes.min(API_BODY_RECV_BYTES));
                 let (result, buffer) = tcp.recv_append(buffer, self.timeout).await;
                 self.leftover = buffer;
                 result.map_err(ConnError::Transport)
             }
             Transport::Tls(tls) => {
                 let start = self.leftover.len();
-                let want = max_bytes.min(64 * 1024);
+                let want = max_bytes.min(API_BODY_RECV_BYTES);
                 self.leftover.resize(start + want, 0);
                 let result = tls.recv(&mut self.leftover[start..]).await;
                 let n = *result.as_ref().unwrap_or(&0);

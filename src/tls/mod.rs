@@ -358,8 +358,16 @@ impl TlsStream {
         {
             let start = buf.filled_bytes();
             buf.fill_from(self.session.partial_record());
-            let spare = buf.spare_bytes();
-            let (received, returned) = self.tcp.recv_into(buf, spare, self.timeout).await;
+            // No more ciphertext than `max_bytes` of plaintext and one
+            // record past it: what opens beyond `max_bytes` is copied to
+            // the session's `pending` and out again later, so a whole
+            // buffer's worth (a small object's pipelined successors, a
+            // `--limit-rate` read cap) cost a copy and memory no limit named.
+            // (The partial record counts: it is ciphertext of that bound.)
+            let receive_bytes = buf
+                .spare_bytes()
+                .min((max_bytes + TLS_RECORD_MAX_BYTES).saturating_sub(partial_len));
+            let (received, returned) = self.tcp.recv_into(buf, receive_bytes, self.timeout).await;
             buf = returned;
             let opened = match received {
                 Ok(0) => Err(io::Error::new(

@@ -183,6 +183,8 @@ impl Session {
         self.incoming.extend_from_slice(&region[opened.in_next..]);
         let n = opened.out_end.min(max_bytes);
         self.pending.extend_from_slice(&region[n..opened.out_end]);
+        // The caller received at most one record past `max_bytes`.
+        debug_assert!(self.pending.len() <= crate::config::TLS_RECORD_MAX_BYTES);
         let next = if records.is_peer_closed() && self.pending.is_empty() {
             Next::PeerClosed
         } else {
