@@ -60,6 +60,12 @@ pub const STALL_HOLD_S: u64 = 600;
 pub const DELAY_LINE_WINDOW_BYTES: usize = 4 << 20;
 /// Largest read the delay line stamps as one segment.
 pub const DELAY_LINE_SEGMENT_BYTES: usize = 64 << 10;
+/// Segments in flight each way, whatever their size (the window bounds the
+/// bytes): room for the window in reads of 1 KiB.
+pub const DELAY_LINE_SEGMENTS_MAX: usize = DELAY_LINE_WINDOW_BYTES / 1024;
+/// Longest `--latency-ms`: ten minutes is past any link worth modelling,
+/// and keeps every deadline far from `Instant`'s overflow.
+pub const LATENCY_MS_MAX: u64 = 600_000;
 /// The in-memory pipe between the delay line and the server's TLS.
 pub const DELAY_LINE_PIPE_BYTES: usize = 256 << 10;
 /// Keys whose attempt counters are remembered for fault decisions (~50 bytes

@@ -15,14 +15,18 @@
 //! when it is due; the queue between is the window. One task carries both
 //! directions of a connection and ends when the server's side has closed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
-use super::config::{DELAY_LINE_PIPE_BYTES, DELAY_LINE_SEGMENT_BYTES, DELAY_LINE_WINDOW_BYTES};
+use super::config::{
+    DELAY_LINE_PIPE_BYTES, DELAY_LINE_SEGMENT_BYTES, DELAY_LINE_SEGMENTS_MAX,
+    DELAY_LINE_WINDOW_BYTES,
+};
 
 /// Puts a delay line of `round_trip` in front of `socket`; the server
 /// serves the returned stream instead.
@@ -51,6 +55,8 @@ pub fn insert(socket: TcpStream, round_trip: Duration) -> DuplexStream {
 struct Segment {
     due: Instant,
     bytes: Option<Vec<u8>>,
+    /// The segment's share of the window, given back once it is delivered.
+    _window: Option<OwnedSemaphorePermit>,
 }
 
 /// Moves bytes from `from` to `to`, each `one_way` after it was read, until
@@ -61,8 +67,11 @@ async fn carry(
     mut to: impl AsyncWrite + Unpin,
     one_way: Duration,
 ) {
-    let (line, mut arrivals) =
-        mpsc::channel::<Segment>(DELAY_LINE_WINDOW_BYTES / DELAY_LINE_SEGMENT_BYTES);
+    // The window is bytes in flight, whatever the size of the reads that
+    // brought them: counted in segments, it was 64 reads, which TLS records
+    // (~16 KiB each) made ~1 MiB, and 64 KiB writes the full 4 MiB.
+    let window = Arc::new(Semaphore::new(DELAY_LINE_WINDOW_BYTES));
+    let (line, mut arrivals) = mpsc::channel::<Segment>(DELAY_LINE_SEGMENTS_MAX);
     let reading = async move {
         let mut buf = vec![0u8; DELAY_LINE_SEGMENT_BYTES];
         loop {
@@ -76,9 +85,21 @@ async fn carry(
                 Ok(n) => Some(buf[..n].to_vec()),
             };
             let end = bytes.is_none();
+            // Stamped as read: a read that waits for room in the window is
+            // a byte held at the sender, as TCP holds it, not a later one.
+            let due = Instant::now() + one_way;
+            let share = bytes.as_ref().map_or(0, Vec::len) as u32;
+            let permit = match share {
+                0 => None,
+                _ => match Arc::clone(&window).acquire_many_owned(share).await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return,
+                },
+            };
             let segment = Segment {
-                due: Instant::now() + one_way,
+                due,
                 bytes,
+                _window: permit,
             };
             if line.send(segment).await.is_err() || end {
                 return;

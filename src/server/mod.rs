@@ -115,7 +115,7 @@ pub struct ServeArgs {
     pub seed: u64,
     /// Round trip added to every connection: each byte, either way, arrives
     /// half of it late (a delay line below TLS; a long link's window too).
-    #[arg(long, default_value_t = 0, value_name = "MS")]
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=config::LATENCY_MS_MAX))]
     pub latency_ms: u64,
     /// Bandwidth limit of each connection (e.g. 10MB/s, 512KiB).
     #[arg(long, value_parser = parse_rate_bytes_per_s, value_name = "RATE")]
