@@ -155,8 +155,25 @@ fn load_and_open(
     path: &Path,
     digests: &mut HashMap<String, CachedDigest>,
 ) -> std::io::Result<File> {
-    std::fs::create_dir_all(dir)?;
-    if let Ok(existing) = File::open(path) {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    // The digests are what listings and downloads publish: a directory
+    // another user can write to (the shared-TMPDIR fallback, planted
+    // before us) could feed forged ones in, or point the index elsewhere.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let ours = meta.uid() == rustix::process::getuid().as_raw();
+    if !meta.is_dir() || !ours || meta.mode() & 0o002 != 0 {
+        return Err(std::io::Error::other(
+            "not a directory of ours that others cannot write (give --cache-dir one)",
+        ));
+    }
+    let no_symlink = |options: &mut std::fs::OpenOptions| -> std::io::Result<File> {
+        options.custom_flags(libc::O_NOFOLLOW).open(path)
+    };
+    if let Ok(existing) = no_symlink(std::fs::OpenOptions::new().read(true)) {
         for line in std::io::BufReader::new(existing).lines() {
             let Ok(line) = line else { break };
             let Ok(parsed) = serde_json::from_str::<IndexLine>(&line) else {
@@ -181,10 +198,7 @@ fn load_and_open(
             );
         }
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    no_symlink(std::fs::OpenOptions::new().create(true).append(true))
 }
 
 /// Hashes exactly `size_bytes` of `file`; a file that changed size while being
@@ -231,4 +245,33 @@ pub fn default_cache_dir(dir: &Path) -> PathBuf {
     std::env::temp_dir()
         .join(format!("ringdown-serve-cache-{uid}"))
         .join(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_cache_others_can_write_or_a_symlinked_index_is_not_used() {
+        let root = tempfile::tempdir().unwrap();
+        // Ours, made here: used, and made owner-only.
+        let fresh = root.path().join("a/b");
+        assert!(Sha1Cache::open(Some(&fresh)).index_path.is_some());
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        // World-writable (a planted shared directory): memory only.
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(Sha1Cache::open(Some(&shared)).index_path.is_none());
+        // An index that is a symlink (to a file of someone's choosing).
+        let linked = root.path().join("linked");
+        std::fs::create_dir(&linked).unwrap();
+        let target = root.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, linked.join("sha1-index.jsonl")).unwrap();
+        assert!(Sha1Cache::open(Some(&linked)).index_path.is_none());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
 }
