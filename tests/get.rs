@@ -1321,25 +1321,18 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         .env("SSL_CERT_FILE", served.ca_file.as_ref().unwrap())
         .run_bounded();
     assert_ok(&output);
-    // An SSL_CERT_FILE that cannot be read is a configuration error (exit
-    // 2), not an untrusted server (it left no root at all: exit 3).
-    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
-        .args([
-            "get",
-            "b2://bkt/a.bin",
-            &dest,
-            "--force",
-            "--realm",
-            &served.realm,
-        ])
-        .env("B2_APPLICATION_KEY_ID", &served.key_id)
-        .env("B2_APPLICATION_KEY", &served.key)
-        .env("SSL_CERT_FILE", "/no/such/ca.pem")
-        .run_bounded();
-    assert_exit(&output, 2, "SSL_CERT_FILE /no/such/ca.pem");
-    // Set but empty (`ENV SSL_CERT_FILE=`) it would leave no root either:
-    // exit 2, saying how to unset it.
-    for variable in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+    // A trust store named in the environment that cannot be read, or set
+    // but empty (`ENV SSL_CERT_FILE=`), would leave no root at all: a
+    // configuration error (exit 2) saying so, not an untrusted server (3).
+    for (variable, value, said) in [
+        (
+            "SSL_CERT_FILE",
+            "/no/such/ca.pem",
+            "SSL_CERT_FILE /no/such/ca.pem",
+        ),
+        ("SSL_CERT_FILE", "", "SSL_CERT_FILE is set but empty"),
+        ("SSL_CERT_DIR", "", "SSL_CERT_DIR is set but empty"),
+    ] {
         let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
             .args([
                 "get",
@@ -1352,9 +1345,9 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
             .env("B2_APPLICATION_KEY_ID", &served.key_id)
             .env("B2_APPLICATION_KEY", &served.key)
             .env_remove("SSL_CERT_FILE")
-            .env(variable, "")
+            .env(variable, value)
             .run_bounded();
-        assert_exit(&output, 2, &format!("{variable} is set but empty"));
+        assert_exit(&output, 2, said);
     }
 
     // DEST exists: exit 2 without --force, file untouched.

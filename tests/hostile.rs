@@ -211,6 +211,15 @@ fn respond_json(stream: &mut TcpStream, status: u16, value: serde_json::Value) {
 }
 
 /// Writes raw bytes and closes the write side.
+/// B2's error answer: `{"status":STATUS,"code":CODE,"message":MESSAGE}`.
+fn b2_error(stream: &mut TcpStream, status: u16, code: &str, message: &str) {
+    respond_json(
+        stream,
+        status,
+        serde_json::json!({"status": status, "code": code, "message": message}),
+    );
+}
+
 fn respond_raw(stream: &mut TcpStream, bytes: &[u8]) {
     let _ = stream.write_all(bytes);
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -328,11 +337,7 @@ fn default_route(req: &Req, stream: &mut TcpStream, port: u16, objects: &[Object
             )
         );
         if req.header("authorization") != Some(expected.as_str()) {
-            return respond_json(
-                stream,
-                401,
-                serde_json::json!({"status":401,"code":"unauthorized","message":"bad key"}),
-            );
+            return b2_error(stream, 401, "unauthorized", "bad key");
         }
         return respond_json(stream, 200, authorize_json(port));
     }
@@ -370,11 +375,7 @@ fn default_route(req: &Req, stream: &mut TcpStream, port: u16, objects: &[Object
     };
     match found {
         Some(object) => serve_object(req, stream, object),
-        None => respond_json(
-            stream,
-            404,
-            serde_json::json!({"status":404,"code":"not_found","message":"no such file"}),
-        ),
+        None => b2_error(stream, 404, "not_found", "no such file"),
     }
 }
 
@@ -1305,11 +1306,7 @@ fn a_listing_page_outlasts_a_refresh_the_api_cannot_answer() {
             // The first answers; the refresh's 3 tries meet the outage.
             let call = authorized.fetch_add(1, Ordering::SeqCst);
             if (1..=3).contains(&call) {
-                respond_json(
-                    stream,
-                    503,
-                    serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
-                );
+                b2_error(stream, 503, "service_unavailable", "busy");
                 return true;
             }
             return false;
@@ -1321,11 +1318,7 @@ fn a_listing_page_outlasts_a_refresh_the_api_cannot_answer() {
             let page = match listed.fetch_add(1, Ordering::SeqCst) {
                 0 => serde_json::json!({"files": [entries[0]], "nextFileName": "b"}),
                 _ if expired => {
-                    respond_json(
-                        stream,
-                        401,
-                        serde_json::json!({"status":401,"code":"expired_auth_token","message":"expired"}),
-                    );
+                    b2_error(stream, 401, "expired_auth_token", "expired");
                     return true;
                 }
                 _ => serde_json::json!({"files": [entries[1]], "nextFileName": null}),
@@ -1402,10 +1395,11 @@ fn an_sse_c_key_quoted_back_by_the_origin_is_redacted() {
                 .header("x-bz-server-side-encryption-customer-key")
                 .unwrap_or("none")
                 .to_string();
-            respond_json(
+            b2_error(
                 stream,
                 400,
-                serde_json::json!({"status":400,"code":"bad_request","message":format!("key {sent} is not accepted")}),
+                "bad_request",
+                &format!("key {sent} is not accepted"),
             );
             return true;
         }
@@ -1498,11 +1492,7 @@ fn a_listing_without_file_ids_refreshes_an_expired_token_for_its_downloads() {
             // expired token.
             if authorized.load(Ordering::SeqCst) < 2 {
                 expired.fetch_add(1, Ordering::SeqCst);
-                respond_json(
-                    stream,
-                    401,
-                    serde_json::json!({"status":401,"code":"expired_auth_token","message":"expired"}),
-                );
+                b2_error(stream, 401, "expired_auth_token", "expired");
                 return true;
             }
         }
@@ -1672,11 +1662,7 @@ fn the_first_name_wins_even_when_it_fails() {
         objects.iter().map(|(n, d)| (*n, d.clone())).collect(),
         move |req, stream| {
             if is_download(req) && req.query.contains("fileId=4_zid0") {
-                respond_json(
-                    stream,
-                    404,
-                    serde_json::json!({"status": 404, "code": "not_found", "message": "gone"}),
-                );
+                b2_error(stream, 404, "not_found", "gone");
                 return true;
             }
             pages(req, stream)
@@ -1897,11 +1883,7 @@ fn quoting_hook(
             req.path,
             percent_decode(&req.query)
         );
-        respond_json(
-            stream,
-            400,
-            serde_json::json!({"status": 400, "code": "bad_request", "message": message}),
-        );
+        b2_error(stream, 400, "bad_request", &message);
         true
     }
 }
@@ -2348,11 +2330,7 @@ fn a_run_fatal_error_cuts_the_listings_refresh_backoff_short() {
         if req.path.ends_with("/b2_authorize_account") {
             // The first answers; every refresh meets an outage.
             if authorized.fetch_add(1, Ordering::SeqCst) >= 1 {
-                respond_json(
-                    stream,
-                    503,
-                    serde_json::json!({"status":503,"code":"service_unavailable","message":"busy"}),
-                );
+                b2_error(stream, 503, "service_unavailable", "busy");
                 return true;
             }
             return false;
@@ -2364,21 +2342,13 @@ fn a_run_fatal_error_cuts_the_listings_refresh_backoff_short() {
                     200,
                     serde_json::json!({"files": [entries[0]], "nextFileName": "b"}),
                 ),
-                _ => respond_json(
-                    stream,
-                    401,
-                    serde_json::json!({"status":401,"code":"expired_auth_token","message":"expired"}),
-                ),
+                _ => b2_error(stream, 401, "expired_auth_token", "expired"),
             }
             return true;
         }
         if is_download(req) {
             // The download of "a" meets the spent daily cap: run-fatal.
-            respond_json(
-                stream,
-                403,
-                serde_json::json!({"status":403,"code":"download_cap_exceeded","message":"cap"}),
-            );
+            b2_error(stream, 403, "download_cap_exceeded", "cap");
             return true;
         }
         false
