@@ -49,6 +49,10 @@ pub const REQUEST_HEAD_TIMEOUT_S: u64 = 30;
 /// bytes is closed (a client that never reads a download would otherwise
 /// hold ~2 MiB of body buffers and a descriptor forever).
 pub const WRITE_STALL_TIMEOUT_S: u64 = 30;
+/// Pause after a failed `accept` (EMFILE and the like): long enough not to
+/// spin on a full descriptor table, short enough that a freed descriptor
+/// serves the next client at once.
+pub const ACCEPT_FAILURE_BACKOFF_MS: u64 = 50;
 /// TLS handshakes that take longer are dropped.
 pub const TLS_HANDSHAKE_TIMEOUT_S: u64 = 10;
 /// A `--stall-rate` body stays silent this long, then the connection is closed

@@ -655,7 +655,7 @@ async fn accept_loop(
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     say!("ringdown serve: accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_FAILURE_BACKOFF_MS)).await;
                 }
             },
             _ = sigterm.recv() => { say!("ringdown serve: SIGTERM, exiting"); return Ok(()); }
