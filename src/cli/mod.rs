@@ -94,7 +94,6 @@ fn check_output_file(
     Ok(())
 }
 
-/// Runs the parsed command and returns the process exit code.
 impl Command {
     /// What to do after a bug stopped this command (the panic hook's advice).
     pub fn after_a_bug(&self) -> &'static str {
@@ -108,6 +107,7 @@ impl Command {
     }
 }
 
+/// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Serve(args) => crate::server::run(args).map(|()| 0),

@@ -267,7 +267,7 @@ thread_local! {
     /// The `EngineConfig::cancel` flag of the run this thread works for
     /// (its calling thread, its listing thread): control-plane calls, which
     /// know no run, look at it as they look at a signal.
-    static RUN_CANCEL: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+    static RUN_CANCEL: std::cell::RefCell<Flag> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -276,12 +276,12 @@ type Flag = Option<std::sync::Arc<std::sync::atomic::AtomicBool>>;
 /// Puts back the flag a guard replaced: guards nest (a `get` run's round
 /// of a length-less origin sets its own), and the inner one's end must
 /// leave the outer run's flag, not none.
-struct Restore {
+struct PutBack {
     slot: &'static std::thread::LocalKey<std::cell::RefCell<Flag>>,
     previous: Flag,
 }
 
-impl Drop for Restore {
+impl Drop for PutBack {
     fn drop(&mut self) {
         let previous = self.previous.take();
         self.slot.with(|slot| *slot.borrow_mut() = previous);
@@ -290,7 +290,7 @@ impl Drop for Restore {
 
 /// Makes `cancel` this thread's run flag until the guard drops.
 pub fn cancel_on_this_thread(cancel: Flag) -> impl Drop {
-    Restore {
+    PutBack {
         slot: &RUN_CANCEL,
         previous: RUN_CANCEL.with(|slot| slot.replace(cancel)),
     }
@@ -300,7 +300,7 @@ thread_local! {
     /// Set once the run this thread works for has ended by itself (a
     /// run-fatal error in `restore`): the control-plane backoffs of its
     /// listing thread end at once instead of keeping the run waiting.
-    static RUN_ENDED: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+    static RUN_ENDED: std::cell::RefCell<Flag> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -308,7 +308,7 @@ thread_local! {
 pub fn end_with_run_on_this_thread(
     ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> impl Drop {
-    Restore {
+    PutBack {
         slot: &RUN_ENDED,
         previous: RUN_ENDED.with(|slot| slot.replace(Some(ended))),
     }

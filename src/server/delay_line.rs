@@ -85,9 +85,6 @@ async fn carry(
                 Ok(n) => Some(buf[..n].to_vec()),
             };
             let end = bytes.is_none();
-            // Stamped as read: a read that waits for room in the window is
-            // a byte held at the sender, as TCP holds it, not a later one.
-            let due = Instant::now() + one_way;
             let share = bytes.as_ref().map_or(0, Vec::len) as u32;
             let permit = match share {
                 0 => None,
@@ -96,6 +93,10 @@ async fn carry(
                     Err(_) => return,
                 },
             };
+            // Stamped once there is room: bytes the window held back are
+            // sent now, as TCP sends them, and arrive a one-way delay later
+            // (stamped as read, they would arrive at once).
+            let due = Instant::now() + one_way;
             let segment = Segment {
                 due,
                 bytes,
