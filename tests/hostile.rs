@@ -220,6 +220,16 @@ fn b2_error(stream: &mut TcpStream, status: u16, code: &str, message: &str) {
     );
 }
 
+/// A listing of `entries` in one page; true, as a hook that answered returns.
+fn answer_one_page(stream: &mut TcpStream, entries: &[serde_json::Value]) -> bool {
+    respond_json(
+        stream,
+        200,
+        serde_json::json!({"files": entries, "nextFileName": null}),
+    );
+    true
+}
+
 fn respond_raw(stream: &mut TcpStream, bytes: &[u8]) {
     let _ = stream.write_all(bytes);
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -1383,12 +1393,7 @@ fn an_sse_c_key_quoted_back_by_the_origin_is_redacted() {
             return true;
         }
         if req.path.ends_with("/b2_list_file_names") {
-            respond_json(
-                stream,
-                200,
-                serde_json::json!({"files": entries, "nextFileName": null}),
-            );
-            return true;
+            return answer_one_page(stream, &entries);
         }
         if is_download(req) {
             let sent = req
@@ -1473,12 +1478,7 @@ fn a_listing_without_file_ids_refreshes_an_expired_token_for_its_downloads() {
             return false;
         }
         if req.path.ends_with("/b2_list_file_names") {
-            respond_json(
-                stream,
-                200,
-                serde_json::json!({"files": entries, "nextFileName": null}),
-            );
-            return true;
+            return answer_one_page(stream, &entries);
         }
         if is_download(req) {
             assert!(
