@@ -98,6 +98,11 @@ impl Cursor {
 /// `durable` mark). What they name is made durable (`syncfs`) before they
 /// go into the sorted file, and the journal is rewritten: the chunk records
 /// kept, a `durable` mark for them, and this run's `boot` line.
+///
+/// A chunk record is kept only while `partial_exists(key)`: the partial
+/// file's name comes from the key, so a record that outlived its file (a
+/// failed object, a run-fatal error, a cleaned `.ringdown/partial/`) would
+/// vouch for the next partial of that name, a new file of zeros.
 pub fn load(
     state: &OwnedFd,
     sorted_name: &str,
@@ -105,6 +110,7 @@ pub fn load(
     journal_name: &str,
     run_bytes: usize,
     boot: Option<&str>,
+    partial_exists: &dyn Fn(&str) -> bool,
 ) -> Result<Loaded> {
     let context = |what: &str| format!("{what} (.ringdown/{sorted_name})");
     let reading = |error| {
@@ -167,7 +173,7 @@ pub fn load(
         trust.line(text, end_offset, &mut take);
     }
     trust.finish();
-    chunks.retain(|_, bytes| *bytes > 0);
+    chunks.retain(|key, bytes| *bytes > 0 && partial_exists(key));
     if let Some(error) = sort_failure {
         return Err(sort_error(error));
     }
@@ -298,6 +304,11 @@ mod tests {
 
     const B: Option<&str> = Some("B");
 
+    /// `load`'s `partial_exists` where every large object's partial is there.
+    fn every_partial(_: &str) -> bool {
+        true
+    }
+
     /// A permutation of 0..n that is far from sorted.
     fn shuffled(n: u64) -> Vec<u64> {
         (0..n).map(|i| (i * 7919) % n).collect()
@@ -318,7 +329,16 @@ mod tests {
         // A line that is not UTF-8 (cut inside a character) is skipped too.
         journal.write_all(b"ok\tcaf\xc3\tidx\t1\n").unwrap();
         // Tiny runs: many spills, a real k-way merge.
-        let mut loaded = load(&state, "completed", journal, "journal", 4096, B).unwrap();
+        let mut loaded = load(
+            &state,
+            "completed",
+            journal,
+            "journal",
+            4096,
+            B,
+            &every_partial,
+        )
+        .unwrap();
         assert_eq!(loaded.completed_count, 5000);
         assert_eq!(loaded.chunks.len(), 1);
         assert_eq!(loaded.chunks["id-big\t99"], 8_388_608);
@@ -369,7 +389,16 @@ mod tests {
              chunk\tid-big\t9\t0\nchunk\tid-big\t9\t4096\n\
              chunk\tid-new\t9\t8192\nchunk\tid-new\t9\t0\n",
         );
-        let loaded = load(&state, "completed", journal, "journal", 1 << 20, B).unwrap();
+        let loaded = load(
+            &state,
+            "completed",
+            journal,
+            "journal",
+            1 << 20,
+            B,
+            &every_partial,
+        )
+        .unwrap();
         assert_eq!(loaded.chunks.len(), 1, "{:?}", loaded.chunks);
         assert_eq!(loaded.chunks["id-big\t9"], 4096);
         let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
@@ -380,13 +409,30 @@ mod tests {
     fn a_second_start_merges_new_records_into_the_sorted_file() {
         let (dir, state) = state_dir();
         let journal = journal_with(dir.path(), "boot\tB\nok\tb\tid-b\t1\nok\td\tid-d\t1\n");
-        let mut journal = load(&state, "completed", journal, "journal", 1 << 20, B)
-            .unwrap()
-            .journal;
+        let mut journal = load(
+            &state,
+            "completed",
+            journal,
+            "journal",
+            1 << 20,
+            B,
+            &every_partial,
+        )
+        .unwrap()
+        .journal;
         journal
             .write_all(b"ok\ta\tid-a\t1\nok\tc\tid-c\t1\n")
             .unwrap();
-        let mut loaded = load(&state, "completed", journal, "journal", 1 << 20, B).unwrap();
+        let mut loaded = load(
+            &state,
+            "completed",
+            journal,
+            "journal",
+            1 << 20,
+            B,
+            &every_partial,
+        )
+        .unwrap();
         assert_eq!(loaded.completed_count, 4);
         for name in ["a", "b", "c", "d"] {
             assert!(
@@ -397,11 +443,51 @@ mod tests {
         }
         // Nothing new: the sorted file is reused as it is.
         let journal = loaded.journal;
-        let mut loaded = load(&state, "completed", journal, "journal", 1 << 20, B).unwrap();
+        let mut loaded = load(
+            &state,
+            "completed",
+            journal,
+            "journal",
+            1 << 20,
+            B,
+            &every_partial,
+        )
+        .unwrap();
         assert_eq!(loaded.completed_count, 4);
         assert!(loaded.completed.contains(&record("c", "id-c\t1")));
         remove(&state, "completed");
         assert!(!dir.path().join("completed").exists());
+    }
+
+    /// A chunk record whose partial file is gone is dropped, from what
+    /// resumes and from the rewritten journal: the next partial of that
+    /// name is a new file (h29: a 20 GiB object's stale 8 GiB record, then
+    /// a fresh partial killed early, resumed at 8 GiB over zeros).
+    #[test]
+    fn a_chunk_record_that_outlived_its_partial_file_is_dropped() {
+        let (dir, state) = state_dir();
+        let journal = journal_with(
+            dir.path(),
+            "boot\tB\nchunk\tid-gone\t99\t8192\nchunk\tid-here\t99\t4096\n",
+        );
+        let exists = |key: &str| key == "id-here\t99";
+        let loaded = load(&state, "completed", journal, "journal", 1 << 20, B, &exists).unwrap();
+        assert_eq!(loaded.chunks.len(), 1);
+        assert_eq!(loaded.chunks["id-here\t99"], 4096);
+        // Not restated: the next load finds it no more, whatever exists then.
+        let loaded = load(
+            &state,
+            "completed",
+            loaded.journal,
+            "journal",
+            1 << 20,
+            B,
+            &every_partial,
+        )
+        .unwrap();
+        assert_eq!(loaded.chunks.len(), 1, "{:?}", loaded.chunks);
+        let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
+        assert!(!text.contains("id-gone"), "{text}");
     }
 
     /// After a reboot (a power cut), a record is trusted only where a
@@ -415,7 +501,16 @@ mod tests {
             "boot\tA\nok\tsafe\tid-s\t1\nchunk\tid-big\t9\t4096\n\
              durable\t42\nok\tlost\tid-l\t1\nchunk\tid-big\t9\t8192\n",
         );
-        let mut loaded = load(&state, "completed", journal, "journal", 1 << 20, Some("C")).unwrap();
+        let mut loaded = load(
+            &state,
+            "completed",
+            journal,
+            "journal",
+            1 << 20,
+            Some("C"),
+            &every_partial,
+        )
+        .unwrap();
         assert_eq!(loaded.completed_count, 1);
         assert_eq!(loaded.chunks["id-big\t9"], 4096);
         assert!(loaded.completed.contains(&record("safe", "id-s\t1")));
@@ -429,7 +524,16 @@ mod tests {
             dir.path(),
             "boot\tA\nok\tsafe\tid-s\t1\ndurable\t22\nok\tlost\tid-l\t1\n",
         );
-        let loaded = load(&state, "completed", journal, "journal", 1 << 20, Some("A")).unwrap();
+        let loaded = load(
+            &state,
+            "completed",
+            journal,
+            "journal",
+            1 << 20,
+            Some("A"),
+            &every_partial,
+        )
+        .unwrap();
         assert_eq!(loaded.completed_count, 2);
     }
 

@@ -1428,6 +1428,14 @@ fn schedule(
     } else {
         target.temp_name()
     };
+    // A large object started afresh says so before its partial file is
+    // made: a record an earlier run left for that name (a partial since
+    // removed) must not vouch for the new file's zeros after a kill.
+    if is_large && resume_bytes.is_none() {
+        if let Err(error) = target.journal_chunks(&key, 0) {
+            return fail(error);
+        }
+    }
     let created = match resume_bytes {
         Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
         None => crate::get::create_temp(

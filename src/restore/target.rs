@@ -250,6 +250,19 @@ impl Target {
             }
         };
         let completed_name = format!("completed-{}-of-{}", shard.index, shard.count);
+        let shard_tag = shard_tag(shard);
+        // A half-done large object resumes only if its partial file survived.
+        let partial_exists = |key: &str| {
+            rustix::fs::statat(
+                &partial,
+                large_temp_name(&shard_tag, key),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|stat| {
+                rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                    == rustix::fs::FileType::RegularFile
+            })
+        };
         let loaded = completed::load(
             &state,
             &completed_name,
@@ -257,6 +270,7 @@ impl Target {
             &journal_name,
             JOURNAL_SORT_RUN_BYTES,
             journal::boot_id().as_deref(),
+            &partial_exists,
         )?;
         let journal = Journal::new(loaded.journal);
         let durable_marks = DurableMarks::start(
@@ -266,29 +280,13 @@ impl Target {
                 .map_err(|error| Error::io(format!("{state_context}: duplicating"), error))?,
             std::time::Duration::from_millis(JOURNAL_DURABLE_INTERVAL_MS),
         );
-        let chunks = loaded.chunks;
+        let resumable = loaded.chunks;
         let temp_salt = {
             use std::hash::{BuildHasher, Hasher};
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
             hasher.write_u32(std::process::id());
             hasher.finish()
         };
-        let shard_tag = shard_tag(shard);
-        // A half-done large object resumes only if its partial file survived.
-        let resumable = chunks
-            .into_iter()
-            .filter(|(key, _)| {
-                rustix::fs::statat(
-                    &partial,
-                    large_temp_name(&shard_tag, key),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .is_ok_and(|stat| {
-                    rustix::fs::FileType::from_raw_mode(stat.st_mode)
-                        == rustix::fs::FileType::RegularFile
-                })
-            })
-            .collect();
         let claimed_folded = is_case_insensitive(&partial, temp_salt).then(Default::default);
         let target = Target {
             root_path: root_path.to_path_buf(),
