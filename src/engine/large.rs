@@ -672,6 +672,24 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     let spec = &job.spec;
     let object = &spec.object;
     let mut outcome = job.outcome();
+    // The digest is of the bytes received, hashed from memory, often before
+    // their write: only the written prefix says they all reached the file.
+    // A lost write would leave a hole (zeros, the file is pre-allocated)
+    // under a digest that matches. Checked in release builds too: they are
+    // the ones that write users' data.
+    let written_bytes = job
+        .written
+        .lock()
+        .expect("written lock")
+        .prefix
+        .prefix_bytes();
+    if outcome.is_ok() && written_bytes < object.size_bytes {
+        outcome = Err(Error::Fatal(format!(
+            "{}: hashed whole, but only {written_bytes} of its {} bytes were written \
+             (an internal error; please report it)",
+            object.display_name, object.size_bytes
+        )));
+    }
     if outcome.is_ok() {
         // O_DIRECT wrote the tail padded to a block; and a partial file
         // resumed from an earlier run can be longer still (that run's padded
