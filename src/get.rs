@@ -1828,10 +1828,6 @@ fn creation_error(context: String, error: rustix::io::Errno) -> Error {
     }
 }
 
-/// Creates the temporary file (never following a symlink), pre-allocated.
-/// `mode` is the object's, from `DirectIo::for_object`. Returns whether
-/// O_DIRECT is on. `display_path` is the final path, named
-/// in errors (the temporary name means nothing to the user).
 /// Access and modification time both at `mtime_ms` (B2's
 /// `src_last_modified_millis`), for `futimens`/`utimensat`.
 pub(crate) fn timestamps_at(mtime_ms: u64) -> Timestamps {
@@ -1845,6 +1841,10 @@ pub(crate) fn timestamps_at(mtime_ms: u64) -> Timestamps {
     }
 }
 
+/// Creates the temporary file (never following a symlink), pre-allocated.
+/// `mode` is the object's, from `DirectIo::for_object`. Returns whether
+/// O_DIRECT is on. `display_path` is the final path, named
+/// in errors (the temporary name means nothing to the user).
 pub(crate) fn create_temp(
     dir: &OwnedFd,
     name: &str,

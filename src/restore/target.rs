@@ -135,10 +135,6 @@ fn mkdir_and_open(dir: impl AsFd + Copy, name: &str) -> std::result::Result<Owne
     open_dir_beneath(dir, name)
 }
 
-/// What a shard's partial file names start with: `K-of-N-`. Runs of
-/// different shard counts may share one DIR (a whole-bucket run beside a
-/// `--shard 0/2` one): each cleans up only names with its own tag, and no
-/// tag is a prefix of another.
 /// Takes the shard's journal lock: one restore of a shard into a DIR at a
 /// time (exit 2 for the second).
 fn lock_journal(
@@ -166,6 +162,10 @@ fn lock_journal(
     })
 }
 
+/// What a shard's partial file names start with: `K-of-N-`. Runs of
+/// different shard counts may share one DIR (a whole-bucket run beside a
+/// `--shard 0/2` one): each cleans up only names with its own tag, and no
+/// tag is a prefix of another.
 fn shard_tag(shard: Shard) -> String {
     format!("{}-of-{}-", shard.index, shard.count)
 }
