@@ -421,6 +421,16 @@ fn a_body_without_content_length_is_streamed_whole() {
     assert_exit(&output, 1, "SHA1 mismatch");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
+    // --limit-rate cannot pace such a body: refused, not run past the limit.
+    let url = lengthless_origin(body.clone(), true, usize::MAX);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("l.bin");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest, "--limit-rate", "1MB/s"])
+        .run_bounded();
+    assert_exit(&output, 2, "--limit-rate is not applied to such a body");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
 }
 
 /// An origin that answers every `Range` with the whole object (Python's
