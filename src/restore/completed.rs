@@ -304,9 +304,23 @@ mod tests {
 
     const B: Option<&str> = Some("B");
 
-    /// `load`'s `partial_exists` where every large object's partial is there.
-    fn every_partial(_: &str) -> bool {
-        true
+    /// `load` of "journal" into "completed", every large object's partial
+    /// file there (so every chunk record is kept).
+    fn load_kept(
+        state: &OwnedFd,
+        journal: File,
+        run_bytes: usize,
+        boot: Option<&str>,
+    ) -> Result<Loaded> {
+        load(
+            state,
+            "completed",
+            journal,
+            "journal",
+            run_bytes,
+            boot,
+            &|_| true,
+        )
     }
 
     /// A permutation of 0..n that is far from sorted.
@@ -329,16 +343,7 @@ mod tests {
         // A line that is not UTF-8 (cut inside a character) is skipped too.
         journal.write_all(b"ok\tcaf\xc3\tidx\t1\n").unwrap();
         // Tiny runs: many spills, a real k-way merge.
-        let mut loaded = load(
-            &state,
-            "completed",
-            journal,
-            "journal",
-            4096,
-            B,
-            &every_partial,
-        )
-        .unwrap();
+        let mut loaded = load_kept(&state, journal, 4096, B).unwrap();
         assert_eq!(loaded.completed_count, 5000);
         assert_eq!(loaded.chunks.len(), 1);
         assert_eq!(loaded.chunks["id-big\t99"], 8_388_608);
@@ -389,16 +394,7 @@ mod tests {
              chunk\tid-big\t9\t0\nchunk\tid-big\t9\t4096\n\
              chunk\tid-new\t9\t8192\nchunk\tid-new\t9\t0\n",
         );
-        let loaded = load(
-            &state,
-            "completed",
-            journal,
-            "journal",
-            1 << 20,
-            B,
-            &every_partial,
-        )
-        .unwrap();
+        let loaded = load_kept(&state, journal, 1 << 20, B).unwrap();
         assert_eq!(loaded.chunks.len(), 1, "{:?}", loaded.chunks);
         assert_eq!(loaded.chunks["id-big\t9"], 4096);
         let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
@@ -409,30 +405,11 @@ mod tests {
     fn a_second_start_merges_new_records_into_the_sorted_file() {
         let (dir, state) = state_dir();
         let journal = journal_with(dir.path(), "boot\tB\nok\tb\tid-b\t1\nok\td\tid-d\t1\n");
-        let mut journal = load(
-            &state,
-            "completed",
-            journal,
-            "journal",
-            1 << 20,
-            B,
-            &every_partial,
-        )
-        .unwrap()
-        .journal;
+        let mut journal = load_kept(&state, journal, 1 << 20, B).unwrap().journal;
         journal
             .write_all(b"ok\ta\tid-a\t1\nok\tc\tid-c\t1\n")
             .unwrap();
-        let mut loaded = load(
-            &state,
-            "completed",
-            journal,
-            "journal",
-            1 << 20,
-            B,
-            &every_partial,
-        )
-        .unwrap();
+        let mut loaded = load_kept(&state, journal, 1 << 20, B).unwrap();
         assert_eq!(loaded.completed_count, 4);
         for name in ["a", "b", "c", "d"] {
             assert!(
@@ -443,16 +420,7 @@ mod tests {
         }
         // Nothing new: the sorted file is reused as it is.
         let journal = loaded.journal;
-        let mut loaded = load(
-            &state,
-            "completed",
-            journal,
-            "journal",
-            1 << 20,
-            B,
-            &every_partial,
-        )
-        .unwrap();
+        let mut loaded = load_kept(&state, journal, 1 << 20, B).unwrap();
         assert_eq!(loaded.completed_count, 4);
         assert!(loaded.completed.contains(&record("c", "id-c\t1")));
         remove(&state, "completed");
@@ -475,16 +443,7 @@ mod tests {
         assert_eq!(loaded.chunks.len(), 1);
         assert_eq!(loaded.chunks["id-here\t99"], 4096);
         // Not restated: the next load finds it no more, whatever exists then.
-        let loaded = load(
-            &state,
-            "completed",
-            loaded.journal,
-            "journal",
-            1 << 20,
-            B,
-            &every_partial,
-        )
-        .unwrap();
+        let loaded = load_kept(&state, loaded.journal, 1 << 20, B).unwrap();
         assert_eq!(loaded.chunks.len(), 1, "{:?}", loaded.chunks);
         let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
         assert!(!text.contains("id-gone"), "{text}");
@@ -501,16 +460,7 @@ mod tests {
             "boot\tA\nok\tsafe\tid-s\t1\nchunk\tid-big\t9\t4096\n\
              durable\t42\nok\tlost\tid-l\t1\nchunk\tid-big\t9\t8192\n",
         );
-        let mut loaded = load(
-            &state,
-            "completed",
-            journal,
-            "journal",
-            1 << 20,
-            Some("C"),
-            &every_partial,
-        )
-        .unwrap();
+        let mut loaded = load_kept(&state, journal, 1 << 20, Some("C")).unwrap();
         assert_eq!(loaded.completed_count, 1);
         assert_eq!(loaded.chunks["id-big\t9"], 4096);
         assert!(loaded.completed.contains(&record("safe", "id-s\t1")));
@@ -524,16 +474,7 @@ mod tests {
             dir.path(),
             "boot\tA\nok\tsafe\tid-s\t1\ndurable\t22\nok\tlost\tid-l\t1\n",
         );
-        let loaded = load(
-            &state,
-            "completed",
-            journal,
-            "journal",
-            1 << 20,
-            Some("A"),
-            &every_partial,
-        )
-        .unwrap();
+        let loaded = load_kept(&state, journal, 1 << 20, Some("A")).unwrap();
         assert_eq!(loaded.completed_count, 2);
     }
 
