@@ -28,7 +28,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
@@ -2384,6 +2384,89 @@ fn a_run_fatal_error_cuts_the_listings_refresh_backoff_short() {
         "the run-fatal error waited {took:?} for the listing: {}",
         run.stderr
     );
+}
+
+/// A run-fatal error (the download cap, on a small object) while a chunk of
+/// a large object waits out a long `Retry-After` ends the run at once: the
+/// run's stop reaches the chunk's backoff. Chunks used to look at signals
+/// only, and the run waited 30 s for each of the chunk's attempts (h28 #1).
+#[test]
+fn a_run_fatal_error_cuts_a_chunks_backoff_short() {
+    const PART: usize = 64 * 1024;
+    let objects = [("a-big", data(3 * PART, 1)), ("b-small", data(1000, 2))];
+    let backing_off = Arc::new(AtomicBool::new(false));
+    let chunk_backs_off = Arc::clone(&backing_off);
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if !is_download(req) {
+            return false;
+        }
+        if req.query.contains("fileId=4_zid1") {
+            // Once a chunk of "a-big" waits out its Retry-After, the small
+            // object meets the spent daily cap: run-fatal.
+            let waited = Instant::now();
+            while !chunk_backs_off.load(Ordering::SeqCst) && waited.elapsed().as_secs() < 10 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            b2_error(stream, 403, "download_cap_exceeded", "cap");
+            return true;
+        }
+        if req.range().is_some_and(|(first, _)| first >= PART as u64) {
+            let body = serde_json::json!({"status": 503, "code": "service_unavailable", "message": "busy"});
+            let headers = [
+                ("Content-Type", "application/json".to_string()),
+                ("Retry-After", "30".to_string()),
+            ];
+            respond(stream, 503, &headers, body.to_string().as_bytes());
+            chunk_backs_off.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let started = Instant::now();
+    let run = restore_into(
+        &fake,
+        &dir,
+        &[
+            "--part-size",
+            "64KiB",
+            "--buffer-size",
+            "16KiB",
+            "--cores",
+            "1",
+        ],
+    );
+    let took = started.elapsed();
+    assert!(
+        backing_off.load(Ordering::SeqCst),
+        "no chunk backed off: {}",
+        run.stderr
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("download_cap_exceeded"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(ringdown::engine::NOT_FINISHED),
+        "the large object is not named as left unfinished: {}",
+        run.stderr
+    );
+    assert!(
+        took.as_secs() < 10,
+        "the run-fatal error waited {took:?} for a chunk's Retry-After: {}",
+        run.stderr
+    );
+    // Exit 1: the journal stays; no file, and no partial one.
+    let left: Vec<String> = tree(&dir)
+        .into_iter()
+        .filter(|path| !path.starts_with(".ringdown/") || path.starts_with(".ringdown/partial/"))
+        .filter(|path| path != ".ringdown")
+        .collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
 /// A download host in front of B2 that drops B2's `x-bz-*` headers (a

@@ -41,7 +41,6 @@ async fn retry_chunk(
     retries: &mut Retries,
 ) -> Result<(), Error> {
     let job = &core.job;
-    let config = &core.core.shared.config;
     let chunk_started = Instant::now();
     // Bytes of this chunk received so far: written, in flight, or in `current`.
     let mut received_bytes: u64 = 0;
@@ -75,7 +74,7 @@ async fn retry_chunk(
             chunk.offset_bytes + received_bytes,
             chunk.last_byte()
         );
-        let stop = || job.chunk_stops(config.stop_signal(), chunk.offset_bytes);
+        let stop = || job.chunk_stops(core.core.shared.stop(), chunk.offset_bytes);
         let next = retries
             .next_attempt(&core.core, failure, &context, &stop, chunk.index)
             .await;
@@ -132,7 +131,7 @@ async fn attempt_chunk(
     let body_started = Instant::now();
     let mut body_left = body_len;
     while body_left > 0 {
-        // A stop signal lets the body finish (`Job::next_chunk`), unless a
+        // A stop lets the body finish (`Job::next_chunk`), unless a
         // chunk below gave up: then nothing this one brings is kept.
         if job.is_aborted() || job.gave_up_below(chunk.offset_bytes) {
             return Err(Failure::retry("aborted"));
@@ -251,7 +250,7 @@ async fn send_ahead(
     ahead: &mut Option<Chunk>,
 ) -> Result<(), Failure> {
     let job = &core.job;
-    let Some(next) = job.next_chunk(core.core.shared.config.stop_signal()) else {
+    let Some(next) = job.next_chunk(core.core.shared.stop()) else {
         return Ok(());
     };
     let range = Some((next.offset_bytes, next.last_byte()));

@@ -47,6 +47,28 @@ pub struct LargeSpec {
     pub on_written: Option<OnWritten>,
 }
 
+/// Why a run is stopping (`Shared::stop`), as a large object's chunks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A signal, or the library caller's `cancel` (`runtime::CANCELLED`):
+    /// what the chunks in flight bring is kept for a resume.
+    Signal(i32),
+    /// The scheduler's `Stopper`: an error elsewhere ended the run
+    /// (restore's run-fatal errors).
+    Run,
+}
+
+impl Stop {
+    /// The error of an object this stop left unfinished. A `Run` stop's is
+    /// not the run's cause (that one was reported where it happened).
+    fn error(self, display_name: &str) -> Error {
+        match self {
+            Stop::Signal(signal) => Error::Interrupted { signal },
+            Stop::Run => Error::Fatal(format!("{display_name}: {}", super::NOT_FINISHED)),
+        }
+    }
+}
+
 /// Set in `Job::members` once the last core has left: nobody may join.
 const CLOSED: u64 = 1 << 63;
 
@@ -59,11 +81,11 @@ pub(crate) struct Job {
     pub digest: SharedDigest,
     pub progress: Arc<Progress>,
     next_chunk: AtomicU64,
-    /// The signal that stopped the handing out of chunks (`next_chunk`):
-    /// the chunks in flight still finish, and the last connection to leave
-    /// aborts the job with it (`TakingChunks::drop`).
-    stop_signal: OnceLock<i32>,
-    /// After a stop signal, the offset of the lowest chunk that gave up (it
+    /// What stopped the handing out of chunks (`next_chunk`): the chunks
+    /// in flight still finish, and the last connection to leave aborts the
+    /// job with its error (`TakingChunks::drop`).
+    stop: OnceLock<Stop>,
+    /// After a stop, the offset of the lowest chunk that gave up (it
     /// failed, or waited to retry: nothing will fill its gap); `u64::MAX`
     /// while none did. What the chunks above it bring cannot extend the
     /// journaled prefix, so they stop too; those below it finish.
@@ -150,7 +172,7 @@ impl Job {
             digest: SharedDigest::resume(size_bytes, cores, offset_bytes, sha1),
             progress,
             next_chunk: AtomicU64::new(0),
-            stop_signal: OnceLock::new(),
+            stop: OnceLock::new(),
             given_up_at: AtomicU64::new(u64::MAX),
             aborted: AtomicBool::new(false),
             first_error: Mutex::new(None),
@@ -213,7 +235,7 @@ impl Job {
     /// core has joined yet (an object with no chunks left, or one aborted
     /// before it began, is completed by the first core that joins).
     pub fn wants_connections(&self) -> bool {
-        let stopping = self.stop_signal.get().is_some();
+        let stopping = self.stop.get().is_some();
         let has_chunks = !self.is_aborted() && !stopping && self.has_chunks_left();
         has_chunks || self.members.load(Ordering::Acquire) == 0
     }
@@ -225,16 +247,16 @@ impl Job {
     }
 
     /// The next chunk to fetch; none once the job is aborted, or once the
-    /// run is asked to stop (`stop_signal`, see `EngineConfig::stop_signal`):
-    /// then the chunks in flight finish, so that what they received is kept
-    /// for a resume (a chunk's bytes count only once all are written), and
-    /// the job ends when the last of them does.
-    pub fn next_chunk(&self, stop_signal: Option<i32>) -> Option<Chunk> {
+    /// run is stopping (`stop`, see `Shared::stop`): then the chunks in
+    /// flight finish, so that what they received is kept for a resume (a
+    /// chunk's bytes count only once all are written), and the job ends
+    /// when the last of them does.
+    pub fn next_chunk(&self, stop: Option<Stop>) -> Option<Chunk> {
         if self.is_aborted() {
             return None;
         }
-        if let Some(signal) = stop_signal {
-            self.stop_signal.get_or_init(|| signal);
+        if let Some(stop) = stop {
+            self.stop.get_or_init(|| stop);
             return None;
         }
         let index = self.next_chunk.fetch_add(1, Ordering::Relaxed);
@@ -244,31 +266,31 @@ impl Job {
     /// A connection taking chunks leaves, after `before - 1` others did or
     /// while they still work: the last one out of a job stopped with chunks
     /// left aborts it (nothing else will), so its cores finish and report
-    /// the signal.
+    /// the stop.
     fn connection_left(&self, before: usize) {
         let gave_up = self.given_up_at.load(Ordering::Acquire) != u64::MAX;
         let stopped_short = self
-            .stop_signal
+            .stop
             .get()
             .filter(|_| gave_up || self.has_chunks_left());
-        if let (1, Some(&signal)) = (before, stopped_short) {
-            self.abort(Error::Interrupted { signal });
+        if let (1, Some(stop)) = (before, stopped_short) {
+            self.abort(stop.error(&self.spec.object.display_name));
         }
     }
 
     /// Whether the chunk at `offset`, which cannot finish by itself (it
     /// failed, or waits to retry), is to stop: the job is over, or the run
-    /// is asked to stop. Then it gives up alone: the chunks below it
+    /// is stopping (`stop`). Then it gives up alone: the chunks below it
     /// finish and are journaled, those above it stop (`gave_up_below`),
     /// and the last connection out ends the job (`connection_left`).
-    pub fn chunk_stops(&self, stop_signal: Option<i32>, offset: u64) -> bool {
+    pub fn chunk_stops(&self, stop: Option<Stop>, offset: u64) -> bool {
         if self.is_aborted() {
             return true;
         }
-        let Some(signal) = stop_signal else {
+        let Some(stop) = stop else {
             return false;
         };
-        self.stop_signal.get_or_init(|| signal);
+        self.stop.get_or_init(|| stop);
         if self.given_up_at.fetch_min(offset, Ordering::AcqRel) > offset {
             // Connections above it waiting for a buffer may now take the
             // reserve, to find out and leave (each core's hasher wakes
@@ -524,8 +546,7 @@ pub(super) async fn take_chunks(
     };
     let _taking = TakingChunks::start(&core_job);
     let job = &core_job.job;
-    let stop_signal = || core.shared.config.stop_signal();
-    let mut next = job.next_chunk(stop_signal());
+    let mut next = job.next_chunk(core.shared.stop());
     while let Some(chunk) = next {
         // The chunk whose GET went out behind this one's, if any.
         let mut ahead = None;
@@ -541,7 +562,7 @@ pub(super) async fn take_chunks(
             Some(chunk) => {
                 (!job.is_aborted() && !job.gave_up_below(chunk.offset_bytes)).then_some(chunk)
             }
-            None => job.next_chunk(stop_signal()),
+            None => job.next_chunk(core.shared.stop()),
         };
     }
     // A GET sent ahead whose answer nobody will read.
@@ -723,8 +744,8 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
         .expect("done once");
     if mismatch
         && job.round <= OBJECT_REDOWNLOADS_ON_MISMATCH
-        && !shared.config.is_cancelled()
-        && !shared.has_panicked()
+        // Not once the run stops (a panic stops it too).
+        && !shared.is_stopped()
     {
         say!(
             "ringdown: {}: SHA1 mismatch; downloading it again",
@@ -736,8 +757,12 @@ async fn complete(core: &Rc<Core>, job: &Arc<Job>, file: Option<&File>) {
     }
     core.record(Stage::File, job.started.elapsed());
     let outcome = outcome.map_err(|error| {
-        let run_fatal =
-            error.is_refusal() || matches!(error, Error::Fatal(_) | Error::UringUnavailable(_));
+        // Left unfinished by a `Stopper` stop, it is not the run's cause:
+        // that was reported where it happened.
+        let stopped_by_run = job.stop.get() == Some(&Stop::Run);
+        let run_fatal = !stopped_by_run
+            && (error.is_refusal()
+                || matches!(error, Error::Fatal(_) | Error::UringUnavailable(_)));
         ObjectError { error, run_fatal }
     });
     done(ObjectResult {

@@ -475,6 +475,10 @@ pub enum Fetch {
 /// The end of the reason of an object a stopped run never started.
 pub const NOT_STARTED: &str = "not started: the run stopped";
 
+/// The end of the reason of a large object a run stopped by an error
+/// elsewhere (`scheduler::Stopper`) left unfinished.
+pub const NOT_FINISHED: &str = "not finished: the run stopped";
+
 /// Downloads one object of `object_size_bytes` into `file` (a scheduler
 /// with this one object) and returns its SHA1, computed in order from
 /// memory; O_DIRECT padding is already cut back.

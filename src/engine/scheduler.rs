@@ -249,7 +249,20 @@ enum Next {
 
 impl Shared {
     pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire) || self.config.is_cancelled()
+        self.stop().is_some()
+    }
+
+    /// Why the run is stopping, if it is: a signal (or the caller's
+    /// `cancel`) first, as that is what the run reports; else the
+    /// `Stopper` (or a panic).
+    pub fn stop(&self) -> Option<large::Stop> {
+        match self.config.stop_signal() {
+            Some(signal) => Some(large::Stop::Signal(signal)),
+            None => self
+                .stopped
+                .load(Ordering::Acquire)
+                .then_some(large::Stop::Run),
+        }
     }
 
     /// A producer that found the queue full waits until it is this short.
@@ -887,8 +900,9 @@ impl Drop for Scheduler {
     }
 }
 
-/// Stops a scheduler, from anywhere (`Scheduler::stopper`). It also cuts
-/// retry waits, backoffs and stalled receives short.
+/// Stops a scheduler, from anywhere (`Scheduler::stopper`): queued work is
+/// refused, and retry waits, backoffs and stalled receives are cut short.
+/// Requests in flight finish, as on a signal (`large::Stop`).
 #[derive(Clone)]
 pub struct Stopper(Arc<AtomicBool>);
 
