@@ -2469,6 +2469,80 @@ fn a_run_fatal_error_cuts_a_chunks_backoff_short() {
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
+/// The key is revoked midway through a large object, after a chunk was
+/// journaled: the restore ends with exit 3 and keeps that object's partial
+/// file and journal, and the run with a valid key resumes from them, as
+/// `get` does. It used to throw them away, as on exit 1 (h29 #3).
+#[test]
+fn a_key_revoked_mid_restore_keeps_a_large_objects_progress() {
+    const PART: usize = 64 * 1024;
+    let objects = [("big", data(4 * PART, 7))];
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let state = dir.join(".ringdown");
+    // A chunk boundary past 0 is in the journal.
+    let journaled = {
+        let state = state.clone();
+        move || {
+            let Ok(entries) = std::fs::read_dir(&state) else {
+                return false;
+            };
+            entries.flatten().any(|entry| {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                text.lines()
+                    .any(|line| line.starts_with("chunk\t") && !line.ends_with("\t0"))
+            })
+        }
+    };
+    let revoked = Arc::new(AtomicBool::new(false));
+    let is_revoked = Arc::clone(&revoked);
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if req.path.ends_with("/b2_authorize_account") && is_revoked.load(Ordering::SeqCst) {
+            b2_error(stream, 401, "unauthorized", "the key was deleted");
+            return true;
+        }
+        if is_download(req) && req.range().is_some_and(|(first, _)| first >= PART as u64) {
+            // The key goes once the first chunk is journaled.
+            let asked = Instant::now();
+            while !journaled() && asked.elapsed().as_secs() < 10 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            is_revoked.store(true, Ordering::SeqCst);
+            b2_error(stream, 401, "bad_auth_token", "the key was deleted");
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let tuning = [
+        "--part-size",
+        "64KiB",
+        "--buffer-size",
+        "16KiB",
+        "--cores",
+        "1",
+    ];
+    let run = restore_into(&fake, &dir, &tuning);
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the same command resumes them"),
+        "{}",
+        run.stderr
+    );
+    let partials: Vec<_> = std::fs::read_dir(state.join("partial"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(partials.len(), 1, "{}", run.stderr);
+    assert!(!dir.join("big").exists());
+
+    let fake = Fake::start(objects.to_vec(), |_: &Req, _: &mut TcpStream| false);
+    let run = restore_into(&fake, &dir, &tuning);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("resuming at byte"), "{}", run.stderr);
+    assert_eq!(std::fs::read(dir.join("big")).unwrap(), objects[0].1);
+}
+
 /// A download host in front of B2 that drops B2's `x-bz-*` headers (a
 /// proxy, a CDN, a mirror): each file is refused, as nothing says which
 /// version came, and the message says so. It said "the object was

@@ -16,6 +16,7 @@ pub mod paths;
 pub mod target;
 pub mod wanted;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -442,6 +443,10 @@ struct Run {
     /// Stops the scheduler on a run-fatal error (set once it runs).
     scheduler: OnceLock<Stopper>,
     fatal: Mutex<Option<Error>>,
+    /// Partial files of large objects a refusal stopped with chunks
+    /// journaled (`finish_file`): kept for the run that fixes the key, as
+    /// `get` keeps its own. At most the large objects in flight.
+    kept_for_resume: Mutex<HashSet<String>>,
     retries: AtomicU64,
     direct_io_used: AtomicBool,
 }
@@ -468,6 +473,16 @@ impl Run {
     fn target(&self) -> &Target {
         self.target.as_ref().expect("not a dry run")
     }
+
+    /// Whether the run is stopping on a refusal (exit 3: a key revoked,
+    /// a capability gone, a certificate replaced).
+    fn refused(&self) -> bool {
+        self.fatal
+            .lock()
+            .expect("fatal lock")
+            .as_ref()
+            .is_some_and(Error::is_refusal)
+    }
 }
 
 /// One file being restored: where it goes and what it must hash to.
@@ -483,6 +498,8 @@ struct FileTask {
     temp_name: String,
     /// A large object's prefix found on disk (journaled chunks), not fetched.
     resumed_bytes: u64,
+    /// A large object's prefix journaled so far (its last chunk boundary).
+    journaled_bytes: Arc<AtomicU64>,
 }
 
 /// What a progress display needs beyond bytes: files as listed so far.
@@ -614,6 +631,7 @@ impl Restore {
             stop: Arc::new(AtomicBool::new(false)),
             scheduler: OnceLock::new(),
             fatal: Mutex::new(None),
+            kept_for_resume: Mutex::new(HashSet::new()),
             retries: AtomicU64::new(0),
             direct_io_used: AtomicBool::new(false),
         });
@@ -846,12 +864,26 @@ impl Restore {
             registered_buffers,
             stages,
         };
+        let kept_for_resume = std::mem::take(&mut *run.kept_for_resume.lock().expect("kept lock"));
         if let Some(target) = run.target.as_ref().filter(|_| interrupted.is_none()) {
             if fatal.is_none() && tally.failed == 0 && tally.refused == 0 {
                 target.remove_state();
+            } else if fatal.as_ref().is_some_and(Error::is_refusal) {
+                // Exit 3: what resumes stays, for the run that fixes the key
+                // (an earlier run's resumable partials too).
+                target.remove_partials_but(&kept_for_resume);
             } else {
                 target.remove_all_partials();
             }
+        }
+        if !kept_for_resume.is_empty() && interrupted.is_none() {
+            notices.push(format!(
+                "kept the journaled chunks of {} large objects in {}: once the origin accepts \
+                 the request again (a valid key, a trusted certificate), the same command \
+                 resumes them",
+                kept_for_resume.len(),
+                options.dir.join(".ringdown").display()
+            ));
         }
         Ok(RestoreReport {
             tally,
@@ -1466,6 +1498,7 @@ fn schedule(
         display_path,
         temp_name,
         resumed_bytes: 0,
+        journaled_bytes: Arc::new(AtomicU64::new(0)),
     };
     let Some(scheduler) = scheduler else { return };
     // The engine owns the file from here (see `Destination`).
@@ -1501,6 +1534,8 @@ fn schedule(
             });
         if let Some(resume) = &resume {
             task.resumed_bytes = resume.offset_bytes;
+            task.journaled_bytes
+                .store(resume.offset_bytes, Ordering::Release);
             run.reporter
                 .files
                 .bytes_to_fetch
@@ -1516,9 +1551,12 @@ fn schedule(
         let on_written = {
             let run = Arc::clone(run);
             let key = task.key.clone();
+            let journaled_bytes = Arc::clone(&task.journaled_bytes);
             Box::new(move |boundary| {
                 // A failed journal line costs a re-download after a crash, no more.
-                let _ = run.target().journal_chunks(&key, boundary);
+                if run.target().journal_chunks(&key, boundary).is_ok() {
+                    journaled_bytes.store(boundary, Ordering::Release);
+                }
             })
         };
         Work::Large(LargeJob {
@@ -1633,7 +1671,17 @@ fn finish_file(
             return;
         }
         Err((error, run_fatal)) => {
-            target.unlink_partial(&task.temp_name);
+            // Refused midway: what arrived is kept for the run that fixes
+            // the key (exit 3), as `get` keeps it; else it goes (exit 1).
+            let refused = error.is_refusal() || run.refused();
+            if task.large && refused && task.journaled_bytes.load(Ordering::Acquire) > 0 {
+                run.kept_for_resume
+                    .lock()
+                    .expect("kept lock")
+                    .insert(task.temp_name.clone());
+            } else {
+                target.unlink_partial(&task.temp_name);
+            }
             record(Status::Failed, None, false, Some(error.to_string()));
             if run_fatal {
                 run.fail_run(error);

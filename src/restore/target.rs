@@ -583,23 +583,31 @@ impl Target {
 
     /// Removes this shard's partial files but the resumable ones.
     pub fn remove_partials(&self) {
-        let keep: HashSet<String> = self
-            .resumable
-            .keys()
-            .map(|key| self.large_temp_name(key))
-            .collect();
-        self.remove_partials_but(&keep);
+        self.remove_partials_but(&HashSet::new());
     }
 
     /// Exit 1: partial files go, resumable ones too (CONVENTIONS.md); the
     /// journal stays so completed files are skipped next time.
     pub fn remove_all_partials(&self) {
-        self.remove_partials_but(&HashSet::new());
+        let ours = |name: &String| name.starts_with(&self.shard_tag) && name.ends_with(".part");
+        for name in entry_names(&self.partial).iter().filter(|name| ours(name)) {
+            self.unlink_partial(name);
+        }
     }
 
-    fn remove_partials_but(&self, keep: &HashSet<String>) {
+    /// Removes this shard's partial files but `keep` and the ones resumable
+    /// when the run began.
+    pub fn remove_partials_but(&self, keep: &HashSet<String>) {
+        let resumable: HashSet<String> = self
+            .resumable
+            .keys()
+            .map(|key| self.large_temp_name(key))
+            .collect();
         let ours = |name: &String| {
-            name.starts_with(&self.shard_tag) && name.ends_with(".part") && !keep.contains(name)
+            name.starts_with(&self.shard_tag)
+                && name.ends_with(".part")
+                && !keep.contains(name)
+                && !resumable.contains(name)
         };
         for name in entry_names(&self.partial).iter().filter(|name| ours(name)) {
             self.unlink_partial(name);
