@@ -18,7 +18,7 @@ use crate::config::{
 use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
 use crate::stats::Stage;
 use crate::tls::{self, TlsStream};
-use crate::uring::{PoolBuf, TcpStream};
+use crate::uring::{PoolBuf, Stopping, TcpStream};
 
 /// Where requests go: resolved once, off the hot path.
 #[derive(Debug, Clone)]
@@ -59,8 +59,15 @@ impl Origin {
 
     /// A TCP stream to the origin: connected directly, or a tunnel opened
     /// by the proxy.
-    async fn open_stream(&self, timeout: Duration) -> Result<TcpStream, ConnError> {
-        let tcp = self.connect(timeout).await.map_err(ConnError::Transport)?;
+    async fn open_stream(
+        &self,
+        timeout: Duration,
+        stopping: Option<Stopping>,
+    ) -> Result<TcpStream, ConnError> {
+        let tcp = self
+            .connect(timeout, stopping)
+            .await
+            .map_err(ConnError::Transport)?;
         let Some(proxy) = &self.proxy else {
             return Ok(tcp);
         };
@@ -107,7 +114,11 @@ impl Origin {
     /// Connects to the first address that answers, starting with the one
     /// that answered last. All but the last address tried get at most
     /// `CONNECT_NEXT_ADDRESS_AFTER_MS`.
-    async fn connect(&self, timeout: Duration) -> io::Result<TcpStream> {
+    async fn connect(
+        &self,
+        timeout: Duration,
+        stopping: Option<Stopping>,
+    ) -> io::Result<TcpStream> {
         let count = self.addrs.len();
         let first = self.preferred.load(Ordering::Relaxed) % count;
         let mut first_error = None;
@@ -119,7 +130,7 @@ impl Origin {
             } else {
                 timeout.min(Duration::from_millis(CONNECT_NEXT_ADDRESS_AFTER_MS))
             };
-            match TcpStream::connect(self.addrs[index], limit).await {
+            match TcpStream::connect(self.addrs[index], limit, stopping.clone()).await {
                 Ok(stream) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(stream);
@@ -232,10 +243,11 @@ impl Connection {
         origin: &Origin,
         tls_config: Option<&Arc<rustls::ClientConfig>>,
         timeout: Duration,
+        stopping: Option<Stopping>,
         record: &impl Fn(Stage, Duration),
     ) -> Result<Connection, ConnError> {
         let started = Instant::now();
-        let tcp = origin.open_stream(timeout).await?;
+        let tcp = origin.open_stream(timeout, stopping).await?;
         record(Stage::Connect, started.elapsed());
         let transport = if origin.tls {
             let config = tls_config.expect("TLS origin needs a client config");
@@ -465,16 +477,6 @@ impl Connection {
         }
     }
 
-    /// A receive or send without progress is cut short (after
-    /// `STOPPING_STALL_TIMEOUT_MS`) once `stopping` says the run is
-    /// stopping, not only after a stop signal.
-    pub fn stop_when(&mut self, stopping: std::rc::Rc<dyn Fn() -> bool>) {
-        match &mut self.transport {
-            Transport::Plain(tcp) => tcp.stop_when(stopping),
-            Transport::Tls(tls) => tls.stop_when(stopping),
-        }
-    }
-
     fn early_eof(&self) -> ConnError {
         ConnError::Transport(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -591,11 +593,11 @@ mod tests {
         let origin = Origin::new(false, "example.test".into(), live.port(), vec![dead, live]);
         let runtime = crate::uring::Runtime::new().unwrap();
         runtime.block_on(async {
-            let first = origin.connect(Duration::from_secs(5)).await.unwrap();
+            let first = origin.connect(Duration::from_secs(5), None).await.unwrap();
             assert_eq!(origin.preferred.load(Ordering::Relaxed), 1);
             // A clone (another core's copy) starts at the address that answered.
             let clone = origin.clone();
-            let second = clone.connect(Duration::from_secs(5)).await.unwrap();
+            let second = clone.connect(Duration::from_secs(5), None).await.unwrap();
             drop((first, second));
             let nowhere = Origin::new(
                 false,
@@ -603,7 +605,7 @@ mod tests {
                 1,
                 vec![refusing_address(), refusing_address()],
             );
-            let Err(error) = nowhere.connect(Duration::from_secs(5)).await else {
+            let Err(error) = nowhere.connect(Duration::from_secs(5), None).await else {
                 panic!("connected to a refusing address");
             };
             assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);

@@ -261,7 +261,7 @@ async fn exchange_once(
             Err((error, _)) => return Err(error),
         }
     }
-    let connection = Connection::open(origin, tls, timeout, &|_, _| {}).await?;
+    let connection = Connection::open(origin, tls, timeout, None, &|_, _| {}).await?;
     let (exchange, connection) = exchange_on(connection, request, is_head, body_limit_bytes)
         .await
         .map_err(|(error, _)| error)?;

@@ -255,19 +255,19 @@ pub(super) fn is_closed(error: &std::io::Error) -> bool {
 async fn connect(core: &Core) -> Result<Connection, Failure> {
     let source = &core.shared.source;
     let record = |stage, elapsed| core.record(stage, elapsed);
-    let mut conn = Connection::open(
+    // An error elsewhere that stops the run (disk full, credentials
+    // refused, a panic) cuts a connect, a handshake or a stalled receive
+    // short, as a signal does.
+    let shared = std::sync::Arc::clone(&core.shared);
+    Connection::open(
         &source.origin,
         source.tls.as_ref(),
         core.shared.config.timeout,
+        Some(std::rc::Rc::new(move || shared.is_stopped())),
         &record,
     )
     .await
-    .map_err(conn_failure)?;
-    // An error elsewhere that stops the run (disk full, credentials
-    // refused, a panic) cuts a stalled receive short, as a signal does.
-    let shared = std::sync::Arc::clone(&core.shared);
-    conn.stop_when(std::rc::Rc::new(move || shared.is_stopped()));
-    Ok(conn)
+    .map_err(conn_failure)
 }
 
 async fn send_and_read_head(

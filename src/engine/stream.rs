@@ -149,6 +149,7 @@ async fn stream_once(
         &source.origin,
         source.tls.as_ref(),
         config.timeout,
+        None,
         &|_, _| {},
     )
     .await

@@ -415,11 +415,6 @@ impl TlsStream {
         self.tcp.shutdown();
     }
 
-    /// See `TcpStream::stop_when`.
-    pub fn stop_when(&mut self, stopping: std::rc::Rc<dyn Fn() -> bool>) {
-        self.tcp.stop_when(stopping);
-    }
-
     /// Appends received ciphertext to the session's buffer; 0 = end of stream.
     async fn receive(&mut self) -> io::Result<usize> {
         let buffer = self.session.take_incoming().map_err(tls_error)?;

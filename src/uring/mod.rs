@@ -9,7 +9,7 @@ mod net;
 
 pub use buffers::{AlignedBuf, BufferPool, PoolBuf, REGISTRATION_SKIPPED, Registration};
 pub use file::File;
-pub use net::TcpStream;
+pub use net::{Stopping, TcpStream};
 
 use crate::error::Error;
 

@@ -5,10 +5,10 @@
 //! Every receive is bounded by a stall timeout. On timeout the socket is shut
 //! down and the receive is still awaited, so its buffer comes back: dropping a
 //! tokio-uring future would not cancel the operation. Once the run is
-//! stopping (a stop signal, SIGINT or SIGTERM; or what `stop_when` says: an
-//! error elsewhere in the run), the timeout shortens to
+//! stopping (a stop signal, SIGINT or SIGTERM; or what the connect's
+//! `Stopping` says: an error elsewhere in the run), the timeout shortens to
 //! `STOPPING_STALL_TIMEOUT_MS`: requests that make progress finish, a stalled
-//! one does not hold the exit.
+//! one does not hold the exit; and a connect still in flight gives up.
 
 use std::future::Future;
 use std::io;
@@ -22,33 +22,64 @@ use tokio_uring::buf::BoundedBuf;
 use super::buffers::{Memory, PoolBuf};
 use crate::config::{STOP_CHECK_MS, STOPPING_STALL_TIMEOUT_MS};
 
+/// Says the run is stopping (an error elsewhere in it), besides a stop
+/// signal: then a connect gives up, and an operation without progress is
+/// cut short, as after a stop signal.
+pub type Stopping = Rc<dyn Fn() -> bool>;
+
 pub struct TcpStream {
     inner: tokio_uring::net::TcpStream,
-    /// Says the run is stopping (`stop_when`), besides a stop signal.
-    stopping: Option<Rc<dyn Fn() -> bool>>,
+    stopping: Option<Stopping>,
 }
 
 impl TcpStream {
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    /// Connects within `timeout`, unless the run stops first (checked every
+    /// `STOP_CHECK_MS`): an unreachable origin that drops SYNs does not hold
+    /// a stopping run's exit for the whole timeout. The connect runs on
+    /// tokio's driver, so dropping it cancels it.
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        stopping: Option<Stopping>,
+    ) -> io::Result<TcpStream> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_tcp_nodelay(true)?;
         socket.set_nonblocking(true)?;
         socket.set_cloexec(true)?;
         let std_stream: std::net::TcpStream = socket.into();
         let tokio_socket = tokio::net::TcpSocket::from_std_stream(std_stream);
-        let connected = match tokio::time::timeout(timeout, tokio_socket.connect(addr)).await {
-            Ok(result) => result?,
-            Err(_) => {
+        let connecting = tokio_socket.connect(addr);
+        tokio::pin!(connecting);
+        let started = std::time::Instant::now();
+        let check = Duration::from_millis(STOP_CHECK_MS);
+        let is_stopping = || {
+            crate::runtime::stop_requested().is_some()
+                || stopping.as_ref().is_some_and(|stopping| stopping())
+        };
+        let connected = loop {
+            if is_stopping() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {addr} given up: the run is stopping"),
+                ));
+            }
+            let Some(left) = timeout
+                .checked_sub(started.elapsed())
+                .filter(|left| !left.is_zero())
+            else {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connect to {addr} timed out after {} s", timeout.as_secs()),
                 ));
+            };
+            if let Ok(result) = tokio::time::timeout(left.min(check), &mut connecting).await {
+                break result?;
             }
         };
         let std_stream = connected.into_std()?;
         Ok(TcpStream {
             inner: tokio_uring::net::TcpStream::from_std(std_stream),
-            stopping: None,
+            stopping,
         })
     }
 
@@ -105,12 +136,6 @@ impl TcpStream {
         self.bounded(self.inner.write_all(bytes), timeout).await
     }
 
-    /// From now on, an operation without progress is cut short once
-    /// `stopping` says the run is stopping, as after a stop signal.
-    pub fn stop_when(&mut self, stopping: Rc<dyn Fn() -> bool>) {
-        self.stopping = Some(stopping);
-    }
-
     fn is_stopping(&self) -> bool {
         crate::runtime::stop_requested().is_some()
             || self.stopping.as_ref().is_some_and(|stopping| stopping())
@@ -153,5 +178,69 @@ impl TcpStream {
         self.shutdown();
         let (_, buf) = operation.await;
         (Err(io::Error::new(io::ErrorKind::TimedOut, stall)), buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TcpStream;
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    /// A loopback listener that never accepts, its queue filled: a connect
+    /// to it hangs (its SYNs are dropped, as a blackholed origin's are).
+    /// `None` where the kernel answers it anyway.
+    fn blackhole() -> Option<(socket2::Socket, Vec<std::net::TcpStream>)> {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(stream) => queued.push(stream),
+                Err(_) => return Some((listener, queued)),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_connect_in_flight_gives_up_once_the_run_stops() {
+        let Some((listener, _queued)) = blackhole() else {
+            eprintln!("skipped: connects to a full listen queue are answered here");
+            return;
+        };
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let runtime = crate::uring::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let stopped = Rc::new(Cell::new(false));
+            let stopping = {
+                let stopped = Rc::clone(&stopped);
+                Rc::new(move || stopped.get())
+            };
+            let started = Instant::now();
+            let connect = TcpStream::connect(addr, Duration::from_secs(30), Some(stopping));
+            let stop = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                stopped.set(true);
+            };
+            let (connected, ()) = tokio::join!(connect, stop);
+            let Err(error) = connected else {
+                panic!("connected to a full listen queue");
+            };
+            assert!(error.to_string().contains("the run is stopping"), "{error}");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+        });
     }
 }
