@@ -72,14 +72,37 @@ pub fn set_message_sink(
 #[doc(hidden)]
 pub fn say_message(message: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
+    // Messages quote names and servers' text: an escape sequence in them
+    // (C0 or C1) must not move the cursor, erase a line or recolour one.
+    let message = message.to_string();
+    let message = printable(&message, true);
     if let Some(sink) = MESSAGE_SINK.get() {
-        return sink(&message.to_string());
+        return sink(&message);
     }
     let mut stderr = std::io::stderr().lock();
     if PROGRESS_LINE_DRAWN.load(std::sync::atomic::Ordering::Relaxed) {
         let _ = write!(stderr, "\r\x1b[2K");
     }
     let _ = writeln!(stderr, "{message}");
+}
+
+/// `text` with its control characters (C0, DEL, C1) escaped as `\u{1b}`,
+/// but line breaks and tabs when `keep_lines` (a message's own layout);
+/// borrowed when there is none.
+pub fn printable(text: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(keep_lines && matches!(c, '\n' | '\t'));
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Set while a progress line is being redrawn in place on a TTY.
@@ -109,3 +132,25 @@ pub mod verify;
 
 pub use error::{Error, Result};
 pub use get::{Download, DownloadOptions, DownloadReport, Source};
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_but_a_messages_own_lines() {
+        assert!(matches!(
+            printable("plain ü text", false),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let hostile = "\u{1b}[2K\u{1b}[32mok\u{9b}1A\u{7f}\nnext\tcol";
+        assert_eq!(
+            printable(hostile, false),
+            "\\u{1b}[2K\\u{1b}[32mok\\u{9b}1A\\u{7f}\\u{a}next\\u{9}col"
+        );
+        assert_eq!(
+            printable(hostile, true),
+            "\\u{1b}[2K\\u{1b}[32mok\\u{9b}1A\\u{7f}\nnext\tcol"
+        );
+    }
+}

@@ -2543,6 +2543,49 @@ fn a_key_revoked_mid_restore_keeps_a_large_objects_progress() {
     assert_eq!(std::fs::read(dir.join("big")).unwrap(), objects[0].1);
 }
 
+/// A server's error message with terminal escape sequences (ESC and the
+/// 8-bit CSI) and a line break reaches stderr escaped: it cannot erase the
+/// line above it, recolour one, or forge a line of ours (h29 #6).
+#[test]
+fn escape_sequences_in_a_servers_error_message_are_printed_escaped() {
+    let objects = [("a", data(3, 1))];
+    let hook = |req: &Req, stream: &mut TcpStream| {
+        if is_download(req) {
+            let message = "\u{1b}[1A\u{1b}[2K\u{1b}[32mok\u{1b}[0m\u{9b}2J\nringdown: all good";
+            b2_error(stream, 503, "service_unavailable", message);
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let run = restore_into(
+        &fake,
+        &dir,
+        &[
+            "--max-attempts",
+            "2",
+            "--retry-base-ms",
+            "10",
+            "--cores",
+            "1",
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains('\u{1b}') && !run.stderr.contains('\u{9b}'),
+        "a control character reached stderr: {:?}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("\\u{1b}[2K"), "{}", run.stderr);
+    assert!(
+        !run.stderr.lines().any(|line| line == "ringdown: all good"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// A download host in front of B2 that drops B2's `x-bz-*` headers (a
 /// proxy, a CDN, a mirror): each file is refused, as nothing says which
 /// version came, and the message says so. It said "the object was

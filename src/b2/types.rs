@@ -150,8 +150,17 @@ pub fn parse_authorize(body: &[u8]) -> Result<AuthorizeResponse, String> {
 
 /// Parses a B2 error body; `None` when it is not JSON (a proxy's HTML page, or
 /// the empty body of a `HEAD`).
+/// The code and message are the server's text, bound for a terminal or a
+/// log: control characters in them (an escape sequence, a line break that
+/// would forge a line of ours) come escaped, as `\u{1b}`.
 pub fn parse_error_body(body: &[u8]) -> Option<B2ErrorBody> {
-    serde_json::from_slice(body).ok()
+    let mut error: B2ErrorBody = serde_json::from_slice(body).ok()?;
+    for text in [&mut error.code, &mut error.message] {
+        if let std::borrow::Cow::Owned(escaped) = crate::printable(text, false) {
+            *text = escaped;
+        }
+    }
+    Some(error)
 }
 
 #[derive(Debug, Clone, Deserialize)]
