@@ -356,6 +356,12 @@ pub const JOURNAL_UNCONFIRMED_LINES_MAX: usize = 1 << 16;
 pub const GET_JOURNAL_MAX_BYTES: u64 = 64 << 20;
 /// How often a download's journal writer looks at the written prefix.
 pub const JOURNAL_POLL_MS: u64 = 20;
+/// Tries to lock a journal that is still under its name once locked: a
+/// run that starts just as another rewrites it (a rename over the name)
+/// tries again. Many in a row mean the name never leads to the file
+/// locked (a file system whose fd and path disagree on st_dev/st_ino):
+/// an error, not a silent spin.
+pub const JOURNAL_LOCK_TRIES_MAX: u32 = 16;
 /// Failed names printed in the summary (the rest are in `--report`).
 pub const SUMMARY_FAILED_NAMES_SHOWN: usize = 20;
 /// Bytes read per step when hashing an existing local file (`--skip-existing`).

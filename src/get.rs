@@ -21,7 +21,7 @@ use crate::client::b2_api::{Authorizer, denied, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
 use crate::config::{
-    API_BODY_MAX_BYTES, DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES,
+    API_BODY_MAX_BYTES, DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, JOURNAL_LOCK_TRIES_MAX,
     OBJECT_REDOWNLOADS_ON_MISMATCH, URL_REDIRECTS_MAX,
 };
 use crate::engine::failpoint::{self, Site};
@@ -1580,7 +1580,7 @@ impl ResumeFiles {
         let creating = |error: rustix::io::Errno| {
             Error::io(format!("creating {}", self.journal), error.into())
         };
-        loop {
+        for _ in 0..JOURNAL_LOCK_TRIES_MAX {
             let fd = rustix::fs::openat(
                 dir,
                 &self.journal,
@@ -1611,6 +1611,9 @@ impl ResumeFiles {
                 return Ok(held);
             }
         }
+        Err(Error::Fatal(crate::journal::journal_not_named(
+            &dest.with_file_name(&self.journal),
+        )))
     }
 
     /// What the engine calls each time the written prefix crosses a chunk

@@ -130,6 +130,18 @@ pub fn is_named(dir: &OwnedFd, name: &str, file: &impl std::os::fd::AsFd) -> boo
         if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino))
 }
 
+/// The error of a journal whose name, `JOURNAL_LOCK_TRIES_MAX` times in a
+/// row, did not lead to the file just locked (`is_named`).
+pub fn journal_not_named(path: &std::path::Path) -> String {
+    format!(
+        "{}: locked {} times, and each time the name led to another file than the one locked \
+         (st_dev/st_ino differ): another process keeps replacing it, or this file system does not \
+         keep a file's identity; restore into a local file system",
+        path.display(),
+        crate::config::JOURNAL_LOCK_TRIES_MAX
+    )
+}
+
 /// Reads a journal line by line (I/O-free) and hands on the record lines
 /// it may trust, in journal order: at once for a section of this boot;
 /// for any other section once a `durable` line covers them. Markers and

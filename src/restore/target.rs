@@ -221,6 +221,7 @@ impl Target {
             Ok((state, journal_fd, partial))
         };
         let mut tries_left = 3;
+        let mut locks_left = crate::config::JOURNAL_LOCK_TRIES_MAX;
         let (state, journal_fd, partial) = loop {
             match open_state() {
                 Ok((state, journal_fd, partial)) => {
@@ -229,6 +230,11 @@ impl Target {
                     // (`journal::rewrite`): the lock taken is on the old one.
                     if journal::is_named(&state, &journal_name, &journal_fd) {
                         break (state, journal_fd, partial);
+                    }
+                    locks_left -= 1;
+                    if locks_left == 0 {
+                        let path = root_path.join(STATE_DIR_NAME).join(&journal_name);
+                        return Err(Error::Fatal(journal::journal_not_named(&path)));
                     }
                 }
                 Err((Errno::NOENT, _)) if tries_left > 1 => tries_left -= 1,
