@@ -18,7 +18,7 @@ use crate::uring::PoolBuf;
 use super::failure::{Failure, Retries, Then, conn_failure, status_failure};
 use super::large::{CoreJob, WriteInFlight};
 use super::request::{
-    build_get, check_version, next_head, send_get_ahead, size_differs, stop_pipelining_if_refused,
+    build_get, check_range_head, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
 
 pub(super) async fn download_chunk(
@@ -267,57 +267,11 @@ async fn check_head(
     first_byte: u64,
     last_byte: u64,
 ) -> Result<u64, Failure> {
-    let job = &core.job;
-    let size = job.digest.size_bytes();
-    let requested = last_byte - first_byte + 1;
-    let protocol = Failure::protocol;
+    let object = &core.job.spec.object;
     if !matches!(head.status, 200 | 206) {
-        return Err(status_failure(conn, head, &job.spec.object).await);
+        return Err(status_failure(conn, head, object).await);
     }
-    // The version first: what the sizes below mean depends on it.
-    check_version(head, &job.spec.object)?;
-    match head.status {
-        206 => {
-            let Some(range) = head.content_range else {
-                return Err(protocol("206 without Content-Range".into()));
-            };
-            if range.first != first_byte || range.last != last_byte {
-                return Err(protocol(format!(
-                    "Content-Range bytes {}-{} does not match the requested {first_byte}-{last_byte}",
-                    range.first, range.last
-                )));
-            }
-            if let Some(total) = range.complete_length.filter(|&total| total != size) {
-                return Err(size_differs(
-                    head,
-                    &job.spec.object,
-                    format!(
-                        "the size changed: Content-Range says {total} bytes, not the {size} expected"
-                    ),
-                ));
-            }
-        }
-        // A whole-object answer is fine when we asked for the whole object.
-        200 if first_byte == 0 && last_byte + 1 == size => {}
-        _ => {
-            return Err(protocol(
-                "200 (whole object) where a 206 range was requested".into(),
-            ));
-        }
-    }
-    if head.chunked {
-        return Err(protocol("chunked body on a range response".into()));
-    }
-    match head.content_length {
-        Some(length) if length == requested => {}
-        Some(length) => {
-            return Err(protocol(format!(
-                "Content-Length {length} does not match the requested {requested} bytes"
-            )));
-        }
-        None => return Err(protocol("range response without Content-Length".into())),
-    }
-    Ok(requested)
+    check_range_head(head, object, first_byte, last_byte)
 }
 
 /// Writes a full buffer at its offset on a task of its own, so the connection

@@ -22,6 +22,7 @@ pub(super) struct Failure {
     pub answer_read: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FailureKind {
     /// Try again after a backoff (a new connection if the old one is gone).
     Retry,

@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 
 use super::failure::{Failure, FailureKind, GiveUp, Retries, Then, conn_failure, status_failure};
 use super::request::{
-    build_get, check_version, next_head, send_get_ahead, size_differs, stop_pipelining_if_refused,
+    build_get, check_range_head, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
@@ -472,6 +472,7 @@ fn write_error(offset: u64, error: &std::io::Error) -> Failure {
     }
 }
 
+/// Validates a response head against the request.
 async fn check_head(
     conn: &mut Connection,
     head: &ResponseHead,
@@ -479,67 +480,8 @@ async fn check_head(
     first_byte: u64,
     last_byte: u64,
 ) -> std::result::Result<(), Failure> {
-    let requested = last_byte - first_byte + 1;
     if !matches!(head.status, 200 | 206) {
         return Err(status_failure(conn, head, job).await);
     }
-    // The version first: what the sizes below mean depends on it.
-    check_version(head, job)?;
-    match head.status {
-        200 if first_byte == 0 => {}
-        206 => {
-            let Some(range) = head.content_range else {
-                return Err(Failure::protocol("206 without Content-Range"));
-            };
-            if range.first != first_byte || range.last != last_byte {
-                return Err(Failure::protocol(format!(
-                    "Content-Range bytes {}-{} does not match the requested {first_byte}-{last_byte}",
-                    range.first, range.last
-                )));
-            }
-            if let Some(total) = range
-                .complete_length
-                .filter(|&total| total != job.size_bytes)
-            {
-                return Err(size_differs(
-                    head,
-                    job,
-                    format!(
-                        "the size changed: Content-Range says {total} bytes, not the {} expected",
-                        job.size_bytes
-                    ),
-                ));
-            }
-        }
-        _ => {
-            return Err(Failure::protocol(
-                "200 (whole object) where a range was requested",
-            ));
-        }
-    }
-    if head.chunked {
-        return Err(Failure::protocol(
-            "chunked body where a length was expected",
-        ));
-    }
-    match head.content_length {
-        Some(length) if length == requested => {}
-        Some(length) if head.status == 200 => {
-            return Err(size_differs(
-                head,
-                job,
-                format!(
-                    "the size changed: Content-Length {length} is not the {requested} bytes expected"
-                ),
-            ));
-        }
-        // Content-Range and the object's size matched: a broken reply.
-        Some(length) => {
-            return Err(Failure::protocol(format!(
-                "Content-Length {length} is not the {requested} bytes of range {first_byte}-{last_byte}"
-            )));
-        }
-        None => return Err(Failure::protocol("response without Content-Length")),
-    }
-    Ok(())
+    check_range_head(head, job, first_byte, last_byte).map(|_| ())
 }

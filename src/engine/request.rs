@@ -278,10 +278,73 @@ async fn send_and_read_head(
     conn.read_head().await
 }
 
-/// B2: a download must come from the listed version of the object (no
-/// newer upload under the same name spliced into the file).
-/// That an answer is of the version the download began with: B2's
-/// `x-bz-file-id`, or a plain URL's ETag / Last-Modified (`Validator`).
+/// Checks a 200 or 206 answer to the GET of bytes `first_byte..=last_byte`
+/// of `object` (a 200 only where that is the whole object): its version,
+/// range, size and framing. Returns the body's length. I/O-free: an error
+/// status's body is read by the caller first (`status_failure`). Small
+/// objects and chunks share it, so the same answer gets the same verdict.
+pub(super) fn check_range_head(
+    head: &ResponseHead,
+    object: &ObjectSpec,
+    first_byte: u64,
+    last_byte: u64,
+) -> Result<u64, Failure> {
+    debug_assert!(matches!(head.status, 200 | 206), "status {}", head.status);
+    let size = object.size_bytes;
+    let requested = last_byte - first_byte + 1;
+    let protocol = |detail: String| Failure::protocol(detail);
+    // The version first: what the sizes below mean depends on it.
+    check_version(head, object)?;
+    match head.status {
+        206 => {
+            let Some(range) = head.content_range else {
+                return Err(protocol("206 without Content-Range".into()));
+            };
+            if range.first != first_byte || range.last != last_byte {
+                return Err(protocol(format!(
+                    "Content-Range bytes {}-{} does not match the requested {first_byte}-{last_byte}",
+                    range.first, range.last
+                )));
+            }
+            if let Some(total) = range.complete_length.filter(|&total| total != size) {
+                return Err(size_differs(
+                    head,
+                    object,
+                    format!(
+                        "the size changed: Content-Range says {total} bytes, not the {size} expected"
+                    ),
+                ));
+            }
+        }
+        // A whole-object answer is fine when the whole object was asked for.
+        200 if first_byte == 0 && last_byte + 1 == size => {}
+        _ => {
+            return Err(protocol(
+                "200 (whole object) where a range was requested".into(),
+            ));
+        }
+    }
+    if head.chunked {
+        return Err(protocol("chunked body where a length was expected".into()));
+    }
+    match head.content_length {
+        Some(length) if length == requested => Ok(requested),
+        // The whole object, of another length: it changed.
+        Some(length) if head.status == 200 => Err(size_differs(
+            head,
+            object,
+            format!(
+                "the size changed: Content-Length {length} is not the {requested} bytes expected"
+            ),
+        )),
+        // Content-Range and the object's size matched: a broken reply.
+        Some(length) => Err(protocol(format!(
+            "Content-Length {length} is not the {requested} bytes of range {first_byte}-{last_byte}"
+        ))),
+        None => Err(protocol("response without Content-Length".into())),
+    }
+}
+
 /// A size that is not the listed one (`what`), in an answer `check_version`
 /// let through: the object changed, unless the answer names the very
 /// version that was listed (its file id, a B2 version's content never
@@ -306,6 +369,9 @@ pub(super) fn size_differs(head: &ResponseHead, object: &ObjectSpec, what: Strin
     }
 }
 
+/// That an answer is of the version the download began with: B2's
+/// `x-bz-file-id` (no newer upload under the same name spliced into the
+/// file), or a plain URL's ETag / Last-Modified (`Validator`).
 pub(super) fn check_version(head: &ResponseHead, object: &ObjectSpec) -> Result<(), Failure> {
     if let Some(expected) = object.expect_file_id.as_deref() {
         match head.header("x-bz-file-id") {
@@ -344,4 +410,85 @@ pub(super) fn check_version(head: &ResponseHead, object: &ObjectSpec) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_range_head;
+    use crate::engine::failure::FailureKind;
+    use crate::engine::scheduler::ObjectSpec;
+    use crate::http::parse_response_head;
+
+    const SIZE: u64 = 1000;
+
+    fn object(file_id: Option<&str>) -> ObjectSpec {
+        ObjectSpec {
+            path_and_query: "/file/b/o".into(),
+            display_name: "b2://b/o".into(),
+            expect_file_id: file_id.map(String::from),
+            validator: None,
+            sse_c: None,
+            plain_url: file_id.is_none(),
+            size_bytes: SIZE,
+            expected_sha1: None,
+            fsync: false,
+        }
+    }
+
+    /// The verdict on `head` (status line and headers) for bytes
+    /// `first..=last`: the body length, or the failure's kind.
+    fn verdict(
+        head: &str,
+        file_id: Option<&str>,
+        first: u64,
+        last: u64,
+    ) -> Result<u64, FailureKind> {
+        let text = format!("{head}\r\n\r\n");
+        let head = parse_response_head(text.as_bytes()).unwrap().unwrap();
+        check_range_head(&head, &object(file_id), first, last).map_err(|failure| failure.kind)
+    }
+
+    #[test]
+    fn small_objects_and_chunks_get_one_verdict_per_answer() {
+        let id = Some("4_z1");
+        let ok_206 = "HTTP/1.1 206 P\r\nx-bz-file-id: 4_z1\r\nContent-Range: bytes 100-199/1000\r\nContent-Length: 100";
+        assert_eq!(verdict(ok_206, id, 100, 199), Ok(100));
+        // Another range, or another length of the range asked for: broken.
+        assert_eq!(verdict(ok_206, id, 100, 299), Err(FailureKind::Protocol));
+        let short = "HTTP/1.1 206 P\r\nx-bz-file-id: 4_z1\r\nContent-Range: bytes 100-199/1000\r\nContent-Length: 99";
+        assert_eq!(verdict(short, id, 100, 199), Err(FailureKind::Protocol));
+        let no_range = "HTTP/1.1 206 P\r\nx-bz-file-id: 4_z1\r\nContent-Length: 100";
+        assert_eq!(verdict(no_range, id, 100, 199), Err(FailureKind::Protocol));
+        // Another version: the object was replaced.
+        let other = "HTTP/1.1 206 P\r\nx-bz-file-id: 4_z2\r\nContent-Range: bytes 100-199/1000\r\nContent-Length: 100";
+        assert_eq!(verdict(other, id, 100, 199), Err(FailureKind::Object));
+        // Another total size: in the listed version's own answer, broken;
+        // with nothing to say which version (a plain URL), it changed.
+        let bigger = "HTTP/1.1 206 P\r\nx-bz-file-id: 4_z1\r\nContent-Range: bytes 100-199/2000\r\nContent-Length: 100";
+        assert_eq!(verdict(bigger, id, 100, 199), Err(FailureKind::Protocol));
+        let bigger = "HTTP/1.1 206 P\r\nContent-Range: bytes 100-199/2000\r\nContent-Length: 100";
+        assert_eq!(verdict(bigger, None, 100, 199), Err(FailureKind::Object));
+        // A 200 is the whole object: fine where that was asked for.
+        let whole = "HTTP/1.1 200 OK\r\nContent-Length: 1000";
+        assert_eq!(verdict(whole, None, 0, SIZE - 1), Ok(SIZE));
+        assert_eq!(verdict(whole, None, 0, 499), Err(FailureKind::Protocol));
+        assert_eq!(
+            verdict(whole, None, 500, SIZE - 1),
+            Err(FailureKind::Protocol)
+        );
+        // ... of another length, it changed (a small object and a
+        // one-chunk large object used to disagree here).
+        let shrunk = "HTTP/1.1 200 OK\r\nContent-Length: 900";
+        assert_eq!(verdict(shrunk, None, 0, SIZE - 1), Err(FailureKind::Object));
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked";
+        assert_eq!(
+            verdict(chunked, None, 0, SIZE - 1),
+            Err(FailureKind::Protocol)
+        );
+        let lengthless = "HTTP/1.1 200 OK\r\nConnection: close";
+        assert_eq!(
+            verdict(lengthless, None, 0, SIZE - 1),
+            Err(FailureKind::Protocol)
+        );
+    }
 }
