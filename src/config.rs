@@ -8,6 +8,12 @@
 /// Largest response head we accept. Real origins send < 2 KiB; 16 KiB leaves
 /// room for long `x-bz-info-*` headers and bounds a hostile server.
 pub const HTTP_HEAD_MAX_BYTES: usize = 16 * 1024;
+/// A request head's first allocation: a GET with a token, a range and an
+/// SSE-C key fits (longer ones grow it).
+pub const REQUEST_HEAD_INITIAL_BYTES: usize = 512;
+/// A receive into a full head buffer grows it by this much first (a
+/// page: most heads fit in one).
+pub const RECV_GROW_BYTES: usize = 4096;
 /// Most response headers we parse (B2 sends ~15; 64 covers info headers).
 pub const HTTP_HEADERS_MAX: usize = 64;
 /// Largest JSON body of a B2 API call we read (a 10,000-name page is ~6 MiB).
@@ -131,6 +137,10 @@ pub const RETRY_BASE_MS_DEFAULT: u64 = 250;
 pub const RETRY_MAX_MS_DEFAULT: u64 = 30_000;
 /// `Retry-After` is honoured up to this many seconds.
 pub const RETRY_AFTER_MAX_S: u64 = 300;
+/// A backoff doubles at most this many times from `--retry-base-ms`
+/// (2^20 × base), so the shift cannot overflow; `--retry-max-ms` caps it
+/// long before at sane settings.
+pub const BACKOFF_DOUBLINGS_MAX: u32 = 20;
 /// A retry's wait looks this often whether the run is being stopped
 /// (SIGTERM, a fatal error elsewhere): a 300 s Retry-After must not hold a
 /// restore past a scheduler's grace period.
@@ -286,6 +296,9 @@ pub const SCHEDULER_QUEUE_JOBS_PER_CORE: usize = 16;
 /// raised to the hard limit at start; connections and objects in progress
 /// add theirs).
 pub const SCHEDULER_QUEUE_JOBS_MAX: usize = 256;
+/// A producer waiting for room in a full queue looks this often whether
+/// every core has died (a panic on each): none would make room.
+pub const SUBMIT_DEAD_CORE_CHECK_MS: u64 = 100;
 /// Descriptors a run holds beside its connections and objects: stdio, the
 /// rings and their eventfds, the listing's and API connections, the
 /// journal, the report, DIR and `.ringdown/`.

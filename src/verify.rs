@@ -32,6 +32,7 @@ struct Cursor {
 }
 
 impl SharedDigest {
+    #[cfg(test)]
     pub fn new(size_bytes: u64, cores: usize) -> SharedDigest {
         Self::resume(size_bytes, cores, 0, Sha1::new())
     }

@@ -550,7 +550,11 @@ fn backoff(
     salt: u64,
 ) -> Duration {
     let exponential_ms = base_ms
-        .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+        .saturating_mul(
+            1u64 << attempt
+                .saturating_sub(1)
+                .min(crate::config::BACKOFF_DOUBLINGS_MAX),
+        )
         .min(max_ms);
     // Cheap, deterministic-enough jitter: decorrelates chunks that failed together.
     let mut x = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)

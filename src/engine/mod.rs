@@ -491,6 +491,20 @@ pub fn download(
     progress: Arc<Progress>,
     fetch: Fetch,
 ) -> Result<ObjectOutcome> {
+    if let Fetch::Ranged {
+        resume: Some(resume),
+        ..
+    } = &fetch
+    {
+        let block = crate::config::DIRECT_IO_ALIGN_BYTES as u64;
+        if resume.offset_bytes % block != 0 || resume.offset_bytes > object_size_bytes {
+            return Err(Error::Usage(format!(
+                "resume offset {} is not a multiple of {block} bytes within the object's {object_size_bytes}; \
+                 round it down with engine::resumable_prefix",
+                resume.offset_bytes
+            )));
+        }
+    }
     // No thread, ring, pool, buffer or connection that would get no work,
     // then no more connections than descriptors allow, nor buffers than
     // memory: a registered pool is touched whole, a small object's too.

@@ -126,11 +126,13 @@ async fn read_pipelined_head(
     let sent_ahead = conn.pipelined.pop_front().expect("checked by the caller");
     let sent = sent_ahead.sent;
     conn.answering_sse_c_key = sent_ahead.sse_c_key;
-    let waited = Instant::now();
     match conn.read_head().await {
         Ok(head) => {
-            core.record(Stage::Ttfb, waited.elapsed());
-            core.shared.note_round_trip(sent.elapsed());
+            // `ttfb` is request sent → head (DESIGN.md), here too: for a
+            // GET sent ahead, that includes the body it was sent behind.
+            let waited = sent.elapsed();
+            core.record(Stage::Ttfb, waited);
+            core.shared.note_round_trip(waited);
             core.shared.note_pipelined_answer();
             Ok(head)
         }
@@ -174,7 +176,7 @@ pub(super) async fn get_head(
         bytes: request,
         sse_c_key,
     } = build_get(core, object, range)?;
-    let sent = Instant::now();
+    let mut sent = Instant::now();
     let conn = connection.as_mut().expect("connected");
     conn.answering_sse_c_key = sse_c_key;
     let head = match send_and_read_head(conn, &request).await {
@@ -189,6 +191,8 @@ pub(super) async fn get_head(
             conn.shutdown();
             let conn = connection.insert(connect(core).await?);
             conn.answering_sse_c_key = sse_c_key;
+            // The connect and handshake have stages of their own.
+            sent = Instant::now();
             send_and_read_head(conn, &request)
                 .await
                 .map_err(conn_failure)?
@@ -225,7 +229,7 @@ pub(super) fn build_get(
     if let Some((_, key)) = sse_c_key {
         headers.extend(key.headers());
     }
-    let mut request = Vec::with_capacity(512);
+    let mut request = Vec::with_capacity(crate::config::REQUEST_HEAD_INITIAL_BYTES);
     http::write_get_request(
         &mut request,
         "GET",

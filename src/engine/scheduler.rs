@@ -33,7 +33,7 @@ use crate::client::conn::{Connection, Origin};
 use crate::config::{
     LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US, LARGE_OBJECT_CONNECTIONS_DIVISOR,
     LONG_ROUND_TRIP_SAMPLES_MIN, PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX,
-    SCHEDULER_QUEUE_JOBS_PER_CORE,
+    SCHEDULER_QUEUE_JOBS_PER_CORE, SUBMIT_DEAD_CORE_CHECK_MS,
 };
 use crate::error::{Error, Result};
 use crate::stats::{Stage, StageHistograms};
@@ -449,15 +449,28 @@ impl Shared {
         // until the last work is queued and taken. (An empty queue alone says
         // little: the listing may be a page behind.)
         let (on_large, limit) = self.chunk_takers(&mut state);
-        if may_take_chunks(on_large, on_large_here, limit, self.config.cores) {
+        let may_take = may_take_chunks(on_large, on_large_here, limit, self.config.cores);
+        if may_take {
             if let Some(job) = state.active.first() {
                 return Next::Chunks(Arc::clone(job));
             }
         }
-        let Some(work) = state.queue.pop_front() else {
+        // A stopped run refuses the queue in order.
+        let stopped = self.is_stopped();
+        let kinds = state
+            .queue
+            .iter()
+            .map(|work| matches!(work, Work::Large(_)));
+        let taken = next_in_queue(kinds, may_take || stopped).and_then(|at| state.queue.remove(at));
+        let Some(work) = taken else {
             // After a panic, open objects end without this connection (they
-            // are aborted) and the producer learns at `finish`.
-            let over = state.closed && state.open_large.is_empty() && state.backing_off == 0;
+            // are aborted) and the producer learns at `finish`. (Large
+            // objects left in the queue wait for a connection that may
+            // take chunks: one leaving its object comes back here.)
+            let over = state.closed
+                && state.queue.is_empty()
+                && state.open_large.is_empty()
+                && state.backing_off == 0;
             return if over || self.has_panicked() {
                 Next::Exit
             } else {
@@ -469,7 +482,7 @@ impl Shared {
             // queue, not a futex round trip per object.
             self.space.notify_all();
         }
-        if self.is_stopped() {
+        if stopped {
             return Next::Refuse(work);
         }
         match work {
@@ -588,6 +601,18 @@ impl Shared {
         drop(state);
         self.work.notify_waiters();
     }
+}
+
+/// Where in the queue (each entry: whether it is a large object) a free
+/// connection takes its work: the front, or, where it may not take chunks
+/// (`may_take_chunks`: the large objects have their connections), the
+/// first small object behind it, so that starting one more large object
+/// never takes chunks past the limit. `None`: nothing it may take.
+fn next_in_queue(mut is_large: impl Iterator<Item = bool>, may_take_chunks: bool) -> Option<usize> {
+    if may_take_chunks {
+        return is_large.next().map(|_| 0);
+    }
+    is_large.position(|large| !large)
 }
 
 /// How many connections (of all cores) may take chunks of large objects:
@@ -820,16 +845,22 @@ impl Scheduler {
             // Full: wait until it is down to `refill_below_jobs`, so the
             // cores wake this thread once per half a queue.
             while state.queue.len() > shared.refill_below_jobs() {
+                if let Some(error) = shared.panic_error() {
+                    return Err(error);
+                }
                 if self.threads.iter().all(|thread| thread.is_finished()) {
                     return Err(Error::Fatal(
                         "every core of the scheduler has stopped".into(),
                     ));
                 }
-                // A core that died would never make room: look again now and then.
+                // A core that died would never make room: look again now and
+                // then. A task that panicked holding the lock poisoned it;
+                // the run still winds down (`Shared::state`).
+                let check = Duration::from_millis(SUBMIT_DEAD_CORE_CHECK_MS);
                 state = shared
                     .space
-                    .wait_timeout(state, Duration::from_millis(100))
-                    .expect("scheduler lock")
+                    .wait_timeout(state, check)
+                    .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
         }
@@ -1014,7 +1045,8 @@ fn run_core(
     }
     runtime.block_on(async move {
         let config = &shared.config;
-        let (pool, registration) = BufferPool::new(buffers, config.register_buffers);
+        let (pool, registration) = BufferPool::new(buffers, config.register_buffers)
+            .map_err(|error| Error::io("mapping the buffer pool again, unregistered", error))?;
         let core = Rc::new(Core {
             index: core_index,
             shared: Arc::clone(&shared),
@@ -1194,7 +1226,17 @@ fn fail(shared: &Shared, done: Done, error: Error, attempts: u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{large_limit, may_take_chunks};
+    use super::{large_limit, may_take_chunks, next_in_queue};
+
+    #[test]
+    fn a_connection_that_may_not_take_chunks_starts_no_large_object() {
+        let queue = [true, true, false, true, false];
+        assert_eq!(next_in_queue(queue.into_iter(), true), Some(0));
+        assert_eq!(next_in_queue(queue.into_iter(), false), Some(2));
+        assert_eq!(next_in_queue([true, true].into_iter(), false), None);
+        assert_eq!(next_in_queue([false].into_iter(), false), Some(0));
+        assert_eq!(next_in_queue(std::iter::empty(), true), None);
+    }
 
     #[test]
     fn a_scheduler_dropped_unfinished_lets_its_cores_end() {

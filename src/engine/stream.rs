@@ -135,7 +135,7 @@ async fn stream_once(
             retry_after_s: None,
         },
     };
-    let mut request = Vec::with_capacity(512);
+    let mut request = Vec::with_capacity(crate::config::REQUEST_HEAD_INITIAL_BYTES);
     crate::http::write_get_request(
         &mut request,
         "GET",

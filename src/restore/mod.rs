@@ -1421,6 +1421,8 @@ fn schedule(
         }
         return;
     }
+    // Only a dry run (returned above) has none.
+    let scheduler = scheduler.expect("a real run has a scheduler");
     let target = run.target();
     let (parent_segments, leaf) = segments.split_at(segments.len() - 1);
     let parent = match target.parent_dir(parent_segments) {
@@ -1500,7 +1502,6 @@ fn schedule(
         resumed_bytes: 0,
         journaled_bytes: Arc::new(AtomicU64::new(0)),
     };
-    let Some(scheduler) = scheduler else { return };
     // The engine owns the file from here (see `Destination`).
     let destination = Destination {
         fd: file,

@@ -25,10 +25,11 @@ use crate::config::{DIRECT_IO_ALIGN_BYTES, HEAD_RESERVE_DIVISOR};
 /// A zero-initialised, page-aligned buffer of its own anonymous mapping. Its
 /// whole capacity is always initialised memory, so exposing it as `&mut [u8]`
 /// is sound. Mapped rather than taken from malloc, so a dropped pool's pages
-/// go back to the kernel at once (each large object of a restore runs an
-/// engine with its own threads, and glibc may keep a freed block in the arena
-/// of a thread that has exited), and zeroed pages cost nothing until touched
-/// (`alloc_zeroed` with 4 KiB alignment memsets the whole pool up front).
+/// go back to the kernel at once (a `get` runs an engine, with its own core
+/// threads, per round, as may a library caller per object; glibc may keep a
+/// freed block in the arena of a thread that has exited), and zeroed pages
+/// cost nothing until touched (`alloc_zeroed` with 4 KiB alignment memsets
+/// the whole pool up front).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     capacity_bytes: usize,
@@ -58,16 +59,6 @@ impl AlignedBuf {
             ptr,
             capacity_bytes,
             init_bytes: capacity_bytes,
-        })
-    }
-
-    /// `try_new`, aborting as the allocator does when memory is exhausted.
-    pub fn new(capacity_bytes: usize) -> AlignedBuf {
-        AlignedBuf::try_new(capacity_bytes).unwrap_or_else(|_| {
-            std::alloc::handle_alloc_error(
-                std::alloc::Layout::from_size_align(capacity_bytes, DIRECT_IO_ALIGN_BYTES)
-                    .expect("buffer layout"),
-            )
         })
     }
 
@@ -129,7 +120,6 @@ struct PoolInner {
     storage: Storage,
     free_indices: RefCell<Vec<u16>>,
     buffer_size_bytes: usize,
-    buffer_count: usize,
     /// Buffers only the connection at the hash frontier may take.
     reserve_count: usize,
     returned: Notify,
@@ -160,8 +150,12 @@ impl BufferPool {
 
     /// A pool of `buffers` (from `map`, all of one size) that, if
     /// `try_register`, registers them with the current core's ring. Must run
-    /// inside that core's runtime.
-    pub fn new(buffers: Vec<AlignedBuf>, try_register: bool) -> (BufferPool, Registration) {
+    /// inside that core's runtime. Fails only where registration failed and
+    /// the buffers mapped again in its place could not be.
+    pub fn new(
+        buffers: Vec<AlignedBuf>,
+        try_register: bool,
+    ) -> io::Result<(BufferPool, Registration)> {
         let buffer_count = buffers.len();
         assert!(buffer_count >= 2 && buffer_count <= u16::MAX as usize);
         let buffer_size_bytes = buffers[0].capacity_bytes;
@@ -174,10 +168,11 @@ impl BufferPool {
                     // Its buffers go before others are mapped in their place.
                     drop(registry);
                     let reason = describe_register_error(&error, buffer_count * buffer_size_bytes);
-                    let buffers =
-                        (0..buffer_count).map(|_| Some(AlignedBuf::new(buffer_size_bytes)));
+                    let buffers = (0..buffer_count)
+                        .map(|_| AlignedBuf::try_new(buffer_size_bytes).map(Some))
+                        .collect::<io::Result<Vec<_>>>()?;
                     (
-                        Storage::Owned(RefCell::new(buffers.collect())),
+                        Storage::Owned(RefCell::new(buffers)),
                         Registration::Unregistered { reason },
                     )
                 }
@@ -193,28 +188,15 @@ impl BufferPool {
             storage,
             free_indices: RefCell::new((0..buffer_count as u16).rev().collect()),
             buffer_size_bytes,
-            buffer_count,
             reserve_count: (buffer_count / HEAD_RESERVE_DIVISOR).max(1),
             returned: Notify::new(),
         };
-        (
+        Ok((
             BufferPool {
                 inner: Rc::new(pool),
             },
             registration,
-        )
-    }
-
-    pub fn buffer_size_bytes(&self) -> usize {
-        self.inner.buffer_size_bytes
-    }
-
-    pub fn buffer_count(&self) -> usize {
-        self.inner.buffer_count
-    }
-
-    pub fn free_count(&self) -> usize {
-        self.inner.free_indices.borrow().len()
+        ))
     }
 
     /// Takes a buffer now if one is free. The last `reserve_count` free
@@ -319,10 +301,6 @@ impl PoolBuf {
 
     pub fn is_full(&self) -> bool {
         self.filled_bytes == self.capacity_bytes()
-    }
-
-    pub fn is_registered(&self) -> bool {
-        matches!(self.memory, Some(Memory::Fixed(_)))
     }
 
     /// The filled bytes.

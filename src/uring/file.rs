@@ -49,10 +49,6 @@ impl File {
         Ok(())
     }
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.raw_fd
-    }
-
     /// `inner`'s descriptor, for the syscalls tokio-uring does not wrap.
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         // SAFETY: `raw_fd` is `inner`'s descriptor, open for as long as
@@ -114,14 +110,6 @@ impl File {
         debug_assert!(!self.direct.get(), "O_DIRECT wants a pool buffer");
         let (result, _) = self.inner.write_all_at(bytes, offset_bytes).await;
         result
-    }
-
-    /// Reserves `len_bytes` so ENOSPC arrives here rather than mid-file.
-    pub async fn allocate(&self, len_bytes: u64) -> io::Result<()> {
-        if len_bytes == 0 {
-            return Ok(());
-        }
-        self.inner.fallocate(0, len_bytes, 0).await
     }
 
     pub async fn sync_all(&self) -> io::Result<()> {

@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::buf::BoundedBuf;
 
 use super::buffers::{Memory, PoolBuf};
-use crate::config::{STOP_CHECK_MS, STOPPING_STALL_TIMEOUT_MS};
+use crate::config::{RECV_GROW_BYTES, STOP_CHECK_MS, STOPPING_STALL_TIMEOUT_MS};
 
 /// Says the run is stopping (an error elsewhere in it), besides a stop
 /// signal: then a connect gives up, and an operation without progress is
@@ -92,7 +92,7 @@ impl TcpStream {
     ) -> (io::Result<usize>, Vec<u8>) {
         let start = buf.len();
         if start == buf.capacity() {
-            buf.reserve(4096);
+            buf.reserve(RECV_GROW_BYTES);
         }
         let capacity = buf.capacity();
         let receive = self.inner.read(buf.slice(start..capacity));
