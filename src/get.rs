@@ -1605,6 +1605,7 @@ impl ResumeFiles {
                 files: self,
                 dir,
                 file: std::fs::File::from(fd),
+                shared: None,
                 keep: false,
             };
             if held.is_named() {
@@ -1671,6 +1672,11 @@ struct HeldJournal<'a> {
     files: &'a ResumeFiles,
     dir: &'a OwnedFd,
     file: std::fs::File,
+    /// The round's shared handle on `file` (`writer`), which its
+    /// `DurableMarks` thread writes through: a cut goes through it too, so
+    /// a mark measured before the cut is not written after it
+    /// (`Journal::cut`).
+    shared: Option<Arc<crate::journal::Journal>>,
     keep: bool,
 }
 
@@ -1683,7 +1689,9 @@ impl HeldJournal<'_> {
     /// The engine's journal writer, appending to the file held, and the
     /// thread that marks it durable while the round lasts; none for a
     /// download nothing can resume.
-    fn writer(&self) -> Result<Option<(engine::large::OnWritten, crate::journal::DurableMarks)>> {
+    fn writer(
+        &mut self,
+    ) -> Result<Option<(engine::large::OnWritten, crate::journal::DurableMarks)>> {
         let Some(key) = self.files.key.clone() else {
             return Ok(None);
         };
@@ -1692,6 +1700,7 @@ impl HeldJournal<'_> {
             return Err(duplicating(error.into()));
         }
         let journal = crate::journal::Journal::new(self.file.try_clone().map_err(duplicating)?);
+        self.shared = Some(Arc::clone(&journal));
         let fs = self.dir.try_clone().map_err(duplicating)?;
         let marks = crate::journal::DurableMarks::start(
             Arc::clone(&journal),
@@ -1727,7 +1736,12 @@ impl HeldJournal<'_> {
         };
         let held = self.file.try_clone();
         match held.and_then(|held| rewrite(self.dir, &self.files.journal, held, &text)) {
-            Ok(file) => self.file = file,
+            Ok(file) => {
+                // A new file: the last round's marks (if one is still being
+                // made) land in the old one, which nothing reads.
+                self.file = file;
+                self.shared = None;
+            }
             // No new file to be had (a full disk): cut and written in
             // place, as before `rewrite`. Appended after the old lines, this
             // round's would be judged by the old boot's rule, and its
@@ -1750,7 +1764,10 @@ impl HeldJournal<'_> {
         if self.file.metadata()?.len() == 0 {
             return Ok(());
         }
-        self.file.set_len(0)
+        match &self.shared {
+            Some(journal) => journal.cut(),
+            None => self.file.set_len(0),
+        }
     }
 
     /// The partial file is whole and verified (kept: DEST appeared): the
