@@ -493,17 +493,6 @@ impl Download {
                 options.direct_io.for_object(meta.size_bytes),
             )
         } else {
-            // That body is streamed outside the scheduler, which paces
-            // every other download: refused rather than run past the
-            // limit a user set to spare a shared link (h28 #2).
-            if !meta.length_known && options.engine.limit_rate_bytes_per_s.is_some() {
-                return Err(Error::Usage(format!(
-                    "{}: the origin sends neither Content-Length nor Range support, and \
-                     --limit-rate is not applied to such a body yet; run without \
-                     --limit-rate, or limit the rate outside ringdown (tc, a proxy)",
-                    meta.source.display_name
-                )));
-            }
             notices.push(match meta.length_known {
                 true => "the origin ignores Range requests: the whole object came in one GET on one connection",
                 false => "the origin ignores Range requests and sends no Content-Length: the whole object came in one GET on one connection, its size known at its end",

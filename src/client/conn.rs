@@ -375,7 +375,7 @@ impl Connection {
         let mut body = Vec::with_capacity(head.content_length.unwrap_or(0) as usize);
         self.read_body_each(head, limit_bytes as u64, |piece| {
             body.extend_from_slice(piece);
-            Ok(())
+            Ok(Duration::ZERO)
         })
         .await?;
         Ok(body)
@@ -384,20 +384,25 @@ impl Connection {
     /// Reads a body of at most `limit_bytes`, handing it to `each` piece by
     /// piece as it arrives (at most what one receive brings), and returns
     /// its length. Framed by Content-Length, chunked, or the close. An error
-    /// `each` returns ends the read.
+    /// `each` returns ends the read; what it returns otherwise is how long
+    /// to wait before the next receive (`--limit-rate`'s pace; zero for
+    /// none), a wait that a stop (`runtime::stop_requested`) cuts short and
+    /// that the rate floor does not count.
     pub async fn read_body_each(
         &mut self,
         head: &ResponseHead,
         limit_bytes: u64,
-        mut each: impl FnMut(&[u8]) -> Result<(), ConnError>,
+        mut each: impl FnMut(&[u8]) -> Result<Duration, ConnError>,
     ) -> Result<u64, ConnError> {
-        let pace = BodyPace::new(self.timeout);
+        let mut pace = BodyPace::new(self.timeout);
+        let mut wait = Duration::ZERO;
         let mut body_bytes = 0u64;
         if head.chunked {
             let mut decoder = ChunkedDecoder::new();
             loop {
                 if self.leftover_start == self.leftover.len() {
                     self.compact_leftover();
+                    pace.pause(std::mem::take(&mut wait)).await;
                     if self.receive_more(API_BODY_RECV_BYTES).await? == 0 {
                         return Err(self.early_eof());
                     }
@@ -412,6 +417,7 @@ impl Connection {
                         self.leftover_start += consumed;
                         // The decoder may need more than what is buffered.
                         self.compact_leftover();
+                        pace.pause(std::mem::take(&mut wait)).await;
                         if self.receive_more(API_BODY_RECV_BYTES).await? == 0 {
                             return Err(self.early_eof());
                         }
@@ -421,7 +427,7 @@ impl Connection {
                         if body_bytes + len as u64 > limit_bytes {
                             return Err(body_too_big(limit_bytes));
                         }
-                        each(&input[start..start + len])?;
+                        wait = each(&input[start..start + len])?;
                         body_bytes += len as u64;
                         self.leftover_start += start + len;
                     }
@@ -443,6 +449,7 @@ impl Connection {
         while body_bytes < length {
             if self.leftover_start == self.leftover.len() {
                 self.compact_leftover();
+                pace.pause(std::mem::take(&mut wait)).await;
                 let n = self.receive_more(API_BODY_RECV_BYTES).await?;
                 if n == 0 {
                     if length == u64::MAX {
@@ -457,7 +464,7 @@ impl Connection {
             if body_bytes + wanted as u64 > limit_bytes {
                 return Err(body_too_big(limit_bytes));
             }
-            each(&available[..wanted])?;
+            wait = each(&available[..wanted])?;
             body_bytes += wanted as u64;
             self.leftover_start += wanted;
         }
@@ -528,6 +535,8 @@ fn body_too_big(limit_bytes: u64) -> ConnError {
 struct BodyPace {
     started: Instant,
     grace: Duration,
+    /// Waited on purpose (`--limit-rate`): not the server's slowness.
+    paused: Duration,
 }
 
 impl BodyPace {
@@ -535,11 +544,22 @@ impl BodyPace {
         BodyPace {
             started: Instant::now(),
             grace,
+            paused: Duration::ZERO,
         }
     }
 
+    /// Waits `wait` (unless the run stops), and leaves it out of the floor.
+    async fn pause(&mut self, wait: Duration) {
+        if wait.is_zero() {
+            return;
+        }
+        let paused = Instant::now();
+        crate::runtime::sleep_unless(wait, || crate::runtime::stop_requested().is_some()).await;
+        self.paused += paused.elapsed();
+    }
+
     fn check(&self, body_bytes: u64) -> Result<(), ConnError> {
-        let elapsed = self.started.elapsed();
+        let elapsed = self.started.elapsed().saturating_sub(self.paused);
         if elapsed <= self.grace {
             return Ok(());
         }

@@ -14,7 +14,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
@@ -213,6 +213,10 @@ async fn stream_on(
     let mut sha1 = Sha1::new();
     let mut written_bytes = 0u64;
     let mut local: Option<Cut> = None;
+    // `--limit-rate`: one connection, so its whole burst per read.
+    let pace = config
+        .limit_rate_bytes_per_s
+        .map(|rate| super::pace::Pace::new(rate, 1));
     let body = conn
         .read_body_each(&head, u64::MAX, |piece| {
             if let Some(signal) = config.stop_signal() {
@@ -240,7 +244,9 @@ async fn stream_on(
             progress
                 .bytes_done
                 .fetch_add(piece.len() as u64, Ordering::Relaxed);
-            Ok(())
+            Ok(pace
+                .as_ref()
+                .map_or(Duration::ZERO, |pace| pace.charge(piece.len())))
         })
         .await;
     if let Some(cut) = local {
