@@ -1753,8 +1753,10 @@ impl HeldJournal<'_> {
         if self.file.metadata()?.len() == 0 {
             return Ok(());
         }
+        // A journal writer that failed closed the shared handle: the cut
+        // is made on the file held, as it must be made.
         match &self.shared {
-            Some(journal) => journal.cut(),
+            Some(journal) => journal.cut().or_else(|_| self.file.set_len(0)),
             None => self.file.set_len(0),
         }
     }

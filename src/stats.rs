@@ -20,6 +20,8 @@ use crate::config::{HISTOGRAM_MAX_US, HISTOGRAM_SIGFIGS};
 pub enum Stage {
     Connect,
     TlsHandshake,
+    /// Request sent → first byte of its response head; for a GET sent
+    /// ahead (pipelining), that includes the body it was queued behind.
     Ttfb,
     Recv,
     BufferWait,

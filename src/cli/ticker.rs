@@ -73,7 +73,9 @@ pub fn start_progress_line(mut line: impl FnMut(Duration) -> String + Send + 'st
 /// (`say!`) while it is there.
 fn draw_in_place(line: &str) {
     use std::io::Write;
-    let line = fit(line, terminal_columns());
+    // A retry reason can quote a server (`say!` escapes its own lines).
+    let line = crate::printable(line, false);
+    let line = fit(&line, terminal_columns());
     let mut stderr = std::io::stderr().lock();
     let _ = write!(stderr, "\r\x1b[2K  {line}");
     crate::PROGRESS_LINE_DRAWN.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -611,6 +611,50 @@ mod tests {
         assert!(!validator("etag", "\"abc\"").matches("\"abd\""));
     }
 
+    /// A library caller's resume offset off a block, or past the object,
+    /// is a usage error before anything starts (it was an assert inside the
+    /// scheduler's lock: a panic, reported as a bug).
+    #[test]
+    fn a_resume_offset_off_a_block_is_a_usage_error() {
+        use super::{Fetch, ObjectSource, Progress, Resume, download};
+        let source = ObjectSource {
+            origin: crate::client::conn::Origin::new(
+                false,
+                "example.test".into(),
+                80,
+                vec!["127.0.0.1:9".parse().unwrap()],
+            ),
+            tls: None,
+            path_and_query: "/o".into(),
+            auth: None,
+            expect_file_id: None,
+            validator: None,
+            sse_c: None,
+            display_name: "http://example.test/o".into(),
+        };
+        let file = tempfile::tempfile().unwrap();
+        let config = crate::engine::EngineConfig::defaults(false);
+        for offset_bytes in [100, 1 << 20] {
+            let fetch = Fetch::Ranged {
+                resume: Some(Resume {
+                    offset_bytes,
+                    sha1: <sha1::Sha1 as sha1::Digest>::new(),
+                }),
+                on_written: None,
+            };
+            let progress = std::sync::Arc::new(Progress::default());
+            let size_bytes = 8192;
+            let fd = std::os::fd::OwnedFd::from(file.try_clone().unwrap());
+            match download(&config, &source, size_bytes, &fd, false, progress, fetch) {
+                Err(crate::Error::Usage(message)) => {
+                    assert!(message.contains("resume offset"), "{message}")
+                }
+                Err(other) => panic!("offset {offset_bytes}: {other}"),
+                Ok(_) => panic!("offset {offset_bytes} accepted"),
+            }
+        }
+    }
+
     #[test]
     fn connections_fit_the_open_files_limit() {
         // The default soft limit leaves `get` and restore as asked.

@@ -455,13 +455,18 @@ impl Shared {
                 return Next::Chunks(Arc::clone(job));
             }
         }
-        // A stopped run refuses the queue in order.
+        // A stopped run refuses the queue in order. Over a long round trip
+        // a connection moves at most its window per round trip, so each
+        // free one may start another large object (as `large_limit` lets
+        // every connection take chunks there once nothing else is left);
+        // elsewhere more chunk takers only spread the pool thinner.
         let stopped = self.is_stopped();
+        let may_start_large = may_take || stopped || self.long_round_trip();
         let kinds = state
             .queue
             .iter()
             .map(|work| matches!(work, Work::Large(_)));
-        let taken = next_in_queue(kinds, may_take || stopped).and_then(|at| state.queue.remove(at));
+        let taken = next_in_queue(kinds, may_start_large).and_then(|at| state.queue.remove(at));
         let Some(work) = taken else {
             // After a panic, open objects end without this connection (they
             // are aborted) and the producer learns at `finish`. (Large
@@ -864,9 +869,15 @@ impl Scheduler {
                     .0;
             }
         }
+        // A large object is for a connection that may take chunks, which
+        // the one `notify_one` wakes need not be (`next_in_queue`).
+        let large = matches!(work, Work::Large(_));
         state.queue.push_back(work);
         drop(state);
-        shared.work.notify_one();
+        match large {
+            true => shared.work.notify_waiters(),
+            false => shared.work.notify_one(),
+        }
         Ok(())
     }
 

@@ -872,18 +872,18 @@ impl Restore {
                 // Exit 3: what resumes stays, for the run that fixes the key
                 // (an earlier run's resumable partials too).
                 target.remove_partials_but(&kept_for_resume);
+                if !kept_for_resume.is_empty() {
+                    notices.push(format!(
+                        "kept the journaled chunks of {} large objects in {}: once the origin \
+                         accepts the request again (a valid key, a trusted certificate), the \
+                         same command resumes them",
+                        kept_for_resume.len(),
+                        options.dir.join(".ringdown").display()
+                    ));
+                }
             } else {
                 target.remove_all_partials();
             }
-        }
-        if !kept_for_resume.is_empty() && interrupted.is_none() {
-            notices.push(format!(
-                "kept the journaled chunks of {} large objects in {}: once the origin accepts \
-                 the request again (a valid key, a trusted certificate), the same command \
-                 resumes them",
-                kept_for_resume.len(),
-                options.dir.join(".ringdown").display()
-            ));
         }
         Ok(RestoreReport {
             tally,
