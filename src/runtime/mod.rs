@@ -314,7 +314,9 @@ pub fn end_with_run_on_this_thread(
     }
 }
 
-fn run_ended() -> bool {
+/// Whether the run this thread works for has ended by itself
+/// (`end_with_run_on_this_thread`).
+pub fn run_ended() -> bool {
     RUN_ENDED.with(|slot| {
         slot.borrow()
             .as_ref()

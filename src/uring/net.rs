@@ -5,8 +5,9 @@
 //! Every receive is bounded by a stall timeout. On timeout the socket is shut
 //! down and the receive is still awaited, so its buffer comes back: dropping a
 //! tokio-uring future would not cancel the operation. Once the run is
-//! stopping (a stop signal, SIGINT or SIGTERM; or what the connect's
-//! `Stopping` says: an error elsewhere in the run), the timeout shortens to
+//! stopping (a stop signal, SIGINT or SIGTERM; what the connect's
+//! `Stopping` says: an error elsewhere in the run; or, on a thread without
+//! one, `runtime::run_ended`), the timeout shortens to
 //! `STOPPING_STALL_TIMEOUT_MS`: requests that make progress finish, a stalled
 //! one does not hold the exit; and a connect still in flight gives up.
 
@@ -32,6 +33,13 @@ pub struct TcpStream {
     stopping: Option<Stopping>,
 }
 
+/// What says this thread's run is stopping without a `Stopping` of its
+/// own: a signal or its caller's cancel, or (a restore's listing thread)
+/// the run ended by a run-fatal error elsewhere.
+fn stopping_now() -> bool {
+    crate::runtime::stop_requested().is_some() || crate::runtime::run_ended()
+}
+
 impl TcpStream {
     /// Connects within `timeout`, unless the run stops first (checked every
     /// `STOP_CHECK_MS`): an unreachable origin that drops SYNs does not hold
@@ -52,10 +60,7 @@ impl TcpStream {
         tokio::pin!(connecting);
         let started = std::time::Instant::now();
         let check = Duration::from_millis(STOP_CHECK_MS);
-        let is_stopping = || {
-            crate::runtime::stop_requested().is_some()
-                || stopping.as_ref().is_some_and(|stopping| stopping())
-        };
+        let is_stopping = || stopping_now() || stopping.as_ref().is_some_and(|stopping| stopping());
         let connected = loop {
             if is_stopping() {
                 return Err(io::Error::new(
@@ -137,8 +142,7 @@ impl TcpStream {
     }
 
     fn is_stopping(&self) -> bool {
-        crate::runtime::stop_requested().is_some()
-            || self.stopping.as_ref().is_some_and(|stopping| stopping())
+        stopping_now() || self.stopping.as_ref().is_some_and(|stopping| stopping())
     }
 
     /// Shuts the socket down both ways: pending operations complete promptly.
@@ -241,6 +245,20 @@ mod tests {
             assert!(error.to_string().contains("the run is stopping"), "{error}");
             let took = started.elapsed();
             assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+            // A control-plane connect (a restore's listing thread) has no
+            // `Stopping`: the run's end on its thread stops it.
+            let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let _ended = crate::runtime::end_with_run_on_this_thread(std::sync::Arc::clone(&ended));
+            let started = Instant::now();
+            let connect = TcpStream::connect(addr, Duration::from_secs(30), None);
+            let end = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                ended.store(true, std::sync::atomic::Ordering::Release);
+            };
+            let (connected, ()) = tokio::join!(connect, end);
+            assert!(connected.is_err(), "connected to a full listen queue");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(5), "the run's end took {took:?}");
         });
     }
 }
