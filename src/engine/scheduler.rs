@@ -609,12 +609,13 @@ impl Shared {
 }
 
 /// Where in the queue (each entry: whether it is a large object) a free
-/// connection takes its work: the front, or, where it may not take chunks
-/// (`may_take_chunks`: the large objects have their connections), the
-/// first small object behind it, so that starting one more large object
-/// never takes chunks past the limit. `None`: nothing it may take.
-fn next_in_queue(mut is_large: impl Iterator<Item = bool>, may_take_chunks: bool) -> Option<usize> {
-    if may_take_chunks {
+/// connection takes its work: the front, or, where it may not start a
+/// large object (it may not take chunks: the large objects have their
+/// connections), the first small object behind it, so that starting one
+/// more large object never takes chunks past the limit. `None`: nothing it
+/// may take.
+fn next_in_queue(mut is_large: impl Iterator<Item = bool>, may_start_large: bool) -> Option<usize> {
+    if may_start_large {
         return is_large.next().map(|_| 0);
     }
     is_large.position(|large| !large)
