@@ -10,15 +10,14 @@ use crate::config::{
     DIRECT_IO_ALIGN_BYTES, PIPELINE_LOOKAHEAD_ROUND_TRIPS, PIPELINE_ROUND_TRIP_MIN_US,
 };
 use crate::error::Error;
-use crate::http::ResponseHead;
 use crate::plan::Chunk;
 use crate::stats::Stage;
 use crate::uring::PoolBuf;
 
-use super::failure::{Failure, Retries, Then, conn_failure, status_failure};
+use super::failure::{Failure, Retries, Then, conn_failure};
 use super::large::{CoreJob, WriteInFlight};
 use super::request::{
-    build_get, check_range_head, next_head, send_get_ahead, stop_pipelining_if_refused,
+    build_get, check_head, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
 
 pub(super) async fn download_chunk(
@@ -126,7 +125,7 @@ async fn attempt_chunk(
     let range = (first_byte, last_byte);
     let head = next_head(&core.core, connection, &spec.object, Some(range)).await?;
     let conn = connection.as_mut().expect("connected");
-    let body_len = check_head(core, conn, &head, first_byte, last_byte).await?;
+    let body_len = check_head(conn, &head, &spec.object, first_byte, last_byte).await?;
     let pipelining = head.keep_alive && core.core.shared.pipelining();
     let body_started = Instant::now();
     let mut body_left = body_len;
@@ -257,21 +256,6 @@ async fn send_ahead(
     *ahead = Some(next);
     let request = build_get(&core.core, &job.spec.object, range)?;
     send_get_ahead(conn, &job.spec.object, range, request).await
-}
-
-/// Validates a response head against the request. Returns the body length.
-async fn check_head(
-    core: &CoreJob,
-    conn: &mut Connection,
-    head: &ResponseHead,
-    first_byte: u64,
-    last_byte: u64,
-) -> Result<u64, Failure> {
-    let object = &core.job.spec.object;
-    if !matches!(head.status, 200 | 206) {
-        return Err(status_failure(conn, head, object).await);
-    }
-    check_range_head(head, object, first_byte, last_byte)
 }
 
 /// Writes a full buffer at its offset on a task of its own, so the connection

@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
-use super::failure::{Failure, FailureKind, GiveUp, Retries, Then, conn_failure, status_failure};
+use super::failure::{Failure, FailureKind, GiveUp, Retries, Then, conn_failure};
 use super::request::{
-    build_get, check_range_head, next_head, send_get_ahead, stop_pipelining_if_refused,
+    build_get, check_head, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
@@ -470,18 +470,4 @@ fn write_error(offset: u64, error: &std::io::Error) -> Failure {
         retry_after_s: None,
         answer_read: false,
     }
-}
-
-/// Validates a response head against the request.
-async fn check_head(
-    conn: &mut Connection,
-    head: &ResponseHead,
-    job: &ObjectSpec,
-    first_byte: u64,
-    last_byte: u64,
-) -> std::result::Result<(), Failure> {
-    if !matches!(head.status, 200 | 206) {
-        return Err(status_failure(conn, head, job).await);
-    }
-    check_range_head(head, job, first_byte, last_byte).map(|_| ())
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::failure::{Failure, conn_failure};
+use super::failure::{Failure, conn_failure, status_failure};
 use super::scheduler::{Core, ObjectSpec};
 use crate::client::conn::{ConnError, Connection, Pipelined};
 use crate::http::{self, ResponseHead};
@@ -282,11 +282,27 @@ async fn send_and_read_head(
     conn.read_head().await
 }
 
+/// Validates the response head to the GET of bytes `first_byte..=last_byte`
+/// of `object`: an error status, its body read (`status_failure`), or a
+/// 200/206 answer checked by `check_range_head`. Returns the body's length.
+pub(super) async fn check_head(
+    conn: &mut Connection,
+    head: &ResponseHead,
+    object: &ObjectSpec,
+    first_byte: u64,
+    last_byte: u64,
+) -> Result<u64, Failure> {
+    if !matches!(head.status, 200 | 206) {
+        return Err(status_failure(conn, head, object).await);
+    }
+    check_range_head(head, object, first_byte, last_byte)
+}
+
 /// Checks a 200 or 206 answer to the GET of bytes `first_byte..=last_byte`
 /// of `object` (a 200 only where that is the whole object): its version,
 /// range, size and framing. Returns the body's length. I/O-free: an error
-/// status's body is read by the caller first (`status_failure`). Small
-/// objects and chunks share it, so the same answer gets the same verdict.
+/// status's body is read first (`check_head`). Small objects and chunks
+/// share it, so the same answer gets the same verdict.
 pub(super) fn check_range_head(
     head: &ResponseHead,
     object: &ObjectSpec,
@@ -296,16 +312,15 @@ pub(super) fn check_range_head(
     debug_assert!(matches!(head.status, 200 | 206), "status {}", head.status);
     let size = object.size_bytes;
     let requested = last_byte - first_byte + 1;
-    let protocol = |detail: String| Failure::protocol(detail);
     // The version first: what the sizes below mean depends on it.
     check_version(head, object)?;
     match head.status {
         206 => {
             let Some(range) = head.content_range else {
-                return Err(protocol("206 without Content-Range".into()));
+                return Err(Failure::protocol("206 without Content-Range"));
             };
             if range.first != first_byte || range.last != last_byte {
-                return Err(protocol(format!(
+                return Err(Failure::protocol(format!(
                     "Content-Range bytes {}-{} does not match the requested {first_byte}-{last_byte}",
                     range.first, range.last
                 )));
@@ -323,13 +338,15 @@ pub(super) fn check_range_head(
         // A whole-object answer is fine when the whole object was asked for.
         200 if first_byte == 0 && last_byte + 1 == size => {}
         _ => {
-            return Err(protocol(
-                "200 (whole object) where a range was requested".into(),
+            return Err(Failure::protocol(
+                "200 (whole object) where a range was requested",
             ));
         }
     }
     if head.chunked {
-        return Err(protocol("chunked body where a length was expected".into()));
+        return Err(Failure::protocol(
+            "chunked body where a length was expected",
+        ));
     }
     match head.content_length {
         Some(length) if length == requested => Ok(requested),
@@ -342,10 +359,10 @@ pub(super) fn check_range_head(
             ),
         )),
         // Content-Range and the object's size matched: a broken reply.
-        Some(length) => Err(protocol(format!(
+        Some(length) => Err(Failure::protocol(format!(
             "Content-Length {length} is not the {requested} bytes of range {first_byte}-{last_byte}"
         ))),
-        None => Err(protocol("response without Content-Length".into())),
+        None => Err(Failure::protocol("response without Content-Length")),
     }
 }
 
