@@ -33,11 +33,13 @@ pub struct TcpStream {
     stopping: Option<Stopping>,
 }
 
-/// What says this thread's run is stopping without a `Stopping` of its
-/// own: a signal or its caller's cancel, or (a restore's listing thread)
-/// the run ended by a run-fatal error elsewhere.
-fn stopping_now() -> bool {
-    crate::runtime::stop_requested().is_some() || crate::runtime::run_ended()
+/// Whether the run is stopping: a signal or its caller's cancel, what
+/// `stopping` says, or, on a thread without one (a restore's listing
+/// thread), the run ended by a run-fatal error elsewhere.
+fn is_stopping(stopping: Option<&Stopping>) -> bool {
+    crate::runtime::stop_requested().is_some()
+        || crate::runtime::run_ended()
+        || stopping.is_some_and(|stopping| stopping())
 }
 
 impl TcpStream {
@@ -60,9 +62,8 @@ impl TcpStream {
         tokio::pin!(connecting);
         let started = std::time::Instant::now();
         let check = Duration::from_millis(STOP_CHECK_MS);
-        let is_stopping = || stopping_now() || stopping.as_ref().is_some_and(|stopping| stopping());
         let connected = loop {
-            if is_stopping() {
+            if is_stopping(stopping.as_ref()) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connect to {addr} given up: the run is stopping"),
@@ -141,10 +142,6 @@ impl TcpStream {
         self.bounded(self.inner.write_all(bytes), timeout).await
     }
 
-    fn is_stopping(&self) -> bool {
-        stopping_now() || self.stopping.as_ref().is_some_and(|stopping| stopping())
-    }
-
     /// Shuts the socket down both ways: pending operations complete promptly.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown(std::net::Shutdown::Both);
@@ -161,7 +158,7 @@ impl TcpStream {
         // completes first costs nothing more than one timer.
         let check = Duration::from_millis(STOP_CHECK_MS);
         let stall = loop {
-            let (limit, why) = if self.is_stopping() {
+            let (limit, why) = if is_stopping(self.stopping.as_ref()) {
                 (
                     timeout.min(Duration::from_millis(STOPPING_STALL_TIMEOUT_MS)),
                     "the run is stopping",
