@@ -595,10 +595,7 @@ impl Target {
     /// Exit 1: partial files go, resumable ones too (CONVENTIONS.md); the
     /// journal stays so completed files are skipped next time.
     pub fn remove_all_partials(&self) {
-        let ours = |name: &String| name.starts_with(&self.shard_tag) && name.ends_with(".part");
-        for name in entry_names(&self.partial).iter().filter(|name| ours(name)) {
-            self.unlink_partial(name);
-        }
+        self.remove_partials_unless(|_| false);
     }
 
     /// Removes this shard's partial files but `keep` and the ones resumable
@@ -609,11 +606,13 @@ impl Target {
             .keys()
             .map(|key| self.large_temp_name(key))
             .collect();
+        self.remove_partials_unless(|name| keep.contains(name) || resumable.contains(name));
+    }
+
+    /// Removes this shard's partial files but those `kept` says to keep.
+    fn remove_partials_unless(&self, kept: impl Fn(&String) -> bool) {
         let ours = |name: &String| {
-            name.starts_with(&self.shard_tag)
-                && name.ends_with(".part")
-                && !keep.contains(name)
-                && !resumable.contains(name)
+            name.starts_with(&self.shard_tag) && name.ends_with(".part") && !kept(name)
         };
         for name in entry_names(&self.partial).iter().filter(|name| ours(name)) {
             self.unlink_partial(name);
