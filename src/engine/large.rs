@@ -160,8 +160,7 @@ impl Job {
         // it, a rerun with larger parts fetched its whole prefix again).
         // Buffers land at aligned offsets, as O_DIRECT wants.
         assert!(
-            offset_bytes % crate::config::DIRECT_IO_ALIGN_BYTES as u64 == 0
-                && offset_bytes <= size_bytes,
+            super::resume_offset_fits(offset_bytes, size_bytes),
             "resume offset {offset_bytes} is not a block boundary"
         );
         let plan = ChunkPlan::starting_at(size_bytes, part_size_bytes, offset_bytes);

@@ -418,6 +418,12 @@ pub fn resumable_prefix(journaled_bytes: u64) -> u64 {
     journaled_bytes / block * block
 }
 
+/// Whether a download may resume at `offset_bytes` of an object of
+/// `size_bytes`: a block boundary (as `resumable_prefix` gives), within it.
+pub fn resume_offset_fits(offset_bytes: u64, size_bytes: u64) -> bool {
+    offset_bytes == resumable_prefix(offset_bytes) && offset_bytes <= size_bytes
+}
+
 /// Where an interrupted download continues: `[0, offset_bytes)` is already
 /// in the file and `sha1` covers it. The offset is a block boundary
 /// (`resumable_prefix`), not necessarily one of this run's chunks.
@@ -496,12 +502,12 @@ pub fn download(
         ..
     } = &fetch
     {
-        let block = crate::config::DIRECT_IO_ALIGN_BYTES as u64;
-        if resume.offset_bytes % block != 0 || resume.offset_bytes > object_size_bytes {
+        if !resume_offset_fits(resume.offset_bytes, object_size_bytes) {
             return Err(Error::Usage(format!(
-                "resume offset {} is not a multiple of {block} bytes within the object's {object_size_bytes}; \
+                "resume offset {} is not a multiple of {} bytes within the object's {object_size_bytes}; \
                  round it down with engine::resumable_prefix",
-                resume.offset_bytes
+                resume.offset_bytes,
+                crate::config::DIRECT_IO_ALIGN_BYTES
             )));
         }
     }
