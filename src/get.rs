@@ -536,7 +536,7 @@ impl Download {
                     let temp_name = files.part.clone();
                     let (file, direct) = create_temp(
                         &dir,
-                        &temp_name,
+                        Some(&temp_name),
                         &dest.display().to_string(),
                         meta.size_bytes,
                         direct_io,
@@ -1863,22 +1863,38 @@ pub(crate) fn timestamps_at(mtime_ms: u64) -> Timestamps {
     }
 }
 
-/// Creates the temporary file (never following a symlink), pre-allocated.
+/// Creates the temporary file (never following a symlink), pre-allocated:
+/// `name` in `dir`, or (`None`) an unnamed one there (`O_TMPFILE`), which
+/// a crash or a failure leaves nothing of (restore names it once verified:
+/// `Target::publish`).
 /// `mode` is the object's, from `DirectIo::for_object`. Returns whether
 /// O_DIRECT is on. `display_path` is the final path, named
 /// in errors (the temporary name means nothing to the user).
 pub(crate) fn create_temp(
     dir: &OwnedFd,
-    name: &str,
+    name: Option<&str>,
     display_path: &str,
     size_bytes: u64,
     mode: DirectIo,
 ) -> Result<(OwnedFd, bool)> {
-    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let flags = match name {
+        Some(_) => {
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW
+        }
+        None => OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+    };
+    let unlink = || {
+        if let Some(name) = name {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        }
+    };
+    let shown = name.unwrap_or("an unnamed file");
     // `mode` comes from `DirectIo::for_object`, which decided `auto` by size;
     // `auto` still falls back when the file system's alignment does not suit.
     let want_direct = mode != DirectIo::Off;
-    let open = |flags: OFlags| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644));
+    let open = |flags: OFlags| {
+        rustix::fs::openat(dir, name.unwrap_or("."), flags, Mode::from_raw_mode(0o644))
+    };
     let (file, direct) = if want_direct {
         match open(flags | OFlags::DIRECT) {
             Ok(file) if mode == DirectIo::On || direct_io_alignment_ok(&file) => (file, true),
@@ -1894,11 +1910,13 @@ pub(crate) fn create_temp(
                 // the file, so the name may be ours already: O_EXCL said
                 // nobody else's file was there (that would be EEXIST, not EINVAL).
                 let reopened = match open(flags) {
-                    Err(rustix::io::Errno::EXIST) => open(flags - OFlags::CREATE - OFlags::EXCL),
+                    Err(rustix::io::Errno::EXIST) if name.is_some() => {
+                        open(flags - OFlags::CREATE - OFlags::EXCL)
+                    }
                     other => other,
                 };
                 let file = reopened.map_err(|error| {
-                    creation_error(format!("creating {name} for {display_path}"), error)
+                    creation_error(format!("creating {shown} for {display_path}"), error)
                 })?;
                 (file, false)
             }
@@ -1907,7 +1925,7 @@ pub(crate) fn create_temp(
                 // kernel refuses the flag after creating the file, which
                 // O_EXCL made ours: it goes. Every file would fail alike,
                 // so the run stops here, saying what to change.
-                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                unlink();
                 return Err(Error::Fatal(format!(
                     "{display_path}: the destination file system does not take O_DIRECT \
                      (EINVAL on open): use --direct-io auto (O_DIRECT where it is taken) or off"
@@ -1915,7 +1933,7 @@ pub(crate) fn create_temp(
             }
             Err(error) => {
                 return Err(creation_error(
-                    format!("creating {name} with O_DIRECT for {display_path}"),
+                    format!("creating {shown} with O_DIRECT for {display_path}"),
                     error,
                 ));
             }
@@ -1923,7 +1941,7 @@ pub(crate) fn create_temp(
     } else {
         (
             open(flags).map_err(|error| {
-                creation_error(format!("creating {name} for {display_path}"), error)
+                creation_error(format!("creating {shown} for {display_path}"), error)
             })?,
             false,
         )
@@ -1935,7 +1953,7 @@ pub(crate) fn create_temp(
             if error == rustix::io::Errno::OPNOTSUPP {
                 return Ok((file, direct));
             }
-            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            unlink();
             if error == rustix::io::Errno::NOSPC {
                 return Err(Error::Fatal(format!(
                     "{display_path}: no space for {size_bytes} bytes in the destination filesystem (ENOSPC: No space left on device)"

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use rustix::fs::AtFlags;
 use serde_json::json;
 
 #[cfg(test)]
@@ -50,7 +49,7 @@ use crate::uring;
 use crate::verify::to_hex;
 use listing::{Action, ListEntry};
 use paths::{ListedFiles, Mapped, NameFilter, Shard};
-use target::{PathError, Target};
+use target::{Partial, PathError, Target};
 
 /// Everything a restore needs, resolved from flags and environment.
 /// `Debug` is written by hand: the application key is redacted.
@@ -495,7 +494,8 @@ struct FileTask {
     parent: Arc<OwnedFd>,
     leaf: String,
     display_path: String,
-    temp_name: String,
+    /// Where it is written until verified (a large object's is named).
+    partial: Partial,
     /// A large object's prefix found on disk (journaled chunks), not fetched.
     resumed_bytes: u64,
     /// A large object's prefix journaled so far (its last chunk boundary).
@@ -1457,11 +1457,6 @@ fn schedule(
     } else {
         None
     };
-    let temp_name = if is_large {
-        target.large_temp_name(&key)
-    } else {
-        target.temp_name()
-    };
     // A large object started afresh says so before its partial file is
     // made: a record an earlier run left for that name (a partial since
     // removed) must not vouch for the new file's zeros after a kill.
@@ -1470,17 +1465,23 @@ fn schedule(
             return fail(error);
         }
     }
-    let created = match resume_bytes {
-        Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
-        None => crate::get::create_temp(
-            &target.partial,
-            &temp_name,
-            &display_path,
-            entry.size_bytes,
-            direct,
-        ),
+    let created = if is_large {
+        let temp_name = target.large_temp_name(&key);
+        let opened = match resume_bytes {
+            Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
+            None => crate::get::create_temp(
+                &target.partial,
+                Some(&temp_name),
+                &display_path,
+                entry.size_bytes,
+                direct,
+            ),
+        };
+        opened.map(|(file, direct)| (file, direct, Partial::Named(temp_name)))
+    } else {
+        target.create_partial(&parent, &display_path, entry.size_bytes, direct)
     };
-    let (file, direct_io) = match created {
+    let (file, direct_io, partial) = match created {
         Ok(created) => created,
         Err(error) => return fail(error),
     };
@@ -1498,7 +1499,7 @@ fn schedule(
         entry,
         parent,
         display_path,
-        temp_name,
+        partial,
         resumed_bytes: 0,
         journaled_bytes: Arc::new(AtomicU64::new(0)),
     };
@@ -1531,7 +1532,8 @@ fn schedule(
             .filter(|&bytes| bytes > 0 && bytes <= size_bytes)
             .and_then(|bytes| {
                 let note_as = (!run.reporter.quiet).then_some(task.entry.name.as_str());
-                engine::hash_prefix(&target.partial, &task.temp_name, bytes, note_as)
+                let temp_name = target.large_temp_name(&task.key);
+                engine::hash_prefix(&target.partial, &temp_name, bytes, note_as)
             });
         if let Some(resume) = &resume {
             task.resumed_bytes = resume.offset_bytes;
@@ -1667,7 +1669,7 @@ fn finish_file(
             // Interrupted: not a failure. A large object keeps its partial
             // file and journaled chunks for the next run.
             if !task.large {
-                target.unlink_partial(&task.temp_name);
+                target.discard(task.partial);
             }
             return;
         }
@@ -1675,13 +1677,15 @@ fn finish_file(
             // Refused midway: what arrived is kept for the run that fixes
             // the key (exit 3), as `get` keeps it; else it goes (exit 1).
             let refused = error.is_refusal() || run.refused();
-            if task.large && refused && task.journaled_bytes.load(Ordering::Acquire) > 0 {
-                run.kept_for_resume
-                    .lock()
-                    .expect("kept lock")
-                    .insert(task.temp_name.clone());
-            } else {
-                target.unlink_partial(&task.temp_name);
+            match task.partial {
+                Partial::Named(name)
+                    if task.large
+                        && refused
+                        && task.journaled_bytes.load(Ordering::Acquire) > 0 =>
+                {
+                    run.kept_for_resume.lock().expect("kept lock").insert(name);
+                }
+                partial => target.discard(partial),
             }
             record(Status::Failed, None, false, Some(error.to_string()));
             if run_fatal {
@@ -1694,7 +1698,7 @@ fn finish_file(
         ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)
             if *expected != actual =>
         {
-            target.unlink_partial(&task.temp_name);
+            target.discard(task.partial);
             record(
                 Status::Failed,
                 Some(&actual),
@@ -1712,29 +1716,15 @@ fn finish_file(
         ExpectedSha1::None | ExpectedSha1::Malformed(_) => false,
     };
     if let Some(mtime_ms) = entry.mtime_ms {
-        // By name: the engine owns the fd, and every write has completed. The
-        // partial directory is ringdown's own, and no symlink is followed.
-        let _ = rustix::fs::utimensat(
-            &target.partial,
-            task.temp_name.as_str(),
-            &crate::get::timestamps_at(mtime_ms),
-            AtFlags::SYMLINK_NOFOLLOW,
-        );
+        target.set_mtime(&task.partial, mtime_ms);
     }
-    match target.rename_into_place(
-        &task.temp_name,
-        &task.parent,
-        &task.leaf,
-        &task.display_path,
-    ) {
+    match target.publish(task.partial, &task.parent, &task.leaf, &task.display_path) {
         Ok(()) => {}
         Err(PathError::Refused(reason)) => {
-            target.unlink_partial(&task.temp_name);
             record(Status::Refused, Some(&actual), verified, Some(reason));
             return;
         }
         Err(PathError::Failed(error)) => {
-            target.unlink_partial(&task.temp_name);
             record(
                 Status::Failed,
                 Some(&actual),
