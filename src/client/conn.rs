@@ -3,7 +3,6 @@
 //!
 //! Parsing lives in `http/` (no I/O); this file moves bytes.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -209,33 +208,6 @@ pub struct Connection {
     leftover: Vec<u8>,
     leftover_start: usize,
     timeout: Duration,
-    /// Requests completed on this connection (for keep-alive accounting).
-    pub requests_done: u64,
-    /// GETs sent ahead, behind the response being read now (HTTP/1.1
-    /// pipelining), oldest first: their answers are the next to read.
-    pub pipelined: VecDeque<Pipelined>,
-    /// The SSE-C key (its index among the keys given) that the request
-    /// whose answer is being read carried: a refusal names it.
-    pub answering_sse_c_key: Option<usize>,
-}
-
-/// A request sent before the previous response was read.
-#[derive(Debug)]
-pub struct Pipelined {
-    /// The path and query asked for.
-    pub path_and_query: String,
-    /// First and last byte asked for; `None`: the whole object.
-    pub range: Option<(u64, u64)>,
-    pub sent: Instant,
-    /// The SSE-C key it carried (see `Connection::answering_sse_c_key`).
-    pub sse_c_key: Option<usize>,
-}
-
-impl Pipelined {
-    /// Whether this is the GET of `path_and_query` and `range`.
-    pub fn asked_for(&self, path_and_query: &str, range: Option<(u64, u64)>) -> bool {
-        self.range == range && self.path_and_query == path_and_query
-    }
 }
 
 impl Connection {
@@ -274,9 +246,6 @@ impl Connection {
             leftover: Vec::new(),
             leftover_start: 0,
             timeout,
-            requests_done: 0,
-            pipelined: VecDeque::new(),
-            answering_sse_c_key: None,
         })
     }
 

@@ -5,7 +5,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::client::conn::{ConnError, Connection};
+use super::conn::EngineConn;
+use crate::client::conn::ConnError;
 use crate::config::{
     DIRECT_IO_ALIGN_BYTES, PIPELINE_LOOKAHEAD_ROUND_TRIPS, PIPELINE_ROUND_TRIP_MIN_US,
 };
@@ -22,7 +23,7 @@ use super::request::{
 
 pub(super) async fn download_chunk(
     core: &Rc<CoreJob>,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     chunk: Chunk,
     ahead: &mut Option<Chunk>,
 ) -> Result<(), Error> {
@@ -34,7 +35,7 @@ pub(super) async fn download_chunk(
 
 async fn retry_chunk(
     core: &Rc<CoreJob>,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     chunk: Chunk,
     ahead: &mut Option<Chunk>,
     retries: &mut Retries,
@@ -111,7 +112,7 @@ async fn retry_chunk(
 
 async fn attempt_chunk(
     core: &Rc<CoreJob>,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     chunk: &Chunk,
     received_bytes: &mut u64,
     current: &mut Option<PoolBuf>,
@@ -210,7 +211,7 @@ async fn attempt_chunk(
         core.core.pace(n).await;
     }
     if let Some(conn) = connection.as_mut() {
-        conn.requests_done += 1;
+        conn.requests.answered();
         if !head.keep_alive {
             conn.shutdown();
             *connection = None;
@@ -245,7 +246,7 @@ pub(crate) fn send_ahead_now(
 /// being read.
 async fn send_ahead(
     core: &Rc<CoreJob>,
-    conn: &mut Connection,
+    conn: &mut EngineConn,
     ahead: &mut Option<Chunk>,
 ) -> Result<(), Failure> {
     let job = &core.job;

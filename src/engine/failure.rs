@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use super::conn::EngineConn;
 use super::scheduler::{Core, ObjectSpec};
 use crate::b2::{AfterRefusal, ErrorClass, classify};
-use crate::client::conn::{ConnError, Connection};
+use crate::client::conn::ConnError;
 use crate::config::{ERROR_BODY_MAX_BYTES, KEEPALIVE_IDLE_MAX_MS, SSE_C_KEYS_MAX};
 use crate::error::Error;
 use crate::http::ResponseHead;
@@ -98,11 +99,11 @@ impl Failure {
     /// - an SSE-C key's refusal with answers to GETs sent ahead owed: they
     ///   are read first (with nothing owed, the next key goes out at once
     ///   on this connection).
-    pub(super) fn defers(&self, conn: &Connection) -> bool {
+    pub(super) fn defers(&self, conn: &EngineConn) -> bool {
         self.answer_read
             && match self.kind {
                 FailureKind::Retry => true,
-                FailureKind::NextKey => !conn.pipelined.is_empty(),
+                FailureKind::NextKey => conn.requests.owes_answers(),
                 _ => false,
             }
     }
@@ -113,7 +114,7 @@ impl Failure {
     /// first (a server, NAT or balancer may drop an idle flow silently: the
     /// retry would wait out `--timeout-s`; see `KEEPALIVE_IDLE_MAX_MS`). Any
     /// other failure may have left it mid-answer, out of step, or closed.
-    pub(super) fn leaves_usable(&self, conn: &Connection) -> bool {
+    pub(super) fn leaves_usable(&self, conn: &EngineConn) -> bool {
         self.leaves_idle(conn) && !matches!(self.kind, FailureKind::Retry | FailureKind::Protocol)
     }
 
@@ -121,14 +122,14 @@ impl Failure {
     /// answer read to its end, and no GET sent ahead. It can carry the next
     /// request, after the backoff if any: a chunk keeps it through a short
     /// one (`chunk::download_chunk`).
-    pub(super) fn leaves_idle(&self, conn: &Connection) -> bool {
-        self.answer_read && conn.pipelined.is_empty()
+    pub(super) fn leaves_idle(&self, conn: &EngineConn) -> bool {
+        self.answer_read && !conn.requests.owes_answers()
     }
 
     /// Whether the connection can go on reading the answers it owes to GETs
     /// sent ahead: this object is done with (it failed on an error answer
     /// read to its end), so nothing is sent on it out of turn.
-    pub(super) fn leaves_in_step(&self, conn: &Connection) -> bool {
+    pub(super) fn leaves_in_step(&self, conn: &EngineConn) -> bool {
         self.leaves_usable(conn) || (self.answer_read && matches!(self.kind, FailureKind::Object))
     }
 }
@@ -376,7 +377,7 @@ impl Retries {
 
 /// Reads a (small) error body and classifies the status per b2-api.md §6.
 pub(super) async fn status_failure(
-    conn: &mut Connection,
+    conn: &mut EngineConn,
     head: &ResponseHead,
     object: &ObjectSpec,
 ) -> Failure {
@@ -393,7 +394,7 @@ pub(super) async fn status_failure(
         // A request done: if the server closes the connection while it
         // idles (a backoff), the next request's send finds out and goes
         // out again on a new one (`request::get_head`), not as an attempt.
-        conn.requests_done += 1;
+        conn.requests.answered();
     }
     let mut body = body.unwrap_or_default();
     // The server's text may quote the URL's credentials (a presigned
@@ -437,7 +438,8 @@ pub(super) async fn status_failure(
             // else this object fails, and others (unencrypted, or under a
             // key given) go on.
             let index = conn
-                .answering_sse_c_key
+                .requests
+                .answering_sse_c_key()
                 .unwrap_or_else(|| choice.current().0);
             return match choice.refused(index) {
                 AfterRefusal::TryNext => Failure {

@@ -537,7 +537,7 @@ impl Drop for TakingChunks<'_> {
 /// connection goes back to the scheduler for other work.
 pub(super) async fn take_chunks(
     core: &Rc<Core>,
-    connection: &mut Option<crate::client::conn::Connection>,
+    connection: &mut Option<super::conn::EngineConn>,
     job: Arc<Job>,
 ) {
     let Some(core_job) = core_job_for(core, job) else {

@@ -5,6 +5,7 @@
 //! (`large`, `chunk`). `get` is a scheduler with one object (`Fetch`).
 
 mod chunk;
+mod conn;
 #[doc(hidden)]
 pub mod failpoint;
 pub(crate) mod failure;

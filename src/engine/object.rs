@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
+use super::conn::EngineConn;
 use super::failure::{Failure, FailureKind, GiveUp, Retries, Then, conn_failure};
 use super::request::{
     build_get, check_head, next_head, send_get_ahead, stop_pipelining_if_refused,
 };
 use super::scheduler::{Core, Destination, ObjectError, ObjectJob, ObjectSpec};
-use crate::client::conn::{ConnError, Connection};
+use crate::client::conn::ConnError;
 use crate::config::{
     DIRECT_IO_ALIGN_BYTES, OBJECT_REDOWNLOADS_ON_MISMATCH, PIPELINE_OBJECTS_AHEAD,
     PIPELINE_ROUND_TRIP_MIN_US,
@@ -88,7 +89,7 @@ pub(super) struct Backoff {
 
 pub(super) async fn download_object(
     core: &Rc<Core>,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     job: &ObjectSpec,
     destination: Destination,
     attempts_made: u32,
@@ -246,7 +247,7 @@ fn defer(
 /// back to the queue, for any connection, while this one waits to retry.
 fn drop_connection(
     core: &Core,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     ahead: &mut VecDeque<ObjectJob>,
 ) {
     if let Some(conn) = connection.take() {
@@ -257,7 +258,7 @@ fn drop_connection(
 
 async fn attempt_object(
     core: &Rc<Core>,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     job: &ObjectSpec,
     file: &File,
     received: &mut Received,
@@ -326,7 +327,7 @@ async fn attempt_object(
         flush(core, file, buf, received, filled == body_left).await?;
         body_left -= filled;
     }
-    conn.requests_done += 1;
+    conn.requests.answered();
     if !head.keep_alive {
         conn.shutdown();
         *connection = None;
@@ -343,7 +344,7 @@ async fn attempt_object(
 /// time. The claimed objects are run next on this connection.
 async fn send_objects_ahead(
     core: &Core,
-    conn: &mut Connection,
+    conn: &mut EngineConn,
     ahead: &mut VecDeque<ObjectJob>,
 ) -> std::result::Result<(), Failure> {
     let worth_it = core.shared.round_trip_at_least(PIPELINE_ROUND_TRIP_MIN_US);
@@ -351,7 +352,7 @@ async fn send_objects_ahead(
     // connection. (A connection retired or closed under them took their
     // GETs along: those objects send their own, then topping up resumes.)
     let needing_gets = ahead.iter().filter(|job| job.object.size_bytes > 0).count();
-    if !worth_it || !core.shared.pipelining() || needing_gets != conn.pipelined.len() {
+    if !worth_it || !core.shared.pipelining() || needing_gets != conn.requests.answers_owed() {
         return Ok(());
     }
     while ahead.len() < PIPELINE_OBJECTS_AHEAD {

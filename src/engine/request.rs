@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use super::conn::{EngineConn, Pipelined};
 use super::failure::{Failure, conn_failure, status_failure};
 use super::scheduler::{Core, ObjectSpec};
-use crate::client::conn::{ConnError, Connection, Pipelined};
+use crate::client::conn::{ConnError, Connection};
 use crate::http::{self, ResponseHead};
 use crate::stats::Stage;
 
@@ -14,15 +15,13 @@ use crate::stats::Stage;
 /// it (`get_head`), on a new connection if this one owes other answers.
 pub(super) async fn next_head(
     core: &Core,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
 ) -> Result<ResponseHead, Failure> {
-    let sent_ahead = connection.as_ref().is_some_and(|conn| {
-        conn.pipelined
-            .front()
-            .is_some_and(|sent| sent.asked_for(&object.path_and_query, range))
-    });
+    let sent_ahead = connection
+        .as_ref()
+        .is_some_and(|conn| conn.requests.answers_next(&object.path_and_query, range));
     let head = if sent_ahead {
         let head = read_pipelined_head(core, connection, object, range).await?;
         // Another version in the answer to a GET sent ahead: the object
@@ -57,7 +56,7 @@ pub(super) async fn next_head(
     };
     if let (Some(choice), Some(conn)) = (&object.sse_c, connection.as_ref()) {
         if (200..300).contains(&head.status) {
-            if let Some(index) = conn.answering_sse_c_key {
+            if let Some(index) = conn.requests.answering_sse_c_key() {
                 choice.opened(index);
             }
         }
@@ -74,8 +73,8 @@ pub(super) struct GetRequest {
 
 /// Shuts down and drops a connection that still owes the answer to a GET
 /// sent ahead: it is out of step and cannot carry another request.
-pub(super) fn retire_if_answer_owed(connection: &mut Option<Connection>) {
-    if let Some(conn) = connection.take_if(|conn| !conn.pipelined.is_empty()) {
+pub(super) fn retire_if_answer_owed(connection: &mut Option<EngineConn>) {
+    if let Some(conn) = connection.take_if(|conn| conn.requests.owes_answers()) {
         conn.shutdown();
     }
 }
@@ -84,14 +83,14 @@ pub(super) fn retire_if_answer_owed(connection: &mut Option<Connection>) {
 /// the answers this connection still owes (HTTP/1.1 pipelining);
 /// `next_head` reads its answer.
 pub(super) async fn send_get_ahead(
-    conn: &mut Connection,
+    conn: &mut EngineConn,
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
     request: GetRequest,
 ) -> Result<(), Failure> {
     let sent = Instant::now();
     conn.send(request.bytes).await.map_err(conn_failure)?;
-    conn.pipelined.push_back(Pipelined {
+    conn.requests.sent_ahead(Pipelined {
         path_and_query: object.path_and_query.clone(),
         range,
         sent,
@@ -104,8 +103,8 @@ pub(super) async fn send_get_ahead(
 /// connection as they arrive, cutting the body being read too: when a body
 /// read ends with `error` while GETs are out ahead, the run sends one
 /// request at a time from then on.
-pub(super) fn stop_pipelining_if_refused(core: &Core, conn: &Connection, error: &std::io::Error) {
-    if !conn.pipelined.is_empty() && is_closed(error) {
+pub(super) fn stop_pipelining_if_refused(core: &Core, conn: &EngineConn, error: &std::io::Error) {
+    if conn.requests.owes_answers() && is_closed(error) {
         core.shared.stop_pipelining_after_cut(error);
     }
 }
@@ -118,14 +117,16 @@ pub(super) fn stop_pipelining_if_refused(core: &Core, conn: &Connection, error: 
 /// attempt.
 async fn read_pipelined_head(
     core: &Core,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
 ) -> Result<ResponseHead, Failure> {
     let conn = connection.as_mut().expect("checked by the caller");
-    let sent_ahead = conn.pipelined.pop_front().expect("checked by the caller");
-    let sent = sent_ahead.sent;
-    conn.answering_sse_c_key = sent_ahead.sse_c_key;
+    let sent = conn
+        .requests
+        .answer_next()
+        .expect("checked by the caller")
+        .sent;
     match conn.read_head().await {
         Ok(head) => {
             // `ttfb` is request sent → head (DESIGN.md), here too: for a
@@ -162,13 +163,13 @@ async fn read_pipelined_head(
 /// Records connect, TLS handshake and time to first byte.
 pub(super) async fn get_head(
     core: &Core,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     object: &ObjectSpec,
     range: Option<(u64, u64)>,
 ) -> Result<ResponseHead, Failure> {
     let reused = connection
         .as_ref()
-        .is_some_and(|conn| conn.requests_done > 0);
+        .is_some_and(|conn| conn.requests.reused());
     if connection.is_none() {
         *connection = Some(connect(core).await?);
     }
@@ -178,7 +179,7 @@ pub(super) async fn get_head(
     } = build_get(core, object, range)?;
     let mut sent = Instant::now();
     let conn = connection.as_mut().expect("connected");
-    conn.answering_sse_c_key = sse_c_key;
+    conn.requests.answering(sse_c_key);
     let head = match send_and_read_head(conn, &request).await {
         Ok(head) => head,
         // Servers close keep-alive connections that idle (B2 and nginx after
@@ -190,7 +191,7 @@ pub(super) async fn get_head(
         {
             conn.shutdown();
             let conn = connection.insert(connect(core).await?);
-            conn.answering_sse_c_key = sse_c_key;
+            conn.requests.answering(sse_c_key);
             // The connect and handshake have stages of their own.
             sent = Instant::now();
             send_and_read_head(conn, &request)
@@ -256,7 +257,7 @@ pub(super) fn is_closed(error: &std::io::Error) -> bool {
     )
 }
 
-async fn connect(core: &Core) -> Result<Connection, Failure> {
+async fn connect(core: &Core) -> Result<EngineConn, Failure> {
     let source = &core.shared.source;
     let record = |stage, elapsed| core.record(stage, elapsed);
     // An error elsewhere that stops the run (disk full, credentials
@@ -271,6 +272,7 @@ async fn connect(core: &Core) -> Result<Connection, Failure> {
         &record,
     )
     .await
+    .map(EngineConn::new)
     .map_err(conn_failure)
 }
 
@@ -286,7 +288,7 @@ async fn send_and_read_head(
 /// of `object`: an error status, its body read (`status_failure`), or a
 /// 200/206 answer checked by `check_range_head`. Returns the body's length.
 pub(super) async fn check_head(
-    conn: &mut Connection,
+    conn: &mut EngineConn,
     head: &ResponseHead,
     object: &ObjectSpec,
     first_byte: u64,

@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::conn::EngineConn;
 use super::large::{self, Job, LargeJob};
 use super::object::Ran;
 use super::{EngineConfig, Progress};
 use crate::client::b2_api::Authorizer;
-use crate::client::conn::{Connection, Origin};
+use crate::client::conn::Origin;
 use crate::config::{
     LARGE_ALL_CONNECTIONS_ROUND_TRIP_MIN_US, LARGE_OBJECT_CONNECTIONS_DIVISOR,
     LONG_ROUND_TRIP_SAMPLES_MIN, PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX,
@@ -1098,7 +1099,7 @@ fn run_core(
 }
 
 async fn connection_loop(core: Rc<Core>) {
-    let mut connection: Option<Connection> = None;
+    let mut connection: Option<EngineConn> = None;
     // Small objects whose GETs went out ahead on `connection`, in order.
     let mut ahead: VecDeque<ObjectJob> = VecDeque::new();
     loop {
@@ -1135,7 +1136,7 @@ async fn connection_loop(core: Rc<Core>) {
 
 async fn run_object(
     core: &Rc<Core>,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<EngineConn>,
     job: ObjectJob,
     ahead: &mut VecDeque<ObjectJob>,
 ) {
