@@ -2469,6 +2469,21 @@ fn a_run_fatal_error_cuts_a_chunks_backoff_short() {
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
+/// Whether a journal in `state` (DIR/.ringdown) has a chunk boundary
+/// past 0: a large object's first chunk is on disk and journaled.
+fn chunk_journaled(state: std::path::PathBuf) -> impl Fn() -> bool {
+    move || {
+        let Ok(entries) = std::fs::read_dir(&state) else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            text.lines()
+                .any(|line| line.starts_with("chunk\t") && !line.ends_with("\t0"))
+        })
+    }
+}
+
 /// The key is revoked midway through a large object, after a chunk was
 /// journaled: the restore ends with exit 3 and keeps that object's partial
 /// file and journal, and the run with a valid key resumes from them, as
@@ -2480,20 +2495,7 @@ fn a_key_revoked_mid_restore_keeps_a_large_objects_progress() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("dir");
     let state = dir.join(".ringdown");
-    // A chunk boundary past 0 is in the journal.
-    let journaled = {
-        let state = state.clone();
-        move || {
-            let Ok(entries) = std::fs::read_dir(&state) else {
-                return false;
-            };
-            entries.flatten().any(|entry| {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                text.lines()
-                    .any(|line| line.starts_with("chunk\t") && !line.ends_with("\t0"))
-            })
-        }
-    };
+    let journaled = chunk_journaled(state.clone());
     let revoked = Arc::new(AtomicBool::new(false));
     let is_revoked = Arc::clone(&revoked);
     let hook = move |req: &Req, stream: &mut TcpStream| {
@@ -2541,6 +2543,51 @@ fn a_key_revoked_mid_restore_keeps_a_large_objects_progress() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(run.stderr.contains("resuming at byte"), "{}", run.stderr);
     assert_eq!(std::fs::read(dir.join("big")).unwrap(), objects[0].1);
+}
+
+/// The same large object fails midway for a cause other than a refusal
+/// (503 after its last attempt), with a chunk journaled: exit 1 removes its
+/// partial file, as every failure's (CONVENTIONS.md), and the notice of
+/// partials kept for a rerun, which belongs to exit 3, is not printed.
+#[test]
+fn a_large_object_failing_midway_keeps_nothing_and_says_so() {
+    const PART: usize = 64 * 1024;
+    let objects = [("big", data(4 * PART, 7))];
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let state = dir.join(".ringdown");
+    let journaled = chunk_journaled(state.clone());
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if is_download(req) && req.range().is_some_and(|(first, _)| first >= PART as u64) {
+            let asked = Instant::now();
+            while !journaled() && asked.elapsed().as_secs() < 10 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            b2_error(stream, 503, "service_unavailable", "down for good");
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let tuning = [
+        "--part-size",
+        "64KiB",
+        "--buffer-size",
+        "16KiB",
+        "--cores",
+        "1",
+        "--max-attempts",
+        "1",
+    ];
+    let run = restore_into(&fake, &dir, &tuning);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("down for good"), "{}", run.stderr);
+    assert!(!run.stderr.contains("resumes them"), "{}", run.stderr);
+    let partials: Vec<_> = std::fs::read_dir(state.join("partial"))
+        .map(|entries| entries.flatten().map(|entry| entry.file_name()).collect())
+        .unwrap_or_default();
+    assert!(partials.is_empty(), "{partials:?}\n{}", run.stderr);
+    assert!(!dir.join("big").exists());
 }
 
 /// A server's error message with terminal escape sequences (ESC and the
