@@ -249,6 +249,10 @@ pub const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
 /// Longest chunk-size line of a chunked body (hex size plus ignored
 /// extensions). Sixteen hex digits fill a u64; the rest bounds a hostile server.
 pub const HTTP_CHUNK_SIZE_LINE_MAX_BYTES: usize = 4 * 1024;
+/// At most this many characters of a value that came from the network (or
+/// names one going out) are quoted back in an error: enough to recognise
+/// it, not a megabyte of a hostile header in a log line.
+pub const HTTP_ECHO_MAX_CHARS: usize = 128;
 /// Largest trailer section of a chunked body (skipped, never stored).
 pub const HTTP_CHUNKED_TRAILER_MAX_BYTES: usize = 16 * 1024;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 #[cfg(test)]
 use crate::b2::CustomerKey;
@@ -21,9 +21,10 @@ use crate::client::b2_api::{Authorizer, denied, describe_error, refusal};
 use crate::client::url::Url;
 use crate::client::{ApiRetry, conn::Origin, exchange, resolve};
 use crate::config::{
-    API_BODY_MAX_BYTES, DIRECT_IO_ALIGN_BYTES, DIRECT_IO_MIN_OBJECT_BYTES, JOURNAL_LOCK_TRIES_MAX,
-    OBJECT_REDOWNLOADS_ON_MISMATCH, URL_REDIRECTS_MAX,
+    API_BODY_MAX_BYTES, JOURNAL_LOCK_TRIES_MAX, OBJECT_REDOWNLOADS_ON_MISMATCH, URL_REDIRECTS_MAX,
 };
+pub use crate::dest::DirectIo;
+use crate::dest::{create_temp, reopen_partial, timestamps_at, writes_direct};
 use crate::engine::failpoint::{self, Site};
 use crate::engine::{self, EngineConfig, ObjectSource, Progress, Validator};
 use crate::error::{Error, Result};
@@ -125,43 +126,6 @@ impl Source {
     /// A B2 source (credentials needed), by name or by ID.
     pub fn is_b2(&self) -> bool {
         matches!(self, Source::B2 { .. } | Source::B2Id { .. })
-    }
-}
-
-/// `--direct-io auto|on|off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DirectIo {
-    Auto,
-    On,
-    Off,
-}
-
-/// Whether a file opened with O_DIRECT (`opened_direct`) of `size_bytes`
-/// gets any byte written direct: its last partial block goes through the
-/// page cache (`uring::File::end_direct`), so one below a block gets none,
-/// and the summary's "O_DIRECT: yes" would not be true of it.
-pub fn writes_direct(opened_direct: bool, size_bytes: u64) -> bool {
-    opened_direct && size_bytes >= crate::config::DIRECT_IO_ALIGN_BYTES as u64
-}
-
-impl DirectIo {
-    /// The mode for one object of `size_bytes`. `auto` uses O_DIRECT from
-    /// `DIRECT_IO_MIN_OBJECT_BYTES` up (where the file system's alignment
-    /// suits; see `create_temp`), as DESIGN.md advises: it writes from the
-    /// registered buffers as they are, for ~0.1 s of CPU per GiB against
-    /// 0.3-2.4 s through the page cache (this VM, `dd` at 256 KiB and 16 KiB
-    /// pieces, 2026-11-26), and leaves the page cache of the server alone.
-    /// On 2 cores shared with the origin that CPU is the wall time: a 1 GiB
-    /// get took 1.31-1.45 s (median of 6) with O_DIRECT against 1.98 s
-    /// through the page cache. The page cache wins only where the disk is
-    /// slower than the download and the object fits under the writeback
-    /// threshold (an earlier host, disk ~420 MB/s: 1 GiB in 1.9-2.4 s
-    /// buffered, 2.8-3.0 s direct); `--direct-io off` is for such a disk.
-    pub fn for_object(self, size_bytes: u64) -> DirectIo {
-        match self {
-            DirectIo::Auto if size_bytes < DIRECT_IO_MIN_OBJECT_BYTES => DirectIo::Off,
-            mode => mode,
-        }
     }
 }
 
@@ -1796,27 +1760,6 @@ impl Drop for HeldJournal<'_> {
     }
 }
 
-/// Reopens a partial file an earlier run left (no O_EXCL, no truncation),
-/// with O_DIRECT when wanted and possible.
-pub(crate) fn reopen_partial(
-    dir: &OwnedFd,
-    temp_name: &str,
-    want_direct: bool,
-) -> Result<(OwnedFd, bool)> {
-    let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let open = |flags| rustix::fs::openat(dir, temp_name, flags, Mode::empty());
-    if want_direct {
-        if let Ok(fd) = open(flags | OFlags::DIRECT) {
-            if direct_io_alignment_ok(&fd) {
-                return Ok((fd, true));
-            }
-        }
-    }
-    open(flags)
-        .map(|fd| (fd, false))
-        .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
-}
-
 /// `--sha1` on a B2 object: the digest to verify against when B2 publishes
 /// none (`none`, a large file without `large_file_sha1`), a check of the
 /// published one otherwise. Given and published differ: which one is wrong
@@ -1836,160 +1779,6 @@ fn with_given_sha1(
             to_hex(digest)
         ))),
         _ => Ok(ExpectedSha1::Verified(given)),
-    }
-}
-
-/// A file that cannot be created because the filesystem is full or
-/// read-only stops the run (CONVENTIONS.md); other errors fail one file.
-fn creation_error(context: String, error: rustix::io::Errno) -> Error {
-    use rustix::io::Errno;
-    if matches!(error, Errno::NOSPC | Errno::ROFS | Errno::DQUOT) {
-        Error::Fatal(format!("{context}: {}", std::io::Error::from(error)))
-    } else {
-        Error::io(context, error.into())
-    }
-}
-
-/// Access and modification time both at `mtime_ms` (B2's
-/// `src_last_modified_millis`), for `futimens`/`utimensat`.
-pub(crate) fn timestamps_at(mtime_ms: u64) -> Timestamps {
-    let when = rustix::fs::Timespec {
-        tv_sec: (mtime_ms / 1000) as i64,
-        tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
-    };
-    Timestamps {
-        last_access: when,
-        last_modification: when,
-    }
-}
-
-/// Creates the temporary file (never following a symlink), pre-allocated:
-/// `name` in `dir`, or (`None`) an unnamed one there (`O_TMPFILE`), which
-/// a crash or a failure leaves nothing of (restore names it once verified:
-/// `Target::publish`).
-/// `mode` is the object's, from `DirectIo::for_object`. Returns whether
-/// O_DIRECT is on. `display_path` is the final path, named
-/// in errors (the temporary name means nothing to the user).
-pub(crate) fn create_temp(
-    dir: &OwnedFd,
-    name: Option<&str>,
-    display_path: &str,
-    size_bytes: u64,
-    mode: DirectIo,
-) -> Result<(OwnedFd, bool)> {
-    let flags = match name {
-        Some(_) => {
-            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW
-        }
-        None => OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-    };
-    let unlink = || {
-        if let Some(name) = name {
-            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
-        }
-    };
-    let shown = name.unwrap_or("an unnamed file");
-    // `mode` comes from `DirectIo::for_object`, which decided `auto` by size;
-    // `auto` still falls back when the file system's alignment does not suit.
-    let want_direct = mode != DirectIo::Off;
-    let open = |flags: OFlags| {
-        rustix::fs::openat(dir, name.unwrap_or("."), flags, Mode::from_raw_mode(0o644))
-    };
-    let (file, direct) = if want_direct {
-        match open(flags | OFlags::DIRECT) {
-            Ok(file) if mode == DirectIo::On || direct_io_alignment_ok(&file) => (file, true),
-            Ok(file) => {
-                // The filesystem's O_DIRECT alignment does not suit our buffers.
-                rustix::fs::fcntl_setfl(&file, OFlags::empty())
-                    .map_err(|error| Error::io("clearing O_DIRECT", error.into()))?;
-                (file, false)
-            }
-            Err(rustix::io::Errno::INVAL) if mode == DirectIo::Auto => {
-                // No O_DIRECT here (tmpfs before Linux 6.6, some FUSE file
-                // systems). The kernel refuses the flag only after creating
-                // the file, so the name may be ours already: O_EXCL said
-                // nobody else's file was there (that would be EEXIST, not EINVAL).
-                let reopened = match open(flags) {
-                    Err(rustix::io::Errno::EXIST) if name.is_some() => {
-                        open(flags - OFlags::CREATE - OFlags::EXCL)
-                    }
-                    other => other,
-                };
-                let file = reopened.map_err(|error| {
-                    creation_error(format!("creating {shown} for {display_path}"), error)
-                })?;
-                (file, false)
-            }
-            Err(rustix::io::Errno::INVAL) => {
-                // `on` insists, and this file system takes no O_DIRECT. The
-                // kernel refuses the flag after creating the file, which
-                // O_EXCL made ours: it goes. Every file would fail alike,
-                // so the run stops here, saying what to change.
-                unlink();
-                return Err(Error::Fatal(format!(
-                    "{display_path}: the destination file system does not take O_DIRECT \
-                     (EINVAL on open): use --direct-io auto (O_DIRECT where it is taken) or off"
-                )));
-            }
-            Err(error) => {
-                return Err(creation_error(
-                    format!("creating {shown} with O_DIRECT for {display_path}"),
-                    error,
-                ));
-            }
-        }
-    } else {
-        (
-            open(flags).map_err(|error| {
-                creation_error(format!("creating {shown} for {display_path}"), error)
-            })?,
-            false,
-        )
-    };
-    if size_bytes >= crate::config::PREALLOCATE_MIN_BYTES {
-        if let Err(error) = rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, size_bytes) {
-            // Filesystems without fallocate still work (ENOSPC then arrives
-            // mid-file), with the file kept: it is the one we write.
-            if error == rustix::io::Errno::OPNOTSUPP {
-                return Ok((file, direct));
-            }
-            unlink();
-            if error == rustix::io::Errno::NOSPC {
-                return Err(Error::Fatal(format!(
-                    "{display_path}: no space for {size_bytes} bytes in the destination filesystem (ENOSPC: No space left on device)"
-                )));
-            }
-            // EINVAL/EFBIG: larger than a file can be (a hostile or broken
-            // origin announcing an exabyte): say what size was asked for.
-            return Err(Error::io(
-                format!(
-                    "pre-allocating {display_path}: {size_bytes} bytes (the announced object size)"
-                ),
-                error.into(),
-            ));
-        }
-    }
-    Ok((file, direct))
-}
-
-/// `statx(STATX_DIOALIGN)`: O_DIRECT is used when the filesystem's alignment
-/// divides the buffer alignment (unknown alignment: trust the open).
-fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
-    match rustix::fs::statx(
-        file,
-        "",
-        AtFlags::EMPTY_PATH,
-        rustix::fs::StatxFlags::DIOALIGN,
-    ) {
-        Ok(stat) if stat.stx_mask & rustix::fs::StatxFlags::DIOALIGN.bits() != 0 => {
-            let mem = stat.stx_dio_mem_align as usize;
-            let offset = stat.stx_dio_offset_align as usize;
-            mem != 0
-                && offset != 0
-                && DIRECT_IO_ALIGN_BYTES % mem == 0
-                && DIRECT_IO_ALIGN_BYTES % offset == 0
-        }
-        _ => true,
     }
 }
 
@@ -2045,19 +1834,6 @@ pub(crate) mod tests {
             );
         }
         assert!(!Source::parse("https://example.com/x").unwrap().is_b2());
-    }
-
-    #[test]
-    fn direct_io_auto_uses_o_direct_from_one_mib_up() {
-        let min = DIRECT_IO_MIN_OBJECT_BYTES;
-        assert_eq!(DirectIo::Auto.for_object(0), DirectIo::Off);
-        assert_eq!(DirectIo::Auto.for_object(min - 1), DirectIo::Off);
-        assert_eq!(DirectIo::Auto.for_object(min), DirectIo::Auto);
-        assert_eq!(DirectIo::Auto.for_object(u64::MAX), DirectIo::Auto);
-        for mode in [DirectIo::On, DirectIo::Off] {
-            assert_eq!(mode.for_object(1), mode);
-            assert_eq!(mode.for_object(u64::MAX), mode);
-        }
     }
 
     #[test]

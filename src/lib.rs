@@ -113,6 +113,7 @@ pub mod b2;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dest;
 pub mod engine;
 pub mod error;
 #[doc(hidden)]

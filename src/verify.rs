@@ -7,6 +7,9 @@
 //! unhashed offset) hashes them and advances the frontier, then wakes the other
 //! cores so the next owner continues. Each core keeps its written-but-unhashed
 //! buffers in a `ReorderWindow`, bounded by its buffer pool.
+//!
+//! Also the SHA1 of bytes in memory at full speed (`sha1_update`) and of a
+//! local file (`sha1_of`: `--skip-existing`, a resumed prefix).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -163,6 +166,50 @@ pub fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Feeds `data` to `sha1`, a piece at a time, after loading one byte of every
+/// cache line of the next piece.
+///
+/// SHA1 is one serial chain of dependent rounds, so each cache miss stalls it,
+/// and the hardware prefetcher does not run far enough ahead to hide them: on
+/// the benchmark host, data that had left the cache (a buffer received a few
+/// buffers ago) hashed at 1.2 GB/s against 2.15 GB/s in cache. The touches are
+/// independent loads, which the CPU overlaps with each other and with the
+/// rounds; with them, data out of cache hashes at ~1.85 GB/s
+/// (`cargo bench --bench micro -- sha1`). Safe code: plain loads behave like
+/// prefetch instructions here (measured alike).
+pub fn sha1_update(sha1: &mut Sha1, data: &[u8]) {
+    use crate::config::{CACHE_LINE_BYTES, SHA1_PIECE_BYTES};
+    let mut pieces = data.chunks(SHA1_PIECE_BYTES).peekable();
+    while let Some(piece) = pieces.next() {
+        if let Some(next) = pieces.peek() {
+            let mut touched = 0u8;
+            for line in next.iter().step_by(CACHE_LINE_BYTES) {
+                touched |= std::hint::black_box(*line);
+            }
+            std::hint::black_box(touched);
+        }
+        sha1.update(piece);
+    }
+}
+
+/// SHA1 of everything `reader` yields (a local file: `--skip-existing`, the
+/// prefix of a partial file on resume), with the byte count.
+pub fn sha1_of(mut reader: impl std::io::Read) -> std::io::Result<(sha1::Sha1, u64)> {
+    use sha1::Digest;
+    let mut sha1 = sha1::Sha1::new();
+    let mut buffer = vec![0u8; crate::config::LOCAL_HASH_READ_BYTES];
+    let mut bytes = 0u64;
+    loop {
+        match reader.read(&mut buffer)? {
+            0 => return Ok((sha1, bytes)),
+            n => {
+                sha1_update(&mut sha1, &buffer[..n]);
+                bytes += n as u64;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,132 +321,5 @@ mod tests {
         let digest = SharedDigest::new(10, 1);
         assert!(!digest.hash_if_next(5, b"world"));
         assert_eq!(digest.frontier(), 0);
-    }
-}
-
-/// Feeds `data` to `sha1`, a piece at a time, after loading one byte of every
-/// cache line of the next piece.
-///
-/// SHA1 is one serial chain of dependent rounds, so each cache miss stalls it,
-/// and the hardware prefetcher does not run far enough ahead to hide them: on
-/// the benchmark host, data that had left the cache (a buffer received a few
-/// buffers ago) hashed at 1.2 GB/s against 2.15 GB/s in cache. The touches are
-/// independent loads, which the CPU overlaps with each other and with the
-/// rounds; with them, data out of cache hashes at ~1.85 GB/s
-/// (`cargo bench --bench micro -- sha1`). Safe code: plain loads behave like
-/// prefetch instructions here (measured alike).
-pub fn sha1_update(sha1: &mut Sha1, data: &[u8]) {
-    use crate::config::{CACHE_LINE_BYTES, SHA1_PIECE_BYTES};
-    let mut pieces = data.chunks(SHA1_PIECE_BYTES).peekable();
-    while let Some(piece) = pieces.next() {
-        if let Some(next) = pieces.peek() {
-            let mut touched = 0u8;
-            for line in next.iter().step_by(CACHE_LINE_BYTES) {
-                touched |= std::hint::black_box(*line);
-            }
-            std::hint::black_box(touched);
-        }
-        sha1.update(piece);
-    }
-}
-
-/// SHA1 of everything `reader` yields (a local file: `--skip-existing`, the
-/// prefix of a partial file on resume), with the byte count.
-pub fn sha1_of(mut reader: impl std::io::Read) -> std::io::Result<(sha1::Sha1, u64)> {
-    use sha1::Digest;
-    let mut sha1 = sha1::Sha1::new();
-    let mut buffer = vec![0u8; crate::config::LOCAL_HASH_READ_BYTES];
-    let mut bytes = 0u64;
-    loop {
-        match reader.read(&mut buffer)? {
-            0 => return Ok((sha1, bytes)),
-            n => {
-                sha1_update(&mut sha1, &buffer[..n]);
-                bytes += n as u64;
-            }
-        }
-    }
-}
-
-/// The contiguous prefix of a file whose writes have completed. Writes finish
-/// out of order (several cores, several buffers each); ranges past a gap wait
-/// here until the gap fills. At most the writes in flight are held.
-#[derive(Debug, Default)]
-pub struct WrittenPrefix {
-    prefix_bytes: u64,
-    /// offset → end of completed ranges beyond `prefix_bytes`.
-    pending: std::collections::BTreeMap<u64, u64>,
-}
-
-impl WrittenPrefix {
-    pub fn starting_at(prefix_bytes: u64) -> WrittenPrefix {
-        WrittenPrefix {
-            prefix_bytes,
-            pending: std::collections::BTreeMap::new(),
-        }
-    }
-
-    /// Records that `[offset, offset + len)` is written; returns the prefix.
-    pub fn complete(&mut self, offset: u64, len: u64) -> u64 {
-        let end = offset + len;
-        if offset <= self.prefix_bytes {
-            self.prefix_bytes = self.prefix_bytes.max(end);
-        } else {
-            let slot = self.pending.entry(offset).or_insert(end);
-            *slot = (*slot).max(end);
-        }
-        while let Some((&start, &end)) = self.pending.first_key_value() {
-            if start > self.prefix_bytes {
-                break;
-            }
-            self.pending.pop_first();
-            self.prefix_bytes = self.prefix_bytes.max(end);
-        }
-        self.prefix_bytes
-    }
-
-    pub fn prefix_bytes(&self) -> u64 {
-        self.prefix_bytes
-    }
-}
-
-#[cfg(test)]
-mod written_prefix_tests {
-    use super::WrittenPrefix;
-
-    #[test]
-    fn the_prefix_waits_for_gaps() {
-        let mut written = WrittenPrefix::starting_at(100);
-        assert_eq!(written.complete(200, 100), 100);
-        assert_eq!(written.complete(300, 50), 100);
-        assert_eq!(written.complete(100, 100), 350);
-        assert_eq!(written.complete(350, 10), 360);
-        // A rewrite of an earlier range changes nothing.
-        assert_eq!(written.complete(0, 10), 360);
-        assert!(written.pending.is_empty());
-    }
-
-    #[test]
-    fn any_completion_order_gives_the_whole_file() {
-        for seed in 0..50u64 {
-            let mut order: Vec<u64> = (0..64).collect();
-            // Deterministic shuffle.
-            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            for i in (1..order.len()).rev() {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                order.swap(i, (state % (i as u64 + 1)) as usize);
-            }
-            let mut written = WrittenPrefix::default();
-            let mut done = std::collections::BTreeSet::new();
-            for index in order {
-                let prefix = written.complete(index * 10, 10);
-                done.insert(index);
-                let expected = (0..64).take_while(|i| done.contains(i)).count() as u64 * 10;
-                assert_eq!(prefix, expected);
-            }
-            assert_eq!(written.prefix_bytes(), 640);
-        }
     }
 }

@@ -17,13 +17,14 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::scheduler::{Core, Destination, Done, ObjectError, ObjectResult, ObjectSpec};
+use super::written::WrittenPrefix;
 use super::{Progress, Resume};
 use crate::config::{BUFFERED_WRITES_PER_FILE_MAX, OBJECT_REDOWNLOADS_ON_MISMATCH};
 use crate::error::{Error, Result};
 use crate::plan::{Chunk, ChunkPlan};
 use crate::stats::Stage;
 use crate::uring::{File, PoolBuf};
-use crate::verify::{ReorderWindow, SharedDigest, WrittenPrefix};
+use crate::verify::{ReorderWindow, SharedDigest};
 
 /// Called with the new written prefix each time it crosses a chunk
 /// boundary: everything below it is on disk (what a crash-resume journal may

@@ -15,6 +15,7 @@ mod pace;
 mod request;
 pub mod scheduler;
 pub mod stream;
+mod written;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;

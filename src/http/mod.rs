@@ -25,6 +25,14 @@ pub use response::{
 
 use std::fmt;
 
+/// `value` as an error quotes it: its first `HTTP_ECHO_MAX_CHARS` characters.
+fn shown(value: &str) -> String {
+    value
+        .chars()
+        .take(crate::config::HTTP_ECHO_MAX_CHARS)
+        .collect()
+}
+
 /// What was wrong with bytes we were given or asked to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpError {

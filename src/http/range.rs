@@ -100,10 +100,8 @@ pub(super) fn parse_decimal(text: &str) -> Option<u64> {
 }
 
 fn invalid(value: &str, reason: &'static str) -> HttpError {
-    // Bound what we echo back: the value came from the network.
-    let shown: String = value.chars().take(128).collect();
     HttpError::InvalidContentRange {
-        value: shown,
+        value: super::shown(value),
         reason,
     }
 }

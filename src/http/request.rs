@@ -121,13 +121,13 @@ fn check_request_target(path_and_query: &str) -> Result<(), HttpError> {
     if !path_and_query.starts_with('/') {
         return Err(HttpError::InvalidRequest(format!(
             "request target {:?} does not start with /",
-            shorten(path_and_query)
+            super::shown(path_and_query)
         )));
     }
     if let Some(bad) = path_and_query.bytes().find(|&b| b <= b' ' || b == 0x7f) {
         return Err(HttpError::InvalidRequest(format!(
             "request target {:?} contains byte 0x{bad:02x} (space, CR, LF or another control byte)",
-            shorten(path_and_query)
+            super::shown(path_and_query)
         )));
     }
     Ok(())
@@ -139,7 +139,7 @@ fn check_extra_headers(extra_headers: &[(&str, &str)]) -> Result<(), HttpError> 
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Err(HttpError::InvalidRequest(format!(
                 "header name {:?} is not a token",
-                shorten(name)
+                super::shown(name)
             )));
         }
         check_header_value(name, value)?;
@@ -157,14 +157,10 @@ fn check_header_value(name: &str, value: &str) -> Result<(), HttpError> {
         // Never echo the value: it may be a token.
         return Err(HttpError::InvalidRequest(format!(
             "value of header {:?} contains control byte 0x{bad:02x}",
-            shorten(name)
+            super::shown(name)
         )));
     }
     Ok(())
-}
-
-fn shorten(text: &str) -> String {
-    text.chars().take(128).collect()
 }
 
 #[cfg(test)]

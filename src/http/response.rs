@@ -184,7 +184,7 @@ fn build_head(
                 for item in value.split(',') {
                     let item = item.trim_matches([' ', '\t']);
                     let length = parse_decimal(item)
-                        .ok_or_else(|| HttpError::InvalidContentLength(truncate(&value)))?;
+                        .ok_or_else(|| HttpError::InvalidContentLength(super::shown(&value)))?;
                     match content_length {
                         Some(first) if first != length => {
                             return Err(HttpError::ConflictingContentLength {
@@ -229,7 +229,7 @@ fn build_head(
         [] => false,
         [only] if only == "chunked" => true,
         _ => {
-            return Err(HttpError::UnsupportedTransferEncoding(truncate(
+            return Err(HttpError::UnsupportedTransferEncoding(super::shown(
                 &transfer_codings.join(", "),
             )));
         }
@@ -317,10 +317,6 @@ fn digits(bytes: &[u8]) -> Option<u64> {
     bytes.iter().try_fold(0u64, |acc, &b| {
         b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
     })
-}
-
-fn truncate(value: &str) -> String {
-    value.chars().take(128).collect()
 }
 
 fn describe(error: httparse::Error) -> &'static str {

@@ -36,13 +36,13 @@ use crate::client::{ApiRetry, KeepAlive, exchange, resolve};
 use crate::config::{
     API_BODY_MAX_BYTES, LIST_PAGE_FILES_MAX, LIST_QUEUE_ENTRIES, SUMMARY_FAILED_NAMES_SHOWN,
 };
+use crate::dest::DirectIo;
 use crate::engine::large::{LargeJob, LargeSpec};
 use crate::engine::scheduler::{
     Destination, Done, ObjectJob, ObjectResult, ObjectSpec, PoolSource, Scheduler, Stopper, Work,
 };
 use crate::engine::{self, EngineConfig, Progress};
 use crate::error::{Error, Result};
-use crate::get::DirectIo;
 use crate::http;
 use crate::stats::{RunSummary, StageHistograms};
 use crate::uring;
@@ -1469,7 +1469,7 @@ fn schedule(
         let temp_name = target.large_temp_name(&key);
         let opened = match resume_bytes {
             Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
-            None => crate::get::create_temp(
+            None => crate::dest::create_temp(
                 &target.partial,
                 Some(&temp_name),
                 &display_path,
@@ -1485,7 +1485,7 @@ fn schedule(
         Ok(created) => created,
         Err(error) => return fail(error),
     };
-    if crate::get::writes_direct(direct_io, entry.size_bytes) {
+    if crate::dest::writes_direct(direct_io, entry.size_bytes) {
         run.direct_io_used.store(true, Ordering::Relaxed);
     }
     run.reporter

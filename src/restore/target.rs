@@ -632,15 +632,15 @@ impl Target {
 
     /// Creates a small file's partial: unnamed in `parent` where that can
     /// be done, else named in `.ringdown/partial`. Returns the engine's
-    /// descriptor and whether O_DIRECT is on (see `get::create_temp`).
+    /// descriptor and whether O_DIRECT is on (see `dest::create_temp`).
     pub fn create_partial(
         &self,
         parent: &OwnedFd,
         display_path: &str,
         size_bytes: u64,
-        mode: crate::get::DirectIo,
+        mode: crate::dest::DirectIo,
     ) -> Result<(OwnedFd, bool, Partial)> {
-        use crate::get::create_temp;
+        use crate::dest::create_temp;
         if self.link_unnamed.is_some() {
             match create_temp(parent, None, display_path, size_bytes, mode) {
                 Ok((file, direct)) => {
@@ -665,7 +665,7 @@ impl Target {
     /// descriptor. The partial directory is ringdown's own, and no symlink
     /// is followed.
     pub fn set_mtime(&self, partial: &Partial, mtime_ms: u64) {
-        let times = crate::get::timestamps_at(mtime_ms);
+        let times = crate::dest::timestamps_at(mtime_ms);
         let _ = match partial {
             Partial::Named(name) => rustix::fs::utimensat(
                 &self.partial,
@@ -715,7 +715,7 @@ impl Target {
 
     /// Reopens a partial file an earlier run left (no O_EXCL, no truncation).
     pub fn open_partial(&self, temp_name: &str, want_direct: bool) -> Result<(OwnedFd, bool)> {
-        crate::get::reopen_partial(&self.partial, temp_name, want_direct)
+        crate::dest::reopen_partial(&self.partial, temp_name, want_direct)
     }
 
     pub fn unlink_partial(&self, temp_name: &str) {
@@ -941,7 +941,7 @@ mod tests {
     #[test]
     fn a_small_files_partial_is_put_in_place_each_way_it_can_be_made() {
         use super::{LinkUnnamed, Partial, entry_names};
-        use crate::get::DirectIo;
+        use crate::dest::DirectIo;
         use std::os::unix::fs::MetadataExt;
         let outside = tempfile::tempdir().unwrap();
         let sentinel = outside.path().join("sentinel");
