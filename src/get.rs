@@ -471,43 +471,16 @@ impl Download {
         let mut size_bytes = meta.size_bytes;
         loop {
             attempts_left -= 1;
-            let resume = match may_resume {
-                true => files.find(
-                    &dir,
-                    meta.size_bytes,
-                    direct_io,
-                    (!options.quiet)
-                        .then_some(dest.display().to_string())
-                        .as_deref(),
-                ),
-                false => None,
-            };
+            let note_as = (!options.quiet).then(|| dest.display().to_string());
+            let (file, direct, resume) = journal.open_round(
+                may_resume,
+                meta.size_bytes,
+                direct_io,
+                &dest,
+                note_as.as_deref(),
+            )?;
             may_resume = false;
-            let (temp_name, file, direct, resume) = match resume {
-                Some((file, direct, resume)) => {
-                    if !options.quiet {
-                        say!(
-                            "ringdown: resumed at byte {} of {} from {} (its journal says so; the prefix was re-hashed from disk)",
-                            resume.offset_bytes,
-                            meta.size_bytes,
-                            files.part
-                        );
-                    }
-                    (files.part.clone(), file, direct, Some(resume))
-                }
-                None => {
-                    journal.start_over();
-                    let temp_name = files.part.clone();
-                    let (file, direct) = create_temp(
-                        &dir,
-                        Some(&temp_name),
-                        &dest.display().to_string(),
-                        meta.size_bytes,
-                        direct_io,
-                    )?;
-                    (temp_name, file, direct, None)
-                }
-            };
+            let temp_name = files.part.clone();
             // This round's bytes on top of what earlier rounds counted: a
             // round after a SHA1 mismatch fetches the object again.
             let resumed_bytes = resume.as_ref().map_or(0, |resume| resume.offset_bytes);
@@ -655,61 +628,13 @@ impl Download {
                     },
                 },
             };
-            if let Some(mtime_ms) = meta.mtime_ms {
-                let _ = rustix::fs::futimens(&file, &timestamps_at(mtime_ms));
-            }
-            if options.fsync {
-                let synced = match failpoint::injected_error(Site::Fsync) {
-                    Some(error) => Err(error),
-                    None => rustix::fs::fsync(&file),
-                };
-                synced.map_err(|error| {
-                    discard(Error::io(
-                        format!(
-                            "fsync of {temp_name} before renaming it to {}",
-                            dest.display()
-                        ),
-                        error.into(),
-                    ))
-                })?;
-            }
-            drop(file);
-            match place(&dir, &temp_name, &file_name, options.force) {
-                Ok(()) => {}
-                // Made by someone else since the start: not replaced
-                // without --force, and the download is not lost either.
-                Err(rustix::io::Errno::EXIST) => {
-                    if resumable {
-                        journal.keep = true;
-                        journal.record_whole(size_bytes);
-                        say!(
-                            "ringdown: kept {} and its journal in {}: run again with --force to replace {} from it (it resumes)",
-                            temp_name,
-                            parent.display(),
-                            dest.display()
-                        );
-                    } else {
-                        journal.remove();
-                    }
-                    return Err(Error::Usage(format!(
-                        "{} was made by another program during the download; it is left as it is: pass --force to replace it",
-                        dest.display()
-                    )));
-                }
-                Err(error) => {
-                    journal.remove();
-                    return Err(Error::io(
-                        format!("renaming into {}", dest.display()),
-                        error.into(),
-                    ));
-                }
-            }
-            journal.remove();
-            if options.fsync {
-                rustix::fs::fsync(&dir).map_err(|error| {
-                    Error::io("fsync of the destination directory", error.into())
-                })?;
-            }
+            let placing = Placing {
+                mtime_ms: meta.mtime_ms,
+                fsync: options.fsync,
+                force: options.force,
+                size_bytes,
+            };
+            journal.put_in_place(file, &dest, &file_name, &placing)?;
             let seconds = started.elapsed().as_secs_f64();
             let (ok, unverified) = match verification {
                 Verification::NotVerified { .. } => (0, 1),
@@ -1428,7 +1353,7 @@ impl ResumeFiles {
     fn names_for(file_name: &std::ffi::OsStr) -> (String, String) {
         use sha1::{Digest, Sha1};
         let digest = Sha1::digest(file_name.as_encoded_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = to_hex(&digest[..8]);
         (
             format!(".ringdown-{hex}.part"),
             format!(".ringdown-{hex}.journal"),
@@ -1621,6 +1546,15 @@ fn place(
 /// kept to resume from (a signal); and only while the name still leads to
 /// it, so that a run started after this one removed its own keeps its
 /// journal.
+/// How a verified file goes under DEST (`HeldJournal::put_in_place`).
+struct Placing {
+    /// B2's `src_last_modified_millis`, when known.
+    mtime_ms: Option<u64>,
+    fsync: bool,
+    force: bool,
+    size_bytes: u64,
+}
+
 struct HeldJournal<'a> {
     files: &'a ResumeFiles,
     dir: &'a OwnedFd,
@@ -1634,6 +1568,112 @@ struct HeldJournal<'a> {
 }
 
 impl HeldJournal<'_> {
+    /// A round's file: the partial file an earlier run left, resumed from
+    /// its journaled prefix (re-hashed from disk) where `may_resume`, or a
+    /// new one, pre-allocated. `note_as`: DEST, for the lines that say so
+    /// (`None`: quiet).
+    fn open_round(
+        &mut self,
+        may_resume: bool,
+        size_bytes: u64,
+        direct_io: DirectIo,
+        dest: &Path,
+        note_as: Option<&str>,
+    ) -> Result<(OwnedFd, bool, Option<engine::Resume>)> {
+        let found = match may_resume {
+            true => self.files.find(self.dir, size_bytes, direct_io, note_as),
+            false => None,
+        };
+        if let Some((file, direct, resume)) = found {
+            if note_as.is_some() {
+                say!(
+                    "ringdown: resumed at byte {} of {size_bytes} from {} (its journal says so; the prefix was re-hashed from disk)",
+                    resume.offset_bytes,
+                    self.files.part
+                );
+            }
+            return Ok((file, direct, Some(resume)));
+        }
+        self.start_over();
+        let (file, direct) = create_temp(
+            self.dir,
+            Some(&self.files.part),
+            &dest.display().to_string(),
+            size_bytes,
+            direct_io,
+        )?;
+        Ok((file, direct, None))
+    }
+
+    /// Puts the verified round's file under DEST: its times, `--fsync`,
+    /// the rename, then the journal goes. A DEST made by someone else since
+    /// the start is not replaced without `--force`, and the download is not
+    /// lost either: the file and its journal stay, to resume from.
+    fn put_in_place(
+        &mut self,
+        file: OwnedFd,
+        dest: &Path,
+        file_name: &std::ffi::OsStr,
+        placing: &Placing,
+    ) -> Result<()> {
+        let (dir, temp_name) = (self.dir, self.files.part.as_str());
+        let parent = parent_dir(dest);
+        if let Some(mtime_ms) = placing.mtime_ms {
+            let _ = rustix::fs::futimens(&file, &timestamps_at(mtime_ms));
+        }
+        if placing.fsync {
+            let synced = match failpoint::injected_error(Site::Fsync) {
+                Some(error) => Err(error),
+                None => rustix::fs::fsync(&file),
+            };
+            if let Err(error) = synced {
+                let _ = rustix::fs::unlinkat(dir, temp_name, AtFlags::empty());
+                return Err(Error::io(
+                    format!(
+                        "fsync of {temp_name} before renaming it to {}",
+                        dest.display()
+                    ),
+                    error.into(),
+                ));
+            }
+        }
+        drop(file);
+        match place(dir, temp_name, file_name, placing.force) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                if self.files.key.is_some() {
+                    self.keep = true;
+                    self.record_whole(placing.size_bytes);
+                    say!(
+                        "ringdown: kept {} and its journal in {}: run again with --force to replace {} from it (it resumes)",
+                        temp_name,
+                        parent.display(),
+                        dest.display()
+                    );
+                } else {
+                    self.remove();
+                }
+                return Err(Error::Usage(format!(
+                    "{} was made by another program during the download; it is left as it is: pass --force to replace it",
+                    dest.display()
+                )));
+            }
+            Err(error) => {
+                self.remove();
+                return Err(Error::io(
+                    format!("renaming into {}", dest.display()),
+                    error.into(),
+                ));
+            }
+        }
+        self.remove();
+        if placing.fsync {
+            rustix::fs::fsync(dir)
+                .map_err(|error| Error::io("fsync of the destination directory", error.into()))?;
+        }
+        Ok(())
+    }
+
     /// Whether the journal's name still leads to the file held.
     fn is_named(&self) -> bool {
         crate::journal::is_named(self.dir, &self.files.journal, &self.file)

@@ -244,7 +244,7 @@ fn shard_tag(shard: Shard) -> String {
 fn large_temp_name(shard_tag: &str, key: &str) -> String {
     use sha1::{Digest, Sha1};
     let digest = Sha1::digest(key.as_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::verify::to_hex(&digest[..6]);
     format!("{shard_tag}{hex}.part")
 }
 
