@@ -2469,10 +2469,11 @@ fn a_run_fatal_error_cuts_a_chunks_backoff_short() {
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
-/// Whether a journal in `state` (DIR/.ringdown) has a chunk boundary
-/// past 0: a large object's first chunk is on disk and journaled.
-fn chunk_journaled(state: std::path::PathBuf) -> impl Fn() -> bool {
-    move || {
+/// Waits (at most 10 s) until a journal in `state` (DIR/.ringdown) has a
+/// chunk boundary past 0: a large object's first chunk is on disk and
+/// journaled. For a hook to hold its answer until then.
+fn until_a_chunk_is_journaled(state: std::path::PathBuf) -> impl Fn() {
+    let journaled = move || {
         let Ok(entries) = std::fs::read_dir(&state) else {
             return false;
         };
@@ -2481,8 +2482,24 @@ fn chunk_journaled(state: std::path::PathBuf) -> impl Fn() -> bool {
             text.lines()
                 .any(|line| line.starts_with("chunk\t") && !line.ends_with("\t0"))
         })
+    };
+    move || {
+        let asked = Instant::now();
+        while !journaled() && asked.elapsed().as_secs() < 10 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
+
+/// A large object of 4 parts on one core, its chunks of several buffers.
+const FOUR_PARTS_ON_ONE_CORE: [&str; 6] = [
+    "--part-size",
+    "64KiB",
+    "--buffer-size",
+    "16KiB",
+    "--cores",
+    "1",
+];
 
 /// The key is revoked midway through a large object, after a chunk was
 /// journaled: the restore ends with exit 3 and keeps that object's partial
@@ -2495,7 +2512,7 @@ fn a_key_revoked_mid_restore_keeps_a_large_objects_progress() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("dir");
     let state = dir.join(".ringdown");
-    let journaled = chunk_journaled(state.clone());
+    let journaled = until_a_chunk_is_journaled(state.clone());
     let revoked = Arc::new(AtomicBool::new(false));
     let is_revoked = Arc::clone(&revoked);
     let hook = move |req: &Req, stream: &mut TcpStream| {
@@ -2505,10 +2522,7 @@ fn a_key_revoked_mid_restore_keeps_a_large_objects_progress() {
         }
         if is_download(req) && req.range().is_some_and(|(first, _)| first >= PART as u64) {
             // The key goes once the first chunk is journaled.
-            let asked = Instant::now();
-            while !journaled() && asked.elapsed().as_secs() < 10 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            journaled();
             is_revoked.store(true, Ordering::SeqCst);
             b2_error(stream, 401, "bad_auth_token", "the key was deleted");
             return true;
@@ -2516,14 +2530,7 @@ fn a_key_revoked_mid_restore_keeps_a_large_objects_progress() {
         false
     };
     let fake = Fake::start(objects.to_vec(), hook);
-    let tuning = [
-        "--part-size",
-        "64KiB",
-        "--buffer-size",
-        "16KiB",
-        "--cores",
-        "1",
-    ];
+    let tuning = FOUR_PARTS_ON_ONE_CORE;
     let run = restore_into(&fake, &dir, &tuning);
     assert_eq!(run.code, Some(3), "{}", run.stderr);
     assert!(
@@ -2556,29 +2563,17 @@ fn a_large_object_failing_midway_keeps_nothing_and_says_so() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("dir");
     let state = dir.join(".ringdown");
-    let journaled = chunk_journaled(state.clone());
+    let journaled = until_a_chunk_is_journaled(state.clone());
     let hook = move |req: &Req, stream: &mut TcpStream| {
         if is_download(req) && req.range().is_some_and(|(first, _)| first >= PART as u64) {
-            let asked = Instant::now();
-            while !journaled() && asked.elapsed().as_secs() < 10 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            journaled();
             b2_error(stream, 503, "service_unavailable", "down for good");
             return true;
         }
         false
     };
     let fake = Fake::start(objects.to_vec(), hook);
-    let tuning = [
-        "--part-size",
-        "64KiB",
-        "--buffer-size",
-        "16KiB",
-        "--cores",
-        "1",
-        "--max-attempts",
-        "1",
-    ];
+    let tuning = [&FOUR_PARTS_ON_ONE_CORE[..], &["--max-attempts", "1"]].concat();
     let run = restore_into(&fake, &dir, &tuning);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("down for good"), "{}", run.stderr);
