@@ -291,12 +291,11 @@ pub const LIST_BUCKETS_MAX: usize = 10_000;
 /// (one page in flight plus this many entries).
 pub const LIST_QUEUE_ENTRIES: usize = 4_096;
 /// Queued objects (small or large) waiting for a connection, per core.
-/// Each queued job holds two descriptors (its partial file and its parent
-/// directory).
+/// Each queued job holds `OPEN_FILES_PER_OBJECT` descriptors.
 pub const SCHEDULER_QUEUE_JOBS_PER_CORE: usize = 16;
 /// Cap on queued objects whatever the core count, and on small objects
 /// claimed ahead (`PIPELINE_OBJECTS_AHEAD`), so the descriptors of objects
-/// not yet begun stay at most 2 × 2 × this (the soft RLIMIT_NOFILE is
+/// not yet begun stay at most 2 × `OPEN_FILES_PER_OBJECT` × this (the soft RLIMIT_NOFILE is
 /// raised to the hard limit at start; connections and objects in progress
 /// add theirs).
 pub const SCHEDULER_QUEUE_JOBS_MAX: usize = 256;
@@ -307,6 +306,11 @@ pub const SUBMIT_DEAD_CORE_CHECK_MS: u64 = 100;
 /// rings and their eventfds, the listing's and API connections, the
 /// journal, the report, DIR and `.ringdown/`.
 pub const OPEN_FILES_RESERVED: u64 = 64;
+/// Descriptors one object of a restore holds from its planning until it is
+/// named: the engine's of its file, restore's own of a small one's unnamed
+/// file (`O_TMPFILE`, linked by it once verified), and its parent
+/// directory (at worst one directory per file).
+pub const OPEN_FILES_PER_OBJECT: u64 = 3;
 /// A resumed prefix this long is re-read (to hash it) with a note first:
 /// at ~1.5 GB/s, 1 GiB is under a second, 200 GiB over two silent minutes.
 pub const REHASH_NOTE_MIN_BYTES: u64 = 1 << 30;

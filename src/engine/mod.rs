@@ -66,7 +66,7 @@ pub struct EngineConfig {
 /// (`RLIMIT_NOFILE`): `connections_per_core` when all do, fewer when not
 /// (`Ok(fewer)`), or why not even one does. `small_objects`: a restore,
 /// where each connection also holds the objects it reads and claimed
-/// ahead (a file and its directory each) and queued objects hold theirs;
+/// ahead (`OPEN_FILES_PER_OBJECT` each) and queued objects hold theirs;
 /// `get` holds one file.
 pub fn connections_within_open_files(
     open_files_limit: u64,
@@ -75,14 +75,18 @@ pub fn connections_within_open_files(
     small_objects: bool,
 ) -> std::result::Result<usize, String> {
     use crate::config::{
-        OPEN_FILES_RESERVED, PIPELINE_OBJECTS_AHEAD, SCHEDULER_QUEUE_JOBS_MAX,
-        SCHEDULER_QUEUE_JOBS_PER_CORE,
+        OPEN_FILES_PER_OBJECT, OPEN_FILES_RESERVED, PIPELINE_OBJECTS_AHEAD,
+        SCHEDULER_QUEUE_JOBS_MAX, SCHEDULER_QUEUE_JOBS_PER_CORE,
     };
     let cores = cores.max(1) as u64;
     let (per_connection, queued) = if small_objects {
         let queued_jobs =
             (SCHEDULER_QUEUE_JOBS_PER_CORE as u64 * cores).min(SCHEDULER_QUEUE_JOBS_MAX as u64);
-        (1 + 2 * (1 + PIPELINE_OBJECTS_AHEAD as u64), 2 * queued_jobs)
+        let per_object = OPEN_FILES_PER_OBJECT;
+        (
+            1 + per_object * (1 + PIPELINE_OBJECTS_AHEAD as u64),
+            per_object * queued_jobs,
+        )
     } else {
         (1, 1)
     };
@@ -676,9 +680,10 @@ mod tests {
         );
         // get at 128: (128 - 65) / 2 cores = 31 per core.
         assert_eq!(fit(128, 2, 64, false), Ok(31));
-        // restore at 256, 2 cores: 64 + 2 × 32 queued = 128 fixed; each
-        // connection 1 + 2 × 4 = 9: (256 - 128) / 18 = 7.
-        assert_eq!(fit(256, 2, 128, true), Ok(7));
+        // restore at 256, 2 cores: 64 + 3 × 32 queued = 160 fixed; each
+        // connection 1 + 3 × 4 = 13 (OPEN_FILES_PER_OBJECT = 3 for the
+        // object it reads and the 3 claimed ahead): (256 - 160) / 26 = 3.
+        assert_eq!(fit(256, 2, 128, true), Ok(3));
         assert!(fit(128, 2, 8, true).is_err());
         // Unlimited.
         assert_eq!(fit(u64::MAX, 64, 256, true), Ok(256));

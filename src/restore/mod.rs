@@ -1639,7 +1639,8 @@ fn same_sha1(fd: OwnedFd, expected: &ExpectedSha1) -> bool {
         .is_ok_and(|(sha1, _)| <[u8; 20]>::from(sha1.finalize()) == *expected)
 }
 
-/// Verify → mtime → rename → journal → report. Runs on the thread that
+/// Verify → mtime → name (`Target::publish`: a link or a rename) →
+/// journal → report. Runs on the thread that
 /// downloaded the file, after its last write completed.
 fn finish_file(
     run: &Run,
@@ -1654,7 +1655,7 @@ fn finish_file(
             run.reporter.record(FileRecord {
                 entry,
                 resumed_bytes: task.resumed_bytes,
-                // Only a file renamed into place is there.
+                // Only a file put in place is there.
                 path: (status == Status::Ok).then(|| task.display_path.clone()),
                 sha1: sha1.map(|sha1| to_hex(sha1)),
                 verified,
