@@ -72,22 +72,27 @@ fn link_unnamed(
     }
 }
 
-/// Whether (and how) an unnamed file made in `dir` can be named there:
-/// `probe_name` is made and removed. `None`: no `O_TMPFILE` here (NFS,
-/// some FUSE file systems), or no way to link one (no /proc, an older
-/// kernel without the capability).
+/// Whether (and how) an unnamed file made in `dir` can be named there.
+/// `None`: no `O_TMPFILE` here (NFS, some FUSE file systems), or no way to
+/// link one (no /proc, an older kernel without the capability).
 fn probe_link_unnamed(dir: &OwnedFd, probe_name: &str) -> Option<LinkUnnamed> {
-    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
-    let file = rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600)).ok()?;
     [LinkUnnamed::EmptyPath, LinkUnnamed::ProcFd]
         .into_iter()
-        .find(|&how| {
-            let linked = link_unnamed(how, &file, dir, probe_name).is_ok();
-            if linked {
-                let _ = rustix::fs::unlinkat(dir, probe_name, AtFlags::empty());
-            }
-            linked
-        })
+        .find(|&how| links_unnamed(how, dir, probe_name))
+}
+
+/// Whether an unnamed file made in `dir` can be named there `how`:
+/// `probe_name` is made and removed.
+fn links_unnamed(how: LinkUnnamed, dir: &OwnedFd, probe_name: &str) -> bool {
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let Ok(file) = rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600)) else {
+        return false;
+    };
+    let linked = link_unnamed(how, &file, dir, probe_name).is_ok();
+    if linked {
+        let _ = rustix::fs::unlinkat(dir, probe_name, AtFlags::empty());
+    }
+    linked
 }
 
 /// Why a path could not be created: the name is refused, or the run failed.
@@ -941,7 +946,7 @@ mod tests {
     /// `partial/`, and the mtime is the one set.
     #[test]
     fn a_small_files_partial_is_put_in_place_each_way_it_can_be_made() {
-        use super::{LinkUnnamed, Partial, entry_names, link_unnamed};
+        use super::{LinkUnnamed, Partial, entry_names, links_unnamed};
         use crate::dest::DirectIo;
         use std::os::unix::fs::MetadataExt;
         let outside = tempfile::tempdir().unwrap();
@@ -959,12 +964,7 @@ mod tests {
             // TMPDIR) is the probe's to rule out, not this test's to use.
             if let Some(how) = how {
                 let probe = format!("{}probe.part", target.shard_tag);
-                let flags = rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR;
-                let mode = rustix::fs::Mode::from_raw_mode(0o600);
-                let taken = rustix::fs::openat(&target.partial, ".", flags, mode)
-                    .is_ok_and(|file| link_unnamed(how, &file, &target.partial, &probe).is_ok());
-                target.unlink_partial(&probe);
-                if !taken {
+                if !links_unnamed(how, &target.partial, &probe) {
                     eprintln!("skipped {how:?}: not taken here");
                     continue;
                 }
