@@ -753,6 +753,7 @@ def run_one(ctx, tool, plan, run_no, args):
                                        and not v.get("unverified"))
             row["registered_buffers"] = st.get("registered_buffers")
             row["direct_io"] = st.get("direct_io")
+            row["sha1_feed"] = st.get("sha1_feed")
         except (OSError, ValueError, TypeError):
             row["verified_by_tool"] = None
     else:

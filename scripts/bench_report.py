@@ -77,9 +77,11 @@ def summarize(results, meta):
             if t.startswith("ringdown"):
                 rb = {r.get("registered_buffers") for r in runs} - {None}
                 dio = {str(r.get("direct_io")) for r in runs if r.get("direct_io") is not None}
+                feeds = sorted({r.get("sha1_feed") for r in runs} - {None})
                 row["note"] = ", ".join(filter(None, [
                     f"registered_buffers={'/'.join(map(str, rb))}" if rb else "",
-                    f"direct_io={'/'.join(dio)}" if dio else ""]))
+                    f"direct_io={'/'.join(dio)}" if dio else "",
+                    f"sha1_feed={'/'.join(feeds)}" if feeds else ""]))
             rows.append(row)
         base = next((r for r in rows if r["tool"] == "b2sdk" and r.get("median_s")), None)
         for r in rows:

@@ -91,10 +91,19 @@ pub const BUFFERS_PER_CORE_MAX: usize = 1024;
 pub const BUFFER_SIZE_BYTES_MAX: usize = 64 << 20;
 pub const CORES_MAX: usize = 1024;
 
-/// SHA1 is fed in pieces of this size, each after a touch of every cache
-/// line of the next (`verify::sha1_update`). 4-64 KiB measured alike
-/// (1.8-1.9 GB/s on data out of cache); 256 KiB was slower (1.65-1.75).
+/// The touch-ahead feed hashes pieces of this size, each after a touch of
+/// every cache line of the next (`verify::Sha1Feed`). 4-64 KiB measured
+/// alike (1.8-1.9 GB/s on data out of cache); 256 KiB was slower (1.65-1.75).
 pub const SHA1_PIECE_BYTES: usize = 16 << 10;
+
+/// Each SHA1 feed is timed on this many of the run's first inputs before
+/// the faster is kept (by median: one preempted trial must not decide).
+/// 16 MiB of a `get`'s 1 MiB buffers; 1 MiB of 64 KiB files.
+pub const SHA1_FEED_TRIALS: usize = 8;
+
+/// Inputs shorter than this do not count as trials: below two pieces both
+/// feeds do the same.
+pub const SHA1_FEED_TRIAL_MIN_BYTES: usize = 2 * SHA1_PIECE_BYTES;
 
 /// A chunk's connection sends the next chunk's GET (HTTP/1.1 pipelining)
 /// once what is left of the body will arrive within this many round trips.

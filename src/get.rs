@@ -652,6 +652,7 @@ impl Download {
                 retries: summary.retries,
                 direct_io: writes_direct(direct, size_bytes),
                 registered_buffers: summary.registered_buffers,
+                sha1_feed: crate::verify::sha1_feed_chosen(),
                 stages: summary.stages.clone(),
             };
             return Ok(DownloadReport {

@@ -253,6 +253,9 @@ pub struct RunSummary {
     pub retries: u64,
     pub direct_io: bool,
     pub registered_buffers: bool,
+    /// How this process fed SHA1 (`verify::Sha1Feed`); `None` before its
+    /// trials ended (a run that hashed little).
+    pub sha1_feed: Option<crate::verify::Sha1Feed>,
     pub stages: StageHistograms,
 }
 
@@ -291,6 +294,7 @@ impl RunSummary {
             "retries": self.retries,
             "direct_io": self.direct_io,
             "registered_buffers": self.registered_buffers,
+            "sha1_feed": self.sha1_feed.map(crate::verify::Sha1Feed::name),
             "stages": self.stages.to_json(),
         })
     }
@@ -426,6 +430,7 @@ mod tests {
             retries: 3,
             direct_io: true,
             registered_buffers: false,
+            sha1_feed: Some(crate::verify::Sha1Feed::Plain),
             stages: StageHistograms::new(),
         };
         let json = summary.to_json();
@@ -442,12 +447,14 @@ mod tests {
             "retries",
             "direct_io",
             "registered_buffers",
+            "sha1_feed",
             "stages",
         ];
         expected.sort();
         assert_eq!(keys, expected);
         assert_eq!(json["schema"], 1);
         assert_eq!(json["mb_per_s"], 1000.0);
+        assert_eq!(json["sha1_feed"], "plain");
         assert_eq!(
             json["verified"],
             json!({"ok": 1, "unverified": 0, "failed": 0})

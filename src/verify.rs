@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use sha1::{Digest, Sha1};
 use tokio::sync::Notify;
@@ -166,30 +166,183 @@ pub fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Feeds `data` to `sha1`, a piece at a time, after loading one byte of every
-/// cache line of the next piece.
+/// How `sha1_update` walks its input: plainly, or a piece at a time after
+/// loading one byte of every cache line of the next piece.
 ///
-/// SHA1 is one serial chain of dependent rounds, so each cache miss stalls it,
-/// and the hardware prefetcher does not run far enough ahead to hide them: on
-/// the benchmark host, data that had left the cache (a buffer received a few
-/// buffers ago) hashed at 1.2 GB/s against 2.15 GB/s in cache. The touches are
-/// independent loads, which the CPU overlaps with each other and with the
-/// rounds; with them, data out of cache hashes at ~1.85 GB/s
-/// (`cargo bench --bench micro -- sha1`). Safe code: plain loads behave like
-/// prefetch instructions here (measured alike).
-pub fn sha1_update(sha1: &mut Sha1, data: &[u8]) {
-    use crate::config::{CACHE_LINE_BYTES, SHA1_PIECE_BYTES};
-    let mut pieces = data.chunks(SHA1_PIECE_BYTES).peekable();
-    while let Some(piece) = pieces.next() {
-        if let Some(next) = pieces.peek() {
-            let mut touched = 0u8;
-            for line in next.iter().step_by(CACHE_LINE_BYTES) {
-                touched |= std::hint::black_box(*line);
+/// SHA1 is one serial chain of dependent rounds, so each cache miss stalls
+/// it. Which feed is faster depends on the host, and the same VM moves
+/// between hosts (`cargo bench --bench micro -- sha1`):
+/// - on an EPYC with AVX-512 (2026-11-28), data that had left the cache
+///   hashed at 1.2 GB/s plainly and 1.85 GB/s touched ahead (2.15 in cache):
+///   the touches are independent loads the CPU overlaps with the rounds;
+/// - on an EPYC without it (2026-11-29), plainly hashed 1.52 GB/s in cache and
+///   out, touched ahead 1.28: the hardware prefetcher keeps up, and the
+///   touches only cost.
+///
+/// So the run measures both on its own data and keeps the faster
+/// ([`FeedChoice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sha1Feed {
+    Plain,
+    TouchAhead,
+}
+
+impl Sha1Feed {
+    pub fn update(self, sha1: &mut Sha1, data: &[u8]) {
+        use crate::config::{CACHE_LINE_BYTES, SHA1_PIECE_BYTES};
+        match self {
+            Sha1Feed::Plain => sha1.update(data),
+            Sha1Feed::TouchAhead => {
+                let mut pieces = data.chunks(SHA1_PIECE_BYTES).peekable();
+                while let Some(piece) = pieces.next() {
+                    if let Some(next) = pieces.peek() {
+                        let mut touched = 0u8;
+                        for line in next.iter().step_by(CACHE_LINE_BYTES) {
+                            touched |= std::hint::black_box(*line);
+                        }
+                        std::hint::black_box(touched);
+                    }
+                    sha1.update(piece);
+                }
             }
-            std::hint::black_box(touched);
         }
-        sha1.update(piece);
     }
+
+    /// The name in `--stats-json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sha1Feed::Plain => "plain",
+            Sha1Feed::TouchAhead => "touch-ahead",
+        }
+    }
+}
+
+/// Timings of the two feeds on the run's first inputs of at least
+/// `SHA1_FEED_TRIAL_MIN_BYTES`, taken in turn (so both see the same mix of
+/// data in and out of cache), `SHA1_FEED_TRIALS` each. I/O-free.
+#[derive(Debug, Default)]
+pub struct FeedTrials {
+    plain_ps_per_byte: Vec<u64>,
+    touch_ps_per_byte: Vec<u64>,
+}
+
+impl FeedTrials {
+    /// The feed the next trial uses, or `None` once both have their trials.
+    pub fn next_feed(&self) -> Option<Sha1Feed> {
+        use crate::config::SHA1_FEED_TRIALS;
+        if self.plain_ps_per_byte.len() <= self.touch_ps_per_byte.len() {
+            (self.plain_ps_per_byte.len() < SHA1_FEED_TRIALS).then_some(Sha1Feed::Plain)
+        } else {
+            Some(Sha1Feed::TouchAhead)
+        }
+    }
+
+    pub fn record(&mut self, feed: Sha1Feed, bytes: usize, elapsed: std::time::Duration) {
+        let ps_per_byte = (elapsed.as_nanos() * 1000 / bytes.max(1) as u128) as u64;
+        match feed {
+            Sha1Feed::Plain => self.plain_ps_per_byte.push(ps_per_byte),
+            Sha1Feed::TouchAhead => self.touch_ps_per_byte.push(ps_per_byte),
+        }
+    }
+
+    /// The faster feed by median (a trial the thread was preempted in is
+    /// an outlier, not the rule), once both have all their trials; plain
+    /// on a tie.
+    pub fn decided(&self) -> Option<Sha1Feed> {
+        use crate::config::SHA1_FEED_TRIALS;
+        fn median(samples: &[u64]) -> u64 {
+            let mut sorted = samples.to_vec();
+            sorted.sort_unstable();
+            sorted[sorted.len() / 2]
+        }
+        if self.plain_ps_per_byte.len() < SHA1_FEED_TRIALS
+            || self.touch_ps_per_byte.len() < SHA1_FEED_TRIALS
+        {
+            return None;
+        }
+        if median(&self.touch_ps_per_byte) < median(&self.plain_ps_per_byte) {
+            Some(Sha1Feed::TouchAhead)
+        } else {
+            Some(Sha1Feed::Plain)
+        }
+    }
+}
+
+/// The process's choice of feed: trials first, then one feed for good.
+/// Shared by every core; after the choice, one atomic load per call.
+pub struct FeedChoice {
+    /// `TRYING`, `PLAIN` or `TOUCH_AHEAD`.
+    chosen: AtomicU8,
+    trials: Mutex<FeedTrials>,
+}
+
+static FEED_CHOICE: FeedChoice = FeedChoice::new();
+
+impl FeedChoice {
+    const TRYING: u8 = 0;
+    const PLAIN: u8 = 1;
+    const TOUCH_AHEAD: u8 = 2;
+
+    const fn new() -> FeedChoice {
+        FeedChoice {
+            chosen: AtomicU8::new(Self::TRYING),
+            trials: Mutex::new(FeedTrials {
+                plain_ps_per_byte: Vec::new(),
+                touch_ps_per_byte: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn chosen(&self) -> Option<Sha1Feed> {
+        match self.chosen.load(Ordering::Relaxed) {
+            Self::PLAIN => Some(Sha1Feed::Plain),
+            Self::TOUCH_AHEAD => Some(Sha1Feed::TouchAhead),
+            _ => None,
+        }
+    }
+
+    fn update(&self, sha1: &mut Sha1, data: &[u8]) {
+        use crate::config::SHA1_FEED_TRIAL_MIN_BYTES;
+        if let Some(feed) = self.chosen() {
+            return feed.update(sha1, data);
+        }
+        // Below two pieces both feeds do the same; a poisoned lock only
+        // means another core panicked mid-trial, so its timings stand.
+        let trial = (data.len() >= SHA1_FEED_TRIAL_MIN_BYTES)
+            .then(|| {
+                self.trials
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .next_feed()
+            })
+            .flatten();
+        let Some(feed) = trial else {
+            return Sha1Feed::Plain.update(sha1, data);
+        };
+        let started = std::time::Instant::now();
+        feed.update(sha1, data);
+        let elapsed = started.elapsed();
+        let mut trials = self.trials.lock().unwrap_or_else(|p| p.into_inner());
+        trials.record(feed, data.len(), elapsed);
+        if let Some(decided) = trials.decided() {
+            let code = match decided {
+                Sha1Feed::Plain => Self::PLAIN,
+                Sha1Feed::TouchAhead => Self::TOUCH_AHEAD,
+            };
+            self.chosen.store(code, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Feeds `data` to `sha1` with the feed this host hashes fastest
+/// ([`Sha1Feed`]); the run's first large inputs time both.
+pub fn sha1_update(sha1: &mut Sha1, data: &[u8]) {
+    FEED_CHOICE.update(sha1, data)
+}
+
+/// The feed this process chose, once it has (`--stats-json`: `sha1_feed`).
+pub fn sha1_feed_chosen() -> Option<Sha1Feed> {
+    FEED_CHOICE.chosen()
 }
 
 /// SHA1 of everything `reader` yields (a local file: `--skip-existing`, the
@@ -219,27 +372,88 @@ mod tests {
     }
 
     #[test]
-    fn sha1_update_hashes_every_byte_once_at_piece_edges() {
+    fn each_feed_hashes_every_byte_once_at_piece_edges() {
         use crate::config::SHA1_PIECE_BYTES;
         let data: Vec<u8> = (0..3 * SHA1_PIECE_BYTES + 7)
             .map(|i| (i * 7) as u8)
             .collect();
-        for len in [
-            0,
-            1,
-            SHA1_PIECE_BYTES - 1,
-            SHA1_PIECE_BYTES,
-            SHA1_PIECE_BYTES + 1,
-            data.len(),
-        ] {
-            let mut sha1 = Sha1::new();
-            sha1_update(&mut sha1, &data[..len]);
-            assert_eq!(
-                <[u8; 20]>::from(sha1.finalize()),
-                sha1_of(&data[..len]),
-                "{len} bytes"
-            );
+        for feed in [Sha1Feed::Plain, Sha1Feed::TouchAhead] {
+            for len in [
+                0,
+                1,
+                SHA1_PIECE_BYTES - 1,
+                SHA1_PIECE_BYTES,
+                SHA1_PIECE_BYTES + 1,
+                data.len(),
+            ] {
+                let mut sha1 = Sha1::new();
+                feed.update(&mut sha1, &data[..len]);
+                assert_eq!(
+                    <[u8; 20]>::from(sha1.finalize()),
+                    sha1_of(&data[..len]),
+                    "{feed:?}, {len} bytes"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn feed_trials_alternate_then_keep_the_faster_median() {
+        use crate::config::SHA1_FEED_TRIALS;
+        use std::time::Duration;
+        let mut trials = FeedTrials::default();
+        // Touch-ahead is faster (600 ps/byte against 700), but two of its
+        // trials were preempted: the medians still pick it.
+        for trial in 0..SHA1_FEED_TRIALS {
+            assert_eq!(trials.decided(), None);
+            assert_eq!(trials.next_feed(), Some(Sha1Feed::Plain));
+            trials.record(Sha1Feed::Plain, 1 << 20, Duration::from_nanos(700 << 10));
+            assert_eq!(trials.next_feed(), Some(Sha1Feed::TouchAhead));
+            let preempted = if trial < 2 { 20 } else { 0 };
+            let nanos = (600 << 10) + preempted * 1_000_000;
+            trials.record(Sha1Feed::TouchAhead, 1 << 20, Duration::from_nanos(nanos));
+        }
+        assert_eq!(trials.next_feed(), None);
+        assert_eq!(trials.decided(), Some(Sha1Feed::TouchAhead));
+
+        // Where the touches only cost, plain is kept; a tie keeps plain too.
+        for (touch_nanos, kept) in [(800u64, Sha1Feed::Plain), (700, Sha1Feed::Plain)] {
+            let mut trials = FeedTrials::default();
+            for _ in 0..SHA1_FEED_TRIALS {
+                trials.record(Sha1Feed::Plain, 1000, Duration::from_nanos(700));
+                trials.record(
+                    Sha1Feed::TouchAhead,
+                    1000,
+                    Duration::from_nanos(touch_nanos),
+                );
+            }
+            assert_eq!(trials.decided(), Some(kept), "touch at {touch_nanos} ns");
+        }
+    }
+
+    #[test]
+    fn the_process_keeps_one_feed_after_its_trials() {
+        use crate::config::{SHA1_FEED_TRIAL_MIN_BYTES, SHA1_FEED_TRIALS};
+        let choice = FeedChoice::new();
+        let data: Vec<u8> = (0..SHA1_FEED_TRIAL_MIN_BYTES).map(|i| i as u8).collect();
+        let mut sha1 = Sha1::new();
+        // Short inputs are not trials.
+        for _ in 0..4 * SHA1_FEED_TRIALS {
+            choice.update(&mut sha1, &data[..SHA1_FEED_TRIAL_MIN_BYTES - 1]);
+        }
+        assert_eq!(choice.chosen(), None);
+        for _ in 0..2 * SHA1_FEED_TRIALS {
+            choice.update(&mut sha1, &data);
+        }
+        assert!(choice.chosen().is_some());
+        let mut expected = Sha1::new();
+        for _ in 0..4 * SHA1_FEED_TRIALS {
+            expected.update(&data[..SHA1_FEED_TRIAL_MIN_BYTES - 1]);
+        }
+        for _ in 0..2 * SHA1_FEED_TRIALS {
+            expected.update(&data);
+        }
+        assert_eq!(sha1.finalize(), expected.finalize());
     }
 
     proptest::proptest! {

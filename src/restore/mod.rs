@@ -862,6 +862,7 @@ impl Restore {
             retries: run.retries.load(Ordering::Relaxed),
             direct_io: run.direct_io_used.load(Ordering::Relaxed),
             registered_buffers,
+            sha1_feed: crate::verify::sha1_feed_chosen(),
             stages,
         };
         let kept_for_resume = std::mem::take(&mut *run.kept_for_resume.lock().expect("kept lock"));
