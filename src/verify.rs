@@ -179,8 +179,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
 ///   out, touched ahead 1.28: the hardware prefetcher keeps up, and the
 ///   touches only cost.
 ///
-/// So the run measures both on its own data and keeps the faster
-/// ([`FeedChoice`]).
+/// So the run times both on its own first inputs and keeps the faster
+/// (`FeedChoice`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sha1Feed {
     Plain,
@@ -221,14 +221,14 @@ impl Sha1Feed {
 /// `SHA1_FEED_TRIAL_MIN_BYTES`, taken in turn (so both see the same mix of
 /// data in and out of cache), `SHA1_FEED_TRIALS` each. I/O-free.
 #[derive(Debug, Default)]
-pub struct FeedTrials {
+struct FeedTrials {
     plain_ps_per_byte: Vec<u64>,
     touch_ps_per_byte: Vec<u64>,
 }
 
 impl FeedTrials {
     /// The feed the next trial uses, or `None` once both have their trials.
-    pub fn next_feed(&self) -> Option<Sha1Feed> {
+    fn next_feed(&self) -> Option<Sha1Feed> {
         use crate::config::SHA1_FEED_TRIALS;
         if self.plain_ps_per_byte.len() <= self.touch_ps_per_byte.len() {
             (self.plain_ps_per_byte.len() < SHA1_FEED_TRIALS).then_some(Sha1Feed::Plain)
@@ -237,7 +237,7 @@ impl FeedTrials {
         }
     }
 
-    pub fn record(&mut self, feed: Sha1Feed, bytes: usize, elapsed: std::time::Duration) {
+    fn record(&mut self, feed: Sha1Feed, bytes: usize, elapsed: std::time::Duration) {
         let ps_per_byte = (elapsed.as_nanos() * 1000 / bytes.max(1) as u128) as u64;
         match feed {
             Sha1Feed::Plain => self.plain_ps_per_byte.push(ps_per_byte),
@@ -248,7 +248,7 @@ impl FeedTrials {
     /// The faster feed by median (a trial the thread was preempted in is
     /// an outlier, not the rule), once both have all their trials; plain
     /// on a tie.
-    pub fn decided(&self) -> Option<Sha1Feed> {
+    fn decided(&self) -> Option<Sha1Feed> {
         use crate::config::SHA1_FEED_TRIALS;
         fn median(samples: &[u64]) -> u64 {
             let mut sorted = samples.to_vec();
@@ -270,7 +270,7 @@ impl FeedTrials {
 
 /// The process's choice of feed: trials first, then one feed for good.
 /// Shared by every core; after the choice, one atomic load per call.
-pub struct FeedChoice {
+struct FeedChoice {
     /// `TRYING`, `PLAIN` or `TOUCH_AHEAD`.
     chosen: AtomicU8,
     trials: Mutex<FeedTrials>,
@@ -293,7 +293,7 @@ impl FeedChoice {
         }
     }
 
-    pub fn chosen(&self) -> Option<Sha1Feed> {
+    fn chosen(&self) -> Option<Sha1Feed> {
         match self.chosen.load(Ordering::Relaxed) {
             Self::PLAIN => Some(Sha1Feed::Plain),
             Self::TOUCH_AHEAD => Some(Sha1Feed::TouchAhead),
