@@ -96,14 +96,18 @@ pub const CORES_MAX: usize = 1024;
 /// alike (1.8-1.9 GB/s on data out of cache); 256 KiB was slower (1.65-1.75).
 pub const SHA1_PIECE_BYTES: usize = 16 << 10;
 
-/// Each SHA1 feed is timed on this many of the run's first inputs before
-/// the faster is kept (by median: one preempted trial must not decide).
-/// 16 MiB of a `get`'s 1 MiB buffers; 1 MiB of 64 KiB files.
+/// Each SHA1 feed is timed on this many of the run's first inputs of
+/// `SHA1_FEED_TRIAL_MIN_BYTES` or more before the faster is kept (by
+/// median: one preempted trial must not decide): 16 MiB of a `get`'s 1 MiB
+/// buffers.
 pub const SHA1_FEED_TRIALS: usize = 8;
 
-/// Inputs shorter than this do not count as trials: below two pieces both
-/// feeds do the same.
-pub const SHA1_FEED_TRIAL_MIN_BYTES: usize = 2 * SHA1_PIECE_BYTES;
+/// Shorter inputs are hashed plainly until the choice is made, and are not
+/// trials: a 64 KiB file hashes in ~40 µs, where timer and cache noise
+/// decide (with 64 KiB trials, 1 restore of 2,000 × 64 KiB in 4 kept the
+/// slower feed), and a file just received is still in cache, where the
+/// touches gain nothing.
+pub const SHA1_FEED_TRIAL_MIN_BYTES: usize = 256 << 10;
 
 /// A chunk's connection sends the next chunk's GET (HTTP/1.1 pipelining)
 /// once what is left of the body will arrive within this many round trips.

@@ -306,8 +306,8 @@ impl FeedChoice {
         if let Some(feed) = self.chosen() {
             return feed.update(sha1, data);
         }
-        // Below two pieces both feeds do the same; a poisoned lock only
-        // means another core panicked mid-trial, so its timings stand.
+        // A poisoned lock only means another core panicked mid-trial, so
+        // its timings stand.
         let trial = (data.len() >= SHA1_FEED_TRIAL_MIN_BYTES)
             .then(|| {
                 self.trials
