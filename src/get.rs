@@ -76,6 +76,13 @@ impl Source {
                         "{text:?}: expected b2://BUCKET/NAME (to restore a whole bucket or folder, use `ringdown restore`)"
                     ))
                 })?;
+            // B2 file names never end in '/': this is a folder.
+            if name.ends_with('/') {
+                return Err(Error::Usage(format!(
+                    "{text:?} ends in '/': it names a folder, not a file (B2 file names never \
+                     end in '/'); to restore a folder, use `ringdown restore {text} DIR`"
+                )));
+            }
             return Ok(Source::B2 {
                 bucket: bucket.into(),
                 name: name.into(),
@@ -291,10 +298,24 @@ impl Download {
         let names_a_directory = spelled.ends_with(b"/") || spelled.ends_with(b"/.");
         if names_a_directory && !self.dest.is_dir() {
             let end = if spelled.ends_with(b"/") { "/" } else { "/." };
-            return Err(Error::Usage(format!(
-                "DEST {} names a directory (it ends in '{end}'), and there is none; create it first",
-                self.dest.display()
-            )));
+            let bare = Path::new(std::ffi::OsStr::from_bytes(
+                &spelled[..spelled.len() - end.len()],
+            ));
+            let there = std::fs::symlink_metadata(bare)
+                .ok()
+                .filter(|_| !bare.as_os_str().is_empty());
+            return Err(Error::Usage(match there {
+                Some(meta) => format!(
+                    "DEST {} names a directory (it ends in '{end}'), but {} is {}",
+                    self.dest.display(),
+                    bare.display(),
+                    file_kind(&meta)
+                ),
+                None => format!(
+                    "DEST {} names a directory (it ends in '{end}'), and there is none; create it first",
+                    self.dest.display()
+                ),
+            }));
         }
         let dest = if self.dest.is_dir() {
             let base = self.source.base_name().ok_or_else(|| {
@@ -347,6 +368,17 @@ impl Download {
         match std::fs::symlink_metadata(&dest) {
             Ok(meta) if meta.is_dir() => {
                 return Err(Error::Usage(format!("{} is a directory", dest.display())));
+            }
+            // A device, FIFO or socket: the download is renamed over DEST,
+            // which would replace the node itself (`/dev/null` with a file).
+            Ok(meta) if !meta.is_file() && !meta.is_symlink() => {
+                return Err(Error::Usage(format!(
+                    "{} is {}: ringdown puts a verified download in place by renaming it over \
+                     DEST, which would replace it (even with --force, it does not); give a \
+                     regular file's path",
+                    dest.display(),
+                    file_kind(&meta)
+                )));
             }
             Ok(_) if !self.options.force => {
                 if let Some(file_name) = dest.file_name() {
@@ -1798,6 +1830,30 @@ impl Drop for HeldJournal<'_> {
         if !self.keep && self.is_named() {
             let _ = rustix::fs::unlinkat(self.dir, &self.files.journal, AtFlags::empty());
         }
+    }
+}
+
+/// "a regular file", "a character device", …: what is at a path, for a
+/// message.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 

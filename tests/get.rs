@@ -1459,6 +1459,51 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert_exit(&output, 2, "ends in '/.'");
     assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "kept");
     assert_no_temp(fixture.out.path());
+    // Through a file that is not a directory: said so, not "create it".
+    let output = ringdown(
+        &served,
+        &["b2://bkt/a.bin", &format!("{}/", a_file.display())],
+    );
+    assert_exit(&output, 2, "but");
+    assert!(
+        stderr(&output).contains("is a regular file"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "kept");
+    // A device or FIFO as DEST: renaming over it would replace the node
+    // (`/dev/null` with a file), so it is refused, --force or not.
+    let fifo = fixture.out.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    for force in [false, true] {
+        let mut args = vec!["b2://bkt/a.bin", fifo.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        let output = ringdown(&served, &args);
+        assert_exit(&output, 2, "is a FIFO");
+        assert!(
+            !stderr(&output).contains("pass --force"),
+            "{}",
+            stderr(&output)
+        );
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_fifo(&kind),
+            "--force {force}"
+        );
+    }
+    assert_no_temp(fixture.out.path());
+    // A folder is no file: pointed to `restore` before any request.
+    let output = ringdown(&served, &["b2://bkt/folder/", &unwritten]);
+    assert_exit(&output, 2, "ringdown restore b2://bkt/folder/ DIR");
 
     // A URL whose last segment decodes to a path ('%2F') is refused into a
     // DEST directory: it joined to a path outside it, an absolute one
