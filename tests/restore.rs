@@ -1016,6 +1016,109 @@ fn skip_existing_hashes_files_the_journal_has_as_done() {
 }
 
 #[test]
+fn a_skipped_file_gets_the_time_a_restored_one_does() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let objects = numbered_objects(&bkt, "t", 3, |i| 5000 + i);
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let restored = out.path().join("restored");
+    let first = restore(&served, &["b2://bkt"], &restored);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    // The same bytes, with a local time of 2001: skipped, and given the
+    // object's time as the restore gave it.
+    let kept = out.path().join("kept");
+    std::fs::create_dir_all(kept.join("t")).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(978_307_200);
+    let file = kept.join("t/001");
+    std::fs::write(&file, &objects["t/001"]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let report = out.path().join("report.jsonl");
+    let skipping = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--skip-existing",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &kept,
+    );
+    assert_eq!(skipping.status.code(), Some(0), "{}", stderr(&skipping));
+    let lines = common::json_lines(&report);
+    let line = lines.iter().find(|line| line["name"] == "t/001").unwrap();
+    assert_eq!(
+        (&line["status"], &line["reason"]),
+        (&"skipped".into(), &"exists".into())
+    );
+    assert_eq!(mtime(&file), mtime(&restored.join("t/001")));
+    assert_ne!(mtime(&file), old);
+}
+
+#[test]
+fn a_glob_that_matches_nothing_is_refused_or_said() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "nested/a.txt", b"a");
+    write_file(&bkt, "nested/deep/b.txt", b"b");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    // rclone's anchored form could match no relative name: refused at once.
+    let output = restore(&served, &["b2://bkt", "--exclude", "/nested/**"], &dir);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("write \"nested/**\""), "{err}");
+    assert!(!dir.exists());
+    // A full name (as --dry-run prints them) under a PREFIX matches none:
+    // said with what was meant, in the dry run as in the real run.
+    for dry_run in [true, false] {
+        let mut args = vec!["b2://bkt/nested", "--exclude", "nested/deep/**"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let output = restore(&served, &args, &dir);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("--exclude \"nested/deep/**\" matched no name under b2://bkt/nested/")
+                && err.contains("did you mean \"deep/**\"?"),
+            "{err}"
+        );
+    }
+    // A dry run that selects nothing says why, as the real run does.
+    let output = restore(
+        &served,
+        &["b2://bkt", "--dry-run", "--include", "*.bin"],
+        &dir,
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("nothing to restore: none of the 2 names"),
+        "{err}"
+    );
+    assert!(output.stdout.is_empty());
+    // Globs that matched are not mentioned.
+    let output = restore(
+        &served,
+        &["b2://bkt", "--dry-run", "--include", "**/*.txt"],
+        &dir,
+    );
+    assert!(
+        !stderr(&output).contains("matched no name"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn killed_restore_resumes_without_downloading_completed_files_again() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");

@@ -215,6 +215,7 @@ pub fn finish(
     report: RestoreReport,
     memlock_notice: Option<&str>,
 ) -> Result<i32> {
+    super::summary::print_notices(&report.selection_notices, None, args.quiet);
     if args.dry_run {
         if let Some(error) = report.fatal {
             return Err(error);

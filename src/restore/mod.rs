@@ -425,6 +425,9 @@ pub struct RestoreReport {
     pub tally: Tally,
     pub summary: RunSummary,
     pub notices: Vec<String>,
+    /// Notes on what was selected (nothing at all; a glob that matched no
+    /// name): said by a `--dry-run` too, which says nothing else.
+    pub selection_notices: Vec<String>,
     /// What stopped the run once it was under way: auth, trust, disk
     /// full, a listing failure, or a signal (`Error::Interrupted`). `None`
     /// when it ran to its end, whatever the tally says (see `Restore::run`).
@@ -831,13 +834,20 @@ impl Restore {
                  journaled chunks)"
             ));
         }
+        let mut selection_notices = Vec::new();
+        let source = format!("b2://{}/{}", options.bucket, options.folder_prefix);
+        if fatal.is_none() && listed_whole {
+            selection_notices.extend(unmatched_globs(options, &source));
+        }
         if fatal.is_none() && self.files.listed.load(Ordering::Relaxed) == 0 {
             // A typo in PREFIX, or an object's name given as a folder, ran
             // to a clean "0 files" with nothing said.
-            let source = format!("b2://{}/{}", options.bucket, options.folder_prefix);
-            notices.push(match self.files.seen.load(Ordering::Relaxed) {
+            selection_notices.push(match self.files.seen.load(Ordering::Relaxed) {
                 0 if options.as_of_ms.is_some() => {
                     format!("nothing to restore: {source} listed no file as of --as-of")
+                }
+                0 if options.folder_prefix.is_empty() => {
+                    format!("nothing to restore: the bucket {} lists no file", options.bucket)
                 }
                 0 => format!(
                     "nothing to restore: {source} lists no file (PREFIX is a folder; \
@@ -890,6 +900,7 @@ impl Restore {
             tally,
             summary,
             notices,
+            selection_notices,
             fatal,
         })
     }
@@ -1281,7 +1292,9 @@ fn schedule(
         return;
     };
     run.reporter.files.seen.fetch_add(1, Ordering::Relaxed);
-    if !options.shard.contains(&entry.name) || !options.filter.accepts(relative) {
+    // The filter sees every name, whatever the shard: it remembers which
+    // globs matched (`unmatched_globs`), and a shard's share may hold none.
+    if !options.filter.accepts(relative) || !options.shard.contains(&entry.name) {
         return;
     }
     run.reporter.files.listed.fetch_add(1, Ordering::Relaxed);
@@ -1381,7 +1394,13 @@ fn schedule(
                 return;
             }
         } else if let Some((fd, size)) = run.target().open_existing(&segments) {
-            if size == entry.size_bytes && same_sha1(fd, &entry.expected) {
+            let file = std::fs::File::from(fd);
+            if size == entry.size_bytes && same_sha1(&file, &entry.expected) {
+                // Kept, with the time a restored file gets: else the tree's
+                // times would depend on the flag (and mislead make, rsync).
+                if let Some(mtime_ms) = entry.mtime_ms {
+                    let _ = rustix::fs::futimens(&file, &crate::dest::timestamps_at(mtime_ms));
+                }
                 return skip("exists");
             }
         }
@@ -1597,6 +1616,27 @@ fn finish_later(run: &Arc<Run>, task: FileTask) -> Done {
     })
 }
 
+/// A note for each `--include`/`--exclude` glob that matched no listed name:
+/// most often a glob written for full names (as `--dry-run` prints them)
+/// where it matches names relative to PREFIX.
+fn unmatched_globs(options: &RestoreOptions, source: &str) -> Vec<String> {
+    let prefix = options.folder_prefix.as_str();
+    options
+        .filter
+        .unmatched()
+        .into_iter()
+        .map(|(flag, pattern)| {
+            let hint = match pattern.strip_prefix(prefix).filter(|_| !prefix.is_empty()) {
+                Some(relative) => format!(
+                    "globs match names relative to PREFIX {prefix:?}: did you mean {relative:?}?"
+                ),
+                None => "globs match whole names relative to PREFIX".to_string(),
+            };
+            format!("{flag} {pattern:?} matched no name under {source} ({hint})")
+        })
+        .collect()
+}
+
 /// Why a name beneath a file listed (and still downloading) earlier is refused.
 fn in_the_way(file: &str) -> String {
     format!("{file}: a file is in the way of a directory (listed earlier, first name wins)")
@@ -1631,12 +1671,12 @@ fn local_size(dir: &std::path::Path, segments: &[&str]) -> Option<u64> {
 }
 
 /// Hashes an existing local file and compares it with the published digest.
-fn same_sha1(fd: OwnedFd, expected: &ExpectedSha1) -> bool {
+fn same_sha1(file: &std::fs::File, expected: &ExpectedSha1) -> bool {
     use sha1::Digest;
     let (ExpectedSha1::Verified(expected) | ExpectedSha1::Unverified(expected)) = expected else {
         return false;
     };
-    crate::verify::sha1_of(std::fs::File::from(fd))
+    crate::verify::sha1_of(file)
         .is_ok_and(|(sha1, _)| <[u8; 20]>::from(sha1.finalize()) == *expected)
 }
 

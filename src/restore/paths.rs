@@ -5,6 +5,9 @@
 //! and each segment is checked, then created one component at a time by the
 //! caller (`restore::target`), relative to the DIR fd, never following a symlink.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use globset::{GlobSet, GlobSetBuilder};
 use sha1::{Digest, Sha1};
 
@@ -307,11 +310,19 @@ impl Shard {
 
 /// `--include` / `--exclude` globs on the prefix-relative name: `*` stays
 /// within a segment, `**` crosses; with any include a name must match one;
-/// an exclude wins.
+/// an exclude wins. Remembers which globs matched a name (clones share
+/// that), so a run can say which never did: an exclude that matches
+/// nothing protects nothing.
 #[derive(Debug, Clone)]
 pub struct NameFilter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    include_patterns: Vec<String>,
+    exclude_patterns: Vec<String>,
+    /// One flag per include, then per exclude: matched a name.
+    matched: Arc<[AtomicBool]>,
+    /// Every glob has matched: nothing more to remember.
+    all_matched: Arc<AtomicBool>,
 }
 
 impl NameFilter {
@@ -322,6 +333,15 @@ impl NameFilter {
             }
             let mut builder = GlobSetBuilder::new();
             for pattern in patterns {
+                // rclone's anchored form: here every glob is anchored, and a
+                // name relative to PREFIX never starts with '/'.
+                if let Some(anchored) = pattern.strip_prefix('/') {
+                    return Err(format!(
+                        "{flag} {pattern:?} starts with '/' and would match nothing: globs match \
+                         whole names relative to PREFIX, which never start with '/'; write {:?}",
+                        anchored.trim_start_matches('/')
+                    ));
+                }
                 let glob = globset::GlobBuilder::new(pattern)
                     .literal_separator(true)
                     .build()
@@ -336,10 +356,19 @@ impl NameFilter {
         Ok(NameFilter {
             include: build(include, "--include")?,
             exclude: build(exclude, "--exclude")?,
+            include_patterns: include.to_vec(),
+            exclude_patterns: exclude.to_vec(),
+            matched: (0..include.len() + exclude.len())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            all_matched: Arc::new(AtomicBool::new(include.is_empty() && exclude.is_empty())),
         })
     }
 
     pub fn accepts(&self, relative: &str) -> bool {
+        if !self.all_matched.load(Ordering::Relaxed) {
+            self.remember_matches(relative);
+        }
         if let Some(exclude) = &self.exclude {
             if exclude.is_match(relative) {
                 return false;
@@ -349,6 +378,37 @@ impl NameFilter {
             Some(include) => include.is_match(relative),
             None => true,
         }
+    }
+
+    fn remember_matches(&self, relative: &str) {
+        let offsets = [
+            (&self.include, 0),
+            (&self.exclude, self.include_patterns.len()),
+        ];
+        for (set, offset) in offsets {
+            if let Some(set) = set {
+                for index in set.matches(relative) {
+                    self.matched[offset + index].store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if self.matched.iter().all(|flag| flag.load(Ordering::Relaxed)) {
+            self.all_matched.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The globs that matched no name so far, as `(flag, pattern)`.
+    pub fn unmatched(&self) -> Vec<(&'static str, &str)> {
+        let flags = std::iter::repeat_n("--include", self.include_patterns.len()).chain(
+            std::iter::repeat_n("--exclude", self.exclude_patterns.len()),
+        );
+        let patterns = self.include_patterns.iter().chain(&self.exclude_patterns);
+        flags
+            .zip(patterns)
+            .zip(self.matched.iter())
+            .filter(|(_, matched)| !matched.load(Ordering::Relaxed))
+            .map(|((flag, pattern), _)| (flag, pattern.as_str()))
+            .collect()
     }
 }
 
@@ -657,5 +717,41 @@ mod tests {
         assert!(exclude_only.accepts("a/b.bin"));
         assert!(!exclude_only.accepts("a/b.tmp"));
         assert!(!exclude_only.accepts("b.tmp"));
+    }
+
+    #[test]
+    fn a_glob_that_can_match_nothing_is_refused_or_reported() {
+        // rclone's anchored form can never match a relative name.
+        let error = NameFilter::new(&[], &["/nested/**".into()]).unwrap_err();
+        assert!(
+            error.contains("--exclude \"/nested/**\" starts with '/'"),
+            "{error}"
+        );
+        assert!(error.contains("write \"nested/**\""), "{error}");
+        assert!(NameFilter::new(&["//x".into()], &[]).is_err());
+
+        let filter = NameFilter::new(
+            &["*.txt".into(), "nested/deep/**".into()],
+            &["*.tmp".into(), "deep/**".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            filter.unmatched(),
+            [
+                ("--include", "*.txt"),
+                ("--include", "nested/deep/**"),
+                ("--exclude", "*.tmp"),
+                ("--exclude", "deep/**"),
+            ]
+        );
+        // Clones (the listing thread's) share what matched.
+        let clone = filter.clone();
+        assert!(clone.accepts("a.txt"));
+        assert!(!filter.accepts("deep/b.txt"), "an exclude wins");
+        assert_eq!(
+            filter.unmatched(),
+            [("--include", "nested/deep/**"), ("--exclude", "*.tmp")]
+        );
+        assert!(NameFilter::new(&[], &[]).unwrap().unmatched().is_empty());
     }
 }
