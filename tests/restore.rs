@@ -2893,7 +2893,7 @@ fn demo_restores_its_generated_bucket() {
     let text = stderr(&output);
     assert!(
         text.contains(
-            "generating 142 objects (40 of up to 32 KiB, 100 of about 1 MiB, 1 of 2 MiB)"
+            "generating 142 objects (40 of up to 32 KiB, 100 of about 1 MiB, 1 of 2 MiB, and a README)"
         ),
         "{text}"
     );

@@ -243,17 +243,29 @@ pub fn run(args: DemoArgs) -> Result<i32> {
     result
 }
 
+/// "64 MiB", "4.77 MiB", "1 byte": the large objects' size, not rounded
+/// down to a misleading "0 MiB".
+fn large_size_text(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    match bytes {
+        1 => "1 byte".to_string(),
+        _ if bytes < MIB => format!("{bytes} bytes"),
+        _ if bytes % MIB == 0 => format!("{} MiB", bytes / MIB),
+        _ => format!("{:.2} MiB", bytes as f64 / MIB as f64),
+    }
+}
+
 fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
     let data = work.join("data");
     let bucket = data.join("demo-bucket");
     let mix = Mix::of(args);
     say!(
-        "demo: generating {} objects ({} of up to 32 KiB, {} of about 1 MiB, {} of {} MiB) in {}",
+        "demo: generating {} objects ({} of up to 32 KiB, {} of about 1 MiB, {} of {}, and a README) in {}",
         mix.objects(),
         mix.small,
         mix.medium,
         mix.large,
-        mix.large_bytes >> 20,
+        large_size_text(mix.large_bytes),
         bucket.display()
     );
     let (names, total) = generate(&bucket, &mix)?;
@@ -330,4 +342,16 @@ fn run_in(args: &DemoArgs, work: &Path) -> Result<i32> {
         total as f64 / 1e6
     );
     Ok(exit_code::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_large_size_is_said_as_it_is() {
+        use super::large_size_text;
+        assert_eq!(large_size_text(64 << 20), "64 MiB");
+        assert_eq!(large_size_text(5_000_000), "4.77 MiB");
+        assert_eq!(large_size_text(1), "1 byte");
+        assert_eq!(large_size_text(4096), "4096 bytes");
+    }
 }
