@@ -550,6 +550,8 @@ impl Target {
         Ok(current)
     }
 
+    /// `path` is relative to DIR; messages name it with DIR in front, as
+    /// every other message about a restored path does.
     fn path_error(&self, path: &str, error: Errno) -> PathError {
         // `O_DIRECTORY | O_NOFOLLOW` on a symlink fails with ENOTDIR, not
         // ELOOP: look at what is there so the reason names the symlink.
@@ -558,24 +560,21 @@ impl Target {
                 rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
             })
         };
+        let shown = format!("{}/{path}", self.root_path.display());
         match error {
             Errno::LOOP | Errno::XDEV => PathError::Refused(format!(
-                "{path} is (or passes through) a symlink inside the destination; not followed"
+                "{shown} is (or passes through) a symlink inside the destination; not followed"
             )),
             Errno::NOTDIR | Errno::EXIST if is_symlink() => PathError::Refused(format!(
-                "{path} is a symlink inside the destination; not followed"
+                "{shown} is a symlink inside the destination; not followed"
             )),
             Errno::NOTDIR | Errno::EXIST => {
-                PathError::Refused(format!("{path}: a file is in the way of a directory"))
+                PathError::Refused(format!("{shown}: a file is in the way of a directory"))
             }
-            Errno::ROFS | Errno::NOSPC | Errno::DQUOT => PathError::Failed(Error::Fatal(format!(
-                "creating {path} in {}: {error}",
-                self.root_path.display()
-            ))),
-            _ => PathError::Failed(Error::io(
-                format!("creating {path} in {}", self.root_path.display()),
-                error.into(),
-            )),
+            Errno::ROFS | Errno::NOSPC | Errno::DQUOT => {
+                PathError::Failed(Error::Fatal(format!("creating {shown}: {error}")))
+            }
+            _ => PathError::Failed(Error::io(format!("creating {shown}"), error.into())),
         }
     }
 
