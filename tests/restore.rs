@@ -596,6 +596,18 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     assert_eq!(status("clash-dir/inner").as_deref(), Some("refused"));
     assert!(dir.join("clash-file").is_dir());
     assert_eq!(std::fs::read(dir.join("clash-dir")).unwrap(), b"local file");
+    // Both obstacles are named alike, with DIR in front (h34 #9).
+    let reason = |name: &str| {
+        let line = lines.iter().find(|line| line["name"] == name).unwrap();
+        line["reason"].as_str().unwrap().to_string()
+    };
+    for (name, obstacle) in [
+        ("clash-file", "clash-file"),
+        ("clash-dir/inner", "clash-dir"),
+    ] {
+        let shown = format!("{}/{obstacle}: ", dir.display());
+        assert!(reason(name).starts_with(&shown), "{name}: {}", reason(name));
+    }
     // Exit 1 keeps the journal (for a rerun) and removes partial files.
     let journal = std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1")).unwrap();
     let records = journal.lines().filter(|line| line.starts_with("ok\t"));
