@@ -366,35 +366,30 @@ impl NameFilter {
     }
 
     pub fn accepts(&self, relative: &str) -> bool {
-        if !self.all_matched.load(Ordering::Relaxed) {
-            self.remember_matches(relative);
-        }
-        if let Some(exclude) = &self.exclude {
-            if exclude.is_match(relative) {
-                return false;
+        // Until every glob has matched, each set is matched whole (which
+        // globs, not only whether one did), once per name.
+        let remembering = !self.all_matched.load(Ordering::Relaxed);
+        let mut hits = Vec::new();
+        let mut matches = |set: &GlobSet, offset: usize| {
+            if !remembering {
+                return set.is_match(relative);
             }
-        }
-        match &self.include {
-            Some(include) => include.is_match(relative),
-            None => true,
-        }
-    }
-
-    fn remember_matches(&self, relative: &str) {
-        let offsets = [
-            (&self.include, 0),
-            (&self.exclude, self.include_patterns.len()),
-        ];
-        for (set, offset) in offsets {
-            if let Some(set) = set {
-                for index in set.matches(relative) {
-                    self.matched[offset + index].store(true, Ordering::Relaxed);
-                }
+            set.matches_into(relative, &mut hits);
+            for &index in &hits {
+                self.matched[offset + index].store(true, Ordering::Relaxed);
             }
-        }
-        if self.matched.iter().all(|flag| flag.load(Ordering::Relaxed)) {
+            !hits.is_empty()
+        };
+        let excluded =
+            (self.exclude.as_ref()).is_some_and(|set| matches(set, self.include_patterns.len()));
+        // An excluded name meets the includes too while remembering: an
+        // include that only such names match did match.
+        let included =
+            (!excluded || remembering) && self.include.as_ref().is_none_or(|set| matches(set, 0));
+        if remembering && self.matched.iter().all(|flag| flag.load(Ordering::Relaxed)) {
             self.all_matched.store(true, Ordering::Relaxed);
         }
+        !excluded && included
     }
 
     /// The globs that matched no name so far, as `(flag, pattern)`.
