@@ -301,28 +301,30 @@ impl FeedChoice {
         }
     }
 
+    /// A poisoned lock only means another core panicked mid-trial: the
+    /// timings taken stand.
+    fn trials(&self) -> std::sync::MutexGuard<'_, FeedTrials> {
+        self.trials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn update(&self, sha1: &mut Sha1, data: &[u8]) {
         use crate::config::SHA1_FEED_TRIAL_MIN_BYTES;
         if let Some(feed) = self.chosen() {
             return feed.update(sha1, data);
         }
-        // A poisoned lock only means another core panicked mid-trial, so
-        // its timings stand.
-        let trial = (data.len() >= SHA1_FEED_TRIAL_MIN_BYTES)
-            .then(|| {
-                self.trials
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .next_feed()
-            })
-            .flatten();
+        let trial = match data.len() >= SHA1_FEED_TRIAL_MIN_BYTES {
+            true => self.trials().next_feed(),
+            false => None,
+        };
         let Some(feed) = trial else {
             return Sha1Feed::Plain.update(sha1, data);
         };
         let started = std::time::Instant::now();
         feed.update(sha1, data);
         let elapsed = started.elapsed();
-        let mut trials = self.trials.lock().unwrap_or_else(|p| p.into_inner());
+        let mut trials = self.trials();
         trials.record(feed, data.len(), elapsed);
         if let Some(decided) = trials.decided() {
             let code = match decided {
