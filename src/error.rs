@@ -49,6 +49,10 @@ pub enum Error {
     Io { context: String, source: io::Error },
     /// The origin answered something we cannot use, after all retries.
     Http { context: String, detail: String },
+    /// Answers of the very version being downloaded gave it another size
+    /// than the one the download was planned with (a probe or a listing
+    /// that disagrees with the downloads): `get` probes once more.
+    SizeDisputed { context: String, detail: String },
     /// The bytes we received do not hash to the published SHA1.
     Sha1Mismatch {
         name: String,
@@ -110,6 +114,7 @@ impl Error {
             Error::Interrupted { .. } => exit_code::SIGINT,
             Error::Io { .. }
             | Error::Http { .. }
+            | Error::SizeDisputed { .. }
             | Error::Sha1Mismatch { .. }
             | Error::Fatal(_) => exit_code::FAILED,
         }
@@ -126,7 +131,9 @@ impl fmt::Display for Error {
             Error::Refused(msg) | Error::ProxyRefused(msg) => write!(f, "{msg}"),
             Error::UringUnavailable(msg) => write!(f, "io_uring is unavailable: {msg}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Http { context, detail } => write!(f, "{context}: {detail}"),
+            Error::Http { context, detail } | Error::SizeDisputed { context, detail } => {
+                write!(f, "{context}: {detail}")
+            }
             Error::Sha1Mismatch {
                 name,
                 expected,

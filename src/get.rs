@@ -440,11 +440,43 @@ impl Download {
     }
 
     /// The download; `summary` gathers retries and histograms round by round.
+    ///
+    /// Where the origin's answers dispute the size its probe gave (the same
+    /// version, another size), the probe was as likely wrong as they are:
+    /// the object is probed again and fetched anew, once.
     fn run_counted(&self, summary: &mut RunSummary) -> Result<DownloadReport> {
+        let started = Instant::now();
+        match self.run_probed(summary, started, None) {
+            Err(Error::SizeDisputed { context, detail })
+                if crate::runtime::interrupted().is_none() =>
+            {
+                summary.retries += 1;
+                let notice =
+                    format!("{context}: {detail}; probed the object again and started over");
+                self.run_probed(summary, started, Some(notice))
+                    .map_err(|error| match error {
+                        Error::SizeDisputed { context, detail } => Error::SizeDisputed {
+                            context,
+                            detail: format!("{detail}, after the object was probed again"),
+                        },
+                        other => other,
+                    })
+            }
+            other => other,
+        }
+    }
+
+    /// One probe of the object and the download it plans; `reprobed` says
+    /// why this is the second.
+    fn run_probed(
+        &self,
+        summary: &mut RunSummary,
+        started: Instant,
+        reprobed: Option<String>,
+    ) -> Result<DownloadReport> {
         let _run = self.options.engine.begin_run()?;
         self.progress.reset();
         let dest = self.resolve_dest()?;
-        let started = Instant::now();
         let options = &self.options;
         let tls = crate::tls::client_config(options.ca_file.as_deref())?;
         let control = uring::Runtime::control()?;
@@ -475,6 +507,7 @@ impl Download {
         let file_name = dest.file_name().expect("dest has a file name").to_owned();
         let mut attempts_left = 1 + OBJECT_REDOWNLOADS_ON_MISMATCH;
         let mut notices = meta.notices.clone();
+        notices.extend(reprobed);
         // A partial file and a journal beside DEST, named from DEST: the
         // same command after a crash finds them, resumes from the journal
         // when the object has an identity (its lines carry it), and

@@ -2673,3 +2673,125 @@ fn a_download_host_that_drops_b2s_headers_is_named_as_the_cause() {
     );
     assert!(!dir.join("a").exists());
 }
+
+// ---------------------------------------------------------------- a size in dispute
+
+/// Flags of a size-dispute run: as `TUNING`, but with `get`'s default of 15
+/// attempts, which a dispute must not spend.
+const DISPUTE_TUNING: [&str; 12] = [
+    "--max-attempts",
+    "15",
+    "--retry-base-ms",
+    "5",
+    "--retry-max-ms",
+    "20",
+    "--cores",
+    "1",
+    "--connections",
+    "2",
+    "--part-size",
+    "1MiB",
+];
+
+/// A probe (HEAD by name) that gives the object a third of its size, for
+/// the very version the downloads then serve whole. Two answers that
+/// dispute the planned size end a chunk's retries, and `get` probes once
+/// more: a truthful second probe lets the download finish; a second lie
+/// fails it at once, naming both sizes. It used to retry every chunk 15
+/// times (69 GETs of a 14 MB object) and could blame the last transient
+/// fault instead (h34 #3).
+#[test]
+fn a_probe_that_misstates_the_size_is_probed_once_more() {
+    const SIZE: usize = 3 << 20;
+    const CLAIMED: usize = 1 << 20;
+    let object = data(SIZE, 7);
+    for lies in [1, usize::MAX] {
+        let heads = Arc::new(AtomicUsize::new(0));
+        let gets = Arc::new(AtomicUsize::new(0));
+        let (headed, got) = (Arc::clone(&heads), Arc::clone(&gets));
+        let sha1 = hex(&Sha1::digest(&object));
+        let hook = move |req: &Req, stream: &mut TcpStream| {
+            if !is_download(req) {
+                return false;
+            }
+            if req.method != "HEAD" {
+                got.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+            if headed.fetch_add(1, Ordering::SeqCst) >= lies {
+                return false;
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nx-bz-file-id: 4_zid0\r\nx-bz-file-name: obj\r\n\
+                 x-bz-content-sha1: {sha1}\r\nx-bz-upload-timestamp: 1700000000000\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {CLAIMED}\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes());
+            true
+        };
+        let fake = Fake::start(vec![("obj", object.clone())], hook);
+        let work = tempfile::tempdir().unwrap();
+        let dest_dir = work.path().join("out");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let dest = dest_dir.join("obj");
+        let source = format!("b2://{BUCKET}/obj");
+        let realm = fake.realm();
+        let mut args = vec!["get", &source, dest.to_str().unwrap(), "--realm", &realm];
+        args.extend(DISPUTE_TUNING);
+        let run = ringdown(&args);
+        assert_eq!(heads.load(Ordering::SeqCst), 2, "{}", run.stderr);
+        // Per probe, one chunk of the claimed size: its two disputing
+        // answers, and a GET the other connection may have sent ahead.
+        let gets = gets.load(Ordering::SeqCst);
+        if lies == 1 {
+            assert_eq!(run.code, Some(0), "{}", run.stderr);
+            assert!(std::fs::read(&dest).unwrap() == object);
+            assert!(
+                run.stderr.contains("probed the object again"),
+                "{}",
+                run.stderr
+            );
+            assert!(gets <= 3 + 3 + 2, "{gets} GETs\n{}", run.stderr);
+        } else {
+            run.assert_failed_with(&[
+                "3145728 bytes",
+                "not the 1048576",
+                "after the object was probed again",
+            ]);
+            assert!(!run.stderr.contains("after 15 attempts"), "{}", run.stderr);
+            assert!(gets <= 2 * 3, "{gets} GETs\n{}", run.stderr);
+            assert_nothing_written(&dest_dir);
+        }
+    }
+}
+
+/// A listing that gives an object another size than its downloads (the
+/// same fileId) fails that file after two answers, naming both sizes; the
+/// other files are restored.
+#[test]
+fn a_listed_size_the_downloads_dispute_fails_that_file_quickly() {
+    let objects = [("a", data(3, 1)), ("b", data(300_000, 2))];
+    let mut entries = listing_entries(&objects);
+    entries[1]["contentLength"] = serde_json::json!(100_000);
+    let gets = Arc::new(AtomicUsize::new(0));
+    let got = Arc::clone(&gets);
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if req.path.ends_with("/b2_list_file_names") {
+            return answer_one_page(stream, &entries);
+        }
+        if is_download(req) && req.query.contains("4_zid1") {
+            got.fetch_add(1, Ordering::SeqCst);
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let run = restore_into(&fake, &dir, &DISPUTE_TUNING);
+    run.assert_failed_with(&["300000 bytes", "not the 100000", "contradicts itself"]);
+    assert!(!run.stderr.contains("after 15 attempts"), "{}", run.stderr);
+    let gets = gets.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&gets), "{gets} GETs of b\n{}", run.stderr);
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), data(3, 1));
+    assert!(!dir.join("b").exists());
+}

@@ -1482,6 +1482,10 @@ fn long_body_shortens_ranges_and_short_object_shortens_whole_objects() {
     let length = whole.content_length().unwrap();
     assert!(length < 3000, "{length}");
     assert!(whole.body == data[..length]);
+    // A HEAD sends no body to shorten: it gives the size as it is.
+    let target = format!("/file/bkt/{name}");
+    let head = served.send(Request::new("HEAD", &target).header("Authorization", token.clone()));
+    assert_eq!((head.status, head.content_length()), (200, Some(3000)));
     let range = download(&served, &token, name, Some("bytes=0-99"));
     assert_eq!(
         (range.status, range.content_length()),

@@ -21,6 +21,18 @@ pub(super) struct Failure {
     /// connection is in step, ready for the next answer it owes (or the
     /// next request).
     pub answer_read: bool,
+    /// An answer of the very version the download began with that gives
+    /// it another size (`request::size_differs`).
+    pub size_dispute: Option<SizeDispute>,
+}
+
+/// An answer of the version a download began with that gives it a size
+/// other than the one the download was planned with (the probe's or the
+/// listing's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SizeDispute {
+    pub expected_bytes: u64,
+    pub said_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +78,7 @@ impl Failure {
             kind: FailureKind::Retry,
             retry_after_s: None,
             answer_read: false,
+            size_dispute: None,
         }
     }
 
@@ -77,6 +90,7 @@ impl Failure {
             kind: FailureKind::Protocol,
             retry_after_s: None,
             answer_read: false,
+            size_dispute: None,
         }
     }
 
@@ -88,6 +102,7 @@ impl Failure {
             kind: FailureKind::Object,
             retry_after_s: None,
             answer_read: false,
+            size_dispute: None,
         }
     }
 
@@ -147,6 +162,8 @@ pub(super) struct Retries {
     seen_generation: u64,
     /// SSE-C keys this request moved on from, not counted as attempts.
     key_changes: usize,
+    /// The last answer of the planned version that gave it another size.
+    size_dispute: Option<SizeDispute>,
 }
 
 /// When the next attempt may go out.
@@ -192,6 +209,7 @@ impl Retries {
             reauthorized: false,
             seen_generation: 0,
             key_changes: 0,
+            size_dispute: None,
         }
     }
 
@@ -236,7 +254,29 @@ impl Retries {
             // A token can expire again later (long objects, short TTLs): only
             // a refusal right after re-authorizing is final.
             FailureKind::Retry => self.reauthorized = false,
-            FailureKind::Protocol => self.reauthorized = false,
+            FailureKind::Protocol => {
+                self.reauthorized = false;
+                // One such answer may be a glitch. A second that says the
+                // same (each on a new connection) is the origin's word
+                // against the size the download was planned with, and no
+                // number of retries settles that: 15 per chunk were 69 GETs
+                // of a 14 MB object for nothing (h34).
+                if let Some(dispute) = failure.size_dispute {
+                    if self.size_dispute.replace(dispute) == Some(dispute) {
+                        return Err(GiveUp {
+                            error: Error::SizeDisputed {
+                                context: context.to_string(),
+                                detail: format!(
+                                    "two answers of the version the download began with say it has {} bytes, \
+                                     not the {} it was planned with (as probed or listed): the origin contradicts itself",
+                                    dispute.said_bytes, dispute.expected_bytes
+                                ),
+                            },
+                            run_fatal: false,
+                        });
+                    }
+                }
+            }
             // Free, but bounded: past one change per key possible, a
             // refusal is an attempt like any other.
             FailureKind::NextKey if self.key_changes < SSE_C_KEYS_MAX && !stop() => {
@@ -306,7 +346,7 @@ impl Retries {
             return Ok(Then::Now);
         }
         if self.made >= config.max_attempts || stop() {
-            return Err(self.give_up(context, &failure.detail));
+            return Err(self.give_up_after(context, &failure));
         }
         core.count_retry(&failure.detail);
         if matches!(failure.kind, FailureKind::Reauthorize) {
@@ -372,6 +412,22 @@ impl Retries {
             error: Error::http(context, format!("{detail} after {} attempts", self.made)),
             run_fatal: false,
         }
+    }
+
+    /// `give_up` after `failure`, the last attempt's. An earlier answer that
+    /// disputed the object's size is named too: it is a likelier cause of
+    /// the failure than the transient fault that happened to come last.
+    fn give_up_after(&self, context: &str, failure: &Failure) -> GiveUp {
+        let mut give_up = self.give_up(context, &failure.detail);
+        if let (Some(dispute), None, Error::Http { detail, .. }) =
+            (self.size_dispute, failure.size_dispute, &mut give_up.error)
+        {
+            detail.push_str(&format!(
+                "; an earlier answer of the same version said it has {} bytes, not {}",
+                dispute.said_bytes, dispute.expected_bytes
+            ));
+        }
+        give_up
     }
 }
 
@@ -447,12 +503,14 @@ pub(super) async fn status_failure(
                     kind: FailureKind::NextKey,
                     retry_after_s: None,
                     answer_read,
+                    size_dispute: None,
                 },
                 AfterRefusal::Fail(why) => Failure {
                     detail: format!("{detail}: {why}"),
                     kind: FailureKind::Object,
                     retry_after_s: None,
                     answer_read,
+                    size_dispute: None,
                 },
             };
         }
@@ -500,6 +558,7 @@ pub(super) async fn status_failure(
         kind,
         retry_after_s: head.retry_after_s,
         answer_read,
+        size_dispute: None,
     }
 }
 
@@ -510,12 +569,14 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
             kind: FailureKind::Trust,
             retry_after_s: None,
             answer_read: false,
+            size_dispute: None,
         },
         ConnError::ProxyRefused(detail) => Failure {
             detail,
             kind: FailureKind::ProxyRefused,
             retry_after_s: None,
             answer_read: false,
+            size_dispute: None,
         },
         other => Failure::retry(other.to_string()),
     }

@@ -470,5 +470,6 @@ fn write_error(offset: u64, error: &std::io::Error) -> Failure {
         },
         retry_after_s: None,
         answer_read: false,
+        size_dispute: None,
     }
 }

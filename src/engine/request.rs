@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::conn::{EngineConn, Pipelined};
-use super::failure::{Failure, conn_failure, status_failure};
+use super::failure::{Failure, SizeDispute, conn_failure, status_failure};
 use super::scheduler::{Core, ObjectSpec};
 use crate::client::conn::{ConnError, Connection};
 use crate::http::{self, ResponseHead};
@@ -331,6 +331,7 @@ pub(super) fn check_range_head(
                 return Err(size_differs(
                     head,
                     object,
+                    total,
                     format!(
                         "the size changed: Content-Range says {total} bytes, not the {size} expected"
                     ),
@@ -356,6 +357,7 @@ pub(super) fn check_range_head(
         Some(length) if head.status == 200 => Err(size_differs(
             head,
             object,
+            length,
             format!(
                 "the size changed: Content-Length {length} is not the {requested} bytes expected"
             ),
@@ -372,7 +374,12 @@ pub(super) fn check_range_head(
 /// let through: the object changed, unless the answer names the very
 /// version that was listed (its file id, a B2 version's content never
 /// changes; or its validator): then it is a broken reply, retried like one.
-pub(super) fn size_differs(head: &ResponseHead, object: &ObjectSpec, what: String) -> Failure {
+pub(super) fn size_differs(
+    head: &ResponseHead,
+    object: &ObjectSpec,
+    said_bytes: u64,
+    what: String,
+) -> Failure {
     let same_version = object
         .expect_file_id
         .as_deref()
@@ -382,7 +389,13 @@ pub(super) fn size_differs(head: &ResponseHead, object: &ObjectSpec, what: Strin
                 .is_some_and(|seen| validator.matches(seen))
         });
     match (same_version, object.expect_file_id.is_some()) {
-        (true, _) => Failure::protocol(format!("{what}, in an answer of the listed version")),
+        (true, _) => Failure {
+            size_dispute: Some(SizeDispute {
+                expected_bytes: object.size_bytes,
+                said_bytes,
+            }),
+            ..Failure::protocol(format!("{what}, in an answer of the listed version"))
+        },
         (false, true) => Failure::object(format!("{what}; the object changed since it was listed")),
         // A plain URL's size came from its probe, not a listing.
         (false, false) => Failure::object(format!(
@@ -438,7 +451,7 @@ pub(super) fn check_version(head: &ResponseHead, object: &ObjectSpec) -> Result<
 #[cfg(test)]
 mod tests {
     use super::check_range_head;
-    use crate::engine::failure::FailureKind;
+    use crate::engine::failure::{FailureKind, SizeDispute};
     use crate::engine::scheduler::ObjectSpec;
     use crate::http::parse_response_head;
 
@@ -471,6 +484,15 @@ mod tests {
         check_range_head(&head, &object(file_id), first, last).map_err(|failure| failure.kind)
     }
 
+    /// The size an answer disputes, if any.
+    fn dispute(head: &str, file_id: Option<&str>, first: u64, last: u64) -> Option<SizeDispute> {
+        let text = format!("{head}\r\n\r\n");
+        let head = parse_response_head(text.as_bytes()).unwrap().unwrap();
+        check_range_head(&head, &object(file_id), first, last)
+            .err()
+            .and_then(|failure| failure.size_dispute)
+    }
+
     #[test]
     fn small_objects_and_chunks_get_one_verdict_per_answer() {
         let id = Some("4_z1");
@@ -489,7 +511,18 @@ mod tests {
         // with nothing to say which version (a plain URL), it changed.
         let bigger = "HTTP/1.1 206 P\r\nx-bz-file-id: 4_z1\r\nContent-Range: bytes 100-199/2000\r\nContent-Length: 100";
         assert_eq!(verdict(bigger, id, 100, 199), Err(FailureKind::Protocol));
+        // ... which disputes the planned size: a second such answer ends
+        // the retries (`Retries::next_attempt`).
+        assert_eq!(
+            dispute(bigger, id, 100, 199),
+            Some(SizeDispute {
+                expected_bytes: SIZE,
+                said_bytes: 2000
+            })
+        );
+        assert_eq!(dispute(short, id, 100, 199), None);
         let bigger = "HTTP/1.1 206 P\r\nContent-Range: bytes 100-199/2000\r\nContent-Length: 100";
+        assert_eq!(dispute(bigger, None, 100, 199), None);
         assert_eq!(verdict(bigger, None, 100, 199), Err(FailureKind::Object));
         // A 200 is the whole object: fine where that was asked for.
         let whole = "HTTP/1.1 200 OK\r\nContent-Length: 1000";

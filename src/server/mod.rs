@@ -167,6 +167,7 @@ pub struct ServeArgs {
     pub long_body_rate: f64,
     /// Probability that a 200 answer (the whole object) has a Content-Length shorter
     /// than the object; only that many bytes are sent (as if it shrank since listed).
+    /// A HEAD, which sends no body, always gives the object's size.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
     pub short_object_rate: f64,
     /// Publish a wrong SHA1 for this object name (listing, file info and download
