@@ -1704,21 +1704,30 @@ impl HeldJournal<'_> {
             }
         }
         drop(file);
+        // DEST was checked before the download (`resolve_dest`); a device,
+        // FIFO or socket put there since is not renamed over either.
+        if placing.force {
+            if let Some(kind) = special_file_at(dir, file_name) {
+                let advice = format!(
+                    "once {} is gone or a regular file (it resumes)",
+                    dest.display()
+                );
+                self.keep_for_next_run(placing.size_bytes, &parent, &advice);
+                return Err(Error::Usage(format!(
+                    "{} became {kind} during the download; it is left as it is (--force replaces \
+                     only a file or a symbolic link)",
+                    dest.display()
+                )));
+            }
+        }
         match place(dir, temp_name, file_name, placing.force) {
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {
-                if self.files.key.is_some() {
-                    self.keep = true;
-                    self.record_whole(placing.size_bytes);
-                    say!(
-                        "ringdown: kept {} and its journal in {}: run again with --force to replace {} from it (it resumes)",
-                        temp_name,
-                        parent.display(),
-                        dest.display()
-                    );
-                } else {
-                    self.remove();
-                }
+                let advice = format!(
+                    "with --force to replace {} from it (it resumes)",
+                    dest.display()
+                );
+                self.keep_for_next_run(placing.size_bytes, &parent, &advice);
                 return Err(Error::Usage(format!(
                     "{} was made by another program during the download; it is left as it is: pass --force to replace it",
                     dest.display()
@@ -1738,6 +1747,23 @@ impl HeldJournal<'_> {
                 .map_err(|error| Error::io("fsync of the destination directory", error.into()))?;
         }
         Ok(())
+    }
+
+    /// A verified download that cannot go under DEST now: kept with its
+    /// journal, so that the next run (`advice`) resumes from it, where the
+    /// object has an identity to resume by; else removed.
+    fn keep_for_next_run(&mut self, size_bytes: u64, parent: &Path, advice: &str) {
+        if self.files.key.is_none() {
+            self.remove();
+            return;
+        }
+        self.keep = true;
+        self.record_whole(size_bytes);
+        say!(
+            "ringdown: kept {} and its journal in {}: run again {advice}",
+            self.files.part,
+            parent.display(),
+        );
     }
 
     /// Whether the journal's name still leads to the file held.
@@ -1866,27 +1892,37 @@ impl Drop for HeldJournal<'_> {
     }
 }
 
+/// What is at `name` in `dir`, if it is a device, FIFO or socket: a node
+/// that renaming a file over would replace (`/dev/null` with a file).
+fn special_file_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> Option<&'static str> {
+    use rustix::fs::FileType;
+    let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    (!matches!(
+        kind,
+        FileType::RegularFile | FileType::Directory | FileType::Symlink
+    ))
+    .then(|| kind_name(kind))
+}
+
 /// "a regular file", "a character device", …: what is at a path, for a
 /// message.
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        "a directory"
-    } else if kind.is_file() {
-        "a regular file"
-    } else if kind.is_symlink() {
-        "a symbolic link"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
+    use std::os::unix::fs::MetadataExt;
+    kind_name(rustix::fs::FileType::from_raw_mode(meta.mode()))
+}
+
+fn kind_name(kind: rustix::fs::FileType) -> &'static str {
+    use rustix::fs::FileType;
+    match kind {
+        FileType::Directory => "a directory",
+        FileType::RegularFile => "a regular file",
+        FileType::Symlink => "a symbolic link",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::Unknown => "not a regular file",
     }
 }
 

@@ -2795,3 +2795,50 @@ fn a_listed_size_the_downloads_dispute_fails_that_file_quickly() {
     assert_eq!(std::fs::read(dir.join("a")).unwrap(), data(3, 1));
     assert!(!dir.join("b").exists());
 }
+
+/// DEST turns into a FIFO while the object downloads (another program made
+/// it): `--force` does not rename over it, as it does not over one there
+/// from the start; the download is kept with its journal, and the run
+/// into a regular file's path resumes from it. (The check was made before
+/// the download only.)
+#[test]
+fn a_dest_that_becomes_a_fifo_mid_download_is_not_replaced() {
+    let object = data(300_000, 9);
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let dest = dest_dir.join("obj");
+    let fifo = dest.clone();
+    let made = Arc::new(AtomicBool::new(false));
+    let hook = move |req: &Req, _: &mut TcpStream| {
+        if is_download(req) && req.method == "GET" && !made.swap(true, Ordering::SeqCst) {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &fifo,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .unwrap();
+        }
+        false
+    };
+    let fake = Fake::start(vec![("obj", object.clone())], hook);
+    let run = get_b2(&fake, "obj", &dest, &["--force"]);
+    run.assert_bounded();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("became a FIFO during the download"),
+        "{}",
+        run.stderr
+    );
+    let kind = std::fs::symlink_metadata(&dest).unwrap().file_type();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&kind));
+    // What was kept is where the same DEST's next run looks: once the FIFO
+    // is gone, that run resumes and fetches nothing.
+    std::fs::remove_file(&dest).unwrap();
+    let run = get_b2(&fake, "obj", &dest, &["--force"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(std::fs::read(&dest).unwrap() == object);
+    assert!(run.stderr.contains("resum"), "{}", run.stderr);
+}
