@@ -407,3 +407,32 @@ fn progress_counts_chunks_as_they_land_not_in_file_order() {
         "a quarter counted at {quarter_at:?} of {total:?}"
     );
 }
+
+/// Which `--exclude` globs matched is each run's own: options cloned for
+/// another prefix (here the exclude matches nothing under it) say so, where
+/// the clone used to share the first run's record and stay silent.
+#[test]
+fn each_run_reports_the_globs_it_matched_itself() {
+    let data = tempfile::tempdir().unwrap();
+    common::write_file(data.path(), "bkt/a/x.tmp", b"x");
+    common::write_file(data.path(), "bkt/a/y.txt", b"y");
+    common::write_file(data.path(), "bkt/b/z.txt", b"z");
+    let served = common::serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let mut under_a = served_restore("b2://bkt/a/", out.path().join("a"), &served);
+    under_a.filter = ringdown::restore::paths::NameFilter::new(&[], &["*.tmp".into()]).unwrap();
+    let mut under_b = under_a.clone();
+    under_b.folder_prefix = "b/".into();
+    under_b.dir = out.path().join("b");
+    let unmatched = |report: &ringdown::restore::RestoreReport| {
+        report
+            .selection_notices
+            .iter()
+            .any(|notice| notice.contains("--exclude \"*.tmp\" matched no name"))
+    };
+    let report = Restore::new(under_a).run().unwrap();
+    assert!(!unmatched(&report), "{:?}", report.selection_notices);
+    let report = Restore::new(under_b).run().unwrap();
+    assert!(unmatched(&report), "{:?}", report.selection_notices);
+    assert_eq!(std::fs::read(out.path().join("b/z.txt")).unwrap(), b"z");
+}

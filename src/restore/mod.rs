@@ -569,7 +569,13 @@ impl Restore {
         self.progress.reset();
         self.files.reset();
         let started = Instant::now();
-        let options = &self.options;
+        // Which globs matched is this run's to remember: a second run of
+        // the same options, or of a clone on another thread, starts from
+        // none (the record is shared by clones, the listing thread's too).
+        let options = &RestoreOptions {
+            filter: self.options.filter.with_fresh_record(),
+            ..self.options.clone()
+        };
         // SIGINT/SIGTERM (`runtime::watch_signals`, or `engine.cancel`): stop
         // handing out work, let requests in flight finish, keep the journal
         // and resumable partials, print the summary.

@@ -353,16 +353,26 @@ impl NameFilter {
                 .map(Some)
                 .map_err(|error| format!("{flag}: {error}"))
         };
+        let (matched, all_matched) = fresh_record(include.len() + exclude.len());
         Ok(NameFilter {
             include: build(include, "--include")?,
             exclude: build(exclude, "--exclude")?,
             include_patterns: include.to_vec(),
             exclude_patterns: exclude.to_vec(),
-            matched: (0..include.len() + exclude.len())
-                .map(|_| AtomicBool::new(false))
-                .collect(),
-            all_matched: Arc::new(AtomicBool::new(include.is_empty() && exclude.is_empty())),
+            matched,
+            all_matched,
         })
+    }
+
+    /// The same globs, with a record of their own that no glob matched
+    /// yet (a run's: `unmatched` tells that run's story only).
+    pub fn with_fresh_record(&self) -> NameFilter {
+        let (matched, all_matched) = fresh_record(self.matched.len());
+        NameFilter {
+            matched,
+            all_matched,
+            ..self.clone()
+        }
     }
 
     pub fn accepts(&self, relative: &str) -> bool {
@@ -405,6 +415,12 @@ impl NameFilter {
             .map(|((flag, pattern), _)| (flag, pattern.as_str()))
             .collect()
     }
+}
+
+/// `NameFilter`'s record of `globs` globs, none matched yet.
+fn fresh_record(globs: usize) -> (Arc<[AtomicBool]>, Arc<AtomicBool>) {
+    let matched = (0..globs).map(|_| AtomicBool::new(false)).collect();
+    (matched, Arc::new(AtomicBool::new(globs == 0)))
 }
 
 #[cfg(test)]
@@ -747,6 +763,15 @@ mod tests {
             filter.unmatched(),
             [("--include", "nested/deep/**"), ("--exclude", "*.tmp")]
         );
+        // A run's own record starts from none matched, and leaves the
+        // record it was made from alone.
+        let fresh = filter.with_fresh_record();
+        assert_eq!(fresh.unmatched().len(), 4);
+        assert!(fresh.accepts("nested/deep/c.log"));
+        assert_eq!(fresh.unmatched().len(), 3);
+        assert_eq!(filter.unmatched().len(), 2);
         assert!(NameFilter::new(&[], &[]).unwrap().unmatched().is_empty());
+        let none = NameFilter::new(&[], &[]).unwrap().with_fresh_record();
+        assert!(none.accepts("x") && none.unmatched().is_empty());
     }
 }
