@@ -1128,6 +1128,39 @@ fn a_glob_that_matches_nothing_is_refused_or_said() {
         "{}",
         stderr(&output)
     );
+    // Nor a glob only the names of another shard match, with `--files-from`
+    // as without: the filter sees every name before the shard is asked.
+    let list = out.path().join("list.txt");
+    std::fs::write(&list, "nested/a.txt\nnested/deep/b.txt\n").unwrap();
+    let in_shard = ringdown::restore::paths::shard_of("nested/deep/b.txt", 2);
+    let other = format!("{}/2", 1 - in_shard);
+    for files_from in [false, true] {
+        let mut args = vec![
+            "b2://bkt",
+            "--dry-run",
+            "--shard",
+            &other,
+            "--include",
+            "nested/deep/*",
+        ];
+        if files_from {
+            args.extend(["--files-from", list.to_str().unwrap()]);
+        }
+        let output = restore(&served, &args, &dir);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let err = stderr(&output);
+        assert!(
+            !err.contains("matched no name"),
+            "--files-from {files_from}: {err}"
+        );
+        // ... and what it did find is said of the list, not of the bucket.
+        if files_from {
+            assert!(
+                err.contains("none of the 2 names of --files-from is under b2://bkt/"),
+                "{err}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -654,10 +654,13 @@ impl Restore {
                 as_of_ms: options.as_of_ms,
                 wanted: options.files_from.as_ref().map(|list| {
                     let (shard, filter) = (options.shard, options.filter.clone());
+                    // As in `schedule`, the filter sees every name of the
+                    // list, whatever the shard: a glob matched by names of
+                    // other shards only did match (`unmatched_globs`).
                     list.wanted(
                         &options.folder_prefix,
                         Box::new(move |full, relative| {
-                            shard.contains(full) && filter.accepts(relative)
+                            filter.accepts(relative) && shard.contains(full)
                         }),
                     )
                 }),
@@ -849,6 +852,13 @@ impl Restore {
             // A typo in PREFIX, or an object's name given as a folder, ran
             // to a clean "0 files" with nothing said.
             selection_notices.push(match self.files.seen.load(Ordering::Relaxed) {
+                // The listing was asked for the list's kept names only: an
+                // empty walk says nothing of the bucket.
+                0 if options.files_from.is_some() => format!(
+                    "nothing to restore: none of the {} names of --files-from is under {source} \
+                     and passes --include/--exclude and --shard",
+                    options.files_from.as_ref().map_or(0, |list| list.len())
+                ),
                 0 if options.as_of_ms.is_some() => {
                     format!("nothing to restore: {source} listed no file as of --as-of")
                 }
