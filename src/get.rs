@@ -1704,21 +1704,21 @@ impl HeldJournal<'_> {
             }
         }
         drop(file);
-        // DEST was checked before the download (`resolve_dest`); a device,
-        // FIFO or socket put there since is not renamed over either.
-        if placing.force {
-            if let Some(kind) = special_file_at(dir, file_name) {
-                let advice = format!(
-                    "once {} is gone or a regular file (it resumes)",
-                    dest.display()
-                );
-                self.keep_for_next_run(placing.size_bytes, &parent, &advice);
-                return Err(Error::Usage(format!(
-                    "{} became {kind} during the download; it is left as it is (--force replaces \
-                     only a file or a symbolic link)",
-                    dest.display()
-                )));
-            }
+        // DEST was checked before the download (`resolve_dest`); a
+        // directory, device, FIFO or socket put there since is not renamed
+        // over either (a directory would fail the rename, and lose the
+        // download with it).
+        if let Some(kind) = unreplaceable_at(dir, file_name) {
+            let advice = format!(
+                "once {} is gone or a regular file (it resumes)",
+                dest.display()
+            );
+            self.keep_for_next_run(placing.size_bytes, &parent, &advice);
+            return Err(Error::Usage(format!(
+                "{} became {kind} during the download; it is left as it is (ringdown replaces \
+                 only a file or a symbolic link, and only with --force)",
+                dest.display()
+            )));
         }
         match place(dir, temp_name, file_name, placing.force) {
             Ok(()) => {}
@@ -1892,17 +1892,14 @@ impl Drop for HeldJournal<'_> {
     }
 }
 
-/// What is at `name` in `dir`, if it is a device, FIFO or socket: a node
-/// that renaming a file over would replace (`/dev/null` with a file).
-fn special_file_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> Option<&'static str> {
+/// What is at `name` in `dir`, if it is neither a file nor a symbolic
+/// link: a directory (renaming a file over it fails), or a device, FIFO or
+/// socket (renaming would replace the node: `/dev/null` with a file).
+fn unreplaceable_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> Option<&'static str> {
     use rustix::fs::FileType;
     let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
     let kind = FileType::from_raw_mode(stat.st_mode);
-    (!matches!(
-        kind,
-        FileType::RegularFile | FileType::Directory | FileType::Symlink
-    ))
-    .then(|| kind_name(kind))
+    (!matches!(kind, FileType::RegularFile | FileType::Symlink)).then(|| kind_name(kind))
 }
 
 /// "a regular file", "a character device", …: what is at a path, for a

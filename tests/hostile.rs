@@ -2796,49 +2796,67 @@ fn a_listed_size_the_downloads_dispute_fails_that_file_quickly() {
     assert!(!dir.join("b").exists());
 }
 
-/// DEST turns into a FIFO while the object downloads (another program made
-/// it): `--force` does not rename over it, as it does not over one there
-/// from the start; the download is kept with its journal, and the run
-/// into a regular file's path resumes from it. (The check was made before
-/// the download only.)
+/// DEST turns into a FIFO or a directory while the object downloads
+/// (another program made it): it is not renamed over, `--force` or not, as
+/// it is not when there from the start; the download is kept with its
+/// journal, and the next run into DEST resumes from it. (The check was made
+/// before the download only; a directory failed the rename and lost the
+/// download: h36 #2.)
 #[test]
-fn a_dest_that_becomes_a_fifo_mid_download_is_not_replaced() {
+fn a_dest_that_becomes_a_fifo_or_directory_mid_download_is_not_replaced() {
     let object = data(300_000, 9);
-    let work = tempfile::tempdir().unwrap();
-    let dest_dir = work.path().join("out");
-    std::fs::create_dir(&dest_dir).unwrap();
-    let dest = dest_dir.join("obj");
-    let fifo = dest.clone();
-    let made = Arc::new(AtomicBool::new(false));
-    let hook = move |req: &Req, _: &mut TcpStream| {
-        if is_download(req) && req.method == "GET" && !made.swap(true, Ordering::SeqCst) {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &fifo,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o600),
-                0,
-            )
-            .unwrap();
+    for (kind, force) in [
+        ("a FIFO", true),
+        ("a directory", true),
+        ("a directory", false),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let dest_dir = work.path().join("out");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let dest = dest_dir.join("obj");
+        let made_at = dest.clone();
+        let made = Arc::new(AtomicBool::new(false));
+        let hook = move |req: &Req, _: &mut TcpStream| {
+            if is_download(req) && req.method == "GET" && !made.swap(true, Ordering::SeqCst) {
+                if kind == "a FIFO" {
+                    rustix::fs::mknodat(
+                        rustix::fs::CWD,
+                        &made_at,
+                        rustix::fs::FileType::Fifo,
+                        rustix::fs::Mode::from_raw_mode(0o600),
+                        0,
+                    )
+                    .unwrap();
+                } else {
+                    std::fs::create_dir(&made_at).unwrap();
+                }
+            }
+            false
+        };
+        let fake = Fake::start(vec![("obj", object.clone())], hook);
+        let flags: &[&str] = if force { &["--force"] } else { &[] };
+        let run = get_b2(&fake, "obj", &dest, flags);
+        run.assert_bounded();
+        assert_eq!(run.code, Some(2), "{kind}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("became {kind} during the download")),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("pass --force"), "{}", run.stderr);
+        let meta = std::fs::symlink_metadata(&dest).unwrap();
+        assert!(meta.is_dir() || std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+        // What was kept is where the same DEST's next run looks: once the
+        // obstacle is gone, that run resumes and fetches nothing.
+        if meta.is_dir() {
+            std::fs::remove_dir(&dest).unwrap();
+        } else {
+            std::fs::remove_file(&dest).unwrap();
         }
-        false
-    };
-    let fake = Fake::start(vec![("obj", object.clone())], hook);
-    let run = get_b2(&fake, "obj", &dest, &["--force"]);
-    run.assert_bounded();
-    assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("became a FIFO during the download"),
-        "{}",
-        run.stderr
-    );
-    let kind = std::fs::symlink_metadata(&dest).unwrap().file_type();
-    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&kind));
-    // What was kept is where the same DEST's next run looks: once the FIFO
-    // is gone, that run resumes and fetches nothing.
-    std::fs::remove_file(&dest).unwrap();
-    let run = get_b2(&fake, "obj", &dest, &["--force"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(std::fs::read(&dest).unwrap() == object);
-    assert!(run.stderr.contains("resum"), "{}", run.stderr);
+        let run = get_b2(&fake, "obj", &dest, flags);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(std::fs::read(&dest).unwrap() == object);
+        assert!(run.stderr.contains("resum"), "{}", run.stderr);
+    }
 }
