@@ -76,11 +76,13 @@ impl Source {
                         "{text:?}: expected b2://BUCKET/NAME (to restore a whole bucket or folder, use `ringdown restore`)"
                     ))
                 })?;
-            // B2 file names never end in '/': this is a folder.
+            // A folder, or at most an empty folder marker (`dir/`, which
+            // some tools upload and restore skips too; b2-api.md §7).
             if name.ends_with('/') {
                 return Err(Error::Usage(format!(
-                    "{text:?} ends in '/': it names a folder, not a file (B2 file names never \
-                     end in '/'); to restore a folder, use `ringdown restore {text} DIR`"
+                    "{text:?} ends in '/': ringdown takes it for a folder (an object of such a \
+                     name is at most an empty folder marker); to restore a folder, use \
+                     `ringdown restore {text} DIR`"
                 )));
             }
             return Ok(Source::B2 {
