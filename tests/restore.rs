@@ -1071,6 +1071,33 @@ fn a_skipped_file_gets_the_time_a_restored_one_does() {
     );
     assert_eq!(mtime(&file), mtime(&restored.join("t/001")));
     assert_ne!(mtime(&file), old);
+    // A file that is also another name, outside DIR (a `cp -al` snapshot):
+    // skipped, and its time left alone, which is the snapshot's too.
+    let snapshot = out.path().join("snapshot-001");
+    std::fs::write(&snapshot, &objects["t/002"]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&snapshot)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::fs::remove_file(kept.join("t/002")).unwrap();
+    std::fs::hard_link(&snapshot, kept.join("t/002")).unwrap();
+    let skipping = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--skip-existing",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &kept,
+    );
+    assert_eq!(skipping.status.code(), Some(0), "{}", stderr(&skipping));
+    let lines = common::json_lines(&report);
+    let line = lines.iter().find(|line| line["name"] == "t/002").unwrap();
+    assert_eq!(line["reason"], "exists");
+    assert_eq!(mtime(&snapshot), old);
 }
 
 #[test]

@@ -1409,12 +1409,15 @@ fn schedule(
             if local_size(&options.dir, &segments) == Some(entry.size_bytes) {
                 return;
             }
-        } else if let Some((fd, size)) = run.target().open_existing(&segments) {
+        } else if let Some((fd, stat)) = run.target().open_existing(&segments) {
             let file = std::fs::File::from(fd);
-            if size == entry.size_bytes && same_sha1(&file, &entry.expected) {
+            if stat.st_size as u64 == entry.size_bytes && same_sha1(&file, &entry.expected) {
                 // Kept, with the time a restored file gets: else the tree's
                 // times would depend on the flag (and mislead make, rsync).
-                if let Some(mtime_ms) = entry.mtime_ms {
+                // Not through a hard link, though: the inode is also a file
+                // outside DIR (a `cp -al` snapshot), which a restore, making
+                // a new inode, would leave alone.
+                if let Some(mtime_ms) = entry.mtime_ms.filter(|_| stat.st_nlink == 1) {
                     let _ = rustix::fs::futimens(&file, &crate::dest::timestamps_at(mtime_ms));
                 }
                 return skip("exists");

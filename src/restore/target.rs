@@ -583,12 +583,12 @@ impl Target {
     /// opened: opening a FIFO waits for a writer, and a device's open may
     /// act (a tape rewinds). The file is then opened for reading, and must
     /// be the one looked at.
-    pub fn open_existing(&self, segments: &[&str]) -> Option<(OwnedFd, u64)> {
+    pub fn open_existing(&self, segments: &[&str]) -> Option<(OwnedFd, rustix::fs::Stat)> {
         let looked_at = self.existing_file(segments)?;
         let fd = self.open_beneath(segments, OFlags::RDONLY | OFlags::NONBLOCK)?;
         let stat = rustix::fs::fstat(&fd).ok()?;
         let same = (stat.st_dev, stat.st_ino) == (looked_at.st_dev, looked_at.st_ino);
-        (same && is_regular_file(&stat)).then_some((fd, stat.st_size as u64))
+        (same && is_regular_file(&stat)).then_some((fd, stat))
     }
 
     /// The status of a regular file at `segments`, looked at without
