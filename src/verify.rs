@@ -325,13 +325,24 @@ impl FeedChoice {
         feed.update(sha1, data);
         let elapsed = started.elapsed();
         let mut trials = self.trials();
+        // Cores take trials at once: one that ends after the choice was
+        // made does not reopen it (the first choice is the one for good,
+        // and the one `--stats-json` reports).
+        if self.chosen().is_some() {
+            return;
+        }
         trials.record(feed, data.len(), elapsed);
         if let Some(decided) = trials.decided() {
             let code = match decided {
                 Sha1Feed::Plain => Self::PLAIN,
                 Sha1Feed::TouchAhead => Self::TOUCH_AHEAD,
             };
-            self.chosen.store(code, Ordering::Relaxed);
+            let _ = self.chosen.compare_exchange(
+                Self::TRYING,
+                code,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -348,7 +359,10 @@ pub fn sha1_feed_chosen() -> Option<Sha1Feed> {
 }
 
 /// SHA1 of everything `reader` yields (a local file: `--skip-existing`, the
-/// prefix of a partial file on resume), with the byte count.
+/// prefix of a partial file on resume), with the byte count. Hashed plainly
+/// and never as a feed trial: a buffer `read` just filled is in cache, where
+/// touching ahead gains nothing, and a resumed run's first inputs must not
+/// choose the feed for the bytes it downloads.
 pub fn sha1_of(mut reader: impl std::io::Read) -> std::io::Result<(sha1::Sha1, u64)> {
     use sha1::Digest;
     let mut sha1 = sha1::Sha1::new();
@@ -358,7 +372,7 @@ pub fn sha1_of(mut reader: impl std::io::Read) -> std::io::Result<(sha1::Sha1, u
         match reader.read(&mut buffer)? {
             0 => return Ok((sha1, bytes)),
             n => {
-                sha1_update(&mut sha1, &buffer[..n]);
+                Sha1Feed::Plain.update(&mut sha1, &buffer[..n]);
                 bytes += n as u64;
             }
         }
