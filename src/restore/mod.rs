@@ -1792,6 +1792,10 @@ fn finish_file(
                 verified,
                 Some(error.to_string()),
             );
+            // The disk full or read-only stops the run, as at a creation.
+            if matches!(error, Error::Fatal(_)) {
+                run.fail_run(error);
+            }
             return;
         }
     }

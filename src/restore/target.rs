@@ -800,6 +800,12 @@ fn publish_error(error: Errno, display_path: &str) -> PathError {
         Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR => PathError::Refused(
             format!("{display_path}: a directory is in the way of the file"),
         ),
+        // As for a creation (`path_error`): the next file would fail the
+        // same way. An unnamed small file makes its entry here, last.
+        Errno::ROFS | Errno::NOSPC | Errno::DQUOT => PathError::Failed(Error::Fatal(format!(
+            "naming {display_path}: {}",
+            std::io::Error::from(error)
+        ))),
         _ => PathError::Failed(Error::io(
             format!("naming {display_path} (from its partial file)"),
             error.into(),
@@ -850,8 +856,28 @@ pub(super) fn entry_names(dir: &OwnedFd) -> Vec<String> {
 mod tests {
     use std::sync::Arc;
 
-    use super::{PathError, Target, shard_tag};
+    use super::{PathError, Target, publish_error, shard_tag};
+    use crate::error::Error;
     use crate::restore::paths::Shard;
+    use rustix::io::Errno;
+
+    #[test]
+    fn naming_on_a_full_or_read_only_file_system_stops_the_run() {
+        for errno in [Errno::NOSPC, Errno::ROFS, Errno::DQUOT] {
+            match publish_error(errno, "DIR/a") {
+                PathError::Failed(Error::Fatal(why)) => assert!(why.starts_with("naming DIR/a: ")),
+                _ => panic!("{errno:?}"),
+            }
+        }
+        assert!(matches!(
+            publish_error(Errno::ISDIR, "DIR/a"),
+            PathError::Refused(_)
+        ));
+        assert!(matches!(
+            publish_error(Errno::IO, "DIR/a"),
+            PathError::Failed(Error::Io { .. })
+        ));
+    }
 
     #[test]
     fn a_case_sensitive_directory_is_seen_as_one() {
