@@ -2860,3 +2860,36 @@ fn a_dest_that_becomes_a_fifo_or_directory_mid_download_is_not_replaced() {
         assert!(run.stderr.contains("resum"), "{}", run.stderr);
     }
 }
+
+/// A small object that backs off between two disputing answers (a 503 in
+/// between defers it off its connection) still ends at the second: the
+/// dispute travels with the attempt count. (It was forgotten at the
+/// deferral, and the object went on to a third: h36 #7.)
+#[test]
+fn a_size_dispute_outlives_a_deferral() {
+    let objects = [("a", data(3, 1)), ("b", data(300_000, 2))];
+    let mut entries = listing_entries(&objects);
+    entries[1]["contentLength"] = serde_json::json!(100_000);
+    let gets = Arc::new(AtomicUsize::new(0));
+    let got = Arc::clone(&gets);
+    let hook = move |req: &Req, stream: &mut TcpStream| {
+        if req.path.ends_with("/b2_list_file_names") {
+            return answer_one_page(stream, &entries);
+        }
+        if is_download(req) && req.query.contains("4_zid1") {
+            // The second GET is told to come back later.
+            if got.fetch_add(1, Ordering::SeqCst) == 1 {
+                b2_error(stream, 503, "service_unavailable", "busy");
+                return true;
+            }
+        }
+        false
+    };
+    let fake = Fake::start(objects.to_vec(), hook);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dir");
+    let run = restore_into(&fake, &dir, &DISPUTE_TUNING);
+    run.assert_failed_with(&["300000 bytes", "not the 100000", "contradicts itself"]);
+    assert_eq!(gets.load(Ordering::SeqCst), 3, "{}", run.stderr);
+    assert!(run.stderr.contains("retries: 2"), "{}", run.stderr);
+}

@@ -153,6 +153,7 @@ impl Failure {
 /// of a large object, a whole small object): attempts counted against
 /// `--max-attempts`, re-authorization, backoff, and a stop that cuts a wait
 /// short.
+#[derive(Clone)]
 pub(super) struct Retries {
     made: u32,
     /// This request refreshed the token and has not succeeded since: a
@@ -198,14 +199,8 @@ pub(super) struct GiveUp {
 
 impl Retries {
     pub(super) fn new() -> Retries {
-        Retries::resumed(0)
-    }
-
-    /// Carries on the count of a request that had `made` attempts before
-    /// it was deferred (`object::Ran::Deferred`).
-    pub(super) fn resumed(made: u32) -> Retries {
         Retries {
-            made,
+            made: 0,
             reauthorized: false,
             seen_generation: 0,
             key_changes: 0,

@@ -74,7 +74,7 @@ pub(super) enum Ran {
 pub(super) struct Deferred {
     /// Another descriptor of the file: nothing was written to it yet.
     pub destination: Destination,
-    pub attempts_made: u32,
+    pub retries: Retries,
     /// Held off the queue first (its place reserved with
     /// `Shared::reserve_backoff`); `None`: its turn may come at once.
     pub backoff: Option<Backoff>,
@@ -92,12 +92,11 @@ pub(super) async fn download_object(
     connection: &mut Option<EngineConn>,
     job: &ObjectSpec,
     destination: Destination,
-    attempts_made: u32,
+    mut retries: Retries,
     ahead: &mut VecDeque<ObjectJob>,
 ) -> Ran {
     let file = File::new(destination.fd, destination.direct_io);
     let mut received = Received::new();
-    let mut retries = Retries::resumed(attempts_made);
     let mut redownloads_left = OBJECT_REDOWNLOADS_ON_MISMATCH;
     let result = loop {
         if job.size_bytes == 0 {
@@ -238,7 +237,7 @@ fn defer(
             fd,
             direct_io: file.is_direct(),
         },
-        attempts_made: retries.made(),
+        retries: retries.clone(),
         backoff,
     })
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::conn::EngineConn;
+use super::failure::Retries;
 use super::large::{self, Job, LargeJob};
 use super::object::Ran;
 use super::{EngineConfig, Progress};
@@ -100,10 +101,11 @@ pub struct ObjectJob {
     pub object: ObjectSpec,
     pub destination: Destination,
     pub done: Done,
-    /// Attempts already made at it, counted against `--max-attempts`: an
-    /// object deferred after a retryable answer (`object::Ran::Deferred`)
-    /// resumes its count when its turn comes again.
-    pub(super) attempts_made: u32,
+    /// Its attempts so far: an object deferred after a retryable answer
+    /// (`object::Ran::Deferred`) resumes their count against
+    /// `--max-attempts`, and what they saw (a disputed size, a refreshed
+    /// token), when its turn comes again.
+    pub(super) retries: Retries,
     /// When its first attempt started: the `file` stage of an object that
     /// backed off counts its whole time, waits included, as a chunk's does.
     pub(super) first_started: Option<Instant>,
@@ -115,7 +117,7 @@ impl ObjectJob {
             object,
             destination,
             done,
-            attempts_made: 0,
+            retries: Retries::new(),
             first_started: None,
         }
     }
@@ -1144,18 +1146,12 @@ async fn run_object(
         object,
         destination,
         done,
-        attempts_made,
+        retries,
         first_started,
     } = job;
     let started = first_started.unwrap_or_else(Instant::now);
-    let ran = super::object::download_object(
-        core,
-        connection,
-        &object,
-        destination,
-        attempts_made,
-        ahead,
-    );
+    let ran =
+        super::object::download_object(core, connection, &object, destination, retries, ahead);
     match ran.await {
         Ran::Finished(outcome, attempts) => {
             core.record(Stage::File, started.elapsed());
@@ -1170,7 +1166,7 @@ async fn run_object(
                 object,
                 destination: deferred.destination,
                 done,
-                attempts_made: deferred.attempts_made,
+                retries: deferred.retries,
                 first_started: Some(started),
             };
             match deferred.backoff {
@@ -1194,7 +1190,7 @@ fn back_off(core: &Rc<Core>, job: ObjectJob, backoff: super::object::Backoff) {
             .sleep_unless_stopped(backoff.delay, || shared.is_stopped())
             .await;
         if shared.is_stopped() {
-            let attempts = job.attempts_made;
+            let attempts = job.retries.made();
             fail(&shared, job.done, backoff.if_stopped, attempts);
             shared.end_backoff(None);
         } else {
@@ -1213,7 +1209,7 @@ fn back_off(core: &Rc<Core>, job: ObjectJob, backoff: super::object::Backoff) {
 /// producer stops instead of feeding the rest of a listing to be refused.
 fn refuse(shared: &Shared, work: Work) {
     let (display_name, done, attempts) = match work {
-        Work::Object(job) => (job.object.display_name, job.done, job.attempts_made),
+        Work::Object(job) => (job.object.display_name, job.done, job.retries.made()),
         Work::Large(job) => (job.spec.object.display_name, job.done, 0),
     };
     let why = match attempts {
