@@ -1609,11 +1609,6 @@ fn place(
     }
 }
 
-/// The journal this run holds locked (`ResumeFiles::lock`), and with it the
-/// partial file. Removed when the run ends, whichever way, unless it is
-/// kept to resume from (a signal); and only while the name still leads to
-/// it, so that a run started after this one removed its own keeps its
-/// journal.
 /// How a verified file goes under DEST (`HeldJournal::put_in_place`).
 struct Placing {
     /// B2's `src_last_modified_millis`, when known.
@@ -1623,6 +1618,11 @@ struct Placing {
     size_bytes: u64,
 }
 
+/// The journal this run holds locked (`ResumeFiles::lock`), and with it the
+/// partial file. Removed when the run ends, whichever way, unless it is
+/// kept to resume from (a signal); and only while the name still leads to
+/// it, so that a run started after this one removed its own keeps its
+/// journal.
 struct HeldJournal<'a> {
     files: &'a ResumeFiles,
     dir: &'a OwnedFd,

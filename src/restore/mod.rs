@@ -1469,9 +1469,11 @@ fn schedule(
         Err(PathError::Refused(reason)) => return refuse(reason),
         Err(PathError::Failed(error)) => return fail(error),
     };
-    // Renamed from DIR/.ringdown/partial, a file cannot cross into another
-    // mount inside DIR (EXDEV), even a bind mount of the same file system:
-    // said before it is downloaded, not after, every run again.
+    // A large file is renamed from DIR/.ringdown/partial, and so is a small
+    // one that replaces a name or cannot be made unnamed: neither can cross
+    // into another mount inside DIR (EXDEV), even a bind mount of the same
+    // file system. Which small files would cross is known only as each is
+    // named, after its download: every file there is refused before it.
     if !target.same_mount(&parent) {
         let why = format!(
             "{display_path}: its directory is on another mount than DIR (a mount point, \
