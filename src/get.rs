@@ -1214,9 +1214,15 @@ async fn file_info_by_id(
     )
     .await
     .map_err(|error| match error {
-        Error::Http { context, detail } if detail.contains("not_found") => Error::Fatal(format!(
-            "{context}: {detail}: no file version has this ID (deleted, or a typo?)"
-        )),
+        // 404 for an ID of no version, 400 for one B2 cannot read as an ID:
+        // neither passes on a retry (b2-api.md §4).
+        Error::Http { context, detail }
+            if detail.contains("not_found") || detail.contains("HTTP 400 bad_request") =>
+        {
+            Error::Fatal(format!(
+                "{context}: {detail}: no file version has this ID (deleted, or a typo?)"
+            ))
+        }
         other => other,
     })?;
     let file: crate::b2::FileObject = serde_json::from_slice(&reply)
@@ -1523,8 +1529,14 @@ impl ResumeFiles {
     /// the run lasts.
     fn lock<'a>(&'a self, dir: &'a OwnedFd, dest: &Path) -> Result<HeldJournal<'a>> {
         use rustix::fs::FlockOperation;
+        // Named in DEST's directory: a bare hidden name says nothing of
+        // where the download was to go.
         let creating = |error: rustix::io::Errno| {
-            Error::io(format!("creating {}", self.journal), error.into())
+            let path = parent_dir(dest).join(&self.journal);
+            Error::io(
+                format!("creating {} (beside DEST, to resume from)", path.display()),
+                error.into(),
+            )
         };
         for _ in 0..JOURNAL_LOCK_TRIES_MAX {
             let fd = rustix::fs::openat(
@@ -1787,7 +1799,10 @@ impl HeldJournal<'_> {
             return Err(duplicating(error.into()));
         }
         let journal = crate::journal::Journal::new(self.file.try_clone().map_err(duplicating)?);
-        self.shared = Some(Arc::clone(&journal));
+        // The last round's, if any, is done with (see `drop`).
+        if let Some(last) = self.shared.replace(Arc::clone(&journal)) {
+            last.close();
+        }
         let fs = self.dir.try_clone().map_err(duplicating)?;
         let marks = crate::journal::DurableMarks::start(
             Arc::clone(&journal),
@@ -1890,6 +1905,14 @@ impl Drop for HeldJournal<'_> {
     fn drop(&mut self) {
         if !self.keep && self.is_named() {
             let _ = rustix::fs::unlinkat(self.dir, &self.files.journal, AtFlags::empty());
+        }
+        // The durable-marks thread may outlive the run by a `syncfs`, and
+        // holds the shared journal meanwhile: its descriptor, a duplicate
+        // of the locked one, would hold the lock too, and the next run into
+        // DEST (a program's retry after a cancel) would be told another
+        // ringdown is downloading there (h35 #1).
+        if let Some(shared) = &self.shared {
+            shared.close();
         }
     }
 }

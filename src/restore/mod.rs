@@ -139,6 +139,9 @@ impl RestoreOptions {
         }
         if !self.dry_run {
             check_target_dir(&self.dir)?;
+            if let Some(report) = &self.report {
+                check_report_path(report)?;
+            }
         }
         Shard::new(self.shard.index, self.shard.count).map_err(|why| {
             Error::Usage(format!(
@@ -183,6 +186,38 @@ pub(crate) fn check_target_dir(dir: &std::path::Path) -> Result<()> {
         return unusable(format!(
             "{} is not writable ({})",
             existing.display(),
+            std::io::Error::from(error)
+        ));
+    }
+    Ok(())
+}
+
+/// The `--report` file must be creatable where it is named: found out here
+/// (exit 2), not after authorizing, listing and making DIR's journal.
+fn check_report_path(report: &std::path::Path) -> Result<()> {
+    let unusable = |why: String| {
+        Err(Error::Usage(format!(
+            "--report {}: {why}",
+            report.display()
+        )))
+    };
+    if report.is_dir() {
+        return unusable("is a directory; name a file".into());
+    }
+    let parent = match report.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        return unusable(format!(
+            "its directory {} does not exist; create it first",
+            parent.display()
+        ));
+    }
+    if let Err(error) = rustix::fs::access(parent, rustix::fs::Access::WRITE_OK) {
+        return unusable(format!(
+            "its directory {} is not writable ({})",
+            parent.display(),
             std::io::Error::from(error)
         ));
     }
