@@ -61,6 +61,7 @@ static MESSAGE_SINK: std::sync::OnceLock<MessageSink> = std::sync::OnceLock::new
 /// instead: a program that embeds ringdown routes them to its own log.
 /// Once per process; a second call returns `Err` and changes nothing. The
 /// sink is called from any of the run's threads, and must not block long.
+/// Should it panic, the line goes to stderr and the run goes on.
 pub fn set_message_sink(
     sink: impl Fn(&str) + Send + Sync + 'static,
 ) -> std::result::Result<(), &'static str> {
@@ -77,7 +78,13 @@ pub fn say_message(message: std::fmt::Arguments<'_>) {
     let message = message.to_string();
     let message = printable(&message, true);
     if let Some(sink) = MESSAGE_SINK.get() {
-        return sink(&message);
+        // A sink that panics is the program's bug: its line goes to stderr
+        // instead, where it would have failed the file the run was telling
+        // about, and blamed ringdown for it (h35 #7).
+        let sunk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(&message)));
+        if sunk.is_ok() {
+            return;
+        }
     }
     let mut stderr = std::io::stderr().lock();
     if PROGRESS_LINE_DRAWN.load(std::sync::atomic::Ordering::Relaxed) {

@@ -288,6 +288,8 @@ pub struct Tally {
     /// Of `bytes`: resumed prefixes, found on disk rather than fetched.
     pub resumed_bytes: u64,
     pub files: u64,
+    /// The first `SUMMARY_FAILED_NAMES_SHOWN` failed names (the summary's);
+    /// no refused one. `--report` names every file.
     pub failed_names: Vec<String>,
 }
 
