@@ -1052,18 +1052,18 @@ fn a_skipped_file_gets_the_time_a_restored_one_does() {
         .set_modified(old)
         .unwrap();
     let report = out.path().join("report.jsonl");
-    let skipping = restore(
-        &served,
-        &[
+    let skip_existing = || {
+        let args = [
             "b2://bkt",
             "--skip-existing",
             "--report",
             report.to_str().unwrap(),
-        ],
-        &kept,
-    );
-    assert_eq!(skipping.status.code(), Some(0), "{}", stderr(&skipping));
-    let lines = common::json_lines(&report);
+        ];
+        let skipping = restore(&served, &args, &kept);
+        assert_eq!(skipping.status.code(), Some(0), "{}", stderr(&skipping));
+        common::json_lines(&report)
+    };
+    let lines = skip_existing();
     let line = lines.iter().find(|line| line["name"] == "t/001").unwrap();
     assert_eq!(
         (&line["status"], &line["reason"]),
@@ -1083,18 +1083,7 @@ fn a_skipped_file_gets_the_time_a_restored_one_does() {
         .unwrap();
     std::fs::remove_file(kept.join("t/002")).unwrap();
     std::fs::hard_link(&snapshot, kept.join("t/002")).unwrap();
-    let skipping = restore(
-        &served,
-        &[
-            "b2://bkt",
-            "--skip-existing",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-        &kept,
-    );
-    assert_eq!(skipping.status.code(), Some(0), "{}", stderr(&skipping));
-    let lines = common::json_lines(&report);
+    let lines = skip_existing();
     let line = lines.iter().find(|line| line["name"] == "t/002").unwrap();
     assert_eq!(line["reason"], "exists");
     assert_eq!(mtime(&snapshot), old);

@@ -140,7 +140,7 @@ impl RestoreOptions {
         if !self.dry_run {
             check_target_dir(&self.dir)?;
             if let Some(report) = &self.report {
-                check_report_path(report)?;
+                check_report_path(report, &self.dir)?;
             }
         }
         Shard::new(self.shard.index, self.shard.count).map_err(|why| {
@@ -182,19 +182,46 @@ pub(crate) fn check_target_dir(dir: &std::path::Path) -> Result<()> {
             format!("{} is not a directory", existing.display())
         });
     }
-    if let Err(error) = rustix::fs::access(existing, rustix::fs::Access::WRITE_OK) {
-        return unusable(format!(
-            "{} is not writable ({})",
-            existing.display(),
-            std::io::Error::from(error)
-        ));
+    match not_writable(existing) {
+        Some(why) => unusable(why),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Whether `path` is `ancestor` or beneath it, by their names alone (no
+/// file need exist; `.` components aside).
+fn is_within(path: &std::path::Path, ancestor: &std::path::Path) -> bool {
+    use std::path::Component;
+    let named = |path: &std::path::Path| -> Option<Vec<std::ffi::OsString>> {
+        let absolute = std::path::absolute(path).ok()?;
+        Some(
+            absolute
+                .components()
+                .filter(|component| !matches!(component, Component::CurDir))
+                .map(|component| component.as_os_str().to_owned())
+                .collect(),
+        )
+    };
+    match (named(path), named(ancestor)) {
+        (Some(path), Some(ancestor)) => path.starts_with(&ancestor),
+        _ => false,
+    }
+}
+
+/// Why the directory `dir` is not writable, if it is not.
+fn not_writable(dir: &std::path::Path) -> Option<String> {
+    let error = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).err()?;
+    Some(format!(
+        "{} is not writable ({})",
+        dir.display(),
+        std::io::Error::from(error)
+    ))
 }
 
 /// The `--report` file must be creatable where it is named: found out here
-/// (exit 2), not after authorizing, listing and making DIR's journal.
-fn check_report_path(report: &std::path::Path) -> Result<()> {
+/// (exit 2), not after authorizing, listing and making DIR's journal. Its
+/// directory may be DIR or one of DIR's, which the run makes first.
+fn check_report_path(report: &std::path::Path, dir: &std::path::Path) -> Result<()> {
     let unusable = |why: String| {
         Err(Error::Usage(format!(
             "--report {}: {why}",
@@ -209,19 +236,18 @@ fn check_report_path(report: &std::path::Path) -> Result<()> {
         _ => std::path::Path::new("."),
     };
     if !parent.is_dir() {
+        if is_within(dir, parent) {
+            return Ok(());
+        }
         return unusable(format!(
             "its directory {} does not exist; create it first",
             parent.display()
         ));
     }
-    if let Err(error) = rustix::fs::access(parent, rustix::fs::Access::WRITE_OK) {
-        return unusable(format!(
-            "its directory {} is not writable ({})",
-            parent.display(),
-            std::io::Error::from(error)
-        ));
+    match not_writable(parent) {
+        Some(why) => unusable(format!("its directory {why}")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -1863,6 +1889,23 @@ fn finish_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_may_go_in_dir_before_the_run_makes_it() {
+        use std::path::Path;
+        assert!(is_within(Path::new("/a/b/c"), Path::new("/a/b")));
+        assert!(is_within(Path::new("/a/b"), Path::new("/a/b/.")));
+        assert!(is_within(Path::new("out"), Path::new("./out")));
+        assert!(!is_within(Path::new("/a/bc"), Path::new("/a/b")));
+        assert!(!is_within(Path::new("/a"), Path::new("/a/b")));
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("new/dir");
+        assert!(check_report_path(&dir.join("report.jsonl"), &dir).is_ok());
+        assert!(check_report_path(&work.path().join("new/r.jsonl"), &dir).is_ok());
+        let elsewhere = work.path().join("other/r.jsonl");
+        let refused = check_report_path(&elsewhere, &dir).unwrap_err().to_string();
+        assert!(refused.contains("does not exist"), "{refused}");
+    }
 
     #[test]
     fn downloads_by_id_or_by_bucket_and_name() {
