@@ -3796,3 +3796,49 @@ fn an_answer_for_another_pipelined_get_is_out_of_step_not_a_replacement() {
     );
     assert_tree(&dir, &objects);
 }
+
+/// `--dry-run` lists a name as it is into a pipe (a program reads it), and
+/// with its C1 controls escaped on a terminal, where U+009B (CSI) could
+/// recolour the screen or move the cursor, as `ls` escapes them. (It wrote
+/// them raw to both.)
+#[test]
+fn a_dry_run_escapes_c1_controls_on_a_terminal_only() {
+    const NAME: &str = "esc\u{9b}31mred.txt";
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to give the run a terminal");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    write_file(&data.path().join("bkt"), NAME, b"x");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let piped = restore(&served, &["b2://bkt", "--dry-run"], &dir);
+    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        format!("1\t{NAME}\n")
+    );
+    // The same command on a terminal (`script` runs it on a pty and copies
+    // what it wrote).
+    let run = command(&served, &["b2://bkt", "--dry-run"], &dir);
+    let mut line = vec![run.get_program().to_owned()];
+    line.extend(run.get_args().map(|arg| arg.to_owned()));
+    let line: Vec<String> = line
+        .iter()
+        .map(|arg| format!("'{}'", arg.to_str().unwrap()))
+        .collect();
+    let mut on_terminal = Command::new("script");
+    on_terminal.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+    for (key, value) in run.get_envs() {
+        match value {
+            Some(value) => on_terminal.env(key, value),
+            None => on_terminal.env_remove(key),
+        };
+    }
+    let shown = run_bounded(on_terminal);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(0), "{text}");
+    assert!(text.contains("1\tesc\\u{9b}31mred.txt"), "{text:?}");
+    assert!(!text.contains('\u{9b}'), "{text:?}");
+}

@@ -1510,8 +1510,17 @@ fn schedule(
         return;
     }
     if options.dry_run {
-        use std::io::Write as _;
-        let line = format!("{}\t{}\n", entry.size_bytes, entry.name);
+        use std::io::{IsTerminal as _, Write as _};
+        // A name may hold C1 controls (B2 allows them; C0 and DEL were
+        // refused above): escaped on a terminal, where one could move the
+        // cursor or recolour the screen, as they are into a pipe, for the
+        // program that reads the list (as `ls` does).
+        static STDOUT_IS_TERMINAL: OnceLock<bool> = OnceLock::new();
+        let name = match *STDOUT_IS_TERMINAL.get_or_init(|| std::io::stdout().is_terminal()) {
+            true => crate::printable(&entry.name, false),
+            false => std::borrow::Cow::Borrowed(entry.name.as_str()),
+        };
+        let line = format!("{}\t{name}\n", entry.size_bytes);
         match std::io::stdout().lock().write_all(line.as_bytes()) {
             Ok(()) => {}
             // Nobody reads on (`--dry-run | head`): list no further.
