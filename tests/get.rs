@@ -1474,14 +1474,7 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     // A device or FIFO as DEST: renaming over it would replace the node
     // (`/dev/null` with a file), so it is refused, --force or not.
     let fifo = fixture.out.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    common::make_fifo(&fifo);
     for force in [false, true] {
         let mut args = vec!["b2://bkt/a.bin", fifo.to_str().unwrap()];
         if force {

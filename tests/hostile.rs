@@ -2788,14 +2788,7 @@ fn a_dest_that_becomes_a_fifo_or_directory_mid_download_is_not_replaced() {
         let hook = move |req: &Req, _: &mut TcpStream| {
             if is_download(req) && req.method == "GET" && !made.swap(true, Ordering::SeqCst) {
                 if kind == "a FIFO" {
-                    rustix::fs::mknodat(
-                        rustix::fs::CWD,
-                        &made_at,
-                        rustix::fs::FileType::Fifo,
-                        rustix::fs::Mode::from_raw_mode(0o600),
-                        0,
-                    )
-                    .unwrap();
+                    common::make_fifo(&made_at);
                 } else {
                     std::fs::create_dir(&made_at).unwrap();
                 }

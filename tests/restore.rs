@@ -633,14 +633,7 @@ fn skip_existing_never_opens_a_fifo_in_the_way() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("dir");
     std::fs::create_dir(&dir).unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        dir.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .unwrap();
+    common::make_fifo(&dir.join("fifo"));
     let output = restore(&served, &["b2://bkt", "--skip-existing"], &dir);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(

@@ -1016,22 +1016,13 @@ fn download_url_with_a_path_is_refused() {
     assert!(stderr.contains("scheme://host[:port] only"), "{stderr}");
 }
 
-fn make_fifo(path: &std::path::Path) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mkfifo {}", path.display());
-}
-
 /// Opening a FIFO for reading waits for a writer: the server must refuse it
 /// as "not an object" at once instead of hanging the request (and a blocking
 /// thread), and listings must not show it.
 #[test]
 fn fifos_in_a_bucket_are_not_found_at_once() {
     let tree = small_tree();
-    make_fifo(&tree.path().join("bkt/pipe"));
+    common::make_fifo(&tree.path().join("bkt/pipe"));
     let served = serve(tree.path(), true, &[]);
     let (token, _) = served.authorize();
     let started = Instant::now();
