@@ -69,9 +69,11 @@ pub(crate) fn reopen_partial(
         .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
 }
 
-/// A file that cannot be created because the filesystem is full or
-/// read-only stops the run (CONVENTIONS.md); other errors fail one file.
-fn creation_error(context: String, error: rustix::io::Errno) -> Error {
+/// A file or directory that cannot be created or named because the file
+/// system is full or read-only (or over quota) stops the run
+/// (CONVENTIONS.md): the next would fail the same way. Other errors fail
+/// one file.
+pub(crate) fn file_system_error(context: String, error: rustix::io::Errno) -> Error {
     use rustix::io::Errno;
     if matches!(error, Errno::NOSPC | Errno::ROFS | Errno::DQUOT) {
         Error::Fatal(format!("{context}: {}", std::io::Error::from(error)))
@@ -146,7 +148,7 @@ pub(crate) fn create_temp(
                     other => other,
                 };
                 let file = reopened.map_err(|error| {
-                    creation_error(format!("creating {shown} for {display_path}"), error)
+                    file_system_error(format!("creating {shown} for {display_path}"), error)
                 })?;
                 (file, false)
             }
@@ -162,7 +164,7 @@ pub(crate) fn create_temp(
                 )));
             }
             Err(error) => {
-                return Err(creation_error(
+                return Err(file_system_error(
                     format!("creating {shown} with O_DIRECT for {display_path}"),
                     error,
                 ));
@@ -171,7 +173,7 @@ pub(crate) fn create_temp(
     } else {
         (
             open(flags).map_err(|error| {
-                creation_error(format!("creating {shown} for {display_path}"), error)
+                file_system_error(format!("creating {shown} for {display_path}"), error)
             })?,
             false,
         )

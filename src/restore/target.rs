@@ -571,10 +571,10 @@ impl Target {
             Errno::NOTDIR | Errno::EXIST => {
                 PathError::Refused(format!("{shown}: a file is in the way of a directory"))
             }
-            Errno::ROFS | Errno::NOSPC | Errno::DQUOT => {
-                PathError::Failed(Error::Fatal(format!("creating {shown}: {error}")))
-            }
-            _ => PathError::Failed(Error::io(format!("creating {shown}"), error.into())),
+            _ => PathError::Failed(crate::dest::file_system_error(
+                format!("creating {shown}"),
+                error,
+            )),
         }
     }
 
