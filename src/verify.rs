@@ -327,7 +327,8 @@ impl FeedChoice {
         let mut trials = self.trials();
         // Cores take trials at once: one that ends after the choice was
         // made does not reopen it (the first choice is the one for good,
-        // and the one `--stats-json` reports).
+        // and the one `--stats-json` reports). The choice is only made
+        // under this lock, so TRYING here stays TRYING until the store.
         if self.chosen().is_some() {
             return;
         }
@@ -337,12 +338,7 @@ impl FeedChoice {
                 Sha1Feed::Plain => Self::PLAIN,
                 Sha1Feed::TouchAhead => Self::TOUCH_AHEAD,
             };
-            let _ = self.chosen.compare_exchange(
-                Self::TRYING,
-                code,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            self.chosen.store(code, Ordering::Relaxed);
         }
     }
 }
