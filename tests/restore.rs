@@ -3834,4 +3834,18 @@ fn a_dry_run_escapes_c1_controls_on_a_terminal_only() {
     assert_eq!(shown.status.code(), Some(0), "{text}");
     assert!(text.contains("1\tesc\\u{9b}31mred.txt"), "{text:?}");
     assert!(!text.contains('\u{9b}'), "{text:?}");
+    // The --report of a real run holds the name JSON-escaped, the same
+    // string to a reader and nothing a terminal acts on under `cat`.
+    let report = out.path().join("report.jsonl");
+    let real = restore(
+        &served,
+        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(real.status.code(), Some(0), "{}", stderr(&real));
+    let line = std::fs::read_to_string(&report).unwrap();
+    assert!(line.contains(r#""name":"esc\u009b31mred.txt""#), "{line:?}");
+    let record: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+    assert_eq!(record["name"], NAME);
+    assert_eq!(std::fs::read(dir.join(NAME)).unwrap(), b"x");
 }

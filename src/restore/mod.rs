@@ -464,6 +464,8 @@ impl Reporter {
                 "status": record.status.as_str(),
                 "reason": record.reason,
             });
+            let line = line.to_string();
+            let line = json_escaping_c1(&line);
             let mut report = report.lock().expect("report lock");
             if report.failed.is_none() {
                 let written =
@@ -480,6 +482,26 @@ impl Reporter {
             }
         }
     }
+}
+
+/// `json` (one serialized value) with DEL and the C1 controls written as
+/// `\u00XX` escapes, which serde_json leaves raw: the same value to a JSON
+/// reader, and `cat report.jsonl` on a terminal cannot be steered by a
+/// name holding U+009B (CSI). They can only be inside strings, so
+/// escaping them wherever they are keeps the JSON valid.
+fn json_escaping_c1(json: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
+    if !json.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        match escaped(c) {
+            true => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            false => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// What a finished restore reports.
@@ -1898,6 +1920,33 @@ fn finish_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_lines_escape_c1_and_read_back_the_same() {
+        let value = serde_json::json!({"name": "esc\u{9b}31m\u{7f}\u{85}é\u{a0}x", "reason": null});
+        let line = json_escaping_c1(&value.to_string()).into_owned();
+        assert!(
+            !line.chars().any(|c| ('\u{7f}'..='\u{9f}').contains(&c)),
+            "{line:?}"
+        );
+        // U+00A0 is no control: kept as it is.
+        assert!(
+            line.contains("esc\\u009b31m\\u007f\\u0085é\u{a0}x"),
+            "{line:?}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+            value
+        );
+        let plain = value
+            .to_string()
+            .replace('\u{9b}', "")
+            .replace(['\u{7f}', '\u{85}'], "");
+        assert!(matches!(
+            json_escaping_c1(&plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn a_report_may_go_in_dir_before_the_run_makes_it() {
