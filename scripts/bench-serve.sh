@@ -7,6 +7,9 @@
 #   scripts/bench-serve.sh [RUNS]      (default 7; needs nginx: apt-get install -y nginx-light)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Loopback only: curl would send these requests through a proxy from the environment.
+unset http_proxy https_proxy all_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 RUNS=${1:-7}
 SIZE_MIB=${SIZE_MIB:-1024}
 
@@ -78,7 +81,12 @@ http {
 EOF
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
-sleep 0.5
+# Ready when it answers (at most 10 s): a fixed wait fails the first fetch on a busy machine.
+for _ in $(seq 100); do
+    curl -s -o /dev/null --cacert "$CA" "https://127.0.0.1:$NGINX_PORT/" && break
+    kill -0 "$NGINX_PID" 2>/dev/null || { echo "bench-serve: nginx exited; see $WORK/nginx/error.log" >&2; exit 1; }
+    sleep 0.1
+done
 
 LAST=$(((SIZE_MIB << 20) - 1))
 fetch() { # URL [header]

@@ -51,7 +51,19 @@ def main():
         except ProcessLookupError:
             pass
 
+    def on_term(sig, _frame):
+        # The harness is being stopped (Ctrl-C, SIGTERM, a closed terminal):
+        # the tool, in its own group, would run on orphaned, writing into
+        # the scratch directory and taking CPU from whatever runs next.
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os._exit(128 + sig)
+
     signal.signal(signal.SIGALRM, on_alarm)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_term)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     while True:
         try:
