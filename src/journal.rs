@@ -239,12 +239,9 @@ impl Journal {
         self.with_file(|file| file.write_all(text.as_bytes()))
     }
 
-    /// `append`, then `fdatasync`.
-    pub fn append_synced(&self, text: &str) -> std::io::Result<()> {
-        self.with_file(|file| {
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.sync_data())
-        })
+    /// `fdatasync`: what was appended is on disk.
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        self.with_file(|file| file.sync_data())
     }
 
     /// Empties the file (it stays the one open and locked).

@@ -2233,6 +2233,60 @@ fn wait_for_journaled_files(child: &mut Child, dir: &Path, count: usize, log: Op
     }
 }
 
+/// `--fsync` syncs directories and the journal in batches of 256 files,
+/// but writes each file's journal line as it is named: a kill keeps the
+/// page cache, so the rerun trusts those lines and skips the files. (The
+/// lines waited for the batch, and a kill lost every one of them: h37 #1.)
+#[test]
+fn a_killed_fsync_restore_keeps_the_record_of_every_file_it_named() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    let objects = numbered_objects(&bkt, "k", 150, |i| 1000 + i * 37);
+    let served = serve_logged(data.path(), &["--plain", "--latency-ms", "40"]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let mut child = command(&served, &["b2://bkt", "--fsync"], &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files_under(&dir).len() < 40 {
+        assert!(Instant::now() < deadline, "no progress");
+        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let named = files_under(&dir);
+    assert!(
+        named.len() < objects.len(),
+        "killed too late to prove anything"
+    );
+    let journaled = journaled_files(&dir);
+    // A file is named, then journaled: a kill between the two leaves it
+    // unrecorded, at most one per request in flight.
+    assert!(
+        journaled.len() + 32 >= named.len(),
+        "{} files named, {} journaled",
+        named.len(),
+        journaled.len()
+    );
+    let report = out.path().join("report.jsonl");
+    let output = restore(
+        &served,
+        &["b2://bkt", "--fsync", "--report", report.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_tree(&dir, &objects);
+    let skipped = common::json_lines(&report)
+        .iter()
+        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
+        .count();
+    assert_eq!(skipped, journaled.len());
+}
+
 /// A partial file a killed run left goes once a later run ends without
 /// needing it (here the object is excluded): exit 0 leaves no `.ringdown/`.
 #[test]

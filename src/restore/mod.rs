@@ -1896,17 +1896,7 @@ fn finish_file(
         }
     }
     let journaled = if run.options.fsync {
-        target
-            .journal_completed_synced(task.parent, &entry.name, &task.key)
-            // A large object does not wait for the batch to fill: a kill
-            // before then would cost downloading all of it again.
-            .and_then(|()| {
-                if task.large {
-                    target.flush_synced()
-                } else {
-                    Ok(())
-                }
-            })
+        target.journal_completed_synced(task.parent, &entry.name, &task.key)
     } else {
         target.journal_completed(&entry.name, &task.key)
     };

@@ -116,9 +116,9 @@ pub struct Target {
     journal: Arc<Journal>,
     /// Makes what the journal says durable now and then; stops on drop.
     _durable_marks: DurableMarks,
-    /// `--fsync`: files named whose directory is not synced yet, with
-    /// their journal records (see `journal_completed_synced`).
-    unsynced: Mutex<Vec<(Arc<OwnedFd>, String)>>,
+    /// `--fsync`: the directories of files named since the last batch,
+    /// not synced yet (see `journal_completed_synced`).
+    unsynced: Mutex<Vec<Arc<OwnedFd>>>,
     /// The parent directory of the last file planned, by path under DIR:
     /// names come sorted, so most files share their predecessor's.
     last_parent: Mutex<Option<(String, Arc<OwnedFd>)>>,
@@ -418,20 +418,24 @@ impl Target {
         self.journal_line(&journal::chunk_line(key, bytes))
     }
 
-    /// `--fsync`: the file's data is synced and it is named; its
-    /// directory entry and journal record become durable with the next batch
-    /// (`FSYNC_BATCH_FILES`): one fsync per distinct directory, then the
-    /// journal's records and one fsync of the journal, so a record never
-    /// names a file a power cut could lose.
+    /// `--fsync`: the file's data is synced and it is named. Its record
+    /// is written at once, as without `--fsync`: a kill keeps the page
+    /// cache, and a run of the same boot trusts it (see `journal`); held
+    /// back for the batch, a kill lost up to `FSYNC_BATCH_FILES` records of
+    /// files on disk, fetched again (h37 #1). Its directory entry and the
+    /// journal become durable with the next batch: one fsync per distinct
+    /// directory, then one of the journal. After a power cut the record
+    /// counts only once a `durable` mark, made after a `syncfs`, covers it.
     pub fn journal_completed_synced(
         &self,
         parent: Arc<OwnedFd>,
         name: &str,
         key: &str,
     ) -> Result<()> {
+        self.journal_completed(name, key)?;
         let batch = {
             let mut unsynced = self.unsynced.lock().expect("unsynced lock");
-            unsynced.push((parent, format!("ok\t{}\n", completed::record(name, key))));
+            unsynced.push(parent);
             if unsynced.len() < FSYNC_BATCH_FILES {
                 return Ok(());
             }
@@ -446,23 +450,21 @@ impl Target {
         self.sync_batch(batch)
     }
 
-    fn sync_batch(&self, batch: Vec<(Arc<OwnedFd>, String)>) -> Result<()> {
+    fn sync_batch(&self, batch: Vec<Arc<OwnedFd>>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut synced_dirs = HashSet::new();
-        let mut lines = String::new();
-        for (parent, line) in &batch {
+        for parent in &batch {
             let stat = rustix::fs::fstat(parent)
                 .map_err(|error| Error::io("fsync of a restored directory", error.into()))?;
             if synced_dirs.insert((stat.st_dev, stat.st_ino)) {
                 rustix::fs::fsync(parent)
                     .map_err(|error| Error::io("fsync of a restored directory", error.into()))?;
             }
-            lines.push_str(line);
         }
         self.journal
-            .append_synced(&lines)
+            .sync_data()
             .map_err(|error| self.journal_error(error))
     }
 
