@@ -203,7 +203,11 @@ def how_to_read():
         "is one stream, its restores `--parallel --parallel-max 16`; b2sdk 2.8.0 runs "
         "`bucket.download_file_by_name(name).save_to(path)` for `get` and `Synchronizer(max_workers=10)` "
         "with `B2Api(max_download_workers=10)` (as `b2 sync --threads 10`) for restores; rclone `copy` with "
-        "`--transfers 16 --checkers 16` for restores; ringdown with its defaults. The exact commands are "
+        "`--transfers 16 --checkers 16` for restores; ringdown with its defaults (up to 16 connections per "
+        "core: 32 here). The wan-* origin caps each connection at 25 MB/s, so there the number of "
+        "connections a tool opens decides most of its time (curl's one stream: 1 GiB in 43 s); those rows "
+        "compare concurrency as much as engines, and ringdown's defaults were chosen on that emulation. "
+        "The exact commands are "
         "listed with each scenario (report.md) or below (README).",
         "",
     ]
