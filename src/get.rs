@@ -613,6 +613,14 @@ impl Download {
                 summary.direct_io = writes_direct(direct, size_bytes);
                 outcome.sha1.map(|sha1| (sha1, outcome.notices))
             });
+            // Whatever a stop ended the round with (a round stopped before
+            // its first request ends "not started"), it ends as the signal
+            // or `cancel` it was: a resumed prefix is kept below, where it
+            // was removed as if the round had failed (h37 #10).
+            let outcome = outcome.map_err(|error| match options.engine.stop_signal() {
+                Some(signal) => Error::Interrupted { signal },
+                None => error,
+            });
             let (actual, round_notices) = match outcome {
                 Ok(outcome) => outcome,
                 Err(error @ Error::Interrupted { .. })
@@ -645,15 +653,12 @@ impl Download {
                     );
                     return Err(error);
                 }
+                // Also a signal that cut a transfer nothing can resume (an
+                // origin that ignores Range), or one that came before any
+                // chunk was journaled.
                 Err(error) => {
                     journal.remove();
-                    // A signal that cut a transfer nothing can resume (an
-                    // origin that ignores Range) ends the run as a signal does.
-                    // (A library caller's `cancel` is `Interrupted` with `runtime::CANCELLED`.)
-                    return Err(match options.engine.stop_signal() {
-                        Some(signal) => Error::Interrupted { signal },
-                        None => error,
-                    });
+                    return Err(error);
                 }
             };
             for notice in round_notices {
