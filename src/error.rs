@@ -21,6 +21,7 @@ pub mod exit_code {
     pub const URING_UNAVAILABLE: i32 = 4;
     pub const SIGINT: i32 = 130;
     pub const SIGTERM: i32 = 143;
+    pub const SIGHUP: i32 = 129;
 }
 
 #[derive(Debug)]
@@ -59,7 +60,7 @@ pub enum Error {
         expected: String,
         actual: String,
     },
-    /// The run was stopped by a signal (SIGINT, SIGTERM), or by its
+    /// The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP), or by its
     /// program's `EngineConfig::cancel`: then `signal` is 0
     /// (`runtime::CANCELLED`).
     Interrupted { signal: i32 },
@@ -111,6 +112,7 @@ impl Error {
             | Error::ProxyRefused(_) => exit_code::AUTH,
             Error::UringUnavailable(_) => exit_code::URING_UNAVAILABLE,
             Error::Interrupted { signal } if *signal == libc::SIGTERM => exit_code::SIGTERM,
+            Error::Interrupted { signal } if *signal == libc::SIGHUP => exit_code::SIGHUP,
             Error::Interrupted { .. } => exit_code::SIGINT,
             Error::Io { .. }
             | Error::Http { .. }
@@ -150,6 +152,9 @@ impl fmt::Display for Error {
             }
             Error::Interrupted { signal } if *signal == libc::SIGTERM => {
                 write!(f, "interrupted (SIGTERM)")
+            }
+            Error::Interrupted { signal } if *signal == libc::SIGHUP => {
+                write!(f, "interrupted (SIGHUP)")
             }
             Error::Interrupted { signal } => write!(f, "interrupted by signal {signal}"),
             Error::Fatal(msg) => write!(f, "{msg}"),

@@ -1890,9 +1890,10 @@ fn wait_for_exit(child: &mut std::process::Child, what: &str) -> std::process::E
     exit_within(child, std::time::Duration::from_secs(30), what)
 }
 
-/// SIGINT and SIGTERM stop the download: in-flight writes are drained,
-/// nothing appears at DEST, exit 130 / 143, and the partial file and its
-/// journal stay so that the same command resumes.
+/// SIGINT, SIGTERM and SIGHUP stop the download: in-flight writes are
+/// drained, nothing appears at DEST, exit 130 / 143 / 129, and the partial
+/// file and its journal stay so that the same command resumes. (SIGHUP, a
+/// dropped ssh session, killed the process mid-write, saying nothing.)
 #[test]
 fn signals_stop_cleanly_and_keep_what_resumes() {
     let size = 4 << 20;
@@ -1900,7 +1901,7 @@ fn signals_stop_cleanly_and_keep_what_resumes() {
     // Slow enough that the signal arrives mid-download.
     let served = serve(fixture.data.path(), true, &["--rate-per-conn", "200KB/s"]);
     let dest = fixture.dest_str("s.bin");
-    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+    for (signal, code) in [("-INT", 130), ("-TERM", 143), ("-HUP", 129)] {
         let before = journaled_bytes(fixture.out.path());
         let mut child = spawn_get(&served, "s.bin", &dest);
         // Wait until a chunk more is journaled: the engine is writing.

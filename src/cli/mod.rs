@@ -22,7 +22,7 @@ Exit codes:
        application key not allowed to do this (bucket, name prefix, capability), or a
        plain URL refused with 401/403 (an expired presigned URL)
   4    io_uring unavailable (seccomp profile, kernel.io_uring_disabled, old kernel)
-  130  interrupted by SIGINT, 143 by SIGTERM
+  130  interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP
   134  internal error (a bug): aborted, partial files and journals kept
 
 Proxies: https_proxy / http_proxy / all_proxy (http://[user:pass@]host[:port]) and

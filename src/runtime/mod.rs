@@ -154,10 +154,10 @@ fn has_cap_ipc_lock() -> bool {
 
 static INTERRUPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// Watches SIGINT and SIGTERM on a small thread of its own. The first signal
+/// Watches SIGINT, SIGTERM and SIGHUP on a small thread of its own. The first signal
 /// asks the run to stop (`interrupted()`; every `EngineConfig::is_cancelled`
 /// sees it: no new work, requests in flight finish, writes drain, what can
-/// be resumed is kept, exit 130/143); a second one exits at once. The
+/// be resumed is kept, exit 130/143/129); a second one exits at once. The
 /// handlers are installed before this returns, so no signal from then on
 /// takes the default action (dying without cleanup). Idempotent.
 ///
@@ -193,10 +193,14 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
         let is_ignored = ignored & (1u64 << (number - 1)) != 0;
         (!is_ignored).then(|| signal(kind)).transpose()
     };
-    let (mut interrupt, mut terminate, file_size) = runtime.block_on(async {
+    // SIGHUP (an ssh session that drops, a closed terminal) stops as
+    // SIGTERM does, draining and saying so, where its default action killed
+    // the process mid-write; under `nohup` it is ignored, and stays so.
+    let (mut interrupt, mut terminate, mut hangup, file_size) = runtime.block_on(async {
         Ok::<_, std::io::Error>((
             unless_ignored(libc::SIGINT, SignalKind::interrupt())?,
             unless_ignored(libc::SIGTERM, SignalKind::terminate())?,
+            unless_ignored(libc::SIGHUP, SignalKind::hangup())?,
             signal(SignalKind::from_raw(libc::SIGXFSZ))?,
         ))
     })?;
@@ -209,6 +213,7 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
                     let (received, name) = tokio::select! {
                         _ = received(&mut interrupt) => (libc::SIGINT, "SIGINT"),
                         _ = received(&mut terminate) => (libc::SIGTERM, "SIGTERM"),
+                        _ = received(&mut hangup) => (libc::SIGHUP, "SIGHUP"),
                     };
                     if INTERRUPT_SIGNAL.swap(received, Ordering::SeqCst) != 0 {
                         std::process::exit(128 + received);
