@@ -1634,9 +1634,20 @@ fn shards_from_flags_and_scheduler_environments_cover_the_bucket_once() {
         }
         children.push(std::thread::spawn(move || run_bounded(command)));
     }
-    for child in children {
+    let said = [
+        None,
+        Some("restoring shard 1/3 (from JOB_COMPLETION_INDEX and RINGDOWN_SHARD_COUNT)"),
+        Some("restoring shard 2/3 (from the Slurm array's SLURM_ARRAY_TASK_* variables)"),
+    ];
+    for (child, said) in children.into_iter().zip(said) {
         let output = child.join().unwrap();
-        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{text}");
+        // A shard the environment chose is said; one given by flag is not.
+        match said {
+            Some(said) => assert!(text.contains(said), "{text}"),
+            None => assert!(!text.contains("restoring shard"), "{text}"),
+        }
     }
     assert_tree(&dir, &objects);
     assert_eq!(files_under(&dir), objects.keys().cloned().collect());
@@ -1704,6 +1715,18 @@ fn usage_errors_exit_2_before_any_network() {
     let mut no_key = base(&["b2://bkt"]);
     no_key.env_remove("B2_APPLICATION_KEY");
     assert_eq!(run_bounded(no_key).status.code(), Some(2));
+    // The count of an Indexed Job without its index (a Job not
+    // `completionMode: Indexed`): refused as `--shard-count` alone is, where
+    // each of N pods restored the whole bucket.
+    let mut no_index = base(&["b2://bkt"]);
+    no_index.env("RINGDOWN_SHARD_COUNT", "4");
+    let output = run_bounded(no_index);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("RINGDOWN_SHARD_COUNT=4 needs an index"),
+        "{}",
+        stderr(&output)
+    );
     assert!(!out.path().join("d").exists());
     // A DIR beneath a file, or that is a file: exit 2 before any request
     // (port 9 is not served: a request would fail otherwise).

@@ -105,6 +105,20 @@ pub fn options_from(
     let env = |name: &str| std::env::var(name).ok();
     let shard =
         Shard::resolve(args.shard.as_deref(), args.shard_count, &env).map_err(Error::Usage)?;
+    // A shard the environment chose is said: nothing else in the output
+    // tells one pod's or task's share from a whole restore.
+    if args.shard.is_none() && shard.count > 1 && !args.quiet {
+        let source = match env("JOB_COMPLETION_INDEX").filter(|v| !v.trim().is_empty()) {
+            Some(_) if args.shard_count.is_some() => "JOB_COMPLETION_INDEX and --shard-count",
+            Some(_) => "JOB_COMPLETION_INDEX and RINGDOWN_SHARD_COUNT",
+            None => "the Slurm array's SLURM_ARRAY_TASK_* variables",
+        };
+        say!(
+            "ringdown: restoring shard {}/{} (from {source})",
+            shard.index,
+            shard.count
+        );
+    }
     let credential = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let (Some(key_id), Some(key)) = credentials
         .map(|(id, key)| (Some(id), Some(key)))

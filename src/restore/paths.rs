@@ -300,6 +300,15 @@ impl Shard {
                 "--shard-count {count} needs an index: --shard K/N or JOB_COMPLETION_INDEX"
             ));
         }
+        // The flag's twin, refused alike: a pod template that sets it, run
+        // as a Job without `completionMode: Indexed` (or as a Deployment),
+        // has no index, and each of its N pods would restore everything.
+        if let Some(count) = number("RINGDOWN_SHARD_COUNT")?.filter(|&count| count != 1) {
+            return Err(format!(
+                "RINGDOWN_SHARD_COUNT={count} needs an index: JOB_COMPLETION_INDEX is not set \
+                 (is the Job `completionMode: Indexed`?); or pass --shard K/N"
+            ));
+        }
         Ok(Shard::ALL)
     }
 
@@ -707,6 +716,16 @@ mod tests {
         assert!(stepped("3", "4").unwrap_err().contains("evenly stepped"));
         assert!(stepped("2", "5").unwrap_err().contains("evenly stepped"));
         assert!(Shard::resolve(None, None, &env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
+        // A count with no index restores nothing twice over: refused (but 1).
+        let lone = Shard::resolve(None, None, &env(&[("RINGDOWN_SHARD_COUNT", "4")]));
+        assert!(
+            lone.unwrap_err()
+                .contains("JOB_COMPLETION_INDEX is not set")
+        );
+        assert_eq!(
+            Shard::resolve(None, None, &env(&[("RINGDOWN_SHARD_COUNT", "1")])),
+            Ok(Shard::ALL)
+        );
         assert!(Shard::parse("3/3").is_err());
         assert!(Shard::parse("0/0").is_err());
         assert!(Shard::parse("x").is_err());
