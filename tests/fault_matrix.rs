@@ -949,6 +949,20 @@ fn disk_full_mid_restore_and_get_then_rerun_completes() {
         line["status"] == "failed" && mentions_enospc(line["reason"].as_str().unwrap_or(""))
     });
     assert!(failed_for_space, "no report line fails a file for space");
+    // Every selected name is in the report, or the run says which are not
+    // (the stop came before the listing had handed them all over).
+    let reported = common::json_lines(&report).len();
+    let said = stderr.contains("stopped before the listing ended: only the first");
+    assert!(
+        reported == bucket.objects.len() || said,
+        "{reported} of {} names reported, and no note says why:\n{}",
+        bucket.objects.len(),
+        tail(&stderr)
+    );
+    if said {
+        let first = format!("only the first {reported} selected names");
+        assert!(stderr.contains(&first), "{}", tail(&stderr));
+    }
     let journal_before = std::fs::read_to_string(dir.join(".ringdown/journal-0-of-1"))
         .unwrap_or_default()
         .lines()

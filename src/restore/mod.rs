@@ -928,6 +928,18 @@ impl Restore {
                  journaled chunks)"
             ));
         }
+        if interrupted.is_none() && fatal.is_some() && !listed_whole {
+            // The unstarted files of what was listed count as failed; what
+            // the listing had not reached is in neither the counts nor the
+            // report, which would otherwise read as the whole shortfall
+            // (a disk-full stop said "73 failed" of 2,321 selected: h37 #4).
+            notices.push(format!(
+                "stopped before the listing ended: only the first {} selected names were \
+                 considered; those after them are in neither the counts nor --report. Once \
+                 the cause is fixed, run the same command again (finished files are skipped)",
+                self.files.listed.load(Ordering::Relaxed)
+            ));
+        }
         let mut selection_notices = Vec::new();
         let source = format!("b2://{}/{}", options.bucket, options.folder_prefix);
         if fatal.is_none() && listed_whole {
