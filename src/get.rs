@@ -721,6 +721,8 @@ impl Download {
                 verified_ok: ok,
                 unverified,
                 failed: 0,
+                skipped: 0,
+                refused: 0,
                 retries: summary.retries,
                 direct_io: writes_direct(direct, size_bytes),
                 registered_buffers: summary.registered_buffers,

@@ -250,6 +250,11 @@ pub struct RunSummary {
     pub verified_ok: u64,
     pub unverified: u64,
     pub failed: u64,
+    /// `restore`: files left as they were (journal, `--skip-existing`)
+    /// and names refused; 0 for `get`. A rerun that skipped everything is
+    /// not a run that found nothing, nor a refusal a success.
+    pub skipped: u64,
+    pub refused: u64,
     pub retries: u64,
     pub direct_io: bool,
     pub registered_buffers: bool,
@@ -291,6 +296,8 @@ impl RunSummary {
             "seconds": seconds,
             "mb_per_s": self.mb_per_s(),
             "verified": { "ok": self.verified_ok, "unverified": self.unverified, "failed": self.failed },
+            "skipped": self.skipped,
+            "refused": self.refused,
             "retries": self.retries,
             "direct_io": self.direct_io,
             "registered_buffers": self.registered_buffers,
@@ -427,6 +434,8 @@ mod tests {
             verified_ok: 1,
             unverified: 0,
             failed: 0,
+            skipped: 4,
+            refused: 5,
             retries: 3,
             direct_io: true,
             registered_buffers: false,
@@ -444,6 +453,8 @@ mod tests {
             "seconds",
             "mb_per_s",
             "verified",
+            "skipped",
+            "refused",
             "retries",
             "direct_io",
             "registered_buffers",
@@ -458,6 +469,10 @@ mod tests {
         assert_eq!(
             json["verified"],
             json!({"ok": 1, "unverified": 0, "failed": 0})
+        );
+        assert_eq!(
+            (json["skipped"].clone(), json["refused"].clone()),
+            (json!(4), json!(5))
         );
         assert_eq!(json["stages"].as_object().unwrap().len(), 11);
         let zero = RunSummary {

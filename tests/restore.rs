@@ -241,8 +241,9 @@ fn restores_a_tree_byte_for_byte_with_report_and_stats() {
             assert!(line.get(key).is_some(), "{key} missing in {line}");
         }
     }
+    let stats_path = stats;
     let stats: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
     assert_eq!(stats["schema"], 1);
     assert_eq!(stats["command"], "restore");
     assert_eq!(stats["files"].as_u64().unwrap(), objects.len() as u64);
@@ -253,14 +254,33 @@ fn restores_a_tree_byte_for_byte_with_report_and_stats() {
     let total: u64 = objects.values().map(|b| b.len() as u64).sum();
     assert_eq!(stats["bytes"].as_u64().unwrap(), total);
 
-    // A second run with --skip-existing downloads nothing and exits 0.
-    let again = restore(&served, &["b2://bkt", "--skip-existing"], &dir);
+    assert_eq!(
+        (stats["skipped"].as_u64(), stats["refused"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // A second run with --skip-existing downloads nothing and exits 0, and
+    // its stats say it skipped everything (not that it found nothing).
+    let again = restore(
+        &served,
+        &[
+            "b2://bkt",
+            "--skip-existing",
+            "--stats-json",
+            stats_path.to_str().unwrap(),
+        ],
+        &dir,
+    );
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert!(
         stderr(&again).contains(&format!("{} skipped", objects.len())),
         "{}",
         stderr(&again)
     );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
+    assert_eq!(stats["files"], 0);
+    assert_eq!(stats["skipped"].as_u64().unwrap(), objects.len() as u64);
 
     // --fsync: the same tree, each file synced before its rename.
     let synced = out.path().join("synced");
@@ -551,9 +571,16 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     std::fs::create_dir(dir.join("clash-file")).unwrap();
     std::fs::write(dir.join("clash-dir"), b"local file").unwrap();
     let report = out.path().join("report.jsonl");
+    let stats = out.path().join("stats.json");
     let output = restore(
         &served,
-        &["b2://bkt", "--report", report.to_str().unwrap()],
+        &[
+            "b2://bkt",
+            "--report",
+            report.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
         &dir,
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
@@ -591,6 +618,15 @@ fn hostile_names_are_refused_and_symlinks_never_followed() {
     assert_eq!(status("full-dir/.bzEmpty").as_deref(), Some("ok"));
     assert_eq!(status(&too_long).as_deref(), Some("refused"));
     assert_eq!(status("good.txt").as_deref(), Some("ok"));
+    // --stats-json counts the refusals: `failed` 0 alone read as a clean run.
+    let refused = lines
+        .iter()
+        .filter(|line| line["status"] == "refused")
+        .count();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["refused"].as_u64().unwrap(), refused as u64);
+    assert!(refused >= 4);
     assert_eq!(status("replace-me").as_deref(), Some("ok"));
     assert_eq!(status("clash-file").as_deref(), Some("refused"));
     assert_eq!(status("clash-dir/inner").as_deref(), Some("refused"));

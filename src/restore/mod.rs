@@ -982,6 +982,8 @@ impl Restore {
             verified_ok: tally.ok,
             unverified: tally.unverified,
             failed: tally.failed,
+            skipped: tally.skipped,
+            refused: tally.refused,
             retries: run.retries.load(Ordering::Relaxed),
             direct_io: run.direct_io_used.load(Ordering::Relaxed),
             registered_buffers,
