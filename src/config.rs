@@ -158,6 +158,13 @@ pub const BACKOFF_DOUBLINGS_MAX: u32 = 20;
 /// (SIGTERM, a fatal error elsewhere): a 300 s Retry-After must not hold a
 /// restore past a scheduler's grace period.
 pub const RETRY_WAIT_STOP_CHECK_MS: u64 = 100;
+/// After the first stop signal, the drain of the requests in flight lasts at
+/// most this long; then the process exits as at a second signal, keeping
+/// what is journaled (a restart resumes it). A trickling origin (150 KB/s a
+/// connection: 2 MiB parts took 10-12 s to drain, 8 MiB ones a minute)
+/// must not outlast a scheduler's grace period (Kubernetes and Slurm: 30 s)
+/// and end in a SIGKILL instead.
+pub const SIGNAL_DRAIN_MAX_S: u64 = 20;
 /// How often a receive or send still waiting looks for a stop signal.
 pub const STOP_CHECK_MS: u64 = 250;
 /// Once a stop signal came, a receive or send without progress for this

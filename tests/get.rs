@@ -1994,6 +1994,46 @@ fn a_signal_lets_the_chunks_in_flight_finish() {
     assert_no_temp(fixture.out.path());
 }
 
+/// The drain after a signal is bounded (`config::SIGNAL_DRAIN_MAX_S`, 20
+/// s): chunks that trickle in at 20 KB/s a connection (1 MiB parts: 50 s
+/// each) do not hold the exit past a scheduler's grace period (30 s) and
+/// into its SIGKILL. It used to wait for them, however long.
+#[test]
+fn a_signal_drains_for_20_s_at_most() {
+    let size = 4 << 20;
+    let fixture = Fixture::new(&[("t.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "20KB/s"]);
+    let dest = fixture.dest_str("t.bin");
+    let trickle = [
+        "--part-size",
+        "1MiB",
+        "--buffer-size",
+        "64KiB",
+        "--buffers",
+        "8",
+        "--connections",
+        "2",
+        "--cores",
+        "1",
+    ];
+    let mut child = spawn_get_with(&served, "t.bin", &dest, "30", &trickle);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+    let signalled = std::time::Instant::now();
+    send_signal(child.id(), "-TERM");
+    let exit = wait_for_exit(&mut child, "-TERM");
+    let took = signalled.elapsed();
+    let output = child.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert_eq!(exit.code(), Some(143), "{text}");
+    assert!(
+        took >= std::time::Duration::from_secs(19) && took < std::time::Duration::from_secs(28),
+        "exited {took:?} after the signal: {text}"
+    );
+    assert!(text.contains("exiting now"), "{text}");
+    assert!(!Path::new(&dest).exists());
+}
+
 /// A plain-URL origin (strong ETag) that sends each range at
 /// `bytes_per_s` (0: at once), and the first time the range starting at
 /// `stall_at` is asked for, sends 64 KiB of it and then nothing, holding

@@ -221,10 +221,32 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
                     say!(
                         "ringdown: {name}: finishing requests in flight, keeping what can be resumed (again to exit at once)"
                     );
+                    drain_deadline(received);
                 }
             });
         })?;
     Ok(())
+}
+
+/// Exits the process, as a second signal does, should the drain after the
+/// first outlast `SIGNAL_DRAIN_MAX_S`: what is journaled stays, and the
+/// rerun resumes it. A thread of its own: the signal watcher must stay free
+/// to take a second signal meanwhile.
+fn drain_deadline(received: i32) {
+    use crate::config::SIGNAL_DRAIN_MAX_S;
+    let spawned = std::thread::Builder::new()
+        .name("ringdown-drain".into())
+        .spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(SIGNAL_DRAIN_MAX_S));
+            say!(
+                "ringdown: still finishing requests {SIGNAL_DRAIN_MAX_S} s after the signal; \
+                 exiting now (what is journaled is kept: run the same command again to resume)"
+            );
+            std::process::exit(128 + received);
+        });
+    if let Err(error) = spawned {
+        say!("ringdown: warning: no time limit on the drain: {error}");
+    }
 }
 
 /// The next delivery of a signal listened to; never, for one not listened to.
