@@ -158,13 +158,16 @@ pub const BACKOFF_DOUBLINGS_MAX: u32 = 20;
 /// (SIGTERM, a fatal error elsewhere): a 300 s Retry-After must not hold a
 /// restore past a scheduler's grace period.
 pub const RETRY_WAIT_STOP_CHECK_MS: u64 = 100;
-/// After the first stop signal, the drain of the requests in flight lasts at
-/// most this long; then the process exits as at a second signal, keeping
-/// what is journaled (a restart resumes it). A trickling origin (150 KB/s a
-/// connection: 2 MiB parts took 10-12 s to drain, 8 MiB ones a minute)
-/// must not outlast a scheduler's grace period (Kubernetes and Slurm: 30 s)
-/// and end in a SIGKILL instead.
+/// After the first stop signal, the requests in flight drain for at most
+/// this long; then they are cut, and the run ends as interrupted, keeping
+/// what is journaled and writing its summary and `--stats-json`. A
+/// trickling origin (150 KB/s a connection: 2 MiB parts took 10-12 s to
+/// drain, 8 MiB ones a minute) must not outlast a scheduler's grace period
+/// (Kubernetes and Slurm: 30 s) and end in a SIGKILL instead.
 pub const SIGNAL_DRAIN_MAX_S: u64 = 20;
+/// Should a run still not have ended this long after its drain was cut,
+/// the process exits as at a second signal (what is journaled stays).
+pub const SIGNAL_DRAIN_CUT_GRACE_S: u64 = 5;
 /// How often a receive or send still waiting looks for a stop signal.
 pub const STOP_CHECK_MS: u64 = 250;
 /// Once a stop signal came, a receive or send without progress for this

@@ -1815,9 +1815,10 @@ fn spawn_get_with(
     tuning: &[&str],
 ) -> std::process::Child {
     // SIGINT as a terminal's foreground job has it, even where the tests
-    // run as a background job (SIGINT ignored, which ringdown keeps).
+    // run as a background job (SIGINT ignored, which ringdown keeps); and
+    // SIGHUP, which `nohup cargo test` ignores.
     Command::new("env")
-        .arg("--default-signal=INT")
+        .arg("--default-signal=INT,HUP")
         .arg(env!("CARGO_BIN_EXE_ringdown"))
         .args([
             "get",
@@ -1996,15 +1997,19 @@ fn a_signal_lets_the_chunks_in_flight_finish() {
 
 /// The drain after a signal is bounded (`config::SIGNAL_DRAIN_MAX_S`, 20
 /// s): chunks that trickle in at 20 KB/s a connection (1 MiB parts: 50 s
-/// each) do not hold the exit past a scheduler's grace period (30 s) and
-/// into its SIGKILL. It used to wait for them, however long.
+/// each) are cut then, and the run ends as interrupted, with its summary
+/// and `--stats-json`, before a scheduler's grace period (30 s) ends in its
+/// SIGKILL. It used to wait for them, however long.
 #[test]
 fn a_signal_drains_for_20_s_at_most() {
     let size = 4 << 20;
     let fixture = Fixture::new(&[("t.bin", size)]);
     let served = serve(fixture.data.path(), true, &["--rate-per-conn", "20KB/s"]);
     let dest = fixture.dest_str("t.bin");
+    let stats = fixture.out.path().join("stats.json");
     let trickle = [
+        "--stats-json",
+        stats.to_str().unwrap(),
         "--part-size",
         "1MiB",
         "--buffer-size",
@@ -2027,10 +2032,16 @@ fn a_signal_drains_for_20_s_at_most() {
     let text = stderr(&output);
     assert_eq!(exit.code(), Some(143), "{text}");
     assert!(
-        took >= std::time::Duration::from_secs(19) && took < std::time::Duration::from_secs(28),
+        took >= std::time::Duration::from_secs(19) && took < std::time::Duration::from_secs(24),
         "exited {took:?} after the signal: {text}"
     );
-    assert!(text.contains("exiting now"), "{text}");
+    assert!(text.contains("cutting them"), "{text}");
+    assert!(!text.contains("exiting now"), "{text}");
+    // It ended as a run does: its summary, and its stats.
+    assert!(text.contains(": interrupted after "), "{text}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["verified"]["failed"], 1, "{stats}");
     assert!(!Path::new(&dest).exists());
 }
 

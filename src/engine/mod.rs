@@ -142,7 +142,9 @@ impl EngineConfig {
     pub fn begin_run(&self) -> Result<impl Drop + use<>> {
         self.check()?;
         crate::runtime::raise_open_files_limit();
-        Ok(crate::runtime::cancel_on_this_thread(self.cancel.clone()))
+        Ok(crate::runtime::RunInProgress::new(
+            crate::runtime::cancel_on_this_thread(self.cancel.clone()),
+        ))
     }
 
     /// This configuration fitted to the process's limits: as many

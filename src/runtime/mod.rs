@@ -228,21 +228,70 @@ fn spawn_signal_watcher() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Exits the process, as a second signal does, should the drain after the
-/// first outlast `SIGNAL_DRAIN_MAX_S`: what is journaled stays, and the
-/// rerun resumes it. A thread of its own: the signal watcher must stay free
+/// Set `SIGNAL_DRAIN_MAX_S` after the first signal: every request still
+/// in flight is cut (`drain_expired`).
+static DRAIN_EXPIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs (`EngineConfig::begin_run`) that have not returned yet. Only they
+/// are cut short: a CLI writing its summary, or `demo` comparing and
+/// removing its files, after its run returned, is not.
+static RUNS_IN_PROGRESS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether the drain after a signal has run out of time: a stopping run's
+/// requests are cut now, whatever their progress.
+pub fn drain_expired() -> bool {
+    DRAIN_EXPIRED.load(Ordering::Relaxed)
+}
+
+/// Counts a run as in progress until dropped, with `guard` (its other
+/// per-run state) held as long.
+pub struct RunInProgress<G> {
+    _guard: G,
+}
+
+impl<G> RunInProgress<G> {
+    pub fn new(guard: G) -> RunInProgress<G> {
+        RUNS_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
+        RunInProgress { _guard: guard }
+    }
+}
+
+impl<G> Drop for RunInProgress<G> {
+    fn drop(&mut self) {
+        RUNS_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Bounds the drain after the first signal: at `SIGNAL_DRAIN_MAX_S` the
+/// requests still in flight are cut, and the run ends as interrupted
+/// (journal kept, summary and `--stats-json` written); should a run still
+/// be in progress `SIGNAL_DRAIN_CUT_GRACE_S` later, the process exits as at
+/// a second signal. A thread of its own: the signal watcher must stay free
 /// to take a second signal meanwhile.
 fn drain_deadline(received: i32) {
-    use crate::config::SIGNAL_DRAIN_MAX_S;
+    use crate::config::{SIGNAL_DRAIN_CUT_GRACE_S, SIGNAL_DRAIN_MAX_S};
+    let in_progress = || RUNS_IN_PROGRESS.load(Ordering::SeqCst) > 0;
     let spawned = std::thread::Builder::new()
         .name("ringdown-drain".into())
         .spawn(move || {
             std::thread::sleep(std::time::Duration::from_secs(SIGNAL_DRAIN_MAX_S));
+            if !in_progress() {
+                return;
+            }
             say!(
-                "ringdown: still finishing requests {SIGNAL_DRAIN_MAX_S} s after the signal; \
-                 exiting now (what is journaled is kept: run the same command again to resume)"
+                "ringdown: requests still in flight {SIGNAL_DRAIN_MAX_S} s after the signal: \
+                 cutting them (what is journaled is kept)"
             );
-            std::process::exit(128 + received);
+            DRAIN_EXPIRED.store(true, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_secs(SIGNAL_DRAIN_CUT_GRACE_S));
+            if in_progress() {
+                say!(
+                    "ringdown: the run has not ended {SIGNAL_DRAIN_CUT_GRACE_S} s after its \
+                     requests were cut; exiting now (what is journaled is kept: run the same \
+                     command again to resume)"
+                );
+                std::process::exit(128 + received);
+            }
         });
     if let Err(error) = spawned {
         say!("ringdown: warning: no time limit on the drain: {error}");

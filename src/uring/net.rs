@@ -159,10 +159,14 @@ impl TcpStream {
         let check = Duration::from_millis(STOP_CHECK_MS);
         let stall = loop {
             let (limit, why) = if is_stopping(self.stopping.as_ref()) {
-                (
-                    timeout.min(Duration::from_millis(STOPPING_STALL_TIMEOUT_MS)),
-                    "the run is stopping",
-                )
+                match crate::runtime::drain_expired() {
+                    // `config::SIGNAL_DRAIN_MAX_S` after the signal.
+                    true => (Duration::ZERO, "the drain after the signal ran out of time"),
+                    false => (
+                        timeout.min(Duration::from_millis(STOPPING_STALL_TIMEOUT_MS)),
+                        "the run is stopping",
+                    ),
+                }
             } else {
                 (timeout, "stall timeout")
             };
@@ -170,7 +174,10 @@ impl TcpStream {
                 .checked_sub(started.elapsed())
                 .filter(|left| !left.is_zero())
             else {
-                break format!("no progress for {} s ({why})", limit.as_secs_f64());
+                break match limit.is_zero() {
+                    true => why.to_string(),
+                    false => format!("no progress for {} s ({why})", limit.as_secs_f64()),
+                };
             };
             if let Ok(done) = tokio::time::timeout(left.min(check), &mut operation).await {
                 return done;
