@@ -774,10 +774,11 @@ impl Restore {
                         let _cancel = crate::runtime::cancel_on_this_thread(cancel);
                         let _ended = crate::runtime::end_with_run_on_this_thread(run_stop);
                         let _ = ring_made.send(Ok(()));
-                        list_all(&runtime, &auth, plan, list_sender);
+                        list_all(&runtime, &auth, plan, list_sender)
                     }
                     Err(error) => {
                         let _ = ring_made.send(Err(error));
+                        false
                     }
                 })
                 .map_err(|error| Error::io("spawning the listing thread", error))?;
@@ -856,14 +857,20 @@ impl Restore {
         self.files.listing_done.store(true, Ordering::Relaxed);
         // Dropping the receiver unblocks a listing thread that is still sending.
         drop(list_receiver);
-        if lister.join().is_err() {
-            // Its channel closed as at the end of the listing: without this,
-            // a partial restore would look complete.
-            listing_error.get_or_insert(Error::Fatal(
-                "internal error: the listing thread panicked (its message is on stderr); \
-                 this is a bug, please report it"
-                    .into(),
-            ));
+        match lister.join() {
+            // Stopped at a page boundary, its channel closed as at its end
+            // (pages that bring nothing: `--as-of`, `--files-from`).
+            Ok(reached_end) => listed_whole &= reached_end,
+            Err(_) => {
+                // Its channel closed as at the end of the listing: without
+                // this, a partial restore would look complete.
+                listed_whole = false;
+                listing_error.get_or_insert(Error::Fatal(
+                    "internal error: the listing thread panicked (its message is on stderr); \
+                     this is a bug, please report it"
+                        .into(),
+                ));
+            }
         }
         if let Some(scheduler) = scheduler {
             // A run-fatal error stopped it already (`Run::fail_run`).
@@ -1216,7 +1223,7 @@ fn list_all(
     auth: &Authorizer,
     plan: ListingPlan,
     sender: std::sync::mpsc::SyncSender<Result<Listed>>,
-) {
+) -> bool {
     let ListingPlan {
         bucket_id,
         prefix,
@@ -1255,15 +1262,15 @@ fn list_all(
         }
         !hung_up.get()
     };
+    // Whether the walk reached its end: a stop, a hang-up or an error ends
+    // it early and closes the channel as its end does, so only this tells
+    // the planner the selection it saw was not all of it.
     runtime.block_on(async {
         // `--files-from`: from the first wanted name, not the bucket's first.
         let mut start = match wanted.as_mut() {
             Some(wanted) => match wanted.first_start() {
                 Some(start) => start,
-                None => {
-                    walk_goes_on(wanted);
-                    return;
-                }
+                None => return walk_goes_on(wanted),
             },
             None => listing::PageStart::default(),
         };
@@ -1276,7 +1283,7 @@ fn list_all(
             // bring none (all older than --as-of, names not in
             // --files-from) would keep it waiting past a signal.
             if stopped() {
-                return;
+                return false;
             }
             let files = match &wanted {
                 // No page longer than what is left to find; but within one
@@ -1302,7 +1309,7 @@ fn list_all(
                 Ok(page) => page,
                 Err(error) => {
                     let _ = sender.send(Err(error));
-                    return;
+                    return false;
                 }
             };
             let mut next = listing::PageStart::after(&page);
@@ -1310,7 +1317,7 @@ fn list_all(
                 if let Some(wanted) = wanted.as_mut() {
                     wanted.observe(&entry.name, &mut to_planner);
                     if !walk_goes_on(wanted) {
-                        return;
+                        return false;
                     }
                 }
                 let entry = match version_at.as_mut() {
@@ -1319,7 +1326,7 @@ fn list_all(
                         Ok(picked) => picked,
                         Err(why) => {
                             let _ = sender.send(Err(Error::http(call, why)));
-                            return;
+                            return false;
                         }
                     },
                 };
@@ -1329,22 +1336,22 @@ fn list_all(
                 };
                 if let Some(entry) = entry {
                     if sender.send(Ok(Listed::Entry(entry))).is_err() {
-                        return;
+                        return false;
                     }
                 }
             }
             if let Some(wanted) = wanted.as_mut() {
                 next = wanted.continue_from(next, &mut to_planner);
                 if !walk_goes_on(wanted) {
-                    return;
+                    return false;
                 }
             }
             match next {
                 Some(next) => start = next,
-                None => return,
+                None => return true,
             }
         }
-    });
+    })
 }
 
 /// What the listing thread lists, and how patiently.
