@@ -382,9 +382,10 @@ pub const FILES_FROM_SORT_RUN_BYTES: usize = 4 << 20;
 /// into fewer first): with `SORT_READ_BUFFER_BYTES` each, 4 MiB of buffers.
 pub const SORT_MERGE_FAN_IN: usize = 64;
 pub const SORT_READ_BUFFER_BYTES: usize = 64 << 10;
-/// `restore --fsync`: renamed files whose directories are synced together
-/// (one fsync per distinct directory, then one of the journal). Bounds the
-/// descriptors held and the work a power cut can cost.
+/// `restore --fsync`: files named whose directories are synced together
+/// (one fsync per distinct directory). Bounds the directory descriptors
+/// held between fsyncs; what a power cut can cost is bounded by the
+/// journal's `durable` marks (`JOURNAL_DURABLE_INTERVAL_MS`).
 pub const FSYNC_BATCH_FILES: usize = 256;
 /// How often a run makes what its journal says durable (`syncfs`, then a
 /// `durable` line; see `journal`): after a power cut, at most this much

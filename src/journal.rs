@@ -239,11 +239,6 @@ impl Journal {
         self.with_file(|file| file.write_all(text.as_bytes()))
     }
 
-    /// `fdatasync`: what was appended is on disk.
-    pub fn sync_data(&self) -> std::io::Result<()> {
-        self.with_file(|file| file.sync_data())
-    }
-
     /// Empties the file (it stays the one open and locked).
     pub fn cut(&self) -> std::io::Result<()> {
         self.with_file(|file| {
