@@ -108,10 +108,14 @@ pub fn options_from(
     // A shard the environment chose is said: nothing else in the output
     // tells one pod's or task's share from a whole restore.
     if args.shard.is_none() && shard.count > 1 && !args.quiet {
-        let source = match env("JOB_COMPLETION_INDEX").filter(|v| !v.trim().is_empty()) {
-            Some(_) if args.shard_count.is_some() => "JOB_COMPLETION_INDEX and --shard-count",
-            Some(_) => "JOB_COMPLETION_INDEX and RINGDOWN_SHARD_COUNT",
-            None => "the Slurm array's SLURM_ARRAY_TASK_* variables",
+        // As `Shard::resolve` chose: the Job's index before the Slurm
+        // task, and the count from the flag before the environment.
+        let job = env("JOB_COMPLETION_INDEX").is_some_and(|v| !v.trim().is_empty());
+        let source = match (job, args.shard_count.is_some()) {
+            (true, true) => "JOB_COMPLETION_INDEX and --shard-count",
+            (true, false) => "JOB_COMPLETION_INDEX and RINGDOWN_SHARD_COUNT",
+            (false, true) => "the Slurm array's SLURM_ARRAY_TASK_ID and --shard-count",
+            (false, false) => "the Slurm array's SLURM_ARRAY_TASK_* variables",
         };
         say!(
             "ringdown: restoring shard {}/{} (from {source})",

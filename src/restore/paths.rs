@@ -295,21 +295,28 @@ impl Shard {
             }
             return Shard::new(offset / step, count).map_err(|why| format!("Slurm array: {why}"));
         }
-        if let Some(count) = count_flag {
-            return Err(format!(
-                "--shard-count {count} needs an index: --shard K/N or JOB_COMPLETION_INDEX"
-            ));
+        // A count with no index: a pod template that sets it, run as a Job
+        // without `completionMode: Indexed` (or as a Deployment), has none,
+        // and each of its N pods would restore everything. The flag and its
+        // environment twin alike; a count of 1 is the whole bucket anyway.
+        let (count, named) = match count_flag {
+            Some(count) => (Some(count), format!("--shard-count {count}")),
+            None => {
+                let count = number("RINGDOWN_SHARD_COUNT")?;
+                (
+                    count,
+                    format!("RINGDOWN_SHARD_COUNT={}", count.unwrap_or(0)),
+                )
+            }
+        };
+        match count {
+            None | Some(1) => Ok(Shard::ALL),
+            Some(0) => Err(format!("{named}: N must be at least 1")),
+            Some(_) => Err(format!(
+                "{named} needs an index: JOB_COMPLETION_INDEX is not set (is the Job \
+                 `completionMode: Indexed`?); or pass --shard K/N"
+            )),
         }
-        // The flag's twin, refused alike: a pod template that sets it, run
-        // as a Job without `completionMode: Indexed` (or as a Deployment),
-        // has no index, and each of its N pods would restore everything.
-        if let Some(count) = number("RINGDOWN_SHARD_COUNT")?.filter(|&count| count != 1) {
-            return Err(format!(
-                "RINGDOWN_SHARD_COUNT={count} needs an index: JOB_COMPLETION_INDEX is not set \
-                 (is the Job `completionMode: Indexed`?); or pass --shard K/N"
-            ));
-        }
-        Ok(Shard::ALL)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -726,6 +733,15 @@ mod tests {
             Shard::resolve(None, None, &env(&[("RINGDOWN_SHARD_COUNT", "1")])),
             Ok(Shard::ALL)
         );
+        // The flag and its twin alike: 1 is the whole bucket, 0 no count.
+        assert_eq!(Shard::resolve(None, Some(1), &none), Ok(Shard::ALL));
+        assert!(
+            Shard::resolve(None, Some(3), &none)
+                .unwrap_err()
+                .contains("--shard-count 3 needs an index")
+        );
+        let zero = Shard::resolve(None, None, &env(&[("RINGDOWN_SHARD_COUNT", "0")]));
+        assert!(zero.unwrap_err().contains("N must be at least 1"));
         assert!(Shard::parse("3/3").is_err());
         assert!(Shard::parse("0/0").is_err());
         assert!(Shard::parse("x").is_err());
