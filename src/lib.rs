@@ -97,16 +97,28 @@ pub fn say_message(message: std::fmt::Arguments<'_>) {
 /// but line breaks and tabs when `keep_lines` (a message's own layout);
 /// borrowed when there is none.
 pub fn printable(text: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
-    let escaped = |c: char| c.is_control() && !(keep_lines && matches!(c, '\n' | '\t'));
-    if !text.chars().any(escaped) {
+    escape_chars(
+        text,
+        |c| c.is_control() && !(keep_lines && matches!(c, '\n' | '\t')),
+        |c| format!("\\u{{{:x}}}", u32::from(c)),
+    )
+}
+
+/// `text` with each char `escaped` says written as `escape` gives it;
+/// borrowed when there is none.
+pub(crate) fn escape_chars(
+    text: &str,
+    escaped: impl Fn(char) -> bool,
+    escape: impl Fn(char) -> String,
+) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(&escaped) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if escaped(c) {
-            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
-        } else {
-            out.push(c);
+        match escaped(c) {
+            true => out.push_str(&escape(c)),
+            false => out.push(c),
         }
     }
     std::borrow::Cow::Owned(out)

@@ -490,18 +490,11 @@ impl Reporter {
 /// name holding U+009B (CSI). They can only be inside strings, so
 /// escaping them wherever they are keeps the JSON valid.
 fn json_escaping_c1(json: &str) -> std::borrow::Cow<'_, str> {
-    let escaped = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
-    if !json.chars().any(escaped) {
-        return std::borrow::Cow::Borrowed(json);
-    }
-    let mut out = String::with_capacity(json.len() + 8);
-    for c in json.chars() {
-        match escaped(c) {
-            true => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            false => out.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    crate::escape_chars(
+        json,
+        |c| ('\u{7f}'..='\u{9f}').contains(&c),
+        |c| format!("\\u{:04x}", u32::from(c)),
+    )
 }
 
 /// What a finished restore reports.
