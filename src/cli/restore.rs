@@ -103,20 +103,11 @@ pub fn options_from(
     let (engine, memlock_notice) = args.tuning.engine_config(true)?;
     let filter = NameFilter::new(&args.include, &args.exclude).map_err(Error::Usage)?;
     let env = |name: &str| std::env::var(name).ok();
-    let shard =
-        Shard::resolve(args.shard.as_deref(), args.shard_count, &env).map_err(Error::Usage)?;
+    let (shard, source) =
+        Shard::resolve_from(args.shard.as_deref(), args.shard_count, &env).map_err(Error::Usage)?;
     // A shard the environment chose is said: nothing else in the output
     // tells one pod's or task's share from a whole restore.
-    if args.shard.is_none() && shard.count > 1 && !args.quiet {
-        // As `Shard::resolve` chose: the Job's index before the Slurm
-        // task, and the count from the flag before the environment.
-        let job = env("JOB_COMPLETION_INDEX").is_some_and(|v| !v.trim().is_empty());
-        let source = match (job, args.shard_count.is_some()) {
-            (true, true) => "JOB_COMPLETION_INDEX and --shard-count",
-            (true, false) => "JOB_COMPLETION_INDEX and RINGDOWN_SHARD_COUNT",
-            (false, true) => "the Slurm array's SLURM_ARRAY_TASK_ID and --shard-count",
-            (false, false) => "the Slurm array's SLURM_ARRAY_TASK_* variables",
-        };
+    if let Some(source) = source.filter(|_| shard.count > 1 && !args.quiet) {
         say!(
             "ringdown: restoring shard {}/{} (from {source})",
             shard.index,

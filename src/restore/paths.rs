@@ -233,6 +233,16 @@ impl Shard {
         count_flag: Option<u64>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Shard, String> {
+        Shard::resolve_from(flag, count_flag, env).map(|(shard, _)| shard)
+    }
+
+    /// `resolve`, and which variables chose the shard when the environment
+    /// did (`None`: the flag, or the whole bucket), for the run to say.
+    pub fn resolve_from(
+        flag: Option<&str>,
+        count_flag: Option<u64>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Shard, Option<&'static str>), String> {
         if let Some(text) = flag {
             let shard = Shard::parse(text)?;
             // Two counts that disagree: one of them is a mistake.
@@ -242,7 +252,7 @@ impl Shard {
                     count_flag.unwrap_or_default()
                 ));
             }
-            return Ok(shard);
+            return Ok((shard, None));
         }
         let number = |name: &str| -> Result<Option<u64>, String> {
             match env(name).filter(|v| !v.trim().is_empty()) {
@@ -255,20 +265,31 @@ impl Shard {
             }
         };
         if let Some(index) = number("JOB_COMPLETION_INDEX")? {
-            let count = match count_flag {
-                Some(count) => count,
-                None => number("RINGDOWN_SHARD_COUNT")?.ok_or(
-                    "JOB_COMPLETION_INDEX is set: pass --shard-count N or set RINGDOWN_SHARD_COUNT (the Job's completions)",
-                )?,
+            let (count, source) = match count_flag {
+                Some(count) => (count, "JOB_COMPLETION_INDEX and --shard-count"),
+                None => (
+                    number("RINGDOWN_SHARD_COUNT")?.ok_or(
+                        "JOB_COMPLETION_INDEX is set: pass --shard-count N or set RINGDOWN_SHARD_COUNT (the Job's completions)",
+                    )?,
+                    "JOB_COMPLETION_INDEX and RINGDOWN_SHARD_COUNT",
+                ),
             };
-            return Shard::new(index, count).map_err(|why| format!("JOB_COMPLETION_INDEX: {why}"));
+            return Shard::new(index, count)
+                .map(|shard| (shard, Some(source)))
+                .map_err(|why| format!("JOB_COMPLETION_INDEX: {why}"));
         }
         if let Some(task) = number("SLURM_ARRAY_TASK_ID")? {
             let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            let count = match count_flag {
-                Some(count) => count,
-                None => number("SLURM_ARRAY_TASK_COUNT")?
-                    .ok_or("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")?,
+            let (count, source) = match count_flag {
+                Some(count) => (
+                    count,
+                    "the Slurm array's SLURM_ARRAY_TASK_ID and --shard-count",
+                ),
+                None => (
+                    number("SLURM_ARRAY_TASK_COUNT")?
+                        .ok_or("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")?,
+                    "the Slurm array's SLURM_ARRAY_TASK_* variables",
+                ),
             };
             // `--array 0-30:2`: tasks min, min + step, …, one shard each.
             let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
@@ -293,7 +314,9 @@ impl Shard {
                     max.map_or("unset".to_string(), |max| max.to_string())
                 ));
             }
-            return Shard::new(offset / step, count).map_err(|why| format!("Slurm array: {why}"));
+            return Shard::new(offset / step, count)
+                .map(|shard| (shard, Some(source)))
+                .map_err(|why| format!("Slurm array: {why}"));
         }
         // A count with no index: a pod template that sets it, run as a Job
         // without `completionMode: Indexed` (or as a Deployment), has none,
@@ -310,7 +333,7 @@ impl Shard {
             }
         };
         match count {
-            None | Some(1) => Ok(Shard::ALL),
+            None | Some(1) => Ok((Shard::ALL, None)),
             Some(0) => Err(format!("{named}: N must be at least 1")),
             Some(_) => Err(format!(
                 "{named} needs an index: JOB_COMPLETION_INDEX is not set (is the Job \
@@ -739,6 +762,19 @@ mod tests {
             Shard::resolve(None, Some(3), &none)
                 .unwrap_err()
                 .contains("--shard-count 3 needs an index")
+        );
+        // Which variables chose it, for the run to say; none for a flag.
+        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "1")]);
+        assert_eq!(
+            Shard::resolve_from(None, Some(2), &slurm),
+            Ok((
+                Shard { index: 1, count: 2 },
+                Some("the Slurm array's SLURM_ARRAY_TASK_ID and --shard-count")
+            ))
+        );
+        assert_eq!(
+            Shard::resolve_from(Some("1/2"), None, &slurm),
+            Ok((Shard { index: 1, count: 2 }, None))
         );
         let zero = Shard::resolve(None, None, &env(&[("RINGDOWN_SHARD_COUNT", "0")]));
         assert!(zero.unwrap_err().contains("N must be at least 1"));
