@@ -1205,16 +1205,7 @@ fn kill_9_twenty_times_then_a_final_run() {
         &outcome,
         Expect::Success,
     );
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    let skipped: Vec<String> = lines
-        .iter()
-        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
-        .map(|line| line["name"].as_str().unwrap().to_string())
-        .collect();
+    let skipped = common::skipped_by_journal(&report);
     assert_eq!(
         skipped.len(),
         done_before.len(),

@@ -1256,18 +1256,13 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
     assert!(!dir.join(".ringdown").exists());
-    let lines = common::json_lines(&report);
-    let skipped: Vec<&str> = lines
-        .iter()
-        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
-        .map(|line| line["name"].as_str().unwrap())
-        .collect();
+    let skipped = common::skipped_by_journal(&report);
     assert!(
         skipped.len() + 2 >= completed,
         "{} skipped < {completed} journaled - 2",
         skipped.len()
     );
-    assert!(!skipped.contains(&deleted) && !skipped.contains(&cut));
+    assert!(!skipped.iter().any(|name| name == deleted || name == cut));
     // Files completed before the kill were not downloaded again, but the
     // two changed since.
     let after = downloads(data.path());
@@ -1276,11 +1271,11 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
     }
     for name in &skipped {
         assert_eq!(
-            before.get(*name),
-            after.get(*name),
+            before.get(name),
+            after.get(name),
             "{name} downloaded again"
         );
-        assert_eq!(after.get(*name), Some(&1), "{name}");
+        assert_eq!(after.get(name), Some(&1), "{name}");
     }
     // Beyond one download each, the two changed files and only what was in
     // flight at the kill: on each of the 6 connections one answer being read
@@ -2339,10 +2334,7 @@ fn a_killed_fsync_restore_keeps_the_record_of_every_file_it_named() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
-    let skipped = common::json_lines(&report)
-        .iter()
-        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
-        .count();
+    let skipped = common::skipped_by_journal(&report).len();
     assert_eq!(skipped, journaled.len());
 }
 
@@ -2971,10 +2963,7 @@ fn sigterm_drains_keeps_the_journal_and_exits_143() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_tree(&dir, &objects);
-    let skipped = common::json_lines(&report)
-        .iter()
-        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
-        .count();
+    let skipped = common::skipped_by_journal(&report).len();
     assert_eq!(skipped, completed);
 }
 

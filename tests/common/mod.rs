@@ -600,6 +600,17 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The names a `--report` (which must exist) has as skipped on the
+/// journal's word.
+pub fn skipped_by_journal(report: &Path) -> Vec<String> {
+    assert!(report.is_file(), "no report at {}", report.display());
+    json_lines(report)
+        .iter()
+        .filter(|line| line["status"] == "skipped" && line["reason"] == "journal")
+        .map(|line| line["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn files_under(dir: &Path) -> BTreeSet<String> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
