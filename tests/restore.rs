@@ -1270,11 +1270,7 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
         assert_eq!(after[name], before[name] + 1, "{name}");
     }
     for name in &skipped {
-        assert_eq!(
-            before.get(name),
-            after.get(name),
-            "{name} downloaded again"
-        );
+        assert_eq!(before.get(name), after.get(name), "{name} downloaded again");
         assert_eq!(after.get(name), Some(&1), "{name}");
     }
     // Beyond one download each, the two changed files and only what was in
