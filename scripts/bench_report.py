@@ -123,16 +123,20 @@ def table(name, rows, meta):
 
 # The targets of issues 4 (`get`) and 5 (restores), by scenario. They were
 # set with nginx as the origin; the same ones are judged from `ringdown serve`.
+# "Ahead of curl" is judged twice: on the median (the target as the issues
+# word it) and on disk, where curl's writeback, which its median leaves out,
+# counts as ringdown's O_DIRECT writes already do.
+AHEAD_OF_CURL = [("ahead of curl (median s)", "curl", "median_s", None),
+                 ("ahead of curl (on disk s)", "curl", "on_disk_s", None)]
 GET_TARGETS = [("× b2sdk", "x_b2sdk", ">=", 3.0), ("CPU s/GiB", "cpu_per_gib", "<=", 1.2),
-               ("peak RSS MiB", "rss_mib", "<=", 64.0), ("ahead of curl (median s)", "curl", None, None)]
+               ("peak RSS MiB", "rss_mib", "<=", 64.0)] + AHEAD_OF_CURL
 TARGETS = {
     "big": GET_TARGETS, "nginx-big": GET_TARGETS,
     # b2sdk verifies nothing of a large file; ringdown does and must still win.
     "big-large": [("× b2sdk", "x_b2sdk", ">", 1.0)] + GET_TARGETS,
     "small": [("files/s", "files_s", ">=", 4000.0), ("× b2sdk", "x_b2sdk", ">=", 15.0),
-              ("peak RSS MiB", "rss_mib", "<=", 64.0), ("ahead of curl (median s)", "curl", None, None)],
-    "mixed": [("× b2sdk", "x_b2sdk", ">=", 6.0), ("peak RSS MiB", "rss_mib", "<=", 64.0),
-              ("ahead of curl (median s)", "curl", None, None)],
+              ("peak RSS MiB", "rss_mib", "<=", 64.0)] + AHEAD_OF_CURL,
+    "mixed": [("× b2sdk", "x_b2sdk", ">=", 6.0), ("peak RSS MiB", "rss_mib", "<=", 64.0)] + AHEAD_OF_CURL,
 }
 TARGETS["nginx-small"], TARGETS["nginx-mixed"] = TARGETS["small"], TARGETS["mixed"]
 
@@ -148,11 +152,12 @@ def targets_table(summary):
             continue
         for label, key, op, bound in checks:
             if key == "curl":
+                time_key = op  # for the curl rows, the time compared
                 curl = rows.get("curl")
-                if not curl or not curl.get("median_s"):
+                if not curl or not curl.get(time_key) or not rd.get(time_key):
                     continue
-                shown = f"{rd['median_s']:.3f} s against {curl['median_s']:.3f} s"
-                met = rd["median_s"] < curl["median_s"]
+                shown = f"{rd[time_key]:.3f} s against {curl[time_key]:.3f} s"
+                met = rd[time_key] < curl[time_key]
                 lines.append(f"| {name} | {label} | {shown} | {'yes' if met else '**no**'} |")
                 continue
             value = rd["rss"] / MiB if key == "rss_mib" else rd.get(key)
