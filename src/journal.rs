@@ -483,4 +483,36 @@ mod tests {
         journal.close();
         assert!(journal.append("ok\tc\n").is_err());
     }
+
+    /// h35 #1: a run's journal lock must go with its run, though the
+    /// durable-marks thread still holds the `Journal` (in a `syncfs` that can
+    /// last seconds): `close` drops the locked file, so a run started right
+    /// after takes the lock instead of blaming "another ringdown".
+    #[test]
+    fn closing_releases_the_lock_while_the_marks_thread_still_holds_the_journal() {
+        use rustix::fs::FlockOperation;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let open = || {
+            File::options()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap()
+        };
+        let first = open();
+        rustix::fs::flock(&first, FlockOperation::NonBlockingLockExclusive).unwrap();
+        let journal = Journal::new(first);
+        let held_by_thread = Arc::clone(&journal);
+        let second = open();
+        assert_eq!(
+            rustix::fs::flock(&second, FlockOperation::NonBlockingLockExclusive),
+            Err(rustix::io::Errno::WOULDBLOCK)
+        );
+        journal.close();
+        drop(journal);
+        rustix::fs::flock(&second, FlockOperation::NonBlockingLockExclusive)
+            .expect("the next run's lock, with the thread's reference alive");
+        assert!(held_by_thread.append("ok\ta\n").is_err());
+    }
 }
