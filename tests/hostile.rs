@@ -922,6 +922,60 @@ fn content_range_beyond_the_object_on_a_chunk() {
     assert_nothing_written(&dest_dir);
 }
 
+/// h41 #1: every answer is right, and each is followed at once, on the same
+/// keep-alive connection, by an answer nobody asked for: a 206 for the
+/// second MiB, the object's ETag, zeros. A connection with bytes waiting
+/// past its last answer is out of step with its origin; reading them as the
+/// next chunk's answer wrote zeros into DEST and exited 0 (no digest on a
+/// plain URL to catch it). Such a connection is replaced, never reused.
+#[test]
+fn bytes_past_an_answer_are_never_read_as_the_next_one() {
+    const SIZE: usize = 3_000_000;
+    const STRAY: (usize, usize) = (1 << 20, (2 << 20) - 1);
+    let object = data(SIZE, 8);
+    let served = object.clone();
+    let fake = Fake::start(vec![("obj", object.clone())], move |req, stream| {
+        if !req.path.starts_with("/plain/") {
+            return false;
+        }
+        let answer = |stream: &mut TcpStream, (first, last): (usize, usize), body: &[u8]| {
+            respond(
+                stream,
+                206,
+                &[
+                    ("ETag", "\"v1\"".to_string()),
+                    ("Content-Range", format!("bytes {first}-{last}/{SIZE}")),
+                ],
+                body,
+            );
+        };
+        let (first, last) = req.range().map_or((0, SIZE - 1), |(first, last)| {
+            (first as usize, (last as usize).min(SIZE - 1))
+        });
+        answer(stream, (first, last), &served[first..=last]);
+        answer(stream, STRAY, &vec![0u8; STRAY.1 - STRAY.0 + 1]);
+        true
+    });
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("obj");
+    let url = fake.url("obj");
+    #[rustfmt::skip]
+    let run = ringdown(&[
+        "get", &url, dest.to_str().unwrap(),
+        "--part-size", "1M", "--buffer-size", "256K", "--cores", "1", "--connections", "1",
+        "--timeout-s", "3", "--max-attempts", "2", "--retry-base-ms", "5",
+    ]);
+    run.assert_bounded();
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let written = std::fs::read(&dest).unwrap();
+    assert_eq!(written.len(), SIZE);
+    assert!(
+        written == object,
+        "DEST differs from the object (first differing byte {:?})",
+        written.iter().zip(&object).position(|(a, b)| a != b)
+    );
+}
+
 // ---------------------------------------------------------------- B2 JSON
 
 fn api_hook(

@@ -446,6 +446,21 @@ impl Connection {
         self.leftover_start == self.leftover.len()
     }
 
+    /// Nothing is waiting to be read, here, in the TLS session or on the
+    /// socket: what arrives next can only answer the next request. An
+    /// origin that sent more than its last answer framed (or a proxy out of
+    /// step with it) leaves bytes that would be read as that answer, an
+    /// answer that can look valid: a 206 for the same range, with other
+    /// bytes. Such a connection is closed, never reused (as curl does).
+    /// Only for a connection that owes no answer to a request sent ahead.
+    pub fn is_quiet(&self) -> bool {
+        self.has_nothing_buffered()
+            && !match &self.transport {
+                Transport::Plain(tcp) => tcp.has_bytes_waiting(),
+                Transport::Tls(tls) => tls.has_bytes_waiting(),
+            }
+    }
+
     pub fn shutdown(&self) {
         match &self.transport {
             Transport::Plain(tcp) => tcp.shutdown(),

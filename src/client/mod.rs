@@ -127,11 +127,14 @@ struct Idle {
 impl KeepAlive {
     /// The idle connection to `origin`, unless it idled so long that a
     /// middlebox may have dropped it without a word (a request on such a
-    /// connection would wait a whole `--timeout-s`, and count as a failure).
+    /// connection would wait a whole `--timeout-s`, and count as a failure),
+    /// or something arrived on it since its last answer (bytes past it, or
+    /// the origin closing it: `Connection::is_quiet`).
     fn take_for(&mut self, origin: &Origin) -> Option<Connection> {
         let idle = self.idle.take()?;
         let max_idle = Duration::from_millis(crate::config::KEEPALIVE_IDLE_MAX_MS);
-        if idle.base_url == origin.base_url() && idle.since.elapsed() < max_idle {
+        let fresh = idle.since.elapsed() < max_idle;
+        if idle.base_url == origin.base_url() && fresh && idle.connection.is_quiet() {
             return Some(idle.connection);
         }
         idle.connection.shutdown();

@@ -170,6 +170,14 @@ pub(super) async fn get_head(
     let reused = connection
         .as_ref()
         .is_some_and(|conn| conn.requests.reused());
+    // Bytes past the last answer: the connection is out of step (see
+    // `Connection::is_quiet`); a FIN or an alert waiting: it is closing. A
+    // new one either way, no attempt lost, and nothing said: under TLS a
+    // close_notify and stray bytes look alike until opened.
+    if reused && connection.as_ref().is_some_and(|conn| !conn.is_quiet()) {
+        connection.take().expect("checked").shutdown();
+    }
+    let reused = reused && connection.is_some();
     if connection.is_none() {
         *connection = Some(connect(core).await?);
     }

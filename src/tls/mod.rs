@@ -415,6 +415,12 @@ impl TlsStream {
         self.tcp.shutdown();
     }
 
+    /// Whether anything received, opened or not, or still on the socket,
+    /// waits to be read.
+    pub fn has_bytes_waiting(&self) -> bool {
+        self.session.has_buffered() || self.tcp.has_bytes_waiting()
+    }
+
     /// Appends received ciphertext to the session's buffer; 0 = end of stream.
     async fn receive(&mut self) -> io::Result<usize> {
         let buffer = self.session.take_incoming().map_err(tls_error)?;

@@ -89,6 +89,12 @@ impl Session {
         self.incoming_start < self.incoming.len()
     }
 
+    /// True when anything received waits here to be read: plaintext
+    /// opened past what a caller took, or ciphertext not yet opened.
+    pub fn has_buffered(&self) -> bool {
+        self.pending_start < self.pending.len() || self.has_unprocessed_ciphertext()
+    }
+
     /// Runs rustls over the buffered ciphertext and copies application data
     /// into `destination`; what does not fit waits for the next call. With an
     /// empty destination every record is kept for later (handshake, send).

@@ -142,6 +142,22 @@ impl TcpStream {
         self.bounded(self.inner.write_all(bytes), timeout).await
     }
 
+    /// Whether anything waits to be read on the socket now (bytes, the
+    /// peer's FIN, or a pending error), without reading it: one
+    /// `recv(MSG_PEEK | MSG_DONTWAIT)`.
+    pub fn has_bytes_waiting(&self) -> bool {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor belongs to `self.inner`, which keeps it
+        // open for as long as `self` is borrowed here.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.inner.as_raw_fd()) };
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        let mut byte = [0u8; 1];
+        !matches!(
+            rustix::net::recv(fd, &mut byte[..], flags),
+            Err(rustix::io::Errno::AGAIN)
+        )
+    }
+
     /// Shuts the socket down both ways: pending operations complete promptly.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown(std::net::Shutdown::Both);
