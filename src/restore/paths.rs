@@ -121,14 +121,17 @@ fn map_as<'a>(relative: &'a str, body: &'a str, directory_only: bool) -> Mapped<
             _ => {}
         }
     }
+    // At any depth: `sub/.ringdown/journal-0-of-1` restored into DIR would
+    // be trusted by a later restore into DIR/sub, and skip its files (h42 #3).
     // Any case: on a case-insensitive file system `.RINGDOWN/…` is the
     // journal's directory.
     if segments
-        .first()
-        .is_some_and(|first| first.eq_ignore_ascii_case(STATE_DIR_NAME))
+        .iter()
+        .any(|segment| segment.eq_ignore_ascii_case(STATE_DIR_NAME))
     {
         return Mapped::Refused(format!(
-            "names under {STATE_DIR_NAME}/ are reserved for ringdown's journal"
+            "names with a {STATE_DIR_NAME}/ segment are reserved for ringdown's journal \
+             (a restore into the directory above it would trust what it says)"
         ));
     }
     if directory_only {
@@ -485,8 +488,8 @@ mod tests {
         assert_eq!(map_name("CON", false), Mapped::File(vec!["CON"]));
         assert_eq!(map_name("..a/b..", false), Mapped::File(vec!["..a", "b.."]));
         assert_eq!(
-            map_name("a/.ringdown/x", false),
-            Mapped::File(vec!["a", ".ringdown", "x"])
+            map_name("a/.ringdownx/x.ringdown", false),
+            Mapped::File(vec!["a", ".ringdownx", "x.ringdown"])
         );
     }
 
@@ -511,6 +514,9 @@ mod tests {
             // The journal's directory too on a case-insensitive file system.
             ".RINGDOWN/journal-0-of-1",
             ".RingDown/partial/x",
+            // At any depth: a restore into DIR/a would trust it (h42 #3).
+            "a/.ringdown/journal-0-of-1",
+            "a/b/.RINGDOWN",
         ] {
             assert!(refused(name), "{name:?} must be refused");
         }
