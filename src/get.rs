@@ -1724,6 +1724,20 @@ impl HeldJournal<'_> {
                 ));
             }
         }
+        // Only what was written and verified goes under DEST: the name must
+        // still lead to it. A second run let in by a journal deleted under
+        // this one starts its own partial file under the same name (h42 #2);
+        // that one is its own, left alone here.
+        if !crate::journal::is_named(dir, temp_name, &file) {
+            return Err(Error::io(
+                format!("renaming {temp_name} into {}", dest.display()),
+                std::io::Error::other(
+                    "the name no longer leads to the file written and verified: another \
+                     process replaced or removed it during the download (another ringdown \
+                     into DEST, once its journal was deleted?); DEST was left as it was",
+                ),
+            ));
+        }
         drop(file);
         // DEST was checked before the download (`resolve_dest`); a
         // directory, device, FIFO or socket put there since is not renamed

@@ -542,6 +542,54 @@ fn a_symlink_at_a_state_path_is_a_clear_usage_error() {
     }
 }
 
+/// h42 #9, #13, #4: what is planted at ringdown's own state paths. A FIFO
+/// at the journal's name held the run forever on its first read; a hard
+/// link there had the journal written into a file outside DIR; a
+/// `.ringdown/` of another user was trusted. Each is exit 2 with the way
+/// out, and the outside file is untouched. A FIFO at the sorted journal's
+/// name is passed over, and the run ends.
+#[test]
+fn planted_state_files_are_refused_never_waited_on_or_written_through() {
+    let data = tempfile::tempdir().unwrap();
+    write_file(&data.path().join("bkt"), "a.txt", b"a");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let outside = out.path().join("outside");
+    std::fs::write(&outside, b"").unwrap();
+    let fifo_dir = out.path().join("fifo");
+    common::make_fifo(&fifo_dir.join(".ringdown/journal-0-of-1"));
+    let linked_dir = out.path().join("linked");
+    std::fs::create_dir_all(linked_dir.join(".ringdown")).unwrap();
+    std::fs::hard_link(&outside, linked_dir.join(".ringdown/journal-0-of-1")).unwrap();
+    for (dir, needle) in [
+        (&fifo_dir, "is not a regular file"),
+        (&linked_dir, "is a file with 2 names (hard links)"),
+    ] {
+        let output = restore(&served, &["b2://bkt"], dir);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(!dir.join("a.txt").exists());
+    }
+    assert_eq!(std::fs::read(&outside).unwrap(), b"");
+    // Another user's `.ringdown/` (DIR being this user's).
+    let foreign_dir = out.path().join("foreign");
+    std::fs::create_dir_all(foreign_dir.join(".ringdown")).unwrap();
+    if rustix::process::geteuid().is_root() {
+        let nobody = Some(rustix::process::Uid::from_raw(65534));
+        rustix::fs::chown(foreign_dir.join(".ringdown"), nobody, None).unwrap();
+        let output = restore(&served, &["b2://bkt"], &foreign_dir);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+    }
+    let sorted_fifo_dir = out.path().join("sorted");
+    common::make_fifo(&sorted_fifo_dir.join(".ringdown/completed-0-of-1"));
+    let output = restore(&served, &["b2://bkt"], &sorted_fifo_dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(std::fs::read(sorted_fifo_dir.join("a.txt")).unwrap(), b"a");
+}
+
 #[test]
 fn hostile_names_are_refused_and_symlinks_never_followed() {
     let data = tempfile::tempdir().unwrap();
@@ -2438,6 +2486,86 @@ fn killed_restore_resumes_a_large_object_from_its_journaled_chunks() {
         again <= chunks_left,
         "{again} range requests after the kill; only {chunks_left} chunks were missing"
     );
+}
+
+/// A rate-limited restore of one large object into `dir` (65 chunks of
+/// 64 KiB at 1 MiB/s: about 4 s), once its journal records 8 chunks.
+fn slow_large_restore(served: &Served, dir: &Path) -> Child {
+    let mut child = command(served, &["b2://bkt", "--limit-rate", "1MiB"], dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journaled_chunk_bytes(dir) < 8 * 65536 {
+        assert!(Instant::now() < deadline, "no chunk was journaled");
+        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+fn large_object_bucket(data: &Path) -> Vec<u8> {
+    let bytes = content("large", 64 * 65536 + 1000);
+    write_file(&data.join("bkt"), "large.bin", &bytes);
+    bytes
+}
+
+/// h42 #2: a journal deleted under a running restore let a second run of the
+/// same command in. It removed the first run's partial file (not in its new
+/// journal) and made its own under the same name, which the first then
+/// renamed into place, reported verified from its own bytes: mostly zeros.
+/// A run's named partial files are its own (locked): the second leaves it
+/// alone and fails that object; the first finishes it, right.
+#[test]
+fn a_second_run_let_in_by_a_deleted_journal_leaves_the_first_ones_partial_alone() {
+    let data = tempfile::tempdir().unwrap();
+    let bytes = large_object_bucket(data.path());
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let first = slow_large_restore(&served, &dir);
+    std::fs::remove_file(dir.join(".ringdown/journal-0-of-1")).unwrap();
+    let second = restore(&served, &["b2://bkt"], &dir);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("belongs to another ringdown restore into this DIR"),
+        "{}",
+        stderr(&second)
+    );
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(std::fs::read(dir.join("large.bin")).unwrap() == bytes);
+}
+
+/// h42 #4: the partial file replaced by name during the download (same
+/// size, other bytes). The rename went by name: the other file became the
+/// final one, reported verified. A run names only the file it wrote.
+#[test]
+fn a_partial_replaced_during_the_run_is_never_named() {
+    let data = tempfile::tempdir().unwrap();
+    large_object_bucket(data.path());
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let run = slow_large_restore(&served, &dir);
+    let partials: Vec<PathBuf> = std::fs::read_dir(dir.join(".ringdown/partial"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "part"))
+        .collect();
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    let impostor = out.path().join("impostor");
+    std::fs::write(&impostor, vec![b'G'; 64 * 65536 + 1000]).unwrap();
+    std::fs::rename(&impostor, &partials[0]).unwrap();
+    let output = run.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no longer leads to the file written and verified"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.join("large.bin").exists());
 }
 
 /// A resumed prefix damaged on disk (a torn write, a bad block): the

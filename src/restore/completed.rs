@@ -254,22 +254,29 @@ fn count_lines(file: &File) -> u64 {
     count
 }
 
+/// The file `name` if it is a regular file: a FIFO planted there would
+/// hold the run on its first read (opened without blocking, then left).
 fn open_read(state: &OwnedFd, name: &str) -> Option<File> {
-    rustix::fs::openat(
+    let file = rustix::fs::openat(
         state,
         name,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         Mode::empty(),
     )
-    .ok()
-    .map(File::from)
+    .ok()?;
+    let stat = rustix::fs::fstat(&file).ok()?;
+    let regular = rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file();
+    regular.then(|| File::from(file))
 }
 
+/// A new file `name`: whatever had the name goes first, so a hard link
+/// planted there to a file elsewhere is never written through.
 fn create(state: impl AsFd, name: &str) -> std::io::Result<File> {
+    let _ = rustix::fs::unlinkat(&state, name, AtFlags::empty());
     rustix::fs::openat(
         state,
         name,
-        OFlags::CREATE | OFlags::TRUNC | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(0o644),
     )
     .map(File::from)

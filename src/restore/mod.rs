@@ -1615,18 +1615,13 @@ fn schedule(
         }
     }
     let created = if is_large {
-        let temp_name = target.large_temp_name(&key);
-        let opened = match resume_bytes {
-            Some(_) => target.open_partial(&temp_name, direct != DirectIo::Off),
-            None => crate::dest::create_temp(
-                &target.partial,
-                Some(&temp_name),
-                &display_path,
-                entry.size_bytes,
-                direct,
-            ),
-        };
-        opened.map(|(file, direct)| (file, direct, Partial::Named(temp_name)))
+        target.large_partial(
+            target.large_temp_name(&key),
+            &display_path,
+            entry.size_bytes,
+            direct,
+            resume_bytes.is_some(),
+        )
     } else {
         target.create_partial(&parent, &display_path, entry.size_bytes, direct)
     };
@@ -1849,7 +1844,7 @@ fn finish_file(
             // the key (exit 3), as `get` keeps it; else it goes (exit 1).
             let refused = error.is_refusal() || run.refused();
             match task.partial {
-                Partial::Named(name)
+                Partial::Named { name, .. }
                     if task.large
                         && refused
                         && task.journaled_bytes.load(Ordering::Acquire) > 0 =>

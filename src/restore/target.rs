@@ -32,7 +32,13 @@ const PARTIAL_DIR_NAME: &str = "partial";
 pub enum Partial {
     /// `.ringdown/partial/<name>`: a large object's (its stable name lets a
     /// rerun resume it), or a small one's where no unnamed file can be made.
-    Named(String),
+    /// `file` is another descriptor of it than the engine's, flocked while
+    /// this lives (`claim_partial`): another run leaves the name alone, and
+    /// it is named only if the name still leads to it (`publish`). A name
+    /// is not an owner: a second run let in by a deleted journal removed
+    /// the first's partial and made its own under the same name, which the
+    /// first then renamed into place, verified from its own bytes (h42 #2).
+    Named { name: String, file: OwnedFd },
     /// An unnamed file in the final directory (`O_TMPFILE`; this is another
     /// descriptor than the engine's): a small object's. A crash or failure
     /// leaves nothing of it, and naming it locks that directory only. A
@@ -238,6 +244,68 @@ fn lock_journal(
     })
 }
 
+/// DIR, its `.ringdown/` and `.ringdown/partial/`, and this shard's journal.
+struct StateFiles<'a> {
+    root: &'a OwnedFd,
+    state: &'a OwnedFd,
+    partial: &'a OwnedFd,
+    journal: &'a OwnedFd,
+}
+
+impl StateFiles<'_> {
+    /// ringdown trusts what `.ringdown/` holds (a journal line skips a
+    /// file; a partial file is renamed into place), so it must belong to
+    /// this user or to DIR's owner (an NFS export that squashes root makes
+    /// both another uid), and the journal must be a file of its own.
+    /// Another user's could be filled, or its partial files swapped, by
+    /// that user (h42 #4); a FIFO or device at the journal's name held the
+    /// run forever on its first read, and a hard link there had the journal
+    /// written into another file (h42 #9, #13). Each is refused, naming the
+    /// way out.
+    fn check(&self, state_context: &str, journal_name: &str) -> Result<()> {
+        let stat = |fd: &OwnedFd, path: &str| {
+            rustix::fs::fstat(fd)
+                .map_err(|error| Error::io(format!("inspecting {path}"), error.into()))
+        };
+        let us = rustix::process::geteuid().as_raw();
+        let dir_owner = stat(self.root, "DIR")?.st_uid;
+        let partial_context = format!("{state_context}/{PARTIAL_DIR_NAME}");
+        for (fd, path) in [
+            (self.state, state_context),
+            (self.partial, &partial_context),
+        ] {
+            let owner = stat(fd, path)?.st_uid;
+            if owner != us && owner != dir_owner {
+                return Err(Error::Usage(format!(
+                    "{path} belongs to uid {owner}, neither this user (uid {us}) nor DIR's \
+                     owner (uid {dir_owner}): ringdown trusts what it finds there; remove it \
+                     and run again"
+                )));
+            }
+        }
+        let journal_path = format!("{state_context}/{journal_name}");
+        let journal_stat = stat(self.journal, &journal_path)?;
+        let kind = rustix::fs::FileType::from_raw_mode(journal_stat.st_mode);
+        let wrong = if !kind.is_file() {
+            Some("not a regular file".to_string())
+        } else if journal_stat.st_nlink != 1 {
+            Some(format!(
+                "a file with {} names (hard links): writing it would change the others",
+                journal_stat.st_nlink
+            ))
+        } else {
+            None
+        };
+        match wrong {
+            Some(wrong) => Err(Error::Usage(format!(
+                "{journal_path} is {wrong}; ringdown keeps its journal there: move it away \
+                 and run again"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What a shard's partial file names start with: `K-of-N-`. Runs of
 /// different shard counts may share one DIR (a whole-bucket run beside a
 /// `--shard 0/2` one): each cleans up only names with its own tag, and no
@@ -288,7 +356,12 @@ impl Target {
             let journal_fd = rustix::fs::openat(
                 &state,
                 &journal_name,
-                OFlags::CREATE | OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                OFlags::CREATE
+                    | OFlags::RDWR
+                    | OFlags::APPEND
+                    | OFlags::CLOEXEC
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK,
                 Mode::from_raw_mode(0o644),
             )
             .map_err(|error| (error, format!("{state_context}/{journal_name}")))?;
@@ -301,6 +374,13 @@ impl Target {
         let (state, journal_fd, partial) = loop {
             match open_state() {
                 Ok((state, journal_fd, partial)) => {
+                    let state_files = StateFiles {
+                        root: &root,
+                        state: &state,
+                        partial: &partial,
+                        journal: &journal_fd,
+                    };
+                    state_files.check(&state_context, &journal_name)?;
                     lock_journal(&journal_fd, shard, root_path, &state_context, &journal_name)?;
                     // A run that started just before rewrote it since
                     // (`journal::rewrite`): the lock taken is on the old one.
@@ -663,24 +743,69 @@ impl Target {
         let name = self.temp_name();
         let (file, direct) =
             create_temp(&self.partial, Some(&name), display_path, size_bytes, mode)?;
-        Ok((file, direct, Partial::Named(name)))
+        let kept = self.claim_partial(&file, &name, display_path)?;
+        Ok((file, direct, Partial::Named { name, file: kept }))
+    }
+
+    /// A large object's partial file, under its stable name: made afresh,
+    /// or (`resume`) reopened as an earlier run left it (no truncation).
+    pub fn large_partial(
+        &self,
+        name: String,
+        display_path: &str,
+        size_bytes: u64,
+        mode: crate::dest::DirectIo,
+        resume: bool,
+    ) -> Result<(OwnedFd, bool, Partial)> {
+        use crate::dest::DirectIo;
+        let opened = match resume {
+            true => crate::dest::reopen_partial(&self.partial, &name, mode != DirectIo::Off),
+            false => {
+                crate::dest::create_temp(&self.partial, Some(&name), display_path, size_bytes, mode)
+            }
+        };
+        let (file, direct) = opened.map_err(|error| match error {
+            // Another run's, which this run's start left alone (`remove_partials_unless`).
+            Error::Io { source, .. } if source.raw_os_error() == Some(libc::EEXIST) => {
+                self.held_by_another_run(&name, display_path)
+            }
+            error => error,
+        })?;
+        let kept = self.claim_partial(&file, &name, display_path)?;
+        Ok((file, direct, Partial::Named { name, file: kept }))
+    }
+
+    /// Locks a named partial file for this run (see `Partial::Named`): a
+    /// duplicate of the engine's descriptor, flocked; the lock goes with the
+    /// last of the two.
+    fn claim_partial(&self, file: &OwnedFd, name: &str, display_path: &str) -> Result<OwnedFd> {
+        let kept = file
+            .try_clone()
+            .map_err(|error| Error::io(format!("duplicating partial {name}"), error))?;
+        match rustix::fs::flock(&kept, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(kept),
+            Err(Errno::WOULDBLOCK) => Err(self.held_by_another_run(name, display_path)),
+            Err(error) => Err(Error::io(format!("locking partial {name}"), error.into())),
+        }
+    }
+
+    fn held_by_another_run(&self, name: &str, display_path: &str) -> Error {
+        Error::io(
+            format!(
+                "{display_path}: its partial file {STATE_DIR_NAME}/{PARTIAL_DIR_NAME}/{name} \
+                 belongs to another ringdown restore into this DIR, which holds its lock (was \
+                 that run's journal deleted under it?); left alone, run again once it ended"
+            ),
+            std::io::Error::from_raw_os_error(libc::EWOULDBLOCK),
+        )
     }
 
     /// Sets a partial file's times (B2's `src_last_modified_millis`), once
-    /// every write has completed. A named one by name: the engine owned its
-    /// descriptor. The partial directory is ringdown's own, and no symlink
-    /// is followed.
+    /// every write has completed, through the descriptor it keeps.
     pub fn set_mtime(&self, partial: &Partial, mtime_ms: u64) {
         let times = crate::dest::timestamps_at(mtime_ms);
-        let _ = match partial {
-            Partial::Named(name) => rustix::fs::utimensat(
-                &self.partial,
-                name.as_str(),
-                &times,
-                AtFlags::SYMLINK_NOFOLLOW,
-            ),
-            Partial::Unnamed(file) => rustix::fs::futimens(file, &times),
-        };
+        let (Partial::Named { file, .. } | Partial::Unnamed(file)) = partial;
+        let _ = rustix::fs::futimens(file, &times);
     }
 
     /// Gives a verified partial file its final name. A file or symlink
@@ -694,7 +819,21 @@ impl Target {
         display_path: &str,
     ) -> std::result::Result<(), PathError> {
         let temp_name = match partial {
-            Partial::Named(name) => name,
+            // Renamed only while the name leads to what was written and
+            // verified: another process may have put a file there since.
+            Partial::Named { name, file } if journal::is_named(&self.partial, &name, &file) => name,
+            Partial::Named { name, .. } => {
+                return Err(PathError::Failed(Error::io(
+                    format!(
+                        "{display_path}: naming its partial file \
+                         {STATE_DIR_NAME}/{PARTIAL_DIR_NAME}/{name}"
+                    ),
+                    std::io::Error::other(
+                        "the name no longer leads to the file written and verified: \
+                         another process replaced or removed it during the run",
+                    ),
+                )));
+            }
             Partial::Unnamed(file) => {
                 let how = self
                     .link_unnamed
@@ -719,11 +858,6 @@ impl Target {
         })
     }
 
-    /// Reopens a partial file an earlier run left (no O_EXCL, no truncation).
-    pub fn open_partial(&self, temp_name: &str, want_direct: bool) -> Result<(OwnedFd, bool)> {
-        crate::dest::reopen_partial(&self.partial, temp_name, want_direct)
-    }
-
     pub fn unlink_partial(&self, temp_name: &str) {
         let _ = rustix::fs::unlinkat(&self.partial, temp_name, AtFlags::empty());
     }
@@ -731,8 +865,10 @@ impl Target {
     /// Drops a partial that is not to be kept: a named one is removed, an
     /// unnamed one goes with its last descriptor.
     pub fn discard(&self, partial: Partial) {
-        if let Partial::Named(name) = partial {
-            self.unlink_partial(&name);
+        if let Partial::Named { name, file } = partial {
+            if journal::is_named(&self.partial, &name, &file) {
+                self.unlink_partial(&name);
+            }
         }
     }
 
@@ -764,6 +900,19 @@ impl Target {
             name.starts_with(&self.shard_tag) && name.ends_with(".part") && !kept(name)
         };
         for name in entry_names(&self.partial).iter().filter(|name| ours(name)) {
+            // One another run holds (`claim_partial`) is its to remove.
+            let opened = rustix::fs::openat(
+                &self.partial,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            if let Ok(file) = &opened {
+                let held = rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive);
+                if held == Err(Errno::WOULDBLOCK) {
+                    continue;
+                }
+            }
             self.unlink_partial(name);
         }
     }
