@@ -167,6 +167,7 @@ impl Authorizer {
             return Err(Error::http(context, describe_error(&reply)));
         }
         let parsed = b2::parse_authorize(&reply.body).map_err(|why| Error::http(&context, why))?;
+        check_no_downgrade(&context, self.realm.tls, &parsed.api_info.storage_api)?;
         let scope = b2::KeyScope::from_storage_api(&parsed.api_info.storage_api);
         let mut session = self.session.lock().expect("session lock");
         let generation = session.as_ref().map_or(0, |session| session.generation + 1);
@@ -375,10 +376,60 @@ pub fn describe_error(reply: &Exchange) -> String {
     }
 }
 
+/// The token an https realm hands out travels over https only: an answer
+/// naming a plain http:// apiUrl or downloadUrl (a misconfigured
+/// B2-compatible server, or an answer tampered with before TLS ends) would
+/// have every later call carry it in clear (h41 #3). An http:// realm (a
+/// test server, `ringdown serve --plain`) has nothing to downgrade.
+fn check_no_downgrade(
+    context: &str,
+    realm_tls: bool,
+    storage: &b2::StorageApi,
+) -> Result<(), Error> {
+    if !realm_tls {
+        return Ok(());
+    }
+    let urls = [
+        ("apiUrl", &storage.api_url),
+        ("downloadUrl", &storage.download_url),
+    ];
+    for (field, url) in urls {
+        if !url
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        {
+            return Err(Error::Trust(format!(
+                "{context}: the answer names {field} {url}, not https://, though the realm is \
+                 https: the account's authorization token would travel to it in clear; refusing \
+                 (a test server without TLS takes an http:// realm)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Authorizer, Credentials, Session};
+    use super::{Authorizer, Credentials, Session, check_no_downgrade};
     use std::time::Duration;
+
+    #[test]
+    fn an_https_realm_hands_its_token_to_https_hosts_only() {
+        let storage = |api: &str, download: &str| crate::b2::StorageApi {
+            api_url: api.into(),
+            download_url: download.into(),
+            ..Default::default()
+        };
+        let secure = storage("https://api", "HTTPS://f");
+        assert!(check_no_downgrade("authorize", true, &secure).is_ok());
+        for (api, download) in [("http://api", "https://f"), ("https://api", "http://f")] {
+            let error = check_no_downgrade("authorize", true, &storage(api, download)).unwrap_err();
+            assert!(matches!(error, crate::error::Error::Trust(_)), "{error}");
+            assert!(error.to_string().contains("in clear"), "{error}");
+        }
+        // A test server without TLS: nothing to downgrade.
+        assert!(check_no_downgrade("authorize", false, &storage("http://a", "http://f")).is_ok());
+    }
 
     fn authorized(api_url: &str, generation: u64) -> Session {
         Session {
