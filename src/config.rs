@@ -21,12 +21,14 @@ pub const API_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Most plaintext one receive of an API body (JSON, an error body, a
 /// streamed body of unknown length) asks for: a few TLS records.
 pub const API_BODY_RECV_BYTES: usize = 64 * 1024;
-/// Slowest average rate at which an API body (JSON, error bodies) may arrive
-/// once `--timeout-s` has passed: every receive is stall-bounded, but a
-/// server trickling a byte just inside each stall window would otherwise hold
-/// a run forever. 1 KiB/s is far below any working link (a full 10,000-name
+/// Slowest rate at which a body may arrive: an API body (JSON, error
+/// bodies) on average once `--timeout-s` has passed, a download body over
+/// each window of `--timeout-s` spent waiting on the origin
+/// (`client::conn::BodyFloor`). Every receive is stall-bounded, but a server
+/// trickling a byte just inside each stall window would otherwise hold a
+/// run forever. 1 KiB/s is far below any working link (a full 10,000-name
 /// listing page is ~5 MB) and far above a trickle.
-pub const API_BODY_MIN_BYTES_PER_S: u64 = 1024;
+pub const BODY_MIN_BYTES_PER_S: u64 = 1024;
 
 /// Default range size of one request. 8 MiB keeps per-request overhead below
 /// 1% on loopback and the reorder window (connections × part) small.

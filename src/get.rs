@@ -813,17 +813,26 @@ impl Download {
                 } = object;
                 let expected = with_given_sha1(expected, options.sha1, &display_name)?;
                 // Fetch by fileId so a newer upload under the same name
-                // cannot be spliced in. Only a HEAD by name can lack one.
-                let path_and_query = match (&file_id, by_name) {
-                    (Some(id), _) => format!(
-                        "{base}/b2api/v3/b2_download_file_by_id?fileId={}",
-                        crate::b2::b2_url_encode(id)
-                    ),
-                    (None, Some(by_name)) => by_name,
-                    (None, None) => {
-                        return Err(Error::http(&display_name, "B2 named no fileId"));
-                    }
+                // cannot be spliced in. A HEAD by name without one leaves
+                // nothing to pin the ranges to: refused, as restore refuses
+                // an answer without it (h41 #4: two versions spliced, exit 0,
+                // where the object had no digest to catch it).
+                let Some(id) = &file_id else {
+                    let what = match by_name {
+                        Some(_) => {
+                            "the HEAD answer carries no x-bz-file-id, so nothing pins \
+                                    the version its ranges would be fetched from (a newer \
+                                    upload could be spliced in): the download host (a proxy or \
+                                    mirror?) drops B2's x-bz-* headers; let them through"
+                        }
+                        None => "B2 named no fileId",
+                    };
+                    return Err(Error::http(&display_name, what));
                 };
+                let path_and_query = format!(
+                    "{base}/b2api/v3/b2_download_file_by_id?fileId={}",
+                    crate::b2::b2_url_encode(id)
+                );
                 let source = ObjectSource {
                     origin: origin.clone(),
                     tls: origin.tls.then(|| Arc::clone(&tls)),

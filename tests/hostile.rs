@@ -922,6 +922,45 @@ fn content_range_beyond_the_object_on_a_chunk() {
     assert_nothing_written(&dest_dir);
 }
 
+/// h41 #2: each ranged answer's body trickles, a byte every 300 ms: never
+/// a stall (`TUNING`'s `--timeout-s 3`), so it held the download without
+/// bound. The body floor (1 KiB/s over each 3 s spent waiting) cuts each
+/// attempt.
+#[test]
+fn a_trickling_chunk_body_is_cut_by_the_floor() {
+    let fake = plain_with_hostile_body(100_000, |req, stream| {
+        let (first, last) = req.range().unwrap_or((0, 99_999));
+        let head = head_with(
+            "206 Partial Content",
+            &format!(
+                "Content-Range: bytes {first}-{last}/100000\r\nContent-Length: {}\r\n",
+                last - first + 1
+            ),
+        );
+        if stream.write_all(&head).is_err() {
+            return;
+        }
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(300));
+            if stream.write_all(b"t").is_err() {
+                return;
+            }
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);
+    run.assert_failed_with(&["below the 1024 bytes/s floor", "trickles"]);
+    // Two attempts of one window each, and their backoff: far from RUN_MAX.
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "took {:?}",
+        run.elapsed
+    );
+    assert_nothing_written(&dest_dir);
+}
+
 /// h41 #1: every answer is right, and each is followed at once, on the same
 /// keep-alive connection, by an answer nobody asked for: a 206 for the
 /// second MiB, the object's ETag, zeros. A connection with bytes waiting
@@ -2680,6 +2719,31 @@ fn escape_sequences_in_a_servers_error_message_are_printed_escaped() {
         "{}",
         run.stderr
     );
+}
+
+/// h41 #4: `get b2://` whose HEAD answer lacks `x-bz-file-id` fetched its
+/// ranges by name, pinned to no version: two uploads could be spliced, and
+/// with no digest nothing caught it. Refused as restore refuses it.
+#[test]
+fn get_refuses_a_head_without_a_file_id() {
+    let hook = |req: &Req, stream: &mut TcpStream| {
+        if req.method == "HEAD" && is_download(req) {
+            let head = head_with(
+                "200 OK",
+                "Content-Length: 3\r\nx-bz-content-sha1: none\r\nx-bz-file-name: a\r\n",
+            );
+            let _ = stream.write_all(&head);
+            return true;
+        }
+        false
+    };
+    let fake = Fake::start(vec![("a", data(3, 1))], hook);
+    let work = tempfile::tempdir().unwrap();
+    let dest_dir = work.path().join("out");
+    std::fs::create_dir(&dest_dir).unwrap();
+    let run = get_b2(&fake, "a", &dest_dir.join("a"), &[]);
+    run.assert_failed_with(&["carries no x-bz-file-id", "drops B2's x-bz-* headers"]);
+    assert_nothing_written(&dest_dir);
 }
 
 /// A download host in front of B2 that drops B2's `x-bz-*` headers (a

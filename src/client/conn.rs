@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::proxy::{Proxy, authority, check_connect_reply};
 use crate::config::{
-    API_BODY_MIN_BYTES_PER_S, API_BODY_RECV_BYTES, CONNECT_NEXT_ADDRESS_AFTER_MS,
-    HTTP_HEAD_MAX_BYTES,
+    API_BODY_RECV_BYTES, BODY_MIN_BYTES_PER_S, CONNECT_NEXT_ADDRESS_AFTER_MS, HTTP_HEAD_MAX_BYTES,
 };
 use crate::http::{self, ChunkedDecoder, ChunkedStep, ResponseHead};
 use crate::stats::Stage;
@@ -440,6 +439,11 @@ impl Connection {
         Ok(body_bytes)
     }
 
+    /// The rate floor of a body read through `read_body_into`.
+    pub fn body_floor(&self) -> BodyFloor {
+        BodyFloor::new(self.timeout)
+    }
+
     /// Nothing of a response has arrived since the last one was read: a
     /// failure now means the peer closed without answering.
     pub fn has_nothing_buffered(&self) -> bool {
@@ -513,7 +517,55 @@ fn body_too_big(limit_bytes: u64) -> ConnError {
     ConnError::Protocol(format!("response body exceeds {limit_bytes} bytes"))
 }
 
-/// The rate floor of a body read whole (`API_BODY_MIN_BYTES_PER_S` once the
+/// The rate floor of a download body (`BODY_MIN_BYTES_PER_S`), over windows
+/// of the stall timeout spent waiting on the origin: only the receives
+/// count, not a wait for a buffer, a `--limit-rate` pause or a write, which
+/// are this side's. A server that trickled a byte just inside each stall
+/// window held a chunk forever; an average over the whole body let a fast
+/// start pay for minutes of trickle (h41 #2).
+pub struct BodyFloor {
+    window: Duration,
+    receiving: Duration,
+    window_bytes: u64,
+}
+
+impl BodyFloor {
+    pub fn new(window: Duration) -> BodyFloor {
+        BodyFloor {
+            window,
+            receiving: Duration::ZERO,
+            window_bytes: 0,
+        }
+    }
+
+    /// Counts a receive that waited `waited` for `bytes`; an error once a
+    /// window brought less than the floor.
+    pub fn received(&mut self, waited: Duration, bytes: usize) -> Result<(), ConnError> {
+        self.receiving += waited;
+        self.window_bytes += bytes as u64;
+        if self.receiving < self.window {
+            return Ok(());
+        }
+        let seconds = self.receiving.as_secs_f64();
+        let (window_bytes, floor_bytes) =
+            (self.window_bytes, seconds * BODY_MIN_BYTES_PER_S as f64);
+        self.receiving = Duration::ZERO;
+        self.window_bytes = 0;
+        if window_bytes as f64 >= floor_bytes {
+            return Ok(());
+        }
+        Err(ConnError::Transport(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the body arrived at {:.0} bytes/s over the last {seconds:.1} s of waiting on \
+                 the origin, below the {BODY_MIN_BYTES_PER_S} bytes/s floor (the server trickles it)",
+                window_bytes as f64 / seconds
+            ),
+        )))
+    }
+}
+
+/// The rate floor of a body read whole (`BODY_MIN_BYTES_PER_S` once the
 /// stall timeout has passed): stops a server that trickles just fast enough
 /// to never trip the per-receive stall timeout.
 struct BodyPace {
@@ -547,14 +599,14 @@ impl BodyPace {
         if elapsed <= self.grace {
             return Ok(());
         }
-        let floor_bytes = elapsed.as_secs_f64() * API_BODY_MIN_BYTES_PER_S as f64;
+        let floor_bytes = elapsed.as_secs_f64() * BODY_MIN_BYTES_PER_S as f64;
         if (body_bytes as f64) >= floor_bytes {
             return Ok(());
         }
         Err(ConnError::Transport(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "response body arrives at {:.0} bytes/s after {:.1} s, below the {API_BODY_MIN_BYTES_PER_S} bytes/s floor (the server trickles it)",
+                "response body arrives at {:.0} bytes/s after {:.1} s, below the {BODY_MIN_BYTES_PER_S} bytes/s floor (the server trickles it)",
                 body_bytes as f64 / elapsed.as_secs_f64(),
                 elapsed.as_secs_f64()
             ),

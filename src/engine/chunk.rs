@@ -130,6 +130,7 @@ async fn attempt_chunk(
     let pipelining = head.keep_alive && core.core.shared.pipelining();
     let body_started = Instant::now();
     let mut body_left = body_len;
+    let mut floor = conn.body_floor();
     while body_left > 0 {
         // A stop lets the body finish (`Job::next_chunk`), unless a
         // chunk below gave up: then nothing this one brings is kept.
@@ -159,7 +160,9 @@ async fn attempt_chunk(
         let want = core
             .core
             .read_bytes_max((buf.spare_bytes() as u64).min(body_left) as usize);
+        let receiving = Instant::now();
         let (result, returned) = conn.read_body_into(buf, want).await;
+        let waited = receiving.elapsed();
         buf = returned;
         let n = match result {
             Ok(0) => Err(ConnError::Transport(std::io::Error::new(
@@ -199,6 +202,8 @@ async fn attempt_chunk(
         } else {
             *current = Some(buf);
         }
+        // After the bytes are handed on: a retry resumes after them.
+        floor.received(waited, n).map_err(conn_failure)?;
         if pipelining && ahead.is_none() && body_left > 0 && job.has_chunks_left() {
             if let Some(round_trip) = core.core.shared.round_trip() {
                 let receiving = body_started.elapsed();

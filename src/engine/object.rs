@@ -286,6 +286,7 @@ async fn attempt_object(
     // minutes: its attempt ends here, and its caller says why.
     let cut_at_stop = job.size_bytes > core.shared.config.part_size_bytes;
     let stopping = || cut_at_stop && core.shared.is_stopped();
+    let mut floor = conn.body_floor();
     while body_left > 0 {
         let waited = Instant::now();
         // The reserve belongs to large objects' hash frontiers, when any run here.
@@ -299,7 +300,9 @@ async fn attempt_object(
             }
             let want = (buf.spare_bytes() as u64).min(body_left - buf.filled_bytes() as u64);
             let want = core.read_bytes_max(want as usize);
+            let receiving = Instant::now();
             let (result, returned) = conn.read_body_into(buf, want).await;
+            let waited = receiving.elapsed();
             buf = returned;
             match result {
                 Ok(0) => {
@@ -311,7 +314,13 @@ async fn attempt_object(
                         job.size_bytes - received.bytes
                     )));
                 }
-                Ok(n) => core.pace(n).await,
+                Ok(n) => {
+                    if let Err(error) = floor.received(waited, n) {
+                        flush(core, file, buf, received, false).await?;
+                        return Err(conn_failure(error));
+                    }
+                    core.pace(n).await;
+                }
                 Err(error) => {
                     flush(core, file, buf, received, false).await?;
                     if let ConnError::Transport(io_error) = &error {
