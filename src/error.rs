@@ -94,6 +94,21 @@ impl Error {
         self.exit_code() == exit_code::AUTH
     }
 
+    /// B2's daily cap is spent (`download_cap_exceeded`,
+    /// `transaction_cap_exceeded`): run-fatal with `b2::CAP_HINT` said.
+    pub fn is_cap_spent(&self) -> bool {
+        matches!(self, Error::Fatal(message) if message.ends_with(crate::b2::CAP_HINT))
+    }
+
+    /// Whether what a run fetched of a large object stays for the next
+    /// run to resume from: after a refusal (exit 3) or a spent cap, which
+    /// the next run gets past once the key, the certificate or the cap is
+    /// fixed (a cap resets by itself); a 400 GiB object was fetched again
+    /// from byte 0 after the cap stopped it (h40 #1).
+    pub fn keeps_partials(&self) -> bool {
+        self.is_refusal() || self.is_cap_spent()
+    }
+
     /// Whether the same call may succeed if made again later: not after a
     /// refusal, a setting that cannot work, or what ends a run (a spent
     /// cap). Re-authorizing mid-run stops the run on these, as the first

@@ -638,16 +638,16 @@ impl Download {
                     return Err(error);
                 }
                 // Refused midway (a presigned URL expired, a key revoked, a
-                // certificate replaced): what arrived is kept for the run
-                // that fixes that, which resumes from it (the journal names
-                // the object, not the URL or the key).
+                // certificate replaced), or the account's cap spent: what
+                // arrived is kept for the run that fixes that, which resumes
+                // from it (the journal names the object, not the URL or the key).
                 Err(error)
-                    if error.is_refusal() && resumable && files.journaled_bytes(&dir) > 0 =>
+                    if error.keeps_partials() && resumable && files.journaled_bytes(&dir) > 0 =>
                 {
                     journal.keep = true;
                     say!(
                         "ringdown: kept {} and its journal in {}: once the origin accepts the request again \
-                         (a fresh URL, a valid key), the same command resumes from them",
+                         (a fresh URL, a valid key, the cap raised or reset), the same command resumes from them",
                         temp_name,
                         parent.display()
                     );

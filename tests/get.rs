@@ -1005,6 +1005,47 @@ fn a_dest_made_during_the_download_is_not_replaced_without_force() {
     assert_no_temp(fixture.out.path());
 }
 
+/// h40 #1: the account's cap, spent midway (the token expires and the
+/// next authorization is refused with `transaction_cap_exceeded`), removed
+/// what had arrived while the message said to run again "to resume". What
+/// is journaled stays, as after a refusal, and the next run, once the
+/// origin authorizes again, resumes from it.
+#[test]
+fn a_cap_spent_midway_keeps_what_arrived_for_the_next_run() {
+    let size = 40 * PART + PART / 2 + 77;
+    let fixture = Fixture::new(&[("cap.bin", size)]);
+    let capped = &[
+        "--rate-per-conn",
+        "300KB/s",
+        "--token-ttl-s",
+        "1",
+        "--authorize-max",
+        "1",
+        "--authorize-max-answer",
+        "cap",
+    ];
+    let served = serve(fixture.data.path(), true, capped);
+    let dest = fixture.dest_str("cap.bin");
+    let mut args = vec!["b2://bkt/cap.bin", &dest];
+    args.extend_from_slice(SMALL_TUNING);
+    let first = ringdown(&served, &args);
+    let err = stderr(&first);
+    assert_eq!(first.status.code(), Some(1), "{err}");
+    assert!(err.contains("daily cap is spent"), "{err}");
+    assert!(err.contains("the cap raised or reset"), "{err}");
+    drop(served);
+    let served = serve(fixture.data.path(), true, &[]);
+    let again = ringdown(&served, &args);
+    assert_ok(&again);
+    assert_same(Path::new(&dest), "cap.bin", size);
+    assert!(
+        stderr(&again).contains("resumed at byte"),
+        "{}",
+        stderr(&again)
+    );
+    assert_no_temp(fixture.out.path());
+}
+
 /// Connections beyond what the open files limit (hard and soft) allows are
 /// not opened only to fail with EMFILE for minutes: the run fits them to
 /// the limit and says so; a limit below one connection per core is exit 2.
@@ -1363,6 +1404,18 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         .env_remove("SSL_CERT_FILE")
         .run_bounded();
     assert_exit(&output, 3, "--ca-file");
+
+    // A trusted CA, a certificate for another name: exit 3, and the way out
+    // is the name, not the CA it was given already (h40 #6).
+    let elsewhere = serve(fixture.data.path(), false, &["--cert-name", "origin.test"]);
+    let output = ringdown(&elsewhere, &["b2://bkt/a.bin", &dest]);
+    assert_exit(&output, 3, "connect by a name the certificate covers");
+    assert!(
+        !stderr(&output).contains("pass the origin's CA"),
+        "{}",
+        stderr(&output)
+    );
+    drop(elsewhere);
 
     // SSL_CERT_FILE is honoured as the trust store.
     let output = Command::new(env!("CARGO_BIN_EXE_ringdown"))

@@ -2553,13 +2553,23 @@ fn a_run_fatal_error_cuts_a_chunks_backoff_short() {
         "the run-fatal error waited {took:?} for a chunk's Retry-After: {}",
         run.stderr
     );
-    // Exit 1: the journal stays; no file, and no partial one.
+    // Exit 1 on a spent cap: the journal stays, no file is named, and the
+    // large object's journaled chunks stay to resume after the cap's reset
+    // (h40 #1), as after a refusal.
     let left: Vec<String> = tree(&dir)
         .into_iter()
         .filter(|path| !path.starts_with(".ringdown/") || path.starts_with(".ringdown/partial/"))
         .filter(|path| path != ".ringdown")
         .collect();
-    assert!(left.is_empty(), "files left behind: {left:?}");
+    assert!(
+        left.len() == 1 && left[0].starts_with(".ringdown/partial/0-of-1-"),
+        "left behind: {left:?}"
+    );
+    assert!(
+        run.stderr.contains("the cap raised or reset"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// Waits (at most 10 s) until a journal in `state` (DIR/.ringdown) has a

@@ -1284,16 +1284,24 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
         completed < objects.len(),
         "killed too late to prove anything"
     );
-    // Two files the journal has as done are gone or changed since (room
-    // made after a disk-full stop, a slip): they are restored again, not
-    // skipped on the journal's word.
+    // Four files the journal has as done are gone or changed since (room
+    // made after a disk-full stop, a slip, a hard link to a file elsewhere
+    // of the same size, the same size rewritten in place): they are
+    // restored again, not skipped on the journal's word (h42 #5).
     let journaled: Vec<&str> = journal_text
         .lines()
         .filter_map(|line| line.strip_prefix("ok\t")?.split('\t').next())
         .collect();
-    let (deleted, cut) = (journaled[0], journaled[1]);
+    let (deleted, cut, linked, rewritten) =
+        (journaled[0], journaled[1], journaled[2], journaled[3]);
+    let changed = [deleted, cut, linked, rewritten];
     std::fs::remove_file(dir.join(deleted)).unwrap();
     std::fs::write(dir.join(cut), b"cut short").unwrap();
+    let elsewhere = out.path().join("elsewhere");
+    std::fs::write(&elsewhere, vec![b'H'; objects[linked].len()]).unwrap();
+    std::fs::remove_file(dir.join(linked)).unwrap();
+    std::fs::hard_link(&elsewhere, dir.join(linked)).unwrap();
+    std::fs::write(dir.join(rewritten), vec![b'R'; objects[rewritten].len()]).unwrap();
     let before = downloads(data.path());
     let report = out.path().join("report.jsonl");
     let output = restore(
@@ -1306,27 +1314,34 @@ fn killed_restore_resumes_without_downloading_completed_files_again() {
     assert!(!dir.join(".ringdown").exists());
     let skipped = common::skipped_by_journal(&report);
     assert!(
-        skipped.len() + 2 >= completed,
-        "{} skipped < {completed} journaled - 2",
-        skipped.len()
+        skipped.len() + changed.len() >= completed,
+        "{} skipped < {completed} journaled - {}",
+        skipped.len(),
+        changed.len()
     );
-    assert!(!skipped.iter().any(|name| name == deleted || name == cut));
+    assert!(!skipped.iter().any(|name| changed.contains(&name.as_str())));
+    assert!(
+        std::fs::read(&elsewhere)
+            .unwrap()
+            .iter()
+            .all(|&b| b == b'H')
+    );
     // Files completed before the kill were not downloaded again, but the
-    // two changed since.
+    // ones changed since.
     let after = downloads(data.path());
-    for name in [deleted, cut] {
+    for name in changed {
         assert_eq!(after[name], before[name] + 1, "{name}");
     }
     for name in &skipped {
         assert_eq!(before.get(name), after.get(name), "{name} downloaded again");
         assert_eq!(after.get(name), Some(&1), "{name}");
     }
-    // Beyond one download each, the two changed files and only what was in
+    // Beyond one download each, the changed files and only what was in
     // flight at the kill: on each of the 6 connections one answer being read
     // and (40 ms round trip: pipelining) up to 3 GETs sent ahead.
     let total_after: usize = after.values().sum();
     assert!(
-        total_after <= objects.len() + 2 + 6 * 4,
+        total_after <= objects.len() + changed.len() + 6 * 4,
         "{total_after} downloads for {} files",
         objects.len()
     );

@@ -62,18 +62,35 @@ impl Origin {
         timeout: Duration,
         stopping: Option<Stopping>,
     ) -> Result<TcpStream, ConnError> {
-        let tcp = self
-            .connect(timeout, stopping)
-            .await
-            .map_err(ConnError::Transport)?;
+        let connected = self.connect(timeout, stopping).await;
         let Some(proxy) = &self.proxy else {
-            return Ok(tcp);
+            return connected.map_err(ConnError::Transport);
         };
+        // Said as the proxy's: "Connection refused" alone blamed the origin
+        // (h40 #5).
+        let tcp = connected.map_err(|error| {
+            ConnError::Transport(io::Error::new(
+                error.kind(),
+                format!("connecting to proxy {}: {error}", proxy.display()),
+            ))
+        })?;
         let request = proxy.connect_request(&self.host, self.port);
         let (sent, _) = tcp.send_all(request, timeout).await;
         sent.map_err(ConnError::Transport)?;
         let mut received = Vec::with_capacity(1024);
+        let started = Instant::now();
         loop {
+            // A total bound, as a response head has: a proxy trickling its
+            // answer a byte inside each stall window held the run (h41).
+            if started.elapsed() > timeout {
+                return Err(ConnError::Transport(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "proxy {} did not answer CONNECT within {timeout:?}",
+                        proxy.display()
+                    ),
+                )));
+            }
             let (result, buffer) = tcp.recv_append(received, timeout).await;
             received = buffer;
             match result {
@@ -228,8 +245,9 @@ impl Connection {
                 .map_err(|error| {
                     if tls::is_trust_error(&error) {
                         ConnError::Trust(format!(
-                            "TLS handshake with {}: {error}; pass the origin's CA with --ca-file (or SSL_CERT_FILE)",
-                            origin.host
+                            "TLS handshake with {}: {error}; {}",
+                            origin.host,
+                            tls::trust_advice(&error)
                         ))
                     } else {
                         ConnError::Transport(error)

@@ -555,13 +555,14 @@ impl Run {
     }
 
     /// Whether the run is stopping on a refusal (exit 3: a key revoked,
-    /// a capability gone, a certificate replaced).
+    /// a capability gone, a certificate replaced) or a spent cap, after
+    /// which what resumes is kept (`Error::keeps_partials`).
     fn refused(&self) -> bool {
         self.fatal
             .lock()
             .expect("fatal lock")
             .as_ref()
-            .is_some_and(Error::is_refusal)
+            .is_some_and(Error::keeps_partials)
     }
 }
 
@@ -994,15 +995,16 @@ impl Restore {
         if let Some(target) = run.target.as_ref().filter(|_| interrupted.is_none()) {
             if fatal.is_none() && tally.failed == 0 && tally.refused == 0 {
                 target.remove_state();
-            } else if fatal.as_ref().is_some_and(Error::is_refusal) {
-                // Exit 3: what resumes stays, for the run that fixes the key
-                // (an earlier run's resumable partials too).
+            } else if fatal.as_ref().is_some_and(Error::keeps_partials) {
+                // Exit 3 or a spent cap: what resumes stays, for the run that
+                // fixes the key or comes after the cap's reset (an earlier
+                // run's resumable partials too).
                 target.remove_partials_but(&kept_for_resume);
                 if !kept_for_resume.is_empty() {
                     notices.push(format!(
                         "kept the journaled chunks of {} large objects in {}: once the origin \
-                         accepts the request again (a valid key, a trusted certificate), the \
-                         same command resumes them",
+                         accepts the request again (a valid key, a trusted certificate, the \
+                         cap raised or reset), the same command resumes them",
                         kept_for_resume.len(),
                         options.dir.join(".ringdown").display()
                     ));
@@ -1485,11 +1487,20 @@ fn schedule(
     if let Some(target) = &run.target {
         // Done by an earlier run, and still there: a file deleted since (to
         // make room after a disk-full stop, say) or cut short is restored
-        // again, not skipped on the journal's word.
+        // again, not skipped on the journal's word; so is one with other
+        // names (a hard link put in its place: h42 #5), or whose mtime is no
+        // longer the one the run gave it (changed since; 2 s of slack for
+        // file systems that keep coarse times).
         let still_there = || {
-            target
-                .existing_file(&segments)
-                .is_some_and(|stat| stat.st_size as u64 == entry.size_bytes)
+            target.existing_file(&segments).is_some_and(|stat| {
+                let mtime_ms =
+                    stat.st_mtime as i128 * 1000 + stat.st_mtime_nsec as i128 / 1_000_000;
+                stat.st_size as u64 == entry.size_bytes
+                    && stat.st_nlink == 1
+                    && entry
+                        .mtime_ms
+                        .is_none_or(|want| (mtime_ms - want as i128).abs() < 2000)
+            })
         };
         // `--skip-existing` promises the same SHA1, not only the size: a
         // file with a digest to compare is hashed below like any other (it
@@ -1842,7 +1853,7 @@ fn finish_file(
         Err((error, run_fatal)) => {
             // Refused midway: what arrived is kept for the run that fixes
             // the key (exit 3), as `get` keeps it; else it goes (exit 1).
-            let refused = error.is_refusal() || run.refused();
+            let refused = error.keeps_partials() || run.refused();
             match task.partial {
                 Partial::Named { name, .. }
                     if task.large

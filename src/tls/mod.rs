@@ -217,6 +217,22 @@ pub fn is_trust_error(error: &io::Error) -> bool {
         .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)))
 }
 
+/// What to do about a trust failure: a certificate for other names is
+/// fixed by the name connected to (the CA is trusted: passing it again
+/// would not help); any other, by trusting the CA that issued it.
+pub fn trust_advice(error: &io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    let certificate = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>());
+    match certificate {
+        Some(TlsError::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => "connect by a name the certificate covers (the host in --realm or the URL)",
+        _ => "pass the origin's CA with --ca-file (or SSL_CERT_FILE)",
+    }
+}
+
 fn tls_error(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
