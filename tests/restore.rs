@@ -542,6 +542,33 @@ fn a_symlink_at_a_state_path_is_a_clear_usage_error() {
     }
 }
 
+/// h42 #8: `--stats-json` or `--report` at the path of an object the run
+/// restores (inside DIR, as the deploy scripts put theirs, under an
+/// object's name). The stats overwrote the restored file after the run, a
+/// wrong file under its name; the report's records went to the file the
+/// object's rename unlinked. Both are exit 1, saying so; the file is the
+/// object's.
+#[test]
+fn a_report_or_stats_file_named_like_a_restored_object_never_replaces_it() {
+    let data = tempfile::tempdir().unwrap();
+    write_file(&data.path().join("bkt"), "z.txt", b"zzz");
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    for (flag, says) in [
+        ("--stats-json", "not writing --stats-json"),
+        ("--report", "a restored object of the same name replaced it"),
+    ] {
+        let dir = out.path().join(flag.trim_start_matches('-'));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("z.txt");
+        let output = restore(&served, &["b2://bkt", flag, path.to_str().unwrap()], &dir);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{flag}: {err}");
+        assert!(err.contains(says), "{flag}: {err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"zzz", "{flag}");
+    }
+}
+
 /// h42 #9, #13, #4: what is planted at ringdown's own state paths. A FIFO
 /// at the journal's name held the run forever on its first read; a hard
 /// link there had the journal written into a file outside DIR; a

@@ -207,6 +207,7 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
         }
     }
     crate::runtime::watch_signals();
+    let stats_before = args.stats_json.as_deref().and_then(file_identity);
     let restore = Restore::new(options);
     let progress = (!args.quiet && !args.dry_run)
         .then(|| start_progress_line(Arc::clone(&restore.progress), Arc::clone(&restore.files)));
@@ -215,14 +216,24 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
         progress.stop();
     }
     let report = result?;
-    finish(&args, report, memlock_notice.as_deref())
+    finish(&args, report, memlock_notice.as_deref(), stats_before)
+}
+
+/// A file's (st_dev, st_ino), its symlink not followed; `None` if nothing
+/// is there.
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(path).ok()?;
+    Some((metadata.dev(), metadata.ino()))
 }
 
 /// Prints the summary, writes `--stats-json`, and picks the exit code.
+/// `stats_before` is what `--stats-json` named before the run.
 pub fn finish(
     args: &RestoreArgs,
     report: RestoreReport,
     memlock_notice: Option<&str>,
+    stats_before: Option<(u64, u64)>,
 ) -> Result<i32> {
     super::summary::print_notices(&report.selection_notices, None, args.quiet);
     if args.dry_run {
@@ -242,6 +253,18 @@ pub fn finish(
     // Written now, settled after the summary: a failed write must not hide
     // the run's own outcome.
     let stats_written = match &args.stats_json {
+        // Another file there than before the run: the restore put an object
+        // of that name there (stats inside DIR), which the stats would have
+        // overwritten, a wrong file under its name (h42 #8).
+        Some(path) if file_identity(path).is_some_and(|now| Some(now) != stats_before) => {
+            Err(Error::io(
+                format!(
+                    "not writing --stats-json {}: the restore put a file of that name there",
+                    path.display()
+                ),
+                std::io::Error::other("write the stats outside DIR or under another name"),
+            ))
+        }
         Some(path) => super::summary::write_stats_json(path, &report.summary),
         None => Ok(()),
     };

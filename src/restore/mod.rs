@@ -895,6 +895,20 @@ impl Restore {
         let interrupted = options.engine.stop_signal();
         let report_failed = run.reporter.report.as_ref().and_then(|report| {
             let mut report = report.lock().expect("report lock");
+            // Its name given to a restored object of that name (a report
+            // inside DIR): the records went to a file no name leads to (h42 #8).
+            use std::os::unix::fs::MetadataExt;
+            let unnamed = report
+                .writer
+                .get_ref()
+                .metadata()
+                .is_ok_and(|m| m.nlink() == 0);
+            if unnamed && report.failed.is_none() {
+                report.failed = Some(std::io::Error::other(
+                    "a restored object of the same name replaced it during the run: write the \
+                     report outside DIR or under another name",
+                ));
+            }
             let error = report.failed.take()?;
             Some(Error::io(
                 format!(
