@@ -21,9 +21,8 @@ pub const API_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Most plaintext one receive of an API body (JSON, an error body, a
 /// streamed body of unknown length) asks for: a few TLS records.
 pub const API_BODY_RECV_BYTES: usize = 64 * 1024;
-/// Slowest rate at which a body may arrive: an API body (JSON, error
-/// bodies) on average once `--timeout-s` has passed, a download body over
-/// each window of `--timeout-s` spent waiting on the origin
+/// Slowest rate at which a body (an API answer's, a download's) may arrive,
+/// over each window of `--timeout-s` spent waiting on the origin
 /// (`client::conn::BodyFloor`). Every receive is stall-bounded, but a server
 /// trickling a byte just inside each stall window would otherwise hold a
 /// run forever. 1 KiB/s is far below any working link (a full 10,000-name

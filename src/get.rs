@@ -774,7 +774,8 @@ impl Download {
                 let base = download.path_and_query.trim_end_matches('/').to_string();
                 let display_name = display_source(&self.source);
                 let mut notices = Vec::new();
-                let mut by_name = None;
+                let headed_by_name =
+                    matches!((&self.source, options.as_of_ms), (Source::B2 { .. }, None));
                 let object = match (&self.source, options.as_of_ms) {
                     (Source::B2Id { file_id }, _) => {
                         let (object, notice) =
@@ -789,13 +790,13 @@ impl Download {
                         object
                     }
                     (Source::B2 { bucket, name }, None) => {
-                        let path = by_name.insert(format!(
+                        let path = format!(
                             "{base}/file/{}/{}",
                             crate::b2::b2_url_encode(bucket),
                             crate::b2::b2_url_encode(name)
-                        ));
+                        );
                         let request = HeadRequest {
-                            by_name: path,
+                            by_name: &path,
                             display_name: &display_name,
                             sse_c,
                             timeout,
@@ -818,14 +819,14 @@ impl Download {
                 // an answer without it (h41 #4: two versions spliced, exit 0,
                 // where the object had no digest to catch it).
                 let Some(id) = &file_id else {
-                    let what = match by_name {
-                        Some(_) => {
-                            "the HEAD answer carries no x-bz-file-id, so nothing pins \
-                                    the version its ranges would be fetched from (a newer \
-                                    upload could be spliced in): the download host (a proxy or \
-                                    mirror?) drops B2's x-bz-* headers; let them through"
+                    let what = match headed_by_name {
+                        true => {
+                            "the HEAD answer carries no x-bz-file-id, so nothing pins the \
+                             version its ranges would be fetched from (a newer upload could be \
+                             spliced in): the download host (a proxy or mirror?) drops B2's \
+                             x-bz-* headers; let them through"
                         }
-                        None => "B2 named no fileId",
+                        false => "B2 named no fileId",
                     };
                     return Err(Error::http(&display_name, what));
                 };

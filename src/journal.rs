@@ -120,8 +120,9 @@ pub fn parse_chunk_line(line: &str) -> Option<(&str, u64)> {
     Some((key, bytes.parse().ok()?))
 }
 
-/// Whether `name` in `dir` leads to `file` (a journal whose lock was just
-/// taken: `rewrite` may have renamed another over the name meanwhile).
+/// Whether `name` in `dir` leads to `file` (same st_dev/st_ino): a journal
+/// whose lock was just taken (`rewrite` may have renamed another over the
+/// name meanwhile), or a partial file about to be named or removed.
 pub fn is_named(dir: &OwnedFd, name: &str, file: &impl std::os::fd::AsFd) -> bool {
     use rustix::fs::AtFlags;
     let held = rustix::fs::fstat(file);

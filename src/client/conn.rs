@@ -380,7 +380,7 @@ impl Connection {
         limit_bytes: u64,
         mut each: impl FnMut(&[u8]) -> Result<Duration, ConnError>,
     ) -> Result<u64, ConnError> {
-        let mut pace = BodyPace::new(self.timeout);
+        let mut floor = self.body_floor();
         let mut wait = Duration::ZERO;
         let mut body_bytes = 0u64;
         if head.chunked {
@@ -388,11 +388,10 @@ impl Connection {
             loop {
                 if self.leftover_start == self.leftover.len() {
                     self.compact_leftover();
-                    pace.pause(std::mem::take(&mut wait)).await;
-                    if self.receive_more(API_BODY_RECV_BYTES).await? == 0 {
+                    pause(std::mem::take(&mut wait)).await;
+                    if self.receive_within_floor(&mut floor).await? == 0 {
                         return Err(self.early_eof());
                     }
-                    pace.check(body_bytes)?;
                 }
                 let input = &self.leftover[self.leftover_start..];
                 match decoder
@@ -403,11 +402,10 @@ impl Connection {
                         self.leftover_start += consumed;
                         // The decoder may need more than what is buffered.
                         self.compact_leftover();
-                        pace.pause(std::mem::take(&mut wait)).await;
-                        if self.receive_more(API_BODY_RECV_BYTES).await? == 0 {
+                        pause(std::mem::take(&mut wait)).await;
+                        if self.receive_within_floor(&mut floor).await? == 0 {
                             return Err(self.early_eof());
                         }
-                        pace.check(body_bytes)?;
                     }
                     ChunkedStep::Data { start, len } => {
                         if body_bytes + len as u64 > limit_bytes {
@@ -435,15 +433,13 @@ impl Connection {
         while body_bytes < length {
             if self.leftover_start == self.leftover.len() {
                 self.compact_leftover();
-                pace.pause(std::mem::take(&mut wait)).await;
-                let n = self.receive_more(API_BODY_RECV_BYTES).await?;
-                if n == 0 {
+                pause(std::mem::take(&mut wait)).await;
+                if self.receive_within_floor(&mut floor).await? == 0 {
                     if length == u64::MAX {
                         return Ok(body_bytes);
                     }
                     return Err(self.early_eof());
                 }
-                pace.check(body_bytes)?;
             }
             let available = &self.leftover[self.leftover_start..];
             let wanted = (length - body_bytes).min(available.len() as u64) as usize;
@@ -457,9 +453,20 @@ impl Connection {
         Ok(body_bytes)
     }
 
-    /// The rate floor of a body read through `read_body_into`.
+    /// The rate floor of a body, for one read through `read_body_into`
+    /// (`read_body_each` keeps its own).
     pub fn body_floor(&self) -> BodyFloor {
         BodyFloor::new(self.timeout)
+    }
+
+    /// `receive_more` of a body's next piece, its wait counted by `floor`.
+    async fn receive_within_floor(&mut self, floor: &mut BodyFloor) -> Result<usize, ConnError> {
+        let receiving = Instant::now();
+        let n = self.receive_more(API_BODY_RECV_BYTES).await?;
+        if n > 0 {
+            floor.received(receiving.elapsed(), n)?;
+        }
+        Ok(n)
     }
 
     /// Nothing of a response has arrived since the last one was read: a
@@ -535,12 +542,13 @@ fn body_too_big(limit_bytes: u64) -> ConnError {
     ConnError::Protocol(format!("response body exceeds {limit_bytes} bytes"))
 }
 
-/// The rate floor of a download body (`BODY_MIN_BYTES_PER_S`), over windows
-/// of the stall timeout spent waiting on the origin: only the receives
-/// count, not a wait for a buffer, a `--limit-rate` pause or a write, which
-/// are this side's. A server that trickled a byte just inside each stall
-/// window held a chunk forever; an average over the whole body let a fast
-/// start pay for minutes of trickle (h41 #2).
+/// The rate floor of a body, an API answer's or a download's
+/// (`BODY_MIN_BYTES_PER_S`), over windows of the stall timeout spent waiting
+/// on the origin: only the receives count, not a wait for a buffer, a
+/// `--limit-rate` pause or a write, which are this side's. A server that
+/// trickled a byte just inside each stall window held a chunk forever; an
+/// average over the whole body (what API bodies had) let a fast start pay
+/// for minutes of trickle (h41 #2).
 pub struct BodyFloor {
     window: Duration,
     receiving: Duration,
@@ -583,52 +591,11 @@ impl BodyFloor {
     }
 }
 
-/// The rate floor of a body read whole (`BODY_MIN_BYTES_PER_S` once the
-/// stall timeout has passed): stops a server that trickles just fast enough
-/// to never trip the per-receive stall timeout.
-struct BodyPace {
-    started: Instant,
-    grace: Duration,
-    /// Waited on purpose (`--limit-rate`): not the server's slowness.
-    paused: Duration,
-}
-
-impl BodyPace {
-    fn new(grace: Duration) -> BodyPace {
-        BodyPace {
-            started: Instant::now(),
-            grace,
-            paused: Duration::ZERO,
-        }
-    }
-
-    /// Waits `wait` (unless the run stops), and leaves it out of the floor.
-    async fn pause(&mut self, wait: Duration) {
-        if wait.is_zero() {
-            return;
-        }
-        let paused = Instant::now();
+/// Waits `wait` (`--limit-rate`'s pace), unless the run stops: outside any
+/// receive, so no `BodyFloor` counts it.
+async fn pause(wait: Duration) {
+    if !wait.is_zero() {
         crate::runtime::sleep_unless(wait, || crate::runtime::stop_requested().is_some()).await;
-        self.paused += paused.elapsed();
-    }
-
-    fn check(&self, body_bytes: u64) -> Result<(), ConnError> {
-        let elapsed = self.started.elapsed().saturating_sub(self.paused);
-        if elapsed <= self.grace {
-            return Ok(());
-        }
-        let floor_bytes = elapsed.as_secs_f64() * BODY_MIN_BYTES_PER_S as f64;
-        if (body_bytes as f64) >= floor_bytes {
-            return Ok(());
-        }
-        Err(ConnError::Transport(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "response body arrives at {:.0} bytes/s after {:.1} s, below the {BODY_MIN_BYTES_PER_S} bytes/s floor (the server trickles it)",
-                body_bytes as f64 / elapsed.as_secs_f64(),
-                elapsed.as_secs_f64()
-            ),
-        )))
     }
 }
 

@@ -557,7 +557,7 @@ impl Run {
     /// Whether the run is stopping on a refusal (exit 3: a key revoked,
     /// a capability gone, a certificate replaced) or a spent cap, after
     /// which what resumes is kept (`Error::keeps_partials`).
-    fn refused(&self) -> bool {
+    fn stops_keeping_partials(&self) -> bool {
         self.fatal
             .lock()
             .expect("fatal lock")
@@ -1865,14 +1865,13 @@ fn finish_file(
             return;
         }
         Err((error, run_fatal)) => {
-            // Refused midway: what arrived is kept for the run that fixes
-            // the key (exit 3), as `get` keeps it; else it goes (exit 1).
-            let refused = error.keeps_partials() || run.refused();
+            // Refused midway or the cap spent: what arrived is kept for the
+            // run that fixes the key (exit 3) or follows the cap's reset, as
+            // `get` keeps it; else it goes (exit 1).
+            let kept = error.keeps_partials() || run.stops_keeping_partials();
             match task.partial {
                 Partial::Named { name, .. }
-                    if task.large
-                        && refused
-                        && task.journaled_bytes.load(Ordering::Acquire) > 0 =>
+                    if task.large && kept && task.journaled_bytes.load(Ordering::Acquire) > 0 =>
                 {
                     run.kept_for_resume.lock().expect("kept lock").insert(name);
                 }
