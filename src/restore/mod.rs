@@ -18,7 +18,6 @@ pub mod wanted;
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -49,7 +48,7 @@ use crate::uring;
 use crate::verify::to_hex;
 use listing::{Action, ListEntry};
 use paths::{ListedFiles, Mapped, NameFilter, Shard};
-use target::{Partial, PathError, Target};
+use target::{ParentDir, Partial, PathError, Target};
 
 /// Everything a restore needs, resolved from flags and environment.
 /// `Debug` is written by hand: the application key is redacted.
@@ -573,7 +572,7 @@ struct FileTask {
     key: String,
     /// Fetched by the whole engine (partial name is stable, resumable).
     large: bool,
-    parent: Arc<OwnedFd>,
+    parent: Arc<ParentDir>,
     leaf: String,
     display_path: String,
     /// Where it is written until verified (a large object's is named).

@@ -101,6 +101,32 @@ fn links_unnamed(how: LinkUnnamed, dir: &OwnedFd, probe_name: &str) -> bool {
     linked
 }
 
+/// A directory files are named in: its descriptor, and the path under DIR
+/// that led to it. A directory another process renames during the run
+/// (out of DIR even, with a symlink left at its name) keeps its descriptor
+/// working, so each naming first checks that the path still leads to it
+/// (`Target::publish`).
+pub struct ParentDir {
+    pub fd: OwnedFd,
+    /// Relative to DIR; empty for DIR itself.
+    path: String,
+    /// `(st_dev, st_ino)` of `fd`.
+    identity: (u64, u64),
+}
+
+impl ParentDir {
+    fn new(fd: OwnedFd, path: String) -> std::result::Result<ParentDir, PathError> {
+        let stat = rustix::fs::fstat(&fd).map_err(|error| {
+            PathError::Failed(Error::io(
+                format!("looking at the directory {path:?} under DIR"),
+                error.into(),
+            ))
+        })?;
+        let identity = (stat.st_dev, stat.st_ino);
+        Ok(ParentDir { fd, path, identity })
+    }
+}
+
 /// Why a path could not be created: the name is refused, or the run failed.
 #[derive(Debug)]
 pub enum PathError {
@@ -124,10 +150,10 @@ pub struct Target {
     _durable_marks: DurableMarks,
     /// `--fsync`: the directories of files named since the last batch,
     /// not synced yet (see `journal_completed_synced`).
-    unsynced: Mutex<Vec<Arc<OwnedFd>>>,
+    unsynced: Mutex<Vec<Arc<ParentDir>>>,
     /// The parent directory of the last file planned, by path under DIR:
     /// names come sorted, so most files share their predecessor's.
-    last_parent: Mutex<Option<(String, Arc<OwnedFd>)>>,
+    last_parent: Mutex<Option<Arc<ParentDir>>>,
     /// Files completed by earlier runs, asked in listing order.
     completed: Mutex<Cursor>,
     completed_name: String,
@@ -508,7 +534,7 @@ impl Target {
     /// after a `syncfs`, covers it: the journal itself needs no fsync here.
     pub fn journal_completed_synced(
         &self,
-        parent: Arc<OwnedFd>,
+        parent: Arc<ParentDir>,
         name: &str,
         key: &str,
     ) -> Result<()> {
@@ -531,16 +557,11 @@ impl Target {
         self.sync_batch(batch)
     }
 
-    fn sync_batch(&self, batch: Vec<Arc<OwnedFd>>) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    fn sync_batch(&self, batch: Vec<Arc<ParentDir>>) -> Result<()> {
         let mut synced_dirs = HashSet::new();
         for parent in &batch {
-            let stat = rustix::fs::fstat(parent)
-                .map_err(|error| Error::io("fsync of a restored directory", error.into()))?;
-            if synced_dirs.insert((stat.st_dev, stat.st_ino)) {
-                rustix::fs::fsync(parent)
+            if synced_dirs.insert(parent.identity) {
+                rustix::fs::fsync(&parent.fd)
                     .map_err(|error| Error::io("fsync of a restored directory", error.into()))?;
             }
         }
@@ -591,17 +612,42 @@ impl Target {
 
     /// The directory a file goes in (created if missing), shared with the
     /// files before it that went in the same one.
-    pub fn parent_dir(&self, segments: &[&str]) -> std::result::Result<Arc<OwnedFd>, PathError> {
+    pub fn parent_dir(&self, segments: &[&str]) -> std::result::Result<Arc<ParentDir>, PathError> {
         let path = segments.join("/");
         let mut last = self.last_parent.lock().expect("parent lock");
-        if let Some((last_path, fd)) = &*last {
-            if *last_path == path {
-                return Ok(Arc::clone(fd));
+        if let Some(parent) = &*last {
+            if parent.path == path {
+                return Ok(Arc::clone(parent));
             }
         }
-        let fd = Arc::new(self.ensure_dir(segments)?);
-        *last = Some((path, Arc::clone(&fd)));
-        Ok(fd)
+        let parent = Arc::new(ParentDir::new(self.ensure_dir(segments)?, path)?);
+        *last = Some(Arc::clone(&parent));
+        Ok(parent)
+    }
+
+    /// Whether `parent`'s path under DIR still leads to it. Where it does
+    /// not, the cache lets go of it: the next file looks afresh (and meets
+    /// whatever is at the path now, a symlink refused, a directory made).
+    fn is_still_at_its_path(&self, parent: &Arc<ParentDir>) -> bool {
+        if parent.path.is_empty() {
+            // DIR is where the run writes, whatever its path is now.
+            return true;
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let now = rustix::fs::openat2(&self.root, &parent.path, flags, Mode::empty(), beneath())
+            .and_then(|fd| rustix::fs::fstat(&fd))
+            .map(|stat| (stat.st_dev, stat.st_ino));
+        if now == Ok(parent.identity) {
+            return true;
+        }
+        let mut last = self.last_parent.lock().expect("parent lock");
+        if last
+            .as_ref()
+            .is_some_and(|cached| Arc::ptr_eq(cached, parent))
+        {
+            *last = None;
+        }
+        false
     }
 
     /// Creates the parent directories of a file (or a directory itself), one
@@ -708,8 +754,8 @@ impl Target {
     /// Whether `dir` is on the mount of `.ringdown/partial`, so a partial
     /// file can be renamed into it: the same file system is not enough, as
     /// a bind mount inside DIR refuses the rename too (EXDEV).
-    pub fn same_mount(&self, dir: &OwnedFd) -> bool {
-        match (mount_of(dir), self.partial_mount) {
+    pub fn same_mount(&self, dir: &ParentDir) -> bool {
+        match (mount_of(&dir.fd), self.partial_mount) {
             (Some(dir), Some(partial)) => dir.is_same(partial),
             // Not known: the rename will tell.
             _ => true,
@@ -721,14 +767,14 @@ impl Target {
     /// descriptor and whether O_DIRECT is on (see `dest::create_temp`).
     pub fn create_partial(
         &self,
-        parent: &OwnedFd,
+        parent: &ParentDir,
         display_path: &str,
         size_bytes: u64,
         mode: crate::dest::DirectIo,
     ) -> Result<(OwnedFd, bool, Partial)> {
         use crate::dest::create_temp;
         if self.link_unnamed.is_some() {
-            match create_temp(parent, None, display_path, size_bytes, mode) {
+            match create_temp(&parent.fd, None, display_path, size_bytes, mode) {
                 Ok((file, direct)) => {
                     if let Ok(kept) = file.try_clone() {
                         return Ok((file, direct, Partial::Unnamed(kept)));
@@ -814,14 +860,54 @@ impl Target {
     pub fn publish(
         &self,
         partial: Partial,
-        parent: &OwnedFd,
+        parent: &Arc<ParentDir>,
         leaf: &str,
         display_path: &str,
     ) -> std::result::Result<(), PathError> {
-        let temp_name = match partial {
+        let moved = || {
+            PathError::Failed(Error::io(
+                format!("naming {display_path}"),
+                std::io::Error::other(
+                    "its directory was moved or replaced during the run (the path under DIR \
+                     no longer leads to it); not named there: run again to restore it",
+                ),
+            ))
+        };
+        if !self.is_still_at_its_path(parent) {
+            self.discard(partial);
+            return Err(moved());
+        }
+        let file = self.name_partial(partial, &parent.fd, leaf, display_path)?;
+        // Moved between the check and the naming: the file is no longer
+        // under DIR, and must not be reported there. Taken back, while the
+        // name leads to it.
+        if !self.is_still_at_its_path(parent) {
+            let named = rustix::fs::statat(&parent.fd, leaf, AtFlags::SYMLINK_NOFOLLOW);
+            let written = rustix::fs::fstat(&file);
+            if let (Ok(named), Ok(written)) = (named, written) {
+                if (named.st_dev, named.st_ino) == (written.st_dev, written.st_ino) {
+                    let _ = rustix::fs::unlinkat(&parent.fd, leaf, AtFlags::empty());
+                }
+            }
+            return Err(moved());
+        }
+        Ok(())
+    }
+
+    /// `publish`'s naming; returns the named file's descriptor.
+    fn name_partial(
+        &self,
+        partial: Partial,
+        parent: &OwnedFd,
+        leaf: &str,
+        display_path: &str,
+    ) -> std::result::Result<OwnedFd, PathError> {
+        let (temp_name, file) = match partial {
             // Renamed only while the name leads to what was written and
             // verified: another process may have put a file there since.
-            Partial::Named { name, file } if journal::is_named(&self.partial, &name, &file) => name,
+            Partial::Named { name, file } if journal::is_named(&self.partial, &name, &file) => {
+                (name, file)
+            }
             Partial::Named { name, .. } => {
                 return Err(PathError::Failed(Error::io(
                     format!(
@@ -839,7 +925,7 @@ impl Target {
                     .link_unnamed
                     .expect("an unnamed partial is linked as probed");
                 match link_unnamed(how, &file, parent, leaf) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(file),
                     // Something is there (a file from before, a symlink,
                     // a directory): a link replaces nothing, a rename does.
                     Err(Errno::EXIST) => {}
@@ -848,14 +934,17 @@ impl Target {
                 let name = self.temp_name();
                 link_unnamed(how, &file, &self.partial, &name)
                     .map_err(|error| publish_error(error, display_path))?;
-                name
+                (name, file)
             }
         };
         let renamed = rustix::fs::renameat(&self.partial, temp_name.as_str(), parent, leaf);
-        renamed.map_err(|error| {
-            self.unlink_partial(&temp_name);
-            publish_error(error, display_path)
-        })
+        match renamed {
+            Ok(()) => Ok(file),
+            Err(error) => {
+                self.unlink_partial(&temp_name);
+                Err(publish_error(error, display_path))
+            }
+        }
     }
 
     pub fn unlink_partial(&self, temp_name: &str) {
@@ -1113,6 +1202,45 @@ mod tests {
         // The cache still holds the last good directory, not the refusal.
         let c_again = target.parent_dir(&["c"]).unwrap();
         assert!(Arc::ptr_eq(&c, &c_again));
+    }
+
+    /// h42 #1: a directory renamed out of DIR during the run, a symlink to
+    /// it left at its name. Its descriptor still works; nothing is named
+    /// through it, and the next file of that directory meets the symlink.
+    #[test]
+    fn a_directory_moved_out_of_dir_receives_nothing_more() {
+        use super::entry_names;
+        use crate::dest::DirectIo;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path(), Shard::ALL).unwrap();
+        let parent = target.parent_dir(&["d"]).unwrap();
+        let mut partials = Vec::new();
+        for leaf in ["f1", "f2"] {
+            let (file, _, partial) = target
+                .create_partial(&parent, leaf, 5, DirectIo::Off)
+                .unwrap();
+            rustix::io::pwrite(&file, b"bytes", 0).unwrap();
+            partials.push((leaf, partial));
+        }
+        let (leaf, partial) = partials.remove(0);
+        target.publish(partial, &parent, leaf, leaf).unwrap();
+        assert!(dir.path().join("d/f1").is_file());
+
+        std::fs::rename(dir.path().join("d"), outside.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("d"), dir.path().join("d")).unwrap();
+        let (leaf, partial) = partials.remove(0);
+        let published = target.publish(partial, &parent, leaf, leaf);
+        let Err(PathError::Failed(error)) = published else {
+            panic!("named through a moved directory: {published:?}");
+        };
+        assert!(error.to_string().contains("moved"), "{error}");
+        assert!(!outside.path().join("d/f2").exists(), "written outside DIR");
+        assert!(entry_names(&target.partial).is_empty(), "partial left");
+        assert!(matches!(
+            target.parent_dir(&["d"]),
+            Err(PathError::Refused(_))
+        ));
     }
     /// A small file's partial, each way it can be made (unnamed and linked
     /// either way; named where no unnamed file can be), is put in place:
