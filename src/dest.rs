@@ -69,16 +69,42 @@ pub(crate) fn reopen_partial(
         .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
 }
 
-/// A file or directory that cannot be created or named because the file
-/// system is full or read-only (or over quota) stops the run
-/// (CONVENTIONS.md): the next would fail the same way. Other errors fail
-/// one file.
+/// What to do about an error of the destination file system that every
+/// file after this one would meet too, so it stops the run (CONVENTIONS.md);
+/// `None` for an error of one file.
+pub(crate) fn run_stopping_hint(raw_os_error: Option<i32>) -> Option<&'static str> {
+    match raw_os_error? {
+        // Not "to resume": exit 1 removes partial files (CONVENTIONS.md),
+        // which frees their space; only finished files are kept.
+        libc::ENOSPC | libc::EROFS | libc::EDQUOT => {
+            Some("; free space (or make the file system writable), then run the same command again")
+        }
+        // The file system is gone: EIO after a shutdown (XFS, ext4
+        // `errors=`) or from a failing disk, ENOTCONN from a FUSE file
+        // system whose daemon died. h42 #12 saw 22 objects fetched after
+        // that (egress B2 bills) only to fail, with 111 lines saying so.
+        libc::EIO | libc::ENOTCONN | libc::ESHUTDOWN => Some(
+            "; the destination file system failed or is gone (see the kernel log, dmesg): \
+             repair or remount it, then run the same command again",
+        ),
+        // The kernel's answer when io_uring cannot start a worker thread
+        // for a write (a cgroup's pids.max, RLIMIT_NPROC): without the hint
+        // it read "Operation canceled" on hundreds of files.
+        libc::ECANCELED => Some(
+            "; io_uring could not start a worker thread for the write: raise the process's \
+             thread limit (the cgroup's pids.max, ulimit -u), then run the same command again",
+        ),
+        _ => None,
+    }
+}
+
+/// A file or directory that cannot be created or named: run-fatal when
+/// the next would fail the same way (`run_stopping_hint`), else an error
+/// of this file.
 pub(crate) fn file_system_error(context: String, error: rustix::io::Errno) -> Error {
-    use rustix::io::Errno;
-    if matches!(error, Errno::NOSPC | Errno::ROFS | Errno::DQUOT) {
-        Error::Fatal(format!("{context}: {}", std::io::Error::from(error)))
-    } else {
-        Error::io(context, error.into())
+    match run_stopping_hint(Some(error.raw_os_error())) {
+        Some(hint) => Error::Fatal(format!("{context}: {}{hint}", std::io::Error::from(error))),
+        None => Error::io(context, error.into()),
     }
 }
 

@@ -578,25 +578,12 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
 }
 
 /// What a failed write of a downloaded body means: the detail (with what to
-/// do), and whether it stops the whole run. A full or read-only file
-/// system, or a quota, fails every file after this one too; so does
-/// `ECANCELED`, the kernel's answer when io_uring cannot start a worker
-/// thread for the write (a cgroup's pids.max, RLIMIT_NPROC): without the
-/// hint it read "Operation canceled" on hundreds of files.
+/// do), and whether it stops the whole run (`dest::run_stopping_hint`).
 pub(crate) fn write_failure(context: &str, error: &std::io::Error) -> (String, bool) {
-    let hint = match error.raw_os_error() {
-        Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT) => {
-            // Not "to resume": exit 1 removes partial files (CONVENTIONS.md),
-            // which frees their space; only finished files are kept.
-            "; free space (or make the file system writable), then run the same command again"
-        }
-        Some(libc::ECANCELED) => {
-            "; io_uring could not start a worker thread for the write: raise the process's \
-             thread limit (the cgroup's pids.max, ulimit -u), then run the same command again"
-        }
-        _ => return (format!("{context}: {error}"), false),
-    };
-    (format!("{context}: {error}{hint}"), true)
+    match crate::dest::run_stopping_hint(error.raw_os_error()) {
+        Some(hint) => (format!("{context}: {error}{hint}"), true),
+        None => (format!("{context}: {error}"), false),
+    }
 }
 
 /// Exponential backoff with jitter; `Retry-After` (capped) wins when longer.
@@ -643,7 +630,12 @@ mod tests {
         let (detail, run_fatal) =
             write_failure("writing x", &Error::from_raw_os_error(libc::ECANCELED));
         assert!(run_fatal && detail.contains("pids.max"), "{detail}");
-        let (detail, run_fatal) = write_failure("writing x", &Error::from_raw_os_error(libc::EIO));
+        for gone in [libc::EIO, libc::ENOTCONN, libc::ESHUTDOWN] {
+            let (detail, run_fatal) = write_failure("writing x", &Error::from_raw_os_error(gone));
+            assert!(run_fatal && detail.contains("remount"), "{detail}");
+        }
+        let (detail, run_fatal) =
+            write_failure("writing x", &Error::from_raw_os_error(libc::EFBIG));
         assert!(!run_fatal, "{detail}");
         assert!(detail.starts_with("writing x: "), "{detail}");
     }

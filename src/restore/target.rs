@@ -1041,14 +1041,16 @@ fn publish_error(error: Errno, display_path: &str) -> PathError {
         ),
         // As for a creation (`path_error`): the next file would fail the
         // same way. An unnamed small file makes its entry here, last.
-        Errno::ROFS | Errno::NOSPC | Errno::DQUOT => PathError::Failed(Error::Fatal(format!(
-            "naming {display_path}: {}",
-            std::io::Error::from(error)
-        ))),
-        _ => PathError::Failed(Error::io(
-            format!("naming {display_path} (from its partial file)"),
-            error.into(),
-        )),
+        _ => match crate::dest::run_stopping_hint(Some(error.raw_os_error())) {
+            Some(hint) => PathError::Failed(Error::Fatal(format!(
+                "naming {display_path}: {}{hint}",
+                std::io::Error::from(error)
+            ))),
+            None => PathError::Failed(Error::io(
+                format!("naming {display_path} (from its partial file)"),
+                error.into(),
+            )),
+        },
     }
 }
 
@@ -1101,8 +1103,14 @@ mod tests {
     use rustix::io::Errno;
 
     #[test]
-    fn naming_on_a_full_or_read_only_file_system_stops_the_run() {
-        for errno in [Errno::NOSPC, Errno::ROFS, Errno::DQUOT] {
+    fn naming_on_a_full_read_only_or_failed_file_system_stops_the_run() {
+        for errno in [
+            Errno::NOSPC,
+            Errno::ROFS,
+            Errno::DQUOT,
+            Errno::IO,
+            Errno::NOTCONN,
+        ] {
             match publish_error(errno, "DIR/a") {
                 PathError::Failed(Error::Fatal(why)) => assert!(why.starts_with("naming DIR/a: ")),
                 _ => panic!("{errno:?}"),
@@ -1113,7 +1121,7 @@ mod tests {
             PathError::Refused(_)
         ));
         assert!(matches!(
-            publish_error(Errno::IO, "DIR/a"),
+            publish_error(Errno::NAMETOOLONG, "DIR/a"),
             PathError::Failed(Error::Io { .. })
         ));
     }
