@@ -25,7 +25,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -765,33 +765,6 @@ fn plain_with_hostile_body(
     })
 }
 
-/// A tmpfs of `size` mounted at `dir` until dropped; `None` where it
-/// cannot be mounted (not root), said on stderr.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .is_ok_and(|output| output.status.success());
-        if !mounted {
-            eprintln!(
-                "skipped: cannot mount a tmpfs at {} (not root?)",
-                dir.display()
-            );
-        }
-        mounted.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).output();
-    }
-}
-
 /// The origin ignores Range: 200, chunked, no length, never ends. Such a
 /// body is streamed (its size known at its end), so it is stopped once it
 /// would leave DEST's file system (here a tmpfs of 16 MiB) with little
@@ -813,7 +786,7 @@ fn endless_chunked_body_instead_of_a_range() {
     let work = tempfile::tempdir().unwrap();
     let dest_dir = work.path().join("out");
     std::fs::create_dir(&dest_dir).unwrap();
-    let Some(_tmpfs) = Tmpfs::mount(&dest_dir, "16m") else {
+    let Some(_tmpfs) = common::Tmpfs::mount(&dest_dir, "16m") else {
         return;
     };
     let run = get_url(&fake.url("obj"), &dest_dir.join("obj"), &[]);

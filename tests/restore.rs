@@ -610,6 +610,16 @@ fn planted_state_files_are_refused_never_waited_on_or_written_through() {
         assert_eq!(output.status.code(), Some(2), "{err}");
         assert!(err.contains("belongs to uid 65534"), "{err}");
     }
+    // `.ringdown/` on a mount of its own (faster storage, say): every
+    // file would fail to cross it; refused at the start (h42 #10).
+    let mounted_dir = out.path().join("mounted");
+    std::fs::create_dir_all(mounted_dir.join(".ringdown")).unwrap();
+    if let Some(_tmpfs) = common::Tmpfs::mount(&mounted_dir.join(".ringdown"), "1m") {
+        let output = restore(&served, &["b2://bkt"], &mounted_dir);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains("is on another mount than DIR"), "{err}");
+    }
     let sorted_fifo_dir = out.path().join("sorted");
     common::make_fifo(&sorted_fifo_dir.join(".ringdown/completed-0-of-1"));
     let output = restore(&served, &["b2://bkt"], &sorted_fifo_dir);

@@ -309,6 +309,18 @@ impl StateFiles<'_> {
                 )));
             }
         }
+        // Partial files are renamed from `partial/` into DIR: across mounts
+        // (one put on `.ringdown/` for faster storage, a bind mount) every
+        // file failed, each blaming its own directory (h42 #10).
+        if let (Some(root), Some(partial)) = (mount_of(self.root), mount_of(self.partial)) {
+            if !root.is_same(partial) {
+                return Err(Error::Usage(format!(
+                    "{partial_context} is on another mount than DIR (a mount point or bind \
+                     mount at it or at {state_context}): ringdown renames each file from there \
+                     into DIR, which needs one mount; unmount it and run again"
+                )));
+            }
+        }
         let journal_path = format!("{state_context}/{journal_name}");
         let journal_stat = stat(self.journal, &journal_path)?;
         let kind = rustix::fs::FileType::from_raw_mode(journal_stat.st_mode);

@@ -711,3 +711,30 @@ impl Drop for MemoryCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// A tmpfs of `size` mounted at `dir` until dropped; `None` where it
+/// cannot be mounted (not root), said on stderr.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !mounted {
+            eprintln!(
+                "skipped: cannot mount a tmpfs at {} (not root?)",
+                dir.display()
+            );
+        }
+        mounted.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
+    }
+}
