@@ -110,10 +110,12 @@ pub(crate) fn file_system_error(context: String, error: rustix::io::Errno) -> Er
 
 /// Access and modification time both at `mtime_ms` (B2's
 /// `src_last_modified_millis`), for `futimens`/`utimensat`.
-pub(crate) fn timestamps_at(mtime_ms: u64) -> Timestamps {
+pub(crate) fn timestamps_at(mtime_ms: i64) -> Timestamps {
+    // Before 1970 too: -1 ms is 1 ms short of the epoch, (-1 s, 999 ms),
+    // as `timespec` counts (its nanoseconds are never negative).
     let when = rustix::fs::Timespec {
-        tv_sec: (mtime_ms / 1000) as i64,
-        tv_nsec: ((mtime_ms % 1000) * 1_000_000) as _,
+        tv_sec: mtime_ms.div_euclid(1000),
+        tv_nsec: (mtime_ms.rem_euclid(1000) * 1_000_000) as _,
     };
     Timestamps {
         last_access: when,
@@ -254,6 +256,19 @@ fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_before_1970_count_back_from_the_epoch() {
+        let at = |mtime_ms| {
+            let when = timestamps_at(mtime_ms).last_modification;
+            (when.tv_sec, when.tv_nsec as i64)
+        };
+        assert_eq!(at(1_600_000_000_123), (1_600_000_000, 123_000_000));
+        assert_eq!(at(0), (0, 0));
+        assert_eq!(at(-1), (-1, 999_000_000));
+        assert_eq!(at(-86_400_000), (-86_400, 0));
+        assert_eq!(at(-1_500), (-2, 500_000_000));
+    }
 
     #[test]
     fn direct_io_auto_uses_o_direct_from_one_mib_up() {

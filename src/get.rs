@@ -253,7 +253,7 @@ pub struct DownloadReport {
 struct ObjectMeta {
     size_bytes: u64,
     expected: ExpectedSha1,
-    mtime_ms: Option<u64>,
+    mtime_ms: Option<i64>,
     source: ObjectSource,
     /// The origin answers `Range` (B2 does; a plain URL told us in its probe).
     ranges: bool,
@@ -1010,7 +1010,7 @@ struct B2Object {
     size_bytes: u64,
     file_id: Option<String>,
     expected: crate::b2::ExpectedSha1,
-    mtime_ms: Option<u64>,
+    mtime_ms: Option<i64>,
     /// SSE-C: which key given its requests carry.
     sse_c: Option<Arc<KeyChoice>>,
 }
@@ -1188,10 +1188,10 @@ async fn head_by_name(
     );
     let mtime_ms = head
         .header("x-bz-info-src_last_modified_millis")
-        .and_then(|v| v.parse().ok())
+        .and_then(crate::b2::parse_millis)
         .or_else(|| {
             head.header("x-bz-upload-timestamp")
-                .and_then(|v| v.parse().ok())
+                .and_then(crate::b2::parse_millis)
         });
     Ok(B2Object {
         size_bytes,
@@ -1641,7 +1641,7 @@ fn place(
 /// How a verified file goes under DEST (`HeldJournal::put_in_place`).
 struct Placing {
     /// B2's `src_last_modified_millis`, when known.
-    mtime_ms: Option<u64>,
+    mtime_ms: Option<i64>,
     fsync: bool,
     force: bool,
     size_bytes: u64,

@@ -16,7 +16,7 @@ pub use types::{
     AllowedBucket, ApiInfo, AuthorizeResponse, B2ErrorBody, Bucket, ExpectedSha1, FileAction,
     FileObject, ListBucketsRequest, ListBucketsResponse, ListFileNamesRequest,
     ListFileNamesResponse, StorageAllowed, StorageApi, expected_sha1, parse_authorize,
-    parse_error_body, parse_sha1_hex,
+    parse_error_body, parse_millis, parse_sha1_hex,
 };
 pub use url::{PercentDecodeError, b2_url_encode, percent_decode, percent_decode_plus};
 

@@ -334,15 +334,17 @@ impl FileObject {
     }
 
     /// `fileInfo.src_last_modified_millis` (a decimal string).
-    pub fn src_last_modified_millis(&self) -> Option<u64> {
+    pub fn src_last_modified_millis(&self) -> Option<i64> {
         self.info_str("src_last_modified_millis")
-            .and_then(|text| text.trim().parse().ok())
+            .and_then(parse_millis)
     }
 
     /// The mtime to give the restored file: `src_last_modified_millis`, else
     /// `uploadTimestamp` (CONVENTIONS.md).
-    pub fn modified_millis(&self) -> Option<u64> {
-        self.src_last_modified_millis().or(self.upload_timestamp)
+    pub fn modified_millis(&self) -> Option<i64> {
+        self.src_last_modified_millis().or(self
+            .upload_timestamp
+            .and_then(|millis| i64::try_from(millis).ok()))
     }
 
     /// Encrypted with a customer key (SSE-C): downloads must carry it.
@@ -446,6 +448,14 @@ pub fn parse_sha1_hex(hex: &str) -> Option<[u8; 20]> {
         *slot = (high * 16 + low) as u8;
     }
     Some(digest)
+}
+
+/// Milliseconds since the epoch, as B2's `src_last_modified_millis` and
+/// `x-bz-info-src_last_modified_millis` carry them: signed, for a file
+/// older than 1970 (b2sdk writes `int(mtime * 1000)`, negative then; h42
+/// #7 saw such files given the upload time). `None` for anything else.
+pub fn parse_millis(text: &str) -> Option<i64> {
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]

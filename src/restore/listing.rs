@@ -33,7 +33,7 @@ pub struct ListEntry {
     pub size_bytes: u64,
     pub expected: ExpectedSha1,
     /// `src_last_modified_millis`, else `uploadTimestamp`.
-    pub mtime_ms: Option<u64>,
+    pub mtime_ms: Option<i64>,
     /// `uploadTimestamp`: when B2 took this version (or hid the name).
     pub upload_ms: Option<u64>,
     /// Encrypted with a customer key (SSE-C): its downloads must carry it.
@@ -179,11 +179,11 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
             _ => None,
         };
         let mtime_ms = match &info.src_last_modified_millis {
-            Some(Scalar::Text(text)) => text.parse().ok(),
-            Some(Scalar::Number(millis)) => Some(*millis),
+            Some(Scalar::Text(text)) => crate::b2::parse_millis(text),
+            Some(Scalar::Number(millis)) => i64::try_from(*millis).ok(),
             _ => None,
         }
-        .or(upload_ms);
+        .or(upload_ms.and_then(|millis| i64::try_from(millis).ok()));
         let sse_c = crate::b2::is_sse_c(
             file.server_side_encryption
                 .as_ref()
@@ -810,7 +810,7 @@ mod tests {
             action,
             size_bytes: 1,
             expected: ExpectedSha1::None,
-            mtime_ms: Some(upload_ms),
+            mtime_ms: Some(upload_ms as i64),
             upload_ms: Some(upload_ms),
             sse_c: None,
         }
@@ -922,7 +922,11 @@ mod tests {
             br#"{"files":[
                 {"fileId":"4_z2","fileName":"a","action":"hide","contentLength":0,"uploadTimestamp":20},
                 {"fileId":"4_z1","fileName":"a","action":"upload","contentLength":3,"contentSha1":"none",
-                 "fileInfo":{"src_last_modified_millis":"7"},"uploadTimestamp":10}
+                 "fileInfo":{"src_last_modified_millis":"7"},"uploadTimestamp":10},
+                {"fileId":"4_z3","fileName":"b","action":"upload","contentLength":3,"contentSha1":"none",
+                 "fileInfo":{"src_last_modified_millis":"-86400000"},"uploadTimestamp":10},
+                {"fileId":"4_z4","fileName":"c","action":"upload","contentLength":3,"contentSha1":"none",
+                 "fileInfo":{"src_last_modified_millis":"99999999999999999999"},"uploadTimestamp":10}
             ],"nextFileName":"b","nextFileId":"4_z0"}"#,
         )
         .unwrap();
@@ -930,6 +934,9 @@ mod tests {
         assert_eq!(page.entries[0].upload_ms, Some(20));
         assert_eq!(page.entries[1].mtime_ms, Some(7));
         assert_eq!(page.entries[1].upload_ms, Some(10));
+        // Before 1970 (h42 #7); past i64: the upload time instead.
+        assert_eq!(page.entries[2].mtime_ms, Some(-86_400_000));
+        assert_eq!(page.entries[3].mtime_ms, Some(10));
         assert_eq!(page.next_file_id.as_deref(), Some("4_z0"));
         assert_eq!(
             PageStart::after(&page),

@@ -860,7 +860,7 @@ impl Target {
 
     /// Sets a partial file's times (B2's `src_last_modified_millis`), once
     /// every write has completed, through the descriptor it keeps.
-    pub fn set_mtime(&self, partial: &Partial, mtime_ms: u64) {
+    pub fn set_mtime(&self, partial: &Partial, mtime_ms: i64) {
         let times = crate::dest::timestamps_at(mtime_ms);
         let (Partial::Named { file, .. } | Partial::Unnamed(file)) = partial;
         let _ = rustix::fs::futimens(file, &times);
