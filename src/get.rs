@@ -624,7 +624,7 @@ impl Download {
             let (actual, round_notices) = match outcome {
                 Ok(outcome) => outcome,
                 Err(error @ Error::Interrupted { .. })
-                    if resumable && files.journaled_bytes(&dir) > 0 =>
+                    if resumable && files.journaled_bytes(&journal.file) > 0 =>
                 {
                     // CONVENTIONS: an interrupted run keeps what it can
                     // resume (with no chunk journaled, that is nothing: the
@@ -642,7 +642,9 @@ impl Download {
                 // arrived is kept for the run that fixes that, which resumes
                 // from it (the journal names the object, not the URL or the key).
                 Err(error)
-                    if error.keeps_partials() && resumable && files.journaled_bytes(&dir) > 0 =>
+                    if error.keeps_partials()
+                        && resumable
+                        && files.journaled_bytes(&journal.file) > 0 =>
                 {
                     journal.keep = true;
                     say!(
@@ -1492,40 +1494,44 @@ impl ResumeFiles {
     fn find(
         &self,
         dir: &OwnedFd,
+        journal: &std::fs::File,
         size_bytes: u64,
         mode: DirectIo,
         note_as: Option<&str>,
     ) -> Option<(OwnedFd, bool, engine::Resume)> {
-        let bytes = engine::resumable_prefix(self.journaled_bytes(dir));
+        let bytes = engine::resumable_prefix(self.journaled_bytes(journal));
         if bytes == 0 || bytes > size_bytes {
             return None;
         }
         let stat = rustix::fs::statat(dir, &self.part, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-        let regular =
-            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
-        if !regular || (stat.st_size as u64) < bytes {
+        if !is_trusted_leftover(&stat, dir) || (stat.st_size as u64) < bytes {
             return None;
         }
         // `mode` comes from `DirectIo::for_object`, which decided `auto` by size.
         let want_direct = mode != DirectIo::Off;
         let (file, direct) = reopen_partial(dir, &self.part, want_direct).ok()?;
-        let resume = engine::hash_prefix(dir, &self.part, bytes, note_as)?;
+        // The file opened must be the one looked at (and the one hashed).
+        let opened = rustix::fs::fstat(&file).ok()?;
+        if (opened.st_dev, opened.st_ino) != (stat.st_dev, stat.st_ino) {
+            return None;
+        }
+        let resume = engine::hash_prefix(dir, &self.part, &file, bytes, note_as)?;
         Some((file, direct, resume))
     }
 
-    fn journaled_bytes(&self, dir: &OwnedFd) -> u64 {
-        use std::io::Read;
-        let Ok(fd) = rustix::fs::openat(
-            dir,
-            &self.journal,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        ) else {
-            return 0;
-        };
+    /// The prefix `journal` (the one locked, read from its start: the
+    /// lines trusted are the lock's file's, not another a name leads to
+    /// now) says is written.
+    fn journaled_bytes(&self, journal: &std::fs::File) -> u64 {
+        use std::io::{Read, Seek};
         let mut text = String::new();
         // A journal is a few lines per GiB; a huge one is not ours.
-        let _ = std::fs::File::from(fd)
+        // (Appends go to the end whatever the offset.)
+        let mut reader = journal;
+        if reader.seek(std::io::SeekFrom::Start(0)).is_err() {
+            return 0;
+        }
+        let _ = reader
             .take(crate::config::GET_JOURNAL_MAX_BYTES)
             .read_to_string(&mut text);
         // Lines of another boot only up to a `durable` mark (`journal`).
@@ -1537,6 +1543,53 @@ impl ResumeFiles {
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// Why the journal's name could not be opened, where it is something
+    /// ringdown did not make: exit 2, with the way out (a bare ELOOP or
+    /// EACCES failed every rerun alike: h43 #7, #14).
+    fn not_openable(
+        &self,
+        error: rustix::io::Errno,
+        dir: &OwnedFd,
+        dest: &Path,
+        creating: &dyn Fn(rustix::io::Errno) -> Error,
+    ) -> Error {
+        use rustix::io::Errno;
+        match (
+            error,
+            rustix::fs::statat(dir, &self.journal, AtFlags::SYMLINK_NOFOLLOW),
+        ) {
+            (Errno::LOOP | Errno::ISDIR | Errno::ACCESS | Errno::PERM, Ok(stat)) => {
+                self.untrusted_journal(&stat, dest)
+            }
+            _ => creating(error),
+        }
+    }
+
+    /// Exit 2 for a journal that is not a file this run may trust or
+    /// write (`is_trusted_leftover`), naming what it is.
+    fn untrusted_journal(&self, stat: &rustix::fs::Stat, dest: &Path) -> Error {
+        let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+        let us = rustix::process::geteuid().as_raw();
+        let what = if kind != rustix::fs::FileType::RegularFile {
+            kind_name(kind).to_string()
+        } else if stat.st_nlink != 1 {
+            format!(
+                "a file with {} names (hard links): writing it would change the others",
+                stat.st_nlink
+            )
+        } else {
+            format!(
+                "another user's (uid {}; this is uid {us}), which could be rewritten under this run",
+                stat.st_uid
+            )
+        };
+        Error::Usage(format!(
+            "{} is {what}; ringdown keeps the journal to resume DEST from there, and made \
+             none of that: remove it (or give another DEST) and run again",
+            parent_dir(dest).join(&self.journal).display()
+        ))
     }
 
     /// Opens (creates) the journal and locks it for this run: one run at a
@@ -1556,13 +1609,24 @@ impl ResumeFiles {
             )
         };
         for _ in 0..JOURNAL_LOCK_TRIES_MAX {
+            // Non-blocking: a FIFO planted at the name held the run forever
+            // on its first read (h43 #9); it is refused below.
             let fd = rustix::fs::openat(
                 dir,
                 &self.journal,
-                OFlags::CREATE | OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                OFlags::CREATE
+                    | OFlags::RDWR
+                    | OFlags::APPEND
+                    | OFlags::CLOEXEC
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK,
                 Mode::from_raw_mode(0o644),
             )
-            .map_err(creating)?;
+            .map_err(|error| self.not_openable(error, dir, dest, &creating))?;
+            let stat = rustix::fs::fstat(&fd).map_err(creating)?;
+            if !is_trusted_leftover(&stat, dir) {
+                return Err(self.untrusted_journal(&stat, dest));
+            }
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 // Exit 2, as restore's lock: nothing was tried, and the
@@ -1678,7 +1742,9 @@ impl HeldJournal<'_> {
         note_as: Option<&str>,
     ) -> Result<(OwnedFd, bool, Option<engine::Resume>)> {
         let found = match may_resume {
-            true => self.files.find(self.dir, size_bytes, direct_io, note_as),
+            true => self
+                .files
+                .find(self.dir, &self.file, size_bytes, direct_io, note_as),
             false => None,
         };
         if let Some((file, direct, resume)) = found {
@@ -1748,6 +1814,7 @@ impl HeldJournal<'_> {
                 ),
             ));
         }
+        let written = rustix::fs::fstat(&file).map(|stat| (stat.st_dev, stat.st_ino));
         drop(file);
         // DEST was checked before the download (`resolve_dest`); a
         // directory, device, FIFO or socket put there since is not renamed
@@ -1785,6 +1852,22 @@ impl HeldJournal<'_> {
                     error.into(),
                 ));
             }
+        }
+        // The check above and the rename act on names: a file swapped in
+        // at the partial's name between the two is what the rename put
+        // under DEST (h43 #10, 1 run in 150). It is not left there.
+        let named = rustix::fs::statat(dir, file_name, AtFlags::SYMLINK_NOFOLLOW)
+            .map(|stat| (stat.st_dev, stat.st_ino));
+        if named.is_ok() && named != written {
+            let _ = rustix::fs::unlinkat(dir, file_name, AtFlags::empty());
+            self.remove();
+            return Err(Error::io(
+                format!("renaming {temp_name} into {}", dest.display()),
+                std::io::Error::other(
+                    "another process put a file at the partial's name as it was renamed: \
+                     DEST does not hold the download verified, and was removed",
+                ),
+            ));
         }
         self.remove();
         if placing.fsync {
@@ -1946,6 +2029,21 @@ impl Drop for HeldJournal<'_> {
             shared.close();
         }
     }
+}
+
+/// Whether a file an earlier run left beside DEST may be resumed (the
+/// partial file) or trusted (the journal): a regular file with one link,
+/// this user's or the directory owner's, as restore asks of `.ringdown/`.
+/// A hard link had the rest of the download written into a file outside
+/// DEST (a `cp -al` snapshot's: h43 #1); another user's, in a shared
+/// directory, left that user able to rewrite the verified result (h43 #12).
+fn is_trusted_leftover(stat: &rustix::fs::Stat, dir: &OwnedFd) -> bool {
+    let regular =
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+    let us = rustix::process::geteuid().as_raw();
+    let ours = stat.st_uid == us
+        || rustix::fs::fstat(dir).is_ok_and(|dir_stat| stat.st_uid == dir_stat.st_uid);
+    regular && stat.st_nlink == 1 && ours
 }
 
 /// What is at `name` in `dir`, if it is neither a file nor a symbolic

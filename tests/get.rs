@@ -2463,6 +2463,62 @@ fn killed_get_resumes_from_its_journal() {
     );
 }
 
+/// What a killed run leaves beside DEST is resumed only while it is
+/// ringdown's own: a regular file of one link, this user's. A partial file
+/// made a hard link (a `cp -al` snapshot of the directory) is not written
+/// through: the rerun starts over, its other name untouched (h43 #1). A
+/// FIFO at the journal's name is refused at once, not read forever (h43
+/// #9), and a journal with two names is not written into (h43 #11).
+#[test]
+fn leftovers_that_are_not_ringdowns_own_are_never_resumed_nor_written() {
+    let size = 3 << 20;
+    let fixture = Fixture::new(&[("h.bin", size), ("f.bin", 1000), ("l.bin", 1000)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "300KB/s"]);
+    let dest = fixture.dest_str("h.bin");
+    let mut child = spawn_get(&served, "h.bin", &dest);
+    kill_once_journaled(fixture.out.path(), &mut child, 1 << 20);
+    let hex = &sha1_hex(b"h.bin")[..16];
+    let part = fixture.out.path().join(format!(".ringdown-{hex}.part"));
+    let snapshot = tempfile::tempdir().unwrap();
+    let other_name = snapshot.path().join("part-snapshot");
+    std::fs::hard_link(&part, &other_name).unwrap();
+    let before = std::fs::read(&other_name).unwrap();
+    let output = spawn_get(&served, "h.bin", &dest)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        !stderr(&output).contains("resumed at"),
+        "{}",
+        stderr(&output)
+    );
+    assert_same(&fixture.dest("h.bin"), "h.bin", size);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&dest).unwrap().nlink(), 1);
+    assert!(
+        std::fs::read(&other_name).unwrap() == before,
+        "written through a hard link"
+    );
+    assert_no_temp(fixture.out.path());
+
+    let hex = &sha1_hex(b"f.bin")[..16];
+    let journal = fixture.out.path().join(format!(".ringdown-{hex}.journal"));
+    common::make_fifo(&journal);
+    let output = ringdown(&served, &["b2://bkt/f.bin", &fixture.dest_str("f.bin")]);
+    assert_exit(&output, 2, "is a FIFO");
+    assert!(!fixture.dest("f.bin").exists());
+    std::fs::remove_file(&journal).unwrap();
+
+    let hex = &sha1_hex(b"l.bin")[..16];
+    let journal = fixture.out.path().join(format!(".ringdown-{hex}.journal"));
+    let notes = snapshot.path().join("notes.txt");
+    std::fs::write(&notes, "precious line\n").unwrap();
+    std::fs::hard_link(&notes, &journal).unwrap();
+    let output = ringdown(&served, &["b2://bkt/l.bin", &fixture.dest_str("l.bin")]);
+    assert_exit(&output, 2, "a file with 2 names (hard links)");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "precious line\n");
+}
+
 /// A rerun with a part size that does not divide the journaled prefix
 /// (64 KiB parts killed, 3 MiB parts again) resumes from all of it: rounded
 /// down to the new part size, it fetched the whole prefix again, and said

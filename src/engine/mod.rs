@@ -442,10 +442,15 @@ pub struct Resume {
 
 /// Re-hashes `[0, bytes)` of a partial file an earlier run left in `dir`
 /// (crash resume: reading the prefix back is the price of not fetching it).
-/// `note_as`: the name to say it under first, for a long prefix.
+/// `note_as`: the name to say it under first, for a long prefix. `None`
+/// unless the name still leads to `written`, the partial file as reopened
+/// to write the rest: the prefix hashed must be the one that goes under
+/// the final name (h43 #13: a name swapped between the two opens had one
+/// file's prefix vouch for another's, "verified", exit 0).
 pub fn hash_prefix(
     dir: &OwnedFd,
     temp_name: &str,
+    written: &OwnedFd,
     bytes: u64,
     note_as: Option<&str>,
 ) -> Option<Resume> {
@@ -464,6 +469,10 @@ pub fn hash_prefix(
         rustix::fs::Mode::empty(),
     )
     .ok()?;
+    let identity = |fd: &OwnedFd| rustix::fs::fstat(fd).map(|stat| (stat.st_dev, stat.st_ino));
+    if identity(&fd).ok()? != identity(written).ok()? {
+        return None;
+    }
     let (sha1, hashed) = crate::verify::sha1_of(std::fs::File::from(fd).take(bytes)).ok()?;
     (hashed == bytes).then_some(Resume {
         offset_bytes: bytes,
@@ -623,6 +632,23 @@ mod tests {
         // The weak comparison still sees the same version through `W/`.
         assert!(validator("etag", "W/\"abc\"").matches("\"abc\""));
         assert!(!validator("etag", "\"abc\"").matches("\"abd\""));
+    }
+
+    /// The prefix is hashed only from the file that is written to and
+    /// named: a name that leads elsewhere now resumes nothing (h43 #13).
+    #[test]
+    fn a_prefix_is_hashed_only_from_the_file_written() {
+        use rustix::fs::{Mode, OFlags};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p"), b"prefix--").unwrap();
+        std::fs::write(dir.path().join("other"), b"prefix--").unwrap();
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let dir_fd = rustix::fs::open(dir.path(), flags, Mode::empty()).unwrap();
+        let open = |name| rustix::fs::openat(&dir_fd, name, OFlags::RDWR, Mode::empty()).unwrap();
+        let (written, elsewhere) = (open("p"), open("other"));
+        let resume = super::hash_prefix(&dir_fd, "p", &written, 8, None).unwrap();
+        assert_eq!(resume.offset_bytes, 8);
+        assert!(super::hash_prefix(&dir_fd, "p", &elsewhere, 8, None).is_none());
     }
 
     /// A library caller's resume offset off a block, or past the object,

@@ -1700,8 +1700,10 @@ fn schedule(
             .filter(|&bytes| bytes > 0 && bytes <= size_bytes)
             .and_then(|bytes| {
                 let note_as = (!run.reporter.quiet).then_some(task.entry.name.as_str());
-                let temp_name = target.large_temp_name(&task.key);
-                engine::hash_prefix(&target.partial, &temp_name, bytes, note_as)
+                let Partial::Named { name, file } = &task.partial else {
+                    return None;
+                };
+                engine::hash_prefix(&target.partial, name, file, bytes, note_as)
             });
         if let Some(resume) = &resume {
             task.resumed_bytes = resume.offset_bytes;
