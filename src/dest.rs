@@ -261,7 +261,7 @@ mod tests {
     fn timestamps_before_1970_count_back_from_the_epoch() {
         let at = |mtime_ms| {
             let when = timestamps_at(mtime_ms).last_modification;
-            (when.tv_sec, when.tv_nsec as i64)
+            (when.tv_sec, when.tv_nsec)
         };
         assert_eq!(at(1_600_000_000_123), (1_600_000_000, 123_000_000));
         assert_eq!(at(0), (0, 0));
