@@ -108,6 +108,35 @@ pub(crate) fn file_system_error(context: String, error: rustix::io::Errno) -> Er
     }
 }
 
+/// Gives `file`, about to be renamed over `name` in `dir`, the permissions
+/// of the regular file there, as `cp` over an existing file keeps them:
+/// a 0600 key restored over became 0644, readable by every local user, and
+/// a 0755 script lost its execute bits (h42 #6, h43 #5). Without set-id
+/// bits. As root, its owner and group too (a user's file restored by root
+/// stays the user's). Not root, over another user's file (one it may
+/// replace, in a directory it may write): no write bits for others, so a
+/// planted 0666 file cannot hand them this one. Nothing there, or anything
+/// else: the mode the file was made with.
+pub(crate) fn keep_permissions_of(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi::OsStr) {
+    let Ok(old) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return;
+    };
+    if rustix::fs::FileType::from_raw_mode(old.st_mode) != rustix::fs::FileType::RegularFile {
+        return;
+    }
+    let euid = rustix::process::geteuid();
+    let mut mode = old.st_mode & 0o777;
+    if euid.is_root() {
+        let owner = rustix::process::Uid::from_raw(old.st_uid);
+        let group = rustix::process::Gid::from_raw(old.st_gid);
+        let _ = rustix::fs::fchown(file, Some(owner), Some(group));
+    } else if old.st_uid != euid.as_raw() {
+        mode &= !0o022;
+    }
+    // (After the chown, which clears set-id bits: there are none here.)
+    let _ = rustix::fs::fchmod(file, Mode::from_raw_mode(mode));
+}
+
 /// Access and modification time both at `mtime_ms` (B2's
 /// `src_last_modified_millis`), for `futimens`/`utimensat`.
 pub(crate) fn timestamps_at(mtime_ms: i64) -> Timestamps {

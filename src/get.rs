@@ -234,6 +234,11 @@ fn plain_file_name(name: &str) -> std::result::Result<(), &'static str> {
     if name.chars().any(char::is_control) {
         return Err("holds a NUL or control character");
     }
+    // The names of what a run keeps beside DEST: this one would be put
+    // over another run's partial file (h43 #8).
+    if name.starts_with(".ringdown-") {
+        return Err("is the name of a file ringdown keeps beside a download");
+    }
     Ok(())
 }
 
@@ -367,7 +372,23 @@ impl Download {
                 std::io::Error::from(error)
             )));
         }
-        match std::fs::symlink_metadata(&dest) {
+        let there = std::fs::symlink_metadata(&dest);
+        // A symbolic link to a device, FIFO or socket (`/dev/stdout`, a
+        // link to `/dev/null`): the rename would replace the link, and as
+        // root `/dev/stdout` became a file for every program (h43 #3).
+        let linked_node = match &there {
+            Ok(meta) if meta.is_symlink() => std::fs::metadata(&dest).ok(),
+            _ => None,
+        };
+        if let Some(target) = linked_node.filter(|target| !target.is_file()) {
+            return Err(Error::Usage(format!(
+                "{} is a symbolic link to {}: ringdown writes regular files, and would replace \
+                 the link (even with --force, it does not); give a regular file's path",
+                dest.display(),
+                file_kind(&target)
+            )));
+        }
+        match there {
             Ok(meta) if meta.is_dir() => {
                 return Err(Error::Usage(format!("{} is a directory", dest.display())));
             }
@@ -382,12 +403,16 @@ impl Download {
                     file_kind(&meta)
                 )));
             }
-            Ok(_) if !self.options.force => {
+            Ok(meta) if !self.options.force => {
                 if let Some(file_name) = dest.file_name() {
                     ResumeFiles::remove_orphan_journal(&parent, file_name);
                 }
+                let link = match meta.is_symlink() {
+                    true => " (a symbolic link: --force replaces the link, not what it points to)",
+                    false => "",
+                };
                 return Err(Error::Usage(format!(
-                    "{} exists; pass --force to replace it",
+                    "{} exists{link}; pass --force to replace it",
                     dest.display()
                 )));
             }
@@ -1814,6 +1839,7 @@ impl HeldJournal<'_> {
                 ),
             ));
         }
+        crate::dest::keep_permissions_of(&file, dir, file_name);
         let written = rustix::fs::fstat(&file).map(|stat| (stat.st_dev, stat.st_ino));
         drop(file);
         // DEST was checked before the download (`resolve_dest`); a

@@ -2519,6 +2519,64 @@ fn leftovers_that_are_not_ringdowns_own_are_never_resumed_nor_written() {
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "precious line\n");
 }
 
+/// DEST forms whose download would land wrongly are refused before any
+/// request (exit 2): `--stats-json` naming DEST, whose stats replaced the
+/// verified download (h43 #2); a symbolic link to a device, replaced by a
+/// file even with `--force` (h43 #3: `/dev/stdout`); a source named like a
+/// file ringdown keeps beside DEST (h43 #8). A link to a file is said to
+/// be one: `--force` replaces the link.
+#[test]
+fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
+    let fixture = Fixture::new(&[("a.bin", 1000), (".ringdown-0123456789abcdef.part", 10)]);
+    let served = serve(fixture.data.path(), false, &[]);
+    let dest = fixture.dest_str("a.bin");
+    let out = fixture.out.path().to_str().unwrap();
+    for args in [
+        vec!["b2://bkt/a.bin", &dest, "--stats-json", &dest],
+        vec!["b2://bkt/a.bin", out, "--stats-json", &dest],
+    ] {
+        let output = ringdown(&served, &args);
+        assert_exit(&output, 2, "names DEST");
+        assert!(!fixture.dest("a.bin").exists());
+    }
+    let to_null = fixture.dest("to-null");
+    std::os::unix::fs::symlink("/dev/null", &to_null).unwrap();
+    let output = ringdown(
+        &served,
+        &["b2://bkt/a.bin", to_null.to_str().unwrap(), "--force"],
+    );
+    assert_exit(&output, 2, "a symbolic link to a character device");
+    assert!(to_null.is_symlink());
+    let to_file = fixture.dest("to-file");
+    std::fs::write(fixture.dest("file"), b"old").unwrap();
+    std::os::unix::fs::symlink(fixture.dest("file"), &to_file).unwrap();
+    let output = ringdown(&served, &["b2://bkt/a.bin", to_file.to_str().unwrap()]);
+    assert_exit(&output, 2, "--force replaces the link");
+    let output = ringdown(&served, &["b2://bkt/.ringdown-0123456789abcdef.part", out]);
+    assert_exit(&output, 2, "a file ringdown keeps beside a download");
+
+    // `--force` over a file keeps its permissions (and, as root, its
+    // owner): a 0600 dump became 0644 (h43 #5).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let private = fixture.dest("private");
+    std::fs::write(&private, b"secret").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let nobody = rustix::process::Uid::from_raw(65534);
+    if is_root() {
+        rustix::fs::chown(&private, Some(nobody), None).unwrap();
+    }
+    assert_ok(&ringdown(
+        &served,
+        &["b2://bkt/a.bin", private.to_str().unwrap(), "--force"],
+    ));
+    let meta = std::fs::metadata(&private).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    if is_root() {
+        assert_eq!(meta.uid(), nobody.as_raw());
+    }
+    assert_same(&private, "a.bin", 1000);
+}
+
 /// A rerun with a part size that does not divide the journaled prefix
 /// (64 KiB parts killed, 3 MiB parts again) resumes from all of it: rounded
 /// down to the new part size, it fetched the whole prefix again, and said

@@ -388,7 +388,9 @@ pub fn run(args: GetArgs) -> Result<i32> {
     let dest = download.resolve_dest()?;
     if let Some(path) = &args.stats_json {
         super::check_output_file("--stats-json", path, None)?;
+        check_stats_beside_dest(path, &dest)?;
     }
+    let stats_before = args.stats_json.as_deref().and_then(super::file_identity);
     if !args.quiet {
         for notice in args
             .tuning
@@ -416,7 +418,18 @@ pub fn run(args: GetArgs) -> Result<i32> {
     // usage error ran nothing worth counting.
     if let Some(path) = &args.stats_json {
         if !matches!(result, Err(Error::Usage(_))) {
-            let written = super::summary::write_stats_json(path, &summary);
+            // Another file there than before the run: not written over
+            // (the stats path check above is by name; a link can lead to
+            // DEST as well).
+            let written = match super::file_identity(path) {
+                Some(now) if Some(now) != stats_before => Err(Error::io(
+                    format!("not writing --stats-json {}", path.display()),
+                    std::io::Error::other(
+                        "another file is there than before the run (the download?)",
+                    ),
+                )),
+                _ => super::summary::write_stats_json(path, &summary),
+            };
             super::summary::settle_stats_write(written, result.is_err())?;
         }
     }
@@ -646,5 +659,39 @@ mod tests {
             get.part_size_bytes * get.large_connections_per_core as u64
                 <= (get.buffers_per_core * get.buffer_size_bytes) as u64
         );
+    }
+}
+
+/// `--stats-json` must not name DEST, nor a file ringdown keeps beside it
+/// (`.ringdown-…`): the stats, written after the rename, replaced the
+/// verified download under its name, exit 0 (h43 #2).
+fn check_stats_beside_dest(stats: &std::path::Path, dest: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let directory = |path: &std::path::Path| {
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::metadata(parent)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()))
+    };
+    let same_directory = directory(stats).is_some() && directory(stats) == directory(dest);
+    let name = stats.file_name();
+    let clash = if same_directory && name == dest.file_name() {
+        Some("names DEST: the stats would replace the download")
+    } else if same_directory
+        && name.is_some_and(|name| name.as_encoded_bytes().starts_with(b".ringdown-"))
+    {
+        Some("names a file ringdown keeps beside DEST (.ringdown-…)")
+    } else {
+        None
+    };
+    match clash {
+        Some(why) => Err(Error::Usage(format!(
+            "--stats-json {} {why}; give it another path",
+            stats.display()
+        ))),
+        None => Ok(()),
     }
 }

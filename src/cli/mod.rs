@@ -94,6 +94,14 @@ fn check_output_file(
     Ok(())
 }
 
+/// A file's (st_dev, st_ino), its symlink not followed; `None` if nothing
+/// is there.
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(path).ok()?;
+    Some((metadata.dev(), metadata.ino()))
+}
+
 impl Command {
     /// What to do after a bug stopped this command (the panic hook's advice).
     pub fn after_a_bug(&self) -> &'static str {

@@ -207,7 +207,7 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
         }
     }
     crate::runtime::watch_signals();
-    let stats_before = args.stats_json.as_deref().and_then(file_identity);
+    let stats_before = args.stats_json.as_deref().and_then(super::file_identity);
     let restore = Restore::new(options);
     let progress = (!args.quiet && !args.dry_run)
         .then(|| start_progress_line(Arc::clone(&restore.progress), Arc::clone(&restore.files)));
@@ -217,14 +217,6 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
     }
     let report = result?;
     finish(&args, report, memlock_notice.as_deref(), stats_before)
-}
-
-/// A file's (st_dev, st_ino), its symlink not followed; `None` if nothing
-/// is there.
-fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let metadata = std::fs::symlink_metadata(path).ok()?;
-    Some((metadata.dev(), metadata.ino()))
 }
 
 /// Prints the summary, writes `--stats-json`, and picks the exit code.
@@ -256,7 +248,7 @@ pub fn finish(
         // Another file there than before the run: the restore put an object
         // of that name there (stats inside DIR), which the stats would have
         // overwritten, a wrong file under its name (h42 #8).
-        Some(path) if file_identity(path).is_some_and(|now| Some(now) != stats_before) => {
+        Some(path) if super::file_identity(path).is_some_and(|now| Some(now) != stats_before) => {
             Err(Error::io(
                 format!(
                     "not writing --stats-json {}: the restore put a file of that name there",

@@ -949,6 +949,7 @@ impl Target {
                 (name, file)
             }
         };
+        crate::dest::keep_permissions_of(&file, parent, std::ffi::OsStr::new(leaf));
         let renamed = rustix::fs::renameat(&self.partial, temp_name.as_str(), parent, leaf);
         match renamed {
             Ok(()) => Ok(file),
@@ -1294,6 +1295,8 @@ mod tests {
             }
             target.link_unnamed = how;
             std::fs::write(dir.path().join("old"), b"from before").unwrap();
+            let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+            std::fs::set_permissions(dir.path().join("old"), private).unwrap();
             std::os::unix::fs::symlink(&sentinel, dir.path().join("link")).unwrap();
             std::fs::create_dir(dir.path().join("dir")).unwrap();
             let parent = target.parent_dir(&[]).unwrap();
@@ -1320,6 +1323,10 @@ mod tests {
                     let meta = std::fs::symlink_metadata(&path).unwrap();
                     assert!(meta.is_file(), "{leaf} {how:?}");
                     assert_eq!(meta.mtime(), 1_600_000_000, "{leaf} {how:?}");
+                    // A file replaced keeps its permissions (h42 #6).
+                    if leaf == "old" {
+                        assert_eq!(meta.mode() & 0o777, 0o600, "{how:?}");
+                    }
                     assert_eq!(std::fs::read_to_string(&path).unwrap(), body);
                 }
                 let left = entry_names(&target.partial);
