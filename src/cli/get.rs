@@ -560,6 +560,40 @@ fn progress_text(
     )
 }
 
+/// `--stats-json` must not name DEST, nor a file ringdown keeps beside it
+/// (`.ringdown-…`): the stats, written after the rename, replaced the
+/// verified download under its name, exit 0 (h43 #2).
+fn check_stats_beside_dest(stats: &std::path::Path, dest: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let directory = |path: &std::path::Path| {
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::metadata(parent)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()))
+    };
+    let same_directory = directory(stats).is_some() && directory(stats) == directory(dest);
+    let name = stats.file_name();
+    let clash = if same_directory && name == dest.file_name() {
+        Some("names DEST: the stats would replace the download")
+    } else if same_directory
+        && name.is_some_and(|name| name.as_encoded_bytes().starts_with(b".ringdown-"))
+    {
+        Some("names a file ringdown keeps beside DEST (.ringdown-…)")
+    } else {
+        None
+    };
+    match clash {
+        Some(why) => Err(Error::Usage(format!(
+            "--stats-json {} {why}; give it another path",
+            stats.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,39 +693,5 @@ mod tests {
             get.part_size_bytes * get.large_connections_per_core as u64
                 <= (get.buffers_per_core * get.buffer_size_bytes) as u64
         );
-    }
-}
-
-/// `--stats-json` must not name DEST, nor a file ringdown keeps beside it
-/// (`.ringdown-…`): the stats, written after the rename, replaced the
-/// verified download under its name, exit 0 (h43 #2).
-fn check_stats_beside_dest(stats: &std::path::Path, dest: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let directory = |path: &std::path::Path| {
-        let parent = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => std::path::Path::new("."),
-        };
-        std::fs::metadata(parent)
-            .ok()
-            .map(|meta| (meta.dev(), meta.ino()))
-    };
-    let same_directory = directory(stats).is_some() && directory(stats) == directory(dest);
-    let name = stats.file_name();
-    let clash = if same_directory && name == dest.file_name() {
-        Some("names DEST: the stats would replace the download")
-    } else if same_directory
-        && name.is_some_and(|name| name.as_encoded_bytes().starts_with(b".ringdown-"))
-    {
-        Some("names a file ringdown keeps beside DEST (.ringdown-…)")
-    } else {
-        None
-    };
-    match clash {
-        Some(why) => Err(Error::Usage(format!(
-            "--stats-json {} {why}; give it another path",
-            stats.display()
-        ))),
-        None => Ok(()),
     }
 }
