@@ -298,6 +298,14 @@ impl Download {
                 "DEST is empty: give the file's path or an existing directory".into(),
             ));
         }
+        // curl's and wget's stdout; here it made a file named `-` (h43 #15i).
+        if self.dest.as_os_str() == "-" {
+            return Err(Error::Usage(
+                "DEST '-': ringdown writes a file, never stdout (it renames the verified \
+                 download into place); give a path (./- for a file named '-')"
+                    .into(),
+            ));
+        }
         // `Path` drops a last `.` (`out/new/.` is `out/new` to it), so a
         // DEST naming a directory that does not exist would be taken as a
         // file of that name.
@@ -360,9 +368,29 @@ impl Download {
         }
         let parent = parent_dir(&dest);
         if !parent.is_dir() {
+            return Err(Error::Usage(match std::fs::metadata(&parent) {
+                Ok(meta) => format!(
+                    "the directory of DEST, {}, is {}, not a directory",
+                    parent.display(),
+                    file_kind(&meta)
+                ),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => format!(
+                    "the directory of DEST, {}, does not exist; create it first",
+                    parent.display()
+                ),
+                Err(error) => format!(
+                    "the directory of DEST, {}, cannot be looked at ({error})",
+                    parent.display()
+                ),
+            }));
+        }
+        // Found at the rename, the whole object fetched in vain (h43 #4).
+        let name_bytes = dest.file_name().map_or(0, |name| name.len());
+        if name_bytes > crate::config::NAME_SEGMENT_MAX_BYTES {
             return Err(Error::Usage(format!(
-                "the directory of DEST, {}, does not exist; create it first",
-                parent.display()
+                "DEST's file name is {name_bytes} bytes, past the {} a file name may have: \
+                 give DEST as a file's path with a shorter name",
+                crate::config::NAME_SEGMENT_MAX_BYTES
             )));
         }
         if let Err(error) = rustix::fs::access(&parent, rustix::fs::Access::WRITE_OK) {

@@ -149,6 +149,14 @@ pub fn parse_instant_ms(text: &str) -> Result<u64, String> {
     Ok(seconds as u64 * 1000 + millis)
 }
 
+/// "1 attempt", "3 attempts": how many, for a message.
+pub fn attempts(count: impl Into<u64>) -> String {
+    match count.into() {
+        1 => "1 attempt".to_string(),
+        count => format!("{count} attempts"),
+    }
+}
+
 /// `2026-11-20T09:30:00.250Z`: an instant as `parse_instant_ms` reads it back.
 pub fn format_instant_ms(ms: u64) -> String {
     let seconds = (ms / 1000) as i64;

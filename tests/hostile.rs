@@ -2358,7 +2358,7 @@ fn assert_tls_run_ends_at_the_timeout(hostility: TlsHostility, needle: &str) {
         run.elapsed,
         run.stderr
     );
-    run.assert_failed_with(&[needle, "after 1 attempts"]);
+    run.assert_failed_with(&[needle, "after 1 attempt"]);
     assert_nothing_written(&dest_dir);
 }
 

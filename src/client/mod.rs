@@ -207,7 +207,7 @@ pub async fn exchange(
                 let context = format!("request to {}", origin.base_url());
                 return Err(Error::http(
                     context,
-                    format!("{error} after {attempt} attempts"),
+                    format!("{error} after {}", crate::units::attempts(attempt)),
                 ));
             }
             Err(_) => None,

@@ -404,7 +404,10 @@ impl Retries {
     /// The error of a request that stops retrying after the attempts made.
     pub(super) fn give_up(&self, context: &str, detail: &str) -> GiveUp {
         GiveUp {
-            error: Error::http(context, format!("{detail} after {} attempts", self.made)),
+            error: Error::http(
+                context,
+                format!("{detail} after {}", crate::units::attempts(self.made)),
+            ),
             run_fatal: false,
         }
     }

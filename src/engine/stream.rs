@@ -106,7 +106,7 @@ pub fn download_unknown_length(
             if attempt >= retry.attempts {
                 return Err(Error::http(
                     context,
-                    format!("{detail} after {attempt} attempts"),
+                    format!("{detail} after {}", crate::units::attempts(attempt)),
                 ));
             }
             progress.count_retry(&detail);

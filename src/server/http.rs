@@ -331,15 +331,15 @@ fn read_small_object(file: &std::fs::File, size_bytes: u64) -> std::io::Result<O
     if size_bytes == 0 || size_bytes > SMALL_OBJECT_INLINE_BYTES as u64 {
         return Ok(None);
     }
-    let mut whole = vec![0; size_bytes as usize];
-    let mut filled = 0;
-    while filled < whole.len() {
-        match std::os::unix::fs::FileExt::read_at(file, &mut whole[filled..], filled as u64)? {
-            0 => break,
-            n => filled += n,
+    // Read into the spare capacity: zeroing it first cost 4% of the
+    // server's CPU on 64 KiB objects (h44).
+    let mut whole = Vec::with_capacity(size_bytes as usize);
+    while whole.len() < whole.capacity() {
+        let offset = whole.len() as u64;
+        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut whole), offset)? == 0 {
+            break;
         }
     }
-    whole.truncate(filled);
     Ok(Some(Bytes::from(whole)))
 }
 
