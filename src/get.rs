@@ -384,6 +384,17 @@ impl Download {
                 ),
             }));
         }
+        // Another run's partial file or journal: replaced under it (h43 #8).
+        if dest
+            .file_name()
+            .is_some_and(|name| name.as_encoded_bytes().starts_with(b".ringdown-"))
+        {
+            return Err(Error::Usage(format!(
+                "DEST {} is named like a file ringdown keeps beside a download (.ringdown-…); \
+                 give another name",
+                dest.display()
+            )));
+        }
         // Found at the rename, the whole object fetched in vain (h43 #4).
         let name_bytes = dest.file_name().map_or(0, |name| name.len());
         if name_bytes > crate::config::NAME_SEGMENT_MAX_BYTES {
@@ -398,6 +409,22 @@ impl Download {
                 "the directory of DEST, {}, is not writable ({})",
                 parent.display(),
                 std::io::Error::from(error)
+            )));
+        }
+        // `/dev/stdout` is a link into /proc, to a regular file when
+        // stdout is redirected to one: `--force` replaced the system's
+        // link with a file (h43 #3). Nothing in /dev, /proc or /sys is a
+        // download's place.
+        let system_dir = std::fs::canonicalize(&parent).is_ok_and(|parent| {
+            ["/dev", "/proc", "/sys"]
+                .iter()
+                .any(|system| parent.starts_with(system))
+        });
+        if system_dir {
+            return Err(Error::Usage(format!(
+                "DEST {} is in the system's /dev, /proc or /sys: ringdown writes regular \
+                 files, renamed into place; give a path elsewhere",
+                dest.display()
             )));
         }
         let there = std::fs::symlink_metadata(&dest);
@@ -598,6 +625,7 @@ impl Download {
                 direct_io,
                 &dest,
                 note_as.as_deref(),
+                meta.expected.digest().is_some(),
             )?;
             may_resume = false;
             let temp_name = files.part.clone();
@@ -1793,6 +1821,7 @@ impl HeldJournal<'_> {
         direct_io: DirectIo,
         dest: &Path,
         note_as: Option<&str>,
+        digest_known: bool,
     ) -> Result<(OwnedFd, bool, Option<engine::Resume>)> {
         let found = match may_resume {
             true => self
@@ -1802,8 +1831,17 @@ impl HeldJournal<'_> {
         };
         if let Some((file, direct, resume)) = found {
             if note_as.is_some() {
+                // Re-hashed, the prefix is checked only against a digest:
+                // without one, what the disk holds is taken (h43 #6).
+                let checked = match digest_known {
+                    true => "the prefix was re-hashed from disk, to be verified with the rest",
+                    false => {
+                        "the prefix was read back from disk, and nothing can check it: the \
+                         origin publishes no SHA1"
+                    }
+                };
                 say!(
-                    "ringdown: resumed at byte {} of {size_bytes} from {} (its journal says so; the prefix was re-hashed from disk)",
+                    "ringdown: resumed at byte {} of {size_bytes} from {} (its journal says so; {checked})",
                     resume.offset_bytes,
                     self.files.part
                 );

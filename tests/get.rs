@@ -2554,6 +2554,34 @@ fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
     assert_exit(&output, 2, "--force replaces the link");
     let output = ringdown(&served, &["b2://bkt/.ringdown-0123456789abcdef.part", out]);
     assert_exit(&output, 2, "a file ringdown keeps beside a download");
+    let theirs = fixture.dest(".ringdown-0123456789abcdef.part");
+    let output = ringdown(&served, &["b2://bkt/a.bin", theirs.to_str().unwrap()]);
+    assert_exit(&output, 2, "named like a file ringdown keeps");
+    // `/dev/stdout` leads to a regular file when stdout is one (h43 #3).
+    let output = ringdown(
+        &served,
+        &["b2://bkt/a.bin", "/dev/ringdown-test-dest", "--force"],
+    );
+    assert_exit(&output, 2, "in the system's /dev");
+    assert!(!Path::new("/dev/ringdown-test-dest").exists());
+    // Stats through a symbolic link to DEST: not written over it (h45).
+    let linked_stats = fixture.dest("stats-link");
+    std::os::unix::fs::symlink(fixture.dest("linked.bin"), &linked_stats).unwrap();
+    let output = ringdown(
+        &served,
+        &[
+            "b2://bkt/a.bin",
+            &fixture.dest_str("linked.bin"),
+            "--stats-json",
+            linked_stats.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&output).contains("it leads to DEST"),
+        "{}",
+        stderr(&output)
+    );
+    assert_same(&fixture.dest("linked.bin"), "a.bin", 1000);
 
     // `--force` over a file keeps its permissions (and, as root, its
     // owner): a 0600 dump became 0644 (h43 #5).

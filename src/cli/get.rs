@@ -421,7 +421,19 @@ pub fn run(args: GetArgs) -> Result<i32> {
             // Another file there than before the run: not written over
             // (the stats path check above is by name; a link can lead to
             // DEST as well).
+            // Nor through a link to DEST (h45).
+            let leads_to_dest = std::fs::metadata(path)
+                .ok()
+                .zip(std::fs::metadata(&dest).ok())
+                .is_some_and(|(stats, dest)| {
+                    use std::os::unix::fs::MetadataExt;
+                    (stats.dev(), stats.ino()) == (dest.dev(), dest.ino())
+                });
             let written = match super::file_identity(path) {
+                _ if leads_to_dest => Err(Error::io(
+                    format!("not writing --stats-json {}", path.display()),
+                    std::io::Error::other("it leads to DEST, the download"),
+                )),
                 Some(now) if Some(now) != stats_before => Err(Error::io(
                     format!("not writing --stats-json {}", path.display()),
                     std::io::Error::other(
