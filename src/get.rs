@@ -471,7 +471,18 @@ impl Download {
                     dest.display()
                 )));
             }
-            _ => {}
+            // What the rename at the end could not replace, found before the
+            // whole object was fetched in vain (h43 #4).
+            Ok(_) => {
+                if let Some(why) = unreplaceable_file(&dest) {
+                    return Err(Error::Usage(format!(
+                        "{} {why}: the verified download could not be renamed over it, even \
+                         with --force; give another DEST",
+                        dest.display()
+                    )));
+                }
+            }
+            Err(_) => {}
         }
         if let Some(ca) = &self.options.ca_file {
             crate::tls::check_ca_file(ca)?;
@@ -2136,6 +2147,32 @@ fn is_trusted_leftover(stat: &rustix::fs::Stat, dir: &OwnedFd) -> bool {
     let ours = stat.st_uid == us
         || rustix::fs::fstat(dir).is_ok_and(|dir_stat| stat.st_uid == dir_stat.st_uid);
     regular && stat.st_nlink == 1 && ours
+}
+
+/// Why the file or link at `path` cannot be renamed over, where statx
+/// says: a mount point (EBUSY), immutable or append-only (EPERM).
+fn unreplaceable_file(path: &Path) -> Option<&'static str> {
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    let stat = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )
+    .ok()?;
+    let known = stat.stx_attributes_mask;
+    let has = |attribute: StatxAttributes| {
+        known.contains(attribute) && stat.stx_attributes.contains(attribute)
+    };
+    if has(StatxAttributes::MOUNT_ROOT) {
+        Some("is a mount point")
+    } else if has(StatxAttributes::IMMUTABLE) {
+        Some("is immutable (chattr +i)")
+    } else if has(StatxAttributes::APPEND) {
+        Some("is append-only (chattr +a)")
+    } else {
+        None
+    }
 }
 
 /// What is at `name` in `dir`, if it is neither a file nor a symbolic

@@ -2564,6 +2564,25 @@ fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
     );
     assert_exit(&output, 2, "in the system's /dev");
     assert!(!Path::new("/dev/ringdown-test-dest").exists());
+    // A mount point at DEST (a bind-mounted file): the rename at the end
+    // fails with EBUSY, after the whole download (h43 #4).
+    let mounted = fixture.dest("mounted");
+    std::fs::write(&mounted, b"").unwrap();
+    let bound = std::process::Command::new("mount")
+        .args(["--bind", "/etc/hostname"])
+        .arg(&mounted)
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if bound {
+        let output = ringdown(
+            &served,
+            &["b2://bkt/a.bin", mounted.to_str().unwrap(), "--force"],
+        );
+        let _ = std::process::Command::new("umount").arg(&mounted).output();
+        assert_exit(&output, 2, "is a mount point");
+    } else {
+        eprintln!("skipped: cannot bind-mount a file (not root?)");
+    }
     // Stats through a symbolic link to DEST: not written over it (h45).
     let linked_stats = fixture.dest("stats-link");
     std::os::unix::fs::symlink(fixture.dest("linked.bin"), &linked_stats).unwrap();
