@@ -260,8 +260,9 @@ struct ObjectMeta {
     expected: ExpectedSha1,
     mtime_ms: Option<i64>,
     source: ObjectSource,
-    /// The origin answers `Range` (B2 does; a plain URL told us in its probe).
-    ranges: bool,
+    /// How the origin answers `Range` (B2 with 206s framed by length; a
+    /// plain URL told us in its probe).
+    ranges: RangeAnswers,
     /// `size_bytes` is the object's size. Not so for a plain URL whose
     /// origin ignores Range and sends no Content-Length (a chunked body,
     /// or one delimited by the close): its size is known at its end
@@ -609,13 +610,16 @@ impl Download {
         // An origin that ignores Range cannot continue a transfer: the whole
         // object comes in one GET, through the page cache (its tail is not
         // padded to a block, as chunks' are for O_DIRECT).
-        let (files, direct_io) = if meta.ranges {
+        let (files, direct_io) = if meta.ranges == RangeAnswers::Ranged {
             (
                 ResumeFiles::new(&file_name, &meta.source, meta.size_bytes),
                 options.direct_io.for_object(meta.size_bytes),
             )
         } else {
             notices.push(match meta.length_known {
+                _ if matches!(meta.ranges, RangeAnswers::Chunked { .. }) => {
+                    "the origin answers Range requests with chunked bodies, which parallel ranges do not take: the whole object came in one GET on one connection"
+                }
                 true => "the origin ignores Range requests: the whole object came in one GET on one connection",
                 false => "the origin ignores Range requests and sends no Content-Length: the whole object came in one GET on one connection, its size known at its end",
             }.to_string());
@@ -658,7 +662,7 @@ impl Download {
             journal.begin_round(resume.as_ref().map_or(0, |resume| resume.offset_bytes));
             // Marks the journal durable until this round ends.
             let mut _durable_marks = None;
-            let fetch = if meta.ranges {
+            let fetch = if meta.ranges == RangeAnswers::Ranged {
                 let on_written = match journal.writer().map_err(discard)? {
                     Some((writer, marks)) => {
                         _durable_marks = Some(marks);
@@ -686,6 +690,18 @@ impl Download {
                     &file,
                     &self.progress,
                 )
+                .and_then(|streamed| match meta.ranges {
+                    RangeAnswers::Chunked { announced_bytes } if streamed.bytes != announced_bytes => {
+                        Err(Error::http(
+                            format!("GET {}", meta.source.display_name),
+                            format!(
+                                "the chunked body held {} bytes, where Content-Range announced {announced_bytes}",
+                                streamed.bytes
+                            ),
+                        ))
+                    }
+                    _ => Ok(streamed),
+                })
                 .map(|streamed| {
                     size_bytes = streamed.bytes;
                     engine::ObjectOutcome {
@@ -943,7 +959,7 @@ impl Download {
                     expected,
                     mtime_ms,
                     source,
-                    ranges: true,
+                    ranges: RangeAnswers::Ranged,
                     length_known: true,
                     notices,
                 })
@@ -1084,19 +1100,46 @@ impl Download {
                     sse_c: None,
                     display_name,
                 };
-                let length_known = head.status != 200 || head.content_length.is_some();
+                let ranges = match head.status {
+                    200 => RangeAnswers::Ignored,
+                    _ if head.chunked => RangeAnswers::Chunked {
+                        announced_bytes: size_bytes,
+                    },
+                    _ => RangeAnswers::Ranged,
+                };
+                // A chunked body is streamed (`engine::stream`), its size
+                // known at its end, as a 200's without a length.
+                let length_known = match ranges {
+                    RangeAnswers::Ranged => true,
+                    RangeAnswers::Ignored => head.content_length.is_some(),
+                    RangeAnswers::Chunked { .. } => false,
+                };
                 Ok(ObjectMeta {
-                    size_bytes,
+                    size_bytes: if length_known { size_bytes } else { 0 },
                     expected,
                     mtime_ms: None,
                     source,
-                    ranges: head.status != 200,
+                    ranges,
                     length_known,
                     notices,
                 })
             }
         }
     }
+}
+
+/// How an origin answers a `Range` request, as its probe showed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RangeAnswers {
+    /// 206s with a Content-Length: fetched in parallel ranges.
+    Ranged,
+    /// 200 and the whole object.
+    Ignored,
+    /// 206s with a chunked body (valid HTTP/1.1, from some proxies), which
+    /// the ranged engine does not take: every chunk failed its attempts
+    /// after the probe had taken the same framing (h41 #7). One GET,
+    /// streamed, whose length must be the one its Content-Range announced.
+    Chunked { announced_bytes: u64 },
 }
 
 /// What `get` needs to know of a B2 object before downloading it.

@@ -2624,6 +2624,98 @@ fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
     assert_same(&private, "a.bin", 1000);
 }
 
+/// An origin that answers every range with a chunked 206 (valid HTTP/1.1,
+/// from some proxies) gets one streamed GET, whose body must hold the
+/// length its probe's Content-Range announced: each chunk failed all its
+/// attempts before (h41 #7). `extra_bytes` is what the whole body holds
+/// past (or short of, negative) the object.
+fn chunked_range_origin(size: usize, extra_bytes: isize) -> String {
+    use std::io::Write;
+    let body = content("c.bin", size);
+    let address = test_origin(move |reader, writer| {
+        use std::io::BufRead;
+        loop {
+            // (`read_request` does not say whether a Range came: without
+            // one, the answer is a 200, chunked too.)
+            let mut range = None;
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+                    break;
+                }
+                let lower = line.trim().to_ascii_lowercase();
+                if let Some((first, last)) = lower
+                    .strip_prefix("range: bytes=")
+                    .and_then(|spec| spec.split_once('-'))
+                {
+                    range = Some((first.parse().unwrap(), last.parse().unwrap()));
+                }
+            }
+            let (first, last): (usize, usize) = range.unwrap_or((0, size - 1));
+            let part = &body[first..=last];
+            // The probe's answer is right; the whole body is not.
+            let part = match extra_bytes {
+                _ if range.is_some() => part.to_vec(),
+                0 => part.to_vec(),
+                n if n > 0 => [part, &vec![b'x'; n as usize][..]].concat(),
+                n => part[..part.len() - n.unsigned_abs()].to_vec(),
+            };
+            let head = match range {
+                Some(_) => format!(
+                    "HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n\
+                     Content-Range: bytes {first}-{last}/{size}\r\nETag: \"c1\"\r\n\r\n"
+                ),
+                None => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: \"c1\"\r\n\r\n"
+                    .to_string(),
+            };
+            let mut answer = head.into_bytes();
+            for piece in part.chunks(10_000) {
+                answer.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+                answer.extend(piece);
+                answer.extend(b"\r\n");
+            }
+            answer.extend(b"0\r\n\r\n");
+            if writer.write_all(&answer).is_err() {
+                return;
+            }
+        }
+    });
+    format!("http://{address}/c.bin")
+}
+
+#[test]
+fn ranges_answered_chunked_come_in_one_streamed_get_of_the_announced_length() {
+    let size = 300_000;
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("c.bin");
+    let get = |url: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+        command
+            .args(["get", url, dest.to_str().unwrap(), "--max-attempts", "2"])
+            .args(SMALL_TUNING);
+        run_bounded(command)
+    };
+    let output = get(&chunked_range_origin(size, 0));
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains("chunked bodies"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), content("c.bin", size));
+    std::fs::remove_file(&dest).unwrap();
+    for extra_bytes in [-10, 20] {
+        let output = get(&chunked_range_origin(size, extra_bytes));
+        assert_exit(&output, 1, "where Content-Range announced 300000");
+        assert!(!dest.exists());
+        assert_no_temp(out.path());
+    }
+}
+
 /// A rerun with a part size that does not divide the journaled prefix
 /// (64 KiB parts killed, 3 MiB parts again) resumes from all of it: rounded
 /// down to the new part size, it fetched the whole prefix again, and said
