@@ -211,12 +211,31 @@ fn build_head(
                     connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
                 }
             }
-            "content-range" => match parse_content_range_value(&value)? {
-                ContentRangeValue::Satisfied(range) => content_range = Some(range),
-                ContentRangeValue::Unsatisfied { complete_length } => {
-                    unsatisfied_range_complete_length = Some(complete_length)
+            "content-range" => {
+                let parsed = parse_content_range_value(&value)?;
+                let first = match (content_range, unsatisfied_range_complete_length) {
+                    (Some(range), _) => Some(ContentRangeValue::Satisfied(range)),
+                    (None, Some(complete_length)) => {
+                        Some(ContentRangeValue::Unsatisfied { complete_length })
+                    }
+                    (None, None) => None,
+                };
+                // One range per answer: of two that disagree, the last one
+                // won, and planned a 999-byte object from a probe of 3 MB
+                // (h41 #6). A framing error, as two Content-Lengths are.
+                if first.is_some_and(|first| first != parsed) {
+                    return Err(HttpError::InvalidContentRange {
+                        value: super::shown(&value),
+                        reason: "a second Content-Range that disagrees with the first",
+                    });
                 }
-            },
+                match parsed {
+                    ContentRangeValue::Satisfied(range) => content_range = Some(range),
+                    ContentRangeValue::Unsatisfied { complete_length } => {
+                        unsatisfied_range_complete_length = Some(complete_length)
+                    }
+                }
+            }
             "retry-after" if retry_after_s.is_none() => {
                 retry_after_s = self::retry_after_s(&value, now_unix_s);
             }
@@ -450,6 +469,26 @@ mod tests {
             ),
             Err(HttpError::UnsupportedTransferEncoding(_))
         ));
+    }
+
+    #[test]
+    fn a_second_content_range_must_agree_with_the_first() {
+        let head = |ranges: &str| {
+            parse(&format!(
+                "HTTP/1.1 206 P\r\n{ranges}Content-Length: 1\r\n\r\n"
+            ))
+        };
+        let same = head("Content-Range: bytes 0-0/3000\r\nContent-Range: bytes 0-0/3000\r\n");
+        assert!(same.is_ok(), "{same:?}");
+        for other in ["bytes 0-0/999", "bytes */3000", "bytes 1-1/3000"] {
+            let two = head(&format!(
+                "Content-Range: bytes 0-0/3000\r\nContent-Range: {other}\r\n"
+            ));
+            assert!(
+                matches!(two, Err(HttpError::InvalidContentRange { .. })),
+                "{other}: {two:?}"
+            );
+        }
     }
 
     #[test]
