@@ -137,6 +137,24 @@ pub(crate) fn keep_permissions_of(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi
     let _ = rustix::fs::fchmod(file, Mode::from_raw_mode(mode));
 }
 
+/// Narrows `file`'s mode to the regular file at `name` in `dir`, if one
+/// is there: a partial file that will replace it is no more readable than
+/// it while it downloads. Its owner comes at the end
+/// (`keep_permissions_of`): given now, the owner could rewrite bytes
+/// already hashed.
+pub(crate) fn narrow_mode_to(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi::OsStr) {
+    let Ok(old) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return;
+    };
+    let Ok(now) = rustix::fs::fstat(file) else {
+        return;
+    };
+    if rustix::fs::FileType::from_raw_mode(old.st_mode) == rustix::fs::FileType::RegularFile {
+        let narrowed = now.st_mode & old.st_mode & 0o777;
+        let _ = rustix::fs::fchmod(file, Mode::from_raw_mode(narrowed));
+    }
+}
+
 /// Access and modification time both at `mtime_ms` (B2's
 /// `src_last_modified_millis`), for `futimens`/`utimensat`.
 pub(crate) fn timestamps_at(mtime_ms: i64) -> Timestamps {

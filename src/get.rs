@@ -1910,6 +1910,11 @@ impl HeldJournal<'_> {
             size_bytes,
             direct_io,
         )?;
+        // A 0600 DEST's bytes were readable by all in the partial file for
+        // the whole download (h45): no wider than DEST from the start.
+        if let Some(name) = dest.file_name() {
+            crate::dest::narrow_mode_to(&file, self.dir, name);
+        }
         Ok((file, direct, None))
     }
 
