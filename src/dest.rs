@@ -79,11 +79,15 @@ pub(crate) fn run_stopping_hint(raw_os_error: Option<i32>) -> Option<&'static st
         libc::ENOSPC | libc::EROFS | libc::EDQUOT => {
             Some("; free space (or make the file system writable), then run the same command again")
         }
-        // The file system is gone: EIO after a shutdown (XFS, ext4
-        // `errors=`) or from a failing disk, ENOTCONN from a FUSE file
-        // system whose daemon died. h42 #12 saw 22 objects fetched after
+        // The file system is gone: ENOTCONN from a FUSE file system whose
+        // daemon died, ESHUTDOWN. h42 #12 saw 22 objects fetched after
         // that (egress B2 bills) only to fail, with 111 lines saying so.
-        libc::EIO | libc::ENOTCONN | libc::ESHUTDOWN => Some(
+        // Not EIO: a FUSE or network file system answers one object's
+        // failure with it, and stopping the run at that file made reruns
+        // stop there too, restoring nothing more (h46 #7). (An XFS
+        // shutdown, EIO for everything, fails file by file; telling it
+        // apart needs a probe of the file system.)
+        libc::ENOTCONN | libc::ESHUTDOWN => Some(
             "; the destination file system failed or is gone (see the kernel log, dmesg): \
              repair or remount it, then run the same command again",
         ),
@@ -113,10 +117,13 @@ pub(crate) fn file_system_error(context: String, error: rustix::io::Errno) -> Er
 /// a 0600 key restored over became 0644, readable by every local user, and
 /// a 0755 script lost its execute bits (h42 #6, h43 #5). Without set-id
 /// bits. As root, its owner and group too (a user's file restored by root
-/// stays the user's). Not root, over another user's file (one it may
-/// replace, in a directory it may write): no write bits for others, so a
-/// planted 0666 file cannot hand them this one. Nothing there, or anything
-/// else: the mode the file was made with.
+/// stays the user's), unless the directory is sticky and the file is
+/// neither the directory owner's nor ours: in `/tmp` or a shared drop
+/// directory, whoever planted a file at the name first was handed root's
+/// verified file, free to rewrite it (h46 #6). A file this run does not
+/// give its owner's, owned by another: no write bits for others, so a
+/// planted 0666 file hands out nothing. Nothing there, or anything else:
+/// the mode the file was made with.
 pub(crate) fn keep_permissions_of(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi::OsStr) {
     let Ok(old) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return;
@@ -124,9 +131,14 @@ pub(crate) fn keep_permissions_of(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi
     if rustix::fs::FileType::from_raw_mode(old.st_mode) != rustix::fs::FileType::RegularFile {
         return;
     }
+    let Ok(dir_stat) = rustix::fs::fstat(dir) else {
+        return;
+    };
     let euid = rustix::process::geteuid();
+    let sticky = dir_stat.st_mode & libc::S_ISVTX != 0;
+    let owner_kept = euid.is_root() && (!sticky || old.st_uid == dir_stat.st_uid);
     let mut mode = old.st_mode & 0o777;
-    if euid.is_root() {
+    if owner_kept {
         let owner = rustix::process::Uid::from_raw(old.st_uid);
         let group = rustix::process::Gid::from_raw(old.st_gid);
         let _ = rustix::fs::fchown(file, Some(owner), Some(group));

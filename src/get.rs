@@ -416,14 +416,20 @@ impl Download {
         // stdout is redirected to one: `--force` replaced the system's
         // link with a file (h43 #3). Nothing in /dev, /proc or /sys is a
         // download's place.
-        let system_dir = std::fs::canonicalize(&parent).is_ok_and(|parent| {
+        // By file system, not by path: a tmpfs at /dev/shm is a place for
+        // files like any other (h46).
+        let device = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).ok().map(|meta| meta.dev())
+        };
+        let system_dir = device(&parent).is_some_and(|here| {
             ["/dev", "/proc", "/sys"]
                 .iter()
-                .any(|system| parent.starts_with(system))
+                .any(|system| device(Path::new(system)) == Some(here))
         });
         if system_dir {
             return Err(Error::Usage(format!(
-                "DEST {} is in the system's /dev, /proc or /sys: ringdown writes regular \
+                "DEST {} is on the system's /dev, /proc or /sys: ringdown writes regular \
                  files, renamed into place; give a path elsewhere",
                 dest.display()
             )));

@@ -2562,7 +2562,7 @@ fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
         &served,
         &["b2://bkt/a.bin", "/dev/ringdown-test-dest", "--force"],
     );
-    assert_exit(&output, 2, "in the system's /dev");
+    assert_exit(&output, 2, "on the system's /dev");
     assert!(!Path::new("/dev/ringdown-test-dest").exists());
     // A mount point at DEST (a bind-mounted file): the rename at the end
     // fails with EBUSY, after the whole download (h43 #4).
@@ -2622,6 +2622,23 @@ fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
         assert_eq!(meta.uid(), nobody.as_raw());
     }
     assert_same(&private, "a.bin", 1000);
+    // In a sticky directory, a file another user planted is not handed the
+    // download, nor writable by others (h46 #6).
+    if is_root() {
+        let shared = fixture.dest("sticky");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let planted = shared.join("config");
+        std::fs::write(&planted, b"planted").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+        rustix::fs::chown(&planted, Some(nobody), None).unwrap();
+        assert_ok(&ringdown(
+            &served,
+            &["b2://bkt/a.bin", planted.to_str().unwrap(), "--force"],
+        ));
+        let meta = std::fs::metadata(&planted).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
+    }
 }
 
 /// An origin that answers every range with a chunked 206 (valid HTTP/1.1,

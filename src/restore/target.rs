@@ -1127,13 +1127,7 @@ mod tests {
 
     #[test]
     fn naming_on_a_full_read_only_or_failed_file_system_stops_the_run() {
-        for errno in [
-            Errno::NOSPC,
-            Errno::ROFS,
-            Errno::DQUOT,
-            Errno::IO,
-            Errno::NOTCONN,
-        ] {
+        for errno in [Errno::NOSPC, Errno::ROFS, Errno::DQUOT, Errno::NOTCONN] {
             match publish_error(errno, "DIR/a") {
                 PathError::Failed(Error::Fatal(why)) => assert!(why.starts_with("naming DIR/a: ")),
                 _ => panic!("{errno:?}"),
@@ -1143,10 +1137,12 @@ mod tests {
             publish_error(Errno::ISDIR, "DIR/a"),
             PathError::Refused(_)
         ));
-        assert!(matches!(
-            publish_error(Errno::NAMETOOLONG, "DIR/a"),
-            PathError::Failed(Error::Io { .. })
-        ));
+        for one_file in [Errno::NAMETOOLONG, Errno::IO] {
+            assert!(matches!(
+                publish_error(one_file, "DIR/a"),
+                PathError::Failed(Error::Io { .. })
+            ));
+        }
     }
 
     #[test]
