@@ -425,3 +425,11 @@ pub const BUFFERED_WRITES_PER_FILE_MAX: usize = 1;
 /// caches dropped before each). Elsewhere a 256 KiB write costs the same
 /// per byte as a 1 MiB one. O_DIRECT writes stay whole.
 pub const BUFFERED_WRITE_PIECE_BYTES: usize = 256 << 10;
+
+/// The file times ringdown gives restored files (`src_last_modified_millis`):
+/// from 1901-12-13 (the least a 32-bit `time_t` holds, which every Linux
+/// file system keeps) to 2446-05-10 (ext4's last second). Past those, a
+/// file system clamps the time, and the journal's skip, comparing it, would
+/// fetch the file again on every run; the upload time is given instead.
+pub const MTIME_MS_RANGE: std::ops::RangeInclusive<i64> =
+    (i32::MIN as i64 * 1000)..=(15_032_385_535 * 1000 + 999);

@@ -344,7 +344,8 @@ impl FileObject {
     pub fn modified_millis(&self) -> Option<i64> {
         self.src_last_modified_millis().or(self
             .upload_timestamp
-            .and_then(|millis| i64::try_from(millis).ok()))
+            .and_then(|millis| i64::try_from(millis).ok())
+            .filter(|millis| crate::config::MTIME_MS_RANGE.contains(millis)))
     }
 
     /// Encrypted with a customer key (SSE-C): downloads must carry it.
@@ -453,9 +454,15 @@ pub fn parse_sha1_hex(hex: &str) -> Option<[u8; 20]> {
 /// Milliseconds since the epoch, as B2's `src_last_modified_millis` and
 /// `x-bz-info-src_last_modified_millis` carry them: signed, for a file
 /// older than 1970 (b2sdk writes `int(mtime * 1000)`, negative then; h42
-/// #7 saw such files given the upload time). `None` for anything else.
+/// #7 saw such files given the upload time). `None` for anything else, and
+/// for a time past what file systems keep (`config::MTIME_MS_RANGE`: ext4
+/// clamped -99999999999999999 to 1901, and the journal's skip, comparing
+/// times, fetched the file again on every rerun: h46 #1).
 pub fn parse_millis(text: &str) -> Option<i64> {
-    text.trim().parse().ok()
+    let millis = text.trim().parse().ok()?;
+    crate::config::MTIME_MS_RANGE
+        .contains(&millis)
+        .then_some(millis)
 }
 
 #[cfg(test)]

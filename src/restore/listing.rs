@@ -180,10 +180,14 @@ pub fn parse_page(body: &[u8]) -> Result<ListPage, String> {
         };
         let mtime_ms = match &info.src_last_modified_millis {
             Some(Scalar::Text(text)) => crate::b2::parse_millis(text),
-            Some(Scalar::Number(millis)) => i64::try_from(*millis).ok(),
+            Some(Scalar::Number(millis)) => i64::try_from(*millis)
+                .ok()
+                .filter(|millis| crate::config::MTIME_MS_RANGE.contains(millis)),
             _ => None,
         }
-        .or(upload_ms.and_then(|millis| i64::try_from(millis).ok()));
+        .or(upload_ms
+            .and_then(|millis| i64::try_from(millis).ok())
+            .filter(|millis| crate::config::MTIME_MS_RANGE.contains(millis)));
         let sse_c = crate::b2::is_sse_c(
             file.server_side_encryption
                 .as_ref()
@@ -926,7 +930,7 @@ mod tests {
                 {"fileId":"4_z3","fileName":"b","action":"upload","contentLength":3,"contentSha1":"none",
                  "fileInfo":{"src_last_modified_millis":"-86400000"},"uploadTimestamp":10},
                 {"fileId":"4_z4","fileName":"c","action":"upload","contentLength":3,"contentSha1":"none",
-                 "fileInfo":{"src_last_modified_millis":"99999999999999999999"},"uploadTimestamp":10}
+                 "fileInfo":{"src_last_modified_millis":"-99999999999999999"},"uploadTimestamp":10}
             ],"nextFileName":"b","nextFileId":"4_z0"}"#,
         )
         .unwrap();
@@ -934,7 +938,8 @@ mod tests {
         assert_eq!(page.entries[0].upload_ms, Some(20));
         assert_eq!(page.entries[1].mtime_ms, Some(7));
         assert_eq!(page.entries[1].upload_ms, Some(10));
-        // Before 1970 (h42 #7); past i64: the upload time instead.
+        // Before 1970 (h42 #7); past what a file system keeps: the upload
+        // time instead.
         assert_eq!(page.entries[2].mtime_ms, Some(-86_400_000));
         assert_eq!(page.entries[3].mtime_ms, Some(10));
         assert_eq!(page.next_file_id.as_deref(), Some("4_z0"));
