@@ -1750,20 +1750,8 @@ impl ResumeFiles {
             )
         };
         for _ in 0..JOURNAL_LOCK_TRIES_MAX {
-            // Non-blocking: a FIFO planted at the name held the run forever
-            // on its first read (h43 #9); it is refused below.
-            let fd = rustix::fs::openat(
-                dir,
-                &self.journal,
-                OFlags::CREATE
-                    | OFlags::RDWR
-                    | OFlags::APPEND
-                    | OFlags::CLOEXEC
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK,
-                Mode::from_raw_mode(0o644),
-            )
-            .map_err(|error| self.not_openable(error, dir, dest, &creating))?;
+            let fd = crate::journal::open_to_append(dir, &self.journal)
+                .map_err(|error| self.not_openable(error, dir, dest, &creating))?;
             let stat = rustix::fs::fstat(&fd).map_err(creating)?;
             if !is_trusted_leftover(&stat, dir) {
                 return Err(self.untrusted_journal(&stat, dest));

@@ -102,6 +102,21 @@ fn replacement_name(name: &str) -> String {
 
 /// Removes the journal `name` in `dir`, and the new text a `rewrite` that
 /// a kill interrupted may have left beside it.
+/// Opens (creates) the journal `name` in `dir` to append to it, following
+/// no symlink, and without blocking: a FIFO planted at the name held the
+/// run forever on its first read (h42 #9, h43 #9). The caller looks at what
+/// it opened (a regular file of one link) before trusting it.
+pub fn open_to_append(dir: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::CREATE
+        | OFlags::RDWR
+        | OFlags::APPEND
+        | OFlags::CLOEXEC
+        | OFlags::NOFOLLOW
+        | OFlags::NONBLOCK;
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644))
+}
+
 pub fn remove(dir: &OwnedFd, name: &str) {
     use rustix::fs::AtFlags;
     let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());

@@ -401,18 +401,8 @@ impl Target {
             // remove the directory (see `remove_state`).
             rustix::fs::flock(&state, FlockOperation::LockShared)
                 .map_err(|error| (error, state_context.clone()))?;
-            let journal_fd = rustix::fs::openat(
-                &state,
-                &journal_name,
-                OFlags::CREATE
-                    | OFlags::RDWR
-                    | OFlags::APPEND
-                    | OFlags::CLOEXEC
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK,
-                Mode::from_raw_mode(0o644),
-            )
-            .map_err(|error| (error, format!("{state_context}/{journal_name}")))?;
+            let journal_fd = journal::open_to_append(&state, &journal_name)
+                .map_err(|error| (error, format!("{state_context}/{journal_name}")))?;
             let partial = mkdir_and_open(&state, PARTIAL_DIR_NAME)
                 .map_err(|error| (error, format!("{state_context}/{PARTIAL_DIR_NAME}")))?;
             Ok((state, journal_fd, partial))
