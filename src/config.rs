@@ -433,3 +433,7 @@ pub const BUFFERED_WRITE_PIECE_BYTES: usize = 256 << 10;
 /// fetch the file again on every run; the upload time is given instead.
 pub const MTIME_MS_RANGE: std::ops::RangeInclusive<i64> =
     (i32::MIN as i64 * 1000)..=(15_032_385_535 * 1000 + 999);
+
+/// The largest POSIX ACL (`system.posix_acl_access`) a replaced file's is
+/// copied from: 4 + 8 bytes an entry, so about 500 entries.
+pub const ACL_MAX_BYTES: usize = 4096;

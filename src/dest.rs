@@ -147,6 +147,22 @@ pub(crate) fn keep_permissions_of(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi
     }
     // (After the chown, which clears set-id bits: there are none here.)
     let _ = rustix::fs::fchmod(file, Mode::from_raw_mode(mode));
+    copy_access_acl(file, dir, name);
+}
+
+/// The POSIX ACL of the file at `name` in `dir`, if it has one, given to
+/// `file` too. With an ACL, a file's group bits are its mask, not its
+/// group's rights: the mode alone granted the group what the ACL denied it
+/// (h46 #3).
+fn copy_access_acl(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi::OsStr) {
+    use std::os::fd::AsRawFd;
+    const ACL: &str = "system.posix_acl_access";
+    let mut path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    path.push(name);
+    let mut acl = [0u8; crate::config::ACL_MAX_BYTES];
+    if let Ok(length) = rustix::fs::lgetxattr(&path, ACL, &mut acl[..]) {
+        let _ = rustix::fs::fsetxattr(file, ACL, &acl[..length], rustix::fs::XattrFlags::empty());
+    }
 }
 
 /// Narrows `file`'s mode to the regular file at `name` in `dir`, if one
@@ -315,6 +331,43 @@ fn direct_io_alignment_ok(file: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replaced file's ACL comes with its mode (h46 #3): its group bits
+    /// are the ACL's mask, and alone they granted the group what the ACL
+    /// denied it.
+    #[test]
+    fn a_replaced_files_acl_is_kept_with_its_mode() {
+        const ACL: &str = "system.posix_acl_access";
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::write(&old, b"old").unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        // user::rw- user:65534:r-- group::--- mask::r-- other::---
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        let entries = [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 65534),
+            (4, 0, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ];
+        for (tag, perm, id) in entries {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(id.to_le_bytes());
+        }
+        if rustix::fs::setxattr(&old, ACL, &acl, rustix::fs::XattrFlags::empty()).is_err() {
+            eprintln!("skipped: no POSIX ACLs on {}", dir.path().display());
+            return;
+        }
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let dir_fd = rustix::fs::open(dir.path(), flags, Mode::empty()).unwrap();
+        let file = rustix::fs::open(&new, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).unwrap();
+        keep_permissions_of(&file, &dir_fd, std::ffi::OsStr::new("old"));
+        let mut copied = [0u8; 256];
+        let length = rustix::fs::getxattr(&new, ACL, &mut copied[..]).unwrap();
+        assert_eq!(&copied[..length], &acl[..]);
+    }
 
     #[test]
     fn timestamps_before_1970_count_back_from_the_epoch() {
