@@ -2583,7 +2583,9 @@ fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
     } else {
         eprintln!("skipped: cannot bind-mount a file (not root?)");
     }
-    // Stats through a symbolic link to DEST: not written over it (h45).
+    // Stats through a symbolic link to DEST, which does not exist yet:
+    // refused up front (h45, h46 #5); after the run, a link made since is
+    // not written through either (`cli::get`).
     let linked_stats = fixture.dest("stats-link");
     std::os::unix::fs::symlink(fixture.dest("linked.bin"), &linked_stats).unwrap();
     let output = ringdown(
@@ -2595,12 +2597,8 @@ fn dest_forms_that_would_land_wrongly_are_refused_up_front() {
             linked_stats.to_str().unwrap(),
         ],
     );
-    assert!(
-        stderr(&output).contains("it leads to DEST"),
-        "{}",
-        stderr(&output)
-    );
-    assert_same(&fixture.dest("linked.bin"), "a.bin", 1000);
+    assert_exit(&output, 2, "leads to DEST");
+    assert!(!fixture.dest("linked.bin").exists());
 
     // `--force` over a file keeps its permissions (and, as root, its
     // owner): a 0600 dump became 0644 (h43 #5).

@@ -576,6 +576,38 @@ fn progress_text(
 /// (`.ringdown-…`): the stats, written after the rename, replaced the
 /// verified download under its name, exit 0 (h43 #2).
 fn check_stats_beside_dest(stats: &std::path::Path, dest: &std::path::Path) -> Result<()> {
+    // A symbolic link there is judged by where it leads too (one step),
+    // DEST not existing yet: caught after the whole download otherwise
+    // (h46 #5).
+    let linked = std::fs::read_link(stats)
+        .ok()
+        .map(|target| match stats.parent() {
+            Some(parent) if target.is_relative() => parent.join(target),
+            _ => target,
+        });
+    let clash = stats_clash(stats, dest).or_else(|| {
+        linked
+            .as_deref()
+            .and_then(|target| stats_clash(target, dest))
+            .map(|why| match why {
+                DEST_CLASH => "leads to DEST: the stats would replace the download",
+                _ => "leads to a file ringdown keeps beside DEST (.ringdown-…)",
+            })
+    });
+    match clash {
+        Some(why) => Err(Error::Usage(format!(
+            "--stats-json {} {why}; give it another path",
+            stats.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+const DEST_CLASH: &str = "names DEST: the stats would replace the download";
+
+/// Why `stats` names DEST or a file kept beside it, by its directory and
+/// name.
+fn stats_clash(stats: &std::path::Path, dest: &std::path::Path) -> Option<&'static str> {
     use std::os::unix::fs::MetadataExt;
     let directory = |path: &std::path::Path| {
         let parent = match path.parent() {
@@ -588,21 +620,14 @@ fn check_stats_beside_dest(stats: &std::path::Path, dest: &std::path::Path) -> R
     };
     let same_directory = directory(stats).is_some() && directory(stats) == directory(dest);
     let name = stats.file_name();
-    let clash = if same_directory && name == dest.file_name() {
-        Some("names DEST: the stats would replace the download")
+    if same_directory && name == dest.file_name() {
+        Some(DEST_CLASH)
     } else if same_directory
         && name.is_some_and(|name| name.as_encoded_bytes().starts_with(b".ringdown-"))
     {
         Some("names a file ringdown keeps beside DEST (.ringdown-…)")
     } else {
         None
-    };
-    match clash {
-        Some(why) => Err(Error::Usage(format!(
-            "--stats-json {} {why}; give it another path",
-            stats.display()
-        ))),
-        None => Ok(()),
     }
 }
 
