@@ -222,6 +222,19 @@ pub enum Verification {
     NotVerified { why: String },
 }
 
+/// Whether `name` has the form of a file a run keeps beside DEST
+/// (`ResumeFiles::names_for`: `.ringdown-<16 hex>.part` or `.journal`);
+/// other names starting with `.ringdown-` are anyone's (h46 #8d).
+pub(crate) fn is_kept_beside_dest(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(b".ringdown-") else {
+        return false;
+    };
+    let (hex, suffix) = rest.split_at(rest.len().min(16));
+    hex.len() == 16
+        && hex.iter().all(|byte| byte.is_ascii_hexdigit())
+        && (suffix == b".part" || suffix == b".journal")
+}
+
 /// Whether `name` is one plain file name, fit to join beneath a directory;
 /// if not, why.
 fn plain_file_name(name: &str) -> std::result::Result<(), &'static str> {
@@ -236,7 +249,7 @@ fn plain_file_name(name: &str) -> std::result::Result<(), &'static str> {
     }
     // The names of what a run keeps beside DEST: this one would be put
     // over another run's partial file (h43 #8).
-    if name.starts_with(".ringdown-") {
+    if is_kept_beside_dest(name.as_bytes()) {
         return Err("is the name of a file ringdown keeps beside a download");
     }
     Ok(())
@@ -388,7 +401,7 @@ impl Download {
         // Another run's partial file or journal: replaced under it (h43 #8).
         if dest
             .file_name()
-            .is_some_and(|name| name.as_encoded_bytes().starts_with(b".ringdown-"))
+            .is_some_and(|name| is_kept_beside_dest(name.as_encoded_bytes()))
         {
             return Err(Error::Usage(format!(
                 "DEST {} is named like a file ringdown keeps beside a download (.ringdown-…); \
@@ -2286,10 +2299,22 @@ pub(crate) mod tests {
             "a\0b",
             "a\nb",
             "\u{7f}",
+            ".ringdown-0123456789abcdef.part",
+            ".ringdown-0123456789ABCDEF.journal",
         ] {
             assert!(plain_file_name(bad).is_err(), "{bad:?}");
         }
-        for good in ["a.bin", "..a", "a..", "日本.txt", "a b%c+d", "-x"] {
+        for good in [
+            "a.bin",
+            "..a",
+            "a..",
+            "日本.txt",
+            "a b%c+d",
+            "-x",
+            ".ringdown-note",
+            ".ringdown-0123456789abcdef.parts",
+            ".ringdown-0123456789abcde.part",
+        ] {
             assert!(plain_file_name(good).is_ok(), "{good:?}");
         }
     }

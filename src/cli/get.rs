@@ -623,7 +623,7 @@ fn stats_clash(stats: &std::path::Path, dest: &std::path::Path) -> Option<&'stat
     if same_directory && name == dest.file_name() {
         Some(DEST_CLASH)
     } else if same_directory
-        && name.is_some_and(|name| name.as_encoded_bytes().starts_with(b".ringdown-"))
+        && name.is_some_and(|name| crate::get::is_kept_beside_dest(name.as_encoded_bytes()))
     {
         Some("names a file ringdown keeps beside DEST (.ringdown-…)")
     } else {
