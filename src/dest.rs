@@ -137,17 +137,24 @@ pub(crate) fn keep_permissions_of(file: &OwnedFd, dir: &OwnedFd, name: &std::ffi
     let euid = rustix::process::geteuid();
     let sticky = dir_stat.st_mode & libc::S_ISVTX != 0;
     let owner_kept = euid.is_root() && (!sticky || old.st_uid == dir_stat.st_uid);
+    // Another's file whose owner is not kept: its permissions are not
+    // trusted to hand out writes, nor is its ACL (whose `other` entry
+    // would give back the bits taken here).
+    let trusted = owner_kept || old.st_uid == euid.as_raw();
     let mut mode = old.st_mode & 0o777;
+    if !trusted {
+        mode &= !0o022;
+    }
     if owner_kept {
         let owner = rustix::process::Uid::from_raw(old.st_uid);
         let group = rustix::process::Gid::from_raw(old.st_gid);
         let _ = rustix::fs::fchown(file, Some(owner), Some(group));
-    } else if old.st_uid != euid.as_raw() {
-        mode &= !0o022;
     }
     // (After the chown, which clears set-id bits: there are none here.)
     let _ = rustix::fs::fchmod(file, Mode::from_raw_mode(mode));
-    copy_access_acl(file, dir, name);
+    if trusted {
+        copy_access_acl(file, dir, name);
+    }
 }
 
 /// The POSIX ACL of the file at `name` in `dir`, if it has one, given to
