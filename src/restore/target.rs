@@ -894,12 +894,8 @@ impl Target {
         // under DIR, and must not be reported there. Taken back, while the
         // name leads to it.
         if !self.is_still_at_its_path(parent) {
-            let named = rustix::fs::statat(&parent.fd, leaf, AtFlags::SYMLINK_NOFOLLOW);
-            let written = rustix::fs::fstat(&file);
-            if let (Ok(named), Ok(written)) = (named, written) {
-                if (named.st_dev, named.st_ino) == (written.st_dev, written.st_ino) {
-                    let _ = rustix::fs::unlinkat(&parent.fd, leaf, AtFlags::empty());
-                }
+            if journal::is_named(&parent.fd, leaf, &file) {
+                let _ = rustix::fs::unlinkat(&parent.fd, leaf, AtFlags::empty());
             }
             return Err(moved());
         }
