@@ -585,28 +585,23 @@ fn check_stats_beside_dest(stats: &std::path::Path, dest: &std::path::Path) -> R
             Some(parent) if target.is_relative() => parent.join(target),
             _ => target,
         });
-    let clash = stats_clash(stats, dest).or_else(|| {
-        linked
-            .as_deref()
-            .and_then(|target| stats_clash(target, dest))
-            .map(|why| match why {
-                DEST_CLASH => "leads to DEST: the stats would replace the download",
-                _ => "leads to a file ringdown keeps beside DEST (.ringdown-…)",
-            })
-    });
+    let clash = stats_clash(stats, dest)
+        .map(|what| ("names", what))
+        .or_else(|| {
+            let target = linked.as_deref()?;
+            stats_clash(target, dest).map(|what| ("leads to", what))
+        });
     match clash {
-        Some(why) => Err(Error::Usage(format!(
-            "--stats-json {} {why}; give it another path",
+        Some((verb, what)) => Err(Error::Usage(format!(
+            "--stats-json {} {verb} {what}; give it another path",
             stats.display()
         ))),
         None => Ok(()),
     }
 }
 
-const DEST_CLASH: &str = "names DEST: the stats would replace the download";
-
-/// Why `stats` names DEST or a file kept beside it, by its directory and
-/// name.
+/// What `stats` names, by its directory and name, if that is DEST or a
+/// file kept beside it.
 fn stats_clash(stats: &std::path::Path, dest: &std::path::Path) -> Option<&'static str> {
     use std::os::unix::fs::MetadataExt;
     let directory = |path: &std::path::Path| {
@@ -621,11 +616,11 @@ fn stats_clash(stats: &std::path::Path, dest: &std::path::Path) -> Option<&'stat
     let same_directory = directory(stats).is_some() && directory(stats) == directory(dest);
     let name = stats.file_name();
     if same_directory && name == dest.file_name() {
-        Some(DEST_CLASH)
+        Some("DEST: the stats would replace the download")
     } else if same_directory
         && name.is_some_and(|name| crate::get::is_kept_beside_dest(name.as_encoded_bytes()))
     {
-        Some("names a file ringdown keeps beside DEST (.ringdown-…)")
+        Some("a file ringdown keeps beside DEST (.ringdown-…)")
     } else {
         None
     }
