@@ -189,6 +189,24 @@ impl Then {
     }
 }
 
+impl Failure {
+    /// How a failure that no attempt can mend ends its object: a local one
+    /// (a write's), or one that stops the run. Other kinds give `next_attempt`
+    /// more to decide, and end as an object's own (`FailureKind::Object`).
+    pub(super) fn give_up_at_once(self, context: &str) -> GiveUp {
+        match self.kind {
+            FailureKind::Run => GiveUp {
+                error: Error::Fatal(format!("{context}: {}", self.detail)),
+                run_fatal: true,
+            },
+            _ => GiveUp {
+                error: Error::http(context, self.detail),
+                run_fatal: false,
+            },
+        }
+    }
+}
+
 /// Why a download loop stopped retrying.
 pub(super) struct GiveUp {
     pub error: Error,
@@ -318,18 +336,7 @@ impl Retries {
             }
             FailureKind::Trust => return Err(fatal(Error::Trust(failure.detail))),
             FailureKind::ProxyRefused => return Err(fatal(Error::ProxyRefused(failure.detail))),
-            FailureKind::Run => {
-                return Err(fatal(Error::Fatal(format!(
-                    "{context}: {}",
-                    failure.detail
-                ))));
-            }
-            FailureKind::Object => {
-                return Err(GiveUp {
-                    error: Error::http(context, failure.detail),
-                    run_fatal: false,
-                });
-            }
+            FailureKind::Run | FailureKind::Object => return Err(failure.give_up_at_once(context)),
         }
         if token_refreshed && !stop() {
             // Not a failure of the request: its token expired. The fresh

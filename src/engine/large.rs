@@ -607,12 +607,7 @@ fn core_job_for(core: &Rc<Core>, job: Arc<Job>) -> Option<Rc<CoreJob>> {
     core.large.borrow_mut().push(Rc::clone(&core_job));
     let hasher = core.spawn("hasher", hash_loop(Rc::clone(&core_job)));
     let finisher = core.spawn("finisher", finish_on_core(Rc::clone(&core_job), hasher));
-    let mut finishers = core.finishers.borrow_mut();
-    // A finished task stays allocated while its handle lives: a restore of
-    // many large objects must not keep one per object.
-    finishers.retain(|finisher| !finisher.is_finished());
-    finishers.push(finisher);
-    drop(finishers);
+    core.keep_until_exit(finisher);
     Some(core_job)
 }
 

@@ -967,11 +967,21 @@ pub(crate) struct Core {
     retries: Cell<u64>,
     /// This core's part in each large object it works on.
     pub large: RefCell<Vec<Rc<large::CoreJob>>>,
-    /// One per large object this core joined; awaited before the core exits.
+    /// Tasks awaited before the core exits: one per large object this core
+    /// joined, per object backing off, per small object being written.
     pub finishers: RefCell<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Core {
+    /// Keeps `task` to be awaited before the core exits (`run_core`).
+    pub fn keep_until_exit(&self, task: tokio::task::JoinHandle<()>) {
+        let mut finishers = self.finishers.borrow_mut();
+        // A finished task stays allocated while its handle lives: a restore
+        // of many objects must not keep one per object.
+        finishers.retain(|finisher| !finisher.is_finished());
+        finishers.push(task);
+    }
+
     pub fn record(&self, stage: Stage, elapsed: Duration) {
         self.stats.borrow_mut().record(stage, elapsed);
     }
@@ -1153,10 +1163,25 @@ async fn run_object(
     let ran =
         super::object::download_object(core, connection, &object, destination, retries, ahead);
     match ran.await {
-        Ran::Finished(outcome, attempts) => {
+        Ran::Received(ending) => {
+            // Off the connection, which goes on to its next GET.
+            let ending_core = Rc::clone(core);
+            let task = core.spawn("ending", async move {
+                let attempts = ending.attempts;
+                let outcome = ending.run(&ending_core, &object).await;
+                ending_core.record(Stage::File, started.elapsed());
+                done(ObjectResult {
+                    outcome,
+                    attempts,
+                    started_over: false,
+                });
+            });
+            core.keep_until_exit(task);
+        }
+        Ran::Failed(error, attempts) => {
             core.record(Stage::File, started.elapsed());
             done(ObjectResult {
-                outcome,
+                outcome: Err(error),
                 attempts,
                 started_over: false,
             });
@@ -1197,10 +1222,7 @@ fn back_off(core: &Rc<Core>, job: ObjectJob, backoff: super::object::Backoff) {
             shared.end_backoff(Some(job));
         }
     });
-    let mut finishers = core.finishers.borrow_mut();
-    // A long run with many backoffs keeps only the ones still waiting.
-    finishers.retain(|finisher| !finisher.is_finished());
-    finishers.push(task);
+    core.keep_until_exit(task);
 }
 
 /// Fails work the run stopped before its turn (its caller removes the
