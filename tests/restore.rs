@@ -1881,6 +1881,94 @@ fn usage_errors_exit_2_before_any_network() {
     }
 }
 
+/// DIR is made as `mkdir -p` makes it, `.` and `..` walked, not named
+/// (`NEW/.` failed with "creating NEW/.: No such file or directory", h46
+/// #8c).
+#[test]
+fn a_dir_spelled_with_dot_components_is_made_as_mkdir_p_makes_it() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "a/one", &content("one", 10));
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    for (spelled, made) in [("new/.", "new"), ("x/../other/./", "other")] {
+        let output = restore(&served, &["b2://bkt"], &out.path().join(spelled));
+        assert!(output.status.success(), "{spelled}: {}", stderr(&output));
+        assert_eq!(
+            std::fs::read(out.path().join(made).join("a/one")).unwrap(),
+            content("one", 10),
+            "{spelled}"
+        );
+    }
+}
+
+/// A DIR on a file system already dead at the start (a FUSE daemon gone:
+/// ENOTCONN) is exit 2 before any request, saying what to do, as `get`'s
+/// DEST is; it was exit 1 at "creating DIR" after authorizing (h46 #8e).
+/// Needs bindfs and /dev/fuse; skipped with a message where missing.
+#[test]
+fn a_dir_on_a_dead_file_system_is_exit_2_before_any_request() {
+    let has = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    if !has("bindfs") || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs bindfs and /dev/fuse");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (source, mount) = (work.path().join("source"), work.path().join("mount"));
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    let mut daemon = Command::new("bindfs")
+        .arg("-f")
+        .arg(&source)
+        .arg(&mount)
+        .spawn()
+        .unwrap();
+    let mounted = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(mount.to_str().unwrap())
+    });
+    if !mounted {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        eprintln!("skipped: bindfs did not mount (no FUSE here?)");
+        return;
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let unmount = || {
+        let _ = Command::new("fusermount")
+            .arg("-u")
+            .arg("-z")
+            .arg(&mount)
+            .status();
+        let _ = Command::new("umount").arg("-l").arg(&mount).status();
+    };
+    // Port 9 is not served: a request would fail with another message.
+    for dir in [mount.clone(), mount.join("new")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+        command
+            .args(["restore", "b2://bkt"])
+            .arg(&dir)
+            .args(["--realm", "http://127.0.0.1:9"])
+            .env("B2_APPLICATION_KEY_ID", "id")
+            .env("B2_APPLICATION_KEY", "key");
+        let output = run_bounded(command);
+        let text = stderr(&output);
+        if output.status.code() != Some(2) || !text.contains("failed or is gone") {
+            unmount();
+            panic!("{dir:?}: {:?} {text}", output.status.code());
+        }
+    }
+    unmount();
+}
+
 /// Issue 5's fault test: 2,000 files and two multi-chunk objects through
 /// resets, stalls cut short, 503s, 429s and corrupt bytes. Every file that
 /// lands is byte-identical; a file the faults defeat is reported, absent

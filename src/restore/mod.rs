@@ -160,11 +160,24 @@ pub(crate) fn check_target_dir(dir: &std::path::Path) -> Result<()> {
     loop {
         match std::fs::symlink_metadata(existing) {
             Ok(_) => break,
+            // Not there (or under a file, found as the walk goes up): the
+            // run makes it.
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
             // A name no file system takes: found out here, not after listing.
             Err(error) if error.raw_os_error() == Some(libc::ENAMETOOLONG) => {
                 return unusable(format!("{error}"));
             }
-            Err(_) => {}
+            // A dead file system (ENOTCONN of a FUSE daemon gone), EACCES
+            // of a directory on the way: exit 2 here, as `get` does, not
+            // exit 1 at `creating DIR` after authorizing (h46 #8e).
+            Err(error) => {
+                let hint = crate::dest::run_stopping_hint(error.raw_os_error()).unwrap_or("");
+                return unusable(if existing == dir {
+                    format!("cannot be looked at ({error}){hint}")
+                } else {
+                    format!("{} cannot be looked at ({error}){hint}", existing.display())
+                });
+            }
         }
         match existing.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => existing = parent,

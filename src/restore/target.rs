@@ -375,11 +375,31 @@ pub fn journal_key(file_id: &str, size_bytes: u64) -> String {
     format!("{file_id}\t{size_bytes}")
 }
 
+/// `mkdir -p`: each directory on the way, in order, as the kernel resolves
+/// it, so `NEW/.` and `a/../NEW/` are made as `mkdir -p` makes them
+/// (`create_dir_all` makes `NEW/.` by its own idea of the parent, and fails
+/// with ENOENT, h46 #8c).
+fn make_dirs(path: &Path) -> std::io::Result<()> {
+    let mut walked = std::path::PathBuf::new();
+    for component in path.components() {
+        walked.push(component);
+        match std::fs::create_dir(&walked) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // `.`, `..`, `/`: not made, only walked (a `..` of a missing
+            // directory fails at the next step, with ENOENT).
+            Err(_) if !matches!(component, std::path::Component::Normal(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 impl Target {
     /// Creates DIR (like `mkdir -p`), `.ringdown/partial/`, and takes the
     /// journal lock of this shard.
     pub fn open(root_path: &Path, shard: Shard) -> Result<Target> {
-        std::fs::create_dir_all(root_path)
+        make_dirs(root_path)
             .map_err(|error| Error::io(format!("creating {}", root_path.display()), error))?;
         let root = rustix::fs::open(
             root_path,
