@@ -1,13 +1,16 @@
 //! The only module that touches `tokio_uring`. It exposes a small, safe
 //! surface: the per-core runtime, TCP streams, positional file writes and the
 //! aligned buffer pool. Replacing tokio-uring (compio, raw io-uring) touches
-//! this module alone.
+//! this module alone. It also holds the crate's other `unsafe` system call,
+//! a read of cached bytes only (`cached`).
 
 mod buffers;
+mod cached;
 mod file;
 mod net;
 
 pub use buffers::{AlignedBuf, BufferPool, PoolBuf, REGISTRATION_SKIPPED, Registration};
+pub use cached::pread_cached;
 pub use file::File;
 pub use net::{Stopping, TcpStream};
 
