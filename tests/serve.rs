@@ -1727,3 +1727,80 @@ fn a_failed_start_leaves_no_certificate_directory_and_the_key_is_private() {
     assert_eq!(mode("ca.pem") & 0o600, 0o600);
     drop(served);
 }
+
+/// Downloads that workers serve from the kernel's caches (h47: no blocking
+/// thread when nothing can block) answer as the blocking path does: a name
+/// whose newest version is a hide marker stays hidden by name however warm
+/// its file, an older version is still found by ID, and a bucket directory
+/// renamed away or replaced while serving is followed at once.
+#[test]
+fn warm_downloads_keep_hide_markers_versions_and_a_replaced_bucket() {
+    let tree = small_tree();
+    let root = tree.path();
+    write_file(root, ".versions/bkt/a.txt/@1000", b"first upload");
+    let served = serve(root, true, &[]);
+    let (token, _) = served.authorize();
+    let by_id = |file_id: &str| {
+        served.get(
+            &format!("/b2api/v3/b2_download_file_by_id?fileId={file_id}"),
+            &token,
+        )
+    };
+    let listed = served.send(
+        Request::new("POST", "/b2api/v3/b2_list_file_versions")
+            .header("Authorization", token.clone())
+            .json(json!({"bucketId": served.bucket_id(&token, "bkt"), "prefix": "a.txt"})),
+    );
+    let old_id = listed.json()["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|file| file["uploadTimestamp"] == 1000)
+        .expect("the older upload is listed")["fileId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let current = download(&served, &token, "a.txt", None);
+    assert_eq!(current.body, b"hello world");
+    let current_id = current.header("x-bz-file-id").unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(by_id(&old_id).body, b"first upload");
+        assert_eq!(by_id(&current_id).body, b"hello world");
+        assert_eq!(
+            download(&served, &token, "a.txt", None).body,
+            b"hello world"
+        );
+    }
+
+    // Hidden after its last upload: gone by name, still there by ID.
+    let hide_ms = std::fs::metadata(root.join("bkt/a.txt"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 1;
+    write_file(root, &format!(".versions/bkt/a.txt/@{hide_ms}.hide"), b"");
+    for _ in 0..3 {
+        let hidden = download(&served, &token, "a.txt", None);
+        assert_eq!(hidden.status, 404, "a hidden name is served by name");
+        assert_eq!(hidden.json()["code"], "not_found");
+        assert_eq!(by_id(&current_id).body, b"hello world");
+    }
+
+    // The bucket renamed away, then another directory in its place.
+    std::fs::rename(root.join("bkt"), root.join("moved")).unwrap();
+    let gone = download(&served, &token, "dir/sub/e.bin", None);
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.json()["code"], "not_found");
+    assert_eq!(by_id(&current_id).status, 404);
+    write_file(root, "bkt/dir/sub/e.bin", b"replaced");
+    for _ in 0..3 {
+        assert_eq!(
+            download(&served, &token, "dir/sub/e.bin", None).body,
+            b"replaced"
+        );
+        assert_eq!(by_id(&current_id).status, 404);
+    }
+}

@@ -528,6 +528,16 @@ pub fn view_of(server: &Server, meta: ObjectMeta, file: &File) -> std::io::Resul
     Ok(view_with(server, meta, sha1))
 }
 
+/// `view_of` when the SHA1 cache holds the digest of this version: no
+/// hashing, so no read of the file.
+pub fn view_if_cached(server: &Server, meta: ObjectMeta) -> Option<ObjectView> {
+    let sha1 = server
+        .store
+        .sha1_cache
+        .lookup(&sha1_cache_key(&meta), &meta.version)?;
+    Some(view_with(server, meta, sha1))
+}
+
 /// The view of an object whose `meta` came from a stat by name (listings):
 /// from the cache for that version, else the file is opened and what was
 /// opened is described, which may be a newer version than the stat saw.

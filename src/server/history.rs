@@ -138,6 +138,29 @@ impl Store {
             .find(|version| version.kind == VersionKind::Hide && version.file_id == file_id)
     }
 
+    /// True when the kernel's lookup cache shows, without a disk read, that
+    /// `name` has no history directory, so `hidden_since` is `None`; false
+    /// when it may have one, or the cache cannot tell. The same path
+    /// `versions_of` reads (symlinks followed, as `read_dir` does).
+    pub fn has_no_history_cached(&self, bucket: &Bucket, name: &str) -> bool {
+        if !is_servable_name(name) {
+            return true;
+        }
+        let dir = self.history_path(bucket).join(name);
+        // A negative entry in the cache is authoritative; one the cache does
+        // not hold is EAGAIN.
+        matches!(
+            rustix::fs::openat2(
+                rustix::fs::CWD,
+                &dir,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+                rustix::fs::ResolveFlags::CACHED,
+            ),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
+        )
+    }
+
     /// The newest hide marker of `name`, if any (ms).
     pub fn hidden_since(&self, bucket: &Bucket, name: &str) -> Option<u64> {
         self.versions_of(bucket, name)
@@ -203,6 +226,29 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name with a hide marker is never said to have no history (the
+    /// workers would serve it by name); one without is, once looked up.
+    #[test]
+    fn only_a_name_without_history_is_said_to_have_none() {
+        let root = tempfile::tempdir().unwrap();
+        let markers = root.path().join(HISTORY_DIR).join("bkt/hidden.txt");
+        std::fs::create_dir_all(root.path().join("bkt")).unwrap();
+        std::fs::create_dir_all(&markers).unwrap();
+        std::fs::write(markers.join("@1700000000000.hide"), b"").unwrap();
+        let store =
+            Store::open(root.path(), super::super::sha1_cache::Sha1Cache::open(None)).unwrap();
+        let bucket = super::super::store::bucket_named("bkt").unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                store.hidden_since(&bucket, "hidden.txt"),
+                Some(1_700_000_000_000)
+            );
+            assert!(!store.has_no_history_cached(&bucket, "hidden.txt"));
+            assert_eq!(store.hidden_since(&bucket, "plain.txt"), None);
+            assert!(store.has_no_history_cached(&bucket, "plain.txt"));
+        }
+    }
 
     #[test]
     fn history_leaves() {
