@@ -701,6 +701,7 @@ impl Restore {
         })?;
         drop(control);
         let target = if options.dry_run {
+            target::check_existing_state(&options.dir)?;
             None
         } else {
             Some(Target::open(&options.dir, options.shard)?)

@@ -213,6 +213,45 @@ fn mount_of(fd: &OwnedFd) -> Option<Mount> {
     })
 }
 
+/// Partial files are renamed from `partial/` into DIR: across mounts (one
+/// put on `.ringdown/` for faster storage, a bind mount) every file failed,
+/// each blaming its own directory (h42 #10).
+fn check_one_mount(root: &OwnedFd, partial: &OwnedFd, state_context: &str) -> Result<()> {
+    if let (Some(root), Some(partial)) = (mount_of(root), mount_of(partial)) {
+        if !root.is_same(partial) {
+            return Err(Error::Usage(format!(
+                "{state_context}/{PARTIAL_DIR_NAME} is on another mount than DIR (a mount point \
+                 or bind mount at it or at {state_context}): ringdown renames each file from \
+                 there into DIR, which needs one mount; unmount it and run again"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--dry-run`'s share of `Target::open`'s checks, making nothing: where
+/// DIR and its state directories exist already, they are on one mount
+/// (else the real run is exit 2 at its start, h46 #8a).
+pub fn check_existing_state(root_path: &Path) -> Result<()> {
+    let Ok(root) = rustix::fs::open(
+        root_path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        // Missing, or the real run's own error to give.
+        return Ok(());
+    };
+    let state_context = format!("{}/{STATE_DIR_NAME}", root_path.display());
+    let Ok(state) = open_dir_beneath(&root, STATE_DIR_NAME) else {
+        return Ok(());
+    };
+    match open_dir_beneath(&state, PARTIAL_DIR_NAME) {
+        Ok(partial) => check_one_mount(&root, &partial, &state_context),
+        // The run would make `partial/` on the mount of `.ringdown/`.
+        Err(_) => check_one_mount(&root, &state, &state_context),
+    }
+}
+
 /// The name of `is_case_insensitive`'s probe file, before its salt: one a
 /// kill left behind is removed with `.ringdown/` (`remove_state`).
 const CASE_PROBE_PREFIX: &str = "Case-Probe-";
@@ -319,18 +358,7 @@ impl StateFiles<'_> {
                 )));
             }
         }
-        // Partial files are renamed from `partial/` into DIR: across mounts
-        // (one put on `.ringdown/` for faster storage, a bind mount) every
-        // file failed, each blaming its own directory (h42 #10).
-        if let (Some(root), Some(partial)) = (mount_of(self.root), mount_of(self.partial)) {
-            if !root.is_same(partial) {
-                return Err(Error::Usage(format!(
-                    "{partial_context} is on another mount than DIR (a mount point or bind \
-                     mount at it or at {state_context}): ringdown renames each file from there \
-                     into DIR, which needs one mount; unmount it and run again"
-                )));
-            }
-        }
+        check_one_mount(self.root, self.partial, state_context)?;
         let journal_path = format!("{state_context}/{journal_name}");
         let journal_stat = stat(self.journal, &journal_path)?;
         let kind = rustix::fs::FileType::from_raw_mode(journal_stat.st_mode);
