@@ -2648,6 +2648,30 @@ fn slow_large_restore(served: &Served, dir: &Path) -> Child {
     child
 }
 
+/// h46 #8b: DIR renamed away mid-run. The file lands in the directory
+/// opened at the start (wherever it is now), and the run says that its
+/// paths name where DIR was.
+#[test]
+fn dir_moved_away_mid_run_is_said() {
+    let data = tempfile::tempdir().unwrap();
+    let bytes = large_object_bucket(data.path());
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dir");
+    let run = slow_large_restore(&served, &dir);
+    let moved = out.path().join("moved");
+    std::fs::rename(&dir, &moved).unwrap();
+    let run = run.wait_with_output().unwrap();
+    let err = stderr(&run);
+    assert_eq!(run.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("was moved or replaced during the run"),
+        "{err}"
+    );
+    assert!(std::fs::read(moved.join("large.bin")).unwrap() == bytes);
+    assert!(!dir.exists());
+}
+
 fn large_object_bucket(data: &Path) -> Vec<u8> {
     let bytes = content("large", 64 * 65536 + 1000);
     write_file(&data.join("bkt"), "large.bin", &bytes);

@@ -1018,6 +1018,21 @@ impl Restore {
             sha1_feed: crate::verify::sha1_feed_chosen(),
             stages,
         };
+        if run
+            .target
+            .as_ref()
+            .is_some_and(|target| !target.is_dir_still_at_its_path())
+        {
+            // Nothing went elsewhere: every file went into the directory
+            // opened at the start. But its paths, said here and in
+            // --report, lead somewhere else now (h46 #8b).
+            notices.push(format!(
+                "{} was moved or replaced during the run: the files went into the directory \
+                 first found there, wherever it is now; the paths said here and in --report \
+                 name where it was",
+                options.dir.display()
+            ));
+        }
         let kept_for_resume = std::mem::take(&mut *run.kept_for_resume.lock().expect("kept lock"));
         if let Some(target) = run.target.as_ref().filter(|_| interrupted.is_none()) {
             if fatal.is_none() && tally.failed == 0 && tally.refused == 0 {

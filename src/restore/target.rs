@@ -685,6 +685,14 @@ impl Target {
         Ok(parent)
     }
 
+    /// Whether DIR's path (as given) still leads to the directory the run
+    /// opened there and wrote into.
+    pub fn is_dir_still_at_its_path(&self) -> bool {
+        let now = rustix::fs::stat(&self.root_path).map(|stat| (stat.st_dev, stat.st_ino));
+        let opened = rustix::fs::fstat(&self.root).map(|stat| (stat.st_dev, stat.st_ino));
+        matches!((now, opened), (Ok(now), Ok(opened)) if now == opened)
+    }
+
     /// Whether `parent`'s path under DIR still leads to it. Where it does
     /// not, the cache lets go of it: the next file looks afresh (and meets
     /// whatever is at the path now, a symlink refused, a directory made).
@@ -1303,6 +1311,32 @@ mod tests {
             Err(PathError::Refused(_))
         ));
     }
+    /// h46 #8b: DIR renamed away (a symlink to elsewhere left at its
+    /// name) is told apart from DIR still where it was, as the run's end
+    /// says.
+    #[test]
+    fn dir_moved_away_is_noticed() {
+        let work = tempfile::tempdir().unwrap();
+        let (dir, moved, elsewhere) = (
+            work.path().join("dir"),
+            work.path().join("moved"),
+            work.path().join("elsewhere"),
+        );
+        std::fs::create_dir(&elsewhere).unwrap();
+        let target = Target::open(&dir, Shard::ALL).unwrap();
+        assert!(target.is_dir_still_at_its_path());
+        std::fs::rename(&dir, &moved).unwrap();
+        assert!(!target.is_dir_still_at_its_path());
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        assert!(!target.is_dir_still_at_its_path());
+        std::fs::remove_file(&dir).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        assert!(
+            target.is_dir_still_at_its_path(),
+            "a link to it leads to it"
+        );
+    }
+
     /// A small file's partial, each way it can be made (unnamed and linked
     /// either way; named where no unnamed file can be), is put in place:
     /// under a new name, over a file from before, over a symlink (replaced,
