@@ -2665,7 +2665,7 @@ fn dir_moved_away_mid_run_is_said() {
     let err = stderr(&run);
     assert_eq!(run.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("was moved or replaced during the run"),
+        err.contains("the paths said here and in --report name where it was"),
         "{err}"
     );
     assert!(std::fs::read(moved.join("large.bin")).unwrap() == bytes);
