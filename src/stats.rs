@@ -405,18 +405,14 @@ mod tests {
             table
                 .lines()
                 // 640 µs within `HISTOGRAM_SIGFIGS`: 643.
-                .any(|line| line.starts_with("hash")
-                    && line.contains("64")
-                    && line.contains("µs ")),
+                .any(|line| line.starts_with("hash") && line.contains(" 643µs ")),
             "{table}"
         );
         assert!(
             table
                 .lines()
                 // 4.56 s within `HISTOGRAM_SIGFIGS`: 4.59.
-                .any(|line| line.starts_with("file")
-                    && line.contains("4.5")
-                    && line.contains("s ")),
+                .any(|line| line.starts_with("file") && line.contains(" 4.59s ")),
             "{table}"
         );
         assert!(

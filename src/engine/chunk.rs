@@ -202,8 +202,11 @@ async fn attempt_chunk(
         } else {
             *current = Some(buf);
         }
-        // After the bytes are handed on: a retry resumes after them.
-        floor.received(waited, n).map_err(conn_failure)?;
+        // After the bytes are handed on: a retry resumes after them. A slow
+        // read that ends the body ends it (a retry would ask for nothing).
+        if body_left > 0 {
+            floor.received(waited, n).map_err(conn_failure)?;
+        }
         if pipelining && ahead.is_none() && body_left > 0 && job.has_chunks_left() {
             if let Some(round_trip) = core.core.shared.round_trip() {
                 let receiving = body_started.elapsed();

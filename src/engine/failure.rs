@@ -194,6 +194,11 @@ impl Failure {
     /// (a write's), or one that stops the run. Other kinds give `next_attempt`
     /// more to decide, and end as an object's own (`FailureKind::Object`).
     pub(super) fn give_up_at_once(self, context: &str) -> GiveUp {
+        debug_assert!(
+            matches!(self.kind, FailureKind::Run | FailureKind::Object),
+            "{:?} is for next_attempt to decide",
+            self.kind
+        );
         match self.kind {
             FailureKind::Run => GiveUp {
                 error: Error::Fatal(format!("{context}: {}", self.detail)),

@@ -66,12 +66,14 @@ pub struct EngineConfig {
 /// (`RLIMIT_NOFILE`): `connections_per_core` when all do, fewer when not
 /// (`Ok(fewer)`), or why not even one does. `small_objects`: a restore,
 /// where each connection also holds the objects it reads and claimed
-/// ahead (`OPEN_FILES_PER_OBJECT` each) and queued objects hold theirs;
-/// `get` holds one file.
+/// ahead (`OPEN_FILES_PER_OBJECT` each), queued objects hold theirs, and
+/// so do objects being written after their connection moved on (one per
+/// buffer at most: `buffers_per_core`); `get` holds one file.
 pub fn connections_within_open_files(
     open_files_limit: u64,
     cores: usize,
     connections_per_core: usize,
+    buffers_per_core: usize,
     small_objects: bool,
 ) -> std::result::Result<usize, String> {
     use crate::config::{
@@ -82,10 +84,11 @@ pub fn connections_within_open_files(
     let (per_connection, queued) = if small_objects {
         let queued_jobs =
             (SCHEDULER_QUEUE_JOBS_PER_CORE as u64 * cores).min(SCHEDULER_QUEUE_JOBS_MAX as u64);
+        let ending_jobs = buffers_per_core as u64 * cores;
         let per_object = OPEN_FILES_PER_OBJECT;
         (
             1 + per_object * (1 + PIPELINE_OBJECTS_AHEAD as u64),
-            per_object * queued_jobs,
+            per_object * (queued_jobs + ending_jobs),
         )
     } else {
         (1, 1)
@@ -178,8 +181,14 @@ impl EngineConfig {
             .current
             .unwrap_or(u64::MAX);
         let asked = self.connections_per_core;
-        let fit = connections_within_open_files(limit, self.cores, asked, small_objects)
-            .map_err(Error::Usage)?;
+        let fit = connections_within_open_files(
+            limit,
+            self.cores,
+            asked,
+            self.buffers_per_core,
+            small_objects,
+        )
+        .map_err(Error::Usage)?;
         let mut config = self.clone();
         config.connections_per_core = fit;
         let notice = (fit < asked).then(|| {
@@ -698,23 +707,26 @@ mod tests {
     #[test]
     fn connections_fit_the_open_files_limit() {
         // The default soft limit leaves `get` and restore as asked.
-        assert_eq!(fit(1024, 2, 8, false), Ok(8));
-        assert_eq!(fit(1024, 2, 8, true), Ok(8));
+        assert_eq!(fit(1024, 2, 8, 12, false), Ok(8));
+        assert_eq!(fit(1024, 2, 8, 12, true), Ok(8));
         // get at 32: (32 - 64 reserved - 1) does not fit even one.
         assert!(
-            fit(32, 2, 64, false)
+            fit(32, 2, 64, 12, false)
                 .unwrap_err()
                 .contains("RLIMIT_NOFILE) is 32")
         );
         // get at 128: (128 - 65) / 2 cores = 31 per core.
-        assert_eq!(fit(128, 2, 64, false), Ok(31));
-        // restore at 256, 2 cores: 64 + 3 × 32 queued = 160 fixed; each
-        // connection 1 + 3 × 4 = 13 (OPEN_FILES_PER_OBJECT = 3 for the
-        // object it reads and the 3 claimed ahead): (256 - 160) / 26 = 3.
-        assert_eq!(fit(256, 2, 128, true), Ok(3));
-        assert!(fit(128, 2, 8, true).is_err());
+        assert_eq!(fit(128, 2, 64, 12, false), Ok(31));
+        // restore at 256, 2 cores, 2 buffers each: 64 + 3 × (32 queued + 4
+        // being written) = 172 fixed; each connection 1 + 3 × 4 = 13
+        // (OPEN_FILES_PER_OBJECT = 3 for the object it reads and the 3
+        // claimed ahead): (256 - 172) / 26 = 3.
+        assert_eq!(fit(256, 2, 128, 2, true), Ok(3));
+        // With 12 buffers each, 24 objects being written hold 72 more.
+        assert!(fit(256, 2, 128, 12, true).is_err());
+        assert!(fit(128, 2, 8, 2, true).is_err());
         // Unlimited.
-        assert_eq!(fit(u64::MAX, 64, 256, true), Ok(256));
+        assert_eq!(fit(u64::MAX, 64, 256, 12, true), Ok(256));
     }
 
     #[test]

@@ -300,8 +300,7 @@ fn defer(
         Then::After { .. } => return Err(then),
     };
     Ok(Deferred {
-        // The open file's O_DIRECT as it is now (a last block may have
-        // turned it off before a mismatch started the object over).
+        // Nothing was written: the file's O_DIRECT is as it was opened.
         destination: Destination {
             fd,
             direct_io: file.is_direct(),
@@ -384,7 +383,10 @@ async fn attempt_object(
                     )));
                 }
                 Ok(n) => {
-                    if let Err(error) = floor.received(waited, n) {
+                    // A slow read that ends the body ends it: a retry would
+                    // ask for the bytes after the last one.
+                    let body_ended = buf.filled_bytes() as u64 == body_left;
+                    if let (Err(error), false) = (floor.received(waited, n), body_ended) {
                         flush(core, file, buf, received).await?;
                         return Err(conn_failure(error));
                     }

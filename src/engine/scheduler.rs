@@ -1163,10 +1163,23 @@ async fn run_object(
     let ran =
         super::object::download_object(core, connection, &object, destination, retries, ahead);
     match ran.await {
+        // An empty object has nothing to write: ended here, which also
+        // yields (closing its file), so a queue of empty files does not
+        // go by in one poll, spawning a task each that none runs meanwhile.
+        Ran::Received(ending) if object.size_bytes == 0 => {
+            let attempts = ending.attempts;
+            let outcome = ending.run(core, &object).await;
+            core.record(Stage::File, started.elapsed());
+            done(ObjectResult {
+                outcome,
+                attempts,
+                started_over: false,
+            });
+        }
         Ran::Received(ending) => {
             // Off the connection, which goes on to its next GET.
             let ending_core = Rc::clone(core);
-            let task = core.spawn("ending", async move {
+            let task = core.spawn("object-ending", async move {
                 let attempts = ending.attempts;
                 let outcome = ending.run(&ending_core, &object).await;
                 ending_core.record(Stage::File, started.elapsed());

@@ -687,10 +687,18 @@ impl Target {
 
     /// Whether DIR's path (as given) still leads to the directory the run
     /// opened there and wrote into.
+    /// An error that says nothing of where it is (a file system gone dead:
+    /// ENOTCONN, ESTALE) does not count as moved.
     pub fn is_dir_still_at_its_path(&self) -> bool {
-        let now = rustix::fs::stat(&self.root_path).map(|stat| (stat.st_dev, stat.st_ino));
-        let opened = rustix::fs::fstat(&self.root).map(|stat| (stat.st_dev, stat.st_ino));
-        matches!((now, opened), (Ok(now), Ok(opened)) if now == opened)
+        let identity = |stat: rustix::fs::Stat| (stat.st_dev, stat.st_ino);
+        match (
+            rustix::fs::stat(&self.root_path),
+            rustix::fs::fstat(&self.root),
+        ) {
+            (Ok(now), Ok(opened)) => identity(now) == identity(opened),
+            (Err(Errno::NOENT | Errno::NOTDIR), _) => false,
+            _ => true,
+        }
     }
 
     /// Whether `parent`'s path under DIR still leads to it. Where it does
