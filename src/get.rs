@@ -2032,6 +2032,19 @@ impl HeldJournal<'_> {
             rustix::fs::fsync(dir)
                 .map_err(|error| Error::io("fsync of the destination directory", error.into()))?;
         }
+        // The rename went into the directory opened at the start (a link
+        // swapped in for it is not followed). Moved away meanwhile, DEST's
+        // path leads elsewhere: exit 0 said the file was there, and a new
+        // directory of that name could hold an older one (h43 #15l).
+        if !leads_to(&parent, dir) {
+            return Err(Error::Fatal(format!(
+                "{} does not hold the download: its directory was moved or replaced during \
+                 it, and the verified file went into the directory opened at the start, now {}; \
+                 move it where it belongs",
+                dest.display(),
+                where_now(dir).join(file_name).display()
+            )));
+        }
         Ok(())
     }
 
@@ -2187,6 +2200,23 @@ impl Drop for HeldJournal<'_> {
             shared.close();
         }
     }
+}
+
+/// Whether `path` leads to the directory `dir` (symbolic links followed,
+/// as when `dir` was opened).
+fn leads_to(path: &Path, dir: &OwnedFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let named = std::fs::metadata(path).map(|meta| (meta.dev(), meta.ino()));
+    let held = rustix::fs::fstat(dir).map(|stat| (stat.st_dev, stat.st_ino));
+    matches!((named, held), (Ok(named), Ok(held)) if named == held)
+}
+
+/// Where the directory `dir` is now, as the kernel names it (` (deleted)`
+/// if it was removed).
+fn where_now(dir: &OwnedFd) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .unwrap_or_else(|_| PathBuf::from("(a directory no path leads to)"))
 }
 
 /// Whether a file an earlier run left beside DEST may be resumed (the

@@ -3919,3 +3919,38 @@ fn a_signal_before_the_first_chunk_keeps_nothing() {
     assert_eq!(journaled_bytes(fixture.out.path()), 0);
     assert_no_temp(fixture.out.path());
 }
+
+/// DEST's directory moved away during the download: the file is in the
+/// directory opened at the start, and the run says where, exit 1; it said
+/// DEST held it, exit 0 (h43 #15l).
+#[test]
+fn a_dest_directory_moved_during_the_download_is_said() {
+    let size = 40 * PART + 77;
+    let fixture = Fixture::new(&[("mv.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let sub = fixture.out.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let dest = sub.join("mv.bin");
+    let dest = dest.to_str().unwrap();
+    let mut args = vec!["b2://bkt/mv.bin", dest];
+    args.extend_from_slice(SMALL_TUNING);
+    let child = get_command(&served, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let moved = fixture.out.path().join("sub.old");
+    std::fs::rename(&sub, &moved).unwrap();
+    std::fs::create_dir(&sub).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("does not hold the download"), "{text}");
+    assert!(
+        text.contains(&moved.join("mv.bin").display().to_string()),
+        "{text}"
+    );
+    assert!(!Path::new(dest).exists());
+    assert_same(&moved.join("mv.bin"), "mv.bin", size);
+    assert_no_temp(&moved);
+}
