@@ -965,7 +965,11 @@ fn a_dest_made_during_the_download_is_not_replaced_without_force() {
     let dest = fixture.dest_str("ap.bin");
     let mut args = vec!["b2://bkt/ap.bin", &dest];
     args.extend_from_slice(SMALL_TUNING);
-    let mut child = get_command(&served, &args)
+    // The stats of such a run (exit 2, the whole object fetched) are
+    // written too (h43 #15m).
+    let stats = fixture.data.path().join("stats.json");
+    let stats_arg = stats.to_str().unwrap();
+    let mut child = get_command(&served, &[&args[..], &["--stats-json", stats_arg]].concat())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -985,6 +989,9 @@ fn a_dest_made_during_the_download_is_not_replaced_without_force() {
     );
     assert!(err.contains("run again with --force"), "{err}");
     assert_eq!(std::fs::read(&dest).unwrap(), b"precious");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(json["verified"]["failed"], 1, "{json}");
+    assert!(json["bytes"].as_u64().unwrap() >= size as u64, "{json}");
     let ranges = || {
         common::json_lines(&log)
             .iter()

@@ -415,9 +415,11 @@ pub fn run(args: GetArgs) -> Result<i32> {
         watch.stop();
     }
     // A harness wants the numbers of a failed or interrupted run too; a
-    // usage error ran nothing worth counting.
+    // usage error ran nothing worth counting, unless it came after bytes
+    // were fetched (DEST made by another program during the download: the
+    // whole object fetched and kept, and no stats, h43 #15m).
     if let Some(path) = &args.stats_json {
-        if !matches!(result, Err(Error::Usage(_))) {
+        if !matches!(result, Err(Error::Usage(_))) || summary.bytes > 0 {
             // Another file there than before the run: not written over
             // (the stats path check above is by name; a link can lead to
             // DEST as well).
