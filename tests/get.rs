@@ -3927,6 +3927,46 @@ fn a_signal_before_the_first_chunk_keeps_nothing() {
     assert_no_temp(fixture.out.path());
 }
 
+/// `--stats-json` naming a FIFO that nobody reads is exit 2 at once; the
+/// run waited in `open` before its download, forever (h43 #15g). With a
+/// reader, the stats reach it.
+#[test]
+fn a_stats_json_fifo_without_a_reader_is_refused_at_once() {
+    let body = content("l.bin", 100_000);
+    let sha1 = sha1_hex(&body);
+    let url = lengthless_origin(body, false, usize::MAX);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("l.bin");
+    let fifo = fixture.data.path().join("stats.fifo");
+    common::make_fifo(&fifo);
+    let get = || {
+        Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["get", url.as_str(), &dest, "-q", "--sha1", &sha1])
+            .arg("--stats-json")
+            .arg(&fifo)
+            .run_bounded()
+    };
+    let output = get();
+    assert_exit(&output, 2, "is a FIFO that no process reads");
+    assert!(!Path::new(&dest).exists());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    // (The reader's open may come after the run's check: retried.)
+    let mut output = get();
+    for _ in 0..50 {
+        if output.status.code() != Some(2) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        output = get();
+    }
+    assert_ok(&output);
+    let json: serde_json::Value = serde_json::from_slice(&reader.join().unwrap()).unwrap();
+    assert_eq!(json["verified"]["ok"], 1, "{json}");
+}
+
 /// DEST's directory moved away during the download: the file is in the
 /// directory opened at the start, and the run says where, exit 1; it said
 /// DEST held it, exit 0 (h43 #15l).

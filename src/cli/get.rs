@@ -386,8 +386,9 @@ pub fn run(args: GetArgs) -> Result<i32> {
     };
     let download = Download::new(source, args.dest.clone(), options);
     let dest = download.resolve_dest()?;
+    let mut stats_held = None;
     if let Some(path) = &args.stats_json {
-        super::check_output_file("--stats-json", path, None)?;
+        stats_held = super::check_output_file("--stats-json", path, None)?;
         check_stats_beside_dest(path, &dest)?;
     }
     let stats_before = args.stats_json.as_deref().and_then(super::file_identity);
@@ -442,7 +443,7 @@ pub fn run(args: GetArgs) -> Result<i32> {
                         "another file is there than before the run (the download?)",
                     ),
                 )),
-                _ => super::summary::write_stats_json(path, &summary),
+                _ => super::summary::write_stats_json(path, &summary, stats_held),
             };
             super::summary::settle_stats_write(written, result.is_err())?;
         }

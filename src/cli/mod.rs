@@ -51,19 +51,25 @@ pub enum Command {
 /// before the run starts (exit 2), not found unwritable at its end, after
 /// the work is done. Nothing is created here; a file in `created_dir`, the
 /// directory the run itself creates (restore's DIR), is taken on trust.
+///
+/// A FIFO (or any file that is not a regular one) is opened without
+/// blocking, and returned to be written at the end: a FIFO nobody reads
+/// held the run in `open` before its download, forever (h43 #15g), and a
+/// FIFO's reader takes the last writer's close for the end of the data.
 fn check_output_file(
     flag: &str,
     path: &std::path::Path,
     created_dir: Option<&std::path::Path>,
-) -> Result<()> {
+) -> Result<Option<std::fs::File>> {
     use crate::error::Error;
     let unusable = |why: String| Err(Error::Usage(format!("{flag} {}: {why}", path.display())));
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => return unusable("is a directory".into()),
-        Ok(_) => {
-            return match std::fs::OpenOptions::new().write(true).open(path) {
-                Ok(_) => Ok(()),
-                Err(error) => unusable(format!("cannot be written ({error})")),
+        Ok(meta) => {
+            return match open_output(path, false) {
+                Ok(_) if meta.is_file() => Ok(None),
+                Ok(file) => Ok(Some(file)),
+                Err(error) => unusable(unwritable_output(&error)),
             };
         }
         Err(_) => {}
@@ -81,7 +87,7 @@ fn check_output_file(
                 .map(|absolute| absolute.components().collect::<std::path::PathBuf>())
         };
         if created_dir.is_some_and(|dir| lexically_absolute(dir) == lexically_absolute(parent)) {
-            return Ok(());
+            return Ok(None);
         }
         return unusable(format!("its directory {} does not exist", parent.display()));
     }
@@ -91,7 +97,31 @@ fn check_output_file(
             parent.display()
         ));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Opens an output file for writing (`create`: made if missing, and
+/// emptied) without waiting for a FIFO's reader: none is ENXIO. The file
+/// returned blocks as usual, so that a slow reader gets every byte.
+fn open_output(path: &std::path::Path, create: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+/// Why an output file could not be opened, with what to do.
+fn unwritable_output(error: &std::io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::ENXIO) => "is a FIFO that no process reads: start its reader first".into(),
+        _ => format!("cannot be written ({error})"),
+    }
 }
 
 /// A file's (st_dev, st_ino), its symlink not followed; `None` if nothing

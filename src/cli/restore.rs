@@ -257,7 +257,7 @@ pub fn finish(
                 std::io::Error::other("write the stats outside DIR or under another name"),
             ))
         }
-        Some(path) => super::summary::write_stats_json(path, &report.summary),
+        Some(path) => super::summary::write_stats_json(path, &report.summary, None),
         None => Ok(()),
     };
     let tally = &report.tally;

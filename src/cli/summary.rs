@@ -42,12 +42,27 @@ pub fn engine_line(summary: &RunSummary) -> String {
     )
 }
 
-/// Writes `--stats-json`. The caller settles a failure with
+/// Writes `--stats-json`, into `held` if the start opened it (a FIFO:
+/// `check_output_file`). The caller settles a failure with
 /// [`settle_stats_write`] once the summary is out.
-pub fn write_stats_json(path: &Path, summary: &RunSummary) -> Result<()> {
+pub fn write_stats_json(
+    path: &Path,
+    summary: &RunSummary,
+    held: Option<std::fs::File>,
+) -> Result<()> {
+    use std::io::Write;
     let json = serde_json::to_string_pretty(&summary.to_json()).expect("stats serialize");
-    std::fs::write(path, json + "\n")
-        .map_err(|error| Error::io(format!("writing {}", path.display()), error))
+    let writing = |error: std::io::Error| Error::io(format!("writing {}", path.display()), error);
+    let mut file = match held {
+        Some(file) => file,
+        None => super::open_output(path, true).map_err(|error| {
+            writing(match error.raw_os_error() {
+                Some(libc::ENXIO) => std::io::Error::other(super::unwritable_output(&error)),
+                _ => error,
+            })
+        })?,
+    };
+    file.write_all((json + "\n").as_bytes()).map_err(writing)
 }
 
 /// A stats file that could not be written fails a run that succeeded; a run
