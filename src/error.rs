@@ -59,6 +59,9 @@ pub enum Error {
         name: String,
         expected: String,
         actual: String,
+        /// What the whole object's earlier downloads hashed to, each a
+        /// mismatch too (`get` fetches it again once).
+        earlier: Vec<String>,
     },
     /// The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP), or by its
     /// program's `EngineConfig::cancel`: then `signal` is 0
@@ -155,10 +158,41 @@ impl fmt::Display for Error {
                 name,
                 expected,
                 actual,
-            } => write!(
+                earlier,
+            } if earlier.is_empty() => write!(
                 f,
                 "{name}: SHA1 mismatch: expected {expected}, received bytes hash to {actual}"
             ),
+            // Said, not left to an access log: the object came more than
+            // once (h43 #15h), and whether the digests agree tells why.
+            Error::Sha1Mismatch {
+                name,
+                expected,
+                actual,
+                earlier,
+            } => {
+                let downloads = match earlier.len() + 1 {
+                    2 => "twice".to_string(),
+                    count => format!("{count} times"),
+                };
+                if earlier.iter().all(|sha1| sha1 == actual) {
+                    write!(
+                        f,
+                        "{name}: SHA1 mismatch, downloaded {downloads}: each time the bytes \
+                         hash to {actual}, where {expected} was expected: the expected digest \
+                         (published, or given with --sha1) is not that of the object stored, and \
+                         downloading again will not help; DEST was left as it was"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "{name}: SHA1 mismatch, downloaded {downloads}: the bytes hashed to \
+                         {}, then to {actual}, where {expected} was expected: they were changed on \
+                         the way (a proxy, the network, this host's memory?); DEST was left as it was",
+                        earlier.join(", then to ")
+                    )
+                }
+            }
             Error::Interrupted {
                 signal: crate::runtime::CANCELLED,
             } => write!(f, "cancelled (EngineConfig::cancel)"),

@@ -621,6 +621,8 @@ impl Download {
         let mut attempts_left = 1 + OBJECT_REDOWNLOADS_ON_MISMATCH;
         let mut notices = meta.notices.clone();
         notices.extend(reprobed);
+        // What earlier whole downloads of this run hashed to (mismatches).
+        let mut mismatched = Vec::new();
         // A partial file and a journal beside DEST, named from DEST: the
         // same command after a crash finds them, resumes from the journal
         // when the object has an identity (its lines carry it), and
@@ -800,6 +802,11 @@ impl Download {
                     if *expected != actual =>
                 {
                     journal.start_over();
+                    let earlier = mismatched.clone();
+                    // A resumed round's digest is partly of bytes from disk.
+                    if resumed_bytes == 0 {
+                        mismatched.push(to_hex(&actual));
+                    }
                     if attempts_left > 0 {
                         // The whole object again: a retry, as `restore` counts it.
                         summary.retries += 1;
@@ -814,6 +821,7 @@ impl Download {
                         name: display_source(&self.source),
                         expected: to_hex(expected),
                         actual: to_hex(&actual),
+                        earlier,
                     });
                 }
                 ExpectedSha1::Verified(_) => Verification::Verified,

@@ -3967,6 +3967,27 @@ fn a_stats_json_fifo_without_a_reader_is_refused_at_once() {
     assert_eq!(json["verified"]["ok"], 1, "{json}");
 }
 
+/// An object fetched twice after SHA1 mismatches says so, and that the
+/// digest is the likely culprit when both downloads agree (h43 #15h: one
+/// line naming neither, with 40 MiB fetched for a 20 MiB object).
+#[test]
+fn a_mismatch_fetched_twice_says_so() {
+    let fixture = Fixture::new(&[("w.bin", 3 * PART)]);
+    let served = serve(fixture.data.path(), true, &["--wrong-sha1", "w.bin"]);
+    let dest = fixture.dest_str("w.bin");
+    let mut args = vec!["b2://bkt/w.bin", &dest];
+    args.extend_from_slice(SMALL_TUNING);
+    let output = ringdown(&served, &args);
+    assert_exit(
+        &output,
+        1,
+        "SHA1 mismatch, downloaded twice: each time the bytes",
+    );
+    assert_exit(&output, 1, "downloading again will not help");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 /// DEST's directory moved away during the download: the file is in the
 /// directory opened at the start, and the run says where, exit 1; it said
 /// DEST held it, exit 0 (h43 #15l).
