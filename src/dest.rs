@@ -102,6 +102,20 @@ pub(crate) fn run_stopping_hint(raw_os_error: Option<i32>) -> Option<&'static st
     }
 }
 
+/// What to do about an error of one file's write that is no reason to
+/// stop the run (`run_stopping_hint`), where there is something to say.
+pub(crate) fn one_file_hint(raw_os_error: Option<i32>) -> Option<&'static str> {
+    match raw_os_error? {
+        // RLIMIT_FSIZE (SIGXFSZ is ignored), or the file system's largest file.
+        libc::EFBIG => Some(
+            "; the file passed the size this process may write (ulimit -f, RLIMIT_FSIZE) or \
+             the largest file its file system takes: raise the limit, or give a DEST on \
+             another file system",
+        ),
+        _ => None,
+    }
+}
+
 /// A file or directory that cannot be created or named: run-fatal when
 /// the next would fail the same way (`run_stopping_hint`), else an error
 /// of this file.

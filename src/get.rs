@@ -709,6 +709,7 @@ impl Download {
                     &options.engine,
                     &meta.source,
                     &file,
+                    &dest.display().to_string(),
                     &self.progress,
                 )
                 .and_then(|streamed| match meta.ranges {

@@ -3927,6 +3927,30 @@ fn a_signal_before_the_first_chunk_keeps_nothing() {
     assert_no_temp(fixture.out.path());
 }
 
+/// A write of a streamed body that fails names DEST and says what to do,
+/// as the pre-allocating path's errors do; it was "writing at byte N: File
+/// too large (os error 27)" (h43 #15e). Nothing is left.
+#[test]
+fn a_streamed_write_that_fails_names_dest_and_what_to_do() {
+    if !common::has_tool("prlimit") {
+        eprintln!("skipped: no prlimit");
+        return;
+    }
+    let url = lengthless_origin(content("l.bin", 300_007), true, usize::MAX);
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("l.bin");
+    let output = Command::new("prlimit")
+        .arg("--fsize=100000")
+        .arg(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest, "--max-attempts", "2"])
+        .run_bounded();
+    assert_exit(&output, 1, &format!("writing {dest} (its partial file)"));
+    assert_exit(&output, 1, "File too large");
+    assert_exit(&output, 1, "ulimit -f");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
 /// `--stats-json` naming a FIFO that nobody reads is exit 2 at once; the
 /// run waited in `open` before its download, forever (h43 #15g). With a
 /// reader, the stats reach it.

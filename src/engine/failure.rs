@@ -597,7 +597,10 @@ pub(super) fn conn_failure(error: ConnError) -> Failure {
 pub(crate) fn write_failure(context: &str, error: &std::io::Error) -> (String, bool) {
     match crate::dest::run_stopping_hint(error.raw_os_error()) {
         Some(hint) => (format!("{context}: {error}{hint}"), true),
-        None => (format!("{context}: {error}"), false),
+        None => {
+            let hint = crate::dest::one_file_hint(error.raw_os_error()).unwrap_or("");
+            (format!("{context}: {error}{hint}"), false)
+        }
     }
 }
 
@@ -656,5 +659,8 @@ mod tests {
             assert!(!run_fatal, "{detail}");
             assert!(detail.starts_with("writing x: "), "{detail}");
         }
+        // A file past RLIMIT_FSIZE says which limit (h43 #15e).
+        let (detail, _) = write_failure("writing x", &Error::from_raw_os_error(libc::EFBIG));
+        assert!(detail.contains("ulimit -f"), "{detail}");
     }
 }

@@ -43,12 +43,14 @@ enum Cut {
     Fatal(Error),
 }
 
-/// Downloads `source` into `file` (empty, opened for writing), starting
-/// over after a failure, up to `config.max_attempts` attempts.
+/// Downloads `source` into `file` (empty, opened for writing; the partial
+/// file of `dest_shown`, as errors name it), starting over after a
+/// failure, up to `config.max_attempts` attempts.
 pub fn download_unknown_length(
     config: &EngineConfig,
     source: &ObjectSource,
     file: &OwnedFd,
+    dest_shown: &str,
     progress: &Arc<Progress>,
 ) -> Result<Streamed> {
     let file = std::fs::File::from(
@@ -71,6 +73,7 @@ pub fn download_unknown_length(
             let mut received_bytes = 0;
             let body = Body {
                 file: &file,
+                dest_shown,
                 progress,
                 room_bytes,
             };
@@ -162,6 +165,8 @@ async fn stream_once(
 /// Where a streamed body goes, and how much of it there is room for.
 struct Body<'a> {
     file: &'a std::fs::File,
+    /// DEST, as errors name it.
+    dest_shown: &'a str,
     progress: &'a Progress,
     room_bytes: u64,
 }
@@ -176,6 +181,7 @@ async fn stream_on(
 ) -> std::result::Result<[u8; 20], Cut> {
     let Body {
         file,
+        dest_shown,
         progress,
         room_bytes,
     } = body;
@@ -232,10 +238,14 @@ async fn stream_on(
                 return Err(ConnError::Protocol(String::new()));
             }
             if let Err(error) = file.write_all_at(piece, written_bytes) {
-                local = Some(Cut::Fatal(Error::io(
-                    format!("writing at byte {written_bytes}"),
-                    error,
-                )));
+                // Named, with what to do, as the preallocating path's
+                // errors are: a bare "writing at byte N: File too large"
+                // said neither (h43 #15e).
+                let (detail, _) = super::failure::write_failure(
+                    &format!("writing {dest_shown} (its partial file) at byte {written_bytes}"),
+                    &error,
+                );
+                local = Some(Cut::Fatal(Error::Fatal(detail)));
                 return Err(ConnError::Protocol(String::new()));
             }
             crate::verify::sha1_update(&mut sha1, piece);
