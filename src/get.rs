@@ -330,23 +330,30 @@ impl Download {
             let bare = Path::new(std::ffi::OsStr::from_bytes(
                 &spelled[..spelled.len() - end.len()],
             ));
-            let there = std::fs::symlink_metadata(bare)
-                .ok()
-                .filter(|_| !bare.as_os_str().is_empty());
+            let there = match bare.as_os_str().is_empty() {
+                true => None,
+                false => Some(std::fs::symlink_metadata(bare)),
+            };
             return Err(Error::Usage(match there {
-                Some(meta) => format!(
+                Some(Ok(meta)) => format!(
                     "DEST {} names a directory (it ends in '{end}'), but {} is {}",
                     self.dest.display(),
                     bare.display(),
                     file_kind(&meta)
                 ),
-                None => format!(
+                Some(Err(error)) if !is_missing(bare, &error) => format!(
+                    "DEST {} names a directory (it ends in '{end}'), and it {}",
+                    self.dest.display(),
+                    unreachable_dir(bare, &error)
+                ),
+                _ => format!(
                     "DEST {} names a directory (it ends in '{end}'), and there is none; create it first",
                     self.dest.display()
                 ),
             }));
         }
         let dest = if self.dest.is_dir() {
+            }
             let base = self.source.base_name().ok_or_else(|| {
                 Error::Usage(match self.source {
                     Source::B2Id { .. } => format!(
@@ -388,13 +395,14 @@ impl Download {
                     parent.display(),
                     file_kind(&meta)
                 ),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => format!(
+                Err(error) if is_missing(&parent, &error) => format!(
                     "the directory of DEST, {}, does not exist; create it first",
                     parent.display()
                 ),
                 Err(error) => format!(
-                    "the directory of DEST, {}, cannot be looked at ({error})",
-                    parent.display()
+                    "the directory of DEST, {}, {}",
+                    parent.display(),
+                    unreachable_dir(&parent, &error)
                 ),
             }));
         }
@@ -2208,6 +2216,47 @@ impl Drop for HeldJournal<'_> {
         if let Some(shared) = &self.shared {
             shared.close();
         }
+    }
+}
+
+/// Whether `error`, from looking at `path`, means only that it is not
+/// there yet (no part of it is a file in the way).
+fn is_missing(path: &Path, error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::NotFound && file_in_the_way(path).is_none()
+}
+
+/// The deepest of `path`'s ancestors that is there but no directory.
+fn file_in_the_way(path: &Path) -> Option<(&Path, std::fs::Metadata)> {
+    path.ancestors()
+        .skip(1)
+        .filter(|ancestor| !ancestor.as_os_str().is_empty())
+        .find_map(|ancestor| {
+            let meta = std::fs::metadata(ancestor).ok()?;
+            (!meta.is_dir()).then_some((ancestor, meta))
+        })
+}
+
+/// Why the directory `path`, which `error` says cannot be looked at,
+/// cannot be written into, and what to do: each cause read "does not
+/// exist; create it first" (h43 #15a).
+fn unreachable_dir(path: &Path, error: &std::io::Error) -> String {
+    if let Some((ancestor, meta)) = file_in_the_way(path) {
+        return format!(
+            "cannot be one: {} is {}, not a directory",
+            ancestor.display(),
+            file_kind(&meta)
+        );
+    }
+    match error.raw_os_error() {
+        Some(libc::ENAMETOOLONG) => format!(
+            "is longer than a path may be ({error}): give a shorter path to it, from a working \
+             directory nearer it"
+        ),
+        Some(libc::EACCES) => format!(
+            "cannot be reached ({error}): a directory on the way does not let this user \
+             through (no search permission)"
+        ),
+        _ => format!("cannot be looked at ({error})"),
     }
 }
 

@@ -3927,6 +3927,56 @@ fn a_signal_before_the_first_chunk_keeps_nothing() {
     assert_no_temp(fixture.out.path());
 }
 
+/// A directory of DEST that cannot be one says why, not "does not exist;
+/// create it first" (h43 #15a): a file in its path (ENOTDIR), a path
+/// longer than the system takes (ENAMETOOLONG). Exit 2, before any request.
+#[test]
+fn a_dest_directory_that_cannot_be_says_why() {
+    let fixture = Fixture::new(&[]);
+    let out = fixture.out.path();
+    std::fs::write(out.join("file"), b"f").unwrap();
+    let get = |dest: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ringdown"))
+            .args(["get", "http://127.0.0.1:9/x.bin"])
+            .arg(dest)
+            .run_bounded()
+    };
+    for (dest, said) in [
+        ("file/x/", "and it cannot be one: "),
+        ("file/y/x", "cannot be one: "),
+    ] {
+        let output = get(&out.join(dest));
+        assert_exit(&output, 2, said);
+        let file = out.join("file");
+        assert_exit(
+            &output,
+            2,
+            &format!("{} is a regular file, not a directory", file.display()),
+        );
+    }
+    // 25 directories of 200 bytes: every one there, the path past PATH_MAX
+    // (made one beneath the other, by descriptor: no path reaches them).
+    use rustix::fs::{Mode, OFlags};
+    let mut deep = out.to_path_buf();
+    let mut parent = rustix::fs::open(out, OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let name = "d".repeat(200);
+    for _ in 0..25 {
+        rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        parent =
+            rustix::fs::openat(&parent, name.as_str(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+        deep.push(&name);
+    }
+    for dest in [deep.join("x"), deep.join("")] {
+        let output = get(&dest);
+        assert_exit(&output, 2, "is longer than a path may be");
+        assert!(
+            !stderr(&output).contains("does not exist"),
+            "{}",
+            stderr(&output)
+        );
+    }
+}
+
 /// A write of a streamed body that fails names DEST and says what to do,
 /// as the pre-allocating path's errors do; it was "writing at byte N: File
 /// too large (os error 27)" (h43 #15e). Nothing is left.
