@@ -798,6 +798,20 @@ impl Download {
                 // chunk was journaled.
                 Err(error) => {
                     journal.remove();
+                    // What arrived is gone: said, where "interrupted after
+                    // N bytes" alone read as if a rerun would go on from
+                    // there (h43 #15f).
+                    let received_bytes = self.progress.bytes_done.load(Ordering::Relaxed);
+                    if matches!(error, Error::Interrupted { .. }) && received_bytes > 0 {
+                        let why = match resumable {
+                            false => {
+                                "this origin cannot resume a transfer (it ignores Range \
+                                 requests): the next run starts over"
+                            }
+                            true => "no chunk of it was whole on disk yet",
+                        };
+                        say!("ringdown: the {received_bytes} bytes received were discarded: {why}");
+                    }
                     return Err(error);
                 }
             };

@@ -3977,6 +3977,32 @@ fn a_dest_directory_that_cannot_be_says_why() {
     }
 }
 
+/// A chunked body (no Content-Length, Range ignored) sent a piece every
+/// few milliseconds, for minutes: a stream to stop or fail midway.
+fn slow_chunked_origin() -> String {
+    use std::io::Write;
+    let address = test_origin(|reader, writer| {
+        if read_request(reader, 1).is_none() {
+            return;
+        }
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if writer.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let piece = content("slow.bin", 64 * 1024);
+        for _ in 0..20_000 {
+            let mut out = format!("{:x}\r\n", piece.len()).into_bytes();
+            out.extend_from_slice(&piece);
+            out.extend_from_slice(b"\r\n");
+            if writer.write_all(&out).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    format!("http://{address}/slow.bin")
+}
+
 /// A write of a streamed body that fails names DEST and says what to do,
 /// as the pre-allocating path's errors do; it was "writing at byte N: File
 /// too large (os error 27)" (h43 #15e). Nothing is left.
@@ -3999,6 +4025,41 @@ fn a_streamed_write_that_fails_names_dest_and_what_to_do() {
     assert_exit(&output, 1, "ulimit -f");
     assert!(!Path::new(&dest).exists());
     assert_no_temp(fixture.out.path());
+}
+
+/// A stop during a streamed body says how much arrived and that it was
+/// discarded (nothing can resume it); it said "interrupted after 0 bytes"
+/// (h43 #15f).
+#[test]
+fn a_signal_during_a_streamed_body_says_what_was_discarded() {
+    let url = slow_chunked_origin();
+    let fixture = Fixture::new(&[]);
+    let dest = fixture.dest_str("slow.bin");
+    let child = Command::new(env!("CARGO_BIN_EXE_ringdown"))
+        .args(["get", url.as_str(), &dest, "-q"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = stop_once_going(child);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(143), "{text}");
+    assert!(text.contains("bytes received were discarded"), "{text}");
+    assert!(text.contains("cannot resume"), "{text}");
+    assert!(!text.contains("interrupted after 0 bytes"), "{text}");
+    assert!(!Path::new(&dest).exists());
+    assert_no_temp(fixture.out.path());
+}
+
+/// SIGTERM after 1.5 s (the child must still be running), and its output.
+fn stop_once_going(mut child: std::process::Child) -> Output {
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the stop"
+    );
+    send_signal(child.id(), "-TERM");
+    wait_for_exit(&mut child, "SIGTERM");
+    child.wait_with_output().unwrap()
 }
 
 /// `--stats-json` naming a FIFO that nobody reads is exit 2 at once; the

@@ -78,15 +78,12 @@ pub fn download_unknown_length(
                 room_bytes,
             };
             let once = stream_once(config, source, body, &mut received_bytes).await;
-            // Bytes of a cut attempt come again from byte 0.
-            progress
-                .bytes_done
-                .fetch_sub(received_bytes, Ordering::Relaxed);
+            // Bytes of an attempt that is retried come again from byte 0;
+            // those of the last attempt stay counted, a stop's too: the
+            // summary said "interrupted after 0 bytes" of 20 MB received
+            // (h43 #15f).
             let (detail, retry_after_s) = match once {
                 Ok(sha1) => {
-                    progress
-                        .bytes_done
-                        .fetch_add(received_bytes, Ordering::Relaxed);
                     stages.record(Stage::File, started.elapsed());
                     return Ok(Streamed {
                         sha1,
@@ -112,6 +109,9 @@ pub fn download_unknown_length(
                     format!("{detail} after {}", crate::units::attempts(attempt)),
                 ));
             }
+            progress
+                .bytes_done
+                .fetch_sub(received_bytes, Ordering::Relaxed);
             progress.count_retry(&detail);
             let retry_after_ms =
                 retry_after_s.map(|s| s.min(crate::config::RETRY_AFTER_MAX_S) * 1000);
