@@ -353,6 +353,18 @@ impl Download {
             }));
         }
         let dest = if self.dest.is_dir() {
+            // A download into this very name, kept when a directory took
+            // it: `--force` (as told) went into the directory instead, and
+            // the kept files stayed beside it for good (h43 #15c).
+            if let Some(kept) = kept_for(&self.dest) {
+                let kept = kept.display();
+                return Err(Error::Usage(format!(
+                    "{} is a directory, and beside it ringdown keeps {kept} and its journal, \
+                     from a download into that name when the directory took it: remove the \
+                     directory and run that download again to resume it, or remove {kept} and \
+                     its journal to download into the directory",
+                    self.dest.display()
+                )));
             }
             let base = self.source.base_name().ok_or_else(|| {
                 Error::Usage(match self.source {
@@ -2231,6 +2243,14 @@ impl Drop for HeldJournal<'_> {
             shared.close();
         }
     }
+}
+
+/// The partial file a run into `path` (as a file's name) keeps beside it,
+/// if one is there.
+fn kept_for(path: &Path) -> Option<PathBuf> {
+    let (part, _journal) = ResumeFiles::names_for(path.file_name()?);
+    let kept = parent_dir(path).join(part);
+    std::fs::symlink_metadata(&kept).is_ok().then_some(kept)
 }
 
 /// Whether `error`, from looking at `path`, means only that it is not

@@ -4157,3 +4157,38 @@ fn a_dest_directory_moved_during_the_download_is_said() {
     assert_same(&moved.join("mv.bin"), "mv.bin", size);
     assert_no_temp(&moved);
 }
+
+/// A directory made at DEST's name during a download keeps that download
+/// for the next run; a run with `--force` then went into the directory,
+/// and the kept files stayed beside it for good (h43 #15c). It is refused,
+/// and once the directory is gone the download resumes.
+#[test]
+fn a_directory_that_took_dest_is_not_downloaded_into_while_its_download_is_kept() {
+    let size = 40 * PART + 77;
+    let fixture = Fixture::new(&[("dd.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let dest = fixture.dest_str("dd.bin");
+    let mut args = vec!["b2://bkt/dd.bin", &dest];
+    args.extend_from_slice(SMALL_TUNING);
+    let child = get_command(&served, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::create_dir(&dest).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let forced = ringdown(&served, &[&args[..], &["--force"]].concat());
+    assert_exit(&forced, 2, "is a directory, and beside it ringdown keeps");
+    assert!(!Path::new(&dest).join("dd.bin").exists());
+    std::fs::remove_dir(&dest).unwrap();
+    let again = ringdown(&served, &args);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("resumed at byte"),
+        "{}",
+        stderr(&again)
+    );
+    assert_same(Path::new(&dest), "dd.bin", size);
+    assert_no_temp(fixture.out.path());
+}
