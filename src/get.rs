@@ -2048,6 +2048,23 @@ impl HeldJournal<'_> {
             }
             Err(error) => {
                 self.remove();
+                // Where the rename was refused, removing may be too (an
+                // immutable directory): what stays was not said (h43 #15d).
+                let stays = rustix::fs::statat(dir, temp_name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+                if stays && self.files.key.is_some() {
+                    self.keep = true;
+                    self.record_whole(placing.size_bytes);
+                    return Err(Error::io(
+                        format!("renaming {temp_name} into {}", dest.display()),
+                        std::io::Error::other(format!(
+                            "{}; it could not be removed either, nor its journal: fix the \
+                             permissions or attributes (lsattr -d) of {} and run the same \
+                             command again, which resumes from them",
+                            std::io::Error::from(error),
+                            parent.display()
+                        )),
+                    ));
+                }
                 return Err(Error::io(
                     format!("renaming into {}", dest.display()),
                     error.into(),

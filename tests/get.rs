@@ -4192,3 +4192,50 @@ fn a_directory_that_took_dest_is_not_downloaded_into_while_its_download_is_kept(
     assert_same(Path::new(&dest), "dd.bin", size);
     assert_no_temp(fixture.out.path());
 }
+
+/// A rename refused by an immutable directory, which refuses removing the
+/// partial file too: the run says that it stays and how to resume
+/// (h43 #15d). Root only (chattr).
+#[test]
+fn a_rename_an_immutable_directory_refuses_says_what_stays() {
+    if !is_root() || !common::has_tool("chattr") {
+        eprintln!("skipped: needs root and chattr");
+        return;
+    }
+    let size = 40 * PART + 77;
+    let fixture = Fixture::new(&[("im.bin", size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let sub = fixture.out.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let dest = sub.join("im.bin");
+    let dest = dest.to_str().unwrap();
+    let mut args = vec!["b2://bkt/im.bin", dest];
+    args.extend_from_slice(SMALL_TUNING);
+    let child = get_command(&served, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let chattr = |flag: &str| Command::new("chattr").arg(flag).arg(&sub).status().unwrap();
+    if !chattr("+i").success() {
+        eprintln!("skipped: this file system takes no chattr +i");
+        let _ = child.wait_with_output();
+        return;
+    }
+    let output = child.wait_with_output().unwrap();
+    chattr("-i");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("could not be removed either"), "{text}");
+    assert!(text.contains("run the same command again"), "{text}");
+    assert!(!Path::new(dest).exists());
+    let again = ringdown(&served, &args);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("resumed at byte"),
+        "{}",
+        stderr(&again)
+    );
+    assert_same(Path::new(dest), "im.bin", size);
+    assert_no_temp(&sub);
+}
