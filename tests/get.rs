@@ -4123,6 +4123,18 @@ fn a_mismatch_fetched_twice_says_so() {
     assert_no_temp(fixture.out.path());
 }
 
+/// Starts `ringdown get ARGS` (stderr piped) and gives it half a second: a
+/// download under way (from a server at `--rate-per-conn 400KB/s`, 40
+/// parts take seconds), for a test to change what is around it.
+fn start_get(served: &Served, args: &[&str]) -> std::process::Child {
+    let child = get_command(served, args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child
+}
+
 /// DEST's directory moved away during the download: the file is in the
 /// directory opened at the start, and the run says where, exit 1; it said
 /// DEST held it, exit 0 (h43 #15l).
@@ -4137,11 +4149,7 @@ fn a_dest_directory_moved_during_the_download_is_said() {
     let dest = dest.to_str().unwrap();
     let mut args = vec!["b2://bkt/mv.bin", dest];
     args.extend_from_slice(SMALL_TUNING);
-    let child = get_command(&served, &args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let child = start_get(&served, &args);
     let moved = fixture.out.path().join("sub.old");
     std::fs::rename(&sub, &moved).unwrap();
     std::fs::create_dir(&sub).unwrap();
@@ -4170,11 +4178,7 @@ fn a_directory_that_took_dest_is_not_downloaded_into_while_its_download_is_kept(
     let dest = fixture.dest_str("dd.bin");
     let mut args = vec!["b2://bkt/dd.bin", &dest];
     args.extend_from_slice(SMALL_TUNING);
-    let child = get_command(&served, &args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let child = start_get(&served, &args);
     std::fs::create_dir(&dest).unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
@@ -4211,11 +4215,7 @@ fn a_rename_an_immutable_directory_refuses_says_what_stays() {
     let dest = dest.to_str().unwrap();
     let mut args = vec!["b2://bkt/im.bin", dest];
     args.extend_from_slice(SMALL_TUNING);
-    let child = get_command(&served, &args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let child = start_get(&served, &args);
     let chattr = |flag: &str| Command::new("chattr").arg(flag).arg(&sub).status().unwrap();
     if !chattr("+i").success() {
         eprintln!("skipped: this file system takes no chattr +i");

@@ -57,6 +57,20 @@ fn command_tuned(served: &Served, args: &[&str], dir: &Path, tuning: &[&str]) ->
     command
 }
 
+/// `restore b2://bkt DIR` against port 9, which is not served: a run that
+/// gets as far as a request fails with another message than its checks
+/// before one.
+fn restore_unserved(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
+    command
+        .args(["restore", "b2://bkt"])
+        .arg(dir)
+        .args(["--realm", "http://127.0.0.1:9"])
+        .env("B2_APPLICATION_KEY_ID", "id")
+        .env("B2_APPLICATION_KEY", "key");
+    command
+}
+
 /// Runs a command with a 60 s deadline (see `common::run_with_deadline`).
 fn run_bounded(command: Command) -> Output {
     common::run_with_deadline(command, Duration::from_secs(60), |_| {})
@@ -1867,14 +1881,7 @@ fn usage_errors_exit_2_before_any_network() {
         out.path().join("file"),
         too_long,
     ] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
-        command
-            .args(["restore", "b2://bkt"])
-            .arg(&dir)
-            .args(["--realm", "http://127.0.0.1:9"])
-            .env("B2_APPLICATION_KEY_ID", "id")
-            .env("B2_APPLICATION_KEY", "key");
-        let output = run_bounded(command);
+        let output = run_bounded(restore_unserved(&dir));
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{dir:?}: {text}");
         assert!(
@@ -1955,14 +1962,7 @@ fn a_dir_on_a_dead_file_system_is_exit_2_before_any_request() {
     };
     // Port 9 is not served: a request would fail with another message.
     for dir in [mount.clone(), mount.join("new")] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringdown"));
-        command
-            .args(["restore", "b2://bkt"])
-            .arg(&dir)
-            .args(["--realm", "http://127.0.0.1:9"])
-            .env("B2_APPLICATION_KEY_ID", "id")
-            .env("B2_APPLICATION_KEY", "key");
-        let output = run_bounded(command);
+        let output = run_bounded(restore_unserved(&dir));
         let text = stderr(&output);
         if output.status.code() != Some(2) || !text.contains("failed or is gone") {
             unmount();
