@@ -1169,12 +1169,7 @@ async fn run_object(
         Ran::Received(ending) if object.size_bytes == 0 => {
             let attempts = ending.attempts;
             let outcome = ending.run(core, &object).await;
-            core.record(Stage::File, started.elapsed());
-            done(ObjectResult {
-                outcome,
-                attempts,
-                started_over: false,
-            });
+            end_object(core, started, done, outcome, attempts);
         }
         Ran::Received(ending) => {
             // Off the connection, which goes on to its next GET.
@@ -1182,23 +1177,11 @@ async fn run_object(
             let task = core.spawn("object-ending", async move {
                 let attempts = ending.attempts;
                 let outcome = ending.run(&ending_core, &object).await;
-                ending_core.record(Stage::File, started.elapsed());
-                done(ObjectResult {
-                    outcome,
-                    attempts,
-                    started_over: false,
-                });
+                end_object(&ending_core, started, done, outcome, attempts);
             });
             core.keep_until_exit(task);
         }
-        Ran::Failed(error, attempts) => {
-            core.record(Stage::File, started.elapsed());
-            done(ObjectResult {
-                outcome: Err(error),
-                attempts,
-                started_over: false,
-            });
-        }
+        Ran::Failed(error, attempts) => end_object(core, started, done, Err(error), attempts),
         Ran::Deferred(deferred) => {
             let job = ObjectJob {
                 object,
@@ -1213,6 +1196,23 @@ async fn run_object(
             }
         }
     }
+}
+
+/// Times the object's `file` stage (from `started`) and tells `done` how
+/// it ended.
+fn end_object(
+    core: &Core,
+    started: Instant,
+    done: Done,
+    outcome: std::result::Result<[u8; 20], ObjectError>,
+    attempts: u32,
+) {
+    core.record(Stage::File, started.elapsed());
+    done(ObjectResult {
+        outcome,
+        attempts,
+        started_over: false,
+    });
 }
 
 /// Holds `job` off the queue for its backoff, on a task of this core, then
