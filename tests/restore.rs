@@ -1891,6 +1891,39 @@ fn usage_errors_exit_2_before_any_network() {
     }
 }
 
+/// A `--stats-json` FIFO with a reader gets the stats: it is held open
+/// from the start's check to the end. Closed in between, the reader took
+/// that for the end of the data and was gone, and the run's write at the
+/// end found no reader.
+#[test]
+fn a_stats_json_fifo_with_a_reader_gets_the_stats() {
+    let data = tempfile::tempdir().unwrap();
+    let bkt = data.path().join("bkt");
+    write_file(&bkt, "a/one", &content("one", 10));
+    let served = serve(data.path(), true, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let fifo = out.path().join("stats.fifo");
+    common::make_fifo(&fifo);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    // (The reader's open may come after the run's check: retried.)
+    let dir = out.path().join("dir");
+    let args = ["b2://bkt", "-q", "--stats-json", fifo.to_str().unwrap()];
+    let mut output = restore(&served, &args, &dir);
+    for _ in 0..50 {
+        if output.status.code() != Some(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        output = restore(&served, &args, &dir);
+    }
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&reader.join().unwrap()).unwrap();
+    assert_eq!(json["files"], 1, "{json}");
+}
+
 /// DIR is made as `mkdir -p` makes it, `.` and `..` walked, not named
 /// (`NEW/.` failed with "creating NEW/.: No such file or directory", h46
 /// #8c).

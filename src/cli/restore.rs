@@ -198,8 +198,11 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
             super::check_output_file("--report", path, Some(&args.dir))?;
         }
     }
+    // A FIFO is held open from here to the end: closed in between, its
+    // reader would take that for the end of the data and be gone.
+    let mut stats_held = None;
     if let Some(path) = &args.stats_json {
-        super::check_output_file("--stats-json", path, Some(&args.dir))?;
+        stats_held = super::check_output_file("--stats-json", path, Some(&args.dir))?;
     }
     if !args.quiet {
         for notice in args.tuning.cores_notice(true).iter().chain(&memlock_notice) {
@@ -216,16 +219,24 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
         progress.stop();
     }
     let report = result?;
-    finish(&args, report, memlock_notice.as_deref(), stats_before)
+    finish(
+        &args,
+        report,
+        memlock_notice.as_deref(),
+        stats_before,
+        stats_held,
+    )
 }
 
 /// Prints the summary, writes `--stats-json`, and picks the exit code.
-/// `stats_before` is what `--stats-json` named before the run.
+/// `stats_before` is what `--stats-json` named before the run; `stats_held`
+/// that file, if the start opened it (a FIFO: `check_output_file`).
 pub fn finish(
     args: &RestoreArgs,
     report: RestoreReport,
     memlock_notice: Option<&str>,
     stats_before: Option<(u64, u64)>,
+    stats_held: Option<std::fs::File>,
 ) -> Result<i32> {
     super::summary::print_notices(&report.selection_notices, None, args.quiet);
     if args.dry_run {
@@ -257,7 +268,7 @@ pub fn finish(
                 std::io::Error::other("write the stats outside DIR or under another name"),
             ))
         }
-        Some(path) => super::summary::write_stats_json(path, &report.summary, None),
+        Some(path) => super::summary::write_stats_json(path, &report.summary, stats_held),
         None => Ok(()),
     };
     let tally = &report.tally;
