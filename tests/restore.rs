@@ -1891,37 +1891,42 @@ fn usage_errors_exit_2_before_any_network() {
     }
 }
 
-/// A `--stats-json` FIFO with a reader gets the stats: it is held open
-/// from the start's check to the end. Closed in between, the reader took
-/// that for the end of the data and was gone, and the run's write at the
-/// end found no reader.
+/// A `--stats-json` or `--report` FIFO with a reader gets its lines: it is
+/// held open from the start's check to the end. Closed in between, the
+/// reader took that for the end of the data and was gone: the stats found
+/// no reader at the end, and the report's open waited for one for ever.
 #[test]
-fn a_stats_json_fifo_with_a_reader_gets_the_stats() {
+fn a_stats_json_or_report_fifo_with_a_reader_gets_its_lines() {
     let data = tempfile::tempdir().unwrap();
     let bkt = data.path().join("bkt");
     write_file(&bkt, "a/one", &content("one", 10));
     let served = serve(data.path(), true, &[]);
     let out = tempfile::tempdir().unwrap();
-    let fifo = out.path().join("stats.fifo");
-    common::make_fifo(&fifo);
-    let reader = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read(fifo).unwrap())
-    };
-    // (The reader's open may come after the run's check: retried.)
-    let dir = out.path().join("dir");
-    let args = ["b2://bkt", "-q", "--stats-json", fifo.to_str().unwrap()];
-    let mut output = restore(&served, &args, &dir);
-    for _ in 0..50 {
-        if output.status.code() != Some(2) {
-            break;
+    for (flag, expect) in [
+        ("--stats-json", "\"files\": 1"),
+        ("--report", "\"name\":\"a/one\""),
+    ] {
+        let fifo = out.path().join(format!("{}.fifo", &flag[2..]));
+        common::make_fifo(&fifo);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        // (The reader's open may come after the run's check: retried.)
+        let dir = out.path().join(&flag[2..]);
+        let args = ["b2://bkt", "-q", flag, fifo.to_str().unwrap()];
+        let mut output = restore(&served, &args, &dir);
+        for _ in 0..50 {
+            if output.status.code() != Some(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            output = restore(&served, &args, &dir);
         }
-        std::thread::sleep(Duration::from_millis(20));
-        output = restore(&served, &args, &dir);
+        assert!(output.status.success(), "{flag}: {}", stderr(&output));
+        let read = String::from_utf8(reader.join().unwrap()).unwrap();
+        assert!(read.contains(expect), "{flag}: {read}");
     }
-    assert!(output.status.success(), "{}", stderr(&output));
-    let json: serde_json::Value = serde_json::from_slice(&reader.join().unwrap()).unwrap();
-    assert_eq!(json["files"], 1, "{json}");
 }
 
 /// DIR is made as `mkdir -p` makes it, `.` and `..` walked, not named

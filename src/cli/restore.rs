@@ -192,14 +192,16 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
 /// `run` with explicit credentials (the demo's own server).
 pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Result<i32> {
     let (options, memlock_notice) = options_from(&args, credentials)?;
+    // A FIFO is held open from here to the end: closed in between, its
+    // reader would take that for the end of the data and be gone (and the
+    // run's own open of `--report` would wait for a reader, for ever).
+    let mut report_held = None;
     if !args.dry_run {
         crate::restore::check_target_dir(&args.dir)?;
         if let Some(path) = &args.report {
-            super::check_output_file("--report", path, Some(&args.dir))?;
+            report_held = super::check_output_file("--report", path, Some(&args.dir))?;
         }
     }
-    // A FIFO is held open from here to the end: closed in between, its
-    // reader would take that for the end of the data and be gone.
     let mut stats_held = None;
     if let Some(path) = &args.stats_json {
         stats_held = super::check_output_file("--stats-json", path, Some(&args.dir))?;
@@ -219,13 +221,16 @@ pub fn run_with(args: RestoreArgs, credentials: Option<(String, String)>) -> Res
         progress.stop();
     }
     let report = result?;
-    finish(
+    let exit_code = finish(
         &args,
         report,
         memlock_notice.as_deref(),
         stats_before,
         stats_held,
-    )
+    );
+    // The run wrote the report through a descriptor of its own, closed by now.
+    drop(report_held);
+    exit_code
 }
 
 /// Prints the summary, writes `--stats-json`, and picks the exit code.
