@@ -69,6 +69,21 @@ pub(crate) fn reopen_partial(
         .map_err(|error| Error::io(format!("reopening partial {temp_name}"), error.into()))
 }
 
+/// Whether `path` (symbolic links followed) leads to the directory `dir`:
+/// `Some(false)` where it leads to another file or to none (ENOENT,
+/// ENOTDIR: moved or removed), `None` where that cannot be told (a file
+/// system gone dead: ENOTCONN, ESTALE). Each caller decides what an
+/// unknown answer means for it.
+pub(crate) fn path_leads_to(path: &std::path::Path, dir: &OwnedFd) -> Option<bool> {
+    let identity = |stat: rustix::fs::Stat| (stat.st_dev, stat.st_ino);
+    let held = rustix::fs::fstat(dir).ok()?;
+    match rustix::fs::stat(path) {
+        Ok(named) => Some(identity(named) == identity(held)),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Some(false),
+        Err(_) => None,
+    }
+}
+
 /// What to do about an error of the destination file system that every
 /// file after this one would meet too, so it stops the run (CONVENTIONS.md);
 /// `None` for an error of one file.

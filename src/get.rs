@@ -2096,7 +2096,8 @@ impl HeldJournal<'_> {
         // swapped in for it is not followed). Moved away meanwhile, DEST's
         // path leads elsewhere: exit 0 said the file was there, and a new
         // directory of that name could hold an older one (h43 #15l).
-        if !leads_to(&parent, dir) {
+        // Only a path seen to lead there holds it: here a success is said.
+        if crate::dest::path_leads_to(&parent, dir) != Some(true) {
             return Err(Error::Fatal(format!(
                 "{} does not hold the download: its directory was moved or replaced during \
                  it, and the verified file went into the directory opened at the start, now {}; \
@@ -2309,15 +2310,6 @@ fn unreachable_dir(path: &Path, error: &std::io::Error) -> String {
         ),
         _ => format!("cannot be looked at ({error})"),
     }
-}
-
-/// Whether `path` leads to the directory `dir` (symbolic links followed,
-/// as when `dir` was opened).
-fn leads_to(path: &Path, dir: &OwnedFd) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let named = std::fs::metadata(path).map(|meta| (meta.dev(), meta.ino()));
-    let held = rustix::fs::fstat(dir).map(|stat| (stat.st_dev, stat.st_ino));
-    matches!((named, held), (Ok(named), Ok(held)) if named == held)
 }
 
 /// Where the directory `dir` is now, as the kernel names it (` (deleted)`

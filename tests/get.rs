@@ -4123,9 +4123,18 @@ fn a_mismatch_fetched_twice_says_so() {
     assert_no_temp(fixture.out.path());
 }
 
+/// An object `name` of 40 parts and a bit, served at 400 KB/s per
+/// connection: its download takes seconds (`start_get`). Returns its size.
+fn slowly_served(name: &str) -> (usize, Fixture, Served) {
+    let size = 40 * PART + 77;
+    let fixture = Fixture::new(&[(name, size)]);
+    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    (size, fixture, served)
+}
+
 /// Starts `ringdown get ARGS` (stderr piped) and gives it half a second: a
-/// download under way (from a server at `--rate-per-conn 400KB/s`, 40
-/// parts take seconds), for a test to change what is around it.
+/// download under way (of a `slowly_served` object), for a test to change
+/// what is around it.
 fn start_get(served: &Served, args: &[&str]) -> std::process::Child {
     let child = get_command(served, args)
         .stderr(std::process::Stdio::piped())
@@ -4140,9 +4149,7 @@ fn start_get(served: &Served, args: &[&str]) -> std::process::Child {
 /// DEST held it, exit 0 (h43 #15l).
 #[test]
 fn a_dest_directory_moved_during_the_download_is_said() {
-    let size = 40 * PART + 77;
-    let fixture = Fixture::new(&[("mv.bin", size)]);
-    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let (size, fixture, served) = slowly_served("mv.bin");
     let sub = fixture.out.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     let dest = sub.join("mv.bin");
@@ -4172,9 +4179,7 @@ fn a_dest_directory_moved_during_the_download_is_said() {
 /// and once the directory is gone the download resumes.
 #[test]
 fn a_directory_that_took_dest_is_not_downloaded_into_while_its_download_is_kept() {
-    let size = 40 * PART + 77;
-    let fixture = Fixture::new(&[("dd.bin", size)]);
-    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let (size, fixture, served) = slowly_served("dd.bin");
     let dest = fixture.dest_str("dd.bin");
     let mut args = vec!["b2://bkt/dd.bin", &dest];
     args.extend_from_slice(SMALL_TUNING);
@@ -4206,9 +4211,7 @@ fn a_rename_an_immutable_directory_refuses_says_what_stays() {
         eprintln!("skipped: needs root and chattr");
         return;
     }
-    let size = 40 * PART + 77;
-    let fixture = Fixture::new(&[("im.bin", size)]);
-    let served = serve(fixture.data.path(), true, &["--rate-per-conn", "400KB/s"]);
+    let (size, fixture, served) = slowly_served("im.bin");
     let sub = fixture.out.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     let dest = sub.join("im.bin");

@@ -690,15 +690,7 @@ impl Target {
     /// An error that says nothing of where it is (a file system gone dead:
     /// ENOTCONN, ESTALE) does not count as moved.
     pub fn is_dir_still_at_its_path(&self) -> bool {
-        let identity = |stat: rustix::fs::Stat| (stat.st_dev, stat.st_ino);
-        match (
-            rustix::fs::stat(&self.root_path),
-            rustix::fs::fstat(&self.root),
-        ) {
-            (Ok(now), Ok(opened)) => identity(now) == identity(opened),
-            (Err(Errno::NOENT | Errno::NOTDIR), _) => false,
-            _ => true,
-        }
+        crate::dest::path_leads_to(&self.root_path, &self.root) != Some(false)
     }
 
     /// Whether `parent`'s path under DIR still leads to it. Where it does
